@@ -1,0 +1,1 @@
+"""Channel adapters: one module per channel, each verifying, parsing and sending; nothing else."""

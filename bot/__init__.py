@@ -1,0 +1,1 @@
+"""Warranty bot core and shell: messages, conversation, engine, outbox, desk, render, storage, server, CLI."""

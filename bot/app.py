@@ -1,0 +1,52 @@
+"""Builds the bot's parts from settings: database, policy, renderer, engine, desk, attachment storage."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import Engine as DbEngine
+
+from bot.attachments import AttachmentStore
+from bot.config import Settings
+from bot.desk import Desk
+from bot.engine import Engine, EngineConfig
+from bot.render import Renderer
+from bot.store import make_engine, upgrade
+from policy import Policy, default_policy, load_policy
+
+
+@dataclass
+class Bot:
+    settings: Settings
+    db: DbEngine
+    policy: Policy
+    renderer: Renderer
+    engine: Engine
+    desk: Desk
+    attachments: AttachmentStore
+
+
+def load_policy_from(settings: Settings) -> Policy:
+    return load_policy(settings.policy_file) if settings.policy_file else default_policy()
+
+
+def build(settings: Settings, *, db: DbEngine | None = None, migrate: bool = True,
+          external_desks: tuple[str, ...] = ()) -> Bot:
+    """Wire the parts; `migrate` upgrades the schema first (SQLite always upgrades at start)."""
+    policy = load_policy_from(settings)
+    db = db or make_engine(settings.database_url)
+    if migrate or db.dialect.name == "sqlite":
+        upgrade(db)
+    renderer = Renderer(policy)
+    config = EngineConfig(
+        case_ref_prefix=settings.case_ref_prefix,
+        default_language=settings.default_language,
+        max_text_chars=settings.max_text_chars,
+        attachment_max_mb=max(1, settings.attachment_max_bytes // (1024 * 1024)),
+        external_desks=external_desks,
+    )
+    engine = Engine(db=db, policy=policy, renderer=renderer, config=config)
+    attachments = AttachmentStore(root=settings.attachments_dir, max_bytes=settings.attachment_max_bytes,
+                                  allowed_types=settings.allowed_attachment_types)
+    return Bot(settings=settings, db=db, policy=policy, renderer=renderer, engine=engine, desk=Desk(engine),
+               attachments=attachments)

@@ -1,0 +1,121 @@
+"""The one place that reads settings: the environment and `.env`, validated by pydantic-settings."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every setting of the bot. `.env.example` documents each one; names are the upper-case field names."""
+
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+
+    # --- core ---------------------------------------------------------------------------------------
+    database_url: str = "sqlite:///var/warranty.db"
+    data_dir: Path = Path("var")
+    attachments_dir: Path = Path("var/attachments")
+    attachment_max_bytes: int = Field(default=10 * 1024 * 1024, gt=0)
+    attachment_types: str = "image/jpeg,image/png,image/webp,image/gif,application/pdf,audio/amr,audio/ogg,audio/mpeg"
+    policy_file: Path | None = None
+    case_ref_prefix: str = "WR"
+    default_language: str = "en"
+    log_level: str = "INFO"
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    public_url: str = ""
+    max_body_bytes: int = Field(default=2 * 1024 * 1024, gt=0)
+    outbox_poll_seconds: float = Field(default=0.5, gt=0)
+    outbox_max_attempts: int = Field(default=8, gt=0)
+    max_text_chars: int = Field(default=4000, gt=0)
+
+    # --- local desk -----------------------------------------------------------------------------------
+    desk_token: SecretStr | None = None
+
+    # --- Telegram -------------------------------------------------------------------------------------
+    telegram_bot_token: SecretStr | None = None
+    telegram_api_base_url: str = "https://api.telegram.org"
+    telegram_webhook_secret: SecretStr | None = None
+    telegram_mode: str = "auto"  # auto | webhook | polling
+
+    # --- Slack ----------------------------------------------------------------------------------------
+    slack_bot_token: SecretStr | None = None
+    slack_signing_secret: SecretStr | None = None
+    slack_app_token: SecretStr | None = None
+    slack_api_url: str = "https://slack.com/api/"
+    slack_escalation_channel: str = ""
+    slack_engineer_ids: str = ""
+    slack_remind_after: timedelta = timedelta(hours=2)
+    slack_remind_group: str = ""
+    slack_mode: str = "auto"  # auto | http | socket
+
+    # --- WhatsApp -------------------------------------------------------------------------------------
+    whatsapp_access_token: SecretStr | None = None
+    whatsapp_app_secret: SecretStr | None = None
+    whatsapp_verify_token: SecretStr | None = None
+    whatsapp_phone_number_id: str = ""
+    whatsapp_graph_url: str = "https://graph.facebook.com/v23.0"
+    whatsapp_template_name: str = ""
+    whatsapp_template_language: str = "en"
+
+    # --- WeChat ---------------------------------------------------------------------------------------
+    wechat_app_id: str = ""
+    wechat_app_secret: SecretStr | None = None
+    wechat_token: SecretStr | None = None
+    wechat_encoding_aes_key: SecretStr | None = None
+    wechat_api_base_url: str = "https://api.weixin.qq.com"
+
+    # --- Email ----------------------------------------------------------------------------------------
+    imap_host: str = ""
+    imap_port: int = 993
+    imap_security: str = "tls"  # tls | starttls | none
+    imap_user: str = ""
+    imap_password: SecretStr | None = None
+    imap_mailbox: str = "INBOX"
+    imap_poll_seconds: float = Field(default=30.0, gt=0)
+    smtp_host: str = ""
+    smtp_port: int = 587
+    smtp_security: str = "starttls"  # tls | starttls | none
+    smtp_user: str = ""
+    smtp_password: SecretStr | None = None
+    email_from: str = ""
+    email_replies_per_hour: int = Field(default=20, gt=0)
+
+    # --- Microsoft Teams (and legacy Skype) -------------------------------------------------------------
+    teams_app_id: str = ""
+    teams_app_password: SecretStr | None = None
+    teams_tenant_id: str = "botframework.com"
+    teams_openid_metadata_url: str = "https://login.botframework.com/v1/.well-known/openidconfiguration"
+    teams_token_url: str = "https://login.microsoftonline.com/botframework.com/oauth2/v2.0/token"
+    teams_issuer: str = "https://api.botframework.com"
+
+    # --- tests ----------------------------------------------------------------------------------------
+    test_postgres_url: str = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+
+    @field_validator("telegram_mode")
+    @classmethod
+    def _telegram_mode(cls, value: str) -> str:
+        if value not in {"auto", "webhook", "polling"}:
+            raise ValueError("must be auto, webhook or polling")
+        return value
+
+    @field_validator("slack_mode")
+    @classmethod
+    def _slack_mode(cls, value: str) -> str:
+        if value not in {"auto", "http", "socket"}:
+            raise ValueError("must be auto, http or socket")
+        return value
+
+    @property
+    def allowed_attachment_types(self) -> frozenset[str]:
+        return frozenset(t.strip() for t in self.attachment_types.split(",") if t.strip())
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The settings in force, read once per process."""
+    return Settings()

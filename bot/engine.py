@@ -1,0 +1,365 @@
+"""The engine: stores inbound messages (inbox), runs the conversation, and commits its effects and replies.
+
+One inbound message is processed in one transaction: the conversation's new state, the message log, the
+case and its audit rows and the outbox rows commit together, or not at all. Messages of one conversation
+are processed one at a time in arrival order, whatever the number of workers.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import asdict, dataclass, field
+from datetime import date, datetime
+from typing import Any
+
+from sqlalchemy import Engine, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlmodel import Session
+
+from bot import conversation as conv
+from bot.messages import Attachment, Button, InboundMessage, OutboundMessage
+from bot.outbox import enqueue, enqueue_event
+from bot.registry import lookup
+from bot.render import Renderer
+from bot.store import (
+    AuditEntry,
+    Case,
+    CaseUnit,
+    ChannelIdentity,
+    Conversation,
+    Customer,
+    InboxItem,
+    Message,
+    StoredAttachment,
+    lock_chat,
+    session_scope,
+)
+from bot.store.clock import utcnow
+from policy import Policy, decision_to_json, find_serials
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Accepted:
+    inbox_id: int | None
+    duplicate: bool
+
+
+@dataclass(kw_only=True)
+class EngineConfig:
+    case_ref_prefix: str = "WR"
+    default_language: str = "en"
+    max_text_chars: int = 4000
+    attachment_max_mb: int = 10
+    external_desks: tuple[str, ...] = ()  # outbox channels that receive desk events, e.g. ("slack",)
+
+
+@dataclass
+class Engine:
+    db: Engine
+    policy: Policy
+    renderer: Renderer
+    config: EngineConfig = field(default_factory=EngineConfig)
+    # Set when new rows wait: the inbox worker and the deliverer wake on it instead of polling.
+    inbox_signal: threading.Event = field(default_factory=threading.Event)
+    outbox_signal: threading.Event = field(default_factory=threading.Event)
+
+    # --- inbox ------------------------------------------------------------------------------------------
+
+    def accept(self, message: InboundMessage) -> Accepted:
+        """Store an inbound message durably; a redelivery (same channel and external id) is recognised."""
+        values = {
+            "channel": message.channel,
+            "external_id": message.external_id[:255],
+            "chat_id": message.chat_id,
+            "payload": inbound_to_payload(message),
+            "status": "pending",
+            "received_at": message.received_at,
+        }
+        with session_scope(self.db) as session:
+            dialect = session.get_bind().dialect.name
+            insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+            statement = insert(InboxItem).values(**values).on_conflict_do_nothing(
+                index_elements=["channel", "external_id"]
+            ).returning(InboxItem.id)  # type: ignore[arg-type]
+            inbox_id = session.execute(statement).scalar()
+        if inbox_id is None:
+            return Accepted(inbox_id=None, duplicate=True)
+        self.inbox_signal.set()
+        return Accepted(inbox_id=int(inbox_id), duplicate=False)
+
+    def process_pending(self, limit: int = 1000) -> int:
+        """Process pending inbox rows, oldest first; returns how many were processed."""
+        done = 0
+        while done < limit:
+            with Session(self.db) as session:
+                head = session.execute(
+                    select(InboxItem.channel, InboxItem.chat_id)
+                    .where(InboxItem.status == "pending")  # type: ignore[arg-type]
+                    .order_by(InboxItem.id)  # type: ignore[arg-type]
+                    .limit(1)
+                ).first()
+            if head is None:
+                break
+            if self.process_chat(head.channel, head.chat_id):
+                done += 1
+        return done
+
+    def process_chat(self, channel: str, chat_id: str) -> bool:
+        """Process the oldest pending message of one chat, holding the chat's lock. False if none was left."""
+        try:
+            with session_scope(self.db) as session:
+                lock_chat(session, "chat", channel, chat_id)
+                query = (
+                    select(InboxItem)
+                    .where(InboxItem.channel == channel, InboxItem.chat_id == chat_id,  # type: ignore[arg-type]
+                           InboxItem.status == "pending")  # type: ignore[arg-type]
+                    .order_by(InboxItem.id)  # type: ignore[arg-type]
+                    .limit(1)
+                    .with_for_update()
+                )
+                item = session.execute(query).scalar_one_or_none()
+                if item is None:
+                    return False
+                self._process(session, item)
+                item.status = "done"
+                item.processed_at = utcnow()
+            self.outbox_signal.set()
+            return True
+        except Exception as error:
+            # A message we cannot process must not block its conversation: keep it, marked, for operators.
+            log.exception("inbox message of %s could not be processed", channel)
+            self._mark_failed(channel, chat_id, f"{type(error).__name__}: {error}")
+            return True
+
+    def _mark_failed(self, channel: str, chat_id: str, error: str) -> None:
+        with session_scope(self.db) as session:
+            item = session.execute(
+                select(InboxItem)
+                .where(InboxItem.channel == channel, InboxItem.chat_id == chat_id,  # type: ignore[arg-type]
+                       InboxItem.status == "pending")  # type: ignore[arg-type]
+                .order_by(InboxItem.id)  # type: ignore[arg-type]
+                .limit(1)
+            ).scalar_one_or_none()
+            if item is not None:
+                item.status = "failed"
+                item.error = error[:2000]
+                item.processed_at = utcnow()
+
+    # --- one message --------------------------------------------------------------------------------------
+
+    def _process(self, session: Session, item: InboxItem) -> None:
+        message = inbound_from_payload(item.payload)
+        conversation, identity, customer = self._conversation(session, message)
+        case = session.get(Case, conversation.case_id) if conversation.case_id else None
+
+        stored = [self._store_attachment(session, conversation, case, a) for a in message.attachments
+                  if a.kind != "rejected"]
+        rejected = [a for a in message.attachments if a.kind == "rejected"]
+        session.add(Message(conversation_id=conversation.id or 0, case_id=case.id if case else None,
+                            author="customer", author_name=message.sender_name, text=message.text,
+                            attachment_ids=[a.id or 0 for a in stored],
+                            client_id=message.raw.get("client_id") if message.raw else None))
+
+        state = conv.State.from_dict({**conversation.data, "name": conversation.state})
+        if not conversation.data.get("language") and customer.language:
+            state = conv.State.from_dict({**state.to_dict(), "language": customer.language})
+        text = message.text[: self.config.max_text_chars]
+        facts = self._facts(session, state, text, case)
+        transition = conv.step(state, conv.Event(text=text, attachment_ids=tuple(a.id or 0 for a in stored)), facts)
+
+        replies: list[tuple[conv.Reply, dict[str, Any]]] = []
+        if rejected:
+            files = [{"name": a.name, "reason": a.ref} for a in rejected]
+            replies.append((conv.Reply(template="attachment_rejected",
+                                       params={"files": files, "max_mb": self.config.attachment_max_mb}), {}))
+        case = self._apply(session, transition, conversation, customer, case, message)
+        extra = {"case_ref": case.ref if case else None}
+        replies.extend((reply, extra) for reply in transition.replies)
+
+        language = transition.state.language
+        for reply, context in replies:
+            rendered = self.renderer.render(reply, language=language, extra=context)
+            self.say(session, conversation, rendered.text, rendered.buttons, case=case)
+
+        conversation.state = transition.state.name
+        conversation.data = transition.state.to_dict()
+        conversation.updated_at = utcnow()
+        identity.last_inbound_at = message.received_at
+
+    def _facts(self, session: Session, state: conv.State, text: str, case: Case | None) -> conv.Facts:
+        try:
+            mentioned = find_serials(text, self.policy)
+        except ValueError:
+            mentioned = []
+        registry = lookup(session, set(state.serials) | set(mentioned))
+        return conv.Facts(today=utcnow().date(), policy=self.policy, registry=registry,
+                          case_ref=case.ref if case else None, case_status=case.status if case else None)
+
+    def _conversation(self, session: Session, message: InboundMessage) -> tuple[Conversation, ChannelIdentity, Customer]:
+        identity = session.execute(
+            select(ChannelIdentity).where(ChannelIdentity.channel == message.channel,  # type: ignore[arg-type]
+                                          ChannelIdentity.chat_id == message.chat_id)  # type: ignore[arg-type]
+        ).scalar_one_or_none()
+        if identity is None:
+            customer = Customer(name=message.sender_name, language=_language_hint(message.locale_hint))
+            session.add(customer)
+            session.flush()
+            identity = ChannelIdentity(customer_id=customer.id or 0, channel=message.channel, chat_id=message.chat_id,
+                                       sender_id=message.sender_id, display_name=message.sender_name)
+            session.add(identity)
+        else:
+            customer = session.get(Customer, identity.customer_id) or Customer()
+            identity.unreachable = False  # they wrote to us: reachable again
+        conversation = session.execute(
+            select(Conversation).where(Conversation.channel == message.channel,  # type: ignore[arg-type]
+                                       Conversation.chat_id == message.chat_id)  # type: ignore[arg-type]
+        ).scalar_one_or_none()
+        if conversation is None:
+            conversation = Conversation(customer_id=customer.id or 0, channel=message.channel, chat_id=message.chat_id)
+            session.add(conversation)
+        session.flush()
+        return conversation, identity, customer
+
+    def _store_attachment(self, session: Session, conversation: Conversation, case: Case | None,
+                          attachment: Attachment) -> StoredAttachment:
+        row = StoredAttachment(conversation_id=conversation.id, case_id=case.id if case else None,
+                               kind=attachment.kind, name=attachment.name, mime=attachment.mime,
+                               size=attachment.size, path=attachment.ref, sha256=attachment.ref.split("/")[-1][:64])
+        session.add(row)
+        session.flush()
+        return row
+
+    # --- effects --------------------------------------------------------------------------------------------
+
+    def _apply(self, session: Session, transition: conv.Transition, conversation: Conversation, customer: Customer,
+               case: Case | None, message: InboundMessage) -> Case | None:
+        for effect in transition.effects:
+            if isinstance(effect, conv.OpenCase):
+                case = self._open_case(session, effect, conversation, customer, transition.state.language)
+            elif isinstance(effect, conv.RelayToCase) and case is not None:
+                self._relay(session, case, effect, message)
+            elif isinstance(effect, conv.RecordRating):
+                rated = session.execute(
+                    select(Case).where(Case.conversation_id == conversation.id)  # type: ignore[arg-type]
+                    .order_by(Case.id.desc())  # type: ignore[union-attr]
+                    .limit(1)
+                ).scalar_one_or_none()
+                if rated is not None:
+                    rated.rating = effect.rating
+                    audit(session, rated, "customer", "rated", rating=effect.rating)
+                    self.notify_desks(session, rated, "case_updated")
+            elif isinstance(effect, conv.SetLanguage):
+                customer.language = effect.language
+                customer.language_explicit = True
+                if case is not None:
+                    case.language = effect.language
+        if case is not None and transition.state.name != "with_engineer" and conversation.case_id == case.id:
+            # The customer restarted: the case stays with the engineers, the conversation is free again.
+            conversation.case_id = None
+            return None
+        return case
+
+    def _open_case(self, session: Session, effect: conv.OpenCase, conversation: Conversation, customer: Customer,
+                   language: str) -> Case:
+        case = Case(customer_id=customer.id or 0, conversation_id=conversation.id or 0, channel=conversation.channel,
+                    language=language, fault=effect.fault, claim_date=effect.claim_date,
+                    prefers_discount=effect.prefers_discount)
+        session.add(case)
+        session.flush()
+        case.ref = f"{self.config.case_ref_prefix}-{case.created_at.year}-{case.id:06d}"
+        for unit in effect.units:
+            d = unit.decision
+            session.add(CaseUnit(case_id=case.id or 0, serial=unit.serial, model=unit.model, order_id=unit.order_id,
+                                 production_date=unit.production_date, port_arrival_date=unit.port_arrival_date,
+                                 warranty_end=d.warranty_end, outcome=d.outcome.value,
+                                 basis=d.basis.value if d.basis else None, clauses=list(d.clauses),
+                                 decision=decision_to_json(d, self.policy)))
+        for attachment_id in effect.attachment_ids:
+            stored = session.get(StoredAttachment, attachment_id)
+            if stored is not None:
+                stored.case_id = case.id
+        # Everything said so far belongs to the case's history.
+        for logged in session.execute(select(Message).where(Message.conversation_id == conversation.id,  # type: ignore[arg-type]
+                                                            Message.case_id.is_(None))).scalars():  # type: ignore[union-attr]
+            logged.case_id = case.id
+        conversation.case_id = case.id
+        audit(session, case, "bot", "opened", units=len(effect.units), human_requested=effect.human_requested)
+        self.notify_desks(session, case, "case_opened")
+        return case
+
+    def _relay(self, session: Session, case: Case, effect: conv.RelayToCase, message: InboundMessage) -> None:
+        if case.status == "waiting_customer":
+            case.status = "claimed"
+            case.updated_at = utcnow()
+            audit(session, case, "customer", "answered")
+        for attachment_id in effect.attachment_ids:
+            stored = session.get(StoredAttachment, attachment_id)
+            if stored is not None:
+                stored.case_id = case.id
+        self.notify_desks(session, case, "customer_message", text=effect.text,
+                          attachment_ids=list(effect.attachment_ids), sender=message.sender_name)
+
+    # --- shared with the desk ------------------------------------------------------------------------------
+
+    def say(self, session: Session, conversation: Conversation, text: str, buttons: tuple[Button, ...] = (), *,
+            case: Case | None = None, author: str = "bot", author_name: str | None = None) -> None:
+        """Log a message to the customer and queue it for their channel, in the caller's transaction."""
+        session.add(Message(conversation_id=conversation.id or 0, case_id=case.id if case else None, author=author,
+                            author_name=author_name, text=text, buttons=[asdict(b) for b in buttons]))
+        enqueue(session, OutboundMessage(channel=conversation.channel, chat_id=conversation.chat_id, text=text,
+                                         buttons=buttons))
+
+    def notify_desks(self, session: Session, case: Case, event: str, **data: Any) -> None:
+        for desk in self.config.external_desks:
+            enqueue_event(session, desk, case.ref, event, case_id=case.id, **data)
+
+
+def audit(session: Session, case: Case | None, actor: str, action: str, **detail: Any) -> None:
+    session.add(AuditEntry(case_id=case.id if case else None, actor=actor, action=action,
+                           detail={k: _jsonable(v) for k, v in detail.items()}))
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, date | datetime):
+        return value.isoformat()
+    return value
+
+
+def _language_hint(hint: str | None) -> str | None:
+    if not hint:
+        return None
+    language = hint.replace("_", "-").split("-")[0].lower()
+    return language if language in conv.LANGUAGES else None
+
+
+def inbound_to_payload(message: InboundMessage) -> dict[str, Any]:
+    return {
+        "channel": message.channel,
+        "external_id": message.external_id,
+        "sender_id": message.sender_id,
+        "chat_id": message.chat_id,
+        "text": message.text,
+        "attachments": [asdict(a) for a in message.attachments],
+        "received_at": message.received_at.isoformat(),
+        "locale_hint": message.locale_hint,
+        "sender_name": message.sender_name,
+        "raw": message.raw,
+    }
+
+
+def inbound_from_payload(payload: dict[str, Any]) -> InboundMessage:
+    return InboundMessage(
+        channel=payload["channel"],
+        external_id=payload["external_id"],
+        sender_id=payload["sender_id"],
+        chat_id=payload["chat_id"],
+        text=payload.get("text", ""),
+        attachments=tuple(Attachment(**a) for a in payload.get("attachments", ())),
+        received_at=datetime.fromisoformat(payload["received_at"]),
+        locale_hint=payload.get("locale_hint"),
+        sender_name=payload.get("sender_name"),
+        raw=payload.get("raw") or {},
+    )

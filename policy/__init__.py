@@ -1,0 +1,63 @@
+"""Pure warranty rules: parse serials, evaluate a claim against the policy file, explain the decision."""
+
+from __future__ import annotations
+
+from policy.codes import CLAUSE_IDS, REASON_PARAMS
+from policy.contract import ClaimError, claim_from_json, decision_to_json
+from policy.dates import add_months, last_day_of_month
+from policy.engine import cargo_pieces, evaluate, render_reasons
+from policy.loader import PolicyFileError, default_policy, load_policy
+from policy.model import (
+    Basis,
+    Circumstances,
+    Claim,
+    Clause,
+    Decision,
+    Method,
+    Outcome,
+    Policy,
+    Proof,
+    Reason,
+)
+from policy.serials import (
+    ParsedSerial,
+    SerialRangeError,
+    expand_range,
+    find_serials,
+    looks_like_serial_attempt,
+    normalize_serial,
+    parse_serial,
+)
+
+__all__ = [
+    "CLAUSE_IDS",
+    "REASON_PARAMS",
+    "Basis",
+    "Circumstances",
+    "Claim",
+    "ClaimError",
+    "Clause",
+    "Decision",
+    "Method",
+    "Outcome",
+    "ParsedSerial",
+    "Policy",
+    "PolicyFileError",
+    "Proof",
+    "Reason",
+    "SerialRangeError",
+    "add_months",
+    "cargo_pieces",
+    "claim_from_json",
+    "decision_to_json",
+    "default_policy",
+    "evaluate",
+    "expand_range",
+    "find_serials",
+    "last_day_of_month",
+    "load_policy",
+    "looks_like_serial_attempt",
+    "normalize_serial",
+    "parse_serial",
+    "render_reasons",
+]

@@ -1,0 +1,43 @@
+"""The clause ids and reason codes the engine produces, so the loader can insist the policy file has them."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from types import MappingProxyType
+
+# Every clause of POLICY.md's table: the engine cites W, X, M and F clauses, the bot cites L1 and S1.
+CLAUSE_IDS: tuple[str, ...] = (
+    "W1", "W2", "W3",
+    "X1", "X2", "X3", "X4", "X5", "X6", "X7",
+    "M1", "M2", "M3", "M4", "M5",
+    "F1", "L1", "S1",
+)  # fmt: skip
+
+_DATES = frozenset({"claim_date", "warranty_start", "warranty_end", "term_months"})
+_SERIAL_DATES = _DATES | {"production_date", "offset_months"}
+
+# reason code -> the parameters the engine passes; templates may use any of them and nothing else.
+REASON_PARAMS: Mapping[str, frozenset[str]] = MappingProxyType(
+    {
+        "in_warranty": _DATES,
+        "in_warranty_serial": _SERIAL_DATES,
+        "expired": _DATES,
+        "expired_serial": _SERIAL_DATES,
+        "cargo_compensation": frozenset(),
+        "cargo_compensation_pieces": frozenset({"cargo_pieces", "order_pieces"}),
+        "altered_certificate": frozenset(),
+        "misuse": frozenset(),
+        "human_damage": frozenset(),
+        "force_majeure": frozenset(),
+        "unauthorized_repair": frozenset(),
+        "unreadable_serial": frozenset({"serial"}),
+        "production_after_claim": frozenset({"production_date", "claim_date"}),
+        "arrival_before_production": frozenset({"port_arrival_date", "production_date"}),
+        "claim_before_start": frozenset({"claim_date", "warranty_start"}),
+        "discount_amount": frozenset({"amount", "order_total", "rate_percent"}),
+        "discount_offered": frozenset({"rate_percent"}),
+        # Not put in decisions (the contract's worked example has none): the bot adds it to shipping
+        # instructions, so every policy file must still word it.
+        "freight_customer": frozenset(),
+    }
+)

@@ -1,0 +1,188 @@
+"""Evaluate a warranty claim against a policy, step by step as POLICY.md's "Evaluation order" says."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import date, timedelta
+from decimal import ROUND_HALF_UP, Decimal
+
+from policy.dates import add_months
+from policy.model import Basis, Claim, Decision, Method, Outcome, Policy, Proof, Reason
+from policy.serials import parse_serial
+
+_CENT = Decimal("0.01")
+
+# (circumstance attribute, clause, reason code) for X4–X7, in clause order.
+_CIRCUMSTANCES: tuple[tuple[str, str, str], ...] = (
+    ("misuse", "X4", "misuse"),
+    ("human_damage", "X5", "human_damage"),
+    ("force_majeure", "X6", "force_majeure"),
+    ("unauthorized_repair", "X7", "unauthorized_repair"),
+)
+_METHOD_CLAUSES: dict[Method, str] = {
+    Method.remote_guidance: "M2",
+    Method.factory_repair: "M3",
+    Method.door_to_door: "M4",
+    Method.discount_compensation: "M5",
+}
+# Shipping happens (and its freight is the customer's) only for parts sent out or goods sent back.
+_SHIPPING_METHODS = frozenset({Method.remote_guidance, Method.factory_repair})
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Period:
+    basis: Basis
+    start: date
+    end: date
+
+
+def cargo_pieces(order_pieces: int, policy: Policy) -> int:
+    """The extra pieces cargo compensation (M1) ships: the policy's share of the order, rounded up."""
+    return math.ceil(Decimal(order_pieces) * policy.cargo_rate)
+
+
+def evaluate(claim: Claim, policy: Policy) -> Decision:
+    """Decide a claim; every step runs and the decision cites every clause it rests on."""
+    clauses: set[str] = set()
+    reasons: list[Reason] = []
+    refused = False
+
+    # 1. M1: an order that took cargo compensation has no after-sales service.
+    if claim.cargo_compensation:
+        refused = True
+        clauses.add("M1")
+        if claim.order_pieces is not None:
+            pieces = {
+                "cargo_pieces": str(cargo_pieces(claim.order_pieces, policy)),
+                "order_pieces": str(claim.order_pieces),
+            }
+            reasons.append(Reason(code="cargo_compensation_pieces", params=pieces))
+        else:
+            reasons.append(Reason(code="cargo_compensation", params={}))
+
+    # 2. X3: an engineer found the certificate altered or not matching the product.
+    if claim.proof is Proof.altered:
+        refused = True
+        clauses.add("X3")
+        reasons.append(Reason(code="altered_certificate", params={}))
+
+    # 3. X4–X7: only established facts exclude; unknown (None) and false exclude nothing.
+    for attribute, clause, code in _CIRCUMSTANCES:
+        if getattr(claim.circumstances, attribute) is True:
+            refused = True
+            clauses.add(clause)
+            reasons.append(Reason(code=code, params={}))
+
+    # 4. Dates.
+    production = claim.production_date
+    if production is None:
+        parsed = parse_serial(claim.serial, policy)
+        production = parsed.production_date if parsed is not None else None
+    period, date_reason = _period(claim, production, policy)
+    reasons.append(date_reason)
+    if period is not None:
+        clauses.update({"W1", "W2" if period.basis is Basis.port_arrival else "W3"})
+        if claim.claim_date > period.end:
+            refused = True
+            clauses.add("X1")
+            if period.basis is Basis.serial_production:
+                clauses.add("X2")
+
+    # 5. Outcome, methods and the discount.
+    if refused:
+        outcome = Outcome.not_covered
+    elif period is None:
+        outcome = Outcome.review
+    else:
+        outcome = Outcome.covered
+    methods = _methods(claim, policy) if outcome is Outcome.covered else ()
+    clauses.update(_METHOD_CLAUSES[method] for method in methods)
+    if _SHIPPING_METHODS.intersection(methods):
+        clauses.add("F1")
+    discount: Decimal | None = None
+    if Method.discount_compensation in methods:
+        rate_percent = _plain(policy.discount_rate * 100)
+        if claim.order_total is not None:
+            discount = (claim.order_total * policy.discount_rate).quantize(_CENT, rounding=ROUND_HALF_UP)
+            params = {
+                "amount": _money(discount, claim.currency),
+                "order_total": _money(claim.order_total, claim.currency),
+                "rate_percent": rate_percent,
+            }
+            reasons.append(Reason(code="discount_amount", params=params))
+        else:
+            reasons.append(Reason(code="discount_offered", params={"rate_percent": rate_percent}))
+
+    return Decision(
+        outcome=outcome,
+        basis=period.basis if period is not None else None,
+        production_date=production,
+        warranty_start=period.start if period is not None else None,
+        warranty_end=period.end if period is not None else None,
+        clauses=tuple(sorted(clauses)),
+        methods=methods,
+        discount_amount=discount,
+        reasons=tuple(reasons),
+    )
+
+
+def _period(claim: Claim, production: date | None, policy: Policy) -> tuple[_Period | None, Reason]:
+    """The warranty period and the reason explaining it, or None and the reason it cannot be computed."""
+    if production is None:
+        return None, Reason(code="unreadable_serial", params={"serial": claim.serial})
+    if production > claim.claim_date:
+        params = {"production_date": production.isoformat(), "claim_date": claim.claim_date.isoformat()}
+        return None, Reason(code="production_after_claim", params=params)
+    arrival = claim.port_arrival_date
+    if arrival is not None and arrival < production:
+        params = {"port_arrival_date": arrival.isoformat(), "production_date": production.isoformat()}
+        return None, Reason(code="arrival_before_production", params=params)
+    # W2 needs both a proven purchase and a known arrival; anything less falls back to W3.
+    if claim.proof in (Proof.registry, Proof.documents) and arrival is not None:
+        basis, start = Basis.port_arrival, arrival
+    else:
+        basis, start = Basis.serial_production, add_months(production, policy.serial_fallback_offset_months)
+    if claim.claim_date < start:
+        params = {"claim_date": claim.claim_date.isoformat(), "warranty_start": start.isoformat()}
+        return None, Reason(code="claim_before_start", params=params)
+    end = add_months(start, policy.term_months) - timedelta(days=1)
+    params = {
+        "claim_date": claim.claim_date.isoformat(),
+        "warranty_start": start.isoformat(),
+        "warranty_end": end.isoformat(),
+        "term_months": str(policy.term_months),
+    }
+    if basis is Basis.serial_production:
+        params["production_date"] = production.isoformat()
+        params["offset_months"] = str(policy.serial_fallback_offset_months)
+    expired = claim.claim_date > end
+    code = ("expired" if expired else "in_warranty") + ("_serial" if basis is Basis.serial_production else "")
+    return _Period(basis=basis, start=start, end=end), Reason(code=code, params=params)
+
+
+def _methods(claim: Claim, policy: Policy) -> tuple[Method, ...]:
+    """The methods offered on a covered claim; the engineer picks among M2–M4 after remote diagnosis."""
+    repairs = (Method.remote_guidance, Method.factory_repair, Method.door_to_door)
+    if claim.units < policy.discount_min_units:
+        return repairs
+    if claim.prefers_discount:
+        return (Method.discount_compensation,)
+    return (*repairs, Method.discount_compensation)
+
+
+def _plain(value: Decimal) -> str:
+    """A decimal without exponent or trailing zeros: 1.00 -> "1", 1.50 -> "1.5"."""
+    return f"{value.normalize():f}"
+
+
+def _money(amount: Decimal, currency: str | None) -> str:
+    text = f"{amount.quantize(_CENT, rounding=ROUND_HALF_UP):f}"
+    return f"{text} {currency}" if currency else text
+
+
+def render_reasons(decision: Decision, policy: Policy, language: str = "en") -> list[str]:
+    """The decision's reasons as text in `language`; English stands in for a missing language or code."""
+    english = policy.reason_texts["en"]
+    texts = policy.reason_texts.get(language, english)
+    return [texts.get(r.code, english[r.code]).format_map(r.params) for r in decision.reasons]

@@ -1,0 +1,1 @@
+"""Jinja2 message templates, one folder per language (data shipped with the package)."""

@@ -1,0 +1,84 @@
+"""Shared fixtures: real databases (a SQLite file, and PostgreSQL in a throwaway schema) and the bot's parts."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+from sqlalchemy import Engine, create_engine, text
+
+from bot.app import Bot, build
+from bot.config import Settings
+from bot.store import make_engine, upgrade
+
+PAYLOADS = Path(__file__).resolve().parents[2] / "shared" / "payloads"
+LOCAL_PAYLOADS = Path(__file__).with_name("payloads")
+POSTGRES_URL = Settings().test_postgres_url
+
+
+def _postgres_reachable() -> str | None:
+    try:
+        with create_engine(POSTGRES_URL).connect() as connection:
+            connection.execute(text("select 1"))
+    except Exception as error:
+        return f"{type(error).__name__}: {str(error).splitlines()[0]}"
+    return None
+
+
+_PG_PROBLEM = _postgres_reachable()
+
+
+def postgres_or_skip() -> None:
+    """PostgreSQL tests skip on a machine without it, but never in CI, where they must run."""
+    if _PG_PROBLEM is None:
+        return
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"PostgreSQL must be reachable in CI at {POSTGRES_URL}: {_PG_PROBLEM}")
+    pytest.skip(f"PostgreSQL not reachable at {POSTGRES_URL}: {_PG_PROBLEM}")
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A DATABASE_URL for PostgreSQL that points at a fresh schema, dropped afterwards."""
+    postgres_or_skip()
+    schema = f"t_{secrets.token_hex(6)}"
+    admin = create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE SCHEMA "{schema}"'))
+    separator = "&" if "?" in POSTGRES_URL else "?"
+    try:
+        yield f"{POSTGRES_URL}{separator}options={quote(f'-csearch_path={schema}')}"
+    finally:
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/warranty.db"
+    return str(request.getfixturevalue("postgres_url"))
+
+
+@pytest.fixture
+def db(database_url: str) -> Iterator[Engine]:
+    engine = make_engine(database_url)
+    upgrade(engine)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def settings(database_url: str, tmp_path: Path) -> Settings:
+    return Settings(_env_file=None, database_url=database_url, data_dir=tmp_path,  # type: ignore[call-arg]
+                    attachments_dir=tmp_path / "attachments")
+
+
+@pytest.fixture
+def bot(settings: Settings, db: Engine) -> Bot:
+    return build(settings, db=db)
