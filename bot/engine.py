@@ -302,6 +302,28 @@ class Engine:
         self.notify_desks(session, case, "customer_message", text=effect.text,
                           attachment_ids=list(effect.attachment_ids), sender=message.sender_name)
 
+    # --- reading, for channels that show the conversation themselves (web chat) -------------------------
+
+    def transcript(self, channel: str, chat_id: str, *, after: int = 0, limit: int = 200) -> list[dict[str, Any]]:
+        """What the customer sees of their conversation: their messages, the bot's and engineers' (no notes)."""
+        with Session(self.db) as session:
+            conversation = session.execute(
+                select(Conversation).where(Conversation.channel == channel,  # type: ignore[arg-type]
+                                           Conversation.chat_id == chat_id)  # type: ignore[arg-type]
+            ).scalar_one_or_none()
+            if conversation is None:
+                return []
+            rows = session.execute(
+                select(Message)
+                .where(Message.conversation_id == conversation.id, Message.id > after,  # type: ignore[arg-type, operator]
+                       Message.author.in_(("customer", "bot", "engineer")))  # type: ignore[attr-defined]
+                .order_by(Message.id)  # type: ignore[arg-type]
+                .limit(limit)
+            ).scalars()
+            return [{"id": m.id, "author": m.author, "author_name": m.author_name if m.author == "engineer" else None,
+                     "text": m.text, "buttons": m.buttons, "attachment_ids": m.attachment_ids,
+                     "created_at": m.created_at.isoformat()} for m in rows]
+
     # --- shared with the desk ------------------------------------------------------------------------------
 
     def say(self, session: Session, conversation: Conversation, text: str, buttons: tuple[Button, ...] = (), *,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from datetime import timedelta
@@ -104,22 +105,19 @@ class Deliverer:
         self.senders = dict(senders)
         self.max_attempts = max_attempts
 
-    async def run(self, stop: asyncio.Event, *, poll_seconds: float = 0.5, wake: asyncio.Event | None = None) -> None:
+    async def run(self, stop: asyncio.Event, *, poll_seconds: float = 0.5,
+                  wake: threading.Event | None = None) -> None:
         """Deliver until `stop` is set; woken early by `wake` when new rows were written."""
+        wake = wake or threading.Event()
         while not stop.is_set():
+            wake.clear()
             try:
-                sent = await self.deliver_due()
+                attempted = await self.deliver_due()
             except Exception:
                 log.exception("outbox delivery round failed")
-                sent = 0
-            if sent:
-                continue
-            waiter = wake or asyncio.Event()
-            try:
-                await asyncio.wait_for(_first(stop, waiter), timeout=poll_seconds)
-            except TimeoutError:
-                pass
-            waiter.clear()
+                attempted = 0
+            if not attempted:
+                await asyncio.to_thread(wake.wait, poll_seconds)
 
     async def deliver_due(self, limit: int = 100) -> int:
         """One round: the head row of every chat that has a due row. Returns how many were attempted."""
@@ -236,12 +234,3 @@ def retry_dead(db: Engine, ids: list[int] | None = None) -> int:
             query = query.where(OutboxItem.id.in_(ids))  # type: ignore[union-attr]
         result = session.execute(query.values(status=PENDING, attempts=0, next_attempt_at=utcnow()))
         return int(result.rowcount)  # type: ignore[attr-defined]
-
-
-async def _first(*events: asyncio.Event) -> None:
-    waiters = [asyncio.create_task(e.wait()) for e in events]
-    try:
-        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for waiter in waiters:
-            waiter.cancel()

@@ -266,7 +266,7 @@ def _validate(rows: Iterator[_Row], policy: Policy) -> tuple[dict[str, _Order], 
             orders[order_id], order_lines[order_id] = order, line
         repeated = [serial for serial in serials if serial in unit_lines]
         if repeated:
-            more = f" (and {len(repeated) - 1} more of this row)" if len(repeated) > 1 else ""
+            more = f" ({len(repeated)} serials of this range are listed earlier)" if len(repeated) > 1 else ""
             errors.append((line, f"serial: {repeated[0]} is already listed on line "
                                  f"{unit_lines[repeated[0]]}{more}"))
         for serial in serials:

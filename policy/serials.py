@@ -37,8 +37,8 @@ class ParsedSerial:
 
 # Customers on Cyrillic or Greek keyboards type look-alike letters; a serial is always Latin.
 _CONFUSABLES = str.maketrans(
-    "АВЕКМНОРСТУХІЅЈ" "ΑΒΕΖΗΙΚΜΝΟΡΤΥΧ",
-    "ABEKMHOPCTYXISJ" "ABEZHIKMNOPTYX",
+    "АВЕКМНОРСТУХІЅЈΑΒΕΖΗΙΚΜΝΟΡΤΥΧ",  # Cyrillic, then Greek
+    "ABEKMHOPCTYXISJABEZHIKMNOPTYX",
 )
 # Hyphen look-alikes that NFKC leaves alone, treated as the plain hyphen a serial may contain.
 _HYPHENS = str.maketrans({"\u2010": "-", "\u2011": "-"})

@@ -109,7 +109,7 @@ TABLE = (
     "CSP2402A0153\tno power\t1\n"
     "CSP2402A0154\tnoise\t2\n"
     "csp-2402-a0160\tleaks\t1\n"
-)
+)  # fmt: skip
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,165 @@
+"""The local desk: a page at /desk and a JSON API for engineers, behind a bearer token (DESK_TOKEN).
+
+Used when Slack is not configured; when it is, both act on the same cases through bot.desk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from adapters.webchat import _PAGE_HEADERS, WEB
+from bot.app import Bot
+from bot.desk import STATUSES, DeskError
+from bot.outbox import Sender
+
+MAX_NAME = 80
+
+
+class LocalDesk:
+    name = "localdesk"
+    is_desk = True
+
+    def __init__(self, bot: Bot) -> None:
+        self.bot = bot
+        token = bot.settings.desk_token
+        self.token = token.get_secret_value() if token else None
+
+    def routes(self) -> Sequence[BaseRoute]:
+        desk = self.bot.desk
+        return [
+            Route("/desk", self.page),
+            Route("/api/desk/cases", self._guard(self._list), methods=["GET"]),
+            Route("/api/desk/cases/{ref}", self._guard(self._get), methods=["GET"]),
+            Route("/api/desk/cases/{ref}/messages", self._guard(self._message), methods=["POST"]),
+            Route("/api/desk/cases/{ref}/claim", self._guard(self._action(desk.claim)), methods=["POST"]),
+            Route("/api/desk/cases/{ref}/method", self._guard(self._method), methods=["POST"]),
+            Route("/api/desk/cases/{ref}/close", self._guard(self._action(desk.close)), methods=["POST"]),
+            Route("/api/desk/cases/{ref}/attachments/{attachment_id:int}", self._guard(self._attachment)),
+        ]
+
+    def sender(self) -> Sender | None:
+        return None  # the page reads the database; nothing to deliver
+
+    async def start(self) -> None:
+        return None
+
+    async def stop(self) -> None:
+        return None
+
+    async def page(self, request: Request) -> Response:
+        return FileResponse(WEB / "desk.html", headers=_PAGE_HEADERS)
+
+    # --- verify -------------------------------------------------------------------------------------------
+
+    def _guard(self, handler: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
+        async def guarded(request: Request) -> Response:
+            if self.token is None:
+                return JSONResponse({"error": "the local desk is off: set DESK_TOKEN in .env and restart"},
+                                    status_code=503)
+            scheme, _, given = request.headers.get("authorization", "").partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), self.token.encode()):
+                return JSONResponse({"error": "a valid desk token is required (Authorization: Bearer ...)"},
+                                    status_code=401, headers={"WWW-Authenticate": "Bearer"})
+            try:
+                return await handler(request)
+            except DeskError as error:
+                return JSONResponse({"error": str(error)}, status_code=error.status)
+            except _BadRequest as error:
+                return JSONResponse({"error": str(error)}, status_code=422)
+        return guarded
+
+    # --- handlers -----------------------------------------------------------------------------------------
+
+    async def _list(self, request: Request) -> Response:
+        status = request.query_params.get("status") or None
+        if status is not None and status not in STATUSES:
+            raise _BadRequest(f"status must be one of {', '.join(STATUSES)}")
+        query = (request.query_params.get("q") or "")[:64] or None
+        cases = await asyncio.to_thread(self.bot.desk.list_cases, status=status, query=query)
+        return JSONResponse({"cases": cases})
+
+    async def _get(self, request: Request) -> Response:
+        return JSONResponse(await asyncio.to_thread(self.bot.desk.get_case, _ref(request)))
+
+    async def _message(self, request: Request) -> Response:
+        data = await _body(request)
+        text = data.get("text")
+        internal = data.get("internal", False)
+        if not isinstance(text, str) or not text.strip():
+            raise _BadRequest("text is required and must be a non-empty string")
+        if not isinstance(internal, bool):
+            raise _BadRequest("internal must be true or false")
+        action = self.bot.desk.note if internal else self.bot.desk.reply
+        result = await asyncio.to_thread(action, _ref(request), engineer=_engineer(request, data), text=text)
+        self.bot.engine.outbox_signal.set()
+        return JSONResponse(result)
+
+    async def _method(self, request: Request) -> Response:
+        data = await _body(request)
+        method, reason = data.get("method"), data.get("reason")
+        if not isinstance(method, str):
+            raise _BadRequest("method is required")
+        if reason is not None and not isinstance(reason, str):
+            raise _BadRequest("reason must be a string")
+        clauses = data.get("clauses")
+        if clauses is not None and not (isinstance(clauses, list) and all(isinstance(c, str) for c in clauses)):
+            raise _BadRequest("clauses must be a list of clause ids")
+        result = await asyncio.to_thread(self.bot.desk.choose_method, _ref(request), engineer=_engineer(request, data),
+                                         method=method, reason=reason, clauses=clauses)
+        return JSONResponse(result)
+
+    def _action(self, action: Callable[..., dict[str, Any]]) -> Callable[[Request], Awaitable[Response]]:
+        async def handler(request: Request) -> Response:
+            data = await _body(request)
+            return JSONResponse(await asyncio.to_thread(action, _ref(request), engineer=_engineer(request, data)))
+        return handler
+
+    async def _attachment(self, request: Request) -> Response:
+        stored = await asyncio.to_thread(self.bot.desk.attachment, _ref(request), request.path_params["attachment_id"])
+        path = self.bot.attachments.path(stored.path)
+        return FileResponse(path, media_type=stored.mime, filename=stored.name,
+                            headers={"X-Content-Type-Options": "nosniff",
+                                     "Content-Security-Policy": "default-src 'none'; sandbox"})
+
+
+class _BadRequest(Exception):
+    pass
+
+
+def _ref(request: Request) -> str:
+    ref = str(request.path_params["ref"])
+    if len(ref) > 40:
+        raise DeskError("no such case")
+    return ref
+
+
+async def _body(request: Request) -> dict[str, Any]:
+    body = await request.body()
+    if not body.strip():
+        return {}
+    try:
+        data = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise _BadRequest("the body must be JSON") from None
+    if not isinstance(data, dict):
+        raise _BadRequest("the body must be a JSON object")
+    return data
+
+
+def _engineer(request: Request, data: dict[str, Any]) -> str:
+    name = data.get("engineer") or request.headers.get("x-engineer") or "Engineer"
+    if not isinstance(name, str) or not name.strip():
+        raise _BadRequest("engineer must be a name")
+    return name.strip()[:MAX_NAME]
+
+
+def from_settings(bot: Bot) -> LocalDesk:
+    return LocalDesk(bot)

@@ -1,0 +1,225 @@
+"""The web chat channel: a chat page at `/` and its JSON API; the message log is what the customer reads.
+
+API: POST /api/webchat/sessions -> 201 {"session_id"}; POST /api/webchat/sessions/{id}/messages
+{"text", "client_id"?} -> 202 {"id"}; POST /api/webchat/sessions/{id}/files (multipart "file") -> 202 {"id"};
+GET /api/webchat/sessions/{id}/messages?after=<id> -> 200 {"messages": [...]}.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from sqlmodel import Session
+from starlette.datastructures import UploadFile
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.routing import BaseRoute, Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from bot.app import Bot
+from bot.attachments import AttachmentRejected
+from bot.messages import Attachment, InboundMessage, OutboundMessage
+from bot.outbox import Delivered
+from bot.store import KeyValue, session_scope
+from bot.store.clock import utcnow
+
+CHANNEL = "webchat"
+WEB = Path(__file__).resolve().parent.parent / "bot" / "web"
+MAX_TEXT_CHARS = 100_000
+MAX_CLIENT_ID = 128
+_SESSION_PREFIX = "webchat:"
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+# --- verify: sessions are unguessable ids kept in the database -----------------------------------------
+
+
+def _create_session(bot: Bot, language: str | None) -> str:
+    session_id = secrets.token_urlsafe(24)
+    with session_scope(bot.db) as session:
+        session.add(KeyValue(key=_SESSION_PREFIX + session_id,
+                             value={"created_at": utcnow().isoformat(), "language": language}))
+    return session_id
+
+
+def _session(bot: Bot, session_id: str) -> dict[str, Any]:
+    if len(session_id) > 64:
+        raise ApiError(404, "unknown session")
+    with Session(bot.db) as session:
+        row = session.get(KeyValue, _SESSION_PREFIX + session_id)
+    if row is None:
+        raise ApiError(404, "unknown session")
+    return row.value
+
+
+# --- parse ----------------------------------------------------------------------------------------------
+
+
+async def _json_object(request: Request) -> dict[str, Any]:
+    body = await request.body()
+    if not body.strip():
+        return {}
+    try:
+        data = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise ApiError(422, "the body must be JSON") from None
+    if not isinstance(data, dict):
+        raise ApiError(422, "the body must be a JSON object")
+    return data
+
+
+def _text_message(data: Mapping[str, Any]) -> tuple[str, str | None]:
+    text = data.get("text")
+    if not isinstance(text, str):
+        raise ApiError(422, "text is required and must be a string")
+    if not text.strip():
+        raise ApiError(422, "text must not be empty")
+    if len(text) > MAX_TEXT_CHARS:
+        raise ApiError(422, f"text is too long (at most {MAX_TEXT_CHARS} characters)")
+    client_id = data.get("client_id")
+    if client_id is not None and (not isinstance(client_id, str) or not 0 < len(client_id) <= MAX_CLIENT_ID):
+        raise ApiError(422, f"client_id must be a string of 1 to {MAX_CLIENT_ID} characters")
+    return text, client_id
+
+
+def _inbound(session_id: str, *, external_id: str, text: str = "", attachments: tuple[Attachment, ...] = (),
+             language: str | None = None, client_id: str | None = None) -> InboundMessage:
+    return InboundMessage(channel=CHANNEL, external_id=external_id, sender_id=session_id, chat_id=session_id,
+                          text=text, attachments=attachments, received_at=utcnow(), locale_hint=language,
+                          sender_name="Web chat visitor", raw={"client_id": client_id} if client_id else {})
+
+
+# --- the channel ----------------------------------------------------------------------------------------
+
+
+class WebChat:
+    """The embedded web chat; replies need no delivery: the page reads the message log."""
+
+    name = CHANNEL
+    is_desk = False
+
+    def __init__(self, bot: Bot) -> None:
+        self.bot = bot
+
+    def routes(self) -> Sequence[BaseRoute]:
+        return [
+            Route("/", self.page),
+            Route("/api/webchat/sessions", self.create_session, methods=["POST"]),
+            Route("/api/webchat/sessions/{session_id}/messages", self.post_message, methods=["POST"]),
+            Route("/api/webchat/sessions/{session_id}/messages", self.list_messages, methods=["GET"]),
+            Route("/api/webchat/sessions/{session_id}/files", self.post_file, methods=["POST"]),
+            Mount("/static", app=StaticFiles(directory=WEB), name="static"),
+        ]
+
+    def sender(self) -> WebChat:
+        return self
+
+    async def send(self, message: OutboundMessage, payload: Mapping[str, Any]) -> Delivered:
+        return Delivered()
+
+    async def start(self) -> None:
+        return None
+
+    async def stop(self) -> None:
+        return None
+
+    async def page(self, request: Request) -> Response:
+        return FileResponse(WEB / "chat.html", headers=_PAGE_HEADERS)
+
+    async def create_session(self, request: Request) -> Response:
+        return await _api(self._create_session, request)
+
+    async def post_message(self, request: Request) -> Response:
+        return await _api(self._post_message, request)
+
+    async def list_messages(self, request: Request) -> Response:
+        return await _api(self._list_messages, request)
+
+    async def post_file(self, request: Request) -> Response:
+        return await _api(self._post_file, request)
+
+    async def _create_session(self, request: Request) -> Response:
+        data = await _json_object(request)
+        language = data.get("language")
+        if language is not None and not (isinstance(language, str) and 2 <= len(language) <= 16):
+            raise ApiError(422, "language must be a language code such as 'en' or 'es'")
+        session_id = await asyncio.to_thread(_create_session, self.bot, language)
+        return JSONResponse({"session_id": session_id}, status_code=201)
+
+    async def _post_message(self, request: Request) -> Response:
+        session_id = request.path_params["session_id"]
+        details = await asyncio.to_thread(_session, self.bot, session_id)
+        text, client_id = _text_message(await _json_object(request))
+        external_id = f"{session_id}:{client_id or secrets.token_hex(12)}"
+        message = _inbound(session_id, external_id=external_id, text=text, language=details.get("language"),
+                           client_id=client_id)
+        accepted = await asyncio.to_thread(self.bot.engine.accept, message)
+        return JSONResponse({"id": accepted.inbox_id or external_id, "duplicate": accepted.duplicate},
+                            status_code=202)
+
+    async def _post_file(self, request: Request) -> Response:
+        session_id = request.path_params["session_id"]
+        details = await asyncio.to_thread(_session, self.bot, session_id)
+        if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+            raise ApiError(422, "send the file as multipart/form-data in the field 'file'")
+        try:
+            form = await request.form(max_files=1, max_fields=4)
+        except Exception:
+            raise ApiError(422, "the multipart body could not be read") from None
+        upload = form.get("file")
+        if not isinstance(upload, UploadFile):
+            raise ApiError(422, "the field 'file' is required")
+        data = await upload.read()
+        name = upload.filename or "file"
+        mime = upload.content_type or "application/octet-stream"
+        kind = "photo" if mime.startswith("image/") else "document"
+        try:
+            attachment = await asyncio.to_thread(self.bot.attachments.save, data, name=name, mime=mime, kind=kind)
+        except AttachmentRejected as error:
+            attachment = self.bot.attachments.rejected(name, error.reason)
+        caption = form.get("text")
+        message = _inbound(session_id, external_id=f"{session_id}:{secrets.token_hex(12)}",
+                           text=caption if isinstance(caption, str) else "", attachments=(attachment,),
+                           language=details.get("language"))
+        accepted = await asyncio.to_thread(self.bot.engine.accept, message)
+        return JSONResponse({"id": accepted.inbox_id, "rejected": attachment.kind == "rejected"}, status_code=202)
+
+    async def _list_messages(self, request: Request) -> Response:
+        session_id = request.path_params["session_id"]
+        await asyncio.to_thread(_session, self.bot, session_id)
+        raw_after = request.query_params.get("after", "0")
+        if not raw_after.isdigit() or len(raw_after) > 18:
+            raise ApiError(422, "after must be a message id (a non-negative integer)")
+        messages = await asyncio.to_thread(self.bot.engine.transcript, CHANNEL, session_id, after=int(raw_after))
+        for message in messages:
+            message.pop("attachment_ids", None)
+        return JSONResponse({"messages": messages})
+
+
+_PAGE_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script-src 'self'",
+    "X-Content-Type-Options": "nosniff",
+}
+
+
+async def _api(handler: Any, request: Request) -> Response:
+    try:
+        response: Response = await handler(request)
+    except ApiError as error:
+        return JSONResponse({"error": error.message}, status_code=error.status)
+    return response
+
+
+def from_settings(bot: Bot) -> WebChat:
+    return WebChat(bot)

@@ -1,0 +1,357 @@
+"""The shipment-registry import and lookup, against real SQLite and PostgreSQL databases."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Callable, Iterator
+from datetime import date, datetime
+from decimal import Decimal
+from pathlib import Path
+
+import openpyxl
+import pytest
+from sqlalchemy import Engine, create_engine, func, select
+from sqlalchemy.exc import OperationalError
+
+from bot.conversation import UnitFacts
+from bot.registry import ImportReport, RegistryImportError, import_registry, lookup
+from bot.store.db import make_engine, session_scope, upgrade
+from bot.store.models import RegistryOrder, RegistryUnit
+from policy import default_policy
+
+POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+SAMPLE = Path(__file__).parent / "data" / "registry-sample.csv"
+HEADER = (
+    "order_id,customer,serial,serial_to,production_date,port_arrival_date,cargo_compensation,"
+    "order_pieces,order_total,currency"
+)
+POLICY = default_policy()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
+    """A migrated database: a SQLite file, or a fresh schema of the test PostgreSQL server."""
+    if request.param == "sqlite":
+        engine = make_engine(f"sqlite:///{tmp_path}/t.db")
+        upgrade(engine)
+        yield engine
+        engine.dispose()
+        return
+    schema = f"t_{secrets.token_hex(6)}"
+    admin = create_engine(POSTGRES_URL, connect_args={"connect_timeout": 3})
+    try:
+        with admin.begin() as connection:
+            connection.exec_driver_sql(f"CREATE SCHEMA {schema}")
+    except OperationalError as error:
+        admin.dispose()
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"PostgreSQL is not reachable at {POSTGRES_URL}: {error}")
+        pytest.skip(f"PostgreSQL is not reachable at {POSTGRES_URL}")
+    engine = create_engine(POSTGRES_URL, connect_args={"options": f"-csearch_path={schema}"})
+    try:
+        upgrade(engine)
+        yield engine
+    finally:
+        engine.dispose()
+        with admin.begin() as connection:
+            connection.exec_driver_sql(f"DROP SCHEMA {schema} CASCADE")
+        admin.dispose()
+
+
+def write(tmp_path: Path, text: str, name: str = "registry.csv", encoding: str = "utf-8") -> Path:
+    path = tmp_path / name
+    path.write_bytes(text.encode(encoding))
+    return path
+
+
+def csv_text(*rows: str) -> str:
+    return "\n".join([HEADER, *rows]) + "\n"
+
+
+def run(engine: Engine, path: Path, progress: Callable[[int, int], None] | None = None) -> ImportReport:
+    return import_registry(engine, path, policy=POLICY, progress=progress)
+
+
+def counts(engine: Engine) -> tuple[int, int]:
+    with engine.connect() as connection:
+        orders = connection.execute(select(func.count()).select_from(RegistryOrder)).scalar_one()
+        units = connection.execute(select(func.count()).select_from(RegistryUnit)).scalar_one()
+    return orders, units
+
+
+def find(engine: Engine, *serials: str) -> dict[str, UnitFacts]:
+    with session_scope(engine) as session:
+        return lookup(session, serials)
+
+
+def import_error(engine: Engine, path: Path) -> RegistryImportError:
+    with pytest.raises(RegistryImportError) as caught:
+        run(engine, path)
+    return caught.value
+
+
+# The sample file of docs/registry.md --------------------------------------------------------------------
+
+
+def test_sample_file_imports_and_looks_up(engine: Engine) -> None:
+    report = run(engine, SAMPLE)
+
+    assert report == ImportReport(orders=4, units=1192, inserted=1192, updated=0, unchanged=0,
+                                  orders_inserted=4, orders_updated=0)
+    assert counts(engine) == (4, 1192)
+    facts = find(engine, "CSP2402A0153", "csp-2403-a0217", "CSP2311B0872", "CSP2405C1190", "CSP2402A0388",
+                 "CSP2402A0099", "")
+    assert facts["CSP2402A0153"] == UnitFacts(
+        serial="CSP2402A0153", order_id="PO-24-0117", production_date=date(2024, 2, 13),
+        port_arrival_date=date(2024, 3, 10), cargo_compensation=False, order_pieces=1000,
+        order_total=Decimal("25000.00"), currency="USD",
+    )
+    total = facts["CSP2402A0153"].order_total
+    assert isinstance(total, Decimal) and str(total) == "25000.00"
+    assert facts["CSP2403A0217"].cargo_compensation is True  # keyed by the normalised serial
+    assert facts["CSP2403A0217"].order_total == Decimal("4200.00")
+    assert facts["CSP2311B0872"].currency == "EUR"
+    assert facts["CSP2405C1190"].order_id == "PO-24-0231"
+    assert facts["CSP2402A0388"].port_arrival_date == date(2024, 3, 10)
+    assert set(facts) == {"CSP2402A0153", "CSP2403A0217", "CSP2311B0872", "CSP2405C1190", "CSP2402A0388"}
+
+
+# Reading the formats -----------------------------------------------------------------------------------
+
+
+def test_csv_single_units_and_ranges(engine: Engine, tmp_path: Path) -> None:
+    path = write(tmp_path, csv_text(
+        "PO-1,Acme,CSP2402A0100,CSP2402A0104,2024-02-10,2024-03-10,no,7,175.5,usd",
+        "PO-1,Acme,csp 2402 a0200,,2024-02-10,2024-03-10,no,7,175.50,USD",
+        "PO-2,Beta,CSP2402A0300,CSP2402A0300,2024-02-11,,YES,,,",
+    ))
+
+    report = run(engine, path)
+
+    assert (report.orders, report.units, report.inserted) == (2, 7, 7)
+    facts = find(engine, *[f"CSP2402A010{n}" for n in range(6)], "CSP2402A0200", "CSP2402A0300")
+    assert sorted(facts) == [*[f"CSP2402A010{n}" for n in range(5)], "CSP2402A0200", "CSP2402A0300"]
+    assert facts["CSP2402A0104"].order_total == Decimal("175.50")
+    assert facts["CSP2402A0200"].currency == "USD"
+    beta = facts["CSP2402A0300"]
+    assert (beta.cargo_compensation, beta.port_arrival_date, beta.order_pieces, beta.order_total,
+            beta.currency) == (True, None, None, None, None)
+
+
+def test_xlsx_with_real_dates_and_any_column_order(engine: Engine, tmp_path: Path) -> None:
+    workbook = openpyxl.Workbook()
+    sheet = workbook.active
+    assert sheet is not None
+    sheet.append(["Currency", " SERIAL ", "Serial To", "Order ID", "customer", "production_date",
+                  "port_arrival_date", "cargo_compensation", "order_pieces", "order_total", "notes"])
+    sheet.append(["USD", "CSP2402A0100", "CSP2402A0149", "PO-24-0117", "Lima Fleet", date(2024, 2, 6),
+                  datetime(2024, 3, 10, 0, 0), False, 1000, 25000, "first batch"])
+    sheet.append(["USD", "CSP2402A0153/X", None, None, None, 45000, None, None, None, None, None])  # bad
+    sheet.append(["USD", "CSP2402A0150", None, "PO-24-0117", "Lima Fleet", "2024-02-13", "2024-03-10",
+                  0, 1000.0, 25000.0, None])
+    sheet.append(["EUR", "CSP2311B0872", "", 10234, "Gulf", date(2023, 11, 14), date(2024, 1, 15), True,
+                  40, 1160.1, None])
+    path = tmp_path / "registry.xlsx"
+    workbook.save(path)
+
+    error = import_error(engine, path)
+    assert error.errors == [
+        (3, "order_id: required"),
+        (3, "serial: not a serial (letters and digits only; a range ends in serial_to): 'CSP2402A0153/X'"),
+        (3, "production_date: not a date (expected YYYY-MM-DD): '45000'"),
+    ]
+
+    sheet.delete_rows(3)
+    workbook.save(path)
+    report = run(engine, path)
+
+    assert (report.orders, report.units) == (2, 52)
+    facts = find(engine, "CSP2402A0149", "CSP2402A0150", "CSP2311B0872")
+    assert facts["CSP2402A0149"].port_arrival_date == date(2024, 3, 10)
+    assert facts["CSP2402A0150"].order_total == Decimal("25000.00")
+    gulf = facts["CSP2311B0872"]
+    assert (gulf.order_id, gulf.cargo_compensation, gulf.order_total) == ("10234", True, Decimal("1160.10"))
+
+
+def test_bom_semicolons_and_decimal_commas(engine: Engine, tmp_path: Path) -> None:
+    text = csv_text(
+        "PO-7;Café Motors;CSP2403A0217;;2024-03-05;2024-04-20;1;12;1234,5;BRL",
+        "PO-7;Café Motors;CSP2403A0218;CSP2403A0219;2024-03-05;2024-04-20;true;12;1234.50;BRL",
+    ).replace(",", ";").replace("1234;5", "1234,5")
+    path = write(tmp_path, "\ufeff" + text.replace("\n", "\r\n"))
+
+    report = run(engine, path)
+
+    assert (report.orders, report.units) == (1, 3)
+    unit = find(engine, "CSP2403A0217")["CSP2403A0217"]
+    assert (unit.order_total, unit.cargo_compensation, unit.currency) == (Decimal("1234.50"), True, "BRL")
+
+
+def test_reimport_is_idempotent_and_updates_changed_values(engine: Engine, tmp_path: Path) -> None:
+    rows = [
+        "PO-1,Acme,CSP2402A0100,CSP2402A0109,2024-02-10,2024-03-10,false,20,500.00,USD",
+        "PO-1,Acme,CSP2402A0110,CSP2402A0119,2024-02-10,2024-03-10,false,20,500.00,USD",
+    ]
+    path = write(tmp_path, csv_text(*rows))
+    run(engine, path)
+
+    again = run(engine, path)
+    assert (again.inserted, again.updated, again.unchanged, again.orders_updated) == (0, 0, 20, 0)
+    assert counts(engine) == (1, 20)
+
+    rows[1] = rows[1].replace("2024-03-10", "2024-03-18")
+    path = write(tmp_path, csv_text(*rows, "PO-2,Beta,CSP2402A0120,,2024-02-10,2024-03-18,false,1,25.00,USD"))
+    changed = run(engine, path)
+
+    assert (changed.inserted, changed.updated, changed.unchanged) == (1, 10, 10)
+    assert counts(engine) == (2, 21)
+    facts = find(engine, "CSP2402A0109", "CSP2402A0110")
+    assert facts["CSP2402A0109"].port_arrival_date == date(2024, 3, 10)
+    assert facts["CSP2402A0110"].port_arrival_date == date(2024, 3, 18)
+
+
+def test_reimport_updates_order_values_and_moves_units(engine: Engine, tmp_path: Path) -> None:
+    run(engine, write(tmp_path, csv_text(
+        "PO-1,Acme,CSP2402A0100,CSP2402A0101,2024-02-10,2024-03-10,false,2,50.00,USD",
+    )))
+    report = run(engine, write(tmp_path, csv_text(
+        "PO-1,Acme Ltd,CSP2402A0100,,2024-02-10,2024-03-10,true,2,55.00,USD",
+        "PO-2,Beta,CSP2402A0101,,2024-02-10,2024-03-10,false,1,25.00,USD",
+    )))
+
+    assert (report.orders_inserted, report.orders_updated, report.updated, report.unchanged) == (1, 1, 1, 1)
+    facts = find(engine, "CSP2402A0100", "CSP2402A0101")
+    assert (facts["CSP2402A0100"].cargo_compensation, facts["CSP2402A0100"].order_total) == (
+        True, Decimal("55.00"))
+    assert facts["CSP2402A0101"].order_id == "PO-2"
+
+
+# Bad files ----------------------------------------------------------------------------------------------
+
+
+def test_bad_rows_are_all_reported_by_line_and_nothing_is_written(engine: Engine, tmp_path: Path) -> None:
+    run(engine, SAMPLE)
+    before = counts(engine)
+    text = (
+        HEADER + "\n"                                                                                # 1
+        "PO-24-0117,Lima Fleet Services SAC,CSP2402A0100,CSP2402A0149,2024-02-06,2024-03-11,false,"
+        "1000,25000.00,USD\n"                                                                        # 2 ok
+        "PO-9,Acme,CSP2402A5000,,2024-02-10,2024-13-01,false,10,250.00,USD\n"                         # 3
+        "\n"                                                                                         # 4
+        'PO-10,"Beta\nMotors",CSP2402A6000,,2024-02-10,2024-03-10,maybe,10,100.00,USD\n'               # 5-6
+        "PO-11,Gamma,CSP2402A7000,,10/02/2024,2024-03-10,false,ten,12.345,US\n"                      # 7
+        "PO-12,Delta,CSP2402A8000,CSP2402A7990,2024-02-10,2024-03-10,false,1,1.00,USD\n"              # 8
+        "PO-13,Echo,CSP2402A9000,,2024-03-10,2024-02-10,false,1,1.00,USD\n"                           # 9
+    )
+    error = import_error(engine, write(tmp_path, text))
+
+    assert error.errors == [
+        (3, "port_arrival_date: not a date (expected YYYY-MM-DD): '2024-13-01'"),
+        (5, "cargo_compensation: not a yes/no value (expected true, false, yes, no, 1 or 0): 'maybe'"),
+        (7, "production_date: not a date (expected YYYY-MM-DD): '10/02/2024'"),
+        (7, "order_pieces: not a whole number of pieces: 'ten'"),
+        (7, "order_total: more than 2 decimals: '12.345'"),
+        (7, "currency: not a 3-letter currency code (e.g. USD): 'US'"),
+        (8, "serial_to: CSP2402A8000 to CSP2402A7990: the range runs backwards"),
+        (9, "port_arrival_date: 2024-02-10 is before production_date 2024-03-10"),
+    ]
+    assert str(error) == (
+        "5 bad rows (8 problems); first: line 3: port_arrival_date: not a date (expected YYYY-MM-DD): "
+        "'2024-13-01'"
+    )
+    assert counts(engine) == before
+    # The good row would have moved the port arrival date; it must not have been applied.
+    assert find(engine, "CSP2402A0100")["CSP2402A0100"].port_arrival_date == date(2024, 3, 10)
+
+
+def test_missing_columns_are_named(engine: Engine, tmp_path: Path) -> None:
+    text = "order_id;Serial;production_date;port_arrival_date;cargo_compensation;order_pieces\nPO-1;X1;;;;\n"
+
+    error = import_error(engine, write(tmp_path, text))
+
+    assert len(error.errors) == 1
+    line, message = error.errors[0]
+    assert line == 1
+    assert message.startswith("missing columns: customer, order_total, currency (the header must name")
+    assert str(error).startswith("1 bad row: line 1: missing columns: customer, order_total, currency")
+    assert counts(engine) == (0, 0)
+
+
+def test_bad_boolean(engine: Engine, tmp_path: Path) -> None:
+    error = import_error(engine, write(tmp_path, csv_text(
+        "PO-1,Acme,CSP2402A0100,,2024-02-10,2024-03-10,si,1,1.00,USD",
+    )))
+    assert error.errors == [
+        (2, "cargo_compensation: not a yes/no value (expected true, false, yes, no, 1 or 0): 'si'")
+    ]
+
+
+def test_reversed_and_foreign_ranges(engine: Engine, tmp_path: Path) -> None:
+    error = import_error(engine, write(tmp_path, csv_text(
+        "PO-1,Acme,CSP2402A0149,CSP2402A0100,2024-02-10,2024-03-10,false,1,1.00,USD",
+        "PO-1,Acme,CSP2402A0200,CSP2403A0210,2024-02-10,2024-03-10,false,1,1.00,USD",
+        "PO-1,Acme,CSP2402A0300..CSP2402A0310,,2024-02-10,2024-03-10,false,1,1.00,USD",
+    )))
+    assert error.errors == [
+        (2, "serial_to: CSP2402A0149 to CSP2402A0100: the range runs backwards"),
+        (3, "serial_to: CSP2402A0200 to CSP2403A0210: not serials of one model, month and batch"),
+        (4, "serial: not a serial (letters and digits only; a range ends in serial_to): "
+            "'CSP2402A0300..CSP2402A0310'"),
+    ]
+    assert counts(engine) == (0, 0)
+
+
+def test_conflicting_order_values_and_repeated_serials(engine: Engine, tmp_path: Path) -> None:
+    error = import_error(engine, write(tmp_path, csv_text(
+        "PO-1,Acme,CSP2402A0100,CSP2402A0109,2024-02-10,2024-03-10,false,20,500.00,USD",
+        "PO-1,Acme,CSP2402A0110,,2024-02-10,2024-03-10,true,20,500,USD",
+        "PO-1,ACME,CSP2402A0105,CSP2402A0111,2024-02-10,2024-03-10,false,20,510.00,EUR",
+    )))
+    assert error.errors == [
+        (3, "cargo_compensation: true differs from line 2 for order PO-1 (false)"),
+        (4, "customer: 'ACME' differs from line 2 for order PO-1 ('Acme')"),
+        (4, "order_total: '510.00' differs from line 2 for order PO-1 ('500.00')"),
+        (4, "currency: 'EUR' differs from line 2 for order PO-1 ('USD')"),
+        (4, "serial: CSP2402A0105 is already listed on line 2 (6 serials of this range are listed earlier)"),
+    ]
+
+
+def test_unreadable_files(engine: Engine, tmp_path: Path) -> None:
+    assert import_error(engine, write(tmp_path, "\n \n")).errors == [
+        (0, "the file is empty: expected a header line naming the columns")
+    ]
+    latin1 = write(tmp_path, csv_text("PO-1,Café,CSP2402A0100,,,,,,,"), encoding="latin-1")
+    error = import_error(engine, latin1)
+    assert error.errors[0][0] == 2 and "not UTF-8" in str(error)
+    error = import_error(engine, tmp_path / "missing.csv")
+    assert error.errors[0][0] == 0 and "cannot read" in str(error)
+
+
+# Size -----------------------------------------------------------------------------------------------------
+
+
+def test_twenty_thousand_units_in_batches(engine: Engine, tmp_path: Path) -> None:
+    # 20 ranges of 1,000 (the policy's longest range), over 4 orders: several write batches and IN chunks.
+    rows = [
+        f"PO-{n % 4},Fleet {n % 4},CSP2402{letter}0000,CSP2402{letter}0999,2024-02-10,2024-03-10,"
+        f"{'true' if n % 4 == 0 else 'false'},5000,125000.00,USD"
+        for n, letter in enumerate("ABCDEFGHIJKLMNOPQRST")
+    ]
+    path = write(tmp_path, csv_text(*rows))
+    calls: list[tuple[int, int]] = []
+
+    report = run(engine, path, progress=lambda done, total: calls.append((done, total)))
+
+    assert (report.orders, report.units, report.inserted) == (4, 20_000, 20_000)
+    assert counts(engine) == (4, 20_000)
+    assert calls[0] == (0, 20_000) and calls[-1] == (20_000, 20_000) and len(calls) >= 5
+    assert [done for done, _ in calls] == sorted(done for done, _ in calls)
+    serials = [f"CSP2402{letter}{n:04d}" for letter in "ABC" for n in range(1000)]
+    facts = find(engine, *serials)
+    assert len(facts) == 3000
+    assert facts["CSP2402A0000"].cargo_compensation and not facts["CSP2402B0999"].cargo_compensation
+
+    again = run(engine, path)
+    assert (again.inserted, again.updated, again.unchanged) == (0, 0, 20_000)
+
