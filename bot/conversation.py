@@ -76,6 +76,7 @@ _CONSEQUENTIAL = re.compile(
 )
 _RATING = re.compile(r"^\s*(?:rate:)?([1-5])\s*(?:/\s*5)?\s*[*★⭐]*\s*$")
 _MIN_FAULT_CHARS = 8
+_RANGE_WORDS = frozenset({"-", "–", "—", "to", "..", "and", "&", "~", "至", "a", "à", "до", "até"})
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -513,19 +514,17 @@ def _attempt_excerpt(text: str, policy: Policy) -> str | None:
 
 
 def _fault_in(text: str, policy: Policy) -> str:
-    """The part of a message that describes the fault, once serials and list punctuation are taken out."""
-    words = []
-    for word in re.split(r"\s+", text):
-        cleaned = word.strip(",;:.()[]")
-        if not cleaned:
+    """The part of a message that describes the fault, once serials and the words joining them are taken out."""
+    words = [w for w in re.split(r"\s+", text) if w.strip(",;:.()[]")]
+    is_serial = [bool(find_serials(w.strip(",;:.()[]"), policy)) for w in words]
+    kept = []
+    for index, word in enumerate(words):
+        between_serials = 0 < index < len(words) - 1 and is_serial[index - 1] and is_serial[index + 1]
+        if is_serial[index] or (between_serials and word.lower() in _RANGE_WORDS):
             continue
-        if parse_serial(cleaned, policy) is not None or cleaned.lower() in {"-", "–", "to", "..", "and", "&"}:
-            continue
-        if find_serials(cleaned, policy):
-            continue
-        words.append(word)
-    rest = " ".join(words).strip(" ,;:-–")
-    return rest if len(rest) >= _MIN_FAULT_CHARS and len(words) >= 2 else ""
+        kept.append(word)
+    rest = " ".join(kept).strip(" ,;:-–")
+    return rest if len(rest) >= _MIN_FAULT_CHARS and len(kept) >= 2 else ""
 
 
 def _units_params(state: State, facts: Facts) -> dict[str, Any]:

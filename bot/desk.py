@@ -66,7 +66,7 @@ class Desk:
             counts = dict(session.execute(
                 select(CaseUnit.case_id, func.count()).where(CaseUnit.case_id.in_([c.id for c in cases]))  # type: ignore[attr-defined]
                 .group_by(CaseUnit.case_id)  # type: ignore[arg-type]
-            ).tuples().all())
+            ).all())
             return [_summary(case, counts.get(case.id or 0, 0)) for case in cases]
 
     def get_case(self, ref: str) -> dict[str, Any]:

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import asdict, dataclass, field
+import re
+from dataclasses import asdict, dataclass, field, replace
 from datetime import date, datetime
 from typing import Any
 
@@ -70,6 +71,7 @@ class Engine:
 
     def accept(self, message: InboundMessage) -> Accepted:
         """Store an inbound message durably; a redelivery (same channel and external id) is recognised."""
+        message = replace(message, text=clean_text(message.text), sender_name=clean_text(message.sender_name or "") or None)
         values = {
             "channel": message.channel,
             "external_id": message.external_id[:255],
@@ -337,6 +339,14 @@ class Engine:
     def notify_desks(self, session: Session, case: Case, event: str, **data: Any) -> None:
         for desk in self.config.external_desks:
             enqueue_event(session, desk, case.ref, event, case_id=case.id, **data)
+
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+def clean_text(text: str) -> str:
+    """Control characters (NUL cannot even be stored by PostgreSQL) become U+FFFD; everything else is kept."""
+    return _CONTROL.sub("\ufffd", text)
 
 
 def audit(session: Session, case: Case | None, actor: str, action: str, **detail: Any) -> None:

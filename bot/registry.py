@@ -5,8 +5,8 @@ from __future__ import annotations
 import csv
 import io
 import re
-from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
-from contextlib import closing
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal, InvalidOperation
@@ -31,7 +31,6 @@ COLUMNS = (
 # A file of single units needs no range column; every other column is required, because a re-import
 # writes every column, and a column left out would silently blank what an earlier import stored.
 OPTIONAL_COLUMNS = frozenset({"serial_to"})
-ORDER_FIELDS = ("customer", "cargo_compensation", "order_pieces", "order_total", "currency")
 
 WRITE_BATCH = 5_000  # rows per executemany: large enough to be fast, small enough for steady progress
 SQLITE_IN_LIMIT = 900  # old SQLite builds allow 999 bound parameters per statement
@@ -124,14 +123,18 @@ def import_registry(
 
     Every row is checked before anything is written: one bad row and nothing is imported. A re-import
     updates changed values and adds new rows; orders and units missing from the file are kept.
-    `progress(done, total)` counts units: called once the file is validated, then after every batch.
+
+    `progress(done, total)` counts one step per data row read, then one per unit written, for one bar
+    that never goes back: while the file is read, `total` assumes a unit per row (an estimate); once it
+    is validated, `total` is exact. Called every few thousand steps and once at the end.
 
     Raises:
         RegistryImportError: the file cannot be read, or has bad rows (all of them are listed).
     """
-    with closing(_read_rows(path)) as rows:  # closes an XLSX workbook even when validation stops early
-        orders, units = _validate(rows, policy)
-    return _write(engine, orders, units, progress)
+    with _open(path) as (rows, expected_rows):
+        meter = _Progress(progress, expected_rows)
+        orders, units = _validate(rows, policy, meter)
+    return _write(engine, orders, units, meter)
 
 
 def lookup(session: Session, serials: Iterable[str]) -> dict[str, UnitFacts]:
@@ -168,39 +171,54 @@ def lookup(session: Session, serials: Iterable[str]) -> dict[str, UnitFacts]:
 _Row = tuple[int, Sequence[object]]
 
 
-def _read_rows(path: Path) -> Generator[_Row, None, None]:
-    """Yield (line number, cells) for every line of the file, the header included."""
+@contextmanager
+def _open(path: Path) -> Iterator[tuple[Iterator[_Row], int]]:
+    """The file's lines as (line number, cells), the header included, and the data rows it seems to hold."""
     try:
         with path.open("rb") as file:
             magic = file.read(8)
     except OSError as error:
         raise RegistryImportError([(0, f"cannot read {path}: {error.strerror or error}")]) from error
-    if magic.startswith(b"PK\x03\x04"):  # a zip archive: XLSX, whatever the file is called
-        yield from _read_xlsx(path)
-    elif magic.startswith(b"\xd0\xcf\x11\xe0"):
+    if magic.startswith(b"\xd0\xcf\x11\xe0"):
         raise RegistryImportError([
             (0, "old Excel .xls files are not supported: save the sheet as .xlsx or CSV")
         ])
-    else:
-        yield from _read_csv(path.read_bytes())
-
-
-def _read_csv(data: bytes) -> Iterator[_Row]:
+    if not magic.startswith(b"PK\x03\x04"):  # not a zip archive, so not XLSX whatever the file is called
+        text = _decode(path.read_bytes())
+        yield _csv_rows(text), text.count("\n") + (not text.endswith("\n")) - 1
+        return
     try:
-        text = data.decode("utf-8-sig")  # drops the BOM that Excel's "CSV UTF-8" writes
+        workbook = openpyxl.load_workbook(path, read_only=True, data_only=True)
+    except (BadZipFile, InvalidFileException, KeyError, OSError, ValueError) as error:
+        raise RegistryImportError([(0, f"not a readable XLSX file: {error}")]) from error
+    try:
+        sheet: Any = workbook.worksheets[0]
+        expected = (sheet.max_row or 1) - 1  # the size the writer stored; None when it stored none
+        # Some writers store a wrong size, and read-only mode would cut the rows to it.
+        sheet.reset_dimensions()
+        # Missing rows come back empty, so counting from 1 gives the row numbers Excel shows.
+        yield enumerate(sheet.iter_rows(values_only=True), start=1), expected
+    finally:
+        workbook.close()
+
+
+def _decode(data: bytes) -> str:
+    try:
+        return data.decode("utf-8-sig")  # drops the BOM that Excel's "CSV UTF-8" writes
     except UnicodeDecodeError as error:
         line = data.count(b"\n", 0, error.start) + 1
         raise RegistryImportError(
             [(line, "the file is not UTF-8 text: save it as CSV UTF-8 (comma or semicolon delimited)")]
         ) from error
-    header = next((line for line in text.splitlines() if line.strip()), "")
+
+
+def _csv_rows(text: str) -> Iterator[_Row]:
+    lines = io.StringIO(text, newline="")
+    header = next((line for line in lines if line.strip()), "")
     # Header names hold none of these, so the header line alone tells the delimiter reliably.
     delimiter = max((",", ";", "\t"), key=header.count)
-    return _csv_rows(text, delimiter)
-
-
-def _csv_rows(text: str, delimiter: str) -> Iterator[_Row]:
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    lines.seek(0)
+    reader = csv.reader(lines, delimiter=delimiter)
     end = 0
     while True:
         try:
@@ -214,23 +232,29 @@ def _csv_rows(text: str, delimiter: str) -> Iterator[_Row]:
         yield start, cells
 
 
-def _read_xlsx(path: Path) -> Iterator[_Row]:
-    try:
-        workbook = openpyxl.load_workbook(path, read_only=True, data_only=True)
-    except (BadZipFile, InvalidFileException, KeyError, OSError, ValueError) as error:
-        raise RegistryImportError([(0, f"not a readable XLSX file: {error}")]) from error
-    return _xlsx_rows(workbook)
+class _Progress:
+    """Feeds the caller's progress callback: a step per data row read, then a step per unit written."""
 
+    EVERY = 5_000
 
-def _xlsx_rows(workbook: Any) -> Iterator[_Row]:
-    try:
-        sheet = workbook.worksheets[0]
-        # Some writers store a wrong sheet size, and read-only mode would cut the rows to it.
-        sheet.reset_dimensions()
-        # Missing rows come back empty, so counting from 1 gives the row numbers Excel shows.
-        yield from enumerate(sheet.iter_rows(values_only=True), start=1)
-    finally:
-        workbook.close()
+    def __init__(self, callback: ProgressCallback | None, expected_rows: int) -> None:
+        self.callback = callback
+        self.expected_rows = max(expected_rows, 0)
+        self.rows = 0
+        self._report(0, 2 * self.expected_rows)
+
+    def row_read(self) -> None:
+        self.rows += 1
+        if self.rows % self.EVERY == 0:
+            # Until the ranges are expanded, one unit a row is the best guess.
+            self._report(self.rows, 2 * max(self.expected_rows, self.rows))
+
+    def units_written(self, done: int, total: int) -> None:
+        self._report(self.rows + done, self.rows + total)
+
+    def _report(self, done: int, total: int) -> None:
+        if self.callback is not None:
+            self.callback(done, total)
 
 
 # Validating -----------------------------------------------------------------------------------------------
@@ -240,7 +264,9 @@ class _Bad(ValueError):
     """A cell that cannot be read; the message names what was expected and shows the value."""
 
 
-def _validate(rows: Iterator[_Row], policy: Policy) -> tuple[dict[str, _Order], dict[str, _Unit]]:
+def _validate(
+    rows: Iterator[_Row], policy: Policy, meter: _Progress
+) -> tuple[dict[str, _Order], dict[str, _Unit]]:
     errors: list[tuple[int, str]] = []
     columns: dict[str, int] | None = None
     orders: dict[str, _Order] = {}
@@ -253,6 +279,7 @@ def _validate(rows: Iterator[_Row], policy: Policy) -> tuple[dict[str, _Order], 
         if columns is None:
             columns = _header(line, cells)
             continue
+        meter.row_read()
         problems: list[str] = []
         parsed = _parse_row(cells, columns, policy, problems)
         errors.extend((line, problem) for problem in problems)
@@ -346,7 +373,7 @@ def _parse_row(
 def _conflicts(order_id: str, first: _Order, other: _Order, first_line: int) -> list[str]:
     return [
         f"{name}: {_show(new)} differs from line {first_line} for order {order_id} ({_show(old)})"
-        for name, old, new in zip(ORDER_FIELDS, first, other, strict=True)
+        for name, old, new in zip(_Order._fields, first, other, strict=True)
         if old != new
     ]
 
@@ -476,11 +503,10 @@ def _as_money(value: object) -> Decimal | None:
 
 
 def _write(
-    engine: Engine, orders: dict[str, _Order], units: dict[str, _Unit], progress: ProgressCallback | None
+    engine: Engine, orders: dict[str, _Order], units: dict[str, _Unit], meter: _Progress
 ) -> ImportReport:
     total = len(units)
-    if progress is not None:
-        progress(0, total)
+    meter.units_written(0, total)
     with engine.begin() as connection:
         # Comparing with what is stored first means unchanged rows are not rewritten (no dead tuples on
         # PostgreSQL, a fast no-op re-import) and the report can tell new rows from changed ones.
@@ -508,8 +534,7 @@ def _write(
                 rows.append({"serial": serial, **unit._asdict()})
             _upsert(connection, _UNITS, rows)
             done += len(batch)
-            if progress is not None:
-                progress(done, total)
+            meter.units_written(done, total)
     return ImportReport(
         orders=len(orders), units=total, inserted=inserted, updated=updated,
         unchanged=total - inserted - updated,

@@ -345,8 +345,9 @@ def test_twenty_thousand_units_in_batches(engine: Engine, tmp_path: Path) -> Non
 
     assert (report.orders, report.units, report.inserted) == (4, 20_000, 20_000)
     assert counts(engine) == (4, 20_000)
-    assert calls[0] == (0, 20_000) and calls[-1] == (20_000, 20_000) and len(calls) >= 5
-    assert [done for done, _ in calls] == sorted(done for done, _ in calls)
+    # 20 rows read, then 20,000 units written; the first total guesses a unit a row.
+    assert calls[0] == (0, 40) and calls[1] == (20, 20_020) and calls[-1] == (20_020, 20_020)
+    assert len(calls) >= 6 and [done for done, _ in calls] == sorted(done for done, _ in calls)
     serials = [f"CSP2402{letter}{n:04d}" for letter in "ABC" for n in range(1000)]
     facts = find(engine, *serials)
     assert len(facts) == 3000
@@ -355,3 +356,12 @@ def test_twenty_thousand_units_in_batches(engine: Engine, tmp_path: Path) -> Non
     again = run(engine, path)
     assert (again.inserted, again.updated, again.unchanged) == (0, 0, 20_000)
 
+
+
+def test_progress_counts_rows_read_then_units_written(engine: Engine, tmp_path: Path) -> None:
+    rows = [f"PO-1,Acme,CSP2402A{n:04d},,2024-02-10,2024-03-10,false,6000,1.00,USD" for n in range(6000)]
+    calls: list[tuple[int, int]] = []
+
+    run(engine, write(tmp_path, csv_text(*rows)), progress=lambda done, total: calls.append((done, total)))
+
+    assert calls == [(0, 12_000), (5_000, 12_000), (6_000, 12_000), (11_000, 12_000), (12_000, 12_000)]

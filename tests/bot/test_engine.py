@@ -1,0 +1,184 @@
+"""The engine against real databases: inbox dedupe, order, the transactional outbox, retries, restarts."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import select, update
+from sqlmodel import Session
+
+from bot.app import Bot, build
+from bot.config import Settings
+from bot.messages import InboundMessage, OutboundMessage
+from bot.outbox import Delivered, Deliverer, PermanentFailure, RetryLater, Unreachable
+from bot.store import Case, CaseUnit, ChannelIdentity, InboxItem, Message, OutboxItem
+from bot.store.clock import utcnow
+
+# Made in April 2026: without proof the warranty runs from 2026-05-31 to 2028-07-30, whatever today is here.
+SERIAL = "CSP2604D0007"
+CLAIM = [f"{SERIAL} the display shows E07 and it shuts down under load", "proof:none", "cause:normal"]
+
+
+class Counter:
+    value = 0
+
+
+def inbound(text: str, *, chat: str = "chat-1", external_id: str | None = None, **extra: Any) -> InboundMessage:
+    Counter.value += 1
+    return InboundMessage(channel="test", external_id=external_id or f"m{Counter.value}", sender_id=chat,
+                          chat_id=chat, text=text, received_at=utcnow(), sender_name="Ana", **extra)
+
+
+def say(bot: Bot, *texts: str, chat: str = "chat-1") -> None:
+    for text in texts:
+        bot.engine.accept(inbound(text, chat=chat))
+    bot.engine.process_pending()
+
+
+def bot_texts(bot: Bot, chat: str = "chat-1") -> list[str]:
+    return [m["text"] for m in bot.engine.transcript("test", chat) if m["author"] != "customer"]
+
+
+class ChannelApi:
+    """A stand-in for a channel's remote API: records what it was sent; can fail on cue."""
+
+    def __init__(self, failures: list[Exception] | None = None) -> None:
+        self.sent: list[OutboundMessage] = []
+        self.failures = list(failures or [])
+
+    async def send(self, message: OutboundMessage, payload: Mapping[str, Any]) -> Delivered:
+        if self.failures:
+            raise self.failures.pop(0)
+        self.sent.append(message)
+        return Delivered(external_id=f"x{len(self.sent)}")
+
+
+def deliver(bot: Bot, api: ChannelApi, rounds: int = 20) -> None:
+    deliverer = Deliverer(bot.db, {"test": api}, max_attempts=3)
+    for _ in range(rounds):
+        if not asyncio.run(deliverer.deliver_due()):
+            break
+
+
+def test_a_claim_opens_a_case_and_every_reply_is_in_the_outbox(bot: Bot) -> None:
+    say(bot, *CLAIM)
+    texts = bot_texts(bot)
+    assert any("WR-" in t for t in texts), texts
+    with Session(bot.db) as session:
+        case = session.execute(select(Case)).scalar_one()
+        units = session.execute(select(CaseUnit)).scalars().all()
+        outbox = session.execute(select(OutboxItem).order_by(OutboxItem.id)).scalars().all()  # type: ignore[arg-type]
+    assert case.ref == f"WR-{case.created_at.year}-{case.id:06d}"
+    assert case.status == "open" and case.fault.startswith("the display shows E07")
+    assert [(u.serial, u.outcome, u.clauses) for u in units] == [(SERIAL, "covered", ["F1", "M2", "M3", "M4", "W1", "W3"])]
+    assert [o.payload["text"] for o in outbox] == texts
+    api = ChannelApi()
+    deliver(bot, api)
+    assert [m.text for m in api.sent] == texts
+
+
+def test_a_redelivered_message_is_stored_once(bot: Bot) -> None:
+    first = bot.engine.accept(inbound("hello", external_id="same"))
+    again = bot.engine.accept(inbound("hello", external_id="same"))
+    assert not first.duplicate and again.duplicate and again.inbox_id is None
+    bot.engine.process_pending()
+    with Session(bot.db) as session:
+        assert len(session.execute(select(InboxItem)).scalars().all()) == 1
+        assert len(session.execute(select(Message).where(Message.author == "customer")).scalars().all()) == 1  # type: ignore[arg-type]
+
+
+def test_messages_of_a_chat_are_processed_in_arrival_order(bot: Bot) -> None:
+    for text in CLAIM:
+        bot.engine.accept(inbound(text, chat="a"))
+        bot.engine.accept(inbound("hello", chat="b"))
+    assert bot.engine.process_pending() == 6
+    customer = [m["text"] for m in bot.engine.transcript("test", "a") if m["author"] == "customer"]
+    assert customer == CLAIM
+    assert any("WR-" in t for t in bot_texts(bot, "a"))
+
+
+def test_accepted_messages_survive_a_restart(settings: Settings, bot: Bot) -> None:
+    for text in CLAIM:
+        bot.engine.accept(inbound(text))
+    bot.db.dispose()  # the process dies before processing anything
+    restarted = build(settings)
+    assert restarted.engine.process_pending() == 3
+    assert any("WR-" in t for t in bot_texts(restarted))
+
+
+def test_a_send_interrupted_by_a_crash_is_sent_after_its_lease(bot: Bot) -> None:
+    say(bot, "hello")
+    deliverer = Deliverer(bot.db, {"test": ChannelApi()})
+    with Session(bot.db) as session:
+        first = session.execute(select(OutboxItem.id).order_by(OutboxItem.id)).scalars().first()  # type: ignore[arg-type]
+    assert first is not None
+    assert deliverer._claim(first) is not None  # taken for sending ... and the process dies here
+    api = ChannelApi()
+    deliver(bot, api)
+    assert api.sent == []  # the lease keeps the chat's head (and so the chat) waiting
+    with Session(bot.db) as session, session.begin():
+        session.execute(update(OutboxItem).values(next_attempt_at=utcnow() - timedelta(seconds=1)))
+    deliver(bot, api)
+    assert len(api.sent) == 2  # greeting and the serial question, once each
+
+
+def test_passing_failures_are_retried_in_order_and_permanent_ones_dead_lettered(bot: Bot) -> None:
+    say(bot, "hello")
+    api = ChannelApi([RetryLater("503", after=0), RetryLater("timeout", after=0)])
+    deliver(bot, api)
+    assert [m.text for m in api.sent] == bot_texts(bot)
+    say(bot, "status")
+    deliver(bot, ChannelApi([PermanentFailure("400 Bad Request: chat not found")]))
+    with Session(bot.db) as session:
+        dead = session.execute(select(OutboxItem).where(OutboxItem.status == "dead")).scalars().all()  # type: ignore[arg-type]
+    assert [d.last_error for d in dead] == ["400 Bad Request: chat not found"]
+
+
+def test_a_blocked_bot_marks_the_customer_unreachable(bot: Bot) -> None:
+    say(bot, "hello")
+    deliver(bot, ChannelApi([Unreachable("403 Forbidden: bot was blocked by the user")]))
+    with Session(bot.db) as session:
+        identity = session.execute(select(ChannelIdentity)).scalar_one()
+        statuses = {o.status for o in session.execute(select(OutboxItem)).scalars()}
+    assert identity.unreachable and statuses == {"dead"}
+
+
+@pytest.mark.parametrize("text", ["", "A" * 100_000, "\x00\x07\x1b[31m", "😀🔧⚡", "عندي مشكلة في الجهاز",
+                                  "<script>alert(1)</script>", "{{ 7*191 }} {% for x in y %}", "CSP'; DROP TABLE case;--"])
+def test_bad_input_gets_a_clear_reply_and_is_kept_literally(bot: Bot, text: str) -> None:
+    say(bot, "hello", text)
+    transcript = bot.engine.transcript("test", "chat-1")
+    kept = text.replace("\x00", "\ufffd").replace("\x07", "\ufffd").replace("\x1b", "\ufffd")
+    assert [m["text"] for m in transcript if m["author"] == "customer"] == ["hello", kept]
+    replies = [m["text"] for m in transcript if m["author"] == "bot"]
+    assert len(replies) >= 3  # greeting, question, and an answer to the odd message
+    assert not any("1337" in r for r in replies)  # template syntax is never evaluated
+    with Session(bot.db) as session:
+        assert {i.status for i in session.execute(select(InboxItem)).scalars()} == {"done"}
+
+
+def test_desk_actions_reach_the_customer_and_are_audited(bot: Bot) -> None:
+    say(bot, *CLAIM)
+    ref = bot.desk.list_cases()[0]["ref"]
+    bot.desk.claim(ref, engineer="Li Wei")
+    bot.desk.note(ref, engineer="Li Wei", text="check the fan first")
+    bot.desk.reply(ref, engineer="Li Wei", text="Please send a photo of the display.")
+    say(bot, "Here it is")
+    bot.desk.choose_method(ref, engineer="Li Wei", method="factory_repair")
+    bot.desk.close(ref, engineer="Li Wei")
+    say(bot, "4")
+    case = bot.desk.get_case(ref)
+    assert case["status"] == "closed" and case["method"] == "factory_repair" and case["rating"] == 4
+    texts = bot_texts(bot)
+    assert any("Li Wei, one of our after-sales engineers" in t for t in texts)
+    assert "check the fan first" not in "\n".join(texts)
+    assert any("Please send a photo of the display." in t and "Li Wei" in t for t in texts)
+    assert any("freight is borne by the customer" in t and "F1" in t for t in texts)
+    assert any("rate" in t for t in texts)
+    assert [a["action"] for a in case["audit"]] == ["opened", "claimed", "noted", "replied", "method_chosen", "closed",
+                                                    "rated"]
+    assert [m["author"] for m in case["messages"]].count("note") == 1
