@@ -16,7 +16,7 @@ from typing import Any, TextIO
 from bot.app import Bot, build
 from bot.attachments import AttachmentRejected
 from bot.config import Settings
-from bot.messages import InboundMessage, OutboundMessage
+from bot.messages import Attachment, InboundMessage, OutboundMessage
 from bot.outbox import Delivered, Deliverer
 from bot.store.clock import utcnow
 
@@ -48,24 +48,38 @@ class ConsoleDesk:
         event = payload.get("event")
         if event == "case_opened":
             case = self.bot.desk.get_case(message.chat_id)
-            print(f"\n[desk] new case {case['ref']} ({case['channel']}, {case['language']}), "
-                  f"{len(case['units'])} unit(s); fault: {case['fault']}", file=self.out)
+            print(
+                f"\n[desk] new case {case['ref']} ({case['channel']}, {case['language']}), "
+                f"{len(case['units'])} unit(s); fault: {case['fault']}",
+                file=self.out,
+            )
             for unit in case["units"][:10]:
-                print(f"[desk]   {unit['serial']}: {unit['outcome']} until {unit['warranty_end']} "
-                      f"[{', '.join(unit['clauses'])}]", file=self.out)
+                print(
+                    f"[desk]   {unit['serial']}: {unit['outcome']} until {unit['warranty_end']} "
+                    f"[{', '.join(unit['clauses'])}]",
+                    file=self.out,
+                )
         elif event == "customer_message":
             print(f"\n[desk] {message.chat_id} customer: {payload.get('text', '')}", file=self.out)
         elif event == "case_updated":
-            print(f"\n[desk] {message.chat_id}: {payload.get('action')} by {payload.get('actor')}", file=self.out)
+            print(
+                f"\n[desk] {message.chat_id}: {payload.get('action')} by {payload.get('actor')}",
+                file=self.out,
+            )
         return Delivered()
 
 
-def run_console(settings: Settings, *, name: str, stdin: TextIO = sys.stdin, stdout: TextIO = sys.stdout) -> None:
+def run_console(
+    settings: Settings, *, name: str, stdin: TextIO = sys.stdin, stdout: TextIO = sys.stdout
+) -> None:
     bot = build(settings, external_desks=(DESK,))
     deliverer = Deliverer(bot.db, {CHANNEL: ConsoleSender(stdout), DESK: ConsoleDesk(bot, stdout)})
     chat_id = f"console-{getpass.getuser()}"
     interactive = stdin.isatty()
-    print("Warranty bot console. Type your messages; '/file PATH' sends a photo or PDF; Ctrl-D quits.", file=stdout)
+    print(
+        "Warranty bot console. Type your messages; '/file PATH' sends a photo or PDF; Ctrl-D quits.",
+        file=stdout,
+    )
     counter = 0
     while True:
         if interactive:
@@ -79,16 +93,24 @@ def run_console(settings: Settings, *, name: str, stdin: TextIO = sys.stdin, std
         if not interactive:
             print(f"\nyou> {text}", file=stdout)
         counter += 1
-        attachments = ()
+        attachments: tuple[Attachment, ...] = ()
         if text.startswith("/file "):
             attachment = _load_file(bot, Path(text.removeprefix("/file ").strip()), stdout)
             if attachment is None:
                 continue
             attachments, text = (attachment,), ""
-        bot.engine.accept(InboundMessage(
-            channel=CHANNEL, external_id=f"{chat_id}-{utcnow().timestamp()}-{counter}", sender_id=chat_id,
-            chat_id=chat_id, text=text, attachments=attachments, received_at=utcnow(), sender_name=name,
-        ))
+        bot.engine.accept(
+            InboundMessage(
+                channel=CHANNEL,
+                external_id=f"{chat_id}-{utcnow().timestamp()}-{counter}",
+                sender_id=chat_id,
+                chat_id=chat_id,
+                text=text,
+                attachments=attachments,
+                received_at=utcnow(),
+                sender_name=name,
+            )
+        )
         bot.engine.process_pending()
         while asyncio.run(deliverer.deliver_due()):
             pass
@@ -103,7 +125,8 @@ def _load_file(bot: Bot, path: Path, out: TextIO) -> Any:
         return None
     mime = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
     try:
-        return bot.attachments.save(data, name=path.name, mime=mime,
-                                    kind="photo" if mime.startswith("image/") else "document")
+        return bot.attachments.save(
+            data, name=path.name, mime=mime, kind="photo" if mime.startswith("image/") else "document"
+        )
     except AttachmentRejected as error:
         return bot.attachments.rejected(path.name, error.reason)

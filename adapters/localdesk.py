@@ -59,21 +59,28 @@ class LocalDesk:
 
     # --- verify -------------------------------------------------------------------------------------------
 
-    def _guard(self, handler: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
+    def _guard(
+        self, handler: Callable[[Request], Awaitable[Response]]
+    ) -> Callable[[Request], Awaitable[Response]]:
         async def guarded(request: Request) -> Response:
             if self.token is None:
-                return JSONResponse({"error": "the local desk is off: set DESK_TOKEN in .env and restart"},
-                                    status_code=503)
+                return JSONResponse(
+                    {"error": "the local desk is off: set DESK_TOKEN in .env and restart"}, status_code=503
+                )
             scheme, _, given = request.headers.get("authorization", "").partition(" ")
             if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), self.token.encode()):
-                return JSONResponse({"error": "a valid desk token is required (Authorization: Bearer ...)"},
-                                    status_code=401, headers={"WWW-Authenticate": "Bearer"})
+                return JSONResponse(
+                    {"error": "a valid desk token is required (Authorization: Bearer ...)"},
+                    status_code=401,
+                    headers={"WWW-Authenticate": "Bearer"},
+                )
             try:
                 return await handler(request)
             except DeskError as error:
                 return JSONResponse({"error": str(error)}, status_code=error.status)
             except _BadRequest as error:
                 return JSONResponse({"error": str(error)}, status_code=422)
+
         return guarded
 
     # --- handlers -----------------------------------------------------------------------------------------
@@ -110,24 +117,43 @@ class LocalDesk:
         if reason is not None and not isinstance(reason, str):
             raise _BadRequest("reason must be a string")
         clauses = data.get("clauses")
-        if clauses is not None and not (isinstance(clauses, list) and all(isinstance(c, str) for c in clauses)):
+        if clauses is not None and not (
+            isinstance(clauses, list) and all(isinstance(c, str) for c in clauses)
+        ):
             raise _BadRequest("clauses must be a list of clause ids")
-        result = await asyncio.to_thread(self.bot.desk.choose_method, _ref(request), engineer=_engineer(request, data),
-                                         method=method, reason=reason, clauses=clauses)
+        result = await asyncio.to_thread(
+            self.bot.desk.choose_method,
+            _ref(request),
+            engineer=_engineer(request, data),
+            method=method,
+            reason=reason,
+            clauses=clauses,
+        )
         return JSONResponse(result)
 
     def _action(self, action: Callable[..., dict[str, Any]]) -> Callable[[Request], Awaitable[Response]]:
         async def handler(request: Request) -> Response:
             data = await _body(request)
-            return JSONResponse(await asyncio.to_thread(action, _ref(request), engineer=_engineer(request, data)))
+            return JSONResponse(
+                await asyncio.to_thread(action, _ref(request), engineer=_engineer(request, data))
+            )
+
         return handler
 
     async def _attachment(self, request: Request) -> Response:
-        stored = await asyncio.to_thread(self.bot.desk.attachment, _ref(request), request.path_params["attachment_id"])
+        stored = await asyncio.to_thread(
+            self.bot.desk.attachment, _ref(request), request.path_params["attachment_id"]
+        )
         path = self.bot.attachments.path(stored.path)
-        return FileResponse(path, media_type=stored.mime, filename=stored.name,
-                            headers={"X-Content-Type-Options": "nosniff",
-                                     "Content-Security-Policy": "default-src 'none'; sandbox"})
+        return FileResponse(
+            path,
+            media_type=stored.mime,
+            filename=stored.name,
+            headers={
+                "X-Content-Type-Options": "nosniff",
+                "Content-Security-Policy": "default-src 'none'; sandbox",
+            },
+        )
 
 
 class _BadRequest(Exception):

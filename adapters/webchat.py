@@ -48,8 +48,12 @@ class ApiError(Exception):
 def _create_session(bot: Bot, language: str | None) -> str:
     session_id = secrets.token_urlsafe(24)
     with session_scope(bot.db) as session:
-        session.add(KeyValue(key=_SESSION_PREFIX + session_id,
-                             value={"created_at": utcnow().isoformat(), "language": language}))
+        session.add(
+            KeyValue(
+                key=_SESSION_PREFIX + session_id,
+                value={"created_at": utcnow().isoformat(), "language": language},
+            )
+        )
     return session_id
 
 
@@ -93,11 +97,27 @@ def _text_message(data: Mapping[str, Any]) -> tuple[str, str | None]:
     return text, client_id
 
 
-def _inbound(session_id: str, *, external_id: str, text: str = "", attachments: tuple[Attachment, ...] = (),
-             language: str | None = None, client_id: str | None = None) -> InboundMessage:
-    return InboundMessage(channel=CHANNEL, external_id=external_id, sender_id=session_id, chat_id=session_id,
-                          text=text, attachments=attachments, received_at=utcnow(), locale_hint=language,
-                          sender_name="Web chat visitor", raw={"client_id": client_id} if client_id else {})
+def _inbound(
+    session_id: str,
+    *,
+    external_id: str,
+    text: str = "",
+    attachments: tuple[Attachment, ...] = (),
+    language: str | None = None,
+    client_id: str | None = None,
+) -> InboundMessage:
+    return InboundMessage(
+        channel=CHANNEL,
+        external_id=external_id,
+        sender_id=session_id,
+        chat_id=session_id,
+        text=text,
+        attachments=attachments,
+        received_at=utcnow(),
+        locale_hint=language,
+        sender_name="Web chat visitor",
+        raw={"client_id": client_id} if client_id else {},
+    )
 
 
 # --- the channel ----------------------------------------------------------------------------------------
@@ -162,11 +182,17 @@ class WebChat:
         details = await asyncio.to_thread(_session, self.bot, session_id)
         text, client_id = _text_message(await _json_object(request))
         external_id = f"{session_id}:{client_id or secrets.token_hex(12)}"
-        message = _inbound(session_id, external_id=external_id, text=text, language=details.get("language"),
-                           client_id=client_id)
+        message = _inbound(
+            session_id,
+            external_id=external_id,
+            text=text,
+            language=details.get("language"),
+            client_id=client_id,
+        )
         accepted = await asyncio.to_thread(self.bot.engine.accept, message)
-        return JSONResponse({"id": accepted.inbox_id or external_id, "duplicate": accepted.duplicate},
-                            status_code=202)
+        return JSONResponse(
+            {"id": accepted.inbox_id or external_id, "duplicate": accepted.duplicate}, status_code=202
+        )
 
     async def _post_file(self, request: Request) -> Response:
         session_id = request.path_params["session_id"]
@@ -185,15 +211,23 @@ class WebChat:
         mime = upload.content_type or "application/octet-stream"
         kind = "photo" if mime.startswith("image/") else "document"
         try:
-            attachment = await asyncio.to_thread(self.bot.attachments.save, data, name=name, mime=mime, kind=kind)
+            attachment = await asyncio.to_thread(
+                self.bot.attachments.save, data, name=name, mime=mime, kind=kind
+            )
         except AttachmentRejected as error:
             attachment = self.bot.attachments.rejected(name, error.reason)
         caption = form.get("text")
-        message = _inbound(session_id, external_id=f"{session_id}:{secrets.token_hex(12)}",
-                           text=caption if isinstance(caption, str) else "", attachments=(attachment,),
-                           language=details.get("language"))
+        message = _inbound(
+            session_id,
+            external_id=f"{session_id}:{secrets.token_hex(12)}",
+            text=caption if isinstance(caption, str) else "",
+            attachments=(attachment,),
+            language=details.get("language"),
+        )
         accepted = await asyncio.to_thread(self.bot.engine.accept, message)
-        return JSONResponse({"id": accepted.inbox_id, "rejected": attachment.kind == "rejected"}, status_code=202)
+        return JSONResponse(
+            {"id": accepted.inbox_id, "rejected": attachment.kind == "rejected"}, status_code=202
+        )
 
     async def _list_messages(self, request: Request) -> Response:
         session_id = request.path_params["session_id"]
@@ -201,7 +235,9 @@ class WebChat:
         raw_after = request.query_params.get("after", "0")
         if not raw_after.isdigit() or len(raw_after) > 18:
             raise ApiError(422, "after must be a message id (a non-negative integer)")
-        messages = await asyncio.to_thread(self.bot.engine.transcript, CHANNEL, session_id, after=int(raw_after))
+        messages = await asyncio.to_thread(
+            self.bot.engine.transcript, CHANNEL, session_id, after=int(raw_after)
+        )
         for message in messages:
             message.pop("attachment_ids", None)
         return JSONResponse({"messages": messages})

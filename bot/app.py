@@ -30,8 +30,13 @@ def load_policy_from(settings: Settings) -> Policy:
     return load_policy(settings.policy_file) if settings.policy_file else default_policy()
 
 
-def build(settings: Settings, *, db: DbEngine | None = None, migrate: bool = True,
-          external_desks: tuple[str, ...] = ()) -> Bot:
+def build(
+    settings: Settings,
+    *,
+    db: DbEngine | None = None,
+    migrate: bool = True,
+    external_desks: tuple[str, ...] = (),
+) -> Bot:
     """Wire the parts; `migrate` upgrades the schema first (SQLite always upgrades at start)."""
     policy = load_policy_from(settings)
     db = db or make_engine(settings.database_url)
@@ -46,7 +51,17 @@ def build(settings: Settings, *, db: DbEngine | None = None, migrate: bool = Tru
         external_desks=external_desks,
     )
     engine = Engine(db=db, policy=policy, renderer=renderer, config=config)
-    attachments = AttachmentStore(root=settings.attachments_dir, max_bytes=settings.attachment_max_bytes,
-                                  allowed_types=settings.allowed_attachment_types)
-    return Bot(settings=settings, db=db, policy=policy, renderer=renderer, engine=engine, desk=Desk(engine),
-               attachments=attachments)
+    attachments = AttachmentStore(
+        root=settings.attachments_dir,
+        max_bytes=settings.attachment_max_bytes,
+        allowed_types=settings.allowed_attachment_types,
+    )
+    return Bot(
+        settings=settings,
+        db=db,
+        policy=policy,
+        renderer=renderer,
+        engine=engine,
+        desk=Desk(engine),
+        attachments=attachments,
+    )

@@ -11,21 +11,40 @@ import typer
 from pydantic import ValidationError
 
 from bot.config import Settings, get_settings
-from policy import ClaimError, Policy, PolicyFileError, claim_from_json, decision_to_json, default_policy, evaluate, load_policy
+from policy import (
+    ClaimError,
+    Policy,
+    PolicyFileError,
+    claim_from_json,
+    decision_to_json,
+    default_policy,
+    evaluate,
+    load_policy,
+)
 
-app = typer.Typer(help="After-sales warranty bot: policy checks, registry import, console chat and the server.",
-                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
-policy_app = typer.Typer(help="The warranty policy: check a claim, show the rules in force.", no_args_is_help=True)
+app = typer.Typer(
+    help="After-sales warranty bot: policy checks, registry import, console chat and the server.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+policy_app = typer.Typer(
+    help="The warranty policy: check a claim, show the rules in force.", no_args_is_help=True
+)
 db_app = typer.Typer(help="The database schema.", no_args_is_help=True)
-registry_app = typer.Typer(help="The shipment registry (serial -> order, production and port-arrival dates).",
-                           no_args_is_help=True)
+registry_app = typer.Typer(
+    help="The shipment registry (serial -> order, production and port-arrival dates).", no_args_is_help=True
+)
 outbox_app = typer.Typer(help="Messages waiting to leave, and dead letters.", no_args_is_help=True)
 app.add_typer(policy_app, name="policy")
 app.add_typer(db_app, name="db")
 app.add_typer(registry_app, name="registry")
 app.add_typer(outbox_app, name="outbox")
 
-PolicyOption = Annotated[Path | None, typer.Option("--policy", help="Policy file (TOML); default: POLICY_FILE or the packaged one.")]
+PolicyOption = Annotated[
+    Path | None,
+    typer.Option("--policy", help="Policy file (TOML); default: POLICY_FILE or the packaged one."),
+]
 
 
 def fail(message: str) -> NoReturn:
@@ -39,7 +58,9 @@ def settings() -> Settings:
         return get_settings()
     except ValidationError as error:
         first = error.errors()[0]
-        fail(f"bad setting {'.'.join(str(p) for p in first['loc']).upper()}: {first['msg']} (check .env or the environment)")
+        fail(
+            f"bad setting {'.'.join(str(p) for p in first['loc']).upper()}: {first['msg']} (check .env or the environment)"
+        )
 
 
 def _policy(path: Path | None) -> Policy:
@@ -59,7 +80,9 @@ def _policy(path: Path | None) -> Policy:
 
 @policy_app.command("check")
 def policy_check(
-    file: Annotated[str, typer.Argument(help="Claim as JSON (POLICY.md's contract); '-' reads standard input.")] = "-",
+    file: Annotated[
+        str, typer.Argument(help="Claim as JSON (POLICY.md's contract); '-' reads standard input.")
+    ] = "-",
     policy_file: PolicyOption = None,
     language: Annotated[str, typer.Option(help="Language of the reasons.")] = "en",
 ) -> None:
@@ -79,7 +102,9 @@ def policy_check(
         claim = claim_from_json(data)
     except ClaimError as error:
         fail(f"bad claim: {error}")
-    typer.echo(json.dumps(decision_to_json(evaluate(claim, policy), policy, language), ensure_ascii=False, indent=2))
+    typer.echo(
+        json.dumps(decision_to_json(evaluate(claim, policy), policy, language), ensure_ascii=False, indent=2)
+    )
 
 
 @policy_app.command("show")
@@ -87,11 +112,15 @@ def policy_show(policy_file: PolicyOption = None) -> None:
     """Print the policy in force, clause by clause."""
     policy = _policy(policy_file)
     typer.echo(f"{policy.name}")
-    typer.echo(f"  warranty term: {policy.term_months} months; without proof of purchase it starts at the production "
-               f"date + {policy.serial_fallback_offset_months} month(s)")
+    typer.echo(
+        f"  warranty term: {policy.term_months} months; without proof of purchase it starts at the production "
+        f"date + {policy.serial_fallback_offset_months} month(s)"
+    )
     typer.echo(f"  serial pattern: {policy.serial_pattern.pattern}")
-    typer.echo(f"  discount compensation from {policy.discount_min_units} covered units: "
-               f"{policy.discount_rate * 100:.0f}% of the order total; cargo compensation {policy.cargo_rate * 100:.0f}% of pieces")
+    typer.echo(
+        f"  discount compensation from {policy.discount_min_units} covered units: "
+        f"{policy.discount_rate * 100:.0f}% of the order total; cargo compensation {policy.cargo_rate * 100:.0f}% of pieces"
+    )
     typer.echo("")
     for clause in policy.clauses.values():
         typer.echo(f"{clause.id}  {clause.title}")
@@ -116,7 +145,9 @@ def db_upgrade() -> None:
 
 @registry_app.command("import")
 def registry_import(
-    file: Annotated[Path, typer.Argument(help="CSV or XLSX with the registry header (see docs/registry.md).")],
+    file: Annotated[
+        Path, typer.Argument(help="CSV or XLSX with the registry header (see docs/registry.md).")
+    ],
 ) -> None:
     """Import or update the shipment registry from a CSV or XLSX file (idempotent)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -130,8 +161,9 @@ def registry_import(
     engine = make_engine(current.database_url)
     upgrade(engine)
     policy = _policy(None)
-    with Progress(TextColumn("importing"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                  transient=True) as progress:
+    with Progress(
+        TextColumn("importing"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), transient=True
+    ) as progress:
         task = progress.add_task("rows", total=None)
 
         def report(done: int, total: int) -> None:
@@ -154,22 +186,31 @@ def registry_import(
 def outbox_list(status: Annotated[str, typer.Option(help="pending, sent or dead.")] = "dead") -> None:
     """List outbox rows by status (dead letters by default)."""
     from sqlalchemy import select
-    from sqlmodel import Session
+    from sqlmodel import Session, col
 
     from bot.store import OutboxItem, make_engine, upgrade
 
     engine = make_engine(settings().database_url)
     upgrade(engine)
     with Session(engine) as session:
-        rows = session.execute(select(OutboxItem).where(OutboxItem.status == status)  # type: ignore[arg-type]
-                               .order_by(OutboxItem.id)).scalars().all()  # type: ignore[arg-type]
+        rows = (
+            session.execute(
+                select(OutboxItem).where(col(OutboxItem.status) == status).order_by(col(OutboxItem.id))
+            )
+            .scalars()
+            .all()
+        )
     for row in rows:
-        typer.echo(f"{row.id}\t{row.channel}\t{row.attempts} attempts\t{row.created_at:%Y-%m-%d %H:%M}\t{row.last_error or ''}")
+        typer.echo(
+            f"{row.id}\t{row.channel}\t{row.attempts} attempts\t{row.created_at:%Y-%m-%d %H:%M}\t{row.last_error or ''}"
+        )
     typer.echo(f"{len(rows)} {status} message(s)", err=True)
 
 
 @outbox_app.command("retry")
-def outbox_retry(ids: Annotated[list[int] | None, typer.Argument(help="Row ids; none retries every dead row.")] = None) -> None:
+def outbox_retry(
+    ids: Annotated[list[int] | None, typer.Argument(help="Row ids; none retries every dead row.")] = None,
+) -> None:
     """Put dead letters back in the queue; the running server sends them."""
     from bot.outbox import retry_dead
     from bot.store import make_engine, upgrade

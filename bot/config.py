@@ -20,7 +20,9 @@ class Settings(BaseSettings):
     data_dir: Path = Path("var")
     attachments_dir: Path = Path("var/attachments")
     attachment_max_bytes: int = Field(default=10 * 1024 * 1024, gt=0)
-    attachment_types: str = "image/jpeg,image/png,image/webp,image/gif,application/pdf,audio/amr,audio/ogg,audio/mpeg"
+    attachment_types: str = (
+        "image/jpeg,image/png,image/webp,image/gif,application/pdf,audio/amr,audio/ogg,audio/mpeg"
+    )
     policy_file: Path | None = None
     case_ref_prefix: str = "WR"
     default_language: str = "en"
@@ -90,7 +92,7 @@ class Settings(BaseSettings):
     teams_app_password: SecretStr | None = None
     teams_tenant_id: str = "botframework.com"
     teams_openid_metadata_url: str = "https://login.botframework.com/v1/.well-known/openidconfiguration"
-    teams_token_url: str = "https://login.microsoftonline.com/botframework.com/oauth2/v2.0/token"
+    teams_token_url: str = "https://login.microsoftonline.com/botframework.com/oauth2/v2.0/token"  # noqa: S105 (a URL)
     teams_issuer: str = "https://api.botframework.com"
 
     # --- tests ----------------------------------------------------------------------------------------

@@ -32,8 +32,14 @@ from policy import (
 )
 
 StateName = Literal[
-    "new", "awaiting_serial", "awaiting_fault", "awaiting_proof", "screening", "preference",
-    "with_engineer", "closed",
+    "new",
+    "awaiting_serial",
+    "awaiting_fault",
+    "awaiting_proof",
+    "screening",
+    "preference",
+    "with_engineer",
+    "closed",
 ]
 MAX_FAILURES = 3
 LANGUAGES = ("en", "zh", "es", "ru", "pt", "fr", "ar")
@@ -50,19 +56,58 @@ CAUSES: Mapping[str, Circumstances] = {
 
 # Global commands, by the words customers type for them (English here; other languages add their words).
 COMMAND_WORDS: Mapping[str, str] = {
-    "help": "help", "/help": "help", "?": "help", "menu": "help",
-    "status": "status", "/status": "status",
-    "human": "human", "/human": "human", "agent": "human", "engineer": "human", "person": "human",
-    "operator": "human", "talk to a person": "human", "talk to a human": "human",
-    "restart": "restart", "/restart": "restart", "start over": "restart", "reset": "restart",
-    "language": "language", "/language": "language",
-    "/start": "start", "start": "start", "hi": "start", "hello": "start",
-    "帮助": "help", "状态": "status", "人工": "human", "重新开始": "restart", "语言": "language",
-    "ayuda": "help", "estado": "status", "humano": "human", "reiniciar": "restart", "idioma": "language",
-    "помощь": "help", "статус": "status", "оператор": "human", "заново": "restart", "язык": "language",
-    "ajuda": "help", "atendente": "human", "recomeçar": "restart",
-    "aide": "help", "statut": "status", "humain": "human", "recommencer": "restart", "langue": "language",
-    "مساعدة": "help", "الحالة": "status", "موظف": "human", "إعادة": "restart", "اللغة": "language",
+    "help": "help",
+    "/help": "help",
+    "?": "help",
+    "menu": "help",
+    "status": "status",
+    "/status": "status",
+    "human": "human",
+    "/human": "human",
+    "agent": "human",
+    "engineer": "human",
+    "person": "human",
+    "operator": "human",
+    "talk to a person": "human",
+    "talk to a human": "human",
+    "restart": "restart",
+    "/restart": "restart",
+    "start over": "restart",
+    "reset": "restart",
+    "language": "language",
+    "/language": "language",
+    "/start": "start",
+    "start": "start",
+    "hi": "start",
+    "hello": "start",
+    "帮助": "help",
+    "状态": "status",
+    "人工": "human",
+    "重新开始": "restart",
+    "语言": "language",
+    "ayuda": "help",
+    "estado": "status",
+    "humano": "human",
+    "reiniciar": "restart",
+    "idioma": "language",
+    "помощь": "help",
+    "статус": "status",
+    "оператор": "human",
+    "заново": "restart",
+    "язык": "language",
+    "ajuda": "help",
+    "atendente": "human",
+    "recomeçar": "restart",
+    "aide": "help",
+    "statut": "status",
+    "humain": "human",
+    "recommencer": "restart",
+    "langue": "language",
+    "مساعدة": "help",
+    "الحالة": "status",
+    "موظف": "human",
+    "إعادة": "restart",
+    "اللغة": "language",
 }
 
 # Requests for consequential damages (clause L1), in the languages customers use.
@@ -191,11 +236,18 @@ class State:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "name": self.name, "language": self.language, "serials": list(self.serials), "fault": self.fault,
-            "proof": self.proof, "cause": self.cause, "prefers_discount": self.prefers_discount,
+            "name": self.name,
+            "language": self.language,
+            "serials": list(self.serials),
+            "fault": self.fault,
+            "proof": self.proof,
+            "cause": self.cause,
+            "prefers_discount": self.prefers_discount,
             "claim_date": self.claim_date.isoformat() if self.claim_date else None,
-            "attachment_ids": list(self.attachment_ids), "failures": self.failures,
-            "offered": list(self.offered), "awaiting_rating": self.awaiting_rating,
+            "attachment_ids": list(self.attachment_ids),
+            "failures": self.failures,
+            "offered": list(self.offered),
+            "awaiting_rating": self.awaiting_rating,
         }
 
     @classmethod
@@ -204,12 +256,18 @@ class State:
             return cls()
         claim_date = data.get("claim_date")
         return cls(
-            name=data.get("name", "new"), language=data.get("language", "en"),
-            serials=tuple(data.get("serials", ())), fault=data.get("fault", ""), proof=data.get("proof"),
-            cause=data.get("cause"), prefers_discount=data.get("prefers_discount"),
+            name=data.get("name", "new"),
+            language=data.get("language", "en"),
+            serials=tuple(data.get("serials", ())),
+            fault=data.get("fault", ""),
+            proof=data.get("proof"),
+            cause=data.get("cause"),
+            prefers_discount=data.get("prefers_discount"),
             claim_date=date.fromisoformat(claim_date) if claim_date else None,
-            attachment_ids=tuple(data.get("attachment_ids", ())), failures=data.get("failures", 0),
-            offered=tuple(data.get("offered", ())), awaiting_rating=data.get("awaiting_rating", False),
+            attachment_ids=tuple(data.get("attachment_ids", ())),
+            failures=data.get("failures", 0),
+            offered=tuple(data.get("offered", ())),
+            awaiting_rating=data.get("awaiting_rating", False),
         )
 
 
@@ -240,8 +298,11 @@ def step(state: State, event: Event, facts: Facts) -> Transition:
     if state.name == "closed" and state.awaiting_rating:
         rating = _RATING.match(text)
         if rating:
-            return _t(replace(state, awaiting_rating=False), Reply(template="rating_thanks"),
-                      effects=(RecordRating(rating=int(rating.group(1))),))
+            return _t(
+                replace(state, awaiting_rating=False),
+                Reply(template="rating_thanks"),
+                effects=(RecordRating(rating=int(rating.group(1))),),
+            )
 
     if _CONSEQUENTIAL.search(text):
         consequential = Reply(template="consequential_damages", params={"clause": "L1"})
@@ -273,18 +334,27 @@ def _command(text: str) -> str | None:
 
 def _global(command: str, state: State, facts: Facts) -> Transition:
     if command == "help":
-        return _t(state, Reply(template="help", params=_status_params(state, facts)), *_ask_again(state, facts).replies)
+        return _t(
+            state,
+            Reply(template="help", params=_status_params(state, facts)),
+            *_ask_again(state, facts).replies,
+        )
     if command == "status":
         return _t(state, Reply(template="status", params=_status_params(state, facts)))
     if command == "human":
         return _human(state, facts)
     if command == "language":
         choices = tuple(Choice(label=f"language_{code}", value=f"lang:{code}") for code in LANGUAGES)
-        return _t(replace(state, offered=tuple(c.value for c in choices)),
-                  Reply(template="language_choose", choices=choices))
+        return _t(
+            replace(state, offered=tuple(c.value for c in choices)),
+            Reply(template="language_choose", choices=choices),
+        )
     if command == "start" and state.name not in ("new", "closed"):
-        return _t(state, Reply(template="status", params=_status_params(state, facts)),
-                  *_ask_again(state, facts).replies)
+        return _t(
+            state,
+            Reply(template="status", params=_status_params(state, facts)),
+            *_ask_again(state, facts).replies,
+        )
     # restart, or start from scratch
     fresh = State(language=state.language, name="awaiting_serial", claim_date=facts.today)
     if state.name == "with_engineer" and command == "restart":
@@ -296,36 +366,61 @@ def _global(command: str, state: State, facts: Facts) -> Transition:
 
 def _set_language(state: State, language: str) -> Transition:
     if language not in LANGUAGES:
-        return _t(state, Reply(template="language_choose",
-                               choices=tuple(Choice(label=f"language_{c}", value=f"lang:{c}") for c in LANGUAGES)))
+        return _t(
+            state,
+            Reply(
+                template="language_choose",
+                choices=tuple(Choice(label=f"language_{c}", value=f"lang:{c}") for c in LANGUAGES),
+            ),
+        )
     new_state = replace(state, language=language, offered=())
-    return Transition(state=new_state, replies=(Reply(template="language_set"),),
-                      effects=(SetLanguage(language=language),))
+    return Transition(
+        state=new_state, replies=(Reply(template="language_set"),), effects=(SetLanguage(language=language),)
+    )
 
 
 def _status_params(state: State, facts: Facts) -> dict[str, Any]:
-    return {"state": state.name, "case_ref": facts.case_ref, "case_status": facts.case_status,
-            "serials": list(state.serials), "fault": state.fault}
+    return {
+        "state": state.name,
+        "case_ref": facts.case_ref,
+        "case_status": facts.case_status,
+        "serials": list(state.serials),
+        "fault": state.fault,
+    }
 
 
 def _human(state: State, facts: Facts) -> Transition:
     if state.name == "with_engineer":
-        return Transition(state=state, replies=(Reply(template="human_already", params={"case_ref": facts.case_ref}),),
-                          effects=(RelayToCase(text="[customer asked for a person]"),))
+        return Transition(
+            state=state,
+            replies=(Reply(template="human_already", params={"case_ref": facts.case_ref}),),
+            effects=(RelayToCase(text="[customer asked for a person]"),),
+        )
     units = tuple(_decide(state, facts)) if state.serials else ()
-    effect = OpenCase(units=units, fault=state.fault, claim_date=state.claim_date or facts.today,
-                      prefers_discount=bool(state.prefers_discount), attachment_ids=state.attachment_ids,
-                      human_requested=True)
-    return Transition(state=replace(state, name="with_engineer", offered=()),
-                      replies=(Reply(template="human_requested"),), effects=(effect,))
+    effect = OpenCase(
+        units=units,
+        fault=state.fault,
+        claim_date=state.claim_date or facts.today,
+        prefers_discount=bool(state.prefers_discount),
+        attachment_ids=state.attachment_ids,
+        human_requested=True,
+    )
+    return Transition(
+        state=replace(state, name="with_engineer", offered=()),
+        replies=(Reply(template="human_requested"),),
+        effects=(effect,),
+    )
 
 
 # --- states --------------------------------------------------------------------------------------------
 
 
 def _new(state: State, text: str, event: Event, facts: Facts) -> Transition:
-    fresh = replace(State(language=state.language, attachment_ids=state.attachment_ids),
-                    name="awaiting_serial", claim_date=facts.today)
+    fresh = replace(
+        State(language=state.language, attachment_ids=state.attachment_ids),
+        name="awaiting_serial",
+        claim_date=facts.today,
+    )
     if find_serials(text, facts.policy) or _range_error(text, facts.policy):
         return _awaiting_serial(fresh, text, event, facts)
     return _t(fresh, Reply(template="greeting"), _ask_serial())
@@ -338,8 +433,13 @@ def _closed(state: State, text: str, event: Event, facts: Facts) -> Transition:
 def _awaiting_serial(state: State, text: str, event: Event, facts: Facts) -> Transition:
     error = _range_error(text, facts.policy)
     if error is not None:
-        return _t(state, Reply(template="serial_range_error", params={"error": error,
-                                                                       "max_units": facts.policy.max_range_units}))
+        return _t(
+            state,
+            Reply(
+                template="serial_range_error",
+                params={"error": error, "max_units": facts.policy.max_range_units},
+            ),
+        )
     serials = find_serials(text, facts.policy)
     if not serials:
         if event.attachment_ids and not text:
@@ -350,7 +450,9 @@ def _awaiting_serial(state: State, text: str, event: Event, facts: Facts) -> Tra
     received = Reply(template="units_received", params=_units_params(state, facts))
     if fault:
         following = _after_fault(replace(state, fault=fault), facts)
-        return Transition(state=following.state, replies=(received, *following.replies), effects=following.effects)
+        return Transition(
+            state=following.state, replies=(received, *following.replies), effects=following.effects
+        )
     return _t(replace(state, name="awaiting_fault", offered=()), received, Reply(template="ask_fault"))
 
 
@@ -359,7 +461,11 @@ def _awaiting_fault(state: State, text: str, event: Event, facts: Facts) -> Tran
     rest = _fault_in(text, facts.policy)
     if more and not rest:
         state = replace(state, serials=tuple(dict.fromkeys(state.serials + tuple(more))))
-        return _t(state, Reply(template="units_received", params=_units_params(state, facts)), Reply(template="ask_fault"))
+        return _t(
+            state,
+            Reply(template="units_received", params=_units_params(state, facts)),
+            Reply(template="ask_fault"),
+        )
     if len(text) < _MIN_FAULT_CHARS:
         if event.attachment_ids and not text:
             return _t(state, Reply(template="attachment_received"), Reply(template="ask_fault"))
@@ -373,22 +479,37 @@ def _after_fault(state: State, facts: Facts) -> Transition:
     if state.proof is not None:
         return _ask_cause(state)
     choices = (Choice(label="proof_none", value="proof:none"),)
-    return _t(replace(state, name="awaiting_proof", offered=tuple(c.value for c in choices), failures=0),
-              Reply(template="ask_proof", params=_units_params(state, facts), choices=choices))
+    return _t(
+        replace(state, name="awaiting_proof", offered=tuple(c.value for c in choices), failures=0),
+        Reply(template="ask_proof", params=_units_params(state, facts), choices=choices),
+    )
 
 
 def _awaiting_proof(state: State, text: str, event: Event, facts: Facts) -> Transition:
     if event.attachment_ids:
         return _ask_cause(replace(state, proof=Proof.documents.value), Reply(template="proof_received"))
-    if text == "proof:none" or text.lower() in {"no", "none", "nope", "no invoice", "没有", "нет", "não", "non", "لا"}:
+    if text == "proof:none" or text.lower() in {
+        "no",
+        "none",
+        "nope",
+        "no invoice",
+        "没有",
+        "нет",
+        "não",
+        "non",
+        "لا",
+    }:
         return _ask_cause(replace(state, proof=Proof.none.value))
     return _failed(state, "proof_reask", {})
 
 
 def _ask_cause(state: State, *before: Reply) -> Transition:
     choices = tuple(Choice(label=f"cause_{cause}", value=f"cause:{cause}") for cause in CAUSES)
-    return _t(replace(state, name="screening", offered=tuple(c.value for c in choices), failures=0),
-              *before, Reply(template="ask_cause", choices=choices))
+    return _t(
+        replace(state, name="screening", offered=tuple(c.value for c in choices), failures=0),
+        *before,
+        Reply(template="ask_cause", choices=choices),
+    )
 
 
 def _screening(state: State, text: str, event: Event, facts: Facts) -> Transition:
@@ -400,19 +521,27 @@ def _screening(state: State, text: str, event: Event, facts: Facts) -> Transitio
     state = replace(state, cause=cause, failures=0, offered=())
     covered = [unit for unit in _decide(state, facts) if unit.decision.outcome is Outcome.covered]
     if len(covered) >= facts.policy.discount_min_units and state.prefers_discount is None:
-        choices = (Choice(label="prefer_repair", value="pref:repair"),
-                   Choice(label="prefer_discount", value="pref:discount"))
-        return _t(replace(state, name="preference", offered=tuple(c.value for c in choices)),
-                  Reply(template="ask_preference", params={"covered": len(covered),
-                                                           "discounts": _discounts(covered, facts)},
-                        choices=choices))
+        choices = (
+            Choice(label="prefer_repair", value="pref:repair"),
+            Choice(label="prefer_discount", value="pref:discount"),
+        )
+        return _t(
+            replace(state, name="preference", offered=tuple(c.value for c in choices)),
+            Reply(
+                template="ask_preference",
+                params={"covered": len(covered), "discounts": _discounts(covered, facts)},
+                choices=choices,
+            ),
+        )
     return _conclude(state, facts)
 
 
 def _preference(state: State, text: str, event: Event, facts: Facts) -> Transition:
     if text not in ("pref:repair", "pref:discount"):
-        choices = (Choice(label="prefer_repair", value="pref:repair"),
-                   Choice(label="prefer_discount", value="pref:discount"))
+        choices = (
+            Choice(label="prefer_repair", value="pref:repair"),
+            Choice(label="prefer_discount", value="pref:discount"),
+        )
         return _failed(state, "preference_reask", {}, choices=choices)
     return _conclude(replace(state, prefers_discount=text == "pref:discount", offered=()), facts)
 
@@ -420,16 +549,28 @@ def _preference(state: State, text: str, event: Event, facts: Facts) -> Transiti
 def _conclude(state: State, facts: Facts) -> Transition:
     units = tuple(_decide(state, facts))
     explained = Reply(template="decision", params={"groups": _groups(units), "units": len(units)})
-    needs_engineer = any(u.decision.outcome is not Outcome.not_covered or u.decision.preliminary for u in units)
+    needs_engineer = any(
+        u.decision.outcome is not Outcome.not_covered or u.decision.preliminary for u in units
+    )
     if not needs_engineer:
         choices = (Choice(label="talk_to_person", value="cmd:human"),)
-        return _t(replace(state, name="closed", offered=tuple(c.value for c in choices)),
-                  explained, Reply(template="not_covered_final", choices=choices))
-    effect = OpenCase(units=units, fault=state.fault, claim_date=state.claim_date or facts.today,
-                      prefers_discount=bool(state.prefers_discount), attachment_ids=state.attachment_ids)
-    return Transition(state=replace(state, name="with_engineer", offered=()),
-                      replies=(explained, Reply(template="case_opened", params={"units": len(units)})),
-                      effects=(effect,))
+        return _t(
+            replace(state, name="closed", offered=tuple(c.value for c in choices)),
+            explained,
+            Reply(template="not_covered_final", choices=choices),
+        )
+    effect = OpenCase(
+        units=units,
+        fault=state.fault,
+        claim_date=state.claim_date or facts.today,
+        prefers_discount=bool(state.prefers_discount),
+        attachment_ids=state.attachment_ids,
+    )
+    return Transition(
+        state=replace(state, name="with_engineer", offered=()),
+        replies=(explained, Reply(template="case_opened", params={"units": len(units)})),
+        effects=(effect,),
+    )
 
 
 def _with_engineer(state: State, text: str, event: Event, facts: Facts) -> Transition:
@@ -437,7 +578,9 @@ def _with_engineer(state: State, text: str, event: Event, facts: Facts) -> Trans
         return Transition(state=state)
     effect = RelayToCase(text=text, attachment_ids=event.attachment_ids)
     if facts.case_status in (None, "open"):
-        reply = Reply(template="relayed", params={"case_ref": facts.case_ref, "case_status": facts.case_status})
+        reply = Reply(
+            template="relayed", params={"case_ref": facts.case_ref, "case_status": facts.case_status}
+        )
         return Transition(state=state, replies=(reply,), effects=(effect,))
     return Transition(state=state, effects=(effect,))
 
@@ -471,24 +614,42 @@ def _ask_again(state: State, facts: Facts) -> Transition:
     if state.name == "awaiting_fault":
         return _t(state, Reply(template="ask_fault"))
     if state.name == "awaiting_proof":
-        return _t(state, Reply(template="ask_proof", params=_units_params(state, facts),
-                               choices=(Choice(label="proof_none", value="proof:none"),)))
+        return _t(
+            state,
+            Reply(
+                template="ask_proof",
+                params=_units_params(state, facts),
+                choices=(Choice(label="proof_none", value="proof:none"),),
+            ),
+        )
     if state.name == "screening":
         return _ask_cause(state)
     if state.name == "preference":
-        return _t(state, Reply(template="preference_reask", choices=(
-            Choice(label="prefer_repair", value="pref:repair"), Choice(label="prefer_discount", value="pref:discount"))))
+        return _t(
+            state,
+            Reply(
+                template="preference_reask",
+                choices=(
+                    Choice(label="prefer_repair", value="pref:repair"),
+                    Choice(label="prefer_discount", value="pref:discount"),
+                ),
+            ),
+        )
     return _t(state)
 
 
-def _failed(state: State, template: str, params: Mapping[str, Any], choices: tuple[Choice, ...] = ()) -> Transition:
+def _failed(
+    state: State, template: str, params: Mapping[str, Any], choices: tuple[Choice, ...] = ()
+) -> Transition:
     """A polite re-ask; from the third failed try on, a person is offered as well."""
     failures = state.failures + 1
     if failures >= MAX_FAILURES:
         choices = (*choices, Choice(label="talk_to_person", value="cmd:human"))
     state = replace(state, failures=failures, offered=tuple(c.value for c in choices) or state.offered)
-    return _t(state, Reply(template=template, params={**params, "offer_human": failures >= MAX_FAILURES},
-                           choices=choices))
+    return _t(
+        state,
+        Reply(template=template, params={**params, "offer_human": failures >= MAX_FAILURES}, choices=choices),
+    )
 
 
 def _resolve_numbered_choice(state: State, text: str) -> str:
@@ -543,10 +704,8 @@ def _decide(state: State, facts: Facts) -> list[UnitDecision]:
     for serial in state.serials:
         record = facts.registry.get(serial)
         parsed = parse_serial(serial, facts.policy)
-        if record is not None:
-            proof = Proof.registry
-        else:
-            proof = Proof(state.proof) if state.proof else Proof.none
+        # The registry's record proves the sale; otherwise what the customer showed us, or nothing.
+        proof = Proof.registry if record is not None else Proof(state.proof or Proof.none.value)
         claim = Claim(
             serial=serial,
             claim_date=claim_date,
@@ -562,15 +721,17 @@ def _decide(state: State, facts: Facts) -> list[UnitDecision]:
             prefers_discount=bool(state.prefers_discount),
         )
         decision = evaluate(claim, facts.policy)
-        decided.append(UnitDecision(
-            serial=serial,
-            model=parsed.model if parsed else None,
-            production_date=decision.production_date,
-            port_arrival_date=claim.port_arrival_date,
-            registered=record is not None,
-            order_id=record.order_id if record else None,
-            decision=decision,
-        ))
+        decided.append(
+            UnitDecision(
+                serial=serial,
+                model=parsed.model if parsed else None,
+                production_date=decision.production_date,
+                port_arrival_date=claim.port_arrival_date,
+                registered=record is not None,
+                order_id=record.order_id if record else None,
+                decision=decision,
+            )
+        )
     return decided
 
 

@@ -10,7 +10,7 @@ from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import func, select
-from sqlmodel import Session
+from sqlmodel import Session, col
 
 from bot import conversation as conv
 from bot.engine import Engine, audit
@@ -53,54 +53,109 @@ class Desk:
 
     # --- reading ------------------------------------------------------------------------------------------
 
-    def list_cases(self, *, status: str | None = None, query: str | None = None, limit: int = 200) -> list[dict[str, Any]]:
+    def list_cases(
+        self, *, status: str | None = None, query: str | None = None, limit: int = 200
+    ) -> list[dict[str, Any]]:
         with Session(self.engine.db) as session:
-            statement = select(Case).order_by(Case.id.desc()).limit(limit)  # type: ignore[union-attr]
+            statement = select(Case).order_by(col(Case.id).desc()).limit(limit)
             if status:
-                statement = statement.where(Case.status == status)  # type: ignore[arg-type]
+                statement = statement.where(col(Case.status) == status)
             if query:
                 like = f"%{query.strip().upper()}%"
-                units = select(CaseUnit.case_id).where(CaseUnit.serial.like(like))  # type: ignore[attr-defined]
-                statement = statement.where(Case.ref.like(like) | Case.id.in_(units))  # type: ignore[attr-defined, union-attr]
+                units = select(col(CaseUnit.case_id)).where(col(CaseUnit.serial).like(like))
+                statement = statement.where(col(Case.ref).like(like) | col(Case.id).in_(units))
             cases = list(session.execute(statement).scalars())
-            counts = dict(session.execute(
-                select(CaseUnit.case_id, func.count()).where(CaseUnit.case_id.in_([c.id for c in cases]))  # type: ignore[attr-defined]
-                .group_by(CaseUnit.case_id)  # type: ignore[arg-type]
-            ).all())
+            counts = dict(
+                session.execute(
+                    select(col(CaseUnit.case_id), func.count())
+                    .where(col(CaseUnit.case_id).in_([c.id for c in cases]))
+                    .group_by(col(CaseUnit.case_id))
+                ).all()
+            )
             return [_summary(case, counts.get(case.id or 0, 0)) for case in cases]
 
     def get_case(self, ref: str) -> dict[str, Any]:
         with Session(self.engine.db) as session:
             case = _find(session, ref)
-            units = session.execute(select(CaseUnit).where(CaseUnit.case_id == case.id)  # type: ignore[arg-type]
-                                    .order_by(CaseUnit.id)).scalars().all()  # type: ignore[arg-type]
-            messages = session.execute(select(Message).where(Message.case_id == case.id)  # type: ignore[arg-type]
-                                       .order_by(Message.id)).scalars().all()  # type: ignore[arg-type]
-            files = session.execute(select(StoredAttachment).where(StoredAttachment.case_id == case.id)  # type: ignore[arg-type]
-                                    .order_by(StoredAttachment.id)).scalars().all()  # type: ignore[arg-type]
-            history = session.execute(select(AuditEntry).where(AuditEntry.case_id == case.id)  # type: ignore[arg-type]
-                                      .order_by(AuditEntry.id)).scalars().all()  # type: ignore[arg-type]
-            identity = session.execute(
-                select(ChannelIdentity).where(ChannelIdentity.customer_id == case.customer_id,  # type: ignore[arg-type]
-                                              ChannelIdentity.channel == case.channel)  # type: ignore[arg-type]
-            ).scalars().first()
+            units = (
+                session.execute(
+                    select(CaseUnit).where(col(CaseUnit.case_id) == case.id).order_by(col(CaseUnit.id))
+                )
+                .scalars()
+                .all()
+            )
+            messages = (
+                session.execute(
+                    select(Message).where(col(Message.case_id) == case.id).order_by(col(Message.id))
+                )
+                .scalars()
+                .all()
+            )
+            files = (
+                session.execute(
+                    select(StoredAttachment)
+                    .where(col(StoredAttachment.case_id) == case.id)
+                    .order_by(col(StoredAttachment.id))
+                )
+                .scalars()
+                .all()
+            )
+            history = (
+                session.execute(
+                    select(AuditEntry).where(col(AuditEntry.case_id) == case.id).order_by(col(AuditEntry.id))
+                )
+                .scalars()
+                .all()
+            )
+            identity = (
+                session.execute(
+                    select(ChannelIdentity).where(
+                        col(ChannelIdentity.customer_id) == case.customer_id,
+                        col(ChannelIdentity.channel) == case.channel,
+                    )
+                )
+                .scalars()
+                .first()
+            )
             return {
                 **_summary(case, len(units)),
                 "fault": case.fault,
                 "customer": identity.display_name if identity else None,
                 "refusal_reason": case.refusal_reason,
                 "prefers_discount": case.prefers_discount,
-                "units": [{"serial": u.serial, "model": u.model,
-                           "production_date": _iso(u.production_date), "port_arrival_date": _iso(u.port_arrival_date),
-                           "warranty_end": _iso(u.warranty_end), "outcome": u.outcome, "basis": u.basis,
-                           "clauses": u.clauses, "decision": u.decision} for u in units],
-                "messages": [{"id": m.id, "author": m.author, "author_name": m.author_name, "text": m.text,
-                              "attachment_ids": m.attachment_ids, "created_at": m.created_at.isoformat()}
-                             for m in messages],
-                "attachments": [{"id": f.id, "name": f.name, "mime": f.mime, "size": f.size, "kind": f.kind}
-                                for f in files],
-                "audit": [{"actor": a.actor, "action": a.action, "detail": a.detail, "at": a.at.isoformat()}
-                          for a in history],
+                "units": [
+                    {
+                        "serial": u.serial,
+                        "model": u.model,
+                        "production_date": _iso(u.production_date),
+                        "port_arrival_date": _iso(u.port_arrival_date),
+                        "warranty_end": _iso(u.warranty_end),
+                        "outcome": u.outcome,
+                        "basis": u.basis,
+                        "clauses": u.clauses,
+                        "decision": u.decision,
+                    }
+                    for u in units
+                ],
+                "messages": [
+                    {
+                        "id": m.id,
+                        "author": m.author,
+                        "author_name": m.author_name,
+                        "text": m.text,
+                        "attachment_ids": m.attachment_ids,
+                        "created_at": m.created_at.isoformat(),
+                    }
+                    for m in messages
+                ],
+                "attachments": [
+                    {"id": f.id, "name": f.name, "mime": f.mime, "size": f.size, "kind": f.kind}
+                    for f in files
+                ],
+                "audit": [
+                    {"actor": a.actor, "action": a.action, "detail": a.detail, "at": a.at.isoformat()}
+                    for a in history
+                ],
             }
 
     def attachment(self, ref: str, attachment_id: int) -> StoredAttachment:
@@ -134,8 +189,9 @@ class Desk:
             if case.claimed_by is None:
                 case.claimed_by = engineer
                 case.status = "claimed" if case.status == "open" else case.status
-            rendered = self.engine.renderer.text("engineer_reply", language=case.language, text=text,
-                                                 engineer=engineer, case_ref=case.ref)
+            rendered = self.engine.renderer.text(
+                "engineer_reply", language=case.language, text=text, engineer=engineer, case_ref=case.ref
+            )
             self._say(session, case, rendered, author="engineer", author_name=engineer)
             self._touch(session, case, engineer, "replied", origin=origin, text=text)
             return _summary(case)
@@ -144,8 +200,15 @@ class Desk:
         text = _required(text, "text")
         with session_scope(self.engine.db) as session:
             case = _find(session, ref)
-            session.add(Message(conversation_id=case.conversation_id, case_id=case.id, author="note",
-                                author_name=engineer, text=text))
+            session.add(
+                Message(
+                    conversation_id=case.conversation_id,
+                    case_id=case.id,
+                    author="note",
+                    author_name=engineer,
+                    text=text,
+                )
+            )
             self._touch(session, case, engineer, "noted", origin=origin, text=text)
             return _summary(case)
 
@@ -156,14 +219,27 @@ class Desk:
             _require_open(case)
             case.status = "waiting_customer"
             case.claimed_by = case.claimed_by or engineer
-            rendered = self.engine.renderer.text("ask_customer", language=case.language, question=question,
-                                                 engineer=engineer, case_ref=case.ref)
+            rendered = self.engine.renderer.text(
+                "ask_customer",
+                language=case.language,
+                question=question,
+                engineer=engineer,
+                case_ref=case.ref,
+            )
             self._say(session, case, rendered, author="engineer", author_name=engineer)
             self._touch(session, case, engineer, "asked_customer", origin=origin, question=question)
             return _summary(case)
 
-    def choose_method(self, ref: str, *, engineer: str, method: str, reason: str | None = None,
-                      clauses: list[str] | None = None, origin: str = "desk") -> dict[str, Any]:
+    def choose_method(
+        self,
+        ref: str,
+        *,
+        engineer: str,
+        method: str,
+        reason: str | None = None,
+        clauses: list[str] | None = None,
+        origin: str = "desk",
+    ) -> dict[str, Any]:
         if method not in METHODS:
             raise DeskError(f"method must be one of {', '.join(METHODS)}")
         with session_scope(self.engine.db) as session:
@@ -171,22 +247,38 @@ class Desk:
             _require_open(case)
             case.claimed_by = case.claimed_by or engineer
             case.method = method
-            units = session.execute(select(CaseUnit).where(CaseUnit.case_id == case.id)).scalars().all()  # type: ignore[arg-type]
+            units = session.execute(select(CaseUnit).where(col(CaseUnit.case_id) == case.id)).scalars().all()
             if method == "not_covered":
                 reason = _required(reason or "", "reason")
-                cited = sorted(set(clauses or []) or {c for u in units for c in u.clauses if c[0] in "XM" and c != "M5"
-                                                      and u.outcome == "not_covered"})
+                cited = sorted(
+                    set(clauses or [])
+                    or {
+                        c
+                        for u in units
+                        for c in u.clauses
+                        if c[0] in "XM" and c != "M5" and u.outcome == "not_covered"
+                    }
+                )
                 case.refusal_reason = reason
                 case.status = "resolved"
                 self._tell(session, case, "method_not_covered", reason=reason, clauses=cited)
                 self._touch(session, case, engineer, "refused", origin=origin, reason=reason, clauses=cited)
                 self._ask_rating(session, case)
             else:
-                amount, currency = _discount(session, units) if method == "discount_compensation" else (None, None)
+                amount, currency = (
+                    _discount(session, units) if method == "discount_compensation" else (None, None)
+                )
                 case.status = "in_service"
                 self._tell(session, case, f"method_{method}", amount=amount, currency=currency)
-                self._touch(session, case, engineer, "method_chosen", origin=origin, method=method,
-                            amount=str(amount) if amount is not None else None)
+                self._touch(
+                    session,
+                    case,
+                    engineer,
+                    "method_chosen",
+                    origin=origin,
+                    method=method,
+                    amount=str(amount) if amount is not None else None,
+                )
             return _summary(case)
 
     def close(self, ref: str, *, engineer: str, origin: str = "desk") -> dict[str, Any]:
@@ -202,7 +294,11 @@ class Desk:
             conversation = session.get(Conversation, case.conversation_id)
             if conversation is not None and conversation.case_id == case.id:
                 state = conv.on_case_closed(conv.State.from_dict(conversation.data), ask_rating=True)
-                conversation.state, conversation.data, conversation.case_id = state.name, state.to_dict(), None
+                conversation.state, conversation.data, conversation.case_id = (
+                    state.name,
+                    state.to_dict(),
+                    None,
+                )
             self._touch(session, case, engineer, "closed", origin=origin)
             return _summary(case)
 
@@ -214,7 +310,9 @@ class Desk:
 
     # --- helpers ------------------------------------------------------------------------------------------
 
-    def _touch(self, session: Session, case: Case, actor: str, action: str, *, origin: str, **detail: Any) -> None:
+    def _touch(
+        self, session: Session, case: Case, actor: str, action: str, *, origin: str, **detail: Any
+    ) -> None:
         case.updated_at = utcnow()
         audit(session, case, actor, action, origin=origin, **detail)
         self.engine.notify_desks(session, case, "case_updated", action=action, actor=actor, origin=origin)
@@ -230,20 +328,35 @@ class Desk:
         conversation = session.get(Conversation, case.conversation_id)
         if conversation is not None:
             state = conv.State.from_dict(conversation.data)
-            conversation.data = {**conversation.data, "awaiting_rating": True,
-                                 "offered": [b.value for b in buttons] if state.name == "closed" else state.offered}
+            conversation.data = {
+                **conversation.data,
+                "awaiting_rating": True,
+                "offered": [b.value for b in buttons] if state.name == "closed" else state.offered,
+            }
 
-    def _say(self, session: Session, case: Case, text: str, *, buttons: tuple[Button, ...] = (),
-             author: str = "bot", author_name: str | None = None) -> None:
+    def _say(
+        self,
+        session: Session,
+        case: Case,
+        text: str,
+        *,
+        buttons: tuple[Button, ...] = (),
+        author: str = "bot",
+        author_name: str | None = None,
+    ) -> None:
         conversation = session.get(Conversation, case.conversation_id)
         if conversation is None:
             raise CaseNotFound(f"case {case.ref} has no conversation")
-        self.engine.say(session, conversation, text, buttons, case=case, author=author, author_name=author_name)
+        self.engine.say(
+            session, conversation, text, buttons, case=case, author=author, author_name=author_name
+        )
         self.engine.outbox_signal.set()
 
 
 def _find(session: Session, ref: str) -> Case:
-    case = session.execute(select(Case).where(Case.ref == ref.strip().upper())).scalar_one_or_none()  # type: ignore[arg-type]
+    case: Case | None = session.execute(
+        select(Case).where(col(Case.ref) == ref.strip().upper())
+    ).scalar_one_or_none()
     if case is None:
         raise CaseNotFound(f"no case {ref}")
     return case
@@ -270,17 +383,29 @@ def _discount(session: Session, units: Any) -> tuple[Decimal | None, str | None]
             by_order.setdefault(unit.order_id, Decimal(amount))
     if not by_order:
         return None, None
-    currencies = {o.currency for o in session.execute(
-        select(RegistryOrder).where(RegistryOrder.order_id.in_(by_order))).scalars()}  # type: ignore[attr-defined]
+    currencies = {
+        o.currency
+        for o in session.execute(
+            select(RegistryOrder).where(col(RegistryOrder.order_id).in_(by_order))
+        ).scalars()
+    }
     currency = currencies.pop() if len(currencies) == 1 else None
     return sum(by_order.values(), Decimal("0")), currency
 
 
 def _summary(case: Case, units: int | None = None) -> dict[str, Any]:
-    summary = {"ref": case.ref, "status": case.status, "channel": case.channel, "language": case.language,
-               "claimed_by": case.claimed_by, "method": case.method, "rating": case.rating,
-               "claim_date": case.claim_date.isoformat(), "created_at": case.created_at.isoformat(),
-               "updated_at": case.updated_at.isoformat()}
+    summary = {
+        "ref": case.ref,
+        "status": case.status,
+        "channel": case.channel,
+        "language": case.language,
+        "claimed_by": case.claimed_by,
+        "method": case.method,
+        "rating": case.rating,
+        "claim_date": case.claim_date.isoformat(),
+        "created_at": case.created_at.isoformat(),
+        "updated_at": case.updated_at.isoformat(),
+    }
     if units is not None:
         summary["units"] = units
     return summary

@@ -8,15 +8,16 @@ are processed one at a time in arrival order, whatever the number of workers.
 from __future__ import annotations
 
 import logging
-import threading
 import re
+import threading
 from dataclasses import asdict, dataclass, field, replace
 from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine as DbEngine
+from sqlalchemy import select
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlmodel import Session
+from sqlmodel import Session, col
 
 from bot import conversation as conv
 from bot.messages import Attachment, Button, InboundMessage, OutboundMessage
@@ -59,7 +60,7 @@ class EngineConfig:
 
 @dataclass
 class Engine:
-    db: Engine
+    db: DbEngine
     policy: Policy
     renderer: Renderer
     config: EngineConfig = field(default_factory=EngineConfig)
@@ -71,7 +72,9 @@ class Engine:
 
     def accept(self, message: InboundMessage) -> Accepted:
         """Store an inbound message durably; a redelivery (same channel and external id) is recognised."""
-        message = replace(message, text=clean_text(message.text), sender_name=clean_text(message.sender_name or "") or None)
+        message = replace(
+            message, text=clean_text(message.text), sender_name=clean_text(message.sender_name or "") or None
+        )
         values = {
             "channel": message.channel,
             "external_id": message.external_id[:255],
@@ -83,9 +86,12 @@ class Engine:
         with session_scope(self.db) as session:
             dialect = session.get_bind().dialect.name
             insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-            statement = insert(InboxItem).values(**values).on_conflict_do_nothing(
-                index_elements=["channel", "external_id"]
-            ).returning(InboxItem.id)  # type: ignore[arg-type]
+            statement = (
+                insert(InboxItem)
+                .values(**values)
+                .on_conflict_do_nothing(index_elements=["channel", "external_id"])
+                .returning(col(InboxItem.id))
+            )
             inbox_id = session.execute(statement).scalar()
         if inbox_id is None:
             return Accepted(inbox_id=None, duplicate=True)
@@ -98,9 +104,9 @@ class Engine:
         while done < limit:
             with Session(self.db) as session:
                 head = session.execute(
-                    select(InboxItem.channel, InboxItem.chat_id)
-                    .where(InboxItem.status == "pending")  # type: ignore[arg-type]
-                    .order_by(InboxItem.id)  # type: ignore[arg-type]
+                    select(col(InboxItem.channel), col(InboxItem.chat_id))
+                    .where(col(InboxItem.status) == "pending")
+                    .order_by(col(InboxItem.id))
                     .limit(1)
                 ).first()
             if head is None:
@@ -116,9 +122,12 @@ class Engine:
                 lock_chat(session, "chat", channel, chat_id)
                 query = (
                     select(InboxItem)
-                    .where(InboxItem.channel == channel, InboxItem.chat_id == chat_id,  # type: ignore[arg-type]
-                           InboxItem.status == "pending")  # type: ignore[arg-type]
-                    .order_by(InboxItem.id)  # type: ignore[arg-type]
+                    .where(
+                        col(InboxItem.channel) == channel,
+                        col(InboxItem.chat_id) == chat_id,
+                        col(InboxItem.status) == "pending",
+                    )
+                    .order_by(col(InboxItem.id))
                     .limit(1)
                     .with_for_update()
                 )
@@ -140,9 +149,12 @@ class Engine:
         with session_scope(self.db) as session:
             item = session.execute(
                 select(InboxItem)
-                .where(InboxItem.channel == channel, InboxItem.chat_id == chat_id,  # type: ignore[arg-type]
-                       InboxItem.status == "pending")  # type: ignore[arg-type]
-                .order_by(InboxItem.id)  # type: ignore[arg-type]
+                .where(
+                    col(InboxItem.channel) == channel,
+                    col(InboxItem.chat_id) == chat_id,
+                    col(InboxItem.status) == "pending",
+                )
+                .order_by(col(InboxItem.id))
                 .limit(1)
             ).scalar_one_or_none()
             if item is not None:
@@ -157,26 +169,45 @@ class Engine:
         conversation, identity, customer = self._conversation(session, message)
         case = session.get(Case, conversation.case_id) if conversation.case_id else None
 
-        stored = [self._store_attachment(session, conversation, case, a) for a in message.attachments
-                  if a.kind != "rejected"]
+        stored = [
+            self._store_attachment(session, conversation, case, a)
+            for a in message.attachments
+            if a.kind != "rejected"
+        ]
         rejected = [a for a in message.attachments if a.kind == "rejected"]
-        session.add(Message(conversation_id=conversation.id or 0, case_id=case.id if case else None,
-                            author="customer", author_name=message.sender_name, text=message.text,
-                            attachment_ids=[a.id or 0 for a in stored],
-                            client_id=message.raw.get("client_id") if message.raw else None))
+        session.add(
+            Message(
+                conversation_id=conversation.id or 0,
+                case_id=case.id if case else None,
+                author="customer",
+                author_name=message.sender_name,
+                text=message.text,
+                attachment_ids=[a.id or 0 for a in stored],
+                client_id=message.raw.get("client_id") if message.raw else None,
+            )
+        )
 
         state = conv.State.from_dict({**conversation.data, "name": conversation.state})
         if not conversation.data.get("language") and customer.language:
             state = conv.State.from_dict({**state.to_dict(), "language": customer.language})
         text = message.text[: self.config.max_text_chars]
         facts = self._facts(session, state, text, case)
-        transition = conv.step(state, conv.Event(text=text, attachment_ids=tuple(a.id or 0 for a in stored)), facts)
+        transition = conv.step(
+            state, conv.Event(text=text, attachment_ids=tuple(a.id or 0 for a in stored)), facts
+        )
 
         replies: list[tuple[conv.Reply, dict[str, Any]]] = []
         if rejected:
             files = [{"name": a.name, "reason": a.ref} for a in rejected]
-            replies.append((conv.Reply(template="attachment_rejected",
-                                       params={"files": files, "max_mb": self.config.attachment_max_mb}), {}))
+            replies.append(
+                (
+                    conv.Reply(
+                        template="attachment_rejected",
+                        params={"files": files, "max_mb": self.config.attachment_max_mb},
+                    ),
+                    {},
+                )
+            )
         case = self._apply(session, transition, conversation, customer, case, message)
         extra = {"case_ref": case.ref if case else None}
         replies.extend((reply, extra) for reply in transition.replies)
@@ -197,47 +228,80 @@ class Engine:
         except ValueError:
             mentioned = []
         registry = lookup(session, set(state.serials) | set(mentioned))
-        return conv.Facts(today=utcnow().date(), policy=self.policy, registry=registry,
-                          case_ref=case.ref if case else None, case_status=case.status if case else None)
+        return conv.Facts(
+            today=utcnow().date(),
+            policy=self.policy,
+            registry=registry,
+            case_ref=case.ref if case else None,
+            case_status=case.status if case else None,
+        )
 
-    def _conversation(self, session: Session, message: InboundMessage) -> tuple[Conversation, ChannelIdentity, Customer]:
+    def _conversation(
+        self, session: Session, message: InboundMessage
+    ) -> tuple[Conversation, ChannelIdentity, Customer]:
         identity = session.execute(
-            select(ChannelIdentity).where(ChannelIdentity.channel == message.channel,  # type: ignore[arg-type]
-                                          ChannelIdentity.chat_id == message.chat_id)  # type: ignore[arg-type]
+            select(ChannelIdentity).where(
+                col(ChannelIdentity.channel) == message.channel,
+                col(ChannelIdentity.chat_id) == message.chat_id,
+            )
         ).scalar_one_or_none()
         if identity is None:
             customer = Customer(name=message.sender_name, language=_language_hint(message.locale_hint))
             session.add(customer)
             session.flush()
-            identity = ChannelIdentity(customer_id=customer.id or 0, channel=message.channel, chat_id=message.chat_id,
-                                       sender_id=message.sender_id, display_name=message.sender_name)
+            identity = ChannelIdentity(
+                customer_id=customer.id or 0,
+                channel=message.channel,
+                chat_id=message.chat_id,
+                sender_id=message.sender_id,
+                display_name=message.sender_name,
+            )
             session.add(identity)
         else:
             customer = session.get(Customer, identity.customer_id) or Customer()
             identity.unreachable = False  # they wrote to us: reachable again
         conversation = session.execute(
-            select(Conversation).where(Conversation.channel == message.channel,  # type: ignore[arg-type]
-                                       Conversation.chat_id == message.chat_id)  # type: ignore[arg-type]
+            select(Conversation).where(
+                col(Conversation.channel) == message.channel,
+                col(Conversation.chat_id) == message.chat_id,
+            )
         ).scalar_one_or_none()
         if conversation is None:
-            conversation = Conversation(customer_id=customer.id or 0, channel=message.channel, chat_id=message.chat_id)
+            conversation = Conversation(
+                customer_id=customer.id or 0, channel=message.channel, chat_id=message.chat_id
+            )
             session.add(conversation)
         session.flush()
         return conversation, identity, customer
 
-    def _store_attachment(self, session: Session, conversation: Conversation, case: Case | None,
-                          attachment: Attachment) -> StoredAttachment:
-        row = StoredAttachment(conversation_id=conversation.id, case_id=case.id if case else None,
-                               kind=attachment.kind, name=attachment.name, mime=attachment.mime,
-                               size=attachment.size, path=attachment.ref, sha256=attachment.ref.split("/")[-1][:64])
+    def _store_attachment(
+        self, session: Session, conversation: Conversation, case: Case | None, attachment: Attachment
+    ) -> StoredAttachment:
+        row = StoredAttachment(
+            conversation_id=conversation.id,
+            case_id=case.id if case else None,
+            kind=attachment.kind,
+            name=attachment.name,
+            mime=attachment.mime,
+            size=attachment.size,
+            path=attachment.ref,
+            sha256=attachment.ref.split("/")[-1][:64],
+        )
         session.add(row)
         session.flush()
         return row
 
     # --- effects --------------------------------------------------------------------------------------------
 
-    def _apply(self, session: Session, transition: conv.Transition, conversation: Conversation, customer: Customer,
-               case: Case | None, message: InboundMessage) -> Case | None:
+    def _apply(
+        self,
+        session: Session,
+        transition: conv.Transition,
+        conversation: Conversation,
+        customer: Customer,
+        case: Case | None,
+        message: InboundMessage,
+    ) -> Case | None:
         for effect in transition.effects:
             if isinstance(effect, conv.OpenCase):
                 case = self._open_case(session, effect, conversation, customer, transition.state.language)
@@ -245,8 +309,9 @@ class Engine:
                 self._relay(session, case, effect, message)
             elif isinstance(effect, conv.RecordRating):
                 rated = session.execute(
-                    select(Case).where(Case.conversation_id == conversation.id)  # type: ignore[arg-type]
-                    .order_by(Case.id.desc())  # type: ignore[union-attr]
+                    select(Case)
+                    .where(col(Case.conversation_id) == conversation.id)
+                    .order_by(col(Case.id).desc())
                     .limit(1)
                 ).scalar_one_or_none()
                 if rated is not None:
@@ -264,28 +329,54 @@ class Engine:
             return None
         return case
 
-    def _open_case(self, session: Session, effect: conv.OpenCase, conversation: Conversation, customer: Customer,
-                   language: str) -> Case:
-        case = Case(customer_id=customer.id or 0, conversation_id=conversation.id or 0, channel=conversation.channel,
-                    language=language, fault=effect.fault, claim_date=effect.claim_date,
-                    prefers_discount=effect.prefers_discount)
+    def _open_case(
+        self,
+        session: Session,
+        effect: conv.OpenCase,
+        conversation: Conversation,
+        customer: Customer,
+        language: str,
+    ) -> Case:
+        case = Case(
+            customer_id=customer.id or 0,
+            conversation_id=conversation.id or 0,
+            channel=conversation.channel,
+            language=language,
+            fault=effect.fault,
+            claim_date=effect.claim_date,
+            prefers_discount=effect.prefers_discount,
+        )
         session.add(case)
         session.flush()
         case.ref = f"{self.config.case_ref_prefix}-{case.created_at.year}-{case.id:06d}"
         for unit in effect.units:
             d = unit.decision
-            session.add(CaseUnit(case_id=case.id or 0, serial=unit.serial, model=unit.model, order_id=unit.order_id,
-                                 production_date=unit.production_date, port_arrival_date=unit.port_arrival_date,
-                                 warranty_end=d.warranty_end, outcome=d.outcome.value,
-                                 basis=d.basis.value if d.basis else None, clauses=list(d.clauses),
-                                 decision=decision_to_json(d, self.policy)))
+            session.add(
+                CaseUnit(
+                    case_id=case.id or 0,
+                    serial=unit.serial,
+                    model=unit.model,
+                    order_id=unit.order_id,
+                    production_date=unit.production_date,
+                    port_arrival_date=unit.port_arrival_date,
+                    warranty_end=d.warranty_end,
+                    outcome=d.outcome.value,
+                    basis=d.basis.value if d.basis else None,
+                    clauses=list(d.clauses),
+                    decision=decision_to_json(d, self.policy),
+                )
+            )
         for attachment_id in effect.attachment_ids:
             stored = session.get(StoredAttachment, attachment_id)
             if stored is not None:
                 stored.case_id = case.id
         # Everything said so far belongs to the case's history.
-        for logged in session.execute(select(Message).where(Message.conversation_id == conversation.id,  # type: ignore[arg-type]
-                                                            Message.case_id.is_(None))).scalars():  # type: ignore[union-attr]
+        for logged in session.execute(
+            select(Message).where(
+                col(Message.conversation_id) == conversation.id,
+                col(Message.case_id).is_(None),
+            )
+        ).scalars():
             logged.case_id = case.id
         conversation.case_id = case.id
         audit(session, case, "bot", "opened", units=len(effect.units), human_requested=effect.human_requested)
@@ -301,40 +392,83 @@ class Engine:
             stored = session.get(StoredAttachment, attachment_id)
             if stored is not None:
                 stored.case_id = case.id
-        self.notify_desks(session, case, "customer_message", text=effect.text,
-                          attachment_ids=list(effect.attachment_ids), sender=message.sender_name)
+        self.notify_desks(
+            session,
+            case,
+            "customer_message",
+            text=effect.text,
+            attachment_ids=list(effect.attachment_ids),
+            sender=message.sender_name,
+        )
 
     # --- reading, for channels that show the conversation themselves (web chat) -------------------------
 
-    def transcript(self, channel: str, chat_id: str, *, after: int = 0, limit: int = 200) -> list[dict[str, Any]]:
+    def transcript(
+        self, channel: str, chat_id: str, *, after: int = 0, limit: int = 200
+    ) -> list[dict[str, Any]]:
         """What the customer sees of their conversation: their messages, the bot's and engineers' (no notes)."""
         with Session(self.db) as session:
             conversation = session.execute(
-                select(Conversation).where(Conversation.channel == channel,  # type: ignore[arg-type]
-                                           Conversation.chat_id == chat_id)  # type: ignore[arg-type]
+                select(Conversation).where(
+                    col(Conversation.channel) == channel,
+                    col(Conversation.chat_id) == chat_id,
+                )
             ).scalar_one_or_none()
             if conversation is None:
                 return []
             rows = session.execute(
                 select(Message)
-                .where(Message.conversation_id == conversation.id, Message.id > after,  # type: ignore[arg-type, operator]
-                       Message.author.in_(("customer", "bot", "engineer")))  # type: ignore[attr-defined]
-                .order_by(Message.id)  # type: ignore[arg-type]
+                .where(
+                    col(Message.conversation_id) == conversation.id,
+                    col(Message.id) > after,
+                    col(Message.author).in_(("customer", "bot", "engineer")),
+                )
+                .order_by(col(Message.id))
                 .limit(limit)
             ).scalars()
-            return [{"id": m.id, "author": m.author, "author_name": m.author_name if m.author == "engineer" else None,
-                     "text": m.text, "buttons": m.buttons, "attachment_ids": m.attachment_ids,
-                     "created_at": m.created_at.isoformat()} for m in rows]
+            return [
+                {
+                    "id": m.id,
+                    "author": m.author,
+                    "author_name": m.author_name if m.author == "engineer" else None,
+                    "text": m.text,
+                    "buttons": m.buttons,
+                    "attachment_ids": m.attachment_ids,
+                    "created_at": m.created_at.isoformat(),
+                }
+                for m in rows
+            ]
 
     # --- shared with the desk ------------------------------------------------------------------------------
 
-    def say(self, session: Session, conversation: Conversation, text: str, buttons: tuple[Button, ...] = (), *,
-            case: Case | None = None, author: str = "bot", author_name: str | None = None) -> None:
+    def say(
+        self,
+        session: Session,
+        conversation: Conversation,
+        text: str,
+        buttons: tuple[Button, ...] = (),
+        *,
+        case: Case | None = None,
+        author: str = "bot",
+        author_name: str | None = None,
+    ) -> None:
         """Log a message to the customer and queue it for their channel, in the caller's transaction."""
-        session.add(Message(conversation_id=conversation.id or 0, case_id=case.id if case else None, author=author,
-                            author_name=author_name, text=text, buttons=[asdict(b) for b in buttons]))
-        enqueue(session, OutboundMessage(channel=conversation.channel, chat_id=conversation.chat_id, text=text,
-                                         buttons=buttons))
+        session.add(
+            Message(
+                conversation_id=conversation.id or 0,
+                case_id=case.id if case else None,
+                author=author,
+                author_name=author_name,
+                text=text,
+                buttons=[asdict(b) for b in buttons],
+            )
+        )
+        enqueue(
+            session,
+            OutboundMessage(
+                channel=conversation.channel, chat_id=conversation.chat_id, text=text, buttons=buttons
+            ),
+        )
 
     def notify_desks(self, session: Session, case: Case, event: str, **data: Any) -> None:
         for desk in self.config.external_desks:
@@ -350,8 +484,14 @@ def clean_text(text: str) -> str:
 
 
 def audit(session: Session, case: Case | None, actor: str, action: str, **detail: Any) -> None:
-    session.add(AuditEntry(case_id=case.id if case else None, actor=actor, action=action,
-                           detail={k: _jsonable(v) for k, v in detail.items()}))
+    session.add(
+        AuditEntry(
+            case_id=case.id if case else None,
+            actor=actor,
+            action=action,
+            detail={k: _jsonable(v) for k, v in detail.items()},
+        )
+    )
 
 
 def _jsonable(value: Any) -> Any:

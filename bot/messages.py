@@ -17,7 +17,7 @@ class Button:
 
 @dataclass(frozen=True, kw_only=True)
 class Attachment:
-    """A file the customer sent or we send; `ref` is the channel's file id until stored, then a storage key."""
+    """A file a customer sent or we send; `ref` is the channel's file id until stored, then a storage key."""
 
     kind: str  # photo | document | voice
     name: str

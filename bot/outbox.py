@@ -1,4 +1,4 @@
-"""The transactional outbox: rows written with the change that produced them, delivered by a loop with retries.
+"""The transactional outbox: rows written with the change that made them, delivered by a loop with retries.
 
 Delivery keeps each chat's order: a chat's next row waits until the one before it is sent or dead.
 """
@@ -11,10 +11,10 @@ import threading
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from datetime import timedelta
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
-from sqlalchemy import Engine, func, select, update
-from sqlmodel import Session
+from sqlalchemy import CursorResult, Engine, func, select, update
+from sqlmodel import Session, col
 
 from bot.messages import Attachment, Button, OutboundMessage
 from bot.store import ChannelIdentity, OutboxItem, session_scope
@@ -81,7 +81,9 @@ def from_payload(channel: str, chat_id: str, payload: Mapping[str, Any]) -> Outb
 
 def enqueue(session: Session, message: OutboundMessage, **extra: Any) -> OutboxItem:
     """Add a message to the outbox in the caller's transaction."""
-    item = OutboxItem(channel=message.channel, chat_id=message.chat_id, payload={**to_payload(message), **extra})
+    item = OutboxItem(
+        channel=message.channel, chat_id=message.chat_id, payload={**to_payload(message), **extra}
+    )
     session.add(item)
     return item
 
@@ -105,8 +107,9 @@ class Deliverer:
         self.senders = dict(senders)
         self.max_attempts = max_attempts
 
-    async def run(self, stop: asyncio.Event, *, poll_seconds: float = 0.5,
-                  wake: threading.Event | None = None) -> None:
+    async def run(
+        self, stop: asyncio.Event, *, poll_seconds: float = 0.5, wake: threading.Event | None = None
+    ) -> None:
         """Deliver until `stop` is set; woken early by `wake` when new rows were written."""
         wake = wake or threading.Event()
         while not stop.is_set():
@@ -132,15 +135,15 @@ class Deliverer:
         with Session(self.db) as session:
             # The oldest pending row of each chat is its head; only heads may go, which keeps chat order.
             heads = (
-                select(func.min(OutboxItem.id).label("id"))
-                .where(OutboxItem.status == PENDING, OutboxItem.channel.in_(self.senders))  # type: ignore[attr-defined]
-                .group_by(OutboxItem.channel, OutboxItem.chat_id)
+                select(func.min(col(OutboxItem.id)).label("id"))
+                .where(col(OutboxItem.status) == PENDING, col(OutboxItem.channel).in_(self.senders))
+                .group_by(col(OutboxItem.channel), col(OutboxItem.chat_id))
                 .subquery()
             )
             rows = session.execute(
-                select(OutboxItem.id)
-                .where(OutboxItem.id.in_(select(heads.c.id)), OutboxItem.next_attempt_at <= now)  # type: ignore[union-attr]
-                .order_by(OutboxItem.id)  # type: ignore[arg-type]
+                select(col(OutboxItem.id))
+                .where(col(OutboxItem.id).in_(select(heads.c.id)), col(OutboxItem.next_attempt_at) <= now)
+                .order_by(col(OutboxItem.id))
                 .limit(limit)
             ).scalars()
             return [int(r) for r in rows if r is not None]
@@ -172,11 +175,14 @@ class Deliverer:
         with session_scope(self.db) as session:
             claimed = session.execute(
                 update(OutboxItem)
-                .where(OutboxItem.id == item_id, OutboxItem.status == PENDING,  # type: ignore[arg-type]
-                       OutboxItem.next_attempt_at <= now)  # type: ignore[arg-type]
+                .where(
+                    col(OutboxItem.id) == item_id,
+                    col(OutboxItem.status) == PENDING,
+                    col(OutboxItem.next_attempt_at) <= now,
+                )
                 .values(next_attempt_at=now + timedelta(seconds=SEND_LEASE_SECONDS))
             )
-            if claimed.rowcount != 1:  # type: ignore[attr-defined]
+            if cast(CursorResult[Any], claimed).rowcount != 1:
                 return None  # another worker has it
             item = session.get(OutboxItem, item_id)
             if item is None:
@@ -184,8 +190,15 @@ class Deliverer:
             session.expunge(item)
             return item
 
-    def _finish(self, item_id: int, status: str, error: str | None, *, external_id: str | None = None,
-                unreachable: bool = False) -> None:
+    def _finish(
+        self,
+        item_id: int,
+        status: str,
+        error: str | None,
+        *,
+        external_id: str | None = None,
+        unreachable: bool = False,
+    ) -> None:
         with session_scope(self.db) as session:
             item = session.get(OutboxItem, item_id)
             if item is None:
@@ -198,14 +211,20 @@ class Deliverer:
             if unreachable:
                 session.execute(
                     update(ChannelIdentity)
-                    .where(ChannelIdentity.channel == item.channel, ChannelIdentity.chat_id == item.chat_id)  # type: ignore[arg-type]
+                    .where(
+                        col(ChannelIdentity.channel) == item.channel,
+                        col(ChannelIdentity.chat_id) == item.chat_id,
+                    )
                     .values(unreachable=True)
                 )
                 # Nothing else can reach a customer who blocked us: the rest of the chat's queue is dead too.
                 session.execute(
                     update(OutboxItem)
-                    .where(OutboxItem.channel == item.channel, OutboxItem.chat_id == item.chat_id,  # type: ignore[arg-type]
-                           OutboxItem.status == PENDING)  # type: ignore[arg-type]
+                    .where(
+                        col(OutboxItem.channel) == item.channel,
+                        col(OutboxItem.chat_id) == item.chat_id,
+                        col(OutboxItem.status) == PENDING,
+                    )
                     .values(status=DEAD, last_error="recipient unreachable")
                 )
             if status == DEAD:
@@ -229,8 +248,8 @@ class Deliverer:
 def retry_dead(db: Engine, ids: list[int] | None = None) -> int:
     """Put dead rows back in the queue (all, or those given); returns how many."""
     with session_scope(db) as session:
-        query = update(OutboxItem).where(OutboxItem.status == DEAD)  # type: ignore[arg-type]
+        query = update(OutboxItem).where(col(OutboxItem.status) == DEAD)
         if ids:
-            query = query.where(OutboxItem.id.in_(ids))  # type: ignore[union-attr]
+            query = query.where(col(OutboxItem.id).in_(ids))
         result = session.execute(query.values(status=PENDING, attempts=0, next_attempt_at=utcnow()))
-        return int(result.rowcount)  # type: ignore[attr-defined]
+        return int(cast(CursorResult[Any], result).rowcount)

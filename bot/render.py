@@ -15,7 +15,7 @@ from typing import Any
 
 from babel.dates import format_date
 from babel.numbers import format_currency, format_decimal
-from jinja2 import Environment, FileSystemLoader, StrictUndefined, TemplateNotFound
+from jinja2 import Environment, FileSystemLoader, StrictUndefined, TemplateNotFound, select_autoescape
 
 from bot.conversation import Reply
 from bot.messages import Button
@@ -39,7 +39,7 @@ class Renderer:
         self.env = Environment(
             loader=FileSystemLoader(str(root)),
             undefined=StrictUndefined,
-            autoescape=False,  # plain text; channels that show HTML escape it themselves
+            autoescape=select_autoescape(enabled_extensions=("html",), default=False),  # .j2 is plain text
             trim_blocks=True,
             lstrip_blocks=True,
             keep_trailing_newline=False,
@@ -67,7 +67,9 @@ class Renderer:
         module = self.env.get_template(f"{lang}/labels.j2").make_module(self._context(lang))
         macro = getattr(module, name, None)
         if macro is None and lang != FALLBACK:
-            macro = getattr(self.env.get_template(f"{FALLBACK}/labels.j2").make_module(self._context(FALLBACK)), name)
+            macro = getattr(
+                self.env.get_template(f"{FALLBACK}/labels.j2").make_module(self._context(FALLBACK)), name
+            )
         if macro is None:
             raise KeyError(f"no label {name!r} in templates/{lang}/labels.j2")
         return str(macro(**params)).strip()
@@ -89,9 +91,15 @@ class Renderer:
             found = policy.clauses.get(clause_id)
             return f"{clause_id} ({found.title})" if found else clause_id
 
-        return {"lang": language, "policy": policy, "reasons": reasons, "clause": clause,
-                "date": lambda d: self._date(d, language), "money": lambda a, c: self._money(a, c, language),
-                "number": lambda n: self._number(n, language)}
+        return {
+            "lang": language,
+            "policy": policy,
+            "reasons": reasons,
+            "clause": clause,
+            "date": lambda d: self._date(d, language),
+            "money": lambda a, c: self._money(a, c, language),
+            "number": lambda n: self._number(n, language),
+        }
 
     @staticmethod
     def _date(value: date | str | None, language: str = FALLBACK) -> str:

@@ -15,7 +15,7 @@ from typing import Any
 import uvicorn
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, generate_latest
 from sqlalchemy import func, select
-from sqlmodel import Session
+from sqlmodel import Session, col
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -28,7 +28,8 @@ from bot.app import Bot, build
 from bot.config import Settings
 from bot.logs import setup_logging
 from bot.outbox import Deliverer
-from bot.store import Case, InboxItem, Message as LoggedMessage, OutboxItem
+from bot.store import Case, InboxItem, OutboxItem
+from bot.store import Message as LoggedMessage
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +69,13 @@ class Workers:
         senders = {c.name: s for c in self.channels if (s := c.sender()) is not None}
         deliverer = Deliverer(self.bot.db, senders, max_attempts=self.bot.settings.outbox_max_attempts)
         self.async_stop = asyncio.Event()
-        self.task = asyncio.create_task(deliverer.run(self.async_stop, poll_seconds=self.bot.settings.outbox_poll_seconds,
-                                                      wake=self.bot.engine.outbox_signal))
+        self.task = asyncio.create_task(
+            deliverer.run(
+                self.async_stop,
+                poll_seconds=self.bot.settings.outbox_poll_seconds,
+                wake=self.bot.engine.outbox_signal,
+            )
+        )
         for channel in self.channels:
             await channel.start()
 
@@ -142,8 +148,9 @@ class _TooLarge(Exception):
 
 
 async def _too_large(send: Send) -> None:
-    await send({"type": "http.response.start", "status": 413,
-                "headers": [(b"content-type", b"application/json")]})
+    await send(
+        {"type": "http.response.start", "status": 413, "headers": [(b"content-type", b"application/json")]}
+    )
     await send({"type": "http.response.body", "body": b'{"error": "request body too large"}'})
 
 
@@ -171,9 +178,12 @@ def create_app(bot: Bot, channels: Sequence[Channel] | None = None) -> Starlette
     routes: list[Any] = [Route("/healthz", healthz), Route("/metrics", metrics)]
     for channel in channels:
         routes.extend(channel.routes())
-    app = Starlette(routes=routes, lifespan=lifespan,
-                    middleware=[Middleware(BodyLimit, max_bytes=bot.settings.max_body_bytes)],
-                    exception_handlers={404: _not_found, 405: _not_allowed, 500: _server_error})
+    app = Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        middleware=[Middleware(BodyLimit, max_bytes=bot.settings.max_body_bytes)],
+        exception_handlers={404: _not_found, 405: _not_allowed, 500: _server_error},
+    )
     app.state.bot = bot
     return app
 
@@ -194,7 +204,9 @@ async def _server_error(request: Request, exc: Exception) -> Response:
 def _metrics(registry: CollectorRegistry) -> dict[str, Gauge]:
     return {
         "messages": Gauge("warranty_messages", "Messages logged, by author", ["author"], registry=registry),
-        "inbox": Gauge("warranty_inbox_messages", "Inbound messages by processing status", ["status"], registry=registry),
+        "inbox": Gauge(
+            "warranty_inbox_messages", "Inbound messages by processing status", ["status"], registry=registry
+        ),
         "cases": Gauge("warranty_cases", "Cases by status", ["status"], registry=registry),
         "outbox": Gauge("warranty_outbox_messages", "Outbox rows by status", ["status"], registry=registry),
     }
@@ -202,10 +214,16 @@ def _metrics(registry: CollectorRegistry) -> dict[str, Gauge]:
 
 def _collect(bot: Bot, gauges: dict[str, Gauge]) -> None:
     with Session(bot.db) as session:
-        for name, column, table in (("messages", LoggedMessage.author, LoggedMessage), ("inbox", InboxItem.status, InboxItem),
-                                    ("cases", Case.status, Case), ("outbox", OutboxItem.status, OutboxItem)):
+        for name, column, table in (
+            ("messages", col(LoggedMessage.author), LoggedMessage),
+            ("inbox", col(InboxItem.status), InboxItem),
+            ("cases", col(Case.status), Case),
+            ("outbox", col(OutboxItem.status), OutboxItem),
+        ):
             gauges[name].clear()
-            for label, count in session.execute(select(column, func.count()).select_from(table).group_by(column)):
+            for label, count in session.execute(
+                select(column, func.count()).select_from(table).group_by(column)
+            ):
                 gauges[name].labels(label).set(count)
 
 
@@ -221,8 +239,14 @@ def run_server(settings: Settings, *, host: str, port: int) -> None:
     else:
         print(f"  local desk: {base}/desk  is off: set DESK_TOKEN in .env to turn it on")
     print(f"  health:     {base}/healthz   metrics: {base}/metrics")
-    uvicorn.run(app, host=host, port=port, log_level=settings.log_level.lower(), access_log=False,
-                timeout_graceful_shutdown=5)
+    uvicorn.run(
+        app,
+        host=host,
+        port=port,
+        log_level=settings.log_level.lower(),
+        access_log=False,
+        timeout_graceful_shutdown=5,
+    )
 
 
 def plain(text: str, status: int = 200) -> Response:

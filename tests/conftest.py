@@ -1,4 +1,4 @@
-"""Shared fixtures: real databases (a SQLite file, and PostgreSQL in a throwaway schema) and the bot's parts."""
+"""Shared fixtures: real databases (a SQLite file, PostgreSQL in a throwaway schema) and the bot's parts."""
 
 from __future__ import annotations
 
@@ -75,8 +75,12 @@ def db(database_url: str) -> Iterator[Engine]:
 
 @pytest.fixture
 def settings(database_url: str, tmp_path: Path) -> Settings:
-    return Settings(_env_file=None, database_url=database_url, data_dir=tmp_path,  # type: ignore[call-arg]
-                    attachments_dir=tmp_path / "attachments")
+    return Settings(
+        _env_file=None,
+        database_url=database_url,
+        data_dir=tmp_path,  # type: ignore[call-arg]
+        attachments_dir=tmp_path / "attachments",
+    )
 
 
 @pytest.fixture

@@ -9,7 +9,9 @@ from typing import TypeVar
 T = TypeVar("T")
 
 
-def wait_until(probe: Callable[[], T], *, timeout: float = 15.0, interval: float = 0.05, what: str = "condition") -> T:
+def wait_until(
+    probe: Callable[[], T], *, timeout: float = 15.0, interval: float = 0.05, what: str = "condition"
+) -> T:
     """Call `probe` until it returns something truthy; fail the test after `timeout` seconds."""
     deadline = time.monotonic() + timeout
     while True:

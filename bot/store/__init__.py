@@ -18,7 +18,21 @@ from bot.store.models import (
 )
 
 __all__ = [
-    "AuditEntry", "Case", "CaseUnit", "ChannelIdentity", "Conversation", "Customer", "InboxItem",
-    "KeyValue", "Message", "OutboxItem", "RegistryOrder", "RegistryUnit", "StoredAttachment",
-    "lock_chat", "make_engine", "session_scope", "upgrade",
+    "AuditEntry",
+    "Case",
+    "CaseUnit",
+    "ChannelIdentity",
+    "Conversation",
+    "Customer",
+    "InboxItem",
+    "KeyValue",
+    "Message",
+    "OutboxItem",
+    "RegistryOrder",
+    "RegistryUnit",
+    "StoredAttachment",
+    "lock_chat",
+    "make_engine",
+    "session_scope",
+    "upgrade",
 ]

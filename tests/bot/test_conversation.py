@@ -17,31 +17,55 @@ TODAY = date(2026, 5, 1)
 RANGE = [f"CSP2402A{n:04d}" for n in range(100, 140)]
 
 
-def unit(serial: str, *, arrival: date | None = date(2024, 3, 10), cargo: bool = False, order: str = "PO-1",
-         produced: date = date(2024, 2, 20)) -> conv.UnitFacts:
-    return conv.UnitFacts(serial=serial, order_id=order, production_date=produced, port_arrival_date=arrival,
-                          cargo_compensation=cargo, order_pieces=1000, order_total=Decimal("25000.00"), currency="USD")
+def unit(
+    serial: str,
+    *,
+    arrival: date | None = date(2024, 3, 10),
+    cargo: bool = False,
+    order: str = "PO-1",
+    produced: date = date(2024, 2, 20),
+) -> conv.UnitFacts:
+    return conv.UnitFacts(
+        serial=serial,
+        order_id=order,
+        production_date=produced,
+        port_arrival_date=arrival,
+        cargo_compensation=cargo,
+        order_pieces=1000,
+        order_total=Decimal("25000.00"),
+        currency="USD",
+    )
 
 
 REGISTRY = {
     "CSP2402A0153": unit("CSP2402A0153"),
-    "CSP2402A0154": unit("CSP2402A0154", produced=date(2022, 1, 5), arrival=date(2022, 2, 1)),  # ended 2024-03-31
+    "CSP2402A0154": unit(
+        "CSP2402A0154", produced=date(2022, 1, 5), arrival=date(2022, 2, 1)
+    ),  # ended 2024-03-31
     "CSP2402A0160": unit("CSP2402A0160", cargo=True, order="PO-CARGO"),
     **{serial: unit(serial, order="PO-40") for serial in RANGE},
 }
 
 
-def run(*texts: str | tuple[str, tuple[int, ...]], today: date = TODAY, case_status: str | None = None,
-        state: conv.State | None = None) -> tuple[conv.State, list[str], list[conv.Effect], list[conv.Reply]]:
+def run(
+    *texts: str | tuple[str, tuple[int, ...]],
+    today: date = TODAY,
+    case_status: str | None = None,
+    state: conv.State | None = None,
+) -> tuple[conv.State, list[str], list[conv.Effect], list[conv.Reply]]:
     state = state or conv.State()
     templates: list[str] = []
     effects: list[conv.Effect] = []
     replies: list[conv.Reply] = []
     for item in texts:
         text, attachments = (item, ()) if isinstance(item, str) else item
-        facts = conv.Facts(today=today, policy=POLICY, registry=REGISTRY,
-                           case_ref="WR-2026-000001" if state.name == "with_engineer" else None,
-                           case_status=case_status if state.name == "with_engineer" else None)
+        facts = conv.Facts(
+            today=today,
+            policy=POLICY,
+            registry=REGISTRY,
+            case_ref="WR-2026-000001" if state.name == "with_engineer" else None,
+            case_status=case_status if state.name == "with_engineer" else None,
+        )
         transition = conv.step(state, conv.Event(text=text, attachment_ids=attachments), facts)
         state = conv.State.from_dict(transition.state.to_dict())  # what the database keeps, round-tripped
         templates.extend(r.template for r in transition.replies)
@@ -57,8 +81,18 @@ def opened(effects: list[conv.Effect]) -> conv.OpenCase:
 
 
 def test_covered_claim_from_greeting_to_case() -> None:
-    state, templates, effects, _ = run("hello", "CSP2402A0153", "The display shows E07 and it shuts down", "cause:normal")
-    assert templates == ["greeting", "ask_serial", "units_received", "ask_fault", "ask_cause", "decision", "case_opened"]
+    state, templates, effects, _ = run(
+        "hello", "CSP2402A0153", "The display shows E07 and it shuts down", "cause:normal"
+    )
+    assert templates == [
+        "greeting",
+        "ask_serial",
+        "units_received",
+        "ask_fault",
+        "ask_cause",
+        "decision",
+        "case_opened",
+    ]
     assert state.name == "with_engineer"
     case = opened(effects)
     assert case.fault == "The display shows E07 and it shuts down"
@@ -86,8 +120,9 @@ def test_expired_unit_is_refused_without_a_case_and_a_person_is_offered() -> Non
 
 
 def test_serial_fallback_without_proof() -> None:
-    state, templates, effects, _ = run("CSP2402A0999", "Fan noise and then it stops", "proof:none", "cause:normal",
-                                      today=date(2026, 5, 28))
+    _state, templates, effects, _ = run(
+        "CSP2402A0999", "Fan noise and then it stops", "proof:none", "cause:normal", today=date(2026, 5, 28)
+    )
     assert "ask_proof" in templates
     decision = opened(effects).units[0].decision
     assert decision.basis is not None and decision.basis.value == "serial_production"
@@ -96,25 +131,29 @@ def test_serial_fallback_without_proof() -> None:
 
 
 def test_documents_sent_as_proof_are_kept() -> None:
-    state, templates, effects, _ = run("CSP2402A0999", "Fan noise and then it stops", ("", (7,)), "cause:normal",
-                                      today=date(2026, 5, 28))
+    _state, templates, effects, _ = run(
+        "CSP2402A0999", "Fan noise and then it stops", ("", (7,)), "cause:normal", today=date(2026, 5, 28)
+    )
     assert "proof_received" in templates
     assert opened(effects).attachment_ids == (7,)
 
 
 def test_cargo_compensation_order_is_refused_finally() -> None:
-    state, templates, effects, replies = run("CSP2402A0160", "Display E07 shuts down", "cause:normal")
+    _state, templates, effects, replies = run("CSP2402A0160", "Display E07 shuts down", "cause:normal")
     assert templates[-1] == "not_covered_final"
     assert replies[-2].params["groups"][0]["decision"].clauses == ("M1", "W1", "W2")
     assert not effects
 
 
 def test_distributor_with_40_units_chooses_discount() -> None:
-    state, templates, effects, replies = run(
-        "CSP2402A0100-CSP2402A0139", "All of them show E07 after a week", "cause:normal", "pref:discount")
+    _state, templates, effects, replies = run(
+        "CSP2402A0100-CSP2402A0139", "All of them show E07 after a week", "cause:normal", "pref:discount"
+    )
     assert "ask_preference" in templates
     preference = next(r for r in replies if r.template == "ask_preference")
-    assert preference.params["discounts"] == [{"order_id": "PO-40", "amount": Decimal("250.00"), "currency": "USD"}]
+    assert preference.params["discounts"] == [
+        {"order_id": "PO-40", "amount": Decimal("250.00"), "currency": "USD"}
+    ]
     case = opened(effects)
     assert len(case.units) == 40
     assert case.prefers_discount
@@ -135,7 +174,7 @@ def test_unreadable_serial_three_times_offers_a_person() -> None:
     assert templates[-3:] == ["serial_reask", "serial_reask", "serial_reask"]
     assert [r.params["offer_human"] for r in replies[-3:]] == [False, False, True]
     assert replies[-1].choices[-1].value == "cmd:human"
-    state, templates, effects, _ = run("3", state=state)  # numbered option past the end: just another try
+    run("3", state=state)  # a number past the offered options is just another try
     state, templates, effects, _ = run("cmd:human", state=state)
     assert templates == ["human_requested"]
     assert opened(effects).human_requested
@@ -176,19 +215,32 @@ def test_rating_after_close() -> None:
 def test_numbered_answers_pick_the_offered_button() -> None:
     state, _, _, _ = run("CSP2402A0153 display shows E07 and shuts down")
     assert state.name == "screening"
-    state, templates, effects, _ = run("1", state=state)
+    state, templates, _effects, _ = run("1", state=state)
     assert templates[-1] == "case_opened"
 
 
 def test_language_command_offers_seven_languages() -> None:
     state, _, _, replies = run("language")
     assert len(replies[-1].choices) == 7
-    state, templates, effects, _ = run("lang:es", state=state)
+    state, _templates, effects, _ = run("lang:es", state=state)
     assert state.language == "es" and effects == [conv.SetLanguage(language="es")]
 
 
-@pytest.mark.parametrize("text", ["", " ", "\x00\x01\x02", "😀" * 50, "مرحبا بكم", "<script>alert(1)</script>",
-                                  "{{ 7*7 }}", "'; DROP TABLE case; --", "A" * 100_000, "CSP2402A0100-CSP2402Z9999"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        " ",
+        "\x00\x01\x02",
+        "😀" * 50,
+        "مرحبا بكم",
+        "<script>alert(1)</script>",
+        "{{ 7*7 }}",
+        "'; DROP TABLE case; --",
+        "A" * 100_000,
+        "CSP2402A0100-CSP2402Z9999",
+    ],
+)
 def test_odd_input_gets_a_polite_answer_in_every_state(text: str) -> None:
     for prefix in ((), ("CSP2402A0153",), ("CSP2402A0153 display shows E07 and shuts down",)):
         state, _, _, _ = run(*prefix)
@@ -197,12 +249,43 @@ def test_odd_input_gets_a_polite_answer_in_every_state(text: str) -> None:
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(st.one_of(st.text(max_size=60), st.sampled_from(
-    ["CSP2402A0153", "cause:normal", "proof:none", "pref:discount", "1", "2", "help", "status", "human", "restart",
-     "lang:fr", "5", "CSP2402A0100-CSP2402A0139", "display shows E07 and shuts down"])), max_size=12))
+@given(
+    st.lists(
+        st.one_of(
+            st.text(max_size=60),
+            st.sampled_from(
+                [
+                    "CSP2402A0153",
+                    "cause:normal",
+                    "proof:none",
+                    "pref:discount",
+                    "1",
+                    "2",
+                    "help",
+                    "status",
+                    "human",
+                    "restart",
+                    "lang:fr",
+                    "5",
+                    "CSP2402A0100-CSP2402A0139",
+                    "display shows E07 and shuts down",
+                ]
+            ),
+        ),
+        max_size=12,
+    )
+)
 def test_any_sequence_of_messages_keeps_a_valid_state(texts: list[str]) -> None:
     state, _, effects, _ = run(*texts)
-    assert state.name in {"new", "awaiting_serial", "awaiting_fault", "awaiting_proof", "screening", "preference",
-                          "with_engineer", "closed"}
+    assert state.name in {
+        "new",
+        "awaiting_serial",
+        "awaiting_fault",
+        "awaiting_proof",
+        "screening",
+        "preference",
+        "with_engineer",
+        "closed",
+    }
     assert conv.State.from_dict(state.to_dict()) == state
     assert sum(isinstance(e, conv.OpenCase) for e in effects) <= len(texts)

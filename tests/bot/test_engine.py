@@ -27,10 +27,20 @@ class Counter:
     value = 0
 
 
-def inbound(text: str, *, chat: str = "chat-1", external_id: str | None = None, **extra: Any) -> InboundMessage:
+def inbound(
+    text: str, *, chat: str = "chat-1", external_id: str | None = None, **extra: Any
+) -> InboundMessage:
     Counter.value += 1
-    return InboundMessage(channel="test", external_id=external_id or f"m{Counter.value}", sender_id=chat,
-                          chat_id=chat, text=text, received_at=utcnow(), sender_name="Ana", **extra)
+    return InboundMessage(
+        channel="test",
+        external_id=external_id or f"m{Counter.value}",
+        sender_id=chat,
+        chat_id=chat,
+        text=text,
+        received_at=utcnow(),
+        sender_name="Ana",
+        **extra,
+    )
 
 
 def say(bot: Bot, *texts: str, chat: str = "chat-1") -> None:
@@ -74,7 +84,9 @@ def test_a_claim_opens_a_case_and_every_reply_is_in_the_outbox(bot: Bot) -> None
         outbox = session.execute(select(OutboxItem).order_by(OutboxItem.id)).scalars().all()  # type: ignore[arg-type]
     assert case.ref == f"WR-{case.created_at.year}-{case.id:06d}"
     assert case.status == "open" and case.fault.startswith("the display shows E07")
-    assert [(u.serial, u.outcome, u.clauses) for u in units] == [(SERIAL, "covered", ["F1", "M2", "M3", "M4", "W1", "W3"])]
+    assert [(u.serial, u.outcome, u.clauses) for u in units] == [
+        (SERIAL, "covered", ["F1", "M2", "M3", "M4", "W1", "W3"])
+    ]
     assert [o.payload["text"] for o in outbox] == texts
     api = ChannelApi()
     deliver(bot, api)
@@ -147,8 +159,19 @@ def test_a_blocked_bot_marks_the_customer_unreachable(bot: Bot) -> None:
     assert identity.unreachable and statuses == {"dead"}
 
 
-@pytest.mark.parametrize("text", ["", "A" * 100_000, "\x00\x07\x1b[31m", "😀🔧⚡", "عندي مشكلة في الجهاز",
-                                  "<script>alert(1)</script>", "{{ 7*191 }} {% for x in y %}", "CSP'; DROP TABLE case;--"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "A" * 100_000,
+        "\x00\x07\x1b[31m",
+        "😀🔧⚡",
+        "عندي مشكلة في الجهاز",
+        "<script>alert(1)</script>",
+        "{{ 7*191 }} {% for x in y %}",
+        "CSP'; DROP TABLE case;--",
+    ],
+)
 def test_bad_input_gets_a_clear_reply_and_is_kept_literally(bot: Bot, text: str) -> None:
     say(bot, "hello", text)
     transcript = bot.engine.transcript("test", "chat-1")
@@ -179,6 +202,13 @@ def test_desk_actions_reach_the_customer_and_are_audited(bot: Bot) -> None:
     assert any("Please send a photo of the display." in t and "Li Wei" in t for t in texts)
     assert any("freight is borne by the customer" in t and "F1" in t for t in texts)
     assert any("rate" in t for t in texts)
-    assert [a["action"] for a in case["audit"]] == ["opened", "claimed", "noted", "replied", "method_chosen", "closed",
-                                                    "rated"]
+    assert [a["action"] for a in case["audit"]] == [
+        "opened",
+        "claimed",
+        "noted",
+        "replied",
+        "method_chosen",
+        "closed",
+        "rated",
+    ]
     assert [m["author"] for m in case["messages"]].count("note") == 1

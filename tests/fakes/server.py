@@ -22,8 +22,9 @@ def free_port() -> int:
 def serve(app: ASGIApp, *, port: int | None = None, startup_timeout: float = 15.0) -> Iterator[str]:
     """Serve `app` on 127.0.0.1 in a thread; yields its base URL; stops it (lifespan included) afterwards."""
     port = port or free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
-                                           lifespan="on", access_log=False))
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on", access_log=False)
+    )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + startup_timeout

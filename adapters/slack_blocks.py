@@ -1,0 +1,405 @@
+"""Block Kit for the Slack desk: the case message, thread lines, modals, the App Home and `/warranty` answers.
+
+Pure functions of the desk's case dicts (bot.desk.get_case); every text is clipped to Block Kit's limits and
+customer text is escaped, so that it can neither break the layout nor mention anyone.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+Block = dict[str, Any]
+
+# Block Kit limits (https://docs.slack.dev/reference/block-kit/blocks): blocks per message and per view,
+# characters of a section's text, of a header, of a button label, of a field, of an option's value.
+MAX_MESSAGE_BLOCKS = 50
+MAX_VIEW_BLOCKS = 100
+MAX_TEXT = 3000
+MAX_HEADER = 150
+MAX_FIELD = 2000
+MAX_CONTEXT = 2000
+MAX_FALLBACK = 3000
+MAX_OPTION_VALUE = 150
+UNIT_LINES = 12  # up to this many units are listed one per line; more are grouped
+
+CLAIM, CHOOSE_METHOD, ASK_CUSTOMER, NOT_COVERED, CLOSE = (
+    "claim_case", "choose_method", "ask_customer", "not_covered", "close_case")
+ASK_VIEW, REFUSE_VIEW = "ask_customer", "not_covered"
+QUESTION_BLOCK, QUESTION_INPUT = "question_block", "question_input"
+REASON_BLOCK, REASON_INPUT = "reason_block", "reason_input"
+CLAUSES_BLOCK, CLAUSES_INPUT = "clauses_block", "clauses_input"
+
+METHOD_LABELS = {
+    "remote_guidance": "Remote guidance",
+    "factory_repair": "Factory repair",
+    "door_to_door": "Door to door",
+    "discount_compensation": "Discount compensation",
+    "not_covered": "Not covered",
+}
+SELECTABLE_METHODS = ("remote_guidance", "factory_repair", "door_to_door", "discount_compensation")
+STATUS_LABELS = {
+    "open": "Open, unclaimed",
+    "claimed": "Claimed",
+    "waiting_customer": "Waiting for the customer",
+    "in_service": "In service",
+    "resolved": "Resolved",
+    "closed": "Closed",
+}
+OUTCOME_LABELS = {"covered": "✅ covered", "not_covered": "❌ not covered", "review": "🔎 review"}
+
+
+# --- text ---------------------------------------------------------------------------------------------------
+
+
+def escape(text: str | None) -> str:
+    """Text as Slack mrkdwn data: `&`, `<` and `>` escaped, so `<!channel>` or a link can't be smuggled in."""
+    return (text or "").replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def clip(text: str, limit: int) -> str:
+    """At most `limit` characters, with an ellipsis when cut."""
+    return text if len(text) <= limit else text[: max(0, limit - 1)] + "…"
+
+
+def plain(text: str, limit: int = MAX_TEXT) -> dict[str, Any]:
+    return {"type": "plain_text", "text": clip(text, limit) or " ", "emoji": True}
+
+
+def mrkdwn(text: str, limit: int = MAX_TEXT) -> dict[str, Any]:
+    return {"type": "mrkdwn", "text": clip(text, limit) or " ", "verbatim": True}
+
+
+def section(text: str) -> Block:
+    return {"type": "section", "text": mrkdwn(text)}
+
+
+def context(text: str) -> Block:
+    return {"type": "context", "elements": [mrkdwn(text, MAX_CONTEXT)]}
+
+
+def sections(text: str, *, max_blocks: int = 5) -> list[Block]:
+    """Long text as consecutive sections of at most MAX_TEXT characters (the last one clipped)."""
+    chunks = [text[i:i + MAX_TEXT] for i in range(0, len(text), MAX_TEXT)] or [""]
+    if len(chunks) > max_blocks:
+        chunks = chunks[:max_blocks]
+        chunks[-1] = clip(chunks[-1], MAX_TEXT - 1) + "…"
+    return [section(chunk) for chunk in chunks]
+
+
+_SLACK_MARKUP = re.compile(r"<([^<>|]*)(?:\|([^<>]*))?>")
+
+
+def slack_to_plain(text: str) -> str:
+    """An engineer's Slack message as plain text for the customer: links, mentions and escapes resolved."""
+
+    def resolve(match: re.Match[str]) -> str:
+        target, label = match.group(1), match.group(2)
+        if target.startswith(("@", "#")):  # user or channel mention
+            return f"{target[0]}{label}" if label else ""
+        if target.startswith("!"):  # @here, @channel, user groups, dates: nothing the customer needs
+            return label or ""
+        if target.startswith("mailto:"):
+            return label or target.removeprefix("mailto:")
+        if label and label != target:
+            return f"{label} ({target})"
+        return target
+
+    text = _SLACK_MARKUP.sub(resolve, text)
+    return text.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&").strip()
+
+
+# --- the case message -----------------------------------------------------------------------------------------
+
+
+def attachment_url(public_url: str, ref: str, attachment_id: int) -> str:
+    return f"{public_url.rstrip('/')}/api/desk/cases/{ref}/attachments/{attachment_id}"
+
+
+def attachment_links(case: Mapping[str, Any], public_url: str, ids: Iterable[int] | None = None) -> str:
+    """Links to the case's attachments (all, or those with `ids`); names only when there is no public URL."""
+    wanted = set(ids) if ids is not None else None
+    links = []
+    for item in case.get("attachments", ()):
+        if wanted is not None and item["id"] not in wanted:
+            continue
+        name = escape(item["name"]).replace("|", "¦")
+        if public_url:
+            links.append(f"<{attachment_url(public_url, case['ref'], item['id'])}|{name}>")
+        else:
+            links.append(name)
+    return ", ".join(links)
+
+
+def status_line(case: Mapping[str, Any]) -> str:
+    parts = [f"*Status:* {STATUS_LABELS.get(case['status'], case['status'])}"]
+    if case.get("claimed_by"):
+        parts.append(f"*Claimed by:* {escape(case['claimed_by'])}")
+    if case.get("method"):
+        parts.append(f"*Method:* {METHOD_LABELS.get(case['method'], case['method'])}")
+    if case.get("rating"):
+        rating = int(case["rating"])
+        parts.append(f"*Rating:* {'★' * rating}{'☆' * (5 - rating)} {rating}/5")
+    return " · ".join(parts)
+
+
+def _unit_details(unit: Mapping[str, Any]) -> str:
+    details = []
+    if unit.get("model"):
+        details.append(escape(unit["model"]))
+    details.append(f"made {unit.get('production_date') or '—'}")
+    details.append(f"port {unit.get('port_arrival_date') or '—'}")
+    details.append(f"warranty until {unit.get('warranty_end') or '—'}")
+    decision = OUTCOME_LABELS.get(unit.get("outcome", ""), unit.get("outcome", ""))
+    if unit.get("basis"):
+        decision += f" ({unit['basis']})"
+    details.append(decision)
+    if unit.get("clauses"):
+        details.append(", ".join(unit["clauses"]))
+    return " · ".join(details)
+
+
+def units_text(units: Sequence[Mapping[str, Any]], limit: int = MAX_TEXT) -> str:
+    """One line per unit for a few units; for many, one line per group of units with the same facts."""
+    counts: dict[str, int] = {}
+    for unit in units:
+        counts[unit.get("outcome", "")] = counts.get(unit.get("outcome", ""), 0) + 1
+    head = f"*Units ({len(units)}):* " + ", ".join(f"{n} {OUTCOME_LABELS.get(o, o)}" for o, n in counts.items())
+    if len(units) <= UNIT_LINES:
+        lines = [f"• `{escape(u['serial'])}` {_unit_details(u)}" for u in units]
+    else:
+        groups: dict[str, list[str]] = {}
+        for unit in units:
+            groups.setdefault(_unit_details(unit), []).append(unit["serial"])
+        lines = [f"• {len(serials)} × {_serials(serials)}: {details}" for details, serials in groups.items()]
+    return _fit([head, *lines], limit, "… and {n} more (`/warranty` shows them all)")
+
+
+def _serials(serials: Sequence[str]) -> str:
+    shown = ", ".join(f"`{escape(s)}`" for s in serials[:3])
+    if len(serials) > 4:
+        return f"{shown} … `{escape(serials[-1])}`"
+    if len(serials) == 4:
+        return f"{shown}, `{escape(serials[-1])}`"
+    return shown
+
+
+def _fit(lines: Sequence[str], limit: int, more: str = "… and {n} more") -> str:
+    """Join lines while they fit in `limit`, keeping room to say how many were left out."""
+    kept: list[str] = []
+    size = 0
+    for index, line in enumerate(lines):
+        after = len(lines) - index - 1
+        reserve = len(more.format(n=after)) + 1 if after else 0
+        if size + len(line) + 1 + reserve > limit:
+            kept.append(more.format(n=len(lines) - index))
+            break
+        kept.append(line)
+        size += len(line) + 1
+    return clip("\n".join(kept), limit)
+
+
+def case_blocks(case: Mapping[str, Any], *, public_url: str, actions: bool = True) -> tuple[str, list[Block]]:
+    """The case message: fallback text (notifications) and blocks; `actions` adds the engineers' buttons."""
+    ref = case["ref"]
+    units = case.get("units") or []
+    customer = escape(case.get("customer") or "unknown customer")
+    header = f"{ref} · {STATUS_LABELS.get(case['status'], case['status'])}"
+    clauses = sorted({c for u in units for c in u.get("clauses", ())})
+    outcomes = sorted({u.get("outcome", "") for u in units})
+    decision = ", ".join(OUTCOME_LABELS.get(o, o) for o in outcomes) or "no units given"
+    blocks: list[Block] = [
+        {"type": "header", "text": plain(header, MAX_HEADER)},
+        section(f"*Customer:* {customer} · *Channel:* {escape(case['channel'])} · "
+                f"*Language:* {escape(case['language'])} · *Claim date:* {case.get('claim_date', '—')}"),
+        section(status_line(case)),
+        section(f"*Decision:* {decision}" + (f" · *Clauses:* {', '.join(clauses)}" if clauses else "")
+                + (" · customer prefers the discount" if case.get("prefers_discount") else "")),
+    ]
+    if units:
+        blocks.append(section(units_text(units)))
+    blocks.extend(sections(f"*Fault:* {escape(case.get('fault') or '—')}", max_blocks=2))
+    if case.get("refusal_reason"):
+        blocks.extend(sections(f"*Not covered because:* {escape(case['refusal_reason'])}", max_blocks=1))
+    links = attachment_links(case, public_url)
+    if links:
+        blocks.append(section(f"*Attachments:* {links}"))
+    if actions and case["status"] != "closed":
+        blocks.append(action_block(case))
+    elif case["status"] == "closed":
+        blocks.append(context("Closed. Use `/warranty " + ref + "` to see the case."))
+    fallback = (f"Case {ref} · {customer} ({escape(case['channel'])}) · {len(units)} unit(s) · "
+                f"{STATUS_LABELS.get(case['status'], case['status'])}: {escape(case.get('fault') or '')}")
+    return clip(fallback, MAX_FALLBACK), blocks[:MAX_MESSAGE_BLOCKS]
+
+
+def method_option(ref: str, method: str) -> dict[str, Any]:
+    return {"text": plain(METHOD_LABELS[method], 75), "value": f"{ref}|{method}"[:MAX_OPTION_VALUE]}
+
+
+def action_block(case: Mapping[str, Any]) -> Block:
+    ref = case["ref"]
+    select: dict[str, Any] = {"type": "static_select", "action_id": CHOOSE_METHOD,
+                              "placeholder": plain("Choose method", 150),
+                              "options": [method_option(ref, m) for m in SELECTABLE_METHODS]}
+    if case.get("method") in SELECTABLE_METHODS:
+        select["initial_option"] = method_option(ref, case["method"])
+    return {"type": "actions", "block_id": "case_actions", "elements": [
+        {"type": "button", "action_id": CLAIM, "text": plain("Claim", 75), "value": ref, "style": "primary"},
+        select,
+        {"type": "button", "action_id": ASK_CUSTOMER, "text": plain("Ask customer", 75), "value": ref},
+        {"type": "button", "action_id": NOT_COVERED, "text": plain("Not covered", 75), "value": ref, "style": "danger"},
+        {"type": "button", "action_id": CLOSE, "text": plain("Close", 75), "value": ref,
+         "confirm": {"title": plain("Close the case?", 100),
+                     "text": plain(f"{ref} will be closed and the customer asked for a rating.", 300),
+                     "confirm": plain("Close", 30), "deny": plain("Cancel", 30)}},
+    ]}
+
+
+# --- thread lines -----------------------------------------------------------------------------------------------
+
+
+def customer_message_blocks(case: Mapping[str, Any], *, sender: str | None, text: str,
+                            attachment_ids: Sequence[int], public_url: str) -> tuple[str, list[Block]]:
+    """A customer's message relayed into the case thread, attributed to the customer and their channel."""
+    who = f"*{escape(sender or case.get('customer') or 'Customer')}* ({escape(case['channel'])})"
+    body = escape(text) if text else "_(no text)_"
+    blocks = sections(f"{who}: {body}", max_blocks=8)
+    links = attachment_links(case, public_url, attachment_ids) if attachment_ids else ""
+    if links:
+        blocks.append(context(f"📎 {links}"))
+    elif attachment_ids:
+        blocks.append(context(f"📎 {len(attachment_ids)} attachment(s)"))
+    return clip(f"{who}: {body}", MAX_FALLBACK), blocks
+
+
+_UPDATE_LINES = {
+    "claimed": "✋ Claimed by *{actor}*",
+    "method_chosen": "🛠️ *{actor}* chose *{method}*; the customer has the instructions",
+    "refused": "❌ *{actor}* decided: not covered ({clauses}): {reason}",
+    "asked_customer": "❓ *{actor}* asked the customer: {question}",
+    "closed": "✔️ Closed by *{actor}*; the customer was asked for a rating",
+    "replied": "💬 *{actor}* ({origin}) to the customer: {text}",
+    "noted": "🔒 Internal note by *{actor}* ({origin}): {text}",
+}
+
+
+def update_line(action: str | None, actor: str | None, origin: str | None, detail: Mapping[str, Any]) -> str | None:
+    """A thread line for a case change, or None when the thread already shows it (or it needs no line).
+
+    Replies and notes typed in the Slack thread are already there; those made on the local desk are not.
+    """
+    if not action or action not in _UPDATE_LINES:
+        return None
+    if action in ("replied", "noted") and origin == "slack":
+        return None
+    values = {
+        "actor": escape(actor or "someone"),
+        "origin": "local desk" if origin == "desk" else escape(origin or "desk"),
+        "method": METHOD_LABELS.get(str(detail.get("method")), escape(str(detail.get("method")))),
+        "reason": escape(str(detail.get("reason") or "")),
+        "clauses": ", ".join(escape(str(c)) for c in detail.get("clauses") or ()) or "no clause",
+        "question": escape(str(detail.get("question") or "")),
+        "text": escape(str(detail.get("text") or "")),
+    }
+    return clip(_UPDATE_LINES[action].format(**values), MAX_TEXT)
+
+
+# --- modals -------------------------------------------------------------------------------------------------------
+
+
+def ask_modal(ref: str) -> dict[str, Any]:
+    return {
+        "type": "modal", "callback_id": ASK_VIEW, "private_metadata": ref,
+        "title": plain("Ask customer", 24), "submit": plain("Send", 24), "close": plain("Cancel", 24),
+        "blocks": [
+            context(f"The question goes to the customer of *{ref}* in their chat, signed with your name."),
+            {"type": "input", "block_id": QUESTION_BLOCK, "label": plain("Question for the customer", 2000),
+             "element": {"type": "plain_text_input", "action_id": QUESTION_INPUT, "multiline": True,
+                         "max_length": 3000}},
+        ],
+    }
+
+
+def refuse_modal(ref: str, clauses: Sequence[str]) -> dict[str, Any]:
+    element: dict[str, Any] = {"type": "plain_text_input", "action_id": CLAUSES_INPUT,
+                               "placeholder": plain("e.g. X1, X4", 150)}
+    if clauses:
+        element["initial_value"] = ", ".join(clauses)
+    return {
+        "type": "modal", "callback_id": REFUSE_VIEW, "private_metadata": ref,
+        "title": plain("Not covered", 24), "submit": plain("Send", 24), "close": plain("Cancel", 24),
+        "blocks": [
+            context(f"The customer of *{ref}* is told that the claim is not covered, with your reason and the "
+                    "clauses, and is asked for a rating."),
+            {"type": "input", "block_id": REASON_BLOCK, "label": plain("Reason (the customer reads it)", 2000),
+             "element": {"type": "plain_text_input", "action_id": REASON_INPUT, "multiline": True,
+                         "max_length": 2000}},
+            {"type": "input", "block_id": CLAUSES_BLOCK, "label": plain("Clauses (comma-separated)", 2000),
+             "optional": True, "element": element},
+        ],
+    }
+
+
+def parse_clauses(text: str | None) -> list[str]:
+    return sorted({c.strip().upper() for c in re.split(r"[,;\s]+", text or "") if c.strip()})
+
+
+# --- the App Home and /warranty ----------------------------------------------------------------------------------
+
+
+def _case_line(case: Mapping[str, Any]) -> str:
+    parts = [f"*{case['ref']}*", escape(case["channel"]), STATUS_LABELS.get(case["status"], case["status"])]
+    if case.get("claimed_by"):
+        parts.append(f"claimed by {escape(case['claimed_by'])}")
+    if case.get("method"):
+        parts.append(METHOD_LABELS.get(case["method"], case["method"]))
+    if isinstance(case.get("units"), int):
+        parts.append(f"{case['units']} unit(s)")
+    return " · ".join(parts)
+
+
+def _case_list(cases: Sequence[Mapping[str, Any]], empty: str, limit: int = MAX_TEXT) -> str:
+    if not cases:
+        return empty
+    return _fit([f"• {_case_line(c)}" for c in cases], limit)
+
+
+def home_view(*, engineer: str, mine: Sequence[Mapping[str, Any]],
+              by_status: Mapping[str, Sequence[Mapping[str, Any]]]) -> dict[str, Any]:
+    """The App Home: the engineer's own claimed cases, then the open cases grouped by status."""
+    blocks: list[Block] = [
+        {"type": "header", "text": plain("Warranty desk", MAX_HEADER)},
+        section(f"*Your cases ({escape(engineer)}):*\n" + _case_list(mine, "_None claimed by you._")),
+        {"type": "divider"},
+    ]
+    for status, cases in by_status.items():
+        title = f"*{STATUS_LABELS.get(status, status)} ({len(cases)}):*\n"
+        blocks.append(section(title + _case_list(cases, "_None._", MAX_TEXT - len(title))))
+    blocks.append(context("Use `/warranty <case ref | serial>` for the details of a case or a unit."))
+    return {"type": "home", "blocks": blocks[:MAX_VIEW_BLOCKS]}
+
+
+def refused_home_view() -> dict[str, Any]:
+    return {"type": "home", "blocks": [section("This desk is for the after-sales engineers.")]}
+
+
+def unit_blocks(serial: str, record: Mapping[str, Any] | None, decision: Mapping[str, Any] | None,
+                cases: Sequence[Mapping[str, Any]]) -> tuple[str, list[Block]]:
+    """A unit's registry record and warranty status today, and the cases that name it."""
+    lines = [f"*Unit `{escape(serial)}`*"]
+    if record:
+        lines.append(f"*Registry:* order {escape(record['order_id'])} · made {record.get('production_date') or '—'} · "
+                     f"port arrival {record.get('port_arrival_date') or '—'}"
+                     + (" · cargo compensation taken" if record.get("cargo_compensation") else ""))
+    else:
+        lines.append("*Registry:* not in the shipment records; the serial's production date applies (W3).")
+    if decision:
+        status = OUTCOME_LABELS.get(str(decision["outcome"]), str(decision["outcome"]))
+        lines.append(f"*Warranty today:* {status} · until {decision.get('warranty_end') or '—'}"
+                     + (f" ({decision['basis']})" if decision.get("basis") else "")
+                     + (f" · clauses {', '.join(decision['clauses'])}" if decision.get("clauses") else ""))
+    blocks = [section("\n".join(lines)),
+              section("*Cases:*\n" + _case_list(cases, "_No case names this unit._"))]
+    return clip(" ".join(lines), MAX_FALLBACK), blocks

@@ -1,0 +1,718 @@
+"""WhatsApp Business Cloud API channel: signed webhooks in, Graph API messages out, within the 24-hour window."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import logging
+import mimetypes
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+from sqlalchemy import Engine, select, update
+from sqlalchemy.exc import SQLAlchemyError
+from sqlmodel import Session
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from bot.app import Bot
+from bot.attachments import AttachmentRejected
+from bot.messages import Attachment, Button, InboundMessage, OutboundMessage
+from bot.outbox import PENDING, Delivered, DeliveryError, PermanentFailure, RetryLater, Unreachable
+from bot.store import Case, ChannelIdentity, Conversation, Customer, InboxItem, OutboxItem, session_scope
+from bot.store.clock import utcnow
+
+log = logging.getLogger(__name__)
+
+CHANNEL = "whatsapp"
+WEBHOOK_PATH = "/webhooks/whatsapp"
+
+# Cloud API limits (https://developers.facebook.com/docs/whatsapp/cloud-api/messages/interactive-messages).
+TEXT_LIMIT = 4096
+INTERACTIVE_BODY_LIMIT = 1024
+MAX_REPLY_BUTTONS = 3
+BUTTON_TITLE_LIMIT = 20
+MAX_LIST_ROWS = 10
+ROW_TITLE_LIMIT = 24
+ROW_DESCRIPTION_LIMIT = 72
+
+# The customer-service window. We time it from when we received the customer's message, a little after they
+# sent it, so we stop a few minutes early; a send that still lands outside it fails with 131047 and is held.
+WINDOW = timedelta(hours=24)
+WINDOW_MARGIN = timedelta(minutes=10)
+# A held message waits for the customer's next message, which releases it; this only bounds the wait.
+HOLD = timedelta(days=30)
+HELD = "held:"  # prefix of a held outbox row's last_error: what the release looks for
+
+REENGAGEMENT = 131047
+RETRYABLE_CODES = frozenset({1, 2, 4, 17, 341, 613, 80007, 130429, 131000, 131016, 131048, 131056, 133004})
+UNREACHABLE_CODES = frozenset({131026})
+STATUS_RANK = {"sent": 1, "delivered": 2, "read": 3}
+
+LIST_BUTTON = {"en": "Choose", "zh": "选择", "es": "Elegir", "ru": "Выбрать", "pt": "Escolher", "fr": "Choisir",
+               "ar": "اختر"}
+# Country calling code of the wa_id → a first guess at the customer's language (longest prefix wins).
+CALLING_CODES = {
+    "1": "en", "44": "en", "61": "en", "64": "en", "353": "en", "27": "en", "234": "en", "254": "en",
+    "86": "zh", "852": "zh", "853": "zh", "886": "zh", "65": "en",
+    "34": "es", "52": "es", "54": "es", "56": "es", "57": "es", "51": "es", "58": "es", "53": "es",
+    "502": "es", "503": "es", "504": "es", "505": "es", "506": "es", "507": "es", "591": "es", "593": "es",
+    "595": "es", "598": "es",
+    "7": "ru", "375": "ru", "55": "pt", "351": "pt", "244": "pt", "258": "pt",
+    "33": "fr", "221": "fr", "225": "fr", "237": "fr",
+    "20": "ar", "212": "ar", "213": "ar", "216": "ar", "218": "ar", "249": "ar", "961": "ar", "962": "ar",
+    "964": "ar", "965": "ar", "966": "ar", "967": "ar", "968": "ar", "971": "ar", "973": "ar", "974": "ar",
+}
+
+# --- verify ---------------------------------------------------------------------------------------------------
+
+
+def verify_subscription(params: Mapping[str, str], verify_token: str) -> str | None:
+    """The challenge to echo for a valid `hub.*` verification request, else None."""
+    if not verify_token or params.get("hub.mode") != "subscribe":
+        return None
+    given = params.get("hub.verify_token", "")
+    if not hmac.compare_digest(given.encode(), verify_token.encode()):
+        return None
+    return params.get("hub.challenge")
+
+
+def signature_valid(body: bytes, header: str | None, app_secret: str) -> bool:
+    """Whether `X-Hub-Signature-256` is the HMAC-SHA256 of the raw body under the app secret."""
+    if not header or not app_secret:
+        return False
+    expected = "sha256=" + hmac.new(app_secret.encode(), body, hashlib.sha256).hexdigest()
+    return hmac.compare_digest(header.strip().encode(), expected.encode())
+
+
+# --- parse ----------------------------------------------------------------------------------------------------
+
+
+class MalformedPayload(ValueError):
+    """The body is not a WhatsApp webhook notification."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Media:
+    id: str
+    mime: str
+    name: str
+    kind: str  # photo | document | voice
+
+
+@dataclass(frozen=True, kw_only=True)
+class Incoming:
+    """One customer message from a notification."""
+
+    wamid: str
+    wa_id: str
+    phone_number_id: str
+    type: str
+    text: str = ""
+    media: Media | None = None
+    name: str | None = None
+    timestamp: str = ""
+    context_id: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class StatusUpdate:
+    """What became of a message we sent (`wamid`)."""
+
+    wamid: str
+    status: str  # sent | delivered | read | failed
+    phone_number_id: str
+    error_code: int | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Notification:
+    messages: tuple[Incoming, ...] = ()
+    statuses: tuple[StatusUpdate, ...] = ()
+
+
+_MEDIA_KINDS = {"image": "photo", "document": "document", "audio": "voice", "video": "document"}
+# Not something a warranty claim can use; acknowledged and dropped.
+_IGNORED_TYPES = frozenset({"reaction", "sticker", "system", "unsupported", "ephemeral", "request_welcome"})
+
+
+def parse(body: bytes) -> Notification:
+    """The customer messages and delivery statuses in a webhook body; MalformedPayload if it is not one."""
+    try:
+        document = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise MalformedPayload("body is not JSON") from error
+    if not isinstance(document, dict) or not isinstance(document.get("entry"), list):
+        raise MalformedPayload("no entry list")
+    messages: list[Incoming] = []
+    statuses: list[StatusUpdate] = []
+    for entry in document["entry"]:
+        for change in _list(_dict(entry, "entry").get("changes"), "changes"):
+            change = _dict(change, "change")
+            if change.get("field") != "messages":
+                continue
+            value = _dict(change.get("value"), "value")
+            phone_number_id = str(_dict(value.get("metadata", {}), "metadata").get("phone_number_id", ""))
+            names = {str(c.get("wa_id")): _dict(c.get("profile", {}), "profile").get("name")
+                     for c in _list(value.get("contacts", []), "contacts") if isinstance(c, dict)}
+            for raw in _list(value.get("messages", []), "messages"):
+                incoming = _message(_dict(raw, "message"), phone_number_id, names)
+                if incoming is not None:
+                    messages.append(incoming)
+            for raw in _list(value.get("statuses", []), "statuses"):
+                statuses.append(_status(_dict(raw, "status"), phone_number_id))
+    return Notification(messages=tuple(messages), statuses=tuple(statuses))
+
+
+def _message(raw: dict[str, Any], phone_number_id: str, names: Mapping[str, Any]) -> Incoming | None:
+    wamid, wa_id, kind = raw.get("id"), raw.get("from"), raw.get("type")
+    if not isinstance(wamid, str) or not wamid or not isinstance(wa_id, str) or not wa_id or not isinstance(kind, str):
+        raise MalformedPayload("message without id, from or type")
+    if kind in _IGNORED_TYPES:
+        return None
+    text = ""
+    media: Media | None = None
+    if kind == "text":
+        text = str(_dict(raw.get("text"), "text").get("body", ""))
+    elif kind == "interactive":
+        interactive = _dict(raw.get("interactive"), "interactive")
+        reply = interactive.get("button_reply") or interactive.get("list_reply")
+        if not isinstance(reply, dict):
+            return None  # e.g. a Flow's nfm_reply: we send no flows
+        text = str(reply.get("id", ""))  # our button value
+    elif kind == "button":  # quick-reply button of a template message
+        button = _dict(raw.get("button"), "button")
+        text = str(button.get("payload") or button.get("text") or "")
+    elif kind in _MEDIA_KINDS:
+        content = _dict(raw.get(kind), kind)
+        media_id = content.get("id")
+        if not isinstance(media_id, str) or not media_id:
+            raise MalformedPayload(f"{kind} without media id")
+        mime = str(content.get("mime_type", "application/octet-stream"))
+        name = str(content.get("filename") or f"{kind}-{media_id}{_extension(mime)}")
+        text = str(content.get("caption", ""))
+        media = Media(id=media_id, mime=mime, name=name, kind=_MEDIA_KINDS[kind])
+    else:
+        log.info("whatsapp message of type %s ignored", kind)
+        return None
+    context = raw.get("context")
+    return Incoming(wamid=wamid, wa_id=wa_id, phone_number_id=phone_number_id, type=kind, text=text, media=media,
+                    name=names.get(wa_id) if isinstance(names.get(wa_id), str) else None,
+                    timestamp=str(raw.get("timestamp", "")),
+                    context_id=context.get("id") if isinstance(context, dict) else None)
+
+
+def _status(raw: dict[str, Any], phone_number_id: str) -> StatusUpdate:
+    wamid, status = raw.get("id"), raw.get("status")
+    if not isinstance(wamid, str) or not isinstance(status, str):
+        raise MalformedPayload("status without id or status")
+    code: int | None = None
+    error: str | None = None
+    errors = raw.get("errors")
+    if isinstance(errors, list) and errors and isinstance(errors[0], dict):
+        first = errors[0]
+        code = first.get("code") if isinstance(first.get("code"), int) else None
+        details = first.get("error_data", {}).get("details") if isinstance(first.get("error_data"), dict) else None
+        error = f"{code} {first.get('title') or first.get('message') or ''}".strip()
+        if details:
+            error += f": {details}"
+    return StatusUpdate(wamid=wamid, status=status, phone_number_id=phone_number_id, error_code=code, error=error)
+
+
+def _dict(value: Any, what: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise MalformedPayload(f"{what} is not an object")
+    return value
+
+
+def _list(value: Any, what: str) -> list[Any]:
+    if not isinstance(value, list):
+        raise MalformedPayload(f"{what} is not a list")
+    return value
+
+
+def _extension(mime: str) -> str:
+    return mimetypes.guess_extension(mime.split(";")[0].strip()) or ""
+
+
+def locale_hint(wa_id: str) -> str | None:
+    """A first guess at the language from the country calling code of the phone number."""
+    for length in (3, 2, 1):
+        language = CALLING_CODES.get(wa_id[:length])
+        if language:
+            return language
+    return None
+
+
+# --- send: rendering ------------------------------------------------------------------------------------------
+
+
+def split_text(text: str, limit: int) -> list[str]:
+    """`text` in pieces of at most `limit` characters, cut at a paragraph, line or word break where possible."""
+    pieces: list[str] = []
+    rest = text.strip()
+    while len(rest) > limit:
+        window = rest[:limit]
+        cut = max(window.rfind("\n\n"), window.rfind("\n"), window.rfind(" "))
+        if cut < limit // 2:
+            cut = limit
+        pieces.append(rest[:cut].rstrip())
+        rest = rest[cut:].lstrip()
+    if rest or not pieces:
+        pieces.append(rest)
+    return pieces
+
+
+def _clip(text: str, limit: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
+
+
+def _titles(buttons: Sequence[Button], limit: int) -> list[str]:
+    titles = [_clip(b.label, limit) for b in buttons]
+    if len(set(titles)) < len(titles):  # WhatsApp refuses equal titles: clipping made some equal
+        titles = [_clip(f"{n}. {b.label}", limit) for n, b in enumerate(buttons, start=1)]
+    return titles
+
+
+def render(text: str, buttons: Sequence[Button], *, language: str | None = None) -> list[dict[str, Any]]:
+    """The Graph API message bodies (without recipient) that show `text` and `buttons`, in order.
+
+    Up to three buttons become reply buttons, up to ten a list; more become numbered text options, which the
+    customer answers with the number.
+    """
+    if len(buttons) > MAX_LIST_ROWS:
+        options = "\n".join(f"{n}. {b.label}" for n, b in enumerate(buttons, start=1))
+        text = f"{text}\n\n{options}" if text.strip() else options
+        buttons = ()
+    parts = split_text(text, TEXT_LIMIT)
+    if not buttons:
+        return [{"type": "text", "text": {"body": part, "preview_url": False}} for part in parts]
+    # The buttons travel with the last piece, whose body has a lower limit.
+    parts = parts[:-1] + split_text(parts[-1], INTERACTIVE_BODY_LIMIT)
+    bodies: list[dict[str, Any]] = [{"type": "text", "text": {"body": p, "preview_url": False}} for p in parts[:-1]]
+    body = {"text": parts[-1] or "…"}
+    if len(buttons) <= MAX_REPLY_BUTTONS:
+        titles = _titles(buttons, BUTTON_TITLE_LIMIT)
+        action: dict[str, Any] = {"buttons": [{"type": "reply", "reply": {"id": b.value, "title": t}}
+                                              for b, t in zip(buttons, titles, strict=True)]}
+        bodies.append({"type": "interactive", "interactive": {"type": "button", "body": body, "action": action}})
+        return bodies
+    rows: list[dict[str, Any]] = []
+    for button, title in zip(buttons, _titles(buttons, ROW_TITLE_LIMIT), strict=True):
+        row = {"id": button.value, "title": title}
+        if title != " ".join(button.label.split()):
+            row["description"] = _clip(button.label, ROW_DESCRIPTION_LIMIT)
+        rows.append(row)
+    label = LIST_BUTTON.get(language or "en", LIST_BUTTON["en"])
+    action = {"button": label, "sections": [{"rows": rows}]}
+    bodies.append({"type": "interactive", "interactive": {"type": "list", "body": body, "action": action}})
+    return bodies
+
+
+# --- send: Graph API client -------------------------------------------------------------------------------------
+
+
+class GraphError(Exception):
+    """The Graph API refused a request; `code` is its error code when it gave one."""
+
+    def __init__(self, status: int, code: int | None, message: str, retry_after: float | None = None) -> None:
+        super().__init__(f"HTTP {status}" + (f", error {code}" if code is not None else "") + f": {message}")
+        self.status = status
+        self.code = code
+        self.retry_after = retry_after
+
+
+class MediaTooLarge(Exception):
+    pass
+
+
+class GraphClient:
+    """A thin async client for the Cloud API calls we make; the base URL (version included) is a setting."""
+
+    def __init__(self, base_url: str, access_token: str, phone_number_id: str, *, timeout: float = 15.0,
+                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+        self.phone_number_id = phone_number_id
+        self._auth = {"Authorization": f"Bearer {access_token}"}
+        self._http = httpx.AsyncClient(base_url=base_url.rstrip("/") + "/", headers=self._auth, timeout=timeout,
+                                       transport=transport)
+
+    async def send_message(self, to: str, body: Mapping[str, Any]) -> str:
+        """Send one message; returns its wamid."""
+        payload = {"messaging_product": "whatsapp", "recipient_type": "individual", "to": to, **body}
+        response = await self._http.post(f"{self.phone_number_id}/messages", json=payload)
+        data = _checked(response)
+        messages = data.get("messages")
+        if not isinstance(messages, list) or not messages or not isinstance(messages[0], dict):
+            raise GraphError(response.status_code, None, "answer without messages[].id")
+        return str(messages[0].get("id", ""))
+
+    async def media_info(self, media_id: str) -> dict[str, Any]:
+        """The media's download URL, MIME type and size."""
+        return _checked(await self._http.get(media_id))
+
+    async def download(self, url: str, *, max_bytes: int) -> bytes:
+        """The media's bytes (the URL needs the same bearer token); MediaTooLarge past `max_bytes`."""
+        async with self._http.stream("GET", url) as response:
+            if response.status_code >= 400:
+                await response.aread()
+                _checked(response)
+            chunks: list[bytes] = []
+            size = 0
+            async for chunk in response.aiter_bytes():
+                size += len(chunk)
+                if size > max_bytes:
+                    raise MediaTooLarge(url)
+                chunks.append(chunk)
+            return b"".join(chunks)
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+
+def _checked(response: httpx.Response) -> dict[str, Any]:
+    try:
+        data = response.json()
+    except ValueError:
+        data = None
+    if response.status_code < 400 and isinstance(data, dict):
+        return data
+    error = data.get("error") if isinstance(data, dict) else None
+    code = error.get("code") if isinstance(error, dict) and isinstance(error.get("code"), int) else None
+    message = "unexpected answer"
+    if isinstance(error, dict):
+        details = error.get("error_data", {}).get("details") if isinstance(error.get("error_data"), dict) else None
+        message = str(details or error.get("message") or message)
+    retry_after = response.headers.get("retry-after")
+    raise GraphError(response.status_code, code, message,
+                     float(retry_after) if retry_after and retry_after.isdigit() else None)
+
+
+def delivery_error(error: GraphError) -> DeliveryError:
+    """What the outbox should do about a refused send."""
+    if error.status == 429 or error.status >= 500 or error.code in RETRYABLE_CODES:
+        return RetryLater(str(error), after=error.retry_after)
+    if error.code in UNREACHABLE_CODES:
+        return Unreachable(str(error))
+    return PermanentFailure(str(error))
+
+
+# --- send: the window and held messages ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class Window:
+    open: bool
+    template_sent: bool
+    language: str | None
+    case_ref: str | None
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
+
+
+def _iso(value: Any) -> datetime | None:
+    try:
+        return _aware(datetime.fromisoformat(value)) if isinstance(value, str) else None
+    except ValueError:
+        return None
+
+
+def _identity(session: Session, chat_id: str, *, lock: bool = False) -> ChannelIdentity | None:
+    query = select(ChannelIdentity).where(ChannelIdentity.channel == CHANNEL,  # type: ignore[arg-type]
+                                          ChannelIdentity.chat_id == chat_id)  # type: ignore[arg-type]
+    return session.execute(query.with_for_update() if lock else query).scalar_one_or_none()
+
+
+def _last_inbound(identity: ChannelIdentity) -> datetime | None:
+    noted = _iso(identity.data.get(CHANNEL, {}).get("last_inbound_at"))
+    engine = _aware(identity.last_inbound_at)
+    return max((t for t in (noted, engine) if t is not None), default=None)
+
+
+def read_window(db: Engine, chat_id: str, now: datetime) -> Window:
+    """Whether the customer's 24-hour window is open, with what a template needs if it is not."""
+    with Session(db) as session:
+        identity = _identity(session, chat_id)
+        if identity is None:
+            return Window(open=False, template_sent=False, language=None, case_ref=None)
+        state = identity.data.get(CHANNEL, {})
+        last = _last_inbound(identity)
+        closed_at = _iso(state.get("window_closed_at"))
+        template_at = _iso(state.get("template_sent_at"))
+        is_open = (last is not None and now - last < WINDOW - WINDOW_MARGIN
+                   and not (closed_at is not None and closed_at >= last))
+        customer = session.get(Customer, identity.customer_id)
+        conversation = session.execute(
+            select(Conversation).where(Conversation.channel == CHANNEL,  # type: ignore[arg-type]
+                                       Conversation.chat_id == chat_id)  # type: ignore[arg-type]
+        ).scalar_one_or_none()
+        case_ref = None
+        if conversation is not None:
+            case = session.execute(
+                select(Case).where(Case.conversation_id == conversation.id)  # type: ignore[arg-type]
+                .order_by(Case.id.desc())  # type: ignore[union-attr]
+                .limit(1)
+            ).scalar_one_or_none()
+            case_ref = case.ref if case is not None else None
+        return Window(open=is_open, language=customer.language if customer else None, case_ref=case_ref,
+                      template_sent=template_at is not None and (last is None or template_at > last))
+
+
+def _note(db: Engine, chat_id: str, **changes: str | None) -> None:
+    """Merge `changes` into this channel's part of the identity's data (None removes a key)."""
+    with session_scope(db) as session:
+        identity = _identity(session, chat_id, lock=True)
+        if identity is None:
+            return
+        state = dict(identity.data.get(CHANNEL, {}))
+        for key, value in changes.items():
+            if value is None:
+                state.pop(key, None)
+            else:
+                state[key] = value
+        identity.data = {**identity.data, CHANNEL: state}
+
+
+def note_inbound(db: Engine, chat_id: str, now: datetime) -> int:
+    """The customer wrote: the window is open again and their held messages go out. Returns how many."""
+    with session_scope(db) as session:
+        identity = _identity(session, chat_id, lock=True)
+        if identity is not None:
+            state = {**identity.data.get(CHANNEL, {}), "last_inbound_at": now.isoformat()}
+            state.pop("window_closed_at", None)
+            identity.data = {**identity.data, CHANNEL: state}
+        # Only rows marked held: a row in the middle of a send has a lease in next_attempt_at, not this mark.
+        released = session.execute(
+            update(OutboxItem)
+            .where(OutboxItem.channel == CHANNEL, OutboxItem.chat_id == chat_id,  # type: ignore[arg-type]
+                   OutboxItem.status == PENDING,  # type: ignore[arg-type]
+                   OutboxItem.last_error.like(f"{HELD}%"))  # type: ignore[union-attr]
+            .values(next_attempt_at=now, last_error="released: the customer wrote again")
+        )
+        return int(released.rowcount)  # type: ignore[attr-defined]
+
+
+def apply_status(db: Engine, update_: StatusUpdate, now: datetime) -> bool:
+    """Record a delivery status on the outbox row that sent `wamid`; False if no row has it."""
+    with session_scope(db) as session:
+        item = session.execute(
+            select(OutboxItem).where(OutboxItem.channel == CHANNEL,  # type: ignore[arg-type]
+                                     OutboxItem.external_id == update_.wamid)  # type: ignore[arg-type]
+            .with_for_update()
+        ).scalar_one_or_none()
+        if item is None:
+            return False
+        if update_.status == "failed":
+            item.status = "failed"
+            item.last_error = update_.error or "failed"
+            if update_.error_code == REENGAGEMENT:
+                # Sent after the window closed: hold it for the template instead of losing it.
+                item.status = PENDING
+                item.next_attempt_at = now
+                item.last_error = f"{update_.error}; resent after the customer answers a template"
+                identity = _identity(session, item.chat_id, lock=True)
+                if identity is not None:
+                    state = {**identity.data.get(CHANNEL, {}), "window_closed_at": now.isoformat()}
+                    identity.data = {**identity.data, CHANNEL: state}
+        elif STATUS_RANK.get(update_.status, 0) > STATUS_RANK.get(item.status, 99):
+            item.status = update_.status  # never back: read stays read when a late "delivered" comes
+        return True
+
+
+class WhatsAppSender:
+    """Delivers outbox rows: within the window as messages, outside it as a template while the row waits."""
+
+    def __init__(self, db: Engine, client: GraphClient, *, template_name: str, template_language: str) -> None:
+        self.db = db
+        self.client = client
+        self.template_name = template_name
+        self.template_language = template_language
+
+    async def send(self, message: OutboundMessage, payload: Mapping[str, Any]) -> Delivered:
+        window = await asyncio.to_thread(read_window, self.db, message.chat_id, utcnow())
+        if not window.open:
+            return await self._hold(message.chat_id, window)
+        bodies = render(message.text, message.buttons, language=window.language)
+        if message.reply_to and message.reply_to.startswith("wamid."):
+            bodies[0] = {**bodies[0], "context": {"message_id": message.reply_to}}
+        wamid = ""
+        try:
+            for body in bodies:
+                wamid = await self.client.send_message(message.chat_id, body)
+        except GraphError as error:
+            if error.code == REENGAGEMENT:
+                await asyncio.to_thread(_note, self.db, message.chat_id, window_closed_at=utcnow().isoformat())
+                return await self._hold(message.chat_id, window)
+            raise delivery_error(error) from error
+        except httpx.HTTPError as error:
+            raise RetryLater(f"{type(error).__name__}: {error}") from error
+        return Delivered(external_id=wamid)
+
+    async def _hold(self, chat_id: str, window: Window) -> Delivered:
+        """Keep the row for when the customer writes, asking them to once with the approved template."""
+        reason = f"{HELD} outside the 24-hour window, waiting for the customer"
+        if not self.template_name:
+            reason += " (no WHATSAPP_TEMPLATE_NAME: the customer is not told)"
+        elif not window.template_sent:
+            template: dict[str, Any] = {"name": self.template_name, "language": {"code": self.template_language},
+                                        "components": [{"type": "body", "parameters": [
+                                            {"type": "text", "text": window.case_ref or "-"}]}]}
+            try:
+                await self.client.send_message(chat_id, {"type": "template", "template": template})
+            except GraphError as error:
+                failure = delivery_error(error)
+                if isinstance(failure, RetryLater):
+                    raise failure from error
+                reason += f"; the template was refused: {error}"
+            except httpx.HTTPError as error:
+                raise RetryLater(f"template: {type(error).__name__}: {error}") from error
+            else:
+                await asyncio.to_thread(_note, self.db, chat_id, template_sent_at=utcnow().isoformat())
+                reason += "; template sent"
+        raise RetryLater(reason, after=HOLD.total_seconds())
+
+
+# --- the channel ------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class WhatsAppConfig:
+    access_token: str
+    app_secret: str
+    verify_token: str
+    phone_number_id: str
+    graph_url: str
+    template_name: str
+    template_language: str
+
+
+class WhatsAppChannel:
+    """The webhook (verification, messages, statuses) and the sender."""
+
+    name = CHANNEL
+    is_desk = False
+
+    def __init__(self, bot: Bot, config: WhatsAppConfig, *, transport: httpx.AsyncBaseTransport | None = None) -> None:
+        self.bot = bot
+        self.config = config
+        self.client = GraphClient(config.graph_url, config.access_token, config.phone_number_id, transport=transport)
+        self._sender = WhatsAppSender(bot.db, self.client, template_name=config.template_name,
+                                      template_language=config.template_language)
+
+    def routes(self) -> Sequence[BaseRoute]:
+        return [Route(WEBHOOK_PATH, self.verify, methods=["GET"]), Route(WEBHOOK_PATH, self.webhook, methods=["POST"])]
+
+    def sender(self) -> WhatsAppSender:
+        return self._sender
+
+    async def start(self) -> None:
+        return None
+
+    async def stop(self) -> None:
+        await self.client.aclose()
+
+    async def verify(self, request: Request) -> Response:
+        challenge = verify_subscription(request.query_params, self.config.verify_token)
+        if challenge is None:
+            return JSONResponse({"error": "verification failed"}, status_code=403)
+        return PlainTextResponse(challenge)
+
+    async def webhook(self, request: Request) -> Response:
+        body = await request.body()
+        if not signature_valid(body, request.headers.get("x-hub-signature-256"), self.config.app_secret):
+            return JSONResponse({"error": "invalid signature"}, status_code=401)
+        try:
+            notification = parse(body)
+        except MalformedPayload as error:
+            return JSONResponse({"error": f"malformed notification: {error}"}, status_code=400)
+        try:
+            now = utcnow()
+            for status in notification.statuses:
+                if status.phone_number_id in ("", self.config.phone_number_id):
+                    await asyncio.to_thread(apply_status, self.bot.db, status, now)
+            for incoming in notification.messages:
+                if incoming.phone_number_id in ("", self.config.phone_number_id):
+                    await self._receive(incoming)
+        except (SQLAlchemyError, httpx.HTTPError, GraphError) as error:
+            # Not stored: a non-2xx makes WhatsApp deliver the notification again later.
+            log.warning("whatsapp notification not stored, asking for redelivery: %s", type(error).__name__)
+            return JSONResponse({"error": "temporarily unavailable"}, status_code=503)
+        return JSONResponse({"ok": True})
+
+    async def _receive(self, incoming: Incoming) -> None:
+        if not await asyncio.to_thread(_seen, self.bot.db, incoming.wamid):
+            attachments = (await self._attachment(incoming.media),) if incoming.media else ()
+            message = InboundMessage(
+                channel=CHANNEL, external_id=incoming.wamid, sender_id=incoming.wa_id, chat_id=incoming.wa_id,
+                text=incoming.text, attachments=attachments, received_at=utcnow(),
+                locale_hint=locale_hint(incoming.wa_id), sender_name=incoming.name,
+                raw={"type": incoming.type, "timestamp": incoming.timestamp, "context_id": incoming.context_id},
+            )
+            await asyncio.to_thread(self.bot.engine.accept, message)
+        # Also for a redelivery: the first delivery may have been stored before this step failed.
+        if await asyncio.to_thread(note_inbound, self.bot.db, incoming.wa_id, utcnow()):
+            self.bot.engine.outbox_signal.set()
+
+    async def _attachment(self, media: Media) -> Attachment:
+        store = self.bot.attachments
+        mime = media.mime.split(";")[0].strip().lower()
+        if mime not in store.allowed_types:
+            return store.rejected(media.name, "type")  # not worth downloading
+        try:
+            info = await self.client.media_info(media.id)
+            size = info.get("file_size")
+            if isinstance(size, int) and size > store.max_bytes:
+                return store.rejected(media.name, "too_large")
+            url = info.get("url")
+            if not isinstance(url, str) or not url:
+                raise GraphError(200, None, "media answer without url")
+            data = await self.client.download(url, max_bytes=store.max_bytes)
+        except MediaTooLarge:
+            return store.rejected(media.name, "too_large")
+        except GraphError as error:
+            if error.status == 429 or error.status >= 500:
+                raise
+            log.warning("whatsapp media %s could not be fetched: %s", media.kind, error)
+            return store.rejected(media.name, "unavailable")  # expired or deleted: it will not come back
+        try:
+            return await asyncio.to_thread(store.save, data, name=media.name,
+                                           mime=str(info.get("mime_type") or mime), kind=media.kind)
+        except AttachmentRejected as error:
+            return store.rejected(media.name, error.reason)
+
+
+def _seen(db: Engine, wamid: str) -> bool:
+    with Session(db) as session:
+        return session.execute(
+            select(InboxItem.id).where(InboxItem.channel == CHANNEL,  # type: ignore[arg-type]
+                                       InboxItem.external_id == wamid[:255])  # type: ignore[arg-type]
+        ).first() is not None
+
+
+# --- settings ---------------------------------------------------------------------------------------------------
+
+
+def from_settings(bot: Bot) -> WhatsAppChannel | None:
+    """The channel when WHATSAPP_ACCESS_TOKEN, WHATSAPP_APP_SECRET and WHATSAPP_PHONE_NUMBER_ID are set."""
+    s = bot.settings
+    if not (s.whatsapp_access_token and s.whatsapp_app_secret and s.whatsapp_phone_number_id):
+        return None
+    config = WhatsAppConfig(
+        access_token=s.whatsapp_access_token.get_secret_value(),
+        app_secret=s.whatsapp_app_secret.get_secret_value(),
+        verify_token=s.whatsapp_verify_token.get_secret_value() if s.whatsapp_verify_token else "",
+        phone_number_id=s.whatsapp_phone_number_id,
+        graph_url=s.whatsapp_graph_url,
+        template_name=s.whatsapp_template_name,
+        template_language=s.whatsapp_template_language,
+    )
+    return WhatsAppChannel(bot, config)

@@ -1,0 +1,527 @@
+// The customer's web chat: one session per browser (localStorage), the log polled every second.
+// Everything people wrote is inserted with textContent: customer and engineer text is data, never markup.
+"use strict";
+
+(function () {
+  const API = "/api/webchat/sessions";
+  const SESSION_KEY = "warranty.webchat.session";
+  const POLL_MS = 1000;
+  const HIDDEN_POLL_MS = 5000;
+  const SEND_ATTEMPTS = 4;
+  const VIEWABLE = /^(image\/(jpeg|png|gif|webp)|application\/pdf)$/;
+
+  const STRINGS = {
+    en: {
+      title: "Warranty support", subtitle: "After-sales service", new: "New conversation",
+      intro: "Hello! Send the serial number of your unit (on the label on the back or bottom) and describe " +
+        "the fault. You can attach photos or PDF documents.",
+      log: "Conversation", attach: "Attach a photo or PDF", message: "Your message",
+      placeholder: "Type your message…", hint: "Enter sends; Shift+Enter starts a new line.", send: "Send",
+      you: "You", bot: "Warranty assistant", engineer: "Engineer", file: "File sent", sending: "Sending…",
+      uploading: "Uploading…", failed: "Not sent.", retry: "Retry", tooLarge: "This file is too large.",
+      badType: "Only photos and PDF files can be sent.", offline: "Connection lost. Retrying…",
+      lost: "This conversation has expired. Write again to start a new one.",
+    },
+    zh: {
+      title: "保修服务", subtitle: "售后服务", new: "新对话",
+      intro: "您好！请发送设备的序列号（在背面或底部的标签上）并描述故障。您可以附上照片或 PDF 文件。",
+      log: "对话", attach: "附上照片或 PDF", message: "您的消息", placeholder: "输入消息…",
+      hint: "按 Enter 发送；Shift+Enter 换行。", send: "发送", you: "您", bot: "保修助手", engineer: "工程师",
+      file: "已发送文件", sending: "正在发送…", uploading: "正在上传…", failed: "未发送。", retry: "重试",
+      tooLarge: "文件太大。", badType: "只能发送照片和 PDF 文件。", offline: "连接中断，正在重试…",
+      lost: "此对话已过期。请重新发送消息开始新的对话。",
+    },
+    es: {
+      title: "Soporte de garantía", subtitle: "Servicio posventa", new: "Nueva conversación",
+      intro: "¡Hola! Envíe el número de serie de su equipo (en la etiqueta de la parte trasera o inferior) y " +
+        "describa la falla. Puede adjuntar fotos o documentos PDF.",
+      log: "Conversación", attach: "Adjuntar una foto o un PDF", message: "Su mensaje",
+      placeholder: "Escriba su mensaje…", hint: "Intro envía; Mayús+Intro añade una línea.", send: "Enviar",
+      you: "Usted", bot: "Asistente de garantía", engineer: "Ingeniero", file: "Archivo enviado",
+      sending: "Enviando…", uploading: "Subiendo…", failed: "No enviado.", retry: "Reintentar",
+      tooLarge: "El archivo es demasiado grande.", badType: "Solo se pueden enviar fotos y archivos PDF.",
+      offline: "Conexión perdida. Reintentando…",
+      lost: "Esta conversación ha caducado. Escriba de nuevo para iniciar una nueva.",
+    },
+    ru: {
+      title: "Гарантийная поддержка", subtitle: "Сервисное обслуживание", new: "Новый диалог",
+      intro: "Здравствуйте! Отправьте серийный номер устройства (на наклейке сзади или снизу) и опишите " +
+        "неисправность. Можно приложить фото или PDF-документы.",
+      log: "Диалог", attach: "Приложить фото или PDF", message: "Ваше сообщение",
+      placeholder: "Введите сообщение…", hint: "Enter — отправить; Shift+Enter — новая строка.",
+      send: "Отправить", you: "Вы", bot: "Гарантийный помощник", engineer: "Инженер", file: "Файл отправлен",
+      sending: "Отправка…", uploading: "Загрузка…", failed: "Не отправлено.", retry: "Повторить",
+      tooLarge: "Файл слишком большой.", badType: "Можно отправлять только фото и PDF-файлы.",
+      offline: "Нет соединения. Повторяем…", lost: "Срок этого диалога истёк. Напишите снова, чтобы начать новый.",
+    },
+    pt: {
+      title: "Suporte de garantia", subtitle: "Assistência pós-venda", new: "Nova conversa",
+      intro: "Olá! Envie o número de série do seu equipamento (na etiqueta na parte de trás ou de baixo) e " +
+        "descreva o defeito. Você pode anexar fotos ou documentos PDF.",
+      log: "Conversa", attach: "Anexar foto ou PDF", message: "Sua mensagem", placeholder: "Digite sua mensagem…",
+      hint: "Enter envia; Shift+Enter cria uma nova linha.", send: "Enviar", you: "Você",
+      bot: "Assistente de garantia", engineer: "Engenheiro", file: "Arquivo enviado", sending: "Enviando…",
+      uploading: "Enviando arquivo…", failed: "Não enviada.", retry: "Tentar de novo",
+      tooLarge: "O arquivo é grande demais.", badType: "Só é possível enviar fotos e arquivos PDF.",
+      offline: "Conexão perdida. Tentando novamente…",
+      lost: "Esta conversa expirou. Escreva de novo para iniciar uma nova.",
+    },
+    fr: {
+      title: "Assistance garantie", subtitle: "Service après-vente", new: "Nouvelle conversation",
+      intro: "Bonjour ! Envoyez le numéro de série de votre appareil (sur l’étiquette au dos ou dessous) et " +
+        "décrivez la panne. Vous pouvez joindre des photos ou des documents PDF.",
+      log: "Conversation", attach: "Joindre une photo ou un PDF", message: "Votre message",
+      placeholder: "Écrivez votre message…", hint: "Entrée envoie ; Maj+Entrée passe à la ligne.",
+      send: "Envoyer", you: "Vous", bot: "Assistant garantie", engineer: "Ingénieur", file: "Fichier envoyé",
+      sending: "Envoi…", uploading: "Téléversement…", failed: "Non envoyé.", retry: "Réessayer",
+      tooLarge: "Le fichier est trop volumineux.", badType: "Seules les photos et les fichiers PDF peuvent être envoyés.",
+      offline: "Connexion perdue. Nouvelle tentative…",
+      lost: "Cette conversation a expiré. Écrivez de nouveau pour en commencer une autre.",
+    },
+    ar: {
+      title: "دعم الضمان", subtitle: "خدمة ما بعد البيع", new: "محادثة جديدة",
+      intro: "مرحبًا! أرسل الرقم التسلسلي لجهازك (على الملصق في الخلف أو الأسفل) وصِف العطل. " +
+        "يمكنك إرفاق صور أو مستندات PDF.",
+      log: "المحادثة", attach: "إرفاق صورة أو ملف PDF", message: "رسالتك", placeholder: "اكتب رسالتك…",
+      hint: "Enter للإرسال، وShift+Enter لسطر جديد.", send: "إرسال", you: "أنت", bot: "مساعد الضمان",
+      engineer: "مهندس", file: "تم إرسال الملف", sending: "جارٍ الإرسال…", uploading: "جارٍ الرفع…",
+      failed: "لم تُرسل.", retry: "إعادة المحاولة", tooLarge: "الملف كبير جدًا.",
+      badType: "يمكن إرسال الصور وملفات PDF فقط.", offline: "انقطع الاتصال. جارٍ إعادة المحاولة…",
+      lost: "انتهت صلاحية هذه المحادثة. اكتب مرة أخرى لبدء محادثة جديدة.",
+    },
+  };
+
+  // --- language of the page (the conversation's own language is the bot's business) ------------------
+
+  function pageLanguage() {
+    const asked = new URLSearchParams(location.search).get("lang");
+    const wanted = [asked].concat(Array.from(navigator.languages || [navigator.language]));
+    for (const tag of wanted) {
+      const base = (tag || "").toLowerCase().split(/[-_]/)[0];
+      if (STRINGS[base]) return { code: base, tag: tag };
+    }
+    return { code: "en", tag: "en" };
+  }
+
+  const language = pageLanguage();
+  const T = STRINGS[language.code];
+
+  function translatePage() {
+    document.documentElement.lang = language.code;
+    document.documentElement.dir = language.code === "ar" ? "rtl" : "ltr";
+    document.title = T.title;
+    for (const el of document.querySelectorAll("[data-i18n]")) el.textContent = T[el.dataset.i18n];
+    for (const el of document.querySelectorAll("[data-i18n-placeholder]")) {
+      el.placeholder = T[el.dataset.i18nPlaceholder];
+    }
+    for (const el of document.querySelectorAll("[data-i18n-label]")) {
+      el.setAttribute("aria-label", T[el.dataset.i18nLabel]);
+    }
+    for (const el of document.querySelectorAll("[data-i18n-title]")) el.title = T[el.dataset.i18nTitle];
+  }
+
+  // --- small helpers ------------------------------------------------------------------------------------
+
+  function el(tag, className, text) {
+    const node = document.createElement(tag);
+    if (className) node.className = className;
+    if (text !== undefined) node.textContent = text;
+    return node;
+  }
+
+  function uuid() {
+    if (window.crypto && typeof crypto.randomUUID === "function") return crypto.randomUUID();
+    // Pages served over plain http on a LAN are not a secure context: build a v4 uuid by hand.
+    const b = crypto.getRandomValues(new Uint8Array(16));
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    const hex = Array.from(b, (x) => x.toString(16).padStart(2, "0")).join("");
+    return `${hex.slice(0, 8)}-${hex.slice(8, 12)}-${hex.slice(12, 16)}-${hex.slice(16, 20)}-${hex.slice(20)}`;
+  }
+
+  function sleep(ms) {
+    return new Promise((resolve) => setTimeout(resolve, ms));
+  }
+
+  const timeFormat = new Intl.DateTimeFormat(language.tag || undefined, { hour: "2-digit", minute: "2-digit" });
+  const dateTimeFormat = new Intl.DateTimeFormat(language.tag || undefined,
+    { month: "short", day: "numeric", hour: "2-digit", minute: "2-digit" });
+
+  function timeElement(iso) {
+    const when = iso ? new Date(iso) : new Date();
+    const node = el("time");
+    if (!isNaN(when)) {
+      node.dateTime = when.toISOString();
+      const today = new Date().toDateString() === when.toDateString();
+      node.textContent = (today ? timeFormat : dateTimeFormat).format(when);
+    }
+    return node;
+  }
+
+  class HttpError extends Error {
+    constructor(status, message) {
+      super(message);
+      this.status = status;
+    }
+  }
+
+  async function request(method, path, body) {
+    const options = { method, headers: { Accept: "application/json" }, cache: "no-store" };
+    if (body instanceof FormData) {
+      options.body = body;
+    } else if (body !== undefined) {
+      options.headers["Content-Type"] = "application/json";
+      options.body = JSON.stringify(body);
+    }
+    const response = await fetch(path, options);
+    let data = {};
+    try {
+      data = await response.json();
+    } catch (error) {
+      data = {};
+    }
+    if (!response.ok) throw new HttpError(response.status, data.error || response.statusText);
+    return data;
+  }
+
+  // --- state --------------------------------------------------------------------------------------------
+
+  const log = document.getElementById("log");
+  const main = document.getElementById("main");
+  const notice = document.getElementById("notice");
+  const form = document.getElementById("composer");
+  const input = document.getElementById("text");
+  const fileInput = document.getElementById("file");
+
+  let sessionId = localStorage.getItem(SESSION_KEY);
+  let creating = null;
+  let lastId = 0;
+  let generation = 0; // bumped by "new conversation": answers for an older session are dropped
+  let pollTimer = null;
+  const offered = new Map(); // button value -> label, from the bot's messages, latest wins
+  const pending = []; // {clientId, kind: "text"|"file", value, node}
+
+  function showNotice(text, isError) {
+    notice.textContent = text || "";
+    notice.classList.toggle("error", Boolean(isError));
+    notice.hidden = !text;
+  }
+
+  function nearBottom() {
+    return main.scrollHeight - main.scrollTop - main.clientHeight < 80;
+  }
+
+  function scrollToBottom() {
+    main.scrollTop = main.scrollHeight;
+  }
+
+  async function ensureSession() {
+    if (sessionId) return sessionId;
+    if (!creating) {
+      const mine = generation;
+      const tag = (language.tag || "").slice(0, 16);
+      creating = request("POST", API, tag.length >= 2 ? { language: tag } : {}).then((data) => {
+        if (mine === generation) {
+          sessionId = data.session_id;
+          localStorage.setItem(SESSION_KEY, sessionId);
+          schedulePoll(0);
+        }
+        return data.session_id;
+      }).finally(() => { creating = null; });
+    }
+    return creating;
+  }
+
+  function forgetSession() {
+    generation += 1;
+    sessionId = null;
+    localStorage.removeItem(SESSION_KEY);
+    lastId = 0;
+    offered.clear();
+    pending.length = 0;
+    log.replaceChildren();
+    clearTimeout(pollTimer);
+  }
+
+  // --- rendering ----------------------------------------------------------------------------------------
+
+  function bubble(author, authorName) {
+    const item = el("li", `msg msg-${author}`);
+    const label = author === "customer" ? T.you : author === "engineer" ? (authorName || T.engineer) : T.bot;
+    const who = el("span", author === "customer" ? "who visually-hidden" : "who", label);
+    item.appendChild(who);
+    return item;
+  }
+
+  function textBlock(text) {
+    const node = el("div", "text", text);
+    node.dir = "auto";
+    return node;
+  }
+
+  function renderServerMessage(message) {
+    const item = bubble(message.author, message.author_name);
+    item.dataset.id = String(message.id);
+    let text = message.text || "";
+    if (message.author === "customer") {
+      if (offered.has(text)) text = offered.get(text);
+      else if (!text) text = `📎 ${T.file}`;
+    }
+    item.appendChild(textBlock(text));
+    const buttons = Array.isArray(message.buttons) ? message.buttons : [];
+    if (buttons.length) {
+      const group = el("div", "choices");
+      group.setAttribute("role", "group");
+      for (const button of buttons) {
+        if (!button || typeof button.value !== "string") continue;
+        const label = typeof button.label === "string" && button.label ? button.label : button.value;
+        offered.set(button.value, label);
+        const choice = el("button", "choice", label);
+        choice.type = "button";
+        choice.dir = "auto";
+        choice.dataset.value = button.value;
+        choice.addEventListener("click", () => {
+          for (const b of group.querySelectorAll("button")) b.disabled = true;
+          sendText(button.value, label);
+        });
+        group.appendChild(choice);
+      }
+      item.appendChild(group);
+    }
+    item.appendChild(timeElement(message.created_at));
+    return item;
+  }
+
+  // Only the choices offered after the customer's last message can still be answered.
+  function refreshChoices() {
+    const items = Array.from(log.children);
+    let lastCustomer = -1;
+    items.forEach((item, index) => { if (item.classList.contains("msg-customer")) lastCustomer = index; });
+    items.forEach((item, index) => {
+      for (const b of item.querySelectorAll(".choices button")) b.disabled = index < lastCustomer;
+    });
+  }
+
+  function firstPendingNode() {
+    return pending.length ? pending[0].node : null;
+  }
+
+  function matchPending(message) {
+    if (message.author !== "customer") return -1;
+    if (message.client_id) {
+      const byId = pending.findIndex((p) => p.clientId === message.client_id);
+      if (byId >= 0) return byId;
+    }
+    if (!message.text) return pending.findIndex((p) => p.kind === "file");
+    return pending.findIndex((p) => p.kind === "text" && p.value === message.text);
+  }
+
+  function applyMessages(messages) {
+    const follow = nearBottom();
+    for (const message of messages) {
+      if (typeof message.id !== "number" || message.id <= lastId) continue;
+      lastId = message.id;
+      const index = matchPending(message);
+      if (index >= 0) {
+        // Our own message came back from the server: keep what we showed (label, preview), mark it sent.
+        const [mine] = pending.splice(index, 1);
+        mine.node.classList.remove("pending", "failed");
+        mine.node.dataset.id = String(message.id);
+        const state = mine.node.querySelector(".state");
+        if (state) state.remove();
+        const anchor = firstPendingNode();
+        if (anchor && anchor !== mine.node) log.insertBefore(mine.node, anchor);
+        continue;
+      }
+      log.insertBefore(renderServerMessage(message), firstPendingNode());
+    }
+    refreshChoices();
+    if (follow && messages.length) scrollToBottom();
+  }
+
+  function addPending(kind, value, shown, extra) {
+    const item = bubble("customer");
+    item.classList.add("pending");
+    if (extra) item.appendChild(extra);
+    item.appendChild(textBlock(shown));
+    const state = el("span", "state", kind === "file" ? T.uploading : T.sending);
+    state.setAttribute("aria-hidden", "true");
+    item.appendChild(state);
+    item.appendChild(timeElement());
+    log.appendChild(item);
+    const entry = { clientId: uuid(), kind, value, node: item, generation };
+    pending.push(entry);
+    refreshChoices();
+    scrollToBottom();
+    return entry;
+  }
+
+  function markFailed(entry, reason, retry) {
+    entry.node.classList.remove("pending");
+    entry.node.classList.add("failed");
+    const state = entry.node.querySelector(".state") || entry.node.appendChild(el("span", "state"));
+    state.removeAttribute("aria-hidden");
+    state.textContent = reason ? `${T.failed} ${reason}` : T.failed;
+    if (retry) {
+      const again = el("button", "secondary", T.retry);
+      again.type = "button";
+      again.addEventListener("click", () => {
+        entry.node.classList.remove("failed");
+        entry.node.classList.add("pending");
+        state.textContent = T.sending;
+        retry();
+      });
+      state.appendChild(again);
+    }
+  }
+
+  function markSent(entry) {
+    const state = entry.node.querySelector(".state");
+    if (state && entry.node.classList.contains("pending")) state.textContent = "✓";
+  }
+
+  // --- sending ------------------------------------------------------------------------------------------
+
+  // Retries reuse the message's client_id, so the server stores it once however often it arrives.
+  async function deliver(entry, post) {
+    for (let attempt = 0; attempt < SEND_ATTEMPTS; attempt += 1) {
+      if (entry.generation !== generation) return;
+      try {
+        const id = await ensureSession();
+        await post(id);
+        if (entry.generation !== generation) return;
+        markSent(entry);
+        showNotice("");
+        schedulePoll(150);
+        return;
+      } catch (error) {
+        if (entry.generation !== generation) return;
+        if (error instanceof HttpError && error.status === 404) {
+          // The server no longer knows this session (expired or reset): start a new one and resend.
+          sessionId = null;
+          localStorage.removeItem(SESSION_KEY);
+          lastId = 0;
+          continue;
+        }
+        if (error instanceof HttpError && error.status === 413) {
+          markFailed(entry, T.tooLarge, null);
+          return;
+        }
+        if (error instanceof HttpError && error.status >= 400 && error.status < 500 && error.status !== 429) {
+          markFailed(entry, error.message, null);
+          return;
+        }
+        await sleep(500 * 2 ** attempt);
+      }
+    }
+    markFailed(entry, "", () => deliver(entry, post));
+  }
+
+  function sendText(value, shown) {
+    const entry = addPending("text", value, shown === undefined ? value : shown);
+    deliver(entry, (id) => request("POST", `${API}/${encodeURIComponent(id)}/messages`,
+      { text: value, client_id: entry.clientId }));
+  }
+
+  function sendFile(file) {
+    if (!(file.type.startsWith("image/") || file.type === "application/pdf")) {
+      showNotice(`${file.name}: ${T.badType}`, true);
+      return;
+    }
+    let preview = null;
+    if (VIEWABLE.test(file.type) && file.type.startsWith("image/")) {
+      preview = el("img", "preview");
+      preview.alt = "";
+      preview.src = URL.createObjectURL(file);
+    }
+    const entry = addPending("file", file.name, `📎 ${file.name}`, preview);
+    deliver(entry, (id) => {
+      const body = new FormData();
+      body.append("file", file, file.name);
+      return request("POST", `${API}/${encodeURIComponent(id)}/files`, body);
+    });
+  }
+
+  // --- polling ------------------------------------------------------------------------------------------
+
+  function schedulePoll(delay) {
+    clearTimeout(pollTimer);
+    pollTimer = setTimeout(poll, delay);
+  }
+
+  async function poll() {
+    if (!sessionId) return;
+    const mine = generation;
+    const id = sessionId;
+    let more = false;
+    try {
+      const data = await request("GET", `${API}/${encodeURIComponent(id)}/messages?after=${lastId}`);
+      if (mine !== generation || id !== sessionId) return;
+      const messages = Array.isArray(data.messages) ? data.messages : [];
+      applyMessages(messages);
+      more = messages.length >= 200; // a page was full: fetch the rest at once
+      if (notice.textContent === T.offline) showNotice("");
+    } catch (error) {
+      if (mine !== generation) return;
+      if (error instanceof HttpError && error.status === 404) {
+        forgetSession();
+        showNotice(T.lost, true);
+        return;
+      }
+      showNotice(T.offline, true);
+    }
+    schedulePoll(more ? 0 : document.hidden ? HIDDEN_POLL_MS : POLL_MS);
+  }
+
+  // --- wiring -------------------------------------------------------------------------------------------
+
+  function autosize() {
+    input.style.height = "auto";
+    input.style.height = `${Math.min(input.scrollHeight + 2, 144)}px`;
+  }
+
+  function submit() {
+    const text = input.value;
+    if (!text.trim()) return;
+    input.value = "";
+    autosize();
+    sendText(text);
+    input.focus();
+  }
+
+  form.addEventListener("submit", (event) => {
+    event.preventDefault();
+    submit();
+  });
+
+  input.addEventListener("keydown", (event) => {
+    // isComposing: Enter that confirms a Chinese or Japanese IME candidate must not send.
+    if (event.key === "Enter" && !event.shiftKey && !event.isComposing && event.keyCode !== 229) {
+      event.preventDefault();
+      submit();
+    }
+  });
+
+  input.addEventListener("input", autosize);
+
+  fileInput.addEventListener("change", () => {
+    for (const file of Array.from(fileInput.files || [])) sendFile(file);
+    fileInput.value = "";
+  });
+
+  document.getElementById("new-conversation").addEventListener("click", (event) => {
+    event.preventDefault();
+    forgetSession();
+    showNotice("");
+    input.value = "";
+    autosize();
+    input.focus();
+  });
+
+  document.addEventListener("visibilitychange", () => {
+    if (!document.hidden && sessionId) schedulePoll(0);
+  });
+
+  translatePage();
+  if (sessionId) schedulePoll(0);
+})();
