@@ -200,8 +200,28 @@ def _fit(lines: Sequence[str], limit: int, more: str = "… and {n} more") -> st
     return clip("\n".join(kept), limit)
 
 
-def case_blocks(case: Mapping[str, Any], *, public_url: str, actions: bool = True) -> tuple[str, list[Block]]:
-    """The case message: fallback text (notifications) and blocks; `actions` adds the engineers' buttons."""
+def all_units_sections(units: Sequence[Mapping[str, Any]], max_blocks: int = 10) -> list[Block]:
+    """Every unit on its own line, packed into sections (at most `max_blocks`; the last says what is left)."""
+    chunks: list[list[str]] = [[]]
+    size = 0
+    for line in (clip(f"• `{escape(u['serial'])}` {_unit_details(u)}", MAX_TEXT) for u in units):
+        if chunks[-1] and size + len(line) + 1 > MAX_TEXT:
+            chunks.append([])
+            size = 0
+        chunks[-1].append(line)
+        size += len(line) + 1
+    if len(chunks) > max_blocks:
+        rest = [line for chunk in chunks[max_blocks - 1:] for line in chunk]
+        return [section("\n".join(c)) for c in chunks[:max_blocks - 1]] + [section(_fit(rest, MAX_TEXT))]
+    return [section("\n".join(c)) for c in chunks if c]
+
+
+def case_blocks(case: Mapping[str, Any], *, public_url: str, actions: bool = True,
+                all_units: bool = False) -> tuple[str, list[Block]]:
+    """The case message: fallback text (notifications) and blocks.
+
+    `actions` adds the engineers' buttons; `all_units` lists every unit instead of a summary (for /warranty).
+    """
     ref = case["ref"]
     units = case.get("units") or []
     customer = escape(case.get("customer") or "unknown customer")
@@ -217,7 +237,10 @@ def case_blocks(case: Mapping[str, Any], *, public_url: str, actions: bool = Tru
         section(f"*Decision:* {decision}" + (f" · *Clauses:* {', '.join(clauses)}" if clauses else "")
                 + (" · customer prefers the discount" if case.get("prefers_discount") else "")),
     ]
-    if units:
+    if units and all_units:
+        blocks.append(section(f"*Units ({len(units)}):*"))
+        blocks.extend(all_units_sections(units))
+    elif units:
         blocks.append(section(units_text(units)))
     blocks.extend(sections(f"*Fault:* {escape(case.get('fault') or '—')}", max_blocks=2))
     if case.get("refusal_reason"):

@@ -11,12 +11,12 @@ import mimetypes
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, NoReturn
 
 import httpx
 from sqlalchemy import Engine, select, update
 from sqlalchemy.exc import SQLAlchemyError
-from sqlmodel import Session
+from sqlmodel import Session, col
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
@@ -427,8 +427,8 @@ def _iso(value: Any) -> datetime | None:
 
 
 def _identity(session: Session, chat_id: str, *, lock: bool = False) -> ChannelIdentity | None:
-    query = select(ChannelIdentity).where(ChannelIdentity.channel == CHANNEL,  # type: ignore[arg-type]
-                                          ChannelIdentity.chat_id == chat_id)  # type: ignore[arg-type]
+    query = select(ChannelIdentity).where(col(ChannelIdentity.channel) == CHANNEL,
+                                          col(ChannelIdentity.chat_id) == chat_id)
     return session.execute(query.with_for_update() if lock else query).scalar_one_or_none()
 
 
@@ -452,14 +452,14 @@ def read_window(db: Engine, chat_id: str, now: datetime) -> Window:
                    and not (closed_at is not None and closed_at >= last))
         customer = session.get(Customer, identity.customer_id)
         conversation = session.execute(
-            select(Conversation).where(Conversation.channel == CHANNEL,  # type: ignore[arg-type]
-                                       Conversation.chat_id == chat_id)  # type: ignore[arg-type]
+            select(Conversation).where(col(Conversation.channel) == CHANNEL,
+                                       col(Conversation.chat_id) == chat_id)
         ).scalar_one_or_none()
         case_ref = None
         if conversation is not None:
             case = session.execute(
-                select(Case).where(Case.conversation_id == conversation.id)  # type: ignore[arg-type]
-                .order_by(Case.id.desc())  # type: ignore[union-attr]
+                select(Case).where(col(Case.conversation_id) == conversation.id)
+                .order_by(col(Case.id).desc())
                 .limit(1)
             ).scalar_one_or_none()
             case_ref = case.ref if case is not None else None
@@ -493,9 +493,9 @@ def note_inbound(db: Engine, chat_id: str, now: datetime) -> int:
         # Only rows marked held: a row in the middle of a send has a lease in next_attempt_at, not this mark.
         released = session.execute(
             update(OutboxItem)
-            .where(OutboxItem.channel == CHANNEL, OutboxItem.chat_id == chat_id,  # type: ignore[arg-type]
-                   OutboxItem.status == PENDING,  # type: ignore[arg-type]
-                   OutboxItem.last_error.like(f"{HELD}%"))  # type: ignore[union-attr]
+            .where(col(OutboxItem.channel) == CHANNEL, col(OutboxItem.chat_id) == chat_id,
+                   col(OutboxItem.status) == PENDING,
+                   col(OutboxItem.last_error).like(f"{HELD}%"))
             .values(next_attempt_at=now, last_error="released: the customer wrote again")
         )
         return int(released.rowcount)  # type: ignore[attr-defined]
@@ -505,8 +505,8 @@ def apply_status(db: Engine, update_: StatusUpdate, now: datetime) -> bool:
     """Record a delivery status on the outbox row that sent `wamid`; False if no row has it."""
     with session_scope(db) as session:
         item = session.execute(
-            select(OutboxItem).where(OutboxItem.channel == CHANNEL,  # type: ignore[arg-type]
-                                     OutboxItem.external_id == update_.wamid)  # type: ignore[arg-type]
+            select(OutboxItem).where(col(OutboxItem.channel) == CHANNEL,
+                                     col(OutboxItem.external_id) == update_.wamid)
             .with_for_update()
         ).scalar_one_or_none()
         if item is None:
@@ -540,7 +540,7 @@ class WhatsAppSender:
     async def send(self, message: OutboundMessage, payload: Mapping[str, Any]) -> Delivered:
         window = await asyncio.to_thread(read_window, self.db, message.chat_id, utcnow())
         if not window.open:
-            return await self._hold(message.chat_id, window)
+            await self._hold(message.chat_id, window)
         bodies = render(message.text, message.buttons, language=window.language)
         if message.reply_to and message.reply_to.startswith("wamid."):
             bodies[0] = {**bodies[0], "context": {"message_id": message.reply_to}}
@@ -551,13 +551,13 @@ class WhatsAppSender:
         except GraphError as error:
             if error.code == REENGAGEMENT:
                 await asyncio.to_thread(_note, self.db, message.chat_id, window_closed_at=utcnow().isoformat())
-                return await self._hold(message.chat_id, window)
+                await self._hold(message.chat_id, window)
             raise delivery_error(error) from error
         except httpx.HTTPError as error:
             raise RetryLater(f"{type(error).__name__}: {error}") from error
         return Delivered(external_id=wamid)
 
-    async def _hold(self, chat_id: str, window: Window) -> Delivered:
+    async def _hold(self, chat_id: str, window: Window) -> NoReturn:
         """Keep the row for when the customer writes, asking them to once with the approved template."""
         reason = f"{HELD} outside the 24-hour window, waiting for the customer"
         if not self.template_name:
@@ -578,6 +578,8 @@ class WhatsAppSender:
             else:
                 await asyncio.to_thread(_note, self.db, chat_id, template_sent_at=utcnow().isoformat())
                 reason += "; template sent"
+        if (await asyncio.to_thread(read_window, self.db, chat_id, utcnow())).open:
+            raise RetryLater("the customer wrote while we held the message", after=0)
         raise RetryLater(reason, after=HOLD.total_seconds())
 
 
@@ -693,8 +695,8 @@ class WhatsAppChannel:
 def _seen(db: Engine, wamid: str) -> bool:
     with Session(db) as session:
         return session.execute(
-            select(InboxItem.id).where(InboxItem.channel == CHANNEL,  # type: ignore[arg-type]
-                                       InboxItem.external_id == wamid[:255])  # type: ignore[arg-type]
+            select(col(InboxItem.id)).where(col(InboxItem.channel) == CHANNEL,
+                                       col(InboxItem.external_id) == wamid[:255])
         ).first() is not None
 
 

@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 CHANNEL_MODULES: tuple[str, ...] = (
     "adapters.webchat",
     "adapters.localdesk",
+    "adapters.slack",
 )
 # Desks that receive case events through the outbox when configured (module, predicate on settings).
 DESK_CHANNELS: dict[str, str] = {}

@@ -97,9 +97,9 @@ def import_error(engine: Engine, path: Path) -> RegistryImportError:
 def test_sample_file_imports_and_looks_up(engine: Engine) -> None:
     report = run(engine, SAMPLE)
 
-    assert report == ImportReport(orders=4, units=1192, inserted=1192, updated=0, unchanged=0,
-                                  orders_inserted=4, orders_updated=0)
-    assert counts(engine) == (4, 1192)
+    assert report == ImportReport(orders=5, units=1252, inserted=1252, updated=0, unchanged=0,
+                                  orders_inserted=5, orders_updated=0)
+    assert counts(engine) == (5, 1252)
     facts = find(engine, "CSP2402A0153", "csp-2403-a0217", "CSP2311B0872", "CSP2405C1190", "CSP2402A0388",
                  "CSP2402A0099", "")
     assert facts["CSP2402A0153"] == UnitFacts(

@@ -139,6 +139,20 @@
     return `${hex.slice(0, 8)}-${hex.slice(8, 12)}-${hex.slice(12, 16)}-${hex.slice(16, 20)}-${hex.slice(20)}`;
   }
 
+  // A paperclip drawn in SVG: emoji fonts are missing on many desktops and kiosks.
+  function clipIcon() {
+    const ns = "http://www.w3.org/2000/svg";
+    const svg = document.createElementNS(ns, "svg");
+    svg.setAttribute("viewBox", "0 0 24 24");
+    svg.setAttribute("aria-hidden", "true");
+    svg.setAttribute("class", "icon");
+    const path = document.createElementNS(ns, "path");
+    path.setAttribute("d", "M21 11.5l-8.6 8.6a5.5 5.5 0 0 1-7.8-7.8l8.6-8.6a3.7 3.7 0 0 1 5.2 5.2l-8.6 8.6a1.8 " +
+      "1.8 0 0 1-2.6-2.6l7.9-7.9");
+    svg.appendChild(path);
+    return svg;
+  }
+
   function sleep(ms) {
     return new Promise((resolve) => setTimeout(resolve, ms));
   }
@@ -253,9 +267,10 @@
     return item;
   }
 
-  function textBlock(text) {
-    const node = el("div", "text", text);
+  function textBlock(text, file) {
+    const node = el("div", file ? "text file" : "text", text);
     node.dir = "auto";
+    if (file) node.prepend(clipIcon());
     return node;
   }
 
@@ -263,11 +278,9 @@
     const item = bubble(message.author, message.author_name);
     item.dataset.id = String(message.id);
     let text = message.text || "";
-    if (message.author === "customer") {
-      if (offered.has(text)) text = offered.get(text);
-      else if (!text) text = `📎 ${T.file}`;
-    }
-    item.appendChild(textBlock(text));
+    const file = message.author === "customer" && !text; // only a file makes a message without text
+    if (message.author === "customer" && offered.has(text)) text = offered.get(text);
+    item.appendChild(textBlock(file ? T.file : text, file));
     const buttons = Array.isArray(message.buttons) ? message.buttons : [];
     if (buttons.length) {
       const group = el("div", "choices");
@@ -343,7 +356,7 @@
     const item = bubble("customer");
     item.classList.add("pending");
     if (extra) item.appendChild(extra);
-    item.appendChild(textBlock(shown));
+    item.appendChild(textBlock(shown, kind === "file"));
     const state = el("span", "state", kind === "file" ? T.uploading : T.sending);
     state.setAttribute("aria-hidden", "true");
     item.appendChild(state);
@@ -434,7 +447,7 @@
       preview.alt = "";
       preview.src = URL.createObjectURL(file);
     }
-    const entry = addPending("file", file.name, `📎 ${file.name}`, preview);
+    const entry = addPending("file", file.name, file.name, preview);
     deliver(entry, (id) => {
       const body = new FormData();
       body.append("file", file, file.name);

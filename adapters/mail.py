@@ -1,0 +1,741 @@
+"""The email channel: customer mail read from an IMAP mailbox (IDLE or polling), replies sent over SMTP.
+
+Receiving runs in one thread with the stdlib's imaplib (IDLE where the server offers it, polling otherwise);
+the mailbox's UIDVALIDITY and the last UID taken are kept in the database, so that a restart neither loses
+nor repeats mail (and a repeat would still be caught by the inbox's unique `Message-ID`). Sending uses
+smtplib in a worker thread. The stdlib was chosen over aioimaplib (GPL-3.0, which the proprietary bot cannot
+ship) and aiosmtplib (one more dependency for one short blocking call per reply).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import html
+import imaplib
+import logging
+import re
+import select
+import smtplib
+import ssl
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from email import policy as email_policy
+from email.headerregistry import Address
+from email.message import EmailMessage, Message
+from email.parser import BytesParser
+from email.utils import format_datetime, formataddr, getaddresses, make_msgid, parseaddr
+from html.parser import HTMLParser
+from typing import Any, ClassVar, cast
+
+from mailparser_reply import EmailMessage as ReplyParser
+from sqlalchemy import Engine, func
+from sqlmodel import Session, col
+from sqlmodel import select as sql_select
+from starlette.routing import BaseRoute
+
+from bot.app import Bot
+from bot.attachments import AttachmentRejected, AttachmentStore
+from bot.messages import Attachment, InboundMessage, OutboundMessage
+from bot.outbox import SENT, Delivered, PermanentFailure, RetryLater, Unreachable
+from bot.store import Case, Conversation, InboxItem, KeyValue, OutboxItem, lock_chat, session_scope
+from bot.store.clock import utcnow
+
+CHANNEL = "email"
+SECURITIES = ("tls", "starttls", "none")
+IMAP_TIMEOUT_SECONDS = 60.0
+SMTP_TIMEOUT_SECONDS = 60.0
+IDLE_TICK_SECONDS = 0.5  # how often a waiting IDLE looks at the stop flag
+MAX_REFERENCES = 20  # a References header keeps the thread's first id and the latest ones
+# Languages whose "On … wrote:" lines the reply parser knows (it adds English itself).
+REPLY_LANGUAGES = ("en", "es", "fr", "zh", "de", "it", "nl", "pl", "cs", "da", "sv", "ja", "ko")
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, kw_only=True)
+class MailSettings:
+    """What the email channel needs from the settings."""
+
+    imap_host: str
+    imap_port: int
+    imap_security: str
+    imap_user: str
+    imap_password: str
+    imap_mailbox: str
+    poll_seconds: float
+    smtp_host: str
+    smtp_port: int
+    smtp_security: str
+    smtp_user: str
+    smtp_password: str
+    from_header: str  # as configured: "CSP Warranty Support <support@example.com>" or a bare address
+    address: str  # our own address, lower-cased
+    replies_per_hour: int
+    case_ref_prefix: str
+    max_mail_bytes: int  # larger mails are read only in part: text kept, files refused as too large
+
+    @property
+    def own_addresses(self) -> frozenset[str]:
+        own = {self.address}
+        if "@" in self.imap_user:
+            own.add(self.imap_user.lower())
+        return frozenset(own)
+
+    @property
+    def case_ref(self) -> re.Pattern[str]:
+        return re.compile(rf"\b{re.escape(self.case_ref_prefix)}-\d{{4}}-\d{{6,}}\b", re.IGNORECASE)
+
+
+# --- verify: mail we never answer ------------------------------------------------------------------------
+
+_LIST_PRECEDENCE = {"bulk", "list", "junk", "auto_reply"}
+_DAEMONS = {"mailer-daemon", "postmaster"}
+
+
+def ignore_reason(mail: Message, *, own: frozenset[str]) -> str | None:
+    """Why `mail` must be neither answered nor relayed (auto-reply, bounce, list, our own), or None.
+
+    Answering any of these is how mail loops start (RFC 3834); they are left in the mailbox for people.
+    """
+    auto_submitted = str(mail.get("Auto-Submitted", "")).split(";")[0].strip().lower()
+    if auto_submitted and auto_submitted != "no":
+        return f"Auto-Submitted: {auto_submitted}"
+    if mail.get("X-Auto-Response-Suppress") is not None:
+        return "X-Auto-Response-Suppress"
+    if mail.get("X-Autoreply") is not None or mail.get("X-Autorespond") is not None:
+        return "X-Autoreply"
+    precedence = str(mail.get("Precedence", "")).strip().lower()
+    if precedence in _LIST_PRECEDENCE:
+        return f"Precedence: {precedence}"
+    return_path = mail.get("Return-Path")
+    if return_path is not None and str(return_path).strip() in ("<>", ""):
+        return "empty Return-Path (a bounce or an auto-reply)"
+    if mail.get_content_type() == "multipart/report":
+        return "a delivery or read report"
+    if mail.get("List-Id") is not None or mail.get("List-Unsubscribe") is not None:
+        return "a mailing list"
+    sender = _sender(mail)[1]
+    if not sender:
+        return "no sender address"
+    if sender.split("@")[0] in _DAEMONS:
+        return "a mail daemon"
+    if sender in own:
+        return "our own address"
+    return None
+
+
+# --- parse ----------------------------------------------------------------------------------------------
+
+
+def read_mail(raw: bytes) -> EmailMessage:
+    return BytesParser(policy=email_policy.default).parsebytes(raw)
+
+
+def to_inbound(mail: EmailMessage, raw: bytes, *, config: MailSettings, store: AttachmentStore,
+               truncated: bool = False) -> InboundMessage:
+    """The customer's mail as an inbound message: latest reply only, files kept within the store's limits."""
+    name, address = _sender(mail)
+    message_id = _header(mail, "Message-ID")
+    # A mail without Message-ID still needs a stable key, or a restart mid-mailbox could take it twice.
+    external_id = message_id or f"sha256:{hashlib.sha256(raw).hexdigest()}"
+    in_reply_to = _header(mail, "In-Reply-To")
+    references = _header(mail, "References")
+    subject = " ".join(_header(mail, "Subject").split())
+    body_part = mail.get_body(preferencelist=("plain", "html"))
+    body = _latest_reply(_part_text(body_part)) if body_part is not None else ""
+    is_reply = bool(in_reply_to or references) or bool(_REPLY_PREFIX.match(subject))
+    # A first mail's subject often says it all ("CSP2402A0153 shows E07"); a reply's subject is ours.
+    text = f"{subject}\n\n{body}".strip() if subject and not is_reply else body
+    return InboundMessage(
+        channel=CHANNEL,
+        external_id=external_id,
+        sender_id=address,
+        chat_id=address,
+        text=text,
+        attachments=_attachments(mail, body_part, store, truncated=truncated),
+        received_at=utcnow(),
+        locale_hint=_header(mail, "Content-Language").split(",")[0].strip() or None,
+        sender_name=name or None,
+        raw={"message_id": message_id, "in_reply_to": in_reply_to, "references": references,
+             "subject": subject[:300], "case_ref": _thread_case_ref(mail, config)},
+    )
+
+
+_REPLY_PREFIX = re.compile(r"^\s*((re|aw|sv|vs|antw|rif|r|回复|答复|ответ)\s*(\[\d+\])?\s*[:：]\s*)+", re.IGNORECASE)
+_SEPARATOR = re.compile(r"^\s*-{3,}\s*[^-\s].*?-{3,}\s*$")  # "-----Original Message-----", "-----原始邮件-----"
+
+
+def _latest_reply(text: str) -> str:
+    """The customer's newest words: quoted mail, attribution lines and signatures taken away."""
+    text = text.replace("\r\n", "\n").replace("\r", "\n").strip()
+    try:
+        # Hyphen lists stay: customers list serials as "- CSP…" and the parser would take them for a signature.
+        replies = ReplyParser(text=text, languages=list(REPLY_LANGUAGES), keep_hyphen_lists=True).read().replies
+    except Exception:  # a parser bug must not lose the customer's mail: fall back to our own cut
+        log.warning("reply parser failed; keeping the whole text", exc_info=True)
+        replies = []
+    latest = replies[0].body.strip() if replies else text
+    if replies and not latest:
+        latest = replies[0].full_body.strip()  # only a "signature": it is all they wrote
+    return _cut_quote(latest).strip() or latest
+
+
+def _cut_quote(text: str) -> str:
+    """Cut what the parser missed: a trailing `>` block with its attribution line, or an "original" separator."""
+    lines = text.split("\n")
+    for index, line in enumerate(lines):
+        if _SEPARATOR.match(line):
+            return "\n".join(lines[:index])
+        if line.lstrip().startswith(">") and all(not rest.strip() or rest.lstrip().startswith(">")
+                                                 for rest in lines[index:]):
+            kept = lines[:index]
+            while kept and not kept[-1].strip():
+                kept.pop()
+            if kept and kept[-1].rstrip().endswith((":", "：")):
+                kept.pop()
+            return "\n".join(kept)
+    return text
+
+
+def _part_text(part: Message) -> str:
+    try:
+        content = cast(EmailMessage, part).get_content()
+    except (LookupError, UnicodeError, KeyError):  # an unknown or lying charset: keep what can be read
+        payload = part.get_payload(decode=True)
+        content = payload.decode("utf-8", "replace") if isinstance(payload, bytes) else ""
+    text = content if isinstance(content, str) else ""
+    return html_to_text(text) if part.get_content_type() == "text/html" else text
+
+
+class _HtmlText(HTMLParser):
+    """HTML to plain text: blocks become lines, quoted blocks get `> `, scripts and styles vanish."""
+
+    _BLOCKS: ClassVar[frozenset[str]] = frozenset({"p", "div", "br", "li", "tr", "ul", "ol", "table", "h1", "h2", "h3", "h4", "h5", "h6", "hr", "pre",
+               "blockquote", "section", "article", "header", "footer"})
+    _HIDDEN: ClassVar[frozenset[str]] = frozenset({"script", "style", "head", "title", "template"})
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.lines: list[str] = [""]
+        self.hidden = 0
+        self.quoted = 0
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag in self._HIDDEN:
+            self.hidden += 1
+        elif tag in self._BLOCKS:
+            self._newline()
+            if tag == "blockquote":
+                self.quoted += 1
+            elif tag == "li":
+                self.lines[-1] = "- "
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in self._HIDDEN:
+            self.hidden = max(0, self.hidden - 1)
+        elif tag in self._BLOCKS:
+            if tag == "blockquote":
+                self.quoted = max(0, self.quoted - 1)
+            self._newline()
+
+    def handle_data(self, data: str) -> None:
+        if not self.hidden:
+            self.lines[-1] += re.sub(r"\s+", " ", data.replace("\xa0", " "))
+
+    def _newline(self) -> None:
+        self.lines.append("> " * self.quoted)
+
+    def text(self) -> str:
+        lines = [line.strip() for line in self.lines]
+        return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
+
+
+def html_to_text(markup: str) -> str:
+    parser = _HtmlText()
+    parser.feed(markup)
+    parser.close()
+    return parser.text()
+
+
+def _attachments(mail: EmailMessage, body_part: Message | None, store: AttachmentStore, *,
+                 truncated: bool) -> tuple[Attachment, ...]:
+    found: list[Attachment] = []
+    for part in mail.walk():
+        if part.is_multipart() or part is body_part:
+            continue
+        mime = part.get_content_type()
+        filename = part.get_filename()
+        if filename is None and part.get_content_disposition() != "attachment" and not mime.startswith("image/"):
+            continue  # the other half of multipart/alternative, or text that is part of the body
+        name = filename or f"attachment-{len(found) + 1}"
+        if truncated:
+            # Only the start of an oversized mail was read: no file in it can be whole.
+            found.append(store.rejected(name, "too_large"))
+            continue
+        data = part.get_payload(decode=True)
+        if not isinstance(data, bytes) or not data:
+            continue
+        kind = "photo" if mime.startswith("image/") else "voice" if mime.startswith("audio/") else "document"
+        try:
+            found.append(store.save(data, name=name, mime=mime, kind=kind))
+        except AttachmentRejected as error:
+            found.append(store.rejected(name, error.reason))
+    return tuple(found)
+
+
+def _thread_case_ref(mail: Message, config: MailSettings) -> str | None:
+    """The case this mail belongs to: from our Message-IDs it answers, else the subject, else a plus-address."""
+    pattern = config.case_ref
+    for header in ("In-Reply-To", "References"):
+        for message_id in reversed(_header(mail, header).split()):
+            found = pattern.search(message_id.split("@")[0])
+            if found:
+                return found.group(0).upper()
+    for value in (_header(mail, "Subject"), *(a for _, a in getaddresses(mail.get_all("To", [])))):
+        found = pattern.search(value)
+        if found:
+            return found.group(0).upper()
+    return None
+
+
+def _sender(mail: Message) -> tuple[str, str]:
+    name, address = parseaddr(_header(mail, "From"))
+    return name.strip(), address.strip().lower()
+
+
+def _header(mail: Message, name: str) -> str:
+    try:
+        value = mail.get(name)
+    except (IndexError, ValueError):  # a header the policy could not parse
+        value = None
+    return str(value).strip() if value is not None else ""
+
+
+# --- receive: the mailbox reader ------------------------------------------------------------------------
+
+
+class MailboxReader:
+    """Takes new mail from the IMAP mailbox into the inbox, in UID order, remembering where it stopped."""
+
+    def __init__(self, bot: Bot, config: MailSettings) -> None:
+        self.bot = bot
+        self.config = config
+        self.stop = threading.Event()
+        self.state_key = _key("email:imap:", f"{config.imap_user}@{config.imap_host}:{config.imap_port}/"
+                                             f"{config.imap_mailbox}")
+
+    def run(self) -> None:
+        """Read until stopped; connection failures are retried with a growing pause."""
+        pause = 1.0
+        while not self.stop.is_set():
+            try:
+                with self._connect() as imap:
+                    pause = 1.0
+                    self._serve(imap)
+            except (OSError, imaplib.IMAP4.error, ssl.SSLError) as error:
+                log.warning("IMAP connection failed: %s; retrying in %.0f s", type(error).__name__, pause)
+            except Exception:
+                log.exception("mailbox reader failed; retrying in %.0f s", pause)
+            self.stop.wait(pause)
+            pause = min(pause * 2, max(self.config.poll_seconds, 1.0))
+
+    def _connect(self) -> imaplib.IMAP4:
+        c = self.config
+        context = ssl.create_default_context()
+        imap: imaplib.IMAP4
+        if c.imap_security == "tls":
+            imap = imaplib.IMAP4_SSL(c.imap_host, c.imap_port, ssl_context=context, timeout=IMAP_TIMEOUT_SECONDS)
+        else:
+            imap = imaplib.IMAP4(c.imap_host, c.imap_port, timeout=IMAP_TIMEOUT_SECONDS)
+            if c.imap_security == "starttls":
+                imap.starttls(ssl_context=context)
+        try:
+            imap.login(c.imap_user, c.imap_password)
+        except Exception:
+            imap.shutdown()
+            raise
+        return imap
+
+    def _serve(self, imap: imaplib.IMAP4) -> None:
+        status, _ = imap.select(_quoted(self.config.imap_mailbox))
+        if status != "OK":
+            raise imaplib.IMAP4.error(f"cannot select mailbox {self.config.imap_mailbox!r}")
+        uidvalidity = _int_response(imap, "UIDVALIDITY")
+        uidnext = _int_response(imap, "UIDNEXT")
+        if uidvalidity is None:
+            raise imaplib.IMAP4.error("the server gave no UIDVALIDITY")
+        idle = "IDLE" in imap.capabilities
+        while not self.stop.is_set():
+            self.sync(imap, uidvalidity, uidnext)
+            uidnext = None
+            if idle:
+                self._idle(imap, self.config.poll_seconds)
+            else:
+                self.stop.wait(self.config.poll_seconds)
+
+    def sync(self, imap: imaplib.IMAP4, uidvalidity: int, uidnext: int | None) -> None:
+        """Take every mail after the last one taken; on a first start (or a rebuilt mailbox) the unread ones."""
+        state = _kv_get(self.bot.db, self.state_key) or {}
+        if state.get("uidvalidity") == uidvalidity:
+            last = int(state.get("last_uid", 0))
+            # "n:*" always matches the highest UID, even one below n (RFC 3501), hence the filter.
+            uids = [uid for uid in _search(imap, "UID", f"{last + 1}:*") if uid > last]
+        else:
+            if state:
+                log.warning("mailbox UIDVALIDITY changed; taking its unread mail again (duplicates are ignored)")
+            uids = _search(imap, "UNSEEN")
+            last = (uidnext - 1) if uidnext else max(_search(imap, "ALL"), default=0)
+            _kv_put(self.bot.db, self.state_key, {"uidvalidity": uidvalidity, "last_uid": last})
+        for uid in sorted(uids):
+            if self.stop.is_set():
+                return
+            self._take(imap, uid)
+            last = max(last, uid)
+            _kv_put(self.bot.db, self.state_key, {"uidvalidity": uidvalidity, "last_uid": last})
+
+    def _take(self, imap: imaplib.IMAP4, uid: int) -> None:
+        size = _fetch_size(imap, uid)
+        truncated = size is not None and size > self.config.max_mail_bytes
+        item = f"(BODY.PEEK[]<0.{self.config.max_mail_bytes}>)" if truncated else "(BODY.PEEK[])"
+        raw = _fetch_body(imap, uid, item)
+        if raw is None:
+            return  # deleted meanwhile
+        mail = read_mail(raw)
+        reason = ignore_reason(mail, own=self.config.own_addresses)
+        if reason is not None:
+            log.info("mail UID %s not taken: %s", uid, reason)
+            return
+        inbound = to_inbound(mail, raw, config=self.config, store=self.bot.attachments, truncated=truncated)
+        accepted = self.bot.engine.accept(inbound)
+        if truncated:
+            log.warning("mail UID %s is larger than %s bytes; only its text was kept", uid, self.config.max_mail_bytes)
+        log.debug("mail UID %s taken (duplicate: %s)", uid, accepted.duplicate)
+        with contextlib.suppress(imaplib.IMAP4.error):  # a read-only mailbox: the UID we keep is what counts
+            imap.uid("STORE", str(uid), "+FLAGS.SILENT", "(\\Seen)")
+
+    def _idle(self, imap: imaplib.IMAP4, seconds: float) -> None:
+        """Wait in IDLE (RFC 2177) until new mail, the stop flag, or `seconds`; then end IDLE cleanly.
+
+        imaplib of Python 3.11 has no IDLE, so it is spoken here on imaplib's own socket. A line the server sent
+        in the same packet as "+ idling" may sit in imaplib's buffer unseen; then the next round's search,
+        at most `seconds` later, takes that mail.
+        """
+        tag = b"Z1"  # imaplib's tags are four letters A-P and a number: this one cannot clash
+        imap.send(tag + b" IDLE\r\n")
+        first = imap.readline()
+        if not first.startswith(b"+"):
+            raise imaplib.IMAP4.error(f"IDLE refused: {first[:80]!r}")
+        sock = imap.sock
+        waited = 0.0
+        while not self.stop.is_set() and waited < seconds:
+            pending = isinstance(sock, ssl.SSLSocket) and sock.pending() > 0
+            ready = pending or bool(select.select([sock], [], [], IDLE_TICK_SECONDS)[0])
+            if not ready:
+                waited += IDLE_TICK_SECONDS
+                continue
+            line = imap.readline()
+            if not line:
+                raise imaplib.IMAP4.abort("connection closed during IDLE")
+            if re.match(rb"\* \d+ (EXISTS|RECENT)", line):
+                break
+        imap.send(b"DONE\r\n")
+        for _ in range(10_000):  # the server may still send untagged lines before it ends IDLE
+            line = imap.readline()
+            if not line:
+                raise imaplib.IMAP4.abort("connection closed while ending IDLE")
+            if line.startswith(tag + b" "):
+                return
+        raise imaplib.IMAP4.abort("no end of IDLE")
+
+
+def _quoted(mailbox: str) -> str:
+    return '"' + mailbox.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _int_response(imap: imaplib.IMAP4, code: str) -> int | None:
+    _, data = imap.response(code)
+    for value in data or ():
+        if isinstance(value, bytes) and value.strip().isdigit():
+            return int(value)
+    return None
+
+
+def _search(imap: imaplib.IMAP4, *criteria: str) -> list[int]:
+    status, data = imap.uid("SEARCH", *criteria)
+    if status != "OK":
+        raise imaplib.IMAP4.error(f"UID SEARCH failed: {status}")
+    return [int(uid) for chunk in data if isinstance(chunk, bytes) for uid in chunk.split() if uid.isdigit()]
+
+
+def _fetch_size(imap: imaplib.IMAP4, uid: int) -> int | None:
+    status, data = imap.uid("FETCH", str(uid), "(RFC822.SIZE)")
+    for chunk in data if status == "OK" else ():
+        found = re.search(rb"RFC822\.SIZE (\d+)", chunk if isinstance(chunk, bytes) else b"")
+        if found:
+            return int(found.group(1))
+    return None
+
+
+def _fetch_body(imap: imaplib.IMAP4, uid: int, item: str) -> bytes | None:
+    status, data = imap.uid("FETCH", str(uid), item)
+    if status != "OK":
+        raise imaplib.IMAP4.error(f"UID FETCH {uid} failed: {status}")
+    for chunk in data:
+        if isinstance(chunk, tuple) and len(chunk) == 2 and isinstance(chunk[1], bytes):
+            return chunk[1]
+    return None
+
+
+# --- send -----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class Thread:
+    """What a reply needs to join the customer's thread: their last mail's ids and subject, and the case."""
+
+    to_name: str | None = None
+    message_id: str | None = None
+    references: tuple[str, ...] = ()
+    subject: str = ""
+    case_ref: str | None = None
+
+
+def compose(message: OutboundMessage, *, thread: Thread, config: MailSettings) -> EmailMessage:
+    """Our reply as a mail: text and HTML parts (customer text escaped), threading headers, Auto-Submitted."""
+    mail = EmailMessage(policy=email_policy.SMTP)
+    mail["From"] = config.from_header
+    mail["To"] = formataddr((thread.to_name or "", message.chat_id))
+    mail["Subject"] = _reply_subject(thread, config)
+    mail["Date"] = format_datetime(utcnow())
+    domain = config.address.rpartition("@")[2] or "localhost"
+    # The case ref inside our Message-ID lets an answer find its case even when the subject was rewritten.
+    mail["Message-ID"] = make_msgid(idstring=thread.case_ref, domain=domain)
+    if thread.message_id:
+        mail["In-Reply-To"] = thread.message_id
+        chain = [*thread.references, thread.message_id]
+        if len(chain) > MAX_REFERENCES:
+            chain = [chain[0], *chain[-(MAX_REFERENCES - 1):]]
+        mail["References"] = " ".join(chain)
+    mail["Auto-Submitted"] = "auto-replied"
+    mail["X-Auto-Response-Suppress"] = "All"  # asks Exchange not to answer us with out-of-office mail
+    options = [f"{number}. {button.label}" for number, button in enumerate(message.buttons, start=1)]
+    text = message.text + ("\n\n" + "\n".join(options) if options else "")
+    mail.set_content(text + "\n", subtype="plain", charset="utf-8")
+    mail.add_alternative(_html(message), subtype="html", charset="utf-8")
+    return mail
+
+
+def _reply_subject(thread: Thread, config: MailSettings) -> str:
+    base = _REPLY_PREFIX.sub("", thread.subject).strip()
+    base = config.case_ref.sub("", base).replace("[]", "").strip(" -:") if thread.case_ref else base
+    base = base or "Warranty support"
+    return f"Re: [{thread.case_ref}] {base}" if thread.case_ref else f"Re: {base}"
+
+
+def _html(message: OutboundMessage) -> str:
+    paragraphs = "".join(f"<p>{html.escape(p).replace(chr(10), '<br>')}</p>\n"
+                         for p in re.split(r"\n\s*\n", message.text.strip()) if p.strip())
+    options = "".join(f"<li>{html.escape(b.label)}</li>" for b in message.buttons)
+    listed = f"<ol>{options}</ol>\n" if options else ""
+    return ('<!DOCTYPE html>\n<html><head><meta charset="utf-8"></head>\n'
+            f'<body style="font-family: sans-serif">\n{paragraphs}{listed}</body></html>\n')
+
+
+class MailSender:
+    """Sends the outbox's replies over SMTP, at most `replies_per_hour` to one address."""
+
+    def __init__(self, bot: Bot, config: MailSettings) -> None:
+        self.bot = bot
+        self.config = config
+
+    async def send(self, message: OutboundMessage, payload: Mapping[str, Any]) -> Delivered:
+        address = message.chat_id.lower()
+        if address in self.config.own_addresses:
+            raise PermanentFailure("refusing to mail our own address")
+        wait = await asyncio.to_thread(_rate_limited, self.bot.db, address, self.config.replies_per_hour)
+        if wait is not None:
+            raise RetryLater(f"more than {self.config.replies_per_hour} replies to this address in an hour",
+                             after=wait)
+        thread = await asyncio.to_thread(_thread_of, self.bot.db, address)
+        mail = compose(message, thread=thread, config=self.config)
+        for attachment in message.attachments:
+            _attach(mail, attachment, self.bot.attachments)
+        await asyncio.to_thread(self._submit, mail, address)
+        return Delivered(external_id=str(mail["Message-ID"]))
+
+    def _submit(self, mail: EmailMessage, address: str) -> None:
+        c = self.config
+        context = ssl.create_default_context()
+        try:
+            smtp: smtplib.SMTP
+            if c.smtp_security == "tls":
+                smtp = smtplib.SMTP_SSL(c.smtp_host, c.smtp_port, timeout=SMTP_TIMEOUT_SECONDS, context=context)
+            else:
+                smtp = smtplib.SMTP(c.smtp_host, c.smtp_port, timeout=SMTP_TIMEOUT_SECONDS)
+            with smtp:
+                if c.smtp_security == "starttls":
+                    smtp.starttls(context=context)
+                if c.smtp_user:
+                    smtp.login(c.smtp_user, c.smtp_password)
+                refused = smtp.send_message(mail, from_addr=c.address, to_addrs=[address])
+        except smtplib.SMTPRecipientsRefused as error:
+            code, reply = next(iter(error.recipients.values()), (0, b""))
+            raise _smtp_failure(code, reply, unreachable=True) from None
+        except smtplib.SMTPResponseException as error:
+            if isinstance(error, smtplib.SMTPAuthenticationError):
+                raise RetryLater(f"SMTP login refused ({error.smtp_code})") from None
+            raise _smtp_failure(error.smtp_code, error.smtp_error) from None
+        except (smtplib.SMTPException, OSError) as error:
+            raise RetryLater(f"SMTP: {type(error).__name__}") from None
+        if refused:
+            code, reply = next(iter(refused.values()))
+            raise _smtp_failure(code, reply, unreachable=True)
+
+
+def _smtp_failure(code: int, reply: bytes | str, *, unreachable: bool = False) -> Exception:
+    text = reply.decode("utf-8", "replace") if isinstance(reply, bytes) else str(reply)
+    summary = f"SMTP {code} {text[:200]}"
+    if 500 <= code < 600:
+        return Unreachable(summary) if unreachable else PermanentFailure(summary)
+    return RetryLater(summary)
+
+
+def _attach(mail: EmailMessage, attachment: Attachment, store: AttachmentStore) -> None:
+    try:
+        data = store.path(attachment.ref).read_bytes()
+    except OSError:
+        log.warning("attachment %s is missing from the store; sent without it", attachment.name)
+        return
+    maintype, _, subtype = attachment.mime.partition("/")
+    mail.add_attachment(data, maintype=maintype or "application", subtype=subtype or "octet-stream",
+                        filename=attachment.name)
+
+
+def _rate_limited(db: Engine, address: str, per_hour: int) -> float | None:
+    """Seconds to wait when `address` already got `per_hour` replies in the last hour, else None."""
+    since = utcnow() - timedelta(hours=1)
+    sent = (col(OutboxItem.channel) == CHANNEL, col(OutboxItem.chat_id) == address,
+            col(OutboxItem.status) == SENT, col(OutboxItem.sent_at) >= since)
+    with Session(db) as session:
+        count = session.execute(sql_select(func.count()).select_from(OutboxItem).where(*sent)).scalar_one()
+        if count < per_hour:
+            return None
+        times = session.execute(sql_select(OutboxItem.sent_at).where(*sent)
+                                .order_by(col(OutboxItem.sent_at).desc()).limit(per_hour)).scalars().all()
+    oldest: datetime = min(t for t in times if t is not None)
+    return max(1.0, (oldest + timedelta(hours=1) - utcnow()).total_seconds())
+
+
+def _thread_of(db: Engine, address: str) -> Thread:
+    with Session(db) as session:
+        last = session.execute(
+            sql_select(InboxItem.payload)
+            .where(col(InboxItem.channel) == CHANNEL, col(InboxItem.chat_id) == address)
+            .order_by(col(InboxItem.id).desc()).limit(1)
+        ).scalar_one_or_none()
+        conversation = session.execute(
+            sql_select(Conversation).where(col(Conversation.channel) == CHANNEL, col(Conversation.chat_id) == address)
+        ).scalar_one_or_none()
+        case_ref = None
+        if conversation is not None:
+            # The open case, or else the latest one: its closing words still belong to its thread.
+            query = sql_select(Case.ref).where(col(Case.conversation_id) == conversation.id)
+            if conversation.case_id is not None:
+                query = query.where(col(Case.id) == conversation.case_id)
+            case_ref = session.execute(query.order_by(col(Case.id).desc()).limit(1)).scalar_one_or_none()
+    raw = (last or {}).get("raw") or {}
+    return Thread(to_name=(last or {}).get("sender_name"), message_id=raw.get("message_id") or None,
+                  references=tuple((raw.get("references") or "").split()), subject=raw.get("subject") or "",
+                  case_ref=case_ref or None)
+
+
+# --- shared state ---------------------------------------------------------------------------------------
+
+
+def _key(prefix: str, name: str) -> str:
+    return prefix + hashlib.sha256(name.encode()).hexdigest()[:48]
+
+
+def _kv_get(db: Engine, key: str) -> dict[str, Any] | None:
+    with Session(db) as session:
+        row = session.get(KeyValue, key)
+        return dict(row.value) if row is not None else None
+
+
+def _kv_put(db: Engine, key: str, value: dict[str, Any]) -> None:
+    with session_scope(db) as session:
+        lock_chat(session, "keyvalue", key)  # two workers writing the same key take turns (PostgreSQL)
+        row = session.get(KeyValue, key)
+        if row is None:
+            session.add(KeyValue(key=key, value=value))
+        else:
+            row.value = value
+
+
+# --- the channel and its settings -----------------------------------------------------------------------
+
+
+class MailChannel:
+    """Email: a mailbox reader in a thread, and an SMTP sender for the outbox."""
+
+    name = CHANNEL
+    is_desk = False
+
+    def __init__(self, bot: Bot, config: MailSettings) -> None:
+        self.bot = bot
+        self.config = config
+        self.reader = MailboxReader(bot, config)
+        self._sender = MailSender(bot, config)
+        self._thread: threading.Thread | None = None
+
+    def routes(self) -> Sequence[BaseRoute]:
+        return []
+
+    def sender(self) -> MailSender:
+        return self._sender
+
+    async def start(self) -> None:
+        self.reader.stop.clear()
+        self._thread = threading.Thread(target=self.reader.run, name="imap", daemon=True)
+        self._thread.start()
+
+    async def stop(self) -> None:
+        self.reader.stop.set()
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.join, IMAP_TIMEOUT_SECONDS)
+            self._thread = None
+
+
+def mail_settings(bot: Bot) -> MailSettings:
+    s = bot.settings
+    for name, value in (("IMAP_SECURITY", s.imap_security), ("SMTP_SECURITY", s.smtp_security)):
+        if value not in SECURITIES:
+            raise ValueError(f"{name} must be one of {', '.join(SECURITIES)}, not {value!r}")
+    _, address = parseaddr(s.email_from)
+    if "@" not in address:
+        raise ValueError(f"EMAIL_FROM must hold an email address, not {s.email_from!r}")
+    Address(addr_spec=address)  # raises on an address SMTP would refuse
+    return MailSettings(
+        imap_host=s.imap_host, imap_port=s.imap_port, imap_security=s.imap_security, imap_user=s.imap_user,
+        imap_password=s.imap_password.get_secret_value() if s.imap_password else "",
+        imap_mailbox=s.imap_mailbox, poll_seconds=s.imap_poll_seconds,
+        smtp_host=s.smtp_host, smtp_port=s.smtp_port, smtp_security=s.smtp_security, smtp_user=s.smtp_user,
+        smtp_password=s.smtp_password.get_secret_value() if s.smtp_password else "",
+        from_header=s.email_from, address=address.lower(), replies_per_hour=s.email_replies_per_hour,
+        case_ref_prefix=s.case_ref_prefix,
+        max_mail_bytes=s.max_body_bytes + 2 * s.attachment_max_bytes,
+    )
+
+
+def from_settings(bot: Bot) -> MailChannel | None:
+    """The email channel when IMAP_HOST, SMTP_HOST and EMAIL_FROM are set; None otherwise."""
+    s = bot.settings
+    if not (s.imap_host and s.smtp_host and s.email_from):
+        if s.imap_host or s.smtp_host or s.email_from:
+            log.warning("email is half configured: IMAP_HOST, SMTP_HOST and EMAIL_FROM are all needed")
+        return None
+    return MailChannel(bot, mail_settings(bot))

@@ -1,0 +1,709 @@
+"""The engineers' desk in Slack: one message per case in the escalation channel, its thread as the conversation.
+
+Built on slack-bolt's AsyncApp. In HTTP mode Slack calls /slack/events, /slack/interactivity and
+/slack/commands, each request checked by Bolt's signing-secret verification (forged or older than five
+minutes: 401); in Socket Mode the app keeps a websocket to Slack instead. Every engineer action goes through
+bot.desk with origin "slack"; case events from the outbox (case_opened, customer_message, case_updated) post
+and update the case message. Listeners ack() first and work afterwards, so Slack always has its answer
+within its 3 seconds. An event redelivered by Slack (same `event_id`) is handled once: the ids seen are kept in
+the KeyValue table (keys "slack-event:<event_id>", kept two days).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from time import monotonic
+from typing import Any
+from urllib.parse import parse_qsl
+
+import aiohttp
+from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
+from slack_bolt.adapter.starlette.async_handler import AsyncSlackRequestHandler
+from slack_bolt.async_app import AsyncApp
+from slack_sdk.errors import SlackApiError
+from slack_sdk.signature import SignatureVerifier
+from slack_sdk.web.async_client import AsyncWebClient
+from sqlalchemy import and_, delete, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlmodel import Session, col
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from adapters import slack_blocks as ui
+from bot.app import Bot
+from bot.config import Settings
+from bot.desk import CaseNotFound, DeskError
+from bot.messages import OutboundMessage
+from bot.outbox import Delivered, PermanentFailure, RetryLater
+from bot.registry import lookup
+from bot.store import Case, KeyValue, session_scope
+from bot.store.clock import utcnow
+from policy import Claim, Proof, decision_to_json, evaluate, normalize_serial, parse_serial
+
+log = logging.getLogger(__name__)
+
+CHANNEL = "slack"
+ORIGIN = "slack"
+EVENTS_PATH, INTERACTIVITY_PATH, COMMANDS_PATH = "/slack/events", "/slack/interactivity", "/slack/commands"
+SEEN_PREFIX = "slack-event:"
+SEEN_FOR = timedelta(days=2)  # Slack retries an event for about an hour; two days leaves a wide margin
+MEMBERS_CACHE_SECONDS = 60.0
+NAMES_CACHE_SECONDS = 600.0
+MAX_MEMBER_PAGES = 50
+REMIND_BATCH = 50
+NOTE = re.compile(r"^\s*note:\s*", re.IGNORECASE)
+REFUSAL = ("Only the after-sales engineers can act on warranty cases; nothing was changed. "
+           "Ask an admin to add you to the escalation channel or to SLACK_ENGINEER_IDS.")
+# Slack errors worth another try; everything else (channel_not_found, invalid_blocks, ...) will not improve.
+TRANSIENT_ERRORS = frozenset({"ratelimited", "internal_error", "fatal_error", "service_unavailable",
+                              "request_timeout"})
+
+
+class SlackSettingsError(ValueError):
+    """Slack is switched on (SLACK_BOT_TOKEN) but a setting it needs is missing or wrong."""
+
+
+# --- settings -----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class SlackConfig:
+    """The Slack settings in force, checked once at start."""
+
+    bot_token: str
+    signing_secret: str
+    app_token: str
+    api_url: str
+    channel: str
+    engineer_ids: frozenset[str]
+    remind_after: timedelta
+    remind_group: str
+    mode: str  # http | socket, resolved from SLACK_MODE
+    public_url: str
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> SlackConfig | None:
+        token = settings.slack_bot_token.get_secret_value().strip() if settings.slack_bot_token else ""
+        if not token:
+            return None
+        secret = settings.slack_signing_secret.get_secret_value().strip() if settings.slack_signing_secret else ""
+        app_token = settings.slack_app_token.get_secret_value().strip() if settings.slack_app_token else ""
+        mode = settings.slack_mode
+        if mode == "auto":
+            # A public URL means Slack can call us; without one, Socket Mode needs no inbound connection.
+            mode = "http" if settings.public_url or not app_token else "socket"
+        if mode == "http" and not secret:
+            raise SlackSettingsError("Slack in HTTP mode needs SLACK_SIGNING_SECRET (or SLACK_APP_TOKEN for "
+                                     "Socket Mode)")
+        if mode == "socket" and not app_token:
+            raise SlackSettingsError("Slack in Socket Mode needs SLACK_APP_TOKEN (xapp-...)")
+        if not settings.slack_escalation_channel.strip():
+            raise SlackSettingsError("SLACK_ESCALATION_CHANNEL (a channel id such as C07ESC4L8QZ) must be set")
+        if settings.slack_remind_after <= timedelta(0):
+            raise SlackSettingsError("SLACK_REMIND_AFTER must be positive")
+        api_url = settings.slack_api_url if settings.slack_api_url.endswith("/") else settings.slack_api_url + "/"
+        return cls(bot_token=token, signing_secret=secret, app_token=app_token, api_url=api_url,
+                   channel=settings.slack_escalation_channel.strip(),
+                   engineer_ids=frozenset(i.strip() for i in settings.slack_engineer_ids.split(",") if i.strip()),
+                   remind_after=settings.slack_remind_after, remind_group=settings.slack_remind_group.strip(),
+                   mode=mode, public_url=settings.public_url.rstrip("/"))
+
+    @property
+    def remind_mention(self) -> str:
+        group = self.remind_group
+        if not group:
+            return ""
+        return group if group.startswith("<") else f"<!subteam^{group}>"
+
+    @property
+    def remind_interval(self) -> float:
+        """How often unclaimed cases are looked for: a tenth of the delay, between half a second and a minute."""
+        return min(60.0, max(0.5, self.remind_after.total_seconds() / 10))
+
+
+# --- verify and parse (HTTP mode) ----------------------------------------------------------------------------
+
+
+def parse_body(body: bytes) -> dict[str, Any]:
+    """A Slack request body as Bolt will read it: a JSON event, a form with a JSON `payload`, or a plain form.
+
+    Raises ValueError for anything else, so that a malformed body gets 400 instead of an error inside Bolt.
+    """
+    text = body.decode("utf-8")  # UnicodeDecodeError is a ValueError
+    if text.startswith("{"):
+        parsed = json.loads(text)
+    else:
+        form = dict(parse_qsl(text, keep_blank_values=True))
+        parsed = json.loads(form["payload"]) if "payload" in form else form
+    if not isinstance(parsed, dict) or not parsed:
+        raise ValueError("not a Slack request")
+    return parsed
+
+
+def _timestamp_ok(value: str) -> bool:
+    # Bolt compares int(timestamp) with the clock; a non-number would be an error inside it.
+    return value.isdigit() and len(value) <= 12
+
+
+# --- the desk ------------------------------------------------------------------------------------------------
+
+
+class SlackDesk:
+    """The Slack channel: HTTP routes (or Socket Mode), the outbox sender for case events, and reminders."""
+
+    name = CHANNEL
+    is_desk = True
+
+    def __init__(self, bot: Bot, config: SlackConfig) -> None:
+        self.bot = bot
+        self.config = config
+        bolt_logger = logging.getLogger(f"{__name__}.bolt")
+        # Bolt logs rejected request bodies at INFO; they carry Slack's verification token and message text.
+        bolt_logger.setLevel(max(logging.WARNING, bolt_logger.getEffectiveLevel()))
+        self.client = AsyncWebClient(token=config.bot_token, base_url=config.api_url, timeout=10, logger=bolt_logger)
+        # AsyncApp verifies no token at init (it calls auth.test lazily, through this client, on the first
+        # request), so nothing reaches slack.com when SLACK_API_URL points elsewhere.
+        self.app = AsyncApp(client=self.client, signing_secret=config.signing_secret, logger=bolt_logger,
+                            name="warranty-desk", process_before_response=False)
+        self.handler = AsyncSlackRequestHandler(self.app)
+        self.verifier = SignatureVerifier(config.signing_secret) if config.signing_secret else None
+        self.socket: AsyncSocketModeHandler | None = None
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._stop = asyncio.Event()
+        self._bot_user: str | None = None
+        self._members: tuple[float, frozenset[str]] | None = None
+        self._names: dict[str, tuple[float, str]] = {}
+        self._register()
+
+    # --- Channel -----------------------------------------------------------------------------------------
+
+    def routes(self) -> Sequence[BaseRoute]:
+        if self.config.mode != "http":
+            return []
+        return [Route(path, self.http, methods=["POST"]) for path in (EVENTS_PATH, INTERACTIVITY_PATH, COMMANDS_PATH)]
+
+    def sender(self) -> SlackDesk:
+        return self
+
+    async def start(self) -> None:
+        self._stop = asyncio.Event()
+        self._tasks.append(asyncio.create_task(self._remind_loop(), name="slack-reminders"))
+        if self.config.mode == "socket":
+            self.socket = AsyncSocketModeHandler(self.app, self.config.app_token)
+            # connect_async opens the websocket; a task keeps start() prompt even when Slack is slow.
+            self._tasks.append(asyncio.create_task(self._connect_socket(), name="slack-socket"))
+
+    async def stop(self) -> None:
+        self._stop.set()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks.clear()
+        if self.socket is not None:
+            with contextlib.suppress(Exception):
+                await self.socket.close_async()  # type: ignore[no-untyped-call]
+            self.socket = None
+
+    async def _connect_socket(self) -> None:
+        assert self.socket is not None
+        try:
+            await self.socket.connect_async()  # type: ignore[no-untyped-call]
+            log.info("Slack Socket Mode connected")
+        except Exception as error:  # the socket client reconnects by itself once connected; this is the first try
+            log.error("Slack Socket Mode could not connect: %s", type(error).__name__)
+
+    # --- HTTP ----------------------------------------------------------------------------------------------
+
+    async def http(self, request: Request) -> Response:
+        """Slack's requests: headers and body shape checked here, the signature and dispatch by Bolt."""
+        body = await request.body()
+        timestamp = request.headers.get("x-slack-request-timestamp", "")
+        signature = request.headers.get("x-slack-signature", "")
+        if not _timestamp_ok(timestamp) or not signature:
+            return JSONResponse({"error": "invalid request"}, status_code=401)
+        try:
+            parse_body(body)
+        except (ValueError, KeyError):
+            if self.verifier is None or not self.verifier.is_valid(body, timestamp, signature):
+                return JSONResponse({"error": "invalid request"}, status_code=401)
+            return JSONResponse({"error": "malformed request body"}, status_code=400)
+        return await self.handler.handle(request)
+
+    # --- listeners -----------------------------------------------------------------------------------------
+
+    def _register(self) -> None:
+        app = self.app
+        app.event("message")(self.on_message)
+        app.event("app_home_opened")(self.on_home_opened)
+        app.action(ui.CLAIM)(self.on_claim)
+        app.action(ui.CHOOSE_METHOD)(self.on_choose_method)
+        app.action(ui.ASK_CUSTOMER)(self.on_open_modal)
+        app.action(ui.NOT_COVERED)(self.on_open_modal)
+        app.action(ui.CLOSE)(self.on_close)
+        app.view(ui.ASK_VIEW)(self.on_ask_submitted)
+        app.view(ui.REFUSE_VIEW)(self.on_refuse_submitted)
+        app.command("/warranty")(self.on_warranty_command)
+
+    async def on_message(self, body: dict[str, Any], event: dict[str, Any], context: dict[str, Any]) -> None:
+        """A message in the escalation channel: an engineer's reply in a case thread goes to the customer."""
+        # Events API listeners are acknowledged by Bolt before they run.
+        if event.get("channel") != self.config.channel or event.get("subtype") not in (None, "file_share",
+                                                                                        "thread_broadcast"):
+            return
+        user = event.get("user")
+        if not user or event.get("bot_id") or user == (context.get("bot_user_id") or await self._bot_user_id()):
+            return  # our own relays (and other bots) would echo back to the customer
+        thread_ts = event.get("thread_ts")
+        if not thread_ts or thread_ts == event.get("ts"):
+            return
+        if not await self._first_time(body):
+            return
+        ref = await asyncio.to_thread(self._case_for_thread, thread_ts)
+        if ref is None:
+            return
+        if not await self._is_engineer(user):
+            await self._ephemeral(user, REFUSAL + " Your message was not sent to the customer.", thread_ts)
+            return
+        raw = event.get("text") or ""
+        note = NOTE.match(raw)
+        text = ui.slack_to_plain(raw[note.end():] if note else raw)
+        if note:
+            done = await self._act(user, thread_ts, lambda name: self.bot.desk.note(
+                ref, engineer=name, text=text, origin=ORIGIN))
+        else:
+            done = await self._act(user, thread_ts, lambda name: self.bot.desk.reply(
+                ref, engineer=name, text=text, origin=ORIGIN))
+        if done:
+            # A lock marks what stayed internal; the outbox tray what went to the customer.
+            await self._react(event["ts"], "lock" if note else "outbox_tray")
+            if event.get("files"):
+                await self._ephemeral(user, "Files attached in Slack are not sent to the customer.", thread_ts)
+
+    async def on_claim(self, ack: Callable[..., Any], body: dict[str, Any], action: dict[str, Any]) -> None:
+        await ack()
+        user = body["user"]["id"]
+        if await self._refused(user):
+            return
+        ref = str(action.get("value", ""))
+        await self._act(user, None, lambda name: self.bot.desk.claim(ref, engineer=name, origin=ORIGIN))
+
+    async def on_choose_method(self, ack: Callable[..., Any], body: dict[str, Any], action: dict[str, Any]) -> None:
+        await ack()
+        user = body["user"]["id"]
+        if await self._refused(user):
+            return
+        ref, _, method = str((action.get("selected_option") or {}).get("value", "")).partition("|")
+        if method not in ui.SELECTABLE_METHODS:
+            await self._ephemeral(user, "Choose one of the listed methods.")
+            return
+        await self._act(user, None, lambda name: self.bot.desk.choose_method(
+            ref, engineer=name, method=method, origin=ORIGIN))
+
+    async def on_close(self, ack: Callable[..., Any], body: dict[str, Any], action: dict[str, Any]) -> None:
+        await ack()
+        user = body["user"]["id"]
+        if await self._refused(user):
+            return
+        ref = str(action.get("value", ""))
+        await self._act(user, None, lambda name: self.bot.desk.close(ref, engineer=name, origin=ORIGIN))
+
+    async def on_open_modal(self, ack: Callable[..., Any], body: dict[str, Any], action: dict[str, Any]) -> None:
+        """Ask customer / Not covered: open the modal (the trigger id is valid for 3 seconds only)."""
+        await ack()
+        user = body["user"]["id"]
+        if await self._refused(user):
+            return
+        ref = str(action.get("value", ""))
+        try:
+            case = await asyncio.to_thread(self.bot.desk.get_case, ref)
+        except CaseNotFound as error:
+            await self._ephemeral(user, str(error))
+            return
+        if case["status"] == "closed":
+            await self._ephemeral(user, f"{ref} is closed.")
+            return
+        if action["action_id"] == ui.ASK_CUSTOMER:
+            view = ui.ask_modal(case["ref"])
+        else:
+            cited = sorted({c for u in case["units"] if u["outcome"] == "not_covered"
+                            for c in u["clauses"] if c[0] in "XM" and c != "M5"})
+            view = ui.refuse_modal(case["ref"], cited)
+        try:
+            await self.client.views_open(trigger_id=body["trigger_id"], view=view)
+        except SlackApiError as error:
+            log.warning("views.open failed: %s", error.response.get("error"))
+
+    async def on_ask_submitted(self, ack: Callable[..., Any], body: dict[str, Any], view: dict[str, Any]) -> None:
+        user = body["user"]["id"]
+        question = _view_value(view, ui.QUESTION_BLOCK, ui.QUESTION_INPUT)
+        if not await self._is_engineer(user):
+            await ack(response_action="errors", errors={ui.QUESTION_BLOCK: REFUSAL})
+            return
+        if not question:
+            await ack(response_action="errors", errors={ui.QUESTION_BLOCK: "Write the question."})
+            return
+        await ack()
+        ref = str(view.get("private_metadata", ""))
+        await self._act(user, None, lambda name: self.bot.desk.ask_customer(
+            ref, engineer=name, question=question, origin=ORIGIN))
+
+    async def on_refuse_submitted(self, ack: Callable[..., Any], body: dict[str, Any], view: dict[str, Any]) -> None:
+        user = body["user"]["id"]
+        reason = _view_value(view, ui.REASON_BLOCK, ui.REASON_INPUT)
+        clauses = ui.parse_clauses(_view_value(view, ui.CLAUSES_BLOCK, ui.CLAUSES_INPUT))
+        unknown = [c for c in clauses if c not in self.bot.policy.clauses]
+        if not await self._is_engineer(user):
+            await ack(response_action="errors", errors={ui.REASON_BLOCK: REFUSAL})
+            return
+        if not reason:
+            await ack(response_action="errors", errors={ui.REASON_BLOCK: "Give the reason."})
+            return
+        if unknown:
+            await ack(response_action="errors", errors={ui.CLAUSES_BLOCK: f"Not in the policy: {', '.join(unknown)}"})
+            return
+        await ack()
+        ref = str(view.get("private_metadata", ""))
+        await self._act(user, None, lambda name: self.bot.desk.choose_method(
+            ref, engineer=name, method="not_covered", reason=reason, clauses=clauses or None, origin=ORIGIN))
+
+    async def on_warranty_command(self, ack: Callable[..., Any], command: dict[str, Any]) -> None:
+        """`/warranty <case ref | serial>`: answered ephemerally, in the acknowledgement itself.
+
+        The answer is read from the database only (no Slack call), which keeps it well inside 3 seconds.
+        """
+        if not await self._is_engineer(str(command.get("user_id", ""))):
+            await ack(text=REFUSAL, response_type="ephemeral")
+            return
+        text, blocks = await asyncio.to_thread(self._warranty_answer, str(command.get("text") or ""))
+        await ack(text=text, blocks=blocks, response_type="ephemeral")
+
+    async def on_home_opened(self, body: dict[str, Any], event: dict[str, Any]) -> None:
+        if event.get("tab") != "home" or not await self._first_time(body):
+            return
+        user = str(event.get("user", ""))
+        if not await self._is_engineer(user):
+            view = ui.refused_home_view()
+        else:
+            view = await asyncio.to_thread(self._home_view, await self._display_name(user))
+        try:
+            await self.client.views_publish(user_id=user, view=view)
+        except SlackApiError as error:
+            log.warning("views.publish failed: %s", error.response.get("error"))
+
+    # --- outbox: case events ------------------------------------------------------------------------------
+
+    async def send(self, message: OutboundMessage, payload: Mapping[str, Any]) -> Delivered:
+        """Post or update the case message, or add to its thread; Slack's errors become retry or dead letter."""
+        ref = message.chat_id
+        event = payload.get("event")
+        try:
+            case = await asyncio.to_thread(self.bot.desk.get_case, ref)
+        except CaseNotFound as error:
+            raise PermanentFailure(str(error)) from error
+        try:
+            if event == "case_opened":
+                ts = await self._post_case(case, update_existing=True)
+            elif event == "customer_message":
+                ts = await self._post_case(case, update_existing=False)
+                text, blocks = ui.customer_message_blocks(
+                    case, sender=payload.get("sender"), text=str(payload.get("text") or ""),
+                    attachment_ids=list(payload.get("attachment_ids") or ()), public_url=self.config.public_url)
+                ts = await self._thread_post(case, ts, text, blocks)
+            elif event == "case_updated":
+                ts = await self._post_case(case, update_existing=True)
+                line = ui.update_line(payload.get("action"), payload.get("actor"), payload.get("origin"),
+                                      _audit_detail(case, payload.get("action"), payload.get("actor")))
+                if line:
+                    await self._thread_post(case, ts, line, [ui.section(line)])
+            else:
+                raise PermanentFailure(f"unknown desk event {event!r}")
+        except SlackApiError as error:
+            raise _delivery_error(error) from error
+        except (aiohttp.ClientError, TimeoutError) as error:
+            raise RetryLater(f"Slack unreachable: {type(error).__name__}") from error
+        return Delivered(external_id=ts)
+
+    async def _post_case(self, case: Mapping[str, Any], *, update_existing: bool) -> str:
+        """The case message's ts: posted when there is none yet, else updated (when asked) to the case's state."""
+        ref = case["ref"]
+        where = await asyncio.to_thread(self._desk_ref, ref)
+        text, blocks = ui.case_blocks(case, public_url=self.config.public_url)
+        if where.get("ts") and where.get("channel"):
+            if not update_existing:
+                return str(where["ts"])
+            try:
+                await self.client.chat_update(channel=where["channel"], ts=where["ts"], text=text, blocks=blocks)
+                return str(where["ts"])
+            except SlackApiError as error:
+                if error.response.get("error") != "message_not_found":
+                    raise
+                # Someone deleted the case message: post it again rather than lose the case.
+        answer = await self.client.chat_postMessage(channel=self.config.channel, text=text, blocks=blocks,
+                                                    unfurl_links=False, unfurl_media=False)
+        ts, channel = str(answer["ts"]), str(answer["channel"])
+        await asyncio.to_thread(self.bot.desk.mark_desk_ref, ref, channel=channel, ts=ts)
+        return ts
+
+    async def _thread_post(self, case: Mapping[str, Any], ts: str, text: str, blocks: list[dict[str, Any]]) -> str:
+        where = await asyncio.to_thread(self._desk_ref, case["ref"])
+        answer = await self.client.chat_postMessage(channel=where.get("channel") or self.config.channel,
+                                                    thread_ts=ts, text=text, blocks=blocks,
+                                                    unfurl_links=False, unfurl_media=False)
+        return str(answer["ts"])
+
+    # --- reminders -----------------------------------------------------------------------------------------
+
+    async def _remind_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                await self.remind_due()
+                await asyncio.to_thread(self._forget_old_events)
+            except Exception:
+                log.exception("Slack reminder round failed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), timeout=self.config.remind_interval)
+
+    async def remind_due(self) -> int:
+        """Announce again, in the case thread and the channel, each case still unclaimed after the delay."""
+        due = await asyncio.to_thread(self._take_due_reminders)
+        for ref, channel, ts, opened in due:
+            mention = self.config.remind_mention
+            text = (f"{mention + ' ' if mention else ''}*{ref}* is still unclaimed, "
+                    f"{_duration(utcnow() - opened)} after it was opened. Press *Claim* on the case message.")
+            try:
+                await self.client.chat_postMessage(channel=channel, thread_ts=ts, reply_broadcast=True, text=text,
+                                                   blocks=[ui.section(text)])
+            except (SlackApiError, aiohttp.ClientError, TimeoutError) as error:
+                log.warning("reminder for %s not posted: %s", ref, type(error).__name__)
+        return len(due)
+
+    def _take_due_reminders(self) -> list[tuple[str, str, str, datetime]]:
+        """Cases due a reminder, each marked reminded in the same step, so that one worker alone posts it."""
+        now = utcnow()
+        cutoff = now - self.config.remind_after
+        due: list[tuple[str, str, str, datetime]] = []
+        with session_scope(self.bot.db) as session:
+            cases = session.execute(
+                select(Case).where(col(Case.status) == "open",
+                                   or_(and_(col(Case.reminded_at).is_(None), col(Case.created_at) <= cutoff),
+                                       col(Case.reminded_at) <= cutoff))
+                .order_by(col(Case.id)).limit(REMIND_BATCH)
+            ).scalars().all()
+            for case in cases:
+                ts, channel = case.desk_ref.get("ts"), case.desk_ref.get("channel")
+                if not ts or not channel:
+                    continue  # not on Slack yet: the case message comes first
+                previous = (col(Case.reminded_at).is_(None) if case.reminded_at is None
+                            else col(Case.reminded_at) == case.reminded_at)
+                taken = session.execute(update(Case).where(col(Case.id) == case.id, col(Case.status) == "open",
+                                                           previous).values(reminded_at=now))
+                if taken.rowcount == 1:  # type: ignore[attr-defined]
+                    due.append((case.ref, str(channel), str(ts), case.created_at))
+        return due
+
+    # --- helpers: engineers, names, Slack calls ------------------------------------------------------------
+
+    async def _is_engineer(self, user: str) -> bool:
+        """Configured ids when SLACK_ENGINEER_IDS is set, else members of the escalation channel."""
+        if not user:
+            return False
+        if self.config.engineer_ids:
+            return user in self.config.engineer_ids
+        if self._members is None or monotonic() - self._members[0] > MEMBERS_CACHE_SECONDS:
+            try:
+                self._members = (monotonic(), await self._channel_members())
+            except (SlackApiError, aiohttp.ClientError, TimeoutError) as error:
+                log.warning("conversations.members failed: %s; refusing", type(error).__name__)
+                return False  # fail closed: no one acts when we cannot tell who may
+        return user in self._members[1]
+
+    async def _channel_members(self) -> frozenset[str]:
+        members: set[str] = set()
+        cursor = ""
+        for _ in range(MAX_MEMBER_PAGES):
+            answer = await self.client.conversations_members(channel=self.config.channel, limit=200, cursor=cursor)
+            members.update(answer.get("members") or ())
+            cursor = (answer.get("response_metadata") or {}).get("next_cursor") or ""
+            if not cursor:
+                break
+        return frozenset(members)
+
+    async def _display_name(self, user: str) -> str:
+        cached = self._names.get(user)
+        if cached and monotonic() - cached[0] < NAMES_CACHE_SECONDS:
+            return cached[1]
+        try:
+            answer = await self.client.users_info(user=user)
+            info = answer.get("user") or {}
+            profile = info.get("profile") or {}
+            name = (profile.get("display_name") or profile.get("real_name") or info.get("real_name")
+                    or info.get("name") or user)
+        except (SlackApiError, aiohttp.ClientError, TimeoutError) as error:
+            log.warning("users.info failed: %s", type(error).__name__)
+            return user
+        self._names[user] = (monotonic(), str(name))
+        return str(name)
+
+    async def _bot_user_id(self) -> str:
+        if self._bot_user is None:
+            answer = await self.client.auth_test()
+            self._bot_user = str(answer.get("user_id") or "")
+        return self._bot_user
+
+    async def _refused(self, user: str) -> bool:
+        if await self._is_engineer(user):
+            return False
+        await self._ephemeral(user, REFUSAL)
+        return True
+
+    async def _act(self, user: str, thread_ts: str | None, action: Callable[[str], Any]) -> bool:
+        """Run a desk action as the engineer (by display name); a refusal by the desk is told to them only."""
+        name = await self._display_name(user)
+        try:
+            await asyncio.to_thread(action, name)
+        except DeskError as error:
+            await self._ephemeral(user, f"Not done: {error}", thread_ts)
+            return False
+        return True
+
+    async def _ephemeral(self, user: str, text: str, thread_ts: str | None = None) -> None:
+        try:
+            # The SDK leaves out arguments that are None, so a reply outside a thread has no thread_ts.
+            await self.client.chat_postEphemeral(channel=self.config.channel, user=user, text=text,
+                                                 thread_ts=thread_ts)
+        except (SlackApiError, aiohttp.ClientError, TimeoutError) as error:
+            log.warning("chat.postEphemeral failed: %s", type(error).__name__)
+
+    async def _react(self, ts: str, emoji: str) -> None:
+        try:
+            await self.client.reactions_add(channel=self.config.channel, timestamp=ts, name=emoji)
+        except (SlackApiError, aiohttp.ClientError, TimeoutError) as error:
+            log.warning("reactions.add failed: %s", type(error).__name__)
+
+    # --- helpers: the database -----------------------------------------------------------------------------
+
+    async def _first_time(self, body: Mapping[str, Any]) -> bool:
+        """False when this event id was handled before (a redelivery); events without an id pass."""
+        event_id = body.get("event_id")
+        if not isinstance(event_id, str) or not event_id:
+            return True
+        return await asyncio.to_thread(self._remember, SEEN_PREFIX + event_id[:100])
+
+    def _remember(self, key: str) -> bool:
+        now = utcnow()
+        with session_scope(self.bot.db) as session:
+            insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+            statement = insert(KeyValue).values(key=key, value={"seen_at": now.isoformat()},
+                                                expires_at=now + SEEN_FOR)
+            inserted = session.execute(statement.on_conflict_do_nothing(index_elements=["key"])
+                                       .returning(col(KeyValue.key))).scalar()
+        return inserted is not None
+
+    def _forget_old_events(self) -> None:
+        with session_scope(self.bot.db) as session:
+            session.execute(delete(KeyValue).where(col(KeyValue.key).startswith(SEEN_PREFIX),
+                                                   col(KeyValue.expires_at) < utcnow()))
+
+    def _desk_ref(self, ref: str) -> dict[str, Any]:
+        with Session(self.bot.db) as session:
+            found = session.execute(select(col(Case.desk_ref)).where(col(Case.ref) == ref)).scalar_one_or_none()
+        return dict(found or {})
+
+    def _case_for_thread(self, thread_ts: str) -> str | None:
+        with Session(self.bot.db) as session:
+            return session.execute(
+                select(col(Case.ref)).where(col(Case.desk_ref)["ts"].as_string() == thread_ts).limit(1)
+            ).scalar_one_or_none()
+
+    def _home_view(self, engineer: str) -> dict[str, Any]:
+        desk = self.bot.desk
+        by_status = {status: desk.list_cases(status=status, limit=100)
+                     for status in ("open", "claimed", "waiting_customer", "in_service", "resolved")}
+        mine = [c for cases in by_status.values() for c in cases if c.get("claimed_by") == engineer]
+        return ui.home_view(engineer=engineer, mine=mine, by_status=by_status)
+
+    def _warranty_answer(self, query: str) -> tuple[str, list[dict[str, Any]]]:
+        query = query.strip().upper()
+        if not query:
+            text = "Usage: `/warranty <case ref | serial>`, e.g. `/warranty WR-2026-000042` or `/warranty CSP2402A0153`"
+            return text, [ui.section(text)]
+        try:
+            case = self.bot.desk.get_case(query)
+        except CaseNotFound:
+            pass
+        else:
+            return ui.case_blocks(case, public_url=self.config.public_url, actions=False, all_units=True)
+        serial = normalize_serial(query)
+        policy = self.bot.policy
+        with Session(self.bot.db) as session:
+            facts = lookup(session, [serial]).get(serial)
+        if facts is None and parse_serial(serial, policy) is None:
+            text = f"No case and no unit `{ui.escape(query)}`."
+            return text, [ui.section(text)]
+        claim = Claim(serial=serial, claim_date=utcnow().date(),
+                      port_arrival_date=facts.port_arrival_date if facts else None,
+                      production_date=facts.production_date if facts else None,
+                      proof=Proof.registry if facts else Proof.none,
+                      cargo_compensation=facts.cargo_compensation if facts else False,
+                      order_pieces=facts.order_pieces if facts else None,
+                      order_total=facts.order_total if facts else None, currency=facts.currency if facts else None)
+        decision = decision_to_json(evaluate(claim, policy), policy)
+        record = None
+        if facts is not None:
+            record = {"order_id": facts.order_id, "production_date": _iso(facts.production_date),
+                      "port_arrival_date": _iso(facts.port_arrival_date),
+                      "cargo_compensation": facts.cargo_compensation}
+        return ui.unit_blocks(serial, record, decision, self.bot.desk.list_cases(query=serial, limit=20))
+
+
+def _view_value(view: Mapping[str, Any], block: str, action: str) -> str:
+    value = (((view.get("state") or {}).get("values") or {}).get(block) or {}).get(action) or {}
+    return str(value.get("value") or "").strip()
+
+
+def _audit_detail(case: Mapping[str, Any], action: Any, actor: Any) -> dict[str, Any]:
+    """The detail of the newest audit row for this action and actor (the event carries no text itself)."""
+    for entry in reversed(case.get("audit") or ()):
+        if entry.get("action") == action and entry.get("actor") == actor:
+            return dict(entry.get("detail") or {})
+    return {}
+
+
+def _delivery_error(error: SlackApiError) -> Exception:
+    status = error.response.status_code
+    code = str(error.response.get("error") or "")
+    if status == 429 or code == "ratelimited":
+        retry_after = error.response.headers.get("Retry-After") or error.response.headers.get("retry-after")
+        return RetryLater(f"Slack rate limit ({code or status})",
+                          after=float(retry_after) if str(retry_after or "").isdigit() else None)
+    if status >= 500 or code in TRANSIENT_ERRORS:
+        return RetryLater(f"Slack error {status} {code}")
+    return PermanentFailure(f"Slack refused: {code or status}")
+
+
+def _duration(delta: timedelta) -> str:
+    minutes = int(delta.total_seconds() // 60)
+    if minutes < 60:
+        return f"{minutes} min"
+    hours = minutes // 60
+    return f"{hours} h" if hours < 48 else f"{hours // 24} days"
+
+
+def _iso(value: Any) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def from_settings(bot: Bot) -> SlackDesk | None:
+    """The Slack desk when SLACK_BOT_TOKEN is set; SlackSettingsError when a setting it needs is missing."""
+    config = SlackConfig.from_settings(bot.settings)
+    return SlackDesk(bot, config) if config is not None else None

@@ -1,0 +1,743 @@
+"""The Telegram channel: Bot API updates in (webhook or long polling), replies out, through python-telegram-bot.
+
+Read top to bottom: verify (the webhook's secret header), parse (an Update to what the customer did), albums
+(parts staged in the database until the album is complete), send (HTML-escaped text split under Telegram's
+limit, inline buttons, errors mapped to the outbox's retry/dead-letter rules), the channel, and its settings.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import html
+import json
+import logging
+import mimetypes
+import re
+import warnings
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import telegram
+from sqlalchemy import Engine, select
+from sqlmodel import col
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+from telegram.error import (
+    BadRequest,
+    Forbidden,
+    NetworkError,
+    RetryAfter,
+    TelegramError,
+    TimedOut,
+)
+from telegram.request import HTTPXRequest
+from telegram.warnings import PTBDeprecationWarning
+
+from bot.app import Bot
+from bot.attachments import AttachmentRejected
+from bot.logs import mask
+from bot.messages import Attachment, Button, InboundMessage, OutboundMessage
+from bot.outbox import Delivered, DeliveryError, PermanentFailure, RetryLater, Unreachable
+from bot.store import KeyValue, lock_chat, session_scope
+from bot.store.clock import utcnow
+
+log = logging.getLogger(__name__)
+
+CHANNEL = "telegram"
+WEBHOOK_PATH = "/telegram/webhook"
+SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"  # noqa: S105 (a header name)
+# Edited messages, channel posts, reactions and the rest are ignored on purpose: Telegram need not send them.
+ALLOWED_UPDATES = ("message", "callback_query")
+MAX_MESSAGE_CHARS = 4096  # Telegram counts UTF-16 code units
+MAX_CALLBACK_DATA_BYTES = 64
+ALBUM_WAIT_SECONDS = 1.5
+POLL_TIMEOUT_SECONDS = 30
+MAX_BACKOFF_SECONDS = 60.0
+_SECRET_SHAPE = re.compile(r"[A-Za-z0-9_-]{1,256}")
+
+
+# --- verify ---------------------------------------------------------------------------------------------
+
+
+def check_secret(expected: str, presented: str | None) -> int | None:
+    """None when the webhook's secret header matches (compared in constant time); else 401 or 403."""
+    if not presented:
+        return 401
+    if not hmac.compare_digest(presented.encode("utf-8"), expected.encode("utf-8")):
+        return 403
+    return None
+
+
+# --- parse ----------------------------------------------------------------------------------------------
+
+
+class BadUpdate(ValueError):
+    """The body is not a Telegram Update."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class FileRef:
+    """A file the customer sent, still on Telegram's servers."""
+
+    file_id: str
+    unique_id: str
+    kind: str  # photo | document | voice
+    name: str
+    mime: str
+    size: int | None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Incoming:
+    """What the customer did in one update, before any file is downloaded."""
+
+    update_id: int
+    chat_id: str
+    sender_id: str
+    sender_name: str | None
+    locale: str | None
+    text: str = ""
+    files: tuple[FileRef, ...] = ()
+    media_group_id: str | None = None
+    callback_id: str | None = None  # a pressed inline button: always answered
+
+
+def read_update(body: bytes, client: telegram.Bot) -> telegram.Update:
+    """The Update in a webhook body; raises BadUpdate for anything else."""
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise BadUpdate("the body is not JSON") from None
+    if not isinstance(data, dict):
+        raise BadUpdate("the body is not a JSON object")
+    update_id = data.get("update_id")
+    if not isinstance(update_id, int) or isinstance(update_id, bool) or update_id < 0:
+        raise BadUpdate("update_id is missing or not a number")
+    try:
+        return telegram.Update.de_json(data, client)
+    except Exception:  # the library's own constructors reject malformed objects with assorted errors
+        raise BadUpdate("the update is malformed") from None
+
+
+def parse_update(update: telegram.Update) -> Incoming | None:
+    """What the customer did, or None for updates we ignore (edits, channel posts, and everything else)."""
+    if update.message is not None:
+        return _from_message(update.update_id, update.message)
+    if update.callback_query is not None:
+        return _from_callback(update.update_id, update.callback_query)
+    return None
+
+
+def _from_message(update_id: int, message: telegram.Message) -> Incoming:
+    user = message.from_user
+    files: list[FileRef] = []
+    if message.photo:
+        largest = max(message.photo, key=lambda size: size.width * size.height)
+        files.append(FileRef(file_id=largest.file_id, unique_id=largest.file_unique_id, kind="photo",
+                             name=f"photo-{largest.file_unique_id}.jpg", mime="image/jpeg",
+                             size=largest.file_size))
+    for media, kind in ((message.document, "document"), (message.voice, "voice"), (message.audio, "document"),
+                        (message.video, "document"), (message.video_note, "document")):
+        if media is not None:
+            files.append(_file_ref(media, kind))
+    return Incoming(
+        update_id=update_id,
+        chat_id=str(message.chat.id),
+        sender_id=str(user.id if user else message.chat.id),
+        sender_name=_name(user),
+        locale=user.language_code if user else None,
+        text=message.text or message.caption or "",
+        files=tuple(files),
+        media_group_id=message.media_group_id,
+    )
+
+
+def _file_ref(media: Any, kind: str) -> FileRef:
+    name = getattr(media, "file_name", None) or f"{kind}-{media.file_unique_id}"
+    mime = getattr(media, "mime_type", None) or mimetypes.guess_type(name)[0] or "application/octet-stream"
+    return FileRef(file_id=media.file_id, unique_id=media.file_unique_id, kind=kind, name=name, mime=mime,
+                   size=media.file_size)
+
+
+def _from_callback(update_id: int, query: telegram.CallbackQuery) -> Incoming:
+    # The button's value comes back as its callback data; the chat is the one the keyboard was sent to.
+    chat_id = query.message.chat.id if query.message is not None else query.from_user.id
+    return Incoming(
+        update_id=update_id,
+        chat_id=str(chat_id),
+        sender_id=str(query.from_user.id),
+        sender_name=_name(query.from_user),
+        locale=query.from_user.language_code,
+        text=query.data or "",
+        callback_id=query.id,
+    )
+
+
+def _name(user: telegram.User | None) -> str | None:
+    if user is None:
+        return None
+    return " ".join(part for part in (user.first_name, user.last_name) if part) or None
+
+
+# --- albums: one media_group_id = one message -----------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class AlbumBatch:
+    """Album parts ready to become one inbound message."""
+
+    key: str
+    chat_id: str
+    media_group_id: str
+    generation: int
+    parts: dict[str, dict[str, Any]]  # update_id -> part
+
+    def message(self) -> InboundMessage:
+        ordered = [self.parts[k] for k in sorted(self.parts, key=int)]
+        first = ordered[0]
+        # Parts that arrive after the album was accepted (a slow upload) become a follow-up message.
+        suffix = f":{self.generation}" if self.generation else ""
+        return InboundMessage(
+            channel=CHANNEL,
+            external_id=f"album:{self.media_group_id}{suffix}",
+            sender_id=first["sender_id"],
+            chat_id=self.chat_id,
+            text="\n".join(p["caption"] for p in ordered if p["caption"]),
+            attachments=tuple(Attachment(**a) for p in ordered for a in p["attachments"]),
+            received_at=utcnow(),
+            locale_hint=first["locale"],
+            sender_name=first["sender_name"],
+            raw={"media_group_id": self.media_group_id, "update_ids": sorted(int(k) for k in self.parts)},
+        )
+
+
+class AlbumStore:
+    """Album parts staged in the database (shared by every worker, kept across restarts) until the album is
+    quiet; what was accepted is remembered for a day, so that redelivered parts are recognised."""
+
+    PREFIX = "telegram:album:"
+
+    def __init__(self, db: Engine, *, keep: timedelta = timedelta(days=1)) -> None:
+        self.db = db
+        self.keep = keep
+
+    @classmethod
+    def key(cls, chat_id: str, media_group_id: str) -> str:
+        return f"{cls.PREFIX}{chat_id}:{media_group_id}"
+
+    def add(self, key: str, *, chat_id: str, media_group_id: str, update_id: int, part: dict[str, Any]) -> bool:
+        """Stage one part; False when it was seen before (a redelivery)."""
+        now = utcnow()
+        with session_scope(self.db) as session:
+            lock_chat(session, "telegram-album", key)
+            row = session.get(KeyValue, key)
+            value: dict[str, Any] = dict(row.value) if row is not None else {
+                "chat_id": chat_id, "media_group_id": media_group_id, "generation": 0, "parts": {}, "done": []}
+            if update_id in value["done"] or str(update_id) in value["parts"]:
+                return False
+            value["parts"] = {**value["parts"], str(update_id): part}
+            value["last_at"] = now.isoformat()
+            if row is None:
+                session.add(KeyValue(key=key, value=value, expires_at=now + self.keep))
+            else:
+                row.value = value
+                row.expires_at = now + self.keep
+            return True
+
+    def take(self, key: str, *, quiet: float, force: bool = False) -> AlbumBatch | float | None:
+        """The waiting parts if the album has been quiet for `quiet` seconds (or `force`), else the seconds
+        left to wait; None when nothing waits."""
+        with session_scope(self.db) as session:
+            row = session.get(KeyValue, key)
+            if row is None or not row.value.get("parts"):
+                return None
+            value = row.value
+        waited = (utcnow() - datetime.fromisoformat(value["last_at"])).total_seconds()
+        if not force and waited < quiet:
+            return quiet - waited
+        return AlbumBatch(key=key, chat_id=value["chat_id"], media_group_id=value["media_group_id"],
+                          generation=value["generation"], parts=dict(value["parts"]))
+
+    def done(self, batch: AlbumBatch) -> bool:
+        """Mark the batch accepted; True when more parts arrived meanwhile and wait their turn."""
+        with session_scope(self.db) as session:
+            lock_chat(session, "telegram-album", batch.key)
+            row = session.get(KeyValue, batch.key)
+            if row is None or row.value.get("generation") != batch.generation:
+                return False  # another worker (or an earlier flush) already did
+            value = dict(row.value)
+            value["parts"] = {k: p for k, p in value["parts"].items() if k not in batch.parts}
+            value["done"] = [*value["done"], *(int(k) for k in batch.parts)]
+            value["generation"] = batch.generation + 1
+            row.value = value
+            return bool(value["parts"])
+
+    def waiting(self, chat_id: str | None = None) -> list[str]:
+        """Keys of albums with parts waiting (of one chat, or of all); forgets expired bookkeeping."""
+        prefix = self.PREFIX if chat_id is None else f"{self.PREFIX}{chat_id}:"
+        now = utcnow()
+        with session_scope(self.db) as session:
+            rows = session.execute(
+                select(KeyValue).where(col(KeyValue.key).startswith(prefix, autoescape=True))
+            ).scalars().all()
+            keys = []
+            for row in rows:
+                if row.value.get("parts"):
+                    keys.append(row.key)
+                elif row.expires_at is not None and _aware(row.expires_at) < now:
+                    session.delete(row)
+            return keys
+
+
+def _aware(moment: datetime) -> datetime:
+    # SQLite hands back naive datetimes; everything is stored as UTC.
+    return moment if moment.tzinfo else moment.replace(tzinfo=utcnow().tzinfo)
+
+
+# --- send -----------------------------------------------------------------------------------------------
+
+_ATOMS = re.compile(r"<[^<>]*>|&(?:#\d+|#[xX][0-9a-fA-F]+|[A-Za-z][A-Za-z0-9]*);|.", re.DOTALL)
+_TAG = re.compile(r"<\s*(/?)\s*([A-Za-z][A-Za-z0-9-]*)")
+
+
+def split_html(text: str, limit: int = MAX_MESSAGE_CHARS) -> list[str]:
+    """Telegram-HTML `text` in pieces of at most `limit` UTF-16 units, cut at a paragraph, line or word
+    boundary where one is in the second half of a piece, and never inside a tag or an entity. Tags open at
+    a cut are closed at the end of the piece and reopened at the start of the next."""
+    atoms: list[str] = _ATOMS.findall(text.strip())
+    pieces: list[str] = []
+    open_tags: list[tuple[str, str]] = []  # (name, opening tag) open where the current piece starts
+    start = 0
+    while start < len(atoms):
+        prefix = "".join(tag for _, tag in open_tags)
+        size = _units(prefix)
+        stack = open_tags
+        breaks: dict[int, int] = {}  # priority -> the latest atom index a cut may happen before
+        end = start
+        while end < len(atoms):
+            atom = atoms[end]
+            after = _apply_tag(stack, atom)
+            if size + _units(atom) + sum(len(name) + 3 for name, _ in after) > limit:
+                break
+            size += _units(atom)
+            stack = after
+            end += 1
+            priority = _break_priority(atoms, end)
+            if priority:
+                breaks[priority] = end
+        if end == start:
+            end = start + 1  # one atom longer than the limit: it goes alone, Telegram will say what it thinks
+        cut = end
+        if end < len(atoms):
+            halfway = start + (end - start) // 2
+            cut = next((breaks[p] for p in (3, 2, 1) if breaks.get(p, start) > halfway), end)
+        closing = open_tags
+        for atom in atoms[start:cut]:
+            closing = _apply_tag(closing, atom)
+        body = "".join(atoms[start:cut]).rstrip()
+        piece = prefix + body + "".join(f"</{name}>" for name, _ in reversed(closing))
+        if _visible(piece).strip():
+            pieces.append(piece)
+        open_tags = closing
+        start = cut
+        while start < len(atoms) and atoms[start].isspace():
+            start += 1  # whitespace at a cut is dropped
+    return pieces
+
+
+def _units(text: str) -> int:
+    return len(text.encode("utf-16-le")) // 2
+
+
+def _apply_tag(stack: list[tuple[str, str]], atom: str) -> list[tuple[str, str]]:
+    match = _TAG.match(atom) if atom.startswith("<") else None
+    if match is None:
+        return stack
+    closing, name = match.group(1), match.group(2).lower()
+    if not closing:
+        return [*stack, (name, atom)]
+    for index in range(len(stack) - 1, -1, -1):
+        if stack[index][0] == name:
+            return stack[:index] + stack[index + 1:]
+    return stack
+
+
+def _break_priority(atoms: list[str], end: int) -> int:
+    """How good a cut before atoms[end] is: 3 after a blank line, 2 after a line, 1 after a space, else 0."""
+    last = atoms[end - 1]
+    if last == "\n":
+        return 3 if end >= 2 and atoms[end - 2] == "\n" else 2
+    return 1 if last.isspace() else 0
+
+
+def _visible(piece: str) -> str:
+    return re.sub(r"<[^<>]*>", "", piece)
+
+
+def keyboard(buttons: Sequence[Button]) -> telegram.InlineKeyboardMarkup | None:
+    """One inline button per row; None when there are none or a value does not fit in callback data."""
+    if not buttons or any(len(b.value.encode("utf-8")) > MAX_CALLBACK_DATA_BYTES for b in buttons):
+        return None
+    return telegram.InlineKeyboardMarkup(
+        [[telegram.InlineKeyboardButton(text=b.label, callback_data=b.value)] for b in buttons])
+
+
+def render(message: OutboundMessage) -> tuple[list[str], telegram.InlineKeyboardMarkup | None]:
+    """The message as escaped HTML pieces, and the keyboard for the last piece.
+
+    The core's text is plain and may quote the customer: everything is escaped, so nothing in it is markup.
+    Buttons whose values do not fit in callback data become numbered options (the customer types the number).
+    """
+    markup = keyboard(message.buttons)
+    text = message.text
+    if message.buttons and markup is None:
+        options = "\n".join(f"{n}. {b.label}" for n, b in enumerate(message.buttons, start=1))
+        text = f"{text}\n\n{options}"
+    return split_html(html.escape(text)), markup
+
+
+def delivery_error(error: TelegramError) -> DeliveryError:
+    """What the outbox should do about a failed Bot API call."""
+    description = mask(str(error))
+    if isinstance(error, RetryAfter):
+        with warnings.catch_warnings():  # v22 warns that retry_after will become a timedelta
+            warnings.simplefilter("ignore", PTBDeprecationWarning)
+            wait = error.retry_after
+        seconds = wait.total_seconds() if isinstance(wait, timedelta) else float(wait)
+        return RetryLater(f"telegram flood control: {description}", after=seconds)
+    if isinstance(error, Forbidden):
+        return Unreachable(f"telegram: {description}")
+    if isinstance(error, TimedOut) or (isinstance(error, NetworkError) and not isinstance(error, BadRequest)):
+        return RetryLater(f"telegram: {description}")  # timeouts, connection errors and 5xx
+    return PermanentFailure(f"telegram: {description}")  # 400 BadRequest, 401/404 InvalidToken, 409 Conflict
+
+
+class TelegramSender:
+    """Delivers outbox rows to Telegram chats."""
+
+    def __init__(self, client: telegram.Bot) -> None:
+        self.client = client
+        # Pieces of a long message already sent, so that a retry after a failure halfway does not repeat
+        # them (within this process; bounded).
+        self._sent: OrderedDict[tuple[str, str], int] = OrderedDict()
+
+    async def send(self, message: OutboundMessage, payload: Mapping[str, Any]) -> Delivered:
+        pieces, markup = render(message)
+        if not pieces:
+            return Delivered()
+        progress_key = (message.chat_id, hashlib.sha256(json.dumps(
+            [message.text, [asdict(b) for b in message.buttons]]).encode()).hexdigest())
+        done = self._sent.get(progress_key, 0)
+        sent: telegram.Message | None = None
+        for index in range(done, len(pieces)):
+            last = index == len(pieces) - 1
+            try:
+                sent = await self.client.send_message(
+                    chat_id=message.chat_id, text=pieces[index], parse_mode=telegram.constants.ParseMode.HTML,
+                    reply_markup=markup if last else None,
+                    link_preview_options=telegram.LinkPreviewOptions(is_disabled=True))
+            except TelegramError as error:
+                raise delivery_error(error) from None
+            if not last:
+                self._sent[progress_key] = index + 1
+                self._sent.move_to_end(progress_key)
+                while len(self._sent) > 1000:
+                    self._sent.popitem(last=False)
+        self._sent.pop(progress_key, None)
+        return Delivered(external_id=str(sent.message_id) if sent is not None else None)
+
+
+# --- the channel ----------------------------------------------------------------------------------------
+
+
+class TryAgain(Exception):
+    """The update could not be stored now (network, database); Telegram must deliver it again."""
+
+
+class TelegramChannel:
+    """Telegram as a customer channel, by webhook (`/telegram/webhook`) or by long polling."""
+
+    name = CHANNEL
+    is_desk = False
+
+    def __init__(self, bot: Bot, client: telegram.Bot, *, mode: str, secret: str | None, public_url: str,
+                 poll_timeout: int = POLL_TIMEOUT_SECONDS, album_wait: float = ALBUM_WAIT_SECONDS) -> None:
+        self.bot = bot
+        self.client = client
+        self.mode = mode
+        self.secret = secret
+        self.public_url = public_url.rstrip("/")
+        self.poll_timeout = poll_timeout
+        self.album_wait = album_wait
+        self.albums = AlbumStore(bot.db)
+        self._sender = TelegramSender(client)
+        self._task: asyncio.Task[None] | None = None
+        self._timers: dict[str, asyncio.Task[None]] = {}
+
+    def routes(self) -> Sequence[BaseRoute]:
+        if self.mode != "webhook":
+            return []
+        return [Route(WEBHOOK_PATH, self.webhook, methods=["POST"])]
+
+    def sender(self) -> TelegramSender:
+        return self._sender
+
+    async def start(self) -> None:
+        work = self._register_webhook() if self.mode == "webhook" else self._poll()
+        self._task = asyncio.create_task(work, name=f"telegram-{self.mode}")
+        for key in await asyncio.to_thread(self.albums.waiting):
+            self._schedule(key, 0)  # albums a previous run left waiting
+
+    async def stop(self) -> None:
+        tasks = [t for t in (self._task, *self._timers.values()) if t is not None]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._task = None
+        self._timers.clear()
+        with contextlib.suppress(Exception):
+            await self.client.shutdown()
+
+    # --- webhook ----------------------------------------------------------------------------------------
+
+    async def webhook(self, request: Request) -> Response:
+        assert self.secret is not None  # from_settings refuses webhook mode without one
+        status = check_secret(self.secret, request.headers.get(SECRET_HEADER))
+        if status is not None:
+            return JSONResponse({"error": "missing or wrong secret token"}, status_code=status)
+        try:
+            update = read_update(await request.body(), self.client)
+        except BadUpdate as error:
+            return JSONResponse({"error": str(error)}, status_code=400)
+        try:
+            outcome = await self.handle(update)
+        except TryAgain as error:
+            log.warning("telegram update %s not stored, Telegram will retry: %s", update.update_id, error)
+            return JSONResponse({"error": "not stored; try again"}, status_code=503, headers={"Retry-After": "5"})
+        return JSONResponse({"ok": True, "outcome": outcome})
+
+    async def _register_webhook(self) -> None:
+        assert self.secret is not None
+        await _until_done("telegram getMe", self.client.initialize)
+        if not self.public_url:
+            log.info("telegram webhook mode without PUBLIC_URL: register the webhook by hand")
+            return
+        url = self.public_url + WEBHOOK_PATH
+        await _until_done("telegram setWebhook", lambda: self.client.set_webhook(
+            url=url, secret_token=self.secret, allowed_updates=list(ALLOWED_UPDATES)))
+        log.info("telegram webhook registered at %s", url)
+
+    # --- polling ----------------------------------------------------------------------------------------
+
+    async def _poll(self) -> None:
+        await _until_done("telegram getMe", self.client.initialize)
+        # A webhook left from an earlier set-up would make getUpdates fail with 409 Conflict.
+        await _until_done("telegram deleteWebhook", lambda: self.client.delete_webhook(drop_pending_updates=False))
+        offset: int | None = None
+        failures = 0
+        while True:
+            try:
+                updates = await self.client.get_updates(offset=offset, timeout=self.poll_timeout,
+                                                        allowed_updates=list(ALLOWED_UPDATES))
+            except TelegramError as error:
+                failures += 1
+                log.warning("telegram getUpdates failed: %s", mask(str(error)))
+                await asyncio.sleep(_backoff(failures))
+                continue
+            for update in updates:
+                try:
+                    await self.handle(update)
+                except TryAgain as error:
+                    # Not confirmed: the next getUpdates (from `offset`) brings this update again.
+                    failures += 1
+                    log.warning("telegram update %s not stored, retrying: %s", update.update_id, error)
+                    await asyncio.sleep(_backoff(failures))
+                    break
+                failures = 0
+                offset = update.update_id + 1  # confirmed to Telegram by the next getUpdates call
+
+    # --- dispatch ---------------------------------------------------------------------------------------
+
+    async def handle(self, update: telegram.Update) -> str:
+        """Store what the update says (stored, duplicate, album or ignored); raises TryAgain."""
+        incoming = parse_update(update)
+        if incoming is None:
+            return "ignored"
+        try:
+            attachments = tuple([await self._download(ref) for ref in incoming.files])
+            if incoming.media_group_id and attachments:
+                outcome = await self._stage_album_part(incoming, attachments)
+            elif not incoming.text and not attachments:
+                outcome = "ignored"  # a sticker, a location, a game button: nothing the core can use
+            else:
+                outcome = await self._accept(incoming, attachments)
+        except TryAgain:
+            raise
+        except TelegramError as error:
+            raise TryAgain(mask(str(error))) from None
+        except Exception as error:  # the database, most likely: nothing was acknowledged, nothing is lost
+            log.exception("telegram update %s could not be stored", incoming.update_id)
+            raise TryAgain(type(error).__name__) from None
+        if incoming.callback_id is not None:
+            await self._answer(incoming.callback_id)
+        return outcome
+
+    async def _accept(self, incoming: Incoming, attachments: tuple[Attachment, ...]) -> str:
+        # Telegram delivers one chat's updates one at a time: a new message means its albums are complete.
+        await self._flush_chat(incoming.chat_id)
+        message = InboundMessage(
+            channel=CHANNEL, external_id=str(incoming.update_id), sender_id=incoming.sender_id,
+            chat_id=incoming.chat_id, text=incoming.text, attachments=attachments, received_at=utcnow(),
+            locale_hint=incoming.locale, sender_name=incoming.sender_name,
+            raw={"update_id": incoming.update_id})
+        accepted = await asyncio.to_thread(self.bot.engine.accept, message)
+        return "duplicate" if accepted.duplicate else "stored"
+
+    async def _answer(self, callback_id: str) -> None:
+        try:
+            await self.client.answer_callback_query(callback_id)
+        except TelegramError as error:  # a redelivered query is too old to answer; the message is stored
+            log.info("telegram answerCallbackQuery failed: %s", mask(str(error)))
+
+    async def _download(self, ref: FileRef) -> Attachment:
+        """The file, kept in attachment storage; a placeholder when it is refused. Raises TryAgain."""
+        store = self.bot.attachments
+        if ref.mime.split(";")[0].strip().lower() not in store.allowed_types:
+            return store.rejected(ref.name, "type")  # refused before downloading anything
+        if ref.size is not None and ref.size > store.max_bytes:
+            return store.rejected(ref.name, "too_large")
+        try:
+            remote = await self.client.get_file(ref.file_id)
+        except BadRequest as error:
+            # The public Bot API serves files up to 20 MB; anything else wrong with the id is permanent too.
+            reason = "too_large" if "too big" in str(error).lower() else "unavailable"
+            return store.rejected(ref.name, reason)
+        if remote.file_size is not None and remote.file_size > store.max_bytes:
+            return store.rejected(ref.name, "too_large")
+        data = bytes(await remote.download_as_bytearray())
+        try:
+            return await asyncio.to_thread(store.save, data, name=ref.name, mime=ref.mime, kind=ref.kind)
+        except AttachmentRejected as error:
+            return store.rejected(ref.name, error.reason)
+
+    # --- albums -----------------------------------------------------------------------------------------
+
+    async def _stage_album_part(self, incoming: Incoming, attachments: tuple[Attachment, ...]) -> str:
+        assert incoming.media_group_id is not None
+        key = AlbumStore.key(incoming.chat_id, incoming.media_group_id)
+        await self._flush_chat(incoming.chat_id, keep=key)
+        part = {"sender_id": incoming.sender_id, "sender_name": incoming.sender_name, "locale": incoming.locale,
+                "caption": incoming.text, "attachments": [asdict(a) for a in attachments]}
+        fresh = await asyncio.to_thread(self.albums.add, key, chat_id=incoming.chat_id,
+                                        media_group_id=incoming.media_group_id,
+                                        update_id=incoming.update_id, part=part)
+        if not fresh:
+            return "duplicate"
+        self._schedule(key, self.album_wait)
+        return "album"
+
+    def _schedule(self, key: str, delay: float) -> None:
+        running = self._timers.get(key)
+        if running is None or running.done():
+            self._timers[key] = asyncio.create_task(self._album_timer(key, delay), name=f"telegram-album-{key}")
+
+    async def _album_timer(self, key: str, delay: float) -> None:
+        failures = 0
+        try:
+            while True:
+                await asyncio.sleep(delay)
+                try:
+                    wait = await self._flush(key)
+                    failures = 0
+                except Exception:
+                    failures += 1
+                    log.exception("telegram album could not be stored yet")
+                    wait = _backoff(failures)
+                if wait is None:
+                    return
+                delay = wait
+        finally:
+            if self._timers.get(key) is asyncio.current_task():
+                del self._timers[key]
+
+    async def _flush(self, key: str, *, force: bool = False) -> float | None:
+        """Accept the album's waiting parts as one message once it is quiet; the seconds to wait otherwise."""
+        taken = await asyncio.to_thread(self.albums.take, key, quiet=self.album_wait, force=force)
+        if taken is None or isinstance(taken, float):
+            return taken
+        await asyncio.to_thread(self.bot.engine.accept, taken.message())
+        more = await asyncio.to_thread(self.albums.done, taken)
+        return self.album_wait if more else None
+
+    async def _flush_chat(self, chat_id: str, *, keep: str | None = None) -> None:
+        for key in await asyncio.to_thread(self.albums.waiting, chat_id):
+            if key != keep:
+                await self._flush(key, force=True)
+
+
+async def _until_done(what: str, call: Any) -> None:
+    """Run a start-up call until it succeeds, backing off; start() must not wait for Telegram."""
+    failures = 0
+    while True:
+        try:
+            await call()
+            return
+        except TelegramError as error:
+            failures += 1
+            log.warning("%s failed (attempt %s): %s", what, failures, mask(str(error)))
+            await asyncio.sleep(_backoff(failures))
+
+
+def _backoff(failures: int) -> float:
+    return float(min(MAX_BACKOFF_SECONDS, 2 ** max(0, failures - 1)))
+
+
+# --- settings -------------------------------------------------------------------------------------------
+
+
+def client(token: str, api_base_url: str) -> telegram.Bot:
+    """A Bot API client for `api_base_url` (api.telegram.org, a self-hosted Bot API server, a test fake)."""
+    base = api_base_url.rstrip("/")
+    requests = HTTPXRequest(connection_pool_size=16, connect_timeout=10, read_timeout=20, write_timeout=20,
+                            pool_timeout=5)
+    # getUpdates adds its long-poll timeout to this read timeout.
+    updates = HTTPXRequest(connection_pool_size=1, connect_timeout=10, read_timeout=10, write_timeout=10,
+                           pool_timeout=5)
+    return telegram.Bot(token, base_url=f"{base}/bot", base_file_url=f"{base}/file/bot", request=requests,
+                        get_updates_request=updates)
+
+
+def resolve_mode(mode: str, public_url: str) -> str:
+    """webhook or polling: `auto` is webhook when the server has a public URL."""
+    if mode == "auto":
+        return "webhook" if public_url else "polling"
+    return mode
+
+
+def from_settings(bot: Bot, *, poll_timeout: int = POLL_TIMEOUT_SECONDS,
+                  album_wait: float = ALBUM_WAIT_SECONDS) -> TelegramChannel | None:
+    """The channel when TELEGRAM_BOT_TOKEN is set; a webhook needs TELEGRAM_WEBHOOK_SECRET."""
+    settings = bot.settings
+    if settings.telegram_bot_token is None or not settings.telegram_bot_token.get_secret_value():
+        return None
+    mode = resolve_mode(settings.telegram_mode, settings.public_url)
+    secret = settings.telegram_webhook_secret.get_secret_value() if settings.telegram_webhook_secret else None
+    if mode == "webhook":
+        if not secret:
+            raise ValueError("Telegram in webhook mode needs TELEGRAM_WEBHOOK_SECRET "
+                             "(or set TELEGRAM_MODE=polling)")
+        if not _SECRET_SHAPE.fullmatch(secret):
+            raise ValueError("TELEGRAM_WEBHOOK_SECRET must be 1-256 characters of A-Z, a-z, 0-9, _ and -")
+    return TelegramChannel(bot, client(settings.telegram_bot_token.get_secret_value(),
+                                       settings.telegram_api_base_url),
+                           mode=mode, secret=secret, public_url=settings.public_url,
+                           poll_timeout=poll_timeout, album_wait=album_wait)

@@ -1,0 +1,239 @@
+"""A loopback fake of the Telegram Bot API: the methods the bot uses and file downloads, checked like the real
+one (token, HTML entities, message length, callback data size), with every call recorded."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import re
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+BOT_USER = {"id": 7391046285, "is_bot": True, "first_name": "CSP Warranty", "username": "csp_warranty_bot",
+            "can_join_groups": False, "can_read_all_group_messages": False, "supports_inline_queries": False}
+# Parameters PTB sends JSON-encoded in its form bodies; the rest are plain strings.
+_JSON_PARAMS = {"reply_markup", "allowed_updates", "link_preview_options", "offset", "timeout", "limit",
+                "drop_pending_updates", "max_connections", "show_alert", "reply_parameters"}
+_TAGS = {"b", "strong", "i", "em", "u", "ins", "s", "strike", "del", "span", "tg-spoiler", "a", "code", "pre",
+         "blockquote", "tg-emoji"}
+_HTML_TOKEN = re.compile(r"<(/?)([a-zA-Z-]*)[^<>]*>|&(#\d+|#[xX][0-9a-fA-F]+|lt|gt|amp|quot);|([<>&])")
+
+
+@dataclass
+class Call:
+    method: str
+    params: dict[str, Any]
+    status: int = 200
+
+
+@dataclass
+class FakeTelegram:
+    """Answers `/bot<token>/<method>` and `/file/bot<token>/<path>` like api.telegram.org."""
+
+    token: str
+    calls: list[Call] = field(default_factory=list)
+    updates: list[dict[str, Any]] = field(default_factory=list)  # served by getUpdates
+    files: dict[str, tuple[str, bytes]] = field(default_factory=dict)  # file_id -> (file_path, bytes)
+    downloads: list[str] = field(default_factory=list)  # file paths fetched
+    failures: list[tuple[str, int, dict[str, Any]]] = field(default_factory=list)  # (method, status, body)
+    blocked: set[str] = field(default_factory=set)  # chat ids that blocked the bot
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(5001))
+
+    def app(self) -> Starlette:
+        return Starlette(routes=[
+            Route("/bot{token}/{method}", self._method, methods=["GET", "POST"]),
+            Route("/file/bot{token}/{path:path}", self._file, methods=["GET"]),
+        ])
+
+    # --- what tests set up ------------------------------------------------------------------------------
+
+    def add_file(self, file_id: str, data: bytes, path: str) -> None:
+        with self.lock:
+            self.files[file_id] = (path, data)
+
+    def queue(self, update: dict[str, Any]) -> None:
+        """An update for getUpdates."""
+        with self.lock:
+            self.updates.append(update)
+
+    def fail_next(self, method: str, status: int, description: str, *, retry_after: int | None = None) -> None:
+        """The next call of `method` is refused like this (e.g. 429 with retry_after)."""
+        body: dict[str, Any] = {"ok": False, "error_code": status, "description": description}
+        if retry_after is not None:
+            body["parameters"] = {"retry_after": retry_after}
+        with self.lock:
+            self.failures.append((method, status, body))
+
+    def block(self, chat_id: str) -> None:
+        with self.lock:
+            self.blocked.add(str(chat_id))
+
+    # --- what tests read --------------------------------------------------------------------------------
+
+    def calls_to(self, method: str, *, ok: bool = True) -> list[dict[str, Any]]:
+        with self.lock:
+            return [c.params for c in self.calls if c.method == method and (c.status == 200) == ok]
+
+    def sent(self, chat_id: str) -> list[dict[str, Any]]:
+        """The sendMessage calls Telegram accepted for a chat, in order."""
+        return [p for p in self.calls_to("sendMessage") if str(p.get("chat_id")) == str(chat_id)]
+
+    def button_values(self, chat_id: str) -> list[str]:
+        return [button["callback_data"] for message in self.sent(chat_id)
+                for row in message.get("reply_markup", {}).get("inline_keyboard", []) for button in row]
+
+    # --- handlers ---------------------------------------------------------------------------------------
+
+    async def _method(self, request: Request) -> Response:
+        method = request.path_params["method"]
+        params = await _params(request)
+        if request.path_params["token"] != self.token:
+            return self._answer(method, params, 401, {"ok": False, "error_code": 401, "description": "Unauthorized"})
+        with self.lock:
+            failure = next((f for f in self.failures if f[0] == method), None)
+            if failure is not None:
+                self.failures.remove(failure)
+        if failure is not None:
+            return self._answer(method, params, failure[1], failure[2])
+        handler = getattr(self, f"_{method}", None)
+        if handler is None:
+            return self._answer(method, params, 404, {"ok": False, "error_code": 404, "description": "Not Found"})
+        try:
+            result = await handler(params)
+        except _ApiError as error:
+            return self._answer(method, params, error.status,
+                                {"ok": False, "error_code": error.status, "description": error.description})
+        return self._answer(method, params, 200, {"ok": True, "result": result})
+
+    def _answer(self, method: str, params: dict[str, Any], status: int, body: dict[str, Any]) -> Response:
+        with self.lock:
+            self.calls.append(Call(method, params, status))
+        return JSONResponse(body, status_code=status)
+
+    async def _file(self, request: Request) -> Response:
+        if request.path_params["token"] != self.token:
+            return Response(status_code=401)
+        path = request.path_params["path"]
+        with self.lock:
+            self.downloads.append(path)
+            found = next((data for file_path, data in self.files.values() if file_path == path), None)
+        if found is None:
+            return Response(status_code=404)
+        return Response(found, media_type="application/octet-stream")
+
+    # --- methods ----------------------------------------------------------------------------------------
+
+    async def _getMe(self, params: dict[str, Any]) -> Any:
+        return BOT_USER
+
+    async def _setWebhook(self, params: dict[str, Any]) -> Any:
+        secret = params.get("secret_token", "")
+        if not str(params.get("url", "")).startswith("https://"):
+            raise _ApiError(400, "Bad Request: bad webhook: An HTTPS URL must be provided for webhook")
+        if secret and not re.fullmatch(r"[A-Za-z0-9_-]{1,256}", secret):
+            raise _ApiError(400, "Bad Request: secret token contains unallowed characters")
+        return True
+
+    async def _deleteWebhook(self, params: dict[str, Any]) -> Any:
+        return True
+
+    async def _getUpdates(self, params: dict[str, Any]) -> Any:
+        offset = int(params.get("offset") or 0)
+        deadline = time.monotonic() + min(float(params.get("timeout") or 0), 5.0)
+        while True:
+            with self.lock:
+                # Like Telegram: asking from `offset` confirms, and forgets, every earlier update.
+                self.updates = [u for u in self.updates if u["update_id"] >= offset]
+                ready = self.updates[: int(params.get("limit") or 100)]
+            if ready or time.monotonic() >= deadline:
+                return ready
+            await asyncio.sleep(0.02)
+
+    async def _sendMessage(self, params: dict[str, Any]) -> Any:
+        chat_id = str(params.get("chat_id", ""))
+        if chat_id in self.blocked:
+            raise _ApiError(403, "Forbidden: bot was blocked by the user")
+        text = str(params.get("text", ""))
+        visible = _parse_html(text) if params.get("parse_mode") == "HTML" else text
+        if not visible.strip():
+            raise _ApiError(400, "Bad Request: message text is empty")
+        if len(visible.encode("utf-16-le")) // 2 > 4096:
+            raise _ApiError(400, "Bad Request: message is too long")
+        for row in params.get("reply_markup", {}).get("inline_keyboard", []):
+            for button in row:
+                if not 1 <= len(button.get("callback_data", "").encode()) <= 64:
+                    raise _ApiError(400, "Bad Request: BUTTON_DATA_INVALID")
+        return {"message_id": next(self._ids), "from": BOT_USER, "date": int(time.time()),
+                "chat": {"id": int(chat_id), "type": "private"}, "text": visible}
+
+    async def _answerCallbackQuery(self, params: dict[str, Any]) -> Any:
+        if not params.get("callback_query_id"):
+            raise _ApiError(400, "Bad Request: query is too old and response timeout expired or query ID is invalid")
+        return True
+
+    async def _getFile(self, params: dict[str, Any]) -> Any:
+        file_id = str(params.get("file_id", ""))
+        with self.lock:
+            found = self.files.get(file_id)
+        if found is None:
+            raise _ApiError(400, "Bad Request: invalid file_id")
+        path, data = found
+        return {"file_id": file_id, "file_unique_id": f"u{abs(hash(file_id)) % 10**8}", "file_size": len(data),
+                "file_path": path}
+
+
+class _ApiError(Exception):
+    def __init__(self, status: int, description: str) -> None:
+        super().__init__(description)
+        self.status = status
+        self.description = description
+
+
+async def _params(request: Request) -> dict[str, Any]:
+    """The call's parameters, from a query string, a JSON body or a form (PTB sends forms)."""
+    params: dict[str, Any] = dict(request.query_params)
+    if request.method == "POST":
+        if request.headers.get("content-type", "").startswith("application/json"):
+            params.update(json.loads(await request.body() or b"{}"))
+        else:
+            form = await request.form()
+            for key, value in form.items():
+                if isinstance(value, str):
+                    params[key] = json.loads(value) if key in _JSON_PARAMS else value
+    return params
+
+
+def _parse_html(text: str) -> str:
+    """The visible text of Telegram HTML; raises like Telegram on what it cannot parse."""
+    stack: list[str] = []
+    visible: list[str] = []
+    position = 0
+    for match in _HTML_TOKEN.finditer(text):
+        visible.append(text[position:match.start()])
+        position = match.end()
+        closing, tag, entity, bare = match.groups()
+        if bare is not None:
+            raise _ApiError(400, f"Bad Request: can't parse entities: unexpected {bare!r} at {match.start()}")
+        if entity is not None:
+            visible.append("x")  # one character, whatever it is
+            continue
+        tag = tag.lower()
+        if tag not in _TAGS:
+            raise _ApiError(400, f"Bad Request: can't parse entities: unsupported start tag {tag!r}")
+        if not closing:
+            stack.append(tag)
+        elif not stack or stack.pop() != tag:
+            raise _ApiError(400, f"Bad Request: can't parse entities: unmatched end tag {tag!r}")
+    if stack:
+        raise _ApiError(400, f"Bad Request: can't parse entities: can't find end tag corresponding to {stack[-1]!r}")
+    visible.append(text[position:])
+    return "".join(visible)

@@ -1,0 +1,145 @@
+"""A loopback fake of the WhatsApp Cloud (Graph) API: messages and media, checked like the real one, recorded."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+
+@dataclass
+class FakeGraph:
+    """Answers `POST /{version}/{phone_number_id}/messages`, `GET /{version}/{media_id}` and the media download."""
+
+    access_token: str
+    phone_number_id: str
+    sent: list[dict[str, Any]] = field(default_factory=list)  # every accepted message body, in order
+    requests: list[tuple[str, str]] = field(default_factory=list)  # (method, path) of every request
+    media: dict[str, tuple[bytes, str]] = field(default_factory=dict)  # media id -> (bytes, mime)
+    failures: list[tuple[int, int, str]] = field(default_factory=list)  # next answers: (status, code, title)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+
+    def app(self) -> Starlette:
+        return Starlette(routes=[
+            Route("/download/{media_id}", self._download, methods=["GET"]),
+            Route("/{version}/{phone_number_id}/messages", self._messages, methods=["POST"]),
+            Route("/{version}/{media_id}", self._media_info, methods=["GET"]),
+        ])
+
+    def fail_next(self, status: int, code: int, title: str) -> None:
+        """The next message send is refused with this Graph error."""
+        with self.lock:
+            self.failures.append((status, code, title))
+
+    def sent_to(self, wa_id: str) -> list[dict[str, Any]]:
+        with self.lock:
+            return [m for m in self.sent if m.get("to") == wa_id]
+
+    def texts(self, wa_id: str) -> list[str]:
+        """What the customer can read: text bodies and interactive bodies, in order."""
+        out = []
+        for message in self.sent_to(wa_id):
+            if message["type"] == "text":
+                out.append(message["text"]["body"])
+            elif message["type"] == "interactive":
+                out.append(message["interactive"]["body"]["text"])
+        return out
+
+    # --- handlers ------------------------------------------------------------------------------------------
+
+    def _authorised(self, request: Request) -> bool:
+        return request.headers.get("authorization") == f"Bearer {self.access_token}"
+
+    async def _messages(self, request: Request) -> Response:
+        with self.lock:
+            self.requests.append(("POST", request.url.path))
+        if not self._authorised(request):
+            return _error(401, 190, "Invalid OAuth access token")
+        if request.path_params["phone_number_id"] != self.phone_number_id:
+            return _error(400, 100, "Unsupported post request")
+        body = await request.json()
+        with self.lock:
+            if self.failures:
+                status, code, title = self.failures.pop(0)
+                return _error(status, code, title)
+        problem = _invalid(body)
+        if problem:
+            return _error(400, 131009, "Parameter value is not valid", problem)
+        with self.lock:
+            self.sent.append(body)
+            wamid = f"wamid.FAKE{next(self._ids):08d}"
+        return JSONResponse({"messaging_product": "whatsapp",
+                             "contacts": [{"input": body["to"], "wa_id": body["to"]}],
+                             "messages": [{"id": wamid}]})
+
+    async def _media_info(self, request: Request) -> Response:
+        with self.lock:
+            self.requests.append(("GET", request.url.path))
+        if not self._authorised(request):
+            return _error(401, 190, "Invalid OAuth access token")
+        media_id = request.path_params["media_id"]
+        with self.lock:
+            found = self.media.get(media_id)
+        if found is None:
+            return _error(404, 100, "Unsupported get request")
+        data, mime = found
+        return JSONResponse({"messaging_product": "whatsapp", "id": media_id, "mime_type": mime,
+                             "sha256": hashlib.sha256(data).hexdigest(), "file_size": len(data),
+                             "url": f"{str(request.base_url).rstrip('/')}/download/{media_id}"})
+
+    async def _download(self, request: Request) -> Response:
+        with self.lock:
+            self.requests.append(("GET", request.url.path))
+        if not self._authorised(request):
+            return Response(status_code=401)
+        found = self.media.get(request.path_params["media_id"])
+        if found is None:
+            return Response(status_code=404)
+        return Response(found[0], media_type=found[1])
+
+
+def _error(status: int, code: int, title: str, details: str = "") -> JSONResponse:
+    return JSONResponse({"error": {"message": f"({code}) {title}", "type": "OAuthException", "code": code,
+                                   "error_data": {"messaging_product": "whatsapp", "details": details or title},
+                                   "fbtrace_id": "AbCdEfFAKE"}}, status_code=status)
+
+
+def _invalid(body: dict[str, Any]) -> str | None:
+    """Why the real API would refuse this message body (the limits we rely on), or None."""
+    if body.get("messaging_product") != "whatsapp" or not body.get("to"):
+        return "messaging_product and to are required"
+    kind = body.get("type")
+    if kind == "text":
+        text = body.get("text", {}).get("body", "")
+        return None if 0 < len(text) <= 4096 else "text.body must have 1 to 4096 characters"
+    if kind == "template":
+        template = body.get("template", {})
+        return None if template.get("name") and template.get("language", {}).get("code") else "template name"
+    if kind != "interactive":
+        return f"type {kind!r} not supported by this fake"
+    interactive = body.get("interactive", {})
+    if not 0 < len(interactive.get("body", {}).get("text", "")) <= 1024:
+        return "interactive.body.text must have 1 to 1024 characters"
+    action = interactive.get("action", {})
+    if interactive.get("type") == "button":
+        buttons = action.get("buttons", [])
+        titles = [b["reply"]["title"] for b in buttons]
+        if not 1 <= len(buttons) <= 3 or any(not 0 < len(t) <= 20 for t in titles) or len(set(titles)) < len(titles):
+            return "1 to 3 buttons with unique titles of at most 20 characters"
+        return None
+    if interactive.get("type") == "list":
+        rows = [r for s in action.get("sections", []) for r in s.get("rows", [])]
+        if not 1 <= len(rows) <= 10 or any(not 0 < len(r["title"]) <= 24 for r in rows):
+            return "1 to 10 rows with titles of at most 24 characters"
+        if any(len(r.get("description", "")) > 72 for r in rows) or not 0 < len(action.get("button", "")) <= 20:
+            return "row descriptions of at most 72 characters, a button label of at most 20"
+        return None
+    return f"interactive type {interactive.get('type')!r} not supported by this fake"

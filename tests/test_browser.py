@@ -1,0 +1,218 @@
+"""The web chat and the local desk driven in headless Chromium against the real server on a SQLite file."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from collections.abc import Iterator
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bot.app import build
+from bot.config import Settings
+from bot.server import create_app
+from tests.fakes.server import serve
+
+pytestmark = pytest.mark.browser
+
+DESK_TOKEN = "desk-token-for-the-browser-test"
+CHROMIUM_ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+SCREENSHOTS = Path(os.environ.get("BROWSER_SCREENSHOTS", "/tmp"))
+XSS = "<script>alert(1)</script> {{ 7*7 }}"
+ARABIC = "مرحبا، سنرسل لك قطعة الغيار غدا."
+# The smallest well-formed PDF: one empty page.
+PDF = (b"%PDF-1.4\n1 0 obj<</Type/Catalog/Pages 2 0 R>>endobj\n2 0 obj<</Type/Pages/Kids[3 0 R]/Count 1>>endobj\n"
+       b"3 0 obj<</Type/Page/Parent 2 0 R/MediaBox[0 0 200 200]>>endobj\ntrailer<</Root 1 0 R>>\n%%EOF\n")
+WAIT_MS = 15_000
+
+
+def _unavailable(reason: str) -> None:
+    """Without a browser the test cannot run: fine on a developer's machine, a failure in CI."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"the browser test must run in CI: {reason}")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    chromium = "/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else shutil.which("chromium")
+    if chromium is None:
+        _unavailable("Chromium is not installed (apt-get install chromium)")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        _unavailable("Playwright for Python is not installed (pip install -e '.[dev]')")
+    with sync_playwright() as playwright:
+        # Debian's Chromium, never a browser downloaded by `playwright install`.
+        launched = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS, timeout=30_000)
+        yield launched
+        launched.close()
+
+
+def _settings(tmp_path: Path, **update: Any) -> Settings:
+    return Settings(_env_file=None, database_url=f"sqlite:///{tmp_path}/warranty.db",  # type: ignore[call-arg]
+                    data_dir=tmp_path, attachments_dir=tmp_path / "attachments", **update)
+
+
+def _recent_serial(today: date) -> str:
+    """A serial made three months ago and in no registry: in warranty by its production date (W3) for years."""
+    month = today.month - 3
+    year = today.year + (month - 1) // 12
+    month = (month - 1) % 12 + 1
+    return f"CSP{year % 100:02d}{month:02d}A0153"
+
+
+class PageProblems:
+    """Collects what must never happen on our pages: script errors, CSP violations, dialogs (alert)."""
+
+    def __init__(self) -> None:
+        self.items: list[str] = []
+
+    def _console(self, message: Any) -> None:
+        # Chromium logs every 4xx/5xx answer ("Failed to load resource"); the desk expects 401s, so skip those.
+        if message.type == "error" and not message.text.startswith("Failed to load resource"):
+            self.items.append(f"console {message.type}: {message.text}")
+
+    def watch(self, page: Any) -> Any:
+        page.on("pageerror", lambda error: self.items.append(f"page error: {error}"))
+        page.on("console", self._console)
+
+        def dialog(d: Any) -> None:
+            self.items.append(f"dialog {d.type}: {d.message}")
+            d.dismiss()
+
+        page.on("dialog", dialog)
+        return page
+
+
+def test_customer_and_engineer_talk_through_the_web_pages(browser: Any, tmp_path: Path) -> None:
+    from playwright.sync_api import expect
+
+    expect.set_options(timeout=WAIT_MS)
+    bot = build(_settings(tmp_path, desk_token=DESK_TOKEN))
+    serial = _recent_serial(date.today())
+    problems = PageProblems()
+    with serve(create_app(bot)) as base:
+        phone = browser.new_context(viewport={"width": 390, "height": 844}, device_scale_factor=2, is_mobile=True,
+                                    has_touch=True, locale="en-US")
+        chat = problems.watch(phone.new_page())
+        chat.goto(f"{base}/")
+        log = chat.locator("#log")
+        expect(chat.get_by_label("Your message")).to_be_visible()
+        expect(log).to_have_attribute("aria-live", "polite")
+
+        # Serial and fault in one message; the bot asks for proof, then for the cause, with buttons.
+        chat.get_by_label("Your message").fill(f"{serial} display shows E07 and shuts down under load")
+        chat.get_by_label("Your message").press("Enter")
+        chat.locator(".choices button", has_text="I don't have them").click()
+        # The button's label shows as the customer's message; the server got (and logged) its value.
+        expect(log.locator(".msg-customer[data-id]", has_text="I don't have them")).to_have_count(1)
+        chat.locator(".choices button", has_text="It failed in normal use").click()
+        opened = log.locator(".msg-bot", has_text=re.compile(r"WR-\d{4}-\d{6}"))
+        expect(opened).to_have_count(1)
+        ref = re.search(r"WR-\d{4}-\d{6}", opened.inner_text()).group(0)  # type: ignore[union-attr]
+        expect(log.locator(".msg-bot", has_text=serial).last).to_contain_text("Covered")
+        expect(chat.locator(".choices button", has_text="I don't have them")).to_be_disabled()
+
+        chat.set_input_files("#file", files=[{"name": "invoice.pdf", "mimeType": "application/pdf", "buffer": PDF}])
+        expect(log.locator(".msg-customer[data-id]", has_text="invoice.pdf")).to_have_count(1)
+
+        # Customer text is data: markup and template syntax show literally, nothing runs or evaluates.
+        chat.get_by_label("Your message").fill(XSS)
+        chat.get_by_label("Your message").press("Enter")
+        expect(log.locator(".msg-customer[data-id] .text").last).to_have_text(XSS)
+        assert log.locator("script").count() == 0
+
+        # A reload resumes the same conversation from the server, button labels included.
+        chat.reload()
+        expect(log.locator(".msg-customer .text").last).to_have_text(XSS)
+        expect(log.locator(".msg-customer", has_text="I don't have them")).to_have_count(1)
+        expect(log.locator(".msg-customer", has_text="proof:none")).to_have_count(0)
+        expect(log.locator(".msg-bot", has_text=ref).first).to_be_visible()
+        assert "49" not in log.locator(".msg-customer").all_inner_texts()[-1]
+        chat.screenshot(path=str(SCREENSHOTS / "webchat-phone.png"))
+
+        # The engineer: a wrong token is refused with the API's message, then the right one opens the desk.
+        office = browser.new_context(viewport={"width": 1280, "height": 900}, locale="en-US")
+        desk = problems.watch(office.new_page())
+        desk.goto(f"{base}/desk")
+        desk.get_by_label("Desk token").fill("wrong")
+        desk.get_by_label("Your name").fill("Amira")
+        desk.get_by_role("button", name="Open the desk").click()
+        expect(desk.locator("#notice")).to_contain_text("not accepted")
+        desk.get_by_label("Desk token").fill(DESK_TOKEN)
+        desk.get_by_role("button", name="Open the desk").click()
+        desk.locator("#case-list button", has_text=ref).click()
+        expect(desk.locator("#case-title")).to_have_text(ref)
+        expect(desk.locator("#units tbody tr")).to_have_count(1)
+        expect(desk.locator("#units tbody tr")).to_contain_text(serial)
+        expect(desk.locator("#units tbody tr")).to_contain_text("W3")
+        expect(desk.locator("#case-fault")).to_contain_text("E07")
+        expect(desk.locator("#thread li.from-customer .text", has_text="alert(1)")).to_have_text(XSS)
+
+        # Attachments need the token: the page fetches them and opens them as blob: URLs.
+        with office.expect_page() as opened_file:
+            desk.locator("#attachments button", has_text="invoice.pdf").click()
+        assert opened_file.value.url.startswith("blob:")
+        opened_file.value.close()
+
+        # A search by serial finds the case; a filter on another status hides it.
+        desk.get_by_label("Search").fill(serial[-6:])
+        expect(desk.locator("#case-list button", has_text=ref)).to_have_count(1)
+        desk.get_by_label("Status").select_option("closed")
+        expect(desk.locator("#case-list button")).to_have_count(0)
+        desk.get_by_label("Status").select_option("")
+        desk.get_by_label("Search").fill("")
+
+        desk.get_by_label("Message").fill("Checked the invoice: consistent.")
+        desk.get_by_role("button", name="Add internal note").click()
+        expect(desk.locator("#thread li.from-note")).to_contain_text("Internal note by Amira")
+        desk.get_by_label("Message").fill(ARABIC)
+        desk.get_by_role("button", name="Send reply to customer").click()
+        expect(desk.locator("#thread li.from-engineer .text").last).to_contain_text(ARABIC)
+
+        # The reply reaches the open chat page without a reload, right-to-left, with the engineer's name.
+        engineer_bubble = log.locator(".msg-engineer", has_text=ARABIC)
+        expect(engineer_bubble.locator(".who")).to_have_text("Amira")
+        assert engineer_bubble.locator(".text").evaluate("e => getComputedStyle(e).direction") == "rtl"
+        assert log.locator(".msg-customer .text").first.evaluate("e => getComputedStyle(e).direction") == "ltr"
+
+        desk.get_by_label("Service method").select_option("remote_guidance")
+        desk.get_by_role("button", name="Set method").click()
+        expect(desk.locator("#case-status")).to_have_text("In service")
+        expect(log.locator(".msg-bot", has_text="remote guidance")).to_have_count(1)
+        # The internal note was written before the method message that is now shown: it never reached the chat.
+        expect(log.locator(".msg", has_text="Checked the invoice")).to_have_count(0)
+
+        desk.get_by_role("button", name="Close case").click()
+        desk.get_by_role("button", name="Click again to close").click()
+        expect(desk.locator("#case-status")).to_have_text("Closed")
+        expect(desk.get_by_role("button", name="Send reply to customer")).to_be_disabled()
+        expect(log.locator(".msg-bot", has_text="closed")).to_have_count(1)
+        expect(log.locator(".choices button").last).to_have_text("5")
+        desk.screenshot(path=str(SCREENSHOTS / "desk.png"), full_page=True)
+
+        office.close()
+        phone.close()
+    assert problems.items == []
+
+
+def test_desk_page_says_when_the_desk_is_off(browser: Any, tmp_path: Path) -> None:
+    from playwright.sync_api import expect
+
+    bot = build(_settings(tmp_path))
+    problems = PageProblems()
+    with serve(create_app(bot)) as base:
+        context = browser.new_context(locale="en-US")
+        page = context.new_page()
+        page.on("pageerror", lambda error: problems.items.append(f"page error: {error}"))
+        page.goto(f"{base}/desk")
+        expect(page.locator("#notice")).to_contain_text("DESK_TOKEN", timeout=WAIT_MS)
+        expect(page.locator("#login")).to_be_hidden()
+        context.close()
+    assert problems.items == []

@@ -1,0 +1,205 @@
+"""The embedded default end to end: a real `warranty-bot serve` process, the web chat API and the desk API."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.fakes.server import free_port
+from tests.support import wait_until
+
+TOKEN = "desk-secret-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+SERIAL = "CSP2604D0007"  # made April 2026: in warranty without proof until 2028-07-30
+PDF = b"%PDF-1.4\n1 0 obj<<>>endobj\ntrailer<<>>\n%%EOF\n"
+
+
+class Server:
+    def __init__(self, workdir: Path, database_url: str) -> None:
+        self.workdir = workdir
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = {**os.environ, "DATABASE_URL": database_url, "DESK_TOKEN": TOKEN, "LOG_LEVEL": "WARNING",
+                    "ATTACHMENTS_DIR": str(workdir / "files"), "OUTBOX_POLL_SECONDS": "0.1"}
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "bot.cli", "serve", "--port", str(self.port)],
+            cwd=self.workdir, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        )
+        wait_until(self._healthy, timeout=30, what="the server to answer /healthz")
+
+    def _healthy(self) -> bool:
+        assert self.process is not None
+        if self.process.poll() is not None:
+            output = self.process.stdout.read().decode() if self.process.stdout else ""
+            raise AssertionError(f"server exited: {output}")
+        try:
+            return httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=20)
+
+
+@pytest.fixture
+def server(tmp_path: Path, database_url: str) -> Iterator[Server]:
+    running = Server(tmp_path, database_url)
+    running.start()
+    yield running
+    running.stop()
+
+
+def messages(server: Server, session: str, after: int = 0) -> list[dict[str, Any]]:
+    response = httpx.get(f"{server.url}/api/webchat/sessions/{session}/messages", params={"after": after})
+    assert response.status_code == 200
+    result: list[dict[str, Any]] = response.json()["messages"]
+    return result
+
+
+def send(server: Server, session: str, text: str, *, expect_reply: str | None = None) -> list[dict[str, Any]]:
+    before = messages(server, session)
+    response = httpx.post(f"{server.url}/api/webchat/sessions/{session}/messages", json={"text": text})
+    assert response.status_code == 202, response.text
+
+    def answered() -> list[dict[str, Any]] | None:
+        new = [m for m in messages(server, session, before[-1]["id"] if before else 0) if m["author"] != "customer"]
+        if expect_reply is None:
+            return new or None
+        return new if any(expect_reply in m["text"] for m in new) else None
+
+    return wait_until(answered, timeout=15, what=f"a reply to {text!r}")
+
+
+def test_a_claim_over_the_web_chat_reaches_the_desk_and_back(server: Server) -> None:
+    session = httpx.post(f"{server.url}/api/webchat/sessions").json()["session_id"]
+    replies = send(server, session, f"{SERIAL} display shows E07 and shuts down under load")
+    assert [b["value"] for b in replies[-1]["buttons"]] == ["proof:none"]
+    upload = httpx.post(f"{server.url}/api/webchat/sessions/{session}/files",
+                        files={"file": ("invoice.pdf", PDF, "application/pdf")})
+    assert upload.status_code == 202 and upload.json()["rejected"] is False
+    wait_until(lambda: any(m["author"] == "bot" and m["buttons"] and m["buttons"][0]["value"] == "cause:normal"
+                           for m in messages(server, session)), what="the cause question")
+    replies = send(server, session, "cause:normal", expect_reply="WR-")
+    decision = next(m["text"] for m in replies if "Clauses" in m["text"])
+    assert "W1" in decision and "W3" in decision
+    ref = next(word.strip(".,") for m in replies for word in m["text"].split() if word.startswith("WR-"))
+
+    cases = httpx.get(f"{server.url}/api/desk/cases", headers=AUTH).json()["cases"]
+    assert [c["ref"] for c in cases] == [ref]
+    case = httpx.get(f"{server.url}/api/desk/cases/{ref}", headers=AUTH).json()
+    assert case["units"][0]["serial"] == SERIAL and case["units"][0]["outcome"] == "covered"
+    assert [a["name"] for a in case["attachments"]] == ["invoice.pdf"]
+    attachment = httpx.get(f"{server.url}/api/desk/cases/{ref}/attachments/{case['attachments'][0]['id']}", headers=AUTH)
+    assert attachment.content == PDF
+
+    assert httpx.post(f"{server.url}/api/desk/cases/{ref}/claim", headers=AUTH, json={"engineer": "Li Wei"}).status_code == 200
+    httpx.post(f"{server.url}/api/desk/cases/{ref}/messages", headers=AUTH,
+               json={"text": "internal: suspect the fan", "internal": True, "engineer": "Li Wei"})
+    httpx.post(f"{server.url}/api/desk/cases/{ref}/messages", headers=AUTH,
+               json={"text": "Does it happen with no load?", "engineer": "Li Wei"})
+    wait_until(lambda: any("Does it happen with no load?" in m["text"] and m["author"] == "engineer"
+                           for m in messages(server, session)), what="the engineer's reply in the web chat")
+    assert not any("suspect the fan" in m["text"] for m in messages(server, session))
+    assert httpx.post(f"{server.url}/api/webchat/sessions/{session}/messages", json={"text": "Yes, also without load"}).status_code == 202
+    wait_until(lambda: any(m["text"] == "Yes, also without load"
+                           for m in httpx.get(f"{server.url}/api/desk/cases/{ref}", headers=AUTH).json()["messages"]),
+               what="the customer's answer on the desk")
+    method = httpx.post(f"{server.url}/api/desk/cases/{ref}/method", headers=AUTH,
+                        json={"method": "factory_repair", "engineer": "Li Wei"})
+    assert method.status_code == 200 and method.json()["status"] == "in_service"
+    wait_until(lambda: any("factory repair" in m["text"] and "F1" in m["text"] for m in messages(server, session)),
+               what="the method's instructions")
+    assert httpx.post(f"{server.url}/api/desk/cases/{ref}/close", headers=AUTH, json={}).json()["status"] == "closed"
+    send(server, session, "5", expect_reply="Thank you for your rating")
+    assert httpx.get(f"{server.url}/api/desk/cases/{ref}", headers=AUTH).json()["rating"] == 5
+    metrics = httpx.get(f"{server.url}/metrics").text
+    assert 'warranty_cases{status="closed"} 1.0' in metrics
+
+
+def test_the_conversation_survives_a_server_restart(server: Server) -> None:
+    session = httpx.post(f"{server.url}/api/webchat/sessions").json()["session_id"]
+    send(server, session, SERIAL)
+    server.stop()
+    server.start()
+    send(server, session, "It shows E07 and shuts down", expect_reply="invoice")
+    send(server, session, "proof:none")
+    replies = send(server, session, "1", expect_reply="WR-")
+    assert any("Clauses" in m["text"] for m in replies)
+
+
+def test_the_same_client_id_twice_stores_one_message(server: Server) -> None:
+    session = httpx.post(f"{server.url}/api/webchat/sessions").json()["session_id"]
+    url = f"{server.url}/api/webchat/sessions/{session}/messages"
+    first = httpx.post(url, json={"text": "hello", "client_id": "c-1"})
+    second = httpx.post(url, json={"text": "hello", "client_id": "c-1"})
+    assert first.status_code == second.status_code == 202 and second.json()["duplicate"] is True
+    wait_until(lambda: len(messages(server, session)) >= 3, what="the greeting")
+    assert [m["text"] for m in messages(server, session) if m["author"] == "customer"] == ["hello"]
+
+
+BAD_REQUESTS: list[tuple[str, str, Any, int]] = [
+    ("POST", "/api/webchat/sessions/nope/messages", {"text": "hi"}, 404),
+    ("GET", "/api/webchat/sessions/nope/messages", None, 404),
+    ("POST", "/api/webchat/sessions/{s}/messages", {}, 422),
+    ("POST", "/api/webchat/sessions/{s}/messages", {"text": ""}, 422),
+    ("POST", "/api/webchat/sessions/{s}/messages", {"text": 42}, 422),
+    ("POST", "/api/webchat/sessions/{s}/messages", ["text"], 422),
+    ("POST", "/api/webchat/sessions/{s}/messages", "not json{", 422),
+    ("POST", "/api/webchat/sessions/{s}/messages", {"text": "x", "client_id": 7}, 422),
+    ("POST", "/api/webchat/sessions/{s}/messages", {"text": "x" * 100_001}, 422),
+    ("POST", "/api/webchat/sessions/{s}/messages", {"text": "x" * 3_000_000}, 413),
+    ("GET", "/api/webchat/sessions/{s}/messages?after=-1", None, 422),
+    ("GET", "/api/webchat/sessions/{s}/messages?after=abc", None, 422),
+    ("POST", "/api/webchat/sessions/{s}/files", {"text": "no file"}, 422),
+    ("POST", "/api/webchat/sessions", {"language": 5}, 422),
+    ("GET", "/api/desk/cases", None, 401),
+    ("GET", "/api/desk/cases/WR-2026-999999", None, 404),
+    ("POST", "/api/desk/cases/WR-2026-999999/claim", {}, 404),
+    ("POST", "/api/desk/cases/WR-2026-999999/method", {"method": "teleport"}, 400),
+    ("POST", "/api/desk/cases/WR-2026-999999/messages", {"text": ""}, 422),
+    ("GET", "/api/desk/cases?status=lost", None, 422),
+    ("DELETE", "/api/desk/cases", None, 405),
+    ("GET", "/no/such/page", None, 404),
+]
+
+
+def test_bad_requests_get_a_4xx_and_never_a_500(server: Server) -> None:
+    session = httpx.post(f"{server.url}/api/webchat/sessions").json()["session_id"]
+    for method, path, body, expected in BAD_REQUESTS:
+        headers = {} if expected == 401 else AUTH
+        content = body if isinstance(body, str) else None
+        response = httpx.request(method, server.url + path.replace("{s}", session), headers=headers,
+                                 json=None if content is not None or body is None else body, content=content)
+        assert response.status_code == expected, (method, path, response.status_code, response.text[:200])
+        assert response.headers["content-type"].startswith("application/json")
+    wrong = httpx.get(f"{server.url}/api/desk/cases", headers={"Authorization": "Bearer wrong"})
+    assert wrong.status_code == 401
+
+
+def test_customer_text_is_shown_inert(server: Server) -> None:
+    session = httpx.post(f"{server.url}/api/webchat/sessions").json()["session_id"]
+    hostile = "<script>alert(1)</script> {{ 7*191 }}"
+    send(server, session, hostile)
+    logged = messages(server, session)
+    assert logged[0]["text"] == hostile
+    assert not any("1337" in m["text"] for m in logged)
+
+
+def test_sessions_cannot_read_each_other(server: Server) -> None:
+    mine = httpx.post(f"{server.url}/api/webchat/sessions").json()["session_id"]
+    theirs = httpx.post(f"{server.url}/api/webchat/sessions").json()["session_id"]
+    assert mine != theirs and len(mine) >= 32
+    send(server, theirs, "my secret serial CSP2604D0007")
+    assert messages(server, mine) == []

@@ -1,0 +1,431 @@
+"""WhatsApp channel: parsing and rendering, then the bot's real server against a loopback fake of the Graph API."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from pydantic import SecretStr
+from sqlalchemy import Engine, select
+from sqlmodel import Session
+
+from adapters import whatsapp
+from adapters.whatsapp import (
+    MalformedPayload,
+    delivery_error,
+    locale_hint,
+    parse,
+    render,
+    signature_valid,
+    split_text,
+    verify_subscription,
+)
+from bot.app import Bot, build
+from bot.config import Settings
+from bot.messages import Button
+from bot.outbox import PermanentFailure, RetryLater, Unreachable
+from bot.server import create_app
+from bot.store import Case, ChannelIdentity, InboxItem, OutboxItem, StoredAttachment, session_scope
+from bot.store.clock import utcnow
+from tests.fakes.server import serve
+from tests.fakes.whatsapp import FakeGraph
+from tests.support import wait_until
+
+PAYLOADS = Path(__file__).with_name("payloads") / "whatsapp"
+APP_SECRET = "test-app-secret-5f2a"
+ACCESS_TOKEN = "EAAGtest0access0token"
+VERIFY_TOKEN = "verify-me-please"
+PHONE_NUMBER_ID = "112049386624571"
+WA_ID = "447700900142"
+JPEG = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00" + bytes(range(256)) * 4
+
+
+def payload(name: str) -> bytes:
+    return (PAYLOADS / name).read_bytes()
+
+
+def sign(body: bytes, secret: str = APP_SECRET) -> str:
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+def derived_message(number: int, **message: Any) -> bytes:
+    """A later message of the same customer, derived from the sample text message."""
+    document = json.loads(payload("text.json"))
+    original = document["entry"][0]["changes"][0]["value"]["messages"][0]
+    replacement = {"from": original["from"], "id": f"wamid.TEST{number:04d}", "timestamp": original["timestamp"]}
+    document["entry"][0]["changes"][0]["value"]["messages"] = [{**replacement, **message}]
+    return json.dumps(document, ensure_ascii=False, indent=2).encode()
+
+
+def derived_status(wamid: str, *, sample: str = "status_delivered.json", **changes: Any) -> bytes:
+    document = json.loads(payload(sample))
+    status = document["entry"][0]["changes"][0]["value"]["statuses"][0]
+    status.update(id=wamid, **changes)
+    return json.dumps(document, ensure_ascii=False, indent=2).encode()
+
+
+# --- verify and parse ---------------------------------------------------------------------------------------------
+
+
+def test_subscription_verification_echoes_the_challenge_only_for_the_right_token() -> None:
+    params = {"hub.mode": "subscribe", "hub.verify_token": VERIFY_TOKEN, "hub.challenge": "1158201444"}
+    assert verify_subscription(params, VERIFY_TOKEN) == "1158201444"
+    assert verify_subscription({**params, "hub.verify_token": "guess"}, VERIFY_TOKEN) is None
+    assert verify_subscription({**params, "hub.mode": "unsubscribe"}, VERIFY_TOKEN) is None
+    assert verify_subscription(params, "") is None  # no token configured: nothing verifies
+
+
+def test_signature_is_checked_over_the_raw_bytes() -> None:
+    body = payload("text.json")
+    assert signature_valid(body, sign(body), APP_SECRET)
+    assert not signature_valid(body, sign(body, "other-secret"), APP_SECRET)
+    assert not signature_valid(body + b" ", sign(body), APP_SECRET)
+    assert not signature_valid(body, None, APP_SECRET)
+    assert not signature_valid(body, sign(body).removeprefix("sha256="), APP_SECRET)
+    # Re-serialised JSON is other bytes: the signature is over what was sent, not over the meaning.
+    assert not signature_valid(json.dumps(json.loads(body)).encode(), sign(body), APP_SECRET)
+
+
+def test_parse_text_image_and_button_reply() -> None:
+    text = parse(payload("text.json")).messages[0]
+    assert (text.wa_id, text.type, text.name, text.phone_number_id) == (WA_ID, "text", "Daniel Okafor", PHONE_NUMBER_ID)
+    assert text.wamid.startswith("wamid.") and "CSP2311B0872" in text.text and text.media is None
+
+    image = parse(payload("image.json")).messages[0]
+    assert image.media == whatsapp.Media(id="1498763502281937", mime="image/jpeg",
+                                         name="image-1498763502281937.jpg", kind="photo")
+    assert image.text == "Display with E07 and the serial plate"
+
+    button = parse(payload("button_reply.json")).messages[0]
+    assert button.text == "confirm_serial:CSP2311B0872"  # the id we gave the button, not its title
+    assert button.context_id is not None and button.context_id.startswith("wamid.")
+
+    listed = parse(derived_message(1, type="interactive", interactive={
+        "type": "list_reply", "list_reply": {"id": "cause:normal", "title": "It failed in normal use"}}))
+    assert listed.messages[0].text == "cause:normal"
+
+    document = parse(derived_message(2, type="document", document={
+        "filename": "EX-2024-0311.pdf", "mime_type": "application/pdf", "id": "778", "caption": "invoice"}))
+    assert document.messages[0].media == whatsapp.Media(id="778", mime="application/pdf", name="EX-2024-0311.pdf",
+                                                        kind="document")
+
+
+def test_parse_statuses() -> None:
+    delivered = parse(payload("status_delivered.json"))
+    assert delivered.messages == () and [s.status for s in delivered.statuses] == ["delivered"]
+    failed = parse(payload("status_failed.json")).statuses[0]
+    assert failed.status == "failed" and failed.error_code == 131047
+    assert failed.error is not None and "more than 24 hours" in failed.error
+
+
+@pytest.mark.parametrize("body", [
+    b"", b"not json", b"[]", b'{"entry": {}}', b'{"entry": [{"changes": [{"field": "messages", "value": []}]}]}',
+    b'{"entry": [{"changes": [{"field": "messages", "value": {"messages": [{"type": "text"}]}}]}]}',
+    b'\xff\xfe{"entry": []}',
+])
+def test_malformed_bodies_are_refused(body: bytes) -> None:
+    with pytest.raises(MalformedPayload):
+        parse(body)
+
+
+def test_reactions_and_other_fields_are_ignored() -> None:
+    assert parse(derived_message(3, type="reaction", reaction={"message_id": "wamid.x", "emoji": "👍"})).messages == ()
+    other = b'{"object": "whatsapp_business_account", "entry": [{"changes": [{"field": "account_update", "value": {}}]}]}'
+    assert parse(other) == whatsapp.Notification()
+
+
+def test_locale_hint_from_the_calling_code() -> None:
+    assert locale_hint(WA_ID) == "en"
+    assert locale_hint("5215512345678") == "es"
+    assert locale_hint("8613800138000") == "zh"
+    assert locale_hint("971501234567") == "ar"
+    assert locale_hint("999") is None
+
+
+# --- render -------------------------------------------------------------------------------------------------------
+
+
+def test_long_text_is_split_at_line_breaks_within_the_limit() -> None:
+    paragraph = "E07 means the inverter saw an overload. " * 40  # about 1600 characters
+    text = "\n\n".join([paragraph.strip()] * 6)
+    bodies = render(text, ())
+    assert len(bodies) > 1
+    assert all(b["type"] == "text" and len(b["text"]["body"]) <= whatsapp.TEXT_LIMIT for b in bodies)
+    assert " ".join(b["text"]["body"] for b in bodies).split() == text.split()
+    assert split_text("x" * 5000, 4096) == ["x" * 4096, "x" * 904]  # no break to cut at: cut hard
+
+
+def test_up_to_three_buttons_are_reply_buttons_with_short_titles() -> None:
+    buttons = (Button(label="It failed in normal use", value="cause:normal"), Button(label="Repair", value="pref:r"))
+    (body,) = render("How did the fault appear?", buttons)
+    action = body["interactive"]["action"]
+    assert body["interactive"]["type"] == "button"
+    assert [b["reply"]["id"] for b in action["buttons"]] == ["cause:normal", "pref:r"]
+    assert [b["reply"]["title"] for b in action["buttons"]] == ["It failed in normal…", "Repair"]
+
+
+def test_four_to_ten_buttons_are_a_list_and_more_are_numbered_text() -> None:
+    six = tuple(Button(label=f"Option number {n} with a long description", value=f"v:{n}") for n in range(6))
+    (body,) = render("Choose one", six, language="es")
+    interactive = body["interactive"]
+    rows = interactive["action"]["sections"][0]["rows"]
+    assert interactive["type"] == "list" and interactive["action"]["button"] == "Elegir"
+    assert [r["id"] for r in rows] == [f"v:{n}" for n in range(6)]
+    assert all(len(r["title"]) <= whatsapp.ROW_TITLE_LIMIT for r in rows)
+    assert len({r["title"] for r in rows}) == 6  # clipped titles made unique
+    assert rows[0]["description"] == "Option number 0 with a long description"
+
+    many = tuple(Button(label=f"Unit {n}", value=f"u:{n}") for n in range(12))
+    (text,) = render("Which unit?", many)
+    assert text["type"] == "text"
+    assert text["text"]["body"].splitlines()[-1] == "12. Unit 11"
+
+
+def test_buttons_travel_with_the_last_piece_of_a_long_text() -> None:
+    bodies = render("word " * 1500, (Button(label="Yes", value="yes"),))
+    assert [b["type"] for b in bodies][-1] == "interactive"
+    assert len(bodies[-1]["interactive"]["body"]["text"]) <= whatsapp.INTERACTIVE_BODY_LIMIT
+    assert all(len(b["text"]["body"]) <= whatsapp.TEXT_LIMIT for b in bodies[:-1])
+
+
+def test_graph_errors_map_to_outbox_outcomes() -> None:
+    assert isinstance(delivery_error(whatsapp.GraphError(500, 1, "unknown")), RetryLater)
+    assert isinstance(delivery_error(whatsapp.GraphError(429, 130429, "throughput")), RetryLater)
+    assert isinstance(delivery_error(whatsapp.GraphError(400, 131026, "undeliverable")), Unreachable)
+    assert isinstance(delivery_error(whatsapp.GraphError(400, 131009, "bad parameter")), PermanentFailure)
+    assert not isinstance(delivery_error(whatsapp.GraphError(400, 131009, "x")), RetryLater)
+
+
+# --- the bot's server against the fake Graph API --------------------------------------------------------------------
+
+
+@dataclass
+class Running:
+    bot: Bot
+    graph: FakeGraph
+    url: str
+
+    def post(self, body: bytes, *, signature: str | None = "valid") -> httpx.Response:
+        headers = {"content-type": "application/json"}
+        if signature is not None:
+            headers["x-hub-signature-256"] = sign(body) if signature == "valid" else signature
+        return httpx.post(f"{self.url}{whatsapp.WEBHOOK_PATH}", content=body, headers=headers, timeout=10)
+
+    def inbox(self) -> list[InboxItem]:
+        with Session(self.bot.db) as session:
+            return list(session.execute(select(InboxItem).order_by(InboxItem.id)).scalars())  # type: ignore[arg-type]
+
+    def outbox(self) -> list[OutboxItem]:
+        with Session(self.bot.db) as session:
+            return list(session.execute(select(OutboxItem).order_by(OutboxItem.id)).scalars())  # type: ignore[arg-type]
+
+    def case_ref(self) -> str | None:
+        with Session(self.bot.db) as session:
+            case = session.execute(select(Case)).scalars().first()
+            return case.ref if case else None
+
+    def wait_sent(self, count: int, what: str) -> list[dict[str, Any]]:
+        return wait_until(lambda: len(self.graph.sent_to(WA_ID)) >= count and self.graph.sent_to(WA_ID),
+                          what=what)
+
+
+@pytest.fixture
+def running(settings: Settings, db: Engine) -> Iterator[Running]:
+    graph = FakeGraph(access_token=ACCESS_TOKEN, phone_number_id=PHONE_NUMBER_ID)
+    with serve(graph.app()) as graph_url:
+        configured = settings.model_copy(update={
+            "whatsapp_access_token": SecretStr(ACCESS_TOKEN), "whatsapp_app_secret": SecretStr(APP_SECRET),
+            "whatsapp_verify_token": SecretStr(VERIFY_TOKEN), "whatsapp_phone_number_id": PHONE_NUMBER_ID,
+            "whatsapp_graph_url": f"{graph_url}/v23.0", "whatsapp_template_name": "case_update",
+            "whatsapp_template_language": "en", "outbox_poll_seconds": 0.1,
+        })
+        bot = build(configured, db=db)
+        channel = whatsapp.from_settings(bot)
+        assert channel is not None
+        with serve(create_app(bot, channels=[channel])) as url:
+            yield Running(bot=bot, graph=graph, url=url)
+
+
+def _press(running: Running, number: int) -> str:
+    """Answer the bot's last offered choice the way a customer who wants an engineer would."""
+    last = running.graph.sent_to(WA_ID)[-1]
+    assert last["type"] == "interactive", last
+    interactive = last["interactive"]
+    if interactive["type"] == "button":
+        ids = [b["reply"]["id"] for b in interactive["action"]["buttons"]]
+    else:
+        ids = [r["id"] for s in interactive["action"]["sections"] for r in s["rows"]]
+    choice = next(v for v in ("cause:normal", "pref:repair", "cmd:human", *ids) if v in ids)
+    kind = "button_reply" if interactive["type"] == "button" else "list_reply"
+    body = derived_message(number, type="interactive", interactive={"type": kind, kind: {"id": choice, "title": "x"}})
+    assert running.post(body).status_code == 200
+    return choice
+
+
+def test_a_full_claim_over_whatsapp(running: Running) -> None:
+    graph = running.graph
+    graph.media["1498763502281937"] = (JPEG, "image/jpeg")
+
+    # The customer's first message: the sample's bytes, unchanged.
+    assert running.post(payload("text.json")).status_code == 200
+    first = running.wait_sent(2, "the bot's answer to the serial and fault")
+    assert any("CSP2311B0872" in t for t in graph.texts(WA_ID))
+    assert first[-1]["type"] == "interactive"  # asks for proof, with a "no proof" button
+
+    # WhatsApp delivers the same notification again: stored once.
+    assert running.post(payload("text.json")).status_code == 200
+    assert [i.external_id for i in running.inbox()] == [parse(payload("text.json")).messages[0].wamid]
+
+    # The photo of the display, downloaded through the media endpoint with the bearer token.
+    before = len(graph.sent_to(WA_ID))
+    assert running.post(payload("image.json")).status_code == 200
+    running.wait_sent(before + 1, "the bot's answer to the photo")
+    assert ("GET", "/v23.0/1498763502281937") in graph.requests and ("GET", "/download/1498763502281937") in graph.requests
+    with Session(running.bot.db) as session:
+        stored = session.execute(select(StoredAttachment)).scalars().one()
+    assert (stored.kind, stored.mime, stored.size) == ("photo", "image/jpeg", len(JPEG))
+    assert running.bot.attachments.path(stored.path).read_bytes() == JPEG
+
+    # Buttons and lists until the case is opened (cause, maybe a preference, maybe "talk to an engineer").
+    pressed = []
+    for number in range(10, 16):
+        if running.case_ref():
+            break
+        sent = len(graph.sent_to(WA_ID))
+        pressed.append(_press(running, number))
+        running.wait_sent(sent + 1, f"the bot's answer to {pressed[-1]}")
+    assert "cause:normal" in pressed
+    ref = wait_until(running.case_ref, what="a case")
+    wait_until(lambda: any(ref in t for t in graph.texts(WA_ID)), what="the case reference sent to the customer")
+
+    # An engineer claims it; the customer hears so on WhatsApp.
+    running.bot.desk.claim(ref, engineer="Ana Ruiz")
+    wait_until(lambda: any("Ana Ruiz" in t and ref in t for t in graph.texts(WA_ID)), what="the claim notice")
+
+    # Limits the real API enforces held for everything we sent (the fake refuses what breaks them).
+    assert all(item.status in ("sent", "delivered", "read") and item.last_error is None for item in running.outbox())
+    assert all(m["to"] == WA_ID and m["messaging_product"] == "whatsapp" for m in graph.sent)
+
+
+def test_delivery_statuses_update_the_outbox_row_and_create_nothing(running: Running) -> None:
+    assert running.post(payload("text.json")).status_code == 200
+    running.wait_sent(2, "the bot's answers")
+    last = wait_until(lambda: [i for i in running.outbox() if i.status == "sent"][-1:], what="a sent row")[0]
+    assert last.external_id is not None and last.external_id.startswith("wamid.FAKE")
+    outbox_before, inbox_before = len(running.outbox()), len(running.inbox())
+
+    def status_of(row_id: int | None) -> tuple[str, str | None]:
+        item = next(i for i in running.outbox() if i.id == row_id)
+        return item.status, item.last_error
+
+    assert running.post(payload("status_delivered.json")).status_code == 200  # not one of ours: ignored
+    assert running.post(derived_status(last.external_id, status="read")).status_code == 200
+    assert status_of(last.id) == ("read", None)
+    assert running.post(derived_status(last.external_id)).status_code == 200  # a late "delivered" after "read"
+    assert status_of(last.id) == ("read", None)
+    failure = derived_status(last.external_id, sample="status_failed.json", errors=[
+        {"code": 131053, "title": "Media upload error", "error_data": {"details": "Unsupported file type"}}])
+    assert running.post(failure).status_code == 200
+    assert status_of(last.id) == ("failed", "131053 Media upload error: Unsupported file type")
+    assert (len(running.outbox()), len(running.inbox())) == (outbox_before, inbox_before)
+
+
+def _age_window(db: Engine, hours: int) -> None:
+    """Move the customer's last message back in time, as if they had gone quiet `hours` ago."""
+    then = utcnow() - timedelta(hours=hours)
+    with session_scope(db) as session:
+        identity = session.execute(select(ChannelIdentity)).scalars().one()
+        identity.last_inbound_at = then
+        identity.data = {**identity.data, "whatsapp": {**identity.data.get("whatsapp", {}),
+                                                       "last_inbound_at": then.isoformat()}}
+
+
+def _held(running: Running) -> list[OutboxItem]:
+    return [i for i in running.outbox() if i.status == "pending" and (i.last_error or "").startswith("held:")]
+
+
+def test_outside_the_window_a_template_goes_out_and_the_reply_follows_when_the_customer_answers(
+        running: Running) -> None:
+    graph = running.graph
+    assert running.post(payload("text.json")).status_code == 200
+    assert running.post(derived_message(20, type="text", text={"body": "human"})).status_code == 200
+    ref = wait_until(running.case_ref, what="a case")
+    wait_until(lambda: any(ref in t for t in graph.texts(WA_ID)), what="the case reference")
+    wait_until(lambda: all(i.status == "sent" for i in running.outbox()), what="everything sent")
+    _age_window(running.bot.db, hours=25)
+
+    running.bot.desk.reply(ref, engineer="Ana Ruiz", text="Please send a photo of the rating plate.")
+    running.bot.desk.reply(ref, engineer="Ana Ruiz", text="And the invoice, if you have it.")
+    template = wait_until(lambda: [m for m in graph.sent_to(WA_ID) if m["type"] == "template"], what="a template")
+    assert template[0]["template"]["name"] == "case_update"
+    assert template[0]["template"]["components"][0]["parameters"] == [{"type": "text", "text": ref}]
+    held = wait_until(lambda: _held(running), what="the held reply")
+    assert len(held) == 1 and held[0].next_attempt_at.replace(tzinfo=None) > (utcnow() + timedelta(days=1)).replace(
+        tzinfo=None)
+    assert not any("rating plate" in t for t in graph.texts(WA_ID))
+
+    # The customer answers the template: both replies follow, in order, and no second template.
+    assert running.post(derived_message(21, type="button", button={"payload": "Continue", "text": "Continue"})
+                        ).status_code == 200
+    def held_texts() -> list[str]:
+        return [t for t in graph.texts(WA_ID) if "rating plate" in t or "invoice, if you have it" in t]
+
+    texts = wait_until(lambda: len(held_texts()) == 2 and held_texts(), what="both held replies")
+    assert "rating plate" in texts[0] and "invoice" in texts[1]
+    kinds = [m["type"] for m in graph.sent_to(WA_ID)]
+    assert kinds.index("template") < len(kinds) - 2  # the template came before the replies it announced
+    assert len([m for m in graph.sent_to(WA_ID) if m["type"] == "template"]) == 1
+    wait_until(lambda: not _held(running), what="no held rows left")
+
+
+def test_a_re_engagement_failure_holds_the_message_for_the_template(running: Running) -> None:
+    graph = running.graph
+    assert running.post(payload("text.json")).status_code == 200
+    assert running.post(derived_message(30, type="text", text={"body": "human"})).status_code == 200
+    ref = wait_until(running.case_ref, what="a case")
+    wait_until(lambda: running.outbox() and all(i.status == "sent" for i in running.outbox()), what="all sent")
+
+    # Our clock said the window was open, WhatsApp says it is not (the sample failure, for our message).
+    graph.fail_next(400, 131047, "Re-engagement message")
+    running.bot.desk.reply(ref, engineer="Ana Ruiz", text="Is the unit still under load?")
+    wait_until(lambda: [m for m in graph.sent_to(WA_ID) if m["type"] == "template"], what="a template")
+    wait_until(lambda: _held(running), what="the held reply")
+
+    # The asynchronous form: a sent message reported failed with 131047 later is held, not lost.
+    assert running.post(derived_message(31, type="text", text={"body": "yes?"})).status_code == 200
+    sent = wait_until(lambda: [i for i in running.outbox() if i.status == "sent" and "still under load" in
+                               i.payload["text"]], what="the released reply")[0]
+    wait_until(lambda: all(i.status == "sent" for i in running.outbox()), what="all sent")
+    assert sent.external_id is not None
+    _age_window(running.bot.db, hours=30)
+    assert running.post(derived_status(sent.external_id, sample="status_failed.json")).status_code == 200
+    wait_until(lambda: len([m for m in graph.sent_to(WA_ID) if m["type"] == "template"]) == 2, what="a 2nd template")
+    assert [i.id for i in wait_until(lambda: _held(running), what="held again")] == [sent.id]
+
+
+def test_forged_missing_and_malformed_requests(running: Running) -> None:
+    body = payload("text.json")
+    assert running.post(body, signature=None).status_code == 401
+    assert running.post(body, signature=sign(body, "guessed-secret")).status_code == 401
+    assert running.post(body, signature="sha256=" + "0" * 64).status_code == 401
+    assert running.post(b"{not json", signature="valid").status_code == 400
+    assert running.post(b'{"entry": "x"}', signature="valid").status_code == 400
+    assert running.inbox() == [] and running.graph.sent == []
+
+    verify = f"{running.url}{whatsapp.WEBHOOK_PATH}"
+    good = {"hub.mode": "subscribe", "hub.verify_token": VERIFY_TOKEN, "hub.challenge": "8831"}
+    answer = httpx.get(verify, params=good)
+    assert (answer.status_code, answer.text) == (200, "8831")
+    assert httpx.get(verify, params={**good, "hub.verify_token": "nope"}).status_code == 403
+
+
+def test_not_configured_without_credentials(bot: Bot) -> None:
+    assert whatsapp.from_settings(bot) is None
