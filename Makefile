@@ -15,8 +15,14 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 ## Set up and run the bot: web chat on http://127.0.0.1:8000/, local desk on /desk, SQLite in ./var.
-run: setup
+run: setup .env
 	$(BIN)/warranty-bot serve
+
+# A first run gets a .env with a fresh desk token, so the local desk works at once (.env.example lists the rest).
+.env:
+	@printf '# Made by `make run`; every setting is described in .env.example.\nDESK_TOKEN=%s\n' \
+		"$$($(PYTHON) -c 'import secrets; print(secrets.token_urlsafe(24))')" > .env
+	@echo "created .env with a new DESK_TOKEN for the local desk at /desk"
 
 ## Set up and run every check: lint, types, the test suite (SQLite always, PostgreSQL when reachable).
 test: setup

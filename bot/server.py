@@ -236,7 +236,7 @@ def run_server(settings: Settings, *, host: str, port: int) -> None:
     print(f"warranty-bot serving on {base}")
     print(f"  web chat:   {base}/")
     if settings.desk_token:
-        print(f"  local desk: {base}/desk  (sign in with DESK_TOKEN)")
+        print(f"  local desk: {base}/desk  (sign in with the DESK_TOKEN from .env)")
     else:
         print(f"  local desk: {base}/desk  is off: set DESK_TOKEN in .env to turn it on")
     print(f"  health:     {base}/healthz   metrics: {base}/metrics")
