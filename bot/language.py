@@ -1,8 +1,9 @@
 """Which of the bot's languages a customer uses: from a channel's locale hint, or from what they write.
 
 Both functions answer None when unsure: a serial number, a button value or a "hello" must never switch a
-customer's language. Detection uses Lingua (lingua-language-detector) restricted to `LANGUAGES`, offline;
-its models load lazily on the first call (about 1 s and 130 MB for all seven languages), once per process.
+customer's language. Detection uses Lingua (lingua-language-detector), offline, restricted to `LANGUAGES`.
+Chinese, Russian and Arabic are told apart by their scripts alone; the models for the four Latin-script
+languages load once per process, on the first Latin-script text: about 1.6 s and 130 MB (docs/languages.md).
 """
 
 from __future__ import annotations
@@ -29,15 +30,24 @@ MIN_OTHER_LETTERS = 2
 
 # Not language: button values (cause:normal, lang:es), links, addresses, mentions, commands, and every
 # token with a digit in it (serial numbers, error codes such as E07, dates, phone numbers, amounts).
+# ASCII classes on purpose: Chinese is written without spaces, so `\S+` or `\w+` would eat the words around.
 _NOISE = re.compile(
-    r"\b[a-z_]+:[\w.-]+"
-    r"|https?://\S+|www\.\S+"
-    r"|\S+@\S+"
-    r"|(?<!\w)[@/#]\w+"
-    r"|[A-Za-z0-9_./:+-]*[0-9][A-Za-z0-9_./:+-]*",
-    re.IGNORECASE,
+    r"\b[A-Za-z_]+:[A-Za-z0-9_.-]+"
+    r"|(?:https?://|www\.)[!-~]+"
+    r"|[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+"
+    r"|(?<![A-Za-z0-9_])[@/#][A-Za-z0-9_]+"
+    r"|[A-Za-z0-9_./:+-]*[0-9][A-Za-z0-9_./:+-]*"
 )
 _WORD = re.compile(r"[^\W\d_]+")
+# Letters that none of our languages writes: a text with one of them is in another language (Polish,
+# Vietnamese, Turkish, German, Czech, Romanian, Nordic; Ukrainian, Belarusian, Serbian, Kazakh; Persian,
+# Urdu), which Lingua, knowing only our seven, would otherwise give to the nearest of them.
+_FOREIGN_LETTERS = frozenset(
+    "łąęśźżńćőűřěůșțşţăđơưßäöåøığ"
+    "ạảấầẩẫậắằẳẵặẹẻẽếềểễệỉịọỏốồổỗộớờởỡợụủứừửữựỳỵỷỹ"
+    "ієїґўђјљњћџѓќѕқғүұһәөңҳҷӣӯ"
+    "یکۀےٹڈڑںژ"
+)
 
 
 @functools.cache
@@ -50,12 +60,16 @@ def detector() -> LanguageDetector:
 def detect(text: str) -> str | None:
     """The language of a customer's message, one of `LANGUAGES`, or None when the text is too short,
     carries no words (serials, digits, button values) or is ambiguous."""
-    words = _WORD.findall(_NOISE.sub(" ", text))
+    # NFKC: full-width letters and digits (Ｅ０７), common in Chinese input, become plain ones.
+    words = _WORD.findall(_NOISE.sub(" ", unicodedata.normalize("NFKC", text)))
     if not words:
         return None
-    scripts = _scripts("".join(words))
-    if scripts.get("other", 0) or scripts.get("kana", 0):
+    letters_only = "".join(words)
+    scripts = _scripts(letters_only)
+    if scripts.get("other", 0) or scripts.get("kana_hangul", 0):
         return None  # Japanese, Korean, Greek, Hindi…: none of ours, and kanji must not pass for Chinese
+    if not _FOREIGN_LETTERS.isdisjoint(letters_only.lower()):
+        return None
     letters = sum(scripts.values())
     if scripts.get("latin", 0) * 2 > letters:
         if len(words) < MIN_LATIN_WORDS or letters < MIN_LATIN_LETTERS:
@@ -78,7 +92,7 @@ def _scripts(letters: str) -> dict[str, int]:
         elif name.startswith("CJK") or "IDEOGRAPH" in name:
             script = "han"
         elif name.startswith(("HIRAGANA", "KATAKANA", "HANGUL")):
-            script = "kana"
+            script = "kana_hangul"
         elif name.startswith("CYRILLIC"):
             script = "cyrillic"
         elif name.startswith("ARABIC"):

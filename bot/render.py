@@ -43,6 +43,8 @@ class Renderer:
             trim_blocks=True,
             lstrip_blocks=True,
             keep_trailing_newline=False,
+            auto_reload=False,  # templates ship with the package; no need to stat them on every message
+            cache_size=1000,
         )
         self.root = root
 
@@ -60,7 +62,7 @@ class Renderer:
     def text(self, template: str, *, language: str, **params: Any) -> str:
         lang = self._lang(f"{template}.j2", language)
         context = self._context(lang)
-        return self.env.get_template(f"{lang}/{template}.j2").render(**context, **params).strip()
+        return self.env.get_template(f"{lang}/{template}.j2").render({**context, **params}).strip()
 
     def label(self, name: str, *, language: str, **params: Any) -> str:
         lang = self._lang("labels.j2", language)

@@ -29,19 +29,21 @@ class Server:
         self.env = {**os.environ, "DATABASE_URL": database_url, "DESK_TOKEN": TOKEN, "LOG_LEVEL": "WARNING",
                     "ATTACHMENTS_DIR": str(workdir / "files"), "OUTBOX_POLL_SECONDS": "0.1"}
         self.process: subprocess.Popen[bytes] | None = None
+        self.log = workdir / f"server-{self.port}.log"
 
     def start(self) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "bot.cli", "serve", "--port", str(self.port)],
-            cwd=self.workdir, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        )
+        # Output goes to a file: a pipe nobody reads would fill up and stall the server.
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "bot.cli", "serve", "--port", str(self.port)],
+                cwd=self.workdir, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+            )
         wait_until(self._healthy, timeout=30, what="the server to answer /healthz")
 
     def _healthy(self) -> bool:
         assert self.process is not None
         if self.process.poll() is not None:
-            output = self.process.stdout.read().decode() if self.process.stdout else ""
-            raise AssertionError(f"server exited: {output}")
+            raise AssertionError(f"server exited: {self.log.read_text()[-3000:]}")
         try:
             return httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200
         except httpx.TransportError:

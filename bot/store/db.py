@@ -6,6 +6,7 @@ import hashlib
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -44,22 +45,33 @@ def make_engine(url: str) -> Engine:
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Any) -> None:
-        # Take the write lock up front: a reader that later writes would otherwise fail with SQLITE_BUSY.
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        # A writing transaction takes the write lock up front (a reader that later writes would fail with
+        # SQLITE_BUSY); reads stay deferred, so that WAL lets them run beside the one writer.
+        connection.exec_driver_sql("BEGIN IMMEDIATE" if _writing.get() else "BEGIN")
 
     return engine
 
 
+_writing: ContextVar[bool] = ContextVar("writing", default=False)
+
+
 @contextmanager
 def session_scope(engine: Engine) -> Iterator[Session]:
-    """One transaction: committed when the block ends normally, rolled back otherwise."""
-    with Session(engine, expire_on_commit=False) as session:
-        try:
-            yield session
-            session.commit()
-        except BaseException:
-            session.rollback()
-            raise
+    """One writing transaction: committed when the block ends normally, rolled back otherwise.
+
+    Plain `Session(engine)` is for reading.
+    """
+    token = _writing.set(True)
+    try:
+        with Session(engine, expire_on_commit=False) as session:
+            try:
+                yield session
+                session.commit()
+            except BaseException:
+                session.rollback()
+                raise
+    finally:
+        _writing.reset(token)
 
 
 _local_locks: dict[str, threading.Lock] = {}

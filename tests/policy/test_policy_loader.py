@@ -90,8 +90,9 @@ BAD_FILES = [
      "clauses.W1.text", "unknown field"),
     ("clauses missing", without_table("clauses.W1").replace("[clauses.", "[gone."), "gone",
      "unknown field"),
-    ("reasons missing", without_table("reasons.en"), "reasons", "must be a table"),
-    ("english missing", edited("[reasons.en]", "[reasons.fr]"), "reasons.en",
+    ("reasons missing", re.sub(r"^\[reasons\.\w+\]\n(?:[^\[\n].*\n|\n)*", "", DEFAULT_TEXT, flags=re.M), "reasons",
+     "must be a table"),
+    ("english missing", edited("[reasons.en]", "[reasons.xx]"), "reasons.en",
      "missing: English texts are the fallback for every language"),
     ("reason missing", edited("\nexpired = ", "\nexpire = "), "reasons.en.expire", "unknown reason code"),
     ("reason code missing", re.sub(r"^expired = .*\n", "", DEFAULT_TEXT, flags=re.M), "reasons.en",
@@ -153,13 +154,13 @@ def test_missing_file(tmp_path: Path) -> None:
 
 def test_optional_offset_and_other_languages(tmp_path: Path) -> None:
     text = edited("serial_fallback_offset_months = 1\n", "") + (
-        '\n[reasons.fr]\nin_warranty = "Sous garantie jusqu\'au {warranty_end}."\n'
+        '\n[reasons.de]\nin_warranty = "Garantie bis {warranty_end}."\n'
     )
     path = tmp_path / "policy.toml"
     path.write_text(text, encoding="utf-8")
     policy = load_policy(path)
     assert policy.serial_fallback_offset_months == 1
-    assert dict(policy.reason_texts["fr"]) == {"in_warranty": "Sous garantie jusqu'au {warranty_end}."}
+    assert dict(policy.reason_texts["de"]) == {"in_warranty": "Garantie bis {warranty_end}."}
 
 
 def test_rates_are_exact_and_may_be_strings(tmp_path: Path) -> None:

@@ -1,0 +1,407 @@
+"""Every customer language: complete templates, labels and reason texts, and language detection and hints."""
+
+from __future__ import annotations
+
+import re
+import string
+from datetime import date
+from decimal import Decimal
+from typing import Any
+
+import jinja2
+import pytest
+from jinja2 import meta
+
+from bot.conversation import COMMAND_WORDS, LANGUAGES, Reply
+from bot.language import detect, detector, hint_language
+from bot.render import TEMPLATES, Renderer
+from policy import REASON_PARAMS, Circumstances, Claim, Proof, default_policy, evaluate
+
+POLICY = default_policy()
+RENDERER = Renderer(POLICY)
+TRANSLATED = tuple(language for language in LANGUAGES if language != "en")
+SOURCE = RENDERER.env  # the renderer's own environment: same loader, syntax options and StrictUndefined
+ENGLISH = sorted(path.stem for path in (TEMPLATES / "en").glob("*.j2") if path.stem != "labels")
+# Names the renderer puts in every template's context itself (bot/render.py Renderer._context).
+RENDERER_NAMES = frozenset({"lang", "policy", "reasons", "clause", "date", "money", "number"})
+
+
+def variables(language: str, template: str) -> set[str]:
+    assert SOURCE.loader is not None
+    source = SOURCE.loader.get_source(SOURCE, f"{language}/{template}.j2")[0]
+    return set(meta.find_undeclared_variables(SOURCE.parse(source)))
+
+
+# --- realistic contexts ---------------------------------------------------------------------------------
+
+TODAY = date(2026, 3, 2)
+
+
+def _decision(serial: str, **claim: Any) -> Any:
+    return evaluate(Claim(serial=serial, claim_date=TODAY, **claim), POLICY)
+
+
+COVERED = _decision("CSP2402A0153", port_arrival_date=date(2024, 4, 10), proof=Proof.registry)
+REVIEW = _decision("CSP2402A0154", port_arrival_date=date(2023, 12, 1), proof=Proof.registry)
+PRELIMINARY = _decision("CSP2402A0155", port_arrival_date=date(2024, 4, 10), proof=Proof.registry,
+                        circumstances=Circumstances(human_damage=True))
+EXPIRED = _decision("CSP2001A0001")
+
+
+def _group(decision: Any, *serials: str) -> dict[str, Any]:
+    return {"decision": decision, "serials": list(serials), "preliminary": decision.preliminary}
+
+
+SERIALS = [f"CSP2402A{n:04d}" for n in range(100, 112)]
+
+# One realistic value per variable any English template uses: a template with a new variable fails
+# test_every_template_renders_in_every_language until a value is added here.
+VALUES: dict[str, Any] = {
+    "engineer": "Li Wei",
+    "case_ref": "WR-2026-000042",
+    "question": "Could you send a photo of the label on the unit?",
+    "covered": 12,
+    "discounts": [{"order_id": "PO-88123", "amount": Decimal("1250.00"), "currency": "USD"}],
+    "unregistered": ["CSP2402A0153"],
+    "count": 1,
+    "files": [{"name": "invoice.docx", "reason": "wrong_type"}],
+    "max_mb": 10,
+    "offer_human": False,
+    "clause": "L1",
+    "units": 1,
+    "groups": [_group(COVERED, "CSP2402A0153")],
+    "text": "Please check the DC breaker and send me a photo of the display.",
+    "state": "awaiting_fault",
+    "case_status": "open",
+    "serials": ["CSP2402A0153"],
+    "registered": [],
+    "amount": Decimal("1250.00"),
+    "currency": "USD",
+    "clauses": ["X5"],
+    "reason": "The housing shows impact damage.",
+    "error": "CSP2402A0149 to CSP2402A0100: the range runs backwards",
+    "max_units": 1000,
+    "attempt": "CSP24XX",
+    "fault": "Display shows E07 and shuts down",
+}
+
+# The branches of each template, as changes to the base context.
+VARIANTS: dict[str, list[dict[str, Any]]] = {
+    "ask_preference": [{"discounts": []},
+                       {"discounts": [*VALUES["discounts"], {"order_id": "PO-88200", "amount": Decimal("80.5"),
+                                                             "currency": "EUR"}]}],
+    "ask_proof": [{"count": 3, "unregistered": SERIALS[:3]},
+                  {"count": 3, "unregistered": SERIALS[:1], "serials": SERIALS[:3]}],
+    "attachment_rejected": [{"files": [{"name": "video.mp4", "reason": "too_large"},
+                                       {"name": "notes.docx", "reason": "wrong_type"}]}],
+    "cause_reask": [{"offer_human": True}],
+    "decision": [{"units": 10, "groups": [_group(COVERED, *SERIALS[:7]), _group(REVIEW, "CSP2402A0154"),
+                                          _group(PRELIMINARY, "CSP2402A0155"), _group(EXPIRED, "CSP2001A0001")]},
+                 {"units": 1, "groups": [_group(EXPIRED, "CSP2001A0001")]}],
+    "fault_reask": [{"offer_human": True}],
+    "help": [{"case_ref": None}],
+    "method_discount_compensation": [{"amount": None}],
+    "method_not_covered": [{"clauses": []}],
+    "preference_reask": [{"offer_human": True}],
+    "proof_reask": [{"offer_human": True}],
+    "relayed": [{"case_status": "claimed"}],
+    "serial_reask": [{"attempt": None}, {"offer_human": True}],
+    "status": [*({"case_status": status} for status in ("claimed", "waiting_customer", "in_service", "resolved",
+                                                        "closed", "archived")),
+               {"case_ref": None, "state": "new"}, {"case_ref": None, "serials": SERIALS[:3]},
+               {"case_ref": None, "serials": []}],
+    "units_received": [{"registered": ["CSP2402A0153"]},
+                       {"count": 12, "serials": SERIALS, "registered": SERIALS[:1]},
+                       {"count": 12, "serials": SERIALS, "registered": SERIALS[:3]},
+                       {"count": 2, "serials": SERIALS[:2], "registered": []}],
+}
+
+
+def contexts(template: str) -> list[dict[str, Any]]:
+    """The base context built from the English template's variables, then each of its branches."""
+    names = variables("en", template)
+    missing = sorted(name for name in names if name not in VALUES and name not in RENDERER_NAMES)
+    assert not missing, f"add realistic values for {missing} (templates/en/{template}.j2) to VALUES"
+    base = {name: VALUES[name] for name in names if name in VALUES}
+    return [base, *({**base, **change} for change in VARIANTS.get(template, []))]
+
+
+# --- templates ------------------------------------------------------------------------------------------
+
+
+def test_english_has_templates() -> None:
+    assert len(ENGLISH) > 30
+    assert "greeting" in ENGLISH
+
+
+@pytest.mark.parametrize("language", TRANSLATED)
+def test_every_language_has_exactly_the_english_templates(language: str) -> None:
+    english = sorted(path.name for path in (TEMPLATES / "en").glob("*.j2"))
+    assert sorted(path.name for path in (TEMPLATES / language).glob("*.j2")) == english
+
+
+@pytest.mark.parametrize("language", TRANSLATED)
+@pytest.mark.parametrize("template", ENGLISH)
+def test_same_variables_as_english(language: str, template: str) -> None:
+    assert variables(language, template) == variables("en", template)
+
+
+@pytest.mark.parametrize("template", ENGLISH)
+def test_every_template_renders_in_every_language(template: str) -> None:
+    for context in contexts(template):
+        english = RENDERER.text(template, language="en", **context)
+        for language in TRANSLATED:
+            # StrictUndefined: a variable the translation needs and English does not fails here.
+            text = RENDERER.text(template, language=language, **context)
+            assert text.strip(), (language, template)
+            assert text != english, f"templates/{language}/{template}.j2 renders the English text"
+            assert "<function" not in text and "{{" not in text and "{%" not in text, text
+            if context.get("case_ref"):
+                assert context["case_ref"] in text, (language, template)
+
+
+def test_a_reply_parameter_may_share_its_name_with_a_renderer_function() -> None:
+    # The conversation answers a claim for lost profits with Reply(template="consequential_damages",
+    # params={"clause": "L1"}); `clause` is also a function the renderer provides to every template.
+    reply = Reply(template="consequential_damages", params={"clause": "L1"})
+    for language in LANGUAGES:
+        assert "L1" in RENDERER.render(reply, language=language).text
+
+
+def test_decision_shows_dates_reasons_and_clauses_in_the_language() -> None:
+    context = {"units": 2, "groups": [_group(COVERED, "CSP2402A0153"), _group(EXPIRED, "CSP2001A0001")]}
+    expected = {"en": ("June 9, 2026", "In warranty until"), "zh": ("2026年6月9日", "在保修期内"),
+                "es": ("9 de junio de 2026", "En garantía hasta"), "ru": ("9 июня 2026 г.", "Гарантия действует"),
+                "pt": ("9 de junho de 2026", "Dentro da garantia"), "fr": ("9 juin 2026", "Sous garantie"),
+                "ar": ("9 يونيو 2026", "مشمول بالضمان")}
+    for language, (end_date, reason) in expected.items():
+        text = RENDERER.text("decision", language=language, **context).replace("\u00a0", " ").replace("\u202f", " ")
+        assert end_date in text and reason in text, text
+        assert "W2" in text and "X2" in text and "CSP2001A0001" in text
+
+
+def test_language_set_names_the_language_in_itself() -> None:
+    own_name = {"en": "English", "zh": "中文", "es": "español", "ru": "по-русски", "pt": "português",
+                "fr": "français", "ar": "العربية"}
+    assert set(own_name) == set(LANGUAGES)
+    for language, name in own_name.items():
+        assert name in RENDERER.text("language_set", language=language)
+
+
+@pytest.mark.parametrize("language", LANGUAGES)
+def test_help_names_command_words_the_bot_understands(language: str) -> None:
+    text = RENDERER.text("help", language=language, case_ref=None)
+    words = [re.split("[:：]", line[2:])[0].strip() for line in text.splitlines() if line.startswith("- ")]
+    assert [COMMAND_WORDS.get(word.lower()) for word in words] == ["status", "human", "restart", "language"]
+
+
+@pytest.mark.parametrize("language", LANGUAGES)
+def test_proof_reask_quotes_the_button_label(language: str) -> None:
+    label = RENDERER.label("proof_none", language=language)
+    assert label in RENDERER.text("proof_reask", language=language, offer_human=False)
+
+
+# --- labels ---------------------------------------------------------------------------------------------
+
+
+def macros(language: str) -> dict[str, Any]:
+    module = SOURCE.get_template(f"{language}/labels.j2").module
+    return {name: value for name, value in vars(module).items() if isinstance(value, jinja2.runtime.Macro)}
+
+
+@pytest.mark.parametrize("language", TRANSLATED)
+def test_every_label_macro_exists_with_the_same_arguments(language: str) -> None:
+    english = macros("en")
+    translated = macros(language)
+    assert sorted(translated) == sorted(english)
+    for name, macro in english.items():
+        assert translated[name].arguments == macro.arguments, name
+
+
+@pytest.mark.parametrize("language", TRANSLATED)
+def test_labels_are_translated(language: str) -> None:
+    # Language names and the rating stay the same everywhere: each language is offered in its own name.
+    same = {name for name in macros("en") if name.startswith("language_") or name == "rate"}
+    for name, macro in macros("en").items():
+        arguments = {argument: 4 for argument in macro.arguments}
+        label = RENDERER.label(name, language=language, **arguments)
+        assert label
+        assert (label == RENDERER.label(name, language="en", **arguments)) == (name in same), name
+
+
+# --- reason texts ---------------------------------------------------------------------------------------
+
+
+def placeholders(text: str) -> set[str]:
+    return {field for _, field, _, _ in string.Formatter().parse(text) if field}
+
+
+@pytest.mark.parametrize("language", LANGUAGES)
+def test_reason_table_is_complete_with_the_english_placeholders(language: str) -> None:
+    texts = POLICY.reason_texts[language]
+    english = POLICY.reason_texts["en"]
+    assert sorted(texts) == sorted(REASON_PARAMS)
+    for code, text in texts.items():
+        assert placeholders(text) == placeholders(english[code]), (language, code)
+        if language != "en":
+            assert text != english[code], (language, code)
+
+
+# --- detection ------------------------------------------------------------------------------------------
+
+LINES = {
+    "en": [
+        "My inverter shows E07 and shuts down", "The display is blank since yesterday",
+        "It stopped working after two weeks", "Please send me the shipping address",
+        "When will the engineer call me?", "The fan makes a loud noise when it starts",
+        "I have 40 units from the same order with this problem", "Nothing happens when I press the power button",
+        "The battery does not charge anymore", "Can I get a replacement instead of repair?",
+        "The red light keeps blinking", "I already sent the invoice last week",
+    ],
+    "es": [
+        "Mi inversor muestra E07 y se apaga", "La pantalla no enciende desde ayer",
+        "Dejó de funcionar después de dos semanas", "Por favor envíenme la dirección de envío",
+        "¿Cuándo me va a llamar el técnico?", "El ventilador hace mucho ruido al arrancar",
+        "Tengo 40 equipos del mismo pedido con este problema", "No pasa nada cuando presiono el botón de encendido",
+        "La batería ya no carga", "¿Me pueden cambiar el equipo en vez de repararlo?",
+        "La luz roja parpadea todo el tiempo", "Ya les mandé la factura la semana pasada",
+        "CSP2402A0153 el equipo se apaga solo cuando arranca la bomba",
+    ],
+    "pt": [
+        "Meu inversor dá erro E07 e desliga sozinho", "A tela não liga desde ontem",
+        "Parou de funcionar depois de duas semanas", "Por favor me mandem o endereço para envio",
+        "Quando o técnico vai me ligar?", "O ventilador faz muito barulho quando liga",
+        "Tenho 40 unidades do mesmo pedido com esse problema", "Não acontece nada quando aperto o botão de ligar",
+        "A bateria não carrega mais", "Vocês podem trocar o aparelho em vez de consertar?",
+        "A luz vermelha fica piscando o tempo todo", "Já mandei a nota fiscal semana passada",
+    ],
+    "fr": [
+        "Mon onduleur affiche E07 et s'éteint", "L'écran ne s'allume plus depuis hier",
+        "Il a cessé de fonctionner au bout de deux semaines", "Merci de m'envoyer l'adresse d'expédition",
+        "Quand est-ce que le technicien va m'appeler ?", "Le ventilateur fait beaucoup de bruit au démarrage",
+        "J'ai 40 appareils de la même commande avec ce problème", "Rien ne se passe quand j'appuie sur le bouton",
+        "La batterie ne se recharge plus du tout", "Pouvez-vous remplacer l'appareil au lieu de le réparer ?",
+        "Le voyant rouge clignote sans arrêt", "Je vous ai déjà envoyé la facture la semaine dernière",
+    ],
+    "ru": [
+        "Инвертор показывает E07 и выключается", "Экран не включается со вчерашнего дня",
+        "Перестал работать через две недели", "Пришлите, пожалуйста, адрес для отправки",
+        "Когда мне позвонит инженер?", "Вентилятор сильно шумит при запуске",
+        "У меня 40 штук из одного заказа с этой проблемой", "При нажатии на кнопку питания ничего не происходит",
+        "Аккумулятор больше не заряжается", "Можно заменить устройство вместо ремонта?",
+        "Красный индикатор постоянно мигает", "Я уже отправил счёт на прошлой неделе", "спасибо",
+    ],
+    "zh": [
+        "我的逆变器显示E07然后关机", "屏幕从昨天开始就不亮了", "用了两个星期就坏了", "请把寄件地址发给我",
+        "工程师什么时候给我打电话？", "风扇启动的时候声音很大", "同一个订单有40台都是这个问题",
+        "按电源键没有任何反应", "电池充不进电了", "能不能直接换新的，不修了？", "红灯一直在闪",
+        "发票上周已经发给你们了", "谢谢",
+    ],
+    "ar": [
+        "العاكس يعرض الخطأ E07 ثم ينطفئ", "الشاشة لا تعمل منذ أمس", "توقف عن العمل بعد أسبوعين",
+        "أرسلوا لي عنوان الشحن من فضلكم", "متى سيتصل بي المهندس؟", "المروحة تصدر صوتا عاليا عند التشغيل",
+        "لدي 40 جهازا من نفس الطلب بهذه المشكلة", "لا يحدث شيء عندما أضغط زر التشغيل", "البطارية لم تعد تشحن",
+        "هل يمكن استبدال الجهاز بدلا من إصلاحه؟", "الضوء الأحمر يومض باستمرار", "أرسلت الفاتورة الأسبوع الماضي",
+    ],
+}
+
+# Lines a customer of either language could have written: undecided is fine, the wrong language is not.
+CLOSE_CALLS = {
+    "pt": ["Meu inversor mostra E07 e desliga", "não funciona", "Ver anexo"],
+    "es": ["no funciona", "Hola buenas tardes", "Ver adjunto", "por favor"],
+    "fr": ["La batterie ne charge plus", "ne marche pas", "Je ne sais pas"],
+    "en": ["Inverter error", "fan error", "error code E07", "Alarm E07 inverter", "Grid fault", "pump problem"],
+}
+
+# Nothing here may switch a customer's language.
+UNDECIDED = [
+    "", "   ", "hello", "Hello!", "hi", "ok", "OK", "ok ok", "yes", "no", "si", "thanks", "thank you", "merci",
+    "gracias", "hola", "Bonjour", "obrigado", "help", "status", "/start", "?", "👍", "5/5", "1", "12345", "E07",
+    "Error 07", "No sé", "CSP2402A0153", "csp2402a0153", "CSP2402A0153 CSP2402A0154",
+    "CSP2402A0153, CSP2402A0154, CSP2402A0155", "CSP2402A0100-CSP2402A0149", "CSP2402A0100 - CSP2402A0149",
+    "cause:normal", "cause:damage", "lang:es", "pref:repair", "proof:none", "cmd:human", "rate:5",
+    "+34 612 345 678", "2024-05-01", "05/01/2024", "https://example.com/photo.jpg", "info@example.com",
+    "こんにちは", "안녕하세요", "Γεια σας", "नमस्ते", "ok thanks", "ok gracias",
+]
+
+
+# Languages we do not write: Lingua knows only our seven, so their own letters must keep them undecided.
+FOREIGN = [
+    "Mój falownik pokazuje E07 i się wyłącza", "Biến tần của tôi báo lỗi E07 rồi tắt",
+    "İnverterim E07 gösteriyor ve kapanıyor", "Mein Wechselrichter zeigt E07 und schaltet sich ab, hören Sie",
+    "Můj střídač ukazuje chybu E07 a vypne se", "Інвертор показує E07 і вимикається",
+    "اینورتر من خطای E07 نشان می‌دهد و خاموش می‌شود", "インバーターにE07が表示されて止まります",
+    "인버터에 E07이 표시되고 꺼집니다",
+]
+
+
+@pytest.mark.parametrize("language", LANGUAGES)
+def test_short_real_lines_are_detected(language: str) -> None:
+    lines = LINES[language]
+    assert len(lines) >= 10
+    assert {line: detect(line) for line in lines} == {line: language for line in lines}
+
+
+@pytest.mark.parametrize("language", sorted(CLOSE_CALLS))
+def test_close_calls_are_never_the_wrong_language(language: str) -> None:
+    for line in CLOSE_CALLS[language]:
+        assert detect(line) in (language, None), line
+
+
+@pytest.mark.parametrize("text", UNDECIDED)
+def test_serials_digits_buttons_and_greetings_do_not_decide(text: str) -> None:
+    assert detect(text) is None
+
+
+@pytest.mark.parametrize("text", FOREIGN)
+def test_languages_we_do_not_write_are_not_taken_for_ours(text: str) -> None:
+    assert detect(text) is None
+
+
+def test_serials_and_codes_around_words_do_not_change_the_answer() -> None:
+    assert detect("CSP2402A0153 CSP2402A0154: la pantalla muestra E07 y se apaga") == "es"
+    assert detect("CSP2402A0153 显示E07，一直报警") == "zh"
+    assert detect("cause:normal Инвертор выключается") == "ru"
+    assert detect("我的逆变器显示Ｅ０７然后关机") == "zh"  # full-width letters and digits from a Chinese keyboard
+    assert detect("请发邮件到info@example.com谢谢") == "zh"
+    assert detect("Mon onduleur : voir https://example.com/x.jpg, il ne démarre plus") == "fr"
+
+
+def test_rendered_replies_are_detected_as_their_language() -> None:
+    # The bot's own replies are real text in each language: detection must recognise them too.
+    for language in LANGUAGES:
+        for template in ("ask_fault", "ask_serial", "case_opened", "not_covered_final", "human_requested"):
+            text = RENDERER.text(template, language=language, **contexts(template)[0])
+            assert detect(text) == language, (language, template)
+
+
+def test_the_detector_is_built_once() -> None:
+    assert detector() is detector()
+
+
+# --- hints ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("hint", "language"), [
+    # Telegram language_code
+    ("es", "es"), ("pt-br", "pt"), ("zh-hans", "zh"), ("ru", "ru"), ("ar", "ar"), ("en", "en"), ("fr", "fr"),
+    # Teams locale, WeChat language
+    ("fr-FR", "fr"), ("es-419", "es"), ("ar-SA", "ar"), ("en-US", "en"), ("zh_CN", "zh"), ("zh_TW", "zh"),
+    ("pt_BR", "pt"),
+    # WhatsApp: E.164 with a plus, the wa_id without it, with a prefix or formatting
+    ("+34612345678", "es"), ("+8613800138000", "zh"), ("+79161234567", "ru"), ("+5511987654321", "pt"),
+    ("+33612345678", "fr"), ("+966501234567", "ar"), ("+971501234567", "ar"), ("+201001234567", "ar"),
+    ("447700900142", "en"), ("wa:+34612345678", "es"), ("+52 1 55 1234 5678", "es"), ("0034612345678", "es"),
+    ("+18095551234", "es"), ("+12025550123", "en"), ("+77011234567", "ru"), ("+351912345678", "pt"),
+    ("+212612345678", "ar"), ("+225 07 12 34 56 78", "fr"),
+])
+def test_hints_name_a_language(hint: str, language: str) -> None:
+    assert hint_language(hint) == language
+
+
+@pytest.mark.parametrize("hint", [
+    None, "", " ", "de", "de-DE", "ja_JP", "ko", "+4915123456789", "+81312345678", "+380501234567", "12",
+    "not a locale", "x", "+", "tel:",
+])
+def test_hints_outside_our_languages_say_nothing(hint: str | None) -> None:
+    assert hint_language(hint) is None
