@@ -368,10 +368,15 @@ class MailboxReader:
         uidnext = _int_response(imap, "UIDNEXT")
         if uidvalidity is None:
             raise imaplib.IMAP4.error("the server gave no UIDVALIDITY")
-        idle = "IDLE" in imap.capabilities
+        # Some servers announce IDLE only once logged in: ask again rather than trust the greeting.
+        status, data = imap.capability()
+        idle = status == "OK" and b"IDLE" in b" ".join(d for d in data if isinstance(d, bytes)).upper().split()
         while not self.stop.is_set():
+            imap.response("EXISTS")  # forget what was announced before this sync: the sync sees it
             self.sync(imap, uidvalidity, uidnext)
             uidnext = None
+            if imap.response("EXISTS")[1] != [None]:
+                continue  # mail arrived during the sync; IDLE would not announce it again
             if idle:
                 self._idle(imap, self.config.poll_seconds)
             else:
@@ -382,20 +387,23 @@ class MailboxReader:
         state = _kv_get(self.bot.db, self.state_key) or {}
         if state.get("uidvalidity") == uidvalidity:
             last = int(state.get("last_uid", 0))
+            pending = [int(uid) for uid in state.get("pending", [])]
             # "n:*" always matches the highest UID, even one below n (RFC 3501), hence the filter.
-            uids = [uid for uid in _search(imap, "UID", f"{last + 1}:*") if uid > last]
+            uids = pending + [uid for uid in _search(imap, "UID", f"{last + 1}:*") if uid > last]
         else:
             if state:
                 log.warning("mailbox UIDVALIDITY changed; taking its unread mail again (duplicates are ignored)")
-            uids = _search(imap, "UNSEEN")
+            # The unread mail is remembered as pending, so that a crash halfway through loses none of it.
+            pending = uids = _search(imap, "UNSEEN")
             last = (uidnext - 1) if uidnext else max(_search(imap, "ALL"), default=0)
-            _kv_put(self.bot.db, self.state_key, {"uidvalidity": uidvalidity, "last_uid": last})
-        for uid in sorted(uids):
+            _kv_put(self.bot.db, self.state_key, {"uidvalidity": uidvalidity, "last_uid": last, "pending": pending})
+        for uid in sorted(set(uids)):
             if self.stop.is_set():
                 return
             self._take(imap, uid)
             last = max(last, uid)
-            _kv_put(self.bot.db, self.state_key, {"uidvalidity": uidvalidity, "last_uid": last})
+            pending = [p for p in pending if p != uid]
+            _kv_put(self.bot.db, self.state_key, {"uidvalidity": uidvalidity, "last_uid": last, "pending": pending})
 
     def _take(self, imap: imaplib.IMAP4, uid: int) -> None:
         size = _fetch_size(imap, uid)
@@ -404,12 +412,20 @@ class MailboxReader:
         raw = _fetch_body(imap, uid, item)
         if raw is None:
             return  # deleted meanwhile
-        mail = read_mail(raw)
-        reason = ignore_reason(mail, own=self.config.own_addresses)
-        if reason is not None:
+        try:
+            mail = read_mail(raw)
+            reason = ignore_reason(mail, own=self.config.own_addresses)
+            inbound = None if reason else to_inbound(mail, raw, config=self.config, store=self.bot.attachments,
+                                                     truncated=truncated)
+        except OSError:
+            raise  # the attachment folder, not the mail: try again later
+        except Exception:
+            # A mail the parser chokes on must not block every mail after it: a person reads it instead.
+            log.exception("mail UID %s could not be read; left unread for a person", uid)
+            return
+        if inbound is None:
             log.info("mail UID %s not taken: %s", uid, reason)
             return
-        inbound = to_inbound(mail, raw, config=self.config, store=self.bot.attachments, truncated=truncated)
         accepted = self.bot.engine.accept(inbound)
         if truncated:
             log.warning("mail UID %s is larger than %s bytes; only its text was kept", uid, self.config.max_mail_bytes)

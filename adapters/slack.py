@@ -13,9 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import hmac
 import json
 import logging
 import re
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -28,7 +31,6 @@ from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
 from slack_bolt.adapter.starlette.async_handler import AsyncSlackRequestHandler
 from slack_bolt.async_app import AsyncApp
 from slack_sdk.errors import SlackApiError
-from slack_sdk.signature import SignatureVerifier
 from slack_sdk.web.async_client import AsyncWebClient
 from sqlalchemy import and_, delete, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -59,6 +61,7 @@ MEMBERS_CACHE_SECONDS = 60.0
 NAMES_CACHE_SECONDS = 600.0
 MAX_MEMBER_PAGES = 50
 REMIND_BATCH = 50
+SOCKET_RETRY_SECONDS = 30.0
 NOTE = re.compile(r"^\s*note:\s*", re.IGNORECASE)
 REFUSAL = ("Only the after-sales engineers can act on warranty cases; nothing was changed. "
            "Ask an admin to add you to the escalation channel or to SLACK_ENGINEER_IDS.")
@@ -132,25 +135,44 @@ class SlackConfig:
 # --- verify and parse (HTTP mode) ----------------------------------------------------------------------------
 
 
-def parse_body(body: bytes) -> dict[str, Any]:
-    """A Slack request body as Bolt will read it: a JSON event, a form with a JSON `payload`, or a plain form.
+def parse_body(body: bytes, kind: str) -> dict[str, Any]:
+    """A Slack request body of the path's kind, read as Bolt will read it.
 
-    Raises ValueError for anything else, so that a malformed body gets 400 instead of an error inside Bolt.
+    `events`: a JSON object with a type; `interactivity`: a form whose `payload` is such an object;
+    `commands`: a form with the command. Raises ValueError otherwise, so that a malformed body gets 400
+    instead of an error (500) or "unhandled" (404) inside Bolt.
     """
     text = body.decode("utf-8")  # UnicodeDecodeError is a ValueError
-    if text.startswith("{"):
-        parsed = json.loads(text)
+    parsed: Any
+    if kind == "events":
+        parsed = json.loads(text) if text.startswith("{") else None
     else:
-        form = dict(parse_qsl(text, keep_blank_values=True))
-        parsed = json.loads(form["payload"]) if "payload" in form else form
-    if not isinstance(parsed, dict) or not parsed:
-        raise ValueError("not a Slack request")
+        form = dict(parse_qsl(text, keep_blank_values=True)) if not text.startswith("{") else {}
+        parsed = form if kind == "commands" else json.loads(form.get("payload") or "null")
+    if not isinstance(parsed, dict):
+        raise ValueError(f"not a Slack {kind} request")
+    # Slack checks the certificate of a slash command's URL with an unsigned `ssl_check=1`; Bolt answers it.
+    if kind == "commands" and not str(parsed.get("command", "")).startswith("/") and not parsed.get("ssl_check"):
+        raise ValueError("not a slash command")
+    if kind != "commands" and not isinstance(parsed.get("type"), str):
+        raise ValueError(f"not a Slack {kind} request")
     return parsed
 
 
-def _timestamp_ok(value: str) -> bool:
-    # Bolt compares int(timestamp) with the clock; a non-number would be an error inside it.
-    return value.isdigit() and len(value) <= 12
+_SIGNATURE = re.compile(r"v0=[0-9a-f]{64}")
+
+
+def headers_ok(timestamp: str, signature: str) -> bool:
+    """Headers Bolt can check: a number for a timestamp (else an error inside it), a v0 HMAC-SHA256 signature."""
+    return timestamp.isascii() and timestamp.isdigit() and len(timestamp) <= 12 and bool(_SIGNATURE.fullmatch(signature))
+
+
+def signed_by_slack(secret: str, body: bytes, timestamp: str, signature: str, *, now: float) -> bool:
+    """Slack's v0 check over raw bytes (the SDK's verifier needs UTF-8), for bodies Bolt cannot parse."""
+    if not secret or abs(now - int(timestamp)) > 300:
+        return False
+    expected = "v0=" + hmac.new(secret.encode(), b"v0:" + timestamp.encode() + b":" + body, hashlib.sha256).hexdigest()
+    return hmac.compare_digest(expected.encode(), signature.encode())
 
 
 # --- the desk ------------------------------------------------------------------------------------------------
@@ -174,7 +196,6 @@ class SlackDesk:
         self.app = AsyncApp(client=self.client, signing_secret=config.signing_secret, logger=bolt_logger,
                             name="warranty-desk", process_before_response=False)
         self.handler = AsyncSlackRequestHandler(self.app)
-        self.verifier = SignatureVerifier(config.signing_secret) if config.signing_secret else None
         self.socket: AsyncSocketModeHandler | None = None
         self._tasks: list[asyncio.Task[Any]] = []
         self._stop = asyncio.Event()
@@ -188,7 +209,9 @@ class SlackDesk:
     def routes(self) -> Sequence[BaseRoute]:
         if self.config.mode != "http":
             return []
-        return [Route(path, self.http, methods=["POST"]) for path in (EVENTS_PATH, INTERACTIVITY_PATH, COMMANDS_PATH)]
+        return [Route(EVENTS_PATH, self.events, methods=["POST"]),
+                Route(INTERACTIVITY_PATH, self.interactivity, methods=["POST"]),
+                Route(COMMANDS_PATH, self.commands, methods=["POST"])]
 
     def sender(self) -> SlackDesk:
         return self
@@ -215,26 +238,40 @@ class SlackDesk:
             self.socket = None
 
     async def _connect_socket(self) -> None:
+        """Connect, trying again every 30 s until it works; once connected the socket client reconnects itself."""
         assert self.socket is not None
-        try:
-            await self.socket.connect_async()  # type: ignore[no-untyped-call]
-            log.info("Slack Socket Mode connected")
-        except Exception as error:  # the socket client reconnects by itself once connected; this is the first try
-            log.error("Slack Socket Mode could not connect: %s", type(error).__name__)
+        while not self._stop.is_set():
+            try:
+                await self.socket.connect_async()  # type: ignore[no-untyped-call]
+                log.info("Slack Socket Mode connected")
+                return
+            except Exception as error:
+                log.error("Slack Socket Mode could not connect (%s); trying again in 30 s", type(error).__name__)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), timeout=SOCKET_RETRY_SECONDS)
 
     # --- HTTP ----------------------------------------------------------------------------------------------
 
-    async def http(self, request: Request) -> Response:
+    async def events(self, request: Request) -> Response:
+        return await self.http(request, "events")
+
+    async def interactivity(self, request: Request) -> Response:
+        return await self.http(request, "interactivity")
+
+    async def commands(self, request: Request) -> Response:
+        return await self.http(request, "commands")
+
+    async def http(self, request: Request, kind: str) -> Response:
         """Slack's requests: headers and body shape checked here, the signature and dispatch by Bolt."""
         body = await request.body()
         timestamp = request.headers.get("x-slack-request-timestamp", "")
         signature = request.headers.get("x-slack-signature", "")
-        if not _timestamp_ok(timestamp) or not signature:
+        if not headers_ok(timestamp, signature):
             return JSONResponse({"error": "invalid request"}, status_code=401)
         try:
-            parse_body(body)
-        except (ValueError, KeyError):
-            if self.verifier is None or not self.verifier.is_valid(body, timestamp, signature):
+            parse_body(body, kind)
+        except ValueError:
+            if not signed_by_slack(self.config.signing_secret, body, timestamp, signature, now=time.time()):
                 return JSONResponse({"error": "invalid request"}, status_code=401)
             return JSONResponse({"error": "malformed request body"}, status_code=400)
         return await self.handler.handle(request)
@@ -277,6 +314,10 @@ class SlackDesk:
         raw = event.get("text") or ""
         note = NOTE.match(raw)
         text = ui.slack_to_plain(raw[note.end():] if note else raw)
+        if event.get("files") and not text:
+            await self._ephemeral(user, "Files attached in Slack are not sent to the customer; write the text "
+                                        "you want them to read.", thread_ts)
+            return
         if note:
             done = await self._act(user, thread_ts, lambda name: self.bot.desk.note(
                 ref, engineer=name, text=text, origin=ORIGIN))

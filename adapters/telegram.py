@@ -1,9 +1,4 @@
-"""The Telegram channel: Bot API updates in (webhook or long polling), replies out, through python-telegram-bot.
-
-Read top to bottom: verify (the webhook's secret header), parse (an Update to what the customer did), albums
-(parts staged in the database until the album is complete), send (HTML-escaped text split under Telegram's
-limit, inline buttons, errors mapped to the outbox's retry/dead-letter rules), the channel, and its settings.
-"""
+"""The Telegram channel: updates in by webhook or long polling, replies out, through python-telegram-bot."""
 
 from __future__ import annotations
 
@@ -31,11 +26,12 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 from telegram.error import (
     BadRequest,
+    ChatMigrated,
+    Conflict,
     Forbidden,
-    NetworkError,
+    InvalidToken,
     RetryAfter,
     TelegramError,
-    TimedOut,
 )
 from telegram.request import HTTPXRequest
 from telegram.warnings import PTBDeprecationWarning
@@ -309,7 +305,7 @@ _TAG = re.compile(r"<\s*(/?)\s*([A-Za-z][A-Za-z0-9-]*)")
 
 def split_html(text: str, limit: int = MAX_MESSAGE_CHARS) -> list[str]:
     """Telegram-HTML `text` in pieces of at most `limit` UTF-16 units, cut at a paragraph, line or word
-    boundary where one is in the second half of a piece, and never inside a tag or an entity. Tags open at
+    boundary (only a word longer than a piece is cut inside), never inside a tag or an entity. Tags open at
     a cut are closed at the end of the piece and reopened at the start of the next."""
     atoms: list[str] = _ATOMS.findall(text.strip())
     pieces: list[str] = []
@@ -337,7 +333,9 @@ def split_html(text: str, limit: int = MAX_MESSAGE_CHARS) -> list[str]:
         cut = end
         if end < len(atoms):
             halfway = start + (end - start) // 2
-            cut = next((breaks[p] for p in (3, 2, 1) if breaks.get(p, start) > halfway), end)
+            # The best kind of break in the second half of the piece; else the last break at all; else hard.
+            cut = next((breaks[p] for p in (3, 2, 1) if breaks.get(p, start) > halfway),
+                       max(breaks.values(), default=end))
         closing = open_tags
         for atom in atoms[start:cut]:
             closing = _apply_tag(closing, atom)
@@ -413,10 +411,11 @@ def delivery_error(error: TelegramError) -> DeliveryError:
         seconds = wait.total_seconds() if isinstance(wait, timedelta) else float(wait)
         return RetryLater(f"telegram flood control: {description}", after=seconds)
     if isinstance(error, Forbidden):
-        return Unreachable(f"telegram: {description}")
-    if isinstance(error, TimedOut) or (isinstance(error, NetworkError) and not isinstance(error, BadRequest)):
-        return RetryLater(f"telegram: {description}")  # timeouts, connection errors and 5xx
-    return PermanentFailure(f"telegram: {description}")  # 400 BadRequest, 401/404 InvalidToken, 409 Conflict
+        return Unreachable(f"telegram: {description}")  # blocked by the user, or the account is gone
+    # BadRequest subclasses NetworkError in python-telegram-bot: it must be sorted out first.
+    if isinstance(error, BadRequest | InvalidToken | Conflict | ChatMigrated):
+        return PermanentFailure(f"telegram: {description}")  # 400, 401/404, 409: sending again changes nothing
+    return RetryLater(f"telegram: {description}")  # timeouts, connection errors, 5xx
 
 
 class TelegramSender:
@@ -479,7 +478,7 @@ class TelegramChannel:
         self.albums = AlbumStore(bot.db)
         self._sender = TelegramSender(client)
         self._task: asyncio.Task[None] | None = None
-        self._timers: dict[str, asyncio.Task[None]] = {}
+        self._timers: set[asyncio.Task[None]] = set()
 
     def routes(self) -> Sequence[BaseRoute]:
         if self.mode != "webhook":
@@ -496,7 +495,7 @@ class TelegramChannel:
             self._schedule(key, 0)  # albums a previous run left waiting
 
     async def stop(self) -> None:
-        tasks = [t for t in (self._task, *self._timers.values()) if t is not None]
+        tasks = [t for t in (self._task, *self._timers) if t is not None]
         for task in tasks:
             task.cancel()
         for task in tasks:
@@ -506,6 +505,8 @@ class TelegramChannel:
         self._timers.clear()
         with contextlib.suppress(Exception):
             await self.client.shutdown()
+        with contextlib.suppress(Exception):
+            await self.client.request.shutdown()  # used by the sender even if start-up never finished
 
     # --- webhook ----------------------------------------------------------------------------------------
 
@@ -543,26 +544,27 @@ class TelegramChannel:
         # A webhook left from an earlier set-up would make getUpdates fail with 409 Conflict.
         await _until_done("telegram deleteWebhook", lambda: self.client.delete_webhook(drop_pending_updates=False))
         offset: int | None = None
-        failures = 0
+        fetch_failures = store_failures = 0
         while True:
             try:
                 updates = await self.client.get_updates(offset=offset, timeout=self.poll_timeout,
                                                         allowed_updates=list(ALLOWED_UPDATES))
             except TelegramError as error:
-                failures += 1
+                fetch_failures += 1
                 log.warning("telegram getUpdates failed: %s", mask(str(error)))
-                await asyncio.sleep(_backoff(failures))
+                await asyncio.sleep(_backoff(fetch_failures))
                 continue
+            fetch_failures = 0
             for update in updates:
                 try:
                     await self.handle(update)
                 except TryAgain as error:
                     # Not confirmed: the next getUpdates (from `offset`) brings this update again.
-                    failures += 1
+                    store_failures += 1
                     log.warning("telegram update %s not stored, retrying: %s", update.update_id, error)
-                    await asyncio.sleep(_backoff(failures))
+                    await asyncio.sleep(_backoff(store_failures))
                     break
-                failures = 0
+                store_failures = 0
                 offset = update.update_id + 1  # confirmed to Telegram by the next getUpdates call
 
     # --- dispatch ---------------------------------------------------------------------------------------
@@ -580,8 +582,6 @@ class TelegramChannel:
                 outcome = "ignored"  # a sticker, a location, a game button: nothing the core can use
             else:
                 outcome = await self._accept(incoming, attachments)
-        except TryAgain:
-            raise
         except TelegramError as error:
             raise TryAgain(mask(str(error))) from None
         except Exception as error:  # the database, most likely: nothing was acknowledged, nothing is lost
@@ -646,28 +646,26 @@ class TelegramChannel:
         return "album"
 
     def _schedule(self, key: str, delay: float) -> None:
-        running = self._timers.get(key)
-        if running is None or running.done():
-            self._timers[key] = asyncio.create_task(self._album_timer(key, delay), name=f"telegram-album-{key}")
+        # One timer per part, not per album: a timer about to finish can never miss a part that just came.
+        # The checks are idempotent, and a timer that finds the album not yet quiet sleeps for the rest.
+        timer = asyncio.create_task(self._album_timer(key, delay), name=f"telegram-album-{key}")
+        self._timers.add(timer)
+        timer.add_done_callback(self._timers.discard)
 
     async def _album_timer(self, key: str, delay: float) -> None:
         failures = 0
-        try:
-            while True:
-                await asyncio.sleep(delay)
-                try:
-                    wait = await self._flush(key)
-                    failures = 0
-                except Exception:
-                    failures += 1
-                    log.exception("telegram album could not be stored yet")
-                    wait = _backoff(failures)
-                if wait is None:
-                    return
-                delay = wait
-        finally:
-            if self._timers.get(key) is asyncio.current_task():
-                del self._timers[key]
+        while True:
+            await asyncio.sleep(delay)
+            try:
+                wait = await self._flush(key)
+                failures = 0
+            except Exception:
+                failures += 1
+                log.exception("telegram album could not be stored yet")
+                wait = _backoff(failures)
+            if wait is None:
+                return
+            delay = wait
 
     async def _flush(self, key: str, *, force: bool = False) -> float | None:
         """Accept the album's waiting parts as one message once it is quiet; the seconds to wait otherwise."""

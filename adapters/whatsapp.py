@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, NoReturn
 
 import httpx
-from sqlalchemy import Engine, select, update
+from sqlalchemy import Engine, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session, col
 from starlette.requests import Request
@@ -24,14 +24,23 @@ from starlette.routing import BaseRoute, Route
 from bot.app import Bot
 from bot.attachments import AttachmentRejected
 from bot.messages import Attachment, Button, InboundMessage, OutboundMessage
-from bot.outbox import PENDING, Delivered, DeliveryError, PermanentFailure, RetryLater, Unreachable
+from bot.outbox import (
+    PENDING,
+    Delivered,
+    DeliveryError,
+    Hold,
+    PermanentFailure,
+    RetryLater,
+    Unreachable,
+    release_held,
+)
 from bot.store import Case, ChannelIdentity, Conversation, Customer, InboxItem, OutboxItem, session_scope
 from bot.store.clock import utcnow
 
 log = logging.getLogger(__name__)
 
 CHANNEL = "whatsapp"
-WEBHOOK_PATH = "/webhooks/whatsapp"
+WEBHOOK_PATH = "/whatsapp/webhook"
 
 # Cloud API limits (https://developers.facebook.com/docs/whatsapp/cloud-api/messages/interactive-messages).
 TEXT_LIMIT = 4096
@@ -46,9 +55,6 @@ ROW_DESCRIPTION_LIMIT = 72
 # sent it, so we stop a few minutes early; a send that still lands outside it fails with 131047 and is held.
 WINDOW = timedelta(hours=24)
 WINDOW_MARGIN = timedelta(minutes=10)
-# A held message waits for the customer's next message, which releases it; this only bounds the wait.
-HOLD = timedelta(days=30)
-HELD = "held:"  # prefix of a held outbox row's last_error: what the release looks for
 
 REENGAGEMENT = 131047
 RETRYABLE_CODES = frozenset({1, 2, 4, 17, 341, 613, 80007, 130429, 131000, 131016, 131048, 131056, 133004})
@@ -130,6 +136,7 @@ class StatusUpdate:
     phone_number_id: str
     error_code: int | None = None
     error: str | None = None
+    timestamp: str = ""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -223,7 +230,8 @@ def _status(raw: dict[str, Any], phone_number_id: str) -> StatusUpdate:
         error = f"{code} {first.get('title') or first.get('message') or ''}".strip()
         if details:
             error += f": {details}"
-    return StatusUpdate(wamid=wamid, status=status, phone_number_id=phone_number_id, error_code=code, error=error)
+    return StatusUpdate(wamid=wamid, status=status, phone_number_id=phone_number_id, error_code=code, error=error,
+                        timestamp=str(raw.get("timestamp", "")))
 
 
 def _dict(value: Any, what: str) -> dict[str, Any]:
@@ -413,6 +421,7 @@ class Window:
     template_sent: bool
     language: str | None
     case_ref: str | None
+    partial: str = ""  # "digest:count" of a message cut in pieces whose first pieces went out
 
 
 def _aware(value: datetime | None) -> datetime | None:
@@ -464,7 +473,8 @@ def read_window(db: Engine, chat_id: str, now: datetime) -> Window:
             ).scalar_one_or_none()
             case_ref = case.ref if case is not None else None
         return Window(open=is_open, language=customer.language if customer else None, case_ref=case_ref,
-                      template_sent=template_at is not None and (last is None or template_at > last))
+                      template_sent=template_at is not None and (last is None or template_at > last),
+                      partial=str(state.get("partial") or ""))
 
 
 def _note(db: Engine, chat_id: str, **changes: str | None) -> None:
@@ -490,15 +500,7 @@ def note_inbound(db: Engine, chat_id: str, now: datetime) -> int:
             state = {**identity.data.get(CHANNEL, {}), "last_inbound_at": now.isoformat()}
             state.pop("window_closed_at", None)
             identity.data = {**identity.data, CHANNEL: state}
-        # Only rows marked held: a row in the middle of a send has a lease in next_attempt_at, not this mark.
-        released = session.execute(
-            update(OutboxItem)
-            .where(col(OutboxItem.channel) == CHANNEL, col(OutboxItem.chat_id) == chat_id,
-                   col(OutboxItem.status) == PENDING,
-                   col(OutboxItem.last_error).like(f"{HELD}%"))
-            .values(next_attempt_at=now, last_error="released: the customer wrote again")
-        )
-        return int(released.rowcount)  # type: ignore[attr-defined]
+        return release_held(session, CHANNEL, chat_id)
 
 
 def apply_status(db: Engine, update_: StatusUpdate, now: datetime) -> bool:
@@ -520,8 +522,10 @@ def apply_status(db: Engine, update_: StatusUpdate, now: datetime) -> bool:
                 item.next_attempt_at = now
                 item.last_error = f"{update_.error}; resent after the customer answers a template"
                 identity = _identity(session, item.chat_id, lock=True)
+                # When it failed, not now: a message the customer wrote since then opened the window again.
+                failed_at = datetime.fromtimestamp(int(update_.timestamp), UTC) if update_.timestamp.isdigit() else now
                 if identity is not None:
-                    state = {**identity.data.get(CHANNEL, {}), "window_closed_at": now.isoformat()}
+                    state = {**identity.data.get(CHANNEL, {}), "window_closed_at": min(failed_at, now).isoformat()}
                     identity.data = {**identity.data, CHANNEL: state}
         elif STATUS_RANK.get(update_.status, 0) > STATUS_RANK.get(item.status, 99):
             item.status = update_.status  # never back: read stays read when a late "delivered" comes
@@ -544,10 +548,17 @@ class WhatsAppSender:
         bodies = render(message.text, message.buttons, language=window.language)
         if message.reply_to and message.reply_to.startswith("wamid."):
             bodies[0] = {**bodies[0], "context": {"message_id": message.reply_to}}
+        # Pieces already sent before a failure are not sent again when the row is retried.
+        digest = hashlib.sha256(json.dumps(bodies, sort_keys=True).encode()).hexdigest()[:32]
+        prefix, _, count = window.partial.partition(":")
+        done = int(count) if prefix == digest and count.isdigit() else 0
         wamid = ""
         try:
-            for body in bodies:
-                wamid = await self.client.send_message(message.chat_id, body)
+            for index in range(done, len(bodies)):
+                wamid = await self.client.send_message(message.chat_id, bodies[index])
+                if len(bodies) > 1:
+                    partial = f"{digest}:{index + 1}" if index + 1 < len(bodies) else None
+                    await asyncio.to_thread(_note, self.db, message.chat_id, partial=partial)
         except GraphError as error:
             if error.code == REENGAGEMENT:
                 await asyncio.to_thread(_note, self.db, message.chat_id, window_closed_at=utcnow().isoformat())
@@ -559,7 +570,7 @@ class WhatsAppSender:
 
     async def _hold(self, chat_id: str, window: Window) -> NoReturn:
         """Keep the row for when the customer writes, asking them to once with the approved template."""
-        reason = f"{HELD} outside the 24-hour window, waiting for the customer"
+        reason = "outside the 24-hour window, waiting for the customer"
         if not self.template_name:
             reason += " (no WHATSAPP_TEMPLATE_NAME: the customer is not told)"
         elif not window.template_sent:
@@ -580,7 +591,7 @@ class WhatsAppSender:
                 reason += "; template sent"
         if (await asyncio.to_thread(read_window, self.db, chat_id, utcnow())).open:
             raise RetryLater("the customer wrote while we held the message", after=0)
-        raise RetryLater(reason, after=HOLD.total_seconds())
+        raise Hold(reason)
 
 
 # --- the channel ------------------------------------------------------------------------------------------------
@@ -651,18 +662,19 @@ class WhatsAppChannel:
         return JSONResponse({"ok": True})
 
     async def _receive(self, incoming: Incoming) -> None:
-        if not await asyncio.to_thread(_seen, self.bot.db, incoming.wamid):
-            attachments = (await self._attachment(incoming.media),) if incoming.media else ()
-            message = InboundMessage(
-                channel=CHANNEL, external_id=incoming.wamid, sender_id=incoming.wa_id, chat_id=incoming.wa_id,
-                text=incoming.text, attachments=attachments, received_at=utcnow(),
-                locale_hint=locale_hint(incoming.wa_id), sender_name=incoming.name,
-                raw={"type": incoming.type, "timestamp": incoming.timestamp, "context_id": incoming.context_id},
-            )
-            await asyncio.to_thread(self.bot.engine.accept, message)
-        # Also for a redelivery: the first delivery may have been stored before this step failed.
+        if await asyncio.to_thread(_seen, self.bot.db, incoming.wamid):
+            return
+        # The window is noted open before the message is stored, so that the replies to it find it open.
         if await asyncio.to_thread(note_inbound, self.bot.db, incoming.wa_id, utcnow()):
             self.bot.engine.outbox_signal.set()
+        attachments = (await self._attachment(incoming.media),) if incoming.media else ()
+        message = InboundMessage(
+            channel=CHANNEL, external_id=incoming.wamid, sender_id=incoming.wa_id, chat_id=incoming.wa_id,
+            text=incoming.text, attachments=attachments, received_at=utcnow(),
+            locale_hint=locale_hint(incoming.wa_id), sender_name=incoming.name,
+            raw={"type": incoming.type, "timestamp": incoming.timestamp, "context_id": incoming.context_id},
+        )
+        await asyncio.to_thread(self.bot.engine.accept, message)
 
     async def _attachment(self, media: Media) -> Attachment:
         store = self.bot.attachments

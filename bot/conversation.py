@@ -121,6 +121,7 @@ _CONSEQUENTIAL = re.compile(
 )
 _RATING = re.compile(r"^\s*(?:rate:)?([1-5])\s*(?:/\s*5)?\s*[*★⭐]*\s*$")
 _MIN_FAULT_CHARS = 8
+_OPTION_NUMBER = re.compile(r"[0-9]{1,2}")  # not str.isdigit(): "²" is a digit to it
 _RANGE_WORDS = frozenset({"-", "–", "—", "to", "..", "and", "&", "~", "至", "a", "à", "до", "até"})
 
 
@@ -147,6 +148,8 @@ class Facts:
     registry: Mapping[str, UnitFacts] = field(default_factory=dict)
     case_ref: str | None = None
     case_status: str | None = None
+    # The language the customer's text is in, when it is clear and not the one in use (None otherwise).
+    detected_language: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -173,6 +176,7 @@ class Reply:
     template: str
     params: Mapping[str, Any] = field(default_factory=dict)
     choices: tuple[Choice, ...] = ()
+    language: str | None = None  # render in this language instead of the conversation's
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -233,6 +237,7 @@ class State:
     failures: int = 0
     offered: tuple[str, ...] = ()
     awaiting_rating: bool = False
+    languages_offered: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -248,6 +253,7 @@ class State:
             "failures": self.failures,
             "offered": list(self.offered),
             "awaiting_rating": self.awaiting_rating,
+            "languages_offered": list(self.languages_offered),
         }
 
     @classmethod
@@ -268,6 +274,7 @@ class State:
             failures=data.get("failures", 0),
             offered=tuple(data.get("offered", ())),
             awaiting_rating=data.get("awaiting_rating", False),
+            languages_offered=tuple(data.get("languages_offered", ())),
         )
 
 
@@ -283,6 +290,27 @@ class Transition:
 
 def step(state: State, event: Event, facts: Facts) -> Transition:
     """Advance the conversation by one customer event."""
+    return _offer_language(_step(state, event, facts), facts)
+
+
+def _offer_language(transition: Transition, facts: Facts) -> Transition:
+    """A message in another language than the chosen one does not switch it: the bot offers to, once."""
+    detected, state = facts.detected_language, transition.state
+    if detected is None or detected == state.language or detected in state.languages_offered:
+        return transition
+    # Numbers typed on channels without buttons refer to the last message's options: these.
+    choices = (
+        Choice(label=f"language_{detected}", value=f"lang:{detected}"),
+        Choice(label=f"language_{state.language}", value=f"lang:{state.language}"),
+    )
+    offer = Reply(template="language_offer", choices=choices, language=detected)
+    state = replace(
+        state, languages_offered=(*state.languages_offered, detected), offered=tuple(c.value for c in choices)
+    )
+    return Transition(state=state, replies=(*transition.replies, offer), effects=transition.effects)
+
+
+def _step(state: State, event: Event, facts: Facts) -> Transition:
     text = _resolve_numbered_choice(state, event.text.strip())
     if event.attachment_ids:
         state = replace(state, attachment_ids=state.attachment_ids + event.attachment_ids)
@@ -291,7 +319,7 @@ def step(state: State, event: Event, facts: Facts) -> Transition:
     if command is not None:
         return _global(command, state, facts)
     if text.startswith("lang:"):
-        return _set_language(state, text.removeprefix("lang:"))
+        return _set_language(state, text.removeprefix("lang:"), facts)
 
     if state.name == "with_engineer":
         return _with_engineer(state, text, event, facts)
@@ -364,7 +392,7 @@ def _global(command: str, state: State, facts: Facts) -> Transition:
     return _t(fresh, Reply(template=template, params={"case_ref": facts.case_ref}), _ask_serial())
 
 
-def _set_language(state: State, language: str) -> Transition:
+def _set_language(state: State, language: str, facts: Facts) -> Transition:
     if language not in LANGUAGES:
         return _t(
             state,
@@ -374,8 +402,13 @@ def _set_language(state: State, language: str) -> Transition:
             ),
         )
     new_state = replace(state, language=language, offered=())
+    effects: tuple[Effect, ...] = (SetLanguage(language=language),)
+    if state.name in ("new", "closed", "with_engineer"):
+        return Transition(state=new_state, replies=(Reply(template="language_set"),), effects=effects)
+    # The question still open, asked again in the new language.
+    pending = _ask_again(new_state, facts)
     return Transition(
-        state=new_state, replies=(Reply(template="language_set"),), effects=(SetLanguage(language=language),)
+        state=pending.state, replies=(Reply(template="language_set"), *pending.replies), effects=effects
     )
 
 
@@ -654,7 +687,7 @@ def _failed(
 
 def _resolve_numbered_choice(state: State, text: str) -> str:
     """On channels without buttons the customer answers with the option's number."""
-    if text.isdigit() and state.offered and 1 <= int(text) <= len(state.offered):
+    if _OPTION_NUMBER.fullmatch(text) and state.offered and 1 <= int(text) <= len(state.offered):
         return state.offered[int(text) - 1]
     return text
 

@@ -20,6 +20,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, col
 
 from bot import conversation as conv
+from bot.language import detect, hint_language
 from bot.messages import Attachment, Button, InboundMessage, OutboundMessage
 from bot.outbox import enqueue, enqueue_event
 from bot.registry import lookup
@@ -188,10 +189,14 @@ class Engine:
         )
 
         state = conv.State.from_dict({**conversation.data, "name": conversation.state})
-        if not conversation.data.get("language") and customer.language:
-            state = conv.State.from_dict({**state.to_dict(), "language": customer.language})
         text = message.text[: self.config.max_text_chars]
-        facts = self._facts(session, state, text, case)
+        detected = None if customer.language_explicit else detect(text)
+        if customer.language is None and detected is not None:
+            # The first clear message tells the language of a customer whose channel gave no hint.
+            customer.language, detected = detected, None
+        if not conversation.data.get("language"):
+            state = replace(state, language=customer.language or self.config.default_language)
+        facts = self._facts(session, state, text, case, detected)
         transition = conv.step(
             state, conv.Event(text=text, attachment_ids=tuple(a.id or 0 for a in stored)), facts
         )
@@ -214,7 +219,7 @@ class Engine:
 
         language = transition.state.language
         for reply, context in replies:
-            rendered = self.renderer.render(reply, language=language, extra=context)
+            rendered = self.renderer.render(reply, language=reply.language or language, extra=context)
             self.say(session, conversation, rendered.text, rendered.buttons, case=case)
 
         conversation.state = transition.state.name
@@ -222,7 +227,9 @@ class Engine:
         conversation.updated_at = utcnow()
         identity.last_inbound_at = message.received_at
 
-    def _facts(self, session: Session, state: conv.State, text: str, case: Case | None) -> conv.Facts:
+    def _facts(
+        self, session: Session, state: conv.State, text: str, case: Case | None, detected: str | None
+    ) -> conv.Facts:
         try:
             mentioned = find_serials(text, self.policy)
         except ValueError:
@@ -234,6 +241,7 @@ class Engine:
             registry=registry,
             case_ref=case.ref if case else None,
             case_status=case.status if case else None,
+            detected_language=detected if detected != state.language else None,
         )
 
     def _conversation(
@@ -246,7 +254,7 @@ class Engine:
             )
         ).scalar_one_or_none()
         if identity is None:
-            customer = Customer(name=message.sender_name, language=_language_hint(message.locale_hint))
+            customer = Customer(name=message.sender_name, language=hint_language(message.locale_hint))
             session.add(customer)
             session.flush()
             identity = ChannelIdentity(
@@ -498,13 +506,6 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, date | datetime):
         return value.isoformat()
     return value
-
-
-def _language_hint(hint: str | None) -> str | None:
-    if not hint:
-        return None
-    language = hint.replace("_", "-").split("-")[0].lower()
-    return language if language in conv.LANGUAGES else None
 
 
 def inbound_to_payload(message: InboundMessage) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from bot.store.clock import utcnow
 
 log = logging.getLogger(__name__)
 
-PENDING, SENT, DEAD = "pending", "sent", "dead"
+PENDING, HELD, SENT, DEAD = "pending", "held", "sent", "dead"
 BACKOFF_BASE_SECONDS = 1.0
 BACKOFF_MAX_SECONDS = 300.0
 SEND_LEASE_SECONDS = 60.0
@@ -38,6 +38,11 @@ class RetryLater(DeliveryError):
     def __init__(self, message: str, after: float | None = None) -> None:
         super().__init__(message)
         self.after = after
+
+
+class Hold(DeliveryError):
+    """The channel may not deliver now (a closed 24-hour window, a used-up quota): the row waits, without
+    using an attempt, until the adapter calls `release_held` because the customer wrote again."""
 
 
 class PermanentFailure(DeliveryError):
@@ -95,6 +100,20 @@ def enqueue_event(session: Session, channel: str, key: str, event: str, **data: 
     return item
 
 
+def release_held(session: Session, channel: str, chat_id: str) -> int:
+    """The customer wrote again: their held messages may go out now, in order. Returns how many."""
+    released = session.execute(
+        update(OutboxItem)
+        .where(
+            col(OutboxItem.channel) == channel,
+            col(OutboxItem.chat_id) == chat_id,
+            col(OutboxItem.status) == HELD,
+        )
+        .values(status=PENDING, next_attempt_at=utcnow())
+    )
+    return int(cast(CursorResult[Any], released).rowcount)
+
+
 def backoff(attempts: int) -> float:
     return float(min(BACKOFF_MAX_SECONDS, BACKOFF_BASE_SECONDS * 2 ** max(0, attempts - 1)))
 
@@ -133,16 +152,21 @@ class Deliverer:
     def _due_heads(self, limit: int) -> list[int]:
         now = utcnow()
         with Session(self.db) as session:
-            # The oldest pending row of each chat is its head; only heads may go, which keeps chat order.
+            # The oldest waiting row of each chat is its head; only heads may go, which keeps chat order
+            # (a held head holds its chat back until it is released).
             heads = (
                 select(func.min(col(OutboxItem.id)).label("id"))
-                .where(col(OutboxItem.status) == PENDING, col(OutboxItem.channel).in_(self.senders))
+                .where(col(OutboxItem.status).in_((PENDING, HELD)), col(OutboxItem.channel).in_(self.senders))
                 .group_by(col(OutboxItem.channel), col(OutboxItem.chat_id))
                 .subquery()
             )
             rows = session.execute(
                 select(col(OutboxItem.id))
-                .where(col(OutboxItem.id).in_(select(heads.c.id)), col(OutboxItem.next_attempt_at) <= now)
+                .where(
+                    col(OutboxItem.id).in_(select(heads.c.id)),
+                    col(OutboxItem.status) == PENDING,
+                    col(OutboxItem.next_attempt_at) <= now,
+                )
                 .order_by(col(OutboxItem.id))
                 .limit(limit)
             ).scalars()
@@ -160,6 +184,8 @@ class Deliverer:
             await asyncio.to_thread(self._finish, item_id, DEAD, str(error), unreachable=True)
         except PermanentFailure as error:
             await asyncio.to_thread(self._finish, item_id, DEAD, str(error))
+        except Hold as error:
+            await asyncio.to_thread(self._hold, item_id, str(error))
         except RetryLater as error:
             await asyncio.to_thread(self._retry, item_id, str(error), error.after)
         except Exception as error:  # a bug or an unexpected answer: retry with backoff, keep the error
@@ -229,6 +255,13 @@ class Deliverer:
                 )
             if status == DEAD:
                 log.warning("outbox row %s dead-lettered on %s", item_id, item.channel)
+
+    def _hold(self, item_id: int, reason: str) -> None:
+        with session_scope(self.db) as session:
+            item = session.get(OutboxItem, item_id)
+            if item is not None:
+                item.status = HELD
+                item.last_error = reason
 
     def _retry(self, item_id: int, error: str, after: float | None) -> None:
         with session_scope(self.db) as session:

@@ -38,6 +38,11 @@ CHANNEL_MODULES: tuple[str, ...] = (
     "adapters.webchat",
     "adapters.localdesk",
     "adapters.slack",
+    "adapters.telegram",
+    "adapters.mail",
+    "adapters.teams",
+    "adapters.whatsapp",
+    "adapters.wechat",
 )
 # Desks that receive case events through the outbox when configured (module, predicate on settings).
 DESK_CHANNELS: dict[str, str] = {}

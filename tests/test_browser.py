@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import struct
+import zlib
 from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
@@ -59,6 +61,19 @@ def _settings(tmp_path: Path, **update: Any) -> Settings:
                     data_dir=tmp_path, attachments_dir=tmp_path / "attachments", **update)
 
 
+def _noisy_png(width: int, height: int) -> bytes:
+    """A photo-like PNG: grey with faint noise, which PNG cannot squeeze below a couple of megabytes."""
+    faint = bytes(118 + (b & 15) for b in range(256))
+    rows = b"".join(b"\x00" + os.urandom(width * 3).translate(faint) for _ in range(height))
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows, 1))
+            + chunk(b"IEND", b""))
+
+
 def _recent_serial(today: date) -> str:
     """A serial made three months ago and in no registry: in warranty by its production date (W3) for years."""
     month = today.month - 3
@@ -101,7 +116,8 @@ def test_customer_and_engineer_talk_through_the_web_pages(browser: Any, tmp_path
         phone = browser.new_context(viewport={"width": 390, "height": 844}, device_scale_factor=2, is_mobile=True,
                                     has_touch=True, locale="en-US")
         chat = problems.watch(phone.new_page())
-        chat.goto(f"{base}/")
+        response = chat.goto(f"{base}/")
+        assert response is not None and "script-src 'self'" in response.headers["content-security-policy"]
         log = chat.locator("#log")
         expect(chat.get_by_label("Your message")).to_be_visible()
         expect(log).to_have_attribute("aria-live", "polite")
@@ -115,12 +131,29 @@ def test_customer_and_engineer_talk_through_the_web_pages(browser: Any, tmp_path
         chat.locator(".choices button", has_text="It failed in normal use").click()
         opened = log.locator(".msg-bot", has_text=re.compile(r"WR-\d{4}-\d{6}"))
         expect(opened).to_have_count(1)
-        ref = re.search(r"WR-\d{4}-\d{6}", opened.inner_text()).group(0)  # type: ignore[union-attr]
+        found = re.search(r"WR-\d{4}-\d{6}", opened.inner_text())
+        assert found is not None
+        ref = found.group(0)
         expect(log.locator(".msg-bot", has_text=serial).last).to_contain_text("Covered")
         expect(chat.locator(".choices button", has_text="I don't have them")).to_be_disabled()
 
         chat.set_input_files("#file", files=[{"name": "invoice.pdf", "mimeType": "application/pdf", "buffer": PDF}])
         expect(log.locator(".msg-customer[data-id]", has_text="invoice.pdf")).to_have_count(1)
+
+        # A phone photo above the server's request limit is shrunk by the page before it is sent.
+        photo = _noisy_png(1800, 1350)
+        assert len(photo) > bot.settings.max_body_bytes
+        chat.set_input_files("#file", files=[{"name": "label.png", "mimeType": "image/png", "buffer": photo}])
+        expect(log.locator(".msg-customer[data-id]", has_text="label.jpg")).to_have_count(1)
+
+        # Shift+Enter starts a new line; Enter sends.
+        box = chat.get_by_label("Your message")
+        box.press_sequentially("The invoice")
+        box.press("Shift+Enter")
+        box.press_sequentially("is attached")
+        box.press("Enter")
+        expect(log.locator(".msg-customer[data-id] .text").last).to_have_text("The invoice\nis attached")
+        expect(box).to_have_value("")
 
         # Customer text is data: markup and template syntax show literally, nothing runs or evaluates.
         chat.get_by_label("Your message").fill(XSS)
@@ -135,7 +168,6 @@ def test_customer_and_engineer_talk_through_the_web_pages(browser: Any, tmp_path
         expect(log.locator(".msg-customer", has_text="proof:none")).to_have_count(0)
         expect(log.locator(".msg-bot", has_text=ref).first).to_be_visible()
         assert "49" not in log.locator(".msg-customer").all_inner_texts()[-1]
-        chat.screenshot(path=str(SCREENSHOTS / "webchat-phone.png"))
 
         # The engineer: a wrong token is refused with the API's message, then the right one opens the desk.
         office = browser.new_context(viewport={"width": 1280, "height": 900}, locale="en-US")
@@ -154,6 +186,10 @@ def test_customer_and_engineer_talk_through_the_web_pages(browser: Any, tmp_path
         expect(desk.locator("#units tbody tr")).to_contain_text("W3")
         expect(desk.locator("#case-fault")).to_contain_text("E07")
         expect(desk.locator("#thread li.from-customer .text", has_text="alert(1)")).to_have_text(XSS)
+
+        expect(desk.locator("#attachments button", has_text="label.jpg")).to_contain_text("image/jpeg")
+        expect(desk.locator("#attachments button", has_text="label.jpg").locator("img")).to_have_attribute(
+            "src", re.compile(r"^blob:"))
 
         # Attachments need the token: the page fetches them and opens them as blob: URLs.
         with office.expect_page() as opened_file:
@@ -195,7 +231,19 @@ def test_customer_and_engineer_talk_through_the_web_pages(browser: Any, tmp_path
         expect(desk.get_by_role("button", name="Send reply to customer")).to_be_disabled()
         expect(log.locator(".msg-bot", has_text="closed")).to_have_count(1)
         expect(log.locator(".choices button").last).to_have_text("5")
+        chat.screenshot(path=str(SCREENSHOTS / "webchat-phone.png"))
         desk.screenshot(path=str(SCREENSHOTS / "desk.png"), full_page=True)
+        # Nothing is wider than the phone's screen.
+        assert chat.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+
+        # "New conversation" forgets the session: an empty log, and the next message starts afresh.
+        chat.get_by_role("link", name="New conversation").click()
+        expect(log.locator(".msg")).to_have_count(0)
+        assert chat.evaluate("localStorage.length") == 0
+        box.fill("hello")
+        box.press("Enter")
+        expect(log.locator(".msg-bot")).not_to_have_count(0)
+        expect(log.locator(".msg", has_text=ref)).to_have_count(0)
 
         office.close()
         phone.close()

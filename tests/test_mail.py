@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import datetime
 import imaplib
 import ipaddress
 import ssl
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from email import policy as email_policy
 from email.message import EmailMessage
@@ -19,11 +19,12 @@ from typing import Any
 
 import pytest
 from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import AuthResult, Envelope, LoginPassword, Session as SmtpSession
+from aiosmtpd.smtp import AuthResult, Envelope, LoginPassword
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from pydantic import SecretStr
 from sqlalchemy import Engine, select
 from sqlmodel import Session
 
@@ -35,7 +36,7 @@ from bot.messages import Button, OutboundMessage
 from bot.outbox import PermanentFailure, RetryLater, Unreachable
 from bot.registry import import_registry
 from bot.server import create_app
-from bot.store import InboxItem, Message, OutboxItem, session_scope
+from bot.store import InboxItem, OutboxItem, session_scope
 from bot.store.clock import utcnow
 from tests.fakes.imap import Mailbox, imap_server
 from tests.fakes.server import free_port, serve
@@ -45,7 +46,7 @@ PAYLOADS = Path(__file__).with_name("payloads") / "email"
 REGISTRY = Path(__file__).with_name("data") / "registry-sample.csv"
 SUPPORT = "support@warranty.example.com"
 CUSTOMER = "yusuf.demir@solarege.example"
-IMAP_USER, IMAP_PASSWORD = SUPPORT, "imap-secret"
+IMAP_PASSWORD = "imap-secret"
 SMTP_USER, SMTP_PASSWORD = "relay-user", "smtp-secret"
 
 
@@ -54,13 +55,24 @@ def payload(name: str) -> bytes:
 
 
 def parse(raw: bytes) -> EmailMessage:
-    return BytesParser(policy=email_policy.default).parsebytes(raw)
+    return BytesParser(policy=email_policy.default).parsebytes(raw)  # type: ignore[return-value]
 
 
-def text_of(message: EmailMessage) -> str:
+def plain(message: EmailMessage) -> str:
     body = message.get_body(preferencelist=("plain",))
     assert body is not None
-    return str(body.get_content()).replace("\r\n", "\n")
+    return str(body.get_content()).replace("\r\n", "\n")  # type: ignore[attr-defined]
+
+
+def header(message: EmailMessage, name: str) -> str:
+    """A header as a mail client shows it (a folded header may start with the fold's space)."""
+    return " ".join(str(message.get(name, "")).split())
+
+
+def html_part(message: EmailMessage) -> str:
+    body = message.get_body(preferencelist=("html",))
+    assert body is not None
+    return str(body.get_content())  # type: ignore[attr-defined]
 
 
 # --- a real SMTP server ------------------------------------------------------------------------------------
@@ -70,28 +82,26 @@ def text_of(message: EmailMessage) -> str:
 class SmtpSink:
     """What the SMTP server received; RCPT answers can be set per address."""
 
-    host: str = "127.0.0.1"
     port: int = 0
     received: list[tuple[str, list[str], EmailMessage]] = field(default_factory=list)
     refuse: dict[str, str] = field(default_factory=dict)
     logins: list[str] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    async def handle_RCPT(self, server: Any, session: SmtpSession, envelope: Envelope, address: str,
+    async def handle_RCPT(self, server: Any, session: Any, envelope: Envelope, address: str,
                           options: list[str]) -> str:
         if address in self.refuse:
             return self.refuse[address]
         envelope.rcpt_tos.append(address)
         return "250 OK"
 
-    async def handle_DATA(self, server: Any, session: SmtpSession, envelope: Envelope) -> str:
+    async def handle_DATA(self, server: Any, session: Any, envelope: Envelope) -> str:
         content = envelope.content if isinstance(envelope.content, bytes) else str(envelope.content).encode()
         with self.lock:
             self.received.append((str(envelope.mail_from), list(envelope.rcpt_tos), parse(content)))
         return "250 2.0.0 queued"
 
-    def authenticate(self, server: Any, session: SmtpSession, envelope: Envelope, mechanism: str,
-                     auth_data: Any) -> AuthResult:
+    def authenticate(self, server: Any, session: Any, envelope: Any, mechanism: str, auth_data: Any) -> AuthResult:
         if isinstance(auth_data, LoginPassword) and (auth_data.login, auth_data.password) == (
                 SMTP_USER.encode(), SMTP_PASSWORD.encode()):
             self.logins.append(auth_data.login.decode())
@@ -102,10 +112,411 @@ class SmtpSink:
         with self.lock:
             return [message for _, _, message in self.received]
 
-    def wait_for(self, predicate: Any, what: str) -> EmailMessage:
+    def wait_for(self, predicate: Callable[[EmailMessage], bool], what: str) -> EmailMessage:
         return wait_until(lambda: next((m for m in self.mails() if predicate(m)), None), what=what)
 
 
-@contextmanager_fixture := None  # noqa: F841 - placeholder removed below
-def _unused() -> None:
-    pass
+@contextmanager
+def smtp_server(**options: Any) -> Iterator[SmtpSink]:
+    sink = SmtpSink(port=free_port())
+    controller = Controller(sink, hostname="127.0.0.1", port=sink.port, authenticator=sink.authenticate,
+                            auth_require_tls=False, **options)
+    controller.start()
+    try:
+        yield sink
+    finally:
+        controller.stop()
+
+
+@pytest.fixture
+def smtp() -> Iterator[SmtpSink]:
+    with smtp_server() as sink:
+        yield sink
+
+
+@pytest.fixture
+def mailbox() -> Mailbox:
+    return Mailbox(user=SUPPORT, password=IMAP_PASSWORD)
+
+
+@pytest.fixture
+def imap(mailbox: Mailbox) -> Iterator[tuple[str, int]]:
+    with imap_server(mailbox) as address:
+        yield address
+
+
+def email_settings(settings: Settings, imap: tuple[str, int], smtp: SmtpSink, **extra: Any) -> Settings:
+    return settings.model_copy(update={
+        "imap_host": imap[0], "imap_port": imap[1], "imap_security": "none", "imap_user": SUPPORT,
+        "imap_password": SecretStr(IMAP_PASSWORD), "imap_mailbox": "INBOX", "imap_poll_seconds": 30.0,
+        "smtp_host": "127.0.0.1", "smtp_port": smtp.port, "smtp_security": "none", "smtp_user": SMTP_USER,
+        "smtp_password": SecretStr(SMTP_PASSWORD), "email_from": f"CSP Warranty Support <{SUPPORT}>",
+        "outbox_poll_seconds": 0.1, **extra,
+    })
+
+
+def customer_answer(to: EmailMessage, text: str) -> bytes:
+    """The customer answers one of our mails from their mail client: quoted below, threaded."""
+    answer = EmailMessage(policy=email_policy.SMTP)
+    answer["From"] = f"Yusuf Demir <{CUSTOMER}>"
+    answer["To"] = header(to, "From")
+    answer["Subject"] = f"Re: {header(to, 'Subject')}"
+    answer["Message-ID"] = make_msgid(domain="solarege.example")
+    answer["In-Reply-To"] = header(to, "Message-ID")
+    answer["References"] = f"{header(to, 'References')} {header(to, 'Message-ID')}".strip()
+    answer["Content-Language"] = "en-GB"
+    quoted = "\n".join(f"> {line}" for line in plain(to).splitlines())
+    answer.set_content(f"{text}\n\nOn Mon, 4 May 2026 at 13:02, {header(to, 'From')} wrote:\n{quoted}\n")
+    return answer.as_bytes()
+
+
+def inbox_ids(db: Engine) -> list[str]:
+    with Session(db) as session:
+        return list(session.execute(select(InboxItem.external_id).order_by(InboxItem.id)).scalars())  # type: ignore[arg-type]
+
+
+def processed(db: Engine, external_id: str) -> bool:
+    with Session(db) as session:
+        item = session.execute(select(InboxItem).where(InboxItem.external_id == external_id)).scalar_one_or_none()  # type: ignore[arg-type]
+        return item is not None and item.status == "done"
+
+
+# --- end to end ----------------------------------------------------------------------------------------
+
+
+def test_claim_by_email_end_to_end(settings: Settings, db: Engine, imap: tuple[str, int], mailbox: Mailbox,
+                                   smtp: SmtpSink) -> None:
+    bot = build(email_settings(settings, imap, smtp), db=db)
+    import_registry(db, REGISTRY, policy=bot.policy)
+    claim = payload("customer_claim.eml")
+    claim_id = str(parse(claim)["Message-ID"])
+    mailbox.append(claim)
+    channel = mail.from_settings(bot)
+    assert channel is not None
+    normal_use = bot.renderer.label("cause_normal", language="en")
+
+    with serve(create_app(bot, channels=[channel])):
+        question = smtp.wait_for(lambda m: f"1. {normal_use}" in plain(m), "the cause question")
+        assert smtp.received[0][1] == [CUSTOMER] and smtp.received[0][0] == SUPPORT
+        assert smtp.logins and smtp.logins[0] == SMTP_USER
+        assert header(question, "Subject") == "Re: Warranty claim: inverter CSP2402A0153 - error E07, shuts down under load"
+        assert header(question, "In-Reply-To") == claim_id
+        assert header(question, "Auto-Submitted") == "auto-replied"
+        assert f"<li>{normal_use}</li>" in html_part(question)
+
+        # Answered with the option's number; then asked for a person, which makes a case whatever the decision.
+        sent = len(smtp.mails())
+        mailbox.append(customer_answer(question, "1"))
+        decided = wait_until(lambda: smtp.mails()[sent:], what="the answer to the cause")[0]
+        assert "CSP2402A0153" in plain(decided)  # the decision names the unit
+        mailbox.append(customer_answer(decided, "human"))
+        case = wait_until(lambda: next(iter(bot.desk.list_cases()), None), what="a case")
+        ref = case["ref"]
+        in_case = smtp.wait_for(lambda m: f"[{ref}]" in header(m, "Subject"), "a reply with the case ref")
+        assert header(in_case, "Subject") == f"Re: [{ref}] Warranty claim: inverter CSP2402A0153 - error E07, shuts down under load"
+        assert claim_id in header(in_case, "References").split()
+        assert ref in header(in_case, "Message-ID")  # answers find their case by our Message-ID
+        details = bot.desk.get_case(ref)
+        assert [a["name"] for a in details["attachments"]] == ["EX-2024-0311.pdf"]
+        assert details["units"][0]["serial"] == "CSP2402A0153"
+
+        # The customer's answer in the same thread reaches the case without the quoted mail and signature.
+        reply = payload("customer_reply.eml")
+        mailbox.append(reply)
+        reply_id = str(parse(reply)["Message-ID"])
+        wait_until(lambda: processed(db, reply_id), what="the customer's reply processed")
+        said = [m["text"] for m in bot.desk.get_case(ref)["messages"] if m["author"] == "customer"]
+        assert said[-1].startswith("Hello,\n\nwith about 1 kW connected the display shows 11.2 V")
+        assert "Dear Yusuf" not in said[-1] and "wrote:" not in said[-1] and "Best regards" not in said[-1]
+
+        # An out-of-office answer is neither taken nor answered; the mail after it is.
+        auto = payload("auto_reply.eml")
+        mailbox.append(auto)
+        after = customer_answer(in_case, "The photo follows tomorrow.")
+        mailbox.append(after)
+        wait_until(lambda: processed(db, str(parse(after)["Message-ID"])), what="the mail after the auto-reply")
+        assert str(parse(auto)["Message-ID"]) not in inbox_ids(db)
+        assert all(m["In-Reply-To"] != parse(auto)["Message-ID"] for m in smtp.mails())
+
+        # An engineer's reply goes out in the customer's thread.
+        bot.desk.reply(ref, engineer="Li Wei", text="Please send the <photo> & the cable size.")
+        relayed = smtp.wait_for(lambda m: "Li Wei" in plain(m), "the engineer's reply")
+        assert header(relayed, "In-Reply-To") == parse(after)["Message-ID"]
+        assert "Please send the <photo> & the cable size." in plain(relayed)
+        assert "Please send the &lt;photo&gt; &amp; the cable size." in html_part(relayed)
+    assert sorted(set(mailbox.fetched_uids())) == mailbox.fetched_uids()  # every mail fetched once
+
+
+def test_a_restart_neither_loses_nor_repeats_mail(settings: Settings, db: Engine, imap: tuple[str, int],
+                                                   mailbox: Mailbox, smtp: SmtpSink) -> None:
+    bot = build(email_settings(settings, imap, smtp, imap_poll_seconds=0.2), db=db)
+    claim = payload("customer_claim.eml")
+    mailbox.append(claim)
+    channel = mail.from_settings(bot)
+    assert channel is not None
+    with serve(create_app(bot, channels=[channel])):
+        wait_until(lambda: processed(db, str(parse(claim)["Message-ID"])), what="the claim processed")
+
+    # Mail that arrives while the bot is down; the server has no IDLE this time, so the reader polls.
+    mailbox.idle = False
+    reply, later = payload("customer_reply.eml"), customer_answer(smtp.mails()[-1], "CSP2402A0154 too")
+    mailbox.append(reply)
+    mailbox.append(later)
+    sessions_before = mailbox.sessions
+    channel = mail.from_settings(bot)
+    assert channel is not None
+    with serve(create_app(bot, channels=[channel])):
+        wait_until(lambda: processed(db, str(parse(later)["Message-ID"])), what="the mail sent during the restart")
+    fetched_after = [uid for session, uid in mailbox.fetched if session > sessions_before]
+    assert fetched_after == [2, 3]
+    assert inbox_ids(db) == [str(parse(m)["Message-ID"]) for m in (claim, reply, later)]
+    assert not any("IDLE" in command for session, command in mailbox.commands if session > sessions_before)
+
+
+def test_unread_mail_is_taken_once_even_across_a_failure_and_a_rebuilt_mailbox(
+        bot: Bot, imap: tuple[str, int], mailbox: Mailbox) -> None:
+    config = mail.MailSettings(**{**_config_values(), "imap_host": imap[0], "imap_port": imap[1]})
+    reader = mail.MailboxReader(bot, config)
+    mailbox.append(payload("customer_claim.eml"), seen=True)  # read by a person before the bot was set up
+    mailbox.append(payload("customer_reply.eml"))
+    third = mailbox.append(customer_answer(parse(payload("customer_reply.eml")), "One more thing"))
+    mailbox.fail_fetch = {third}
+    with imaplib.IMAP4(*imap) as connection:
+        connection.login(SUPPORT, IMAP_PASSWORD)
+        connection.select("INBOX")
+        with pytest.raises(imaplib.IMAP4.error):  # the first start stops halfway through the unread mail
+            reader.sync(connection, mailbox.uidvalidity, mailbox.next_uid)
+        assert mailbox.fetched_uids() == [2]
+        mailbox.fail_fetch = set()
+        reader.sync(connection, mailbox.uidvalidity, None)  # ... and goes on where it stopped
+        assert mailbox.fetched_uids() == [2, third]
+        mailbox.rebuild(uidvalidity=mailbox.uidvalidity + 1)  # all read now: a rebuild must take nothing
+        reader.sync(connection, mailbox.uidvalidity, mailbox.next_uid)
+        reader.sync(connection, mailbox.uidvalidity, None)
+        assert mailbox.fetched_uids() == [2, third]
+        fourth = mailbox.append(customer_answer(parse(payload("customer_reply.eml")), "And another"))
+        reader.sync(connection, mailbox.uidvalidity, None)
+        assert mailbox.fetched_uids() == [2, third, fourth]
+    assert len(inbox_ids(bot.db)) == 3
+
+
+# --- receiving: loops, parsing ---------------------------------------------------------------------------
+
+
+def _config_values() -> dict[str, Any]:
+    return {"imap_host": "127.0.0.1", "imap_port": 143, "imap_security": "none", "imap_user": SUPPORT,
+            "imap_password": IMAP_PASSWORD, "imap_mailbox": "INBOX", "poll_seconds": 1.0,
+            "smtp_host": "127.0.0.1", "smtp_port": 25, "smtp_security": "none", "smtp_user": "", "smtp_password": "",
+            "from_header": f"CSP Warranty Support <{SUPPORT}>", "address": SUPPORT, "replies_per_hour": 3,
+            "case_ref_prefix": "WR", "max_mail_bytes": 1_000_000}
+
+
+CONFIG = mail.MailSettings(**_config_values())
+
+
+def with_header(raw: bytes, line: str) -> bytes:
+    return line.encode() + b"\r\n" + raw
+
+
+@pytest.mark.parametrize(("header", "reason"), [
+    ("Auto-Submitted: auto-generated", "Auto-Submitted"),
+    ("X-Auto-Response-Suppress: All", "X-Auto-Response-Suppress"),
+    ("Precedence: bulk", "Precedence"),
+    ("Precedence: list", "Precedence"),
+    ("Precedence: junk", "Precedence"),
+    ("List-Id: <solar.lists.example>", "list"),
+    ("List-Unsubscribe: <mailto:leave@lists.example>", "list"),
+])
+def test_automated_mail_is_never_answered(header: str, reason: str) -> None:
+    found = mail.ignore_reason(mail.read_mail(with_header(payload("customer_claim.eml"), header)), own=CONFIG.own_addresses)
+    assert found is not None and reason in found
+
+
+def test_the_sample_auto_reply_bounces_and_our_own_mail_are_ignored() -> None:
+    assert mail.ignore_reason(mail.read_mail(payload("auto_reply.eml")), own=CONFIG.own_addresses)
+    claim = payload("customer_claim.eml")
+    bounce = claim.replace(b"From: Yusuf Demir <yusuf.demir@solarege.example>",
+                           b"From: Mail Delivery System <MAILER-DAEMON@mx.solarege.example>")
+    assert "daemon" in str(mail.ignore_reason(mail.read_mail(bounce), own=CONFIG.own_addresses))
+    ours = claim.replace(b"From: Yusuf Demir <yusuf.demir@solarege.example>", f"From: <{SUPPORT.upper()}>".encode())
+    assert mail.ignore_reason(mail.read_mail(ours), own=CONFIG.own_addresses) == "our own address"
+    empty_return = claim.replace(b"Return-Path: <yusuf.demir@solarege.example>", b"Return-Path: <>")
+    assert mail.ignore_reason(mail.read_mail(empty_return), own=CONFIG.own_addresses)
+    report = EmailMessage()
+    report["From"] = "someone@example.org"
+    report.set_content("delivered")
+    report.make_mixed()
+    report.replace_header("Content-Type", 'multipart/report; report-type=delivery-status; boundary="b"')
+    assert mail.ignore_reason(mail.read_mail(report.as_bytes()), own=CONFIG.own_addresses) == "a delivery or read report"
+    assert mail.ignore_reason(mail.read_mail(with_header(claim, "Auto-Submitted: no")), own=CONFIG.own_addresses) is None
+
+
+def test_a_claim_mail_becomes_one_inbound_message(tmp_path: Path) -> None:
+    store = AttachmentStore(root=tmp_path, max_bytes=100_000, allowed_types=frozenset({"application/pdf"}))
+    raw = payload("customer_claim.eml")
+    message = mail.to_inbound(mail.read_mail(raw), raw, config=CONFIG, store=store)
+    assert (message.chat_id, message.sender_id, message.sender_name) == (CUSTOMER, CUSTOMER, "Yusuf Demir")
+    assert message.external_id == "<3c9a1f07-5e2b-4d8a-b6c4-0f2e8d7a91b3@solarege.example>"
+    assert message.locale_hint == "en-GB"
+    # The subject leads a first mail; the text part is preferred; the signature is gone.
+    assert message.text.startswith("Warranty claim: inverter CSP2402A0153 - error E07, shuts down under load\n\nHello,")
+    assert "Serial number: CSP2402A0153" in message.text and "warehouse in İzmir" in message.text
+    assert "Best regards" not in message.text and "<p>" not in message.text
+    [invoice] = message.attachments
+    assert (invoice.name, invoice.mime, invoice.kind) == ("EX-2024-0311.pdf", "application/pdf", "document")
+    assert store.path(invoice.ref).read_bytes().startswith(b"%PDF-")
+
+
+def test_attachments_over_the_limits_are_refused_not_lost(tmp_path: Path) -> None:
+    raw = payload("customer_claim.eml")
+    small = AttachmentStore(root=tmp_path, max_bytes=100, allowed_types=frozenset({"application/pdf"}))
+    [refused] = mail.to_inbound(mail.read_mail(raw), raw, config=CONFIG, store=small).attachments
+    assert (refused.kind, refused.name, refused.ref) == ("rejected", "EX-2024-0311.pdf", "too_large")
+    store = AttachmentStore(root=tmp_path, max_bytes=100_000, allowed_types=frozenset({"application/pdf"}))
+    truncated = mail.to_inbound(mail.read_mail(raw[:4000]), raw[:4000], config=CONFIG, store=store, truncated=True)
+    assert [(a.kind, a.ref) for a in truncated.attachments] == [("rejected", "too_large")]
+    assert "CSP2402A0153" in truncated.text
+
+
+def test_a_reply_loses_its_quote_and_finds_its_case() -> None:
+    raw = payload("customer_reply.eml")
+    message = mail.to_inbound(mail.read_mail(raw), raw, config=CONFIG, store=_no_store())
+    assert message.text.replace("\r\n", "\n") == (
+        "Hello,\n\nwith about 1 kW connected the display shows 11.2 V on the battery, and\nE07 comes 2-3 seconds "
+        "later. The battery is a 12 V 200 Ah LiFePO4, cable\n25 mm², 1.5 m each way. I will send a photo of the "
+        "display tomorrow.")
+    assert message.raw["case_ref"] == "WR-2026-000042"  # from the subject
+    by_id = raw.replace(b"Subject: Re: [WR-2026-000042] Your", b"Subject: Re: Your").replace(
+        b"In-Reply-To: <177788893312.2211.4478102937465530128@warranty.example.com>",
+        b"In-Reply-To: <177788893312.2211.4478102937465530128.WR-2026-000077@warranty.example.com>")
+    assert mail.to_inbound(mail.read_mail(by_id), by_id, config=CONFIG, store=_no_store()).raw["case_ref"] == \
+        "WR-2026-000077"
+
+
+@pytest.mark.parametrize(("body", "expected"), [
+    ("1\n\nEl lun, 4 may 2026 a las 13:02, Soporte (<s@example.com>) escribió:\n> ¿Cómo apareció la falla?\n", "1"),
+    ("请看附件。\n\n-----原始邮件-----\n发件人: support@example.com\n主题: 保修\n", "请看附件。"),
+    ("Units:\n- CSP2402A0153\n- CSP2402A0154\n\nOn Mon, 4 May 2026, Support wrote:\n> old\n",
+     "Units:\n- CSP2402A0153\n- CSP2402A0154"),
+    ("Yes\n\n________________________________\nFrom: Support <s@example.com>\nSent: Monday, 4 May 2026 13:02\n"
+     "To: Yusuf\nSubject: Re: case\n\nold text\n", "Yes"),
+])
+def test_quoted_text_is_cut_in_the_ways_mail_clients_quote(body: str, expected: str) -> None:
+    assert mail._latest_reply(body) == expected
+
+
+def test_an_html_only_mail_is_read_as_text() -> None:
+    message = EmailMessage()
+    message["From"] = f"Yusuf <{CUSTOMER}>"
+    message["Subject"] = "Re: your case"
+    message["Message-ID"] = "<html-only@solarege.example>"
+    message.set_content("<div>Display shows <b>E07</b> &amp; stops<br>at 1.2&nbsp;kW</div><style>p{}</style>"
+                        '<div class="gmail_quote">On Mon, Support wrote:<blockquote><p>How did it fail?</p>'
+                        "</blockquote></div>", subtype="html")
+    raw = message.as_bytes()
+    assert mail.to_inbound(mail.read_mail(raw), raw, config=CONFIG, store=_no_store()).text == \
+        "Display shows E07 & stops\nat 1.2 kW"
+
+
+def _no_store() -> AttachmentStore:
+    return AttachmentStore(root=Path("/nonexistent"), max_bytes=1, allowed_types=frozenset())
+
+
+# --- sending ---------------------------------------------------------------------------------------------
+
+
+def test_a_reply_is_threaded_escaped_and_marked_auto_replied() -> None:
+    thread = mail.Thread(to_name="Yusuf Demir", message_id="<m3@solarege.example>",
+                         references=("<m1@solarege.example>", "<o2@warranty.example.com>"),
+                         subject="Re: [WR-2026-000042] Your warranty case", case_ref="WR-2026-000042")
+    message = OutboundMessage(channel="email", chat_id=CUSTOMER, text="You wrote: <script>x</script> & more",
+                              buttons=(Button(label="It failed <b>", value="cause:normal"),))
+    composed = parse(mail.compose(message, thread=thread, config=CONFIG).as_bytes())
+    assert header(composed, "Subject") == "Re: [WR-2026-000042] Your warranty case"
+    assert header(composed, "To") == f"Yusuf Demir <{CUSTOMER}>"
+    assert header(composed, "In-Reply-To") == "<m3@solarege.example>"
+    assert header(composed, "References") == "<m1@solarege.example> <o2@warranty.example.com> <m3@solarege.example>"
+    assert header(composed, "Auto-Submitted") == "auto-replied"
+    assert plain(composed) == "You wrote: <script>x</script> & more\n\n1. It failed <b>\n"
+    markup = html_part(composed)
+    assert "&lt;script&gt;x&lt;/script&gt; &amp; more" in markup and "<script>" not in markup
+    assert "<li>It failed &lt;b&gt;</li>" in markup
+    first = mail.compose(message, thread=mail.Thread(subject="Warranty claim"), config=CONFIG)
+    assert header(first, "Subject") == "Re: Warranty claim" and header(first, "In-Reply-To") == ""
+
+
+def _sender(bot: Bot, port: int, **extra: Any) -> mail.MailSender:
+    config = mail.MailSettings(**{**_config_values(), "smtp_port": port, **extra})
+    return mail.MailSender(bot, config)
+
+
+async def test_smtp_refusals_map_to_outbox_outcomes(bot: Bot) -> None:
+    with smtp_server() as sink:
+        sink.refuse = {"gone@example.org": "550 5.1.1 no such user", "busy@example.org": "451 4.3.0 try later"}
+        sender = _sender(bot, sink.port)
+        with pytest.raises(Unreachable, match="550"):
+            await sender.send(OutboundMessage(channel="email", chat_id="gone@example.org", text="hi"), {})
+        with pytest.raises(RetryLater, match="451"):
+            await sender.send(OutboundMessage(channel="email", chat_id="busy@example.org", text="hi"), {})
+        with pytest.raises(PermanentFailure, match="own address"):
+            await sender.send(OutboundMessage(channel="email", chat_id=SUPPORT, text="hi"), {})
+        delivered = await sender.send(OutboundMessage(channel="email", chat_id="ok@example.org", text="hi"), {})
+        assert delivered.external_id == sink.mails()[0]["Message-ID"]
+    with pytest.raises(RetryLater):  # nobody listens any more
+        await sender.send(OutboundMessage(channel="email", chat_id="ok@example.org", text="hi"), {})
+
+
+async def test_replies_to_one_address_are_rate_limited(bot: Bot, smtp: SmtpSink) -> None:
+    sender = _sender(bot, smtp.port)  # at most 3 an hour
+    with session_scope(bot.db) as session:
+        for minutes in (50, 20, 5):
+            session.add(OutboxItem(channel="email", chat_id=CUSTOMER, payload={"text": "x"}, status="sent",
+                                   sent_at=utcnow() - datetime.timedelta(minutes=minutes)))
+        session.add(OutboxItem(channel="email", chat_id=CUSTOMER, payload={"text": "x"}, status="sent",
+                               sent_at=utcnow() - datetime.timedelta(minutes=70)))
+    with pytest.raises(RetryLater) as limited:
+        await sender.send(OutboundMessage(channel="email", chat_id=CUSTOMER, text="one too many"), {})
+    assert limited.value.after is not None and 9 * 60 <= limited.value.after <= 10 * 60 + 5
+    await sender.send(OutboundMessage(channel="email", chat_id="other@example.org", text="fine"), {})
+    assert len(smtp.mails()) == 1
+
+
+async def test_starttls_is_used_when_configured(bot: Bot, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    certificate, key = _self_signed(tmp_path)
+    monkeypatch.setenv("SSL_CERT_FILE", str(certificate))  # the default context trusts our test CA
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(certificate, key)
+    with smtp_server(tls_context=context, require_starttls=True) as sink:
+        sender = _sender(bot, sink.port, smtp_security="starttls", smtp_user=SMTP_USER, smtp_password=SMTP_PASSWORD)
+        await sender.send(OutboundMessage(channel="email", chat_id="ok@example.org", text="over TLS"), {})
+        assert plain(sink.mails()[0]) == "over TLS\n" and sink.logins == [SMTP_USER]
+
+
+def _self_signed(folder: Path) -> tuple[Path, Path]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    certificate_path, key_path = folder / "cert.pem", folder / "key.pem"
+    certificate_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return certificate_path, key_path
+
+
+def test_settings_decide_whether_email_runs(bot: Bot) -> None:
+    assert mail.from_settings(bot) is None
+    half = build(bot.settings.model_copy(update={"imap_host": "127.0.0.1"}), db=bot.db)
+    assert mail.from_settings(half) is None
+    wrong = build(bot.settings.model_copy(update={"imap_host": "h", "smtp_host": "h", "email_from": SUPPORT,
+                                                  "smtp_security": "ssl"}), db=bot.db)
+    with pytest.raises(ValueError, match="SMTP_SECURITY"):
+        mail.from_settings(wrong)
+

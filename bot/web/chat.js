@@ -7,8 +7,13 @@
   const SESSION_KEY = "warranty.webchat.session";
   const POLL_MS = 1000;
   const HIDDEN_POLL_MS = 5000;
+  // Right after the customer sends, the bot's answer is usually a moment away: look a few times sooner.
+  const QUICK_POLL_MS = 250;
+  const QUICK_POLLS = 4;
   const SEND_ATTEMPTS = 4;
   const VIEWABLE = /^(image\/(jpeg|png|gif|webp)|application\/pdf)$/;
+  const SHRINK_ABOVE_BYTES = 1.5 * 1024 * 1024;
+  const SHRINK_TO_PIXELS = 2560;
 
   const STRINGS = {
     en: {
@@ -212,6 +217,7 @@
   let lastId = 0;
   let generation = 0; // bumped by "new conversation": answers for an older session are dropped
   let pollTimer = null;
+  let quickPolls = 0;
   const offered = new Map(); // button value -> label, from the bot's messages, latest wins
   const pending = []; // {clientId, kind: "text"|"file", value, node}
 
@@ -280,7 +286,10 @@
     let text = message.text || "";
     const file = message.author === "customer" && !text; // only a file makes a message without text
     if (message.author === "customer" && offered.has(text)) text = offered.get(text);
-    item.appendChild(textBlock(file ? T.file : text, file));
+    // File names, when the API lists them ({"attachments": [{"name": ...}]}); otherwise a generic line.
+    const names = Array.isArray(message.attachments)
+      ? message.attachments.map((a) => a && a.name).filter((n) => typeof n === "string" && n) : [];
+    item.appendChild(textBlock(file ? names.join(", ") || T.file : text, file));
     const buttons = Array.isArray(message.buttons) ? message.buttons : [];
     if (buttons.length) {
       const group = el("div", "choices");
@@ -405,7 +414,8 @@
         if (entry.generation !== generation) return;
         markSent(entry);
         showNotice("");
-        schedulePoll(150);
+        quickPolls = QUICK_POLLS;
+        schedulePoll(QUICK_POLL_MS);
         return;
       } catch (error) {
         if (entry.generation !== generation) return;
@@ -436,11 +446,34 @@
       { text: value, client_id: entry.clientId }));
   }
 
-  function sendFile(file) {
-    if (!(file.type.startsWith("image/") || file.type === "application/pdf")) {
-      showNotice(`${file.name}: ${T.badType}`, true);
+  // Phone photos are often several megabytes: large ones are re-encoded at a size that still shows a
+  // serial label sharply, so they pass the server's request size limit and slow mobile links.
+  async function shrinkImage(file) {
+    if (file.size <= SHRINK_ABOVE_BYTES || !/^image\/(jpeg|png|webp)$/.test(file.type) ||
+        typeof createImageBitmap !== "function") return file;
+    try {
+      const bitmap = await createImageBitmap(file);
+      const scale = Math.min(1, SHRINK_TO_PIXELS / Math.max(bitmap.width, bitmap.height));
+      const canvas = document.createElement("canvas");
+      canvas.width = Math.round(bitmap.width * scale);
+      canvas.height = Math.round(bitmap.height * scale);
+      canvas.getContext("2d").drawImage(bitmap, 0, 0, canvas.width, canvas.height);
+      bitmap.close();
+      const blob = await new Promise((resolve) => canvas.toBlob(resolve, "image/jpeg", 0.85));
+      if (!blob || blob.size >= file.size) return file;
+      const name = file.name.replace(/\.[^.]*$/, "") + ".jpg";
+      return new File([blob], name, { type: "image/jpeg" });
+    } catch (error) {
+      return file;
+    }
+  }
+
+  async function sendFile(original) {
+    if (!(original.type.startsWith("image/") || original.type === "application/pdf")) {
+      showNotice(`${original.name}: ${T.badType}`, true);
       return;
     }
+    const file = await shrinkImage(original);
     let preview = null;
     if (VIEWABLE.test(file.type) && file.type.startsWith("image/")) {
       preview = el("img", "preview");
@@ -483,7 +516,12 @@
       }
       showNotice(T.offline, true);
     }
-    schedulePoll(more ? 0 : document.hidden ? HIDDEN_POLL_MS : POLL_MS);
+    let delay = document.hidden ? HIDDEN_POLL_MS : POLL_MS;
+    if (quickPolls > 0) {
+      quickPolls -= 1;
+      delay = QUICK_POLL_MS;
+    }
+    schedulePoll(more ? 0 : delay);
   }
 
   // --- wiring -------------------------------------------------------------------------------------------
@@ -517,9 +555,10 @@
 
   input.addEventListener("input", autosize);
 
-  fileInput.addEventListener("change", () => {
-    for (const file of Array.from(fileInput.files || [])) sendFile(file);
+  fileInput.addEventListener("change", async () => {
+    const files = Array.from(fileInput.files || []);
     fileInput.value = "";
+    for (const file of files) await sendFile(file); // one after the other, so they show in the order chosen
   });
 
   document.getElementById("new-conversation").addEventListener("click", (event) => {

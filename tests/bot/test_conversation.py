@@ -289,3 +289,19 @@ def test_any_sequence_of_messages_keeps_a_valid_state(texts: list[str]) -> None:
     }
     assert conv.State.from_dict(state.to_dict()) == state
     assert sum(isinstance(e, conv.OpenCase) for e in effects) <= len(texts)
+
+
+def test_another_language_is_offered_once_not_switched_silently() -> None:
+    state, _, _, _ = run("CSP2402A0153")
+    facts = conv.Facts(today=TODAY, policy=POLICY, registry=REGISTRY, detected_language="es")
+    transition = conv.step(state, conv.Event(text="La pantalla muestra E07 y se apaga"), facts)
+    offer = transition.replies[-1]
+    assert (offer.template, offer.language) == ("language_offer", "es")
+    assert [c.value for c in offer.choices] == ["lang:es", "lang:en"]
+    assert transition.state.language == "en" and transition.state.name == "screening"
+    again = conv.step(transition.state, conv.Event(text="no sé"), facts)
+    assert "language_offer" not in [r.template for r in again.replies]
+    chosen = conv.step(transition.state, conv.Event(text="1"), facts)
+    assert chosen.state.language == "es"
+    assert [r.template for r in chosen.replies] == ["language_set", "ask_cause"]
+    assert chosen.effects == (conv.SetLanguage(language="es"),)

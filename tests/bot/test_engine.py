@@ -212,3 +212,19 @@ def test_desk_actions_reach_the_customer_and_are_audited(bot: Bot) -> None:
         "rated",
     ]
     assert [m["author"] for m in case["messages"]].count("note") == 1
+
+
+@pytest.mark.parametrize(("language", "hint", "texts", "expected"), [
+    ("es", None, ["Hola, mi inversor CSP2604D0007 muestra E07 y se apaga", "proof:none", "cause:normal"],
+     "Abrí el caso WR-"),
+    ("zh", "zh_CN", ["你好", "CSP2604D0007", "显示屏显示E07，然后就关机了", "proof:none", "cause:normal"], "已为您创建工单 WR-"),
+])
+def test_a_whole_claim_in_the_customers_language(bot: Bot, language: str, hint: str | None, texts: list[str],
+                                                  expected: str) -> None:
+    for text in texts:
+        bot.engine.accept(inbound(text, chat=language, locale_hint=hint))
+    bot.engine.process_pending()
+    replies = bot_texts(bot, language)
+    assert any(expected in t for t in replies), replies
+    assert not any("Please" in t or "Thank you" in t for t in replies), replies
+    assert bot.desk.list_cases()[0]["language"] == language

@@ -40,6 +40,7 @@ class Mailbox:
     fetched: list[tuple[int, int]] = field(default_factory=list)
     commands: list[tuple[int, str]] = field(default_factory=list)
     sessions: int = 0
+    fail_fetch: set[int] = field(default_factory=set)  # UIDs whose body fetch fails (a server hiccup)
     changed: threading.Condition = field(default_factory=threading.Condition)
 
     def append(self, raw: bytes, *, seen: bool = False) -> int:
@@ -69,6 +70,7 @@ class _Handler(socketserver.BaseRequestHandler):
         self.buffer = b""
         self.selected = False
         self.authenticated = False
+        self.reported = 0  # the message count this session was last told (EXISTS)
         box = self.server.mailbox
         with box.changed:
             box.sessions += 1
@@ -99,6 +101,14 @@ class _Handler(socketserver.BaseRequestHandler):
                 continue
             handler(tag, args)
 
+    def _report_exists(self) -> None:
+        """Tell the client about new mail, as real servers do with any response while a mailbox is selected."""
+        with self.server.mailbox.changed:
+            count = len(self.server.mailbox.mails)
+        if self.selected and count != self.reported:
+            self.reported = count
+            self._send(f"* {count} EXISTS")
+
     # --- commands -------------------------------------------------------------------------------------
 
     def _cmd_capability(self, tag: str, args: bytes) -> None:
@@ -124,7 +134,8 @@ class _Handler(socketserver.BaseRequestHandler):
             self._send(f"{tag} NO no such mailbox")
             return
         with box.changed:
-            self._send(f"* {len(box.mails)} EXISTS")
+            self.reported = len(box.mails)
+            self._send(f"* {self.reported} EXISTS")
             self._send("* 0 RECENT")
             self._send("* FLAGS (\\Seen \\Answered \\Flagged \\Deleted \\Draft)")
             self._send(f"* OK [UIDVALIDITY {box.uidvalidity}] UIDs valid")
@@ -165,6 +176,7 @@ class _Handler(socketserver.BaseRequestHandler):
                 position += 1
             uids = " ".join(str(m.uid) for m in found)
         self._send(f"* SEARCH {uids}".rstrip())
+        self._report_exists()
         self._send(f"{tag} OK SEARCH completed")
 
     def _uid_fetch(self, tag: str, args: bytes) -> None:
@@ -182,6 +194,9 @@ class _Handler(socketserver.BaseRequestHandler):
             if b"RFC822.SIZE" in upper:
                 out.append(f"RFC822.SIZE {len(mail.raw)}".encode())
             body = _PARTIAL.search(items)
+            if body is not None and mail.uid in box.fail_fetch:
+                self._send(f"{tag} NO [UNAVAILABLE] message temporarily unavailable")
+                return
             if body is not None:
                 peek, start, length = body.group(1), body.group(2), body.group(3)
                 data = mail.raw
@@ -200,6 +215,7 @@ class _Handler(socketserver.BaseRequestHandler):
                 self._send_bytes(head + b")\r\n")
             else:
                 self._send_bytes(head + b"\r\n" + literal + b")\r\n")
+        self._report_exists()
         self._send(f"{tag} OK FETCH completed")
 
     def _uid_store(self, tag: str, args: bytes) -> None:
@@ -221,21 +237,15 @@ class _Handler(socketserver.BaseRequestHandler):
         if not box.idle or not self.selected:
             self._send(f"{tag} BAD IDLE not available")
             return
-        with box.changed:
-            known = len(box.mails)
         self._send("+ idling")
         while not self.server.closing.is_set():
+            self._report_exists()
             line = self._readline(timeout=0.05)
             if line is not None and line.upper() == b"DONE":
                 self._send(f"{tag} OK IDLE terminated")
                 return
             if line is None and self._closed:
                 return
-            with box.changed:
-                count = len(box.mails)
-            if count != known:
-                known = count
-                self._send(f"* {count} EXISTS")
 
     # --- wire -----------------------------------------------------------------------------------------
 

@@ -43,7 +43,7 @@ class FakeTelegram:
     updates: list[dict[str, Any]] = field(default_factory=list)  # served by getUpdates
     files: dict[str, tuple[str, bytes]] = field(default_factory=dict)  # file_id -> (file_path, bytes)
     downloads: list[str] = field(default_factory=list)  # file paths fetched
-    failures: list[tuple[str, int, dict[str, Any]]] = field(default_factory=list)  # (method, status, body)
+    failures: list[tuple[str, int, int, dict[str, Any]]] = field(default_factory=list)  # method, after, status, body
     blocked: set[str] = field(default_factory=set)  # chat ids that blocked the bot
     lock: threading.Lock = field(default_factory=threading.Lock)
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(5001))
@@ -65,13 +65,14 @@ class FakeTelegram:
         with self.lock:
             self.updates.append(update)
 
-    def fail_next(self, method: str, status: int, description: str, *, retry_after: int | None = None) -> None:
-        """The next call of `method` is refused like this (e.g. 429 with retry_after)."""
+    def fail_next(self, method: str, status: int, description: str, *, retry_after: int | None = None,
+                  after: int = 0) -> None:
+        """A coming call of `method` (the next, or the one after `after` more) is refused like this."""
         body: dict[str, Any] = {"ok": False, "error_code": status, "description": description}
         if retry_after is not None:
             body["parameters"] = {"retry_after": retry_after}
         with self.lock:
-            self.failures.append((method, status, body))
+            self.failures.append((method, after, status, body))
 
     def block(self, chat_id: str) -> None:
         with self.lock:
@@ -87,9 +88,11 @@ class FakeTelegram:
         """The sendMessage calls Telegram accepted for a chat, in order."""
         return [p for p in self.calls_to("sendMessage") if str(p.get("chat_id")) == str(chat_id)]
 
-    def button_values(self, chat_id: str) -> list[str]:
-        return [button["callback_data"] for message in self.sent(chat_id)
-                for row in message.get("reply_markup", {}).get("inline_keyboard", []) for button in row]
+    def last_buttons(self, chat_id: str) -> list[str]:
+        """The callback data of the inline buttons under the last message sent to a chat."""
+        sent = self.sent(chat_id)
+        rows = sent[-1].get("reply_markup", {}).get("inline_keyboard", []) if sent else []
+        return [button["callback_data"] for row in rows for button in row]
 
     # --- handlers ---------------------------------------------------------------------------------------
 
@@ -102,13 +105,16 @@ class FakeTelegram:
             failure = next((f for f in self.failures if f[0] == method), None)
             if failure is not None:
                 self.failures.remove(failure)
+                if failure[1] > 0:  # not yet: let this call through, fail a later one
+                    self.failures.insert(0, (method, failure[1] - 1, failure[2], failure[3]))
+                    failure = None
         if failure is not None:
-            return self._answer(method, params, failure[1], failure[2])
+            return self._answer(method, params, failure[2], failure[3])
         handler = getattr(self, f"_{method}", None)
         if handler is None:
             return self._answer(method, params, 404, {"ok": False, "error_code": 404, "description": "Not Found"})
         try:
-            result = await handler(params)
+            result = await handler(params, request)
         except _ApiError as error:
             return self._answer(method, params, error.status,
                                 {"ok": False, "error_code": error.status, "description": error.description})
@@ -132,10 +138,10 @@ class FakeTelegram:
 
     # --- methods ----------------------------------------------------------------------------------------
 
-    async def _getMe(self, params: dict[str, Any]) -> Any:
+    async def _getMe(self, params: dict[str, Any], request: Request) -> Any:
         return BOT_USER
 
-    async def _setWebhook(self, params: dict[str, Any]) -> Any:
+    async def _setWebhook(self, params: dict[str, Any], request: Request) -> Any:
         secret = params.get("secret_token", "")
         if not str(params.get("url", "")).startswith("https://"):
             raise _ApiError(400, "Bad Request: bad webhook: An HTTPS URL must be provided for webhook")
@@ -143,10 +149,10 @@ class FakeTelegram:
             raise _ApiError(400, "Bad Request: secret token contains unallowed characters")
         return True
 
-    async def _deleteWebhook(self, params: dict[str, Any]) -> Any:
+    async def _deleteWebhook(self, params: dict[str, Any], request: Request) -> Any:
         return True
 
-    async def _getUpdates(self, params: dict[str, Any]) -> Any:
+    async def _getUpdates(self, params: dict[str, Any], request: Request) -> Any:
         offset = int(params.get("offset") or 0)
         deadline = time.monotonic() + min(float(params.get("timeout") or 0), 5.0)
         while True:
@@ -154,11 +160,11 @@ class FakeTelegram:
                 # Like Telegram: asking from `offset` confirms, and forgets, every earlier update.
                 self.updates = [u for u in self.updates if u["update_id"] >= offset]
                 ready = self.updates[: int(params.get("limit") or 100)]
-            if ready or time.monotonic() >= deadline:
+            if ready or time.monotonic() >= deadline or await request.is_disconnected():
                 return ready
             await asyncio.sleep(0.02)
 
-    async def _sendMessage(self, params: dict[str, Any]) -> Any:
+    async def _sendMessage(self, params: dict[str, Any], request: Request) -> Any:
         chat_id = str(params.get("chat_id", ""))
         if chat_id in self.blocked:
             raise _ApiError(403, "Forbidden: bot was blocked by the user")
@@ -175,12 +181,12 @@ class FakeTelegram:
         return {"message_id": next(self._ids), "from": BOT_USER, "date": int(time.time()),
                 "chat": {"id": int(chat_id), "type": "private"}, "text": visible}
 
-    async def _answerCallbackQuery(self, params: dict[str, Any]) -> Any:
+    async def _answerCallbackQuery(self, params: dict[str, Any], request: Request) -> Any:
         if not params.get("callback_query_id"):
             raise _ApiError(400, "Bad Request: query is too old and response timeout expired or query ID is invalid")
         return True
 
-    async def _getFile(self, params: dict[str, Any]) -> Any:
+    async def _getFile(self, params: dict[str, Any], request: Request) -> Any:
         file_id = str(params.get("file_id", ""))
         with self.lock:
             found = self.files.get(file_id)

@@ -23,7 +23,7 @@ class FakeGraph:
     sent: list[dict[str, Any]] = field(default_factory=list)  # every accepted message body, in order
     requests: list[tuple[str, str]] = field(default_factory=list)  # (method, path) of every request
     media: dict[str, tuple[bytes, str]] = field(default_factory=dict)  # media id -> (bytes, mime)
-    failures: list[tuple[int, int, str]] = field(default_factory=list)  # next answers: (status, code, title)
+    failures: list[list[Any]] = field(default_factory=list)  # [sends to let through first, status, code, title]
     lock: threading.Lock = field(default_factory=threading.Lock)
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
@@ -34,10 +34,10 @@ class FakeGraph:
             Route("/{version}/{media_id}", self._media_info, methods=["GET"]),
         ])
 
-    def fail_next(self, status: int, code: int, title: str) -> None:
-        """The next message send is refused with this Graph error."""
+    def fail_next(self, status: int, code: int, title: str, *, after: int = 0) -> None:
+        """The next message send (or the one after `after` successful sends) is refused with this Graph error."""
         with self.lock:
-            self.failures.append((status, code, title))
+            self.failures.append([after, status, code, title])
 
     def sent_to(self, wa_id: str) -> list[dict[str, Any]]:
         with self.lock:
@@ -67,8 +67,10 @@ class FakeGraph:
             return _error(400, 100, "Unsupported post request")
         body = await request.json()
         with self.lock:
-            if self.failures:
-                status, code, title = self.failures.pop(0)
+            if self.failures and self.failures[0][0] > 0:
+                self.failures[0][0] -= 1
+            elif self.failures:
+                _, status, code, title = self.failures.pop(0)
                 return _error(status, code, title)
         problem = _invalid(body)
         if problem:

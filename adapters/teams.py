@@ -1,0 +1,587 @@
+"""The Microsoft Teams channel (and legacy Skype): Bot Framework activities in, Bot Connector API calls out.
+
+Built on httpx and PyJWT rather than Microsoft's Agents SDK (microsoft-agents-hosting-core 1.9): the SDK
+answers inside the request's turn and owns the HTTP handling, takes its signing keys from fixed Microsoft
+URLs (no OpenID metadata setting, so no loopback fake) and brings aiohttp, OpenTelemetry and MSAL with it;
+this bot stores every activity before acknowledging it and answers later from the outbox, proactively.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import mimetypes
+import re
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from datetime import datetime, timedelta
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+import httpx
+import jwt
+from sqlalchemy import Engine
+from sqlmodel import Session
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from bot.app import Bot
+from bot.attachments import AttachmentRejected
+from bot.messages import Attachment, Button, InboundMessage, OutboundMessage
+from bot.outbox import Delivered, PermanentFailure, RetryLater, Unreachable
+from bot.store import KeyValue, lock_chat, session_scope
+from bot.store.clock import utcnow
+
+CHANNEL = "teams"
+CHANNEL_IDS = frozenset({"msteams", "skype"})  # Skype was retired in May 2025; its users moved to Teams
+PATH = "/teams/messages"
+BOT_FRAMEWORK_SCOPE = "https://api.botframework.com/.default"
+CLOCK_SKEW_SECONDS = 300  # the Bot Framework's own tolerance
+KEYS_TTL_SECONDS = 24 * 3600
+KEYS_REFRESH_MIN_SECONDS = 300  # an unknown key id refetches the keys, but not more often than this
+TOKEN_MARGIN_SECONDS = 300  # renew the connector token this long before it expires
+HTTP_TIMEOUT_SECONDS = 20.0
+BUTTONS_PER_CARD = 6  # Teams shows at most six buttons on a hero card
+HTML_DUPLICATE = "text/html"  # Teams repeats the message text as an HTML attachment: not a customer file
+FILE_DOWNLOAD = "application/vnd.microsoft.teams.file.download.info"
+
+log = logging.getLogger(__name__)
+
+
+class Unauthorized(Exception):
+    """The request does not carry a valid Bot Framework token."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class TeamsSettings:
+    app_id: str
+    app_password: str
+    openid_metadata_url: str
+    token_url: str
+    issuer: str
+
+
+# --- verify: the Bot Framework's bearer token ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Key:
+    key: jwt.PyJWK
+    endorsements: frozenset[str] | None
+
+
+class TokenValidator:
+    """Checks the JWT the Bot Connector sends: signed by a key from the OpenID metadata's `jwks_uri`, our app
+    id as audience, the configured issuer, not expired; keys are cached for a day."""
+
+    def __init__(self, config: TeamsSettings, http: Callable[[], httpx.AsyncClient]) -> None:
+        self.config = config
+        self.http = http
+        self.keys: dict[str, _Key] = {}
+        self.fetched_at = float("-inf")
+        self.lock = asyncio.Lock()
+
+    async def validate(self, authorization: str | None) -> tuple[dict[str, Any], frozenset[str] | None]:
+        """The token's claims and its key's endorsements (channel ids), or Unauthorized."""
+        scheme, _, token = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise Unauthorized("no bearer token")
+        try:
+            header = jwt.get_unverified_header(token.strip())
+        except jwt.PyJWTError:
+            raise Unauthorized("not a JWT") from None
+        if header.get("alg") != "RS256" or not isinstance(header.get("kid"), str):
+            raise Unauthorized("unexpected token algorithm or key id")
+        key = await self._key(header["kid"])
+        try:
+            claims = jwt.decode(token.strip(), key.key.key, algorithms=["RS256"], audience=self.config.app_id,
+                                issuer=self.config.issuer, leeway=CLOCK_SKEW_SECONDS,
+                                options={"require": ["exp", "iss", "aud"]})
+        except jwt.PyJWTError as error:
+            raise Unauthorized(f"token rejected: {type(error).__name__}") from None
+        return claims, key.endorsements
+
+    async def _key(self, kid: str) -> _Key:
+        async with self.lock:
+            age = time.monotonic() - self.fetched_at
+            if age > KEYS_TTL_SECONDS or (kid not in self.keys and age > KEYS_REFRESH_MIN_SECONDS):
+                await self._refresh()
+        found = self.keys.get(kid)
+        if found is None:
+            raise Unauthorized("unknown signing key")
+        return found
+
+    async def _refresh(self) -> None:
+        try:
+            metadata = await self._json(self.config.openid_metadata_url)
+            jwks = await self._json(str(metadata["jwks_uri"]))
+        except (httpx.HTTPError, KeyError, ValueError, TypeError) as error:
+            # Keep the keys we had: a metadata outage must not lock every customer out.
+            log.warning("could not fetch the Bot Framework signing keys: %s", type(error).__name__)
+            if not self.keys:
+                raise Unauthorized("signing keys unavailable") from None
+            return
+        keys: dict[str, _Key] = {}
+        for entry in jwks.get("keys", []) if isinstance(jwks, dict) else []:
+            try:
+                parsed = jwt.PyJWK(entry, algorithm="RS256")
+            except (jwt.PyJWTError, KeyError, ValueError, TypeError):
+                continue
+            endorsements = entry.get("endorsements")
+            if parsed.key_id:
+                keys[parsed.key_id] = _Key(parsed, frozenset(endorsements) if isinstance(endorsements, list) else None)
+        self.keys = keys
+        self.fetched_at = time.monotonic()
+
+    async def _json(self, url: str) -> Any:
+        response = await self.http().get(url)
+        response.raise_for_status()
+        return response.json()
+
+
+def check_activity(claims: Mapping[str, Any], endorsements: frozenset[str] | None, activity: Mapping[str, Any]) -> None:
+    """What the token says must match the activity: its channel endorsed by the key, its serviceUrl."""
+    channel_id = activity.get("channelId")
+    if endorsements is not None and channel_id not in endorsements:
+        raise Unauthorized("the signing key is not endorsed for this channel")
+    service_url = claims.get("serviceurl") or claims.get("serviceUrl")
+    if service_url is not None and service_url != activity.get("serviceUrl"):
+        # We later send our own token to serviceUrl: it must be the one Microsoft vouched for.
+        raise Unauthorized("serviceUrl differs from the token's")
+
+
+# --- parse ----------------------------------------------------------------------------------------------
+
+
+class Malformed(Exception):
+    """The body is not an activity we can read."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Reference:
+    """Enough to write into a conversation later, without an activity to answer (a proactive message)."""
+
+    service_url: str
+    conversation_id: str
+    channel_id: str
+    bot_id: str
+    bot_name: str | None = None
+    user_id: str | None = None
+    user_name: str | None = None
+    tenant_id: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class FileRef:
+    name: str
+    url: str
+    mime: str
+    authenticated: bool  # the connector's own attachment URLs need our token; pre-signed download URLs do not
+
+
+def read_activity(body: bytes) -> dict[str, Any]:
+    try:
+        activity = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise Malformed("the body is not JSON") from None
+    if not isinstance(activity, dict):
+        raise Malformed("the body is not a JSON object")
+    for path in (("type",), ("serviceUrl",), ("conversation", "id"), ("recipient", "id")):
+        value: Any = activity
+        for part in path:
+            value = value.get(part) if isinstance(value, dict) else None
+        if not isinstance(value, str) or not value:
+            raise Malformed(f"{'.'.join(path)} is missing")
+    if urlsplit(activity["serviceUrl"]).scheme not in ("https", "http"):
+        raise Malformed("serviceUrl is not an http(s) URL")
+    return activity
+
+
+def reference_of(activity: Mapping[str, Any]) -> Reference:
+    sender = _dict(activity.get("from"))
+    recipient = activity["recipient"]
+    conversation = activity["conversation"]
+    tenant = _dict(_dict(activity.get("channelData")).get("tenant")).get("id")
+    return Reference(service_url=activity["serviceUrl"], conversation_id=conversation["id"],
+                     channel_id=str(activity.get("channelId", "")), bot_id=recipient["id"],
+                     bot_name=recipient.get("name"), user_id=sender.get("id"), user_name=sender.get("name"),
+                     tenant_id=tenant or conversation.get("tenantId"))
+
+
+def is_greeting(activity: Mapping[str, Any]) -> bool:
+    """A conversationUpdate that adds the bot: the user installed it or opened a chat with it."""
+    if activity.get("type") != "conversationUpdate":
+        return False
+    added = activity.get("membersAdded")
+    bot_id = activity["recipient"]["id"]
+    return isinstance(added, list) and any(isinstance(m, dict) and m.get("id") == bot_id for m in added)
+
+
+def message_text(activity: Mapping[str, Any]) -> str:
+    """The customer's words: a button's value for our messageBack cards, else the text without @mentions."""
+    value = activity.get("value")
+    if isinstance(value, dict) and isinstance(value.get("value"), str):
+        return str(value["value"])
+    text = _str(activity.get("text"))
+    bot_id = activity["recipient"]["id"]
+    for entity in activity.get("entities") or ():
+        if isinstance(entity, dict) and entity.get("type") == "mention" and isinstance(entity.get("text"), str) \
+                and (entity.get("mentioned") or {}).get("id") == bot_id:
+            text = text.replace(entity["text"], " ")
+    return re.sub(r"[ \t]{2,}", " ", text).strip()
+
+
+def file_refs(activity: Mapping[str, Any]) -> list[FileRef]:
+    """The files the customer sent: Teams file downloads and images; the HTML copy of the text and cards are not."""
+    files = []
+    for attachment in activity.get("attachments") or ():
+        if not isinstance(attachment, dict):
+            continue
+        kind = str(attachment.get("contentType", ""))
+        content = _dict(attachment.get("content"))
+        name = str(attachment.get("name") or "")
+        if kind == FILE_DOWNLOAD and isinstance(content.get("downloadUrl"), str):
+            mime = mimetypes.guess_type(name)[0] or "application/octet-stream"
+            files.append(FileRef(name=name or "file", url=content["downloadUrl"], mime=mime, authenticated=False))
+        elif kind == HTML_DUPLICATE or kind.startswith("application/vnd.microsoft."):
+            continue
+        elif isinstance(attachment.get("contentUrl"), str) and "/" in kind:
+            extension = mimetypes.guess_extension(kind) or ""
+            files.append(FileRef(name=name or f"picture{extension}", url=attachment["contentUrl"], mime=kind,
+                                 authenticated=True))
+    return files
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _str(value: Any) -> str:
+    return value if isinstance(value, str) else ""
+
+
+def to_inbound(activity: Mapping[str, Any], *, text: str, attachments: tuple[Attachment, ...] = (),
+               body: bytes = b"") -> InboundMessage:
+    reference = reference_of(activity)
+    entities = [e for e in activity.get("entities") or () if isinstance(e, dict) and e.get("type") == "clientInfo"]
+    locale = activity.get("locale") or (entities[0].get("locale") if entities else None)
+    external_id = str(activity.get("id") or f"sha256:{hashlib.sha256(body).hexdigest()}")
+    return InboundMessage(
+        channel=CHANNEL,
+        external_id=f"{reference.channel_id}:{external_id}",
+        sender_id=reference.user_id or "",
+        chat_id=reference.conversation_id,
+        text=text,
+        attachments=attachments,
+        received_at=utcnow(),
+        locale_hint=locale if isinstance(locale, str) else None,
+        sender_name=reference.user_name,
+        raw={"activity_type": activity.get("type"), "channel_id": reference.channel_id,
+             "tenant_id": reference.tenant_id},
+    )
+
+
+# --- send -----------------------------------------------------------------------------------------------
+
+
+def to_activity(message: OutboundMessage, reference: Reference) -> dict[str, Any]:
+    """Our message as a Bot Framework activity; buttons become hero cards whose presses come back as text."""
+    activity: dict[str, Any] = {
+        "type": "message",
+        "from": {"id": reference.bot_id, "name": reference.bot_name},
+        "conversation": {"id": reference.conversation_id},
+        "recipient": {"id": reference.user_id, "name": reference.user_name},
+        "text": message.text,
+        "textFormat": "plain",  # customer words quoted in our text must not turn into markup
+    }
+    if message.buttons:
+        chunks = [message.buttons[i:i + BUTTONS_PER_CARD] for i in range(0, len(message.buttons), BUTTONS_PER_CARD)]
+        activity["attachments"] = [_hero_card(chunk, reference.channel_id) for chunk in chunks]
+        activity["attachmentLayout"] = "list"
+    return activity
+
+
+def _hero_card(buttons: Sequence[Button], channel_id: str) -> dict[str, Any]:
+    if channel_id == "msteams":
+        # messageBack shows the label in the chat and hands us the value; Skype only knew imBack.
+        actions = [{"type": "messageBack", "title": b.label, "text": b.value, "displayText": b.label,
+                    "value": {"value": b.value}} for b in buttons]
+    else:
+        actions = [{"type": "imBack", "title": b.label, "value": b.value} for b in buttons]
+    return {"contentType": "application/vnd.microsoft.card.hero", "content": {"buttons": actions}}
+
+
+class ConnectorTokens:
+    """Client-credentials tokens for the Bot Connector, cached in memory and in the database until expiry."""
+
+    def __init__(self, config: TeamsSettings, http: Callable[[], httpx.AsyncClient], db: Engine) -> None:
+        self.config = config
+        self.http = http
+        self.db = db
+        self.key = "teams:token:" + hashlib.sha256(config.app_id.encode()).hexdigest()[:48]
+        self.token: str | None = None
+        self.expires_at: datetime | None = None
+        self.lock = asyncio.Lock()
+
+    async def get(self) -> str:
+        async with self.lock:
+            if self.token is None or self._expired(self.expires_at):
+                stored = await asyncio.to_thread(_kv_get, self.db, self.key)
+                if stored is not None and not self._expired(stored[1]):
+                    self.token, self.expires_at = str(stored[0].get("access_token")), stored[1]
+                else:
+                    await self._fetch()
+            assert self.token is not None
+            return self.token
+
+    async def forget(self) -> None:
+        async with self.lock:
+            self.token = None
+            await asyncio.to_thread(_kv_delete, self.db, self.key)
+
+    async def _fetch(self) -> None:
+        form = {"grant_type": "client_credentials", "client_id": self.config.app_id,
+                "client_secret": self.config.app_password, "scope": BOT_FRAMEWORK_SCOPE}
+        try:
+            response = await self.http().post(self.config.token_url, data=form)
+        except httpx.HTTPError as error:
+            raise RetryLater(f"token endpoint unreachable: {type(error).__name__}") from None
+        if response.status_code != 200:
+            # Wrong credentials are an operator's fix: keep retrying so nothing is lost meanwhile.
+            raise RetryLater(f"token endpoint answered {response.status_code}", after=_retry_after(response))
+        try:
+            data = response.json()
+            token, lifetime = str(data["access_token"]), int(data.get("expires_in", 3600))
+        except (ValueError, KeyError, TypeError):
+            raise RetryLater("token endpoint answered without a token") from None
+        self.token = token
+        self.expires_at = utcnow() + timedelta(seconds=lifetime)
+        await asyncio.to_thread(_kv_put, self.db, self.key, {"access_token": token}, self.expires_at)
+
+    @staticmethod
+    def _expired(expires_at: datetime | None) -> bool:
+        return expires_at is None or expires_at - timedelta(seconds=TOKEN_MARGIN_SECONDS) <= utcnow()
+
+
+class TeamsSender:
+    """Posts replies to the conversation's connector (serviceUrl), proactively, with the bot's token."""
+
+    def __init__(self, channel: TeamsChannel) -> None:
+        self.channel = channel
+
+    async def send(self, message: OutboundMessage, payload: Mapping[str, Any]) -> Delivered:
+        stored = await asyncio.to_thread(_kv_get, self.channel.bot.db, _reference_key(message.chat_id))
+        if stored is None:
+            raise PermanentFailure("no conversation reference for this Teams chat")
+        reference = Reference(**stored[0])
+        token = await self.channel.tokens.get()
+        url = (f"{reference.service_url.rstrip('/')}/v3/conversations/"
+               f"{quote(reference.conversation_id, safe='')}/activities")
+        try:
+            response = await self.channel.http().post(url, json=to_activity(message, reference),
+                                                      headers={"Authorization": f"Bearer {token}"})
+        except httpx.HTTPError as error:
+            raise RetryLater(f"connector unreachable: {type(error).__name__}") from None
+        status = response.status_code
+        if status in (200, 201, 202):
+            try:
+                answer = response.json()
+            except ValueError:
+                answer = {}
+            return Delivered(external_id=str(answer.get("id")) if isinstance(answer, dict) and answer.get("id") else None)
+        summary = f"connector answered {status}: {response.text[:200]}"
+        if status == 401:
+            await self.channel.tokens.forget()  # revoked or rotated: the next try fetches a new one
+            raise RetryLater(summary)
+        if status == 429 or status >= 500:
+            raise RetryLater(summary, after=_retry_after(response))
+        if status in (403, 404):
+            # The bot was removed or blocked, or the conversation is gone: nothing will reach this customer.
+            raise Unreachable(summary)
+        raise PermanentFailure(summary)
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    value = response.headers.get("Retry-After", "")
+    return float(value) if value.isdigit() else None
+
+
+# --- shared state ---------------------------------------------------------------------------------------
+
+
+def _reference_key(conversation_id: str) -> str:
+    return "teams:conversation:" + hashlib.sha256(conversation_id.encode()).hexdigest()[:48]
+
+
+def _kv_get(db: Engine, key: str) -> tuple[dict[str, Any], datetime | None] | None:
+    with Session(db) as session:
+        row = session.get(KeyValue, key)
+        return (dict(row.value), row.expires_at) if row is not None else None
+
+
+def _kv_put(db: Engine, key: str, value: dict[str, Any], expires_at: datetime | None = None) -> None:
+    with session_scope(db) as session:
+        lock_chat(session, "keyvalue", key)  # two workers writing the same key take turns (PostgreSQL)
+        row = session.get(KeyValue, key)
+        if row is None:
+            session.add(KeyValue(key=key, value=value, expires_at=expires_at))
+        else:
+            row.value, row.expires_at = value, expires_at
+
+
+def _kv_delete(db: Engine, key: str) -> None:
+    with session_scope(db) as session:
+        row = session.get(KeyValue, key)
+        if row is not None:
+            session.delete(row)
+
+
+# --- the channel and its settings -----------------------------------------------------------------------
+
+
+class TeamsChannel:
+    """Teams (and legacy Skype): the activity endpoint, and a sender that writes into stored conversations."""
+
+    name = CHANNEL
+    is_desk = False
+
+    def __init__(self, bot: Bot, config: TeamsSettings) -> None:
+        self.bot = bot
+        self.config = config
+        self._client: httpx.AsyncClient | None = None
+        self.validator = TokenValidator(config, self.http)
+        self.tokens = ConnectorTokens(config, self.http, bot.db)
+
+    def http(self) -> httpx.AsyncClient:
+        if self._client is None:
+            self._client = httpx.AsyncClient(timeout=HTTP_TIMEOUT_SECONDS, follow_redirects=False)
+        return self._client
+
+    def routes(self) -> Sequence[BaseRoute]:
+        return [Route(PATH, self.activities, methods=["POST"])]
+
+    def sender(self) -> TeamsSender:
+        return TeamsSender(self)
+
+    async def start(self) -> None:
+        return None
+
+    async def stop(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    async def activities(self, request: Request) -> Response:
+        try:
+            claims, endorsements = await self.validator.validate(request.headers.get("authorization"))
+        except Unauthorized as error:
+            log.info("Teams activity refused: %s", error)
+            return JSONResponse({"error": "unauthorized"}, status_code=401)
+        body = await request.body()
+        try:
+            activity = read_activity(body)
+        except Malformed as error:
+            return JSONResponse({"error": str(error)}, status_code=400)
+        try:
+            check_activity(claims, endorsements, activity)
+        except Unauthorized as error:
+            log.info("Teams activity refused: %s", error)
+            return JSONResponse({"error": "unauthorized"}, status_code=401)
+        if activity.get("channelId") not in CHANNEL_IDS:
+            return JSONResponse({"error": "unsupported channelId"}, status_code=400)
+
+        if activity["type"] == "message":
+            attachments = await self._download(activity)
+            text = message_text(activity)
+            if not text and not attachments:
+                return Response(status_code=200)
+            inbound = to_inbound(activity, text=text, attachments=attachments, body=body)
+        elif is_greeting(activity):
+            inbound = to_inbound(activity, text="/start", body=body)
+        else:
+            return Response(status_code=200)  # typing, reactions, edits, installs: nothing to say
+        await asyncio.to_thread(self._accept, reference_of(activity), inbound)
+        return Response(status_code=200)
+
+    def _accept(self, reference: Reference, inbound: InboundMessage) -> None:
+        # The reference first: the reply to this message needs it, and so does an engineer days later.
+        _kv_put(self.bot.db, _reference_key(reference.conversation_id), asdict(reference))
+        self.bot.engine.accept(inbound)
+
+    async def _download(self, activity: Mapping[str, Any]) -> tuple[Attachment, ...]:
+        found = []
+        service = urlsplit(activity["serviceUrl"])
+        limit = self.bot.settings.attachment_max_bytes
+        for ref in file_refs(activity):
+            target = urlsplit(ref.url)
+            if target.scheme not in ("https", "http"):
+                continue
+            headers = {}
+            if ref.authenticated:
+                if (target.scheme, target.netloc) != (service.scheme, service.netloc):
+                    log.warning("Teams attachment outside the connector's host skipped")
+                    continue  # our token goes to the connector only
+                headers["Authorization"] = f"Bearer {await self.tokens.get()}"
+            try:
+                data = await _fetch_limited(self.http(), ref.url, headers, limit)
+            except httpx.HTTPError as error:
+                log.warning("Teams attachment download failed: %s", type(error).__name__)
+                continue
+            if data is None:
+                found.append(self.bot.attachments.rejected(ref.name, "too_large"))
+                continue
+            mime = _sniff(data, ref.mime)
+            name = ref.name if "." in ref.name else ref.name + (mimetypes.guess_extension(mime) or "")
+            kind = "photo" if mime.startswith("image/") else "voice" if mime.startswith("audio/") else "document"
+            try:
+                found.append(await asyncio.to_thread(self.bot.attachments.save, data, name=name, mime=mime, kind=kind))
+            except AttachmentRejected as error:
+                found.append(self.bot.attachments.rejected(ref.name, error.reason))
+        return tuple(found)
+
+
+async def _fetch_limited(client: httpx.AsyncClient, url: str, headers: dict[str, str], limit: int) -> bytes | None:
+    """The file's bytes, or None when it is larger than `limit` (the download stops there)."""
+    async with client.stream("GET", url, headers=headers) as response:
+        response.raise_for_status()
+        data = bytearray()
+        async for chunk in response.aiter_bytes():
+            data.extend(chunk)
+            if len(data) > limit:
+                return None
+        return bytes(data)
+
+
+_SIGNATURES = ((b"\x89PNG\r\n\x1a\n", "image/png"), (b"\xff\xd8\xff", "image/jpeg"), (b"GIF8", "image/gif"),
+               (b"%PDF-", "application/pdf"))
+
+
+def _sniff(data: bytes, declared: str) -> str:
+    """The file's type: Teams declares pasted pictures only as `image/*`."""
+    if not declared.endswith("/*") and declared != "application/octet-stream":
+        return declared
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "image/webp"
+    return next((mime for magic, mime in _SIGNATURES if data.startswith(magic)), declared)
+
+
+def teams_settings(bot: Bot) -> TeamsSettings:
+    s = bot.settings
+    return TeamsSettings(app_id=s.teams_app_id,
+                         app_password=s.teams_app_password.get_secret_value() if s.teams_app_password else "",
+                         openid_metadata_url=s.teams_openid_metadata_url,
+                         token_url=s.teams_token_url.replace("{tenant}", s.teams_tenant_id), issuer=s.teams_issuer)
+
+
+def from_settings(bot: Bot) -> TeamsChannel | None:
+    """The Teams channel when TEAMS_APP_ID and TEAMS_APP_PASSWORD are set; None otherwise."""
+    s = bot.settings
+    if not (s.teams_app_id and s.teams_app_password):
+        if s.teams_app_id or s.teams_app_password:
+            log.warning("Teams is half configured: TEAMS_APP_ID and TEAMS_APP_PASSWORD are both needed")
+        return None
+    return TeamsChannel(bot, teams_settings(bot))

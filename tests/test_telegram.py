@@ -1,0 +1,581 @@
+"""Telegram channel: verify, parse, split and render, then the bot's real server (webhook and polling) with the
+real python-telegram-bot client against a loopback fake of the Bot API."""
+
+from __future__ import annotations
+
+import asyncio
+import html
+import json
+import re
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import telegram
+from hypothesis import given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
+from pydantic import SecretStr
+from sqlalchemy import Engine, select
+from sqlmodel import Session
+from telegram.error import BadRequest, Conflict, Forbidden, InvalidToken, NetworkError, RetryAfter, TimedOut
+
+from adapters import telegram as tg
+from bot.app import Bot, build
+from bot.config import Settings
+from bot.messages import Button, OutboundMessage
+from bot.outbox import PermanentFailure, RetryLater, Unreachable
+from bot.server import create_app, load_channels
+from bot.store import Case, ChannelIdentity, InboxItem, OutboxItem, StoredAttachment
+from tests.fakes.server import serve
+from tests.fakes.telegram import FakeTelegram
+from tests.support import wait_until
+
+PAYLOADS = Path(__file__).with_name("payloads") / "telegram"
+TOKEN = "7391046285:AAHfakeTokenForLoopbackTests_0123456789"
+SECRET = "tg-hook_secret-5f2a9c"
+PUBLIC_URL = "https://warranty.example.com"
+CHAT = "6021457893"
+MEDIA_GROUP = "14029573316481206"
+JPEG = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00" + bytes(range(256)) * 4
+JPEG_2 = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00" + bytes(range(255, -1, -1)) * 4
+PDF = b"%PDF-1.4\n1 0 obj << /Type /Catalog >> endobj\ntrailer << /Root 1 0 R >>\n%%EOF\n"
+
+
+def payload(name: str) -> bytes:
+    return (PAYLOADS / name).read_bytes()
+
+
+def _dump(document: dict[str, Any]) -> bytes:
+    return (json.dumps(document, ensure_ascii=False, indent=2) + "\n").encode()
+
+
+def second_photo() -> bytes:
+    """The album's second photo, derived from the first as the payload README says."""
+    document = json.loads(payload("photo.json"))
+    document["update_id"] += 1
+    message = document["message"]
+    message["message_id"] += 1
+    message.pop("caption")
+    for number, size in enumerate(message["photo"]):
+        size["file_id"] = f"AgACAgEAAxkBAAIEtDerivedSecondPhoto{number}"
+        size["file_unique_id"] = f"AQADsecond{number}"
+    return _dump(document)
+
+
+def photo_file_id(body: bytes) -> str:
+    return str(json.loads(body)["message"]["photo"][-1]["file_id"])
+
+
+def press(value: str, number: int) -> bytes:
+    """The customer pressing one of our inline buttons, derived from the sample callback query."""
+    document = json.loads(payload("callback_query.json"))
+    document["update_id"] += 100 + number
+    document["callback_query"]["id"] = f"25873652129048{number:05d}"
+    document["callback_query"]["data"] = value
+    return _dump(document)
+
+
+def text_update(text: str, number: int) -> bytes:
+    document = json.loads(payload("text_serial.json"))
+    document["update_id"] += 200 + number
+    document["message"]["message_id"] += 200 + number
+    document["message"]["text"] = text
+    return _dump(document)
+
+
+PARSER = telegram.Bot(TOKEN)  # never asked anything: parsing needs no network
+
+
+def parsed(body: bytes) -> tg.Incoming | None:
+    return tg.parse_update(tg.read_update(body, PARSER))
+
+
+# --- verify and parse ---------------------------------------------------------------------------------------
+
+
+def test_the_secret_header_is_required_and_compared_exactly() -> None:
+    assert tg.check_secret(SECRET, SECRET) is None
+    assert tg.check_secret(SECRET, None) == 401
+    assert tg.check_secret(SECRET, "") == 401
+    assert tg.check_secret(SECRET, SECRET + "x") == 403
+    assert tg.check_secret(SECRET, SECRET.upper()) == 403
+    assert tg.check_secret(SECRET, "ünïcode") == 403
+
+
+def test_parse_text_command_photo_document_and_callback() -> None:
+    start = parsed(payload("text_start.json"))
+    assert start == tg.Incoming(update_id=281734501, chat_id=CHAT, sender_id=CHAT, sender_name="Mateo Rojas",
+                                locale="es", text="/start")
+
+    serial = parsed(payload("text_serial.json"))
+    assert serial is not None and "CSP2403A0217" in serial.text and serial.files == ()
+
+    photo = parsed(payload("photo.json"))
+    assert photo is not None and photo.media_group_id == MEDIA_GROUP
+    assert photo.text == "Placa de serie y pantalla con el error E07"
+    (largest,) = photo.files
+    assert largest.file_id == photo_file_id(payload("photo.json"))  # the 1280x960 size, not a thumbnail
+    assert (largest.kind, largest.mime, largest.size) == ("photo", "image/jpeg", 184217)
+
+    document = parsed(payload("document_invoice.json"))
+    assert document is not None and document.text == "Factura de compra (SolarAndes, 16/04/2024)"
+    (invoice,) = document.files
+    assert (invoice.kind, invoice.name, invoice.mime, invoice.size) == (
+        "document", "Factura_F001-000229.pdf", "application/pdf", 96530)
+
+    button = parsed(payload("callback_query.json"))
+    assert button is not None
+    assert (button.text, button.callback_id, button.chat_id) == (
+        "confirm_serial:CSP2403A0217", "2587365212904811532", CHAT)
+    assert button.sender_name == "Mateo Rojas" and button.locale == "es"
+
+
+def test_edits_and_other_updates_are_ignored() -> None:
+    assert parsed(payload("edited_message.json")) is None
+    assert parsed(b'{"update_id": 9, "channel_post": {"message_id": 1, "date": 1, '
+                  b'"chat": {"id": -100123, "type": "channel"}, "text": "news"}}') is None
+    assert parsed(b'{"update_id": 10}') is None
+
+
+@pytest.mark.parametrize("body", [
+    b"", b"not json", b"\xff\xfe{}", b"[]", b'"text"', b"{}", b'{"update_id": "281734501"}',
+    b'{"update_id": true}', b'{"update_id": -1}', b'{"update_id": 5, "message": "hello"}',
+    b'{"update_id": 5, "message": {"message_id": 1, "chat": {"id": 1, "type": "private"}}}',
+    b'{"update_id": 6, "callback_query": {"id": "1"}}',
+])
+def test_what_is_not_an_update_is_refused(body: bytes) -> None:
+    with pytest.raises(tg.BadUpdate):
+        tg.read_update(body, PARSER)
+
+
+# --- split and render ---------------------------------------------------------------------------------------
+
+
+def test_short_text_is_one_piece_and_long_text_splits_at_paragraphs() -> None:
+    assert tg.split_html("Hello") == ["Hello"]
+    paragraph = "The inverter reports E07 when the load is too high. " * 30  # about 1500 characters
+    text = "\n\n".join(paragraph.strip() for _ in range(6))
+    pieces = tg.split_html(text)
+    assert len(pieces) == 3
+    assert all(len(p) <= tg.MAX_MESSAGE_CHARS for p in pieces)
+    assert all(p.endswith("load is too high.") and p.startswith("The inverter") for p in pieces)
+    assert " ".join(pieces).split() == text.split()
+
+
+def test_a_cut_falls_at_a_word_and_never_inside_an_entity() -> None:
+    text = html.escape("word " * 3 + "x" * 90 + " <b>&amp;</b> " + "tail " * 20)
+    for limit in range(20, 120):
+        pieces = tg.split_html(text, limit)
+        for piece in pieces:
+            assert len(piece) <= limit
+            assert not re.search(r"&[#\w]*$", piece) and not re.match(r"^[#\w]*;", piece)
+            assert all(re.fullmatch(r"&(lt|gt|amp|quot|#x27);", e) for e in re.findall(r"&[^&]*?;", piece))
+        assert re.sub(r"\s", "", "".join(pieces)) == re.sub(r"\s", "", text)  # nothing lost or added
+    assert tg.split_html(text, 60)[0] == "word word word"  # the long word does not fit: cut before it
+
+
+def test_a_cut_inside_a_tag_closes_and_reopens_it() -> None:
+    text = "<b>" + "bold words here " * 10 + "</b> plain <a href=\"https://example.com/x\">link text</a>"
+    pieces = tg.split_html(text, 60)
+    assert len(pieces) > 2
+    for piece in pieces:
+        assert len(piece) <= 60
+        assert piece.count("<b>") == piece.count("</b>") and piece.count("<a ") == piece.count("</a>")
+        assert not re.search(r"<[^>]*$", piece) and not re.match(r"^[^<]*>", piece)
+    assert pieces[0].startswith("<b>bold") and pieces[1].startswith("<b>words")  # reopened
+    visible = re.sub(r"<[^>]+>", "", " ".join(pieces))
+    assert visible.split() == re.sub(r"<[^>]+>", "", text).split()
+
+
+def test_no_break_at_all_cuts_hard_and_limits_count_utf16_units() -> None:
+    assert tg.split_html("x" * 5000) == ["x" * 4096, "x" * 904]
+    emoji = "🔧" * 3000  # two UTF-16 units each
+    pieces = tg.split_html(emoji)
+    assert [len(p) for p in pieces] == [2048, 952]
+
+
+PLAIN = st.sampled_from(["E07", "&amp;", "&lt;b&gt;", "carga", "🔧", "\n", "\n\n", "x" * 30, "número"])
+MARKED = st.one_of(PLAIN, PLAIN.map(lambda w: f"<b>{w}</b>"),
+                   st.tuples(PLAIN, PLAIN).map(lambda ws: f'<b>{ws[0]} <a href="https://e.x/?a=1&amp;b=2">{ws[1]}</a></b>'))
+
+
+@hypothesis_settings(max_examples=150, deadline=None)
+@given(words=st.lists(MARKED, min_size=1, max_size=120), limit=st.integers(min_value=80, max_value=300))
+def test_pieces_respect_the_limit_and_keep_every_word(words: list[str], limit: int) -> None:
+    text = " ".join(words)
+    pieces = tg.split_html(text, limit)
+    for piece in pieces:
+        assert len(piece.encode("utf-16-le")) // 2 <= limit
+        assert piece.strip() and re.sub(r"<[^>]+>", "", piece).strip()
+        assert not re.search(r"&[#\w]*$", piece) and not re.search(r"<[^>]*$", piece)
+        assert piece.count("<b>") == piece.count("</b>") and piece.count("<a ") == piece.count("</a>")
+
+    def content(value: str) -> str:
+        return re.sub(r"<[^>]+>|\s", "", value)
+
+    assert content("".join(pieces)) == content(text)
+
+
+def test_rendering_escapes_everything_and_buttons_become_a_keyboard() -> None:
+    message = OutboundMessage(channel="telegram", chat_id=CHAT, text='Fault: <b>E07</b> & "smoke"',
+                              buttons=(Button(label="It failed in normal use", value="cause:normal"),))
+    pieces, markup = tg.render(message)
+    assert pieces == ["Fault: &lt;b&gt;E07&lt;/b&gt; &amp; &quot;smoke&quot;"]
+    assert markup is not None
+    assert [[b.callback_data for b in row] for row in markup.inline_keyboard] == [["cause:normal"]]
+
+
+def test_button_values_over_64_bytes_become_numbered_options() -> None:
+    long_value = "unit:" + "CSP2403A0217," * 6
+    message = OutboundMessage(channel="telegram", chat_id=CHAT, text="Which one?",
+                              buttons=(Button(label="All", value=long_value), Button(label="None", value="none")))
+    pieces, markup = tg.render(message)
+    assert markup is None
+    assert pieces == ["Which one?\n\n1. All\n2. None"]
+
+
+def test_bot_api_errors_map_to_outbox_outcomes() -> None:
+    flood = tg.delivery_error(RetryAfter(7))
+    assert isinstance(flood, RetryLater) and flood.after == 7
+    assert isinstance(tg.delivery_error(Forbidden("Forbidden: bot was blocked by the user")), Unreachable)
+    refused = tg.delivery_error(BadRequest("Bad Request: chat not found"))
+    assert isinstance(refused, PermanentFailure) and not isinstance(refused, Unreachable)
+    assert str(refused) == "telegram: Chat not found"  # PTB drops the "Bad Request: " prefix
+    assert type(tg.delivery_error(InvalidToken("Unauthorized"))) is PermanentFailure
+    assert type(tg.delivery_error(Conflict("Conflict"))) is PermanentFailure
+    assert type(tg.delivery_error(TimedOut())) is RetryLater
+    assert type(tg.delivery_error(NetworkError("Internal Server Error (500)"))) is RetryLater
+
+
+# --- settings -----------------------------------------------------------------------------------------------
+
+
+def test_from_settings_chooses_the_mode_and_refuses_an_unsafe_webhook(settings: Settings, db: Engine) -> None:
+    def channel(**changes: Any) -> tg.TelegramChannel | None:
+        return tg.from_settings(build(settings.model_copy(update=changes), db=db))
+
+    assert channel() is None  # no token: no channel
+    token = SecretStr(TOKEN)
+    polling = channel(telegram_bot_token=token)
+    assert polling is not None and polling.mode == "polling" and polling.routes() == []
+    webhook = channel(telegram_bot_token=token, public_url=PUBLIC_URL, telegram_webhook_secret=SecretStr(SECRET))
+    assert webhook is not None and webhook.mode == "webhook"
+    assert [r.path for r in webhook.routes()] == [tg.WEBHOOK_PATH]  # type: ignore[attr-defined]
+    forced = channel(telegram_bot_token=token, public_url=PUBLIC_URL, telegram_mode="polling")
+    assert forced is not None and forced.mode == "polling"
+    with pytest.raises(ValueError, match="TELEGRAM_WEBHOOK_SECRET"):
+        channel(telegram_bot_token=token, public_url=PUBLIC_URL)
+    with pytest.raises(ValueError, match="TELEGRAM_WEBHOOK_SECRET"):
+        channel(telegram_bot_token=token, telegram_mode="webhook", telegram_webhook_secret=SecretStr("has space"))
+    client = webhook.client
+    assert client.base_url == f"https://api.telegram.org/bot{TOKEN}"
+    assert client.base_file_url == f"https://api.telegram.org/file/bot{TOKEN}"
+
+
+def test_the_server_loads_the_channel_when_configured(settings: Settings, db: Engine) -> None:
+    bot = build(settings.model_copy(update={"telegram_bot_token": SecretStr(TOKEN)}), db=db)
+    assert "telegram" in [c.name for c in load_channels(bot)]
+    assert "telegram" not in [c.name for c in load_channels(build(settings, db=db))]
+
+
+# --- the bot's server against the fake Bot API --------------------------------------------------------------
+
+
+@dataclass
+class Running:
+    bot: Bot
+    fake: FakeTelegram
+    url: str
+    channel: tg.TelegramChannel
+    server: ExitStack  # closing it stops the bot's server (lifespan included)
+
+    def post(self, body: bytes, *, secret: str | None = SECRET) -> httpx.Response:
+        headers = {"content-type": "application/json"}
+        if secret is not None:
+            headers[tg.SECRET_HEADER] = secret
+        return httpx.post(f"{self.url}{tg.WEBHOOK_PATH}", content=body, headers=headers, timeout=10)
+
+    def deliver(self, body: bytes) -> None:
+        """Hand an update to the bot the way this channel's mode receives it."""
+        if self.channel.mode == "webhook":
+            response = self.post(body)
+            assert response.status_code == 200, response.text
+        else:
+            self.fake.queue(json.loads(body))
+
+    def inbox(self) -> list[InboxItem]:
+        with Session(self.bot.db) as session:
+            return list(session.execute(select(InboxItem).order_by(InboxItem.id)).scalars())  # type: ignore[arg-type]
+
+    def outbox(self) -> list[OutboxItem]:
+        with Session(self.bot.db) as session:
+            return list(session.execute(select(OutboxItem).order_by(OutboxItem.id)).scalars())  # type: ignore[arg-type]
+
+    def settled(self, inbox: int) -> bool:
+        """`inbox` messages stored and processed, and every reply out."""
+        items = self.inbox()
+        return (len(items) == inbox and all(i.status == "done" for i in items)
+                and all(o.status != "pending" for o in self.outbox()))
+
+    def case_ref(self) -> str | None:
+        with Session(self.bot.db) as session:
+            case = session.execute(select(Case)).scalars().first()
+            return case.ref if case else None
+
+
+@pytest.fixture
+def start(settings: Settings, db: Engine) -> Iterator[Callable[..., Running]]:
+    """Starts the fake Bot API and the bot's server with the Telegram channel (webhook unless told)."""
+    with ExitStack() as stack:
+        def run(*, mode: str = "webhook", album_wait: float = 0.3, **changes: Any) -> Running:
+            fake = FakeTelegram(token=TOKEN)
+            fake_url = stack.enter_context(serve(fake.app()))
+            configured = settings.model_copy(update={
+                "telegram_bot_token": SecretStr(TOKEN), "telegram_api_base_url": fake_url,
+                "telegram_webhook_secret": SecretStr(SECRET),
+                "public_url": PUBLIC_URL if mode == "webhook" else "", "outbox_poll_seconds": 0.1, **changes})
+            bot = build(configured, db=db)
+            channel = tg.from_settings(bot, poll_timeout=1, album_wait=album_wait)
+            assert channel is not None and channel.mode == mode
+            server = stack.enter_context(ExitStack())
+            url = server.enter_context(serve(create_app(bot, channels=[channel])))
+            return Running(bot=bot, fake=fake, url=url, channel=channel, server=server)
+
+        yield run
+
+
+def _claim(running: Running) -> str:
+    """From /start to the case reference: serial, an album of two photos as proof, then buttons."""
+    fake = running.fake
+    second = second_photo()
+    fake.add_file(photo_file_id(payload("photo.json")), JPEG, "photos/file_10.jpg")
+    fake.add_file(photo_file_id(second), JPEG_2, "photos/file_11.jpg")
+
+    running.deliver(payload("text_start.json"))
+    wait_until(lambda: running.settled(1), what="the greeting")
+    running.deliver(payload("text_serial.json"))
+    wait_until(lambda: running.settled(2), what="the answer to the serial")
+    assert any("CSP2403A0217" in m["text"] for m in fake.sent(CHAT))
+
+    running.deliver(payload("photo.json"))
+    running.deliver(second)
+    wait_until(lambda: running.settled(3), what="the album, accepted as one message")
+    album = running.inbox()[-1]
+    assert album.external_id == f"album:{MEDIA_GROUP}"
+    assert album.payload["text"] == "Placa de serie y pantalla con el error E07"
+    assert [a["kind"] for a in album.payload["attachments"]] == ["photo", "photo"]
+    with Session(running.bot.db) as session:
+        stored = session.execute(select(StoredAttachment).order_by(StoredAttachment.id)).scalars().all()  # type: ignore[arg-type]
+    assert [running.bot.attachments.path(s.path).read_bytes() for s in stored] == [JPEG, JPEG_2]
+
+    pressed: list[str] = []
+    for number in range(1, 6):
+        if running.case_ref():
+            break
+        offered = fake.last_buttons(CHAT)
+        value = next(v for v in ("cause:normal", "pref:repair", "cmd:human", *offered) if v in offered)
+        pressed.append(value)
+        running.deliver(press(value, number))
+        wait_until(lambda: running.settled(3 + len(pressed)), what=f"the answer to {value}")
+    assert "cause:normal" in pressed
+    answered = [p["callback_query_id"] for p in fake.calls_to("answerCallbackQuery")]
+    assert answered == [f"25873652129048{n:05d}" for n in range(1, len(pressed) + 1)]
+
+    ref = wait_until(running.case_ref, what="a case")
+    assert ref is not None
+    wait_until(lambda: any(ref in m["text"] for m in fake.sent(CHAT)), what="the case reference")
+    assert all(m["parse_mode"] == "HTML" for m in fake.sent(CHAT))
+    assert all(o.status == "sent" and o.last_error is None for o in running.outbox())
+    return ref
+
+
+def test_a_full_claim_by_webhook(start: Callable[..., Running]) -> None:
+    running = start()
+    ref = _claim(running)
+    assert re.fullmatch(r"WR-\d{4}-\d{6}", ref)
+    fake = running.fake
+    (registration,) = fake.calls_to("setWebhook")
+    assert registration["url"] == PUBLIC_URL + tg.WEBHOOK_PATH and registration["secret_token"] == SECRET
+    assert registration["allowed_updates"] == ["message", "callback_query"]
+    assert fake.calls_to("getMe") and not fake.calls_to("getUpdates")
+
+
+def test_a_full_claim_by_polling(start: Callable[..., Running]) -> None:
+    running = start(mode="polling")
+    assert running.post(payload("text_start.json")).status_code == 404  # no webhook route in polling mode
+    _claim(running)
+    fake = running.fake
+    assert fake.calls_to("deleteWebhook") and not fake.calls_to("setWebhook")
+    offsets = [p.get("offset") for p in fake.calls_to("getUpdates")]
+    confirmed = [o for o in offsets if o is not None]
+    assert confirmed == sorted(confirmed) and confirmed[-1] > json.loads(second_photo())["update_id"]
+    assert all(p["timeout"] == 1 for p in fake.calls_to("getUpdates"))
+
+    task = running.channel._task
+    assert task is not None and not task.done()
+    running.server.close()
+    assert task.done() and running.channel._task is None  # stopped with the server, mid long poll
+
+
+def test_the_same_update_twice_is_stored_once_and_a_button_press_is_answered(
+        start: Callable[..., Running]) -> None:
+    running = start()
+    assert running.post(payload("text_start.json")).json()["outcome"] == "stored"
+    assert running.post(payload("text_start.json")).json()["outcome"] == "duplicate"
+    assert running.post(payload("callback_query.json")).json()["outcome"] == "stored"
+    assert running.post(payload("callback_query.json")).json()["outcome"] == "duplicate"
+    items = running.inbox()
+    assert [i.external_id for i in items] == ["281734501", "281734503"]
+    assert items[1].payload["text"] == "confirm_serial:CSP2403A0217"
+    assert (items[1].payload["sender_name"], items[1].payload["locale_hint"]) == ("Mateo Rojas", "es")
+    # Answered every time it arrives, so the customer's button never keeps spinning.
+    assert [p["callback_query_id"] for p in running.fake.calls_to("answerCallbackQuery")] == [
+        "2587365212904811532"] * 2
+
+
+def test_forged_missing_and_malformed_requests_store_nothing(start: Callable[..., Running]) -> None:
+    running = start()
+    body = payload("text_start.json")
+    assert running.post(body, secret=None).status_code == 401
+    assert running.post(body, secret="guessed").status_code == 403
+    assert running.post(body, secret=SECRET[:-1]).status_code == 403
+    assert running.post(b"{not json").status_code == 400
+    assert running.post(b'{"update_id": "x"}').status_code == 400
+    assert running.post(b'{"update_id": 5, "message": {"message_id": 1}}').status_code == 400
+    edited = running.post(payload("edited_message.json"))
+    assert (edited.status_code, edited.json()["outcome"]) == (200, "ignored")
+    assert running.inbox() == []
+    assert not running.fake.calls_to("getFile")
+
+
+def test_documents_are_downloaded_and_oversized_files_refused_unread(start: Callable[..., Running]) -> None:
+    running = start(attachment_max_bytes=100_000)
+    fake = running.fake
+    invoice = json.loads(payload("document_invoice.json"))["message"]["document"]
+    fake.add_file(invoice["file_id"], PDF, "documents/file_3.pdf")
+    fake.add_file(photo_file_id(payload("photo.json")), JPEG, "photos/file_10.jpg")
+
+    # Telegram's file server fails: 503, nothing stored, and Telegram's redelivery then goes through.
+    fake.fail_next("getFile", 500, "Internal Server Error")
+    refused = running.post(payload("document_invoice.json"))
+    assert refused.status_code == 503 and running.inbox() == []
+    assert running.post(payload("document_invoice.json")).json()["outcome"] == "stored"
+    (item,) = running.inbox()
+    (attachment,) = item.payload["attachments"]
+    assert (attachment["kind"], attachment["name"], attachment["mime"]) == (
+        "document", "Factura_F001-000229.pdf", "application/pdf")
+    assert running.bot.attachments.path(attachment["ref"]).read_bytes() == PDF
+    assert fake.downloads == ["documents/file_3.pdf"]
+
+    # The photo says 184217 bytes, over the limit: refused without asking Telegram for it.
+    assert running.post(payload("photo.json")).json()["outcome"] == "album"
+    wait_until(lambda: len(running.inbox()) == 2, what="the album")
+    refused = running.inbox()[-1].payload["attachments"]
+    assert [(a["kind"], a["ref"]) for a in refused] == [("rejected", "too_large")]
+    assert [p["file_id"] for p in fake.calls_to("getFile")] == [invoice["file_id"]]
+
+
+def test_album_parts_redelivered_or_late_are_handled(start: Callable[..., Running]) -> None:
+    running = start(album_wait=30)  # only a following message can complete this album within the test
+    fake = running.fake
+    second = second_photo()
+    fake.add_file(photo_file_id(payload("photo.json")), JPEG, "photos/file_10.jpg")
+    fake.add_file(photo_file_id(second), JPEG_2, "photos/file_11.jpg")
+    assert running.post(payload("photo.json")).json()["outcome"] == "album"
+    assert running.post(second).json()["outcome"] == "album"
+    assert running.post(second).json()["outcome"] == "duplicate"  # redelivered before the album is complete
+    assert running.inbox() == []
+
+    # The customer writes again: Telegram sends one chat's updates in order, so the album is complete.
+    assert running.post(text_update("¿Lo recibieron?", 1)).json()["outcome"] == "stored"
+    assert [i.external_id for i in running.inbox()] == [f"album:{MEDIA_GROUP}", str(281734502 + 201)]
+    assert len(running.inbox()[0].payload["attachments"]) == 2
+
+    # A part redelivered after the album was accepted changes nothing.
+    assert running.post(payload("photo.json")).json()["outcome"] == "duplicate"
+    assert len(running.inbox()) == 2
+
+    # A part that arrives after the album was accepted (a slow upload) follows as a message of its own.
+    late = json.loads(second)
+    late["update_id"] += 1
+    late["message"]["message_id"] += 1
+    late["message"]["photo"] = late["message"]["photo"][-1:]
+    fake.add_file(late["message"]["photo"][0]["file_id"] + "late", JPEG, "photos/file_12.jpg")
+    late["message"]["photo"][0]["file_id"] += "late"
+    assert running.post(_dump(late)).json()["outcome"] == "album"
+    assert running.post(text_update("¿Y ahora?", 2)).json()["outcome"] == "stored"
+    assert [i.external_id for i in running.inbox()][2:] == [f"album:{MEDIA_GROUP}:1", str(281734502 + 202)]
+    assert len(running.inbox()[2].payload["attachments"]) == 1
+
+
+def test_an_album_left_waiting_by_a_stopped_server_is_stored_by_the_next(start: Callable[..., Running]) -> None:
+    first = start(album_wait=30)
+    second = second_photo()
+    first.fake.add_file(photo_file_id(payload("photo.json")), JPEG, "photos/file_10.jpg")
+    first.fake.add_file(photo_file_id(second), JPEG_2, "photos/file_11.jpg")
+    assert first.post(payload("photo.json")).json()["outcome"] == "album"
+    assert first.post(second).json()["outcome"] == "album"
+    first.server.close()  # acknowledged to Telegram, not yet a message: kept in the database
+    assert first.inbox() == []
+
+    restarted = start(album_wait=0.2)
+    wait_until(lambda: restarted.settled(1), what="the album, after the restart")
+    (album,) = restarted.inbox()
+    assert album.external_id == f"album:{MEDIA_GROUP}" and len(album.payload["attachments"]) == 2
+    assert restarted.fake.calls_to("getFile") == []  # the parts were downloaded before they were kept
+
+
+def test_flood_control_is_waited_out_and_the_reply_arrives_once(start: Callable[..., Running]) -> None:
+    running = start()
+    running.fake.fail_next("sendMessage", 429, "Too Many Requests: retry after 1", retry_after=1)
+    assert running.post(payload("text_start.json")).status_code == 200
+    wait_until(lambda: running.settled(1), what="the greeting, after the flood wait")
+    refused = running.fake.calls_to("sendMessage", ok=False)
+    sent = running.fake.sent(CHAT)
+    assert len(refused) == 1 and refused[0]["text"] == sent[0]["text"]
+    assert len([m for m in sent if m["text"] == refused[0]["text"]]) == 1
+    first = running.outbox()[0]
+    assert (first.status, first.attempts) == ("sent", 2)
+
+
+def test_a_blocked_bot_marks_the_customer_unreachable(start: Callable[..., Running]) -> None:
+    running = start()
+    running.fake.block(CHAT)
+    assert running.post(payload("text_start.json")).status_code == 200
+    wait_until(lambda: running.outbox() and all(o.status == "dead" for o in running.outbox()), what="dead letters")
+    assert "blocked by the user" in (running.outbox()[0].last_error or "")
+    with Session(running.bot.db) as session:
+        identity = session.execute(select(ChannelIdentity)).scalars().one()
+    assert identity.unreachable and running.fake.sent(CHAT) == []
+
+
+def test_a_long_reply_is_split_and_a_retry_does_not_repeat_pieces(start: Callable[..., Running]) -> None:
+    running = start()
+    customer_text = "<b>E07</b> & <script>x</script> "
+    text = "\n\n".join(f"Part {n}: " + (customer_text + "carga " * 60) * 4 for n in range(6))
+    message = OutboundMessage(channel="telegram", chat_id=CHAT, text=text,
+                              buttons=(Button(label="Talk to an engineer", value="cmd:human"),))
+    channel = tg.from_settings(running.bot)
+    assert channel is not None
+    running.fake.fail_next("sendMessage", 502, "Bad Gateway", after=1)  # the second piece fails once
+
+    async def deliver() -> None:
+        try:
+            with pytest.raises(RetryLater):
+                await channel.sender().send(message, {})
+            await channel.sender().send(message, {})
+        finally:
+            await channel.client.shutdown()
+
+    asyncio.run(deliver())
+    sent = running.fake.sent(CHAT)
+    assert len(sent) > 2 and len({m["text"] for m in sent}) == len(sent)  # no piece twice
+    assert all(len(m["text"]) <= tg.MAX_MESSAGE_CHARS for m in sent)
+    assert [bool(m.get("reply_markup")) for m in sent] == [False] * (len(sent) - 1) + [True]
+    assert "<b>" not in "".join(m["text"] for m in sent)  # the customer's markup stayed text
+    assert html.unescape(" ".join(m["text"] for m in sent)).split() == text.split()

@@ -1,0 +1,440 @@
+"""WeChat channel: signatures, safe-mode crypto and XML safety, then the bot's real server against a loopback fake."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import re
+import secrets
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import httpx
+import pytest
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from pydantic import SecretStr
+from sqlalchemy import Engine, select
+from sqlmodel import Session
+
+from adapters import wechat
+from adapters.wechat import (
+    Crypto,
+    DecryptError,
+    MalformedPayload,
+    delivery_error,
+    parse_push,
+    parse_xml,
+    render,
+    signature_valid,
+    split_text,
+)
+from bot.app import Bot, build
+from bot.config import Settings
+from bot.messages import Button
+from bot.outbox import PermanentFailure, RetryLater, Unreachable
+from bot.server import create_app
+from bot.store import Case, InboxItem, KeyValue, OutboxItem, StoredAttachment, session_scope
+from tests.fakes.server import serve
+from tests.fakes.wechat import FakeWeChat
+from tests.support import wait_until
+
+PAYLOADS = Path(__file__).with_name("payloads") / "wechat"
+TOKEN = "wxCallbackToken2026"
+APP_ID = "wx5c1e8a9f3b27d401"
+APP_SECRET = "test-wechat-app-secret"
+AES_KEY = base64.b64encode(bytes(range(7, 39))).decode().rstrip("=")  # 43 characters, as WeChat shows it
+OPENID = "oX3kT5wQ9pL2mN8vR6yB1cJ4dF7g"
+JPEG = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00" + bytes(range(256)) * 3
+AMR = b"#!AMR\n" + bytes(200)
+BILLION_LAUGHS = b"""<?xml version="1.0"?>
+<!DOCTYPE lolz [
+ <!ENTITY lol "lol">
+ <!ENTITY lol1 "&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;">
+ <!ENTITY lol2 "&lol1;&lol1;&lol1;&lol1;&lol1;&lol1;&lol1;&lol1;&lol1;&lol1;">
+ <!ENTITY lol3 "&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;">
+ <!ENTITY lol9 "&lol3;&lol3;&lol3;&lol3;&lol3;&lol3;&lol3;&lol3;&lol3;&lol3;">
+]>
+<xml><ToUserName>gh_5c1e8a9f3b27</ToUserName><FromUserName>oX3kT5wQ9pL2mN8vR6yB1cJ4dF7g</FromUserName>
+<CreateTime>1777874502</CreateTime><MsgType>text</MsgType><Content>&lol9;</Content><MsgId>1</MsgId></xml>"""
+EXTERNAL_ENTITY = b"""<?xml version="1.0"?>
+<!DOCTYPE xml [<!ENTITY secret SYSTEM "file:///etc/passwd">]>
+<xml><FromUserName>o1</FromUserName><CreateTime>1</CreateTime><MsgType>text</MsgType><Content>&secret;</Content>
+<MsgId>2</MsgId></xml>"""
+
+
+def payload(name: str) -> bytes:
+    return (PAYLOADS / name).read_bytes()
+
+
+def text_push(content: str, msg_id: int) -> bytes:
+    """A later text message of the same customer, derived from the sample."""
+    sample = payload("text.xml")
+    body = re.sub(rb"<Content><!\[CDATA\[.*?\]\]></Content>",
+                  b"<Content><![CDATA[" + content.encode() + b"]]></Content>", sample, flags=re.S)
+    return body.replace(b"24593860172834561", str(msg_id).encode())
+
+
+def signature(*parts: str) -> str:
+    # The README's recipe, written out here so that the adapter is checked against it, not against itself.
+    return hashlib.sha1("".join(sorted(parts)).encode()).hexdigest()  # noqa: S324 - WeChat's scheme
+
+
+def signed_query(*, token: str = TOKEN, encrypted: str | None = None) -> dict[str, str]:
+    timestamp, nonce = str(int(time.time())), secrets.token_hex(5)
+    query = {"signature": signature(token, timestamp, nonce), "timestamp": timestamp, "nonce": nonce,
+             "openid": OPENID}
+    if encrypted is not None:
+        query.update(encrypt_type="aes", msg_signature=signature(token, timestamp, nonce, encrypted))
+    return query
+
+
+def encrypt(xml: bytes, *, app_id: str = APP_ID, key: str = AES_KEY) -> str:
+    """Safe mode as the README describes it: AES-256-CBC, IV = key[:16], PKCS#7 to 32-byte blocks."""
+    raw_key = base64.b64decode(key + "=")
+    plain = os.urandom(16) + len(xml).to_bytes(4, "big") + xml + app_id.encode()
+    pad = 32 - len(plain) % 32
+    plain += bytes([pad]) * pad
+    encryptor = Cipher(algorithms.AES(raw_key), modes.CBC(raw_key[:16])).encryptor()
+    return base64.b64encode(encryptor.update(plain) + encryptor.finalize()).decode()
+
+
+def envelope(encrypted: str) -> bytes:
+    return payload("encrypted_envelope.xml").replace(b"PLACEHOLDER_BASE64_AES_CIPHERTEXT", encrypted.encode())
+
+
+# --- verify, decrypt, parse -----------------------------------------------------------------------------------------
+
+
+def test_signature_over_token_timestamp_and_nonce() -> None:
+    query = signed_query()
+    assert signature_valid(TOKEN, query)
+    assert not signature_valid(TOKEN, signed_query(token="guessed"))
+    assert not signature_valid(TOKEN, {**query, "nonce": query["nonce"] + "x"})
+    assert not signature_valid(TOKEN, {k: v for k, v in query.items() if k != "signature"})
+    assert not signature_valid("", query)
+
+
+def test_safe_mode_round_trip() -> None:
+    crypto = Crypto(AES_KEY, APP_ID)
+    for name in ("text.xml", "image.xml", "voice.xml", "event_subscribe.xml"):
+        assert crypto.decrypt(encrypt(payload(name))) == payload(name)
+    query = signed_query(encrypted=(ciphertext := encrypt(payload("text.xml"))))
+    assert wechat.msg_signature_valid(TOKEN, query, ciphertext)
+    assert not wechat.msg_signature_valid(TOKEN, query, encrypt(payload("text.xml")))  # other ciphertext
+
+
+@pytest.mark.parametrize("ciphertext", [
+    encrypt(payload("text.xml"), app_id="wxSomeOtherAccount"),
+    encrypt(payload("text.xml"), key=base64.b64encode(bytes(32)).decode().rstrip("=")),
+    "bm90IGJsb2Nrcw==", "not base64 at all!", "",
+])
+def test_ciphertext_for_another_account_or_damaged_is_refused(ciphertext: str) -> None:
+    with pytest.raises(DecryptError):
+        Crypto(AES_KEY, APP_ID).decrypt(ciphertext)
+
+
+def test_a_bad_aes_key_is_a_configuration_error() -> None:
+    with pytest.raises(ValueError, match="43"):
+        Crypto("tooshort", APP_ID)
+
+
+def test_parse_the_samples() -> None:
+    text = parse_push(parse_xml(payload("text.xml")))
+    assert (text.openid, text.msg_type, text.external_id) == (OPENID, "text", "24593860172834561")
+    assert "CSP2405C1190" in text.content and text.content.startswith("你好")
+    image = parse_push(parse_xml(payload("image.xml")))
+    assert image.media_id.startswith("uDgDSGaz") and image.external_id == "24593861048217733"
+    voice = parse_push(parse_xml(payload("voice.xml")))
+    assert (voice.msg_type, voice.format) == ("voice", "amr")
+    event = parse_push(parse_xml(payload("event_subscribe.xml")))
+    assert (event.event, event.external_id) == ("subscribe", f"event:{OPENID}:1777874410")
+
+
+@pytest.mark.parametrize("body", [
+    BILLION_LAUGHS, EXTERNAL_ENTITY, b"", b"<xml><unclosed></xml>", b"<html></html>", b"\xff\xfe<xml/>",
+    b"<xml><Content>" + b"x" * (wechat.MAX_BODY_BYTES + 1) + b"</Content></xml>",
+])
+def test_unsafe_or_broken_xml_is_refused(body: bytes) -> None:
+    with pytest.raises(MalformedPayload):
+        parse_xml(body)
+
+
+def test_a_push_without_its_fields_is_refused() -> None:
+    with pytest.raises(MalformedPayload):
+        parse_push({"FromUserName": OPENID, "MsgType": "text", "CreateTime": "1777874502"})  # no MsgId
+    with pytest.raises(MalformedPayload):
+        parse_push({"MsgType": "event", "CreateTime": "1"})
+
+
+def test_long_text_is_cut_by_utf8_bytes() -> None:
+    text = "逆变器显示故障E07，一接负载就关机。" * 200
+    pieces = split_text(text, wechat.TEXT_LIMIT_BYTES)
+    assert len(pieces) > 1 and all(len(p.encode()) <= wechat.TEXT_LIMIT_BYTES for p in pieces)
+    assert "".join(pieces) == text
+
+
+def test_buttons_become_numbered_options() -> None:
+    shown = render("How did the fault appear?", (Button(label="Normal use", value="cause:normal"),
+                                                 Button(label="Dropped", value="cause:damage")))
+    assert shown == "How did the fault appear?\n\n1. Normal use\n2. Dropped"
+
+
+def test_api_errors_map_to_outbox_outcomes() -> None:
+    assert isinstance(delivery_error(wechat.WeChatError(-1, "system busy")), RetryLater)
+    assert isinstance(delivery_error(wechat.WeChatError(45009, "api freq out of limit")), RetryLater)
+    assert isinstance(delivery_error(wechat.WeChatError(43004, "require subscribe")), Unreachable)
+    assert isinstance(delivery_error(wechat.WeChatError(40003, "invalid openid")), PermanentFailure)
+    assert not isinstance(delivery_error(wechat.WeChatError(40003, "x")), RetryLater)
+
+
+# --- the bot's server against the fake WeChat API --------------------------------------------------------------------
+
+
+@dataclass
+class Running:
+    bot: Bot
+    api: FakeWeChat
+    url: str
+    safe_mode: bool = False
+
+    def push(self, body: bytes, *, query: dict[str, str] | None = None, interaction: str | None = "message") -> httpx.Response:
+        """POST a push as WeChat would; the fake API grants the quota that the customer's action gives."""
+        if interaction:
+            self.api.interaction(OPENID, interaction)
+        if query is None:
+            if self.safe_mode:
+                encrypted = encrypt(body)
+                body, query = envelope(encrypted), signed_query(encrypted=encrypted)
+            else:
+                query = signed_query()
+        return httpx.post(f"{self.url}{wechat.WEBHOOK_PATH}", params=query, content=body,
+                          headers={"content-type": "text/xml"}, timeout=10)
+
+    def inbox(self) -> list[InboxItem]:
+        with Session(self.bot.db) as session:
+            return list(session.execute(select(InboxItem).order_by(InboxItem.id)).scalars())  # type: ignore[arg-type]
+
+    def outbox(self) -> list[OutboxItem]:
+        with Session(self.bot.db) as session:
+            return list(session.execute(select(OutboxItem).order_by(OutboxItem.id)).scalars())  # type: ignore[arg-type]
+
+    def case_ref(self) -> str | None:
+        with Session(self.bot.db) as session:
+            case = session.execute(select(Case)).scalars().first()
+            return case.ref if case else None
+
+    def settled(self, count: int, what: str) -> list[str]:
+        """The customer's messages once there are at least `count` and the outbox has nothing due."""
+        def probe() -> list[str]:
+            due = [i for i in self.outbox() if i.status == "pending"]
+            texts = self.api.texts(OPENID)
+            return texts if not due and len(texts) >= count else []
+        try:
+            return wait_until(probe, what=what)
+        except AssertionError as error:
+            rows = [(i.id, i.status, i.attempts, i.last_error, i.next_attempt_at) for i in self.outbox()]
+            inbox = [(i.id, i.status, i.error) for i in self.inbox()]
+            raise AssertionError(f"{error}; outbox {rows}; inbox {inbox}; fake {self.api.refused}") from None
+
+
+def _start(settings: Settings, db: Engine, *, safe_mode: bool) -> Iterator[Running]:
+    api = FakeWeChat(app_id=APP_ID, app_secret=APP_SECRET)
+    with serve(api.app()) as api_url:
+        configured = settings.model_copy(update={
+            "wechat_app_id": APP_ID, "wechat_app_secret": SecretStr(APP_SECRET), "wechat_token": SecretStr(TOKEN),
+            "wechat_encoding_aes_key": SecretStr(AES_KEY) if safe_mode else None,
+            "wechat_api_base_url": api_url, "outbox_poll_seconds": 0.1,
+        })
+        bot = build(configured, db=db)
+        channel = wechat.from_settings(bot)
+        assert channel is not None
+        with serve(create_app(bot, channels=[channel])) as url:
+            yield Running(bot=bot, api=api, url=url, safe_mode=safe_mode)
+
+
+@pytest.fixture
+def running(settings: Settings, db: Engine) -> Iterator[Running]:
+    yield from _start(settings, db, safe_mode=False)
+
+
+@pytest.fixture
+def running_safe(settings: Settings, db: Engine) -> Iterator[Running]:
+    yield from _start(settings, db, safe_mode=True)
+
+
+def _choose(texts: list[str]) -> str:
+    """The number of the option a customer who wants an engineer would pick in the bot's last message."""
+    options = dict(re.findall(r"^(\d+)\. (.+)$", texts[-1], flags=re.M))
+    for wanted in ("It failed in normal use", "Repair", "Talk to an engineer"):
+        for number, label in options.items():
+            if label.strip() == wanted:
+                return number
+    raise AssertionError(f"no known option in {texts[-1]!r}")
+
+
+def test_a_full_claim_over_wechat(running: Running) -> None:
+    api = running.api
+    api.media["uDgDSGaz73ZmaApVemyeBoFPs25tKqwg-L4V0YoVsB78jLaTa8zp0LCB681tUXsN"] = (JPEG, "image/jpeg")
+
+    # Following the account greets the customer (the event's 3-messages-a-minute quota).
+    answer = running.push(payload("event_subscribe.xml"), interaction="event")
+    assert (answer.status_code, answer.text) == (200, "success")
+    greeting = running.settled(2, "the greeting")
+    assert running.push(payload("event_subscribe.xml"), interaction=None).text == "success"  # redelivered
+
+    assert running.push(payload("text.xml")).text == "success"
+    texts = running.settled(len(greeting) + 1, "the answer to the serial")
+    assert any("CSP2405C1190" in t for t in texts)
+    assert running.push(payload("text.xml"), interaction=None).text == "success"  # redelivered
+    assert [i.external_id for i in running.inbox()] == [f"event:{OPENID}:1777874410", "24593860172834561"]
+
+    before = len(texts)
+    assert running.push(payload("image.xml")).text == "success"
+    texts = running.settled(before + 1, "the answer to the photo")
+    with Session(running.bot.db) as session:
+        stored = session.execute(select(StoredAttachment)).scalars().one()
+    assert (stored.kind, stored.mime, stored.size) == ("photo", "image/jpeg", len(JPEG))
+
+    for number in range(1, 6):
+        if running.case_ref():
+            break
+        before = len(texts)
+        assert running.push(text_push(_choose(texts), 24593870000000000 + number)).text == "success"
+        texts = running.settled(before + 1, f"the answer to choice {number}")
+    ref = wait_until(running.case_ref, what="a case")
+    wait_until(lambda: any(ref in t for t in api.texts(OPENID)), what="the case reference")
+
+    running.bot.desk.claim(ref, engineer="Li Wei")
+    running.bot.desk.reply(ref, engineer="Li Wei", text="请发送铭牌照片。")
+    wait_until(lambda: any("铭牌照片" in t for t in api.texts(OPENID)), what="the engineer's reply")
+    assert any("Li Wei" in t and ref in t for t in api.texts(OPENID))
+    assert any("请发送铭牌照片".encode() in raw for raw in api.raw_bodies)  # UTF-8, not \\u escapes
+
+    assert api.refused == []  # never over the quota, never a stale token
+    assert len(api.token_requests) == 1  # one token, cached in the database for every worker
+
+
+def test_a_voice_message_is_kept_as_an_attachment(running: Running) -> None:
+    running.api.media["SeeODN8IQYm4Cft9sZRZyo5BJ6_yMUoZoiJnol16aX6KrEES7657Rdq8ne68Rsf8"] = (AMR, "audio/amr")
+    assert running.push(payload("voice.xml")).text == "success"
+
+    def stored_files() -> list[StoredAttachment]:
+        with Session(running.bot.db) as session:
+            return list(session.execute(select(StoredAttachment)).scalars())
+
+    (stored,) = wait_until(stored_files, what="the voice note stored")
+    assert (stored.kind, stored.mime, stored.size, stored.name) == ("voice", "audio/amr", len(AMR),
+                                                                    "voice-24593861857930245.amr")
+
+
+def _case(running: Running) -> str:
+    assert running.push(payload("text.xml")).text == "success"
+    running.settled(1, "the first answer")
+    assert running.push(text_push("人工", 24593880000000001)).text == "success"
+    ref = wait_until(running.case_ref, what="a case")
+    wait_until(lambda: any(ref in t for t in running.api.texts(OPENID)), what="the case reference")
+    return ref
+
+
+def test_five_messages_per_customer_message_and_the_rest_waits(running: Running) -> None:
+    api = running.api
+    ref = _case(running)
+    before = running.settled(1, "the bot's answers")
+    left = api.quota[OPENID]  # what WeChat still allows after the bot answered the customer's last message
+    assert 2 <= left < 5
+    for n in range(1, 7):
+        running.bot.desk.reply(ref, engineer="Li Wei", text=f"问题 {n}：请检查接线。")
+
+    # What the quota allows goes out; its last message tells the customer that more is waiting.
+    sent = wait_until(lambda: len(api.texts(OPENID)) == len(before) + left and api.texts(OPENID),
+                      what="the quota's messages")
+    assert sent[-1] == wechat.NOTICE
+    held = wait_until(lambda: [i for i in running.outbox() if i.status == "held"],
+                      what="a held row")
+    assert len(held) == 1 and api.refused == []
+    waiting = [i for i in running.outbox() if i.status in ("held", "pending")]
+    assert [_question(i.payload["text"]) for i in waiting] == list(range(left, 7))
+
+    # The customer answers: the rest follows, in order, within the new quota.
+    assert running.push(text_push("好的", 24593880000000002)).text == "success"
+    wait_until(lambda: any("问题 6" in t for t in api.texts(OPENID)), what="the last reply")
+    engineer = [t for t in api.texts(OPENID) if "请检查接线" in t]
+    assert [_question(t) for t in engineer] == [1, 2, 3, 4, 5, 6]
+    assert api.texts(OPENID).count(wechat.NOTICE) == 1 and api.refused == []
+
+
+def _question(text: str) -> int:
+    found = re.search(r"问题 (\d)", text)
+    assert found is not None, text
+    return int(found.group(1))
+
+
+def _age_window(db: Engine, hours: int) -> None:
+    with session_scope(db) as session:
+        row = session.get(KeyValue, f"wechat:window:{OPENID}")
+        assert row is not None
+        since = datetime.fromisoformat(row.value["since"]) - timedelta(hours=hours)
+        row.value = {**row.value, "since": since.isoformat()}
+
+
+def test_outside_48_hours_replies_wait_for_the_customer_and_a_stale_token_is_replaced(running: Running) -> None:
+    api = running.api
+    ref = _case(running)
+    wait_until(lambda: all(i.status == "sent" for i in running.outbox()), what="everything sent")
+    _age_window(running.bot.db, hours=49)
+    api.window_closed(OPENID)
+    count = len(api.texts(OPENID))
+
+    running.bot.desk.reply(ref, engineer="Li Wei", text="请问设备现在还报E07吗？")
+    wait_until(lambda: [i for i in running.outbox() if i.status == "held"], what="held")
+    assert len(api.texts(OPENID)) == count  # nothing, not even a notice: there is no quota to tell them with
+
+    api.invalidate_token()  # meanwhile the token stopped working
+    assert running.push(text_push("在吗？", 24593880000000003)).text == "success"
+    wait_until(lambda: any("还报E07" in t for t in api.texts(OPENID)), what="the held reply")
+    assert api.refused == [40001]  # refused once, then refreshed and sent again
+    assert api.token_requests[-1]["force_refresh"] is True
+    with Session(running.bot.db) as session:
+        cached = session.get(KeyValue, f"wechat:access_token:{APP_ID}")
+        assert cached is not None and cached.value["access_token"] == api.token
+
+
+def test_safe_mode_end_to_end(running_safe: Running) -> None:
+    api = running_safe.api
+    answer = running_safe.push(payload("text.xml"))
+    assert (answer.status_code, answer.text) == (200, "success")
+    wait_until(lambda: any("CSP2405C1190" in t for t in api.texts(OPENID)), what="the answer")
+    assert [i.external_id for i in running_safe.inbox()] == ["24593860172834561"]
+
+    # In safe mode a plain body is refused, and so is a msg_signature that does not cover the ciphertext.
+    assert running_safe.push(payload("image.xml"), query=signed_query()).status_code == 401
+    encrypted = encrypt(payload("image.xml"))
+    assert running_safe.push(envelope(encrypted), query=signed_query(encrypted=encrypt(b"<xml/>"))).status_code == 401
+    # Decrypting to something unsafe or for another account is a bad request.
+    for inner in (encrypt(BILLION_LAUGHS), encrypt(payload("image.xml"), app_id="wxOther")):
+        assert running_safe.push(envelope(inner), query=signed_query(encrypted=inner)).status_code == 400
+    assert len(running_safe.inbox()) == 1
+
+
+def test_forged_malformed_and_verification_requests(running: Running) -> None:
+    body = payload("text.xml")
+    assert running.push(body, query=signed_query(token="guessed")).status_code == 401
+    assert running.push(body, query={}).status_code == 401
+    assert running.push(BILLION_LAUGHS).status_code == 400
+    assert running.push(EXTERNAL_ENTITY).status_code == 400
+    assert running.push(b"<xml><MsgType>text</MsgType></xml>").status_code == 400
+    assert running.push(b"\x00garbage").status_code == 400
+    assert running.inbox() == [] and running.api.sent == []
+
+    url = f"{running.url}{wechat.WEBHOOK_PATH}"
+    answer = httpx.get(url, params={**signed_query(), "echostr": "7301924411"})
+    assert (answer.status_code, answer.text) == (200, "7301924411")
+    assert httpx.get(url, params={**signed_query(token="guessed"), "echostr": "1"}).status_code == 403
+
+
+def test_not_configured_without_credentials(bot: Bot) -> None:
+    assert wechat.from_settings(bot) is None
