@@ -40,6 +40,7 @@ class LocalDesk:
             Route("/api/desk/cases/{ref}", self._guard(self._get), methods=["GET"]),
             Route("/api/desk/cases/{ref}/messages", self._guard(self._message), methods=["POST"]),
             Route("/api/desk/cases/{ref}/claim", self._guard(self._action(desk.claim)), methods=["POST"]),
+            Route("/api/desk/cases/{ref}/ask", self._guard(self._ask), methods=["POST"]),
             Route("/api/desk/cases/{ref}/method", self._guard(self._method), methods=["POST"]),
             Route("/api/desk/cases/{ref}/close", self._guard(self._action(desk.close)), methods=["POST"]),
             Route("/api/desk/cases/{ref}/attachments/{attachment_id:int}", self._guard(self._attachment)),
@@ -107,6 +108,16 @@ class LocalDesk:
         action = self.bot.desk.note if internal else self.bot.desk.reply
         result = await asyncio.to_thread(action, _ref(request), engineer=_engineer(request, data), text=text)
         self.bot.engine.outbox_signal.set()
+        return JSONResponse(result)
+
+    async def _ask(self, request: Request) -> Response:
+        data = await _body(request)
+        question = data.get("question")
+        if not isinstance(question, str) or not question.strip():
+            raise _BadRequest("question is required and must be a non-empty string")
+        result = await asyncio.to_thread(
+            self.bot.desk.ask_customer, _ref(request), engineer=_engineer(request, data), question=question
+        )
         return JSONResponse(result)
 
     async def _method(self, request: Request) -> Response:

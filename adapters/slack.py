@@ -1,12 +1,7 @@
 """The engineers' desk in Slack: one message per case in the escalation channel, its thread as the conversation.
 
-Built on slack-bolt's AsyncApp. In HTTP mode Slack calls /slack/events, /slack/interactivity and
-/slack/commands, each request checked by Bolt's signing-secret verification (forged or older than five
-minutes: 401); in Socket Mode the app keeps a websocket to Slack instead. Every engineer action goes through
-bot.desk with origin "slack"; case events from the outbox (case_opened, customer_message, case_updated) post
-and update the case message. Listeners ack() first and work afterwards, so Slack always has its answer
-within its 3 seconds. An event redelivered by Slack (same `event_id`) is handled once: the ids seen are kept in
-the KeyValue table (keys "slack-event:<event_id>", kept two days).
+slack-bolt's AsyncApp serves HTTP mode (signed requests on /slack/*) or Socket Mode; engineer actions go
+through bot.desk, case events from the outbox post and update the case message (docs/channels/slack.md).
 """
 
 from __future__ import annotations
@@ -22,7 +17,6 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from time import monotonic
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -55,6 +49,8 @@ log = logging.getLogger(__name__)
 CHANNEL = "slack"
 ORIGIN = "slack"
 EVENTS_PATH, INTERACTIVITY_PATH, COMMANDS_PATH = "/slack/events", "/slack/interactivity", "/slack/commands"
+# Handled event ids are kept in the KeyValue table, so that Slack's redelivery of an event (same event_id,
+# with X-Slack-Retry-Num) is acknowledged and dropped, across restarts and workers.
 SEEN_PREFIX = "slack-event:"
 SEEN_FOR = timedelta(days=2)  # Slack retries an event for about an hour; two days leaves a wide margin
 MEMBERS_CACHE_SECONDS = 60.0
@@ -151,7 +147,7 @@ def parse_body(body: bytes, kind: str) -> dict[str, Any]:
         parsed = form if kind == "commands" else json.loads(form.get("payload") or "null")
     if not isinstance(parsed, dict):
         raise ValueError(f"not a Slack {kind} request")
-    # Slack checks the certificate of a slash command's URL with an unsigned `ssl_check=1`; Bolt answers it.
+    # Slack checks the certificate of a slash command's URL with `ssl_check=1`; Bolt answers it.
     if kind == "commands" and not str(parsed.get("command", "")).startswith("/") and not parsed.get("ssl_check"):
         raise ValueError("not a slash command")
     if kind != "commands" and not isinstance(parsed.get("type"), str):
@@ -560,9 +556,9 @@ class SlackDesk:
             return False
         if self.config.engineer_ids:
             return user in self.config.engineer_ids
-        if self._members is None or monotonic() - self._members[0] > MEMBERS_CACHE_SECONDS:
+        if self._members is None or time.monotonic() - self._members[0] > MEMBERS_CACHE_SECONDS:
             try:
-                self._members = (monotonic(), await self._channel_members())
+                self._members = (time.monotonic(), await self._channel_members())
             except (SlackApiError, aiohttp.ClientError, TimeoutError) as error:
                 log.warning("conversations.members failed: %s; refusing", type(error).__name__)
                 return False  # fail closed: no one acts when we cannot tell who may
@@ -581,7 +577,7 @@ class SlackDesk:
 
     async def _display_name(self, user: str) -> str:
         cached = self._names.get(user)
-        if cached and monotonic() - cached[0] < NAMES_CACHE_SECONDS:
+        if cached and time.monotonic() - cached[0] < NAMES_CACHE_SECONDS:
             return cached[1]
         try:
             answer = await self.client.users_info(user=user)
@@ -592,7 +588,7 @@ class SlackDesk:
         except (SlackApiError, aiohttp.ClientError, TimeoutError) as error:
             log.warning("users.info failed: %s", type(error).__name__)
             return user
-        self._names[user] = (monotonic(), str(name))
+        self._names[user] = (time.monotonic(), str(name))
         return str(name)
 
     async def _bot_user_id(self) -> str:

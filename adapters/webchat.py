@@ -139,7 +139,7 @@ class WebChat:
             Route("/api/webchat/sessions/{session_id}/messages", self.post_message, methods=["POST"]),
             Route("/api/webchat/sessions/{session_id}/messages", self.list_messages, methods=["GET"]),
             Route("/api/webchat/sessions/{session_id}/files", self.post_file, methods=["POST"]),
-            Mount("/static", app=StaticFiles(directory=WEB), name="static"),
+            Mount("/static", app=StaticFiles(directory=WEB / "static"), name="static"),
         ]
 
     def sender(self) -> WebChat:
@@ -238,8 +238,6 @@ class WebChat:
         messages = await asyncio.to_thread(
             self.bot.engine.transcript, CHANNEL, session_id, after=int(raw_after)
         )
-        for message in messages:
-            message.pop("attachment_ids", None)
         return JSONResponse({"messages": messages})
 
 

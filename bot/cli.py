@@ -242,7 +242,10 @@ def serve(
     from bot.server import run_server
 
     current = settings()
-    run_server(current, host=host or current.host, port=port or current.port)
+    try:
+        run_server(current, host=host or current.host, port=port or current.port)
+    except ValueError as error:  # a channel refused its settings (e.g. a webhook without a secret)
+        fail(f"cannot start: {error}")
 
 
 def main() -> None:

@@ -433,7 +433,12 @@ class Engine:
                 )
                 .order_by(col(Message.id))
                 .limit(limit)
-            ).scalars()
+            ).scalars().all()
+            ids = [a for m in rows for a in m.attachment_ids]
+            files = {
+                f.id: {"name": f.name, "mime": f.mime}
+                for f in session.execute(select(StoredAttachment).where(col(StoredAttachment.id).in_(ids))).scalars()
+            } if ids else {}
             return [
                 {
                     "id": m.id,
@@ -441,7 +446,8 @@ class Engine:
                     "author_name": m.author_name if m.author == "engineer" else None,
                     "text": m.text,
                     "buttons": m.buttons,
-                    "attachment_ids": m.attachment_ids,
+                    "attachments": [files[a] for a in m.attachment_ids if a in files],
+                    "client_id": m.client_id,
                     "created_at": m.created_at.isoformat(),
                 }
                 for m in rows

@@ -86,16 +86,18 @@ class Workers:
             await channel.start()
 
     async def stop(self) -> None:
-        for channel in self.channels:
-            with contextlib.suppress(Exception):
-                await channel.stop()
+        # The deliverer first: a send after its channel's client closed would waste an attempt.
         self.stop_event.set()
         self.bot.engine.inbox_signal.set()
+        self.bot.engine.outbox_signal.set()
         if self.async_stop is not None:
             self.async_stop.set()
         if self.task is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await self.task
+        for channel in self.channels:
+            with contextlib.suppress(Exception):
+                await channel.stop()
         if self.thread is not None:
             await asyncio.to_thread(self.thread.join, 5)
 
@@ -116,18 +118,23 @@ def desks_configured(settings: Settings) -> tuple[str, ...]:
 
 
 class BodyLimit:
-    """Refuses request bodies above a size with 413 before any handler reads them."""
+    """Refuses request bodies above a size with 413 before any handler reads them.
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    Upload routes (paths ending in `/files`) may carry one attachment of the largest allowed size.
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int, upload_max_bytes: int) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.upload_max_bytes = upload_max_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit = self.upload_max_bytes if scope["path"].endswith("/files") else self.max_bytes
         declared = dict(scope.get("headers", [])).get(b"content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
+        if declared is not None and (not declared.isdigit() or int(declared) > limit):
             await _too_large(send)
             return
         received = 0
@@ -138,7 +145,7 @@ class BodyLimit:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_bytes:
+                if received > limit:
                     too_large = True
                     raise _TooLarge
             return message
@@ -187,10 +194,17 @@ def create_app(bot: Bot, channels: Sequence[Channel] | None = None) -> Starlette
     app = Starlette(
         routes=routes,
         lifespan=lifespan,
-        middleware=[Middleware(BodyLimit, max_bytes=bot.settings.max_body_bytes)],
+        middleware=[
+            Middleware(
+                BodyLimit,
+                max_bytes=bot.settings.max_body_bytes,
+                upload_max_bytes=bot.settings.attachment_max_bytes + 64 * 1024,  # room for the multipart framing
+            )
+        ],
         exception_handlers={404: _not_found, 405: _not_allowed, 500: _server_error},
     )
     app.state.bot = bot
+    app.state.channels = [c.name for c in channels]
     return app
 
 
@@ -244,6 +258,7 @@ def run_server(settings: Settings, *, host: str, port: int) -> None:
         print(f"  local desk: {base}/desk  (sign in with the DESK_TOKEN from .env)")
     else:
         print(f"  local desk: {base}/desk  is off: set DESK_TOKEN in .env to turn it on")
+    print(f"  channels:   {', '.join(app.state.channels)}")
     print(f"  health:     {base}/healthz   metrics: {base}/metrics")
     uvicorn.run(
         app,

@@ -126,7 +126,7 @@ def test_two_workers_on_one_postgresql_keep_order_and_open_no_duplicate_case(
     first.start()
     second.start()
     sessions = [httpx.post(f"{first.url}/api/webchat/sessions").json()["session_id"] for _ in range(50)]
-    script = SCRIPT[:5] + ["first follow-up", "second follow-up"]
+    script = [*SCRIPT[:5], "first follow-up", "second follow-up"]
 
     def client(index: int, session: str) -> None:
         for n, text in enumerate(script):

@@ -109,8 +109,9 @@ def test_a_claim_over_the_web_chat_reaches_the_desk_and_back(server: Server) -> 
     assert httpx.post(f"{server.url}/api/desk/cases/{ref}/claim", headers=AUTH, json={"engineer": "Li Wei"}).status_code == 200
     httpx.post(f"{server.url}/api/desk/cases/{ref}/messages", headers=AUTH,
                json={"text": "internal: suspect the fan", "internal": True, "engineer": "Li Wei"})
-    httpx.post(f"{server.url}/api/desk/cases/{ref}/messages", headers=AUTH,
-               json={"text": "Does it happen with no load?", "engineer": "Li Wei"})
+    asked = httpx.post(f"{server.url}/api/desk/cases/{ref}/ask", headers=AUTH,
+                       json={"question": "Does it happen with no load?", "engineer": "Li Wei"})
+    assert asked.status_code == 200 and asked.json()["status"] == "waiting_customer"
     wait_until(lambda: any("Does it happen with no load?" in m["text"] and m["author"] == "engineer"
                            for m in messages(server, session)), what="the engineer's reply in the web chat")
     assert not any("suspect the fan" in m["text"] for m in messages(server, session))
@@ -118,6 +119,11 @@ def test_a_claim_over_the_web_chat_reaches_the_desk_and_back(server: Server) -> 
     wait_until(lambda: any(m["text"] == "Yes, also without load"
                            for m in httpx.get(f"{server.url}/api/desk/cases/{ref}", headers=AUTH).json()["messages"]),
                what="the customer's answer on the desk")
+    assert httpx.get(f"{server.url}/api/desk/cases/{ref}", headers=AUTH).json()["status"] == "claimed"
+    httpx.post(f"{server.url}/api/desk/cases/{ref}/messages", headers=AUTH,
+               json={"text": "Thanks, we will repair it.", "engineer": "Li Wei"})
+    wait_until(lambda: any("Thanks, we will repair it." in m["text"] and "Li Wei" in m["text"]
+                           for m in messages(server, session)), what="the engineer's reply, signed")
     method = httpx.post(f"{server.url}/api/desk/cases/{ref}/method", headers=AUTH,
                         json={"method": "factory_repair", "engineer": "Li Wei"})
     assert method.status_code == 200 and method.json()["status"] == "in_service"
@@ -171,6 +177,8 @@ BAD_REQUESTS: list[tuple[str, str, Any, int]] = [
     ("POST", "/api/desk/cases/WR-2026-999999/claim", {}, 404),
     ("POST", "/api/desk/cases/WR-2026-999999/method", {"method": "teleport"}, 400),
     ("POST", "/api/desk/cases/WR-2026-999999/messages", {"text": ""}, 422),
+    ("POST", "/api/desk/cases/WR-2026-999999/ask", {"question": 3}, 422),
+    ("POST", "/api/desk/cases/WR-2026-999999/ask", {"question": "why?"}, 404),
     ("GET", "/api/desk/cases?status=lost", None, 422),
     ("DELETE", "/api/desk/cases", None, 405),
     ("GET", "/no/such/page", None, 404),

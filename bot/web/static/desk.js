@@ -30,7 +30,7 @@
     caseStatus: $("case-status"), meta: $("case-meta"), fault: $("case-fault"), units: $("units").tBodies[0],
     reasons: $("reasons"), attachments: $("attachments"), attachmentsEmpty: $("attachments-empty"),
     thread: $("thread"), replyForm: $("reply-form"), reply: $("reply"), sendReply: $("send-reply"),
-    sendNote: $("send-note"), claim: $("claim"), close: $("close"), methodForm: $("method-form"),
+    sendNote: $("send-note"), ask: $("ask"), claim: $("claim"), close: $("close"), methodForm: $("method-form"),
     method: $("method"), reasonRow: $("reason-row"), reason: $("reason"), setMethod: $("set-method"),
     result: $("action-result"), audit: $("audit"), back: $("back"),
   };
@@ -563,6 +563,15 @@
     sendMessage(false);
   });
   ui.sendNote.addEventListener("click", () => sendMessage(true));
+  ui.ask.addEventListener("click", () => {
+    const question = ui.reply.value;
+    if (!question.trim()) {
+      showResult("Write the question first.", true);
+      ui.reply.focus();
+      return;
+    }
+    act("Question sent; the case waits for the customer.", "/ask", { question }, () => { ui.reply.value = ""; });
+  });
   ui.reply.addEventListener("keydown", (event) => {
     if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) {
       event.preventDefault();
