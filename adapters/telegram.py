@@ -702,11 +702,11 @@ def _backoff(failures: int) -> float:
 # --- settings -------------------------------------------------------------------------------------------
 
 
-def client(token: str, api_base_url: str) -> telegram.Bot:
+def client(token: str, api_base_url: str, timeout: float = 20.0) -> telegram.Bot:
     """A Bot API client for `api_base_url` (api.telegram.org, a self-hosted Bot API server, a test fake)."""
     base = api_base_url.rstrip("/")
-    requests = HTTPXRequest(connection_pool_size=16, connect_timeout=10, read_timeout=20, write_timeout=20,
-                            pool_timeout=5)
+    requests = HTTPXRequest(connection_pool_size=16, connect_timeout=min(10, timeout), read_timeout=timeout,
+                            write_timeout=timeout, pool_timeout=5)
     # getUpdates adds its long-poll timeout to this read timeout.
     updates = HTTPXRequest(connection_pool_size=1, connect_timeout=10, read_timeout=10, write_timeout=10,
                            pool_timeout=5)
@@ -736,6 +736,6 @@ def from_settings(bot: Bot, *, poll_timeout: int = POLL_TIMEOUT_SECONDS,
         if not _SECRET_SHAPE.fullmatch(secret):
             raise ValueError("TELEGRAM_WEBHOOK_SECRET must be 1-256 characters of A-Z, a-z, 0-9, _ and -")
     return TelegramChannel(bot, client(settings.telegram_bot_token.get_secret_value(),
-                                       settings.telegram_api_base_url),
+                                       settings.telegram_api_base_url, settings.telegram_timeout_seconds),
                            mode=mode, secret=secret, public_url=settings.public_url,
                            poll_timeout=poll_timeout, album_wait=album_wait)

@@ -43,6 +43,7 @@ class Settings(BaseSettings):
     telegram_api_base_url: str = "https://api.telegram.org"
     telegram_webhook_secret: SecretStr | None = None
     telegram_mode: str = "auto"  # auto | webhook | polling
+    telegram_timeout_seconds: float = Field(default=20.0, gt=0)
 
     # --- Slack ----------------------------------------------------------------------------------------
     slack_bot_token: SecretStr | None = None

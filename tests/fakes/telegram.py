@@ -45,6 +45,10 @@ class FakeTelegram:
     downloads: list[str] = field(default_factory=list)  # file paths fetched
     failures: list[tuple[str, int, int, dict[str, Any]]] = field(default_factory=list)  # method, after, status, body
     blocked: set[str] = field(default_factory=set)  # chat ids that blocked the bot
+    # While set, every sendMessage fails this way: "5xx" (502), "429" (flood control) or "timeout" (no answer
+    # within `hang_seconds`, then 502 — longer than the client waits).
+    outage: str | None = None
+    hang_seconds: float = 3.0
     lock: threading.Lock = field(default_factory=threading.Lock)
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(5001))
 
@@ -101,6 +105,8 @@ class FakeTelegram:
         params = await _params(request)
         if request.path_params["token"] != self.token:
             return self._answer(method, params, 401, {"ok": False, "error_code": 401, "description": "Unauthorized"})
+        if method == "sendMessage" and self.outage is not None:
+            return await self._outage(method, params)
         with self.lock:
             failure = next((f for f in self.failures if f[0] == method), None)
             if failure is not None:
@@ -119,6 +125,15 @@ class FakeTelegram:
             return self._answer(method, params, error.status,
                                 {"ok": False, "error_code": error.status, "description": error.description})
         return self._answer(method, params, 200, {"ok": True, "result": result})
+
+    async def _outage(self, method: str, params: dict[str, Any]) -> Response:
+        if self.outage == "429":
+            return self._answer(method, params, 429, {"ok": False, "error_code": 429,
+                                                      "description": "Too Many Requests: retry after 1",
+                                                      "parameters": {"retry_after": 1}})
+        if self.outage == "timeout":
+            await asyncio.sleep(self.hang_seconds)
+        return self._answer(method, params, 502, {"ok": False, "error_code": 502, "description": "Bad Gateway"})
 
     def _answer(self, method: str, params: dict[str, Any], status: int, body: dict[str, Any]) -> Response:
         with self.lock:

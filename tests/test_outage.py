@@ -1,0 +1,111 @@
+"""A channel outage: the Bot API answers 5xx, 429 and nothing at all for a while; afterwards every reply is
+delivered once, in order per conversation; permanent failures are dead letters that operators see and retry."""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from sqlmodel import Session, col, select
+
+from bot.store import OutboxItem
+from tests.support import wait_until
+from tests.test_telegram import PAYLOADS, Running, start  # noqa: F401  (start is a fixture)
+
+CHATS = ["70000001", "70000002", "70000003", "70000004"]
+SCRIPT = ["hello", "CSP2604D0007 the display shows E07 and it shuts down under load", "status"]
+
+
+def update(chat: str, number: int, text: str) -> bytes:
+    document = json.loads((PAYLOADS / "text_serial.json").read_bytes())
+    document["update_id"] = int(chat) * 100 + number
+    message = document["message"]
+    message["message_id"] = number
+    message["chat"]["id"] = int(chat)
+    message["from"]["id"] = int(chat)
+    message["text"] = text
+    return (json.dumps(document, ensure_ascii=False, indent=2) + "\n").encode()
+
+
+def rows(running: Running) -> list[OutboxItem]:
+    with Session(running.bot.db) as session:
+        return list(session.execute(select(OutboxItem).order_by(col(OutboxItem.id))).scalars())
+
+
+def attempted(running: Running, at_least: int) -> bool:
+    """Every chat's head row (the oldest unsent one) has been tried `at_least` times, none delivered."""
+    heads = {}
+    for row in rows(running):
+        if row.status == "pending":
+            heads.setdefault(row.chat_id, row)
+    return len(heads) == len(CHATS) and all(h.attempts >= at_least for h in heads.values())
+
+
+def logged(running: Running, chat: str) -> list[str]:
+    return [m["text"] for m in running.bot.engine.transcript("telegram", chat) if m["author"] == "bot"]
+
+
+def delivered(running: Running, chat: str) -> list[str]:
+    """What reached the customer: successful sendMessage calls, with our HTML escaping undone."""
+    return [html.unescape(call["text"]) for call in running.fake.sent(chat)]
+
+
+def test_replies_survive_an_outage_once_and_in_order(start: Callable[..., Running]) -> None:  # noqa: F811
+    running = start(telegram_timeout_seconds=1.0, outbox_max_attempts=30)
+    running.fake.outage = "5xx"
+    running.fake.hang_seconds = 2.5
+    for number, text in enumerate(SCRIPT, start=1):
+        for chat in CHATS:
+            assert running.post(update(chat, number, text)).status_code == 200
+    wait_until(lambda: all(len(logged(running, c)) >= 5 for c in CHATS), what="every message processed")
+    wait_until(lambda: attempted(running, 1), timeout=30, what="sends refused with 502")
+    running.fake.outage = "429"
+    wait_until(lambda: attempted(running, 2), timeout=30, what="sends refused with 429")
+    running.fake.outage = "timeout"
+    wait_until(lambda: attempted(running, 3), timeout=30, what="sends timing out")
+    assert not any(delivered(running, chat) for chat in CHATS)
+
+    running.fake.outage = None
+    wait_until(lambda: all(r.status == "sent" for r in rows(running)), timeout=60, what="every reply sent")
+    for chat in CHATS:
+        assert delivered(running, chat) == logged(running, chat)  # each once, in the order they were written
+
+
+def test_permanent_failures_are_dead_letters_listed_and_retried(start: Callable[..., Running],  # noqa: F811
+                                                                database_url: str, tmp_path: Any) -> None:
+    running = start(outbox_max_attempts=5)
+    blocked, refused = CHATS[:2]
+    running.fake.block(blocked)
+    running.fake.fail_next("sendMessage", 400, "Bad Request: message text is empty", after=0)
+    assert running.post(update(refused, 1, "hello")).status_code == 200
+    wait_until(lambda: any(r.status == "dead" for r in rows(running)), timeout=30, what="the refused message")
+    assert running.post(update(blocked, 1, "hello")).status_code == 200
+    wait_until(lambda: {r.chat_id for r in rows(running) if r.status == "dead"} == {blocked, refused},
+               timeout=30, what="two dead letters")
+    dead = [r for r in rows(running) if r.status == "dead"]
+    errors = {r.chat_id: r.last_error or "" for r in dead if r.attempts}
+    assert "message text is empty" in errors[refused].lower()
+    assert "blocked" in errors[blocked].lower()
+
+    env = {**os.environ, "DATABASE_URL": database_url}
+    listing = subprocess.run([sys.executable, "-m", "bot.cli", "outbox", "list"], capture_output=True, text=True,
+                             cwd=tmp_path, env=env, timeout=60, check=False)
+    assert listing.returncode == 0
+    assert len(listing.stdout.strip().splitlines()) == len(dead)
+    assert f"{len(dead)} dead message(s)" in listing.stderr
+
+    running.fake.blocked.clear()  # the customer unblocked the bot
+    retried = subprocess.run([sys.executable, "-m", "bot.cli", "outbox", "retry"], capture_output=True, text=True,
+                             cwd=tmp_path, env=env, timeout=60, check=False)
+    assert retried.returncode == 0 and f"{len(dead)} message(s) queued again" in retried.stdout
+    running.bot.engine.outbox_signal.set()
+    wait_until(lambda: all(r.status == "sent" for r in rows(running)), timeout=30, what="the retried letters sent")
+    # A blocked customer's whole queue waited and follows in order; a single refused message does not hold
+    # back the ones after it, so once retried it arrives late, but exactly once.
+    assert delivered(running, blocked) == logged(running, blocked)
+    assert sorted(delivered(running, refused)) == sorted(logged(running, refused))
