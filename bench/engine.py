@@ -17,7 +17,6 @@ from sqlalchemy import func, select
 from sqlmodel import Session, col
 
 from bench.common import (
-    SCRIPT,
     Progress,
     Table,
     database,
@@ -29,6 +28,7 @@ from bench.common import (
     say,
     settings_for,
 )
+from bench.script import SCRIPT
 from bot.app import Bot, build
 from bot.store import Case, InboxItem, make_engine, upgrade
 
@@ -105,7 +105,7 @@ def outcome(url: str) -> tuple[int, int]:
 
 
 def run(databases: tuple[str, ...], workdir: Path, *, quick: bool) -> Table:
-    conversations = 3 if quick else 100
+    conversations = 2 if quick else 100
     warmup = 1 if quick else 3
     table = Table(
         title="1. Engine in-process: scripted full claim (accept + process, one message at a time)",

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import threading
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -62,8 +64,11 @@ def session_scope(engine: Engine) -> Iterator[Session]:
     Plain `Session(engine)` is for reading.
     """
     token = _writing.set(True)
+    # SQLite has one writer: writers of this process queue on a lock instead of SQLite's sleep-and-retry
+    # busy handler, which adds up to 100 ms a wait under load. PostgreSQL needs no such lock.
+    lock = _sqlite_writer(engine) if is_sqlite(engine) else contextlib.nullcontext()
     try:
-        with Session(engine, expire_on_commit=False) as session:
+        with lock, Session(engine, expire_on_commit=False) as session:
             try:
                 yield session
                 session.commit()
@@ -74,8 +79,15 @@ def session_scope(engine: Engine) -> Iterator[Session]:
         _writing.reset(token)
 
 
-_local_locks: dict[str, threading.Lock] = {}
-_local_locks_guard = threading.Lock()
+_sqlite_writers: weakref.WeakKeyDictionary[Engine, threading.RLock] = weakref.WeakKeyDictionary()
+_sqlite_writers_guard = threading.Lock()
+
+
+def _sqlite_writer(engine: Engine) -> threading.RLock:
+    with _sqlite_writers_guard:
+        return _sqlite_writers.setdefault(engine, threading.RLock())
+
+
 
 
 def lock_key(*parts: str) -> int:

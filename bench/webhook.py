@@ -1,0 +1,333 @@
+"""Benchmark 2: the webhook path under load, against a floor and against python-telegram-bot's own stack.
+
+Processes, all on loopback: the fake Bot API (bench.fake_telegram), the server under test, and the load
+generator (bench.load). Servers under test, one at a time:
+- ours: `warranty-bot serve` with TELEGRAM_MODE=webhook, the fake as TELEGRAM_API_BASE_URL, no PUBLIC_URL;
+- floor: bench.floor, one durable INSERT per request on the same kind of database;
+- peer: bench.ptb_peer, python-telegram-bot's ConversationHandler + PicklePersistence.
+Each gets a warm-up, a `blast` phase (accepted/s, webhook latency, replies delivered/s) and an `interactive`
+phase (end-to-end latency: a customer's message to the bot's last reply to it, at the fake API).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from bench.common import (
+    PYTHON,
+    REPO,
+    Table,
+    child_env,
+    database,
+    load_average,
+    ms,
+    percentile,
+    ratio,
+    rss_mib,
+    say,
+)
+from bench.script import SCRIPT, SCRIPT_REPLIES
+from bot.store import make_engine, upgrade
+from tests.fakes.server import free_port
+
+TOKEN = "7391046285:AAHbenchTokenForLoopbackOnly_0123456789"  # noqa: S105 (a fake's token)
+SECRET = "bench-webhook_secret-7c1d"  # noqa: S105
+WARRANTY_BOT = str(Path(PYTHON).with_name("warranty-bot"))
+REPLIES_PER_CONVERSATION = sum(SCRIPT_REPLIES)
+
+
+@dataclass
+class Sizes:
+    warmup: int
+    blast: int
+    interactive: int
+    concurrency: int
+    drain_timeout: float
+
+
+@dataclass
+class Outcome:
+    """What one server did under one phase of load."""
+
+    name: str
+    database: str
+    accepted: int = 0
+    accept_seconds: float = 0.0
+    http_latencies: list[float] = field(default_factory=list)
+    replies: int | None = None
+    replies_expected: int = 0
+    reply_seconds: float = 0.0
+    e2e_latencies: list[float] = field(default_factory=list)
+    interactive_seconds: float = 0.0
+    interactive_messages: int = 0
+    errors: int = 0
+    rss_idle: float = 0.0
+    rss_peak: float = 0.0
+    load: str = ""
+
+    @property
+    def accepted_per_second(self) -> float:
+        return self.accepted / self.accept_seconds if self.accept_seconds else float("nan")
+
+    @property
+    def replies_per_second(self) -> float:
+        if self.replies is None or not self.reply_seconds:
+            return float("nan")
+        return self.replies / self.reply_seconds
+
+
+class Server:
+    """A server process on a free loopback port, its output kept in a log file; stopped with SIGINT."""
+
+    def __init__(self, name: str, command: Sequence[str], workdir: Path, env: dict[str, str]) -> None:
+        self.name = name
+        self.port = free_port()
+        self.log = workdir / f"{name}-{self.port}.log"
+        self.command = [c.replace("{port}", str(self.port)) for c in command]
+        self.env = env
+        self.workdir = workdir
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> Server:
+        with self.log.open("wb") as log:
+            self.process = subprocess.Popen(self.command, stdout=log, stderr=subprocess.STDOUT, env=self.env,
+                                            cwd=self.workdir)
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{self.name} exited at start:\n{self.log.read_text()[-3000:]}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{self.url}/healthz", timeout=2).status_code == 200:
+                    return self
+            time.sleep(0.2)
+        self.stop()
+        raise RuntimeError(f"{self.name} did not start:\n{self.log.read_text()[-3000:]}")
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGINT)
+        try:
+            self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=10)
+
+
+class PeakMemory:
+    """Samples a process's VmRSS while load runs; VmHWM at the end covers what sampling missed."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.peak = 0.0
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while not self.done.wait(0.2):
+            self.peak = max(self.peak, rss_mib(self.pid)[0])
+
+    def __enter__(self) -> PeakMemory:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.done.set()
+        self.thread.join(timeout=5)
+        self.peak = max(self.peak, rss_mib(self.pid)[0])
+
+
+def load(url: str, fake: str, *, mode: str, conversations: int, concurrency: int, chat_base: int,
+         update_base: int) -> dict[str, Any]:
+    """Run the load generator in its own process; its JSON report."""
+    command = [PYTHON, "-m", "bench.load", "--url", f"{url}/telegram/webhook", "--secret", SECRET,
+               "--fake", fake, "--mode", mode, "--conversations", str(conversations),
+               "--concurrency", str(concurrency), "--chat-base", str(chat_base),
+               "--update-base", str(update_base)]
+    done = subprocess.run(command, capture_output=True, env=child_env(), cwd=REPO, timeout=900, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"load generator failed: {done.stderr.decode()[-3000:]}")
+    report: dict[str, Any] = json.loads(done.stdout)
+    return report
+
+
+def replies_so_far(fake: str) -> dict[str, list[float]]:
+    result: dict[str, list[float]] = httpx.get(f"{fake}/_bench/sent", timeout=30).json()
+    return result
+
+
+def wait_for_replies(fake: str, chats: Sequence[int], expected: int, timeout: float) -> dict[str, list[float]]:
+    """The fake's reply times once every chat got all its replies, or when `timeout` passed."""
+    deadline = time.monotonic() + timeout
+    while True:
+        sent = replies_so_far(fake)
+        got = sum(len(sent.get(str(c), ())) for c in chats)
+        if got >= expected or time.monotonic() > deadline:
+            return sent
+        time.sleep(0.1)
+
+
+class Counter:
+    """Distinct chat and update ids for every phase of every server, so their replies never mix."""
+
+    def __init__(self) -> None:
+        self.next_chat = 6_100_000_000
+        self.next_update = 900_000_000
+
+    def take(self, conversations: int) -> tuple[int, int]:
+        chat, update = self.next_chat, self.next_update
+        self.next_chat += conversations + 1
+        self.next_update += conversations * 10 + 10
+        return chat, update
+
+
+def exercise(server: Server, fake: str, name: str, kind: str, sizes: Sizes, counter: Counter, *,
+             replies: bool) -> Outcome:
+    """Warm up, then blast, then interactive (when the server replies)."""
+    assert server.process is not None
+    outcome = Outcome(name=name, database=kind)
+    outcome.rss_idle = rss_mib(server.process.pid)[0]
+    if sizes.warmup:
+        say(f"webhook: {name} on {kind}: warm-up")
+        chat, update = counter.take(sizes.warmup)
+        load(server.url, fake, mode="blast", conversations=sizes.warmup, concurrency=sizes.concurrency,
+             chat_base=chat, update_base=update)
+        if replies:
+            wait_for_replies(fake, range(chat, chat + sizes.warmup), sizes.warmup * REPLIES_PER_CONVERSATION,
+                             sizes.drain_timeout)
+
+    say(f"webhook: {name} on {kind}: blast, {sizes.blast} conversations ({sizes.blast * len(SCRIPT)} updates), "
+        f"concurrency {sizes.concurrency}")
+    chat, update = counter.take(sizes.blast)
+    with PeakMemory(server.process.pid) as memory:
+        report = load(server.url, fake, mode="blast", conversations=sizes.blast, concurrency=sizes.concurrency,
+                      chat_base=chat, update_base=update)
+        if replies:
+            expected = sizes.blast * REPLIES_PER_CONVERSATION
+            sent = wait_for_replies(fake, range(chat, chat + sizes.blast), expected, sizes.drain_timeout)
+            times = [t for c in range(chat, chat + sizes.blast) for t in sent.get(str(c), ())]
+            outcome.replies = len(times)
+            outcome.replies_expected = expected
+            outcome.reply_seconds = (max(times) - report["start"]) if times else 0.0
+    outcome.rss_peak = max(memory.peak, outcome.rss_idle)
+    ok = [r for r in report["requests"] if r[4] == 200]
+    outcome.accepted = len(ok)
+    outcome.errors = len(report["requests"]) - len(ok) + report["error_count"]
+    outcome.accept_seconds = report["end"] - report["start"]
+    outcome.http_latencies = [r[3] - r[2] for r in ok]
+    outcome.load = load_average()
+
+    if replies and sizes.interactive:
+        say(f"webhook: {name} on {kind}: interactive, {sizes.interactive} conversations, "
+            f"{sizes.concurrency} customers waiting for replies")
+        chat, update = counter.take(sizes.interactive)
+        report = load(server.url, fake, mode="interactive", conversations=sizes.interactive,
+                      concurrency=sizes.concurrency, chat_base=chat, update_base=update)
+        outcome.e2e_latencies = report["e2e"]
+        outcome.interactive_seconds = report["end"] - report["start"]
+        outcome.interactive_messages = len(report["e2e"])
+        outcome.errors += report["error_count"]
+    return outcome
+
+
+@contextlib.contextmanager
+def our_server(url: str, fake: str, workdir: Path) -> Iterator[Server]:
+    env = child_env(
+        DATABASE_URL=url, DATA_DIR=str(workdir / "data"), ATTACHMENTS_DIR=str(workdir / "data" / "attachments"),
+        TELEGRAM_BOT_TOKEN=TOKEN, TELEGRAM_MODE="webhook", TELEGRAM_WEBHOOK_SECRET=SECRET,
+        TELEGRAM_API_BASE_URL=fake, LOG_LEVEL="WARNING", OUTBOX_POLL_SECONDS="0.5",
+    )
+    with Server("ours", [WARRANTY_BOT, "serve", "--host", "127.0.0.1", "--port", "{port}"], workdir, env) as s:
+        yield s
+
+
+def run(databases: tuple[str, ...], workdir: Path, *, quick: bool) -> Table:
+    sizes = (Sizes(warmup=0, blast=2, interactive=1, concurrency=2, drain_timeout=60) if quick
+             else Sizes(warmup=5, blast=250, interactive=100, concurrency=40, drain_timeout=300))
+    counter = Counter()
+    outcomes: list[Outcome] = []
+    with Server("fake-telegram", [PYTHON, "-m", "bench.fake_telegram", "--port", "{port}"], workdir,
+                child_env()) as fake:
+        for kind in databases:
+            with database(kind, workdir, "webhook") as url:
+                engine = make_engine(url)
+                upgrade(engine)
+                engine.dispose()
+                with our_server(url, fake.url, workdir) as server:
+                    outcomes.append(exercise(server, fake.url, "ours", kind, sizes, counter, replies=True))
+            with database(kind, workdir, "floor") as url:
+                command = [PYTHON, "-m", "bench.floor", "--port", "{port}", "--database-url", url,
+                           "--secret", SECRET]
+                with Server("floor", command, workdir, child_env()) as server:
+                    outcomes.append(exercise(server, fake.url, "floor", kind, sizes, counter, replies=False))
+        command = [PYTHON, "-m", "bench.ptb_peer", "--port", "{port}", "--api", fake.url, "--token", TOKEN,
+                   "--secret", SECRET, "--persistence", str(workdir / "ptb-peer.pickle")]
+        with Server("ptb-peer", command, workdir, child_env()) as server:
+            outcomes.append(exercise(server, fake.url, "python-telegram-bot", "pickle file", sizes, counter,
+                                     replies=True))
+    return tabulate(outcomes, sizes)
+
+
+def tabulate(outcomes: list[Outcome], sizes: Sizes) -> Table:
+    table = Table(
+        title="2. Webhook path under load (Telegram-shaped updates over loopback HTTP)",
+        columns=("server", "storage", "accepted/s", "webhook p50 ms", "webhook p99 ms", "replies delivered/s",
+                 "replies", "end-to-end p50 ms", "end-to-end p99 ms", "errors", "RSS idle MiB",
+                 "RSS peak MiB", "load avg"),
+    )
+    for o in outcomes:
+        table.rows.append((
+            o.name, o.database, f"{o.accepted_per_second:.0f}", ms(percentile(o.http_latencies, 0.5)),
+            ms(percentile(o.http_latencies, 0.99)),
+            "–" if o.replies is None else f"{o.replies_per_second:.0f}",
+            "–" if o.replies is None else f"{o.replies}/{o.replies_expected}",
+            ms(percentile(o.e2e_latencies, 0.5)), ms(percentile(o.e2e_latencies, 0.99)), str(o.errors),
+            f"{o.rss_idle:.0f}", f"{o.rss_peak:.0f}", o.load,
+        ))
+    peer = next((o for o in outcomes if o.name == "python-telegram-bot"), None)
+    for o in outcomes:
+        if o.name != "ours":
+            continue
+        floor = next((f for f in outcomes if f.name == "floor" and f.database == o.database), None)
+        parts = []
+        if floor is not None:
+            parts.append(f"ours/floor accepted/s {ratio(o.accepted_per_second, floor.accepted_per_second)} "
+                         f"(target ≥ 0.5×), webhook p50 {ratio(percentile(o.http_latencies, 0.5), percentile(floor.http_latencies, 0.5))}, "
+                         f"p99 {ratio(percentile(o.http_latencies, 0.99), percentile(floor.http_latencies, 0.99))}")
+        if peer is not None:
+            parts.append(f"ours/python-telegram-bot accepted/s {ratio(o.accepted_per_second, peer.accepted_per_second)}, "
+                         f"replies delivered/s {ratio(o.replies_per_second, peer.replies_per_second)} (target > 1×), "
+                         f"end-to-end p50 {ratio(percentile(o.e2e_latencies, 0.5), percentile(peer.e2e_latencies, 0.5))}, "
+                         f"p99 {ratio(percentile(o.e2e_latencies, 0.99), percentile(peer.e2e_latencies, 0.99))}")
+        table.notes.append(f"Ratios on {o.database}: " + "; ".join(parts) + ".")
+    table.notes.append(
+        f"Blast: {sizes.blast} conversations × {len(SCRIPT)} updates, {sizes.concurrency} concurrent connections, "
+        "each chat's next update sent when the previous one was answered (as Telegram does); accepted/s = "
+        "HTTP 200s over the load's wall time. Replies delivered/s = replies that reached the fake Bot API over "
+        "the time from the first update to the last reply. Interactive: "
+        f"{sizes.interactive} conversations by {sizes.concurrency} customers who wait for the bot's replies "
+        "before the next message; end-to-end = update sent → the bot's last reply to it at the fake API.")
+    table.notes.append(
+        "Ours acknowledges after a durable INSERT (inbox) and replies from its own worker and outbox. The floor "
+        "acknowledges after a durable INSERT and does nothing else. python-telegram-bot acknowledges after an "
+        "in-memory queue put (nothing durable: PicklePersistence writes its file every 60 s) and processes one "
+        "update at a time (concurrent_updates off, the default).")
+    return table

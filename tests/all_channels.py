@@ -1,0 +1,214 @@
+"""Every HTTP channel on one in-process server, each third-party API a loopback fake, for the fuzz and
+security tests; signing helpers and samples come from the channels' own test modules."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+from pydantic import SecretStr
+from sqlalchemy import Engine, create_engine, func, select, text
+from sqlmodel import Session, col
+
+from bot.app import Bot, build
+from bot.config import Settings
+from bot.desk import STATUSES
+from bot.registry import import_registry
+from bot.server import create_app, desks_configured
+from bot.store import Case, Conversation, InboxItem, Message, OutboxItem
+from tests.conftest import POSTGRES_URL, postgres_or_skip
+from tests.fakes.server import serve
+from tests.fakes.slack import BOT_TOKEN as SLACK_BOT_TOKEN
+from tests.fakes.slack import FakeSlack
+from tests.fakes.slack import create_app as fake_slack_app
+from tests.fakes.teams import BotFramework
+from tests.fakes.telegram import FakeTelegram
+from tests.fakes.wechat import FakeWeChat
+from tests.fakes.whatsapp import FakeGraph
+from tests.support import wait_until
+from tests.test_slack import ENGINEER, ESCALATION, MEMBER, OUTSIDER
+from tests.test_slack import SECRET as SLACK_SECRET
+from tests.test_teams import APP_ID as TEAMS_APP_ID
+from tests.test_teams import PASSWORD as TEAMS_PASSWORD
+from tests.test_telegram import SECRET as TELEGRAM_SECRET
+from tests.test_telegram import TOKEN as TELEGRAM_TOKEN
+from tests.test_wechat import APP_ID as WECHAT_APP_ID
+from tests.test_wechat import APP_SECRET as WECHAT_APP_SECRET
+from tests.test_wechat import TOKEN as WECHAT_TOKEN
+from tests.test_whatsapp import ACCESS_TOKEN as WHATSAPP_ACCESS_TOKEN
+from tests.test_whatsapp import APP_SECRET as WHATSAPP_APP_SECRET
+from tests.test_whatsapp import PHONE_NUMBER_ID, VERIFY_TOKEN
+
+TESTS = Path(__file__).resolve().parent
+PAYLOADS = TESTS / "payloads"
+REGISTRY = TESTS / "data" / "registry-sample.csv"
+DESK_TOKEN = "desk-token-for-security-tests-7f3a"
+DESK_AUTH = {"Authorization": f"Bearer {DESK_TOKEN}"}
+PUBLIC_URL = "https://warranty.example"
+INBOX_STATUSES = frozenset({"pending", "done", "failed"})
+OUTBOX_STATUSES = frozenset({"pending", "held", "sent", "dead"})
+CONVERSATION_STATES = frozenset({"new", "awaiting_serial", "awaiting_fault", "awaiting_proof", "screening",
+                                 "preference", "with_engineer", "closed"})
+
+
+def payload(channel: str, name: str) -> bytes:
+    return (PAYLOADS / channel / name).read_bytes()
+
+
+@contextmanager
+def database(kind: str, folder: Path) -> Iterator[str]:
+    """A DATABASE_URL: a SQLite file in `folder`, or a throwaway PostgreSQL schema (skipped locally when
+    PostgreSQL is down, a failure in CI, like conftest's `database_url`)."""
+    if kind == "sqlite":
+        yield f"sqlite:///{folder}/warranty.db"
+        return
+    postgres_or_skip()
+    schema = f"t_{secrets.token_hex(6)}"
+    admin = create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE SCHEMA "{schema}"'))
+    separator = "&" if "?" in POSTGRES_URL else "?"
+    try:
+        yield f"{POSTGRES_URL}{separator}options={quote(f'-csearch_path={schema}')}"
+    finally:
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
+@dataclass
+class Stack:
+    """The running server and the fakes behind it."""
+
+    bot: Bot
+    url: str
+    telegram: FakeTelegram
+    slack: FakeSlack
+    graph: FakeGraph
+    wechat: FakeWeChat
+    framework: BotFramework
+    framework_url: str
+
+    @property
+    def db(self) -> Engine:
+        return self.bot.db
+
+    @property
+    def teams_service_url(self) -> str:
+        return f"{self.framework_url}/emea/"
+
+    def client(self) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=15)
+
+    def inbox(self) -> list[InboxItem]:
+        with Session(self.db) as session:
+            return list(session.execute(select(InboxItem).order_by(col(InboxItem.id))).scalars())
+
+    def outbox(self) -> list[OutboxItem]:
+        with Session(self.db) as session:
+            return list(session.execute(select(OutboxItem).order_by(col(OutboxItem.id))).scalars())
+
+    def customer_texts(self) -> list[str]:
+        with Session(self.db) as session:
+            return list(session.execute(select(Message.text).where(col(Message.author) == "customer")).scalars())
+
+    def settle(self, timeout: float = 30.0) -> None:
+        """Wait until no inbox row waits (Telegram albums included) and no outbox row is due now."""
+        def quiet() -> bool:
+            with Session(self.db) as session:
+                waiting = session.execute(select(func.count()).select_from(InboxItem)
+                                          .where(col(InboxItem.status) == "pending")).scalar_one()
+            return waiting == 0 and not self.bot.engine.inbox_signal.is_set()
+        wait_until(quiet, timeout=timeout, what="the inbox to be worked off")
+
+
+def consistency_problems(db: Engine) -> list[str]:
+    """What is wrong in the database: rows in unknown states, processed rows without their time, shared refs."""
+    problems: list[str] = []
+    with Session(db) as session:
+        for item in session.execute(select(InboxItem)).scalars():
+            if item.status not in INBOX_STATUSES:
+                problems.append(f"inbox {item.id} in status {item.status!r}")
+            if item.status in ("done", "failed") and item.processed_at is None:
+                problems.append(f"inbox {item.id} is {item.status} without processed_at")
+        for out in session.execute(select(OutboxItem)).scalars():
+            if out.status not in OUTBOX_STATUSES:
+                problems.append(f"outbox {out.id} in status {out.status!r}")
+            if out.status == "sent" and out.sent_at is None:
+                problems.append(f"outbox {out.id} is sent without sent_at")
+        for conversation in session.execute(select(Conversation)).scalars():
+            if conversation.state not in CONVERSATION_STATES:
+                problems.append(f"conversation {conversation.id} in state {conversation.state!r}")
+        refs = []
+        for case in session.execute(select(Case)).scalars():
+            refs.append(case.ref)
+            if case.status not in STATUSES:
+                problems.append(f"case {case.ref} in status {case.status!r}")
+        if len(refs) != len(set(refs)):
+            problems.append("two cases share a ref")
+    return problems
+
+
+def all_channel_settings(database_url: str, folder: Path, *, telegram: str, slack: str, graph: str, wechat: str,
+                         framework: str, **extra: Any) -> Settings:
+    values: dict[str, Any] = {
+        "database_url": database_url, "data_dir": folder, "attachments_dir": folder / "attachments",
+        "outbox_poll_seconds": 0.1, "public_url": PUBLIC_URL, "desk_token": SecretStr(DESK_TOKEN),
+        "telegram_bot_token": SecretStr(TELEGRAM_TOKEN), "telegram_api_base_url": telegram,
+        "telegram_webhook_secret": SecretStr(TELEGRAM_SECRET), "telegram_mode": "webhook",
+        "slack_bot_token": SecretStr(SLACK_BOT_TOKEN), "slack_signing_secret": SecretStr(SLACK_SECRET),
+        "slack_api_url": f"{slack}/api/", "slack_escalation_channel": ESCALATION, "slack_mode": "http",
+        "whatsapp_access_token": SecretStr(WHATSAPP_ACCESS_TOKEN),
+        "whatsapp_app_secret": SecretStr(WHATSAPP_APP_SECRET), "whatsapp_verify_token": SecretStr(VERIFY_TOKEN),
+        "whatsapp_phone_number_id": PHONE_NUMBER_ID, "whatsapp_graph_url": f"{graph}/v23.0",
+        "wechat_app_id": WECHAT_APP_ID, "wechat_app_secret": SecretStr(WECHAT_APP_SECRET),
+        "wechat_token": SecretStr(WECHAT_TOKEN), "wechat_api_base_url": wechat,
+        "teams_app_id": TEAMS_APP_ID, "teams_app_password": SecretStr(TEAMS_PASSWORD),
+        "teams_openid_metadata_url": f"{framework}/v1/.well-known/openidconfiguration",
+        "teams_token_url": f"{framework}/{{tenant}}/oauth2/v2.0/token",
+        **extra,
+    }
+    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+
+
+@contextmanager
+def fakes() -> Iterator[tuple[FakeTelegram, FakeSlack, FakeGraph, FakeWeChat, BotFramework, dict[str, str]]]:
+    """The five fake APIs on loopback, and their base URLs by name."""
+    telegram = FakeTelegram(token=TELEGRAM_TOKEN)
+    slack = FakeSlack(users={ENGINEER: "Li Wei", OUTSIDER: "Pat Outsider", MEMBER: "Ana Ruiz"},
+                      members=["U07WBOT9RZ2", ENGINEER, MEMBER])
+    graph = FakeGraph(access_token=WHATSAPP_ACCESS_TOKEN, phone_number_id=PHONE_NUMBER_ID)
+    wechat = FakeWeChat(app_id=WECHAT_APP_ID, app_secret=WECHAT_APP_SECRET)
+    framework = BotFramework(app_id=TEAMS_APP_ID, app_password=TEAMS_PASSWORD)
+    with ExitStack() as stack:
+        urls = {"telegram": stack.enter_context(serve(telegram.app())),
+                "slack": stack.enter_context(serve(fake_slack_app(slack))),
+                "graph": stack.enter_context(serve(graph.app())),
+                "wechat": stack.enter_context(serve(wechat.app())),
+                "framework": stack.enter_context(serve(framework.app()))}
+        yield telegram, slack, graph, wechat, framework, urls
+
+
+@contextmanager
+def running(database_url: str, folder: Path, **extra: Any) -> Iterator[Stack]:
+    """The one server with every HTTP channel (web chat, local desk, Telegram webhook, Slack over HTTP,
+    WhatsApp, WeChat, Teams), the Slack desk receiving case events, registry loaded."""
+    with fakes() as (telegram, slack, graph, wechat, framework, urls):
+        settings = all_channel_settings(database_url, folder, **urls, **extra)
+        bot = build(settings, external_desks=desks_configured(settings))
+        import_registry(bot.db, REGISTRY, policy=bot.policy)
+        app = create_app(bot)
+        assert sorted(app.state.channels) == ["localdesk", "slack", "teams", "telegram", "webchat", "wechat",
+                                              "whatsapp"]
+        try:
+            with serve(app) as url:
+                yield Stack(bot=bot, url=url, telegram=telegram, slack=slack, graph=graph, wechat=wechat,
+                            framework=framework, framework_url=urls["framework"])
+        finally:
+            bot.db.dispose()
