@@ -42,7 +42,8 @@ from bot.outbox import (
     Unreachable,
     release_held,
 )
-from bot.store import InboxItem, KeyValue, OutboxItem, session_scope
+from bot.render import Renderer
+from bot.store import ChannelIdentity, Customer, InboxItem, KeyValue, OutboxItem, session_scope
 from bot.store.clock import utcnow
 
 log = logging.getLogger(__name__)
@@ -58,8 +59,6 @@ MEDIA_SECONDS = 3.0  # WeChat wants an answer within 5 s, media download include
 QUOTAS = {"message": (timedelta(hours=48), 5), "event": (timedelta(minutes=1), 3)}
 MARGINS = {"message": timedelta(minutes=10), "event": timedelta(seconds=10)}
 HOLD = timedelta(days=30)  # how long a customer's quota record is kept after its window
-NOTICE = ("还有消息等待发送给您，请回复任意内容查看。\n"
-          "More messages are waiting for you: reply with anything to receive them.")
 
 TOKEN_ERRORS = frozenset({40001, 40014, 42001})
 RETRYABLE_ERRORS = frozenset({-1, 45009, 45011})
@@ -439,9 +438,19 @@ def note_interaction(db: Engine, openid: str, kind: str, now: datetime) -> int:
 class WeChatSender:
     """Delivers outbox rows as customer-service messages within the quota; the rest waits for the customer."""
 
-    def __init__(self, db: Engine, client: WeChatClient) -> None:
+    def __init__(self, db: Engine, client: WeChatClient, renderer: Renderer) -> None:
         self.db = db
         self.client = client
+        self.renderer = renderer
+
+    def _notice(self, openid: str) -> str:
+        """'More messages are waiting: reply to receive them', in the customer's language."""
+        with Session(self.db) as session:
+            customer = session.execute(
+                select(Customer).join(ChannelIdentity, col(ChannelIdentity.customer_id) == col(Customer.id))
+                .where(col(ChannelIdentity.channel) == CHANNEL, col(ChannelIdentity.chat_id) == openid)
+            ).scalars().first()
+        return self.renderer.text("messages_waiting", language=(customer.language if customer else None) or "zh")
 
     async def send(self, message: OutboundMessage, payload: Mapping[str, Any]) -> Delivered:
         pieces = split_text(render(message.text, message.buttons), TEXT_LIMIT_BYTES)
@@ -461,7 +470,7 @@ class WeChatSender:
         if fits:
             return Delivered()
         if quota.left >= 1 and not quota.notice_sent:
-            await self._send(openid, NOTICE)
+            await self._send(openid, await asyncio.to_thread(self._notice, openid))
             await asyncio.to_thread(record_sent, self.db, openid, notice=True)
         await self._hold(openid, "the customer-service quota is used up" if quota.left else "outside the window")
 
@@ -505,7 +514,7 @@ class WeChatChannel:
         self.config = config
         self.crypto = Crypto(config.encoding_aes_key, config.app_id) if config.encoding_aes_key else None
         self.client = WeChatClient(bot.db, config.api_base_url, config.app_id, config.app_secret, transport=transport)
-        self._sender = WeChatSender(bot.db, self.client)
+        self._sender = WeChatSender(bot.db, self.client, bot.renderer)
 
     def routes(self) -> Sequence[BaseRoute]:
         return [Route(WEBHOOK_PATH, self.verify, methods=["GET"]), Route(WEBHOOK_PATH, self.webhook, methods=["POST"])]

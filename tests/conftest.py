@@ -15,8 +15,6 @@ from bot.app import Bot, build
 from bot.config import Settings
 from bot.store import make_engine, upgrade
 
-PAYLOADS = Path(__file__).resolve().parents[2] / "shared" / "payloads"
-LOCAL_PAYLOADS = Path(__file__).with_name("payloads")
 POSTGRES_URL = Settings().test_postgres_url
 
 

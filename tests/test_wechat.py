@@ -352,7 +352,8 @@ def test_five_messages_per_customer_message_and_the_rest_waits(running: Running)
     # What the quota allows goes out; its last message tells the customer that more is waiting.
     sent = wait_until(lambda: len(api.texts(OPENID)) == len(before) + left and api.texts(OPENID),
                       what="the quota's messages")
-    assert sent[-1] == wechat.NOTICE
+    notice = running.bot.renderer.text("messages_waiting", language="zh")
+    assert sent[-1] == notice  # the customer wrote in Chinese
     held = wait_until(lambda: [i for i in running.outbox() if i.status == "held"],
                       what="a held row")
     assert len(held) == 1 and api.refused == []
@@ -364,7 +365,7 @@ def test_five_messages_per_customer_message_and_the_rest_waits(running: Running)
     wait_until(lambda: any("问题 6" in t for t in api.texts(OPENID)), what="the last reply")
     engineer = [t for t in api.texts(OPENID) if "请检查接线" in t]
     assert [_question(t) for t in engineer] == [1, 2, 3, 4, 5, 6]
-    assert api.texts(OPENID).count(wechat.NOTICE) == 1 and api.refused == []
+    assert api.texts(OPENID).count(notice) == 1 and api.refused == []
 
 
 def _question(text: str) -> int:
