@@ -41,8 +41,9 @@ from bot.app import Bot
 from bot.attachments import AttachmentRejected, AttachmentStore
 from bot.messages import Attachment, InboundMessage, OutboundMessage
 from bot.outbox import SENT, Delivered, PermanentFailure, RetryLater, Unreachable
-from bot.store import Case, Conversation, InboxItem, KeyValue, OutboxItem, lock_chat, session_scope
+from bot.store import Case, Conversation, InboxItem, OutboxItem
 from bot.store.clock import utcnow
+from bot.store.kv import kv_get, kv_put
 
 CHANNEL = "email"
 SECURITIES = ("tls", "starttls", "none")
@@ -384,7 +385,8 @@ class MailboxReader:
 
     def sync(self, imap: imaplib.IMAP4, uidvalidity: int, uidnext: int | None) -> None:
         """Take every mail after the last one taken; on a first start (or a rebuilt mailbox) the unread ones."""
-        state = _kv_get(self.bot.db, self.state_key) or {}
+        stored = kv_get(self.bot.db, self.state_key)
+        state = stored[0] if stored else {}
         if state.get("uidvalidity") == uidvalidity:
             last = int(state.get("last_uid", 0))
             pending = [int(uid) for uid in state.get("pending", [])]
@@ -396,14 +398,14 @@ class MailboxReader:
             # The unread mail is remembered as pending, so that a crash halfway through loses none of it.
             pending = uids = _search(imap, "UNSEEN")
             last = (uidnext - 1) if uidnext else max(_search(imap, "ALL"), default=0)
-            _kv_put(self.bot.db, self.state_key, {"uidvalidity": uidvalidity, "last_uid": last, "pending": pending})
+            kv_put(self.bot.db, self.state_key, {"uidvalidity": uidvalidity, "last_uid": last, "pending": pending})
         for uid in sorted(set(uids)):
             if self.stop.is_set():
                 return
             self._take(imap, uid)
             last = max(last, uid)
             pending = [p for p in pending if p != uid]
-            _kv_put(self.bot.db, self.state_key, {"uidvalidity": uidvalidity, "last_uid": last, "pending": pending})
+            kv_put(self.bot.db, self.state_key, {"uidvalidity": uidvalidity, "last_uid": last, "pending": pending})
 
     def _take(self, imap: imaplib.IMAP4, uid: int) -> None:
         size = _fetch_size(imap, uid)
@@ -674,22 +676,6 @@ def _thread_of(db: Engine, address: str) -> Thread:
 
 def _key(prefix: str, name: str) -> str:
     return prefix + hashlib.sha256(name.encode()).hexdigest()[:48]
-
-
-def _kv_get(db: Engine, key: str) -> dict[str, Any] | None:
-    with Session(db) as session:
-        row = session.get(KeyValue, key)
-        return dict(row.value) if row is not None else None
-
-
-def _kv_put(db: Engine, key: str, value: dict[str, Any]) -> None:
-    with session_scope(db) as session:
-        lock_chat(session, "keyvalue", key)  # two workers writing the same key take turns (PostgreSQL)
-        row = session.get(KeyValue, key)
-        if row is None:
-            session.add(KeyValue(key=key, value=value))
-        else:
-            row.value = value
 
 
 # --- the channel and its settings -----------------------------------------------------------------------

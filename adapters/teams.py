@@ -24,7 +24,6 @@ from urllib.parse import quote, urlsplit
 import httpx
 import jwt
 from sqlalchemy import Engine
-from sqlmodel import Session
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
@@ -33,8 +32,8 @@ from bot.app import Bot
 from bot.attachments import AttachmentRejected
 from bot.messages import Attachment, Button, InboundMessage, OutboundMessage
 from bot.outbox import Delivered, PermanentFailure, RetryLater, Unreachable
-from bot.store import KeyValue, lock_chat, session_scope
 from bot.store.clock import utcnow
+from bot.store.kv import kv_delete, kv_get, kv_put
 
 CHANNEL = "teams"
 CHANNEL_IDS = frozenset({"msteams", "skype"})  # Skype was retired in May 2025; its users moved to Teams
@@ -330,7 +329,7 @@ class ConnectorTokens:
     async def get(self) -> str:
         async with self.lock:
             if self.token is None or self._expired(self.expires_at):
-                stored = await asyncio.to_thread(_kv_get, self.db, self.key)
+                stored = await asyncio.to_thread(kv_get, self.db, self.key)
                 if stored is not None and not self._expired(stored[1]):
                     self.token, self.expires_at = str(stored[0].get("access_token")), stored[1]
                 else:
@@ -341,7 +340,7 @@ class ConnectorTokens:
     async def forget(self) -> None:
         async with self.lock:
             self.token = None
-            await asyncio.to_thread(_kv_delete, self.db, self.key)
+            await asyncio.to_thread(kv_delete, self.db, self.key)
 
     async def _fetch(self) -> None:
         form = {"grant_type": "client_credentials", "client_id": self.config.app_id,
@@ -360,7 +359,7 @@ class ConnectorTokens:
             raise RetryLater("token endpoint answered without a token") from None
         self.token = token
         self.expires_at = utcnow() + timedelta(seconds=lifetime)
-        await asyncio.to_thread(_kv_put, self.db, self.key, {"access_token": token}, self.expires_at)
+        await asyncio.to_thread(kv_put, self.db, self.key, {"access_token": token}, self.expires_at)
 
     @staticmethod
     def _expired(expires_at: datetime | None) -> bool:
@@ -374,7 +373,7 @@ class TeamsSender:
         self.channel = channel
 
     async def send(self, message: OutboundMessage, payload: Mapping[str, Any]) -> Delivered:
-        stored = await asyncio.to_thread(_kv_get, self.channel.bot.db, _reference_key(message.chat_id))
+        stored = await asyncio.to_thread(kv_get, self.channel.bot.db, _reference_key(message.chat_id))
         if stored is None:
             raise PermanentFailure("no conversation reference for this Teams chat")
         reference = Reference(**stored[0])
@@ -415,29 +414,6 @@ def _retry_after(response: httpx.Response) -> float | None:
 
 def _reference_key(conversation_id: str) -> str:
     return "teams:conversation:" + hashlib.sha256(conversation_id.encode()).hexdigest()[:48]
-
-
-def _kv_get(db: Engine, key: str) -> tuple[dict[str, Any], datetime | None] | None:
-    with Session(db) as session:
-        row = session.get(KeyValue, key)
-        return (dict(row.value), row.expires_at) if row is not None else None
-
-
-def _kv_put(db: Engine, key: str, value: dict[str, Any], expires_at: datetime | None = None) -> None:
-    with session_scope(db) as session:
-        lock_chat(session, "keyvalue", key)  # two workers writing the same key take turns (PostgreSQL)
-        row = session.get(KeyValue, key)
-        if row is None:
-            session.add(KeyValue(key=key, value=value, expires_at=expires_at))
-        else:
-            row.value, row.expires_at = value, expires_at
-
-
-def _kv_delete(db: Engine, key: str) -> None:
-    with session_scope(db) as session:
-        row = session.get(KeyValue, key)
-        if row is not None:
-            session.delete(row)
 
 
 # --- the channel and its settings -----------------------------------------------------------------------
@@ -509,7 +485,7 @@ class TeamsChannel:
 
     def _accept(self, reference: Reference, inbound: InboundMessage) -> None:
         # The reference first: the reply to this message needs it, and so does an engineer days later.
-        _kv_put(self.bot.db, _reference_key(reference.conversation_id), asdict(reference))
+        kv_put(self.bot.db, _reference_key(reference.conversation_id), asdict(reference))
         self.bot.engine.accept(inbound)
 
     async def _download(self, activity: Mapping[str, Any]) -> tuple[Attachment, ...]:

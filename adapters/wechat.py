@@ -43,7 +43,7 @@ from bot.outbox import (
     release_held,
 )
 from bot.render import Renderer
-from bot.store import ChannelIdentity, Customer, InboxItem, KeyValue, OutboxItem, session_scope
+from bot.store import ChannelIdentity, Customer, KeyValue, OutboxItem, session_scope
 from bot.store.clock import utcnow
 
 log = logging.getLogger(__name__)
@@ -571,7 +571,7 @@ class WeChatChannel:
         else:
             log.info("wechat message of type %s ignored", push.msg_type)
             return
-        if await asyncio.to_thread(_seen, self.bot.db, push.external_id):
+        if await asyncio.to_thread(self.bot.engine.seen, CHANNEL, push.external_id):
             return
         # The new quota is noted before the message is stored, so that the replies to it find it.
         if await asyncio.to_thread(note_interaction, self.bot.db, push.openid, kind, utcnow()):
@@ -608,14 +608,6 @@ class WeChatChannel:
 
 
 _VOICE_TYPES = {"amr": "audio/amr", "speex": "audio/speex", "mp3": "audio/mpeg"}
-
-
-def _seen(db: Engine, external_id: str) -> bool:
-    with Session(db) as session:
-        return session.execute(
-            select(col(InboxItem.id)).where(col(InboxItem.channel) == CHANNEL,
-                                            col(InboxItem.external_id) == external_id[:255])
-        ).first() is not None
 
 
 # --- settings ------------------------------------------------------------------------------------------------------

@@ -34,7 +34,7 @@ from bot.outbox import (
     Unreachable,
     release_held,
 )
-from bot.store import Case, ChannelIdentity, Conversation, Customer, InboxItem, OutboxItem, session_scope
+from bot.store import Case, ChannelIdentity, Conversation, Customer, OutboxItem, session_scope
 from bot.store.clock import utcnow
 
 log = logging.getLogger(__name__)
@@ -662,7 +662,7 @@ class WhatsAppChannel:
         return JSONResponse({"ok": True})
 
     async def _receive(self, incoming: Incoming) -> None:
-        if await asyncio.to_thread(_seen, self.bot.db, incoming.wamid):
+        if await asyncio.to_thread(self.bot.engine.seen, CHANNEL, incoming.wamid):
             return
         # The window is noted open before the message is stored, so that the replies to it find it open.
         if await asyncio.to_thread(note_inbound, self.bot.db, incoming.wa_id, utcnow()):
@@ -702,14 +702,6 @@ class WhatsAppChannel:
                                            mime=str(info.get("mime_type") or mime), kind=media.kind)
         except AttachmentRejected as error:
             return store.rejected(media.name, error.reason)
-
-
-def _seen(db: Engine, wamid: str) -> bool:
-    with Session(db) as session:
-        return session.execute(
-            select(col(InboxItem.id)).where(col(InboxItem.channel) == CHANNEL,
-                                       col(InboxItem.external_id) == wamid[:255])
-        ).first() is not None
 
 
 # --- settings ---------------------------------------------------------------------------------------------------

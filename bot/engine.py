@@ -99,6 +99,16 @@ class Engine:
         self.inbox_signal.set()
         return Accepted(inbox_id=int(inbox_id), duplicate=False)
 
+    def seen(self, channel: str, external_id: str) -> bool:
+        """Whether this message is in the inbox already (adapters skip downloading a redelivery's files)."""
+        with Session(self.db) as session:
+            found = session.execute(
+                select(col(InboxItem.id)).where(
+                    col(InboxItem.channel) == channel, col(InboxItem.external_id) == external_id[:255]
+                )
+            ).first()
+        return found is not None
+
     def process_pending(self, limit: int = 1000) -> int:
         """Process pending inbox rows, oldest first; returns how many were processed."""
         done = 0

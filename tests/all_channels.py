@@ -155,9 +155,10 @@ def consistency_problems(db: Engine) -> list[str]:
     return problems
 
 
-def all_channel_settings(database_url: str, folder: Path, *, telegram: str, slack: str, graph: str, wechat: str,
-                         framework: str, **extra: Any) -> Settings:
-    values: dict[str, Any] = {
+def channel_values(database_url: str, folder: Path, *, telegram: str, slack: str, graph: str, wechat: str,
+                   framework: str) -> dict[str, Any]:
+    """Settings for every HTTP channel, pointed at the fakes' base URLs."""
+    return {
         "database_url": database_url, "data_dir": folder, "attachments_dir": folder / "attachments",
         "outbox_poll_seconds": 0.1, "public_url": PUBLIC_URL, "desk_token": SecretStr(DESK_TOKEN),
         "telegram_bot_token": SecretStr(TELEGRAM_TOKEN), "telegram_api_base_url": telegram,
@@ -172,9 +173,14 @@ def all_channel_settings(database_url: str, folder: Path, *, telegram: str, slac
         "teams_app_id": TEAMS_APP_ID, "teams_app_password": SecretStr(TEAMS_PASSWORD),
         "teams_openid_metadata_url": f"{framework}/v1/.well-known/openidconfiguration",
         "teams_token_url": f"{framework}/{{tenant}}/oauth2/v2.0/token",
-        **extra,
     }
-    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+
+
+def channel_env(database_url: str, folder: Path, **urls: str) -> dict[str, str]:
+    """The same settings as environment variables, for a `warranty-bot serve` process."""
+    values = channel_values(database_url, folder, **urls)
+    return {name.upper(): value.get_secret_value() if isinstance(value, SecretStr) else str(value)
+            for name, value in values.items()}
 
 
 @contextmanager
@@ -200,7 +206,7 @@ def running(database_url: str, folder: Path, **extra: Any) -> Iterator[Stack]:
     """The one server with every HTTP channel (web chat, local desk, Telegram webhook, Slack over HTTP,
     WhatsApp, WeChat, Teams), the Slack desk receiving case events, registry loaded."""
     with fakes() as (telegram, slack, graph, wechat, framework, urls):
-        settings = all_channel_settings(database_url, folder, **urls, **extra)
+        settings = Settings(_env_file=None, **{**channel_values(database_url, folder, **urls), **extra})  # type: ignore[call-arg]
         bot = build(settings, external_desks=desks_configured(settings))
         import_registry(bot.db, REGISTRY, policy=bot.policy)
         app = create_app(bot)

@@ -22,6 +22,7 @@ from bot.outbox import RetryLater, Unreachable
 from bot.registry import import_registry
 from bot.server import create_app
 from bot.store import InboxItem
+from bot.store.kv import kv_put
 from tests.fakes.server import serve
 from tests.fakes.teams import BotFramework, new_key
 from tests.support import wait_until
@@ -287,7 +288,7 @@ async def test_connector_failures_map_to_outbox_outcomes(bot: Bot, framework: tu
     fake, fake_url = framework
     channel = teams.from_settings(build(teams_settings(bot.settings, fake_url), db=bot.db))
     assert channel is not None
-    teams._kv_put(bot.db, teams._reference_key(CONVERSATION), {
+    kv_put(bot.db, teams._reference_key(CONVERSATION), {
         "service_url": f"{fake_url}/emea/", "conversation_id": CONVERSATION, "channel_id": "msteams",
         "bot_id": BOT_ID, "user_id": USER_ID})
     sender = channel.sender()
