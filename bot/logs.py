@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+from typing import Any
 
 _MASKS = (
     (re.compile(r"[\w.+-]+@[\w-]+(\.[\w-]+)+"), "<email>"),
@@ -11,7 +12,11 @@ _MASKS = (
     (re.compile(r"\b\d{6,12}:[\w-]{30,}\b"), "<token>"),
     (re.compile(r"\b(xox[abprs]|xapp)-[\w-]+"), "<token>"),
     (re.compile(r"(?i)\b(bearer|token|secret|password|access_token)([=: ]+)[^\s&\"',]+"), r"\1\2<redacted>"),
-    (re.compile(r"\+?\d[\d ()-]{7,}\d"), "<phone>"),
+    # International numbers (+44 7700 900123), national ones written in groups (07700 900123), and long
+    # digit runs such as WhatsApp ids (447700900142); dates and times have too few digits in a row.
+    (re.compile(r"\+\d[\d ()-]{6,}\d"), "<phone>"),
+    (re.compile(r"(?<![\d-])0\d{2,4}[ -]\d{3,4}(?:[ -]?\d{3,4})?(?![\d-])"), "<phone>"),
+    (re.compile(r"(?<!\d)\d{9,15}(?!\d)"), "<phone>"),
 )
 
 
@@ -23,10 +28,18 @@ def mask(text: str) -> str:
 
 
 class MaskingFormatter(logging.Formatter):
-    """Masks the whole formatted record, tracebacks included."""
+    """Masks what a record says and its traceback; its time and level stay readable."""
 
     def format(self, record: logging.LogRecord) -> str:
-        return mask(super().format(record))
+        saved = record.msg, record.args
+        record.msg, record.args = mask(record.getMessage()), None
+        try:
+            return super().format(record)
+        finally:
+            record.msg, record.args = saved
+
+    def formatException(self, ei: Any) -> str:
+        return mask(super().formatException(ei))
 
 
 def setup_logging(level: str = "INFO") -> None:
