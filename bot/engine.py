@@ -57,6 +57,8 @@ class EngineConfig:
     max_text_chars: int = 4000
     attachment_max_mb: int = 10
     external_desks: tuple[str, ...] = ()  # outbox channels that receive desk events, e.g. ("slack",)
+    # Channels where each message costs the customer (a mail) or a quota (WeChat): one reply per turn.
+    one_message_per_turn: frozenset[str] = frozenset({"email", "wechat"})
 
 
 @dataclass
@@ -228,9 +230,14 @@ class Engine:
         replies.extend((reply, extra) for reply in transition.replies)
 
         language = transition.state.language
-        for reply, context in replies:
-            rendered = self.renderer.render(reply, language=reply.language or language, extra=context)
-            self.say(session, conversation, rendered.text, rendered.buttons, case=case)
+        rendered = [self.renderer.render(r, language=r.language or language, extra=c) for r, c in replies]
+        if rendered and conversation.channel in self.config.one_message_per_turn:
+            # One mail (or one of WeChat's five messages) per customer message, not one per sentence.
+            text = "\n\n".join(r.text for r in rendered)
+            self.say(session, conversation, text, tuple(b for r in rendered for b in r.buttons), case=case)
+        else:
+            for reply in rendered:
+                self.say(session, conversation, reply.text, reply.buttons, case=case)
 
         conversation.state = transition.state.name
         conversation.data = transition.state.to_dict()

@@ -228,3 +228,15 @@ def test_a_whole_claim_in_the_customers_language(bot: Bot, language: str, hint: 
     assert any(expected in t for t in replies), replies
     assert not any("Please" in t or "Thank you" in t for t in replies), replies
     assert bot.desk.list_cases()[0]["language"] == language
+
+
+def test_mail_and_wechat_get_one_reply_per_customer_message(bot: Bot) -> None:
+    for channel in ("email", "wechat", "test"):
+        message = inbound("hello", chat=f"{channel}-chat")
+        bot.engine.accept(InboundMessage(**{**message.__dict__, "channel": channel}))
+    bot.engine.process_pending()
+    with Session(bot.db) as session:
+        rows = session.execute(select(OutboxItem.channel)).scalars().all()
+    assert sorted(rows) == ["email", "test", "test", "wechat"]  # greeting and question: together, or apart
+    (mail,) = bot.engine.transcript("email", "email-chat")[1:]
+    assert "Hello!" in mail["text"] and "serial number" in mail["text"]
