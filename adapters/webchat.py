@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import secrets
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -16,6 +17,8 @@ from typing import Any
 
 from sqlmodel import Session
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
+from starlette.formparsers import MultiPartException
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
@@ -32,6 +35,8 @@ CHANNEL = "webchat"
 WEB = Path(__file__).resolve().parent.parent / "bot" / "web"
 MAX_TEXT_CHARS = 100_000
 MAX_CLIENT_ID = 128
+MAX_ID = 2**31 - 1  # ids are 32-bit integers in PostgreSQL
+_MESSAGE_ID = re.compile(r"[0-9]{1,10}")  # ASCII digits: str.isdigit() also takes "²"
 _SESSION_PREFIX = "webchat:"
 
 
@@ -201,7 +206,7 @@ class WebChat:
             raise ApiError(422, "send the file as multipart/form-data in the field 'file'")
         try:
             form = await request.form(max_files=1, max_fields=4)
-        except Exception:
+        except (MultiPartException, HTTPException):
             raise ApiError(422, "the multipart body could not be read") from None
         upload = form.get("file")
         if not isinstance(upload, UploadFile):
@@ -233,7 +238,7 @@ class WebChat:
         session_id = request.path_params["session_id"]
         await asyncio.to_thread(_session, self.bot, session_id)
         raw_after = request.query_params.get("after", "0")
-        if not raw_after.isdigit() or len(raw_after) > 18:
+        if not _MESSAGE_ID.fullmatch(raw_after) or int(raw_after) > MAX_ID:
             raise ApiError(422, "after must be a message id (a non-negative integer)")
         messages = await asyncio.to_thread(
             self.bot.engine.transcript, CHANNEL, session_id, after=int(raw_after)

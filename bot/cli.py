@@ -183,26 +183,32 @@ def registry_import(
 
 
 @outbox_app.command("list")
-def outbox_list(status: Annotated[str, typer.Option(help="pending, sent or dead.")] = "dead") -> None:
+def outbox_list(
+    status: Annotated[str, typer.Option(help="dead (dead letters, also those a channel reported failed), pending, held or sent.")] = "dead",
+) -> None:
     """List outbox rows by status (dead letters by default)."""
     from sqlalchemy import select
     from sqlmodel import Session, col
 
+    from bot.outbox import DEAD_LETTERS, STATUSES
     from bot.store import OutboxItem, make_engine, upgrade
 
+    if status not in STATUSES:
+        fail(f"--status must be one of {', '.join(STATUSES)}")
+    wanted = DEAD_LETTERS if status == "dead" else (status,)
     engine = make_engine(settings().database_url)
     upgrade(engine)
     with Session(engine) as session:
         rows = (
             session.execute(
-                select(OutboxItem).where(col(OutboxItem.status) == status).order_by(col(OutboxItem.id))
+                select(OutboxItem).where(col(OutboxItem.status).in_(wanted)).order_by(col(OutboxItem.id))
             )
             .scalars()
             .all()
         )
     for row in rows:
         typer.echo(
-            f"{row.id}\t{row.channel}\t{row.attempts} attempts\t{row.created_at:%Y-%m-%d %H:%M}\t{row.last_error or ''}"
+            f"{row.id}\t{row.channel}\t{row.status}\t{row.attempts} attempts\t{row.created_at:%Y-%m-%d %H:%M}\t{row.last_error or ''}"
         )
     typer.echo(f"{len(rows)} {status} message(s)", err=True)
 

@@ -161,7 +161,7 @@ class Desk:
     def attachment(self, ref: str, attachment_id: int) -> StoredAttachment:
         with Session(self.engine.db) as session:
             case = _find(session, ref)
-            found = session.get(StoredAttachment, attachment_id)
+            found = session.get(StoredAttachment, attachment_id) if 0 < attachment_id < 2**31 else None
             if found is None or found.case_id != case.id:
                 raise CaseNotFound(f"no attachment {attachment_id} on case {ref}")
             return found

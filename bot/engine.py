@@ -506,11 +506,12 @@ class Engine:
             enqueue_event(session, desk, case.ref, event, case_id=case.id, **data)
 
 
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+# Control characters, and lone surrogates (valid in JSON, but not text that UTF-8 can store).
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff]")
 
 
 def clean_text(text: str) -> str:
-    """Control characters (NUL cannot even be stored by PostgreSQL) become U+FFFD; everything else is kept."""
+    """Control characters (PostgreSQL cannot even store NUL) and lone surrogates become U+FFFD; the rest stays."""
     return _CONTROL.sub("\ufffd", text)
 
 

@@ -11,11 +11,14 @@ _MASKS = (
     (re.compile(r"\bbot\d+:[\w-]{20,}"), "bot<token>"),  # Telegram tokens inside URLs
     (re.compile(r"\b\d{6,12}:[\w-]{30,}\b"), "<token>"),
     (re.compile(r"\b(xox[abprs]|xapp)-[\w-]+"), "<token>"),
-    (re.compile(r"(?i)\b(bearer|token|secret|password|access_token)([=: ]+)[^\s&\"',]+"), r"\1\2<redacted>"),
+    # key=value, key: value, "key": "value" (JSON) and "Bearer value"
+    (re.compile(r"(?i)\b(bearer|token|secret|password|access_token|api_key)(\"?\s*[=:]\s*\"?|\s+)[^\s&\"',]+"),
+     r"\1\2<redacted>"),
     # International numbers (+44 7700 900123), national ones written in groups (07700 900123), and long
     # digit runs such as WhatsApp ids (447700900142); dates and times have too few digits in a row.
     (re.compile(r"\+\d[\d ()-]{6,}\d"), "<phone>"),
     (re.compile(r"(?<![\d-])0\d{2,4}[ -]\d{3,4}(?:[ -]?\d{3,4})?(?![\d-])"), "<phone>"),
+    (re.compile(r"\(0\d{1,4}\)\s?\d{3,4}[ -]?\d{3,4}(?!\d)"), "<phone>"),
     (re.compile(r"(?<!\d)\d{9,15}(?!\d)"), "<phone>"),
 )
 

@@ -23,6 +23,10 @@ from bot.store.clock import utcnow
 log = logging.getLogger(__name__)
 
 PENDING, HELD, SENT, DEAD = "pending", "held", "sent", "dead"
+# Reported by a channel after it took the message (a WhatsApp status "failed"): a dead letter too.
+FAILED = "failed"
+DEAD_LETTERS = (DEAD, FAILED)
+STATUSES = (PENDING, HELD, SENT, "delivered", "read", DEAD, FAILED)
 BACKOFF_BASE_SECONDS = 1.0
 BACKOFF_MAX_SECONDS = 300.0
 SEND_LEASE_SECONDS = 60.0
@@ -279,9 +283,9 @@ class Deliverer:
 
 
 def retry_dead(db: Engine, ids: list[int] | None = None) -> int:
-    """Put dead rows back in the queue (all, or those given); returns how many."""
+    """Put dead letters back in the queue (all, or those given); returns how many."""
     with session_scope(db) as session:
-        query = update(OutboxItem).where(col(OutboxItem.status) == DEAD)
+        query = update(OutboxItem).where(col(OutboxItem.status).in_(DEAD_LETTERS))
         if ids:
             query = query.where(col(OutboxItem.id).in_(ids))
         result = session.execute(query.values(status=PENDING, attempts=0, next_attempt_at=utcnow()))

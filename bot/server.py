@@ -262,6 +262,7 @@ def run_server(settings: Settings, *, host: str, port: int) -> None:
     print(f"  health:     {base}/healthz   metrics: {base}/metrics")
     uvicorn.run(
         app,
+        log_config=None,  # keep our handler (and its masking) for uvicorn's records too
         host=host,
         port=port,
         log_level=settings.log_level.lower(),
