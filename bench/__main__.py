@@ -12,7 +12,7 @@ from pathlib import Path
 
 from bench.common import DATABASES, REPO, Table, git_revision, machine, postgres_version, say
 
-# name -> module; each module's run(databases, workdir, quick=...) returns a Table.
+# name -> module; each module's run(databases, workdir, quick=...) returns a Table or a list of them.
 BENCHMARKS: dict[str, str] = {
     "engine": "bench.engine",
     "webhook": "bench.webhook",
@@ -26,15 +26,30 @@ START, END = "<!-- bench:results:start -->", "<!-- bench:results:end -->"
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument("--quick", action="store_true",
-                        help="smallest sizes: a smoke run of every code path in seconds, numbers meaningless")
-    parser.add_argument("--only", default="", metavar="NAMES",
-                        help=f"comma-separated benchmarks to run (default all): {', '.join(BENCHMARKS)}")
-    parser.add_argument("--databases", default=",".join(DATABASES), metavar="NAMES",
-                        help="comma-separated: sqlite, postgres (PostgreSQL is skipped when unreachable)")
-    parser.add_argument("--out", type=Path, default=None,
-                        help=f"Markdown file for the results (default: {DEFAULT_OUT.relative_to(REPO)} for a "
-                             "full run of every benchmark, none for --quick or --only; '-' for stdout only)")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="smallest sizes: a smoke run of every code path in seconds, numbers meaningless",
+    )
+    parser.add_argument(
+        "--only",
+        default="",
+        metavar="NAMES",
+        help=f"comma-separated benchmarks to run (default all): {', '.join(BENCHMARKS)}",
+    )
+    parser.add_argument(
+        "--databases",
+        default=",".join(DATABASES),
+        metavar="NAMES",
+        help="comma-separated: sqlite, postgres (PostgreSQL is skipped when unreachable)",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help=f"Markdown file for the results (default: {DEFAULT_OUT.relative_to(REPO)} for a "
+        "full run of every benchmark, none for --quick or --only; '-' for stdout only)",
+    )
     args = parser.parse_args(argv)
 
     names = [n.strip() for n in args.only.split(",") if n.strip()] or list(BENCHMARKS)
@@ -55,8 +70,10 @@ def main(argv: list[str] | None = None) -> int:
         out = DEFAULT_OUT
     info = machine()
     command = " ".join(["python -m bench", *(argv if argv is not None else sys.argv[1:])]).strip()
-    say(f"bench: {', '.join(names)} on {', '.join(databases)}; nproc {info['nproc']}, "
-        f"load average {info['load average (1, 5, 15 min) at start']}")
+    say(
+        f"bench: {', '.join(names)} on {', '.join(databases)}; nproc {info['nproc']}, "
+        f"load average {info['load average (1, 5, 15 min) at start']}"
+    )
 
     started = time.monotonic()
     tables: list[Table] = []
@@ -65,10 +82,12 @@ def main(argv: list[str] | None = None) -> int:
             module = importlib.import_module(BENCHMARKS[name])
             say(f"bench: {name} ...")
             begun = time.monotonic()
-            table: Table = module.run(databases, Path(tmp), quick=args.quick)
-            tables.append(table)
+            result: Table | list[Table] = module.run(databases, Path(tmp), quick=args.quick)
+            made = result if isinstance(result, list) else [result]
+            tables.extend(made)
             say(f"bench: {name} done in {time.monotonic() - begun:.0f} s")
-            print(table.markdown() + "\n", flush=True)
+            for table in made:
+                print(table.markdown() + "\n", flush=True)
 
     report = render(info, command, tables, notes, time.monotonic() - started, quick=args.quick)
     if out is not None and str(out) != "-":
@@ -77,13 +96,17 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def render(info: dict[str, str], command: str, tables: list[Table], notes: list[str], seconds: float, *,
-           quick: bool) -> str:
+def render(
+    info: dict[str, str], command: str, tables: list[Table], notes: list[str], seconds: float, *, quick: bool
+) -> str:
     lines = [START, "", "## Results", ""]
     if quick:
         lines += ["**Quick smoke run: sizes too small for the numbers to mean anything.**", ""]
-    lines += [f"Command: `{command}` (`make bench` runs `.venv/bin/python -m bench`); "
-              f"revision {git_revision()}; the whole run took {seconds / 60:.1f} min.", ""]
+    lines += [
+        f"Command: `{command}` (`make bench` runs `.venv/bin/python -m bench`); "
+        f"revision {git_revision()}; the whole run took {seconds / 60:.1f} min.",
+        "",
+    ]
     lines += ["| machine | |", "|---|---|"]
     lines += [f"| {key} | {value} |" for key, value in info.items()]
     lines.append("")

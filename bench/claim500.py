@@ -25,8 +25,13 @@ REGISTRY = (
 )
 SCRIPTS = {
     "registered": ("hello", f"{SERIALS} display shows E07 and shuts down", "cause:normal", "pref:repair"),
-    "not registered (proof:none)": ("hello", f"{SERIALS} display shows E07 and shuts down", "proof:none",
-                                    "cause:normal", "pref:repair"),
+    "not registered (proof:none)": (
+        "hello",
+        f"{SERIALS} display shows E07 and shuts down",
+        "proof:none",
+        "cause:normal",
+        "pref:repair",
+    ),
 }
 # The step whose answer is the decision, per script.
 DECISION_STEP = {"registered": 2, "not registered (proof:none)": 3}
@@ -46,8 +51,17 @@ def run(databases: tuple[str, ...], workdir: Path, *, quick: bool) -> Table:
     repeats = 1 if quick else 5
     table = Table(
         title="4. A 500-unit distributor claim (CSP2604D0001-CSP2604D0500 in one message)",
-        columns=("database", "units", "serials message ms", "decision ms (median)", "decision ms (max)",
-                 "case opened ms (median)", "case opened ms (max)", "case units", "load avg"),
+        columns=(
+            "database",
+            "units",
+            "serials message ms",
+            "decision ms (median)",
+            "decision ms (max)",
+            "case opened ms (median)",
+            "case opened ms (max)",
+            "case units",
+            "load avg",
+        ),
     )
     csv = workdir / "registry-500.csv"
     csv.write_text(REGISTRY, encoding="utf-8")
@@ -65,16 +79,27 @@ def run(databases: tuple[str, ...], workdir: Path, *, quick: bool) -> Table:
                 bot.db.dispose()
             step = DECISION_STEP[variant]
             decisions = [r[step] for r in runs]
-            table.rows.append((
-                kind, variant, ms(percentile([r[1] for r in runs], 0.5)), ms(percentile(decisions, 0.5)),
-                ms(max(decisions)), ms(percentile([r[-1] for r in runs], 0.5)), ms(max(r[-1] for r in runs)),
-                f"{units / (repeats + 1):.0f} per case", load_average(),
-            ))
+            table.rows.append(
+                (
+                    kind,
+                    variant,
+                    ms(percentile([r[1] for r in runs], 0.5)),
+                    ms(percentile(decisions, 0.5)),
+                    ms(max(decisions)),
+                    ms(percentile([r[-1] for r in runs], 0.5)),
+                    ms(max(r[-1] for r in runs)),
+                    f"{units / (repeats + 1):.0f} per case",
+                    load_average(),
+                )
+            )
     table.notes.append(
-        "Each claim: " + " → ".join(repr(s) for s in SCRIPTS["registered"]) + " (registered) or with 'proof:none' "
+        "Each claim: "
+        + " → ".join(repr(s) for s in SCRIPTS["registered"])
+        + " (registered) or with 'proof:none' "
         "before the cause (not registered). Decision = the cause answer, whose reply decides all 500 units "
         "(covered, and the repair-or-discount offer); case opened = the preference, whose processing writes the "
         "case with its 500 units and renders every unit's decision. Times are accept + processing of that one "
         f"message (the replies rendered and queued). Median and max of {repeats} claims after one warm-up claim. "
-        "Target: decided in under a second.")
+        "Target: decided in under a second."
+    )
     return table

@@ -77,7 +77,8 @@ def load_average() -> str:
 
 def postgres_admin_url() -> str:
     """BENCH_POSTGRES_URL, else the test suite's TEST_POSTGRES_URL setting."""
-    return os.environ.get("BENCH_POSTGRES_URL") or Settings(_env_file=None).test_postgres_url  # type: ignore[call-arg]
+    configured = Settings(_env_file=None).test_postgres_url  # type: ignore[call-arg]
+    return os.environ.get("BENCH_POSTGRES_URL") or configured
 
 
 def postgres_version() -> str | None:
@@ -158,8 +159,11 @@ def ms(seconds: float) -> str:
 
 
 def rate(count: float, seconds: float) -> str:
-    return f"{count / seconds:.0f}" if seconds > 0 and count / seconds >= 100 else (
-        f"{count / seconds:.1f}" if seconds > 0 else "–")
+    return (
+        f"{count / seconds:.0f}"
+        if seconds > 0 and count / seconds >= 100
+        else (f"{count / seconds:.1f}" if seconds > 0 else "–")
+    )
 
 
 def ratio(ours: float, theirs: float) -> str:
@@ -203,7 +207,9 @@ class Progress:
         now = time.monotonic()
         if done >= self.total or now - self.last >= self.every:
             self.last = now
-            print(f"  {self.label}: {done}/{self.total} ({now - self.start:.0f} s)", file=sys.stderr, flush=True)
+            print(
+                f"  {self.label}: {done}/{self.total} ({now - self.start:.0f} s)", file=sys.stderr, flush=True
+            )
 
 
 def say(text: str) -> None:
@@ -225,8 +231,21 @@ def rss_mib(pid: int) -> tuple[float, float]:
 
 def child_env(**extra: str) -> dict[str, str]:
     """The environment for a child process: no channel credentials inherited from the caller's shell."""
-    prefixes = ("TELEGRAM_", "SLACK_", "WHATSAPP_", "WECHAT_", "IMAP_", "SMTP_", "EMAIL_", "TEAMS_", "DESK_",
-                "DATABASE_URL", "PUBLIC_URL", "DATA_DIR", "ATTACHMENTS_DIR")
+    prefixes = (
+        "TELEGRAM_",
+        "SLACK_",
+        "WHATSAPP_",
+        "WECHAT_",
+        "IMAP_",
+        "SMTP_",
+        "EMAIL_",
+        "TEAMS_",
+        "DESK_",
+        "DATABASE_URL",
+        "PUBLIC_URL",
+        "DATA_DIR",
+        "ATTACHMENTS_DIR",
+    )
     env = {k: v for k, v in os.environ.items() if not k.startswith(prefixes)}
     env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     env.update(extra)
@@ -235,8 +254,13 @@ def child_env(**extra: str) -> dict[str, str]:
 
 def git_revision() -> str:
     try:
-        out = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
-                             text=True, timeout=5, check=False)
+        out = subprocess.run(
+            ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
+        )
         return out.stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"

@@ -1,8 +1,9 @@
 """Benchmark 1: the engine in-process: a scripted full claim per conversation, accept then process, timed.
 
-Each worker is a process that builds the bot (`bot.app.build`) and plays its own customers one message at a
-time: `engine.accept(message)` then `engine.process_pending()` until the inbox is empty. The latency of a
-message is that whole call pair; throughput is all workers' messages over the wall time of the run.
+Each worker builds the bot (`bot.app.build`; one worker in this process, two in two processes) and plays
+its own customers one message at a time: `engine.accept(message)`, then `engine.process_pending()` until
+the inbox is empty. The latency of a message is that whole call pair; throughput is all workers' messages
+over the wall time of the run.
 """
 
 from __future__ import annotations
@@ -44,8 +45,9 @@ def play(bot: Bot, chat: str, script: tuple[str, ...] = SCRIPT) -> list[float]:
     return latencies
 
 
-def play_many(bot: Bot, prefix: str, conversations: int, progress: Callable[[int], None] | None = None
-              ) -> tuple[list[float], float]:
+def play_many(
+    bot: Bot, prefix: str, conversations: int, progress: Callable[[int], None] | None = None
+) -> tuple[list[float], float]:
     latencies: list[float] = []
     started = time.monotonic()
     for number in range(conversations):
@@ -55,8 +57,9 @@ def play_many(bot: Bot, prefix: str, conversations: int, progress: Callable[[int
     return latencies, time.monotonic() - started
 
 
-def _worker(url: str, workdir: str, name: str, conversations: int, warmup: int, barrier: Any,
-            results: Any) -> None:
+def _worker(
+    url: str, workdir: str, name: str, conversations: int, warmup: int, barrier: Any, results: Any
+) -> None:
     """One worker process (spawned): warm up, wait for the others, play its customers, report."""
     bot = build(settings_for(url, Path(workdir)), migrate=False)
     for number in range(warmup):
@@ -69,15 +72,27 @@ def _worker(url: str, workdir: str, name: str, conversations: int, warmup: int, 
     bot.db.dispose()
 
 
-def run_workers(url: str, workdir: Path, label: str, workers: int, conversations: int, warmup: int
-                ) -> dict[str, Any]:
-    """`workers` processes on one database, started together; their latencies and the wall time."""
+def run_workers(
+    url: str, workdir: Path, label: str, workers: int, conversations: int, warmup: int
+) -> dict[str, Any]:
+    """`workers` processes on one database, started together (one worker runs in this process); their
+    latencies and the wall time."""
+    if workers == 1:
+        bot = build(settings_for(url, workdir), migrate=False)
+        for number in range(warmup):
+            play(bot, f"{label}-warmup-{number}")
+        latencies, wall = play_many(bot, label, conversations, Progress(label, conversations))
+        bot.db.dispose()
+        return {"latencies": latencies, "wall": wall}
     context = multiprocessing.get_context("spawn")
     barrier = context.Barrier(workers)
     results = context.Queue()
     processes = [
-        context.Process(target=_worker, args=(url, str(workdir), f"{label}-w{n}", conversations, warmup, barrier,
-                                              results), daemon=True)
+        context.Process(
+            target=_worker,
+            args=(url, str(workdir), f"{label}-w{n}", conversations, warmup, barrier, results),
+            daemon=True,
+        )
         for n in range(workers)
     ]
     for process in processes:
@@ -109,8 +124,17 @@ def run(databases: tuple[str, ...], workdir: Path, *, quick: bool) -> Table:
     warmup = 1 if quick else 3
     table = Table(
         title="1. Engine in-process: scripted full claim (accept + process, one message at a time)",
-        columns=("database", "workers", "messages", "messages/s", "p50 ms", "p99 ms", "cases opened",
-                 "failed", "load avg"),
+        columns=(
+            "database",
+            "workers",
+            "messages",
+            "messages/s",
+            "p50 ms",
+            "p99 ms",
+            "cases opened",
+            "failed",
+            "load avg",
+        ),
     )
     for kind in databases:
         for workers in (1, 2):
@@ -122,15 +146,25 @@ def run(databases: tuple[str, ...], workdir: Path, *, quick: bool) -> Table:
                 result = run_workers(url, workdir, f"engine-{kind}-{workers}", workers, conversations, warmup)
                 cases, failed = outcome(url)
             latencies = result["latencies"]
-            table.rows.append((
-                kind, str(workers), str(len(latencies)), rate(len(latencies), result["wall"]),
-                ms(percentile(latencies, 0.5)), ms(percentile(latencies, 0.99)),
-                str(cases - workers * warmup), str(failed), load_average(),
-            ))
+            table.rows.append(
+                (
+                    kind,
+                    str(workers),
+                    str(len(latencies)),
+                    rate(len(latencies), result["wall"]),
+                    ms(percentile(latencies, 0.5)),
+                    ms(percentile(latencies, 0.99)),
+                    str(cases - workers * warmup),
+                    str(failed),
+                    load_average(),
+                )
+            )
     table.notes.append(
         f"Script per conversation: {' → '.join(repr(s) for s in SCRIPT)}; {conversations} conversations per "
-        f"worker after {warmup} warm-up conversations (not counted).")
+        f"worker after {warmup} warm-up conversations (not counted)."
+    )
     table.notes.append(
         "Two workers are two processes on one database. On SQLite they share one writer (BEGIN IMMEDIATE "
-        "serialises every write transaction), so a second worker cannot add throughput there.")
+        "serialises every write transaction), so a second worker cannot add throughput there."
+    )
     return table

@@ -20,8 +20,15 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-BOT_USER = {"id": 7391046285, "is_bot": True, "first_name": "CSP Warranty", "username": "csp_warranty_bot",
-            "can_join_groups": False, "can_read_all_group_messages": False, "supports_inline_queries": False}
+BOT_USER = {
+    "id": 7391046285,
+    "is_bot": True,
+    "first_name": "CSP Warranty",
+    "username": "csp_warranty_bot",
+    "can_join_groups": False,
+    "can_read_all_group_messages": False,
+    "supports_inline_queries": False,
+}
 
 
 class Replies:
@@ -56,11 +63,18 @@ def create_app() -> Starlette:
         elif name == "sendMessage":
             chat = str(params.get("chat_id", ""))
             if not chat or not str(params.get("text", "")).strip():
-                return JSONResponse({"ok": False, "error_code": 400, "description": "Bad Request: message text is empty"},
-                                    status_code=400)
+                return JSONResponse(
+                    {"ok": False, "error_code": 400, "description": "Bad Request: message text is empty"},
+                    status_code=400,
+                )
             await replies.add(chat)
-            result = {"message_id": next(replies.ids), "from": BOT_USER, "date": int(time.time()),
-                      "chat": {"id": int(chat), "type": "private"}, "text": params.get("text", "")}
+            result = {
+                "message_id": next(replies.ids),
+                "from": BOT_USER,
+                "date": int(time.time()),
+                "chat": {"id": int(chat), "type": "private"},
+                "text": params.get("text", ""),
+            }
         return JSONResponse({"ok": True, "result": result})
 
     async def wait(request: Request) -> Response:
@@ -77,13 +91,15 @@ def create_app() -> Starlette:
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
-    return Starlette(routes=[
-        Route("/bot{token}/{method}", method, methods=["GET", "POST"]),
-        Route("/_bench/wait", wait),
-        Route("/_bench/sent", sent),
-        Route("/_bench/total", total),
-        Route("/healthz", healthz),
-    ])
+    return Starlette(
+        routes=[
+            Route("/bot{token}/{method}", method, methods=["GET", "POST"]),
+            Route("/_bench/wait", wait),
+            Route("/_bench/sent", sent),
+            Route("/_bench/total", total),
+            Route("/healthz", healthz),
+        ]
+    )
 
 
 async def _params(request: Request) -> dict[str, Any]:

@@ -20,8 +20,12 @@ from bot.store import make_engine, session_scope
 
 SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"  # noqa: S105 (a header name)
 metadata = MetaData()
-updates = Table("floor_update", metadata, Column("update_id", BigInteger, primary_key=True),
-                Column("body", LargeBinary, nullable=False))
+updates = Table(
+    "floor_update",
+    metadata,
+    Column("update_id", BigInteger, primary_key=True),
+    Column("body", LargeBinary, nullable=False),
+)
 
 
 def create_app(db: Engine, secret: str) -> Starlette:
@@ -46,7 +50,9 @@ def create_app(db: Engine, secret: str) -> Starlette:
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
-    return Starlette(routes=[Route("/telegram/webhook", webhook, methods=["POST"]), Route("/healthz", healthz)])
+    return Starlette(
+        routes=[Route("/telegram/webhook", webhook, methods=["POST"]), Route("/healthz", healthz)]
+    )
 
 
 def main() -> None:
@@ -56,8 +62,13 @@ def main() -> None:
     parser.add_argument("--secret", required=True)
     args = parser.parse_args()
     # The same uvicorn settings as `warranty-bot serve` (bot/server.py run_server).
-    uvicorn.run(create_app(make_engine(args.database_url), args.secret), host="127.0.0.1", port=args.port,
-                log_level="warning", access_log=False)
+    uvicorn.run(
+        create_app(make_engine(args.database_url), args.secret),
+        host="127.0.0.1",
+        port=args.port,
+        log_level="warning",
+        access_log=False,
+    )
 
 
 if __name__ == "__main__":

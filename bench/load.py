@@ -1,6 +1,6 @@
-"""The load generator: Telegram-shaped webhook updates over HTTP on loopback, with bounded concurrency and a
-bounded number of requests, sent with aiohttp (httpx's pool costs milliseconds of CPU per request at 40
-connections, which would make the generator the bottleneck) (`python -m bench.load ...`, prints one JSON report).
+"""The load generator (`python -m bench.load ...`, prints one JSON report): Telegram-shaped webhook updates
+over HTTP on loopback, with bounded concurrency and a bounded number of requests, sent with aiohttp
+(httpx's pool costs milliseconds of CPU per request at 40 connections: the generator would be the bottleneck).
 
 Like Telegram, it sends one chat's updates one at a time (the next after the previous one's response) and
 keeps at most `--concurrency` requests open (Telegram's default `max_connections` is 40). In `blast` mode a
@@ -60,9 +60,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     errors: list[str] = []
     deadline = time.monotonic() + args.timeout
     headers = {SECRET_HEADER: args.secret, "Content-Type": "application/json"}
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=args.concurrency),
-                                     timeout=aiohttp.ClientTimeout(total=30)) as client, \
-            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=args.reply_timeout + 10)) as replies:
+    async with (
+        aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=args.concurrency), timeout=aiohttp.ClientTimeout(total=30)
+        ) as client,
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=args.reply_timeout + 10)) as replies,
+    ):
 
         async def customer() -> None:
             while not queue.empty() and time.monotonic() < deadline:
@@ -80,11 +83,18 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                         errors.append(type(error).__name__)
                     requests.append([chat, step, sent, time.monotonic(), status])
                     if status != 200:
+                        if status:
+                            errors.append(f"HTTP {status}")
                         break
                     if args.mode == "interactive":
-                        async with replies.get(f"{args.fake}/_bench/wait", params={
-                                "chat": str(chat), "count": str(cumulative[step]),
-                                "timeout": str(args.reply_timeout)}) as answer:
+                        async with replies.get(
+                            f"{args.fake}/_bench/wait",
+                            params={
+                                "chat": str(chat),
+                                "count": str(cumulative[step]),
+                                "timeout": str(args.reply_timeout),
+                            },
+                        ) as answer:
                             times = await answer.json()
                         if len(times) < cumulative[step]:
                             errors.append("reply timeout")
@@ -94,8 +104,14 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         started = time.monotonic()
         await asyncio.gather(*(customer() for _ in range(args.concurrency)))
         finished = time.monotonic()
-    return {"start": started, "end": finished, "requests": requests, "e2e": e2e, "errors": errors[:20],
-            "error_count": len(errors)}
+    return {
+        "start": started,
+        "end": finished,
+        "requests": requests,
+        "e2e": e2e,
+        "errors": errors[:20],
+        "error_count": len(errors),  # failed or refused requests, and replies that never came
+    }
 
 
 def main() -> None:

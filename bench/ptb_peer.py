@@ -1,5 +1,5 @@
-"""The peer for the webhook benchmark: what a Python developer would otherwise build, python-telegram-bot's own
-ConversationHandler with PicklePersistence, playing the same claim script (same replies, same buttons, the
+"""The peer for the webhook benchmark: what a Python developer would otherwise build, python-telegram-bot's
+own ConversationHandler with PicklePersistence, playing the same claim script (same replies, same buttons, the
 same policy evaluation), fed by webhook: a Starlette endpoint puts each update on `application.update_queue`
 as python-telegram-bot's own webhook server does (`python -m bench.ptb_peer --port N --api URL ...`)."""
 
@@ -45,8 +45,10 @@ Context = ContextTypes.DEFAULT_TYPE
 async def greet(update: Update, context: Context) -> int:
     chat = update.effective_chat
     assert chat is not None
-    await chat.send_message("Hello! I'm the after-sales warranty assistant. I'll check your unit's warranty and "
-                            "pass your case to our engineers.")
+    await chat.send_message(
+        "Hello! I'm the after-sales warranty assistant. I'll check your unit's warranty and "
+        "pass your case to our engineers."
+    )
     await chat.send_message("Please send the serial number of the faulty unit (for example CSP2402A0153).")
     return SERIAL
 
@@ -63,7 +65,10 @@ async def serial(update: Update, context: Context) -> int:
     await chat.send_message(f"Thank you. Unit: {', '.join(serials)}.")
     await chat.send_message(
         "I couldn't find this unit in our shipment records. Please send a photo or PDF of the invoice.",
-        reply_markup=InlineKeyboardMarkup([[InlineKeyboardButton("I don't have them", callback_data="proof:none")]]))
+        reply_markup=InlineKeyboardMarkup(
+            [[InlineKeyboardButton("I don't have them", callback_data="proof:none")]]
+        ),
+    )
     return PROOF
 
 
@@ -73,7 +78,10 @@ async def proof(update: Update, context: Context) -> int:
     await query.answer()
     await chat.send_message(
         "One more question: how did the fault appear?",
-        reply_markup=InlineKeyboardMarkup([[InlineKeyboardButton(c, callback_data=f"cause:{c}")] for c in CAUSES]))
+        reply_markup=InlineKeyboardMarkup(
+            [[InlineKeyboardButton(c, callback_data=f"cause:{c}")] for c in CAUSES]
+        ),
+    )
     return CAUSE
 
 
@@ -85,10 +93,19 @@ async def cause(update: Update, context: Context) -> int:
     damaged = query.data == "cause:damage"
     lines = []
     for unit in context.chat_data["serials"]:
-        decision = evaluate(Claim(serial=unit, claim_date=today, proof=Proof.none,
-                                  circumstances=Circumstances(human_damage=damaged)), POLICY)
-        lines.append(f"{unit}: {decision.outcome.value} until {decision.warranty_end} "
-                     f"(clauses {', '.join(sorted(decision.clauses))})")
+        decision = evaluate(
+            Claim(
+                serial=unit,
+                claim_date=today,
+                proof=Proof.none,
+                circumstances=Circumstances(human_damage=damaged),
+            ),
+            POLICY,
+        )
+        lines.append(
+            f"{unit}: {decision.outcome.value} until {decision.warranty_end} "
+            f"(clauses {', '.join(sorted(decision.clauses))})"
+        )
     await chat.send_message("Here is what the warranty policy says:\n" + "\n".join(lines))
     assert context.bot_data is not None
     number = context.bot_data["cases"] = context.bot_data.get("cases", 0) + 1
@@ -96,7 +113,9 @@ async def cause(update: Update, context: Context) -> int:
     return ConversationHandler.END
 
 
-def build_application(api: str, token: str, persistence_path: Path) -> Application[Any, Any, Any, Any, Any, Any]:
+def build_application(
+    api: str, token: str, persistence_path: Path
+) -> Application[Any, Any, Any, Any, Any, Any]:
     with warnings.catch_warnings():  # per_message=False with CallbackQueryHandler: intended, chat-keyed
         warnings.simplefilter("ignore", PTBUserWarning)
         conversation = ConversationHandler(
@@ -145,8 +164,10 @@ def create_app(application: Application[Any, Any, Any, Any, Any, Any], secret: s
             yield
             await application.stop()
 
-    return Starlette(routes=[Route("/telegram/webhook", webhook, methods=["POST"]), Route("/healthz", healthz)],
-                     lifespan=lifespan)
+    return Starlette(
+        routes=[Route("/telegram/webhook", webhook, methods=["POST"]), Route("/healthz", healthz)],
+        lifespan=lifespan,
+    )
 
 
 def main() -> None:
@@ -158,8 +179,13 @@ def main() -> None:
     parser.add_argument("--persistence", type=Path, required=True)
     args = parser.parse_args()
     application = build_application(args.api, args.token, args.persistence)
-    uvicorn.run(create_app(application, args.secret), host="127.0.0.1", port=args.port, log_level="warning",
-                access_log=False)
+    uvicorn.run(
+        create_app(application, args.secret),
+        host="127.0.0.1",
+        port=args.port,
+        log_level="warning",
+        access_log=False,
+    )
 
 
 if __name__ == "__main__":

@@ -116,16 +116,19 @@ class Engine:
         done = 0
         while done < limit:
             with Session(self.db) as session:
-                head = session.execute(
+                rows = session.execute(
                     select(col(InboxItem.channel), col(InboxItem.chat_id))
                     .where(col(InboxItem.status) == "pending")
                     .order_by(col(InboxItem.id))
-                    .limit(1)
-                ).first()
-            if head is None:
+                    .limit(64)
+                ).all()
+            # Each chat with waiting messages once per round, oldest first; process_chat takes its oldest.
+            chats = list(dict.fromkeys((row.channel, row.chat_id) for row in rows))
+            if not chats:
                 break
-            if self.process_chat(head.channel, head.chat_id):
-                done += 1
+            for channel, chat_id in chats[: limit - done]:
+                if self.process_chat(channel, chat_id):
+                    done += 1
         return done
 
     def process_chat(self, channel: str, chat_id: str) -> bool:

@@ -30,6 +30,7 @@ STATUSES = (PENDING, HELD, SENT, "delivered", "read", DEAD, FAILED)
 BACKOFF_BASE_SECONDS = 1.0
 BACKOFF_MAX_SECONDS = 300.0
 SEND_LEASE_SECONDS = 60.0
+CHAIN_LIMIT = 20  # rows of one chat sent back to back before other chats get their turn
 
 
 class DeliveryError(Exception):
@@ -177,9 +178,36 @@ class Deliverer:
             return [int(r) for r in rows if r is not None]
 
     async def _deliver(self, item_id: int) -> int:
+        """Send a chat's head row and, while they succeed, the rows queued behind it (a few at most)."""
+        attempted = 0
+        next_id: int | None = item_id
+        while next_id is not None and attempted < CHAIN_LIMIT:
+            sent = await self._deliver_one(next_id)
+            attempted += 1 if sent is not None else 0
+            next_id = await asyncio.to_thread(self._next_due, sent) if sent is not None else None
+        return attempted
+
+    def _next_due(self, sent: OutboxItem) -> int | None:
+        """The chat's next row when the one before it went out, so a conversation needs no extra round."""
+        if sent.status != SENT:
+            return None
+        with Session(self.db) as session:
+            row = session.execute(
+                select(col(OutboxItem.id), col(OutboxItem.status), col(OutboxItem.next_attempt_at))
+                .where(col(OutboxItem.channel) == sent.channel, col(OutboxItem.chat_id) == sent.chat_id,
+                       col(OutboxItem.status).in_((PENDING, HELD)), col(OutboxItem.id) > (sent.id or 0))
+                .order_by(col(OutboxItem.id))
+                .limit(1)
+            ).first()
+        if row is None or row.status != PENDING or row.next_attempt_at > utcnow():
+            return None
+        return int(row.id)
+
+    async def _deliver_one(self, item_id: int) -> OutboxItem | None:
+        """Try one row; returns it with its new status, or None if another worker has it."""
         item = await asyncio.to_thread(self._claim, item_id)
         if item is None:
-            return 0
+            return None
         sender = self.senders[item.channel]
         message = from_payload(item.channel, item.chat_id, item.payload)
         try:
@@ -197,7 +225,8 @@ class Deliverer:
             await asyncio.to_thread(self._retry, item_id, f"{type(error).__name__}: {error}", None)
         else:
             await asyncio.to_thread(self._finish, item_id, SENT, None, external_id=result.external_id)
-        return 1
+            item.status = SENT
+        return item
 
     def _claim(self, item_id: int) -> OutboxItem | None:
         """Take the row for one send: a lease on `next_attempt_at`, so a crashed sender's row comes back."""

@@ -1,5 +1,5 @@
-"""The benchmarks still run: `python -m bench --quick` on SQLite plays every benchmark at its smallest size and
-writes its Markdown tables (no timing is asserted; the numbers of a smoke run mean nothing)."""
+"""The benchmarks still run: `python -m bench --quick` on SQLite plays every benchmark at its smallest size
+and writes its Markdown tables (no timing is asserted; the numbers of a smoke run mean nothing)."""
 
 from __future__ import annotations
 
@@ -13,10 +13,16 @@ REPO = Path(__file__).resolve().parents[1]
 
 def test_quick_run_of_every_benchmark_writes_the_tables(tmp_path: Path) -> None:
     out = tmp_path / "performance.md"
-    out.write_text("# Performance\n\nanalysis kept\n\n<!-- bench:results:start -->\nold\n<!-- bench:results:end -->\n")
+    out.write_text(
+        "# Performance\n\nanalysis kept\n\n<!-- bench:results:start -->\nold\n<!-- bench:results:end -->\n"
+    )
     done = subprocess.run(
         [sys.executable, "-m", "bench", "--quick", "--databases", "sqlite", "--out", str(out)],
-        cwd=REPO, capture_output=True, text=True, timeout=180, check=False,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
     )
     assert done.returncode == 0, done.stderr[-4000:]
     report = out.read_text()
@@ -28,8 +34,11 @@ def test_quick_run_of_every_benchmark_writes_the_tables(tmp_path: Path) -> None:
     assert len(rows) >= 8
     engine_rows = [r for r in rows if re.match(r"\| sqlite \| [12] \| \d+ \|", r)]
     assert engine_rows and all(r.split("|")[7].strip() not in ("0", "") for r in engine_rows)  # cases opened
-    webhook = [line for line in report.splitlines() if line.startswith(("| ours |", "| floor |",
-                                                                        "| python-telegram-bot |"))]
+    webhook = [
+        line
+        for line in report.splitlines()
+        if line.startswith(("| ours |", "| floor |", "| python-telegram-bot |"))
+    ]
     assert len(webhook) == 3
     ours = webhook[0].split("|")
     assert ours[7].strip() == "14/14"  # every reply of both blast conversations reached the fake Bot API
