@@ -94,6 +94,8 @@ class MailSettings:
 # --- verify: mail we never answer ------------------------------------------------------------------------
 
 _LIST_PRECEDENCE = {"bulk", "list", "junk", "auto_reply"}
+MAX_ADDRESS = 254  # RFC 5321's limit for a path, without its angle brackets
+MAX_MESSAGE_ID = 255  # the inbox's external id column
 _DAEMONS = {"mailer-daemon", "postmaster"}
 
 
@@ -122,6 +124,9 @@ def ignore_reason(mail: Message, *, own: frozenset[str]) -> str | None:
     sender = _sender(mail)[1]
     if not sender:
         return "no sender address"
+    if len(sender) > MAX_ADDRESS or not sender.isprintable():
+        # It becomes the chat id: stored, it would fail on PostgreSQL and block the mail after it.
+        return "a sender address that is not one"
     if sender.split("@")[0] in _DAEMONS:
         return "a mail daemon"
     if sender in own:
@@ -141,8 +146,9 @@ def to_inbound(mail: EmailMessage, raw: bytes, *, config: MailSettings, store: A
     """The customer's mail as an inbound message: latest reply only, files kept within the store's limits."""
     name, address = _sender(mail)
     message_id = _header(mail, "Message-ID")
-    # A mail without Message-ID still needs a stable key, or a restart mid-mailbox could take it twice.
-    external_id = message_id or f"sha256:{hashlib.sha256(raw).hexdigest()}"
+    # A mail without a usable Message-ID still needs a stable key, or a restart mid-mailbox could take it twice.
+    usable = len(message_id) <= MAX_MESSAGE_ID and message_id.isprintable()
+    external_id = message_id if message_id and usable else f"sha256:{hashlib.sha256(raw).hexdigest()}"
     in_reply_to = _header(mail, "In-Reply-To")
     references = _header(mail, "References")
     subject = " ".join(_header(mail, "Subject").split())

@@ -49,6 +49,7 @@ log = logging.getLogger(__name__)
 CHANNEL = "slack"
 ORIGIN = "slack"
 EVENTS_PATH, INTERACTIVITY_PATH, COMMANDS_PATH = "/slack/events", "/slack/interactivity", "/slack/commands"
+FORM = "application/x-www-form-urlencoded"
 # Handled event ids are kept in the KeyValue table, so that Slack's redelivery of an event (same event_id,
 # with X-Slack-Retry-Num) is acknowledged and dropped, across restarts and workers.
 SEEN_PREFIX = "slack-event:"
@@ -131,7 +132,23 @@ class SlackConfig:
 # --- verify and parse (HTTP mode) ----------------------------------------------------------------------------
 
 
-def parse_body(body: bytes, kind: str) -> dict[str, Any]:
+_SIGNATURE = re.compile(r"v0=[0-9a-f]{64}")
+
+
+def headers_ok(timestamp: str, signature: str) -> bool:
+    """Headers of the shape Slack sends: a number for a timestamp, a v0 HMAC-SHA256 signature."""
+    return timestamp.isascii() and timestamp.isdigit() and len(timestamp) <= 12 and bool(_SIGNATURE.fullmatch(signature))
+
+
+def signed_by_slack(secret: str, body: bytes, timestamp: str, signature: str, *, now: float) -> bool:
+    """Slack's v0 check over raw bytes (the SDK's verifier needs UTF-8), recent timestamps only."""
+    if not secret or abs(now - int(timestamp)) > 300:
+        return False
+    expected = "v0=" + hmac.new(secret.encode(), b"v0:" + timestamp.encode() + b":" + body, hashlib.sha256).hexdigest()
+    return hmac.compare_digest(expected.encode(), signature.encode())
+
+
+def parse_body(body: bytes, kind: str, content_type: str) -> dict[str, Any]:
     """A Slack request body of the path's kind, read as Bolt will read it.
 
     `events`: a JSON object with a type; `interactivity`: a form whose `payload` is such an object;
@@ -143,6 +160,9 @@ def parse_body(body: bytes, kind: str) -> dict[str, Any]:
     if kind == "events":
         parsed = json.loads(text) if text.startswith("{") else None
     else:
+        # Bolt reads any body sent as application/json as JSON, a form too; Slack sends these two as forms.
+        if content_type.partition(";")[0].strip().lower() != FORM:
+            raise ValueError(f"a Slack {kind} request must be form-encoded")
         form = dict(parse_qsl(text, keep_blank_values=True)) if not text.startswith("{") else {}
         parsed = form if kind == "commands" else json.loads(form.get("payload") or "null")
     if not isinstance(parsed, dict):
@@ -150,25 +170,49 @@ def parse_body(body: bytes, kind: str) -> dict[str, Any]:
     # Slack checks the certificate of a slash command's URL with `ssl_check=1`; Bolt answers it.
     if kind == "commands" and not str(parsed.get("command", "")).startswith("/") and not parsed.get("ssl_check"):
         raise ValueError("not a slash command")
-    if kind != "commands" and not isinstance(parsed.get("type"), str):
-        raise ValueError(f"not a Slack {kind} request")
+    if kind != "commands" and not (_listened(parsed) and _shaped(parsed)):
+        raise ValueError(f"not a Slack {kind} request this desk handles")
     return parsed
 
 
-_SIGNATURE = re.compile(r"v0=[0-9a-f]{64}")
+def _listened(payload: Mapping[str, Any]) -> bool:
+    """A payload of a type this desk listens for, with what Bolt indexes to pick the listener."""
+    kind = payload.get("type")
+    if kind == "event_callback":
+        event = payload.get("event")
+        return isinstance(event, dict) and isinstance(event.get("type"), str)
+    if kind == "block_actions":
+        actions = payload.get("actions")
+        return (isinstance(actions, list) and bool(actions)
+                and all(isinstance(a, dict) and isinstance(a.get("action_id"), str) for a in actions))
+    if kind in ("view_submission", "view_closed"):
+        view = payload.get("view")
+        return (isinstance(view, dict) and view.get("type") == "modal"
+                and isinstance(view.get("callback_id"), str))
+    return kind in ("url_verification", "app_rate_limited")  # answered by Bolt and by nothing, respectively
 
 
-def headers_ok(timestamp: str, signature: str) -> bool:
-    """Headers Bolt can check: a number for a timestamp (else an error inside it), a v0 HMAC-SHA256 signature."""
-    return timestamp.isascii() and timestamp.isdigit() and len(timestamp) <= 12 and bool(_SIGNATURE.fullmatch(signature))
+# What else Bolt reads from a payload (for its context and its log lines) without checking types: ids given
+# as text or as an object with an id, and these objects and lists of objects. Slack sends nothing else
+# there; anything else would fail inside Bolt (a 500, which Slack retries).
+_IDS = ("user", "channel", "team", "enterprise")
+_OBJECTS = ("event", "view", "container", "message", "previous_message", "item", "assistant_thread")
+_LISTS = ("authorizations", "actions", "response_urls")
 
 
-def signed_by_slack(secret: str, body: bytes, timestamp: str, signature: str, *, now: float) -> bool:
-    """Slack's v0 check over raw bytes (the SDK's verifier needs UTF-8), for bodies Bolt cannot parse."""
-    if not secret or abs(now - int(timestamp)) > 300:
-        return False
-    expected = "v0=" + hmac.new(secret.encode(), b"v0:" + timestamp.encode() + b":" + body, hashlib.sha256).hexdigest()
-    return hmac.compare_digest(expected.encode(), signature.encode())
+def _shaped(node: Mapping[str, Any]) -> bool:
+    """True when `node`, and the objects in it that Bolt looks into, have the shapes Bolt relies on."""
+    for key in _IDS:
+        if node.get(key) is not None and not isinstance(node[key], str | dict):
+            return False
+    for key in _OBJECTS:
+        if key in node and not (isinstance(node[key], dict) and _shaped(node[key])):
+            return False
+    for key in _LISTS:
+        items = node.get(key, [])
+        if not isinstance(items, list) or not all(isinstance(i, dict) and _shaped(i) for i in items):
+            return False
+    return True
 
 
 # --- the desk ------------------------------------------------------------------------------------------------
@@ -258,19 +302,29 @@ class SlackDesk:
         return await self.http(request, "commands")
 
     async def http(self, request: Request, kind: str) -> Response:
-        """Slack's requests: headers and body shape checked here, the signature and dispatch by Bolt."""
+        """Slack's requests: signature and body shape checked here, before Bolt, then dispatched by Bolt.
+
+        Bolt reads fields (user, enterprise, authorizations) before it checks the signature and fails on odd
+        types, so a forged body must never reach it; an authentic but malformed one is answered 400, never
+        500 (Slack would retry it).
+        """
         body = await request.body()
         timestamp = request.headers.get("x-slack-request-timestamp", "")
         signature = request.headers.get("x-slack-signature", "")
-        if not headers_ok(timestamp, signature):
+        secret = self.config.signing_secret
+        if not headers_ok(timestamp, signature) or not signed_by_slack(secret, body, timestamp, signature,
+                                                                        now=time.time()):
             return JSONResponse({"error": "invalid request"}, status_code=401)
         try:
-            parse_body(body, kind)
+            parse_body(body, kind, request.headers.get("content-type", ""))
         except ValueError:
-            if not signed_by_slack(self.config.signing_secret, body, timestamp, signature, now=time.time()):
-                return JSONResponse({"error": "invalid request"}, status_code=401)
             return JSONResponse({"error": "malformed request body"}, status_code=400)
-        return await self.handler.handle(request)
+        try:
+            return await self.handler.handle(request)
+        except (TypeError, ValueError, LookupError, AttributeError) as error:
+            # Raised while Bolt builds its request from the body; errors in listeners Bolt answers itself.
+            log.warning("Slack %s request Bolt could not read: %s", kind, type(error).__name__)
+            return JSONResponse({"error": "malformed request body"}, status_code=400)
 
     # --- listeners -----------------------------------------------------------------------------------------
 
@@ -293,10 +347,11 @@ class SlackDesk:
         if event.get("channel") != self.config.channel or event.get("subtype") not in (None, "file_share",
                                                                                         "thread_broadcast"):
             return
-        user = event.get("user")
+        user, thread_ts, raw = event.get("user"), event.get("thread_ts"), event.get("text") or ""
+        if not isinstance(user, str) or not isinstance(thread_ts, str) or not isinstance(raw, str):
+            return  # not a message an engineer typed in a thread
         if not user or event.get("bot_id") or user == (context.get("bot_user_id") or await self._bot_user_id()):
             return  # our own relays (and other bots) would echo back to the customer
-        thread_ts = event.get("thread_ts")
         if not thread_ts or thread_ts == event.get("ts"):
             return
         if not await self._first_time(body):
@@ -307,7 +362,6 @@ class SlackDesk:
         if not await self._is_engineer(user):
             await self._ephemeral(user, REFUSAL + " Your message was not sent to the customer.", thread_ts)
             return
-        raw = event.get("text") or ""
         note = NOTE.match(raw)
         text = ui.slack_to_plain(raw[note.end():] if note else raw)
         if event.get("files") and not text:
@@ -322,13 +376,13 @@ class SlackDesk:
                 ref, engineer=name, text=text, origin=ORIGIN))
         if done:
             # A lock marks what stayed internal; the outbox tray what went to the customer.
-            await self._react(event["ts"], "lock" if note else "outbox_tray")
+            await self._react(str(event.get("ts") or ""), "lock" if note else "outbox_tray")
             if event.get("files"):
                 await self._ephemeral(user, "Files attached in Slack are not sent to the customer.", thread_ts)
 
     async def on_claim(self, ack: Callable[..., Any], body: dict[str, Any], action: dict[str, Any]) -> None:
         await ack()
-        user = body["user"]["id"]
+        user = _user_id(body)
         if await self._refused(user):
             return
         ref = str(action.get("value", ""))
@@ -336,7 +390,7 @@ class SlackDesk:
 
     async def on_choose_method(self, ack: Callable[..., Any], body: dict[str, Any], action: dict[str, Any]) -> None:
         await ack()
-        user = body["user"]["id"]
+        user = _user_id(body)
         if await self._refused(user):
             return
         ref, _, method = str((action.get("selected_option") or {}).get("value", "")).partition("|")
@@ -348,7 +402,7 @@ class SlackDesk:
 
     async def on_close(self, ack: Callable[..., Any], body: dict[str, Any], action: dict[str, Any]) -> None:
         await ack()
-        user = body["user"]["id"]
+        user = _user_id(body)
         if await self._refused(user):
             return
         ref = str(action.get("value", ""))
@@ -357,7 +411,7 @@ class SlackDesk:
     async def on_open_modal(self, ack: Callable[..., Any], body: dict[str, Any], action: dict[str, Any]) -> None:
         """Ask customer / Not covered: open the modal (the trigger id is valid for 3 seconds only)."""
         await ack()
-        user = body["user"]["id"]
+        user = _user_id(body)
         if await self._refused(user):
             return
         ref = str(action.get("value", ""))
@@ -381,7 +435,7 @@ class SlackDesk:
             log.warning("views.open failed: %s", error.response.get("error"))
 
     async def on_ask_submitted(self, ack: Callable[..., Any], body: dict[str, Any], view: dict[str, Any]) -> None:
-        user = body["user"]["id"]
+        user = _user_id(body)
         question = _view_value(view, ui.QUESTION_BLOCK, ui.QUESTION_INPUT)
         if not await self._is_engineer(user):
             await ack(response_action="errors", errors={ui.QUESTION_BLOCK: REFUSAL})
@@ -395,7 +449,7 @@ class SlackDesk:
             ref, engineer=name, question=question, origin=ORIGIN))
 
     async def on_refuse_submitted(self, ack: Callable[..., Any], body: dict[str, Any], view: dict[str, Any]) -> None:
-        user = body["user"]["id"]
+        user = _user_id(body)
         reason = _view_value(view, ui.REASON_BLOCK, ui.REASON_INPUT)
         clauses = ui.parse_clauses(_view_value(view, ui.CLAUSES_BLOCK, ui.CLAUSES_INPUT))
         unknown = [c for c in clauses if c not in self.bot.policy.clauses]
@@ -632,8 +686,8 @@ class SlackDesk:
     async def _first_time(self, body: Mapping[str, Any]) -> bool:
         """False when this event id was handled before (a redelivery); events without an id pass."""
         event_id = body.get("event_id")
-        if not isinstance(event_id, str) or not event_id:
-            return True
+        if not isinstance(event_id, str) or not event_id or not event_id.isprintable():
+            return True  # PostgreSQL could not store a key with NUL or a lone surrogate; Slack's ids are ASCII
         return await asyncio.to_thread(self._remember, SEEN_PREFIX + event_id[:100])
 
     def _remember(self, key: str) -> bool:
@@ -703,9 +757,20 @@ class SlackDesk:
         return ui.unit_blocks(serial, record, decision, self.bot.desk.list_cases(query=serial, limit=20))
 
 
+def _user_id(body: Mapping[str, Any]) -> str:
+    """Who pressed or submitted: "" when the payload names no one (nobody is an engineer then)."""
+    user = body.get("user")
+    user_id = user.get("id") if isinstance(user, dict) else None
+    return user_id if isinstance(user_id, str) else ""
+
+
 def _view_value(view: Mapping[str, Any], block: str, action: str) -> str:
-    value = (((view.get("state") or {}).get("values") or {}).get(block) or {}).get(action) or {}
-    return str(value.get("value") or "").strip()
+    """The text typed into a modal's input; "" when a level of view.state.values is missing or not an object."""
+    node: Any = view
+    for key in ("state", "values", block, action):
+        node = node.get(key) if isinstance(node, dict) else None
+    value = node.get("value") if isinstance(node, dict) else None
+    return value.strip() if isinstance(value, str) else ""
 
 
 def _audit_detail(case: Mapping[str, Any], action: Any, actor: Any) -> dict[str, Any]:

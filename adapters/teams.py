@@ -182,22 +182,56 @@ class FileRef:
     authenticated: bool  # the connector's own attachment URLs need our token; pre-signed download URLs do not
 
 
+# The parts of an activity read below, with the JSON type the Bot Framework sends. Anything else is a
+# malformed activity (400): checked once here, so that the functions after this one can trust the shape.
+Where = tuple[str, ...]  # a path of keys into the activity
+_REQUIRED_TEXT: tuple[Where, ...] = (("type",), ("serviceUrl",), ("conversation", "id"), ("recipient", "id"))
+_OPTIONAL_TEXT: tuple[Where, ...] = (("id",), ("channelId",), ("from", "id"), ("from", "name"),
+                                     ("recipient", "name"), ("conversation", "tenantId"),
+                                     ("channelData", "tenant", "id"))
+_OPTIONAL_OBJECTS: tuple[Where, ...] = (("from",), ("channelData",), ("channelData", "tenant"))
+_OPTIONAL_LISTS: tuple[Where, ...] = (("entities",), ("attachments",), ("membersAdded",))
+_STORED_IDS: tuple[Where, ...] = (("id",), ("conversation", "id"), ("from", "id"))
+MAX_ID = 255  # conversation and user ids are kept in columns of 255 characters
+
+
 def read_activity(body: bytes) -> dict[str, Any]:
+    """The activity in the body; Malformed unless the fields this channel reads have the documented types."""
     try:
         activity = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise Malformed("the body is not JSON") from None
     if not isinstance(activity, dict):
         raise Malformed("the body is not a JSON object")
-    for path in (("type",), ("serviceUrl",), ("conversation", "id"), ("recipient", "id")):
-        value: Any = activity
-        for part in path:
-            value = value.get(part) if isinstance(value, dict) else None
+    for path in _OPTIONAL_OBJECTS:
+        if not isinstance(_at(activity, path), dict | None):
+            raise Malformed(f"{'.'.join(path)} is not an object")
+    for path in _REQUIRED_TEXT:
+        value = _at(activity, path)
         if not isinstance(value, str) or not value:
             raise Malformed(f"{'.'.join(path)} is missing")
+    for path in _OPTIONAL_TEXT:
+        if not isinstance(_at(activity, path), str | None):
+            raise Malformed(f"{'.'.join(path)} is not text")
+    for path in _OPTIONAL_LISTS:
+        if not isinstance(_at(activity, path), list | None):
+            raise Malformed(f"{'.'.join(path)} is not a list")
+    for path in _STORED_IDS:
+        value = _at(activity, path)
+        # Keys in the database: PostgreSQL holds neither NUL nor lone surrogates, nor more than the column.
+        if value is not None and not (len(value) <= MAX_ID and value.isprintable()):
+            raise Malformed(f"{'.'.join(path)} is not an id")
     if urlsplit(activity["serviceUrl"]).scheme not in ("https", "http"):
         raise Malformed("serviceUrl is not an http(s) URL")
     return activity
+
+
+def _at(activity: Mapping[str, Any], path: Where) -> Any:
+    """The value at `path`, None where it is missing (or where an object on the way is not one)."""
+    value: Any = activity
+    for part in path:
+        value = value.get(part) if isinstance(value, dict) else None
+    return value
 
 
 def reference_of(activity: Mapping[str, Any]) -> Reference:
@@ -206,7 +240,7 @@ def reference_of(activity: Mapping[str, Any]) -> Reference:
     conversation = activity["conversation"]
     tenant = _dict(_dict(activity.get("channelData")).get("tenant")).get("id")
     return Reference(service_url=activity["serviceUrl"], conversation_id=conversation["id"],
-                     channel_id=str(activity.get("channelId", "")), bot_id=recipient["id"],
+                     channel_id=activity.get("channelId") or "", bot_id=recipient["id"],
                      bot_name=recipient.get("name"), user_id=sender.get("id"), user_name=sender.get("name"),
                      tenant_id=tenant or conversation.get("tenantId"))
 
@@ -229,7 +263,7 @@ def message_text(activity: Mapping[str, Any]) -> str:
     bot_id = activity["recipient"]["id"]
     for entity in activity.get("entities") or ():
         if isinstance(entity, dict) and entity.get("type") == "mention" and isinstance(entity.get("text"), str) \
-                and (entity.get("mentioned") or {}).get("id") == bot_id:
+                and _dict(entity.get("mentioned")).get("id") == bot_id:
             text = text.replace(entity["text"], " ")
     return re.sub(r"[ \t]{2,}", " ", text).strip()
 
@@ -240,9 +274,9 @@ def file_refs(activity: Mapping[str, Any]) -> list[FileRef]:
     for attachment in activity.get("attachments") or ():
         if not isinstance(attachment, dict):
             continue
-        kind = str(attachment.get("contentType", ""))
+        kind = _str(attachment.get("contentType"))
         content = _dict(attachment.get("content"))
-        name = str(attachment.get("name") or "")
+        name = _str(attachment.get("name"))
         if kind == FILE_DOWNLOAD and isinstance(content.get("downloadUrl"), str):
             mime = mimetypes.guess_type(name)[0] or "application/octet-stream"
             files.append(FileRef(name=name or "file", url=content["downloadUrl"], mime=mime, authenticated=False))
@@ -268,7 +302,7 @@ def to_inbound(activity: Mapping[str, Any], *, text: str, attachments: tuple[Att
     reference = reference_of(activity)
     entities = [e for e in activity.get("entities") or () if isinstance(e, dict) and e.get("type") == "clientInfo"]
     locale = activity.get("locale") or (entities[0].get("locale") if entities else None)
-    external_id = str(activity.get("id") or f"sha256:{hashlib.sha256(body).hexdigest()}")
+    external_id = activity.get("id") or f"sha256:{hashlib.sha256(body).hexdigest()}"
     return InboundMessage(
         channel=CHANNEL,
         external_id=f"{reference.channel_id}:{external_id}",

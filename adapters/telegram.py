@@ -57,6 +57,7 @@ ALBUM_WAIT_SECONDS = 1.5
 POLL_TIMEOUT_SECONDS = 30
 MAX_BACKOFF_SECONDS = 60.0
 _SECRET_SHAPE = re.compile(r"[A-Za-z0-9_-]{1,256}")
+MAX_MEDIA_GROUP_ID = 64  # Telegram's are about 18 digits; the album's key must fit in KeyValue.key (128)
 
 
 # --- verify ---------------------------------------------------------------------------------------------
@@ -123,7 +124,12 @@ def read_update(body: bytes, client: telegram.Bot) -> telegram.Update:
 
 
 def parse_update(update: telegram.Update) -> Incoming | None:
-    """What the customer did, or None for updates we ignore (edits, channel posts, and everything else)."""
+    """What the customer did, or None for updates we ignore (edits, channel posts, and everything else).
+
+    The library builds its objects without checking the types of their fields, so each field used is checked
+    here: a malformed update raises BadUpdate (400), instead of failing later (500) or when it is stored (503,
+    which Telegram answers by sending it again).
+    """
     if update.message is not None:
         return _from_message(update.update_id, update.message)
     if update.callback_query is not None:
@@ -133,53 +139,95 @@ def parse_update(update: telegram.Update) -> Incoming | None:
 
 def _from_message(update_id: int, message: telegram.Message) -> Incoming:
     user = message.from_user
+    chat_id = _id(getattr(message.chat, "id", None), "chat id")
     files: list[FileRef] = []
     if message.photo:
-        largest = max(message.photo, key=lambda size: size.width * size.height)
-        files.append(FileRef(file_id=largest.file_id, unique_id=largest.file_unique_id, kind="photo",
-                             name=f"photo-{largest.file_unique_id}.jpg", mime="image/jpeg",
-                             size=largest.file_size))
+        largest = max(message.photo, key=lambda size: _count(size.width, "photo width")
+                      * _count(size.height, "photo height"))
+        unique_id = _text(largest.file_unique_id, "file_unique_id")
+        files.append(FileRef(file_id=_text(largest.file_id, "file_id"), unique_id=unique_id, kind="photo",
+                             name=f"photo-{unique_id}.jpg", mime="image/jpeg",
+                             size=_size(largest.file_size)))
     for media, kind in ((message.document, "document"), (message.voice, "voice"), (message.audio, "document"),
                         (message.video, "document"), (message.video_note, "document")):
         if media is not None:
             files.append(_file_ref(media, kind))
+    media_group_id = _optional_text(message.media_group_id, "media_group_id")
+    if media_group_id is not None and not (len(media_group_id) <= MAX_MEDIA_GROUP_ID and media_group_id.isprintable()):
+        raise BadUpdate("media_group_id is not an id")  # it becomes part of a key and of the external id
     return Incoming(
         update_id=update_id,
-        chat_id=str(message.chat.id),
-        sender_id=str(user.id if user else message.chat.id),
+        chat_id=chat_id,
+        sender_id=_id(user.id, "sender id") if user else chat_id,
         sender_name=_name(user),
-        locale=user.language_code if user else None,
-        text=message.text or message.caption or "",
+        locale=_optional_text(user.language_code, "language_code") if user else None,
+        text=_optional_text(message.text, "text") or _optional_text(message.caption, "caption") or "",
         files=tuple(files),
-        media_group_id=message.media_group_id,
+        media_group_id=media_group_id,
     )
 
 
 def _file_ref(media: Any, kind: str) -> FileRef:
-    name = getattr(media, "file_name", None) or f"{kind}-{media.file_unique_id}"
-    mime = getattr(media, "mime_type", None) or mimetypes.guess_type(name)[0] or "application/octet-stream"
-    return FileRef(file_id=media.file_id, unique_id=media.file_unique_id, kind=kind, name=name, mime=mime,
-                   size=media.file_size)
+    unique_id = _text(media.file_unique_id, "file_unique_id")
+    name = _optional_text(getattr(media, "file_name", None), "file_name") or f"{kind}-{unique_id}"
+    mime = (_optional_text(getattr(media, "mime_type", None), "mime_type") or mimetypes.guess_type(name)[0]
+            or "application/octet-stream")
+    return FileRef(file_id=_text(media.file_id, "file_id"), unique_id=unique_id, kind=kind, name=name,
+                   mime=mime, size=_size(media.file_size))
 
 
 def _from_callback(update_id: int, query: telegram.CallbackQuery) -> Incoming:
+    if query.from_user is None:
+        raise BadUpdate("a button press without a sender")
+    sender_id = _id(query.from_user.id, "sender id")
     # The button's value comes back as its callback data; the chat is the one the keyboard was sent to.
-    chat_id = query.message.chat.id if query.message is not None else query.from_user.id
+    message = query.message
+    chat_id = _id(getattr(message.chat, "id", None), "chat id") if message is not None else sender_id
     return Incoming(
         update_id=update_id,
-        chat_id=str(chat_id),
-        sender_id=str(query.from_user.id),
+        chat_id=chat_id,
+        sender_id=sender_id,
         sender_name=_name(query.from_user),
-        locale=query.from_user.language_code,
-        text=query.data or "",
-        callback_id=query.id,
+        locale=_optional_text(query.from_user.language_code, "language_code"),
+        text=_optional_text(query.data, "callback data") or "",
+        callback_id=_text(query.id, "callback query id"),
     )
 
 
 def _name(user: telegram.User | None) -> str | None:
     if user is None:
         return None
-    return " ".join(part for part in (user.first_name, user.last_name) if part) or None
+    parts = (_optional_text(user.first_name, "first_name"), _optional_text(user.last_name, "last_name"))
+    return " ".join(part for part in parts if part) or None
+
+
+def _optional_text(value: Any, what: str) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    raise BadUpdate(f"{what} is not text")
+
+
+def _text(value: Any, what: str) -> str:
+    if isinstance(value, str) and value:
+        return value
+    raise BadUpdate(f"{what} is missing or not text")
+
+
+def _id(value: Any, what: str) -> str:
+    """A chat or user id: Telegram's are integers of at most 52 bits."""
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) < 2**63:
+        return str(value)
+    raise BadUpdate(f"{what} is missing or not an id")
+
+
+def _count(value: Any, what: str) -> int:
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    raise BadUpdate(f"{what} is not a number")
+
+
+def _size(value: Any) -> int | None:
+    return None if value is None else _count(value, "file_size")
 
 
 # --- albums: one media_group_id = one message -----------------------------------------------------------
@@ -517,10 +565,11 @@ class TelegramChannel:
             return JSONResponse({"error": "missing or wrong secret token"}, status_code=status)
         try:
             update = read_update(await request.body(), self.client)
+            incoming = parse_update(update)
         except BadUpdate as error:
             return JSONResponse({"error": str(error)}, status_code=400)
         try:
-            outcome = await self.handle(update)
+            outcome = await self.store(incoming)
         except TryAgain as error:
             log.warning("telegram update %s not stored, Telegram will retry: %s", update.update_id, error)
             return JSONResponse({"error": "not stored; try again"}, status_code=503, headers={"Retry-After": "5"})
@@ -570,8 +619,17 @@ class TelegramChannel:
     # --- dispatch ---------------------------------------------------------------------------------------
 
     async def handle(self, update: telegram.Update) -> str:
-        """Store what the update says (stored, duplicate, album or ignored); raises TryAgain."""
-        incoming = parse_update(update)
+        """Store what a polled update says; raises TryAgain. A malformed update is skipped: fetching it
+        again would not change it."""
+        try:
+            incoming = parse_update(update)
+        except BadUpdate as error:
+            log.warning("telegram update %s skipped: %s", update.update_id, error)
+            return "malformed"
+        return await self.store(incoming)
+
+    async def store(self, incoming: Incoming | None) -> str:
+        """Store what the customer did (stored, duplicate, album or ignored); raises TryAgain."""
         if incoming is None:
             return "ignored"
         try:

@@ -170,10 +170,17 @@ class Push:
         return self.msg_id or f"event:{self.openid}:{self.create_time}"
 
 
+# An OpenID is 28 characters; the limit leaves room and keeps the chat id and the quota's key (KeyValue.key,
+# 128 characters) inside their database columns.
+MAX_OPENID = 64
+
+
 def parse_push(fields: Mapping[str, str]) -> Push:
     openid, msg_type, create_time = fields.get("FromUserName"), fields.get("MsgType"), fields.get("CreateTime")
     if not openid or not msg_type or not create_time or not create_time.isdigit():
         raise MalformedPayload("FromUserName, MsgType and CreateTime are required")
+    if len(openid) > MAX_OPENID:
+        raise MalformedPayload("FromUserName is too long for an OpenID")
     if msg_type != "event" and not fields.get("MsgId"):
         raise MalformedPayload("a message without MsgId")
     return Push(openid=openid, account=fields.get("ToUserName", ""), msg_type=msg_type, create_time=create_time,

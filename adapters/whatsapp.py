@@ -145,6 +145,10 @@ class Notification:
     statuses: tuple[StatusUpdate, ...] = ()
 
 
+# A wa_id is a phone number of at most 15 digits (a business-scoped user id, about 25 characters); the limit
+# leaves room while keeping the chat id well inside its database column.
+MAX_SENDER_ID = 64
+MAX_MESSAGE_ID = 255  # a wamid is about 60 characters
 _MEDIA_KINDS = {"image": "photo", "document": "document", "audio": "voice", "video": "document"}
 # Not something a warranty claim can use; acknowledged and dropped.
 _IGNORED_TYPES = frozenset({"reaction", "sticker", "system", "unsupported", "ephemeral", "request_welcome"})
@@ -179,9 +183,10 @@ def parse(body: bytes) -> Notification:
 
 
 def _message(raw: dict[str, Any], phone_number_id: str, names: Mapping[str, Any]) -> Incoming | None:
-    wamid, wa_id, kind = raw.get("id"), raw.get("from"), raw.get("type")
-    if not isinstance(wamid, str) or not wamid or not isinstance(wa_id, str) or not wa_id or not isinstance(kind, str):
-        raise MalformedPayload("message without id, from or type")
+    wamid, wa_id = _id(raw.get("id"), "message id"), _id(raw.get("from"), "from", MAX_SENDER_ID)
+    kind = raw.get("type")
+    if not isinstance(kind, str):
+        raise MalformedPayload("message without type")
     if kind in _IGNORED_TYPES:
         return None
     text = ""
@@ -217,9 +222,9 @@ def _message(raw: dict[str, Any], phone_number_id: str, names: Mapping[str, Any]
 
 
 def _status(raw: dict[str, Any], phone_number_id: str) -> StatusUpdate:
-    wamid, status = raw.get("id"), raw.get("status")
-    if not isinstance(wamid, str) or not isinstance(status, str):
-        raise MalformedPayload("status without id or status")
+    wamid, status = _id(raw.get("id"), "status id"), raw.get("status")
+    if not isinstance(status, str):
+        raise MalformedPayload("status without status")
     code: int | None = None
     error: str | None = None
     errors = raw.get("errors")
@@ -232,6 +237,13 @@ def _status(raw: dict[str, Any], phone_number_id: str) -> StatusUpdate:
             error += f": {details}"
     return StatusUpdate(wamid=wamid, status=status, phone_number_id=phone_number_id, error_code=code, error=error,
                         timestamp=str(raw.get("timestamp", "")))
+
+
+def _id(value: Any, what: str, limit: int = MAX_MESSAGE_ID) -> str:
+    """An id we store or look up: PostgreSQL cannot hold NUL or lone surrogates, nor more than the column."""
+    if isinstance(value, str) and value and len(value) <= limit and value.isprintable():
+        return value
+    raise MalformedPayload(f"{what} is missing or not an id")
 
 
 def _dict(value: Any, what: str) -> dict[str, Any]:
