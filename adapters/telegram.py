@@ -19,8 +19,8 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import telegram
-from sqlalchemy import Engine, select
-from sqlmodel import col
+from sqlalchemy import Engine, delete, select
+from sqlmodel import Session, col
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
@@ -327,17 +327,18 @@ class AlbumStore:
         """Keys of albums with parts waiting (of one chat, or of all); forgets expired bookkeeping."""
         prefix = self.PREFIX if chat_id is None else f"{self.PREFIX}{chat_id}:"
         now = utcnow()
-        with session_scope(self.db) as session:
+        # Read first: this runs for every update, and a write transaction would queue behind the one writer.
+        with Session(self.db) as session:
             rows = session.execute(
                 select(KeyValue).where(col(KeyValue.key).startswith(prefix, autoescape=True))
             ).scalars().all()
-            keys = []
-            for row in rows:
-                if row.value.get("parts"):
-                    keys.append(row.key)
-                elif row.expires_at is not None and _aware(row.expires_at) < now:
-                    session.delete(row)
-            return keys
+        keys = [row.key for row in rows if row.value.get("parts")]
+        expired = [row.key for row in rows if not row.value.get("parts")
+                   and row.expires_at is not None and _aware(row.expires_at) < now]
+        if expired:
+            with session_scope(self.db) as session:
+                session.execute(delete(KeyValue).where(col(KeyValue.key).in_(expired)))
+        return keys
 
 
 def _aware(moment: datetime) -> datetime:
@@ -355,6 +356,8 @@ def split_html(text: str, limit: int = MAX_MESSAGE_CHARS) -> list[str]:
     """Telegram-HTML `text` in pieces of at most `limit` UTF-16 units, cut at a paragraph, line or word
     boundary (only a word longer than a piece is cut inside), never inside a tag or an entity. Tags open at
     a cut are closed at the end of the piece and reopened at the start of the next."""
+    if "<" not in text and _units(text.strip()) <= limit:  # the usual case: escaped text that fits
+        return [text.strip()] if text.strip() else []
     atoms: list[str] = _ATOMS.findall(text.strip())
     pieces: list[str] = []
     open_tags: list[tuple[str, str]] = []  # (name, opening tag) open where the current piece starts

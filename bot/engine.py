@@ -76,7 +76,10 @@ class Engine:
     def accept(self, message: InboundMessage) -> Accepted:
         """Store an inbound message durably; a redelivery (same channel and external id) is recognised."""
         message = replace(
-            message, text=clean_text(message.text), sender_name=clean_text(message.sender_name or "") or None
+            message,
+            text=clean_text(message.text),
+            sender_name=clean_text(message.sender_name or "") or None,
+            attachments=tuple(replace(a, name=clean_text(a.name)) for a in message.attachments),
         )
         values = {
             "channel": message.channel,
