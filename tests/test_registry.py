@@ -2,25 +2,21 @@
 
 from __future__ import annotations
 
-import os
-import secrets
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import date, datetime
 from decimal import Decimal
 from pathlib import Path
 
 import openpyxl
 import pytest
-from sqlalchemy import Engine, create_engine, func, select
-from sqlalchemy.exc import OperationalError
+from sqlalchemy import Engine, func, select
 
 from bot.conversation import UnitFacts
 from bot.registry import ImportReport, RegistryImportError, import_registry, lookup
-from bot.store.db import make_engine, session_scope, upgrade
+from bot.store.db import session_scope
 from bot.store.models import RegistryOrder, RegistryUnit
 from policy import default_policy
 
-POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 SAMPLE = Path(__file__).parent / "data" / "registry-sample.csv"
 HEADER = (
     "order_id,customer,serial,serial_to,production_date,port_arrival_date,cargo_compensation,"
@@ -29,34 +25,10 @@ HEADER = (
 POLICY = default_policy()
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
-    """A migrated database: a SQLite file, or a fresh schema of the test PostgreSQL server."""
-    if request.param == "sqlite":
-        engine = make_engine(f"sqlite:///{tmp_path}/t.db")
-        upgrade(engine)
-        yield engine
-        engine.dispose()
-        return
-    schema = f"t_{secrets.token_hex(6)}"
-    admin = create_engine(POSTGRES_URL, connect_args={"connect_timeout": 3})
-    try:
-        with admin.begin() as connection:
-            connection.exec_driver_sql(f"CREATE SCHEMA {schema}")
-    except OperationalError as error:
-        admin.dispose()
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"PostgreSQL is not reachable at {POSTGRES_URL}: {error}")
-        pytest.skip(f"PostgreSQL is not reachable at {POSTGRES_URL}")
-    engine = create_engine(POSTGRES_URL, connect_args={"options": f"-csearch_path={schema}"})
-    try:
-        upgrade(engine)
-        yield engine
-    finally:
-        engine.dispose()
-        with admin.begin() as connection:
-            connection.exec_driver_sql(f"DROP SCHEMA {schema} CASCADE")
-        admin.dispose()
+@pytest.fixture
+def engine(db: Engine) -> Engine:
+    """A migrated database (conftest's `db`: a SQLite file, or a fresh schema of the test PostgreSQL)."""
+    return db
 
 
 def write(tmp_path: Path, text: str, name: str = "registry.csv", encoding: str = "utf-8") -> Path:
