@@ -3,18 +3,16 @@ security tests; signing helpers and samples come from the channels' own test mod
 
 from __future__ import annotations
 
-import secrets
 import traceback
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import httpx
 from pydantic import SecretStr
-from sqlalchemy import Engine, create_engine, func, select, text
+from sqlalchemy import Engine, func, select
 from sqlmodel import Session, col
 
 from bot.app import Bot, build
@@ -24,7 +22,7 @@ from bot.outbox import DEAD, HELD, PENDING, SENT
 from bot.registry import import_registry
 from bot.server import create_app, desks_configured
 from bot.store import Case, Conversation, InboxItem, Message, OutboxItem
-from tests.conftest import POSTGRES_URL, postgres_or_skip
+from tests.conftest import postgres_schema
 from tests.fakes.server import serve
 from tests.fakes.slack import BOT_TOKEN as SLACK_BOT_TOKEN
 from tests.fakes.slack import FakeSlack
@@ -70,18 +68,8 @@ def database(kind: str, folder: Path) -> Iterator[str]:
     if kind == "sqlite":
         yield f"sqlite:///{folder}/warranty.db"
         return
-    postgres_or_skip()
-    schema = f"t_{secrets.token_hex(6)}"
-    admin = create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(text(f'CREATE SCHEMA "{schema}"'))
-    separator = "&" if "?" in POSTGRES_URL else "?"
-    try:
-        yield f"{POSTGRES_URL}{separator}options={quote(f'-csearch_path={schema}')}"
-    finally:
-        with admin.connect() as connection:
-            connection.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
+    with postgres_schema() as url:
+        yield url
 
 
 @dataclass

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import secrets
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import quote
 
@@ -42,6 +43,13 @@ def postgres_or_skip() -> None:
 @pytest.fixture
 def postgres_url() -> Iterator[str]:
     """A DATABASE_URL for PostgreSQL that points at a fresh schema, dropped afterwards."""
+    with postgres_schema() as url:
+        yield url
+
+
+@contextmanager
+def postgres_schema() -> Iterator[str]:
+    """A DATABASE_URL for a throwaway PostgreSQL schema (skipped locally without PostgreSQL, failed in CI)."""
     postgres_or_skip()
     schema = f"t_{secrets.token_hex(6)}"
     admin = create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
