@@ -9,6 +9,7 @@ from typing import Annotated, NoReturn
 
 import typer
 from pydantic import ValidationError
+from typer.exceptions import TyperException
 
 from bot.config import Settings, get_settings
 from policy import (
@@ -255,7 +256,16 @@ def serve(
 
 
 def main() -> None:
-    app()
+    """The console script: usage mistakes, like bad input, are one line on stderr and exit status 2."""
+    try:
+        code = app(standalone_mode=False)
+    except TyperException as error:  # a usage mistake (typer carries its own copy of click's exceptions)
+        message = error.format_message() if hasattr(error, "format_message") else str(error)
+        typer.echo(f"warranty-bot: {message} (see warranty-bot --help)", err=True)
+        sys.exit(2)
+    except typer.Abort:
+        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

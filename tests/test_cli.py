@@ -115,6 +115,13 @@ def test_every_setting_is_documented_in_env_example() -> None:
     assert documented == {name.upper() for name in Settings.model_fields}
 
 
+@pytest.mark.parametrize("args", [("nonsense",), ("policy", "check", "--language"), ("serve", "--port", "x")])
+def test_usage_mistakes_are_one_line_and_exit_2(tmp_path: Path, args: tuple[str, ...]) -> None:
+    result = cli(*args, cwd=tmp_path)
+    assert result.returncode == 2
+    assert len(result.stderr.strip().splitlines()) == 1 and "see warranty-bot --help" in result.stderr
+
+
 def test_help_explains_every_command(tmp_path: Path) -> None:
     result = cli("--help", cwd=tmp_path)
     assert result.returncode == 0
