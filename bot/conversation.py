@@ -511,15 +511,21 @@ def _after_fault(state: State, facts: Facts) -> Transition:
         return _ask_cause(replace(state, proof=Proof.registry.value))
     if state.proof is not None:
         return _ask_cause(state)
-    choices = (Choice(label="proof_none", value="proof:none"),)
+    choices = _proof_choices(state)
     return _t(
         replace(state, name="awaiting_proof", offered=tuple(c.value for c in choices), failures=0),
         Reply(template="ask_proof", params=_units_params(state, facts), choices=choices),
     )
 
 
+def _proof_choices(state: State) -> tuple[Choice, ...]:
+    # Files sent before the question may already be the invoice: the customer can say so.
+    sent = (Choice(label="proof_sent", value="proof:sent"),) if state.attachment_ids else ()
+    return (*sent, Choice(label="proof_none", value="proof:none"))
+
+
 def _awaiting_proof(state: State, text: str, event: Event, facts: Facts) -> Transition:
-    if event.attachment_ids:
+    if event.attachment_ids or (text == "proof:sent" and state.attachment_ids):
         return _ask_cause(replace(state, proof=Proof.documents.value), Reply(template="proof_received"))
     if text == "proof:none" or text.lower() in {
         "no",
@@ -652,7 +658,7 @@ def _ask_again(state: State, facts: Facts) -> Transition:
             Reply(
                 template="ask_proof",
                 params=_units_params(state, facts),
-                choices=(Choice(label="proof_none", value="proof:none"),),
+                choices=_proof_choices(state),
             ),
         )
     if state.name == "screening":

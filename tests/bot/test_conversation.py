@@ -305,3 +305,10 @@ def test_another_language_is_offered_once_not_switched_silently() -> None:
     assert chosen.state.language == "es"
     assert [r.template for r in chosen.replies] == ["language_set", "ask_cause"]
     assert chosen.effects == (conv.SetLanguage(language="es"),)
+
+
+def test_files_sent_before_the_proof_question_can_be_the_proof() -> None:
+    state, _, _, replies = run(("", (4,)), "CSP2402A0999", "Fan noise and then it stops")
+    assert [c.value for c in replies[-1].choices] == ["proof:sent", "proof:none"]
+    state, templates, _, _ = run("proof:sent", state=state, today=date(2026, 5, 28))
+    assert templates == ["proof_received", "ask_cause"] and state.proof == "documents"
