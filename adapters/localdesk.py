@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import json
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -15,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from adapters.webchat import _PAGE_HEADERS, WEB
+from adapters.webchat import _PAGE_HEADERS, WEB, ApiError, json_object
 from bot.app import Bot
 from bot.desk import STATUSES, DeskError
 from bot.outbox import Sender
@@ -79,8 +78,8 @@ class LocalDesk:
                 return await handler(request)
             except DeskError as error:
                 return JSONResponse({"error": str(error)}, status_code=error.status)
-            except _BadRequest as error:
-                return JSONResponse({"error": str(error)}, status_code=422)
+            except ApiError as error:
+                return JSONResponse({"error": error.message}, status_code=error.status)
 
         return guarded
 
@@ -89,7 +88,7 @@ class LocalDesk:
     async def _list(self, request: Request) -> Response:
         status = request.query_params.get("status") or None
         if status is not None and status not in STATUSES:
-            raise _BadRequest(f"status must be one of {', '.join(STATUSES)}")
+            raise ApiError(422, f"status must be one of {', '.join(STATUSES)}")
         query = (request.query_params.get("q") or "")[:64] or None
         cases = await asyncio.to_thread(self.bot.desk.list_cases, status=status, query=query)
         return JSONResponse({"cases": cases})
@@ -98,40 +97,40 @@ class LocalDesk:
         return JSONResponse(await asyncio.to_thread(self.bot.desk.get_case, _ref(request)))
 
     async def _message(self, request: Request) -> Response:
-        data = await _body(request)
+        data = await json_object(request)
         text = data.get("text")
         internal = data.get("internal", False)
         if not isinstance(text, str) or not text.strip():
-            raise _BadRequest("text is required and must be a non-empty string")
+            raise ApiError(422, "text is required and must be a non-empty string")
         if not isinstance(internal, bool):
-            raise _BadRequest("internal must be true or false")
+            raise ApiError(422, "internal must be true or false")
         action = self.bot.desk.note if internal else self.bot.desk.reply
         result = await asyncio.to_thread(action, _ref(request), engineer=_engineer(request, data), text=text)
         self.bot.engine.outbox_signal.set()
         return JSONResponse(result)
 
     async def _ask(self, request: Request) -> Response:
-        data = await _body(request)
+        data = await json_object(request)
         question = data.get("question")
         if not isinstance(question, str) or not question.strip():
-            raise _BadRequest("question is required and must be a non-empty string")
+            raise ApiError(422, "question is required and must be a non-empty string")
         result = await asyncio.to_thread(
             self.bot.desk.ask_customer, _ref(request), engineer=_engineer(request, data), question=question
         )
         return JSONResponse(result)
 
     async def _method(self, request: Request) -> Response:
-        data = await _body(request)
+        data = await json_object(request)
         method, reason = data.get("method"), data.get("reason")
         if not isinstance(method, str):
-            raise _BadRequest("method is required")
+            raise ApiError(422, "method is required")
         if reason is not None and not isinstance(reason, str):
-            raise _BadRequest("reason must be a string")
+            raise ApiError(422, "reason must be a string")
         clauses = data.get("clauses")
         if clauses is not None and not (
             isinstance(clauses, list) and all(isinstance(c, str) for c in clauses)
         ):
-            raise _BadRequest("clauses must be a list of clause ids")
+            raise ApiError(422, "clauses must be a list of clause ids")
         result = await asyncio.to_thread(
             self.bot.desk.choose_method,
             _ref(request),
@@ -144,7 +143,7 @@ class LocalDesk:
 
     def _action(self, action: Callable[..., dict[str, Any]]) -> Callable[[Request], Awaitable[Response]]:
         async def handler(request: Request) -> Response:
-            data = await _body(request)
+            data = await json_object(request)
             return JSONResponse(
                 await asyncio.to_thread(action, _ref(request), engineer=_engineer(request, data))
             )
@@ -167,10 +166,6 @@ class LocalDesk:
         )
 
 
-class _BadRequest(Exception):
-    pass
-
-
 def _ref(request: Request) -> str:
     ref = str(request.path_params["ref"])
     if len(ref) > 40:
@@ -178,23 +173,10 @@ def _ref(request: Request) -> str:
     return ref
 
 
-async def _body(request: Request) -> dict[str, Any]:
-    body = await request.body()
-    if not body.strip():
-        return {}
-    try:
-        data = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise _BadRequest("the body must be JSON") from None
-    if not isinstance(data, dict):
-        raise _BadRequest("the body must be a JSON object")
-    return data
-
-
 def _engineer(request: Request, data: dict[str, Any]) -> str:
     name = data.get("engineer") or request.headers.get("x-engineer") or "Engineer"
     if not isinstance(name, str) or not name.strip():
-        raise _BadRequest("engineer must be a name")
+        raise ApiError(422, "engineer must be a name")
     return name.strip()[:MAX_NAME]
 
 

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 from urllib.parse import parse_qsl
 
 import aiohttp
@@ -26,7 +26,7 @@ from slack_bolt.adapter.starlette.async_handler import AsyncSlackRequestHandler
 from slack_bolt.async_app import AsyncApp
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
-from sqlalchemy import and_, delete, or_, select, update
+from sqlalchemy import CursorResult, and_, delete, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, col
 from starlette.requests import Request
@@ -598,7 +598,7 @@ class SlackDesk:
                             else col(Case.reminded_at) == case.reminded_at)
                 taken = session.execute(update(Case).where(col(Case.id) == case.id, col(Case.status) == "open",
                                                            previous).values(reminded_at=now))
-                if taken.rowcount == 1:  # type: ignore[attr-defined]
+                if cast(CursorResult[Any], taken).rowcount == 1:
                     due.append((case.ref, str(channel), str(ts), case.created_at))
         return due
 

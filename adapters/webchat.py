@@ -75,7 +75,8 @@ def _session(bot: Bot, session_id: str) -> dict[str, Any]:
 # --- parse ----------------------------------------------------------------------------------------------
 
 
-async def _json_object(request: Request) -> dict[str, Any]:
+async def json_object(request: Request) -> dict[str, Any]:
+    """The request's JSON object (an empty body is an empty object); ApiError 422 otherwise."""
     body = await request.body()
     if not body.strip():
         return {}
@@ -175,7 +176,7 @@ class WebChat:
         return await _api(self._post_file, request)
 
     async def _create_session(self, request: Request) -> Response:
-        data = await _json_object(request)
+        data = await json_object(request)
         language = data.get("language")
         if language is not None and not (isinstance(language, str) and 2 <= len(language) <= 16):
             raise ApiError(422, "language must be a language code such as 'en' or 'es'")
@@ -185,7 +186,7 @@ class WebChat:
     async def _post_message(self, request: Request) -> Response:
         session_id = request.path_params["session_id"]
         details = await asyncio.to_thread(_session, self.bot, session_id)
-        text, client_id = _text_message(await _json_object(request))
+        text, client_id = _text_message(await json_object(request))
         external_id = f"{session_id}:{client_id or secrets.token_hex(12)}"
         message = _inbound(
             session_id,

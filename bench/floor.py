@@ -16,9 +16,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from adapters.telegram import SECRET_HEADER
 from bot.store import make_engine, session_scope
 
-SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"  # noqa: S105 (a header name)
 metadata = MetaData()
 updates = Table(
     "floor_update",

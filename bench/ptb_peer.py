@@ -32,9 +32,9 @@ from telegram.ext import (
 )
 from telegram.warnings import PTBUserWarning
 
+from adapters.telegram import SECRET_HEADER
 from policy import Circumstances, Claim, Proof, default_policy, evaluate, find_serials
 
-SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"  # noqa: S105 (a header name)
 SERIAL, PROOF, CAUSE = range(3)
 POLICY = default_policy()
 CAUSES = ("normal", "damage", "misuse", "repair", "force_majeure", "unsure")
