@@ -34,6 +34,7 @@ class Settings(BaseSettings):
     outbox_poll_seconds: float = Field(default=0.5, gt=0)
     outbox_max_attempts: int = Field(default=8, gt=0)
     max_text_chars: int = Field(default=4000, gt=0)
+    max_claim_units: int = Field(default=1000, gt=0)
 
     # --- local desk -----------------------------------------------------------------------------------
     desk_token: SecretStr | None = None

@@ -16,6 +16,7 @@ from zipfile import BadZipFile
 
 import openpyxl
 from openpyxl.utils.exceptions import InvalidFileException
+from rapidfuzz.distance import OSA
 from sqlalchemy import Connection, Engine, Table, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
@@ -25,8 +26,16 @@ from bot.store.models import RegistryOrder, RegistryUnit
 from policy import Policy, SerialRangeError, expand_range, normalize_serial
 
 COLUMNS = (
-    "order_id", "customer", "serial", "serial_to", "production_date", "port_arrival_date",
-    "cargo_compensation", "order_pieces", "order_total", "currency",
+    "order_id",
+    "customer",
+    "serial",
+    "serial_to",
+    "production_date",
+    "port_arrival_date",
+    "cargo_compensation",
+    "order_pieces",
+    "order_total",
+    "currency",
 )
 # A file of single units needs no range column; every other column is required, because a re-import
 # writes every column, and a column left out would silently blank what an earlier import stored.
@@ -145,8 +154,13 @@ def lookup(session: Session, serials: Iterable[str]) -> dict[str, UnitFacts]:
     for chunk in _chunks(wanted, limit):
         query = (
             select(
-                _UNITS.c.serial, _UNITS.c.order_id, _UNITS.c.production_date, _UNITS.c.port_arrival_date,
-                _ORDERS.c.cargo_compensation, _ORDERS.c.order_pieces, _ORDERS.c.order_total,
+                _UNITS.c.serial,
+                _UNITS.c.order_id,
+                _UNITS.c.production_date,
+                _UNITS.c.port_arrival_date,
+                _ORDERS.c.cargo_compensation,
+                _ORDERS.c.order_pieces,
+                _ORDERS.c.order_total,
                 _ORDERS.c.currency,
             )
             .join_from(_UNITS, _ORDERS, _UNITS.c.order_id == _ORDERS.c.order_id)
@@ -166,6 +180,30 @@ def lookup(session: Session, serials: Iterable[str]) -> dict[str, UnitFacts]:
     return found
 
 
+# A typed serial one slip from a registered one ("did you mean …?"): same model and month, one edit or one
+# swap of neighbours away, and the only such serial. Candidates are read by the serial's first characters.
+_NEAR_PREFIX = 7
+_NEAR_CANDIDATES = 5000
+
+
+def near_serials(session: Session, serials: Iterable[str]) -> dict[str, str]:
+    """For each serial the registry lacks, the one registered serial a typo away from it, when there is one."""
+    found: dict[str, str] = {}
+    for serial in sorted({normalize_serial(s) for s in serials} - {""}):
+        if len(serial) <= _NEAR_PREFIX:
+            continue
+        prefix = serial[:_NEAR_PREFIX]
+        rows = session.execute(
+            select(_UNITS.c.serial)
+            .where(_UNITS.c.serial.like(f"{prefix}%"), _UNITS.c.serial != serial)
+            .limit(_NEAR_CANDIDATES)
+        ).scalars()
+        close = [r for r in rows if OSA.distance(serial, r, score_cutoff=1) <= 1]
+        if len(close) == 1:
+            found[serial] = close[0]
+    return found
+
+
 # Reading --------------------------------------------------------------------------------------------------
 
 _Row = tuple[int, Sequence[object]]
@@ -180,9 +218,9 @@ def _open(path: Path) -> Iterator[tuple[Iterator[_Row], int]]:
     except OSError as error:
         raise RegistryImportError([(0, f"cannot read {path}: {error.strerror or error}")]) from error
     if magic.startswith(b"\xd0\xcf\x11\xe0"):
-        raise RegistryImportError([
-            (0, "old Excel .xls files are not supported: save the sheet as .xlsx or CSV")
-        ])
+        raise RegistryImportError(
+            [(0, "old Excel .xls files are not supported: save the sheet as .xlsx or CSV")]
+        )
     if not magic.startswith(b"PK\x03\x04"):  # not a zip archive, so not XLSX whatever the file is called
         text = _decode(path.read_bytes())
         yield _csv_rows(text), text.count("\n") + (not text.endswith("\n")) - 1
@@ -287,15 +325,18 @@ def _validate(
             continue
         order_id, order, serials, unit = parsed
         if order_id in orders:
-            errors.extend((line, problem) for problem in _conflicts(order_id, orders[order_id], order,
-                                                                   order_lines[order_id]))
+            errors.extend(
+                (line, problem)
+                for problem in _conflicts(order_id, orders[order_id], order, order_lines[order_id])
+            )
         else:
             orders[order_id], order_lines[order_id] = order, line
         repeated = [serial for serial in serials if serial in unit_lines]
         if repeated:
             more = f" ({len(repeated)} serials of this range are listed earlier)" if len(repeated) > 1 else ""
-            errors.append((line, f"serial: {repeated[0]} is already listed on line "
-                                 f"{unit_lines[repeated[0]]}{more}"))
+            errors.append(
+                (line, f"serial: {repeated[0]} is already listed on line {unit_lines[repeated[0]]}{more}")
+            )
         for serial in serials:
             unit_lines.setdefault(serial, line)
             units[serial] = unit
@@ -318,8 +359,11 @@ def _header(line: int, cells: Sequence[object]) -> dict[str, int]:
             columns.setdefault(name, index)
     missing = [name for name in COLUMNS if name not in columns and name not in OPTIONAL_COLUMNS]
     if missing:
-        problems.insert(0, f"missing column{'s' if len(missing) > 1 else ''}: {', '.join(missing)}"
-                           f" (the header must name {', '.join(COLUMNS)})")
+        problems.insert(
+            0,
+            f"missing column{'s' if len(missing) > 1 else ''}: {', '.join(missing)}"
+            f" (the header must name {', '.join(COLUMNS)})",
+        )
     if problems:
         raise RegistryImportError([(line, problem) for problem in problems])
     return columns
@@ -356,8 +400,9 @@ def _parse_row(
     )
     if production is not None and arrival is not None and arrival < production:
         # Swapped columns are the likely cause, and they would skew every warranty decision.
-        problems.append(f"port_arrival_date: {arrival.isoformat()} is before production_date "
-                        f"{production.isoformat()}")
+        problems.append(
+            f"port_arrival_date: {arrival.isoformat()} is before production_date {production.isoformat()}"
+        )
     if problems:
         return None
     serials = [serial]
@@ -514,9 +559,11 @@ def _write(
         new_orders = [key for key in orders if key not in stored_orders]
         changed_orders = [key for key in orders if key in stored_orders and stored_orders[key] != orders[key]]
         # Orders first: units hold a foreign key to them.
-        _upsert(connection, _ORDERS, [
-            {"order_id": key, **orders[key]._asdict()} for key in [*new_orders, *changed_orders]
-        ])
+        _upsert(
+            connection,
+            _ORDERS,
+            [{"order_id": key, **orders[key]._asdict()} for key in [*new_orders, *changed_orders]],
+        )
         inserted = updated = done = 0
         serials = list(units)
         for batch in _chunks(serials, WRITE_BATCH):
@@ -536,9 +583,13 @@ def _write(
             done += len(batch)
             meter.units_written(done, total)
     return ImportReport(
-        orders=len(orders), units=total, inserted=inserted, updated=updated,
+        orders=len(orders),
+        units=total,
+        inserted=inserted,
+        updated=updated,
         unchanged=total - inserted - updated,
-        orders_inserted=len(new_orders), orders_updated=len(changed_orders),
+        orders_inserted=len(new_orders),
+        orders_updated=len(changed_orders),
     )
 
 
