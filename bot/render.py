@@ -230,7 +230,7 @@ class Renderer:
     def _context(self, language: str) -> dict[str, Any]:
         formats = self.formats(language)
 
-        def clauses(ids: Iterable[str]) -> list[str]:
+        def meanings(ids: Iterable[str]) -> list[str]:
             return [self.clause(clause_id, language) for clause_id in ids]
 
         return {
@@ -238,7 +238,7 @@ class Renderer:
             "policy": self.policy,
             "reasons": lambda decision: self.reasons(decision, language),
             "clause": lambda clause_id: self.clause(clause_id, language),
-            "clauses": clauses,
+            "meanings": meanings,
             "date": formats.date,
             "money": formats.money,
             "number": formats.number,
