@@ -13,7 +13,7 @@ import pytest
 from jinja2 import meta
 
 from bot.conversation import COMMAND_WORDS, LANGUAGES, Reply
-from bot.language import detect, detector, hint_language
+from bot.language import detect, detector, hint_language, hint_variant, variant_language
 from bot.render import TEMPLATES, Renderer
 from policy import REASON_PARAMS, Circumstances, Claim, Proof, default_policy, evaluate
 
@@ -417,3 +417,15 @@ def test_hints_name_a_language(hint: str, language: str) -> None:
 ])
 def test_hints_outside_our_languages_say_nothing(hint: str | None) -> None:
     assert hint_language(hint) is None
+
+
+@pytest.mark.parametrize(("hint", "variant"), [
+    ("pt-PT", "pt_PT"), ("pt_pt", "pt_PT"), ("pt-AO", "pt_PT"), ("+351912345678", "pt_PT"), ("244923456789", "pt_PT"),
+    ("wa:+258841234567", "pt_PT"), ("pt-BR", None), ("pt", None), ("+5511987654321", None), ("es-ES", None),
+    ("+34612345678", None), ("fr-FR", None), (None, None), ("", None), ("de-PT", None), ("+4915123456789", None),
+])  # fmt: skip
+def test_hints_name_a_written_variant(hint: str | None, variant: str | None) -> None:
+    assert hint_variant(hint) == variant
+    if variant is not None:
+        assert variant_language(variant) == hint_language(hint) == "pt"
+        assert "você" not in RENDERER.text("human_requested", language=variant, case_ref="WR-2026-000042")
