@@ -128,14 +128,17 @@ class Formats:
 
     def param(self, kind: str, value: str) -> str:
         """A reason text's parameter by its kind (policy/codes.py PARAM_KINDS)."""
-        formatter = {
-            "date": self.date,
-            "money": self.money,
-            "months": self.months,
-            "percent": self.percent,
-            "count": self.number,
-        }.get(kind)
-        return formatter(value) if formatter is not None else value
+        if kind == "date":
+            return self.date(value)
+        if kind == "money":
+            return self.money(value)
+        if kind == "months":
+            return self.months(value)
+        if kind == "percent":
+            return self.percent(value)
+        if kind == "count":
+            return self.number(value)
+        return value
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -168,7 +171,9 @@ class Renderer:
     def languages(self) -> list[str]:
         """The template folders that are languages (a variant folder such as pt_PT is not one)."""
         return sorted(
-            p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("_") and "_" not in p.name
+            p.name
+            for p in self.root.iterdir()
+            if p.is_dir() and not p.name.startswith("_") and "_" not in p.name
         )
 
     def render(self, reply: Reply, *, language: str, extra: Mapping[str, Any] | None = None) -> Rendered:

@@ -19,7 +19,6 @@ from policy.model import (
     Proof,
     Reason,
 )
-from policy.texts import ParamFormatter, clause_meaning, language_chain, raw_param, render_reasons
 from policy.serials import (
     ParsedSerial,
     SerialRangeError,
@@ -29,6 +28,7 @@ from policy.serials import (
     normalize_serial,
     parse_serial,
 )
+from policy.texts import ParamFormatter, clause_meaning, language_chain, raw_param, render_reasons
 
 __all__ = [
     "CLAUSE_IDS",
@@ -51,8 +51,8 @@ __all__ = [
     "SerialRangeError",
     "add_months",
     "cargo_pieces",
-    "clause_meaning",
     "claim_from_json",
+    "clause_meaning",
     "decision_to_json",
     "default_policy",
     "evaluate",

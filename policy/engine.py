@@ -179,4 +179,3 @@ def _plain(value: Decimal) -> str:
 def _money(amount: Decimal, currency: str | None) -> str:
     text = f"{amount.quantize(_CENT, rounding=ROUND_HALF_UP):f}"
     return f"{text} {currency}" if currency else text
-

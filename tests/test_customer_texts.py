@@ -131,8 +131,12 @@ def test_amounts_in_reasons_and_templates_look_the_same() -> None:
     decision = DECISIONS["discount_amount"]
     for language in VARIANTS:
         formats = Formats(language)
-        text = RENDERER.text("decision", language=language, units=12, groups=[_group(decision, "CSP2402A0153")])
-        assert formats.money(Decimal("1250.00"), "USD").replace(FSI, "") in text.replace(FSI, "").replace(PDI, "")
+        text = RENDERER.text(
+            "decision", language=language, units=12, groups=[_group(decision, "CSP2402A0153")]
+        )
+        assert formats.money(Decimal("1250.00"), "USD").replace(FSI, "") in text.replace(FSI, "").replace(
+            PDI, ""
+        )
         assert formats.money(Decimal("125000.00"), "USD") in text.replace(FSI, "").replace(PDI, "")
 
 
@@ -167,7 +171,9 @@ def test_arabic_isolates_every_latin_run() -> None:
 
 
 def test_an_arabic_line_starting_with_a_serial_starts_inside_an_isolate() -> None:
-    text = RENDERER.text("decision", language="ar", units=1, groups=[_group(DECISIONS["expired_serial"], "CSP2001A0001")])
+    text = RENDERER.text(
+        "decision", language="ar", units=1, groups=[_group(DECISIONS["expired_serial"], "CSP2001A0001")]
+    )
     line = next(line for line in text.splitlines() if "CSP2001A0001" in line)
     assert line.startswith(FSI + "CSP2001A0001" + PDI)
 
@@ -189,7 +195,9 @@ def test_customer_text_stays_data_in_arabic() -> None:
 
 
 def test_portuguese_of_portugal_is_a_variant() -> None:
-    text = RENDERER.text("decision", language="pt-PT", units=1, groups=[_group(DECISIONS["expired_serial"], "X")])
+    text = RENDERER.text(
+        "decision", language="pt-PT", units=1, groups=[_group(DECISIONS["expired_serial"], "X")]
+    )
     assert "fatura de compra" in text and "nota fiscal" not in text
     assert RENDERER.text("greeting", language="pt_PT") == RENDERER.text("greeting", language="pt-pt")
     assert Formats("pt_PT").money(Decimal("1250"), "EUR") == "1\u00a0250,00\u00a0€"
@@ -216,8 +224,15 @@ def test_cargo_compensation_refusal_suggests_no_port_arrival_date() -> None:
         groups = [_group(DECISIONS["cargo_compensation_pieces"], "CSP2402A0153")]
         text = RENDERER.text("decision", language=language, units=1, groups=groups)
         text += RENDERER.text("not_covered_final", language=language)
-        for port in ("port arrival", "到港日期不对", "llegada al puerto", "прибытия в порт", "chegada ao porto",
-                     "arrivée au port", "الوصول إلى الميناء"):
+        for port in (
+            "port arrival",
+            "到港日期不对",
+            "llegada al puerto",
+            "прибытия в порт",
+            "chegada ao porto",
+            "arrivée au port",
+            "الوصول إلى الميناء",
+        ):
             assert port not in text.split("➡️")[-1].split("⬅️")[-1], (language, text)
 
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from bot.conversation import LANGUAGES, Choice, Reply
-from policy import Claim, Proof, default_policy, evaluate
 from bot.render import Renderer
+from policy import Claim, Proof, default_policy, evaluate
 
 POLICY = default_policy()
 RENDERER = Renderer(POLICY)
