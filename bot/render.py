@@ -210,7 +210,7 @@ class Renderer:
         return render_reasons(decision, self.policy, language, formatter=self.formats(language).param)
 
     def clause(self, clause_id: str, language: str) -> str:
-        """A clause as customers read it: its meaning, then the id engineers use ("repair at the factory (M3)")."""
+        """A clause as customers read it: its meaning, then the id engineers use ("factory repair (M3)")."""
         meaning = clause_meaning(self.policy, clause_id, language)
         if meaning is None:
             return clause_id
