@@ -27,6 +27,7 @@ from policy.serials import (
     looks_like_serial_attempt,
     normalize_serial,
     parse_serial,
+    serial_spans,
 )
 from policy.texts import ParamFormatter, clause_meaning, language_chain, raw_param, render_reasons
 
@@ -66,4 +67,5 @@ __all__ = [
     "parse_serial",
     "raw_param",
     "render_reasons",
+    "serial_spans",
 ]
