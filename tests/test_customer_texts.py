@@ -201,8 +201,8 @@ def test_portuguese_of_portugal_is_a_variant() -> None:
     assert "fatura de compra" in text and "nota fiscal" not in text
     assert RENDERER.text("greeting", language="pt_PT") == RENDERER.text("greeting", language="pt-pt")
     assert Formats("pt_PT").money(Decimal("1250"), "EUR") == "1\u00a0250,00\u00a0€"
-    brazil = RENDERER.text("not_covered_final", language="pt")
-    portugal = RENDERER.text("not_covered_final", language="pt_PT")
+    brazil = RENDERER.text("refusal_case_opened", language="pt", **contexts("refusal_case_opened")[0])
+    portugal = RENDERER.text("refusal_case_opened", language="pt_PT", **contexts("refusal_case_opened")[0])
     assert "você" in brazil.lower() and "você" not in portugal.lower()
 
 
@@ -214,7 +214,7 @@ def test_every_refusal_says_what_the_customer_can_still_do(language: str) -> Non
         groups = [_group(DECISIONS[code], "CSP2402A0153")]
         text = RENDERER.text("decision", language=language, units=1, groups=groups)
         assert "➡️" in text or "⬅️" in text, (code, text)
-    for template in ("not_covered_final", "method_not_covered"):
+    for template in ("refusal_case_opened", "method_not_covered"):
         text = RENDERER.text(template, language=language, **contexts(template)[0])
         assert len(text.splitlines()[-1]) > 40, text
 
@@ -223,7 +223,7 @@ def test_cargo_compensation_refusal_suggests_no_port_arrival_date() -> None:
     for language in VARIANTS:
         groups = [_group(DECISIONS["cargo_compensation_pieces"], "CSP2402A0153")]
         text = RENDERER.text("decision", language=language, units=1, groups=groups)
-        text += RENDERER.text("not_covered_final", language=language)
+        text += RENDERER.text("refusal_case_opened", language=language, **contexts("refusal_case_opened")[1])
         for port in (
             "port arrival",
             "到港日期不对",

@@ -404,7 +404,7 @@ def test_serials_and_codes_around_words_do_not_change_the_answer() -> None:
 def test_rendered_replies_are_detected_as_their_language() -> None:
     # The bot's own replies are real text in each language: detection must recognise them too.
     for language in LANGUAGES:
-        for template in ("ask_fault", "ask_serial", "case_opened", "not_covered_final", "human_requested"):
+        for template in ("ask_fault", "ask_serial", "case_opened", "refusal_case_opened", "human_requested"):
             text = RENDERER.text(template, language=language, **contexts(template)[0])
             assert detect(text) == language, (language, template)
 

@@ -73,7 +73,9 @@ CLAIM: list[Reply] = [
     Reply(template="rating_thanks"),
     # A second claim, refused: an order that took cargo compensation.
     Reply(template="decision", params={"units": 1, "groups": [_group(CARGO, "CSP2402A0153")]}),
-    Reply(template="not_covered_final", choices=_choices("talk_to_person")),
+    Reply(template="refusal_case_opened", params={"case_ref": "WR-2026-000043", "refused": True, "review": False,
+                                                  "clauses": ["M1", "W1", "W2"], "documents_help": False,
+                                                  "cargo": True}),
 ]  # fmt: skip
 
 
