@@ -35,6 +35,10 @@ class Settings(BaseSettings):
     outbox_max_attempts: int = Field(default=8, gt=0)
     max_text_chars: int = Field(default=4000, gt=0)
 
+    # --- downloads (bot/fetch.py) ---------------------------------------------------------------------
+    fetch_timeout_seconds: float = Field(default=30.0, gt=0)
+    fetch_insecure_hosts: str = ""  # tests only: hosts reachable over http and on loopback/private addresses
+
     # --- local desk -----------------------------------------------------------------------------------
     desk_token: SecretStr | None = None
 
@@ -112,6 +116,10 @@ class Settings(BaseSettings):
         if value not in {"auto", "http", "socket"}:
             raise ValueError("must be auto, http or socket")
         return value
+
+    @property
+    def fetch_insecure_host_set(self) -> frozenset[str]:
+        return frozenset(h.strip().lower() for h in self.fetch_insecure_hosts.split(",") if h.strip())
 
     @property
     def allowed_attachment_types(self) -> frozenset[str]:
