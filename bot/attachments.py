@@ -44,6 +44,9 @@ _MAGIC: dict[str, Callable[[bytes], bool]] = {
 }
 
 
+STORABLE_TYPES = frozenset(_MAGIC)  # the types a store can keep: each has its check
+
+
 def sniff(data: bytes) -> str | None:
     """The type the file's first bytes show (of those we can store), or None; MPEG-4 reads as video/mp4."""
     return next((mime for mime, check in _MAGIC.items() if mime != "audio/mp4" and check(data)), None)
