@@ -492,6 +492,45 @@ def test_a_body_just_under_the_limit_is_read(stack: Stack, http: httpx.Client) -
     assert answer.status_code == 202, answer.text
 
 
+def _nested(depth: int) -> bytes:
+    return b'{"text": ' + b'{"a": ' * depth + b"1" + b"}" * (depth + 1)
+
+
+@pytest.mark.parametrize("name", sorted(set(ENDPOINTS) - {"web chat files", "wechat", "slack commands"}))  # no JSON there
+def test_deeply_nested_json_is_refused_with_400_on_every_json_endpoint(
+    stack: Stack, http: httpx.Client, name: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    body = _nested(2_000)  # Python's parser gives up near 1,000 levels with RecursionError
+    if name.startswith("slack") and name != "slack events":
+        body = b"payload=" + quote_plus(body.decode()).encode()  # a form whose payload field is the JSON
+    path, params, headers = ENDPOINTS[name](stack, http, body)
+    session = path.split("/")[4] if path.startswith("/api/webchat/sessions/") else _new_customer(http)
+    before = inbox_count(stack)
+    with caplog.at_level(logging.DEBUG):
+        answer = http.post(path, params=params, content=body,
+                           headers={"Content-Type": "application/x-www-form-urlencoded" if body.startswith(b"payload=")
+                                    else "application/json", **headers})
+    assert answer.status_code == 400, answer.text
+    assert inbox_count(stack) == before
+    server = [r for r in caplog.records if not r.name.startswith(("httpx", "httpcore"))]  # not our client's
+    assert not [r for r in server if r.exc_info or r.levelno >= logging.ERROR or session in r.getMessage()]
+    assert http.get("/healthz").status_code == 200
+
+
+def test_json_nested_within_the_limit_and_brackets_in_strings_are_read(stack: Stack, http: httpx.Client) -> None:
+    session = _new_customer(http)
+    text = "[[[{{" * 200 + " E07 " + "}}]]]" * 200  # 1,000 brackets inside a string are text, not nesting
+    answer = http.post(f"/api/webchat/sessions/{session}/messages", json={"text": text, "client_id": "deep-ok"})
+    assert answer.status_code == 202, answer.text
+    escaped = '{"text": "a \\" [[[[ \\\\", "client_id": "escapes"}'  # an escaped quote does not end the string
+    answer = http.post(f"/api/webchat/sessions/{session}/messages", content=escaped.encode(),
+                       headers={"Content-Type": "application/json"})
+    assert answer.status_code == 202, answer.text
+    deep_but_allowed = b'{"language": ' + b"[" * 60 + b"]" * 60 + b"}"
+    answer = http.post("/api/webchat/sessions", content=deep_but_allowed, headers={"Content-Type": "application/json"})
+    assert answer.status_code == 422  # read, and refused for what it says, not for its depth
+
+
 # --- attachments ----------------------------------------------------------------------------------------------------
 
 
