@@ -47,6 +47,8 @@ class Settings(BaseSettings):
     rate_limit_reads: str = "600/minute"
     rate_limit_global: str = "1200/minute"
 
+    registry_max_unpacked_bytes: int = Field(default=512 * 1024 * 1024, gt=0)
+
     # --- downloads (bot/fetch.py) ---------------------------------------------------------------------
     fetch_timeout_seconds: float = Field(default=30.0, gt=0)
     fetch_insecure_hosts: str = ""  # tests only: hosts reachable over http and on loopback/private addresses
