@@ -4,6 +4,7 @@ web chat's bounded text and JSON-only bodies, the desk's framing and file header
 
 from __future__ import annotations
 
+import logging
 import random
 import socket
 import string
@@ -17,6 +18,9 @@ import pytest
 from pydantic import SecretStr
 from sqlalchemy import Engine, func, select, text
 from sqlmodel import Session, col
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
 
 from bot.app import Bot, build
 from bot.config import Settings
@@ -442,3 +446,44 @@ def test_a_customer_file_is_a_download_never_a_page(tmp_path: Path, sqlite_url: 
         assert answer.headers["x-content-type-options"] == "nosniff"
         assert "sandbox" in answer.headers["content-security-policy"]
         assert "frame-ancestors 'none'" in answer.headers["content-security-policy"]
+
+
+# --- what a failing request leaves in the log ---------------------------------------------------------------------
+
+
+class Failing:
+    """A channel whose one route fails, as a bug would: what does the server log about the request?"""
+
+    name = "failing"
+    is_desk = False
+
+    def routes(self) -> list[BaseRoute]:
+        return [Route("/api/failing/sessions/{session_id}/boom", self.boom, methods=["GET"])]
+
+    async def boom(self, request: Request) -> Response:
+        raise RuntimeError("a bug")
+
+    def sender(self) -> None:
+        return None
+
+    async def start(self) -> None:
+        return None
+
+    async def stop(self) -> None:
+        return None
+
+
+def test_a_failing_request_is_logged_by_its_route_not_its_path(
+    tmp_path: Path, sqlite_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    bot = make_bot(sqlite_url, tmp_path)
+    session = "pP6v4fGq3Zr0nXyTmA-8bL1s_cD2eF7h"
+    with (
+        serve(create_app(bot, channels=[Failing()]), **uvicorn_options(bot.settings)) as url,
+        caplog.at_level(logging.ERROR, logger="bot.server"),
+    ):
+        answer = httpx.get(f"{url}/api/failing/sessions/{session}/boom")
+    bot.db.dispose()
+    assert answer.status_code == 500
+    [line] = [r.getMessage() for r in caplog.records if r.name == "bot.server"]
+    assert line == "unhandled error on GET /api/failing/sessions/{session_id}/boom: RuntimeError"
