@@ -34,6 +34,8 @@ _MASKS = (
 # numbers, so that "+44 7700900123" goes as a whole.
 _DIGIT_RUN = re.compile(r"(?<!\d)\d{9,}+")
 MAX_MESSAGE_CHARS = 4000  # a log record's message past this is cut (the masking reads no more than this)
+# A record's message is one line: a value with CR/LF in it (a mail header, a file name) cannot forge lines.
+_CONTROLS = {c: f"\\x{c:02x}" for c in (*range(32), 127) if c != 9} | {10: "\\n", 13: "\\r"}
 
 
 def _phone(match: re.Match[str]) -> str:
@@ -85,7 +87,7 @@ class MaskingFormatter(logging.Formatter):
         message = record.getMessage()
         if len(message) > MAX_MESSAGE_CHARS:
             message = f"{message[:MAX_MESSAGE_CHARS]}…(+{len(message) - MAX_MESSAGE_CHARS} chars)"
-        record.msg, record.args = mask(message), None
+        record.msg, record.args = mask(message).translate(_CONTROLS), None
         try:
             return super().format(record)
         finally:

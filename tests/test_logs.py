@@ -159,3 +159,20 @@ def test_an_excerpt_is_one_short_line() -> None:
     assert excerpt("x\r\nFake: log line") == "x\\r\\nFake: log line"
     long = excerpt("y" * 1000, limit=10)
     assert long == "yyyyyyyyyy…(+990 chars)"
+
+
+def test_a_logged_value_cannot_forge_log_lines() -> None:
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(MaskingFormatter("%(levelname)s %(message)s"))
+    logger = logging.getLogger("tests.logs.forged")
+    logger.addHandler(handler)
+    logger.propagate = False
+    logger.setLevel(logging.INFO)
+    try:
+        logger.info("mail not taken: Auto-Submitted: %s", "auto-replied\r\nERROR all customers deleted\x1b[2J")
+    finally:
+        logger.removeHandler(handler)
+    assert stream.getvalue() == (
+        "INFO mail not taken: Auto-Submitted: auto-replied\\r\\nERROR all customers deleted\\x1b[2J\n"
+    )
