@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from adapters.mail import ignore_reason, read_mail
 from bot.logs import MAX_MESSAGE_CHARS, MaskingFormatter, excerpt, mask
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -176,3 +177,12 @@ def test_a_logged_value_cannot_forge_log_lines() -> None:
     assert stream.getvalue() == (
         "INFO mail not taken: Auto-Submitted: auto-replied\\r\\nERROR all customers deleted\\x1b[2J\n"
     )
+
+
+def test_the_reason_a_mail_is_not_taken_quotes_a_bounded_excerpt() -> None:
+    """The header that froze the server: 60 KB of adjacent encoded-words that decode to one run of digits."""
+    words = "\r\n ".join("=?utf-8?q?1234567?=" for _ in range(3_000))
+    raw = (f"From: a@example.com\r\nTo: support@example.com\r\nSubject: x\r\nAuto-Submitted: {words}\r\n\r\nhi\r\n")
+    reason = ignore_reason(read_mail(raw.encode()), own=frozenset())
+    assert reason is not None and reason.startswith("Auto-Submitted: 1234567")
+    assert len(reason) < 80 and reason.endswith("chars)")
