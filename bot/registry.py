@@ -12,7 +12,7 @@ from datetime import date, datetime
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
-from zipfile import BadZipFile
+from zipfile import BadZipFile, ZipFile
 
 import openpyxl
 from openpyxl.utils.exceptions import InvalidFileException
@@ -48,6 +48,9 @@ POSTGRES_IN_LIMIT = 10_000  # PostgreSQL allows 65,535; fewer round trips matter
 _MAX_KEY = 64  # the length of the order_id and serial columns
 _MAX_INT4 = 2_147_483_647  # order_pieces is an INTEGER column on PostgreSQL
 _MAX_TOTAL = Decimal(10) ** 12  # order_total is NUMERIC(14, 2)
+# What an XLSX file may unpack to: a 300,000-row registry is about 60 MB of XML; a zip bomb of 2 MB is
+# gigabytes, which openpyxl would read for minutes at a gigabyte of memory. REGISTRY_MAX_UNPACKED_BYTES.
+DEFAULT_MAX_UNPACKED_BYTES = 512 * 1024 * 1024
 _CENT = Decimal("0.01")
 
 _T = TypeVar("_T")
@@ -78,6 +81,17 @@ class RegistryImportError(Exception):
         self.errors: list[tuple[int, str]] = sorted(errors, key=lambda error: error[0])
         super().__init__(self.summary())
 
+    @property
+    def bad_rows(self) -> int:
+        """How many rows have problems (a row with five problems is one bad row; line 0 is no row)."""
+        return len({line for line, _ in self.errors if line})
+
+    def counted(self) -> str:
+        """`3 bad rows (8 problems)`: rows counted as rows, problems as problems."""
+        rows = self.bad_rows
+        head = f"{rows} bad row" + ("s" if rows != 1 else "")
+        return head + (f" ({len(self.errors)} problems)" if len(self.errors) > rows else "")
+
     def summary(self) -> str:
         if not self.errors:
             return "the registry file was not imported"
@@ -85,10 +99,7 @@ class RegistryImportError(Exception):
         first = f"line {line}: {message}" if line else message
         if line == 0 and len(self.errors) == 1:
             return first
-        rows = len({line for line, _ in self.errors})
-        head = f"{rows} bad row" + ("s" if rows != 1 else "")
-        if len(self.errors) > rows:
-            head += f" ({len(self.errors)} problems)"
+        head = self.counted()
         return f"{head}; first: {first}" if len(self.errors) > 1 else f"{head}: {first}"
 
     def __str__(self) -> str:
@@ -126,7 +137,12 @@ ProgressCallback = Callable[[int, int], None]
 
 
 def import_registry(
-    engine: Engine, path: Path, *, policy: Policy, progress: ProgressCallback | None = None
+    engine: Engine,
+    path: Path,
+    *,
+    policy: Policy,
+    progress: ProgressCallback | None = None,
+    max_unpacked_bytes: int = DEFAULT_MAX_UNPACKED_BYTES,
 ) -> ImportReport:
     """Validate the registry file at `path` (CSV or XLSX), then upsert its orders and units in one go.
 
@@ -137,10 +153,12 @@ def import_registry(
     that never goes back: while the file is read, `total` assumes a unit per row (an estimate); once it
     is validated, `total` is exact. Called every few thousand steps and once at the end.
 
+    An XLSX file whose parts unpack to more than `max_unpacked_bytes` is refused before it is read.
+
     Raises:
         RegistryImportError: the file cannot be read, or has bad rows (all of them are listed).
     """
-    with _open(path) as (rows, expected_rows):
+    with _open(path, max_unpacked_bytes) as (rows, expected_rows):
         meter = _Progress(progress, expected_rows)
         orders, units = _validate(rows, policy, meter)
     return _write(engine, orders, units, meter)
@@ -210,7 +228,7 @@ _Row = tuple[int, Sequence[object]]
 
 
 @contextmanager
-def _open(path: Path) -> Iterator[tuple[Iterator[_Row], int]]:
+def _open(path: Path, max_unpacked_bytes: int) -> Iterator[tuple[Iterator[_Row], int]]:
     """The file's lines as (line number, cells), the header included, and the data rows it seems to hold."""
     try:
         with path.open("rb") as file:
@@ -226,6 +244,7 @@ def _open(path: Path) -> Iterator[tuple[Iterator[_Row], int]]:
         yield _csv_rows(text), text.count("\n") + (not text.endswith("\n")) - 1
         return
     try:
+        _check_unpacked_size(path, max_unpacked_bytes)
         workbook = openpyxl.load_workbook(path, read_only=True, data_only=True)
     except (BadZipFile, InvalidFileException, KeyError, OSError, ValueError) as error:
         raise RegistryImportError([(0, f"not a readable XLSX file: {error}")]) from error
@@ -238,6 +257,21 @@ def _open(path: Path) -> Iterator[tuple[Iterator[_Row], int]]:
         yield enumerate(sheet.iter_rows(values_only=True), start=1), expected
     finally:
         workbook.close()
+
+
+def _check_unpacked_size(path: Path, limit: int) -> None:
+    """Refuses an archive whose parts unpack to more than `limit` bytes, before any part is unpacked.
+
+    The sizes are the archive's word, but zipfile holds it to them: a part that unpacks to more than its
+    stated size fails its CRC check there, and the reading stops at the stated size.
+    """
+    with ZipFile(path) as archive:
+        unpacked = sum(info.file_size for info in archive.infolist())
+    if unpacked > limit:
+        raise RegistryImportError([(0, (
+            f"the XLSX file unpacks to {unpacked / 2**20:.0f} MB, more than the {limit / 2**20:.0f} MB allowed "
+            "(REGISTRY_MAX_UNPACKED_BYTES): split the registry, or save it as CSV"
+        ))])
 
 
 def _decode(data: bytes) -> str:
