@@ -6,6 +6,7 @@ The reading is context-free; the conversation decides what a "no" or a number an
 
 from __future__ import annotations
 
+import itertools
 import re
 from dataclasses import dataclass
 from typing import Literal
@@ -14,7 +15,7 @@ from rapidfuzz import process
 from rapidfuzz.distance import OSA
 
 from bot.understanding.lexicon import Lexicon, Phrase
-from bot.understanding.normalize import clean, fold_with_origin
+from bot.understanding.normalize import clean, fold, fold_with_origin
 from policy import (
     Policy,
     SerialRangeError,
@@ -177,25 +178,24 @@ def _join_split_serials(text: str, policy: Policy) -> str:
 
 
 def _range_words(text: str, lexicon: Lexicon, policy: Policy) -> str:
-    """A word meaning "to" between two serials, in any language (`من A إلى B`), written as a range dash."""
+    """A word meaning "to" between two serials, in any language (`من A إلى B`), written as a range dash.
+
+    The words between two consecutive serials are folded before they are looked up, as every lexicon word
+    is: `إلى` is listed (and typed) with or without its hamza, `à` with or without its accent."""
     if not lexicon.range_to:
         return text
-    words = "|".join(re.escape(w) for w in sorted(lexicon.range_to, key=len, reverse=True))
-    pattern = re.compile(rf"(?<=[0-9A-Za-z])(\s+(?:{words})\s+)(?=[0-9A-Za-z])", re.IGNORECASE)
-
-    def dash(match: re.Match[str]) -> str:
-        before = re.search(r"[0-9A-Za-z-]+$", text[: match.start()])
-        after = re.match(r"[0-9A-Za-z-]+", text[match.end() :])
-        if (
-            before
-            and after
-            and parse_serial(before.group(0), policy)
-            and parse_serial(after.group(0), policy)
-        ):
-            return " - "
-        return match.group(0)
-
-    return pattern.sub(dash, text)
+    serials = [m for m in re.finditer(r"[0-9A-Za-z-]+", text) if parse_serial(m.group(0), policy)]
+    out: list[str] = []
+    at = 0
+    for before, after in itertools.pairwise(serials):
+        between = text[before.end() : after.start()]
+        words = " ".join(fold(between).split())
+        if between[:1].isspace() and between[-1:].isspace() and words in lexicon.range_to:
+            out.append(text[at : before.end()])
+            out.append(" - ")
+            at = after.start()
+    out.append(text[at:])
+    return "".join(out)
 
 
 _ATTEMPT = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{5,}")
