@@ -276,7 +276,7 @@ def _matches(folded: str, tokens: list[_Token], lexicon: Lexicon) -> list[_Match
         if token.serial:
             continue
         candidates = [*lexicon.by_first_word.get(token.text, ()), *lexicon.wildcard_phrases]
-        if lexicon.clitics and token.text not in lexicon.by_first_word:
+        if lexicon.clitics:
             for clitic in lexicon.clitics:
                 if token.text.startswith(clitic):
                     candidates.extend(lexicon.by_first_word.get(token.text[len(clitic) :], ()))
@@ -462,7 +462,8 @@ def _cause(matches: list[_Match]) -> Cause | None:
 def _proof(matches: list[_Match]) -> Proof | None:
     plain = _keys(matches, "proof", negated=False)
     negated = _keys(matches, "proof", negated=True)
-    if "none" in plain or "has" in negated or "sent" in negated:
+    # "I lost it" names no document; said with one ("perdi o certificado"), it is the lost proof itself.
+    if "none" in plain or "has" in negated or "sent" in negated or ("absent" in plain and "has" in plain):
         return "none"
     if "absent" in plain:
         return "absent"
