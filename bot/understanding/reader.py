@@ -326,6 +326,8 @@ def _matches(folded: str, tokens: list[_Token], lexicon: Lexicon) -> list[_Match
 def _negate(match: _Match, tokens: list[_Token], folded: str, lexicon: Lexicon) -> _Match:
     if match.phrase.category not in ("cause", "preference", "proof"):
         return match
+    if match.phrase.words and match.phrase.words[0] in lexicon.negations:
+        return match  # the phrase carries its own negation: "je n'ai PAS DE FACTURE", "we don't have NO invoice"
     negated = False
     if match.first >= 0:
         for k in range(match.first - 1, max(-1, match.first - 1 - _NEGATION_REACH), -1):
