@@ -35,6 +35,8 @@ Answer = Literal["yes", "no"]
 _TOKEN = re.compile(r"[^\W_]+(?:'[^\W_]+)*|[.!?;\n]")
 _CLAUSE_END = frozenset(".!?;\n")
 _HAN = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
+# Chinese and Arabic letters: not parts of a serial ("我们有3台机器坏了" is no attempt at one).
+_NOT_LATIN = re.compile(r"[\u0600-\u06ff\u3400-\u9fff\uf900-\ufaff]")
 _RATING = re.compile(r"^\s*(?:rate:)?([1-5])\s*(?:/\s*5)?\s*[*★⭐]*\s*$")
 _STARS = re.compile(r"^\s*([★⭐]{1,5})\s*$")
 _OPTION = re.compile(r"^\s*#?([0-9]{1,2})\s*[.)]?\s*$")
@@ -132,7 +134,9 @@ def understand(text: str, lexicon: Lexicon, policy: Policy) -> Reading:
         serial_action=_first_key(matches, "serial_action") if serials else None,  # type: ignore[arg-type]
         removed=_removed(matches, tokens, serials, base, policy, origin),
         range_error=range_error,
-        serial_attempt=not serials and range_error is None and looks_like_serial_attempt(base),
+        serial_attempt=not serials
+        and range_error is None
+        and looks_like_serial_attempt(_NOT_LATIN.sub(" ", base)),
         units_stated=_units_stated(tokens, folded, lexicon),
         fault=fault,
         fault_strength=strength,
@@ -320,19 +324,26 @@ def _matches(folded: str, tokens: list[_Token], lexicon: Lexicon) -> list[_Match
         if all(match.end <= k.start or match.start >= k.end for k in kept):
             kept.append(match)
     kept.sort(key=lambda m: m.start)
-    return [_negate(m, tokens, folded, lexicon) for m in kept]
+    # A negation inside a fault phrase ("does not work", "не включается", "ما يشتغل") negates the fault, not
+    # a cause said after it ("не включается после грозы" is a storm, not "no storm").
+    in_fault = {
+        k for m in kept if m.phrase.category == "fault_word" and m.first >= 0 for k in range(m.first, m.last)
+    }
+    return [_negate(m, tokens, folded, lexicon, in_fault) for m in kept]
 
 
-def _negate(match: _Match, tokens: list[_Token], folded: str, lexicon: Lexicon) -> _Match:
+def _negate(match: _Match, tokens: list[_Token], folded: str, lexicon: Lexicon, in_fault: set[int]) -> _Match:
     if match.phrase.category not in ("cause", "preference", "proof"):
         return match
     if match.phrase.words and match.phrase.words[0] in lexicon.negations:
-        return match  # the phrase carries its own negation: "je n'ai PAS DE FACTURE", "we don't have NO invoice"
+        return (
+            match  # the phrase carries its own negation: "je n'ai PAS DE FACTURE", "we don't have NO invoice"
+        )
     negated = False
     if match.first >= 0:
         for k in range(match.first - 1, max(-1, match.first - 1 - _NEGATION_REACH), -1):
             word = tokens[k].text
-            if word in _CLAUSE_END or word in lexicon.breaks:
+            if word in _CLAUSE_END or word in lexicon.breaks or k in in_fault:
                 break
             if word in lexicon.negations or word.endswith("n't"):
                 negated = True
@@ -442,9 +453,10 @@ def _fault_text(base: str, matches: list[_Match], spans: list[tuple[int, int]], 
                 cut[k] = True
     kept = "".join(" " if cut[k] else c for k, c in enumerate(base))
     kept = re.sub(r"[ \t]{2,}", " ", kept)
-    kept = re.sub(r"\s+([,.;:!?])", r"\1", kept)
-    kept = re.sub(r"^[\s,.;:!?\-–—]+|[\s,;:\-–—]+$", "", kept)
-    kept = re.sub(r"(^|[.!?]\s+)[,;:]\s*", r"\1", kept)
+    # Punctuation left at the edges, Arabic (، ؛ ؟) and Chinese (、 。) marks too.
+    kept = re.sub(r"\s+([,.;:!?،؛؟、。])", r"\1", kept)
+    kept = re.sub(r"^[\s,.;:!?،؛؟、。\-–—]+|[\s,;:،؛、\-–—]+$", "", kept)
+    kept = re.sub(r"(^|[.!?]\s+|[؟。]\s*)[,;:،؛、]\s*", r"\1", kept)
     return kept.strip()
 
 
