@@ -335,10 +335,9 @@ def _matches(folded: str, tokens: list[_Token], lexicon: Lexicon) -> list[_Match
 def _negate(match: _Match, tokens: list[_Token], folded: str, lexicon: Lexicon, in_fault: set[int]) -> _Match:
     if match.phrase.category not in ("cause", "preference", "proof"):
         return match
+    # A phrase that carries its own negation is not negated again: "je n'ai PAS DE FACTURE".
     if match.phrase.words and match.phrase.words[0] in lexicon.negations:
-        return (
-            match  # the phrase carries its own negation: "je n'ai PAS DE FACTURE", "we don't have NO invoice"
-        )
+        return match
     negated = False
     if match.first >= 0:
         for k in range(match.first - 1, max(-1, match.first - 1 - _NEGATION_REACH), -1):
