@@ -545,7 +545,9 @@ def _intake(state: State, reading: Reading, event: Event, facts: Facts) -> Trans
     state = _take_fault(state, reading, event, asked=before.name == "awaiting_fault" and state.serials != ())
     state, proof_replies = _take_proof(state, reading, event, facts, asked=before.name == "awaiting_proof")
     said.extend(proof_replies)
-    if reading.cause is not None and (before.name == "screening" or reading.cause != "unsure"):
+    # A cause said without being asked counts when it is said plainly: not "unsure", not a misspelt guess.
+    volunteered = reading.cause != "unsure" and not reading.cause_repaired
+    if reading.cause is not None and (before.name == "screening" or volunteered):
         state = replace(state, cause=reading.cause)
     if reading.preference is not None and (before.name == "preference" or state.cause is not None):
         state = replace(state, prefers_discount=reading.preference == "discount")

@@ -85,6 +85,7 @@ class Reading:
     option: int | None = None  # a typed option number ("2")
     consequential: bool = False  # asks for consequential damages (clause L1)
     repaired: bool = False  # a word was read through a spelling repair: less sure
+    cause_repaired: bool = False  # the cause was read only through a spelling repair
     languages: tuple[str, ...] = ()  # lexicons whose phrases matched, most matches first
 
 
@@ -143,6 +144,7 @@ def understand(text: str, lexicon: Lexicon, policy: Policy) -> Reading:
         fault_strength=strength,
         proof=_proof(matches),
         cause=_cause(matches),
+        cause_repaired=_cause([m for m in matches if not m.repaired]) is None and _cause(matches) is not None,
         preference=_preference(matches),
         answer=_answer(matches, tokens),
         intent=reading_intent,
