@@ -474,7 +474,7 @@ def _fault_text(base: str, matches: list[_Match], spans: list[tuple[int, int]], 
                 cut[k] = True
     # "A and B", "A, B y C": the words joining serials go with them.
     ordered = sorted(spans)
-    for (_, end), (start, _) in zip(ordered, ordered[1:], strict=False):
+    for (_, end), (start, _) in itertools.pairwise(ordered):
         if fold(base[end:start]).strip(" \t,;/&+") in _JOINERS:
             for k in range(end, start):
                 cut[k] = True
