@@ -64,6 +64,9 @@ PREFER_DISCOUNT = "pref:discount"
 # How many serials one claim may hold (all ranges and messages together), unless the shell says otherwise.
 MAX_CLAIM_UNITS = 1000
 _MIN_FAULT_CHARS = 3
+# A case's fault gathers what the customer adds; past this it stops growing (it is kept in the state, which
+# is written again with every message: unbounded, 20 messages of 4,000 characters made it 80 KB).
+MAX_FAULT_CHARS = 4000
 _OPTION_NUMBER = re.compile(r"[0-9]{1,2}")  # not str.isdigit(): "²" is a digit to it
 _VALUE = re.compile(r"^(?:cmd|lang|cause|proof|pref|answer|rate):[a-z0-9_]+$")
 
@@ -633,9 +636,10 @@ def _take_fault(state: State, reading: Reading, event: Event, *, asked: bool) ->
     if not enough:
         return state
     if not state.fault:
-        return replace(state, fault=fault)
-    if fault not in state.fault and reading.fault_strength >= 2 and not reading.serials:
-        return replace(state, fault=f"{state.fault}\n{fault}")
+        return replace(state, fault=fault[:MAX_FAULT_CHARS])
+    added = f"{state.fault}\n{fault}"
+    if fault not in state.fault and reading.fault_strength >= 2 and not reading.serials and len(added) <= MAX_FAULT_CHARS:
+        return replace(state, fault=added)
     return state
 
 
