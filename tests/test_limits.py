@@ -392,21 +392,24 @@ def test_a_case_with_many_units_is_read_in_pages(tmp_path: Path, database_url: s
     bot = make_bot(database_url, tmp_path)
     with running(bot) as url, httpx.Client(base_url=url) as http:
         ref = open_case(http, bot)
-        with Session(bot.db) as session:
-            first = session.execute(select(CaseUnit)).scalars().one()
-            # What the conversation stored before units per claim were capped: one message, thousands of units.
-            for n in range(449):
-                session.add(
-                    CaseUnit(
-                        case_id=first.case_id,
-                        serial=f"CSP2604D{n + 1000:04}",
-                        model=first.model,
-                        outcome=first.outcome,
-                        clauses=first.clauses,
-                        decision=first.decision,
-                    )
+    # With the server stopped (its workers would hold SQLite's write lock), the case grows, then it is read.
+    bot = make_bot(database_url, tmp_path)
+    with Session(bot.db) as session:
+        first = session.execute(select(CaseUnit)).scalars().one()
+        # What the conversation stored before units per claim were capped: one message, thousands of units.
+        for n in range(449):
+            session.add(
+                CaseUnit(
+                    case_id=first.case_id,
+                    serial=f"CSP2604D{n + 1000:04}",
+                    model=first.model,
+                    outcome=first.outcome,
+                    clauses=first.clauses,
+                    decision=first.decision,
                 )
-            session.commit()
+            )
+        session.commit()
+    with running(bot) as url, httpx.Client(base_url=url) as http:
         page = http.get(f"/api/desk/cases/{ref}", headers=DESK).json()
         assert (len(page["units"]), page["unit_count"], page["units_offset"], page["units_next"]) == (
             200,
@@ -441,24 +444,26 @@ def test_a_customer_file_is_a_download_never_a_page(tmp_path: Path, sqlite_url: 
     bot = make_bot(sqlite_url, tmp_path)
     with running(bot) as url, httpx.Client(base_url=url) as http:
         ref = open_case(http, bot)
-        with Session(bot.db) as session:
-            case_id = session.execute(select(CaseUnit.case_id)).scalars().first()
-            # A row as an older version could keep it: HTML under a type the store does not check today.
-            target = tmp_path / "attachments" / "ab" / "page.html"
-            target.parent.mkdir(parents=True)
-            target.write_bytes(b"<html><script>alert(document.domain)</script></html>")
-            row = StoredAttachment(
-                case_id=case_id,
-                kind="document",
-                name="page.html",
-                mime="text/html",
-                size=60,
-                path="ab/page.html",
-                sha256="0" * 64,
-            )
-            session.add(row)
-            session.commit()
-            attachment_id = row.id
+    bot = make_bot(sqlite_url, tmp_path)  # the server stopped: its workers would hold the write lock
+    with Session(bot.db) as session:
+        case_id = session.execute(select(CaseUnit.case_id)).scalars().first()
+        # A row as an older version could keep it: HTML under a type the store does not check today.
+        target = tmp_path / "attachments" / "ab" / "page.html"
+        target.parent.mkdir(parents=True)
+        target.write_bytes(b"<html><script>alert(document.domain)</script></html>")
+        row = StoredAttachment(
+            case_id=case_id,
+            kind="document",
+            name="page.html",
+            mime="text/html",
+            size=60,
+            path="ab/page.html",
+            sha256="0" * 64,
+        )
+        session.add(row)
+        session.commit()
+        attachment_id = row.id
+    with running(bot) as url, httpx.Client(base_url=url) as http:
         answer = http.get(f"/api/desk/cases/{ref}/attachments/{attachment_id}", headers=DESK)
         assert answer.status_code == 200
         assert answer.headers["content-type"] == "application/octet-stream"
