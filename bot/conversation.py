@@ -637,7 +637,7 @@ def _take_fault(state: State, reading: Reading, event: Event, *, asked: bool) ->
     if not enough:
         return state
     if not state.fault:
-        return replace(state, fault=fault)
+        return replace(state, fault=fault[:MAX_FAULT_CHARS])
     added = f"{state.fault}\n{fault}"
     if (
         fault not in state.fault
