@@ -49,6 +49,8 @@ def build(
         max_text_chars=settings.max_text_chars,
         attachment_max_mb=max(1, settings.attachment_max_bytes // (1024 * 1024)),
         external_desks=external_desks,
+        max_attempts=settings.inbox_max_attempts,
+        retry_backoff_max_seconds=settings.retry_backoff_max_seconds,
     )
     engine = Engine(db=db, policy=policy, renderer=renderer, config=config)
     attachments = AttachmentStore(

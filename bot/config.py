@@ -33,6 +33,10 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=2 * 1024 * 1024, gt=0)
     outbox_poll_seconds: float = Field(default=0.5, gt=0)
     outbox_max_attempts: int = Field(default=8, gt=0)
+    outbox_retry_hours: float = Field(default=72.0, gt=0)
+    retry_backoff_max_seconds: float = Field(default=60.0, gt=0)
+    inbox_max_attempts: int = Field(default=5, gt=0)
+    worker_id: str = Field(default="", max_length=128)
     max_text_chars: int = Field(default=4000, gt=0)
 
     # --- local desk -----------------------------------------------------------------------------------

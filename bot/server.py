@@ -26,6 +26,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from adapters.base import Channel
 from bot.app import Bot, build
 from bot.config import Settings
+from bot.engine import StorageUnavailable
 from bot.logs import setup_logging
 from bot.outbox import Deliverer
 from bot.store import Case, InboxItem, OutboxItem
@@ -61,10 +62,17 @@ class Workers:
 
     def _inbox_loop(self) -> None:
         engine = self.bot.engine
+        failures = 0  # rounds in a row the database failed in a passing way
         while not self.stop_event.is_set():
             engine.inbox_signal.clear()
             try:
                 engine.process_pending()
+                failures = 0
+            except StorageUnavailable:
+                # Nothing was lost: the message stays pending. Pause (doubling, capped), then try again.
+                failures += 1
+                self.stop_event.wait(engine.retry_delay(failures))
+                continue
             except Exception:
                 log.exception("inbox round failed")
             engine.inbox_signal.wait(timeout=self.bot.settings.outbox_poll_seconds)
