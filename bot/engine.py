@@ -38,8 +38,8 @@ from bot.store import (
     lock_chat,
     session_scope,
 )
-from bot.store.db import is_transient
 from bot.store.clock import utcnow
+from bot.store.db import is_transient
 from policy import Policy, decision_to_json, find_serials
 
 log = logging.getLogger(__name__)

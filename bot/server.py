@@ -7,9 +7,11 @@ import asyncio
 import contextlib
 import importlib
 import logging
+import socket
 import threading
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 import uvicorn
@@ -81,7 +83,15 @@ class Workers:
         self.thread = threading.Thread(target=self._inbox_loop, name="inbox", daemon=True)
         self.thread.start()
         senders = {c.name: s for c in self.channels if (s := c.sender()) is not None}
-        deliverer = Deliverer(self.bot.db, senders, max_attempts=self.bot.settings.outbox_max_attempts)
+        settings = self.bot.settings
+        deliverer = Deliverer(
+            self.bot.db,
+            senders,
+            max_attempts=settings.outbox_max_attempts,
+            retry_for=timedelta(hours=settings.outbox_retry_hours),
+            backoff_max=settings.retry_backoff_max_seconds,
+            owner=settings.worker_id or None,
+        )
         self.async_stop = asyncio.Event()
         self.task = asyncio.create_task(
             deliverer.run(
@@ -257,6 +267,8 @@ def _collect(bot: Bot, gauges: dict[str, Gauge]) -> None:
 
 def run_server(settings: Settings, *, host: str, port: int) -> None:
     setup_logging(settings.log_level)
+    if not settings.worker_id:  # the same name after a restart: the new process takes back its own leases
+        settings = settings.model_copy(update={"worker_id": f"{socket.gethostname()}:{port}"})
     bot = build(settings, external_desks=desks_configured(settings))
     app = create_app(bot)
     base = f"http://{host}:{port}"
