@@ -12,10 +12,10 @@ import re
 import threading
 from dataclasses import asdict, dataclass, field, replace
 from datetime import date, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
+from sqlalchemy import CursorResult, or_, select, update
 from sqlalchemy import Engine as DbEngine
-from sqlalchemy import or_, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, col
 
@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 
 
 PENDING, PARKED = "pending", "parked"
+STOPPED = (PARKED, "failed")  # waiting for an operator (`warranty-bot inbox list|retry`)
 
 
 class StorageUnavailable(Exception):
@@ -562,6 +563,20 @@ class Engine:
     def notify_desks(self, session: Session, case: Case, event: str, **data: Any) -> None:
         for desk in self.config.external_desks:
             enqueue_event(session, desk, case.ref, event, case_id=case.id, **data)
+
+
+def retry_parked(db: DbEngine, ids: list[int] | None = None) -> int:
+    """Put parked inbound messages (all, or those given) back in the queue; returns how many.
+
+    A parked message held its chat's later messages back: re-driven, it is processed first and they follow
+    in their order. Rows marked `failed` by earlier versions are re-driven too.
+    """
+    with session_scope(db) as session:
+        query = update(InboxItem).where(col(InboxItem.status).in_(STOPPED))
+        if ids:
+            query = query.where(col(InboxItem.id).in_(ids))
+        result = session.execute(query.values(status=PENDING, attempts=0, next_attempt_at=None, processed_at=None))
+        return int(cast(CursorResult[Any], result).rowcount)
 
 
 # Control characters, and lone surrogates (valid in JSON, but not text that UTF-8 can store).

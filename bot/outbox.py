@@ -146,13 +146,17 @@ class Limits:
 
 
 class Pacer:
-    """When the next send of a channel may go: its limits per chat and per bot, and pauses it asked for."""
+    """When the next send of a channel may go: its limits per chat and per bot, and pauses it asked for.
+
+    Counted when a send really starts (not when it was planned), so a busy event loop that runs late never
+    lets a bunch of sends out together.
+    """
 
     def __init__(self, limits: Limits | None) -> None:
         self.limits = limits
         self.paused_until = 0.0  # time.monotonic(); a 429 meant for the whole bot sets it
         self._chats: dict[str, tuple[float, float]] = {}  # chat -> (tokens left, at)
-        self._slots: set[int] = set()  # the bot's reserved send slots, 1/per_second apart
+        self._last = -math.inf  # the bot's last send: sends are spaced evenly, 1/per_second apart
 
     def pause(self, seconds: float) -> None:
         self.paused_until = max(self.paused_until, time.monotonic() + seconds)
@@ -160,34 +164,48 @@ class Pacer:
     def paused_for(self) -> float:
         return max(0.0, self.paused_until - time.monotonic())
 
-    def reserve(self, chat_id: str) -> float:
-        """Take the chat's next turn; returns how many seconds from now it is."""
-        now = time.monotonic()
-        at = max(now, self.paused_until)
+    async def turn(self, chat_id: str) -> bool:
+        """Wait for the chat's next turn and take it; False (at once) when the bot is paused for long."""
+        while True:
+            pause = self.paused_for()
+            if pause > 1.0:
+                return False
+            wait = max(pause, self._wait(chat_id, time.monotonic()))
+            if wait <= 0:
+                self._take(chat_id, time.monotonic())
+                return True
+            await asyncio.sleep(wait)
+
+    def _tokens(self, chat_id: str, now: float) -> float:
+        assert self.limits is not None and self.limits.per_chat_per_second
+        burst = float(max(1, self.limits.chat_burst))
+        tokens, at = self._chats.get(chat_id, (burst, now))
+        return min(burst, tokens + max(0.0, now - at) * self.limits.per_chat_per_second)
+
+    def _wait(self, chat_id: str, now: float) -> float:
         limits = self.limits
         if limits is None:
-            return at - now
+            return 0.0
+        wait = 0.0
         if limits.per_chat_per_second:
-            rate, burst = limits.per_chat_per_second, max(1, limits.chat_burst)
-            tokens, last = self._chats.get(chat_id, (float(burst), at))
-            at = max(at, last)
-            tokens = min(float(burst), tokens + (at - last) * rate)
+            tokens = self._tokens(chat_id, now)
             if tokens < 1.0:
-                at += (1.0 - tokens) / rate
-                tokens = 1.0
-            self._chats[chat_id] = (tokens - 1.0, at)
-            if len(self._chats) > 10_000:  # forget chats whose bucket is full again
-                self._chats = {c: (t, a) for c, (t, a) in self._chats.items() if t + (now - a) * rate < burst}
+                wait = (1.0 - tokens) / limits.per_chat_per_second
         if limits.per_second:
-            slot = math.ceil(at * limits.per_second)
-            while slot in self._slots:
-                slot += 1
-            self._slots.add(slot)
-            at = slot / limits.per_second
-            if len(self._slots) > 1000:
-                oldest = math.floor(now * limits.per_second)
-                self._slots = {s for s in self._slots if s >= oldest}
-        return max(0.0, at - now)
+            wait = max(wait, self._last + 1.0 / limits.per_second - now)
+        return wait
+
+    def _take(self, chat_id: str, now: float) -> None:
+        limits = self.limits
+        if limits is None:
+            return
+        if limits.per_chat_per_second:
+            self._chats[chat_id] = (self._tokens(chat_id, now) - 1.0, now)
+            if len(self._chats) > 10_000:  # forget chats whose bucket is full again
+                burst = max(1, limits.chat_burst)
+                self._chats = {c: v for c, v in self._chats.items() if self._tokens(c, now) < burst}
+        if limits.per_second:
+            self._last = now
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -391,11 +409,8 @@ class Deliverer:
         if task is not None:
             task.item_id = item_id  # type: ignore[attr-defined]
         pacer = self.pacers[item.channel]
-        wait = pacer.reserve(item.chat_id)
-        if pacer.paused_for() > 1.0:  # the bot must wait: give the row back rather than sit on its lease
+        if not await pacer.turn(item.chat_id):  # the bot must wait: give the row back, not sit on its lease
             return Outcome(item_id=item_id, kind="released", after=pacer.paused_for())
-        if wait > 0:
-            await asyncio.sleep(wait)
         sender = self.senders[item.channel]
         message = from_payload(item.channel, item.chat_id, item.payload)
         self._sending.add(item_id)

@@ -28,9 +28,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from adapters.base import Channel
 from bot.app import Bot, build
 from bot.config import Settings
-from bot.engine import StorageUnavailable
+from bot.engine import PARKED, STOPPED, StorageUnavailable
 from bot.logs import setup_logging
-from bot.outbox import Deliverer
+from bot.outbox import DEAD, DEAD_LETTERS, HELD, PENDING, Deliverer
 from bot.store import Case, InboxItem, OutboxItem
 from bot.store import Message as LoggedMessage
 
@@ -192,7 +192,15 @@ def create_app(bot: Bot, channels: Sequence[Channel] | None = None) -> Starlette
     gauges = _metrics(registry)
 
     async def healthz(_: Request) -> Response:
-        return JSONResponse({"status": "ok", "channels": [c.name for c in channels]})
+        try:
+            queues = await asyncio.to_thread(_queues, bot)
+        except Exception as error:  # the database cannot even be read: this server is of no use now
+            log.warning("healthz: database unavailable: %s", type(error).__name__)
+            return JSONResponse({"status": "unavailable", "error": "database unavailable"}, status_code=503)
+        held = queues["inbox"]["parked"] + queues["outbox"]["chats_held"]
+        return JSONResponse(
+            {"status": "degraded" if held else "ok", "channels": [c.name for c in channels], **queues}
+        )
 
     async def metrics(_: Request) -> Response:
         await asyncio.to_thread(_collect, bot, gauges)
@@ -247,6 +255,43 @@ def _metrics(registry: CollectorRegistry) -> dict[str, Gauge]:
         ),
         "cases": Gauge("warranty_cases", "Cases by status", ["status"], registry=registry),
         "outbox": Gauge("warranty_outbox_messages", "Outbox rows by status", ["status"], registry=registry),
+        "held": Gauge(
+            "warranty_chats_held",
+            "Chats whose later messages wait for an operator: a parked inbound message or a dead reply",
+            ["queue"],
+            registry=registry,
+        ),
+    }
+
+
+def _queues(bot: Bot) -> dict[str, dict[str, int]]:
+    """What waits: inbound messages pending and parked, replies pending, dead, and chats a dead letter holds."""
+    with Session(bot.db) as session:
+        inbox = dict(
+            session.execute(
+                select(col(InboxItem.status), func.count())
+                .where(col(InboxItem.status).in_(("pending", *STOPPED)))
+                .group_by(col(InboxItem.status))
+            ).tuples()
+        )
+        outbox = dict(
+            session.execute(
+                select(col(OutboxItem.status), func.count())
+                .where(col(OutboxItem.status).in_((PENDING, HELD, *DEAD_LETTERS)))
+                .group_by(col(OutboxItem.status))
+            ).tuples()
+        )
+        held = session.execute(
+            select(func.count()).where(col(OutboxItem.status) == DEAD, col(OutboxItem.holds_chat))
+        ).scalar_one()
+    return {
+        "inbox": {"pending": inbox.get("pending", 0), "parked": sum(inbox.get(s, 0) for s in STOPPED)},
+        "outbox": {
+            "pending": outbox.get(PENDING, 0),
+            "held": outbox.get(HELD, 0),
+            "dead": sum(outbox.get(s, 0) for s in DEAD_LETTERS),
+            "chats_held": int(held),
+        },
     }
 
 
@@ -263,6 +308,16 @@ def _collect(bot: Bot, gauges: dict[str, Gauge]) -> None:
                 select(column, func.count()).select_from(table).group_by(column)
             ):
                 gauges[name].labels(label).set(count)
+        parked_chats = session.execute(
+            select(func.count(func.distinct(col(InboxItem.channel) + ":" + col(InboxItem.chat_id)))).where(
+                col(InboxItem.status) == PARKED
+            )
+        ).scalar_one()
+        dead_heads = session.execute(
+            select(func.count()).where(col(OutboxItem.status) == DEAD, col(OutboxItem.holds_chat))
+        ).scalar_one()
+        gauges["held"].labels("inbox").set(parked_chats)
+        gauges["held"].labels("outbox").set(dead_heads)
 
 
 def run_server(settings: Settings, *, host: str, port: int) -> None:
