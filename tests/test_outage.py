@@ -151,7 +151,7 @@ def test_429_is_honoured_per_chat_and_for_the_bot_and_spends_no_attempts(start: 
 
 
 def test_a_reply_that_keeps_failing_holds_its_chat_and_a_retry_keeps_order(
-        start: Callable[..., Running], database_url: str, tmp_path: Any) -> None:
+        start: Callable[..., Running], database_url: str, tmp_path: Any) -> None:  # noqa: F811
     running = start(outbox_retry_hours=1 / 3600, retry_backoff_max_seconds=0.2)  # give up after a second
     running.fake.outage = "5xx"
     post_script(running)
