@@ -67,8 +67,6 @@ def make_engine(url: str) -> Engine:
 
 # SQLite errors after which the connection itself is suspect: drop it, the next one is opened afresh.
 _SQLITE_BROKEN = ("readonly", "disk i/o error", "unable to open", "disk is full", "disk image is malformed")
-# SQLite errors that pass without anything changing on our side (another writer holds the lock).
-_SQLITE_BUSY = ("database is locked", "database table is locked")
 
 
 def _drop_broken_connection(context: ExceptionContext) -> None:
