@@ -296,7 +296,9 @@ class Deliverer:
                 try:
                     await asyncio.to_thread(self._record, unrecorded)
                 except Exception as error:  # the database is away: keep the outcomes, record them later
-                    log.warning("outbox: could not record %s outcome(s): %s", len(unrecorded), _error_text(error))
+                    log.warning(
+                        "outbox: could not record %s outcome(s): %s", len(unrecorded), _error_text(error)
+                    )
                     await asyncio.sleep(min(1.0, poll_seconds))
                 else:
                     unrecorded = []
@@ -318,7 +320,9 @@ class Deliverer:
             for task in tasks:
                 with contextlib.suppress(asyncio.CancelledError):
                     unrecorded.append(await task)
-        released = [Outcome(item_id=i, kind="released") for i in self._leased - {o.item_id for o in unrecorded}]
+        released = [
+            Outcome(item_id=i, kind="released") for i in self._leased - {o.item_id for o in unrecorded}
+        ]
         with contextlib.suppress(Exception):  # what cannot be written now is taken back at the next start
             await asyncio.to_thread(self._record, unrecorded + released)
 
@@ -383,19 +387,31 @@ class Deliverer:
             ids = [int(i) for i in session.execute(due.order_by(col(OutboxItem.id)).limit(limit)).scalars()]
             if not ids:
                 return []
-            leased = session.execute(
-                update(OutboxItem)
-                .where(
-                    col(OutboxItem.id).in_(ids),
-                    col(OutboxItem.status) == PENDING,
-                    col(OutboxItem.next_attempt_at) <= now,  # another worker may have taken it meanwhile
+            leased = (
+                session.execute(
+                    update(OutboxItem)
+                    .where(
+                        col(OutboxItem.id).in_(ids),
+                        col(OutboxItem.status) == PENDING,
+                        col(OutboxItem.next_attempt_at) <= now,  # another worker may have taken it meanwhile
+                    )
+                    .values(
+                        next_attempt_at=now + timedelta(seconds=self.lease_seconds), lease_owner=self.owner
+                    )
+                    .returning(col(OutboxItem.id))
                 )
-                .values(next_attempt_at=now + timedelta(seconds=self.lease_seconds), lease_owner=self.owner)
-                .returning(col(OutboxItem.id))
-            ).scalars().all()
-            rows = session.execute(
-                select(OutboxItem).where(col(OutboxItem.id).in_(list(leased))).order_by(col(OutboxItem.id))
-            ).scalars().all()
+                .scalars()
+                .all()
+            )
+            rows = (
+                session.execute(
+                    select(OutboxItem)
+                    .where(col(OutboxItem.id).in_(list(leased)))
+                    .order_by(col(OutboxItem.id))
+                )
+                .scalars()
+                .all()
+            )
             for row in rows:
                 session.expunge(row)
         self._leased.update(row.id or 0 for row in rows)
@@ -426,7 +442,9 @@ class Deliverer:
             if error.after and error.scope == "channel":
                 pacer.pause(error.after)  # every chat of this bot waits, not only this one
             return Outcome(item_id=item_id, kind="retry", error=str(error), after=error.after)
-        except Exception as error:  # a bug or an unexpected answer: retry with backoff, a bounded number of times
+        except (
+            Exception
+        ) as error:  # a bug or an unexpected answer: retry with backoff, a bounded number of times
             log.warning("send on %s failed: %s", item.channel, type(error).__name__)
             return Outcome(item_id=item_id, kind="error", error=f"{type(error).__name__}: {error}")
         finally:
@@ -457,7 +475,12 @@ class Deliverer:
             return
         item.attempts += 1
         if outcome.kind == "sent":
-            item.status, item.external_id, item.sent_at, item.failing_since = SENT, outcome.external_id, now, None
+            item.status, item.external_id, item.sent_at, item.failing_since = (
+                SENT,
+                outcome.external_id,
+                now,
+                None,
+            )
         elif outcome.kind in ("dead", "unreachable"):
             item.status = DEAD
             log.warning("outbox row %s dead-lettered on %s", item.id, item.channel)
@@ -468,7 +491,9 @@ class Deliverer:
             if now - item.failing_since >= self.retry_for:
                 self._give_up(item, f"still failing after {self.retry_for}")
             else:
-                delay = outcome.after if outcome.after is not None else backoff(item.attempts, self.backoff_max)
+                delay = (
+                    outcome.after if outcome.after is not None else backoff(item.attempts, self.backoff_max)
+                )
                 item.next_attempt_at = now + timedelta(seconds=delay)
         elif item.attempts >= self.max_attempts:  # "error": something unexpected, again and again
             self._give_up(item, f"{item.attempts} attempts")
@@ -517,7 +542,11 @@ def retry_dead(db: Engine, ids: list[int] | None = None) -> int:
             query = query.where(col(OutboxItem.id).in_(ids))
         result = session.execute(
             query.values(
-                status=PENDING, attempts=0, next_attempt_at=utcnow(), failing_since=None, holds_chat=False,
+                status=PENDING,
+                attempts=0,
+                next_attempt_at=utcnow(),
+                failing_since=None,
+                holds_chat=False,
                 lease_owner=None,
             )
         )

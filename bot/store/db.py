@@ -84,15 +84,20 @@ def is_transient(error: BaseException) -> bool:
     error. Not transient: a constraint violation, bad data, a bug."""
     if isinstance(error, exc.DBAPIError) and error.connection_invalidated:
         return True
-    if isinstance(error, exc.OperationalError | exc.InterfaceError | exc.DisconnectionError | exc.TimeoutError):
+    if isinstance(
+        error, exc.OperationalError | exc.InterfaceError | exc.DisconnectionError | exc.TimeoutError
+    ):
         return True
     if isinstance(error, exc.ResourceClosedError | exc.PendingRollbackError):
         return True  # the connection went away under a session that was still using it
     if isinstance(error, OSError) and error.errno in _TRANSIENT_ERRNOS:
         return True
     cause = error.__cause__ or error.__context__
-    return cause is not None and cause is not error and isinstance(cause, exc.SQLAlchemyError | OSError) and (
-        is_transient(cause)
+    return (
+        cause is not None
+        and cause is not error
+        and isinstance(cause, exc.SQLAlchemyError | OSError)
+        and (is_transient(cause))
     )
 
 
@@ -131,8 +136,6 @@ _sqlite_writers_guard = threading.Lock()
 def _sqlite_writer(engine: Engine) -> threading.RLock:
     with _sqlite_writers_guard:
         return _sqlite_writers.setdefault(engine, threading.RLock())
-
-
 
 
 def lock_key(*parts: str) -> int:

@@ -33,6 +33,7 @@ from tests.support import wait_until
 def storage_outage(db: Engine) -> Iterator[None]:
     """While inside, every write of the bot's engine fails the way a database outage makes it fail."""
     if db.dialect.name == "sqlite":
+
         def short_wait(connection: Any, _record: Any) -> None:
             connection.execute("PRAGMA busy_timeout=100")
 
@@ -51,12 +52,19 @@ def storage_outage(db: Engine) -> Iterator[None]:
     with db.begin() as connection:
         connection.execute(text("CREATE TABLE outage (up boolean)"))
         connection.execute(text("INSERT INTO outage VALUES (false)"))
-        connection.execute(text(
-            "CREATE FUNCTION terminate_writer() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
-            "IF (SELECT up FROM outage) THEN PERFORM pg_terminate_backend(pg_backend_pid()); END IF; "
-            "RETURN NEW; END $$"))
-        connection.execute(text("CREATE TRIGGER terminate_writer BEFORE INSERT OR UPDATE ON message "
-                                "FOR EACH ROW EXECUTE FUNCTION terminate_writer()"))
+        connection.execute(
+            text(
+                "CREATE FUNCTION terminate_writer() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+                "IF (SELECT up FROM outage) THEN PERFORM pg_terminate_backend(pg_backend_pid()); END IF; "
+                "RETURN NEW; END $$"
+            )
+        )
+        connection.execute(
+            text(
+                "CREATE TRIGGER terminate_writer BEFORE INSERT OR UPDATE ON message "
+                "FOR EACH ROW EXECUTE FUNCTION terminate_writer()"
+            )
+        )
         connection.execute(text("UPDATE outage SET up = true"))
     try:
         yield
@@ -97,30 +105,48 @@ def poison(bot: Bot) -> Iterator[None]:
     """Customer messages saying 'poison' are refused by the database (a constraint-like, lasting error)."""
     with bot.db.begin() as connection:
         if bot.db.dialect.name == "sqlite":
-            connection.execute(text("CREATE TRIGGER poison BEFORE INSERT ON message WHEN NEW.text = 'poison' "
-                                    "BEGIN SELECT RAISE(ABORT, 'refused by the poison trigger'); END"))
+            connection.execute(
+                text(
+                    "CREATE TRIGGER poison BEFORE INSERT ON message WHEN NEW.text = 'poison' "
+                    "BEGIN SELECT RAISE(ABORT, 'refused by the poison trigger'); END"
+                )
+            )
         else:
-            connection.execute(text(
-                "CREATE FUNCTION poison() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
-                "IF NEW.text = 'poison' THEN RAISE EXCEPTION 'refused by the poison trigger'; END IF; "
-                "RETURN NEW; END $$"))
-            connection.execute(text("CREATE TRIGGER poison BEFORE INSERT ON message "
-                                    "FOR EACH ROW EXECUTE FUNCTION poison()"))
+            connection.execute(
+                text(
+                    "CREATE FUNCTION poison() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+                    "IF NEW.text = 'poison' THEN RAISE EXCEPTION 'refused by the poison trigger'; END IF; "
+                    "RETURN NEW; END $$"
+                )
+            )
+            connection.execute(
+                text("CREATE TRIGGER poison BEFORE INSERT ON message FOR EACH ROW EXECUTE FUNCTION poison()")
+            )
     yield
 
 
 def cure(bot: Bot) -> None:
     with bot.db.begin() as connection:
-        connection.execute(text("DROP TRIGGER poison" + ("" if bot.db.dialect.name == "sqlite" else " ON message")))
+        connection.execute(
+            text("DROP TRIGGER poison" + ("" if bot.db.dialect.name == "sqlite" else " ON message"))
+        )
 
 
 def cli(database_url: str, cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "bot.cli", *args], capture_output=True, text=True, cwd=cwd,
-                          env={**os.environ, "DATABASE_URL": database_url}, timeout=60, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "bot.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env={**os.environ, "DATABASE_URL": database_url},
+        timeout=60,
+        check=False,
+    )
 
 
 def test_a_message_failing_the_same_way_is_parked_holds_its_chat_and_is_redriven_in_order(
-        bot: Bot, poison: None, database_url: str, tmp_path: Path) -> None:
+    bot: Bot, poison: None, database_url: str, tmp_path: Path
+) -> None:
     for text_ in ("hello", "poison", "status"):
         bot.engine.accept(inbound(text_, chat="a"))
     bot.engine.accept(inbound("hello", chat="b"))
@@ -131,7 +157,9 @@ def test_a_message_failing_the_same_way_is_parked_holds_its_chat_and_is_redriven
 
     (item,) = wait_until(parked, timeout=20, what="the poison message parked")
     assert item.payload["text"] == "poison"  # the row that failed, not another of its chat
-    assert item.attempts == bot.engine.config.max_attempts and "refused by the poison trigger" in (item.error or "")
+    assert item.attempts == bot.engine.config.max_attempts and "refused by the poison trigger" in (
+        item.error or ""
+    )
     assert customer_texts(bot, "a") == ["hello"]  # the later message waits behind the parked one
     assert [i.status for i in inbox(bot)] == ["done", "parked", "pending", "done"]
     bot.engine.process_pending()

@@ -22,7 +22,9 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column("attempts", sa.Integer(), server_default="0", nullable=False))
         batch_op.add_column(sa.Column("next_attempt_at", sqlmodel.sql.sqltypes.UTCDateTime(), nullable=True))
     with op.batch_alter_table("outboxitem", schema=None) as batch_op:
-        batch_op.add_column(sa.Column("lease_owner", sqlmodel.sql.sqltypes.AutoString(length=128), nullable=True))
+        batch_op.add_column(
+            sa.Column("lease_owner", sqlmodel.sql.sqltypes.AutoString(length=128), nullable=True)
+        )
         batch_op.add_column(sa.Column("failing_since", sqlmodel.sql.sqltypes.UTCDateTime(), nullable=True))
         batch_op.add_column(sa.Column("holds_chat", sa.Boolean(), server_default="0", nullable=False))
 
