@@ -272,14 +272,14 @@ def _queues(bot: Bot) -> dict[str, dict[str, int]]:
                 select(col(InboxItem.status), func.count())
                 .where(col(InboxItem.status).in_(("pending", *STOPPED)))
                 .group_by(col(InboxItem.status))
-            ).tuples()
+            ).tuples().all()
         )
         outbox = dict(
             session.execute(
                 select(col(OutboxItem.status), func.count())
                 .where(col(OutboxItem.status).in_((PENDING, HELD, *DEAD_LETTERS)))
                 .group_by(col(OutboxItem.status))
-            ).tuples()
+            ).tuples().all()
         )
         held = session.execute(
             select(func.count()).where(col(OutboxItem.status) == DEAD, col(OutboxItem.holds_chat))
