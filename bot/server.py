@@ -9,6 +9,7 @@ import importlib
 import logging
 import socket
 import threading
+import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -33,6 +34,7 @@ from bot.logs import setup_logging
 from bot.outbox import DEAD, DEAD_LETTERS, HELD, PENDING, Deliverer
 from bot.store import Case, InboxItem, OutboxItem
 from bot.store import Message as LoggedMessage
+from bot.store.db import is_transient
 
 log = logging.getLogger(__name__)
 
@@ -324,7 +326,7 @@ def run_server(settings: Settings, *, host: str, port: int) -> None:
     setup_logging(settings.log_level)
     if not settings.worker_id:  # the same name after a restart: the new process takes back its own leases
         settings = settings.model_copy(update={"worker_id": f"{socket.gethostname()}:{port}"})
-    bot = build(settings, external_desks=desks_configured(settings))
+    bot = _build_when_storage_allows(settings)
     app = create_app(bot)
     base = f"http://{host}:{port}"
     print(f"warranty-bot serving on {base}")
@@ -344,6 +346,21 @@ def run_server(settings: Settings, *, host: str, port: int) -> None:
         access_log=False,
         timeout_graceful_shutdown=5,
     )
+
+
+def _build_when_storage_allows(settings: Settings) -> Bot:
+    """Build the bot; while the database cannot be opened or upgraded for a passing reason (read-only or
+    full storage, PostgreSQL not up yet), wait and try again rather than exit."""
+    failures = 0
+    while True:
+        try:
+            return build(settings, external_desks=desks_configured(settings))
+        except Exception as error:
+            if not is_transient(error):
+                raise
+            failures += 1
+            log.warning("database not usable yet, trying again: %s", str(error).splitlines()[0][:300])
+            time.sleep(min(settings.retry_backoff_max_seconds, 0.5 * failures))
 
 
 def plain(text: str, status: int = 200) -> Response:

@@ -7,6 +7,8 @@ import os
 import resource
 import secrets
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -29,7 +31,7 @@ from tests.fakes.server import serve
 from tests.fakes.telegram import FakeTelegram
 from tests.support import wait_until
 from tests.test_outage import update
-from tests.test_server import Server
+from tests.test_server import Server, send
 
 SCRIPT = ["hello", "CSP2604D0007", "The display shows E07 and it shuts down", "proof:none", "cause:normal",
           "any news?", "restart"]
@@ -369,3 +371,58 @@ def test_two_servers_starting_at_once_on_an_empty_postgresql(tmp_path: Path) -> 
         finally:
             first.stop()
             second.stop()
+
+
+class ReadOnly:
+    """Makes a folder read-only and writable again: by its mode, or (as root, whom modes do not stop) by a
+    read-only bind mount of it."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.mounted = False
+        if os.geteuid() == 0:
+            done = subprocess.run(["mount", "--bind", str(folder), str(folder)], capture_output=True, check=False)
+            if done.returncode != 0:
+                pytest.skip(f"running as root without the right to mount: {done.stderr.decode().strip()}")
+            self.mounted = True
+
+    def set(self, read_only: bool) -> None:
+        if self.mounted:
+            flags = "remount,bind," + ("ro" if read_only else "rw")
+            subprocess.run(["mount", "-o", flags, str(self.folder)], check=True)
+            return
+        for path in self.folder.iterdir():
+            path.chmod(0o444 if read_only else 0o644)
+        self.folder.chmod(0o555 if read_only else 0o755)
+
+    def close(self) -> None:
+        self.set(False)
+        if self.mounted:
+            subprocess.run(["umount", str(self.folder)], check=False)
+
+
+def test_read_only_storage_at_start_is_waited_out_and_then_served(tmp_path: Path) -> None:
+    """SQLite in a read-only folder when the server starts: it waits, and serves once the folder is writable."""
+    data = tmp_path / "db"
+    data.mkdir()
+    database_url = f"sqlite:///{data}/warranty.db"
+    engine = make_engine(database_url)
+    upgrade(engine)
+    engine.dispose()
+    server = Server(tmp_path, database_url)
+    storage = ReadOnly(data)
+    try:
+        storage.set(True)
+        with server.log.open("ab") as log:
+            server.process = subprocess.Popen([sys.executable, "-m", "bot.cli", "serve", "--port", str(server.port)],
+                                              cwd=tmp_path, env=server.env, stdout=log, stderr=subprocess.STDOUT)
+        wait_until(lambda: b"database not usable yet" in server.log.read_bytes(), timeout=30,
+                   what="the server to find its storage read-only")
+        assert server.process.poll() is None  # waiting, not exited
+        storage.set(False)
+        wait_until(server._healthy, timeout=30, what="the server to start once the storage is writable")
+        session = httpx.post(f"{server.url}/api/webchat/sessions").json()["session_id"]
+        send(server, session, "hello")
+    finally:
+        server.stop()
+        storage.close()

@@ -10,6 +10,8 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import os
+import sqlite3
 import threading
 import weakref
 from collections.abc import Iterator
@@ -41,6 +43,8 @@ def make_engine(url: str) -> Engine:
     if parsed.database and parsed.database != ":memory:":
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
     engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+    if parsed.database and parsed.database != ":memory:":
+        event.listen(engine, "do_connect", _writable_or_refuse(Path(parsed.database)))
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -67,6 +71,25 @@ def make_engine(url: str) -> Engine:
 
 # SQLite errors after which the connection itself is suspect: drop it, the next one is opened afresh.
 _SQLITE_BROKEN = ("readonly", "disk i/o error", "unable to open", "disk is full", "disk image is malformed")
+
+
+def _writable_or_refuse(path: Path) -> Any:
+    """Refuse to open a SQLite file that cannot be written (read-only file or folder), as a passing error.
+
+    SQLite would open it read-only instead, and a process that once opened a file read-only keeps it so:
+    the library holds on to those file handles, and shares them with the process's later connections, even
+    after the file became writable. Refusing leaves nothing behind; the next connection, once the storage is
+    writable, opens it read-write.
+    """
+
+    def check(*_: Any) -> None:
+        sidecars = [path.with_name(path.name + suffix) for suffix in ("-wal", "-shm")]
+        files_ok = all(os.access(f, os.W_OK) for f in (path, *sidecars) if f.exists())
+        folder_ok = os.access(path.parent, os.W_OK) or all(f.exists() for f in sidecars)
+        if not (files_ok and folder_ok):
+            raise sqlite3.OperationalError(f"attempt to write a readonly database: {path} is read-only")
+
+    return check
 
 
 def _drop_broken_connection(context: ExceptionContext) -> None:
