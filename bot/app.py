@@ -39,7 +39,7 @@ def build(
 ) -> Bot:
     """Wire the parts; `migrate` upgrades the schema first (SQLite always upgrades at start)."""
     policy = load_policy_from(settings)
-    db = db or make_engine(settings.database_url)
+    db = db or make_engine(settings.database_url, synchronous=settings.sqlite_synchronous)
     if migrate or db.dialect.name == "sqlite":
         upgrade(db)
     renderer = Renderer(policy)

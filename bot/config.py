@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -17,6 +18,7 @@ class Settings(BaseSettings):
 
     # --- core ---------------------------------------------------------------------------------------
     database_url: str = "sqlite:///var/warranty.db"
+    sqlite_synchronous: Literal["FULL", "NORMAL"] = "FULL"
     data_dir: Path = Path("var")
     attachments_dir: Path = Path("var/attachments")
     attachment_max_bytes: int = Field(default=10 * 1024 * 1024, gt=0)

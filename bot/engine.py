@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field, replace
 from datetime import date, datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, or_, select, update
+from sqlalchemy import CursorResult, func, or_, select, update
 from sqlalchemy import Engine as DbEngine
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, col
@@ -150,9 +150,18 @@ class Engine:
         while done < limit:
             now = utcnow()
             with Session(self.db) as session:
+                # The oldest waiting message of each chat is its head; chats whose head is parked or pausing
+                # after a failure are skipped here, so that they never crowd out the others.
+                heads = (
+                    select(func.min(col(InboxItem.id)).label("id"))
+                    .where(col(InboxItem.status).in_((PENDING, PARKED)))
+                    .group_by(col(InboxItem.channel), col(InboxItem.chat_id))
+                    .subquery()
+                )
                 rows = session.execute(
                     select(col(InboxItem.channel), col(InboxItem.chat_id))
                     .where(
+                        col(InboxItem.id).in_(select(heads.c.id)),
                         col(InboxItem.status) == PENDING,
                         or_(col(InboxItem.next_attempt_at).is_(None), col(InboxItem.next_attempt_at) <= now),
                     )

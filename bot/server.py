@@ -269,20 +269,22 @@ def _metrics(registry: CollectorRegistry) -> dict[str, Gauge]:
 def _queues(bot: Bot) -> dict[str, dict[str, int]]:
     """What waits: inbound messages pending and parked, replies pending, dead, and chats a dead letter holds."""
     with Session(bot.db) as session:
-        inbox = dict(
-            session.execute(
+        inbox: dict[str, int] = {
+            status: count
+            for status, count in session.execute(
                 select(col(InboxItem.status), func.count())
                 .where(col(InboxItem.status).in_(("pending", *STOPPED)))
                 .group_by(col(InboxItem.status))
-            ).tuples().all()
-        )
-        outbox = dict(
-            session.execute(
+            )
+        }
+        outbox: dict[str, int] = {
+            status: count
+            for status, count in session.execute(
                 select(col(OutboxItem.status), func.count())
                 .where(col(OutboxItem.status).in_((PENDING, HELD, *DEAD_LETTERS)))
                 .group_by(col(OutboxItem.status))
-            ).tuples().all()
-        )
+            )
+        }
         held = session.execute(
             select(func.count()).where(col(OutboxItem.status) == DEAD, col(OutboxItem.holds_chat))
         ).scalar_one()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import html
 import os
 import resource
@@ -426,3 +427,39 @@ def test_read_only_storage_at_start_is_waited_out_and_then_served(tmp_path: Path
     finally:
         server.stop()
         storage.close()
+
+
+def test_a_full_disk_window_loses_nothing(servers: list[Server], tmp_path: Path,
+                                          fake_api: tuple[FakeTelegram, str]) -> None:
+    """The SQLite folder on a small file system of its own, filled up for 3 s by a ballast file."""
+    if os.geteuid() != 0:
+        pytest.skip("a file system of the test's own needs root (mount -t tmpfs)")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(disk)], capture_output=True,
+                             check=False)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        fake, fake_url = fake_api
+        database_url = f"sqlite:///{disk}/warranty.db"
+        server = TelegramServer(tmp_path, database_url, fake_url)
+        servers.append(server)
+        server.start()
+        figures = Figures()
+        traffic = threading.Thread(target=drive, args=(server, CHATS, figures))
+        traffic.start()
+        wait_until(lambda: figures.accepted >= 10, timeout=30, what="traffic under way")
+        ballast = disk / "ballast"
+        with ballast.open("wb", buffering=0) as filler, contextlib.suppress(OSError):  # ENOSPC: full
+            for _ in range(1024):  # at most 64 MiB, four times the disk
+                filler.write(b"\0" * 65536)
+        time.sleep(3)  # the window
+        ballast.unlink()
+        ended = time.monotonic()
+        traffic.join()
+        assert figures.refused > 0  # the fault did happen
+        check(database_url, fake, CHATS, figures, ended)
+        server.stop()
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)

@@ -33,9 +33,10 @@ def is_sqlite(engine: Engine) -> bool:
     return engine.dialect.name == "sqlite"
 
 
-def make_engine(url: str) -> Engine:
+def make_engine(url: str, *, synchronous: str = "FULL") -> Engine:
     """An engine for `url`; SQLite files get WAL, a busy timeout and write-ahead `BEGIN IMMEDIATE`."""
     parsed = make_url(url)
+    level = {"FULL": "FULL", "NORMAL": "NORMAL"}[synchronous.upper()]
     if parsed.get_backend_name() != "sqlite":
         engine = create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10)
         event.listen(engine, "handle_error", _drop_broken_connection)
@@ -52,9 +53,10 @@ def make_engine(url: str) -> Engine:
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
-        # FULL: a commit (the inbox row behind a webhook's 2xx) is on disk before the call returns, so it
-        # survives an OS crash or a power loss too, not only a killed process (docs/operations.md).
-        cursor.execute("PRAGMA synchronous=FULL")
+        # FULL (the default): a commit (the inbox row behind a webhook's 2xx) is on disk before the call
+        # returns, so it survives an OS crash or a power loss too, not only a killed process; NORMAL only
+        # a killed process (SQLITE_SYNCHRONOUS; docs/operations.md).
+        cursor.execute(f"PRAGMA synchronous={level}")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute("PRAGMA busy_timeout=30000")
         cursor.close()

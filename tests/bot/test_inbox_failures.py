@@ -183,3 +183,27 @@ def test_inbox_commands_refuse_bad_input(tmp_path: Path) -> None:
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
     result = cli(url, tmp_path, "inbox", "retry", "not-a-number")
     assert result.returncode == 2 and "Traceback" not in result.stderr
+
+
+def test_chats_held_by_parked_messages_never_crowd_out_the_others(bot: Bot) -> None:
+    for n in range(70):  # more held chats than one round of the worker looks at
+        bot.engine.accept(inbound("poison", chat=f"held-{n}"))
+        bot.engine.accept(inbound("later", chat=f"held-{n}"))
+    with bot.db.begin() as connection:  # as if each chat's first message had been parked
+        connection.execute(text("UPDATE inboxitem SET status = 'parked' WHERE id IN "
+                                "(SELECT min(id) FROM inboxitem GROUP BY chat_id)"))
+    bot.engine.accept(inbound("hello", chat="free"))
+    assert bot.engine.process_pending() == 1
+    assert customer_texts(bot, "free") == ["hello"]
+    assert sum(i.status == "pending" for i in inbox(bot)) == 70
+
+
+def test_sqlite_flushes_every_commit_unless_told_otherwise(tmp_path: Path) -> None:
+    """Power loss: an acknowledged message is on disk (synchronous=FULL), unless SQLITE_SYNCHRONOUS=NORMAL."""
+    from bot.store import make_engine
+
+    for level, code in (("FULL", 2), ("NORMAL", 1)):
+        engine = make_engine(f"sqlite:///{tmp_path}/{level}.db", **({} if level == "FULL" else {"synchronous": level}))
+        with engine.connect() as connection:
+            assert connection.execute(text("PRAGMA synchronous")).scalar_one() == code
+        engine.dispose()
