@@ -34,7 +34,7 @@ from tests.support import wait_until
 from tests.test_outage import update
 from tests.test_server import Server, send
 
-SCRIPT = ["hello", "CSP2604D0007", "The display shows E07 and it shuts down", "proof:none", "cause:normal",
+SCRIPT = ["hello", "CSP2604D0007", "The display shows E07 and it shuts down", "no invoice", "normal use",
           "any news?", "restart"]
 
 
