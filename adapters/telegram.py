@@ -40,7 +40,7 @@ from bot.app import Bot
 from bot.attachments import AttachmentRejected
 from bot.logs import mask
 from bot.messages import Attachment, Button, InboundMessage, OutboundMessage
-from bot.outbox import Delivered, DeliveryError, PermanentFailure, RetryLater, Unreachable
+from bot.outbox import Delivered, DeliveryError, Limits, PermanentFailure, RetryLater, Unreachable
 from bot.store import KeyValue, lock_chat, session_scope
 from bot.store.clock import utcnow
 
@@ -460,7 +460,8 @@ def delivery_error(error: TelegramError) -> DeliveryError:
             warnings.simplefilter("ignore", PTBDeprecationWarning)
             wait = error.retry_after
         seconds = wait.total_seconds() if isinstance(wait, timedelta) else float(wait)
-        return RetryLater(f"telegram flood control: {description}", after=seconds)
+        # Telegram does not say which limit was hit (the chat's or the bot's): the whole bot waits.
+        return RetryLater(f"telegram flood control: {description}", after=seconds, scope="channel")
     if isinstance(error, Forbidden):
         return Unreachable(f"telegram: {description}")  # blocked by the user, or the account is gone
     # BadRequest subclasses NetworkError in python-telegram-bot: it must be sorted out first.
@@ -471,6 +472,10 @@ def delivery_error(error: TelegramError) -> DeliveryError:
 
 class TelegramSender:
     """Delivers outbox rows to Telegram chats."""
+
+    # The Bot API FAQ: about 30 messages a second in all, about one a second to one chat (short bursts
+    # allowed); the outbox paces its sends within these.
+    limits = Limits(per_second=30, per_chat_per_second=1, chat_burst=3)
 
     def __init__(self, client: telegram.Bot) -> None:
         self.client = client

@@ -39,7 +39,7 @@ def build(
 ) -> Bot:
     """Wire the parts; `migrate` upgrades the schema first (SQLite always upgrades at start)."""
     policy = load_policy_from(settings)
-    db = db or make_engine(settings.database_url)
+    db = db or make_engine(settings.database_url, synchronous=settings.sqlite_synchronous)
     if migrate or db.dialect.name == "sqlite":
         upgrade(db)
     renderer = Renderer(policy)
@@ -50,6 +50,8 @@ def build(
         max_claim_units=settings.max_claim_units,
         attachment_max_mb=max(1, settings.attachment_max_bytes // (1024 * 1024)),
         external_desks=external_desks,
+        max_attempts=settings.inbox_max_attempts,
+        retry_backoff_max_seconds=settings.retry_backoff_max_seconds,
     )
     engine = Engine(db=db, policy=policy, renderer=renderer, config=config)
     attachments = AttachmentStore(

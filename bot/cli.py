@@ -37,10 +37,12 @@ registry_app = typer.Typer(
     help="The shipment registry (serial -> order, production and port-arrival dates).", no_args_is_help=True
 )
 outbox_app = typer.Typer(help="Messages waiting to leave, and dead letters.", no_args_is_help=True)
+inbox_app = typer.Typer(help="Inbound messages, and those parked after failing.", no_args_is_help=True)
 app.add_typer(policy_app, name="policy")
 app.add_typer(db_app, name="db")
 app.add_typer(registry_app, name="registry")
 app.add_typer(outbox_app, name="outbox")
+app.add_typer(inbox_app, name="inbox")
 
 PolicyOption = Annotated[
     Path | None,
@@ -231,6 +233,49 @@ def outbox_retry(
     engine = make_engine(settings().database_url)
     upgrade(engine)
     typer.echo(f"{retry_dead(engine, ids or None)} message(s) queued again")
+
+
+# --- inbox ------------------------------------------------------------------------------------------------
+
+
+@inbox_app.command("list")
+def inbox_list(
+    status: Annotated[str, typer.Option(help="parked (also rows an earlier version marked failed), pending or done.")] = "parked",
+) -> None:
+    """List inbound messages by status (parked ones by default): id, channel, status, failures, error."""
+    from sqlalchemy import select
+    from sqlmodel import Session, col
+
+    from bot.engine import STOPPED
+    from bot.store import InboxItem, make_engine, upgrade
+
+    if status not in ("parked", "pending", "done"):
+        fail("--status must be one of parked, pending, done")
+    wanted = STOPPED if status == "parked" else (status,)
+    engine = make_engine(settings().database_url)
+    upgrade(engine)
+    with Session(engine) as session:
+        rows = session.execute(
+            select(InboxItem).where(col(InboxItem.status).in_(wanted)).order_by(col(InboxItem.id))
+        ).scalars().all()
+    for row in rows:
+        typer.echo(
+            f"{row.id}\t{row.channel}\t{row.status}\t{row.attempts} failures\t{row.received_at:%Y-%m-%d %H:%M}\t{row.error or ''}"
+        )
+    typer.echo(f"{len(rows)} {status} message(s)", err=True)
+
+
+@inbox_app.command("retry")
+def inbox_retry(
+    ids: Annotated[list[int] | None, typer.Argument(help="Row ids; none re-drives every parked message.")] = None,
+) -> None:
+    """Process parked messages again, each before the later messages of its chat; the running server does it."""
+    from bot.engine import retry_parked
+    from bot.store import make_engine, upgrade
+
+    engine = make_engine(settings().database_url)
+    upgrade(engine)
+    typer.echo(f"{retry_parked(engine, ids or None)} message(s) queued again")
 
 
 # --- chat and serve ---------------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -17,6 +18,7 @@ class Settings(BaseSettings):
 
     # --- core ---------------------------------------------------------------------------------------
     database_url: str = "sqlite:///var/warranty.db"
+    sqlite_synchronous: Literal["FULL", "NORMAL"] = "FULL"
     data_dir: Path = Path("var")
     attachments_dir: Path = Path("var/attachments")
     attachment_max_bytes: int = Field(default=10 * 1024 * 1024, gt=0)
@@ -33,6 +35,10 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=2 * 1024 * 1024, gt=0)
     outbox_poll_seconds: float = Field(default=0.5, gt=0)
     outbox_max_attempts: int = Field(default=8, gt=0)
+    outbox_retry_hours: float = Field(default=72.0, gt=0)
+    retry_backoff_max_seconds: float = Field(default=60.0, gt=0)
+    inbox_max_attempts: int = Field(default=5, gt=0)
+    worker_id: str = Field(default="", max_length=128)
     max_text_chars: int = Field(default=4000, gt=0)
     max_claim_units: int = Field(default=1000, gt=0)
 

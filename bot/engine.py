@@ -11,11 +11,11 @@ import logging
 import re
 import threading
 from dataclasses import asdict, dataclass, field, replace
-from datetime import date, datetime
-from typing import Any
+from datetime import date, datetime, timedelta
+from typing import Any, cast
 
+from sqlalchemy import CursorResult, func, or_, select, update
 from sqlalchemy import Engine as DbEngine
-from sqlalchemy import select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, col
 
@@ -39,10 +39,24 @@ from bot.store import (
     session_scope,
 )
 from bot.store.clock import utcnow
+from bot.store.db import is_transient
 from bot.understanding import default_lexicon, fold, understand
 from policy import Policy, decision_to_json
 
 log = logging.getLogger(__name__)
+
+
+PENDING, PARKED = "pending", "parked"
+STOPPED = (PARKED, "failed")  # waiting for an operator (`warranty-bot inbox list|retry`)
+
+
+class StorageUnavailable(Exception):
+    """The database failed in a way that can pass (connection lost, disk full, lock timeout, read-only)."""
+
+
+def _error_text(error: BaseException) -> str:
+    lines = str(error).splitlines()
+    return f"{type(error).__name__}: {lines[0] if lines else ''}"[:2000]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -61,6 +75,8 @@ class EngineConfig:
     external_desks: tuple[str, ...] = ()  # outbox channels that receive desk events, e.g. ("slack",)
     # Channels where each message costs the customer (a mail) or a quota (WeChat): one reply per turn.
     one_message_per_turn: frozenset[str] = frozenset({"email", "wechat"})
+    max_attempts: int = 5  # a message that fails the same way this many times is parked
+    retry_backoff_max_seconds: float = 60.0
 
 
 @dataclass
@@ -117,27 +133,61 @@ class Engine:
         return found is not None
 
     def process_pending(self, limit: int = 1000) -> int:
-        """Process pending inbox rows, oldest first; returns how many were processed."""
+        """Process pending inbox rows, oldest first; returns how many were processed (or parked).
+
+        Raises `StorageUnavailable` when the database fails in a way that can pass: the message stays
+        pending, and the caller tries again after a pause (`Engine.retry_delay`).
+        """
+        try:
+            return self._process_pending(limit)
+        except StorageUnavailable:
+            raise
+        except Exception as error:
+            if is_transient(error):
+                raise StorageUnavailable(_error_text(error)) from error
+            raise
+
+    def _process_pending(self, limit: int) -> int:
         done = 0
         while done < limit:
+            now = utcnow()
             with Session(self.db) as session:
+                # The oldest waiting message of each chat is its head; chats whose head is parked or pausing
+                # after a failure are skipped here, so that they never crowd out the others.
+                heads = (
+                    select(func.min(col(InboxItem.id)).label("id"))
+                    .where(col(InboxItem.status).in_((PENDING, PARKED)))
+                    .group_by(col(InboxItem.channel), col(InboxItem.chat_id))
+                    .subquery()
+                )
                 rows = session.execute(
                     select(col(InboxItem.channel), col(InboxItem.chat_id))
-                    .where(col(InboxItem.status) == "pending")
+                    .where(
+                        col(InboxItem.id).in_(select(heads.c.id)),
+                        col(InboxItem.status) == PENDING,
+                        or_(col(InboxItem.next_attempt_at).is_(None), col(InboxItem.next_attempt_at) <= now),
+                    )
                     .order_by(col(InboxItem.id))
                     .limit(64)
                 ).all()
             # Each chat with waiting messages once per round, oldest first; process_chat takes its oldest.
             chats = list(dict.fromkeys((row.channel, row.chat_id) for row in rows))
-            if not chats:
-                break
+            progress = 0
             for channel, chat_id in chats[: limit - done]:
                 if self.process_chat(channel, chat_id):
-                    done += 1
+                    progress += 1
+            if not progress:
+                break  # nothing waiting, or only chats held by a parked message or a pause
+            done += progress
         return done
 
     def process_chat(self, channel: str, chat_id: str) -> bool:
-        """Process the oldest pending message of one chat, holding the chat's lock. False if none was left."""
+        """Process the oldest waiting message of one chat, holding the chat's lock.
+
+        False if there was none, or it may not go now: it waits out a pause after a failure, or it is parked
+        (a parked message holds the chat's later messages back, so that a re-drive keeps their order).
+        """
+        item_id: int | None = None
         try:
             with session_scope(self.db) as session:
                 lock_chat(session, "chat", channel, chat_id)
@@ -146,42 +196,54 @@ class Engine:
                     .where(
                         col(InboxItem.channel) == channel,
                         col(InboxItem.chat_id) == chat_id,
-                        col(InboxItem.status) == "pending",
+                        col(InboxItem.status).in_((PENDING, PARKED)),
                     )
                     .order_by(col(InboxItem.id))
                     .limit(1)
                     .with_for_update()
                 )
                 item = session.execute(query).scalar_one_or_none()
-                if item is None:
+                if item is None or item.status != PENDING:
                     return False
+                if item.next_attempt_at is not None and item.next_attempt_at > utcnow():
+                    return False
+                item_id = item.id
                 self._process(session, item)
                 item.status = "done"
                 item.processed_at = utcnow()
-            self.outbox_signal.set()
-            return True
+                item.next_attempt_at = None
         except Exception as error:
-            # A message we cannot process must not block its conversation: keep it, marked, for operators.
-            log.exception("inbox message of %s could not be processed", channel)
-            self._mark_failed(channel, chat_id, f"{type(error).__name__}: {error}")
-            return True
+            if is_transient(error):
+                # The database (or its disk) failed, not this message: it stays pending, in its place.
+                log.warning("inbox message of %s not processed yet: %s", channel, _error_text(error))
+                raise StorageUnavailable(_error_text(error)) from error
+            if item_id is None:
+                raise
+            log.exception("inbox message %s of %s could not be processed", item_id, channel)
+            self._record_failure(item_id, error)  # a transient failure here: the caller's pause and retry
+        self.outbox_signal.set()
+        return True
 
-    def _mark_failed(self, channel: str, chat_id: str, error: str) -> None:
+    def _record_failure(self, item_id: int, error: Exception) -> None:
+        """Count a failure of the very row that failed; the same failure `max_attempts` times parks it."""
+        text = _error_text(error)
         with session_scope(self.db) as session:
-            item = session.execute(
-                select(InboxItem)
-                .where(
-                    col(InboxItem.channel) == channel,
-                    col(InboxItem.chat_id) == chat_id,
-                    col(InboxItem.status) == "pending",
-                )
-                .order_by(col(InboxItem.id))
-                .limit(1)
-            ).scalar_one_or_none()
-            if item is not None:
-                item.status = "failed"
-                item.error = error[:2000]
+            item = session.get(InboxItem, item_id)
+            if item is None or item.status != PENDING:
+                return
+            same = (item.error or "").split(":", 1)[0] == type(error).__name__
+            item.attempts = item.attempts + 1 if same else 1
+            item.error = text
+            if item.attempts >= self.config.max_attempts:
+                item.status = PARKED
                 item.processed_at = utcnow()
+                log.warning("inbox message %s of %s parked after %s failures", item_id, item.channel, item.attempts)
+            else:
+                item.next_attempt_at = utcnow() + timedelta(seconds=self.retry_delay(item.attempts))
+
+    def retry_delay(self, failures: int) -> float:
+        """The pause after `failures` failures in a row: doubling from a tenth of a second, capped."""
+        return float(min(self.config.retry_backoff_max_seconds, 0.1 * 2 ** max(0, failures - 1)))
 
     # --- one message --------------------------------------------------------------------------------------
 
@@ -587,6 +649,20 @@ class Engine:
     def notify_desks(self, session: Session, case: Case, event: str, **data: Any) -> None:
         for desk in self.config.external_desks:
             enqueue_event(session, desk, case.ref, event, case_id=case.id, **data)
+
+
+def retry_parked(db: DbEngine, ids: list[int] | None = None) -> int:
+    """Put parked inbound messages (all, or those given) back in the queue; returns how many.
+
+    A parked message held its chat's later messages back: re-driven, it is processed first and they follow
+    in their order. Rows marked `failed` by earlier versions are re-driven too.
+    """
+    with session_scope(db) as session:
+        query = update(InboxItem).where(col(InboxItem.status).in_(STOPPED))
+        if ids:
+            query = query.where(col(InboxItem.id).in_(ids))
+        result = session.execute(query.values(status=PENDING, attempts=0, next_attempt_at=None, processed_at=None))
+        return int(cast(CursorResult[Any], result).rowcount)
 
 
 # Control characters, and lone surrogates (valid in JSON, but not text that UTF-8 can store).

@@ -1,19 +1,26 @@
 """The transactional outbox: rows written with the change that made them, delivered by a loop with retries.
 
-Delivery keeps each chat's order: a chat's next row waits until the one before it is sent or dead.
+Delivery keeps each chat's order: a chat's next row waits until the one before it is sent, or dead for a
+reason of its own (refused for good). Passing failures never use up a count of attempts: they are retried
+for a long time (OUTBOX_RETRY_HOURS), and a row that still fails then holds its chat back until re-driven.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import math
+import os
+import socket
 import threading
+import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, Protocol, cast
 
-from sqlalchemy import CursorResult, Engine, func, select, update
+from sqlalchemy import CursorResult, Engine, and_, func, or_, select, update
 from sqlmodel import Session, col
 
 from bot.messages import Attachment, Button, OutboundMessage
@@ -30,7 +37,6 @@ STATUSES = (PENDING, HELD, SENT, "delivered", "read", DEAD, FAILED)
 BACKOFF_BASE_SECONDS = 1.0
 BACKOFF_MAX_SECONDS = 300.0
 SEND_LEASE_SECONDS = 60.0
-CHAIN_LIMIT = 20  # rows of one chat sent back to back before other chats get their turn
 
 
 class DeliveryError(Exception):
@@ -40,9 +46,11 @@ class DeliveryError(Exception):
 class RetryLater(DeliveryError):
     """A passing failure (5xx, timeout, 429): try again, after `after` seconds when the channel said so."""
 
-    def __init__(self, message: str, after: float | None = None) -> None:
+    def __init__(self, message: str, after: float | None = None, *, scope: str = "chat") -> None:
         super().__init__(message)
         self.after = after
+        # "chat": only this chat waits `after` seconds; "channel": the service said the whole bot must wait.
+        self.scope = scope
 
 
 class Hold(DeliveryError):
@@ -119,203 +127,427 @@ def release_held(session: Session, channel: str, chat_id: str) -> int:
     return int(cast(CursorResult[Any], released).rowcount)
 
 
-def backoff(attempts: int) -> float:
-    return float(min(BACKOFF_MAX_SECONDS, BACKOFF_BASE_SECONDS * 2 ** max(0, attempts - 1)))
+def backoff(attempts: int, cap: float = BACKOFF_MAX_SECONDS) -> float:
+    return float(min(cap, BACKOFF_BASE_SECONDS * 2 ** max(0, attempts - 1)))
+
+
+def default_owner() -> str:
+    """A lease owner for a deliverer not given one (tests, the console): this host and process."""
+    return f"{socket.gethostname()}:{os.getpid()}"[:128]
+
+
+@dataclass(frozen=True)
+class Limits:
+    """A channel's published sending limits, within which the deliverer paces its sends (per process)."""
+
+    per_second: float | None = None  # the whole bot (account) on this channel
+    per_chat_per_second: float | None = None  # one chat
+    chat_burst: int = 1  # sends to one chat allowed back to back before its pace applies
+
+
+class Pacer:
+    """When the next send of a channel may go: its limits per chat and per bot, and pauses it asked for.
+
+    Counted when a send really starts (not when it was planned), so a busy event loop that runs late never
+    lets a bunch of sends out together.
+    """
+
+    def __init__(self, limits: Limits | None) -> None:
+        self.limits = limits
+        self.paused_until = 0.0  # time.monotonic(); a 429 meant for the whole bot sets it
+        self._chats: dict[str, tuple[float, float]] = {}  # chat -> (tokens left, at)
+        self._last = -math.inf  # the bot's last send: sends are spaced evenly, 1/per_second apart
+
+    def pause(self, seconds: float) -> None:
+        self.paused_until = max(self.paused_until, time.monotonic() + seconds)
+
+    def paused_for(self) -> float:
+        return max(0.0, self.paused_until - time.monotonic())
+
+    async def turn(self, chat_id: str) -> bool:
+        """Wait for the chat's next turn and take it; False (at once) when the bot is paused for long."""
+        while True:
+            pause = self.paused_for()
+            if pause > 1.0:
+                return False
+            wait = max(pause, self._wait(chat_id, time.monotonic()))
+            if wait <= 0:
+                self._take(chat_id, time.monotonic())
+                return True
+            await asyncio.sleep(wait)
+
+    def _tokens(self, chat_id: str, now: float) -> float:
+        assert self.limits is not None and self.limits.per_chat_per_second
+        burst = float(max(1, self.limits.chat_burst))
+        tokens, at = self._chats.get(chat_id, (burst, now))
+        return min(burst, tokens + max(0.0, now - at) * self.limits.per_chat_per_second)
+
+    def _wait(self, chat_id: str, now: float) -> float:
+        limits = self.limits
+        if limits is None:
+            return 0.0
+        wait = 0.0
+        if limits.per_chat_per_second:
+            tokens = self._tokens(chat_id, now)
+            if tokens < 1.0:
+                wait = (1.0 - tokens) / limits.per_chat_per_second
+        if limits.per_second:
+            wait = max(wait, self._last + 1.0 / limits.per_second - now)
+        return wait
+
+    def _take(self, chat_id: str, now: float) -> None:
+        limits = self.limits
+        if limits is None:
+            return
+        if limits.per_chat_per_second:
+            self._chats[chat_id] = (self._tokens(chat_id, now) - 1.0, now)
+            if len(self._chats) > 10_000:  # forget chats whose bucket is full again
+                burst = max(1, limits.chat_burst)
+                self._chats = {c: v for c, v in self._chats.items() if self._tokens(c, now) < burst}
+        if limits.per_second:
+            self._last = now
+
+
+@dataclass(frozen=True, kw_only=True)
+class Outcome:
+    """What became of one leased row; recorded with the others of its round in one transaction."""
+
+    item_id: int
+    kind: str  # sent | dead | unreachable | hold | retry | error | released
+    error: str | None = None
+    after: float | None = None
+    external_id: str | None = None
+
+
+TICK_SECONDS = 0.05  # how often the running deliverer looks at finished sends and the wake signal
+STOP_GRACE_SECONDS = 5.0  # sends under way when stopping are given this long to finish
 
 
 class Deliverer:
-    """Sends due outbox rows through the senders of the configured channels."""
+    """Sends due outbox rows through the senders of the configured channels.
 
-    def __init__(self, db: Engine, senders: Mapping[str, Sender], *, max_attempts: int = 8) -> None:
+    A round leases the due head of every chat in one transaction (the lease names its owner, so that a
+    restarted server takes back its own unfinished sends at once), sends them concurrently, paced within
+    each channel's limits, and records the outcomes together in one transaction. Passing failures (5xx,
+    429, timeouts) are retried for `retry_for` with capped backoff; a row that still fails becomes a dead
+    letter that holds its chat's later rows back, so that `outbox retry` sends them in order.
+    """
+
+    def __init__(
+        self,
+        db: Engine,
+        senders: Mapping[str, Sender],
+        *,
+        max_attempts: int = 8,
+        retry_for: timedelta = timedelta(hours=72),
+        backoff_max: float = BACKOFF_MAX_SECONDS,
+        owner: str | None = None,
+        lease_seconds: float = SEND_LEASE_SECONDS,
+        batch: int = 100,
+    ) -> None:
         self.db = db
         self.senders = dict(senders)
         self.max_attempts = max_attempts
+        self.retry_for = retry_for
+        self.backoff_max = backoff_max
+        self.owner = (owner or default_owner())[:128]
+        self.lease_seconds = lease_seconds
+        self.batch = batch
+        self.pacers = {name: Pacer(getattr(sender, "limits", None)) for name, sender in self.senders.items()}
+        self._leased: set[int] = set()  # rows leased by this deliverer whose outcome is not recorded yet
+        self._sending: set[int] = set()  # rows whose send call is under way
+
+    # --- the loop ---------------------------------------------------------------------------------------
 
     async def run(
         self, stop: asyncio.Event, *, poll_seconds: float = 0.5, wake: threading.Event | None = None
     ) -> None:
         """Deliver until `stop` is set; woken early by `wake` when new rows were written."""
         wake = wake or threading.Event()
+        try:
+            recovered = await asyncio.to_thread(self.recover_leases)
+            if recovered:
+                log.info("outbox: took back %s unfinished send(s) of this worker", recovered)
+        except Exception:
+            log.exception("outbox: could not take back unfinished sends")
+        tasks: set[asyncio.Task[Outcome]] = set()
+        unrecorded: list[Outcome] = []
+        look = True
+        last_look = 0.0
         while not stop.is_set():
-            wake.clear()
-            try:
-                attempted = await self.deliver_due()
-            except Exception:
-                log.exception("outbox delivery round failed")
-                attempted = 0
-            if not attempted:
-                await asyncio.to_thread(wake.wait, poll_seconds)
+            if look or wake.is_set() or time.monotonic() - last_look >= poll_seconds:
+                wake.clear()
+                look, last_look = False, time.monotonic()
+                room = self.batch - len(tasks)
+                try:
+                    leased = await asyncio.to_thread(self._lease_due, room) if room > 0 else []
+                except Exception as error:
+                    log.warning("outbox: could not lease due rows: %s", _error_text(error))
+                    leased = []
+                tasks.update(asyncio.create_task(self._attempt(item)) for item in leased)
+            if tasks:
+                done, _ = await asyncio.wait(tasks, timeout=TICK_SECONDS, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    tasks.discard(task)
+                    unrecorded.append(task.result())
+            else:
+                await asyncio.sleep(TICK_SECONDS)
+            if unrecorded:
+                try:
+                    await asyncio.to_thread(self._record, unrecorded)
+                except Exception as error:  # the database is away: keep the outcomes, record them later
+                    log.warning(
+                        "outbox: could not record %s outcome(s): %s", len(unrecorded), _error_text(error)
+                    )
+                    await asyncio.sleep(min(1.0, poll_seconds))
+                else:
+                    unrecorded = []
+                    look = True  # the chats just served may have their next row due
+        await self._stop(tasks, unrecorded)
+
+    async def _stop(self, tasks: set[asyncio.Task[Outcome]], unrecorded: list[Outcome]) -> None:
+        """Sends under way may finish (a cancelled one might have gone out: it would be sent twice);
+        sends still waiting their turn give their rows back at once."""
+        if tasks:
+            deadline = time.monotonic() + STOP_GRACE_SECONDS
+            while any(not t.done() for t in tasks) and time.monotonic() < deadline:
+                for task in tasks:
+                    if not task.done() and not self._is_sending(task):
+                        task.cancel()
+                await asyncio.wait(tasks, timeout=TICK_SECONDS)
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    unrecorded.append(await task)
+        released = [
+            Outcome(item_id=i, kind="released") for i in self._leased - {o.item_id for o in unrecorded}
+        ]
+        with contextlib.suppress(Exception):  # what cannot be written now is taken back at the next start
+            await asyncio.to_thread(self._record, unrecorded + released)
+
+    def _is_sending(self, task: asyncio.Task[Outcome]) -> bool:
+        return getattr(task, "item_id", None) in self._sending
 
     async def deliver_due(self, limit: int = 100) -> int:
-        """One round: the head row of every chat that has a due row. Returns how many were attempted."""
-        heads = await asyncio.to_thread(self._due_heads, limit)
-        if not heads:
+        """One round, start to end: lease due heads, send them, record. Returns how many were attempted."""
+        leased = await asyncio.to_thread(self._lease_due, limit)
+        if not leased:
             return 0
-        results = await asyncio.gather(*(self._deliver(item_id) for item_id in heads))
-        return sum(results)
+        outcomes = await asyncio.gather(*(self._attempt(item) for item in leased))
+        await asyncio.to_thread(self._record, list(outcomes))
+        return sum(1 for o in outcomes if o.kind != "released")
 
-    def _due_heads(self, limit: int) -> list[int]:
+    # --- leases -----------------------------------------------------------------------------------------
+
+    def recover_leases(self) -> int:
+        """Leases this worker held when it stopped (killed mid-send) end now, not when they run out.
+
+        SQLite serves one process, so every lease in it is a former life's; on PostgreSQL only rows
+        leased under this worker's own name (WORKER_ID) are taken back, others' leases run out as usual.
+        """
         now = utcnow()
-        with Session(self.db) as session:
-            # The oldest waiting row of each chat is its head; only heads may go, which keeps chat order
-            # (a held head holds its chat back until it is released).
+        with session_scope(self.db) as session:
+            query = update(OutboxItem).where(
+                col(OutboxItem.status) == PENDING,
+                col(OutboxItem.lease_owner).is_not(None),
+                col(OutboxItem.next_attempt_at) > now,
+            )
+            if session.get_bind().dialect.name != "sqlite":
+                query = query.where(col(OutboxItem.lease_owner) == self.owner)
+            result = session.execute(query.values(next_attempt_at=now, lease_owner=None))
+            return int(cast(CursorResult[Any], result).rowcount)
+
+    def _lease_due(self, limit: int) -> list[OutboxItem]:
+        """Lease the due head row of up to `limit` chats, in one transaction."""
+        channels = [name for name, pacer in self.pacers.items() if pacer.paused_for() <= 0]
+        if not channels or limit <= 0:
+            return []
+        now = utcnow()
+        with session_scope(self.db) as session:
+            # The oldest waiting row of each chat is its head; only heads may go, which keeps chat order.
+            # A held head, or a dead letter that gave up on a passing failure, holds its chat back.
+            waiting = or_(
+                col(OutboxItem.status).in_((PENDING, HELD)),
+                and_(col(OutboxItem.status) == DEAD, col(OutboxItem.holds_chat)),
+            )
             heads = (
                 select(func.min(col(OutboxItem.id)).label("id"))
-                .where(col(OutboxItem.status).in_((PENDING, HELD)), col(OutboxItem.channel).in_(self.senders))
+                .where(waiting, col(OutboxItem.channel).in_(channels))
                 .group_by(col(OutboxItem.channel), col(OutboxItem.chat_id))
                 .subquery()
             )
-            rows = session.execute(
-                select(col(OutboxItem.id))
-                .where(
-                    col(OutboxItem.id).in_(select(heads.c.id)),
-                    col(OutboxItem.status) == PENDING,
-                    col(OutboxItem.next_attempt_at) <= now,
-                )
-                .order_by(col(OutboxItem.id))
-                .limit(limit)
-            ).scalars()
-            return [int(r) for r in rows if r is not None]
-
-    async def _deliver(self, item_id: int) -> int:
-        """Send a chat's head row and, while they succeed, the rows queued behind it (a few at most)."""
-        attempted = 0
-        next_id: int | None = item_id
-        while next_id is not None and attempted < CHAIN_LIMIT:
-            sent = await self._deliver_one(next_id)
-            attempted += 1 if sent is not None else 0
-            next_id = await asyncio.to_thread(self._next_due, sent) if sent is not None else None
-        return attempted
-
-    def _next_due(self, sent: OutboxItem) -> int | None:
-        """The chat's next row when the one before it went out, so a conversation needs no extra round."""
-        if sent.status != SENT:
-            return None
-        with Session(self.db) as session:
-            row = session.execute(
-                select(col(OutboxItem.id), col(OutboxItem.status), col(OutboxItem.next_attempt_at))
-                .where(col(OutboxItem.channel) == sent.channel, col(OutboxItem.chat_id) == sent.chat_id,
-                       col(OutboxItem.status).in_((PENDING, HELD)), col(OutboxItem.id) > (sent.id or 0))
-                .order_by(col(OutboxItem.id))
-                .limit(1)
-            ).first()
-        if row is None or row.status != PENDING or row.next_attempt_at > utcnow():
-            return None
-        return int(row.id)
-
-    async def _deliver_one(self, item_id: int) -> OutboxItem | None:
-        """Try one row; returns it with its new status, or None if another worker has it."""
-        item = await asyncio.to_thread(self._claim, item_id)
-        if item is None:
-            return None
-        sender = self.senders[item.channel]
-        message = from_payload(item.channel, item.chat_id, item.payload)
-        try:
-            result = await sender.send(message, item.payload)
-        except Unreachable as error:
-            await asyncio.to_thread(self._finish, item_id, DEAD, str(error), unreachable=True)
-        except PermanentFailure as error:
-            await asyncio.to_thread(self._finish, item_id, DEAD, str(error))
-        except Hold as error:
-            await asyncio.to_thread(self._hold, item_id, str(error))
-        except RetryLater as error:
-            await asyncio.to_thread(self._retry, item_id, str(error), error.after)
-        except Exception as error:  # a bug or an unexpected answer: retry with backoff, keep the error
-            log.warning("send on %s failed: %s", item.channel, type(error).__name__)
-            await asyncio.to_thread(self._retry, item_id, f"{type(error).__name__}: {error}", None)
-        else:
-            await asyncio.to_thread(self._finish, item_id, SENT, None, external_id=result.external_id)
-            item.status = SENT
-        return item
-
-    def _claim(self, item_id: int) -> OutboxItem | None:
-        """Take the row for one send: a lease on `next_attempt_at`, so a crashed sender's row comes back."""
-        now = utcnow()
-        with session_scope(self.db) as session:
-            claimed = session.execute(
-                update(OutboxItem)
-                .where(
-                    col(OutboxItem.id) == item_id,
-                    col(OutboxItem.status) == PENDING,
-                    col(OutboxItem.next_attempt_at) <= now,
-                )
-                .values(next_attempt_at=now + timedelta(seconds=SEND_LEASE_SECONDS))
+            due = select(col(OutboxItem.id)).where(
+                col(OutboxItem.id).in_(select(heads.c.id)),
+                col(OutboxItem.status) == PENDING,
+                col(OutboxItem.next_attempt_at) <= now,
             )
-            if cast(CursorResult[Any], claimed).rowcount != 1:
-                return None  # another worker has it
-            item = session.get(OutboxItem, item_id)
-            if item is None:
-                return None
-            session.expunge(item)
-            return item
-
-    def _finish(
-        self,
-        item_id: int,
-        status: str,
-        error: str | None,
-        *,
-        external_id: str | None = None,
-        unreachable: bool = False,
-    ) -> None:
-        with session_scope(self.db) as session:
-            item = session.get(OutboxItem, item_id)
-            if item is None:
-                return
-            item.status = status
-            item.attempts += 1
-            item.last_error = error
-            item.external_id = external_id
-            item.sent_at = utcnow() if status == SENT else None
-            if unreachable:
-                session.execute(
-                    update(ChannelIdentity)
-                    .where(
-                        col(ChannelIdentity.channel) == item.channel,
-                        col(ChannelIdentity.chat_id) == item.chat_id,
-                    )
-                    .values(unreachable=True)
-                )
-                # Nothing else can reach a customer who blocked us: the rest of the chat's queue is dead too.
+            if self._leased:
+                due = due.where(col(OutboxItem.id).not_in(self._leased))
+            ids = [int(i) for i in session.execute(due.order_by(col(OutboxItem.id)).limit(limit)).scalars()]
+            if not ids:
+                return []
+            leased = (
                 session.execute(
                     update(OutboxItem)
                     .where(
-                        col(OutboxItem.channel) == item.channel,
-                        col(OutboxItem.chat_id) == item.chat_id,
+                        col(OutboxItem.id).in_(ids),
                         col(OutboxItem.status) == PENDING,
+                        col(OutboxItem.next_attempt_at) <= now,  # another worker may have taken it meanwhile
                     )
-                    .values(status=DEAD, last_error="recipient unreachable")
+                    .values(
+                        next_attempt_at=now + timedelta(seconds=self.lease_seconds), lease_owner=self.owner
+                    )
+                    .returning(col(OutboxItem.id))
                 )
-            if status == DEAD:
-                log.warning("outbox row %s dead-lettered on %s", item_id, item.channel)
+                .scalars()
+                .all()
+            )
+            rows = (
+                session.execute(
+                    select(OutboxItem)
+                    .where(col(OutboxItem.id).in_(list(leased)))
+                    .order_by(col(OutboxItem.id))
+                )
+                .scalars()
+                .all()
+            )
+            for row in rows:
+                session.expunge(row)
+        self._leased.update(row.id or 0 for row in rows)
+        return list(rows)
 
-    def _hold(self, item_id: int, reason: str) -> None:
-        with session_scope(self.db) as session:
-            item = session.get(OutboxItem, item_id)
-            if item is not None:
-                item.status = HELD
-                item.last_error = reason
+    # --- one send ---------------------------------------------------------------------------------------
 
-    def _retry(self, item_id: int, error: str, after: float | None) -> None:
+    async def _attempt(self, item: OutboxItem) -> Outcome:
+        item_id = item.id or 0
+        task = asyncio.current_task()
+        if task is not None:
+            task.item_id = item_id  # type: ignore[attr-defined]
+        pacer = self.pacers[item.channel]
+        if not await pacer.turn(item.chat_id):  # the bot must wait: give the row back, not sit on its lease
+            return Outcome(item_id=item_id, kind="released", after=pacer.paused_for())
+        sender = self.senders[item.channel]
+        message = from_payload(item.channel, item.chat_id, item.payload)
+        self._sending.add(item_id)
+        try:
+            result = await sender.send(message, item.payload)
+        except Unreachable as error:
+            return Outcome(item_id=item_id, kind="unreachable", error=str(error))
+        except PermanentFailure as error:
+            return Outcome(item_id=item_id, kind="dead", error=str(error))
+        except Hold as error:
+            return Outcome(item_id=item_id, kind="hold", error=str(error))
+        except RetryLater as error:
+            if error.after and error.scope == "channel":
+                pacer.pause(error.after)  # every chat of this bot waits, not only this one
+            return Outcome(item_id=item_id, kind="retry", error=str(error), after=error.after)
+        except (
+            Exception
+        ) as error:  # a bug or an unexpected answer: retry with backoff, a bounded number of times
+            log.warning("send on %s failed: %s", item.channel, type(error).__name__)
+            return Outcome(item_id=item_id, kind="error", error=f"{type(error).__name__}: {error}")
+        finally:
+            self._sending.discard(item_id)
+        return Outcome(item_id=item_id, kind="sent", external_id=result.external_id)
+
+    # --- outcomes ---------------------------------------------------------------------------------------
+
+    def _record(self, outcomes: list[Outcome]) -> None:
+        if not outcomes:
+            return
+        now = utcnow()
         with session_scope(self.db) as session:
-            item = session.get(OutboxItem, item_id)
-            if item is None:
-                return
-            item.attempts += 1
-            item.last_error = error
-            if item.attempts >= self.max_attempts:
-                item.status = DEAD
-                log.warning("outbox row %s dead after %s attempts", item_id, item.attempts)
-                return
-            delay = after if after is not None else backoff(item.attempts)
-            item.next_attempt_at = utcnow() + timedelta(seconds=delay)
+            for outcome in outcomes:
+                item = session.get(OutboxItem, outcome.item_id)
+                if item is not None and item.status == PENDING:
+                    self._apply(session, item, outcome, now)
+        self._leased.difference_update(o.item_id for o in outcomes)
+
+    def _apply(self, session: Session, item: OutboxItem, outcome: Outcome, now: datetime) -> None:
+        item.lease_owner = None
+        if outcome.kind == "released":  # never tried: no attempt spent
+            item.next_attempt_at = now + timedelta(seconds=outcome.after or 0)
+            return
+        item.last_error = outcome.error
+        if outcome.kind == "hold":
+            item.status = HELD
+            return
+        item.attempts += 1
+        if outcome.kind == "sent":
+            item.status, item.external_id, item.sent_at, item.failing_since = (
+                SENT,
+                outcome.external_id,
+                now,
+                None,
+            )
+        elif outcome.kind in ("dead", "unreachable"):
+            item.status = DEAD
+            log.warning("outbox row %s dead-lettered on %s", item.id, item.channel)
+            if outcome.kind == "unreachable":
+                self._unreachable(session, item)
+        elif outcome.kind == "retry":
+            item.failing_since = item.failing_since or now
+            if now - item.failing_since >= self.retry_for:
+                self._give_up(item, f"still failing after {self.retry_for}")
+            else:
+                delay = (
+                    outcome.after if outcome.after is not None else backoff(item.attempts, self.backoff_max)
+                )
+                item.next_attempt_at = now + timedelta(seconds=delay)
+        elif item.attempts >= self.max_attempts:  # "error": something unexpected, again and again
+            self._give_up(item, f"{item.attempts} attempts")
+        else:
+            item.next_attempt_at = now + timedelta(seconds=backoff(item.attempts, self.backoff_max))
+
+    @staticmethod
+    def _give_up(item: OutboxItem, why: str) -> None:
+        item.status, item.holds_chat = DEAD, True  # its chat's later rows wait for `outbox retry`
+        log.warning("outbox row %s on %s dead after %s; its chat waits", item.id, item.channel, why)
+
+    @staticmethod
+    def _unreachable(session: Session, item: OutboxItem) -> None:
+        session.execute(
+            update(ChannelIdentity)
+            .where(col(ChannelIdentity.channel) == item.channel, col(ChannelIdentity.chat_id) == item.chat_id)
+            .values(unreachable=True)
+        )
+        # Nothing else can reach a customer who blocked us: the rest of the chat's queue is dead too.
+        session.execute(
+            update(OutboxItem)
+            .where(
+                col(OutboxItem.channel) == item.channel,
+                col(OutboxItem.chat_id) == item.chat_id,
+                col(OutboxItem.status) == PENDING,
+                col(OutboxItem.id) != item.id,
+            )
+            .values(status=DEAD, last_error="recipient unreachable")
+        )
+
+
+def _error_text(error: BaseException) -> str:
+    lines = str(error).splitlines()
+    return f"{type(error).__name__}: {lines[0] if lines else ''}"
 
 
 def retry_dead(db: Engine, ids: list[int] | None = None) -> int:
-    """Put dead letters back in the queue (all, or those given); returns how many."""
+    """Put dead letters back in the queue (all, or those given); returns how many.
+
+    They go out in their chats' order: a dead letter that held its chat is its head again, and the rows
+    that waited behind it follow it.
+    """
     with session_scope(db) as session:
         query = update(OutboxItem).where(col(OutboxItem.status).in_(DEAD_LETTERS))
         if ids:
             query = query.where(col(OutboxItem.id).in_(ids))
-        result = session.execute(query.values(status=PENDING, attempts=0, next_attempt_at=utcnow()))
+        result = session.execute(
+            query.values(
+                status=PENDING,
+                attempts=0,
+                next_attempt_at=utcnow(),
+                failing_since=None,
+                holds_chat=False,
+                lease_owner=None,
+            )
+        )
         return int(cast(CursorResult[Any], result).rowcount)

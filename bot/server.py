@@ -9,9 +9,12 @@ import importlib
 import json
 import logging
 import re
+import socket
 import threading
+import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 import h11
@@ -30,11 +33,13 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from adapters.base import Channel
 from bot.app import Bot, build
 from bot.config import Settings
+from bot.engine import PARKED, STOPPED, StorageUnavailable
 from bot.logs import setup_logging
-from bot.outbox import Deliverer
+from bot.outbox import DEAD, DEAD_LETTERS, HELD, PENDING, Deliverer
 from bot.ratelimit import RateLimit, rules_from_settings
 from bot.store import Case, InboxItem, OutboxItem
 from bot.store import Message as LoggedMessage
+from bot.store.db import is_transient
 
 log = logging.getLogger(__name__)
 
@@ -66,10 +71,17 @@ class Workers:
 
     def _inbox_loop(self) -> None:
         engine = self.bot.engine
+        failures = 0  # rounds in a row the database failed in a passing way
         while not self.stop_event.is_set():
             engine.inbox_signal.clear()
             try:
                 engine.process_pending()
+                failures = 0
+            except StorageUnavailable:
+                # Nothing was lost: the message stays pending. Pause (doubling, capped), then try again.
+                failures += 1
+                self.stop_event.wait(engine.retry_delay(failures))
+                continue
             except Exception:
                 log.exception("inbox round failed")
             engine.inbox_signal.wait(timeout=self.bot.settings.outbox_poll_seconds)
@@ -78,7 +90,15 @@ class Workers:
         self.thread = threading.Thread(target=self._inbox_loop, name="inbox", daemon=True)
         self.thread.start()
         senders = {c.name: s for c in self.channels if (s := c.sender()) is not None}
-        deliverer = Deliverer(self.bot.db, senders, max_attempts=self.bot.settings.outbox_max_attempts)
+        settings = self.bot.settings
+        deliverer = Deliverer(
+            self.bot.db,
+            senders,
+            max_attempts=settings.outbox_max_attempts,
+            retry_for=timedelta(hours=settings.outbox_retry_hours),
+            backoff_max=settings.retry_backoff_max_seconds,
+            owner=settings.worker_id or None,
+        )
         self.async_stop = asyncio.Event()
         self.task = asyncio.create_task(
             deliverer.run(
@@ -322,7 +342,15 @@ def create_app(bot: Bot, channels: Sequence[Channel] | None = None) -> Starlette
     gauges = _metrics(registry)
 
     async def healthz(_: Request) -> Response:
-        return JSONResponse({"status": "ok", "channels": [c.name for c in channels]})
+        try:
+            queues = await asyncio.to_thread(_queues, bot)
+        except Exception as error:  # the database cannot even be read: this server is of no use now
+            log.warning("healthz: database unavailable: %s", type(error).__name__)
+            return JSONResponse({"status": "unavailable", "error": "database unavailable"}, status_code=503)
+        held = queues["inbox"]["parked"] + queues["outbox"]["chats_held"]
+        return JSONResponse(
+            {"status": "degraded" if held else "ok", "channels": [c.name for c in channels], **queues}
+        )
 
     async def metrics(_: Request) -> Response:
         await asyncio.to_thread(_collect, bot, gauges)
@@ -398,6 +426,45 @@ def _metrics(registry: CollectorRegistry) -> dict[str, Gauge]:
         ),
         "cases": Gauge("warranty_cases", "Cases by status", ["status"], registry=registry),
         "outbox": Gauge("warranty_outbox_messages", "Outbox rows by status", ["status"], registry=registry),
+        "held": Gauge(
+            "warranty_chats_held",
+            "Chats whose later messages wait for an operator: a parked inbound message or a dead reply",
+            ["queue"],
+            registry=registry,
+        ),
+    }
+
+
+def _queues(bot: Bot) -> dict[str, dict[str, int]]:
+    """What waits: inbound messages pending and parked, replies pending, dead, and chats a dead letter holds."""
+    with Session(bot.db) as session:
+        inbox: dict[str, int] = {
+            status: count
+            for status, count in session.execute(
+                select(col(InboxItem.status), func.count())
+                .where(col(InboxItem.status).in_(("pending", *STOPPED)))
+                .group_by(col(InboxItem.status))
+            )
+        }
+        outbox: dict[str, int] = {
+            status: count
+            for status, count in session.execute(
+                select(col(OutboxItem.status), func.count())
+                .where(col(OutboxItem.status).in_((PENDING, HELD, *DEAD_LETTERS)))
+                .group_by(col(OutboxItem.status))
+            )
+        }
+        held = session.execute(
+            select(func.count()).where(col(OutboxItem.status) == DEAD, col(OutboxItem.holds_chat))
+        ).scalar_one()
+    return {
+        "inbox": {"pending": inbox.get("pending", 0), "parked": sum(inbox.get(s, 0) for s in STOPPED)},
+        "outbox": {
+            "pending": outbox.get(PENDING, 0),
+            "held": outbox.get(HELD, 0),
+            "dead": sum(outbox.get(s, 0) for s in DEAD_LETTERS),
+            "chats_held": int(held),
+        },
     }
 
 
@@ -414,11 +481,23 @@ def _collect(bot: Bot, gauges: dict[str, Gauge]) -> None:
                 select(column, func.count()).select_from(table).group_by(column)
             ):
                 gauges[name].labels(label).set(count)
+        parked_chats = session.execute(
+            select(func.count(func.distinct(col(InboxItem.channel) + ":" + col(InboxItem.chat_id)))).where(
+                col(InboxItem.status) == PARKED
+            )
+        ).scalar_one()
+        dead_heads = session.execute(
+            select(func.count()).where(col(OutboxItem.status) == DEAD, col(OutboxItem.holds_chat))
+        ).scalar_one()
+        gauges["held"].labels("inbox").set(parked_chats)
+        gauges["held"].labels("outbox").set(dead_heads)
 
 
 def run_server(settings: Settings, *, host: str, port: int) -> None:
     setup_logging(settings.log_level)
-    bot = build(settings, external_desks=desks_configured(settings))
+    if not settings.worker_id:  # the same name after a restart: the new process takes back its own leases
+        settings = settings.model_copy(update={"worker_id": f"{socket.gethostname()}:{port}"})
+    bot = _build_when_storage_allows(settings)
     app = create_app(bot)
     base = f"http://{host}:{port}"
     print(f"warranty-bot serving on {base}")
@@ -449,6 +528,21 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
         "limit_concurrency": settings.server_max_concurrency,
         "forwarded_allow_ips": settings.forwarded_allow_ips,
     }
+
+
+def _build_when_storage_allows(settings: Settings) -> Bot:
+    """Build the bot; while the database cannot be opened or upgraded for a passing reason (read-only or
+    full storage, PostgreSQL not up yet), wait and try again rather than exit."""
+    failures = 0
+    while True:
+        try:
+            return build(settings, external_desks=desks_configured(settings))
+        except Exception as error:
+            if not is_transient(error):
+                raise
+            failures += 1
+            log.warning("database not usable yet, trying again: %s", str(error).splitlines()[0][:300])
+            time.sleep(min(settings.retry_backoff_max_seconds, 0.5 * failures))
 
 
 def plain(text: str, status: int = 200) -> Response:

@@ -11,6 +11,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 from sqlmodel import Session, col, select
 
 from bot.store import OutboxItem
@@ -109,3 +110,89 @@ def test_permanent_failures_are_dead_letters_listed_and_retried(start: Callable[
     # back the ones after it, so once retried it arrives late, but exactly once.
     assert delivered(running, blocked) == logged(running, blocked)
     assert sorted(delivered(running, refused)) == sorted(logged(running, refused))
+
+
+# --- outages longer than any attempt count (issue 20) ------------------------------------------------------
+
+
+def post_script(running: Running, chats: list[str] = CHATS, script: list[str] = SCRIPT) -> None:
+    for number, text in enumerate(script, start=1):
+        for chat in chats:
+            assert running.post(update(chat, number, text)).status_code == 200
+    total = len(script) * len(chats)
+    wait_until(lambda: len(items := running.inbox()) == total and all(i.status == "done" for i in items),
+               what="every message processed")
+
+
+def test_a_5xx_outage_longer_than_the_attempt_budget_loses_nothing(start: Callable[..., Running]) -> None:  # noqa: F811
+    # An attempt budget of 2 would have dead-lettered every chat's first reply after the second 502.
+    running = start(outbox_max_attempts=2, retry_backoff_max_seconds=0.2)
+    running.fake.outage = "5xx"
+    post_script(running)
+    wait_until(lambda: attempted(running, 8), timeout=30, what="eight refused sends of every chat's head")
+    assert not [r for r in rows(running) if r.status != "pending"]  # nothing given up, nothing sent
+    running.fake.outage = None
+    wait_until(lambda: all(r.status == "sent" for r in rows(running)), timeout=60, what="every reply sent")
+    for chat in CHATS:
+        assert delivered(running, chat) == logged(running, chat)  # each once, in order
+
+
+def test_429_is_honoured_per_chat_and_for_the_bot_and_spends_no_attempts(start: Callable[..., Running]) -> None:  # noqa: F811
+    running = start(outbox_max_attempts=2, retry_backoff_max_seconds=0.2)
+    running.fake.outage = "429"  # every send: "retry after 1", for the whole bot
+    post_script(running)
+    wait_until(lambda: attempted(running, 3), timeout=30, what="three refused sends of every chat's head")
+    assert not [r for r in rows(running) if r.status != "pending"]
+    running.fake.outage = None
+    wait_until(lambda: all(r.status == "sent" for r in rows(running)), timeout=60, what="every reply sent")
+    for chat in CHATS:
+        assert delivered(running, chat) == logged(running, chat)
+    assert running.fake.early == []  # no chat was sent to again before the wait it was told had passed
+
+
+def test_a_reply_that_keeps_failing_holds_its_chat_and_a_retry_keeps_order(
+        start: Callable[..., Running], database_url: str, tmp_path: Any) -> None:  # noqa: F811
+    running = start(outbox_retry_hours=1 / 3600, retry_backoff_max_seconds=0.2)  # give up after a second
+    running.fake.outage = "5xx"
+    post_script(running)
+
+    def gave_up() -> bool:
+        heads = {}
+        for row in rows(running):
+            if row.status in ("pending", "dead"):
+                heads.setdefault(row.chat_id, row)
+        return len(heads) == len(CHATS) and all(h.status == "dead" and h.holds_chat for h in heads.values())
+
+    wait_until(gave_up, timeout=30, what="every chat's head dead after its retry time")
+    running.fake.outage = None
+    # The chats' later replies wait behind their dead heads: sending them now would break the order.
+    assert {r.status for r in rows(running) if not r.holds_chat} == {"pending"}
+    assert not any(delivered(running, chat) for chat in CHATS)
+    env = {**os.environ, "DATABASE_URL": database_url}
+    listing = subprocess.run([sys.executable, "-m", "bot.cli", "outbox", "list"], capture_output=True, text=True,
+                             cwd=tmp_path, env=env, timeout=60, check=False)
+    assert listing.returncode == 0 and f"{len(CHATS)} dead message(s)" in listing.stderr
+    retried = subprocess.run([sys.executable, "-m", "bot.cli", "outbox", "retry"], capture_output=True, text=True,
+                             cwd=tmp_path, env=env, timeout=60, check=False)
+    assert retried.returncode == 0 and f"{len(CHATS)} message(s) queued again" in retried.stdout
+    running.bot.engine.outbox_signal.set()
+    wait_until(lambda: all(r.status == "sent" for r in rows(running)), timeout=30, what="the chats' replies sent")
+    for chat in CHATS:
+        assert delivered(running, chat) == logged(running, chat)  # the re-driven head first, then the rest
+
+
+@pytest.mark.parametrize("chats, script", [
+    ([str(80000000 + n) for n in range(20)], SCRIPT),  # 120 replies: the bot's limit
+    (CHATS[:2], SCRIPT * 2),  # 10 replies to each chat: the chat's limit
+], ids=["per-bot", "per-chat"])
+def test_a_backlog_is_sent_within_telegrams_published_limits(start: Callable[..., Running],  # noqa: F811
+                                                             chats: list[str], script: list[str]) -> None:
+    running = start(retry_backoff_max_seconds=0.5)
+    running.fake.rate_limits = True  # over about 30/s per bot or about 1/s per chat, the fake answers 429
+    running.fake.outage = "5xx"  # a backlog builds up, as after an outage
+    post_script(running, chats, script)
+    running.fake.outage = None
+    wait_until(lambda: all(r.status == "sent" for r in rows(running)), timeout=60, what="the backlog sent")
+    assert running.fake.limited == [] and running.fake.early == []
+    for chat in chats:
+        assert delivered(running, chat) == logged(running, chat)

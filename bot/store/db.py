@@ -1,9 +1,17 @@
-"""Database engines and sessions: SQLite (WAL, one writer at a time) or PostgreSQL, and schema upgrades."""
+"""Database engines and sessions: SQLite (WAL, one writer at a time) or PostgreSQL, and schema upgrades.
+
+Storage failures that can pass (a lost connection, a full disk, a lock timeout, a read-only file) are told
+apart from the rest by `is_transient`; a connection that failed that way is dropped from the pool, so the
+next transaction opens a fresh one (a SQLite connection opened read-only stays read-only, for example).
+"""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
+import os
+import sqlite3
 import threading
 import weakref
 from collections.abc import Iterator
@@ -14,8 +22,8 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import Engine, create_engine, event, exc, text
+from sqlalchemy.engine import ExceptionContext, make_url
 from sqlmodel import Session
 
 MIGRATIONS = Path(__file__).with_name("migrations")
@@ -25,14 +33,19 @@ def is_sqlite(engine: Engine) -> bool:
     return engine.dialect.name == "sqlite"
 
 
-def make_engine(url: str) -> Engine:
+def make_engine(url: str, *, synchronous: str = "FULL") -> Engine:
     """An engine for `url`; SQLite files get WAL, a busy timeout and write-ahead `BEGIN IMMEDIATE`."""
     parsed = make_url(url)
+    level = {"FULL": "FULL", "NORMAL": "NORMAL"}[synchronous.upper()]
     if parsed.get_backend_name() != "sqlite":
-        return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10)
+        engine = create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10)
+        event.listen(engine, "handle_error", _drop_broken_connection)
+        return engine
     if parsed.database and parsed.database != ":memory:":
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
     engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+    if parsed.database and parsed.database != ":memory:":
+        event.listen(engine, "do_connect", _writable_or_refuse(Path(parsed.database)))
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -40,7 +53,10 @@ def make_engine(url: str) -> Engine:
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=NORMAL")
+        # FULL (the default): a commit (the inbox row behind a webhook's 2xx) is on disk before the call
+        # returns, so it survives an OS crash or a power loss too, not only a killed process; NORMAL only
+        # a killed process (SQLITE_SYNCHRONOUS; docs/operations.md).
+        cursor.execute(f"PRAGMA synchronous={level}")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute("PRAGMA busy_timeout=30000")
         cursor.close()
@@ -51,7 +67,66 @@ def make_engine(url: str) -> Engine:
         # SQLITE_BUSY); reads stay deferred, so that WAL lets them run beside the one writer.
         connection.exec_driver_sql("BEGIN IMMEDIATE" if _writing.get() else "BEGIN")
 
+    event.listen(engine, "handle_error", _drop_broken_connection)
     return engine
+
+
+# SQLite errors after which the connection itself is suspect: drop it, the next one is opened afresh.
+_SQLITE_BROKEN = ("readonly", "disk i/o error", "unable to open", "disk is full", "disk image is malformed")
+
+
+def _writable_or_refuse(path: Path) -> Any:
+    """Refuse to open a SQLite file that cannot be written (read-only file or folder), as a passing error.
+
+    SQLite would open it read-only instead, and a process that once opened a file read-only keeps it so:
+    the library holds on to those file handles, and shares them with the process's later connections, even
+    after the file became writable. Refusing leaves nothing behind; the next connection, once the storage is
+    writable, opens it read-write.
+    """
+
+    def check(*_: Any) -> None:
+        sidecars = [path.with_name(path.name + suffix) for suffix in ("-wal", "-shm")]
+        files_ok = all(os.access(f, os.W_OK) for f in (path, *sidecars) if f.exists())
+        folder_ok = os.access(path.parent, os.W_OK) or all(f.exists() for f in sidecars)
+        if not (files_ok and folder_ok):
+            raise sqlite3.OperationalError(f"attempt to write a readonly database: {path} is read-only")
+
+    return check
+
+
+def _drop_broken_connection(context: ExceptionContext) -> None:
+    if context.is_disconnect or context.engine is None:
+        return
+    if context.engine.dialect.name == "sqlite":
+        message = str(context.original_exception).lower()
+        if any(m in message for m in _SQLITE_BROKEN):
+            context.is_disconnect = True
+
+
+def is_transient(error: BaseException) -> bool:
+    """Whether a storage failure can pass by itself: a lost or refused connection, a full disk or a lock
+    timeout (SQLAlchemy's OperationalError covers these on both databases), a pool timeout, a disk write
+    error. Not transient: a constraint violation, bad data, a bug."""
+    if isinstance(error, exc.DBAPIError) and error.connection_invalidated:
+        return True
+    if isinstance(
+        error, exc.OperationalError | exc.InterfaceError | exc.DisconnectionError | exc.TimeoutError
+    ):
+        return True
+    if isinstance(error, exc.ResourceClosedError | exc.PendingRollbackError):
+        return True  # the connection went away under a session that was still using it
+    if isinstance(error, OSError) and error.errno in _TRANSIENT_ERRNOS:
+        return True
+    cause = error.__cause__ or error.__context__
+    return (
+        cause is not None
+        and cause is not error
+        and isinstance(cause, exc.SQLAlchemyError | OSError)
+        and (is_transient(cause))
+    )
+
+
+_TRANSIENT_ERRNOS = {errno.ENOSPC, errno.EIO, errno.EROFS, errno.EDQUOT, errno.EFBIG, errno.EAGAIN}
 
 
 _writing: ContextVar[bool] = ContextVar("writing", default=False)
@@ -88,8 +163,6 @@ def _sqlite_writer(engine: Engine) -> threading.RLock:
         return _sqlite_writers.setdefault(engine, threading.RLock())
 
 
-
-
 def lock_key(*parts: str) -> int:
     digest = hashlib.blake2b("\x1f".join(parts).encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big", signed=True)
@@ -116,5 +189,25 @@ def alembic_config(engine: Engine) -> Config:
 
 
 def upgrade(engine: Engine) -> None:
-    """Bring the schema to the newest migration."""
-    command.upgrade(alembic_config(engine), "head")
+    """Bring the schema to the newest migration.
+
+    On PostgreSQL the upgrade runs under a session advisory lock keyed by the schema, so that servers
+    starting at once on an empty database take turns: the first creates the schema, the others find it
+    current (without it, one of them fails on `alembic_version`'s unique key).
+    """
+    config = alembic_config(engine)
+    if engine.dialect.name != "postgresql":
+        command.upgrade(config, "head")
+        return
+    with engine.connect() as connection:
+        schema = str(connection.execute(text("SELECT current_schema()")).scalar_one())
+        key = lock_key("schema-upgrade", schema)
+        connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": key})
+        connection.commit()
+        try:
+            config.attributes["connection"] = connection
+            command.upgrade(config, "head")
+        finally:
+            connection.rollback()
+            connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": key})
+            connection.commit()

@@ -62,8 +62,12 @@ class InboxItem(SQLModel, table=True):
     external_id: str = Field(max_length=255)
     chat_id: str = Field(max_length=255)
     payload: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
-    status: str = Field(default="pending", max_length=16)  # pending | done | failed
+    # pending -> done ; pending -> parked (failed the same way `inbox_max_attempts` times; holds its chat's
+    # later messages until re-driven) ; failed (written by earlier versions: kept, holds nothing)
+    status: str = Field(default="pending", max_length=16)
     error: str | None = Field(default=None, sa_column=Column(Text))
+    attempts: int = Field(default=0, sa_column_kwargs={"server_default": "0"})  # failures in a row, same way
+    next_attempt_at: datetime | None = None  # after a failure: not before this
     received_at: datetime = Field(default_factory=utcnow)
     processed_at: datetime | None = None
 
@@ -171,6 +175,9 @@ class OutboxItem(SQLModel, table=True):
     status: str = Field(default="pending", max_length=16)
     attempts: int = 0
     next_attempt_at: datetime = Field(default_factory=utcnow)
+    lease_owner: str | None = Field(default=None, max_length=128)  # the worker sending it (until the lease ends)
+    failing_since: datetime | None = None  # first of the passing failures in a row (5xx, 429, timeouts)
+    holds_chat: bool = Field(default=False, sa_column_kwargs={"server_default": "0"})  # a dead head: the chat waits
     last_error: str | None = Field(default=None, sa_column=Column(Text))
     external_id: str | None = Field(default=None, max_length=255, index=True)
     created_at: datetime = Field(default_factory=utcnow)

@@ -49,6 +49,18 @@ class FakeTelegram:
     # within `hang_seconds`, then 502 — longer than the client waits).
     outage: str | None = None
     hang_seconds: float = 3.0
+    # Flood control like Telegram's: after a 429 with retry_after, a sendMessage before the wait is over is
+    # refused again and recorded: in `early` when it is to the chat that was told to wait (a client that
+    # honours retry_after never does it), in `early_bot` for another chat inside a bot-wide window. With
+    # `rate_limits`, sending faster than the published limits (about 30 a second in all, about one a second
+    # to one chat, short bursts allowed) is answered 429 too (recorded in `limited`).
+    rate_limits: bool = False
+    flood_until: dict[str, float] = field(default_factory=dict)  # chat id, or "*" for the whole bot
+    told: dict[str, float] = field(default_factory=dict)  # chat id -> the end of the wait it was told
+    early: list[str] = field(default_factory=list)
+    early_bot: list[str] = field(default_factory=list)
+    limited: list[str] = field(default_factory=list)
+    _recent: dict[str, list[float]] = field(default_factory=dict)  # sendMessage times, per chat and "*"
     lock: threading.Lock = field(default_factory=threading.Lock)
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(5001))
 
@@ -70,11 +82,14 @@ class FakeTelegram:
             self.updates.append(update)
 
     def fail_next(self, method: str, status: int, description: str, *, retry_after: int | None = None,
-                  after: int = 0) -> None:
-        """A coming call of `method` (the next, or the one after `after` more) is refused like this."""
+                  after: int = 0, bot_wide: bool = False) -> None:
+        """A coming call of `method` (the next, or the one after `after` more) is refused like this; a 429
+        with `retry_after` opens a flood-control window for its chat (for every chat when `bot_wide`)."""
         body: dict[str, Any] = {"ok": False, "error_code": status, "description": description}
         if retry_after is not None:
             body["parameters"] = {"retry_after": retry_after}
+            if bot_wide:
+                body["bot_wide"] = True
         with self.lock:
             self.failures.append((method, after, status, body))
 
@@ -105,6 +120,10 @@ class FakeTelegram:
         params = await _params(request)
         if request.path_params["token"] != self.token:
             return self._answer(method, params, 401, {"ok": False, "error_code": 401, "description": "Unauthorized"})
+        if method == "sendMessage":
+            flooded = self._flood_control(str(params.get("chat_id", "")))
+            if flooded is not None:
+                return self._answer(method, params, 429, flooded)
         if method == "sendMessage" and self.outage is not None:
             return await self._outage(method, params)
         with self.lock:
@@ -126,6 +145,27 @@ class FakeTelegram:
                                 {"ok": False, "error_code": error.status, "description": error.description})
         return self._answer(method, params, 200, {"ok": True, "result": result})
 
+    def _flood_control(self, chat_id: str) -> dict[str, Any] | None:
+        """The 429 body when this send comes inside a window or over the limits; None when it may go."""
+        now = time.monotonic()
+        with self.lock:
+            until = max(self.flood_until.get(chat_id, 0.0), self.flood_until.get("*", 0.0))
+            if now < until:
+                (self.early if now < self.told.get(chat_id, 0.0) else self.early_bot).append(chat_id)
+                return _too_many(max(1, int(until - now + 0.999)))
+            if not self.rate_limits:
+                return None
+            for key, limit in ((chat_id, _CHAT_LIMIT), ("*", _BOT_LIMIT)):
+                times = [t for t in self._recent.get(key, []) if t > now - _WINDOW]
+                self._recent[key] = times
+                if len(times) >= limit:
+                    self.limited.append(chat_id)
+                    self.flood_until[key] = now + 1.0
+                    return _too_many(1)
+            for key in (chat_id, "*"):
+                self._recent[key].append(now)
+        return None
+
     async def _outage(self, method: str, params: dict[str, Any]) -> Response:
         if self.outage == "429":
             return self._answer(method, params, 429, {"ok": False, "error_code": 429,
@@ -138,6 +178,12 @@ class FakeTelegram:
     def _answer(self, method: str, params: dict[str, Any], status: int, body: dict[str, Any]) -> Response:
         with self.lock:
             self.calls.append(Call(method, params, status))
+            wait = body.get("parameters", {}).get("retry_after")
+            if method == "sendMessage" and status == 429 and wait:
+                chat_id, until = str(params.get("chat_id")), time.monotonic() + wait
+                scope = "*" if body.pop("bot_wide", False) or self.outage == "429" else chat_id
+                self.flood_until[scope] = max(self.flood_until.get(scope, 0.0), until)
+                self.told[chat_id] = max(self.told.get(chat_id, 0.0), until)
         return JSONResponse(body, status_code=status)
 
     async def _file(self, request: Request) -> Response:
@@ -210,6 +256,19 @@ class FakeTelegram:
         path, data = found
         return {"file_id": file_id, "file_unique_id": f"u{abs(hash(file_id)) % 10**8}", "file_size": len(data),
                 "file_path": path}
+
+
+# Telegram allows short bursts over its published limits (about 30 a second per bot, about one a second
+# per chat); here, more sendMessage calls than these in any 3 seconds are answered with 429. (A window of
+# some seconds: this fake shares its process with the bot, so the arrival times it sees can bunch up.)
+_WINDOW = 3.0
+_CHAT_LIMIT = 7
+_BOT_LIMIT = 100
+
+
+def _too_many(seconds: int) -> dict[str, Any]:
+    return {"ok": False, "error_code": 429, "description": f"Too Many Requests: retry after {seconds}",
+            "parameters": {"retry_after": seconds}}
 
 
 class _ApiError(Exception):
