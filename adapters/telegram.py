@@ -14,7 +14,7 @@ import re
 import warnings
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -43,14 +43,19 @@ from bot.messages import Attachment, Button, InboundMessage, OutboundMessage
 from bot.outbox import Delivered, DeliveryError, PermanentFailure, RetryLater, Unreachable
 from bot.store import KeyValue, lock_chat, session_scope
 from bot.store.clock import utcnow
+from bot.store.kv import kv_get, kv_put
 
 log = logging.getLogger(__name__)
 
 CHANNEL = "telegram"
 WEBHOOK_PATH = "/telegram/webhook"
 SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"  # noqa: S105 (a header name)
-# Edited messages, channel posts, reactions and the rest are ignored on purpose: Telegram need not send them.
-ALLOWED_UPDATES = ("message", "callback_query")
+# Edited messages are corrections (a mistyped serial); channel posts, reactions and the rest are not asked for.
+ALLOWED_UPDATES = ("message", "edited_message", "callback_query")
+PRIVATE = "private"  # claims are taken in private chats only: a group's members would share one claim
+GROUP_TOLD_PREFIX = "telegram:group-told:"
+GROUP_ANSWER = ("I take warranty claims in a private chat only, so that each claim stays yours. "
+                "Please write to me directly: {link}")
 MAX_MESSAGE_CHARS = 4096  # Telegram counts UTF-16 code units
 MAX_CALLBACK_DATA_BYTES = 64
 ALBUM_WAIT_SECONDS = 1.5
@@ -104,6 +109,9 @@ class Incoming:
     files: tuple[FileRef, ...] = ()
     media_group_id: str | None = None
     callback_id: str | None = None  # a pressed inline button: always answered
+    chat_type: str = PRIVATE  # private | group | supergroup | channel
+    thread_id: int | None = None  # the forum topic of a group message
+    edited: bool = False  # a correction of an earlier message
 
 
 def read_update(body: bytes, client: telegram.Bot) -> telegram.Update:
@@ -132,6 +140,10 @@ def parse_update(update: telegram.Update) -> Incoming | None:
     """
     if update.message is not None:
         return _from_message(update.update_id, update.message)
+    if update.edited_message is not None:
+        edited = _from_message(update.update_id, update.edited_message)
+        # The corrected words are what matters; files seen with the first version are not fetched again.
+        return replace(edited, files=(), media_group_id=None, edited=True) if edited.text else None
     if update.callback_query is not None:
         return _from_callback(update.update_id, update.callback_query)
     return None
@@ -155,9 +167,14 @@ def _from_message(update_id: int, message: telegram.Message) -> Incoming:
     media_group_id = _optional_text(message.media_group_id, "media_group_id")
     if media_group_id is not None and not (len(media_group_id) <= MAX_MEDIA_GROUP_ID and media_group_id.isprintable()):
         raise BadUpdate("media_group_id is not an id")  # it becomes part of a key and of the external id
+    thread_id = message.message_thread_id if message.is_topic_message else None
+    if thread_id is not None and not (isinstance(thread_id, int) and not isinstance(thread_id, bool)):
+        raise BadUpdate("message_thread_id is not a number")
     return Incoming(
         update_id=update_id,
         chat_id=chat_id,
+        chat_type=_chat_type(message.chat),
+        thread_id=thread_id,
         sender_id=_id(user.id, "sender id") if user else chat_id,
         sender_name=_name(user),
         locale=_optional_text(user.language_code, "language_code") if user else None,
@@ -186,12 +203,20 @@ def _from_callback(update_id: int, query: telegram.CallbackQuery) -> Incoming:
     return Incoming(
         update_id=update_id,
         chat_id=chat_id,
+        chat_type=_chat_type(message.chat) if message is not None else PRIVATE,
         sender_id=sender_id,
         sender_name=_name(query.from_user),
         locale=_optional_text(query.from_user.language_code, "language_code"),
         text=_optional_text(query.data, "callback data") or "",
         callback_id=_text(query.id, "callback query id"),
     )
+
+
+def _chat_type(chat: Any) -> str:
+    kind = getattr(chat, "type", None)
+    if not isinstance(kind, str) or not kind:
+        raise BadUpdate("chat type is missing")
+    return kind
 
 
 def _name(user: telegram.User | None) -> str | None:
@@ -353,10 +378,11 @@ _TAG = re.compile(r"<\s*(/?)\s*([A-Za-z][A-Za-z0-9-]*)")
 
 
 def split_html(text: str, limit: int = MAX_MESSAGE_CHARS) -> list[str]:
-    """Telegram-HTML `text` in pieces of at most `limit` UTF-16 units, cut at a paragraph, line or word
+    """Telegram-HTML `text` in pieces of at most `limit` UTF-16 units of visible text (what Telegram counts,
+    after parsing the entities: a tag counts nothing, `&amp;` one), cut at a paragraph, line or word
     boundary (only a word longer than a piece is cut inside), never inside a tag or an entity. Tags open at
     a cut are closed at the end of the piece and reopened at the start of the next."""
-    if "<" not in text and _units(text.strip()) <= limit:  # the usual case: escaped text that fits
+    if "<" not in text and _visible_units(text.strip()) <= limit:  # the usual case: escaped text that fits
         return [text.strip()] if text.strip() else []
     atoms: list[str] = _ATOMS.findall(text.strip())
     pieces: list[str] = []
@@ -364,16 +390,16 @@ def split_html(text: str, limit: int = MAX_MESSAGE_CHARS) -> list[str]:
     start = 0
     while start < len(atoms):
         prefix = "".join(tag for _, tag in open_tags)
-        size = _units(prefix)
+        size = 0
         stack = open_tags
         breaks: dict[int, int] = {}  # priority -> the latest atom index a cut may happen before
         end = start
         while end < len(atoms):
             atom = atoms[end]
             after = _apply_tag(stack, atom)
-            if size + _units(atom) + sum(len(name) + 3 for name, _ in after) > limit:
+            if size + _visible_units(atom) > limit:
                 break
-            size += _units(atom)
+            size += _visible_units(atom)
             stack = after
             end += 1
             priority = _break_priority(atoms, end)
@@ -403,6 +429,11 @@ def split_html(text: str, limit: int = MAX_MESSAGE_CHARS) -> list[str]:
 
 def _units(text: str) -> int:
     return len(text.encode("utf-16-le")) // 2
+
+
+def _visible_units(html_text: str) -> int:
+    """UTF-16 units of what Telegram shows for this HTML: tags removed, entities decoded."""
+    return _units(html.unescape(_visible(html_text)))
 
 
 def _apply_tag(stack: list[tuple[str, str]], atom: str) -> list[tuple[str, str]]:
@@ -572,11 +603,13 @@ class TelegramChannel:
         except BadUpdate as error:
             return JSONResponse({"error": str(error)}, status_code=400)
         try:
-            outcome = await self.store(incoming)
+            outcome, answer = await self.take(incoming)
         except TryAgain as error:
             log.warning("telegram update %s not stored, Telegram will retry: %s", update.update_id, error)
             return JSONResponse({"error": "not stored; try again"}, status_code=503, headers={"Retry-After": "5"})
-        return JSONResponse({"ok": True, "outcome": outcome})
+        # Nothing goes to the Bot API before Telegram has its 2xx: a call that must follow this update (the
+        # button's answer, the group's pointer to a private chat) rides in the response, which Telegram runs.
+        return JSONResponse({**(answer or {}), "ok": True, "outcome": outcome})
 
     async def _register_webhook(self) -> None:
         assert self.secret is not None
@@ -609,7 +642,7 @@ class TelegramChannel:
             fetch_failures = 0
             for update in updates:
                 try:
-                    await self.handle(update)
+                    _, answer = await self.handle(update)
                 except TryAgain as error:
                     # Not confirmed: the next getUpdates (from `offset`) brings this update again.
                     store_failures += 1
@@ -618,18 +651,32 @@ class TelegramChannel:
                     break
                 store_failures = 0
                 offset = update.update_id + 1  # confirmed to Telegram by the next getUpdates call
+                if answer is not None:
+                    await self._call(answer)
 
     # --- dispatch ---------------------------------------------------------------------------------------
 
-    async def handle(self, update: telegram.Update) -> str:
-        """Store what a polled update says; raises TryAgain. A malformed update is skipped: fetching it
-        again would not change it."""
+    async def handle(self, update: telegram.Update) -> tuple[str, dict[str, Any] | None]:
+        """Store what a polled update says; the outcome and the Bot API call to make after it; raises TryAgain.
+        A malformed update is skipped: fetching it again would not change it."""
         try:
             incoming = parse_update(update)
         except BadUpdate as error:
             log.warning("telegram update %s skipped: %s", update.update_id, error)
-            return "malformed"
-        return await self.store(incoming)
+            return "malformed", None
+        return await self.take(incoming)
+
+    async def take(self, incoming: Incoming | None) -> tuple[str, dict[str, Any] | None]:
+        """Store a private chat's update (a group is pointed to a private chat, once); the outcome, and the Bot
+        API call (a method and its parameters) to make once Telegram has its answer; raises TryAgain."""
+        if incoming is not None and incoming.chat_type != PRIVATE:
+            outcome, answer = await self._group(incoming)
+        else:
+            outcome, answer = await self.store(incoming), None
+        if incoming is not None and incoming.callback_id is not None:
+            # Answered every time it arrives, so the customer's button never keeps spinning.
+            answer = {"method": "answerCallbackQuery", "callback_query_id": incoming.callback_id}
+        return outcome, answer
 
     async def store(self, incoming: Incoming | None) -> str:
         """Store what the customer did (stored, duplicate, album or ignored); raises TryAgain."""
@@ -648,9 +695,44 @@ class TelegramChannel:
         except Exception as error:  # the database, most likely: nothing was acknowledged, nothing is lost
             log.exception("telegram update %s could not be stored", incoming.update_id)
             raise TryAgain(type(error).__name__) from None
-        if incoming.callback_id is not None:
-            await self._answer(incoming.callback_id)
         return outcome
+
+    async def _group(self, incoming: Incoming) -> tuple[str, dict[str, Any] | None]:
+        """A group, supergroup or channel: nothing is stored (its members would feed one claim); the first
+        message there is answered, in its topic, with a pointer to a private chat."""
+        if incoming.callback_id is not None or incoming.edited or incoming.chat_type == "channel":
+            return "group", None
+        key = GROUP_TOLD_PREFIX + incoming.chat_id
+        try:
+            told = await asyncio.to_thread(kv_get, self.bot.db, key)
+            if told is not None:
+                return "group", None
+            await asyncio.to_thread(kv_put, self.bot.db, key, {"told_at": utcnow().isoformat()})
+        except Exception as error:
+            log.exception("telegram group %s could not be recorded", incoming.update_id)
+            raise TryAgain(type(error).__name__) from None
+        answer: dict[str, Any] = {"method": "sendMessage", "chat_id": int(incoming.chat_id),
+                                  "text": GROUP_ANSWER.format(link=self._private_link())}
+        if incoming.thread_id is not None:
+            answer["message_thread_id"] = incoming.thread_id  # in the topic it was asked in
+        return "group", answer
+
+    def _private_link(self) -> str:
+        try:
+            return f"https://t.me/{self.client.username}"
+        except RuntimeError:  # getMe not answered yet (start-up): the bot's name in Telegram finds it too
+            return "open a private chat with this bot"
+
+    async def _call(self, answer: Mapping[str, Any]) -> None:
+        """Make a call that followed an update (polling mode); its failure loses nothing stored."""
+        params = {k: v for k, v in answer.items() if k != "method"}
+        try:
+            if answer["method"] == "answerCallbackQuery":
+                await self.client.answer_callback_query(params["callback_query_id"])
+            else:
+                await self.client.send_message(**params)
+        except TelegramError as error:  # a redelivered query is too old to answer; the message is stored
+            log.info("telegram %s failed: %s", answer["method"], mask(str(error)))
 
     async def _accept(self, incoming: Incoming, attachments: tuple[Attachment, ...]) -> str:
         # Telegram delivers one chat's updates one at a time: a new message means its albums are complete.
@@ -659,15 +741,9 @@ class TelegramChannel:
             channel=CHANNEL, external_id=str(incoming.update_id), sender_id=incoming.sender_id,
             chat_id=incoming.chat_id, text=incoming.text, attachments=attachments, received_at=utcnow(),
             locale_hint=incoming.locale, sender_name=incoming.sender_name,
-            raw={"update_id": incoming.update_id})
+            raw={"update_id": incoming.update_id, **({"edited": True} if incoming.edited else {})})
         accepted = await asyncio.to_thread(self.bot.engine.accept, message)
         return "duplicate" if accepted.duplicate else "stored"
-
-    async def _answer(self, callback_id: str) -> None:
-        try:
-            await self.client.answer_callback_query(callback_id)
-        except TelegramError as error:  # a redelivered query is too old to answer; the message is stored
-            log.info("telegram answerCallbackQuery failed: %s", mask(str(error)))
 
     async def _download(self, ref: FileRef) -> Attachment:
         """The file, kept in attachment storage; a placeholder when it is refused. Raises TryAgain."""

@@ -135,8 +135,10 @@ def test_parse_text_command_photo_document_and_callback() -> None:
     assert button.sender_name == "Mateo Rojas" and button.locale == "es"
 
 
-def test_edits_and_other_updates_are_ignored() -> None:
-    assert parsed(payload("edited_message.json")) is None
+def test_an_edit_is_a_correction_and_other_updates_are_ignored() -> None:
+    edited = parsed(payload("edited_message.json"))
+    assert edited is not None and edited.edited and edited.files == ()
+    assert "CSP2403A0217" in edited.text and edited.chat_type == "private"
     assert parsed(b'{"update_id": 9, "channel_post": {"message_id": 1, "date": 1, '
                   b'"chat": {"id": -100123, "type": "channel"}, "text": "news"}}') is None
     assert parsed(b'{"update_id": 10}') is None
@@ -172,11 +174,24 @@ def test_a_cut_falls_at_a_word_and_never_inside_an_entity() -> None:
     for limit in range(20, 120):
         pieces = tg.split_html(text, limit)
         for piece in pieces:
-            assert len(piece) <= limit
+            assert visible_units(piece) <= limit
             assert not re.search(r"&[#\w]*$", piece) and not re.match(r"^[#\w]*;", piece)
             assert all(re.fullmatch(r"&(lt|gt|amp|quot|#x27);", e) for e in re.findall(r"&[^&]*?;", piece))
         assert re.sub(r"\s", "", "".join(pieces)) == re.sub(r"\s", "", text)  # nothing lost or added
     assert tg.split_html(text, 60)[0] == "word word word"  # the long word does not fit: cut before it
+
+
+def visible_units(piece: str) -> int:
+    """What Telegram counts: the UTF-16 units of the text after its entities are parsed."""
+    return len(html.unescape(re.sub(r"<[^>]+>", "", piece)).encode("utf-16-le")) // 2
+
+
+def test_the_limit_counts_visible_text_not_markup() -> None:
+    escaped = html.escape("&" * 4000)  # 20000 characters of HTML, 4000 that the customer sees
+    assert tg.split_html(escaped) == [escaped]
+    tagged = "<b>" + "x" * 4090 + "</b>"
+    assert tg.split_html(tagged) == [tagged]
+    assert [visible_units(p) for p in tg.split_html(html.escape("<>" * 2100))] == [4096, 104]
 
 
 def test_a_cut_inside_a_tag_closes_and_reopens_it() -> None:
@@ -184,10 +199,10 @@ def test_a_cut_inside_a_tag_closes_and_reopens_it() -> None:
     pieces = tg.split_html(text, 60)
     assert len(pieces) > 2
     for piece in pieces:
-        assert len(piece) <= 60
+        assert visible_units(piece) <= 60
         assert piece.count("<b>") == piece.count("</b>") and piece.count("<a ") == piece.count("</a>")
         assert not re.search(r"<[^>]*$", piece) and not re.match(r"^[^<]*>", piece)
-    assert pieces[0].startswith("<b>bold") and pieces[1].startswith("<b>words")  # reopened
+    assert pieces[0].startswith("<b>bold") and re.match(r"<b>\w", pieces[1])  # reopened
     visible = re.sub(r"<[^>]+>", "", " ".join(pieces))
     assert visible.split() == re.sub(r"<[^>]+>", "", text).split()
 
@@ -210,7 +225,7 @@ def test_pieces_respect_the_limit_and_keep_every_word(words: list[str], limit: i
     text = " ".join(words)
     pieces = tg.split_html(text, limit)
     for piece in pieces:
-        assert len(piece.encode("utf-16-le")) // 2 <= limit
+        assert visible_units(piece) <= limit
         assert piece.strip() and re.sub(r"<[^>]+>", "", piece).strip()
         assert not re.search(r"&[#\w]*$", piece) and not re.search(r"<[^>]*$", piece)
         assert piece.count("<b>") == piece.count("</b>") and piece.count("<a ") == piece.count("</a>")
@@ -300,13 +315,14 @@ class Running:
             headers[tg.SECRET_HEADER] = secret
         return httpx.post(f"{self.url}{tg.WEBHOOK_PATH}", content=body, headers=headers, timeout=10)
 
-    def deliver(self, body: bytes) -> None:
-        """Hand an update to the bot the way this channel's mode receives it."""
+    def deliver(self, body: bytes) -> dict[str, Any] | None:
+        """Hand an update to the bot the way this channel's mode receives it; the webhook's answer."""
         if self.channel.mode == "webhook":
             response = self.post(body)
             assert response.status_code == 200, response.text
-        else:
-            self.fake.queue(json.loads(body))
+            return dict(response.json())
+        self.fake.queue(json.loads(body))
+        return None
 
     def inbox(self) -> list[InboxItem]:
         with Session(self.bot.db) as session:
@@ -374,17 +390,27 @@ def _claim(running: Running) -> str:
     assert [running.bot.attachments.path(s.path).read_bytes() for s in stored] == [JPEG, JPEG_2]
 
     pressed: list[str] = []
+    in_responses: list[str] = []
     for number in range(1, 6):
         if running.case_ref():
             break
         offered = fake.last_buttons(CHAT)
         value = next(v for v in ("cause:normal", "pref:repair", "cmd:human", *offered) if v in offered)
         pressed.append(value)
-        running.deliver(press(value, number))
+        answer = running.deliver(press(value, number))
+        if answer is not None:
+            assert answer["method"] == "answerCallbackQuery"
+            in_responses.append(answer["callback_query_id"])
         wait_until(lambda: running.settled(3 + len(pressed)), what=f"the answer to {value}")
     assert "cause:normal" in pressed
-    answered = [p["callback_query_id"] for p in fake.calls_to("answerCallbackQuery")]
-    assert answered == [f"25873652129048{n:05d}" for n in range(1, len(pressed) + 1)]
+    expected = [f"25873652129048{n:05d}" for n in range(1, len(pressed) + 1)]
+    if running.channel.mode == "webhook":
+        # Answered in the webhook's response, so the 2xx never waits on the Bot API.
+        assert in_responses == expected and fake.calls_to("answerCallbackQuery") == []
+    else:
+        answered = wait_until(lambda: fake.calls_to("answerCallbackQuery")[len(expected) - 1:] and
+                              fake.calls_to("answerCallbackQuery"), what="the button answers")
+        assert [p["callback_query_id"] for p in answered] == expected
 
     ref = wait_until(running.case_ref, what="a case")
     assert ref is not None
@@ -401,7 +427,7 @@ def test_a_full_claim_by_webhook(start: Callable[..., Running]) -> None:
     fake = running.fake
     (registration,) = fake.calls_to("setWebhook")
     assert registration["url"] == PUBLIC_URL + tg.WEBHOOK_PATH and registration["secret_token"] == SECRET
-    assert registration["allowed_updates"] == ["message", "callback_query"]
+    assert registration["allowed_updates"] == ["message", "edited_message", "callback_query"]
     assert fake.calls_to("getMe") and not fake.calls_to("getUpdates")
 
 
@@ -427,15 +453,17 @@ def test_the_same_update_twice_is_stored_once_and_a_button_press_is_answered(
     running = start()
     assert running.post(payload("text_start.json")).json()["outcome"] == "stored"
     assert running.post(payload("text_start.json")).json()["outcome"] == "duplicate"
-    assert running.post(payload("callback_query.json")).json()["outcome"] == "stored"
-    assert running.post(payload("callback_query.json")).json()["outcome"] == "duplicate"
+    pressed = [running.post(payload("callback_query.json")).json() for _ in range(2)]
+    assert [p["outcome"] for p in pressed] == ["stored", "duplicate"]
     items = running.inbox()
     assert [i.external_id for i in items] == ["281734501", "281734503"]
     assert items[1].payload["text"] == "confirm_serial:CSP2403A0217"
     assert (items[1].payload["sender_name"], items[1].payload["locale_hint"]) == ("Mateo Rojas", "es")
-    # Answered every time it arrives, so the customer's button never keeps spinning.
-    assert [p["callback_query_id"] for p in running.fake.calls_to("answerCallbackQuery")] == [
-        "2587365212904811532"] * 2
+    # Answered every time it arrives, so the customer's button never keeps spinning: in the response body,
+    # which Telegram runs once it has the 2xx; nothing reached the Bot API before.
+    assert [(p["method"], p["callback_query_id"]) for p in pressed] == [
+        ("answerCallbackQuery", "2587365212904811532")] * 2
+    assert running.fake.calls_to("answerCallbackQuery") == []
 
 
 def test_forged_missing_and_malformed_requests_store_nothing(start: Callable[..., Running]) -> None:
@@ -447,8 +475,6 @@ def test_forged_missing_and_malformed_requests_store_nothing(start: Callable[...
     assert running.post(b"{not json").status_code == 400
     assert running.post(b'{"update_id": "x"}').status_code == 400
     assert running.post(b'{"update_id": 5, "message": {"message_id": 1}}').status_code == 400
-    edited = running.post(payload("edited_message.json"))
-    assert (edited.status_code, edited.json()["outcome"]) == (200, "ignored")
     assert running.inbox() == []
     assert not running.fake.calls_to("getFile")
 
@@ -579,3 +605,74 @@ def test_a_long_reply_is_split_and_a_retry_does_not_repeat_pieces(start: Callabl
     assert [bool(m.get("reply_markup")) for m in sent] == [False] * (len(sent) - 1) + [True]
     assert "<b>" not in "".join(m["text"] for m in sent)  # the customer's markup stayed text
     assert html.unescape(" ".join(m["text"] for m in sent)).split() == text.split()
+
+
+def test_a_reply_of_many_escaped_characters_goes_as_one_message(start: Callable[..., Running]) -> None:
+    running = start()
+    text = "R&D: " + "&<>" * 1300  # 3905 visible characters, over 15000 once escaped
+    channel = tg.from_settings(running.bot)
+    assert channel is not None
+
+    async def deliver() -> None:
+        try:
+            await channel.sender().send(OutboundMessage(channel="telegram", chat_id=CHAT, text=text), {})
+        finally:
+            await channel.client.shutdown()
+
+    asyncio.run(deliver())
+    [sent] = running.fake.sent(CHAT)
+    assert html.unescape(sent["text"]) == text
+
+
+def group_update(name: str, number: int = 0, text: str | None = None) -> bytes:
+    document = json.loads(payload(name))
+    document["update_id"] += number
+    document["message"]["message_id"] += number
+    if text is not None:
+        document["message"]["text"] = text
+    return _dump(document)
+
+
+def test_a_group_is_pointed_to_a_private_chat_once_and_nothing_is_stored(start: Callable[..., Running]) -> None:
+    running = start()
+    group = json.loads(payload("group_message.json"))["message"]["chat"]["id"]
+    first = running.post(payload("group_message.json")).json()
+    assert (first["outcome"], first["method"], first["chat_id"]) == ("group", "sendMessage", group)
+    assert "private chat" in first["text"] and "message_thread_id" not in first
+    again = running.post(group_update("group_message.json", 1, "CSP2403A0218 también")).json()
+    assert again == {"ok": True, "outcome": "group"}  # told once, not at every message
+
+    topic = json.loads(payload("forum_topic_message.json"))["message"]
+    answer = running.post(payload("forum_topic_message.json")).json()
+    assert (answer["chat_id"], answer["message_thread_id"]) == (topic["chat"]["id"], topic["message_thread_id"])
+    assert running.inbox() == [] and running.fake.calls_to("sendMessage") == []
+
+
+def test_by_polling_the_group_answer_goes_to_its_topic(start: Callable[..., Running]) -> None:
+    running = start(mode="polling")
+    fake = running.fake
+    topic = json.loads(payload("forum_topic_message.json"))["message"]
+    group = json.loads(payload("group_message.json"))["message"]["chat"]["id"]
+    fake.join(topic["chat"]["id"], forum=True)
+    fake.join(group, "group")  # not a forum: a message_thread_id there is refused
+    fake.queue(json.loads(payload("forum_topic_message.json")))
+    fake.queue(json.loads(payload("group_message.json")))
+    fake.queue(json.loads(payload("text_start.json")))
+    wait_until(lambda: running.settled(1), what="the private chat's greeting")
+    wait_until(lambda: len(fake.calls_to("sendMessage")) >= 3, what="the answers")
+    to_groups = [p for p in fake.calls_to("sendMessage") if int(p["chat_id"]) < 0]
+    assert [(int(p["chat_id"]), p.get("message_thread_id")) for p in to_groups] == [
+        (topic["chat"]["id"], str(topic["message_thread_id"])), (group, None)]
+    assert "https://t.me/csp_warranty_bot" in to_groups[0]["text"]
+    assert fake.calls_to("sendMessage", ok=False) == []
+    assert [i.chat_id for i in running.inbox()] == [CHAT]
+
+
+def test_an_edited_message_is_stored_as_a_correction(start: Callable[..., Running]) -> None:
+    running = start()
+    assert running.post(payload("text_serial.json")).json()["outcome"] == "stored"
+    assert running.post(payload("edited_message.json")).json()["outcome"] == "stored"
+    assert running.post(payload("edited_message.json")).json()["outcome"] == "duplicate"
+    _, edit = running.inbox()
+    assert edit.external_id == "281734506" and edit.payload["raw"]["edited"] is True
+    assert "CSP2403A0218" in edit.payload["text"]
