@@ -174,7 +174,12 @@ def create_app(bot: Bot, channels: Sequence[Channel] | None = None) -> Starlette
     gauges = _metrics(registry)
 
     async def healthz(_: Request) -> Response:
-        return JSONResponse({"status": "ok", "channels": [c.name for c in channels]})
+        # A channel may say what keeps it from working (a revoked token): the server still answers 200.
+        problems = {c.name: p for c in channels if (p := getattr(c, "problem", lambda: None)())}
+        body: dict[str, Any] = {"status": "degraded" if problems else "ok", "channels": [c.name for c in channels]}
+        if problems:
+            body["problems"] = problems
+        return JSONResponse(body)
 
     async def metrics(_: Request) -> Response:
         await asyncio.to_thread(_collect, bot, gauges)
