@@ -43,7 +43,7 @@ from bot.messages import Attachment, Button, InboundMessage, OutboundMessage
 from bot.outbox import Delivered, DeliveryError, PermanentFailure, RetryLater, Unreachable
 from bot.store import KeyValue, lock_chat, session_scope
 from bot.store.clock import utcnow
-from bot.store.kv import kv_get, kv_put
+from bot.store.kv import kv_delete, kv_get, kv_put
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +54,8 @@ SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"  # noqa: S105 (a header name)
 ALLOWED_UPDATES = ("message", "edited_message", "callback_query")
 PRIVATE = "private"  # claims are taken in private chats only: a group's members would share one claim
 GROUP_TOLD_PREFIX = "telegram:group-told:"
+PENDING_PREFIX = "telegram:pending:"  # webhook updates acknowledged before their files were fetched
+PENDING_KEEP = timedelta(days=7)
 GROUP_ANSWER = ("I take warranty claims in a private chat only, so that each claim stays yours. "
                 "Please write to me directly: {link}")
 MAX_MESSAGE_CHARS = 4096  # Telegram counts UTF-16 code units
@@ -561,6 +563,7 @@ class TelegramChannel:
         self._sender = TelegramSender(client)
         self._task: asyncio.Task[None] | None = None
         self._timers: set[asyncio.Task[None]] = set()
+        self._chats: dict[str, asyncio.Task[None]] = {}  # chats whose kept updates are being taken
 
     def routes(self) -> Sequence[BaseRoute]:
         if self.mode != "webhook":
@@ -575,6 +578,9 @@ class TelegramChannel:
         self._task = asyncio.create_task(work, name=f"telegram-{self.mode}")
         for key in await asyncio.to_thread(self.albums.waiting):
             self._schedule(key, 0)  # albums a previous run left waiting
+        with contextlib.suppress(TryAgain):
+            for chat_id in {key.removeprefix(PENDING_PREFIX).rsplit(":", 1)[0] for key in await self._pending_in()}:
+                self._drain(chat_id)  # updates a previous run acknowledged before their files were fetched
 
     async def stop(self) -> None:
         tasks = [t for t in (self._task, *self._timers) if t is not None]
@@ -585,6 +591,7 @@ class TelegramChannel:
                 await task
         self._task = None
         self._timers.clear()
+        self._chats.clear()
         with contextlib.suppress(Exception):
             await self.client.shutdown()
         with contextlib.suppress(Exception):
@@ -603,7 +610,7 @@ class TelegramChannel:
         except BadUpdate as error:
             return JSONResponse({"error": str(error)}, status_code=400)
         try:
-            outcome, answer = await self.take(incoming)
+            outcome, answer = await self.take(incoming, defer=True)
         except TryAgain as error:
             log.warning("telegram update %s not stored, Telegram will retry: %s", update.update_id, error)
             return JSONResponse({"error": "not stored; try again"}, status_code=503, headers={"Retry-After": "5"})
@@ -666,17 +673,86 @@ class TelegramChannel:
             return "malformed", None
         return await self.take(incoming)
 
-    async def take(self, incoming: Incoming | None) -> tuple[str, dict[str, Any] | None]:
+    async def take(self, incoming: Incoming | None, *, defer: bool = False) -> tuple[str, dict[str, Any] | None]:
         """Store a private chat's update (a group is pointed to a private chat, once); the outcome, and the Bot
-        API call (a method and its parameters) to make once Telegram has its answer; raises TryAgain."""
+        API call (a method and its parameters) to make once Telegram has its answer; raises TryAgain.
+
+        `defer` (webhook mode): an update with files is kept as it is and answered at once, its files fetched
+        after Telegram has the 2xx; the chat's later updates wait behind it, so its order is kept."""
         if incoming is not None and incoming.chat_type != PRIVATE:
             outcome, answer = await self._group(incoming)
+        elif defer and incoming is not None and (incoming.files or incoming.chat_id in self._chats
+                                                 or await self._pending_in(incoming.chat_id)):
+            outcome, answer = await self._queue(incoming), None
         else:
             outcome, answer = await self.store(incoming), None
         if incoming is not None and incoming.callback_id is not None:
             # Answered every time it arrives, so the customer's button never keeps spinning.
             answer = {"method": "answerCallbackQuery", "callback_query_id": incoming.callback_id}
         return outcome, answer
+
+    # --- updates kept until their files are fetched (webhook mode) -------------------------------------
+
+    @staticmethod
+    def _pending_key(incoming: Incoming) -> str:
+        return f"{PENDING_PREFIX}{incoming.chat_id}:{incoming.update_id:020d}"
+
+    async def _pending_in(self, chat_id: str | None = None) -> list[str]:
+        """Keys of kept updates (of one chat, or of all), oldest first."""
+        prefix = PENDING_PREFIX if chat_id is None else f"{PENDING_PREFIX}{chat_id}:"
+
+        def keys() -> list[str]:
+            with Session(self.bot.db) as session:
+                return sorted(session.execute(select(col(KeyValue.key)).where(
+                    col(KeyValue.key).startswith(prefix, autoescape=True))).scalars())
+        try:
+            return await asyncio.to_thread(keys)
+        except Exception as error:
+            raise TryAgain(type(error).__name__) from None
+
+    async def _queue(self, incoming: Incoming) -> str:
+        key = self._pending_key(incoming)
+        try:
+            if await asyncio.to_thread(kv_get, self.bot.db, key) is not None:
+                return "duplicate"
+            if await asyncio.to_thread(self.bot.engine.seen, CHANNEL, str(incoming.update_id)):
+                return "duplicate"
+            await asyncio.to_thread(kv_put, self.bot.db, key, asdict(incoming), utcnow() + PENDING_KEEP)
+        except Exception as error:
+            log.exception("telegram update %s could not be kept", incoming.update_id)
+            raise TryAgain(type(error).__name__) from None
+        self._drain(incoming.chat_id)
+        return "queued"
+
+    def _drain(self, chat_id: str) -> None:
+        """One task per chat takes its kept updates in order (started when none runs)."""
+        if chat_id in self._chats:
+            return
+        task = asyncio.create_task(self._drain_chat(chat_id), name=f"telegram-files-{chat_id}")
+        self._chats[chat_id] = task
+        self._timers.add(task)
+        task.add_done_callback(self._timers.discard)
+
+    async def _drain_chat(self, chat_id: str) -> None:
+        failures = 0
+        try:
+            while True:
+                try:
+                    keys = await self._pending_in(chat_id)
+                    if not keys:
+                        return  # nothing waits; the next kept update starts a new task
+                    stored = await asyncio.to_thread(kv_get, self.bot.db, keys[0])
+                    if stored is not None:
+                        value = stored[0]
+                        await self.store(Incoming(**{**value, "files": tuple(FileRef(**f) for f in value["files"])}))
+                    await asyncio.to_thread(kv_delete, self.bot.db, keys[0])
+                    failures = 0
+                except Exception as error:  # TryAgain (the Bot API, the database): kept, tried again
+                    failures += 1
+                    log.warning("telegram kept update not stored yet (%s); trying again", type(error).__name__)
+                    await asyncio.sleep(_backoff(failures))
+        finally:
+            self._chats.pop(chat_id, None)
 
     async def store(self, incoming: Incoming | None) -> str:
         """Store what the customer did (stored, duplicate, album or ignored); raises TryAgain."""

@@ -21,7 +21,7 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 from pydantic import SecretStr
 from sqlalchemy import Engine, select
-from sqlmodel import Session
+from sqlmodel import Session, col
 from telegram.error import BadRequest, Conflict, Forbidden, InvalidToken, NetworkError, RetryAfter, TimedOut
 
 from adapters import telegram as tg
@@ -30,7 +30,7 @@ from bot.config import Settings
 from bot.messages import Button, OutboundMessage
 from bot.outbox import PermanentFailure, RetryLater, Unreachable
 from bot.server import create_app, load_channels
-from bot.store import Case, ChannelIdentity, InboxItem, OutboxItem, StoredAttachment
+from bot.store import Case, ChannelIdentity, InboxItem, KeyValue, OutboxItem, StoredAttachment
 from tests.fakes.server import serve
 from tests.fakes.telegram import FakeTelegram
 from tests.support import wait_until
@@ -332,6 +332,12 @@ class Running:
         with Session(self.bot.db) as session:
             return list(session.execute(select(OutboxItem).order_by(OutboxItem.id)).scalars())  # type: ignore[arg-type]
 
+    def drained(self) -> bool:
+        """No webhook update is kept waiting for its files."""
+        with Session(self.bot.db) as session:
+            return session.execute(select(KeyValue).where(
+                col(KeyValue.key).startswith(tg.PENDING_PREFIX))).first() is None
+
     def settled(self, inbox: int) -> bool:
         """`inbox` messages stored and processed, and every reply out."""
         items = self.inbox()
@@ -348,8 +354,11 @@ class Running:
 def start(settings: Settings, db: Engine) -> Iterator[Callable[..., Running]]:
     """Starts the fake Bot API and the bot's server with the Telegram channel (webhook unless told)."""
     with ExitStack() as stack:
-        def run(*, mode: str = "webhook", album_wait: float = 0.3, **changes: Any) -> Running:
+        def run(*, mode: str = "webhook", album_wait: float = 0.3, files: dict[str, tuple[bytes, str]] | None = None,
+                **changes: Any) -> Running:
             fake = FakeTelegram(token=TOKEN)
+            for file_id, (data, path) in (files or {}).items():
+                fake.add_file(file_id, data, path)  # there before the bot starts
             fake_url = stack.enter_context(serve(fake.app()))
             configured = settings.model_copy(update={
                 "telegram_bot_token": SecretStr(TOKEN), "telegram_api_base_url": fake_url,
@@ -486,24 +495,50 @@ def test_documents_are_downloaded_and_oversized_files_refused_unread(start: Call
     fake.add_file(invoice["file_id"], PDF, "documents/file_3.pdf")
     fake.add_file(photo_file_id(payload("photo.json")), JPEG, "photos/file_10.jpg")
 
-    # Telegram's file server fails: 503, nothing stored, and Telegram's redelivery then goes through.
+    # Answered before anything is asked of the Bot API: the file is fetched after the 2xx, and a failure of
+    # Telegram's file server is tried again by the bot itself.
+    release = fake.hold("getFile")
     fake.fail_next("getFile", 500, "Internal Server Error")
-    refused = running.post(payload("document_invoice.json"))
-    assert refused.status_code == 503 and running.inbox() == []
-    assert running.post(payload("document_invoice.json")).json()["outcome"] == "stored"
-    (item,) = running.inbox()
+    try:
+        answered = running.post(payload("document_invoice.json"))
+        assert (answered.status_code, answered.json()["outcome"]) == (200, "queued")
+        assert fake.calls_to("getFile") == [] and fake.calls_to("getFile", ok=False) == []
+    finally:
+        release.set()
+    (item,) = wait_until(running.inbox, what="the invoice")
+    assert len(fake.calls_to("getFile", ok=False)) == 1
     (attachment,) = item.payload["attachments"]
     assert (attachment["kind"], attachment["name"], attachment["mime"]) == (
         "document", "Factura_F001-000229.pdf", "application/pdf")
     assert running.bot.attachments.path(attachment["ref"]).read_bytes() == PDF
     assert fake.downloads == ["documents/file_3.pdf"]
+    assert running.post(payload("document_invoice.json")).json()["outcome"] == "duplicate"
 
     # The photo says 184217 bytes, over the limit: refused without asking Telegram for it.
-    assert running.post(payload("photo.json")).json()["outcome"] == "album"
+    assert running.post(payload("photo.json")).json()["outcome"] == "queued"
     wait_until(lambda: len(running.inbox()) == 2, what="the album")
     refused = running.inbox()[-1].payload["attachments"]
     assert [(a["kind"], a["ref"]) for a in refused] == [("rejected", "too_large")]
     assert [p["file_id"] for p in fake.calls_to("getFile")] == [invoice["file_id"]]
+
+
+def test_kept_updates_keep_their_order_and_survive_a_restart(start: Callable[..., Running]) -> None:
+    first = start()
+    invoice = json.loads(payload("document_invoice.json"))["message"]["document"]
+    first.fake.hold("getFile")  # never released: this server stops before any file comes
+    assert first.post(payload("document_invoice.json")).json()["outcome"] == "queued"
+    # The customer writes on meanwhile: kept behind the file, so the order is the customer's.
+    assert first.post(text_update("¿Llegó la factura?", 1)).json()["outcome"] == "queued"
+    assert first.inbox() == []
+    first.server.close()  # stopped while Telegram's file server still holds the request
+    first.fake.held["getFile"].set()
+
+    restarted = start(files={invoice["file_id"]: (PDF, "documents/file_3.pdf")})
+    wait_until(lambda: len(restarted.inbox()) == 2, what="both updates, after the restart")
+    document, text = restarted.inbox()
+    assert document.external_id == "281734505" and document.payload["attachments"][0]["mime"] == "application/pdf"
+    assert text.payload["text"] == "¿Llegó la factura?"
+    wait_until(restarted.drained, what="nothing kept")
 
 
 def test_album_parts_redelivered_or_late_are_handled(start: Callable[..., Running]) -> None:
@@ -512,9 +547,11 @@ def test_album_parts_redelivered_or_late_are_handled(start: Callable[..., Runnin
     second = second_photo()
     fake.add_file(photo_file_id(payload("photo.json")), JPEG, "photos/file_10.jpg")
     fake.add_file(photo_file_id(second), JPEG_2, "photos/file_11.jpg")
-    assert running.post(payload("photo.json")).json()["outcome"] == "album"
-    assert running.post(second).json()["outcome"] == "album"
-    assert running.post(second).json()["outcome"] == "duplicate"  # redelivered before the album is complete
+    assert running.post(payload("photo.json")).json()["outcome"] == "queued"
+    assert running.post(second).json()["outcome"] == "queued"
+    wait_until(running.drained, what="the parts fetched")
+    assert running.post(second).json()["outcome"] == "queued"  # redelivered before the album is complete
+    wait_until(running.drained, what="the redelivered part")
     assert running.inbox() == []
 
     # The customer writes again: Telegram sends one chat's updates in order, so the album is complete.
@@ -523,7 +560,8 @@ def test_album_parts_redelivered_or_late_are_handled(start: Callable[..., Runnin
     assert len(running.inbox()[0].payload["attachments"]) == 2
 
     # A part redelivered after the album was accepted changes nothing.
-    assert running.post(payload("photo.json")).json()["outcome"] == "duplicate"
+    assert running.post(payload("photo.json")).json()["outcome"] == "queued"
+    wait_until(running.drained, what="the redelivered first part")
     assert len(running.inbox()) == 2
 
     # A part that arrives after the album was accepted (a slow upload) follows as a message of its own.
@@ -533,7 +571,8 @@ def test_album_parts_redelivered_or_late_are_handled(start: Callable[..., Runnin
     late["message"]["photo"] = late["message"]["photo"][-1:]
     fake.add_file(late["message"]["photo"][0]["file_id"] + "late", JPEG, "photos/file_12.jpg")
     late["message"]["photo"][0]["file_id"] += "late"
-    assert running.post(_dump(late)).json()["outcome"] == "album"
+    assert running.post(_dump(late)).json()["outcome"] == "queued"
+    wait_until(running.drained, what="the late part")
     assert running.post(text_update("¿Y ahora?", 2)).json()["outcome"] == "stored"
     assert [i.external_id for i in running.inbox()][2:] == [f"album:{MEDIA_GROUP}:1", str(281734502 + 202)]
     assert len(running.inbox()[2].payload["attachments"]) == 1
@@ -544,8 +583,9 @@ def test_an_album_left_waiting_by_a_stopped_server_is_stored_by_the_next(start: 
     second = second_photo()
     first.fake.add_file(photo_file_id(payload("photo.json")), JPEG, "photos/file_10.jpg")
     first.fake.add_file(photo_file_id(second), JPEG_2, "photos/file_11.jpg")
-    assert first.post(payload("photo.json")).json()["outcome"] == "album"
-    assert first.post(second).json()["outcome"] == "album"
+    assert first.post(payload("photo.json")).json()["outcome"] == "queued"
+    assert first.post(second).json()["outcome"] == "queued"
+    wait_until(first.drained, what="the parts fetched")
     first.server.close()  # acknowledged to Telegram, not yet a message: kept in the database
     assert first.inbox() == []
 

@@ -50,6 +50,7 @@ class FakeTelegram:
     # Groups, supergroups and channels the bot is a member of: chat id -> (type, is_forum). A chat id below
     # zero that is not here is a group the bot is not in; above zero, a private chat.
     groups: dict[str, tuple[str, bool]] = field(default_factory=dict)
+    held: dict[str, threading.Event] = field(default_factory=dict)  # methods that wait until released
     # While set, every sendMessage fails this way: "5xx" (502), "429" (flood control) or "timeout" (no answer
     # within `hang_seconds`, then 502 — longer than the client waits).
     outage: str | None = None
@@ -83,6 +84,13 @@ class FakeTelegram:
         with self.lock:
             self.failures.append((method, after, status, body))
 
+    def hold(self, method: str) -> threading.Event:
+        """Calls of `method` wait until the returned event is set (at most 30 s)."""
+        event = threading.Event()
+        with self.lock:
+            self.held[method] = event
+        return event
+
     def join(self, chat_id: str | int, kind: str = "supergroup", *, forum: bool = False) -> None:
         with self.lock:
             self.groups[str(chat_id)] = (kind, forum)
@@ -112,6 +120,10 @@ class FakeTelegram:
     async def _method(self, request: Request) -> Response:
         method = request.path_params["method"]
         params = await _params(request)
+        with self.lock:
+            held = self.held.get(method)
+        if held is not None:
+            await asyncio.to_thread(held.wait, 30)
         if request.path_params["token"] != self.token:
             return self._answer(method, params, 401, {"ok": False, "error_code": 401, "description": "Unauthorized"})
         if method == "sendMessage" and self.outage is not None:
