@@ -33,8 +33,9 @@ from starlette.routing import BaseRoute, Route
 
 from adapters.whatsapp import split_text  # the one plain-text splitter (paragraph, line, word)
 from bot.app import Bot
-from bot.attachments import AttachmentRejected
+from bot.attachments import AttachmentRejected, sniff
 from bot.engine import inbound_from_payload, inbound_to_payload
+from bot.fetch import Fetcher, FetchFailed, FetchPolicy, FetchRefused, FetchTooLarge
 from bot.messages import Attachment, Button, InboundMessage, OutboundMessage
 from bot.outbox import Delivered, PermanentFailure, RetryLater, Unreachable
 from bot.store import KeyValue
@@ -59,6 +60,9 @@ MAX_DOWNLOAD_TRIES = 5
 BUTTONS_PER_CARD = 6  # Teams shows at most six buttons on a hero card
 HTML_DUPLICATE = "text/html"  # Teams repeats the message text as an HTML attachment: not a customer file
 FILE_DOWNLOAD = "application/vnd.microsoft.teams.file.download.info"
+# Where Teams' pre-signed file downloads live: the customer's OneDrive / SharePoint (commercial, US government,
+# Germany, China). Nothing else named in an activity is fetched (docs/channels/teams.md).
+FILE_HOSTS = ("*.sharepoint.com", "*.sharepoint.us", "*.sharepoint.de", "*.sharepoint.cn")
 
 log = logging.getLogger(__name__)
 
@@ -671,78 +675,55 @@ class TeamsChannel:
                 select(col(KeyValue.key)).where(col(KeyValue.key).startswith(PENDING_PREFIX, autoescape=True))
             ).scalars())
 
+    def fetch_policy(self, service_url: str) -> FetchPolicy:
+        """Where this conversation's files may come from: the connector (the only host our token goes to)
+        and the file hosts of Teams' pre-signed downloads; https, public addresses, size and time limits."""
+        return FetchPolicy.from_settings(self.bot.settings, hosts=[service_url, *FILE_HOSTS], token_hosts=[service_url])
+
     async def _download(self, refs: Sequence[FileRef], service_url: str, *, final: bool) -> tuple[Attachment, ...]:
-        """The files; _TryLater when one failed in a way that may pass (unless this is the last try)."""
+        """The files, each through the fetch policy; _TryLater when one failed in a way that may pass (unless
+        this is the last try)."""
         found = []
-        service = urlsplit(service_url)
-        limit = self.bot.settings.attachment_max_bytes
-        for ref in refs:
-            target = urlsplit(ref.url)
-            if target.scheme not in ("https", "http"):
-                found.append(self.bot.attachments.rejected(ref.name, "unavailable"))
-                continue
-            headers = {}
-            if ref.authenticated:
-                if (target.scheme, target.netloc) != (service.scheme, service.netloc):
-                    log.warning("Teams attachment outside the connector's host skipped")
-                    found.append(self.bot.attachments.rejected(ref.name, "unavailable"))
-                    continue  # our token goes to the connector only
+        async with Fetcher(self.fetch_policy(service_url)) as fetcher:
+            for ref in refs:
                 try:
-                    headers["Authorization"] = f"Bearer {await self.tokens.get()}"
-                except RetryLater:
+                    token = await self.tokens.get() if ref.authenticated else None
+                    fetched = await fetcher.get(ref.url, bearer=token)
+                except RetryLater:  # no connector token now
                     if not final:
                         raise _TryLater from None
                     found.append(self.bot.attachments.rejected(ref.name, "unavailable"))
                     continue
-            try:
-                data = await _fetch_limited(self.http(), ref.url, headers, limit)
-            except httpx.HTTPError as error:
-                log.warning("Teams attachment download failed: %s", type(error).__name__)
-                transient = not isinstance(error, httpx.HTTPStatusError) or error.response.status_code >= 500
-                if transient and not final:
-                    raise _TryLater from None
-                found.append(self.bot.attachments.rejected(ref.name, "unavailable"))
-                continue
-            if data is None:
-                found.append(self.bot.attachments.rejected(ref.name, "too_large"))
-                continue
-            mime = _sniff(data, ref.mime)
-            name = ref.name if "." in ref.name else ref.name + (mimetypes.guess_extension(mime) or "")
-            kind = "photo" if mime.startswith("image/") else "voice" if mime.startswith("audio/") else "document"
-            try:
-                found.append(await asyncio.to_thread(self.bot.attachments.save, data, name=name, mime=mime, kind=kind))
-            except AttachmentRejected as error:
-                found.append(self.bot.attachments.rejected(ref.name, error.reason))
+                except FetchTooLarge:
+                    found.append(self.bot.attachments.rejected(ref.name, "too_large"))
+                    continue
+                except FetchRefused as error:
+                    # Never fetched: a host, address, scheme or redirect the policy does not allow.
+                    log.warning("Teams attachment refused by the fetch policy: %s", error.reason)
+                    found.append(self.bot.attachments.rejected(ref.name, "unavailable"))
+                    continue
+                except FetchFailed as error:
+                    log.warning("Teams attachment download failed: %s", error)
+                    if (error.status == 0 or error.status == 429 or error.status >= 500) and not final:
+                        raise _TryLater from None
+                    found.append(self.bot.attachments.rejected(ref.name, "unavailable"))
+                    continue
+                data = fetched.data
+                # Teams declares pasted pictures only as `image/*`: the bytes say which.
+                mime = ref.mime if not (ref.mime.endswith("/*") or ref.mime == "application/octet-stream") \
+                    else sniff(data) or ref.mime
+                name = ref.name if "." in ref.name else ref.name + (mimetypes.guess_extension(mime) or "")
+                kind = "photo" if mime.startswith("image/") else "voice" if mime.startswith("audio/") else "document"
+                try:
+                    found.append(await asyncio.to_thread(self.bot.attachments.save, data, name=name, mime=mime,
+                                                         kind=kind))
+                except AttachmentRejected as error:
+                    found.append(self.bot.attachments.rejected(ref.name, error.reason))
         return tuple(found)
 
 
 class _TryLater(Exception):
     """A download failed in a way that may pass: the waiting message is tried again."""
-
-
-async def _fetch_limited(client: httpx.AsyncClient, url: str, headers: dict[str, str], limit: int) -> bytes | None:
-    """The file's bytes, or None when it is larger than `limit` (the download stops there)."""
-    async with client.stream("GET", url, headers=headers) as response:
-        response.raise_for_status()
-        data = bytearray()
-        async for chunk in response.aiter_bytes():
-            data.extend(chunk)
-            if len(data) > limit:
-                return None
-        return bytes(data)
-
-
-_SIGNATURES = ((b"\x89PNG\r\n\x1a\n", "image/png"), (b"\xff\xd8\xff", "image/jpeg"), (b"GIF8", "image/gif"),
-               (b"%PDF-", "application/pdf"))
-
-
-def _sniff(data: bytes, declared: str) -> str:
-    """The file's type: Teams declares pasted pictures only as `image/*`."""
-    if not declared.endswith("/*") and declared != "application/octet-stream":
-        return declared
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "image/webp"
-    return next((mime for magic, mime in _SIGNATURES if data.startswith(magic)), declared)
 
 
 def teams_settings(bot: Bot) -> TeamsSettings:

@@ -38,6 +38,7 @@ from telegram.warnings import PTBDeprecationWarning
 
 from bot.app import Bot
 from bot.attachments import AttachmentRejected
+from bot.fetch import Fetcher, FetchFailed, FetchPolicy, FetchRefused, FetchTooLarge
 from bot.logs import mask
 from bot.messages import Attachment, Button, InboundMessage, OutboundMessage
 from bot.outbox import Delivered, DeliveryError, PermanentFailure, RetryLater, Unreachable
@@ -560,6 +561,8 @@ class TelegramChannel:
         self.poll_timeout = poll_timeout
         self.album_wait = album_wait
         self.albums = AlbumStore(bot.db)
+        # Files come from the Bot API's own host only (https, public addresses, size and time limits).
+        self.fetcher = Fetcher(FetchPolicy.from_settings(bot.settings, hosts=[bot.settings.telegram_api_base_url]))
         self._sender = TelegramSender(client)
         self._task: asyncio.Task[None] | None = None
         self._timers: set[asyncio.Task[None]] = set()
@@ -596,6 +599,8 @@ class TelegramChannel:
             await self.client.shutdown()
         with contextlib.suppress(Exception):
             await self.client.request.shutdown()  # used by the sender even if start-up never finished
+        with contextlib.suppress(Exception):
+            await self.fetcher.aclose()
 
     # --- webhook ----------------------------------------------------------------------------------------
 
@@ -766,6 +771,8 @@ class TelegramChannel:
                 outcome = "ignored"  # a sticker, a location, a game button: nothing the core can use
             else:
                 outcome = await self._accept(incoming, attachments)
+        except TryAgain:
+            raise
         except TelegramError as error:
             raise TryAgain(mask(str(error))) from None
         except Exception as error:  # the database, most likely: nothing was acknowledged, nothing is lost
@@ -836,7 +843,18 @@ class TelegramChannel:
             return store.rejected(ref.name, reason)
         if remote.file_size is not None and remote.file_size > store.max_bytes:
             return store.rejected(ref.name, "too_large")
-        data = bytes(await remote.download_as_bytearray())
+        try:
+            # The file API's URL carries the bot's token in its path: only the Bot API's own host may be asked.
+            data = (await self.fetcher.get(str(remote.file_path))).data
+        except FetchTooLarge:
+            return store.rejected(ref.name, "too_large")
+        except FetchRefused as error:
+            log.warning("telegram file refused by the fetch policy: %s", error.reason)
+            return store.rejected(ref.name, "unavailable")
+        except FetchFailed as error:
+            if error.status == 0 or error.status == 429 or error.status >= 500:
+                raise TryAgain(f"file download: {error}") from None  # kept, and tried again
+            return store.rejected(ref.name, "unavailable")
         try:
             return await asyncio.to_thread(store.save, data, name=ref.name, mime=ref.mime, kind=ref.kind)
         except AttachmentRejected as error:
@@ -881,7 +899,14 @@ class TelegramChannel:
             delay = wait
 
     async def _flush(self, key: str, *, force: bool = False) -> float | None:
-        """Accept the album's waiting parts as one message once it is quiet; the seconds to wait otherwise."""
+        """Accept the album's waiting parts as one message once it is quiet; the seconds to wait otherwise.
+
+        While the chat has updates kept for their files, more parts may be among them: the album waits, and
+        the chat's next message (taken after them, in order) completes it."""
+        if not force:
+            chat_id = key.removeprefix(AlbumStore.PREFIX).split(":", 1)[0]  # chat ids have no colon
+            if chat_id in self._chats or await self._pending_in(chat_id):
+                return self.album_wait
         taken = await asyncio.to_thread(self.albums.take, key, quiet=self.album_wait, force=force)
         if taken is None or isinstance(taken, float):
             return taken

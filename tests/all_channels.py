@@ -166,6 +166,7 @@ def channel_values(database_url: str, folder: Path, *, telegram: str, slack: str
         "teams_app_id": TEAMS_APP_ID, "teams_app_password": SecretStr(TEAMS_PASSWORD),
         "teams_openid_metadata_url": f"{framework}/v1/.well-known/openidconfiguration",
         "teams_token_url": f"{framework}/{{tenant}}/oauth2/v2.0/token", "teams_tenant_id": TEAMS_TENANT,
+        "fetch_insecure_hosts": "127.0.0.1",  # the fakes are on loopback, over http
     }
 
 

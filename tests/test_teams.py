@@ -54,7 +54,7 @@ def teams_settings(settings: Settings, fake_url: str) -> Settings:
         "teams_app_id": APP_ID, "teams_app_password": SecretStr(PASSWORD),
         "teams_openid_metadata_url": f"{fake_url}/v1/.well-known/openidconfiguration",
         "teams_token_url": f"{fake_url}/{{tenant}}/oauth2/v2.0/token", "teams_tenant_id": TENANT,
-        "outbox_poll_seconds": 0.1,
+        "outbox_poll_seconds": 0.1, "fetch_insecure_hosts": "127.0.0.1",  # the fake is on loopback, over http
     })
 
 
@@ -453,3 +453,28 @@ def test_an_edited_message_is_taken_as_a_correction(running: tuple[Customer, Bot
     _, edit = inbox(configured.db)
     assert edit.external_id.startswith("msteams:1777886452318:edit:")
     assert "CSP2402A0383" in edit.payload["text"] and edit.payload["raw"]["edited"] is True
+
+
+def test_files_come_only_through_the_fetch_policy(running: tuple[Customer, Bot]) -> None:
+    customer, configured = running
+    fake = customer.fake
+    fake.files["secret"] = b"%PDF-1.4 internal\n"
+    loopback = customer.service_url.split("/emea/")[0].replace("127.0.0.1", "localhost")
+    activity = json.loads(customer.body("file_activity.json"))
+    activity["attachments"] = [
+        # A name the activity chooses, on a host that is neither the connector nor a Teams file host.
+        {"contentType": teams.FILE_DOWNLOAD, "name": "a.pdf", "content": {"downloadUrl": f"{loopback}/files/secret"}},
+        # Internal addresses behind an allowed-looking name are refused as well.
+        {"contentType": teams.FILE_DOWNLOAD, "name": "b.pdf",
+         "content": {"downloadUrl": "https://127.0.0.1.sharepoint.com.attacker.example/files/secret"}},
+        # A picture on another host: our token is never sent there.
+        {"contentType": "image/*", "contentUrl": f"{loopback}/emea/v3/attachments/secret/views/original"},
+    ]
+    assert customer.post(json.dumps(activity).encode()).status_code == 200
+    [item] = wait_until(lambda: inbox(configured.db), what="the message, with its files refused")
+    assert [(a["kind"], a["ref"]) for a in item.payload["attachments"]] == [("rejected", "unavailable")] * 3
+    assert fake.downloads == []  # nothing was fetched
+    policy = teams.TeamsChannel(configured, teams.teams_settings(configured)).fetch_policy(
+        "https://smba.trafficmanager.net/emea/")
+    assert policy.sends_token_to("smba.trafficmanager.net") and not policy.sends_token_to("contoso.sharepoint.com")
+    assert policy.allows_host("contoso-my.sharepoint.com") and not policy.allows_host("sharepoint.com.evil.example")

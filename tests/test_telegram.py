@@ -363,7 +363,8 @@ def start(settings: Settings, db: Engine) -> Iterator[Callable[..., Running]]:
             configured = settings.model_copy(update={
                 "telegram_bot_token": SecretStr(TOKEN), "telegram_api_base_url": fake_url,
                 "telegram_webhook_secret": SecretStr(SECRET),
-                "public_url": PUBLIC_URL if mode == "webhook" else "", "outbox_poll_seconds": 0.1, **changes})
+                "public_url": PUBLIC_URL if mode == "webhook" else "", "outbox_poll_seconds": 0.1,
+                "fetch_insecure_hosts": "127.0.0.1", **changes})  # the fake file API is on loopback, over http
             bot = build(configured, db=db)
             channel = tg.from_settings(bot, poll_timeout=1, album_wait=album_wait)
             assert channel is not None and channel.mode == mode
@@ -716,3 +717,16 @@ def test_an_edited_message_is_stored_as_a_correction(start: Callable[..., Runnin
     _, edit = running.inbox()
     assert edit.external_id == "281734506" and edit.payload["raw"]["edited"] is True
     assert "CSP2403A0218" in edit.payload["text"]
+
+
+def test_files_come_only_through_the_fetch_policy(start: Callable[..., Running]) -> None:
+    # Without FETCH_INSECURE_HOSTS the loopback file API is plain http on a private address: refused, so the
+    # download goes through the policy (https, public addresses, the Bot API's host only).
+    invoice = json.loads(payload("document_invoice.json"))["message"]["document"]
+    running = start(fetch_insecure_hosts="", files={invoice["file_id"]: (PDF, "documents/file_3.pdf")})
+    assert running.post(payload("document_invoice.json")).json()["outcome"] == "queued"
+    (item,) = wait_until(running.inbox, what="the invoice, refused")
+    assert [(a["kind"], a["ref"]) for a in item.payload["attachments"]] == [("rejected", "unavailable")]
+    assert running.fake.downloads == [] and len(running.fake.calls_to("getFile")) == 1
+    policy = running.channel.fetcher.policy
+    assert policy.allows_host("127.0.0.1") and not policy.allows_host("files.slack.com") and not policy.token_hosts
