@@ -42,6 +42,7 @@ from bot.outbox import Delivered, PermanentFailure, RetryLater
 from bot.registry import lookup
 from bot.store import Case, KeyValue, session_scope
 from bot.store.clock import utcnow
+from bot.store.kv import kv_get, kv_put
 from policy import Claim, Proof, decision_to_json, evaluate, normalize_serial, parse_serial
 
 log = logging.getLogger(__name__)
@@ -62,6 +63,16 @@ SOCKET_RETRY_SECONDS = 30.0
 NOTE = re.compile(r"^\s*note:\s*", re.IGNORECASE)
 REFUSAL = ("Only the after-sales engineers can act on warranty cases; nothing was changed. "
            "Ask an admin to add you to the escalation channel or to SLACK_ENGINEER_IDS.")
+# Events this desk listens for; any other type the app is subscribed to is acknowledged (200) and dropped,
+# since Bolt answers an event without a listener 404, which Slack counts as a failure and retries.
+HANDLED_EVENTS = frozenset({"message", "app_home_opened", "app_mention", "tokens_revoked", "app_uninstalled"})
+# The workspace took the app's token away: nothing can be sent until the app is installed again.
+REVOKED_PREFIX = "slack:revoked:"
+REVOKED_ERRORS = frozenset({"token_revoked", "account_inactive", "invalid_auth", "not_authed", "token_expired"})
+REVOKED_WAIT_SECONDS = 300.0
+CORRECTION = "Correction: "
+DELETED = ("Deleting a message in Slack does not take it back from the customer: they already have it. "
+           "Write a correction in the thread if needed.")
 # Slack errors worth another try; everything else (channel_not_found, invalid_blocks, ...) will not improve.
 TRANSIENT_ERRORS = frozenset({"ratelimited", "internal_error", "fatal_error", "service_unavailable",
                               "request_timeout"})
@@ -242,6 +253,8 @@ class SlackDesk:
         self._bot_user: str | None = None
         self._members: tuple[float, frozenset[str]] | None = None
         self._names: dict[str, tuple[float, str]] = {}
+        self.revoked: str | None = None  # why Slack took the token away, while it is so
+        self._revoked_key = REVOKED_PREFIX + hashlib.sha256(config.bot_token.encode()).hexdigest()[:48]
         self._register()
 
     # --- Channel -----------------------------------------------------------------------------------------
@@ -256,7 +269,15 @@ class SlackDesk:
     def sender(self) -> SlackDesk:
         return self
 
+    def problem(self) -> str | None:
+        """What keeps this desk from working, for /healthz; None when nothing does."""
+        if self.revoked:
+            return f"Slack {self.revoked}: nothing is posted until the app is installed again with a new token"
+        return None
+
     async def start(self) -> None:
+        stored = await asyncio.to_thread(kv_get, self.bot.db, self._revoked_key)
+        self.revoked = str(stored[0].get("reason")) if stored is not None else None  # a new token starts clean
         self._stop = asyncio.Event()
         self._tasks.append(asyncio.create_task(self._remind_loop(), name="slack-reminders"))
         if self.config.mode == "socket":
@@ -316,9 +337,12 @@ class SlackDesk:
                                                                         now=time.time()):
             return JSONResponse({"error": "invalid request"}, status_code=401)
         try:
-            parse_body(body, kind, request.headers.get("content-type", ""))
+            parsed = parse_body(body, kind, request.headers.get("content-type", ""))
         except ValueError:
             return JSONResponse({"error": "malformed request body"}, status_code=400)
+        if kind == "events" and parsed.get("type") == "event_callback" and \
+                parsed["event"]["type"] not in HANDLED_EVENTS:
+            return Response(status_code=200)  # subscribed to, not used: acknowledged so Slack does not retry
         try:
             return await self.handler.handle(request)
         except (TypeError, ValueError, LookupError, AttributeError) as error:
@@ -332,6 +356,9 @@ class SlackDesk:
         app = self.app
         app.event("message")(self.on_message)
         app.event("app_home_opened")(self.on_home_opened)
+        app.event("app_mention")(self.on_mention)
+        app.event("tokens_revoked")(self.on_revoked)
+        app.event("app_uninstalled")(self.on_revoked)
         app.action(ui.CLAIM)(self.on_claim)
         app.action(ui.CHOOSE_METHOD)(self.on_choose_method)
         app.action(ui.ASK_CUSTOMER)(self.on_open_modal)
@@ -344,26 +371,22 @@ class SlackDesk:
     async def on_message(self, body: dict[str, Any], event: dict[str, Any], context: dict[str, Any]) -> None:
         """A message in the escalation channel: an engineer's reply in a case thread goes to the customer."""
         # Events API listeners are acknowledged by Bolt before they run.
-        if event.get("channel") != self.config.channel or event.get("subtype") not in (None, "file_share",
-                                                                                        "thread_broadcast"):
+        if event.get("channel") != self.config.channel:
             return
-        user, thread_ts, raw = event.get("user"), event.get("thread_ts"), event.get("text") or ""
-        if not isinstance(user, str) or not isinstance(thread_ts, str) or not isinstance(raw, str):
-            return  # not a message an engineer typed in a thread
-        if not user or event.get("bot_id") or user == (context.get("bot_user_id") or await self._bot_user_id()):
-            return  # our own relays (and other bots) would echo back to the customer
-        if not thread_ts or thread_ts == event.get("ts"):
+        if event.get("subtype") == "message_changed":
+            await self._on_edited(body, event, context)
             return
-        if not await self._first_time(body):
+        if event.get("subtype") == "message_deleted":
+            await self._on_deleted(body, event, context)
             return
-        ref = await asyncio.to_thread(self._case_for_thread, thread_ts)
-        if ref is None:
+        if event.get("subtype") not in (None, "file_share", "thread_broadcast"):
             return
-        if not await self._is_engineer(user):
-            await self._ephemeral(user, REFUSAL + " Your message was not sent to the customer.", thread_ts)
+        thread = await self._engineer_thread(body, event, context)
+        if thread is None:
             return
+        ref, user, thread_ts, raw = thread
         note = NOTE.match(raw)
-        text = ui.slack_to_plain(raw[note.end():] if note else raw)
+        text = await self._plain(raw[note.end():] if note else raw)
         if event.get("files") and not text:
             await self._ephemeral(user, "Files attached in Slack are not sent to the customer; write the text "
                                         "you want them to read.", thread_ts)
@@ -379,6 +402,80 @@ class SlackDesk:
             await self._react(str(event.get("ts") or ""), "lock" if note else "outbox_tray")
             if event.get("files"):
                 await self._ephemeral(user, "Files attached in Slack are not sent to the customer.", thread_ts)
+
+    async def _engineer_thread(self, body: Mapping[str, Any], message: Mapping[str, Any],
+                               context: Mapping[str, Any]) -> tuple[str, str, str, str] | None:
+        """(case ref, user, thread ts, text) when `message` is a person's message in a case thread, seen for
+        the first time, by an engineer (anyone else is told privately that nothing was sent); else None."""
+        user, thread_ts, raw = message.get("user"), message.get("thread_ts"), message.get("text") or ""
+        if not isinstance(user, str) or not isinstance(thread_ts, str) or not isinstance(raw, str):
+            return None  # not a message an engineer typed in a thread
+        if not user or message.get("bot_id") or user == (context.get("bot_user_id") or await self._bot_user_id()):
+            return None  # our own relays (and other bots) would echo back to the customer
+        if not thread_ts or thread_ts == message.get("ts"):
+            return None
+        if not await self._first_time(body):
+            return None
+        ref = await asyncio.to_thread(self._case_for_thread, thread_ts)
+        if ref is None:
+            return None
+        if not await self._is_engineer(user):
+            await self._ephemeral(user, REFUSAL + " Your message was not sent to the customer.", thread_ts)
+            return None
+        return ref, user, thread_ts, raw
+
+    async def _on_edited(self, body: Mapping[str, Any], event: Mapping[str, Any], context: Mapping[str, Any]) -> None:
+        """An engineer corrected a message in a case thread: the customer gets the corrected text, marked so
+        (a chat message cannot be edited on the customer's side)."""
+        message, previous = event.get("message"), event.get("previous_message")
+        if not isinstance(message, dict) or not isinstance(previous, dict):
+            return
+        if message.get("text") == previous.get("text"):
+            return  # an unfurl or a reaction changed the message, not its words
+        thread = await self._engineer_thread(body, message, context)
+        if thread is None:
+            return
+        ref, user, thread_ts, raw = thread
+        note = NOTE.match(raw)
+        text = await self._plain(raw[note.end():] if note else raw)
+        if not text:
+            return
+        if note or NOTE.match(str(previous.get("text") or "")):
+            done = await self._act(user, thread_ts, lambda name: self.bot.desk.note(
+                ref, engineer=name, text=CORRECTION + text, origin=ORIGIN))
+        else:
+            done = await self._act(user, thread_ts, lambda name: self.bot.desk.reply(
+                ref, engineer=name, text=CORRECTION + text, origin=ORIGIN))
+        if done:
+            await self._react(str(message.get("ts") or ""), "lock" if note else "outbox_tray")
+
+    async def _on_deleted(self, body: Mapping[str, Any], event: Mapping[str, Any], context: Mapping[str, Any]) -> None:
+        """A relayed message deleted in Slack: the engineer is told that the customer still has it."""
+        previous = event.get("previous_message")
+        if not isinstance(previous, dict) or NOTE.match(str(previous.get("text") or "")):
+            return
+        user, thread_ts = previous.get("user"), previous.get("thread_ts")
+        if not isinstance(user, str) or not isinstance(thread_ts, str) or previous.get("bot_id"):
+            return
+        if not await self._first_time(body) or await asyncio.to_thread(self._case_for_thread, thread_ts) is None:
+            return
+        await self._ephemeral(user, DELETED, thread_ts)
+
+    async def _plain(self, raw: str) -> str:
+        """The engineer's words as the customer reads them, colleagues' mentions as their names."""
+        names = {user: await self._display_name(user) for user in ui.mentioned_users(raw)}
+        return ui.slack_to_plain(raw, names)
+
+    async def on_mention(self, body: dict[str, Any], event: dict[str, Any]) -> None:
+        """The bot mentioned: the message event of the same post is what the desk acts on."""
+        return None
+
+    async def on_revoked(self, body: dict[str, Any], event: dict[str, Any]) -> None:
+        """tokens_revoked or app_uninstalled: sending stops, and /healthz says why, until a new token."""
+        kind = str(event.get("type"))
+        if kind == "tokens_revoked" and not (event.get("tokens") or {}).get("bot"):
+            return  # a user token of the workspace: not ours
+        await asyncio.to_thread(self._mark_revoked, kind)
 
     async def on_claim(self, ack: Callable[..., Any], body: dict[str, Any], action: dict[str, Any]) -> None:
         await ack()
@@ -412,7 +509,10 @@ class SlackDesk:
         """Ask customer / Not covered: open the modal (the trigger id is valid for 3 seconds only)."""
         await ack()
         user = _user_id(body)
-        if await self._refused(user):
+        # The trigger id lasts 3 seconds: when telling an engineer needs Slack, the modal opens first and its
+        # submission is refused instead.
+        if self._known_engineer(user) is False:
+            await self._ephemeral(user, REFUSAL)
             return
         ref = str(action.get("value", ""))
         try:
@@ -437,13 +537,15 @@ class SlackDesk:
     async def on_ask_submitted(self, ack: Callable[..., Any], body: dict[str, Any], view: dict[str, Any]) -> None:
         user = _user_id(body)
         question = _view_value(view, ui.QUESTION_BLOCK, ui.QUESTION_INPUT)
-        if not await self._is_engineer(user):
+        if self._known_engineer(user) is False:
             await ack(response_action="errors", errors={ui.QUESTION_BLOCK: REFUSAL})
             return
         if not question:
             await ack(response_action="errors", errors={ui.QUESTION_BLOCK: "Write the question."})
             return
         await ack()
+        if await self._refused(user):
+            return
         ref = str(view.get("private_metadata", ""))
         await self._act(user, None, lambda name: self.bot.desk.ask_customer(
             ref, engineer=name, question=question, origin=ORIGIN))
@@ -453,7 +555,7 @@ class SlackDesk:
         reason = _view_value(view, ui.REASON_BLOCK, ui.REASON_INPUT)
         clauses = ui.parse_clauses(_view_value(view, ui.CLAUSES_BLOCK, ui.CLAUSES_INPUT))
         unknown = [c for c in clauses if c not in self.bot.policy.clauses]
-        if not await self._is_engineer(user):
+        if self._known_engineer(user) is False:
             await ack(response_action="errors", errors={ui.REASON_BLOCK: REFUSAL})
             return
         if not reason:
@@ -463,20 +565,32 @@ class SlackDesk:
             await ack(response_action="errors", errors={ui.CLAUSES_BLOCK: f"Not in the policy: {', '.join(unknown)}"})
             return
         await ack()
+        if await self._refused(user):
+            return
         ref = str(view.get("private_metadata", ""))
         await self._act(user, None, lambda name: self.bot.desk.choose_method(
             ref, engineer=name, method="not_covered", reason=reason, clauses=clauses or None, origin=ORIGIN))
 
-    async def on_warranty_command(self, ack: Callable[..., Any], command: dict[str, Any]) -> None:
-        """`/warranty <case ref | serial>`: answered ephemerally, in the acknowledgement itself.
+    async def on_warranty_command(self, ack: Callable[..., Any], respond: Callable[..., Any],
+                                  command: dict[str, Any]) -> None:
+        """`/warranty <case ref | serial>`: answered ephemerally, read from the database only.
 
-        The answer is read from the database only (no Slack call), which keeps it well inside 3 seconds.
+        When telling an engineer needs Slack (channel members not cached), the command is acknowledged first
+        and answered through its response_url, so that Slack's 3 seconds never wait on Slack's own API.
         """
-        if not await self._is_engineer(str(command.get("user_id", ""))):
-            await ack(text=REFUSAL, response_type="ephemeral")
+        user = str(command.get("user_id", ""))
+        known = self._known_engineer(user)
+        if known is None:
+            await ack()
+            known = await self._is_engineer(user)
+            reply: Callable[..., Any] = respond
+        else:
+            reply = ack
+        if not known:
+            await reply(text=REFUSAL, response_type="ephemeral")
             return
         text, blocks = await asyncio.to_thread(self._warranty_answer, str(command.get("text") or ""))
-        await ack(text=text, blocks=blocks, response_type="ephemeral")
+        await reply(text=text, blocks=blocks, response_type="ephemeral")
 
     async def on_home_opened(self, body: dict[str, Any], event: dict[str, Any]) -> None:
         if event.get("tab") != "home" or not await self._first_time(body):
@@ -497,6 +611,9 @@ class SlackDesk:
         """Post or update the case message, or add to its thread; Slack's errors become retry or dead letter."""
         ref = message.chat_id
         event = payload.get("event")
+        if self.revoked:
+            # Kept waiting, not dead-lettered: once the app is installed again every case event goes out.
+            raise RetryLater(f"Slack {self.revoked}", after=REVOKED_WAIT_SECONDS)
         try:
             case = await asyncio.to_thread(self.bot.desk.get_case, ref)
         except CaseNotFound as error:
@@ -519,10 +636,20 @@ class SlackDesk:
             else:
                 raise PermanentFailure(f"unknown desk event {event!r}")
         except SlackApiError as error:
+            code = str(error.response.get("error") or "")
+            if code in REVOKED_ERRORS:
+                await asyncio.to_thread(self._mark_revoked, code)
+                raise RetryLater(f"Slack {code}", after=REVOKED_WAIT_SECONDS) from error
             raise _delivery_error(error) from error
         except (aiohttp.ClientError, TimeoutError) as error:
             raise RetryLater(f"Slack unreachable: {type(error).__name__}") from error
         return Delivered(external_id=ts)
+
+    def _mark_revoked(self, reason: str) -> None:
+        if self.revoked is None:
+            log.error("Slack says %s: case events wait until the app is installed again", reason)
+        self.revoked = reason
+        kv_put(self.bot.db, self._revoked_key, {"reason": reason, "at": utcnow().isoformat()})
 
     async def _post_case(self, case: Mapping[str, Any], *, update_existing: bool) -> str:
         """The case message's ts: posted when there is none yet, else updated (when asked) to the case's state."""
@@ -557,7 +684,8 @@ class SlackDesk:
     async def _remind_loop(self) -> None:
         while not self._stop.is_set():
             try:
-                await self.remind_due()
+                if not self.revoked:
+                    await self.remind_due()
                 await asyncio.to_thread(self._forget_old_events)
             except Exception:
                 log.exception("Slack reminder round failed")
@@ -603,6 +731,16 @@ class SlackDesk:
         return due
 
     # --- helpers: engineers, names, Slack calls ------------------------------------------------------------
+
+    def _known_engineer(self, user: str) -> bool | None:
+        """Whether `user` is an engineer, when that is known without asking Slack; None otherwise."""
+        if not user:
+            return False
+        if self.config.engineer_ids:
+            return user in self.config.engineer_ids
+        if self._members is not None and time.monotonic() - self._members[0] <= MEMBERS_CACHE_SECONDS:
+            return user in self._members[1]
+        return None
 
     async def _is_engineer(self, user: str) -> bool:
         """Configured ids when SLACK_ENGINEER_IDS is set, else members of the escalation channel."""

@@ -59,8 +59,25 @@ def escape(text: str | None) -> str:
 
 
 def clip(text: str, limit: int) -> str:
-    """At most `limit` characters, with an ellipsis when cut."""
+    """At most `limit` characters, with an ellipsis when cut; plain text (a mrkdwn text uses clip_mrkdwn)."""
     return text if len(text) <= limit else text[: max(0, limit - 1)] + "…"
+
+
+_OPEN_MARKUP = re.compile(r"&[#A-Za-z0-9]*$|<[^<>]*$")  # an entity or a link left open at the end
+
+
+def _safe_cut(text: str, at: int) -> int:
+    """The latest cut at or before `at` that leaves neither an entity (`&amp;`) nor a link (`<url|name>`)
+    half in the first part."""
+    opened = _OPEN_MARKUP.search(text[:at])
+    return opened.start() if opened and opened.start() > 0 else at
+
+
+def clip_mrkdwn(text: str, limit: int) -> str:
+    """Escaped mrkdwn in at most `limit` characters, cut before an entity or a link rather than inside it."""
+    if len(text) <= limit:
+        return text
+    return text[: _safe_cut(text, max(0, limit - 1))] + "…"
 
 
 def plain(text: str, limit: int = MAX_TEXT) -> dict[str, Any]:
@@ -68,7 +85,7 @@ def plain(text: str, limit: int = MAX_TEXT) -> dict[str, Any]:
 
 
 def mrkdwn(text: str, limit: int = MAX_TEXT) -> dict[str, Any]:
-    return {"type": "mrkdwn", "text": clip(text, limit) or " ", "verbatim": True}
+    return {"type": "mrkdwn", "text": clip_mrkdwn(text, limit) or " ", "verbatim": True}
 
 
 def section(text: str) -> Block:
@@ -80,24 +97,34 @@ def context(text: str) -> Block:
 
 
 def sections(text: str, *, max_blocks: int = 5) -> list[Block]:
-    """Long text as consecutive sections of at most MAX_TEXT characters (the last one clipped)."""
-    chunks = [text[i:i + MAX_TEXT] for i in range(0, len(text), MAX_TEXT)] or [""]
-    if len(chunks) > max_blocks:
-        chunks = chunks[:max_blocks]
-        chunks[-1] = clip(chunks[-1], MAX_TEXT - 1) + "…"
-    return [section(chunk) for chunk in chunks]
+    """Long mrkdwn as consecutive sections of at most MAX_TEXT characters, each cut outside entities and
+    links (the last one clipped)."""
+    chunks: list[str] = []
+    rest = text
+    while len(rest) > MAX_TEXT and len(chunks) < max_blocks:
+        cut = _safe_cut(rest, MAX_TEXT)
+        chunks.append(rest[:cut])
+        rest = rest[cut:]
+    if len(chunks) < max_blocks:
+        chunks.append(rest)
+    elif rest:
+        chunks[-1] = clip_mrkdwn(chunks[-1] + rest, MAX_TEXT)
+    return [section(chunk) for chunk in chunks if chunk] or [section("")]
 
 
 _SLACK_MARKUP = re.compile(r"<([^<>|]*)(?:\|([^<>]*))?>")
 
 
-def slack_to_plain(text: str) -> str:
-    """An engineer's Slack message as plain text for the customer: links, mentions and escapes resolved."""
+def slack_to_plain(text: str, names: Mapping[str, str] | None = None) -> str:
+    """An engineer's Slack message as plain text for the customer: links, mentions and escapes resolved; a
+    mention of a colleague becomes their name (`names`: user id -> display name), never an empty gap."""
 
     def resolve(match: re.Match[str]) -> str:
         target, label = match.group(1), match.group(2)
-        if target.startswith(("@", "#")):  # user or channel mention
-            return f"{target[0]}{label}" if label else ""
+        if target.startswith("@"):  # a user: the label Slack gave, else the name we looked up
+            return label or (names or {}).get(target[1:]) or "a colleague"
+        if target.startswith("#"):  # a channel
+            return f"#{label}" if label else "#channel"
         if target.startswith("!"):  # @here, @channel, user groups, dates: nothing the customer needs
             return label or ""
         if target.startswith("mailto:"):
@@ -110,6 +137,11 @@ def slack_to_plain(text: str) -> str:
     return text.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&").strip()
 
 
+def mentioned_users(text: str) -> list[str]:
+    """The user ids mentioned without a label (`<@U05LIWEI7KD>`), whose names must be looked up."""
+    return list(dict.fromkeys(re.findall(r"<@([UW][A-Z0-9]{2,20})>", text)))
+
+
 # --- the case message -----------------------------------------------------------------------------------------
 
 
@@ -117,19 +149,29 @@ def attachment_url(public_url: str, ref: str, attachment_id: int) -> str:
     return f"{public_url.rstrip('/')}/api/desk/cases/{ref}/attachments/{attachment_id}"
 
 
-def attachment_links(case: Mapping[str, Any], public_url: str, ids: Iterable[int] | None = None) -> str:
-    """Links to the case's attachments (all, or those with `ids`); names only when there is no public URL."""
+def attachment_links(case: Mapping[str, Any], public_url: str, ids: Iterable[int] | None = None, *,
+                     limit: int = MAX_TEXT - 100) -> str:
+    """Links to the case's attachments (all, or those with `ids`), names only without a public URL; as many
+    as fit in `limit` characters, whole, then "+N more"."""
     wanted = set(ids) if ids is not None else None
     links = []
     for item in case.get("attachments", ()):
         if wanted is not None and item["id"] not in wanted:
             continue
-        name = escape(item["name"]).replace("|", "¦")
+        name = escape(clip(item["name"], 80)).replace("|", "¦")
         if public_url:
             links.append(f"<{attachment_url(public_url, case['ref'], item['id'])}|{name}>")
         else:
             links.append(name)
-    return ", ".join(links)
+    kept: list[str] = []
+    size = 0
+    for index, link in enumerate(links):
+        more = f", +{len(links) - index - 1} more" if index < len(links) - 1 else ""
+        if size + len(link) + 2 + len(more) > limit:
+            return ", ".join(kept) + f"{', ' if kept else ''}+{len(links) - index} more"
+        kept.append(link)
+        size += len(link) + 2
+    return ", ".join(kept)
 
 
 def status_line(case: Mapping[str, Any]) -> str:
@@ -197,14 +239,14 @@ def _fit(lines: Sequence[str], limit: int, more: str = "… and {n} more") -> st
             break
         kept.append(line)
         size += len(line) + 1
-    return clip("\n".join(kept), limit)
+    return clip_mrkdwn("\n".join(kept), limit)
 
 
 def all_units_sections(units: Sequence[Mapping[str, Any]], max_blocks: int = 10) -> list[Block]:
     """Every unit on its own line, packed into sections (at most `max_blocks`; the last says what is left)."""
     chunks: list[list[str]] = [[]]
     size = 0
-    for line in (clip(f"• `{escape(u['serial'])}` {_unit_details(u)}", MAX_TEXT) for u in units):
+    for line in (clip_mrkdwn(f"• `{escape(u['serial'])}` {_unit_details(u)}", MAX_TEXT) for u in units):
         if chunks[-1] and size + len(line) + 1 > MAX_TEXT:
             chunks.append([])
             size = 0
@@ -254,7 +296,7 @@ def case_blocks(case: Mapping[str, Any], *, public_url: str, actions: bool = Tru
         blocks.append(context("Closed. Use `/warranty " + ref + "` to see the case."))
     fallback = (f"Case {ref} · {customer} ({escape(case['channel'])}) · {len(units)} unit(s) · "
                 f"{STATUS_LABELS.get(case['status'], case['status'])}: {escape(case.get('fault') or '')}")
-    return clip(fallback, MAX_FALLBACK), blocks[:MAX_MESSAGE_BLOCKS]
+    return clip_mrkdwn(fallback, MAX_FALLBACK), blocks[:MAX_MESSAGE_BLOCKS]
 
 
 def method_option(ref: str, method: str) -> dict[str, Any]:
@@ -289,12 +331,12 @@ def customer_message_blocks(case: Mapping[str, Any], *, sender: str | None, text
     who = f"*{escape(sender or case.get('customer') or 'Customer')}* ({escape(case['channel'])})"
     body = escape(text) if text else "_(no text)_"
     blocks = sections(f"{who}: {body}", max_blocks=8)
-    links = attachment_links(case, public_url, attachment_ids) if attachment_ids else ""
+    links = attachment_links(case, public_url, attachment_ids, limit=MAX_CONTEXT - 10) if attachment_ids else ""
     if links:
         blocks.append(context(f"📎 {links}"))
     elif attachment_ids:
         blocks.append(context(f"📎 {len(attachment_ids)} attachment(s)"))
-    return clip(f"{who}: {body}", MAX_FALLBACK), blocks
+    return clip_mrkdwn(f"{who}: {body}", MAX_FALLBACK), blocks
 
 
 _UPDATE_LINES = {
@@ -326,7 +368,7 @@ def update_line(action: str | None, actor: str | None, origin: str | None, detai
         "question": escape(str(detail.get("question") or "")),
         "text": escape(str(detail.get("text") or "")),
     }
-    return clip(_UPDATE_LINES[action].format(**values), MAX_TEXT)
+    return clip_mrkdwn(_UPDATE_LINES[action].format(**values), MAX_TEXT)
 
 
 # --- modals -------------------------------------------------------------------------------------------------------
@@ -425,4 +467,4 @@ def unit_blocks(serial: str, record: Mapping[str, Any] | None, decision: Mapping
                      + (f" · clauses {', '.join(decision['clauses'])}" if decision.get("clauses") else ""))
     blocks = [section("\n".join(lines)),
               section("*Cases:*\n" + _case_list(cases, "_No case names this unit._"))]
-    return clip(" ".join(lines), MAX_FALLBACK), blocks
+    return clip_mrkdwn(" ".join(lines), MAX_FALLBACK), blocks

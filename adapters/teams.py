@@ -9,29 +9,36 @@ this bot stores every activity before acknowledging it and answers later from th
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
 import mimetypes
 import re
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import quote, urlsplit
 
 import httpx
 import jwt
-from sqlalchemy import Engine
+from sqlalchemy import Engine, select
+from sqlmodel import Session, col
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from adapters.whatsapp import split_text  # the one plain-text splitter (paragraph, line, word)
 from bot.app import Bot
-from bot.attachments import AttachmentRejected
+from bot.attachments import AttachmentRejected, sniff
+from bot.engine import inbound_from_payload, inbound_to_payload
+from bot.fetch import Fetcher, FetchFailed, FetchPolicy, FetchRefused, FetchTooLarge
 from bot.messages import Attachment, Button, InboundMessage, OutboundMessage
 from bot.outbox import Delivered, PermanentFailure, RetryLater, Unreachable
+from bot.store import KeyValue
 from bot.store.clock import utcnow
 from bot.store.kv import kv_delete, kv_get, kv_put
 
@@ -44,9 +51,18 @@ KEYS_TTL_SECONDS = 24 * 3600
 KEYS_REFRESH_MIN_SECONDS = 300  # an unknown key id refetches the keys, but not more often than this
 TOKEN_MARGIN_SECONDS = 300  # renew the connector token this long before it expires
 HTTP_TIMEOUT_SECONDS = 20.0
+# The connector refuses an activity over about 40 KB (413): replies are split into pieces of at most this many
+# characters, which stay under 28 KB of JSON even in four-byte characters (docs/channels/teams.md).
+MAX_TEXT_CHARS = 6000
+PENDING_PREFIX = "teams:pending:"  # messages with files, acknowledged and waiting for their downloads
+PENDING_KEEP = timedelta(days=2)
+MAX_DOWNLOAD_TRIES = 5
 BUTTONS_PER_CARD = 6  # Teams shows at most six buttons on a hero card
 HTML_DUPLICATE = "text/html"  # Teams repeats the message text as an HTML attachment: not a customer file
 FILE_DOWNLOAD = "application/vnd.microsoft.teams.file.download.info"
+# Where Teams' pre-signed file downloads live: the customer's OneDrive / SharePoint (commercial, US government,
+# Germany, China). Nothing else named in an activity is fetched (docs/channels/teams.md).
+FILE_HOSTS = ("*.sharepoint.com", "*.sharepoint.us", "*.sharepoint.de", "*.sharepoint.cn")
 
 log = logging.getLogger(__name__)
 
@@ -142,15 +158,36 @@ class TokenValidator:
         return response.json()
 
 
-def check_activity(claims: Mapping[str, Any], endorsements: frozenset[str] | None, activity: Mapping[str, Any]) -> None:
-    """What the token says must match the activity: its channel endorsed by the key, its serviceUrl."""
+def check_activity(claims: Mapping[str, Any], endorsements: frozenset[str] | None, activity: Mapping[str, Any]) -> str:
+    """What the token says must match the activity: its channel endorsed by the key, its serviceUrl equal to
+    the token's `serviceurl` claim (required). Returns the claim, normalised: what the reference is bound to."""
     channel_id = activity.get("channelId")
     if endorsements is not None and channel_id not in endorsements:
         raise Unauthorized("the signing key is not endorsed for this channel")
-    service_url = claims.get("serviceurl") or claims.get("serviceUrl")
-    if service_url is not None and service_url != activity.get("serviceUrl"):
-        # We later send our own token to serviceUrl: it must be the one Microsoft vouched for.
+    claim = claims.get("serviceurl")
+    if not isinstance(claim, str) or not claim:
+        # We later send our own token to serviceUrl: without Microsoft's word for it, anyone could name one.
+        raise Unauthorized("the token has no serviceurl claim")
+    bound = normal_service_url(claim)
+    if bound is None or bound != normal_service_url(str(activity.get("serviceUrl") or "")):
         raise Unauthorized("serviceUrl differs from the token's")
+    return bound
+
+
+def normal_service_url(url: str) -> str | None:
+    """A service URL compared as a URL: scheme and host in lower case, the default port and the trailing slash
+    dropped; None when it is not an http(s) URL with a host."""
+    try:
+        parts = urlsplit(url.strip())
+        port = parts.port
+    except ValueError:
+        return None
+    scheme, host = parts.scheme.lower(), (parts.hostname or "").lower()
+    if scheme not in ("https", "http") or not host or parts.query or parts.fragment or parts.username:
+        return None
+    default = {"https": 443, "http": 80}[scheme]
+    netloc = host if port in (None, default) else f"{host}:{port}"
+    return f"{scheme}://{netloc}{parts.path.rstrip('/')}"
 
 
 # --- parse ----------------------------------------------------------------------------------------------
@@ -172,6 +209,7 @@ class Reference:
     user_id: str | None = None
     user_name: str | None = None
     tenant_id: str | None = None
+    bound_to: str | None = None  # the token's serviceurl claim, normalised: a reference never moves elsewhere
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -254,6 +292,12 @@ def is_greeting(activity: Mapping[str, Any]) -> bool:
     return isinstance(added, list) and any(isinstance(m, dict) and m.get("id") == bot_id for m in added)
 
 
+def is_edit(activity: Mapping[str, Any]) -> bool:
+    """A messageUpdate that is the customer editing a message (not an undelete or a reaction)."""
+    event = _dict(activity.get("channelData")).get("eventType")
+    return activity.get("type") == "messageUpdate" and event in ("editMessage", None)
+
+
 def message_text(activity: Mapping[str, Any]) -> str:
     """The customer's words: a button's value for our messageBack cards, else the text without @mentions."""
     value = activity.get("value")
@@ -303,6 +347,10 @@ def to_inbound(activity: Mapping[str, Any], *, text: str, attachments: tuple[Att
     entities = [e for e in activity.get("entities") or () if isinstance(e, dict) and e.get("type") == "clientInfo"]
     locale = activity.get("locale") or (entities[0].get("locale") if entities else None)
     external_id = activity.get("id") or f"sha256:{hashlib.sha256(body).hexdigest()}"
+    edited = activity.get("type") == "messageUpdate"
+    if edited:
+        # An edit keeps the message's id: each version of the text is a message of its own (a correction).
+        external_id = f"{external_id}:edit:{hashlib.sha256(text.encode()).hexdigest()[:16]}"
     return InboundMessage(
         channel=CHANNEL,
         external_id=f"{reference.channel_id}:{external_id}",
@@ -314,28 +362,34 @@ def to_inbound(activity: Mapping[str, Any], *, text: str, attachments: tuple[Att
         locale_hint=locale if isinstance(locale, str) else None,
         sender_name=reference.user_name,
         raw={"activity_type": activity.get("type"), "channel_id": reference.channel_id,
-             "tenant_id": reference.tenant_id},
+             "tenant_id": reference.tenant_id, **({"edited": True} if edited else {})},
     )
 
 
 # --- send -----------------------------------------------------------------------------------------------
 
 
-def to_activity(message: OutboundMessage, reference: Reference) -> dict[str, Any]:
-    """Our message as a Bot Framework activity; buttons become hero cards whose presses come back as text."""
-    activity: dict[str, Any] = {
-        "type": "message",
-        "from": {"id": reference.bot_id, "name": reference.bot_name},
-        "conversation": {"id": reference.conversation_id},
-        "recipient": {"id": reference.user_id, "name": reference.user_name},
-        "text": message.text,
-        "textFormat": "plain",  # customer words quoted in our text must not turn into markup
-    }
-    if message.buttons:
-        chunks = [message.buttons[i:i + BUTTONS_PER_CARD] for i in range(0, len(message.buttons), BUTTONS_PER_CARD)]
-        activity["attachments"] = [_hero_card(chunk, reference.channel_id) for chunk in chunks]
-        activity["attachmentLayout"] = "list"
-    return activity
+def to_activities(message: OutboundMessage, reference: Reference) -> list[dict[str, Any]]:
+    """Our message as Bot Framework activities: the text in pieces the connector takes, buttons on the last
+    piece as hero cards whose presses come back as text."""
+    pieces = split_text(message.text, MAX_TEXT_CHARS) if message.text.strip() else [message.text]
+    activities = []
+    for index, piece in enumerate(pieces):
+        activity: dict[str, Any] = {
+            "type": "message",
+            "from": {"id": reference.bot_id, "name": reference.bot_name},
+            "conversation": {"id": reference.conversation_id},
+            "recipient": {"id": reference.user_id, "name": reference.user_name},
+            "text": piece,
+            "textFormat": "plain",  # customer words quoted in our text must not turn into markup
+        }
+        if message.buttons and index == len(pieces) - 1:
+            chunks = [message.buttons[i:i + BUTTONS_PER_CARD]
+                      for i in range(0, len(message.buttons), BUTTONS_PER_CARD)]
+            activity["attachments"] = [_hero_card(chunk, reference.channel_id) for chunk in chunks]
+            activity["attachmentLayout"] = "list"
+        activities.append(activity)
+    return activities
 
 
 def _hero_card(buttons: Sequence[Button], channel_id: str) -> dict[str, Any]:
@@ -405,17 +459,32 @@ class TeamsSender:
 
     def __init__(self, channel: TeamsChannel) -> None:
         self.channel = channel
+        self._sent: OrderedDict[tuple[str, str], int] = OrderedDict()
 
     async def send(self, message: OutboundMessage, payload: Mapping[str, Any]) -> Delivered:
         stored = await asyncio.to_thread(kv_get, self.channel.bot.db, _reference_key(message.chat_id))
         if stored is None:
             raise PermanentFailure("no conversation reference for this Teams chat")
         reference = Reference(**stored[0])
+        activities = to_activities(message, reference)
+        # Pieces of a long message already posted, so that a retry after a failure halfway does not repeat them.
+        progress = (message.chat_id, hashlib.sha256(json.dumps(activities, sort_keys=True).encode()).hexdigest())
+        delivered = Delivered()
+        for index in range(self._sent.get(progress, 0), len(activities)):
+            delivered = await self._post(reference, activities[index])
+            self._sent[progress] = index + 1
+            self._sent.move_to_end(progress)
+            while len(self._sent) > 1000:
+                self._sent.popitem(last=False)
+        self._sent.pop(progress, None)
+        return delivered
+
+    async def _post(self, reference: Reference, activity: dict[str, Any]) -> Delivered:
         token = await self.channel.tokens.get()
         url = (f"{reference.service_url.rstrip('/')}/v3/conversations/"
                f"{quote(reference.conversation_id, safe='')}/activities")
         try:
-            response = await self.channel.http().post(url, json=to_activity(message, reference),
+            response = await self.channel.http().post(url, json=activity,
                                                       headers={"Authorization": f"Bearer {token}"})
         except httpx.HTTPError as error:
             raise RetryLater(f"connector unreachable: {type(error).__name__}") from None
@@ -465,6 +534,8 @@ class TeamsChannel:
         self._client: httpx.AsyncClient | None = None
         self.validator = TokenValidator(config, self.http)
         self.tokens = ConnectorTokens(config, self.http, bot.db)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._sender = TeamsSender(self)
 
     def http(self) -> httpx.AsyncClient:
         if self._client is None:
@@ -475,12 +546,20 @@ class TeamsChannel:
         return [Route(PATH, self.activities, methods=["POST"])]
 
     def sender(self) -> TeamsSender:
-        return TeamsSender(self)
+        return self._sender
 
     async def start(self) -> None:
-        return None
+        for key in await asyncio.to_thread(self._waiting):
+            self._spawn(key)  # messages a previous run acknowledged before their files were fetched
 
     async def stop(self) -> None:
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks.clear()
         if self._client is not None:
             await self._client.aclose()
             self._client = None
@@ -497,86 +576,154 @@ class TeamsChannel:
         except Malformed as error:
             return JSONResponse({"error": str(error)}, status_code=400)
         try:
-            check_activity(claims, endorsements, activity)
+            bound = check_activity(claims, endorsements, activity)
         except Unauthorized as error:
             log.info("Teams activity refused: %s", error)
             return JSONResponse({"error": "unauthorized"}, status_code=401)
         if activity.get("channelId") not in CHANNEL_IDS:
             return JSONResponse({"error": "unsupported channelId"}, status_code=400)
 
-        if activity["type"] == "message":
-            attachments = await self._download(activity)
+        reference = replace(reference_of(activity), bound_to=bound)
+        files: list[FileRef] = []
+        if activity["type"] in ("message", "messageUpdate"):
+            if activity["type"] == "messageUpdate" and not is_edit(activity):
+                return Response(status_code=200)  # undelete, reactions on the message: nothing to say
             text = message_text(activity)
-            if not text and not attachments:
+            files = file_refs(activity) if activity["type"] == "message" else []
+            if not text and not files:
                 return Response(status_code=200)
-            inbound = to_inbound(activity, text=text, attachments=attachments, body=body)
+            inbound = to_inbound(activity, text=text, body=body)
         elif is_greeting(activity):
             inbound = to_inbound(activity, text="/start", body=body)
         else:
-            return Response(status_code=200)  # typing, reactions, edits, installs: nothing to say
-        await asyncio.to_thread(self._accept, reference_of(activity), inbound)
+            return Response(status_code=200)  # typing, reactions, deletions, installs: nothing to say
+        if files:
+            # Acknowledged first, fetched after: the files wait in the database, so a restart still fetches them.
+            key = await asyncio.to_thread(self._stage, reference, inbound, files)
+            if key is not None:
+                self._spawn(key)
+        else:
+            await asyncio.to_thread(self._accept, reference, inbound)
         return Response(status_code=200)
+
+    def _keep_reference(self, reference: Reference) -> None:
+        """Store the conversation's reference; one bound to another service URL or tenant is never replaced."""
+        key = _reference_key(reference.conversation_id)
+        stored = kv_get(self.bot.db, key)
+        if stored is not None:
+            before = Reference(**stored[0])
+            same_place = (before.bound_to or normal_service_url(before.service_url)) == reference.bound_to
+            if not same_place or (before.tenant_id and before.tenant_id != reference.tenant_id):
+                log.warning("Teams activity for a known conversation names another service URL or tenant; "
+                            "the stored reference is kept")
+                return
+            if before == reference:
+                return
+        kv_put(self.bot.db, key, asdict(reference))
 
     def _accept(self, reference: Reference, inbound: InboundMessage) -> None:
         # The reference first: the reply to this message needs it, and so does an engineer days later.
-        kv_put(self.bot.db, _reference_key(reference.conversation_id), asdict(reference))
+        self._keep_reference(reference)
         self.bot.engine.accept(inbound)
 
-    async def _download(self, activity: Mapping[str, Any]) -> tuple[Attachment, ...]:
+    # --- files: fetched after the 200 ------------------------------------------------------------------
+
+    def _stage(self, reference: Reference, inbound: InboundMessage, files: Sequence[FileRef]) -> str | None:
+        """Keep the message and its file references until the files are fetched; None for a redelivery."""
+        self._keep_reference(reference)
+        if self.bot.engine.seen(inbound.channel, inbound.external_id):
+            return None
+        key = PENDING_PREFIX + hashlib.sha256(inbound.external_id.encode()).hexdigest()[:48]
+        if kv_get(self.bot.db, key) is not None:
+            return None  # already waiting: the task that stored it fetches it
+        message = inbound_to_payload(inbound)
+        kv_put(self.bot.db, key, {"message": message, "files": [asdict(f) for f in files],
+                                  "service_url": reference.service_url, "tries": 0}, utcnow() + PENDING_KEEP)
+        return key
+
+    def _spawn(self, key: str) -> None:
+        task = asyncio.create_task(self._complete(key), name=f"teams-files-{key[-8:]}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _complete(self, key: str) -> None:
+        """Fetch a waiting message's files and accept it; a failure is tried again a few times, then the
+        message goes in with the files it could get (the customer hears which were missing)."""
+        while True:
+            stored = await asyncio.to_thread(kv_get, self.bot.db, key)
+            if stored is None:
+                return
+            value = stored[0]
+            try:
+                attachments = await self._download([FileRef(**f) for f in value["files"]], value["service_url"],
+                                                   final=value["tries"] + 1 >= MAX_DOWNLOAD_TRIES)
+                inbound = replace(inbound_from_payload(value["message"]), attachments=attachments)
+                await asyncio.to_thread(self.bot.engine.accept, inbound)
+                await asyncio.to_thread(kv_delete, self.bot.db, key)
+                return
+            except _TryLater:
+                value = {**value, "tries": value["tries"] + 1}
+                await asyncio.to_thread(kv_put, self.bot.db, key, value, utcnow() + PENDING_KEEP)
+                await asyncio.sleep(min(60.0, 2.0 ** value["tries"]))
+            except Exception:
+                log.exception("a Teams message with files could not be stored yet")
+                await asyncio.sleep(5.0)
+
+    def _waiting(self) -> list[str]:
+        with Session(self.bot.db) as session:
+            return list(session.execute(
+                select(col(KeyValue.key)).where(col(KeyValue.key).startswith(PENDING_PREFIX, autoescape=True))
+            ).scalars())
+
+    def fetch_policy(self, service_url: str) -> FetchPolicy:
+        """Where this conversation's files may come from: the connector (the only host our token goes to)
+        and the file hosts of Teams' pre-signed downloads; https, public addresses, size and time limits."""
+        return FetchPolicy.from_settings(self.bot.settings, hosts=[service_url, *FILE_HOSTS], token_hosts=[service_url])
+
+    async def _download(self, refs: Sequence[FileRef], service_url: str, *, final: bool) -> tuple[Attachment, ...]:
+        """The files, each through the fetch policy; _TryLater when one failed in a way that may pass (unless
+        this is the last try)."""
         found = []
-        service = urlsplit(activity["serviceUrl"])
-        limit = self.bot.settings.attachment_max_bytes
-        for ref in file_refs(activity):
-            target = urlsplit(ref.url)
-            if target.scheme not in ("https", "http"):
-                continue
-            headers = {}
-            if ref.authenticated:
-                if (target.scheme, target.netloc) != (service.scheme, service.netloc):
-                    log.warning("Teams attachment outside the connector's host skipped")
-                    continue  # our token goes to the connector only
-                headers["Authorization"] = f"Bearer {await self.tokens.get()}"
-            try:
-                data = await _fetch_limited(self.http(), ref.url, headers, limit)
-            except httpx.HTTPError as error:
-                log.warning("Teams attachment download failed: %s", type(error).__name__)
-                continue
-            if data is None:
-                found.append(self.bot.attachments.rejected(ref.name, "too_large"))
-                continue
-            mime = _sniff(data, ref.mime)
-            name = ref.name if "." in ref.name else ref.name + (mimetypes.guess_extension(mime) or "")
-            kind = "photo" if mime.startswith("image/") else "voice" if mime.startswith("audio/") else "document"
-            try:
-                found.append(await asyncio.to_thread(self.bot.attachments.save, data, name=name, mime=mime, kind=kind))
-            except AttachmentRejected as error:
-                found.append(self.bot.attachments.rejected(ref.name, error.reason))
+        async with Fetcher(self.fetch_policy(service_url)) as fetcher:
+            for ref in refs:
+                try:
+                    token = await self.tokens.get() if ref.authenticated else None
+                    fetched = await fetcher.get(ref.url, bearer=token)
+                except RetryLater:  # no connector token now
+                    if not final:
+                        raise _TryLater from None
+                    found.append(self.bot.attachments.rejected(ref.name, "unavailable"))
+                    continue
+                except FetchTooLarge:
+                    found.append(self.bot.attachments.rejected(ref.name, "too_large"))
+                    continue
+                except FetchRefused as error:
+                    # Never fetched: a host, address, scheme or redirect the policy does not allow.
+                    log.warning("Teams attachment refused by the fetch policy: %s", error.reason)
+                    found.append(self.bot.attachments.rejected(ref.name, "unavailable"))
+                    continue
+                except FetchFailed as error:
+                    log.warning("Teams attachment download failed: %s", error)
+                    if (error.status == 0 or error.status == 429 or error.status >= 500) and not final:
+                        raise _TryLater from None
+                    found.append(self.bot.attachments.rejected(ref.name, "unavailable"))
+                    continue
+                data = fetched.data
+                # Teams declares pasted pictures only as `image/*`: the bytes say which.
+                mime = ref.mime if not (ref.mime.endswith("/*") or ref.mime == "application/octet-stream") \
+                    else sniff(data) or ref.mime
+                name = ref.name if "." in ref.name else ref.name + (mimetypes.guess_extension(mime) or "")
+                kind = "photo" if mime.startswith("image/") else "voice" if mime.startswith("audio/") else "document"
+                try:
+                    found.append(await asyncio.to_thread(self.bot.attachments.save, data, name=name, mime=mime,
+                                                         kind=kind))
+                except AttachmentRejected as error:
+                    found.append(self.bot.attachments.rejected(ref.name, error.reason))
         return tuple(found)
 
 
-async def _fetch_limited(client: httpx.AsyncClient, url: str, headers: dict[str, str], limit: int) -> bytes | None:
-    """The file's bytes, or None when it is larger than `limit` (the download stops there)."""
-    async with client.stream("GET", url, headers=headers) as response:
-        response.raise_for_status()
-        data = bytearray()
-        async for chunk in response.aiter_bytes():
-            data.extend(chunk)
-            if len(data) > limit:
-                return None
-        return bytes(data)
-
-
-_SIGNATURES = ((b"\x89PNG\r\n\x1a\n", "image/png"), (b"\xff\xd8\xff", "image/jpeg"), (b"GIF8", "image/gif"),
-               (b"%PDF-", "application/pdf"))
-
-
-def _sniff(data: bytes, declared: str) -> str:
-    """The file's type: Teams declares pasted pictures only as `image/*`."""
-    if not declared.endswith("/*") and declared != "application/octet-stream":
-        return declared
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "image/webp"
-    return next((mime for magic, mime in _SIGNATURES if data.startswith(magic)), declared)
+class _TryLater(Exception):
+    """A download failed in a way that may pass: the waiting message is tried again."""
 
 
 def teams_settings(bot: Bot) -> TeamsSettings:
@@ -584,7 +731,16 @@ def teams_settings(bot: Bot) -> TeamsSettings:
     return TeamsSettings(app_id=s.teams_app_id,
                          app_password=s.teams_app_password.get_secret_value() if s.teams_app_password else "",
                          openid_metadata_url=s.teams_openid_metadata_url,
-                         token_url=s.teams_token_url.replace("{tenant}", s.teams_tenant_id), issuer=s.teams_issuer)
+                         token_url=token_url(s.teams_token_url, s.teams_tenant_id), issuer=s.teams_issuer)
+
+
+def token_url(template: str, tenant: str) -> str:
+    """The token endpoint of the app's own tenant: `{tenant}` filled in; the old fixed multi-tenant URL
+    (botframework.com) moves to the configured tenant too, since a single-tenant app is unknown there."""
+    tenant = tenant.strip() or "botframework.com"
+    if "{tenant}" in template:
+        return template.replace("{tenant}", quote(tenant, safe=""))
+    return template.replace("/botframework.com/", f"/{quote(tenant, safe='')}/")
 
 
 def from_settings(bot: Bot) -> TeamsChannel | None:
@@ -594,4 +750,7 @@ def from_settings(bot: Bot) -> TeamsChannel | None:
         if s.teams_app_id or s.teams_app_password:
             log.warning("Teams is half configured: TEAMS_APP_ID and TEAMS_APP_PASSWORD are both needed")
         return None
+    if s.teams_tenant_id.strip() in ("", "botframework.com"):
+        log.warning("TEAMS_TENANT_ID is not set: the bot asks the multi-tenant authority for its token, which "
+                    "only bots registered before mid-2025 as multi-tenant may do")
     return TeamsChannel(bot, teams_settings(bot))

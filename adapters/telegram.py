@@ -14,7 +14,7 @@ import re
 import warnings
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -38,19 +38,27 @@ from telegram.warnings import PTBDeprecationWarning
 
 from bot.app import Bot
 from bot.attachments import AttachmentRejected
+from bot.fetch import Fetcher, FetchFailed, FetchPolicy, FetchRefused, FetchTooLarge
 from bot.logs import mask
 from bot.messages import Attachment, Button, InboundMessage, OutboundMessage
 from bot.outbox import Delivered, DeliveryError, Limits, PermanentFailure, RetryLater, Unreachable
 from bot.store import KeyValue, lock_chat, session_scope
 from bot.store.clock import utcnow
+from bot.store.kv import kv_delete, kv_get, kv_put
 
 log = logging.getLogger(__name__)
 
 CHANNEL = "telegram"
 WEBHOOK_PATH = "/telegram/webhook"
 SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"  # noqa: S105 (a header name)
-# Edited messages, channel posts, reactions and the rest are ignored on purpose: Telegram need not send them.
-ALLOWED_UPDATES = ("message", "callback_query")
+# Edited messages are corrections (a mistyped serial); channel posts, reactions and the rest are not asked for.
+ALLOWED_UPDATES = ("message", "edited_message", "callback_query")
+PRIVATE = "private"  # claims are taken in private chats only: a group's members would share one claim
+GROUP_TOLD_PREFIX = "telegram:group-told:"
+PENDING_PREFIX = "telegram:pending:"  # webhook updates acknowledged before their files were fetched
+PENDING_KEEP = timedelta(days=7)
+GROUP_ANSWER = ("I take warranty claims in a private chat only, so that each claim stays yours. "
+                "Please write to me directly: {link}")
 MAX_MESSAGE_CHARS = 4096  # Telegram counts UTF-16 code units
 MAX_CALLBACK_DATA_BYTES = 64
 ALBUM_WAIT_SECONDS = 1.5
@@ -104,6 +112,9 @@ class Incoming:
     files: tuple[FileRef, ...] = ()
     media_group_id: str | None = None
     callback_id: str | None = None  # a pressed inline button: always answered
+    chat_type: str = PRIVATE  # private | group | supergroup | channel
+    thread_id: int | None = None  # the forum topic of a group message
+    edited: bool = False  # a correction of an earlier message
 
 
 def read_update(body: bytes, client: telegram.Bot) -> telegram.Update:
@@ -132,6 +143,10 @@ def parse_update(update: telegram.Update) -> Incoming | None:
     """
     if update.message is not None:
         return _from_message(update.update_id, update.message)
+    if update.edited_message is not None:
+        edited = _from_message(update.update_id, update.edited_message)
+        # The corrected words are what matters; files seen with the first version are not fetched again.
+        return replace(edited, files=(), media_group_id=None, edited=True) if edited.text else None
     if update.callback_query is not None:
         return _from_callback(update.update_id, update.callback_query)
     return None
@@ -155,9 +170,14 @@ def _from_message(update_id: int, message: telegram.Message) -> Incoming:
     media_group_id = _optional_text(message.media_group_id, "media_group_id")
     if media_group_id is not None and not (len(media_group_id) <= MAX_MEDIA_GROUP_ID and media_group_id.isprintable()):
         raise BadUpdate("media_group_id is not an id")  # it becomes part of a key and of the external id
+    thread_id = message.message_thread_id if message.is_topic_message else None
+    if thread_id is not None and not (isinstance(thread_id, int) and not isinstance(thread_id, bool)):
+        raise BadUpdate("message_thread_id is not a number")
     return Incoming(
         update_id=update_id,
         chat_id=chat_id,
+        chat_type=_chat_type(message.chat),
+        thread_id=thread_id,
         sender_id=_id(user.id, "sender id") if user else chat_id,
         sender_name=_name(user),
         locale=_optional_text(user.language_code, "language_code") if user else None,
@@ -186,12 +206,20 @@ def _from_callback(update_id: int, query: telegram.CallbackQuery) -> Incoming:
     return Incoming(
         update_id=update_id,
         chat_id=chat_id,
+        chat_type=_chat_type(message.chat) if message is not None else PRIVATE,
         sender_id=sender_id,
         sender_name=_name(query.from_user),
         locale=_optional_text(query.from_user.language_code, "language_code"),
         text=_optional_text(query.data, "callback data") or "",
         callback_id=_text(query.id, "callback query id"),
     )
+
+
+def _chat_type(chat: Any) -> str:
+    kind = getattr(chat, "type", None)
+    if not isinstance(kind, str) or not kind:
+        raise BadUpdate("chat type is missing")
+    return kind
 
 
 def _name(user: telegram.User | None) -> str | None:
@@ -353,10 +381,11 @@ _TAG = re.compile(r"<\s*(/?)\s*([A-Za-z][A-Za-z0-9-]*)")
 
 
 def split_html(text: str, limit: int = MAX_MESSAGE_CHARS) -> list[str]:
-    """Telegram-HTML `text` in pieces of at most `limit` UTF-16 units, cut at a paragraph, line or word
+    """Telegram-HTML `text` in pieces of at most `limit` UTF-16 units of visible text (what Telegram counts,
+    after parsing the entities: a tag counts nothing, `&amp;` one), cut at a paragraph, line or word
     boundary (only a word longer than a piece is cut inside), never inside a tag or an entity. Tags open at
     a cut are closed at the end of the piece and reopened at the start of the next."""
-    if "<" not in text and _units(text.strip()) <= limit:  # the usual case: escaped text that fits
+    if "<" not in text and _visible_units(text.strip()) <= limit:  # the usual case: escaped text that fits
         return [text.strip()] if text.strip() else []
     atoms: list[str] = _ATOMS.findall(text.strip())
     pieces: list[str] = []
@@ -364,16 +393,16 @@ def split_html(text: str, limit: int = MAX_MESSAGE_CHARS) -> list[str]:
     start = 0
     while start < len(atoms):
         prefix = "".join(tag for _, tag in open_tags)
-        size = _units(prefix)
+        size = 0
         stack = open_tags
         breaks: dict[int, int] = {}  # priority -> the latest atom index a cut may happen before
         end = start
         while end < len(atoms):
             atom = atoms[end]
             after = _apply_tag(stack, atom)
-            if size + _units(atom) + sum(len(name) + 3 for name, _ in after) > limit:
+            if size + _visible_units(atom) > limit:
                 break
-            size += _units(atom)
+            size += _visible_units(atom)
             stack = after
             end += 1
             priority = _break_priority(atoms, end)
@@ -403,6 +432,11 @@ def split_html(text: str, limit: int = MAX_MESSAGE_CHARS) -> list[str]:
 
 def _units(text: str) -> int:
     return len(text.encode("utf-16-le")) // 2
+
+
+def _visible_units(html_text: str) -> int:
+    """UTF-16 units of what Telegram shows for this HTML: tags removed, entities decoded."""
+    return _units(html.unescape(_visible(html_text)))
 
 
 def _apply_tag(stack: list[tuple[str, str]], atom: str) -> list[tuple[str, str]]:
@@ -532,9 +566,12 @@ class TelegramChannel:
         self.poll_timeout = poll_timeout
         self.album_wait = album_wait
         self.albums = AlbumStore(bot.db)
+        # Files come from the Bot API's own host only (https, public addresses, size and time limits).
+        self.fetcher = Fetcher(FetchPolicy.from_settings(bot.settings, hosts=[bot.settings.telegram_api_base_url]))
         self._sender = TelegramSender(client)
         self._task: asyncio.Task[None] | None = None
         self._timers: set[asyncio.Task[None]] = set()
+        self._chats: dict[str, asyncio.Task[None]] = {}  # chats whose kept updates are being taken
 
     def routes(self) -> Sequence[BaseRoute]:
         if self.mode != "webhook":
@@ -549,6 +586,9 @@ class TelegramChannel:
         self._task = asyncio.create_task(work, name=f"telegram-{self.mode}")
         for key in await asyncio.to_thread(self.albums.waiting):
             self._schedule(key, 0)  # albums a previous run left waiting
+        with contextlib.suppress(TryAgain):
+            for chat_id in {key.removeprefix(PENDING_PREFIX).rsplit(":", 1)[0] for key in await self._pending_in()}:
+                self._drain(chat_id)  # updates a previous run acknowledged before their files were fetched
 
     async def stop(self) -> None:
         tasks = [t for t in (self._task, *self._timers) if t is not None]
@@ -559,10 +599,13 @@ class TelegramChannel:
                 await task
         self._task = None
         self._timers.clear()
+        self._chats.clear()
         with contextlib.suppress(Exception):
             await self.client.shutdown()
         with contextlib.suppress(Exception):
             await self.client.request.shutdown()  # used by the sender even if start-up never finished
+        with contextlib.suppress(Exception):
+            await self.fetcher.aclose()
 
     # --- webhook ----------------------------------------------------------------------------------------
 
@@ -577,11 +620,13 @@ class TelegramChannel:
         except BadUpdate as error:
             return JSONResponse({"error": str(error)}, status_code=400)
         try:
-            outcome = await self.store(incoming)
+            outcome, answer = await self.take(incoming, defer=True)
         except TryAgain as error:
             log.warning("telegram update %s not stored, Telegram will retry: %s", update.update_id, error)
             return JSONResponse({"error": "not stored; try again"}, status_code=503, headers={"Retry-After": "5"})
-        return JSONResponse({"ok": True, "outcome": outcome})
+        # Nothing goes to the Bot API before Telegram has its 2xx: a call that must follow this update (the
+        # button's answer, the group's pointer to a private chat) rides in the response, which Telegram runs.
+        return JSONResponse({**(answer or {}), "ok": True, "outcome": outcome})
 
     async def _register_webhook(self) -> None:
         assert self.secret is not None
@@ -614,7 +659,7 @@ class TelegramChannel:
             fetch_failures = 0
             for update in updates:
                 try:
-                    await self.handle(update)
+                    _, answer = await self.handle(update)
                 except TryAgain as error:
                     # Not confirmed: the next getUpdates (from `offset`) brings this update again.
                     store_failures += 1
@@ -623,18 +668,101 @@ class TelegramChannel:
                     break
                 store_failures = 0
                 offset = update.update_id + 1  # confirmed to Telegram by the next getUpdates call
+                if answer is not None:
+                    await self._call(answer)
 
     # --- dispatch ---------------------------------------------------------------------------------------
 
-    async def handle(self, update: telegram.Update) -> str:
-        """Store what a polled update says; raises TryAgain. A malformed update is skipped: fetching it
-        again would not change it."""
+    async def handle(self, update: telegram.Update) -> tuple[str, dict[str, Any] | None]:
+        """Store what a polled update says; the outcome and the Bot API call to make after it; raises TryAgain.
+        A malformed update is skipped: fetching it again would not change it."""
         try:
             incoming = parse_update(update)
         except BadUpdate as error:
             log.warning("telegram update %s skipped: %s", update.update_id, error)
-            return "malformed"
-        return await self.store(incoming)
+            return "malformed", None
+        return await self.take(incoming)
+
+    async def take(self, incoming: Incoming | None, *, defer: bool = False) -> tuple[str, dict[str, Any] | None]:
+        """Store a private chat's update (a group is pointed to a private chat, once); the outcome, and the Bot
+        API call (a method and its parameters) to make once Telegram has its answer; raises TryAgain.
+
+        `defer` (webhook mode): an update with files is kept as it is and answered at once, its files fetched
+        after Telegram has the 2xx; the chat's later updates wait behind it, so its order is kept."""
+        if incoming is not None and incoming.chat_type != PRIVATE:
+            outcome, answer = await self._group(incoming)
+        elif defer and incoming is not None and (incoming.files or incoming.chat_id in self._chats
+                                                 or await self._pending_in(incoming.chat_id)):
+            outcome, answer = await self._queue(incoming), None
+        else:
+            outcome, answer = await self.store(incoming), None
+        if incoming is not None and incoming.callback_id is not None:
+            # Answered every time it arrives, so the customer's button never keeps spinning.
+            answer = {"method": "answerCallbackQuery", "callback_query_id": incoming.callback_id}
+        return outcome, answer
+
+    # --- updates kept until their files are fetched (webhook mode) -------------------------------------
+
+    @staticmethod
+    def _pending_key(incoming: Incoming) -> str:
+        return f"{PENDING_PREFIX}{incoming.chat_id}:{incoming.update_id:020d}"
+
+    async def _pending_in(self, chat_id: str | None = None) -> list[str]:
+        """Keys of kept updates (of one chat, or of all), oldest first."""
+        prefix = PENDING_PREFIX if chat_id is None else f"{PENDING_PREFIX}{chat_id}:"
+
+        def keys() -> list[str]:
+            with Session(self.bot.db) as session:
+                return sorted(session.execute(select(col(KeyValue.key)).where(
+                    col(KeyValue.key).startswith(prefix, autoescape=True))).scalars())
+        try:
+            return await asyncio.to_thread(keys)
+        except Exception as error:
+            raise TryAgain(type(error).__name__) from None
+
+    async def _queue(self, incoming: Incoming) -> str:
+        key = self._pending_key(incoming)
+        try:
+            if await asyncio.to_thread(kv_get, self.bot.db, key) is not None:
+                return "duplicate"
+            if await asyncio.to_thread(self.bot.engine.seen, CHANNEL, str(incoming.update_id)):
+                return "duplicate"
+            await asyncio.to_thread(kv_put, self.bot.db, key, asdict(incoming), utcnow() + PENDING_KEEP)
+        except Exception as error:
+            log.exception("telegram update %s could not be kept", incoming.update_id)
+            raise TryAgain(type(error).__name__) from None
+        self._drain(incoming.chat_id)
+        return "queued"
+
+    def _drain(self, chat_id: str) -> None:
+        """One task per chat takes its kept updates in order (started when none runs)."""
+        if chat_id in self._chats:
+            return
+        task = asyncio.create_task(self._drain_chat(chat_id), name=f"telegram-files-{chat_id}")
+        self._chats[chat_id] = task
+        self._timers.add(task)
+        task.add_done_callback(self._timers.discard)
+
+    async def _drain_chat(self, chat_id: str) -> None:
+        failures = 0
+        try:
+            while True:
+                try:
+                    keys = await self._pending_in(chat_id)
+                    if not keys:
+                        return  # nothing waits; the next kept update starts a new task
+                    stored = await asyncio.to_thread(kv_get, self.bot.db, keys[0])
+                    if stored is not None:
+                        value = stored[0]
+                        await self.store(Incoming(**{**value, "files": tuple(FileRef(**f) for f in value["files"])}))
+                    await asyncio.to_thread(kv_delete, self.bot.db, keys[0])
+                    failures = 0
+                except Exception as error:  # TryAgain (the Bot API, the database): kept, tried again
+                    failures += 1
+                    log.warning("telegram kept update not stored yet (%s); trying again", type(error).__name__)
+                    await asyncio.sleep(_backoff(failures))
+        finally:
+            self._chats.pop(chat_id, None)
 
     async def store(self, incoming: Incoming | None) -> str:
         """Store what the customer did (stored, duplicate, album or ignored); raises TryAgain."""
@@ -648,14 +776,51 @@ class TelegramChannel:
                 outcome = "ignored"  # a sticker, a location, a game button: nothing the core can use
             else:
                 outcome = await self._accept(incoming, attachments)
+        except TryAgain:
+            raise
         except TelegramError as error:
             raise TryAgain(mask(str(error))) from None
         except Exception as error:  # the database, most likely: nothing was acknowledged, nothing is lost
             log.exception("telegram update %s could not be stored", incoming.update_id)
             raise TryAgain(type(error).__name__) from None
-        if incoming.callback_id is not None:
-            await self._answer(incoming.callback_id)
         return outcome
+
+    async def _group(self, incoming: Incoming) -> tuple[str, dict[str, Any] | None]:
+        """A group, supergroup or channel: nothing is stored (its members would feed one claim); the first
+        message there is answered, in its topic, with a pointer to a private chat."""
+        if incoming.callback_id is not None or incoming.edited or incoming.chat_type == "channel":
+            return "group", None
+        key = GROUP_TOLD_PREFIX + incoming.chat_id
+        try:
+            told = await asyncio.to_thread(kv_get, self.bot.db, key)
+            if told is not None:
+                return "group", None
+            await asyncio.to_thread(kv_put, self.bot.db, key, {"told_at": utcnow().isoformat()})
+        except Exception as error:
+            log.exception("telegram group %s could not be recorded", incoming.update_id)
+            raise TryAgain(type(error).__name__) from None
+        answer: dict[str, Any] = {"method": "sendMessage", "chat_id": int(incoming.chat_id),
+                                  "text": GROUP_ANSWER.format(link=self._private_link())}
+        if incoming.thread_id is not None:
+            answer["message_thread_id"] = incoming.thread_id  # in the topic it was asked in
+        return "group", answer
+
+    def _private_link(self) -> str:
+        try:
+            return f"https://t.me/{self.client.username}"
+        except RuntimeError:  # getMe not answered yet (start-up): the bot's name in Telegram finds it too
+            return "open a private chat with this bot"
+
+    async def _call(self, answer: Mapping[str, Any]) -> None:
+        """Make a call that followed an update (polling mode); its failure loses nothing stored."""
+        params = {k: v for k, v in answer.items() if k != "method"}
+        try:
+            if answer["method"] == "answerCallbackQuery":
+                await self.client.answer_callback_query(params["callback_query_id"])
+            else:
+                await self.client.send_message(**params)
+        except TelegramError as error:  # a redelivered query is too old to answer; the message is stored
+            log.info("telegram %s failed: %s", answer["method"], mask(str(error)))
 
     async def _accept(self, incoming: Incoming, attachments: tuple[Attachment, ...]) -> str:
         # Telegram delivers one chat's updates one at a time: a new message means its albums are complete.
@@ -664,15 +829,9 @@ class TelegramChannel:
             channel=CHANNEL, external_id=str(incoming.update_id), sender_id=incoming.sender_id,
             chat_id=incoming.chat_id, text=incoming.text, attachments=attachments, received_at=utcnow(),
             locale_hint=incoming.locale, sender_name=incoming.sender_name,
-            raw={"update_id": incoming.update_id})
+            raw={"update_id": incoming.update_id, **({"edited": True} if incoming.edited else {})})
         accepted = await asyncio.to_thread(self.bot.engine.accept, message)
         return "duplicate" if accepted.duplicate else "stored"
-
-    async def _answer(self, callback_id: str) -> None:
-        try:
-            await self.client.answer_callback_query(callback_id)
-        except TelegramError as error:  # a redelivered query is too old to answer; the message is stored
-            log.info("telegram answerCallbackQuery failed: %s", mask(str(error)))
 
     async def _download(self, ref: FileRef) -> Attachment:
         """The file, kept in attachment storage; a placeholder when it is refused. Raises TryAgain."""
@@ -689,7 +848,18 @@ class TelegramChannel:
             return store.rejected(ref.name, reason)
         if remote.file_size is not None and remote.file_size > store.max_bytes:
             return store.rejected(ref.name, "too_large")
-        data = bytes(await remote.download_as_bytearray())
+        try:
+            # The file API's URL carries the bot's token in its path: only the Bot API's own host may be asked.
+            data = (await self.fetcher.get(str(remote.file_path))).data
+        except FetchTooLarge:
+            return store.rejected(ref.name, "too_large")
+        except FetchRefused as error:
+            log.warning("telegram file refused by the fetch policy: %s", error.reason)
+            return store.rejected(ref.name, "unavailable")
+        except FetchFailed as error:
+            if error.status == 0 or error.status == 429 or error.status >= 500:
+                raise TryAgain(f"file download: {error}") from None  # kept, and tried again
+            return store.rejected(ref.name, "unavailable")
         try:
             return await asyncio.to_thread(store.save, data, name=ref.name, mime=ref.mime, kind=ref.kind)
         except AttachmentRejected as error:
@@ -734,7 +904,14 @@ class TelegramChannel:
             delay = wait
 
     async def _flush(self, key: str, *, force: bool = False) -> float | None:
-        """Accept the album's waiting parts as one message once it is quiet; the seconds to wait otherwise."""
+        """Accept the album's waiting parts as one message once it is quiet; the seconds to wait otherwise.
+
+        While the chat has updates kept for their files, more parts may be among them: the album waits, and
+        the chat's next message (taken after them, in order) completes it."""
+        if not force:
+            chat_id = key.removeprefix(AlbumStore.PREFIX).split(":", 1)[0]  # chat ids have no colon
+            if chat_id in self._chats or await self._pending_in(chat_id):
+                return self.album_wait
         taken = await asyncio.to_thread(self.albums.take, key, quiet=self.album_wait, force=force)
         if taken is None or isinstance(taken, float):
             return taken

@@ -118,7 +118,8 @@ class Settings(BaseSettings):
     teams_app_password: SecretStr | None = None
     teams_tenant_id: str = "botframework.com"
     teams_openid_metadata_url: str = "https://login.botframework.com/v1/.well-known/openidconfiguration"
-    teams_token_url: str = "https://login.microsoftonline.com/botframework.com/oauth2/v2.0/token"  # noqa: S105 (a URL)
+    # {tenant} becomes TEAMS_TENANT_ID: a single-tenant app gets its token from its own tenant's authority.
+    teams_token_url: str = "https://login.microsoftonline.com/{tenant}/oauth2/v2.0/token"  # noqa: S105 (a URL)
     teams_issuer: str = "https://api.botframework.com"
 
     # --- tests ----------------------------------------------------------------------------------------

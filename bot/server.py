@@ -348,9 +348,16 @@ def create_app(bot: Bot, channels: Sequence[Channel] | None = None) -> Starlette
             log.warning("healthz: database unavailable: %s", type(error).__name__)
             return JSONResponse({"status": "unavailable", "error": "database unavailable"}, status_code=503)
         held = queues["inbox"]["parked"] + queues["outbox"]["chats_held"]
-        return JSONResponse(
-            {"status": "degraded" if held else "ok", "channels": [c.name for c in channels], **queues}
-        )
+        # A channel may say what keeps it from working (a revoked token): the server still answers 200.
+        problems = {c.name: p for c in channels if (p := getattr(c, "problem", lambda: None)())}
+        body: dict[str, Any] = {
+            "status": "degraded" if held or problems else "ok",
+            "channels": [c.name for c in channels],
+            **queues,
+        }
+        if problems:
+            body["problems"] = problems
+        return JSONResponse(body)
 
     async def metrics(_: Request) -> Response:
         await asyncio.to_thread(_collect, bot, gauges)

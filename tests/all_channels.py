@@ -27,6 +27,7 @@ from tests.fakes.server import serve
 from tests.fakes.slack import BOT_TOKEN as SLACK_BOT_TOKEN
 from tests.fakes.slack import FakeSlack
 from tests.fakes.slack import create_app as fake_slack_app
+from tests.fakes.teams import TENANT as TEAMS_TENANT
 from tests.fakes.teams import BotFramework
 from tests.fakes.telegram import FakeTelegram
 from tests.fakes.wechat import FakeWeChat
@@ -164,7 +165,8 @@ def channel_values(database_url: str, folder: Path, *, telegram: str, slack: str
         "wechat_token": SecretStr(WECHAT_TOKEN), "wechat_api_base_url": wechat,
         "teams_app_id": TEAMS_APP_ID, "teams_app_password": SecretStr(TEAMS_PASSWORD),
         "teams_openid_metadata_url": f"{framework}/v1/.well-known/openidconfiguration",
-        "teams_token_url": f"{framework}/{{tenant}}/oauth2/v2.0/token",
+        "teams_token_url": f"{framework}/{{tenant}}/oauth2/v2.0/token", "teams_tenant_id": TEAMS_TENANT,
+        "fetch_insecure_hosts": "127.0.0.1",  # the fakes are on loopback, over http
     }
 
 

@@ -29,10 +29,10 @@ from bot.messages import InboundMessage, OutboundMessage
 from bot.outbox import PermanentFailure, RetryLater
 from bot.registry import import_registry
 from bot.server import create_app
-from bot.store import Case, KeyValue, Message
+from bot.store import Case, KeyValue, Message, OutboxItem
 from bot.store.clock import utcnow
 from tests.fakes.server import serve
-from tests.fakes.slack import BOT_TOKEN, FIRST_TS, FakeSlack
+from tests.fakes.slack import BOT_TOKEN, FIRST_TS, FakeSlack, invalid_blocks, mrkdwn_problem
 from tests.fakes.slack import create_app as fake_slack_app
 from tests.support import wait_until
 
@@ -484,6 +484,8 @@ def _case(units: int, **extra: Any) -> dict[str, Any]:
 
 def _limits(blocks: list[dict[str, Any]], max_blocks: int = slack_blocks.MAX_MESSAGE_BLOCKS) -> None:
     assert len(blocks) <= max_blocks
+    view = {"view": {"type": "home", "blocks": blocks}} if max_blocks == slack_blocks.MAX_VIEW_BLOCKS else None
+    assert invalid_blocks(view or {"blocks": blocks}) is None  # what Slack itself would refuse
 
     def walk(node: Any) -> Iterator[dict[str, Any]]:
         if isinstance(node, dict):
@@ -540,6 +542,115 @@ def test_customer_thread_line_and_update_lines() -> None:
 def test_engineer_text_to_plain() -> None:
     assert slack_blocks.slack_to_plain(
         "See <https://docs.example/e07|the manual> and <https://x.example>, ask <@U05LIWEI7KD> or "
-        "<mailto:a@b.example|a@b.example> &lt;now&gt; &amp; <!here> <#C1|warranty>") == (
-        "See the manual (https://docs.example/e07) and https://x.example, ask  or a@b.example <now> &  #warranty")
+        "<mailto:a@b.example|a@b.example> &lt;now&gt; &amp; <!here> <#C1|warranty>", {"U05LIWEI7KD": "Li Wei"}) == (
+        "See the manual (https://docs.example/e07) and https://x.example, ask Li Wei or a@b.example <now> &  #warranty")
+    # A name that could not be looked up still reads as a sentence, never "Hi ,".
+    assert slack_blocks.slack_to_plain("Hi <@U06ANA2RTX>, see <@U05LIWEI7KD|li.wei>") == "Hi a colleague, see li.wei"
+    assert slack_blocks.mentioned_users("<@U06ANA2RTX> <@U06ANA2RTX> <@U05LIWEI7KD|li.wei> <#C1>") == ["U06ANA2RTX"]
     assert slack_blocks.parse_clauses(" x1, M1;x1 ") == ["M1", "X1"]
+
+
+def test_text_is_cut_outside_entities_and_links_and_long_lists_say_how_many_more() -> None:
+    escaped = slack_blocks.escape("&<>" * 3000)  # 27000 characters of entities
+    for limit in range(2990, 3001):
+        clipped = slack_blocks.clip_mrkdwn(escaped, limit)
+        assert len(clipped) <= limit and mrkdwn_problem(clipped) is None
+    blocks = slack_blocks.sections(escaped, max_blocks=8)
+    assert len(blocks) == 8 and all(mrkdwn_problem(b["text"]["text"]) is None for b in blocks)
+    assert "".join(b["text"]["text"] for b in blocks).startswith(escaped[:20000])
+
+    case = _case(1, attachments=[{"id": n, "name": f"photo <{n}> & scan.jpg"} for n in range(1, 120)])
+    links = slack_blocks.attachment_links(case, "https://warranty.example")
+    assert links.endswith(" more") and mrkdwn_problem(links) is None
+    shown = len(re.findall(r"<https://", links))
+    assert f"+{119 - shown} more" in links and len(links) <= slack_blocks.MAX_TEXT
+    _, message = slack_blocks.case_blocks(case, public_url="https://warranty.example")
+    _limits(message)
+    _, line = slack_blocks.customer_message_blocks(case, sender="Yusuf", text="&" * 4000,
+                                                   attachment_ids=list(range(1, 120)),
+                                                   public_url="https://warranty.example")
+    _limits(line)
+    assert line[-1]["type"] == "context" and "more" in line[-1]["elements"][0]["text"]
+
+
+def test_edits_deletions_mentions_other_events_and_revocation(settings: Settings, db: Engine, fake: FakeSlack,
+                                                              fake_url: str) -> None:
+    settings = slack_settings(settings, fake_url)  # engineers = members of the escalation channel
+    with desk_server(settings, db) as (_, base), httpx.Client(base_url=base, timeout=10) as http:
+        customer = Customer(http)
+        ref, ts = open_case(customer, fake, db)
+
+        # /warranty while telling engineers needs conversations.members, which Slack is slow to answer: the
+        # command is acknowledged at once and answered through its response_url.
+        release = fake.hold("conversations.members")
+        command = sample("slash_command.txt").replace(SAMPLE_REF, ref).replace(
+            quote_plus("https://hooks.slack.com/commands/T04KX7Q2M9L/7912345678456/aGxqqmkbRpgVbuO4sJLc0lEN"),
+            quote_plus(f"{fake_url}/hooks/response/cmd1")).encode()
+        try:
+            acknowledged = post(http, "/slack/commands", command, form=True)
+            assert acknowledged.status_code == 200 and fake.responses == []  # members not answered yet
+        finally:
+            release.set()
+        answer = wait_until(lambda: fake.responses, what="the answer by response_url")[0]
+        assert answer["id"] == "cmd1" and answer["response_type"] == "ephemeral" and ref in answer["text"]
+
+        # A customer text of entities: the thread line is cut between them, which Slack takes.
+        customer.say("R&D <test> " + "&<>" * 1300)
+        wait_until(lambda: [p for p in fake.posts(thread_ts=ts) if "R&amp;D" in p["text"]],
+                   what="the customer's text in the thread")
+
+        # An engineer mentions a colleague: the customer reads the colleague's name.
+        mention = event_payload(ref, ts, event_id="Ev07MENTN001", message_ts="1777889000.000100",
+                                text="Hi, <@U06ANA2RTX> will call you tomorrow about the E07 trip")
+        assert post(http, "/slack/events", mention, form=False).status_code == 200
+        customer.wait_for("Ana Ruiz will call you tomorrow", author="engineer")
+
+        # The engineer corrects the first reply: the customer gets the correction, once.
+        assert post(http, "/slack/events", for_case(sample("event_thread_reply.json"), ref, ts).encode(),
+                    form=False).status_code == 200
+        customer.wait_for("while about 1 kW is connected", author="engineer")
+        edited = for_case(sample("event_message_changed.json"), ref, ts).encode()
+        for _ in range(2):  # Slack's redelivery is handled once
+            assert post(http, "/slack/events", edited, form=False).status_code == 200
+        corrected = customer.wait_for("Correction: Hello Yusuf", author="engineer")
+        assert "1.5 kW" in corrected["text"]
+
+        # Deleting a relayed message cannot take it back: the engineer is told so, privately.
+        deleted = for_case(sample("event_message_deleted.json"), ref, ts).encode()
+        assert post(http, "/slack/events", deleted, form=False).status_code == 200
+        told = wait_until(lambda: [e for e in fake.called("chat.postEphemeral") if e["text"] == slack.DELETED],
+                          what="the note about the deletion")
+        assert told[0]["user"] == ENGINEER and told[0]["thread_ts"] == ts
+
+        # A file in the thread: not sent, and the engineer is told why.
+        shared = for_case(sample("event_file_share.json"), ref, ts).encode()
+        assert post(http, "/slack/events", shared, form=False).status_code == 200
+        wait_until(lambda: [e for e in fake.called("chat.postEphemeral") if "Files attached" in e["text"]],
+                   what="the note about the file")
+
+        # Events the app may be subscribed to are acknowledged, not 404 (Slack would retry them).
+        mentioned = for_case(sample("event_app_mention.json"), ref, ts).encode()
+        assert post(http, "/slack/events", mentioned, form=False).status_code == 200
+        reaction = json.loads(sample("event_app_mention.json"))
+        reaction.update(event_id="Ev07REACT001", event={"type": "reaction_added", "user": ENGINEER,
+                                                         "reaction": "eyes", "item": {"type": "message",
+                                                                                      "channel": ESCALATION, "ts": ts},
+                                                         "event_ts": "1777889350.000100"})
+        assert post(http, "/slack/events", json.dumps(reaction).encode(), form=False).status_code == 200
+
+        # The workspace revokes the token: sending stops, /healthz says why, nothing is lost meanwhile.
+        assert http.get("/healthz").json()["status"] == "ok"
+        assert post(http, "/slack/events", sample("event_tokens_revoked.json").encode(),
+                    form=False).status_code == 200
+        health = wait_until(lambda: http.get("/healthz").json().get("problems"), what="the revocation on /healthz")
+        assert "tokens_revoked" in health["slack"]
+        posted = len(fake.called("chat.postMessage"))
+        customer.say("Any news?")
+        waiting = wait_until(lambda: [o for o in outbox_rows(db) if o.channel == "slack"
+                                      and o.last_error and "tokens_revoked" in o.last_error], what="a waiting row")
+        assert waiting[0].status == "pending" and len(fake.called("chat.postMessage")) == posted
+
+
+def outbox_rows(db: Engine) -> list[OutboxItem]:
+    with Session(db) as session:
+        return list(session.execute(select(OutboxItem)).scalars())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
 from collections.abc import Iterator
@@ -22,9 +23,9 @@ from bot.outbox import RetryLater, Unreachable
 from bot.registry import import_registry
 from bot.server import create_app
 from bot.store import InboxItem
-from bot.store.kv import kv_put
+from bot.store.kv import kv_get, kv_put
 from tests.fakes.server import serve
-from tests.fakes.teams import BotFramework, new_key
+from tests.fakes.teams import MAX_ACTIVITY_BYTES, TENANT, BotFramework, new_key
 from tests.support import wait_until
 
 PAYLOADS = Path(__file__).with_name("payloads") / "teams"
@@ -52,7 +53,8 @@ def teams_settings(settings: Settings, fake_url: str) -> Settings:
     return settings.model_copy(update={
         "teams_app_id": APP_ID, "teams_app_password": SecretStr(PASSWORD),
         "teams_openid_metadata_url": f"{fake_url}/v1/.well-known/openidconfiguration",
-        "teams_token_url": f"{fake_url}/{{tenant}}/oauth2/v2.0/token", "outbox_poll_seconds": 0.1,
+        "teams_token_url": f"{fake_url}/{{tenant}}/oauth2/v2.0/token", "teams_tenant_id": TENANT,
+        "outbox_poll_seconds": 0.1, "fetch_insecure_hosts": "127.0.0.1",  # the fake is on loopback, over http
     })
 
 
@@ -203,6 +205,8 @@ def test_forged_stale_or_malformed_activities_are_refused_and_nothing_is_stored(
         "issuer": fake.issue(service_url=url, issuer="https://sts.windows.net/evil/"),
         "service url": fake.issue(service_url="https://attacker.example/"),
         "unknown key id": fake.issue(service_url=url, key=other_key(), kid="attacker"),
+        # Without Microsoft's word for the serviceUrl, the activity could send our token anywhere.
+        "no serviceurl claim": fake.issue(service_url=None),
     }
     body = customer.body("message_activity.json")
     refused = {name: customer.post(body, token=token).status_code for name, token in forgeries.items()}
@@ -272,15 +276,16 @@ def test_buttons_become_hero_cards() -> None:
     reference = teams.Reference(service_url="https://smba.example/", conversation_id=CONVERSATION,
                                 channel_id="msteams", bot_id=BOT_ID, user_id=USER_ID)
     buttons = tuple(Button(label=f"Option <{n}>", value=f"lang:{n}") for n in range(7))
-    activity = teams.to_activity(OutboundMessage(channel="teams", chat_id=CONVERSATION, text="Pick", buttons=buttons),
-                                 reference)
+    [activity] = teams.to_activities(OutboundMessage(channel="teams", chat_id=CONVERSATION, text="Pick",
+                                                     buttons=buttons), reference)
     assert [len(card["content"]["buttons"]) for card in activity["attachments"]] == [6, 1]
     assert activity["attachments"][0]["contentType"] == "application/vnd.microsoft.card.hero"
     assert activity["attachments"][0]["content"]["buttons"][0] == {
         "type": "messageBack", "title": "Option <0>", "text": "lang:0", "displayText": "Option <0>",
         "value": {"value": "lang:0"}}
-    skype = teams.to_activity(OutboundMessage(channel="teams", chat_id=CONVERSATION, text="Pick", buttons=buttons[:1]),
-                              teams.Reference(**{**reference.__dict__, "channel_id": "skype"}))
+    [skype] = teams.to_activities(OutboundMessage(channel="teams", chat_id=CONVERSATION, text="Pick",
+                                                  buttons=buttons[:1]),
+                                  teams.Reference(**{**reference.__dict__, "channel_id": "skype"}))
     assert skype["attachments"][0]["content"]["buttons"] == [{"type": "imBack", "title": "Option <0>", "value": "lang:0"}]
 
 
@@ -314,3 +319,162 @@ def test_settings_decide_whether_teams_runs(bot: Bot) -> None:
     assert teams.from_settings(bot) is None
     half = build(bot.settings.model_copy(update={"teams_app_id": APP_ID}), db=bot.db)
     assert teams.from_settings(half) is None
+
+
+# --- the tenant, the service URL, files after the 200, long replies, edits ---------------------------------
+
+
+def test_the_token_comes_from_the_apps_own_tenant(settings: Settings, framework: tuple[BotFramework, str]) -> None:
+    # The shipped default names the tenant: a single-tenant app is unknown to the botframework.com authority.
+    assert teams.token_url(Settings().teams_token_url, TENANT) == (
+        f"https://login.microsoftonline.com/{TENANT}/oauth2/v2.0/token")
+    assert teams.token_url("https://login.microsoftonline.com/botframework.com/oauth2/v2.0/token", TENANT) == (
+        f"https://login.microsoftonline.com/{TENANT}/oauth2/v2.0/token")  # an old .env moves too
+    fake, fake_url = framework
+    configured = teams_settings(settings, fake_url)
+
+    async def fetch(tenant: str) -> str:
+        bot = build(configured.model_copy(update={"teams_tenant_id": tenant}))
+        channel = teams.from_settings(bot)
+        assert channel is not None
+        try:
+            return await channel.tokens.get()
+        finally:
+            await channel.stop()
+
+    with pytest.raises(RetryLater, match="400"):
+        asyncio.run(fetch("botframework.com"))
+    assert fake.refused == [("tenant", 400)]
+    assert asyncio.run(fetch(TENANT)).startswith("connector-token-")
+    assert fake.token_requests[-1]["scope"] == teams.BOT_FRAMEWORK_SCOPE
+
+
+def test_the_service_url_claim_is_compared_as_a_url() -> None:
+    activity = {"channelId": "msteams", "serviceUrl": "https://smba.trafficmanager.net/emea/"}
+    for claim in ("https://smba.trafficmanager.net/emea", "HTTPS://SMBA.trafficmanager.net:443/emea/"):
+        assert teams.check_activity({"serviceurl": claim}, None, activity) == "https://smba.trafficmanager.net/emea"
+    for claims in ({}, {"serviceurl": ""}, {"serviceUrl": activity["serviceUrl"]},
+                   {"serviceurl": "https://smba.trafficmanager.net/amer/"},
+                   {"serviceurl": "https://smba.trafficmanager.net.attacker.example/emea/"}):
+        with pytest.raises(teams.Unauthorized):
+            teams.check_activity(claims, None, activity)
+
+
+def test_a_conversation_reference_never_moves_to_another_service_url(running: tuple[Customer, Bot]) -> None:
+    customer, configured = running
+    fake = customer.fake
+    assert customer.post(customer.body("message_activity.json")).status_code == 200
+    wait_until(lambda: fake.posted(), what="the first answer")
+    # A signed activity for the same conversation, vouched for another service URL: taken, but the replies
+    # keep going where the conversation lives.
+    elsewhere = customer.service_url.replace("/emea/", "/amer/")
+    moved = customer.derived("message_activity.json", id="1777886600001", text="status", serviceUrl=elsewhere)
+    assert customer.post(moved, token=fake.issue(service_url=elsewhere)).status_code == 200
+    stored = kv_get(configured.db, teams._reference_key(CONVERSATION))
+    assert stored is not None and stored[0]["service_url"] == customer.service_url
+    assert stored[0]["bound_to"] == customer.service_url.rstrip("/")
+    before = len(fake.posted())
+    wait_until(lambda: len(fake.posted()) > before, what="the answer to the second message")
+    assert all(entry["conversation_id"] == CONVERSATION for entry in fake.activities)
+
+
+def test_files_are_fetched_after_the_200_and_a_restart_still_fetches_them(
+        settings: Settings, db: Engine, framework: tuple[BotFramework, str]) -> None:
+    fake, fake_url = framework
+    pdf = b"%PDF-1.4\n1 0 obj << >> endobj\n%%EOF\n"
+    fake.files["invoice.pdf"] = pdf
+    fake.files["0-weu-d7-3c9f5e1a2b4d6f8e0a1c3e5f7b9d1f3a"] = b"\x89PNG\r\n\x1a\n" + b"\x00" * 32
+    configured = teams_settings(settings, fake_url)
+    fake.downloads_open.clear()  # the file host answers only when the test lets it
+    try:
+        bot = build(configured, db=db)
+        channel = teams.from_settings(bot)
+        assert channel is not None
+        with serve(create_app(bot, channels=[channel])) as bot_url:
+            customer = Customer(fake, fake_url, bot_url)
+            activity = json.loads(customer.body("file_activity.json"))
+            activity["attachments"][0]["content"]["downloadUrl"] = f"{fake_url}/files/invoice.pdf"
+            body = json.dumps(activity).encode()
+            # Answered while the download cannot have happened: the file host is still holding every request.
+            assert customer.post(body).status_code == 200
+            assert customer.post(body).status_code == 200  # a redelivery meanwhile fetches nothing twice
+            assert fake.downloads == [] and inbox(db) == []
+        # Stopped before the file came: the next process fetches it.
+        fake.downloads_open.set()
+        restarted = teams.from_settings(build(configured, db=db))
+        assert restarted is not None
+        with serve(create_app(restarted.bot, channels=[restarted])) as bot_url:
+            customer = Customer(fake, fake_url, bot_url)
+            [item] = wait_until(lambda: inbox(db), what="the message with its file")
+            assert item.external_id == "msteams:1777886521406"
+            assert item.payload["text"] == "Voici la facture d'achat."
+            [kept] = item.payload["attachments"]
+            assert (kept["name"], kept["mime"], kept["kind"]) == ("Facture_F2024-0318.pdf", "application/pdf",
+                                                                  "document")
+            assert restarted.bot.attachments.path(kept["ref"]).read_bytes() == pdf
+            # A pasted picture: from the connector, with our token, after the 200 too.
+            assert customer.post(customer.body("image_activity.json")).status_code == 200
+            wait_until(lambda: len(inbox(db)) == 2, what="the picture")
+            [picture] = inbox(db)[1].payload["attachments"]
+            assert (picture["mime"], picture["kind"]) == ("image/png", "photo")
+    finally:
+        fake.downloads_open.set()
+
+
+async def test_a_long_reply_is_split_under_the_connector_limit(bot: Bot, framework: tuple[BotFramework, str]) -> None:
+    fake, fake_url = framework
+    channel = teams.from_settings(build(teams_settings(bot.settings, fake_url), db=bot.db))
+    assert channel is not None
+    kv_put(bot.db, teams._reference_key(CONVERSATION), {
+        "service_url": f"{fake_url}/emea/", "conversation_id": CONVERSATION, "channel_id": "msteams",
+        "bot_id": BOT_ID, "user_id": USER_ID})
+    text = "\n\n".join(f"保修说明第{n}段：" + "逆变器显示错误代码E07，请检查负载。" * 120 for n in range(8))
+    message = OutboundMessage(channel="teams", chat_id=CONVERSATION, text=text,
+                              buttons=(Button(label="Talk to an engineer", value="cmd:human"),))
+    try:
+        fake.fail_next = []
+        await channel.sender().send(message, {})
+    finally:
+        await channel.stop()
+    posted = fake.posted()
+    assert len(posted) > 1 and fake.refused == []
+    assert all(len(json.dumps(a).encode()) <= MAX_ACTIVITY_BYTES for a in posted)
+    assert "".join(a["text"] for a in posted).replace("\n", "") == text.replace("\n", "")
+    assert [bool(a.get("attachments")) for a in posted] == [False] * (len(posted) - 1) + [True]
+
+
+def test_an_edited_message_is_taken_as_a_correction(running: tuple[Customer, Bot]) -> None:
+    customer, configured = running
+    assert customer.post(customer.body("message_activity.json")).status_code == 200
+    assert customer.post(customer.body("message_update.json")).status_code == 200
+    assert customer.post(customer.body("message_update.json")).status_code == 200  # redelivered: once
+    undelete = customer.derived("message_update.json", channelData={"eventType": "undeleteMessage"})
+    assert customer.post(undelete).status_code == 200
+    _, edit = inbox(configured.db)
+    assert edit.external_id.startswith("msteams:1777886452318:edit:")
+    assert "CSP2402A0383" in edit.payload["text"] and edit.payload["raw"]["edited"] is True
+
+
+def test_files_come_only_through_the_fetch_policy(running: tuple[Customer, Bot]) -> None:
+    customer, configured = running
+    fake = customer.fake
+    fake.files["secret"] = b"%PDF-1.4 internal\n"
+    loopback = customer.service_url.split("/emea/")[0].replace("127.0.0.1", "localhost")
+    activity = json.loads(customer.body("file_activity.json"))
+    activity["attachments"] = [
+        # A name the activity chooses, on a host that is neither the connector nor a Teams file host.
+        {"contentType": teams.FILE_DOWNLOAD, "name": "a.pdf", "content": {"downloadUrl": f"{loopback}/files/secret"}},
+        # Internal addresses behind an allowed-looking name are refused as well.
+        {"contentType": teams.FILE_DOWNLOAD, "name": "b.pdf",
+         "content": {"downloadUrl": "https://127.0.0.1.sharepoint.com.attacker.example/files/secret"}},
+        # A picture on another host: our token is never sent there.
+        {"contentType": "image/*", "contentUrl": f"{loopback}/emea/v3/attachments/secret/views/original"},
+    ]
+    assert customer.post(json.dumps(activity).encode()).status_code == 200
+    [item] = wait_until(lambda: inbox(configured.db), what="the message, with its files refused")
+    assert [(a["kind"], a["ref"]) for a in item.payload["attachments"]] == [("rejected", "unavailable")] * 3
+    assert fake.downloads == []  # nothing was fetched
+    policy = teams.TeamsChannel(configured, teams.teams_settings(configured)).fetch_policy(
+        "https://smba.trafficmanager.net/emea/")
+    assert policy.sends_token_to("smba.trafficmanager.net") and not policy.sends_token_to("contoso.sharepoint.com")
+    assert policy.allows_host("contoso-my.sharepoint.com") and not policy.allows_host("sharepoint.com.evil.example")

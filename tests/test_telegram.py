@@ -21,7 +21,7 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 from pydantic import SecretStr
 from sqlalchemy import Engine, select
-from sqlmodel import Session
+from sqlmodel import Session, col
 from telegram.error import BadRequest, Conflict, Forbidden, InvalidToken, NetworkError, RetryAfter, TimedOut
 
 from adapters import telegram as tg
@@ -30,7 +30,7 @@ from bot.config import Settings
 from bot.messages import Button, OutboundMessage
 from bot.outbox import PermanentFailure, RetryLater, Unreachable
 from bot.server import create_app, load_channels
-from bot.store import Case, ChannelIdentity, InboxItem, OutboxItem, StoredAttachment
+from bot.store import Case, ChannelIdentity, InboxItem, KeyValue, OutboxItem, StoredAttachment
 from tests.fakes.server import serve
 from tests.fakes.telegram import FakeTelegram
 from tests.support import wait_until
@@ -135,8 +135,10 @@ def test_parse_text_command_photo_document_and_callback() -> None:
     assert button.sender_name == "Mateo Rojas" and button.locale == "es"
 
 
-def test_edits_and_other_updates_are_ignored() -> None:
-    assert parsed(payload("edited_message.json")) is None
+def test_an_edit_is_a_correction_and_other_updates_are_ignored() -> None:
+    edited = parsed(payload("edited_message.json"))
+    assert edited is not None and edited.edited and edited.files == ()
+    assert "CSP2403A0217" in edited.text and edited.chat_type == "private"
     assert parsed(b'{"update_id": 9, "channel_post": {"message_id": 1, "date": 1, '
                   b'"chat": {"id": -100123, "type": "channel"}, "text": "news"}}') is None
     assert parsed(b'{"update_id": 10}') is None
@@ -172,11 +174,24 @@ def test_a_cut_falls_at_a_word_and_never_inside_an_entity() -> None:
     for limit in range(20, 120):
         pieces = tg.split_html(text, limit)
         for piece in pieces:
-            assert len(piece) <= limit
+            assert visible_units(piece) <= limit
             assert not re.search(r"&[#\w]*$", piece) and not re.match(r"^[#\w]*;", piece)
             assert all(re.fullmatch(r"&(lt|gt|amp|quot|#x27);", e) for e in re.findall(r"&[^&]*?;", piece))
         assert re.sub(r"\s", "", "".join(pieces)) == re.sub(r"\s", "", text)  # nothing lost or added
     assert tg.split_html(text, 60)[0] == "word word word"  # the long word does not fit: cut before it
+
+
+def visible_units(piece: str) -> int:
+    """What Telegram counts: the UTF-16 units of the text after its entities are parsed."""
+    return len(html.unescape(re.sub(r"<[^>]+>", "", piece)).encode("utf-16-le")) // 2
+
+
+def test_the_limit_counts_visible_text_not_markup() -> None:
+    escaped = html.escape("&" * 4000)  # 20000 characters of HTML, 4000 that the customer sees
+    assert tg.split_html(escaped) == [escaped]
+    tagged = "<b>" + "x" * 4090 + "</b>"
+    assert tg.split_html(tagged) == [tagged]
+    assert [visible_units(p) for p in tg.split_html(html.escape("<>" * 2100))] == [4096, 104]
 
 
 def test_a_cut_inside_a_tag_closes_and_reopens_it() -> None:
@@ -184,10 +199,10 @@ def test_a_cut_inside_a_tag_closes_and_reopens_it() -> None:
     pieces = tg.split_html(text, 60)
     assert len(pieces) > 2
     for piece in pieces:
-        assert len(piece) <= 60
+        assert visible_units(piece) <= 60
         assert piece.count("<b>") == piece.count("</b>") and piece.count("<a ") == piece.count("</a>")
         assert not re.search(r"<[^>]*$", piece) and not re.match(r"^[^<]*>", piece)
-    assert pieces[0].startswith("<b>bold") and pieces[1].startswith("<b>words")  # reopened
+    assert pieces[0].startswith("<b>bold") and re.match(r"<b>\w", pieces[1])  # reopened
     visible = re.sub(r"<[^>]+>", "", " ".join(pieces))
     assert visible.split() == re.sub(r"<[^>]+>", "", text).split()
 
@@ -210,7 +225,7 @@ def test_pieces_respect_the_limit_and_keep_every_word(words: list[str], limit: i
     text = " ".join(words)
     pieces = tg.split_html(text, limit)
     for piece in pieces:
-        assert len(piece.encode("utf-16-le")) // 2 <= limit
+        assert visible_units(piece) <= limit
         assert piece.strip() and re.sub(r"<[^>]+>", "", piece).strip()
         assert not re.search(r"&[#\w]*$", piece) and not re.search(r"<[^>]*$", piece)
         assert piece.count("<b>") == piece.count("</b>") and piece.count("<a ") == piece.count("</a>")
@@ -300,13 +315,14 @@ class Running:
             headers[tg.SECRET_HEADER] = secret
         return httpx.post(f"{self.url}{tg.WEBHOOK_PATH}", content=body, headers=headers, timeout=10)
 
-    def deliver(self, body: bytes) -> None:
-        """Hand an update to the bot the way this channel's mode receives it."""
+    def deliver(self, body: bytes) -> dict[str, Any] | None:
+        """Hand an update to the bot the way this channel's mode receives it; the webhook's answer."""
         if self.channel.mode == "webhook":
             response = self.post(body)
             assert response.status_code == 200, response.text
-        else:
-            self.fake.queue(json.loads(body))
+            return dict(response.json())
+        self.fake.queue(json.loads(body))
+        return None
 
     def inbox(self) -> list[InboxItem]:
         with Session(self.bot.db) as session:
@@ -315,6 +331,12 @@ class Running:
     def outbox(self) -> list[OutboxItem]:
         with Session(self.bot.db) as session:
             return list(session.execute(select(OutboxItem).order_by(OutboxItem.id)).scalars())  # type: ignore[arg-type]
+
+    def drained(self) -> bool:
+        """No webhook update is kept waiting for its files."""
+        with Session(self.bot.db) as session:
+            return session.execute(select(KeyValue).where(
+                col(KeyValue.key).startswith(tg.PENDING_PREFIX))).first() is None
 
     def settled(self, inbox: int) -> bool:
         """`inbox` messages stored and processed, and every reply out."""
@@ -332,13 +354,17 @@ class Running:
 def start(settings: Settings, db: Engine) -> Iterator[Callable[..., Running]]:
     """Starts the fake Bot API and the bot's server with the Telegram channel (webhook unless told)."""
     with ExitStack() as stack:
-        def run(*, mode: str = "webhook", album_wait: float = 0.3, **changes: Any) -> Running:
+        def run(*, mode: str = "webhook", album_wait: float = 0.3, files: dict[str, tuple[bytes, str]] | None = None,
+                **changes: Any) -> Running:
             fake = FakeTelegram(token=TOKEN)
+            for file_id, (data, path) in (files or {}).items():
+                fake.add_file(file_id, data, path)  # there before the bot starts
             fake_url = stack.enter_context(serve(fake.app()))
             configured = settings.model_copy(update={
                 "telegram_bot_token": SecretStr(TOKEN), "telegram_api_base_url": fake_url,
                 "telegram_webhook_secret": SecretStr(SECRET),
-                "public_url": PUBLIC_URL if mode == "webhook" else "", "outbox_poll_seconds": 0.1, **changes})
+                "public_url": PUBLIC_URL if mode == "webhook" else "", "outbox_poll_seconds": 0.1,
+                "fetch_insecure_hosts": "127.0.0.1", **changes})  # the fake file API is on loopback, over http
             bot = build(configured, db=db)
             channel = tg.from_settings(bot, poll_timeout=1, album_wait=album_wait)
             assert channel is not None and channel.mode == mode
@@ -374,17 +400,27 @@ def _claim(running: Running) -> str:
     assert [running.bot.attachments.path(s.path).read_bytes() for s in stored] == [JPEG, JPEG_2]
 
     pressed: list[str] = []
+    in_responses: list[str] = []
     for number in range(1, 6):
         if running.case_ref():
             break
         offered = fake.last_buttons(CHAT)
         value = next(v for v in ("cause:normal", "pref:repair", "cmd:human", *offered) if v in offered)
         pressed.append(value)
-        running.deliver(press(value, number))
+        answer = running.deliver(press(value, number))
+        if answer is not None:
+            assert answer["method"] == "answerCallbackQuery"
+            in_responses.append(answer["callback_query_id"])
         wait_until(lambda: running.settled(3 + len(pressed)), what=f"the answer to {value}")
     assert "cause:normal" in pressed
-    answered = [p["callback_query_id"] for p in fake.calls_to("answerCallbackQuery")]
-    assert answered == [f"25873652129048{n:05d}" for n in range(1, len(pressed) + 1)]
+    expected = [f"25873652129048{n:05d}" for n in range(1, len(pressed) + 1)]
+    if running.channel.mode == "webhook":
+        # Answered in the webhook's response, so the 2xx never waits on the Bot API.
+        assert in_responses == expected and fake.calls_to("answerCallbackQuery") == []
+    else:
+        answered = wait_until(lambda: fake.calls_to("answerCallbackQuery")[len(expected) - 1:] and
+                              fake.calls_to("answerCallbackQuery"), what="the button answers")
+        assert [p["callback_query_id"] for p in answered] == expected
 
     ref = wait_until(running.case_ref, what="a case")
     assert ref is not None
@@ -401,7 +437,7 @@ def test_a_full_claim_by_webhook(start: Callable[..., Running]) -> None:
     fake = running.fake
     (registration,) = fake.calls_to("setWebhook")
     assert registration["url"] == PUBLIC_URL + tg.WEBHOOK_PATH and registration["secret_token"] == SECRET
-    assert registration["allowed_updates"] == ["message", "callback_query"]
+    assert registration["allowed_updates"] == ["message", "edited_message", "callback_query"]
     assert fake.calls_to("getMe") and not fake.calls_to("getUpdates")
 
 
@@ -427,15 +463,17 @@ def test_the_same_update_twice_is_stored_once_and_a_button_press_is_answered(
     running = start()
     assert running.post(payload("text_start.json")).json()["outcome"] == "stored"
     assert running.post(payload("text_start.json")).json()["outcome"] == "duplicate"
-    assert running.post(payload("callback_query.json")).json()["outcome"] == "stored"
-    assert running.post(payload("callback_query.json")).json()["outcome"] == "duplicate"
+    pressed = [running.post(payload("callback_query.json")).json() for _ in range(2)]
+    assert [p["outcome"] for p in pressed] == ["stored", "duplicate"]
     items = running.inbox()
     assert [i.external_id for i in items] == ["281734501", "281734503"]
     assert items[1].payload["text"] == "confirm_serial:CSP2403A0217"
     assert (items[1].payload["sender_name"], items[1].payload["locale_hint"]) == ("Mateo Rojas", "es")
-    # Answered every time it arrives, so the customer's button never keeps spinning.
-    assert [p["callback_query_id"] for p in running.fake.calls_to("answerCallbackQuery")] == [
-        "2587365212904811532"] * 2
+    # Answered every time it arrives, so the customer's button never keeps spinning: in the response body,
+    # which Telegram runs once it has the 2xx; nothing reached the Bot API before.
+    assert [(p["method"], p["callback_query_id"]) for p in pressed] == [
+        ("answerCallbackQuery", "2587365212904811532")] * 2
+    assert running.fake.calls_to("answerCallbackQuery") == []
 
 
 def test_forged_missing_and_malformed_requests_store_nothing(start: Callable[..., Running]) -> None:
@@ -447,8 +485,6 @@ def test_forged_missing_and_malformed_requests_store_nothing(start: Callable[...
     assert running.post(b"{not json").status_code == 400
     assert running.post(b'{"update_id": "x"}').status_code == 400
     assert running.post(b'{"update_id": 5, "message": {"message_id": 1}}').status_code == 400
-    edited = running.post(payload("edited_message.json"))
-    assert (edited.status_code, edited.json()["outcome"]) == (200, "ignored")
     assert running.inbox() == []
     assert not running.fake.calls_to("getFile")
 
@@ -460,24 +496,50 @@ def test_documents_are_downloaded_and_oversized_files_refused_unread(start: Call
     fake.add_file(invoice["file_id"], PDF, "documents/file_3.pdf")
     fake.add_file(photo_file_id(payload("photo.json")), JPEG, "photos/file_10.jpg")
 
-    # Telegram's file server fails: 503, nothing stored, and Telegram's redelivery then goes through.
+    # Answered before anything is asked of the Bot API: the file is fetched after the 2xx, and a failure of
+    # Telegram's file server is tried again by the bot itself.
+    release = fake.hold("getFile")
     fake.fail_next("getFile", 500, "Internal Server Error")
-    refused = running.post(payload("document_invoice.json"))
-    assert refused.status_code == 503 and running.inbox() == []
-    assert running.post(payload("document_invoice.json")).json()["outcome"] == "stored"
-    (item,) = running.inbox()
+    try:
+        answered = running.post(payload("document_invoice.json"))
+        assert (answered.status_code, answered.json()["outcome"]) == (200, "queued")
+        assert fake.calls_to("getFile") == [] and fake.calls_to("getFile", ok=False) == []
+    finally:
+        release.set()
+    (item,) = wait_until(running.inbox, what="the invoice")
+    assert len(fake.calls_to("getFile", ok=False)) == 1
     (attachment,) = item.payload["attachments"]
     assert (attachment["kind"], attachment["name"], attachment["mime"]) == (
         "document", "Factura_F001-000229.pdf", "application/pdf")
     assert running.bot.attachments.path(attachment["ref"]).read_bytes() == PDF
     assert fake.downloads == ["documents/file_3.pdf"]
+    assert running.post(payload("document_invoice.json")).json()["outcome"] == "duplicate"
 
     # The photo says 184217 bytes, over the limit: refused without asking Telegram for it.
-    assert running.post(payload("photo.json")).json()["outcome"] == "album"
+    assert running.post(payload("photo.json")).json()["outcome"] == "queued"
     wait_until(lambda: len(running.inbox()) == 2, what="the album")
     refused = running.inbox()[-1].payload["attachments"]
     assert [(a["kind"], a["ref"]) for a in refused] == [("rejected", "too_large")]
     assert [p["file_id"] for p in fake.calls_to("getFile")] == [invoice["file_id"]]
+
+
+def test_kept_updates_keep_their_order_and_survive_a_restart(start: Callable[..., Running]) -> None:
+    first = start()
+    invoice = json.loads(payload("document_invoice.json"))["message"]["document"]
+    first.fake.hold("getFile")  # never released: this server stops before any file comes
+    assert first.post(payload("document_invoice.json")).json()["outcome"] == "queued"
+    # The customer writes on meanwhile: kept behind the file, so the order is the customer's.
+    assert first.post(text_update("¿Llegó la factura?", 1)).json()["outcome"] == "queued"
+    assert first.inbox() == []
+    first.server.close()  # stopped while Telegram's file server still holds the request
+    first.fake.held["getFile"].set()
+
+    restarted = start(files={invoice["file_id"]: (PDF, "documents/file_3.pdf")})
+    wait_until(lambda: len(restarted.inbox()) == 2, what="both updates, after the restart")
+    document, text = restarted.inbox()
+    assert document.external_id == "281734505" and document.payload["attachments"][0]["mime"] == "application/pdf"
+    assert text.payload["text"] == "¿Llegó la factura?"
+    wait_until(restarted.drained, what="nothing kept")
 
 
 def test_album_parts_redelivered_or_late_are_handled(start: Callable[..., Running]) -> None:
@@ -486,9 +548,11 @@ def test_album_parts_redelivered_or_late_are_handled(start: Callable[..., Runnin
     second = second_photo()
     fake.add_file(photo_file_id(payload("photo.json")), JPEG, "photos/file_10.jpg")
     fake.add_file(photo_file_id(second), JPEG_2, "photos/file_11.jpg")
-    assert running.post(payload("photo.json")).json()["outcome"] == "album"
-    assert running.post(second).json()["outcome"] == "album"
-    assert running.post(second).json()["outcome"] == "duplicate"  # redelivered before the album is complete
+    assert running.post(payload("photo.json")).json()["outcome"] == "queued"
+    assert running.post(second).json()["outcome"] == "queued"
+    wait_until(running.drained, what="the parts fetched")
+    assert running.post(second).json()["outcome"] == "queued"  # redelivered before the album is complete
+    wait_until(running.drained, what="the redelivered part")
     assert running.inbox() == []
 
     # The customer writes again: Telegram sends one chat's updates in order, so the album is complete.
@@ -497,7 +561,8 @@ def test_album_parts_redelivered_or_late_are_handled(start: Callable[..., Runnin
     assert len(running.inbox()[0].payload["attachments"]) == 2
 
     # A part redelivered after the album was accepted changes nothing.
-    assert running.post(payload("photo.json")).json()["outcome"] == "duplicate"
+    assert running.post(payload("photo.json")).json()["outcome"] == "queued"
+    wait_until(running.drained, what="the redelivered first part")
     assert len(running.inbox()) == 2
 
     # A part that arrives after the album was accepted (a slow upload) follows as a message of its own.
@@ -507,7 +572,8 @@ def test_album_parts_redelivered_or_late_are_handled(start: Callable[..., Runnin
     late["message"]["photo"] = late["message"]["photo"][-1:]
     fake.add_file(late["message"]["photo"][0]["file_id"] + "late", JPEG, "photos/file_12.jpg")
     late["message"]["photo"][0]["file_id"] += "late"
-    assert running.post(_dump(late)).json()["outcome"] == "album"
+    assert running.post(_dump(late)).json()["outcome"] == "queued"
+    wait_until(running.drained, what="the late part")
     assert running.post(text_update("¿Y ahora?", 2)).json()["outcome"] == "stored"
     assert [i.external_id for i in running.inbox()][2:] == [f"album:{MEDIA_GROUP}:1", str(281734502 + 202)]
     assert len(running.inbox()[2].payload["attachments"]) == 1
@@ -518,8 +584,9 @@ def test_an_album_left_waiting_by_a_stopped_server_is_stored_by_the_next(start: 
     second = second_photo()
     first.fake.add_file(photo_file_id(payload("photo.json")), JPEG, "photos/file_10.jpg")
     first.fake.add_file(photo_file_id(second), JPEG_2, "photos/file_11.jpg")
-    assert first.post(payload("photo.json")).json()["outcome"] == "album"
-    assert first.post(second).json()["outcome"] == "album"
+    assert first.post(payload("photo.json")).json()["outcome"] == "queued"
+    assert first.post(second).json()["outcome"] == "queued"
+    wait_until(first.drained, what="the parts fetched")
     first.server.close()  # acknowledged to Telegram, not yet a message: kept in the database
     assert first.inbox() == []
 
@@ -579,3 +646,87 @@ def test_a_long_reply_is_split_and_a_retry_does_not_repeat_pieces(start: Callabl
     assert [bool(m.get("reply_markup")) for m in sent] == [False] * (len(sent) - 1) + [True]
     assert "<b>" not in "".join(m["text"] for m in sent)  # the customer's markup stayed text
     assert html.unescape(" ".join(m["text"] for m in sent)).split() == text.split()
+
+
+def test_a_reply_of_many_escaped_characters_goes_as_one_message(start: Callable[..., Running]) -> None:
+    running = start()
+    text = "R&D: " + "&<>" * 1300  # 3905 visible characters, over 15000 once escaped
+    channel = tg.from_settings(running.bot)
+    assert channel is not None
+
+    async def deliver() -> None:
+        try:
+            await channel.sender().send(OutboundMessage(channel="telegram", chat_id=CHAT, text=text), {})
+        finally:
+            await channel.client.shutdown()
+
+    asyncio.run(deliver())
+    [sent] = running.fake.sent(CHAT)
+    assert html.unescape(sent["text"]) == text
+
+
+def group_update(name: str, number: int = 0, text: str | None = None) -> bytes:
+    document = json.loads(payload(name))
+    document["update_id"] += number
+    document["message"]["message_id"] += number
+    if text is not None:
+        document["message"]["text"] = text
+    return _dump(document)
+
+
+def test_a_group_is_pointed_to_a_private_chat_once_and_nothing_is_stored(start: Callable[..., Running]) -> None:
+    running = start()
+    group = json.loads(payload("group_message.json"))["message"]["chat"]["id"]
+    first = running.post(payload("group_message.json")).json()
+    assert (first["outcome"], first["method"], first["chat_id"]) == ("group", "sendMessage", group)
+    assert "private chat" in first["text"] and "message_thread_id" not in first
+    again = running.post(group_update("group_message.json", 1, "CSP2403A0218 también")).json()
+    assert again == {"ok": True, "outcome": "group"}  # told once, not at every message
+
+    topic = json.loads(payload("forum_topic_message.json"))["message"]
+    answer = running.post(payload("forum_topic_message.json")).json()
+    assert (answer["chat_id"], answer["message_thread_id"]) == (topic["chat"]["id"], topic["message_thread_id"])
+    assert running.inbox() == [] and running.fake.calls_to("sendMessage") == []
+
+
+def test_by_polling_the_group_answer_goes_to_its_topic(start: Callable[..., Running]) -> None:
+    running = start(mode="polling")
+    fake = running.fake
+    topic = json.loads(payload("forum_topic_message.json"))["message"]
+    group = json.loads(payload("group_message.json"))["message"]["chat"]["id"]
+    fake.join(topic["chat"]["id"], forum=True)
+    fake.join(group, "group")  # not a forum: a message_thread_id there is refused
+    fake.queue(json.loads(payload("forum_topic_message.json")))
+    fake.queue(json.loads(payload("group_message.json")))
+    fake.queue(json.loads(payload("text_start.json")))
+    wait_until(lambda: running.settled(1), what="the private chat's greeting")
+    wait_until(lambda: len(fake.calls_to("sendMessage")) >= 3, what="the answers")
+    to_groups = [p for p in fake.calls_to("sendMessage") if int(p["chat_id"]) < 0]
+    assert [(int(p["chat_id"]), p.get("message_thread_id")) for p in to_groups] == [
+        (topic["chat"]["id"], str(topic["message_thread_id"])), (group, None)]
+    assert "https://t.me/csp_warranty_bot" in to_groups[0]["text"]
+    assert fake.calls_to("sendMessage", ok=False) == []
+    assert [i.chat_id for i in running.inbox()] == [CHAT]
+
+
+def test_an_edited_message_is_stored_as_a_correction(start: Callable[..., Running]) -> None:
+    running = start()
+    assert running.post(payload("text_serial.json")).json()["outcome"] == "stored"
+    assert running.post(payload("edited_message.json")).json()["outcome"] == "stored"
+    assert running.post(payload("edited_message.json")).json()["outcome"] == "duplicate"
+    _, edit = running.inbox()
+    assert edit.external_id == "281734506" and edit.payload["raw"]["edited"] is True
+    assert "CSP2403A0218" in edit.payload["text"]
+
+
+def test_files_come_only_through_the_fetch_policy(start: Callable[..., Running]) -> None:
+    # Without FETCH_INSECURE_HOSTS the loopback file API is plain http on a private address: refused, so the
+    # download goes through the policy (https, public addresses, the Bot API's host only).
+    invoice = json.loads(payload("document_invoice.json"))["message"]["document"]
+    running = start(fetch_insecure_hosts="", files={invoice["file_id"]: (PDF, "documents/file_3.pdf")})
+    assert running.post(payload("document_invoice.json")).json()["outcome"] == "queued"
+    (item,) = wait_until(running.inbox, what="the invoice, refused")
+    assert [(a["kind"], a["ref"]) for a in item.payload["attachments"]] == [("rejected", "unavailable")]
+    assert running.fake.downloads == [] and len(running.fake.calls_to("getFile")) == 1
+    policy = running.channel.fetcher.policy
+    assert policy.allows_host("127.0.0.1") and not policy.allows_host("files.slack.com") and not policy.token_hosts

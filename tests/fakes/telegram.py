@@ -1,9 +1,11 @@
 """A loopback fake of the Telegram Bot API: the methods the bot uses and file downloads, checked like the real
-one (token, HTML entities, message length, callback data size), with every call recorded."""
+one (token, HTML entities, message length counted on the visible text, callback data size, chat types: a
+group the bot is not in, a topic in a chat that has none), with every call recorded."""
 
 from __future__ import annotations
 
 import asyncio
+import html
 import itertools
 import json
 import re
@@ -45,6 +47,10 @@ class FakeTelegram:
     downloads: list[str] = field(default_factory=list)  # file paths fetched
     failures: list[tuple[str, int, int, dict[str, Any]]] = field(default_factory=list)  # method, after, status, body
     blocked: set[str] = field(default_factory=set)  # chat ids that blocked the bot
+    # Groups, supergroups and channels the bot is a member of: chat id -> (type, is_forum). A chat id below
+    # zero that is not here is a group the bot is not in; above zero, a private chat.
+    groups: dict[str, tuple[str, bool]] = field(default_factory=dict)
+    held: dict[str, threading.Event] = field(default_factory=dict)  # methods that wait until released
     # While set, every sendMessage fails this way: "5xx" (502), "429" (flood control) or "timeout" (no answer
     # within `hang_seconds`, then 502 — longer than the client waits).
     outage: str | None = None
@@ -93,6 +99,17 @@ class FakeTelegram:
         with self.lock:
             self.failures.append((method, after, status, body))
 
+    def hold(self, method: str) -> threading.Event:
+        """Calls of `method` wait until the returned event is set (at most 30 s)."""
+        event = threading.Event()
+        with self.lock:
+            self.held[method] = event
+        return event
+
+    def join(self, chat_id: str | int, kind: str = "supergroup", *, forum: bool = False) -> None:
+        with self.lock:
+            self.groups[str(chat_id)] = (kind, forum)
+
     def block(self, chat_id: str) -> None:
         with self.lock:
             self.blocked.add(str(chat_id))
@@ -118,6 +135,10 @@ class FakeTelegram:
     async def _method(self, request: Request) -> Response:
         method = request.path_params["method"]
         params = await _params(request)
+        with self.lock:
+            held = self.held.get(method)
+        if held is not None:
+            await asyncio.to_thread(held.wait, 30)
         if request.path_params["token"] != self.token:
             return self._answer(method, params, 401, {"ok": False, "error_code": 401, "description": "Unauthorized"})
         if method == "sendMessage":
@@ -229,6 +250,15 @@ class FakeTelegram:
         chat_id = str(params.get("chat_id", ""))
         if chat_id in self.blocked:
             raise _ApiError(403, "Forbidden: bot was blocked by the user")
+        with self.lock:
+            kind, forum = self.groups.get(chat_id, ("private", False))
+        if not chat_id.lstrip("-").isdigit():
+            raise _ApiError(400, "Bad Request: chat not found")
+        if int(chat_id) < 0 and chat_id not in self.groups:
+            raise _ApiError(403, "Forbidden: bot is not a member of the group chat")
+        thread = params.get("message_thread_id")
+        if thread not in (None, "") and not forum:
+            raise _ApiError(400, "Bad Request: message thread not found")
         text = str(params.get("text", ""))
         visible = _parse_html(text) if params.get("parse_mode") == "HTML" else text
         if not visible.strip():
@@ -240,7 +270,7 @@ class FakeTelegram:
                 if not 1 <= len(button.get("callback_data", "").encode()) <= 64:
                     raise _ApiError(400, "Bad Request: BUTTON_DATA_INVALID")
         return {"message_id": next(self._ids), "from": BOT_USER, "date": int(time.time()),
-                "chat": {"id": int(chat_id), "type": "private"}, "text": visible}
+                "chat": {"id": int(chat_id), "type": kind}, "text": visible}
 
     async def _answerCallbackQuery(self, params: dict[str, Any], request: Request) -> Any:
         if not params.get("callback_query_id"):
@@ -304,7 +334,7 @@ def _parse_html(text: str) -> str:
         if bare is not None:
             raise _ApiError(400, f"Bad Request: can't parse entities: unexpected {bare!r} at {match.start()}")
         if entity is not None:
-            visible.append("x")  # one character, whatever it is
+            visible.append(html.unescape(f"&{entity};"))  # one character: one or two UTF-16 units
             continue
         tag = tag.lower()
         if tag not in _TAGS:
