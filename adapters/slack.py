@@ -924,8 +924,9 @@ def _delivery_error(error: SlackApiError) -> Exception:
     code = str(error.response.get("error") or "")
     if status == 429 or code == "ratelimited":
         retry_after = error.response.headers.get("Retry-After") or error.response.headers.get("retry-after")
+        # Slack's limits are per method and workspace, not per thread: the whole desk channel waits.
         return RetryLater(f"Slack rate limit ({code or status})",
-                          after=float(retry_after) if str(retry_after or "").isdigit() else None)
+                          after=float(retry_after) if str(retry_after or "").isdigit() else None, scope="channel")
     if status >= 500 or code in TRANSIENT_ERRORS:
         return RetryLater(f"Slack error {status} {code}")
     return PermanentFailure(f"Slack refused: {code or status}")
