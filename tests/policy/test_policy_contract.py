@@ -124,7 +124,7 @@ BAD_CLAIMS: list[tuple[object, str]] = [
     (MINIMAL | {"currency": "dollars"}, "currency: must be a three-letter currency code: 'dollars'"),
     (MINIMAL | {"colour": "red"},
      "colour: unknown field (expected one of serial, claim_date, port_arrival_date, production_date, proof,"
-     " circumstances, cargo_compensation, units, order_pieces, order_total, currency, prefers_discount)"),
+     " circumstances, cargo_compensation, units, order_id, order_pieces, order_total, currency, prefers_discount)"),
 ]  # fmt: skip
 
 
