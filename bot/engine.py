@@ -39,9 +39,12 @@ from bot.store import (
     session_scope,
 )
 from bot.store.clock import utcnow
-from policy import Policy, decision_to_json, find_serials
+from policy import Outcome, Policy, claim_to_json, decision_to_json, find_serials
 
 log = logging.getLogger(__name__)
+
+# The status of a case whose every unit the policy refused: a person confirms or overturns it on the desk.
+REFUSAL_TO_CONFIRM = "to_confirm"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -377,11 +380,17 @@ class Engine:
             claim_date=effect.claim_date,
             prefers_discount=effect.prefers_discount,
         )
+        # A claim the policy refuses for every unit is still a person's to confirm (POLICY.md): its own status.
+        if effect.units and all(u.decision.outcome is Outcome.not_covered for u in effect.units):
+            case.status = REFUSAL_TO_CONFIRM
         session.add(case)
         session.flush()
         case.ref = f"{self.config.case_ref_prefix}-{case.created_at.year}-{case.id:06d}"
         for unit in effect.units:
             d = unit.decision
+            decision = decision_to_json(d, self.policy)
+            if unit.claim is not None:
+                decision["claim"] = claim_to_json(unit.claim)  # the facts, for an engineer's correction
             session.add(
                 CaseUnit(
                     case_id=case.id or 0,
@@ -394,7 +403,7 @@ class Engine:
                     outcome=d.outcome.value,
                     basis=d.basis.value if d.basis else None,
                     clauses=list(d.clauses),
-                    decision=decision_to_json(d, self.policy),
+                    decision=decision,
                 )
             )
         for attachment_id in effect.attachment_ids:
@@ -410,7 +419,15 @@ class Engine:
         ).scalars():
             logged.case_id = case.id
         conversation.case_id = case.id
-        audit(session, case, "bot", "opened", units=len(effect.units), human_requested=effect.human_requested)
+        audit(
+            session,
+            case,
+            "bot",
+            "opened",
+            units=len(effect.units),
+            human_requested=effect.human_requested,
+            status=case.status,
+        )
         self.notify_desks(session, case, "case_opened")
         return case
 
