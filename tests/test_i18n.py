@@ -83,6 +83,7 @@ VALUES: dict[str, Any] = {
     "max_units": 1000,
     "attempt": "CSP24XX",
     "fault": "Display shows E07 and shuts down",
+    "method": "factory_repair",
 }
 
 # The branches of each template, as changes to the base context.
@@ -101,6 +102,9 @@ VARIANTS: dict[str, list[dict[str, Any]]] = {
     "fault_reask": [{"offer_human": True}],
     "help": [{"case_ref": None}],
     "method_discount_compensation": [{"amount": None}],
+    "method_goodwill": [{"method": "remote_guidance"}, {"method": "door_to_door"},
+                        {"method": "discount_compensation"}, {"method": "discount_compensation", "amount": None}],
+    "method_chargeable": [{"method": "remote_guidance"}, {"method": "door_to_door"}],
     "method_not_covered": [{"clauses": []}],
     "preference_reask": [{"offer_human": True}],
     "proof_reask": [{"offer_human": True}],
