@@ -37,6 +37,7 @@ from adapters import slack_blocks as ui
 from bot.app import Bot
 from bot.config import Settings
 from bot.desk import CaseNotFound, DeskError
+from bot.engine import REFUSAL_TO_CONFIRM
 from bot.messages import OutboundMessage
 from bot.outbox import Delivered, PermanentFailure, RetryLater
 from bot.registry import lookup
@@ -58,6 +59,9 @@ MEMBERS_CACHE_SECONDS = 60.0
 NAMES_CACHE_SECONDS = 600.0
 MAX_MEMBER_PAGES = 50
 REMIND_BATCH = 50
+# Cases nobody has taken yet: open ones, and refusals to confirm (every unit refused) no one claimed.
+_UNCLAIMED = or_(col(Case.status) == "open",
+                 and_(col(Case.status) == REFUSAL_TO_CONFIRM, col(Case.claimed_by).is_(None)))
 SOCKET_RETRY_SECONDS = 30.0
 NOTE = re.compile(r"^\s*note:\s*", re.IGNORECASE)
 REFUSAL = ("Only the after-sales engineers can act on warranty cases; nothing was changed. "
@@ -585,7 +589,7 @@ class SlackDesk:
         due: list[tuple[str, str, str, datetime]] = []
         with session_scope(self.bot.db) as session:
             cases = session.execute(
-                select(Case).where(col(Case.status) == "open",
+                select(Case).where(_UNCLAIMED,
                                    or_(and_(col(Case.reminded_at).is_(None), col(Case.created_at) <= cutoff),
                                        col(Case.reminded_at) <= cutoff))
                 .order_by(col(Case.id)).limit(REMIND_BATCH)
@@ -596,7 +600,7 @@ class SlackDesk:
                     continue  # not on Slack yet: the case message comes first
                 previous = (col(Case.reminded_at).is_(None) if case.reminded_at is None
                             else col(Case.reminded_at) == case.reminded_at)
-                taken = session.execute(update(Case).where(col(Case.id) == case.id, col(Case.status) == "open",
+                taken = session.execute(update(Case).where(col(Case.id) == case.id, _UNCLAIMED,
                                                            previous).values(reminded_at=now))
                 if cast(CursorResult[Any], taken).rowcount == 1:
                     due.append((case.ref, str(channel), str(ts), case.created_at))

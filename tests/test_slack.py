@@ -160,8 +160,9 @@ def post(http: httpx.Client, path: str, body: bytes, *, form: bool, **headers: s
 
 
 def open_case(customer: Customer, fake: FakeSlack, db: Engine) -> tuple[str, str]:
-    """The customer reports CSP2402A0153 and asks for a person; returns the case ref and its Slack message ts."""
-    for text in ("hello", "CSP2402A0153", "Display shows E07 and shuts down under load", "human"):
+    """The customer reports CSP2604D0007 and asks for a person; returns the case ref and its Slack message ts."""
+    # Registered (PO-26-0045) and in warranty until 2028-07-31: a covered unit, whose methods the desk allows.
+    for text in ("hello", "CSP2604D0007", "Display shows E07 and shuts down under load", "human"):
         customer.say(text)
     found = REF.search(customer.wait_for("passed your conversation")["text"])
     assert found is not None
@@ -196,7 +197,7 @@ def test_case_lifecycle_from_web_chat_through_slack(settings: Settings, db: Engi
         # The case message: units with registry facts, the decision, buttons; its place is remembered.
         message = fake.posts(channel=ESCALATION)[0]
         shown = block_text(message["blocks"])
-        for expected in ("CSP2402A0153", "2024-03-10", "Web chat visitor", "webchat",
+        for expected in ("CSP2604D0007", "2026-06-01", "Web chat visitor", "webchat",
                          "E07", ref, "claim_case", "choose_method", "ask_customer", "not_covered", "close_case",
                          "Factory repair", "Door to door", "W1"):
             assert expected in shown, expected
@@ -292,9 +293,9 @@ def test_case_lifecycle_from_web_chat_through_slack(settings: Settings, db: Engi
         assert shown_case.status_code == 200
         assert shown_case.json()["response_type"] == "ephemeral"
         assert ref in shown_case.json()["text"] and "Closed" in block_text(shown_case.json()["blocks"])
-        command = sample("slash_command.txt").replace(SAMPLE_REF, "csp2402a0153").encode()
+        command = sample("slash_command.txt").replace(SAMPLE_REF, "csp2604d0007").encode()
         shown_unit = post(http, "/slack/commands", command, form=True).json()
-        assert "PO-24-0117" in block_text(shown_unit["blocks"]) and ref in block_text(shown_unit["blocks"])
+        assert "PO-26-0045" in block_text(shown_unit["blocks"]) and ref in block_text(shown_unit["blocks"])
 
         # Long after the retry and the bot's own message were acknowledged: each had one effect, or none.
         relayed_texts = [m["text"] for m in customer.messages() if m["author"] == "engineer"]
