@@ -544,3 +544,61 @@ def test_engineer_text_to_plain() -> None:
         "<mailto:a@b.example|a@b.example> &lt;now&gt; &amp; <!here> <#C1|warranty>") == (
         "See the manual (https://docs.example/e07) and https://x.example, ask  or a@b.example <now> &  #warranty")
     assert slack_blocks.parse_clauses(" x1, M1;x1 ") == ["M1", "X1"]
+
+
+# --- corrections and methods outside the decision (issue 14) ----------------------------------------------------
+
+
+def test_slack_corrects_a_unit_and_asks_goodwill_for_a_method_outside_the_decision(
+        settings: Settings, db: Engine, fake: FakeSlack, fake_url: str) -> None:
+    settings = slack_settings(settings, fake_url)
+    with desk_server(settings, db) as (bot, base), httpx.Client(base_url=base, timeout=10) as http:
+        customer = Customer(http)
+        ref, ts = open_case(customer, fake, db)
+        assert "correct_unit" in block_text(fake.posts(channel=ESCALATION)[0]["blocks"])
+
+        def submit(view: dict[str, Any], values: dict[str, Any]) -> httpx.Response:
+            submission = json.loads(for_case(sample("view_submission.json"), ref, ts))
+            submission["view"].update(callback_id=view["callback_id"], blocks=view["blocks"],
+                                      private_metadata=view["private_metadata"], state={"values": values})
+            return post(http, "/slack/interactivity", as_form(json.dumps(submission)), form=True)
+
+        # Correct a unit: the certificate was found altered, so the unit is decided again (X3): to confirm.
+        body = as_form(action_payload(ref, ts, slack_blocks.CORRECT_UNIT))
+        assert post(http, "/slack/interactivity", body, form=True).status_code == 200
+        modal = wait_until(lambda: [c["view"] for c in fake.called("views.open")
+                                    if c["view"]["callback_id"] == "correct_unit"], what="the correction modal")[0]
+        unit = {"serial_block": {"serial_input": {"type": "static_select",
+                                                  "selected_option": {"value": "CSP2604D0007"}}}}
+        nothing = submit(modal, unit)  # neither a date nor the proof: refused in the modal, nothing changes
+        assert nothing.json()["response_action"] == "errors" and "arrival_block" in nothing.json()["errors"]
+        values = {**unit, "proof_block": {"proof_input": {"type": "static_select",
+                                                           "selected_option": {"value": "altered"}}},
+                  "note_block": {"note_input": {"type": "plain_text_input", "value": "Serial label reprinted."}}}
+        accepted = submit(modal, values)
+        assert accepted.status_code == 200 and not accepted.content
+        case = bot.desk.get_case(ref)
+        assert (case["status"], case["units"][0]["outcome"]) == ("to_confirm", "not_covered")
+        assert "X3" in case["units"][0]["clauses"]
+        assert [a["detail"]["note"] for a in case["audit"] if a["action"] == "unit_corrected"] == [
+            "Serial label reprinted."]
+        wait_until(lambda: [p for p in fake.posts(thread_ts=ts) if "corrected CSP2604D0007" in p["text"]],
+                   what="the correction in the thread")
+
+        # Factory repair is no longer the warranty's: the menu opens the goodwill modal and sets nothing.
+        body = as_form(action_payload(ref, ts, slack_blocks.CHOOSE_METHOD, method="factory_repair"))
+        assert post(http, "/slack/interactivity", body, form=True).status_code == 200
+        goodwill = wait_until(lambda: [c["view"] for c in fake.called("views.open")
+                                       if c["view"]["callback_id"] == "goodwill_method"], what="the goodwill modal")[0]
+        assert goodwill["private_metadata"] == f"{ref}|factory_repair"
+        assert bot.desk.get_case(ref)["method"] is None
+        reason = {"reason_block": {"reason_input": {"type": "plain_text_input", "value": "Long-standing customer."}}}
+        unanswered = submit(goodwill, reason)
+        assert unanswered.json()["response_action"] == "errors" and "goodwill_block" in unanswered.json()["errors"]
+        chosen = {**reason, "goodwill_block": {"goodwill_input": {"type": "radio_buttons",
+                                                                  "selected_option": {"value": "goodwill"}}}}
+        assert submit(goodwill, chosen).status_code == 200
+        told = customer.wait_for("as a goodwill gesture our engineer offers factory repair")
+        assert "Long-standing customer." in told["text"] and "As the warranty provides" not in told["text"]
+        case = bot.desk.get_case(ref)
+        assert (case["status"], case["method"]) == ("in_service", "factory_repair")
