@@ -6,7 +6,6 @@ import json
 from typing import Any
 
 import pytest
-
 from typer.testing import CliRunner
 
 from bot.cli import app
