@@ -162,6 +162,10 @@ def _unit_details(unit: Mapping[str, Any]) -> str:
     details = []
     if unit.get("model"):
         details.append(escape(unit["model"]))
+    registry = unit.get("registry") or {}
+    if registry.get("order_id"):
+        cargo = " (cargo compensation, M1)" if registry.get("cargo_compensation") else ""
+        details.append(f"order {escape(str(registry['order_id']))}{cargo}")
     details.append(f"made {unit.get('production_date') or '—'}")
     details.append(f"port {unit.get('port_arrival_date') or '—'}")
     details.append(f"warranty until {unit.get('warranty_end') or '—'}")
@@ -245,7 +249,9 @@ def case_blocks(case: Mapping[str, Any], *, public_url: str, actions: bool = Tru
     decision = ", ".join(OUTCOME_LABELS.get(o, o) for o in outcomes) or "no units given"
     blocks: list[Block] = [
         {"type": "header", "text": plain(header, MAX_HEADER)},
-        section(f"*Customer:* {customer} · *Channel:* {escape(case['channel'])} · "
+        section(f"*Customer:* {customer}"
+                + (f" · *Company (registry):* {escape(case['company'])}" if case.get("company") else "")
+                + f" · *Channel:* {escape(case['channel'])} · "
                 f"*Language:* {escape(case['language'])} · *Claim date:* {case.get('claim_date', '—')}"),
         section(status_line(case)),
         section(f"*Decision:* {decision}" + (f" · *Clauses:* {', '.join(clauses)}" if clauses else "")

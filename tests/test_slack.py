@@ -555,7 +555,10 @@ def test_slack_corrects_a_unit_and_asks_goodwill_for_a_method_outside_the_decisi
     with desk_server(settings, db) as (bot, base), httpx.Client(base_url=base, timeout=10) as http:
         customer = Customer(http)
         ref, ts = open_case(customer, fake, db)
-        assert "correct_unit" in block_text(fake.posts(channel=ESCALATION)[0]["blocks"])
+        shown = block_text(fake.posts(channel=ESCALATION)[0]["blocks"])
+        assert "correct_unit" in shown
+        # The registry's company and the unit's order, beside the chat's name.
+        assert "*Company (registry):* Porto Alegre Energia Ltda." in shown and "order PO-26-0045" in shown
 
         def submit(view: dict[str, Any], values: dict[str, Any]) -> httpx.Response:
             submission = json.loads(for_case(sample("view_submission.json"), ref, ts))
