@@ -6,12 +6,15 @@ engineers' corrections re-decide and are audited, and a method outside the decis
 from __future__ import annotations
 
 import asyncio
-from datetime import timedelta
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 from pydantic import SecretStr
 from sqlalchemy import select
 from sqlmodel import Session
@@ -342,3 +345,31 @@ def test_the_desk_api_corrects_units_and_refuses_bad_requests_with_a_4xx(desk_bo
     assert corrected.json()["units"][0]["outcome"] == "covered"
     assert chosen.status_code == 200, chosen.text
     assert shown.json()["method"] == "factory_repair"
+
+
+VALUE = st.one_of(st.none(), st.booleans(), st.integers(), st.text(max_size=12),
+                  st.dates().map(date.isoformat), st.sampled_from(["documents", "altered", "none", "registry"]),
+                  st.lists(st.integers(), max_size=2))  # fmt: skip
+CHANGES = st.dictionaries(st.sampled_from(["port_arrival_date", "production_date", "proof", "colour"]), VALUE,
+                          max_size=3)  # fmt: skip
+
+
+@hypothesis_settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(changes=CHANGES)
+def test_any_correction_is_decided_or_refused_never_an_error(desk_bot: Bot, changes: dict[str, Any]) -> None:
+    ref = (
+        desk_bot.desk.list_cases()[0]["ref"]
+        if desk_bot.desk.list_cases()
+        else claim_to_the_end(desk_bot, f"CSP2402B0100 CSP2402A0100 {FAULT}", "cause:normal")
+    )
+    try:
+        case = desk_bot.desk.correct_unit(ref, engineer="Li Wei", serial="CSP2402B0100", changes=changes)
+    except DeskError:
+        return
+    # Whatever was accepted is stored, decided and consistent with the case's status.
+    outcomes = [u["outcome"] for u in case["units"]]
+    assert set(outcomes) <= {"covered", "not_covered", "review"}
+    assert (case["status"] == "to_confirm") == all(o == "not_covered" for o in outcomes)
+    assert [a for a in case["audit"] if a["action"] == "unit_corrected"]
