@@ -27,6 +27,7 @@ from policy.serials import (
     looks_like_serial_attempt,
     normalize_serial,
     parse_serial,
+    serial_spans,
 )
 
 __all__ = [
@@ -64,4 +65,5 @@ __all__ = [
     "normalize_serial",
     "parse_serial",
     "render_reasons",
+    "serial_spans",
 ]
