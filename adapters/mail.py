@@ -39,6 +39,7 @@ from starlette.routing import BaseRoute
 
 from bot.app import Bot
 from bot.attachments import AttachmentRejected, AttachmentStore
+from bot.logs import excerpt
 from bot.messages import Attachment, InboundMessage, OutboundMessage
 from bot.outbox import SENT, Delivered, PermanentFailure, RetryLater, Unreachable
 from bot.store import Case, Conversation, InboxItem, OutboxItem
@@ -106,7 +107,7 @@ def ignore_reason(mail: Message, *, own: frozenset[str]) -> str | None:
     """
     auto_submitted = str(mail.get("Auto-Submitted", "")).split(";")[0].strip().lower()
     if auto_submitted and auto_submitted != "no":
-        return f"Auto-Submitted: {auto_submitted}"
+        return f"Auto-Submitted: {excerpt(auto_submitted, 40)}"  # the sender's words, logged: bounded
     if mail.get("X-Auto-Response-Suppress") is not None:
         return "X-Auto-Response-Suppress"
     if mail.get("X-Autoreply") is not None or mail.get("X-Autorespond") is not None:

@@ -54,6 +54,7 @@ CORRECTABLE_PROOF = (Proof.documents.value, Proof.altered.value, Proof.none.valu
 RATINGS = tuple(str(n) for n in range(1, 6))
 # Statuses the policy's outcome still decides: a refusal of every unit is to confirm, anything else open.
 _UNDECIDED = ("open", REFUSAL_TO_CONFIRM, "claimed")
+UNITS_PAGE = 200  # units in one answer of get_case; a case of thousands is read page by page
 
 
 class DeskError(Exception):
@@ -97,16 +98,26 @@ class Desk:
             )
             return [_summary(case, counts.get(case.id or 0, 0)) for case in cases]
 
-    def get_case(self, ref: str) -> dict[str, Any]:
+    def get_case(self, ref: str, *, units_offset: int = 0, units_limit: int = UNITS_PAGE) -> dict[str, Any]:
+        """The case with one page of its units (`unit_count` says how many there are, `units_next` where
+        the next page starts, or None)."""
         with Session(self.engine.db) as session:
             case = _find(session, ref)
+            unit_count = session.execute(
+                select(func.count()).select_from(CaseUnit).where(col(CaseUnit.case_id) == case.id)
+            ).scalar_one()
             units = (
                 session.execute(
-                    select(CaseUnit).where(col(CaseUnit.case_id) == case.id).order_by(col(CaseUnit.id))
+                    select(CaseUnit)
+                    .where(col(CaseUnit.case_id) == case.id)
+                    .order_by(col(CaseUnit.id))
+                    .offset(units_offset)
+                    .limit(units_limit)
                 )
                 .scalars()
                 .all()
             )
+            following = units_offset + len(units)
             messages = (
                 session.execute(
                     select(Message).where(col(Message.case_id) == case.id).order_by(col(Message.id))
@@ -141,8 +152,14 @@ class Desk:
                 .first()
             )
             registry = lookup(session, [u.serial for u in units])
+            # The allowed methods and the orders are the whole case's, whatever page of units is shown.
+            every_unit = session.execute(
+                select(col(CaseUnit.outcome), col(CaseUnit.decision), col(CaseUnit.order_id)).where(
+                    col(CaseUnit.case_id) == case.id
+                )
+            ).all()
             order_ids = sorted(
-                {u.order_id for u in units if u.order_id} | {r.order_id for r in registry.values()}
+                {u.order_id for u in every_unit if u.order_id} | {r.order_id for r in registry.values()}
             )
             orders = {
                 o.order_id: o
@@ -152,15 +169,18 @@ class Desk:
             }
             companies = sorted({orders[o].customer for o in order_ids if o in orders and orders[o].customer})
             return {
-                **_summary(case, len(units)),
+                **_summary(case, unit_count),
+                "unit_count": unit_count,
+                "units_offset": units_offset,
+                "units_next": following if following < unit_count else None,
                 "fault": case.fault,
                 "customer": identity.display_name if identity else None,
                 # The registry's customer (the company that placed the orders), beside the chat's name.
                 "company": ", ".join(companies) or None,
                 "refusal_reason": case.refusal_reason,
                 "prefers_discount": case.prefers_discount,
-                "allowed_methods": list(_allowed_methods(units)),
-                "orders": [_order(orders[o], units, self.engine.policy) for o in order_ids if o in orders],
+                "allowed_methods": list(_allowed_methods(every_unit)),
+                "orders": [_order(orders[o], every_unit, self.engine.policy) for o in order_ids if o in orders],
                 "units": [_unit(u, registry.get(u.serial)) for u in units],
                 "messages": [
                     {

@@ -40,6 +40,8 @@ CATEGORIES: Mapping[str, tuple[str, ...]] = {
 }
 # Sections of a file that are word lists rather than phrases with a meaning.
 WORD_LISTS = ("negations", "breaks", "stopwords", "range_to", "unit_words", "clitics")
+# A misspelt word is read as a word of these categories only: a greeting or a serial phrase is never a guess.
+_REPAIRED_INTO = frozenset({"intent", "proof", "cause", "preference", "consequential", "fault_word"})
 _HAN = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
 
 
@@ -115,7 +117,8 @@ def load_lexicon(paths: Iterable[Path]) -> Lexicon:
             wildcard.append(phrase)
         else:
             by_first.setdefault(phrase.words[0], []).append(phrase)
-        vocabulary.update(w for w in phrase.words if "*" not in w and len(w) >= 5)
+        if phrase.category in _REPAIRED_INTO:
+            vocabulary.update(w for w in phrase.words if "*" not in w and len(w) >= 5)
     negations = lists["negations"]
     return Lexicon(
         phrases=tuple(phrases),

@@ -113,7 +113,8 @@ def understand(text: str, lexicon: Lexicon, policy: Policy) -> Reading:
         serials = tuple(find_serials(base, policy))
     except SerialRangeError as error:
         serials, range_error = (), error
-    spans = serial_spans(base, policy) + _attempt_spans(base)
+    serial_places = serial_spans(base, policy)
+    spans = serial_places + _attempt_spans(base)
     folded, origin = fold_with_origin(base)
     tokens = _tokens(folded, origin, spans, lexicon)
     matches = _matches(folded, tokens, lexicon)
@@ -121,7 +122,7 @@ def understand(text: str, lexicon: Lexicon, policy: Policy) -> Reading:
 
     reading_intent = _intent(matches, tokens, consumed, folded, lexicon)
     strength, has_content = _content(tokens, folded, consumed, matches, lexicon)
-    fault = _fault_text(base, matches, spans, origin) if has_content else ""
+    fault = _fault_text(base, matches, serial_places, origin) if has_content else ""
     languages: dict[str, int] = {}
     for match in matches:
         languages[match.phrase.language] = languages.get(match.phrase.language, 0) + 1
@@ -429,21 +430,36 @@ def _content(
 
 
 def _fault_text(base: str, matches: list[_Match], spans: list[tuple[int, int]], origin: list[int]) -> str:
-    """The message without serials, greetings and serial phrases ("my serial number is")."""
+    """The message without its serials, an opening greeting and the words that introduce a serial
+    ("my serial number is"); the rest is the customer's own description, line breaks kept."""
     cut = [False] * len(base)
     for a, b in spans:
         for k in range(a, b):
             cut[k] = True
+    starts = {a for a, _ in spans}
     for m in matches:
-        if m.phrase.category in ("greeting", "serial_word") and m.end > m.start:
-            for k in range(origin[m.start], origin[m.end - 1] + 1):
+        if m.phrase.category not in ("greeting", "serial_word") or m.end <= m.start:
+            continue
+        first, last = origin[m.start], origin[m.end - 1] + 1
+        if m.phrase.category == "greeting":
+            line_start = base.rfind("\n", 0, first) + 1
+            wanted = not base[line_start:first].strip(" \t,.!:;-")
+        else:
+            rest = re.match(r"[\s:#.\-–=]*", base[last:])
+            after = last + (rest.end() if rest else 0)
+            wanted = after in starts or after >= len(base) or base[after] == "\n"
+        if wanted:
+            for k in range(first, last):
                 cut[k] = True
     kept = "".join(" " if cut[k] else c for k, c in enumerate(base))
-    kept = re.sub(r"[ \t]{2,}", " ", kept)
-    kept = re.sub(r"\s+([,.;:!?])", r"\1", kept)
-    kept = re.sub(r"^[\s,.;:!?\-–—]+|[\s,;:\-–—]+$", "", kept)
-    kept = re.sub(r"(^|[.!?]\s+)[,;:]\s*", r"\1", kept)
-    return kept.strip()
+    lines = []
+    for line in kept.splitlines():
+        line = re.sub(r"[ \t]{2,}", " ", line)
+        line = re.sub(r"\s+([,.;:!?])", r"\1", line)
+        line = re.sub(r"^[\s,.;:!?\-–—]+|[\s,;:\-–—]+$", "", line)
+        if re.search(r"\w", line):
+            lines.append(line)
+    return "\n".join(lines).strip()
 
 
 def _cause(matches: list[_Match]) -> Cause | None:

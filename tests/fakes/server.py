@@ -7,6 +7,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import uvicorn
 from starlette.types import ASGIApp
@@ -19,12 +20,13 @@ def free_port() -> int:
 
 
 @contextmanager
-def serve(app: ASGIApp, *, port: int | None = None, startup_timeout: float = 15.0) -> Iterator[str]:
-    """Serve `app` on 127.0.0.1 in a thread; yields its base URL; stops it (lifespan included) afterwards."""
+def serve(app: ASGIApp, *, port: int | None = None, startup_timeout: float = 15.0, **options: Any) -> Iterator[str]:
+    """Serve `app` on 127.0.0.1 in a thread; yields its base URL; stops it (lifespan included) afterwards.
+
+    `options` are uvicorn's, e.g. `bot.server.uvicorn_options(settings)` to run it as `serve` does."""
     port = port or free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on", access_log=False)
-    )
+    config = {"log_level": "warning", "access_log": False, **options}
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="on", **config))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + startup_timeout

@@ -395,6 +395,15 @@
         ui.reasons.appendChild(li);
       }
     }
+    // The API sends a large case's units a page at a time; say how many this page leaves out.
+    const total = typeof data.unit_count === "number" ? data.unit_count : units.length;
+    if (total > units.length) {
+      const row = el("tr");
+      const cell = el("td", "more", `… and ${total - units.length} more units (the first ${units.length} are shown)`);
+      cell.colSpan = 10;
+      row.appendChild(cell);
+      ui.units.appendChild(row);
+    }
     const allowed = data.allowed_methods || [];
     const names = allowed.map((m) => METHOD_LABELS[m] || m).join(", ");
     ui.reasons.appendChild(el("li", "", allowed.length ? `Methods the policy allows: ${names}.`
