@@ -448,7 +448,7 @@ def _human(state: State, reading: Reading, event: Event, facts: Facts) -> Transi
         return Transition(
             state=state,
             replies=(Reply(template="human_already", params={"case_ref": facts.case_ref}),),
-            effects=(RelayToCase(text=reading.text or "[customer asked for a person]"),),
+            effects=(RelayToCase(text=reading.text or HUMAN),),
         )
     if state.name == "closed" and facts.last_case_ref:
         return Transition(

@@ -1,3 +1,4 @@
+# ruff: noqa: F811  (the e-mail fixtures are imported from tests/test_mail.py, then named as arguments)
 """Customers who only type, end to end: the web chat API of a real server process in every language, and
 e-mail, where options are numbered text (issue 13). The dialogues are tests/data/dialogues/<lang>.toml."""
 
@@ -126,10 +127,10 @@ def first_mail(subject: str, body: str) -> bytes:
 def test_a_claim_by_email_answered_in_words_and_by_number(
     settings: Settings,
     db: Engine,
-    imap: tuple[str, int],  # noqa: F811
+    imap: tuple[str, int],
     mailbox: Mailbox,
     smtp: SmtpSink,
-) -> None:  # noqa: F811
+) -> None:
     bot = build(email_settings(settings, imap, smtp), db=db)
     registry = Path(settings.data_dir) / "registry.csv"
     registry.write_text(REGISTRY_CSV)
