@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import re
 import threading
 from dataclasses import dataclass, field
 from typing import Any
@@ -12,6 +13,9 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+
+_PHONE = re.compile(r"\+?[0-9]{6,15}")
+_BSUID = re.compile(r"[A-Z]{2}\.(?:ENT\.)?[A-Za-z0-9]{1,128}")
 
 
 @dataclass
@@ -40,8 +44,9 @@ class FakeGraph:
             self.failures.append([after, status, code, title])
 
     def sent_to(self, wa_id: str) -> list[dict[str, Any]]:
+        """What went to this phone number or business-scoped user id."""
         with self.lock:
-            return [m for m in self.sent if m.get("to") == wa_id]
+            return [m for m in self.sent if wa_id in (m.get("to"), m.get("recipient"))]
 
     def texts(self, wa_id: str) -> list[str]:
         """What the customer can read: text bodies and interactive bodies, in order."""
@@ -78,9 +83,9 @@ class FakeGraph:
         with self.lock:
             self.sent.append(body)
             wamid = f"wamid.FAKE{next(self._ids):08d}"
-        return JSONResponse({"messaging_product": "whatsapp",
-                             "contacts": [{"input": body["to"], "wa_id": body["to"]}],
-                             "messages": [{"id": wamid}]})
+        contact = ({"input": body["to"], "wa_id": body["to"]} if "to" in body
+                   else {"input": body["recipient"], "user_id": body["recipient"]})
+        return JSONResponse({"messaging_product": "whatsapp", "contacts": [contact], "messages": [{"id": wamid}]})
 
     async def _media_info(self, request: Request) -> Response:
         with self.lock:
@@ -116,8 +121,12 @@ def _error(status: int, code: int, title: str, details: str = "") -> JSONRespons
 
 def _invalid(body: dict[str, Any]) -> str | None:
     """Why the real API would refuse this message body (the limits we rely on), or None."""
-    if body.get("messaging_product") != "whatsapp" or not body.get("to"):
-        return "messaging_product and to are required"
+    if body.get("messaging_product") != "whatsapp" or ("to" in body) == ("recipient" in body):
+        return "messaging_product and one of to or recipient are required"
+    if "to" in body and not _PHONE.fullmatch(str(body["to"])):
+        return "to must be a phone number"
+    if "recipient" in body and not _BSUID.fullmatch(str(body["recipient"])):
+        return "recipient must be a business-scoped user id"
     kind = body.get("type")
     if kind == "text":
         text = body.get("text", {}).get("body", "")
