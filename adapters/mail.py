@@ -20,6 +20,7 @@ import select
 import smtplib
 import ssl
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -31,6 +32,8 @@ from email.utils import format_datetime, formataddr, getaddresses, make_msgid, p
 from html.parser import HTMLParser
 from typing import Any, ClassVar, cast
 
+import httpx
+import msal
 from mailparser_reply import EmailMessage as ReplyParser
 from sqlalchemy import Engine, func
 from sqlmodel import Session, col
@@ -78,6 +81,14 @@ class MailSettings:
     replies_per_hour: int
     case_ref_prefix: str
     max_mail_bytes: int  # larger mails are read only in part: text kept, files refused as too large
+    # OAuth 2.0 (SASL XOAUTH2) instead of passwords: "microsoft" (Entra ID client credentials) or "google"
+    # (a refresh token); empty for password login.
+    oauth: str = ""
+    oauth_client_id: str = ""
+    oauth_client_secret: str = ""
+    oauth_tenant: str = ""
+    oauth_refresh_token: str = ""
+    oauth_url: str = ""  # the Microsoft authority host or Google's token endpoint; empty for the provider's own
 
     @property
     def own_addresses(self) -> frozenset[str]:
@@ -322,15 +333,144 @@ def _header(mail: Message, name: str) -> str:
     return str(value).strip() if value is not None else ""
 
 
+# --- OAuth 2.0 for IMAP and SMTP (SASL XOAUTH2) ----------------------------------------------------------------
+
+OAUTH_PROVIDERS = ("", "microsoft", "google")
+MICROSOFT_AUTHORITY = "https://login.microsoftonline.com"
+MICROSOFT_SCOPE = "https://outlook.office365.com/.default"  # IMAP.AccessAsApp and SMTP.SendAsApp
+GOOGLE_TOKEN_URL = "https://oauth2.googleapis.com/token"  # noqa: S105 (a URL)
+TOKEN_MARGIN_SECONDS = 120.0  # a token this close to expiry is renewed before use
+OAUTH_TIMEOUT_SECONDS = 30.0
+
+
+class OAuthError(Exception):
+    """The token endpoint refused or could not be reached; `reason` is its error code, never a secret."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class OAuthTokens:
+    """Access tokens for the mailbox, renewed before they expire and on demand when a server refuses one.
+
+    Microsoft: msal's client-credentials flow (an app registration with IMAP.AccessAsApp / SMTP.SendAsApp),
+    whose token cache renews the token. Google: the OAuth refresh-token grant, one form POST. Both over httpx
+    (msal takes it as its HTTP client), so one HTTP stack and one trust store serve the whole bot.
+    """
+
+    def __init__(self, config: MailSettings, *, http: httpx.Client | None = None) -> None:
+        self.config = config
+        self._http = http or httpx.Client(timeout=OAUTH_TIMEOUT_SECONDS)
+        self._lock = threading.Lock()  # the IMAP thread and the SMTP sender share one token
+        self._msal: msal.ConfidentialClientApplication | None = None
+        self._token = ""
+        self._expires = 0.0
+
+    def token(self, *, fresh: bool = False) -> str:
+        """A valid access token; `fresh` discards the one held (a server refused it: revoked or expired)."""
+        with self._lock:
+            if self.config.oauth == "microsoft":
+                return self._microsoft(fresh)
+            return self._google(fresh)
+
+    def _microsoft(self, fresh: bool) -> str:
+        c = self.config
+        if self._msal is None or fresh:  # a new app has an empty cache: the next call asks Entra ID again
+            authority = (c.oauth_url or MICROSOFT_AUTHORITY).rstrip("/") + "/" + c.oauth_tenant
+            # instance_discovery=False: the authority is used as configured (a national cloud, or a test's
+            # loopback one) instead of being checked against login.microsoftonline.com's list.
+            self._msal = msal.ConfidentialClientApplication(
+                c.oauth_client_id, client_credential=c.oauth_client_secret, authority=authority,
+                http_client=self._http, instance_discovery=False)
+        try:
+            result = self._msal.acquire_token_for_client(scopes=[MICROSOFT_SCOPE])
+        except (httpx.HTTPError, ValueError) as error:
+            raise OAuthError(f"Microsoft token endpoint: {type(error).__name__}") from None
+        token = result.get("access_token") if isinstance(result, dict) else None
+        if not isinstance(token, str) or not token:
+            reason = result.get("error", "no access_token") if isinstance(result, dict) else "no answer"
+            raise OAuthError(f"Microsoft token endpoint: {reason}")
+        return token
+
+    def _google(self, fresh: bool) -> str:
+        if self._token and not fresh and time.monotonic() < self._expires - TOKEN_MARGIN_SECONDS:
+            return self._token
+        c = self.config
+        try:
+            response = self._http.post(c.oauth_url or GOOGLE_TOKEN_URL, data={
+                "grant_type": "refresh_token", "client_id": c.oauth_client_id,
+                "client_secret": c.oauth_client_secret, "refresh_token": c.oauth_refresh_token})
+            answer = response.json()
+        except (httpx.HTTPError, ValueError) as error:
+            raise OAuthError(f"Google token endpoint: {type(error).__name__}") from None
+        token = answer.get("access_token") if isinstance(answer, dict) else None
+        if response.status_code != 200 or not isinstance(token, str) or not token:
+            reason = answer.get("error", "no access_token") if isinstance(answer, dict) else "no answer"
+            raise OAuthError(f"Google token endpoint: HTTP {response.status_code} {str(reason)[:80]}")
+        expires_in = answer.get("expires_in")
+        self._token = token
+        self._expires = time.monotonic() + (float(expires_in) if isinstance(expires_in, int | float) else 3600.0)
+        return token
+
+    def close(self) -> None:
+        self._http.close()
+
+
+def xoauth2(user: str, token: str) -> bytes:
+    """The SASL XOAUTH2 initial response (Google's and Microsoft's documented format), before base64."""
+    return f"user={user}\x01auth=Bearer {token}\x01\x01".encode()
+
+
+class _XOAuth2:
+    """An authobject for imaplib: the SASL string first, then an empty answer to the server's error challenge."""
+
+    def __init__(self, user: str, token: str) -> None:
+        self.initial = xoauth2(user, token)
+        self.calls = 0
+
+    def __call__(self, challenge: bytes | None = None) -> bytes:
+        self.calls += 1
+        return self.initial if self.calls == 1 else b""
+
+    def text(self, challenge: bytes | None = None) -> str:
+        """The same for smtplib, which wants text."""
+        return self(challenge).decode()
+
+
+def _imap_oauth_login(imap: imaplib.IMAP4, user: str, tokens: OAuthTokens) -> None:
+    for fresh in (False, True):
+        try:
+            imap.authenticate("XOAUTH2", _XOAuth2(user, tokens.token(fresh=fresh)))
+            return
+        except imaplib.IMAP4.error:
+            if fresh:
+                raise
+            log.info("IMAP refused the OAuth token; asking for a new one")
+
+
+def _smtp_oauth_login(smtp: smtplib.SMTP, user: str, tokens: OAuthTokens) -> None:
+    smtp.ehlo_or_helo_if_needed()
+    for fresh in (False, True):
+        try:
+            smtp.auth("XOAUTH2", _XOAuth2(user, tokens.token(fresh=fresh)).text, initial_response_ok=True)
+            return
+        except smtplib.SMTPAuthenticationError:
+            if fresh:
+                raise
+            log.info("SMTP refused the OAuth token; asking for a new one")
+
+
 # --- receive: the mailbox reader ------------------------------------------------------------------------
 
 
 class MailboxReader:
     """Takes new mail from the IMAP mailbox into the inbox, in UID order, remembering where it stopped."""
 
-    def __init__(self, bot: Bot, config: MailSettings) -> None:
+    def __init__(self, bot: Bot, config: MailSettings, *, tokens: OAuthTokens | None = None) -> None:
         self.bot = bot
         self.config = config
+        self.tokens = tokens
         self.stop = threading.Event()
         self.state_key = _key("email:imap:", f"{config.imap_user}@{config.imap_host}:{config.imap_port}/"
                                              f"{config.imap_mailbox}")
@@ -345,6 +485,8 @@ class MailboxReader:
                     self._serve(imap)
             except (OSError, imaplib.IMAP4.error, ssl.SSLError) as error:
                 log.warning("IMAP connection failed: %s; retrying in %.0f s", type(error).__name__, pause)
+            except OAuthError as error:
+                log.warning("IMAP OAuth token not obtained (%s); retrying in %.0f s", error.reason, pause)
             except Exception:
                 log.exception("mailbox reader failed; retrying in %.0f s", pause)
             self.stop.wait(pause)
@@ -361,7 +503,10 @@ class MailboxReader:
             if c.imap_security == "starttls":
                 imap.starttls(ssl_context=context)
         try:
-            imap.login(c.imap_user, c.imap_password)
+            if self.tokens is not None:
+                _imap_oauth_login(imap, c.imap_user, self.tokens)
+            else:
+                imap.login(c.imap_user, c.imap_password)
         except Exception:
             imap.shutdown()
             raise
@@ -572,9 +717,10 @@ def _html(message: OutboundMessage) -> str:
 class MailSender:
     """Sends the outbox's replies over SMTP, at most `replies_per_hour` to one address."""
 
-    def __init__(self, bot: Bot, config: MailSettings) -> None:
+    def __init__(self, bot: Bot, config: MailSettings, *, tokens: OAuthTokens | None = None) -> None:
         self.bot = bot
         self.config = config
+        self.tokens = tokens
 
     async def send(self, message: OutboundMessage, payload: Mapping[str, Any]) -> Delivered:
         address = message.chat_id.lower()
@@ -603,7 +749,9 @@ class MailSender:
             with smtp:
                 if c.smtp_security == "starttls":
                     smtp.starttls(context=context)
-                if c.smtp_user:
+                if self.tokens is not None:
+                    _smtp_oauth_login(smtp, c.smtp_user or c.address, self.tokens)
+                elif c.smtp_user:
                     smtp.login(c.smtp_user, c.smtp_password)
                 refused = smtp.send_message(mail, from_addr=c.address, to_addrs=[address])
         except smtplib.SMTPRecipientsRefused as error:
@@ -615,6 +763,8 @@ class MailSender:
             raise _smtp_failure(error.smtp_code, error.smtp_error) from None
         except (smtplib.SMTPException, OSError) as error:
             raise RetryLater(f"SMTP: {type(error).__name__}") from None
+        except OAuthError as error:
+            raise RetryLater(f"SMTP OAuth token not obtained: {error.reason}") from None
         if refused:
             code, reply = next(iter(refused.values()))
             raise _smtp_failure(code, reply, unreachable=True)
@@ -696,8 +846,9 @@ class MailChannel:
     def __init__(self, bot: Bot, config: MailSettings) -> None:
         self.bot = bot
         self.config = config
-        self.reader = MailboxReader(bot, config)
-        self._sender = MailSender(bot, config)
+        self.tokens = OAuthTokens(config) if config.oauth else None
+        self.reader = MailboxReader(bot, config, tokens=self.tokens)
+        self._sender = MailSender(bot, config, tokens=self.tokens)
         self._thread: threading.Thread | None = None
 
     def routes(self) -> Sequence[BaseRoute]:
@@ -716,6 +867,8 @@ class MailChannel:
         if self._thread is not None:
             await asyncio.to_thread(self._thread.join, IMAP_TIMEOUT_SECONDS)
             self._thread = None
+        if self.tokens is not None:
+            self.tokens.close()
 
 
 def mail_settings(bot: Bot) -> MailSettings:
@@ -723,6 +876,17 @@ def mail_settings(bot: Bot) -> MailSettings:
     for name, value in (("IMAP_SECURITY", s.imap_security), ("SMTP_SECURITY", s.smtp_security)):
         if value not in SECURITIES:
             raise ValueError(f"{name} must be one of {', '.join(SECURITIES)}, not {value!r}")
+    if s.email_oauth not in OAUTH_PROVIDERS:
+        raise ValueError(f"EMAIL_OAUTH must be microsoft, google or empty, not {s.email_oauth!r}")
+    secret = s.email_oauth_client_secret.get_secret_value() if s.email_oauth_client_secret else ""
+    refresh = s.email_oauth_refresh_token.get_secret_value() if s.email_oauth_refresh_token else ""
+    needed = {"microsoft": {"EMAIL_OAUTH_CLIENT_ID": s.email_oauth_client_id, "EMAIL_OAUTH_CLIENT_SECRET": secret,
+                            "EMAIL_OAUTH_TENANT": s.email_oauth_tenant, "IMAP_USER": s.imap_user},
+              "google": {"EMAIL_OAUTH_CLIENT_ID": s.email_oauth_client_id, "EMAIL_OAUTH_CLIENT_SECRET": secret,
+                         "EMAIL_OAUTH_REFRESH_TOKEN": refresh, "IMAP_USER": s.imap_user}}.get(s.email_oauth, {})
+    missing = [name for name, value in needed.items() if not value]
+    if missing:
+        raise ValueError(f"EMAIL_OAUTH={s.email_oauth} needs {', '.join(missing)}")
     _, address = parseaddr(s.email_from)
     if "@" not in address:
         raise ValueError(f"EMAIL_FROM must hold an email address, not {s.email_from!r}")
@@ -736,6 +900,8 @@ def mail_settings(bot: Bot) -> MailSettings:
         from_header=s.email_from, address=address.lower(), replies_per_hour=s.email_replies_per_hour,
         case_ref_prefix=s.case_ref_prefix,
         max_mail_bytes=s.max_body_bytes + 2 * s.attachment_max_bytes,
+        oauth=s.email_oauth, oauth_client_id=s.email_oauth_client_id, oauth_client_secret=secret,
+        oauth_tenant=s.email_oauth_tenant, oauth_refresh_token=refresh, oauth_url=s.email_oauth_url,
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import datetime
 import imaplib
 import ipaddress
@@ -39,6 +40,7 @@ from bot.server import create_app
 from bot.store import InboxItem, OutboxItem, session_scope
 from bot.store.clock import utcnow
 from tests.fakes.imap import Mailbox, imap_server
+from tests.fakes.oauth import FakeTokenEndpoint
 from tests.fakes.server import free_port, serve
 from tests.support import wait_until
 
@@ -86,6 +88,9 @@ class SmtpSink:
     received: list[tuple[str, list[str], EmailMessage]] = field(default_factory=list)
     refuse: dict[str, str] = field(default_factory=dict)
     logins: list[str] = field(default_factory=list)
+    # (user, token) -> valid: when set, only XOAUTH2 logs in (basic auth off, as Microsoft 365 will have it)
+    oauth: Callable[[str, str], bool] | None = None
+    oauth_attempts: list[tuple[str, bool]] = field(default_factory=list)  # (user, accepted)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     async def handle_RCPT(self, server: Any, session: Any, envelope: Envelope, address: str,
@@ -101,7 +106,29 @@ class SmtpSink:
             self.received.append((str(envelope.mail_from), list(envelope.rcpt_tos), parse(content)))
         return "250 2.0.0 queued"
 
+    async def auth_XOAUTH2(self, server: Any, args: list[str]) -> AuthResult:
+        """SASL XOAUTH2 (RFC 7628 style, as Gmail and Exchange Online answer): a refused token gets a 334 with a
+        base64 JSON error, which the client must answer with an empty line before the 535."""
+        if self.oauth is None:
+            return AuthResult(success=False, handled=False, message="504 5.5.4 Unrecognized authentication type")
+        blob = base64.b64decode(args[1]) if len(args) > 1 else await server.challenge_auth("")
+        if not isinstance(blob, bytes):
+            return AuthResult(success=False, handled=True)
+        fields = blob.decode(errors="replace").split("\x01")
+        user = fields[0].removeprefix("user=") if fields[0].startswith("user=") else ""
+        bearer = fields[1] if len(fields) == 4 and fields[2:] == ["", ""] else ""
+        token = bearer.removeprefix("auth=Bearer ") if bearer.startswith("auth=Bearer ") else ""
+        accepted = bool(user and token and self.oauth(user, token))
+        with self.lock:
+            self.oauth_attempts.append((user, accepted))
+        if accepted:
+            return AuthResult(success=True, auth_data=user)
+        await server.challenge_auth(b'{"status":"401","schemes":"bearer","scope":"https://mail.google.com/"}')
+        return AuthResult(success=False, handled=False, message="535 5.7.8 Username and Password not accepted")
+
     def authenticate(self, server: Any, session: Any, envelope: Any, mechanism: str, auth_data: Any) -> AuthResult:
+        if self.oauth is not None:
+            return AuthResult(success=False, handled=False, message="535 5.7.139 basic authentication is disabled")
         if isinstance(auth_data, LoginPassword) and (auth_data.login, auth_data.password) == (
                 SMTP_USER.encode(), SMTP_PASSWORD.encode()):
             self.logins.append(auth_data.login.decode())
@@ -117,8 +144,8 @@ class SmtpSink:
 
 
 @contextmanager
-def smtp_server(**options: Any) -> Iterator[SmtpSink]:
-    sink = SmtpSink(port=free_port())
+def smtp_server(*, oauth: Callable[[str, str], bool] | None = None, **options: Any) -> Iterator[SmtpSink]:
+    sink = SmtpSink(port=free_port(), oauth=oauth)
     controller = Controller(sink, hostname="127.0.0.1", port=sink.port, authenticator=sink.authenticate,
                             auth_require_tls=False, **options)
     controller.start()
@@ -520,3 +547,115 @@ def test_settings_decide_whether_email_runs(bot: Bot) -> None:
     with pytest.raises(ValueError, match="SMTP_SECURITY"):
         mail.from_settings(wrong)
 
+
+
+# --- OAuth 2.0 (XOAUTH2) against a loopback token endpoint, IMAP and SMTP servers that check the SASL string --
+
+
+CLIENT_ID, CLIENT_SECRET, REFRESH_TOKEN = "5c2f0a1e-7f3b-4c1e-9d2a-000000000017", "app-secret~17", "1//0refresh17"
+
+
+@contextmanager
+def token_endpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeTokenEndpoint]:
+    """The fake authority over https (msal accepts nothing else), its certificate trusted by the bot's httpx."""
+    certificate, key = _self_signed(tmp_path)
+    monkeypatch.setenv("SSL_CERT_FILE", str(certificate))
+    endpoint = FakeTokenEndpoint(client_id=CLIENT_ID, client_secret=CLIENT_SECRET, refresh_token=REFRESH_TOKEN,
+                                 mailbox=SUPPORT)
+    with serve(endpoint.app(), tls=(str(certificate), str(key))) as url:
+        endpoint.base_url = url
+        yield endpoint
+
+
+def oauth_settings(settings: Settings, imap: tuple[str, int], smtp: SmtpSink, endpoint: FakeTokenEndpoint,
+                   provider: str) -> Settings:
+    url = endpoint.base_url if provider == "microsoft" else f"{endpoint.base_url}/token"
+    return email_settings(settings, imap, smtp, imap_password=None, smtp_password=None, smtp_user=SUPPORT,
+                          email_oauth=provider, email_oauth_client_id=CLIENT_ID,
+                          email_oauth_client_secret=SecretStr(CLIENT_SECRET), email_oauth_tenant=endpoint.tenant,
+                          email_oauth_refresh_token=SecretStr(REFRESH_TOKEN) if provider == "google" else None,
+                          email_oauth_url=url)
+
+
+@pytest.mark.parametrize("provider", ["microsoft", "google"])
+def test_a_mailbox_without_passwords_is_read_and_answered_over_xoauth2(
+        settings: Settings, db: Engine, mailbox: Mailbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        provider: str) -> None:
+    with token_endpoint(tmp_path, monkeypatch) as endpoint, smtp_server(oauth=endpoint.valid) as smtp:
+        mailbox.oauth = endpoint.valid  # basic auth off: LOGIN is refused, as Microsoft 365 and Gmail do
+        with imap_server(mailbox) as imap:
+            bot = build(oauth_settings(settings, imap, smtp, endpoint, provider), db=db)
+            mailbox.append(payload("customer_claim.eml"))
+            channel = mail.from_settings(bot)
+            assert channel is not None
+            with serve(create_app(bot, channels=[channel])):
+                first = smtp.wait_for(lambda m: m["To"] is not None and CUSTOMER in str(m["To"]), "the first reply")
+                assert mailbox.authentications == ["ok"] and smtp.oauth_attempts[0] == (SUPPORT, True)
+                grant = "client_credentials" if provider == "microsoft" else "refresh_token"
+                assert {g for _, g in endpoint.requests} == {grant}
+
+                # The token is revoked (or expired early): the next reply is refused once, then sent with a new one.
+                endpoint.revoke_all()
+                issued = len(endpoint.issued)
+                mailbox.append(customer_answer(first, "It is CSP2402A0153, bought in March"))
+                wait_until(lambda: len(smtp.mails()) >= 2, what="a reply after the token was revoked")
+                assert (SUPPORT, False) in smtp.oauth_attempts and smtp.oauth_attempts[-1] == (SUPPORT, True)
+                assert len(endpoint.issued) == issued + 1
+    assert all(CLIENT_SECRET not in str(m) and REFRESH_TOKEN not in str(m) for m in smtp.mails())
+
+
+def test_a_reconnect_after_the_token_was_revoked_asks_for_a_new_one(
+        bot: Bot, mailbox: Mailbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with token_endpoint(tmp_path, monkeypatch) as endpoint:
+        mailbox.oauth = endpoint.valid
+        with imap_server(mailbox) as imap:
+            config = mail.MailSettings(**{**_config_values(), "imap_host": imap[0], "imap_port": imap[1],
+                                          "imap_password": "", "oauth": "google", "oauth_client_id": CLIENT_ID,
+                                          "oauth_client_secret": CLIENT_SECRET, "oauth_refresh_token": REFRESH_TOKEN,
+                                          "oauth_url": f"{endpoint.base_url}/token"})
+            tokens = mail.OAuthTokens(config)
+            reader = mail.MailboxReader(bot, config, tokens=tokens)
+            reader._connect().logout()
+            reader._connect().logout()  # the held token is reused while it is valid
+            assert len(endpoint.issued) == 1
+            endpoint.revoke_all()
+            reader._connect().logout()
+            assert mailbox.authentications == ["ok", "ok", "refused", "ok"] and len(endpoint.issued) == 2
+            with pytest.raises(imaplib.IMAP4.error):  # a password login is refused: basic auth is off
+                mail.MailboxReader(bot, config)._connect()
+
+            wrong = mail.OAuthTokens(mail.MailSettings(**{**config.__dict__, "oauth_refresh_token": "1//0revoked"}))
+            with pytest.raises(mail.OAuthError) as refused:
+                wrong.token()
+            assert "invalid_grant" in refused.value.reason and "1//0revoked" not in str(refused.value)
+            tokens.close()
+            wrong.close()
+
+
+def test_microsoft_tokens_come_from_msal_at_the_configured_authority(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with token_endpoint(tmp_path, monkeypatch) as endpoint:
+        config = mail.MailSettings(**{**_config_values(), "oauth": "microsoft", "oauth_client_id": CLIENT_ID,
+                                      "oauth_client_secret": CLIENT_SECRET, "oauth_tenant": endpoint.tenant,
+                                      "oauth_url": endpoint.base_url})
+        tokens = mail.OAuthTokens(config)
+        first = tokens.token()
+        assert tokens.token() == first and len(endpoint.issued) == 1  # msal's cache holds it until near expiry
+        assert tokens.token(fresh=True) != first and len(endpoint.issued) == 2
+        assert endpoint.requests[-1] == (f"/{endpoint.tenant}/oauth2/v2.0/token", "client_credentials")
+        wrong = mail.OAuthTokens(mail.MailSettings(**{**config.__dict__, "oauth_client_secret": "guessed"}))
+        with pytest.raises(mail.OAuthError, match="invalid_client"):
+            wrong.token()
+        tokens.close()
+        wrong.close()
+    assert mail.xoauth2("a@b.example", "tok") == b"user=a@b.example\x01auth=Bearer tok\x01\x01"
+
+
+@pytest.mark.parametrize(("provider", "missing"), [("microsoft", "EMAIL_OAUTH_TENANT"),
+                                                   ("google", "EMAIL_OAUTH_REFRESH_TOKEN"), ("yahoo", "EMAIL_OAUTH")])
+def test_oauth_settings_are_checked_at_start(bot: Bot, provider: str, missing: str) -> None:
+    configured = build(bot.settings.model_copy(update={
+        "imap_host": "h", "smtp_host": "h", "email_from": SUPPORT, "imap_user": SUPPORT, "email_oauth": provider,
+        "email_oauth_client_id": CLIENT_ID, "email_oauth_client_secret": SecretStr(CLIENT_SECRET)}), db=bot.db)
+    with pytest.raises(ValueError, match=missing):
+        mail.from_settings(configured)

@@ -19,11 +19,17 @@ def free_port() -> int:
 
 
 @contextmanager
-def serve(app: ASGIApp, *, port: int | None = None, startup_timeout: float = 15.0) -> Iterator[str]:
-    """Serve `app` on 127.0.0.1 in a thread; yields its base URL; stops it (lifespan included) afterwards."""
+def serve(app: ASGIApp, *, port: int | None = None, startup_timeout: float = 15.0,
+          tls: tuple[str, str] | None = None) -> Iterator[str]:
+    """Serve `app` on 127.0.0.1 in a thread; yields its base URL; stops it (lifespan included) afterwards.
+
+    `tls` is (certificate file, key file) for a service that only speaks https (an OAuth authority).
+    """
     port = port or free_port()
+    certfile, keyfile = tls if tls else (None, None)
     server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on", access_log=False)
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on", access_log=False,
+                       ssl_certfile=certfile, ssl_keyfile=keyfile)
     )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -33,7 +39,7 @@ def serve(app: ASGIApp, *, port: int | None = None, startup_timeout: float = 15.
             raise RuntimeError("server did not start")
         time.sleep(0.02)
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield f"{'https' if tls else 'http'}://127.0.0.1:{port}"
     finally:
         server.should_exit = True
         thread.join(timeout=15)
