@@ -54,6 +54,13 @@ IMAP_TIMEOUT_SECONDS = 60.0
 SMTP_TIMEOUT_SECONDS = 60.0
 IDLE_TICK_SECONDS = 0.5  # how often a waiting IDLE looks at the stop flag
 MAX_REFERENCES = 20  # a References header keeps the thread's first id and the latest ones
+POISON_ATTEMPTS = 2  # starts that may stop while taking one mail before it is left for a person
+# The reply parser backtracks in about cubic time on crafted text ("On On On … wrot": 15 KB took 12.5 s,
+# holding the GIL, so every channel stalled). It reads at most this much, the start of the mail, where the
+# newest words are; measured worst case here: 0.4 s. The bot reads no more than MAX_TEXT_CHARS (4000) anyway.
+REPLY_PARSER_MAX_CHARS = 4000
+MAX_ATTACHMENTS = 10  # files kept from one mail; more are dropped (a mail of 500 tiny files is an attack)
+MAX_LOGGED_HEADER = 60  # characters of an untrusted header value that reach the log
 # Languages whose "On … wrote:" lines the reply parser knows (it adds English itself).
 REPLY_LANGUAGES = ("en", "es", "fr", "zh", "de", "it", "nl", "pl", "cs", "da", "sv", "ja", "ko")
 
@@ -115,16 +122,16 @@ def ignore_reason(mail: Message, *, own: frozenset[str]) -> str | None:
 
     Answering any of these is how mail loops start (RFC 3834); they are left in the mailbox for people.
     """
-    auto_submitted = str(mail.get("Auto-Submitted", "")).split(";")[0].strip().lower()
+    auto_submitted = _header(mail, "Auto-Submitted").split(";")[0].strip().lower()
     if auto_submitted and auto_submitted != "no":
-        return f"Auto-Submitted: {auto_submitted}"
+        return f"Auto-Submitted: {_excerpt(auto_submitted)}"
     if mail.get("X-Auto-Response-Suppress") is not None:
         return "X-Auto-Response-Suppress"
     if mail.get("X-Autoreply") is not None or mail.get("X-Autorespond") is not None:
         return "X-Autoreply"
     precedence = str(mail.get("Precedence", "")).strip().lower()
     if precedence in _LIST_PRECEDENCE:
-        return f"Precedence: {precedence}"
+        return f"Precedence: {_excerpt(precedence)}"
     return_path = mail.get("Return-Path")
     if return_path is not None and str(return_path).strip() in ("<>", ""):
         return "empty Return-Path (a bounce or an auto-reply)"
@@ -132,6 +139,9 @@ def ignore_reason(mail: Message, *, own: frozenset[str]) -> str | None:
         return "a delivery or read report"
     if mail.get("List-Id") is not None or mail.get("List-Unsubscribe") is not None:
         return "a mailing list"
+    failed = authentication_failure(mail)
+    if failed:
+        return f"the sender's domain did not vouch for it ({failed}): a forged From is never answered"
     sender = _sender(mail)[1]
     if not sender:
         return "no sender address"
@@ -145,6 +155,33 @@ def ignore_reason(mail: Message, *, own: frozenset[str]) -> str | None:
     return None
 
 
+_AUTH_RESULT = re.compile(r"\b(spf|dkim|dmarc)\s*=\s*([a-z]+)", re.IGNORECASE)
+
+
+def authentication_failure(mail: Message) -> str | None:
+    """What the receiving server found wrong with the sender (RFC 8601 `Authentication-Results`), or None.
+
+    Only the topmost header counts: it is the one our own mail server added last; ones below it came with the
+    mail and can say anything. A DMARC failure, or without DMARC an SPF failure with no DKIM pass, means the
+    From is probably forged; answering it would send our reply (backscatter) to someone who never wrote.
+    No header at all (a server that does not check) leaves the mail as it is.
+    """
+    try:
+        values = mail.get_all("Authentication-Results") or []
+    except (IndexError, ValueError):
+        return None
+    if not values:
+        return None
+    results: dict[str, set[str]] = {}
+    for method, result in _AUTH_RESULT.findall(str(values[0])):
+        results.setdefault(method.lower(), set()).add(result.lower())
+    if "fail" in results.get("dmarc", set()):
+        return "dmarc=fail"
+    if "dmarc" not in results and "fail" in results.get("spf", set()) and "pass" not in results.get("dkim", set()):
+        return "spf=fail, no dkim=pass"
+    return None
+
+
 # --- parse ----------------------------------------------------------------------------------------------
 
 
@@ -153,16 +190,19 @@ def read_mail(raw: bytes) -> EmailMessage:
 
 
 def to_inbound(mail: EmailMessage, raw: bytes, *, config: MailSettings, store: AttachmentStore,
-               truncated: bool = False) -> InboundMessage:
-    """The customer's mail as an inbound message: latest reply only, files kept within the store's limits."""
+               truncated: bool = False, answers_us: bool = False) -> InboundMessage:
+    """The customer's mail as an inbound message: latest reply only, files kept within the store's limits.
+
+    `answers_us`: the mail answers one of our own mails, so its sender has read ours; until then (a first mail,
+    whose From anyone can write) the names of refused files are not repeated in our reply.
+    """
     name, address = _sender(mail)
-    message_id = _header(mail, "Message-ID")
+    message_id = next(iter(_message_ids(_header(mail, "Message-ID"))), "")
     # A mail without a usable Message-ID still needs a stable key, or a restart mid-mailbox could take it twice.
-    usable = len(message_id) <= MAX_MESSAGE_ID and message_id.isprintable()
-    external_id = message_id if message_id and usable else f"sha256:{hashlib.sha256(raw).hexdigest()}"
-    in_reply_to = _header(mail, "In-Reply-To")
-    references = _header(mail, "References")
-    subject = " ".join(_header(mail, "Subject").split())
+    external_id = message_id or f"sha256:{hashlib.sha256(raw).hexdigest()}"
+    in_reply_to = next(iter(_message_ids(_header(mail, "In-Reply-To"))), "")
+    references = " ".join(_message_ids(_header(mail, "References"))[-MAX_REFERENCES:])
+    subject = _one_line(_header(mail, "Subject"))
     body_part = mail.get_body(preferencelist=("plain", "html"))
     body = _latest_reply(_part_text(body_part)) if body_part is not None else ""
     is_reply = bool(in_reply_to or references) or bool(_REPLY_PREFIX.match(subject))
@@ -174,7 +214,7 @@ def to_inbound(mail: EmailMessage, raw: bytes, *, config: MailSettings, store: A
         sender_id=address,
         chat_id=address,
         text=text,
-        attachments=_attachments(mail, body_part, store, truncated=truncated),
+        attachments=_attachments(mail, body_part, store, truncated=truncated, quote_names=answers_us),
         received_at=utcnow(),
         locale_hint=_header(mail, "Content-Language").split(",")[0].strip() or None,
         sender_name=name or None,
@@ -190,6 +230,9 @@ _SEPARATOR = re.compile(r"^\s*-{3,}\s*[^-\s].*?-{3,}\s*$")  # "-----Original Mes
 def _latest_reply(text: str) -> str:
     """The customer's newest words: quoted mail, attribution lines and signatures taken away."""
     text = text.replace("\r\n", "\n").replace("\r", "\n").strip()
+    if len(text) > REPLY_PARSER_MAX_CHARS:
+        cut = text.rfind("\n", 0, REPLY_PARSER_MAX_CHARS)
+        text = text[: cut if cut > REPLY_PARSER_MAX_CHARS // 2 else REPLY_PARSER_MAX_CHARS].rstrip()
     try:
         # Hyphen lists stay: customers list serials as "- CSP…" and the parser would take them for a signature.
         replies = ReplyParser(text=text, languages=list(REPLY_LANGUAGES), keep_hyphen_lists=True).read().replies
@@ -205,11 +248,14 @@ def _latest_reply(text: str) -> str:
 def _cut_quote(text: str) -> str:
     """Cut what the parser missed: a trailing `>` block with its attribution line, or an "original" separator."""
     lines = text.split("\n")
+    # Where the trailing block of quoted (or blank) lines starts: found once, from the end, so this is linear.
+    tail = len(lines)
+    while tail > 0 and (not lines[tail - 1].strip() or lines[tail - 1].lstrip().startswith(">")):
+        tail -= 1
     for index, line in enumerate(lines):
         if _SEPARATOR.match(line):
             return "\n".join(lines[:index])
-        if line.lstrip().startswith(">") and all(not rest.strip() or rest.lstrip().startswith(">")
-                                                 for rest in lines[index:]):
+        if line.lstrip().startswith(">") and index >= tail:
             kept = lines[:index]
             while kept and not kept[-1].strip():
                 kept.pop()
@@ -280,19 +326,29 @@ def html_to_text(markup: str) -> str:
 
 
 def _attachments(mail: EmailMessage, body_part: Message | None, store: AttachmentStore, *,
-                 truncated: bool) -> tuple[Attachment, ...]:
+                 truncated: bool, quote_names: bool = True) -> tuple[Attachment, ...]:
     found: list[Attachment] = []
+
+    def rejected(name: str, reason: str) -> Attachment:
+        if not quote_names:  # "attachment-2.pdf": the customer still knows which one, no attacker text is sent
+            suffix = name.rpartition(".")[2] if "." in name else ""
+            name = f"attachment-{len(found) + 1}" + (f".{suffix}" if suffix.isalnum() and len(suffix) <= 5 else "")
+        return store.rejected(name, reason)
+
     for part in mail.walk():
         if part.is_multipart() or part is body_part:
             continue
         mime = part.get_content_type()
-        filename = part.get_filename()
+        filename = _header_filename(part)
         if filename is None and part.get_content_disposition() != "attachment" and not mime.startswith("image/"):
             continue  # the other half of multipart/alternative, or text that is part of the body
+        if len(found) >= MAX_ATTACHMENTS:
+            log.warning("mail with more than %s files: the rest are not kept", MAX_ATTACHMENTS)
+            break
         name = filename or f"attachment-{len(found) + 1}"
         if truncated:
             # Only the start of an oversized mail was read: no file in it can be whole.
-            found.append(store.rejected(name, "too_large"))
+            found.append(rejected(name, "too_large"))
             continue
         data = part.get_payload(decode=True)
         if not isinstance(data, bytes) or not data:
@@ -301,8 +357,16 @@ def _attachments(mail: EmailMessage, body_part: Message | None, store: Attachmen
         try:
             found.append(store.save(data, name=name, mime=mime, kind=kind))
         except AttachmentRejected as error:
-            found.append(store.rejected(name, error.reason))
+            found.append(rejected(name, error.reason))
     return tuple(found)
+
+
+def _header_filename(part: Message) -> str | None:
+    try:
+        name = part.get_filename()
+    except (IndexError, ValueError, LookupError):
+        return None
+    return _one_line(name) or None if name is not None else None
 
 
 def _thread_case_ref(mail: Message, config: MailSettings) -> str | None:
@@ -331,6 +395,31 @@ def _header(mail: Message, name: str) -> str:
     except (IndexError, ValueError):  # a header the policy could not parse
         value = None
     return str(value).strip() if value is not None else ""
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
+# A Message-ID as it may be written back into our replies' headers: printable ASCII, no spaces or brackets inside.
+_MESSAGE_ID = re.compile(r"<[\x21-\x3b\x3d\x3f-\x7e]{1,250}>")
+
+
+def _one_line(value: str) -> str:
+    """A header value safe to store and to write into a header again: no CR, LF or other control characters.
+
+    An encoded word can decode to CR/LF; written back into a reply's header it would make every reply to that
+    customer fail (or, with a lax library, add headers of the sender's choosing).
+    """
+    return " ".join(_CONTROL.sub(" ", value).split())
+
+
+def _message_ids(value: str) -> list[str]:
+    """The well-formed Message-IDs in a header value; anything else in it is dropped."""
+    return _MESSAGE_ID.findall(value)
+
+
+def _excerpt(value: str) -> str:
+    """A bounded, one-line excerpt of an untrusted value, for the log."""
+    value = _one_line(value)
+    return value if len(value) <= MAX_LOGGED_HEADER else value[:MAX_LOGGED_HEADER] + "…"
 
 
 # --- OAuth 2.0 for IMAP and SMTP (SASL XOAUTH2) ----------------------------------------------------------------
@@ -550,10 +639,24 @@ class MailboxReader:
             pending = uids = _search(imap, "UNSEEN")
             last = (uidnext - 1) if uidnext else max(_search(imap, "ALL"), default=0)
             kv_put(self.bot.db, self.state_key, {"uidvalidity": uidvalidity, "last_uid": last, "pending": pending})
+        # A mail that was being taken when the process last stopped: a second stop on it marks it as poison
+        # (a parser stall, a crash), handled by a person instead of stopping the reader on every start.
+        taking, attempts = state.get("taking"), int(state.get("attempts", 0))
         for uid in sorted(set(uids)):
             if self.stop.is_set():
                 return
-            self._take(imap, uid)
+            tries = attempts + 1 if uid == taking else 1
+            record = {"uidvalidity": uidvalidity, "last_uid": last, "pending": pending}
+            if tries > POISON_ATTEMPTS:
+                log.error("mail UID %s stopped the mailbox reader %s times; left unread for a person", uid,
+                          attempts)
+            else:
+                kv_put(self.bot.db, self.state_key, {**record, "taking": uid, "attempts": tries})
+                try:
+                    self._take(imap, uid)
+                except BaseException:
+                    kv_put(self.bot.db, self.state_key, record)  # it raised, the process did not die: not poison
+                    raise
             last = max(last, uid)
             pending = [p for p in pending if p != uid]
             kv_put(self.bot.db, self.state_key, {"uidvalidity": uidvalidity, "last_uid": last, "pending": pending})
@@ -569,7 +672,7 @@ class MailboxReader:
             mail = read_mail(raw)
             reason = ignore_reason(mail, own=self.config.own_addresses)
             inbound = None if reason else to_inbound(mail, raw, config=self.config, store=self.bot.attachments,
-                                                     truncated=truncated)
+                                                     truncated=truncated, answers_us=_answers_us(self.bot.db, mail))
         except OSError:
             raise  # the attachment folder, not the mail: try again later
         except Exception:
@@ -804,6 +907,17 @@ def _rate_limited(db: Engine, address: str, per_hour: int) -> float | None:
     return max(1.0, (oldest + timedelta(hours=1) - utcnow()).total_seconds())
 
 
+def _answers_us(db: Engine, mail: Message) -> bool:
+    """Whether the mail answers a mail we sent (its In-Reply-To or References hold one of our Message-IDs)."""
+    ids = _message_ids(_header(mail, "In-Reply-To") + " " + _header(mail, "References"))[-MAX_REFERENCES:]
+    if not ids:
+        return False
+    with Session(db) as session:
+        found = session.execute(sql_select(col(OutboxItem.id)).where(
+            col(OutboxItem.channel) == CHANNEL, col(OutboxItem.external_id).in_(ids)).limit(1)).first()
+    return found is not None
+
+
 def _thread_of(db: Engine, address: str) -> Thread:
     with Session(db) as session:
         last = session.execute(
@@ -822,9 +936,12 @@ def _thread_of(db: Engine, address: str) -> Thread:
                 query = query.where(col(Case.id) == conversation.case_id)
             case_ref = session.execute(query.order_by(col(Case.id).desc()).limit(1)).scalar_one_or_none()
     raw = (last or {}).get("raw") or {}
-    return Thread(to_name=(last or {}).get("sender_name"), message_id=raw.get("message_id") or None,
-                  references=tuple((raw.get("references") or "").split()), subject=raw.get("subject") or "",
-                  case_ref=case_ref or None)
+    # Checked again here: a mail stored before these values were cleaned must not poison every reply.
+    message_ids = _message_ids(str(raw.get("message_id") or ""))
+    name = _one_line(str((last or {}).get("sender_name") or ""))
+    return Thread(to_name=name or None, message_id=message_ids[0] if message_ids else None,
+                  references=tuple(_message_ids(str(raw.get("references") or ""))),
+                  subject=_one_line(str(raw.get("subject") or "")), case_ref=case_ref or None)
 
 
 # --- shared state ---------------------------------------------------------------------------------------

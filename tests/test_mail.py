@@ -7,6 +7,8 @@ import datetime
 import imaplib
 import ipaddress
 import ssl
+import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -39,6 +41,7 @@ from bot.registry import import_registry
 from bot.server import create_app
 from bot.store import InboxItem, OutboxItem, session_scope
 from bot.store.clock import utcnow
+from bot.store.kv import kv_get, kv_put
 from tests.fakes.imap import Mailbox, imap_server
 from tests.fakes.oauth import FakeTokenEndpoint
 from tests.fakes.server import free_port, serve
@@ -397,8 +400,11 @@ def test_a_claim_mail_becomes_one_inbound_message(tmp_path: Path) -> None:
 def test_attachments_over_the_limits_are_refused_not_lost(tmp_path: Path) -> None:
     raw = payload("customer_claim.eml")
     small = AttachmentStore(root=tmp_path, max_bytes=100, allowed_types=frozenset({"application/pdf"}))
+    # A first mail's From may be forged: the refusal names the file without repeating what the sender wrote.
     [refused] = mail.to_inbound(mail.read_mail(raw), raw, config=CONFIG, store=small).attachments
-    assert (refused.kind, refused.name, refused.ref) == ("rejected", "EX-2024-0311.pdf", "too_large")
+    assert (refused.kind, refused.name, refused.ref) == ("rejected", "attachment-1.pdf", "too_large")
+    [named] = mail.to_inbound(mail.read_mail(raw), raw, config=CONFIG, store=small, answers_us=True).attachments
+    assert (named.kind, named.name, named.ref) == ("rejected", "EX-2024-0311.pdf", "too_large")
     store = AttachmentStore(root=tmp_path, max_bytes=100_000, allowed_types=frozenset({"application/pdf"}))
     truncated = mail.to_inbound(mail.read_mail(raw[:4000]), raw[:4000], config=CONFIG, store=store, truncated=True)
     assert [(a.kind, a.ref) for a in truncated.attachments] == [("rejected", "too_large")]
@@ -659,3 +665,123 @@ def test_oauth_settings_are_checked_at_start(bot: Bot, provider: str, missing: s
         "email_oauth_client_id": CLIENT_ID, "email_oauth_client_secret": SecretStr(CLIENT_SECRET)}), db=bot.db)
     with pytest.raises(ValueError, match=missing):
         mail.from_settings(configured)
+
+
+# --- mail abuse: e-mail is unauthenticated ------------------------------------------------------------------
+
+
+def _mail(body: str = "CSP2402A0153 shows E07", *, headers: tuple[str, ...] = (), files: int = 0) -> bytes:
+    message = EmailMessage(policy=email_policy.SMTP)
+    message["From"] = f"Yusuf Demir <{CUSTOMER}>"
+    message["To"] = SUPPORT
+    message["Subject"] = "Warranty claim"
+    message["Message-ID"] = make_msgid(domain="solarege.example")
+    message.set_content(body)
+    for number in range(files):
+        message.add_attachment(b"%PDF-1.4 tiny", maintype="application", subtype="pdf", filename=f"f{number}.pdf")
+    raw = message.as_bytes()
+    return b"".join(line.encode() + b"\r\n" for line in headers) + raw
+
+
+def test_the_reply_parser_reads_a_bounded_start_of_a_crafted_mail(tmp_path: Path) -> None:
+    # "On On On … wrot": the reply parser backtracked for about cubic time (15 KB: 12.5 s, holding the GIL, so a
+    # thread could not help). Run in a child process so that a stall fails this test instead of hanging it.
+    raw = _mail("On " * 33_000 + "wrot")
+    (tmp_path / "crafted.eml").write_bytes(raw)
+    script = ("import sys; from adapters import mail; from tests.test_mail import CONFIG, _no_store; "
+              "raw = open(sys.argv[1], 'rb').read(); "
+              "print(len(mail.to_inbound(mail.read_mail(raw), raw, config=CONFIG, store=_no_store()).text))")
+    try:
+        done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "crafted.eml")], capture_output=True,
+                              text=True, timeout=120, check=True, cwd=Path(__file__).parent.parent)
+    except subprocess.TimeoutExpired:  # a watchdog, not a timing assertion: before, this took about an hour
+        pytest.fail("the reply parser did not finish on a crafted mail")
+    assert int(done.stdout) <= mail.REPLY_PARSER_MAX_CHARS + len("Warranty claim\n\n")
+
+
+def test_a_mail_that_stopped_the_reader_twice_is_left_for_a_person(bot: Bot, imap: tuple[str, int],
+                                                                   mailbox: Mailbox) -> None:
+    config = mail.MailSettings(**{**_config_values(), "imap_host": imap[0], "imap_port": imap[1]})
+    reader = mail.MailboxReader(bot, config)
+    poison, after = mailbox.append(_mail("first")), mailbox.append(_mail("second"))
+    # What two starts that died while taking `poison` leave behind (killed by a stall, an out-of-memory kill).
+    kv_put(bot.db, reader.state_key, {"uidvalidity": mailbox.uidvalidity, "last_uid": 0, "pending": [],
+                                      "taking": poison, "attempts": mail.POISON_ATTEMPTS})
+    with imaplib.IMAP4(*imap) as connection:
+        connection.login(SUPPORT, IMAP_PASSWORD)
+        connection.select("INBOX")
+        reader.sync(connection, mailbox.uidvalidity, None)
+        assert mailbox.fetched_uids() == [after]
+        assert "\\Seen" not in mailbox.mails[0].flags  # unread: a person sees it
+        reader.sync(connection, mailbox.uidvalidity, None)  # and it is not tried again
+        assert mailbox.fetched_uids() == [after]
+    stored = kv_get(bot.db, reader.state_key)
+    assert stored is not None and stored[0]["last_uid"] == after and "taking" not in stored[0]
+
+
+def test_a_mail_that_stopped_the_reader_once_is_tried_again(bot: Bot, imap: tuple[str, int],
+                                                            mailbox: Mailbox) -> None:
+    config = mail.MailSettings(**{**_config_values(), "imap_host": imap[0], "imap_port": imap[1]})
+    reader = mail.MailboxReader(bot, config)
+    uid = mailbox.append(_mail("a deploy restarted the bot while this was read"))
+    kv_put(bot.db, reader.state_key, {"uidvalidity": mailbox.uidvalidity, "last_uid": 0, "pending": [],
+                                      "taking": uid, "attempts": 1})
+    with imaplib.IMAP4(*imap) as connection:
+        connection.login(SUPPORT, IMAP_PASSWORD)
+        connection.select("INBOX")
+        reader.sync(connection, mailbox.uidvalidity, None)
+    assert mailbox.fetched_uids() == [uid] and len(inbox_ids(bot.db)) == 1
+
+
+def test_untrusted_header_values_reach_the_log_as_short_single_lines() -> None:
+    digits = " ".join(f"=?utf-8?q?{n:02d}?=" for n in range(10_000))  # decodes to one long run of digits
+    reason = mail.ignore_reason(mail.read_mail(_mail(headers=(f"Auto-Submitted: {digits}",))), own=frozenset())
+    assert reason is not None and reason.startswith("Auto-Submitted:")
+    assert len(reason) <= 100 and "\n" not in reason
+
+
+@pytest.mark.parametrize(("results", "ignored"), [
+    ("mx.warranty.example.com; spf=pass smtp.mailfrom=solarege.example; dkim=pass header.d=solarege.example;"
+     " dmarc=pass header.from=solarege.example", False),
+    ("mx.warranty.example.com; spf=fail smtp.mailfrom=solarege.example; dkim=none;"
+     " dmarc=fail (p=REJECT sp=REJECT dis=NONE) header.from=solarege.example", True),
+    ("mx.warranty.example.com; spf=softfail smtp.mailfrom=solarege.example; dkim=pass header.d=solarege.example",
+     False),
+    ("mx.warranty.example.com; spf=fail smtp.mailfrom=solarege.example; dkim=fail header.d=solarege.example",
+     True),
+])
+def test_a_forged_sender_is_not_answered_when_the_receiving_server_says_so(results: str, ignored: bool) -> None:
+    # The receiving server's header is on top; one the forger added below it says nothing.
+    forged = "forger.example; spf=pass; dkim=pass; dmarc=pass"
+    raw = _mail(headers=(f"Authentication-Results: {results}", f"Authentication-Results: {forged}"))
+    reason = mail.ignore_reason(mail.read_mail(raw), own=frozenset())
+    assert (reason is not None) == ignored
+    assert reason is None or "forged" in reason
+    assert mail.ignore_reason(mail.read_mail(_mail()), own=frozenset()) is None  # no header: nothing to go by
+
+
+def test_a_mail_of_many_tiny_files_keeps_a_bounded_number(tmp_path: Path) -> None:
+    raw = _mail(files=300)
+    store = AttachmentStore(root=tmp_path, max_bytes=100_000, allowed_types=frozenset({"application/pdf"}))
+    inbound = mail.to_inbound(mail.read_mail(raw), raw, config=CONFIG, store=store)
+    assert len(inbound.attachments) == mail.MAX_ATTACHMENTS
+    assert len(list(tmp_path.rglob("*.pdf"))) <= mail.MAX_ATTACHMENTS
+
+
+async def test_a_message_id_that_decodes_to_cr_lf_does_not_poison_the_customers_replies(
+        bot: Bot, smtp: SmtpSink) -> None:
+    forged = _mail().replace(b"Message-ID: <", b"Message-ID: =?utf-8?q?=3Cx=0D=0ABcc=3A_victim=40evil.example=3E?= <")
+    inbound = mail.to_inbound(mail.read_mail(forged), forged, config=CONFIG, store=_no_store())
+    assert all("\r" not in str(v) and "\n" not in str(v) for v in inbound.raw.values())
+    bot.engine.accept(inbound)
+    # A row stored before this fix, with the raw header value, must not poison the thread either.
+    with session_scope(bot.db) as session:
+        session.add(InboxItem(channel="email", external_id="old-row", chat_id=CUSTOMER,
+                              status="done", payload={"sender_name": "Yusuf\r\nBcc: x@evil.example",
+                                                      "raw": {"message_id": "<a@b>\r\nBcc: victim@evil.example",
+                                                              "references": "<c@d>\r\n", "subject": "Hi\r\nX: y"}}))
+    sender = _sender(bot, smtp.port)
+    await sender.send(OutboundMessage(channel="email", chat_id=CUSTOMER, text="Your case is open"), {})
+    [sent] = smtp.mails()
+    assert smtp.received[0][1] == [CUSTOMER]
+    assert sent["In-Reply-To"] == "<a@b>" and sent["Bcc"] is None and sent["X"] is None
