@@ -20,7 +20,7 @@ import httpx
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from defusedxml import DefusedXmlException
 from defusedxml.ElementTree import fromstring
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, delete, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session, col
@@ -89,6 +89,34 @@ def msg_signature_valid(token: str, params: Mapping[str, str], encrypted: str) -
         return False
     expected = sha1_signature(token, params.get("timestamp", ""), params.get("nonce", ""), encrypted)
     return hmac.compare_digest(given.encode(), expected.encode())
+
+
+# WeChat signs the query (token, timestamp, nonce), not a plaintext body, and retries a push 3 times within about
+# 15 s with the same query. A signed query older than this, or one whose nonce came with another body, is refused.
+REPLAY_WINDOW = timedelta(minutes=5)
+
+
+def timestamp_fresh(params: Mapping[str, str], now: datetime) -> bool:
+    """Whether the signed `timestamp` is within REPLAY_WINDOW of now (either way: clocks differ a little)."""
+    timestamp = params.get("timestamp", "")
+    if not (timestamp.isascii() and timestamp.isdigit() and len(timestamp) <= 12):
+        return False
+    return abs(now - datetime.fromtimestamp(int(timestamp), UTC)) <= REPLAY_WINDOW
+
+
+def nonce_first_use(db: Engine, params: Mapping[str, str], body: bytes, now: datetime) -> bool:
+    """Record the query's (timestamp, nonce); False if it was seen with another body (a replay, not a retry)."""
+    seen = hashlib.sha256(f"{params.get('timestamp', '')}:{params.get('nonce', '')}".encode()).hexdigest()[:48]
+    key, digest = f"wechat:nonce:{seen}", hashlib.sha256(body).hexdigest()
+    with session_scope(db) as session:
+        row = session.get(KeyValue, key, with_for_update=True)
+        if row is not None and (_aware(row.expires_at) or now) > now:
+            return bool(row.value.get("body") == digest)  # WeChat's own retry carries the same bytes
+        _kv_put(session, key, {"body": digest}, now + 2 * REPLAY_WINDOW)
+        # Old nonces go with the new ones: the table never holds more than a window's pushes.
+        session.execute(delete(KeyValue).where(col(KeyValue.key).startswith("wechat:nonce:"),
+                                               col(KeyValue.expires_at) < now))
+    return True
 
 
 class DecryptError(ValueError):
@@ -545,7 +573,15 @@ class WeChatChannel:
         params = request.query_params
         if not signature_valid(self.config.token, params):
             return JSONResponse({"error": "invalid signature"}, status_code=401)
+        if not timestamp_fresh(params, utcnow()):
+            return JSONResponse({"error": "stale or missing timestamp"}, status_code=401)
         body = await request.body()
+        try:
+            if not await asyncio.to_thread(nonce_first_use, self.bot.db, params, body, utcnow()):
+                return JSONResponse({"error": "nonce already used"}, status_code=401)
+        except SQLAlchemyError as error:
+            log.warning("wechat push not checked, asking for redelivery: %s", type(error).__name__)
+            return JSONResponse({"error": "temporarily unavailable"}, status_code=503)
         encrypted = params.get("encrypt_type") == "aes"
         if self.crypto is not None and not encrypted:
             # With a key configured the account is in safe (or compatible) mode: a plain body is not WeChat's.

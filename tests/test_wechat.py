@@ -83,8 +83,8 @@ def signature(*parts: str) -> str:
     return hashlib.sha1("".join(sorted(parts)).encode()).hexdigest()  # noqa: S324 - WeChat's scheme
 
 
-def signed_query(*, token: str = TOKEN, encrypted: str | None = None) -> dict[str, str]:
-    timestamp, nonce = str(int(time.time())), secrets.token_hex(5)
+def signed_query(*, token: str = TOKEN, encrypted: str | None = None, age: float = 0) -> dict[str, str]:
+    timestamp, nonce = str(int(time.time() - age)), secrets.token_hex(5)
     query = {"signature": signature(token, timestamp, nonce), "timestamp": timestamp, "nonce": nonce,
              "openid": OPENID}
     if encrypted is not None:
@@ -440,3 +440,19 @@ def test_forged_malformed_and_verification_requests(running: Running) -> None:
 
 def test_not_configured_without_credentials(bot: Bot) -> None:
     assert wechat.from_settings(bot) is None
+
+
+def test_plaintext_mode_refuses_an_old_signed_query_and_a_nonce_with_another_body(running: Running) -> None:
+    # The plaintext signature covers only the token, timestamp and nonce: a captured query (even the GET
+    # verification URL) could POST any body as any openid, 30 days later.
+    month_old = signed_query(age=30 * 24 * 3600)
+    assert running.push(payload("text.xml"), query=month_old).status_code == 401
+    assert running.push(payload("text.xml"), query=signed_query(age=-3600)).status_code == 401  # from the future
+    verification = signed_query()
+    assert httpx.get(f"{running.url}{wechat.WEBHOOK_PATH}", params={**verification, "echostr": "5"}).text == "5"
+    query = signed_query()
+    assert running.push(payload("text.xml"), query=query).text == "success"
+    assert running.push(payload("text.xml"), query=query).text == "success"  # WeChat's retry: same bytes
+    forged = text_push("I am someone else", 24593860172834999).replace(OPENID.encode(), b"oVictim0000000000000000000000")
+    assert running.push(forged, query=query).status_code == 401
+    assert [i.external_id for i in running.inbox()] == ["24593860172834561"]
