@@ -13,14 +13,14 @@ import mimetypes
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, NoReturn
+from typing import Any, NoReturn, cast
 from xml.etree.ElementTree import ParseError
 
 import httpx
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from defusedxml import DefusedXmlException
 from defusedxml.ElementTree import fromstring
-from sqlalchemy import Engine, delete, func, select
+from sqlalchemy import CursorResult, Engine, delete, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session, col
@@ -65,6 +65,11 @@ RETRYABLE_ERRORS = frozenset({-1, 45009, 45011})
 WINDOW_CLOSED = 45015  # response out of time limit
 QUOTA_EXHAUSTED = 45047  # out of response count limit
 UNREACHABLE_ERRORS = frozenset({43004})  # the customer unfollowed
+# The account's set-up, not the message: the server's IP is not whitelisted (40164), the AppSecret is wrong or
+# was reset (40125, 40013 the AppID), the API is not granted to the account (48001). Every send would fail the
+# same way until an administrator fixes it: replies are held, not dead-lettered, and the cause is on /healthz.
+CONFIG_ERRORS = frozenset({40013, 40125, 40164, 48001})
+CONFIG_HOLD = "configuration: "  # the start of a held row's reason when the set-up, not the customer, holds it
 
 # --- verify -----------------------------------------------------------------------------------------------------
 
@@ -191,6 +196,9 @@ class Push:
     content: str = ""
     media_id: str = ""
     format: str = ""
+    recognition: str = ""  # a voice message's speech-to-text, when the account has it on
+    event_key: str = ""  # a menu button's key (CLICK), a QR code's scene (SCAN)
+    label: str = ""  # a location message's address
 
     @property
     def external_id(self) -> str:
@@ -213,7 +221,9 @@ def parse_push(fields: Mapping[str, str]) -> Push:
         raise MalformedPayload("a message without MsgId")
     return Push(openid=openid, account=fields.get("ToUserName", ""), msg_type=msg_type, create_time=create_time,
                 msg_id=fields.get("MsgId", ""), event=fields.get("Event", ""), content=fields.get("Content", ""),
-                media_id=fields.get("MediaId", ""), format=fields.get("Format", ""))
+                media_id=fields.get("MediaId", ""), format=fields.get("Format", ""),
+                recognition=fields.get("Recognition", ""), event_key=fields.get("EventKey", ""),
+                label=fields.get("Label", ""))
 
 
 # --- send: rendering -----------------------------------------------------------------------------------------------
@@ -292,9 +302,19 @@ class AccessTokens:
         if cached is not None and cached != rejected:
             return cached
         # The stable token endpoint gives every worker the same token, so refreshing in parallel is harmless.
+        # A refused token is usually one another worker or client has replaced: a normal request gets the new
+        # one. Only if it answers with the refused token again is it forced, which WeChat allows 20 times a
+        # day and which voids the token every other worker holds.
+        token = await self._fetch(force=False)
+        if rejected is not None and token == rejected:
+            log.warning("wechat access token refused but still current; forcing a new one")
+            token = await self._fetch(force=True)
+        return token
+
+    async def _fetch(self, *, force: bool) -> str:
         answer = await self.http.post("cgi-bin/stable_token", json={
             "grant_type": "client_credential", "appid": self.app_id, "secret": self.app_secret,
-            "force_refresh": rejected is not None})
+            "force_refresh": force})
         data = _json(answer)
         token, expires_in = data.get("access_token"), data.get("expires_in")
         if not isinstance(token, str) or not token or not isinstance(expires_in, int):
@@ -470,6 +490,17 @@ def note_interaction(db: Engine, openid: str, kind: str, now: datetime) -> int:
         return release_held(session, CHANNEL, openid)
 
 
+def release_config_holds(db: Engine) -> int:
+    """Rows held because the account's set-up was refused go back to the queue (it may be fixed now)."""
+    with session_scope(db) as session:
+        released = session.execute(
+            update(OutboxItem)
+            .where(col(OutboxItem.channel) == CHANNEL, col(OutboxItem.status) == HELD,
+                   col(OutboxItem.last_error).startswith(CONFIG_HOLD))
+            .values(status=PENDING, next_attempt_at=utcnow()))
+        return int(cast(CursorResult[Any], released).rowcount)
+
+
 class WeChatSender:
     """Delivers outbox rows as customer-service messages within the quota; the rest waits for the customer."""
 
@@ -477,6 +508,7 @@ class WeChatSender:
         self.db = db
         self.client = client
         self.renderer = renderer
+        self.problem: str | None = None  # a configuration error that holds every reply, for /healthz
 
     def _notice(self, openid: str) -> str:
         """'More messages are waiting: reply to receive them', in the customer's language."""
@@ -499,6 +531,8 @@ class WeChatSender:
         done = quota.done
         for piece in sendable:
             await self._send(openid, piece)
+            if self.problem is not None:
+                await self._recovered()
             done += 1
             progress = {"digest": digest, "done": done} if done < len(pieces) else None
             await asyncio.to_thread(record_sent, self.db, openid, progress=progress)
@@ -516,9 +550,20 @@ class WeChatSender:
             if error.errcode in (WINDOW_CLOSED, QUOTA_EXHAUSTED):
                 await asyncio.to_thread(record_sent, self.db, openid, exhausted=True)
                 await self._hold(openid, f"WeChat says {error}")
+            if error.errcode in CONFIG_ERRORS:
+                if self.problem is None:
+                    log.error("wechat refuses the account's set-up (%s); replies are held until it is fixed", error)
+                self.problem = f"WeChat refuses the account's set-up: {error}"
+                raise Hold(f"{CONFIG_HOLD}{error}") from error
             raise delivery_error(error) from error
         except httpx.HTTPError as error:
             raise RetryLater(f"{type(error).__name__}: {error}") from error
+
+    async def _recovered(self) -> None:
+        """A send went through again: the set-up is fixed, so every reply it held goes out."""
+        self.problem = None
+        released = await asyncio.to_thread(release_config_holds, self.db)
+        log.info("wechat set-up works again; %s held replies released", released)
 
     async def _hold(self, openid: str, why: str) -> NoReturn:
         if (await asyncio.to_thread(read_quota, self.db, openid, "", utcnow())).left:
@@ -557,8 +602,15 @@ class WeChatChannel:
     def sender(self) -> WeChatSender:
         return self._sender
 
+    @property
+    def problem(self) -> str | None:
+        """Why the channel cannot deliver now (shown on /healthz), or None."""
+        return self._sender.problem
+
     async def start(self) -> None:
-        return None
+        # Replies held for a refused set-up are tried again after a restart: the restart may be the fix.
+        if await asyncio.to_thread(release_config_holds, self.bot.db):
+            self.bot.engine.outbox_signal.set()
 
     async def stop(self) -> None:
         await self.client.aclose()
@@ -606,20 +658,33 @@ class WeChatChannel:
 
     async def _receive(self, push: Push) -> None:
         if push.msg_type == "event":
-            if push.event != "subscribe":
-                return  # unfollow, menu and location events start no conversation
-            text, kind = "/start", "event"
-        elif push.msg_type in ("text", "image", "voice"):
+            if push.event == "subscribe":
+                text, kind = "/start", "event"
+            elif push.event in ("CLICK", "SCAN"):
+                # A menu button ("报修") or a scanned QR code: the customer wants us, and WeChat grants a reply
+                # quota for it. An empty text greets a new customer and re-asks where a conversation stands.
+                text, kind = "", "event"
+            else:
+                return  # unfollow, VIEW (a link) and reported locations start nothing
+        elif push.msg_type == "text":
             text, kind = push.content, "message"
+        elif push.msg_type == "voice":
+            text, kind = push.recognition, "message"  # WeChat's speech-to-text, with the recording kept
+        elif push.msg_type == "location":
+            text, kind = push.label, "message"
         else:
-            log.info("wechat message of type %s ignored", push.msg_type)
-            return
+            # image (a file), video and anything new: the customer is answered, not ignored
+            text, kind = "", "message"
         if await asyncio.to_thread(self.bot.engine.seen, CHANNEL, push.external_id):
             return
         # The new quota is noted before the message is stored, so that the replies to it find it.
         if await asyncio.to_thread(note_interaction, self.bot.db, push.openid, kind, utcnow()):
             self.bot.engine.outbox_signal.set()
-        attachments = (await self._attachment(push),) if push.msg_type in ("image", "voice") else ()
+        attachments: tuple[Attachment, ...] = ()
+        if push.msg_type in ("image", "voice"):
+            attachments = (await self._attachment(push),)
+        elif push.msg_type in ("video", "shortvideo"):
+            attachments = (self.bot.attachments.rejected(f"video-{push.msg_id}.mp4", "type"),)  # not downloaded
         await asyncio.to_thread(self.bot.engine.accept, InboundMessage(
             channel=CHANNEL, external_id=push.external_id, sender_id=push.openid, chat_id=push.openid,
             text=text, attachments=attachments, received_at=utcnow(),

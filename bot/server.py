@@ -174,7 +174,10 @@ def create_app(bot: Bot, channels: Sequence[Channel] | None = None) -> Starlette
     gauges = _metrics(registry)
 
     async def healthz(_: Request) -> Response:
-        return JSONResponse({"status": "ok", "channels": [c.name for c in channels]})
+        # A channel may say why it cannot deliver (a refused configuration): shown here, for monitoring.
+        problems = {c.name: p for c in channels if isinstance(p := getattr(c, "problem", None), str)}
+        return JSONResponse({"status": "degraded" if problems else "ok", "channels": [c.name for c in channels],
+                             **({"problems": problems} if problems else {})})
 
     async def metrics(_: Request) -> Response:
         await asyncio.to_thread(_collect, bot, gauges)
