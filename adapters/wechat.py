@@ -13,14 +13,14 @@ import mimetypes
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, NoReturn, cast
+from typing import Any, NoReturn
 from xml.etree.ElementTree import ParseError
 
 import httpx
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from defusedxml import DefusedXmlException
 from defusedxml.ElementTree import fromstring
-from sqlalchemy import CursorResult, Engine, delete, func, select, update
+from sqlalchemy import Engine, delete, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session, col
@@ -32,6 +32,7 @@ from bot.app import Bot
 from bot.attachments import AttachmentRejected
 from bot.messages import Attachment, Button, InboundMessage, OutboundMessage
 from bot.outbox import (
+    CONFIG_HOLD,
     HELD,
     PENDING,
     Delivered,
@@ -40,6 +41,7 @@ from bot.outbox import (
     PermanentFailure,
     RetryLater,
     Unreachable,
+    release_config_holds,
     release_held,
 )
 from bot.render import Renderer
@@ -69,7 +71,6 @@ UNREACHABLE_ERRORS = frozenset({43004})  # the customer unfollowed
 # was reset (40125, 40013 the AppID), the API is not granted to the account (48001). Every send would fail the
 # same way until an administrator fixes it: replies are held, not dead-lettered, and the cause is on /healthz.
 CONFIG_ERRORS = frozenset({40013, 40125, 40164, 48001})
-CONFIG_HOLD = "configuration: "  # the start of a held row's reason when the set-up, not the customer, holds it
 
 # --- verify -----------------------------------------------------------------------------------------------------
 
@@ -490,15 +491,9 @@ def note_interaction(db: Engine, openid: str, kind: str, now: datetime) -> int:
         return release_held(session, CHANNEL, openid)
 
 
-def release_config_holds(db: Engine) -> int:
-    """Rows held because the account's set-up was refused go back to the queue (it may be fixed now)."""
+def _release_config_holds(db: Engine) -> int:
     with session_scope(db) as session:
-        released = session.execute(
-            update(OutboxItem)
-            .where(col(OutboxItem.channel) == CHANNEL, col(OutboxItem.status) == HELD,
-                   col(OutboxItem.last_error).startswith(CONFIG_HOLD))
-            .values(status=PENDING, next_attempt_at=utcnow()))
-        return int(cast(CursorResult[Any], released).rowcount)
+        return release_config_holds(session, CHANNEL)
 
 
 class WeChatSender:
@@ -562,7 +557,7 @@ class WeChatSender:
     async def _recovered(self) -> None:
         """A send went through again: the set-up is fixed, so every reply it held goes out."""
         self.problem = None
-        released = await asyncio.to_thread(release_config_holds, self.db)
+        released = await asyncio.to_thread(_release_config_holds, self.db)
         log.info("wechat set-up works again; %s held replies released", released)
 
     async def _hold(self, openid: str, why: str) -> NoReturn:
@@ -609,7 +604,7 @@ class WeChatChannel:
 
     async def start(self) -> None:
         # Replies held for a refused set-up are tried again after a restart: the restart may be the fix.
-        if await asyncio.to_thread(release_config_holds, self.bot.db):
+        if await asyncio.to_thread(_release_config_holds, self.bot.db):
             self.bot.engine.outbox_signal.set()
 
     async def stop(self) -> None:

@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, NoReturn
 
 import httpx
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session, col
 from starlette.requests import Request
@@ -26,6 +26,8 @@ from bot.app import Bot
 from bot.attachments import AttachmentRejected
 from bot.messages import Attachment, Button, InboundMessage, OutboundMessage
 from bot.outbox import (
+    CONFIG_HOLD,
+    HELD,
     PENDING,
     Delivered,
     DeliveryError,
@@ -33,9 +35,10 @@ from bot.outbox import (
     PermanentFailure,
     RetryLater,
     Unreachable,
+    release_config_holds,
     release_held,
 )
-from bot.store import Case, ChannelIdentity, Conversation, Customer, OutboxItem, session_scope
+from bot.store import Case, ChannelIdentity, Conversation, Customer, KeyValue, OutboxItem, session_scope
 from bot.store.clock import utcnow
 from bot.store.kv import kv_get, kv_put
 
@@ -59,6 +62,9 @@ WINDOW = timedelta(hours=24)
 WINDOW_MARGIN = timedelta(minutes=10)
 
 REENGAGEMENT = 131047
+# The access token is revoked or expired (190), the app lost a permission (10, 200), the account is locked
+# (131031): every send fails the same way until an administrator acts. Replies are held, not dead-lettered.
+CONFIG_CODES = frozenset({10, 190, 200, 131031})
 RETRYABLE_CODES = frozenset({1, 2, 4, 17, 341, 613, 80007, 130429, 131000, 131016, 131048, 131056, 133004})
 UNREACHABLE_CODES = frozenset({131026})
 STATUS_RANK = {"sent": 1, "delivered": 2, "read": 3}
@@ -639,7 +645,7 @@ def apply_status(db: Engine, update_: StatusUpdate, now: datetime) -> bool:
             .with_for_update()
         ).scalar_one_or_none()
         if item is None:
-            return False
+            return _template_status(session, update_)
         if update_.status == "failed":
             item.status = "failed"
             item.last_error = update_.error or "failed"
@@ -707,6 +713,39 @@ def note_id_change(db: Engine, change: IdChange) -> None:
     log.info("whatsapp customer changed their %s; replies follow the new one", change.kind.replace("_", " "))
 
 
+def _note_template(db: Engine, chat_id: str, wamid: str) -> None:
+    """Remember which template went to whom, so that its later failure can reach the held rows."""
+    _note(db, chat_id, template_sent_at=utcnow().isoformat())
+    if wamid:
+        kv_put(db, _key("template", wamid), {"chat": chat_id}, utcnow() + timedelta(days=7))
+
+
+def _template_status(session: Session, update_: StatusUpdate) -> bool:
+    """A template's status: failed (132xxx: wrong parameters, paused, not in this language) is told to the rows
+    it was meant to announce, and the next hold sends it again; True if it was one of ours."""
+    row = session.get(KeyValue, _key("template", update_.wamid))
+    chat_id = row.value.get("chat") if row is not None else None
+    if not isinstance(chat_id, str):
+        return False
+    if update_.status != "failed":
+        return True
+    reason = f"outside the 24-hour window; the template failed: {update_.error or 'failed'}"
+    log.error("whatsapp template failed after it was accepted: %s", (update_.error or "")[:200])
+    session.execute(update(OutboxItem).where(col(OutboxItem.channel) == CHANNEL, col(OutboxItem.chat_id) == chat_id,
+                                             col(OutboxItem.status) == HELD).values(last_error=reason[:1000]))
+    identity = _identity(session, chat_id, lock=True)
+    if identity is not None:
+        state = {**identity.data.get(CHANNEL, {})}
+        state.pop("template_sent_at", None)
+        identity.data = {**identity.data, CHANNEL: state}
+    return True
+
+
+def _release_config_holds(db: Engine) -> int:
+    with session_scope(db) as session:
+        return release_config_holds(session, CHANNEL)
+
+
 class WhatsAppSender:
     """Delivers outbox rows: within the window as messages, outside it as a template while the row waits."""
 
@@ -714,7 +753,23 @@ class WhatsAppSender:
         self.db = db
         self.client = client
         self.template_name = template_name
-        self.template_language = template_language
+        # "en,es,zh_CN": the languages the template is approved in; the first is used when none fits.
+        self.template_languages = [code.strip() for code in template_language.split(",") if code.strip()] or ["en"]
+        self.problem: str | None = None  # what holds every reply (a revoked token, a refused template), for /healthz
+
+    def template_language(self, language: str | None) -> str:
+        """The approved template language for a customer's language ("zh" → "zh_CN"), else the first one."""
+        if language:
+            for code in self.template_languages:
+                if code.lower() == language.lower() or code.lower().split("_")[0] == language.lower().split("-")[0]:
+                    return code
+        return self.template_languages[0]
+
+    def _config_problem(self, error: GraphError) -> NoReturn:
+        if self.problem is None:
+            log.error("whatsapp refuses the account's set-up (%s); replies are held until it is fixed", error)
+        self.problem = f"WhatsApp refuses the account's set-up: {error}"
+        raise Hold(f"{CONFIG_HOLD}{error}") from error
 
     async def send(self, message: OutboundMessage, payload: Mapping[str, Any]) -> Delivered:
         window = await asyncio.to_thread(read_window, self.db, message.chat_id, utcnow())
@@ -739,10 +794,22 @@ class WhatsAppSender:
             if error.code == REENGAGEMENT:
                 await asyncio.to_thread(_note, self.db, message.chat_id, window_closed_at=utcnow().isoformat())
                 await self._hold(message.chat_id, window)
+            if error.code in CONFIG_CODES:
+                self._config_problem(error)
             raise delivery_error(error) from error
         except httpx.HTTPError as error:
             raise RetryLater(f"{type(error).__name__}: {error}") from error
+        if self.problem is not None and self.problem.startswith("WhatsApp refuses the account"):
+            self.problem = None
+            released = await asyncio.to_thread(_release_config_holds, self.db)
+            log.info("whatsapp set-up works again; %s held replies released", released)
         return Delivered(external_id=wamid)
+
+    def _template_problem(self, error: str) -> None:
+        if self.problem is None:
+            log.error("whatsapp template %s refused (%s): customers outside the window are not told",
+                      self.template_name, error)
+        self.problem = f"template {self.template_name} refused: {error}"
 
     async def _hold(self, chat_id: str, window: Window) -> NoReturn:
         """Keep the row for when the customer writes, asking them to once with the approved template."""
@@ -750,22 +817,28 @@ class WhatsAppSender:
         if not self.template_name:
             reason += " (no WHATSAPP_TEMPLATE_NAME: the customer is not told)"
         elif not window.template_sent:
-            template: dict[str, Any] = {"name": self.template_name, "language": {"code": self.template_language},
+            language = self.template_language(window.language)
+            template: dict[str, Any] = {"name": self.template_name, "language": {"code": language},
                                         "components": [{"type": "body", "parameters": [
                                             {"type": "text", "text": window.case_ref or "-"}]}]}
             try:
                 to = await asyncio.to_thread(address_of, self.db, chat_id)
-                await self.client.send_message(to, {"type": "template", "template": template})
+                template_wamid = await self.client.send_message(to, {"type": "template", "template": template})
             except GraphError as error:
+                if error.code in CONFIG_CODES:
+                    self._config_problem(error)
                 failure = delivery_error(error)
                 if isinstance(failure, RetryLater):
                     raise failure from error
                 reason += f"; the template was refused: {error}"
+                self._template_problem(f"{error}")
             except httpx.HTTPError as error:
                 raise RetryLater(f"template: {type(error).__name__}: {error}") from error
             else:
-                await asyncio.to_thread(_note, self.db, chat_id, template_sent_at=utcnow().isoformat())
-                reason += "; template sent"
+                await asyncio.to_thread(_note_template, self.db, chat_id, template_wamid)
+                reason += f"; template sent ({language})"
+                if self.problem is not None and self.problem.startswith("template"):
+                    self.problem = None
         if (await asyncio.to_thread(read_window, self.db, chat_id, utcnow())).open:
             raise RetryLater("the customer wrote while we held the message", after=0)
         raise Hold(reason)
@@ -804,8 +877,15 @@ class WhatsAppChannel:
     def sender(self) -> WhatsAppSender:
         return self._sender
 
+    @property
+    def problem(self) -> str | None:
+        """Why replies cannot go out now (shown on /healthz), or None."""
+        return self._sender.problem
+
     async def start(self) -> None:
-        return None
+        # Replies held for a refused set-up are tried again after a restart: the restart may be the fix.
+        if await asyncio.to_thread(_release_config_holds, self.bot.db):
+            self.bot.engine.outbox_signal.set()
 
     async def stop(self) -> None:
         await self.client.aclose()

@@ -63,7 +63,7 @@ class Settings(BaseSettings):
     whatsapp_phone_number_id: str = ""
     whatsapp_graph_url: str = "https://graph.facebook.com/v23.0"
     whatsapp_template_name: str = ""
-    whatsapp_template_language: str = "en"
+    whatsapp_template_language: str = "en"  # comma-separated approved languages; the first is the fallback
 
     # --- WeChat ---------------------------------------------------------------------------------------
     wechat_app_id: str = ""

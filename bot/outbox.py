@@ -119,6 +119,25 @@ def release_held(session: Session, channel: str, chat_id: str) -> int:
     return int(cast(CursorResult[Any], released).rowcount)
 
 
+# The start of a held row's reason when the channel's set-up (a revoked token, a missing IP whitelist entry), not
+# the customer, holds it: such rows go out again once the set-up works, whoever writes.
+CONFIG_HOLD = "configuration: "
+
+
+def release_config_holds(session: Session, channel: str) -> int:
+    """The channel's set-up works again: every row it held for that goes back to the queue. Returns how many."""
+    released = session.execute(
+        update(OutboxItem)
+        .where(
+            col(OutboxItem.channel) == channel,
+            col(OutboxItem.status) == HELD,
+            col(OutboxItem.last_error).startswith(CONFIG_HOLD),
+        )
+        .values(status=PENDING, next_attempt_at=utcnow())
+    )
+    return int(cast(CursorResult[Any], released).rowcount)
+
+
 def backoff(attempts: int) -> float:
     return float(min(BACKOFF_MAX_SECONDS, BACKOFF_BASE_SECONDS * 2 ** max(0, attempts - 1)))
 

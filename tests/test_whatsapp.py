@@ -290,7 +290,7 @@ def running(settings: Settings, db: Engine) -> Iterator[Running]:
             "whatsapp_access_token": SecretStr(ACCESS_TOKEN), "whatsapp_app_secret": SecretStr(APP_SECRET),
             "whatsapp_verify_token": SecretStr(VERIFY_TOKEN), "whatsapp_phone_number_id": PHONE_NUMBER_ID,
             "whatsapp_graph_url": f"{graph_url}/v23.0", "whatsapp_template_name": "case_update",
-            "whatsapp_template_language": "en", "outbox_poll_seconds": 0.1,
+            "whatsapp_template_language": "en,es,zh_CN", "outbox_poll_seconds": 0.1,
         })
         bot = build(configured, db=db)
         channel = whatsapp.from_settings(bot)
@@ -529,3 +529,56 @@ def test_a_username_customer_is_answered_by_user_id_and_followed_across_an_id_ch
     wait_until(lambda: len(running.inbox()) == 2, what="the second message")
     assert {i.chat_id for i in running.inbox()} == {old}  # the same conversation
     wait_until(lambda: running.graph.sent_to(new), what="a reply to the new user id")
+
+
+def _spanish_customer_with_a_case(running: Running) -> tuple[str, str]:
+    mx = "5215512345678"
+    document = json.loads(payload("username_text.json"))
+    value = document["entry"][0]["changes"][0]["value"]
+    value["contacts"][0]["wa_id"] = mx
+    value["messages"][0]["from"] = mx
+    assert running.post(json.dumps(document).encode()).status_code == 200
+    human = json.loads(json.dumps(document))
+    human["entry"][0]["changes"][0]["value"]["messages"][0].update(id="wamid.MXHUMAN0001", text={"body": "human"})
+    assert running.post(json.dumps(human).encode()).status_code == 200
+    ref = wait_until(running.case_ref, what="a case")
+    wait_until(lambda: running.outbox() and all(i.status == "sent" for i in running.outbox()), what="all sent")
+    return mx, ref
+
+
+def test_the_template_goes_out_in_the_customers_language_and_a_later_failure_is_not_silent(
+        running: Running, caplog: pytest.LogCaptureFixture) -> None:
+    mx, ref = _spanish_customer_with_a_case(running)
+    _age_window(running.bot.db, hours=25)
+    running.bot.desk.reply(ref, engineer="Ana Ruiz", text="Por favor, envíe una foto de la placa.")
+    template = wait_until(lambda: [m for m in running.graph.sent_to(mx) if m["type"] == "template"],
+                          what="a template")[0]
+    assert template["template"]["language"] == {"code": "es"}  # one of WHATSAPP_TEMPLATE_LANGUAGE's, not "en"
+    assert "template sent (es)" in (wait_until(lambda: _held(running), what="held")[0].last_error or "")
+
+    # Meta accepted it, then reports it failed (132001: no such template in this language): said, not ignored.
+    wamid = running.graph.wamids[running.graph.sent.index(template)]
+    failed = derived_status(wamid, sample="status_failed.json",
+                            errors=[{"code": 132001, "title": "Template name does not exist in the translation",
+                                     "error_data": {"details": "template name (case_update) does not exist in es"}}])
+    assert running.post(failed).status_code == 200
+    wait_until(lambda: "132001" in (_held(running)[0].last_error or ""), what="the failure on the held row")
+    assert any("template failed" in r.getMessage() for r in caplog.records)
+    with Session(running.bot.db) as session:
+        identity = session.execute(select(ChannelIdentity)).scalars().one()
+        assert "template_sent_at" not in identity.data["whatsapp"]  # the next reply tries the template again
+
+
+def test_a_revoked_token_holds_replies_reports_it_and_they_go_out_once_it_works(running: Running) -> None:
+    graph = running.graph
+    graph.fail_next(401, 190, "Error validating access token: The session has been invalidated")
+    assert running.post(payload("text.json")).status_code == 200
+    held = wait_until(lambda: _held(running), what="a held reply")
+    assert "190" in (held[0].last_error or "") and not [i for i in running.outbox() if i.status == "dead"]
+    health = httpx.get(f"{running.url}/healthz").json()
+    assert health["status"] == "degraded" and "190" in health["problems"]["whatsapp"]
+
+    # The token is replaced; the customer writes again and everything held goes out.
+    assert running.post(derived_message(40, type="text", text={"body": "hello?"})).status_code == 200
+    wait_until(lambda: running.outbox() and all(i.status == "sent" for i in running.outbox()), what="all sent")
+    assert httpx.get(f"{running.url}/healthz").json()["status"] == "ok"

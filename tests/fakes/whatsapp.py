@@ -25,6 +25,7 @@ class FakeGraph:
     access_token: str
     phone_number_id: str
     sent: list[dict[str, Any]] = field(default_factory=list)  # every accepted message body, in order
+    wamids: list[str] = field(default_factory=list)  # the wamid each of them was given
     requests: list[tuple[str, str]] = field(default_factory=list)  # (method, path) of every request
     media: dict[str, tuple[bytes, str]] = field(default_factory=dict)  # media id -> (bytes, mime)
     failures: list[list[Any]] = field(default_factory=list)  # [sends to let through first, status, code, title]
@@ -83,6 +84,7 @@ class FakeGraph:
         with self.lock:
             self.sent.append(body)
             wamid = f"wamid.FAKE{next(self._ids):08d}"
+            self.wamids.append(wamid)
         contact = ({"input": body["to"], "wa_id": body["to"]} if "to" in body
                    else {"input": body["recipient"], "user_id": body["recipient"]})
         return JSONResponse({"messaging_product": "whatsapp", "contacts": [contact], "messages": [{"id": wamid}]})
