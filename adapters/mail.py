@@ -10,6 +10,7 @@ ship) and aiosmtplib (one more dependency for one short blocking call per reply)
 from __future__ import annotations
 
 import asyncio
+import binascii
 import contextlib
 import hashlib
 import html
@@ -25,12 +26,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from email import policy as email_policy
+from email.header import decode_header
 from email.headerregistry import Address
 from email.message import EmailMessage, Message
 from email.parser import BytesParser
 from email.utils import format_datetime, formataddr, getaddresses, make_msgid, parseaddr
 from html.parser import HTMLParser
-from typing import Any, ClassVar, cast
+from typing import Any, ClassVar
+from urllib.parse import unquote_to_bytes
 
 import httpx
 import msal
@@ -60,6 +63,7 @@ POISON_ATTEMPTS = 2  # starts that may stop while taking one mail before it is l
 # newest words are; measured worst case here: 0.4 s. The bot reads no more than MAX_TEXT_CHARS (4000) anyway.
 REPLY_PARSER_MAX_CHARS = 4000
 MAX_ATTACHMENTS = 10  # files kept from one mail; more are dropped (a mail of 500 tiny files is an attack)
+MAX_HTML_SCAN = 1_000_000  # characters of HTML searched for inline images
 MAX_LOGGED_HEADER = 60  # characters of an untrusted header value that reach the log
 # Languages whose "On … wrote:" lines the reply parser knows (it adds English itself).
 REPLY_LANGUAGES = ("en", "es", "fr", "zh", "de", "it", "nl", "pl", "cs", "da", "sv", "ja", "ko")
@@ -112,6 +116,12 @@ class MailSettings:
 # --- verify: mail we never answer ------------------------------------------------------------------------
 
 _LIST_PRECEDENCE = {"bulk", "list", "junk", "auto_reply"}
+# Auto-replies that carry none of the standard headers, by the subjects their clients give them.
+_AUTO_SUBJECT = re.compile(
+    r"^\s*(out of (the )?office|automatic reply|auto(matic)?[- ]?reply|auto[- ]?response|autoreply|"
+    r"abwesenheitsnotiz|automatische antwort|r[ée]ponse automatique|absence du bureau|respuesta autom[áa]tica|"
+    r"fuera de la oficina|resposta autom[áa]tica|risposta automatica|автоматический ответ|автоответ|"
+    r"رد تلقائي|自动回复|自動回覆|自動回复|自动答复|自動応答|不在通知|자동 응답)\s*[:：]", re.IGNORECASE)
 MAX_ADDRESS = 254  # RFC 5321's limit for a path, without its angle brackets
 MAX_MESSAGE_ID = 255  # the inbox's external id column
 _DAEMONS = {"mailer-daemon", "postmaster"}
@@ -129,6 +139,10 @@ def ignore_reason(mail: Message, *, own: frozenset[str]) -> str | None:
         return "X-Auto-Response-Suppress"
     if mail.get("X-Autoreply") is not None or mail.get("X-Autorespond") is not None:
         return "X-Autoreply"
+    if mail.get("X-Loop") is not None:
+        return "X-Loop (a mail that went round a loop already)"
+    if _AUTO_SUBJECT.match(_header(mail, "Subject")):
+        return "an auto-reply's subject"
     precedence = str(mail.get("Precedence", "")).strip().lower()
     if precedence in _LIST_PRECEDENCE:
         return f"Precedence: {_excerpt(precedence)}"
@@ -265,13 +279,41 @@ def _cut_quote(text: str) -> str:
     return text
 
 
+# Charsets as mail clients label them, read as the supersets they really send: Chinese clients (QQ, 163,
+# Foxmail, Outlook) label GBK and GB18030 text "gb2312"; Hong Kong and Taiwan mail labelled "big5" holds
+# HKSCS characters; Outlook's "iso-2022-jp" holds NEC and IBM extensions (①, ㈱, Roman numerals), which
+# JIS X 0213 (iso2022_jp_2004) has at the same places; "shift_jis" is Windows' cp932; Korean "euc-kr" cp949.
+CHARSETS: dict[str, tuple[str, ...]] = {
+    "gb2312": ("gb18030",), "gbk": ("gb18030",), "x-gbk": ("gb18030",), "cp936": ("gb18030",),
+    "gb_2312-80": ("gb18030",), "euc-cn": ("gb18030",), "x-euc-cn": ("gb18030",),
+    "big5": ("big5hkscs", "cp950"), "big-5": ("big5hkscs", "cp950"), "cn-big5": ("big5hkscs", "cp950"),
+    "x-x-big5": ("big5hkscs", "cp950"),
+    "iso-2022-jp": ("iso2022_jp", "iso2022_jp_2004", "iso2022_jp_ext", "iso2022_jp_3"),
+    "csiso2022jp": ("iso2022_jp", "iso2022_jp_2004", "iso2022_jp_ext", "iso2022_jp_3"),
+    "shift_jis": ("cp932",), "shift-jis": ("cp932",), "sjis": ("cp932",), "x-sjis": ("cp932",),
+    "ks_c_5601-1987": ("cp949",), "euc-kr": ("cp949",),
+    "us-ascii": ("utf-8", "cp1252"), "ascii": ("utf-8", "cp1252"), "iso-8859-1": ("cp1252",),
+}
+
+
+def decode_bytes(data: bytes, charset: str | None) -> str:
+    """Text in the charset a mail names, read as what clients that name it really send; never raises."""
+    label = (charset or "utf-8").strip().strip('"').lower()
+    for codec in (*CHARSETS.get(label, ()), label, "utf-8", "gb18030"):
+        try:
+            return data.decode(codec)
+        except (LookupError, UnicodeDecodeError):
+            continue
+    return data.decode("utf-8", "replace")
+
+
+def _decoded_text(part: Message) -> str:
+    payload = part.get_payload(decode=True)
+    return decode_bytes(payload, part.get_content_charset()) if isinstance(payload, bytes) else ""
+
+
 def _part_text(part: Message) -> str:
-    try:
-        content = cast(EmailMessage, part).get_content()
-    except (LookupError, UnicodeError, KeyError):  # an unknown or lying charset: keep what can be read
-        payload = part.get_payload(decode=True)
-        content = payload.decode("utf-8", "replace") if isinstance(payload, bytes) else ""
-    text = content if isinstance(content, str) else ""
+    text = _decoded_text(part)
     return html_to_text(text) if part.get_content_type() == "text/html" else text
 
 
@@ -335,10 +377,14 @@ def _attachments(mail: EmailMessage, body_part: Message | None, store: Attachmen
             name = f"attachment-{len(found) + 1}" + (f".{suffix}" if suffix.isalnum() and len(suffix) <= 5 else "")
         return store.rejected(name, reason)
 
+    cids = _inline_images(mail)
     for part in mail.walk():
         if part.is_multipart() or part is body_part:
             continue
         mime = part.get_content_type()
+        content_id = _header(part, "Content-ID").strip("<> ")
+        if content_id and content_id in cids and part.get_content_disposition() != "attachment":
+            continue  # a logo or a signature picture shown inside the HTML: part of the mail, not a photo
         filename = _header_filename(part)
         if filename is None and part.get_content_disposition() != "attachment" and not mime.startswith("image/"):
             continue  # the other half of multipart/alternative, or text that is part of the body
@@ -361,12 +407,43 @@ def _attachments(mail: EmailMessage, body_part: Message | None, store: Attachmen
     return tuple(found)
 
 
+def _inline_images(mail: Message) -> set[str]:
+    """The Content-IDs the mail's HTML shows inline (`<img src="cid:…">`)."""
+    return {cid for part in mail.walk() if part.get_content_type() == "text/html"
+            for cid in re.findall(r"""cid:([^"'>\s]+)""", _decoded_text(part)[:MAX_HTML_SCAN], flags=re.IGNORECASE)}
+
+
+_RFC2231_NAME = re.compile(r"""(?:file)?name\*\s*=\s*"?([\w.-]*)'[\w-]*'([^";\s]+)""", re.IGNORECASE)
+_PLAIN_NAME = re.compile(r"""(?:file)?name\s*=\s*"([^"]*)"|(?:file)?name\s*=\s*([^";\s]+)""", re.IGNORECASE)
+
+
 def _header_filename(part: Message) -> str | None:
-    try:
-        name = part.get_filename()
-    except (IndexError, ValueError, LookupError):
-        return None
-    return _one_line(name) or None if name is not None else None
+    """The file's name, its charset read as `decode_bytes` reads it (RFC 2231 or Outlook's encoded words)."""
+    raw = f"{_raw(part, 'Content-Disposition')};{_raw(part, 'Content-Type')}"
+    found = _RFC2231_NAME.search(raw)
+    if found:
+        name = decode_bytes(unquote_to_bytes(found.group(2)), found.group(1) or "utf-8")
+    else:
+        plain = _PLAIN_NAME.search(raw)
+        if plain is None:
+            try:
+                name = part.get_filename() or ""
+            except (IndexError, ValueError, LookupError):
+                return None
+        else:
+            value = plain.group(1) if plain.group(1) is not None else plain.group(2)
+            try:
+                name = "".join(decode_bytes(c, s) if isinstance(c, bytes) else c for c, s in decode_header(value))
+            except (ValueError, IndexError, binascii.Error):
+                name = value
+    return _one_line(name) or None
+
+
+def _raw(part: Message, name: str) -> str:
+    raw = next((value for key, value in part.raw_items() if key.lower() == name.lower()), "")
+    if isinstance(raw, str) and any("\udc80" <= c <= "\udcff" for c in raw):
+        return decode_bytes(raw.encode("ascii", "surrogateescape"), "utf-8")
+    return str(raw)
 
 
 def _thread_case_ref(mail: Message, config: MailSettings) -> str | None:
@@ -384,17 +461,52 @@ def _thread_case_ref(mail: Message, config: MailSettings) -> str | None:
     return None
 
 
+_NO_REPLY = re.compile(r"^(no-?reply|do-?not-?reply|noreply-\w+|webform|forms?|wordpress|website|mailer)([+.-].*)?$",
+                       re.IGNORECASE)
+
+
+def _address(value: str) -> tuple[str, str]:
+    """(display name, lower-case address) of an address header's text; a name may hold a comma ("Wang, Li")."""
+    found = re.search(r"<([^<>\s]+@[^<>\s]+)>\s*$", value)
+    if found is None:
+        name, address = parseaddr(value)
+        return name.strip(), address.strip().lower()
+    name = value[: found.start()].strip().strip('"').strip()
+    return name, found.group(1).strip().lower()
+
+
 def _sender(mail: Message) -> tuple[str, str]:
-    name, address = parseaddr(_header(mail, "From"))
-    return name.strip(), address.strip().lower()
+    """Who to answer: the From's name and address, or the Reply-To address when the From cannot be answered.
+
+    A web form's mail comes from noreply@ with the customer in Reply-To. A Reply-To is used when the From is
+    such an address or is of the same domain; one that sends a stranger's mail elsewhere is not followed.
+    """
+    name, address = _address(_header(mail, "From"))
+    reply_to = getaddresses([_header(mail, "Reply-To")]) if _header(mail, "Reply-To") else []
+    if len(reply_to) == 1 and "@" in reply_to[0][1]:
+        other_name, other = _address(_header(mail, "Reply-To"))
+        local, _, domain = address.partition("@")
+        if other != address and (_NO_REPLY.match(local) or other.rpartition("@")[2] == domain):
+            return (other_name or ("" if _NO_REPLY.match(local) else name.strip())), other
+    return name.strip(), address
 
 
 def _header(mail: Message, name: str) -> str:
+    """A header's text, its encoded words read with the charsets of `decode_bytes` (the first one of that name)."""
+    raw = next((value for key, value in mail.raw_items() if key.lower() == name.lower()), None)
+    if raw is None:
+        return ""
+    if not isinstance(raw, str):  # a header object set by code, not parsed from bytes
+        return str(raw).strip()
+    if any("\udc80" <= c <= "\udcff" for c in raw):  # 8-bit bytes in a header (some clients send raw GBK)
+        raw = decode_bytes(raw.encode("ascii", "surrogateescape"), "utf-8")
+    raw = re.sub(r"\r?\n(?=[ \t])", "", raw)  # unfolded (RFC 5322 section 2.2.3)
     try:
-        value = mail.get(name)
-    except (IndexError, ValueError):  # a header the policy could not parse
-        value = None
-    return str(value).strip() if value is not None else ""
+        parts = decode_header(raw)
+    except (ValueError, IndexError, binascii.Error):
+        return raw.strip()
+    return "".join(decode_bytes(chunk, charset) if isinstance(chunk, bytes) else chunk
+                   for chunk, charset in parts).strip()
 
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
