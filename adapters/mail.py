@@ -63,6 +63,9 @@ POISON_ATTEMPTS = 2  # starts that may stop while taking one mail before it is l
 # newest words are; measured worst case here: 0.4 s. The bot reads no more than MAX_TEXT_CHARS (4000) anyway.
 REPLY_PARSER_MAX_CHARS = 4000
 MAX_ATTACHMENTS = 10  # files kept from one mail; more are dropped (a mail of 500 tiny files is an attack)
+# An image the HTML shows inline and smaller than this is a logo or a signature picture; a photo the customer
+# pasted or Apple Mail put inline (IMG_0042.jpeg) is larger, and is kept.
+INLINE_DECORATION_BYTES = 32 * 1024
 MAX_HTML_SCAN = 1_000_000  # characters of HTML searched for inline images
 MAX_LOGGED_HEADER = 60  # characters of an untrusted header value that reach the log
 # Languages whose "On … wrote:" lines the reply parser knows (it adds English itself).
@@ -237,6 +240,7 @@ def to_inbound(mail: EmailMessage, raw: bytes, *, config: MailSettings, store: A
     )
 
 
+_IMAGE_PLACEHOLDER = re.compile(r"^\[image: [^\]\n]{0,200}\]\s*$", re.MULTILINE)
 _REPLY_PREFIX = re.compile(r"^\s*((re|aw|sv|vs|antw|rif|r|回复|答复|ответ)\s*(\[\d+\])?\s*[:：]\s*)+", re.IGNORECASE)
 _SEPARATOR = re.compile(r"^\s*-{3,}\s*[^-\s].*?-{3,}\s*$")  # "-----Original Message-----", "-----原始邮件-----"
 
@@ -254,14 +258,37 @@ def _latest_reply(text: str) -> str:
         log.warning("reply parser failed; keeping the whole text", exc_info=True)
         replies = []
     latest = replies[0].body.strip() if replies else text
+    latest = _IMAGE_PLACEHOLDER.sub("", latest).strip() or latest  # Gmail's "[image: Logo]" for a picture
     if replies and not latest:
         latest = replies[0].full_body.strip()  # only a "signature": it is all they wrote
     return _cut_quote(latest).strip() or latest
 
 
+# Outlook's header block above a quoted mail ("From: … / Sent: … / To: … / Subject: …") in the languages the
+# reply parser does not know (Russian, Arabic, …) and the ones it does; a "From" line followed within three
+# lines by a "Sent"/"Date"/"To" line starts the quote.
+_OUTLOOK_FROM = re.compile(
+    r"^\s*\*?\s*(from|von|de|da|van|od|från|fra|lähettäjä|от|من|发件人|寄件者|差出人|보낸 사람|kimden|feladó)\s*\*?\s*[:：]",
+    re.IGNORECASE)
+_OUTLOOK_NEXT = re.compile(
+    r"^\s*\*?\s*(sent|date|to|gesendet|datum|an|envoyé|enviado|inviato|verzonden|wysłano|skickat|sendt|"
+    r"отправлено|дата|кому|تم الإرسال|التاريخ|إلى|发送时间|日期|收件人|寄件日期|送信日時|받은 사람|보낸 날짜|"
+    r"gönderildi|elküldve)\s*\*?\s*[:：]", re.IGNORECASE)
+_RULE = re.compile(r"^\s*[_=—–-]{8,}\s*$")  # Outlook's "________________________________" above the block
+
+
 def _cut_quote(text: str) -> str:
-    """Cut what the parser missed: a trailing `>` block with its attribution line, or an "original" separator."""
+    """Cut what the parser missed: a trailing `>` block with its attribution line, an "original" separator, or
+    Outlook's header block in any language."""
     lines = text.split("\n")
+    for index, line in enumerate(lines):
+        if _OUTLOOK_FROM.match(line) and any(_OUTLOOK_NEXT.match(rest) for rest in lines[index + 1:index + 4]):
+            kept = lines[:index]
+            while kept and (not kept[-1].strip() or _RULE.match(kept[-1])):
+                kept.pop()
+            if kept:
+                lines = kept
+            break
     # Where the trailing block of quoted (or blank) lines starts: found once, from the end, so this is linear.
     tail = len(lines)
     while tail > 0 and (not lines[tail - 1].strip() or lines[tail - 1].lstrip().startswith(">")):
@@ -276,29 +303,65 @@ def _cut_quote(text: str) -> str:
             if kept and kept[-1].rstrip().endswith((":", "：")):
                 kept.pop()
             return "\n".join(kept)
-    return text
+    return "\n".join(lines)
 
 
 # Charsets as mail clients label them, read as the supersets they really send: Chinese clients (QQ, 163,
 # Foxmail, Outlook) label GBK and GB18030 text "gb2312"; Hong Kong and Taiwan mail labelled "big5" holds
-# HKSCS characters; Outlook's "iso-2022-jp" holds NEC and IBM extensions (①, ㈱, Roman numerals), which
-# JIS X 0213 (iso2022_jp_2004) has at the same places; "shift_jis" is Windows' cp932; Korean "euc-kr" cp949.
+# HKSCS characters; Outlook's "iso-2022-jp" holds NEC and IBM extensions (①, ㈱, Roman numerals), read through
+# cp932 (`_iso2022jp_outlook`); "shift_jis" is Windows' cp932; Korean "euc-kr" is cp949.
 CHARSETS: dict[str, tuple[str, ...]] = {
     "gb2312": ("gb18030",), "gbk": ("gb18030",), "x-gbk": ("gb18030",), "cp936": ("gb18030",),
     "gb_2312-80": ("gb18030",), "euc-cn": ("gb18030",), "x-euc-cn": ("gb18030",),
     "big5": ("big5hkscs", "cp950"), "big-5": ("big5hkscs", "cp950"), "cn-big5": ("big5hkscs", "cp950"),
     "x-x-big5": ("big5hkscs", "cp950"),
-    "iso-2022-jp": ("iso2022_jp", "iso2022_jp_2004", "iso2022_jp_ext", "iso2022_jp_3"),
-    "csiso2022jp": ("iso2022_jp", "iso2022_jp_2004", "iso2022_jp_ext", "iso2022_jp_3"),
+    "iso-2022-jp": ("iso2022_jp_2004", "iso2022_jp_ext", "iso2022_jp_2"),
+    "csiso2022jp": ("iso2022_jp_2004", "iso2022_jp_ext", "iso2022_jp_2"),
     "shift_jis": ("cp932",), "shift-jis": ("cp932",), "sjis": ("cp932",), "x-sjis": ("cp932",),
     "ks_c_5601-1987": ("cp949",), "euc-kr": ("cp949",),
     "us-ascii": ("utf-8", "cp1252"), "ascii": ("utf-8", "cp1252"), "iso-8859-1": ("cp1252",),
 }
 
 
+_ISO2022JP = re.compile(rb"\x1b(\$[@B]|\([BJI])")
+
+
+def _iso2022jp_outlook(data: bytes) -> str:
+    """ISO-2022-JP as Outlook writes it (CP50220): JIS X 0208 with NEC's row 13 and IBM's extensions inside,
+    and half-width katakana. Each two-byte JIS code becomes Shift_JIS and is read as cp932, which has them all."""
+    out: list[str] = []
+    mode = b"(B"
+    position = 0
+    for match in [*_ISO2022JP.finditer(data), None]:
+        end = match.start() if match is not None else len(data)
+        chunk = data[position:end]
+        if mode in (b"$@", b"$B"):
+            if len(chunk) % 2 or any(not 0x21 <= b <= 0x7E for b in chunk):
+                raise UnicodeDecodeError("iso-2022-jp", data, position, end, "not JIS X 0208")
+            sjis = bytearray()
+            for j1, j2 in zip(chunk[::2], chunk[1::2], strict=True):
+                s1 = (j1 + 1) // 2 + 0x70
+                s1 += 0x40 if s1 >= 0xA0 else 0
+                s2 = (j2 + 0x1F + (j2 >= 0x60)) if j1 % 2 else j2 + 0x7E
+                sjis += bytes((s1, s2))
+            out.append(bytes(sjis).decode("cp932"))
+        elif mode == b"(I":
+            out.append(bytes(b + 0x80 for b in chunk).decode("cp932"))
+        else:
+            out.append(chunk.decode("ascii"))
+        if match is not None:
+            mode, position = match.group(1), match.end()
+    return "".join(out)
+
+
 def decode_bytes(data: bytes, charset: str | None) -> str:
     """Text in the charset a mail names, read as what clients that name it really send; never raises."""
     label = (charset or "utf-8").strip().strip('"').lower()
+    if label in ("iso-2022-jp", "csiso2022jp"):
+        try:
+            return _iso2022jp_outlook(data)
+        except UnicodeDecodeError:
+            pass  # other escapes (JIS X 0212, 0213): the codecs below
     for codec in (*CHARSETS.get(label, ()), label, "utf-8", "gb18030"):
         try:
             return data.decode(codec)
@@ -384,7 +447,9 @@ def _attachments(mail: EmailMessage, body_part: Message | None, store: Attachmen
         mime = part.get_content_type()
         content_id = _header(part, "Content-ID").strip("<> ")
         if content_id and content_id in cids and part.get_content_disposition() != "attachment":
-            continue  # a logo or a signature picture shown inside the HTML: part of the mail, not a photo
+            payload = part.get_payload(decode=True)
+            if isinstance(payload, bytes) and len(payload) < INLINE_DECORATION_BYTES:
+                continue  # a logo or a signature picture inside the HTML: part of the mail, not a photo
         filename = _header_filename(part)
         if filename is None and part.get_content_disposition() != "attachment" and not mime.startswith("image/"):
             continue  # the other half of multipart/alternative, or text that is part of the body
@@ -888,8 +953,12 @@ class Thread:
     case_ref: str | None = None
 
 
-def compose(message: OutboundMessage, *, thread: Thread, config: MailSettings) -> EmailMessage:
-    """Our reply as a mail: text and HTML parts (customer text escaped), threading headers, Auto-Submitted."""
+def compose(message: OutboundMessage, *, thread: Thread, config: MailSettings, by_person: bool = False) -> EmailMessage:
+    """Our reply as a mail: text and HTML parts (customer text escaped), threading headers, Auto-Submitted.
+
+    `by_person`: an engineer wrote it, so it is not marked `Auto-Submitted: auto-replied` (RFC 3834 is for
+    what software writes); it still asks Exchange for no out-of-office answer.
+    """
     mail = EmailMessage(policy=email_policy.SMTP)
     mail["From"] = config.from_header
     mail["To"] = formataddr((thread.to_name or "", message.chat_id))
@@ -904,7 +973,8 @@ def compose(message: OutboundMessage, *, thread: Thread, config: MailSettings) -
         if len(chain) > MAX_REFERENCES:
             chain = [chain[0], *chain[-(MAX_REFERENCES - 1):]]
         mail["References"] = " ".join(chain)
-    mail["Auto-Submitted"] = "auto-replied"
+    if not by_person:
+        mail["Auto-Submitted"] = "auto-replied"
     mail["X-Auto-Response-Suppress"] = "All"  # asks Exchange not to answer us with out-of-office mail
     options = [f"{number}. {button.label}" for number, button in enumerate(message.buttons, start=1)]
     text = message.text + ("\n\n" + "\n".join(options) if options else "")
@@ -946,7 +1016,7 @@ class MailSender:
             raise RetryLater(f"more than {self.config.replies_per_hour} replies to this address in an hour",
                              after=wait)
         thread = await asyncio.to_thread(_thread_of, self.bot.db, address)
-        mail = compose(message, thread=thread, config=self.config)
+        mail = compose(message, thread=thread, config=self.config, by_person=payload.get("author") == "engineer")
         for attachment in message.attachments:
             _attach(mail, attachment, self.bot.attachments)
         await asyncio.to_thread(self._submit, mail, address)

@@ -274,6 +274,8 @@ def test_claim_by_email_end_to_end(settings: Settings, db: Engine, imap: tuple[s
         assert header(relayed, "In-Reply-To") == parse(after)["Message-ID"]
         assert "Please send the <photo> & the cable size." in plain(relayed)
         assert "Please send the &lt;photo&gt; &amp; the cable size." in html_part(relayed)
+        # A person wrote it: not marked as an auto-reply (the customer's server may then drop or not answer it).
+        assert relayed["Auto-Submitted"] is None and question["Auto-Submitted"] == "auto-replied"
     assert sorted(set(mailbox.fetched_uids())) == mailbox.fetched_uids()  # every mail fetched once
 
 
@@ -785,3 +787,53 @@ async def test_a_message_id_that_decodes_to_cr_lf_does_not_poison_the_customers_
     [sent] = smtp.mails()
     assert smtp.received[0][1] == [CUSTOMER]
     assert sent["In-Reply-To"] == "<a@b>" and sent["Bcc"] is None and sent["X"] is None
+
+
+# --- mail as real clients write it ------------------------------------------------------------------------
+
+
+REAL_CLIENTS = [
+    # sample, (address, name), words the bot must get, words it must not, files kept
+    ("outlook_ru_reply.eml", ("ivan.petrov@solnce.example.ru", "Иван Петров"),
+     "серийный номер CSP2402A0153", "пришлите серийный номер", []),
+    ("outlook_ar_reply.eml", ("ahmed@alfaris.example.sa", "أحمد الفارسي"), "الرقم التسلسلي هو CSP2402A0153",
+     "يرجى إرسال", []),
+    ("outlook_ja_iso2022jp.eml", ("hanako.sato@solar-tokyo.example.jp", "佐藤 花子"), "①シリアル番号：CSP2402A0153",
+     "\ufffd", ["請求書①.pdf"]),
+    ("qq_gb2312.eml", ("1234567890@qq.com", "李喆"), "客户是李喆，地址在镕城路", "\ufffd", ["发票-喆.pdf"]),
+    ("163_gb2312.eml", ("wangrong_solar@163.com", "王镕"), "充到80%就停止充电", "\ufffd", ["购机发票（王镕）.pdf"]),
+    ("big5_hkscs.eml", ("tai.man.chan@solar-hk.example.hk", "陳大文"), "係咪保養範圍㗎？啲發票", "\ufffd", []),
+    ("gmail_wrapped_reply.eml", ("marta.kowalska.solar@gmail.com", "Marta Kowalska"), "installed on 12 April 2024",
+     "support@warranty.example.com", []),  # the attribution wrapped before the address leaves no fragment
+    ("apple_mail_reply.eml", ("lucas.martin@icloud.com", "Lucas Martin"), "still shows E07 after the restart",
+     "Could you send", ["IMG_0042.jpeg"]),  # a photo Apple Mail put inline is the customer's, and kept
+    ("webform_reply_to.eml", ("kofi.mensah@ghanasolar.example.com.gh", "Kofi Mensah"), "CSP2311B0872", "noreply", []),
+]
+
+
+@pytest.mark.parametrize(("sample", "who", "said", "not_said", "files"), REAL_CLIENTS,
+                         ids=[case[0] for case in REAL_CLIENTS])
+def test_mail_from_real_clients_is_read_as_written(tmp_path: Path, sample: str, who: tuple[str, str], said: str,
+                                                   not_said: str, files: list[str]) -> None:
+    raw = payload(sample)
+    message = mail.read_mail(raw)
+    assert mail.ignore_reason(message, own=CONFIG.own_addresses) is None
+    store = AttachmentStore(root=tmp_path, max_bytes=1_000_000,
+                            allowed_types=frozenset({"application/pdf", "image/jpeg", "image/png"}))
+    inbound = mail.to_inbound(message, raw, config=CONFIG, store=store, answers_us=True)
+    assert (inbound.chat_id, inbound.sender_name) == who
+    assert said in inbound.text and not_said not in inbound.text
+    assert "\ufffd" not in inbound.raw["subject"] and "=?" not in inbound.raw["subject"]
+    assert [a.name for a in inbound.attachments if a.kind != "rejected"] == files  # a signature logo is no photo
+
+
+@pytest.mark.parametrize("sample", ["auto_reply_subject_zh.eml", "auto_reply_x_loop.eml"])
+def test_auto_replies_without_the_standard_headers_are_not_answered(sample: str) -> None:
+    assert mail.ignore_reason(mail.read_mail(payload(sample)), own=CONFIG.own_addresses) is not None
+
+
+def test_iso_2022_jp_with_outlooks_extensions_and_labelled_charsets_decode() -> None:
+    assert mail.decode_bytes(b"\x1b$B-!$N7o\x1b(B OK", "iso-2022-jp") == "①の件 OK"  # NEC row 13 in JIS X 0208
+    assert mail.decode_bytes("喆".encode("gbk"), "gb2312") == "喆"
+    assert mail.decode_bytes("㗎".encode("big5hkscs"), "big5") == "㗎"
+    assert mail.decode_bytes(b"\xff\xfe", "x-unknown") == "\ufffd\ufffd"  # an unknown label never raises
