@@ -570,8 +570,8 @@ def token_endpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[
     monkeypatch.setenv("SSL_CERT_FILE", str(certificate))
     endpoint = FakeTokenEndpoint(client_id=CLIENT_ID, client_secret=CLIENT_SECRET, refresh_token=REFRESH_TOKEN,
                                  mailbox=SUPPORT)
-    with serve(endpoint.app(), tls=(str(certificate), str(key))) as url:
-        endpoint.base_url = url
+    with serve(endpoint.app(), ssl_certfile=str(certificate), ssl_keyfile=str(key)) as url:
+        endpoint.base_url = url.replace("http://", "https://", 1)
         yield endpoint
 
 

@@ -7,6 +7,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import uvicorn
 from starlette.types import ASGIApp
@@ -19,18 +20,13 @@ def free_port() -> int:
 
 
 @contextmanager
-def serve(app: ASGIApp, *, port: int | None = None, startup_timeout: float = 15.0,
-          tls: tuple[str, str] | None = None) -> Iterator[str]:
+def serve(app: ASGIApp, *, port: int | None = None, startup_timeout: float = 15.0, **options: Any) -> Iterator[str]:
     """Serve `app` on 127.0.0.1 in a thread; yields its base URL; stops it (lifespan included) afterwards.
 
-    `tls` is (certificate file, key file) for a service that only speaks https (an OAuth authority).
-    """
+    `options` are uvicorn's, e.g. `bot.server.uvicorn_options(settings)` to run it as `serve` does."""
     port = port or free_port()
-    certfile, keyfile = tls if tls else (None, None)
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on", access_log=False,
-                       ssl_certfile=certfile, ssl_keyfile=keyfile)
-    )
+    config = {"log_level": "warning", "access_log": False, **options}
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="on", **config))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + startup_timeout
@@ -39,7 +35,7 @@ def serve(app: ASGIApp, *, port: int | None = None, startup_timeout: float = 15.
             raise RuntimeError("server did not start")
         time.sleep(0.02)
     try:
-        yield f"{'https' if tls else 'http'}://127.0.0.1:{port}"
+        yield f"http://127.0.0.1:{port}"
     finally:
         server.should_exit = True
         thread.join(timeout=15)
