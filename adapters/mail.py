@@ -16,6 +16,7 @@ import hashlib
 import html
 import imaplib
 import logging
+import mimetypes
 import re
 import select
 import smtplib
@@ -37,6 +38,7 @@ from urllib.parse import unquote_to_bytes
 
 import httpx
 import msal
+import tnefparse
 from mailparser_reply import EmailMessage as ReplyParser
 from sqlalchemy import Engine, func
 from sqlmodel import Session, col
@@ -464,12 +466,33 @@ def _attachments(mail: EmailMessage, body_part: Message | None, store: Attachmen
         data = part.get_payload(decode=True)
         if not isinstance(data, bytes) or not data:
             continue
-        kind = "photo" if mime.startswith("image/") else "voice" if mime.startswith("audio/") else "document"
-        try:
-            found.append(store.save(data, name=name, mime=mime, kind=kind))
-        except AttachmentRejected as error:
-            found.append(rejected(name, error.reason))
+        files = [(name, mime, data)]
+        if mime == "application/ms-tnef" or name.lower() == "winmail.dat":
+            # Outlook's rich-text wrapper: the customer's files are inside it.
+            files = _tnef_files(data) or files
+        for file_name, file_mime, file_data in files:
+            if len(found) >= MAX_ATTACHMENTS:
+                break
+            kind = ("photo" if file_mime.startswith("image/") else "voice" if file_mime.startswith("audio/")
+                    else "document")
+            try:
+                found.append(store.save(file_data, name=file_name, mime=file_mime, kind=kind))
+            except AttachmentRejected as error:
+                found.append(rejected(file_name, error.reason))
     return tuple(found)
+
+
+def _tnef_files(data: bytes) -> list[tuple[str, str, bytes]]:
+    """The files inside a TNEF `winmail.dat` (name, type by the name's extension, bytes); [] if unreadable."""
+    try:
+        tnef = tnefparse.TNEF(data)
+        files = [(_one_line(a.long_filename() or "") or f"attachment-{n}", a.data)
+                 for n, a in enumerate(tnef.attachments[:MAX_ATTACHMENTS], start=1)]
+    except Exception:  # a damaged or hostile wrapper: refused as the file it is, not a failed mail
+        log.warning("winmail.dat could not be unpacked")
+        return []
+    return [(name, mimetypes.guess_type(name)[0] or "application/octet-stream", content)
+            for name, content in files if isinstance(content, bytes) and content]
 
 
 def _inline_images(mail: Message) -> set[str]:

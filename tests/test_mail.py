@@ -837,3 +837,13 @@ def test_iso_2022_jp_with_outlooks_extensions_and_labelled_charsets_decode() -> 
     assert mail.decode_bytes("喆".encode("gbk"), "gb2312") == "喆"
     assert mail.decode_bytes("㗎".encode("big5hkscs"), "big5") == "㗎"
     assert mail.decode_bytes(b"\xff\xfe", "x-unknown") == "\ufffd\ufffd"  # an unknown label never raises
+
+
+def test_files_inside_outlooks_winmail_dat_are_unpacked(tmp_path: Path) -> None:
+    # tnefparse's umlaut.tnef example inside an Outlook mail: before, the one winmail.dat was refused.
+    raw = payload("outlook_winmail_dat.eml")
+    store = AttachmentStore(root=tmp_path, max_bytes=1_000_000, allowed_types=frozenset({"image/jpeg"}))
+    inbound = mail.to_inbound(mail.read_mail(raw), raw, config=CONFIG, store=store, answers_us=True)
+    assert [(a.kind, a.name) for a in inbound.attachments] == [
+        ("photo", "TBZ PARIV GmbH.jpg"), ("photo", "image003.jpg"), ("rejected", "UmlautAnhang-äüö.txt")]
+    assert "rating plate" in inbound.text
