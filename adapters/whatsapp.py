@@ -176,6 +176,8 @@ MAX_SENDER_ID = 160
 MAX_MESSAGE_ID = 255  # a wamid is about 60 characters
 # Graph media ids are digits; nothing else is joined to the Graph URL (a "/", "." or ":" could leave it).
 MEDIA_ID = re.compile(r"[0-9A-Za-z_-]{1,128}")
+MEDIA_HOSTS = frozenset({"lookaside.fbsbx.com"})  # where Graph's media URLs point (and redirect within)
+MAX_REDIRECTS = 3
 BSUID = re.compile(r"[A-Z]{2}\.(?:ENT\.)?[A-Za-z0-9]{1,128}")
 _MEDIA_KINDS = {"image": "photo", "document": "document", "audio": "voice", "video": "document"}
 # Not something a warranty claim can use; acknowledged and dropped.
@@ -499,9 +501,33 @@ class GraphClient:
             raise GraphError(400, None, "not a media id")
         return _checked(await self._http.get(media_id))
 
+    def media_host(self, url: httpx.URL) -> bool:
+        """Whether the bearer token may go to `url`: the Graph host itself, or Meta's media host over https."""
+        graph = self._http.base_url
+        if (url.scheme, url.host, url.port) == (graph.scheme, graph.host, graph.port):
+            return True
+        return url.scheme == "https" and (url.host in MEDIA_HOSTS or url.host.endswith(".fbsbx.com"))
+
     async def download(self, url: str, *, max_bytes: int) -> bytes:
-        """The media's bytes (the URL needs the same bearer token); MediaTooLarge past `max_bytes`."""
-        async with self._http.stream("GET", url) as response:
+        """The media's bytes (the URL needs the same bearer token); MediaTooLarge past `max_bytes`.
+
+        Redirects are followed (Meta's media URLs answer with one) up to MAX_REDIRECTS, and only to a host
+        that may have the token; anything else is refused before the token is sent.
+        """
+        target = self._http.base_url.join(url)
+        for _ in range(MAX_REDIRECTS + 1):
+            if not self.media_host(target):
+                raise GraphError(400, None, f"media URL on a host that is not Meta's: {target.host}")
+            request = self._http.build_request("GET", target)
+            response = await self._http.send(request, stream=True)
+            if response.is_redirect and "location" in response.headers:
+                await response.aclose()
+                target = target.join(response.headers["location"])
+                continue
+            break
+        else:
+            raise GraphError(400, None, "too many redirects for a media download")
+        try:
             if response.status_code >= 400:
                 await response.aread()
                 _checked(response)
@@ -513,6 +539,8 @@ class GraphClient:
                     raise MediaTooLarge(url)
                 chunks.append(chunk)
             return b"".join(chunks)
+        finally:
+            await response.aclose()
 
     async def aclose(self) -> None:
         await self._http.aclose()

@@ -582,3 +582,34 @@ def test_a_revoked_token_holds_replies_reports_it_and_they_go_out_once_it_works(
     assert running.post(derived_message(40, type="text", text={"body": "hello?"})).status_code == 200
     wait_until(lambda: running.outbox() and all(i.status == "sent" for i in running.outbox()), what="all sent")
     assert httpx.get(f"{running.url}/healthz").json()["status"] == "ok"
+
+
+def test_a_media_download_follows_metas_redirect(running: Running) -> None:
+    graph = running.graph
+    graph.media["1498763502281937"] = (JPEG, "image/jpeg")
+    graph.redirect_downloads = True
+    assert running.post(payload("image.json")).status_code == 200
+    stored = wait_until(lambda: _stored(running), what="the photo stored")
+    assert stored[0].size == len(JPEG) and ("GET", "/cdn/1498763502281937") in graph.requests
+
+
+def test_a_media_url_on_another_host_gets_neither_the_token_nor_a_request(running: Running) -> None:
+    seen: list[str] = []
+
+    async def collector(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            seen.append(dict(scope["headers"]).get(b"authorization", b"").decode())
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": JPEG})
+
+    with serve(collector) as elsewhere:
+        running.graph.media["1498763502281937"] = (JPEG, "image/jpeg")
+        running.graph.media_urls["1498763502281937"] = f"{elsewhere}/steal"
+        assert running.post(payload("image.json")).status_code == 200
+        wait_until(lambda: running.graph.sent_to(WA_ID), what="an answer")
+        assert seen == [] and _stored(running) == []
+
+
+def _stored(running: Running) -> list[StoredAttachment]:
+    with Session(running.bot.db) as session:
+        return list(session.execute(select(StoredAttachment)).scalars())

@@ -29,12 +29,15 @@ class FakeGraph:
     requests: list[tuple[str, str]] = field(default_factory=list)  # (method, path) of every request
     media: dict[str, tuple[bytes, str]] = field(default_factory=dict)  # media id -> (bytes, mime)
     failures: list[list[Any]] = field(default_factory=list)  # [sends to let through first, status, code, title]
+    redirect_downloads: bool = False  # the download URL answers 302 to where the bytes are, as Meta's CDN does
+    media_urls: dict[str, str] = field(default_factory=dict)  # media id -> the URL its answer names instead
     lock: threading.Lock = field(default_factory=threading.Lock)
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
     def app(self) -> Starlette:
         return Starlette(routes=[
             Route("/download/{media_id}", self._download, methods=["GET"]),
+            Route("/cdn/{media_id}", self._download, methods=["GET"]),
             Route("/{version}/{phone_number_id}/messages", self._messages, methods=["POST"]),
             Route("/{version}/{media_id}", self._media_info, methods=["GET"]),
         ])
@@ -102,13 +105,16 @@ class FakeGraph:
         data, mime = found
         return JSONResponse({"messaging_product": "whatsapp", "id": media_id, "mime_type": mime,
                              "sha256": hashlib.sha256(data).hexdigest(), "file_size": len(data),
-                             "url": f"{str(request.base_url).rstrip('/')}/download/{media_id}"})
+                             "url": self.media_urls.get(media_id)
+                                    or f"{str(request.base_url).rstrip('/')}/download/{media_id}"})
 
     async def _download(self, request: Request) -> Response:
         with self.lock:
             self.requests.append(("GET", request.url.path))
         if not self._authorised(request):
             return Response(status_code=401)
+        if self.redirect_downloads and request.url.path.startswith("/download/"):
+            return Response(status_code=302, headers={"location": f"/cdn/{request.path_params['media_id']}"})
         found = self.media.get(request.path_params["media_id"])
         if found is None:
             return Response(status_code=404)
