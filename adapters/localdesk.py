@@ -16,10 +16,25 @@ from starlette.routing import BaseRoute, Route
 
 from adapters.webchat import _PAGE_HEADERS, WEB, ApiError, json_object
 from bot.app import Bot
-from bot.desk import STATUSES, DeskError
+from bot.attachments import STORABLE_TYPES
+from bot.desk import STATUSES, UNITS_PAGE, DeskError
 from bot.outbox import Sender
 
 MAX_NAME = 80
+# The desk holds the engineers' token in the page: another site must not frame it (clickjacking).
+_DESK_HEADERS = {
+    **_PAGE_HEADERS,
+    "Content-Security-Policy": _PAGE_HEADERS["Content-Security-Policy"] + "; frame-ancestors 'none'",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+}
+# A customer's file is downloaded, never rendered as a page of ours: no scripts, no framing, no sniffing.
+_FILE_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "Content-Security-Policy": "default-src 'none'; sandbox; frame-ancestors 'none'",
+    "X-Frame-Options": "DENY",
+    "Cache-Control": "private, no-store",
+}
 
 
 class LocalDesk:
@@ -55,7 +70,7 @@ class LocalDesk:
         return None
 
     async def page(self, request: Request) -> Response:
-        return FileResponse(WEB / "desk.html", headers=_PAGE_HEADERS)
+        return FileResponse(WEB / "desk.html", headers=_DESK_HEADERS)
 
     # --- verify -------------------------------------------------------------------------------------------
 
@@ -94,7 +109,12 @@ class LocalDesk:
         return JSONResponse({"cases": cases})
 
     async def _get(self, request: Request) -> Response:
-        return JSONResponse(await asyncio.to_thread(self.bot.desk.get_case, _ref(request)))
+        offset = _count(request, "units_offset", default=0, most=2**31 - 1)
+        limit = _count(request, "units_limit", default=UNITS_PAGE, most=UNITS_PAGE)
+        case = await asyncio.to_thread(
+            self.bot.desk.get_case, _ref(request), units_offset=offset, units_limit=max(limit, 1)
+        )
+        return JSONResponse(case)
 
     async def _message(self, request: Request) -> Response:
         data = await json_object(request)
@@ -155,14 +175,11 @@ class LocalDesk:
             self.bot.desk.attachment, _ref(request), request.path_params["attachment_id"]
         )
         path = self.bot.attachments.path(stored.path)
+        # Only the types whose first bytes were checked keep their type; anything else (a row from before
+        # the checks, a type since removed) is bytes to download.
+        mime = stored.mime if stored.mime in STORABLE_TYPES else "application/octet-stream"
         return FileResponse(
-            path,
-            media_type=stored.mime,
-            filename=stored.name,
-            headers={
-                "X-Content-Type-Options": "nosniff",
-                "Content-Security-Policy": "default-src 'none'; sandbox",
-            },
+            path, media_type=mime, filename=stored.name, content_disposition_type="attachment", headers=_FILE_HEADERS
         )
 
 
@@ -171,6 +188,15 @@ def _ref(request: Request) -> str:
     if len(ref) > 40:
         raise DeskError("no such case")
     return ref
+
+
+def _count(request: Request, name: str, *, default: int, most: int) -> int:
+    raw = request.query_params.get(name)
+    if raw is None:
+        return default
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 10) or int(raw) > most:
+        raise ApiError(422, f"{name} must be a whole number from 0 to {most}")
+    return int(raw)
 
 
 def _engineer(request: Request, data: dict[str, Any]) -> str:

@@ -47,6 +47,7 @@ from starlette.routing import BaseRoute
 
 from bot.app import Bot
 from bot.attachments import AttachmentRejected, AttachmentStore
+from bot.logs import excerpt
 from bot.messages import Attachment, InboundMessage, OutboundMessage
 from bot.outbox import SENT, Delivered, PermanentFailure, RetryLater, Unreachable
 from bot.store import Case, Conversation, InboxItem, OutboxItem
@@ -139,7 +140,7 @@ def ignore_reason(mail: Message, *, own: frozenset[str]) -> str | None:
     """
     auto_submitted = _header(mail, "Auto-Submitted").split(";")[0].strip().lower()
     if auto_submitted and auto_submitted != "no":
-        return f"Auto-Submitted: {_excerpt(auto_submitted)}"
+        return f"Auto-Submitted: {excerpt(auto_submitted, MAX_LOGGED_HEADER)}"  # the sender's words, logged
     if mail.get("X-Auto-Response-Suppress") is not None:
         return "X-Auto-Response-Suppress"
     if mail.get("X-Autoreply") is not None or mail.get("X-Autorespond") is not None:
@@ -150,7 +151,7 @@ def ignore_reason(mail: Message, *, own: frozenset[str]) -> str | None:
         return "an auto-reply's subject"
     precedence = str(mail.get("Precedence", "")).strip().lower()
     if precedence in _LIST_PRECEDENCE:
-        return f"Precedence: {_excerpt(precedence)}"
+        return f"Precedence: {excerpt(precedence, MAX_LOGGED_HEADER)}"
     return_path = mail.get("Return-Path")
     if return_path is not None and str(return_path).strip() in ("<>", ""):
         return "empty Return-Path (a bounce or an auto-reply)"
@@ -614,12 +615,6 @@ def _one_line(value: str) -> str:
 def _message_ids(value: str) -> list[str]:
     """The well-formed Message-IDs in a header value; anything else in it is dropped."""
     return _MESSAGE_ID.findall(value)
-
-
-def _excerpt(value: str) -> str:
-    """A bounded, one-line excerpt of an untrusted value, for the log."""
-    value = _one_line(value)
-    return value if len(value) <= MAX_LOGGED_HEADER else value[:MAX_LOGGED_HEADER] + "…"
 
 
 # --- OAuth 2.0 for IMAP and SMTP (SASL XOAUTH2) ----------------------------------------------------------------

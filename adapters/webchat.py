@@ -33,7 +33,6 @@ from bot.store.clock import utcnow
 
 CHANNEL = "webchat"
 WEB = Path(__file__).resolve().parent.parent / "bot" / "web"
-MAX_TEXT_CHARS = 100_000
 MAX_CLIENT_ID = 128
 MAX_ID = 2**31 - 1  # ids are 32-bit integers in PostgreSQL
 _MESSAGE_ID = re.compile(r"[0-9]{1,10}")  # ASCII digits: str.isdigit() also takes "²"
@@ -75,11 +74,23 @@ def _session(bot: Bot, session_id: str) -> dict[str, Any]:
 # --- parse ----------------------------------------------------------------------------------------------
 
 
+def _declares_json(request: Request) -> bool:
+    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    return media_type == "application/json" or (media_type.startswith("application/") and media_type.endswith("+json"))
+
+
 async def json_object(request: Request) -> dict[str, Any]:
-    """The request's JSON object (an empty body is an empty object); ApiError 422 otherwise."""
+    """The request's JSON object (an empty body is an empty object); ApiError 415 unless declared JSON, 422
+    unless it is a JSON object.
+
+    Requiring `Content-Type: application/json` makes a cross-site page's request a preflighted one, which
+    the browser does not send (no CORS here): a form or `text/plain` POST from any site is refused.
+    """
     body = await request.body()
     if not body.strip():
         return {}
+    if not _declares_json(request):
+        raise ApiError(415, "send the body as JSON with Content-Type: application/json")
     try:
         data = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError):
@@ -89,18 +100,24 @@ async def json_object(request: Request) -> dict[str, Any]:
     return data
 
 
-def _text_message(data: Mapping[str, Any]) -> tuple[str, str | None]:
+def _text_message(data: Mapping[str, Any], max_chars: int) -> tuple[str, str | None]:
     text = data.get("text")
     if not isinstance(text, str):
         raise ApiError(422, "text is required and must be a string")
     if not text.strip():
         raise ApiError(422, "text must not be empty")
-    if len(text) > MAX_TEXT_CHARS:
-        raise ApiError(422, f"text is too long (at most {MAX_TEXT_CHARS} characters)")
+    _check_length(text, max_chars)
     client_id = data.get("client_id")
     if client_id is not None and (not isinstance(client_id, str) or not 0 < len(client_id) <= MAX_CLIENT_ID):
         raise ApiError(422, f"client_id must be a string of 1 to {MAX_CLIENT_ID} characters")
     return text, client_id
+
+
+def _check_length(text: str, max_chars: int) -> None:
+    # The conversation reads MAX_TEXT_CHARS of a message; storing more (twice: inbox and message log)
+    # would only let one visitor fill the database.
+    if len(text) > max_chars:
+        raise ApiError(422, f"text is too long (at most {max_chars} characters)")
 
 
 def _inbound(
@@ -186,7 +203,7 @@ class WebChat:
     async def _post_message(self, request: Request) -> Response:
         session_id = request.path_params["session_id"]
         details = await asyncio.to_thread(_session, self.bot, session_id)
-        text, client_id = _text_message(await json_object(request))
+        text, client_id = _text_message(await json_object(request), self.bot.settings.max_text_chars)
         external_id = f"{session_id}:{client_id or secrets.token_hex(12)}"
         message = _inbound(
             session_id,
@@ -206,12 +223,16 @@ class WebChat:
         if not request.headers.get("content-type", "").startswith("multipart/form-data"):
             raise ApiError(422, "send the file as multipart/form-data in the field 'file'")
         try:
-            form = await request.form(max_files=1, max_fields=4)
+            # A caption is text like any message; a larger field is refused while it streams in.
+            form = await request.form(max_files=1, max_fields=4, max_part_size=self.bot.settings.max_text_chars * 4 + 1024)
         except (MultiPartException, HTTPException):
             raise ApiError(422, "the multipart body could not be read") from None
         upload = form.get("file")
         if not isinstance(upload, UploadFile):
             raise ApiError(422, "the field 'file' is required")
+        caption = form.get("text")
+        if isinstance(caption, str):
+            _check_length(caption, self.bot.settings.max_text_chars)  # before the file is kept
         data = await upload.read()
         name = upload.filename or "file"
         mime = upload.content_type or "application/octet-stream"
@@ -222,7 +243,6 @@ class WebChat:
             )
         except AttachmentRejected as error:
             attachment = self.bot.attachments.rejected(name, error.reason)
-        caption = form.get("text")
         message = _inbound(
             session_id,
             external_id=f"{session_id}:{secrets.token_hex(12)}",

@@ -24,6 +24,7 @@ from starlette.routing import BaseRoute, Route
 
 from bot.app import Bot
 from bot.attachments import AttachmentRejected
+from bot.fetch import Fetcher, FetchFailed, FetchPolicy, FetchRefused, FetchTooLarge, host_of
 from bot.messages import Attachment, Button, InboundMessage, OutboundMessage
 from bot.outbox import (
     CONFIG_HOLD,
@@ -176,8 +177,7 @@ MAX_SENDER_ID = 160
 MAX_MESSAGE_ID = 255  # a wamid is about 60 characters
 # Graph media ids are digits; nothing else is joined to the Graph URL (a "/", "." or ":" could leave it).
 MEDIA_ID = re.compile(r"[0-9A-Za-z_-]{1,128}")
-MEDIA_HOSTS = frozenset({"lookaside.fbsbx.com"})  # where Graph's media URLs point (and redirect within)
-MAX_REDIRECTS = 3
+MEDIA_HOSTS = frozenset({"lookaside.fbsbx.com"})  # where Graph's media URLs point
 BSUID = re.compile(r"[A-Z]{2}\.(?:ENT\.)?[A-Za-z0-9]{1,128}")
 _MEDIA_KINDS = {"image": "photo", "document": "document", "audio": "voice", "video": "document"}
 # Not something a warranty claim can use; acknowledged and dropped.
@@ -478,8 +478,12 @@ class GraphClient:
     """A thin async client for the Cloud API calls we make; the base URL (version included) is a setting."""
 
     def __init__(self, base_url: str, access_token: str, phone_number_id: str, *, timeout: float = 15.0,
-                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+                 transport: httpx.AsyncBaseTransport | None = None, fetch_policy: FetchPolicy | None = None,
+                 ) -> None:
         self.phone_number_id = phone_number_id
+        self._token = access_token
+        hosts = frozenset({host_of(base_url), *MEDIA_HOSTS})
+        self._fetcher = Fetcher(fetch_policy or FetchPolicy(hosts=hosts, token_hosts=hosts, max_bytes=10 << 20))
         self._auth = {"Authorization": f"Bearer {access_token}"}
         self._http = httpx.AsyncClient(base_url=base_url.rstrip("/") + "/", headers=self._auth, timeout=timeout,
                                        transport=transport)
@@ -501,49 +505,26 @@ class GraphClient:
             raise GraphError(400, None, "not a media id")
         return _checked(await self._http.get(media_id))
 
-    def media_host(self, url: httpx.URL) -> bool:
-        """Whether the bearer token may go to `url`: the Graph host itself, or Meta's media host over https."""
-        graph = self._http.base_url
-        if (url.scheme, url.host, url.port) == (graph.scheme, graph.host, graph.port):
-            return True
-        return url.scheme == "https" and (url.host in MEDIA_HOSTS or url.host.endswith(".fbsbx.com"))
-
     async def download(self, url: str, *, max_bytes: int) -> bytes:
         """The media's bytes (the URL needs the same bearer token); MediaTooLarge past `max_bytes`.
 
-        Redirects are followed (Meta's media URLs answer with one) up to MAX_REDIRECTS, and only to a host
-        that may have the token; anything else is refused before the token is sent.
+        Through the bot's one download policy (bot/fetch.py): the Graph host and Meta's media host only,
+        https, public addresses, redirects within the same host, the token to those hosts alone.
         """
-        target = self._http.base_url.join(url)
-        for _ in range(MAX_REDIRECTS + 1):
-            if not self.media_host(target):
-                raise GraphError(400, None, f"media URL on a host that is not Meta's: {target.host}")
-            request = self._http.build_request("GET", target)
-            response = await self._http.send(request, stream=True)
-            if response.is_redirect and "location" in response.headers:
-                await response.aclose()
-                target = target.join(response.headers["location"])
-                continue
-            break
-        else:
-            raise GraphError(400, None, "too many redirects for a media download")
         try:
-            if response.status_code >= 400:
-                await response.aread()
-                _checked(response)
-            chunks: list[bytes] = []
-            size = 0
-            async for chunk in response.aiter_bytes():
-                size += len(chunk)
-                if size > max_bytes:
-                    raise MediaTooLarge(url)
-                chunks.append(chunk)
-            return b"".join(chunks)
-        finally:
-            await response.aclose()
+            fetched = await self._fetcher.get(str(self._http.base_url.join(url)), bearer=self._token,
+                                              max_bytes=max_bytes)
+        except FetchTooLarge as error:
+            raise MediaTooLarge(url) from error
+        except FetchRefused as error:
+            raise GraphError(400, None, f"media download {error}") from None  # the URL may hold a token
+        except FetchFailed as error:
+            raise GraphError(error.status or 503, None, f"media download failed: {error}") from None
+        return fetched.data
 
     async def aclose(self) -> None:
         await self._http.aclose()
+        await self._fetcher.aclose()
 
 
 def _checked(response: httpx.Response) -> dict[str, Any]:
@@ -895,7 +876,11 @@ class WhatsAppChannel:
     def __init__(self, bot: Bot, config: WhatsAppConfig, *, transport: httpx.AsyncBaseTransport | None = None) -> None:
         self.bot = bot
         self.config = config
-        self.client = GraphClient(config.graph_url, config.access_token, config.phone_number_id, transport=transport)
+        media = [config.graph_url, *MEDIA_HOSTS]  # the token goes to these hosts alone
+        policy = FetchPolicy.from_settings(bot.settings, hosts=media, token_hosts=media,
+                                           max_bytes=bot.attachments.max_bytes)
+        self.client = GraphClient(config.graph_url, config.access_token, config.phone_number_id, transport=transport,
+                                  fetch_policy=policy)
         self._sender = WhatsAppSender(bot.db, self.client, template_name=config.template_name,
                                       template_language=config.template_language)
 

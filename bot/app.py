@@ -47,6 +47,7 @@ def build(
         case_ref_prefix=settings.case_ref_prefix,
         default_language=settings.default_language,
         max_text_chars=settings.max_text_chars,
+        max_claim_units=settings.max_claim_units,
         attachment_max_mb=max(1, settings.attachment_max_bytes // (1024 * 1024)),
         external_desks=external_desks,
     )

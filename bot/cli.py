@@ -171,12 +171,18 @@ def registry_import(
             progress.update(task, completed=done, total=total)
 
         try:
-            result = import_registry(engine, file, policy=policy, progress=report)
+            result = import_registry(
+                engine, file, policy=policy, progress=report, max_unpacked_bytes=current.registry_max_unpacked_bytes
+            )
         except RegistryImportError as error:
             progress.stop()
             for line, message in error.errors[:20]:
                 typer.echo(f"{file}:{line}: {message}", err=True)
-            fail(f"{len(error.errors)} bad row(s) in {file}; nothing was imported")
+            if len(error.errors) > 20:
+                typer.echo(f"... and {len(error.errors) - 20} more problems", err=True)
+            if not error.bad_rows:  # the file as a whole
+                fail(f"{file}: {error.summary()}; nothing was imported")
+            fail(f"{error.counted()} in {file}; nothing was imported")
     typer.echo(f"imported {file}: {result}")
 
 

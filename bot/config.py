@@ -34,6 +34,25 @@ class Settings(BaseSettings):
     outbox_poll_seconds: float = Field(default=0.5, gt=0)
     outbox_max_attempts: int = Field(default=8, gt=0)
     max_text_chars: int = Field(default=4000, gt=0)
+    max_claim_units: int = Field(default=1000, gt=0)
+
+    # --- limits against slow, numerous and oversized requests (docs/operations.md, Security) ------------
+    server_header_timeout_seconds: float = Field(default=10.0, gt=0)
+    server_body_timeout_seconds: float = Field(default=30.0, gt=0)
+    server_keep_alive_seconds: int = Field(default=5, gt=0)
+    server_max_concurrency: int = Field(default=200, gt=0)
+    forwarded_allow_ips: str = "127.0.0.1"
+    max_json_depth: int = Field(default=64, gt=0)
+    rate_limit_client: str = "60/minute"
+    rate_limit_sessions: str = "10/minute;100/day"
+    rate_limit_reads: str = "600/minute"
+    rate_limit_global: str = "1200/minute"
+
+    registry_max_unpacked_bytes: int = Field(default=512 * 1024 * 1024, gt=0)
+
+    # --- downloads (bot/fetch.py) ---------------------------------------------------------------------
+    fetch_timeout_seconds: float = Field(default=30.0, gt=0)
+    fetch_insecure_hosts: str = ""  # tests only: hosts reachable over http and on loopback/private addresses
 
     # --- local desk -----------------------------------------------------------------------------------
     desk_token: SecretStr | None = None
@@ -118,6 +137,21 @@ class Settings(BaseSettings):
         if value not in {"auto", "http", "socket"}:
             raise ValueError("must be auto, http or socket")
         return value
+
+    @field_validator("rate_limit_client", "rate_limit_sessions", "rate_limit_reads", "rate_limit_global")
+    @classmethod
+    def _rate_limit(cls, value: str) -> str:
+        from limits import parse_many
+
+        try:
+            parse_many(value)
+        except ValueError:
+            raise ValueError("must be limits such as 60/minute or 10/minute;100/day") from None
+        return value
+
+    @property
+    def fetch_insecure_host_set(self) -> frozenset[str]:
+        return frozenset(h.strip().lower() for h in self.fetch_insecure_hosts.split(",") if h.strip())
 
     @property
     def allowed_attachment_types(self) -> frozenset[str]:

@@ -16,6 +16,7 @@ from datetime import date
 from decimal import Decimal
 from typing import Any, Literal
 
+from bot.understanding import Lexicon, Reading, default_lexicon, fold, understand
 from policy import (
     Circumstances,
     Claim,
@@ -23,9 +24,7 @@ from policy import (
     Outcome,
     Policy,
     Proof,
-    SerialRangeError,
     evaluate,
-    find_serials,
     looks_like_serial_attempt,
     normalize_serial,
     parse_serial,
@@ -54,75 +53,19 @@ CAUSES: Mapping[str, Circumstances] = {
     "unsure": Circumstances(),
 }
 
-# Global commands, by the words customers type for them (English here; other languages add their words).
-COMMAND_WORDS: Mapping[str, str] = {
-    "help": "help",
-    "/help": "help",
-    "?": "help",
-    "menu": "help",
-    "status": "status",
-    "/status": "status",
-    "human": "human",
-    "/human": "human",
-    "agent": "human",
-    "engineer": "human",
-    "person": "human",
-    "operator": "human",
-    "talk to a person": "human",
-    "talk to a human": "human",
-    "restart": "restart",
-    "/restart": "restart",
-    "start over": "restart",
-    "reset": "restart",
-    "language": "language",
-    "/language": "language",
-    "/start": "start",
-    "start": "start",
-    "hi": "start",
-    "hello": "start",
-    "帮助": "help",
-    "状态": "status",
-    "人工": "human",
-    "重新开始": "restart",
-    "语言": "language",
-    "ayuda": "help",
-    "estado": "status",
-    "humano": "human",
-    "reiniciar": "restart",
-    "idioma": "language",
-    "помощь": "help",
-    "статус": "status",
-    "оператор": "human",
-    "заново": "restart",
-    "язык": "language",
-    "ajuda": "help",
-    "atendente": "human",
-    "recomeçar": "restart",
-    "aide": "help",
-    "statut": "status",
-    "humain": "human",
-    "recommencer": "restart",
-    "langue": "language",
-    "مساعدة": "help",
-    "الحالة": "status",
-    "موظف": "human",
-    "إعادة": "restart",
-    "اللغة": "language",
-}
-
-# Requests for consequential damages (clause L1), in the languages customers use.
-_CONSEQUENTIAL = re.compile(
-    r"lost profits?|loss of (profit|income|revenue|business|data)|consequential|compensat\w* for (the )?"
-    r"(downtime|loss|losses|time)|work stoppage|downtime|data loss|lost (income|revenue|business)"
-    r"|lucro cesante|pérdidas? de (beneficios|ganancias|ingresos)|упущенн\w+ выгод\w*|убытк\w*"
-    r"|lucros cessantes|perte d'exploitation|manque à gagner|pertes? de (profit|revenus)"
-    r"|利润损失|间接损失|停工损失|赔偿损失|الأرباح الضائعة|خسارة الأرباح",
-    re.IGNORECASE,
-)
-_RATING = re.compile(r"^\s*(?:rate:)?([1-5])\s*(?:/\s*5)?\s*[*★⭐]*\s*$")
-_MIN_FAULT_CHARS = 8
+# Option values: what a button (or its number, or its label typed back) stands for.
+HUMAN = "cmd:human"
+YES = "answer:yes"
+NO = "answer:no"
+PROOF_SENT = "proof:sent"
+PROOF_NONE = "proof:none"
+PREFER_REPAIR = "pref:repair"
+PREFER_DISCOUNT = "pref:discount"
+# How many serials one claim may hold (all ranges and messages together), unless the shell says otherwise.
+MAX_CLAIM_UNITS = 1000
+_MIN_FAULT_CHARS = 3
 _OPTION_NUMBER = re.compile(r"[0-9]{1,2}")  # not str.isdigit(): "²" is a digit to it
-_RANGE_WORDS = frozenset({"-", "–", "—", "to", "..", "and", "&", "~", "至", "a", "à", "до", "até"})
+_VALUE = re.compile(r"^(?:cmd|lang|cause|proof|pref|answer|rate):[a-z0-9_]+$")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -150,6 +93,14 @@ class Facts:
     case_status: str | None = None
     # The language the customer's text is in, when it is clear and not the one in use (None otherwise).
     detected_language: str | None = None
+    lexicon: Lexicon = field(default_factory=default_lexicon)
+    # The offered buttons' labels as customers may type them back (folded text -> option value).
+    labels: Mapping[str, str] = field(default_factory=dict)
+    # Serials typed that the registry does not hold, and the one registry serial a typo away from each.
+    suggestions: Mapping[str, str] = field(default_factory=dict)
+    max_units: int = MAX_CLAIM_UNITS
+    # The conversation's last case once it is closed (follow-ups re-open it).
+    last_case_ref: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -204,8 +155,11 @@ class OpenCase:
 
 @dataclass(frozen=True, kw_only=True)
 class RelayToCase:
+    """Add the customer's message to their case; `reopen`: the case was closed and opens again for it."""
+
     text: str
     attachment_ids: tuple[int, ...] = ()
+    reopen: bool = False
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -238,6 +192,10 @@ class State:
     offered: tuple[str, ...] = ()
     awaiting_rating: bool = False
     languages_offered: tuple[str, ...] = ()
+    # A reading to confirm before going on: {"kind": "serials", "serials": [...]} or
+    # {"kind": "suggestion", "typed": ..., "suggested": ...}.
+    confirm: Mapping[str, Any] | None = None
+    unit_faults: Mapping[str, str] = field(default_factory=dict)  # a pasted table's fault per serial
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -254,6 +212,8 @@ class State:
             "offered": list(self.offered),
             "awaiting_rating": self.awaiting_rating,
             "languages_offered": list(self.languages_offered),
+            "confirm": dict(self.confirm) if self.confirm else None,
+            "unit_faults": dict(self.unit_faults),
         }
 
     @classmethod
@@ -275,6 +235,8 @@ class State:
             offered=tuple(data.get("offered", ())),
             awaiting_rating=data.get("awaiting_rating", False),
             languages_offered=tuple(data.get("languages_offered", ())),
+            confirm=data.get("confirm"),
+            unit_faults=dict(data.get("unit_faults") or {}),
         )
 
 
@@ -291,6 +253,22 @@ class Transition:
 def step(state: State, event: Event, facts: Facts) -> Transition:
     """Advance the conversation by one customer event."""
     return _offer_language(_step(state, event, facts), facts)
+
+
+def label_name(value: str) -> str | None:
+    """The labels-template macro that names an option value on a person's screen (`cause:normal` -> …)."""
+    kind, _, key = value.partition(":")
+    names = {
+        "cmd": {"human": "talk_to_person"},
+        "answer": {"yes": "answer_yes", "no": "answer_no"},
+        "proof": {"sent": "proof_sent", "none": "proof_none"},
+        "pref": {"repair": "prefer_repair", "discount": "prefer_discount"},
+    }
+    if kind == "cause" and key in CAUSES:
+        return f"cause_{key}"
+    if kind == "lang" and key in LANGUAGES:
+        return f"language_{key}"
+    return names.get(kind, {}).get(key)
 
 
 def _offer_language(transition: Transition, facts: Facts) -> Transition:
@@ -311,34 +289,64 @@ def _offer_language(transition: Transition, facts: Facts) -> Transition:
 
 
 def _step(state: State, event: Event, facts: Facts) -> Transition:
-    text = _resolve_numbered_choice(state, event.text.strip())
+    text = _resolve_choice(state, event.text.strip(), facts)
     if event.attachment_ids:
         state = replace(state, attachment_ids=state.attachment_ids + event.attachment_ids)
-
-    command = _command(text)
-    if command is not None:
-        return _global(command, state, facts)
+    if text.startswith("cmd:"):
+        return _global(text.removeprefix("cmd:"), state, Reading(text=text), event, facts)
     if text.startswith("lang:"):
         return _set_language(state, text.removeprefix("lang:"), facts)
+    reading = _read(text, facts)
 
+    if reading.intent in ("human", "status", "restart", "help", "language") or (
+        reading.intent == "greeting" and (state.name not in ("new", "closed") and not state.awaiting_rating)
+    ):
+        return _global(reading.intent, state, reading, event, facts)
     if state.name == "with_engineer":
-        return _with_engineer(state, text, event, facts)
-    if state.name == "closed" and state.awaiting_rating:
-        rating = _RATING.match(text)
-        if rating:
-            return _t(
-                replace(state, awaiting_rating=False),
-                Reply(template="rating_thanks"),
-                effects=(RecordRating(rating=int(rating.group(1))),),
-            )
+        return _with_engineer(state, reading, event, facts)
+    if state.name == "closed":
+        return _closed(state, reading, event, facts)
+    if state.name == "new":
+        state = _fresh(state, facts)
+        if not _says_anything(reading) and not event.attachment_ids:
+            return _t(state, Reply(template="greeting"), _ask_serial())
+    return _intake(state, reading, event, facts)
 
-    if _CONSEQUENTIAL.search(text):
-        consequential = Reply(template="consequential_damages", params={"clause": "L1"})
-        followup = _ask_again(state, facts)
-        return Transition(state=state, replies=(consequential, *followup.replies))
 
-    handler = _HANDLERS[state.name]
-    return handler(state, text, event, facts)
+def _read(text: str, facts: Facts) -> Reading:
+    if _VALUE.match(text):
+        return _reading_of_value(text)
+    if text == "?":
+        return Reading(text=text, intent="help")
+    return understand(text, facts.lexicon, facts.policy)
+
+
+def _reading_of_value(value: str) -> Reading:
+    """A button's value, as the reading of the words it stands for."""
+    kind, _, key = value.partition(":")
+    if kind == "cause" and key in CAUSES:
+        return Reading(text=value, cause=key)  # type: ignore[arg-type]
+    if kind == "proof":
+        return Reading(text=value, proof="sent" if key == "sent" else "none")
+    if kind == "pref" and key in ("repair", "discount"):
+        return Reading(text=value, preference=key)  # type: ignore[arg-type]
+    if kind == "answer" and key in ("yes", "no"):
+        return Reading(text=value, answer=key)  # type: ignore[arg-type]
+    if kind == "rate" and key.isdigit():
+        return Reading(text=value, rating=int(key))
+    return Reading(text=value)
+
+
+def _says_anything(reading: Reading) -> bool:
+    return bool(
+        reading.serials
+        or reading.range_error
+        or reading.serial_attempt
+        or reading.fault
+        or reading.proof
+        or reading.cause
+        or reading.consequential
+    )
 
 
 def on_case_closed(state: State, *, ask_rating: bool) -> State:
@@ -353,14 +361,7 @@ def on_case_reopened(state: State) -> State:
 # --- global commands -----------------------------------------------------------------------------------
 
 
-def _command(text: str) -> str | None:
-    lowered = text.lower().strip(" .!¡¿?")
-    if text.startswith("cmd:"):
-        return text.removeprefix("cmd:")
-    return COMMAND_WORDS.get(lowered) or COMMAND_WORDS.get(lowered.split("@")[0])
-
-
-def _global(command: str, state: State, facts: Facts) -> Transition:
+def _global(command: str, state: State, reading: Reading, event: Event, facts: Facts) -> Transition:
     if command == "help":
         return _t(
             state,
@@ -368,28 +369,43 @@ def _global(command: str, state: State, facts: Facts) -> Transition:
             *_ask_again(state, facts).replies,
         )
     if command == "status":
-        return _t(state, Reply(template="status", params=_status_params(state, facts)))
+        status = _t(state, Reply(template="status", params=_status_params(state, facts)))
+        if state.name == "with_engineer" and len(reading.text.split()) > 1:
+            # "Any news?" is for the engineers to read too.
+            return _with(
+                status, effects=(RelayToCase(text=reading.text, attachment_ids=event.attachment_ids),)
+            )
+        return status
     if command == "human":
-        return _human(state, facts)
+        return _human(_absorb(state, reading, facts), reading, event, facts)
     if command == "language":
         choices = tuple(Choice(label=f"language_{code}", value=f"lang:{code}") for code in LANGUAGES)
         return _t(
             replace(state, offered=tuple(c.value for c in choices)),
             Reply(template="language_choose", choices=choices),
         )
-    if command == "start" and state.name not in ("new", "closed"):
+    if command in ("start", "greeting") and state.name not in ("new", "closed"):
         return _t(
             state,
             Reply(template="status", params=_status_params(state, facts)),
             *_ask_again(state, facts).replies,
         )
     # restart, or start from scratch
-    fresh = State(language=state.language, name="awaiting_serial", claim_date=facts.today)
+    fresh = _fresh(state, facts)
     if state.name == "with_engineer" and command == "restart":
         template = "restarted_case_kept"
     else:
         template = "restarted" if command == "restart" else "greeting"
     return _t(fresh, Reply(template=template, params={"case_ref": facts.case_ref}), _ask_serial())
+
+
+def _fresh(state: State, facts: Facts) -> State:
+    return replace(
+        State(language=state.language, attachment_ids=() if state.name != "new" else state.attachment_ids),
+        name="awaiting_serial",
+        claim_date=facts.today,
+        languages_offered=state.languages_offered,
+    )
 
 
 def _set_language(state: State, language: str, facts: Facts) -> Transition:
@@ -422,148 +438,268 @@ def _status_params(state: State, facts: Facts) -> dict[str, Any]:
     }
 
 
-def _human(state: State, facts: Facts) -> Transition:
+def _human(state: State, reading: Reading, event: Event, facts: Facts) -> Transition:
+    """A person, at once, in any state (POLICY.md S1); what the customer said so far goes with the case."""
     if state.name == "with_engineer":
         return Transition(
             state=state,
             replies=(Reply(template="human_already", params={"case_ref": facts.case_ref}),),
-            effects=(RelayToCase(text="[customer asked for a person]"),),
+            effects=(RelayToCase(text=reading.text or "[customer asked for a person]"),),
+        )
+    if state.name == "closed" and facts.last_case_ref:
+        return Transition(
+            state=replace(state, name="with_engineer", awaiting_rating=False, offered=()),
+            replies=(Reply(template="case_reopened", params={"case_ref": facts.last_case_ref}),),
+            effects=(RelayToCase(text=reading.text, attachment_ids=event.attachment_ids, reopen=True),),
         )
     units = tuple(_decide(state, facts)) if state.serials else ()
     effect = OpenCase(
         units=units,
-        fault=state.fault,
+        fault=_case_fault(state),
         claim_date=state.claim_date or facts.today,
         prefers_discount=bool(state.prefers_discount),
         attachment_ids=state.attachment_ids,
         human_requested=True,
     )
     return Transition(
-        state=replace(state, name="with_engineer", offered=()),
+        state=replace(state, name="with_engineer", offered=(), confirm=None),
         replies=(Reply(template="human_requested"),),
         effects=(effect,),
     )
 
 
-# --- states --------------------------------------------------------------------------------------------
+# --- after the hand-off --------------------------------------------------------------------------------
 
 
-def _new(state: State, text: str, event: Event, facts: Facts) -> Transition:
-    fresh = replace(
-        State(language=state.language, attachment_ids=state.attachment_ids),
-        name="awaiting_serial",
-        claim_date=facts.today,
-    )
-    if find_serials(text, facts.policy) or _range_error(text, facts.policy):
-        return _awaiting_serial(fresh, text, event, facts)
+def _with_engineer(state: State, reading: Reading, event: Event, facts: Facts) -> Transition:
+    if not reading.text and not event.attachment_ids:
+        return Transition(state=state)
+    effect = RelayToCase(text=reading.text, attachment_ids=event.attachment_ids)
+    if reading.intent in ("why", "complaint") and state.serials:
+        # "Why?", "what can I do?": the decision's reasons again, and what the customer can still do.
+        units = tuple(_decide(state, facts))
+        return _t(
+            state,
+            Reply(template="decision", params={"groups": _groups(units), "units": len(units)}),
+            Reply(template="next_steps", params=_next_step_params(units, facts)),
+            effects=(effect,),
+        )
+    if reading.intent == "thanks" and not reading.fault:
+        return _t(
+            state, Reply(template="thanks_reply", params={"case_ref": facts.case_ref}), effects=(effect,)
+        )
+    if facts.case_status in (None, "open"):
+        reply = Reply(
+            template="relayed", params={"case_ref": facts.case_ref, "case_status": facts.case_status}
+        )
+        return Transition(state=state, replies=(reply,), effects=(effect,))
+    return Transition(state=state, effects=(effect,))
+
+
+def _closed(state: State, reading: Reading, event: Event, facts: Facts) -> Transition:
+    """After a closed case: a rating, thanks, a new claim, or a follow-up that re-opens the case."""
+    if state.awaiting_rating and reading.rating is not None:
+        return _t(
+            replace(state, awaiting_rating=False),
+            Reply(template="rating_thanks"),
+            effects=(RecordRating(rating=reading.rating),),
+        )
+    state = replace(state, awaiting_rating=False)
+    if reading.intent == "thanks" and not reading.fault and not reading.serials:
+        return _t(state, Reply(template="thanks_reply", params={"case_ref": None}))
+    if reading.serials or reading.range_error or reading.serial_attempt:
+        return _intake(_fresh(state, facts), reading, event, facts)
+    if facts.last_case_ref and (
+        reading.fault or reading.intent in ("why", "complaint") or event.attachment_ids
+    ):
+        return Transition(
+            state=replace(state, name="with_engineer", offered=()),
+            replies=(Reply(template="case_reopened", params={"case_ref": facts.last_case_ref}),),
+            effects=(RelayToCase(text=reading.text, attachment_ids=event.attachment_ids, reopen=True),),
+        )
+    fresh = _fresh(state, facts)
+    if _says_anything(reading):
+        return _intake(fresh, reading, event, facts)
     return _t(fresh, Reply(template="greeting"), _ask_serial())
 
 
-def _closed(state: State, text: str, event: Event, facts: Facts) -> Transition:
-    return _new(replace(state, awaiting_rating=False), text, event, facts)
+# --- intake: every slot from every message -------------------------------------------------------------
 
 
-def _awaiting_serial(state: State, text: str, event: Event, facts: Facts) -> Transition:
-    error = _range_error(text, facts.policy)
-    if error is not None:
-        return _t(
-            state,
+def _intake(state: State, reading: Reading, event: Event, facts: Facts) -> Transition:
+    """Fill what this message says into the claim, then ask for what is still missing (or decide)."""
+    before = state
+    said: list[Reply] = []
+    if state.confirm is not None:
+        confirmed = _answer_confirmation(state, reading, facts)
+        if confirmed is not None:
+            state, reply = confirmed
+            said.extend(reply)
+    if reading.consequential:
+        said.append(Reply(template="consequential_damages", params={"clause": "L1"}))
+
+    state, serial_replies = _take_serials(state, reading, facts)
+    said.extend(serial_replies)
+    state = _take_fault(state, reading, event, asked=before.name == "awaiting_fault" and state.serials != ())
+    state, proof_replies = _take_proof(state, reading, event, facts, asked=before.name == "awaiting_proof")
+    said.extend(proof_replies)
+    if reading.cause is not None and (before.name == "screening" or reading.cause != "unsure"):
+        state = replace(state, cause=reading.cause)
+    if reading.preference is not None and (before.name == "preference" or state.cause is not None):
+        state = replace(state, prefers_discount=reading.preference == "discount")
+    if before.name == "preference" and reading.answer is not None and reading.preference is None:
+        state = replace(state, prefers_discount=None)
+
+    progressed = _progress(state) != _progress(before) or bool(said) or state.confirm != before.confirm
+    if not progressed and not event.attachment_ids:
+        return _reask(before, reading, facts)
+    if not progressed:
+        said.append(Reply(template="attachment_received"))
+    following = _next(replace(state, failures=0 if progressed else state.failures), facts)
+    return Transition(state=following.state, replies=(*said, *following.replies), effects=following.effects)
+
+
+def _progress(state: State) -> tuple[Any, ...]:
+    return (
+        state.serials,
+        state.fault,
+        state.proof,
+        state.cause,
+        state.prefers_discount,
+        tuple(state.unit_faults.items()),
+        state.attachment_ids,
+    )
+
+
+def _take_serials(state: State, reading: Reading, facts: Facts) -> tuple[State, list[Reply]]:
+    if reading.range_error is not None:
+        error = reading.range_error
+        return state, [
             Reply(
                 template="serial_range_error",
-                params={"error": error, "max_units": facts.policy.max_range_units},
-            ),
-        )
-    serials = find_serials(text, facts.policy)
-    if not serials:
-        if event.attachment_ids and not text:
-            return _t(state, Reply(template="attachment_received"), _ask_serial())
-        return _failed(state, "serial_reask", {"attempt": _attempt_excerpt(text, facts.policy)})
-    state = replace(state, serials=tuple(dict.fromkeys(state.serials + tuple(serials))), failures=0)
-    fault = _fault_in(text, facts.policy)
-    received = Reply(template="units_received", params=_units_params(state, facts))
-    if fault:
-        following = _after_fault(replace(state, fault=fault), facts)
-        return Transition(
-            state=following.state, replies=(received, *following.replies), effects=following.effects
-        )
-    return _t(replace(state, name="awaiting_fault", offered=()), received, Reply(template="ask_fault"))
+                params={"error": str(error), "max_units": facts.policy.max_range_units},
+            )
+        ]
+    if not reading.serials:
+        return state, []
+    old = state.serials
+    if reading.removed and set(reading.removed) >= set(reading.serials):
+        serials = tuple(s for s in old if s not in reading.removed)
+    elif reading.serial_action == "replace" or (reading.removed and old):
+        kept = tuple(s for s in reading.serials if s not in reading.removed)
+        serials = kept
+    else:
+        serials = tuple(dict.fromkeys(old + reading.serials))
+    if len(serials) > facts.max_units:
+        return state, [
+            Reply(template="too_many_units", params={"max_units": facts.max_units, "count": len(serials)})
+        ]
+    state = replace(state, serials=serials, unit_faults=_unit_faults(state, reading, facts))
+    # A typo that is another serial: ask before using it.
+    typed = next((s for s in reading.serials if s in facts.suggestions and s in serials), None)
+    if typed is not None:
+        confirm = {"kind": "suggestion", "typed": typed, "suggested": facts.suggestions[typed]}
+        return replace(state, confirm=confirm), []
+    if reading.units_stated is not None and reading.units_stated != len(reading.serials):
+        return replace(state, confirm={"kind": "serials", "stated": reading.units_stated}), []
+    if serials == old:
+        return state, []
+    return state, [Reply(template="units_received", params=_units_params(state, facts))]
 
 
-def _awaiting_fault(state: State, text: str, event: Event, facts: Facts) -> Transition:
-    more = find_serials(text, facts.policy)
-    rest = _fault_in(text, facts.policy)
-    if more and not rest:
-        state = replace(state, serials=tuple(dict.fromkeys(state.serials + tuple(more))))
+def _unit_faults(state: State, reading: Reading, facts: Facts) -> Mapping[str, str]:
+    """A pasted table (a serial and its fault per line) keeps each unit's fault."""
+    lines = [line for line in reading.text.splitlines() if line.strip()]
+    if len(lines) < 2:
+        return state.unit_faults
+    faults = dict(state.unit_faults)
+    for line in lines:
+        line_reading = understand(line, facts.lexicon, facts.policy)
+        if len(line_reading.serials) == 1 and line_reading.fault:
+            faults[line_reading.serials[0]] = line_reading.fault
+    return faults
+
+
+def _take_fault(state: State, reading: Reading, event: Event, *, asked: bool) -> State:
+    if state.unit_faults and not state.fault:
+        return replace(state, fault="; ".join(f"{s}: {f}" for s, f in state.unit_faults.items()))
+    fault = reading.fault
+    if not fault or reading.intent in ("human", "status", "restart"):
+        return state
+    # Asked for the fault, any description will do; volunteered, or beside a request for damages (L1), it
+    # must say more than a word.
+    needed = 1 if asked and not reading.consequential else 2
+    enough = reading.fault_strength >= needed and len(fault) >= _MIN_FAULT_CHARS
+    if not enough:
+        return state
+    if not state.fault:
+        return replace(state, fault=fault)
+    if fault not in state.fault and reading.fault_strength >= 2 and not reading.serials:
+        return replace(state, fault=f"{state.fault}\n{fault}")
+    return state
+
+
+def _take_proof(
+    state: State, reading: Reading, event: Event, facts: Facts, *, asked: bool
+) -> tuple[State, list[Reply]]:
+    if state.proof is not None and state.proof != Proof.none.value:
+        return state, []
+    proof = reading.proof
+    if asked and reading.answer == "no" and proof is None:
+        proof = "none"
+    if asked and reading.answer == "yes" and proof is None:
+        proof = "has"
+    if asked and event.attachment_ids:
+        return replace(state, proof=Proof.documents.value), [Reply(template="proof_received")]
+    if proof in ("sent", "has") and state.attachment_ids and (asked or proof == "sent"):
+        return replace(state, proof=Proof.documents.value), [Reply(template="proof_received")]
+    if proof == "none" or (proof == "absent" and asked):
+        return replace(state, proof=Proof.none.value), []
+    if proof in ("sent", "has") and asked:
+        return state, [Reply(template="proof_send_files")]
+    return state, []
+
+
+def _answer_confirmation(state: State, reading: Reading, facts: Facts) -> tuple[State, list[Reply]] | None:
+    """The customer's answer to "did you mean …?" or "so that's N units?"; None when it is no answer."""
+    confirm = state.confirm or {}
+    if reading.serials:
+        return replace(state, confirm=None), []  # they wrote the serials again: those count
+    if reading.answer is None:
+        return None
+    state = replace(state, confirm=None)
+    if confirm.get("kind") == "suggestion":
+        typed, suggested = confirm["typed"], confirm["suggested"]
+        if reading.answer == "yes":
+            serials = tuple(dict.fromkeys(suggested if s == typed else s for s in state.serials))
+            state = replace(state, serials=serials)
+        return state, [Reply(template="units_received", params=_units_params(state, facts))]
+    if reading.answer == "no":
+        return replace(state, serials=(), unit_faults={}), []
+    return state, [Reply(template="units_received", params=_units_params(state, facts))]
+
+
+def _next(state: State, facts: Facts) -> Transition:
+    """Ask for the first thing the claim still lacks, or decide."""
+    if not state.serials:
+        return _t(replace(state, name="awaiting_serial", offered=()), _ask_serial())
+    if state.confirm is not None:
+        return _ask_confirmation(state, facts)
+    if not state.fault:
+        return _t(replace(state, name="awaiting_fault", offered=()), Reply(template="ask_fault"))
+    if state.proof is None and not all(serial in facts.registry for serial in state.serials):
+        choices = _proof_choices(state)
         return _t(
-            state,
-            Reply(template="units_received", params=_units_params(state, facts)),
-            Reply(template="ask_fault"),
+            replace(state, name="awaiting_proof", offered=tuple(c.value for c in choices)),
+            Reply(template="ask_proof", params=_units_params(state, facts), choices=choices),
         )
-    if len(text) < _MIN_FAULT_CHARS:
-        if event.attachment_ids and not text:
-            return _t(state, Reply(template="attachment_received"), Reply(template="ask_fault"))
-        return _failed(state, "fault_reask", {})
-    return _after_fault(replace(state, fault=text, failures=0), facts)
-
-
-def _after_fault(state: State, facts: Facts) -> Transition:
-    if all(serial in facts.registry for serial in state.serials):
-        return _ask_cause(replace(state, proof=Proof.registry.value))
-    if state.proof is not None:
+    if state.proof is None:
+        state = replace(state, proof=Proof.registry.value)
+    if state.cause is None:
         return _ask_cause(state)
-    choices = _proof_choices(state)
-    return _t(
-        replace(state, name="awaiting_proof", offered=tuple(c.value for c in choices), failures=0),
-        Reply(template="ask_proof", params=_units_params(state, facts), choices=choices),
-    )
-
-
-def _proof_choices(state: State) -> tuple[Choice, ...]:
-    # Files sent before the question may already be the invoice: the customer can say so.
-    sent = (Choice(label="proof_sent", value="proof:sent"),) if state.attachment_ids else ()
-    return (*sent, Choice(label="proof_none", value="proof:none"))
-
-
-def _awaiting_proof(state: State, text: str, event: Event, facts: Facts) -> Transition:
-    if event.attachment_ids or (text == "proof:sent" and state.attachment_ids):
-        return _ask_cause(replace(state, proof=Proof.documents.value), Reply(template="proof_received"))
-    if text == "proof:none" or text.lower() in {
-        "no",
-        "none",
-        "nope",
-        "no invoice",
-        "没有",
-        "нет",
-        "não",
-        "non",
-        "لا",
-    }:
-        return _ask_cause(replace(state, proof=Proof.none.value))
-    return _failed(state, "proof_reask", {})
-
-
-def _ask_cause(state: State, *before: Reply) -> Transition:
-    choices = tuple(Choice(label=f"cause_{cause}", value=f"cause:{cause}") for cause in CAUSES)
-    return _t(
-        replace(state, name="screening", offered=tuple(c.value for c in choices), failures=0),
-        *before,
-        Reply(template="ask_cause", choices=choices),
-    )
-
-
-def _screening(state: State, text: str, event: Event, facts: Facts) -> Transition:
-    cause = text.removeprefix("cause:") if text.startswith("cause:") else None
-    if cause not in CAUSES:
-        if event.attachment_ids and not text:
-            return _t(state, Reply(template="attachment_received"), *_ask_cause(state).replies)
-        return _failed(state, "cause_reask", {}, choices=_ask_cause(state).replies[-1].choices)
-    state = replace(state, cause=cause, failures=0, offered=())
     covered = [unit for unit in _decide(state, facts) if unit.decision.outcome is Outcome.covered]
     if len(covered) >= facts.policy.discount_min_units and state.prefers_discount is None:
-        choices = (
-            Choice(label="prefer_repair", value="pref:repair"),
-            Choice(label="prefer_discount", value="pref:discount"),
-        )
+        choices = _preference_choices()
         return _t(
             replace(state, name="preference", offered=tuple(c.value for c in choices)),
             Reply(
@@ -575,64 +711,90 @@ def _screening(state: State, text: str, event: Event, facts: Facts) -> Transitio
     return _conclude(state, facts)
 
 
-def _preference(state: State, text: str, event: Event, facts: Facts) -> Transition:
-    if text not in ("pref:repair", "pref:discount"):
-        choices = (
-            Choice(label="prefer_repair", value="pref:repair"),
-            Choice(label="prefer_discount", value="pref:discount"),
+def _ask_confirmation(state: State, facts: Facts) -> Transition:
+    confirm = state.confirm or {}
+    choices = (Choice(label="answer_yes", value=YES), Choice(label="answer_no", value=NO))
+    if confirm.get("kind") == "suggestion":
+        reply = Reply(
+            template="serial_suggestion",
+            params={"typed": confirm["typed"], "suggested": confirm["suggested"]},
+            choices=choices,
         )
-        return _failed(state, "preference_reask", {}, choices=choices)
-    return _conclude(replace(state, prefers_discount=text == "pref:discount", offered=()), facts)
+    else:
+        reply = Reply(
+            template="confirm_serials",
+            params={**_units_params(state, facts), "stated": confirm.get("stated")},
+            choices=choices,
+        )
+    return _t(replace(state, offered=tuple(c.value for c in choices)), reply)
+
+
+def _proof_choices(state: State) -> tuple[Choice, ...]:
+    # Files sent before the question may already be the invoice: the customer can say so.
+    sent = (Choice(label="proof_sent", value=PROOF_SENT),) if state.attachment_ids else ()
+    return (*sent, Choice(label="proof_none", value=PROOF_NONE))
+
+
+def _preference_choices() -> tuple[Choice, ...]:
+    return (
+        Choice(label="prefer_repair", value=PREFER_REPAIR),
+        Choice(label="prefer_discount", value=PREFER_DISCOUNT),
+    )
+
+
+def _cause_choices() -> tuple[Choice, ...]:
+    return tuple(Choice(label=f"cause_{cause}", value=f"cause:{cause}") for cause in CAUSES)
+
+
+def _ask_cause(state: State, *before: Reply) -> Transition:
+    choices = _cause_choices()
+    return _t(
+        replace(state, name="screening", offered=tuple(c.value for c in choices)),
+        *before,
+        Reply(template="ask_cause", choices=choices),
+    )
 
 
 def _conclude(state: State, facts: Facts) -> Transition:
+    """The decision, explained; every claim becomes a case, a refusal one for a person to confirm."""
     units = tuple(_decide(state, facts))
     explained = Reply(template="decision", params={"groups": _groups(units), "units": len(units)})
-    needs_engineer = any(
-        u.decision.outcome is not Outcome.not_covered or u.decision.preliminary for u in units
-    )
-    if not needs_engineer:
-        choices = (Choice(label="talk_to_person", value="cmd:human"),)
-        return _t(
-            replace(state, name="closed", offered=tuple(c.value for c in choices)),
-            explained,
-            Reply(template="not_covered_final", choices=choices),
-        )
+    refused = all(u.decision.outcome is Outcome.not_covered for u in units)
     effect = OpenCase(
         units=units,
-        fault=state.fault,
+        fault=_case_fault(state),
         claim_date=state.claim_date or facts.today,
         prefers_discount=bool(state.prefers_discount),
         attachment_ids=state.attachment_ids,
     )
+    closing = (
+        Reply(template="refusal_case_opened", params=_next_step_params(units, facts))
+        if refused
+        else Reply(template="case_opened", params={"units": len(units)})
+    )
     return Transition(
-        state=replace(state, name="with_engineer", offered=()),
-        replies=(explained, Reply(template="case_opened", params={"units": len(units)})),
+        state=replace(state, name="with_engineer", offered=(), failures=0),
+        replies=(explained, closing),
         effects=(effect,),
     )
 
 
-def _with_engineer(state: State, text: str, event: Event, facts: Facts) -> Transition:
-    if not text and not event.attachment_ids:
-        return Transition(state=state)
-    effect = RelayToCase(text=text, attachment_ids=event.attachment_ids)
-    if facts.case_status in (None, "open"):
-        reply = Reply(
-            template="relayed", params={"case_ref": facts.case_ref, "case_status": facts.case_status}
-        )
-        return Transition(state=state, replies=(reply,), effects=(effect,))
-    return Transition(state=state, effects=(effect,))
+def _case_fault(state: State) -> str:
+    return state.fault
 
 
-_HANDLERS = {
-    "new": _new,
-    "awaiting_serial": _awaiting_serial,
-    "awaiting_fault": _awaiting_fault,
-    "awaiting_proof": _awaiting_proof,
-    "screening": _screening,
-    "preference": _preference,
-    "closed": _closed,
-}
+def _next_step_params(units: tuple[UnitDecision, ...], facts: Facts) -> dict[str, Any]:
+    outcomes = {u.decision.outcome for u in units}
+    clauses = sorted({c for u in units for c in u.decision.clauses})
+    return {
+        "case_ref": facts.case_ref,
+        "refused": outcomes == {Outcome.not_covered},
+        "review": Outcome.review in outcomes,
+        "clauses": clauses,
+        # Documents can still change a decision counted from the serial (W3) or refused for want of them (X2).
+        "documents_help": any("W3" in u.decision.clauses or "X2" in u.decision.clauses for u in units),
+        "cargo": any("M1" in u.decision.clauses for u in units),
+    }
 
 
 # --- helpers -------------------------------------------------------------------------------------------
@@ -642,48 +804,63 @@ def _t(state: State, *replies: Reply, effects: tuple[Effect, ...] = ()) -> Trans
     return Transition(state=state, replies=replies, effects=effects)
 
 
+def _with(transition: Transition, *, effects: tuple[Effect, ...]) -> Transition:
+    return Transition(
+        state=transition.state, replies=transition.replies, effects=(*transition.effects, *effects)
+    )
+
+
+def _absorb(state: State, reading: Reading, facts: Facts) -> State:
+    """What a message says besides its request (a serial, the fault), kept for the case."""
+    if state.name in ("with_engineer",):
+        return state
+    if reading.serials and len(state.serials) + len(reading.serials) <= facts.max_units:
+        state = replace(state, serials=tuple(dict.fromkeys(state.serials + reading.serials)))
+    if reading.fault and not state.fault and reading.fault_strength >= 2 and reading.intent != "human":
+        state = replace(state, fault=reading.fault)
+    if state.name in ("new", "closed"):
+        state = replace(state, claim_date=facts.today)
+    return state
+
+
 def _ask_serial() -> Reply:
     return Reply(template="ask_serial")
 
 
 def _ask_again(state: State, facts: Facts) -> Transition:
     """The question the customer still owes us an answer to, asked again."""
-    if state.name in ("new", "awaiting_serial", "closed"):
-        return _t(state, _ask_serial())
-    if state.name == "awaiting_fault":
-        return _t(state, Reply(template="ask_fault"))
-    if state.name == "awaiting_proof":
-        return _t(
-            state,
-            Reply(
-                template="ask_proof",
-                params=_units_params(state, facts),
-                choices=_proof_choices(state),
-            ),
-        )
-    if state.name == "screening":
-        return _ask_cause(state)
-    if state.name == "preference":
-        return _t(
-            state,
-            Reply(
-                template="preference_reask",
-                choices=(
-                    Choice(label="prefer_repair", value="pref:repair"),
-                    Choice(label="prefer_discount", value="pref:discount"),
-                ),
-            ),
-        )
-    return _t(state)
+    if state.name in ("new", "closed", "with_engineer"):
+        return _t(state, _ask_serial()) if state.name != "with_engineer" else _t(state)
+    return _next(state, facts)
 
 
-def _failed(
-    state: State, template: str, params: Mapping[str, Any], choices: tuple[Choice, ...] = ()
-) -> Transition:
-    """A polite re-ask; from the third failed try on, a person is offered as well."""
+_REASKS: Mapping[str, str] = {
+    "awaiting_serial": "serial_reask",
+    "awaiting_fault": "fault_reask",
+    "awaiting_proof": "proof_reask",
+    "screening": "cause_reask",
+    "preference": "preference_reask",
+}
+
+
+def _reask(state: State, reading: Reading, facts: Facts) -> Transition:
+    """A polite re-ask of the open question; from the third failed try on, a person is offered as well."""
+    if state.confirm is not None:
+        return _ask_confirmation(state, facts)
+    template = _REASKS.get(state.name, "serial_reask")
+    choices: tuple[Choice, ...] = ()
+    params: dict[str, Any] = {}
+    if state.name == "awaiting_serial":
+        params["attempt"] = _attempt_excerpt(reading.text) if reading.serial_attempt else None
+    elif state.name == "awaiting_proof":
+        choices = _proof_choices(state)
+    elif state.name == "screening":
+        choices = _cause_choices()
+    elif state.name == "preference":
+        choices = _preference_choices()
     failures = state.failures + 1
     if failures >= MAX_FAILURES:
-        choices = (*choices, Choice(label="talk_to_person", value="cmd:human"))
+        choices = (*choices, Choice(label="talk_to_person", value=HUMAN))
     state = replace(state, failures=failures, offered=tuple(c.value for c in choices) or state.offered)
     return _t(
         state,
@@ -691,40 +868,27 @@ def _failed(
     )
 
 
-def _resolve_numbered_choice(state: State, text: str) -> str:
-    """On channels without buttons the customer answers with the option's number."""
+def _resolve_choice(state: State, text: str, facts: Facts) -> str:
+    """On channels without buttons the customer answers with the option's number, or types its label."""
     if _OPTION_NUMBER.fullmatch(text) and state.offered and 1 <= int(text) <= len(state.offered):
         return state.offered[int(text) - 1]
+    if state.offered and facts.labels:
+        value = facts.labels.get(fold(text).strip(" .!¡¿?"))
+        if value is not None and value in state.offered:
+            return value
+    if state.offered and len(text) <= 4:
+        # A full-width or Arabic-Indic digit ("１", "٢") picks an option too.
+        number = understand(text, facts.lexicon, facts.policy).option
+        if number is not None and 1 <= number <= len(state.offered):
+            return state.offered[number - 1]
     return text
 
 
-def _range_error(text: str, policy: Policy) -> str | None:
-    try:
-        find_serials(text, policy)
-    except SerialRangeError as error:
-        return str(error)
-    return None
-
-
-def _attempt_excerpt(text: str, policy: Policy) -> str | None:
+def _attempt_excerpt(text: str) -> str | None:
     if not looks_like_serial_attempt(text):
         return None
     token = max(text.split(), key=len)
     return normalize_serial(token)[:40]
-
-
-def _fault_in(text: str, policy: Policy) -> str:
-    """The part of a message that describes the fault, once serials and the words joining them are taken out."""
-    words = [w for w in re.split(r"\s+", text) if w.strip(",;:.()[]")]
-    is_serial = [bool(find_serials(w.strip(",;:.()[]"), policy)) for w in words]
-    kept = []
-    for index, word in enumerate(words):
-        between_serials = 0 < index < len(words) - 1 and is_serial[index - 1] and is_serial[index + 1]
-        if is_serial[index] or (between_serials and word.lower() in _RANGE_WORDS):
-            continue
-        kept.append(word)
-    rest = " ".join(kept).strip(" ,;:-–")
-    return rest if len(rest) >= _MIN_FAULT_CHARS and len(kept) >= 2 else ""
 
 
 def _units_params(state: State, facts: Facts) -> dict[str, Any]:

@@ -31,6 +31,7 @@ from bot.store.clock import utcnow
 STATUSES = ("open", "claimed", "waiting_customer", "in_service", "resolved", "closed")
 METHODS = ("remote_guidance", "factory_repair", "door_to_door", "discount_compensation", "not_covered")
 RATINGS = tuple(str(n) for n in range(1, 6))
+UNITS_PAGE = 200  # units in one answer of get_case; a case of thousands is read page by page
 
 
 class DeskError(Exception):
@@ -74,16 +75,26 @@ class Desk:
             )
             return [_summary(case, counts.get(case.id or 0, 0)) for case in cases]
 
-    def get_case(self, ref: str) -> dict[str, Any]:
+    def get_case(self, ref: str, *, units_offset: int = 0, units_limit: int = UNITS_PAGE) -> dict[str, Any]:
+        """The case with one page of its units (`unit_count` says how many there are, `units_next` where
+        the next page starts, or None)."""
         with Session(self.engine.db) as session:
             case = _find(session, ref)
+            unit_count = session.execute(
+                select(func.count()).select_from(CaseUnit).where(col(CaseUnit.case_id) == case.id)
+            ).scalar_one()
             units = (
                 session.execute(
-                    select(CaseUnit).where(col(CaseUnit.case_id) == case.id).order_by(col(CaseUnit.id))
+                    select(CaseUnit)
+                    .where(col(CaseUnit.case_id) == case.id)
+                    .order_by(col(CaseUnit.id))
+                    .offset(units_offset)
+                    .limit(units_limit)
                 )
                 .scalars()
                 .all()
             )
+            following = units_offset + len(units)
             messages = (
                 session.execute(
                     select(Message).where(col(Message.case_id) == case.id).order_by(col(Message.id))
@@ -118,7 +129,10 @@ class Desk:
                 .first()
             )
             return {
-                **_summary(case, len(units)),
+                **_summary(case, unit_count),
+                "unit_count": unit_count,
+                "units_offset": units_offset,
+                "units_next": following if following < unit_count else None,
                 "fault": case.fault,
                 "customer": identity.display_name if identity else None,
                 "refusal_reason": case.refusal_reason,

@@ -23,7 +23,7 @@ from bot import conversation as conv
 from bot.language import detect, hint_language
 from bot.messages import Attachment, Button, InboundMessage, OutboundMessage
 from bot.outbox import enqueue, enqueue_event
-from bot.registry import lookup
+from bot.registry import lookup, near_serials
 from bot.render import Renderer
 from bot.store import (
     AuditEntry,
@@ -39,7 +39,8 @@ from bot.store import (
     session_scope,
 )
 from bot.store.clock import utcnow
-from policy import Policy, decision_to_json, find_serials
+from bot.understanding import default_lexicon, fold, understand
+from policy import Policy, decision_to_json
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,7 @@ class EngineConfig:
     case_ref_prefix: str = "WR"
     default_language: str = "en"
     max_text_chars: int = 4000
+    max_claim_units: int = conv.MAX_CLAIM_UNITS
     attachment_max_mb: int = 10
     external_desks: tuple[str, ...] = ()  # outbox channels that receive desk events, e.g. ("slack",)
     # Channels where each message costs the customer (a mail) or a quota (WeChat): one reply per turn.
@@ -194,19 +196,19 @@ class Engine:
             if a.kind != "rejected"
         ]
         rejected = [a for a in message.attachments if a.kind == "rejected"]
+        state = conv.State.from_dict({**conversation.data, "name": conversation.state})
         session.add(
             Message(
                 conversation_id=conversation.id or 0,
                 case_id=case.id if case else None,
                 author="customer",
                 author_name=message.sender_name,
-                text=message.text,
+                text=self._as_read(message.text, state),
                 attachment_ids=[a.id or 0 for a in stored],
                 client_id=message.raw.get("client_id") if message.raw else None,
             )
         )
 
-        state = conv.State.from_dict({**conversation.data, "name": conversation.state})
         text = message.text[: self.config.max_text_chars]
         detected = None if customer.language_explicit else detect(text)
         if customer.language is None and detected is not None:
@@ -214,7 +216,7 @@ class Engine:
             customer.language, detected = detected, None
         if not conversation.data.get("language"):
             state = replace(state, language=customer.language or self.config.default_language)
-        facts = self._facts(session, state, text, case, detected)
+        facts = self._facts(session, state, text, case, detected, conversation)
         transition = conv.step(
             state, conv.Event(text=text, attachment_ids=tuple(a.id or 0 for a in stored)), facts
         )
@@ -232,8 +234,11 @@ class Engine:
                 )
             )
         case = self._apply(session, transition, conversation, customer, case, message)
-        extra = {"case_ref": case.ref if case else None}
-        replies.extend((reply, extra) for reply in transition.replies)
+        # A case opened by this step gives its reference to the replies; a reply's own one stays.
+        replies.extend(
+            (reply, {"case_ref": reply.params.get("case_ref") or (case.ref if case else None)})
+            for reply in transition.replies
+        )
 
         language = transition.state.language
         rendered = [self.renderer.render(r, language=r.language or language, extra=c) for r, c in replies]
@@ -251,13 +256,25 @@ class Engine:
         identity.last_inbound_at = message.received_at
 
     def _facts(
-        self, session: Session, state: conv.State, text: str, case: Case | None, detected: str | None
+        self,
+        session: Session,
+        state: conv.State,
+        text: str,
+        case: Case | None,
+        detected: str | None,
+        conversation: Conversation,
     ) -> conv.Facts:
-        try:
-            mentioned = find_serials(text, self.policy)
-        except ValueError:
-            mentioned = []
+        mentioned = understand(text, default_lexicon(), self.policy).serials
         registry = lookup(session, set(state.serials) | set(mentioned))
+        unknown = [s for s in mentioned if s not in registry]
+        last_case = None
+        if case is None and state.name == "closed":
+            last_case = session.execute(
+                select(col(Case.ref))
+                .where(col(Case.conversation_id) == conversation.id)
+                .order_by(col(Case.id).desc())
+                .limit(1)
+            ).scalar_one_or_none()
         return conv.Facts(
             today=utcnow().date(),
             policy=self.policy,
@@ -265,7 +282,35 @@ class Engine:
             case_ref=case.ref if case else None,
             case_status=case.status if case else None,
             detected_language=detected if detected != state.language else None,
+            labels=self._labels(state.offered),
+            suggestions=near_serials(session, unknown[:20]) if unknown else {},
+            max_units=self.config.max_claim_units,
+            last_case_ref=last_case,
         )
+
+    def _labels(self, offered: tuple[str, ...]) -> dict[str, str]:
+        """The offered buttons' labels in every language, folded, as a customer may type one back."""
+        labels: dict[str, str] = {}
+        for value in offered:
+            name = conv.label_name(value)
+            if name is None:
+                continue
+            for language in conv.LANGUAGES:
+                labels[fold(self.renderer.label(name, language=language)).strip(" .!¡¿?")] = value
+        return labels
+
+    def _as_read(self, text: str, state: conv.State) -> str:
+        """What a person reads of a customer's message: a button's label (or an option number with its label),
+        never the option's value (`cause:normal`)."""
+        value = text.strip()
+        if value.isascii() and value.isdigit() and state.offered and 1 <= int(value) <= len(state.offered):
+            label = self._label_of(state.offered[int(value) - 1], state.language)
+            return f"{value} ({label})" if label else text
+        return self._label_of(value, state.language) or text
+
+    def _label_of(self, value: str, language: str) -> str | None:
+        name = conv.label_name(value)
+        return self.renderer.label(name, language=language) if name else None
 
     def _conversation(
         self, session: Session, message: InboundMessage
@@ -336,6 +381,10 @@ class Engine:
         for effect in transition.effects:
             if isinstance(effect, conv.OpenCase):
                 case = self._open_case(session, effect, conversation, customer, transition.state.language)
+            elif isinstance(effect, conv.RelayToCase) and effect.reopen and case is None:
+                case = self._reopen(session, conversation)
+                if case is not None:
+                    self._relay(session, case, effect, message)
             elif isinstance(effect, conv.RelayToCase) and case is not None:
                 self._relay(session, case, effect, message)
             elif isinstance(effect, conv.RecordRating):
@@ -414,6 +463,24 @@ class Engine:
         self.notify_desks(session, case, "case_opened")
         return case
 
+    def _reopen(self, session: Session, conversation: Conversation) -> Case | None:
+        """A follow-up after a closed case: the case opens again, for the engineers to see it."""
+        case: Case | None = session.execute(
+            select(Case)
+            .where(col(Case.conversation_id) == conversation.id)
+            .order_by(col(Case.id).desc())
+            .limit(1)
+        ).scalar_one_or_none()
+        if case is None:
+            return None
+        if case.status in ("resolved", "closed"):
+            case.status = "open"
+            case.updated_at = utcnow()
+            audit(session, case, "customer", "reopened")
+            self.notify_desks(session, case, "case_updated")
+        conversation.case_id = case.id
+        return case
+
     def _relay(self, session: Session, case: Case, effect: conv.RelayToCase, message: InboundMessage) -> None:
         if case.status == "waiting_customer":
             case.status = "claimed"
@@ -447,21 +514,31 @@ class Engine:
             ).scalar_one_or_none()
             if conversation is None:
                 return []
-            rows = session.execute(
-                select(Message)
-                .where(
-                    col(Message.conversation_id) == conversation.id,
-                    col(Message.id) > after,
-                    col(Message.author).in_(("customer", "bot", "engineer")),
+            rows = (
+                session.execute(
+                    select(Message)
+                    .where(
+                        col(Message.conversation_id) == conversation.id,
+                        col(Message.id) > after,
+                        col(Message.author).in_(("customer", "bot", "engineer")),
+                    )
+                    .order_by(col(Message.id))
+                    .limit(limit)
                 )
-                .order_by(col(Message.id))
-                .limit(limit)
-            ).scalars().all()
+                .scalars()
+                .all()
+            )
             ids = [a for m in rows for a in m.attachment_ids]
-            files = {
-                f.id: {"name": f.name, "mime": f.mime}
-                for f in session.execute(select(StoredAttachment).where(col(StoredAttachment.id).in_(ids))).scalars()
-            } if ids else {}
+            files = (
+                {
+                    f.id: {"name": f.name, "mime": f.mime}
+                    for f in session.execute(
+                        select(StoredAttachment).where(col(StoredAttachment.id).in_(ids))
+                    ).scalars()
+                }
+                if ids
+                else {}
+            )
             return [
                 {
                     "id": m.id,

@@ -165,3 +165,45 @@ def hint_language(locale_hint: str | None) -> str | None:
         return None
     language = tag.group(1).lower()
     return language if language in LANGUAGES else None
+
+
+# --- variants -------------------------------------------------------------------------------------------
+
+# Written variants a language has templates for (templates/pt_PT/): the renderer falls back from a variant to
+# its language, then to English. European Portuguese is written in Portugal and in Lusophone Africa.
+VARIANT_COUNTRY_CODES: dict[str, str] = {
+    "351": "pt_PT", "244": "pt_PT", "258": "pt_PT", "238": "pt_PT", "245": "pt_PT", "239": "pt_PT",
+}  # fmt: skip
+VARIANT_REGIONS: dict[str, dict[str, str]] = {"pt": {"PT": "pt_PT", "AO": "pt_PT", "MZ": "pt_PT", "CV": "pt_PT",
+                                                    "GW": "pt_PT", "ST": "pt_PT", "TL": "pt_PT"}}  # fmt: skip
+
+
+def hint_variant(locale_hint: str | None) -> str | None:
+    """The written variant a channel's hint asks for, or None for the language's default (or no hint).
+
+    "pt-PT", "pt_AO" or a Portuguese or Angolan phone number (+351…, +244…) -> "pt_PT"; "pt-BR", "pt",
+    "+55…" and every other language -> None. The variant is a `Renderer` language ("pt_PT"); its base
+    language ("pt", `variant_language`) is what detection and the language menu deal in.
+    """
+    language = hint_language(locale_hint)
+    if language is None or locale_hint is None:
+        return None
+    hint = locale_hint.strip()
+    for prefix in ("wa:", "tel:", "whatsapp:"):
+        if hint.lower().startswith(prefix):
+            hint = hint[len(prefix) :]
+    phone = _PHONE.match(re.sub(r"[\s().-]", "", hint))
+    if phone:
+        digits = phone.group(1)
+        for length in range(_LONGEST_CODE, 0, -1):
+            if digits[:length] in COUNTRY_LANGUAGES:
+                return VARIANT_COUNTRY_CODES.get(digits[:length])
+        return None
+    parts = re.split(r"[-_]", hint)
+    region = parts[1].upper() if len(parts) > 1 else ""
+    return VARIANT_REGIONS.get(language, {}).get(region)
+
+
+def variant_language(language: str) -> str:
+    """The language of a variant: "pt_PT" -> "pt", "pt-PT" -> "pt"; a plain language stays as it is."""
+    return re.split(r"[-_]", language, maxsplit=1)[0].lower()

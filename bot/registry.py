@@ -12,10 +12,11 @@ from datetime import date, datetime
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
-from zipfile import BadZipFile
+from zipfile import BadZipFile, ZipFile
 
 import openpyxl
 from openpyxl.utils.exceptions import InvalidFileException
+from rapidfuzz.distance import OSA
 from sqlalchemy import Connection, Engine, Table, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
@@ -25,8 +26,16 @@ from bot.store.models import RegistryOrder, RegistryUnit
 from policy import Policy, SerialRangeError, expand_range, normalize_serial
 
 COLUMNS = (
-    "order_id", "customer", "serial", "serial_to", "production_date", "port_arrival_date",
-    "cargo_compensation", "order_pieces", "order_total", "currency",
+    "order_id",
+    "customer",
+    "serial",
+    "serial_to",
+    "production_date",
+    "port_arrival_date",
+    "cargo_compensation",
+    "order_pieces",
+    "order_total",
+    "currency",
 )
 # A file of single units needs no range column; every other column is required, because a re-import
 # writes every column, and a column left out would silently blank what an earlier import stored.
@@ -39,6 +48,9 @@ POSTGRES_IN_LIMIT = 10_000  # PostgreSQL allows 65,535; fewer round trips matter
 _MAX_KEY = 64  # the length of the order_id and serial columns
 _MAX_INT4 = 2_147_483_647  # order_pieces is an INTEGER column on PostgreSQL
 _MAX_TOTAL = Decimal(10) ** 12  # order_total is NUMERIC(14, 2)
+# What an XLSX file may unpack to: a 300,000-row registry is about 60 MB of XML; a zip bomb of 2 MB is
+# gigabytes, which openpyxl would read for minutes at a gigabyte of memory. REGISTRY_MAX_UNPACKED_BYTES.
+DEFAULT_MAX_UNPACKED_BYTES = 512 * 1024 * 1024
 _CENT = Decimal("0.01")
 
 _T = TypeVar("_T")
@@ -69,6 +81,17 @@ class RegistryImportError(Exception):
         self.errors: list[tuple[int, str]] = sorted(errors, key=lambda error: error[0])
         super().__init__(self.summary())
 
+    @property
+    def bad_rows(self) -> int:
+        """How many rows have problems (a row with five problems is one bad row; line 0 is no row)."""
+        return len({line for line, _ in self.errors if line})
+
+    def counted(self) -> str:
+        """`3 bad rows (8 problems)`: rows counted as rows, problems as problems."""
+        rows = self.bad_rows
+        head = f"{rows} bad row" + ("s" if rows != 1 else "")
+        return head + (f" ({len(self.errors)} problems)" if len(self.errors) > rows else "")
+
     def summary(self) -> str:
         if not self.errors:
             return "the registry file was not imported"
@@ -76,10 +99,7 @@ class RegistryImportError(Exception):
         first = f"line {line}: {message}" if line else message
         if line == 0 and len(self.errors) == 1:
             return first
-        rows = len({line for line, _ in self.errors})
-        head = f"{rows} bad row" + ("s" if rows != 1 else "")
-        if len(self.errors) > rows:
-            head += f" ({len(self.errors)} problems)"
+        head = self.counted()
         return f"{head}; first: {first}" if len(self.errors) > 1 else f"{head}: {first}"
 
     def __str__(self) -> str:
@@ -117,7 +137,12 @@ ProgressCallback = Callable[[int, int], None]
 
 
 def import_registry(
-    engine: Engine, path: Path, *, policy: Policy, progress: ProgressCallback | None = None
+    engine: Engine,
+    path: Path,
+    *,
+    policy: Policy,
+    progress: ProgressCallback | None = None,
+    max_unpacked_bytes: int = DEFAULT_MAX_UNPACKED_BYTES,
 ) -> ImportReport:
     """Validate the registry file at `path` (CSV or XLSX), then upsert its orders and units in one go.
 
@@ -128,10 +153,12 @@ def import_registry(
     that never goes back: while the file is read, `total` assumes a unit per row (an estimate); once it
     is validated, `total` is exact. Called every few thousand steps and once at the end.
 
+    An XLSX file whose parts unpack to more than `max_unpacked_bytes` is refused before it is read.
+
     Raises:
         RegistryImportError: the file cannot be read, or has bad rows (all of them are listed).
     """
-    with _open(path) as (rows, expected_rows):
+    with _open(path, max_unpacked_bytes) as (rows, expected_rows):
         meter = _Progress(progress, expected_rows)
         orders, units = _validate(rows, policy, meter)
     return _write(engine, orders, units, meter)
@@ -145,8 +172,13 @@ def lookup(session: Session, serials: Iterable[str]) -> dict[str, UnitFacts]:
     for chunk in _chunks(wanted, limit):
         query = (
             select(
-                _UNITS.c.serial, _UNITS.c.order_id, _UNITS.c.production_date, _UNITS.c.port_arrival_date,
-                _ORDERS.c.cargo_compensation, _ORDERS.c.order_pieces, _ORDERS.c.order_total,
+                _UNITS.c.serial,
+                _UNITS.c.order_id,
+                _UNITS.c.production_date,
+                _UNITS.c.port_arrival_date,
+                _ORDERS.c.cargo_compensation,
+                _ORDERS.c.order_pieces,
+                _ORDERS.c.order_total,
                 _ORDERS.c.currency,
             )
             .join_from(_UNITS, _ORDERS, _UNITS.c.order_id == _ORDERS.c.order_id)
@@ -166,13 +198,37 @@ def lookup(session: Session, serials: Iterable[str]) -> dict[str, UnitFacts]:
     return found
 
 
+# A typed serial one slip from a registered one ("did you mean …?"): same model and month, one edit or one
+# swap of neighbours away, and the only such serial. Candidates are read by the serial's first characters.
+_NEAR_PREFIX = 7
+_NEAR_CANDIDATES = 5000
+
+
+def near_serials(session: Session, serials: Iterable[str]) -> dict[str, str]:
+    """For each serial the registry lacks, the one registered serial a typo away from it, when there is one."""
+    found: dict[str, str] = {}
+    for serial in sorted({normalize_serial(s) for s in serials} - {""}):
+        if len(serial) <= _NEAR_PREFIX:
+            continue
+        prefix = serial[:_NEAR_PREFIX]
+        rows = session.execute(
+            select(_UNITS.c.serial)
+            .where(_UNITS.c.serial.like(f"{prefix}%"), _UNITS.c.serial != serial)
+            .limit(_NEAR_CANDIDATES)
+        ).scalars()
+        close = [r for r in rows if OSA.distance(serial, r, score_cutoff=1) <= 1]
+        if len(close) == 1:
+            found[serial] = close[0]
+    return found
+
+
 # Reading --------------------------------------------------------------------------------------------------
 
 _Row = tuple[int, Sequence[object]]
 
 
 @contextmanager
-def _open(path: Path) -> Iterator[tuple[Iterator[_Row], int]]:
+def _open(path: Path, max_unpacked_bytes: int) -> Iterator[tuple[Iterator[_Row], int]]:
     """The file's lines as (line number, cells), the header included, and the data rows it seems to hold."""
     try:
         with path.open("rb") as file:
@@ -180,14 +236,15 @@ def _open(path: Path) -> Iterator[tuple[Iterator[_Row], int]]:
     except OSError as error:
         raise RegistryImportError([(0, f"cannot read {path}: {error.strerror or error}")]) from error
     if magic.startswith(b"\xd0\xcf\x11\xe0"):
-        raise RegistryImportError([
-            (0, "old Excel .xls files are not supported: save the sheet as .xlsx or CSV")
-        ])
+        raise RegistryImportError(
+            [(0, "old Excel .xls files are not supported: save the sheet as .xlsx or CSV")]
+        )
     if not magic.startswith(b"PK\x03\x04"):  # not a zip archive, so not XLSX whatever the file is called
         text = _decode(path.read_bytes())
         yield _csv_rows(text), text.count("\n") + (not text.endswith("\n")) - 1
         return
     try:
+        _check_unpacked_size(path, max_unpacked_bytes)
         workbook = openpyxl.load_workbook(path, read_only=True, data_only=True)
     except (BadZipFile, InvalidFileException, KeyError, OSError, ValueError) as error:
         raise RegistryImportError([(0, f"not a readable XLSX file: {error}")]) from error
@@ -200,6 +257,21 @@ def _open(path: Path) -> Iterator[tuple[Iterator[_Row], int]]:
         yield enumerate(sheet.iter_rows(values_only=True), start=1), expected
     finally:
         workbook.close()
+
+
+def _check_unpacked_size(path: Path, limit: int) -> None:
+    """Refuses an archive whose parts unpack to more than `limit` bytes, before any part is unpacked.
+
+    The sizes are the archive's word, but zipfile holds it to them: a part that unpacks to more than its
+    stated size fails its CRC check there, and the reading stops at the stated size.
+    """
+    with ZipFile(path) as archive:
+        unpacked = sum(info.file_size for info in archive.infolist())
+    if unpacked > limit:
+        raise RegistryImportError([(0, (
+            f"the XLSX file unpacks to {unpacked / 2**20:.0f} MB, more than the {limit / 2**20:.0f} MB allowed "
+            "(REGISTRY_MAX_UNPACKED_BYTES): split the registry, or save it as CSV"
+        ))])
 
 
 def _decode(data: bytes) -> str:
@@ -287,15 +359,18 @@ def _validate(
             continue
         order_id, order, serials, unit = parsed
         if order_id in orders:
-            errors.extend((line, problem) for problem in _conflicts(order_id, orders[order_id], order,
-                                                                   order_lines[order_id]))
+            errors.extend(
+                (line, problem)
+                for problem in _conflicts(order_id, orders[order_id], order, order_lines[order_id])
+            )
         else:
             orders[order_id], order_lines[order_id] = order, line
         repeated = [serial for serial in serials if serial in unit_lines]
         if repeated:
             more = f" ({len(repeated)} serials of this range are listed earlier)" if len(repeated) > 1 else ""
-            errors.append((line, f"serial: {repeated[0]} is already listed on line "
-                                 f"{unit_lines[repeated[0]]}{more}"))
+            errors.append(
+                (line, f"serial: {repeated[0]} is already listed on line {unit_lines[repeated[0]]}{more}")
+            )
         for serial in serials:
             unit_lines.setdefault(serial, line)
             units[serial] = unit
@@ -318,8 +393,11 @@ def _header(line: int, cells: Sequence[object]) -> dict[str, int]:
             columns.setdefault(name, index)
     missing = [name for name in COLUMNS if name not in columns and name not in OPTIONAL_COLUMNS]
     if missing:
-        problems.insert(0, f"missing column{'s' if len(missing) > 1 else ''}: {', '.join(missing)}"
-                           f" (the header must name {', '.join(COLUMNS)})")
+        problems.insert(
+            0,
+            f"missing column{'s' if len(missing) > 1 else ''}: {', '.join(missing)}"
+            f" (the header must name {', '.join(COLUMNS)})",
+        )
     if problems:
         raise RegistryImportError([(line, problem) for problem in problems])
     return columns
@@ -356,8 +434,9 @@ def _parse_row(
     )
     if production is not None and arrival is not None and arrival < production:
         # Swapped columns are the likely cause, and they would skew every warranty decision.
-        problems.append(f"port_arrival_date: {arrival.isoformat()} is before production_date "
-                        f"{production.isoformat()}")
+        problems.append(
+            f"port_arrival_date: {arrival.isoformat()} is before production_date {production.isoformat()}"
+        )
     if problems:
         return None
     serials = [serial]
@@ -514,9 +593,11 @@ def _write(
         new_orders = [key for key in orders if key not in stored_orders]
         changed_orders = [key for key in orders if key in stored_orders and stored_orders[key] != orders[key]]
         # Orders first: units hold a foreign key to them.
-        _upsert(connection, _ORDERS, [
-            {"order_id": key, **orders[key]._asdict()} for key in [*new_orders, *changed_orders]
-        ])
+        _upsert(
+            connection,
+            _ORDERS,
+            [{"order_id": key, **orders[key]._asdict()} for key in [*new_orders, *changed_orders]],
+        )
         inserted = updated = done = 0
         serials = list(units)
         for batch in _chunks(serials, WRITE_BATCH):
@@ -536,9 +617,13 @@ def _write(
             done += len(batch)
             meter.units_written(done, total)
     return ImportReport(
-        orders=len(orders), units=total, inserted=inserted, updated=updated,
+        orders=len(orders),
+        units=total,
+        inserted=inserted,
+        updated=updated,
         unchanged=total - inserted - updated,
-        orders_inserted=len(new_orders), orders_updated=len(changed_orders),
+        orders_inserted=len(new_orders),
+        orders_updated=len(changed_orders),
     )
 
 

@@ -1,28 +1,144 @@
 """The one renderer: jinja2 templates per language, with locale formatting of dates and money (Babel).
 
 Customer text only ever enters as data (a variable's value), never as template source.
+
+Everything a customer reads is formatted here, once, by `Formats` for the customer's locale: template
+variables (`date()`, `money()`, `number()`, `months()`, `percent()`) and the parameters of the policy's reason
+texts alike, so one conversation shows one date style and one money style. Clause ids reach customers only
+with their meaning (`clause("M5")` -> "1% of the order total off the next order (M5)"). Right-to-left messages
+(Arabic) get every Latin or digit run isolated (U+2068 … U+2069), so serials, references, dates and amounts
+keep their order and a line starting with a serial still lays out right to left, on every channel.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import date
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from babel.dates import format_date
-from babel.numbers import format_currency, format_decimal
+from babel.numbers import format_currency, format_decimal, format_percent
+from babel.units import format_unit
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, TemplateNotFound, select_autoescape
 
 from bot.conversation import Reply
 from bot.messages import Button
-from policy import Decision, Policy, render_reasons
+from policy import Decision, Policy, clause_meaning, language_chain, render_reasons
 
 TEMPLATES = Path(str(resources.files("templates")))
 FALLBACK = "en"
+
+# Babel locale per language (or variant, see `normalize_language`). English is "en_001", CLDR's World English:
+# day-month-year ("9 June 2026") for a worldwide B2B audience, where the bare "en" (US) would write
+# "June 9, 2026", which half the world reads as the 6th of September. Spanish is "es" (1.250,50 US$), read
+# the same in Spain and Latin America; "es_419" writes "USD1,250.50" without a space.
+LOCALES: Mapping[str, str] = {
+    "en": "en_001",
+    "zh": "zh_Hans_CN",
+    "es": "es",
+    "ru": "ru",
+    "pt": "pt_BR",
+    "pt_PT": "pt_PT",
+    "fr": "fr",
+    "ar": "ar",
+}
+RIGHT_TO_LEFT = frozenset({"ar"})
+# Long dates by CLDR, except Russian without "г." ("9 июня 2026"): CLDR's "9 июня 2026 г." ends a sentence
+# in a double full stop ("… 2026 г..").
+DATE_PATTERNS: Mapping[str, str] = {"ru": "d MMMM y"}
+
+FSI, PDI = "\u2068", "\u2069"  # FIRST STRONG ISOLATE … POP DIRECTIONAL ISOLATE
+_ISOLATED = re.compile("[\u2066\u2067\u2068][^\u2069]*\u2069")
+# A run of left-to-right material: Latin letters and digits, with the punctuation that joins them inside a
+# serial, a reference, an amount or an English sentence ("CSP2402A0153", "WR-2026-000042", "1,250.50 US$").
+_LTR_RUN = re.compile(
+    r"[A-Za-z0-9\u00c0-\u024f]"
+    r"(?:[A-Za-z0-9\u00c0-\u024f .,:;/_+\-–#&'\"\u00a0\u202f$€£¥%@]*[A-Za-z0-9\u00c0-\u024f$€£¥%])?"
+)
+_RTL_LETTER = re.compile("[\u0590-\u08ff\ufb1d-\ufdff\ufe70-\ufefc]")
+
+
+def normalize_language(language: str) -> str:
+    """A language code or a variant tag as templates and locales name it: "pt-pt" -> "pt_PT", "ES" -> "es"."""
+    base, _, region = language.replace("-", "_").partition("_")
+    return f"{base.lower()}_{region.upper()}" if region else base.lower()
+
+
+def isolate_ltr(text: str) -> str:
+    """Wrap every left-to-right run of a right-to-left text in FSI … PDI (once; runs already isolated stay)."""
+    if not _RTL_LETTER.search(text):
+        return text  # nothing right-to-left around it: a button "5" or an English line needs no isolation
+    out: list[str] = []
+    position = 0
+    for isolated in _ISOLATED.finditer(text):
+        out.append(_LTR_RUN.sub(_wrap, text[position : isolated.start()]))
+        out.append(isolated.group())
+        position = isolated.end()
+    out.append(_LTR_RUN.sub(_wrap, text[position:]))
+    return "".join(out)
+
+
+def _wrap(match: re.Match[str]) -> str:
+    return FSI + match.group() + PDI
+
+
+class Formats:
+    """Dates, money and numbers for one locale: the only formatting customers see."""
+
+    def __init__(self, language: str) -> None:
+        self.language = normalize_language(language)
+        self.locale = _locale(self.language)
+
+    def date(self, value: date | str | None) -> str:
+        if value is None:
+            return "—"
+        if isinstance(value, str):
+            value = date.fromisoformat(value)
+        return format_date(value, format=DATE_PATTERNS.get(self.locale, "long"), locale=self.locale)
+
+    def money(self, amount: Decimal | str | int | None, currency: str | None = None) -> str:
+        """`money(Decimal("180"), "USD")`, or the engine's own "180.00 USD": the locale's one money format."""
+        if amount is None:
+            return "—"
+        if isinstance(amount, str) and currency is None and " " in amount.strip():
+            amount, currency = amount.strip().rsplit(" ", 1)
+        try:
+            value = Decimal(amount).quantize(Decimal("0.01"))
+        except (InvalidOperation, ValueError):
+            return str(amount)
+        if not currency:
+            return format_decimal(value, locale=self.locale, decimal_quantization=False)
+        return format_currency(value, currency.upper(), locale=self.locale)
+
+    def number(self, value: int | Decimal | str) -> str:
+        return format_decimal(Decimal(value), locale=self.locale)
+
+    def months(self, value: int | str) -> str:
+        """A number of months with its unit and the language's plural: "1 month", "26 месяцев", "26 شهرًا"."""
+        return format_unit(Decimal(value), "duration-month", length="long", locale=self.locale)
+
+    def percent(self, value: Decimal | str | int) -> str:
+        """`percent(1)` -> "1%", "1 %" in French: the value is a number of percent, not a fraction."""
+        return format_percent(Decimal(value) / 100, locale=self.locale, decimal_quantization=False)
+
+    def param(self, kind: str, value: str) -> str:
+        """A reason text's parameter by its kind (policy/codes.py PARAM_KINDS)."""
+        if kind == "date":
+            return self.date(value)
+        if kind == "money":
+            return self.money(value)
+        if kind == "months":
+            return self.months(value)
+        if kind == "percent":
+            return self.percent(value)
+        if kind == "count":
+            return self.number(value)
+        return value
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -32,7 +148,11 @@ class Rendered:
 
 
 class Renderer:
-    """Renders replies in a customer's language; falls back to English for a template not yet translated."""
+    """Renders replies in a customer's language; falls back to English for a template not yet translated.
+
+    A variant such as "pt_PT" (or "pt-PT") reads templates/pt_PT/ first, then templates/pt/, then English,
+    and formats for its own locale; reason texts and clause meanings fall back the same way.
+    """
 
     def __init__(self, policy: Policy, root: Path = TEMPLATES) -> None:
         self.policy = policy
@@ -49,7 +169,12 @@ class Renderer:
         self.root = root
 
     def languages(self) -> list[str]:
-        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("_"))
+        """The template folders that are languages (a variant folder such as pt_PT is not one)."""
+        return sorted(
+            p.name
+            for p in self.root.iterdir()
+            if p.is_dir() and not p.name.startswith("_") and "_" not in p.name
+        )
 
     def render(self, reply: Reply, *, language: str, extra: Mapping[str, Any] | None = None) -> Rendered:
         text = self.text(reply.template, language=language, **{**reply.params, **(extra or {})})
@@ -60,67 +185,75 @@ class Renderer:
         return Rendered(text=text, buttons=buttons)
 
     def text(self, template: str, *, language: str, **params: Any) -> str:
-        lang = self._lang(f"{template}.j2", language)
-        context = self._context(lang)
-        return self.env.get_template(f"{lang}/{template}.j2").render({**context, **params}).strip()
+        language = normalize_language(language)
+        source = self._source(f"{template}.j2", language)
+        context = self._context(language)
+        return self._finish(self.env.get_template(source).render({**context, **params}).strip(), language)
 
     def label(self, name: str, *, language: str, **params: Any) -> str:
-        lang = self._lang("labels.j2", language)
-        module = self.env.get_template(f"{lang}/labels.j2").make_module(self._context(lang))
-        macro = getattr(module, name, None)
-        if macro is None and lang != FALLBACK:
-            macro = getattr(
-                self.env.get_template(f"{FALLBACK}/labels.j2").make_module(self._context(FALLBACK)), name
-            )
-        if macro is None:
-            raise KeyError(f"no label {name!r} in templates/{lang}/labels.j2")
-        return str(macro(**params)).strip()
+        language = normalize_language(language)
+        for candidate in self._chain(language):
+            try:
+                template = self.env.get_template(f"{candidate}/labels.j2")
+            except TemplateNotFound:
+                continue
+            macro = getattr(template.make_module(self._context(language)), name, None)
+            if macro is not None:
+                return self._finish(str(macro(**params)).strip(), language)
+        raise KeyError(f"no label {name!r} in templates/{language}/labels.j2")
 
-    def _lang(self, name: str, language: str) -> str:
-        try:
-            self.env.get_template(f"{language}/{name}")
-            return language
-        except TemplateNotFound:
-            return FALLBACK
+    def formats(self, language: str) -> Formats:
+        return Formats(language)
+
+    def reasons(self, decision: Decision, language: str) -> list[str]:
+        """The decision's reasons in `language`, every date and amount formatted for its locale."""
+        return render_reasons(decision, self.policy, language, formatter=self.formats(language).param)
+
+    def clause(self, clause_id: str, language: str) -> str:
+        """A clause as customers read it: its meaning, then the id engineers use ("factory repair (M3)")."""
+        meaning = clause_meaning(self.policy, clause_id, language)
+        if meaning is None:
+            return clause_id
+        return f"{meaning}（{clause_id}）" if language.startswith("zh") else f"{meaning} ({clause_id})"
+
+    def _chain(self, language: str) -> list[str]:
+        return list(language_chain(language))
+
+    def _source(self, name: str, language: str) -> str:
+        for candidate in self._chain(language):
+            try:
+                self.env.get_template(f"{candidate}/{name}")
+                return f"{candidate}/{name}"
+            except TemplateNotFound:
+                continue
+        return f"{FALLBACK}/{name}"
+
+    @staticmethod
+    def _finish(text: str, language: str) -> str:
+        return isolate_ltr(text) if language.split("_")[0] in RIGHT_TO_LEFT else text
 
     def _context(self, language: str) -> dict[str, Any]:
-        policy = self.policy
+        formats = self.formats(language)
 
-        def reasons(decision: Decision) -> list[str]:
-            return render_reasons(decision, policy, language)
-
-        def clause(clause_id: str) -> str:
-            found = policy.clauses.get(clause_id)
-            return f"{clause_id} ({found.title})" if found else clause_id
+        def meanings(ids: Iterable[str]) -> list[str]:
+            return [self.clause(clause_id, language) for clause_id in ids]
 
         return {
             "lang": language,
-            "policy": policy,
-            "reasons": reasons,
-            "clause": clause,
-            "date": lambda d: self._date(d, language),
-            "money": lambda a, c: self._money(a, c, language),
-            "number": lambda n: self._number(n, language),
+            "policy": self.policy,
+            "reasons": lambda decision: self.reasons(decision, language),
+            "clause": lambda clause_id: self.clause(clause_id, language),
+            "meanings": meanings,
+            "date": formats.date,
+            "money": formats.money,
+            "number": formats.number,
+            "months": formats.months,
+            "percent": formats.percent,
         }
-
-    @staticmethod
-    def _date(value: date | str | None, language: str = FALLBACK) -> str:
-        if value is None:
-            return "—"
-        if isinstance(value, str):
-            value = date.fromisoformat(value)
-        return format_date(value, format="long", locale=_locale(language))
-
-    @staticmethod
-    def _money(amount: Decimal | str | None, currency: str | None, language: str = FALLBACK) -> str:
-        if amount is None:
-            return "—"
-        return format_currency(Decimal(amount), currency or "USD", locale=_locale(language))
-
-    @staticmethod
-    def _number(value: int | Decimal, language: str = FALLBACK) -> str:
-        return format_decimal(value, locale=_locale(language))
 
 
 def _locale(language: str) -> str:
-    return {"zh": "zh_Hans_CN", "pt": "pt_BR", "ar": "ar"}.get(language, language)
+    for candidate in language_chain(language):
+        if candidate in LOCALES:
+            return LOCALES[candidate]
+    return language

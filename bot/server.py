@@ -6,12 +6,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib
+import json
 import logging
+import re
 import threading
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import h11
 import uvicorn
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, generate_latest
 from sqlalchemy import func, select
@@ -22,12 +25,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from adapters.base import Channel
 from bot.app import Bot, build
 from bot.config import Settings
 from bot.logs import setup_logging
 from bot.outbox import Deliverer
+from bot.ratelimit import RateLimit, rules_from_settings
 from bot.store import Case, InboxItem, OutboxItem
 from bot.store import Message as LoggedMessage
 
@@ -118,15 +123,19 @@ def desks_configured(settings: Settings) -> tuple[str, ...]:
 
 
 class BodyLimit:
-    """Refuses request bodies above a size with 413 before any handler reads them.
+    """Refuses request bodies above a size with 413, and bodies that trickle in too slowly with 408, before
+    any handler reads them.
 
-    Upload routes (paths ending in `/files`) may carry one attachment of the largest allowed size.
+    Upload routes (paths ending in `/files`) may carry one attachment of the largest allowed size. The time
+    limit runs from the first read of the body to its last part, so a client sending a byte every few
+    seconds cannot hold a handler (and its connection) open.
     """
 
-    def __init__(self, app: ASGIApp, max_bytes: int, upload_max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, upload_max_bytes: int, timeout_seconds: float = 30.0) -> None:
         self.app = app
         self.max_bytes = max_bytes
         self.upload_max_bytes = upload_max_bytes
+        self.timeout_seconds = timeout_seconds
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -135,36 +144,175 @@ class BodyLimit:
         limit = self.upload_max_bytes if scope["path"].endswith("/files") else self.max_bytes
         declared = dict(scope.get("headers", [])).get(b"content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > limit):
-            await _too_large(send)
+            await _refuse(send, 413, "request body too large")
             return
         received = 0
-        too_large = False
+        complete = False
+        deadline: float | None = None
 
         async def limited() -> Message:
-            nonlocal received, too_large
-            message = await receive()
+            nonlocal received, complete, deadline
+            if complete:
+                return await receive()  # a disconnect a streaming response waits for: no time limit
+            loop = asyncio.get_running_loop()
+            deadline = deadline or loop.time() + self.timeout_seconds
+            try:
+                async with asyncio.timeout_at(deadline):
+                    message = await receive()
+            except TimeoutError:
+                raise _TooSlow from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
+                complete = not message.get("more_body", False)
                 if received > limit:
-                    too_large = True
                     raise _TooLarge
             return message
 
+        started = False
+
+        async def tracking(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
         try:
-            await self.app(scope, limited, send)
+            await self.app(scope, limited, tracking)
         except _TooLarge:
-            await _too_large(send)
+            if not started:
+                await _refuse(send, 413, "request body too large")
+        except _TooSlow:
+            if not started:
+                await _refuse(send, 408, "request body too slow", close=True)
+
+
+class JsonDepthLimit:
+    """Refuses JSON bodies nested deeper than `max_depth` with 400, as they stream in.
+
+    Python's parser raises RecursionError near 1,000 levels, and a body nested a few hundred levels deep
+    parses but breaks whatever walks it later; no message any channel sends is nested more than a dozen.
+    Only brackets outside strings count; the scan keeps its place across the parts of a body.
+    """
+
+    def __init__(self, app: ASGIApp, max_depth: int) -> None:
+        self.app = app
+        self.max_depth = max_depth
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        content_type = dict(scope.get("headers", [])).get(b"content-type", b"").split(b";")[0].strip().lower()
+        if scope["type"] != "http" or not (content_type.endswith(b"/json") or content_type.endswith(b"+json")):
+            await self.app(scope, receive, send)
+            return
+        scan = _DepthScan(self.max_depth)
+
+        async def scanned() -> Message:
+            message = await receive()
+            if message["type"] == "http.request" and not scan.feed(message.get("body", b"")):
+                raise _TooDeep
+            return message
+
+        try:
+            await self.app(scope, scanned, send)
+        except _TooDeep:
+            await _refuse(send, 400, f"the JSON body is nested more than {self.max_depth} levels deep")
+
+
+_STRUCTURE = re.compile(rb'["\\\[\]{}]')
+
+
+class _DepthScan:
+    """Nesting depth of JSON read in parts; `feed` is False once it goes past the limit."""
+
+    def __init__(self, max_depth: int) -> None:
+        self.max_depth = max_depth
+        self.depth = 0
+        self.in_string = False
+        self.escaped = False  # the last part ended in a backslash inside a string
+
+    def feed(self, data: bytes) -> bool:
+        skip = 0 if not self.escaped else 1
+        self.escaped = False
+        for found in _STRUCTURE.finditer(data, skip):
+            at, char = found.start(), found.group()
+            if at < skip:
+                continue
+            if self.in_string:
+                if char == b"\\":
+                    skip = at + 2
+                    self.escaped = skip > len(data)
+                elif char == b'"':
+                    self.in_string = False
+            elif char == b'"':
+                self.in_string = True
+            elif char in (b"[", b"{"):
+                self.depth += 1
+                if self.depth > self.max_depth:
+                    return False
+            else:
+                self.depth -= 1
+        return True
 
 
 class _TooLarge(Exception):
     pass
 
 
-async def _too_large(send: Send) -> None:
-    await send(
-        {"type": "http.response.start", "status": 413, "headers": [(b"content-type", b"application/json")]}
-    )
-    await send({"type": "http.response.body", "body": b'{"error": "request body too large"}'})
+class _TooSlow(Exception):
+    pass
+
+
+class _TooDeep(Exception):
+    pass
+
+
+async def _refuse(send: Send, status: int, error: str, *, close: bool = False) -> None:
+    headers = [(b"content-type", b"application/json")] + ([(b"connection", b"close")] if close else [])
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": json.dumps({"error": error}).encode()})
+
+
+class HeaderTimeoutH11(H11Protocol):
+    """uvicorn's h11 protocol with a deadline for each request's headers (uvicorn has none).
+
+    Without it a connection that sends half a request line and then one byte a minute is held open for
+    ever; a few hundred of them use up the process's file descriptors (slowloris). The deadline starts
+    when the connection opens and again after each response, and ends when the headers are complete.
+    """
+
+    header_timeout_seconds = 10.0
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._header_deadline: asyncio.TimerHandle | None = None
+        self._arm()
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self.conn.their_state is not h11.IDLE:
+            self._disarm()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if self.conn.their_state is h11.IDLE or self.conn.their_state is h11.DONE:
+            self._arm()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def _arm(self) -> None:
+        self._disarm()
+        self._header_deadline = self.loop.call_later(self.header_timeout_seconds, self._headers_too_slow)
+
+    def _disarm(self) -> None:
+        if getattr(self, "_header_deadline", None) is not None:
+            assert self._header_deadline is not None
+            self._header_deadline.cancel()
+            self._header_deadline = None
+
+    def _headers_too_slow(self) -> None:
+        self._header_deadline = None
+        if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+            self.transport.close()
 
 
 def create_app(bot: Bot, channels: Sequence[Channel] | None = None) -> Starlette:
@@ -198,13 +346,21 @@ def create_app(bot: Bot, channels: Sequence[Channel] | None = None) -> Starlette
         routes=routes,
         lifespan=lifespan,
         middleware=[
+            Middleware(RateLimit, rules=rules_from_settings(bot.settings)),
             Middleware(
                 BodyLimit,
                 max_bytes=bot.settings.max_body_bytes,
                 upload_max_bytes=bot.settings.attachment_max_bytes + 64 * 1024,  # room for the multipart framing
-            )
+                timeout_seconds=bot.settings.server_body_timeout_seconds,
+            ),
+            Middleware(JsonDepthLimit, max_depth=bot.settings.max_json_depth),
         ],
-        exception_handlers={404: _not_found, 405: _not_allowed, 500: _server_error},
+        exception_handlers={
+            404: _not_found,
+            405: _not_allowed,
+            500: _server_error,
+            RecursionError: _too_deep,
+        },
     )
     app.state.bot = bot
     app.state.channels = [c.name for c in channels]
@@ -220,8 +376,21 @@ async def _not_allowed(request: Request, exc: Exception) -> Response:
 
 
 async def _server_error(request: Request, exc: Exception) -> Response:
-    log.error("unhandled error on %s %s: %s", request.method, request.url.path, type(exc).__name__)
+    log.error("unhandled error on %s %s: %s", request.method, _route(request), type(exc).__name__)
     return JSONResponse({"error": "internal error; the request was not processed"}, status_code=500)
+
+
+async def _too_deep(request: Request, exc: Exception) -> Response:
+    # Past the depth check (a body that is not declared JSON, or a value nested inside a form field).
+    log.warning("%s %s: input nested too deeply", request.method, _route(request))
+    return JSONResponse({"error": "the request is nested too deeply"}, status_code=400)
+
+
+def _route(request: Request) -> str:
+    """The route's template (`/api/webchat/sessions/{session_id}/messages`): a path can carry a credential."""
+    route = request.scope.get("route")
+    template = getattr(route, "path", None)
+    return template if isinstance(template, str) else "(no route)"
 
 
 def _metrics(registry: CollectorRegistry) -> dict[str, Gauge]:
@@ -263,15 +432,26 @@ def run_server(settings: Settings, *, host: str, port: int) -> None:
         print(f"  local desk: {base}/desk  is off: set DESK_TOKEN in .env to turn it on")
     print(f"  channels:   {', '.join(app.state.channels)}")
     print(f"  health:     {base}/healthz   metrics: {base}/metrics")
-    uvicorn.run(
-        app,
-        log_config=None,  # keep our handler (and its masking) for uvicorn's records too
-        host=host,
-        port=port,
-        log_level=settings.log_level.lower(),
-        access_log=False,
-        timeout_graceful_shutdown=5,
-    )
+    uvicorn.run(app, host=host, port=port, **uvicorn_options(settings))
+
+
+def uvicorn_options(settings: Settings) -> dict[str, Any]:
+    """uvicorn's settings as `serve` runs it, with its limits against slow and numerous clients."""
+
+    class Protocol(HeaderTimeoutH11):
+        header_timeout_seconds = settings.server_header_timeout_seconds
+
+    return {
+        "log_config": None,  # keep our handler (and its masking) for uvicorn's records too
+        "log_level": settings.log_level.lower(),
+        "access_log": False,
+        "timeout_graceful_shutdown": 5,
+        "http": Protocol,
+        "timeout_keep_alive": settings.server_keep_alive_seconds,
+        # Past this many connections (or requests in progress) a request is answered 503 at once.
+        "limit_concurrency": settings.server_max_concurrency,
+        "forwarded_allow_ips": settings.forwarded_allow_ips,
+    }
 
 
 def plain(text: str, status: int = 200) -> Response:

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from policy.codes import CLAUSE_IDS, REASON_PARAMS
+from policy.codes import CLAUSE_IDS, PARAM_KINDS, REASON_PARAMS
 from policy.contract import ClaimError, claim_from_json, decision_to_json
 from policy.dates import add_months, last_day_of_month
-from policy.engine import cargo_pieces, evaluate, render_reasons
+from policy.engine import cargo_pieces, evaluate
 from policy.loader import PolicyFileError, default_policy, load_policy
 from policy.model import (
     Basis,
@@ -27,10 +27,13 @@ from policy.serials import (
     looks_like_serial_attempt,
     normalize_serial,
     parse_serial,
+    serial_spans,
 )
+from policy.texts import ParamFormatter, clause_meaning, language_chain, raw_param, render_reasons
 
 __all__ = [
     "CLAUSE_IDS",
+    "PARAM_KINDS",
     "REASON_PARAMS",
     "Basis",
     "Circumstances",
@@ -40,6 +43,7 @@ __all__ = [
     "Decision",
     "Method",
     "Outcome",
+    "ParamFormatter",
     "ParsedSerial",
     "Policy",
     "PolicyFileError",
@@ -49,15 +53,19 @@ __all__ = [
     "add_months",
     "cargo_pieces",
     "claim_from_json",
+    "clause_meaning",
     "decision_to_json",
     "default_policy",
     "evaluate",
     "expand_range",
     "find_serials",
+    "language_chain",
     "last_day_of_month",
     "load_policy",
     "looks_like_serial_attempt",
     "normalize_serial",
     "parse_serial",
+    "raw_param",
     "render_reasons",
+    "serial_spans",
 ]

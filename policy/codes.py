@@ -41,3 +41,24 @@ REASON_PARAMS: Mapping[str, frozenset[str]] = MappingProxyType(
         "freight_customer": frozenset(),
     }
 )
+
+# What each parameter is, so that a caller formats it for the customer's locale (policy/texts.py): "date" is
+# an ISO date, "money" an amount with an optional ISO currency ("250.00 USD"), "months" and "count" whole
+# numbers, "percent" a number of percent ("1" for 1%), "text" is shown as it is.
+PARAM_KINDS: Mapping[str, str] = MappingProxyType(
+    {
+        "claim_date": "date",
+        "warranty_start": "date",
+        "warranty_end": "date",
+        "production_date": "date",
+        "port_arrival_date": "date",
+        "term_months": "months",
+        "offset_months": "months",
+        "amount": "money",
+        "order_total": "money",
+        "rate_percent": "percent",
+        "cargo_pieces": "count",
+        "order_pieces": "count",
+        "serial": "text",
+    }
+)

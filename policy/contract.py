@@ -7,8 +7,8 @@ from collections.abc import Mapping
 from datetime import date
 from decimal import Decimal, InvalidOperation
 
-from policy.engine import render_reasons
 from policy.model import Circumstances, Claim, Decision, Policy, Proof
+from policy.texts import render_reasons
 
 _ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 _CLAIM_FIELDS = (

@@ -179,10 +179,3 @@ def _plain(value: Decimal) -> str:
 def _money(amount: Decimal, currency: str | None) -> str:
     text = f"{amount.quantize(_CENT, rounding=ROUND_HALF_UP):f}"
     return f"{text} {currency}" if currency else text
-
-
-def render_reasons(decision: Decision, policy: Policy, language: str = "en") -> list[str]:
-    """The decision's reasons as text in `language`; English stands in for a missing language or code."""
-    english = policy.reason_texts["en"]
-    texts = policy.reason_texts.get(language, english)
-    return [texts.get(r.code, english[r.code]).format_map(r.params) for r in decision.reasons]

@@ -28,6 +28,7 @@ _TOP_LEVEL = frozenset(
         "max_range_units",
         "clauses",
         "reasons",
+        "meanings",
     }
 )
 
@@ -94,6 +95,7 @@ class _Reader:
             max_range_units=self.integer(data, "max_range_units", minimum=1),
             clauses=self.clauses(data),
             reason_texts=self.reasons(data),
+            clause_meanings=self.meanings(data),
         )
 
     def text(self, table: Mapping[str, object], key: str, prefix: str = "") -> str:
@@ -180,6 +182,27 @@ class _Reader:
                 if missing:
                     raise self.fail("reasons.en", f"missing reason code(s): {', '.join(missing)}")
             languages[language] = MappingProxyType(templates)
+        return MappingProxyType(languages)
+
+    def meanings(self, data: Mapping[str, object]) -> Mapping[str, Mapping[str, str]]:
+        """`[meanings.<lang>]`: clause id -> what it means for a customer; English must word every clause."""
+        table = self.table(data.get("meanings"), "meanings")
+        if "en" not in table:
+            raise self.fail("meanings.en", "missing: English meanings are the fallback for every language")
+        languages: dict[str, Mapping[str, str]] = {}
+        for language, value in table.items():
+            entries = self.table(value, f"meanings.{language}")
+            for clause_id in entries:
+                if clause_id not in CLAUSE_IDS:
+                    raise self.fail(f"meanings.{language}.{clause_id}", "unknown clause")
+            if language == "en":
+                missing = [clause_id for clause_id in CLAUSE_IDS if clause_id not in entries]
+                if missing:
+                    raise self.fail("meanings.en", f"missing clause(s): {', '.join(missing)}")
+            prefix = f"meanings.{language}."
+            languages[language] = MappingProxyType(
+                {clause_id: self.text(entries, clause_id, prefix) for clause_id in entries}
+            )
         return MappingProxyType(languages)
 
     def template(self, template: str, code: str, field: str) -> str:

@@ -128,3 +128,5 @@ class Policy:
     # language -> reason code -> str.format template
     reason_texts: Mapping[str, Mapping[str, str]]
     max_range_units: int
+    # language -> clause id -> what the clause means for a customer, in a few words
+    clause_meanings: Mapping[str, Mapping[str, str]] = field(default_factory=dict)

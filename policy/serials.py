@@ -244,3 +244,25 @@ def looks_like_serial_attempt(text: str) -> bool:
         if len(core) >= 6 and any(c.isalpha() for c in core) and any(c.isdigit() for c in core):
             return True
     return False
+
+
+def serial_spans(text: str, policy: Policy) -> list[tuple[int, int]]:
+    """Where the serials of `text` are written, with the range words between them ("A to B"), as
+    (start, end) character offsets of the NFKC-normalised text; for cutting them out of a description."""
+    folded = unicodedata.normalize("NFKC", text).translate(_HYPHENS)
+    lexemes: list[tuple[str, int, int]] = []
+    for m in _LEXEME.finditer(folded):
+        if m["newline"] is not None:
+            lexemes.append(("other", m.start(), m.end()))
+        elif m["conn"] is not None:
+            lexemes.append(("conn", m.start(), m.end()))
+        else:
+            kinds = {kind for kind, _ in _chunk_items(m["chunk"], policy)}
+            kind = "serial" if "serial" in kinds else "conn" if kinds == {"conn"} else "other"
+            lexemes.append((kind, m.start(), m.end()))
+    spans: list[tuple[int, int]] = []
+    for i, (kind, start, end) in enumerate(lexemes):
+        between = 0 < i < len(lexemes) - 1 and lexemes[i - 1][0] == "serial" and lexemes[i + 1][0] == "serial"
+        if kind == "serial" or (kind == "conn" and between):
+            spans.append((start, end))
+    return spans

@@ -16,6 +16,11 @@ from bot.app import Bot, build
 from bot.config import Settings
 from bot.store import make_engine, upgrade
 
+# Tests send hundreds of requests a minute from 127.0.0.1, more than any customer does; the rate limits' own
+# tests (tests/test_limits.py) set theirs explicitly. Servers started as processes inherit these.
+for _limit in ("RATE_LIMIT_CLIENT", "RATE_LIMIT_SESSIONS", "RATE_LIMIT_READS", "RATE_LIMIT_GLOBAL"):
+    os.environ.setdefault(_limit, "1000000/minute")
+
 POSTGRES_URL = Settings().test_postgres_url
 
 

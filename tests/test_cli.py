@@ -91,6 +91,14 @@ def test_registry_import_and_outbox_commands(tmp_path: Path) -> None:
     assert refused.returncode == 2 and "bad.csv:2: production_date" in refused.stderr
     assert "nothing was imported" in refused.stderr
     assert cli("registry", "import", str(tmp_path / "missing.csv"), cwd=tmp_path, env=env).returncode == 2
+    many = tmp_path / "many.csv"
+    many.write_text("order_id,customer,serial,serial_to,production_date,port_arrival_date,cargo_compensation,"
+                    "order_pieces,order_total,currency\n"
+                    + "".join(f"PO-{n},A,CSP2402A{n:04},,2024-02-30,,maybe,10,1.00,USD\n" for n in range(1, 31)))
+    refused = cli("registry", "import", str(many), cwd=tmp_path, env=env)
+    assert refused.returncode == 2
+    assert refused.stderr.splitlines()[-1] == f"warranty-bot: 30 bad rows (60 problems) in {many}; nothing was imported"
+    assert "... and 40 more problems" in refused.stderr
     listed = cli("outbox", "list", cwd=tmp_path, env=env)
     assert listed.returncode == 0 and "0 dead message(s)" in listed.stderr
 

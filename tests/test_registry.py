@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zipfile
 from collections.abc import Callable
 from datetime import date, datetime
 from decimal import Decimal
@@ -298,6 +299,58 @@ def test_unreadable_files(engine: Engine, tmp_path: Path) -> None:
     assert error.errors[0][0] == 2 and "not UTF-8" in str(error)
     error = import_error(engine, tmp_path / "missing.csv")
     assert error.errors[0][0] == 0 and "cannot read" in str(error)
+
+
+def bomb(tmp_path: Path, unpacked_mb: int) -> Path:
+    """A real workbook whose sheet is rewritten as `unpacked_mb` MB of rows that deflate about 340:1."""
+    workbook = openpyxl.Workbook()
+    sheet = workbook.active
+    assert sheet is not None
+    sheet.append(HEADER.split(","))
+    plain = tmp_path / "plain.xlsx"
+    workbook.save(plain)
+    path = tmp_path / "bomb.xlsx"
+    row = b'<row><c t="inlineStr"><is><t>CSP2402A0100</t></is></c></row>' * 1000
+    with zipfile.ZipFile(plain) as source, zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED, compresslevel=9) as out:
+        for info in source.infolist():
+            if info.filename != "xl/worksheets/sheet1.xml":
+                out.writestr(info, source.read(info))
+                continue
+            with out.open("xl/worksheets/sheet1.xml", "w", force_zip64=True) as part:
+                part.write(b'<worksheet xmlns="http://schemas.openxmlformats.org/spreadsheetml/2006/main">'
+                           b"<sheetData>")
+                for _ in range(unpacked_mb * 2**20 // len(row) + 1):
+                    part.write(row)
+                part.write(b"</sheetData></worksheet>")
+    return path
+
+
+def test_an_xlsx_zip_bomb_is_refused_before_it_is_read(engine: Engine, tmp_path: Path) -> None:
+    run(engine, SAMPLE)
+    before = counts(engine)
+    path = bomb(tmp_path, 600)  # about 2 MB on disk
+    assert path.stat().st_size < 3 * 2**20
+    error = import_error(engine, path)
+    assert len(error.errors) == 1 and error.errors[0][0] == 0
+    assert "unpacks to 600 MB, more than the 512 MB allowed (REGISTRY_MAX_UNPACKED_BYTES)" in str(error)
+    assert counts(engine) == before
+
+
+def test_the_unpacked_size_limit_is_a_setting(engine: Engine, tmp_path: Path) -> None:
+    small = bomb(tmp_path, 3)
+    with pytest.raises(RegistryImportError, match="unpacks to 3 MB, more than the 2 MB"):
+        import_registry(engine, small, policy=POLICY, max_unpacked_bytes=2 * 2**20)
+    # Under the limit it is read as it is: a sheet of serials without the other columns.
+    with pytest.raises(RegistryImportError, match="missing columns"):
+        import_registry(engine, small, policy=POLICY, max_unpacked_bytes=4 * 2**20)
+
+
+def test_rows_are_counted_as_rows_and_problems_as_problems(engine: Engine, tmp_path: Path) -> None:
+    rows = [f"PO-{n},A,CSP2402A{n:04},,2024-02-30,,maybe,ten,1.001,US" for n in range(1, 301)]
+    error = import_error(engine, write(tmp_path, csv_text(*rows)))
+    assert (error.bad_rows, len(error.errors)) == (300, 1500)
+    assert error.counted() == "300 bad rows (1500 problems)"
+    assert str(error).startswith("300 bad rows (1500 problems); first: line 2: production_date")
 
 
 # Size -----------------------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from bot.store import Case, Conversation, InboxItem, Message, OutboxItem, make_e
 from tests.support import wait_until
 from tests.test_server import Server
 
-SCRIPT = ["hello", "CSP2604D0007", "The display shows E07 and it shuts down", "proof:none", "cause:normal",
+SCRIPT = ["hello", "CSP2604D0007", "The display shows E07 and it shuts down", "no invoice", "normal use",
           "any news?", "restart"]
 
 

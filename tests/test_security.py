@@ -485,9 +485,50 @@ def test_oversized_bodies_are_refused_with_413(stack: Stack, http: httpx.Client,
 
 def test_a_body_just_under_the_limit_is_read(stack: Stack, http: httpx.Client) -> None:
     session = _new_customer(http)
-    text = "E07 " * ((MAX_BODY - 100) // 4)
-    answer = http.post(f"/api/webchat/sessions/{session}/messages", content=_chunks(json.dumps({"text": text}).encode()))
+    # The text itself is bounded (MAX_TEXT_CHARS); the JSON around it may still fill the body.
+    body = b'{"text": "E07 E07"' + b" " * (MAX_BODY - 100) + b"}"
+    answer = http.post(f"/api/webchat/sessions/{session}/messages", content=_chunks(body),
+                       headers={"Content-Type": "application/json"})
     assert answer.status_code == 202, answer.text
+
+
+def _nested(depth: int) -> bytes:
+    return b'{"text": ' + b'{"a": ' * depth + b"1" + b"}" * (depth + 1)
+
+
+@pytest.mark.parametrize("name", sorted(set(ENDPOINTS) - {"web chat files", "wechat", "slack commands"}))  # no JSON there
+def test_deeply_nested_json_is_refused_with_400_on_every_json_endpoint(
+    stack: Stack, http: httpx.Client, name: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    body = _nested(2_000)  # Python's parser gives up near 1,000 levels with RecursionError
+    if name.startswith("slack") and name != "slack events":
+        body = b"payload=" + quote_plus(body.decode()).encode()  # a form whose payload field is the JSON
+    path, params, headers = ENDPOINTS[name](stack, http, body)
+    session = path.split("/")[4] if path.startswith("/api/webchat/sessions/") else _new_customer(http)
+    before = inbox_count(stack)
+    with caplog.at_level(logging.DEBUG):
+        answer = http.post(path, params=params, content=body,
+                           headers={"Content-Type": "application/x-www-form-urlencoded" if body.startswith(b"payload=")
+                                    else "application/json", **headers})
+    assert answer.status_code == 400, answer.text
+    assert inbox_count(stack) == before
+    server = [r for r in caplog.records if not r.name.startswith(("httpx", "httpcore"))]  # not our client's
+    assert not [r for r in server if r.exc_info or r.levelno >= logging.ERROR or session in r.getMessage()]
+    assert http.get("/healthz").status_code == 200
+
+
+def test_json_nested_within_the_limit_and_brackets_in_strings_are_read(stack: Stack, http: httpx.Client) -> None:
+    session = _new_customer(http)
+    text = "[[[{{" * 200 + " E07 " + "}}]]]" * 200  # 1,000 brackets inside a string are text, not nesting
+    answer = http.post(f"/api/webchat/sessions/{session}/messages", json={"text": text, "client_id": "deep-ok"})
+    assert answer.status_code == 202, answer.text
+    escaped = '{"text": "a \\" [[[[ \\\\", "client_id": "escapes"}'  # an escaped quote does not end the string
+    answer = http.post(f"/api/webchat/sessions/{session}/messages", content=escaped.encode(),
+                       headers={"Content-Type": "application/json"})
+    assert answer.status_code == 202, answer.text
+    deep_but_allowed = b'{"language": ' + b"[" * 60 + b"]" * 60 + b"}"
+    answer = http.post("/api/webchat/sessions", content=deep_but_allowed, headers={"Content-Type": "application/json"})
+    assert answer.status_code == 422  # read, and refused for what it says, not for its depth
 
 
 # --- attachments ----------------------------------------------------------------------------------------------------
@@ -619,8 +660,8 @@ def test_no_phone_number_email_or_token_reaches_the_logs(tmp_path: Path) -> None
                 # Web chat, with a message whose processing fails (a lone surrogate) and is logged.
                 session = http.post("/api/webchat/sessions", json={}).json()["session_id"]
                 for text in (said, f"\ud800 {PHONE} {EMAIL}"):
-                    http.post(f"/api/webchat/sessions/{session}/messages",
-                              content=json.dumps({"text": text}).encode()).raise_for_status()
+                    http.post(f"/api/webchat/sessions/{session}/messages", content=json.dumps({"text": text}).encode(),
+                              headers={"Content-Type": "application/json"}).raise_for_status()
                 # Telegram, with a failing answerCallbackQuery whose error is logged.
                 fake_telegram.fail_next("answerCallbackQuery", 400,
                                         f"Bad Request: query of {PHONE} {EMAIL} token {TELEGRAM_TOKEN} is too old")

@@ -166,7 +166,7 @@ BAD_REQUESTS: list[tuple[str, str, Any, int]] = [
     ("POST", "/api/webchat/sessions/{s}/messages", ["text"], 422),
     ("POST", "/api/webchat/sessions/{s}/messages", "not json{", 422),
     ("POST", "/api/webchat/sessions/{s}/messages", {"text": "x", "client_id": 7}, 422),
-    ("POST", "/api/webchat/sessions/{s}/messages", {"text": "x" * 100_001}, 422),
+    ("POST", "/api/webchat/sessions/{s}/messages", {"text": "x" * 4_001}, 422),  # MAX_TEXT_CHARS
     ("POST", "/api/webchat/sessions/{s}/messages", {"text": "x" * 3_000_000}, 413),
     ("GET", "/api/webchat/sessions/{s}/messages?after=-1", None, 422),
     ("GET", "/api/webchat/sessions/{s}/messages?after=abc", None, 422),
@@ -190,6 +190,8 @@ def test_bad_requests_get_a_4xx_and_never_a_500(server: Server) -> None:
     for method, path, body, expected in BAD_REQUESTS:
         headers = {} if expected == 401 else AUTH
         content = body if isinstance(body, str) else None
+        if content is not None:
+            headers = {**headers, "Content-Type": "application/json"}  # declared JSON, but is not
         response = httpx.request(method, server.url + path.replace("{s}", session), headers=headers,
                                  json=None if content is not None or body is None else body, content=content)
         assert response.status_code == expected, (method, path, response.status_code, response.text[:200])

@@ -262,7 +262,7 @@ def test_case_lifecycle_from_web_chat_through_slack(settings: Settings, db: Engi
         # Choose method: the customer gets the method's instructions; the message shows the method.
         body = as_form(action_payload(ref, ts, slack_blocks.CHOOSE_METHOD, method="factory_repair"))
         assert post(http, "/slack/interactivity", body, form=True).status_code == 200
-        customer.wait_for("our engineer has chosen factory repair")
+        customer.wait_for("the service method our engineer has chosen is factory repair (M3)")
         wait_until(lambda: any("*Method:* Factory repair" in block_text(u["blocks"])
                                for u in fake.called("chat.update")), what="the method on the case message")
 
@@ -349,7 +349,7 @@ def test_reminder_engineer_ids_and_not_covered(settings: Settings, db: Engine, f
         values["clauses_block"]["clauses_input"]["value"] = "X1"
         accepted = post(http, "/slack/interactivity", as_form(json.dumps(submission)), form=True)
         assert accepted.status_code == 200 and not accepted.content
-        told = customer.wait_for("warranty does not cover this claim (clauses X1)")
+        told = customer.wait_for("warranty does not cover this claim (warranty period over (X1))")
         assert "The warranty ended before the fault was reported." in told["text"]
         case = bot.desk.get_case(ref)
         assert (case["status"], case["method"], case["claimed_by"]) == ("resolved", "not_covered", "Li Wei")

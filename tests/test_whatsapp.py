@@ -291,6 +291,7 @@ def running(settings: Settings, db: Engine) -> Iterator[Running]:
             "whatsapp_verify_token": SecretStr(VERIFY_TOKEN), "whatsapp_phone_number_id": PHONE_NUMBER_ID,
             "whatsapp_graph_url": f"{graph_url}/v23.0", "whatsapp_template_name": "case_update",
             "whatsapp_template_language": "en,es,zh_CN", "outbox_poll_seconds": 0.1,
+            "fetch_insecure_hosts": "127.0.0.1",  # the fake Graph API: plain http on loopback
         })
         bot = build(configured, db=db)
         channel = whatsapp.from_settings(bot)
@@ -604,7 +605,7 @@ def test_a_media_url_on_another_host_gets_neither_the_token_nor_a_request(runnin
 
     with serve(collector) as elsewhere:
         running.graph.media["1498763502281937"] = (JPEG, "image/jpeg")
-        running.graph.media_urls["1498763502281937"] = f"{elsewhere}/steal"
+        running.graph.media_urls["1498763502281937"] = elsewhere.replace("127.0.0.1", "localhost") + "/steal"
         assert running.post(payload("image.json")).status_code == 200
         wait_until(lambda: running.graph.sent_to(WA_ID), what="an answer")
         assert seen == [] and _stored(running) == []

@@ -110,12 +110,12 @@ def test_serial_and_fault_in_one_message_skip_the_fault_question() -> None:
     assert state.fault == "display shows E07 and shuts down under load"
 
 
-def test_expired_unit_is_refused_without_a_case_and_a_person_is_offered() -> None:
+def test_expired_unit_is_refused_as_a_case_for_a_person_to_confirm() -> None:
     state, templates, effects, replies = run("CSP2402A0154", "It does not start any more", "cause:normal")
-    assert templates[-2:] == ["decision", "not_covered_final"]
-    assert not effects
-    assert state.name == "closed"
-    assert [c.value for c in replies[-1].choices] == ["cmd:human"]
+    assert templates[-2:] == ["decision", "refusal_case_opened"]
+    assert state.name == "with_engineer"
+    case = opened(effects)
+    assert [u.decision.outcome for u in case.units] == [Outcome.not_covered]
     group = replies[-2].params["groups"][0]
     assert group["decision"].clauses == ("W1", "W2", "X1")
 
@@ -139,11 +139,12 @@ def test_documents_sent_as_proof_are_kept() -> None:
     assert opened(effects).attachment_ids == (7,)
 
 
-def test_cargo_compensation_order_is_refused_finally() -> None:
+def test_cargo_compensation_order_is_refused_as_a_case_too() -> None:
     _state, templates, effects, replies = run("CSP2402A0160", "Display E07 shuts down", "cause:normal")
-    assert templates[-1] == "not_covered_final"
+    assert templates[-1] == "refusal_case_opened"
+    assert replies[-1].params["cargo"] is True
     assert replies[-2].params["groups"][0]["decision"].clauses == ("M1", "W1", "W2")
-    assert not effects
+    assert opened(effects).units[0].decision.clauses == ("M1", "W1", "W2")
 
 
 def test_distributor_with_40_units_chooses_discount() -> None:
@@ -200,7 +201,9 @@ def test_after_hand_off_messages_go_to_the_case() -> None:
     assert templates == ["relayed"]
     assert effects == [conv.RelayToCase(text="Here is another photo", attachment_ids=(9,))]
     state, templates, effects, _ = run("any news?", state=state, case_status="claimed")
-    assert templates == [] and effects == [conv.RelayToCase(text="any news?")]
+    assert templates == ["status"] and effects == [conv.RelayToCase(text="any news?")]
+    state, templates, effects, _ = run("The fan is loud as well", state=state, case_status="claimed")
+    assert templates == [] and effects == [conv.RelayToCase(text="The fan is loud as well")]
     state, templates, _, _ = run("status", state=state, case_status="claimed")
     assert templates == ["status"]
 

@@ -33,8 +33,9 @@ def test_default_policy_is_carspa() -> None:
     assert all(clause.id == clause_id for clause_id, clause in policy.clauses.items())
     assert sorted(policy.reason_texts["en"]) == sorted(REASON_PARAMS)
     assert policy.reason_texts["en"]["in_warranty"] == (
-        "In warranty until {warranty_end} ({term_months} months from port arrival on {warranty_start})."
+        "In warranty until {warranty_end} ({term_months} from port arrival on {warranty_start})."
     )
+    assert sorted(policy.clause_meanings["en"]) == sorted(CLAUSE_IDS)
 
 
 def test_default_policy_is_read_once() -> None:
@@ -99,6 +100,12 @@ BAD_FILES = [
      "missing reason code(s): expired"),
     ("reason empty", edited('human_damage = "The', 'human_damage = "" #'), "reasons.en.human_damage",
      "must be a non-empty string"),
+    ("meaning of no clause", edited('W1 = "warranty of 2 years', 'W9 = "warranty of 2 years'), "meanings.en.W9",
+     "unknown clause"),
+    ("english meanings missing", edited("[meanings.en]", "[meanings.xx]"), "meanings.en",
+     "missing: English meanings are the fallback for every language"),
+    ("meaning missing", edited('X5 = "damage caused by people"\n', ""), "meanings.en", "missing clause(s): X5"),
+    ("meaning empty", edited('X6 = "force majeure"', 'X6 = " "'), "meanings.en.X6", "must be a non-empty string"),
 ]  # fmt: skip
 
 

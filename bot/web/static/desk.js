@@ -378,6 +378,15 @@
       }
       for (const method of decision.methods || []) methods.add(method);
     }
+    // The API sends a large case's units a page at a time; say how many this page leaves out.
+    const total = typeof data.unit_count === "number" ? data.unit_count : units.length;
+    if (total > units.length) {
+      const row = el("tr");
+      const cell = el("td", "more", `… and ${total - units.length} more units (the first ${units.length} are shown)`);
+      cell.colSpan = 7;
+      row.appendChild(cell);
+      ui.units.appendChild(row);
+    }
     if (methods.size) {
       const names = Array.from(methods, (m) => METHOD_LABELS[m] || m).join(", ");
       ui.reasons.appendChild(el("li", "", `Methods the policy allows: ${names}.`));
