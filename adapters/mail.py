@@ -70,7 +70,7 @@ MAX_ATTACHMENTS = 10  # files kept from one mail; more are dropped (a mail of 50
 # pasted or Apple Mail put inline (IMG_0042.jpeg) is larger, and is kept.
 INLINE_DECORATION_BYTES = 32 * 1024
 MAX_HTML_SCAN = 1_000_000  # characters of HTML searched for inline images
-MAX_LOGGED_HEADER = 60  # characters of an untrusted header value that reach the log
+MAX_LOGGED_HEADER = 40  # characters of an untrusted header value that reach the log
 # Languages whose "On … wrote:" lines the reply parser knows (it adds English itself).
 REPLY_LANGUAGES = ("en", "es", "fr", "zh", "de", "it", "nl", "pl", "cs", "da", "sv", "ja", "ko")
 
