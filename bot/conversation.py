@@ -63,6 +63,8 @@ PREFER_REPAIR = "pref:repair"
 PREFER_DISCOUNT = "pref:discount"
 # How many serials one claim may hold (all ranges and messages together), unless the shell says otherwise.
 MAX_CLAIM_UNITS = 1000
+# How long the fault description of a claim grows from what the customer adds before the case opens.
+MAX_FAULT_CHARS = 4000
 _MIN_FAULT_CHARS = 3
 _OPTION_NUMBER = re.compile(r"[0-9]{1,2}")  # not str.isdigit(): "²" is a digit to it
 _VALUE = re.compile(r"^(?:cmd|lang|cause|proof|pref|answer|rate):[a-z0-9_]+$")
@@ -543,7 +545,9 @@ def _intake(state: State, reading: Reading, event: Event, facts: Facts) -> Trans
     state = _take_fault(state, reading, event, asked=before.name == "awaiting_fault" and state.serials != ())
     state, proof_replies = _take_proof(state, reading, event, facts, asked=before.name == "awaiting_proof")
     said.extend(proof_replies)
-    if reading.cause is not None and (before.name == "screening" or reading.cause != "unsure"):
+    # A cause said without being asked counts when it is said plainly: not "unsure", not a misspelt guess.
+    volunteered = reading.cause != "unsure" and not reading.cause_repaired
+    if reading.cause is not None and (before.name == "screening" or volunteered):
         state = replace(state, cause=reading.cause)
     if reading.preference is not None and (before.name == "preference" or state.cause is not None):
         state = replace(state, prefers_discount=reading.preference == "discount")
@@ -634,8 +638,14 @@ def _take_fault(state: State, reading: Reading, event: Event, *, asked: bool) ->
         return state
     if not state.fault:
         return replace(state, fault=fault)
-    if fault not in state.fault and reading.fault_strength >= 2 and not reading.serials:
-        return replace(state, fault=f"{state.fault}\n{fault}")
+    added = f"{state.fault}\n{fault}"
+    if (
+        fault not in state.fault
+        and reading.fault_strength >= 2
+        and not reading.serials
+        and len(added) <= MAX_FAULT_CHARS
+    ):
+        return replace(state, fault=added)
     return state
 
 

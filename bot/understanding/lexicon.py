@@ -72,7 +72,7 @@ class Lexicon:
     stop_chars: frozenset[str]  # Chinese function characters, not counted as content
     range_to: frozenset[str]
     unit_words: tuple[str, ...]
-    clitics: tuple[str, ...]  # Arabic prefixes that attach to a word (و, ال, ب, …)
+    clitics: tuple[str, ...]  # prefixes written onto a word: Arabic و, ال, ب, …; French elisions l', d', …
     numbers: Mapping[str, int]
     languages: tuple[str, ...]
     # Derived indexes, for speed: phrases by their first word, and every plain word for spelling repair.

@@ -6,6 +6,7 @@ The reading is context-free; the conversation decides what a "no" or a number an
 
 from __future__ import annotations
 
+import itertools
 import re
 from dataclasses import dataclass
 from typing import Literal
@@ -14,7 +15,7 @@ from rapidfuzz import process
 from rapidfuzz.distance import OSA
 
 from bot.understanding.lexicon import Lexicon, Phrase
-from bot.understanding.normalize import clean, fold_with_origin
+from bot.understanding.normalize import clean, fold, fold_with_origin
 from policy import (
     Policy,
     SerialRangeError,
@@ -34,6 +35,8 @@ Answer = Literal["yes", "no"]
 _TOKEN = re.compile(r"[^\W_]+(?:'[^\W_]+)*|[.!?;\n]")
 _CLAUSE_END = frozenset(".!?;\n")
 _HAN = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
+# Chinese and Arabic letters: not parts of a serial ("我们有3台机器坏了" is no attempt at one).
+_NOT_LATIN = re.compile(r"[\u0600-\u06ff\u3400-\u9fff\uf900-\ufaff]")
 _RATING = re.compile(r"^\s*(?:rate:)?([1-5])\s*(?:/\s*5)?\s*[*★⭐]*\s*$")
 _STARS = re.compile(r"^\s*([★⭐]{1,5})\s*$")
 _OPTION = re.compile(r"^\s*#?([0-9]{1,2})\s*[.)]?\s*$")
@@ -82,6 +85,7 @@ class Reading:
     option: int | None = None  # a typed option number ("2")
     consequential: bool = False  # asks for consequential damages (clause L1)
     repaired: bool = False  # a word was read through a spelling repair: less sure
+    cause_repaired: bool = False  # the cause was read only through a spelling repair
     languages: tuple[str, ...] = ()  # lexicons whose phrases matched, most matches first
 
 
@@ -132,12 +136,15 @@ def understand(text: str, lexicon: Lexicon, policy: Policy) -> Reading:
         serial_action=_first_key(matches, "serial_action") if serials else None,  # type: ignore[arg-type]
         removed=_removed(matches, tokens, serials, base, policy, origin),
         range_error=range_error,
-        serial_attempt=not serials and range_error is None and looks_like_serial_attempt(base),
+        serial_attempt=not serials
+        and range_error is None
+        and looks_like_serial_attempt(_NOT_LATIN.sub(" ", base)),
         units_stated=_units_stated(tokens, folded, lexicon),
         fault=fault,
         fault_strength=strength,
         proof=_proof(matches),
         cause=_cause(matches),
+        cause_repaired=_cause([m for m in matches if not m.repaired]) is None and _cause(matches) is not None,
         preference=_preference(matches),
         answer=_answer(matches, tokens),
         intent=reading_intent,
@@ -178,25 +185,24 @@ def _join_split_serials(text: str, policy: Policy) -> str:
 
 
 def _range_words(text: str, lexicon: Lexicon, policy: Policy) -> str:
-    """A word meaning "to" between two serials, in any language (`من A إلى B`), written as a range dash."""
+    """A word meaning "to" between two serials, in any language (`من A إلى B`), written as a range dash.
+
+    The words between two consecutive serials are folded before they are looked up, as every lexicon word
+    is: `إلى` is listed (and typed) with or without its hamza, `à` with or without its accent."""
     if not lexicon.range_to:
         return text
-    words = "|".join(re.escape(w) for w in sorted(lexicon.range_to, key=len, reverse=True))
-    pattern = re.compile(rf"(?<=[0-9A-Za-z])(\s+(?:{words})\s+)(?=[0-9A-Za-z])", re.IGNORECASE)
-
-    def dash(match: re.Match[str]) -> str:
-        before = re.search(r"[0-9A-Za-z-]+$", text[: match.start()])
-        after = re.match(r"[0-9A-Za-z-]+", text[match.end() :])
-        if (
-            before
-            and after
-            and parse_serial(before.group(0), policy)
-            and parse_serial(after.group(0), policy)
-        ):
-            return " - "
-        return match.group(0)
-
-    return pattern.sub(dash, text)
+    serials = [m for m in re.finditer(r"[0-9A-Za-z-]+", text) if parse_serial(m.group(0), policy)]
+    out: list[str] = []
+    at = 0
+    for before, after in itertools.pairwise(serials):
+        between = text[before.end() : after.start()]
+        words = " ".join(fold(between).split())
+        if between[:1].isspace() and between[-1:].isspace() and words in lexicon.range_to:
+            out.append(text[at : before.end()])
+            out.append(" - ")
+            at = after.start()
+    out.append(text[at:])
+    return "".join(out)
 
 
 _ATTEMPT = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{5,}")
@@ -277,7 +283,7 @@ def _matches(folded: str, tokens: list[_Token], lexicon: Lexicon) -> list[_Match
         if token.serial:
             continue
         candidates = [*lexicon.by_first_word.get(token.text, ()), *lexicon.wildcard_phrases]
-        if lexicon.clitics and token.text not in lexicon.by_first_word:
+        if lexicon.clitics:
             for clitic in lexicon.clitics:
                 if token.text.startswith(clitic):
                     candidates.extend(lexicon.by_first_word.get(token.text[len(clitic) :], ()))
@@ -321,17 +327,25 @@ def _matches(folded: str, tokens: list[_Token], lexicon: Lexicon) -> list[_Match
         if all(match.end <= k.start or match.start >= k.end for k in kept):
             kept.append(match)
     kept.sort(key=lambda m: m.start)
-    return [_negate(m, tokens, folded, lexicon) for m in kept]
+    # A negation inside a fault phrase ("does not work", "не включается", "ما يشتغل") negates the fault, not
+    # a cause said after it ("не включается после грозы" is a storm, not "no storm").
+    in_fault = {
+        k for m in kept if m.phrase.category == "fault_word" and m.first >= 0 for k in range(m.first, m.last)
+    }
+    return [_negate(m, tokens, folded, lexicon, in_fault) for m in kept]
 
 
-def _negate(match: _Match, tokens: list[_Token], folded: str, lexicon: Lexicon) -> _Match:
+def _negate(match: _Match, tokens: list[_Token], folded: str, lexicon: Lexicon, in_fault: set[int]) -> _Match:
     if match.phrase.category not in ("cause", "preference", "proof"):
+        return match
+    # A phrase that carries its own negation is not negated again: "je n'ai PAS DE FACTURE".
+    if match.phrase.words and match.phrase.words[0] in lexicon.negations:
         return match
     negated = False
     if match.first >= 0:
         for k in range(match.first - 1, max(-1, match.first - 1 - _NEGATION_REACH), -1):
             word = tokens[k].text
-            if word in _CLAUSE_END or word in lexicon.breaks:
+            if word in _CLAUSE_END or word in lexicon.breaks or k in in_fault:
                 break
             if word in lexicon.negations or word.endswith("n't"):
                 negated = True
@@ -455,8 +469,9 @@ def _fault_text(base: str, matches: list[_Match], spans: list[tuple[int, int]], 
     lines = []
     for line in kept.splitlines():
         line = re.sub(r"[ \t]{2,}", " ", line)
-        line = re.sub(r"\s+([,.;:!?])", r"\1", line)
-        line = re.sub(r"^[\s,.;:!?\-–—]+|[\s,;:\-–—]+$", "", line)
+        # Punctuation left at the edges, Arabic (، ؛ ؟) and Chinese (、 。) marks too.
+        line = re.sub(r"\s+([,.;:!?،؛؟、。])", r"\1", line)
+        line = re.sub(r"^[\s,.;:!?،؛؟、。\-–—]+|[\s,;:،؛、\-–—]+$", "", line)
         if re.search(r"\w", line):
             lines.append(line)
     return "\n".join(lines).strip()
@@ -478,7 +493,8 @@ def _cause(matches: list[_Match]) -> Cause | None:
 def _proof(matches: list[_Match]) -> Proof | None:
     plain = _keys(matches, "proof", negated=False)
     negated = _keys(matches, "proof", negated=True)
-    if "none" in plain or "has" in negated or "sent" in negated:
+    # "I lost it" names no document; said with one ("perdi o certificado"), it is the lost proof itself.
+    if "none" in plain or "has" in negated or "sent" in negated or ("absent" in plain and "has" in plain):
         return "none"
     if "absent" in plain:
         return "absent"
