@@ -336,9 +336,7 @@ def test_a_voice_message_is_kept_as_an_attachment(running: Running) -> None:
 def _case(running: Running) -> str:
     assert running.push(payload("text.xml")).text == "success"
     running.settled(1, "the first answer")
-    # The customer asks for a person. In English: main's understanding layer has no Chinese lexicon yet
-    # ("人工" opened a case before it); what these tests check is the quota and the token, not the reading.
-    assert running.push(text_push("human", 24593880000000001)).text == "success"
+    assert running.push(text_push("人工", 24593880000000001)).text == "success"
     ref = wait_until(running.case_ref, what="a case")
     wait_until(lambda: any(ref in t for t in running.api.texts(OPENID)), what="the case reference")
     return ref
