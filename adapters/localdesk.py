@@ -179,7 +179,11 @@ class LocalDesk:
         # the checks, a type since removed) is bytes to download.
         mime = stored.mime if stored.mime in STORABLE_TYPES else "application/octet-stream"
         return FileResponse(
-            path, media_type=mime, filename=stored.name, content_disposition_type="attachment", headers=_FILE_HEADERS
+            path,
+            media_type=mime,
+            filename=stored.name,
+            content_disposition_type="attachment",
+            headers=_FILE_HEADERS,
         )
 
 

@@ -76,7 +76,9 @@ def _session(bot: Bot, session_id: str) -> dict[str, Any]:
 
 def _declares_json(request: Request) -> bool:
     media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    return media_type == "application/json" or (media_type.startswith("application/") and media_type.endswith("+json"))
+    return media_type == "application/json" or (
+        media_type.startswith("application/") and media_type.endswith("+json")
+    )
 
 
 async def json_object(request: Request) -> dict[str, Any]:
@@ -224,7 +226,9 @@ class WebChat:
             raise ApiError(422, "send the file as multipart/form-data in the field 'file'")
         try:
             # A caption is text like any message; a larger field is refused while it streams in.
-            form = await request.form(max_files=1, max_fields=4, max_part_size=self.bot.settings.max_text_chars * 4 + 1024)
+            form = await request.form(
+                max_files=1, max_fields=4, max_part_size=self.bot.settings.max_text_chars * 4 + 1024
+            )
         except (MultiPartException, HTTPException):
             raise ApiError(422, "the multipart body could not be read") from None
         upload = form.get("file")

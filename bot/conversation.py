@@ -446,7 +446,7 @@ def _human(state: State, reading: Reading, event: Event, facts: Facts) -> Transi
         return Transition(
             state=state,
             replies=(Reply(template="human_already", params={"case_ref": facts.case_ref}),),
-            effects=(RelayToCase(text=reading.text or "[customer asked for a person]"),),
+            effects=(RelayToCase(text=reading.text or HUMAN),),
         )
     if state.name == "closed" and facts.last_case_ref:
         return Transition(
@@ -637,7 +637,7 @@ def _take_fault(state: State, reading: Reading, event: Event, *, asked: bool) ->
     if not enough:
         return state
     if not state.fault:
-        return replace(state, fault=fault)
+        return replace(state, fault=fault[:MAX_FAULT_CHARS])
     added = f"{state.fault}\n{fault}"
     if (
         fault not in state.fault

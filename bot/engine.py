@@ -494,7 +494,7 @@ class Engine:
             session,
             case,
             "customer_message",
-            text=effect.text,
+            text=self._label_of(effect.text, case.language or "en") or effect.text,
             attachment_ids=list(effect.attachment_ids),
             sender=message.sender_name,
         )

@@ -44,8 +44,13 @@ def rules_from_settings(settings: Settings) -> tuple[Rule, ...]:
     reads = frozenset({"GET", "HEAD"})
     overall = tuple(parse_many(settings.rate_limit_global))
     return (
-        Rule("sessions", frozenset({"POST"}), "/api/webchat/sessions", tuple(parse_many(settings.rate_limit_sessions)),
-             suffix="/sessions"),
+        Rule(
+            "sessions",
+            frozenset({"POST"}),
+            "/api/webchat/sessions",
+            tuple(parse_many(settings.rate_limit_sessions)),
+            suffix="/sessions",
+        ),
         Rule("writes", writes, "/api/", tuple(parse_many(settings.rate_limit_client)), overall),
         Rule("reads", reads, "/api/", tuple(parse_many(settings.rate_limit_reads))),
     )
@@ -80,8 +85,13 @@ class RateLimit:
             await self.app(scope, receive, send)
             return
         body = json.dumps({"error": "too many requests; try again later", "retry_after": wait}).encode()
-        await send({"type": "http.response.start", "status": 429,
-                    "headers": [(b"content-type", b"application/json"), (b"retry-after", str(wait).encode())]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 429,
+                "headers": [(b"content-type", b"application/json"), (b"retry-after", str(wait).encode())],
+            }
+        )
         await send({"type": "http.response.body", "body": body})
 
     def _take(self, method: str, path: str, client: str) -> int | None:

@@ -16,7 +16,6 @@ from bot.conversation import LANGUAGES, Reply
 from bot.language import detect, detector, hint_language, hint_variant, variant_language
 from bot.render import TEMPLATES, Renderer
 from bot.understanding import default_lexicon, understand
-from bot.understanding.lexicon import LEXICON_DIR
 from policy import REASON_PARAMS, Circumstances, Claim, Proof, default_policy, evaluate
 
 POLICY = default_policy()
@@ -212,16 +211,7 @@ def test_language_set_names_the_language_in_itself() -> None:
         assert name in RENDERER.text("language_set", language=language)
 
 
-# Languages whose lexicon (bot/understanding/lexicon/<lang>.toml) is still to come: their command words are not
-# understood yet, so the test is expected to fail for them (strict: it says so the day they are).
-_LEXICONS = {path.stem for path in LEXICON_DIR.glob("*.toml")}
-
-
-@pytest.mark.parametrize("language", [
-    language if language in _LEXICONS
-    else pytest.param(language, marks=pytest.mark.xfail(strict=True, reason="no lexicon for the language yet"))
-    for language in LANGUAGES
-])  # fmt: skip
+@pytest.mark.parametrize("language", LANGUAGES)
 def test_help_names_command_words_the_bot_understands(language: str) -> None:
     text = RENDERER.text("help", language=language, case_ref=None)
     words = [re.split("[:：]", line[2:])[0].strip() for line in text.splitlines() if line.startswith("- ")]

@@ -103,6 +103,26 @@ def _read_all(sock: socket.socket) -> bytes:
     return data
 
 
+def _read_response(sock: socket.socket) -> bytes:
+    """One whole answer on a connection that stays open: its headers, then Content-Length bytes of body."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        assert chunk, data
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = next(
+        int(line.split(b":")[1])
+        for line in head.split(b"\r\n")
+        if line.lower().startswith(b"content-length:")
+    )
+    while len(body) < length:
+        chunk = sock.recv(65536)
+        assert chunk, data
+        body += chunk
+    return head + b"\r\n\r\n" + body
+
+
 def test_a_request_whose_headers_never_finish_is_closed(tmp_path: Path, sqlite_url: str) -> None:
     with running(make_bot(sqlite_url, tmp_path, server_header_timeout_seconds=0.5)) as url:
         half = _connect(url)
@@ -124,14 +144,7 @@ def test_a_keep_alive_connection_must_send_its_next_headers_in_time(tmp_path: Pa
         sock = _connect(url)
         try:
             sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
-            first = sock.recv(65536)
-            assert first.startswith(b"HTTP/1.1 200")
-            # The body may come in a later packet than the headers: read the whole first answer.
-            head, _, body = first.partition(b"\r\n\r\n")
-            length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
-                              if line.lower().startswith(b"content-length")))
-            while len(body) < length:
-                body += sock.recv(65536)
+            assert _read_response(sock).startswith(b"HTTP/1.1 200")
             sock.sendall(b"GET /healthz HTTP/1.1\r\nHost")  # and then nothing
             assert _read_all(sock) == b""
         finally:
@@ -162,8 +175,9 @@ def test_past_the_concurrency_limit_requests_get_503_at_once(tmp_path: Path, sql
         try:
             for sock in holders:
                 sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
-            answer = httpx.get(f"{url}/healthz", timeout=10)
-            assert answer.status_code == 503
+            # The server may take a moment to accept the three; then every other request is 503 at once.
+            wait_until(lambda: httpx.get(f"{url}/healthz", timeout=10).status_code == 503, what="a 503")
+            assert httpx.get(f"{url}/healthz", timeout=10).status_code == 503
         finally:
             for sock in holders:
                 sock.close()
@@ -378,21 +392,24 @@ def test_a_case_with_many_units_is_read_in_pages(tmp_path: Path, database_url: s
     bot = make_bot(database_url, tmp_path)
     with running(bot) as url, httpx.Client(base_url=url) as http:
         ref = open_case(http, bot)
-        with Session(bot.db) as session:
-            first = session.execute(select(CaseUnit)).scalars().one()
-            # What the conversation stored before units per claim were capped: one message, thousands of units.
-            for n in range(449):
-                session.add(
-                    CaseUnit(
-                        case_id=first.case_id,
-                        serial=f"CSP2604D{n + 1000:04}",
-                        model=first.model,
-                        outcome=first.outcome,
-                        clauses=first.clauses,
-                        decision=first.decision,
-                    )
+    # With the server stopped (its workers would hold SQLite's write lock), the case grows, then it is read.
+    bot = make_bot(database_url, tmp_path)
+    with Session(bot.db) as session:
+        first = session.execute(select(CaseUnit)).scalars().one()
+        # What the conversation stored before units per claim were capped: one message, thousands of units.
+        for n in range(449):
+            session.add(
+                CaseUnit(
+                    case_id=first.case_id,
+                    serial=f"CSP2604D{n + 1000:04}",
+                    model=first.model,
+                    outcome=first.outcome,
+                    clauses=first.clauses,
+                    decision=first.decision,
                 )
-            session.commit()
+            )
+        session.commit()
+    with running(bot) as url, httpx.Client(base_url=url) as http:
         page = http.get(f"/api/desk/cases/{ref}", headers=DESK).json()
         assert (len(page["units"]), page["unit_count"], page["units_offset"], page["units_next"]) == (
             200,
@@ -427,24 +444,26 @@ def test_a_customer_file_is_a_download_never_a_page(tmp_path: Path, sqlite_url: 
     bot = make_bot(sqlite_url, tmp_path)
     with running(bot) as url, httpx.Client(base_url=url) as http:
         ref = open_case(http, bot)
-        with Session(bot.db) as session:
-            case_id = session.execute(select(CaseUnit.case_id)).scalars().first()
-            # A row as an older version could keep it: HTML under a type the store does not check today.
-            target = tmp_path / "attachments" / "ab" / "page.html"
-            target.parent.mkdir(parents=True)
-            target.write_bytes(b"<html><script>alert(document.domain)</script></html>")
-            row = StoredAttachment(
-                case_id=case_id,
-                kind="document",
-                name="page.html",
-                mime="text/html",
-                size=60,
-                path="ab/page.html",
-                sha256="0" * 64,
-            )
-            session.add(row)
-            session.commit()
-            attachment_id = row.id
+    bot = make_bot(sqlite_url, tmp_path)  # the server stopped: its workers would hold the write lock
+    with Session(bot.db) as session:
+        case_id = session.execute(select(CaseUnit.case_id)).scalars().first()
+        # A row as an older version could keep it: HTML under a type the store does not check today.
+        target = tmp_path / "attachments" / "ab" / "page.html"
+        target.parent.mkdir(parents=True)
+        target.write_bytes(b"<html><script>alert(document.domain)</script></html>")
+        row = StoredAttachment(
+            case_id=case_id,
+            kind="document",
+            name="page.html",
+            mime="text/html",
+            size=60,
+            path="ab/page.html",
+            sha256="0" * 64,
+        )
+        session.add(row)
+        session.commit()
+        attachment_id = row.id
+    with running(bot) as url, httpx.Client(base_url=url) as http:
         answer = http.get(f"/api/desk/cases/{ref}/attachments/{attachment_id}", headers=DESK)
         assert answer.status_code == 200
         assert answer.headers["content-type"] == "application/octet-stream"

@@ -78,18 +78,21 @@ def test_email_addresses_as_people_write_them_are_masked(email: str) -> None:
     assert "<email>" in masked
 
 
-@pytest.mark.parametrize("text", [
-    "reminder for WR-2026-000042 not posted",
-    "unit CSP2402A0153 arrived 2024-03-10",
-    "case opened 2024-03-10 12:00:00 by the desk",
-    "outbox row 42 dead after 8 attempts",
-    "connected to 10.100.200.123 on port 5432",
-    "took 0.1234 s",
-    "version 3.11.4 of 2025/06/01",
-    "mail UID 17 not taken: a mailing list",
-    "see section 4.2 (page 12)",
-    "ratio 3/4 of 120 units",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "reminder for WR-2026-000042 not posted",
+        "unit CSP2402A0153 arrived 2024-03-10",
+        "case opened 2024-03-10 12:00:00 by the desk",
+        "outbox row 42 dead after 8 attempts",
+        "connected to 10.100.200.123 on port 5432",
+        "took 0.1234 s",
+        "version 3.11.4 of 2025/06/01",
+        "mail UID 17 not taken: a mailing list",
+        "see section 4.2 (page 12)",
+        "ratio 3/4 of 120 units",
+    ],
+)
 def test_what_operators_read_is_kept(text: str) -> None:
     assert mask(text) == text
 
@@ -132,8 +135,15 @@ def test_masking_a_megabyte_of_adversarial_text_completes() -> None:
     )
     import json
 
-    result = subprocess.run([sys.executable, "-c", script], input=json.dumps(ADVERSARIAL), capture_output=True,
-                            text=True, cwd=ROOT, timeout=120, check=False)
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        input=json.dumps(ADVERSARIAL),
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+        check=False,
+    )
     assert result.stdout.strip() == "done", result.stderr[-2000:]
 
 
@@ -171,7 +181,9 @@ def test_a_logged_value_cannot_forge_log_lines() -> None:
     logger.propagate = False
     logger.setLevel(logging.INFO)
     try:
-        logger.info("mail not taken: Auto-Submitted: %s", "auto-replied\r\nERROR all customers deleted\x1b[2J")
+        logger.info(
+            "mail not taken: Auto-Submitted: %s", "auto-replied\r\nERROR all customers deleted\x1b[2J"
+        )
     finally:
         logger.removeHandler(handler)
     assert stream.getvalue() == (
@@ -182,7 +194,7 @@ def test_a_logged_value_cannot_forge_log_lines() -> None:
 def test_the_reason_a_mail_is_not_taken_quotes_a_bounded_excerpt() -> None:
     """The header that froze the server: 60 KB of adjacent encoded-words that decode to one run of digits."""
     words = "\r\n ".join("=?utf-8?q?1234567?=" for _ in range(3_000))
-    raw = (f"From: a@example.com\r\nTo: support@example.com\r\nSubject: x\r\nAuto-Submitted: {words}\r\n\r\nhi\r\n")
+    raw = f"From: a@example.com\r\nTo: support@example.com\r\nSubject: x\r\nAuto-Submitted: {words}\r\n\r\nhi\r\n"
     reason = ignore_reason(read_mail(raw.encode()), own=frozenset())
     assert reason is not None and reason.startswith("Auto-Submitted: 1234567")
     assert len(reason) < 80 and reason.endswith("chars)")

@@ -56,6 +56,8 @@ _ZH_NUMERALS = {
     "十": 10,
 }
 MAX_READ = 4000
+# Words that join two serials in a list, in the bot's languages (folded).
+_JOINERS = frozenset({"", "and", "y", "e", "et", "и", "和", "及", "与", "و", "or", "o", "ou", "или"})
 # Spelling repair: a word this far (edits, transpositions counted once) from a lexicon word is read as it.
 _SHORTEST_REPAIRED = 5
 # A cause or preference word is negated by a negation this many words before it, in the same clause.
@@ -242,7 +244,12 @@ def _repair(word: str, lexicon: Lexicon) -> tuple[str, bool]:
 
 
 def _known(word: str, lexicon: Lexicon) -> bool:
-    if word in lexicon.known_words or word in lexicon.stopwords or word in lexicon.negations:
+    if (
+        word in lexicon.known_words
+        or word in lexicon.stopwords
+        or word in lexicon.negations
+        or word in lexicon.numbers
+    ):
         return True
     return any(_plain_match(pattern, word) for pattern in lexicon.wildcard_words)
 
@@ -464,6 +471,12 @@ def _fault_text(base: str, matches: list[_Match], spans: list[tuple[int, int]], 
             wanted = after in starts or after >= len(base) or base[after] == "\n"
         if wanted:
             for k in range(first, last):
+                cut[k] = True
+    # "A and B", "A, B y C": the words joining serials go with them.
+    ordered = sorted(spans)
+    for (_, end), (start, _) in itertools.pairwise(ordered):
+        if fold(base[end:start]).strip(" \t,;/&+") in _JOINERS:
+            for k in range(end, start):
                 cut[k] = True
     kept = "".join(" " if cut[k] else c for k, c in enumerate(base))
     lines = []

@@ -307,3 +307,66 @@ def test_files_sent_before_the_proof_question_can_be_the_proof() -> None:
     assert [c.value for c in replies[-1].choices] == ["proof:sent", "proof:none"]
     state, templates, _, _ = run("proof:sent", state=state, today=date(2026, 5, 28))
     assert templates == ["proof_received", "ask_cause"] and state.proof == "documents"
+
+
+# --- free text (issue 13) ------------------------------------------------------------------------------
+
+
+def test_a_pasted_table_keeps_each_units_fault() -> None:
+    _state, _, effects, _ = run("CSP2402A0100\tE07 shuts down\nCSP2402A0101\tfan noise", "normal use")
+    fault = opened(effects).fault
+    assert "CSP2402A0100: E07 shuts down" in fault and "CSP2402A0101: fan noise" in fault
+
+
+def test_l1_answer_keeps_the_serial_and_fault_of_the_same_message() -> None:
+    state, templates, _, _ = run("CSP2402A0153 shows E07 and shuts down, we want compensation for lost profits")
+    assert templates[0] == "consequential_damages" and "ask_cause" in templates
+    assert state.serials == ("CSP2402A0153",) and "E07" in state.fault
+
+
+def test_a_mistyped_serial_is_asked_about_and_corrected() -> None:
+    facts = conv.Facts(today=TODAY, policy=POLICY, registry=REGISTRY, suggestions={"CSP2402A0135": "CSP2402A0153"})
+    asked = conv.step(conv.State(), conv.Event(text="CSP2402A0135 E07 and it shuts down"), facts)
+    assert [r.template for r in asked.replies][-1] == "serial_suggestion"
+    answered = conv.step(asked.state, conv.Event(text="yes"), conv.Facts(today=TODAY, policy=POLICY, registry=REGISTRY))
+    assert answered.state.serials == ("CSP2402A0153",)
+    assert [r.template for r in answered.replies] == ["units_received", "ask_cause"]
+
+
+def test_a_stated_count_that_disagrees_is_confirmed_before_deciding() -> None:
+    state, templates, _, replies = run("three units: CSP2402A0153 and CSP2402A0154, E07 on both")
+    assert templates[-1] == "confirm_serials" and replies[-1].params["stated"] == 3
+    state, templates, _, _ = run("yes", state=state)
+    assert templates == ["units_received", "ask_cause"] and len(state.serials) == 2
+
+
+def test_a_person_at_once_from_free_text_with_what_was_said() -> None:
+    state, templates, effects, _ = run("CSP2402A0153 E07 shuts down", "I want to talk to a real person please")
+    assert templates[-1] == "human_requested" and state.name == "with_engineer"
+    case = opened(effects)
+    assert case.human_requested and [u.serial for u in case.units] == ["CSP2402A0153"]
+
+
+def test_why_after_a_refusal_explains_and_reaches_the_case() -> None:
+    state, _, _, _ = run("CSP2402A0154 does not start any more", "normal use")
+    state, templates, effects, _ = run("but it only worked 2 years, what can I do?", state=state, case_status="open")
+    assert templates == ["decision", "next_steps"]
+    assert effects == [conv.RelayToCase(text="but it only worked 2 years, what can I do?")]
+
+
+def test_a_follow_up_after_a_closed_case_reopens_it_and_a_rating_in_arabic_digits_counts() -> None:
+    state, _, _, _ = run("CSP2402A0153 display shows E07 and shuts down", "normal use")
+    closed = conv.on_case_closed(state, ask_rating=True)
+    facts = conv.Facts(today=TODAY, policy=POLICY, registry=REGISTRY, last_case_ref="WR-2026-000001")
+    rated = conv.step(closed, conv.Event(text="٥"), facts)
+    assert rated.effects == (conv.RecordRating(rating=5),)
+    follow = conv.step(rated.state, conv.Event(text="the fan is noisy too"), facts)
+    assert [r.template for r in follow.replies] == ["case_reopened"]
+    assert follow.effects == (conv.RelayToCase(text="the fan is noisy too", reopen=True),)
+    assert follow.state.name == "with_engineer"
+
+
+def test_too_many_units_in_one_claim_get_a_clear_answer() -> None:
+    facts = conv.Facts(today=TODAY, policy=POLICY, registry=REGISTRY, max_units=10)
+    t = conv.step(conv.State(), conv.Event(text="CSP2402A0100-CSP2402A0139 all E07"), facts)
+    assert "too_many_units" in [r.template for r in t.replies] and t.state.serials == ()
