@@ -661,6 +661,7 @@ class Engine:
             OutboundMessage(
                 channel=conversation.channel, chat_id=conversation.chat_id, text=text, buttons=buttons
             ),
+            author=author,  # an engineer's words are no auto-reply (email's Auto-Submitted)
         )
 
     def notify_desks(self, session: Session, case: Case, event: str, **data: Any) -> None:
