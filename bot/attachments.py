@@ -27,6 +27,7 @@ def _mpeg_audio(data: bytes) -> bool:
 # What the first bytes of each type we can store must be: the declared MIME type alone is the sender's word,
 # and a file that a browser would sniff as HTML must never be kept as a photo or a voice message. A type an
 # operator adds to ATTACHMENT_TYPES without a check here is refused (docs/operations.md, Security).
+_HEIF_BRANDS = frozenset({b"heic", b"heix", b"heim", b"heis", b"mif1", b"msf1", b"hevc", b"hevx"})
 _MAGIC: dict[str, Callable[[bytes], bool]] = {
     "image/jpeg": lambda d: d.startswith(b"\xff\xd8\xff"),
     "image/png": lambda d: d.startswith(b"\x89PNG\r\n\x1a\n"),
@@ -37,8 +38,10 @@ _MAGIC: dict[str, Callable[[bytes], bool]] = {
     "audio/ogg": lambda d: d.startswith(b"OggS"),
     "audio/mpeg": _mpeg_audio,
     "audio/aac": lambda d: d.startswith(b"ADIF") or (len(d) >= 2 and d[0] == 0xFF and d[1] & 0xF6 == 0xF0),
-    "audio/mp4": lambda d: d[4:8] == b"ftyp",
-    "video/mp4": lambda d: d[4:8] == b"ftyp",
+    # HEIC/HEIF (iPhone photos) are ISO media files too: told from MPEG-4 by the brand after `ftyp`.
+    "image/heic": lambda d: d[4:8] == b"ftyp" and d[8:12] in _HEIF_BRANDS,
+    "audio/mp4": lambda d: d[4:8] == b"ftyp" and d[8:12] not in _HEIF_BRANDS,
+    "video/mp4": lambda d: d[4:8] == b"ftyp" and d[8:12] not in _HEIF_BRANDS,
     "audio/wav": lambda d: d[:4] == b"RIFF" and d[8:12] == b"WAVE",
     "audio/webm": lambda d: d.startswith(b"\x1a\x45\xdf\xa3"),
 }

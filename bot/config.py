@@ -23,7 +23,7 @@ class Settings(BaseSettings):
     attachments_dir: Path = Path("var/attachments")
     attachment_max_bytes: int = Field(default=10 * 1024 * 1024, gt=0)
     attachment_types: str = (
-        "image/jpeg,image/png,image/webp,image/gif,application/pdf,audio/amr,audio/ogg,audio/mpeg"
+        "image/jpeg,image/png,image/webp,image/gif,image/heic,application/pdf,audio/amr,audio/ogg,audio/mpeg"
     )
     policy_file: Path | None = None
     case_ref_prefix: str = "WR"

@@ -492,7 +492,7 @@ def _with_engineer(state: State, reading: Reading, event: Event, facts: Facts) -
         return _t(
             state, Reply(template="thanks_reply", params={"case_ref": facts.case_ref}), effects=(effect,)
         )
-    if facts.case_status in (None, "open"):
+    if facts.case_status in (None, "open", "to_confirm"):
         reply = Reply(
             template="relayed", params={"case_ref": facts.case_ref, "case_status": facts.case_status}
         )

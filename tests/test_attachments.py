@@ -15,12 +15,15 @@ MP3_FRAME = b"\xff\xfb\x90\x64" + b"\x00" * 200  # MPEG-1 layer III, 128 kbit/s,
 MP3_ID3 = b"ID3\x04\x00\x00\x00\x00\x00\x00" + MP3_FRAME
 WEBP = b"RIFF\x24\x00\x00\x00WEBPVP8 " + b"\x00" * 40
 WAV = b"RIFF\x24\x00\x00\x00WAVEfmt " + b"\x00" * 40
+HEIC = b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + b"\x00" * 40  # an iPhone photo's first bytes
+MP4 = b"\x00\x00\x00\x18ftypisom\x00\x00\x02\x00isomiso2" + b"\x00" * 40
 AVI = b"RIFF\x24\x00\x00\x00AVI LIST" + b"\x00" * 40
 GOOD = {
     "image/jpeg": b"\xff\xd8\xff\xe0\x00\x10JFIF" + b"\x00" * 20,
     "image/png": b"\x89PNG\r\n\x1a\n" + b"\x00" * 20,
     "image/gif": b"GIF89a" + b"\x00" * 20,
     "image/webp": WEBP,
+    "image/heic": HEIC,
     "application/pdf": b"%PDF-1.7\n" + b"\x00" * 20,
     "audio/amr": b"#!AMR\n" + b"\x00" * 20,
     "audio/ogg": b"OggS\x00\x02" + b"\x00" * 20,
@@ -94,3 +97,13 @@ def test_sniff_names_the_type_the_bytes_show() -> None:
     assert sniff(HTML) is None
     assert sniff(EXE) is None
     assert sniff(WAV) == "audio/wav"
+
+
+def test_a_heic_photo_is_told_from_an_mp4_video() -> None:
+    assert sniff(HEIC) == "image/heic"
+    assert sniff(MP4) == "video/mp4"
+
+
+def test_an_mp4_is_not_kept_as_a_heic_photo(store: AttachmentStore) -> None:
+    with pytest.raises(AttachmentRejected):
+        store.save(MP4, name="photo.heic", mime="image/heic", kind="photo")
