@@ -264,3 +264,169 @@ def test_desk_page_says_when_the_desk_is_off(browser: Any, tmp_path: Path) -> No
         expect(page.locator("#login")).to_be_hidden()
         context.close()
     assert problems.items == []
+
+
+def _luminance(css: str) -> float:
+    channels = [int(v) / 255 for v in re.findall(r"[\d.]+", css)[:3]]
+    linear = [c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4 for c in channels]
+    return 0.2126 * linear[0] + 0.7152 * linear[1] + 0.0722 * linear[2]
+
+
+def _contrast(foreground: str, background: str) -> float:
+    """WCAG contrast ratio of two opaque `rgb(...)` colours."""
+    light, dark = sorted((_luminance(foreground), _luminance(background)), reverse=True)
+    return (light + 0.05) / (dark + 0.05)
+
+
+def _shots() -> Path:
+    folder = SCREENSHOTS / "warranty-bot-screens"
+    folder.mkdir(parents=True, exist_ok=True)
+    print(f"screenshots: {folder}")
+    return folder
+
+
+LAST_MESSAGE_IN_VIEW = """() => {
+  const main = document.getElementById("main"), items = document.querySelectorAll("#log .msg");
+  if (!items.length) return false;
+  const last = items[items.length - 1].getBoundingClientRect(), box = main.getBoundingClientRect();
+  return last.bottom <= box.bottom + 1 && main.scrollHeight - main.scrollTop - main.clientHeight < 2;
+}"""
+
+
+def test_web_chat_follows_the_customer(browser: Any, tmp_path: Path) -> None:
+    """Scroll after upload, queue and resend while the server is away, focus after a button, group names,
+    typing dots, long messages, page language and picker, bidi isolation, two tabs, no sideways scroll."""
+    from playwright.sync_api import expect
+
+    expect.set_options(timeout=WAIT_MS)
+    bot = build(_settings(tmp_path, max_text_chars=25_000))
+    serial = _recent_serial(date.today())
+    problems = PageProblems()
+    shots = _shots()
+    with serve(create_app(bot)) as base:
+        phone = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True,
+                                    locale="en-US")
+        chat = problems.watch(phone.new_page())
+        chat.goto(f"{base}/")
+        log = chat.locator("#log")
+        box = chat.get_by_label("Your message")
+        box.fill(f"{serial} display shows E07 and shuts down under load")
+        box.press("Enter")
+
+        # Buttons come in a named group; choosing one with the keyboard leaves the focus in the text box.
+        expect(chat.get_by_role("group", name="Choose an answer").last).to_be_visible()
+        chat.locator(".choices button", has_text="I don't have them").focus()
+        chat.keyboard.press("Enter")
+        expect(box).to_be_focused()
+        chat.locator(".choices button", has_text="It failed in normal use").focus()
+        chat.keyboard.press("Space")
+        expect(box).to_be_focused()
+        expect(log.locator(".msg-bot", has_text=re.compile(r"WR-\d{4}-\d{6}"))).to_have_count(1)
+
+        # A photo: its preview and the bot's answer end inside the visible area.
+        bots_before = log.locator(".msg-bot").count()
+        chat.set_input_files("#file", files=[{"name": "label.png", "mimeType": "image/png",
+                                              "buffer": _noisy_png(600, 800)}])
+        expect(log.locator(".msg-customer[data-id]", has_text="label.png")).to_have_count(1)
+        expect(log.locator(".msg-bot")).to_have_count(bots_before + 1)
+        chat.wait_for_function(LAST_MESSAGE_IN_VIEW, timeout=WAIT_MS)
+        assert chat.evaluate("getComputedStyle(document.getElementById('main')).overflowY") == "auto"
+        chat.screenshot(path=str(shots / "webchat-after-photo.png"))
+
+        # While the bot is answering, the typing dots show (the answers are held back to see them).
+        answers = re.compile(r".*/messages\?after=.*")
+        chat.route(answers, lambda route: route.abort())
+        box.fill("Is a technician needed?")
+        box.press("Enter")
+        expect(log.locator(".msg-customer[data-id]", has_text="technician")).to_have_count(0)
+        expect(chat.locator("#typing")).to_be_visible()
+        chat.unroute(answers)
+        expect(log.locator(".msg-customer[data-id]", has_text="technician")).to_have_count(1)
+        expect(chat.locator("#typing")).to_be_hidden()
+
+        # The server is away: the message waits, says so readably, and goes once the server is back.
+        api = "**/api/webchat/**"
+        chat.route(api, lambda route: route.abort())
+        box.fill("Are you still there?")
+        box.press("Enter")
+        failed = log.locator(".msg-customer.failed", has_text="Are you still there?")
+        expect(failed.locator(".state")).to_contain_text("Not sent.")
+        state = failed.locator(".state span").first
+        colour = state.evaluate("e => getComputedStyle(e).color")
+        background = failed.evaluate("e => getComputedStyle(e).backgroundColor")
+        assert _contrast(colour, background) >= 4.5, (colour, background)
+        retry = failed.get_by_role("button", name="Retry")
+        retry_box = retry.bounding_box()
+        assert retry_box is not None and retry_box["height"] >= 44 and retry_box["width"] >= 44
+        chat.screenshot(path=str(shots / "webchat-not-sent.png"))
+        chat.unroute(api)
+        expect(log.locator(".msg-customer[data-id]", has_text="Are you still there?")).to_have_count(1)
+        expect(log.locator(".msg-customer.failed")).to_have_count(0)
+        chat.reload()
+        expect(log.locator(".msg-customer", has_text="Are you still there?")).to_have_count(1)  # stored once
+
+        # A 20,000-character paste is shown collapsed, with "Show more".
+        box.fill("The fault log follows. " + "E07 overcurrent at phase B; " * 720)
+        box.press("Enter")
+        long = log.locator(".msg-customer[data-id]", has_text="The fault log follows.")
+        expect(long).to_have_count(1)
+        height = long.bounding_box()
+        assert height is not None and height["height"] < 600
+        more = long.get_by_role("button", name="Show more")
+        expect(more).to_have_attribute("aria-expanded", "false")
+        more.click()
+        expect(long.get_by_role("button", name="Show less")).to_have_attribute("aria-expanded", "true")
+        opened = long.bounding_box()
+        assert opened is not None and opened["height"] > 2000
+        long.get_by_role("button", name="Show less").click()
+        assert chat.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+
+        # Two tabs of one browser: when one starts a new conversation, the other follows it.
+        other = problems.watch(phone.new_page())
+        other.goto(f"{base}/")
+        expect(other.locator("#log .msg-customer", has_text="Are you still there?")).to_have_count(1)
+        chat.get_by_role("link", name="New conversation").click()
+        expect(other.locator("#log .msg")).to_have_count(0)
+        other.get_by_label("Your message").fill("Written in the second tab")
+        other.get_by_label("Your message").press("Enter")
+        expect(log.locator(".msg-customer[data-id]", has_text="Written in the second tab")).to_have_count(1)
+        expect(log.locator(".msg", has_text="Are you still there?")).to_have_count(0)
+        other.close()
+
+        # The language picker: the page's own words and the conversation switch together.
+        chat.get_by_label("Language").select_option("es")
+        expect(chat.locator("#send")).to_have_text("Enviar")
+        expect(chat.get_by_role("link", name="Nueva conversación")).to_be_visible()
+        assert chat.title() == "Soporte de garantía"
+        expect(log.locator(".msg-customer[data-id]", has_text="Español")).to_have_count(1)
+        expect(log.locator(".msg-bot .who").last).to_have_text("Asistente de garantía")
+
+        # Arabic: the page mirrors; serials and references are isolated, so they do not set a line's
+        # direction; markup the customer types stays text.
+        chat.get_by_label("Idioma").select_option("ar")
+        expect(chat.locator("html")).to_have_attribute("dir", "rtl")
+        expect(chat.locator("#send")).to_have_text("إرسال")
+        written = f"{serial} الشاشة لا تعمل، المرجع WR-2026-000001 <b>2026-12-01</b>"
+        chat.get_by_label("رسالتك").fill(written)
+        chat.get_by_label("رسالتك").press("Enter")
+        mine = log.locator(".msg-customer[data-id] .text").last
+        expect(mine).to_have_text(written)
+        assert mine.locator("b").count() == 0
+        expect(mine.locator("bdi").first).to_have_text(serial)
+        assert mine.evaluate("e => getComputedStyle(e).direction") == "rtl"
+        assert mine.locator("bdi").first.evaluate("e => getComputedStyle(e).unicodeBidi") == "isolate"
+        expect(log.locator(".msg-bot bdi", has_text=serial).last).to_be_visible()
+        expect(chat.get_by_role("group", name="اختر إجابة")).not_to_have_count(0)
+        assert chat.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+        chat.screenshot(path=str(shots / "webchat-phone-ar.png"))
+        phone.close()
+
+        # A desktop window in Chinese, from the address.
+        desktop = browser.new_context(viewport={"width": 1280, "height": 800}, locale="en-US")
+        page = problems.watch(desktop.new_page())
+        page.goto(f"{base}/?lang=zh")
+        expect(page.locator("#send")).to_have_text("发送")
+        expect(page.get_by_label("语言")).to_have_value("zh")
+        page.screenshot(path=str(shots / "webchat-desktop-zh.png"))
+        desktop.close()
+    assert problems.items == []
