@@ -6,11 +6,12 @@ import os
 import re
 import shutil
 import struct
+import subprocess
 import zlib
 from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 
@@ -22,18 +23,27 @@ from tests.fakes.server import serve
 pytestmark = pytest.mark.browser
 
 DESK_TOKEN = "desk-token-for-the-browser-test"
-CHROMIUM_ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+CHROMIUM_ARGS = [
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 SCREENSHOTS = Path(os.environ.get("BROWSER_SCREENSHOTS", "/tmp"))
 XSS = "<script>alert(1)</script> {{ 7*7 }}"
 ARABIC = "مرحبا، سنرسل لك قطعة الغيار غدا."
 # The smallest well-formed PDF: one empty page.
-PDF = (b"%PDF-1.4\n1 0 obj<</Type/Catalog/Pages 2 0 R>>endobj\n2 0 obj<</Type/Pages/Kids[3 0 R]/Count 1>>endobj\n"
-       b"3 0 obj<</Type/Page/Parent 2 0 R/MediaBox[0 0 200 200]>>endobj\ntrailer<</Root 1 0 R>>\n%%EOF\n")
+PDF = (
+    b"%PDF-1.4\n1 0 obj<</Type/Catalog/Pages 2 0 R>>endobj\n2 0 obj<</Type/Pages/Kids[3 0 R]/Count 1>>endobj\n"
+    b"3 0 obj<</Type/Page/Parent 2 0 R/MediaBox[0 0 200 200]>>endobj\ntrailer<</Root 1 0 R>>\n%%EOF\n"
+)
 WAIT_MS = 15_000
 
 
-def _unavailable(reason: str) -> None:
+def _unavailable(reason: str) -> NoReturn:
     """Without a browser the test cannot run: fine on a developer's machine, a failure in CI."""
     if os.environ.get("CI") == "true":
         pytest.fail(f"the browser test must run in CI: {reason}")
@@ -57,8 +67,13 @@ def browser() -> Iterator[Any]:
 
 
 def _settings(tmp_path: Path, **update: Any) -> Settings:
-    return Settings(_env_file=None, database_url=f"sqlite:///{tmp_path}/warranty.db",  # type: ignore[call-arg]
-                    data_dir=tmp_path, attachments_dir=tmp_path / "attachments", **update)
+    return Settings(
+        _env_file=None,
+        database_url=f"sqlite:///{tmp_path}/warranty.db",  # type: ignore[call-arg]
+        data_dir=tmp_path,
+        attachments_dir=tmp_path / "attachments",
+        **update,
+    )
 
 
 def _noisy_png(width: int, height: int) -> bytes:
@@ -70,8 +85,12 @@ def _noisy_png(width: int, height: int) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows, 1))
-            + chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(rows, 1))
+        + chunk(b"IEND", b"")
+    )
 
 
 def _recent_serial(today: date) -> str:
@@ -113,8 +132,13 @@ def test_customer_and_engineer_talk_through_the_web_pages(browser: Any, tmp_path
     serial = _recent_serial(date.today())
     problems = PageProblems()
     with serve(create_app(bot)) as base:
-        phone = browser.new_context(viewport={"width": 390, "height": 844}, device_scale_factor=2, is_mobile=True,
-                                    has_touch=True, locale="en-US")
+        phone = browser.new_context(
+            viewport={"width": 390, "height": 844},
+            device_scale_factor=2,
+            is_mobile=True,
+            has_touch=True,
+            locale="en-US",
+        )
         chat = problems.watch(phone.new_page())
         response = chat.goto(f"{base}/")
         assert response is not None and "script-src 'self'" in response.headers["content-security-policy"]
@@ -137,7 +161,9 @@ def test_customer_and_engineer_talk_through_the_web_pages(browser: Any, tmp_path
         expect(log.locator(".msg-bot", has_text=serial).last).to_contain_text("Covered")
         expect(chat.locator(".choices button", has_text="I don't have them")).to_be_disabled()
 
-        chat.set_input_files("#file", files=[{"name": "invoice.pdf", "mimeType": "application/pdf", "buffer": PDF}])
+        chat.set_input_files(
+            "#file", files=[{"name": "invoice.pdf", "mimeType": "application/pdf", "buffer": PDF}]
+        )
         expect(log.locator(".msg-customer[data-id]", has_text="invoice.pdf")).to_have_count(1)
 
         # A phone photo above the server's request limit is shrunk by the page before it is sent.
@@ -189,7 +215,8 @@ def test_customer_and_engineer_talk_through_the_web_pages(browser: Any, tmp_path
 
         expect(desk.locator("#attachments button", has_text="label.jpg")).to_contain_text("image/jpeg")
         expect(desk.locator("#attachments button", has_text="label.jpg").locator("img")).to_have_attribute(
-            "src", re.compile(r"^blob:"))
+            "src", re.compile(r"^blob:")
+        )
 
         # Attachments need the token: the page fetches them and opens them as blob: URLs.
         with office.expect_page() as opened_file:
@@ -216,7 +243,9 @@ def test_customer_and_engineer_talk_through_the_web_pages(browser: Any, tmp_path
         engineer_bubble = log.locator(".msg-engineer", has_text=ARABIC)
         expect(engineer_bubble.locator(".who")).to_have_text("Amira")
         assert engineer_bubble.locator(".text").evaluate("e => getComputedStyle(e).direction") == "rtl"
-        assert log.locator(".msg-customer .text").first.evaluate("e => getComputedStyle(e).direction") == "ltr"
+        assert (
+            log.locator(".msg-customer .text").first.evaluate("e => getComputedStyle(e).direction") == "ltr"
+        )
 
         desk.get_by_label("Service method").select_option("remote_guidance")
         desk.get_by_role("button", name="Set method").click()
@@ -266,6 +295,37 @@ def test_desk_page_says_when_the_desk_is_off(browser: Any, tmp_path: Path) -> No
     assert problems.items == []
 
 
+@pytest.fixture(scope="module")
+def axe_source(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """axe-core from the npm registry, installed into a temporary folder for this run (never committed)."""
+    npm = shutil.which("npm")
+    if npm is None:
+        _unavailable("npm is not installed: the axe-core accessibility check needs it")
+    folder = tmp_path_factory.mktemp("axe")
+    done = subprocess.run(
+        [npm, "install", "--no-save", "--no-audit", "--no-fund", "--prefix", str(folder), "axe-core@4"],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    script = folder / "node_modules" / "axe-core" / "axe.min.js"
+    if done.returncode != 0 or not script.exists():
+        _unavailable(f"axe-core could not be installed from npm: {done.stderr.strip()[-200:]}")
+    return script.read_text(encoding="utf-8")
+
+
+def _serious_violations(page: Any, axe: str) -> list[str]:
+    """axe-core run in the page (by the DevTools protocol, so the page's CSP does not apply)."""
+    page.evaluate(axe)
+    found = page.evaluate("""async () => {
+      const result = await axe.run(document, { resultTypes: ["violations"] });
+      return result.violations.filter((v) => v.impact === "serious" || v.impact === "critical")
+        .map((v) => `${v.id}: ${v.help} (${v.nodes.map((n) => n.target.join(" ")).join(", ")})`);
+    }""")
+    return list(found)
+
+
 def _luminance(css: str) -> float:
     channels = [int(v) / 255 for v in re.findall(r"[\d.]+", css)[:3]]
     linear = [c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4 for c in channels]
@@ -293,7 +353,7 @@ LAST_MESSAGE_IN_VIEW = """() => {
 }"""
 
 
-def test_web_chat_follows_the_customer(browser: Any, tmp_path: Path) -> None:
+def test_web_chat_follows_the_customer(browser: Any, axe_source: str, tmp_path: Path) -> None:
     """Scroll after upload, queue and resend while the server is away, focus after a button, group names,
     typing dots, long messages, page language and picker, bidi isolation, two tabs, no sideways scroll."""
     from playwright.sync_api import expect
@@ -304,8 +364,9 @@ def test_web_chat_follows_the_customer(browser: Any, tmp_path: Path) -> None:
     problems = PageProblems()
     shots = _shots()
     with serve(create_app(bot)) as base:
-        phone = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True,
-                                    locale="en-US")
+        phone = browser.new_context(
+            viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True, locale="en-US"
+        )
         chat = problems.watch(phone.new_page())
         chat.goto(f"{base}/")
         log = chat.locator("#log")
@@ -325,8 +386,9 @@ def test_web_chat_follows_the_customer(browser: Any, tmp_path: Path) -> None:
 
         # A photo: its preview and the bot's answer end inside the visible area.
         bots_before = log.locator(".msg-bot").count()
-        chat.set_input_files("#file", files=[{"name": "label.png", "mimeType": "image/png",
-                                              "buffer": _noisy_png(600, 800)}])
+        chat.set_input_files(
+            "#file", files=[{"name": "label.png", "mimeType": "image/png", "buffer": _noisy_png(600, 800)}]
+        )
         expect(log.locator(".msg-customer[data-id]", has_text="label.png")).to_have_count(1)
         expect(log.locator(".msg-bot")).to_have_count(bots_before + 1)
         chat.wait_for_function(LAST_MESSAGE_IN_VIEW, timeout=WAIT_MS)
@@ -419,6 +481,7 @@ def test_web_chat_follows_the_customer(browser: Any, tmp_path: Path) -> None:
         expect(chat.get_by_role("group", name="اختر إجابة")).not_to_have_count(0)
         assert chat.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
         chat.screenshot(path=str(shots / "webchat-phone-ar.png"))
+        assert _serious_violations(chat, axe_source) == []
         phone.close()
 
         # A desktop window in Chinese, from the address.
@@ -428,5 +491,6 @@ def test_web_chat_follows_the_customer(browser: Any, tmp_path: Path) -> None:
         expect(page.locator("#send")).to_have_text("发送")
         expect(page.get_by_label("语言")).to_have_value("zh")
         page.screenshot(path=str(shots / "webchat-desktop-zh.png"))
+        assert _serious_violations(page, axe_source) == []
         desktop.close()
     assert problems.items == []

@@ -334,7 +334,7 @@
   // --- rendering ----------------------------------------------------------------------------------------
 
   function bubble(author, authorName) {
-    const item = el("li", `msg msg-${author}`);
+    const item = el("div", `msg msg-${author}`); // a log, not a list: role="log" replaces the list role
     const key = author === "customer" ? "you" : author === "engineer" ? "engineer" : "bot";
     const who = el("span", author === "customer" ? "who visually-hidden" : "who", T[key]);
     if (author === "engineer" && authorName) who.textContent = authorName;
