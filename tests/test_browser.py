@@ -262,6 +262,16 @@ def test_customer_and_engineer_talk_through_the_web_pages(browser: Any, tmp_path
         expect(log.locator(".choices button").last).to_have_text("5")
         chat.screenshot(path=str(SCREENSHOTS / "webchat-phone.png"))
         desk.screenshot(path=str(SCREENSHOTS / "desk.png"), full_page=True)
+        # On a phone the desk's attachment cards (thumbnail, name, type) stay inside the panel.
+        desk.set_viewport_size({"width": 390, "height": 844})
+        expect(desk.locator("#attachments button", has_text="label.jpg")).to_be_visible()
+        desk.screenshot(path=str(SCREENSHOTS / "desk-phone.png"), full_page=True)
+        assert desk.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+        overflowing = desk.evaluate("""() => Array.from(document.querySelectorAll('#attachments button'))
+          .filter((b) => b.getBoundingClientRect().right > document.getElementById('attachments').getBoundingClientRect().right + 1)
+          .map((b) => b.textContent)""")
+        assert overflowing == []
+        desk.set_viewport_size({"width": 1280, "height": 900})
         # Nothing is wider than the phone's screen.
         assert chat.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
 
