@@ -124,7 +124,9 @@ class PageProblems:
         return page
 
 
-def test_customer_and_engineer_talk_through_the_web_pages(browser: Any, tmp_path: Path) -> None:
+def test_customer_and_engineer_talk_through_the_web_pages(
+    browser: Any, axe_source: str, tmp_path: Path
+) -> None:
     from playwright.sync_api import expect
 
     expect.set_options(timeout=WAIT_MS)
@@ -272,6 +274,7 @@ def test_customer_and_engineer_talk_through_the_web_pages(browser: Any, tmp_path
           .map((b) => b.textContent)""")
         assert overflowing == []
         desk.set_viewport_size({"width": 1280, "height": 900})
+        assert _serious_violations(desk, axe_source) == []
         # Nothing is wider than the phone's screen.
         assert chat.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
 
