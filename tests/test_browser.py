@@ -417,6 +417,8 @@ def test_web_chat_follows_the_customer(browser: Any, axe_source: str, tmp_path: 
         expect(chat.locator("#typing")).to_be_visible()
         chat.unroute(answers)
         expect(log.locator(".msg-customer[data-id]", has_text="technician")).to_have_count(1)
+        sent_mark = "e => getComputedStyle(e, '::after').content"
+        assert "✓" in log.locator(".msg-customer[data-id] time").last.evaluate(sent_mark)
         expect(chat.locator("#typing")).to_be_hidden()
 
         # The server is away: the message waits, says so readably, and goes once the server is back.
