@@ -21,7 +21,8 @@
 
   const STRINGS = {
     en: {
-      language: "Language", choices: "Choose an answer", more: "Show more", less: "Show less", typing: "The assistant is writing…", queued: "Waiting for the connection…",
+      language: "Language", choices: "Choose an answer", more: "Show more", less: "Show less",
+      typing: "The assistant is writing…", queued: "Waiting for the connection…",
       title: "Warranty support", subtitle: "After-sales service", new: "New conversation",
       intro: "Hello! Send the serial number of your unit (on the label on the back or bottom) and describe " +
         "the fault. You can attach photos or PDF documents.",
@@ -43,7 +44,8 @@
       lost: "此对话已过期。请重新发送消息开始新的对话。",
     },
     es: {
-      language: "Idioma", choices: "Elija una respuesta", more: "Ver más", less: "Ver menos", typing: "El asistente está escribiendo…", queued: "Esperando la conexión…",
+      language: "Idioma", choices: "Elija una respuesta", more: "Ver más", less: "Ver menos",
+      typing: "El asistente está escribiendo…", queued: "Esperando la conexión…",
       title: "Soporte de garantía", subtitle: "Servicio posventa", new: "Nueva conversación",
       intro: "¡Hola! Envíe el número de serie de su equipo (en la etiqueta de la parte trasera o inferior) y " +
         "describa la falla. Puede adjuntar fotos o documentos PDF.",
@@ -56,7 +58,8 @@
       lost: "Esta conversación ha caducado. Escriba de nuevo para iniciar una nueva.",
     },
     ru: {
-      language: "Язык", choices: "Выберите ответ", more: "Показать полностью", less: "Свернуть", typing: "Помощник печатает…", queued: "Ждём соединения…",
+      language: "Язык", choices: "Выберите ответ", more: "Показать полностью", less: "Свернуть",
+      typing: "Помощник печатает…", queued: "Ждём соединения…",
       title: "Гарантийная поддержка", subtitle: "Сервисное обслуживание", new: "Новый диалог",
       intro: "Здравствуйте! Отправьте серийный номер устройства (на наклейке сзади или снизу) и опишите " +
         "неисправность. Можно приложить фото или PDF-документы.",
@@ -68,7 +71,8 @@
       offline: "Нет соединения. Повторяем…", lost: "Срок этого диалога истёк. Напишите снова, чтобы начать новый.",
     },
     pt: {
-      language: "Idioma", choices: "Escolha uma resposta", more: "Mostrar mais", less: "Mostrar menos", typing: "O assistente está escrevendo…", queued: "Aguardando a conexão…",
+      language: "Idioma", choices: "Escolha uma resposta", more: "Mostrar mais", less: "Mostrar menos",
+      typing: "O assistente está escrevendo…", queued: "Aguardando a conexão…",
       title: "Suporte de garantia", subtitle: "Assistência pós-venda", new: "Nova conversa",
       intro: "Olá! Envie o número de série do seu equipamento (na etiqueta na parte de trás ou de baixo) e " +
         "descreva o defeito. Você pode anexar fotos ou documentos PDF.",
@@ -81,7 +85,8 @@
       lost: "Esta conversa expirou. Escreva de novo para iniciar uma nova.",
     },
     fr: {
-      language: "Langue", choices: "Choisissez une réponse", more: "Afficher plus", less: "Afficher moins", typing: "L’assistant écrit…", queued: "En attente de la connexion…",
+      language: "Langue", choices: "Choisissez une réponse", more: "Afficher plus", less: "Afficher moins",
+      typing: "L’assistant écrit…", queued: "En attente de la connexion…",
       title: "Assistance garantie", subtitle: "Service après-vente", new: "Nouvelle conversation",
       intro: "Bonjour ! Envoyez le numéro de série de votre appareil (sur l’étiquette au dos ou dessous) et " +
         "décrivez la panne. Vous pouvez joindre des photos ou des documents PDF.",
@@ -94,7 +99,8 @@
       lost: "Cette conversation a expiré. Écrivez de nouveau pour en commencer une autre.",
     },
     ar: {
-      language: "اللغة", choices: "اختر إجابة", more: "عرض المزيد", less: "عرض أقل", typing: "المساعد يكتب…", queued: "بانتظار الاتصال…",
+      language: "اللغة", choices: "اختر إجابة", more: "عرض المزيد", less: "عرض أقل",
+      typing: "المساعد يكتب…", queued: "بانتظار الاتصال…",
       title: "دعم الضمان", subtitle: "خدمة ما بعد البيع", new: "محادثة جديدة",
       intro: "مرحبًا! أرسل الرقم التسلسلي لجهازك (على الملصق في الخلف أو الأسفل) وصِف العطل. " +
         "يمكنك إرفاق صور أو مستندات PDF.",
