@@ -6,11 +6,12 @@ import os
 import re
 import shutil
 import struct
+import subprocess
 import zlib
 from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 
@@ -22,18 +23,27 @@ from tests.fakes.server import serve
 pytestmark = pytest.mark.browser
 
 DESK_TOKEN = "desk-token-for-the-browser-test"
-CHROMIUM_ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+CHROMIUM_ARGS = [
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 SCREENSHOTS = Path(os.environ.get("BROWSER_SCREENSHOTS", "/tmp"))
 XSS = "<script>alert(1)</script> {{ 7*7 }}"
 ARABIC = "مرحبا، سنرسل لك قطعة الغيار غدا."
 # The smallest well-formed PDF: one empty page.
-PDF = (b"%PDF-1.4\n1 0 obj<</Type/Catalog/Pages 2 0 R>>endobj\n2 0 obj<</Type/Pages/Kids[3 0 R]/Count 1>>endobj\n"
-       b"3 0 obj<</Type/Page/Parent 2 0 R/MediaBox[0 0 200 200]>>endobj\ntrailer<</Root 1 0 R>>\n%%EOF\n")
+PDF = (
+    b"%PDF-1.4\n1 0 obj<</Type/Catalog/Pages 2 0 R>>endobj\n2 0 obj<</Type/Pages/Kids[3 0 R]/Count 1>>endobj\n"
+    b"3 0 obj<</Type/Page/Parent 2 0 R/MediaBox[0 0 200 200]>>endobj\ntrailer<</Root 1 0 R>>\n%%EOF\n"
+)
 WAIT_MS = 15_000
 
 
-def _unavailable(reason: str) -> None:
+def _unavailable(reason: str) -> NoReturn:
     """Without a browser the test cannot run: fine on a developer's machine, a failure in CI."""
     if os.environ.get("CI") == "true":
         pytest.fail(f"the browser test must run in CI: {reason}")
@@ -57,8 +67,13 @@ def browser() -> Iterator[Any]:
 
 
 def _settings(tmp_path: Path, **update: Any) -> Settings:
-    return Settings(_env_file=None, database_url=f"sqlite:///{tmp_path}/warranty.db",  # type: ignore[call-arg]
-                    data_dir=tmp_path, attachments_dir=tmp_path / "attachments", **update)
+    return Settings(
+        _env_file=None,
+        database_url=f"sqlite:///{tmp_path}/warranty.db",  # type: ignore[call-arg]
+        data_dir=tmp_path,
+        attachments_dir=tmp_path / "attachments",
+        **update,
+    )
 
 
 def _noisy_png(width: int, height: int) -> bytes:
@@ -70,8 +85,12 @@ def _noisy_png(width: int, height: int) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows, 1))
-            + chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(rows, 1))
+        + chunk(b"IEND", b"")
+    )
 
 
 def _recent_serial(today: date) -> str:
@@ -105,7 +124,9 @@ class PageProblems:
         return page
 
 
-def test_customer_and_engineer_talk_through_the_web_pages(browser: Any, tmp_path: Path) -> None:
+def test_customer_and_engineer_talk_through_the_web_pages(
+    browser: Any, axe_source: str, tmp_path: Path
+) -> None:
     from playwright.sync_api import expect
 
     expect.set_options(timeout=WAIT_MS)
@@ -113,8 +134,13 @@ def test_customer_and_engineer_talk_through_the_web_pages(browser: Any, tmp_path
     serial = _recent_serial(date.today())
     problems = PageProblems()
     with serve(create_app(bot)) as base:
-        phone = browser.new_context(viewport={"width": 390, "height": 844}, device_scale_factor=2, is_mobile=True,
-                                    has_touch=True, locale="en-US")
+        phone = browser.new_context(
+            viewport={"width": 390, "height": 844},
+            device_scale_factor=2,
+            is_mobile=True,
+            has_touch=True,
+            locale="en-US",
+        )
         chat = problems.watch(phone.new_page())
         response = chat.goto(f"{base}/")
         assert response is not None and "script-src 'self'" in response.headers["content-security-policy"]
@@ -137,7 +163,9 @@ def test_customer_and_engineer_talk_through_the_web_pages(browser: Any, tmp_path
         expect(log.locator(".msg-bot", has_text=serial).last).to_contain_text("Covered")
         expect(chat.locator(".choices button", has_text="I don't have them")).to_be_disabled()
 
-        chat.set_input_files("#file", files=[{"name": "invoice.pdf", "mimeType": "application/pdf", "buffer": PDF}])
+        chat.set_input_files(
+            "#file", files=[{"name": "invoice.pdf", "mimeType": "application/pdf", "buffer": PDF}]
+        )
         expect(log.locator(".msg-customer[data-id]", has_text="invoice.pdf")).to_have_count(1)
 
         # A phone photo above the server's request limit is shrunk by the page before it is sent.
@@ -189,7 +217,8 @@ def test_customer_and_engineer_talk_through_the_web_pages(browser: Any, tmp_path
 
         expect(desk.locator("#attachments button", has_text="label.jpg")).to_contain_text("image/jpeg")
         expect(desk.locator("#attachments button", has_text="label.jpg").locator("img")).to_have_attribute(
-            "src", re.compile(r"^blob:"))
+            "src", re.compile(r"^blob:")
+        )
 
         # Attachments need the token: the page fetches them and opens them as blob: URLs.
         with office.expect_page() as opened_file:
@@ -216,7 +245,9 @@ def test_customer_and_engineer_talk_through_the_web_pages(browser: Any, tmp_path
         engineer_bubble = log.locator(".msg-engineer", has_text=ARABIC)
         expect(engineer_bubble.locator(".who")).to_have_text("Amira")
         assert engineer_bubble.locator(".text").evaluate("e => getComputedStyle(e).direction") == "rtl"
-        assert log.locator(".msg-customer .text").first.evaluate("e => getComputedStyle(e).direction") == "ltr"
+        assert (
+            log.locator(".msg-customer .text").first.evaluate("e => getComputedStyle(e).direction") == "ltr"
+        )
 
         desk.get_by_label("Service method").select_option("remote_guidance")
         desk.get_by_role("button", name="Set method").click()
@@ -233,6 +264,17 @@ def test_customer_and_engineer_talk_through_the_web_pages(browser: Any, tmp_path
         expect(log.locator(".choices button").last).to_have_text("5")
         chat.screenshot(path=str(SCREENSHOTS / "webchat-phone.png"))
         desk.screenshot(path=str(SCREENSHOTS / "desk.png"), full_page=True)
+        # On a phone the desk's attachment cards (thumbnail, name, type) stay inside the panel.
+        desk.set_viewport_size({"width": 390, "height": 844})
+        expect(desk.locator("#attachments button", has_text="label.jpg")).to_be_visible()
+        desk.screenshot(path=str(SCREENSHOTS / "desk-phone.png"), full_page=True)
+        assert desk.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+        overflowing = desk.evaluate("""() => Array.from(document.querySelectorAll('#attachments button'))
+          .filter((b) => b.getBoundingClientRect().right > document.getElementById('attachments').getBoundingClientRect().right + 1)
+          .map((b) => b.textContent)""")
+        assert overflowing == []
+        desk.set_viewport_size({"width": 1280, "height": 900})
+        assert _serious_violations(desk, axe_source) == []
         # Nothing is wider than the phone's screen.
         assert chat.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
 
@@ -320,4 +362,207 @@ def test_desk_page_confirms_corrects_and_keeps_methods_to_the_decision(browser: 
         desk.get_by_role("button", name="Set method").click()
         expect(desk.locator("#case-status")).to_have_text("In service")
         context.close()
+    assert problems.items == []
+
+
+@pytest.fixture(scope="module")
+def axe_source(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """axe-core from the npm registry, installed into a temporary folder for this run (never committed)."""
+    npm = shutil.which("npm")
+    if npm is None:
+        _unavailable("npm is not installed: the axe-core accessibility check needs it")
+    folder = tmp_path_factory.mktemp("axe")
+    done = subprocess.run(
+        [npm, "install", "--no-save", "--no-audit", "--no-fund", "--prefix", str(folder), "axe-core@4"],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    script = folder / "node_modules" / "axe-core" / "axe.min.js"
+    if done.returncode != 0 or not script.exists():
+        _unavailable(f"axe-core could not be installed from npm: {done.stderr.strip()[-200:]}")
+    return script.read_text(encoding="utf-8")
+
+
+def _serious_violations(page: Any, axe: str) -> list[str]:
+    """axe-core run in the page (by the DevTools protocol, so the page's CSP does not apply)."""
+    page.evaluate(axe)
+    found = page.evaluate("""async () => {
+      const result = await axe.run(document, { resultTypes: ["violations"] });
+      return result.violations.filter((v) => v.impact === "serious" || v.impact === "critical")
+        .map((v) => `${v.id}: ${v.help} (${v.nodes.map((n) => n.target.join(" ")).join(", ")})`);
+    }""")
+    return list(found)
+
+
+def _luminance(css: str) -> float:
+    channels = [int(v) / 255 for v in re.findall(r"[\d.]+", css)[:3]]
+    linear = [c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4 for c in channels]
+    return 0.2126 * linear[0] + 0.7152 * linear[1] + 0.0722 * linear[2]
+
+
+def _contrast(foreground: str, background: str) -> float:
+    """WCAG contrast ratio of two opaque `rgb(...)` colours."""
+    light, dark = sorted((_luminance(foreground), _luminance(background)), reverse=True)
+    return (light + 0.05) / (dark + 0.05)
+
+
+def _shots() -> Path:
+    folder = SCREENSHOTS / "warranty-bot-screens"
+    folder.mkdir(parents=True, exist_ok=True)
+    print(f"screenshots: {folder}")
+    return folder
+
+
+LAST_MESSAGE_IN_VIEW = """() => {
+  const main = document.getElementById("main"), items = document.querySelectorAll("#log .msg");
+  if (!items.length) return false;
+  const last = items[items.length - 1].getBoundingClientRect(), box = main.getBoundingClientRect();
+  return last.bottom <= box.bottom + 1 && main.scrollHeight - main.scrollTop - main.clientHeight < 2;
+}"""
+
+
+def test_web_chat_follows_the_customer(browser: Any, axe_source: str, tmp_path: Path) -> None:
+    """Scroll after upload, queue and resend while the server is away, focus after a button, group names,
+    typing dots, long messages, page language and picker, bidi isolation, two tabs, no sideways scroll."""
+    from playwright.sync_api import expect
+
+    expect.set_options(timeout=WAIT_MS)
+    bot = build(_settings(tmp_path, max_text_chars=25_000))
+    serial = _recent_serial(date.today())
+    problems = PageProblems()
+    shots = _shots()
+    with serve(create_app(bot)) as base:
+        phone = browser.new_context(
+            viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True, locale="en-US"
+        )
+        chat = problems.watch(phone.new_page())
+        chat.goto(f"{base}/")
+        log = chat.locator("#log")
+        box = chat.get_by_label("Your message")
+        box.fill(f"{serial} display shows E07 and shuts down under load")
+        box.press("Enter")
+
+        # Buttons come in a named group; choosing one with the keyboard leaves the focus in the text box.
+        expect(chat.get_by_role("group", name="Choose an answer").last).to_be_visible()
+        chat.locator(".choices button", has_text="I don't have them").focus()
+        chat.keyboard.press("Enter")
+        expect(box).to_be_focused()
+        chat.locator(".choices button", has_text="It failed in normal use").focus()
+        chat.keyboard.press("Space")
+        expect(box).to_be_focused()
+        expect(log.locator(".msg-bot", has_text=re.compile(r"WR-\d{4}-\d{6}"))).to_have_count(1)
+
+        # A photo: its preview and the bot's answer end inside the visible area.
+        bots_before = log.locator(".msg-bot").count()
+        chat.set_input_files(
+            "#file", files=[{"name": "label.png", "mimeType": "image/png", "buffer": _noisy_png(600, 800)}]
+        )
+        expect(log.locator(".msg-customer[data-id]", has_text="label.png")).to_have_count(1)
+        expect(log.locator(".msg-bot")).to_have_count(bots_before + 1)
+        chat.wait_for_function(LAST_MESSAGE_IN_VIEW, timeout=WAIT_MS)
+        assert chat.evaluate("getComputedStyle(document.getElementById('main')).overflowY") == "auto"
+        chat.screenshot(path=str(shots / "webchat-after-photo.png"))
+
+        # While the bot is answering, the typing dots show (the answers are held back to see them).
+        answers = re.compile(r".*/messages\?after=.*")
+        chat.route(answers, lambda route: route.abort())
+        box.fill("Is a technician needed?")
+        box.press("Enter")
+        expect(log.locator(".msg-customer[data-id]", has_text="technician")).to_have_count(0)
+        expect(chat.locator("#typing")).to_be_visible()
+        chat.unroute(answers)
+        expect(log.locator(".msg-customer[data-id]", has_text="technician")).to_have_count(1)
+        sent_mark = "e => getComputedStyle(e, '::after').content"
+        assert "✓" in log.locator(".msg-customer[data-id] time").last.evaluate(sent_mark)
+        expect(chat.locator("#typing")).to_be_hidden()
+
+        # The server is away: the message waits, says so readably, and goes once the server is back.
+        api = "**/api/webchat/**"
+        chat.route(api, lambda route: route.abort())
+        box.fill("Are you still there?")
+        box.press("Enter")
+        failed = log.locator(".msg-customer.failed", has_text="Are you still there?")
+        expect(failed.locator(".state")).to_contain_text("Not sent.")
+        state = failed.locator(".state span").first
+        colour = state.evaluate("e => getComputedStyle(e).color")
+        background = failed.evaluate("e => getComputedStyle(e).backgroundColor")
+        assert _contrast(colour, background) >= 4.5, (colour, background)
+        retry = failed.get_by_role("button", name="Retry")
+        retry_box = retry.bounding_box()
+        assert retry_box is not None and retry_box["height"] >= 44 and retry_box["width"] >= 44
+        chat.screenshot(path=str(shots / "webchat-not-sent.png"))
+        chat.unroute(api)
+        expect(log.locator(".msg-customer[data-id]", has_text="Are you still there?")).to_have_count(1)
+        expect(log.locator(".msg-customer.failed")).to_have_count(0)
+        chat.reload()
+        expect(log.locator(".msg-customer", has_text="Are you still there?")).to_have_count(1)  # stored once
+
+        # A 20,000-character paste is shown collapsed, with "Show more".
+        box.fill("The fault log follows. " + "E07 overcurrent at phase B; " * 720)
+        box.press("Enter")
+        long = log.locator(".msg-customer[data-id]", has_text="The fault log follows.")
+        expect(long).to_have_count(1)
+        height = long.bounding_box()
+        assert height is not None and height["height"] < 600
+        more = long.get_by_role("button", name="Show more")
+        expect(more).to_have_attribute("aria-expanded", "false")
+        more.click()
+        expect(long.get_by_role("button", name="Show less")).to_have_attribute("aria-expanded", "true")
+        opened = long.bounding_box()
+        assert opened is not None and opened["height"] > 2000
+        long.get_by_role("button", name="Show less").click()
+        assert chat.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+
+        # Two tabs of one browser: when one starts a new conversation, the other follows it.
+        other = problems.watch(phone.new_page())
+        other.goto(f"{base}/")
+        expect(other.locator("#log .msg-customer", has_text="Are you still there?")).to_have_count(1)
+        chat.get_by_role("link", name="New conversation").click()
+        expect(other.locator("#log .msg")).to_have_count(0)
+        other.get_by_label("Your message").fill("Written in the second tab")
+        other.get_by_label("Your message").press("Enter")
+        expect(log.locator(".msg-customer[data-id]", has_text="Written in the second tab")).to_have_count(1)
+        expect(log.locator(".msg", has_text="Are you still there?")).to_have_count(0)
+        other.close()
+
+        # The language picker: the page's own words and the conversation switch together.
+        chat.get_by_label("Language").select_option("es")
+        expect(chat.locator("#send")).to_have_text("Enviar")
+        expect(chat.get_by_role("link", name="Nueva conversación")).to_be_visible()
+        assert chat.title() == "Soporte de garantía"
+        expect(log.locator(".msg-customer[data-id]", has_text="Español")).to_have_count(1)
+        expect(log.locator(".msg-bot .who").last).to_have_text("Asistente de garantía")
+
+        # Arabic: the page mirrors; serials and references are isolated, so they do not set a line's
+        # direction; markup the customer types stays text.
+        chat.get_by_label("Idioma").select_option("ar")
+        expect(chat.locator("html")).to_have_attribute("dir", "rtl")
+        expect(chat.locator("#send")).to_have_text("إرسال")
+        written = f"{serial} الشاشة لا تعمل، المرجع WR-2026-000001 <b>2026-12-01</b>"
+        chat.get_by_label("رسالتك").fill(written)
+        chat.get_by_label("رسالتك").press("Enter")
+        mine = log.locator(".msg-customer[data-id] .text").last
+        expect(mine).to_have_text(written)
+        assert mine.locator("b").count() == 0
+        expect(mine.locator("bdi").first).to_have_text(serial)
+        assert mine.evaluate("e => getComputedStyle(e).direction") == "rtl"
+        assert mine.locator("bdi").first.evaluate("e => getComputedStyle(e).unicodeBidi") == "isolate"
+        expect(log.locator(".msg-bot bdi", has_text=serial).last).to_be_visible()
+        expect(chat.get_by_role("group", name="اختر إجابة")).not_to_have_count(0)
+        assert chat.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+        chat.screenshot(path=str(shots / "webchat-phone-ar.png"))
+        assert _serious_violations(chat, axe_source) == []
+        phone.close()
+
+        # A desktop window in Chinese, from the address.
+        desktop = browser.new_context(viewport={"width": 1280, "height": 800}, locale="en-US")
+        page = problems.watch(desktop.new_page())
+        page.goto(f"{base}/?lang=zh")
+        expect(page.locator("#send")).to_have_text("发送")
+        expect(page.get_by_label("语言")).to_have_value("zh")
+        page.screenshot(path=str(shots / "webchat-desktop-zh.png"))
+        assert _serious_violations(page, axe_source) == []
+        desktop.close()
     assert problems.items == []

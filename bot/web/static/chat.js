@@ -10,13 +10,19 @@
   // Right after the customer sends, the bot's answer is usually a moment away: look a few times sooner.
   const QUICK_POLL_MS = 250;
   const QUICK_POLLS = 4;
-  const SEND_ATTEMPTS = 4;
+  const SEND_ATTEMPTS = 3; // quick tries before the bubble says "Not sent" (it stays queued)
+  const RETRY_MS = 3000; // while the server is out of reach, a queued message is tried again this often
+  const TYPING_MS = 20000; // the typing dots give up if no answer comes
+  const COLLAPSE_CHARS = 1200; // longer messages show their start and "Show more"
+  const COLLAPSE_LINES = 20;
   const VIEWABLE = /^(image\/(jpeg|png|gif|webp)|application\/pdf)$/;
   const SHRINK_ABOVE_BYTES = 1.5 * 1024 * 1024;
   const SHRINK_TO_PIXELS = 2560;
 
   const STRINGS = {
     en: {
+      language: "Language", choices: "Choose an answer", more: "Show more", less: "Show less",
+      typing: "The assistant is writing…", queued: "Waiting for the connection…",
       title: "Warranty support", subtitle: "After-sales service", new: "New conversation",
       intro: "Hello! Send the serial number of your unit (on the label on the back or bottom) and describe " +
         "the fault. You can attach photos or PDF documents.",
@@ -28,6 +34,7 @@
       lost: "This conversation has expired. Write again to start a new one.",
     },
     zh: {
+      language: "语言", choices: "请选择一个答案", more: "展开全文", less: "收起", typing: "助手正在输入…", queued: "正在等待连接…",
       title: "保修服务", subtitle: "售后服务", new: "新对话",
       intro: "您好！请发送设备的序列号（在背面或底部的标签上）并描述故障。您可以附上照片或 PDF 文件。",
       log: "对话", attach: "附上照片或 PDF", message: "您的消息", placeholder: "输入消息…",
@@ -37,6 +44,8 @@
       lost: "此对话已过期。请重新发送消息开始新的对话。",
     },
     es: {
+      language: "Idioma", choices: "Elija una respuesta", more: "Ver más", less: "Ver menos",
+      typing: "El asistente está escribiendo…", queued: "Esperando la conexión…",
       title: "Soporte de garantía", subtitle: "Servicio posventa", new: "Nueva conversación",
       intro: "¡Hola! Envíe el número de serie de su equipo (en la etiqueta de la parte trasera o inferior) y " +
         "describa la falla. Puede adjuntar fotos o documentos PDF.",
@@ -49,6 +58,8 @@
       lost: "Esta conversación ha caducado. Escriba de nuevo para iniciar una nueva.",
     },
     ru: {
+      language: "Язык", choices: "Выберите ответ", more: "Показать полностью", less: "Свернуть",
+      typing: "Помощник печатает…", queued: "Ждём соединения…",
       title: "Гарантийная поддержка", subtitle: "Сервисное обслуживание", new: "Новый диалог",
       intro: "Здравствуйте! Отправьте серийный номер устройства (на наклейке сзади или снизу) и опишите " +
         "неисправность. Можно приложить фото или PDF-документы.",
@@ -60,6 +71,8 @@
       offline: "Нет соединения. Повторяем…", lost: "Срок этого диалога истёк. Напишите снова, чтобы начать новый.",
     },
     pt: {
+      language: "Idioma", choices: "Escolha uma resposta", more: "Mostrar mais", less: "Mostrar menos",
+      typing: "O assistente está escrevendo…", queued: "Aguardando a conexão…",
       title: "Suporte de garantia", subtitle: "Assistência pós-venda", new: "Nova conversa",
       intro: "Olá! Envie o número de série do seu equipamento (na etiqueta na parte de trás ou de baixo) e " +
         "descreva o defeito. Você pode anexar fotos ou documentos PDF.",
@@ -72,6 +85,8 @@
       lost: "Esta conversa expirou. Escreva de novo para iniciar uma nova.",
     },
     fr: {
+      language: "Langue", choices: "Choisissez une réponse", more: "Afficher plus", less: "Afficher moins",
+      typing: "L’assistant écrit…", queued: "En attente de la connexion…",
       title: "Assistance garantie", subtitle: "Service après-vente", new: "Nouvelle conversation",
       intro: "Bonjour ! Envoyez le numéro de série de votre appareil (sur l’étiquette au dos ou dessous) et " +
         "décrivez la panne. Vous pouvez joindre des photos ou des documents PDF.",
@@ -84,6 +99,8 @@
       lost: "Cette conversation a expiré. Écrivez de nouveau pour en commencer une autre.",
     },
     ar: {
+      language: "اللغة", choices: "اختر إجابة", more: "عرض المزيد", less: "عرض أقل",
+      typing: "المساعد يكتب…", queued: "بانتظار الاتصال…",
       title: "دعم الضمان", subtitle: "خدمة ما بعد البيع", new: "محادثة جديدة",
       intro: "مرحبًا! أرسل الرقم التسلسلي لجهازك (على الملصق في الخلف أو الأسفل) وصِف العطل. " +
         "يمكنك إرفاق صور أو مستندات PDF.",
@@ -96,11 +113,18 @@
     },
   };
 
-  // --- language of the page (the conversation's own language is the bot's business) ------------------
+  // Each language named in its own words, for the picker.
+  const LANGUAGE_NAMES = {
+    en: "English", zh: "中文", es: "Español", ru: "Русский", pt: "Português", fr: "Français", ar: "العربية",
+  };
+  const LANGUAGE_KEY = "warranty.webchat.language";
+
+  // --- language of the page: ?lang=, then the customer's choice in the picker, then the browser's ----------
 
   function pageLanguage() {
     const asked = new URLSearchParams(location.search).get("lang");
-    const wanted = [asked].concat(Array.from(navigator.languages || [navigator.language]));
+    const wanted = [asked, localStorage.getItem(LANGUAGE_KEY)]
+      .concat(Array.from(navigator.languages || [navigator.language]));
     for (const tag of wanted) {
       const base = (tag || "").toLowerCase().split(/[-_]/)[0];
       if (STRINGS[base]) return { code: base, tag: tag };
@@ -108,8 +132,8 @@
     return { code: "en", tag: "en" };
   }
 
-  const language = pageLanguage();
-  const T = STRINGS[language.code];
+  let language = pageLanguage();
+  let T = STRINGS[language.code];
 
   function translatePage() {
     document.documentElement.lang = language.code;
@@ -123,6 +147,19 @@
       el.setAttribute("aria-label", T[el.dataset.i18nLabel]);
     }
     for (const el of document.querySelectorAll("[data-i18n-title]")) el.title = T[el.dataset.i18nTitle];
+    // Words the page wrote into the log itself (author names, group labels, "Show more") follow too.
+    for (const el of document.querySelectorAll("[data-t]")) el.textContent = T[el.dataset.t];
+    for (const el of document.querySelectorAll("[data-t-label]")) el.setAttribute("aria-label", T[el.dataset.tLabel]);
+    for (const el of document.querySelectorAll(".more")) {
+      el.textContent = el.getAttribute("aria-expanded") === "true" ? T.less : T.more;
+    }
+  }
+
+  function setLanguage(code) {
+    language = { code, tag: code };
+    T = STRINGS[code];
+    localStorage.setItem(LANGUAGE_KEY, code);
+    translatePage();
   }
 
   // --- small helpers ------------------------------------------------------------------------------------
@@ -211,6 +248,8 @@
   const form = document.getElementById("composer");
   const input = document.getElementById("text");
   const fileInput = document.getElementById("file");
+  const typing = document.getElementById("typing");
+  const picker = document.getElementById("language");
 
   let sessionId = localStorage.getItem(SESSION_KEY);
   let creating = null;
@@ -218,8 +257,15 @@
   let generation = 0; // bumped by "new conversation": answers for an older session are dropped
   let pollTimer = null;
   let quickPolls = 0;
+  let pinned = true; // the view follows the newest message while the customer has not scrolled up
+  let typingTimer = null;
+  let retryTimer = null;
+  let flushing = false;
   const offered = new Map(); // button value -> label, from the bot's messages, latest wins
-  const pending = []; // {clientId, kind: "text"|"file", value, node}
+  const pending = []; // shown and not yet back from the server: {clientId, kind, value, node}
+  const outbox = []; // not yet accepted by the server, in the order the customer sent them
+
+  for (const [code, name] of Object.entries(LANGUAGE_NAMES)) offered.set(`lang:${code}`, name);
 
   function showNotice(text, isError) {
     notice.textContent = text || "";
@@ -233,9 +279,34 @@
 
   function scrollToBottom() {
     main.scrollTop = main.scrollHeight;
+    pinned = true;
+  }
+
+  // Content that grows later (a photo's preview decoding, the typing dots, a reply) keeps the view at the
+  // bottom as long as the customer was there; scrolling up to read stops that until they come back down.
+  // Only a scroll upwards unpins: content growing under the view fires no scroll, and a late scroll event
+  // after our own jump to the bottom must not read a just-grown log as "the customer scrolled away".
+  let lastTop = 0;
+  main.addEventListener("scroll", () => {
+    const top = main.scrollTop;
+    if (top < lastTop - 2) pinned = nearBottom();
+    else if (nearBottom()) pinned = true;
+    lastTop = top;
+  }, { passive: true });
+  if (typeof ResizeObserver === "function") {
+    new ResizeObserver(() => { if (pinned) main.scrollTop = main.scrollHeight; }).observe(main.firstElementChild);
+  }
+
+  function showTyping(on) {
+    clearTimeout(typingTimer);
+    typing.hidden = !on;
+    // An answer that never comes must not leave the dots forever.
+    if (on) typingTimer = setTimeout(() => { typing.hidden = true; }, TYPING_MS);
   }
 
   async function ensureSession() {
+    // Another tab of this browser may have started the conversation meanwhile: write to the same one.
+    if (!sessionId) sessionId = localStorage.getItem(SESSION_KEY);
     if (sessionId) return sessionId;
     if (!creating) {
       const mine = generation;
@@ -255,29 +326,96 @@
   function forgetSession() {
     generation += 1;
     sessionId = null;
-    localStorage.removeItem(SESSION_KEY);
     lastId = 0;
     offered.clear();
+    for (const [code, name] of Object.entries(LANGUAGE_NAMES)) offered.set(`lang:${code}`, name);
     pending.length = 0;
+    outbox.length = 0;
     log.replaceChildren();
+    showTyping(false);
     clearTimeout(pollTimer);
+    clearTimeout(retryTimer);
   }
 
   // --- rendering ----------------------------------------------------------------------------------------
 
   function bubble(author, authorName) {
-    const item = el("li", `msg msg-${author}`);
-    const label = author === "customer" ? T.you : author === "engineer" ? (authorName || T.engineer) : T.bot;
-    const who = el("span", author === "customer" ? "who visually-hidden" : "who", label);
+    const item = el("div", `msg msg-${author}`); // a log, not a list: role="log" replaces the list role
+    const key = author === "customer" ? "you" : author === "engineer" ? "engineer" : "bot";
+    const who = el("span", author === "customer" ? "who visually-hidden" : "who", T[key]);
+    if (author === "engineer" && authorName) who.textContent = authorName;
+    else who.dataset.t = key;
     item.appendChild(who);
     return item;
   }
 
+  // Latin runs with a digit (serials, case references, ISO dates, model codes) are bidi isolates, so
+  // "WR-2026-000123" and "2026-12-01" keep their order inside Arabic text and do not decide the direction
+  // of the line they are on. Every piece is a text node: what people wrote is never parsed as markup.
+  const LATIN_RUN = /[A-Za-z0-9](?:[A-Za-z0-9._:/+-]*[A-Za-z0-9])?/g;
+
+  function fillText(node, text) {
+    let at = 0;
+    for (const match of text.matchAll(LATIN_RUN)) {
+      if (!/[0-9]/.test(match[0])) continue;
+      if (match.index > at) node.appendChild(document.createTextNode(text.slice(at, match.index)));
+      node.appendChild(el("bdi", "", match[0]));
+      at = match.index + match[0].length;
+    }
+    if (at < text.length) node.appendChild(document.createTextNode(text.slice(at)));
+  }
+
+  let textIds = 0;
+
   function textBlock(text, file) {
-    const node = el("div", file ? "text file" : "text", text);
+    const node = el("div", file ? "text file" : "text");
+    fillText(node, text);
     node.dir = "auto";
     if (file) node.prepend(clipIcon());
     return node;
+  }
+
+  // A very long message (a pasted log, a 20,000-character complaint) shows its start and a "Show more".
+  function collapsible(item, block, text) {
+    if (text.length <= COLLAPSE_CHARS && text.split("\n").length <= COLLAPSE_LINES) return;
+    textIds += 1;
+    block.id = `text-${textIds}`;
+    block.classList.add("collapsed");
+    const toggle = el("button", "more secondary", T.more);
+    toggle.type = "button";
+    toggle.setAttribute("aria-expanded", "false");
+    toggle.setAttribute("aria-controls", block.id);
+    toggle.addEventListener("click", () => {
+      const open = block.classList.toggle("collapsed") === false;
+      toggle.setAttribute("aria-expanded", String(open));
+      toggle.textContent = open ? T.less : T.more;
+    });
+    block.after(toggle);
+  }
+
+  function choiceGroup(buttons) {
+    const group = el("div", "choices");
+    group.setAttribute("role", "group");
+    group.setAttribute("aria-label", T.choices);
+    group.dataset.tLabel = "choices";
+    for (const button of buttons) {
+      if (!button || typeof button.value !== "string") continue;
+      const label = typeof button.label === "string" && button.label ? button.label : button.value;
+      offered.set(button.value, label);
+      const choice = el("button", "choice", label);
+      choice.type = "button";
+      choice.dir = "auto";
+      choice.dataset.value = button.value;
+      choice.addEventListener("click", (event) => {
+        for (const b of group.querySelectorAll("button")) b.disabled = true;
+        sendText(button.value, label);
+        // The chosen button is now disabled, which would drop the focus to the page: keep it in the text
+        // box for keyboard users (event.detail is 0 for Enter/Space); touch keeps its keyboard closed.
+        if (event.detail === 0 || !matchMedia("(pointer: coarse)").matches) input.focus();
+      });
+      group.appendChild(choice);
+    }
+    return group;
   }
 
   function renderServerMessage(message) {
@@ -289,27 +427,12 @@
     // File names, when the API lists them ({"attachments": [{"name": ...}]}); otherwise a generic line.
     const names = Array.isArray(message.attachments)
       ? message.attachments.map((a) => a && a.name).filter((n) => typeof n === "string" && n) : [];
-    item.appendChild(textBlock(file ? names.join(", ") || T.file : text, file));
+    const shown = file ? names.join(", ") || T.file : text;
+    const block = textBlock(shown, file);
+    item.appendChild(block);
+    collapsible(item, block, shown);
     const buttons = Array.isArray(message.buttons) ? message.buttons : [];
-    if (buttons.length) {
-      const group = el("div", "choices");
-      group.setAttribute("role", "group");
-      for (const button of buttons) {
-        if (!button || typeof button.value !== "string") continue;
-        const label = typeof button.label === "string" && button.label ? button.label : button.value;
-        offered.set(button.value, label);
-        const choice = el("button", "choice", label);
-        choice.type = "button";
-        choice.dir = "auto";
-        choice.dataset.value = button.value;
-        choice.addEventListener("click", () => {
-          for (const b of group.querySelectorAll("button")) b.disabled = true;
-          sendText(button.value, label);
-        });
-        group.appendChild(choice);
-      }
-      item.appendChild(group);
-    }
+    if (buttons.length) item.appendChild(choiceGroup(buttons));
     item.appendChild(timeElement(message.created_at));
     return item;
   }
@@ -339,10 +462,11 @@
   }
 
   function applyMessages(messages) {
-    const follow = nearBottom();
+    const follow = pinned || nearBottom();
     for (const message of messages) {
       if (typeof message.id !== "number" || message.id <= lastId) continue;
       lastId = message.id;
+      if (message.author !== "customer") showTyping(false);
       const index = matchPending(message);
       if (index >= 0) {
         // Our own message came back from the server: keep what we showed (label, preview), mark it sent.
@@ -365,7 +489,9 @@
     const item = bubble("customer");
     item.classList.add("pending");
     if (extra) item.appendChild(extra);
-    item.appendChild(textBlock(shown, kind === "file"));
+    const block = textBlock(shown, kind === "file");
+    item.appendChild(block);
+    collapsible(item, block, shown);
     const state = el("span", "state", kind === "file" ? T.uploading : T.sending);
     state.setAttribute("aria-hidden", "true");
     item.appendChild(state);
@@ -378,47 +504,79 @@
     return entry;
   }
 
-  function markFailed(entry, reason, retry) {
+  function markFailed(entry, reason, canRetry) {
     entry.node.classList.remove("pending");
     entry.node.classList.add("failed");
     const state = entry.node.querySelector(".state") || entry.node.appendChild(el("span", "state"));
     state.removeAttribute("aria-hidden");
-    state.textContent = reason ? `${T.failed} ${reason}` : T.failed;
-    if (retry) {
-      const again = el("button", "secondary", T.retry);
+    state.replaceChildren(el("span", "", reason ? `${T.failed} ${reason}` : T.failed));
+    if (canRetry) {
+      const again = el("button", "secondary retry", T.retry);
       again.type = "button";
       again.addEventListener("click", () => {
         entry.node.classList.remove("failed");
         entry.node.classList.add("pending");
         state.textContent = T.sending;
-        retry();
+        state.setAttribute("aria-hidden", "true");
+        input.focus();
+        flush();
       });
       state.appendChild(again);
     }
   }
 
   function markSent(entry) {
+    entry.node.classList.remove("failed");
     const state = entry.node.querySelector(".state");
     if (state && entry.node.classList.contains("pending")) state.textContent = "✓";
   }
 
   // --- sending ------------------------------------------------------------------------------------------
 
-  // Retries reuse the message's client_id, so the server stores it once however often it arrives.
-  async function deliver(entry, post) {
+  function queue(entry, post) {
+    entry.post = post;
+    outbox.push(entry);
+    flush();
+  }
+
+  // One message at a time, in the order they were written. When the server cannot be reached the message
+  // stays first in the queue, says "Not sent", and goes as soon as the connection is back (a poll that
+  // answers, the browser's "online" event, Retry, or the next attempt a few seconds later).
+  async function flush() {
+    if (flushing) return;
+    flushing = true;
+    clearTimeout(retryTimer);
+    try {
+      while (outbox.length) {
+        const entry = outbox[0];
+        if (entry.generation === generation && !(await deliver(entry))) {
+          retryTimer = setTimeout(flush, RETRY_MS);
+          return;
+        }
+        if (outbox[0] === entry) outbox.shift();
+      }
+    } finally {
+      flushing = false;
+    }
+  }
+
+  // True once the message is settled (accepted or refused for good); false while the server is out of
+  // reach. Retries reuse the message's client_id, so the server stores it once however often it arrives.
+  async function deliver(entry) {
     for (let attempt = 0; attempt < SEND_ATTEMPTS; attempt += 1) {
-      if (entry.generation !== generation) return;
+      if (entry.generation !== generation) return true;
       try {
         const id = await ensureSession();
-        await post(id);
-        if (entry.generation !== generation) return;
+        await entry.post(id);
+        if (entry.generation !== generation) return true;
         markSent(entry);
-        showNotice("");
+        if (notice.textContent === T.offline) showNotice("");
+        showTyping(true);
         quickPolls = QUICK_POLLS;
         schedulePoll(QUICK_POLL_MS);
-        return;
+        return true;
       } catch (error) {
-        if (entry.generation !== generation) return;
+        if (entry.generation !== generation) return true;
         if (error instanceof HttpError && error.status === 404) {
           // The server no longer knows this session (expired or reset): start a new one and resend.
           sessionId = null;
@@ -427,22 +585,25 @@
           continue;
         }
         if (error instanceof HttpError && error.status === 413) {
-          markFailed(entry, T.tooLarge, null);
-          return;
+          markFailed(entry, T.tooLarge, false);
+          return true;
         }
         if (error instanceof HttpError && error.status >= 400 && error.status < 500 && error.status !== 429) {
-          markFailed(entry, error.message, null);
-          return;
+          markFailed(entry, error.message, false);
+          return true;
         }
-        await sleep(500 * 2 ** attempt);
+        if (entry.node.classList.contains("failed")) return false; // already told: one quiet try a round
+        if (attempt + 1 < SEND_ATTEMPTS) await sleep(500 * 2 ** attempt);
       }
     }
-    markFailed(entry, "", () => deliver(entry, post));
+    markFailed(entry, T.queued, true);
+    showNotice(T.offline, true);
+    return false;
   }
 
   function sendText(value, shown) {
     const entry = addPending("text", value, shown === undefined ? value : shown);
-    deliver(entry, (id) => request("POST", `${API}/${encodeURIComponent(id)}/messages`,
+    queue(entry, (id) => request("POST", `${API}/${encodeURIComponent(id)}/messages`,
       { text: value, client_id: entry.clientId }));
   }
 
@@ -481,7 +642,7 @@
       preview.src = URL.createObjectURL(file);
     }
     const entry = addPending("file", file.name, file.name, preview);
-    deliver(entry, (id) => {
+    queue(entry, (id) => {
       const body = new FormData();
       body.append("file", file, file.name);
       return request("POST", `${API}/${encodeURIComponent(id)}/files`, body);
@@ -507,10 +668,12 @@
       applyMessages(messages);
       more = messages.length >= 200; // a page was full: fetch the rest at once
       if (notice.textContent === T.offline) showNotice("");
+      if (outbox.length) flush(); // the server answers again: send what waited
     } catch (error) {
       if (mine !== generation) return;
       if (error instanceof HttpError && error.status === 404) {
         forgetSession();
+        localStorage.removeItem(SESSION_KEY);
         showNotice(T.lost, true);
         return;
       }
@@ -564,11 +727,47 @@
   document.getElementById("new-conversation").addEventListener("click", (event) => {
     event.preventDefault();
     forgetSession();
+    localStorage.removeItem(SESSION_KEY);
     showNotice("");
     input.value = "";
     autosize();
     input.focus();
   });
+
+  // The picker changes the page's words at once and, in a conversation already under way, the bot's
+  // language too (the same `lang:xx` value as the bot's own language buttons); a new conversation is
+  // created in it.
+  for (const [code, name] of Object.entries(LANGUAGE_NAMES)) {
+    const option = el("option", "", name);
+    option.value = code;
+    option.lang = code;
+    picker.appendChild(option);
+  }
+  picker.value = language.code;
+  picker.addEventListener("change", () => {
+    const code = picker.value;
+    if (!STRINGS[code] || code === language.code) return;
+    setLanguage(code);
+    if (sessionId) sendText(`lang:${code}`, LANGUAGE_NAMES[code]);
+  });
+
+  // Two tabs of one browser share one conversation: when the other tab starts a new one (or creates the
+  // first), this tab follows it instead of writing on into the old one.
+  window.addEventListener("storage", (event) => {
+    if (event.key === LANGUAGE_KEY && STRINGS[event.newValue] && event.newValue !== language.code) {
+      setLanguage(event.newValue);
+      picker.value = event.newValue;
+      return;
+    }
+    if (event.key !== SESSION_KEY && event.key !== null) return;
+    const now = localStorage.getItem(SESSION_KEY);
+    if (now === sessionId) return;
+    forgetSession();
+    sessionId = now;
+    if (sessionId) schedulePoll(0);
+  });
+
+  window.addEventListener("online", () => { if (outbox.length) flush(); });
 
   document.addEventListener("visibilitychange", () => {
     if (!document.hidden && sessionId) schedulePoll(0);
