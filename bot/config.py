@@ -130,6 +130,12 @@ class Settings(BaseSettings):
     teams_token_url: str = "https://login.microsoftonline.com/{tenant}/oauth2/v2.0/token"  # noqa: S105 (a URL)
     teams_issuer: str = "https://api.botframework.com"
 
+    # --- LINE -----------------------------------------------------------------------------------------
+    line_channel_secret: SecretStr | None = None
+    line_channel_access_token: SecretStr | None = None
+    line_api_base_url: str = "https://api.line.me"
+    line_data_api_base_url: str = "https://api-data.line.me"
+
     # --- generic API channels (docs/channels/api.md) ------------------------------------------------------
     # JSON: {"name": {"secret": "...", "callback_url": "https://...", "media_hosts": ["files.example.com"]}}
     api_channels: dict[str, ApiChannelSettings] = {}
