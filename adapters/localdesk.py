@@ -17,7 +17,7 @@ from starlette.routing import BaseRoute, Route
 from adapters.webchat import _PAGE_HEADERS, WEB, ApiError, json_object
 from bot.app import Bot
 from bot.attachments import STORABLE_TYPES
-from bot.desk import STATUSES, UNITS_PAGE, DeskError
+from bot.desk import GOODWILL, STATUSES, UNITS_PAGE, DeskError
 from bot.outbox import Sender
 
 MAX_NAME = 80
@@ -56,6 +56,9 @@ class LocalDesk:
             Route("/api/desk/cases/{ref}/claim", self._guard(self._action(desk.claim)), methods=["POST"]),
             Route("/api/desk/cases/{ref}/ask", self._guard(self._ask), methods=["POST"]),
             Route("/api/desk/cases/{ref}/method", self._guard(self._method), methods=["POST"]),
+            Route(
+                "/api/desk/cases/{ref}/units/{serial}/correct", self._guard(self._correct), methods=["POST"]
+            ),
             Route("/api/desk/cases/{ref}/close", self._guard(self._action(desk.close)), methods=["POST"]),
             Route("/api/desk/cases/{ref}/attachments/{attachment_id:int}", self._guard(self._attachment)),
         ]
@@ -146,6 +149,9 @@ class LocalDesk:
             raise ApiError(422, "method is required")
         if reason is not None and not isinstance(reason, str):
             raise ApiError(422, "reason must be a string")
+        goodwill = data.get("goodwill")
+        if goodwill is not None and goodwill not in GOODWILL:
+            raise ApiError(422, f"goodwill must be one of {', '.join(GOODWILL)}")
         clauses = data.get("clauses")
         if clauses is not None and not (
             isinstance(clauses, list) and all(isinstance(c, str) for c in clauses)
@@ -158,6 +164,26 @@ class LocalDesk:
             method=method,
             reason=reason,
             clauses=clauses,
+            goodwill=goodwill,
+        )
+        return JSONResponse(result)
+
+    async def _correct(self, request: Request) -> Response:
+        data = await json_object(request)
+        note = data.get("note")
+        if note is not None and not isinstance(note, str):
+            raise ApiError(422, "note must be a string")
+        serial = str(request.path_params["serial"])
+        if len(serial) > 64:
+            raise DeskError("no such unit")
+        changes = {key: value for key, value in data.items() if key not in ("note", "engineer")}
+        result = await asyncio.to_thread(
+            self.bot.desk.correct_unit,
+            _ref(request),
+            engineer=_engineer(request, data),
+            serial=serial,
+            changes=changes,
+            note=note,
         )
         return JSONResponse(result)
 

@@ -37,6 +37,7 @@ from adapters import slack_blocks as ui
 from bot.app import Bot
 from bot.config import Settings
 from bot.desk import CaseNotFound, DeskError
+from bot.engine import REFUSAL_TO_CONFIRM
 from bot.messages import OutboundMessage
 from bot.outbox import Delivered, PermanentFailure, RetryLater
 from bot.registry import lookup
@@ -59,6 +60,9 @@ MEMBERS_CACHE_SECONDS = 60.0
 NAMES_CACHE_SECONDS = 600.0
 MAX_MEMBER_PAGES = 50
 REMIND_BATCH = 50
+# Cases nobody has taken yet: open ones, and refusals to confirm (every unit refused) no one claimed.
+_UNCLAIMED = or_(col(Case.status) == "open",
+                 and_(col(Case.status) == REFUSAL_TO_CONFIRM, col(Case.claimed_by).is_(None)))
 SOCKET_RETRY_SECONDS = 30.0
 NOTE = re.compile(r"^\s*note:\s*", re.IGNORECASE)
 REFUSAL = ("Only the after-sales engineers can act on warranty cases; nothing was changed. "
@@ -363,9 +367,12 @@ class SlackDesk:
         app.action(ui.CHOOSE_METHOD)(self.on_choose_method)
         app.action(ui.ASK_CUSTOMER)(self.on_open_modal)
         app.action(ui.NOT_COVERED)(self.on_open_modal)
+        app.action(ui.CORRECT_UNIT)(self.on_open_modal)
         app.action(ui.CLOSE)(self.on_close)
         app.view(ui.ASK_VIEW)(self.on_ask_submitted)
         app.view(ui.REFUSE_VIEW)(self.on_refuse_submitted)
+        app.view(ui.CORRECT_VIEW)(self.on_correct_submitted)
+        app.view(ui.GOODWILL_VIEW)(self.on_goodwill_submitted)
         app.command("/warranty")(self.on_warranty_command)
 
     async def on_message(self, body: dict[str, Any], event: dict[str, Any], context: dict[str, Any]) -> None:
@@ -494,8 +501,26 @@ class SlackDesk:
         if method not in ui.SELECTABLE_METHODS:
             await self._ephemeral(user, "Choose one of the listed methods.")
             return
+        if await self._outside_decision(user, body, ref, method):
+            return
         await self._act(user, None, lambda name: self.bot.desk.choose_method(
             ref, engineer=name, method=method, origin=ORIGIN))
+
+    async def _outside_decision(self, user: str, body: dict[str, Any], ref: str, method: str) -> bool:
+        """A method the decision does not allow is never set from the menu: the goodwill modal asks first."""
+        try:
+            case = await asyncio.to_thread(self.bot.desk.get_case, ref)
+        except CaseNotFound as error:
+            await self._ephemeral(user, str(error))
+            return True
+        allowed = case.get("allowed_methods") or []
+        if method in allowed or case["status"] == "closed":
+            return False  # the desk sets it, or says the case is closed
+        try:
+            await self.client.views_open(trigger_id=body["trigger_id"], view=ui.goodwill_modal(ref, method, allowed))
+        except (SlackApiError, KeyError) as error:
+            log.warning("views.open failed: %s", type(error).__name__)
+        return True
 
     async def on_close(self, ack: Callable[..., Any], body: dict[str, Any], action: dict[str, Any]) -> None:
         await ack()
@@ -525,6 +550,8 @@ class SlackDesk:
             return
         if action["action_id"] == ui.ASK_CUSTOMER:
             view = ui.ask_modal(case["ref"])
+        elif action["action_id"] == ui.CORRECT_UNIT:
+            view = ui.correct_modal(case["ref"], case["units"])
         else:
             cited = sorted({c for u in case["units"] if u["outcome"] == "not_covered"
                             for c in u["clauses"] if c[0] in "XM" and c != "M5"})
@@ -570,6 +597,61 @@ class SlackDesk:
         ref = str(view.get("private_metadata", ""))
         await self._act(user, None, lambda name: self.bot.desk.choose_method(
             ref, engineer=name, method="not_covered", reason=reason, clauses=clauses or None, origin=ORIGIN))
+
+    async def on_correct_submitted(self, ack: Callable[..., Any], body: dict[str, Any], view: dict[str, Any]) -> None:
+        user = _user_id(body)
+        if not await self._is_engineer(user):
+            await ack(response_action="errors", errors={ui.SERIAL_BLOCK: REFUSAL})
+            return
+        serial = _view_choice(view, ui.SERIAL_BLOCK, ui.SERIAL_INPUT)
+        changes: dict[str, Any] = {}
+        for field, block, element in (("port_arrival_date", ui.ARRIVAL_BLOCK, ui.ARRIVAL_INPUT),
+                                      ("production_date", ui.PRODUCTION_BLOCK, ui.PRODUCTION_INPUT)):
+            picked = _view_date(view, block, element)
+            if picked:
+                changes[field] = picked
+        proof = _view_choice(view, ui.PROOF_BLOCK, ui.PROOF_INPUT)
+        if proof:
+            changes["proof"] = proof
+        if not serial:
+            await ack(response_action="errors", errors={ui.SERIAL_BLOCK: "Choose the unit."})
+            return
+        if not changes:
+            await ack(response_action="errors", errors={ui.ARRIVAL_BLOCK: "Give a date or the proof to correct."})
+            return
+        note = _view_value(view, ui.NOTE_BLOCK, ui.NOTE_INPUT)
+        ref = str(view.get("private_metadata", ""))
+        name = await self._display_name(user)
+        try:
+            await asyncio.to_thread(self.bot.desk.correct_unit, ref, engineer=name, serial=serial, changes=changes,
+                                    note=note or None, origin=ORIGIN)
+        except DeskError as error:
+            await ack(response_action="errors", errors={ui.SERIAL_BLOCK: _clip_error(error)})
+            return
+        await ack()
+
+    async def on_goodwill_submitted(self, ack: Callable[..., Any], body: dict[str, Any], view: dict[str, Any]) -> None:
+        user = _user_id(body)
+        if not await self._is_engineer(user):
+            await ack(response_action="errors", errors={ui.GOODWILL_BLOCK: REFUSAL})
+            return
+        goodwill = _view_choice(view, ui.GOODWILL_BLOCK, ui.GOODWILL_INPUT)
+        reason = _view_value(view, ui.REASON_BLOCK, ui.REASON_INPUT)
+        if goodwill not in ui.GOODWILL_CHOICES:
+            await ack(response_action="errors", errors={ui.GOODWILL_BLOCK: "Goodwill or chargeable?"})
+            return
+        if not reason:
+            await ack(response_action="errors", errors={ui.REASON_BLOCK: "Give the reason."})
+            return
+        ref, _, method = str(view.get("private_metadata", "")).partition("|")
+        name = await self._display_name(user)
+        try:
+            await asyncio.to_thread(self.bot.desk.choose_method, ref, engineer=name, method=method, reason=reason,
+                                    goodwill=goodwill, origin=ORIGIN)
+        except DeskError as error:
+            await ack(response_action="errors", errors={ui.GOODWILL_BLOCK: _clip_error(error)})
+            return
+        await ack()
 
     async def on_warranty_command(self, ack: Callable[..., Any], respond: Callable[..., Any],
                                   command: dict[str, Any]) -> None:
@@ -713,7 +795,7 @@ class SlackDesk:
         due: list[tuple[str, str, str, datetime]] = []
         with session_scope(self.bot.db) as session:
             cases = session.execute(
-                select(Case).where(col(Case.status) == "open",
+                select(Case).where(_UNCLAIMED,
                                    or_(and_(col(Case.reminded_at).is_(None), col(Case.created_at) <= cutoff),
                                        col(Case.reminded_at) <= cutoff))
                 .order_by(col(Case.id)).limit(REMIND_BATCH)
@@ -724,7 +806,7 @@ class SlackDesk:
                     continue  # not on Slack yet: the case message comes first
                 previous = (col(Case.reminded_at).is_(None) if case.reminded_at is None
                             else col(Case.reminded_at) == case.reminded_at)
-                taken = session.execute(update(Case).where(col(Case.id) == case.id, col(Case.status) == "open",
+                taken = session.execute(update(Case).where(col(Case.id) == case.id, _UNCLAIMED,
                                                            previous).values(reminded_at=now))
                 if cast(CursorResult[Any], taken).rowcount == 1:
                     due.append((case.ref, str(channel), str(ts), case.created_at))
@@ -909,6 +991,29 @@ def _view_value(view: Mapping[str, Any], block: str, action: str) -> str:
         node = node.get(key) if isinstance(node, dict) else None
     value = node.get("value") if isinstance(node, dict) else None
     return value.strip() if isinstance(value, str) else ""
+
+
+def _view_choice(view: Mapping[str, Any], block: str, action: str) -> str:
+    """The value of a select or radio choice in a modal; "" when none was made or the shape is not Slack's."""
+    node: Any = view
+    for key in ("state", "values", block, action, "selected_option"):
+        node = node.get(key) if isinstance(node, dict) else None
+    value = node.get("value") if isinstance(node, dict) else None
+    return value if isinstance(value, str) else ""
+
+
+def _view_date(view: Mapping[str, Any], block: str, action: str) -> str:
+    """A datepicker's YYYY-MM-DD in a modal, or ""; the desk checks it is a date."""
+    node: Any = view
+    for key in ("state", "values", block, action):
+        node = node.get(key) if isinstance(node, dict) else None
+    value = node.get("selected_date") if isinstance(node, dict) else None
+    return value if isinstance(value, str) else ""
+
+
+def _clip_error(error: Exception) -> str:
+    """A desk refusal as a modal's field error (Slack shows at most a short line)."""
+    return str(error)[:150]
 
 
 def _audit_detail(case: Mapping[str, Any], action: Any, actor: Any) -> dict[str, Any]:

@@ -30,6 +30,19 @@ ASK_VIEW, REFUSE_VIEW = "ask_customer", "not_covered"
 QUESTION_BLOCK, QUESTION_INPUT = "question_block", "question_input"
 REASON_BLOCK, REASON_INPUT = "reason_block", "reason_input"
 CLAUSES_BLOCK, CLAUSES_INPUT = "clauses_block", "clauses_input"
+# Engineers' corrections of a unit's facts, and methods outside the decision (goodwill or chargeable).
+CORRECT_UNIT, CORRECT_VIEW, GOODWILL_VIEW = "correct_unit", "correct_unit", "goodwill_method"
+SERIAL_BLOCK, SERIAL_INPUT = "serial_block", "serial_input"
+ARRIVAL_BLOCK, ARRIVAL_INPUT = "arrival_block", "arrival_input"
+PRODUCTION_BLOCK, PRODUCTION_INPUT = "production_block", "production_input"
+PROOF_BLOCK, PROOF_INPUT = "proof_block", "proof_input"
+NOTE_BLOCK, NOTE_INPUT = "note_block", "note_input"
+GOODWILL_BLOCK, GOODWILL_INPUT = "goodwill_block", "goodwill_input"
+PROOF_CHOICES = {"documents": "Documents valid (invoice and certificate)",
+                 "altered": "Certificate altered or not matching (X3)", "none": "No valid proof"}
+GOODWILL_CHOICES = {"goodwill": "Goodwill: free, not a warranty service",
+                    "chargeable": "Chargeable: at the customer's cost"}
+MAX_OPTIONS = 100
 
 METHOD_LABELS = {
     "remote_guidance": "Remote guidance",
@@ -41,6 +54,7 @@ METHOD_LABELS = {
 SELECTABLE_METHODS = ("remote_guidance", "factory_repair", "door_to_door", "discount_compensation")
 STATUS_LABELS = {
     "open": "Open, unclaimed",
+    "to_confirm": "Refusal to confirm",
     "claimed": "Claimed",
     "waiting_customer": "Waiting for the customer",
     "in_service": "In service",
@@ -190,6 +204,10 @@ def _unit_details(unit: Mapping[str, Any]) -> str:
     details = []
     if unit.get("model"):
         details.append(escape(unit["model"]))
+    registry = unit.get("registry") or {}
+    if registry.get("order_id"):
+        cargo = " (cargo compensation, M1)" if registry.get("cargo_compensation") else ""
+        details.append(f"order {escape(str(registry['order_id']))}{cargo}")
     details.append(f"made {unit.get('production_date') or '—'}")
     details.append(f"port {unit.get('port_arrival_date') or '—'}")
     details.append(f"warranty until {unit.get('warranty_end') or '—'}")
@@ -273,7 +291,9 @@ def case_blocks(case: Mapping[str, Any], *, public_url: str, actions: bool = Tru
     decision = ", ".join(OUTCOME_LABELS.get(o, o) for o in outcomes) or "no units given"
     blocks: list[Block] = [
         {"type": "header", "text": plain(header, MAX_HEADER)},
-        section(f"*Customer:* {customer} · *Channel:* {escape(case['channel'])} · "
+        section(f"*Customer:* {customer}"
+                + (f" · *Company (registry):* {escape(case['company'])}" if case.get("company") else "")
+                + f" · *Channel:* {escape(case['channel'])} · "
                 f"*Language:* {escape(case['language'])} · *Claim date:* {case.get('claim_date', '—')}"),
         section(status_line(case)),
         section(f"*Decision:* {decision}" + (f" · *Clauses:* {', '.join(clauses)}" if clauses else "")
@@ -315,6 +335,7 @@ def action_block(case: Mapping[str, Any]) -> Block:
         select,
         {"type": "button", "action_id": ASK_CUSTOMER, "text": plain("Ask customer", 75), "value": ref},
         {"type": "button", "action_id": NOT_COVERED, "text": plain("Not covered", 75), "value": ref, "style": "danger"},
+        {"type": "button", "action_id": CORRECT_UNIT, "text": plain("Correct a unit", 75), "value": ref},
         {"type": "button", "action_id": CLOSE, "text": plain("Close", 75), "value": ref,
          "confirm": {"title": plain("Close the case?", 100),
                      "text": plain(f"{ref} will be closed and the customer asked for a rating.", 300),
@@ -345,6 +366,7 @@ _UPDATE_LINES = {
     "refused": "❌ *{actor}* decided: not covered ({clauses}): {reason}",
     "asked_customer": "❓ *{actor}* asked the customer: {question}",
     "closed": "✔️ Closed by *{actor}*; the customer was asked for a rating",
+    "unit_corrected": "🔁 *{actor}* corrected {serial}; decided again: {outcome}",
     "replied": "💬 *{actor}* ({origin}) to the customer: {text}",
     "noted": "🔒 Internal note by *{actor}* ({origin}): {text}",
 }
@@ -367,7 +389,12 @@ def update_line(action: str | None, actor: str | None, origin: str | None, detai
         "clauses": ", ".join(escape(str(c)) for c in detail.get("clauses") or ()) or "no clause",
         "question": escape(str(detail.get("question") or "")),
         "text": escape(str(detail.get("text") or "")),
+        "serial": escape(str(detail.get("serial") or "")),
+        "outcome": " → ".join(OUTCOME_LABELS.get(str(o), escape(str(o))) for o in detail.get("outcome") or ()),
     }
+    if action == "method_chosen" and detail.get("goodwill"):
+        line = f"🛠️ *{values['actor']}* chose *{values['method']}* as {escape(str(detail['goodwill']))}: {values['reason']}"
+        return clip_mrkdwn(line, MAX_TEXT)
     return clip_mrkdwn(_UPDATE_LINES[action].format(**values), MAX_TEXT)
 
 
@@ -403,6 +430,56 @@ def refuse_modal(ref: str, clauses: Sequence[str]) -> dict[str, Any]:
                          "max_length": 2000}},
             {"type": "input", "block_id": CLAUSES_BLOCK, "label": plain("Clauses (comma-separated)", 2000),
              "optional": True, "element": element},
+        ],
+    }
+
+
+def _options(choices: Mapping[str, str]) -> list[dict[str, Any]]:
+    return [{"text": plain(label, 75), "value": value} for value, label in choices.items()]
+
+
+def correct_modal(ref: str, units: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Correct a unit's facts; the policy decides every unit of the case again (bot.desk.correct_unit)."""
+    serials = [str(u["serial"]) for u in units][:MAX_OPTIONS]
+    serial: dict[str, Any] = {"type": "static_select", "action_id": SERIAL_INPUT,
+                              "options": [{"text": plain(s, 75), "value": s[:MAX_OPTION_VALUE]} for s in serials]}
+    if len(serials) == 1:
+        serial["initial_option"] = serial["options"][0]
+    return {
+        "type": "modal", "callback_id": CORRECT_VIEW, "private_metadata": ref,
+        "title": plain("Correct a unit", 24), "submit": plain("Decide again", 24), "close": plain("Cancel", 24),
+        "blocks": [
+            context(f"Facts read from the customer's documents or found on inspection. Every unit of *{ref}* is "
+                    "decided again by the policy, and the correction is kept in the history."),
+            {"type": "input", "block_id": SERIAL_BLOCK, "label": plain("Unit", 2000), "element": serial},
+            {"type": "input", "block_id": ARRIVAL_BLOCK, "optional": True,
+             "label": plain("Port arrival date (from the customer's documents)", 2000),
+             "element": {"type": "datepicker", "action_id": ARRIVAL_INPUT}},
+            {"type": "input", "block_id": PRODUCTION_BLOCK, "optional": True, "label": plain("Production date", 2000),
+             "element": {"type": "datepicker", "action_id": PRODUCTION_INPUT}},
+            {"type": "input", "block_id": PROOF_BLOCK, "optional": True, "label": plain("Proof of purchase", 2000),
+             "element": {"type": "static_select", "action_id": PROOF_INPUT, "options": _options(PROOF_CHOICES)}},
+            {"type": "input", "block_id": NOTE_BLOCK, "optional": True, "label": plain("Why (kept in the history)", 2000),
+             "element": {"type": "plain_text_input", "action_id": NOTE_INPUT, "multiline": True,
+                         "max_length": 2000}},
+        ],
+    }
+
+
+def goodwill_modal(ref: str, method: str, allowed: Sequence[str]) -> dict[str, Any]:
+    """A method the decision does not allow: the engineer says whether it is goodwill or chargeable, and why."""
+    allowed_text = ", ".join(METHOD_LABELS.get(m, m) for m in allowed) or "none (no unit is covered)"
+    return {
+        "type": "modal", "callback_id": GOODWILL_VIEW, "private_metadata": f"{ref}|{method}"[:3000],
+        "title": plain("Outside the decision", 24), "submit": plain("Send", 24), "close": plain("Cancel", 24),
+        "blocks": [
+            context(f"The decision on *{ref}* does not allow *{METHOD_LABELS.get(method, method)}* (it allows: "
+                    f"{allowed_text}). The customer is told it is goodwill or chargeable, never the warranty's."),
+            {"type": "input", "block_id": GOODWILL_BLOCK, "label": plain("It is", 2000),
+             "element": {"type": "radio_buttons", "action_id": GOODWILL_INPUT, "options": _options(GOODWILL_CHOICES)}},
+            {"type": "input", "block_id": REASON_BLOCK, "label": plain("Reason (the customer reads it)", 2000),
+             "element": {"type": "plain_text_input", "action_id": REASON_INPUT, "multiline": True,
+                         "max_length": 2000}},
         ],
     }
 

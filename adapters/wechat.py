@@ -20,7 +20,7 @@ import httpx
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from defusedxml import DefusedXmlException
 from defusedxml.ElementTree import fromstring
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, delete, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session, col
@@ -32,6 +32,7 @@ from bot.app import Bot
 from bot.attachments import AttachmentRejected
 from bot.messages import Attachment, Button, InboundMessage, OutboundMessage
 from bot.outbox import (
+    CONFIG_HOLD,
     HELD,
     PENDING,
     Delivered,
@@ -40,6 +41,7 @@ from bot.outbox import (
     PermanentFailure,
     RetryLater,
     Unreachable,
+    release_config_holds,
     release_held,
 )
 from bot.render import Renderer
@@ -65,6 +67,10 @@ RETRYABLE_ERRORS = frozenset({-1, 45009, 45011})
 WINDOW_CLOSED = 45015  # response out of time limit
 QUOTA_EXHAUSTED = 45047  # out of response count limit
 UNREACHABLE_ERRORS = frozenset({43004})  # the customer unfollowed
+# The account's set-up, not the message: the server's IP is not whitelisted (40164), the AppSecret is wrong or
+# was reset (40125, 40013 the AppID), the API is not granted to the account (48001). Every send would fail the
+# same way until an administrator fixes it: replies are held, not dead-lettered, and the cause is on /healthz.
+CONFIG_ERRORS = frozenset({40013, 40125, 40164, 48001})
 
 # --- verify -----------------------------------------------------------------------------------------------------
 
@@ -89,6 +95,34 @@ def msg_signature_valid(token: str, params: Mapping[str, str], encrypted: str) -
         return False
     expected = sha1_signature(token, params.get("timestamp", ""), params.get("nonce", ""), encrypted)
     return hmac.compare_digest(given.encode(), expected.encode())
+
+
+# WeChat signs the query (token, timestamp, nonce), not a plaintext body, and retries a push 3 times within about
+# 15 s with the same query. A signed query older than this, or one whose nonce came with another body, is refused.
+REPLAY_WINDOW = timedelta(minutes=5)
+
+
+def timestamp_fresh(params: Mapping[str, str], now: datetime) -> bool:
+    """Whether the signed `timestamp` is within REPLAY_WINDOW of now (either way: clocks differ a little)."""
+    timestamp = params.get("timestamp", "")
+    if not (timestamp.isascii() and timestamp.isdigit() and len(timestamp) <= 12):
+        return False
+    return abs(now - datetime.fromtimestamp(int(timestamp), UTC)) <= REPLAY_WINDOW
+
+
+def nonce_first_use(db: Engine, params: Mapping[str, str], body: bytes, now: datetime) -> bool:
+    """Record the query's (timestamp, nonce); False if it was seen with another body (a replay, not a retry)."""
+    seen = hashlib.sha256(f"{params.get('timestamp', '')}:{params.get('nonce', '')}".encode()).hexdigest()[:48]
+    key, digest = f"wechat:nonce:{seen}", hashlib.sha256(body).hexdigest()
+    with session_scope(db) as session:
+        row = session.get(KeyValue, key, with_for_update=True)
+        if row is not None and (_aware(row.expires_at) or now) > now:
+            return bool(row.value.get("body") == digest)  # WeChat's own retry carries the same bytes
+        _kv_put(session, key, {"body": digest}, now + 2 * REPLAY_WINDOW)
+        # Old nonces go with the new ones: the table never holds more than a window's pushes.
+        session.execute(delete(KeyValue).where(col(KeyValue.key).startswith("wechat:nonce:"),
+                                               col(KeyValue.expires_at) < now))
+    return True
 
 
 class DecryptError(ValueError):
@@ -163,6 +197,9 @@ class Push:
     content: str = ""
     media_id: str = ""
     format: str = ""
+    recognition: str = ""  # a voice message's speech-to-text, when the account has it on
+    event_key: str = ""  # a menu button's key (CLICK), a QR code's scene (SCAN)
+    label: str = ""  # a location message's address
 
     @property
     def external_id(self) -> str:
@@ -185,7 +222,9 @@ def parse_push(fields: Mapping[str, str]) -> Push:
         raise MalformedPayload("a message without MsgId")
     return Push(openid=openid, account=fields.get("ToUserName", ""), msg_type=msg_type, create_time=create_time,
                 msg_id=fields.get("MsgId", ""), event=fields.get("Event", ""), content=fields.get("Content", ""),
-                media_id=fields.get("MediaId", ""), format=fields.get("Format", ""))
+                media_id=fields.get("MediaId", ""), format=fields.get("Format", ""),
+                recognition=fields.get("Recognition", ""), event_key=fields.get("EventKey", ""),
+                label=fields.get("Label", ""))
 
 
 # --- send: rendering -----------------------------------------------------------------------------------------------
@@ -264,9 +303,19 @@ class AccessTokens:
         if cached is not None and cached != rejected:
             return cached
         # The stable token endpoint gives every worker the same token, so refreshing in parallel is harmless.
+        # A refused token is usually one another worker or client has replaced: a normal request gets the new
+        # one. Only if it answers with the refused token again is it forced, which WeChat allows 20 times a
+        # day and which voids the token every other worker holds.
+        token = await self._fetch(force=False)
+        if rejected is not None and token == rejected:
+            log.warning("wechat access token refused but still current; forcing a new one")
+            token = await self._fetch(force=True)
+        return token
+
+    async def _fetch(self, *, force: bool) -> str:
         answer = await self.http.post("cgi-bin/stable_token", json={
             "grant_type": "client_credential", "appid": self.app_id, "secret": self.app_secret,
-            "force_refresh": rejected is not None})
+            "force_refresh": force})
         data = _json(answer)
         token, expires_in = data.get("access_token"), data.get("expires_in")
         if not isinstance(token, str) or not token or not isinstance(expires_in, int):
@@ -442,6 +491,11 @@ def note_interaction(db: Engine, openid: str, kind: str, now: datetime) -> int:
         return release_held(session, CHANNEL, openid)
 
 
+def _release_config_holds(db: Engine) -> int:
+    with session_scope(db) as session:
+        return release_config_holds(session, CHANNEL)
+
+
 class WeChatSender:
     """Delivers outbox rows as customer-service messages within the quota; the rest waits for the customer."""
 
@@ -449,6 +503,7 @@ class WeChatSender:
         self.db = db
         self.client = client
         self.renderer = renderer
+        self.problem: str | None = None  # a configuration error that holds every reply, for /healthz
 
     def _notice(self, openid: str) -> str:
         """'More messages are waiting: reply to receive them', in the customer's language."""
@@ -471,6 +526,8 @@ class WeChatSender:
         done = quota.done
         for piece in sendable:
             await self._send(openid, piece)
+            if self.problem is not None:
+                await self._recovered()
             done += 1
             progress = {"digest": digest, "done": done} if done < len(pieces) else None
             await asyncio.to_thread(record_sent, self.db, openid, progress=progress)
@@ -488,9 +545,20 @@ class WeChatSender:
             if error.errcode in (WINDOW_CLOSED, QUOTA_EXHAUSTED):
                 await asyncio.to_thread(record_sent, self.db, openid, exhausted=True)
                 await self._hold(openid, f"WeChat says {error}")
+            if error.errcode in CONFIG_ERRORS:
+                if self.problem is None:
+                    log.error("wechat refuses the account's set-up (%s); replies are held until it is fixed", error)
+                self.problem = f"WeChat refuses the account's set-up: {error}"
+                raise Hold(f"{CONFIG_HOLD}{error}") from error
             raise delivery_error(error) from error
         except httpx.HTTPError as error:
             raise RetryLater(f"{type(error).__name__}: {error}") from error
+
+    async def _recovered(self) -> None:
+        """A send went through again: the set-up is fixed, so every reply it held goes out."""
+        self.problem = None
+        released = await asyncio.to_thread(_release_config_holds, self.db)
+        log.info("wechat set-up works again; %s held replies released", released)
 
     async def _hold(self, openid: str, why: str) -> NoReturn:
         if (await asyncio.to_thread(read_quota, self.db, openid, "", utcnow())).left:
@@ -529,8 +597,15 @@ class WeChatChannel:
     def sender(self) -> WeChatSender:
         return self._sender
 
+    @property
+    def problem(self) -> str | None:
+        """Why the channel cannot deliver now (shown on /healthz), or None."""
+        return self._sender.problem
+
     async def start(self) -> None:
-        return None
+        # Replies held for a refused set-up are tried again after a restart: the restart may be the fix.
+        if await asyncio.to_thread(_release_config_holds, self.bot.db):
+            self.bot.engine.outbox_signal.set()
 
     async def stop(self) -> None:
         await self.client.aclose()
@@ -545,7 +620,15 @@ class WeChatChannel:
         params = request.query_params
         if not signature_valid(self.config.token, params):
             return JSONResponse({"error": "invalid signature"}, status_code=401)
+        if not timestamp_fresh(params, utcnow()):
+            return JSONResponse({"error": "stale or missing timestamp"}, status_code=401)
         body = await request.body()
+        try:
+            if not await asyncio.to_thread(nonce_first_use, self.bot.db, params, body, utcnow()):
+                return JSONResponse({"error": "nonce already used"}, status_code=401)
+        except SQLAlchemyError as error:
+            log.warning("wechat push not checked, asking for redelivery: %s", type(error).__name__)
+            return JSONResponse({"error": "temporarily unavailable"}, status_code=503)
         encrypted = params.get("encrypt_type") == "aes"
         if self.crypto is not None and not encrypted:
             # With a key configured the account is in safe (or compatible) mode: a plain body is not WeChat's.
@@ -570,20 +653,33 @@ class WeChatChannel:
 
     async def _receive(self, push: Push) -> None:
         if push.msg_type == "event":
-            if push.event != "subscribe":
-                return  # unfollow, menu and location events start no conversation
-            text, kind = "/start", "event"
-        elif push.msg_type in ("text", "image", "voice"):
+            if push.event == "subscribe":
+                text, kind = "/start", "event"
+            elif push.event in ("CLICK", "SCAN"):
+                # A menu button ("报修") or a scanned QR code: the customer wants us, and WeChat grants a reply
+                # quota for it. An empty text greets a new customer and re-asks where a conversation stands.
+                text, kind = "", "event"
+            else:
+                return  # unfollow, VIEW (a link) and reported locations start nothing
+        elif push.msg_type == "text":
             text, kind = push.content, "message"
+        elif push.msg_type == "voice":
+            text, kind = push.recognition, "message"  # WeChat's speech-to-text, with the recording kept
+        elif push.msg_type == "location":
+            text, kind = push.label, "message"
         else:
-            log.info("wechat message of type %s ignored", push.msg_type)
-            return
+            # image (a file), video and anything new: the customer is answered, not ignored
+            text, kind = "", "message"
         if await asyncio.to_thread(self.bot.engine.seen, CHANNEL, push.external_id):
             return
         # The new quota is noted before the message is stored, so that the replies to it find it.
         if await asyncio.to_thread(note_interaction, self.bot.db, push.openid, kind, utcnow()):
             self.bot.engine.outbox_signal.set()
-        attachments = (await self._attachment(push),) if push.msg_type in ("image", "voice") else ()
+        attachments: tuple[Attachment, ...] = ()
+        if push.msg_type in ("image", "voice"):
+            attachments = (await self._attachment(push),)
+        elif push.msg_type in ("video", "shortvideo"):
+            attachments = (self.bot.attachments.rejected(f"video-{push.msg_id}.mp4", "type"),)  # not downloaded
         await asyncio.to_thread(self.bot.engine.accept, InboundMessage(
             channel=CHANNEL, external_id=push.external_id, sender_id=push.openid, chat_id=push.openid,
             text=text, attachments=attachments, received_at=utcnow(),

@@ -8,13 +8,14 @@ import hmac
 import json
 import logging
 import mimetypes
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, NoReturn
 
 import httpx
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session, col
 from starlette.requests import Request
@@ -23,8 +24,11 @@ from starlette.routing import BaseRoute, Route
 
 from bot.app import Bot
 from bot.attachments import AttachmentRejected
+from bot.fetch import Fetcher, FetchFailed, FetchPolicy, FetchRefused, FetchTooLarge, host_of
 from bot.messages import Attachment, Button, InboundMessage, OutboundMessage
 from bot.outbox import (
+    CONFIG_HOLD,
+    HELD,
     PENDING,
     Delivered,
     DeliveryError,
@@ -32,10 +36,12 @@ from bot.outbox import (
     PermanentFailure,
     RetryLater,
     Unreachable,
+    release_config_holds,
     release_held,
 )
-from bot.store import Case, ChannelIdentity, Conversation, Customer, OutboxItem, session_scope
+from bot.store import Case, ChannelIdentity, Conversation, Customer, KeyValue, OutboxItem, session_scope
 from bot.store.clock import utcnow
+from bot.store.kv import kv_get, kv_put
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +63,9 @@ WINDOW = timedelta(hours=24)
 WINDOW_MARGIN = timedelta(minutes=10)
 
 REENGAGEMENT = 131047
+# The access token is revoked or expired (190), the app lost a permission (10, 200), the account is locked
+# (131031): every send fails the same way until an administrator acts. Replies are held, not dead-lettered.
+CONFIG_CODES = frozenset({10, 190, 200, 131031})
 RETRYABLE_CODES = frozenset({1, 2, 4, 17, 341, 613, 80007, 130429, 131000, 131016, 131048, 131056, 133004})
 UNREACHABLE_CODES = frozenset({131026})
 STATUS_RANK = {"sent": 1, "delivered": 2, "read": 3}
@@ -114,17 +123,32 @@ class Media:
 
 @dataclass(frozen=True, kw_only=True)
 class Incoming:
-    """One customer message from a notification."""
+    """One customer message from a notification.
+
+    `sender` is who wrote it: their phone number (wa_id) when WhatsApp shares it, else their business-scoped
+    user id (BSUID, "US.13491208655302741918"), which a customer with a username may be known by alone.
+    """
 
     wamid: str
-    wa_id: str
+    sender: str
     phone_number_id: str
     type: str
+    wa_id: str | None = None
+    user_id: str | None = None
     text: str = ""
     media: Media | None = None
     name: str | None = None
     timestamp: str = ""
     context_id: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class IdChange:
+    """A customer's identifier changed (`user_changed_number`, `user_changed_user_id`): `old` is now `new`."""
+
+    old: str
+    new: str
+    kind: str  # number | user_id
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -143,50 +167,126 @@ class StatusUpdate:
 class Notification:
     messages: tuple[Incoming, ...] = ()
     statuses: tuple[StatusUpdate, ...] = ()
+    id_changes: tuple[IdChange, ...] = ()
+    skipped: tuple[str, ...] = ()  # why each unreadable part was left out; the rest is still taken
 
 
-# A wa_id is a phone number of at most 15 digits (a business-scoped user id, about 25 characters); the limit
-# leaves room while keeping the chat id well inside its database column.
-MAX_SENDER_ID = 64
+# A wa_id is a phone number of at most 15 digits; a BSUID is a country code, a dot and up to 128 characters
+# (with ".ENT." for a parent BSUID). The limit keeps the chat id well inside its database column.
+MAX_SENDER_ID = 160
 MAX_MESSAGE_ID = 255  # a wamid is about 60 characters
+# Graph media ids are digits; nothing else is joined to the Graph URL (a "/", "." or ":" could leave it).
+MEDIA_ID = re.compile(r"[0-9A-Za-z_-]{1,128}")
+MEDIA_HOSTS = frozenset({"lookaside.fbsbx.com"})  # where Graph's media URLs point
+BSUID = re.compile(r"[A-Z]{2}\.(?:ENT\.)?[A-Za-z0-9]{1,128}")
 _MEDIA_KINDS = {"image": "photo", "document": "document", "audio": "voice", "video": "document"}
 # Not something a warranty claim can use; acknowledged and dropped.
-_IGNORED_TYPES = frozenset({"reaction", "sticker", "system", "unsupported", "ephemeral", "request_welcome"})
+_IGNORED_TYPES = frozenset({"reaction", "system", "ephemeral", "request_welcome"})
+# Something the customer sent that we cannot read: they are told so, in their language, by the conversation.
+_UNREADABLE_TYPES = frozenset({"sticker", "location", "contacts", "unsupported", "unknown"})
+
+
+def is_bsuid(value: str) -> bool:
+    return BSUID.fullmatch(value) is not None
 
 
 def parse(body: bytes) -> Notification:
-    """The customer messages and delivery statuses in a webhook body; MalformedPayload if it is not one."""
+    """The customer messages, statuses and id changes in a webhook body, each read on its own.
+
+    MalformedPayload only if the body is not a notification at all; an unreadable message, status or change is
+    skipped (with its reason in `skipped`) so the good ones beside it are still taken.
+    """
     try:
         document = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
         raise MalformedPayload("body is not JSON") from error
     if not isinstance(document, dict) or not isinstance(document.get("entry"), list):
         raise MalformedPayload("no entry list")
     messages: list[Incoming] = []
     statuses: list[StatusUpdate] = []
+    changes_: list[IdChange] = []
+    skipped: list[str] = []
     for entry in document["entry"]:
-        for change in _list(_dict(entry, "entry").get("changes"), "changes"):
-            change = _dict(change, "change")
-            if change.get("field") != "messages":
+        try:
+            changes = _list(_dict(entry, "entry").get("changes"), "changes")
+        except MalformedPayload as error:
+            skipped.append(str(error))
+            continue
+        for change in changes:
+            try:
+                value, phone_number_id, names = _change(change)
+            except MalformedPayload as error:
+                skipped.append(str(error))
                 continue
-            value = _dict(change.get("value"), "value")
-            phone_number_id = str(_dict(value.get("metadata", {}), "metadata").get("phone_number_id", ""))
-            names = {str(c.get("wa_id")): _dict(c.get("profile", {}), "profile").get("name")
-                     for c in _list(value.get("contacts", []), "contacts") if isinstance(c, dict)}
-            for raw in _list(value.get("messages", []), "messages"):
-                incoming = _message(_dict(raw, "message"), phone_number_id, names)
-                if incoming is not None:
-                    messages.append(incoming)
-            for raw in _list(value.get("statuses", []), "statuses"):
-                statuses.append(_status(_dict(raw, "status"), phone_number_id))
-    return Notification(messages=tuple(messages), statuses=tuple(statuses))
+            if value is None:
+                continue
+            for raw in _items(value, "messages", skipped):
+                try:
+                    read = _message(_dict(raw, "message"), phone_number_id, names)
+                except MalformedPayload as error:
+                    skipped.append(str(error))
+                    continue
+                if isinstance(read, Incoming):
+                    messages.append(read)
+                elif isinstance(read, IdChange):
+                    changes_.append(read)
+            for raw in _items(value, "statuses", skipped):
+                try:
+                    statuses.append(_status(_dict(raw, "status"), phone_number_id))
+                except MalformedPayload as error:
+                    skipped.append(str(error))
+    return Notification(messages=tuple(messages), statuses=tuple(statuses), id_changes=tuple(changes_),
+                        skipped=tuple(skipped))
 
 
-def _message(raw: dict[str, Any], phone_number_id: str, names: Mapping[str, Any]) -> Incoming | None:
-    wamid, wa_id = _id(raw.get("id"), "message id"), _id(raw.get("from"), "from", MAX_SENDER_ID)
+def _change(change: Any) -> tuple[dict[str, Any] | None, str, dict[str, str]]:
+    """A `messages` change's value, the business number it is for, and the senders' profile names."""
+    change = _dict(change, "change")
+    if change.get("field") != "messages":
+        return None, "", {}
+    value = _dict(change.get("value"), "value")
+    phone_number_id = str(_dict(value.get("metadata", {}), "metadata").get("phone_number_id", ""))
+    names: dict[str, str] = {}
+    contacts = value.get("contacts", [])
+    for contact in contacts if isinstance(contacts, list) else ():
+        if not isinstance(contact, dict):
+            continue
+        profile = contact.get("profile")
+        name = profile.get("name") if isinstance(profile, dict) else None
+        if not isinstance(name, str):
+            continue
+        for key in ("wa_id", "user_id"):
+            if isinstance(contact.get(key), str):
+                names[contact[key]] = name
+    return value, phone_number_id, names
+
+
+def _items(value: dict[str, Any], key: str, skipped: list[str]) -> list[Any]:
+    items = value.get(key, [])
+    if isinstance(items, list):
+        return items
+    skipped.append(f"{key} is not a list")
+    return []
+
+
+def _message(raw: dict[str, Any], phone_number_id: str, names: Mapping[str, str]) -> Incoming | IdChange | None:
+    wamid = _id(raw.get("id"), "message id")
     kind = raw.get("type")
     if not isinstance(kind, str):
         raise MalformedPayload("message without type")
+    wa_id = _optional_id(raw.get("from"), "from")
+    user_id = _optional_id(raw.get("from_user_id"), "from_user_id")
+    if user_id is not None and not is_bsuid(user_id):
+        raise MalformedPayload("from_user_id is not a business-scoped user id")
+    if kind == "system":  # a user_changed_user_id notice names no sender, only the old and new ids
+        return _id_change(_dict(raw.get("system"), "system"), wa_id=wa_id)
+    sender = wa_id or user_id
+    if sender is None:
+        raise MalformedPayload("message without from or from_user_id")
+    if raw.get("errors") or (kind == "interactive" and not isinstance(raw.get("interactive"), dict)):
+        # WhatsApp could not give us the message whole (an unknown type; an interactive reply without its body
+        # when WhatsApp Web reconnects): the customer is asked again rather than ignored.
+        kind = "unsupported"
     if kind in _IGNORED_TYPES:
         return None
     text = ""
@@ -205,20 +305,36 @@ def _message(raw: dict[str, Any], phone_number_id: str, names: Mapping[str, Any]
     elif kind in _MEDIA_KINDS:
         content = _dict(raw.get(kind), kind)
         media_id = content.get("id")
-        if not isinstance(media_id, str) or not media_id:
-            raise MalformedPayload(f"{kind} without media id")
+        if not isinstance(media_id, str) or not MEDIA_ID.fullmatch(media_id):
+            raise MalformedPayload(f"{kind} without a media id")
         mime = str(content.get("mime_type", "application/octet-stream"))
         name = str(content.get("filename") or f"{kind}-{media_id}{_extension(mime)}")
         text = str(content.get("caption", ""))
         media = Media(id=media_id, mime=mime, name=name, kind=_MEDIA_KINDS[kind])
+    elif kind in _UNREADABLE_TYPES:
+        kind = "unreadable"
     else:
-        log.info("whatsapp message of type %s ignored", kind)
-        return None
+        log.info("whatsapp message of type %s taken as unreadable", kind[:40])
+        kind = "unreadable"
     context = raw.get("context")
-    return Incoming(wamid=wamid, wa_id=wa_id, phone_number_id=phone_number_id, type=kind, text=text, media=media,
-                    name=names.get(wa_id) if isinstance(names.get(wa_id), str) else None,
-                    timestamp=str(raw.get("timestamp", "")),
+    profile_name = names.get(wa_id or "") or names.get(user_id or "")
+    return Incoming(wamid=wamid, sender=sender, wa_id=wa_id, user_id=user_id, phone_number_id=phone_number_id,
+                    type=kind, text=text, media=media, name=profile_name, timestamp=str(raw.get("timestamp", "")),
                     context_id=context.get("id") if isinstance(context, dict) else None)
+
+
+def _id_change(system: dict[str, Any], *, wa_id: str | None) -> IdChange | None:
+    kind = system.get("type")
+    if kind == "user_changed_number" and wa_id is not None:
+        new = _id(system.get("wa_id") or system.get("new_wa_id"), "system.wa_id", MAX_SENDER_ID)
+        return IdChange(old=wa_id, new=new, kind="number")
+    if kind == "user_changed_user_id":
+        old = _id(system.get("previous_user_id"), "system.previous_user_id", MAX_SENDER_ID)
+        new = _id(system.get("user_id"), "system.user_id", MAX_SENDER_ID)
+        if not (is_bsuid(old) and is_bsuid(new)):
+            raise MalformedPayload("user id change without business-scoped user ids")
+        return IdChange(old=old, new=new, kind="user_id")
+    return None
 
 
 def _status(raw: dict[str, Any], phone_number_id: str) -> StatusUpdate:
@@ -237,6 +353,10 @@ def _status(raw: dict[str, Any], phone_number_id: str) -> StatusUpdate:
             error += f": {details}"
     return StatusUpdate(wamid=wamid, status=status, phone_number_id=phone_number_id, error_code=code, error=error,
                         timestamp=str(raw.get("timestamp", "")))
+
+
+def _optional_id(value: Any, what: str) -> str | None:
+    return None if value is None or value == "" else _id(value, what, MAX_SENDER_ID)
 
 
 def _id(value: Any, what: str, limit: int = MAX_MESSAGE_ID) -> str:
@@ -358,15 +478,20 @@ class GraphClient:
     """A thin async client for the Cloud API calls we make; the base URL (version included) is a setting."""
 
     def __init__(self, base_url: str, access_token: str, phone_number_id: str, *, timeout: float = 15.0,
-                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+                 transport: httpx.AsyncBaseTransport | None = None, fetch_policy: FetchPolicy | None = None,
+                 ) -> None:
         self.phone_number_id = phone_number_id
+        self._token = access_token
+        hosts = frozenset({host_of(base_url), *MEDIA_HOSTS})
+        self._fetcher = Fetcher(fetch_policy or FetchPolicy(hosts=hosts, token_hosts=hosts, max_bytes=10 << 20))
         self._auth = {"Authorization": f"Bearer {access_token}"}
         self._http = httpx.AsyncClient(base_url=base_url.rstrip("/") + "/", headers=self._auth, timeout=timeout,
                                        transport=transport)
 
     async def send_message(self, to: str, body: Mapping[str, Any]) -> str:
-        """Send one message; returns its wamid."""
-        payload = {"messaging_product": "whatsapp", "recipient_type": "individual", "to": to, **body}
+        """Send one message to a phone number or a business-scoped user id (`recipient`); returns its wamid."""
+        who = {"recipient": to} if is_bsuid(to) else {"to": to}
+        payload = {"messaging_product": "whatsapp", "recipient_type": "individual", **who, **body}
         response = await self._http.post(f"{self.phone_number_id}/messages", json=payload)
         data = _checked(response)
         messages = data.get("messages")
@@ -376,25 +501,30 @@ class GraphClient:
 
     async def media_info(self, media_id: str) -> dict[str, Any]:
         """The media's download URL, MIME type and size."""
+        if not MEDIA_ID.fullmatch(media_id):  # joined to the Graph URL: it must stay a path segment
+            raise GraphError(400, None, "not a media id")
         return _checked(await self._http.get(media_id))
 
     async def download(self, url: str, *, max_bytes: int) -> bytes:
-        """The media's bytes (the URL needs the same bearer token); MediaTooLarge past `max_bytes`."""
-        async with self._http.stream("GET", url) as response:
-            if response.status_code >= 400:
-                await response.aread()
-                _checked(response)
-            chunks: list[bytes] = []
-            size = 0
-            async for chunk in response.aiter_bytes():
-                size += len(chunk)
-                if size > max_bytes:
-                    raise MediaTooLarge(url)
-                chunks.append(chunk)
-            return b"".join(chunks)
+        """The media's bytes (the URL needs the same bearer token); MediaTooLarge past `max_bytes`.
+
+        Through the bot's one download policy (bot/fetch.py): the Graph host and Meta's media host only,
+        https, public addresses, redirects within the same host, the token to those hosts alone.
+        """
+        try:
+            fetched = await self._fetcher.get(str(self._http.base_url.join(url)), bearer=self._token,
+                                              max_bytes=max_bytes)
+        except FetchTooLarge as error:
+            raise MediaTooLarge(url) from error
+        except FetchRefused as error:
+            raise GraphError(400, None, f"media download {error}") from None  # the URL may hold a token
+        except FetchFailed as error:
+            raise GraphError(error.status or 503, None, f"media download failed: {error}") from None
+        return fetched.data
 
     async def aclose(self) -> None:
         await self._http.aclose()
+        await self._fetcher.aclose()
 
 
 def _checked(response: httpx.Response) -> dict[str, Any]:
@@ -524,7 +654,7 @@ def apply_status(db: Engine, update_: StatusUpdate, now: datetime) -> bool:
             .with_for_update()
         ).scalar_one_or_none()
         if item is None:
-            return False
+            return _template_status(session, update_)
         if update_.status == "failed":
             item.status = "failed"
             item.last_error = update_.error or "failed"
@@ -544,6 +674,87 @@ def apply_status(db: Engine, update_: StatusUpdate, now: datetime) -> bool:
         return True
 
 
+# --- who is who: phone numbers, business-scoped user ids and their changes -----------------------------------
+
+
+def _key(kind: str, value: str) -> str:
+    return f"whatsapp:{kind}:" + hashlib.sha256(value.encode()).hexdigest()[:48]
+
+
+def chat_of(db: Engine, incoming: Incoming) -> str:
+    """The chat an incoming message belongs to, noting how to reach its customer now.
+
+    A chat is named by the customer's phone number when WhatsApp gave it on first contact, else by their
+    business-scoped user id; each id seen for it (and each id it changed to) leads back to the same chat, so a
+    customer who hides their number behind a username, or changes it, keeps their conversation.
+    """
+    chat_id = None
+    for known in (incoming.wa_id, incoming.user_id):
+        stored = kv_get(db, _key("alias", known)) if known else None
+        if stored is not None and isinstance(stored[0].get("chat"), str):
+            chat_id = stored[0]["chat"]
+            break
+    chat_id = chat_id or incoming.sender
+    for known in (incoming.wa_id, incoming.user_id):
+        if known and known != chat_id and kv_get(db, _key("alias", known)) is None:
+            kv_put(db, _key("alias", known), {"chat": chat_id})
+    # Replies go to the phone number while WhatsApp shares it, else to the business-scoped user id.
+    address = incoming.wa_id or incoming.user_id or chat_id
+    stored = kv_get(db, _key("address", chat_id))
+    if (stored[0].get("to") if stored else chat_id) != address:
+        kv_put(db, _key("address", chat_id), {"to": address})
+    return chat_id
+
+
+def address_of(db: Engine, chat_id: str) -> str:
+    """Where a reply to `chat_id` goes: its latest phone number or business-scoped user id."""
+    stored = kv_get(db, _key("address", chat_id))
+    to = stored[0].get("to") if stored else None
+    return to if isinstance(to, str) and to else chat_id
+
+
+def note_id_change(db: Engine, change: IdChange) -> None:
+    """`user_changed_number` / `user_changed_user_id`: the new id leads to the old one's chat and gets the replies."""
+    stored = kv_get(db, _key("alias", change.old))
+    chat_id = stored[0]["chat"] if stored and isinstance(stored[0].get("chat"), str) else change.old
+    kv_put(db, _key("alias", change.new), {"chat": chat_id})
+    kv_put(db, _key("address", chat_id), {"to": change.new})
+    log.info("whatsapp customer changed their %s; replies follow the new one", change.kind.replace("_", " "))
+
+
+def _note_template(db: Engine, chat_id: str, wamid: str) -> None:
+    """Remember which template went to whom, so that its later failure can reach the held rows."""
+    _note(db, chat_id, template_sent_at=utcnow().isoformat())
+    if wamid:
+        kv_put(db, _key("template", wamid), {"chat": chat_id}, utcnow() + timedelta(days=7))
+
+
+def _template_status(session: Session, update_: StatusUpdate) -> bool:
+    """A template's status: failed (132xxx: wrong parameters, paused, not in this language) is told to the rows
+    it was meant to announce, and the next hold sends it again; True if it was one of ours."""
+    row = session.get(KeyValue, _key("template", update_.wamid))
+    chat_id = row.value.get("chat") if row is not None else None
+    if not isinstance(chat_id, str):
+        return False
+    if update_.status != "failed":
+        return True
+    reason = f"outside the 24-hour window; the template failed: {update_.error or 'failed'}"
+    log.error("whatsapp template failed after it was accepted: %s", (update_.error or "")[:200])
+    session.execute(update(OutboxItem).where(col(OutboxItem.channel) == CHANNEL, col(OutboxItem.chat_id) == chat_id,
+                                             col(OutboxItem.status) == HELD).values(last_error=reason[:1000]))
+    identity = _identity(session, chat_id, lock=True)
+    if identity is not None:
+        state = {**identity.data.get(CHANNEL, {})}
+        state.pop("template_sent_at", None)
+        identity.data = {**identity.data, CHANNEL: state}
+    return True
+
+
+def _release_config_holds(db: Engine) -> int:
+    with session_scope(db) as session:
+        return release_config_holds(session, CHANNEL)
+
+
 class WhatsAppSender:
     """Delivers outbox rows: within the window as messages, outside it as a template while the row waits."""
 
@@ -551,12 +762,29 @@ class WhatsAppSender:
         self.db = db
         self.client = client
         self.template_name = template_name
-        self.template_language = template_language
+        # "en,es,zh_CN": the languages the template is approved in; the first is used when none fits.
+        self.template_languages = [code.strip() for code in template_language.split(",") if code.strip()] or ["en"]
+        self.problem: str | None = None  # what holds every reply (a revoked token, a refused template), for /healthz
+
+    def template_language(self, language: str | None) -> str:
+        """The approved template language for a customer's language ("zh" → "zh_CN"), else the first one."""
+        if language:
+            for code in self.template_languages:
+                if code.lower() == language.lower() or code.lower().split("_")[0] == language.lower().split("-")[0]:
+                    return code
+        return self.template_languages[0]
+
+    def _config_problem(self, error: GraphError) -> NoReturn:
+        if self.problem is None:
+            log.error("whatsapp refuses the account's set-up (%s); replies are held until it is fixed", error)
+        self.problem = f"WhatsApp refuses the account's set-up: {error}"
+        raise Hold(f"{CONFIG_HOLD}{error}") from error
 
     async def send(self, message: OutboundMessage, payload: Mapping[str, Any]) -> Delivered:
         window = await asyncio.to_thread(read_window, self.db, message.chat_id, utcnow())
         if not window.open:
             await self._hold(message.chat_id, window)
+        to = await asyncio.to_thread(address_of, self.db, message.chat_id)
         bodies = render(message.text, message.buttons, language=window.language)
         if message.reply_to and message.reply_to.startswith("wamid."):
             bodies[0] = {**bodies[0], "context": {"message_id": message.reply_to}}
@@ -567,7 +795,7 @@ class WhatsAppSender:
         wamid = ""
         try:
             for index in range(done, len(bodies)):
-                wamid = await self.client.send_message(message.chat_id, bodies[index])
+                wamid = await self.client.send_message(to, bodies[index])
                 if len(bodies) > 1:
                     partial = f"{digest}:{index + 1}" if index + 1 < len(bodies) else None
                     await asyncio.to_thread(_note, self.db, message.chat_id, partial=partial)
@@ -575,10 +803,22 @@ class WhatsAppSender:
             if error.code == REENGAGEMENT:
                 await asyncio.to_thread(_note, self.db, message.chat_id, window_closed_at=utcnow().isoformat())
                 await self._hold(message.chat_id, window)
+            if error.code in CONFIG_CODES:
+                self._config_problem(error)
             raise delivery_error(error) from error
         except httpx.HTTPError as error:
             raise RetryLater(f"{type(error).__name__}: {error}") from error
+        if self.problem is not None and self.problem.startswith("WhatsApp refuses the account"):
+            self.problem = None
+            released = await asyncio.to_thread(_release_config_holds, self.db)
+            log.info("whatsapp set-up works again; %s held replies released", released)
         return Delivered(external_id=wamid)
+
+    def _template_problem(self, error: str) -> None:
+        if self.problem is None:
+            log.error("whatsapp template %s refused (%s): customers outside the window are not told",
+                      self.template_name, error)
+        self.problem = f"template {self.template_name} refused: {error}"
 
     async def _hold(self, chat_id: str, window: Window) -> NoReturn:
         """Keep the row for when the customer writes, asking them to once with the approved template."""
@@ -586,21 +826,28 @@ class WhatsAppSender:
         if not self.template_name:
             reason += " (no WHATSAPP_TEMPLATE_NAME: the customer is not told)"
         elif not window.template_sent:
-            template: dict[str, Any] = {"name": self.template_name, "language": {"code": self.template_language},
+            language = self.template_language(window.language)
+            template: dict[str, Any] = {"name": self.template_name, "language": {"code": language},
                                         "components": [{"type": "body", "parameters": [
                                             {"type": "text", "text": window.case_ref or "-"}]}]}
             try:
-                await self.client.send_message(chat_id, {"type": "template", "template": template})
+                to = await asyncio.to_thread(address_of, self.db, chat_id)
+                template_wamid = await self.client.send_message(to, {"type": "template", "template": template})
             except GraphError as error:
+                if error.code in CONFIG_CODES:
+                    self._config_problem(error)
                 failure = delivery_error(error)
                 if isinstance(failure, RetryLater):
                     raise failure from error
                 reason += f"; the template was refused: {error}"
+                self._template_problem(f"{error}")
             except httpx.HTTPError as error:
                 raise RetryLater(f"template: {type(error).__name__}: {error}") from error
             else:
-                await asyncio.to_thread(_note, self.db, chat_id, template_sent_at=utcnow().isoformat())
-                reason += "; template sent"
+                await asyncio.to_thread(_note_template, self.db, chat_id, template_wamid)
+                reason += f"; template sent ({language})"
+                if self.problem is not None and self.problem.startswith("template"):
+                    self.problem = None
         if (await asyncio.to_thread(read_window, self.db, chat_id, utcnow())).open:
             raise RetryLater("the customer wrote while we held the message", after=0)
         raise Hold(reason)
@@ -629,7 +876,11 @@ class WhatsAppChannel:
     def __init__(self, bot: Bot, config: WhatsAppConfig, *, transport: httpx.AsyncBaseTransport | None = None) -> None:
         self.bot = bot
         self.config = config
-        self.client = GraphClient(config.graph_url, config.access_token, config.phone_number_id, transport=transport)
+        media = [config.graph_url, *MEDIA_HOSTS]  # the token goes to these hosts alone
+        policy = FetchPolicy.from_settings(bot.settings, hosts=media, token_hosts=media,
+                                           max_bytes=bot.attachments.max_bytes)
+        self.client = GraphClient(config.graph_url, config.access_token, config.phone_number_id, transport=transport,
+                                  fetch_policy=policy)
         self._sender = WhatsAppSender(bot.db, self.client, template_name=config.template_name,
                                       template_language=config.template_language)
 
@@ -639,8 +890,15 @@ class WhatsAppChannel:
     def sender(self) -> WhatsAppSender:
         return self._sender
 
+    @property
+    def problem(self) -> str | None:
+        """Why replies cannot go out now (shown on /healthz), or None."""
+        return self._sender.problem
+
     async def start(self) -> None:
-        return None
+        # Replies held for a refused set-up are tried again after a restart: the restart may be the fix.
+        if await asyncio.to_thread(_release_config_holds, self.bot.db):
+            self.bot.engine.outbox_signal.set()
 
     async def stop(self) -> None:
         await self.client.aclose()
@@ -658,12 +916,18 @@ class WhatsAppChannel:
         try:
             notification = parse(body)
         except MalformedPayload as error:
-            return JSONResponse({"error": f"malformed notification: {error}"}, status_code=400)
+            # Signed by Meta, so answered 200: any other answer only makes it redeliver the same bytes for days.
+            log.warning("whatsapp notification unreadable, acknowledged and dropped: %s", error)
+            return JSONResponse({"ok": True, "skipped": 1})
+        for reason in notification.skipped:
+            log.warning("whatsapp notification part skipped: %s", reason[:200])
         try:
             now = utcnow()
             for status in notification.statuses:
                 if status.phone_number_id in ("", self.config.phone_number_id):
                     await asyncio.to_thread(apply_status, self.bot.db, status, now)
+            for change in notification.id_changes:
+                await asyncio.to_thread(note_id_change, self.bot.db, change)
             for incoming in notification.messages:
                 if incoming.phone_number_id in ("", self.config.phone_number_id):
                     await self._receive(incoming)
@@ -671,20 +935,22 @@ class WhatsAppChannel:
             # Not stored: a non-2xx makes WhatsApp deliver the notification again later.
             log.warning("whatsapp notification not stored, asking for redelivery: %s", type(error).__name__)
             return JSONResponse({"error": "temporarily unavailable"}, status_code=503)
-        return JSONResponse({"ok": True})
+        return JSONResponse({"ok": True, "skipped": len(notification.skipped)})
 
     async def _receive(self, incoming: Incoming) -> None:
         if await asyncio.to_thread(self.bot.engine.seen, CHANNEL, incoming.wamid):
             return
+        chat_id = await asyncio.to_thread(chat_of, self.bot.db, incoming)
         # The window is noted open before the message is stored, so that the replies to it find it open.
-        if await asyncio.to_thread(note_inbound, self.bot.db, incoming.wa_id, utcnow()):
+        if await asyncio.to_thread(note_inbound, self.bot.db, chat_id, utcnow()):
             self.bot.engine.outbox_signal.set()
         attachments = (await self._attachment(incoming.media),) if incoming.media else ()
         message = InboundMessage(
-            channel=CHANNEL, external_id=incoming.wamid, sender_id=incoming.wa_id, chat_id=incoming.wa_id,
+            channel=CHANNEL, external_id=incoming.wamid, sender_id=incoming.sender, chat_id=chat_id,
             text=incoming.text, attachments=attachments, received_at=utcnow(),
-            locale_hint=locale_hint(incoming.wa_id), sender_name=incoming.name,
-            raw={"type": incoming.type, "timestamp": incoming.timestamp, "context_id": incoming.context_id},
+            locale_hint=locale_hint(incoming.wa_id) if incoming.wa_id else None, sender_name=incoming.name,
+            raw={"type": incoming.type, "timestamp": incoming.timestamp, "context_id": incoming.context_id,
+                 "user_id": incoming.user_id},
         )
         await asyncio.to_thread(self.bot.engine.accept, message)
 

@@ -17,9 +17,11 @@ from policy import (
     Policy,
     PolicyFileError,
     claim_from_json,
+    claims_from_json,
     decision_to_json,
     default_policy,
     evaluate,
+    evaluate_units,
     load_policy,
 )
 
@@ -89,7 +91,7 @@ def policy_check(
     policy_file: PolicyOption = None,
     language: Annotated[str, typer.Option(help="Language of the reasons.")] = "en",
 ) -> None:
-    """Evaluate one claim and print the decision as JSON."""
+    """Evaluate a claim (or an array of the units of one claim) and print the decision(s) as JSON."""
     policy = _policy(policy_file)
     try:
         raw = sys.stdin.read() if file == "-" else Path(file).read_text(encoding="utf-8")
@@ -101,13 +103,17 @@ def policy_check(
         data = json.loads(raw)
     except json.JSONDecodeError as error:
         fail(f"not valid JSON: {error.msg} at line {error.lineno} column {error.colno}")
+    output: object
     try:
-        claim = claim_from_json(data)
+        if isinstance(data, list):
+            # The units of one claim, decided together: their `units` is the number of covered ones (M5).
+            decisions = evaluate_units(claims_from_json(data), policy)
+            output = [decision_to_json(d, policy, language) for d in decisions]
+        else:
+            output = decision_to_json(evaluate(claim_from_json(data), policy), policy, language)
     except ClaimError as error:
         fail(f"bad claim: {error}")
-    typer.echo(
-        json.dumps(decision_to_json(evaluate(claim, policy), policy, language), ensure_ascii=False, indent=2)
-    )
+    typer.echo(json.dumps(output, ensure_ascii=False, indent=2))
 
 
 @policy_app.command("show")

@@ -96,7 +96,7 @@ class Settings(BaseSettings):
     whatsapp_phone_number_id: str = ""
     whatsapp_graph_url: str = "https://graph.facebook.com/v23.0"
     whatsapp_template_name: str = ""
-    whatsapp_template_language: str = "en"
+    whatsapp_template_language: str = "en"  # comma-separated approved languages; the first is the fallback
 
     # --- WeChat ---------------------------------------------------------------------------------------
     wechat_app_id: str = ""
@@ -120,6 +120,12 @@ class Settings(BaseSettings):
     smtp_password: SecretStr | None = None
     email_from: str = ""
     email_replies_per_hour: int = Field(default=20, gt=0)
+    email_oauth: str = ""  # "" (passwords) | microsoft | google: XOAUTH2 for IMAP and SMTP
+    email_oauth_client_id: str = ""
+    email_oauth_client_secret: SecretStr | None = None
+    email_oauth_tenant: str = ""  # Microsoft: the Entra tenant id or domain
+    email_oauth_refresh_token: SecretStr | None = None  # Google
+    email_oauth_url: str = ""  # empty: login.microsoftonline.com / oauth2.googleapis.com/token
 
     # --- Microsoft Teams (and legacy Skype) -------------------------------------------------------------
     teams_app_id: str = ""

@@ -24,7 +24,7 @@ from policy import (
     Outcome,
     Policy,
     Proof,
-    evaluate,
+    evaluate_units,
     looks_like_serial_attempt,
     normalize_serial,
     parse_serial,
@@ -141,6 +141,8 @@ class UnitDecision:
     registered: bool
     order_id: str | None
     decision: Decision
+    # The facts the decision was taken on, kept with the case so that an engineer's correction re-decides.
+    claim: Claim | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -913,51 +915,53 @@ def _units_params(state: State, facts: Facts) -> dict[str, Any]:
 def _decide(state: State, facts: Facts) -> list[UnitDecision]:
     circumstances = CAUSES.get(state.cause or "unsure", Circumstances())
     claim_date = state.claim_date or facts.today
-    decided = []
+    claims = []
     for serial in state.serials:
         record = facts.registry.get(serial)
-        parsed = parse_serial(serial, facts.policy)
         # The registry's record proves the sale; otherwise what the customer showed us, or nothing.
         proof = Proof.registry if record is not None else Proof(state.proof or Proof.none.value)
-        claim = Claim(
-            serial=serial,
-            claim_date=claim_date,
-            port_arrival_date=record.port_arrival_date if record else None,
-            production_date=record.production_date if record else None,
-            proof=proof,
-            circumstances=circumstances,
-            cargo_compensation=record.cargo_compensation if record else False,
-            units=len(state.serials),
-            order_pieces=record.order_pieces if record else None,
-            order_total=record.order_total if record else None,
-            currency=record.currency if record else None,
-            prefers_discount=bool(state.prefers_discount),
+        claims.append(
+            Claim(
+                serial=serial,
+                claim_date=claim_date,
+                port_arrival_date=record.port_arrival_date if record else None,
+                production_date=record.production_date if record else None,
+                proof=proof,
+                circumstances=circumstances,
+                cargo_compensation=record.cargo_compensation if record else False,
+                order_id=record.order_id if record else None,
+                order_pieces=record.order_pieces if record else None,
+                order_total=record.order_total if record else None,
+                currency=record.currency if record else None,
+                prefers_discount=bool(state.prefers_discount),
+            )
         )
-        decision = evaluate(claim, facts.policy)
+    # Two passes (POLICY.md): M5 counts the covered units; the discount is on one unit per order.
+    decided = []
+    for claim, decision in zip(claims, evaluate_units(claims, facts.policy), strict=True):
+        parsed = parse_serial(claim.serial, facts.policy)
         decided.append(
             UnitDecision(
-                serial=serial,
+                serial=claim.serial,
                 model=parsed.model if parsed else None,
                 production_date=decision.production_date,
                 port_arrival_date=claim.port_arrival_date,
-                registered=record is not None,
-                order_id=record.order_id if record else None,
+                registered=claim.serial in facts.registry,
+                order_id=claim.order_id,
                 decision=decision,
+                claim=claim,
             )
         )
     return decided
 
 
 def _discounts(units: list[UnitDecision], facts: Facts) -> list[dict[str, Any]]:
-    """The discount each order would get (M5: a rate of the order total), one line per order."""
-    orders: dict[str, dict[str, Any]] = {}
-    for unit in units:
-        record = facts.registry.get(unit.serial)
-        if record is None or record.order_total is None or unit.order_id is None:
-            continue
-        amount = (record.order_total * facts.policy.discount_rate).quantize(Decimal("0.01"))
-        orders[unit.order_id] = {"order_id": unit.order_id, "amount": amount, "currency": record.currency}
-    return list(orders.values())
+    """The discount each order would get (M5), one line per order: the amounts the decisions carry."""
+    return [
+        {"order_id": unit.order_id, "amount": unit.decision.discount_amount, "currency": unit.claim.currency}
+        for unit in units
+        if unit.decision.discount_amount is not None and unit.order_id is not None and unit.claim is not None
+    ]
 
 
 def _groups(units: tuple[UnitDecision, ...]) -> list[dict[str, Any]]:

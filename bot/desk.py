@@ -5,7 +5,8 @@ Slack and the local desk page both call these functions; every action is one tra
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import date
 from decimal import Decimal
 from typing import Any
 
@@ -13,8 +14,9 @@ from sqlalchemy import func, select
 from sqlmodel import Session, col
 
 from bot import conversation as conv
-from bot.engine import Engine, audit
+from bot.engine import REFUSAL_TO_CONFIRM, Engine, audit
 from bot.messages import Button
+from bot.registry import lookup
 from bot.store import (
     AuditEntry,
     Case,
@@ -27,10 +29,31 @@ from bot.store import (
     session_scope,
 )
 from bot.store.clock import utcnow
+from policy import (
+    Claim,
+    ClaimError,
+    Decision,
+    Outcome,
+    Policy,
+    Proof,
+    claim_from_json,
+    claim_to_json,
+    decision_to_json,
+    discount_amount,
+    evaluate_units,
+)
 
-STATUSES = ("open", "claimed", "waiting_customer", "in_service", "resolved", "closed")
+# to_confirm: every unit refused by the policy; a person confirms the refusal or overturns it.
+STATUSES = ("open", REFUSAL_TO_CONFIRM, "claimed", "waiting_customer", "in_service", "resolved", "closed")
 METHODS = ("remote_guidance", "factory_repair", "door_to_door", "discount_compensation", "not_covered")
+# A method the decision does not allow is given only as one of these, with a reason the customer reads.
+GOODWILL = ("goodwill", "chargeable")
+# What an engineer can correct on a unit, from the customer's documents or an inspection.
+CORRECTABLE = ("port_arrival_date", "production_date", "proof")
+CORRECTABLE_PROOF = (Proof.documents.value, Proof.altered.value, Proof.none.value)
 RATINGS = tuple(str(n) for n in range(1, 6))
+# Statuses the policy's outcome still decides: a refusal of every unit is to confirm, anything else open.
+_UNDECIDED = ("open", REFUSAL_TO_CONFIRM, "claimed")
 UNITS_PAGE = 200  # units in one answer of get_case; a case of thousands is read page by page
 
 
@@ -128,6 +151,23 @@ class Desk:
                 .scalars()
                 .first()
             )
+            registry = lookup(session, [u.serial for u in units])
+            # The allowed methods and the orders are the whole case's, whatever page of units is shown.
+            every_unit = session.execute(
+                select(col(CaseUnit.outcome), col(CaseUnit.decision), col(CaseUnit.order_id)).where(
+                    col(CaseUnit.case_id) == case.id
+                )
+            ).all()
+            order_ids = sorted(
+                {u.order_id for u in every_unit if u.order_id} | {r.order_id for r in registry.values()}
+            )
+            orders = {
+                o.order_id: o
+                for o in session.execute(
+                    select(RegistryOrder).where(col(RegistryOrder.order_id).in_(order_ids))
+                ).scalars()
+            }
+            companies = sorted({orders[o].customer for o in order_ids if o in orders and orders[o].customer})
             return {
                 **_summary(case, unit_count),
                 "unit_count": unit_count,
@@ -135,22 +175,13 @@ class Desk:
                 "units_next": following if following < unit_count else None,
                 "fault": case.fault,
                 "customer": identity.display_name if identity else None,
+                # The registry's customer (the company that placed the orders), beside the chat's name.
+                "company": ", ".join(companies) or None,
                 "refusal_reason": case.refusal_reason,
                 "prefers_discount": case.prefers_discount,
-                "units": [
-                    {
-                        "serial": u.serial,
-                        "model": u.model,
-                        "production_date": _iso(u.production_date),
-                        "port_arrival_date": _iso(u.port_arrival_date),
-                        "warranty_end": _iso(u.warranty_end),
-                        "outcome": u.outcome,
-                        "basis": u.basis,
-                        "clauses": u.clauses,
-                        "decision": u.decision,
-                    }
-                    for u in units
-                ],
+                "allowed_methods": list(_allowed_methods(every_unit)),
+                "orders": [_order(orders[o], every_unit, self.engine.policy) for o in order_ids if o in orders],
+                "units": [_unit(u, registry.get(u.serial)) for u in units],
                 "messages": [
                     {
                         "id": m.id,
@@ -231,7 +262,8 @@ class Desk:
         with session_scope(self.engine.db) as session:
             case = _find(session, ref)
             _require_open(case)
-            case.status = "waiting_customer"
+            if case.status != REFUSAL_TO_CONFIRM:  # the refusal stays a person's to confirm
+                case.status = "waiting_customer"
             case.claimed_by = case.claimed_by or engineer
             rendered = self.engine.renderer.text(
                 "ask_customer",
@@ -252,17 +284,26 @@ class Desk:
         method: str,
         reason: str | None = None,
         clauses: list[str] | None = None,
+        goodwill: str | None = None,
         origin: str = "desk",
     ) -> dict[str, Any]:
+        """Set the case's service method, or refuse it ("not_covered", with the reason the customer reads).
+
+        A method the units' decisions do not allow is set only with `goodwill` ("goodwill": free as a
+        gesture, or "chargeable": at the customer's cost) and a reason; the customer is told which it is.
+        """
         if method not in METHODS:
             raise DeskError(f"method must be one of {', '.join(METHODS)}")
+        if goodwill is not None and goodwill not in GOODWILL:
+            raise DeskError(f"goodwill must be one of {', '.join(GOODWILL)}")
         with session_scope(self.engine.db) as session:
             case = _find(session, ref)
             _require_open(case)
-            case.claimed_by = case.claimed_by or engineer
-            case.method = method
             units = session.execute(select(CaseUnit).where(col(CaseUnit.case_id) == case.id)).scalars().all()
+            allowed = _allowed_methods(units)
             if method == "not_covered":
+                if goodwill is not None:
+                    raise DeskError("a refusal is not goodwill: give goodwill only with a service method")
                 reason = _required(reason or "", "reason")
                 cited = sorted(
                     set(clauses or [])
@@ -273,15 +314,30 @@ class Desk:
                         if c[0] in "XM" and c != "M5" and u.outcome == "not_covered"
                     }
                 )
+                confirmed = case.status == REFUSAL_TO_CONFIRM
+                case.claimed_by = case.claimed_by or engineer
+                case.method = method
                 case.refusal_reason = reason
                 case.status = "resolved"
                 self._tell(session, case, "method_not_covered", reason=reason, clauses=cited)
-                self._touch(session, case, engineer, "refused", origin=origin, reason=reason, clauses=cited)
-                self._ask_rating(session, case)
-            else:
-                amount, currency = (
-                    _discount(session, units) if method == "discount_compensation" else (None, None)
+                self._touch(
+                    session,
+                    case,
+                    engineer,
+                    "refused",
+                    origin=origin,
+                    reason=reason,
+                    clauses=cited,
+                    refusal_confirmed=confirmed,
                 )
+                self._ask_rating(session, case)
+                return _summary(case)
+            if method in allowed:
+                if goodwill is not None:
+                    raise DeskError(f"the decision allows {method}: it is the warranty's, not {goodwill}")
+                amount, currency = self._discount(session, units, covered_only=True, method=method)
+                case.claimed_by = case.claimed_by or engineer
+                case.method = method
                 case.status = "in_service"
                 self._tell(session, case, f"method_{method}", amount=amount, currency=currency)
                 self._touch(
@@ -293,7 +349,107 @@ class Desk:
                     method=method,
                     amount=str(amount) if amount is not None else None,
                 )
+                return _summary(case)
+            # Outside the decision: never by accident, always said to the customer for what it is.
+            if goodwill is None:
+                allowed_text = ", ".join(allowed) or "none (no unit is covered)"
+                raise InvalidAction(
+                    f"the decision does not allow {method} (allowed: {allowed_text}); give it as goodwill"
+                    " or chargeable, with a reason"
+                )
+            if goodwill == "chargeable" and method == "discount_compensation":
+                raise DeskError("discount compensation cannot be chargeable")
+            reason = _required(reason or "", "reason")
+            amount, currency = self._discount(session, units, covered_only=False, method=method)
+            case.claimed_by = case.claimed_by or engineer
+            case.method = method
+            case.status = "in_service"
+            self._tell(
+                session,
+                case,
+                f"method_{goodwill}",
+                method=method,
+                reason=reason,
+                amount=amount,
+                currency=currency,
+            )
+            self._touch(
+                session,
+                case,
+                engineer,
+                "method_chosen",
+                origin=origin,
+                method=method,
+                goodwill=goodwill,
+                reason=reason,
+                amount=str(amount) if amount is not None else None,
+            )
             return _summary(case)
+
+    def correct_unit(
+        self,
+        ref: str,
+        *,
+        engineer: str,
+        serial: str,
+        changes: dict[str, Any],
+        note: str | None = None,
+        origin: str = "desk",
+    ) -> dict[str, Any]:
+        """Correct a unit's facts (port arrival read from documents, proof valid or altered, production date).
+
+        Every unit of the case is decided again (M5 counts the covered ones), the new decisions are stored and
+        the correction is audited with the outcome before and after. Returns the case as `get_case` does.
+        """
+        corrections = _corrections(changes)
+        with session_scope(self.engine.db) as session:
+            case = _find(session, ref)
+            _require_open(case)
+            units = list(
+                session.execute(
+                    select(CaseUnit).where(col(CaseUnit.case_id) == case.id).order_by(col(CaseUnit.id))
+                ).scalars()
+            )
+            wanted = serial.strip().upper()
+            index = next((i for i, u in enumerate(units) if u.serial == wanted), None)
+            if index is None:
+                raise CaseNotFound(f"no unit {serial} on case {case.ref}")
+            registry = lookup(session, [u.serial for u in units])
+            claims = [_stored_claim(u, case, registry) for u in units]
+            before = claims[index]
+            claims[index] = replace(before, **corrections)
+            if claims[index] == before:
+                raise DeskError(f"nothing to correct: unit {wanted} already has these facts")
+            previous = [(u.outcome, list(u.clauses)) for u in units]
+            decisions = evaluate_units(claims, self.engine.policy)
+            for unit, claim, decision in zip(units, claims, decisions, strict=True):
+                _store_decision(unit, claim, decision, self.engine.policy)
+            redecided = [
+                u.serial for u, old in zip(units, previous, strict=True) if (u.outcome, u.clauses) != old
+            ]
+            status = case.status
+            if case.status in _UNDECIDED:
+                if all(u.outcome == Outcome.not_covered.value for u in units):
+                    case.status = REFUSAL_TO_CONFIRM
+                elif case.status == REFUSAL_TO_CONFIRM:
+                    case.status = "claimed" if case.claimed_by else "open"
+            corrected = claim_to_json(claims[index])
+            old_facts = claim_to_json(before)
+            self._touch(
+                session,
+                case,
+                engineer,
+                "unit_corrected",
+                origin=origin,
+                serial=wanted,
+                changes={field: [old_facts[field], corrected[field]] for field in corrections},
+                note=(note or "").strip() or None,
+                outcome=[previous[index][0], units[index].outcome],
+                clauses=units[index].clauses,
+                redecided=redecided,
+                status=[status, case.status],
+            )
+        return self.get_case(ref)
 
     def close(self, ref: str, *, engineer: str, origin: str = "desk") -> dict[str, Any]:
         with session_scope(self.engine.db) as session:
@@ -334,6 +490,27 @@ class Desk:
     def _tell(self, session: Session, case: Case, template: str, **params: Any) -> None:
         text = self.engine.renderer.text(template, language=case.language, case_ref=case.ref, **params)
         self._say(session, case, text)
+
+    def _discount(
+        self, session: Session, units: Any, *, covered_only: bool, method: str
+    ) -> tuple[Decimal | None, str | None]:
+        """The M5 amount: 1% of each order's total (half-up), counted once per order, in the orders' currency.
+
+        With the warranty's M5 only the covered units' orders count; as goodwill, every unit's order does.
+        """
+        if method != "discount_compensation":
+            return None, None
+        order_ids = {u.order_id for u in units if u.order_id and (u.outcome == "covered" or not covered_only)}
+        orders = session.execute(
+            select(RegistryOrder).where(col(RegistryOrder.order_id).in_(sorted(order_ids)))
+        ).scalars()
+        totals = [(o.order_total, o.currency) for o in orders if o.order_total is not None]
+        if not totals:
+            return None, None
+        currencies = {currency for _, currency in totals}
+        currency = currencies.pop() if len(currencies) == 1 else None
+        policy = self.engine.policy
+        return sum((discount_amount(total, policy) for total, _ in totals), Decimal("0")), currency
 
     def _ask_rating(self, session: Session, case: Case) -> None:
         text = self.engine.renderer.text("rating_request", language=case.language, case_ref=case.ref)
@@ -388,23 +565,113 @@ def _required(value: str, name: str) -> str:
     return value
 
 
-def _discount(session: Session, units: Any) -> tuple[Decimal | None, str | None]:
-    """The M5 amount: 1% of each order's total, counted once per order, in the orders' currency."""
-    by_order: dict[str, Decimal] = {}
-    for unit in units:
-        amount = unit.decision.get("discount_amount")
-        if amount is not None and unit.order_id:
-            by_order.setdefault(unit.order_id, Decimal(amount))
-    if not by_order:
-        return None, None
-    currencies = {
-        o.currency
-        for o in session.execute(
-            select(RegistryOrder).where(col(RegistryOrder.order_id).in_(by_order))
-        ).scalars()
+def _allowed_methods(units: Any) -> tuple[str, ...]:
+    """The methods every covered unit's decision allows, in the policy's order; none when no unit is covered."""
+    covered = [set(u.decision.get("methods") or ()) for u in units if u.outcome == Outcome.covered.value]
+    if not covered:
+        return ()
+    common = set.intersection(*covered)
+    return tuple(m for m in METHODS if m in common)
+
+
+def _stored_claim(unit: CaseUnit, case: Case, registry: dict[str, Any]) -> Claim:
+    """The facts the unit's decision was taken on; for a case stored before they were kept, rebuilt."""
+    stored = unit.decision.get("claim")
+    if isinstance(stored, dict):
+        try:
+            return claim_from_json(stored)
+        except ClaimError:
+            pass
+    record = registry.get(unit.serial)
+    return Claim(
+        serial=unit.serial,
+        claim_date=case.claim_date,
+        port_arrival_date=unit.port_arrival_date,
+        production_date=record.production_date if record else None,
+        proof=Proof.registry if record is not None else Proof.none,
+        cargo_compensation=record.cargo_compensation if record else False,
+        order_id=record.order_id if record else unit.order_id,
+        order_pieces=record.order_pieces if record else None,
+        order_total=record.order_total if record else None,
+        currency=record.currency if record else None,
+        prefers_discount=case.prefers_discount,
+    )
+
+
+def _store_decision(unit: CaseUnit, claim: Claim, decision: Decision, policy: Policy) -> None:
+    unit.production_date = decision.production_date
+    unit.port_arrival_date = claim.port_arrival_date
+    unit.warranty_end = decision.warranty_end
+    unit.outcome = decision.outcome.value
+    unit.basis = decision.basis.value if decision.basis else None
+    unit.clauses = list(decision.clauses)
+    unit.decision = {**decision_to_json(decision, policy), "claim": claim_to_json(claim)}
+
+
+def _corrections(changes: dict[str, Any]) -> dict[str, Any]:
+    """An engineer's corrections as Claim fields; a bad field or value is a DeskError (a 4xx)."""
+    unknown = sorted(set(changes) - set(CORRECTABLE))
+    if unknown:
+        raise DeskError(f"cannot correct {unknown[0]}: only {', '.join(CORRECTABLE)}")
+    if not changes:
+        raise DeskError(f"give at least one of {', '.join(CORRECTABLE)}")
+    corrections: dict[str, Any] = {}
+    for field, value in changes.items():
+        if field == "proof":
+            if value not in CORRECTABLE_PROOF:
+                raise DeskError(f"proof must be one of {', '.join(CORRECTABLE_PROOF)}")
+            corrections[field] = Proof(value)
+        elif value is None:
+            corrections[field] = None  # no longer known
+        elif isinstance(value, str) and len(value) == 10:
+            try:
+                corrections[field] = date.fromisoformat(value)
+            except ValueError:
+                raise DeskError(f"{field} must be a date YYYY-MM-DD: {value[:20]!r}") from None
+        else:
+            raise DeskError(f"{field} must be a date YYYY-MM-DD or null")
+    return corrections
+
+
+def _unit(unit: CaseUnit, record: Any) -> dict[str, Any]:
+    decision = {k: v for k, v in unit.decision.items() if k != "claim"}
+    return {
+        "serial": unit.serial,
+        "model": unit.model,
+        "order_id": unit.order_id,
+        "production_date": _iso(unit.production_date),
+        "port_arrival_date": _iso(unit.port_arrival_date),
+        "warranty_end": _iso(unit.warranty_end),
+        "outcome": unit.outcome,
+        "basis": unit.basis,
+        "clauses": unit.clauses,
+        "decision": decision,
+        # The facts the decision rests on (what an engineer can correct), and what the registry says.
+        "facts": unit.decision.get("claim"),
+        "registry": None
+        if record is None
+        else {
+            "order_id": record.order_id,
+            "production_date": _iso(record.production_date),
+            "port_arrival_date": _iso(record.port_arrival_date),
+            "cargo_compensation": record.cargo_compensation,
+        },
     }
-    currency = currencies.pop() if len(currencies) == 1 else None
-    return sum(by_order.values(), Decimal("0")), currency
+
+
+def _order(order: RegistryOrder, units: Any, policy: Policy) -> dict[str, Any]:
+    total = order.order_total
+    return {
+        "order_id": order.order_id,
+        "customer": order.customer or None,
+        "order_total": f"{total:.2f}" if total is not None else None,
+        "currency": order.currency,
+        "order_pieces": order.order_pieces,
+        "cargo_compensation": order.cargo_compensation,
+        "units": sum(1 for u in units if u.order_id == order.order_id),
+        # What M5 would give for this order (1% of its total, half-up), whether or not it applies.
+        "discount_amount": f"{discount_amount(total, policy):.2f}" if total is not None else None,
+    }
 
 
 def _summary(case: Case, units: int | None = None) -> dict[str, Any]:

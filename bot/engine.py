@@ -41,9 +41,12 @@ from bot.store import (
 from bot.store.clock import utcnow
 from bot.store.db import is_transient
 from bot.understanding import default_lexicon, fold, understand
-from policy import Policy, decision_to_json
+from policy import Outcome, Policy, claim_to_json, decision_to_json
 
 log = logging.getLogger(__name__)
+
+# The status of a case whose every unit the policy refused: a person confirms or overturns it on the desk.
+REFUSAL_TO_CONFIRM = "to_confirm"
 
 
 PENDING, PARKED = "pending", "parked"
@@ -488,11 +491,17 @@ class Engine:
             claim_date=effect.claim_date,
             prefers_discount=effect.prefers_discount,
         )
+        # A claim the policy refuses for every unit is still a person's to confirm (POLICY.md): its own status.
+        if effect.units and all(u.decision.outcome is Outcome.not_covered for u in effect.units):
+            case.status = REFUSAL_TO_CONFIRM
         session.add(case)
         session.flush()
         case.ref = f"{self.config.case_ref_prefix}-{case.created_at.year}-{case.id:06d}"
         for unit in effect.units:
             d = unit.decision
+            decision = decision_to_json(d, self.policy)
+            if unit.claim is not None:
+                decision["claim"] = claim_to_json(unit.claim)  # the facts, for an engineer's correction
             session.add(
                 CaseUnit(
                     case_id=case.id or 0,
@@ -505,7 +514,7 @@ class Engine:
                     outcome=d.outcome.value,
                     basis=d.basis.value if d.basis else None,
                     clauses=list(d.clauses),
-                    decision=decision_to_json(d, self.policy),
+                    decision=decision,
                 )
             )
         for attachment_id in effect.attachment_ids:
@@ -521,7 +530,15 @@ class Engine:
         ).scalars():
             logged.case_id = case.id
         conversation.case_id = case.id
-        audit(session, case, "bot", "opened", units=len(effect.units), human_requested=effect.human_requested)
+        audit(
+            session,
+            case,
+            "bot",
+            "opened",
+            units=len(effect.units),
+            human_requested=effect.human_requested,
+            status=case.status,
+        )
         self.notify_desks(session, case, "case_opened")
         return case
 
@@ -644,6 +661,7 @@ class Engine:
             OutboundMessage(
                 channel=conversation.channel, chat_id=conversation.chat_id, text=text, buttons=buttons
             ),
+            author=author,  # an engineer's words are no auto-reply (email's Auto-Submitted)
         )
 
     def notify_desks(self, session: Session, case: Case, event: str, **data: Any) -> None:

@@ -223,6 +223,25 @@ TICK_SECONDS = 0.05  # how often the running deliverer looks at finished sends a
 STOP_GRACE_SECONDS = 5.0  # sends under way when stopping are given this long to finish
 
 
+# The start of a held row's reason when the channel's set-up (a revoked token, a missing IP whitelist entry), not
+# the customer, holds it: such rows go out again once the set-up works, whoever writes.
+CONFIG_HOLD = "configuration: "
+
+
+def release_config_holds(session: Session, channel: str) -> int:
+    """The channel's set-up works again: every row it held for that goes back to the queue. Returns how many."""
+    released = session.execute(
+        update(OutboxItem)
+        .where(
+            col(OutboxItem.channel) == channel,
+            col(OutboxItem.status) == HELD,
+            col(OutboxItem.last_error).startswith(CONFIG_HOLD),
+        )
+        .values(status=PENDING, next_attempt_at=utcnow())
+    )
+    return int(cast(CursorResult[Any], released).rowcount)
+
+
 class Deliverer:
     """Sends due outbox rows through the senders of the configured channels.
 

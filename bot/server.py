@@ -337,6 +337,14 @@ class HeaderTimeoutH11(H11Protocol):
             self.transport.close()
 
 
+def _problem(channel: object) -> str | None:
+    """What keeps a channel from working, when it says so: a `problem` method or attribute (None when fine)."""
+    problem = getattr(channel, "problem", None)
+    if callable(problem):
+        problem = problem()
+    return problem if isinstance(problem, str) and problem else None
+
+
 def create_app(bot: Bot, channels: Sequence[Channel] | None = None) -> Starlette:
     channels = list(channels if channels is not None else load_channels(bot))
     workers = Workers(bot, channels)
@@ -351,7 +359,7 @@ def create_app(bot: Bot, channels: Sequence[Channel] | None = None) -> Starlette
             return JSONResponse({"status": "unavailable", "error": "database unavailable"}, status_code=503)
         held = queues["inbox"]["parked"] + queues["outbox"]["chats_held"]
         # A channel may say what keeps it from working (a revoked token): the server still answers 200.
-        problems = {c.name: p for c in channels if (p := getattr(c, "problem", lambda: None)())}
+        problems = {c.name: p for c in channels if (p := _problem(c))}
         body: dict[str, Any] = {
             "status": "degraded" if held or problems else "ok",
             "channels": [c.name for c in channels],

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from policy.codes import CLAUSE_IDS, PARAM_KINDS, REASON_PARAMS
-from policy.contract import ClaimError, claim_from_json, decision_to_json
+from policy.contract import ClaimError, claim_from_json, claim_to_json, claims_from_json, decision_to_json
 from policy.dates import add_months, last_day_of_month
-from policy.engine import cargo_pieces, evaluate
+from policy.engine import cargo_pieces, discount_amount, evaluate, evaluate_units
 from policy.loader import PolicyFileError, default_policy, load_policy
 from policy.model import (
     Basis,
@@ -53,10 +53,14 @@ __all__ = [
     "add_months",
     "cargo_pieces",
     "claim_from_json",
+    "claim_to_json",
+    "claims_from_json",
     "clause_meaning",
     "decision_to_json",
     "default_policy",
+    "discount_amount",
     "evaluate",
+    "evaluate_units",
     "expand_range",
     "find_serials",
     "language_chain",

@@ -23,6 +23,8 @@ REASON_PARAMS: Mapping[str, frozenset[str]] = MappingProxyType(
         "in_warranty_serial": _SERIAL_DATES,
         "expired": _DATES,
         "expired_serial": _SERIAL_DATES,
+        # Proof shown (registry or documents) but no port-arrival date: the serial's dates, without X2.
+        "expired_serial_no_arrival": _SERIAL_DATES,
         "cargo_compensation": frozenset(),
         "cargo_compensation_pieces": frozenset({"cargo_pieces", "order_pieces"}),
         "altered_certificate": frozenset(),

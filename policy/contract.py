@@ -20,6 +20,7 @@ _CLAIM_FIELDS = (
     "circumstances",
     "cargo_compensation",
     "units",
+    "order_id",
     "order_pieces",
     "order_total",
     "currency",
@@ -66,11 +67,52 @@ def claim_from_json(data: object) -> Claim:
         circumstances=_circumstances(data.get("circumstances")),
         cargo_compensation=_flag(data, "cargo_compensation"),
         units=_count(data, "units") or 1,
+        order_id=_order_id(data.get("order_id")),
         order_pieces=_count(data, "order_pieces"),
         order_total=_money(data.get("order_total")),
         currency=_currency(data.get("currency")),
         prefers_discount=_flag(data, "prefers_discount"),
     )
+
+
+def claims_from_json(data: object) -> list[Claim]:
+    """Build the units of one claim from a JSON array of claims (several units: `evaluate_units`).
+
+    Raises:
+        ClaimError: the data is not a non-empty array, or one of its claims breaks the contract; the
+            field is prefixed with the claim's index, as in `[3].serial`.
+    """
+    if not isinstance(data, list):
+        raise ClaimError("claims", f"must be a JSON array, not {_json_type(data)}")
+    if not data:
+        raise ClaimError("claims", "must hold at least one claim")
+    claims = []
+    for index, item in enumerate(data):
+        try:
+            claims.append(claim_from_json(item))
+        except ClaimError as error:
+            raise ClaimError(f"[{index}].{error.field}", error.message) from error
+    return claims
+
+
+def claim_to_json(claim: Claim) -> dict[str, object]:
+    """A claim in the contract's shape, so that `claim_from_json(claim_to_json(c)) == c` (stored facts)."""
+    facts = claim.circumstances
+    return {
+        "serial": claim.serial,
+        "claim_date": claim.claim_date.isoformat(),
+        "port_arrival_date": _iso(claim.port_arrival_date),
+        "production_date": _iso(claim.production_date),
+        "proof": claim.proof.value,
+        "circumstances": {name: getattr(facts, name) for name in _CIRCUMSTANCE_FIELDS},
+        "cargo_compensation": claim.cargo_compensation,
+        "units": claim.units,
+        "order_id": claim.order_id,
+        "order_pieces": claim.order_pieces,
+        "order_total": _cents(claim.order_total),
+        "currency": claim.currency,
+        "prefers_discount": claim.prefers_discount,
+    }
 
 
 def decision_to_json(decision: Decision, policy: Policy, language: str = "en") -> dict[str, object]:
@@ -107,6 +149,8 @@ def _json_type(value: object) -> str:
         return "a string"
     if isinstance(value, list):
         return "an array"
+    if isinstance(value, dict):
+        return "an object"
     return type(value).__name__
 
 
@@ -189,6 +233,14 @@ def _money(value: object) -> Decimal | None:
     if amount is not None and cents_at_most and amount >= 0:
         return amount
     raise ClaimError("order_total", f'not an amount of money (expected a string like "250.00"): {value!r}')
+
+
+def _order_id(value: object) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip() or len(value) > 64:
+        raise ClaimError("order_id", f"must be a non-empty string of at most 64 characters: {value!r}")
+    return value.strip()
 
 
 def _currency(value: object) -> str | None:

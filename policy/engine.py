@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from datetime import date, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 
@@ -40,6 +41,41 @@ class _Period:
 def cargo_pieces(order_pieces: int, policy: Policy) -> int:
     """The extra pieces cargo compensation (M1) ships: the policy's share of the order, rounded up."""
     return math.ceil(Decimal(order_pieces) * policy.cargo_rate)
+
+
+def discount_amount(order_total: Decimal, policy: Policy) -> Decimal:
+    """M5's amount for one order: the policy's rate (1%) of the order total, rounded half-up to cents.
+
+    The one money computation: the engine, the conversation's preference prompt and the desk all use it,
+    so 1% of 1012.50 is 10.13 everywhere (half-even would give 10.12).
+    """
+    return (order_total * policy.discount_rate).quantize(_CENT, rounding=ROUND_HALF_UP)
+
+
+def evaluate_units(claims: Sequence[Claim], policy: Policy) -> list[Decision]:
+    """Decide the units of one claim together, in two passes (POLICY.md, "Several units in one claim").
+
+    Pass 1 evaluates each unit on its own facts and counts the units covered by steps 1-4; pass 2 evaluates
+    each again with `units` set to that count, so 5 covered and 35 expired units give no M5. The discount
+    is 1% of each order's total, counted once per order: it is on the first unit of each order (by
+    `order_id`; a unit without one is its own order) whose decision carries it, and the other units of that
+    order have `discount_amount` None and no amount among their reasons. Summing `discount_amount` over the
+    decisions therefore gives the claim's whole discount.
+    """
+    first = [evaluate(replace(claim, units=1, prefers_discount=False), policy) for claim in claims]
+    covered = sum(1 for decision in first if decision.outcome is Outcome.covered)
+    decided: list[Decision] = []
+    counted: set[str] = set()
+    for index, claim in enumerate(claims):
+        decision = evaluate(replace(claim, units=covered), policy)
+        if decision.discount_amount is not None:
+            order = f"order:{claim.order_id}" if claim.order_id is not None else f"unit:{index}"
+            if order in counted:
+                kept = tuple(r for r in decision.reasons if r.code != "discount_amount")
+                decision = replace(decision, discount_amount=None, reasons=kept)
+            counted.add(order)
+        decided.append(decision)
+    return decided
 
 
 def evaluate(claim: Claim, policy: Policy) -> Decision:
@@ -86,7 +122,8 @@ def evaluate(claim: Claim, policy: Policy) -> Decision:
         if claim.claim_date > period.end:
             refused = True
             clauses.add("X1")
-            if period.basis is Basis.serial_production:
+            # X2 rests on missing or altered proof: never cited when documents or records were shown.
+            if period.basis is Basis.serial_production and claim.proof in (Proof.none, Proof.altered):
                 clauses.add("X2")
 
     # 5. Outcome, methods and the discount.
@@ -104,7 +141,8 @@ def evaluate(claim: Claim, policy: Policy) -> Decision:
     if Method.discount_compensation in methods:
         rate_percent = _plain(policy.discount_rate * 100)
         if claim.order_total is not None:
-            discount = (claim.order_total * policy.discount_rate).quantize(_CENT, rounding=ROUND_HALF_UP)
+            discount = discount_amount(claim.order_total, policy)
+        if discount is not None and claim.order_total is not None and claim.prefers_discount:
             params = {
                 "amount": _money(discount, claim.currency),
                 "order_total": _money(claim.order_total, claim.currency),
@@ -112,6 +150,7 @@ def evaluate(claim: Claim, policy: Policy) -> Decision:
             }
             reasons.append(Reason(code="discount_amount", params=params))
         else:
+            # An option, not a grant (M5): a customer who did not ask for the discount is told no amount.
             reasons.append(Reason(code="discount_offered", params={"rate_percent": rate_percent}))
 
     return Decision(
@@ -158,6 +197,9 @@ def _period(claim: Claim, production: date | None, policy: Policy) -> tuple[_Per
         params["offset_months"] = str(policy.serial_fallback_offset_months)
     expired = claim.claim_date > end
     code = ("expired" if expired else "in_warranty") + ("_serial" if basis is Basis.serial_production else "")
+    if code == "expired_serial" and claim.proof in (Proof.registry, Proof.documents):
+        # Proof was shown but no port-arrival date is known: the serial's dates apply, without X2's words.
+        code = "expired_serial_no_arrival"
     return _Period(basis=basis, start=start, end=end), Reason(code=code, params=params)
 
 

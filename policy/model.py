@@ -66,6 +66,8 @@ class Claim:
     circumstances: Circumstances = field(default_factory=Circumstances)
     cargo_compensation: bool = False
     units: int = 1
+    # The order the unit belongs to: several units of one order share its discount (M5), counted once.
+    order_id: str | None = None
     order_pieces: int | None = None
     order_total: Decimal | None = None
     currency: str | None = None

@@ -264,3 +264,60 @@ def test_desk_page_says_when_the_desk_is_off(browser: Any, tmp_path: Path) -> No
         expect(page.locator("#login")).to_be_hidden()
         context.close()
     assert problems.items == []
+
+
+def test_desk_page_confirms_corrects_and_keeps_methods_to_the_decision(browser: Any, tmp_path: Path) -> None:
+    """A refusal of every unit is on the desk to confirm; a method outside the decision needs goodwill or
+    chargeable; a corrected port-arrival date decides the unit again, and then the warranty's methods apply."""
+    from playwright.sync_api import expect
+
+    from bot.messages import InboundMessage
+    from bot.store.clock import utcnow
+
+    expect.set_options(timeout=WAIT_MS)
+    bot = build(_settings(tmp_path, desk_token=DESK_TOKEN))
+    # Made January 2020, in no registry, no proof: by its serial the warranty ended in 2022 (X1, X2).
+    for number, text in enumerate(("CSP2001A0001 display shows E07 and shuts down", "proof:none", "cause:normal",
+                                   "cmd:human")):
+        bot.engine.accept(InboundMessage(channel="test", external_id=f"m{number}", sender_id="c1", chat_id="c1",
+                                         text=text, received_at=utcnow(), sender_name="Ana"))
+    bot.engine.process_pending()
+    ref = bot.desk.list_cases()[0]["ref"]
+    arrival = date.fromordinal(date.today().toordinal() - 100).isoformat()
+    problems = PageProblems()
+    with serve(create_app(bot)) as base:
+        context = browser.new_context(locale="en-US")
+        desk = problems.watch(context.new_page())
+        desk.goto(f"{base}/desk")
+        desk.get_by_label("Desk token").fill(DESK_TOKEN)
+        desk.get_by_label("Your name").fill("Amira")
+        desk.get_by_role("button", name="Open the desk").click()
+        desk.locator("#case-list button", has_text=ref).click()
+        expect(desk.locator("#case-status")).to_have_text("Refusal to confirm")
+        # No method the decision does not allow is preselected: the choice starts at the refusal.
+        expect(desk.get_by_label("Service method")).to_have_value("not_covered")
+        expect(desk.locator("#reasons")).to_contain_text("The policy allows no service method")
+
+        desk.get_by_label("Service method").select_option("remote_guidance")
+        expect(desk.locator("#goodwill-row")).to_be_visible()
+        desk.get_by_role("button", name="Set method").click()
+        expect(desk.locator("#action-result")).to_contain_text("choose goodwill or chargeable")
+        expect(desk.locator("#case-status")).to_have_text("Refusal to confirm")
+
+        # The customer's bill of lading gives the port arrival: corrected, the unit is decided again.
+        desk.locator("#correct summary").click()
+        desk.get_by_label("Port arrival date (from the customer's documents)").fill(arrival)
+        desk.get_by_label("Proof of purchase").select_option("documents")
+        desk.get_by_label("Why (kept in the history)").fill("Read from the bill of lading.")
+        desk.get_by_role("button", name="Correct and decide again").click()
+        expect(desk.locator("#units tbody tr")).to_contain_text("Covered")
+        expect(desk.locator("#units tbody tr")).to_contain_text("W2")
+        expect(desk.locator("#case-status")).to_have_text("Open")
+        expect(desk.locator("#audit")).to_contain_text("unit_corrected")
+
+        desk.get_by_label("Service method").select_option("remote_guidance")
+        expect(desk.locator("#goodwill-row")).to_be_hidden()
+        desk.get_by_role("button", name="Set method").click()
+        expect(desk.locator("#case-status")).to_have_text("In service")
+        context.close()
+    assert problems.items == []

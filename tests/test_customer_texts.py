@@ -38,6 +38,8 @@ DECISIONS = {
     "in_warranty_serial": _claim("CSP2501A0001"),
     "expired": _claim("CSP2312A0001", port_arrival_date=date(2024, 1, 1), proof=Proof.documents),
     "expired_serial": _claim("CSP2001A0001"),
+    # Documents shown but no port arrival known: the serial's dates, without X2's words (issue 14).
+    "expired_serial_no_arrival": _claim("CSP2001A0001", proof=Proof.documents),
     "cargo_compensation": _claim("CSP2402A0153", cargo_compensation=True),
     "cargo_compensation_pieces": _claim("CSP2402A0153", cargo_compensation=True, order_pieces=1000),
     "altered_certificate": _claim("CSP2402A0153", proof=Proof.altered),
@@ -50,7 +52,7 @@ DECISIONS = {
     "arrival_before_production": _claim("CSP2402A0154", port_arrival_date=date(2023, 12, 1), proof=Proof.registry),
     "claim_before_start": _claim("CSP2602A0001"),
     "discount_amount": _claim("CSP2402A0153", port_arrival_date=date(2024, 4, 10), proof=Proof.registry, units=12,
-                              order_total=Decimal("125000.00"), currency="USD"),
+                              order_total=Decimal("125000.00"), currency="USD", prefers_discount=True),
     "discount_offered": _claim("CSP2402A0153", port_arrival_date=date(2024, 4, 10), proof=Proof.registry, units=12),
 }  # fmt: skip
 

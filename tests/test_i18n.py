@@ -93,6 +93,7 @@ VALUES: dict[str, Any] = {
     "review": False,
     "documents_help": True,
     "cargo": False,
+    "method": "factory_repair",
 }
 
 # The branches of each template, as changes to the base context.
@@ -114,6 +115,9 @@ VARIANTS: dict[str, list[dict[str, Any]]] = {
     "fault_reask": [{"offer_human": True}],
     "help": [{"case_ref": None}],
     "method_discount_compensation": [{"amount": None}],
+    "method_goodwill": [{"method": "remote_guidance"}, {"method": "door_to_door"},
+                        {"method": "discount_compensation"}, {"method": "discount_compensation", "amount": None}],
+    "method_chargeable": [{"method": "remote_guidance"}, {"method": "door_to_door"}],
     "method_not_covered": [{"clauses": []}],
     "preference_reask": [{"offer_human": True}],
     "proof_reask": [{"offer_human": True}],

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import base64
 import datetime
 import imaplib
 import ipaddress
 import ssl
+import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -38,7 +41,9 @@ from bot.registry import import_registry
 from bot.server import create_app
 from bot.store import InboxItem, OutboxItem, session_scope
 from bot.store.clock import utcnow
+from bot.store.kv import kv_get, kv_put
 from tests.fakes.imap import Mailbox, imap_server
+from tests.fakes.oauth import FakeTokenEndpoint
 from tests.fakes.server import free_port, serve
 from tests.support import wait_until
 
@@ -86,6 +91,9 @@ class SmtpSink:
     received: list[tuple[str, list[str], EmailMessage]] = field(default_factory=list)
     refuse: dict[str, str] = field(default_factory=dict)
     logins: list[str] = field(default_factory=list)
+    # (user, token) -> valid: when set, only XOAUTH2 logs in (basic auth off, as Microsoft 365 will have it)
+    oauth: Callable[[str, str], bool] | None = None
+    oauth_attempts: list[tuple[str, bool]] = field(default_factory=list)  # (user, accepted)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     async def handle_RCPT(self, server: Any, session: Any, envelope: Envelope, address: str,
@@ -101,7 +109,29 @@ class SmtpSink:
             self.received.append((str(envelope.mail_from), list(envelope.rcpt_tos), parse(content)))
         return "250 2.0.0 queued"
 
+    async def auth_XOAUTH2(self, server: Any, args: list[str]) -> AuthResult:
+        """SASL XOAUTH2 (RFC 7628 style, as Gmail and Exchange Online answer): a refused token gets a 334 with a
+        base64 JSON error, which the client must answer with an empty line before the 535."""
+        if self.oauth is None:
+            return AuthResult(success=False, handled=False, message="504 5.5.4 Unrecognized authentication type")
+        blob = base64.b64decode(args[1]) if len(args) > 1 else await server.challenge_auth("")
+        if not isinstance(blob, bytes):
+            return AuthResult(success=False, handled=True)
+        fields = blob.decode(errors="replace").split("\x01")
+        user = fields[0].removeprefix("user=") if fields[0].startswith("user=") else ""
+        bearer = fields[1] if len(fields) == 4 and fields[2:] == ["", ""] else ""
+        token = bearer.removeprefix("auth=Bearer ") if bearer.startswith("auth=Bearer ") else ""
+        accepted = bool(user and token and self.oauth(user, token))
+        with self.lock:
+            self.oauth_attempts.append((user, accepted))
+        if accepted:
+            return AuthResult(success=True, auth_data=user)
+        await server.challenge_auth(b'{"status":"401","schemes":"bearer","scope":"https://mail.google.com/"}')
+        return AuthResult(success=False, handled=False, message="535 5.7.8 Username and Password not accepted")
+
     def authenticate(self, server: Any, session: Any, envelope: Any, mechanism: str, auth_data: Any) -> AuthResult:
+        if self.oauth is not None:
+            return AuthResult(success=False, handled=False, message="535 5.7.139 basic authentication is disabled")
         if isinstance(auth_data, LoginPassword) and (auth_data.login, auth_data.password) == (
                 SMTP_USER.encode(), SMTP_PASSWORD.encode()):
             self.logins.append(auth_data.login.decode())
@@ -117,8 +147,8 @@ class SmtpSink:
 
 
 @contextmanager
-def smtp_server(**options: Any) -> Iterator[SmtpSink]:
-    sink = SmtpSink(port=free_port())
+def smtp_server(*, oauth: Callable[[str, str], bool] | None = None, **options: Any) -> Iterator[SmtpSink]:
+    sink = SmtpSink(port=free_port(), oauth=oauth)
     controller = Controller(sink, hostname="127.0.0.1", port=sink.port, authenticator=sink.authenticate,
                             auth_require_tls=False, **options)
     controller.start()
@@ -244,6 +274,8 @@ def test_claim_by_email_end_to_end(settings: Settings, db: Engine, imap: tuple[s
         assert header(relayed, "In-Reply-To") == parse(after)["Message-ID"]
         assert "Please send the <photo> & the cable size." in plain(relayed)
         assert "Please send the &lt;photo&gt; &amp; the cable size." in html_part(relayed)
+        # A person wrote it: not marked as an auto-reply (the customer's server may then drop or not answer it).
+        assert relayed["Auto-Submitted"] is None and question["Auto-Submitted"] == "auto-replied"
     assert sorted(set(mailbox.fetched_uids())) == mailbox.fetched_uids()  # every mail fetched once
 
 
@@ -370,8 +402,11 @@ def test_a_claim_mail_becomes_one_inbound_message(tmp_path: Path) -> None:
 def test_attachments_over_the_limits_are_refused_not_lost(tmp_path: Path) -> None:
     raw = payload("customer_claim.eml")
     small = AttachmentStore(root=tmp_path, max_bytes=100, allowed_types=frozenset({"application/pdf"}))
+    # A first mail's From may be forged: the refusal names the file without repeating what the sender wrote.
     [refused] = mail.to_inbound(mail.read_mail(raw), raw, config=CONFIG, store=small).attachments
-    assert (refused.kind, refused.name, refused.ref) == ("rejected", "EX-2024-0311.pdf", "too_large")
+    assert (refused.kind, refused.name, refused.ref) == ("rejected", "attachment-1.pdf", "too_large")
+    [named] = mail.to_inbound(mail.read_mail(raw), raw, config=CONFIG, store=small, answers_us=True).attachments
+    assert (named.kind, named.name, named.ref) == ("rejected", "EX-2024-0311.pdf", "too_large")
     store = AttachmentStore(root=tmp_path, max_bytes=100_000, allowed_types=frozenset({"application/pdf"}))
     truncated = mail.to_inbound(mail.read_mail(raw[:4000]), raw[:4000], config=CONFIG, store=store, truncated=True)
     assert [(a.kind, a.ref) for a in truncated.attachments] == [("rejected", "too_large")]
@@ -520,3 +555,295 @@ def test_settings_decide_whether_email_runs(bot: Bot) -> None:
     with pytest.raises(ValueError, match="SMTP_SECURITY"):
         mail.from_settings(wrong)
 
+
+
+# --- OAuth 2.0 (XOAUTH2) against a loopback token endpoint, IMAP and SMTP servers that check the SASL string --
+
+
+CLIENT_ID, CLIENT_SECRET, REFRESH_TOKEN = "5c2f0a1e-7f3b-4c1e-9d2a-000000000017", "app-secret~17", "1//0refresh17"
+
+
+@contextmanager
+def token_endpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeTokenEndpoint]:
+    """The fake authority over https (msal accepts nothing else), its certificate trusted by the bot's httpx."""
+    certificate, key = _self_signed(tmp_path)
+    monkeypatch.setenv("SSL_CERT_FILE", str(certificate))
+    endpoint = FakeTokenEndpoint(client_id=CLIENT_ID, client_secret=CLIENT_SECRET, refresh_token=REFRESH_TOKEN,
+                                 mailbox=SUPPORT)
+    with serve(endpoint.app(), ssl_certfile=str(certificate), ssl_keyfile=str(key)) as url:
+        endpoint.base_url = url.replace("http://", "https://", 1)
+        yield endpoint
+
+
+def oauth_settings(settings: Settings, imap: tuple[str, int], smtp: SmtpSink, endpoint: FakeTokenEndpoint,
+                   provider: str) -> Settings:
+    url = endpoint.base_url if provider == "microsoft" else f"{endpoint.base_url}/token"
+    return email_settings(settings, imap, smtp, imap_password=None, smtp_password=None, smtp_user=SUPPORT,
+                          email_oauth=provider, email_oauth_client_id=CLIENT_ID,
+                          email_oauth_client_secret=SecretStr(CLIENT_SECRET), email_oauth_tenant=endpoint.tenant,
+                          email_oauth_refresh_token=SecretStr(REFRESH_TOKEN) if provider == "google" else None,
+                          email_oauth_url=url)
+
+
+@pytest.mark.parametrize("provider", ["microsoft", "google"])
+def test_a_mailbox_without_passwords_is_read_and_answered_over_xoauth2(
+        settings: Settings, db: Engine, mailbox: Mailbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        provider: str) -> None:
+    with token_endpoint(tmp_path, monkeypatch) as endpoint, smtp_server(oauth=endpoint.valid) as smtp:
+        mailbox.oauth = endpoint.valid  # basic auth off: LOGIN is refused, as Microsoft 365 and Gmail do
+        with imap_server(mailbox) as imap:
+            bot = build(oauth_settings(settings, imap, smtp, endpoint, provider), db=db)
+            mailbox.append(payload("customer_claim.eml"))
+            channel = mail.from_settings(bot)
+            assert channel is not None
+            with serve(create_app(bot, channels=[channel])):
+                first = smtp.wait_for(lambda m: m["To"] is not None and CUSTOMER in str(m["To"]), "the first reply")
+                assert mailbox.authentications == ["ok"] and smtp.oauth_attempts[0] == (SUPPORT, True)
+                grant = "client_credentials" if provider == "microsoft" else "refresh_token"
+                assert {g for _, g in endpoint.requests} == {grant}
+
+                # The token is revoked (or expired early): the next reply is refused once, then sent with a new one.
+                endpoint.revoke_all()
+                issued = len(endpoint.issued)
+                mailbox.append(customer_answer(first, "It is CSP2402A0153, bought in March"))
+                wait_until(lambda: len(smtp.mails()) >= 2, what="a reply after the token was revoked")
+                assert (SUPPORT, False) in smtp.oauth_attempts and smtp.oauth_attempts[-1] == (SUPPORT, True)
+                assert len(endpoint.issued) == issued + 1
+    assert all(CLIENT_SECRET not in str(m) and REFRESH_TOKEN not in str(m) for m in smtp.mails())
+
+
+def test_a_reconnect_after_the_token_was_revoked_asks_for_a_new_one(
+        bot: Bot, mailbox: Mailbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with token_endpoint(tmp_path, monkeypatch) as endpoint:
+        mailbox.oauth = endpoint.valid
+        with imap_server(mailbox) as imap:
+            config = mail.MailSettings(**{**_config_values(), "imap_host": imap[0], "imap_port": imap[1],
+                                          "imap_password": "", "oauth": "google", "oauth_client_id": CLIENT_ID,
+                                          "oauth_client_secret": CLIENT_SECRET, "oauth_refresh_token": REFRESH_TOKEN,
+                                          "oauth_url": f"{endpoint.base_url}/token"})
+            tokens = mail.OAuthTokens(config)
+            reader = mail.MailboxReader(bot, config, tokens=tokens)
+            reader._connect().logout()
+            reader._connect().logout()  # the held token is reused while it is valid
+            assert len(endpoint.issued) == 1
+            endpoint.revoke_all()
+            reader._connect().logout()
+            assert mailbox.authentications == ["ok", "ok", "refused", "ok"] and len(endpoint.issued) == 2
+            with pytest.raises(imaplib.IMAP4.error):  # a password login is refused: basic auth is off
+                mail.MailboxReader(bot, config)._connect()
+
+            wrong = mail.OAuthTokens(mail.MailSettings(**{**config.__dict__, "oauth_refresh_token": "1//0revoked"}))
+            with pytest.raises(mail.OAuthError) as refused:
+                wrong.token()
+            assert "invalid_grant" in refused.value.reason and "1//0revoked" not in str(refused.value)
+            tokens.close()
+            wrong.close()
+
+
+def test_microsoft_tokens_come_from_msal_at_the_configured_authority(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with token_endpoint(tmp_path, monkeypatch) as endpoint:
+        config = mail.MailSettings(**{**_config_values(), "oauth": "microsoft", "oauth_client_id": CLIENT_ID,
+                                      "oauth_client_secret": CLIENT_SECRET, "oauth_tenant": endpoint.tenant,
+                                      "oauth_url": endpoint.base_url})
+        tokens = mail.OAuthTokens(config)
+        first = tokens.token()
+        assert tokens.token() == first and len(endpoint.issued) == 1  # msal's cache holds it until near expiry
+        assert tokens.token(fresh=True) != first and len(endpoint.issued) == 2
+        assert endpoint.requests[-1] == (f"/{endpoint.tenant}/oauth2/v2.0/token", "client_credentials")
+        wrong = mail.OAuthTokens(mail.MailSettings(**{**config.__dict__, "oauth_client_secret": "guessed"}))
+        with pytest.raises(mail.OAuthError, match="invalid_client"):
+            wrong.token()
+        tokens.close()
+        wrong.close()
+    assert mail.xoauth2("a@b.example", "tok") == b"user=a@b.example\x01auth=Bearer tok\x01\x01"
+
+
+@pytest.mark.parametrize(("provider", "missing"), [("microsoft", "EMAIL_OAUTH_TENANT"),
+                                                   ("google", "EMAIL_OAUTH_REFRESH_TOKEN"), ("yahoo", "EMAIL_OAUTH")])
+def test_oauth_settings_are_checked_at_start(bot: Bot, provider: str, missing: str) -> None:
+    configured = build(bot.settings.model_copy(update={
+        "imap_host": "h", "smtp_host": "h", "email_from": SUPPORT, "imap_user": SUPPORT, "email_oauth": provider,
+        "email_oauth_client_id": CLIENT_ID, "email_oauth_client_secret": SecretStr(CLIENT_SECRET)}), db=bot.db)
+    with pytest.raises(ValueError, match=missing):
+        mail.from_settings(configured)
+
+
+# --- mail abuse: e-mail is unauthenticated ------------------------------------------------------------------
+
+
+def _mail(body: str = "CSP2402A0153 shows E07", *, headers: tuple[str, ...] = (), files: int = 0) -> bytes:
+    message = EmailMessage(policy=email_policy.SMTP)
+    message["From"] = f"Yusuf Demir <{CUSTOMER}>"
+    message["To"] = SUPPORT
+    message["Subject"] = "Warranty claim"
+    message["Message-ID"] = make_msgid(domain="solarege.example")
+    message.set_content(body)
+    for number in range(files):
+        message.add_attachment(b"%PDF-1.4 tiny", maintype="application", subtype="pdf", filename=f"f{number}.pdf")
+    raw = message.as_bytes()
+    return b"".join(line.encode() + b"\r\n" for line in headers) + raw
+
+
+def test_the_reply_parser_reads_a_bounded_start_of_a_crafted_mail(tmp_path: Path) -> None:
+    # "On On On … wrot": the reply parser backtracked for about cubic time (15 KB: 12.5 s, holding the GIL, so a
+    # thread could not help). Run in a child process so that a stall fails this test instead of hanging it.
+    raw = _mail("On " * 33_000 + "wrot")
+    (tmp_path / "crafted.eml").write_bytes(raw)
+    script = ("import sys; from adapters import mail; from tests.test_mail import CONFIG, _no_store; "
+              "raw = open(sys.argv[1], 'rb').read(); "
+              "print(len(mail.to_inbound(mail.read_mail(raw), raw, config=CONFIG, store=_no_store()).text))")
+    try:
+        done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "crafted.eml")], capture_output=True,
+                              text=True, timeout=120, check=True, cwd=Path(__file__).parent.parent)
+    except subprocess.TimeoutExpired:  # a watchdog, not a timing assertion: before, this took about an hour
+        pytest.fail("the reply parser did not finish on a crafted mail")
+    assert int(done.stdout) <= mail.REPLY_PARSER_MAX_CHARS + len("Warranty claim\n\n")
+
+
+def test_a_mail_that_stopped_the_reader_twice_is_left_for_a_person(bot: Bot, imap: tuple[str, int],
+                                                                   mailbox: Mailbox) -> None:
+    config = mail.MailSettings(**{**_config_values(), "imap_host": imap[0], "imap_port": imap[1]})
+    reader = mail.MailboxReader(bot, config)
+    poison, after = mailbox.append(_mail("first")), mailbox.append(_mail("second"))
+    # What two starts that died while taking `poison` leave behind (killed by a stall, an out-of-memory kill).
+    kv_put(bot.db, reader.state_key, {"uidvalidity": mailbox.uidvalidity, "last_uid": 0, "pending": [],
+                                      "taking": poison, "attempts": mail.POISON_ATTEMPTS})
+    with imaplib.IMAP4(*imap) as connection:
+        connection.login(SUPPORT, IMAP_PASSWORD)
+        connection.select("INBOX")
+        reader.sync(connection, mailbox.uidvalidity, None)
+        assert mailbox.fetched_uids() == [after]
+        assert "\\Seen" not in mailbox.mails[0].flags  # unread: a person sees it
+        reader.sync(connection, mailbox.uidvalidity, None)  # and it is not tried again
+        assert mailbox.fetched_uids() == [after]
+    stored = kv_get(bot.db, reader.state_key)
+    assert stored is not None and stored[0]["last_uid"] == after and "taking" not in stored[0]
+
+
+def test_a_mail_that_stopped_the_reader_once_is_tried_again(bot: Bot, imap: tuple[str, int],
+                                                            mailbox: Mailbox) -> None:
+    config = mail.MailSettings(**{**_config_values(), "imap_host": imap[0], "imap_port": imap[1]})
+    reader = mail.MailboxReader(bot, config)
+    uid = mailbox.append(_mail("a deploy restarted the bot while this was read"))
+    kv_put(bot.db, reader.state_key, {"uidvalidity": mailbox.uidvalidity, "last_uid": 0, "pending": [],
+                                      "taking": uid, "attempts": 1})
+    with imaplib.IMAP4(*imap) as connection:
+        connection.login(SUPPORT, IMAP_PASSWORD)
+        connection.select("INBOX")
+        reader.sync(connection, mailbox.uidvalidity, None)
+    assert mailbox.fetched_uids() == [uid] and len(inbox_ids(bot.db)) == 1
+
+
+def test_untrusted_header_values_reach_the_log_as_short_single_lines() -> None:
+    digits = " ".join(f"=?utf-8?q?{n:02d}?=" for n in range(10_000))  # decodes to one long run of digits
+    reason = mail.ignore_reason(mail.read_mail(_mail(headers=(f"Auto-Submitted: {digits}",))), own=frozenset())
+    assert reason is not None and reason.startswith("Auto-Submitted:")
+    assert len(reason) <= 100 and "\n" not in reason
+
+
+@pytest.mark.parametrize(("results", "ignored"), [
+    ("mx.warranty.example.com; spf=pass smtp.mailfrom=solarege.example; dkim=pass header.d=solarege.example;"
+     " dmarc=pass header.from=solarege.example", False),
+    ("mx.warranty.example.com; spf=fail smtp.mailfrom=solarege.example; dkim=none;"
+     " dmarc=fail (p=REJECT sp=REJECT dis=NONE) header.from=solarege.example", True),
+    ("mx.warranty.example.com; spf=softfail smtp.mailfrom=solarege.example; dkim=pass header.d=solarege.example",
+     False),
+    ("mx.warranty.example.com; spf=fail smtp.mailfrom=solarege.example; dkim=fail header.d=solarege.example",
+     True),
+])
+def test_a_forged_sender_is_not_answered_when_the_receiving_server_says_so(results: str, ignored: bool) -> None:
+    # The receiving server's header is on top; one the forger added below it says nothing.
+    forged = "forger.example; spf=pass; dkim=pass; dmarc=pass"
+    raw = _mail(headers=(f"Authentication-Results: {results}", f"Authentication-Results: {forged}"))
+    reason = mail.ignore_reason(mail.read_mail(raw), own=frozenset())
+    assert (reason is not None) == ignored
+    assert reason is None or "forged" in reason
+    assert mail.ignore_reason(mail.read_mail(_mail()), own=frozenset()) is None  # no header: nothing to go by
+
+
+def test_a_mail_of_many_tiny_files_keeps_a_bounded_number(tmp_path: Path) -> None:
+    raw = _mail(files=300)
+    store = AttachmentStore(root=tmp_path, max_bytes=100_000, allowed_types=frozenset({"application/pdf"}))
+    inbound = mail.to_inbound(mail.read_mail(raw), raw, config=CONFIG, store=store)
+    assert len(inbound.attachments) == mail.MAX_ATTACHMENTS
+    assert len(list(tmp_path.rglob("*.pdf"))) <= mail.MAX_ATTACHMENTS
+
+
+async def test_a_message_id_that_decodes_to_cr_lf_does_not_poison_the_customers_replies(
+        bot: Bot, smtp: SmtpSink) -> None:
+    forged = _mail().replace(b"Message-ID: <", b"Message-ID: =?utf-8?q?=3Cx=0D=0ABcc=3A_victim=40evil.example=3E?= <")
+    inbound = mail.to_inbound(mail.read_mail(forged), forged, config=CONFIG, store=_no_store())
+    assert all("\r" not in str(v) and "\n" not in str(v) for v in inbound.raw.values())
+    bot.engine.accept(inbound)
+    # A row stored before this fix, with the raw header value, must not poison the thread either.
+    with session_scope(bot.db) as session:
+        session.add(InboxItem(channel="email", external_id="old-row", chat_id=CUSTOMER,
+                              status="done", payload={"sender_name": "Yusuf\r\nBcc: x@evil.example",
+                                                      "raw": {"message_id": "<a@b>\r\nBcc: victim@evil.example",
+                                                              "references": "<c@d>\r\n", "subject": "Hi\r\nX: y"}}))
+    sender = _sender(bot, smtp.port)
+    await sender.send(OutboundMessage(channel="email", chat_id=CUSTOMER, text="Your case is open"), {})
+    [sent] = smtp.mails()
+    assert smtp.received[0][1] == [CUSTOMER]
+    assert sent["In-Reply-To"] == "<a@b>" and sent["Bcc"] is None and sent["X"] is None
+
+
+# --- mail as real clients write it ------------------------------------------------------------------------
+
+
+REAL_CLIENTS = [
+    # sample, (address, name), words the bot must get, words it must not, files kept
+    ("outlook_ru_reply.eml", ("ivan.petrov@solnce.example.ru", "Иван Петров"),
+     "серийный номер CSP2402A0153", "пришлите серийный номер", []),
+    ("outlook_ar_reply.eml", ("ahmed@alfaris.example.sa", "أحمد الفارسي"), "الرقم التسلسلي هو CSP2402A0153",
+     "يرجى إرسال", []),
+    ("outlook_ja_iso2022jp.eml", ("hanako.sato@solar-tokyo.example.jp", "佐藤 花子"), "①シリアル番号：CSP2402A0153",
+     "\ufffd", ["請求書①.pdf"]),
+    ("qq_gb2312.eml", ("1234567890@qq.com", "李喆"), "客户是李喆，地址在镕城路", "\ufffd", ["发票-喆.pdf"]),
+    ("163_gb2312.eml", ("wangrong_solar@163.com", "王镕"), "充到80%就停止充电", "\ufffd", ["购机发票（王镕）.pdf"]),
+    ("big5_hkscs.eml", ("tai.man.chan@solar-hk.example.hk", "陳大文"), "係咪保養範圍㗎？啲發票", "\ufffd", []),
+    ("gmail_wrapped_reply.eml", ("marta.kowalska.solar@gmail.com", "Marta Kowalska"), "installed on 12 April 2024",
+     "support@warranty.example.com", []),  # the attribution wrapped before the address leaves no fragment
+    ("apple_mail_reply.eml", ("lucas.martin@icloud.com", "Lucas Martin"), "still shows E07 after the restart",
+     "Could you send", ["IMG_0042.jpeg"]),  # a photo Apple Mail put inline is the customer's, and kept
+    ("webform_reply_to.eml", ("kofi.mensah@ghanasolar.example.com.gh", "Kofi Mensah"), "CSP2311B0872", "noreply", []),
+]
+
+
+@pytest.mark.parametrize(("sample", "who", "said", "not_said", "files"), REAL_CLIENTS,
+                         ids=[case[0] for case in REAL_CLIENTS])
+def test_mail_from_real_clients_is_read_as_written(tmp_path: Path, sample: str, who: tuple[str, str], said: str,
+                                                   not_said: str, files: list[str]) -> None:
+    raw = payload(sample)
+    message = mail.read_mail(raw)
+    assert mail.ignore_reason(message, own=CONFIG.own_addresses) is None
+    store = AttachmentStore(root=tmp_path, max_bytes=1_000_000,
+                            allowed_types=frozenset({"application/pdf", "image/jpeg", "image/png"}))
+    inbound = mail.to_inbound(message, raw, config=CONFIG, store=store, answers_us=True)
+    assert (inbound.chat_id, inbound.sender_name) == who
+    assert said in inbound.text and not_said not in inbound.text
+    assert "\ufffd" not in inbound.raw["subject"] and "=?" not in inbound.raw["subject"]
+    assert [a.name for a in inbound.attachments if a.kind != "rejected"] == files  # a signature logo is no photo
+
+
+@pytest.mark.parametrize("sample", ["auto_reply_subject_zh.eml", "auto_reply_x_loop.eml"])
+def test_auto_replies_without_the_standard_headers_are_not_answered(sample: str) -> None:
+    assert mail.ignore_reason(mail.read_mail(payload(sample)), own=CONFIG.own_addresses) is not None
+
+
+def test_iso_2022_jp_with_outlooks_extensions_and_labelled_charsets_decode() -> None:
+    assert mail.decode_bytes(b"\x1b$B-!$N7o\x1b(B OK", "iso-2022-jp") == "①の件 OK"  # NEC row 13 in JIS X 0208
+    assert mail.decode_bytes("喆".encode("gbk"), "gb2312") == "喆"
+    assert mail.decode_bytes("㗎".encode("big5hkscs"), "big5") == "㗎"
+    assert mail.decode_bytes(b"\xff\xfe", "x-unknown") == "\ufffd\ufffd"  # an unknown label never raises
+
+
+def test_files_inside_outlooks_winmail_dat_are_unpacked(tmp_path: Path) -> None:
+    # tnefparse's umlaut.tnef example inside an Outlook mail: before, the one winmail.dat was refused.
+    raw = payload("outlook_winmail_dat.eml")
+    store = AttachmentStore(root=tmp_path, max_bytes=1_000_000, allowed_types=frozenset({"image/jpeg"}))
+    inbound = mail.to_inbound(mail.read_mail(raw), raw, config=CONFIG, store=store, answers_us=True)
+    assert [(a.kind, a.name) for a in inbound.attachments] == [
+        ("photo", "TBZ PARIV GmbH.jpg"), ("photo", "image003.jpg"), ("rejected", "UmlautAnhang-äüö.txt")]
+    assert "rating plate" in inbound.text

@@ -160,8 +160,9 @@ def post(http: httpx.Client, path: str, body: bytes, *, form: bool, **headers: s
 
 
 def open_case(customer: Customer, fake: FakeSlack, db: Engine) -> tuple[str, str]:
-    """The customer reports CSP2402A0153 and asks for a person; returns the case ref and its Slack message ts."""
-    for text in ("hello", "CSP2402A0153", "Display shows E07 and shuts down under load", "human"):
+    """The customer reports CSP2604D0007 and asks for a person; returns the case ref and its Slack message ts."""
+    # Registered (PO-26-0045) and in warranty until 2028-07-31: a covered unit, whose methods the desk allows.
+    for text in ("hello", "CSP2604D0007", "Display shows E07 and shuts down under load", "human"):
         customer.say(text)
     found = REF.search(customer.wait_for("passed your conversation")["text"])
     assert found is not None
@@ -196,7 +197,7 @@ def test_case_lifecycle_from_web_chat_through_slack(settings: Settings, db: Engi
         # The case message: units with registry facts, the decision, buttons; its place is remembered.
         message = fake.posts(channel=ESCALATION)[0]
         shown = block_text(message["blocks"])
-        for expected in ("CSP2402A0153", "2024-03-10", "Web chat visitor", "webchat",
+        for expected in ("CSP2604D0007", "2026-06-01", "Web chat visitor", "webchat",
                          "E07", ref, "claim_case", "choose_method", "ask_customer", "not_covered", "close_case",
                          "Factory repair", "Door to door", "W1"):
             assert expected in shown, expected
@@ -292,9 +293,9 @@ def test_case_lifecycle_from_web_chat_through_slack(settings: Settings, db: Engi
         assert shown_case.status_code == 200
         assert shown_case.json()["response_type"] == "ephemeral"
         assert ref in shown_case.json()["text"] and "Closed" in block_text(shown_case.json()["blocks"])
-        command = sample("slash_command.txt").replace(SAMPLE_REF, "csp2402a0153").encode()
+        command = sample("slash_command.txt").replace(SAMPLE_REF, "csp2604d0007").encode()
         shown_unit = post(http, "/slack/commands", command, form=True).json()
-        assert "PO-24-0117" in block_text(shown_unit["blocks"]) and ref in block_text(shown_unit["blocks"])
+        assert "PO-26-0045" in block_text(shown_unit["blocks"]) and ref in block_text(shown_unit["blocks"])
 
         # Long after the retry and the bot's own message were acknowledged: each had one effect, or none.
         relayed_texts = [m["text"] for m in customer.messages() if m["author"] == "engineer"]
@@ -654,3 +655,64 @@ def test_edits_deletions_mentions_other_events_and_revocation(settings: Settings
 def outbox_rows(db: Engine) -> list[OutboxItem]:
     with Session(db) as session:
         return list(session.execute(select(OutboxItem)).scalars())
+
+
+# --- corrections and methods outside the decision (issue 14) ----------------------------------------------------
+
+
+def test_slack_corrects_a_unit_and_asks_goodwill_for_a_method_outside_the_decision(
+        settings: Settings, db: Engine, fake: FakeSlack, fake_url: str) -> None:
+    settings = slack_settings(settings, fake_url)
+    with desk_server(settings, db) as (bot, base), httpx.Client(base_url=base, timeout=10) as http:
+        customer = Customer(http)
+        ref, ts = open_case(customer, fake, db)
+        shown = block_text(fake.posts(channel=ESCALATION)[0]["blocks"])
+        assert "correct_unit" in shown
+        # The registry's company and the unit's order, beside the chat's name.
+        assert "*Company (registry):* Porto Alegre Energia Ltda." in shown and "order PO-26-0045" in shown
+
+        def submit(view: dict[str, Any], values: dict[str, Any]) -> httpx.Response:
+            submission = json.loads(for_case(sample("view_submission.json"), ref, ts))
+            submission["view"].update(callback_id=view["callback_id"], blocks=view["blocks"],
+                                      private_metadata=view["private_metadata"], state={"values": values})
+            return post(http, "/slack/interactivity", as_form(json.dumps(submission)), form=True)
+
+        # Correct a unit: the certificate was found altered, so the unit is decided again (X3): to confirm.
+        body = as_form(action_payload(ref, ts, slack_blocks.CORRECT_UNIT))
+        assert post(http, "/slack/interactivity", body, form=True).status_code == 200
+        modal = wait_until(lambda: [c["view"] for c in fake.called("views.open")
+                                    if c["view"]["callback_id"] == "correct_unit"], what="the correction modal")[0]
+        unit = {"serial_block": {"serial_input": {"type": "static_select",
+                                                  "selected_option": {"value": "CSP2604D0007"}}}}
+        nothing = submit(modal, unit)  # neither a date nor the proof: refused in the modal, nothing changes
+        assert nothing.json()["response_action"] == "errors" and "arrival_block" in nothing.json()["errors"]
+        values = {**unit, "proof_block": {"proof_input": {"type": "static_select",
+                                                           "selected_option": {"value": "altered"}}},
+                  "note_block": {"note_input": {"type": "plain_text_input", "value": "Serial label reprinted."}}}
+        accepted = submit(modal, values)
+        assert accepted.status_code == 200 and not accepted.content
+        case = bot.desk.get_case(ref)
+        assert (case["status"], case["units"][0]["outcome"]) == ("to_confirm", "not_covered")
+        assert "X3" in case["units"][0]["clauses"]
+        assert [a["detail"]["note"] for a in case["audit"] if a["action"] == "unit_corrected"] == [
+            "Serial label reprinted."]
+        wait_until(lambda: [p for p in fake.posts(thread_ts=ts) if "corrected CSP2604D0007" in p["text"]],
+                   what="the correction in the thread")
+
+        # Factory repair is no longer the warranty's: the menu opens the goodwill modal and sets nothing.
+        body = as_form(action_payload(ref, ts, slack_blocks.CHOOSE_METHOD, method="factory_repair"))
+        assert post(http, "/slack/interactivity", body, form=True).status_code == 200
+        goodwill = wait_until(lambda: [c["view"] for c in fake.called("views.open")
+                                       if c["view"]["callback_id"] == "goodwill_method"], what="the goodwill modal")[0]
+        assert goodwill["private_metadata"] == f"{ref}|factory_repair"
+        assert bot.desk.get_case(ref)["method"] is None
+        reason = {"reason_block": {"reason_input": {"type": "plain_text_input", "value": "Long-standing customer."}}}
+        unanswered = submit(goodwill, reason)
+        assert unanswered.json()["response_action"] == "errors" and "goodwill_block" in unanswered.json()["errors"]
+        chosen = {**reason, "goodwill_block": {"goodwill_input": {"type": "radio_buttons",
+                                                                  "selected_option": {"value": "goodwill"}}}}
+        assert submit(goodwill, chosen).status_code == 200
+        told = customer.wait_for("as a goodwill gesture our engineer offers factory repair")
+        assert "Long-standing customer." in told["text"] and "As the warranty provides" not in told["text"]
+        case = bot.desk.get_case(ref)
+        assert (case["status"], case["method"]) == ("in_service", "factory_repair")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import os
 import re
 import secrets
@@ -83,8 +84,8 @@ def signature(*parts: str) -> str:
     return hashlib.sha1("".join(sorted(parts)).encode()).hexdigest()  # noqa: S324 - WeChat's scheme
 
 
-def signed_query(*, token: str = TOKEN, encrypted: str | None = None) -> dict[str, str]:
-    timestamp, nonce = str(int(time.time())), secrets.token_hex(5)
+def signed_query(*, token: str = TOKEN, encrypted: str | None = None, age: float = 0) -> dict[str, str]:
+    timestamp, nonce = str(int(time.time() - age)), secrets.token_hex(5)
     query = {"signature": signature(token, timestamp, nonce), "timestamp": timestamp, "nonce": nonce,
              "openid": OPENID}
     if encrypted is not None:
@@ -399,7 +400,8 @@ def test_outside_48_hours_replies_wait_for_the_customer_and_a_stale_token_is_rep
     assert running.push(text_push("在吗？", 24593880000000003)).text == "success"
     wait_until(lambda: any("还报E07" in t for t in api.texts(OPENID)), what="the held reply")
     assert api.refused == [40001]  # refused once, then refreshed and sent again
-    assert api.token_requests[-1]["force_refresh"] is True
+    # A normal refresh got the new token: force_refresh (20 a day, voiding every worker's token) was not used.
+    assert api.token_requests[-1]["force_refresh"] is False and api.forced == 0
     with Session(running.bot.db) as session:
         cached = session.get(KeyValue, f"wechat:access_token:{APP_ID}")
         assert cached is not None and cached.value["access_token"] == api.token
@@ -440,3 +442,89 @@ def test_forged_malformed_and_verification_requests(running: Running) -> None:
 
 def test_not_configured_without_credentials(bot: Bot) -> None:
     assert wechat.from_settings(bot) is None
+
+
+def test_plaintext_mode_refuses_an_old_signed_query_and_a_nonce_with_another_body(running: Running) -> None:
+    # The plaintext signature covers only the token, timestamp and nonce: a captured query (even the GET
+    # verification URL) could POST any body as any openid, 30 days later.
+    month_old = signed_query(age=30 * 24 * 3600)
+    assert running.push(payload("text.xml"), query=month_old).status_code == 401
+    assert running.push(payload("text.xml"), query=signed_query(age=-3600)).status_code == 401  # from the future
+    verification = signed_query()
+    assert httpx.get(f"{running.url}{wechat.WEBHOOK_PATH}", params={**verification, "echostr": "5"}).text == "5"
+    query = signed_query()
+    assert running.push(payload("text.xml"), query=query).text == "success"
+    assert running.push(payload("text.xml"), query=query).text == "success"  # WeChat's retry: same bytes
+    forged = text_push("I am someone else", 24593860172834999).replace(OPENID.encode(), b"oVictim0000000000000000000000")
+    assert running.push(forged, query=query).status_code == 401
+    assert [i.external_id for i in running.inbox()] == ["24593860172834561"]
+
+
+def test_known_answer_vectors_from_wechatpy() -> None:
+    # Vectors computed by another implementation, so that a mistake shared by our helper and our tests cannot pass.
+    vectors = json.loads(payload("known_answer_vectors.json"))
+    crypto = wechat.Crypto(vectors["encoding_aes_key"], vectors["app_id"])
+    token = vectors["token"]
+
+    echo = vectors["echo"]
+    query = {"msg_signature": echo["msg_signature"], "timestamp": echo["timestamp"], "nonce": echo["nonce"]}
+    assert wechat.msg_signature_valid(token, query, echo["echostr"])
+    assert not wechat.msg_signature_valid(token, {**query, "nonce": echo["wrong_nonce"]}, echo["echostr"])
+    assert crypto.decrypt(echo["echostr"])  # the echo string decrypts for this id
+
+    case = vectors["decrypt"]
+    encrypted = wechat.parse_xml(case["body"].encode())["Encrypt"]
+    query = {"msg_signature": case["msg_signature"], "timestamp": case["timestamp"], "nonce": case["nonce"]}
+    assert wechat.msg_signature_valid(token, query, encrypted)
+    fields = wechat.parse_xml(crypto.decrypt(encrypted))
+    assert (fields["Content"], fields["FromUserName"]) == (case["content"], case["from_user_name"])
+
+    sealed = vectors["encrypt"]
+    assert crypto.decrypt(sealed["encrypt"]).decode() == sealed["plaintext"]
+    assert wechat.sha1_signature(token, sealed["timestamp"], sealed["nonce"], sealed["encrypt"]) == sealed["msg_signature"]
+    # Our tests' own encryption helper gives wechatpy's bytes for the same random prefix.
+    raw_key = base64.b64decode(vectors["encoding_aes_key"] + "=")
+    xml = sealed["plaintext"].encode()
+    plain = sealed["random"].encode() + len(xml).to_bytes(4, "big") + xml + vectors["app_id"].encode()
+    plain += bytes([32 - len(plain) % 32]) * (32 - len(plain) % 32)
+    encryptor = Cipher(algorithms.AES(raw_key), modes.CBC(raw_key[:16])).encryptor()
+    assert base64.b64encode(encryptor.update(plain) + encryptor.finalize()).decode() == sealed["encrypt"]
+    with pytest.raises(wechat.DecryptError):
+        wechat.Crypto(vectors["encoding_aes_key"], "wxSomeoneElse").decrypt(sealed["encrypt"])
+
+
+def test_a_refused_token_the_endpoint_still_hands_out_is_forced_once(running: Running) -> None:
+    _case(running)
+    wait_until(lambda: all(i.status == "sent" for i in running.outbox()), what="everything sent")
+    running.api.revoke_token()
+    count = len(running.api.texts(OPENID))
+    assert running.push(text_push("还在吗", 24593880000000011)).text == "success"
+    wait_until(lambda: len(running.api.texts(OPENID)) > count, what="a reply with a forced token")
+    assert [r["force_refresh"] for r in running.api.token_requests[-2:]] == [False, True] and running.api.forced == 1
+
+
+def test_a_refused_set_up_holds_replies_reports_it_and_releases_them_when_fixed(running: Running) -> None:
+    api = running.api
+    api.whitelisted = False  # the server moved to an IP the account does not list
+    assert running.push(payload("text.xml")).text == "success"
+    held = wait_until(lambda: [i for i in running.outbox() if i.status == "held"], what="held replies")
+    assert all(i.last_error and "40164" in i.last_error for i in held)
+    assert not [i for i in running.outbox() if i.status == "dead"]
+    health = httpx.get(f"{running.url}/healthz").json()
+    assert health["status"] == "degraded" and "40164" in health["problems"]["wechat"]
+
+    api.whitelisted = True  # an administrator added the IP; the customer writes again
+    assert running.push(text_push("CSP2405C1190", 24593880000000012)).text == "success"
+    wait_until(lambda: all(i.status == "sent" for i in running.outbox()), what="every held reply sent")
+    assert httpx.get(f"{running.url}/healthz").json()["status"] == "ok"
+
+
+@pytest.mark.parametrize(("sample", "expected"), [("voice_recognition.xml", "E07"), ("event_click.xml", None),
+                                                  ("location.xml", "深圳"), ("video.xml", None)])
+def test_recognised_voice_menu_clicks_locations_and_videos_are_answered(running: Running, sample: str,
+                                                                        expected: str | None) -> None:
+    interaction = "event" if "event" in sample else "message"
+    assert running.push(payload(sample), interaction=interaction).text == "success"
+    [item] = wait_until(running.inbox, what="the push stored")
+    assert expected is None or expected in item.payload["text"]
+    wait_until(lambda: running.api.texts(OPENID), what="an answer")

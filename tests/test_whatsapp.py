@@ -125,14 +125,57 @@ def test_parse_statuses() -> None:
     assert failed.error is not None and "more than 24 hours" in failed.error
 
 
-@pytest.mark.parametrize("body", [
-    b"", b"not json", b"[]", b'{"entry": {}}', b'{"entry": [{"changes": [{"field": "messages", "value": []}]}]}',
-    b'{"entry": [{"changes": [{"field": "messages", "value": {"messages": [{"type": "text"}]}}]}]}',
-    b'\xff\xfe{"entry": []}',
-])
-def test_malformed_bodies_are_refused(body: bytes) -> None:
+@pytest.mark.parametrize("body", [b"", b"not json", b"[]", b'{"entry": {}}', b'\xff\xfe{"entry": []}',
+                                  b"[" * 100_000 + b"]" * 100_000])
+def test_bodies_that_are_no_notification_are_refused(body: bytes) -> None:
     with pytest.raises(MalformedPayload):
         parse(body)
+
+
+@pytest.mark.parametrize("broken", [
+    {"field": "messages", "value": []},
+    {"field": "messages", "value": {"messages": [{"type": "text"}]}},
+    {"field": "messages", "value": {"messages": [{"id": "wamid.X1", "from": "4477", "type": "image", "image": {}}]}},
+    {"field": "messages", "value": {"statuses": [{"status": "read"}]}},
+    {"field": "messages", "value": {"messages": "x"}},
+])
+def test_an_unreadable_part_is_skipped_and_the_rest_is_taken(broken: dict[str, Any]) -> None:
+    document = json.loads(payload("text.json"))
+    document["entry"][0]["changes"].insert(0, broken)
+    notification = parse(json.dumps(document).encode())
+    assert [m.sender for m in notification.messages] == [WA_ID] and len(notification.skipped) == 1
+
+
+def test_an_interactive_message_without_its_body_is_unreadable_and_its_neighbour_is_taken() -> None:
+    # Before, the whole POST was a 400 and the good message beside it was lost (pywa's interactive_message_with_err).
+    notification = parse(payload("batch_interactive_without_body.json"))
+    assert [(m.sender, m.type) for m in notification.messages] == [(WA_ID, "unreadable"), ("2348031234567", "text")]
+    assert notification.skipped == ()
+    unsupported = parse(payload("unsupported.json")).messages[0]
+    sticker = parse(payload("sticker.json")).messages[0]
+    assert (unsupported.type, sticker.type, sticker.media) == ("unreadable", "unreadable", None)
+
+
+def test_a_customer_known_only_by_a_business_scoped_user_id() -> None:
+    message = parse(payload("username_text.json")).messages[0]
+    assert (message.sender, message.wa_id, message.user_id) == ("MX.13491208655302741918", None,
+                                                                "MX.13491208655302741918")
+    assert message.name == "Sofia M." and "CSP2311B0872" in message.text
+    both = parse(payload("text.json")).messages[0]
+    assert (both.sender, both.user_id) == (WA_ID, None)  # the sample's message has only `from`
+    change = parse(payload("user_changed_user_id.json"))
+    assert change.messages == () and change.id_changes == (
+        whatsapp.IdChange(old="MX.13491208655302741918", new="MX.50917733620148812265", kind="user_id"),)
+    forged = json.loads(payload("username_text.json"))
+    forged["entry"][0]["changes"][0]["value"]["messages"][0]["from_user_id"] = "../../me"
+    assert parse(json.dumps(forged).encode()).messages == ()
+
+
+@pytest.mark.parametrize("media_id", ["../../evil", "https://attacker.example/x", "1498763502281937/../me", "a?b"])
+def test_a_media_id_that_could_leave_the_graph_url_is_not_one(media_id: str) -> None:
+    body = derived_message(4, type="image", image={"id": media_id, "mime_type": "image/jpeg"})
+    notification = parse(body)
+    assert notification.messages == () and len(notification.skipped) == 1
 
 
 def test_reactions_and_other_fields_are_ignored() -> None:
@@ -247,7 +290,8 @@ def running(settings: Settings, db: Engine) -> Iterator[Running]:
             "whatsapp_access_token": SecretStr(ACCESS_TOKEN), "whatsapp_app_secret": SecretStr(APP_SECRET),
             "whatsapp_verify_token": SecretStr(VERIFY_TOKEN), "whatsapp_phone_number_id": PHONE_NUMBER_ID,
             "whatsapp_graph_url": f"{graph_url}/v23.0", "whatsapp_template_name": "case_update",
-            "whatsapp_template_language": "en", "outbox_poll_seconds": 0.1,
+            "whatsapp_template_language": "en,es,zh_CN", "outbox_poll_seconds": 0.1,
+            "fetch_insecure_hosts": "127.0.0.1",  # the fake Graph API: plain http on loopback
         })
         bot = build(configured, db=db)
         channel = whatsapp.from_settings(bot)
@@ -439,8 +483,9 @@ def test_forged_missing_and_malformed_requests(running: Running) -> None:
     assert running.post(body, signature=None).status_code == 401
     assert running.post(body, signature=sign(body, "guessed-secret")).status_code == 401
     assert running.post(body, signature="sha256=" + "0" * 64).status_code == 401
-    assert running.post(b"{not json", signature="valid").status_code == 400
-    assert running.post(b'{"entry": "x"}', signature="valid").status_code == 400
+    # Signed but unreadable: acknowledged (any other answer makes Meta redeliver it for days), nothing stored.
+    assert running.post(b"{not json", signature="valid").status_code == 200
+    assert running.post(b'{"entry": "x"}', signature="valid").status_code == 200
     assert running.inbox() == [] and running.graph.sent == []
 
     verify = f"{running.url}{whatsapp.WEBHOOK_PATH}"
@@ -452,3 +497,120 @@ def test_forged_missing_and_malformed_requests(running: Running) -> None:
 
 def test_not_configured_without_credentials(bot: Bot) -> None:
     assert whatsapp.from_settings(bot) is None
+
+
+def test_one_unreadable_message_in_a_post_loses_neither_it_nor_its_neighbour(running: Running) -> None:
+    answer = running.post(payload("batch_interactive_without_body.json"))
+    assert answer.status_code == 200
+    assert sorted(i.chat_id for i in wait_until(lambda: len(running.inbox()) == 2 and running.inbox(),
+                                                what="both messages")) == ["2348031234567", WA_ID]
+    wait_until(lambda: running.graph.sent_to("2348031234567") and running.graph.sent_to(WA_ID),
+               what="an answer to each customer")
+
+
+@pytest.mark.parametrize("sample", ["sticker.json", "unsupported.json"])
+def test_a_sticker_or_an_unsupported_message_is_answered(running: Running, sample: str) -> None:
+    assert running.post(payload(sample)).status_code == 200
+    wait_until(lambda: running.graph.sent_to(WA_ID), what="an answer")
+
+
+def test_a_username_customer_is_answered_by_user_id_and_followed_across_an_id_change(running: Running) -> None:
+    old, new = "MX.13491208655302741918", "MX.50917733620148812265"
+    assert running.post(payload("username_text.json")).status_code == 200
+    first = wait_until(lambda: running.graph.sent_to(old), what="an answer by business-scoped user id")
+    assert all(m["recipient"] == old and "to" not in m for m in first)
+    assert [i.chat_id for i in running.inbox()] == [old]
+
+    assert running.post(payload("user_changed_user_id.json")).status_code == 200
+    later = json.loads(payload("username_text.json"))
+    message = later["entry"][0]["changes"][0]["value"]["messages"][0]
+    message.update(from_user_id=new, id="wamid.AFTERCHANGE0001", text={"body": "Sigue sin funcionar"})
+    later["entry"][0]["changes"][0]["value"]["contacts"][0]["user_id"] = new
+    assert running.post(json.dumps(later).encode()).status_code == 200
+    wait_until(lambda: len(running.inbox()) == 2, what="the second message")
+    assert {i.chat_id for i in running.inbox()} == {old}  # the same conversation
+    wait_until(lambda: running.graph.sent_to(new), what="a reply to the new user id")
+
+
+def _spanish_customer_with_a_case(running: Running) -> tuple[str, str]:
+    mx = "5215512345678"
+    document = json.loads(payload("username_text.json"))
+    value = document["entry"][0]["changes"][0]["value"]
+    value["contacts"][0]["wa_id"] = mx
+    value["messages"][0]["from"] = mx
+    assert running.post(json.dumps(document).encode()).status_code == 200
+    human = json.loads(json.dumps(document))
+    human["entry"][0]["changes"][0]["value"]["messages"][0].update(id="wamid.MXHUMAN0001", text={"body": "human"})
+    assert running.post(json.dumps(human).encode()).status_code == 200
+    ref = wait_until(running.case_ref, what="a case")
+    wait_until(lambda: running.outbox() and all(i.status == "sent" for i in running.outbox()), what="all sent")
+    return mx, ref
+
+
+def test_the_template_goes_out_in_the_customers_language_and_a_later_failure_is_not_silent(
+        running: Running, caplog: pytest.LogCaptureFixture) -> None:
+    mx, ref = _spanish_customer_with_a_case(running)
+    _age_window(running.bot.db, hours=25)
+    running.bot.desk.reply(ref, engineer="Ana Ruiz", text="Por favor, envíe una foto de la placa.")
+    template = wait_until(lambda: [m for m in running.graph.sent_to(mx) if m["type"] == "template"],
+                          what="a template")[0]
+    assert template["template"]["language"] == {"code": "es"}  # one of WHATSAPP_TEMPLATE_LANGUAGE's, not "en"
+    assert "template sent (es)" in (wait_until(lambda: _held(running), what="held")[0].last_error or "")
+
+    # Meta accepted it, then reports it failed (132001: no such template in this language): said, not ignored.
+    wamid = running.graph.wamids[running.graph.sent.index(template)]
+    failed = derived_status(wamid, sample="status_failed.json",
+                            errors=[{"code": 132001, "title": "Template name does not exist in the translation",
+                                     "error_data": {"details": "template name (case_update) does not exist in es"}}])
+    assert running.post(failed).status_code == 200
+    wait_until(lambda: "132001" in (_held(running)[0].last_error or ""), what="the failure on the held row")
+    assert any("template failed" in r.getMessage() for r in caplog.records)
+    with Session(running.bot.db) as session:
+        identity = session.execute(select(ChannelIdentity)).scalars().one()
+        assert "template_sent_at" not in identity.data["whatsapp"]  # the next reply tries the template again
+
+
+def test_a_revoked_token_holds_replies_reports_it_and_they_go_out_once_it_works(running: Running) -> None:
+    graph = running.graph
+    graph.fail_next(401, 190, "Error validating access token: The session has been invalidated")
+    assert running.post(payload("text.json")).status_code == 200
+    held = wait_until(lambda: _held(running), what="a held reply")
+    assert "190" in (held[0].last_error or "") and not [i for i in running.outbox() if i.status == "dead"]
+    health = httpx.get(f"{running.url}/healthz").json()
+    assert health["status"] == "degraded" and "190" in health["problems"]["whatsapp"]
+
+    # The token is replaced; the customer writes again and everything held goes out.
+    assert running.post(derived_message(40, type="text", text={"body": "hello?"})).status_code == 200
+    wait_until(lambda: running.outbox() and all(i.status == "sent" for i in running.outbox()), what="all sent")
+    assert httpx.get(f"{running.url}/healthz").json()["status"] == "ok"
+
+
+def test_a_media_download_follows_metas_redirect(running: Running) -> None:
+    graph = running.graph
+    graph.media["1498763502281937"] = (JPEG, "image/jpeg")
+    graph.redirect_downloads = True
+    assert running.post(payload("image.json")).status_code == 200
+    stored = wait_until(lambda: _stored(running), what="the photo stored")
+    assert stored[0].size == len(JPEG) and ("GET", "/cdn/1498763502281937") in graph.requests
+
+
+def test_a_media_url_on_another_host_gets_neither_the_token_nor_a_request(running: Running) -> None:
+    seen: list[str] = []
+
+    async def collector(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            seen.append(dict(scope["headers"]).get(b"authorization", b"").decode())
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": JPEG})
+
+    with serve(collector) as elsewhere:
+        running.graph.media["1498763502281937"] = (JPEG, "image/jpeg")
+        running.graph.media_urls["1498763502281937"] = elsewhere.replace("127.0.0.1", "localhost") + "/steal"
+        assert running.post(payload("image.json")).status_code == 200
+        wait_until(lambda: running.graph.sent_to(WA_ID), what="an answer")
+        assert seen == [] and _stored(running) == []
+
+
+def _stored(running: Running) -> list[StoredAttachment]:
+    with Session(running.bot.db) as session:
+        return list(session.execute(select(StoredAttachment)).scalars())

@@ -162,8 +162,10 @@ def test_distributor_with_40_units_chooses_discount() -> None:
     decision = case.units[0].decision
     assert [m.value for m in decision.methods] == ["discount_compensation"]
     assert decision.discount_amount == Decimal("250.00")
+    # The order's discount is counted once: on its first unit, the other 39 carry none.
+    assert [u.decision.discount_amount for u in case.units[1:]] == [None] * 39
     groups = next(r for r in replies if r.template == "decision").params["groups"]
-    assert len(groups) == 1 and len(groups[0]["serials"]) == 40
+    assert [len(g["serials"]) for g in groups] == [1, 39]
 
 
 def test_pasted_table_and_list_of_serials() -> None:

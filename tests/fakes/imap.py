@@ -1,6 +1,7 @@
 """A minimal IMAP4rev1 server on loopback: one mailbox, the commands the email adapter uses, and a log of them.
 
-Supported: CAPABILITY, NOOP, LOGIN, SELECT (EXISTS, UIDVALIDITY, UIDNEXT), UID SEARCH (ALL, UNSEEN, UID set),
+Supported: CAPABILITY, NOOP, LOGIN, AUTHENTICATE XOAUTH2 (the SASL string checked against a token endpoint fake;
+LOGIN refused with LOGINDISABLED when the mailbox takes OAuth only, as Microsoft 365 does), SELECT (EXISTS, UIDVALIDITY, UIDNEXT), UID SEARCH (ALL, UNSEEN, UID set),
 UID FETCH (UID, FLAGS, RFC822.SIZE, BODY[], BODY.PEEK[] and partial BODY.PEEK[]<o.n>), UID STORE (+FLAGS with
 \\Seen), IDLE/DONE (announces new mail with EXISTS) and LOGOUT. Everything else is answered with BAD.
 """
@@ -11,7 +12,8 @@ import re
 import select
 import socketserver
 import threading
-from collections.abc import Iterator
+from base64 import b64decode, b64encode
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -41,6 +43,9 @@ class Mailbox:
     commands: list[tuple[int, str]] = field(default_factory=list)
     sessions: int = 0
     fail_fetch: set[int] = field(default_factory=set)  # UIDs whose body fetch fails (a server hiccup)
+    # (user, token) -> valid: when set, the mailbox takes OAuth only (LOGIN refused, AUTH=XOAUTH2 offered)
+    oauth: Callable[[str, str], bool] | None = None
+    authentications: list[str] = field(default_factory=list)  # "ok" or "refused", per AUTHENTICATE
     changed: threading.Condition = field(default_factory=threading.Condition)
 
     def append(self, raw: bytes, *, seen: bool = False) -> int:
@@ -121,11 +126,51 @@ class _Handler(socketserver.BaseRequestHandler):
     def _cmd_login(self, tag: str, args: bytes) -> None:
         tokens = _tokens(args)
         box = self.server.mailbox
+        if box.oauth is not None:
+            self._send(f"{tag} NO [PRIVACYREQUIRED] LOGIN failed: basic authentication is disabled")
+            return
         if len(tokens) == 2 and tokens[0] == box.user.encode() and tokens[1] == box.password.encode():
             self.authenticated = True
             self._send(f"{tag} OK [CAPABILITY {self._capabilities()}] LOGIN completed")
         else:
             self._send(f"{tag} NO [AUTHENTICATIONFAILED] invalid credentials")
+
+    def _cmd_authenticate(self, tag: str, args: bytes) -> None:
+        """SASL XOAUTH2 as Gmail and Exchange Online speak it: an empty challenge, the client's base64 string;
+        a refused token gets a base64 JSON error challenge that the client must answer with an empty line."""
+        box = self.server.mailbox
+        mechanism, _, initial = args.partition(b" ")
+        if box.oauth is None or mechanism.upper() != b"XOAUTH2" or self.authenticated:
+            self._send(f"{tag} BAD unsupported authentication mechanism")
+            return
+        if not initial:
+            self._send("+ ")
+            line = self._readline(timeout=None)
+            if line is None:
+                return
+            initial = line
+        try:
+            fields = b64decode(initial, validate=True).decode().split("\x01")
+        except (ValueError, UnicodeDecodeError):
+            self._send(f"{tag} BAD invalid base64")
+            return
+        user = fields[0].removeprefix("user=") if fields and fields[0].startswith("user=") else ""
+        auth = fields[1] if len(fields) == 4 and fields[2:] == ["", ""] else ""
+        token = auth.removeprefix("auth=Bearer ") if auth.startswith("auth=Bearer ") else ""
+        if user and token and box.oauth(user, token):
+            with box.changed:
+                box.authentications.append("ok")
+            self.authenticated = True
+            self._send(f"{tag} OK [CAPABILITY {self._capabilities()}] AUTHENTICATE completed")
+            return
+        with box.changed:
+            box.authentications.append("refused")
+        error = b'{"status":"401","schemes":"Bearer","scope":"https://mail.google.com/"}'
+        self._send("+ " + b64encode(error).decode())
+        answer = self._readline(timeout=None)
+        if answer is None:
+            return
+        self._send(f"{tag} NO [AUTHENTICATIONFAILED] Invalid credentials (Failure)")
 
     def _cmd_select(self, tag: str, args: bytes) -> None:
         box = self.server.mailbox
@@ -252,7 +297,9 @@ class _Handler(socketserver.BaseRequestHandler):
     _closed = False
 
     def _capabilities(self) -> str:
-        return "IMAP4rev1 IDLE" if self.server.mailbox.idle else "IMAP4rev1"
+        box = self.server.mailbox
+        auth = " AUTH=XOAUTH2 LOGINDISABLED" if box.oauth is not None else ""
+        return ("IMAP4rev1 IDLE" if box.idle else "IMAP4rev1") + auth
 
     def _readline(self, timeout: float | None) -> bytes | None:
         """One line without CRLF; None on timeout or when the client went away (then `_closed` is set)."""

@@ -33,6 +33,9 @@ class FakeWeChat:
     media_requests: list[str] = field(default_factory=list)
     quota: dict[str, int] = field(default_factory=dict)  # openid -> messages still allowed
     token: str = ""
+    revoked: set[str] = field(default_factory=set)  # refused by the API, still handed out unless forced
+    whitelisted: bool = True  # False: the server's IP is not in the account's whitelist (40164)
+    forced: int = 0  # force_refresh requests; WeChat allows 20 a day
     lock: threading.Lock = field(default_factory=threading.Lock)
     _serial: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
@@ -59,6 +62,11 @@ class FakeWeChat:
         with self.lock:
             self.token = ""
 
+    def revoke_token(self) -> None:
+        """The API refuses the current token, yet the stable endpoint hands it out until a forced refresh."""
+        with self.lock:
+            self.revoked.add(self.token)
+
     def texts(self, openid: str) -> list[str]:
         with self.lock:
             return [m["text"]["content"] for m in self.sent if m.get("touser") == openid]
@@ -73,17 +81,27 @@ class FakeWeChat:
                 return _error(40013, "invalid appid")
             if body.get("secret") != self.app_secret:
                 return _error(40125, "invalid appsecret")
+            if not self.whitelisted:
+                return _error(40164, "invalid ip 192.0.2.10 ipv6 ::ffff:192.0.2.10, not in whitelist")
+            if body.get("force_refresh"):
+                self.forced += 1
+                if self.forced > 20:
+                    return _error(45009, "reach max api daily quota limit")
             # The stable token stays the same for every caller until it expires or is force-refreshed.
             if not self.token or body.get("force_refresh"):
                 self.token = f"ACCESS_TOKEN_{next(self._serial)}"
             return JSONResponse({"access_token": self.token, "expires_in": 7200})
 
     def _token_ok(self, request: Request) -> bool:
-        return bool(self.token) and request.query_params.get("access_token") == self.token
+        given = request.query_params.get("access_token")
+        return bool(self.token) and given == self.token and given not in self.revoked
 
     async def _send(self, request: Request) -> Response:
         raw = await request.body()
         with self.lock:
+            if not self.whitelisted:
+                self.refused.append(40164)
+                return _error(40164, "invalid ip 192.0.2.10 ipv6 ::ffff:192.0.2.10, not in whitelist")
             if not self._token_ok(request):
                 self.refused.append(40001)
                 return _error(40001, "invalid credential, access_token is invalid or not latest")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import re
 import threading
 from dataclasses import dataclass, field
 from typing import Any
@@ -13,6 +14,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+_PHONE = re.compile(r"\+?[0-9]{6,15}")
+_BSUID = re.compile(r"[A-Z]{2}\.(?:ENT\.)?[A-Za-z0-9]{1,128}")
+
 
 @dataclass
 class FakeGraph:
@@ -21,15 +25,19 @@ class FakeGraph:
     access_token: str
     phone_number_id: str
     sent: list[dict[str, Any]] = field(default_factory=list)  # every accepted message body, in order
+    wamids: list[str] = field(default_factory=list)  # the wamid each of them was given
     requests: list[tuple[str, str]] = field(default_factory=list)  # (method, path) of every request
     media: dict[str, tuple[bytes, str]] = field(default_factory=dict)  # media id -> (bytes, mime)
     failures: list[list[Any]] = field(default_factory=list)  # [sends to let through first, status, code, title]
+    redirect_downloads: bool = False  # the download URL answers 302 to where the bytes are, as Meta's CDN does
+    media_urls: dict[str, str] = field(default_factory=dict)  # media id -> the URL its answer names instead
     lock: threading.Lock = field(default_factory=threading.Lock)
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
     def app(self) -> Starlette:
         return Starlette(routes=[
             Route("/download/{media_id}", self._download, methods=["GET"]),
+            Route("/cdn/{media_id}", self._download, methods=["GET"]),
             Route("/{version}/{phone_number_id}/messages", self._messages, methods=["POST"]),
             Route("/{version}/{media_id}", self._media_info, methods=["GET"]),
         ])
@@ -40,8 +48,9 @@ class FakeGraph:
             self.failures.append([after, status, code, title])
 
     def sent_to(self, wa_id: str) -> list[dict[str, Any]]:
+        """What went to this phone number or business-scoped user id."""
         with self.lock:
-            return [m for m in self.sent if m.get("to") == wa_id]
+            return [m for m in self.sent if wa_id in (m.get("to"), m.get("recipient"))]
 
     def texts(self, wa_id: str) -> list[str]:
         """What the customer can read: text bodies and interactive bodies, in order."""
@@ -78,9 +87,10 @@ class FakeGraph:
         with self.lock:
             self.sent.append(body)
             wamid = f"wamid.FAKE{next(self._ids):08d}"
-        return JSONResponse({"messaging_product": "whatsapp",
-                             "contacts": [{"input": body["to"], "wa_id": body["to"]}],
-                             "messages": [{"id": wamid}]})
+            self.wamids.append(wamid)
+        contact = ({"input": body["to"], "wa_id": body["to"]} if "to" in body
+                   else {"input": body["recipient"], "user_id": body["recipient"]})
+        return JSONResponse({"messaging_product": "whatsapp", "contacts": [contact], "messages": [{"id": wamid}]})
 
     async def _media_info(self, request: Request) -> Response:
         with self.lock:
@@ -95,13 +105,16 @@ class FakeGraph:
         data, mime = found
         return JSONResponse({"messaging_product": "whatsapp", "id": media_id, "mime_type": mime,
                              "sha256": hashlib.sha256(data).hexdigest(), "file_size": len(data),
-                             "url": f"{str(request.base_url).rstrip('/')}/download/{media_id}"})
+                             "url": self.media_urls.get(media_id)
+                                    or f"{str(request.base_url).rstrip('/')}/download/{media_id}"})
 
     async def _download(self, request: Request) -> Response:
         with self.lock:
             self.requests.append(("GET", request.url.path))
         if not self._authorised(request):
             return Response(status_code=401)
+        if self.redirect_downloads and request.url.path.startswith("/download/"):
+            return Response(status_code=302, headers={"location": f"/cdn/{request.path_params['media_id']}"})
         found = self.media.get(request.path_params["media_id"])
         if found is None:
             return Response(status_code=404)
@@ -116,8 +129,12 @@ def _error(status: int, code: int, title: str, details: str = "") -> JSONRespons
 
 def _invalid(body: dict[str, Any]) -> str | None:
     """Why the real API would refuse this message body (the limits we rely on), or None."""
-    if body.get("messaging_product") != "whatsapp" or not body.get("to"):
-        return "messaging_product and to are required"
+    if body.get("messaging_product") != "whatsapp" or ("to" in body) == ("recipient" in body):
+        return "messaging_product and one of to or recipient are required"
+    if "to" in body and not _PHONE.fullmatch(str(body["to"])):
+        return "to must be a phone number"
+    if "recipient" in body and not _BSUID.fullmatch(str(body["recipient"])):
+        return "recipient must be a business-scoped user id"
     kind = body.get("type")
     if kind == "text":
         text = body.get("text", {}).get("body", "")

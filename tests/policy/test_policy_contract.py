@@ -19,6 +19,8 @@ from policy import (
     Proof,
     Reason,
     claim_from_json,
+    claim_to_json,
+    claims_from_json,
     decision_to_json,
     default_policy,
 )
@@ -124,7 +126,7 @@ BAD_CLAIMS: list[tuple[object, str]] = [
     (MINIMAL | {"currency": "dollars"}, "currency: must be a three-letter currency code: 'dollars'"),
     (MINIMAL | {"colour": "red"},
      "colour: unknown field (expected one of serial, claim_date, port_arrival_date, production_date, proof,"
-     " circumstances, cargo_compensation, units, order_pieces, order_total, currency, prefers_discount)"),
+     " circumstances, cargo_compensation, units, order_id, order_pieces, order_total, currency, prefers_discount)"),
 ]  # fmt: skip
 
 
@@ -159,3 +161,44 @@ def test_decision_to_json_formats() -> None:
         "discount_amount": "7.00",
         "reasons": ["The damage was caused by people (human-induced damage)."],
     }
+
+
+def test_claim_to_json_round_trips() -> None:
+    claim = Claim(
+        serial="CSP2402A0153",
+        claim_date=date(2026, 5, 1),
+        port_arrival_date=date(2024, 3, 10),
+        production_date=date(2024, 2, 6),
+        proof=Proof.documents,
+        circumstances=Circumstances(misuse=False, human_damage=None, force_majeure=True),
+        cargo_compensation=True,
+        units=3,
+        order_id="PO-24-0117",
+        order_pieces=1000,
+        order_total=Decimal("1012.50"),
+        currency="USD",
+        prefers_discount=True,
+    )
+    assert claim_from_json(claim_to_json(claim)) == claim
+    assert claim_from_json(claim_to_json(Claim(serial="x", claim_date=date(2026, 5, 1)))) == Claim(
+        serial="x", claim_date=date(2026, 5, 1)
+    )
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"serial": "x"}, "claims: must be a JSON array, not an object"),
+        ([], "claims: must hold at least one claim"),
+        ([MINIMAL, {"serial": "x"}], "[1].claim_date: missing"),
+        (
+            [MINIMAL, MINIMAL | {"order_id": ""}],
+            "[1].order_id: must be a non-empty string of at most 64 characters: ''",
+        ),
+        ([7], "[0].claim: must be a JSON object, not a number"),
+    ],
+)
+def test_bad_claims(data: object, message: str) -> None:
+    with pytest.raises(ClaimError) as caught:
+        claims_from_json(data)
+    assert str(caught.value) == message

@@ -20,7 +20,9 @@ from policy import (
     Reason,
     cargo_pieces,
     default_policy,
+    discount_amount,
     evaluate,
+    evaluate_units,
     render_reasons,
 )
 
@@ -252,14 +254,109 @@ def test_discount_amount_only_with_discount_method() -> None:
 
 
 def test_discount_reason_with_currency_and_without_total() -> None:
-    with_total = dataclasses.replace(REGISTRY, units=12, order_total=Decimal("25000.00"), currency="USD")
-    without_total = dataclasses.replace(REGISTRY, units=12)
+    with_total = dataclasses.replace(
+        REGISTRY, units=12, order_total=Decimal("25000.00"), currency="USD", prefers_discount=True
+    )
+    without_total = dataclasses.replace(REGISTRY, units=12, prefers_discount=True)
     assert render_reasons(evaluate(with_total, POLICY), POLICY)[1] == (
         "Discount compensation: 250.00 USD off your next order (1% of the order total 25000.00 USD)."
     )
     assert render_reasons(evaluate(without_total, POLICY), POLICY)[1] == (
         "Discount compensation is available: 1% of the order total off your next order."
     )
+
+
+def test_a_customer_who_did_not_ask_for_the_discount_is_told_no_amount() -> None:
+    # 12 covered units, the customer chose repair: M5 stays an option for the engineer (with its amount
+    # on the decision), but no reason tells the customer an amount as if it were granted.
+    claim = dataclasses.replace(REGISTRY, units=12, order_total=Decimal("18000.00"), currency="USD")
+    decision = evaluate(claim, POLICY)
+    assert decision.methods == (*REPAIRS, Method.discount_compensation)
+    assert decision.discount_amount == Decimal("180.00")
+    reasons = render_reasons(decision, POLICY)
+    assert not any("180" in reason for reason in reasons), reasons
+    assert [r.code for r in decision.reasons] == ["in_warranty", "discount_offered"]
+
+
+@pytest.mark.parametrize(
+    ("total", "amount"),
+    [
+        (Decimal("1012.50"), Decimal("10.13")),  # half-even would give 10.12
+        (Decimal("1011.50"), Decimal("10.12")),  # 10.115 -> 10.12 both ways
+        (Decimal("0.50"), Decimal("0.01")),
+        (Decimal("999.99"), Decimal("10.00")),
+    ],
+)
+def test_one_money_function_rounds_half_up(total: Decimal, amount: Decimal) -> None:
+    assert discount_amount(total, POLICY) == amount
+    claim = dataclasses.replace(REGISTRY, units=12, order_total=total, prefers_discount=True)
+    assert evaluate(claim, POLICY).discount_amount == amount
+
+
+@pytest.mark.parametrize(
+    ("proof", "arrival", "clauses", "code"),
+    [
+        (Proof.none, None, ("W1", "W3", "X1", "X2"), "expired_serial"),
+        (Proof.altered, None, ("W1", "W3", "X1", "X2", "X3"), "expired_serial"),
+        # Documents or records shown, but no port arrival known: W3's dates, and X2 is not cited.
+        (Proof.documents, None, ("W1", "W3", "X1"), "expired_serial_no_arrival"),
+        (Proof.registry, None, ("W1", "W3", "X1"), "expired_serial_no_arrival"),
+        (Proof.documents, date(2024, 3, 10), ("W1", "W2", "X1"), "expired"),
+    ],
+)
+def test_x2_only_when_proof_is_none_or_altered(
+    proof: Proof, arrival: date | None, clauses: tuple[str, ...], code: str
+) -> None:
+    claim = Claim(serial="CSP2402A0153", claim_date=date(2026, 6, 1), proof=proof, port_arrival_date=arrival)
+    decision = evaluate(claim, POLICY)
+    assert (decision.outcome, decision.clauses) == (Outcome.not_covered, clauses)
+    assert code in [r.code for r in decision.reasons]
+    text = " ".join(render_reasons(decision, POLICY))
+    assert ("without the purchase invoice" in text) == ("X2" in clauses), text
+
+
+# --- several units: two passes -------------------------------------------------------------------------
+
+
+def _units(count: int, order_id: str, **facts: object) -> list[Claim]:
+    base = dataclasses.replace(REGISTRY, claim_date=date(2026, 5, 1), order_id=order_id)
+    return [dataclasses.replace(base, serial=f"CSP2402A{order_id}{n:02d}", **facts) for n in range(count)]
+
+
+def test_m5_counts_the_covered_units_only() -> None:
+    # 5 covered and 35 expired units of one claim: 5 < 10, so no discount compensation and no amount.
+    covered = _units(5, "A", order_total=Decimal("40000.00"))
+    expired = _units(35, "B", port_arrival_date=date(2024, 2, 29), order_total=Decimal("40000.00"))
+    decisions = evaluate_units([*covered, *expired], POLICY)
+    assert [d.outcome for d in decisions] == [Outcome.covered] * 5 + [Outcome.not_covered] * 35
+    assert all(d.methods == REPAIRS for d in decisions[:5])
+    assert all(d.discount_amount is None and "M5" not in d.clauses for d in decisions)
+    # Each unit on its own facts: 40 serials alone would have offered M5.
+    alone = evaluate(dataclasses.replace(covered[0], units=40), POLICY)
+    assert Method.discount_compensation in alone.methods
+
+
+def test_the_discount_is_counted_once_per_order() -> None:
+    first = _units(12, "A", order_total=Decimal("1012.50"), currency="USD", prefers_discount=True)
+    second = _units(3, "B", order_total=Decimal("25000.00"), currency="USD", prefers_discount=True)
+    decisions = evaluate_units([*first, *second], POLICY)
+    assert all(d.methods == (Method.discount_compensation,) for d in decisions)
+    amounts = [d.discount_amount for d in decisions]
+    assert amounts == [Decimal("10.13"), *[None] * 11, Decimal("250.00"), None, None]
+    assert sum(a for a in amounts if a is not None) == Decimal("260.13")
+    # The amount is told once per order, on the unit that carries it.
+    told = [r for d in decisions for r in d.reasons if r.code == "discount_amount"]
+    assert [r.params["amount"] for r in told] == ["10.13 USD", "250.00 USD"]
+
+
+def test_units_without_an_order_are_each_their_own_order() -> None:
+    claims = [dataclasses.replace(c, order_id=None) for c in _units(10, "A", order_total=Decimal("100.00"))]
+    decisions = evaluate_units(claims, POLICY)
+    assert [d.discount_amount for d in decisions] == [Decimal("1.00")] * 10
+
+
+def test_evaluate_units_of_nothing_is_nothing() -> None:
+    assert evaluate_units([], POLICY) == []
 
 
 def test_render_reasons_falls_back_to_english() -> None:

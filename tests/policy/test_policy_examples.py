@@ -6,7 +6,9 @@ import json
 from typing import Any
 
 import pytest
+from typer.testing import CliRunner
 
+from bot.cli import app
 from policy import claim_from_json, decision_to_json, default_policy, evaluate
 
 POLICY = default_policy()
@@ -100,6 +102,47 @@ EXAMPLES: list[tuple[str, dict[str, Any], dict[str, object]]] = [
                  [IN_WARRANTY,
                   "Discount compensation: 250.00 off your next order (1% of the order total 25000.00)."]),
     ),
+    # docs/policy.md's further examples: the clarified X2 and M5 rows and the one rounding rule.
+    (
+        "9 documents without port arrival, first day after",
+        {"serial": "CSP2402A0153", "claim_date": "2026-05-29", "proof": "documents"},
+        decision("not_covered", "serial_production", "2024-03-29", "2026-05-28", ["W1", "W3", "X1"], [], None,
+                 ["The warranty ended on 2026-05-28 (26 months from 2024-03-29: the production date"
+                  " 2024-02-29 read from the serial number plus 1 month, as no port arrival date is known);"
+                  " the fault was reported on 2026-05-29."]),
+    ),
+    (
+        "10 many units, repair preferred",
+        BASE | {"units": 12, "order_total": "18000.00"},
+        decision("covered", "port_arrival", "2024-03-10", "2026-05-09",
+                 ["F1", "M2", "M3", "M4", "M5", "W1", "W2"], [*REPAIRS, "discount_compensation"], "180.00",
+                 [IN_WARRANTY, "Discount compensation is available: 1% of the order total off your next order."]),
+    ),
+    (
+        "11 discount rounds half-up",
+        BASE | {"units": 12, "prefers_discount": True, "order_total": "1012.50", "currency": "USD"},
+        decision("covered", "port_arrival", "2024-03-10", "2026-05-09", ["M5", "W1", "W2"],
+                 ["discount_compensation"], "10.13",
+                 [IN_WARRANTY,
+                  "Discount compensation: 10.13 USD off your next order (1% of the order total 1012.50 USD)."]),
+    ),
+]  # fmt: skip
+
+# Several units in one claim (an array for `policy check`): 5 covered and 35 expired units give no M5.
+SEVERAL = [
+    BASE | {"serial": f"CSP2402A{n:04d}", "claim_date": "2026-05-01", "order_id": "A", "units": 40,
+            "prefers_discount": True, "order_total": "40000.00"}
+    for n in range(5)
+] + [
+    BASE | {"serial": f"CSP2402B{n:04d}", "claim_date": "2026-05-01", "port_arrival_date": "2024-02-29",
+            "order_id": "B", "units": 40, "prefers_discount": True, "order_total": "40000.00"}
+    for n in range(35)
+]  # fmt: skip
+# 12 units of one order of 1012.50 USD, discount preferred: 10.13 USD, once for the order.
+ONE_ORDER = [
+    BASE | {"serial": f"CSP2402C{n:04d}", "order_id": "C", "prefers_discount": True, "order_total": "1012.50",
+            "currency": "USD"}
+    for n in range(12)
 ]  # fmt: skip
 
 
@@ -109,6 +152,38 @@ def test_worked_example(claim: dict[str, Any], expected: dict[str, object]) -> N
     for field, value in expected.items():
         assert (field, actual[field]) == (field, value)
     assert list(actual) == list(expected)
+
+
+@pytest.mark.parametrize(("claim", "expected"), [e[1:] for e in EXAMPLES], ids=[e[0] for e in EXAMPLES])
+def test_policy_check_gives_every_worked_example(claim: dict[str, Any], expected: dict[str, object]) -> None:
+    result = CliRunner().invoke(app, ["policy", "check", "-"], input=json.dumps(claim))
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout) == expected
+
+
+def check_units(claims: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    result = CliRunner().invoke(app, ["policy", "check", "-"], input=json.dumps(claims))
+    assert result.exit_code == 0, result.output
+    decisions: list[dict[str, Any]] = json.loads(result.stdout)
+    return decisions
+
+
+def test_policy_check_counts_only_covered_units_for_m5() -> None:
+    decisions = check_units(SEVERAL)
+    assert [d["outcome"] for d in decisions] == ["covered"] * 5 + ["not_covered"] * 35
+    assert {tuple(d["methods"]) for d in decisions[:5]} == {tuple(REPAIRS)}
+    assert all(d["discount_amount"] is None and "M5" not in d["clauses"] for d in decisions)
+    assert {tuple(d["clauses"]) for d in decisions[5:]} == {("W1", "W2", "X1")}
+
+
+def test_policy_check_counts_the_discount_once_per_order() -> None:
+    decisions = check_units(ONE_ORDER)
+    assert [d["discount_amount"] for d in decisions] == ["10.13", *[None] * 11]
+    assert all(d["methods"] == ["discount_compensation"] for d in decisions)
+    told = [r for d in decisions for r in d["reasons"] if r.startswith("Discount compensation")]
+    assert told == [
+        "Discount compensation: 10.13 USD off your next order (1% of the order total 1012.50 USD)."
+    ]
 
 
 def test_preliminary_only_for_what_the_customer_said() -> None:

@@ -12,7 +12,7 @@
   // Shown in a tab of their own; anything else is downloaded, so no uploaded file runs as a page of ours.
   const VIEWABLE = /^(image\/(jpeg|png|gif|webp)|application\/pdf|audio\/(ogg|mpeg|amr))$/;
   const STATUS_LABELS = {
-    open: "Open", claimed: "Claimed", waiting_customer: "Waiting for customer", in_service: "In service",
+    open: "Open", to_confirm: "Refusal to confirm", claimed: "Claimed", waiting_customer: "Waiting for customer", in_service: "In service",
     resolved: "Resolved", closed: "Closed",
   };
   const METHOD_LABELS = {
@@ -20,6 +20,7 @@
     discount_compensation: "Discount compensation (M5)", not_covered: "Not covered",
   };
   const OUTCOME_LABELS = { covered: "Covered", not_covered: "Not covered", review: "Review" };
+  const PROOF_LABELS = { registry: "Registry", documents: "Documents", none: "None", altered: "Altered" };
 
   const $ = (id) => document.getElementById(id);
   const ui = {
@@ -33,6 +34,10 @@
     sendNote: $("send-note"), ask: $("ask"), claim: $("claim"), close: $("close"), methodForm: $("method-form"),
     method: $("method"), reasonRow: $("reason-row"), reason: $("reason"), setMethod: $("set-method"),
     result: $("action-result"), audit: $("audit"), back: $("back"),
+    methodHint: $("method-hint"), goodwillRow: $("goodwill-row"), goodwill: $("goodwill"),
+    correctForm: $("correct-form"), correctSerial: $("correct-serial"), correctArrival: $("correct-arrival"),
+    correctProduction: $("correct-production"), correctProof: $("correct-proof"), correctNote: $("correct-note"),
+    correctSubmit: $("correct-submit"),
   };
 
   let token = sessionStorage.getItem(TOKEN_KEY) || "";
@@ -333,12 +338,21 @@
       ["Language", languageLabel(data.language)],
       ["Channel", data.channel],
       ["Customer", data.customer || "—"],
+      ["Company (registry)", data.company || "not in the registry"],
       ["Claimed by", data.claimed_by || "nobody yet"],
       ["Method", data.method ? METHOD_LABELS[data.method] || data.method : "not chosen"],
       ["Claim date", data.claim_date],
       ["Opened", when(data.created_at)],
       ["Updated", when(data.updated_at)],
     ];
+    for (const order of data.orders || []) {
+      const parts = [order.customer || "—", order.order_total ? `${order.order_total} ${order.currency || ""}`.trim() : null,
+        order.order_pieces ? `${order.order_pieces} pieces` : null,
+        `cargo compensation: ${order.cargo_compensation ? "yes (M1)" : "no"}`,
+        `${order.units} unit${order.units === 1 ? "" : "s"} in this case`,
+        order.discount_amount ? `1% = ${order.discount_amount}` : null];
+      rows.push([`Order ${order.order_id}`, parts.filter(Boolean).join(" · ")]);
+    }
     if (data.prefers_discount) rows.push(["Customer prefers", "discount compensation"]);
     if (data.refusal_reason) rows.push(["Refusal reason", data.refusal_reason]);
     if (data.rating) rows.push(["Rating", `${data.rating} / 5`]);
@@ -357,7 +371,6 @@
     const units = Array.isArray(data.units) ? data.units : [];
     ui.units.replaceChildren();
     ui.reasons.replaceChildren();
-    const methods = new Set();
     for (const unit of units) {
       const row = el("tr");
       row.appendChild(el("td", "", unit.serial));
@@ -365,6 +378,11 @@
       row.appendChild(el("td", "", unit.production_date || "—"));
       row.appendChild(el("td", "", unit.port_arrival_date || "—"));
       row.appendChild(el("td", "", unit.warranty_end || "—"));
+      const registry = unit.registry || null;
+      row.appendChild(el("td", "", unit.order_id || (registry && registry.order_id) || "—"));
+      row.appendChild(el("td", "", registry ? (registry.cargo_compensation ? "Yes (M1)" : "No") : "—"));
+      const proof = (unit.facts || {}).proof;
+      row.appendChild(el("td", "", proof ? PROOF_LABELS[proof] || proof : "—"));
       const outcome = el("td");
       outcome.appendChild(el("span", `badge ${unit.outcome}`, OUTCOME_LABELS[unit.outcome] || unit.outcome));
       row.appendChild(outcome);
@@ -376,21 +394,30 @@
         li.dir = "auto";
         ui.reasons.appendChild(li);
       }
-      for (const method of decision.methods || []) methods.add(method);
     }
     // The API sends a large case's units a page at a time; say how many this page leaves out.
     const total = typeof data.unit_count === "number" ? data.unit_count : units.length;
     if (total > units.length) {
       const row = el("tr");
       const cell = el("td", "more", `… and ${total - units.length} more units (the first ${units.length} are shown)`);
-      cell.colSpan = 7;
+      cell.colSpan = 10;
       row.appendChild(cell);
       ui.units.appendChild(row);
     }
-    if (methods.size) {
-      const names = Array.from(methods, (m) => METHOD_LABELS[m] || m).join(", ");
-      ui.reasons.appendChild(el("li", "", `Methods the policy allows: ${names}.`));
+    const allowed = data.allowed_methods || [];
+    const names = allowed.map((m) => METHOD_LABELS[m] || m).join(", ");
+    ui.reasons.appendChild(el("li", "", allowed.length ? `Methods the policy allows: ${names}.`
+      : "The policy allows no service method: confirm the refusal, correct a unit's facts, or give goodwill."));
+    // The correction form lists the case's units; the choice survives a refresh.
+    const chosen = ui.correctSerial.value;
+    ui.correctSerial.replaceChildren();
+    for (const unit of units) {
+      const option = el("option", "", `${unit.serial} (${OUTCOME_LABELS[unit.outcome] || unit.outcome})`);
+      option.value = unit.serial;
+      ui.correctSerial.appendChild(option);
     }
+    if (units.some((u) => u.serial === chosen)) ui.correctSerial.value = chosen;
+    ui.correctSubmit.disabled = !units.length || data.status === "closed";
   }
 
   function attachmentButton(ref, attachment) {
@@ -495,14 +522,33 @@
     ui.setMethod.disabled = closed;
     ui.method.disabled = closed;
     ui.close.disabled = closed;
-    if (initial) {
-      // Start from a method the policy allows for this case, so the usual choice is one click.
-      const allowed = new Set();
-      for (const unit of data.units || []) for (const m of (unit.decision || {}).methods || []) allowed.add(m);
-      const first = Array.from(ui.method.options).find((o) => allowed.has(o.value));
-      ui.method.value = data.method || (first ? first.value : "remote_guidance");
-      ui.reasonRow.hidden = ui.method.value !== "not_covered";
+    const allowed = new Set(data.allowed_methods || []);
+    for (const option of ui.method.options) {
+      const base = METHOD_LABELS[option.value] || option.value;
+      if (option.value === "not_covered") {
+        option.textContent = data.status === "to_confirm" ? "Not covered: confirm the refusal" : base;
+      } else {
+        option.textContent = allowed.has(option.value) ? base : `${base}: outside the decision`;
+      }
     }
+    if (initial) {
+      // Start from a method the policy allows; never from one it does not (then: the refusal to confirm).
+      const first = Array.from(ui.method.options).find((o) => allowed.has(o.value));
+      ui.method.value = data.method || (first ? first.value : "not_covered");
+      ui.goodwill.value = "";
+    }
+    methodChanged();
+  }
+
+  function methodChanged() {
+    const method = ui.method.value;
+    const allowed = new Set((current && current.allowed_methods) || []);
+    const outside = method !== "not_covered" && !allowed.has(method);
+    ui.goodwillRow.hidden = !outside;
+    ui.reasonRow.hidden = method !== "not_covered" && !outside;
+    ui.methodHint.textContent = outside
+      ? "The decision does not allow this method: say whether it is goodwill or chargeable, and why."
+      : "";
   }
 
   // --- attachments: fetched with the token, shown from blob: URLs ----------------------------------------
@@ -590,15 +636,22 @@
 
   ui.claim.addEventListener("click", () => act("Case claimed.", "/claim", {}));
 
-  ui.method.addEventListener("change", () => {
-    ui.reasonRow.hidden = ui.method.value !== "not_covered";
-  });
+  ui.method.addEventListener("change", methodChanged);
 
   ui.methodForm.addEventListener("submit", (event) => {
     event.preventDefault();
     const method = ui.method.value;
     const body = { method };
-    if (method === "not_covered") {
+    const outside = !ui.goodwillRow.hidden;
+    if (outside) {
+      if (!ui.goodwill.value) {
+        showResult("Outside the decision: choose goodwill or chargeable.", true);
+        ui.goodwill.focus();
+        return;
+      }
+      body.goodwill = ui.goodwill.value;
+    }
+    if (method === "not_covered" || outside) {
       if (!ui.reason.value.trim()) {
         showResult("Give the reason the customer will read.", true);
         ui.reason.focus();
@@ -606,7 +659,28 @@
       }
       body.reason = ui.reason.value;
     }
-    act(`Method set: ${METHOD_LABELS[method] || method}.`, "/method", body, () => { ui.reason.value = ""; });
+    act(`Method set: ${METHOD_LABELS[method] || method}${body.goodwill ? ` (${body.goodwill})` : ""}.`, "/method",
+      body, () => { ui.reason.value = ""; ui.goodwill.value = ""; });
+  });
+
+  ui.correctForm.addEventListener("submit", (event) => {
+    event.preventDefault();
+    const serial = ui.correctSerial.value;
+    const body = {};
+    if (ui.correctArrival.value) body.port_arrival_date = ui.correctArrival.value;
+    if (ui.correctProduction.value) body.production_date = ui.correctProduction.value;
+    if (ui.correctProof.value) body.proof = ui.correctProof.value;
+    if (!serial || !Object.keys(body).length) {
+      showResult("Give a port arrival date, a production date or the proof to correct.", true);
+      return;
+    }
+    if (ui.correctNote.value.trim()) body.note = ui.correctNote.value;
+    act(`Unit ${serial} corrected and decided again.`, `/units/${encodeURIComponent(serial)}/correct`, body, () => {
+      ui.correctArrival.value = "";
+      ui.correctProduction.value = "";
+      ui.correctProof.value = "";
+      ui.correctNote.value = "";
+    });
   });
 
   // Closing cannot be undone, so it takes a second click (a confirm() dialog would block the page).
