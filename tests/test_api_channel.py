@@ -153,6 +153,21 @@ def test_channel_names_are_checked_in_the_settings() -> None:
         )
 
 
+def test_channels_are_read_from_the_json_setting_as_env_example_shows(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    document = {
+        "portal": {"secret": SECRET, "callback_url": "https://gw.example/cb", "media_hosts": ["f.example"]}
+    }
+    monkeypatch.setenv("API_CHANNELS", json.dumps(document))
+    channels = Settings(_env_file=None).api_channels  # type: ignore[call-arg]
+    assert channels["portal"].secret.get_secret_value() == SECRET
+    assert channels["portal"].media_hosts == ["f.example"]
+    monkeypatch.setenv("API_CHANNELS", json.dumps({"portal": {**document["portal"], "secret": "short"}}))
+    with pytest.raises(ValueError, match="secret"):
+        Settings(_env_file=None)  # type: ignore[call-arg]
+
+
 def test_not_configured_without_channels(bot: Bot) -> None:
     assert api.from_settings(bot) is None
 
