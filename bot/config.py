@@ -7,8 +7,16 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ApiChannelSettings(BaseModel):
+    """One channel of the generic API (adapters/api.py, docs/channels/api.md)."""
+
+    secret: SecretStr = Field(min_length=16)  # signs both directions (HMAC-SHA256)
+    callback_url: str = Field(pattern=r"^https?://")  # where the bot's replies are POSTed
+    media_hosts: list[str] = []  # hosts attachment URLs may point at (https, public addresses; bot/fetch.py)
 
 
 class Settings(BaseSettings):
@@ -128,8 +136,30 @@ class Settings(BaseSettings):
     teams_token_url: str = "https://login.microsoftonline.com/{tenant}/oauth2/v2.0/token"  # noqa: S105 (a URL)
     teams_issuer: str = "https://api.botframework.com"
 
+    # --- LINE -----------------------------------------------------------------------------------------
+    line_channel_secret: SecretStr | None = None
+    line_channel_access_token: SecretStr | None = None
+    line_api_base_url: str = "https://api.line.me"
+    line_data_api_base_url: str = "https://api-data.line.me"
+
+    # --- generic API channels (docs/channels/api.md) ------------------------------------------------------
+    # JSON: {"name": {"secret": "...", "callback_url": "https://...", "media_hosts": ["files.example.com"]}}
+    api_channels: dict[str, ApiChannelSettings] = {}
+    api_signature_tolerance_seconds: int = Field(default=300, gt=0, le=3600)
+    api_callback_timeout_seconds: float = Field(default=15.0, gt=0)
+
     # --- tests ----------------------------------------------------------------------------------------
     test_postgres_url: str = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+
+    @field_validator("api_channels")
+    @classmethod
+    def _api_channels(cls, value: dict[str, ApiChannelSettings]) -> dict[str, ApiChannelSettings]:
+        import re
+
+        for name in value:
+            if not re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,31}", name):
+                raise ValueError(f"channel name {name!r}: 1-32 of a-z 0-9 _ -, starting with a letter or digit")
+        return value
 
     @field_validator("telegram_mode")
     @classmethod

@@ -53,6 +53,8 @@ CHANNEL_MODULES: tuple[str, ...] = (
     "adapters.teams",
     "adapters.whatsapp",
     "adapters.wechat",
+    "adapters.line",
+    "adapters.api",
 )
 # Desks that receive case events through the outbox when configured (module, predicate on settings).
 DESK_CHANNELS: dict[str, str] = {}

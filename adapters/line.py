@@ -1,0 +1,431 @@
+"""LINE Messaging API channel: signed webhooks in; reply (while the reply token is fresh) or push messages out,
+buttons as quick replies; files downloaded from the content endpoint through bot/fetch.py. See docs/channels/line.md.
+
+A thin httpx client rather than line-bot-sdk: the SDK's generated clients pull in their own HTTP stack
+(urllib3/aiohttp) outside our fetch policy, and we use four endpoints of it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import json
+import logging
+import mimetypes
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import httpx
+from sqlalchemy import Engine, select
+from sqlalchemy.exc import SQLAlchemyError
+from sqlmodel import col
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from adapters.whatsapp import split_text
+from bot.app import Bot
+from bot.attachments import AttachmentRejected
+from bot.fetch import Fetcher, FetchFailed, FetchPolicy, FetchRefused, FetchTooLarge
+from bot.messages import Attachment, Button, InboundMessage, OutboundMessage
+from bot.outbox import Delivered, DeliveryError, PermanentFailure, RetryLater
+from bot.store import KeyValue, session_scope
+from bot.store.clock import utcnow
+
+log = logging.getLogger(__name__)
+
+CHANNEL = "line"
+WEBHOOK_PATH = "/line/webhook"
+
+# Messaging API limits (https://developers.line.biz/en/reference/messaging-api/).
+TEXT_LIMIT = 5000
+MAX_MESSAGES = 5  # message objects per reply or push request
+MAX_QUICK_REPLIES = 13
+LABEL_LIMIT = 20
+DATA_LIMIT = 300  # postback data and displayText
+# A reply token may be used once, shortly after the event; we use it only while it is this young.
+REPLY_TOKEN_AGE = timedelta(seconds=50)
+MAX_ID = 255
+_MEDIA_KINDS = {"image": "photo", "file": "document", "audio": "voice", "video": "document"}
+_DEFAULT_MIME = {"image": "image/jpeg", "audio": "audio/mp4", "video": "video/mp4"}
+
+
+def signature_valid(body: bytes, header: str | None, channel_secret: str) -> bool:
+    """Whether `X-Line-Signature` is the base64 HMAC-SHA256 of the raw body under the channel secret."""
+    if not header or not channel_secret:
+        return False
+    expected = base64.b64encode(hmac.new(channel_secret.encode(), body, hashlib.sha256).digest())
+    return hmac.compare_digest(header.strip().encode(), expected)
+
+
+# --- parse ----------------------------------------------------------------------------------------------------
+
+
+class MalformedPayload(ValueError):
+    """The body is not a LINE webhook."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Incoming:
+    """One thing a user did in a one-to-one chat with the bot that the conversation can use."""
+
+    event_id: str  # the message id, or the webhook event id of a postback
+    user_id: str
+    reply_token: str | None
+    type: str  # text | postback | image | file | audio | video
+    text: str = ""
+    media_id: str | None = None  # content at the data API (contentProvider "line")
+    file_name: str | None = None
+    external_media: bool = False  # contentProvider "external": a URL we do not fetch
+
+
+def parse(body: bytes) -> list[Incoming]:
+    """The usable events of a webhook body (others are acknowledged and dropped); MalformedPayload if not one."""
+    try:
+        document = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise MalformedPayload("body is not JSON") from error
+    if not isinstance(document, dict) or not isinstance(document.get("events"), list):
+        raise MalformedPayload("no events list")
+    found: list[Incoming] = []
+    for event in document["events"]:
+        if not isinstance(event, dict):
+            raise MalformedPayload("event is not an object")
+        incoming = _event(event)
+        if incoming is not None:
+            found.append(incoming)
+    return found
+
+
+def _event(event: dict[str, Any]) -> Incoming | None:
+    source = event.get("source")
+    if (
+        not isinstance(source, dict)
+        or source.get("type") != "user"
+        or event.get("mode", "active") != "active"
+    ):
+        return None  # groups, rooms and standby mode: not a customer's one-to-one chat with us
+    user_id = _id(source.get("userId"), "source.userId")
+    token = event.get("replyToken") if isinstance(event.get("replyToken"), str) else None
+    kind = event.get("type")
+    if kind == "postback":
+        postback = event.get("postback")
+        if not isinstance(postback, dict) or not isinstance(postback.get("data"), str):
+            raise MalformedPayload("postback without data")
+        return Incoming(
+            event_id="postback:" + _id(event.get("webhookEventId"), "webhookEventId"),
+            user_id=user_id,
+            reply_token=token,
+            type="postback",
+            text=postback["data"],
+        )
+    if kind != "message":
+        return None  # follow, unfollow, unsend, beacon, …
+    message = event.get("message")
+    if not isinstance(message, dict):
+        raise MalformedPayload("message event without message")
+    message_id = _id(message.get("id"), "message.id")
+    mtype = message.get("type")
+    if mtype == "text":
+        return Incoming(
+            event_id=message_id,
+            user_id=user_id,
+            reply_token=token,
+            type="text",
+            text=str(message.get("text", "")),
+        )
+    if mtype in _MEDIA_KINDS:
+        provider = message.get("contentProvider")
+        external = isinstance(provider, dict) and provider.get("type") == "external"
+        name = message.get("fileName") if isinstance(message.get("fileName"), str) else None
+        return Incoming(
+            event_id=message_id,
+            user_id=user_id,
+            reply_token=token,
+            type=str(mtype),
+            media_id=message_id,
+            file_name=name,
+            external_media=external,
+        )
+    return None  # stickers, locations: nothing a claim can use
+
+
+def _id(value: Any, what: str) -> str:
+    if isinstance(value, str) and value and len(value) <= MAX_ID and value.isprintable():
+        return value
+    raise MalformedPayload(f"{what} is missing or not an id")
+
+
+# --- send -----------------------------------------------------------------------------------------------------
+
+
+def _clip(text: str, limit: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
+
+
+def render(text: str, buttons: Sequence[Button]) -> list[dict[str, Any]]:
+    """LINE message objects for `text` and `buttons`: up to 13 buttons as quick replies (postbacks carrying the
+    value) on the last text; more, or values too long for a postback, as numbered options in the text."""
+    usable = len(buttons) <= MAX_QUICK_REPLIES and all(0 < len(b.value) <= DATA_LIMIT for b in buttons)
+    if buttons and not usable:
+        options = "\n".join(f"{n}. {b.label}" for n, b in enumerate(buttons, start=1))
+        text = f"{text}\n\n{options}" if text.strip() else options
+        buttons = ()
+    messages: list[dict[str, Any]] = [
+        {"type": "text", "text": p or "…"} for p in split_text(text, TEXT_LIMIT)
+    ]
+    if buttons:
+        items = [
+            {
+                "type": "action",
+                "action": {
+                    "type": "postback",
+                    "label": _clip(b.label, LABEL_LIMIT),
+                    "data": b.value,
+                    "displayText": _clip(b.label, DATA_LIMIT),
+                },
+            }
+            for b in buttons
+        ]
+        messages[-1] = {**messages[-1], "quickReply": {"items": items}}
+    return messages
+
+
+class LineError(Exception):
+    def __init__(self, status: int, message: str, retry_after: float | None = None) -> None:
+        super().__init__(f"HTTP {status}: {message}")
+        self.status = status
+        self.message = message
+        self.retry_after = retry_after
+
+
+def delivery_error(error: LineError) -> DeliveryError:
+    if error.status == 429 or error.status >= 500:
+        return RetryLater(str(error), after=error.retry_after)
+    return PermanentFailure(str(error))
+
+
+class LineClient:
+    """The Messaging API calls we make; both base URLs are settings (a loopback fake in tests)."""
+
+    def __init__(
+        self, api_url: str, access_token: str, *, transport: httpx.AsyncBaseTransport | None = None
+    ) -> None:
+        self._http = httpx.AsyncClient(
+            base_url=api_url.rstrip("/") + "/",
+            timeout=15.0,
+            transport=transport,
+            headers={"Authorization": f"Bearer {access_token}"},
+            trust_env=False,
+        )
+
+    async def reply(self, token: str, messages: list[dict[str, Any]]) -> dict[str, Any]:
+        return await self._post("v2/bot/message/reply", {"replyToken": token, "messages": messages})
+
+    async def push(self, to: str, messages: list[dict[str, Any]]) -> dict[str, Any]:
+        return await self._post("v2/bot/message/push", {"to": to, "messages": messages})
+
+    async def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        response = await self._http.post(path, json=body)
+        try:
+            data = response.json()
+        except ValueError:
+            data = None
+        if response.status_code < 300:
+            return data if isinstance(data, dict) else {}
+        message = str(data.get("message", "")) if isinstance(data, dict) else response.text[:200]
+        retry_after = response.headers.get("retry-after", "")
+        raise LineError(response.status_code, message, float(retry_after) if retry_after.isdigit() else None)
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+
+def _token_key(user_id: str) -> str:
+    return f"line:reply:{user_id}"[:128]
+
+
+def note_reply_token(db: Engine, user_id: str, token: str) -> None:
+    with session_scope(db) as session:
+        row = session.get(KeyValue, _token_key(user_id))
+        value = {"token": token, "at": utcnow().isoformat()}
+        if row is None:
+            session.add(KeyValue(key=_token_key(user_id), value=value, expires_at=utcnow() + REPLY_TOKEN_AGE))
+        else:
+            row.value, row.expires_at = value, utcnow() + REPLY_TOKEN_AGE
+
+
+def take_reply_token(db: Engine, user_id: str) -> str | None:
+    """The user's reply token if still fresh; it is used up either way (a token works once)."""
+    with session_scope(db) as session:
+        row = session.execute(
+            select(KeyValue).where(col(KeyValue.key) == _token_key(user_id)).with_for_update()
+        ).scalar_one_or_none()
+        if row is None:
+            return None
+        fresh = row.expires_at is not None and row.expires_at > utcnow()
+        token = row.value.get("token") if fresh else None
+        session.delete(row)
+        return token if isinstance(token, str) else None
+
+
+class LineSender:
+    def __init__(self, db: Engine, client: LineClient) -> None:
+        self.db = db
+        self.client = client
+
+    async def send(self, message: OutboundMessage, payload: Mapping[str, Any]) -> Delivered:
+        messages = render(message.text, message.buttons)
+        if len(messages) > MAX_MESSAGES:  # an extremely long text: the rest is cut, with a mark
+            messages = messages[:MAX_MESSAGES]
+            messages[-1] = {**messages[-1], "text": messages[-1]["text"][: TEXT_LIMIT - 1] + "…"}
+        try:
+            token = await asyncio.to_thread(take_reply_token, self.db, message.chat_id)
+            answer: dict[str, Any] | None = None
+            if token:
+                try:
+                    answer = await self.client.reply(token, messages)
+                except LineError as error:
+                    if error.status != 400:
+                        raise
+                    log.info("line reply token refused (%s); pushing instead", error.message)
+            if answer is None:
+                answer = await self.client.push(message.chat_id, messages)
+        except LineError as error:
+            raise delivery_error(error) from error
+        except httpx.HTTPError as error:
+            raise RetryLater(f"{type(error).__name__}: {error}") from error
+        sent = answer.get("sentMessages")
+        first = sent[0].get("id") if isinstance(sent, list) and sent and isinstance(sent[0], dict) else None
+        return Delivered(external_id=str(first) if first else None)
+
+
+# --- the channel ------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class LineConfig:
+    channel_secret: str
+    access_token: str
+    api_url: str
+    data_api_url: str
+
+
+class LineChannel:
+    name = CHANNEL
+    is_desk = False
+
+    def __init__(self, bot: Bot, config: LineConfig) -> None:
+        self.bot = bot
+        self.config = config
+        self.client = LineClient(config.api_url, config.access_token)
+        self._sender = LineSender(bot.db, self.client)
+        data_host = config.data_api_url
+        self._fetcher = Fetcher(
+            FetchPolicy.from_settings(bot.settings, hosts=[data_host], token_hosts=[data_host])
+        )
+
+    def routes(self) -> Sequence[BaseRoute]:
+        return [Route(WEBHOOK_PATH, self.webhook, methods=["POST"])]
+
+    def sender(self) -> LineSender:
+        return self._sender
+
+    async def start(self) -> None:
+        return None
+
+    async def stop(self) -> None:
+        await self.client.aclose()
+        await self._fetcher.aclose()
+
+    async def webhook(self, request: Request) -> Response:
+        body = await request.body()
+        if not signature_valid(body, request.headers.get("x-line-signature"), self.config.channel_secret):
+            return JSONResponse({"error": "invalid signature"}, status_code=401)
+        try:
+            events = parse(body)
+        except MalformedPayload as error:
+            return JSONResponse({"error": f"malformed webhook: {error}"}, status_code=400)
+        try:
+            for incoming in events:
+                await self._receive(incoming)
+        except (SQLAlchemyError, FetchFailed) as error:
+            # Not stored: a non-2xx makes LINE redeliver (when redelivery is on in the console).
+            log.warning("line webhook not stored, asking for redelivery: %s", type(error).__name__)
+            return JSONResponse({"error": "temporarily unavailable"}, status_code=503)
+        return JSONResponse({})
+
+    async def _receive(self, incoming: Incoming) -> None:
+        external_id = incoming.event_id
+        if await asyncio.to_thread(self.bot.engine.seen, CHANNEL, external_id):
+            return
+        if incoming.reply_token:
+            await asyncio.to_thread(note_reply_token, self.bot.db, incoming.user_id, incoming.reply_token)
+        attachments = (await self._attachment(incoming),) if incoming.media_id else ()
+        await asyncio.to_thread(
+            self.bot.engine.accept,
+            InboundMessage(
+                channel=CHANNEL,
+                external_id=external_id,
+                sender_id=incoming.user_id,
+                chat_id=incoming.user_id,
+                text=incoming.text,
+                attachments=attachments,
+                received_at=utcnow(),
+                raw={"type": incoming.type},
+            ),
+        )
+
+    async def _attachment(self, incoming: Incoming) -> Attachment:
+        store = self.bot.attachments
+        kind = _MEDIA_KINDS[incoming.type]
+        guessed = mimetypes.guess_type(incoming.file_name)[0] if incoming.file_name else None
+        mime = guessed or _DEFAULT_MIME.get(incoming.type, "application/octet-stream")
+        name = (
+            incoming.file_name
+            or f"{incoming.type}-{incoming.media_id}{mimetypes.guess_extension(mime) or ''}"
+        )
+        if incoming.external_media:
+            return store.rejected(name, "unavailable")  # a URL the sender chose: not fetched
+        if incoming.file_name and mime not in store.allowed_types:
+            return store.rejected(name, "type")
+        url = f"{self.config.data_api_url.rstrip('/')}/v2/bot/message/{incoming.media_id}/content"
+        try:
+            fetched = await self._fetcher.get(url, bearer=self.config.access_token, max_bytes=store.max_bytes)
+        except FetchTooLarge:
+            return store.rejected(name, "too_large")
+        except FetchRefused as error:
+            log.warning("line content refused by the fetch policy: %s", error.reason)
+            return store.rejected(name, "unavailable")
+        except FetchFailed as error:
+            if error.status == 0 or error.status == 429 or error.status >= 500:
+                raise
+            return store.rejected(name, "unavailable")
+        if fetched.status == 202:  # a video still being prepared: LINE redelivers nothing, so it is lost
+            return store.rejected(name, "unavailable")
+        mime = fetched.content_type or mime
+        try:
+            return await asyncio.to_thread(store.save, fetched.data, name=name, mime=mime, kind=kind)
+        except AttachmentRejected as error:
+            return store.rejected(name, error.reason)
+
+
+def from_settings(bot: Bot) -> LineChannel | None:
+    """The channel when LINE_CHANNEL_SECRET and LINE_CHANNEL_ACCESS_TOKEN are set."""
+    s = bot.settings
+    if not (s.line_channel_secret and s.line_channel_access_token):
+        return None
+    return LineChannel(
+        bot,
+        LineConfig(
+            channel_secret=s.line_channel_secret.get_secret_value(),
+            access_token=s.line_channel_access_token.get_secret_value(),
+            api_url=s.line_api_base_url,
+            data_api_url=s.line_data_api_base_url,
+        ),
+    )

@@ -1,0 +1,267 @@
+"""LINE channel: signature, parsing and rendering, then the bot's real server against a loopback fake of LINE."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from pydantic import SecretStr
+from sqlalchemy import Engine, select
+from sqlmodel import Session
+
+from adapters import line
+from adapters.line import MalformedPayload, parse, render, signature_valid
+from bot.app import Bot, build
+from bot.config import Settings
+from bot.messages import Button
+from bot.outbox import PermanentFailure, RetryLater
+from bot.server import create_app
+from bot.store import Case, InboxItem, OutboxItem, StoredAttachment
+from tests.fakes.line import FakeLine
+from tests.fakes.server import serve
+from tests.support import wait_until
+
+PAYLOADS = Path(__file__).with_name("payloads") / "line"
+SECRET = "8c570fa6dd201bb328f1c1eac23a96d8"
+TOKEN = "W1TeHCgfH2Liwaa/test/channel/access/token="
+USER = "U206d25c2ea6bd87c17655609a1c37cb8"
+JPEG = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00" + bytes(range(256)) * 4
+PDF = b"%PDF-1.4\n" + b"0" * 500
+
+
+def payload(name: str) -> bytes:
+    return (PAYLOADS / name).read_bytes()
+
+
+def sign(body: bytes, secret: str = SECRET) -> str:
+    return base64.b64encode(hmac.new(secret.encode(), body, hashlib.sha256).digest()).decode()
+
+
+def derived(number: int, **event: Any) -> bytes:
+    """A later event of the same user, derived from the sample text message."""
+    document = json.loads(payload("text.json"))
+    original = document["events"][0]
+    document["events"] = [
+        {**original, "replyToken": f"token{number:04d}", "webhookEventId": f"01TEST{number:04d}", **event}
+    ]
+    return json.dumps(document, ensure_ascii=False, indent=2).encode()
+
+
+def test_signature_is_base64_hmac_of_the_body() -> None:
+    body = payload("text.json")
+    assert signature_valid(body, sign(body), SECRET)
+    assert not signature_valid(body + b" ", sign(body), SECRET)
+    assert not signature_valid(body, sign(body, "another"), SECRET)
+    assert not signature_valid(body, None, SECRET) and not signature_valid(body, sign(body), "")
+
+
+def test_samples_parse_to_what_the_conversation_can_use() -> None:
+    (text,) = parse(payload("text.json"))
+    assert (text.event_id, text.user_id, text.type, text.reply_token) == (
+        "325708",
+        USER,
+        "text",
+        "nHuyWiB7yP5Zw52FIkcQobQuGDXCTA",
+    )
+    assert "CSP2311B0872" in text.text
+    (image,) = parse(payload("image.json"))
+    assert (image.type, image.media_id, image.external_media) == ("image", "354718705033693861", False)
+    assert parse(payload("image_external.json"))[0].external_media
+    (file,) = parse(payload("file.json"))
+    assert (file.type, file.file_name) == ("file", "invoice.pdf")
+    (postback,) = parse(payload("postback.json"))
+    assert (postback.type, postback.text, postback.event_id) == (
+        "postback",
+        "cause:normal",
+        "postback:01FZ74CHP12XSZ5YT2VN0C5R0N",
+    )
+    for ignored in ("sticker.json", "follow.json", "group_text.json"):
+        assert parse(payload(ignored)) == []
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"{",
+        b"[]",
+        b'{"events": "x"}',
+        b'{"events": [1]}',
+        b'{"events": [{"type": "message", "source": {"type": "user", "userId": ""}}]}',
+        b'{"events": [{"type": "message", "source": {"type": "user", "userId": "U1"}}]}',
+    ],
+)
+def test_malformed_bodies(body: bytes) -> None:
+    with pytest.raises(MalformedPayload):
+        parse(body)
+
+
+def test_buttons_become_quick_replies_or_numbered_options() -> None:
+    (message,) = render("Why?", (Button(label="Normal use of the product", value="cause:normal"),))
+    item = message["quickReply"]["items"][0]["action"]
+    assert item == {
+        "type": "postback",
+        "label": "Normal use of the p…",
+        "data": "cause:normal",
+        "displayText": "Normal use of the product",
+    }
+    many = tuple(Button(label=f"Unit {n}", value=f"u:{n}") for n in range(14))
+    (plain,) = render("Which?", many)
+    assert "quickReply" not in plain and plain["text"].endswith("14. Unit 13")
+    long = render("word " * 2000, ())
+    assert len(long) == 2 and all(len(m["text"]) <= line.TEXT_LIMIT for m in long)
+
+
+def test_errors_map_to_outbox_outcomes() -> None:
+    assert isinstance(line.delivery_error(line.LineError(500, "x")), RetryLater)
+    assert isinstance(line.delivery_error(line.LineError(429, "x", 3)), RetryLater)
+    assert isinstance(line.delivery_error(line.LineError(400, "x")), PermanentFailure)
+
+
+def test_not_configured_without_credentials(bot: Bot) -> None:
+    assert line.from_settings(bot) is None
+
+
+# --- the bot's server against the fake -----------------------------------------------------------------------
+
+
+@dataclass
+class Running:
+    bot: Bot
+    fake: FakeLine
+    url: str
+
+    def post(self, body: bytes, *, signature: str | None = "valid") -> httpx.Response:
+        # LINE issues the event's reply token; the fake honours it once.
+        try:
+            for event in json.loads(body).get("events", []):
+                if isinstance(event, dict) and isinstance(event.get("replyToken"), str):
+                    self.fake.reply_tokens[event["replyToken"]] = event.get("source", {}).get("userId", "")
+        except (ValueError, AttributeError):
+            pass
+        headers = {"content-type": "application/json"}
+        if signature is not None:
+            headers["x-line-signature"] = sign(body) if signature == "valid" else signature
+        return httpx.post(f"{self.url}{line.WEBHOOK_PATH}", content=body, headers=headers, timeout=10)
+
+    def inbox(self) -> list[InboxItem]:
+        with Session(self.bot.db) as session:
+            return list(session.execute(select(InboxItem).order_by(InboxItem.id)).scalars())  # type: ignore[arg-type]
+
+    def outbox(self) -> list[OutboxItem]:
+        with Session(self.bot.db) as session:
+            return list(session.execute(select(OutboxItem).order_by(OutboxItem.id)).scalars())  # type: ignore[arg-type]
+
+    def case_ref(self) -> str | None:
+        with Session(self.bot.db) as session:
+            case = session.execute(select(Case)).scalars().first()
+            return case.ref if case else None
+
+    def settled(self, count: int, what: str) -> list[dict[str, Any]]:
+        def probe() -> list[dict[str, Any]]:
+            done = all(i.status != "pending" for i in self.outbox()) and len(self.fake.to(USER)) >= count
+            return self.fake.to(USER) if done else []
+
+        return wait_until(probe, what=what)
+
+
+@pytest.fixture
+def running(settings: Settings, db: Engine) -> Iterator[Running]:
+    fake = FakeLine(access_token=TOKEN)
+    with serve(fake.app()) as fake_url:
+        configured = settings.model_copy(
+            update={
+                "line_channel_secret": SecretStr(SECRET),
+                "line_channel_access_token": SecretStr(TOKEN),
+                "line_api_base_url": fake_url,
+                "line_data_api_base_url": fake_url,
+                "fetch_insecure_hosts": "127.0.0.1",
+                "outbox_poll_seconds": 0.1,
+            }
+        )
+        bot = build(configured, db=db)
+        channel = line.from_settings(bot)
+        assert channel is not None
+        with serve(create_app(bot, channels=[channel])) as url:
+            yield Running(bot=bot, fake=fake, url=url)
+
+
+def test_a_full_claim_over_line(running: Running) -> None:
+    fake = running.fake
+    fake.content["354718705033693861"] = (JPEG, "image/jpeg")
+    fake.content["325710"] = (PDF, "application/pdf")
+
+    assert running.post(payload("text.json")).status_code == 200
+    first = running.settled(2, "the bot's answer to the serial and fault")
+    assert any("CSP2311B0872" in m["text"] for m in first)
+    assert "quickReply" in first[-1]
+    hows = [how for how, _, _ in fake.sent]
+    assert hows[0] == "reply" and set(hows[1:]) <= {"push"}  # the reply token once, then push
+
+    assert running.post(payload("text.json")).status_code == 200  # a redelivery: stored once
+    assert [i.external_id for i in running.inbox()] == ["325708"]
+
+    before = len(fake.to(USER))
+    assert running.post(payload("image.json")).status_code == 200
+    running.settled(before + 1, "the answer to the photo")
+    with Session(running.bot.db) as session:
+        stored = session.execute(select(StoredAttachment)).scalars().one()
+    assert (stored.kind, stored.mime, stored.size) == ("photo", "image/jpeg", len(JPEG))
+
+    pressed = []
+    for number in range(10, 16):
+        if running.case_ref():
+            break
+        last = fake.to(USER)[-1]
+        values = [i["action"]["data"] for i in last["quickReply"]["items"]]
+        choice = next(v for v in ("cause:normal", "pref:repair", "cmd:human", *values) if v in values)
+        sent = len(fake.to(USER))
+        body = derived(number, type="postback", postback={"data": choice})
+        body_doc = json.loads(body)
+        body_doc["events"][0].pop("message")
+        assert running.post(json.dumps(body_doc).encode()).status_code == 200
+        pressed.append(choice)
+        running.settled(sent + 1, f"the answer to {choice}")
+    assert "cause:normal" in pressed
+    ref = wait_until(running.case_ref, what="a case")
+    wait_until(lambda: any(ref in t for t in fake.texts(USER)), what="the case reference")
+
+    running.bot.desk.claim(ref, engineer="Ana Ruiz")
+    wait_until(lambda: any("Ana Ruiz" in t and ref in t for t in fake.texts(USER)), what="the claim notice")
+    wait_until(
+        lambda: all(i.status == "sent" and i.last_error is None for i in running.outbox()), what="all sent"
+    )
+
+
+def test_a_used_up_reply_token_falls_back_to_push_and_failures_retry(running: Running) -> None:
+    fake = running.fake
+    fake.failures.append(500)
+    body = payload("text.json")
+    assert running.post(body).status_code == 200
+    fake.reply_tokens.clear()  # the token expired before the (retried) reply went out
+    running.settled(2, "the replies after a failure")
+    assert [how for how, _, _ in fake.sent] == ["push"] * len(fake.sent)
+    assert running.outbox()[0].attempts >= 2
+
+
+def test_forged_and_malformed_requests_are_refused(running: Running) -> None:
+    body = payload("text.json")
+    assert running.post(body, signature=None).status_code == 401
+    assert running.post(body, signature=sign(body, "guessed")).status_code == 401
+    assert running.post(body.replace(b"E07", b"E08"), signature=sign(body)).status_code == 401
+    assert running.post(b"{not json").status_code == 400
+    assert running.inbox() == [] and running.fake.sent == []
+
+
+def test_unavailable_and_external_content_is_refused_politely(running: Running) -> None:
+    assert running.post(payload("image_external.json")).status_code == 200
+    assert running.post(payload("file.json")).status_code == 200  # not in the fake: gone (404)
+    kinds = [a["kind"] for i in running.inbox() for a in i.payload["attachments"]]
+    assert kinds == ["rejected", "rejected"]
