@@ -53,6 +53,15 @@ CAUSES: Mapping[str, Circumstances] = {
     "unsure": Circumstances(),
 }
 
+# Written variants of a language, chosen from a channel's hint (pt-PT); detection and menus use the base language.
+VARIANTS = ("pt_PT",)
+
+
+def base_language(language: str) -> str:
+    """The language of a variant: "pt_PT" -> "pt"; a plain language stays as it is."""
+    return language.split("_")[0]
+
+
 # Option values: what a button (or its number, or its label typed back) stands for.
 HUMAN = "cmd:human"
 YES = "answer:yes"
@@ -278,12 +287,13 @@ def label_name(value: str) -> str | None:
 def _offer_language(transition: Transition, facts: Facts) -> Transition:
     """A message in another language than the chosen one does not switch it: the bot offers to, once."""
     detected, state = facts.detected_language, transition.state
-    if detected is None or detected == state.language or detected in state.languages_offered:
+    current = base_language(state.language)
+    if detected is None or detected == current or detected in state.languages_offered:
         return transition
     # Numbers typed on channels without buttons refer to the last message's options: these.
     choices = (
         Choice(label=f"language_{detected}", value=f"lang:{detected}"),
-        Choice(label=f"language_{state.language}", value=f"lang:{state.language}"),
+        Choice(label=f"language_{current}", value=f"lang:{state.language}"),
     )
     offer = Reply(template="language_offer", choices=choices, language=detected)
     state = replace(
@@ -413,7 +423,7 @@ def _fresh(state: State, facts: Facts) -> State:
 
 
 def _set_language(state: State, language: str, facts: Facts) -> Transition:
-    if language not in LANGUAGES:
+    if language not in LANGUAGES and language not in VARIANTS:
         return _t(
             state,
             Reply(

@@ -20,7 +20,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, col
 
 from bot import conversation as conv
-from bot.language import detect, hint_language
+from bot.language import detect, hint_language, hint_variant
 from bot.messages import Attachment, Button, InboundMessage, OutboundMessage
 from bot.outbox import enqueue, enqueue_event
 from bot.registry import lookup, near_serials
@@ -346,7 +346,7 @@ class Engine:
             registry=registry,
             case_ref=case.ref if case else None,
             case_status=case.status if case else None,
-            detected_language=detected if detected != state.language else None,
+            detected_language=detected if detected != conv.base_language(state.language) else None,
             labels=self._labels(state.offered),
             suggestions=near_serials(session, unknown[:20]) if unknown else {},
             max_units=self.config.max_claim_units,
@@ -387,7 +387,9 @@ class Engine:
             )
         ).scalar_one_or_none()
         if identity is None:
-            customer = Customer(name=message.sender_name, language=hint_language(message.locale_hint))
+            # A written variant (pt-PT) when the hint names one, else the hint's language.
+            language = hint_variant(message.locale_hint) or hint_language(message.locale_hint)
+            customer = Customer(name=message.sender_name, language=language)
             session.add(customer)
             session.flush()
             identity = ChannelIdentity(

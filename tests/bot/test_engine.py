@@ -239,3 +239,20 @@ def test_mail_and_wechat_get_one_reply_per_customer_message(bot: Bot) -> None:
     assert sorted(rows) == ["email", "test", "test", "wechat"]  # greeting and question: together, or apart
     (mail,) = bot.engine.transcript("email", "email-chat")[1:]
     assert "Hello!" in mail["text"] and "serial number" in mail["text"]
+
+
+def test_a_portuguese_customer_of_portugal_is_answered_in_european_portuguese(bot: Bot) -> None:
+    bot.engine.accept(inbound("Olá, bom dia", chat="pt-pt", locale_hint="pt-PT"))
+    bot.engine.accept(inbound("Olá, bom dia", chat="pt-br", locale_hint="pt-BR"))
+    assert bot.engine.process_pending() == 2
+    portugal = [m["text"] for m in bot.engine.transcript("test", "pt-pt") if m["author"] == "bot"]
+    brazil = [m["text"] for m in bot.engine.transcript("test", "pt-br") if m["author"] == "bot"]
+    assert portugal[0] == bot.renderer.text("greeting", language="pt_PT")
+    assert brazil[0] == bot.renderer.text("greeting", language="pt")
+    assert portugal[0] != brazil[0]
+    # Detection says "pt" for both: no offer to switch a pt-PT customer to Portuguese.
+    assert not any("language_offer" in t for t in portugal)
+    bot.engine.accept(inbound("O ecrã mostra E07 e desliga-se", chat="pt-pt", locale_hint="pt-PT"))
+    bot.engine.process_pending()
+    later = [m for m in bot.engine.transcript("test", "pt-pt") if m["author"] == "bot"][len(portugal):]
+    assert later and all(not m["buttons"] or all(b["value"] != "lang:pt" for b in m["buttons"]) for m in later)
