@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import binascii
 import contextlib
+import dataclasses
 import hashlib
 import html
 import imaplib
@@ -133,6 +134,19 @@ MAX_MESSAGE_ID = 255  # the inbox's external id column
 _DAEMONS = {"mailer-daemon", "postmaster"}
 
 
+def quiet_reason(mail: Message) -> str | None:
+    """Why a person's `mail` is taken for the engineers but never answered automatically, or None.
+
+    Outlook's `X-Auto-Response-Suppress` asks for no automatic answer, and a list (`List-Id`, as a Google Group
+    support address adds to every mail) must not be answered to all its members; the mail is still a person's.
+    """
+    if mail.get("X-Auto-Response-Suppress") is not None:
+        return "X-Auto-Response-Suppress"
+    if mail.get("List-Id") is not None or mail.get("List-Unsubscribe") is not None:
+        return "a mailing list"
+    return None
+
+
 def ignore_reason(mail: Message, *, own: frozenset[str]) -> str | None:
     """Why `mail` must be neither answered nor relayed (auto-reply, bounce, list, our own), or None.
 
@@ -141,8 +155,6 @@ def ignore_reason(mail: Message, *, own: frozenset[str]) -> str | None:
     auto_submitted = _header(mail, "Auto-Submitted").split(";")[0].strip().lower()
     if auto_submitted and auto_submitted != "no":
         return f"Auto-Submitted: {excerpt(auto_submitted, MAX_LOGGED_HEADER)}"  # the sender's words, logged
-    if mail.get("X-Auto-Response-Suppress") is not None:
-        return "X-Auto-Response-Suppress"
     if mail.get("X-Autoreply") is not None or mail.get("X-Autorespond") is not None:
         return "X-Autoreply"
     if mail.get("X-Loop") is not None:
@@ -157,8 +169,6 @@ def ignore_reason(mail: Message, *, own: frozenset[str]) -> str | None:
         return "empty Return-Path (a bounce or an auto-reply)"
     if mail.get_content_type() == "multipart/report":
         return "a delivery or read report"
-    if mail.get("List-Id") is not None or mail.get("List-Unsubscribe") is not None:
-        return "a mailing list"
     failed = authentication_failure(mail)
     if failed:
         return f"the sender's domain did not vouch for it ({failed}): a forged From is never answered"
@@ -868,6 +878,9 @@ class MailboxReader:
             reason = ignore_reason(mail, own=self.config.own_addresses)
             inbound = None if reason else to_inbound(mail, raw, config=self.config, store=self.bot.attachments,
                                                      truncated=truncated, answers_us=_answers_us(self.bot.db, mail))
+            quiet = quiet_reason(mail)
+            if inbound is not None and quiet:
+                inbound = dataclasses.replace(inbound, raw={**inbound.raw, "quiet": quiet})
         except OSError:
             raise  # the attachment folder, not the mail: try again later
         except Exception:

@@ -275,6 +275,11 @@ class Engine:
         )
 
         text = message.text[: self.config.max_text_chars]
+        if message.raw and message.raw.get("quiet"):
+            # A message to show the engineers without answering it (mail from a list, or asking for no
+            # automatic answer): it goes to the case, or opens one, and the conversation waits for a person.
+            self._take_quietly(session, message, text, stored, conversation, customer, case, state)
+            return
         detected = None if customer.language_explicit else detect(text)
         if customer.language is None and detected is not None:
             # The first clear message tells the language of a customer whose channel gave no hint.
@@ -319,6 +324,32 @@ class Engine:
         conversation.data = transition.state.to_dict()
         conversation.updated_at = utcnow()
         identity.last_inbound_at = message.received_at
+
+    def _take_quietly(
+        self,
+        session: Session,
+        message: InboundMessage,
+        text: str,
+        stored: list[StoredAttachment],
+        conversation: Conversation,
+        customer: Customer,
+        case: Case | None,
+        state: conv.State,
+    ) -> None:
+        ids = tuple(a.id or 0 for a in stored)
+        if case is None:
+            effect = conv.OpenCase(
+                units=(), fault=text, claim_date=utcnow().date(), prefers_discount=False, attachment_ids=ids,
+                human_requested=True,
+            )
+            case = self._open_case(session, effect, conversation, customer, state.language)
+        else:
+            self._relay(session, case, conv.RelayToCase(text=text, attachment_ids=ids), message)
+        audit(session, case, "bot", "taken_without_answer", reason=str(message.raw.get("quiet"))[:200])
+        state = replace(state, name="with_engineer", offered=())
+        conversation.state = state.name
+        conversation.data = state.to_dict()
+        conversation.updated_at = utcnow()
 
     def _facts(
         self,

@@ -352,16 +352,24 @@ def with_header(raw: bytes, line: str) -> bytes:
 
 @pytest.mark.parametrize(("header", "reason"), [
     ("Auto-Submitted: auto-generated", "Auto-Submitted"),
-    ("X-Auto-Response-Suppress: All", "X-Auto-Response-Suppress"),
     ("Precedence: bulk", "Precedence"),
     ("Precedence: list", "Precedence"),
     ("Precedence: junk", "Precedence"),
-    ("List-Id: <solar.lists.example>", "list"),
-    ("List-Unsubscribe: <mailto:leave@lists.example>", "list"),
 ])
 def test_automated_mail_is_never_answered(header: str, reason: str) -> None:
     found = mail.ignore_reason(mail.read_mail(with_header(payload("customer_claim.eml"), header)), own=CONFIG.own_addresses)
     assert found is not None and reason in found
+
+
+@pytest.mark.parametrize(("header", "reason"), [
+    ("X-Auto-Response-Suppress: All", "X-Auto-Response-Suppress"),
+    ("List-Id: <solar.lists.example>", "list"),
+    ("List-Unsubscribe: <mailto:leave@lists.example>", "list"),
+])
+def test_a_persons_mail_from_a_list_or_asking_for_no_answer_is_taken_quietly(header: str, reason: str) -> None:
+    read = mail.read_mail(with_header(payload("customer_claim.eml"), header))
+    assert mail.ignore_reason(read, own=CONFIG.own_addresses) is None
+    assert reason in str(mail.quiet_reason(read))
 
 
 def test_the_sample_auto_reply_bounces_and_our_own_mail_are_ignored() -> None:

@@ -14,13 +14,15 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from sqlalchemy import Engine
+from sqlalchemy import Engine, select
+from sqlmodel import Session, col
 
 from adapters import mail
 from bot.app import build
 from bot.config import Settings
 from bot.registry import import_registry
 from bot.server import create_app
+from bot.store import OutboxItem
 from tests.fakes.imap import Mailbox
 from tests.fakes.server import serve
 from tests.support import wait_until
@@ -160,3 +162,22 @@ def test_a_claim_by_email_answered_in_words_and_by_number(
         assert (
             said[-1].startswith("1 (") and "cause:" not in said[-1]
         )  # the engineer reads the option's label
+
+
+def test_a_persons_mail_through_a_list_reaches_the_engineers_unanswered(
+    settings: Settings, db: Engine, imap: tuple[str, int], mailbox: Mailbox, smtp: SmtpSink
+) -> None:
+    bot = build(email_settings(settings, imap, smtp), db=db)
+    channel = mail.from_settings(bot)
+    assert channel is not None
+    listed = first_mail("Garantía", "CSP2402A0999: el ventilador hace mucho ruido y luego se para.")
+    listed = b"List-Id: <soporte.solarege.example>\r\n" + listed
+    mailbox.append(listed)
+    with serve(create_app(bot, channels=[channel])):
+        case = wait_until(lambda: next(iter(bot.desk.list_cases()), None), what="a case for the engineers")
+        details = bot.desk.get_case(case["ref"])
+        assert "ventilador" in details["fault"]
+        assert any(a["action"] == "taken_without_answer" for a in details["audit"])
+    assert smtp.mails() == []  # nothing was answered to the list
+    with Session(db) as session:
+        assert session.execute(select(OutboxItem).where(col(OutboxItem.channel) == "email")).first() is None
