@@ -512,3 +512,12 @@ def test_a_failing_request_is_logged_by_its_route_not_its_path(
     assert answer.status_code == 500
     [line] = [r.getMessage() for r in caplog.records if r.name == "bot.server"]
     assert line == "unhandled error on GET /api/failing/sessions/{session_id}/boom: RuntimeError"
+
+
+def test_the_signed_channel_api_is_not_limited_like_the_web_chat() -> None:
+    from bot.config import Settings
+    from bot.ratelimit import rules_from_settings
+
+    rules = rules_from_settings(Settings(_env_file=None))  # type: ignore[call-arg]
+    assert not any(rule.applies("POST", "/api/channels/gateway/messages") for rule in rules)
+    assert any(rule.applies("POST", "/api/webchat/sessions/abc/messages") for rule in rules)
