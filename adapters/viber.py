@@ -306,8 +306,9 @@ class ViberChannel:
 
     async def webhook(self, request: Request) -> Response:
         body = await request.body()
-        header = request.headers.get("x-viber-content-signature") or request.query_params.get("sig")
-        if not signature_valid(body, header, self.config.auth_token):
+        if not signature_valid(
+            body, request.headers.get("x-viber-content-signature"), self.config.auth_token
+        ):
             return JSONResponse({"error": "invalid signature"}, status_code=401)
         try:
             incoming = parse(body)
