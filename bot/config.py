@@ -142,6 +142,12 @@ class Settings(BaseSettings):
     line_api_base_url: str = "https://api.line.me"
     line_data_api_base_url: str = "https://api-data.line.me"
 
+    # --- Viber ----------------------------------------------------------------------------------------
+    viber_auth_token: SecretStr | None = None
+    viber_bot_name: str = "Warranty support"
+    viber_api_base_url: str = "https://chatapi.viber.com"
+    viber_media_hosts: str = "*.viber.com"  # comma-separated; media URLs of pictures and files customers send
+
     # --- generic API channels (docs/channels/api.md) ------------------------------------------------------
     # JSON: {"name": {"secret": "...", "callback_url": "https://...", "media_hosts": ["files.example.com"]}}
     api_channels: dict[str, ApiChannelSettings] = {}

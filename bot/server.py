@@ -54,6 +54,7 @@ CHANNEL_MODULES: tuple[str, ...] = (
     "adapters.whatsapp",
     "adapters.wechat",
     "adapters.line",
+    "adapters.viber",
     "adapters.api",
 )
 # Desks that receive case events through the outbox when configured (module, predicate on settings).

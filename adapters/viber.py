@@ -1,0 +1,404 @@
+"""Viber REST bot API channel: signed webhooks in (`X-Viber-Content-Signature`), `send_message` out with buttons
+as a reply keyboard; a welcome answered in the webhook response to `conversation_started`; pictures and files
+fetched from Viber's media hosts through bot/fetch.py. See docs/channels/viber.md.
+
+A thin httpx client rather than viberbot (Viber's Python SDK): its last release is from 2021, it uses
+`requests` (outside our fetch policy and blocking), and we use one endpoint of the API.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import logging
+import mimetypes
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+from sqlalchemy.exc import SQLAlchemyError
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from adapters.whatsapp import split_text
+from bot.app import Bot
+from bot.attachments import AttachmentRejected
+from bot.fetch import Fetcher, FetchFailed, FetchPolicy, FetchRefused, FetchTooLarge
+from bot.messages import Attachment, Button, InboundMessage, OutboundMessage
+from bot.outbox import Delivered, DeliveryError, PermanentFailure, RetryLater, Unreachable
+from bot.store.clock import utcnow
+
+log = logging.getLogger(__name__)
+
+CHANNEL = "viber"
+WEBHOOK_PATH = "/viber/webhook"
+
+# REST bot API limits (https://developers.viber.com/docs/api/rest-bot-api/).
+TEXT_LIMIT = 7000
+SENDER_NAME_LIMIT = 28
+MAX_BUTTONS = 24  # buttons in one keyboard
+BUTTON_TEXT_LIMIT = 250  # what we put on a button (labels are short; Viber renders a few words)
+ACTION_BODY_LIMIT = 4096
+MAX_ID = 255
+MIN_API_VERSION = 1
+# Events that are acknowledged and otherwise ignored.
+ACKNOWLEDGED = frozenset(
+    {"subscribed", "unsubscribed", "delivered", "seen", "failed", "webhook", "client_status"}
+)
+_MEDIA_KINDS = {"picture": "photo", "file": "document", "video": "document"}
+_DEFAULT_MIME = {"picture": "image/jpeg", "video": "video/mp4"}
+# Status codes of the API's JSON answers.
+STATUS_OK = 0
+STATUS_NOT_SUBSCRIBED = 6
+STATUS_NOT_REGISTERED = 5
+STATUS_NO_SUITABLE_DEVICE = 11
+STATUS_TOO_MANY_REQUESTS = 12
+
+
+def signature_valid(body: bytes, header: str | None, auth_token: str) -> bool:
+    """Whether `X-Viber-Content-Signature` is the hex HMAC-SHA256 of the raw body under the auth token."""
+    if not header or not auth_token:
+        return False
+    expected = hmac.new(auth_token.encode(), body, hashlib.sha256).hexdigest()
+    return hmac.compare_digest(header.strip().lower().encode(), expected.encode())
+
+
+# --- parse ----------------------------------------------------------------------------------------------------
+
+
+class MalformedPayload(ValueError):
+    """The body is not a Viber callback."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Incoming:
+    """One callback: a message the conversation can use, a conversation opened, or something only acknowledged."""
+
+    event: str  # message | conversation_started | ignored
+    event_id: str = ""  # the message token
+    user_id: str = ""
+    language: str = ""
+    type: str = ""  # text | picture | file | video (messages)
+    text: str = ""
+    media_url: str | None = None
+    file_name: str | None = None
+
+
+def parse(body: bytes) -> Incoming:
+    """The callback in `body`; MalformedPayload if it is not one."""
+    try:
+        document = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise MalformedPayload("body is not JSON") from error
+    if not isinstance(document, dict) or not isinstance(document.get("event"), str):
+        raise MalformedPayload("no event")
+    event = document["event"]
+    if event == "conversation_started":
+        user = _dict(document.get("user"), "user")
+        return Incoming(
+            event=event,
+            event_id=_token(document.get("message_token")),
+            user_id=_id(user.get("id"), "user.id"),
+            language=_language(user.get("language")),
+        )
+    if event != "message":
+        return Incoming(event="ignored")  # subscribed, delivered, seen, failed, webhook, and any new event
+    sender = _dict(document.get("sender"), "sender")
+    message = _dict(document.get("message"), "message")
+    base = {
+        "event": event,
+        "event_id": _token(document.get("message_token")),
+        "user_id": _id(sender.get("id"), "sender.id"),
+        "language": _language(sender.get("language")),
+    }
+    mtype = message.get("type")
+    raw_text = message.get("text")
+    text: str = raw_text if isinstance(raw_text, str) else ""
+    if mtype == "text":
+        return Incoming(**base, type="text", text=text)
+    if mtype in _MEDIA_KINDS:
+        media = message.get("media")
+        if not isinstance(media, str) or not media:
+            raise MalformedPayload("media message without a media URL")
+        name = message.get("file_name") if isinstance(message.get("file_name"), str) else None
+        return Incoming(**base, type=str(mtype), text=text, media_url=media, file_name=name)
+    return Incoming(event="ignored")  # stickers, contacts, locations, URLs: nothing a claim can use
+
+
+def _dict(value: Any, what: str) -> dict[str, Any]:
+    if isinstance(value, dict):
+        return value
+    raise MalformedPayload(f"{what} is missing")
+
+
+def _id(value: Any, what: str) -> str:
+    if isinstance(value, str) and value and len(value) <= MAX_ID and value.isprintable():
+        return value
+    raise MalformedPayload(f"{what} is missing or not an id")
+
+
+def _token(value: Any) -> str:
+    # A 64-bit integer in Viber's samples; accepted as a string of digits too.
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return str(value)
+    if isinstance(value, str) and value.isdigit() and len(value) <= 20:
+        return value
+    raise MalformedPayload("message_token is missing or not a number")
+
+
+def _language(value: Any) -> str:
+    return value if isinstance(value, str) and 0 < len(value) <= 16 and value.isprintable() else ""
+
+
+# --- send -----------------------------------------------------------------------------------------------------
+
+
+def render(text: str, buttons: Sequence[Button], *, receiver: str, sender_name: str) -> list[dict[str, Any]]:
+    """`send_message` bodies for `text` and `buttons`: up to 24 buttons as a reply keyboard on the last message;
+    more, or values too long for an ActionBody, as numbered options in the text. Long texts are split."""
+    usable = len(buttons) <= MAX_BUTTONS and all(0 < len(b.value) <= ACTION_BODY_LIMIT for b in buttons)
+    if buttons and not usable:
+        options = "\n".join(f"{n}. {b.label}" for n, b in enumerate(buttons, start=1))
+        text = f"{text}\n\n{options}" if text.strip() else options
+        buttons = ()
+    sender = {"name": sender_name[:SENDER_NAME_LIMIT]}
+    bodies: list[dict[str, Any]] = [
+        {
+            "receiver": receiver,
+            "min_api_version": MIN_API_VERSION,
+            "sender": sender,
+            "type": "text",
+            "text": p or "…",
+        }
+        for p in split_text(text, TEXT_LIMIT)
+    ]
+    if buttons:
+        keyboard = {
+            "Type": "keyboard",
+            "DefaultHeight": False,
+            "Buttons": [
+                {"ActionType": "reply", "ActionBody": b.value, "Text": _clip(b.label, BUTTON_TEXT_LIMIT)}
+                for b in buttons
+            ],
+        }
+        bodies[-1] = {**bodies[-1], "keyboard": keyboard}
+    return bodies
+
+
+def _clip(text: str, limit: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
+
+
+class ViberError(Exception):
+    """A refused request: an HTTP error (`status` the HTTP status) or a non-zero API status in the JSON answer."""
+
+    def __init__(self, *, http_status: int = 200, api_status: int | None = None, message: str = "") -> None:
+        what = f"HTTP {http_status}" if api_status is None else f"status {api_status}"
+        super().__init__(f"{what}: {message}")
+        self.http_status = http_status
+        self.api_status = api_status
+        self.message = message
+
+
+def delivery_error(error: ViberError) -> DeliveryError:
+    if error.api_status is None:
+        if error.http_status == 429 or error.http_status >= 500:
+            return RetryLater(str(error))
+        return PermanentFailure(str(error))
+    if error.api_status == STATUS_TOO_MANY_REQUESTS:
+        return RetryLater(str(error))
+    if error.api_status in (STATUS_NOT_SUBSCRIBED, STATUS_NOT_REGISTERED, STATUS_NO_SUITABLE_DEVICE):
+        return Unreachable(str(error))
+    return PermanentFailure(str(error))
+
+
+class ViberClient:
+    """`POST {base}/pa/send_message` with the auth token header; the base URL is a setting (a fake in tests)."""
+
+    def __init__(
+        self, api_url: str, auth_token: str, *, transport: httpx.AsyncBaseTransport | None = None
+    ) -> None:
+        self._http = httpx.AsyncClient(
+            base_url=api_url.rstrip("/") + "/",
+            timeout=15.0,
+            transport=transport,
+            headers={"X-Viber-Auth-Token": auth_token},
+            trust_env=False,
+        )
+
+    async def send_message(self, body: dict[str, Any]) -> dict[str, Any]:
+        response = await self._http.post("pa/send_message", json=body)
+        try:
+            data = response.json()
+        except ValueError:
+            data = None
+        if response.status_code >= 300:
+            raise ViberError(http_status=response.status_code, message=response.text[:200])
+        if not isinstance(data, dict) or not isinstance(data.get("status"), int):
+            raise ViberError(http_status=502, message="answer without a status")
+        if data["status"] != STATUS_OK:
+            raise ViberError(api_status=data["status"], message=str(data.get("status_message", ""))[:200])
+        return data
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+
+class ViberSender:
+    def __init__(self, client: ViberClient, sender_name: str) -> None:
+        self.client = client
+        self.sender_name = sender_name
+
+    async def send(self, message: OutboundMessage, payload: Mapping[str, Any]) -> Delivered:
+        bodies = render(message.text, message.buttons, receiver=message.chat_id, sender_name=self.sender_name)
+        first: Any = None
+        try:
+            for body in bodies:
+                answer = await self.client.send_message(body)
+                first = first or answer.get("message_token")
+        except ViberError as error:
+            raise delivery_error(error) from error
+        except httpx.HTTPError as error:
+            raise RetryLater(f"{type(error).__name__}: {error}") from error
+        return Delivered(external_id=str(first) if first else None)
+
+
+# --- the channel ------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class ViberConfig:
+    auth_token: str
+    bot_name: str
+    api_url: str
+    media_hosts: tuple[str, ...]
+
+
+class ViberChannel:
+    name = CHANNEL
+    is_desk = False
+
+    def __init__(self, bot: Bot, config: ViberConfig) -> None:
+        self.bot = bot
+        self.config = config
+        self.client = ViberClient(config.api_url, config.auth_token)
+        self._sender = ViberSender(self.client, config.bot_name)
+        # Media URLs are public, signed links on Viber's media hosts: no token is ever sent with them.
+        self._fetcher = Fetcher(FetchPolicy.from_settings(bot.settings, hosts=config.media_hosts))
+
+    def routes(self) -> Sequence[BaseRoute]:
+        return [Route(WEBHOOK_PATH, self.webhook, methods=["POST"])]
+
+    def sender(self) -> ViberSender:
+        return self._sender
+
+    async def start(self) -> None:
+        return None
+
+    async def stop(self) -> None:
+        await self.client.aclose()
+        await self._fetcher.aclose()
+
+    async def webhook(self, request: Request) -> Response:
+        body = await request.body()
+        if not signature_valid(
+            body, request.headers.get("x-viber-content-signature"), self.config.auth_token
+        ):
+            return JSONResponse({"error": "invalid signature"}, status_code=401)
+        try:
+            incoming = parse(body)
+        except MalformedPayload as error:
+            return JSONResponse({"error": f"malformed callback: {error}"}, status_code=400)
+        if incoming.event == "conversation_started":
+            return JSONResponse(self.welcome(incoming))
+        if incoming.event != "message":
+            return JSONResponse({})
+        try:
+            await self._receive(incoming)
+        except (SQLAlchemyError, FetchFailed) as error:
+            # Not stored: a non-2xx makes Viber send the callback again.
+            log.warning("viber webhook not stored, asking for redelivery: %s", type(error).__name__)
+            return JSONResponse({"error": "temporarily unavailable"}, status_code=503)
+        return JSONResponse({})
+
+    def welcome(self, incoming: Incoming) -> dict[str, Any]:
+        """The welcome message, sent as the answer to conversation_started (the user is not subscribed yet, so
+        send_message would be refused; Viber shows this one)."""
+        languages = self.bot.renderer.languages()
+        base = incoming.language.replace("_", "-").split("-")[0].lower()
+        language = base if base in languages else "en"
+        text = self.bot.renderer.text("greeting", language=language)
+        return {
+            "sender": {"name": self.config.bot_name[:SENDER_NAME_LIMIT]},
+            "type": "text",
+            "text": text[:TEXT_LIMIT],
+            "min_api_version": MIN_API_VERSION,
+        }
+
+    async def _receive(self, incoming: Incoming) -> None:
+        if await asyncio.to_thread(self.bot.engine.seen, CHANNEL, incoming.event_id):
+            return
+        attachments = (await self._attachment(incoming),) if incoming.media_url else ()
+        await asyncio.to_thread(
+            self.bot.engine.accept,
+            InboundMessage(
+                channel=CHANNEL,
+                external_id=incoming.event_id,
+                sender_id=incoming.user_id,
+                chat_id=incoming.user_id,
+                text=incoming.text,
+                attachments=attachments,
+                received_at=utcnow(),
+                raw={"type": incoming.type},
+            ),
+        )
+
+    async def _attachment(self, incoming: Incoming) -> Attachment:
+        assert incoming.media_url is not None
+        store = self.bot.attachments
+        kind = _MEDIA_KINDS[incoming.type]
+        guessed = mimetypes.guess_type(incoming.file_name)[0] if incoming.file_name else None
+        mime = guessed or _DEFAULT_MIME.get(incoming.type, "application/octet-stream")
+        name = (
+            incoming.file_name
+            or f"{incoming.type}-{incoming.event_id}{mimetypes.guess_extension(mime) or ''}"
+        )
+        if incoming.file_name and mime not in store.allowed_types:
+            return store.rejected(name, "type")
+        try:
+            fetched = await self._fetcher.get(incoming.media_url, max_bytes=store.max_bytes)
+        except FetchTooLarge:
+            return store.rejected(name, "too_large")
+        except FetchRefused as error:
+            log.warning("viber media refused by the fetch policy: %s", error.reason)
+            return store.rejected(name, "unavailable")
+        except FetchFailed as error:
+            if error.status == 0 or error.status == 429 or error.status >= 500:
+                raise
+            return store.rejected(name, "unavailable")
+        mime = fetched.content_type or mime
+        try:
+            return await asyncio.to_thread(store.save, fetched.data, name=name, mime=mime, kind=kind)
+        except AttachmentRejected as error:
+            return store.rejected(name, error.reason)
+
+
+def from_settings(bot: Bot) -> ViberChannel | None:
+    """The channel when VIBER_AUTH_TOKEN is set."""
+    s = bot.settings
+    if not s.viber_auth_token:
+        return None
+    return ViberChannel(
+        bot,
+        ViberConfig(
+            auth_token=s.viber_auth_token.get_secret_value(),
+            bot_name=s.viber_bot_name,
+            api_url=s.viber_api_base_url,
+            media_hosts=tuple(h.strip() for h in s.viber_media_hosts.split(",") if h.strip()),
+        ),
+    )
