@@ -469,7 +469,7 @@ def _human(state: State, reading: Reading, event: Event, facts: Facts) -> Transi
     units = tuple(_decide(state, facts)) if state.serials else ()
     effect = OpenCase(
         units=units,
-        fault=_case_fault(state),
+        fault=state.fault,
         claim_date=state.claim_date or facts.today,
         prefers_discount=bool(state.prefers_discount),
         attachment_ids=state.attachment_ids,
@@ -784,7 +784,7 @@ def _conclude(state: State, facts: Facts) -> Transition:
     refused = all(u.decision.outcome is Outcome.not_covered for u in units)
     effect = OpenCase(
         units=units,
-        fault=_case_fault(state),
+        fault=state.fault,
         claim_date=state.claim_date or facts.today,
         prefers_discount=bool(state.prefers_discount),
         attachment_ids=state.attachment_ids,
@@ -799,10 +799,6 @@ def _conclude(state: State, facts: Facts) -> Transition:
         replies=(explained, closing),
         effects=(effect,),
     )
-
-
-def _case_fault(state: State) -> str:
-    return state.fault
 
 
 def _next_step_params(units: tuple[UnitDecision, ...], facts: Facts) -> dict[str, Any]:
@@ -834,7 +830,7 @@ def _with(transition: Transition, *, effects: tuple[Effect, ...]) -> Transition:
 
 def _absorb(state: State, reading: Reading, facts: Facts) -> State:
     """What a message says besides its request (a serial, the fault), kept for the case."""
-    if state.name in ("with_engineer",):
+    if state.name == "with_engineer":
         return state
     if reading.serials and len(state.serials) + len(reading.serials) <= facts.max_units:
         state = replace(state, serials=tuple(dict.fromkeys(state.serials + reading.serials)))
@@ -851,8 +847,10 @@ def _ask_serial() -> Reply:
 
 def _ask_again(state: State, facts: Facts) -> Transition:
     """The question the customer still owes us an answer to, asked again."""
-    if state.name in ("new", "closed", "with_engineer"):
-        return _t(state, _ask_serial()) if state.name != "with_engineer" else _t(state)
+    if state.name == "with_engineer":
+        return _t(state)
+    if state.name in ("new", "closed"):
+        return _t(state, _ask_serial())
     return _next(state, facts)
 
 
