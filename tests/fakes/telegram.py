@@ -43,6 +43,7 @@ class FakeTelegram:
     token: str
     calls: list[Call] = field(default_factory=list)
     updates: list[dict[str, Any]] = field(default_factory=list)  # served by getUpdates
+    last_update_id: int = 0  # the highest update_id queued so far
     files: dict[str, tuple[str, bytes]] = field(default_factory=dict)  # file_id -> (file_path, bytes)
     downloads: list[str] = field(default_factory=list)  # file paths fetched
     failures: list[tuple[str, int, int, dict[str, Any]]] = field(default_factory=list)  # method, after, status, body
@@ -83,8 +84,12 @@ class FakeTelegram:
             self.files[file_id] = (path, data)
 
     def queue(self, update: dict[str, Any]) -> None:
-        """An update for getUpdates."""
+        """An update for getUpdates. Telegram numbers updates in the order they arrive, so one queued after a
+        higher-numbered update is renumbered after it (a sample payload's id may be lower)."""
         with self.lock:
+            if update["update_id"] <= self.last_update_id:
+                update = {**update, "update_id": self.last_update_id + 1}
+            self.last_update_id = update["update_id"]
             self.updates.append(update)
 
     def fail_next(self, method: str, status: int, description: str, *, retry_after: int | None = None,
