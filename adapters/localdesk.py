@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from adapters.webchat import _PAGE_HEADERS, WEB, ApiError, json_object
@@ -19,6 +19,8 @@ from bot.app import Bot
 from bot.attachments import STORABLE_TYPES
 from bot.desk import GOODWILL, STATUSES, UNITS_PAGE, DeskError
 from bot.outbox import Sender
+from bot.report import PeriodError, build_report, parse_period, render_figures, to_csv
+from bot.store.clock import utcnow
 
 MAX_NAME = 80
 # The desk holds the engineers' token in the page: another site must not frame it (clickjacking).
@@ -50,6 +52,10 @@ class LocalDesk:
         desk = self.bot.desk
         return [
             Route("/desk", self.page),
+            Route("/desk/report", self.report_page),
+            Route("/api/desk/report", self._guard(self._report), methods=["GET"]),
+            Route("/api/desk/report.html", self._guard(self._report), methods=["GET"]),
+            Route("/api/desk/report.csv", self._guard(self._report), methods=["GET"]),
             Route("/api/desk/cases", self._guard(self._list), methods=["GET"]),
             Route("/api/desk/cases/{ref}", self._guard(self._get), methods=["GET"]),
             Route("/api/desk/cases/{ref}/messages", self._guard(self._message), methods=["POST"]),
@@ -74,6 +80,9 @@ class LocalDesk:
 
     async def page(self, request: Request) -> Response:
         return FileResponse(WEB / "desk.html", headers=_DESK_HEADERS)
+
+    async def report_page(self, request: Request) -> Response:
+        return FileResponse(WEB / "report.html", headers=_DESK_HEADERS)
 
     # --- verify -------------------------------------------------------------------------------------------
 
@@ -195,6 +204,26 @@ class LocalDesk:
             )
 
         return handler
+
+    async def _report(self, request: Request) -> Response:
+        """The report for ?from=&to= (ISO dates, defaults as the command's) as JSON, the page's HTML figures
+        or CSV, by the path's ending."""
+        now = utcnow()
+        try:
+            period = parse_period(
+                request.query_params.get("from") or None, request.query_params.get("to") or None, today=now.date()
+            )
+        except PeriodError as error:
+            raise ApiError(422, str(error).replace("--from", "from").replace("--to", "to")) from None
+        report = await asyncio.to_thread(build_report, self.bot.db, period, policy=self.bot.policy, now=now)
+        private = {"Cache-Control": "private, no-store", "X-Content-Type-Options": "nosniff"}
+        if request.url.path.endswith(".csv"):
+            name = f"warranty-report-{period.start.isoformat()}-{period.end.isoformat()}.csv"
+            return Response(to_csv(report), media_type="text/csv; charset=utf-8",
+                            headers={**private, "Content-Disposition": f'attachment; filename="{name}"'})
+        if request.url.path.endswith(".html"):
+            return HTMLResponse(render_figures(report), headers={**_DESK_HEADERS, **private})
+        return JSONResponse(report.as_dict(), headers=private)
 
     async def _attachment(self, request: Request) -> Response:
         stored = await asyncio.to_thread(

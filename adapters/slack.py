@@ -715,6 +715,13 @@ class SlackDesk:
                                       _audit_detail(case, payload.get("action"), payload.get("actor")))
                 if line:
                     await self._thread_post(case, ts, line, [ui.section(line)])
+            elif event == "batch_alert":
+                # A production batch past the alert rule (bot/report.py): in the channel, not only a thread.
+                text = f":warning: {ui.escape(str(payload.get('text') or ''))}"
+                answer = await self.client.chat_postMessage(channel=self.config.channel, text=text,
+                                                            blocks=[ui.section(text)], unfurl_links=False,
+                                                            unfurl_media=False)
+                ts = str(answer["ts"])
             else:
                 raise PermanentFailure(f"unknown desk event {event!r}")
         except SlackApiError as error:

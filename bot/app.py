@@ -11,6 +11,7 @@ from bot.config import Settings
 from bot.desk import Desk
 from bot.engine import Engine, EngineConfig
 from bot.render import Renderer
+from bot.report import AlertRule
 from bot.store import make_engine, upgrade
 from policy import Policy, default_policy, load_policy
 
@@ -52,6 +53,11 @@ def build(
         external_desks=external_desks,
         max_attempts=settings.inbox_max_attempts,
         retry_backoff_max_seconds=settings.retry_backoff_max_seconds,
+        batch_alerts=AlertRule(
+            claims=settings.batch_alert_claims,
+            rate=settings.batch_alert_rate,
+            window_days=settings.batch_alert_window_days,
+        ),
     )
     engine = Engine(db=db, policy=policy, renderer=renderer, config=config)
     attachments = AttachmentStore(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated, Any, NoReturn
 
 import typer
 from pydantic import ValidationError
@@ -282,6 +282,111 @@ def inbox_retry(
     engine = make_engine(settings().database_url)
     upgrade(engine)
     typer.echo(f"{retry_parked(engine, ids or None)} message(s) queued again")
+
+
+# --- report ---------------------------------------------------------------------------------------------
+
+
+@app.command("report")
+def report(
+    start: Annotated[
+        str | None, typer.Option("--from", help="First day, YYYY-MM-DD (UTC); default: the first of --to's month.")
+    ] = None,
+    end: Annotated[str | None, typer.Option("--to", help="Last day, included, YYYY-MM-DD; default: today.")] = None,
+    csv_file: Annotated[
+        str | None, typer.Option("--csv", metavar="FILE|-", help="Write the report as CSV to FILE ('-': standard output).")
+    ] = None,
+) -> None:
+    """Claims and units by model, batch, fault cause, outcome and clause, channel and language; response
+    times; CSAT; repairs and discounts: for the cases opened in the period (docs/reports.md)."""
+    from rich.console import Console
+    from rich.progress import Progress, SpinnerColumn, TextColumn
+
+    from bot.report import PeriodError, build_report, parse_period, to_csv
+    from bot.store import make_engine, upgrade
+    from bot.store.clock import utcnow
+
+    now = utcnow()
+    try:
+        period = parse_period(start, end, today=now.date())
+    except PeriodError as error:
+        fail(str(error))
+    engine = make_engine(settings().database_url)
+    try:
+        upgrade(engine)
+        with Progress(SpinnerColumn(), TextColumn("{task.description}"), transient=True,
+                      console=Console(stderr=True)) as progress:
+            progress.add_task(f"counting the cases opened {period}", total=None)
+            result = build_report(engine, period, policy=_policy(None), now=now)
+    except Exception as error:  # the database cannot be read: one line, not a traceback
+        fail(f"cannot read the database: {type(error).__name__}: {str(error).splitlines()[0][:200]}")
+    finally:
+        engine.dispose()
+    if csv_file == "-":
+        sys.stdout.write(to_csv(result))
+        return
+    if csv_file is not None:
+        try:
+            Path(csv_file).write_text(to_csv(result), encoding="utf-8", newline="")
+        except OSError as error:
+            fail(f"cannot write {csv_file}: {error.strerror}")
+        typer.echo(f"wrote {csv_file}: {result.claims} claims, {result.units} units, {period}", err=True)
+        return
+    _print_report(result)
+
+
+def _print_report(result: Any) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from bot.report import TIME_NAMES, hours_text
+
+    console = Console(highlight=False)
+    console.print(f"[bold]Warranty report[/bold] {result.period}: {result.claims} claims, {result.units} units")
+
+    def groups(title: str, rows: Any, *names: str) -> None:
+        if not rows:
+            return
+        table = Table(title=title, title_justify="left")
+        for name in names:
+            table.add_column(name)
+        table.add_column("claims", justify="right")
+        table.add_column("units", justify="right")
+        for row in rows:
+            table.add_row(*row.key, str(row.claims), str(row.units))
+        console.print(table)
+
+    groups("By model", result.by_model, "model")
+    groups("By production month", result.by_month, "month")
+    if result.by_batch:
+        table = Table(title="By batch (model + production month)", title_justify="left")
+        for name, justify in (("model", "left"), ("month", "left"), ("claims", "right"), ("units", "right"),
+                              ("units sold", "right"), ("claimed/sold", "right")):
+            table.add_column(name, justify=justify)  # type: ignore[arg-type]
+        for batch in result.by_batch:
+            table.add_row(batch.model, batch.month, str(batch.claims), str(batch.units),
+                          "–" if batch.units_sold is None else str(batch.units_sold),
+                          "–" if batch.rate is None else f"{batch.rate:.2%}")
+        console.print(table)
+    groups("By fault cause", result.by_cause, "cause")
+    groups("By unit outcome", result.by_outcome, "outcome")
+    groups("By outcome and clause", result.by_clause, "outcome", "clause")
+    groups("By service method", result.by_method, "method")
+    groups("By channel", result.by_channel, "channel")
+    groups("By language", result.by_language, "language")
+    table = Table(title="Time from the case's opening", title_justify="left")
+    for name, justify in (("to", "left"), ("cases", "right"), ("median", "right"), ("90th percentile", "right")):
+        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+    for d in result.times:
+        table.add_row(TIME_NAMES[d.name], str(d.count), hours_text(d.median_hours), hours_text(d.p90_hours))
+    console.print(table)
+    average = "–" if result.csat_average is None else f"{result.csat_average:.2f} of 5"
+    console.print(f"CSAT: {average} from {result.csat_count} rating(s)")
+    groups("Units repaired (covered units by method)", result.units_repaired, "method")
+    for money in result.discounts:
+        console.print(f"Discount credited: {money.amount:.2f} {money.currency} on {money.claims} claim(s)")
+    for alert in result.alerts:
+        console.print(f"{alert.at[:16]}  {alert.text()}")
 
 
 # --- chat and serve ---------------------------------------------------------------------------------------

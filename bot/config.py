@@ -62,6 +62,11 @@ class Settings(BaseSettings):
     rate_limit_reads: str = "600/minute"
     rate_limit_global: str = "1200/minute"
 
+    # --- batch alerts (docs/reports.md): a threshold of 0 is not used; both 0 = no alerts -----------------
+    batch_alert_claims: int = Field(default=0, ge=0)  # claims of one batch within the window
+    batch_alert_rate: float = Field(default=0.0, ge=0, le=1)  # claimed units per unit sold (registry)
+    batch_alert_window_days: int = Field(default=30, gt=0, le=3660)
+
     registry_max_unpacked_bytes: int = Field(default=512 * 1024 * 1024, gt=0)
 
     # --- downloads (bot/fetch.py) ---------------------------------------------------------------------

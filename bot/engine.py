@@ -25,6 +25,7 @@ from bot.messages import Attachment, Button, InboundMessage, OutboundMessage
 from bot.outbox import enqueue, enqueue_event
 from bot.registry import lookup, near_serials
 from bot.render import Renderer
+from bot.report import AlertRule, alert_detail, check_batches
 from bot.store import (
     AuditEntry,
     Case,
@@ -80,6 +81,7 @@ class EngineConfig:
     one_message_per_turn: frozenset[str] = frozenset({"email", "wechat"})
     max_attempts: int = 5  # a message that fails the same way this many times is parked
     retry_backoff_max_seconds: float = 60.0
+    batch_alerts: AlertRule = field(default_factory=AlertRule)  # off unless a threshold is set (bot/report.py)
 
 
 @dataclass
@@ -573,7 +575,20 @@ class Engine:
             status=case.status,
         )
         self.notify_desks(session, case, "case_opened")
+        self._alert_batches(session, case, effect)
         return case
+
+    def _alert_batches(self, session: Session, case: Case, effect: conv.OpenCase) -> None:
+        """A claim that takes its production batch past the alert rule tells the engineers, once per window."""
+        batches = [(u.model, u.production_date) for u in effect.units if u.model and u.production_date]
+        if not batches or not self.config.batch_alerts.enabled:
+            return
+        for alert in check_batches(
+            session, self.policy, self.config.batch_alerts, batches, case_ref=case.ref, now=utcnow()
+        ):
+            detail = alert_detail(alert)
+            audit(session, case, "bot", "batch_alert", **detail)
+            self.notify_desks(session, case, "batch_alert", **detail)
 
     def _reopen(self, session: Session, conversation: Conversation) -> Case | None:
         """A follow-up after a closed case: the case opens again, for the engineers to see it."""
