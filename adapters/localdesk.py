@@ -211,7 +211,9 @@ class LocalDesk:
         now = utcnow()
         try:
             period = parse_period(
-                request.query_params.get("from") or None, request.query_params.get("to") or None, today=now.date()
+                request.query_params.get("from") or None,
+                request.query_params.get("to") or None,
+                today=now.date(),
             )
         except PeriodError as error:
             raise ApiError(422, str(error).replace("--from", "from").replace("--to", "to")) from None
@@ -219,8 +221,11 @@ class LocalDesk:
         private = {"Cache-Control": "private, no-store", "X-Content-Type-Options": "nosniff"}
         if request.url.path.endswith(".csv"):
             name = f"warranty-report-{period.start.isoformat()}-{period.end.isoformat()}.csv"
-            return Response(to_csv(report), media_type="text/csv; charset=utf-8",
-                            headers={**private, "Content-Disposition": f'attachment; filename="{name}"'})
+            return Response(
+                to_csv(report),
+                media_type="text/csv; charset=utf-8",
+                headers={**private, "Content-Disposition": f'attachment; filename="{name}"'},
+            )
         if request.url.path.endswith(".html"):
             return HTMLResponse(render_figures(report), headers={**_DESK_HEADERS, **private})
         return JSONResponse(report.as_dict(), headers=private)

@@ -195,7 +195,9 @@ class Report:
         for batch, row in zip(self.by_batch, data["by_batch"], strict=True):
             row["rate"] = batch.rate
             row["faults"] = [{"ref": ref, "fault": text} for ref, text in batch.faults]
-        data["discounts"] = [{**d, "amount": f"{m.amount:.2f}"} for d, m in zip(data["discounts"], self.discounts, strict=True)]
+        data["discounts"] = [
+            {**d, "amount": f"{m.amount:.2f}"} for d, m in zip(data["discounts"], self.discounts, strict=True)
+        ]
         return data
 
 
@@ -271,7 +273,9 @@ class _Query:
             .group_by(*keys)
         ).all()
         groups = [
-            Group(tuple(missing if v is None else str(v) for v in row[: len(keys)]), int(row[-2]), int(row[-1]))
+            Group(
+                tuple(missing if v is None else str(v) for v in row[: len(keys)]), int(row[-2]), int(row[-1])
+            )
             for row in rows
         ]
         return sorted(groups, key=lambda g: (-g.claims, -g.units, g.key))
@@ -296,7 +300,9 @@ class _Query:
             for g in grouped
         ]
 
-    def latest_faults(self, batches: Sequence[tuple[str, str]]) -> dict[tuple[str, str], tuple[tuple[str, str], ...]]:
+    def latest_faults(
+        self, batches: Sequence[tuple[str, str]]
+    ) -> dict[tuple[str, str], tuple[tuple[str, str], ...]]:
         """The latest claims' fault descriptions (customer text, shown as data) of the first batches."""
         found: dict[tuple[str, str], tuple[tuple[str, str], ...]] = {}
         for model, month in batches[:10]:
@@ -330,7 +336,10 @@ class _Query:
             .where(self.in_period)
             .group_by(col(CaseUnit.outcome), clause.c.value)
         ).all()
-        groups = [Group((str(outcome), str(value)), int(claims), int(units)) for outcome, value, claims, units in rows]
+        groups = [
+            Group((str(outcome), str(value)), int(claims), int(units))
+            for outcome, value, claims, units in rows
+        ]
         return sorted(groups, key=lambda g: (g.key[0], -g.units, g.key[1]))
 
     def times(self) -> list[Durations]:
@@ -520,7 +529,13 @@ class AlertRule:
 
 
 def check_batches(
-    session: Session, policy: Policy, rule: AlertRule, batches: Iterable[tuple[str, date]], *, case_ref: str, now: datetime
+    session: Session,
+    policy: Policy,
+    rule: AlertRule,
+    batches: Iterable[tuple[str, date]],
+    *,
+    case_ref: str,
+    now: datetime,
 ) -> list[Alert]:
     """The alerts due for these batches (model and a production date in the month), each recorded (in the
     KeyValue table, until the window ends) so that the batch is not alerted again within the window.
@@ -598,8 +613,16 @@ TIME_NAMES = {"first_response": "first response", "decision": "decision", "close
 def csv_rows(report: Report) -> list[tuple[Any, ...]]:
     """The report as rows of CSV_HEADER: one row per group, and metric/value rows for the single figures."""
     rows: list[tuple[Any, ...]] = [
-        ("period", f"{report.period.start.isoformat()}/{report.period.end.isoformat()}", report.claims, report.units,
-         "", "", "generated_at", report.generated_at.isoformat()),
+        (
+            "period",
+            f"{report.period.start.isoformat()}/{report.period.end.isoformat()}",
+            report.claims,
+            report.units,
+            "",
+            "",
+            "generated_at",
+            report.generated_at.isoformat(),
+        ),
     ]
     for section, groups in (
         ("model", report.by_model),
@@ -614,20 +637,53 @@ def csv_rows(report: Report) -> list[tuple[Any, ...]]:
     ):
         rows.extend((section, "/".join(g.key), g.claims, g.units, "", "", "", "") for g in groups)
     rows.extend(
-        ("batch", f"{b.model}/{b.month}", b.claims, b.units, _blank(b.units_sold),
-         "" if b.rate is None else f"{b.rate:.4f}", "", "")
+        (
+            "batch",
+            f"{b.model}/{b.month}",
+            b.claims,
+            b.units,
+            _blank(b.units_sold),
+            "" if b.rate is None else f"{b.rate:.4f}",
+            "",
+            "",
+        )
         for b in report.by_batch
     )
     for d in report.times:
         rows.append(("time_to_" + d.name, "", d.count, "", "", "", "median_hours", _blank(d.median_hours)))
         rows.append(("time_to_" + d.name, "", d.count, "", "", "", "p90_hours", _blank(d.p90_hours)))
-    rows.append(("csat", "", report.csat_count, "", "", "", "average",
-                 "" if report.csat_average is None else f"{report.csat_average:.2f}"))
-    rows.extend(("csat", g.key[0], g.claims, "", "", "", "ratings", g.claims) for g in report.csat_distribution)
-    rows.extend(("discount_credited", m.currency, m.claims, "", "", "", "amount", f"{m.amount:.2f}")
-                for m in report.discounts)
-    rows.extend(("batch_alert", f"{a.model}/{a.month}", a.claims, a.units, _blank(a.units_sold), "",
-                 "raised_at", a.at) for a in report.alerts)
+    rows.append(
+        (
+            "csat",
+            "",
+            report.csat_count,
+            "",
+            "",
+            "",
+            "average",
+            "" if report.csat_average is None else f"{report.csat_average:.2f}",
+        )
+    )
+    rows.extend(
+        ("csat", g.key[0], g.claims, "", "", "", "ratings", g.claims) for g in report.csat_distribution
+    )
+    rows.extend(
+        ("discount_credited", m.currency, m.claims, "", "", "", "amount", f"{m.amount:.2f}")
+        for m in report.discounts
+    )
+    rows.extend(
+        (
+            "batch_alert",
+            f"{a.model}/{a.month}",
+            a.claims,
+            a.units,
+            _blank(a.units_sold),
+            "",
+            "raised_at",
+            a.at,
+        )
+        for a in report.alerts
+    )
     return rows
 
 
@@ -641,7 +697,7 @@ def to_csv(report: Report) -> str:
 
 
 def _cell(value: Any) -> Any:
-    if isinstance(value, str) and value[:1] in ("=", "+", "@", "\t", "\r") :
+    if isinstance(value, str) and value[:1] in ("=", "+", "@", "\t", "\r"):
         return "'" + value
     return value
 
@@ -667,8 +723,11 @@ FIGURES = Path(__file__).with_name("web") / "report-figures.html"
 def _figures_template() -> Template:
     # Autoescaped whatever the name: every value is data (fault descriptions are the customers' own text).
     environment = Environment(
-        loader=FileSystemLoader(str(FIGURES.parent)), autoescape=True, undefined=StrictUndefined,
-        trim_blocks=False, lstrip_blocks=False,
+        loader=FileSystemLoader(str(FIGURES.parent)),
+        autoescape=True,
+        undefined=StrictUndefined,
+        trim_blocks=False,
+        lstrip_blocks=False,
     )
     return environment.get_template(FIGURES.name)
 
@@ -676,5 +735,11 @@ def _figures_template() -> Template:
 def render_figures(report: Report) -> str:
     """The report's figures and inline SVG charts, as an HTML fragment for the desk's report page."""
     return _figures_template().render(
-        report=report, time_names=TIME_NAMES, hours=hours_text, width=480, row=26, label_width=170, bar_max=260
+        report=report,
+        time_names=TIME_NAMES,
+        hours=hours_text,
+        width=480,
+        row=26,
+        label_width=170,
+        bar_max=260,
     )
