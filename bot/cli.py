@@ -311,13 +311,14 @@ def report(
         period = parse_period(start, end, today=now.date())
     except PeriodError as error:
         fail(str(error))
+    policy = _policy(None)
     engine = make_engine(settings().database_url)
     try:
         upgrade(engine)
         with Progress(SpinnerColumn(), TextColumn("{task.description}"), transient=True,
                       console=Console(stderr=True)) as progress:
             progress.add_task(f"counting the cases opened {period}", total=None)
-            result = build_report(engine, period, policy=_policy(None), now=now)
+            result = build_report(engine, period, policy=policy, now=now)
     except Exception as error:  # the database cannot be read: one line, not a traceback
         fail(f"cannot read the database: {type(error).__name__}: {str(error).splitlines()[0][:200]}")
     finally:

@@ -430,7 +430,7 @@ def test_report_page_draws_the_charts(browser: Any, tmp_path: Path) -> None:
         fill = page.locator("#chart-model svg rect").first.evaluate("(r) => getComputedStyle(r).fill")
         assert fill not in ("", "none", "rgb(0, 0, 0)")  # coloured by report.css, under the CSP
         # The customer's markup is text on the page, not markup.
-        fault = page.locator("#batch-table .fault", has_text="under load")
+        fault = page.locator("#batch-table .fault-text", has_text="under load")
         expect(fault).to_contain_text(XSS)
         assert page.locator("#batch-table img").count() == 0
         expect(page.locator("#batch-table")).to_contain_text(refs["a"])
