@@ -107,8 +107,8 @@ def seed(bot: Bot) -> dict[str, str]:
     seeder.say("d", "CSP2604D0020", "La pantalla muestra E07 y se apaga cuando hay carga", "humano",
                channel="telegram", locale="es")
     d = seeder.ref("d")
-    # E: opened on 1 April at midnight: outside March.
-    seeder.say("e", "CSP2311B0872", "Display shows E07 and shuts down under load", "human")
+    # E: opened on 1 April at midnight: outside March. Not used as the manual says (X4): refused.
+    seeder.say("e", "CSP2311B0872 display shows E07 and shuts down", "cause:misuse")
     e = seeder.ref("e")
     place(bot.db, a, datetime(2026, 3, 2, 9, 0, tzinfo=UTC), {"claimed": 1, "method_chosen": 5, "closed": 30})
     place(bot.db, b, datetime(2026, 3, 5, 10, 0, tzinfo=UTC), {"method_chosen": 2})
@@ -170,6 +170,8 @@ def test_report_figures_of_a_seeded_month(bot: Bot) -> None:
     april = build_report(bot.db, Period(date(2026, 4, 1), date(2026, 4, 30)), policy=bot.policy, now=now)
     assert (april.claims, april.units) == (1, 1)
     assert {(b.model, b.month, b.units_sold) for b in april.by_batch} == {("CSP", "2023-11", 40)}
+    assert _pairs(april.by_cause) == {"misuse": (1, 1)}
+    assert _pairs(april.by_clause)["not_covered/X4"] == (1, 1)
 
 
 def test_periods() -> None:
