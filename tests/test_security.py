@@ -278,7 +278,8 @@ DESK_ROUTES = [("GET", "/api/desk/cases"), ("GET", "/api/desk/cases/WR-2026-0000
                ("POST", "/api/desk/cases/WR-2026-000001/messages"), ("POST", "/api/desk/cases/WR-2026-000001/claim"),
                ("POST", "/api/desk/cases/WR-2026-000001/ask"), ("POST", "/api/desk/cases/WR-2026-000001/method"),
                ("POST", "/api/desk/cases/WR-2026-000001/close"),
-               ("GET", "/api/desk/cases/WR-2026-000001/attachments/1")]
+               ("GET", "/api/desk/cases/WR-2026-000001/attachments/1"),
+               ("GET", "/api/desk/report"), ("GET", "/api/desk/report.csv"), ("GET", "/api/desk/report.html")]
 WRONG_AUTH = [{}, {"Authorization": "Bearer"}, {"Authorization": "Bearer wrong-token"},
               {"Authorization": f"Basic {DESK_TOKEN}"}, {"Authorization": f"Bearer {DESK_TOKEN.upper()}"},
               {"Authorization": f"Bearer {DESK_TOKEN[:-1]}"}, {"Authorization": f"Bearer {DESK_TOKEN}x"},
