@@ -13,6 +13,8 @@
   const SEND_ATTEMPTS = 3; // quick tries before the bubble says "Not sent" (it stays queued)
   const RETRY_MS = 3000; // while the server is out of reach, a queued message is tried again this often
   const TYPING_MS = 20000; // the typing dots give up if no answer comes
+  const MAX_RETRY_AFTER_S = 60; // a 429's Retry-After is honoured up to this long, then tried again
+  const RATE_LIMIT_WAITS = 5; // 429s in a row one message waits through before "Not sent" (it stays queued)
   const COLLAPSE_CHARS = 1200; // longer messages show their start and "Show more"
   const COLLAPSE_LINES = 20;
   const VIEWABLE = /^(image\/(jpeg|png|gif|webp)|application\/pdf)$/;
@@ -215,10 +217,19 @@
   }
 
   class HttpError extends Error {
-    constructor(status, message) {
+    constructor(status, message, retryAfter) {
       super(message);
       this.status = status;
+      this.retryAfter = retryAfter; // milliseconds from a 429's Retry-After header, or null
     }
+  }
+
+  // Retry-After is whole seconds or an HTTP date; anything else (or nothing) means one second.
+  function retryAfterMs(header) {
+    if (header === null) return null;
+    const seconds = /^\s*\d+\s*$/.test(header) ? Number(header) : (Date.parse(header) - Date.now()) / 1000;
+    const wait = Number.isFinite(seconds) ? seconds : 1;
+    return Math.round(Math.min(Math.max(wait, 1), MAX_RETRY_AFTER_S) * 1000);
   }
 
   async function request(method, path, body) {
@@ -236,7 +247,10 @@
     } catch (error) {
       data = {};
     }
-    if (!response.ok) throw new HttpError(response.status, data.error || response.statusText);
+    if (!response.ok) {
+      const wait = response.status === 429 ? retryAfterMs(response.headers.get("Retry-After") || "1") : null;
+      throw new HttpError(response.status, data.error || response.statusText, wait);
+    }
     return data;
   }
 
@@ -563,6 +577,7 @@
   // True once the message is settled (accepted or refused for good); false while the server is out of
   // reach. Retries reuse the message's client_id, so the server stores it once however often it arrives.
   async function deliver(entry) {
+    let limited = 0;
     for (let attempt = 0; attempt < SEND_ATTEMPTS; attempt += 1) {
       if (entry.generation !== generation) return true;
       try {
@@ -582,6 +597,14 @@
           sessionId = null;
           localStorage.removeItem(SESSION_KEY);
           lastId = 0;
+          continue;
+        }
+        if (error instanceof HttpError && error.status === 429 && limited < RATE_LIMIT_WAITS) {
+          // Too many messages at once: wait as long as the server asks, then send the same message again
+          // (same client_id). The bubble keeps saying "Sending…": nothing is wrong with the connection.
+          limited += 1;
+          attempt -= 1;
+          await sleep(error.retryAfter);
           continue;
         }
         if (error instanceof HttpError && error.status === 413) {
@@ -661,6 +684,7 @@
     const mine = generation;
     const id = sessionId;
     let more = false;
+    let wait = null;
     try {
       const data = await request("GET", `${API}/${encodeURIComponent(id)}/messages?after=${lastId}`);
       if (mine !== generation || id !== sessionId) return;
@@ -677,12 +701,18 @@
         showNotice(T.lost, true);
         return;
       }
-      showNotice(T.offline, true);
+      // A 429 is the server asking for a pause, not a lost connection: wait as long as it asks.
+      if (error instanceof HttpError && error.status === 429) wait = error.retryAfter;
+      else showNotice(T.offline, true);
     }
     let delay = document.hidden ? HIDDEN_POLL_MS : POLL_MS;
     if (quickPolls > 0) {
       quickPolls -= 1;
       delay = QUICK_POLL_MS;
+    }
+    if (wait !== null) {
+      schedulePoll(Math.max(wait, delay));
+      return;
     }
     schedulePoll(more ? 0 : delay);
   }
