@@ -476,7 +476,10 @@ def test_web_chat_follows_the_customer(browser: Any, axe_source: str, tmp_path: 
         expect(log.locator(".msg-customer[data-id]", has_text="technician")).to_have_count(1)
         sent_mark = "e => getComputedStyle(e, '::after').content"
         assert "✓" in log.locator(".msg-customer[data-id] time").last.evaluate(sent_mark)
+        # The case acknowledged the photo; this message is added quietly, and the dots stop without an answer.
         expect(chat.locator("#typing")).to_be_hidden()
+        expect(log.locator(".msg-bot", has_text="added this to case")).to_have_count(1)
+        assert log.locator(".msg").last.evaluate("e => e.classList.contains('msg-customer')")
 
         # The server is away: the message waits, says so readably, and goes once the server is back.
         api = "**/api/webchat/**"
@@ -546,10 +549,25 @@ def test_web_chat_follows_the_customer(browser: Any, axe_source: str, tmp_path: 
         mine = log.locator(".msg-customer[data-id] .text").last
         expect(mine).to_have_text(written)
         assert mine.locator("b").count() == 0
-        expect(mine.locator("bdi").first).to_have_text(serial)
+        assert mine.locator("bdi").all_inner_texts() == [serial, "WR-2026-000001", "2026-12-01"]
         assert mine.evaluate("e => getComputedStyle(e).direction") == "rtl"
         assert mine.locator("bdi").first.evaluate("e => getComputedStyle(e).unicodeBidi") == "isolate"
         expect(log.locator(".msg-bot bdi", has_text=serial).last).to_be_visible()
+        # The bot's Arabic line that names the serial reads right to left, the serial isolated inside it.
+        named = log.locator(".msg-bot .text", has=chat.locator("bdi", has_text=serial)).last
+        assert named.evaluate("e => getComputedStyle(e).direction") == "rtl"
+        expect(chat.get_by_role("group", name="اختر إجابة")).not_to_have_count(0)
+        chat.locator('.choices button[data-value="proof:none"]').last.click()
+        chat.locator('.choices button[data-value="cause:normal"]').last.click()
+        # The decision's line of a serial alone ("CSP…:") sits at the right of the bubble, as Arabic does.
+        decision = log.locator(".msg-bot .text", has_text=re.compile(rf"{serial}\u2069?:")).last
+        expect(decision).to_be_visible()
+        edges = decision.evaluate("""e => {
+          const alone = Array.from(e.querySelectorAll("bdi")).find((b) => (b.nextSibling || {}).textContent?.match(/^\u2069?:/));
+          const box = e.getBoundingClientRect(), own = alone.getBoundingClientRect();
+          return [box.right - own.right, own.left - box.left];
+        }""")
+        assert edges[0] < 20 < edges[1], edges
         expect(chat.get_by_role("group", name="اختر إجابة")).not_to_have_count(0)
         assert chat.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
         chat.screenshot(path=str(shots / "webchat-phone-ar.png"))

@@ -379,12 +379,39 @@
     if (at < text.length) node.appendChild(document.createTextNode(text.slice(at)));
   }
 
+  // A line's own direction: its first letter outside those isolated runs, or null when it has none (a line
+  // that is only a serial, "CSP2402A0153:", or a date). Such a line takes the message's direction: in an
+  // Arabic message it sits at the right like the others, where plain first-strong detection found no letter
+  // and laid it out left to right.
+  const RTL_LETTER = /[\p{Script=Arabic}\p{Script=Hebrew}\p{Script=Syriac}\p{Script=Thaana}\p{Script=Nko}]/u;
+
+  function ownDirection(text) {
+    const bare = text.replace(/\u2068[^\u2069]*\u2069/g, " ")
+      .replace(LATIN_RUN, (run) => (/[0-9]/.test(run) ? " " : run));
+    const letter = bare.match(/\p{L}/u);
+    if (!letter) return null;
+    return RTL_LETTER.test(letter[0]) ? "rtl" : "ltr";
+  }
+
   let textIds = 0;
 
   function textBlock(text, file) {
     const node = el("div", file ? "text file" : "text");
-    fillText(node, text);
     node.dir = "auto";
+    const lines = text.split("\n");
+    if (file || lines.length === 1) {
+      fillText(node, text);
+    } else {
+      // One block per line, each with its direction; the line breaks stay in the text (copy, textContent).
+      const whole = ownDirection(text) || document.documentElement.dir || "ltr";
+      node.dir = whole; // dir="auto" would not look inside the lines, which have a dir of their own
+      lines.forEach((line, index) => {
+        const part = el("span", "line");
+        part.dir = ownDirection(line) || whole;
+        fillText(part, index < lines.length - 1 ? `${line}\n` : line);
+        node.appendChild(part);
+      });
+    }
     if (file) node.prepend(clipIcon());
     return node;
   }
@@ -477,14 +504,17 @@
 
   function applyMessages(messages) {
     const follow = pinned || nearBottom();
+    let answered = false; // one of ours came back, and nothing from the bot after it (yet)
     for (const message of messages) {
       if (typeof message.id !== "number" || message.id <= lastId) continue;
       lastId = message.id;
       if (message.author !== "customer") showTyping(false);
+      answered = false;
       const index = matchPending(message);
       if (index >= 0) {
         // Our own message came back from the server: keep what we showed (label, preview), mark it sent.
         const [mine] = pending.splice(index, 1);
+        answered = true;
         mine.node.classList.remove("pending", "failed");
         mine.node.dataset.id = String(message.id);
         const state = mine.node.querySelector(".state");
@@ -495,6 +525,10 @@
       }
       log.insertBefore(renderServerMessage(message), firstPendingNode());
     }
+    // The server logs a customer's message and the bot's answers to it in one transaction: our message
+    // back with nothing after it means the bot had nothing to add (a case's later messages are taken
+    // quietly), so the dots stop, unless another message of ours is still being read.
+    if (answered && !pending.some((p) => p.accepted)) showTyping(false);
     refreshChoices();
     if (follow && messages.length) scrollToBottom();
   }
@@ -540,6 +574,7 @@
   }
 
   function markSent(entry) {
+    entry.accepted = true;
     entry.node.classList.remove("failed");
     const state = entry.node.querySelector(".state");
     if (state && entry.node.classList.contains("pending")) state.textContent = "✓";
