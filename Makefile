@@ -7,15 +7,19 @@ STAMP  := $(VENV)/.installed
 .PHONY: run test setup check bench clean
 
 $(STAMP): pyproject.toml
-	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@if test -x $(BIN)/python; then echo "Updating the dependencies in $(VENV) (pyproject.toml changed)…"; \
+	else echo "Installing dependencies into $(VENV) (the first run takes about a minute)…"; $(PYTHON) -m venv $(VENV); fi
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	@touch $(STAMP)
+	@echo "Dependencies installed in $(VENV)."
 
 setup: $(STAMP)
 
 ## Set up and run the bot: web chat on http://127.0.0.1:8000/, local desk on /desk, SQLite in ./var.
+# On a database without a registry it first loads the demo registry (dated from today) and lists serials to try.
 run: setup .env
+	@$(BIN)/warranty-bot demo --if-empty
 	$(BIN)/warranty-bot serve
 
 # A first run gets a .env with a fresh desk token, so the local desk works at once (.env.example lists the rest).

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 from pydantic import ValidationError
@@ -24,6 +24,11 @@ from policy import (
     evaluate_units,
     load_policy,
 )
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
+    from bot.registry import ImportReport
 
 app = typer.Typer(
     help="After-sales warranty bot: policy checks, registry import, console chat and the server.",
@@ -159,9 +164,6 @@ def registry_import(
     ],
 ) -> None:
     """Import or update the shipment registry from a CSV or XLSX file (idempotent)."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    from bot.registry import RegistryImportError, import_registry
     from bot.store import make_engine, upgrade
 
     if not file.is_file():
@@ -169,9 +171,24 @@ def registry_import(
     current = settings()
     engine = make_engine(current.database_url)
     upgrade(engine)
+    result = _import_registry(engine, file, str(file), current)
+    typer.echo(f"imported {file}:")
+    typer.echo(_import_table(result))
+
+
+def _import_registry(engine: Engine, file: Path, name: str, current: Settings) -> ImportReport:
+    """Import with a progress bar; a refused file is its problems on stderr and exit status 2."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from bot.registry import RegistryImportError, import_registry
+
     policy = _policy(None)
+    # The bar goes to a terminal's stderr only, so stdout is just the result and a pipe gets no blank lines.
+    console = Console(stderr=True)
     with Progress(
-        TextColumn("importing"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), transient=True
+        TextColumn("importing"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), transient=True,
+        console=console, disable=not console.is_terminal,
     ) as progress:
         task = progress.add_task("rows", total=None)
 
@@ -179,20 +196,78 @@ def registry_import(
             progress.update(task, completed=done, total=total)
 
         try:
-            result = import_registry(
+            return import_registry(
                 engine, file, policy=policy, progress=report, max_unpacked_bytes=current.registry_max_unpacked_bytes
             )
         except RegistryImportError as error:
             progress.stop()
             for line, message in error.errors[:20]:
-                typer.echo(f"{file}:{line}: {message}", err=True)
+                typer.echo(f"{name}:{line}: {message}", err=True)
             if len(error.errors) > 20:
                 typer.echo(f"... and {len(error.errors) - 20} more problems", err=True)
             if not error.bad_rows:  # the file as a whole
-                fail(f"{file}: {error.summary()}; nothing was imported")
-            fail(f"{error.counted()} in {file}; nothing was imported")
-    typer.echo(f"imported {file}: {result}")
+                fail(f"{name}: {error.summary()}; nothing was imported")
+            fail(f"{error.counted()} in {name}; nothing was imported")
 
+
+def _import_table(result: ImportReport) -> str:
+    """What an import did, as a short table: the file's orders and units, new, updated and unchanged."""
+    orders_unchanged = result.orders - result.orders_inserted - result.orders_updated
+    rows = [
+        ("", "in file", "new", "updated", "unchanged"),
+        ("orders", result.orders, result.orders_inserted, result.orders_updated, orders_unchanged),
+        ("units", result.units, result.inserted, result.updated, result.unchanged),
+    ]
+    return "\n".join(
+        f"  {name:<8}" + "".join(f"{value:>11}" for value in values)
+        for name, *values in rows
+    )
+
+
+@app.command("demo")
+def demo(
+    if_empty: Annotated[
+        bool, typer.Option("--if-empty", help="Only when the registry is empty (what `make run` does).")
+    ] = False,
+) -> None:
+    """Load a demo registry dated from today, and list serials to try: covered, expired, a distributor's, cargo."""
+    import tempfile
+
+    from sqlalchemy import func, select
+    from sqlmodel import Session, col
+
+    from bot.demo import DEMO_PREFIX, demo_csv, demo_orders, demo_outcome
+    from bot.store import RegistryUnit, make_engine, upgrade
+    from bot.store.clock import utcnow
+
+    current = settings()
+    engine = make_engine(current.database_url)
+    try:
+        upgrade(engine)
+    except Exception as error:  # a connection or permission problem: say it in one line
+        fail(f"cannot open the database: {type(error).__name__}: {str(error).splitlines()[0]}")
+    if if_empty:
+        # A registry of the demo's own orders only is loaded again (dated from today); a real one is left alone.
+        with Session(engine) as session:
+            others = session.execute(
+                select(func.count()).select_from(RegistryUnit).where(~col(RegistryUnit.order_id).startswith(DEMO_PREFIX))
+            ).scalar_one()
+        if others:
+            typer.echo(f"The registry holds {others} units; the demo registry is not loaded (`warranty-bot demo` adds it).")
+            return
+    today = utcnow().date()
+    orders = demo_orders(today)
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "demo-registry.csv"
+        path.write_text(demo_csv(orders), encoding="utf-8")
+        result = _import_registry(engine, path, "the demo registry", current)
+    policy = _policy(None)
+    typer.echo(f"Loaded the demo registry, dated from {today.isoformat()}: {result.orders} orders, {result.units} units.")
+    typer.echo(f"Try these in the web chat (http://{current.host}:{current.port}/), each with a fault such as "
+               "\"the display shows E07\":")
+    width = max(len(o.typed) for o in orders)
+    for o in orders:
+        typer.echo(f"  {o.key:<12} {o.typed:<{width}}  {demo_outcome(o, today, policy)}")
 
 # --- outbox -----------------------------------------------------------------------------------------------
 

@@ -209,6 +209,8 @@ class State:
     # {"kind": "suggestion", "typed": ..., "suggested": ...}.
     confirm: Mapping[str, Any] | None = None
     unit_faults: Mapping[str, str] = field(default_factory=dict)  # a pasted table's fault per serial
+    # The case whose "I've added this to case ..." the customer has read: later messages are added quietly.
+    acknowledged: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -227,6 +229,7 @@ class State:
             "languages_offered": list(self.languages_offered),
             "confirm": dict(self.confirm) if self.confirm else None,
             "unit_faults": dict(self.unit_faults),
+            "acknowledged": self.acknowledged,
         }
 
     @classmethod
@@ -250,6 +253,7 @@ class State:
             languages_offered=tuple(data.get("languages_offered", ())),
             confirm=data.get("confirm"),
             unit_faults=dict(data.get("unit_faults") or {}),
+            acknowledged=data.get("acknowledged"),
         )
 
 
@@ -502,11 +506,14 @@ def _with_engineer(state: State, reading: Reading, event: Event, facts: Facts) -
         return _t(
             state, Reply(template="thanks_reply", params={"case_ref": facts.case_ref}), effects=(effect,)
         )
-    if facts.case_status in (None, "open", "to_confirm"):
+    if facts.case_status in (None, "open", "to_confirm") and (
+        facts.case_ref is None or state.acknowledged != facts.case_ref
+    ):
+        # Acknowledged once per case; the same thanks after every message reads like a machine.
         reply = Reply(
             template="relayed", params={"case_ref": facts.case_ref, "case_status": facts.case_status}
         )
-        return Transition(state=state, replies=(reply,), effects=(effect,))
+        return Transition(state=replace(state, acknowledged=facts.case_ref), replies=(reply,), effects=(effect,))
     return Transition(state=state, effects=(effect,))
 
 

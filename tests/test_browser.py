@@ -476,7 +476,10 @@ def test_web_chat_follows_the_customer(browser: Any, axe_source: str, tmp_path: 
         expect(log.locator(".msg-customer[data-id]", has_text="technician")).to_have_count(1)
         sent_mark = "e => getComputedStyle(e, '::after').content"
         assert "✓" in log.locator(".msg-customer[data-id] time").last.evaluate(sent_mark)
+        # The case acknowledged the photo; this message is added quietly, and the dots stop without an answer.
         expect(chat.locator("#typing")).to_be_hidden()
+        expect(log.locator(".msg-bot", has_text="added this to case")).to_have_count(1)
+        assert log.locator(".msg").last.evaluate("e => e.classList.contains('msg-customer')")
 
         # The server is away: the message waits, says so readably, and goes once the server is back.
         api = "**/api/webchat/**"
@@ -546,10 +549,25 @@ def test_web_chat_follows_the_customer(browser: Any, axe_source: str, tmp_path: 
         mine = log.locator(".msg-customer[data-id] .text").last
         expect(mine).to_have_text(written)
         assert mine.locator("b").count() == 0
-        expect(mine.locator("bdi").first).to_have_text(serial)
+        assert mine.locator("bdi").all_inner_texts() == [serial, "WR-2026-000001", "2026-12-01"]
         assert mine.evaluate("e => getComputedStyle(e).direction") == "rtl"
         assert mine.locator("bdi").first.evaluate("e => getComputedStyle(e).unicodeBidi") == "isolate"
         expect(log.locator(".msg-bot bdi", has_text=serial).last).to_be_visible()
+        # The bot's Arabic line that names the serial reads right to left, the serial isolated inside it.
+        named = log.locator(".msg-bot .text", has=chat.locator("bdi", has_text=serial)).last
+        assert named.evaluate("e => getComputedStyle(e).direction") == "rtl"
+        expect(chat.get_by_role("group", name="اختر إجابة")).not_to_have_count(0)
+        chat.locator('.choices button[data-value="proof:none"]').last.click()
+        chat.locator('.choices button[data-value="cause:normal"]').last.click()
+        # The decision's line of a serial alone ("CSP…:") sits at the right of the bubble, as Arabic does.
+        decision = log.locator(".msg-bot .text", has_text=re.compile(rf"{serial}\u2069?:")).last
+        expect(decision).to_be_visible()
+        edges = decision.evaluate("""e => {
+          const alone = Array.from(e.querySelectorAll("bdi")).find((b) => (b.nextSibling || {}).textContent?.match(/^\u2069?:/));
+          const box = e.getBoundingClientRect(), own = alone.getBoundingClientRect();
+          return [box.right - own.right, own.left - box.left];
+        }""")
+        assert edges[0] < 20 < edges[1], edges
         expect(chat.get_by_role("group", name="اختر إجابة")).not_to_have_count(0)
         assert chat.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
         chat.screenshot(path=str(shots / "webchat-phone-ar.png"))
@@ -565,4 +583,53 @@ def test_web_chat_follows_the_customer(browser: Any, axe_source: str, tmp_path: 
         page.screenshot(path=str(shots / "webchat-desktop-zh.png"))
         assert _serious_violations(page, axe_source) == []
         desktop.close()
+    assert problems.items == []
+
+
+WATCH_FOR_TROUBLE = """
+window.__trouble = [];
+new MutationObserver(() => {
+  const notice = document.getElementById("notice");
+  if (document.querySelector("#log .msg.failed")) window.__trouble.push("a bubble said Not sent");
+  if (notice && !notice.hidden && notice.textContent) window.__trouble.push("notice: " + notice.textContent);
+}).observe(document, { subtree: true, childList: true, attributes: true, characterData: true });
+"""
+
+
+def test_web_chat_waits_as_long_as_a_429_asks(browser: Any, tmp_path: Path) -> None:
+    """The server's own rate limits, tight: a message refused with 429 is sent again once, after Retry-After,
+    without "Not sent"; polls refused with 429 wait too, and never say the connection is lost."""
+    from playwright.sync_api import expect
+
+    expect.set_options(timeout=WAIT_MS)
+    # Creating the session and the first message use up the writes; reads run out within a second of polls.
+    bot = build(_settings(tmp_path, rate_limit_client="2/4 seconds", rate_limit_reads="3/2 seconds"))
+    problems = PageProblems()
+    statuses: list[tuple[str, int]] = []
+    with serve(create_app(bot)) as base:
+        context = browser.new_context(viewport={"width": 390, "height": 844}, locale="en-US")
+        context.add_init_script(WATCH_FOR_TROUBLE)
+        chat = problems.watch(context.new_page())
+        chat.on("response", lambda r: statuses.append((f"{r.request.method} {r.url}", r.status)))
+        # Chromium logs each 429 as "Failed to load resource"; PageProblems leaves those out.
+        chat.goto(f"{base}/")
+        log = chat.locator("#log")
+        box = chat.get_by_label("Your message")
+        box.fill("hello")
+        box.press("Enter")
+        expect(log.locator(".msg-customer[data-id]", has_text="hello")).to_have_count(1)
+        box.fill("CSP2001A0001 the display shows E07")
+        box.press("Enter")
+        mine = log.locator(".msg-customer", has_text="CSP2001A0001")
+        expect(mine.locator(".state")).to_have_text("Sending…")  # waiting as asked: nothing is wrong
+        expect(log.locator(".msg-customer[data-id]", has_text="CSP2001A0001")).to_have_count(1)
+        expect(log.locator(".msg-bot", has_text="CSP2001A0001")).not_to_have_count(0)
+        posts = [status for what, status in statuses if what.startswith("POST") and what.endswith("/messages")]
+        assert posts == [202, 429, 202], posts  # one refusal, then one resend after Retry-After
+        reads = [status for what, status in statuses if what.startswith("GET") and "/messages?after=" in what]
+        assert 429 in reads  # the polls did meet the limit...
+        assert chat.evaluate("window.__trouble") == []  # ...and the page never called it a lost connection
+        chat.reload()
+        expect(log.locator(".msg-customer", has_text="CSP2001A0001")).to_have_count(1)  # stored once
+        context.close()
     assert problems.items == []

@@ -135,3 +135,57 @@ def test_help_explains_every_command(tmp_path: Path) -> None:
     assert result.returncode == 0
     for command in ("policy", "db", "registry", "outbox", "chat", "serve"):
         assert command in result.stdout
+
+
+def test_registry_import_prints_a_table(tmp_path: Path) -> None:
+    env = {"DATABASE_URL": f"sqlite:///{tmp_path}/w.db"}
+    sample = str(ROOT / "tests" / "data" / "registry-sample.csv")
+    first = cli("registry", "import", sample, cwd=tmp_path, env=env)
+    assert first.returncode == 0, first.stderr
+    assert "ImportReport" not in first.stdout
+    lines = first.stdout.splitlines()
+    assert lines[0] == f"imported {sample}:"
+    assert lines[1].split() == ["in", "file", "new", "updated", "unchanged"]
+    assert lines[2].split() == ["orders", "5", "5", "0", "0"]
+    assert lines[3].split() == ["units", "1252", "1252", "0", "0"]
+    again = cli("registry", "import", sample, cwd=tmp_path, env=env).stdout.splitlines()
+    assert again[2].split() == ["orders", "5", "0", "0", "5"] and again[3].split() == ["units", "1252", "0", "0", "1252"]
+
+
+def test_demo_loads_orders_dated_from_today_and_lists_serials_to_try(tmp_path: Path) -> None:
+    from datetime import date
+
+    from sqlmodel import Session
+
+    from bot.registry import lookup
+    from bot.store import make_engine
+    from policy import Claim, Outcome, Proof, default_policy, evaluate
+
+    env = {"DATABASE_URL": f"sqlite:///{tmp_path}/w.db"}
+    loaded = cli("demo", "--if-empty", cwd=tmp_path, env=env)
+    assert loaded.returncode == 0, loaded.stderr
+    tries = {line.split()[0]: line.split()[1] for line in loaded.stdout.splitlines() if line.startswith("  ")}
+    assert set(tries) == {"covered", "expired", "distributor", "cargo"}
+    assert "covered until" in loaded.stdout and "discount compensation offered" in loaded.stdout
+    first, last = tries["distributor"].split("-")
+    today = date.today()
+    with Session(make_engine(env["DATABASE_URL"])) as session:
+        found = lookup(session, [tries["covered"], tries["expired"], tries["cargo"], first, last])
+    assert len(found) == 5
+
+    def outcome(serial: str) -> Outcome:
+        unit = found[serial]
+        return evaluate(Claim(serial=serial, claim_date=today, port_arrival_date=unit.port_arrival_date,
+                              production_date=unit.production_date, proof=Proof.registry,
+                              cargo_compensation=unit.cargo_compensation), default_policy()).outcome
+
+    assert outcome(tries["covered"]) is Outcome.covered and outcome(first) is Outcome.covered
+    assert outcome(tries["expired"]) is Outcome.not_covered and outcome(tries["cargo"]) is Outcome.not_covered
+    assert found[tries["cargo"]].cargo_compensation and int(last[-4:]) - int(first[-4:]) + 1 == 40
+    # `make run` calls it every time: a registry of the demo alone is loaded again, a real one is left alone.
+    assert cli("demo", "--if-empty", cwd=tmp_path, env=env).stdout == loaded.stdout
+    assert cli("registry", "import", str(ROOT / "tests" / "data" / "registry-sample.csv"), cwd=tmp_path,
+               env=env).returncode == 0
+    skipped = cli("demo", "--if-empty", cwd=tmp_path, env=env)
+    assert skipped.returncode == 0 and "1252 units" in skipped.stdout and "covered" not in skipped.stdout
+    assert "covered until" in cli("demo", cwd=tmp_path, env=env).stdout

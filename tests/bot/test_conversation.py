@@ -202,6 +202,11 @@ def test_after_hand_off_messages_go_to_the_case() -> None:
     state, templates, effects, _ = run(("Here is another photo", (9,)), state=state, case_status="open")
     assert templates == ["relayed"]
     assert effects == [conv.RelayToCase(text="Here is another photo", attachment_ids=(9,))]
+    # Acknowledged once: the next messages to the open case are added to it quietly.
+    state, templates, effects, _ = run("It also smells burnt", ("photo 2", (10,)), state=state, case_status="open")
+    assert templates == []
+    assert effects == [conv.RelayToCase(text="It also smells burnt"),
+                       conv.RelayToCase(text="photo 2", attachment_ids=(10,))]
     state, templates, effects, _ = run("any news?", state=state, case_status="claimed")
     assert templates == ["status"] and effects == [conv.RelayToCase(text="any news?")]
     state, templates, effects, _ = run("The fan is loud as well", state=state, case_status="claimed")

@@ -13,6 +13,8 @@
   const SEND_ATTEMPTS = 3; // quick tries before the bubble says "Not sent" (it stays queued)
   const RETRY_MS = 3000; // while the server is out of reach, a queued message is tried again this often
   const TYPING_MS = 20000; // the typing dots give up if no answer comes
+  const MAX_RETRY_AFTER_S = 60; // a 429's Retry-After is honoured up to this long, then tried again
+  const RATE_LIMIT_WAITS = 5; // 429s in a row one message waits through before "Not sent" (it stays queued)
   const COLLAPSE_CHARS = 1200; // longer messages show their start and "Show more"
   const COLLAPSE_LINES = 20;
   const VIEWABLE = /^(image\/(jpeg|png|gif|webp)|application\/pdf)$/;
@@ -215,10 +217,19 @@
   }
 
   class HttpError extends Error {
-    constructor(status, message) {
+    constructor(status, message, retryAfter) {
       super(message);
       this.status = status;
+      this.retryAfter = retryAfter; // milliseconds from a 429's Retry-After header, or null
     }
+  }
+
+  // Retry-After is whole seconds or an HTTP date; anything else (or nothing) means one second.
+  function retryAfterMs(header) {
+    if (header === null) return null;
+    const seconds = /^\s*\d+\s*$/.test(header) ? Number(header) : (Date.parse(header) - Date.now()) / 1000;
+    const wait = Number.isFinite(seconds) ? seconds : 1;
+    return Math.round(Math.min(Math.max(wait, 1), MAX_RETRY_AFTER_S) * 1000);
   }
 
   async function request(method, path, body) {
@@ -236,7 +247,10 @@
     } catch (error) {
       data = {};
     }
-    if (!response.ok) throw new HttpError(response.status, data.error || response.statusText);
+    if (!response.ok) {
+      const wait = response.status === 429 ? retryAfterMs(response.headers.get("Retry-After") || "1") : null;
+      throw new HttpError(response.status, data.error || response.statusText, wait);
+    }
     return data;
   }
 
@@ -365,12 +379,39 @@
     if (at < text.length) node.appendChild(document.createTextNode(text.slice(at)));
   }
 
+  // A line's own direction: its first letter outside those isolated runs, or null when it has none (a line
+  // that is only a serial, "CSP2402A0153:", or a date). Such a line takes the message's direction: in an
+  // Arabic message it sits at the right like the others, where plain first-strong detection found no letter
+  // and laid it out left to right.
+  const RTL_LETTER = /[\p{Script=Arabic}\p{Script=Hebrew}\p{Script=Syriac}\p{Script=Thaana}\p{Script=Nko}]/u;
+
+  function ownDirection(text) {
+    const bare = text.replace(/\u2068[^\u2069]*\u2069/g, " ")
+      .replace(LATIN_RUN, (run) => (/[0-9]/.test(run) ? " " : run));
+    const letter = bare.match(/\p{L}/u);
+    if (!letter) return null;
+    return RTL_LETTER.test(letter[0]) ? "rtl" : "ltr";
+  }
+
   let textIds = 0;
 
   function textBlock(text, file) {
     const node = el("div", file ? "text file" : "text");
-    fillText(node, text);
     node.dir = "auto";
+    const lines = text.split("\n");
+    if (file || lines.length === 1) {
+      fillText(node, text);
+    } else {
+      // One block per line, each with its direction; the line breaks stay in the text (copy, textContent).
+      const whole = ownDirection(text) || document.documentElement.dir || "ltr";
+      node.dir = whole; // dir="auto" would not look inside the lines, which have a dir of their own
+      lines.forEach((line, index) => {
+        const part = el("span", "line");
+        part.dir = ownDirection(line) || whole;
+        fillText(part, index < lines.length - 1 ? `${line}\n` : line);
+        node.appendChild(part);
+      });
+    }
     if (file) node.prepend(clipIcon());
     return node;
   }
@@ -463,14 +504,17 @@
 
   function applyMessages(messages) {
     const follow = pinned || nearBottom();
+    let answered = false; // one of ours came back, and nothing from the bot after it (yet)
     for (const message of messages) {
       if (typeof message.id !== "number" || message.id <= lastId) continue;
       lastId = message.id;
       if (message.author !== "customer") showTyping(false);
+      answered = false;
       const index = matchPending(message);
       if (index >= 0) {
         // Our own message came back from the server: keep what we showed (label, preview), mark it sent.
         const [mine] = pending.splice(index, 1);
+        answered = true;
         mine.node.classList.remove("pending", "failed");
         mine.node.dataset.id = String(message.id);
         const state = mine.node.querySelector(".state");
@@ -481,6 +525,10 @@
       }
       log.insertBefore(renderServerMessage(message), firstPendingNode());
     }
+    // The server logs a customer's message and the bot's answers to it in one transaction: our message
+    // back with nothing after it means the bot had nothing to add (a case's later messages are taken
+    // quietly), so the dots stop, unless another message of ours is still being read.
+    if (answered && !pending.some((p) => p.accepted)) showTyping(false);
     refreshChoices();
     if (follow && messages.length) scrollToBottom();
   }
@@ -526,6 +574,7 @@
   }
 
   function markSent(entry) {
+    entry.accepted = true;
     entry.node.classList.remove("failed");
     const state = entry.node.querySelector(".state");
     if (state && entry.node.classList.contains("pending")) state.textContent = "✓";
@@ -563,6 +612,7 @@
   // True once the message is settled (accepted or refused for good); false while the server is out of
   // reach. Retries reuse the message's client_id, so the server stores it once however often it arrives.
   async function deliver(entry) {
+    let limited = 0;
     for (let attempt = 0; attempt < SEND_ATTEMPTS; attempt += 1) {
       if (entry.generation !== generation) return true;
       try {
@@ -582,6 +632,14 @@
           sessionId = null;
           localStorage.removeItem(SESSION_KEY);
           lastId = 0;
+          continue;
+        }
+        if (error instanceof HttpError && error.status === 429 && limited < RATE_LIMIT_WAITS) {
+          // Too many messages at once: wait as long as the server asks, then send the same message again
+          // (same client_id). The bubble keeps saying "Sending…": nothing is wrong with the connection.
+          limited += 1;
+          attempt -= 1;
+          await sleep(error.retryAfter);
           continue;
         }
         if (error instanceof HttpError && error.status === 413) {
@@ -661,6 +719,7 @@
     const mine = generation;
     const id = sessionId;
     let more = false;
+    let wait = null;
     try {
       const data = await request("GET", `${API}/${encodeURIComponent(id)}/messages?after=${lastId}`);
       if (mine !== generation || id !== sessionId) return;
@@ -677,12 +736,18 @@
         showNotice(T.lost, true);
         return;
       }
-      showNotice(T.offline, true);
+      // A 429 is the server asking for a pause, not a lost connection: wait as long as it asks.
+      if (error instanceof HttpError && error.status === 429) wait = error.retryAfter;
+      else showNotice(T.offline, true);
     }
     let delay = document.hidden ? HIDDEN_POLL_MS : POLL_MS;
     if (quickPolls > 0) {
       quickPolls -= 1;
       delay = QUICK_POLL_MS;
+    }
+    if (wait !== null) {
+      schedulePoll(Math.max(wait, delay));
+      return;
     }
     schedulePoll(more ? 0 : delay);
   }
