@@ -10,6 +10,7 @@ from bot.attachments import AttachmentStore
 from bot.config import Settings
 from bot.desk import Desk
 from bot.engine import Engine, EngineConfig
+from bot.fulfilment import Terms, parse_sla
 from bot.render import Renderer
 from bot.store import make_engine, upgrade
 from policy import Policy, default_policy, load_policy
@@ -52,6 +53,13 @@ def build(
         external_desks=external_desks,
         max_attempts=settings.inbox_max_attempts,
         retry_backoff_max_seconds=settings.retry_backoff_max_seconds,
+        fulfilment=Terms(
+            rma_prefix=settings.rma_prefix,
+            return_address=settings.return_address.replace("\\n", "\n"),
+            packing_note=settings.packing_note,
+            ship_reminder_days=settings.ship_reminder_days,
+            sla_hours=parse_sla(settings.fulfilment_sla_hours),
+        ),
     )
     engine = Engine(db=db, policy=policy, renderer=renderer, config=config)
     attachments = AttachmentStore(
