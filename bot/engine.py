@@ -33,10 +33,12 @@ from bot.store import (
     CaseUnit,
     ChannelIdentity,
     Conversation,
+    Credit,
     Customer,
     Fulfilment,
     InboxItem,
     Message,
+    RegistryOrder,
     StoredAttachment,
     lock_chat,
     session_scope,
@@ -314,6 +316,13 @@ class Engine:
             (reply, {"case_ref": reply.params.get("case_ref") or (case.ref if case else None)})
             for reply in transition.replies
         )
+
+        if case is not None and any(isinstance(e, conv.OpenCase) for e in transition.effects):
+            # The customer's orders looked up: a discount credited on an earlier case waits for this order.
+            waiting = self._credits_waiting(session, case)
+            if waiting:
+                reply = conv.Reply(template=fulfilment.TEMPLATE, params={"step": "credit_available", "credits": waiting})
+                replies.append((reply, {"case_ref": case.ref}))
 
         language = transition.state.language
         rendered = [self.renderer.render(r, language=r.language or language, extra=c) for r, c in replies]
@@ -719,6 +728,26 @@ class Engine:
         if change is not None:
             self.apply_fulfilment(session, case, row, change, actor="customer", origin=case.channel)
 
+    def _credits_waiting(self, session: Session, case: Case) -> list[dict[str, Any]]:
+        """Discount credits (M5) of earlier cases for the companies of this case's orders, or this customer."""
+        order_ids = select(col(CaseUnit.order_id)).where(col(CaseUnit.case_id) == case.id)
+        companies = [
+            c
+            for c in session.execute(
+                select(col(RegistryOrder.customer)).where(col(RegistryOrder.order_id).in_(order_ids))
+            ).scalars()
+            if c
+        ]
+        credits = session.execute(
+            select(Credit)
+            .where(
+                col(Credit.case_id) != case.id,
+                (col(Credit.customer_id) == case.customer_id) | col(Credit.company).in_(companies),
+            )
+            .order_by(col(Credit.id))
+        ).scalars()
+        return [{"order_id": c.order_id, "amount": c.amount, "currency": c.currency} for c in credits]
+
     def apply_fulfilment(
         self, session: Session, case: Case, row: Fulfilment, change: fulfilment.Change, *, actor: str, origin: str
     ) -> None:
@@ -732,7 +761,7 @@ class Engine:
         row.updated_at = now
         case.updated_at = now
         if change.action:
-            audit(session, case, actor, "fulfilment", origin=origin, action=change.action, **change.detail)
+            audit(session, case, actor, "fulfilment", origin=origin, task=change.action, **change.detail)
         conversation = session.get(Conversation, case.conversation_id)
         if conversation is not None:
             for reply in change.replies:

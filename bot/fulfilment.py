@@ -491,7 +491,7 @@ TRACKING_WORDS = (
     "رقم الشحنة",
 )
 _CANDIDATE = re.compile(r"(?<![A-Za-z0-9])([A-Za-z0-9][A-Za-z0-9\-]{6,38}[A-Za-z0-9])(?![A-Za-z0-9])")
-_SERIAL_LIKE = re.compile(r"^[A-Z]{2,4}\d{4}[A-Z0-9]{4,8}$")
+_SERIAL_LIKE = re.compile(r"^[A-Z]{2,4}\d{2}(?:0[1-9]|1[0-2])[A-Z0-9]{4,8}$")  # policy serial_pattern
 _CASE_REF = re.compile(r"^[A-Z]{2,5}-?\d{4}-?\d{6}$")
 
 
