@@ -501,7 +501,7 @@ class Desk:
     def credits(self, *, company: str | None = None) -> list[dict[str, Any]]:
         """Discount credits granted (M5), newest first: for the sales team, to take off the next order."""
         with Session(self.engine.db) as session:
-            statement = select(Credit, Case.ref).join(Case, col(Case.id) == col(Credit.case_id))
+            statement = select(Credit, col(Case.ref)).join(Case, col(Case.id) == col(Credit.case_id))
             if company:
                 statement = statement.where(col(Credit.company).ilike(f"%{company.strip()}%"))
             rows = session.execute(statement.order_by(col(Credit.id).desc())).all()
@@ -563,7 +563,9 @@ class Desk:
         credits = self._grant_credits(session, case, units, engineer, goodwill=goodwill) if (
             method == "discount_compensation"
         ) else []
-        change = fulfilment.start(method, case_ref=case.ref, terms=self.engine.config.fulfilment, credits=credits)
+        change = fulfilment.start(
+            method, case_ref=case.ref, terms=self.engine.config.fulfilment, credits=credits, goodwill=goodwill
+        )
         row = session.execute(select(Fulfilment).where(col(Fulfilment.case_id) == case.id)).scalar_one_or_none()
         if change is None:
             if row is not None:

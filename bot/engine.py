@@ -321,8 +321,8 @@ class Engine:
             # The customer's orders looked up: a discount credited on an earlier case waits for this order.
             waiting = self._credits_waiting(session, case)
             if waiting:
-                reply = conv.Reply(template=fulfilment.TEMPLATE, params={"step": "credit_available", "credits": waiting})
-                replies.append((reply, {"case_ref": case.ref}))
+                told = conv.Reply(template=fulfilment.TEMPLATE, params={"step": "credit_available", "credits": waiting})
+                replies.append((told, {"case_ref": case.ref}))
 
         language = transition.state.language
         rendered = [self.renderer.render(r, language=r.language or language, extra=c) for r, c in replies]

@@ -174,9 +174,17 @@ def rma_number(case_ref: str, terms: Terms) -> str:
 
 
 def start(
-    method: str, *, case_ref: str, terms: Terms, credits: Sequence[Mapping[str, Any]] = ()
+    method: str,
+    *,
+    case_ref: str,
+    terms: Terms,
+    credits: Sequence[Mapping[str, Any]] = (),
+    goodwill: str | None = None,
 ) -> Change | None:
-    """The first step of `method`, and what the customer is told; None for a method with no steps."""
+    """The first step of `method`, and what the customer is told; None for a method with no steps.
+
+    A method given outside the warranty (`goodwill`: goodwill or chargeable) never says "as the warranty
+    provides": its freight is simply the customer's."""
     first = FIRST_STEP.get(method)
     if first is None:
         return None
@@ -188,6 +196,7 @@ def start(
             rma=rma,
             address=terms.return_address.strip(),
             packing_note=terms.packing_note.strip(),
+            goodwill=goodwill,
         )
         return Change(record=record, replies=(reply,), action="started", detail={"step": first, "rma": rma})
     if method == "discount_compensation":
@@ -764,8 +773,8 @@ def pick_slot(text: str, slots: Sequence[str]) -> int | None:
         return None
     plain = unicodedata.normalize("NFKC", text).strip()
     if plain.startswith("slot:"):
-        number = plain.removeprefix("slot:")
-        return int(number) - 1 if number.isdigit() and 1 <= int(number) <= len(slots) else None
+        value = plain.removeprefix("slot:")
+        return int(value) - 1 if value.isdigit() and 1 <= int(value) <= len(slots) else None
     folded = " " + fold(plain) + " "
     chinese = re.search(r"第\s*([0-9一二三四五六])\s*(?:个|個|项|項|号|號)?", plain)
     if chinese:
@@ -780,12 +789,12 @@ def pick_slot(text: str, slots: Sequence[str]) -> int | None:
     weekday = next((d for d, words in _WEEKDAYS.items() if any(w in folded for w in words)), None)
     ordinal = None
     if weekday is None or "feira" not in folded:
-        for number, words in _ORDINALS.items():
+        for nth, words in _ORDINALS.items():
             if any(
                 re.search(rf"(?<![\w]){re.escape(w)}(?![\w])", folded) if w.isascii() else w in folded
                 for w in words
             ):
-                ordinal = number
+                ordinal = nth
                 break
     if ordinal is None and any(w in folded for w in _ORDINAL_LAST):
         ordinal = len(slots)

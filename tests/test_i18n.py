@@ -104,6 +104,7 @@ VALUES: dict[str, Any] = {
     "parts": ["Control board CB-7", "DC fuse 20 A"],
     "slots": ["2026-12-09T09:00", "2026-12-10T14:30"],
     "booked": "2026-12-09T09:00",
+    "goodwill": None,
     "credits": [{"order_id": "PO-88123", "amount": Decimal("250.00"), "currency": "USD"}],
 }
 
@@ -128,7 +129,7 @@ VARIANTS: dict[str, list[dict[str, Any]]] = {
     "fulfilment": [{"step": step} for step in (
         "shipment_noted", "received", "diagnosed", "repaired", "shipped_back", "parts_listed", "parts_shipped",
         "guidance", "ask_fixed", "fixed", "not_fixed", "slots", "slot_reask", "visit_booked", "visit_reminder",
-        "visited", "ship_reminder", "credit_available")] + [{"address": "", "packing_note": ""},
+        "visited", "ship_reminder", "credit_available")] + [{"address": "", "packing_note": ""}, {"goodwill": "chargeable"},
                                                            {"step": "ship_reminder", "address": ""},
                                                            {"step": "shipment_noted", "carrier": None}],
     "method_discount_compensation": [{"amount": None}],

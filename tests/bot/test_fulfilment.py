@@ -62,7 +62,7 @@ def test_factory_repair_from_the_decision_to_shipped_back_in_spanish(service_bot
     # The RMA, the return address and the packing from the settings, and the freight (F1), in Spanish.
     assert rma in instruction and "88 Chuangye Road, Ningbo" in instruction
     assert "Embalaje" in instruction and "Pallets must be shrink-wrapped." in instruction
-    assert "(F1)" in instruction and "flete" in instruction.lower() or "transporte" in instruction.lower()
+    assert ("(F1)" in instruction and "flete" in instruction.lower()) or "transporte" in instruction.lower()
 
     # The customer types the carrier and the tracking number in free Spanish text.
     say(bot, "lo envié por DHL, número de seguimiento 1234567890")
