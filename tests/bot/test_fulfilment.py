@@ -23,6 +23,7 @@ from bot.store import Conversation, Fulfilment
 from bot.store.clock import utcnow
 from tests.bot.test_decisions import FAULT, HEADER, ROWS, claim_to_the_end
 from tests.bot.test_engine import bot_texts, say
+from tests.test_cli import cli
 
 ADDRESS = "Warranty returns, Building 3\\n88 Chuangye Road, Ningbo 315000, China"
 
@@ -161,7 +162,7 @@ def test_serials_references_and_words_alone_are_no_tracking_number(text: str) ->
     assert fulfilment.read_tracking(text) is None
 
 
-def test_a_discount_credit_is_shown_on_the_customers_next_lookup(service_bot: Bot) -> None:
+def test_a_discount_credit_is_shown_on_the_customers_next_lookup(service_bot: Bot, tmp_path: Path) -> None:
     bot = service_bot
     # 12 covered units of PO-12 (1,012.50 USD): 1% is 10.13, credited against the order.
     ref = claim_to_the_end(bot, f"CSP2402A0100-CSP2402A0111 {FAULT}", "cause:normal", "pref:discount")
@@ -177,6 +178,12 @@ def test_a_discount_credit_is_shown_on_the_customers_next_lookup(service_bot: Bo
     bot.desk.choose_method(ref, engineer="Li Wei", method="discount_compensation")
     assert len(bot.desk.credits()) == 1
     bot.desk.close(ref, engineer="Li Wei")
+    # `warranty-bot credits` lists it for the sales team.
+    listed = cli("credits", "--csv", cwd=tmp_path, env={"DATABASE_URL": bot.settings.database_url})
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout.splitlines()[0].startswith("created_at,company,order_id,amount,currency,case_ref")
+    assert f"Acme Fleet Ltd.,PO-12,10.13,USD,{ref},False,Li Wei" in listed.stdout
+    assert cli("credits", "--company", " ", cwd=tmp_path, env={"DATABASE_URL": bot.settings.database_url}).returncode == 2
 
     # The same company's next claim, from another chat: the bot says the credit waits, the desk shows it.
     say(bot, f"CSP2402C0100 {FAULT}", "cause:normal", chat="chat-2")
