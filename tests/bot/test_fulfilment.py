@@ -255,3 +255,41 @@ def test_a_state_with_offered_slots_survives_the_conversation(service_bot: Bot) 
         conversation = session.execute(select(Conversation).where(Conversation.chat_id == "of")).scalar_one()
         assert conversation.data["offered"] == ["slot:1", "slot:2"]
         assert session.execute(select(Fulfilment)).scalar_one().step == "slots_proposed"
+
+
+def test_the_desk_api_runs_the_steps_and_refuses_bad_requests_with_a_4xx(service_bot: Bot) -> None:
+    import asyncio
+
+    import httpx
+
+    from bot.server import create_app
+
+    bot = service_bot
+    ref = claim_to_the_end(bot, f"CSP2402A0105 {FAULT}", "cause:normal", chat="api")
+    auth = {"Authorization": "Bearer desk-secret", "X-Engineer": "Li Wei"}
+    path = f"/api/desk/cases/{ref}"
+
+    async def requests() -> list[httpx.Response]:
+        transport = httpx.ASGITransport(app=create_app(bot))
+        async with httpx.AsyncClient(transport=transport, base_url="http://desk.test", headers=auth) as http:
+            return [
+                await http.post(f"{path}/fulfil", json={"action": "received"}),  # no method yet: 409
+                await http.post(f"{path}/method", json={"method": "factory_repair"}),
+                await http.post(f"{path}/fulfil", json={}),  # 422
+                await http.post(f"{path}/fulfil", json={"action": "received", "text": 5}),  # 422
+                await http.post(f"{path}/fulfil", json={"action": "teleport"}),  # 409
+                await http.post(f"{path}/fulfil", json={"action": "shipped_in", "text": "UPS 1Z999AA10123456784"}),
+                await http.get(path),
+                await http.get("/api/desk/credits"),
+            ]
+
+    early, chosen, missing, wrong, unknown, shipped, shown, credits = asyncio.run(requests())
+    assert early.status_code == 409 and "error" in early.json()
+    assert chosen.status_code == 200
+    assert missing.status_code == 422 and wrong.status_code == 422
+    assert unknown.status_code == 409 and "not a step" in unknown.json()["error"]
+    assert shipped.status_code == 200, shipped.text
+    record = shown.json()["fulfilment"]
+    assert record["step"] == "in_transit" and record["data"]["inbound"]["tracking"] == "1Z999AA10123456784"
+    assert [a["action"] for a in record["actions"]] == ["received"]
+    assert credits.status_code == 200 and credits.json() == {"credits": []}
