@@ -38,6 +38,7 @@ from policy import (
     Outcome,
     Policy,
     Proof,
+    cargo_pieces,
     claim_from_json,
     claim_to_json,
     decision_to_json,
@@ -338,7 +339,11 @@ class Desk:
                 case.method = method
                 case.refusal_reason = reason
                 case.status = "resolved"
-                self._tell(session, case, "method_not_covered", reason=reason, clauses=cited)
+                cargo = self._cargo_orders(session, units)
+                if cargo is None:
+                    self._tell(session, case, "method_not_covered", reason=reason, clauses=cited)
+                else:
+                    self._tell_cargo_once(session, case, cargo, engineer, reason=reason, origin=origin)
                 self._touch(
                     session,
                     case,
@@ -576,6 +581,42 @@ class Desk:
             session.add(row)
         row.method, row.reminded = method, []
         row.rma = change.record.data.get("rma")
+        self.engine.apply_fulfilment(session, case, row, change, actor=engineer, origin=origin)
+
+    def _cargo_orders(self, session: Session, units: Any) -> list[dict[str, Any]] | None:
+        """The orders of a case refused for cargo compensation (M1) on every unit; None for any other case."""
+        if not units or any(u.outcome != "not_covered" or "M1" not in u.clauses for u in units):
+            return None
+        order_ids = sorted({u.order_id for u in units if u.order_id})
+        orders = {
+            o.order_id: o
+            for o in session.execute(
+                select(RegistryOrder).where(col(RegistryOrder.order_id).in_(order_ids))
+            ).scalars()
+        }
+        return [
+            {
+                "order_id": order_id,
+                "order_pieces": orders[order_id].order_pieces if order_id in orders else None,
+                "cargo_pieces": cargo_pieces(orders[order_id].order_pieces or 0, self.engine.policy)
+                if order_id in orders and orders[order_id].order_pieces
+                else None,
+            }
+            for order_id in order_ids
+        ]
+
+    def _tell_cargo_once(
+        self, session: Session, case: Case, orders: list[dict[str, Any]], engineer: str, *, reason: str, origin: str
+    ) -> None:
+        """M1: the customer is told why no service applies, once (a refusal confirmed again says nothing new)."""
+        row = session.execute(select(Fulfilment).where(col(Fulfilment.case_id) == case.id)).scalar_one_or_none()
+        if row is not None and row.step == fulfilment.Step.no_service.value:
+            return
+        change = fulfilment.cargo_refusal(orders, reason=reason)
+        if row is None:
+            row = Fulfilment(case_id=case.id or 0, method=change.record.method, step=change.record.step.value)
+            session.add(row)
+        row.method = change.record.method
         self.engine.apply_fulfilment(session, case, row, change, actor=engineer, origin=origin)
 
     def _grant_credits(

@@ -51,6 +51,8 @@ class Step(StrEnum):
     visited = "visited"
     # discount compensation (M5)
     credited = "credited"
+    # cargo compensation orders (M1): no service; the customer was told why, once
+    no_service = "no_service"
 
 
 FIRST_STEP: Mapping[str, Step] = {
@@ -62,7 +64,7 @@ FIRST_STEP: Mapping[str, Step] = {
 
 # Who the step waits on: the customer's steps are reminded to the customer, the others to the engineers.
 WAITS_ON_CUSTOMER = frozenset({Step.awaiting_shipment, Step.confirming, Step.slots_proposed})
-FINAL = frozenset({Step.shipped_back, Step.done, Step.visited})
+FINAL = frozenset({Step.shipped_back, Step.done, Step.visited, Step.no_service})
 
 # Engineer's actions: (method, step it may start from) -> the step it leads to.
 TRANSITIONS: Mapping[str, Mapping[str, tuple[tuple[Step, ...], Step]]] = {
@@ -131,6 +133,7 @@ STEP_LABELS: Mapping[str, str] = {
     "visit_booked": "Visit booked",
     "visited": "Visited",
     "credited": "Credit recorded",
+    "no_service": "No service: cargo compensation order (M1), customer told",
 }
 
 
@@ -205,6 +208,18 @@ def start(
             record=record, action="started", detail={"step": first, "credits": [dict(c) for c in credits]}
         )
     return Change(record=Record(method=method, step=first), action="started", detail={"step": first})
+
+
+def cargo_refusal(orders: Sequence[Mapping[str, Any]], *, reason: str) -> Change:
+    """A refusal that rests on cargo compensation (M1) alone: the customer is told once, plainly, that the
+    order took extra pieces instead of after-sales service; `orders`: order_id, order_pieces, cargo_pieces."""
+    listed = [dict(o) for o in orders]
+    return Change(
+        record=Record(method="cargo_compensation", step=Step.no_service, data={"orders": listed}),
+        replies=(_reply("cargo", orders=listed, reason=reason),),
+        action="no_service",
+        detail={"step": Step.no_service.value, "orders": listed},
+    )
 
 
 def allowed_actions(record: Record) -> tuple[str, ...]:

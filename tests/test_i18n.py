@@ -105,6 +105,7 @@ VALUES: dict[str, Any] = {
     "slots": ["2026-12-09T09:00", "2026-12-10T14:30"],
     "booked": "2026-12-09T09:00",
     "goodwill": None,
+    "orders": [{"order_id": "PO-24-0117", "order_pieces": 1000, "cargo_pieces": 10}],
     "credits": [{"order_id": "PO-88123", "amount": Decimal("250.00"), "currency": "USD"}],
 }
 
@@ -129,9 +130,10 @@ VARIANTS: dict[str, list[dict[str, Any]]] = {
     "fulfilment": [{"step": step} for step in (
         "shipment_noted", "received", "diagnosed", "repaired", "shipped_back", "parts_listed", "parts_shipped",
         "guidance", "ask_fixed", "fixed", "not_fixed", "slots", "slot_reask", "visit_booked", "visit_reminder",
-        "visited", "ship_reminder", "credit_available")] + [{"address": "", "packing_note": ""}, {"goodwill": "chargeable"},
+        "visited", "ship_reminder", "credit_available", "cargo")] + [{"address": "", "packing_note": ""}, {"goodwill": "chargeable"},
                                                            {"step": "ship_reminder", "address": ""},
-                                                           {"step": "shipment_noted", "carrier": None}],
+                                                           {"step": "shipment_noted", "carrier": None},
+                                                           {"step": "cargo", "orders": [{"order_id": "PO-9", "order_pieces": None, "cargo_pieces": None}]}],
     "method_discount_compensation": [{"amount": None}],
     "method_goodwill": [{"method": "remote_guidance"}, {"method": "door_to_door"},
                         {"method": "discount_compensation"}, {"method": "discount_compensation", "amount": None}],

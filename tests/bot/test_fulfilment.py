@@ -293,3 +293,22 @@ def test_the_desk_api_runs_the_steps_and_refuses_bad_requests_with_a_4xx(service
     assert record["step"] == "in_transit" and record["data"]["inbound"]["tracking"] == "1Z999AA10123456784"
     assert [a["action"] for a in record["actions"]] == ["received"]
     assert credits.status_code == 200 and credits.json() == {"credits": []}
+
+
+def test_a_cargo_compensation_order_is_told_once_why_no_service_applies(service_bot: Bot) -> None:
+    bot = service_bot
+    ref = claim_to_the_end(bot, f"CSP2403D0100 {FAULT}", "cause:normal", chat="m1")
+    assert bot.desk.get_case(ref)["status"] == "to_confirm"
+    bot.desk.choose_method(ref, engineer="Li Wei", method="not_covered", reason="PO-CARGO took the 1% extra.")
+    told = [t for t in bot_texts(bot, "m1") if "no after-sales service applies" in t]
+    assert len(told) == 1
+    assert "Order PO-CARGO chose cargo compensation" in told[0] and "10 extra pieces" in told[0]
+    assert "1,000 pieces" in told[0] and "(M1)" in told[0] and "PO-CARGO took the 1% extra." in told[0]
+    # Not the generic refusal, whose invoices and certificates cannot change M1.
+    assert not any("purchase invoice, warranty certificate" in t for t in bot_texts(bot, "m1"))
+    case = bot.desk.get_case(ref)
+    assert case["fulfilment"]["step"] == "no_service" and case["status"] == "resolved"
+    # Confirmed again: nothing new is told.
+    bot.desk.choose_method(ref, engineer="Li Wei", method="not_covered", reason="Checked again.")
+    assert len([t for t in bot_texts(bot, "m1") if "no after-sales service applies" in t]) == 1
+    assert actions(bot, ref) == ["no_service"]
