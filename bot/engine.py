@@ -815,7 +815,8 @@ class Engine:
         with session_scope(self.db) as session:
             rows = session.execute(
                 select(Fulfilment)
-                .where(col(Fulfilment.step).not_in(final))
+                .join(Case, col(Case.id) == col(Fulfilment.case_id))
+                .where(col(Fulfilment.step).not_in(final), col(Case.status) != "closed")
                 .order_by(col(Fulfilment.id))
                 .limit(limit)
                 .with_for_update(skip_locked=True)

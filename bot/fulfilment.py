@@ -167,7 +167,6 @@ class Change:
     detail: Mapping[str, Any] = field(default_factory=dict)
     closes: bool = False
     offered: tuple[str, ...] | None = None  # button values the customer may answer with (by number too)
-    to_engineer: bool = False  # the engineers must act now (a "no, not fixed")
 
 
 def rma_number(case_ref: str, terms: Terms) -> str:
@@ -371,7 +370,6 @@ def customer_message(record: Record, text: str, *, answer: str | None = None) ->
                 action="not_fixed",
                 detail={"step": [record.step.value, Step.guiding.value], "by": "customer"},
                 offered=(),
-                to_engineer=True,
             )
     return None
 
