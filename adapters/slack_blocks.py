@@ -314,6 +314,11 @@ def case_blocks(case: Mapping[str, Any], *, public_url: str, actions: bool = Tru
         blocks.append(section(f"*Attachments:* {links}"))
     if case.get("fulfilment"):
         blocks.append(section(fulfilment_line(case["fulfilment"])))
+    waiting = case.get("credits_available") or []
+    if waiting:
+        listed = ", ".join(f"{escape(str(c['amount']))} {escape(str(c.get('currency') or ''))} (order "
+                           f"{escape(str(c['order_id']))}, {escape(str(c['case_ref']))})" for c in waiting[:10])
+        blocks.append(section(f"💳 *Discount credit waiting for this customer's next order:* {listed}"))
     if actions and case["status"] != "closed":
         blocks.append(action_block(case))
         if (case.get("fulfilment") or {}).get("actions"):

@@ -769,3 +769,23 @@ def test_slack_carries_a_factory_repair_through_its_steps(settings: Settings, db
         refused = submit(early, "DHL 9876543210")
         assert refused.json()["response_action"] == "errors" and "does not follow" in refused.json()["errors"]["fulfil_block"]
         assert bot.desk.get_case(ref)["fulfilment"]["step"] == "diagnosed"
+
+
+def test_the_case_message_shows_the_service_step_and_a_waiting_credit() -> None:
+    case = {"ref": "WR-2026-000043", "status": "in_service", "channel": "webchat", "language": "es",
+            "units": [], "method": "factory_repair",
+            "fulfilment": {"step": "in_transit", "step_label": "On its way to the factory", "rma": "RMA-2026-000043",
+                           "data": {"inbound": {"carrier": "DHL", "tracking": "1234567890"}},
+                           "actions": [{"action": "received", "label": "Unit received", "input": None}]},
+            "credits_available": [{"amount": "10.13", "currency": "USD", "order_id": "PO-12",
+                                   "case_ref": "WR-2026-000042"}]}
+    _, blocks = slack_blocks.case_blocks(case, public_url="https://warranty.example")
+    shown = block_text(blocks)
+    assert "On its way to the factory" in shown and "RMA-2026-000043" in shown and "DHL 1234567890" in shown
+    assert "10.13 USD (order PO-12, WR-2026-000042)" in shown
+    menu = next(b for b in blocks if b.get("block_id") == "fulfil_actions")["elements"][0]
+    assert menu["action_id"] == "fulfil_step" and menu["options"][0]["value"] == "WR-2026-000043|received"
+    line = slack_blocks.update_line("fulfilment", "Li Wei", "slack",
+                                    {"task": "shipped_back", "step": ["repaired", "shipped_back"],
+                                     "carrier": "DHL", "tracking": "9876543210"})
+    assert line == "📦 *Li Wei*: shipped back → shipped back (DHL 9876543210)"
