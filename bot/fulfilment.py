@@ -29,6 +29,7 @@ from bot.understanding import fold
 TEMPLATE = "fulfilment"
 MAX_SLOTS = 6
 MAX_FIELD = 2000
+MAX_PICK_CHARS = 40  # longer messages while slots are offered are not taken for a (failed) pick
 
 
 class Step(StrEnum):
@@ -333,8 +334,8 @@ def customer_message(record: Record, text: str, *, answer: str | None = None) ->
         slots = list(record.data.get("slots", ()))
         picked = pick_slot(text, slots)
         if picked is None:
-            if not slots:
-                return None
+            if not slots or len(text.strip()) > MAX_PICK_CHARS:
+                return None  # a longer message is for the engineers ("can the technician bring a ladder?")
             choices = tuple(
                 Choice(label="visit_slot", value=f"slot:{n}", params={"when": s})
                 for n, s in enumerate(slots, 1)

@@ -109,6 +109,9 @@ def test_a_door_to_door_visit_picked_in_chinese_and_reminded_the_day_before(serv
     assert "2030年1月9日" in offer and "星期三" in offer
     say(bot, "我不确定", chat="zh-1")  # no slot in it: asked again, politely
     assert "没看明白" in bot_texts(bot, "zh-1")[-1]
+    asked = len(bot_texts(bot, "zh-1"))
+    say(bot, "技术人员来的时候需要我们准备梯子吗？另外我们工厂的门卫需要提前登记访客的身份证号码。", chat="zh-1")
+    assert len(bot_texts(bot, "zh-1")) == asked  # a question for the engineers, not a failed pick
     say(bot, "第二个", chat="zh-1")
     case = bot.desk.get_case(ref)
     assert case["fulfilment"]["step"] == "visit_booked"
