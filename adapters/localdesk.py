@@ -66,6 +66,8 @@ class LocalDesk:
                 "/api/desk/cases/{ref}/units/{serial}/correct", self._guard(self._correct), methods=["POST"]
             ),
             Route("/api/desk/cases/{ref}/close", self._guard(self._action(desk.close)), methods=["POST"]),
+            Route("/api/desk/cases/{ref}/fulfil", self._guard(self._fulfil), methods=["POST"]),
+            Route("/api/desk/credits", self._guard(self._credits), methods=["GET"]),
             Route("/api/desk/cases/{ref}/attachments/{attachment_id:int}", self._guard(self._attachment)),
         ]
 
@@ -195,6 +197,22 @@ class LocalDesk:
             note=note,
         )
         return JSONResponse(result)
+
+    async def _fulfil(self, request: Request) -> Response:
+        data = await json_object(request)
+        action, text = data.get("action"), data.get("text", "")
+        if not isinstance(action, str) or not action:
+            raise ApiError(422, "action is required (the case's fulfilment.actions say which)")
+        if not isinstance(text, str):
+            raise ApiError(422, "text must be a string")
+        result = await asyncio.to_thread(
+            self.bot.desk.fulfil, _ref(request), engineer=_engineer(request, data), action=action, text=text
+        )
+        return JSONResponse(result)
+
+    async def _credits(self, request: Request) -> Response:
+        company = (request.query_params.get("company") or "")[:255] or None
+        return JSONResponse({"credits": await asyncio.to_thread(self.bot.desk.credits, company=company)})
 
     def _action(self, action: Callable[..., dict[str, Any]]) -> Callable[[Request], Awaitable[Response]]:
         async def handler(request: Request) -> Response:

@@ -34,6 +34,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from adapters import slack_blocks as ui
+from bot import fulfilment
 from bot.app import Bot
 from bot.config import Settings
 from bot.desk import CaseNotFound, DeskError
@@ -369,6 +370,8 @@ class SlackDesk:
         app.action(ui.NOT_COVERED)(self.on_open_modal)
         app.action(ui.CORRECT_UNIT)(self.on_open_modal)
         app.action(ui.CLOSE)(self.on_close)
+        app.action(ui.FULFIL)(self.on_fulfil)
+        app.view(ui.FULFIL_VIEW)(self.on_fulfil_submitted)
         app.view(ui.ASK_VIEW)(self.on_ask_submitted)
         app.view(ui.REFUSE_VIEW)(self.on_refuse_submitted)
         app.view(ui.CORRECT_VIEW)(self.on_correct_submitted)
@@ -521,6 +524,44 @@ class SlackDesk:
         except (SlackApiError, KeyError) as error:
             log.warning("views.open failed: %s", type(error).__name__)
         return True
+
+    async def on_fulfil(self, ack: Callable[..., Any], body: dict[str, Any], action: dict[str, Any]) -> None:
+        """The next service step: done at once when it needs no input, else its modal (tracking, slots…)."""
+        await ack()
+        user = _user_id(body)
+        if self._known_engineer(user) is False:
+            await self._ephemeral(user, REFUSAL)
+            return
+        ref, _, step = str((action.get("selected_option") or {}).get("value", "")).partition("|")
+        if step not in fulfilment.INPUTS:
+            await self._ephemeral(user, "Choose one of the listed steps.")
+            return
+        needs = fulfilment.INPUTS[step]
+        if needs:
+            view = ui.fulfil_modal(ref, step, fulfilment.ACTION_LABELS[step], needs)
+            try:
+                await self.client.views_open(trigger_id=body["trigger_id"], view=view)
+            except (SlackApiError, KeyError) as error:
+                log.warning("views.open failed: %s", type(error).__name__)
+            return
+        if await self._refused(user):
+            return
+        await self._act(user, None, lambda name: self.bot.desk.fulfil(ref, engineer=name, action=step, origin=ORIGIN))
+
+    async def on_fulfil_submitted(self, ack: Callable[..., Any], body: dict[str, Any], view: dict[str, Any]) -> None:
+        user = _user_id(body)
+        if not await self._is_engineer(user):
+            await ack(response_action="errors", errors={ui.FULFIL_BLOCK: REFUSAL})
+            return
+        text = _view_value(view, ui.FULFIL_BLOCK, ui.FULFIL_INPUT)
+        ref, _, step = str(view.get("private_metadata", "")).partition("|")
+        name = await self._display_name(user)
+        try:
+            await asyncio.to_thread(self.bot.desk.fulfil, ref, engineer=name, action=step, text=text, origin=ORIGIN)
+        except DeskError as error:
+            await ack(response_action="errors", errors={ui.FULFIL_BLOCK: _clip_error(error)})
+            return
+        await ack()
 
     async def on_close(self, ack: Callable[..., Any], body: dict[str, Any], action: dict[str, Any]) -> None:
         await ack()

@@ -30,6 +30,8 @@ ASK_VIEW, REFUSE_VIEW = "ask_customer", "not_covered"
 QUESTION_BLOCK, QUESTION_INPUT = "question_block", "question_input"
 REASON_BLOCK, REASON_INPUT = "reason_block", "reason_input"
 CLAUSES_BLOCK, CLAUSES_INPUT = "clauses_block", "clauses_input"
+# The steps after the chosen method (bot/fulfilment.py): a menu of the next steps, a modal for their input.
+FULFIL, FULFIL_VIEW, FULFIL_BLOCK, FULFIL_INPUT = "fulfil_step", "fulfil_step", "fulfil_block", "fulfil_input"
 # Engineers' corrections of a unit's facts, and methods outside the decision (goodwill or chargeable).
 CORRECT_UNIT, CORRECT_VIEW, GOODWILL_VIEW = "correct_unit", "correct_unit", "goodwill_method"
 SERIAL_BLOCK, SERIAL_INPUT = "serial_block", "serial_input"
@@ -310,8 +312,17 @@ def case_blocks(case: Mapping[str, Any], *, public_url: str, actions: bool = Tru
     links = attachment_links(case, public_url)
     if links:
         blocks.append(section(f"*Attachments:* {links}"))
+    if case.get("fulfilment"):
+        blocks.append(section(fulfilment_line(case["fulfilment"])))
+    waiting = case.get("credits_available") or []
+    if waiting:
+        listed = ", ".join(f"{escape(str(c['amount']))} {escape(str(c.get('currency') or ''))} (order "
+                           f"{escape(str(c['order_id']))}, {escape(str(c['case_ref']))})" for c in waiting[:10])
+        blocks.append(section(f"💳 *Discount credit waiting for this customer's next order:* {listed}"))
     if actions and case["status"] != "closed":
         blocks.append(action_block(case))
+        if (case.get("fulfilment") or {}).get("actions"):
+            blocks.append(fulfil_block(case))
     elif case["status"] == "closed":
         blocks.append(context("Closed. Use `/warranty " + ref + "` to see the case."))
     fallback = (f"Case {ref} · {customer} ({escape(case['channel'])}) · {len(units)} unit(s) · "
@@ -343,6 +354,42 @@ def action_block(case: Mapping[str, Any]) -> Block:
     ]}
 
 
+def fulfilment_line(record: Mapping[str, Any]) -> str:
+    data = record.get("data") or {}
+    parts = [f"*Service step:* {escape(str(record.get('step_label') or record.get('step')))}"]
+    if record.get("rma"):
+        parts.append(f"*RMA:* {escape(str(record['rma']))}")
+    for key, label in (("inbound", "Customer's shipment"), ("return", "Return"), ("parts_tracking", "Parts")):
+        shipment = data.get(key)
+        if isinstance(shipment, Mapping):
+            parts.append(f"*{label}:* {escape(str(shipment.get('carrier') or ''))} {escape(str(shipment.get('tracking')))}")
+    if data.get("booked"):
+        parts.append(f"*Visit:* {escape(str(data['booked']).replace('T', ' '))}")
+    return " · ".join(parts)
+
+
+def fulfil_block(case: Mapping[str, Any]) -> Block:
+    ref = case["ref"]
+    options = [{"text": plain(str(a["label"]), 75), "value": f"{ref}|{a['action']}"[:MAX_OPTION_VALUE]}
+               for a in case["fulfilment"]["actions"]]
+    return {"type": "actions", "block_id": "fulfil_actions", "elements": [
+        {"type": "static_select", "action_id": FULFIL, "placeholder": plain("Next service step", 150),
+         "options": options}]}
+
+
+def fulfil_modal(ref: str, action: str, label: str, needs: str) -> dict[str, Any]:
+    return {
+        "type": "modal", "callback_id": FULFIL_VIEW, "private_metadata": f"{ref}|{action}"[:3000],
+        "title": plain(label, 24), "submit": plain("Save", 24), "close": plain("Cancel", 24),
+        "blocks": [
+            context(f"*{escape(label)}* on *{ref}*: the customer is told in their language."),
+            {"type": "input", "block_id": FULFIL_BLOCK, "label": plain(needs[:1].upper() + needs[1:], 2000),
+             "element": {"type": "plain_text_input", "action_id": FULFIL_INPUT, "multiline": True,
+                         "max_length": 2000}},
+        ],
+    }
+
+
 # --- thread lines -----------------------------------------------------------------------------------------------
 
 
@@ -369,7 +416,14 @@ _UPDATE_LINES = {
     "unit_corrected": "🔁 *{actor}* corrected {serial}; decided again: {outcome}",
     "replied": "💬 *{actor}* ({origin}) to the customer: {text}",
     "noted": "🔒 Internal note by *{actor}* ({origin}): {text}",
+    "fulfilment": "📦 *{actor}*: {task} → {step}",
+    "fulfilment_overdue": "⏰ {step} is waiting past its time: the next step is yours",
 }
+
+
+def _step_of(detail: Mapping[str, Any]) -> str:
+    step = detail.get("step")
+    return str(step[-1]) if isinstance(step, list) and step else str(step or "")
 
 
 def update_line(action: str | None, actor: str | None, origin: str | None, detail: Mapping[str, Any]) -> str | None:
@@ -391,7 +445,11 @@ def update_line(action: str | None, actor: str | None, origin: str | None, detai
         "text": escape(str(detail.get("text") or "")),
         "serial": escape(str(detail.get("serial") or "")),
         "outcome": " → ".join(OUTCOME_LABELS.get(str(o), escape(str(o))) for o in detail.get("outcome") or ()),
+        "task": escape(str(detail.get("task") or "")).replace("_", " "),
+        "step": escape(_step_of(detail)).replace("_", " "),
     }
+    if action == "fulfilment" and detail.get("tracking"):
+        values["step"] += f" ({escape(str(detail.get('carrier') or ''))} {escape(str(detail['tracking']))})"
     if action == "method_chosen" and detail.get("goodwill"):
         line = f"🛠️ *{values['actor']}* chose *{values['method']}* as {escape(str(detail['goodwill']))}: {values['reason']}"
         return clip_mrkdwn(line, MAX_TEXT)

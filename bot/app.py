@@ -10,6 +10,7 @@ from bot.attachments import AttachmentStore
 from bot.config import Settings
 from bot.desk import Desk
 from bot.engine import Engine, EngineConfig
+from bot.fulfilment import Terms, parse_sla
 from bot.render import Renderer
 from bot.report import AlertRule
 from bot.store import make_engine, upgrade
@@ -57,6 +58,13 @@ def build(
             claims=settings.batch_alert_claims,
             rate=settings.batch_alert_rate,
             window_days=settings.batch_alert_window_days,
+        ),
+        fulfilment=Terms(
+            rma_prefix=settings.rma_prefix,
+            return_address=settings.return_address.replace("\\n", "\n"),
+            packing_note=settings.packing_note,
+            ship_reminder_days=settings.ship_reminder_days,
+            sla_hours=parse_sla(settings.fulfilment_sla_hours),
         ),
     )
     engine = Engine(db=db, policy=policy, renderer=renderer, config=config)

@@ -465,6 +465,39 @@ def _print_report(result: Any) -> None:
         console.print(f"{alert.at[:16]}  {alert.text()}")
 
 
+# --- credits ----------------------------------------------------------------------------------------------
+
+
+@app.command("credits")
+def credits_list(
+    company: Annotated[str | None, typer.Option(help="Only this company's credits (part of the registry's customer name).")] = None,
+    csv: Annotated[bool, typer.Option("--csv", help="CSV with a header instead of aligned columns.")] = False,
+) -> None:
+    """Discount compensation (M5) credited against orders, newest first: for the sales team's next order."""
+    import csv as csv_module
+    import sys
+
+    from bot.app import build
+
+    if company is not None and not company.strip():
+        fail("--company must not be empty")
+    bot = build(settings())
+    rows = bot.desk.credits(company=company)
+    fields = ("created_at", "company", "order_id", "amount", "currency", "case_ref", "goodwill", "granted_by")
+    if csv:
+        writer = csv_module.writer(sys.stdout)
+        writer.writerow(fields)
+        for row in rows:
+            writer.writerow([row[f] if f != "created_at" else row[f][:10] for f in fields])
+    else:
+        for row in rows:
+            typer.echo(
+                f"{row['created_at'][:10]}\t{row['company'] or '-'}\t{row['order_id']}\t{row['amount']} "
+                f"{row['currency'] or ''}\t{row['case_ref']}{' (goodwill)' if row['goodwill'] else ''}\t{row['granted_by']}"
+            )
+    typer.echo(f"{len(rows)} credit(s)", err=True)
+
+
 # --- chat and serve ---------------------------------------------------------------------------------------
 
 

@@ -73,6 +73,15 @@ class Settings(BaseSettings):
     fetch_timeout_seconds: float = Field(default=30.0, gt=0)
     fetch_insecure_hosts: str = ""  # tests only: hosts reachable over http and on loopback/private addresses
 
+    # --- fulfilment after the chosen method (bot/fulfilment.py, docs/fulfilment.md) ------------------------
+    rma_prefix: str = Field(default="RMA", pattern=r"^[A-Z0-9]{1,10}$")
+    return_address: str = ""  # the factory's return address for factory repair (M3); "\n" separates lines
+    packing_note: str = ""  # added to the packing instructions, as written
+    ship_reminder_days: int = Field(default=7, gt=0)  # a customer who has not shipped is reminded after these
+    # Hours an engineer's step may wait before the desks are alerted, e.g. "received=48,diagnosed=72".
+    fulfilment_sla_hours: str = "in_transit=336,received=48,diagnosed=72,repaired=48,parts_pending=48,guiding=72"
+    fulfilment_check_seconds: float = Field(default=300.0, gt=0)  # how often reminders are looked for
+
     # --- local desk -----------------------------------------------------------------------------------
     desk_token: SecretStr | None = None
 
@@ -170,6 +179,14 @@ class Settings(BaseSettings):
         for name in value:
             if not re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,31}", name):
                 raise ValueError(f"channel name {name!r}: 1-32 of a-z 0-9 _ -, starting with a letter or digit")
+        return value
+
+    @field_validator("fulfilment_sla_hours")
+    @classmethod
+    def _sla(cls, value: str) -> str:
+        from bot.fulfilment import parse_sla
+
+        parse_sla(value)
         return value
 
     @field_validator("telegram_mode")

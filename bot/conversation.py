@@ -76,7 +76,7 @@ MAX_CLAIM_UNITS = 1000
 MAX_FAULT_CHARS = 4000
 _MIN_FAULT_CHARS = 3
 _OPTION_NUMBER = re.compile(r"[0-9]{1,2}")  # not str.isdigit(): "²" is a digit to it
-_VALUE = re.compile(r"^(?:cmd|lang|cause|proof|pref|answer|rate):[a-z0-9_]+$")
+_VALUE = re.compile(r"^(?:cmd|lang|cause|proof|pref|answer|rate|slot):[a-z0-9_]+$")
 
 
 @dataclass(frozen=True, kw_only=True)

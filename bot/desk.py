@@ -13,8 +13,8 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlmodel import Session, col
 
-from bot import conversation as conv
-from bot.engine import REFUSAL_TO_CONFIRM, Engine, audit
+from bot import fulfilment
+from bot.engine import REFUSAL_TO_CONFIRM, Engine, audit, fulfilment_record
 from bot.messages import Button
 from bot.registry import lookup
 from bot.store import (
@@ -23,6 +23,8 @@ from bot.store import (
     CaseUnit,
     ChannelIdentity,
     Conversation,
+    Credit,
+    Fulfilment,
     Message,
     RegistryOrder,
     StoredAttachment,
@@ -36,6 +38,7 @@ from policy import (
     Outcome,
     Policy,
     Proof,
+    cargo_pieces,
     claim_from_json,
     claim_to_json,
     decision_to_json,
@@ -51,7 +54,6 @@ GOODWILL = ("goodwill", "chargeable")
 # What an engineer can correct on a unit, from the customer's documents or an inspection.
 CORRECTABLE = ("port_arrival_date", "production_date", "proof")
 CORRECTABLE_PROOF = (Proof.documents.value, Proof.altered.value, Proof.none.value)
-RATINGS = tuple(str(n) for n in range(1, 6))
 # Statuses the policy's outcome still decides: a refusal of every unit is to confirm, anything else open.
 _UNDECIDED = ("open", REFUSAL_TO_CONFIRM, "claimed")
 UNITS_PAGE = 200  # units in one answer of get_case; a case of thousands is read page by page
@@ -168,7 +170,25 @@ class Desk:
                 ).scalars()
             }
             companies = sorted({orders[o].customer for o in order_ids if o in orders and orders[o].customer})
+            row = session.execute(
+                select(Fulfilment).where(col(Fulfilment.case_id) == case.id)
+            ).scalar_one_or_none()
+            credits = session.execute(
+                select(Credit).where(
+                    (col(Credit.customer_id) == case.customer_id) | col(Credit.company).in_(companies)
+                ).order_by(col(Credit.id))
+            ).scalars().all()
+            refs = dict(
+                session.execute(
+                    select(col(Case.id), col(Case.ref)).where(col(Case.id).in_({c.case_id for c in credits}))
+                ).all()
+            )
             return {
+                "fulfilment": _fulfilment(row),
+                # Discounts granted on this case, and those this customer has from earlier cases (M5): the
+                # sales team takes them off the next order.
+                "credits": [_credit(c, case.ref) for c in credits if c.case_id == case.id],
+                "credits_available": [_credit(c, refs.get(c.case_id, "")) for c in credits if c.case_id != case.id],
                 **_summary(case, unit_count),
                 "unit_count": unit_count,
                 "units_offset": units_offset,
@@ -319,7 +339,11 @@ class Desk:
                 case.method = method
                 case.refusal_reason = reason
                 case.status = "resolved"
-                self._tell(session, case, "method_not_covered", reason=reason, clauses=cited)
+                cargo = self._cargo_orders(session, units)
+                if cargo is None:
+                    self._tell(session, case, "method_not_covered", reason=reason, clauses=cited)
+                else:
+                    self._tell_cargo_once(session, case, cargo, engineer, reason=reason, origin=origin)
                 self._touch(
                     session,
                     case,
@@ -349,6 +373,7 @@ class Desk:
                     method=method,
                     amount=str(amount) if amount is not None else None,
                 )
+                self._start_fulfilment(session, case, units, method, engineer, origin=origin, goodwill=None)
                 return _summary(case)
             # Outside the decision: never by accident, always said to the customer for what it is.
             if goodwill is None:
@@ -384,6 +409,7 @@ class Desk:
                 reason=reason,
                 amount=str(amount) if amount is not None else None,
             )
+            self._start_fulfilment(session, case, units, method, engineer, origin=origin, goodwill=goodwill)
             return _summary(case)
 
     def correct_unit(
@@ -454,23 +480,37 @@ class Desk:
     def close(self, ref: str, *, engineer: str, origin: str = "desk") -> dict[str, Any]:
         with session_scope(self.engine.db) as session:
             case = _find(session, ref)
-            if case.status == "closed":
-                return _summary(case)
-            ask_rating = case.status != "resolved"  # a resolved case was asked already
-            case.status = "closed"
-            self._tell(session, case, "case_closed")
-            if ask_rating:
-                self._ask_rating(session, case)
-            conversation = session.get(Conversation, case.conversation_id)
-            if conversation is not None and conversation.case_id == case.id:
-                state = conv.on_case_closed(conv.State.from_dict(conversation.data), ask_rating=True)
-                conversation.state, conversation.data, conversation.case_id = (
-                    state.name,
-                    state.to_dict(),
-                    None,
-                )
-            self._touch(session, case, engineer, "closed", origin=origin)
+            self.engine.close_case(session, case, engineer, origin=origin)
             return _summary(case)
+
+    def fulfil(self, ref: str, *, engineer: str, action: str, text: str = "", origin: str = "desk") -> dict[str, Any]:
+        """The engineer's next step of the chosen method (bot/fulfilment.py TRANSITIONS): unit received,
+        diagnosed, repaired, shipped back with tracking; parts, guidance, "fixed?"; visit slots, the report.
+        The customer is told in their language; each step is an audit row; a final step closes the case."""
+        with session_scope(self.engine.db) as session:
+            case = _find(session, ref)
+            _require_open(case)
+            row = session.execute(
+                select(Fulfilment).where(col(Fulfilment.case_id) == case.id)
+            ).scalar_one_or_none()
+            if row is None:
+                raise InvalidAction(f"case {case.ref} has no service method with steps (choose one first)")
+            try:
+                change = fulfilment.engineer_action(fulfilment_record(row), action, text)
+            except fulfilment.FulfilmentError as error:
+                raise InvalidAction(str(error)) from None
+            case.claimed_by = case.claimed_by or engineer
+            self.engine.apply_fulfilment(session, case, row, change, actor=engineer, origin=origin)
+            return _summary(case)
+
+    def credits(self, *, company: str | None = None) -> list[dict[str, Any]]:
+        """Discount credits granted (M5), newest first: for the sales team, to take off the next order."""
+        with Session(self.engine.db) as session:
+            statement = select(Credit, col(Case.ref)).join(Case, col(Case.id) == col(Credit.case_id))
+            if company:
+                statement = statement.where(col(Credit.company).ilike(f"%{company.strip()}%"))
+            rows = session.execute(statement.order_by(col(Credit.id).desc())).all()
+            return [_credit(credit, ref) for credit, ref in rows]
 
     def mark_desk_ref(self, ref: str, **desk_ref: Any) -> None:
         """Remember where an external desk shows the case (Slack channel and message ts)."""
@@ -513,17 +553,102 @@ class Desk:
         return sum((discount_amount(total, policy) for total, _ in totals), Decimal("0")), currency
 
     def _ask_rating(self, session: Session, case: Case) -> None:
-        text = self.engine.renderer.text("rating_request", language=case.language, case_ref=case.ref)
-        buttons = tuple(Button(label=n, value=f"rate:{n}") for n in RATINGS)
-        self._say(session, case, text, buttons=buttons)
         conversation = session.get(Conversation, case.conversation_id)
-        if conversation is not None:
-            state = conv.State.from_dict(conversation.data)
-            conversation.data = {
-                **conversation.data,
-                "awaiting_rating": True,
-                "offered": [b.value for b in buttons] if state.name == "closed" else state.offered,
+        if conversation is None:
+            raise CaseNotFound(f"case {case.ref} has no conversation")
+        self.engine.ask_rating(session, case, conversation)
+        self.engine.outbox_signal.set()
+
+    def _start_fulfilment(
+        self, session: Session, case: Case, units: Any, method: str, engineer: str, *, origin: str,
+        goodwill: str | None,
+    ) -> None:
+        """The method's first step (an RMA and the return address for factory repair; the credits for the
+        discount), replacing the steps of a method chosen before."""
+        credits = self._grant_credits(session, case, units, engineer, goodwill=goodwill) if (
+            method == "discount_compensation"
+        ) else []
+        change = fulfilment.start(
+            method, case_ref=case.ref, terms=self.engine.config.fulfilment, credits=credits, goodwill=goodwill
+        )
+        row = session.execute(select(Fulfilment).where(col(Fulfilment.case_id) == case.id)).scalar_one_or_none()
+        if change is None:
+            if row is not None:
+                session.delete(row)
+            return
+        if row is None:
+            row = Fulfilment(case_id=case.id or 0, method=method, step=change.record.step.value)
+            session.add(row)
+        row.method, row.reminded = method, []
+        row.rma = change.record.data.get("rma")
+        self.engine.apply_fulfilment(session, case, row, change, actor=engineer, origin=origin)
+
+    def _cargo_orders(self, session: Session, units: Any) -> list[dict[str, Any]] | None:
+        """The orders of a case refused for cargo compensation (M1) on every unit; None for any other case."""
+        if not units or any(u.outcome != "not_covered" or "M1" not in u.clauses for u in units):
+            return None
+        order_ids = sorted({u.order_id for u in units if u.order_id})
+        orders = {
+            o.order_id: o
+            for o in session.execute(
+                select(RegistryOrder).where(col(RegistryOrder.order_id).in_(order_ids))
+            ).scalars()
+        }
+        return [
+            {
+                "order_id": order_id,
+                "order_pieces": orders[order_id].order_pieces if order_id in orders else None,
+                "cargo_pieces": cargo_pieces(orders[order_id].order_pieces or 0, self.engine.policy)
+                if order_id in orders and orders[order_id].order_pieces
+                else None,
             }
+            for order_id in order_ids
+        ]
+
+    def _tell_cargo_once(
+        self, session: Session, case: Case, orders: list[dict[str, Any]], engineer: str, *, reason: str, origin: str
+    ) -> None:
+        """M1: the customer is told why no service applies, once (a refusal confirmed again says nothing new)."""
+        row = session.execute(select(Fulfilment).where(col(Fulfilment.case_id) == case.id)).scalar_one_or_none()
+        if row is not None and row.step == fulfilment.Step.no_service.value:
+            return
+        change = fulfilment.cargo_refusal(orders, reason=reason)
+        if row is None:
+            row = Fulfilment(case_id=case.id or 0, method=change.record.method, step=change.record.step.value)
+            session.add(row)
+        row.method = change.record.method
+        self.engine.apply_fulfilment(session, case, row, change, actor=engineer, origin=origin)
+
+    def _grant_credits(
+        self, session: Session, case: Case, units: Any, engineer: str, *, goodwill: str | None
+    ) -> list[dict[str, Any]]:
+        """One credit per order (1% of its total, half-up): the covered units' orders, or every unit's as
+        goodwill. A case's credits are granted once, whatever the engineer chooses again."""
+        existing = session.execute(select(Credit).where(col(Credit.case_id) == case.id)).scalars().all()
+        if existing:
+            return [_credit(c, case.ref) for c in existing]
+        order_ids = {u.order_id for u in units if u.order_id and (u.outcome == "covered" or goodwill)}
+        orders = session.execute(
+            select(RegistryOrder).where(col(RegistryOrder.order_id).in_(sorted(order_ids)))
+        ).scalars().all()
+        granted = []
+        for order in sorted(orders, key=lambda o: o.order_id):
+            if order.order_total is None:
+                continue
+            credit = Credit(
+                case_id=case.id or 0,
+                customer_id=case.customer_id,
+                company=order.customer or "",
+                order_id=order.order_id,
+                amount=discount_amount(order.order_total, self.engine.policy),
+                currency=order.currency,
+                goodwill=goodwill is not None,
+                granted_by=engineer,
+            )
+            session.add(credit)
+            granted.append(_credit(credit, case.ref))
+        session.flush()
+        return granted
 
     def _say(
         self,
@@ -690,6 +815,38 @@ def _summary(case: Case, units: int | None = None) -> dict[str, Any]:
     if units is not None:
         summary["units"] = units
     return summary
+
+
+def _fulfilment(row: Fulfilment | None) -> dict[str, Any] | None:
+    if row is None:
+        return None
+    record = fulfilment_record(row)
+    return {
+        "method": row.method,
+        "step": row.step,
+        "step_label": fulfilment.STEP_LABELS.get(row.step, row.step),
+        "step_since": row.step_since.isoformat(),
+        "rma": row.rma,
+        "data": row.data,
+        "reminded": row.reminded,
+        "actions": [
+            {"action": a, "label": fulfilment.ACTION_LABELS[a], "input": fulfilment.INPUTS.get(a)}
+            for a in fulfilment.allowed_actions(record)
+        ],
+    }
+
+
+def _credit(credit: Credit, case_ref: str) -> dict[str, Any]:
+    return {
+        "case_ref": case_ref,
+        "company": credit.company or None,
+        "order_id": credit.order_id,
+        "amount": f"{credit.amount:.2f}",
+        "currency": credit.currency,
+        "goodwill": credit.goodwill,
+        "granted_by": credit.granted_by,
+        "created_at": credit.created_at.isoformat(),
+    }
 
 
 def _iso(value: Any) -> str | None:

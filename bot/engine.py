@@ -20,6 +20,8 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, col
 
 from bot import conversation as conv
+from bot import fulfilment
+from bot.fulfilment import Terms
 from bot.language import detect, hint_language, hint_variant
 from bot.messages import Attachment, Button, InboundMessage, OutboundMessage
 from bot.outbox import enqueue, enqueue_event
@@ -32,9 +34,12 @@ from bot.store import (
     CaseUnit,
     ChannelIdentity,
     Conversation,
+    Credit,
     Customer,
+    Fulfilment,
     InboxItem,
     Message,
+    RegistryOrder,
     StoredAttachment,
     lock_chat,
     session_scope,
@@ -48,6 +53,7 @@ log = logging.getLogger(__name__)
 
 # The status of a case whose every unit the policy refused: a person confirms or overturns it on the desk.
 REFUSAL_TO_CONFIRM = "to_confirm"
+RATINGS = tuple(str(n) for n in range(1, 6))
 
 
 PENDING, PARKED = "pending", "parked"
@@ -82,6 +88,7 @@ class EngineConfig:
     max_attempts: int = 5  # a message that fails the same way this many times is parked
     retry_backoff_max_seconds: float = 60.0
     batch_alerts: AlertRule = field(default_factory=AlertRule)  # off unless a threshold is set (bot/report.py)
+    fulfilment: Terms = field(default_factory=Terms)  # return address, RMA prefix, reminders (bot/fulfilment.py)
 
 
 @dataclass
@@ -312,6 +319,13 @@ class Engine:
             for reply in transition.replies
         )
 
+        if case is not None and any(isinstance(e, conv.OpenCase) for e in transition.effects):
+            # The customer's orders looked up: a discount credited on an earlier case waits for this order.
+            waiting = self._credits_waiting(session, case)
+            if waiting:
+                told = conv.Reply(template=fulfilment.TEMPLATE, params={"step": "credit_available", "credits": waiting})
+                replies.append((told, {"case_ref": case.ref}))
+
         language = transition.state.language
         rendered = [self.renderer.render(r, language=r.language or language, extra=c) for r, c in replies]
         if rendered and conversation.channel in self.config.one_message_per_turn:
@@ -326,6 +340,9 @@ class Engine:
         conversation.data = transition.state.to_dict()
         conversation.updated_at = utcnow()
         identity.last_inbound_at = message.received_at
+        relayed = [e.text for e in transition.effects if isinstance(e, conv.RelayToCase) and not e.reopen]
+        if case is not None and relayed and relayed[0]:
+            self._fulfil_from_customer(session, case, conversation, relayed[0])
 
     def _take_quietly(
         self,
@@ -712,6 +729,138 @@ class Engine:
             author=author,  # an engineer's words are no auto-reply (email's Auto-Submitted)
         )
 
+    # --- fulfilment (bot/fulfilment.py): the steps after the chosen method --------------------------------
+
+    def _fulfil_from_customer(self, session: Session, case: Case, conversation: Conversation, text: str) -> None:
+        """A customer's message that moves the fulfilment on: a tracking number, a visit slot, "fixed"."""
+        row = session.execute(
+            select(Fulfilment).where(col(Fulfilment.case_id) == case.id)
+        ).scalar_one_or_none()
+        if row is None or case.status == "closed":
+            return
+        answer = understand(text, default_lexicon(), self.policy).answer
+        change = fulfilment.customer_message(fulfilment_record(row), text, answer=answer)
+        if change is not None:
+            self.apply_fulfilment(session, case, row, change, actor="customer", origin=case.channel)
+
+    def _credits_waiting(self, session: Session, case: Case) -> list[dict[str, Any]]:
+        """Discount credits (M5) of earlier cases for the companies of this case's orders, or this customer."""
+        order_ids = select(col(CaseUnit.order_id)).where(col(CaseUnit.case_id) == case.id)
+        companies = [
+            c
+            for c in session.execute(
+                select(col(RegistryOrder.customer)).where(col(RegistryOrder.order_id).in_(order_ids))
+            ).scalars()
+            if c
+        ]
+        credits = session.execute(
+            select(Credit)
+            .where(
+                col(Credit.case_id) != case.id,
+                (col(Credit.customer_id) == case.customer_id) | col(Credit.company).in_(companies),
+            )
+            .order_by(col(Credit.id))
+        ).scalars()
+        return [{"order_id": c.order_id, "amount": c.amount, "currency": c.currency} for c in credits]
+
+    def apply_fulfilment(
+        self, session: Session, case: Case, row: Fulfilment, change: fulfilment.Change, *, actor: str, origin: str
+    ) -> None:
+        """Apply a fulfilment change in the caller's transaction: the record, the audit row, the customer's
+        messages (in their language), the buttons they may answer with; a final step closes the case."""
+        now = utcnow()
+        if change.record.step.value != row.step:
+            row.step_since = now
+        row.step = change.record.step.value
+        row.data = dict(change.record.data)
+        row.updated_at = now
+        case.updated_at = now
+        if change.action:
+            audit(session, case, actor, "fulfilment", origin=origin, task=change.action, **change.detail)
+        conversation = session.get(Conversation, case.conversation_id)
+        if conversation is not None:
+            for reply in change.replies:
+                rendered = self.renderer.render(reply, language=case.language, extra={"case_ref": case.ref})
+                self.say(session, conversation, rendered.text, rendered.buttons, case=case)
+            if change.offered is not None and conversation.case_id == case.id:
+                conversation.data = {**conversation.data, "offered": list(change.offered)}
+        self.outbox_signal.set()
+        if change.action:
+            self.notify_desks(session, case, "case_updated", action="fulfilment", actor=actor, origin=origin)
+        if change.closes:
+            self.close_case(session, case, actor, origin=origin)
+
+    def close_case(self, session: Session, case: Case, actor: str, *, origin: str) -> None:
+        """Close a case: the customer is told and asked for a rating (unless asked already), the chat is free."""
+        if case.status == "closed":
+            return
+        ask_rating = case.status != "resolved"  # a resolved case was asked already
+        case.status = "closed"
+        case.updated_at = utcnow()
+        conversation = session.get(Conversation, case.conversation_id)
+        if conversation is not None:
+            text = self.renderer.text("case_closed", language=case.language, case_ref=case.ref)
+            self.say(session, conversation, text, case=case)
+            if ask_rating:
+                self.ask_rating(session, case, conversation)
+            if conversation.case_id == case.id:
+                state = conv.on_case_closed(conv.State.from_dict(conversation.data), ask_rating=True)
+                conversation.state, conversation.data, conversation.case_id = state.name, state.to_dict(), None
+        audit(session, case, actor, "closed", origin=origin)
+        self.notify_desks(session, case, "case_updated", action="closed", actor=actor, origin=origin)
+        self.outbox_signal.set()
+
+    def ask_rating(self, session: Session, case: Case, conversation: Conversation) -> None:
+        text = self.renderer.text("rating_request", language=case.language, case_ref=case.ref)
+        buttons = tuple(Button(label=n, value=f"rate:{n}") for n in RATINGS)
+        self.say(session, conversation, text, buttons, case=case)
+        state = conv.State.from_dict(conversation.data)
+        conversation.data = {
+            **conversation.data,
+            "awaiting_rating": True,
+            "offered": [b.value for b in buttons] if state.name == "closed" else state.offered,
+        }
+
+    def remind_fulfilment(self, now: datetime, *, limit: int = 200) -> int:
+        """Send the fulfilment reminders due at `now` (the clock is the caller's): customers who have not
+        shipped, the visit the day before, and engineers' steps past their SLA. Each is sent once."""
+        sent = 0
+        terms = self.config.fulfilment
+        final = [s.value for s in fulfilment.FINAL] + [fulfilment.Step.credited.value]
+        with session_scope(self.db) as session:
+            rows = session.execute(
+                select(Fulfilment)
+                .join(Case, col(Case.id) == col(Fulfilment.case_id))
+                .where(col(Fulfilment.step).not_in(final), col(Case.status) != "closed")
+                .order_by(col(Fulfilment.id))
+                .limit(limit)
+                .with_for_update(skip_locked=True)
+            ).scalars().all()
+            for row in rows:
+                case = session.get(Case, row.case_id)
+                if case is None or case.status == "closed":
+                    continue
+                record = fulfilment_record(row)
+                for reminder in fulfilment.due(record, since=row.step_since, now=now,
+                                               reminded=row.reminded, terms=terms):
+                    row.reminded = [*row.reminded, reminder.key]
+                    conversation = session.get(Conversation, case.conversation_id)
+                    if reminder.reply is not None and conversation is not None:
+                        rendered = self.renderer.render(
+                            reminder.reply, language=case.language, extra={"case_ref": case.ref}
+                        )
+                        self.say(session, conversation, rendered.text, rendered.buttons, case=case)
+                        audit(session, case, "bot", "fulfilment_reminded", key=reminder.key, to="customer")
+                    elif reminder.kind == "engineer":
+                        audit(session, case, "bot", "fulfilment_overdue", key=reminder.key, step=row.step,
+                              since=row.step_since)
+                        self.notify_desks(session, case, "case_updated", action="fulfilment_overdue", actor="bot",
+                                          origin="bot")
+                    sent += 1
+        if sent:
+            self.outbox_signal.set()
+        return sent
+
     def notify_desks(self, session: Session, case: Case, event: str, **data: Any) -> None:
         for desk in self.config.external_desks:
             enqueue_event(session, desk, case.ref, event, case_id=case.id, **data)
@@ -738,6 +887,10 @@ _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff]")
 def clean_text(text: str) -> str:
     """Control characters (PostgreSQL cannot even store NUL) and lone surrogates become U+FFFD; the rest stays."""
     return _CONTROL.sub("\ufffd", text)
+
+
+def fulfilment_record(row: Fulfilment) -> fulfilment.Record:
+    return fulfilment.Record(method=row.method, step=fulfilment.Step(row.step), data=dict(row.data))
 
 
 def audit(session: Session, case: Case | None, actor: str, action: str, **detail: Any) -> None:

@@ -101,6 +101,10 @@ class Formats:
             value = date.fromisoformat(value)
         return format_date(value, format=DATE_PATTERNS.get(self.locale, "long"), locale=self.locale)
 
+    def weekday(self, value: str) -> str:
+        """The day of the week of an ISO date in the locale's words ("Wednesday", "星期三"), for visit slots."""
+        return format_date(date.fromisoformat(value[:10]), format="EEEE", locale=self.locale)
+
     def money(self, amount: Decimal | str | int | None, currency: str | None = None) -> str:
         """`money(Decimal("180"), "USD")`, or the engine's own "180.00 USD": the locale's one money format."""
         if amount is None:
@@ -245,6 +249,7 @@ class Renderer:
             "clause": lambda clause_id: self.clause(clause_id, language),
             "meanings": meanings,
             "date": formats.date,
+            "weekday": formats.weekday,
             "money": formats.money,
             "number": formats.number,
             "months": formats.months,

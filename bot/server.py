@@ -39,6 +39,7 @@ from bot.outbox import DEAD, DEAD_LETTERS, HELD, PENDING, Deliverer
 from bot.ratelimit import RateLimit, rules_from_settings
 from bot.store import Case, InboxItem, OutboxItem
 from bot.store import Message as LoggedMessage
+from bot.store.clock import utcnow
 from bot.store.db import is_transient
 
 log = logging.getLogger(__name__)
@@ -75,11 +76,15 @@ class Workers:
     def _inbox_loop(self) -> None:
         engine = self.bot.engine
         failures = 0  # rounds in a row the database failed in a passing way
+        next_reminders = 0.0  # fulfilment reminders (bot/fulfilment.py), every FULFILMENT_CHECK_SECONDS
         while not self.stop_event.is_set():
             engine.inbox_signal.clear()
             try:
                 engine.process_pending()
                 failures = 0
+                if time.monotonic() >= next_reminders:
+                    next_reminders = time.monotonic() + self.bot.settings.fulfilment_check_seconds
+                    engine.remind_fulfilment(utcnow())
             except StorageUnavailable:
                 # Nothing was lost: the message stays pending. Pause (doubling, capped), then try again.
                 failures += 1

@@ -255,6 +255,13 @@ def test_customer_and_engineer_talk_through_the_web_pages(
         expect(log.locator(".msg-bot", has_text="remote guidance")).to_have_count(1)
         # The internal note was written before the method message that is now shown: it never reached the chat.
         expect(log.locator(".msg", has_text="Checked the invoice")).to_have_count(0)
+        # The method's steps (issue 19): guidance recorded on the desk reaches the chat; the step shows.
+        expect(desk.locator("#service")).to_be_visible()
+        desk.get_by_label("Next step").select_option("guide")
+        desk.locator("#fulfil-text").fill("Open the cover and replace the fuse F2.")
+        desk.get_by_role("button", name="Record step").click()
+        expect(log.locator(".msg-bot", has_text="replace the fuse F2")).to_have_count(1)
+        expect(desk.locator("#service-meta")).to_contain_text("Guided repair")
 
         desk.get_by_role("button", name="Close case").click()
         desk.get_by_role("button", name="Click again to close").click()

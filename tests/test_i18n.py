@@ -25,7 +25,7 @@ SOURCE = RENDERER.env  # the renderer's own environment: same loader, syntax opt
 ENGLISH = sorted(path.stem for path in (TEMPLATES / "en").glob("*.j2") if path.stem != "labels")
 # Names the renderer puts in every template's context itself (bot/render.py Renderer._context).
 RENDERER_NAMES = frozenset(
-    {"lang", "policy", "reasons", "clause", "meanings", "date", "money", "number", "months", "percent"}
+    {"lang", "policy", "reasons", "clause", "meanings", "date", "weekday", "money", "number", "months", "percent"}
 )
 
 
@@ -94,6 +94,19 @@ VALUES: dict[str, Any] = {
     "documents_help": True,
     "cargo": False,
     "method": "factory_repair",
+    # fulfilment (bot/fulfilment.py): one realistic value per step's variable
+    "step": "ship_to_factory",
+    "rma": "RMA-2026-000042",
+    "address": "Warranty returns, Building 3\n88 Chuangye Road, Ningbo 315000, China",
+    "packing_note": "Pallets must be shrink-wrapped.",
+    "carrier": "DHL",
+    "tracking": "1234567890",
+    "parts": ["Control board CB-7", "DC fuse 20 A"],
+    "slots": ["2026-12-09T09:00", "2026-12-10T14:30"],
+    "booked": "2026-12-09T09:00",
+    "goodwill": None,
+    "orders": [{"order_id": "PO-24-0117", "order_pieces": 1000, "cargo_pieces": 10}],
+    "credits": [{"order_id": "PO-88123", "amount": Decimal("250.00"), "currency": "USD"}],
 }
 
 # The branches of each template, as changes to the base context.
@@ -114,6 +127,13 @@ VARIANTS: dict[str, list[dict[str, Any]]] = {
                  {"units": 1, "groups": [_group(EXPIRED, "CSP2001A0001")]}],
     "fault_reask": [{"offer_human": True}],
     "help": [{"case_ref": None}],
+    "fulfilment": [{"step": step} for step in (
+        "shipment_noted", "received", "diagnosed", "repaired", "shipped_back", "parts_listed", "parts_shipped",
+        "guidance", "ask_fixed", "fixed", "not_fixed", "slots", "slot_reask", "visit_booked", "visit_reminder",
+        "visited", "ship_reminder", "credit_available", "cargo")] + [{"address": "", "packing_note": ""}, {"goodwill": "chargeable"},
+                                                           {"step": "ship_reminder", "address": ""},
+                                                           {"step": "shipment_noted", "carrier": None},
+                                                           {"step": "cargo", "orders": [{"order_id": "PO-9", "order_pieces": None, "cargo_pieces": None}]}],
     "method_discount_compensation": [{"amount": None}],
     "method_goodwill": [{"method": "remote_guidance"}, {"method": "door_to_door"},
                         {"method": "discount_compensation"}, {"method": "discount_compensation", "amount": None}],
@@ -246,12 +266,15 @@ def test_every_label_macro_exists_with_the_same_arguments(language: str) -> None
         assert translated[name].arguments == macro.arguments, name
 
 
+LABEL_ARGUMENTS = {"when": "2026-12-09T09:00"}  # a visit slot (bot/fulfilment.py)
+
+
 @pytest.mark.parametrize("language", TRANSLATED)
 def test_labels_are_translated(language: str) -> None:
     # Language names and the rating stay the same everywhere: each language is offered in its own name.
     same = {name for name in macros("en") if name.startswith("language_") or name == "rate"}
     for name, macro in macros("en").items():
-        arguments = {argument: 4 for argument in macro.arguments}
+        arguments = {argument: LABEL_ARGUMENTS.get(argument, 4) for argument in macro.arguments}
         label = RENDERER.label(name, language=language, **arguments)
         assert label
         assert (label == RENDERER.label(name, language="en", **arguments)) == (name in same), name

@@ -716,3 +716,76 @@ def test_slack_corrects_a_unit_and_asks_goodwill_for_a_method_outside_the_decisi
         assert "Long-standing customer." in told["text"] and "As the warranty provides" not in told["text"]
         case = bot.desk.get_case(ref)
         assert (case["status"], case["method"]) == ("in_service", "factory_repair")
+
+
+# --- the service steps after the method (issue 19) ----------------------------------------------------------
+
+
+def fulfil_payload(ref: str, ts: str, step: str) -> bytes:
+    data = json.loads(action_payload(ref, ts, slack_blocks.FULFIL))
+    action = data["actions"][0]
+    for key in ("text", "value", "style"):
+        action.pop(key, None)
+    action.update(type="static_select", selected_option={"text": {"type": "plain_text", "text": step},
+                                                         "value": f"{ref}|{step}"})
+    return as_form(json.dumps(data))
+
+
+def test_slack_carries_a_factory_repair_through_its_steps(settings: Settings, db: Engine, fake: FakeSlack,
+                                                          fake_url: str) -> None:
+    settings = slack_settings(settings, fake_url, return_address="Warranty returns, 88 Chuangye Road, Ningbo")
+    with desk_server(settings, db) as (bot, base), httpx.Client(base_url=base, timeout=10) as http:
+        customer = Customer(http)
+        ref, ts = open_case(customer, fake, db)
+        body = as_form(action_payload(ref, ts, slack_blocks.CHOOSE_METHOD, method="factory_repair"))
+        assert post(http, "/slack/interactivity", body, form=True).status_code == 200
+        customer.wait_for("88 Chuangye Road, Ningbo")
+        # The case message shows the step, the RMA and the next steps' menu.
+        wait_until(lambda: any("RMA-" in block_text(u["blocks"]) and "fulfil_step" in block_text(u["blocks"])
+                               for u in fake.called("chat.update")), what="the service step on the case message")
+
+        # A step without input is done at once; the customer is told, the thread says it.
+        assert post(http, "/slack/interactivity", fulfil_payload(ref, ts, "received"), form=True).status_code == 200
+        customer.wait_for("has arrived at our factory")
+        wait_until(lambda: [p for p in fake.posts(thread_ts=ts) if "received → received" in p["text"]],
+                   what="the step in the thread")
+
+        # A step with input opens its modal; a step that does not follow is refused in the modal.
+        assert post(http, "/slack/interactivity", fulfil_payload(ref, ts, "diagnosed"), form=True).status_code == 200
+        modal = wait_until(lambda: [c["view"] for c in fake.called("views.open")
+                                    if c["view"]["callback_id"] == "fulfil_step"], what="the step modal")[0]
+        assert modal["private_metadata"] == f"{ref}|diagnosed"
+
+        def submit(view: dict[str, Any], text: str) -> httpx.Response:
+            submission = json.loads(for_case(sample("view_submission.json"), ref, ts))
+            values = {"fulfil_block": {"fulfil_input": {"type": "plain_text_input", "value": text}}}
+            submission["view"].update(callback_id=view["callback_id"], blocks=view["blocks"],
+                                      private_metadata=view["private_metadata"], state={"values": values})
+            return post(http, "/slack/interactivity", as_form(json.dumps(submission)), form=True)
+
+        assert submit(modal, "Capacitor C12 failed.").status_code == 200
+        customer.wait_for("Capacitor C12 failed.")
+        early = dict(modal, private_metadata=f"{ref}|shipped_back")
+        refused = submit(early, "DHL 9876543210")
+        assert refused.json()["response_action"] == "errors" and "does not follow" in refused.json()["errors"]["fulfil_block"]
+        assert bot.desk.get_case(ref)["fulfilment"]["step"] == "diagnosed"
+
+
+def test_the_case_message_shows_the_service_step_and_a_waiting_credit() -> None:
+    case = {"ref": "WR-2026-000043", "status": "in_service", "channel": "webchat", "language": "es",
+            "units": [], "method": "factory_repair",
+            "fulfilment": {"step": "in_transit", "step_label": "On its way to the factory", "rma": "RMA-2026-000043",
+                           "data": {"inbound": {"carrier": "DHL", "tracking": "1234567890"}},
+                           "actions": [{"action": "received", "label": "Unit received", "input": None}]},
+            "credits_available": [{"amount": "10.13", "currency": "USD", "order_id": "PO-12",
+                                   "case_ref": "WR-2026-000042"}]}
+    _, blocks = slack_blocks.case_blocks(case, public_url="https://warranty.example")
+    shown = block_text(blocks)
+    assert "On its way to the factory" in shown and "RMA-2026-000043" in shown and "DHL 1234567890" in shown
+    assert "10.13 USD (order PO-12, WR-2026-000042)" in shown
+    menu = next(b for b in blocks if b.get("block_id") == "fulfil_actions")["elements"][0]
+    assert menu["action_id"] == "fulfil_step" and menu["options"][0]["value"] == "WR-2026-000043|received"
+    line = slack_blocks.update_line("fulfilment", "Li Wei", "slack",
+                                    {"task": "shipped_back", "step": ["repaired", "shipped_back"],
+                                     "carrier": "DHL", "tracking": "9876543210"})
+    assert line == "📦 *Li Wei*: shipped back → shipped back (DHL 9876543210)"

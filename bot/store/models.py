@@ -202,3 +202,33 @@ class KeyValue(SQLModel, table=True):
     key: str = Field(primary_key=True, max_length=128)
     value: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     expires_at: datetime | None = None
+
+
+class Fulfilment(SQLModel, table=True):
+    """What follows the chosen service method (bot/fulfilment.py): the step, the RMA, shipments, slots."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    case_id: int = Field(foreign_key="case.id", unique=True)
+    method: str = Field(max_length=32)
+    step: str = Field(max_length=32, index=True)
+    rma: str | None = Field(default=None, max_length=48, index=True)
+    data: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    reminded: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))  # reminders sent
+    step_since: datetime = Field(default_factory=utcnow)
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
+
+
+class Credit(SQLModel, table=True):
+    """A discount compensation (M5) granted against an order, for the customer's next order."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    case_id: int = Field(foreign_key="case.id", index=True)
+    customer_id: int = Field(foreign_key="customer.id", index=True)
+    company: str = Field(default="", max_length=255, index=True)  # the registry's customer of the order
+    order_id: str = Field(max_length=64, index=True)
+    amount: Decimal = Field(sa_column=Column(Numeric(14, 2), nullable=False))
+    currency: str | None = Field(default=None, max_length=3)
+    goodwill: bool = False
+    granted_by: str = Field(default="", max_length=255)
+    created_at: datetime = Field(default_factory=utcnow)

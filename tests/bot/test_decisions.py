@@ -274,8 +274,9 @@ def test_a_chargeable_service_is_told_as_chargeable(desk_bot: Bot) -> None:
     ref = claim_to_the_end(desk_bot, f"CSP2402B0100 {FAULT}", "cause:normal")
     desk_bot.desk.choose_method(ref, engineer="Li Wei", method="factory_repair", goodwill="chargeable",
                                 reason="The warranty ended 10 months ago.")  # fmt: skip
-    told = bot_texts(desk_bot)[-1]
+    told, instruction = bot_texts(desk_bot)[-2:]  # the method, then where to ship the unit (issue 19)
     assert "chargeable" in told and "at your cost" in told and "free" not in told
+    assert "freight is at your cost" in instruction and "warranty" not in instruction and "free" not in instruction
     with pytest.raises(DeskError, match="cannot be chargeable"):
         desk_bot.desk.choose_method(ref, engineer="Li Wei", method="discount_compensation",
                                     goodwill="chargeable", reason="x")  # fmt: skip
@@ -287,7 +288,7 @@ def test_the_warrantys_own_method_is_not_goodwill(desk_bot: Bot) -> None:
         desk_bot.desk.choose_method(ref, engineer="Li Wei", method="factory_repair", goodwill="goodwill",
                                     reason="x")  # fmt: skip
     desk_bot.desk.choose_method(ref, engineer="Li Wei", method="factory_repair")
-    assert "freight is borne by the customer" in bot_texts(desk_bot)[-1]
+    assert "freight is borne by the customer" in bot_texts(desk_bot)[-2]
 
 
 # --- the registry on the case -------------------------------------------------------------------------------

@@ -207,6 +207,7 @@ def test_desk_actions_reach_the_customer_and_are_audited(bot: Bot) -> None:
         "noted",
         "replied",
         "method_chosen",
+        "fulfilment",  # the factory repair's first step: the RMA and where to ship (issue 19)
         "closed",
         "rated",
     ]

@@ -38,6 +38,9 @@
     correctForm: $("correct-form"), correctSerial: $("correct-serial"), correctArrival: $("correct-arrival"),
     correctProduction: $("correct-production"), correctProof: $("correct-proof"), correctNote: $("correct-note"),
     correctSubmit: $("correct-submit"),
+    service: $("service"), serviceMeta: $("service-meta"), fulfilForm: $("fulfil-form"),
+    fulfilAction: $("fulfil-action"), fulfilText: $("fulfil-text"), fulfilTextLabel: $("fulfil-text-label"),
+    fulfilSubmit: $("fulfil-submit"),
   };
 
   let token = sessionStorage.getItem(TOKEN_KEY) || "";
@@ -330,6 +333,60 @@
     renderThread(data, first);
     renderAudit(data);
     renderActions(data, initial);
+    renderService(data);
+  }
+
+  // The steps after the chosen method (docs/fulfilment.md): the step, the RMA, shipments, and the next steps.
+  function renderService(data) {
+    const record = data.fulfilment || null;
+    const credits = [...(data.credits || []), ...(data.credits_available || [])];
+    ui.service.hidden = !record && !credits.length;
+    ui.serviceMeta.replaceChildren();
+    const rows = [];
+    if (record) {
+      const info = record.data || {};
+      rows.push(["Step", record.step_label || record.step]);
+      if (record.rma) rows.push(["RMA", record.rma]);
+      for (const [key, name] of [["inbound", "Customer's shipment"], ["return", "Return shipment"], ["parts_tracking", "Parts shipment"]]) {
+        if (info[key]) rows.push([name, `${info[key].carrier || ""} ${info[key].tracking}`.trim()]);
+      }
+      if (info.parts) rows.push(["Parts", info.parts.join(", ")]);
+      if (info.slots) rows.push(["Proposed slots", info.slots.map((s) => s.replace("T", " ")).join(" · ")]);
+      if (info.booked) rows.push(["Visit", info.booked.replace("T", " ")]);
+      if (info.diagnosis) rows.push(["Diagnosis", info.diagnosis]);
+      if (info.report) rows.push(["Technician's report", info.report]);
+    }
+    for (const credit of data.credits || []) rows.push([`Credit on ${credit.order_id}`, `${credit.amount} ${credit.currency || ""}`.trim()]);
+    for (const credit of data.credits_available || []) {
+      rows.push([`Credit waiting (${credit.case_ref})`, `${credit.amount} ${credit.currency || ""} for order ${credit.order_id}: take it off this order`]);
+    }
+    for (const [name, value] of rows) {
+      const box = el("div");
+      box.appendChild(el("dt", "", name));
+      const dd = el("dd", "", value);
+      dd.dir = "auto";
+      box.appendChild(dd);
+      ui.serviceMeta.appendChild(box);
+    }
+    const actions = (record && record.actions) || [];
+    const chosen = ui.fulfilAction.value;
+    ui.fulfilAction.replaceChildren();
+    for (const action of actions) {
+      const option = el("option", "", action.label);
+      option.value = action.action;
+      option.dataset.input = action.input || "";
+      ui.fulfilAction.appendChild(option);
+    }
+    if (actions.some((a) => a.action === chosen)) ui.fulfilAction.value = chosen;
+    ui.fulfilForm.hidden = !actions.length || data.status === "closed";
+    fulfilChanged();
+  }
+
+  function fulfilChanged() {
+    const option = ui.fulfilAction.selectedOptions[0];
+    const needs = option ? option.dataset.input : "";
+    ui.fulfilText.hidden = ui.fulfilTextLabel.hidden = !needs;
+    ui.fulfilTextLabel.textContent = needs ? needs[0].toUpperCase() + needs.slice(1) : "Details";
   }
 
   function renderMeta(data) {
@@ -661,6 +718,19 @@
     }
     act(`Method set: ${METHOD_LABELS[method] || method}${body.goodwill ? ` (${body.goodwill})` : ""}.`, "/method",
       body, () => { ui.reason.value = ""; ui.goodwill.value = ""; });
+  });
+
+  ui.fulfilAction.addEventListener("change", fulfilChanged);
+  ui.fulfilForm.addEventListener("submit", (event) => {
+    event.preventDefault();
+    const option = ui.fulfilAction.selectedOptions[0];
+    if (!option) return;
+    if (option.dataset.input && !ui.fulfilText.value.trim()) {
+      showResult(`Give ${option.dataset.input}.`, true);
+      return;
+    }
+    act(`${option.textContent}: recorded; the customer is told.`, "/fulfil",
+      { action: option.value, text: ui.fulfilText.value }, () => { ui.fulfilText.value = ""; });
   });
 
   ui.correctForm.addEventListener("submit", (event) => {
