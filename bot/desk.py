@@ -140,10 +140,14 @@ class Desk:
                 .where(col(Message.case_id).in_(ids))
                 .group_by(col(Message.case_id))
             )
-            last = {
-                m.case_id: m
-                for m in session.execute(select(Message).where(col(Message.id).in_(latest))).scalars()
-            }
+            from_customer = latest.where(col(Message.author) == "customer")
+            last, last_customer = (
+                {
+                    m.case_id: m
+                    for m in session.execute(select(Message).where(col(Message.id).in_(q))).scalars()
+                }
+                for q in (latest, from_customer)
+            )
             names = self._customer_names(session, cases)
             return [
                 {
@@ -152,6 +156,7 @@ class Desk:
                     "unread": unread.get(case.id or 0, 0),
                     "customer": names.get((case.customer_id, case.channel)),
                     "last_message": _last_message(last.get(case.id or 0)),
+                    "last_customer_message": _last_message(last_customer.get(case.id or 0)),
                 }
                 for case in cases
             ]

@@ -368,12 +368,12 @@
     for (const item of cases) {
       const before = previous.has(item.ref) ? previous.get(item.ref) : 0;
       if ((item.unread || 0) <= before) continue;
-      const text = item.last_message && item.last_message.author === "customer" ? item.last_message.text : "";
+      const text = item.last_customer_message ? item.last_customer_message.text : "";
       // The open case's thread says its own new messages.
       if (item.ref !== selected) announce(`New message from the customer on ${item.ref}${text ? `: ${text}` : "."}`);
       if (document.hidden && "Notification" in window && Notification.permission === "granted") {
         try {
-          new Notification(`New message on ${item.ref}`, { body: lastText(item.last_message), tag: item.ref });
+          new Notification(`New message on ${item.ref}`, { body: text, tag: item.ref });
         } catch (error) {
           // a browser that only notifies from a service worker: the title's count still says it
         }
