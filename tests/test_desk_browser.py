@@ -107,7 +107,16 @@ def _case_of(bot: Bot, channel: str) -> str:
 
 @pytest.fixture
 def desk_server(tmp_path: Path) -> Iterator[tuple[Bot, str]]:
+    """The server, with a registry that knows the first customer's unit (its order and company)."""
     bot = build(settings_for(tmp_path, desk_token=TOKEN))
+    registry = tmp_path / "registry.csv"
+    registry.write_text(
+        "order_id,customer,serial,serial_to,production_date,port_arrival_date,cargo_compensation,"
+        "order_pieces,order_total,currency\n"
+        f"PO-7781,Sol Energia Ltda,{recent_serial(date.today())},,,,false,10,25000.00,USD\n",
+        encoding="utf-8",
+    )
+    import_registry(bot.db, registry, policy=bot.policy)
     with serve(create_app(bot)) as base:
         yield bot, base
 
@@ -145,7 +154,7 @@ def test_the_desk_says_a_customer_wrote_until_an_engineer_opens_the_case(
     customers.phone("proof:none")
     customers.phone("cause:normal")
     first = _case_of(bot, "test")
-    customers.web(f"{recent_serial(date.today(), 154)} el ventilador hace mucho ruido y se apaga")
+    customers.web(f"{recent_serial(date.today(), 8642)} el ventilador hace mucho ruido y se apaga")
     customers.web("proof:none")
     customers.web("cause:normal")
     second = _case_of(bot, "webchat")
@@ -235,7 +244,7 @@ def test_the_desk_says_a_customer_wrote_until_an_engineer_opens_the_case(
 
 @pytest.mark.parametrize("size", SIZES)
 def test_the_desk_finds_filters_offers_canned_replies_and_keeps_closed_cases_quiet(
-    browser: Any, axe_source: str, desk_server: tuple[Bot, str], tmp_path: Path, size: str
+    browser: Any, axe_source: str, desk_server: tuple[Bot, str], size: str
 ) -> None:
     from playwright.sync_api import expect
 
@@ -244,20 +253,12 @@ def test_the_desk_finds_filters_offers_canned_replies_and_keeps_closed_cases_qui
     phone = size == "phone"
     folder = shots()
     serial = recent_serial(date.today())
-    registry = tmp_path / "registry.csv"
-    registry.write_text(
-        "order_id,customer,serial,serial_to,production_date,port_arrival_date,cargo_compensation,"
-        "order_pieces,order_total,currency\n"
-        f"PO-7781,Sol Energia Ltda,{serial},,,,false,10,25000.00,USD\n",
-        encoding="utf-8",
-    )
-    import_registry(bot.db, registry, policy=bot.policy)
     customers = Customers(bot, base)
     for text in (f"{serial} display shows E07 and shuts down under load", "proof:none", "cause:normal"):
         customers.phone(text)
     first = _case_of(bot, "test")
     for text in (
-        f"{recent_serial(date.today(), 154)} el ventilador hace mucho ruido",
+        f"{recent_serial(date.today(), 8642)} el ventilador hace mucho ruido y se apaga",
         "proof:none",
         "cause:normal",
     ):
