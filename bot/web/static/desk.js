@@ -176,6 +176,15 @@
     return data;
   }
 
+  // The case the address names (#WR-2026-000042), as references are written: upper case.
+  function caseFromHash() {
+    try {
+      return decodeURIComponent(location.hash.slice(1)).trim().toUpperCase().slice(0, 40);
+    } catch (error) {
+      return ""; // a malformed %-escape typed into the address
+    }
+  }
+
   function casePath(ref, tail) {
     return `/api/desk/cases/${encodeURIComponent(ref)}${tail || ""}`;
   }
@@ -219,7 +228,7 @@
     showNotifyButton();
     showNotice("");
     await refreshList();
-    const fromHash = decodeURIComponent(location.hash.slice(1));
+    const fromHash = caseFromHash();
     if (fromHash && token) openCase(fromHash);
   }
 
@@ -936,7 +945,7 @@
   // The address names the open case (#WR-2026-000042): changing it in an open tab opens that case.
   window.addEventListener("hashchange", () => {
     if (!token || ui.desk.hidden) return;
-    const ref = decodeURIComponent(location.hash.slice(1)).trim();
+    const ref = caseFromHash();
     if (ref && ref !== selected) openCase(ref);
     else if (!ref && selected) closeCase();
   });
