@@ -15,6 +15,7 @@ from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Respon
 from starlette.routing import BaseRoute, Route
 
 from adapters.webchat import _PAGE_HEADERS, WEB, ApiError, json_object
+from bot import canned
 from bot.app import Bot
 from bot.attachments import STORABLE_TYPES
 from bot.desk import GOODWILL, STATUSES, UNITS_PAGE, DeskError
@@ -47,6 +48,7 @@ class LocalDesk:
         self.bot = bot
         token = bot.settings.desk_token
         self.token = token.get_secret_value() if token else None
+        self.replies = canned.load(bot.settings.desk_replies_file)
 
     def routes(self) -> Sequence[BaseRoute]:
         desk = self.bot.desk
@@ -59,6 +61,8 @@ class LocalDesk:
             Route("/api/desk/cases", self._guard(self._list), methods=["GET"]),
             Route("/api/desk/cases/{ref}", self._guard(self._get), methods=["GET"]),
             Route("/api/desk/cases/{ref}/messages", self._guard(self._message), methods=["POST"]),
+            Route("/api/desk/cases/{ref}/seen", self._guard(self._seen), methods=["POST"]),
+            Route("/api/desk/cases/{ref}/replies", self._guard(self._replies), methods=["GET"]),
             Route("/api/desk/cases/{ref}/claim", self._guard(self._action(desk.claim)), methods=["POST"]),
             Route("/api/desk/cases/{ref}/ask", self._guard(self._ask), methods=["POST"]),
             Route("/api/desk/cases/{ref}/method", self._guard(self._method), methods=["POST"]),
@@ -115,12 +119,39 @@ class LocalDesk:
     # --- handlers -----------------------------------------------------------------------------------------
 
     async def _list(self, request: Request) -> Response:
-        status = request.query_params.get("status") or None
+        params = request.query_params
+        status = params.get("status") or None
         if status is not None and status not in STATUSES:
             raise ApiError(422, f"status must be one of {', '.join(STATUSES)}")
-        query = (request.query_params.get("q") or "")[:64] or None
-        cases = await asyncio.to_thread(self.bot.desk.list_cases, status=status, query=query)
-        return JSONResponse({"cases": cases})
+        unassigned = params.get("unassigned", "") in ("1", "true")
+        assignee = (params.get("assignee") or "").strip()[:MAX_NAME] or None
+        channel = params.get("channel") or None
+        if channel is not None and not (len(channel) <= 32 and channel.replace("_", "").isalnum()):
+            raise ApiError(422, "channel must be a channel's name, such as webchat or telegram")
+        query = (params.get("q") or "")[:64] or None
+
+        def read() -> dict[str, Any]:
+            desk = self.bot.desk
+            cases = desk.list_cases(
+                status=status, query=query, assignee=assignee, unassigned=unassigned, channel=channel
+            )
+            return {"cases": cases, **desk.list_facets()}
+
+        return JSONResponse(await asyncio.to_thread(read))
+
+    async def _seen(self, request: Request) -> Response:
+        data = await json_object(request)
+        message_id = data.get("message_id")
+        if not isinstance(message_id, int) or isinstance(message_id, bool) or not 0 <= message_id < 2**63:
+            raise ApiError(422, "message_id must be the id of the last message shown (a whole number)")
+        return JSONResponse(await asyncio.to_thread(self.bot.desk.mark_seen, _ref(request), message_id))
+
+    async def _replies(self, request: Request) -> Response:
+        case = await asyncio.to_thread(self.bot.desk.get_case, _ref(request), units_limit=1)
+        replies = self.replies.for_case(
+            case["language"], case_ref=case["ref"], customer=case["customer"] or case["company"] or ""
+        )
+        return JSONResponse({"language": case["language"], "replies": replies})
 
     async def _get(self, request: Request) -> Response:
         offset = _count(request, "units_offset", default=0, most=2**31 - 1)

@@ -84,6 +84,7 @@ class Settings(BaseSettings):
 
     # --- local desk -----------------------------------------------------------------------------------
     desk_token: SecretStr | None = None
+    desk_replies_file: Path | None = None  # canned replies (a TOML file like templates/desk_replies.toml)
 
     # --- Telegram -------------------------------------------------------------------------------------
     telegram_bot_token: SecretStr | None = None

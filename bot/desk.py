@@ -10,7 +10,7 @@ from datetime import date
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select, update
 from sqlmodel import Session, col
 
 from bot import fulfilment
@@ -24,6 +24,7 @@ from bot.store import (
     ChannelIdentity,
     Conversation,
     Credit,
+    Customer,
     Fulfilment,
     Message,
     RegistryOrder,
@@ -57,6 +58,9 @@ CORRECTABLE_PROOF = (Proof.documents.value, Proof.altered.value, Proof.none.valu
 # Statuses the policy's outcome still decides: a refusal of every unit is to confirm, anything else open.
 _UNDECIDED = ("open", REFUSAL_TO_CONFIRM, "claimed")
 UNITS_PAGE = 200  # units in one answer of get_case; a case of thousands is read page by page
+LIST_LIMIT = 200  # cases in one answer of list_cases
+FACETS_LIMIT = 100  # assignees and channels offered as filters
+LAST_TEXT = 140  # characters of a case's last message shown in the list
 
 
 class DeskError(Exception):
@@ -80,25 +84,151 @@ class Desk:
     # --- reading ------------------------------------------------------------------------------------------
 
     def list_cases(
-        self, *, status: str | None = None, query: str | None = None, limit: int = 200
+        self,
+        *,
+        status: str | None = None,
+        query: str | None = None,
+        assignee: str | None = None,
+        unassigned: bool = False,
+        channel: str | None = None,
+        limit: int = LIST_LIMIT,
     ) -> list[dict[str, Any]]:
+        """The cases with the latest activity first, each with its units' outcomes, its last message and how
+        many customer messages the desk has not shown yet (`unread`).
+
+        `query` looks in the reference, the fault, the units' serials and orders, the customer's name and
+        contact (chat id: a phone number or an e-mail address) and the registry's company, case-insensitively
+        and as a bound parameter; at most `limit` cases come back.
+        """
         with Session(self.engine.db) as session:
-            statement = select(Case).order_by(col(Case.id).desc()).limit(limit)
+            statement = (
+                select(Case)
+                .order_by(col(Case.updated_at).desc(), col(Case.id).desc())
+                .limit(max(1, min(limit, LIST_LIMIT)))
+            )
             if status:
                 statement = statement.where(col(Case.status) == status)
-            if query:
-                like = f"%{query.strip().upper()}%"
-                units = select(col(CaseUnit.case_id)).where(col(CaseUnit.serial).like(like))
-                statement = statement.where(col(Case.ref).like(like) | col(Case.id).in_(units))
+            if unassigned:
+                statement = statement.where(col(Case.claimed_by).is_(None))
+            elif assignee:
+                statement = statement.where(col(Case.claimed_by) == assignee)
+            if channel:
+                statement = statement.where(col(Case.channel) == channel)
+            if query and query.strip():
+                statement = statement.where(_matches(query.strip()))
             cases = list(session.execute(statement).scalars())
-            counts = dict(
+            ids = [c.id for c in cases]
+            outcomes: dict[int, dict[str, int]] = {}
+            for case_id, outcome, count in session.execute(
+                select(col(CaseUnit.case_id), col(CaseUnit.outcome), func.count())
+                .where(col(CaseUnit.case_id).in_(ids))
+                .group_by(col(CaseUnit.case_id), col(CaseUnit.outcome))
+            ):
+                outcomes.setdefault(case_id, {})[outcome] = count
+            unread = dict(
                 session.execute(
-                    select(col(CaseUnit.case_id), func.count())
-                    .where(col(CaseUnit.case_id).in_([c.id for c in cases]))
-                    .group_by(col(CaseUnit.case_id))
+                    select(col(Message.case_id), func.count())
+                    .join(Case, col(Case.id) == col(Message.case_id))
+                    .where(
+                        col(Message.case_id).in_(ids),
+                        col(Message.author) == "customer",
+                        col(Message.id) > func.coalesce(col(Case.desk_seen_id), 0),
+                    )
+                    .group_by(col(Message.case_id))
                 ).all()
             )
-            return [_summary(case, counts.get(case.id or 0, 0)) for case in cases]
+            latest = (
+                select(func.max(col(Message.id)))
+                .where(col(Message.case_id).in_(ids))
+                .group_by(col(Message.case_id))
+            )
+            from_customer = latest.where(col(Message.author) == "customer")
+            last, last_customer = (
+                {
+                    m.case_id: m
+                    for m in session.execute(select(Message).where(col(Message.id).in_(q))).scalars()
+                }
+                for q in (latest, from_customer)
+            )
+            names = self._customer_names(session, cases)
+            return [
+                {
+                    **_summary(case, sum(outcomes.get(case.id or 0, {}).values())),
+                    "outcomes": outcomes.get(case.id or 0, {}),
+                    "unread": unread.get(case.id or 0, 0),
+                    "customer": names.get((case.customer_id, case.channel)),
+                    "last_message": _last_message(last.get(case.id or 0)),
+                    "last_customer_message": _last_message(last_customer.get(case.id or 0)),
+                }
+                for case in cases
+            ]
+
+    def list_facets(self) -> dict[str, Any]:
+        """What the list can be filtered by (engineers who hold cases, channels with cases), and how many cases
+        have customer messages the desk has not shown: the number in the page's title."""
+        with Session(self.engine.db) as session:
+            assignees = session.execute(
+                select(col(Case.claimed_by))
+                .where(col(Case.claimed_by).is_not(None))
+                .group_by(col(Case.claimed_by))
+                .order_by(col(Case.claimed_by))
+                .limit(FACETS_LIMIT)
+            ).scalars()
+            channels = session.execute(
+                select(col(Case.channel))
+                .group_by(col(Case.channel))
+                .order_by(col(Case.channel))
+                .limit(FACETS_LIMIT)
+            ).scalars()
+            unread = session.execute(
+                select(func.count(func.distinct(col(Message.case_id))))
+                .join(Case, col(Case.id) == col(Message.case_id))
+                .where(
+                    col(Message.author) == "customer",
+                    col(Message.id) > func.coalesce(col(Case.desk_seen_id), 0),
+                )
+            ).scalar_one()
+            return {"assignees": list(assignees), "channels": list(channels), "unread_cases": int(unread)}
+
+    def mark_seen(self, ref: str, message_id: int) -> dict[str, Any]:
+        """The desk has shown the case's messages up to `message_id`: they are no longer unread.
+
+        Seen is kept on the case, for the whole desk: one engineer opening the case clears its badge for all.
+        It never moves back, nor past the case's last message; it is no action on the case (no audit row, the
+        case's activity time stays).
+        """
+        with session_scope(self.engine.db) as session:
+            case = _find(session, ref)
+            newest = session.execute(
+                select(func.max(col(Message.id))).where(col(Message.case_id) == case.id)
+            ).scalar_one()
+            seen = min(message_id, newest or 0)
+            # Only forward, in one statement: two desks marking at once never move it back.
+            session.execute(
+                update(Case)
+                .where(
+                    col(Case.id) == case.id,
+                    col(Case.desk_seen_id).is_(None) | (col(Case.desk_seen_id) < seen),
+                )
+                .values(desk_seen_id=seen)
+                .execution_options(synchronize_session=False)
+            )
+            return {"ref": case.ref, "seen_id": max(seen, case.desk_seen_id or 0)}
+
+    def _customer_names(self, session: Session, cases: list[Case]) -> dict[tuple[int, str], str]:
+        if not cases:
+            return {}
+        rows = session.execute(
+            select(
+                col(ChannelIdentity.customer_id),
+                col(ChannelIdentity.channel),
+                col(ChannelIdentity.display_name),
+            ).where(
+                col(ChannelIdentity.customer_id).in_({c.customer_id for c in cases}),
+                col(ChannelIdentity.display_name).is_not(None),
+            )
+        ).all()
+        return {(customer_id, channel): name for customer_id, channel, name in rows if name}
 
     def get_case(self, ref: str, *, units_offset: int = 0, units_limit: int = UNITS_PAGE) -> dict[str, Any]:
         """The case with one page of its units (`unit_count` says how many there are, `units_next` where
@@ -198,9 +328,12 @@ class Desk:
                 # The registry's customer (the company that placed the orders), beside the chat's name.
                 "company": ", ".join(companies) or None,
                 "refusal_reason": case.refusal_reason,
+                "seen_id": case.desk_seen_id,  # the last message the desk has shown; later customer ones are new
                 "prefers_discount": case.prefers_discount,
                 "allowed_methods": list(_allowed_methods(every_unit)),
-                "orders": [_order(orders[o], every_unit, self.engine.policy) for o in order_ids if o in orders],
+                "orders": [
+                    _order(orders[o], every_unit, self.engine.policy) for o in order_ids if o in orders
+                ],
                 "units": [_unit(u, registry.get(u.serial)) for u in units],
                 "messages": [
                     {
@@ -669,6 +802,49 @@ class Desk:
         self.engine.outbox_signal.set()
 
 
+def _matches(query: str) -> Any:
+    """Cases whose reference, fault, units (serial, order), customer (name, contact) or registry company
+    contain `query`, ignoring case; `%` and `_` in it are literal."""
+    escaped = query.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    like = f"%{escaped}%"
+
+    def has(column: Any) -> Any:
+        return func.lower(column).like(like, escape="\\")
+
+    units = select(col(CaseUnit.case_id)).where(has(col(CaseUnit.serial)) | has(col(CaseUnit.order_id)))
+    companies = select(col(RegistryOrder.order_id)).where(has(col(RegistryOrder.customer)))
+    by_company = select(col(CaseUnit.case_id)).where(col(CaseUnit.order_id).in_(companies))
+    identities = select(col(ChannelIdentity.customer_id)).where(
+        has(col(ChannelIdentity.display_name))
+        | has(col(ChannelIdentity.chat_id))
+        | has(col(ChannelIdentity.sender_id))
+    )
+    customers = select(col(Customer.id)).where(has(col(Customer.name)))
+    return or_(
+        has(col(Case.ref)),
+        has(col(Case.fault)),
+        col(Case.id).in_(units),
+        col(Case.id).in_(by_company),
+        col(Case.customer_id).in_(identities),
+        col(Case.customer_id).in_(customers),
+    )
+
+
+def _last_message(message: Message | None) -> dict[str, Any] | None:
+    if message is None:
+        return None
+    text = " ".join(message.text.split())
+    if not text and message.attachment_ids:
+        text = f"({len(message.attachment_ids)} attachment{'s' if len(message.attachment_ids) > 1 else ''})"
+    return {
+        "id": message.id,
+        "author": message.author,
+        "author_name": message.author_name if message.author in ("engineer", "note") else None,
+        "text": text[:LAST_TEXT] + ("…" if len(text) > LAST_TEXT else ""),
+        "created_at": message.created_at.isoformat(),
+    }
+
+
 def _find(session: Session, ref: str) -> Case:
     case: Case | None = session.execute(
         select(Case).where(col(Case.ref) == ref.strip().upper())
@@ -680,7 +856,7 @@ def _find(session: Session, ref: str) -> Case:
 
 def _require_open(case: Case) -> None:
     if case.status == "closed":
-        raise InvalidAction(f"case {case.ref} is closed")
+        raise InvalidAction(f"case {case.ref} is closed: it opens again when the customer writes again")
 
 
 def _required(value: str, name: str) -> str:

@@ -622,13 +622,23 @@ class Engine:
             case.updated_at = utcnow()
             audit(session, case, "customer", "reopened")
             self.notify_desks(session, case, "case_updated")
+        # The follow-up, and what was said since the case let the conversation go, is the case's history.
+        said = select(func.max(col(Message.id))).where(col(Message.case_id) == case.id).scalar_subquery()
+        for logged in session.execute(
+            select(Message).where(
+                col(Message.conversation_id) == conversation.id,
+                col(Message.case_id).is_(None),
+                col(Message.id) > func.coalesce(said, 0),
+            )
+        ).scalars():
+            logged.case_id = case.id
         conversation.case_id = case.id
         return case
 
     def _relay(self, session: Session, case: Case, effect: conv.RelayToCase, message: InboundMessage) -> None:
+        case.updated_at = utcnow()  # the desk lists by activity and shows the customer's message as unread
         if case.status == "waiting_customer":
             case.status = "claimed"
-            case.updated_at = utcnow()
             audit(session, case, "customer", "answered")
         for attachment_id in effect.attachment_ids:
             stored = session.get(StoredAttachment, attachment_id)

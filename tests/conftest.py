@@ -15,6 +15,7 @@ from sqlalchemy import Engine, create_engine, text
 from bot.app import Bot, build
 from bot.config import Settings
 from bot.store import make_engine, upgrade
+from tests.browser_support import axe_source, browser  # noqa: F401  (fixtures of the browser tests)
 
 # Tests send hundreds of requests a minute from 127.0.0.1, more than any customer does; the rate limits' own
 # tests (tests/test_limits.py) set theirs explicitly. Servers started as processes inherit these.

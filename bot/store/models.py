@@ -107,8 +107,9 @@ class Case(SQLModel, table=True):
     rating: int | None = None
     desk_ref: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     created_at: datetime = Field(default_factory=utcnow)
-    updated_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow, index=True)  # moves on every change and message
     reminded_at: datetime | None = None
+    desk_seen_id: int | None = None  # the last message the local desk has shown an engineer (unread after it)
 
 
 class CaseUnit(SQLModel, table=True):

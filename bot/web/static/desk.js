@@ -41,7 +41,11 @@
     service: $("service"), serviceMeta: $("service-meta"), fulfilForm: $("fulfil-form"),
     fulfilAction: $("fulfil-action"), fulfilText: $("fulfil-text"), fulfilTextLabel: $("fulfil-text-label"),
     fulfilSubmit: $("fulfil-submit"),
+    notify: $("notify"), announcer: $("announcer"), assignee: $("assignee-filter"), channel: $("channel-filter"),
+    canned: $("canned"), closedHint: $("closed-hint"),
   };
+  const TITLE = document.title;
+  const UNASSIGNED = "~unassigned";
 
   let token = sessionStorage.getItem(TOKEN_KEY) || "";
   let engineer = localStorage.getItem(NAME_KEY) || "";
@@ -52,6 +56,10 @@
   let listTimer = null;
   let caseTimer = null;
   let closeArmed = null;
+  let unreadByRef = null; // ref -> unread customer messages at the last list refresh (null before the first)
+  let shownUpTo = 0; // the open case's last message shown in the thread
+  let seenSent = 0; // the last message id this page told the server it showed
+  let cannedFor = ""; // "ref/language" the canned replies were loaded for
   const blobUrls = new Map(); // "ref/id" -> blob: URL of an attachment fetched with the token
 
   // --- helpers ------------------------------------------------------------------------------------------
@@ -61,6 +69,42 @@
     if (className) node.className = className;
     if (text !== undefined && text !== null) node.textContent = String(text);
     return node;
+  }
+
+  function setText(node, text) {
+    const value = text === undefined || text === null ? "" : String(text);
+    if (node.textContent !== value) node.textContent = value;
+  }
+
+  // Brings a container's children in line with `items`, keyed: a child is made once, then only updated and
+  // moved; children whose item is gone are removed. Screen readers keep their place; focus stays put.
+  function sync(container, items, keyOf, create, update) {
+    const existing = new Map();
+    for (const child of Array.from(container.children)) existing.set(child.dataset.key, child);
+    const focused = document.activeElement;
+    let index = 0;
+    for (const item of items) {
+      const key = String(keyOf(item));
+      let node = existing.get(key);
+      if (node) existing.delete(key);
+      else {
+        node = create(item);
+        node.dataset.key = key;
+      }
+      update(node, item);
+      const at = container.children[index];
+      if (at !== node) container.insertBefore(node, at || null);
+      index += 1;
+    }
+    for (const node of existing.values()) node.remove();
+    if (focused && focused !== document.activeElement && focused.isConnected) focused.focus();
+  }
+
+  // Says something once in the polite live region (new messages only); older lines are dropped.
+  function announce(text) {
+    const line = el("p", "", text);
+    ui.announcer.appendChild(line);
+    while (ui.announcer.children.length > 3) ui.announcer.firstElementChild.remove();
   }
 
   const dateTime = new Intl.DateTimeFormat(undefined, { dateStyle: "medium", timeStyle: "short" });
@@ -135,6 +179,15 @@
     return data;
   }
 
+  // The case the address names (#WR-2026-000042), as references are written: upper case.
+  function caseFromHash() {
+    try {
+      return decodeURIComponent(location.hash.slice(1)).trim().toUpperCase().slice(0, 40);
+    } catch (error) {
+      return ""; // a malformed %-escape typed into the address
+    }
+  }
+
   function casePath(ref, tail) {
     return `/api/desk/cases/${encodeURIComponent(ref)}${tail || ""}`;
   }
@@ -175,9 +228,10 @@
     ui.desk.hidden = false;
     ui.whoami.hidden = false;
     ui.engineerName.textContent = engineer;
+    showNotifyButton();
     showNotice("");
     await refreshList();
-    const fromHash = decodeURIComponent(location.hash.slice(1));
+    const fromHash = caseFromHash();
     if (fromHash && token) openCase(fromHash);
   }
 
@@ -201,14 +255,21 @@
     listTimer = setTimeout(refreshList, delay);
   }
 
-  async function refreshList() {
-    if (!token) return;
+  function listParams() {
     const params = new URLSearchParams();
     if (ui.status.value) params.set("status", ui.status.value);
+    if (ui.assignee.value === UNASSIGNED) params.set("unassigned", "1");
+    else if (ui.assignee.value) params.set("assignee", ui.assignee.value);
+    if (ui.channel.value) params.set("channel", ui.channel.value);
     if (ui.search.value.trim()) params.set("q", ui.search.value.trim().slice(0, 64));
+    return params;
+  }
+
+  async function refreshList() {
+    if (!token) return;
     try {
-      const data = await api("GET", `/api/desk/cases?${params}`);
-      renderList(Array.isArray(data.cases) ? data.cases : []);
+      const data = await api("GET", `/api/desk/cases?${listParams()}`);
+      renderList(data);
       if (ui.notice.textContent.startsWith(LIST_ERROR)) showNotice("");
     } catch (error) {
       if (error.status === 401 || error.status === 503) return;
@@ -217,32 +278,119 @@
     scheduleList(LIST_MS);
   }
 
-  function renderList(cases) {
+  function outcomeText(outcomes) {
+    const entries = Object.entries(outcomes || {});
+    if (!entries.length) return "no units";
+    if (entries.length === 1) {
+      const [outcome, count] = entries[0];
+      return `${count > 1 ? `${count} ` : ""}${OUTCOME_LABELS[outcome] || outcome}`.trim();
+    }
+    return entries.map(([outcome, count]) => `${count} ${(OUTCOME_LABELS[outcome] || outcome).toLowerCase()}`).join(", ");
+  }
+
+  function lastText(last) {
+    if (!last) return "";
+    const who = { customer: "Customer", bot: "Bot", engineer: last.author_name || "Engineer",
+      note: `Note by ${last.author_name || "an engineer"}` }[last.author] || last.author;
+    return `${who}: ${last.text}`;
+  }
+
+  function syncOptions(select, fixed, values, labelOf) {
+    const chosen = select.value;
+    const wanted = [...fixed, ...values.map((v) => [v, labelOf(v)])];
+    sync(select, wanted, ([value]) => value, ([value]) => {
+      const option = el("option");
+      option.value = value;
+      return option;
+    }, (option, [, label]) => setText(option, label));
+    select.value = wanted.some(([value]) => value === chosen) ? chosen : "";
+  }
+
+  function renderFacets(data) {
+    const assignees = Array.isArray(data.assignees) ? data.assignees : [];
+    const others = assignees.filter((name) => name !== engineer);
+    syncOptions(ui.assignee, [["", "Anyone"], [UNASSIGNED, "Nobody yet"], [engineer, `Me (${engineer})`]], others,
+      (name) => name);
+    const channels = Array.isArray(data.channels) ? data.channels : [];
+    if (ui.channel.value && !channels.includes(ui.channel.value)) channels.push(ui.channel.value);
+    syncOptions(ui.channel, [["", "All channels"]], channels, (name) => name);
+  }
+
+  function renderList(data) {
+    const cases = Array.isArray(data.cases) ? data.cases : [];
+    renderFacets(data);
+    const unreadCases = typeof data.unread_cases === "number" ? data.unread_cases : 0;
+    document.title = unreadCases ? `(${unreadCases}) ${TITLE}` : TITLE;
+    signalNew(cases);
     const json = JSON.stringify(cases);
     if (json === lastListJson) return markSelected();
     lastListJson = json;
-    const focusedRef = document.activeElement && document.activeElement.dataset
-      ? document.activeElement.dataset.ref : null;
-    ui.list.replaceChildren();
     ui.empty.hidden = cases.length > 0;
-    for (const item of cases) {
-      const li = el("li");
-      const button = el("button");
-      button.type = "button";
-      button.dataset.ref = item.ref;
-      button.appendChild(el("span", "ref", item.ref));
-      button.appendChild(el("span", `badge ${item.status}`, STATUS_LABELS[item.status] || item.status));
-      const parts = [`${item.units} unit${item.units === 1 ? "" : "s"}`, languageLabel(item.language), item.channel];
-      if (item.claimed_by) parts.push(`claimed by ${item.claimed_by}`);
-      parts.push(when(item.updated_at));
-      const line2 = el("span", "line2", parts.filter(Boolean).join(" · "));
-      button.appendChild(line2);
-      button.addEventListener("click", () => openCase(item.ref));
-      li.appendChild(button);
-      ui.list.appendChild(li);
-      if (item.ref === focusedRef) button.focus();
-    }
+    sync(ui.list, cases, (item) => item.ref, createRow, updateRow);
     markSelected();
+  }
+
+  function createRow(item) {
+    const li = el("li");
+    const button = el("button");
+    button.type = "button";
+    button.dataset.ref = item.ref;
+    button.appendChild(el("span", "ref", item.ref));
+    const badges = el("span", "badges");
+    badges.appendChild(el("span", "unread"));
+    badges.appendChild(el("span", "badge status"));
+    button.appendChild(badges);
+    button.appendChild(el("span", "line2"));
+    const last = el("span", "last");
+    last.dir = "auto";
+    button.appendChild(last);
+    button.appendChild(el("time", "when"));
+    button.addEventListener("click", () => openCase(item.ref));
+    li.appendChild(button);
+    return li;
+  }
+
+  function updateRow(li, item) {
+    const button = li.firstElementChild;
+    const unread = button.querySelector(".unread");
+    const count = item.unread || 0;
+    setText(unread, count ? `${count} new` : "");
+    unread.hidden = !count;
+    unread.title = count ? `${count} customer message${count === 1 ? "" : "s"} not read on the desk yet` : "";
+    li.classList.toggle("has-unread", count > 0);
+    const status = button.querySelector(".status");
+    const statusClass = `badge status ${item.status}`;
+    if (status.className !== statusClass) status.className = statusClass;
+    setText(status, STATUS_LABELS[item.status] || item.status);
+    const parts = [outcomeText(item.outcomes), item.customer, item.channel, languageLabel(item.language)];
+    parts.push(item.claimed_by ? `claimed by ${item.claimed_by}` : "nobody yet");
+    setText(button.querySelector(".line2"), parts.filter(Boolean).join(" · "));
+    setText(button.querySelector(".last"), lastText(item.last_message));
+    const time = button.querySelector(".when");
+    time.dateTime = item.updated_at || "";
+    setText(time, `Last activity ${when(item.updated_at)}`);
+  }
+
+  // A customer wrote on a case since the last refresh: say it once (live region), and notify when the tab is
+  // in the background and the browser allows it.
+  function signalNew(cases) {
+    const previous = unreadByRef;
+    unreadByRef = new Map(cases.map((c) => [c.ref, c.unread || 0]));
+    if (previous === null) return;
+    for (const item of cases) {
+      const before = previous.has(item.ref) ? previous.get(item.ref) : 0;
+      if ((item.unread || 0) <= before) continue;
+      const text = item.last_customer_message ? item.last_customer_message.text : "";
+      // The open case's thread says its own new messages.
+      if (item.ref !== selected) announce(`New message from the customer on ${item.ref}${text ? `: ${text}` : "."}`);
+      if (document.hidden && "Notification" in window && Notification.permission === "granted") {
+        try {
+          new Notification(`New message on ${item.ref}`, { body: text, tag: item.ref });
+        } catch (error) {
+          // a browser that only notifies from a service worker: the title's count still says it
+        }
+      }
+    }
   }
 
   function markSelected() {
@@ -257,6 +405,8 @@
     searchTimer = setTimeout(() => refreshList(), 300);
   });
   ui.status.addEventListener("change", () => refreshList());
+  ui.assignee.addEventListener("change", () => refreshList());
+  ui.channel.addEventListener("change", () => refreshList());
   ui.filters.addEventListener("submit", (event) => {
     event.preventDefault();
     refreshList();
@@ -274,6 +424,9 @@
       forgetBlobs();
       lastCaseJson = "";
       current = null;
+      shownUpTo = 0;
+      seenSent = 0;
+      ui.thread.replaceChildren();
       ui.reply.value = "";
       ui.reason.value = "";
       showResult("");
@@ -334,6 +487,8 @@
     renderAudit(data);
     renderActions(data, initial);
     renderService(data);
+    loadCanned(data);
+    markSeen();
   }
 
   // The steps after the chosen method (docs/fulfilment.md): the step, the RMA, shipments, and the next steps.
@@ -389,6 +544,59 @@
     ui.fulfilTextLabel.textContent = needs ? needs[0].toUpperCase() + needs.slice(1) : "Details";
   }
 
+  // The desk has shown the open case's messages: tell the server (kept on the case, for the whole desk), so
+  // its badge goes for every engineer. Only while the page is in view: a tab in the background has seen nothing.
+  async function markSeen() {
+    const data = current;
+    if (!data || document.hidden || data.ref !== selected) return;
+    const messages = Array.isArray(data.messages) ? data.messages : [];
+    const seen = Math.max(data.seen_id || 0, seenSent);
+    const unseen = messages.some((m) => m.author === "customer" && m.id > seen);
+    if (!unseen || !shownUpTo) return;
+    seenSent = shownUpTo;
+    try {
+      await api("POST", casePath(data.ref, "/seen"), { message_id: shownUpTo });
+      lastListJson = "";
+      refreshList();
+    } catch (error) {
+      if (error.status !== 401 && error.status !== 503) seenSent = 0; // try again at the next refresh
+    }
+  }
+
+  document.addEventListener("visibilitychange", () => {
+    if (!document.hidden) markSeen();
+  });
+
+  async function loadCanned(data) {
+    const key = `${data.ref}/${data.language}`;
+    if (cannedFor === key) return;
+    cannedFor = key;
+    try {
+      const answer = await api("GET", casePath(data.ref, "/replies"));
+      if (cannedFor !== key) return;
+      const replies = Array.isArray(answer.replies) ? answer.replies : [];
+      sync(ui.canned, [{ id: "", title: "Choose a canned reply…", text: "" }, ...replies], (r) => r.id, () => el("option"),
+        (option, reply) => {
+          option.value = reply.id;
+          setText(option, reply.id && reply.language !== data.language ? `${reply.title} (${languageLabel(reply.language)})` : reply.title);
+          option.dataset.text = reply.text;
+        });
+      ui.canned.value = "";
+    } catch (error) {
+      cannedFor = "";
+    }
+  }
+
+  ui.canned.addEventListener("change", () => {
+    const option = ui.canned.selectedOptions[0];
+    const text = option && option.value ? option.dataset.text || "" : "";
+    if (!text) return;
+    const before = ui.reply.value.trim();
+    ui.reply.value = before ? `${before}\n\n${text}` : text;
+    ui.canned.value = "";
+    ui.reply.focus();
+  });
+
   function renderMeta(data) {
     const rows = [
       ["Status", STATUS_LABELS[data.status] || data.status],
@@ -413,66 +621,74 @@
     if (data.prefers_discount) rows.push(["Customer prefers", "discount compensation"]);
     if (data.refusal_reason) rows.push(["Refusal reason", data.refusal_reason]);
     if (data.rating) rows.push(["Rating", `${data.rating} / 5`]);
-    ui.meta.replaceChildren();
-    for (const [name, value] of rows) {
+    sync(ui.meta, rows, ([name]) => name, ([name]) => {
       const box = el("div");
       box.appendChild(el("dt", "", name));
-      const dd = el("dd", "", value);
+      const dd = el("dd");
       dd.dir = "auto";
       box.appendChild(dd);
-      ui.meta.appendChild(box);
-    }
+      return box;
+    }, (box, [, value]) => setText(box.lastElementChild, value));
+  }
+
+  const UNIT_COLUMNS = 10;
+
+  function unitCells(unit) {
+    const registry = unit.registry || null;
+    const proof = (unit.facts || {}).proof;
+    return [unit.serial, unit.model || "—", unit.production_date || "—", unit.port_arrival_date || "—",
+      unit.warranty_end || "—", unit.order_id || (registry && registry.order_id) || "—",
+      registry ? (registry.cargo_compensation ? "Yes (M1)" : "No") : "—", proof ? PROOF_LABELS[proof] || proof : "—",
+      null, (unit.clauses || []).join(", ")];
   }
 
   function renderUnits(data) {
     const units = Array.isArray(data.units) ? data.units : [];
-    ui.units.replaceChildren();
-    ui.reasons.replaceChildren();
-    for (const unit of units) {
-      const row = el("tr");
-      row.appendChild(el("td", "", unit.serial));
-      row.appendChild(el("td", "", unit.model || "—"));
-      row.appendChild(el("td", "", unit.production_date || "—"));
-      row.appendChild(el("td", "", unit.port_arrival_date || "—"));
-      row.appendChild(el("td", "", unit.warranty_end || "—"));
-      const registry = unit.registry || null;
-      row.appendChild(el("td", "", unit.order_id || (registry && registry.order_id) || "—"));
-      row.appendChild(el("td", "", registry ? (registry.cargo_compensation ? "Yes (M1)" : "No") : "—"));
-      const proof = (unit.facts || {}).proof;
-      row.appendChild(el("td", "", proof ? PROOF_LABELS[proof] || proof : "—"));
-      const outcome = el("td");
-      outcome.appendChild(el("span", `badge ${unit.outcome}`, OUTCOME_LABELS[unit.outcome] || unit.outcome));
-      row.appendChild(outcome);
-      row.appendChild(el("td", "", (unit.clauses || []).join(", ")));
-      ui.units.appendChild(row);
-      const decision = unit.decision || {};
-      for (const reason of decision.reasons || []) {
-        const li = el("li", "", `${unit.serial}: ${reason}`);
-        li.dir = "auto";
-        ui.reasons.appendChild(li);
-      }
-    }
-    // The API sends a large case's units a page at a time; say how many this page leaves out.
+    // The API sends a large case's units a page at a time; a last row says how many this page leaves out.
     const total = typeof data.unit_count === "number" ? data.unit_count : units.length;
+    const rows = units.map((unit) => ({ key: `unit:${unit.serial}`, unit }));
     if (total > units.length) {
-      const row = el("tr");
-      const cell = el("td", "more", `… and ${total - units.length} more units (the first ${units.length} are shown)`);
-      cell.colSpan = 10;
-      row.appendChild(cell);
-      ui.units.appendChild(row);
+      rows.push({ key: "more", more: `… and ${total - units.length} more units (the first ${units.length} are shown)` });
+    }
+    sync(ui.units, rows, (row) => row.key, (row) => {
+      const tr = el("tr");
+      if (row.more) {
+        const cell = el("td", "more");
+        cell.colSpan = UNIT_COLUMNS;
+        tr.appendChild(cell);
+        return tr;
+      }
+      for (let i = 0; i < UNIT_COLUMNS; i += 1) tr.appendChild(el("td"));
+      tr.children[8].appendChild(el("span", "badge"));
+      return tr;
+    }, (tr, row) => {
+      if (row.more) return setText(tr.firstElementChild, row.more);
+      const unit = row.unit;
+      unitCells(unit).forEach((text, i) => { if (text !== null) setText(tr.children[i], text); });
+      const badge = tr.children[8].firstElementChild;
+      const className = `badge ${unit.outcome}`;
+      if (badge.className !== className) badge.className = className;
+      setText(badge, OUTCOME_LABELS[unit.outcome] || unit.outcome);
+    });
+    const reasons = [];
+    for (const unit of units) {
+      for (const reason of (unit.decision || {}).reasons || []) reasons.push(`${unit.serial}: ${reason}`);
     }
     const allowed = data.allowed_methods || [];
     const names = allowed.map((m) => METHOD_LABELS[m] || m).join(", ");
-    ui.reasons.appendChild(el("li", "", allowed.length ? `Methods the policy allows: ${names}.`
-      : "The policy allows no service method: confirm the refusal, correct a unit's facts, or give goodwill."));
+    reasons.push(allowed.length ? `Methods the policy allows: ${names}.`
+      : "The policy allows no service method: confirm the refusal, correct a unit's facts, or give goodwill.");
+    sync(ui.reasons, reasons, (text) => text, (text) => {
+      const li = el("li", "", text);
+      li.dir = "auto";
+      return li;
+    }, () => {});
     // The correction form lists the case's units; the choice survives a refresh.
     const chosen = ui.correctSerial.value;
-    ui.correctSerial.replaceChildren();
-    for (const unit of units) {
-      const option = el("option", "", `${unit.serial} (${OUTCOME_LABELS[unit.outcome] || unit.outcome})`);
+    sync(ui.correctSerial, units, (unit) => unit.serial, () => el("option"), (option, unit) => {
       option.value = unit.serial;
-      ui.correctSerial.appendChild(option);
-    }
+      setText(option, `${unit.serial} (${OUTCOME_LABELS[unit.outcome] || unit.outcome})`);
+    });
     if (units.some((u) => u.serial === chosen)) ui.correctSerial.value = chosen;
     ui.correctSubmit.disabled = !units.length || data.status === "closed";
   }
@@ -496,9 +712,9 @@
 
   function renderAttachments(data) {
     const files = Array.isArray(data.attachments) ? data.attachments : [];
-    ui.attachments.replaceChildren();
     ui.attachmentsEmpty.hidden = files.length > 0;
-    for (const attachment of files) {
+    // Files only ever join a case: each card is made once and stays.
+    sync(ui.attachments, files, (attachment) => attachment.id, (attachment) => {
       const li = el("li");
       const button = attachmentButton(data.ref, attachment);
       if (/^image\/(jpeg|png|gif|webp)$/.test(attachment.mime || "")) {
@@ -508,8 +724,8 @@
         attachmentUrl(data.ref, attachment).then((url) => { image.src = url; }).catch(() => image.remove());
       }
       li.appendChild(button);
-      ui.attachments.appendChild(li);
-    }
+      return li;
+    }, () => {});
   }
 
   function authorLabel(message, customer) {
@@ -522,58 +738,74 @@
     }
   }
 
+  function messageItem(message, data, files) {
+    const li = el("li", `from-${message.author}`);
+    li.dataset.id = String(message.id);
+    const author = el("span", "author", authorLabel(message, data.customer));
+    author.dir = "auto";
+    const time = el("time", "", when(message.created_at));
+    time.dateTime = message.created_at || "";
+    author.appendChild(time);
+    li.appendChild(author);
+    if (message.text) {
+      const text = el("div", "text", message.text);
+      text.dir = "auto";
+      li.appendChild(text);
+    }
+    const ids = Array.isArray(message.attachment_ids) ? message.attachment_ids : [];
+    if (ids.length) {
+      const list = el("div", "files");
+      for (const id of ids) {
+        const attachment = files.get(id);
+        if (attachment) list.appendChild(attachmentButton(data.ref, attachment));
+        else list.appendChild(el("span", "muted", `attachment ${id}`));
+      }
+      li.appendChild(list);
+    }
+    return li;
+  }
+
+  // Messages are only ever added: the thread appends the new ones and leaves the rest alone. A new customer
+  // message (after the first showing) is said once in the live region.
   function renderThread(data, first) {
     const messages = Array.isArray(data.messages) ? data.messages : [];
     const files = new Map((data.attachments || []).map((a) => [a.id, a]));
     const box = ui.thread;
     const follow = first || box.scrollHeight - box.scrollTop - box.clientHeight < 60;
     box.lang = data.language || "";
-    box.replaceChildren();
+    const initial = shownUpTo === 0;
     for (const message of messages) {
-      const li = el("li", `from-${message.author}`);
-      li.dataset.id = String(message.id);
-      const author = el("span", "author", authorLabel(message, data.customer));
-      author.dir = "auto";
-      const time = el("time", "", when(message.created_at));
-      time.dateTime = message.created_at || "";
-      author.appendChild(time);
-      li.appendChild(author);
-      if (message.text) {
-        const text = el("div", "text", message.text);
-        text.dir = "auto";
-        li.appendChild(text);
+      if (typeof message.id !== "number" || message.id <= shownUpTo) continue;
+      box.appendChild(messageItem(message, data, files));
+      shownUpTo = message.id;
+      if (!initial && message.author === "customer") {
+        const text = message.text || ((message.attachment_ids || []).length ? "a file" : "");
+        announce(`New message from the customer on ${data.ref}: ${text}`);
       }
-      const ids = Array.isArray(message.attachment_ids) ? message.attachment_ids : [];
-      if (ids.length) {
-        const list = el("div", "files");
-        for (const id of ids) {
-          const attachment = files.get(id);
-          if (attachment) list.appendChild(attachmentButton(data.ref, attachment));
-          else list.appendChild(el("span", "muted", `attachment ${id}`));
-        }
-        li.appendChild(list);
-      }
-      box.appendChild(li);
     }
     if (follow) box.scrollTop = box.scrollHeight;
   }
 
   function renderAudit(data) {
-    ui.audit.replaceChildren();
-    for (const entry of data.audit || []) {
+    const entries = (data.audit || []).map((entry, index) => ({ entry, index }));
+    sync(ui.audit, entries, ({ index }) => index, ({ entry }) => {
       const detail = entry.detail && typeof entry.detail === "object"
         ? Object.entries(entry.detail).filter(([, v]) => v !== null && v !== undefined && v !== "")
           .map(([k, v]) => `${k}: ${typeof v === "object" ? JSON.stringify(v) : v}`).join(", ")
         : "";
       const li = el("li", "", `${when(entry.at)} — ${entry.actor}: ${entry.action}${detail ? ` (${detail})` : ""}`);
       li.dir = "auto";
-      ui.audit.appendChild(li);
-    }
+      return li;
+    }, () => {});
   }
 
   function renderActions(data, initial) {
     const closed = data.status === "closed";
+    // What cannot work on a closed case is off (the server would refuse it with 409 and say why).
     ui.sendReply.disabled = closed;
+    ui.ask.disabled = closed;
+    ui.canned.disabled = closed;
+    ui.closedHint.hidden = !closed;
     ui.claim.disabled = closed || data.claimed_by === engineer;
     ui.claim.textContent = data.claimed_by && data.claimed_by !== engineer ? `Take over from ${data.claimed_by}` : "Claim";
     ui.setMethod.disabled = closed;
@@ -770,12 +1002,37 @@
     act("Case closed.", "/close", {});
   });
 
-  ui.back.addEventListener("click", () => {
+  function closeCase() {
     selected = null;
     clearTimeout(caseTimer);
     ui.desk.classList.remove("showing-case");
     history.replaceState(null, "", location.pathname);
     markSelected();
+  }
+
+  ui.back.addEventListener("click", closeCase);
+
+  // The address names the open case (#WR-2026-000042): changing it in an open tab opens that case.
+  window.addEventListener("hashchange", () => {
+    if (!token || ui.desk.hidden) return;
+    const ref = caseFromHash();
+    if (ref && ref !== selected) openCase(ref);
+    else if (!ref && selected) closeCase();
+  });
+
+  // Browser notifications for new customer messages while the tab is in the background: asked for only when
+  // the engineer clicks, never on load.
+  function showNotifyButton() {
+    ui.notify.hidden = !("Notification" in window) || Notification.permission !== "default";
+  }
+
+  ui.notify.addEventListener("click", async () => {
+    try {
+      await Notification.requestPermission();
+    } catch (error) {
+      // an old browser without the promise form: nothing to do
+    }
+    showNotifyButton();
   });
 
   // --- start --------------------------------------------------------------------------------------------
