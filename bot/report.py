@@ -16,7 +16,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,7 @@ from sqlalchemy import Engine as DbEngine
 from sqlalchemy import and_, case, distinct, func, not_, or_, select, true
 from sqlmodel import Session, col
 
-from bot.store import AuditEntry, Case, CaseUnit, KeyValue, RegistryOrder, RegistryUnit, lock_chat
+from bot.store import AuditEntry, Case, CaseUnit, Credit, KeyValue, RegistryUnit, lock_chat
 from policy import Policy, last_day_of_month, parse_serial
 
 UNKNOWN = "unknown"
@@ -367,35 +367,16 @@ class _Query:
         return sorted((Group((str(m),), int(c), int(u)) for m, c, u in rows), key=lambda g: (-g.units, g.key))
 
     def discounts(self) -> list[Money]:
-        """The M5 discounts granted: the amount of each discount case's last decision (its audit row), in its
-        orders' currency. (A credit ledger, once there is one, is the better source.)"""
-        decided = self.session.execute(
-            select(col(AuditEntry.case_id), col(AuditEntry.detail))
-            .join(Case, col(Case.id) == col(AuditEntry.case_id))
-            .where(self.in_period, col(Case.method) == DISCOUNT, col(AuditEntry.action) == "method_chosen")
-            .order_by(col(AuditEntry.id))
+        """The M5 discounts credited (the credit ledger, bot/fulfilment.py), per currency, for the cases of the
+        period."""
+        rows = self.session.execute(
+            select(col(Credit.currency), func.sum(col(Credit.amount)), func.count(distinct(col(Credit.case_id))))
+            .join(Case, col(Case.id) == col(Credit.case_id))
+            .where(self.in_period)
+            .group_by(col(Credit.currency))
         ).all()
-        amounts: dict[int, Decimal] = {}
-        for case_id, detail in decided:
-            if (detail or {}).get("method") == DISCOUNT:
-                try:
-                    amounts[case_id] = Decimal(str(detail.get("amount")))
-                except InvalidOperation:
-                    amounts.pop(case_id, None)  # no amount (no order total known): nothing credited
-        currencies: dict[int, set[str]] = defaultdict(set)
-        if amounts:
-            for case_id, currency in self.session.execute(
-                select(col(CaseUnit.case_id), col(RegistryOrder.currency))
-                .join(RegistryOrder, col(RegistryOrder.order_id) == col(CaseUnit.order_id))
-                .where(col(CaseUnit.case_id).in_(sorted(amounts)))
-                .distinct()
-            ):
-                currencies[case_id].add(currency or UNKNOWN)
-        totals: dict[str, list[Decimal]] = defaultdict(list)
-        for case_id, amount in amounts.items():
-            found = currencies.get(case_id) or {UNKNOWN}
-            totals[found.pop() if len(found) == 1 else "mixed"].append(amount)
-        return [Money(c, sum(a, Decimal("0")), len(a)) for c, a in sorted(totals.items())]
+        return sorted((Money(currency or UNKNOWN, Decimal(total or 0), claims) for currency, total, claims in rows),
+                      key=lambda m: m.currency)
 
     def alerts(self) -> list[Alert]:
         rows = self.session.execute(
