@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import zipfile
 from collections.abc import Callable
 from datetime import date, datetime
@@ -17,6 +18,7 @@ from bot.registry import ImportReport, RegistryImportError, import_registry, loo
 from bot.store.db import session_scope
 from bot.store.models import RegistryOrder, RegistryUnit
 from policy import default_policy
+from tests import registry_equivalence
 
 SAMPLE = Path(__file__).parent / "data" / "registry-sample.csv"
 HEADER = (
@@ -390,3 +392,19 @@ def test_progress_counts_rows_read_then_units_written(engine: Engine, tmp_path: 
     run(engine, write(tmp_path, csv_text(*rows)), progress=lambda done, total: calls.append((done, total)))
 
     assert calls == [(0, 12_000), (5_000, 12_000), (6_000, 12_000), (11_000, 12_000), (12_000, 12_000)]
+
+
+# The streaming importer against the one it replaced -----------------------------------------------------
+
+
+@pytest.mark.parametrize("scenario", sorted(registry_equivalence.scenarios()))
+def test_the_same_registry_reports_and_errors_as_the_importer_before_streaming(
+    engine: Engine, tmp_path: Path, scenario: str
+) -> None:
+    # Recorded with the importer that read the whole file before writing (tests/registry_equivalence.py):
+    # every report, every error of a bad file, and a digest of the registry after each import.
+    expected = json.loads(registry_equivalence.EXPECTED.read_text(encoding="utf-8"))[scenario]
+
+    played = registry_equivalence.play(engine, registry_equivalence.scenarios()[scenario], tmp_path)
+
+    assert played == expected
