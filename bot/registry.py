@@ -6,7 +6,7 @@ import contextlib
 import csv
 import io
 import re
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date, datetime
@@ -308,7 +308,7 @@ def _count_rows(path: Path) -> int:
     return lines + (last != b"\n") - 1
 
 
-def _csv_rows(raw: BinaryIO) -> Iterator[_Row]:
+def _csv_rows(raw: BinaryIO) -> Generator[_Row, None, None]:
     """The rows of a CSV file, decoded as they are read (the BOM of Excel's "CSV UTF-8" dropped)."""
     text = io.TextIOWrapper(raw, encoding="utf-8-sig", newline="")
     try:
