@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal, InvalidOperation
+from operator import itemgetter
 from pathlib import Path
 from typing import Any, BinaryIO, NamedTuple, TypeVar
 from zipfile import BadZipFile, ZipFile
@@ -359,8 +360,8 @@ class _Progress:
         self.rows = 0
         self._report(0, 2 * self.expected_rows)
 
-    def row_read(self) -> None:
-        self.rows += 1
+    def row_read(self, count: int = 1) -> None:
+        self.rows += count
         if self.rows % self.EVERY == 0:
             # Until the ranges are expanded, one unit a row is the best guess.
             self._report(self.rows, 2 * max(self.expected_rows, self.rows))
@@ -398,15 +399,24 @@ def _validate(
     known_dates: dict[tuple[object, object], tuple[str | None, str | None]] = {}
     order_cells: tuple[int, ...] = ()
     serial_at = serial_to_at = production_at = arrival_at = width = 0
+    order_key: Callable[[Sequence[object]], Any] = itemgetter(0)
+    date_key: Callable[[Sequence[object]], Any] = itemgetter(0)
+    batch = stage.batch
     for line, cells in rows:
         if text_cells and columns is not None and len(cells) >= width:
             serial = cells[serial_at]
             if (serial_to_at < 0 or not cells[serial_to_at]) and _PLAIN_SERIAL.fullmatch(serial):  # type: ignore[call-overload]
-                order_id = known_orders.get(tuple([cells[i] for i in order_cells]))
-                dates = known_dates.get((cells[production_at], cells[arrival_at]))
+                order_id = known_orders.get(order_key(cells))
+                dates = known_dates.get(date_key(cells))
                 if order_id is not None and dates is not None:
-                    meter.row_read()
-                    stage.add(serial, order_id, dates[0], dates[1], line)  # type: ignore[arg-type]
+                    # stage.add and meter.row_read, inline: this is the loop's hot path.
+                    batch.append((stage.units, serial, order_id, dates[0], dates[1], line))  # type: ignore[arg-type]
+                    stage.units += 1
+                    if len(batch) >= WRITE_BATCH:
+                        stage.flush()
+                    meter.rows += 1
+                    if meter.rows % meter.EVERY == 0:
+                        meter.row_read(0)
                     continue
         if all(_text(cell) == "" for cell in cells):
             continue
@@ -418,6 +428,7 @@ def _validate(
             )
             serial_to_at = columns.get("serial_to", -1)
             width = max(*order_cells, serial_at, serial_to_at, production_at, arrival_at) + 1
+            order_key, date_key = itemgetter(*order_cells), itemgetter(production_at, arrival_at)
             continue
         meter.row_read()
         problems: list[str] = []
@@ -439,10 +450,10 @@ def _validate(
             if not conflicts:
                 if len(known_orders) >= _KNOWN_LIMIT:
                     known_orders.clear()
-                known_orders[tuple([cells[i] for i in order_cells])] = order_id
+                known_orders[order_key(cells)] = order_id
             if len(known_dates) >= _KNOWN_LIMIT:
                 known_dates.clear()
-            known_dates[(cells[production_at], cells[arrival_at])] = (production, arrival)
+            known_dates[date_key(cells)] = (production, arrival)
     if columns is None:
         errors.append((0, "the file is empty: expected a header line naming the columns"))
     stage.finish()
@@ -703,9 +714,9 @@ class _Stage:
         self.batch.append((self.units, serial, order_id, production, arrival, line))
         self.units += 1
         if len(self.batch) >= WRITE_BATCH:
-            self._flush()
+            self.flush()
 
-    def _flush(self) -> None:
+    def flush(self) -> None:
         if not self.batch:
             return
         if self.postgres:
@@ -716,11 +727,11 @@ class _Stage:
             self.connection.exec_driver_sql(
                 f"INSERT INTO {self.TABLE} VALUES (?, ?, ?, ?, ?, ?)", self.batch  # noqa: S608
             )
-        self.batch = []
+        self.batch.clear()  # the same list: `_validate` appends to it
 
     def finish(self) -> None:
         """Every unit is staged: end the COPY, and index the table for `repeats` and the merge."""
-        self._flush()
+        self.flush()
         if self.postgres:
             self.__exit__(None, None, None)
             self.connection.exec_driver_sql(f"CREATE INDEX ON {self.TABLE} (n)")
