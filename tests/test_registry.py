@@ -8,6 +8,7 @@ from collections.abc import Callable
 from datetime import date, datetime
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import openpyxl
 import pytest
@@ -408,3 +409,41 @@ def test_the_same_registry_reports_and_errors_as_the_importer_before_streaming(
     played = registry_equivalence.play(engine, registry_equivalence.scenarios()[scenario], tmp_path)
 
     assert played == expected
+
+
+def test_units_are_staged_through_copy_on_postgresql_and_executemany_on_sqlite(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Observed at the libraries' own seams (psycopg's Cursor.copy, SQLAlchemy's cursor events); the calls go
+    # through unchanged.
+    import psycopg
+    from sqlalchemy import event
+
+    copies: list[str] = []
+    original = psycopg.Cursor.copy
+
+    def copy(self: psycopg.Cursor[Any], statement: Any, *args: Any, **kwargs: Any) -> Any:
+        copies.append(str(statement))
+        return original(self, statement, *args, **kwargs)
+
+    monkeypatch.setattr(psycopg.Cursor, "copy", copy)
+    staged: list[int] = []
+
+    def seen(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool) -> None:
+        if statement.startswith("INSERT INTO registry_import_stage"):
+            staged.append(len(parameters) if executemany else 1)
+
+    event.listen(engine, "before_cursor_execute", seen)
+    try:
+        report = run(engine, SAMPLE)
+    finally:
+        event.remove(engine, "before_cursor_execute", seen)
+
+    assert report.inserted == 1252
+    if engine.dialect.name == "postgresql":
+        assert copies == ["COPY registry_import_stage (n, serial, order_id, production_date, port_arrival_date, "
+                          "line) FROM STDIN"]
+        assert staged == []
+    else:
+        assert copies == []
+        assert staged == [1252]  # one executemany: the sample is smaller than a batch
