@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 from bench.common import DATABASES, REPO, Table, git_revision, machine, postgres_version, say
+from bench.targets import targets
 
 # name -> module; each module's run(databases, workdir, quick=...) returns a Table or a list of them.
 BENCHMARKS: dict[str, str] = {
@@ -89,6 +90,9 @@ def main(argv: list[str] | None = None) -> int:
             for table in made:
                 print(table.markdown() + "\n", flush=True)
 
+    summary = targets(tables, databases)
+    print(summary.markdown() + "\n", flush=True)
+    tables.insert(0, summary)
     report = render(info, command, tables, notes, time.monotonic() - started, quick=args.quick)
     if out is not None and str(out) != "-":
         write(out, report)

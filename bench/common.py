@@ -181,6 +181,8 @@ class Table:
     columns: Sequence[str]
     rows: list[Sequence[str]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    # Headline figures for the targets table of `python -m bench` (bench/targets.py), by name.
+    figures: dict[str, float] = field(default_factory=dict)
 
     def markdown(self) -> str:
         lines = [f"### {self.title}", ""]

@@ -2,26 +2,29 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import re
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal, InvalidOperation
+from operator import itemgetter
 from pathlib import Path
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, BinaryIO, NamedTuple, TypeVar
 from zipfile import BadZipFile, ZipFile
 
 import openpyxl
 from openpyxl.utils.exceptions import InvalidFileException
 from rapidfuzz.distance import OSA
-from sqlalchemy import Connection, Engine, Table, select
+from sqlalchemy import Connection, Engine, Table, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from bot.conversation import UnitFacts
+from bot.store.db import write_transaction
 from bot.store.models import RegistryOrder, RegistryUnit
 from policy import Policy, SerialRangeError, expand_range, normalize_serial
 
@@ -64,6 +67,9 @@ _AMOUNT = re.compile(r"\d+(?:\.\d+)?")
 # (25,000) would be a thousands separator, so only one or two are read as decimals.
 _DECIMAL_COMMA = re.compile(r"\d+,\d{1,2}")
 _SERIAL = re.compile(r"[A-Z0-9]+")
+# A serial written as it is stored: normalising it changes nothing and it is a valid serial as it stands.
+_PLAIN_SERIAL = re.compile(rf"[A-Z0-9]{{1,{_MAX_KEY}}}")
+_KNOWN_LIMIT = 10_000  # distinct order or date cells remembered while reading (bounded memory)
 _CURRENCY = re.compile(r"[A-Z]{3}")
 _TRUE = frozenset({"true", "yes", "1"})
 _FALSE = frozenset({"false", "no", "0", ""})
@@ -146,7 +152,9 @@ def import_registry(
 ) -> ImportReport:
     """Validate the registry file at `path` (CSV or XLSX), then upsert its orders and units in one go.
 
-    Every row is checked before anything is written: one bad row and nothing is imported. A re-import
+    The file is streamed: its units are staged in a temporary table as they are read (COPY on PostgreSQL,
+    executemany batches on SQLite), and merged into the registry once every row is valid, in one
+    transaction. One bad row and nothing is imported. A re-import
     updates changed values and adds new rows; orders and units missing from the file are kept.
 
     `progress(done, total)` counts one step per data row read, then one per unit written, for one bar
@@ -158,10 +166,18 @@ def import_registry(
     Raises:
         RegistryImportError: the file cannot be read, or has bad rows (all of them are listed).
     """
-    with _open(path, max_unpacked_bytes) as (rows, expected_rows):
+    with _open(path, max_unpacked_bytes) as (rows, expected_rows, text_cells), engine.connect() as connection:
         meter = _Progress(progress, expected_rows)
-        orders, units = _validate(rows, policy, meter)
-    return _write(engine, orders, units, meter)
+        try:
+            # The file's units go to a temporary table as they are read, a batch at a time, so that memory
+            # stays bounded; only the orders (a few per thousand units) are kept in memory.
+            with connection.begin(), _Stage(connection) as stage:
+                orders = _validate(rows, policy, meter, stage, text_cells=text_cells)
+            # Valid as a whole: merge it into the registry in one transaction.
+            with write_transaction(connection):
+                return _write(connection, orders, stage.units, meter)
+        finally:
+            _Stage.drop(connection)
 
 
 def lookup(session: Session, serials: Iterable[str]) -> dict[str, UnitFacts]:
@@ -228,8 +244,9 @@ _Row = tuple[int, Sequence[object]]
 
 
 @contextmanager
-def _open(path: Path, max_unpacked_bytes: int) -> Iterator[tuple[Iterator[_Row], int]]:
-    """The file's lines as (line number, cells), the header included, and the data rows it seems to hold."""
+def _open(path: Path, max_unpacked_bytes: int) -> Iterator[tuple[Iterator[_Row], int, bool]]:
+    """The file's lines as (line number, cells), the header included, the data rows it seems to hold, and
+    whether every cell is text (CSV) rather than a spreadsheet's typed values."""
     try:
         with path.open("rb") as file:
             magic = file.read(8)
@@ -240,8 +257,13 @@ def _open(path: Path, max_unpacked_bytes: int) -> Iterator[tuple[Iterator[_Row],
             [(0, "old Excel .xls files are not supported: save the sheet as .xlsx or CSV")]
         )
     if not magic.startswith(b"PK\x03\x04"):  # not a zip archive, so not XLSX whatever the file is called
-        text = _decode(path.read_bytes())
-        yield _csv_rows(text), text.count("\n") + (not text.endswith("\n")) - 1
+        expected = _count_rows(path)
+        with path.open("rb") as raw:
+            rows = _csv_rows(raw)
+            try:
+                yield rows, expected, True
+            finally:
+                rows.close()  # before the file: the reader lets go of it first
         return
     try:
         _check_unpacked_size(path, max_unpacked_bytes)
@@ -254,7 +276,7 @@ def _open(path: Path, max_unpacked_bytes: int) -> Iterator[tuple[Iterator[_Row],
         # Some writers store a wrong size, and read-only mode would cut the rows to it.
         sheet.reset_dimensions()
         # Missing rows come back empty, so counting from 1 gives the row numbers Excel shows.
-        yield enumerate(sheet.iter_rows(values_only=True), start=1), expected
+        yield enumerate(sheet.iter_rows(values_only=True), start=1), expected, False
     finally:
         workbook.close()
 
@@ -274,34 +296,57 @@ def _check_unpacked_size(path: Path, limit: int) -> None:
         ))])
 
 
-def _decode(data: bytes) -> str:
+_CHUNK = 1 << 20
+
+
+def _count_rows(path: Path) -> int:
+    """The data rows a CSV file seems to hold (its lines less the header), counted without decoding it."""
+    lines, last = 0, b"\n"
+    with path.open("rb") as raw:
+        while chunk := raw.read(_CHUNK):
+            lines += chunk.count(b"\n")
+            last = chunk[-1:]
+    return lines + (last != b"\n") - 1
+
+
+def _csv_rows(raw: BinaryIO) -> Generator[_Row, None, None]:
+    """The rows of a CSV file, decoded as they are read (the BOM of Excel's "CSV UTF-8" dropped)."""
+    text = io.TextIOWrapper(raw, encoding="utf-8-sig", newline="")
     try:
-        return data.decode("utf-8-sig")  # drops the BOM that Excel's "CSV UTF-8" writes
+        header = next((line for line in text if line.strip()), "")
+        # Header names hold none of these, so the header line alone tells the delimiter reliably.
+        delimiter = max((",", ";", "\t"), key=header.count)
+        text.seek(0)
+        reader = csv.reader(text, delimiter=delimiter)
+        end = 0
+        while True:
+            try:
+                cells = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as error:
+                raise RegistryImportError([(end + 1, f"not readable as CSV: {error}")]) from error
+            # A quoted cell may span lines; the row is where it starts, as an editor shows it.
+            start, end = end + 1, reader.line_num
+            yield start, cells
     except UnicodeDecodeError as error:
-        line = data.count(b"\n", 0, error.start) + 1
         raise RegistryImportError(
-            [(line, "the file is not UTF-8 text: save it as CSV UTF-8 (comma or semicolon delimited)")]
+            [(_undecodable_line(raw), "the file is not UTF-8 text: save it as CSV UTF-8 (comma or semicolon delimited)")]
         ) from error
+    finally:
+        text.detach()  # the caller closes the file
 
 
-def _csv_rows(text: str) -> Iterator[_Row]:
-    lines = io.StringIO(text, newline="")
-    header = next((line for line in lines if line.strip()), "")
-    # Header names hold none of these, so the header line alone tells the delimiter reliably.
-    delimiter = max((",", ";", "\t"), key=header.count)
-    lines.seek(0)
-    reader = csv.reader(lines, delimiter=delimiter)
-    end = 0
-    while True:
+def _undecodable_line(raw: BinaryIO) -> int:
+    """The first line that is not UTF-8 (a newline byte is never part of a UTF-8 character, so line by line
+    finds the same place as decoding the whole file)."""
+    raw.seek(0)
+    for number, line in enumerate(raw, start=1):
         try:
-            cells = next(reader)
-        except StopIteration:
-            return
-        except csv.Error as error:
-            raise RegistryImportError([(end + 1, f"not readable as CSV: {error}")]) from error
-        # A quoted cell may span lines; the row is where it starts, as an editor shows it.
-        start, end = end + 1, reader.line_num
-        yield start, cells
+            line.decode("utf-8")
+        except UnicodeDecodeError:
+            return number
+    return 0
 
 
 class _Progress:
@@ -315,8 +360,8 @@ class _Progress:
         self.rows = 0
         self._report(0, 2 * self.expected_rows)
 
-    def row_read(self) -> None:
-        self.rows += 1
+    def row_read(self, count: int = 1) -> None:
+        self.rows += count
         if self.rows % self.EVERY == 0:
             # Until the ranges are expanded, one unit a row is the best guess.
             self._report(self.rows, 2 * max(self.expected_rows, self.rows))
@@ -337,19 +382,53 @@ class _Bad(ValueError):
 
 
 def _validate(
-    rows: Iterator[_Row], policy: Policy, meter: _Progress
-) -> tuple[dict[str, _Order], dict[str, _Unit]]:
+    rows: Iterator[_Row], policy: Policy, meter: _Progress, stage: _Stage, *, text_cells: bool
+) -> dict[str, _Order]:
+    """Read and check every row, staging each unit; the file's orders, or every problem of the file raised.
+
+    `text_cells` (a CSV file): a row whose order cells and date cells are the very text of a row already
+    read, and whose serial is plain, needs no parsing again. A registry repeats its order's five values and
+    its batches' dates on thousands of rows, so most rows take the short way; every other row, and every row
+    of a spreadsheet (whose typed cells 1, 1.0 and True look alike as keys), is read cell by cell.
+    """
     errors: list[tuple[int, str]] = []
     columns: dict[str, int] | None = None
     orders: dict[str, _Order] = {}
     order_lines: dict[str, int] = {}
-    units: dict[str, _Unit] = {}
-    unit_lines: dict[str, int] = {}
+    known_orders: dict[tuple[object, ...], str] = {}  # order cells as written -> order id, when valid
+    known_dates: dict[tuple[object, object], tuple[str | None, str | None]] = {}
+    order_cells: tuple[int, ...] = ()
+    serial_at = serial_to_at = production_at = arrival_at = width = 0
+    order_key: Callable[[Sequence[object]], Any] = itemgetter(0)
+    date_key: Callable[[Sequence[object]], Any] = itemgetter(0)
+    batch = stage.batch
     for line, cells in rows:
+        if text_cells and columns is not None and len(cells) >= width:
+            serial = cells[serial_at]
+            if (serial_to_at < 0 or not cells[serial_to_at]) and _PLAIN_SERIAL.fullmatch(serial):  # type: ignore[call-overload]
+                order_id = known_orders.get(order_key(cells))
+                dates = known_dates.get(date_key(cells))
+                if order_id is not None and dates is not None:
+                    # stage.add and meter.row_read, inline: this is the loop's hot path.
+                    batch.append((stage.units, serial, order_id, dates[0], dates[1], line))  # type: ignore[arg-type]
+                    stage.units += 1
+                    if len(batch) >= WRITE_BATCH:
+                        stage.flush()
+                    meter.rows += 1
+                    if meter.rows % meter.EVERY == 0:
+                        meter.row_read(0)
+                    continue
         if all(_text(cell) == "" for cell in cells):
             continue
         if columns is None:
             columns = _header(line, cells)
+            order_cells = tuple(columns[name] for name in ("order_id", *_Order._fields))
+            serial_at, production_at, arrival_at = (
+                columns[name] for name in ("serial", "production_date", "port_arrival_date")
+            )
+            serial_to_at = columns.get("serial_to", -1)
+            width = max(*order_cells, serial_at, serial_to_at, production_at, arrival_at) + 1
+            order_key, date_key = itemgetter(*order_cells), itemgetter(production_at, arrival_at)
             continue
         meter.row_read()
         problems: list[str] = []
@@ -359,26 +438,30 @@ def _validate(
             continue
         order_id, order, serials, unit = parsed
         if order_id in orders:
-            errors.extend(
-                (line, problem)
-                for problem in _conflicts(order_id, orders[order_id], order, order_lines[order_id])
-            )
+            conflicts = _conflicts(order_id, orders[order_id], order, order_lines[order_id])
+            errors.extend((line, problem) for problem in conflicts)
         else:
-            orders[order_id], order_lines[order_id] = order, line
-        repeated = [serial for serial in serials if serial in unit_lines]
-        if repeated:
-            more = f" ({len(repeated)} serials of this range are listed earlier)" if len(repeated) > 1 else ""
-            errors.append(
-                (line, f"serial: {repeated[0]} is already listed on line {unit_lines[repeated[0]]}{more}")
-            )
+            orders[order_id], order_lines[order_id], conflicts = order, line, []
+        production = None if unit.production_date is None else unit.production_date.isoformat()
+        arrival = None if unit.port_arrival_date is None else unit.port_arrival_date.isoformat()
         for serial in serials:
-            unit_lines.setdefault(serial, line)
-            units[serial] = unit
+            stage.add(serial, order_id, production, arrival, line)
+        if text_cells and len(cells) >= width:
+            if not conflicts:
+                if len(known_orders) >= _KNOWN_LIMIT:
+                    known_orders.clear()
+                known_orders[order_key(cells)] = order_id
+            if len(known_dates) >= _KNOWN_LIMIT:
+                known_dates.clear()
+            known_dates[date_key(cells)] = (production, arrival)
     if columns is None:
         errors.append((0, "the file is empty: expected a header line naming the columns"))
+    stage.finish()
+    # Problems are sorted by line (stably) when raised, so a row's repeated serial follows its other problems.
+    errors.extend(stage.repeats())
     if errors:
         raise RegistryImportError(errors)
-    return orders, units
+    return orders
 
 
 def _header(line: int, cells: Sequence[object]) -> dict[str, int]:
@@ -581,41 +664,144 @@ def _as_money(value: object) -> Decimal | None:
 # Writing --------------------------------------------------------------------------------------------------
 
 
-def _write(
-    engine: Engine, orders: dict[str, _Order], units: dict[str, _Unit], meter: _Progress
-) -> ImportReport:
-    total = len(units)
-    meter.units_written(0, total)
-    with engine.begin() as connection:
-        # Comparing with what is stored first means unchanged rows are not rewritten (no dead tuples on
-        # PostgreSQL, a fast no-op re-import) and the report can tell new rows from changed ones.
-        stored_orders = _stored(connection, _ORDERS, _Order._fields, list(orders))
-        new_orders = [key for key in orders if key not in stored_orders]
-        changed_orders = [key for key in orders if key in stored_orders and stored_orders[key] != orders[key]]
-        # Orders first: units hold a foreign key to them.
-        _upsert(
-            connection,
-            _ORDERS,
-            [{"order_id": key, **orders[key]._asdict()} for key in [*new_orders, *changed_orders]],
+class _Stage:
+    """The file's units in a temporary table of the import's connection, written a batch at a time as the
+    file is read: through COPY on PostgreSQL (psycopg's copy API), executemany on SQLite. Nothing else sees
+    it; `_write` merges it into the registry. `n` numbers the units in file order."""
+
+    TABLE = "registry_import_stage"
+    COLUMNS = ("n", "serial", "order_id", "production_date", "port_arrival_date", "line")
+
+    def __init__(self, connection: Connection) -> None:
+        self.connection = connection
+        self.postgres = connection.dialect.name == "postgresql"
+        if connection.dialect.name not in ("postgresql", "sqlite"):
+            raise NotImplementedError(
+                f"the registry import supports SQLite and PostgreSQL, not {connection.dialect.name}"
+            )
+        self.units = 0
+        self.batch: list[tuple[int, str, str, str | None, str | None, int]] = []
+        self._copy: Any = None  # psycopg's Copy, while the COPY is open
+        self._copying: Any = None
+        self._cursor: Any = None
+        self.drop(connection)
+        if self.postgres:
+            connection.exec_driver_sql(
+                f"CREATE TEMPORARY TABLE {self.TABLE} (n bigint NOT NULL, serial varchar(64) NOT NULL, "
+                "order_id varchar(64) NOT NULL, production_date date, port_arrival_date date, line integer NOT NULL)"
+            )
+            self._cursor = connection.connection.driver_connection.cursor()  # type: ignore[union-attr]
+            self._copying = self._cursor.copy(f"COPY {self.TABLE} ({', '.join(self.COLUMNS)}) FROM STDIN")
+            self._copy = self._copying.__enter__()
+        else:
+            connection.exec_driver_sql(
+                f"CREATE TEMPORARY TABLE {self.TABLE} (n INTEGER PRIMARY KEY, serial TEXT NOT NULL, "
+                "order_id TEXT NOT NULL, production_date TEXT, port_arrival_date TEXT, line INTEGER NOT NULL)"
+            )
+
+    def __enter__(self) -> _Stage:
+        return self
+
+    def __exit__(self, *failure: Any) -> None:
+        # A COPY still open holds the connection: end it (with the failure, which aborts it) before the
+        # transaction is rolled back.
+        if self._copy is not None:
+            self._copy = None
+            self._copying.__exit__(*failure)
+            self._cursor.close()
+
+    def add(self, serial: str, order_id: str, production: str | None, arrival: str | None, line: int) -> None:
+        self.batch.append((self.units, serial, order_id, production, arrival, line))
+        self.units += 1
+        if len(self.batch) >= WRITE_BATCH:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.batch:
+            return
+        if self.postgres:
+            write = self._copy.write_row
+            for row in self.batch:
+                write(row)
+        else:
+            self.connection.exec_driver_sql(
+                f"INSERT INTO {self.TABLE} VALUES (?, ?, ?, ?, ?, ?)", self.batch  # noqa: S608
+            )
+        self.batch.clear()  # the same list: `_validate` appends to it
+
+    def finish(self) -> None:
+        """Every unit is staged: end the COPY, and index the table for `repeats` and the merge."""
+        self.flush()
+        if self.postgres:
+            self.__exit__(None, None, None)
+            self.connection.exec_driver_sql(f"CREATE INDEX ON {self.TABLE} (n)")
+            self.connection.exec_driver_sql(f"ANALYZE {self.TABLE}")
+
+    def repeats(self) -> list[tuple[int, str]]:
+        """A problem for each row that lists serials an earlier row listed, as the first of them names."""
+        found = self.connection.exec_driver_sql(
+            f"SELECT s.line, s.serial, f.first FROM {self.TABLE} s JOIN (SELECT serial, MIN(line) AS first "  # noqa: S608
+            f"FROM {self.TABLE} GROUP BY serial HAVING COUNT(*) > 1) f ON f.serial = s.serial "
+            "WHERE s.line > f.first ORDER BY s.n"
         )
-        inserted = updated = done = 0
-        serials = list(units)
-        for batch in _chunks(serials, WRITE_BATCH):
-            stored_units = _stored(connection, _UNITS, _Unit._fields, batch)
-            rows = []
-            for serial in batch:
-                unit = units[serial]
-                before = stored_units.get(serial)
-                if before is None:
-                    inserted += 1
-                elif before != unit:
-                    updated += 1
-                else:
-                    continue
-                rows.append({"serial": serial, **unit._asdict()})
-            _upsert(connection, _UNITS, rows)
-            done += len(batch)
-            meter.units_written(done, total)
+        rows: dict[int, list[tuple[str, int]]] = {}
+        for line, serial, first in found:
+            rows.setdefault(line, []).append((serial, first))
+        problems = []
+        for line, repeated in rows.items():
+            serial, first = repeated[0]
+            more = f" ({len(repeated)} serials of this range are listed earlier)" if len(repeated) > 1 else ""
+            problems.append((line, f"serial: {serial} is already listed on line {first}{more}"))
+        return problems
+
+    @classmethod
+    def drop(cls, connection: Connection) -> None:
+        if connection.invalidated or connection.closed:
+            return
+        with connection.begin() if not connection.in_transaction() else contextlib.nullcontext():
+            connection.exec_driver_sql(f"DROP TABLE IF EXISTS {cls.TABLE}")
+
+
+def _write(connection: Connection, orders: dict[str, _Order], total: int, meter: _Progress) -> ImportReport:
+    """Merge the staged units and the orders into the registry (in the caller's transaction)."""
+    meter.units_written(0, total)
+    # Comparing with what is stored first means unchanged rows are not rewritten (no dead tuples on
+    # PostgreSQL, a fast no-op re-import) and the report can tell new rows from changed ones.
+    stored_orders = _stored(connection, _ORDERS, _Order._fields, list(orders))
+    new_orders = [key for key in orders if key not in stored_orders]
+    changed_orders = [key for key in orders if key in stored_orders and stored_orders[key] != orders[key]]
+    # Orders first: units hold a foreign key to them.
+    _upsert(
+        connection,
+        _ORDERS,
+        [{"order_id": key, **orders[key]._asdict()} for key in [*new_orders, *changed_orders]],
+    )
+    differs = "IS DISTINCT FROM" if connection.dialect.name == "postgresql" else "IS NOT"
+    stage = _Stage.TABLE
+    changed = " OR ".join(
+        f"{{old}}.{name} {differs} {{new}}.{name}" for name in ("order_id", "production_date", "port_arrival_date")
+    )
+    # Only constants are formatted into these statements (the stage's name, column names, an operator).
+    count = text(
+        f"SELECT COUNT(*) - COUNT(u.serial), "  # noqa: S608
+        f"COALESCE(SUM(CASE WHEN u.serial IS NOT NULL AND ({changed.format(old='u', new='s')}) THEN 1 ELSE 0 END), 0) "
+        f"FROM {stage} s LEFT JOIN registryunit u ON u.serial = s.serial WHERE s.n >= :start AND s.n < :end"
+    )
+    merge = text(
+        "INSERT INTO registryunit (serial, order_id, production_date, port_arrival_date) "  # noqa: S608
+        f"SELECT serial, order_id, production_date, port_arrival_date FROM {stage} "
+        "WHERE n >= :start AND n < :end "
+        "ON CONFLICT (serial) DO UPDATE SET order_id = excluded.order_id, "
+        "production_date = excluded.production_date, port_arrival_date = excluded.port_arrival_date "
+        f"WHERE {changed.format(old='registryunit', new='excluded')}"
+    )
+    inserted = updated = 0
+    for start in range(0, total, WRITE_BATCH):
+        bounds = {"start": start, "end": start + WRITE_BATCH}
+        new, different = connection.execute(count, bounds).one()
+        inserted, updated = inserted + new, updated + different
+        connection.execute(merge, bounds)
+        meter.units_written(min(total, start + WRITE_BATCH), total)
     return ImportReport(
         orders=len(orders),
         units=total,

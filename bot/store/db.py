@@ -22,7 +22,7 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event, exc, text
+from sqlalchemy import Connection, Engine, create_engine, event, exc, text
 from sqlalchemy.engine import ExceptionContext, make_url
 from sqlmodel import Session
 
@@ -211,3 +211,17 @@ def upgrade(engine: Engine) -> None:
             connection.rollback()
             connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": key})
             connection.commit()
+
+
+@contextmanager
+def write_transaction(connection: Connection) -> Iterator[Connection]:
+    """One writing transaction on a connection already checked out (one that holds a temporary table, say):
+    committed when the block ends normally, rolled back otherwise; on SQLite it begins IMMEDIATE, under the
+    process's writer lock, as `session_scope` does."""
+    token = _writing.set(True)
+    lock = _sqlite_writer(connection.engine) if is_sqlite(connection.engine) else contextlib.nullcontext()
+    try:
+        with lock, connection.begin():
+            yield connection
+    finally:
+        _writing.reset(token)
