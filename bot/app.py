@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import time
 from dataclasses import dataclass
 
 from sqlalchemy import Engine as DbEngine
@@ -12,7 +14,10 @@ from bot.desk import Desk
 from bot.engine import Engine, EngineConfig
 from bot.render import Renderer
 from bot.store import make_engine, upgrade
+from bot.store.db import is_transient
 from policy import Policy, default_policy, load_policy
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -68,3 +73,18 @@ def build(
         desk=Desk(engine),
         attachments=attachments,
     )
+
+
+def build_when_storage_allows(settings: Settings, *, external_desks: tuple[str, ...] = ()) -> Bot:
+    """Build the bot; while the database cannot be opened or upgraded for a passing reason (read-only or
+    full storage, PostgreSQL not up yet), wait and try again rather than exit."""
+    failures = 0
+    while True:
+        try:
+            return build(settings, external_desks=external_desks)
+        except Exception as error:
+            if not is_transient(error):
+                raise
+            failures += 1
+            log.warning("database not usable yet, trying again: %s", str(error).splitlines()[0][:300])
+            time.sleep(min(settings.retry_backoff_max_seconds, 0.5 * failures))

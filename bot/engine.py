@@ -45,6 +45,7 @@ from sqlalchemy.sql.elements import ColumnElement
 from sqlmodel import Session, col
 
 from bot import conversation as conv
+from bot.conversation import UnitFacts
 from bot.language import detect, hint_language, hint_variant, preload
 from bot.messages import Attachment, Button, InboundMessage, OutboundMessage
 from bot.outbox import enqueue, enqueue_event, to_payload
@@ -66,7 +67,7 @@ from bot.store import (
 from bot.store.clock import utcnow
 from bot.store.db import is_transient
 from bot.understanding import default_lexicon, fold, understand
-from policy import Outcome, Policy, claim_to_json, decision_to_json
+from policy import Outcome, Policy, claim_to_json, decision_to_json, normalize_serial
 
 log = logging.getLogger(__name__)
 
@@ -119,12 +120,14 @@ class Engine:
     outbox_signal: threading.Event = field(default_factory=threading.Event)
     _statements: _Statements = field(default_factory=lambda: _Statements(), init=False, repr=False)
 
-    def warm_up(self) -> None:
-        """Load what the first customer message would otherwise wait for: the language detector's models
-        and every template, compiled (about 1.5 s once per process; docs/performance.md)."""
+    def warm_up(self, *, templates: bool = True) -> None:
+        """Load what the first customer message would otherwise wait for: the language detector's models and
+        the lexicon (once per process), and every template compiled (once per renderer; `templates=False`
+        leaves those to compile on first use)."""
         preload()
-        self.renderer.preload()
         default_lexicon()
+        if templates:
+            self.renderer.preload()
 
     # --- inbox ------------------------------------------------------------------------------------------
 
@@ -237,6 +240,16 @@ class Engine:
         messages = [inbound_from_payload(row.payload) for row in sorted(claimed, key=lambda r: int(r.id))]
         contexts = self._contexts(session, messages)
         hot = _Hot()
+        # Every serial the batch's messages mention or their conversations hold, in one registry query.
+        for message in messages:
+            context = contexts.get((message.channel, message.chat_id))
+            known = context[2] if context is not None else None
+            if known is not None:
+                hot.looked_up.update(conv.State.from_dict({**known.data, "name": known.state}).serials)
+            text = message.text[: self.config.max_text_chars]
+            hot.looked_up.update(understand(text, default_lexicon(), self.policy).serials)
+        hot.looked_up = {normalize_serial(s) for s in hot.looked_up} - {""}
+        hot.registry = lookup(session, hot.looked_up) if hot.looked_up else {}
         session.info[_HOT] = hot
         # Nothing is flushed behind the engine's back: the batch's rows go out together at its end.
         with session.no_autoflush:
@@ -391,7 +404,12 @@ class Engine:
         conversation: Conversation,
     ) -> conv.Facts:
         mentioned = understand(text, default_lexicon(), self.policy).serials
-        registry = lookup(session, set(state.serials) | set(mentioned))
+        wanted = {normalize_serial(s) for s in (*state.serials, *mentioned)} - {""}
+        hot = session.info.get(_HOT)
+        if hot is not None and wanted <= hot.looked_up:  # the batch looked them up together
+            registry = {s: hot.registry[s] for s in wanted if s in hot.registry}
+        else:
+            registry = lookup(session, wanted)
         unknown = [s for s in mentioned if s not in registry]
         last_case = None
         if case is None and state.name == "closed":
@@ -826,6 +844,8 @@ class _Hot:
 
     messages: list[dict[str, Any]] = field(default_factory=list)
     outbox: list[dict[str, Any]] = field(default_factory=list)
+    looked_up: set[str] = field(default_factory=set)  # serials (normalised) looked up for the batch
+    registry: dict[str, UnitFacts] = field(default_factory=dict)  # what the registry knows of them
 
     def log(
         self,
