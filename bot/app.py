@@ -56,6 +56,7 @@ def build(
         attachment_max_mb=max(1, settings.attachment_max_bytes // (1024 * 1024)),
         external_desks=external_desks,
         max_attempts=settings.inbox_max_attempts,
+        batch_size=settings.inbox_batch_size,
         retry_backoff_max_seconds=settings.retry_backoff_max_seconds,
     )
     engine = Engine(db=db, policy=policy, renderer=renderer, config=config)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import re
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from datetime import date, datetime, timedelta
@@ -107,6 +108,7 @@ class EngineConfig:
     max_attempts: int = 5  # a message that fails the same way this many times is parked
     retry_backoff_max_seconds: float = 60.0
     batch_size: int = 32  # chats whose head message one transaction processes (group commit)
+    batch_seconds: float = 0.1  # a batch that took longer (it holds the write lock): the next ones smaller
 
 
 @dataclass
@@ -119,6 +121,10 @@ class Engine:
     inbox_signal: threading.Event = field(default_factory=threading.Event)
     outbox_signal: threading.Event = field(default_factory=threading.Event)
     _statements: _Statements = field(default_factory=lambda: _Statements(), init=False, repr=False)
+    _batch: int = field(default=0, init=False, repr=False)  # the current batch size (see _process_pending)
+
+    def __post_init__(self) -> None:
+        self._batch = self.config.batch_size
 
     def warm_up(self, *, templates: bool = True) -> None:
         """Load what the first customer message would otherwise wait for: the language detector's models and
@@ -190,7 +196,17 @@ class Engine:
     def _process_pending(self, limit: int) -> int:
         done = 0
         while done < limit:
-            claimed, more = self._process_batch(min(self.config.batch_size, limit - done))
+            # On SQLite a batch holds the one write lock while it runs (the webhooks' inserts wait for it): its
+            # size halves when a full batch took longer than `batch_seconds`, and grows back to the bound. On
+            # PostgreSQL a batch holds only its own chats' rows.
+            size = min(self._batch, limit - done)
+            started = time.monotonic()
+            claimed, more = self._process_batch(size)
+            slow = time.monotonic() - started > self.config.batch_seconds and self.db.dialect.name == "sqlite"
+            if claimed == size and slow:
+                self._batch = max(1, self._batch // 2)
+            elif claimed == size:
+                self._batch = min(self.config.batch_size, self._batch * 2)
             done += claimed
             if not more:
                 break  # nothing waiting, or only chats held by a parked message or a pause
@@ -247,7 +263,8 @@ class Engine:
             if known is not None:
                 hot.looked_up.update(conv.State.from_dict({**known.data, "name": known.state}).serials)
             text = message.text[: self.config.max_text_chars]
-            hot.looked_up.update(understand(text, default_lexicon(), self.policy).serials)
+            hot.mentioned[text] = self._serials_in(text)
+            hot.looked_up.update(hot.mentioned[text])
         hot.looked_up = {normalize_serial(s) for s in hot.looked_up} - {""}
         hot.registry = lookup(session, hot.looked_up) if hot.looked_up else {}
         session.info[_HOT] = hot
@@ -403,9 +420,9 @@ class Engine:
         detected: str | None,
         conversation: Conversation,
     ) -> conv.Facts:
-        mentioned = understand(text, default_lexicon(), self.policy).serials
-        wanted = {normalize_serial(s) for s in (*state.serials, *mentioned)} - {""}
         hot = session.info.get(_HOT)
+        mentioned = hot.mentioned[text] if hot is not None and text in hot.mentioned else self._serials_in(text)
+        wanted = {normalize_serial(s) for s in (*state.serials, *mentioned)} - {""}
         if hot is not None and wanted <= hot.looked_up:  # the batch looked them up together
             registry = {s: hot.registry[s] for s in wanted if s in hot.registry}
         else:
@@ -431,6 +448,9 @@ class Engine:
             max_units=self.config.max_claim_units,
             last_case_ref=last_case,
         )
+
+    def _serials_in(self, text: str) -> tuple[str, ...]:
+        return tuple(understand(text, default_lexicon(), self.policy).serials)
 
     def _labels(self, offered: tuple[str, ...]) -> dict[str, str]:
         """The offered buttons' labels in every language, folded, as a customer may type one back."""
@@ -845,6 +865,7 @@ class _Hot:
     messages: list[dict[str, Any]] = field(default_factory=list)
     outbox: list[dict[str, Any]] = field(default_factory=list)
     looked_up: set[str] = field(default_factory=set)  # serials (normalised) looked up for the batch
+    mentioned: dict[str, tuple[str, ...]] = field(default_factory=dict)  # text -> the serials it mentions
     registry: dict[str, UnitFacts] = field(default_factory=dict)  # what the registry knows of them
 
     def log(
