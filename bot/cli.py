@@ -318,6 +318,8 @@ def serve(
     from bot.server import run_server
 
     current = settings()
+    if workers > 1 and not no_worker and current.database_url.startswith("sqlite"):
+        fail("SQLite has one writer: run one worker (--workers 1), or use PostgreSQL for more")
     try:
         run_server(current, host=host or current.host, port=port or current.port, workers=0 if no_worker else workers)
     except ValueError as error:  # a channel refused its settings (e.g. a webhook without a secret)

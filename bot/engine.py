@@ -132,8 +132,18 @@ class Engine:
         leaves those to compile on first use)."""
         preload()
         default_lexicon()
+        self._warm_statements()
         if templates:
             self.renderer.preload()
+
+    def _warm_statements(self) -> None:
+        """Compile the claim and the batch's load into SQLAlchemy's cache (they change nothing: a batch of
+        none, chats that do not exist; rolled back all the same)."""
+        with Session(self.db) as session:
+            dialect = session.get_bind().dialect.name
+            session.execute(self._statements.claim(dialect, one=False), {"now": utcnow(), "batch": 0})
+            session.execute(self._statements.contexts, {"keys": [("", "")]})
+            session.rollback()
 
     # --- inbox ------------------------------------------------------------------------------------------
 
