@@ -36,7 +36,11 @@ class Serve(Server):
                 [sys.executable, "-m", "bot.cli", "serve", "--port", str(self.port), *self.options],
                 cwd=self.workdir, env=self.env, stdout=log, stderr=subprocess.STDOUT,
             )
-        wait_until(self._healthy, timeout=60, what="the server to answer /healthz")
+        try:
+            wait_until(self._healthy, timeout=60, what="the server to answer /healthz")
+        except AssertionError:
+            self.stop()
+            raise
 
     def workers(self) -> list[int]:
         """The pids of this server's worker processes."""
