@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import time
 from dataclasses import dataclass
 
 from sqlalchemy import Engine as DbEngine
@@ -14,7 +16,10 @@ from bot.fulfilment import Terms, parse_sla
 from bot.render import Renderer
 from bot.report import AlertRule
 from bot.store import make_engine, upgrade
+from bot.store.db import is_transient
 from policy import Policy, default_policy, load_policy
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -53,6 +58,7 @@ def build(
         attachment_max_mb=max(1, settings.attachment_max_bytes // (1024 * 1024)),
         external_desks=external_desks,
         max_attempts=settings.inbox_max_attempts,
+        batch_size=settings.inbox_batch_size,
         retry_backoff_max_seconds=settings.retry_backoff_max_seconds,
         batch_alerts=AlertRule(
             claims=settings.batch_alert_claims,
@@ -82,3 +88,18 @@ def build(
         desk=Desk(engine),
         attachments=attachments,
     )
+
+
+def build_when_storage_allows(settings: Settings, *, external_desks: tuple[str, ...] = ()) -> Bot:
+    """Build the bot; while the database cannot be opened or upgraded for a passing reason (read-only or
+    full storage, PostgreSQL not up yet), wait and try again rather than exit."""
+    failures = 0
+    while True:
+        try:
+            return build(settings, external_desks=external_desks)
+        except Exception as error:
+            if not is_transient(error):
+                raise
+            failures += 1
+            log.warning("database not usable yet, trying again: %s", str(error).splitlines()[0][:300])
+            time.sleep(min(settings.retry_backoff_max_seconds, 0.5 * failures))

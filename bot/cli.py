@@ -515,15 +515,44 @@ def chat(
 def serve(
     host: Annotated[str | None, typer.Option(help="Address to listen on (HOST).")] = None,
     port: Annotated[int | None, typer.Option(help="Port to listen on (PORT).")] = None,
+    workers: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Worker processes that process the inbox beside the web front; more than one only on "
+            "PostgreSQL.",
+        ),
+    ] = 1,
+    no_worker: Annotated[
+        bool,
+        typer.Option("--no-worker", help="Start no worker: run `warranty-bot worker` elsewhere."),
+    ] = False,
 ) -> None:
-    """Run the bot: web chat, local desk and every configured channel on one port."""
+    """Run the bot: web chat, local desk and every configured channel on one port, and its worker."""
     from bot.server import run_server
 
     current = settings()
+    if workers > 1 and not no_worker and current.database_url.startswith("sqlite"):
+        fail("SQLite has one writer: run one worker (--workers 1), or use PostgreSQL for more")
     try:
-        run_server(current, host=host or current.host, port=port or current.port)
+        run_server(current, host=host or current.host, port=port or current.port, workers=0 if no_worker else workers)
     except ValueError as error:  # a channel refused its settings (e.g. a webhook without a secret)
         fail(f"cannot start: {error}")
+
+
+@app.command("worker")
+def worker(
+    attached: Annotated[
+        bool, typer.Option("--attached", hidden=True, help="Started by serve: wake-ups over stdin and stdout.")
+    ] = False,
+) -> None:
+    """Process the inbox (no web front): one beside `serve --no-worker`, or more on PostgreSQL.
+
+    Stops after the transaction under way on SIGTERM or Ctrl-C; killed at any moment, it loses nothing.
+    """
+    from bot.worker import run_worker
+
+    run_worker(settings(), attached=attached)
 
 
 def main() -> None:

@@ -46,6 +46,7 @@ class Settings(BaseSettings):
     outbox_retry_hours: float = Field(default=72.0, gt=0)
     retry_backoff_max_seconds: float = Field(default=60.0, gt=0)
     inbox_max_attempts: int = Field(default=5, gt=0)
+    inbox_batch_size: int = Field(default=32, gt=0, le=1000)  # chats one worker transaction processes
     worker_id: str = Field(default="", max_length=128)
     max_text_chars: int = Field(default=4000, gt=0)
     max_claim_units: int = Field(default=1000, gt=0)

@@ -3,6 +3,15 @@
 One inbound message is processed in one transaction: the conversation's new state, the message log, the
 case and its audit rows and the outbox rows commit together, or not at all. Messages of one conversation
 are processed one at a time in arrival order, whatever the number of workers.
+
+Group commit: a worker claims the oldest waiting message (the head) of up to `batch_size` chats at once and
+processes them in one transaction, so that one commit (one fsync) serves them all. A chat has at most one
+message in a batch, so its order holds; a batch that fails is rolled back and its messages are processed
+again one by one, each in its own transaction, so that one bad message holds back only its own chat.
+
+The hot path (claim, load, log, queue) runs on SQLAlchemy Core statements built once per engine, whose
+compiled forms SQLAlchemy caches; about six statements a message (tests/test_engine_statements.py). The
+ORM stays where nothing is hot: opening a case, effects, the desk.
 """
 
 from __future__ import annotations
@@ -10,21 +19,39 @@ from __future__ import annotations
 import logging
 import re
 import threading
+import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from datetime import date, datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, func, or_, select, update
+from sqlalchemy import (
+    CursorResult,
+    Row,
+    Table,
+    and_,
+    bindparam,
+    func,
+    insert,
+    literal_column,
+    or_,
+    select,
+    tuple_,
+    update,
+)
 from sqlalchemy import Engine as DbEngine
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.sql.dml import ReturningUpdate
+from sqlalchemy.sql.elements import ColumnElement
 from sqlmodel import Session, col
 
 from bot import conversation as conv
 from bot import fulfilment
+from bot.conversation import UnitFacts
 from bot.fulfilment import Terms
-from bot.language import detect, hint_language, hint_variant
+from bot.language import detect, hint_language, hint_variant, preload
 from bot.messages import Attachment, Button, InboundMessage, OutboundMessage
-from bot.outbox import enqueue, enqueue_event
+from bot.outbox import enqueue, enqueue_event, to_payload
 from bot.registry import lookup, near_serials
 from bot.render import Renderer
 from bot.report import AlertRule, alert_detail, check_batches
@@ -39,15 +66,15 @@ from bot.store import (
     Fulfilment,
     InboxItem,
     Message,
+    OutboxItem,
     RegistryOrder,
     StoredAttachment,
-    lock_chat,
     session_scope,
 )
 from bot.store.clock import utcnow
 from bot.store.db import is_transient
 from bot.understanding import default_lexicon, fold, understand
-from policy import Outcome, Policy, claim_to_json, decision_to_json
+from policy import Outcome, Policy, claim_to_json, decision_to_json, normalize_serial
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +116,8 @@ class EngineConfig:
     retry_backoff_max_seconds: float = 60.0
     batch_alerts: AlertRule = field(default_factory=AlertRule)  # off unless a threshold is set (bot/report.py)
     fulfilment: Terms = field(default_factory=Terms)  # return address, RMA prefix, reminders (bot/fulfilment.py)
+    batch_size: int = 32  # chats whose head message one transaction processes (group commit)
+    batch_seconds: float = 0.1  # a batch that took longer (it holds the write lock): the next ones smaller
 
 
 @dataclass
@@ -100,6 +129,30 @@ class Engine:
     # Set when new rows wait: the inbox worker and the deliverer wake on it instead of polling.
     inbox_signal: threading.Event = field(default_factory=threading.Event)
     outbox_signal: threading.Event = field(default_factory=threading.Event)
+    _statements: _Statements = field(default_factory=lambda: _Statements(), init=False, repr=False)
+    _batch: int = field(default=0, init=False, repr=False)  # the current batch size (see _process_pending)
+
+    def __post_init__(self) -> None:
+        self._batch = self.config.batch_size
+
+    def warm_up(self, *, templates: bool = True) -> None:
+        """Load what the first customer message would otherwise wait for: the language detector's models and
+        the lexicon (once per process), and every template compiled (once per renderer; `templates=False`
+        leaves those to compile on first use)."""
+        preload()
+        default_lexicon()
+        self._warm_statements()
+        if templates:
+            self.renderer.preload()
+
+    def _warm_statements(self) -> None:
+        """Compile the claim and the batch's load into SQLAlchemy's cache (they change nothing: a batch of
+        none, chats that do not exist; rolled back all the same)."""
+        with Session(self.db) as session:
+            dialect = session.get_bind().dialect.name
+            session.execute(self._statements.claim(dialect, one=False), {"now": utcnow(), "batch": 0})
+            session.execute(self._statements.contexts, {"keys": [("", "")]})
+            session.rollback()
 
     # --- inbox ------------------------------------------------------------------------------------------
 
@@ -162,79 +215,94 @@ class Engine:
     def _process_pending(self, limit: int) -> int:
         done = 0
         while done < limit:
-            now = utcnow()
-            with Session(self.db) as session:
-                # The oldest waiting message of each chat is its head; chats whose head is parked or pausing
-                # after a failure are skipped here, so that they never crowd out the others.
-                heads = (
-                    select(func.min(col(InboxItem.id)).label("id"))
-                    .where(col(InboxItem.status).in_((PENDING, PARKED)))
-                    .group_by(col(InboxItem.channel), col(InboxItem.chat_id))
-                    .subquery()
-                )
-                rows = session.execute(
-                    select(col(InboxItem.channel), col(InboxItem.chat_id))
-                    .where(
-                        col(InboxItem.id).in_(select(heads.c.id)),
-                        col(InboxItem.status) == PENDING,
-                        or_(col(InboxItem.next_attempt_at).is_(None), col(InboxItem.next_attempt_at) <= now),
-                    )
-                    .order_by(col(InboxItem.id))
-                    .limit(64)
-                ).all()
-            # Each chat with waiting messages once per round, oldest first; process_chat takes its oldest.
-            chats = list(dict.fromkeys((row.channel, row.chat_id) for row in rows))
-            progress = 0
-            for channel, chat_id in chats[: limit - done]:
-                if self.process_chat(channel, chat_id):
-                    progress += 1
-            if not progress:
+            # On SQLite a batch holds the one write lock while it runs (the webhooks' inserts wait for it): its
+            # size halves when a full batch took longer than `batch_seconds`, and grows back to the bound. On
+            # PostgreSQL a batch holds only its own chats' rows.
+            size = min(self._batch, limit - done)
+            started = time.monotonic()
+            claimed, more = self._process_batch(size)
+            slow = time.monotonic() - started > self.config.batch_seconds and self.db.dialect.name == "sqlite"
+            if claimed == size and slow:
+                self._batch = max(1, self._batch // 2)
+            elif claimed == size:
+                self._batch = min(self.config.batch_size, self._batch * 2)
+            done += claimed
+            if not more:
                 break  # nothing waiting, or only chats held by a parked message or a pause
-            done += progress
         return done
 
-    def process_chat(self, channel: str, chat_id: str) -> bool:
-        """Process the oldest waiting message of one chat, holding the chat's lock.
+    def _process_batch(self, size: int, item_id: int | None = None) -> tuple[int, bool]:
+        """Claim the heads of up to `size` chats (or the one message `item_id`, if it is still a head) and
+        process them in one transaction; returns how many were claimed and whether more may be waiting.
 
-        False if there was none, or it may not go now: it waits out a pause after a failure, or it is parked
-        (a parked message holds the chat's later messages back, so that a re-drive keeps their order).
+        A head that waits out a pause after a failure, or is parked, is not claimed (a parked message holds
+        its chat's later messages back, so that a re-drive keeps their order). On PostgreSQL heads that
+        another worker holds are skipped (`FOR UPDATE SKIP LOCKED`); on SQLite one writer at a time.
         """
-        item_id: int | None = None
+        claimed: Sequence[Row[Any]] = ()
         try:
             with session_scope(self.db) as session:
-                lock_chat(session, "chat", channel, chat_id)
-                query = (
-                    select(InboxItem)
-                    .where(
-                        col(InboxItem.channel) == channel,
-                        col(InboxItem.chat_id) == chat_id,
-                        col(InboxItem.status).in_((PENDING, PARKED)),
-                    )
-                    .order_by(col(InboxItem.id))
-                    .limit(1)
-                    .with_for_update()
-                )
-                item = session.execute(query).scalar_one_or_none()
-                if item is None or item.status != PENDING:
-                    return False
-                if item.next_attempt_at is not None and item.next_attempt_at > utcnow():
-                    return False
-                item_id = item.id
-                self._process(session, item)
-                item.status = "done"
-                item.processed_at = utcnow()
-                item.next_attempt_at = None
+                claimed = self._claim(session, size, item_id)
+                if claimed:
+                    self._process_many(session, claimed)
         except Exception as error:
             if is_transient(error):
-                # The database (or its disk) failed, not this message: it stays pending, in its place.
-                log.warning("inbox message of %s not processed yet: %s", channel, _error_text(error))
+                # The database (or its disk) failed, not these messages: they stay pending, in their place.
+                log.warning("inbox messages not processed yet: %s", _error_text(error))
                 raise StorageUnavailable(_error_text(error)) from error
-            if item_id is None:
+            if not claimed:
                 raise
-            log.exception("inbox message %s of %s could not be processed", item_id, channel)
-            self._record_failure(item_id, error)  # a transient failure here: the caller's pause and retry
-        self.outbox_signal.set()
-        return True
+            if len(claimed) > 1:
+                # One bad message must not hold the others back: each again, in a transaction of its own.
+                for row in sorted(claimed, key=lambda r: int(r.id)):
+                    self._process_batch(1, int(row.id))
+            else:
+                log.exception("inbox message %s of %s could not be processed", claimed[0].id, claimed[0].channel)
+                self._record_failure(int(claimed[0].id), error)  # a transient failure here: pause and retry
+        if claimed:
+            self.outbox_signal.set()
+        return len(claimed), len(claimed) == size or any(row.more for row in claimed)
+
+    def _claim(self, session: Session, size: int, item_id: int | None) -> Sequence[Row[Any]]:
+        statement = self._statements.claim(session.get_bind().dialect.name, one=item_id is not None)
+        now = utcnow()
+        params: dict[str, Any] = {"now": now, "batch": size}
+        if item_id is not None:
+            params["item_id"] = item_id
+        return session.execute(statement, params).all()
+
+    def _process_many(self, session: Session, claimed: Sequence[Row[Any]]) -> None:
+        messages = [inbound_from_payload(row.payload) for row in sorted(claimed, key=lambda r: int(r.id))]
+        contexts = self._contexts(session, messages)
+        hot = _Hot()
+        # Every serial the batch's messages mention or their conversations hold, in one registry query.
+        for message in messages:
+            context = contexts.get((message.channel, message.chat_id))
+            known = context[2] if context is not None else None
+            if known is not None:
+                hot.looked_up.update(conv.State.from_dict({**known.data, "name": known.state}).serials)
+            text = message.text[: self.config.max_text_chars]
+            hot.mentioned[text] = self._serials_in(text)
+            hot.looked_up.update(hot.mentioned[text])
+        hot.looked_up = {normalize_serial(s) for s in hot.looked_up} - {""}
+        hot.registry = lookup(session, hot.looked_up) if hot.looked_up else {}
+        session.info[_HOT] = hot
+        # Nothing is flushed behind the engine's back: the batch's rows go out together at its end.
+        with session.no_autoflush:
+            for message in messages:
+                self._process(session, message, contexts.get((message.channel, message.chat_id)))
+            hot.write(session, self._statements)
+            session.flush()
+        del session.info[_HOT]
+
+    def _contexts(
+        self, session: Session, messages: list[InboundMessage]
+    ) -> dict[tuple[str, str], tuple[ChannelIdentity, Customer, Conversation | None]]:
+        """Each chat's identity, customer, conversation and open case, in one query for the whole batch."""
+        rows = session.execute(
+            self._statements.contexts, {"keys": [(m.channel, m.chat_id) for m in messages]}
+        ).all()
+        return {(row[0].channel, row[0].chat_id): (row[0], row[1], row[2]) for row in rows}
 
     def _record_failure(self, item_id: int, error: Exception) -> None:
         """Count a failure of the very row that failed; the same failure `max_attempts` times parks it."""
@@ -259,9 +327,13 @@ class Engine:
 
     # --- one message --------------------------------------------------------------------------------------
 
-    def _process(self, session: Session, item: InboxItem) -> None:
-        message = inbound_from_payload(item.payload)
-        conversation, identity, customer = self._conversation(session, message)
+    def _process(
+        self,
+        session: Session,
+        message: InboundMessage,
+        context: tuple[ChannelIdentity, Customer, Conversation | None] | None,
+    ) -> None:
+        conversation, identity, customer = self._conversation(session, message, context)
         case = session.get(Case, conversation.case_id) if conversation.case_id else None
 
         stored = [
@@ -271,16 +343,14 @@ class Engine:
         ]
         rejected = [a for a in message.attachments if a.kind == "rejected"]
         state = conv.State.from_dict({**conversation.data, "name": conversation.state})
-        session.add(
-            Message(
-                conversation_id=conversation.id or 0,
-                case_id=case.id if case else None,
-                author="customer",
-                author_name=message.sender_name,
-                text=self._as_read(message.text, state),
-                attachment_ids=[a.id or 0 for a in stored],
-                client_id=message.raw.get("client_id") if message.raw else None,
-            )
+        session.info[_HOT].log(
+            conversation_id=conversation.id or 0,
+            case_id=case.id if case else None,
+            author="customer",
+            author_name=message.sender_name,
+            text=self._as_read(message.text, state),
+            attachment_ids=[a.id or 0 for a in stored],
+            client_id=message.raw.get("client_id") if message.raw else None,
         )
 
         text = message.text[: self.config.max_text_chars]
@@ -379,8 +449,13 @@ class Engine:
         detected: str | None,
         conversation: Conversation,
     ) -> conv.Facts:
-        mentioned = understand(text, default_lexicon(), self.policy).serials
-        registry = lookup(session, set(state.serials) | set(mentioned))
+        hot = session.info.get(_HOT)
+        mentioned = hot.mentioned[text] if hot is not None and text in hot.mentioned else self._serials_in(text)
+        wanted = {normalize_serial(s) for s in (*state.serials, *mentioned)} - {""}
+        if hot is not None and wanted <= hot.looked_up:  # the batch looked them up together
+            registry = {s: hot.registry[s] for s in wanted if s in hot.registry}
+        else:
+            registry = lookup(session, wanted)
         unknown = [s for s in mentioned if s not in registry]
         last_case = None
         if case is None and state.name == "closed":
@@ -402,6 +477,9 @@ class Engine:
             max_units=self.config.max_claim_units,
             last_case_ref=last_case,
         )
+
+    def _serials_in(self, text: str) -> tuple[str, ...]:
+        return tuple(understand(text, default_lexicon(), self.policy).serials)
 
     def _labels(self, offered: tuple[str, ...]) -> dict[str, str]:
         """The offered buttons' labels in every language, folded, as a customer may type one back."""
@@ -428,32 +506,34 @@ class Engine:
         return self.renderer.label(name, language=language) if name else None
 
     def _conversation(
-        self, session: Session, message: InboundMessage
+        self,
+        session: Session,
+        message: InboundMessage,
+        context: tuple[ChannelIdentity, Customer, Conversation | None] | None,
     ) -> tuple[Conversation, ChannelIdentity, Customer]:
-        identity = session.execute(
-            select(ChannelIdentity).where(
-                col(ChannelIdentity.channel) == message.channel,
-                col(ChannelIdentity.chat_id) == message.chat_id,
-            )
-        ).scalar_one_or_none()
-        if identity is None:
-            # A written variant (pt-PT) when the hint names one, else the hint's language.
-            language = hint_variant(message.locale_hint) or hint_language(message.locale_hint)
-            customer = Customer(name=message.sender_name, language=language)
-            session.add(customer)
-            session.flush()
-            identity = ChannelIdentity(
-                customer_id=customer.id or 0,
-                channel=message.channel,
-                chat_id=message.chat_id,
-                sender_id=message.sender_id,
-                display_name=message.sender_name,
-            )
-            session.add(identity)
-        else:
-            customer = session.get(Customer, identity.customer_id) or Customer()
+        if context is not None:
+            identity, customer, known = context
             identity.unreachable = False  # they wrote to us: reachable again
-        conversation = session.execute(
+            if known is not None:
+                return known, identity, customer
+            started = Conversation(customer_id=customer.id or 0, channel=message.channel, chat_id=message.chat_id)
+            session.add(started)
+            session.flush()
+            return started, identity, customer
+        # A new chat: its customer and identity (a written variant such as pt-PT when the hint names one).
+        language = hint_variant(message.locale_hint) or hint_language(message.locale_hint)
+        customer = Customer(name=message.sender_name, language=language)
+        session.add(customer)
+        session.flush()
+        identity = ChannelIdentity(
+            customer_id=customer.id or 0,
+            channel=message.channel,
+            chat_id=message.chat_id,
+            sender_id=message.sender_id,
+            display_name=message.sender_name,
+        )
+        session.add(identity)
+        conversation: Conversation | None = session.execute(
             select(Conversation).where(
                 col(Conversation.channel) == message.channel,
                 col(Conversation.chat_id) == message.chat_id,
@@ -573,14 +653,15 @@ class Engine:
             stored = session.get(StoredAttachment, attachment_id)
             if stored is not None:
                 stored.case_id = case.id
-        # Everything said so far belongs to the case's history.
-        for logged in session.execute(
-            select(Message).where(
-                col(Message.conversation_id) == conversation.id,
-                col(Message.case_id).is_(None),
-            )
-        ).scalars():
-            logged.case_id = case.id
+        # Everything said so far belongs to the case's history: what is logged, and what this batch logs.
+        session.execute(
+            update(Message)
+            .where(col(Message.conversation_id) == conversation.id, col(Message.case_id).is_(None))
+            .values(case_id=case.id)
+        )
+        hot = session.info.get(_HOT)
+        if hot is not None:
+            hot.link_case(conversation.id or 0, case.id or 0)
         conversation.case_id = case.id
         audit(
             session,
@@ -721,6 +802,23 @@ class Engine:
         author_name: str | None = None,
     ) -> None:
         """Log a message to the customer and queue it for their channel, in the caller's transaction."""
+        hot = session.info.get(_HOT)
+        if hot is not None:  # the engine's own batch: the rows go out together at its end
+            hot.log(
+                conversation_id=conversation.id or 0,
+                case_id=case.id if case else None,
+                author=author,
+                author_name=author_name,
+                text=text,
+                buttons=[asdict(b) for b in buttons],
+            )
+            hot.queue(
+                OutboundMessage(
+                    channel=conversation.channel, chat_id=conversation.chat_id, text=text, buttons=buttons
+                ),
+                author=author,
+            )
+            return
         session.add(
             Message(
                 conversation_id=conversation.id or 0,
@@ -874,6 +972,143 @@ class Engine:
     def notify_desks(self, session: Session, case: Case, event: str, **data: Any) -> None:
         for desk in self.config.external_desks:
             enqueue_event(session, desk, case.ref, event, case_id=case.id, **data)
+
+
+_HOT = "warranty_bot.engine.batch"  # the key of a batch's buffer in `Session.info`
+
+
+class _Statements:
+    """The hot path's statements, built once per engine; SQLAlchemy caches their compiled forms."""
+
+    def __init__(self) -> None:
+        self._claims: dict[tuple[str, bool], ReturningUpdate[Any]] = {}
+        identity, customer, conversation, case = ChannelIdentity, Customer, Conversation, Case
+        self.contexts = (
+            select(identity, customer, conversation, case)
+            .join(customer, col(customer.id) == col(identity.customer_id))
+            .outerjoin(
+                conversation,
+                and_(
+                    col(conversation.channel) == col(identity.channel),
+                    col(conversation.chat_id) == col(identity.chat_id),
+                ),
+            )
+            .outerjoin(case, col(case.id) == col(conversation.case_id))
+            .where(tuple_(col(identity.channel), col(identity.chat_id)).in_(bindparam("keys", expanding=True)))
+        )
+        self.log = insert(_table(Message))
+        self.queue = insert(_table(OutboxItem))
+
+    def claim(self, dialect: str, *, one: bool) -> ReturningUpdate[Any]:
+        """Mark the heads of waiting chats done and return them, in the transaction that processes them
+        (a failure rolls the mark back with the rest): one statement instead of a query and an update."""
+        key = (dialect, one)
+        if key not in self._claims:
+            inbox = _table(InboxItem)
+            grouped, chosen = inbox.alias("grouped"), inbox.alias("chosen")
+            heads = (
+                select(func.min(grouped.c.id))
+                .where(grouped.c.status.in_((PENDING, PARKED)))
+                .group_by(grouped.c.channel, grouped.c.chat_id)
+            )
+            due = select(chosen.c.id).where(
+                chosen.c.id.in_(heads),
+                chosen.c.status == PENDING,
+                or_(chosen.c.next_attempt_at.is_(None), chosen.c.next_attempt_at <= bindparam("now")),
+            )
+            if one:
+                due = due.where(chosen.c.id == bindparam("item_id"))
+            due = due.order_by(chosen.c.id).limit(bindparam("batch"))
+            if dialect == "postgresql":
+                due = due.with_for_update(skip_locked=True)  # heads another worker holds are its own
+            # Whether the chat has later messages waiting: then the worker goes round once more.
+            # (Written out: SQLAlchemy renders RETURNING's columns unqualified, which would bind to `later`.)
+            more: ColumnElement[int] = literal_column(
+                "(SELECT count(*) FROM inboxitem AS later WHERE later.channel = inboxitem.channel"
+                " AND later.chat_id = inboxitem.chat_id AND later.status = 'pending'"
+                " AND later.id > inboxitem.id)"
+            )
+            self._claims[key] = (
+                update(inbox)
+                .where(inbox.c.id.in_(due))
+                .values(status="done", processed_at=bindparam("now"), next_attempt_at=None)
+                .returning(inbox.c.id, inbox.c.channel, inbox.c.chat_id, inbox.c.payload, more.label("more"))
+            )
+        return self._claims[key]
+
+
+def _table(model: type[Any]) -> Table:
+    return cast(Table, model.__table__)
+
+
+@dataclass
+class _Hot:
+    """What a batch logs and queues, written with one statement per table at the end of the batch (ids
+    follow the order of the rows, so a conversation's log and a chat's queue keep their order)."""
+
+    messages: list[dict[str, Any]] = field(default_factory=list)
+    outbox: list[dict[str, Any]] = field(default_factory=list)
+    looked_up: set[str] = field(default_factory=set)  # serials (normalised) looked up for the batch
+    mentioned: dict[str, tuple[str, ...]] = field(default_factory=dict)  # text -> the serials it mentions
+    registry: dict[str, UnitFacts] = field(default_factory=dict)  # what the registry knows of them
+
+    def log(
+        self,
+        *,
+        conversation_id: int,
+        case_id: int | None,
+        author: str,
+        author_name: str | None,
+        text: str,
+        buttons: list[dict[str, str]] | None = None,
+        attachment_ids: list[int] | None = None,
+        client_id: str | None = None,
+    ) -> None:
+        self.messages.append(
+            {
+                "conversation_id": conversation_id,
+                "case_id": case_id,
+                "author": author,
+                "author_name": author_name,
+                "text": text,
+                "buttons": buttons or [],
+                "attachment_ids": attachment_ids or [],
+                "client_id": client_id,
+                "created_at": utcnow(),
+            }
+        )
+
+    def queue(self, message: OutboundMessage, **extra: Any) -> None:
+        now = utcnow()
+        self.outbox.append(
+            {
+                "channel": message.channel,
+                "chat_id": message.chat_id,
+                "payload": {**to_payload(message), **extra},
+                "status": "pending",
+                "attempts": 0,
+                "next_attempt_at": now,
+                "lease_owner": None,
+                "failing_since": None,
+                "holds_chat": False,
+                "last_error": None,
+                "external_id": None,
+                "created_at": now,
+                "sent_at": None,
+            }
+        )
+
+    def link_case(self, conversation_id: int, case_id: int) -> None:
+        for row in self.messages:
+            if row["conversation_id"] == conversation_id and row["case_id"] is None:
+                row["case_id"] = case_id
+
+    def write(self, session: Session, statements: _Statements) -> None:
+        if self.messages:
+            session.execute(statements.log, self.messages)
+        if self.outbox:
+            session.execute(statements.queue, self.outbox)
+        self.messages, self.outbox = [], []
 
 
 def retry_parked(db: DbEngine, ids: list[int] | None = None) -> int:

@@ -180,6 +180,16 @@ class Renderer:
             if p.is_dir() and not p.name.startswith("_") and "_" not in p.name
         )
 
+    def preload(self) -> None:
+        """Compile every template and load every language's locale data now, not on a customer's message."""
+        for name in self.env.list_templates(extensions=("j2",)):
+            self.env.get_template(name)
+        for folder in self.root.iterdir():
+            if folder.is_dir() and not folder.name.startswith("_"):
+                formats = self.formats(folder.name)
+                formats.date(date(2026, 1, 31))
+                formats.money(Decimal("1234.50"), "USD")
+
     def render(self, reply: Reply, *, language: str, extra: Mapping[str, Any] | None = None) -> Rendered:
         text = self.text(reply.template, language=language, **{**reply.params, **(extra or {})})
         buttons = tuple(

@@ -11,7 +11,6 @@ import logging
 import re
 import socket
 import threading
-import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -31,16 +30,15 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from adapters.base import Channel
-from bot.app import Bot, build
+from bot.app import Bot, build_when_storage_allows
 from bot.config import Settings
-from bot.engine import PARKED, STOPPED, StorageUnavailable
+from bot.engine import PARKED, STOPPED
 from bot.logs import setup_logging
 from bot.outbox import DEAD, DEAD_LETTERS, HELD, PENDING, Deliverer
 from bot.ratelimit import RateLimit, rules_from_settings
 from bot.store import Case, InboxItem, OutboxItem
 from bot.store import Message as LoggedMessage
-from bot.store.clock import utcnow
-from bot.store.db import is_transient
+from bot.worker import WorkerProcess, processing_loop
 
 log = logging.getLogger(__name__)
 
@@ -64,39 +62,50 @@ DESK_CHANNELS: dict[str, str] = {}
 
 @dataclass
 class Workers:
-    """The inbox worker (a thread: the core is synchronous) and the outbox deliverer (an asyncio task)."""
+    """The inbox processing and the outbox deliverer (an asyncio task).
+
+    Processing runs in `processes` worker processes (`bot.worker`; what `serve` does), or, with none, in a
+    thread of this process (`create_app` for tests and embedding), or not at all (`inbox=False`: `serve
+    --no-worker`, with `warranty-bot worker` elsewhere).
+    """
 
     bot: Bot
     channels: Sequence[Channel]
+    processes: int = 0
+    inbox: bool = True
     stop_event: threading.Event = field(default_factory=threading.Event)
     thread: threading.Thread | None = None
     task: asyncio.Task[None] | None = None
     async_stop: asyncio.Event | None = None
+    children: list[WorkerProcess] = field(default_factory=list)
 
-    def _inbox_loop(self) -> None:
+    def _wake_children(self) -> None:
         engine = self.bot.engine
-        failures = 0  # rounds in a row the database failed in a passing way
-        next_reminders = 0.0  # fulfilment reminders (bot/fulfilment.py), every FULFILMENT_CHECK_SECONDS
         while not self.stop_event.is_set():
-            engine.inbox_signal.clear()
-            try:
-                engine.process_pending()
-                failures = 0
-                if time.monotonic() >= next_reminders:
-                    next_reminders = time.monotonic() + self.bot.settings.fulfilment_check_seconds
-                    engine.remind_fulfilment(utcnow())
-            except StorageUnavailable:
-                # Nothing was lost: the message stays pending. Pause (doubling, capped), then try again.
-                failures += 1
-                self.stop_event.wait(engine.retry_delay(failures))
-                continue
-            except Exception:
-                log.exception("inbox round failed")
-            engine.inbox_signal.wait(timeout=self.bot.settings.outbox_poll_seconds)
+            if engine.inbox_signal.wait(timeout=self.bot.settings.outbox_poll_seconds):
+                engine.inbox_signal.clear()
+                for child in self.children:
+                    child.wake()
 
     async def start(self) -> None:
-        self.thread = threading.Thread(target=self._inbox_loop, name="inbox", daemon=True)
-        self.thread.start()
+        engine = self.bot.engine
+        if self.inbox and self.processes:
+            self.children = [WorkerProcess(n, engine.outbox_signal.set) for n in range(self.processes)]
+            for child in self.children:
+                child.start()
+            self.thread = threading.Thread(target=self._wake_children, name="wake-workers", daemon=True)
+            self.thread.start()
+        elif self.inbox:
+            # In-process (tests, embedding): the process-wide models; templates compile on first use.
+            await asyncio.to_thread(engine.warm_up, templates=False)
+            self.thread = threading.Thread(
+                target=processing_loop,
+                args=(engine, self.stop_event, self.bot.settings.outbox_poll_seconds),
+                kwargs={"remind_seconds": self.bot.settings.fulfilment_check_seconds},
+                name="inbox",
+                daemon=True,
+            )
+            self.thread.start()
         senders = {c.name: s for c in self.channels if (s := c.sender()) is not None}
         settings = self.bot.settings
         deliverer = Deliverer(
@@ -131,6 +140,7 @@ class Workers:
         for channel in self.channels:
             with contextlib.suppress(Exception):
                 await channel.stop()
+        await asyncio.gather(*(asyncio.to_thread(child.stop, 10) for child in self.children))
         if self.thread is not None:
             await asyncio.to_thread(self.thread.join, 5)
 
@@ -351,9 +361,13 @@ def _problem(channel: object) -> str | None:
     return problem if isinstance(problem, str) and problem else None
 
 
-def create_app(bot: Bot, channels: Sequence[Channel] | None = None) -> Starlette:
+def create_app(
+    bot: Bot, channels: Sequence[Channel] | None = None, *, processes: int = 0, inbox: bool = True
+) -> Starlette:
+    """The server's app; `processes` worker processes process the inbox (none: a thread of this process),
+    or nothing here does (`inbox=False`)."""
     channels = list(channels if channels is not None else load_channels(bot))
-    workers = Workers(bot, channels)
+    workers = Workers(bot, channels, processes=processes, inbox=inbox)
     registry = CollectorRegistry()
     gauges = _metrics(registry)
 
@@ -373,6 +387,8 @@ def create_app(bot: Bot, channels: Sequence[Channel] | None = None) -> Starlette
         }
         if problems:
             body["problems"] = problems
+        if workers.children:  # started and warmed up (messages are accepted and stored meanwhile)
+            body["workers"] = {"ready": sum(c.ready.is_set() for c in workers.children), "started": len(workers.children)}
         return JSONResponse(body)
 
     async def metrics(_: Request) -> Response:
@@ -516,12 +532,18 @@ def _collect(bot: Bot, gauges: dict[str, Gauge]) -> None:
         gauges["held"].labels("outbox").set(dead_heads)
 
 
-def run_server(settings: Settings, *, host: str, port: int) -> None:
+def run_server(settings: Settings, *, host: str, port: int, workers: int = 1) -> None:
+    """`serve`: the web front, its deliverer and `workers` worker processes beside it (0: none here; run
+    `warranty-bot worker` elsewhere). More than one only on PostgreSQL (SQLite has one writer)."""
     setup_logging(settings.log_level)
     if not settings.worker_id:  # the same name after a restart: the new process takes back its own leases
         settings = settings.model_copy(update={"worker_id": f"{socket.gethostname()}:{port}"})
-    bot = _build_when_storage_allows(settings)
-    app = create_app(bot)
+    bot = build_when_storage_allows(settings, external_desks=desks_configured(settings))
+    if workers > 1 and bot.db.dialect.name == "sqlite":
+        raise ValueError("SQLite has one writer: run one worker (--workers 1), or use PostgreSQL for more")
+    in_memory = bot.db.dialect.name == "sqlite" and bot.db.url.database in (None, "", ":memory:")
+    # A database in memory cannot be shared with another process: processing stays in this one.
+    app = create_app(bot, processes=0 if in_memory else workers, inbox=workers > 0 or in_memory)
     base = f"http://{host}:{port}"
     print(f"warranty-bot serving on {base}")
     print(f"  web chat:   {base}/")
@@ -531,6 +553,7 @@ def run_server(settings: Settings, *, host: str, port: int) -> None:
         print(f"  local desk: {base}/desk  is off: set DESK_TOKEN in .env to turn it on")
     print(f"  channels:   {', '.join(app.state.channels)}")
     print(f"  health:     {base}/healthz   metrics: {base}/metrics")
+    print(f"  workers:    {workers} worker process(es)" if workers else "  workers:    none (run `warranty-bot worker`)")
     uvicorn.run(app, host=host, port=port, **uvicorn_options(settings))
 
 
@@ -551,21 +574,6 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
         "limit_concurrency": settings.server_max_concurrency,
         "forwarded_allow_ips": settings.forwarded_allow_ips,
     }
-
-
-def _build_when_storage_allows(settings: Settings) -> Bot:
-    """Build the bot; while the database cannot be opened or upgraded for a passing reason (read-only or
-    full storage, PostgreSQL not up yet), wait and try again rather than exit."""
-    failures = 0
-    while True:
-        try:
-            return build(settings, external_desks=desks_configured(settings))
-        except Exception as error:
-            if not is_transient(error):
-                raise
-            failures += 1
-            log.warning("database not usable yet, trying again: %s", str(error).splitlines()[0][:300])
-            time.sleep(min(settings.retry_backoff_max_seconds, 0.5 * failures))
 
 
 def plain(text: str, status: int = 200) -> Response:

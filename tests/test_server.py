@@ -38,7 +38,11 @@ class Server:
                 [sys.executable, "-m", "bot.cli", "serve", "--port", str(self.port)],
                 cwd=self.workdir, env=self.env, stdout=log, stderr=subprocess.STDOUT,
             )
-        wait_until(self._healthy, timeout=30, what="the server to answer /healthz")
+        try:
+            wait_until(self._healthy, timeout=30, what="the server to answer /healthz")
+        except AssertionError:
+            self.stop()  # a server that never came up is not left running (nor its worker)
+            raise
 
     def _healthy(self) -> bool:
         assert self.process is not None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import hashlib
 import os
 import sqlite3
@@ -139,8 +140,8 @@ def session_scope(engine: Engine) -> Iterator[Session]:
     Plain `Session(engine)` is for reading.
     """
     token = _writing.set(True)
-    # SQLite has one writer: writers of this process queue on a lock instead of SQLite's sleep-and-retry
-    # busy handler, which adds up to 100 ms a wait under load. PostgreSQL needs no such lock.
+    # SQLite has one writer: writers of this process and of its worker queue on a lock instead of SQLite's
+    # sleep-and-retry busy handler, which adds up to 100 ms a wait under load. PostgreSQL needs no such lock.
     lock = _sqlite_writer(engine) if is_sqlite(engine) else contextlib.nullcontext()
     try:
         with lock, Session(engine, expire_on_commit=False) as session:
@@ -154,13 +155,51 @@ def session_scope(engine: Engine) -> Iterator[Session]:
         _writing.reset(token)
 
 
-_sqlite_writers: weakref.WeakKeyDictionary[Engine, threading.RLock] = weakref.WeakKeyDictionary()
+class _SqliteWriter:
+    """The writers of one SQLite file take turns on a lock: threads of this process on an `RLock`, and
+    processes (`serve` and its worker) on an exclusive `flock` of a file beside the database, released by
+    the kernel if the process dies. A waiter wakes the moment the lock is free, where SQLite's busy handler
+    sleeps and retries (up to 100 ms a sleep). The file lock is an optimisation only: where it cannot be
+    taken (a read-only folder) SQLite's own locking still serialises the writers."""
+
+    def __init__(self, database: str | None) -> None:
+        self.lock = threading.RLock()
+        self.depth = 0  # nested session_scope calls of the thread holding `lock`
+        self.path = Path(database + "-writer") if database and database != ":memory:" else None
+        self.fd: int | None = None
+        self.held = False
+
+    def __enter__(self) -> None:
+        self.lock.acquire()
+        if self.depth == 0 and self.path is not None:
+            try:
+                if self.fd is None:
+                    self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+                fcntl.flock(self.fd, fcntl.LOCK_EX)
+                self.held = True
+            except OSError:
+                self.held = False
+        self.depth += 1
+
+    def __exit__(self, *_: object) -> None:
+        self.depth -= 1
+        if self.depth == 0 and self.held and self.fd is not None:
+            with contextlib.suppress(OSError):
+                fcntl.flock(self.fd, fcntl.LOCK_UN)
+            self.held = False
+        self.lock.release()
+
+
+_sqlite_writers: weakref.WeakKeyDictionary[Engine, _SqliteWriter] = weakref.WeakKeyDictionary()
 _sqlite_writers_guard = threading.Lock()
 
 
-def _sqlite_writer(engine: Engine) -> threading.RLock:
+def _sqlite_writer(engine: Engine) -> _SqliteWriter:
     with _sqlite_writers_guard:
-        return _sqlite_writers.setdefault(engine, threading.RLock())
+        writer = _sqlite_writers.get(engine)
+        if writer is None:
+            writer = _sqlite_writers[engine] = _SqliteWriter(engine.url.database)
+        return writer
 
 
 def lock_key(*parts: str) -> int:

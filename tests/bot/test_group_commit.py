@@ -1,0 +1,110 @@
+"""The engine's hot path (issue 15): few SQL statements a message, the heads of many chats in one transaction
+(group commit), and a bad message in a batch that holds back only its own chat.
+
+Statements are counted by an SQLAlchemy event listener on the bot's own engine: a count, not a timing.
+`BEGIN` (transaction control) is not counted; on PostgreSQL there is none to count.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from sqlalchemy import event, select
+from sqlmodel import Session
+
+from bot.app import Bot
+from bot.store import InboxItem
+from tests.bot.test_engine import CLAIM, bot_texts, inbound
+from tests.bot.test_inbox_failures import customer_texts, poison  # noqa: F401 (a fixture)
+
+# The bound of the brief: a message of a conversation under way (claim, load, log, queue, state, identity).
+STATEMENTS_PER_MESSAGE = 6
+
+
+@contextmanager
+def counting(bot: Bot) -> Iterator[dict[str, Any]]:
+    """The statements and commits the bot's database engine runs while inside."""
+    seen: dict[str, Any] = {"statements": [], "commits": 0}
+
+    def statement(_conn: Any, _cursor: Any, sql: str, *_: Any) -> None:
+        if not sql.lstrip().upper().startswith("BEGIN"):
+            seen["statements"].append(sql.split("\n")[0][:100])
+
+    def commit(_conn: Any) -> None:
+        seen["commits"] += 1
+
+    event.listen(bot.db, "before_cursor_execute", statement)
+    event.listen(bot.db, "commit", commit)
+    try:
+        yield seen
+    finally:
+        event.remove(bot.db, "before_cursor_execute", statement)
+        event.remove(bot.db, "commit", commit)
+
+
+def test_a_message_of_a_conversation_under_way_takes_at_most_six_statements(bot: Bot) -> None:
+    bot.engine.accept(inbound("hello", chat="c", locale_hint="en"))  # the customer's language from the start
+    bot.engine.process_pending()
+    bot.engine.accept(inbound("it shuts down under load", chat="c", locale_hint="en"))
+    with counting(bot) as seen:
+        assert bot.engine.process_pending() == 1
+    assert len(seen["statements"]) <= STATEMENTS_PER_MESSAGE, "\n".join(seen["statements"])
+    assert seen["commits"] == 1
+    assert len(bot_texts(bot, "c")) >= 2  # it did answer
+
+
+def test_the_heads_of_many_chats_commit_together_in_few_statements(bot: Bot) -> None:
+    chats = [f"chat-{n}" for n in range(20)]
+    for chat in chats:  # each conversation under way, waiting for its serial number
+        bot.engine.accept(inbound("hello", chat=chat, locale_hint="en"))
+    bot.engine.process_pending()
+    for chat in chats:
+        bot.engine.accept(inbound(CLAIM[0], chat=chat, locale_hint="en"))
+    with counting(bot) as seen:
+        assert bot.engine.process_pending() == len(chats)
+    # One transaction for all twenty: one commit (one fsync) serves them.
+    assert seen["commits"] == 1
+    # + one registry query for the batch, and a near-miss query for each serial the registry lacks.
+    assert len(seen["statements"]) <= STATEMENTS_PER_MESSAGE + 1 + len(chats), "\n".join(seen["statements"])
+    for chat in chats:
+        assert customer_texts(bot, chat) == ["hello", CLAIM[0]]
+
+
+def test_a_batch_is_bounded_and_keeps_each_chats_order(bot: Bot) -> None:
+    size = bot.engine.config.batch_size
+    bot.engine.config.batch_seconds = 3600.0  # no batch made smaller for taking long: the bound alone
+    chats = [f"c{n}" for n in range(size + 5)]
+    for text in ("hello", "status"):
+        for chat in chats:
+            bot.engine.accept(inbound(text, chat=chat))
+    with counting(bot) as seen:
+        assert bot.engine.process_pending() == 2 * len(chats)
+    # Batches of at most `size` heads, never two messages of one chat in a batch: 74 messages in 3.
+    assert seen["commits"] == -(-2 * len(chats) // size)
+    for chat in chats:
+        assert customer_texts(bot, chat) == ["hello", "status"]
+
+
+def test_a_bad_message_in_a_batch_holds_back_only_its_own_chat(bot: Bot, poison: None) -> None:  # noqa: F811
+    bot.engine.accept(inbound("hello", chat="bad"))
+    for n in range(5):
+        bot.engine.accept(inbound("hello", chat=f"good-{n}"))
+    bot.engine.process_pending()
+    bot.engine.accept(inbound("poison", chat="bad"))
+    bot.engine.accept(inbound("status", chat="bad"))
+    for n in range(5):
+        bot.engine.accept(inbound("status", chat=f"good-{n}"))
+    bot.engine.process_pending()  # one batch fails on the poison; each message again, alone
+    for n in range(5):
+        assert customer_texts(bot, f"good-{n}") == ["hello", "status"]
+    assert customer_texts(bot, "bad") == ["hello"]
+    with Session(bot.db) as session:
+        rows = session.execute(
+            select(InboxItem).where(InboxItem.chat_id == "bad").order_by(InboxItem.id)  # type: ignore[arg-type]
+        ).scalars().all()
+    assert [r.status for r in rows] == ["done", "pending", "pending"]
+    # The poison failed (once, or again after its 0.1 s pause); the message behind it was never tried.
+    assert rows[1].attempts >= 1 and rows[2].attempts == 0
+    assert "refused by the poison trigger" in (rows[1].error or "")

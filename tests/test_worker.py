@@ -1,0 +1,187 @@
+"""`warranty-bot worker` beside the web front (issue 15): `serve` starts and stops its worker process, a worker
+killed with SIGKILL mid-batch loses nothing and another takes over, two workers on one PostgreSQL keep each
+chat's order, and a standalone worker processes what `serve --no-worker` accepts."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy import func, select
+from sqlmodel import Session
+
+from bot.store import Case, InboxItem, OutboxItem, make_engine
+from tests.support import wait_until
+from tests.test_reliability import SCRIPT, _accepted, conversation_texts, post, settled
+from tests.test_server import Server, send
+
+
+class Serve(Server):
+    """`warranty-bot serve` with extra options (`--workers 2`, `--no-worker`)."""
+
+    def __init__(self, workdir: Path, database_url: str, *options: str) -> None:
+        super().__init__(workdir, database_url)
+        self.options = options
+
+    def start(self) -> None:
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "bot.cli", "serve", "--port", str(self.port), *self.options],
+                cwd=self.workdir, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+            )
+        try:
+            wait_until(self._healthy, timeout=60, what="the server to answer /healthz")
+        except AssertionError:
+            self.stop()
+            raise
+
+    def workers(self) -> list[int]:
+        """The pids of this server's worker processes."""
+        assert self.process is not None
+        return worker_pids(self.process.pid)
+
+    def ready(self, count: int) -> bool:
+        body = httpx.get(f"{self.url}/healthz", timeout=5).json()
+        return bool(body.get("workers", {}).get("ready", 0) >= count)
+
+
+def worker_pids(parent: int) -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        if ppid == parent and b"worker" in cmdline:
+            pids.append(int(entry.name))
+    return sorted(pids)
+
+
+def alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+@pytest.fixture
+def servers() -> Iterator[list[Server]]:
+    started: list[Server] = []
+    yield started
+    for server in started:
+        server.stop()
+
+
+def test_serve_starts_its_worker_and_stops_it(servers: list[Server], tmp_path: Path) -> None:
+    server = Serve(tmp_path, f"sqlite:///{tmp_path}/warranty.db")
+    servers.append(server)
+    server.start()
+    wait_until(lambda: server.ready(1), timeout=60, what="the worker to be ready")
+    (pid,) = server.workers()
+    session = httpx.post(f"{server.url}/api/webchat/sessions").json()["session_id"]
+    send(server, session, "hello")  # processed by the worker process, delivered by the server
+    server.stop()
+    assert server.process is not None and server.process.returncode is not None
+    wait_until(lambda: not alive(pid), timeout=15, what="the worker to stop with its server")
+
+
+def test_a_worker_killed_mid_batch_loses_nothing_and_another_takes_over(
+        servers: list[Server], tmp_path: Path, database_url: str) -> None:
+    server = Serve(tmp_path, database_url)
+    servers.append(server)
+    server.start()
+    wait_until(lambda: server.ready(1), timeout=60, what="the worker to be ready")
+    (first,) = server.workers()
+    sessions = [httpx.post(f"{server.url}/api/webchat/sessions").json()["session_id"] for _ in range(6)]
+    plan = {s: [(f"{s}-{n}", text) for n, text in enumerate(SCRIPT * 3)] for s in sessions}  # 126 messages
+
+    def client(session: str) -> None:
+        for client_id, text in plan[session]:
+            assert post(server, session, text, client_id)
+
+    with ThreadPoolExecutor(len(sessions)) as pool:
+        futures = [pool.submit(client, s) for s in sessions]
+        wait_until(lambda: _accepted(database_url) >= 40, timeout=60, interval=0.2, what="traffic under way")
+        os.kill(first, signal.SIGKILL)  # whatever batch it had under way is rolled back by the database
+        for future in futures:
+            future.result()
+    wait_until(lambda: server.workers() not in ([], [first]), timeout=60, what="another worker")
+    wait_until(lambda: settled(database_url), timeout=120, interval=0.5,
+               what="every message processed and every reply sent")
+    for session in sessions:
+        assert conversation_texts(database_url, session) == [text for _, text in plan[session]]
+    engine = make_engine(database_url)
+    with Session(engine) as db:
+        assert db.execute(select(func.count()).select_from(InboxItem)).scalar_one() == 126
+        assert set(db.execute(select(InboxItem.status)).scalars()) == {"done"}
+        assert set(db.execute(select(OutboxItem.status)).scalars()) == {"sent"}
+        assert db.execute(select(func.count()).select_from(Case)).scalar_one() == 6 * 3
+    engine.dispose()
+    assert "exited with -9" in server.log.read_text()  # the supervisor saw the kill and started another
+
+
+def test_two_workers_on_one_postgresql_keep_each_chats_order(
+        servers: list[Server], tmp_path: Path, postgres_url: str) -> None:
+    server = Serve(tmp_path, postgres_url, "--workers", "2")
+    servers.append(server)
+    server.start()
+    wait_until(lambda: server.ready(2), timeout=90, what="both workers to be ready")
+    assert len(server.workers()) == 2
+    sessions = [httpx.post(f"{server.url}/api/webchat/sessions").json()["session_id"] for _ in range(30)]
+    script = [*SCRIPT[:5], "first follow-up", "second follow-up"]
+
+    def client(session: str) -> None:
+        for n, text in enumerate(script):
+            assert post(server, session, text, f"{session}-{n}")
+
+    with ThreadPoolExecutor(10) as pool:
+        list(pool.map(client, sessions))
+    wait_until(lambda: settled(postgres_url), timeout=120, interval=0.5, what="both workers to finish")
+    engine = make_engine(postgres_url)
+    with Session(engine) as db:
+        cases = db.execute(select(Case.conversation_id, func.count()).group_by(Case.conversation_id)).all()
+        processed_by = db.execute(select(func.count()).select_from(InboxItem)).scalar_one()
+    engine.dispose()
+    assert processed_by == 30 * len(script)
+    assert len(cases) == 30 and {count for _, count in cases} == {1}
+    for session in sessions:
+        assert conversation_texts(postgres_url, session) == script
+
+
+def test_serve_without_a_worker_leaves_processing_to_warranty_bot_worker(
+        servers: list[Server], tmp_path: Path) -> None:
+    database_url = f"sqlite:///{tmp_path}/warranty.db"
+    server = Serve(tmp_path, database_url, "--no-worker")
+    servers.append(server)
+    server.start()
+    assert server.workers() == []
+    session = httpx.post(f"{server.url}/api/webchat/sessions").json()["session_id"]
+    assert post(server, session, "hello", "c-1")
+    worker = subprocess.Popen([sys.executable, "-m", "bot.cli", "worker"], cwd=tmp_path, env=server.env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_until(lambda: settled(database_url), timeout=60, interval=0.5, what="the worker to process it")
+        assert conversation_texts(database_url, session) == ["hello"]
+    finally:
+        worker.terminate()
+        assert worker.wait(timeout=30) == 0
+
+
+def test_more_than_one_worker_on_sqlite_is_refused(tmp_path: Path) -> None:
+    env = {**os.environ, "DATABASE_URL": f"sqlite:///{tmp_path}/warranty.db"}
+    done = subprocess.run([sys.executable, "-m", "bot.cli", "serve", "--workers", "2"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 2
+    assert len(done.stderr.strip().splitlines()) == 1 and "SQLite has one writer" in done.stderr
