@@ -653,6 +653,7 @@ class Engine:
             stored = session.get(StoredAttachment, attachment_id)
             if stored is not None:
                 stored.case_id = case.id
+        session.flush()  # the batch does not autoflush: the queries below (batch alerts, credits) read the units
         # Everything said so far belongs to the case's history: what is logged, and what this batch logs.
         session.execute(
             update(Message)
@@ -713,6 +714,9 @@ class Engine:
             )
         ).scalars():
             logged.case_id = case.id
+        hot = session.info.get(_HOT)
+        if hot is not None:  # the follow-up itself, logged by this batch and not written yet
+            hot.link_case(conversation.id or 0, case.id or 0)
         conversation.case_id = case.id
         return case
 

@@ -59,15 +59,19 @@ class Seeder:
             self.bot.engine.process_pending()
 
     def ref(self, chat: str) -> str:
-        """The latest case of a chat."""
-        with Session(self.bot.db) as session:
-            return str(session.execute(
-                select(col(Case.ref))
-                .join(Conversation, col(Conversation.id) == col(Case.conversation_id))
-                .where(col(Conversation.chat_id) == chat)
-                .order_by(col(Case.id).desc())
-                .limit(1)
-            ).scalar_one())
+        """The latest case of a chat (waited for: with a server running, its worker may be the one processing)."""
+
+        def latest() -> str | None:
+            with Session(self.bot.db) as session:
+                return session.execute(
+                    select(col(Case.ref))
+                    .join(Conversation, col(Conversation.id) == col(Case.conversation_id))
+                    .where(col(Conversation.chat_id) == chat)
+                    .order_by(col(Case.id).desc())
+                    .limit(1)
+                ).scalar_one_or_none()
+
+        return wait_until(latest, what=f"the case of chat {chat}")
 
 
 def place(db: Engine, ref: str, opened: datetime, steps: dict[str, float]) -> None:
