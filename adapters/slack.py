@@ -16,8 +16,8 @@ import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
-from typing import Any, cast
+from datetime import timedelta
+from typing import Any
 from urllib.parse import parse_qsl
 
 import aiohttp
@@ -26,7 +26,7 @@ from slack_bolt.adapter.starlette.async_handler import AsyncSlackRequestHandler
 from slack_bolt.async_app import AsyncApp
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
-from sqlalchemy import CursorResult, and_, delete, or_, select, update
+from sqlalchemy import delete
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, col
 from starlette.requests import Request
@@ -37,11 +37,10 @@ from adapters import slack_blocks as ui
 from bot.app import Bot
 from bot.config import Settings
 from bot.desk import CaseNotFound, DeskError
-from bot.engine import REFUSAL_TO_CONFIRM
 from bot.messages import OutboundMessage
 from bot.outbox import Delivered, PermanentFailure, RetryLater
 from bot.registry import lookup
-from bot.store import Case, KeyValue, session_scope
+from bot.store import KeyValue, session_scope
 from bot.store.clock import utcnow
 from bot.store.kv import kv_get, kv_put
 from policy import Claim, Proof, decision_to_json, evaluate, normalize_serial, parse_serial
@@ -60,9 +59,6 @@ MEMBERS_CACHE_SECONDS = 60.0
 NAMES_CACHE_SECONDS = 600.0
 MAX_MEMBER_PAGES = 50
 REMIND_BATCH = 50
-# Cases nobody has taken yet: open ones, and refusals to confirm (every unit refused) no one claimed.
-_UNCLAIMED = or_(col(Case.status) == "open",
-                 and_(col(Case.status) == REFUSAL_TO_CONFIRM, col(Case.claimed_by).is_(None)))
 SOCKET_RETRY_SECONDS = 30.0
 NOTE = re.compile(r"^\s*note:\s*", re.IGNORECASE)
 REFUSAL = ("Only the after-sales engineers can act on warranty cases; nothing was changed. "
@@ -423,7 +419,7 @@ class SlackDesk:
             return None
         if not await self._first_time(body):
             return None
-        ref = await asyncio.to_thread(self._case_for_thread, thread_ts)
+        ref = await asyncio.to_thread(self.bot.desk.case_at, "ts", thread_ts)
         if ref is None:
             return None
         if not await self._is_engineer(user):
@@ -464,7 +460,7 @@ class SlackDesk:
         user, thread_ts = previous.get("user"), previous.get("thread_ts")
         if not isinstance(user, str) or not isinstance(thread_ts, str) or previous.get("bot_id"):
             return
-        if not await self._first_time(body) or await asyncio.to_thread(self._case_for_thread, thread_ts) is None:
+        if not await self._first_time(body) or await asyncio.to_thread(self.bot.desk.case_at, "ts", thread_ts) is None:
             return
         await self._ephemeral(user, DELETED, thread_ts)
 
@@ -736,7 +732,7 @@ class SlackDesk:
     async def _post_case(self, case: Mapping[str, Any], *, update_existing: bool) -> str:
         """The case message's ts: posted when there is none yet, else updated (when asked) to the case's state."""
         ref = case["ref"]
-        where = await asyncio.to_thread(self._desk_ref, ref)
+        where = await asyncio.to_thread(self.bot.desk.desk_ref, ref)
         text, blocks = ui.case_blocks(case, public_url=self.config.public_url)
         if where.get("ts") and where.get("channel"):
             if not update_existing:
@@ -755,7 +751,7 @@ class SlackDesk:
         return ts
 
     async def _thread_post(self, case: Mapping[str, Any], ts: str, text: str, blocks: list[dict[str, Any]]) -> str:
-        where = await asyncio.to_thread(self._desk_ref, case["ref"])
+        where = await asyncio.to_thread(self.bot.desk.desk_ref, case["ref"])
         answer = await self.client.chat_postMessage(channel=where.get("channel") or self.config.channel,
                                                     thread_ts=ts, text=text, blocks=blocks,
                                                     unfurl_links=False, unfurl_media=False)
@@ -776,8 +772,13 @@ class SlackDesk:
 
     async def remind_due(self) -> int:
         """Announce again, in the case thread and the channel, each case still unclaimed after the delay."""
-        due = await asyncio.to_thread(self._take_due_reminders)
-        for ref, channel, ts, opened in due:
+        due = await asyncio.to_thread(self.bot.desk.take_due_reminders, self.config.remind_after,
+                                      limit=REMIND_BATCH)
+        for reminder in due:
+            ref, opened = reminder.ref, reminder.opened_at
+            ts, channel = reminder.desk_ref.get("ts"), reminder.desk_ref.get("channel")
+            if not ts or not channel:
+                continue
             mention = self.config.remind_mention
             text = (f"{mention + ' ' if mention else ''}*{ref}* is still unclaimed, "
                     f"{_duration(utcnow() - opened)} after it was opened. Press *Claim* on the case message.")
@@ -787,30 +788,6 @@ class SlackDesk:
             except (SlackApiError, aiohttp.ClientError, TimeoutError) as error:
                 log.warning("reminder for %s not posted: %s", ref, type(error).__name__)
         return len(due)
-
-    def _take_due_reminders(self) -> list[tuple[str, str, str, datetime]]:
-        """Cases due a reminder, each marked reminded in the same step, so that one worker alone posts it."""
-        now = utcnow()
-        cutoff = now - self.config.remind_after
-        due: list[tuple[str, str, str, datetime]] = []
-        with session_scope(self.bot.db) as session:
-            cases = session.execute(
-                select(Case).where(_UNCLAIMED,
-                                   or_(and_(col(Case.reminded_at).is_(None), col(Case.created_at) <= cutoff),
-                                       col(Case.reminded_at) <= cutoff))
-                .order_by(col(Case.id)).limit(REMIND_BATCH)
-            ).scalars().all()
-            for case in cases:
-                ts, channel = case.desk_ref.get("ts"), case.desk_ref.get("channel")
-                if not ts or not channel:
-                    continue  # not on Slack yet: the case message comes first
-                previous = (col(Case.reminded_at).is_(None) if case.reminded_at is None
-                            else col(Case.reminded_at) == case.reminded_at)
-                taken = session.execute(update(Case).where(col(Case.id) == case.id, _UNCLAIMED,
-                                                           previous).values(reminded_at=now))
-                if cast(CursorResult[Any], taken).rowcount == 1:
-                    due.append((case.ref, str(channel), str(ts), case.created_at))
-        return due
 
     # --- helpers: engineers, names, Slack calls ------------------------------------------------------------
 
@@ -924,17 +901,6 @@ class SlackDesk:
         with session_scope(self.bot.db) as session:
             session.execute(delete(KeyValue).where(col(KeyValue.key).startswith(SEEN_PREFIX),
                                                    col(KeyValue.expires_at) < utcnow()))
-
-    def _desk_ref(self, ref: str) -> dict[str, Any]:
-        with Session(self.bot.db) as session:
-            found = session.execute(select(col(Case.desk_ref)).where(col(Case.ref) == ref)).scalar_one_or_none()
-        return dict(found or {})
-
-    def _case_for_thread(self, thread_ts: str) -> str | None:
-        with Session(self.bot.db) as session:
-            return session.execute(
-                select(col(Case.ref)).where(col(Case.desk_ref)["ts"].as_string() == thread_ts).limit(1)
-            ).scalar_one_or_none()
 
     def _home_view(self, engineer: str) -> dict[str, Any]:
         desk = self.bot.desk

@@ -20,7 +20,7 @@ import httpx
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from defusedxml import DefusedXmlException
 from defusedxml.ElementTree import fromstring
-from sqlalchemy import Engine, delete, func, select
+from sqlalchemy import Engine, delete
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session, col
@@ -33,8 +33,6 @@ from bot.attachments import AttachmentRejected
 from bot.messages import Attachment, Button, InboundMessage, OutboundMessage
 from bot.outbox import (
     CONFIG_HOLD,
-    HELD,
-    PENDING,
     Delivered,
     DeliveryError,
     Hold,
@@ -43,9 +41,10 @@ from bot.outbox import (
     Unreachable,
     release_config_holds,
     release_held,
+    waiting_count,
 )
 from bot.render import Renderer
-from bot.store import ChannelIdentity, Customer, KeyValue, OutboxItem, session_scope
+from bot.store import KeyValue, session_scope
 from bot.store.clock import utcnow
 
 log = logging.getLogger(__name__)
@@ -439,11 +438,7 @@ def _window(session: Session, openid: str, *, lock: bool = False) -> dict[str, A
 def read_quota(db: Engine, openid: str, digest: str, now: datetime) -> Quota:
     with Session(db) as session:
         state = _window(session, openid)
-        waiting = session.execute(
-            select(func.count()).select_from(OutboxItem)
-            .where(col(OutboxItem.channel) == CHANNEL, col(OutboxItem.chat_id) == openid,
-                   col(OutboxItem.status).in_((PENDING, HELD)))
-        ).scalar_one()
+    waiting = waiting_count(db, CHANNEL, openid)
     left = 0
     since = _parse_time(state.get("since"))
     kind = state.get("kind", "message")
@@ -505,14 +500,9 @@ class WeChatSender:
         self.renderer = renderer
         self.problem: str | None = None  # a configuration error that holds every reply, for /healthz
 
-    def _notice(self, openid: str) -> str:
+    def _notice(self, language: str | None) -> str:
         """'More messages are waiting: reply to receive them', in the customer's language."""
-        with Session(self.db) as session:
-            customer = session.execute(
-                select(Customer).join(ChannelIdentity, col(ChannelIdentity.customer_id) == col(Customer.id))
-                .where(col(ChannelIdentity.channel) == CHANNEL, col(ChannelIdentity.chat_id) == openid)
-            ).scalars().first()
-        return self.renderer.text("messages_waiting", language=(customer.language if customer else None) or "zh")
+        return self.renderer.text("messages_waiting", language=language or "zh")
 
     async def send(self, message: OutboundMessage, payload: Mapping[str, Any]) -> Delivered:
         pieces = split_text(render(message.text, message.buttons), TEXT_LIMIT_BYTES)
@@ -534,7 +524,7 @@ class WeChatSender:
         if fits:
             return Delivered()
         if quota.left >= 1 and not quota.notice_sent:
-            await self._send(openid, await asyncio.to_thread(self._notice, openid))
+            await self._send(openid, self._notice(message.language))
             await asyncio.to_thread(record_sent, self.db, openid, notice=True)
         await self._hold(openid, "the customer-service quota is used up" if quota.left else "outside the window")
 

@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, NoReturn
 
 import httpx
-from sqlalchemy import Engine, select, update
+from sqlalchemy import Engine, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session, col
 from starlette.requests import Request
@@ -28,18 +28,18 @@ from bot.fetch import Fetcher, FetchFailed, FetchPolicy, FetchRefused, FetchTooL
 from bot.messages import Attachment, Button, InboundMessage, OutboundMessage
 from bot.outbox import (
     CONFIG_HOLD,
-    HELD,
-    PENDING,
     Delivered,
     DeliveryError,
     Hold,
     PermanentFailure,
     RetryLater,
     Unreachable,
+    note_held,
     release_config_holds,
     release_held,
+    report_status,
 )
-from bot.store import Case, ChannelIdentity, Conversation, Customer, KeyValue, OutboxItem, session_scope
+from bot.store import ChannelIdentity, KeyValue, session_scope
 from bot.store.clock import utcnow
 from bot.store.kv import kv_get, kv_put
 
@@ -68,7 +68,6 @@ REENGAGEMENT = 131047
 CONFIG_CODES = frozenset({10, 190, 200, 131031})
 RETRYABLE_CODES = frozenset({1, 2, 4, 17, 341, 613, 80007, 130429, 131000, 131016, 131048, 131056, 133004})
 UNREACHABLE_CODES = frozenset({131026})
-STATUS_RANK = {"sent": 1, "delivered": 2, "read": 3}
 
 LIST_BUTTON = {"en": "Choose", "zh": "选择", "es": "Elegir", "ru": "Выбрать", "pt": "Escolher", "fr": "Choisir",
                "ar": "اختر"}
@@ -561,8 +560,6 @@ def delivery_error(error: GraphError) -> DeliveryError:
 class Window:
     open: bool
     template_sent: bool
-    language: str | None
-    case_ref: str | None
     partial: str = ""  # "digest:count" of a message cut in pieces whose first pieces went out
 
 
@@ -594,27 +591,14 @@ def read_window(db: Engine, chat_id: str, now: datetime) -> Window:
     with Session(db) as session:
         identity = _identity(session, chat_id)
         if identity is None:
-            return Window(open=False, template_sent=False, language=None, case_ref=None)
+            return Window(open=False, template_sent=False)
         state = identity.data.get(CHANNEL, {})
         last = _last_inbound(identity)
         closed_at = _iso(state.get("window_closed_at"))
         template_at = _iso(state.get("template_sent_at"))
         is_open = (last is not None and now - last < WINDOW - WINDOW_MARGIN
                    and not (closed_at is not None and closed_at >= last))
-        customer = session.get(Customer, identity.customer_id)
-        conversation = session.execute(
-            select(Conversation).where(col(Conversation.channel) == CHANNEL,
-                                       col(Conversation.chat_id) == chat_id)
-        ).scalar_one_or_none()
-        case_ref = None
-        if conversation is not None:
-            case = session.execute(
-                select(Case).where(col(Case.conversation_id) == conversation.id)
-                .order_by(col(Case.id).desc())
-                .limit(1)
-            ).scalar_one_or_none()
-            case_ref = case.ref if case is not None else None
-        return Window(open=is_open, language=customer.language if customer else None, case_ref=case_ref,
+        return Window(open=is_open,
                       template_sent=template_at is not None and (last is None or template_at > last),
                       partial=str(state.get("partial") or ""))
 
@@ -648,29 +632,21 @@ def note_inbound(db: Engine, chat_id: str, now: datetime) -> int:
 def apply_status(db: Engine, update_: StatusUpdate, now: datetime) -> bool:
     """Record a delivery status on the outbox row that sent `wamid`; False if no row has it."""
     with session_scope(db) as session:
-        item = session.execute(
-            select(OutboxItem).where(col(OutboxItem.channel) == CHANNEL,
-                                     col(OutboxItem.external_id) == update_.wamid)
-            .with_for_update()
-        ).scalar_one_or_none()
-        if item is None:
+        resend = None
+        if update_.status == "failed" and update_.error_code == REENGAGEMENT:
+            # Sent after the window closed: hold it for the template instead of losing it.
+            resend = f"{update_.error}; resent after the customer answers a template"
+        reported = report_status(session, CHANNEL, update_.wamid, update_.status, error=update_.error,
+                                 resend=resend, now=now)
+        if reported is None:
             return _template_status(session, update_)
-        if update_.status == "failed":
-            item.status = "failed"
-            item.last_error = update_.error or "failed"
-            if update_.error_code == REENGAGEMENT:
-                # Sent after the window closed: hold it for the template instead of losing it.
-                item.status = PENDING
-                item.next_attempt_at = now
-                item.last_error = f"{update_.error}; resent after the customer answers a template"
-                identity = _identity(session, item.chat_id, lock=True)
-                # When it failed, not now: a message the customer wrote since then opened the window again.
-                failed_at = datetime.fromtimestamp(int(update_.timestamp), UTC) if update_.timestamp.isdigit() else now
-                if identity is not None:
-                    state = {**identity.data.get(CHANNEL, {}), "window_closed_at": min(failed_at, now).isoformat()}
-                    identity.data = {**identity.data, CHANNEL: state}
-        elif STATUS_RANK.get(update_.status, 0) > STATUS_RANK.get(item.status, 99):
-            item.status = update_.status  # never back: read stays read when a late "delivered" comes
+        if resend is not None:
+            identity = _identity(session, reported.chat_id, lock=True)
+            # When it failed, not now: a message the customer wrote since then opened the window again.
+            failed_at = datetime.fromtimestamp(int(update_.timestamp), UTC) if update_.timestamp.isdigit() else now
+            if identity is not None:
+                state = {**identity.data.get(CHANNEL, {}), "window_closed_at": min(failed_at, now).isoformat()}
+                identity.data = {**identity.data, CHANNEL: state}
         return True
 
 
@@ -740,8 +716,7 @@ def _template_status(session: Session, update_: StatusUpdate) -> bool:
         return True
     reason = f"outside the 24-hour window; the template failed: {update_.error or 'failed'}"
     log.error("whatsapp template failed after it was accepted: %s", (update_.error or "")[:200])
-    session.execute(update(OutboxItem).where(col(OutboxItem.channel) == CHANNEL, col(OutboxItem.chat_id) == chat_id,
-                                             col(OutboxItem.status) == HELD).values(last_error=reason[:1000]))
+    note_held(session, CHANNEL, chat_id, reason)
     identity = _identity(session, chat_id, lock=True)
     if identity is not None:
         state = {**identity.data.get(CHANNEL, {})}
@@ -783,9 +758,9 @@ class WhatsAppSender:
     async def send(self, message: OutboundMessage, payload: Mapping[str, Any]) -> Delivered:
         window = await asyncio.to_thread(read_window, self.db, message.chat_id, utcnow())
         if not window.open:
-            await self._hold(message.chat_id, window)
+            await self._hold(message, window)
         to = await asyncio.to_thread(address_of, self.db, message.chat_id)
-        bodies = render(message.text, message.buttons, language=window.language)
+        bodies = render(message.text, message.buttons, language=message.language)
         if message.reply_to and message.reply_to.startswith("wamid."):
             bodies[0] = {**bodies[0], "context": {"message_id": message.reply_to}}
         # Pieces already sent before a failure are not sent again when the row is retried.
@@ -802,7 +777,7 @@ class WhatsAppSender:
         except GraphError as error:
             if error.code == REENGAGEMENT:
                 await asyncio.to_thread(_note, self.db, message.chat_id, window_closed_at=utcnow().isoformat())
-                await self._hold(message.chat_id, window)
+                await self._hold(message, window)
             if error.code in CONFIG_CODES:
                 self._config_problem(error)
             raise delivery_error(error) from error
@@ -820,16 +795,17 @@ class WhatsAppSender:
                       self.template_name, error)
         self.problem = f"template {self.template_name} refused: {error}"
 
-    async def _hold(self, chat_id: str, window: Window) -> NoReturn:
+    async def _hold(self, message: OutboundMessage, window: Window) -> NoReturn:
         """Keep the row for when the customer writes, asking them to once with the approved template."""
+        chat_id = message.chat_id
         reason = "outside the 24-hour window, waiting for the customer"
         if not self.template_name:
             reason += " (no WHATSAPP_TEMPLATE_NAME: the customer is not told)"
         elif not window.template_sent:
-            language = self.template_language(window.language)
+            language = self.template_language(message.language)
             template: dict[str, Any] = {"name": self.template_name, "language": {"code": language},
                                         "components": [{"type": "body", "parameters": [
-                                            {"type": "text", "text": window.case_ref or "-"}]}]}
+                                            {"type": "text", "text": message.case_ref or "-"}]}]}
             try:
                 to = await asyncio.to_thread(address_of, self.db, chat_id)
                 template_wamid = await self.client.send_message(to, {"type": "template", "template": template})

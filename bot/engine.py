@@ -689,17 +689,43 @@ class Engine:
                 buttons=[asdict(b) for b in buttons],
             )
         )
+        customer = session.get(Customer, conversation.customer_id)
         enqueue(
             session,
             OutboundMessage(
-                channel=conversation.channel, chat_id=conversation.chat_id, text=text, buttons=buttons
+                channel=conversation.channel,
+                chat_id=conversation.chat_id,
+                text=text,
+                buttons=buttons,
+                language=customer.language if customer else None,
+                case_ref=case.ref if case else _case_ref(session, conversation),
+                author=author,  # an engineer's words are no auto-reply (email's Auto-Submitted)
             ),
-            author=author,  # an engineer's words are no auto-reply (email's Auto-Submitted)
         )
 
     def notify_desks(self, session: Session, case: Case, event: str, **data: Any) -> None:
         for desk in self.config.external_desks:
             enqueue_event(session, desk, case.ref, event, case_id=case.id, **data)
+
+
+def _case_ref(session: Session, conversation: Conversation) -> str | None:
+    """The conversation's open case, or else its latest one (its closing words still belong to it)."""
+    query = select(col(Case.ref)).where(col(Case.conversation_id) == conversation.id)
+    if conversation.case_id is not None:
+        query = query.where(col(Case.id) == conversation.case_id)
+    return session.execute(query.order_by(col(Case.id).desc()).limit(1)).scalar_one_or_none() or None
+
+
+def last_inbound(db: DbEngine, channel: str, chat_id: str) -> dict[str, Any]:
+    """The chat's latest message as it was stored ({} when none): a mail's headers to answer it in its thread."""
+    with Session(db) as session:
+        payload = session.execute(
+            select(col(InboxItem.payload))
+            .where(col(InboxItem.channel) == channel, col(InboxItem.chat_id) == chat_id)
+            .order_by(col(InboxItem.id).desc())
+            .limit(1)
+        ).scalar_one_or_none()
+    return dict(payload or {})
 
 
 def retry_parked(db: DbEngine, ids: list[int] | None = None) -> int:

@@ -52,3 +52,9 @@ class OutboundMessage:
     buttons: tuple[Button, ...] = ()
     attachments: tuple[Attachment, ...] = ()
     reply_to: str | None = None
+    # What sending may need besides the words, so that no adapter reads the database for it: the customer's
+    # language (a template's, a notice's), the case the message belongs to (a mail's subject and thread), and
+    # who wrote it (an engineer's words are no auto-reply).
+    language: str | None = None
+    case_ref: str | None = None
+    author: str = "bot"

@@ -83,6 +83,9 @@ def to_payload(message: OutboundMessage) -> dict[str, Any]:
         "buttons": [asdict(b) for b in message.buttons],
         "attachments": [asdict(a) for a in message.attachments],
         "reply_to": message.reply_to,
+        "language": message.language,
+        "case_ref": message.case_ref,
+        "author": message.author,
     }
 
 
@@ -94,6 +97,9 @@ def from_payload(channel: str, chat_id: str, payload: Mapping[str, Any]) -> Outb
         buttons=tuple(Button(**b) for b in payload.get("buttons", ())),
         attachments=tuple(Attachment(**a) for a in payload.get("attachments", ())),
         reply_to=payload.get("reply_to"),
+        language=payload.get("language"),
+        case_ref=payload.get("case_ref"),
+        author=payload.get("author") or "bot",
     )
 
 
@@ -570,3 +576,114 @@ def retry_dead(db: Engine, ids: list[int] | None = None) -> int:
             )
         )
         return int(cast(CursorResult[Any], result).rowcount)
+
+
+# --- what channels ask of their own outbox rows --------------------------------------------------------------
+# An adapter reads and updates its rows only through these, never the table itself.
+
+WAITING = (PENDING, HELD)
+# How far a sent message has come, as channels report it later; a status never goes back.
+STATUS_RANK = {SENT: 1, "delivered": 2, "read": 3}
+
+
+def waiting_count(db: Engine, channel: str, chat_id: str) -> int:
+    """How many of the chat's messages are queued or held (the one being sent counts too)."""
+    with Session(db) as session:
+        return int(
+            session.execute(
+                select(func.count())
+                .select_from(OutboxItem)
+                .where(
+                    col(OutboxItem.channel) == channel,
+                    col(OutboxItem.chat_id) == chat_id,
+                    col(OutboxItem.status).in_(WAITING),
+                )
+            ).scalar_one()
+        )
+
+
+def sent_times(db: Engine, channel: str, chat_id: str, since: datetime, limit: int) -> list[datetime]:
+    """When the chat's messages sent since `since` went out, the latest first, at most `limit`."""
+    with Session(db) as session:
+        times = (
+            session.execute(
+                select(col(OutboxItem.sent_at))
+                .where(
+                    col(OutboxItem.channel) == channel,
+                    col(OutboxItem.chat_id) == chat_id,
+                    col(OutboxItem.status) == SENT,
+                    col(OutboxItem.sent_at) >= since,
+                )
+                .order_by(col(OutboxItem.sent_at).desc())
+                .limit(limit)
+            )
+            .scalars()
+            .all()
+        )
+    return [t for t in times if t is not None]
+
+
+def sent_any(db: Engine, channel: str, external_ids: list[str]) -> bool:
+    """Whether one of these channel message ids is of a message we sent."""
+    if not external_ids:
+        return False
+    with Session(db) as session:
+        found = session.execute(
+            select(col(OutboxItem.id))
+            .where(col(OutboxItem.channel) == channel, col(OutboxItem.external_id).in_(external_ids))
+            .limit(1)
+        ).first()
+    return found is not None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Reported:
+    """The row a channel's status report was about (`report_status`)."""
+
+    chat_id: str
+
+
+def report_status(
+    session: Session,
+    channel: str,
+    external_id: str,
+    status: str,
+    *,
+    error: str | None = None,
+    resend: str | None = None,
+    now: datetime,
+) -> Reported | None:
+    """A channel's later word on a message it took (delivered, read, failed), in the caller's transaction.
+
+    "failed" makes the row a dead letter with the error, or, when `resend` gives a reason, puts it back in
+    the queue with that reason (WhatsApp's closed window); other statuses only move it forward. None when no
+    row of this channel sent `external_id`.
+    """
+    item = session.execute(
+        select(OutboxItem)
+        .where(col(OutboxItem.channel) == channel, col(OutboxItem.external_id) == external_id)
+        .with_for_update()
+    ).scalar_one_or_none()
+    if item is None:
+        return None
+    if status == FAILED:
+        if resend is not None:
+            item.status, item.next_attempt_at, item.last_error = PENDING, now, resend
+        else:
+            item.status, item.last_error = FAILED, error or FAILED
+    elif STATUS_RANK.get(status, 0) > STATUS_RANK.get(item.status, 99):
+        item.status = status  # never back: read stays read when a late "delivered" comes
+    return Reported(chat_id=item.chat_id)
+
+
+def note_held(session: Session, channel: str, chat_id: str, reason: str) -> None:
+    """Say why the chat's held rows wait (shown by `outbox list` and the health page)."""
+    session.execute(
+        update(OutboxItem)
+        .where(
+            col(OutboxItem.channel) == channel,
+            col(OutboxItem.chat_id) == chat_id,
+            col(OutboxItem.status) == HELD,
+        )
+        .values(last_error=reason[:1000])
+    )
