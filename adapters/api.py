@@ -33,11 +33,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from bot import channels
 from bot.app import Bot
-from bot.attachments import AttachmentRejected
-from bot.fetch import Fetcher, FetchError, FetchFailed, FetchPolicy, FetchRefused, FetchTooLarge
+from bot.fetch import Fetcher, FetchError, FetchPolicy
 from bot.messages import Attachment, InboundMessage, OutboundMessage
-from bot.outbox import Delivered, DeliveryError, PermanentFailure, RetryLater, Unreachable
+from bot.outbox import Delivered, DeliveryError, PermanentFailure, RetryLater
 from bot.store.clock import utcnow
 
 log = logging.getLogger(__name__)
@@ -152,7 +152,7 @@ def render(name: str, chat_id: str, message: OutboundMessage) -> dict[str, Any]:
     options = [{"label": b.label, "value": b.value} for b in message.buttons]
     fallback = message.text
     if options:
-        numbered = "\n".join(f"{n}. {b.label}" for n, b in enumerate(message.buttons, start=1))
+        numbered = "\n".join(channels.numbered(message.buttons))
         fallback = f"{message.text}\n\n{numbered}" if message.text.strip() else numbered
     return {
         "channel": name,
@@ -169,16 +169,11 @@ def split_chat(chat: str) -> tuple[str, str]:
     return name, chat_id
 
 
-def delivery_error(status: int, detail: str, retry_after: str | None) -> DeliveryError:
+def delivery_error(status: int, detail: str, after: str | None) -> DeliveryError:
     """What the outbox does about a callback's error status."""
-    if status == 429 or status >= 500:
-        after = (
-            float(retry_after) if retry_after and retry_after.isascii() and retry_after.isdigit() else None
-        )
-        return RetryLater(f"callback HTTP {status}", after=after)
-    if status == 410:
-        return Unreachable(f"callback HTTP 410: {detail}")
-    return PermanentFailure(f"callback HTTP {status}: {detail}")
+    passing = status == 429 or status >= 500
+    summary = f"callback HTTP {status}" if passing else f"callback HTTP {status}: {detail}"
+    return channels.delivery_error(summary, status=status, unreachable=status == 410, after=channels.retry_after(after))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -306,21 +301,9 @@ class ApiChannel:
         )
         if mime not in store.allowed_types:
             return store.rejected(filename, "type")  # not worth downloading
-        try:
-            fetched = await self._fetchers[name].get(attachment.url, max_bytes=store.max_bytes)
-        except FetchTooLarge:
-            return store.rejected(filename, "too_large")
-        except FetchRefused as error:
-            log.warning("api attachment of %s refused by the fetch policy: %s", name, error.reason)
-            return store.rejected(filename, "unavailable")
-        except FetchFailed as error:
-            if error.status == 0 or error.status == 429 or error.status >= 500:
-                raise  # passing: the gateway is asked to send the message again
-            return store.rejected(filename, "unavailable")  # gone: it will not come back
-        try:
-            return await asyncio.to_thread(store.save, fetched.data, name=filename, mime=mime, kind=kind)
-        except AttachmentRejected as error:
-            return store.rejected(filename, error.reason)
+        # A passing failure asks the gateway to send the message again; a file that is gone will not come back.
+        return await channels.download(self._fetchers[name], store, attachment.url, name=filename, mime=mime, kind=kind,
+                              channel=f"api {name}", server_type=False)
 
 
 def _allowed_url(policy: FetchPolicy, url: str) -> bool:

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TextIO
 
+from bot import channels
 from bot.app import Bot, build
 from bot.attachments import AttachmentRejected
 from bot.config import Settings
@@ -32,8 +33,8 @@ class ConsoleSender:
 
     async def send(self, message: OutboundMessage, payload: Mapping[str, Any]) -> Delivered:
         print(f"\nbot> {message.text}", file=self.out)
-        for number, button in enumerate(message.buttons, start=1):
-            print(f"     {number}. {button.label}", file=self.out)
+        for option in channels.numbered(message.buttons):
+            print(f"     {option}", file=self.out)
         return Delivered()
 
 

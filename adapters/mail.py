@@ -44,6 +44,7 @@ from mailparser_reply import EmailMessage as ReplyParser
 from sqlalchemy import Engine
 from starlette.routing import BaseRoute
 
+from bot import channels
 from bot.app import Bot
 from bot.attachments import AttachmentRejected, AttachmentStore
 from bot.engine import last_inbound
@@ -1005,7 +1006,7 @@ def compose(message: OutboundMessage, *, thread: Thread, config: MailSettings, b
     if not by_person:
         mail["Auto-Submitted"] = "auto-replied"
     mail["X-Auto-Response-Suppress"] = "All"  # asks Exchange not to answer us with out-of-office mail
-    options = [f"{number}. {button.label}" for number, button in enumerate(message.buttons, start=1)]
+    options = channels.numbered(message.buttons)
     text = message.text + ("\n\n" + "\n".join(options) if options else "")
     mail.set_content(text + "\n", subtype="plain", charset="utf-8")
     mail.add_alternative(_html(message), subtype="html", charset="utf-8")

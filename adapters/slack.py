@@ -34,6 +34,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from adapters import slack_blocks as ui
+from bot import channels
 from bot.app import Bot
 from bot.config import Settings
 from bot.desk import CaseNotFound, DeskError
@@ -996,11 +997,11 @@ def _delivery_error(error: SlackApiError) -> Exception:
     if status == 429 or code == "ratelimited":
         retry_after = error.response.headers.get("Retry-After") or error.response.headers.get("retry-after")
         # Slack's limits are per method and workspace, not per thread: the whole desk channel waits.
-        return RetryLater(f"Slack rate limit ({code or status})",
-                          after=float(retry_after) if str(retry_after or "").isdigit() else None, scope="channel")
+        return RetryLater(f"Slack rate limit ({code or status})", after=channels.retry_after(str(retry_after or "")),
+                          scope="channel")
     if status >= 500 or code in TRANSIENT_ERRORS:
         return RetryLater(f"Slack error {status} {code}")
-    return PermanentFailure(f"Slack refused: {code or status}")
+    return channels.delivery_error(f"Slack refused: {code or status}", status=status)
 
 
 def _duration(delta: timedelta) -> str:

@@ -13,7 +13,6 @@ import hashlib
 import hmac
 import json
 import logging
-import mimetypes
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -24,12 +23,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from adapters.whatsapp import split_text
+from bot import channels
 from bot.app import Bot
-from bot.attachments import AttachmentRejected
-from bot.fetch import Fetcher, FetchFailed, FetchPolicy, FetchRefused, FetchTooLarge
+from bot.fetch import Fetcher, FetchFailed, FetchPolicy
 from bot.messages import Attachment, Button, InboundMessage, OutboundMessage
-from bot.outbox import Delivered, DeliveryError, PermanentFailure, RetryLater, Unreachable
+from bot.outbox import Delivered, DeliveryError, RetryLater
 from bot.store.clock import utcnow
 
 log = logging.getLogger(__name__)
@@ -162,9 +160,7 @@ def render(text: str, buttons: Sequence[Button], *, receiver: str, sender_name: 
     more, or values too long for an ActionBody, as numbered options in the text. Long texts are split."""
     usable = len(buttons) <= MAX_BUTTONS and all(0 < len(b.value) <= ACTION_BODY_LIMIT for b in buttons)
     if buttons and not usable:
-        options = "\n".join(f"{n}. {b.label}" for n, b in enumerate(buttons, start=1))
-        text = f"{text}\n\n{options}" if text.strip() else options
-        buttons = ()
+        text, buttons = channels.with_options(text, buttons), ()
     sender = {"name": sender_name[:SENDER_NAME_LIMIT]}
     bodies: list[dict[str, Any]] = [
         {
@@ -174,14 +170,14 @@ def render(text: str, buttons: Sequence[Button], *, receiver: str, sender_name: 
             "type": "text",
             "text": p or "…",
         }
-        for p in split_text(text, TEXT_LIMIT)
+        for p in channels.split_text(text, TEXT_LIMIT)
     ]
     if buttons:
         keyboard = {
             "Type": "keyboard",
             "DefaultHeight": False,
             "Buttons": [
-                {"ActionType": "reply", "ActionBody": b.value, "Text": _clip(b.label, BUTTON_TEXT_LIMIT)}
+                {"ActionType": "reply", "ActionBody": b.value, "Text": channels.clip(b.label, BUTTON_TEXT_LIMIT)}
                 for b in buttons
             ],
         }
@@ -189,9 +185,6 @@ def render(text: str, buttons: Sequence[Button], *, receiver: str, sender_name: 
     return bodies
 
 
-def _clip(text: str, limit: int) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
 
 
 class ViberError(Exception):
@@ -206,15 +199,12 @@ class ViberError(Exception):
 
 
 def delivery_error(error: ViberError) -> DeliveryError:
-    if error.api_status is None:
-        if error.http_status == 429 or error.http_status >= 500:
-            return RetryLater(str(error))
-        return PermanentFailure(str(error))
-    if error.api_status == STATUS_TOO_MANY_REQUESTS:
-        return RetryLater(str(error))
-    if error.api_status in (STATUS_NOT_SUBSCRIBED, STATUS_NOT_REGISTERED, STATUS_NO_SUITABLE_DEVICE):
-        return Unreachable(str(error))
-    return PermanentFailure(str(error))
+    return channels.delivery_error(
+        str(error),
+        status=error.http_status if error.api_status is None else 200,
+        passing=error.api_status == STATUS_TOO_MANY_REQUESTS,
+        unreachable=error.api_status in (STATUS_NOT_SUBSCRIBED, STATUS_NOT_REGISTERED, STATUS_NO_SUITABLE_DEVICE),
+    )
 
 
 class ViberClient:
@@ -361,31 +351,12 @@ class ViberChannel:
     async def _attachment(self, incoming: Incoming) -> Attachment:
         assert incoming.media_url is not None
         store = self.bot.attachments
-        kind = _MEDIA_KINDS[incoming.type]
-        guessed = mimetypes.guess_type(incoming.file_name)[0] if incoming.file_name else None
-        mime = guessed or _DEFAULT_MIME.get(incoming.type, "application/octet-stream")
-        name = (
-            incoming.file_name
-            or f"{incoming.type}-{incoming.event_id}{mimetypes.guess_extension(mime) or ''}"
-        )
+        name, mime = channels.media_name(incoming.file_name, incoming.type, incoming.event_id,
+                                _DEFAULT_MIME.get(incoming.type, "application/octet-stream"))
         if incoming.file_name and mime not in store.allowed_types:
             return store.rejected(name, "type")
-        try:
-            fetched = await self._fetcher.get(incoming.media_url, max_bytes=store.max_bytes)
-        except FetchTooLarge:
-            return store.rejected(name, "too_large")
-        except FetchRefused as error:
-            log.warning("viber media refused by the fetch policy: %s", error.reason)
-            return store.rejected(name, "unavailable")
-        except FetchFailed as error:
-            if error.status == 0 or error.status == 429 or error.status >= 500:
-                raise
-            return store.rejected(name, "unavailable")
-        mime = fetched.content_type or mime
-        try:
-            return await asyncio.to_thread(store.save, fetched.data, name=name, mime=mime, kind=kind)
-        except AttachmentRejected as error:
-            return store.rejected(name, error.reason)
+        return await channels.download(self._fetcher, store, incoming.media_url, name=name, mime=mime,
+                              kind=_MEDIA_KINDS[incoming.type], channel=CHANNEL)
 
 
 def from_settings(bot: Bot) -> ViberChannel | None:

@@ -22,8 +22,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from bot import channels
 from bot.app import Bot
-from bot.attachments import AttachmentRejected
 from bot.fetch import Fetcher, FetchFailed, FetchPolicy, FetchRefused, FetchTooLarge, host_of
 from bot.messages import Attachment, Button, InboundMessage, OutboundMessage
 from bot.outbox import (
@@ -31,11 +31,8 @@ from bot.outbox import (
     Delivered,
     DeliveryError,
     Hold,
-    PermanentFailure,
     RetryLater,
-    Unreachable,
     note_held,
-    release_config_holds,
     release_held,
     report_status,
 )
@@ -393,31 +390,10 @@ def locale_hint(wa_id: str) -> str | None:
 # --- send: rendering ------------------------------------------------------------------------------------------
 
 
-def split_text(text: str, limit: int) -> list[str]:
-    """`text` in pieces of at most `limit` characters, cut at a paragraph, line or word break where possible."""
-    pieces: list[str] = []
-    rest = text.strip()
-    while len(rest) > limit:
-        window = rest[:limit]
-        cut = max(window.rfind("\n\n"), window.rfind("\n"), window.rfind(" "))
-        if cut < limit // 2:
-            cut = limit
-        pieces.append(rest[:cut].rstrip())
-        rest = rest[cut:].lstrip()
-    if rest or not pieces:
-        pieces.append(rest)
-    return pieces
-
-
-def _clip(text: str, limit: int) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
-
-
 def _titles(buttons: Sequence[Button], limit: int) -> list[str]:
-    titles = [_clip(b.label, limit) for b in buttons]
+    titles = [channels.clip(b.label, limit) for b in buttons]
     if len(set(titles)) < len(titles):  # WhatsApp refuses equal titles: clipping made some equal
-        titles = [_clip(f"{n}. {b.label}", limit) for n, b in enumerate(buttons, start=1)]
+        titles = [channels.clip(option, limit) for option in channels.numbered(buttons)]
     return titles
 
 
@@ -428,14 +404,12 @@ def render(text: str, buttons: Sequence[Button], *, language: str | None = None)
     customer answers with the number.
     """
     if len(buttons) > MAX_LIST_ROWS:
-        options = "\n".join(f"{n}. {b.label}" for n, b in enumerate(buttons, start=1))
-        text = f"{text}\n\n{options}" if text.strip() else options
-        buttons = ()
-    parts = split_text(text, TEXT_LIMIT)
+        text, buttons = channels.with_options(text, buttons), ()
+    parts = channels.split_text(text, TEXT_LIMIT)
     if not buttons:
         return [{"type": "text", "text": {"body": part, "preview_url": False}} for part in parts]
     # The buttons travel with the last piece, whose body has a lower limit.
-    parts = parts[:-1] + split_text(parts[-1], INTERACTIVE_BODY_LIMIT)
+    parts = parts[:-1] + channels.split_text(parts[-1], INTERACTIVE_BODY_LIMIT)
     bodies: list[dict[str, Any]] = [{"type": "text", "text": {"body": p, "preview_url": False}} for p in parts[:-1]]
     body = {"text": parts[-1] or "…"}
     if len(buttons) <= MAX_REPLY_BUTTONS:
@@ -448,7 +422,7 @@ def render(text: str, buttons: Sequence[Button], *, language: str | None = None)
     for button, title in zip(buttons, _titles(buttons, ROW_TITLE_LIMIT), strict=True):
         row = {"id": button.value, "title": title}
         if title != " ".join(button.label.split()):
-            row["description"] = _clip(button.label, ROW_DESCRIPTION_LIMIT)
+            row["description"] = channels.clip(button.label, ROW_DESCRIPTION_LIMIT)
         rows.append(row)
     label = LIST_BUTTON.get(language or "en", LIST_BUTTON["en"])
     action = {"button": label, "sections": [{"rows": rows}]}
@@ -539,18 +513,13 @@ def _checked(response: httpx.Response) -> dict[str, Any]:
     if isinstance(error, dict):
         details = error.get("error_data", {}).get("details") if isinstance(error.get("error_data"), dict) else None
         message = str(details or error.get("message") or message)
-    retry_after = response.headers.get("retry-after")
-    raise GraphError(response.status_code, code, message,
-                     float(retry_after) if retry_after and retry_after.isdigit() else None)
+    raise GraphError(response.status_code, code, message, channels.retry_after(response.headers.get("retry-after")))
 
 
 def delivery_error(error: GraphError) -> DeliveryError:
     """What the outbox should do about a refused send."""
-    if error.status == 429 or error.status >= 500 or error.code in RETRYABLE_CODES:
-        return RetryLater(str(error), after=error.retry_after)
-    if error.code in UNREACHABLE_CODES:
-        return Unreachable(str(error))
-    return PermanentFailure(str(error))
+    return channels.delivery_error(str(error), status=error.status, passing=error.code in RETRYABLE_CODES,
+                                   unreachable=error.code in UNREACHABLE_CODES, after=error.retry_after)
 
 
 # --- send: the window and held messages ---------------------------------------------------------------------------
@@ -563,17 +532,6 @@ class Window:
     partial: str = ""  # "digest:count" of a message cut in pieces whose first pieces went out
 
 
-def _aware(value: datetime | None) -> datetime | None:
-    return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
-
-
-def _iso(value: Any) -> datetime | None:
-    try:
-        return _aware(datetime.fromisoformat(value)) if isinstance(value, str) else None
-    except ValueError:
-        return None
-
-
 def _identity(session: Session, chat_id: str, *, lock: bool = False) -> ChannelIdentity | None:
     query = select(ChannelIdentity).where(col(ChannelIdentity.channel) == CHANNEL,
                                           col(ChannelIdentity.chat_id) == chat_id)
@@ -581,8 +539,8 @@ def _identity(session: Session, chat_id: str, *, lock: bool = False) -> ChannelI
 
 
 def _last_inbound(identity: ChannelIdentity) -> datetime | None:
-    noted = _iso(identity.data.get(CHANNEL, {}).get("last_inbound_at"))
-    engine = _aware(identity.last_inbound_at)
+    noted = channels.parse_time(identity.data.get(CHANNEL, {}).get("last_inbound_at"))
+    engine = identity.last_inbound_at
     return max((t for t in (noted, engine) if t is not None), default=None)
 
 
@@ -594,8 +552,8 @@ def read_window(db: Engine, chat_id: str, now: datetime) -> Window:
             return Window(open=False, template_sent=False)
         state = identity.data.get(CHANNEL, {})
         last = _last_inbound(identity)
-        closed_at = _iso(state.get("window_closed_at"))
-        template_at = _iso(state.get("template_sent_at"))
+        closed_at = channels.parse_time(state.get("window_closed_at"))
+        template_at = channels.parse_time(state.get("template_sent_at"))
         is_open = (last is not None and now - last < WINDOW - WINDOW_MARGIN
                    and not (closed_at is not None and closed_at >= last))
         return Window(open=is_open,
@@ -725,11 +683,6 @@ def _template_status(session: Session, update_: StatusUpdate) -> bool:
     return True
 
 
-def _release_config_holds(db: Engine) -> int:
-    with session_scope(db) as session:
-        return release_config_holds(session, CHANNEL)
-
-
 class WhatsAppSender:
     """Delivers outbox rows: within the window as messages, outside it as a template while the row waits."""
 
@@ -785,7 +738,7 @@ class WhatsAppSender:
             raise RetryLater(f"{type(error).__name__}: {error}") from error
         if self.problem is not None and self.problem.startswith("WhatsApp refuses the account"):
             self.problem = None
-            released = await asyncio.to_thread(_release_config_holds, self.db)
+            released = await asyncio.to_thread(channels.release_config_holds_of, self.db, CHANNEL)
             log.info("whatsapp set-up works again; %s held replies released", released)
         return Delivered(external_id=wamid)
 
@@ -873,7 +826,7 @@ class WhatsAppChannel:
 
     async def start(self) -> None:
         # Replies held for a refused set-up are tried again after a restart: the restart may be the fix.
-        if await asyncio.to_thread(_release_config_holds, self.bot.db):
+        if await asyncio.to_thread(channels.release_config_holds_of, self.bot.db, CHANNEL):
             self.bot.engine.outbox_signal.set()
 
     async def stop(self) -> None:
@@ -951,11 +904,8 @@ class WhatsAppChannel:
                 raise
             log.warning("whatsapp media %s could not be fetched: %s", media.kind, error)
             return store.rejected(media.name, "unavailable")  # expired or deleted: it will not come back
-        try:
-            return await asyncio.to_thread(store.save, data, name=media.name,
-                                           mime=str(info.get("mime_type") or mime), kind=media.kind)
-        except AttachmentRejected as error:
-            return store.rejected(media.name, error.reason)
+        return await channels.save_or_reject(store, data, name=media.name, mime=str(info.get("mime_type") or mime),
+                                             kind=media.kind)
 
 
 # --- settings ---------------------------------------------------------------------------------------------------
