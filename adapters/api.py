@@ -28,14 +28,14 @@ from typing import Annotated, Any, Literal
 
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
-from sqlalchemy.exc import SQLAlchemyError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from adapters.base import SendingChannel
 from bot import channels
 from bot.app import Bot
-from bot.fetch import Fetcher, FetchError, FetchPolicy
+from bot.fetch import Fetcher, FetchPolicy
 from bot.messages import Attachment, InboundMessage, OutboundMessage
 from bot.outbox import Delivered, DeliveryError, PermanentFailure, RetryLater
 from bot.store.clock import utcnow
@@ -173,7 +173,8 @@ def delivery_error(status: int, detail: str, after: str | None) -> DeliveryError
     """What the outbox does about a callback's error status."""
     passing = status == 429 or status >= 500
     summary = f"callback HTTP {status}" if passing else f"callback HTTP {status}: {detail}"
-    return channels.delivery_error(summary, status=status, unreachable=status == 410, after=channels.retry_after(after))
+    after_seconds = channels.retry_after(after)
+    return channels.delivery_error(summary, status=status, unreachable=status == 410, after=after_seconds)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -219,11 +220,10 @@ class ApiSender:
 # --- the channel --------------------------------------------------------------------------------------------
 
 
-class ApiChannel:
+class ApiChannel(SendingChannel):
     """The signed inbound route of every configured API channel and the sender of their replies."""
 
     name = CHANNEL
-    is_desk = False
 
     def __init__(
         self, bot: Bot, endpoints: Mapping[str, Endpoint], *, tolerance: float, timeout: float
@@ -233,22 +233,12 @@ class ApiChannel:
         self.tolerance = tolerance
         # trust_env=False: the callback URL is the operator's, not a proxy's from the environment.
         self._client = httpx.AsyncClient(timeout=timeout, follow_redirects=False, trust_env=False)
-        self._sender = ApiSender(self.endpoints, self._client)
+        self.outbox = ApiSender(self.endpoints, self._client)
         self._fetchers = {name: Fetcher(e.media) for name, e in self.endpoints.items()}
+        self.clients = (self._client, *self._fetchers.values())
 
     def routes(self) -> Sequence[BaseRoute]:
         return [Route(INBOUND_PATH, self.inbound, methods=["POST"])]
-
-    def sender(self) -> ApiSender:
-        return self._sender
-
-    async def start(self) -> None:
-        return None
-
-    async def stop(self) -> None:
-        await self._client.aclose()
-        for fetcher in self._fetchers.values():
-            await fetcher.aclose()
 
     async def inbound(self, request: Request) -> Response:
         name = request.path_params["name"]
@@ -267,29 +257,25 @@ class ApiChannel:
             if not _allowed_url(endpoint.media, attachment.url):
                 return _error(400, "attachments.url: not an https URL on this channel's media hosts")
         external_id = f"{name}:{message.message_id}"
-        try:
-            if await asyncio.to_thread(self.bot.engine.seen, CHANNEL, external_id):
-                return JSONResponse({"ok": True, "duplicate": True})
-            attachments = tuple([await self._attachment(name, a) for a in message.attachments])
-            accepted = await asyncio.to_thread(
-                self.bot.engine.accept,
-                InboundMessage(
-                    channel=CHANNEL,
-                    external_id=external_id,
-                    sender_id=message.sender.id,
-                    chat_id=f"{name}:{message.chat_id}",
-                    text=message.text,
-                    attachments=attachments,
-                    received_at=utcnow(),
-                    locale_hint=message.locale,
-                    sender_name=message.sender.name,
-                    raw={"api_channel": name},
-                ),
-            )
-        except (SQLAlchemyError, FetchError) as error:
-            # Not stored: a non-2xx makes the gateway send it again later.
-            log.warning("api message of %s not stored, asking for redelivery: %s", name, type(error).__name__)
-            return _error(503, "temporarily unavailable")
+        # Not stored (bot.http.UNAVAILABLE): the 503 makes the gateway send it again later.
+        if await asyncio.to_thread(self.bot.engine.seen, CHANNEL, external_id):
+            return JSONResponse({"ok": True, "duplicate": True})
+        attachments = tuple([await self._attachment(name, a) for a in message.attachments])
+        accepted = await asyncio.to_thread(
+            self.bot.engine.accept,
+            InboundMessage(
+                channel=CHANNEL,
+                external_id=external_id,
+                sender_id=message.sender.id,
+                chat_id=f"{name}:{message.chat_id}",
+                text=message.text,
+                attachments=attachments,
+                received_at=utcnow(),
+                locale_hint=message.locale,
+                sender_name=message.sender.name,
+                raw={"api_channel": name},
+            ),
+        )
         return JSONResponse({"ok": True, "duplicate": accepted.duplicate})
 
     async def _attachment(self, name: str, attachment: AttachmentIn) -> Attachment:
@@ -302,8 +288,10 @@ class ApiChannel:
         if mime not in store.allowed_types:
             return store.rejected(filename, "type")  # not worth downloading
         # A passing failure asks the gateway to send the message again; a file that is gone will not come back.
-        return await channels.download(self._fetchers[name], store, attachment.url, name=filename, mime=mime, kind=kind,
-                              channel=f"api {name}", server_type=False)
+        return await channels.download(
+            self._fetchers[name], store, attachment.url, name=filename, mime=mime, kind=kind,
+            channel=f"api {name}", server_type=False,
+        )
 
 
 def _allowed_url(policy: FetchPolicy, url: str) -> bool:

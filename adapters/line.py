@@ -20,15 +20,15 @@ from typing import Any
 
 import httpx
 from sqlalchemy import Engine, select
-from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import col
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from adapters.base import SendingChannel
 from bot import channels
 from bot.app import Bot
-from bot.fetch import Fetcher, FetchFailed, FetchPolicy
+from bot.fetch import Fetcher, FetchPolicy
 from bot.messages import Attachment, Button, InboundMessage, OutboundMessage
 from bot.outbox import Delivered, DeliveryError, RetryLater
 from bot.store import KeyValue, session_scope
@@ -228,7 +228,8 @@ class LineClient:
         if response.status_code < 300:
             return data if isinstance(data, dict) else {}
         message = str(data.get("message", "")) if isinstance(data, dict) else response.text[:200]
-        raise LineError(response.status_code, message, channels.retry_after(response.headers.get("retry-after")))
+        after = channels.retry_after(response.headers.get("retry-after"))
+        raise LineError(response.status_code, message, after)
 
     async def aclose(self) -> None:
         await self._http.aclose()
@@ -304,32 +305,22 @@ class LineConfig:
     data_api_url: str
 
 
-class LineChannel:
+class LineChannel(SendingChannel):
     name = CHANNEL
-    is_desk = False
 
     def __init__(self, bot: Bot, config: LineConfig) -> None:
         self.bot = bot
         self.config = config
         self.client = LineClient(config.api_url, config.access_token)
-        self._sender = LineSender(bot.db, self.client)
+        self.outbox = LineSender(bot.db, self.client)
         data_host = config.data_api_url
         self._fetcher = Fetcher(
             FetchPolicy.from_settings(bot.settings, hosts=[data_host], token_hosts=[data_host])
         )
+        self.clients = (self.client, self._fetcher)
 
     def routes(self) -> Sequence[BaseRoute]:
         return [Route(WEBHOOK_PATH, self.webhook, methods=["POST"])]
-
-    def sender(self) -> LineSender:
-        return self._sender
-
-    async def start(self) -> None:
-        return None
-
-    async def stop(self) -> None:
-        await self.client.aclose()
-        await self._fetcher.aclose()
 
     async def webhook(self, request: Request) -> Response:
         body = await request.body()
@@ -339,13 +330,9 @@ class LineChannel:
             events = parse(body)
         except MalformedPayload as error:
             return JSONResponse({"error": f"malformed webhook: {error}"}, status_code=400)
-        try:
-            for incoming in events:
-                await self._receive(incoming)
-        except (SQLAlchemyError, FetchFailed) as error:
-            # Not stored: a non-2xx makes LINE redeliver (when redelivery is on in the console).
-            log.warning("line webhook not stored, asking for redelivery: %s", type(error).__name__)
-            return JSONResponse({"error": "temporarily unavailable"}, status_code=503)
+        # Not stored (bot.http.UNAVAILABLE): the 503 makes LINE redeliver (when redelivery is on in the console).
+        for incoming in events:
+            await self._receive(incoming)
         return JSONResponse({})
 
     async def _receive(self, incoming: Incoming) -> None:
@@ -371,16 +358,18 @@ class LineChannel:
 
     async def _attachment(self, incoming: Incoming) -> Attachment:
         store = self.bot.attachments
-        name, mime = channels.media_name(incoming.file_name, incoming.type, incoming.media_id or "",
-                                _DEFAULT_MIME.get(incoming.type, "application/octet-stream"))
+        default_mime = _DEFAULT_MIME.get(incoming.type, "application/octet-stream")
+        name, mime = channels.media_name(incoming.file_name, incoming.type, incoming.media_id or "", default_mime)
         if incoming.external_media:
             return store.rejected(name, "unavailable")  # a URL the sender chose: not fetched
         if incoming.file_name and mime not in store.allowed_types:
             return store.rejected(name, "type")
         url = f"{self.config.data_api_url.rstrip('/')}/v2/bot/message/{incoming.media_id}/content"
         # A 202 is a video still being prepared: LINE redelivers nothing, so it is lost.
-        return await channels.download(self._fetcher, store, url, name=name, mime=mime, kind=_MEDIA_KINDS[incoming.type],
-                              channel=CHANNEL, bearer=self.config.access_token, accept=lambda status: status != 202)
+        return await channels.download(
+            self._fetcher, store, url, name=name, mime=mime, kind=_MEDIA_KINDS[incoming.type], channel=CHANNEL,
+            bearer=self.config.access_token, accept=lambda status: status != 202,
+        )
 
 
 def from_settings(bot: Bot) -> LineChannel | None:

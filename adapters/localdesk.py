@@ -14,11 +14,11 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from adapters.base import Channel
 from adapters.webchat import _PAGE_HEADERS, WEB, ApiError, json_object
 from bot.app import Bot
 from bot.attachments import STORABLE_TYPES
 from bot.desk import GOODWILL, STATUSES, UNITS_PAGE, DeskError
-from bot.outbox import Sender
 
 MAX_NAME = 80
 # The desk holds the engineers' token in the page: another site must not frame it (clickjacking).
@@ -37,9 +37,10 @@ _FILE_HEADERS = {
 }
 
 
-class LocalDesk:
+class LocalDesk(Channel):
+    """The engineers' page and API; it reads the database, so nothing goes to it through the outbox."""
+
     name = "localdesk"
-    is_desk = True
 
     def __init__(self, bot: Bot) -> None:
         self.bot = bot
@@ -63,14 +64,7 @@ class LocalDesk:
             Route("/api/desk/cases/{ref}/attachments/{attachment_id:int}", self._guard(self._attachment)),
         ]
 
-    def sender(self) -> Sender | None:
-        return None  # the page reads the database; nothing to deliver
 
-    async def start(self) -> None:
-        return None
-
-    async def stop(self) -> None:
-        return None
 
     async def page(self, request: Request) -> Response:
         return FileResponse(WEB / "desk.html", headers=_DESK_HEADERS)

@@ -44,6 +44,7 @@ from mailparser_reply import EmailMessage as ReplyParser
 from sqlalchemy import Engine
 from starlette.routing import BaseRoute
 
+from adapters.base import SendingChannel
 from bot import channels
 from bot.app import Bot
 from bot.attachments import AttachmentRejected, AttachmentStore
@@ -1139,25 +1140,22 @@ def _key(prefix: str, name: str) -> str:
 # --- the channel and its settings -----------------------------------------------------------------------
 
 
-class MailChannel:
+class MailChannel(SendingChannel):
     """Email: a mailbox reader in a thread, and an SMTP sender for the outbox."""
 
     name = CHANNEL
-    is_desk = False
+    one_reply_per_turn = True
 
     def __init__(self, bot: Bot, config: MailSettings) -> None:
         self.bot = bot
         self.config = config
         self.tokens = OAuthTokens(config) if config.oauth else None
         self.reader = MailboxReader(bot, config, tokens=self.tokens)
-        self._sender = MailSender(bot, config, tokens=self.tokens)
+        self.outbox = MailSender(bot, config, tokens=self.tokens)
         self._thread: threading.Thread | None = None
 
     def routes(self) -> Sequence[BaseRoute]:
         return []
-
-    def sender(self) -> MailSender:
-        return self._sender
 
     async def start(self) -> None:
         self.reader.stop.clear()

@@ -34,6 +34,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from adapters import slack_blocks as ui
+from adapters.base import Channel
 from bot import channels
 from bot.app import Bot
 from bot.config import Settings
@@ -230,11 +231,11 @@ def _shaped(node: Mapping[str, Any]) -> bool:
 # --- the desk ------------------------------------------------------------------------------------------------
 
 
-class SlackDesk:
+class SlackDesk(Channel):
     """The Slack channel: HTTP routes (or Socket Mode), the outbox sender for case events, and reminders."""
 
     name = CHANNEL
-    is_desk = True
+    takes_desk_events = True
 
     def __init__(self, bot: Bot, config: SlackConfig) -> None:
         self.bot = bot

@@ -31,6 +31,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from adapters.base import SendingChannel
 from bot import channels
 from bot.app import Bot
 from bot.attachments import AttachmentRejected, sniff
@@ -498,11 +499,10 @@ def _reference_key(conversation_id: str) -> str:
 # --- the channel and its settings -----------------------------------------------------------------------
 
 
-class TeamsChannel:
+class TeamsChannel(SendingChannel):
     """Teams (and legacy Skype): the activity endpoint, and a sender that writes into stored conversations."""
 
     name = CHANNEL
-    is_desk = False
 
     def __init__(self, bot: Bot, config: TeamsSettings) -> None:
         self.bot = bot
@@ -511,7 +511,7 @@ class TeamsChannel:
         self.validator = TokenValidator(config, self.http)
         self.tokens = ConnectorTokens(config, self.http, bot.db)
         self._tasks: set[asyncio.Task[None]] = set()
-        self._sender = TeamsSender(self)
+        self.outbox = TeamsSender(self)
 
     def http(self) -> httpx.AsyncClient:
         if self._client is None:
@@ -520,9 +520,6 @@ class TeamsChannel:
 
     def routes(self) -> Sequence[BaseRoute]:
         return [Route(PATH, self.activities, methods=["POST"])]
-
-    def sender(self) -> TeamsSender:
-        return self._sender
 
     async def start(self) -> None:
         for key in await asyncio.to_thread(self._waiting):

@@ -36,6 +36,7 @@ from telegram.error import (
 from telegram.request import HTTPXRequest
 from telegram.warnings import PTBDeprecationWarning
 
+from adapters.base import SendingChannel
 from bot import channels
 from bot.app import Bot
 from bot.fetch import Fetcher, FetchFailed, FetchPolicy
@@ -544,11 +545,10 @@ class TryAgain(Exception):
     """The update could not be stored now (network, database); Telegram must deliver it again."""
 
 
-class TelegramChannel:
+class TelegramChannel(SendingChannel):
     """Telegram as a customer channel, by webhook (`/telegram/webhook`) or by long polling."""
 
     name = CHANNEL
-    is_desk = False
 
     def __init__(self, bot: Bot, client: telegram.Bot, *, mode: str, secret: str | None, public_url: str,
                  poll_timeout: int = POLL_TIMEOUT_SECONDS, album_wait: float = ALBUM_WAIT_SECONDS) -> None:
@@ -562,7 +562,7 @@ class TelegramChannel:
         self.albums = AlbumStore(bot.db)
         # Files come from the Bot API's own host only (https, public addresses, size and time limits).
         self.fetcher = Fetcher(FetchPolicy.from_settings(bot.settings, hosts=[bot.settings.telegram_api_base_url]))
-        self._sender = TelegramSender(client)
+        self.outbox = TelegramSender(client)
         self._task: asyncio.Task[None] | None = None
         self._timers: set[asyncio.Task[None]] = set()
         self._chats: dict[str, asyncio.Task[None]] = {}  # chats whose kept updates are being taken
@@ -571,9 +571,6 @@ class TelegramChannel:
         if self.mode != "webhook":
             return []
         return [Route(WEBHOOK_PATH, self.webhook, methods=["POST"])]
-
-    def sender(self) -> TelegramSender:
-        return self._sender
 
     async def start(self) -> None:
         work = self._register_webhook() if self.mode == "webhook" else self._poll()
@@ -844,8 +841,8 @@ class TelegramChannel:
             return store.rejected(ref.name, "too_large")
         try:
             # The file API's URL carries the bot's token in its path: only the Bot API's own host may be asked.
-            return await channels.download(self.fetcher, store, str(remote.file_path), name=ref.name, mime=ref.mime,
-                                           kind=ref.kind, channel=CHANNEL, server_type=False)
+            return await channels.download(self.fetcher, store, str(remote.file_path), name=ref.name,
+                                           mime=ref.mime, kind=ref.kind, channel=CHANNEL, server_type=False)
         except FetchFailed as error:
             raise TryAgain(f"file download: {error}") from None  # kept, and tried again
 

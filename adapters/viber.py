@@ -18,14 +18,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
-from sqlalchemy.exc import SQLAlchemyError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from adapters.base import SendingChannel
 from bot import channels
 from bot.app import Bot
-from bot.fetch import Fetcher, FetchFailed, FetchPolicy
+from bot.fetch import Fetcher, FetchPolicy
 from bot.messages import Attachment, Button, InboundMessage, OutboundMessage
 from bot.outbox import Delivered, DeliveryError, RetryLater
 from bot.store.clock import utcnow
@@ -269,30 +269,20 @@ class ViberConfig:
     media_hosts: tuple[str, ...]
 
 
-class ViberChannel:
+class ViberChannel(SendingChannel):
     name = CHANNEL
-    is_desk = False
 
     def __init__(self, bot: Bot, config: ViberConfig) -> None:
         self.bot = bot
         self.config = config
         self.client = ViberClient(config.api_url, config.auth_token)
-        self._sender = ViberSender(self.client, config.bot_name)
+        self.outbox = ViberSender(self.client, config.bot_name)
         # Media URLs are public, signed links on Viber's media hosts: no token is ever sent with them.
         self._fetcher = Fetcher(FetchPolicy.from_settings(bot.settings, hosts=config.media_hosts))
+        self.clients = (self.client, self._fetcher)
 
     def routes(self) -> Sequence[BaseRoute]:
         return [Route(WEBHOOK_PATH, self.webhook, methods=["POST"])]
-
-    def sender(self) -> ViberSender:
-        return self._sender
-
-    async def start(self) -> None:
-        return None
-
-    async def stop(self) -> None:
-        await self.client.aclose()
-        await self._fetcher.aclose()
 
     async def webhook(self, request: Request) -> Response:
         body = await request.body()
@@ -308,12 +298,7 @@ class ViberChannel:
             return JSONResponse(self.welcome(incoming))
         if incoming.event != "message":
             return JSONResponse({})
-        try:
-            await self._receive(incoming)
-        except (SQLAlchemyError, FetchFailed) as error:
-            # Not stored: a non-2xx makes Viber send the callback again.
-            log.warning("viber webhook not stored, asking for redelivery: %s", type(error).__name__)
-            return JSONResponse({"error": "temporarily unavailable"}, status_code=503)
+        await self._receive(incoming)  # not stored (bot.http.UNAVAILABLE): the 503 makes Viber send it again
         return JSONResponse({})
 
     def welcome(self, incoming: Incoming) -> dict[str, Any]:
@@ -351,12 +336,14 @@ class ViberChannel:
     async def _attachment(self, incoming: Incoming) -> Attachment:
         assert incoming.media_url is not None
         store = self.bot.attachments
-        name, mime = channels.media_name(incoming.file_name, incoming.type, incoming.event_id,
-                                _DEFAULT_MIME.get(incoming.type, "application/octet-stream"))
+        default_mime = _DEFAULT_MIME.get(incoming.type, "application/octet-stream")
+        name, mime = channels.media_name(incoming.file_name, incoming.type, incoming.event_id, default_mime)
         if incoming.file_name and mime not in store.allowed_types:
             return store.rejected(name, "type")
-        return await channels.download(self._fetcher, store, incoming.media_url, name=name, mime=mime,
-                              kind=_MEDIA_KINDS[incoming.type], channel=CHANNEL)
+        return await channels.download(
+            self._fetcher, store, incoming.media_url, name=name, mime=mime, kind=_MEDIA_KINDS[incoming.type],
+            channel=CHANNEL,
+        )
 
 
 def from_settings(bot: Bot) -> ViberChannel | None:

@@ -24,6 +24,7 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from adapters.base import Channel
 from bot.app import Bot
 from bot.attachments import AttachmentRejected
 from bot.messages import Attachment, InboundMessage, OutboundMessage
@@ -148,11 +149,10 @@ def _inbound(
 # --- the channel ----------------------------------------------------------------------------------------
 
 
-class WebChat:
+class WebChat(Channel):
     """The embedded web chat; replies need no delivery: the page reads the message log."""
 
     name = CHANNEL
-    is_desk = False
 
     def __init__(self, bot: Bot) -> None:
         self.bot = bot
@@ -173,11 +173,7 @@ class WebChat:
     async def send(self, message: OutboundMessage, payload: Mapping[str, Any]) -> Delivered:
         return Delivered()
 
-    async def start(self) -> None:
-        return None
 
-    async def stop(self) -> None:
-        return None
 
     async def page(self, request: Request) -> Response:
         return FileResponse(WEB / "chat.html", headers=_PAGE_HEADERS)

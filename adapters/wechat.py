@@ -22,12 +22,12 @@ from defusedxml import DefusedXmlException
 from defusedxml.ElementTree import fromstring
 from sqlalchemy import Engine, delete
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session, col
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from adapters.base import HoldingChannel
 from bot import channels
 from bot.app import Bot
 from bot.messages import Attachment, Button, InboundMessage, OutboundMessage
@@ -513,37 +513,22 @@ class WeChatConfig:
     api_base_url: str
 
 
-class WeChatChannel:
+class WeChatChannel(HoldingChannel):
     """The push URL (verification, messages, events) and the sender."""
 
     name = CHANNEL
-    is_desk = False
+    one_reply_per_turn = True
 
     def __init__(self, bot: Bot, config: WeChatConfig, *, transport: httpx.AsyncBaseTransport | None = None) -> None:
         self.bot = bot
         self.config = config
         self.crypto = Crypto(config.encoding_aes_key, config.app_id) if config.encoding_aes_key else None
         self.client = WeChatClient(bot.db, config.api_base_url, config.app_id, config.app_secret, transport=transport)
-        self._sender = WeChatSender(bot.db, self.client, bot.renderer)
+        self.outbox = WeChatSender(bot.db, self.client, bot.renderer)
+        self.clients = (self.client,)
 
     def routes(self) -> Sequence[BaseRoute]:
         return [Route(WEBHOOK_PATH, self.verify, methods=["GET"]), Route(WEBHOOK_PATH, self.webhook, methods=["POST"])]
-
-    def sender(self) -> WeChatSender:
-        return self._sender
-
-    @property
-    def problem(self) -> str | None:
-        """Why the channel cannot deliver now (shown on /healthz), or None."""
-        return self._sender.problem
-
-    async def start(self) -> None:
-        # Replies held for a refused set-up are tried again after a restart: the restart may be the fix.
-        if await asyncio.to_thread(channels.release_config_holds_of, self.bot.db, CHANNEL):
-            self.bot.engine.outbox_signal.set()
-
-    async def stop(self) -> None:
-        await self.client.aclose()
 
     async def verify(self, request: Request) -> Response:
         params = request.query_params
@@ -558,12 +543,9 @@ class WeChatChannel:
         if not timestamp_fresh(params, utcnow()):
             return JSONResponse({"error": "stale or missing timestamp"}, status_code=401)
         body = await request.body()
-        try:
-            if not await asyncio.to_thread(nonce_first_use, self.bot.db, params, body, utcnow()):
-                return JSONResponse({"error": "nonce already used"}, status_code=401)
-        except SQLAlchemyError as error:
-            log.warning("wechat push not checked, asking for redelivery: %s", type(error).__name__)
-            return JSONResponse({"error": "temporarily unavailable"}, status_code=503)
+        # A storage failure here or below is answered 503 (bot.http.UNAVAILABLE): WeChat pushes it again.
+        if not await asyncio.to_thread(nonce_first_use, self.bot.db, params, body, utcnow()):
+            return JSONResponse({"error": "nonce already used"}, status_code=401)
         encrypted = params.get("encrypt_type") == "aes"
         if self.crypto is not None and not encrypted:
             # With a key configured the account is in safe (or compatible) mode: a plain body is not WeChat's.
@@ -579,11 +561,7 @@ class WeChatChannel:
             push = parse_push(fields)
         except (MalformedPayload, DecryptError) as error:
             return JSONResponse({"error": str(error)}, status_code=400)
-        try:
-            await self._receive(push)
-        except SQLAlchemyError as error:
-            log.warning("wechat push not stored, asking for redelivery: %s", type(error).__name__)
-            return JSONResponse({"error": "temporarily unavailable"}, status_code=503)
+        await self._receive(push)
         return PlainTextResponse("success")
 
     async def _receive(self, push: Push) -> None:

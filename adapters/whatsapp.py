@@ -16,15 +16,16 @@ from typing import Any, NoReturn
 
 import httpx
 from sqlalchemy import Engine, select
-from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session, col
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from adapters.base import HoldingChannel
 from bot import channels
 from bot.app import Bot
 from bot.fetch import Fetcher, FetchFailed, FetchPolicy, FetchRefused, FetchTooLarge, host_of
+from bot.http import Redeliver
 from bot.messages import Attachment, Button, InboundMessage, OutboundMessage
 from bot.outbox import (
     CONFIG_HOLD,
@@ -796,11 +797,10 @@ class WhatsAppConfig:
     template_language: str
 
 
-class WhatsAppChannel:
+class WhatsAppChannel(HoldingChannel):
     """The webhook (verification, messages, statuses) and the sender."""
 
     name = CHANNEL
-    is_desk = False
 
     def __init__(self, bot: Bot, config: WhatsAppConfig, *, transport: httpx.AsyncBaseTransport | None = None) -> None:
         self.bot = bot
@@ -810,27 +810,12 @@ class WhatsAppChannel:
                                            max_bytes=bot.attachments.max_bytes)
         self.client = GraphClient(config.graph_url, config.access_token, config.phone_number_id, transport=transport,
                                   fetch_policy=policy)
-        self._sender = WhatsAppSender(bot.db, self.client, template_name=config.template_name,
+        self.outbox = WhatsAppSender(bot.db, self.client, template_name=config.template_name,
                                       template_language=config.template_language)
+        self.clients = (self.client,)
 
     def routes(self) -> Sequence[BaseRoute]:
         return [Route(WEBHOOK_PATH, self.verify, methods=["GET"]), Route(WEBHOOK_PATH, self.webhook, methods=["POST"])]
-
-    def sender(self) -> WhatsAppSender:
-        return self._sender
-
-    @property
-    def problem(self) -> str | None:
-        """Why replies cannot go out now (shown on /healthz), or None."""
-        return self._sender.problem
-
-    async def start(self) -> None:
-        # Replies held for a refused set-up are tried again after a restart: the restart may be the fix.
-        if await asyncio.to_thread(channels.release_config_holds_of, self.bot.db, CHANNEL):
-            self.bot.engine.outbox_signal.set()
-
-    async def stop(self) -> None:
-        await self.client.aclose()
 
     async def verify(self, request: Request) -> Response:
         challenge = verify_subscription(request.query_params, self.config.verify_token)
@@ -860,10 +845,10 @@ class WhatsAppChannel:
             for incoming in notification.messages:
                 if incoming.phone_number_id in ("", self.config.phone_number_id):
                     await self._receive(incoming)
-        except (SQLAlchemyError, httpx.HTTPError, GraphError) as error:
-            # Not stored: a non-2xx makes WhatsApp deliver the notification again later.
-            log.warning("whatsapp notification not stored, asking for redelivery: %s", type(error).__name__)
-            return JSONResponse({"error": "temporarily unavailable"}, status_code=503)
+        except (httpx.HTTPError, GraphError) as error:
+            # Not stored (a media lookup failed; storage failures likewise, bot.http.UNAVAILABLE): the 503 makes
+            # WhatsApp deliver the notification again later.
+            raise Redeliver(f"whatsapp media: {type(error).__name__}") from error
         return JSONResponse({"ok": True, "skipped": len(notification.skipped)})
 
     async def _receive(self, incoming: Incoming) -> None:

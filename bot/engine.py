@@ -75,9 +75,9 @@ class EngineConfig:
     max_text_chars: int = 4000
     max_claim_units: int = conv.MAX_CLAIM_UNITS
     attachment_max_mb: int = 10
-    external_desks: tuple[str, ...] = ()  # outbox channels that receive desk events, e.g. ("slack",)
-    # Channels where each message costs the customer (a mail) or a quota (WeChat): one reply per turn.
-    one_message_per_turn: frozenset[str] = frozenset({"email", "wechat"})
+    # What the channels can do (adapters.base.Channel; set by bot.server.configure_core):
+    external_desks: tuple[str, ...] = ()  # outbox channels that take desk events, e.g. ("slack",)
+    one_message_per_turn: frozenset[str] = frozenset()  # channels whose replies to one message go as one
     max_attempts: int = 5  # a message that fails the same way this many times is parked
     retry_backoff_max_seconds: float = 60.0
 

@@ -20,7 +20,7 @@ from bot.config import Settings
 from bot.desk import STATUSES
 from bot.outbox import DEAD, HELD, PENDING, SENT
 from bot.registry import import_registry
-from bot.server import create_app, desks_configured
+from bot.server import create_app
 from bot.store import Case, Conversation, InboxItem, Message, OutboxItem
 from tests.conftest import postgres_schema
 from tests.fakes.server import serve
@@ -219,7 +219,7 @@ def running(database_url: str, folder: Path, **extra: Any) -> Iterator[Stack]:
     WhatsApp, WeChat, Teams), the Slack desk receiving case events, registry loaded."""
     with fakes() as (telegram, slack, graph, wechat, framework, urls):
         settings = Settings(_env_file=None, **{**channel_values(database_url, folder, **urls), **extra})  # type: ignore[call-arg]
-        bot = build(settings, external_desks=desks_configured(settings))
+        bot = build(settings)
         import_registry(bot.db, REGISTRY, policy=bot.policy)
         app = create_app(bot)
         assert sorted(app.state.channels) == ["localdesk", "slack", "teams", "telegram", "webchat", "wechat",
