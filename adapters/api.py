@@ -192,7 +192,7 @@ class ApiSender:
         self.endpoints = endpoints
         self.client = client
 
-    async def send(self, message: OutboundMessage, payload: Mapping[str, Any]) -> Delivered:
+    async def send(self, message: OutboundMessage) -> Delivered:
         name, chat_id = split_chat(message.chat_id)
         endpoint = self.endpoints.get(name)
         if endpoint is None:

@@ -17,7 +17,7 @@ from starlette.routing import BaseRoute
 
 from bot.app import Bot
 from bot.channels import release_config_holds_of
-from bot.outbox import Sender
+from bot.outbox import AnySender, Sender
 
 
 class Channel(Protocol):
@@ -34,7 +34,7 @@ class Channel(Protocol):
         """Routes mounted into the one server (webhooks, pages, APIs)."""
         return ()
 
-    def sender(self) -> Sender | None:
+    def sender(self) -> AnySender | None:
         """What delivers this channel's outbox rows; None if the channel never sends."""
         return None
 

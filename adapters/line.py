@@ -13,7 +13,7 @@ import hashlib
 import hmac
 import json
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -268,7 +268,7 @@ class LineSender:
         self.db = db
         self.client = client
 
-    async def send(self, message: OutboundMessage, payload: Mapping[str, Any]) -> Delivered:
+    async def send(self, message: OutboundMessage) -> Delivered:
         messages = render(message.text, message.buttons)
         if len(messages) > MAX_MESSAGES:  # an extremely long text: the rest is cut, with a mark
             messages = messages[:MAX_MESSAGES]

@@ -24,7 +24,7 @@ import smtplib
 import ssl
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from email import policy as email_policy
@@ -34,7 +34,7 @@ from email.message import EmailMessage, Message
 from email.parser import BytesParser
 from email.utils import format_datetime, formataddr, getaddresses, make_msgid, parseaddr
 from html.parser import HTMLParser
-from typing import Any, ClassVar
+from typing import ClassVar
 from urllib.parse import unquote_to_bytes
 
 import httpx
@@ -1038,7 +1038,7 @@ class MailSender:
         self.config = config
         self.tokens = tokens
 
-    async def send(self, message: OutboundMessage, payload: Mapping[str, Any]) -> Delivered:
+    async def send(self, message: OutboundMessage) -> Delivered:
         address = message.chat_id.lower()
         if address in self.config.own_addresses:
             raise PermanentFailure("refusing to mail our own address")

@@ -39,7 +39,7 @@ from bot import channels
 from bot.app import Bot
 from bot.config import Settings
 from bot.desk import CaseNotFound, DeskError
-from bot.messages import OutboundMessage
+from bot.messages import CASE_OPENED, CASE_UPDATED, CUSTOMER_MESSAGE, DeskEvent
 from bot.outbox import Delivered, PermanentFailure, RetryLater
 from bot.registry import lookup
 from bot.store import KeyValue, session_scope
@@ -687,10 +687,12 @@ class SlackDesk(Channel):
 
     # --- outbox: case events ------------------------------------------------------------------------------
 
-    async def send(self, message: OutboundMessage, payload: Mapping[str, Any]) -> Delivered:
-        """Post or update the case message, or add to its thread; Slack's errors become retry or dead letter."""
-        ref = message.chat_id
-        event = payload.get("event")
+    async def send_event(self, event: DeskEvent) -> Delivered:
+        """Post or update the case message, or add to its thread; Slack's errors become retry or dead letter.
+
+        The case message shows the case as it is now (read when it is posted); a thread line says what the
+        event carries."""
+        ref, detail = event.case_ref, event.detail
         if self.revoked:
             # Kept waiting, not dead-lettered: once the app is installed again every case event goes out.
             raise RetryLater(f"Slack {self.revoked}", after=REVOKED_WAIT_SECONDS)
@@ -699,22 +701,21 @@ class SlackDesk(Channel):
         except CaseNotFound as error:
             raise PermanentFailure(str(error)) from error
         try:
-            if event == "case_opened":
+            if event.kind == CASE_OPENED:
                 ts = await self._post_case(case, update_existing=True)
-            elif event == "customer_message":
+            elif event.kind == CUSTOMER_MESSAGE:
                 ts = await self._post_case(case, update_existing=False)
                 text, blocks = ui.customer_message_blocks(
-                    case, sender=payload.get("sender"), text=str(payload.get("text") or ""),
-                    attachment_ids=list(payload.get("attachment_ids") or ()), public_url=self.config.public_url)
+                    case, sender=detail.get("sender"), text=str(detail.get("text") or ""),
+                    attachment_ids=list(detail.get("attachment_ids") or ()), public_url=self.config.public_url)
                 ts = await self._thread_post(case, ts, text, blocks)
-            elif event == "case_updated":
+            elif event.kind == CASE_UPDATED:
                 ts = await self._post_case(case, update_existing=True)
-                line = ui.update_line(payload.get("action"), payload.get("actor"), payload.get("origin"),
-                                      _audit_detail(case, payload.get("action"), payload.get("actor")))
+                line = ui.update_line(detail.get("action"), detail.get("actor"), detail.get("origin"), detail)
                 if line:
                     await self._thread_post(case, ts, line, [ui.section(line)])
             else:
-                raise PermanentFailure(f"unknown desk event {event!r}")
+                raise PermanentFailure(f"unknown desk event {event.kind!r}")
         except SlackApiError as error:
             code = str(error.response.get("error") or "")
             if code in REVOKED_ERRORS:
@@ -982,14 +983,6 @@ def _view_date(view: Mapping[str, Any], block: str, action: str) -> str:
 def _clip_error(error: Exception) -> str:
     """A desk refusal as a modal's field error (Slack shows at most a short line)."""
     return str(error)[:150]
-
-
-def _audit_detail(case: Mapping[str, Any], action: Any, actor: Any) -> dict[str, Any]:
-    """The detail of the newest audit row for this action and actor (the event carries no text itself)."""
-    for entry in reversed(case.get("audit") or ()):
-        if entry.get("action") == action and entry.get("actor") == actor:
-            return dict(entry.get("detail") or {})
-    return {}
 
 
 def _delivery_error(error: SlackApiError) -> Exception:

@@ -446,7 +446,7 @@ class TeamsSender:
         self.channel = channel
         self._sent: OrderedDict[tuple[str, str], int] = OrderedDict()
 
-    async def send(self, message: OutboundMessage, payload: Mapping[str, Any]) -> Delivered:
+    async def send(self, message: OutboundMessage) -> Delivered:
         stored = await asyncio.to_thread(kv_get, self.channel.bot.db, _reference_key(message.chat_id))
         if stored is None:
             raise PermanentFailure("no conversation reference for this Teams chat")

@@ -512,7 +512,7 @@ class TelegramSender:
         # them (within this process; bounded).
         self._sent: OrderedDict[tuple[str, str], int] = OrderedDict()
 
-    async def send(self, message: OutboundMessage, payload: Mapping[str, Any]) -> Delivered:
+    async def send(self, message: OutboundMessage) -> Delivered:
         pieces, markup = render(message)
         if not pieces:
             return Delivered()

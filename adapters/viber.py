@@ -13,7 +13,7 @@ import hashlib
 import hmac
 import json
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -244,7 +244,7 @@ class ViberSender:
         self.client = client
         self.sender_name = sender_name
 
-    async def send(self, message: OutboundMessage, payload: Mapping[str, Any]) -> Delivered:
+    async def send(self, message: OutboundMessage) -> Delivered:
         bodies = render(message.text, message.buttons, receiver=message.chat_id, sender_name=self.sender_name)
         first: Any = None
         try:

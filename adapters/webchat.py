@@ -170,7 +170,7 @@ class WebChat(Channel):
     def sender(self) -> WebChat:
         return self
 
-    async def send(self, message: OutboundMessage, payload: Mapping[str, Any]) -> Delivered:
+    async def send(self, message: OutboundMessage) -> Delivered:
         return Delivered()
 
 

@@ -449,7 +449,7 @@ class WeChatSender:
         """'More messages are waiting: reply to receive them', in the customer's language."""
         return self.renderer.text("messages_waiting", language=language or "zh")
 
-    async def send(self, message: OutboundMessage, payload: Mapping[str, Any]) -> Delivered:
+    async def send(self, message: OutboundMessage) -> Delivered:
         pieces = channels.split_text(render(message.text, message.buttons), TEXT_LIMIT_BYTES, unit="bytes")
         digest = hashlib.sha256("\x00".join(pieces).encode()).hexdigest()[:32]
         openid = message.chat_id

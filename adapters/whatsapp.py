@@ -709,7 +709,7 @@ class WhatsAppSender:
         self.problem = f"WhatsApp refuses the account's set-up: {error}"
         raise Hold(f"{CONFIG_HOLD}{error}") from error
 
-    async def send(self, message: OutboundMessage, payload: Mapping[str, Any]) -> Delivered:
+    async def send(self, message: OutboundMessage) -> Delivered:
         window = await asyncio.to_thread(read_window, self.db, message.chat_id, utcnow())
         if not window.open:
             await self._hold(message, window)

@@ -15,7 +15,7 @@ from sqlmodel import Session, col
 
 from bot import conversation as conv
 from bot.engine import REFUSAL_TO_CONFIRM, Engine, audit
-from bot.messages import Button
+from bot.messages import CASE_UPDATED, Button
 from bot.registry import lookup
 from bot.store import (
     AuditEntry,
@@ -537,7 +537,9 @@ class Desk:
     ) -> None:
         case.updated_at = utcnow()
         audit(session, case, actor, action, origin=origin, **detail)
-        self.engine.notify_desks(session, case, "case_updated", action=action, actor=actor, origin=origin)
+        self.engine.notify_desks(
+            session, case, CASE_UPDATED, **detail, action=action, actor=actor, origin=origin
+        )
 
     def _tell(self, session: Session, case: Case, template: str, **params: Any) -> None:
         text = self.engine.renderer.text(template, language=case.language, case_ref=case.ref, **params)

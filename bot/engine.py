@@ -21,7 +21,7 @@ from sqlmodel import Session, col
 
 from bot import conversation as conv
 from bot.language import detect, hint_language, hint_variant
-from bot.messages import Attachment, Button, InboundMessage, OutboundMessage
+from bot.messages import Attachment, Button, DeskEvent, InboundMessage, OutboundMessage
 from bot.outbox import enqueue, enqueue_event
 from bot.registry import lookup, near_serials
 from bot.render import Renderer
@@ -703,9 +703,11 @@ class Engine:
             ),
         )
 
-    def notify_desks(self, session: Session, case: Case, event: str, **data: Any) -> None:
+    def notify_desks(self, session: Session, case: Case, kind: str, **detail: Any) -> None:
+        """Tell the external desks of a change of the case, with what they need to show it."""
+        detail = {k: _jsonable(v) for k, v in detail.items()}
         for desk in self.config.external_desks:
-            enqueue_event(session, desk, case.ref, event, case_id=case.id, **data)
+            enqueue_event(session, DeskEvent(desk=desk, kind=kind, case_ref=case.ref, detail=detail))
 
 
 def _case_ref(session: Session, conversation: Conversation) -> str | None:

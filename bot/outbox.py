@@ -23,7 +23,7 @@ from typing import Any, Protocol, cast
 from sqlalchemy import CursorResult, Engine, and_, func, or_, select, update
 from sqlmodel import Session, col
 
-from bot.messages import Attachment, Button, OutboundMessage
+from bot.messages import Attachment, Button, DeskEvent, OutboundMessage
 from bot.store import ChannelIdentity, OutboxItem, session_scope
 from bot.store.clock import utcnow
 
@@ -72,9 +72,18 @@ class Delivered:
 
 
 class Sender(Protocol):
-    """What a channel adapter offers the outbox."""
+    """What a channel adapter offers the outbox: it delivers a message to a customer."""
 
-    async def send(self, message: OutboundMessage, payload: Mapping[str, Any]) -> Delivered: ...
+    async def send(self, message: OutboundMessage) -> Delivered: ...
+
+
+class DeskSender(Protocol):
+    """What an external desk (Slack) offers the outbox: it shows a case's event to the engineers."""
+
+    async def send_event(self, event: DeskEvent) -> Delivered: ...
+
+
+AnySender = Sender | DeskSender
 
 
 def to_payload(message: OutboundMessage) -> dict[str, Any]:
@@ -112,11 +121,31 @@ def enqueue(session: Session, message: OutboundMessage, **extra: Any) -> OutboxI
     return item
 
 
-def enqueue_event(session: Session, channel: str, key: str, event: str, **data: Any) -> OutboxItem:
-    """Add an event for an external desk (Slack): `key` orders events of one case."""
-    item = OutboxItem(channel=channel, chat_id=key, payload={"event": event, **data})
+def enqueue_event(session: Session, event: DeskEvent) -> OutboxItem:
+    """Add an event for an external desk (Slack) in the caller's transaction; a case's events keep their order."""
+    item = OutboxItem(
+        channel=event.desk, chat_id=event.case_ref, payload={"event": event.kind, "detail": event.detail}
+    )
     session.add(item)
     return item
+
+
+def event_from_payload(channel: str, chat_id: str, payload: Mapping[str, Any]) -> DeskEvent:
+    detail = payload.get("detail")
+    if not isinstance(detail, dict):  # written before events had their own type: the detail was flat
+        detail = {k: v for k, v in payload.items() if k not in ("event", "case_id")}
+    return DeskEvent(desk=channel, kind=str(payload.get("event")), case_ref=chat_id, detail=dict(detail))
+
+
+async def deliver(sender: AnySender, item: OutboxItem) -> Delivered:
+    """Hand one row to its channel: a desk event to a desk, a message to a customer's channel."""
+    if "event" in item.payload:
+        if not hasattr(sender, "send_event"):
+            raise PermanentFailure(f"{item.channel} takes no desk events")
+        return await cast(DeskSender, sender).send_event(event_from_payload(item.channel, item.chat_id, item.payload))
+    if not hasattr(sender, "send"):
+        raise PermanentFailure(f"{item.channel} delivers no messages")
+    return await cast(Sender, sender).send(from_payload(item.channel, item.chat_id, item.payload))
 
 
 def release_held(session: Session, channel: str, chat_id: str) -> int:
@@ -261,7 +290,7 @@ class Deliverer:
     def __init__(
         self,
         db: Engine,
-        senders: Mapping[str, Sender],
+        senders: Mapping[str, AnySender],
         *,
         max_attempts: int = 8,
         retry_for: timedelta = timedelta(hours=72),
@@ -453,10 +482,9 @@ class Deliverer:
         if not await pacer.turn(item.chat_id):  # the bot must wait: give the row back, not sit on its lease
             return Outcome(item_id=item_id, kind="released", after=pacer.paused_for())
         sender = self.senders[item.channel]
-        message = from_payload(item.channel, item.chat_id, item.payload)
         self._sending.add(item_id)
         try:
-            result = await sender.send(message, item.payload)
+            result = await deliver(sender, item)
         except Unreachable as error:
             return Outcome(item_id=item_id, kind="unreachable", error=str(error))
         except PermanentFailure as error:

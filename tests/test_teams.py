@@ -323,16 +323,16 @@ async def test_connector_failures_map_to_outbox_outcomes(bot: Bot, framework: tu
     try:
         fake.fail_next = [429, 503, 403]
         with pytest.raises(RetryLater) as throttled:
-            await sender.send(message, {})
+            await sender.send(message)
         assert throttled.value.after == 7
         with pytest.raises(RetryLater):
-            await sender.send(message, {})
+            await sender.send(message)
         with pytest.raises(Unreachable):
-            await sender.send(message, {})
-        delivered = await sender.send(message, {})
+            await sender.send(message)
+        delivered = await sender.send(message)
         assert delivered.external_id is not None and fake.posted()[-1]["text"] == "hello"
         with pytest.raises(Exception, match="no conversation reference"):
-            await sender.send(OutboundMessage(channel="teams", chat_id="a:unknown", text="hello"), {})
+            await sender.send(OutboundMessage(channel="teams", chat_id="a:unknown", text="hello"))
     finally:
         await channel.stop()
 
@@ -455,7 +455,7 @@ async def test_a_long_reply_is_split_under_the_connector_limit(bot: Bot, framewo
                               buttons=(Button(label="Talk to an engineer", value="cmd:human"),))
     try:
         fake.fail_next = []
-        await channel.sender().send(message, {})
+        await channel.sender().send(message)
     finally:
         await channel.stop()
     posted = fake.posted()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
 
@@ -63,7 +62,7 @@ class ChannelApi:
         self.sent: list[OutboundMessage] = []
         self.failures = list(failures or [])
 
-    async def send(self, message: OutboundMessage, payload: Mapping[str, Any]) -> Delivered:
+    async def send(self, message: OutboundMessage) -> Delivered:
         if self.failures:
             raise self.failures.pop(0)
         self.sent.append(message)
