@@ -15,16 +15,16 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from adapters.base import Channel
-from adapters.webchat import _PAGE_HEADERS, WEB, ApiError, json_object
 from bot.app import Bot
 from bot.attachments import STORABLE_TYPES
 from bot.desk import GOODWILL, STATUSES, UNITS_PAGE, DeskError
+from bot.http import PAGE_HEADERS, WEB, ApiError, json_object
 
 MAX_NAME = 80
 # The desk holds the engineers' token in the page: another site must not frame it (clickjacking).
 _DESK_HEADERS = {
-    **_PAGE_HEADERS,
-    "Content-Security-Policy": _PAGE_HEADERS["Content-Security-Policy"] + "; frame-ancestors 'none'",
+    **PAGE_HEADERS,
+    "Content-Security-Policy": PAGE_HEADERS["Content-Security-Policy"] + "; frame-ancestors 'none'",
     "X-Frame-Options": "DENY",
     "Referrer-Policy": "no-referrer",
 }
@@ -86,12 +86,7 @@ class LocalDesk(Channel):
                     status_code=401,
                     headers={"WWW-Authenticate": "Bearer"},
                 )
-            try:
-                return await handler(request)
-            except DeskError as error:
-                return JSONResponse({"error": str(error)}, status_code=error.status)
-            except ApiError as error:
-                return JSONResponse({"error": error.message}, status_code=error.status)
+            return await handler(request)  # ApiError and DeskError are answered by the app (bot.http)
 
         return guarded
 
