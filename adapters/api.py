@@ -28,16 +28,16 @@ from typing import Annotated, Any, Literal
 
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
-from sqlalchemy.exc import SQLAlchemyError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from adapters.base import SendingChannel
+from bot import channels
 from bot.app import Bot
-from bot.attachments import AttachmentRejected
-from bot.fetch import Fetcher, FetchError, FetchFailed, FetchPolicy, FetchRefused, FetchTooLarge
+from bot.fetch import Fetcher, FetchPolicy
 from bot.messages import Attachment, InboundMessage, OutboundMessage
-from bot.outbox import Delivered, DeliveryError, PermanentFailure, RetryLater, Unreachable
+from bot.outbox import Delivered, DeliveryError, PermanentFailure, RetryLater
 from bot.store.clock import utcnow
 
 log = logging.getLogger(__name__)
@@ -152,7 +152,7 @@ def render(name: str, chat_id: str, message: OutboundMessage) -> dict[str, Any]:
     options = [{"label": b.label, "value": b.value} for b in message.buttons]
     fallback = message.text
     if options:
-        numbered = "\n".join(f"{n}. {b.label}" for n, b in enumerate(message.buttons, start=1))
+        numbered = "\n".join(channels.numbered(message.buttons))
         fallback = f"{message.text}\n\n{numbered}" if message.text.strip() else numbered
     return {
         "channel": name,
@@ -169,16 +169,12 @@ def split_chat(chat: str) -> tuple[str, str]:
     return name, chat_id
 
 
-def delivery_error(status: int, detail: str, retry_after: str | None) -> DeliveryError:
+def delivery_error(status: int, detail: str, after: str | None) -> DeliveryError:
     """What the outbox does about a callback's error status."""
-    if status == 429 or status >= 500:
-        after = (
-            float(retry_after) if retry_after and retry_after.isascii() and retry_after.isdigit() else None
-        )
-        return RetryLater(f"callback HTTP {status}", after=after)
-    if status == 410:
-        return Unreachable(f"callback HTTP 410: {detail}")
-    return PermanentFailure(f"callback HTTP {status}: {detail}")
+    passing = status == 429 or status >= 500
+    summary = f"callback HTTP {status}" if passing else f"callback HTTP {status}: {detail}"
+    after_seconds = channels.retry_after(after)
+    return channels.delivery_error(summary, status=status, unreachable=status == 410, after=after_seconds)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -196,7 +192,7 @@ class ApiSender:
         self.endpoints = endpoints
         self.client = client
 
-    async def send(self, message: OutboundMessage, payload: Mapping[str, Any]) -> Delivered:
+    async def send(self, message: OutboundMessage) -> Delivered:
         name, chat_id = split_chat(message.chat_id)
         endpoint = self.endpoints.get(name)
         if endpoint is None:
@@ -224,11 +220,10 @@ class ApiSender:
 # --- the channel --------------------------------------------------------------------------------------------
 
 
-class ApiChannel:
+class ApiChannel(SendingChannel):
     """The signed inbound route of every configured API channel and the sender of their replies."""
 
     name = CHANNEL
-    is_desk = False
 
     def __init__(
         self, bot: Bot, endpoints: Mapping[str, Endpoint], *, tolerance: float, timeout: float
@@ -238,22 +233,12 @@ class ApiChannel:
         self.tolerance = tolerance
         # trust_env=False: the callback URL is the operator's, not a proxy's from the environment.
         self._client = httpx.AsyncClient(timeout=timeout, follow_redirects=False, trust_env=False)
-        self._sender = ApiSender(self.endpoints, self._client)
+        self.outbox = ApiSender(self.endpoints, self._client)
         self._fetchers = {name: Fetcher(e.media) for name, e in self.endpoints.items()}
+        self.clients = (self._client, *self._fetchers.values())
 
     def routes(self) -> Sequence[BaseRoute]:
         return [Route(INBOUND_PATH, self.inbound, methods=["POST"])]
-
-    def sender(self) -> ApiSender:
-        return self._sender
-
-    async def start(self) -> None:
-        return None
-
-    async def stop(self) -> None:
-        await self._client.aclose()
-        for fetcher in self._fetchers.values():
-            await fetcher.aclose()
 
     async def inbound(self, request: Request) -> Response:
         name = request.path_params["name"]
@@ -272,29 +257,25 @@ class ApiChannel:
             if not _allowed_url(endpoint.media, attachment.url):
                 return _error(400, "attachments.url: not an https URL on this channel's media hosts")
         external_id = f"{name}:{message.message_id}"
-        try:
-            if await asyncio.to_thread(self.bot.engine.seen, CHANNEL, external_id):
-                return JSONResponse({"ok": True, "duplicate": True})
-            attachments = tuple([await self._attachment(name, a) for a in message.attachments])
-            accepted = await asyncio.to_thread(
-                self.bot.engine.accept,
-                InboundMessage(
-                    channel=CHANNEL,
-                    external_id=external_id,
-                    sender_id=message.sender.id,
-                    chat_id=f"{name}:{message.chat_id}",
-                    text=message.text,
-                    attachments=attachments,
-                    received_at=utcnow(),
-                    locale_hint=message.locale,
-                    sender_name=message.sender.name,
-                    raw={"api_channel": name},
-                ),
-            )
-        except (SQLAlchemyError, FetchError) as error:
-            # Not stored: a non-2xx makes the gateway send it again later.
-            log.warning("api message of %s not stored, asking for redelivery: %s", name, type(error).__name__)
-            return _error(503, "temporarily unavailable")
+        # Not stored (bot.http.UNAVAILABLE): the 503 makes the gateway send it again later.
+        if await asyncio.to_thread(self.bot.engine.seen, CHANNEL, external_id):
+            return JSONResponse({"ok": True, "duplicate": True})
+        attachments = tuple([await self._attachment(name, a) for a in message.attachments])
+        accepted = await asyncio.to_thread(
+            self.bot.engine.accept,
+            InboundMessage(
+                channel=CHANNEL,
+                external_id=external_id,
+                sender_id=message.sender.id,
+                chat_id=f"{name}:{message.chat_id}",
+                text=message.text,
+                attachments=attachments,
+                received_at=utcnow(),
+                locale_hint=message.locale,
+                sender_name=message.sender.name,
+                raw={"api_channel": name},
+            ),
+        )
         return JSONResponse({"ok": True, "duplicate": accepted.duplicate})
 
     async def _attachment(self, name: str, attachment: AttachmentIn) -> Attachment:
@@ -306,21 +287,11 @@ class ApiChannel:
         )
         if mime not in store.allowed_types:
             return store.rejected(filename, "type")  # not worth downloading
-        try:
-            fetched = await self._fetchers[name].get(attachment.url, max_bytes=store.max_bytes)
-        except FetchTooLarge:
-            return store.rejected(filename, "too_large")
-        except FetchRefused as error:
-            log.warning("api attachment of %s refused by the fetch policy: %s", name, error.reason)
-            return store.rejected(filename, "unavailable")
-        except FetchFailed as error:
-            if error.status == 0 or error.status == 429 or error.status >= 500:
-                raise  # passing: the gateway is asked to send the message again
-            return store.rejected(filename, "unavailable")  # gone: it will not come back
-        try:
-            return await asyncio.to_thread(store.save, fetched.data, name=filename, mime=mime, kind=kind)
-        except AttachmentRejected as error:
-            return store.rejected(filename, error.reason)
+        # A passing failure asks the gateway to send the message again; a file that is gone will not come back.
+        return await channels.download(
+            self._fetchers[name], store, attachment.url, name=filename, mime=mime, kind=kind,
+            channel=f"api {name}", server_type=False,
+        )
 
 
 def _allowed_url(policy: FetchPolicy, url: str) -> bool:

@@ -1,36 +1,91 @@
-"""What every channel offers the server: its HTTP routes, a sender for the outbox, and background work.
+"""What every channel offers the server: its HTTP routes, a sender for the outbox, background work, and the
+capabilities the core reads.
 
-A channel module exposes `from_settings(bot) -> Channel | None` (None when the channel is not configured).
+A channel module exposes `from_settings(bot) -> <its Channel> | None` (None when the channel is not
+configured), and bot/server.py lists these factories in CHANNELS, where mypy checks each against
+`ChannelFactory`. A channel class subclasses `Channel`, so that a method whose name or signature drifts from
+the interface is an error, and it inherits the defaults below for what it does not need.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Protocol
+import asyncio
+from collections.abc import Callable, Sequence
+from typing import ClassVar, Protocol
 
 from starlette.routing import BaseRoute
 
-from bot.outbox import Sender
+from bot.app import Bot
+from bot.channels import release_config_holds_of
+from bot.outbox import AnySender, Sender
 
 
 class Channel(Protocol):
-    """One channel, as the server sees it."""
+    """One channel, as the server and the core see it."""
 
     name: str  # the outbox channel name, e.g. "telegram"
-    is_desk: bool  # True for an engineers' desk (Slack): it receives case events, not customer messages
+    # Capabilities the core reads (bot.server.configure_core):
+    # an engineers' desk that receives case events through the outbox (Slack); the local desk reads the database.
+    takes_desk_events: ClassVar[bool] = False
+    # Each message costs the customer (a mail) or a quota (WeChat): the replies to one message go as one.
+    one_reply_per_turn: ClassVar[bool] = False
 
     def routes(self) -> Sequence[BaseRoute]:
         """Routes mounted into the one server (webhooks, pages, APIs)."""
-        ...
+        return ()
 
-    def sender(self) -> Sender | None:
+    def sender(self) -> AnySender | None:
         """What delivers this channel's outbox rows; None if the channel never sends."""
-        ...
+        return None
 
     async def start(self) -> None:
         """Start background work (polling, webhook registration); must return promptly."""
-        ...
+        return None
 
     async def stop(self) -> None:
-        """Stop background work."""
-        ...
+        """Stop background work and close the channel's clients."""
+        return None
+
+
+ChannelFactory = Callable[[Bot], Channel | None]
+
+
+class Closable(Protocol):
+    async def aclose(self) -> None: ...
+
+
+class HoldingSender(Sender, Protocol):
+    """A sender that holds every reply while the channel refuses the account's set-up (a revoked token)."""
+
+    problem: str | None  # what holds them, for /healthz; None when sending works
+
+
+class SendingChannel(Channel):
+    """A channel that delivers through `outbox` and closes its `clients` when it stops."""
+
+    outbox: Sender
+    clients: Sequence[Closable] = ()
+
+    def sender(self) -> Sender:
+        return self.outbox
+
+    async def stop(self) -> None:
+        for client in self.clients:
+            await client.aclose()
+
+
+class HoldingChannel(SendingChannel):
+    """A sending channel whose replies wait while its set-up is refused (bot.outbox.CONFIG_HOLD); a restart may
+    be the fix, so they are tried again at start."""
+
+    outbox: HoldingSender
+    bot: Bot
+
+    @property
+    def problem(self) -> str | None:
+        """Why replies cannot go out now (shown on /healthz), or None."""
+        return self.outbox.problem
+
+    async def start(self) -> None:
+        if await asyncio.to_thread(release_config_holds_of, self.bot.db, self.name):
+            self.bot.engine.outbox_signal.set()

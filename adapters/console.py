@@ -9,14 +9,22 @@ import asyncio
 import getpass
 import mimetypes
 import sys
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TextIO
 
+from bot import channels
 from bot.app import Bot, build
 from bot.attachments import AttachmentRejected
 from bot.config import Settings
-from bot.messages import Attachment, InboundMessage, OutboundMessage
+from bot.messages import (
+    CASE_OPENED,
+    CASE_UPDATED,
+    CUSTOMER_MESSAGE,
+    Attachment,
+    DeskEvent,
+    InboundMessage,
+    OutboundMessage,
+)
 from bot.outbox import Delivered, Deliverer
 from bot.store.clock import utcnow
 
@@ -30,10 +38,10 @@ class ConsoleSender:
     def __init__(self, out: TextIO) -> None:
         self.out = out
 
-    async def send(self, message: OutboundMessage, payload: Mapping[str, Any]) -> Delivered:
+    async def send(self, message: OutboundMessage) -> Delivered:
         print(f"\nbot> {message.text}", file=self.out)
-        for number, button in enumerate(message.buttons, start=1):
-            print(f"     {number}. {button.label}", file=self.out)
+        for option in channels.numbered(message.buttons):
+            print(f"     {option}", file=self.out)
         return Delivered()
 
 
@@ -44,10 +52,9 @@ class ConsoleDesk:
         self.bot = bot
         self.out = out
 
-    async def send(self, message: OutboundMessage, payload: Mapping[str, Any]) -> Delivered:
-        event = payload.get("event")
-        if event == "case_opened":
-            case = self.bot.desk.get_case(message.chat_id)
+    async def send_event(self, event: DeskEvent) -> Delivered:
+        if event.kind == CASE_OPENED:
+            case = self.bot.desk.get_case(event.case_ref)
             print(
                 f"\n[desk] new case {case['ref']} ({case['channel']}, {case['language']}), "
                 f"{len(case['units'])} unit(s); fault: {case['fault']}",
@@ -59,11 +66,11 @@ class ConsoleDesk:
                     f"[{', '.join(unit['clauses'])}]",
                     file=self.out,
                 )
-        elif event == "customer_message":
-            print(f"\n[desk] {message.chat_id} customer: {payload.get('text', '')}", file=self.out)
-        elif event == "case_updated":
+        elif event.kind == CUSTOMER_MESSAGE:
+            print(f"\n[desk] {event.case_ref} customer: {event.detail.get('text', '')}", file=self.out)
+        elif event.kind == CASE_UPDATED:
             print(
-                f"\n[desk] {message.chat_id}: {payload.get('action')} by {payload.get('actor')}",
+                f"\n[desk] {event.case_ref}: {event.detail.get('action')} by {event.detail.get('actor')}",
                 file=self.out,
             )
         return Delivered()

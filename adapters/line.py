@@ -13,26 +13,24 @@ import hashlib
 import hmac
 import json
 import logging
-import mimetypes
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
 import httpx
 from sqlalchemy import Engine, select
-from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import col
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from adapters.whatsapp import split_text
+from adapters.base import SendingChannel
+from bot import channels
 from bot.app import Bot
-from bot.attachments import AttachmentRejected
-from bot.fetch import Fetcher, FetchFailed, FetchPolicy, FetchRefused, FetchTooLarge
+from bot.fetch import Fetcher, FetchPolicy
 from bot.messages import Attachment, Button, InboundMessage, OutboundMessage
-from bot.outbox import Delivered, DeliveryError, PermanentFailure, RetryLater
+from bot.outbox import Delivered, DeliveryError, RetryLater
 from bot.store import KeyValue, session_scope
 from bot.store.clock import utcnow
 
@@ -163,21 +161,14 @@ def _id(value: Any, what: str) -> str:
 # --- send -----------------------------------------------------------------------------------------------------
 
 
-def _clip(text: str, limit: int) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
-
-
 def render(text: str, buttons: Sequence[Button]) -> list[dict[str, Any]]:
     """LINE message objects for `text` and `buttons`: up to 13 buttons as quick replies (postbacks carrying the
     value) on the last text; more, or values too long for a postback, as numbered options in the text."""
     usable = len(buttons) <= MAX_QUICK_REPLIES and all(0 < len(b.value) <= DATA_LIMIT for b in buttons)
     if buttons and not usable:
-        options = "\n".join(f"{n}. {b.label}" for n, b in enumerate(buttons, start=1))
-        text = f"{text}\n\n{options}" if text.strip() else options
-        buttons = ()
+        text, buttons = channels.with_options(text, buttons), ()
     messages: list[dict[str, Any]] = [
-        {"type": "text", "text": p or "…"} for p in split_text(text, TEXT_LIMIT)
+        {"type": "text", "text": p or "…"} for p in channels.split_text(text, TEXT_LIMIT)
     ]
     if buttons:
         items = [
@@ -185,9 +176,9 @@ def render(text: str, buttons: Sequence[Button]) -> list[dict[str, Any]]:
                 "type": "action",
                 "action": {
                     "type": "postback",
-                    "label": _clip(b.label, LABEL_LIMIT),
+                    "label": channels.clip(b.label, LABEL_LIMIT),
                     "data": b.value,
-                    "displayText": _clip(b.label, DATA_LIMIT),
+                    "displayText": channels.clip(b.label, DATA_LIMIT),
                 },
             }
             for b in buttons
@@ -205,9 +196,7 @@ class LineError(Exception):
 
 
 def delivery_error(error: LineError) -> DeliveryError:
-    if error.status == 429 or error.status >= 500:
-        return RetryLater(str(error), after=error.retry_after)
-    return PermanentFailure(str(error))
+    return channels.delivery_error(str(error), status=error.status, after=error.retry_after)
 
 
 class LineClient:
@@ -239,8 +228,8 @@ class LineClient:
         if response.status_code < 300:
             return data if isinstance(data, dict) else {}
         message = str(data.get("message", "")) if isinstance(data, dict) else response.text[:200]
-        retry_after = response.headers.get("retry-after", "")
-        raise LineError(response.status_code, message, float(retry_after) if retry_after.isdigit() else None)
+        after = channels.retry_after(response.headers.get("retry-after"))
+        raise LineError(response.status_code, message, after)
 
     async def aclose(self) -> None:
         await self._http.aclose()
@@ -279,7 +268,7 @@ class LineSender:
         self.db = db
         self.client = client
 
-    async def send(self, message: OutboundMessage, payload: Mapping[str, Any]) -> Delivered:
+    async def send(self, message: OutboundMessage) -> Delivered:
         messages = render(message.text, message.buttons)
         if len(messages) > MAX_MESSAGES:  # an extremely long text: the rest is cut, with a mark
             messages = messages[:MAX_MESSAGES]
@@ -316,32 +305,22 @@ class LineConfig:
     data_api_url: str
 
 
-class LineChannel:
+class LineChannel(SendingChannel):
     name = CHANNEL
-    is_desk = False
 
     def __init__(self, bot: Bot, config: LineConfig) -> None:
         self.bot = bot
         self.config = config
         self.client = LineClient(config.api_url, config.access_token)
-        self._sender = LineSender(bot.db, self.client)
+        self.outbox = LineSender(bot.db, self.client)
         data_host = config.data_api_url
         self._fetcher = Fetcher(
             FetchPolicy.from_settings(bot.settings, hosts=[data_host], token_hosts=[data_host])
         )
+        self.clients = (self.client, self._fetcher)
 
     def routes(self) -> Sequence[BaseRoute]:
         return [Route(WEBHOOK_PATH, self.webhook, methods=["POST"])]
-
-    def sender(self) -> LineSender:
-        return self._sender
-
-    async def start(self) -> None:
-        return None
-
-    async def stop(self) -> None:
-        await self.client.aclose()
-        await self._fetcher.aclose()
 
     async def webhook(self, request: Request) -> Response:
         body = await request.body()
@@ -351,13 +330,9 @@ class LineChannel:
             events = parse(body)
         except MalformedPayload as error:
             return JSONResponse({"error": f"malformed webhook: {error}"}, status_code=400)
-        try:
-            for incoming in events:
-                await self._receive(incoming)
-        except (SQLAlchemyError, FetchFailed) as error:
-            # Not stored: a non-2xx makes LINE redeliver (when redelivery is on in the console).
-            log.warning("line webhook not stored, asking for redelivery: %s", type(error).__name__)
-            return JSONResponse({"error": "temporarily unavailable"}, status_code=503)
+        # Not stored (bot.http.UNAVAILABLE): the 503 makes LINE redeliver (when redelivery is on in the console).
+        for incoming in events:
+            await self._receive(incoming)
         return JSONResponse({})
 
     async def _receive(self, incoming: Incoming) -> None:
@@ -383,36 +358,18 @@ class LineChannel:
 
     async def _attachment(self, incoming: Incoming) -> Attachment:
         store = self.bot.attachments
-        kind = _MEDIA_KINDS[incoming.type]
-        guessed = mimetypes.guess_type(incoming.file_name)[0] if incoming.file_name else None
-        mime = guessed or _DEFAULT_MIME.get(incoming.type, "application/octet-stream")
-        name = (
-            incoming.file_name
-            or f"{incoming.type}-{incoming.media_id}{mimetypes.guess_extension(mime) or ''}"
-        )
+        default_mime = _DEFAULT_MIME.get(incoming.type, "application/octet-stream")
+        name, mime = channels.media_name(incoming.file_name, incoming.type, incoming.media_id or "", default_mime)
         if incoming.external_media:
             return store.rejected(name, "unavailable")  # a URL the sender chose: not fetched
         if incoming.file_name and mime not in store.allowed_types:
             return store.rejected(name, "type")
         url = f"{self.config.data_api_url.rstrip('/')}/v2/bot/message/{incoming.media_id}/content"
-        try:
-            fetched = await self._fetcher.get(url, bearer=self.config.access_token, max_bytes=store.max_bytes)
-        except FetchTooLarge:
-            return store.rejected(name, "too_large")
-        except FetchRefused as error:
-            log.warning("line content refused by the fetch policy: %s", error.reason)
-            return store.rejected(name, "unavailable")
-        except FetchFailed as error:
-            if error.status == 0 or error.status == 429 or error.status >= 500:
-                raise
-            return store.rejected(name, "unavailable")
-        if fetched.status == 202:  # a video still being prepared: LINE redelivers nothing, so it is lost
-            return store.rejected(name, "unavailable")
-        mime = fetched.content_type or mime
-        try:
-            return await asyncio.to_thread(store.save, fetched.data, name=name, mime=mime, kind=kind)
-        except AttachmentRejected as error:
-            return store.rejected(name, error.reason)
+        # A 202 is a video still being prepared: LINE redelivers nothing, so it is lost.
+        return await channels.download(
+            self._fetcher, store, url, name=name, mime=mime, kind=_MEDIA_KINDS[incoming.type], channel=CHANNEL,
+            bearer=self.config.access_token, accept=lambda status: status != 202,
+        )
 
 
 def from_settings(bot: Bot) -> LineChannel | None:

@@ -14,20 +14,20 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from adapters.webchat import _PAGE_HEADERS, WEB, ApiError, json_object
+from adapters.base import Channel
 from bot import canned
 from bot.app import Bot
 from bot.attachments import STORABLE_TYPES
 from bot.desk import GOODWILL, STATUSES, UNITS_PAGE, DeskError
-from bot.outbox import Sender
+from bot.http import PAGE_HEADERS, WEB, ApiError, json_object
 from bot.report import PeriodError, build_report, parse_period, render_figures, to_csv
 from bot.store.clock import utcnow
 
 MAX_NAME = 80
 # The desk holds the engineers' token in the page: another site must not frame it (clickjacking).
 _DESK_HEADERS = {
-    **_PAGE_HEADERS,
-    "Content-Security-Policy": _PAGE_HEADERS["Content-Security-Policy"] + "; frame-ancestors 'none'",
+    **PAGE_HEADERS,
+    "Content-Security-Policy": PAGE_HEADERS["Content-Security-Policy"] + "; frame-ancestors 'none'",
     "X-Frame-Options": "DENY",
     "Referrer-Policy": "no-referrer",
 }
@@ -40,9 +40,10 @@ _FILE_HEADERS = {
 }
 
 
-class LocalDesk:
+class LocalDesk(Channel):
+    """The engineers' page and API; it reads the database, so nothing goes to it through the outbox."""
+
     name = "localdesk"
-    is_desk = True
 
     def __init__(self, bot: Bot) -> None:
         self.bot = bot
@@ -75,14 +76,7 @@ class LocalDesk:
             Route("/api/desk/cases/{ref}/attachments/{attachment_id:int}", self._guard(self._attachment)),
         ]
 
-    def sender(self) -> Sender | None:
-        return None  # the page reads the database; nothing to deliver
 
-    async def start(self) -> None:
-        return None
-
-    async def stop(self) -> None:
-        return None
 
     async def page(self, request: Request) -> Response:
         return FileResponse(WEB / "desk.html", headers=_DESK_HEADERS)
@@ -107,12 +101,7 @@ class LocalDesk:
                     status_code=401,
                     headers={"WWW-Authenticate": "Bearer"},
                 )
-            try:
-                return await handler(request)
-            except DeskError as error:
-                return JSONResponse({"error": str(error)}, status_code=error.status)
-            except ApiError as error:
-                return JSONResponse({"error": error.message}, status_code=error.status)
+            return await handler(request)  # ApiError and DeskError are answered by the app (bot.http)
 
         return guarded
 

@@ -24,9 +24,9 @@ import smtplib
 import ssl
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 from email import policy as email_policy
 from email.header import decode_header
 from email.headerregistry import Address
@@ -34,24 +34,24 @@ from email.message import EmailMessage, Message
 from email.parser import BytesParser
 from email.utils import format_datetime, formataddr, getaddresses, make_msgid, parseaddr
 from html.parser import HTMLParser
-from typing import Any, ClassVar
+from typing import ClassVar
 from urllib.parse import unquote_to_bytes
 
 import httpx
 import msal
 import tnefparse
 from mailparser_reply import EmailMessage as ReplyParser
-from sqlalchemy import Engine, func
-from sqlmodel import Session, col
-from sqlmodel import select as sql_select
+from sqlalchemy import Engine
 from starlette.routing import BaseRoute
 
+from adapters.base import SendingChannel
+from bot import channels
 from bot.app import Bot
 from bot.attachments import AttachmentRejected, AttachmentStore
+from bot.engine import last_inbound
 from bot.logs import excerpt
 from bot.messages import Attachment, InboundMessage, OutboundMessage
-from bot.outbox import SENT, Delivered, PermanentFailure, RetryLater, Unreachable
-from bot.store import Case, Conversation, InboxItem, OutboxItem
+from bot.outbox import Delivered, PermanentFailure, RetryLater, Unreachable, sent_any, sent_times
 from bot.store.clock import utcnow
 from bot.store.kv import kv_get, kv_put
 
@@ -1007,7 +1007,7 @@ def compose(message: OutboundMessage, *, thread: Thread, config: MailSettings, b
     if not by_person:
         mail["Auto-Submitted"] = "auto-replied"
     mail["X-Auto-Response-Suppress"] = "All"  # asks Exchange not to answer us with out-of-office mail
-    options = [f"{number}. {button.label}" for number, button in enumerate(message.buttons, start=1)]
+    options = channels.numbered(message.buttons)
     text = message.text + ("\n\n" + "\n".join(options) if options else "")
     mail.set_content(text + "\n", subtype="plain", charset="utf-8")
     mail.add_alternative(_html(message), subtype="html", charset="utf-8")
@@ -1038,7 +1038,7 @@ class MailSender:
         self.config = config
         self.tokens = tokens
 
-    async def send(self, message: OutboundMessage, payload: Mapping[str, Any]) -> Delivered:
+    async def send(self, message: OutboundMessage) -> Delivered:
         address = message.chat_id.lower()
         if address in self.config.own_addresses:
             raise PermanentFailure("refusing to mail our own address")
@@ -1046,8 +1046,8 @@ class MailSender:
         if wait is not None:
             raise RetryLater(f"more than {self.config.replies_per_hour} replies to this address in an hour",
                              after=wait)
-        thread = await asyncio.to_thread(_thread_of, self.bot.db, address)
-        mail = compose(message, thread=thread, config=self.config, by_person=payload.get("author") == "engineer")
+        thread = await asyncio.to_thread(_thread_of, self.bot.db, message)
+        mail = compose(message, thread=thread, config=self.config, by_person=message.author == "engineer")
         for attachment in message.attachments:
             _attach(mail, attachment, self.bot.attachments)
         await asyncio.to_thread(self._submit, mail, address)
@@ -1107,54 +1107,27 @@ def _attach(mail: EmailMessage, attachment: Attachment, store: AttachmentStore) 
 
 def _rate_limited(db: Engine, address: str, per_hour: int) -> float | None:
     """Seconds to wait when `address` already got `per_hour` replies in the last hour, else None."""
-    since = utcnow() - timedelta(hours=1)
-    sent = (col(OutboxItem.channel) == CHANNEL, col(OutboxItem.chat_id) == address,
-            col(OutboxItem.status) == SENT, col(OutboxItem.sent_at) >= since)
-    with Session(db) as session:
-        count = session.execute(sql_select(func.count()).select_from(OutboxItem).where(*sent)).scalar_one()
-        if count < per_hour:
-            return None
-        times = session.execute(sql_select(OutboxItem.sent_at).where(*sent)
-                                .order_by(col(OutboxItem.sent_at).desc()).limit(per_hour)).scalars().all()
-    oldest: datetime = min(t for t in times if t is not None)
-    return max(1.0, (oldest + timedelta(hours=1) - utcnow()).total_seconds())
+    times = sent_times(db, CHANNEL, address, utcnow() - timedelta(hours=1), per_hour)
+    if len(times) < per_hour:
+        return None
+    return max(1.0, (min(times) + timedelta(hours=1) - utcnow()).total_seconds())
 
 
 def _answers_us(db: Engine, mail: Message) -> bool:
     """Whether the mail answers a mail we sent (its In-Reply-To or References hold one of our Message-IDs)."""
     ids = _message_ids(_header(mail, "In-Reply-To") + " " + _header(mail, "References"))[-MAX_REFERENCES:]
-    if not ids:
-        return False
-    with Session(db) as session:
-        found = session.execute(sql_select(col(OutboxItem.id)).where(
-            col(OutboxItem.channel) == CHANNEL, col(OutboxItem.external_id).in_(ids)).limit(1)).first()
-    return found is not None
+    return sent_any(db, CHANNEL, ids)
 
 
-def _thread_of(db: Engine, address: str) -> Thread:
-    with Session(db) as session:
-        last = session.execute(
-            sql_select(InboxItem.payload)
-            .where(col(InboxItem.channel) == CHANNEL, col(InboxItem.chat_id) == address)
-            .order_by(col(InboxItem.id).desc()).limit(1)
-        ).scalar_one_or_none()
-        conversation = session.execute(
-            sql_select(Conversation).where(col(Conversation.channel) == CHANNEL, col(Conversation.chat_id) == address)
-        ).scalar_one_or_none()
-        case_ref = None
-        if conversation is not None:
-            # The open case, or else the latest one: its closing words still belong to its thread.
-            query = sql_select(Case.ref).where(col(Case.conversation_id) == conversation.id)
-            if conversation.case_id is not None:
-                query = query.where(col(Case.id) == conversation.case_id)
-            case_ref = session.execute(query.order_by(col(Case.id).desc()).limit(1)).scalar_one_or_none()
-    raw = (last or {}).get("raw") or {}
+def _thread_of(db: Engine, message: OutboundMessage) -> Thread:
+    last = last_inbound(db, CHANNEL, message.chat_id.lower())
+    raw = last.get("raw") or {}
     # Checked again here: a mail stored before these values were cleaned must not poison every reply.
     message_ids = _message_ids(str(raw.get("message_id") or ""))
-    name = _one_line(str((last or {}).get("sender_name") or ""))
+    name = _one_line(str(last.get("sender_name") or ""))
     return Thread(to_name=name or None, message_id=message_ids[0] if message_ids else None,
                   references=tuple(_message_ids(str(raw.get("references") or ""))),
-                  subject=_one_line(str(raw.get("subject") or "")), case_ref=case_ref or None)
+                  subject=_one_line(str(raw.get("subject") or "")), case_ref=message.case_ref or None)
 
 
 # --- shared state ---------------------------------------------------------------------------------------
@@ -1167,25 +1140,22 @@ def _key(prefix: str, name: str) -> str:
 # --- the channel and its settings -----------------------------------------------------------------------
 
 
-class MailChannel:
+class MailChannel(SendingChannel):
     """Email: a mailbox reader in a thread, and an SMTP sender for the outbox."""
 
     name = CHANNEL
-    is_desk = False
+    one_reply_per_turn = True
 
     def __init__(self, bot: Bot, config: MailSettings) -> None:
         self.bot = bot
         self.config = config
         self.tokens = OAuthTokens(config) if config.oauth else None
         self.reader = MailboxReader(bot, config, tokens=self.tokens)
-        self._sender = MailSender(bot, config, tokens=self.tokens)
+        self.outbox = MailSender(bot, config, tokens=self.tokens)
         self._thread: threading.Thread | None = None
 
     def routes(self) -> Sequence[BaseRoute]:
         return []
-
-    def sender(self) -> MailSender:
-        return self._sender
 
     async def start(self) -> None:
         self.reader.stop.clear()

@@ -16,8 +16,8 @@ import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
-from typing import Any, cast
+from datetime import timedelta
+from typing import Any
 from urllib.parse import parse_qsl
 
 import aiohttp
@@ -26,7 +26,7 @@ from slack_bolt.adapter.starlette.async_handler import AsyncSlackRequestHandler
 from slack_bolt.async_app import AsyncApp
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
-from sqlalchemy import CursorResult, and_, delete, or_, select, update
+from sqlalchemy import delete
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, col
 from starlette.requests import Request
@@ -34,15 +34,15 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from adapters import slack_blocks as ui
-from bot import fulfilment
+from adapters.base import Channel
+from bot import channels, fulfilment
 from bot.app import Bot
 from bot.config import Settings
 from bot.desk import CaseNotFound, DeskError
-from bot.engine import REFUSAL_TO_CONFIRM
-from bot.messages import OutboundMessage
+from bot.messages import CASE_OPENED, CASE_UPDATED, CUSTOMER_MESSAGE, DeskEvent
 from bot.outbox import Delivered, PermanentFailure, RetryLater
 from bot.registry import lookup
-from bot.store import Case, KeyValue, session_scope
+from bot.store import KeyValue, session_scope
 from bot.store.clock import utcnow
 from bot.store.kv import kv_get, kv_put
 from policy import Claim, Proof, decision_to_json, evaluate, normalize_serial, parse_serial
@@ -61,9 +61,6 @@ MEMBERS_CACHE_SECONDS = 60.0
 NAMES_CACHE_SECONDS = 600.0
 MAX_MEMBER_PAGES = 50
 REMIND_BATCH = 50
-# Cases nobody has taken yet: open ones, and refusals to confirm (every unit refused) no one claimed.
-_UNCLAIMED = or_(col(Case.status) == "open",
-                 and_(col(Case.status) == REFUSAL_TO_CONFIRM, col(Case.claimed_by).is_(None)))
 SOCKET_RETRY_SECONDS = 30.0
 NOTE = re.compile(r"^\s*note:\s*", re.IGNORECASE)
 REFUSAL = ("Only the after-sales engineers can act on warranty cases; nothing was changed. "
@@ -234,11 +231,11 @@ def _shaped(node: Mapping[str, Any]) -> bool:
 # --- the desk ------------------------------------------------------------------------------------------------
 
 
-class SlackDesk:
+class SlackDesk(Channel):
     """The Slack channel: HTTP routes (or Socket Mode), the outbox sender for case events, and reminders."""
 
     name = CHANNEL
-    is_desk = True
+    takes_desk_events = True
 
     def __init__(self, bot: Bot, config: SlackConfig) -> None:
         self.bot = bot
@@ -426,7 +423,7 @@ class SlackDesk:
             return None
         if not await self._first_time(body):
             return None
-        ref = await asyncio.to_thread(self._case_for_thread, thread_ts)
+        ref = await asyncio.to_thread(self.bot.desk.case_at, "ts", thread_ts)
         if ref is None:
             return None
         if not await self._is_engineer(user):
@@ -467,7 +464,7 @@ class SlackDesk:
         user, thread_ts = previous.get("user"), previous.get("thread_ts")
         if not isinstance(user, str) or not isinstance(thread_ts, str) or previous.get("bot_id"):
             return
-        if not await self._first_time(body) or await asyncio.to_thread(self._case_for_thread, thread_ts) is None:
+        if not await self._first_time(body) or await asyncio.to_thread(self.bot.desk.case_at, "ts", thread_ts) is None:
             return
         await self._ephemeral(user, DELETED, thread_ts)
 
@@ -730,10 +727,12 @@ class SlackDesk:
 
     # --- outbox: case events ------------------------------------------------------------------------------
 
-    async def send(self, message: OutboundMessage, payload: Mapping[str, Any]) -> Delivered:
-        """Post or update the case message, or add to its thread; Slack's errors become retry or dead letter."""
-        ref = message.chat_id
-        event = payload.get("event")
+    async def send_event(self, event: DeskEvent) -> Delivered:
+        """Post or update the case message, or add to its thread; Slack's errors become retry or dead letter.
+
+        The case message shows the case as it is now (read when it is posted); a thread line says what the
+        event carries."""
+        ref, detail = event.case_ref, event.detail
         if self.revoked:
             # Kept waiting, not dead-lettered: once the app is installed again every case event goes out.
             raise RetryLater(f"Slack {self.revoked}", after=REVOKED_WAIT_SECONDS)
@@ -742,29 +741,28 @@ class SlackDesk:
         except CaseNotFound as error:
             raise PermanentFailure(str(error)) from error
         try:
-            if event == "case_opened":
+            if event.kind == CASE_OPENED:
                 ts = await self._post_case(case, update_existing=True)
-            elif event == "customer_message":
+            elif event.kind == CUSTOMER_MESSAGE:
                 ts = await self._post_case(case, update_existing=False)
                 text, blocks = ui.customer_message_blocks(
-                    case, sender=payload.get("sender"), text=str(payload.get("text") or ""),
-                    attachment_ids=list(payload.get("attachment_ids") or ()), public_url=self.config.public_url)
+                    case, sender=detail.get("sender"), text=str(detail.get("text") or ""),
+                    attachment_ids=list(detail.get("attachment_ids") or ()), public_url=self.config.public_url)
                 ts = await self._thread_post(case, ts, text, blocks)
-            elif event == "case_updated":
+            elif event.kind == CASE_UPDATED:
                 ts = await self._post_case(case, update_existing=True)
-                line = ui.update_line(payload.get("action"), payload.get("actor"), payload.get("origin"),
-                                      _audit_detail(case, payload.get("action"), payload.get("actor")))
+                line = ui.update_line(detail.get("action"), detail.get("actor"), detail.get("origin"), detail)
                 if line:
                     await self._thread_post(case, ts, line, [ui.section(line)])
-            elif event == "batch_alert":
+            elif event.kind == "batch_alert":
                 # A production batch past the alert rule (bot/report.py): in the channel, not only a thread.
-                text = f":warning: {ui.escape(str(payload.get('text') or ''))}"
+                text = f":warning: {ui.escape(str(detail.get('text') or ''))}"
                 answer = await self.client.chat_postMessage(channel=self.config.channel, text=text,
                                                             blocks=[ui.section(text)], unfurl_links=False,
                                                             unfurl_media=False)
                 ts = str(answer["ts"])
             else:
-                raise PermanentFailure(f"unknown desk event {event!r}")
+                raise PermanentFailure(f"unknown desk event {event.kind!r}")
         except SlackApiError as error:
             code = str(error.response.get("error") or "")
             if code in REVOKED_ERRORS:
@@ -784,7 +782,7 @@ class SlackDesk:
     async def _post_case(self, case: Mapping[str, Any], *, update_existing: bool) -> str:
         """The case message's ts: posted when there is none yet, else updated (when asked) to the case's state."""
         ref = case["ref"]
-        where = await asyncio.to_thread(self._desk_ref, ref)
+        where = await asyncio.to_thread(self.bot.desk.desk_ref, ref)
         text, blocks = ui.case_blocks(case, public_url=self.config.public_url)
         if where.get("ts") and where.get("channel"):
             if not update_existing:
@@ -803,7 +801,7 @@ class SlackDesk:
         return ts
 
     async def _thread_post(self, case: Mapping[str, Any], ts: str, text: str, blocks: list[dict[str, Any]]) -> str:
-        where = await asyncio.to_thread(self._desk_ref, case["ref"])
+        where = await asyncio.to_thread(self.bot.desk.desk_ref, case["ref"])
         answer = await self.client.chat_postMessage(channel=where.get("channel") or self.config.channel,
                                                     thread_ts=ts, text=text, blocks=blocks,
                                                     unfurl_links=False, unfurl_media=False)
@@ -824,8 +822,13 @@ class SlackDesk:
 
     async def remind_due(self) -> int:
         """Announce again, in the case thread and the channel, each case still unclaimed after the delay."""
-        due = await asyncio.to_thread(self._take_due_reminders)
-        for ref, channel, ts, opened in due:
+        due = await asyncio.to_thread(self.bot.desk.take_due_reminders, self.config.remind_after,
+                                      limit=REMIND_BATCH)
+        for reminder in due:
+            ref, opened = reminder.ref, reminder.opened_at
+            ts, channel = reminder.desk_ref.get("ts"), reminder.desk_ref.get("channel")
+            if not ts or not channel:
+                continue
             mention = self.config.remind_mention
             text = (f"{mention + ' ' if mention else ''}*{ref}* is still unclaimed, "
                     f"{_duration(utcnow() - opened)} after it was opened. Press *Claim* on the case message.")
@@ -835,30 +838,6 @@ class SlackDesk:
             except (SlackApiError, aiohttp.ClientError, TimeoutError) as error:
                 log.warning("reminder for %s not posted: %s", ref, type(error).__name__)
         return len(due)
-
-    def _take_due_reminders(self) -> list[tuple[str, str, str, datetime]]:
-        """Cases due a reminder, each marked reminded in the same step, so that one worker alone posts it."""
-        now = utcnow()
-        cutoff = now - self.config.remind_after
-        due: list[tuple[str, str, str, datetime]] = []
-        with session_scope(self.bot.db) as session:
-            cases = session.execute(
-                select(Case).where(_UNCLAIMED,
-                                   or_(and_(col(Case.reminded_at).is_(None), col(Case.created_at) <= cutoff),
-                                       col(Case.reminded_at) <= cutoff))
-                .order_by(col(Case.id)).limit(REMIND_BATCH)
-            ).scalars().all()
-            for case in cases:
-                ts, channel = case.desk_ref.get("ts"), case.desk_ref.get("channel")
-                if not ts or not channel:
-                    continue  # not on Slack yet: the case message comes first
-                previous = (col(Case.reminded_at).is_(None) if case.reminded_at is None
-                            else col(Case.reminded_at) == case.reminded_at)
-                taken = session.execute(update(Case).where(col(Case.id) == case.id, _UNCLAIMED,
-                                                           previous).values(reminded_at=now))
-                if cast(CursorResult[Any], taken).rowcount == 1:
-                    due.append((case.ref, str(channel), str(ts), case.created_at))
-        return due
 
     # --- helpers: engineers, names, Slack calls ------------------------------------------------------------
 
@@ -973,17 +952,6 @@ class SlackDesk:
             session.execute(delete(KeyValue).where(col(KeyValue.key).startswith(SEEN_PREFIX),
                                                    col(KeyValue.expires_at) < utcnow()))
 
-    def _desk_ref(self, ref: str) -> dict[str, Any]:
-        with Session(self.bot.db) as session:
-            found = session.execute(select(col(Case.desk_ref)).where(col(Case.ref) == ref)).scalar_one_or_none()
-        return dict(found or {})
-
-    def _case_for_thread(self, thread_ts: str) -> str | None:
-        with Session(self.bot.db) as session:
-            return session.execute(
-                select(col(Case.ref)).where(col(Case.desk_ref)["ts"].as_string() == thread_ts).limit(1)
-            ).scalar_one_or_none()
-
     def _home_view(self, engineer: str) -> dict[str, Any]:
         desk = self.bot.desk
         by_status = {status: desk.list_cases(status=status, limit=100)
@@ -1064,25 +1032,17 @@ def _clip_error(error: Exception) -> str:
     return str(error)[:150]
 
 
-def _audit_detail(case: Mapping[str, Any], action: Any, actor: Any) -> dict[str, Any]:
-    """The detail of the newest audit row for this action and actor (the event carries no text itself)."""
-    for entry in reversed(case.get("audit") or ()):
-        if entry.get("action") == action and entry.get("actor") == actor:
-            return dict(entry.get("detail") or {})
-    return {}
-
-
 def _delivery_error(error: SlackApiError) -> Exception:
     status = error.response.status_code
     code = str(error.response.get("error") or "")
     if status == 429 or code == "ratelimited":
         retry_after = error.response.headers.get("Retry-After") or error.response.headers.get("retry-after")
         # Slack's limits are per method and workspace, not per thread: the whole desk channel waits.
-        return RetryLater(f"Slack rate limit ({code or status})",
-                          after=float(retry_after) if str(retry_after or "").isdigit() else None, scope="channel")
+        return RetryLater(f"Slack rate limit ({code or status})", after=channels.retry_after(str(retry_after or "")),
+                          scope="channel")
     if status >= 500 or code in TRANSIENT_ERRORS:
         return RetryLater(f"Slack error {status} {code}")
-    return PermanentFailure(f"Slack refused: {code or status}")
+    return channels.delivery_error(f"Slack refused: {code or status}", status=status)
 
 
 def _duration(delta: timedelta) -> str:

@@ -19,7 +19,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 from urllib.parse import quote, urlsplit
 
@@ -31,13 +31,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from adapters.whatsapp import split_text  # the one plain-text splitter (paragraph, line, word)
+from adapters.base import SendingChannel
+from bot import channels
 from bot.app import Bot
 from bot.attachments import AttachmentRejected, sniff
 from bot.engine import inbound_from_payload, inbound_to_payload
 from bot.fetch import Fetcher, FetchFailed, FetchPolicy, FetchRefused, FetchTooLarge
 from bot.messages import Attachment, Button, InboundMessage, OutboundMessage
-from bot.outbox import Delivered, PermanentFailure, RetryLater, Unreachable
+from bot.outbox import Delivered, PermanentFailure, RetryLater
 from bot.store import KeyValue
 from bot.store.clock import utcnow
 from bot.store.kv import kv_delete, kv_get, kv_put
@@ -372,7 +373,7 @@ def to_inbound(activity: Mapping[str, Any], *, text: str, attachments: tuple[Att
 def to_activities(message: OutboundMessage, reference: Reference) -> list[dict[str, Any]]:
     """Our message as Bot Framework activities: the text in pieces the connector takes, buttons on the last
     piece as hero cards whose presses come back as text."""
-    pieces = split_text(message.text, MAX_TEXT_CHARS) if message.text.strip() else [message.text]
+    pieces = channels.split_text(message.text, MAX_TEXT_CHARS) if message.text.strip() else [message.text]
     activities = []
     for index, piece in enumerate(pieces):
         activity: dict[str, Any] = {
@@ -409,28 +410,19 @@ class ConnectorTokens:
         self.config = config
         self.http = http
         self.db = db
-        self.key = "teams:token:" + hashlib.sha256(config.app_id.encode()).hexdigest()[:48]
-        self.token: str | None = None
-        self.expires_at: datetime | None = None
+        self.cache = channels.TokenCache(db, "teams:token:" + hashlib.sha256(config.app_id.encode()).hexdigest()[:48],
+                                         margin=timedelta(seconds=TOKEN_MARGIN_SECONDS))
         self.lock = asyncio.Lock()
 
     async def get(self) -> str:
-        async with self.lock:
-            if self.token is None or self._expired(self.expires_at):
-                stored = await asyncio.to_thread(kv_get, self.db, self.key)
-                if stored is not None and not self._expired(stored[1]):
-                    self.token, self.expires_at = str(stored[0].get("access_token")), stored[1]
-                else:
-                    await self._fetch()
-            assert self.token is not None
-            return self.token
+        async with self.lock:  # one fetch at a time: the others wait for its token
+            return await self.cache.get(self._fetch)
 
     async def forget(self) -> None:
         async with self.lock:
-            self.token = None
-            await asyncio.to_thread(kv_delete, self.db, self.key)
+            await self.cache.forget()
 
-    async def _fetch(self) -> None:
+    async def _fetch(self) -> tuple[str, timedelta]:
         form = {"grant_type": "client_credentials", "client_id": self.config.app_id,
                 "client_secret": self.config.app_password, "scope": BOT_FRAMEWORK_SCOPE}
         try:
@@ -439,19 +431,12 @@ class ConnectorTokens:
             raise RetryLater(f"token endpoint unreachable: {type(error).__name__}") from None
         if response.status_code != 200:
             # Wrong credentials are an operator's fix: keep retrying so nothing is lost meanwhile.
-            raise RetryLater(f"token endpoint answered {response.status_code}", after=_retry_after(response))
+            raise RetryLater(f"token endpoint answered {response.status_code}", after=channels.retry_after(response.headers.get("Retry-After")))
         try:
             data = response.json()
-            token, lifetime = str(data["access_token"]), int(data.get("expires_in", 3600))
+            return str(data["access_token"]), timedelta(seconds=int(data.get("expires_in", 3600)))
         except (ValueError, KeyError, TypeError):
             raise RetryLater("token endpoint answered without a token") from None
-        self.token = token
-        self.expires_at = utcnow() + timedelta(seconds=lifetime)
-        await asyncio.to_thread(kv_put, self.db, self.key, {"access_token": token}, self.expires_at)
-
-    @staticmethod
-    def _expired(expires_at: datetime | None) -> bool:
-        return expires_at is None or expires_at - timedelta(seconds=TOKEN_MARGIN_SECONDS) <= utcnow()
 
 
 class TeamsSender:
@@ -461,7 +446,7 @@ class TeamsSender:
         self.channel = channel
         self._sent: OrderedDict[tuple[str, str], int] = OrderedDict()
 
-    async def send(self, message: OutboundMessage, payload: Mapping[str, Any]) -> Delivered:
+    async def send(self, message: OutboundMessage) -> Delivered:
         stored = await asyncio.to_thread(kv_get, self.channel.bot.db, _reference_key(message.chat_id))
         if stored is None:
             raise PermanentFailure("no conversation reference for this Teams chat")
@@ -499,17 +484,9 @@ class TeamsSender:
         if status == 401:
             await self.channel.tokens.forget()  # revoked or rotated: the next try fetches a new one
             raise RetryLater(summary)
-        if status == 429 or status >= 500:
-            raise RetryLater(summary, after=_retry_after(response))
-        if status in (403, 404):
-            # The bot was removed or blocked, or the conversation is gone: nothing will reach this customer.
-            raise Unreachable(summary)
-        raise PermanentFailure(summary)
-
-
-def _retry_after(response: httpx.Response) -> float | None:
-    value = response.headers.get("Retry-After", "")
-    return float(value) if value.isdigit() else None
+        # 403, 404: the bot was removed or blocked, or the conversation is gone: nothing will reach this customer.
+        raise channels.delivery_error(summary, status=status, unreachable=status in (403, 404),
+                                      after=channels.retry_after(response.headers.get("Retry-After")))
 
 
 # --- shared state ---------------------------------------------------------------------------------------
@@ -522,11 +499,10 @@ def _reference_key(conversation_id: str) -> str:
 # --- the channel and its settings -----------------------------------------------------------------------
 
 
-class TeamsChannel:
+class TeamsChannel(SendingChannel):
     """Teams (and legacy Skype): the activity endpoint, and a sender that writes into stored conversations."""
 
     name = CHANNEL
-    is_desk = False
 
     def __init__(self, bot: Bot, config: TeamsSettings) -> None:
         self.bot = bot
@@ -535,7 +511,7 @@ class TeamsChannel:
         self.validator = TokenValidator(config, self.http)
         self.tokens = ConnectorTokens(config, self.http, bot.db)
         self._tasks: set[asyncio.Task[None]] = set()
-        self._sender = TeamsSender(self)
+        self.outbox = TeamsSender(self)
 
     def http(self) -> httpx.AsyncClient:
         if self._client is None:
@@ -544,9 +520,6 @@ class TeamsChannel:
 
     def routes(self) -> Sequence[BaseRoute]:
         return [Route(PATH, self.activities, methods=["POST"])]
-
-    def sender(self) -> TeamsSender:
-        return self._sender
 
     async def start(self) -> None:
         for key in await asyncio.to_thread(self._waiting):
@@ -704,7 +677,7 @@ class TeamsChannel:
                     continue
                 except FetchFailed as error:
                     log.warning("Teams attachment download failed: %s", error)
-                    if (error.status == 0 or error.status == 429 or error.status >= 500) and not final:
+                    if channels.passing(error) and not final:
                         raise _TryLater from None
                     found.append(self.bot.attachments.rejected(ref.name, "unavailable"))
                     continue

@@ -36,9 +36,10 @@ from telegram.error import (
 from telegram.request import HTTPXRequest
 from telegram.warnings import PTBDeprecationWarning
 
+from adapters.base import SendingChannel
+from bot import channels
 from bot.app import Bot
-from bot.attachments import AttachmentRejected
-from bot.fetch import Fetcher, FetchFailed, FetchPolicy, FetchRefused, FetchTooLarge
+from bot.fetch import Fetcher, FetchFailed, FetchPolicy
 from bot.logs import mask
 from bot.messages import Attachment, Button, InboundMessage, OutboundMessage
 from bot.outbox import Delivered, DeliveryError, Limits, PermanentFailure, RetryLater, Unreachable
@@ -362,16 +363,11 @@ class AlbumStore:
             ).scalars().all()
         keys = [row.key for row in rows if row.value.get("parts")]
         expired = [row.key for row in rows if not row.value.get("parts")
-                   and row.expires_at is not None and _aware(row.expires_at) < now]
+                   and row.expires_at is not None and row.expires_at < now]
         if expired:
             with session_scope(self.db) as session:
                 session.execute(delete(KeyValue).where(col(KeyValue.key).in_(expired)))
         return keys
-
-
-def _aware(moment: datetime) -> datetime:
-    # SQLite hands back naive datetimes; everything is stored as UTC.
-    return moment if moment.tzinfo else moment.replace(tzinfo=utcnow().tzinfo)
 
 
 # --- send -----------------------------------------------------------------------------------------------
@@ -481,8 +477,7 @@ def render(message: OutboundMessage) -> tuple[list[str], telegram.InlineKeyboard
     markup = keyboard(message.buttons)
     text = message.text
     if message.buttons and markup is None:
-        options = "\n".join(f"{n}. {b.label}" for n, b in enumerate(message.buttons, start=1))
-        text = f"{text}\n\n{options}"
+        text = f"{text}\n\n" + "\n".join(channels.numbered(message.buttons))
     return split_html(html.escape(text)), markup
 
 
@@ -517,7 +512,7 @@ class TelegramSender:
         # them (within this process; bounded).
         self._sent: OrderedDict[tuple[str, str], int] = OrderedDict()
 
-    async def send(self, message: OutboundMessage, payload: Mapping[str, Any]) -> Delivered:
+    async def send(self, message: OutboundMessage) -> Delivered:
         pieces, markup = render(message)
         if not pieces:
             return Delivered()
@@ -550,11 +545,10 @@ class TryAgain(Exception):
     """The update could not be stored now (network, database); Telegram must deliver it again."""
 
 
-class TelegramChannel:
+class TelegramChannel(SendingChannel):
     """Telegram as a customer channel, by webhook (`/telegram/webhook`) or by long polling."""
 
     name = CHANNEL
-    is_desk = False
 
     def __init__(self, bot: Bot, client: telegram.Bot, *, mode: str, secret: str | None, public_url: str,
                  poll_timeout: int = POLL_TIMEOUT_SECONDS, album_wait: float = ALBUM_WAIT_SECONDS) -> None:
@@ -568,7 +562,7 @@ class TelegramChannel:
         self.albums = AlbumStore(bot.db)
         # Files come from the Bot API's own host only (https, public addresses, size and time limits).
         self.fetcher = Fetcher(FetchPolicy.from_settings(bot.settings, hosts=[bot.settings.telegram_api_base_url]))
-        self._sender = TelegramSender(client)
+        self.outbox = TelegramSender(client)
         self._task: asyncio.Task[None] | None = None
         self._timers: set[asyncio.Task[None]] = set()
         self._chats: dict[str, asyncio.Task[None]] = {}  # chats whose kept updates are being taken
@@ -577,9 +571,6 @@ class TelegramChannel:
         if self.mode != "webhook":
             return []
         return [Route(WEBHOOK_PATH, self.webhook, methods=["POST"])]
-
-    def sender(self) -> TelegramSender:
-        return self._sender
 
     async def start(self) -> None:
         work = self._register_webhook() if self.mode == "webhook" else self._poll()
@@ -850,20 +841,10 @@ class TelegramChannel:
             return store.rejected(ref.name, "too_large")
         try:
             # The file API's URL carries the bot's token in its path: only the Bot API's own host may be asked.
-            data = (await self.fetcher.get(str(remote.file_path))).data
-        except FetchTooLarge:
-            return store.rejected(ref.name, "too_large")
-        except FetchRefused as error:
-            log.warning("telegram file refused by the fetch policy: %s", error.reason)
-            return store.rejected(ref.name, "unavailable")
+            return await channels.download(self.fetcher, store, str(remote.file_path), name=ref.name,
+                                           mime=ref.mime, kind=ref.kind, channel=CHANNEL, server_type=False)
         except FetchFailed as error:
-            if error.status == 0 or error.status == 429 or error.status >= 500:
-                raise TryAgain(f"file download: {error}") from None  # kept, and tried again
-            return store.rejected(ref.name, "unavailable")
-        try:
-            return await asyncio.to_thread(store.save, data, name=ref.name, mime=ref.mime, kind=ref.kind)
-        except AttachmentRejected as error:
-            return store.rejected(ref.name, error.reason)
+            raise TryAgain(f"file download: {error}") from None  # kept, and tried again
 
     # --- albums -----------------------------------------------------------------------------------------
 

@@ -13,23 +13,21 @@ import hashlib
 import hmac
 import json
 import logging
-import mimetypes
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
-from sqlalchemy.exc import SQLAlchemyError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from adapters.whatsapp import split_text
+from adapters.base import SendingChannel
+from bot import channels
 from bot.app import Bot
-from bot.attachments import AttachmentRejected
-from bot.fetch import Fetcher, FetchFailed, FetchPolicy, FetchRefused, FetchTooLarge
+from bot.fetch import Fetcher, FetchPolicy
 from bot.messages import Attachment, Button, InboundMessage, OutboundMessage
-from bot.outbox import Delivered, DeliveryError, PermanentFailure, RetryLater, Unreachable
+from bot.outbox import Delivered, DeliveryError, RetryLater
 from bot.store.clock import utcnow
 
 log = logging.getLogger(__name__)
@@ -162,9 +160,7 @@ def render(text: str, buttons: Sequence[Button], *, receiver: str, sender_name: 
     more, or values too long for an ActionBody, as numbered options in the text. Long texts are split."""
     usable = len(buttons) <= MAX_BUTTONS and all(0 < len(b.value) <= ACTION_BODY_LIMIT for b in buttons)
     if buttons and not usable:
-        options = "\n".join(f"{n}. {b.label}" for n, b in enumerate(buttons, start=1))
-        text = f"{text}\n\n{options}" if text.strip() else options
-        buttons = ()
+        text, buttons = channels.with_options(text, buttons), ()
     sender = {"name": sender_name[:SENDER_NAME_LIMIT]}
     bodies: list[dict[str, Any]] = [
         {
@@ -174,14 +170,14 @@ def render(text: str, buttons: Sequence[Button], *, receiver: str, sender_name: 
             "type": "text",
             "text": p or "…",
         }
-        for p in split_text(text, TEXT_LIMIT)
+        for p in channels.split_text(text, TEXT_LIMIT)
     ]
     if buttons:
         keyboard = {
             "Type": "keyboard",
             "DefaultHeight": False,
             "Buttons": [
-                {"ActionType": "reply", "ActionBody": b.value, "Text": _clip(b.label, BUTTON_TEXT_LIMIT)}
+                {"ActionType": "reply", "ActionBody": b.value, "Text": channels.clip(b.label, BUTTON_TEXT_LIMIT)}
                 for b in buttons
             ],
         }
@@ -189,9 +185,6 @@ def render(text: str, buttons: Sequence[Button], *, receiver: str, sender_name: 
     return bodies
 
 
-def _clip(text: str, limit: int) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
 
 
 class ViberError(Exception):
@@ -206,15 +199,12 @@ class ViberError(Exception):
 
 
 def delivery_error(error: ViberError) -> DeliveryError:
-    if error.api_status is None:
-        if error.http_status == 429 or error.http_status >= 500:
-            return RetryLater(str(error))
-        return PermanentFailure(str(error))
-    if error.api_status == STATUS_TOO_MANY_REQUESTS:
-        return RetryLater(str(error))
-    if error.api_status in (STATUS_NOT_SUBSCRIBED, STATUS_NOT_REGISTERED, STATUS_NO_SUITABLE_DEVICE):
-        return Unreachable(str(error))
-    return PermanentFailure(str(error))
+    return channels.delivery_error(
+        str(error),
+        status=error.http_status if error.api_status is None else 200,
+        passing=error.api_status == STATUS_TOO_MANY_REQUESTS,
+        unreachable=error.api_status in (STATUS_NOT_SUBSCRIBED, STATUS_NOT_REGISTERED, STATUS_NO_SUITABLE_DEVICE),
+    )
 
 
 class ViberClient:
@@ -254,7 +244,7 @@ class ViberSender:
         self.client = client
         self.sender_name = sender_name
 
-    async def send(self, message: OutboundMessage, payload: Mapping[str, Any]) -> Delivered:
+    async def send(self, message: OutboundMessage) -> Delivered:
         bodies = render(message.text, message.buttons, receiver=message.chat_id, sender_name=self.sender_name)
         first: Any = None
         try:
@@ -279,30 +269,20 @@ class ViberConfig:
     media_hosts: tuple[str, ...]
 
 
-class ViberChannel:
+class ViberChannel(SendingChannel):
     name = CHANNEL
-    is_desk = False
 
     def __init__(self, bot: Bot, config: ViberConfig) -> None:
         self.bot = bot
         self.config = config
         self.client = ViberClient(config.api_url, config.auth_token)
-        self._sender = ViberSender(self.client, config.bot_name)
+        self.outbox = ViberSender(self.client, config.bot_name)
         # Media URLs are public, signed links on Viber's media hosts: no token is ever sent with them.
         self._fetcher = Fetcher(FetchPolicy.from_settings(bot.settings, hosts=config.media_hosts))
+        self.clients = (self.client, self._fetcher)
 
     def routes(self) -> Sequence[BaseRoute]:
         return [Route(WEBHOOK_PATH, self.webhook, methods=["POST"])]
-
-    def sender(self) -> ViberSender:
-        return self._sender
-
-    async def start(self) -> None:
-        return None
-
-    async def stop(self) -> None:
-        await self.client.aclose()
-        await self._fetcher.aclose()
 
     async def webhook(self, request: Request) -> Response:
         body = await request.body()
@@ -318,12 +298,7 @@ class ViberChannel:
             return JSONResponse(self.welcome(incoming))
         if incoming.event != "message":
             return JSONResponse({})
-        try:
-            await self._receive(incoming)
-        except (SQLAlchemyError, FetchFailed) as error:
-            # Not stored: a non-2xx makes Viber send the callback again.
-            log.warning("viber webhook not stored, asking for redelivery: %s", type(error).__name__)
-            return JSONResponse({"error": "temporarily unavailable"}, status_code=503)
+        await self._receive(incoming)  # not stored (bot.http.UNAVAILABLE): the 503 makes Viber send it again
         return JSONResponse({})
 
     def welcome(self, incoming: Incoming) -> dict[str, Any]:
@@ -361,31 +336,14 @@ class ViberChannel:
     async def _attachment(self, incoming: Incoming) -> Attachment:
         assert incoming.media_url is not None
         store = self.bot.attachments
-        kind = _MEDIA_KINDS[incoming.type]
-        guessed = mimetypes.guess_type(incoming.file_name)[0] if incoming.file_name else None
-        mime = guessed or _DEFAULT_MIME.get(incoming.type, "application/octet-stream")
-        name = (
-            incoming.file_name
-            or f"{incoming.type}-{incoming.event_id}{mimetypes.guess_extension(mime) or ''}"
-        )
+        default_mime = _DEFAULT_MIME.get(incoming.type, "application/octet-stream")
+        name, mime = channels.media_name(incoming.file_name, incoming.type, incoming.event_id, default_mime)
         if incoming.file_name and mime not in store.allowed_types:
             return store.rejected(name, "type")
-        try:
-            fetched = await self._fetcher.get(incoming.media_url, max_bytes=store.max_bytes)
-        except FetchTooLarge:
-            return store.rejected(name, "too_large")
-        except FetchRefused as error:
-            log.warning("viber media refused by the fetch policy: %s", error.reason)
-            return store.rejected(name, "unavailable")
-        except FetchFailed as error:
-            if error.status == 0 or error.status == 429 or error.status >= 500:
-                raise
-            return store.rejected(name, "unavailable")
-        mime = fetched.content_type or mime
-        try:
-            return await asyncio.to_thread(store.save, fetched.data, name=name, mime=mime, kind=kind)
-        except AttachmentRejected as error:
-            return store.rejected(name, error.reason)
+        return await channels.download(
+            self._fetcher, store, incoming.media_url, name=name, mime=mime, kind=_MEDIA_KINDS[incoming.type],
+            channel=CHANNEL,
+        )
 
 
 def from_settings(bot: Bot) -> ViberChannel | None:

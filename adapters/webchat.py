@@ -8,11 +8,9 @@ GET /api/webchat/sessions/{id}/messages?after=<id> -> 200 {"messages": [...]}.
 from __future__ import annotations
 
 import asyncio
-import json
 import re
 import secrets
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 from sqlmodel import Session
@@ -24,26 +22,20 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from adapters.base import Channel
 from bot.app import Bot
 from bot.attachments import AttachmentRejected
+from bot.http import PAGE_HEADERS, WEB, ApiError, json_object
 from bot.messages import Attachment, InboundMessage, OutboundMessage
 from bot.outbox import Delivered
 from bot.store import KeyValue, session_scope
 from bot.store.clock import utcnow
 
 CHANNEL = "webchat"
-WEB = Path(__file__).resolve().parent.parent / "bot" / "web"
 MAX_CLIENT_ID = 128
 MAX_ID = 2**31 - 1  # ids are 32-bit integers in PostgreSQL
 _MESSAGE_ID = re.compile(r"[0-9]{1,10}")  # ASCII digits: str.isdigit() also takes "²"
 _SESSION_PREFIX = "webchat:"
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
 
 
 # --- verify: sessions are unguessable ids kept in the database -----------------------------------------
@@ -72,34 +64,6 @@ def _session(bot: Bot, session_id: str) -> dict[str, Any]:
 
 
 # --- parse ----------------------------------------------------------------------------------------------
-
-
-def _declares_json(request: Request) -> bool:
-    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    return media_type == "application/json" or (
-        media_type.startswith("application/") and media_type.endswith("+json")
-    )
-
-
-async def json_object(request: Request) -> dict[str, Any]:
-    """The request's JSON object (an empty body is an empty object); ApiError 415 unless declared JSON, 422
-    unless it is a JSON object.
-
-    Requiring `Content-Type: application/json` makes a cross-site page's request a preflighted one, which
-    the browser does not send (no CORS here): a form or `text/plain` POST from any site is refused.
-    """
-    body = await request.body()
-    if not body.strip():
-        return {}
-    if not _declares_json(request):
-        raise ApiError(415, "send the body as JSON with Content-Type: application/json")
-    try:
-        data = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise ApiError(422, "the body must be JSON") from None
-    if not isinstance(data, dict):
-        raise ApiError(422, "the body must be a JSON object")
-    return data
 
 
 def _text_message(data: Mapping[str, Any], max_chars: int) -> tuple[str, str | None]:
@@ -148,11 +112,10 @@ def _inbound(
 # --- the channel ----------------------------------------------------------------------------------------
 
 
-class WebChat:
+class WebChat(Channel):
     """The embedded web chat; replies need no delivery: the page reads the message log."""
 
     name = CHANNEL
-    is_desk = False
 
     def __init__(self, bot: Bot) -> None:
         self.bot = bot
@@ -170,31 +133,15 @@ class WebChat:
     def sender(self) -> WebChat:
         return self
 
-    async def send(self, message: OutboundMessage, payload: Mapping[str, Any]) -> Delivered:
+    async def send(self, message: OutboundMessage) -> Delivered:
         return Delivered()
 
-    async def start(self) -> None:
-        return None
 
-    async def stop(self) -> None:
-        return None
 
     async def page(self, request: Request) -> Response:
-        return FileResponse(WEB / "chat.html", headers=_PAGE_HEADERS)
+        return FileResponse(WEB / "chat.html", headers=PAGE_HEADERS)
 
     async def create_session(self, request: Request) -> Response:
-        return await _api(self._create_session, request)
-
-    async def post_message(self, request: Request) -> Response:
-        return await _api(self._post_message, request)
-
-    async def list_messages(self, request: Request) -> Response:
-        return await _api(self._list_messages, request)
-
-    async def post_file(self, request: Request) -> Response:
-        return await _api(self._post_file, request)
-
-    async def _create_session(self, request: Request) -> Response:
         data = await json_object(request)
         language = data.get("language")
         if language is not None and not (isinstance(language, str) and 2 <= len(language) <= 16):
@@ -202,7 +149,7 @@ class WebChat:
         session_id = await asyncio.to_thread(_create_session, self.bot, language)
         return JSONResponse({"session_id": session_id}, status_code=201)
 
-    async def _post_message(self, request: Request) -> Response:
+    async def post_message(self, request: Request) -> Response:
         session_id = request.path_params["session_id"]
         details = await asyncio.to_thread(_session, self.bot, session_id)
         text, client_id = _text_message(await json_object(request), self.bot.settings.max_text_chars)
@@ -219,7 +166,7 @@ class WebChat:
             {"id": accepted.inbox_id or external_id, "duplicate": accepted.duplicate}, status_code=202
         )
 
-    async def _post_file(self, request: Request) -> Response:
+    async def post_file(self, request: Request) -> Response:
         session_id = request.path_params["session_id"]
         details = await asyncio.to_thread(_session, self.bot, session_id)
         if not request.headers.get("content-type", "").startswith("multipart/form-data"):
@@ -259,7 +206,7 @@ class WebChat:
             {"id": accepted.inbox_id, "rejected": attachment.kind == "rejected"}, status_code=202
         )
 
-    async def _list_messages(self, request: Request) -> Response:
+    async def list_messages(self, request: Request) -> Response:
         session_id = request.path_params["session_id"]
         await asyncio.to_thread(_session, self.bot, session_id)
         raw_after = request.query_params.get("after", "0")
@@ -269,20 +216,6 @@ class WebChat:
             self.bot.engine.transcript, CHANNEL, session_id, after=int(raw_after)
         )
         return JSONResponse({"messages": messages})
-
-
-_PAGE_HEADERS = {
-    "Content-Security-Policy": "default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script-src 'self'",
-    "X-Content-Type-Options": "nosniff",
-}
-
-
-async def _api(handler: Any, request: Request) -> Response:
-    try:
-        response: Response = await handler(request)
-    except ApiError as error:
-        return JSONResponse({"error": error.message}, status_code=error.status)
-    return response
 
 
 def from_settings(bot: Bot) -> WebChat:

@@ -20,32 +20,28 @@ import httpx
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from defusedxml import DefusedXmlException
 from defusedxml.ElementTree import fromstring
-from sqlalchemy import Engine, delete, func, select
+from sqlalchemy import Engine, delete
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session, col
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from adapters.base import HoldingChannel
+from bot import channels
 from bot.app import Bot
-from bot.attachments import AttachmentRejected
 from bot.messages import Attachment, Button, InboundMessage, OutboundMessage
 from bot.outbox import (
     CONFIG_HOLD,
-    HELD,
-    PENDING,
     Delivered,
     DeliveryError,
     Hold,
-    PermanentFailure,
     RetryLater,
-    Unreachable,
-    release_config_holds,
     release_held,
+    waiting_count,
 )
 from bot.render import Renderer
-from bot.store import ChannelIdentity, Customer, KeyValue, OutboxItem, session_scope
+from bot.store import KeyValue, session_scope
 from bot.store.clock import utcnow
 
 log = logging.getLogger(__name__)
@@ -116,7 +112,7 @@ def nonce_first_use(db: Engine, params: Mapping[str, str], body: bytes, now: dat
     key, digest = f"wechat:nonce:{seen}", hashlib.sha256(body).hexdigest()
     with session_scope(db) as session:
         row = session.get(KeyValue, key, with_for_update=True)
-        if row is not None and (_aware(row.expires_at) or now) > now:
+        if row is not None and (row.expires_at or now) > now:
             return bool(row.value.get("body") == digest)  # WeChat's own retry carries the same bytes
         _kv_put(session, key, {"body": digest}, now + 2 * REPLAY_WINDOW)
         # Old nonces go with the new ones: the table never holds more than a window's pushes.
@@ -232,28 +228,7 @@ def parse_push(fields: Mapping[str, str]) -> Push:
 
 def render(text: str, buttons: Sequence[Button]) -> str:
     """The text with the buttons as numbered options, which the customer answers with the number."""
-    if not buttons:
-        return text
-    options = "\n".join(f"{n}. {b.label}" for n, b in enumerate(buttons, start=1))
-    return f"{text}\n\n{options}" if text.strip() else options
-
-
-def split_text(text: str, limit_bytes: int) -> list[str]:
-    """`text` in pieces of at most `limit_bytes` UTF-8 bytes, cut at a line or word break where possible."""
-    pieces: list[str] = []
-    rest = text.strip()
-    while len(rest.encode()) > limit_bytes:
-        window = rest.encode()[:limit_bytes].decode(errors="ignore")
-        cut = max(window.rfind("\n"), window.rfind(" "), window.rfind("。"), window.rfind("，"))
-        if cut < len(window) // 2:
-            cut = len(window)
-        else:
-            cut += 1
-        pieces.append(rest[:cut].rstrip())
-        rest = rest[cut:].lstrip()
-    if rest or not pieces:
-        pieces.append(rest)
-    return pieces
+    return channels.with_options(text, buttons)
 
 
 # --- send: the API client and the shared access token --------------------------------------------------------------
@@ -281,10 +256,6 @@ def _kv_put(session: Session, key: str, value: dict[str, Any], expires_at: datet
                                                     set_={"value": value, "expires_at": expires_at}))
 
 
-def _aware(value: datetime | None) -> datetime | None:
-    return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
-
-
 class AccessTokens:
     """The access token, kept in the database so that every worker uses one, refreshed before it expires."""
 
@@ -295,11 +266,11 @@ class AccessTokens:
         self.http = http
         self.app_id = app_id
         self.app_secret = app_secret
-        self.key = f"wechat:access_token:{app_id}"
+        self.cache = channels.TokenCache(db, f"wechat:access_token:{app_id}", margin=self.MARGIN)
 
     async def get(self, *, rejected: str | None = None) -> str:
         """A valid token; `rejected` is one the API just refused, which is then replaced."""
-        cached = await asyncio.to_thread(self._read)
+        cached = await self.cache.cached()
         if cached is not None and cached != rejected:
             return cached
         # The stable token endpoint gives every worker the same token, so refreshing in parallel is harmless.
@@ -320,21 +291,8 @@ class AccessTokens:
         token, expires_in = data.get("access_token"), data.get("expires_in")
         if not isinstance(token, str) or not token or not isinstance(expires_in, int):
             raise WeChatError(-2, "token answer without access_token", answer.status_code)
-        await asyncio.to_thread(self._write, token, utcnow() + timedelta(seconds=expires_in) - self.MARGIN)
+        await self.cache.put(token, utcnow() + timedelta(seconds=expires_in))
         return token
-
-    def _read(self) -> str | None:
-        with Session(self.db) as session:
-            row = session.get(KeyValue, self.key)
-            expires_at = _aware(row.expires_at) if row is not None else None
-            if row is None or expires_at is None or expires_at <= utcnow():
-                return None
-            token = row.value.get("access_token")
-            return token if isinstance(token, str) else None
-
-    def _write(self, token: str, expires_at: datetime) -> None:
-        with session_scope(self.db) as session:
-            _kv_put(session, self.key, {"access_token": token}, expires_at)
 
 
 def _json(response: httpx.Response) -> dict[str, Any]:
@@ -409,11 +367,9 @@ class WeChatClient:
 
 
 def delivery_error(error: WeChatError) -> DeliveryError:
-    if error.status == 429 or error.status >= 500 or error.errcode in RETRYABLE_ERRORS | TOKEN_ERRORS | {-2}:
-        return RetryLater(str(error))
-    if error.errcode in UNREACHABLE_ERRORS:
-        return Unreachable(str(error))
-    return PermanentFailure(str(error))
+    return channels.delivery_error(str(error), status=error.status,
+                                   passing=error.errcode in RETRYABLE_ERRORS | TOKEN_ERRORS | {-2},
+                                   unreachable=error.errcode in UNREACHABLE_ERRORS)
 
 
 # --- send: quotas and held messages --------------------------------------------------------------------------------
@@ -439,13 +395,9 @@ def _window(session: Session, openid: str, *, lock: bool = False) -> dict[str, A
 def read_quota(db: Engine, openid: str, digest: str, now: datetime) -> Quota:
     with Session(db) as session:
         state = _window(session, openid)
-        waiting = session.execute(
-            select(func.count()).select_from(OutboxItem)
-            .where(col(OutboxItem.channel) == CHANNEL, col(OutboxItem.chat_id) == openid,
-                   col(OutboxItem.status).in_((PENDING, HELD)))
-        ).scalar_one()
+    waiting = waiting_count(db, CHANNEL, openid)
     left = 0
-    since = _parse_time(state.get("since"))
+    since = channels.parse_time(state.get("since"))
     kind = state.get("kind", "message")
     if since is not None and kind in QUOTAS:
         duration, limit = QUOTAS[kind]
@@ -454,13 +406,6 @@ def read_quota(db: Engine, openid: str, digest: str, now: datetime) -> Quota:
     partial = state.get("partial") or {}
     done = int(partial.get("done", 0)) if partial.get("digest") == digest else 0
     return Quota(left=left, done=done, notice_sent=bool(state.get("notice_sent")), waiting=max(0, waiting - 1))
-
-
-def _parse_time(value: Any) -> datetime | None:
-    try:
-        return _aware(datetime.fromisoformat(value)) if isinstance(value, str) else None
-    except ValueError:
-        return None
 
 
 KEEP = "keep"  # record_sent: leave the progress of a message cut in pieces as it is
@@ -491,11 +436,6 @@ def note_interaction(db: Engine, openid: str, kind: str, now: datetime) -> int:
         return release_held(session, CHANNEL, openid)
 
 
-def _release_config_holds(db: Engine) -> int:
-    with session_scope(db) as session:
-        return release_config_holds(session, CHANNEL)
-
-
 class WeChatSender:
     """Delivers outbox rows as customer-service messages within the quota; the rest waits for the customer."""
 
@@ -505,17 +445,12 @@ class WeChatSender:
         self.renderer = renderer
         self.problem: str | None = None  # a configuration error that holds every reply, for /healthz
 
-    def _notice(self, openid: str) -> str:
+    def _notice(self, language: str | None) -> str:
         """'More messages are waiting: reply to receive them', in the customer's language."""
-        with Session(self.db) as session:
-            customer = session.execute(
-                select(Customer).join(ChannelIdentity, col(ChannelIdentity.customer_id) == col(Customer.id))
-                .where(col(ChannelIdentity.channel) == CHANNEL, col(ChannelIdentity.chat_id) == openid)
-            ).scalars().first()
-        return self.renderer.text("messages_waiting", language=(customer.language if customer else None) or "zh")
+        return self.renderer.text("messages_waiting", language=language or "zh")
 
-    async def send(self, message: OutboundMessage, payload: Mapping[str, Any]) -> Delivered:
-        pieces = split_text(render(message.text, message.buttons), TEXT_LIMIT_BYTES)
+    async def send(self, message: OutboundMessage) -> Delivered:
+        pieces = channels.split_text(render(message.text, message.buttons), TEXT_LIMIT_BYTES, unit="bytes")
         digest = hashlib.sha256("\x00".join(pieces).encode()).hexdigest()[:32]
         openid = message.chat_id
         quota = await asyncio.to_thread(read_quota, self.db, openid, digest, utcnow())
@@ -534,7 +469,7 @@ class WeChatSender:
         if fits:
             return Delivered()
         if quota.left >= 1 and not quota.notice_sent:
-            await self._send(openid, await asyncio.to_thread(self._notice, openid))
+            await self._send(openid, self._notice(message.language))
             await asyncio.to_thread(record_sent, self.db, openid, notice=True)
         await self._hold(openid, "the customer-service quota is used up" if quota.left else "outside the window")
 
@@ -557,7 +492,7 @@ class WeChatSender:
     async def _recovered(self) -> None:
         """A send went through again: the set-up is fixed, so every reply it held goes out."""
         self.problem = None
-        released = await asyncio.to_thread(_release_config_holds, self.db)
+        released = await asyncio.to_thread(channels.release_config_holds_of, self.db, CHANNEL)
         log.info("wechat set-up works again; %s held replies released", released)
 
     async def _hold(self, openid: str, why: str) -> NoReturn:
@@ -578,37 +513,22 @@ class WeChatConfig:
     api_base_url: str
 
 
-class WeChatChannel:
+class WeChatChannel(HoldingChannel):
     """The push URL (verification, messages, events) and the sender."""
 
     name = CHANNEL
-    is_desk = False
+    one_reply_per_turn = True
 
     def __init__(self, bot: Bot, config: WeChatConfig, *, transport: httpx.AsyncBaseTransport | None = None) -> None:
         self.bot = bot
         self.config = config
         self.crypto = Crypto(config.encoding_aes_key, config.app_id) if config.encoding_aes_key else None
         self.client = WeChatClient(bot.db, config.api_base_url, config.app_id, config.app_secret, transport=transport)
-        self._sender = WeChatSender(bot.db, self.client, bot.renderer)
+        self.outbox = WeChatSender(bot.db, self.client, bot.renderer)
+        self.clients = (self.client,)
 
     def routes(self) -> Sequence[BaseRoute]:
         return [Route(WEBHOOK_PATH, self.verify, methods=["GET"]), Route(WEBHOOK_PATH, self.webhook, methods=["POST"])]
-
-    def sender(self) -> WeChatSender:
-        return self._sender
-
-    @property
-    def problem(self) -> str | None:
-        """Why the channel cannot deliver now (shown on /healthz), or None."""
-        return self._sender.problem
-
-    async def start(self) -> None:
-        # Replies held for a refused set-up are tried again after a restart: the restart may be the fix.
-        if await asyncio.to_thread(_release_config_holds, self.bot.db):
-            self.bot.engine.outbox_signal.set()
-
-    async def stop(self) -> None:
-        await self.client.aclose()
 
     async def verify(self, request: Request) -> Response:
         params = request.query_params
@@ -623,12 +543,9 @@ class WeChatChannel:
         if not timestamp_fresh(params, utcnow()):
             return JSONResponse({"error": "stale or missing timestamp"}, status_code=401)
         body = await request.body()
-        try:
-            if not await asyncio.to_thread(nonce_first_use, self.bot.db, params, body, utcnow()):
-                return JSONResponse({"error": "nonce already used"}, status_code=401)
-        except SQLAlchemyError as error:
-            log.warning("wechat push not checked, asking for redelivery: %s", type(error).__name__)
-            return JSONResponse({"error": "temporarily unavailable"}, status_code=503)
+        # A storage failure here or below is answered 503 (bot.http.UNAVAILABLE): WeChat pushes it again.
+        if not await asyncio.to_thread(nonce_first_use, self.bot.db, params, body, utcnow()):
+            return JSONResponse({"error": "nonce already used"}, status_code=401)
         encrypted = params.get("encrypt_type") == "aes"
         if self.crypto is not None and not encrypted:
             # With a key configured the account is in safe (or compatible) mode: a plain body is not WeChat's.
@@ -644,11 +561,7 @@ class WeChatChannel:
             push = parse_push(fields)
         except (MalformedPayload, DecryptError) as error:
             return JSONResponse({"error": str(error)}, status_code=400)
-        try:
-            await self._receive(push)
-        except SQLAlchemyError as error:
-            log.warning("wechat push not stored, asking for redelivery: %s", type(error).__name__)
-            return JSONResponse({"error": "temporarily unavailable"}, status_code=503)
+        await self._receive(push)
         return PlainTextResponse("success")
 
     async def _receive(self, push: Push) -> None:
@@ -704,10 +617,7 @@ class WeChatChannel:
             return store.rejected(name, "unavailable")
         if mime in ("application/octet-stream", "") or (kind == "voice" and not mime.startswith("audio/")):
             mime = default_mime
-        try:
-            return await asyncio.to_thread(store.save, data, name=name, mime=mime, kind=kind)
-        except AttachmentRejected as error:
-            return store.rejected(name, error.reason)
+        return await channels.save_or_reject(store, data, name=name, mime=mime, kind=kind)
 
 
 _VOICE_TYPES = {"amr": "audio/amr", "speex": "audio/speex", "mp3": "audio/mpeg"}

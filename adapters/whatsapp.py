@@ -15,31 +15,29 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, NoReturn
 
 import httpx
-from sqlalchemy import Engine, select, update
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy import Engine, select
 from sqlmodel import Session, col
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from adapters.base import HoldingChannel
+from bot import channels
 from bot.app import Bot
-from bot.attachments import AttachmentRejected
 from bot.fetch import Fetcher, FetchFailed, FetchPolicy, FetchRefused, FetchTooLarge, host_of
+from bot.http import Redeliver
 from bot.messages import Attachment, Button, InboundMessage, OutboundMessage
 from bot.outbox import (
     CONFIG_HOLD,
-    HELD,
-    PENDING,
     Delivered,
     DeliveryError,
     Hold,
-    PermanentFailure,
     RetryLater,
-    Unreachable,
-    release_config_holds,
+    note_held,
     release_held,
+    report_status,
 )
-from bot.store import Case, ChannelIdentity, Conversation, Customer, KeyValue, OutboxItem, session_scope
+from bot.store import ChannelIdentity, KeyValue, session_scope
 from bot.store.clock import utcnow
 from bot.store.kv import kv_get, kv_put
 
@@ -68,7 +66,6 @@ REENGAGEMENT = 131047
 CONFIG_CODES = frozenset({10, 190, 200, 131031})
 RETRYABLE_CODES = frozenset({1, 2, 4, 17, 341, 613, 80007, 130429, 131000, 131016, 131048, 131056, 133004})
 UNREACHABLE_CODES = frozenset({131026})
-STATUS_RANK = {"sent": 1, "delivered": 2, "read": 3}
 
 LIST_BUTTON = {"en": "Choose", "zh": "选择", "es": "Elegir", "ru": "Выбрать", "pt": "Escolher", "fr": "Choisir",
                "ar": "اختر"}
@@ -394,31 +391,10 @@ def locale_hint(wa_id: str) -> str | None:
 # --- send: rendering ------------------------------------------------------------------------------------------
 
 
-def split_text(text: str, limit: int) -> list[str]:
-    """`text` in pieces of at most `limit` characters, cut at a paragraph, line or word break where possible."""
-    pieces: list[str] = []
-    rest = text.strip()
-    while len(rest) > limit:
-        window = rest[:limit]
-        cut = max(window.rfind("\n\n"), window.rfind("\n"), window.rfind(" "))
-        if cut < limit // 2:
-            cut = limit
-        pieces.append(rest[:cut].rstrip())
-        rest = rest[cut:].lstrip()
-    if rest or not pieces:
-        pieces.append(rest)
-    return pieces
-
-
-def _clip(text: str, limit: int) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
-
-
 def _titles(buttons: Sequence[Button], limit: int) -> list[str]:
-    titles = [_clip(b.label, limit) for b in buttons]
+    titles = [channels.clip(b.label, limit) for b in buttons]
     if len(set(titles)) < len(titles):  # WhatsApp refuses equal titles: clipping made some equal
-        titles = [_clip(f"{n}. {b.label}", limit) for n, b in enumerate(buttons, start=1)]
+        titles = [channels.clip(option, limit) for option in channels.numbered(buttons)]
     return titles
 
 
@@ -429,14 +405,12 @@ def render(text: str, buttons: Sequence[Button], *, language: str | None = None)
     customer answers with the number.
     """
     if len(buttons) > MAX_LIST_ROWS:
-        options = "\n".join(f"{n}. {b.label}" for n, b in enumerate(buttons, start=1))
-        text = f"{text}\n\n{options}" if text.strip() else options
-        buttons = ()
-    parts = split_text(text, TEXT_LIMIT)
+        text, buttons = channels.with_options(text, buttons), ()
+    parts = channels.split_text(text, TEXT_LIMIT)
     if not buttons:
         return [{"type": "text", "text": {"body": part, "preview_url": False}} for part in parts]
     # The buttons travel with the last piece, whose body has a lower limit.
-    parts = parts[:-1] + split_text(parts[-1], INTERACTIVE_BODY_LIMIT)
+    parts = parts[:-1] + channels.split_text(parts[-1], INTERACTIVE_BODY_LIMIT)
     bodies: list[dict[str, Any]] = [{"type": "text", "text": {"body": p, "preview_url": False}} for p in parts[:-1]]
     body = {"text": parts[-1] or "…"}
     if len(buttons) <= MAX_REPLY_BUTTONS:
@@ -449,7 +423,7 @@ def render(text: str, buttons: Sequence[Button], *, language: str | None = None)
     for button, title in zip(buttons, _titles(buttons, ROW_TITLE_LIMIT), strict=True):
         row = {"id": button.value, "title": title}
         if title != " ".join(button.label.split()):
-            row["description"] = _clip(button.label, ROW_DESCRIPTION_LIMIT)
+            row["description"] = channels.clip(button.label, ROW_DESCRIPTION_LIMIT)
         rows.append(row)
     label = LIST_BUTTON.get(language or "en", LIST_BUTTON["en"])
     action = {"button": label, "sections": [{"rows": rows}]}
@@ -540,18 +514,13 @@ def _checked(response: httpx.Response) -> dict[str, Any]:
     if isinstance(error, dict):
         details = error.get("error_data", {}).get("details") if isinstance(error.get("error_data"), dict) else None
         message = str(details or error.get("message") or message)
-    retry_after = response.headers.get("retry-after")
-    raise GraphError(response.status_code, code, message,
-                     float(retry_after) if retry_after and retry_after.isdigit() else None)
+    raise GraphError(response.status_code, code, message, channels.retry_after(response.headers.get("retry-after")))
 
 
 def delivery_error(error: GraphError) -> DeliveryError:
     """What the outbox should do about a refused send."""
-    if error.status == 429 or error.status >= 500 or error.code in RETRYABLE_CODES:
-        return RetryLater(str(error), after=error.retry_after)
-    if error.code in UNREACHABLE_CODES:
-        return Unreachable(str(error))
-    return PermanentFailure(str(error))
+    return channels.delivery_error(str(error), status=error.status, passing=error.code in RETRYABLE_CODES,
+                                   unreachable=error.code in UNREACHABLE_CODES, after=error.retry_after)
 
 
 # --- send: the window and held messages ---------------------------------------------------------------------------
@@ -561,20 +530,7 @@ def delivery_error(error: GraphError) -> DeliveryError:
 class Window:
     open: bool
     template_sent: bool
-    language: str | None
-    case_ref: str | None
     partial: str = ""  # "digest:count" of a message cut in pieces whose first pieces went out
-
-
-def _aware(value: datetime | None) -> datetime | None:
-    return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
-
-
-def _iso(value: Any) -> datetime | None:
-    try:
-        return _aware(datetime.fromisoformat(value)) if isinstance(value, str) else None
-    except ValueError:
-        return None
 
 
 def _identity(session: Session, chat_id: str, *, lock: bool = False) -> ChannelIdentity | None:
@@ -584,8 +540,8 @@ def _identity(session: Session, chat_id: str, *, lock: bool = False) -> ChannelI
 
 
 def _last_inbound(identity: ChannelIdentity) -> datetime | None:
-    noted = _iso(identity.data.get(CHANNEL, {}).get("last_inbound_at"))
-    engine = _aware(identity.last_inbound_at)
+    noted = channels.parse_time(identity.data.get(CHANNEL, {}).get("last_inbound_at"))
+    engine = identity.last_inbound_at
     return max((t for t in (noted, engine) if t is not None), default=None)
 
 
@@ -594,27 +550,14 @@ def read_window(db: Engine, chat_id: str, now: datetime) -> Window:
     with Session(db) as session:
         identity = _identity(session, chat_id)
         if identity is None:
-            return Window(open=False, template_sent=False, language=None, case_ref=None)
+            return Window(open=False, template_sent=False)
         state = identity.data.get(CHANNEL, {})
         last = _last_inbound(identity)
-        closed_at = _iso(state.get("window_closed_at"))
-        template_at = _iso(state.get("template_sent_at"))
+        closed_at = channels.parse_time(state.get("window_closed_at"))
+        template_at = channels.parse_time(state.get("template_sent_at"))
         is_open = (last is not None and now - last < WINDOW - WINDOW_MARGIN
                    and not (closed_at is not None and closed_at >= last))
-        customer = session.get(Customer, identity.customer_id)
-        conversation = session.execute(
-            select(Conversation).where(col(Conversation.channel) == CHANNEL,
-                                       col(Conversation.chat_id) == chat_id)
-        ).scalar_one_or_none()
-        case_ref = None
-        if conversation is not None:
-            case = session.execute(
-                select(Case).where(col(Case.conversation_id) == conversation.id)
-                .order_by(col(Case.id).desc())
-                .limit(1)
-            ).scalar_one_or_none()
-            case_ref = case.ref if case is not None else None
-        return Window(open=is_open, language=customer.language if customer else None, case_ref=case_ref,
+        return Window(open=is_open,
                       template_sent=template_at is not None and (last is None or template_at > last),
                       partial=str(state.get("partial") or ""))
 
@@ -648,29 +591,21 @@ def note_inbound(db: Engine, chat_id: str, now: datetime) -> int:
 def apply_status(db: Engine, update_: StatusUpdate, now: datetime) -> bool:
     """Record a delivery status on the outbox row that sent `wamid`; False if no row has it."""
     with session_scope(db) as session:
-        item = session.execute(
-            select(OutboxItem).where(col(OutboxItem.channel) == CHANNEL,
-                                     col(OutboxItem.external_id) == update_.wamid)
-            .with_for_update()
-        ).scalar_one_or_none()
-        if item is None:
+        resend = None
+        if update_.status == "failed" and update_.error_code == REENGAGEMENT:
+            # Sent after the window closed: hold it for the template instead of losing it.
+            resend = f"{update_.error}; resent after the customer answers a template"
+        reported = report_status(session, CHANNEL, update_.wamid, update_.status, error=update_.error,
+                                 resend=resend, now=now)
+        if reported is None:
             return _template_status(session, update_)
-        if update_.status == "failed":
-            item.status = "failed"
-            item.last_error = update_.error or "failed"
-            if update_.error_code == REENGAGEMENT:
-                # Sent after the window closed: hold it for the template instead of losing it.
-                item.status = PENDING
-                item.next_attempt_at = now
-                item.last_error = f"{update_.error}; resent after the customer answers a template"
-                identity = _identity(session, item.chat_id, lock=True)
-                # When it failed, not now: a message the customer wrote since then opened the window again.
-                failed_at = datetime.fromtimestamp(int(update_.timestamp), UTC) if update_.timestamp.isdigit() else now
-                if identity is not None:
-                    state = {**identity.data.get(CHANNEL, {}), "window_closed_at": min(failed_at, now).isoformat()}
-                    identity.data = {**identity.data, CHANNEL: state}
-        elif STATUS_RANK.get(update_.status, 0) > STATUS_RANK.get(item.status, 99):
-            item.status = update_.status  # never back: read stays read when a late "delivered" comes
+        if resend is not None:
+            identity = _identity(session, reported.chat_id, lock=True)
+            # When it failed, not now: a message the customer wrote since then opened the window again.
+            failed_at = datetime.fromtimestamp(int(update_.timestamp), UTC) if update_.timestamp.isdigit() else now
+            if identity is not None:
+                state = {**identity.data.get(CHANNEL, {}), "window_closed_at": min(failed_at, now).isoformat()}
+                identity.data = {**identity.data, CHANNEL: state}
         return True
 
 
@@ -740,19 +675,13 @@ def _template_status(session: Session, update_: StatusUpdate) -> bool:
         return True
     reason = f"outside the 24-hour window; the template failed: {update_.error or 'failed'}"
     log.error("whatsapp template failed after it was accepted: %s", (update_.error or "")[:200])
-    session.execute(update(OutboxItem).where(col(OutboxItem.channel) == CHANNEL, col(OutboxItem.chat_id) == chat_id,
-                                             col(OutboxItem.status) == HELD).values(last_error=reason[:1000]))
+    note_held(session, CHANNEL, chat_id, reason)
     identity = _identity(session, chat_id, lock=True)
     if identity is not None:
         state = {**identity.data.get(CHANNEL, {})}
         state.pop("template_sent_at", None)
         identity.data = {**identity.data, CHANNEL: state}
     return True
-
-
-def _release_config_holds(db: Engine) -> int:
-    with session_scope(db) as session:
-        return release_config_holds(session, CHANNEL)
 
 
 class WhatsAppSender:
@@ -780,12 +709,12 @@ class WhatsAppSender:
         self.problem = f"WhatsApp refuses the account's set-up: {error}"
         raise Hold(f"{CONFIG_HOLD}{error}") from error
 
-    async def send(self, message: OutboundMessage, payload: Mapping[str, Any]) -> Delivered:
+    async def send(self, message: OutboundMessage) -> Delivered:
         window = await asyncio.to_thread(read_window, self.db, message.chat_id, utcnow())
         if not window.open:
-            await self._hold(message.chat_id, window)
+            await self._hold(message, window)
         to = await asyncio.to_thread(address_of, self.db, message.chat_id)
-        bodies = render(message.text, message.buttons, language=window.language)
+        bodies = render(message.text, message.buttons, language=message.language)
         if message.reply_to and message.reply_to.startswith("wamid."):
             bodies[0] = {**bodies[0], "context": {"message_id": message.reply_to}}
         # Pieces already sent before a failure are not sent again when the row is retried.
@@ -802,7 +731,7 @@ class WhatsAppSender:
         except GraphError as error:
             if error.code == REENGAGEMENT:
                 await asyncio.to_thread(_note, self.db, message.chat_id, window_closed_at=utcnow().isoformat())
-                await self._hold(message.chat_id, window)
+                await self._hold(message, window)
             if error.code in CONFIG_CODES:
                 self._config_problem(error)
             raise delivery_error(error) from error
@@ -810,7 +739,7 @@ class WhatsAppSender:
             raise RetryLater(f"{type(error).__name__}: {error}") from error
         if self.problem is not None and self.problem.startswith("WhatsApp refuses the account"):
             self.problem = None
-            released = await asyncio.to_thread(_release_config_holds, self.db)
+            released = await asyncio.to_thread(channels.release_config_holds_of, self.db, CHANNEL)
             log.info("whatsapp set-up works again; %s held replies released", released)
         return Delivered(external_id=wamid)
 
@@ -820,16 +749,17 @@ class WhatsAppSender:
                       self.template_name, error)
         self.problem = f"template {self.template_name} refused: {error}"
 
-    async def _hold(self, chat_id: str, window: Window) -> NoReturn:
+    async def _hold(self, message: OutboundMessage, window: Window) -> NoReturn:
         """Keep the row for when the customer writes, asking them to once with the approved template."""
+        chat_id = message.chat_id
         reason = "outside the 24-hour window, waiting for the customer"
         if not self.template_name:
             reason += " (no WHATSAPP_TEMPLATE_NAME: the customer is not told)"
         elif not window.template_sent:
-            language = self.template_language(window.language)
+            language = self.template_language(message.language)
             template: dict[str, Any] = {"name": self.template_name, "language": {"code": language},
                                         "components": [{"type": "body", "parameters": [
-                                            {"type": "text", "text": window.case_ref or "-"}]}]}
+                                            {"type": "text", "text": message.case_ref or "-"}]}]}
             try:
                 to = await asyncio.to_thread(address_of, self.db, chat_id)
                 template_wamid = await self.client.send_message(to, {"type": "template", "template": template})
@@ -867,11 +797,10 @@ class WhatsAppConfig:
     template_language: str
 
 
-class WhatsAppChannel:
+class WhatsAppChannel(HoldingChannel):
     """The webhook (verification, messages, statuses) and the sender."""
 
     name = CHANNEL
-    is_desk = False
 
     def __init__(self, bot: Bot, config: WhatsAppConfig, *, transport: httpx.AsyncBaseTransport | None = None) -> None:
         self.bot = bot
@@ -881,27 +810,12 @@ class WhatsAppChannel:
                                            max_bytes=bot.attachments.max_bytes)
         self.client = GraphClient(config.graph_url, config.access_token, config.phone_number_id, transport=transport,
                                   fetch_policy=policy)
-        self._sender = WhatsAppSender(bot.db, self.client, template_name=config.template_name,
+        self.outbox = WhatsAppSender(bot.db, self.client, template_name=config.template_name,
                                       template_language=config.template_language)
+        self.clients = (self.client,)
 
     def routes(self) -> Sequence[BaseRoute]:
         return [Route(WEBHOOK_PATH, self.verify, methods=["GET"]), Route(WEBHOOK_PATH, self.webhook, methods=["POST"])]
-
-    def sender(self) -> WhatsAppSender:
-        return self._sender
-
-    @property
-    def problem(self) -> str | None:
-        """Why replies cannot go out now (shown on /healthz), or None."""
-        return self._sender.problem
-
-    async def start(self) -> None:
-        # Replies held for a refused set-up are tried again after a restart: the restart may be the fix.
-        if await asyncio.to_thread(_release_config_holds, self.bot.db):
-            self.bot.engine.outbox_signal.set()
-
-    async def stop(self) -> None:
-        await self.client.aclose()
 
     async def verify(self, request: Request) -> Response:
         challenge = verify_subscription(request.query_params, self.config.verify_token)
@@ -931,10 +845,10 @@ class WhatsAppChannel:
             for incoming in notification.messages:
                 if incoming.phone_number_id in ("", self.config.phone_number_id):
                     await self._receive(incoming)
-        except (SQLAlchemyError, httpx.HTTPError, GraphError) as error:
-            # Not stored: a non-2xx makes WhatsApp deliver the notification again later.
-            log.warning("whatsapp notification not stored, asking for redelivery: %s", type(error).__name__)
-            return JSONResponse({"error": "temporarily unavailable"}, status_code=503)
+        except (httpx.HTTPError, GraphError) as error:
+            # Not stored (a media lookup failed; storage failures likewise, bot.http.UNAVAILABLE): the 503 makes
+            # WhatsApp deliver the notification again later.
+            raise Redeliver(f"whatsapp media: {type(error).__name__}") from error
         return JSONResponse({"ok": True, "skipped": len(notification.skipped)})
 
     async def _receive(self, incoming: Incoming) -> None:
@@ -975,11 +889,8 @@ class WhatsAppChannel:
                 raise
             log.warning("whatsapp media %s could not be fetched: %s", media.kind, error)
             return store.rejected(media.name, "unavailable")  # expired or deleted: it will not come back
-        try:
-            return await asyncio.to_thread(store.save, data, name=media.name,
-                                           mime=str(info.get("mime_type") or mime), kind=media.kind)
-        except AttachmentRejected as error:
-            return store.rejected(media.name, error.reason)
+        return await channels.save_or_reject(store, data, name=media.name, mime=str(info.get("mime_type") or mime),
+                                             kind=media.kind)
 
 
 # --- settings ---------------------------------------------------------------------------------------------------

@@ -6,16 +6,16 @@ Slack and the local desk page both call these functions; every action is one tra
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from datetime import date
+from datetime import date, datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import CursorResult, and_, func, or_, select, update
 from sqlmodel import Session, col
 
 from bot import fulfilment
 from bot.engine import REFUSAL_TO_CONFIRM, Engine, audit, fulfilment_record
-from bot.messages import Button
+from bot.messages import CASE_UPDATED, Button
 from bot.registry import lookup
 from bot.store import (
     AuditEntry,
@@ -61,6 +61,20 @@ UNITS_PAGE = 200  # units in one answer of get_case; a case of thousands is read
 LIST_LIMIT = 200  # cases in one answer of list_cases
 FACETS_LIMIT = 100  # assignees and channels offered as filters
 LAST_TEXT = 140  # characters of a case's last message shown in the list
+
+
+# Cases nobody has taken yet: open ones, and refusals to confirm (every unit refused) no one claimed.
+_UNCLAIMED = or_(col(Case.status) == "open",
+                 and_(col(Case.status) == REFUSAL_TO_CONFIRM, col(Case.claimed_by).is_(None)))
+
+
+@dataclass(frozen=True, kw_only=True)
+class Reminder:
+    """An unclaimed case an external desk should announce again."""
+
+    ref: str
+    desk_ref: dict[str, Any]
+    opened_at: datetime
 
 
 class DeskError(Exception):
@@ -651,6 +665,44 @@ class Desk:
             case = _find(session, ref)
             case.desk_ref = {**case.desk_ref, **desk_ref}
 
+    def desk_ref(self, ref: str) -> dict[str, Any]:
+        """Where an external desk shows the case ({} while it does not)."""
+        with Session(self.engine.db) as session:
+            found = session.execute(select(col(Case.desk_ref)).where(col(Case.ref) == ref)).scalar_one_or_none()
+        return dict(found or {})
+
+    def case_at(self, key: str, value: str) -> str | None:
+        """The case an external desk shows where its `desk_ref[key]` is `value` (a Slack thread's ts)."""
+        with Session(self.engine.db) as session:
+            found: str | None = session.execute(
+                select(col(Case.ref)).where(col(Case.desk_ref)[key].as_string() == value).limit(1)
+            ).scalar_one_or_none()
+        return found
+
+    def take_due_reminders(self, after: timedelta, *, limit: int = 50) -> list[Reminder]:
+        """Cases unclaimed `after` their opening (or their last reminder) and shown on an external desk, each
+        marked reminded in the same step, so that one worker alone reminds of it."""
+        now = utcnow()
+        cutoff = now - after
+        due: list[Reminder] = []
+        with session_scope(self.engine.db) as session:
+            cases = session.execute(
+                select(Case).where(_UNCLAIMED,
+                                   or_(and_(col(Case.reminded_at).is_(None), col(Case.created_at) <= cutoff),
+                                       col(Case.reminded_at) <= cutoff))
+                .order_by(col(Case.id)).limit(limit)
+            ).scalars().all()
+            for case in cases:
+                if not case.desk_ref:
+                    continue  # not on the desk yet: the case message comes first
+                previous = (col(Case.reminded_at).is_(None) if case.reminded_at is None
+                            else col(Case.reminded_at) == case.reminded_at)
+                taken = session.execute(update(Case).where(col(Case.id) == case.id, _UNCLAIMED,
+                                                           previous).values(reminded_at=now))
+                if cast(CursorResult[Any], taken).rowcount == 1:
+                    due.append(Reminder(ref=case.ref, desk_ref=dict(case.desk_ref), opened_at=case.created_at))
+        return due
+
     # --- helpers ------------------------------------------------------------------------------------------
 
     def _touch(
@@ -658,7 +710,9 @@ class Desk:
     ) -> None:
         case.updated_at = utcnow()
         audit(session, case, actor, action, origin=origin, **detail)
-        self.engine.notify_desks(session, case, "case_updated", action=action, actor=actor, origin=origin)
+        self.engine.notify_desks(
+            session, case, CASE_UPDATED, **detail, action=action, actor=actor, origin=origin
+        )
 
     def _tell(self, session: Session, case: Case, template: str, **params: Any) -> None:
         text = self.engine.renderer.text(template, language=case.language, case_ref=case.ref, **params)

@@ -50,7 +50,7 @@ from bot import fulfilment
 from bot.conversation import UnitFacts
 from bot.fulfilment import Terms
 from bot.language import detect, hint_language, hint_variant, preload
-from bot.messages import Attachment, Button, InboundMessage, OutboundMessage
+from bot.messages import Attachment, Button, DeskEvent, InboundMessage, OutboundMessage
 from bot.outbox import enqueue, enqueue_event, to_payload
 from bot.registry import lookup, near_serials
 from bot.render import Renderer
@@ -109,9 +109,9 @@ class EngineConfig:
     max_text_chars: int = 4000
     max_claim_units: int = conv.MAX_CLAIM_UNITS
     attachment_max_mb: int = 10
-    external_desks: tuple[str, ...] = ()  # outbox channels that receive desk events, e.g. ("slack",)
-    # Channels where each message costs the customer (a mail) or a quota (WeChat): one reply per turn.
-    one_message_per_turn: frozenset[str] = frozenset({"email", "wechat"})
+    # What the channels can do (adapters.base.Channel; set by bot.server.configure_core):
+    external_desks: tuple[str, ...] = ()  # outbox channels that take desk events, e.g. ("slack",)
+    one_message_per_turn: frozenset[str] = frozenset()  # channels whose replies to one message go as one
     max_attempts: int = 5  # a message that fails the same way this many times is parked
     retry_backoff_max_seconds: float = 60.0
     batch_alerts: AlertRule = field(default_factory=AlertRule)  # off unless a threshold is set (bot/report.py)
@@ -833,12 +833,18 @@ class Engine:
                 buttons=[asdict(b) for b in buttons],
             )
         )
+        customer = session.get(Customer, conversation.customer_id)
         enqueue(
             session,
             OutboundMessage(
-                channel=conversation.channel, chat_id=conversation.chat_id, text=text, buttons=buttons
+                channel=conversation.channel,
+                chat_id=conversation.chat_id,
+                text=text,
+                buttons=buttons,
+                language=customer.language if customer else None,
+                case_ref=case.ref if case else _case_ref(session, conversation),
+                author=author,  # an engineer's words are no auto-reply (email's Auto-Submitted)
             ),
-            author=author,  # an engineer's words are no auto-reply (email's Auto-Submitted)
         )
 
     # --- fulfilment (bot/fulfilment.py): the steps after the chosen method --------------------------------
@@ -973,9 +979,31 @@ class Engine:
             self.outbox_signal.set()
         return sent
 
-    def notify_desks(self, session: Session, case: Case, event: str, **data: Any) -> None:
+    def notify_desks(self, session: Session, case: Case, kind: str, **detail: Any) -> None:
+        """Tell the external desks of a change of the case, with what they need to show it."""
+        detail = {k: _jsonable(v) for k, v in detail.items()}
         for desk in self.config.external_desks:
-            enqueue_event(session, desk, case.ref, event, case_id=case.id, **data)
+            enqueue_event(session, DeskEvent(desk=desk, kind=kind, case_ref=case.ref, detail=detail))
+
+
+def _case_ref(session: Session, conversation: Conversation) -> str | None:
+    """The conversation's open case, or else its latest one (its closing words still belong to it)."""
+    query = select(col(Case.ref)).where(col(Case.conversation_id) == conversation.id)
+    if conversation.case_id is not None:
+        query = query.where(col(Case.id) == conversation.case_id)
+    return session.execute(query.order_by(col(Case.id).desc()).limit(1)).scalar_one_or_none() or None
+
+
+def last_inbound(db: DbEngine, channel: str, chat_id: str) -> dict[str, Any]:
+    """The chat's latest message as it was stored ({} when none): a mail's headers to answer it in its thread."""
+    with Session(db) as session:
+        payload = session.execute(
+            select(col(InboxItem.payload))
+            .where(col(InboxItem.channel) == channel, col(InboxItem.chat_id) == chat_id)
+            .order_by(col(InboxItem.id).desc())
+            .limit(1)
+        ).scalar_one_or_none()
+    return dict(payload or {})
 
 
 _HOT = "warranty_bot.engine.batch"  # the key of a batch's buffer in `Session.info`

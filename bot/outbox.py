@@ -23,7 +23,7 @@ from typing import Any, Protocol, cast
 from sqlalchemy import CursorResult, Engine, and_, func, or_, select, update
 from sqlmodel import Session, col
 
-from bot.messages import Attachment, Button, OutboundMessage
+from bot.messages import Attachment, Button, DeskEvent, OutboundMessage
 from bot.store import ChannelIdentity, OutboxItem, session_scope
 from bot.store.clock import utcnow
 
@@ -72,9 +72,18 @@ class Delivered:
 
 
 class Sender(Protocol):
-    """What a channel adapter offers the outbox."""
+    """What a channel adapter offers the outbox: it delivers a message to a customer."""
 
-    async def send(self, message: OutboundMessage, payload: Mapping[str, Any]) -> Delivered: ...
+    async def send(self, message: OutboundMessage) -> Delivered: ...
+
+
+class DeskSender(Protocol):
+    """What an external desk (Slack) offers the outbox: it shows a case's event to the engineers."""
+
+    async def send_event(self, event: DeskEvent) -> Delivered: ...
+
+
+AnySender = Sender | DeskSender
 
 
 def to_payload(message: OutboundMessage) -> dict[str, Any]:
@@ -83,6 +92,9 @@ def to_payload(message: OutboundMessage) -> dict[str, Any]:
         "buttons": [asdict(b) for b in message.buttons],
         "attachments": [asdict(a) for a in message.attachments],
         "reply_to": message.reply_to,
+        "language": message.language,
+        "case_ref": message.case_ref,
+        "author": message.author,
     }
 
 
@@ -94,6 +106,9 @@ def from_payload(channel: str, chat_id: str, payload: Mapping[str, Any]) -> Outb
         buttons=tuple(Button(**b) for b in payload.get("buttons", ())),
         attachments=tuple(Attachment(**a) for a in payload.get("attachments", ())),
         reply_to=payload.get("reply_to"),
+        language=payload.get("language"),
+        case_ref=payload.get("case_ref"),
+        author=payload.get("author") or "bot",
     )
 
 
@@ -106,11 +121,31 @@ def enqueue(session: Session, message: OutboundMessage, **extra: Any) -> OutboxI
     return item
 
 
-def enqueue_event(session: Session, channel: str, key: str, event: str, **data: Any) -> OutboxItem:
-    """Add an event for an external desk (Slack): `key` orders events of one case."""
-    item = OutboxItem(channel=channel, chat_id=key, payload={"event": event, **data})
+def enqueue_event(session: Session, event: DeskEvent) -> OutboxItem:
+    """Add an event for an external desk (Slack) in the caller's transaction; a case's events keep their order."""
+    item = OutboxItem(
+        channel=event.desk, chat_id=event.case_ref, payload={"event": event.kind, "detail": event.detail}
+    )
     session.add(item)
     return item
+
+
+def event_from_payload(channel: str, chat_id: str, payload: Mapping[str, Any]) -> DeskEvent:
+    detail = payload.get("detail")
+    if not isinstance(detail, dict):  # written before events had their own type: the detail was flat
+        detail = {k: v for k, v in payload.items() if k not in ("event", "case_id")}
+    return DeskEvent(desk=channel, kind=str(payload.get("event")), case_ref=chat_id, detail=dict(detail))
+
+
+async def deliver(sender: AnySender, item: OutboxItem) -> Delivered:
+    """Hand one row to its channel: a desk event to a desk, a message to a customer's channel."""
+    if "event" in item.payload:
+        if not hasattr(sender, "send_event"):
+            raise PermanentFailure(f"{item.channel} takes no desk events")
+        return await cast(DeskSender, sender).send_event(event_from_payload(item.channel, item.chat_id, item.payload))
+    if not hasattr(sender, "send"):
+        raise PermanentFailure(f"{item.channel} delivers no messages")
+    return await cast(Sender, sender).send(from_payload(item.channel, item.chat_id, item.payload))
 
 
 def release_held(session: Session, channel: str, chat_id: str) -> int:
@@ -255,7 +290,7 @@ class Deliverer:
     def __init__(
         self,
         db: Engine,
-        senders: Mapping[str, Sender],
+        senders: Mapping[str, AnySender],
         *,
         max_attempts: int = 8,
         retry_for: timedelta = timedelta(hours=72),
@@ -447,10 +482,9 @@ class Deliverer:
         if not await pacer.turn(item.chat_id):  # the bot must wait: give the row back, not sit on its lease
             return Outcome(item_id=item_id, kind="released", after=pacer.paused_for())
         sender = self.senders[item.channel]
-        message = from_payload(item.channel, item.chat_id, item.payload)
         self._sending.add(item_id)
         try:
-            result = await sender.send(message, item.payload)
+            result = await deliver(sender, item)
         except Unreachable as error:
             return Outcome(item_id=item_id, kind="unreachable", error=str(error))
         except PermanentFailure as error:
@@ -570,3 +604,114 @@ def retry_dead(db: Engine, ids: list[int] | None = None) -> int:
             )
         )
         return int(cast(CursorResult[Any], result).rowcount)
+
+
+# --- what channels ask of their own outbox rows --------------------------------------------------------------
+# An adapter reads and updates its rows only through these, never the table itself.
+
+WAITING = (PENDING, HELD)
+# How far a sent message has come, as channels report it later; a status never goes back.
+STATUS_RANK = {SENT: 1, "delivered": 2, "read": 3}
+
+
+def waiting_count(db: Engine, channel: str, chat_id: str) -> int:
+    """How many of the chat's messages are queued or held (the one being sent counts too)."""
+    with Session(db) as session:
+        return int(
+            session.execute(
+                select(func.count())
+                .select_from(OutboxItem)
+                .where(
+                    col(OutboxItem.channel) == channel,
+                    col(OutboxItem.chat_id) == chat_id,
+                    col(OutboxItem.status).in_(WAITING),
+                )
+            ).scalar_one()
+        )
+
+
+def sent_times(db: Engine, channel: str, chat_id: str, since: datetime, limit: int) -> list[datetime]:
+    """When the chat's messages sent since `since` went out, the latest first, at most `limit`."""
+    with Session(db) as session:
+        times = (
+            session.execute(
+                select(col(OutboxItem.sent_at))
+                .where(
+                    col(OutboxItem.channel) == channel,
+                    col(OutboxItem.chat_id) == chat_id,
+                    col(OutboxItem.status) == SENT,
+                    col(OutboxItem.sent_at) >= since,
+                )
+                .order_by(col(OutboxItem.sent_at).desc())
+                .limit(limit)
+            )
+            .scalars()
+            .all()
+        )
+    return [t for t in times if t is not None]
+
+
+def sent_any(db: Engine, channel: str, external_ids: list[str]) -> bool:
+    """Whether one of these channel message ids is of a message we sent."""
+    if not external_ids:
+        return False
+    with Session(db) as session:
+        found = session.execute(
+            select(col(OutboxItem.id))
+            .where(col(OutboxItem.channel) == channel, col(OutboxItem.external_id).in_(external_ids))
+            .limit(1)
+        ).first()
+    return found is not None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Reported:
+    """The row a channel's status report was about (`report_status`)."""
+
+    chat_id: str
+
+
+def report_status(
+    session: Session,
+    channel: str,
+    external_id: str,
+    status: str,
+    *,
+    error: str | None = None,
+    resend: str | None = None,
+    now: datetime,
+) -> Reported | None:
+    """A channel's later word on a message it took (delivered, read, failed), in the caller's transaction.
+
+    "failed" makes the row a dead letter with the error, or, when `resend` gives a reason, puts it back in
+    the queue with that reason (WhatsApp's closed window); other statuses only move it forward. None when no
+    row of this channel sent `external_id`.
+    """
+    item = session.execute(
+        select(OutboxItem)
+        .where(col(OutboxItem.channel) == channel, col(OutboxItem.external_id) == external_id)
+        .with_for_update()
+    ).scalar_one_or_none()
+    if item is None:
+        return None
+    if status == FAILED:
+        if resend is not None:
+            item.status, item.next_attempt_at, item.last_error = PENDING, now, resend
+        else:
+            item.status, item.last_error = FAILED, error or FAILED
+    elif STATUS_RANK.get(status, 0) > STATUS_RANK.get(item.status, 99):
+        item.status = status  # never back: read stays read when a late "delivered" comes
+    return Reported(chat_id=item.chat_id)
+
+
+def note_held(session: Session, channel: str, chat_id: str, reason: str) -> None:
+    """Say why the chat's held rows wait (shown by `outbox list` and the health page)."""
+    session.execute(
+        update(OutboxItem)
+        .where(
+            col(OutboxItem.channel) == channel,
+            col(OutboxItem.chat_id) == chat_id,
+            col(OutboxItem.status) == HELD,
+        )
+        .values(last_error=reason[:1000])
+    )

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
 import json
 import logging
 import re
@@ -29,10 +28,12 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from adapters.base import Channel
+from adapters import api, line, localdesk, mail, slack, teams, telegram, viber, webchat, wechat, whatsapp
+from adapters.base import Channel, ChannelFactory
 from bot.app import Bot, build_when_storage_allows
 from bot.config import Settings
 from bot.engine import PARKED, STOPPED
+from bot.http import exception_handlers, route_of
 from bot.logs import setup_logging
 from bot.outbox import DEAD, DEAD_LETTERS, HELD, PENDING, Deliverer
 from bot.ratelimit import RateLimit, rules_from_settings
@@ -42,22 +43,21 @@ from bot.worker import WorkerProcess, processing_loop
 
 log = logging.getLogger(__name__)
 
-# Every channel module; each one's from_settings(bot) returns None when the channel is not configured.
-CHANNEL_MODULES: tuple[str, ...] = (
-    "adapters.webchat",
-    "adapters.localdesk",
-    "adapters.slack",
-    "adapters.telegram",
-    "adapters.mail",
-    "adapters.teams",
-    "adapters.whatsapp",
-    "adapters.wechat",
-    "adapters.line",
-    "adapters.viber",
-    "adapters.api",
+# Every channel; each factory returns None when its channel is not configured. Typed, so that mypy checks
+# each module's from_settings and the class it returns against the Channel interface.
+CHANNELS: tuple[ChannelFactory, ...] = (
+    webchat.from_settings,
+    localdesk.from_settings,
+    slack.from_settings,
+    telegram.from_settings,
+    mail.from_settings,
+    teams.from_settings,
+    whatsapp.from_settings,
+    wechat.from_settings,
+    line.from_settings,
+    viber.from_settings,
+    api.from_settings,
 )
-# Desks that receive case events through the outbox when configured (module, predicate on settings).
-DESK_CHANNELS: dict[str, str] = {}
 
 
 @dataclass
@@ -146,18 +146,18 @@ class Workers:
 
 
 def load_channels(bot: Bot) -> list[Channel]:
-    channels: list[Channel] = []
-    for module_name in CHANNEL_MODULES:
-        module = importlib.import_module(module_name)
-        channel = module.from_settings(bot)
-        if channel is not None:
-            channels.append(channel)
+    """The configured channels; the core is told what they can do (`configure_core`)."""
+    channels = [channel for factory in CHANNELS if (channel := factory(bot)) is not None]
+    configure_core(bot, channels)
     return channels
 
 
-def desks_configured(settings: Settings) -> tuple[str, ...]:
-    """The external desks that must receive case events (Slack when its token is set)."""
-    return ("slack",) if settings.slack_bot_token and "adapters.slack" in CHANNEL_MODULES else ()
+def configure_core(bot: Bot, channels: Sequence[Channel]) -> None:
+    """The engine reads the channels' capabilities: which take desk events, which get one reply per turn."""
+    config = bot.engine.config
+    desks = [c.name for c in channels if c.takes_desk_events]
+    config.external_desks = tuple(dict.fromkeys((*config.external_desks, *desks)))
+    config.one_message_per_turn = config.one_message_per_turn | {c.name for c in channels if c.one_reply_per_turn}
 
 
 class BodyLimit:
@@ -367,6 +367,7 @@ def create_app(
     """The server's app; `processes` worker processes process the inbox (none: a thread of this process),
     or nothing here does (`inbox=False`)."""
     channels = list(channels if channels is not None else load_channels(bot))
+    configure_core(bot, channels)
     workers = Workers(bot, channels, processes=processes, inbox=inbox)
     registry = CollectorRegistry()
     gauges = _metrics(registry)
@@ -424,6 +425,7 @@ def create_app(
             405: _not_allowed,
             500: _server_error,
             RecursionError: _too_deep,
+            **exception_handlers(),
         },
     )
     app.state.bot = bot
@@ -440,21 +442,14 @@ async def _not_allowed(request: Request, exc: Exception) -> Response:
 
 
 async def _server_error(request: Request, exc: Exception) -> Response:
-    log.error("unhandled error on %s %s: %s", request.method, _route(request), type(exc).__name__)
+    log.error("unhandled error on %s %s: %s", request.method, route_of(request), type(exc).__name__)
     return JSONResponse({"error": "internal error; the request was not processed"}, status_code=500)
 
 
 async def _too_deep(request: Request, exc: Exception) -> Response:
     # Past the depth check (a body that is not declared JSON, or a value nested inside a form field).
-    log.warning("%s %s: input nested too deeply", request.method, _route(request))
+    log.warning("%s %s: input nested too deeply", request.method, route_of(request))
     return JSONResponse({"error": "the request is nested too deeply"}, status_code=400)
-
-
-def _route(request: Request) -> str:
-    """The route's template (`/api/webchat/sessions/{session_id}/messages`): a path can carry a credential."""
-    route = request.scope.get("route")
-    template = getattr(route, "path", None)
-    return template if isinstance(template, str) else "(no route)"
 
 
 def _metrics(registry: CollectorRegistry) -> dict[str, Gauge]:
@@ -538,7 +533,7 @@ def run_server(settings: Settings, *, host: str, port: int, workers: int = 1) ->
     setup_logging(settings.log_level)
     if not settings.worker_id:  # the same name after a restart: the new process takes back its own leases
         settings = settings.model_copy(update={"worker_id": f"{socket.gethostname()}:{port}"})
-    bot = build_when_storage_allows(settings, external_desks=desks_configured(settings))
+    bot = build_when_storage_allows(settings)
     if workers > 1 and bot.db.dialect.name == "sqlite":
         raise ValueError("SQLite has one writer: run one worker (--workers 1), or use PostgreSQL for more")
     in_memory = bot.db.dialect.name == "sqlite" and bot.db.url.database in (None, "", ":memory:")

@@ -102,9 +102,10 @@ def run_worker(settings: Settings, *, attached: bool = False) -> None:
 
         threading.Thread(target=listen, name="wake", daemon=True).start()
 
-    from bot.server import desks_configured  # the same desks as the server's: case events go to them
+    from bot.server import load_channels
 
-    bot = build_when_storage_allows(settings, external_desks=desks_configured(settings))
+    bot = build_when_storage_allows(settings)
+    load_channels(bot)  # the channels' capabilities, as the server's: which take case events, one reply a turn
     engine = bot.engine
     engine.inbox_signal = wake
     # The language models and the lexicon before the first message; the templates compile meanwhile (a

@@ -16,13 +16,15 @@ from sqlalchemy import Engine, func, select
 from sqlmodel import Session, col
 
 from bot.app import Bot, build
-from bot.config import Settings
+from bot.config import ApiChannelSettings, Settings
 from bot.desk import STATUSES
 from bot.outbox import DEAD, HELD, PENDING, SENT
 from bot.registry import import_registry
-from bot.server import create_app, desks_configured
+from bot.server import create_app
 from bot.store import Case, Conversation, InboxItem, Message, OutboxItem
 from tests.conftest import postgres_schema
+from tests.fakes.api_callback import FakeCallback
+from tests.fakes.line import FakeLine
 from tests.fakes.server import serve
 from tests.fakes.slack import BOT_TOKEN as SLACK_BOT_TOKEN
 from tests.fakes.slack import FakeSlack
@@ -30,15 +32,20 @@ from tests.fakes.slack import create_app as fake_slack_app
 from tests.fakes.teams import TENANT as TEAMS_TENANT
 from tests.fakes.teams import BotFramework
 from tests.fakes.telegram import FakeTelegram
+from tests.fakes.viber import FakeViber
 from tests.fakes.wechat import FakeWeChat
 from tests.fakes.whatsapp import FakeGraph
 from tests.support import wait_until
+from tests.test_api_channel import SECRET as API_SECRET
+from tests.test_line import SECRET as LINE_SECRET
+from tests.test_line import TOKEN as LINE_TOKEN
 from tests.test_slack import ENGINEER, ESCALATION, MEMBER, OUTSIDER
 from tests.test_slack import SECRET as SLACK_SECRET
 from tests.test_teams import APP_ID as TEAMS_APP_ID
 from tests.test_teams import PASSWORD as TEAMS_PASSWORD
 from tests.test_telegram import SECRET as TELEGRAM_SECRET
 from tests.test_telegram import TOKEN as TELEGRAM_TOKEN
+from tests.test_viber import TOKEN as VIBER_TOKEN
 from tests.test_wechat import APP_ID as WECHAT_APP_ID
 from tests.test_wechat import APP_SECRET as WECHAT_APP_SECRET
 from tests.test_wechat import TOKEN as WECHAT_TOKEN
@@ -46,6 +53,7 @@ from tests.test_whatsapp import ACCESS_TOKEN as WHATSAPP_ACCESS_TOKEN
 from tests.test_whatsapp import APP_SECRET as WHATSAPP_APP_SECRET
 from tests.test_whatsapp import PHONE_NUMBER_ID, VERIFY_TOKEN
 
+API_CHANNEL = "portal"
 TESTS = Path(__file__).resolve().parent
 PAYLOADS = TESTS / "payloads"
 REGISTRY = TESTS / "data" / "registry-sample.csv"
@@ -149,7 +157,7 @@ def consistency_problems(db: Engine) -> list[str]:
 
 
 def channel_values(database_url: str, folder: Path, *, telegram: str, slack: str, graph: str, wechat: str,
-                   framework: str) -> dict[str, Any]:
+                   framework: str, line: str, viber: str, callback: str) -> dict[str, Any]:
     """Settings for every HTTP channel, pointed at the fakes' base URLs."""
     return {
         "database_url": database_url, "data_dir": folder, "attachments_dir": folder / "attachments",
@@ -166,6 +174,11 @@ def channel_values(database_url: str, folder: Path, *, telegram: str, slack: str
         "teams_app_id": TEAMS_APP_ID, "teams_app_password": SecretStr(TEAMS_PASSWORD),
         "teams_openid_metadata_url": f"{framework}/v1/.well-known/openidconfiguration",
         "teams_token_url": f"{framework}/{{tenant}}/oauth2/v2.0/token", "teams_tenant_id": TEAMS_TENANT,
+        "line_channel_secret": SecretStr(LINE_SECRET), "line_channel_access_token": SecretStr(LINE_TOKEN),
+        "line_api_base_url": line, "line_data_api_base_url": line,
+        "viber_auth_token": SecretStr(VIBER_TOKEN), "viber_api_base_url": viber, "viber_media_hosts": "127.0.0.1",
+        "api_channels": {API_CHANNEL: ApiChannelSettings(secret=SecretStr(API_SECRET), callback_url=f"{callback}/callback",
+                                                         media_hosts=["127.0.0.1"])},
         "fetch_insecure_hosts": "127.0.0.1",  # the fakes are on loopback, over http
     }
 
@@ -173,6 +186,7 @@ def channel_values(database_url: str, folder: Path, *, telegram: str, slack: str
 def channel_env(database_url: str, folder: Path, **urls: str) -> dict[str, str]:
     """The same settings as environment variables, for a `warranty-bot serve` process."""
     values = channel_values(database_url, folder, **urls)
+    values.pop("api_channels")  # a mapping, not one variable: the generic API channel is tested in process
     return {name.upper(): value.get_secret_value() if isinstance(value, SecretStr) else str(value)
             for name, value in values.items()}
 
@@ -196,7 +210,8 @@ def tracebacks_without_carets() -> Iterator[None]:
 
 @contextmanager
 def fakes() -> Iterator[tuple[FakeTelegram, FakeSlack, FakeGraph, FakeWeChat, BotFramework, dict[str, str]]]:
-    """The five fake APIs on loopback, and their base URLs by name."""
+    """The fake APIs on loopback (LINE's, Viber's and the API channel's callback too), and their base URLs by
+    name."""
     telegram = FakeTelegram(token=TELEGRAM_TOKEN)
     slack = FakeSlack(users={ENGINEER: "Li Wei", OUTSIDER: "Pat Outsider", MEMBER: "Ana Ruiz"},
                       members=["U07WBOT9RZ2", ENGINEER, MEMBER])
@@ -209,21 +224,25 @@ def fakes() -> Iterator[tuple[FakeTelegram, FakeSlack, FakeGraph, FakeWeChat, Bo
                 "slack": stack.enter_context(serve(fake_slack_app(slack))),
                 "graph": stack.enter_context(serve(graph.app())),
                 "wechat": stack.enter_context(serve(wechat.app())),
-                "framework": stack.enter_context(serve(framework.app()))}
+                "framework": stack.enter_context(serve(framework.app())),
+                "line": stack.enter_context(serve(FakeLine(access_token=LINE_TOKEN).app())),
+                "viber": stack.enter_context(serve(FakeViber(auth_token=VIBER_TOKEN).app())),
+                "callback": stack.enter_context(serve(FakeCallback(secret=API_SECRET).app()))}
         yield telegram, slack, graph, wechat, framework, urls
 
 
 @contextmanager
 def running(database_url: str, folder: Path, **extra: Any) -> Iterator[Stack]:
     """The one server with every HTTP channel (web chat, local desk, Telegram webhook, Slack over HTTP,
-    WhatsApp, WeChat, Teams), the Slack desk receiving case events, registry loaded."""
+    WhatsApp, WeChat, Teams, LINE, Viber, the generic API), the Slack desk receiving case events, registry
+    loaded."""
     with fakes() as (telegram, slack, graph, wechat, framework, urls):
         settings = Settings(_env_file=None, **{**channel_values(database_url, folder, **urls), **extra})  # type: ignore[call-arg]
-        bot = build(settings, external_desks=desks_configured(settings))
+        bot = build(settings)
         import_registry(bot.db, REGISTRY, policy=bot.policy)
         app = create_app(bot)
-        assert sorted(app.state.channels) == ["localdesk", "slack", "teams", "telegram", "webchat", "wechat",
-                                              "whatsapp"]
+        assert sorted(app.state.channels) == ["api", "line", "localdesk", "slack", "teams", "telegram", "viber",
+                                              "webchat", "wechat", "whatsapp"]
         try:
             with serve(app) as url:
                 yield Stack(bot=bot, url=url, telegram=telegram, slack=slack, graph=graph, wechat=wechat,

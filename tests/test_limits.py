@@ -22,6 +22,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
+from adapters.base import Channel
 from bot.app import Bot, build
 from bot.config import Settings
 from bot.server import create_app, uvicorn_options
@@ -476,26 +477,16 @@ def test_a_customer_file_is_a_download_never_a_page(tmp_path: Path, sqlite_url: 
 # --- what a failing request leaves in the log ---------------------------------------------------------------------
 
 
-class Failing:
+class Failing(Channel):
     """A channel whose one route fails, as a bug would: what does the server log about the request?"""
 
     name = "failing"
-    is_desk = False
 
     def routes(self) -> list[BaseRoute]:
         return [Route("/api/failing/sessions/{session_id}/boom", self.boom, methods=["GET"])]
 
     async def boom(self, request: Request) -> Response:
         raise RuntimeError("a bug")
-
-    def sender(self) -> None:
-        return None
-
-    async def start(self) -> None:
-        return None
-
-    async def stop(self) -> None:
-        return None
 
 
 def test_a_failing_request_is_logged_by_its_route_not_its_path(

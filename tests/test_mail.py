@@ -498,15 +498,15 @@ async def test_smtp_refusals_map_to_outbox_outcomes(bot: Bot) -> None:
         sink.refuse = {"gone@example.org": "550 5.1.1 no such user", "busy@example.org": "451 4.3.0 try later"}
         sender = _sender(bot, sink.port)
         with pytest.raises(Unreachable, match="550"):
-            await sender.send(OutboundMessage(channel="email", chat_id="gone@example.org", text="hi"), {})
+            await sender.send(OutboundMessage(channel="email", chat_id="gone@example.org", text="hi"))
         with pytest.raises(RetryLater, match="451"):
-            await sender.send(OutboundMessage(channel="email", chat_id="busy@example.org", text="hi"), {})
+            await sender.send(OutboundMessage(channel="email", chat_id="busy@example.org", text="hi"))
         with pytest.raises(PermanentFailure, match="own address"):
-            await sender.send(OutboundMessage(channel="email", chat_id=SUPPORT, text="hi"), {})
-        delivered = await sender.send(OutboundMessage(channel="email", chat_id="ok@example.org", text="hi"), {})
+            await sender.send(OutboundMessage(channel="email", chat_id=SUPPORT, text="hi"))
+        delivered = await sender.send(OutboundMessage(channel="email", chat_id="ok@example.org", text="hi"))
         assert delivered.external_id == sink.mails()[0]["Message-ID"]
     with pytest.raises(RetryLater):  # nobody listens any more
-        await sender.send(OutboundMessage(channel="email", chat_id="ok@example.org", text="hi"), {})
+        await sender.send(OutboundMessage(channel="email", chat_id="ok@example.org", text="hi"))
 
 
 async def test_replies_to_one_address_are_rate_limited(bot: Bot, smtp: SmtpSink) -> None:
@@ -518,9 +518,9 @@ async def test_replies_to_one_address_are_rate_limited(bot: Bot, smtp: SmtpSink)
         session.add(OutboxItem(channel="email", chat_id=CUSTOMER, payload={"text": "x"}, status="sent",
                                sent_at=utcnow() - datetime.timedelta(minutes=70)))
     with pytest.raises(RetryLater) as limited:
-        await sender.send(OutboundMessage(channel="email", chat_id=CUSTOMER, text="one too many"), {})
+        await sender.send(OutboundMessage(channel="email", chat_id=CUSTOMER, text="one too many"))
     assert limited.value.after is not None and 9 * 60 <= limited.value.after <= 10 * 60 + 5
-    await sender.send(OutboundMessage(channel="email", chat_id="other@example.org", text="fine"), {})
+    await sender.send(OutboundMessage(channel="email", chat_id="other@example.org", text="fine"))
     assert len(smtp.mails()) == 1
 
 
@@ -531,7 +531,7 @@ async def test_starttls_is_used_when_configured(bot: Bot, tmp_path: Path, monkey
     context.load_cert_chain(certificate, key)
     with smtp_server(tls_context=context, require_starttls=True) as sink:
         sender = _sender(bot, sink.port, smtp_security="starttls", smtp_user=SMTP_USER, smtp_password=SMTP_PASSWORD)
-        await sender.send(OutboundMessage(channel="email", chat_id="ok@example.org", text="over TLS"), {})
+        await sender.send(OutboundMessage(channel="email", chat_id="ok@example.org", text="over TLS"))
         assert plain(sink.mails()[0]) == "over TLS\n" and sink.logins == [SMTP_USER]
 
 
@@ -791,7 +791,7 @@ async def test_a_message_id_that_decodes_to_cr_lf_does_not_poison_the_customers_
                                                       "raw": {"message_id": "<a@b>\r\nBcc: victim@evil.example",
                                                               "references": "<c@d>\r\n", "subject": "Hi\r\nX: y"}}))
     sender = _sender(bot, smtp.port)
-    await sender.send(OutboundMessage(channel="email", chat_id=CUSTOMER, text="Your case is open"), {})
+    await sender.send(OutboundMessage(channel="email", chat_id=CUSTOMER, text="Your case is open"))
     [sent] = smtp.mails()
     assert smtp.received[0][1] == [CUSTOMER]
     assert sent["In-Reply-To"] == "<a@b>" and sent["Bcc"] is None and sent["X"] is None

@@ -11,7 +11,11 @@ from typing import Any
 
 import httpx
 import pytest
+from pydantic import SecretStr
 
+from bot.app import build
+from bot.config import Settings
+from bot.server import load_channels
 from tests.fakes.server import free_port
 from tests.support import wait_until
 
@@ -219,3 +223,24 @@ def test_sessions_cannot_read_each_other(server: Server) -> None:
     assert mine != theirs and len(mine) >= 32
     send(server, theirs, "my secret serial CSP2604D0007")
     assert messages(server, mine) == []
+
+
+def test_the_core_reads_what_the_configured_channels_can_do(settings: Settings) -> None:
+    """Desk events and one reply per turn follow the channels' capabilities, not names written in the core."""
+    configured = settings.model_copy(update={
+        "slack_bot_token": SecretStr("xoxb-1-test"), "slack_signing_secret": SecretStr("slack-secret"),
+        "slack_api_url": "http://127.0.0.1:9/api/", "slack_escalation_channel": "C0ESCALATE", "slack_mode": "http",
+        "wechat_app_id": "wx0123456789abcdef", "wechat_app_secret": SecretStr("wechat-secret"),
+        "wechat_token": SecretStr("wechat-token"),
+    })
+    bot = build(configured)
+    assert (bot.engine.config.external_desks, bot.engine.config.one_message_per_turn) == ((), frozenset())
+    names = [channel.name for channel in load_channels(bot)]
+    assert {"webchat", "localdesk", "slack", "wechat"} <= set(names) and "email" not in names
+    assert bot.engine.config.external_desks == ("slack",)  # the local desk reads the database instead
+    assert bot.engine.config.one_message_per_turn == {"wechat"}
+    bot.db.dispose()
+    plain = build(settings)
+    load_channels(plain)
+    assert (plain.engine.config.external_desks, plain.engine.config.one_message_per_turn) == ((), frozenset())
+    plain.db.dispose()

@@ -25,8 +25,8 @@ from adapters import slack, slack_blocks, webchat
 from bot.app import Bot, build
 from bot.config import Settings
 from bot.desk import CaseNotFound
-from bot.messages import InboundMessage, OutboundMessage
-from bot.outbox import PermanentFailure, RetryLater
+from bot.messages import DeskEvent, InboundMessage
+from bot.outbox import PermanentFailure, RetryLater, event_from_payload
 from bot.registry import import_registry
 from bot.server import create_app
 from bot.store import Case, KeyValue, Message, OutboxItem
@@ -415,29 +415,28 @@ def test_sender_maps_slack_errors(sqlite_settings: Settings, fake: FakeSlack, fa
                                          text=text, received_at=utcnow()))
     bot.engine.process_pending()
     ref = bot.desk.list_cases()[0]["ref"]
-    opened = OutboundMessage(channel="slack", chat_id=ref, text="")
-    payload = {"event": "case_opened", "case_id": 1}
+    opened = DeskEvent(desk="slack", kind="case_opened", case_ref=ref)
 
     fake.fail_next("chat.postMessage", 429, "ratelimited", {"Retry-After": "30"})
     with pytest.raises(RetryLater) as limited:
-        asyncio.run(desk.send(opened, payload))
+        asyncio.run(desk.send_event(opened))
     assert limited.value.after == 30
     fake.fail_next("chat.postMessage", 503, "service_unavailable")
     with pytest.raises(RetryLater):
-        asyncio.run(desk.send(opened, payload))
+        asyncio.run(desk.send_event(opened))
     fake.fail_next("chat.postMessage", 200, "channel_not_found")
     with pytest.raises(PermanentFailure):
-        asyncio.run(desk.send(opened, payload))
+        asyncio.run(desk.send_event(opened))
     assert bot.desk.get_case(ref) and case_row(bot.db, ref).desk_ref == {}
 
-    delivered = asyncio.run(desk.send(opened, payload))
+    delivered = asyncio.run(desk.send_event(opened))
     assert delivered.external_id == f"{FIRST_TS:.6f}"
     # Delivered again (a crash before the outbox row was marked sent): the message is updated, not doubled.
-    asyncio.run(desk.send(opened, payload))
+    asyncio.run(desk.send_event(opened))
     assert len(fake.posts(channel=ESCALATION)) == 4  # three refused by the fake, one posted
     assert len(fake.called("chat.update")) == 1
     with pytest.raises(PermanentFailure):
-        asyncio.run(desk.send(OutboundMessage(channel="slack", chat_id="WR-1999-000001", text=""), payload))
+        asyncio.run(desk.send_event(DeskEvent(desk="slack", kind="case_opened", case_ref="WR-1999-000001")))
     with pytest.raises(CaseNotFound):
         bot.desk.get_case("WR-1999-000001")
 
@@ -789,3 +788,34 @@ def test_the_case_message_shows_the_service_step_and_a_waiting_credit() -> None:
                                     {"task": "shipped_back", "step": ["repaired", "shipped_back"],
                                      "carrier": "DHL", "tracking": "9876543210"})
     assert line == "📦 *Li Wei*: shipped back → shipped back (DHL 9876543210)"
+
+
+def test_a_desk_event_carries_what_the_desk_knew(sqlite_settings: Settings, fake: FakeSlack, fake_url: str) -> None:
+    """The thread line is made from the event itself: Slack reads no audit to find the question asked."""
+    bot = build(slack_settings(sqlite_settings, fake_url), external_desks=("slack",))
+    desk = slack.from_settings(bot)
+    assert desk is not None
+    for number, text in enumerate(("hi", "CSP2402A0153", "E07 under load", "human")):
+        bot.engine.accept(InboundMessage(channel="console", external_id=f"m{number}", sender_id="c1", chat_id="c1",
+                                         text=text, received_at=utcnow()))
+    bot.engine.process_pending()
+    ref = bot.desk.list_cases()[0]["ref"]
+    bot.desk.ask_customer(ref, engineer="Ana Ruiz", question="Which model is on the label?", origin="desk")
+    with Session(bot.db) as session:
+        rows = session.execute(select(OutboxItem).where(OutboxItem.channel == "slack")  # type: ignore[arg-type]
+                               .order_by(OutboxItem.id)).scalars().all()  # type: ignore[arg-type]
+    events = [event_from_payload(r.channel, r.chat_id, r.payload) for r in rows]
+    assert events[0].kind == "case_opened" and {e.case_ref for e in events} == {ref}
+    asked = events[-1]
+    assert asked.kind == "case_updated"
+    assert asked.detail == {"action": "asked_customer", "actor": "Ana Ruiz", "origin": "desk",
+                            "question": "Which model is on the label?"}
+    for event in events:
+        asyncio.run(desk.send_event(event))
+    thread = [p["text"] for p in fake.posts(channel=ESCALATION) if p.get("thread_ts")]
+    assert any("Which model is on the label?" in line for line in thread), thread
+    # A row queued before events had their own type (a flat payload) still reads the same.
+    flat = event_from_payload("slack", ref, {"event": "case_updated", "case_id": 1, "action": "noted",
+                                             "actor": "Li Wei", "origin": "desk"})
+    assert flat == DeskEvent(desk="slack", kind="case_updated", case_ref=ref,
+                             detail={"action": "noted", "actor": "Li Wei", "origin": "desk"})

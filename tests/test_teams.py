@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 from pydantic import SecretStr
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, select, text
 from sqlmodel import Session
 
 from adapters import teams
@@ -149,6 +149,28 @@ def test_claim_on_teams_and_an_engineers_reply(settings: Settings, db: Engine,
     assert len(fake.token_requests) == 1  # one token, cached, for every reply
     assert fake.key_requests == 1  # one fetch of the signing keys for every activity
     assert fake.token_requests[0]["scope"] == teams.BOT_FRAMEWORK_SCOPE
+
+
+def test_a_storage_failure_is_answered_503_so_the_connector_sends_the_activity_again(
+        settings: Settings, db: Engine, framework: tuple[BotFramework, str]) -> None:
+    fake, fake_url = framework
+    bot = build(teams_settings(settings, fake_url), db=db)
+    channel = teams.from_settings(bot)
+    assert channel is not None
+    with serve(create_app(bot, channels=[channel])) as bot_url:
+        customer = Customer(fake, fake_url, bot_url)
+        with db.begin() as connection:  # the inbox is gone, as a failed disk or a lost connection would make it
+            connection.execute(text("ALTER TABLE inboxitem RENAME TO inboxitem_away"))
+        try:
+            refused = customer.post(customer.body("message_activity.json"))
+        finally:
+            with db.begin() as connection:
+                connection.execute(text("ALTER TABLE inboxitem_away RENAME TO inboxitem"))
+        assert refused.status_code == 503  # as on every webhook; Teams answered 500 before
+        assert refused.headers["retry-after"] and "nothing was stored" in refused.json()["error"]
+        assert inbox(db) == []
+        assert customer.post(customer.body("message_activity.json")).status_code == 200  # the redelivery
+        assert [i.external_id for i in inbox(db)] == ["msteams:1777886452318"]
 
 
 def test_a_restart_reuses_the_stored_token_and_reference(settings: Settings, db: Engine,
@@ -301,16 +323,16 @@ async def test_connector_failures_map_to_outbox_outcomes(bot: Bot, framework: tu
     try:
         fake.fail_next = [429, 503, 403]
         with pytest.raises(RetryLater) as throttled:
-            await sender.send(message, {})
+            await sender.send(message)
         assert throttled.value.after == 7
         with pytest.raises(RetryLater):
-            await sender.send(message, {})
+            await sender.send(message)
         with pytest.raises(Unreachable):
-            await sender.send(message, {})
-        delivered = await sender.send(message, {})
+            await sender.send(message)
+        delivered = await sender.send(message)
         assert delivered.external_id is not None and fake.posted()[-1]["text"] == "hello"
         with pytest.raises(Exception, match="no conversation reference"):
-            await sender.send(OutboundMessage(channel="teams", chat_id="a:unknown", text="hello"), {})
+            await sender.send(OutboundMessage(channel="teams", chat_id="a:unknown", text="hello"))
     finally:
         await channel.stop()
 
@@ -433,7 +455,7 @@ async def test_a_long_reply_is_split_under_the_connector_limit(bot: Bot, framewo
                               buttons=(Button(label="Talk to an engineer", value="cmd:human"),))
     try:
         fake.fail_next = []
-        await channel.sender().send(message, {})
+        await channel.sender().send(message)
     finally:
         await channel.stop()
     posted = fake.posted()

@@ -634,8 +634,8 @@ def test_a_long_reply_is_split_and_a_retry_does_not_repeat_pieces(start: Callabl
     async def deliver() -> None:
         try:
             with pytest.raises(RetryLater):
-                await channel.sender().send(message, {})
-            await channel.sender().send(message, {})
+                await channel.sender().send(message)
+            await channel.sender().send(message)
         finally:
             await channel.client.shutdown()
 
@@ -656,7 +656,7 @@ def test_a_reply_of_many_escaped_characters_goes_as_one_message(start: Callable[
 
     async def deliver() -> None:
         try:
-            await channel.sender().send(OutboundMessage(channel="telegram", chat_id=CHAT, text=text), {})
+            await channel.sender().send(OutboundMessage(channel="telegram", chat_id=CHAT, text=text))
         finally:
             await channel.client.shutdown()
 

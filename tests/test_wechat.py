@@ -31,9 +31,9 @@ from adapters.wechat import (
     parse_xml,
     render,
     signature_valid,
-    split_text,
 )
 from bot.app import Bot, build
+from bot.channels import split_text
 from bot.config import Settings
 from bot.messages import Button
 from bot.outbox import PermanentFailure, RetryLater, Unreachable
@@ -173,7 +173,7 @@ def test_a_push_without_its_fields_is_refused() -> None:
 
 def test_long_text_is_cut_by_utf8_bytes() -> None:
     text = "逆变器显示故障E07，一接负载就关机。" * 200
-    pieces = split_text(text, wechat.TEXT_LIMIT_BYTES)
+    pieces = split_text(text, wechat.TEXT_LIMIT_BYTES, unit="bytes")
     assert len(pieces) > 1 and all(len(p.encode()) <= wechat.TEXT_LIMIT_BYTES for p in pieces)
     assert "".join(pieces) == text
 

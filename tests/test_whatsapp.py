@@ -25,10 +25,10 @@ from adapters.whatsapp import (
     parse,
     render,
     signature_valid,
-    split_text,
     verify_subscription,
 )
 from bot.app import Bot, build
+from bot.channels import split_text
 from bot.config import Settings
 from bot.messages import Button
 from bot.outbox import PermanentFailure, RetryLater, Unreachable

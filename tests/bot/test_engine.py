@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
 
@@ -11,6 +10,7 @@ import pytest
 from sqlalchemy import select, update
 from sqlmodel import Session
 
+from adapters import mail, wechat
 from bot.app import Bot, build
 from bot.config import Settings
 from bot.messages import InboundMessage, OutboundMessage
@@ -62,7 +62,7 @@ class ChannelApi:
         self.sent: list[OutboundMessage] = []
         self.failures = list(failures or [])
 
-    async def send(self, message: OutboundMessage, payload: Mapping[str, Any]) -> Delivered:
+    async def send(self, message: OutboundMessage) -> Delivered:
         if self.failures:
             raise self.failures.pop(0)
         self.sent.append(message)
@@ -231,6 +231,10 @@ def test_a_whole_claim_in_the_customers_language(bot: Bot, language: str, hint: 
 
 
 def test_mail_and_wechat_get_one_reply_per_customer_message(bot: Bot) -> None:
+    # What the server tells the engine of the mail and WeChat channels (bot.server.configure_core).
+    bot.engine.config.one_message_per_turn = frozenset(
+        c.name for c in (mail.MailChannel, wechat.WeChatChannel) if c.one_reply_per_turn
+    )
     for channel in ("email", "wechat", "test"):
         message = inbound("hello", chat=f"{channel}-chat")
         bot.engine.accept(InboundMessage(**{**message.__dict__, "channel": channel}))
@@ -238,8 +242,8 @@ def test_mail_and_wechat_get_one_reply_per_customer_message(bot: Bot) -> None:
     with Session(bot.db) as session:
         rows = session.execute(select(OutboxItem.channel)).scalars().all()
     assert sorted(rows) == ["email", "test", "test", "wechat"]  # greeting and question: together, or apart
-    (mail,) = bot.engine.transcript("email", "email-chat")[1:]
-    assert "Hello!" in mail["text"] and "serial number" in mail["text"]
+    (one,) = bot.engine.transcript("email", "email-chat")[1:]
+    assert "Hello!" in one["text"] and "serial number" in one["text"]
 
 
 def test_a_portuguese_customer_of_portugal_is_answered_in_european_portuguese(bot: Bot) -> None:

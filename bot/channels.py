@@ -1,0 +1,218 @@
+"""What channel adapters share: numbered options, text pieces, storing a customer's file, Retry-After, sorting a
+delivery error, a shared access token. One module per channel lives in adapters/; what two of them would
+write again lives here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import mimetypes
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
+
+from sqlalchemy import Engine
+
+from bot.attachments import AttachmentRejected, AttachmentStore
+from bot.fetch import Fetcher, FetchFailed, FetchRefused, FetchTooLarge
+from bot.messages import Attachment, Button
+from bot.outbox import DeliveryError, PermanentFailure, RetryLater, Unreachable, release_config_holds
+from bot.store import session_scope
+from bot.store.clock import utcnow
+from bot.store.kv import kv_delete, kv_get, kv_put
+
+log = logging.getLogger(__name__)
+
+# --- text -----------------------------------------------------------------------------------------------------
+
+
+def numbered(buttons: Sequence[Button]) -> list[str]:
+    """The buttons as numbered options ("1. Yes"), which the customer answers with the number."""
+    return [f"{n}. {b.label}" for n, b in enumerate(buttons, start=1)]
+
+
+def with_options(text: str, buttons: Sequence[Button]) -> str:
+    """The text followed by the buttons as numbered options (the text alone when there are none)."""
+    if not buttons:
+        return text
+    options = "\n".join(numbered(buttons))
+    return f"{text}\n\n{options}" if text.strip() else options
+
+
+def clip(text: str, limit: int) -> str:
+    """One line of at most `limit` characters (a button's label), cut with an ellipsis."""
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
+
+
+# Where a long text may be cut: a line, a word, or after Chinese and Japanese punctuation.
+_BREAKS = ("\n", " ", "。", "，")
+
+
+def split_text(text: str, limit: int, *, unit: Literal["chars", "bytes"] = "chars") -> list[str]:
+    """`text` in pieces of at most `limit` characters (or UTF-8 bytes), cut at a line or word break where one
+    lies in the second half of the piece, else hard."""
+    size: Callable[[str], int] = len if unit == "chars" else (lambda s: len(s.encode()))
+    pieces: list[str] = []
+    rest = text.strip()
+    while size(rest) > limit:
+        window = rest[:limit] if unit == "chars" else rest.encode()[:limit].decode(errors="ignore")
+        cut = max(window.rfind(mark) for mark in _BREAKS)
+        cut = len(window) if cut < len(window) // 2 else cut + 1
+        pieces.append(rest[:cut].rstrip())
+        rest = rest[cut:].lstrip()
+    if rest or not pieces:
+        pieces.append(rest)
+    return pieces
+
+
+# --- files ----------------------------------------------------------------------------------------------------
+
+
+async def save_or_reject(store: AttachmentStore, data: bytes, *, name: str, mime: str, kind: str) -> Attachment:
+    """Store the file, or record it as rejected (a type the store refuses, too large) for the customer's reply."""
+    try:
+        return await asyncio.to_thread(store.save, data, name=name, mime=mime, kind=kind)
+    except AttachmentRejected as error:
+        return store.rejected(name, error.reason)
+
+
+def passing(error: FetchFailed) -> bool:
+    """Whether a failed download may work later (no answer, 429, 5xx): then the whole update is redelivered."""
+    return error.status == 0 or error.status == 429 or error.status >= 500
+
+
+async def download(
+    fetcher: Fetcher,
+    store: AttachmentStore,
+    url: str,
+    *,
+    name: str,
+    mime: str,
+    kind: str,
+    channel: str,
+    bearer: str | None = None,
+    accept: Callable[[int], bool] | None = None,
+    server_type: bool = True,
+) -> Attachment:
+    """Download a customer's file within the store's size limit and store it, or record why not.
+
+    A passing failure raises FetchFailed, so that the channel redelivers the update; anything else becomes a
+    rejected attachment the customer is told about. `accept(status)` may refuse an answer that came (LINE's
+    202 for a video not ready yet). The file's type is the one the server gave (with `server_type`), else `mime`.
+    """
+    try:
+        fetched = await fetcher.get(url, bearer=bearer, max_bytes=store.max_bytes)
+    except FetchTooLarge:
+        return store.rejected(name, "too_large")
+    except FetchRefused as error:
+        log.warning("%s file refused by the fetch policy: %s", channel, error.reason)
+        return store.rejected(name, "unavailable")
+    except FetchFailed as error:
+        if passing(error):
+            raise
+        return store.rejected(name, "unavailable")
+    if accept is not None and not accept(fetched.status):
+        return store.rejected(name, "unavailable")
+    mime = (fetched.content_type if server_type else "") or mime
+    return await save_or_reject(store, fetched.data, name=name, mime=mime, kind=kind)
+
+
+def media_name(file_name: str | None, type_: str, media_id: str, default_mime: str) -> tuple[str, str]:
+    """A received file's name and type: the sender's name and the type it implies, else `<type>-<id>.<ext>`."""
+    guessed = mimetypes.guess_type(file_name)[0] if file_name else None
+    mime = guessed or default_mime
+    return file_name or f"{type_}-{media_id}{mimetypes.guess_extension(mime) or ''}", mime
+
+
+# --- delivery errors ------------------------------------------------------------------------------------------
+
+
+def retry_after(value: str | None) -> float | None:
+    """A Retry-After header's seconds (the date form is not used by the services we call), else None."""
+    value = (value or "").strip()
+    return float(value) if value.isascii() and value.isdigit() else None
+
+
+def delivery_error(
+    summary: str,
+    *,
+    status: int = 200,
+    passing: bool = False,
+    unreachable: bool = False,
+    after: float | None = None,
+    scope: str = "chat",
+) -> DeliveryError:
+    """What the outbox does about a refused send: a 429, a 5xx or an error the channel calls `passing` is tried
+    again (after `after` seconds when it said so); a recipient who blocked us or left is `unreachable`; any
+    other refusal is a dead letter."""
+    if status == 429 or status >= 500 or passing:
+        return RetryLater(summary, after=after, scope=scope)
+    if unreachable:
+        return Unreachable(summary)
+    return PermanentFailure(summary)
+
+
+def release_config_holds_of(db: Engine, channel: str) -> int:
+    """The channel's set-up works again: the replies it held for that go out. Returns how many."""
+    with session_scope(db) as session:
+        return release_config_holds(session, channel)
+
+
+# --- times ----------------------------------------------------------------------------------------------------
+
+
+def parse_time(value: Any) -> datetime | None:
+    """An ISO time kept in a JSON value, as aware UTC; None when it is missing or not a time."""
+    try:
+        moment = datetime.fromisoformat(value) if isinstance(value, str) else None
+    except ValueError:
+        return None
+    return moment.replace(tzinfo=UTC) if moment is not None and moment.tzinfo is None else moment
+
+
+# --- a shared access token ------------------------------------------------------------------------------------
+
+
+class TokenCache:
+    """An access token kept in the database, so that every worker uses the same one until it is about to expire
+    (`margin` before), and in memory, so that a send does not read the database for it."""
+
+    def __init__(self, db: Engine, key: str, *, margin: timedelta) -> None:
+        self.db = db
+        self.key = key
+        self.margin = margin
+        self._token: str | None = None
+        self._expires_at: datetime | None = None
+
+    def _fresh(self, expires_at: datetime | None) -> bool:
+        return expires_at is not None and expires_at - self.margin > utcnow()
+
+    async def get(self, fetch: Callable[[], Awaitable[tuple[str, timedelta]]], *, rejected: str | None = None) -> str:
+        """The cached token, else the one `fetch()` returns (with its lifetime), which is then kept. `rejected`
+        is a token the service just refused: it is not given out again."""
+        token = await self.cached()
+        if token is not None and token != rejected:
+            return token
+        token, lifetime = await fetch()
+        await self.put(token, utcnow() + lifetime)
+        return token
+
+    async def cached(self) -> str | None:
+        if self._token is not None and self._fresh(self._expires_at):
+            return self._token
+        stored = await asyncio.to_thread(kv_get, self.db, self.key)
+        token = stored[0].get("access_token") if stored is not None else None
+        if stored is None or not isinstance(token, str) or not token or not self._fresh(stored[1]):
+            return None
+        self._token, self._expires_at = token, stored[1]
+        return token
+
+    async def put(self, token: str, expires_at: datetime) -> None:
+        self._token, self._expires_at = token, expires_at
+        await asyncio.to_thread(kv_put, self.db, self.key, {"access_token": token}, expires_at)
+
+    async def forget(self) -> None:
+        self._token = None
+        await asyncio.to_thread(kv_delete, self.db, self.key)
