@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 T = TypeVar("T")
 
 
 def wait_until(
-    probe: Callable[[], T], *, timeout: float = 15.0, interval: float = 0.05, what: str = "condition"
+    probe: Callable[[], T | Literal[False] | None], *, timeout: float = 15.0, interval: float = 0.05, what: str = "condition"
 ) -> T:
-    """Call `probe` until it returns something truthy; fail the test after `timeout` seconds."""
+    """Call `probe` until it returns something truthy (so never None or False: the type says so); fail the
+    test after `timeout` seconds."""
     deadline = time.monotonic() + timeout
     while True:
         value = probe()

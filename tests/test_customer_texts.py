@@ -244,7 +244,8 @@ def test_values_cover_the_renderer_names() -> None:
 
 
 def test_the_portuguese_of_portugal_templates_match_the_language_they_vary() -> None:
-    from tests.test_i18n import TEMPLATES, macros, variables
+    from bot.render import TEMPLATES
+    from tests.test_i18n import macros, variables
 
     names = sorted(path.stem for path in (TEMPLATES / "pt_PT").glob("*.j2") if path.stem != "labels")
     assert names == ENGLISH  # every message, so that no Brazilian "você" is left

@@ -40,7 +40,7 @@ def rows(running: Running) -> list[OutboxItem]:
 
 def attempted(running: Running, at_least: int) -> bool:
     """Every chat's head row (the oldest unsent one) has been tried `at_least` times, none delivered."""
-    heads = {}
+    heads: dict[str, OutboxItem] = {}
     for row in rows(running):
         if row.status == "pending":
             heads.setdefault(row.chat_id, row)
@@ -157,7 +157,7 @@ def test_a_reply_that_keeps_failing_holds_its_chat_and_a_retry_keeps_order(
     post_script(running)
 
     def gave_up() -> bool:
-        heads = {}
+        heads: dict[str, OutboxItem] = {}
         for row in rows(running):
             if row.status in ("pending", "dead"):
                 heads.setdefault(row.chat_id, row)

@@ -89,10 +89,11 @@ def test_every_language_typed_over_the_web_chat_reaches_a_case(tmp_path: Path, d
                     ).status_code
                     == 202
                 )
+                def bot_answered(s: str = session, n: int = answered) -> bool:
+                    return len([m for m in _messages(server, s) if m["author"] == "bot"]) > n
+
                 wait_until(
-                    lambda s=session, n=answered: (
-                        len([m for m in _messages(server, s) if m["author"] == "bot"]) > n
-                    ),
+                    bot_answered,
                     what=f"the bot's answer to {text!r} ({language})",
                 )
         cases = wait_until(

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import select, update
-from sqlmodel import Session
+from sqlmodel import Session, col
 
 from bot.app import Bot, build
 from bot.config import Settings
@@ -235,7 +235,7 @@ def test_mail_and_wechat_get_one_reply_per_customer_message(bot: Bot) -> None:
         bot.engine.accept(InboundMessage(**{**message.__dict__, "channel": channel}))
     bot.engine.process_pending()
     with Session(bot.db) as session:
-        rows = session.execute(select(OutboxItem.channel)).scalars().all()
+        rows = session.execute(select(col(OutboxItem.channel))).scalars().all()
     assert sorted(rows) == ["email", "test", "test", "wechat"]  # greeting and question: together, or apart
     (mail,) = bot.engine.transcript("email", "email-chat")[1:]
     assert "Hello!" in mail["text"] and "serial number" in mail["text"]

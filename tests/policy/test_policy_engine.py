@@ -6,6 +6,7 @@ import dataclasses
 from datetime import date
 from decimal import Decimal
 from types import MappingProxyType
+from typing import Any
 
 import pytest
 
@@ -318,7 +319,7 @@ def test_x2_only_when_proof_is_none_or_altered(
 # --- several units: two passes -------------------------------------------------------------------------
 
 
-def _units(count: int, order_id: str, **facts: object) -> list[Claim]:
+def _units(count: int, order_id: str, **facts: Any) -> list[Claim]:
     base = dataclasses.replace(REGISTRY, claim_date=date(2026, 5, 1), order_id=order_id)
     return [dataclasses.replace(base, serial=f"CSP2402A{order_id}{n:02d}", **facts) for n in range(count)]
 
