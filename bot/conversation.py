@@ -368,10 +368,6 @@ def on_case_closed(state: State, *, ask_rating: bool) -> State:
     return replace(State(language=state.language), name="closed", awaiting_rating=ask_rating)
 
 
-def on_case_reopened(state: State) -> State:
-    return replace(state, name="with_engineer", awaiting_rating=False)
-
-
 # --- global commands -----------------------------------------------------------------------------------
 
 

@@ -57,8 +57,6 @@ CHANNEL_MODULES: tuple[str, ...] = (
     "adapters.viber",
     "adapters.api",
 )
-# Desks that receive case events through the outbox when configured (module, predicate on settings).
-DESK_CHANNELS: dict[str, str] = {}
 
 
 @dataclass

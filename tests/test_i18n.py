@@ -12,8 +12,8 @@ import jinja2
 import pytest
 from jinja2 import meta
 
-from bot.conversation import LANGUAGES, Reply
-from bot.language import detect, detector, hint_language, hint_variant, variant_language
+from bot.conversation import LANGUAGES, Reply, base_language
+from bot.language import detect, detector, hint_language, hint_variant
 from bot.render import TEMPLATES, Renderer
 from bot.understanding import default_lexicon, understand
 from policy import REASON_PARAMS, Circumstances, Claim, Proof, default_policy, evaluate
@@ -443,5 +443,5 @@ def test_hints_outside_our_languages_say_nothing(hint: str | None) -> None:
 def test_hints_name_a_written_variant(hint: str | None, variant: str | None) -> None:
     assert hint_variant(hint) == variant
     if variant is not None:
-        assert variant_language(variant) == hint_language(hint) == "pt"
+        assert base_language(variant) == hint_language(hint) == "pt"
         assert "você" not in RENDERER.text("human_requested", language=variant, case_ref="WR-2026-000042")
