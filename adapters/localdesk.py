@@ -17,8 +17,9 @@ from starlette.routing import BaseRoute, Route
 from adapters.webchat import _PAGE_HEADERS, WEB, ApiError, json_object
 from bot.app import Bot
 from bot.attachments import STORABLE_TYPES
-from bot.desk import GOODWILL, STATUSES, UNITS_PAGE, DeskError
+from bot.desk import GOODWILL, UNITS_PAGE, DeskError
 from bot.outbox import Sender
+from bot.status import CaseStatus
 
 MAX_NAME = 80
 # The desk holds the engineers' token in the page: another site must not frame it (clickjacking).
@@ -105,8 +106,8 @@ class LocalDesk:
 
     async def _list(self, request: Request) -> Response:
         status = request.query_params.get("status") or None
-        if status is not None and status not in STATUSES:
-            raise ApiError(422, f"status must be one of {', '.join(STATUSES)}")
+        if status is not None and status not in set(CaseStatus):
+            raise ApiError(422, f"status must be one of {', '.join(CaseStatus)}")
         query = (request.query_params.get("q") or "")[:64] or None
         cases = await asyncio.to_thread(self.bot.desk.list_cases, status=status, query=query)
         return JSONResponse({"cases": cases})

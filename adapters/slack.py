@@ -37,14 +37,14 @@ from adapters import slack_blocks as ui
 from bot.app import Bot
 from bot.config import Settings
 from bot.desk import CaseNotFound, DeskError
-from bot.engine import REFUSAL_TO_CONFIRM
 from bot.messages import OutboundMessage
 from bot.outbox import Delivered, PermanentFailure, RetryLater
 from bot.registry import lookup
+from bot.status import CaseStatus
 from bot.store import Case, KeyValue, session_scope
 from bot.store.clock import utcnow
 from bot.store.kv import kv_get, kv_put
-from policy import Claim, Proof, decision_to_json, evaluate, normalize_serial, parse_serial
+from policy import decision_to_json, evaluate, normalize_serial, parse_serial, refusal_clauses, unit_claim
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +61,8 @@ NAMES_CACHE_SECONDS = 600.0
 MAX_MEMBER_PAGES = 50
 REMIND_BATCH = 50
 # Cases nobody has taken yet: open ones, and refusals to confirm (every unit refused) no one claimed.
-_UNCLAIMED = or_(col(Case.status) == "open",
-                 and_(col(Case.status) == REFUSAL_TO_CONFIRM, col(Case.claimed_by).is_(None)))
+_UNCLAIMED = or_(col(Case.status) == CaseStatus.open,
+                 and_(col(Case.status) == CaseStatus.to_confirm, col(Case.claimed_by).is_(None)))
 SOCKET_RETRY_SECONDS = 30.0
 NOTE = re.compile(r"^\s*note:\s*", re.IGNORECASE)
 REFUSAL = ("Only the after-sales engineers can act on warranty cases; nothing was changed. "
@@ -514,7 +514,7 @@ class SlackDesk:
             await self._ephemeral(user, str(error))
             return True
         allowed = case.get("allowed_methods") or []
-        if method in allowed or case["status"] == "closed":
+        if method in allowed or case["status"] == CaseStatus.closed:
             return False  # the desk sets it, or says the case is closed
         try:
             await self.client.views_open(trigger_id=body["trigger_id"], view=ui.goodwill_modal(ref, method, allowed))
@@ -545,7 +545,7 @@ class SlackDesk:
         except CaseNotFound as error:
             await self._ephemeral(user, str(error))
             return
-        if case["status"] == "closed":
+        if case["status"] == CaseStatus.closed:
             await self._ephemeral(user, f"{ref} is closed.")
             return
         if action["action_id"] == ui.ASK_CUSTOMER:
@@ -553,8 +553,7 @@ class SlackDesk:
         elif action["action_id"] == ui.CORRECT_UNIT:
             view = ui.correct_modal(case["ref"], case["units"])
         else:
-            cited = sorted({c for u in case["units"] if u["outcome"] == "not_covered"
-                            for c in u["clauses"] if c[0] in "XM" and c != "M5"})
+            cited = refusal_clauses((u["outcome"], u["clauses"]) for u in case["units"])
             view = ui.refuse_modal(case["ref"], cited)
         try:
             await self.client.views_open(trigger_id=body["trigger_id"], view=view)
@@ -938,8 +937,9 @@ class SlackDesk:
 
     def _home_view(self, engineer: str) -> dict[str, Any]:
         desk = self.bot.desk
-        by_status = {status: desk.list_cases(status=status, limit=100)
-                     for status in ("open", "claimed", "waiting_customer", "in_service", "resolved")}
+        by_status: dict[str, list[dict[str, Any]]] = {status: desk.list_cases(status=status, limit=100)
+                     for status in (CaseStatus.open, CaseStatus.claimed, CaseStatus.waiting_customer,
+                                    CaseStatus.in_service, CaseStatus.resolved)}
         mine = [c for cases in by_status.values() for c in cases if c.get("claimed_by") == engineer]
         return ui.home_view(engineer=engineer, mine=mine, by_status=by_status)
 
@@ -961,13 +961,7 @@ class SlackDesk:
         if facts is None and parse_serial(serial, policy) is None:
             text = f"No case and no unit `{ui.escape(query)}`."
             return text, [ui.section(text)]
-        claim = Claim(serial=serial, claim_date=utcnow().date(),
-                      port_arrival_date=facts.port_arrival_date if facts else None,
-                      production_date=facts.production_date if facts else None,
-                      proof=Proof.registry if facts else Proof.none,
-                      cargo_compensation=facts.cargo_compensation if facts else False,
-                      order_pieces=facts.order_pieces if facts else None,
-                      order_total=facts.order_total if facts else None, currency=facts.currency if facts else None)
+        claim = unit_claim(serial, claim_date=utcnow().date(), record=facts)
         decision = decision_to_json(evaluate(claim, policy), policy)
         record = None
         if facts is not None:

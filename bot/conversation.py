@@ -13,7 +13,6 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import date
-from decimal import Decimal
 from typing import Any, Literal
 
 from bot.understanding import Lexicon, Reading, default_lexicon, fold, understand
@@ -24,10 +23,12 @@ from policy import (
     Outcome,
     Policy,
     Proof,
+    UnitFacts,
     evaluate_units,
     looks_like_serial_attempt,
     normalize_serial,
     parse_serial,
+    unit_claim,
 )
 
 StateName = Literal[
@@ -77,20 +78,6 @@ MAX_FAULT_CHARS = 4000
 _MIN_FAULT_CHARS = 3
 _OPTION_NUMBER = re.compile(r"[0-9]{1,2}")  # not str.isdigit(): "²" is a digit to it
 _VALUE = re.compile(r"^(?:cmd|lang|cause|proof|pref|answer|rate):[a-z0-9_]+$")
-
-
-@dataclass(frozen=True, kw_only=True)
-class UnitFacts:
-    """What the shipment registry knows about one serial."""
-
-    serial: str
-    order_id: str
-    production_date: date | None = None
-    port_arrival_date: date | None = None
-    cargo_compensation: bool = False
-    order_pieces: int | None = None
-    order_total: Decimal | None = None
-    currency: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -919,27 +906,18 @@ def _units_params(state: State, facts: Facts) -> dict[str, Any]:
 def _decide(state: State, facts: Facts) -> list[UnitDecision]:
     circumstances = CAUSES.get(state.cause or "unsure", Circumstances())
     claim_date = state.claim_date or facts.today
-    claims = []
-    for serial in state.serials:
-        record = facts.registry.get(serial)
-        # The registry's record proves the sale; otherwise what the customer showed us, or nothing.
-        proof = Proof.registry if record is not None else Proof(state.proof or Proof.none.value)
-        claims.append(
-            Claim(
-                serial=serial,
-                claim_date=claim_date,
-                port_arrival_date=record.port_arrival_date if record else None,
-                production_date=record.production_date if record else None,
-                proof=proof,
-                circumstances=circumstances,
-                cargo_compensation=record.cargo_compensation if record else False,
-                order_id=record.order_id if record else None,
-                order_pieces=record.order_pieces if record else None,
-                order_total=record.order_total if record else None,
-                currency=record.currency if record else None,
-                prefers_discount=bool(state.prefers_discount),
-            )
+    # The registry's record proves the sale; otherwise what the customer showed us, or nothing.
+    claims = [
+        unit_claim(
+            serial,
+            claim_date=claim_date,
+            record=facts.registry.get(serial),
+            proof=Proof(state.proof or Proof.none.value),
+            circumstances=circumstances,
+            prefers_discount=bool(state.prefers_discount),
         )
+        for serial in state.serials
+    ]
     # Two passes (POLICY.md): M5 counts the covered units; the discount is on one unit per order.
     decided = []
     for claim, decision in zip(claims, evaluate_units(claims, facts.policy), strict=True):

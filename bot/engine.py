@@ -25,6 +25,7 @@ from bot.messages import Attachment, Button, InboundMessage, OutboundMessage
 from bot.outbox import enqueue, enqueue_event
 from bot.registry import lookup, near_serials
 from bot.render import Renderer
+from bot.status import CaseStatus, move
 from bot.store import (
     AuditEntry,
     Case,
@@ -44,10 +45,6 @@ from bot.understanding import default_lexicon, fold, understand
 from policy import Outcome, Policy, claim_to_json, decision_to_json
 
 log = logging.getLogger(__name__)
-
-# The status of a case whose every unit the policy refused: a person confirms or overturns it on the desk.
-REFUSAL_TO_CONFIRM = "to_confirm"
-
 
 PENDING, PARKED = "pending", "parked"
 STOPPED = (PARKED, "failed")  # waiting for an operator (`warranty-bot inbox list|retry`)
@@ -526,7 +523,7 @@ class Engine:
         )
         # A claim the policy refuses for every unit is still a person's to confirm (POLICY.md): its own status.
         if effect.units and all(u.decision.outcome is Outcome.not_covered for u in effect.units):
-            case.status = REFUSAL_TO_CONFIRM
+            move(case, CaseStatus.to_confirm)
         session.add(case)
         session.flush()
         case.ref = f"{self.config.case_ref_prefix}-{case.created_at.year}-{case.id:06d}"
@@ -585,8 +582,8 @@ class Engine:
         ).scalar_one_or_none()
         if case is None:
             return None
-        if case.status in ("resolved", "closed"):
-            case.status = "open"
+        if case.status in (CaseStatus.resolved, CaseStatus.closed):
+            move(case, CaseStatus.open)
             case.updated_at = utcnow()
             audit(session, case, "customer", "reopened")
             self.notify_desks(session, case, "case_updated")
@@ -594,8 +591,8 @@ class Engine:
         return case
 
     def _relay(self, session: Session, case: Case, effect: conv.RelayToCase, message: InboundMessage) -> None:
-        if case.status == "waiting_customer":
-            case.status = "claimed"
+        if case.status == CaseStatus.waiting_customer:
+            move(case, CaseStatus.claimed)
             case.updated_at = utcnow()
             audit(session, case, "customer", "answered")
         for attachment_id in effect.attachment_ids:

@@ -21,9 +21,8 @@ from sqlalchemy import Connection, Engine, Table, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from bot.conversation import UnitFacts
 from bot.store.models import RegistryOrder, RegistryUnit
-from policy import Policy, SerialRangeError, expand_range, normalize_serial
+from policy import Policy, SerialRangeError, UnitFacts, expand_range, normalize_serial
 
 COLUMNS = (
     "order_id",

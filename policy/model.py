@@ -54,6 +54,20 @@ class Circumstances:
 
 
 @dataclass(frozen=True, kw_only=True)
+class UnitFacts:
+    """What the shipment registry knows about one serial."""
+
+    serial: str
+    order_id: str
+    production_date: date | None = None
+    port_arrival_date: date | None = None
+    cargo_compensation: bool = False
+    order_pieces: int | None = None
+    order_total: Decimal | None = None
+    currency: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
 class Claim:
     """One unit's warranty claim, with the facts known about it (registry facts come in as arguments)."""
 

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bot import conversation as conv
-from policy import Outcome, default_policy
+from policy import Outcome, UnitFacts, default_policy
 
 POLICY = default_policy()
 TODAY = date(2026, 5, 1)
@@ -25,8 +25,8 @@ def unit(
     cargo: bool = False,
     order: str = "PO-1",
     produced: date = date(2024, 2, 20),
-) -> conv.UnitFacts:
-    return conv.UnitFacts(
+) -> UnitFacts:
+    return UnitFacts(
         serial=serial,
         order_id=order,
         production_date=produced,
