@@ -17,10 +17,10 @@ from sqlmodel import Session, col
 
 from bot.app import Bot, build
 from bot.config import Settings
-from bot.desk import STATUSES
 from bot.outbox import DEAD, HELD, PENDING, SENT
 from bot.registry import import_registry
 from bot.server import create_app, desks_configured
+from bot.status import CaseStatus
 from bot.store import Case, Conversation, InboxItem, Message, OutboxItem
 from tests.conftest import postgres_schema
 from tests.fakes.server import serve
@@ -29,6 +29,8 @@ from tests.fakes.slack import FakeSlack
 from tests.fakes.slack import create_app as fake_slack_app
 from tests.fakes.teams import TENANT as TEAMS_TENANT
 from tests.fakes.teams import BotFramework
+from tests.fakes.telegram import SECRET as TELEGRAM_SECRET
+from tests.fakes.telegram import TOKEN as TELEGRAM_TOKEN
 from tests.fakes.telegram import FakeTelegram
 from tests.fakes.wechat import FakeWeChat
 from tests.fakes.whatsapp import FakeGraph
@@ -37,8 +39,6 @@ from tests.test_slack import ENGINEER, ESCALATION, MEMBER, OUTSIDER
 from tests.test_slack import SECRET as SLACK_SECRET
 from tests.test_teams import APP_ID as TEAMS_APP_ID
 from tests.test_teams import PASSWORD as TEAMS_PASSWORD
-from tests.test_telegram import SECRET as TELEGRAM_SECRET
-from tests.test_telegram import TOKEN as TELEGRAM_TOKEN
 from tests.test_wechat import APP_ID as WECHAT_APP_ID
 from tests.test_wechat import APP_SECRET as WECHAT_APP_SECRET
 from tests.test_wechat import TOKEN as WECHAT_TOKEN
@@ -141,7 +141,7 @@ def consistency_problems(db: Engine) -> list[str]:
         refs = []
         for case in session.execute(select(Case)).scalars():
             refs.append(case.ref)
-            if case.status not in STATUSES:
+            if case.status not in set(CaseStatus):
                 problems.append(f"case {case.ref} in status {case.status!r}")
         if len(refs) != len(set(refs)):
             problems.append("two cases share a ref")

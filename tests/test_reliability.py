@@ -23,16 +23,15 @@ from sqlalchemy import create_engine, func, select
 from sqlalchemy import text as sql
 from sqlmodel import Session, col
 
-import tests.test_telegram as tg_tests
 from adapters import telegram as tg
 from bot.conversation import State
 from bot.store import Case, Conversation, InboxItem, Message, OutboxItem, make_engine, upgrade
 from tests.conftest import POSTGRES_URL, postgres_schema
 from tests.fakes.server import serve
-from tests.fakes.telegram import FakeTelegram
-from tests.support import wait_until
-from tests.test_outage import update
-from tests.test_server import Server, send
+from tests.fakes.telegram import SECRET as TELEGRAM_SECRET
+from tests.fakes.telegram import TOKEN as TELEGRAM_TOKEN
+from tests.fakes.telegram import FakeTelegram, update
+from tests.support import Server, send, wait_until
 
 SCRIPT = ["hello", "CSP2604D0007", "The display shows E07 and it shuts down", "no invoice", "normal use",
           "any news?", "restart"]
@@ -172,14 +171,14 @@ class TelegramServer(Server):
 
     def __init__(self, workdir: Path, database_url: str, fake_url: str) -> None:
         super().__init__(workdir, database_url)
-        self.env.update({"TELEGRAM_BOT_TOKEN": tg_tests.TOKEN, "TELEGRAM_API_BASE_URL": fake_url,
-                         "TELEGRAM_WEBHOOK_SECRET": tg_tests.SECRET, "TELEGRAM_MODE": "webhook",
+        self.env.update({"TELEGRAM_BOT_TOKEN": TELEGRAM_TOKEN, "TELEGRAM_API_BASE_URL": fake_url,
+                         "TELEGRAM_WEBHOOK_SECRET": TELEGRAM_SECRET, "TELEGRAM_MODE": "webhook",
                          "RETRY_BACKOFF_MAX_SECONDS": "0.5", "OUTBOX_POLL_SECONDS": "0.1"})
 
     def post(self, body: bytes) -> int | None:
         try:
             return httpx.post(f"{self.url}{tg.WEBHOOK_PATH}", content=body, timeout=10, headers={
-                "content-type": "application/json", tg.SECRET_HEADER: tg_tests.SECRET}).status_code
+                "content-type": "application/json", tg.SECRET_HEADER: TELEGRAM_SECRET}).status_code
         except httpx.TransportError:
             return None
 
@@ -261,7 +260,7 @@ def _done(database_url: str) -> list[bool]:
 
 @pytest.fixture
 def fake_api() -> Iterator[tuple[FakeTelegram, str]]:
-    fake = FakeTelegram(token=tg_tests.TOKEN)
+    fake = FakeTelegram(token=TELEGRAM_TOKEN)
     with serve(fake.app()) as url:
         yield fake, url
 

@@ -25,7 +25,7 @@ from bot.server import create_app
 from bot.store import OutboxItem
 from tests.fakes.imap import Mailbox
 from tests.fakes.server import serve
-from tests.support import wait_until
+from tests.support import AUTH, Server, wait_until
 from tests.test_mail import (  # noqa: F401  (fixtures)
     CUSTOMER,
     SmtpSink,
@@ -36,7 +36,6 @@ from tests.test_mail import (  # noqa: F401  (fixtures)
     plain,
     smtp,
 )
-from tests.test_server import AUTH, Server
 
 DIALOGUES = Path(__file__).with_name("data") / "dialogues"
 LANGUAGES = ("en", "zh", "es", "ru", "pt", "fr", "ar")
