@@ -56,7 +56,6 @@ GOODWILL = ("goodwill", "chargeable")
 # What an engineer can correct on a unit, from the customer's documents or an inspection.
 CORRECTABLE = ("port_arrival_date", "production_date", "proof")
 CORRECTABLE_PROOF = (Proof.documents.value, Proof.altered.value, Proof.none.value)
-RATINGS = tuple(str(n) for n in range(1, 6))
 UNITS_PAGE = 200  # units in one answer of get_case; a case of thousands is read page by page
 
 
@@ -510,16 +509,11 @@ class Desk:
 
     def _ask_rating(self, session: Session, case: Case) -> None:
         text = self.engine.renderer.text("rating_request", language=case.language, case_ref=case.ref)
-        buttons = tuple(Button(label=n, value=f"rate:{n}") for n in RATINGS)
+        buttons = tuple(Button(label=c.label, value=c.value) for c in conv.rating_choices())
         self._say(session, case, text, buttons=buttons)
         conversation = session.get(Conversation, case.conversation_id)
         if conversation is not None:
-            state = conv.State.from_dict(conversation.data)
-            conversation.data = {
-                **conversation.data,
-                "awaiting_rating": True,
-                "offered": [b.value for b in buttons] if state.name == "closed" else state.offered,
-            }
+            conversation.data = conv.on_rating_asked(conv.State.from_dict(conversation.data)).to_dict()
 
     def _say(
         self,

@@ -284,28 +284,19 @@ class Engine:
         if not conversation.data.get("language"):
             state = replace(state, language=customer.language or self.config.default_language)
         facts = self._facts(session, state, text, case, detected, conversation)
-        transition = conv.step(
-            state, conv.Event(text=text, attachment_ids=tuple(a.id or 0 for a in stored)), facts
+        event = conv.Event(
+            text=text,
+            attachment_ids=tuple(a.id or 0 for a in stored),
+            rejected=tuple((a.name, a.ref) for a in rejected),  # a rejected file's ref is the reason
         )
+        transition = conv.step(state, event, facts)
 
-        replies: list[tuple[conv.Reply, dict[str, Any]]] = []
-        if rejected:
-            files = [{"name": a.name, "reason": a.ref} for a in rejected]
-            replies.append(
-                (
-                    conv.Reply(
-                        template="attachment_rejected",
-                        params={"files": files, "max_mb": self.config.attachment_max_mb},
-                    ),
-                    {},
-                )
-            )
         case = self._apply(session, transition, conversation, customer, case, message)
         # A case opened by this step gives its reference to the replies; a reply's own one stays.
-        replies.extend(
+        replies = [
             (reply, {"case_ref": reply.params.get("case_ref") or (case.ref if case else None)})
             for reply in transition.replies
-        )
+        ]
 
         language = transition.state.language
         rendered = [self.renderer.render(r, language=r.language or language, extra=c) for r, c in replies]
@@ -379,6 +370,7 @@ class Engine:
             suggestions=near_serials(session, unknown[:20]) if unknown else {},
             max_units=self.config.max_claim_units,
             last_case_ref=last_case,
+            attachment_max_mb=self.config.attachment_max_mb,
         )
 
     def _labels(self, offered: tuple[str, ...]) -> dict[str, str]:
@@ -498,10 +490,10 @@ class Engine:
                 customer.language_explicit = True
                 if case is not None:
                     case.language = effect.language
-        if case is not None and transition.state.name != "with_engineer" and conversation.case_id == case.id:
-            # The customer restarted: the case stays with the engineers, the conversation is free again.
-            conversation.case_id = None
-            return None
+            elif isinstance(effect, conv.LeaveCase) and case is not None and conversation.case_id == case.id:
+                # The customer restarted: the case stays with the engineers, the conversation is free again.
+                conversation.case_id = None
+                case = None
         return case
 
     def _open_case(
