@@ -404,3 +404,4 @@ def test_a_rating_asked_after_the_close_is_picked_by_its_number() -> None:
     assert open_claim.awaiting_rating and open_claim.offered == ("cmd:human",)
     state, templates, effects, _ = run("4", state=closed)
     assert effects == [conv.RecordRating(rating=4)] and templates == ["rating_thanks"]
+    assert not state.awaiting_rating
