@@ -48,7 +48,7 @@ StateName = Literal[
 MAX_FAILURES = 3
 LANGUAGES = ("en", "zh", "es", "ru", "pt", "fr", "ar")
 
-# Answers to "how did the fault arise?", as the circumstances they establish (POLICY.md X4–X7).
+# Answers to "how did the fault arise?", as the circumstances they establish (docs/policy.md, X4–X7).
 CAUSES: Mapping[str, Circumstances] = {
     "normal": Circumstances(misuse=False, human_damage=False, force_majeure=False, unauthorized_repair=False),
     "damage": Circumstances(human_damage=True),
@@ -516,7 +516,7 @@ def _status_params(state: State, facts: Facts) -> dict[str, Any]:
 
 
 def _human(state: State, reading: Reading, event: Event, facts: Facts) -> Transition:
-    """A person, at once, in any state (POLICY.md S1); what the customer said so far goes with the case."""
+    """A person, at once, in any state (docs/policy.md, S1); what the customer said so far goes with the case."""
     if state.name == "with_engineer":
         return Transition(
             state=state,
@@ -988,7 +988,7 @@ def _decide(state: State, facts: Facts) -> list[UnitDecision]:
         )
         for serial in state.serials
     ]
-    # Two passes (POLICY.md): M5 counts the covered units; the discount is on one unit per order.
+    # Two passes (docs/policy.md): M5 counts the covered units; the discount is on one unit per order.
     decided = []
     for claim, decision in zip(claims, evaluate_units(claims, facts.policy), strict=True):
         parsed = parse_serial(claim.serial, facts.policy)

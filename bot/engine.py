@@ -513,7 +513,7 @@ class Engine:
             claim_date=effect.claim_date,
             prefers_discount=effect.prefers_discount,
         )
-        # A claim the policy refuses for every unit is still a person's to confirm (POLICY.md): its own status.
+        # A claim the policy refuses for every unit is still a person's to confirm (docs/policy.md): its own status.
         if effect.units and all(u.decision.outcome is Outcome.not_covered for u in effect.units):
             move(case, CaseStatus.to_confirm)
         session.add(case)

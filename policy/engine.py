@@ -1,4 +1,4 @@
-"""Evaluate a warranty claim against a policy, step by step as POLICY.md's "Evaluation order" says."""
+"""Evaluate a warranty claim against a policy, step by step as docs/policy.md's "How a claim is decided" says."""
 
 from __future__ import annotations
 
@@ -64,7 +64,7 @@ def discount_amount(order_total: Decimal, policy: Policy) -> Decimal:
 
 
 def evaluate_units(claims: Sequence[Claim], policy: Policy) -> list[Decision]:
-    """Decide the units of one claim together, in two passes (POLICY.md, "Several units in one claim").
+    """Decide the units of one claim together, in two passes (docs/policy.md, "Several units in one claim").
 
     Pass 1 evaluates each unit on its own facts and counts the units covered by steps 1-4; pass 2 evaluates
     each again with `units` set to that count, so 5 covered and 35 expired units give no M5. The discount

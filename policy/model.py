@@ -11,7 +11,7 @@ from enum import StrEnum
 
 
 class Proof(StrEnum):
-    """What proves the purchase of the unit (POLICY.md, "Proof")."""
+    """What proves the purchase of the unit (docs/policy.md, "Proof of purchase")."""
 
     registry = "registry"
     documents = "documents"
