@@ -771,12 +771,12 @@ def _next(state: State, facts: Facts) -> Transition:
     if state.confirm is not None:
         return _ask_confirmation(state, facts)
     if not state.fault:
-        return _t(replace(state, name="awaiting_fault", offered=()), Reply(template="ask_fault"))
+        return _t(replace(state, name="awaiting_fault", offered=()), Reply(template=_ask("awaiting_fault")))
     if state.proof is None and not all(serial in facts.registry for serial in state.serials):
         choices = _proof_choices(state)
         return _t(
             replace(state, name="awaiting_proof", offered=tuple(c.value for c in choices)),
-            Reply(template="ask_proof", params=_units_params(state, facts), choices=choices),
+            Reply(template=_ask("awaiting_proof"), params=_units_params(state, facts), choices=choices),
         )
     if state.proof is None:
         state = replace(state, proof=Proof.registry.value)
@@ -788,7 +788,7 @@ def _next(state: State, facts: Facts) -> Transition:
         return _t(
             replace(state, name="preference", offered=tuple(c.value for c in choices)),
             Reply(
-                template="ask_preference",
+                template=_ask("preference"),
                 params={"covered": len(covered), "discounts": _discounts(covered, facts)},
                 choices=choices,
             ),
@@ -840,7 +840,7 @@ def _ask_cause(state: State, *before: Reply) -> Transition:
     return _t(
         replace(state, name="screening", offered=tuple(c.value for c in choices)),
         *before,
-        Reply(template="ask_cause", choices=choices),
+        Reply(template=_ask("screening"), choices=choices),
     )
 
 
@@ -909,7 +909,12 @@ def _absorb(state: State, reading: Reading, facts: Facts) -> State:
 
 
 def _ask_serial() -> Reply:
-    return Reply(template="ask_serial")
+    return Reply(template=_ask("awaiting_serial"))
+
+
+def _ask(state: StateName) -> str:
+    """The template that asks the question `state` waits on."""
+    return STATES[state].ask or ""
 
 
 def _ask_again(state: State, facts: Facts) -> Transition:
@@ -1036,20 +1041,23 @@ def _no_choices(state: State) -> tuple[Choice, ...]:
 
 @dataclass(frozen=True, kw_only=True)
 class StateSpec:
-    """A state's handler, and the question it waits on: its re-ask and the options offered with it."""
+    """A state's handler, and the question it waits on: how it is asked, asked again, and the options."""
 
     handle: Callable[[State, Reading, Event, Facts], Transition]
+    ask: str | None = None
     reask: str | None = None
     choices: Callable[[State], tuple[Choice, ...]] = _no_choices
 
 
 STATES: Mapping[StateName, StateSpec] = {
     "new": StateSpec(handle=_new),
-    "awaiting_serial": StateSpec(handle=_intake, reask="serial_reask"),
-    "awaiting_fault": StateSpec(handle=_intake, reask="fault_reask"),
-    "awaiting_proof": StateSpec(handle=_intake, reask="proof_reask", choices=_proof_choices),
-    "screening": StateSpec(handle=_intake, reask="cause_reask", choices=_cause_choices),
-    "preference": StateSpec(handle=_intake, reask="preference_reask", choices=_preference_choices),
+    "awaiting_serial": StateSpec(handle=_intake, ask="ask_serial", reask="serial_reask"),
+    "awaiting_fault": StateSpec(handle=_intake, ask="ask_fault", reask="fault_reask"),
+    "awaiting_proof": StateSpec(handle=_intake, ask="ask_proof", reask="proof_reask", choices=_proof_choices),
+    "screening": StateSpec(handle=_intake, ask="ask_cause", reask="cause_reask", choices=_cause_choices),
+    "preference": StateSpec(
+        handle=_intake, ask="ask_preference", reask="preference_reask", choices=_preference_choices
+    ),
     "with_engineer": StateSpec(handle=_with_engineer),
     "closed": StateSpec(handle=_closed),
 }
