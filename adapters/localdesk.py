@@ -18,9 +18,10 @@ from adapters.base import Channel
 from bot import canned
 from bot.app import Bot
 from bot.attachments import STORABLE_TYPES
-from bot.desk import GOODWILL, STATUSES, UNITS_PAGE, DeskError
+from bot.desk import GOODWILL, UNITS_PAGE, DeskError
 from bot.http import PAGE_HEADERS, WEB, ApiError, json_object
 from bot.report import PeriodError, build_report, parse_period, render_figures, to_csv
+from bot.status import CaseStatus
 from bot.store.clock import utcnow
 
 MAX_NAME = 80
@@ -110,8 +111,8 @@ class LocalDesk(Channel):
     async def _list(self, request: Request) -> Response:
         params = request.query_params
         status = params.get("status") or None
-        if status is not None and status not in STATUSES:
-            raise ApiError(422, f"status must be one of {', '.join(STATUSES)}")
+        if status is not None and status not in set(CaseStatus):
+            raise ApiError(422, f"status must be one of {', '.join(CaseStatus)}")
         unassigned = params.get("unassigned", "") in ("1", "true")
         assignee = (params.get("assignee") or "").strip()[:MAX_NAME] or None
         channel = params.get("channel") or None

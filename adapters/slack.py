@@ -42,10 +42,11 @@ from bot.desk import CaseNotFound, DeskError
 from bot.messages import CASE_OPENED, CASE_UPDATED, CUSTOMER_MESSAGE, DeskEvent
 from bot.outbox import Delivered, PermanentFailure, RetryLater
 from bot.registry import lookup
+from bot.status import CaseStatus
 from bot.store import KeyValue, session_scope
 from bot.store.clock import utcnow
 from bot.store.kv import kv_get, kv_put
-from policy import Claim, Proof, decision_to_json, evaluate, normalize_serial, parse_serial
+from policy import decision_to_json, evaluate, normalize_serial, parse_serial, refusal_clauses, unit_claim
 
 log = logging.getLogger(__name__)
 
@@ -514,7 +515,7 @@ class SlackDesk(Channel):
             await self._ephemeral(user, str(error))
             return True
         allowed = case.get("allowed_methods") or []
-        if method in allowed or case["status"] == "closed":
+        if method in allowed or case["status"] == CaseStatus.closed:
             return False  # the desk sets it, or says the case is closed
         try:
             await self.client.views_open(trigger_id=body["trigger_id"], view=ui.goodwill_modal(ref, method, allowed))
@@ -583,7 +584,7 @@ class SlackDesk(Channel):
         except CaseNotFound as error:
             await self._ephemeral(user, str(error))
             return
-        if case["status"] == "closed":
+        if case["status"] == CaseStatus.closed:
             await self._ephemeral(user, f"{ref} is closed.")
             return
         if action["action_id"] == ui.ASK_CUSTOMER:
@@ -591,8 +592,7 @@ class SlackDesk(Channel):
         elif action["action_id"] == ui.CORRECT_UNIT:
             view = ui.correct_modal(case["ref"], case["units"])
         else:
-            cited = sorted({c for u in case["units"] if u["outcome"] == "not_covered"
-                            for c in u["clauses"] if c[0] in "XM" and c != "M5"})
+            cited = refusal_clauses((u["outcome"], u["clauses"]) for u in case["units"])
             view = ui.refuse_modal(case["ref"], cited)
         try:
             await self.client.views_open(trigger_id=body["trigger_id"], view=view)
@@ -954,8 +954,9 @@ class SlackDesk(Channel):
 
     def _home_view(self, engineer: str) -> dict[str, Any]:
         desk = self.bot.desk
-        by_status = {status: desk.list_cases(status=status, limit=100)
-                     for status in ("open", "claimed", "waiting_customer", "in_service", "resolved")}
+        by_status: dict[str, list[dict[str, Any]]] = {status: desk.list_cases(status=status, limit=100)
+                     for status in (CaseStatus.open, CaseStatus.claimed, CaseStatus.waiting_customer,
+                                    CaseStatus.in_service, CaseStatus.resolved)}
         mine = [c for cases in by_status.values() for c in cases if c.get("claimed_by") == engineer]
         return ui.home_view(engineer=engineer, mine=mine, by_status=by_status)
 
@@ -977,13 +978,7 @@ class SlackDesk(Channel):
         if facts is None and parse_serial(serial, policy) is None:
             text = f"No case and no unit `{ui.escape(query)}`."
             return text, [ui.section(text)]
-        claim = Claim(serial=serial, claim_date=utcnow().date(),
-                      port_arrival_date=facts.port_arrival_date if facts else None,
-                      production_date=facts.production_date if facts else None,
-                      proof=Proof.registry if facts else Proof.none,
-                      cargo_compensation=facts.cargo_compensation if facts else False,
-                      order_pieces=facts.order_pieces if facts else None,
-                      order_total=facts.order_total if facts else None, currency=facts.currency if facts else None)
+        claim = unit_claim(serial, claim_date=utcnow().date(), record=facts)
         decision = decision_to_json(evaluate(claim, policy), policy)
         record = None
         if facts is not None:

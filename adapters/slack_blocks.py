@@ -10,6 +10,9 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from bot.status import CaseStatus
+from policy import Method
+
 Block = dict[str, Any]
 
 # Block Kit limits (https://docs.slack.dev/reference/block-kit/blocks): blocks per message and per view,
@@ -53,15 +56,15 @@ METHOD_LABELS = {
     "discount_compensation": "Discount compensation",
     "not_covered": "Not covered",
 }
-SELECTABLE_METHODS = ("remote_guidance", "factory_repair", "door_to_door", "discount_compensation")
-STATUS_LABELS = {
-    "open": "Open, unclaimed",
-    "to_confirm": "Refusal to confirm",
-    "claimed": "Claimed",
-    "waiting_customer": "Waiting for the customer",
-    "in_service": "In service",
-    "resolved": "Resolved",
-    "closed": "Closed",
+SELECTABLE_METHODS = tuple(m.value for m in Method)  # the policy's; refusing is its own button
+STATUS_LABELS: Mapping[str, str] = {
+    CaseStatus.open: "Open, unclaimed",
+    CaseStatus.to_confirm: "Refusal to confirm",
+    CaseStatus.claimed: "Claimed",
+    CaseStatus.waiting_customer: "Waiting for the customer",
+    CaseStatus.in_service: "In service",
+    CaseStatus.resolved: "Resolved",
+    CaseStatus.closed: "Closed",
 }
 OUTCOME_LABELS = {"covered": "✅ covered", "not_covered": "❌ not covered", "review": "🔎 review"}
 

@@ -30,6 +30,8 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
+from pydantic import SecretStr
+
 from bench.common import REPO
 
 OUT = REPO / "docs" / "img"
@@ -69,7 +71,7 @@ def _own_server(token: str) -> Iterator[str]:
     with tempfile.TemporaryDirectory(prefix="warranty-screens-") as folder:
         work = Path(folder)
         settings = Settings(_env_file=None, database_url=f"sqlite:///{work}/warranty.db",  # type: ignore[call-arg]
-                            data_dir=work, attachments_dir=work / "attachments", desk_token=token)
+                            data_dir=work, attachments_dir=work / "attachments", desk_token=SecretStr(token))
         bot = build(settings)
         registry = work / "demo.csv"
         registry.write_text(demo_csv(demo_orders(date.today())), encoding="utf-8")

@@ -91,7 +91,7 @@ def _policy(path: Path | None) -> Policy:
 @policy_app.command("check")
 def policy_check(
     file: Annotated[
-        str, typer.Argument(help="Claim as JSON (POLICY.md's contract); '-' reads standard input.")
+        str, typer.Argument(help="Claim as JSON (the contract of docs/policy.md); '-' reads standard input.")
     ] = "-",
     policy_file: PolicyOption = None,
     language: Annotated[str, typer.Option(help="Language of the reasons.")] = "en",

@@ -4,16 +4,19 @@ No clock, no I/O, no randomness: today's date, registry records and the case's s
 what must happen in the world (open a case, relay a message, record a rating) goes out as effects.
 
 States: new -> awaiting_serial -> awaiting_fault -> awaiting_proof -> screening -> [preference]
-        -> with_engineer -> closed. Global commands work in every state.
+        -> with_engineer -> closed. `STATES` (at the end) is the table of them: each state's handler beside
+the question it asks and asks again. Before the state's handler, `FALLBACKS` in order: a command, a language
+switch, a global request (a person, the status, restart, help). What the desk does to a conversation comes
+in as events too (`on_case_closed`, `on_rating_asked`); files the shell could not keep come with the Event.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import date
-from decimal import Decimal
+from functools import cached_property
 from typing import Any, Literal
 
 from bot.understanding import Lexicon, Reading, default_lexicon, fold, understand
@@ -24,10 +27,12 @@ from policy import (
     Outcome,
     Policy,
     Proof,
+    UnitFacts,
     evaluate_units,
     looks_like_serial_attempt,
     normalize_serial,
     parse_serial,
+    unit_claim,
 )
 
 StateName = Literal[
@@ -43,7 +48,7 @@ StateName = Literal[
 MAX_FAILURES = 3
 LANGUAGES = ("en", "zh", "es", "ru", "pt", "fr", "ar")
 
-# Answers to "how did the fault arise?", as the circumstances they establish (POLICY.md X4–X7).
+# Answers to "how did the fault arise?", as the circumstances they establish (docs/policy.md, X4–X7).
 CAUSES: Mapping[str, Circumstances] = {
     "normal": Circumstances(misuse=False, human_damage=False, force_majeure=False, unauthorized_repair=False),
     "damage": Circumstances(human_damage=True),
@@ -70,6 +75,21 @@ PROOF_SENT = "proof:sent"
 PROOF_NONE = "proof:none"
 PREFER_REPAIR = "pref:repair"
 PREFER_DISCOUNT = "pref:discount"
+RATINGS = (1, 2, 3, 4, 5)
+
+
+def cause_value(cause: str) -> str:
+    return f"cause:{cause}"
+
+
+def language_value(language: str) -> str:
+    return f"lang:{language}"
+
+
+def rating_value(rating: int) -> str:
+    return f"rate:{rating}"
+
+
 # How many serials one claim may hold (all ranges and messages together), unless the shell says otherwise.
 MAX_CLAIM_UNITS = 1000
 # How long the fault description of a claim grows from what the customer adds before the case opens.
@@ -77,20 +97,6 @@ MAX_FAULT_CHARS = 4000
 _MIN_FAULT_CHARS = 3
 _OPTION_NUMBER = re.compile(r"[0-9]{1,2}")  # not str.isdigit(): "²" is a digit to it
 _VALUE = re.compile(r"^(?:cmd|lang|cause|proof|pref|answer|rate|slot):[a-z0-9_]+$")
-
-
-@dataclass(frozen=True, kw_only=True)
-class UnitFacts:
-    """What the shipment registry knows about one serial."""
-
-    serial: str
-    order_id: str
-    production_date: date | None = None
-    port_arrival_date: date | None = None
-    cargo_compensation: bool = False
-    order_pieces: int | None = None
-    order_total: Decimal | None = None
-    currency: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -112,6 +118,7 @@ class Facts:
     max_units: int = MAX_CLAIM_UNITS
     # The conversation's last case once it is closed (follow-ups re-open it).
     last_case_ref: str | None = None
+    attachment_max_mb: int = 10  # named when a file is refused for its size
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -120,6 +127,8 @@ class Event:
 
     text: str = ""
     attachment_ids: tuple[int, ...] = ()
+    # Files the shell could not keep, as (name, reason): the customer is told first.
+    rejected: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -185,7 +194,12 @@ class SetLanguage:
     language: str
 
 
-Effect = OpenCase | RelayToCase | RecordRating | SetLanguage
+@dataclass(frozen=True, kw_only=True)
+class LeaveCase:
+    """The customer started again while with the engineers: the case stays theirs, the conversation is free."""
+
+
+Effect = OpenCase | RelayToCase | RecordRating | SetLanguage | LeaveCase
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -269,7 +283,16 @@ class Transition:
 
 def step(state: State, event: Event, facts: Facts) -> Transition:
     """Advance the conversation by one customer event."""
-    return _offer_language(_step(state, event, facts), facts)
+    transition = _offer_language(_step(state, event, facts), facts)
+    if state.name == "with_engineer" and transition.state.name != "with_engineer":
+        transition = _with(transition, effects=(LeaveCase(),))
+    if event.rejected:
+        files = [{"name": name, "reason": reason} for name, reason in event.rejected]
+        rejected = Reply(template="attachment_rejected", params={"files": files, "max_mb": facts.attachment_max_mb})
+        transition = Transition(
+            state=transition.state, replies=(rejected, *transition.replies), effects=transition.effects
+        )
+    return transition
 
 
 def label_name(value: str) -> str | None:
@@ -296,8 +319,8 @@ def _offer_language(transition: Transition, facts: Facts) -> Transition:
         return transition
     # Numbers typed on channels without buttons refer to the last message's options: these.
     choices = (
-        Choice(label=f"language_{detected}", value=f"lang:{detected}"),
-        Choice(label=f"language_{current}", value=f"lang:{state.language}"),
+        Choice(label=f"language_{detected}", value=language_value(detected)),
+        Choice(label=f"language_{current}", value=language_value(state.language)),
     )
     offer = Reply(template="language_offer", choices=choices, language=detected)
     state = replace(
@@ -306,28 +329,64 @@ def _offer_language(transition: Transition, facts: Facts) -> Transition:
     return Transition(state=state, replies=(*transition.replies, offer), effects=transition.effects)
 
 
+@dataclass(kw_only=True)
+class _Turn:
+    """One customer event in one state; the text is read (understood) only when a fallback or handler asks."""
+
+    state: State
+    text: str
+    event: Event
+    facts: Facts
+
+    @cached_property
+    def reading(self) -> Reading:
+        return _read(self.text, self.facts)
+
+
+def _command(turn: _Turn) -> Transition | None:
+    """A command's button (`cmd:human`), in any state."""
+    if not turn.text.startswith("cmd:"):
+        return None
+    return _global(turn.text.removeprefix("cmd:"), turn.state, Reading(text=turn.text), turn.event, turn.facts)
+
+
+def _language_switch(turn: _Turn) -> Transition | None:
+    """A language's button (`lang:fr`), in any state."""
+    if not turn.text.startswith("lang:"):
+        return None
+    return _set_language(turn.state, turn.text.removeprefix("lang:"), turn.facts)
+
+
+def _global_request(turn: _Turn) -> Transition | None:
+    """A person, the status, restart, help or the language menu asked for in words; a greeting mid-claim."""
+    reading, state = turn.reading, turn.state
+    if reading.intent in ("human", "status", "restart", "help", "language") or (
+        reading.intent == "greeting" and (state.name not in ("new", "closed") and not state.awaiting_rating)
+    ):
+        return _global(reading.intent, state, reading, turn.event, turn.facts)
+    return None
+
+
+# Tried in this order before the state's handler; the first that answers takes the turn.
+FALLBACKS: tuple[Callable[[_Turn], Transition | None], ...] = (_command, _language_switch, _global_request)
+
+
 def _step(state: State, event: Event, facts: Facts) -> Transition:
     text = _resolve_choice(state, event.text.strip(), facts)
     if event.attachment_ids:
         state = replace(state, attachment_ids=state.attachment_ids + event.attachment_ids)
-    if text.startswith("cmd:"):
-        return _global(text.removeprefix("cmd:"), state, Reading(text=text), event, facts)
-    if text.startswith("lang:"):
-        return _set_language(state, text.removeprefix("lang:"), facts)
-    reading = _read(text, facts)
+    turn = _Turn(state=state, text=text, event=event, facts=facts)
+    for fallback in FALLBACKS:
+        answered = fallback(turn)
+        if answered is not None:
+            return answered
+    return STATES[state.name].handle(state, turn.reading, event, facts)
 
-    if reading.intent in ("human", "status", "restart", "help", "language") or (
-        reading.intent == "greeting" and (state.name not in ("new", "closed") and not state.awaiting_rating)
-    ):
-        return _global(reading.intent, state, reading, event, facts)
-    if state.name == "with_engineer":
-        return _with_engineer(state, reading, event, facts)
-    if state.name == "closed":
-        return _closed(state, reading, event, facts)
-    if state.name == "new":
-        state = _fresh(state, facts)
-        if not _says_anything(reading) and not event.attachment_ids:
-            return _t(state, Reply(template="greeting"), _ask_serial())
+
+def _new(state: State, reading: Reading, event: Event, facts: Facts) -> Transition:
+    state = _fresh(state, facts)
+    if not _says_anything(reading) and not event.attachment_ids:
+        return _t(state, Reply(template="greeting"), _ask_serial())
     return _intake(state, reading, event, facts)
 
 
@@ -372,8 +431,15 @@ def on_case_closed(state: State, *, ask_rating: bool) -> State:
     return replace(State(language=state.language), name="closed", awaiting_rating=ask_rating)
 
 
-def on_case_reopened(state: State) -> State:
-    return replace(state, name="with_engineer", awaiting_rating=False)
+def rating_choices() -> tuple[Choice, ...]:
+    """The rating buttons (1 to 5), labelled with their number."""
+    return tuple(Choice(label=str(n), value=rating_value(n)) for n in RATINGS)
+
+
+def on_rating_asked(state: State) -> State:
+    """The desk asked the customer to rate the case: a rating is awaited; after a close, numbers pick it."""
+    offered = tuple(c.value for c in rating_choices()) if state.name == "closed" else state.offered
+    return replace(state, awaiting_rating=True, offered=offered)
 
 
 # --- global commands -----------------------------------------------------------------------------------
@@ -397,7 +463,7 @@ def _global(command: str, state: State, reading: Reading, event: Event, facts: F
     if command == "human":
         return _human(_absorb(state, reading, facts), reading, event, facts)
     if command == "language":
-        choices = tuple(Choice(label=f"language_{code}", value=f"lang:{code}") for code in LANGUAGES)
+        choices = _language_choices()
         return _t(
             replace(state, offered=tuple(c.value for c in choices)),
             Reply(template="language_choose", choices=choices),
@@ -430,10 +496,7 @@ def _set_language(state: State, language: str, facts: Facts) -> Transition:
     if language not in LANGUAGES and language not in VARIANTS:
         return _t(
             state,
-            Reply(
-                template="language_choose",
-                choices=tuple(Choice(label=f"language_{c}", value=f"lang:{c}") for c in LANGUAGES),
-            ),
+            Reply(template="language_choose", choices=_language_choices()),
         )
     new_state = replace(state, language=language, offered=())
     effects: tuple[Effect, ...] = (SetLanguage(language=language),)
@@ -457,7 +520,7 @@ def _status_params(state: State, facts: Facts) -> dict[str, Any]:
 
 
 def _human(state: State, reading: Reading, event: Event, facts: Facts) -> Transition:
-    """A person, at once, in any state (POLICY.md S1); what the customer said so far goes with the case."""
+    """A person, at once, in any state (docs/policy.md, S1); what the customer said so far goes with the case."""
     if state.name == "with_engineer":
         return Transition(
             state=state,
@@ -715,12 +778,12 @@ def _next(state: State, facts: Facts) -> Transition:
     if state.confirm is not None:
         return _ask_confirmation(state, facts)
     if not state.fault:
-        return _t(replace(state, name="awaiting_fault", offered=()), Reply(template="ask_fault"))
+        return _t(replace(state, name="awaiting_fault", offered=()), Reply(template=_ask("awaiting_fault")))
     if state.proof is None and not all(serial in facts.registry for serial in state.serials):
         choices = _proof_choices(state)
         return _t(
             replace(state, name="awaiting_proof", offered=tuple(c.value for c in choices)),
-            Reply(template="ask_proof", params=_units_params(state, facts), choices=choices),
+            Reply(template=_ask("awaiting_proof"), params=_units_params(state, facts), choices=choices),
         )
     if state.proof is None:
         state = replace(state, proof=Proof.registry.value)
@@ -732,7 +795,7 @@ def _next(state: State, facts: Facts) -> Transition:
         return _t(
             replace(state, name="preference", offered=tuple(c.value for c in choices)),
             Reply(
-                template="ask_preference",
+                template=_ask("preference"),
                 params={"covered": len(covered), "discounts": _discounts(covered, facts)},
                 choices=choices,
             ),
@@ -764,15 +827,19 @@ def _proof_choices(state: State) -> tuple[Choice, ...]:
     return (*sent, Choice(label="proof_none", value=PROOF_NONE))
 
 
-def _preference_choices() -> tuple[Choice, ...]:
+def _preference_choices(state: State | None = None) -> tuple[Choice, ...]:
     return (
         Choice(label="prefer_repair", value=PREFER_REPAIR),
         Choice(label="prefer_discount", value=PREFER_DISCOUNT),
     )
 
 
-def _cause_choices() -> tuple[Choice, ...]:
-    return tuple(Choice(label=f"cause_{cause}", value=f"cause:{cause}") for cause in CAUSES)
+def _cause_choices(state: State | None = None) -> tuple[Choice, ...]:
+    return tuple(Choice(label=f"cause_{cause}", value=cause_value(cause)) for cause in CAUSES)
+
+
+def _language_choices() -> tuple[Choice, ...]:
+    return tuple(Choice(label=f"language_{code}", value=language_value(code)) for code in LANGUAGES)
 
 
 def _ask_cause(state: State, *before: Reply) -> Transition:
@@ -780,7 +847,7 @@ def _ask_cause(state: State, *before: Reply) -> Transition:
     return _t(
         replace(state, name="screening", offered=tuple(c.value for c in choices)),
         *before,
-        Reply(template="ask_cause", choices=choices),
+        Reply(template=_ask("screening"), choices=choices),
     )
 
 
@@ -849,7 +916,12 @@ def _absorb(state: State, reading: Reading, facts: Facts) -> State:
 
 
 def _ask_serial() -> Reply:
-    return Reply(template="ask_serial")
+    return Reply(template=_ask("awaiting_serial"))
+
+
+def _ask(state: StateName) -> str:
+    """The template that asks the question `state` waits on."""
+    return STATES[state].ask or ""
 
 
 def _ask_again(state: State, facts: Facts) -> Transition:
@@ -861,30 +933,16 @@ def _ask_again(state: State, facts: Facts) -> Transition:
     return _next(state, facts)
 
 
-_REASKS: Mapping[str, str] = {
-    "awaiting_serial": "serial_reask",
-    "awaiting_fault": "fault_reask",
-    "awaiting_proof": "proof_reask",
-    "screening": "cause_reask",
-    "preference": "preference_reask",
-}
-
-
 def _reask(state: State, reading: Reading, facts: Facts) -> Transition:
     """A polite re-ask of the open question; from the third failed try on, a person is offered as well."""
     if state.confirm is not None:
         return _ask_confirmation(state, facts)
-    template = _REASKS.get(state.name, "serial_reask")
-    choices: tuple[Choice, ...] = ()
+    spec = STATES[state.name] if STATES[state.name].reask else STATES["awaiting_serial"]
+    template = spec.reask or "serial_reask"
+    choices = spec.choices(state)
     params: dict[str, Any] = {}
     if state.name == "awaiting_serial":
         params["attempt"] = _attempt_excerpt(reading.text) if reading.serial_attempt else None
-    elif state.name == "awaiting_proof":
-        choices = _proof_choices(state)
-    elif state.name == "screening":
-        choices = _cause_choices()
-    elif state.name == "preference":
-        choices = _preference_choices()
     failures = state.failures + 1
     if failures >= MAX_FAILURES:
         choices = (*choices, Choice(label="talk_to_person", value=HUMAN))
@@ -930,28 +988,19 @@ def _units_params(state: State, facts: Facts) -> dict[str, Any]:
 def _decide(state: State, facts: Facts) -> list[UnitDecision]:
     circumstances = CAUSES.get(state.cause or "unsure", Circumstances())
     claim_date = state.claim_date or facts.today
-    claims = []
-    for serial in state.serials:
-        record = facts.registry.get(serial)
-        # The registry's record proves the sale; otherwise what the customer showed us, or nothing.
-        proof = Proof.registry if record is not None else Proof(state.proof or Proof.none.value)
-        claims.append(
-            Claim(
-                serial=serial,
-                claim_date=claim_date,
-                port_arrival_date=record.port_arrival_date if record else None,
-                production_date=record.production_date if record else None,
-                proof=proof,
-                circumstances=circumstances,
-                cargo_compensation=record.cargo_compensation if record else False,
-                order_id=record.order_id if record else None,
-                order_pieces=record.order_pieces if record else None,
-                order_total=record.order_total if record else None,
-                currency=record.currency if record else None,
-                prefers_discount=bool(state.prefers_discount),
-            )
+    # The registry's record proves the sale; otherwise what the customer showed us, or nothing.
+    claims = [
+        unit_claim(
+            serial,
+            claim_date=claim_date,
+            record=facts.registry.get(serial),
+            proof=Proof(state.proof or Proof.none.value),
+            circumstances=circumstances,
+            prefers_discount=bool(state.prefers_discount),
         )
-    # Two passes (POLICY.md): M5 counts the covered units; the discount is on one unit per order.
+        for serial in state.serials
+    ]
+    # Two passes (docs/policy.md): M5 counts the covered units; the discount is on one unit per order.
     decided = []
     for claim, decision in zip(claims, evaluate_units(claims, facts.policy), strict=True):
         parsed = parse_serial(claim.serial, facts.policy)
@@ -988,3 +1037,34 @@ def _groups(units: tuple[UnitDecision, ...]) -> list[dict[str, Any]]:
         group = groups.setdefault(key, {"decision": d, "serials": [], "preliminary": d.preliminary})
         group["serials"].append(unit.serial)
     return list(groups.values())
+
+
+# --- the states ----------------------------------------------------------------------------------------
+
+
+def _no_choices(state: State) -> tuple[Choice, ...]:
+    return ()
+
+
+@dataclass(frozen=True, kw_only=True)
+class StateSpec:
+    """A state's handler, and the question it waits on: how it is asked, asked again, and the options."""
+
+    handle: Callable[[State, Reading, Event, Facts], Transition]
+    ask: str | None = None
+    reask: str | None = None
+    choices: Callable[[State], tuple[Choice, ...]] = _no_choices
+
+
+STATES: Mapping[StateName, StateSpec] = {
+    "new": StateSpec(handle=_new),
+    "awaiting_serial": StateSpec(handle=_intake, ask="ask_serial", reask="serial_reask"),
+    "awaiting_fault": StateSpec(handle=_intake, ask="ask_fault", reask="fault_reask"),
+    "awaiting_proof": StateSpec(handle=_intake, ask="ask_proof", reask="proof_reask", choices=_proof_choices),
+    "screening": StateSpec(handle=_intake, ask="ask_cause", reask="cause_reask", choices=_cause_choices),
+    "preference": StateSpec(
+        handle=_intake, ask="ask_preference", reask="preference_reask", choices=_preference_choices
+    ),
+    "with_engineer": StateSpec(handle=_with_engineer),
+    "closed": StateSpec(handle=_closed),
+}

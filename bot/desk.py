@@ -14,9 +14,10 @@ from sqlalchemy import CursorResult, and_, func, or_, select, update
 from sqlmodel import Session, col
 
 from bot import fulfilment
-from bot.engine import REFUSAL_TO_CONFIRM, Engine, audit, fulfilment_record
+from bot.engine import Engine, audit, fulfilment_record
 from bot.messages import CASE_UPDATED, Button
 from bot.registry import lookup
+from bot.status import UNDECIDED, CaseStatus, IllegalTransition, move
 from bot.store import (
     AuditEntry,
     Case,
@@ -36,27 +37,29 @@ from policy import (
     Claim,
     ClaimError,
     Decision,
+    Method,
     Outcome,
     Policy,
     Proof,
+    UnitFacts,
     cargo_pieces,
     claim_from_json,
     claim_to_json,
     decision_to_json,
     discount_amount,
     evaluate_units,
+    refusal_clauses,
+    unit_claim,
 )
 
-# to_confirm: every unit refused by the policy; a person confirms the refusal or overturns it.
-STATUSES = ("open", REFUSAL_TO_CONFIRM, "claimed", "waiting_customer", "in_service", "resolved", "closed")
-METHODS = ("remote_guidance", "factory_repair", "door_to_door", "discount_compensation", "not_covered")
+# The service methods are the policy's (policy.Method); an engineer may also refuse the claim.
+REFUSE = "not_covered"
+METHODS = (*(m.value for m in Method), REFUSE)
 # A method the decision does not allow is given only as one of these, with a reason the customer reads.
 GOODWILL = ("goodwill", "chargeable")
 # What an engineer can correct on a unit, from the customer's documents or an inspection.
 CORRECTABLE = ("port_arrival_date", "production_date", "proof")
 CORRECTABLE_PROOF = (Proof.documents.value, Proof.altered.value, Proof.none.value)
-# Statuses the policy's outcome still decides: a refusal of every unit is to confirm, anything else open.
-_UNDECIDED = ("open", REFUSAL_TO_CONFIRM, "claimed")
 UNITS_PAGE = 200  # units in one answer of get_case; a case of thousands is read page by page
 LIST_LIMIT = 200  # cases in one answer of list_cases
 FACETS_LIMIT = 100  # assignees and channels offered as filters
@@ -64,8 +67,8 @@ LAST_TEXT = 140  # characters of a case's last message shown in the list
 
 
 # Cases nobody has taken yet: open ones, and refusals to confirm (every unit refused) no one claimed.
-_UNCLAIMED = or_(col(Case.status) == "open",
-                 and_(col(Case.status) == REFUSAL_TO_CONFIRM, col(Case.claimed_by).is_(None)))
+_UNCLAIMED = or_(col(Case.status) == CaseStatus.open,
+                 and_(col(Case.status) == CaseStatus.to_confirm, col(Case.claimed_by).is_(None)))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -387,8 +390,8 @@ class Desk:
             if case.claimed_by == engineer:
                 return _summary(case)
             case.claimed_by = engineer
-            if case.status == "open":
-                case.status = "claimed"
+            if case.status == CaseStatus.open:
+                _move(case, CaseStatus.claimed)
             self._touch(session, case, engineer, "claimed", origin=origin)
             self._tell(session, case, "case_claimed", engineer=engineer)
             return _summary(case)
@@ -400,7 +403,8 @@ class Desk:
             _require_open(case)
             if case.claimed_by is None:
                 case.claimed_by = engineer
-                case.status = "claimed" if case.status == "open" else case.status
+                if case.status == CaseStatus.open:
+                    _move(case, CaseStatus.claimed)
             rendered = self.engine.renderer.text(
                 "engineer_reply", language=case.language, text=text, engineer=engineer, case_ref=case.ref
             )
@@ -429,8 +433,8 @@ class Desk:
         with session_scope(self.engine.db) as session:
             case = _find(session, ref)
             _require_open(case)
-            if case.status != REFUSAL_TO_CONFIRM:  # the refusal stays a person's to confirm
-                case.status = "waiting_customer"
+            if case.status != CaseStatus.to_confirm:  # the refusal stays a person's to confirm
+                _move(case, CaseStatus.waiting_customer)
             case.claimed_by = case.claimed_by or engineer
             rendered = self.engine.renderer.text(
                 "ask_customer",
@@ -468,24 +472,16 @@ class Desk:
             _require_open(case)
             units = session.execute(select(CaseUnit).where(col(CaseUnit.case_id) == case.id)).scalars().all()
             allowed = _allowed_methods(units)
-            if method == "not_covered":
+            if method == REFUSE:
                 if goodwill is not None:
                     raise DeskError("a refusal is not goodwill: give goodwill only with a service method")
                 reason = _required(reason or "", "reason")
-                cited = sorted(
-                    set(clauses or [])
-                    or {
-                        c
-                        for u in units
-                        for c in u.clauses
-                        if c[0] in "XM" and c != "M5" and u.outcome == "not_covered"
-                    }
-                )
-                confirmed = case.status == REFUSAL_TO_CONFIRM
+                cited = sorted(set(clauses or [])) or refusal_clauses((u.outcome, u.clauses) for u in units)
+                confirmed = case.status == CaseStatus.to_confirm
                 case.claimed_by = case.claimed_by or engineer
                 case.method = method
                 case.refusal_reason = reason
-                case.status = "resolved"
+                _move(case, CaseStatus.resolved)
                 cargo = self._cargo_orders(session, units)
                 if cargo is None:
                     self._tell(session, case, "method_not_covered", reason=reason, clauses=cited)
@@ -509,7 +505,7 @@ class Desk:
                 amount, currency = self._discount(session, units, covered_only=True, method=method)
                 case.claimed_by = case.claimed_by or engineer
                 case.method = method
-                case.status = "in_service"
+                _move(case, CaseStatus.in_service)
                 self._tell(session, case, f"method_{method}", amount=amount, currency=currency)
                 self._touch(
                     session,
@@ -535,7 +531,7 @@ class Desk:
             amount, currency = self._discount(session, units, covered_only=False, method=method)
             case.claimed_by = case.claimed_by or engineer
             case.method = method
-            case.status = "in_service"
+            _move(case, CaseStatus.in_service)
             self._tell(
                 session,
                 case,
@@ -601,11 +597,11 @@ class Desk:
                 u.serial for u, old in zip(units, previous, strict=True) if (u.outcome, u.clauses) != old
             ]
             status = case.status
-            if case.status in _UNDECIDED:
+            if case.status in UNDECIDED:
                 if all(u.outcome == Outcome.not_covered.value for u in units):
-                    case.status = REFUSAL_TO_CONFIRM
-                elif case.status == REFUSAL_TO_CONFIRM:
-                    case.status = "claimed" if case.claimed_by else "open"
+                    _move(case, CaseStatus.to_confirm)
+                elif case.status == CaseStatus.to_confirm:
+                    _move(case, CaseStatus.claimed if case.claimed_by else CaseStatus.open)
             corrected = claim_to_json(claims[index])
             old_facts = claim_to_json(before)
             self._touch(
@@ -908,8 +904,16 @@ def _find(session: Session, ref: str) -> Case:
     return case
 
 
+def _move(case: Case, status: CaseStatus) -> None:
+    """The desk's change of a case's status; one the status table does not allow is a 409."""
+    try:
+        move(case, status)
+    except IllegalTransition as error:
+        raise InvalidAction(str(error)) from None
+
+
 def _require_open(case: Case) -> None:
-    if case.status == "closed":
+    if case.status == CaseStatus.closed:
         raise InvalidAction(f"case {case.ref} is closed: it opens again when the customer writes again")
 
 
@@ -926,10 +930,10 @@ def _allowed_methods(units: Any) -> tuple[str, ...]:
     if not covered:
         return ()
     common = set.intersection(*covered)
-    return tuple(m for m in METHODS if m in common)
+    return tuple(m.value for m in Method if m in common)
 
 
-def _stored_claim(unit: CaseUnit, case: Case, registry: dict[str, Any]) -> Claim:
+def _stored_claim(unit: CaseUnit, case: Case, registry: dict[str, UnitFacts]) -> Claim:
     """The facts the unit's decision was taken on; for a case stored before they were kept, rebuilt."""
     stored = unit.decision.get("claim")
     if isinstance(stored, dict):
@@ -938,19 +942,11 @@ def _stored_claim(unit: CaseUnit, case: Case, registry: dict[str, Any]) -> Claim
         except ClaimError:
             pass
     record = registry.get(unit.serial)
-    return Claim(
-        serial=unit.serial,
-        claim_date=case.claim_date,
-        port_arrival_date=unit.port_arrival_date,
-        production_date=record.production_date if record else None,
-        proof=Proof.registry if record is not None else Proof.none,
-        cargo_compensation=record.cargo_compensation if record else False,
-        order_id=record.order_id if record else unit.order_id,
-        order_pieces=record.order_pieces if record else None,
-        order_total=record.order_total if record else None,
-        currency=record.currency if record else None,
-        prefers_discount=case.prefers_discount,
+    claim = unit_claim(
+        unit.serial, claim_date=case.claim_date, record=record, prefers_discount=case.prefers_discount
     )
+    # The unit's stored port arrival is the one it was decided on; its order, when the registry lost it.
+    return replace(claim, port_arrival_date=unit.port_arrival_date, order_id=claim.order_id or unit.order_id)
 
 
 def _store_decision(unit: CaseUnit, claim: Claim, decision: Decision, policy: Policy) -> None:

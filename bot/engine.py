@@ -47,7 +47,6 @@ from sqlmodel import Session, col
 
 from bot import conversation as conv
 from bot import fulfilment
-from bot.conversation import UnitFacts
 from bot.fulfilment import Terms
 from bot.language import detect, hint_language, hint_variant, preload
 from bot.messages import Attachment, Button, DeskEvent, InboundMessage, OutboundMessage
@@ -55,6 +54,7 @@ from bot.outbox import enqueue, enqueue_event, to_payload
 from bot.registry import lookup, near_serials
 from bot.render import Renderer
 from bot.report import AlertRule, alert_detail, check_batches
+from bot.status import CaseStatus, move
 from bot.store import (
     AuditEntry,
     Case,
@@ -74,14 +74,9 @@ from bot.store import (
 from bot.store.clock import utcnow
 from bot.store.db import is_transient
 from bot.understanding import default_lexicon, fold, understand
-from policy import Outcome, Policy, claim_to_json, decision_to_json, normalize_serial
+from policy import Outcome, Policy, UnitFacts, claim_to_json, decision_to_json, normalize_serial
 
 log = logging.getLogger(__name__)
-
-# The status of a case whose every unit the policy refused: a person confirms or overturns it on the desk.
-REFUSAL_TO_CONFIRM = "to_confirm"
-RATINGS = tuple(str(n) for n in range(1, 6))
-
 
 PENDING, PARKED = "pending", "parked"
 STOPPED = (PARKED, "failed")  # waiting for an operator (`warranty-bot inbox list|retry`)
@@ -366,28 +361,19 @@ class Engine:
         if not conversation.data.get("language"):
             state = replace(state, language=customer.language or self.config.default_language)
         facts = self._facts(session, state, text, case, detected, conversation)
-        transition = conv.step(
-            state, conv.Event(text=text, attachment_ids=tuple(a.id or 0 for a in stored)), facts
+        event = conv.Event(
+            text=text,
+            attachment_ids=tuple(a.id or 0 for a in stored),
+            rejected=tuple((a.name, a.ref) for a in rejected),  # a rejected file's ref is the reason
         )
+        transition = conv.step(state, event, facts)
 
-        replies: list[tuple[conv.Reply, dict[str, Any]]] = []
-        if rejected:
-            files = [{"name": a.name, "reason": a.ref} for a in rejected]
-            replies.append(
-                (
-                    conv.Reply(
-                        template="attachment_rejected",
-                        params={"files": files, "max_mb": self.config.attachment_max_mb},
-                    ),
-                    {},
-                )
-            )
         case = self._apply(session, transition, conversation, customer, case, message)
         # A case opened by this step gives its reference to the replies; a reply's own one stays.
-        replies.extend(
+        replies = [
             (reply, {"case_ref": reply.params.get("case_ref") or (case.ref if case else None)})
             for reply in transition.replies
-        )
+        ]
 
         if case is not None and any(isinstance(e, conv.OpenCase) for e in transition.effects):
             # The customer's orders looked up: a discount credited on an earlier case waits for this order.
@@ -476,6 +462,7 @@ class Engine:
             suggestions=near_serials(session, unknown[:20]) if unknown else {},
             max_units=self.config.max_claim_units,
             last_case_ref=last_case,
+            attachment_max_mb=self.config.attachment_max_mb,
         )
 
     def _serials_in(self, text: str) -> tuple[str, ...]:
@@ -600,10 +587,10 @@ class Engine:
                 customer.language_explicit = True
                 if case is not None:
                     case.language = effect.language
-        if case is not None and transition.state.name != "with_engineer" and conversation.case_id == case.id:
-            # The customer restarted: the case stays with the engineers, the conversation is free again.
-            conversation.case_id = None
-            return None
+            elif isinstance(effect, conv.LeaveCase) and case is not None and conversation.case_id == case.id:
+                # The customer restarted: the case stays with the engineers, the conversation is free again.
+                conversation.case_id = None
+                case = None
         return case
 
     def _open_case(
@@ -623,9 +610,9 @@ class Engine:
             claim_date=effect.claim_date,
             prefers_discount=effect.prefers_discount,
         )
-        # A claim the policy refuses for every unit is still a person's to confirm (POLICY.md): its own status.
+        # A claim the policy refuses for every unit is still a person's to confirm (docs/policy.md): its own status.
         if effect.units and all(u.decision.outcome is Outcome.not_covered for u in effect.units):
-            case.status = REFUSAL_TO_CONFIRM
+            move(case, CaseStatus.to_confirm)
         session.add(case)
         session.flush()
         case.ref = f"{self.config.case_ref_prefix}-{case.created_at.year}-{case.id:06d}"
@@ -699,8 +686,8 @@ class Engine:
         ).scalar_one_or_none()
         if case is None:
             return None
-        if case.status in ("resolved", "closed"):
-            case.status = "open"
+        if case.status in (CaseStatus.resolved, CaseStatus.closed):
+            move(case, CaseStatus.open)
             case.updated_at = utcnow()
             audit(session, case, "customer", "reopened")
             self.notify_desks(session, case, "case_updated")
@@ -722,8 +709,8 @@ class Engine:
 
     def _relay(self, session: Session, case: Case, effect: conv.RelayToCase, message: InboundMessage) -> None:
         case.updated_at = utcnow()  # the desk lists by activity and shows the customer's message as unread
-        if case.status == "waiting_customer":
-            case.status = "claimed"
+        if case.status == CaseStatus.waiting_customer:
+            move(case, CaseStatus.claimed)
             audit(session, case, "customer", "answered")
         for attachment_id in effect.attachment_ids:
             stored = session.get(StoredAttachment, attachment_id)
@@ -854,7 +841,7 @@ class Engine:
         row = session.execute(
             select(Fulfilment).where(col(Fulfilment.case_id) == case.id)
         ).scalar_one_or_none()
-        if row is None or case.status == "closed":
+        if row is None or case.status == CaseStatus.closed:
             return
         answer = understand(text, default_lexicon(), self.policy).answer
         change = fulfilment.customer_message(fulfilment_record(row), text, answer=answer)
@@ -910,10 +897,10 @@ class Engine:
 
     def close_case(self, session: Session, case: Case, actor: str, *, origin: str) -> None:
         """Close a case: the customer is told and asked for a rating (unless asked already), the chat is free."""
-        if case.status == "closed":
+        if case.status == CaseStatus.closed:
             return
-        ask_rating = case.status != "resolved"  # a resolved case was asked already
-        case.status = "closed"
+        ask_rating = case.status != CaseStatus.resolved  # a resolved case was asked already
+        move(case, CaseStatus.closed)
         case.updated_at = utcnow()
         conversation = session.get(Conversation, case.conversation_id)
         if conversation is not None:
@@ -930,14 +917,9 @@ class Engine:
 
     def ask_rating(self, session: Session, case: Case, conversation: Conversation) -> None:
         text = self.renderer.text("rating_request", language=case.language, case_ref=case.ref)
-        buttons = tuple(Button(label=n, value=f"rate:{n}") for n in RATINGS)
+        buttons = tuple(Button(label=c.label, value=c.value) for c in conv.rating_choices())
         self.say(session, conversation, text, buttons, case=case)
-        state = conv.State.from_dict(conversation.data)
-        conversation.data = {
-            **conversation.data,
-            "awaiting_rating": True,
-            "offered": [b.value for b in buttons] if state.name == "closed" else state.offered,
-        }
+        conversation.data = conv.on_rating_asked(conv.State.from_dict(conversation.data)).to_dict()
 
     def remind_fulfilment(self, now: datetime, *, limit: int = 200) -> int:
         """Send the fulfilment reminders due at `now` (the clock is the caller's): customers who have not
@@ -956,7 +938,7 @@ class Engine:
             ).scalars().all()
             for row in rows:
                 case = session.get(Case, row.case_id)
-                if case is None or case.status == "closed":
+                if case is None or case.status == CaseStatus.closed:
                     continue
                 record = fulfilment_record(row)
                 for reminder in fulfilment.due(record, since=row.step_since, now=now,

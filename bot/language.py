@@ -203,7 +203,7 @@ def hint_variant(locale_hint: str | None) -> str | None:
 
     "pt-PT", "pt_AO" or a Portuguese or Angolan phone number (+351…, +244…) -> "pt_PT"; "pt-BR", "pt",
     "+55…" and every other language -> None. The variant is a `Renderer` language ("pt_PT"); its base
-    language ("pt", `variant_language`) is what detection and the language menu deal in.
+    language ("pt", `bot.conversation.base_language`) is what detection and the language menu deal in.
     """
     language = hint_language(locale_hint)
     if language is None or locale_hint is None:
@@ -222,8 +222,3 @@ def hint_variant(locale_hint: str | None) -> str | None:
     parts = re.split(r"[-_]", hint)
     region = parts[1].upper() if len(parts) > 1 else ""
     return VARIANT_REGIONS.get(language, {}).get(region)
-
-
-def variant_language(language: str) -> str:
-    """The language of a variant: "pt_PT" -> "pt", "pt-PT" -> "pt"; a plain language stays as it is."""
-    return re.split(r"[-_]", language, maxsplit=1)[0].lower()

@@ -23,10 +23,9 @@ from sqlalchemy import Connection, Engine, Table, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from bot.conversation import UnitFacts
 from bot.store.db import write_transaction
 from bot.store.models import RegistryOrder, RegistryUnit
-from policy import Policy, SerialRangeError, expand_range, normalize_serial
+from policy import Policy, SerialRangeError, UnitFacts, expand_range, normalize_serial
 
 COLUMNS = (
     "order_id",

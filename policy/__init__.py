@@ -5,7 +5,7 @@ from __future__ import annotations
 from policy.codes import CLAUSE_IDS, PARAM_KINDS, REASON_PARAMS
 from policy.contract import ClaimError, claim_from_json, claim_to_json, claims_from_json, decision_to_json
 from policy.dates import add_months, last_day_of_month
-from policy.engine import cargo_pieces, discount_amount, evaluate, evaluate_units
+from policy.engine import cargo_pieces, discount_amount, evaluate, evaluate_units, refusal_clauses, unit_claim
 from policy.loader import PolicyFileError, default_policy, load_policy
 from policy.model import (
     Basis,
@@ -18,6 +18,7 @@ from policy.model import (
     Policy,
     Proof,
     Reason,
+    UnitFacts,
 )
 from policy.serials import (
     ParsedSerial,
@@ -50,6 +51,7 @@ __all__ = [
     "Proof",
     "Reason",
     "SerialRangeError",
+    "UnitFacts",
     "add_months",
     "cargo_pieces",
     "claim_from_json",
@@ -70,6 +72,8 @@ __all__ = [
     "normalize_serial",
     "parse_serial",
     "raw_param",
+    "refusal_clauses",
     "render_reasons",
     "serial_spans",
+    "unit_claim",
 ]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from types import MappingProxyType
 
-# Every clause of POLICY.md's table: the engine cites W, X, M and F clauses, the bot cites L1 and S1.
+# Every clause of docs/policy.md's table: the engine cites W, X, M and F clauses, the bot cites L1 and S1.
 CLAUSE_IDS: tuple[str, ...] = (
     "W1", "W2", "W3",
     "X1", "X2", "X3", "X4", "X5", "X6", "X7",

@@ -1,4 +1,4 @@
-"""The JSON decision contract of POLICY.md: a claim comes in as JSON, a decision goes out as JSON."""
+"""The JSON decision contract of docs/policy.md: a claim comes in as JSON, a decision goes out as JSON."""
 
 from __future__ import annotations
 

@@ -1,15 +1,26 @@
-"""Evaluate a warranty claim against a policy, step by step as POLICY.md's "Evaluation order" says."""
+"""Evaluate a warranty claim against a policy, step by step as docs/policy.md's "How a claim is decided" says."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import date, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 
 from policy.dates import add_months
-from policy.model import Basis, Claim, Decision, Method, Outcome, Policy, Proof, Reason
+from policy.model import (
+    Basis,
+    Circumstances,
+    Claim,
+    Decision,
+    Method,
+    Outcome,
+    Policy,
+    Proof,
+    Reason,
+    UnitFacts,
+)
 from policy.serials import parse_serial
 
 _CENT = Decimal("0.01")
@@ -53,7 +64,7 @@ def discount_amount(order_total: Decimal, policy: Policy) -> Decimal:
 
 
 def evaluate_units(claims: Sequence[Claim], policy: Policy) -> list[Decision]:
-    """Decide the units of one claim together, in two passes (POLICY.md, "Several units in one claim").
+    """Decide the units of one claim together, in two passes (docs/policy.md, "Several units in one claim").
 
     Pass 1 evaluates each unit on its own facts and counts the units covered by steps 1-4; pass 2 evaluates
     each again with `units` set to that count, so 5 covered and 35 expired units give no M5. The discount
@@ -76,6 +87,47 @@ def evaluate_units(claims: Sequence[Claim], policy: Policy) -> list[Decision]:
             counted.add(order)
         decided.append(decision)
     return decided
+
+
+def unit_claim(
+    serial: str,
+    *,
+    claim_date: date,
+    record: UnitFacts | None,
+    proof: Proof = Proof.none,
+    circumstances: Circumstances | None = None,
+    prefers_discount: bool = False,
+) -> Claim:
+    """One unit's claim: the registry's record proves the sale and gives the dates and the order; without one,
+    `proof` is what the customer showed."""
+    return Claim(
+        serial=serial,
+        claim_date=claim_date,
+        port_arrival_date=record.port_arrival_date if record else None,
+        production_date=record.production_date if record else None,
+        proof=Proof.registry if record is not None else proof,
+        circumstances=circumstances or Circumstances(),
+        cargo_compensation=record.cargo_compensation if record else False,
+        order_id=record.order_id if record else None,
+        order_pieces=record.order_pieces if record else None,
+        order_total=record.order_total if record else None,
+        currency=record.currency if record else None,
+        prefers_discount=prefers_discount,
+    )
+
+
+def refusal_clauses(units: Iterable[tuple[str, Iterable[str]]]) -> list[str]:
+    """The clauses a refusal cites, from the units' (outcome, clauses): the exclusions (X…) and the limits on
+    service (M…) of the refused units; not M5, which is a way of compensating, not a reason to refuse."""
+    return sorted(
+        {
+            clause
+            for outcome, clauses in units
+            if outcome == Outcome.not_covered
+            for clause in clauses
+            if clause[0] in "XM" and clause != "M5"
+        }
+    )
 
 
 def evaluate(claim: Claim, policy: Policy) -> Decision:

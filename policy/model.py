@@ -11,7 +11,7 @@ from enum import StrEnum
 
 
 class Proof(StrEnum):
-    """What proves the purchase of the unit (POLICY.md, "Proof")."""
+    """What proves the purchase of the unit (docs/policy.md, "Proof of purchase")."""
 
     registry = "registry"
     documents = "documents"
@@ -51,6 +51,20 @@ class Circumstances:
     human_damage: bool | None = None
     force_majeure: bool | None = None
     unauthorized_repair: bool | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class UnitFacts:
+    """What the shipment registry knows about one serial."""
+
+    serial: str
+    order_id: str
+    production_date: date | None = None
+    port_arrival_date: date | None = None
+    cargo_compensation: bool = False
+    order_pieces: int | None = None
+    order_total: Decimal | None = None
+    currency: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -17,10 +17,10 @@ from sqlmodel import Session, col
 
 from bot.app import Bot, build
 from bot.config import ApiChannelSettings, Settings
-from bot.desk import STATUSES
 from bot.outbox import DEAD, HELD, PENDING, SENT
 from bot.registry import import_registry
 from bot.server import create_app
+from bot.status import CaseStatus
 from bot.store import Case, Conversation, InboxItem, Message, OutboxItem
 from tests.conftest import postgres_schema
 from tests.fakes.api_callback import FakeCallback
@@ -31,6 +31,8 @@ from tests.fakes.slack import FakeSlack
 from tests.fakes.slack import create_app as fake_slack_app
 from tests.fakes.teams import TENANT as TEAMS_TENANT
 from tests.fakes.teams import BotFramework
+from tests.fakes.telegram import SECRET as TELEGRAM_SECRET
+from tests.fakes.telegram import TOKEN as TELEGRAM_TOKEN
 from tests.fakes.telegram import FakeTelegram
 from tests.fakes.viber import FakeViber
 from tests.fakes.wechat import FakeWeChat
@@ -43,8 +45,6 @@ from tests.test_slack import ENGINEER, ESCALATION, MEMBER, OUTSIDER
 from tests.test_slack import SECRET as SLACK_SECRET
 from tests.test_teams import APP_ID as TEAMS_APP_ID
 from tests.test_teams import PASSWORD as TEAMS_PASSWORD
-from tests.test_telegram import SECRET as TELEGRAM_SECRET
-from tests.test_telegram import TOKEN as TELEGRAM_TOKEN
 from tests.test_viber import TOKEN as VIBER_TOKEN
 from tests.test_wechat import APP_ID as WECHAT_APP_ID
 from tests.test_wechat import APP_SECRET as WECHAT_APP_SECRET
@@ -149,7 +149,7 @@ def consistency_problems(db: Engine) -> list[str]:
         refs = []
         for case in session.execute(select(Case)).scalars():
             refs.append(case.ref)
-            if case.status not in STATUSES:
+            if case.status not in set(CaseStatus):
                 problems.append(f"case {case.ref} in status {case.status!r}")
         if len(refs) != len(set(refs)):
             problems.append("two cases share a ref")

@@ -154,7 +154,7 @@ def bad_rows() -> list[list[object]]:
     rows = generated_rows(10)
     rows[2][4] = "2024-02-30"
     rows[3][6] = "maybe"
-    rows[5][1] = rows[5][1] + " Ltd"  # conflicts with the order's first row
+    rows[5][1] = f"{rows[5][1]} Ltd"  # conflicts with the order's first row
     rows[5][9] = "GBP"
     rows.insert(7, ["PO-99", "Multi\nline, customer", "CSP2404D0150", "", "2024-02-10", "2024-03-10", "false", "1",
                     "1.00", "USD"])  # repeats a serial of the first order; spans two lines

@@ -1,18 +1,31 @@
-"""Small helpers for tests: bounded waiting for something that happens in the background."""
+"""Helpers shared by test modules: bounded waiting, and a real `warranty-bot serve` process with the web chat
+and desk APIs (tests import these from here, never from another test module)."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable
-from typing import TypeVar
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import httpx
+
+from bot.app import Bot
+from bot.messages import InboundMessage
+from bot.store.clock import utcnow
+from tests.fakes.server import free_port
 
 T = TypeVar("T")
 
 
 def wait_until(
-    probe: Callable[[], T], *, timeout: float = 15.0, interval: float = 0.05, what: str = "condition"
+    probe: Callable[[], T | Literal[False] | None], *, timeout: float = 15.0, interval: float = 0.05, what: str = "condition"
 ) -> T:
-    """Call `probe` until it returns something truthy; fail the test after `timeout` seconds."""
+    """Call `probe` until it returns something truthy (so never None or False: the type says so); fail the
+    test after `timeout` seconds."""
     deadline = time.monotonic() + timeout
     while True:
         value = probe()
@@ -21,3 +34,102 @@ def wait_until(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}; last value: {value!r}")
         time.sleep(interval)
+
+
+TOKEN = "desk-secret-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+SERIAL = "CSP2604D0007"  # made April 2026: in warranty without proof until 2028-07-30
+PDF = b"%PDF-1.4\n1 0 obj<<>>endobj\ntrailer<<>>\n%%EOF\n"
+
+
+class Server:
+    def __init__(self, workdir: Path, database_url: str) -> None:
+        self.workdir = workdir
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = {**os.environ, "DATABASE_URL": database_url, "DESK_TOKEN": TOKEN, "LOG_LEVEL": "WARNING",
+                    "ATTACHMENTS_DIR": str(workdir / "files"), "OUTBOX_POLL_SECONDS": "0.1"}
+        self.process: subprocess.Popen[bytes] | None = None
+        self.log = workdir / f"server-{self.port}.log"
+
+    def start(self) -> None:
+        # Output goes to a file: a pipe nobody reads would fill up and stall the server.
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "bot.cli", "serve", "--port", str(self.port)],
+                cwd=self.workdir, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+            )
+        wait_until(self._healthy, timeout=30, what="the server to answer /healthz")
+
+    def _healthy(self) -> bool:
+        assert self.process is not None
+        if self.process.poll() is not None:
+            raise AssertionError(f"server exited: {self.log.read_text()[-3000:]}")
+        try:
+            return httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=20)
+
+
+def messages(server: Server, session: str, after: int = 0) -> list[dict[str, Any]]:
+    response = httpx.get(f"{server.url}/api/webchat/sessions/{session}/messages", params={"after": after})
+    assert response.status_code == 200
+    result: list[dict[str, Any]] = response.json()["messages"]
+    return result
+
+
+def send(server: Server, session: str, text: str, *, expect_reply: str | None = None) -> list[dict[str, Any]]:
+    before = messages(server, session)
+    response = httpx.post(f"{server.url}/api/webchat/sessions/{session}/messages", json={"text": text})
+    assert response.status_code == 202, response.text
+
+    def answered() -> list[dict[str, Any]] | None:
+        new = [m for m in messages(server, session, before[-1]["id"] if before else 0) if m["author"] != "customer"]
+        if expect_reply is None:
+            return new or None
+        return new if any(expect_reply in m["text"] for m in new) else None
+
+    return wait_until(answered, timeout=15, what=f"a reply to {text!r}")
+
+
+# --- the engine in process, on the `test` channel (tests/bot/) ------------------------------------------
+
+# Made in April 2026: without proof the warranty runs from 2026-05-31 to 2028-07-30, whatever today is here.
+CLAIM = [f"{SERIAL} the display shows E07 and it shuts down under load", "proof:none", "cause:normal"]
+# What people read of those messages: the buttons' labels, never their values.
+CLAIM_AS_READ = [CLAIM[0], "I don't have them", "It failed in normal use"]
+
+
+class Counter:
+    value = 0
+
+
+def inbound(
+    text: str, *, chat: str = "chat-1", external_id: str | None = None, **extra: Any
+) -> InboundMessage:
+    Counter.value += 1
+    return InboundMessage(
+        channel="test",
+        external_id=external_id or f"m{Counter.value}",
+        sender_id=chat,
+        chat_id=chat,
+        text=text,
+        received_at=utcnow(),
+        sender_name="Ana",
+        **extra,
+    )
+
+
+def say(bot: Bot, *texts: str, chat: str = "chat-1") -> None:
+    for text in texts:
+        bot.engine.accept(inbound(text, chat=chat))
+    bot.engine.process_pending()
+
+
+def bot_texts(bot: Bot, chat: str = "chat-1") -> list[str]:
+    return [m["text"] for m in bot.engine.transcript("test", chat) if m["author"] != "customer"]

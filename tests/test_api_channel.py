@@ -271,7 +271,7 @@ def running(settings: Settings, db: Engine) -> Iterator[Running]:
 
 def _press(running: Running, number: int) -> str:
     last = running.callback.to(CHAT)[-1]
-    values = [o["value"] for o in last["options"]]
+    values: list[str] = [o["value"] for o in last["options"]]
     assert values, last
     choice = next(v for v in ("cause:normal", "pref:repair", "cmd:human", *values) if v in values)
     assert running.post(message(number, choice)).status_code == 200

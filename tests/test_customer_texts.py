@@ -14,7 +14,7 @@ import pytest
 from bot.conversation import LANGUAGES
 from bot.render import FSI, LOCALES, PDI, Formats, Renderer, isolate_ltr
 from policy import CLAUSE_IDS, PARAM_KINDS, REASON_PARAMS, Circumstances, Claim, Proof, evaluate
-from tests.test_i18n import ENGLISH, POLICY, RENDERER, TODAY, VALUES, _group, contexts
+from tests.template_cases import ENGLISH, POLICY, RENDERER, TODAY, VALUES, contexts, decision_group
 
 VARIANTS = (*LANGUAGES, "pt_PT")
 ISO_DATE = re.compile(r"\b\d{4}-\d{2}-\d{2}\b")
@@ -71,7 +71,7 @@ def renders(language: str) -> list[tuple[str, str]]:
         for number, context in enumerate(contexts(template)):
             out.append((f"{template}#{number}", RENDERER.text(template, language=language, **context)))
     for code, decision in DECISIONS.items():
-        groups = [_group(decision, "CSP2402A0153")]
+        groups = [decision_group(decision, "CSP2402A0153")]
         out.append((f"decision:{code}", RENDERER.text("decision", language=language, units=1, groups=groups)))
     return out
 
@@ -134,7 +134,7 @@ def test_amounts_in_reasons_and_templates_look_the_same() -> None:
     for language in VARIANTS:
         formats = Formats(language)
         text = RENDERER.text(
-            "decision", language=language, units=12, groups=[_group(decision, "CSP2402A0153")]
+            "decision", language=language, units=12, groups=[decision_group(decision, "CSP2402A0153")]
         )
         assert formats.money(Decimal("1250.00"), "USD").replace(FSI, "") in text.replace(FSI, "").replace(
             PDI, ""
@@ -144,7 +144,7 @@ def test_amounts_in_reasons_and_templates_look_the_same() -> None:
 
 def test_english_dates_are_day_month_year() -> None:
     assert Formats("en").date(date(2028, 7, 31)) == "31 July 2028"
-    text = RENDERER.text("decision", language="en", units=1, groups=[_group(DECISIONS["in_warranty"], "X")])
+    text = RENDERER.text("decision", language="en", units=1, groups=[decision_group(DECISIONS["in_warranty"], "X")])
     assert "9 June 2026" in text and "June 9" not in text
 
 
@@ -174,7 +174,7 @@ def test_arabic_isolates_every_latin_run() -> None:
 
 def test_an_arabic_line_starting_with_a_serial_starts_inside_an_isolate() -> None:
     text = RENDERER.text(
-        "decision", language="ar", units=1, groups=[_group(DECISIONS["expired_serial"], "CSP2001A0001")]
+        "decision", language="ar", units=1, groups=[decision_group(DECISIONS["expired_serial"], "CSP2001A0001")]
     )
     line = next(line for line in text.splitlines() if "CSP2001A0001" in line)
     assert line.startswith(FSI + "CSP2001A0001" + PDI)
@@ -198,7 +198,7 @@ def test_customer_text_stays_data_in_arabic() -> None:
 
 def test_portuguese_of_portugal_is_a_variant() -> None:
     text = RENDERER.text(
-        "decision", language="pt-PT", units=1, groups=[_group(DECISIONS["expired_serial"], "X")]
+        "decision", language="pt-PT", units=1, groups=[decision_group(DECISIONS["expired_serial"], "X")]
     )
     assert "fatura de compra" in text and "nota fiscal" not in text
     assert RENDERER.text("greeting", language="pt_PT") == RENDERER.text("greeting", language="pt-pt")
@@ -213,7 +213,7 @@ def test_every_refusal_says_what_the_customer_can_still_do(language: str) -> Non
     refusals = [code for code, decision in DECISIONS.items() if decision.outcome.value == "not_covered"]
     assert len(refusals) >= 8
     for code in refusals:
-        groups = [_group(DECISIONS[code], "CSP2402A0153")]
+        groups = [decision_group(DECISIONS[code], "CSP2402A0153")]
         text = RENDERER.text("decision", language=language, units=1, groups=groups)
         assert "➡️" in text or "⬅️" in text, (code, text)
     for template in ("refusal_case_opened", "method_not_covered"):
@@ -223,7 +223,7 @@ def test_every_refusal_says_what_the_customer_can_still_do(language: str) -> Non
 
 def test_cargo_compensation_refusal_suggests_no_port_arrival_date() -> None:
     for language in VARIANTS:
-        groups = [_group(DECISIONS["cargo_compensation_pieces"], "CSP2402A0153")]
+        groups = [decision_group(DECISIONS["cargo_compensation_pieces"], "CSP2402A0153")]
         text = RENDERER.text("decision", language=language, units=1, groups=groups)
         text += RENDERER.text("refusal_case_opened", language=language, **contexts("refusal_case_opened")[1])
         for port in (
@@ -244,7 +244,8 @@ def test_values_cover_the_renderer_names() -> None:
 
 
 def test_the_portuguese_of_portugal_templates_match_the_language_they_vary() -> None:
-    from tests.test_i18n import TEMPLATES, macros, variables
+    from bot.render import TEMPLATES
+    from tests.template_cases import macros, variables
 
     names = sorted(path.stem for path in (TEMPLATES / "pt_PT").glob("*.j2") if path.stem != "labels")
     assert names == ENGLISH  # every message, so that no Brazilian "você" is left

@@ -99,10 +99,10 @@ class Customers:
 
 
 def _case_of(bot: Bot, channel: str) -> str:
-    return wait_until(
+    return str(wait_until(
         lambda: next((c["ref"] for c in bot.desk.list_cases(channel=channel)), None),
         what=f"a case on {channel}",
-    )
+    ))
 
 
 @pytest.fixture

@@ -44,7 +44,7 @@ def say(bot: Bot, chat: str, *texts: str, channel: str = "test", name: str = "An
 def claim(bot: Bot, chat: str, serial: str, fault: str, **extra: str) -> str:
     say(bot, chat, f"{serial} {fault}", "proof:none", "cause:normal", **extra)
     refs = [c["ref"] for c in bot.desk.list_cases() if c["customer"] == extra.get("name", "Ana Souza")]
-    return refs[0]
+    return str(refs[0])
 
 
 def test_a_customer_message_moves_its_case_up_and_stays_unread_until_the_desk_shows_it(bot: Bot) -> None:

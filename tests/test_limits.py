@@ -447,7 +447,7 @@ def test_a_customer_file_is_a_download_never_a_page(tmp_path: Path, sqlite_url: 
         ref = open_case(http, bot)
     bot = make_bot(sqlite_url, tmp_path)  # the server stopped: its workers would hold the write lock
     with Session(bot.db) as session:
-        case_id = session.execute(select(CaseUnit.case_id)).scalars().first()
+        case_id = session.execute(select(col(CaseUnit.case_id))).scalars().first()
         # A row as an older version could keep it: HTML under a type the store does not check today.
         target = tmp_path / "attachments" / "ab" / "page.html"
         target.parent.mkdir(parents=True)

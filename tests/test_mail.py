@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from pydantic import SecretStr
 from sqlalchemy import Engine, select
-from sqlmodel import Session
+from sqlmodel import Session, col
 
 from adapters import mail
 from bot.app import Bot, build
@@ -60,13 +60,13 @@ def payload(name: str) -> bytes:
 
 
 def parse(raw: bytes) -> EmailMessage:
-    return BytesParser(policy=email_policy.default).parsebytes(raw)  # type: ignore[return-value]
+    return BytesParser(policy=email_policy.default).parsebytes(raw)
 
 
 def plain(message: EmailMessage) -> str:
     body = message.get_body(preferencelist=("plain",))
     assert body is not None
-    return str(body.get_content()).replace("\r\n", "\n")  # type: ignore[attr-defined]
+    return str(body.get_content()).replace("\r\n", "\n")
 
 
 def header(message: EmailMessage, name: str) -> str:
@@ -77,7 +77,7 @@ def header(message: EmailMessage, name: str) -> str:
 def html_part(message: EmailMessage) -> str:
     body = message.get_body(preferencelist=("html",))
     assert body is not None
-    return str(body.get_content())  # type: ignore[attr-defined]
+    return str(body.get_content())
 
 
 # --- a real SMTP server ------------------------------------------------------------------------------------
@@ -202,7 +202,7 @@ def customer_answer(to: EmailMessage, text: str) -> bytes:
 
 def inbox_ids(db: Engine) -> list[str]:
     with Session(db) as session:
-        return list(session.execute(select(InboxItem.external_id).order_by(InboxItem.id)).scalars())  # type: ignore[arg-type]
+        return list(session.execute(select(col(InboxItem.external_id)).order_by(col(InboxItem.id))).scalars())
 
 
 def processed(db: Engine, external_id: str) -> bool:

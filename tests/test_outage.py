@@ -4,7 +4,6 @@ delivered once, in order per conversation; permanent failures are dead letters t
 from __future__ import annotations
 
 import html
-import json
 import os
 import subprocess
 import sys
@@ -15,22 +14,12 @@ import pytest
 from sqlmodel import Session, col, select
 
 from bot.store import OutboxItem
+from tests.fakes.telegram import update
 from tests.support import wait_until
-from tests.test_telegram import PAYLOADS, Running, start  # noqa: F401  (start is a fixture)
+from tests.test_telegram import Running, start  # noqa: F401  (start is a fixture)
 
 CHATS = ["70000001", "70000002", "70000003", "70000004"]
 SCRIPT = ["hello", "CSP2604D0007 the display shows E07 and it shuts down under load", "status"]
-
-
-def update(chat: str, number: int, text: str) -> bytes:
-    document = json.loads((PAYLOADS / "text_serial.json").read_bytes())
-    document["update_id"] = int(chat) * 100 + number
-    message = document["message"]
-    message["message_id"] = number
-    message["chat"]["id"] = int(chat)
-    message["from"]["id"] = int(chat)
-    message["text"] = text
-    return (json.dumps(document, ensure_ascii=False, indent=2) + "\n").encode()
 
 
 def rows(running: Running) -> list[OutboxItem]:
@@ -40,7 +29,7 @@ def rows(running: Running) -> list[OutboxItem]:
 
 def attempted(running: Running, at_least: int) -> bool:
     """Every chat's head row (the oldest unsent one) has been tried `at_least` times, none delivered."""
-    heads = {}
+    heads: dict[str, OutboxItem] = {}
     for row in rows(running):
         if row.status == "pending":
             heads.setdefault(row.chat_id, row)
@@ -157,7 +146,7 @@ def test_a_reply_that_keeps_failing_holds_its_chat_and_a_retry_keeps_order(
     post_script(running)
 
     def gave_up() -> bool:
-        heads = {}
+        heads: dict[str, OutboxItem] = {}
         for row in rows(running):
             if row.status in ("pending", "dead"):
                 heads.setdefault(row.chat_id, row)

@@ -14,11 +14,10 @@ import openpyxl
 import pytest
 from sqlalchemy import Engine, func, select
 
-from bot.conversation import UnitFacts
 from bot.registry import ImportReport, RegistryImportError, import_registry, lookup
 from bot.store.db import session_scope
 from bot.store.models import RegistryOrder, RegistryUnit
-from policy import default_policy
+from policy import UnitFacts, default_policy
 from tests import registry_equivalence
 
 SAMPLE = Path(__file__).parent / "data" / "registry-sample.csv"

@@ -21,18 +21,17 @@ import httpx
 import pytest
 from sqlalchemy import create_engine, func, select
 from sqlalchemy import text as sql
-from sqlmodel import Session
+from sqlmodel import Session, col
 
-import tests.test_telegram as tg_tests
 from adapters import telegram as tg
 from bot.conversation import State
 from bot.store import Case, Conversation, InboxItem, Message, OutboxItem, make_engine, upgrade
 from tests.conftest import POSTGRES_URL, postgres_schema
 from tests.fakes.server import serve
-from tests.fakes.telegram import FakeTelegram
-from tests.support import wait_until
-from tests.test_outage import update
-from tests.test_server import Server, send
+from tests.fakes.telegram import SECRET as TELEGRAM_SECRET
+from tests.fakes.telegram import TOKEN as TELEGRAM_TOKEN
+from tests.fakes.telegram import FakeTelegram, update
+from tests.support import Server, send, wait_until
 
 SCRIPT = ["hello", "CSP2604D0007", "The display shows E07 and it shuts down", "no invoice", "normal use",
           "any news?", "restart"]
@@ -52,9 +51,9 @@ def post(server: Server, session: str, text: str, client_id: str) -> bool:
 def conversation_texts(database_url: str, chat_id: str) -> list[str]:
     engine = make_engine(database_url)
     with Session(engine) as session:
-        conversation = session.execute(select(Conversation).where(Conversation.chat_id == chat_id)).scalar_one()
-        rows = session.execute(select(Message.text).where(Message.conversation_id == conversation.id,
-                                                          Message.author == "customer").order_by(Message.id))
+        conversation = session.execute(select(Conversation).where(col(Conversation.chat_id) == chat_id)).scalar_one()
+        rows = session.execute(select(col(Message.text)).where(col(Message.conversation_id) == conversation.id,
+                                                          col(Message.author) == "customer").order_by(col(Message.id)))
         texts = list(rows.scalars())
     engine.dispose()
     return texts
@@ -63,10 +62,10 @@ def conversation_texts(database_url: str, chat_id: str) -> list[str]:
 def settled(database_url: str) -> bool:
     engine = make_engine(database_url)
     with Session(engine) as session:
-        pending_in = session.execute(select(func.count()).select_from(InboxItem)
-                                     .where(InboxItem.status == "pending")).scalar_one()
-        pending_out = session.execute(select(func.count()).select_from(OutboxItem)
-                                      .where(OutboxItem.status == "pending")).scalar_one()
+        pending_in: int = session.execute(select(func.count()).select_from(InboxItem)
+                                     .where(col(InboxItem.status) == "pending")).scalar_one()
+        pending_out: int = session.execute(select(func.count()).select_from(OutboxItem)
+                                      .where(col(OutboxItem.status) == "pending")).scalar_one()
     engine.dispose()
     return pending_in == 0 and pending_out == 0
 
@@ -117,8 +116,8 @@ def test_sigkill_mid_traffic_loses_nothing_and_repeats_nothing(servers: list[Ser
     engine = make_engine(database_url)
     with Session(engine) as db:
         assert db.execute(select(func.count()).select_from(InboxItem)).scalar_one() == 210
-        assert set(db.execute(select(InboxItem.status)).scalars()) == {"done"}
-        assert set(db.execute(select(OutboxItem.status)).scalars()) == {"sent"}
+        assert set(db.execute(select(col(InboxItem.status))).scalars()) == {"done"}
+        assert set(db.execute(select(col(OutboxItem.status))).scalars()) == {"sent"}
         for conversation in db.execute(select(Conversation)).scalars():
             assert State.from_dict(conversation.data).name == conversation.state
         assert db.execute(select(func.count()).select_from(Case)).scalar_one() == 6 * 5
@@ -154,7 +153,7 @@ def test_two_workers_on_one_postgresql_keep_order_and_open_no_duplicate_case(
     wait_until(lambda: settled(database_url), timeout=120, interval=0.5, what="both workers to finish")
     engine = make_engine(database_url)
     with Session(engine) as db:
-        cases = db.execute(select(Case.conversation_id, func.count()).group_by(Case.conversation_id)).all()
+        cases = db.execute(select(col(Case.conversation_id), func.count()).group_by(col(Case.conversation_id))).all()
     engine.dispose()
     assert len(cases) == 50 and {count for _, count in cases} == {1}
     for session in sessions:
@@ -172,14 +171,14 @@ class TelegramServer(Server):
 
     def __init__(self, workdir: Path, database_url: str, fake_url: str) -> None:
         super().__init__(workdir, database_url)
-        self.env.update({"TELEGRAM_BOT_TOKEN": tg_tests.TOKEN, "TELEGRAM_API_BASE_URL": fake_url,
-                         "TELEGRAM_WEBHOOK_SECRET": tg_tests.SECRET, "TELEGRAM_MODE": "webhook",
+        self.env.update({"TELEGRAM_BOT_TOKEN": TELEGRAM_TOKEN, "TELEGRAM_API_BASE_URL": fake_url,
+                         "TELEGRAM_WEBHOOK_SECRET": TELEGRAM_SECRET, "TELEGRAM_MODE": "webhook",
                          "RETRY_BACKOFF_MAX_SECONDS": "0.5", "OUTBOX_POLL_SECONDS": "0.1"})
 
     def post(self, body: bytes) -> int | None:
         try:
             return httpx.post(f"{self.url}{tg.WEBHOOK_PATH}", content=body, timeout=10, headers={
-                "content-type": "application/json", tg.SECRET_HEADER: tg_tests.SECRET}).status_code
+                "content-type": "application/json", tg.SECRET_HEADER: TELEGRAM_SECRET}).status_code
         except httpx.TransportError:
             return None
 
@@ -229,9 +228,9 @@ def check(database_url: str, fake: FakeTelegram, chats: list[str], figures: Figu
     engine = make_engine(database_url)
     with Session(engine) as db:
         for chat_id in chats:
-            conversation = db.execute(select(Conversation).where(Conversation.chat_id == chat_id)).scalar_one()
-            logged = db.execute(select(Message.author, Message.text).where(Message.conversation_id == conversation.id)
-                                .order_by(Message.id)).all()
+            conversation = db.execute(select(Conversation).where(col(Conversation.chat_id) == chat_id)).scalar_one()
+            logged = db.execute(select(col(Message.author), col(Message.text)).where(col(Message.conversation_id) == conversation.id)
+                                .order_by(col(Message.id))).all()
             customer = [t for a, t in logged if a == "customer"]
             replies = [t for a, t in logged if a != "customer"]
             delivered = [html.unescape(c["text"]) for c in fake.sent(chat_id)]
@@ -254,14 +253,14 @@ def check(database_url: str, fake: FakeTelegram, chats: list[str], figures: Figu
 def _done(database_url: str) -> list[bool]:
     engine = make_engine(database_url)
     with Session(engine) as db:
-        statuses = set(db.execute(select(InboxItem.status)).scalars())
+        statuses = set(db.execute(select(col(InboxItem.status))).scalars())
     engine.dispose()
     return [statuses <= {"done"}]
 
 
 @pytest.fixture
 def fake_api() -> Iterator[tuple[FakeTelegram, str]]:
-    fake = FakeTelegram(token=tg_tests.TOKEN)
+    fake = FakeTelegram(token=TELEGRAM_TOKEN)
     with serve(fake.app()) as url:
         yield fake, url
 
@@ -341,8 +340,8 @@ def test_a_kill_during_sends_then_a_restart_resumes_at_once(servers: list[Server
     def in_flight() -> bool:
         engine = make_engine(database_url)
         with Session(engine) as db:
-            leased = db.execute(select(func.count()).select_from(OutboxItem).where(
-                OutboxItem.lease_owner.is_not(None), OutboxItem.attempts == 0)).scalar_one()  # type: ignore[union-attr]
+            leased: int = db.execute(select(func.count()).select_from(OutboxItem).where(
+                col(OutboxItem.lease_owner).is_not(None), col(OutboxItem.attempts) == 0)).scalar_one()
         engine.dispose()
         return leased >= 4
 

@@ -407,7 +407,12 @@ def test_report_page_draws_the_charts(browser: Any, tmp_path: Path) -> None:
         # Chromium logs every 4xx ("Failed to load resource"); the desk's first probe is an expected 401.
         page.on("console", lambda m: problems.append(f"console: {m.text}")
                 if m.type == "error" and not m.text.startswith("Failed to load resource") else None)
-        page.on("dialog", lambda d: (problems.append(f"dialog: {d.message}"), d.dismiss()))
+
+        def dialog(d: Any) -> None:
+            problems.append(f"dialog: {d.message}")
+            d.dismiss()
+
+        page.on("dialog", dialog)
 
         page.goto(f"{base}/desk/report")  # not signed in: says where to sign in
         expect(page.locator("#notice")).to_contain_text("Sign in on the desk first")

@@ -33,13 +33,13 @@ from tests.all_channels import DESK_AUTH, DESK_TOKEN, Stack, channel_env, databa
 from tests.fakes.imap import Mailbox, imap_server
 from tests.fakes.server import free_port
 from tests.fakes.slack import BOT_TOKEN as SLACK_BOT_TOKEN
+from tests.fakes.telegram import SECRET as TELEGRAM_SECRET
+from tests.fakes.telegram import TOKEN as TELEGRAM_TOKEN
 from tests.support import wait_until
 from tests.test_mail import CONFIG as MAIL_CONFIG
 from tests.test_mail import IMAP_PASSWORD, SUPPORT, smtp_server
 from tests.test_slack import SECRET as SLACK_SECRET
 from tests.test_slack import as_form, block_text, signed
-from tests.test_telegram import SECRET as TELEGRAM_SECRET
-from tests.test_telegram import TOKEN as TELEGRAM_TOKEN
 from tests.test_wechat import OPENID, signed_query
 from tests.test_whatsapp import ACCESS_TOKEN as WHATSAPP_ACCESS_TOKEN
 from tests.test_whatsapp import APP_SECRET as WHATSAPP_APP_SECRET

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,51 +13,7 @@ from pydantic import SecretStr
 from bot.app import build
 from bot.config import Settings
 from bot.server import load_channels
-from tests.fakes.server import free_port
-from tests.support import wait_until
-
-TOKEN = "desk-secret-token"
-AUTH = {"Authorization": f"Bearer {TOKEN}"}
-SERIAL = "CSP2604D0007"  # made April 2026: in warranty without proof until 2028-07-30
-PDF = b"%PDF-1.4\n1 0 obj<<>>endobj\ntrailer<<>>\n%%EOF\n"
-
-
-class Server:
-    def __init__(self, workdir: Path, database_url: str) -> None:
-        self.workdir = workdir
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.env = {**os.environ, "DATABASE_URL": database_url, "DESK_TOKEN": TOKEN, "LOG_LEVEL": "WARNING",
-                    "ATTACHMENTS_DIR": str(workdir / "files"), "OUTBOX_POLL_SECONDS": "0.1"}
-        self.process: subprocess.Popen[bytes] | None = None
-        self.log = workdir / f"server-{self.port}.log"
-
-    def start(self) -> None:
-        # Output goes to a file: a pipe nobody reads would fill up and stall the server.
-        with self.log.open("ab") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "bot.cli", "serve", "--port", str(self.port)],
-                cwd=self.workdir, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-            )
-        try:
-            wait_until(self._healthy, timeout=30, what="the server to answer /healthz")
-        except AssertionError:
-            self.stop()  # a server that never came up is not left running (nor its worker)
-            raise
-
-    def _healthy(self) -> bool:
-        assert self.process is not None
-        if self.process.poll() is not None:
-            raise AssertionError(f"server exited: {self.log.read_text()[-3000:]}")
-        try:
-            return httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200
-        except httpx.TransportError:
-            return False
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(timeout=20)
+from tests.support import AUTH, PDF, SERIAL, Server, messages, send, wait_until
 
 
 @pytest.fixture
@@ -69,27 +22,6 @@ def server(tmp_path: Path, database_url: str) -> Iterator[Server]:
     running.start()
     yield running
     running.stop()
-
-
-def messages(server: Server, session: str, after: int = 0) -> list[dict[str, Any]]:
-    response = httpx.get(f"{server.url}/api/webchat/sessions/{session}/messages", params={"after": after})
-    assert response.status_code == 200
-    result: list[dict[str, Any]] = response.json()["messages"]
-    return result
-
-
-def send(server: Server, session: str, text: str, *, expect_reply: str | None = None) -> list[dict[str, Any]]:
-    before = messages(server, session)
-    response = httpx.post(f"{server.url}/api/webchat/sessions/{session}/messages", json={"text": text})
-    assert response.status_code == 202, response.text
-
-    def answered() -> list[dict[str, Any]] | None:
-        new = [m for m in messages(server, session, before[-1]["id"] if before else 0) if m["author"] != "customer"]
-        if expect_reply is None:
-            return new or None
-        return new if any(expect_reply in m["text"] for m in new) else None
-
-    return wait_until(answered, timeout=15, what=f"a reply to {text!r}")
 
 
 def test_a_claim_over_the_web_chat_reaches_the_desk_and_back(server: Server) -> None:

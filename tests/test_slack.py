@@ -19,7 +19,7 @@ import httpx
 import pytest
 from pydantic import SecretStr
 from sqlalchemy import Engine, select, update
-from sqlmodel import Session
+from sqlmodel import Session, col
 
 from adapters import slack, slack_blocks, webchat
 from bot.app import Bot, build
@@ -175,7 +175,7 @@ def open_case(customer: Customer, fake: FakeSlack, db: Engine) -> tuple[str, str
 
 def case_row(db: Engine, ref: str) -> Case:
     with Session(db) as session:
-        case = session.execute(select(Case).where(Case.ref == ref)).scalar_one()  # type: ignore[arg-type]
+        case: Case = session.execute(select(Case).where(col(Case.ref) == ref)).scalar_one()
         session.expunge(case)
         return case
 

@@ -10,7 +10,6 @@ import re
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -32,12 +31,9 @@ from bot.outbox import PermanentFailure, RetryLater, Unreachable
 from bot.server import create_app, load_channels
 from bot.store import Case, ChannelIdentity, InboxItem, KeyValue, OutboxItem, StoredAttachment
 from tests.fakes.server import serve
-from tests.fakes.telegram import FakeTelegram
+from tests.fakes.telegram import PAYLOADS, SECRET, TOKEN, FakeTelegram
 from tests.support import wait_until
 
-PAYLOADS = Path(__file__).with_name("payloads") / "telegram"
-TOKEN = "7391046285:AAHfakeTokenForLoopbackTests_0123456789"
-SECRET = "tg-hook_secret-5f2a9c"
 PUBLIC_URL = "https://warranty.example.com"
 CHAT = "6021457893"
 MEDIA_GROUP = "14029573316481206"

@@ -25,7 +25,7 @@ from bot.server import create_app
 from bot.store import OutboxItem
 from tests.fakes.imap import Mailbox
 from tests.fakes.server import serve
-from tests.support import wait_until
+from tests.support import AUTH, Server, wait_until
 from tests.test_mail import (  # noqa: F401  (fixtures)
     CUSTOMER,
     SmtpSink,
@@ -36,7 +36,6 @@ from tests.test_mail import (  # noqa: F401  (fixtures)
     plain,
     smtp,
 )
-from tests.test_server import AUTH, Server
 
 DIALOGUES = Path(__file__).with_name("data") / "dialogues"
 LANGUAGES = ("en", "zh", "es", "ru", "pt", "fr", "ar")
@@ -89,10 +88,11 @@ def test_every_language_typed_over_the_web_chat_reaches_a_case(tmp_path: Path, d
                     ).status_code
                     == 202
                 )
+                def bot_answered(s: str = session, n: int = answered) -> bool:
+                    return len([m for m in _messages(server, s) if m["author"] == "bot"]) > n
+
                 wait_until(
-                    lambda s=session, n=answered: (
-                        len([m for m in _messages(server, s) if m["author"] == "bot"]) > n
-                    ),
+                    bot_answered,
                     what=f"the bot's answer to {text!r} ({language})",
                 )
         cases = wait_until(

@@ -269,7 +269,7 @@ def running_safe(settings: Settings, db: Engine) -> Iterator[Running]:
 
 def _choose(texts: list[str]) -> str:
     """The number of the option a customer who wants an engineer would pick in the bot's last message."""
-    options = dict(re.findall(r"^(\d+)\. (.+)$", texts[-1], flags=re.M))
+    options: dict[str, str] = dict(re.findall(r"^(\d+)\. (.+)$", texts[-1], flags=re.M))
     for wanted in ("It failed in normal use", "Repair", "Talk to an engineer"):
         for number, label in options.items():
             if label.strip() == wanted:

@@ -305,6 +305,7 @@ def _press(running: Running, number: int) -> str:
     last = running.graph.sent_to(WA_ID)[-1]
     assert last["type"] == "interactive", last
     interactive = last["interactive"]
+    ids: list[str]
     if interactive["type"] == "button":
         ids = [b["reply"]["id"] for b in interactive["action"]["buttons"]]
     else:

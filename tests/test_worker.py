@@ -15,12 +15,11 @@ from pathlib import Path
 import httpx
 import pytest
 from sqlalchemy import func, select
-from sqlmodel import Session
+from sqlmodel import Session, col
 
 from bot.store import Case, InboxItem, OutboxItem, make_engine
-from tests.support import wait_until
+from tests.support import Server, send, wait_until
 from tests.test_reliability import SCRIPT, _accepted, conversation_texts, post, settled
-from tests.test_server import Server, send
 
 
 class Serve(Server):
@@ -125,8 +124,8 @@ def test_a_worker_killed_mid_batch_loses_nothing_and_another_takes_over(
     engine = make_engine(database_url)
     with Session(engine) as db:
         assert db.execute(select(func.count()).select_from(InboxItem)).scalar_one() == 126
-        assert set(db.execute(select(InboxItem.status)).scalars()) == {"done"}
-        assert set(db.execute(select(OutboxItem.status)).scalars()) == {"sent"}
+        assert set(db.execute(select(col(InboxItem.status))).scalars()) == {"done"}
+        assert set(db.execute(select(col(OutboxItem.status))).scalars()) == {"sent"}
         assert db.execute(select(func.count()).select_from(Case)).scalar_one() == 6 * 3
     engine.dispose()
     assert "exited with -9" in server.log.read_text()  # the supervisor saw the kill and started another
@@ -151,7 +150,7 @@ def test_two_workers_on_one_postgresql_keep_each_chats_order(
     wait_until(lambda: settled(postgres_url), timeout=120, interval=0.5, what="both workers to finish")
     engine = make_engine(postgres_url)
     with Session(engine) as db:
-        cases = db.execute(select(Case.conversation_id, func.count()).group_by(Case.conversation_id)).all()
+        cases = db.execute(select(col(Case.conversation_id), func.count()).group_by(col(Case.conversation_id))).all()
         processed_by = db.execute(select(func.count()).select_from(InboxItem)).scalar_one()
     engine.dispose()
     assert processed_by == 30 * len(script)

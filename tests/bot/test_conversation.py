@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bot import conversation as conv
-from policy import Outcome, default_policy
+from policy import Outcome, UnitFacts, default_policy
 
 POLICY = default_policy()
 TODAY = date(2026, 5, 1)
@@ -25,8 +25,8 @@ def unit(
     cargo: bool = False,
     order: str = "PO-1",
     produced: date = date(2024, 2, 20),
-) -> conv.UnitFacts:
-    return conv.UnitFacts(
+) -> UnitFacts:
+    return UnitFacts(
         serial=serial,
         order_id=order,
         production_date=produced,
@@ -377,3 +377,36 @@ def test_too_many_units_in_one_claim_get_a_clear_answer() -> None:
     facts = conv.Facts(today=TODAY, policy=POLICY, registry=REGISTRY, max_units=10)
     t = conv.step(conv.State(), conv.Event(text="CSP2402A0100-CSP2402A0139 all E07"), facts)
     assert "too_many_units" in [r.template for r in t.replies] and t.state.serials == ()
+
+
+# --- what the shell and the desk bring to the dialogue: events and effects --------------------------------
+
+
+def test_a_file_the_shell_could_not_keep_is_said_first_with_the_size_limit() -> None:
+    facts = conv.Facts(today=TODAY, policy=POLICY, attachment_max_mb=7)
+    event = conv.Event(text="hello", rejected=(("big.zip", "too_large"),))
+    transition = conv.step(conv.State(), event, facts)
+    first, *rest = transition.replies
+    assert first.template == "attachment_rejected"
+    assert first.params == {"files": [{"name": "big.zip", "reason": "too_large"}], "max_mb": 7}
+    assert [r.template for r in rest] == ["greeting", "ask_serial"]
+
+
+def test_restarting_with_the_engineers_leaves_the_case_and_nothing_else_does() -> None:
+    facts = conv.Facts(today=TODAY, policy=POLICY, case_ref="WR-2026-000042", case_status="open")
+    with_engineer = conv.State(name="with_engineer", serials=("CSP2402A0153",), fault="E07")
+    restarted = conv.step(with_engineer, conv.Event(text="restart"), facts)
+    assert restarted.state.name == "awaiting_serial"
+    assert restarted.effects == (conv.LeaveCase(),)
+    relayed = conv.step(with_engineer, conv.Event(text="It still shows E07 after a reset"), facts)
+    assert not any(isinstance(e, conv.LeaveCase) for e in relayed.effects)
+
+
+def test_a_rating_asked_after_the_close_is_picked_by_its_number() -> None:
+    closed = conv.on_rating_asked(conv.State(name="closed"))
+    assert closed.awaiting_rating and closed.offered == tuple(f"rate:{n}" for n in range(1, 6))
+    open_claim = conv.on_rating_asked(conv.State(name="with_engineer", offered=("cmd:human",)))
+    assert open_claim.awaiting_rating and open_claim.offered == ("cmd:human",)
+    state, templates, effects, _ = run("4", state=closed)
+    assert effects == [conv.RecordRating(rating=4)] and templates == ["rating_thanks"]
+    assert not state.awaiting_rating

@@ -27,7 +27,7 @@ from bot.registry import import_registry
 from bot.server import create_app
 from bot.store import CaseUnit
 from bot.store.clock import utcnow
-from tests.bot.test_engine import bot_texts, inbound, say
+from tests.support import bot_texts, inbound, say
 
 TODAY = utcnow().date()
 HEADER = (

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import asyncio
 from datetime import timedelta
-from typing import Any
 
 import pytest
 from sqlalchemy import select, update
-from sqlmodel import Session
+from sqlmodel import Session, col
 
 from adapters import mail, wechat
 from bot.app import Bot, build
@@ -17,42 +16,7 @@ from bot.messages import InboundMessage, OutboundMessage
 from bot.outbox import Delivered, Deliverer, PermanentFailure, RetryLater, Unreachable
 from bot.store import Case, CaseUnit, ChannelIdentity, InboxItem, Message, OutboxItem
 from bot.store.clock import utcnow
-
-# Made in April 2026: without proof the warranty runs from 2026-05-31 to 2028-07-30, whatever today is here.
-SERIAL = "CSP2604D0007"
-CLAIM = [f"{SERIAL} the display shows E07 and it shuts down under load", "proof:none", "cause:normal"]
-# What people read of those messages: the buttons' labels, never their values.
-CLAIM_AS_READ = [CLAIM[0], "I don't have them", "It failed in normal use"]
-
-
-class Counter:
-    value = 0
-
-
-def inbound(
-    text: str, *, chat: str = "chat-1", external_id: str | None = None, **extra: Any
-) -> InboundMessage:
-    Counter.value += 1
-    return InboundMessage(
-        channel="test",
-        external_id=external_id or f"m{Counter.value}",
-        sender_id=chat,
-        chat_id=chat,
-        text=text,
-        received_at=utcnow(),
-        sender_name="Ana",
-        **extra,
-    )
-
-
-def say(bot: Bot, *texts: str, chat: str = "chat-1") -> None:
-    for text in texts:
-        bot.engine.accept(inbound(text, chat=chat))
-    bot.engine.process_pending()
-
-
-def bot_texts(bot: Bot, chat: str = "chat-1") -> list[str]:
-    return [m["text"] for m in bot.engine.transcript("test", chat) if m["author"] != "customer"]
+from tests.support import CLAIM, CLAIM_AS_READ, SERIAL, bot_texts, inbound, say
 
 
 class ChannelApi:
@@ -240,7 +204,7 @@ def test_mail_and_wechat_get_one_reply_per_customer_message(bot: Bot) -> None:
         bot.engine.accept(InboundMessage(**{**message.__dict__, "channel": channel}))
     bot.engine.process_pending()
     with Session(bot.db) as session:
-        rows = session.execute(select(OutboxItem.channel)).scalars().all()
+        rows = session.execute(select(col(OutboxItem.channel))).scalars().all()
     assert sorted(rows) == ["email", "test", "test", "wechat"]  # greeting and question: together, or apart
     (one,) = bot.engine.transcript("email", "email-chat")[1:]
     assert "Hello!" in one["text"] and "serial number" in one["text"]

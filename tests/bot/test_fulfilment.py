@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 from sqlalchemy import select
-from sqlmodel import Session
+from sqlmodel import Session, col
 
 from bot import fulfilment
 from bot.app import Bot, build
@@ -22,7 +22,7 @@ from bot.registry import import_registry
 from bot.store import Conversation, Fulfilment
 from bot.store.clock import utcnow
 from tests.bot.test_decisions import FAULT, HEADER, ROWS, claim_to_the_end
-from tests.bot.test_engine import bot_texts, say
+from tests.support import bot_texts, say
 from tests.test_cli import cli
 
 ADDRESS = "Warranty returns, Building 3\\n88 Chuangye Road, Ningbo 315000, China"
@@ -255,7 +255,7 @@ def test_a_state_with_offered_slots_survives_the_conversation(service_bot: Bot) 
     bot.desk.choose_method(ref, engineer="Li Wei", method="door_to_door")
     bot.desk.fulfil(ref, engineer="Li Wei", action="slots", text="2030-01-08 09:00\n2030-01-09 14:00")
     with Session(bot.db) as session:
-        conversation = session.execute(select(Conversation).where(Conversation.chat_id == "of")).scalar_one()
+        conversation = session.execute(select(Conversation).where(col(Conversation.chat_id) == "of")).scalar_one()
         assert conversation.data["offered"] == ["slot:1", "slot:2"]
         assert session.execute(select(Fulfilment)).scalar_one().step == "slots_proposed"
 

@@ -16,8 +16,8 @@ from sqlmodel import Session
 
 from bot.app import Bot
 from bot.store import InboxItem
-from tests.bot.test_engine import CLAIM, bot_texts, inbound
 from tests.bot.test_inbox_failures import customer_texts, poison  # noqa: F401 (a fixture)
+from tests.support import CLAIM, bot_texts, inbound
 
 # The bound of the brief: a message of a conversation under way (claim, load, log, queue, state, identity).
 STATEMENTS_PER_MESSAGE = 6

@@ -25,8 +25,7 @@ from sqlmodel import Session
 from bot.app import Bot
 from bot.engine import StorageUnavailable
 from bot.store import Case, InboxItem
-from tests.bot.test_engine import CLAIM, bot_texts, inbound
-from tests.support import wait_until
+from tests.support import CLAIM, bot_texts, inbound, wait_until
 
 
 @contextmanager

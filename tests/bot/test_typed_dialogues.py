@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from bot import conversation as conv
-from policy import default_policy
+from policy import UnitFacts, default_policy
 
 POLICY = default_policy()
 TODAY = date(2026, 5, 1)
@@ -21,8 +21,8 @@ DIALOGUES = Path(__file__).parent.parent / "data" / "dialogues"
 ASKS = {"ask_serial": "serials", "ask_fault": "fault", "ask_proof": "proof", "ask_cause": "cause"}
 
 
-def _unit(serial: str, *, arrival: date, produced: date) -> conv.UnitFacts:
-    return conv.UnitFacts(serial=serial, order_id="PO-1", production_date=produced, port_arrival_date=arrival,
+def _unit(serial: str, *, arrival: date, produced: date) -> UnitFacts:
+    return UnitFacts(serial=serial, order_id="PO-1", production_date=produced, port_arrival_date=arrival,
                           order_pieces=1000, order_total=Decimal("25000.00"), currency="USD")
 
 

@@ -12,12 +12,31 @@ import re
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+
+# The bot's token and webhook secret in every test that talks to the fake (tests/test_telegram.py and others).
+TOKEN = "7391046285:AAHfakeTokenForLoopbackTests_0123456789"
+SECRET = "tg-hook_secret-5f2a9c"
+PAYLOADS = Path(__file__).parent.parent / "payloads" / "telegram"
+
+
+def update(chat: str, number: int, text: str) -> bytes:
+    """A text message update from chat `chat` (a number), the `number`th of that chat, as Telegram posts it."""
+    document = json.loads((PAYLOADS / "text_serial.json").read_bytes())
+    document["update_id"] = int(chat) * 100 + number
+    message = document["message"]
+    message["message_id"] = number
+    message["chat"]["id"] = int(chat)
+    message["from"]["id"] = int(chat)
+    message["text"] = text
+    return (json.dumps(document, ensure_ascii=False, indent=2) + "\n").encode()
+
 
 BOT_USER = {"id": 7391046285, "is_bot": True, "first_name": "CSP Warranty", "username": "csp_warranty_bot",
             "can_join_groups": False, "can_read_all_group_messages": False, "supports_inline_queries": False}

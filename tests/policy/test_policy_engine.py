@@ -6,6 +6,7 @@ import dataclasses
 from datetime import date
 from decimal import Decimal
 from types import MappingProxyType
+from typing import Any
 
 import pytest
 
@@ -318,7 +319,7 @@ def test_x2_only_when_proof_is_none_or_altered(
 # --- several units: two passes -------------------------------------------------------------------------
 
 
-def _units(count: int, order_id: str, **facts: object) -> list[Claim]:
+def _units(count: int, order_id: str, **facts: Any) -> list[Claim]:
     base = dataclasses.replace(REGISTRY, claim_date=date(2026, 5, 1), order_id=order_id)
     return [dataclasses.replace(base, serial=f"CSP2402A{order_id}{n:02d}", **facts) for n in range(count)]
 
@@ -375,3 +376,11 @@ def test_policy_term_comes_from_the_policy() -> None:
     two_years = dataclasses.replace(POLICY, term_months=24)
     decision = evaluate(REGISTRY, two_years)
     assert (decision.outcome, decision.warranty_end) == (Outcome.not_covered, date(2026, 3, 9))
+
+
+def test_a_refusal_cites_the_exclusions_and_service_limits_of_the_refused_units_only() -> None:
+    from policy import refusal_clauses
+
+    units = [("not_covered", ["W1", "X4", "M1"]), ("covered", ["W2", "X5", "M5"]), ("not_covered", ["M5", "X2"])]
+    assert refusal_clauses(units) == ["M1", "X2", "X4"]
+    assert refusal_clauses([]) == []

@@ -1,4 +1,4 @@
-"""POLICY.md's worked examples and its decision-contract example, run through the JSON contract."""
+"""docs/policy.md's worked examples and its decision-contract example, run through the JSON contract."""
 
 from __future__ import annotations
 
@@ -193,7 +193,7 @@ def test_preliminary_only_for_what_the_customer_said() -> None:
 
 
 def test_contract_example_is_reproduced_exactly() -> None:
-    # POLICY.md's "Decision contract" example, verbatim but for line breaks.
+    # docs/policy.md's "decision contract" example, verbatim but for line breaks.
     claim = json.loads("""
         {"serial": "CSP2402A0153", "claim_date": "2026-05-01", "port_arrival_date": "2024-03-10",
          "production_date": null, "proof": "registry",
