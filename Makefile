@@ -43,6 +43,7 @@ run: setup .env
 ## Set up and run every check: lint, types, the test suite (SQLite always, PostgreSQL when reachable).
 test: setup
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/python -m pytest
 

@@ -289,8 +289,14 @@ class ApiChannel(SendingChannel):
             return store.rejected(filename, "type")  # not worth downloading
         # A passing failure asks the gateway to send the message again; a file that is gone will not come back.
         return await channels.download(
-            self._fetchers[name], store, attachment.url, name=filename, mime=mime, kind=kind,
-            channel=f"api {name}", server_type=False,
+            self._fetchers[name],
+            store,
+            attachment.url,
+            name=filename,
+            mime=mime,
+            kind=kind,
+            channel=f"api {name}",
+            server_type=False,
         )
 
 

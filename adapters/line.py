@@ -359,7 +359,9 @@ class LineChannel(SendingChannel):
     async def _attachment(self, incoming: Incoming) -> Attachment:
         store = self.bot.attachments
         default_mime = _DEFAULT_MIME.get(incoming.type, "application/octet-stream")
-        name, mime = channels.media_name(incoming.file_name, incoming.type, incoming.media_id or "", default_mime)
+        name, mime = channels.media_name(
+            incoming.file_name, incoming.type, incoming.media_id or "", default_mime
+        )
         if incoming.external_media:
             return store.rejected(name, "unavailable")  # a URL the sender chose: not fetched
         if incoming.file_name and mime not in store.allowed_types:
@@ -367,8 +369,15 @@ class LineChannel(SendingChannel):
         url = f"{self.config.data_api_url.rstrip('/')}/v2/bot/message/{incoming.media_id}/content"
         # A 202 is a video still being prepared: LINE redelivers nothing, so it is lost.
         return await channels.download(
-            self._fetcher, store, url, name=name, mime=mime, kind=_MEDIA_KINDS[incoming.type], channel=CHANNEL,
-            bearer=self.config.access_token, accept=lambda status: status != 202,
+            self._fetcher,
+            store,
+            url,
+            name=name,
+            mime=mime,
+            kind=_MEDIA_KINDS[incoming.type],
+            channel=CHANNEL,
+            bearer=self.config.access_token,
+            accept=lambda status: status != 202,
         )
 
 

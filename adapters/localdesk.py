@@ -77,8 +77,6 @@ class LocalDesk(Channel):
             Route("/api/desk/cases/{ref}/attachments/{attachment_id:int}", self._guard(self._attachment)),
         ]
 
-
-
     async def page(self, request: Request) -> Response:
         return FileResponse(WEB / "desk.html", headers=_DESK_HEADERS)
 

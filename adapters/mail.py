@@ -106,7 +106,9 @@ class MailSettings:
     oauth_client_secret: str = ""
     oauth_tenant: str = ""
     oauth_refresh_token: str = ""
-    oauth_url: str = ""  # the Microsoft authority host or Google's token endpoint; empty for the provider's own
+    oauth_url: str = (
+        ""  # the Microsoft authority host or Google's token endpoint; empty for the provider's own
+    )
 
     @property
     def own_addresses(self) -> frozenset[str]:
@@ -128,7 +130,9 @@ _AUTO_SUBJECT = re.compile(
     r"^\s*(out of (the )?office|automatic reply|auto(matic)?[- ]?reply|auto[- ]?response|autoreply|"
     r"abwesenheitsnotiz|automatische antwort|r[ée]ponse automatique|absence du bureau|respuesta autom[áa]tica|"
     r"fuera de la oficina|resposta autom[áa]tica|risposta automatica|автоматический ответ|автоответ|"
-    r"رد تلقائي|自动回复|自動回覆|自動回复|自动答复|自動応答|不在通知|자동 응답)\s*[:：]", re.IGNORECASE)
+    r"رد تلقائي|自动回复|自動回覆|自動回复|自动答复|自動応答|不在通知|자동 응답)\s*[:：]",
+    re.IGNORECASE,
+)
 MAX_ADDRESS = 254  # RFC 5321's limit for a path, without its angle brackets
 MAX_MESSAGE_ID = 255  # the inbox's external id column
 _DAEMONS = {"mailer-daemon", "postmaster"}
@@ -207,7 +211,11 @@ def authentication_failure(mail: Message) -> str | None:
         results.setdefault(method.lower(), set()).add(result.lower())
     if "fail" in results.get("dmarc", set()):
         return "dmarc=fail"
-    if "dmarc" not in results and "fail" in results.get("spf", set()) and "pass" not in results.get("dkim", set()):
+    if (
+        "dmarc" not in results
+        and "fail" in results.get("spf", set())
+        and "pass" not in results.get("dkim", set())
+    ):
         return "spf=fail, no dkim=pass"
     return None
 
@@ -219,8 +227,15 @@ def read_mail(raw: bytes) -> EmailMessage:
     return BytesParser(policy=email_policy.default).parsebytes(raw)
 
 
-def to_inbound(mail: EmailMessage, raw: bytes, *, config: MailSettings, store: AttachmentStore,
-               truncated: bool = False, answers_us: bool = False) -> InboundMessage:
+def to_inbound(
+    mail: EmailMessage,
+    raw: bytes,
+    *,
+    config: MailSettings,
+    store: AttachmentStore,
+    truncated: bool = False,
+    answers_us: bool = False,
+) -> InboundMessage:
     """The customer's mail as an inbound message: latest reply only, files kept within the store's limits.
 
     `answers_us`: the mail answers one of our own mails, so its sender has read ours; until then (a first mail,
@@ -248,14 +263,23 @@ def to_inbound(mail: EmailMessage, raw: bytes, *, config: MailSettings, store: A
         received_at=utcnow(),
         locale_hint=_header(mail, "Content-Language").split(",")[0].strip() or None,
         sender_name=name or None,
-        raw={"message_id": message_id, "in_reply_to": in_reply_to, "references": references,
-             "subject": subject[:300], "case_ref": _thread_case_ref(mail, config)},
+        raw={
+            "message_id": message_id,
+            "in_reply_to": in_reply_to,
+            "references": references,
+            "subject": subject[:300],
+            "case_ref": _thread_case_ref(mail, config),
+        },
     )
 
 
 _IMAGE_PLACEHOLDER = re.compile(r"^\[image: [^\]\n]{0,200}\]\s*$", re.MULTILINE)
-_REPLY_PREFIX = re.compile(r"^\s*((re|aw|sv|vs|antw|rif|r|回复|答复|ответ)\s*(\[\d+\])?\s*[:：]\s*)+", re.IGNORECASE)
-_SEPARATOR = re.compile(r"^\s*-{3,}\s*[^-\s].*?-{3,}\s*$")  # "-----Original Message-----", "-----原始邮件-----"
+_REPLY_PREFIX = re.compile(
+    r"^\s*((re|aw|sv|vs|antw|rif|r|回复|答复|ответ)\s*(\[\d+\])?\s*[:：]\s*)+", re.IGNORECASE
+)
+_SEPARATOR = re.compile(
+    r"^\s*-{3,}\s*[^-\s].*?-{3,}\s*$"
+)  # "-----Original Message-----", "-----原始邮件-----"
 
 
 def _latest_reply(text: str) -> str:
@@ -266,7 +290,9 @@ def _latest_reply(text: str) -> str:
         text = text[: cut if cut > REPLY_PARSER_MAX_CHARS // 2 else REPLY_PARSER_MAX_CHARS].rstrip()
     try:
         # Hyphen lists stay: customers list serials as "- CSP…" and the parser would take them for a signature.
-        replies = ReplyParser(text=text, languages=list(REPLY_LANGUAGES), keep_hyphen_lists=True).read().replies
+        replies = (
+            ReplyParser(text=text, languages=list(REPLY_LANGUAGES), keep_hyphen_lists=True).read().replies
+        )
     except Exception:  # a parser bug must not lose the customer's mail: fall back to our own cut
         log.warning("reply parser failed; keeping the whole text", exc_info=True)
         replies = []
@@ -282,11 +308,14 @@ def _latest_reply(text: str) -> str:
 # lines by a "Sent"/"Date"/"To" line starts the quote.
 _OUTLOOK_FROM = re.compile(
     r"^\s*\*?\s*(from|von|de|da|van|od|från|fra|lähettäjä|от|من|发件人|寄件者|差出人|보낸 사람|kimden|feladó)\s*\*?\s*[:：]",
-    re.IGNORECASE)
+    re.IGNORECASE,
+)
 _OUTLOOK_NEXT = re.compile(
     r"^\s*\*?\s*(sent|date|to|gesendet|datum|an|envoyé|enviado|inviato|verzonden|wysłano|skickat|sendt|"
     r"отправлено|дата|кому|تم الإرسال|التاريخ|إلى|发送时间|日期|收件人|寄件日期|送信日時|받은 사람|보낸 날짜|"
-    r"gönderildi|elküldve)\s*\*?\s*[:：]", re.IGNORECASE)
+    r"gönderildi|elküldve)\s*\*?\s*[:：]",
+    re.IGNORECASE,
+)
 _RULE = re.compile(r"^\s*[_=—–-]{8,}\s*$")  # Outlook's "________________________________" above the block
 
 
@@ -295,7 +324,9 @@ def _cut_quote(text: str) -> str:
     Outlook's header block in any language."""
     lines = text.split("\n")
     for index, line in enumerate(lines):
-        if _OUTLOOK_FROM.match(line) and any(_OUTLOOK_NEXT.match(rest) for rest in lines[index + 1:index + 4]):
+        if _OUTLOOK_FROM.match(line) and any(
+            _OUTLOOK_NEXT.match(rest) for rest in lines[index + 1 : index + 4]
+        ):
             kept = lines[:index]
             while kept and (not kept[-1].strip() or _RULE.match(kept[-1])):
                 kept.pop()
@@ -324,15 +355,28 @@ def _cut_quote(text: str) -> str:
 # HKSCS characters; Outlook's "iso-2022-jp" holds NEC and IBM extensions (①, ㈱, Roman numerals), read through
 # cp932 (`_iso2022jp_outlook`); "shift_jis" is Windows' cp932; Korean "euc-kr" is cp949.
 CHARSETS: dict[str, tuple[str, ...]] = {
-    "gb2312": ("gb18030",), "gbk": ("gb18030",), "x-gbk": ("gb18030",), "cp936": ("gb18030",),
-    "gb_2312-80": ("gb18030",), "euc-cn": ("gb18030",), "x-euc-cn": ("gb18030",),
-    "big5": ("big5hkscs", "cp950"), "big-5": ("big5hkscs", "cp950"), "cn-big5": ("big5hkscs", "cp950"),
+    "gb2312": ("gb18030",),
+    "gbk": ("gb18030",),
+    "x-gbk": ("gb18030",),
+    "cp936": ("gb18030",),
+    "gb_2312-80": ("gb18030",),
+    "euc-cn": ("gb18030",),
+    "x-euc-cn": ("gb18030",),
+    "big5": ("big5hkscs", "cp950"),
+    "big-5": ("big5hkscs", "cp950"),
+    "cn-big5": ("big5hkscs", "cp950"),
     "x-x-big5": ("big5hkscs", "cp950"),
     "iso-2022-jp": ("iso2022_jp_2004", "iso2022_jp_ext", "iso2022_jp_2"),
     "csiso2022jp": ("iso2022_jp_2004", "iso2022_jp_ext", "iso2022_jp_2"),
-    "shift_jis": ("cp932",), "shift-jis": ("cp932",), "sjis": ("cp932",), "x-sjis": ("cp932",),
-    "ks_c_5601-1987": ("cp949",), "euc-kr": ("cp949",),
-    "us-ascii": ("utf-8", "cp1252"), "ascii": ("utf-8", "cp1252"), "iso-8859-1": ("cp1252",),
+    "shift_jis": ("cp932",),
+    "shift-jis": ("cp932",),
+    "sjis": ("cp932",),
+    "x-sjis": ("cp932",),
+    "ks_c_5601-1987": ("cp949",),
+    "euc-kr": ("cp949",),
+    "us-ascii": ("utf-8", "cp1252"),
+    "ascii": ("utf-8", "cp1252"),
+    "iso-8859-1": ("cp1252",),
 }
 
 
@@ -396,8 +440,31 @@ def _part_text(part: Message) -> str:
 class _HtmlText(HTMLParser):
     """HTML to plain text: blocks become lines, quoted blocks get `> `, scripts and styles vanish."""
 
-    _BLOCKS: ClassVar[frozenset[str]] = frozenset({"p", "div", "br", "li", "tr", "ul", "ol", "table", "h1", "h2", "h3", "h4", "h5", "h6", "hr", "pre",
-               "blockquote", "section", "article", "header", "footer"})
+    _BLOCKS: ClassVar[frozenset[str]] = frozenset(
+        {
+            "p",
+            "div",
+            "br",
+            "li",
+            "tr",
+            "ul",
+            "ol",
+            "table",
+            "h1",
+            "h2",
+            "h3",
+            "h4",
+            "h5",
+            "h6",
+            "hr",
+            "pre",
+            "blockquote",
+            "section",
+            "article",
+            "header",
+            "footer",
+        }
+    )
     _HIDDEN: ClassVar[frozenset[str]] = frozenset({"script", "style", "head", "title", "template"})
 
     def __init__(self) -> None:
@@ -443,14 +510,24 @@ def html_to_text(markup: str) -> str:
     return parser.text()
 
 
-def _attachments(mail: EmailMessage, body_part: Message | None, store: AttachmentStore, *,
-                 truncated: bool, quote_names: bool = True) -> tuple[Attachment, ...]:
+def _attachments(
+    mail: EmailMessage,
+    body_part: Message | None,
+    store: AttachmentStore,
+    *,
+    truncated: bool,
+    quote_names: bool = True,
+) -> tuple[Attachment, ...]:
     found: list[Attachment] = []
 
     def rejected(name: str, reason: str) -> Attachment:
-        if not quote_names:  # "attachment-2.pdf": the customer still knows which one, no attacker text is sent
+        if (
+            not quote_names
+        ):  # "attachment-2.pdf": the customer still knows which one, no attacker text is sent
             suffix = name.rpartition(".")[2] if "." in name else ""
-            name = f"attachment-{len(found) + 1}" + (f".{suffix}" if suffix.isalnum() and len(suffix) <= 5 else "")
+            name = f"attachment-{len(found) + 1}" + (
+                f".{suffix}" if suffix.isalnum() and len(suffix) <= 5 else ""
+            )
         return store.rejected(name, reason)
 
     cids = _inline_images(mail)
@@ -464,7 +541,11 @@ def _attachments(mail: EmailMessage, body_part: Message | None, store: Attachmen
             if isinstance(payload, bytes) and len(payload) < INLINE_DECORATION_BYTES:
                 continue  # a logo or a signature picture inside the HTML: part of the mail, not a photo
         filename = _header_filename(part)
-        if filename is None and part.get_content_disposition() != "attachment" and not mime.startswith("image/"):
+        if (
+            filename is None
+            and part.get_content_disposition() != "attachment"
+            and not mime.startswith("image/")
+        ):
             continue  # the other half of multipart/alternative, or text that is part of the body
         if len(found) >= MAX_ATTACHMENTS:
             log.warning("mail with more than %s files: the rest are not kept", MAX_ATTACHMENTS)
@@ -484,8 +565,13 @@ def _attachments(mail: EmailMessage, body_part: Message | None, store: Attachmen
         for file_name, file_mime, file_data in files:
             if len(found) >= MAX_ATTACHMENTS:
                 break
-            kind = ("photo" if file_mime.startswith("image/") else "voice" if file_mime.startswith("audio/")
-                    else "document")
+            kind = (
+                "photo"
+                if file_mime.startswith("image/")
+                else "voice"
+                if file_mime.startswith("audio/")
+                else "document"
+            )
             try:
                 found.append(store.save(file_data, name=file_name, mime=file_mime, kind=kind))
             except AttachmentRejected as error:
@@ -497,19 +583,30 @@ def _tnef_files(data: bytes) -> list[tuple[str, str, bytes]]:
     """The files inside a TNEF `winmail.dat` (name, type by the name's extension, bytes); [] if unreadable."""
     try:
         tnef = tnefparse.TNEF(data)
-        files = [(_one_line(a.long_filename() or "") or f"attachment-{n}", a.data)
-                 for n, a in enumerate(tnef.attachments[:MAX_ATTACHMENTS], start=1)]
+        files = [
+            (_one_line(a.long_filename() or "") or f"attachment-{n}", a.data)
+            for n, a in enumerate(tnef.attachments[:MAX_ATTACHMENTS], start=1)
+        ]
     except Exception:  # a damaged or hostile wrapper: refused as the file it is, not a failed mail
         log.warning("winmail.dat could not be unpacked")
         return []
-    return [(name, mimetypes.guess_type(name)[0] or "application/octet-stream", content)
-            for name, content in files if isinstance(content, bytes) and content]
+    return [
+        (name, mimetypes.guess_type(name)[0] or "application/octet-stream", content)
+        for name, content in files
+        if isinstance(content, bytes) and content
+    ]
 
 
 def _inline_images(mail: Message) -> set[str]:
     """The Content-IDs the mail's HTML shows inline (`<img src="cid:…">`)."""
-    return {cid for part in mail.walk() if part.get_content_type() == "text/html"
-            for cid in re.findall(r"""cid:([^"'>\s]+)""", _decoded_text(part)[:MAX_HTML_SCAN], flags=re.IGNORECASE)}
+    return {
+        cid
+        for part in mail.walk()
+        if part.get_content_type() == "text/html"
+        for cid in re.findall(
+            r"""cid:([^"'>\s]+)""", _decoded_text(part)[:MAX_HTML_SCAN], flags=re.IGNORECASE
+        )
+    }
 
 
 _RFC2231_NAME = re.compile(r"""(?:file)?name\*\s*=\s*"?([\w.-]*)'[\w-]*'([^";\s]+)""", re.IGNORECASE)
@@ -532,7 +629,9 @@ def _header_filename(part: Message) -> str | None:
         else:
             value = plain.group(1) if plain.group(1) is not None else plain.group(2)
             try:
-                name = "".join(decode_bytes(c, s) if isinstance(c, bytes) else c for c, s in decode_header(value))
+                name = "".join(
+                    decode_bytes(c, s) if isinstance(c, bytes) else c for c, s in decode_header(value)
+                )
             except (ValueError, IndexError, binascii.Error):
                 name = value
     return _one_line(name) or None
@@ -560,8 +659,10 @@ def _thread_case_ref(mail: Message, config: MailSettings) -> str | None:
     return None
 
 
-_NO_REPLY = re.compile(r"^(no-?reply|do-?not-?reply|noreply-\w+|webform|forms?|wordpress|website|mailer)([+.-].*)?$",
-                       re.IGNORECASE)
+_NO_REPLY = re.compile(
+    r"^(no-?reply|do-?not-?reply|noreply-\w+|webform|forms?|wordpress|website|mailer)([+.-].*)?$",
+    re.IGNORECASE,
+)
 
 
 def _address(value: str) -> tuple[str, str]:
@@ -604,8 +705,9 @@ def _header(mail: Message, name: str) -> str:
         parts = decode_header(raw)
     except (ValueError, IndexError, binascii.Error):
         return raw.strip()
-    return "".join(decode_bytes(chunk, charset) if isinstance(chunk, bytes) else chunk
-                   for chunk, charset in parts).strip()
+    return "".join(
+        decode_bytes(chunk, charset) if isinstance(chunk, bytes) else chunk for chunk, charset in parts
+    ).strip()
 
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
@@ -675,8 +777,12 @@ class OAuthTokens:
             # instance_discovery=False: the authority is used as configured (a national cloud, or a test's
             # loopback one) instead of being checked against login.microsoftonline.com's list.
             self._msal = msal.ConfidentialClientApplication(
-                c.oauth_client_id, client_credential=c.oauth_client_secret, authority=authority,
-                http_client=self._http, instance_discovery=False)
+                c.oauth_client_id,
+                client_credential=c.oauth_client_secret,
+                authority=authority,
+                http_client=self._http,
+                instance_discovery=False,
+            )
         try:
             result = self._msal.acquire_token_for_client(scopes=[MICROSOFT_SCOPE])
         except (httpx.HTTPError, ValueError) as error:
@@ -692,9 +798,15 @@ class OAuthTokens:
             return self._token
         c = self.config
         try:
-            response = self._http.post(c.oauth_url or GOOGLE_TOKEN_URL, data={
-                "grant_type": "refresh_token", "client_id": c.oauth_client_id,
-                "client_secret": c.oauth_client_secret, "refresh_token": c.oauth_refresh_token})
+            response = self._http.post(
+                c.oauth_url or GOOGLE_TOKEN_URL,
+                data={
+                    "grant_type": "refresh_token",
+                    "client_id": c.oauth_client_id,
+                    "client_secret": c.oauth_client_secret,
+                    "refresh_token": c.oauth_refresh_token,
+                },
+            )
             answer = response.json()
         except (httpx.HTTPError, ValueError) as error:
             raise OAuthError(f"Google token endpoint: {type(error).__name__}") from None
@@ -704,7 +816,9 @@ class OAuthTokens:
             raise OAuthError(f"Google token endpoint: HTTP {response.status_code} {str(reason)[:80]}")
         expires_in = answer.get("expires_in")
         self._token = token
-        self._expires = time.monotonic() + (float(expires_in) if isinstance(expires_in, int | float) else 3600.0)
+        self._expires = time.monotonic() + (
+            float(expires_in) if isinstance(expires_in, int | float) else 3600.0
+        )
         return token
 
     def close(self) -> None:
@@ -766,8 +880,9 @@ class MailboxReader:
         self.config = config
         self.tokens = tokens
         self.stop = threading.Event()
-        self.state_key = _key("email:imap:", f"{config.imap_user}@{config.imap_host}:{config.imap_port}/"
-                                             f"{config.imap_mailbox}")
+        self.state_key = _key(
+            "email:imap:", f"{config.imap_user}@{config.imap_host}:{config.imap_port}/{config.imap_mailbox}"
+        )
 
     def run(self) -> None:
         """Read until stopped; connection failures are retried with a growing pause."""
@@ -791,7 +906,9 @@ class MailboxReader:
         context = ssl.create_default_context()
         imap: imaplib.IMAP4
         if c.imap_security == "tls":
-            imap = imaplib.IMAP4_SSL(c.imap_host, c.imap_port, ssl_context=context, timeout=IMAP_TIMEOUT_SECONDS)
+            imap = imaplib.IMAP4_SSL(
+                c.imap_host, c.imap_port, ssl_context=context, timeout=IMAP_TIMEOUT_SECONDS
+            )
         else:
             imap = imaplib.IMAP4(c.imap_host, c.imap_port, timeout=IMAP_TIMEOUT_SECONDS)
             if c.imap_security == "starttls":
@@ -816,7 +933,9 @@ class MailboxReader:
             raise imaplib.IMAP4.error("the server gave no UIDVALIDITY")
         # Some servers announce IDLE only once logged in: ask again rather than trust the greeting.
         status, data = imap.capability()
-        idle = status == "OK" and b"IDLE" in b" ".join(d for d in data if isinstance(d, bytes)).upper().split()
+        idle = (
+            status == "OK" and b"IDLE" in b" ".join(d for d in data if isinstance(d, bytes)).upper().split()
+        )
         while not self.stop.is_set():
             imap.response("EXISTS")  # forget what was announced before this sync: the sync sees it
             self.sync(imap, uidvalidity, uidnext)
@@ -839,11 +958,17 @@ class MailboxReader:
             uids = pending + [uid for uid in _search(imap, "UID", f"{last + 1}:*") if uid > last]
         else:
             if state:
-                log.warning("mailbox UIDVALIDITY changed; taking its unread mail again (duplicates are ignored)")
+                log.warning(
+                    "mailbox UIDVALIDITY changed; taking its unread mail again (duplicates are ignored)"
+                )
             # The unread mail is remembered as pending, so that a crash halfway through loses none of it.
             pending = uids = _search(imap, "UNSEEN")
             last = (uidnext - 1) if uidnext else max(_search(imap, "ALL"), default=0)
-            kv_put(self.bot.db, self.state_key, {"uidvalidity": uidvalidity, "last_uid": last, "pending": pending})
+            kv_put(
+                self.bot.db,
+                self.state_key,
+                {"uidvalidity": uidvalidity, "last_uid": last, "pending": pending},
+            )
         # A mail that was being taken when the process last stopped: a second stop on it marks it as poison
         # (a parser stall, a crash), handled by a person instead of stopping the reader on every start.
         taking, attempts = state.get("taking"), int(state.get("attempts", 0))
@@ -853,18 +978,25 @@ class MailboxReader:
             tries = attempts + 1 if uid == taking else 1
             record = {"uidvalidity": uidvalidity, "last_uid": last, "pending": pending}
             if tries > POISON_ATTEMPTS:
-                log.error("mail UID %s stopped the mailbox reader %s times; left unread for a person", uid,
-                          attempts)
+                log.error(
+                    "mail UID %s stopped the mailbox reader %s times; left unread for a person", uid, attempts
+                )
             else:
                 kv_put(self.bot.db, self.state_key, {**record, "taking": uid, "attempts": tries})
                 try:
                     self._take(imap, uid)
                 except BaseException:
-                    kv_put(self.bot.db, self.state_key, record)  # it raised, the process did not die: not poison
+                    kv_put(
+                        self.bot.db, self.state_key, record
+                    )  # it raised, the process did not die: not poison
                     raise
             last = max(last, uid)
             pending = [p for p in pending if p != uid]
-            kv_put(self.bot.db, self.state_key, {"uidvalidity": uidvalidity, "last_uid": last, "pending": pending})
+            kv_put(
+                self.bot.db,
+                self.state_key,
+                {"uidvalidity": uidvalidity, "last_uid": last, "pending": pending},
+            )
 
     def _take(self, imap: imaplib.IMAP4, uid: int) -> None:
         size = _fetch_size(imap, uid)
@@ -876,8 +1008,18 @@ class MailboxReader:
         try:
             mail = read_mail(raw)
             reason = ignore_reason(mail, own=self.config.own_addresses)
-            inbound = None if reason else to_inbound(mail, raw, config=self.config, store=self.bot.attachments,
-                                                     truncated=truncated, answers_us=_answers_us(self.bot.db, mail))
+            inbound = (
+                None
+                if reason
+                else to_inbound(
+                    mail,
+                    raw,
+                    config=self.config,
+                    store=self.bot.attachments,
+                    truncated=truncated,
+                    answers_us=_answers_us(self.bot.db, mail),
+                )
+            )
             quiet = quiet_reason(mail)
             if inbound is not None and quiet:
                 inbound = dataclasses.replace(inbound, raw={**inbound.raw, "quiet": quiet})
@@ -892,7 +1034,9 @@ class MailboxReader:
             return
         accepted = self.bot.engine.accept(inbound)
         if truncated:
-            log.warning("mail UID %s is larger than %s bytes; only its text was kept", uid, self.config.max_mail_bytes)
+            log.warning(
+                "mail UID %s is larger than %s bytes; only its text was kept", uid, self.config.max_mail_bytes
+            )
         log.debug("mail UID %s taken (duplicate: %s)", uid, accepted.duplicate)
         with contextlib.suppress(imaplib.IMAP4.error):  # a read-only mailbox: the UID we keep is what counts
             imap.uid("STORE", str(uid), "+FLAGS.SILENT", "(\\Seen)")
@@ -984,7 +1128,9 @@ class Thread:
     case_ref: str | None = None
 
 
-def compose(message: OutboundMessage, *, thread: Thread, config: MailSettings, by_person: bool = False) -> EmailMessage:
+def compose(
+    message: OutboundMessage, *, thread: Thread, config: MailSettings, by_person: bool = False
+) -> EmailMessage:
     """Our reply as a mail: text and HTML parts (customer text escaped), threading headers, Auto-Submitted.
 
     `by_person`: an engineer wrote it, so it is not marked `Auto-Submitted: auto-replied` (RFC 3834 is for
@@ -1002,7 +1148,7 @@ def compose(message: OutboundMessage, *, thread: Thread, config: MailSettings, b
         mail["In-Reply-To"] = thread.message_id
         chain = [*thread.references, thread.message_id]
         if len(chain) > MAX_REFERENCES:
-            chain = [chain[0], *chain[-(MAX_REFERENCES - 1):]]
+            chain = [chain[0], *chain[-(MAX_REFERENCES - 1) :]]
         mail["References"] = " ".join(chain)
     if not by_person:
         mail["Auto-Submitted"] = "auto-replied"
@@ -1022,12 +1168,17 @@ def _reply_subject(thread: Thread, config: MailSettings) -> str:
 
 
 def _html(message: OutboundMessage) -> str:
-    paragraphs = "".join(f"<p>{html.escape(p).replace(chr(10), '<br>')}</p>\n"
-                         for p in re.split(r"\n\s*\n", message.text.strip()) if p.strip())
+    paragraphs = "".join(
+        f"<p>{html.escape(p).replace(chr(10), '<br>')}</p>\n"
+        for p in re.split(r"\n\s*\n", message.text.strip())
+        if p.strip()
+    )
     options = "".join(f"<li>{html.escape(b.label)}</li>" for b in message.buttons)
     listed = f"<ol>{options}</ol>\n" if options else ""
-    return ('<!DOCTYPE html>\n<html><head><meta charset="utf-8"></head>\n'
-            f'<body style="font-family: sans-serif">\n{paragraphs}{listed}</body></html>\n')
+    return (
+        '<!DOCTYPE html>\n<html><head><meta charset="utf-8"></head>\n'
+        f'<body style="font-family: sans-serif">\n{paragraphs}{listed}</body></html>\n'
+    )
 
 
 class MailSender:
@@ -1044,8 +1195,9 @@ class MailSender:
             raise PermanentFailure("refusing to mail our own address")
         wait = await asyncio.to_thread(_rate_limited, self.bot.db, address, self.config.replies_per_hour)
         if wait is not None:
-            raise RetryLater(f"more than {self.config.replies_per_hour} replies to this address in an hour",
-                             after=wait)
+            raise RetryLater(
+                f"more than {self.config.replies_per_hour} replies to this address in an hour", after=wait
+            )
         thread = await asyncio.to_thread(_thread_of, self.bot.db, message)
         mail = compose(message, thread=thread, config=self.config, by_person=message.author == "engineer")
         for attachment in message.attachments:
@@ -1059,7 +1211,9 @@ class MailSender:
         try:
             smtp: smtplib.SMTP
             if c.smtp_security == "tls":
-                smtp = smtplib.SMTP_SSL(c.smtp_host, c.smtp_port, timeout=SMTP_TIMEOUT_SECONDS, context=context)
+                smtp = smtplib.SMTP_SSL(
+                    c.smtp_host, c.smtp_port, timeout=SMTP_TIMEOUT_SECONDS, context=context
+                )
             else:
                 smtp = smtplib.SMTP(c.smtp_host, c.smtp_port, timeout=SMTP_TIMEOUT_SECONDS)
             with smtp:
@@ -1101,8 +1255,9 @@ def _attach(mail: EmailMessage, attachment: Attachment, store: AttachmentStore) 
         log.warning("attachment %s is missing from the store; sent without it", attachment.name)
         return
     maintype, _, subtype = attachment.mime.partition("/")
-    mail.add_attachment(data, maintype=maintype or "application", subtype=subtype or "octet-stream",
-                        filename=attachment.name)
+    mail.add_attachment(
+        data, maintype=maintype or "application", subtype=subtype or "octet-stream", filename=attachment.name
+    )
 
 
 def _rate_limited(db: Engine, address: str, per_hour: int) -> float | None:
@@ -1125,9 +1280,13 @@ def _thread_of(db: Engine, message: OutboundMessage) -> Thread:
     # Checked again here: a mail stored before these values were cleaned must not poison every reply.
     message_ids = _message_ids(str(raw.get("message_id") or ""))
     name = _one_line(str(last.get("sender_name") or ""))
-    return Thread(to_name=name or None, message_id=message_ids[0] if message_ids else None,
-                  references=tuple(_message_ids(str(raw.get("references") or ""))),
-                  subject=_one_line(str(raw.get("subject") or "")), case_ref=message.case_ref or None)
+    return Thread(
+        to_name=name or None,
+        message_id=message_ids[0] if message_ids else None,
+        references=tuple(_message_ids(str(raw.get("references") or ""))),
+        subject=_one_line(str(raw.get("subject") or "")),
+        case_ref=message.case_ref or None,
+    )
 
 
 # --- shared state ---------------------------------------------------------------------------------------
@@ -1180,10 +1339,20 @@ def mail_settings(bot: Bot) -> MailSettings:
         raise ValueError(f"EMAIL_OAUTH must be microsoft, google or empty, not {s.email_oauth!r}")
     secret = s.email_oauth_client_secret.get_secret_value() if s.email_oauth_client_secret else ""
     refresh = s.email_oauth_refresh_token.get_secret_value() if s.email_oauth_refresh_token else ""
-    needed = {"microsoft": {"EMAIL_OAUTH_CLIENT_ID": s.email_oauth_client_id, "EMAIL_OAUTH_CLIENT_SECRET": secret,
-                            "EMAIL_OAUTH_TENANT": s.email_oauth_tenant, "IMAP_USER": s.imap_user},
-              "google": {"EMAIL_OAUTH_CLIENT_ID": s.email_oauth_client_id, "EMAIL_OAUTH_CLIENT_SECRET": secret,
-                         "EMAIL_OAUTH_REFRESH_TOKEN": refresh, "IMAP_USER": s.imap_user}}.get(s.email_oauth, {})
+    needed = {
+        "microsoft": {
+            "EMAIL_OAUTH_CLIENT_ID": s.email_oauth_client_id,
+            "EMAIL_OAUTH_CLIENT_SECRET": secret,
+            "EMAIL_OAUTH_TENANT": s.email_oauth_tenant,
+            "IMAP_USER": s.imap_user,
+        },
+        "google": {
+            "EMAIL_OAUTH_CLIENT_ID": s.email_oauth_client_id,
+            "EMAIL_OAUTH_CLIENT_SECRET": secret,
+            "EMAIL_OAUTH_REFRESH_TOKEN": refresh,
+            "IMAP_USER": s.imap_user,
+        },
+    }.get(s.email_oauth, {})
     missing = [name for name, value in needed.items() if not value]
     if missing:
         raise ValueError(f"EMAIL_OAUTH={s.email_oauth} needs {', '.join(missing)}")
@@ -1192,16 +1361,29 @@ def mail_settings(bot: Bot) -> MailSettings:
         raise ValueError(f"EMAIL_FROM must hold an email address, not {s.email_from!r}")
     Address(addr_spec=address)  # raises on an address SMTP would refuse
     return MailSettings(
-        imap_host=s.imap_host, imap_port=s.imap_port, imap_security=s.imap_security, imap_user=s.imap_user,
+        imap_host=s.imap_host,
+        imap_port=s.imap_port,
+        imap_security=s.imap_security,
+        imap_user=s.imap_user,
         imap_password=s.imap_password.get_secret_value() if s.imap_password else "",
-        imap_mailbox=s.imap_mailbox, poll_seconds=s.imap_poll_seconds,
-        smtp_host=s.smtp_host, smtp_port=s.smtp_port, smtp_security=s.smtp_security, smtp_user=s.smtp_user,
+        imap_mailbox=s.imap_mailbox,
+        poll_seconds=s.imap_poll_seconds,
+        smtp_host=s.smtp_host,
+        smtp_port=s.smtp_port,
+        smtp_security=s.smtp_security,
+        smtp_user=s.smtp_user,
         smtp_password=s.smtp_password.get_secret_value() if s.smtp_password else "",
-        from_header=s.email_from, address=address.lower(), replies_per_hour=s.email_replies_per_hour,
+        from_header=s.email_from,
+        address=address.lower(),
+        replies_per_hour=s.email_replies_per_hour,
         case_ref_prefix=s.case_ref_prefix,
         max_mail_bytes=s.max_body_bytes + 2 * s.attachment_max_bytes,
-        oauth=s.email_oauth, oauth_client_id=s.email_oauth_client_id, oauth_client_secret=secret,
-        oauth_tenant=s.email_oauth_tenant, oauth_refresh_token=refresh, oauth_url=s.email_oauth_url,
+        oauth=s.email_oauth,
+        oauth_client_id=s.email_oauth_client_id,
+        oauth_client_secret=secret,
+        oauth_tenant=s.email_oauth_tenant,
+        oauth_refresh_token=refresh,
+        oauth_url=s.email_oauth_url,
     )
 
 

@@ -64,21 +64,28 @@ MAX_MEMBER_PAGES = 50
 REMIND_BATCH = 50
 SOCKET_RETRY_SECONDS = 30.0
 NOTE = re.compile(r"^\s*note:\s*", re.IGNORECASE)
-REFUSAL = ("Only the after-sales engineers can act on warranty cases; nothing was changed. "
-           "Ask an admin to add you to the escalation channel or to SLACK_ENGINEER_IDS.")
+REFUSAL = (
+    "Only the after-sales engineers can act on warranty cases; nothing was changed. "
+    "Ask an admin to add you to the escalation channel or to SLACK_ENGINEER_IDS."
+)
 # Events this desk listens for; any other type the app is subscribed to is acknowledged (200) and dropped,
 # since Bolt answers an event without a listener 404, which Slack counts as a failure and retries.
 HANDLED_EVENTS = frozenset({"message", "app_home_opened", "app_mention", "tokens_revoked", "app_uninstalled"})
 # The workspace took the app's token away: nothing can be sent until the app is installed again.
 REVOKED_PREFIX = "slack:revoked:"
-REVOKED_ERRORS = frozenset({"token_revoked", "account_inactive", "invalid_auth", "not_authed", "token_expired"})
+REVOKED_ERRORS = frozenset(
+    {"token_revoked", "account_inactive", "invalid_auth", "not_authed", "token_expired"}
+)
 REVOKED_WAIT_SECONDS = 300.0
 CORRECTION = "Correction: "
-DELETED = ("Deleting a message in Slack does not take it back from the customer: they already have it. "
-           "Write a correction in the thread if needed.")
+DELETED = (
+    "Deleting a message in Slack does not take it back from the customer: they already have it. "
+    "Write a correction in the thread if needed."
+)
 # Slack errors worth another try; everything else (channel_not_found, invalid_blocks, ...) will not improve.
-TRANSIENT_ERRORS = frozenset({"ratelimited", "internal_error", "fatal_error", "service_unavailable",
-                              "request_timeout"})
+TRANSIENT_ERRORS = frozenset(
+    {"ratelimited", "internal_error", "fatal_error", "service_unavailable", "request_timeout"}
+)
 
 
 class SlackSettingsError(ValueError):
@@ -108,27 +115,41 @@ class SlackConfig:
         token = settings.slack_bot_token.get_secret_value().strip() if settings.slack_bot_token else ""
         if not token:
             return None
-        secret = settings.slack_signing_secret.get_secret_value().strip() if settings.slack_signing_secret else ""
+        secret = (
+            settings.slack_signing_secret.get_secret_value().strip() if settings.slack_signing_secret else ""
+        )
         app_token = settings.slack_app_token.get_secret_value().strip() if settings.slack_app_token else ""
         mode = settings.slack_mode
         if mode == "auto":
             # A public URL means Slack can call us; without one, Socket Mode needs no inbound connection.
             mode = "http" if settings.public_url or not app_token else "socket"
         if mode == "http" and not secret:
-            raise SlackSettingsError("Slack in HTTP mode needs SLACK_SIGNING_SECRET (or SLACK_APP_TOKEN for "
-                                     "Socket Mode)")
+            raise SlackSettingsError(
+                "Slack in HTTP mode needs SLACK_SIGNING_SECRET (or SLACK_APP_TOKEN for Socket Mode)"
+            )
         if mode == "socket" and not app_token:
             raise SlackSettingsError("Slack in Socket Mode needs SLACK_APP_TOKEN (xapp-...)")
         if not settings.slack_escalation_channel.strip():
-            raise SlackSettingsError("SLACK_ESCALATION_CHANNEL (a channel id such as C07ESC4L8QZ) must be set")
+            raise SlackSettingsError(
+                "SLACK_ESCALATION_CHANNEL (a channel id such as C07ESC4L8QZ) must be set"
+            )
         if settings.slack_remind_after <= timedelta(0):
             raise SlackSettingsError("SLACK_REMIND_AFTER must be positive")
-        api_url = settings.slack_api_url if settings.slack_api_url.endswith("/") else settings.slack_api_url + "/"
-        return cls(bot_token=token, signing_secret=secret, app_token=app_token, api_url=api_url,
-                   channel=settings.slack_escalation_channel.strip(),
-                   engineer_ids=frozenset(i.strip() for i in settings.slack_engineer_ids.split(",") if i.strip()),
-                   remind_after=settings.slack_remind_after, remind_group=settings.slack_remind_group.strip(),
-                   mode=mode, public_url=settings.public_url.rstrip("/"))
+        api_url = (
+            settings.slack_api_url if settings.slack_api_url.endswith("/") else settings.slack_api_url + "/"
+        )
+        return cls(
+            bot_token=token,
+            signing_secret=secret,
+            app_token=app_token,
+            api_url=api_url,
+            channel=settings.slack_escalation_channel.strip(),
+            engineer_ids=frozenset(i.strip() for i in settings.slack_engineer_ids.split(",") if i.strip()),
+            remind_after=settings.slack_remind_after,
+            remind_group=settings.slack_remind_group.strip(),
+            mode=mode,
+            public_url=settings.public_url.rstrip("/"),
+        )
 
     @property
     def remind_mention(self) -> str:
@@ -151,14 +172,22 @@ _SIGNATURE = re.compile(r"v0=[0-9a-f]{64}")
 
 def headers_ok(timestamp: str, signature: str) -> bool:
     """Headers of the shape Slack sends: a number for a timestamp, a v0 HMAC-SHA256 signature."""
-    return timestamp.isascii() and timestamp.isdigit() and len(timestamp) <= 12 and bool(_SIGNATURE.fullmatch(signature))
+    return (
+        timestamp.isascii()
+        and timestamp.isdigit()
+        and len(timestamp) <= 12
+        and bool(_SIGNATURE.fullmatch(signature))
+    )
 
 
 def signed_by_slack(secret: str, body: bytes, timestamp: str, signature: str, *, now: float) -> bool:
     """Slack's v0 check over raw bytes (the SDK's verifier needs UTF-8), recent timestamps only."""
     if not secret or abs(now - int(timestamp)) > 300:
         return False
-    expected = "v0=" + hmac.new(secret.encode(), b"v0:" + timestamp.encode() + b":" + body, hashlib.sha256).hexdigest()
+    expected = (
+        "v0="
+        + hmac.new(secret.encode(), b"v0:" + timestamp.encode() + b":" + body, hashlib.sha256).hexdigest()
+    )
     return hmac.compare_digest(expected.encode(), signature.encode())
 
 
@@ -182,7 +211,11 @@ def parse_body(body: bytes, kind: str, content_type: str) -> dict[str, Any]:
     if not isinstance(parsed, dict):
         raise ValueError(f"not a Slack {kind} request")
     # Slack checks the certificate of a slash command's URL with `ssl_check=1`; Bolt answers it.
-    if kind == "commands" and not str(parsed.get("command", "")).startswith("/") and not parsed.get("ssl_check"):
+    if (
+        kind == "commands"
+        and not str(parsed.get("command", "")).startswith("/")
+        and not parsed.get("ssl_check")
+    ):
         raise ValueError("not a slash command")
     if kind != "commands" and not (_listened(parsed) and _shaped(parsed)):
         raise ValueError(f"not a Slack {kind} request this desk handles")
@@ -197,12 +230,18 @@ def _listened(payload: Mapping[str, Any]) -> bool:
         return isinstance(event, dict) and isinstance(event.get("type"), str)
     if kind == "block_actions":
         actions = payload.get("actions")
-        return (isinstance(actions, list) and bool(actions)
-                and all(isinstance(a, dict) and isinstance(a.get("action_id"), str) for a in actions))
+        return (
+            isinstance(actions, list)
+            and bool(actions)
+            and all(isinstance(a, dict) and isinstance(a.get("action_id"), str) for a in actions)
+        )
     if kind in ("view_submission", "view_closed"):
         view = payload.get("view")
-        return (isinstance(view, dict) and view.get("type") == "modal"
-                and isinstance(view.get("callback_id"), str))
+        return (
+            isinstance(view, dict)
+            and view.get("type") == "modal"
+            and isinstance(view.get("callback_id"), str)
+        )
     return kind in ("url_verification", "app_rate_limited")  # answered by Bolt and by nothing, respectively
 
 
@@ -244,11 +283,18 @@ class SlackDesk(Channel):
         bolt_logger = logging.getLogger(f"{__name__}.bolt")
         # Bolt logs rejected request bodies at INFO; they carry Slack's verification token and message text.
         bolt_logger.setLevel(max(logging.WARNING, bolt_logger.getEffectiveLevel()))
-        self.client = AsyncWebClient(token=config.bot_token, base_url=config.api_url, timeout=10, logger=bolt_logger)
+        self.client = AsyncWebClient(
+            token=config.bot_token, base_url=config.api_url, timeout=10, logger=bolt_logger
+        )
         # AsyncApp verifies no token at init (it calls auth.test lazily, through this client, on the first
         # request), so nothing reaches slack.com when SLACK_API_URL points elsewhere.
-        self.app = AsyncApp(client=self.client, signing_secret=config.signing_secret, logger=bolt_logger,
-                            name="warranty-desk", process_before_response=False)
+        self.app = AsyncApp(
+            client=self.client,
+            signing_secret=config.signing_secret,
+            logger=bolt_logger,
+            name="warranty-desk",
+            process_before_response=False,
+        )
         self.handler = AsyncSlackRequestHandler(self.app)
         self.socket: AsyncSocketModeHandler | None = None
         self._tasks: list[asyncio.Task[Any]] = []
@@ -265,9 +311,11 @@ class SlackDesk(Channel):
     def routes(self) -> Sequence[BaseRoute]:
         if self.config.mode != "http":
             return []
-        return [Route(EVENTS_PATH, self.events, methods=["POST"]),
-                Route(INTERACTIVITY_PATH, self.interactivity, methods=["POST"]),
-                Route(COMMANDS_PATH, self.commands, methods=["POST"])]
+        return [
+            Route(EVENTS_PATH, self.events, methods=["POST"]),
+            Route(INTERACTIVITY_PATH, self.interactivity, methods=["POST"]),
+            Route(COMMANDS_PATH, self.commands, methods=["POST"]),
+        ]
 
     def sender(self) -> SlackDesk:
         return self
@@ -275,12 +323,16 @@ class SlackDesk(Channel):
     def problem(self) -> str | None:
         """What keeps this desk from working, for /healthz; None when nothing does."""
         if self.revoked:
-            return f"Slack {self.revoked}: nothing is posted until the app is installed again with a new token"
+            return (
+                f"Slack {self.revoked}: nothing is posted until the app is installed again with a new token"
+            )
         return None
 
     async def start(self) -> None:
         stored = await asyncio.to_thread(kv_get, self.bot.db, self._revoked_key)
-        self.revoked = str(stored[0].get("reason")) if stored is not None else None  # a new token starts clean
+        self.revoked = (
+            str(stored[0].get("reason")) if stored is not None else None
+        )  # a new token starts clean
         self._stop = asyncio.Event()
         self._tasks.append(asyncio.create_task(self._remind_loop(), name="slack-reminders"))
         if self.config.mode == "socket":
@@ -310,7 +362,9 @@ class SlackDesk(Channel):
                 log.info("Slack Socket Mode connected")
                 return
             except Exception as error:
-                log.error("Slack Socket Mode could not connect (%s); trying again in 30 s", type(error).__name__)
+                log.error(
+                    "Slack Socket Mode could not connect (%s); trying again in 30 s", type(error).__name__
+                )
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), timeout=SOCKET_RETRY_SECONDS)
 
@@ -336,15 +390,19 @@ class SlackDesk(Channel):
         timestamp = request.headers.get("x-slack-request-timestamp", "")
         signature = request.headers.get("x-slack-signature", "")
         secret = self.config.signing_secret
-        if not headers_ok(timestamp, signature) or not signed_by_slack(secret, body, timestamp, signature,
-                                                                        now=time.time()):
+        if not headers_ok(timestamp, signature) or not signed_by_slack(
+            secret, body, timestamp, signature, now=time.time()
+        ):
             return JSONResponse({"error": "invalid request"}, status_code=401)
         try:
             parsed = parse_body(body, kind, request.headers.get("content-type", ""))
         except ValueError:
             return JSONResponse({"error": "malformed request body"}, status_code=400)
-        if kind == "events" and parsed.get("type") == "event_callback" and \
-                parsed["event"]["type"] not in HANDLED_EVENTS:
+        if (
+            kind == "events"
+            and parsed.get("type") == "event_callback"
+            and parsed["event"]["type"] not in HANDLED_EVENTS
+        ):
             return Response(status_code=200)  # subscribed to, not used: acknowledged so Slack does not retry
         try:
             return await self.handler.handle(request)
@@ -394,31 +452,45 @@ class SlackDesk(Channel):
             return
         ref, user, thread_ts, raw = thread
         note = NOTE.match(raw)
-        text = await self._plain(raw[note.end():] if note else raw)
+        text = await self._plain(raw[note.end() :] if note else raw)
         if event.get("files") and not text:
-            await self._ephemeral(user, "Files attached in Slack are not sent to the customer; write the text "
-                                        "you want them to read.", thread_ts)
+            await self._ephemeral(
+                user,
+                "Files attached in Slack are not sent to the customer; write the text you want them to read.",
+                thread_ts,
+            )
             return
         if note:
-            done = await self._act(user, thread_ts, lambda name: self.bot.desk.note(
-                ref, engineer=name, text=text, origin=ORIGIN))
+            done = await self._act(
+                user, thread_ts, lambda name: self.bot.desk.note(ref, engineer=name, text=text, origin=ORIGIN)
+            )
         else:
-            done = await self._act(user, thread_ts, lambda name: self.bot.desk.reply(
-                ref, engineer=name, text=text, origin=ORIGIN))
+            done = await self._act(
+                user,
+                thread_ts,
+                lambda name: self.bot.desk.reply(ref, engineer=name, text=text, origin=ORIGIN),
+            )
         if done:
             # A lock marks what stayed internal; the outbox tray what went to the customer.
             await self._react(str(event.get("ts") or ""), "lock" if note else "outbox_tray")
             if event.get("files"):
-                await self._ephemeral(user, "Files attached in Slack are not sent to the customer.", thread_ts)
+                await self._ephemeral(
+                    user, "Files attached in Slack are not sent to the customer.", thread_ts
+                )
 
-    async def _engineer_thread(self, body: Mapping[str, Any], message: Mapping[str, Any],
-                               context: Mapping[str, Any]) -> tuple[str, str, str, str] | None:
+    async def _engineer_thread(
+        self, body: Mapping[str, Any], message: Mapping[str, Any], context: Mapping[str, Any]
+    ) -> tuple[str, str, str, str] | None:
         """(case ref, user, thread ts, text) when `message` is a person's message in a case thread, seen for
         the first time, by an engineer (anyone else is told privately that nothing was sent); else None."""
         user, thread_ts, raw = message.get("user"), message.get("thread_ts"), message.get("text") or ""
         if not isinstance(user, str) or not isinstance(thread_ts, str) or not isinstance(raw, str):
             return None  # not a message an engineer typed in a thread
-        if not user or message.get("bot_id") or user == (context.get("bot_user_id") or await self._bot_user_id()):
+        if (
+            not user
+            or message.get("bot_id")
+            or user == (context.get("bot_user_id") or await self._bot_user_id())
+        ):
             return None  # our own relays (and other bots) would echo back to the customer
         if not thread_ts or thread_ts == message.get("ts"):
             return None
@@ -432,7 +504,9 @@ class SlackDesk(Channel):
             return None
         return ref, user, thread_ts, raw
 
-    async def _on_edited(self, body: Mapping[str, Any], event: Mapping[str, Any], context: Mapping[str, Any]) -> None:
+    async def _on_edited(
+        self, body: Mapping[str, Any], event: Mapping[str, Any], context: Mapping[str, Any]
+    ) -> None:
         """An engineer corrected a message in a case thread: the customer gets the corrected text, marked so
         (a chat message cannot be edited on the customer's side)."""
         message, previous = event.get("message"), event.get("previous_message")
@@ -445,19 +519,27 @@ class SlackDesk(Channel):
             return
         ref, user, thread_ts, raw = thread
         note = NOTE.match(raw)
-        text = await self._plain(raw[note.end():] if note else raw)
+        text = await self._plain(raw[note.end() :] if note else raw)
         if not text:
             return
         if note or NOTE.match(str(previous.get("text") or "")):
-            done = await self._act(user, thread_ts, lambda name: self.bot.desk.note(
-                ref, engineer=name, text=CORRECTION + text, origin=ORIGIN))
+            done = await self._act(
+                user,
+                thread_ts,
+                lambda name: self.bot.desk.note(ref, engineer=name, text=CORRECTION + text, origin=ORIGIN),
+            )
         else:
-            done = await self._act(user, thread_ts, lambda name: self.bot.desk.reply(
-                ref, engineer=name, text=CORRECTION + text, origin=ORIGIN))
+            done = await self._act(
+                user,
+                thread_ts,
+                lambda name: self.bot.desk.reply(ref, engineer=name, text=CORRECTION + text, origin=ORIGIN),
+            )
         if done:
             await self._react(str(message.get("ts") or ""), "lock" if note else "outbox_tray")
 
-    async def _on_deleted(self, body: Mapping[str, Any], event: Mapping[str, Any], context: Mapping[str, Any]) -> None:
+    async def _on_deleted(
+        self, body: Mapping[str, Any], event: Mapping[str, Any], context: Mapping[str, Any]
+    ) -> None:
         """A relayed message deleted in Slack: the engineer is told that the customer still has it."""
         previous = event.get("previous_message")
         if not isinstance(previous, dict) or NOTE.match(str(previous.get("text") or "")):
@@ -465,7 +547,10 @@ class SlackDesk(Channel):
         user, thread_ts = previous.get("user"), previous.get("thread_ts")
         if not isinstance(user, str) or not isinstance(thread_ts, str) or previous.get("bot_id"):
             return
-        if not await self._first_time(body) or await asyncio.to_thread(self.bot.desk.case_at, "ts", thread_ts) is None:
+        if (
+            not await self._first_time(body)
+            or await asyncio.to_thread(self.bot.desk.case_at, "ts", thread_ts) is None
+        ):
             return
         await self._ephemeral(user, DELETED, thread_ts)
 
@@ -493,7 +578,9 @@ class SlackDesk(Channel):
         ref = str(action.get("value", ""))
         await self._act(user, None, lambda name: self.bot.desk.claim(ref, engineer=name, origin=ORIGIN))
 
-    async def on_choose_method(self, ack: Callable[..., Any], body: dict[str, Any], action: dict[str, Any]) -> None:
+    async def on_choose_method(
+        self, ack: Callable[..., Any], body: dict[str, Any], action: dict[str, Any]
+    ) -> None:
         await ack()
         user = _user_id(body)
         if await self._refused(user):
@@ -504,8 +591,11 @@ class SlackDesk(Channel):
             return
         if await self._outside_decision(user, body, ref, method):
             return
-        await self._act(user, None, lambda name: self.bot.desk.choose_method(
-            ref, engineer=name, method=method, origin=ORIGIN))
+        await self._act(
+            user,
+            None,
+            lambda name: self.bot.desk.choose_method(ref, engineer=name, method=method, origin=ORIGIN),
+        )
 
     async def _outside_decision(self, user: str, body: dict[str, Any], ref: str, method: str) -> bool:
         """A method the decision does not allow is never set from the menu: the goodwill modal asks first."""
@@ -518,7 +608,9 @@ class SlackDesk(Channel):
         if method in allowed or case["status"] == CaseStatus.closed:
             return False  # the desk sets it, or says the case is closed
         try:
-            await self.client.views_open(trigger_id=body["trigger_id"], view=ui.goodwill_modal(ref, method, allowed))
+            await self.client.views_open(
+                trigger_id=body["trigger_id"], view=ui.goodwill_modal(ref, method, allowed)
+            )
         except (SlackApiError, KeyError) as error:
             log.warning("views.open failed: %s", type(error).__name__)
         return True
@@ -544,9 +636,13 @@ class SlackDesk(Channel):
             return
         if await self._refused(user):
             return
-        await self._act(user, None, lambda name: self.bot.desk.fulfil(ref, engineer=name, action=step, origin=ORIGIN))
+        await self._act(
+            user, None, lambda name: self.bot.desk.fulfil(ref, engineer=name, action=step, origin=ORIGIN)
+        )
 
-    async def on_fulfil_submitted(self, ack: Callable[..., Any], body: dict[str, Any], view: dict[str, Any]) -> None:
+    async def on_fulfil_submitted(
+        self, ack: Callable[..., Any], body: dict[str, Any], view: dict[str, Any]
+    ) -> None:
         user = _user_id(body)
         if not await self._is_engineer(user):
             await ack(response_action="errors", errors={ui.FULFIL_BLOCK: REFUSAL})
@@ -555,7 +651,9 @@ class SlackDesk(Channel):
         ref, _, step = str(view.get("private_metadata", "")).partition("|")
         name = await self._display_name(user)
         try:
-            await asyncio.to_thread(self.bot.desk.fulfil, ref, engineer=name, action=step, text=text, origin=ORIGIN)
+            await asyncio.to_thread(
+                self.bot.desk.fulfil, ref, engineer=name, action=step, text=text, origin=ORIGIN
+            )
         except DeskError as error:
             await ack(response_action="errors", errors={ui.FULFIL_BLOCK: _clip_error(error)})
             return
@@ -569,7 +667,9 @@ class SlackDesk(Channel):
         ref = str(action.get("value", ""))
         await self._act(user, None, lambda name: self.bot.desk.close(ref, engineer=name, origin=ORIGIN))
 
-    async def on_open_modal(self, ack: Callable[..., Any], body: dict[str, Any], action: dict[str, Any]) -> None:
+    async def on_open_modal(
+        self, ack: Callable[..., Any], body: dict[str, Any], action: dict[str, Any]
+    ) -> None:
         """Ask customer / Not covered: open the modal (the trigger id is valid for 3 seconds only)."""
         await ack()
         user = _user_id(body)
@@ -599,7 +699,9 @@ class SlackDesk(Channel):
         except SlackApiError as error:
             log.warning("views.open failed: %s", error.response.get("error"))
 
-    async def on_ask_submitted(self, ack: Callable[..., Any], body: dict[str, Any], view: dict[str, Any]) -> None:
+    async def on_ask_submitted(
+        self, ack: Callable[..., Any], body: dict[str, Any], view: dict[str, Any]
+    ) -> None:
         user = _user_id(body)
         question = _view_value(view, ui.QUESTION_BLOCK, ui.QUESTION_INPUT)
         if self._known_engineer(user) is False:
@@ -612,10 +714,15 @@ class SlackDesk(Channel):
         if await self._refused(user):
             return
         ref = str(view.get("private_metadata", ""))
-        await self._act(user, None, lambda name: self.bot.desk.ask_customer(
-            ref, engineer=name, question=question, origin=ORIGIN))
+        await self._act(
+            user,
+            None,
+            lambda name: self.bot.desk.ask_customer(ref, engineer=name, question=question, origin=ORIGIN),
+        )
 
-    async def on_refuse_submitted(self, ack: Callable[..., Any], body: dict[str, Any], view: dict[str, Any]) -> None:
+    async def on_refuse_submitted(
+        self, ack: Callable[..., Any], body: dict[str, Any], view: dict[str, Any]
+    ) -> None:
         user = _user_id(body)
         reason = _view_value(view, ui.REASON_BLOCK, ui.REASON_INPUT)
         clauses = ui.parse_clauses(_view_value(view, ui.CLAUSES_BLOCK, ui.CLAUSES_INPUT))
@@ -627,24 +734,41 @@ class SlackDesk(Channel):
             await ack(response_action="errors", errors={ui.REASON_BLOCK: "Give the reason."})
             return
         if unknown:
-            await ack(response_action="errors", errors={ui.CLAUSES_BLOCK: f"Not in the policy: {', '.join(unknown)}"})
+            await ack(
+                response_action="errors",
+                errors={ui.CLAUSES_BLOCK: f"Not in the policy: {', '.join(unknown)}"},
+            )
             return
         await ack()
         if await self._refused(user):
             return
         ref = str(view.get("private_metadata", ""))
-        await self._act(user, None, lambda name: self.bot.desk.choose_method(
-            ref, engineer=name, method="not_covered", reason=reason, clauses=clauses or None, origin=ORIGIN))
+        await self._act(
+            user,
+            None,
+            lambda name: self.bot.desk.choose_method(
+                ref,
+                engineer=name,
+                method="not_covered",
+                reason=reason,
+                clauses=clauses or None,
+                origin=ORIGIN,
+            ),
+        )
 
-    async def on_correct_submitted(self, ack: Callable[..., Any], body: dict[str, Any], view: dict[str, Any]) -> None:
+    async def on_correct_submitted(
+        self, ack: Callable[..., Any], body: dict[str, Any], view: dict[str, Any]
+    ) -> None:
         user = _user_id(body)
         if not await self._is_engineer(user):
             await ack(response_action="errors", errors={ui.SERIAL_BLOCK: REFUSAL})
             return
         serial = _view_choice(view, ui.SERIAL_BLOCK, ui.SERIAL_INPUT)
         changes: dict[str, Any] = {}
-        for field, block, element in (("port_arrival_date", ui.ARRIVAL_BLOCK, ui.ARRIVAL_INPUT),
-                                      ("production_date", ui.PRODUCTION_BLOCK, ui.PRODUCTION_INPUT)):
+        for field, block, element in (
+            ("port_arrival_date", ui.ARRIVAL_BLOCK, ui.ARRIVAL_INPUT),
+            ("production_date", ui.PRODUCTION_BLOCK, ui.PRODUCTION_INPUT),
+        ):
             picked = _view_date(view, block, element)
             if picked:
                 changes[field] = picked
@@ -655,20 +779,31 @@ class SlackDesk(Channel):
             await ack(response_action="errors", errors={ui.SERIAL_BLOCK: "Choose the unit."})
             return
         if not changes:
-            await ack(response_action="errors", errors={ui.ARRIVAL_BLOCK: "Give a date or the proof to correct."})
+            await ack(
+                response_action="errors", errors={ui.ARRIVAL_BLOCK: "Give a date or the proof to correct."}
+            )
             return
         note = _view_value(view, ui.NOTE_BLOCK, ui.NOTE_INPUT)
         ref = str(view.get("private_metadata", ""))
         name = await self._display_name(user)
         try:
-            await asyncio.to_thread(self.bot.desk.correct_unit, ref, engineer=name, serial=serial, changes=changes,
-                                    note=note or None, origin=ORIGIN)
+            await asyncio.to_thread(
+                self.bot.desk.correct_unit,
+                ref,
+                engineer=name,
+                serial=serial,
+                changes=changes,
+                note=note or None,
+                origin=ORIGIN,
+            )
         except DeskError as error:
             await ack(response_action="errors", errors={ui.SERIAL_BLOCK: _clip_error(error)})
             return
         await ack()
 
-    async def on_goodwill_submitted(self, ack: Callable[..., Any], body: dict[str, Any], view: dict[str, Any]) -> None:
+    async def on_goodwill_submitted(
+        self, ack: Callable[..., Any], body: dict[str, Any], view: dict[str, Any]
+    ) -> None:
         user = _user_id(body)
         if not await self._is_engineer(user):
             await ack(response_action="errors", errors={ui.GOODWILL_BLOCK: REFUSAL})
@@ -684,15 +819,23 @@ class SlackDesk(Channel):
         ref, _, method = str(view.get("private_metadata", "")).partition("|")
         name = await self._display_name(user)
         try:
-            await asyncio.to_thread(self.bot.desk.choose_method, ref, engineer=name, method=method, reason=reason,
-                                    goodwill=goodwill, origin=ORIGIN)
+            await asyncio.to_thread(
+                self.bot.desk.choose_method,
+                ref,
+                engineer=name,
+                method=method,
+                reason=reason,
+                goodwill=goodwill,
+                origin=ORIGIN,
+            )
         except DeskError as error:
             await ack(response_action="errors", errors={ui.GOODWILL_BLOCK: _clip_error(error)})
             return
         await ack()
 
-    async def on_warranty_command(self, ack: Callable[..., Any], respond: Callable[..., Any],
-                                  command: dict[str, Any]) -> None:
+    async def on_warranty_command(
+        self, ack: Callable[..., Any], respond: Callable[..., Any], command: dict[str, Any]
+    ) -> None:
         """`/warranty <case ref | serial>`: answered ephemerally, read from the database only.
 
         When telling an engineer needs Slack (channel members not cached), the command is acknowledged first
@@ -746,8 +889,12 @@ class SlackDesk(Channel):
             elif event.kind == CUSTOMER_MESSAGE:
                 ts = await self._post_case(case, update_existing=False)
                 text, blocks = ui.customer_message_blocks(
-                    case, sender=detail.get("sender"), text=str(detail.get("text") or ""),
-                    attachment_ids=list(detail.get("attachment_ids") or ()), public_url=self.config.public_url)
+                    case,
+                    sender=detail.get("sender"),
+                    text=str(detail.get("text") or ""),
+                    attachment_ids=list(detail.get("attachment_ids") or ()),
+                    public_url=self.config.public_url,
+                )
                 ts = await self._thread_post(case, ts, text, blocks)
             elif event.kind == CASE_UPDATED:
                 ts = await self._post_case(case, update_existing=True)
@@ -757,9 +904,13 @@ class SlackDesk(Channel):
             elif event.kind == "batch_alert":
                 # A production batch past the alert rule (bot/report.py): in the channel, not only a thread.
                 text = f":warning: {ui.escape(str(detail.get('text') or ''))}"
-                answer = await self.client.chat_postMessage(channel=self.config.channel, text=text,
-                                                            blocks=[ui.section(text)], unfurl_links=False,
-                                                            unfurl_media=False)
+                answer = await self.client.chat_postMessage(
+                    channel=self.config.channel,
+                    text=text,
+                    blocks=[ui.section(text)],
+                    unfurl_links=False,
+                    unfurl_media=False,
+                )
                 ts = str(answer["ts"])
             else:
                 raise PermanentFailure(f"unknown desk event {event.kind!r}")
@@ -788,23 +939,33 @@ class SlackDesk(Channel):
             if not update_existing:
                 return str(where["ts"])
             try:
-                await self.client.chat_update(channel=where["channel"], ts=where["ts"], text=text, blocks=blocks)
+                await self.client.chat_update(
+                    channel=where["channel"], ts=where["ts"], text=text, blocks=blocks
+                )
                 return str(where["ts"])
             except SlackApiError as error:
                 if error.response.get("error") != "message_not_found":
                     raise
                 # Someone deleted the case message: post it again rather than lose the case.
-        answer = await self.client.chat_postMessage(channel=self.config.channel, text=text, blocks=blocks,
-                                                    unfurl_links=False, unfurl_media=False)
+        answer = await self.client.chat_postMessage(
+            channel=self.config.channel, text=text, blocks=blocks, unfurl_links=False, unfurl_media=False
+        )
         ts, channel = str(answer["ts"]), str(answer["channel"])
         await asyncio.to_thread(self.bot.desk.mark_desk_ref, ref, channel=channel, ts=ts)
         return ts
 
-    async def _thread_post(self, case: Mapping[str, Any], ts: str, text: str, blocks: list[dict[str, Any]]) -> str:
+    async def _thread_post(
+        self, case: Mapping[str, Any], ts: str, text: str, blocks: list[dict[str, Any]]
+    ) -> str:
         where = await asyncio.to_thread(self.bot.desk.desk_ref, case["ref"])
-        answer = await self.client.chat_postMessage(channel=where.get("channel") or self.config.channel,
-                                                    thread_ts=ts, text=text, blocks=blocks,
-                                                    unfurl_links=False, unfurl_media=False)
+        answer = await self.client.chat_postMessage(
+            channel=where.get("channel") or self.config.channel,
+            thread_ts=ts,
+            text=text,
+            blocks=blocks,
+            unfurl_links=False,
+            unfurl_media=False,
+        )
         return str(answer["ts"])
 
     # --- reminders -----------------------------------------------------------------------------------------
@@ -822,19 +983,23 @@ class SlackDesk(Channel):
 
     async def remind_due(self) -> int:
         """Announce again, in the case thread and the channel, each case still unclaimed after the delay."""
-        due = await asyncio.to_thread(self.bot.desk.take_due_reminders, self.config.remind_after,
-                                      limit=REMIND_BATCH)
+        due = await asyncio.to_thread(
+            self.bot.desk.take_due_reminders, self.config.remind_after, limit=REMIND_BATCH
+        )
         for reminder in due:
             ref, opened = reminder.ref, reminder.opened_at
             ts, channel = reminder.desk_ref.get("ts"), reminder.desk_ref.get("channel")
             if not ts or not channel:
                 continue
             mention = self.config.remind_mention
-            text = (f"{mention + ' ' if mention else ''}*{ref}* is still unclaimed, "
-                    f"{_duration(utcnow() - opened)} after it was opened. Press *Claim* on the case message.")
+            text = (
+                f"{mention + ' ' if mention else ''}*{ref}* is still unclaimed, "
+                f"{_duration(utcnow() - opened)} after it was opened. Press *Claim* on the case message."
+            )
             try:
-                await self.client.chat_postMessage(channel=channel, thread_ts=ts, reply_broadcast=True, text=text,
-                                                   blocks=[ui.section(text)])
+                await self.client.chat_postMessage(
+                    channel=channel, thread_ts=ts, reply_broadcast=True, text=text, blocks=[ui.section(text)]
+                )
             except (SlackApiError, aiohttp.ClientError, TimeoutError) as error:
                 log.warning("reminder for %s not posted: %s", ref, type(error).__name__)
         return len(due)
@@ -869,7 +1034,9 @@ class SlackDesk(Channel):
         members: set[str] = set()
         cursor = ""
         for _ in range(MAX_MEMBER_PAGES):
-            answer = await self.client.conversations_members(channel=self.config.channel, limit=200, cursor=cursor)
+            answer = await self.client.conversations_members(
+                channel=self.config.channel, limit=200, cursor=cursor
+            )
             members.update(answer.get("members") or ())
             cursor = (answer.get("response_metadata") or {}).get("next_cursor") or ""
             if not cursor:
@@ -884,8 +1051,13 @@ class SlackDesk(Channel):
             answer = await self.client.users_info(user=user)
             info = answer.get("user") or {}
             profile = info.get("profile") or {}
-            name = (profile.get("display_name") or profile.get("real_name") or info.get("real_name")
-                    or info.get("name") or user)
+            name = (
+                profile.get("display_name")
+                or profile.get("real_name")
+                or info.get("real_name")
+                or info.get("name")
+                or user
+            )
         except (SlackApiError, aiohttp.ClientError, TimeoutError) as error:
             log.warning("users.info failed: %s", type(error).__name__)
             return user
@@ -917,8 +1089,9 @@ class SlackDesk(Channel):
     async def _ephemeral(self, user: str, text: str, thread_ts: str | None = None) -> None:
         try:
             # The SDK leaves out arguments that are None, so a reply outside a thread has no thread_ts.
-            await self.client.chat_postEphemeral(channel=self.config.channel, user=user, text=text,
-                                                 thread_ts=thread_ts)
+            await self.client.chat_postEphemeral(
+                channel=self.config.channel, user=user, text=text, thread_ts=thread_ts
+            )
         except (SlackApiError, aiohttp.ClientError, TimeoutError) as error:
             log.warning("chat.postEphemeral failed: %s", type(error).__name__)
 
@@ -934,29 +1107,43 @@ class SlackDesk(Channel):
         """False when this event id was handled before (a redelivery); events without an id pass."""
         event_id = body.get("event_id")
         if not isinstance(event_id, str) or not event_id or not event_id.isprintable():
-            return True  # PostgreSQL could not store a key with NUL or a lone surrogate; Slack's ids are ASCII
+            return (
+                True  # PostgreSQL could not store a key with NUL or a lone surrogate; Slack's ids are ASCII
+            )
         return await asyncio.to_thread(self._remember, SEEN_PREFIX + event_id[:100])
 
     def _remember(self, key: str) -> bool:
         now = utcnow()
         with session_scope(self.bot.db) as session:
             insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
-            statement = insert(KeyValue).values(key=key, value={"seen_at": now.isoformat()},
-                                                expires_at=now + SEEN_FOR)
-            inserted = session.execute(statement.on_conflict_do_nothing(index_elements=["key"])
-                                       .returning(col(KeyValue.key))).scalar()
+            statement = insert(KeyValue).values(
+                key=key, value={"seen_at": now.isoformat()}, expires_at=now + SEEN_FOR
+            )
+            inserted = session.execute(
+                statement.on_conflict_do_nothing(index_elements=["key"]).returning(col(KeyValue.key))
+            ).scalar()
         return inserted is not None
 
     def _forget_old_events(self) -> None:
         with session_scope(self.bot.db) as session:
-            session.execute(delete(KeyValue).where(col(KeyValue.key).startswith(SEEN_PREFIX),
-                                                   col(KeyValue.expires_at) < utcnow()))
+            session.execute(
+                delete(KeyValue).where(
+                    col(KeyValue.key).startswith(SEEN_PREFIX), col(KeyValue.expires_at) < utcnow()
+                )
+            )
 
     def _home_view(self, engineer: str) -> dict[str, Any]:
         desk = self.bot.desk
-        by_status: dict[str, list[dict[str, Any]]] = {status: desk.list_cases(status=status, limit=100)
-                     for status in (CaseStatus.open, CaseStatus.claimed, CaseStatus.waiting_customer,
-                                    CaseStatus.in_service, CaseStatus.resolved)}
+        by_status: dict[str, list[dict[str, Any]]] = {
+            status: desk.list_cases(status=status, limit=100)
+            for status in (
+                CaseStatus.open,
+                CaseStatus.claimed,
+                CaseStatus.waiting_customer,
+                CaseStatus.in_service,
+                CaseStatus.resolved,
+            )
+        }
         mine = [c for cases in by_status.values() for c in cases if c.get("claimed_by") == engineer]
         return ui.home_view(engineer=engineer, mine=mine, by_status=by_status)
 
@@ -982,9 +1169,12 @@ class SlackDesk(Channel):
         decision = decision_to_json(evaluate(claim, policy), policy)
         record = None
         if facts is not None:
-            record = {"order_id": facts.order_id, "production_date": _iso(facts.production_date),
-                      "port_arrival_date": _iso(facts.port_arrival_date),
-                      "cargo_compensation": facts.cargo_compensation}
+            record = {
+                "order_id": facts.order_id,
+                "production_date": _iso(facts.production_date),
+                "port_arrival_date": _iso(facts.port_arrival_date),
+                "cargo_compensation": facts.cargo_compensation,
+            }
         return ui.unit_blocks(serial, record, decision, self.bot.desk.list_cases(query=serial, limit=20))
 
 
@@ -1033,8 +1223,11 @@ def _delivery_error(error: SlackApiError) -> Exception:
     if status == 429 or code == "ratelimited":
         retry_after = error.response.headers.get("Retry-After") or error.response.headers.get("retry-after")
         # Slack's limits are per method and workspace, not per thread: the whole desk channel waits.
-        return RetryLater(f"Slack rate limit ({code or status})", after=channels.retry_after(str(retry_after or "")),
-                          scope="channel")
+        return RetryLater(
+            f"Slack rate limit ({code or status})",
+            after=channels.retry_after(str(retry_after or "")),
+            scope="channel",
+        )
     if status >= 500 or code in TRANSIENT_ERRORS:
         return RetryLater(f"Slack error {status} {code}")
     return channels.delivery_error(f"Slack refused: {code or status}", status=status)

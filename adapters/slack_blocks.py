@@ -28,7 +28,12 @@ MAX_OPTION_VALUE = 150
 UNIT_LINES = 12  # up to this many units are listed one per line; more are grouped
 
 CLAIM, CHOOSE_METHOD, ASK_CUSTOMER, NOT_COVERED, CLOSE = (
-    "claim_case", "choose_method", "ask_customer", "not_covered", "close_case")
+    "claim_case",
+    "choose_method",
+    "ask_customer",
+    "not_covered",
+    "close_case",
+)
 ASK_VIEW, REFUSE_VIEW = "ask_customer", "not_covered"
 QUESTION_BLOCK, QUESTION_INPUT = "question_block", "question_input"
 REASON_BLOCK, REASON_INPUT = "reason_block", "reason_input"
@@ -43,10 +48,15 @@ PRODUCTION_BLOCK, PRODUCTION_INPUT = "production_block", "production_input"
 PROOF_BLOCK, PROOF_INPUT = "proof_block", "proof_input"
 NOTE_BLOCK, NOTE_INPUT = "note_block", "note_input"
 GOODWILL_BLOCK, GOODWILL_INPUT = "goodwill_block", "goodwill_input"
-PROOF_CHOICES = {"documents": "Documents valid (invoice and certificate)",
-                 "altered": "Certificate altered or not matching (X3)", "none": "No valid proof"}
-GOODWILL_CHOICES = {"goodwill": "Goodwill: free, not a warranty service",
-                    "chargeable": "Chargeable: at the customer's cost"}
+PROOF_CHOICES = {
+    "documents": "Documents valid (invoice and certificate)",
+    "altered": "Certificate altered or not matching (X3)",
+    "none": "No valid proof",
+}
+GOODWILL_CHOICES = {
+    "goodwill": "Goodwill: free, not a warranty service",
+    "chargeable": "Chargeable: at the customer's cost",
+}
 MAX_OPTIONS = 100
 
 METHOD_LABELS = {
@@ -168,8 +178,9 @@ def attachment_url(public_url: str, ref: str, attachment_id: int) -> str:
     return f"{public_url.rstrip('/')}/api/desk/cases/{ref}/attachments/{attachment_id}"
 
 
-def attachment_links(case: Mapping[str, Any], public_url: str, ids: Iterable[int] | None = None, *,
-                     limit: int = MAX_TEXT - 100) -> str:
+def attachment_links(
+    case: Mapping[str, Any], public_url: str, ids: Iterable[int] | None = None, *, limit: int = MAX_TEXT - 100
+) -> str:
     """Links to the case's attachments (all, or those with `ids`), names only without a public URL; as many
     as fit in `limit` characters, whole, then "+N more"."""
     wanted = set(ids) if ids is not None else None
@@ -230,7 +241,9 @@ def units_text(units: Sequence[Mapping[str, Any]], limit: int = MAX_TEXT) -> str
     counts: dict[str, int] = {}
     for unit in units:
         counts[unit.get("outcome", "")] = counts.get(unit.get("outcome", ""), 0) + 1
-    head = f"*Units ({len(units)}):* " + ", ".join(f"{n} {OUTCOME_LABELS.get(o, o)}" for o, n in counts.items())
+    head = f"*Units ({len(units)}):* " + ", ".join(
+        f"{n} {OUTCOME_LABELS.get(o, o)}" for o, n in counts.items()
+    )
     if len(units) <= UNIT_LINES:
         lines = [f"• `{escape(u['serial'])}` {_unit_details(u)}" for u in units]
     else:
@@ -276,13 +289,14 @@ def all_units_sections(units: Sequence[Mapping[str, Any]], max_blocks: int = 10)
         chunks[-1].append(line)
         size += len(line) + 1
     if len(chunks) > max_blocks:
-        rest = [line for chunk in chunks[max_blocks - 1:] for line in chunk]
-        return [section("\n".join(c)) for c in chunks[:max_blocks - 1]] + [section(_fit(rest, MAX_TEXT))]
+        rest = [line for chunk in chunks[max_blocks - 1 :] for line in chunk]
+        return [section("\n".join(c)) for c in chunks[: max_blocks - 1]] + [section(_fit(rest, MAX_TEXT))]
     return [section("\n".join(c)) for c in chunks if c]
 
 
-def case_blocks(case: Mapping[str, Any], *, public_url: str, actions: bool = True,
-                all_units: bool = False) -> tuple[str, list[Block]]:
+def case_blocks(
+    case: Mapping[str, Any], *, public_url: str, actions: bool = True, all_units: bool = False
+) -> tuple[str, list[Block]]:
     """The case message: fallback text (notifications) and blocks.
 
     `actions` adds the engineers' buttons; `all_units` lists every unit instead of a summary (for /warranty).
@@ -296,13 +310,18 @@ def case_blocks(case: Mapping[str, Any], *, public_url: str, actions: bool = Tru
     decision = ", ".join(OUTCOME_LABELS.get(o, o) for o in outcomes) or "no units given"
     blocks: list[Block] = [
         {"type": "header", "text": plain(header, MAX_HEADER)},
-        section(f"*Customer:* {customer}"
-                + (f" · *Company (registry):* {escape(case['company'])}" if case.get("company") else "")
-                + f" · *Channel:* {escape(case['channel'])} · "
-                f"*Language:* {escape(case['language'])} · *Claim date:* {case.get('claim_date', '—')}"),
+        section(
+            f"*Customer:* {customer}"
+            + (f" · *Company (registry):* {escape(case['company'])}" if case.get("company") else "")
+            + f" · *Channel:* {escape(case['channel'])} · "
+            f"*Language:* {escape(case['language'])} · *Claim date:* {case.get('claim_date', '—')}"
+        ),
         section(status_line(case)),
-        section(f"*Decision:* {decision}" + (f" · *Clauses:* {', '.join(clauses)}" if clauses else "")
-                + (" · customer prefers the discount" if case.get("prefers_discount") else "")),
+        section(
+            f"*Decision:* {decision}"
+            + (f" · *Clauses:* {', '.join(clauses)}" if clauses else "")
+            + (" · customer prefers the discount" if case.get("prefers_discount") else "")
+        ),
     ]
     if units and all_units:
         blocks.append(section(f"*Units ({len(units)}):*"))
@@ -319,8 +338,11 @@ def case_blocks(case: Mapping[str, Any], *, public_url: str, actions: bool = Tru
         blocks.append(section(fulfilment_line(case["fulfilment"])))
     waiting = case.get("credits_available") or []
     if waiting:
-        listed = ", ".join(f"{escape(str(c['amount']))} {escape(str(c.get('currency') or ''))} (order "
-                           f"{escape(str(c['order_id']))}, {escape(str(c['case_ref']))})" for c in waiting[:10])
+        listed = ", ".join(
+            f"{escape(str(c['amount']))} {escape(str(c.get('currency') or ''))} (order "
+            f"{escape(str(c['order_id']))}, {escape(str(c['case_ref']))})"
+            for c in waiting[:10]
+        )
         blocks.append(section(f"💳 *Discount credit waiting for this customer's next order:* {listed}"))
     if actions and case["status"] != "closed":
         blocks.append(action_block(case))
@@ -328,8 +350,10 @@ def case_blocks(case: Mapping[str, Any], *, public_url: str, actions: bool = Tru
             blocks.append(fulfil_block(case))
     elif case["status"] == "closed":
         blocks.append(context("Closed. Use `/warranty " + ref + "` to see the case."))
-    fallback = (f"Case {ref} · {customer} ({escape(case['channel'])}) · {len(units)} unit(s) · "
-                f"{STATUS_LABELS.get(case['status'], case['status'])}: {escape(case.get('fault') or '')}")
+    fallback = (
+        f"Case {ref} · {customer} ({escape(case['channel'])}) · {len(units)} unit(s) · "
+        f"{STATUS_LABELS.get(case['status'], case['status'])}: {escape(case.get('fault') or '')}"
+    )
     return clip_mrkdwn(fallback, MAX_FALLBACK), blocks[:MAX_MESSAGE_BLOCKS]
 
 
@@ -339,22 +363,49 @@ def method_option(ref: str, method: str) -> dict[str, Any]:
 
 def action_block(case: Mapping[str, Any]) -> Block:
     ref = case["ref"]
-    select: dict[str, Any] = {"type": "static_select", "action_id": CHOOSE_METHOD,
-                              "placeholder": plain("Choose method", 150),
-                              "options": [method_option(ref, m) for m in SELECTABLE_METHODS]}
+    select: dict[str, Any] = {
+        "type": "static_select",
+        "action_id": CHOOSE_METHOD,
+        "placeholder": plain("Choose method", 150),
+        "options": [method_option(ref, m) for m in SELECTABLE_METHODS],
+    }
     if case.get("method") in SELECTABLE_METHODS:
         select["initial_option"] = method_option(ref, case["method"])
-    return {"type": "actions", "block_id": "case_actions", "elements": [
-        {"type": "button", "action_id": CLAIM, "text": plain("Claim", 75), "value": ref, "style": "primary"},
-        select,
-        {"type": "button", "action_id": ASK_CUSTOMER, "text": plain("Ask customer", 75), "value": ref},
-        {"type": "button", "action_id": NOT_COVERED, "text": plain("Not covered", 75), "value": ref, "style": "danger"},
-        {"type": "button", "action_id": CORRECT_UNIT, "text": plain("Correct a unit", 75), "value": ref},
-        {"type": "button", "action_id": CLOSE, "text": plain("Close", 75), "value": ref,
-         "confirm": {"title": plain("Close the case?", 100),
-                     "text": plain(f"{ref} will be closed and the customer asked for a rating.", 300),
-                     "confirm": plain("Close", 30), "deny": plain("Cancel", 30)}},
-    ]}
+    return {
+        "type": "actions",
+        "block_id": "case_actions",
+        "elements": [
+            {
+                "type": "button",
+                "action_id": CLAIM,
+                "text": plain("Claim", 75),
+                "value": ref,
+                "style": "primary",
+            },
+            select,
+            {"type": "button", "action_id": ASK_CUSTOMER, "text": plain("Ask customer", 75), "value": ref},
+            {
+                "type": "button",
+                "action_id": NOT_COVERED,
+                "text": plain("Not covered", 75),
+                "value": ref,
+                "style": "danger",
+            },
+            {"type": "button", "action_id": CORRECT_UNIT, "text": plain("Correct a unit", 75), "value": ref},
+            {
+                "type": "button",
+                "action_id": CLOSE,
+                "text": plain("Close", 75),
+                "value": ref,
+                "confirm": {
+                    "title": plain("Close the case?", 100),
+                    "text": plain(f"{ref} will be closed and the customer asked for a rating.", 300),
+                    "confirm": plain("Close", 30),
+                    "deny": plain("Cancel", 30),
+                },
+            },
+        ],
+    }
 
 
 def fulfilment_line(record: Mapping[str, Any]) -> str:
@@ -365,7 +416,9 @@ def fulfilment_line(record: Mapping[str, Any]) -> str:
     for key, label in (("inbound", "Customer's shipment"), ("return", "Return"), ("parts_tracking", "Parts")):
         shipment = data.get(key)
         if isinstance(shipment, Mapping):
-            parts.append(f"*{label}:* {escape(str(shipment.get('carrier') or ''))} {escape(str(shipment.get('tracking')))}")
+            parts.append(
+                f"*{label}:* {escape(str(shipment.get('carrier') or ''))} {escape(str(shipment.get('tracking')))}"
+            )
     if data.get("booked"):
         parts.append(f"*Visit:* {escape(str(data['booked']).replace('T', ' '))}")
     return " · ".join(parts)
@@ -373,22 +426,45 @@ def fulfilment_line(record: Mapping[str, Any]) -> str:
 
 def fulfil_block(case: Mapping[str, Any]) -> Block:
     ref = case["ref"]
-    options = [{"text": plain(str(a["label"]), 75), "value": f"{ref}|{a['action']}"[:MAX_OPTION_VALUE]}
-               for a in case["fulfilment"]["actions"]]
-    return {"type": "actions", "block_id": "fulfil_actions", "elements": [
-        {"type": "static_select", "action_id": FULFIL, "placeholder": plain("Next service step", 150),
-         "options": options}]}
+    options = [
+        {"text": plain(str(a["label"]), 75), "value": f"{ref}|{a['action']}"[:MAX_OPTION_VALUE]}
+        for a in case["fulfilment"]["actions"]
+    ]
+    return {
+        "type": "actions",
+        "block_id": "fulfil_actions",
+        "elements": [
+            {
+                "type": "static_select",
+                "action_id": FULFIL,
+                "placeholder": plain("Next service step", 150),
+                "options": options,
+            }
+        ],
+    }
 
 
 def fulfil_modal(ref: str, action: str, label: str, needs: str) -> dict[str, Any]:
     return {
-        "type": "modal", "callback_id": FULFIL_VIEW, "private_metadata": f"{ref}|{action}"[:3000],
-        "title": plain(label, 24), "submit": plain("Save", 24), "close": plain("Cancel", 24),
+        "type": "modal",
+        "callback_id": FULFIL_VIEW,
+        "private_metadata": f"{ref}|{action}"[:3000],
+        "title": plain(label, 24),
+        "submit": plain("Save", 24),
+        "close": plain("Cancel", 24),
         "blocks": [
             context(f"*{escape(label)}* on *{ref}*: the customer is told in their language."),
-            {"type": "input", "block_id": FULFIL_BLOCK, "label": plain(needs[:1].upper() + needs[1:], 2000),
-             "element": {"type": "plain_text_input", "action_id": FULFIL_INPUT, "multiline": True,
-                         "max_length": 2000}},
+            {
+                "type": "input",
+                "block_id": FULFIL_BLOCK,
+                "label": plain(needs[:1].upper() + needs[1:], 2000),
+                "element": {
+                    "type": "plain_text_input",
+                    "action_id": FULFIL_INPUT,
+                    "multiline": True,
+                    "max_length": 2000,
+                },
+            },
         ],
     }
 
@@ -396,13 +472,16 @@ def fulfil_modal(ref: str, action: str, label: str, needs: str) -> dict[str, Any
 # --- thread lines -----------------------------------------------------------------------------------------------
 
 
-def customer_message_blocks(case: Mapping[str, Any], *, sender: str | None, text: str,
-                            attachment_ids: Sequence[int], public_url: str) -> tuple[str, list[Block]]:
+def customer_message_blocks(
+    case: Mapping[str, Any], *, sender: str | None, text: str, attachment_ids: Sequence[int], public_url: str
+) -> tuple[str, list[Block]]:
     """A customer's message relayed into the case thread, attributed to the customer and their channel."""
     who = f"*{escape(sender or case.get('customer') or 'Customer')}* ({escape(case['channel'])})"
     body = escape(text) if text else "_(no text)_"
     blocks = sections(f"{who}: {body}", max_blocks=8)
-    links = attachment_links(case, public_url, attachment_ids, limit=MAX_CONTEXT - 10) if attachment_ids else ""
+    links = (
+        attachment_links(case, public_url, attachment_ids, limit=MAX_CONTEXT - 10) if attachment_ids else ""
+    )
     if links:
         blocks.append(context(f"📎 {links}"))
     elif attachment_ids:
@@ -429,7 +508,9 @@ def _step_of(detail: Mapping[str, Any]) -> str:
     return str(step[-1]) if isinstance(step, list) and step else str(step or "")
 
 
-def update_line(action: str | None, actor: str | None, origin: str | None, detail: Mapping[str, Any]) -> str | None:
+def update_line(
+    action: str | None, actor: str | None, origin: str | None, detail: Mapping[str, Any]
+) -> str | None:
     """A thread line for a case change, or None when the thread already shows it (or it needs no line).
 
     Replies and notes typed in the Slack thread are already there; those made on the local desk are not.
@@ -447,7 +528,9 @@ def update_line(action: str | None, actor: str | None, origin: str | None, detai
         "question": escape(str(detail.get("question") or "")),
         "text": escape(str(detail.get("text") or "")),
         "serial": escape(str(detail.get("serial") or "")),
-        "outcome": " → ".join(OUTCOME_LABELS.get(str(o), escape(str(o))) for o in detail.get("outcome") or ()),
+        "outcome": " → ".join(
+            OUTCOME_LABELS.get(str(o), escape(str(o))) for o in detail.get("outcome") or ()
+        ),
         "task": escape(str(detail.get("task") or "")).replace("_", " "),
         "step": escape(_step_of(detail)).replace("_", " "),
     }
@@ -464,33 +547,67 @@ def update_line(action: str | None, actor: str | None, origin: str | None, detai
 
 def ask_modal(ref: str) -> dict[str, Any]:
     return {
-        "type": "modal", "callback_id": ASK_VIEW, "private_metadata": ref,
-        "title": plain("Ask customer", 24), "submit": plain("Send", 24), "close": plain("Cancel", 24),
+        "type": "modal",
+        "callback_id": ASK_VIEW,
+        "private_metadata": ref,
+        "title": plain("Ask customer", 24),
+        "submit": plain("Send", 24),
+        "close": plain("Cancel", 24),
         "blocks": [
             context(f"The question goes to the customer of *{ref}* in their chat, signed with your name."),
-            {"type": "input", "block_id": QUESTION_BLOCK, "label": plain("Question for the customer", 2000),
-             "element": {"type": "plain_text_input", "action_id": QUESTION_INPUT, "multiline": True,
-                         "max_length": 3000}},
+            {
+                "type": "input",
+                "block_id": QUESTION_BLOCK,
+                "label": plain("Question for the customer", 2000),
+                "element": {
+                    "type": "plain_text_input",
+                    "action_id": QUESTION_INPUT,
+                    "multiline": True,
+                    "max_length": 3000,
+                },
+            },
         ],
     }
 
 
 def refuse_modal(ref: str, clauses: Sequence[str]) -> dict[str, Any]:
-    element: dict[str, Any] = {"type": "plain_text_input", "action_id": CLAUSES_INPUT,
-                               "placeholder": plain("e.g. X1, X4", 150)}
+    element: dict[str, Any] = {
+        "type": "plain_text_input",
+        "action_id": CLAUSES_INPUT,
+        "placeholder": plain("e.g. X1, X4", 150),
+    }
     if clauses:
         element["initial_value"] = ", ".join(clauses)
     return {
-        "type": "modal", "callback_id": REFUSE_VIEW, "private_metadata": ref,
-        "title": plain("Not covered", 24), "submit": plain("Send", 24), "close": plain("Cancel", 24),
+        "type": "modal",
+        "callback_id": REFUSE_VIEW,
+        "private_metadata": ref,
+        "title": plain("Not covered", 24),
+        "submit": plain("Send", 24),
+        "close": plain("Cancel", 24),
         "blocks": [
-            context(f"The customer of *{ref}* is told that the claim is not covered, with your reason and the "
-                    "clauses, and is asked for a rating."),
-            {"type": "input", "block_id": REASON_BLOCK, "label": plain("Reason (the customer reads it)", 2000),
-             "element": {"type": "plain_text_input", "action_id": REASON_INPUT, "multiline": True,
-                         "max_length": 2000}},
-            {"type": "input", "block_id": CLAUSES_BLOCK, "label": plain("Clauses (comma-separated)", 2000),
-             "optional": True, "element": element},
+            context(
+                f"The customer of *{ref}* is told that the claim is not covered, with your reason and the "
+                "clauses, and is asked for a rating."
+            ),
+            {
+                "type": "input",
+                "block_id": REASON_BLOCK,
+                "label": plain("Reason (the customer reads it)", 2000),
+                "element": {
+                    "type": "plain_text_input",
+                    "action_id": REASON_INPUT,
+                    "multiline": True,
+                    "max_length": 2000,
+                },
+            },
+            {
+                "type": "input",
+                "block_id": CLAUSES_BLOCK,
+                "label": plain("Clauses (comma-separated)", 2000),
+                "optional": True,
+                "element": element,
+            },
         ],
     }
 
@@ -502,27 +619,63 @@ def _options(choices: Mapping[str, str]) -> list[dict[str, Any]]:
 def correct_modal(ref: str, units: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """Correct a unit's facts; the policy decides every unit of the case again (bot.desk.correct_unit)."""
     serials = [str(u["serial"]) for u in units][:MAX_OPTIONS]
-    serial: dict[str, Any] = {"type": "static_select", "action_id": SERIAL_INPUT,
-                              "options": [{"text": plain(s, 75), "value": s[:MAX_OPTION_VALUE]} for s in serials]}
+    serial: dict[str, Any] = {
+        "type": "static_select",
+        "action_id": SERIAL_INPUT,
+        "options": [{"text": plain(s, 75), "value": s[:MAX_OPTION_VALUE]} for s in serials],
+    }
     if len(serials) == 1:
         serial["initial_option"] = serial["options"][0]
     return {
-        "type": "modal", "callback_id": CORRECT_VIEW, "private_metadata": ref,
-        "title": plain("Correct a unit", 24), "submit": plain("Decide again", 24), "close": plain("Cancel", 24),
+        "type": "modal",
+        "callback_id": CORRECT_VIEW,
+        "private_metadata": ref,
+        "title": plain("Correct a unit", 24),
+        "submit": plain("Decide again", 24),
+        "close": plain("Cancel", 24),
         "blocks": [
-            context(f"Facts read from the customer's documents or found on inspection. Every unit of *{ref}* is "
-                    "decided again by the policy, and the correction is kept in the history."),
+            context(
+                f"Facts read from the customer's documents or found on inspection. Every unit of *{ref}* is "
+                "decided again by the policy, and the correction is kept in the history."
+            ),
             {"type": "input", "block_id": SERIAL_BLOCK, "label": plain("Unit", 2000), "element": serial},
-            {"type": "input", "block_id": ARRIVAL_BLOCK, "optional": True,
-             "label": plain("Port arrival date (from the customer's documents)", 2000),
-             "element": {"type": "datepicker", "action_id": ARRIVAL_INPUT}},
-            {"type": "input", "block_id": PRODUCTION_BLOCK, "optional": True, "label": plain("Production date", 2000),
-             "element": {"type": "datepicker", "action_id": PRODUCTION_INPUT}},
-            {"type": "input", "block_id": PROOF_BLOCK, "optional": True, "label": plain("Proof of purchase", 2000),
-             "element": {"type": "static_select", "action_id": PROOF_INPUT, "options": _options(PROOF_CHOICES)}},
-            {"type": "input", "block_id": NOTE_BLOCK, "optional": True, "label": plain("Why (kept in the history)", 2000),
-             "element": {"type": "plain_text_input", "action_id": NOTE_INPUT, "multiline": True,
-                         "max_length": 2000}},
+            {
+                "type": "input",
+                "block_id": ARRIVAL_BLOCK,
+                "optional": True,
+                "label": plain("Port arrival date (from the customer's documents)", 2000),
+                "element": {"type": "datepicker", "action_id": ARRIVAL_INPUT},
+            },
+            {
+                "type": "input",
+                "block_id": PRODUCTION_BLOCK,
+                "optional": True,
+                "label": plain("Production date", 2000),
+                "element": {"type": "datepicker", "action_id": PRODUCTION_INPUT},
+            },
+            {
+                "type": "input",
+                "block_id": PROOF_BLOCK,
+                "optional": True,
+                "label": plain("Proof of purchase", 2000),
+                "element": {
+                    "type": "static_select",
+                    "action_id": PROOF_INPUT,
+                    "options": _options(PROOF_CHOICES),
+                },
+            },
+            {
+                "type": "input",
+                "block_id": NOTE_BLOCK,
+                "optional": True,
+                "label": plain("Why (kept in the history)", 2000),
+                "element": {
+                    "type": "plain_text_input",
+                    "action_id": NOTE_INPUT,
+                    "multiline": True,
+                    "max_length": 2000,
+                },
+            },
         ],
     }
 
@@ -531,16 +684,38 @@ def goodwill_modal(ref: str, method: str, allowed: Sequence[str]) -> dict[str, A
     """A method the decision does not allow: the engineer says whether it is goodwill or chargeable, and why."""
     allowed_text = ", ".join(METHOD_LABELS.get(m, m) for m in allowed) or "none (no unit is covered)"
     return {
-        "type": "modal", "callback_id": GOODWILL_VIEW, "private_metadata": f"{ref}|{method}"[:3000],
-        "title": plain("Outside the decision", 24), "submit": plain("Send", 24), "close": plain("Cancel", 24),
+        "type": "modal",
+        "callback_id": GOODWILL_VIEW,
+        "private_metadata": f"{ref}|{method}"[:3000],
+        "title": plain("Outside the decision", 24),
+        "submit": plain("Send", 24),
+        "close": plain("Cancel", 24),
         "blocks": [
-            context(f"The decision on *{ref}* does not allow *{METHOD_LABELS.get(method, method)}* (it allows: "
-                    f"{allowed_text}). The customer is told it is goodwill or chargeable, never the warranty's."),
-            {"type": "input", "block_id": GOODWILL_BLOCK, "label": plain("It is", 2000),
-             "element": {"type": "radio_buttons", "action_id": GOODWILL_INPUT, "options": _options(GOODWILL_CHOICES)}},
-            {"type": "input", "block_id": REASON_BLOCK, "label": plain("Reason (the customer reads it)", 2000),
-             "element": {"type": "plain_text_input", "action_id": REASON_INPUT, "multiline": True,
-                         "max_length": 2000}},
+            context(
+                f"The decision on *{ref}* does not allow *{METHOD_LABELS.get(method, method)}* (it allows: "
+                f"{allowed_text}). The customer is told it is goodwill or chargeable, never the warranty's."
+            ),
+            {
+                "type": "input",
+                "block_id": GOODWILL_BLOCK,
+                "label": plain("It is", 2000),
+                "element": {
+                    "type": "radio_buttons",
+                    "action_id": GOODWILL_INPUT,
+                    "options": _options(GOODWILL_CHOICES),
+                },
+            },
+            {
+                "type": "input",
+                "block_id": REASON_BLOCK,
+                "label": plain("Reason (the customer reads it)", 2000),
+                "element": {
+                    "type": "plain_text_input",
+                    "action_id": REASON_INPUT,
+                    "multiline": True,
+                    "max_length": 2000,
+                },
+            },
         ],
     }
 
@@ -569,8 +744,9 @@ def _case_list(cases: Sequence[Mapping[str, Any]], empty: str, limit: int = MAX_
     return _fit([f"• {_case_line(c)}" for c in cases], limit)
 
 
-def home_view(*, engineer: str, mine: Sequence[Mapping[str, Any]],
-              by_status: Mapping[str, Sequence[Mapping[str, Any]]]) -> dict[str, Any]:
+def home_view(
+    *, engineer: str, mine: Sequence[Mapping[str, Any]], by_status: Mapping[str, Sequence[Mapping[str, Any]]]
+) -> dict[str, Any]:
     """The App Home: the engineer's own claimed cases, then the open cases grouped by status."""
     blocks: list[Block] = [
         {"type": "header", "text": plain("Warranty desk", MAX_HEADER)},
@@ -588,21 +764,31 @@ def refused_home_view() -> dict[str, Any]:
     return {"type": "home", "blocks": [section("This desk is for the after-sales engineers.")]}
 
 
-def unit_blocks(serial: str, record: Mapping[str, Any] | None, decision: Mapping[str, Any] | None,
-                cases: Sequence[Mapping[str, Any]]) -> tuple[str, list[Block]]:
+def unit_blocks(
+    serial: str,
+    record: Mapping[str, Any] | None,
+    decision: Mapping[str, Any] | None,
+    cases: Sequence[Mapping[str, Any]],
+) -> tuple[str, list[Block]]:
     """A unit's registry record and warranty status today, and the cases that name it."""
     lines = [f"*Unit `{escape(serial)}`*"]
     if record:
-        lines.append(f"*Registry:* order {escape(record['order_id'])} · made {record.get('production_date') or '—'} · "
-                     f"port arrival {record.get('port_arrival_date') or '—'}"
-                     + (" · cargo compensation taken" if record.get("cargo_compensation") else ""))
+        lines.append(
+            f"*Registry:* order {escape(record['order_id'])} · made {record.get('production_date') or '—'} · "
+            f"port arrival {record.get('port_arrival_date') or '—'}"
+            + (" · cargo compensation taken" if record.get("cargo_compensation") else "")
+        )
     else:
         lines.append("*Registry:* not in the shipment records; the serial's production date applies (W3).")
     if decision:
         status = OUTCOME_LABELS.get(str(decision["outcome"]), str(decision["outcome"]))
-        lines.append(f"*Warranty today:* {status} · until {decision.get('warranty_end') or '—'}"
-                     + (f" ({decision['basis']})" if decision.get("basis") else "")
-                     + (f" · clauses {', '.join(decision['clauses'])}" if decision.get("clauses") else ""))
-    blocks = [section("\n".join(lines)),
-              section("*Cases:*\n" + _case_list(cases, "_No case names this unit._"))]
+        lines.append(
+            f"*Warranty today:* {status} · until {decision.get('warranty_end') or '—'}"
+            + (f" ({decision['basis']})" if decision.get("basis") else "")
+            + (f" · clauses {', '.join(decision['clauses'])}" if decision.get("clauses") else "")
+        )
+    blocks = [
+        section("\n".join(lines)),
+        section("*Cases:*\n" + _case_list(cases, "_No case names this unit._")),
+    ]
     return clip_mrkdwn(" ".join(lines), MAX_FALLBACK), blocks

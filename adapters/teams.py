@@ -114,9 +114,15 @@ class TokenValidator:
             raise Unauthorized("unexpected token algorithm or key id")
         key = await self._key(header["kid"])
         try:
-            claims = jwt.decode(token.strip(), key.key.key, algorithms=["RS256"], audience=self.config.app_id,
-                                issuer=self.config.issuer, leeway=CLOCK_SKEW_SECONDS,
-                                options={"require": ["exp", "iss", "aud"]})
+            claims = jwt.decode(
+                token.strip(),
+                key.key.key,
+                algorithms=["RS256"],
+                audience=self.config.app_id,
+                issuer=self.config.issuer,
+                leeway=CLOCK_SKEW_SECONDS,
+                options={"require": ["exp", "iss", "aud"]},
+            )
         except jwt.PyJWTError as error:
             raise Unauthorized(f"token rejected: {type(error).__name__}") from None
         return claims, key.endorsements
@@ -149,7 +155,9 @@ class TokenValidator:
                 continue
             endorsements = entry.get("endorsements")
             if parsed.key_id:
-                keys[parsed.key_id] = _Key(parsed, frozenset(endorsements) if isinstance(endorsements, list) else None)
+                keys[parsed.key_id] = _Key(
+                    parsed, frozenset(endorsements) if isinstance(endorsements, list) else None
+                )
         self.keys = keys
         self.fetched_at = time.monotonic()
 
@@ -159,7 +167,9 @@ class TokenValidator:
         return response.json()
 
 
-def check_activity(claims: Mapping[str, Any], endorsements: frozenset[str] | None, activity: Mapping[str, Any]) -> str:
+def check_activity(
+    claims: Mapping[str, Any], endorsements: frozenset[str] | None, activity: Mapping[str, Any]
+) -> str:
     """What the token says must match the activity: its channel endorsed by the key, its serviceUrl equal to
     the token's `serviceurl` claim (required). Returns the claim, normalised: what the reference is bound to."""
     channel_id = activity.get("channelId")
@@ -225,9 +235,15 @@ class FileRef:
 # malformed activity (400): checked once here, so that the functions after this one can trust the shape.
 Where = tuple[str, ...]  # a path of keys into the activity
 _REQUIRED_TEXT: tuple[Where, ...] = (("type",), ("serviceUrl",), ("conversation", "id"), ("recipient", "id"))
-_OPTIONAL_TEXT: tuple[Where, ...] = (("id",), ("channelId",), ("from", "id"), ("from", "name"),
-                                     ("recipient", "name"), ("conversation", "tenantId"),
-                                     ("channelData", "tenant", "id"))
+_OPTIONAL_TEXT: tuple[Where, ...] = (
+    ("id",),
+    ("channelId",),
+    ("from", "id"),
+    ("from", "name"),
+    ("recipient", "name"),
+    ("conversation", "tenantId"),
+    ("channelData", "tenant", "id"),
+)
 _OPTIONAL_OBJECTS: tuple[Where, ...] = (("from",), ("channelData",), ("channelData", "tenant"))
 _OPTIONAL_LISTS: tuple[Where, ...] = (("entities",), ("attachments",), ("membersAdded",))
 _STORED_IDS: tuple[Where, ...] = (("id",), ("conversation", "id"), ("from", "id"))
@@ -278,10 +294,16 @@ def reference_of(activity: Mapping[str, Any]) -> Reference:
     recipient = activity["recipient"]
     conversation = activity["conversation"]
     tenant = _dict(_dict(activity.get("channelData")).get("tenant")).get("id")
-    return Reference(service_url=activity["serviceUrl"], conversation_id=conversation["id"],
-                     channel_id=activity.get("channelId") or "", bot_id=recipient["id"],
-                     bot_name=recipient.get("name"), user_id=sender.get("id"), user_name=sender.get("name"),
-                     tenant_id=tenant or conversation.get("tenantId"))
+    return Reference(
+        service_url=activity["serviceUrl"],
+        conversation_id=conversation["id"],
+        channel_id=activity.get("channelId") or "",
+        bot_id=recipient["id"],
+        bot_name=recipient.get("name"),
+        user_id=sender.get("id"),
+        user_name=sender.get("name"),
+        tenant_id=tenant or conversation.get("tenantId"),
+    )
 
 
 def is_greeting(activity: Mapping[str, Any]) -> bool:
@@ -307,8 +329,12 @@ def message_text(activity: Mapping[str, Any]) -> str:
     text = _str(activity.get("text"))
     bot_id = activity["recipient"]["id"]
     for entity in activity.get("entities") or ():
-        if isinstance(entity, dict) and entity.get("type") == "mention" and isinstance(entity.get("text"), str) \
-                and _dict(entity.get("mentioned")).get("id") == bot_id:
+        if (
+            isinstance(entity, dict)
+            and entity.get("type") == "mention"
+            and isinstance(entity.get("text"), str)
+            and _dict(entity.get("mentioned")).get("id") == bot_id
+        ):
             text = text.replace(entity["text"], " ")
     return re.sub(r"[ \t]{2,}", " ", text).strip()
 
@@ -324,13 +350,21 @@ def file_refs(activity: Mapping[str, Any]) -> list[FileRef]:
         name = _str(attachment.get("name"))
         if kind == FILE_DOWNLOAD and isinstance(content.get("downloadUrl"), str):
             mime = mimetypes.guess_type(name)[0] or "application/octet-stream"
-            files.append(FileRef(name=name or "file", url=content["downloadUrl"], mime=mime, authenticated=False))
+            files.append(
+                FileRef(name=name or "file", url=content["downloadUrl"], mime=mime, authenticated=False)
+            )
         elif kind == HTML_DUPLICATE or kind.startswith("application/vnd.microsoft."):
             continue
         elif isinstance(attachment.get("contentUrl"), str) and "/" in kind:
             extension = mimetypes.guess_extension(kind) or ""
-            files.append(FileRef(name=name or f"picture{extension}", url=attachment["contentUrl"], mime=kind,
-                                 authenticated=True))
+            files.append(
+                FileRef(
+                    name=name or f"picture{extension}",
+                    url=attachment["contentUrl"],
+                    mime=kind,
+                    authenticated=True,
+                )
+            )
     return files
 
 
@@ -342,10 +376,13 @@ def _str(value: Any) -> str:
     return value if isinstance(value, str) else ""
 
 
-def to_inbound(activity: Mapping[str, Any], *, text: str, attachments: tuple[Attachment, ...] = (),
-               body: bytes = b"") -> InboundMessage:
+def to_inbound(
+    activity: Mapping[str, Any], *, text: str, attachments: tuple[Attachment, ...] = (), body: bytes = b""
+) -> InboundMessage:
     reference = reference_of(activity)
-    entities = [e for e in activity.get("entities") or () if isinstance(e, dict) and e.get("type") == "clientInfo"]
+    entities = [
+        e for e in activity.get("entities") or () if isinstance(e, dict) and e.get("type") == "clientInfo"
+    ]
     locale = activity.get("locale") or (entities[0].get("locale") if entities else None)
     external_id = activity.get("id") or f"sha256:{hashlib.sha256(body).hexdigest()}"
     edited = activity.get("type") == "messageUpdate"
@@ -362,8 +399,12 @@ def to_inbound(activity: Mapping[str, Any], *, text: str, attachments: tuple[Att
         received_at=utcnow(),
         locale_hint=locale if isinstance(locale, str) else None,
         sender_name=reference.user_name,
-        raw={"activity_type": activity.get("type"), "channel_id": reference.channel_id,
-             "tenant_id": reference.tenant_id, **({"edited": True} if edited else {})},
+        raw={
+            "activity_type": activity.get("type"),
+            "channel_id": reference.channel_id,
+            "tenant_id": reference.tenant_id,
+            **({"edited": True} if edited else {}),
+        },
     )
 
 
@@ -385,8 +426,10 @@ def to_activities(message: OutboundMessage, reference: Reference) -> list[dict[s
             "textFormat": "plain",  # customer words quoted in our text must not turn into markup
         }
         if message.buttons and index == len(pieces) - 1:
-            chunks = [message.buttons[i:i + BUTTONS_PER_CARD]
-                      for i in range(0, len(message.buttons), BUTTONS_PER_CARD)]
+            chunks = [
+                message.buttons[i : i + BUTTONS_PER_CARD]
+                for i in range(0, len(message.buttons), BUTTONS_PER_CARD)
+            ]
             activity["attachments"] = [_hero_card(chunk, reference.channel_id) for chunk in chunks]
             activity["attachmentLayout"] = "list"
         activities.append(activity)
@@ -396,8 +439,16 @@ def to_activities(message: OutboundMessage, reference: Reference) -> list[dict[s
 def _hero_card(buttons: Sequence[Button], channel_id: str) -> dict[str, Any]:
     if channel_id == "msteams":
         # messageBack shows the label in the chat and hands us the value; Skype only knew imBack.
-        actions = [{"type": "messageBack", "title": b.label, "text": b.value, "displayText": b.label,
-                    "value": {"value": b.value}} for b in buttons]
+        actions = [
+            {
+                "type": "messageBack",
+                "title": b.label,
+                "text": b.value,
+                "displayText": b.label,
+                "value": {"value": b.value},
+            }
+            for b in buttons
+        ]
     else:
         actions = [{"type": "imBack", "title": b.label, "value": b.value} for b in buttons]
     return {"contentType": "application/vnd.microsoft.card.hero", "content": {"buttons": actions}}
@@ -410,8 +461,11 @@ class ConnectorTokens:
         self.config = config
         self.http = http
         self.db = db
-        self.cache = channels.TokenCache(db, "teams:token:" + hashlib.sha256(config.app_id.encode()).hexdigest()[:48],
-                                         margin=timedelta(seconds=TOKEN_MARGIN_SECONDS))
+        self.cache = channels.TokenCache(
+            db,
+            "teams:token:" + hashlib.sha256(config.app_id.encode()).hexdigest()[:48],
+            margin=timedelta(seconds=TOKEN_MARGIN_SECONDS),
+        )
         self.lock = asyncio.Lock()
 
     async def get(self) -> str:
@@ -423,15 +477,22 @@ class ConnectorTokens:
             await self.cache.forget()
 
     async def _fetch(self) -> tuple[str, timedelta]:
-        form = {"grant_type": "client_credentials", "client_id": self.config.app_id,
-                "client_secret": self.config.app_password, "scope": BOT_FRAMEWORK_SCOPE}
+        form = {
+            "grant_type": "client_credentials",
+            "client_id": self.config.app_id,
+            "client_secret": self.config.app_password,
+            "scope": BOT_FRAMEWORK_SCOPE,
+        }
         try:
             response = await self.http().post(self.config.token_url, data=form)
         except httpx.HTTPError as error:
             raise RetryLater(f"token endpoint unreachable: {type(error).__name__}") from None
         if response.status_code != 200:
             # Wrong credentials are an operator's fix: keep retrying so nothing is lost meanwhile.
-            raise RetryLater(f"token endpoint answered {response.status_code}", after=channels.retry_after(response.headers.get("Retry-After")))
+            raise RetryLater(
+                f"token endpoint answered {response.status_code}",
+                after=channels.retry_after(response.headers.get("Retry-After")),
+            )
         try:
             data = response.json()
             return str(data["access_token"]), timedelta(seconds=int(data.get("expires_in", 3600)))
@@ -453,7 +514,10 @@ class TeamsSender:
         reference = Reference(**stored[0])
         activities = to_activities(message, reference)
         # Pieces of a long message already posted, so that a retry after a failure halfway does not repeat them.
-        progress = (message.chat_id, hashlib.sha256(json.dumps(activities, sort_keys=True).encode()).hexdigest())
+        progress = (
+            message.chat_id,
+            hashlib.sha256(json.dumps(activities, sort_keys=True).encode()).hexdigest(),
+        )
         delivered = Delivered()
         for index in range(self._sent.get(progress, 0), len(activities)):
             delivered = await self._post(reference, activities[index])
@@ -466,11 +530,14 @@ class TeamsSender:
 
     async def _post(self, reference: Reference, activity: dict[str, Any]) -> Delivered:
         token = await self.channel.tokens.get()
-        url = (f"{reference.service_url.rstrip('/')}/v3/conversations/"
-               f"{quote(reference.conversation_id, safe='')}/activities")
+        url = (
+            f"{reference.service_url.rstrip('/')}/v3/conversations/"
+            f"{quote(reference.conversation_id, safe='')}/activities"
+        )
         try:
-            response = await self.channel.http().post(url, json=activity,
-                                                      headers={"Authorization": f"Bearer {token}"})
+            response = await self.channel.http().post(
+                url, json=activity, headers={"Authorization": f"Bearer {token}"}
+            )
         except httpx.HTTPError as error:
             raise RetryLater(f"connector unreachable: {type(error).__name__}") from None
         status = response.status_code
@@ -479,14 +546,20 @@ class TeamsSender:
                 answer = response.json()
             except ValueError:
                 answer = {}
-            return Delivered(external_id=str(answer.get("id")) if isinstance(answer, dict) and answer.get("id") else None)
+            return Delivered(
+                external_id=str(answer.get("id")) if isinstance(answer, dict) and answer.get("id") else None
+            )
         summary = f"connector answered {status}: {response.text[:200]}"
         if status == 401:
             await self.channel.tokens.forget()  # revoked or rotated: the next try fetches a new one
             raise RetryLater(summary)
         # 403, 404: the bot was removed or blocked, or the conversation is gone: nothing will reach this customer.
-        raise channels.delivery_error(summary, status=status, unreachable=status in (403, 404),
-                                      after=channels.retry_after(response.headers.get("Retry-After")))
+        raise channels.delivery_error(
+            summary,
+            status=status,
+            unreachable=status in (403, 404),
+            after=channels.retry_after(response.headers.get("Retry-After")),
+        )
 
 
 # --- shared state ---------------------------------------------------------------------------------------
@@ -587,8 +660,10 @@ class TeamsChannel(SendingChannel):
             before = Reference(**stored[0])
             same_place = (before.bound_to or normal_service_url(before.service_url)) == reference.bound_to
             if not same_place or (before.tenant_id and before.tenant_id != reference.tenant_id):
-                log.warning("Teams activity for a known conversation names another service URL or tenant; "
-                            "the stored reference is kept")
+                log.warning(
+                    "Teams activity for a known conversation names another service URL or tenant; "
+                    "the stored reference is kept"
+                )
                 return
             if before == reference:
                 return
@@ -610,8 +685,17 @@ class TeamsChannel(SendingChannel):
         if kv_get(self.bot.db, key) is not None:
             return None  # already waiting: the task that stored it fetches it
         message = inbound_to_payload(inbound)
-        kv_put(self.bot.db, key, {"message": message, "files": [asdict(f) for f in files],
-                                  "service_url": reference.service_url, "tries": 0}, utcnow() + PENDING_KEEP)
+        kv_put(
+            self.bot.db,
+            key,
+            {
+                "message": message,
+                "files": [asdict(f) for f in files],
+                "service_url": reference.service_url,
+                "tries": 0,
+            },
+            utcnow() + PENDING_KEEP,
+        )
         return key
 
     def _spawn(self, key: str) -> None:
@@ -628,8 +712,11 @@ class TeamsChannel(SendingChannel):
                 return
             value = stored[0]
             try:
-                attachments = await self._download([FileRef(**f) for f in value["files"]], value["service_url"],
-                                                   final=value["tries"] + 1 >= MAX_DOWNLOAD_TRIES)
+                attachments = await self._download(
+                    [FileRef(**f) for f in value["files"]],
+                    value["service_url"],
+                    final=value["tries"] + 1 >= MAX_DOWNLOAD_TRIES,
+                )
                 inbound = replace(inbound_from_payload(value["message"]), attachments=attachments)
                 await asyncio.to_thread(self.bot.engine.accept, inbound)
                 await asyncio.to_thread(kv_delete, self.bot.db, key)
@@ -644,16 +731,24 @@ class TeamsChannel(SendingChannel):
 
     def _waiting(self) -> list[str]:
         with Session(self.bot.db) as session:
-            return list(session.execute(
-                select(col(KeyValue.key)).where(col(KeyValue.key).startswith(PENDING_PREFIX, autoescape=True))
-            ).scalars())
+            return list(
+                session.execute(
+                    select(col(KeyValue.key)).where(
+                        col(KeyValue.key).startswith(PENDING_PREFIX, autoescape=True)
+                    )
+                ).scalars()
+            )
 
     def fetch_policy(self, service_url: str) -> FetchPolicy:
         """Where this conversation's files may come from: the connector (the only host our token goes to)
         and the file hosts of Teams' pre-signed downloads; https, public addresses, size and time limits."""
-        return FetchPolicy.from_settings(self.bot.settings, hosts=[service_url, *FILE_HOSTS], token_hosts=[service_url])
+        return FetchPolicy.from_settings(
+            self.bot.settings, hosts=[service_url, *FILE_HOSTS], token_hosts=[service_url]
+        )
 
-    async def _download(self, refs: Sequence[FileRef], service_url: str, *, final: bool) -> tuple[Attachment, ...]:
+    async def _download(
+        self, refs: Sequence[FileRef], service_url: str, *, final: bool
+    ) -> tuple[Attachment, ...]:
         """The files, each through the fetch policy; _TryLater when one failed in a way that may pass (unless
         this is the last try)."""
         found = []
@@ -683,13 +778,25 @@ class TeamsChannel(SendingChannel):
                     continue
                 data = fetched.data
                 # Teams declares pasted pictures only as `image/*`: the bytes say which.
-                mime = ref.mime if not (ref.mime.endswith("/*") or ref.mime == "application/octet-stream") \
+                mime = (
+                    ref.mime
+                    if not (ref.mime.endswith("/*") or ref.mime == "application/octet-stream")
                     else sniff(data) or ref.mime
+                )
                 name = ref.name if "." in ref.name else ref.name + (mimetypes.guess_extension(mime) or "")
-                kind = "photo" if mime.startswith("image/") else "voice" if mime.startswith("audio/") else "document"
+                kind = (
+                    "photo"
+                    if mime.startswith("image/")
+                    else "voice"
+                    if mime.startswith("audio/")
+                    else "document"
+                )
                 try:
-                    found.append(await asyncio.to_thread(self.bot.attachments.save, data, name=name, mime=mime,
-                                                         kind=kind))
+                    found.append(
+                        await asyncio.to_thread(
+                            self.bot.attachments.save, data, name=name, mime=mime, kind=kind
+                        )
+                    )
                 except AttachmentRejected as error:
                     found.append(self.bot.attachments.rejected(ref.name, error.reason))
         return tuple(found)
@@ -701,10 +808,13 @@ class _TryLater(Exception):
 
 def teams_settings(bot: Bot) -> TeamsSettings:
     s = bot.settings
-    return TeamsSettings(app_id=s.teams_app_id,
-                         app_password=s.teams_app_password.get_secret_value() if s.teams_app_password else "",
-                         openid_metadata_url=s.teams_openid_metadata_url,
-                         token_url=token_url(s.teams_token_url, s.teams_tenant_id), issuer=s.teams_issuer)
+    return TeamsSettings(
+        app_id=s.teams_app_id,
+        app_password=s.teams_app_password.get_secret_value() if s.teams_app_password else "",
+        openid_metadata_url=s.teams_openid_metadata_url,
+        token_url=token_url(s.teams_token_url, s.teams_tenant_id),
+        issuer=s.teams_issuer,
+    )
 
 
 def token_url(template: str, tenant: str) -> str:
@@ -724,6 +834,8 @@ def from_settings(bot: Bot) -> TeamsChannel | None:
             log.warning("Teams is half configured: TEAMS_APP_ID and TEAMS_APP_PASSWORD are both needed")
         return None
     if s.teams_tenant_id.strip() in ("", "botframework.com"):
-        log.warning("TEAMS_TENANT_ID is not set: the bot asks the multi-tenant authority for its token, which "
-                    "only bots registered before mid-2025 as multi-tenant may do")
+        log.warning(
+            "TEAMS_TENANT_ID is not set: the bot asks the multi-tenant authority for its token, which "
+            "only bots registered before mid-2025 as multi-tenant may do"
+        )
     return TeamsChannel(bot, teams_settings(bot))

@@ -58,8 +58,10 @@ PRIVATE = "private"  # claims are taken in private chats only: a group's members
 GROUP_TOLD_PREFIX = "telegram:group-told:"
 PENDING_PREFIX = "telegram:pending:"  # webhook updates acknowledged before their files were fetched
 PENDING_KEEP = timedelta(days=7)
-GROUP_ANSWER = ("I take warranty claims in a private chat only, so that each claim stays yours. "
-                "Please write to me directly: {link}")
+GROUP_ANSWER = (
+    "I take warranty claims in a private chat only, so that each claim stays yours. "
+    "Please write to me directly: {link}"
+)
 MAX_MESSAGE_CHARS = 4096  # Telegram counts UTF-16 code units
 MAX_CALLBACK_DATA_BYTES = 64
 ALBUM_WAIT_SECONDS = 1.5
@@ -158,18 +160,34 @@ def _from_message(update_id: int, message: telegram.Message) -> Incoming:
     chat_id = _id(getattr(message.chat, "id", None), "chat id")
     files: list[FileRef] = []
     if message.photo:
-        largest = max(message.photo, key=lambda size: _count(size.width, "photo width")
-                      * _count(size.height, "photo height"))
+        largest = max(
+            message.photo,
+            key=lambda size: _count(size.width, "photo width") * _count(size.height, "photo height"),
+        )
         unique_id = _text(largest.file_unique_id, "file_unique_id")
-        files.append(FileRef(file_id=_text(largest.file_id, "file_id"), unique_id=unique_id, kind="photo",
-                             name=f"photo-{unique_id}.jpg", mime="image/jpeg",
-                             size=_size(largest.file_size)))
-    for media, kind in ((message.document, "document"), (message.voice, "voice"), (message.audio, "document"),
-                        (message.video, "document"), (message.video_note, "document")):
+        files.append(
+            FileRef(
+                file_id=_text(largest.file_id, "file_id"),
+                unique_id=unique_id,
+                kind="photo",
+                name=f"photo-{unique_id}.jpg",
+                mime="image/jpeg",
+                size=_size(largest.file_size),
+            )
+        )
+    for media, kind in (
+        (message.document, "document"),
+        (message.voice, "voice"),
+        (message.audio, "document"),
+        (message.video, "document"),
+        (message.video_note, "document"),
+    ):
         if media is not None:
             files.append(_file_ref(media, kind))
     media_group_id = _optional_text(message.media_group_id, "media_group_id")
-    if media_group_id is not None and not (len(media_group_id) <= MAX_MEDIA_GROUP_ID and media_group_id.isprintable()):
+    if media_group_id is not None and not (
+        len(media_group_id) <= MAX_MEDIA_GROUP_ID and media_group_id.isprintable()
+    ):
         raise BadUpdate("media_group_id is not an id")  # it becomes part of a key and of the external id
     thread_id = message.message_thread_id if message.is_topic_message else None
     if thread_id is not None and not (isinstance(thread_id, int) and not isinstance(thread_id, bool)):
@@ -191,10 +209,19 @@ def _from_message(update_id: int, message: telegram.Message) -> Incoming:
 def _file_ref(media: Any, kind: str) -> FileRef:
     unique_id = _text(media.file_unique_id, "file_unique_id")
     name = _optional_text(getattr(media, "file_name", None), "file_name") or f"{kind}-{unique_id}"
-    mime = (_optional_text(getattr(media, "mime_type", None), "mime_type") or mimetypes.guess_type(name)[0]
-            or "application/octet-stream")
-    return FileRef(file_id=_text(media.file_id, "file_id"), unique_id=unique_id, kind=kind, name=name,
-                   mime=mime, size=_size(media.file_size))
+    mime = (
+        _optional_text(getattr(media, "mime_type", None), "mime_type")
+        or mimetypes.guess_type(name)[0]
+        or "application/octet-stream"
+    )
+    return FileRef(
+        file_id=_text(media.file_id, "file_id"),
+        unique_id=unique_id,
+        kind=kind,
+        name=name,
+        mime=mime,
+        size=_size(media.file_size),
+    )
 
 
 def _from_callback(update_id: int, query: telegram.CallbackQuery) -> Incoming:
@@ -305,14 +332,25 @@ class AlbumStore:
     def key(cls, chat_id: str, media_group_id: str) -> str:
         return f"{cls.PREFIX}{chat_id}:{media_group_id}"
 
-    def add(self, key: str, *, chat_id: str, media_group_id: str, update_id: int, part: dict[str, Any]) -> bool:
+    def add(
+        self, key: str, *, chat_id: str, media_group_id: str, update_id: int, part: dict[str, Any]
+    ) -> bool:
         """Stage one part; False when it was seen before (a redelivery)."""
         now = utcnow()
         with session_scope(self.db) as session:
             lock_chat(session, "telegram-album", key)
             row = session.get(KeyValue, key)
-            value: dict[str, Any] = dict(row.value) if row is not None else {
-                "chat_id": chat_id, "media_group_id": media_group_id, "generation": 0, "parts": {}, "done": []}
+            value: dict[str, Any] = (
+                dict(row.value)
+                if row is not None
+                else {
+                    "chat_id": chat_id,
+                    "media_group_id": media_group_id,
+                    "generation": 0,
+                    "parts": {},
+                    "done": [],
+                }
+            )
             if update_id in value["done"] or str(update_id) in value["parts"]:
                 return False
             value["parts"] = {**value["parts"], str(update_id): part}
@@ -335,8 +373,13 @@ class AlbumStore:
         waited = (utcnow() - datetime.fromisoformat(value["last_at"])).total_seconds()
         if not force and waited < quiet:
             return quiet - waited
-        return AlbumBatch(key=key, chat_id=value["chat_id"], media_group_id=value["media_group_id"],
-                          generation=value["generation"], parts=dict(value["parts"]))
+        return AlbumBatch(
+            key=key,
+            chat_id=value["chat_id"],
+            media_group_id=value["media_group_id"],
+            generation=value["generation"],
+            parts=dict(value["parts"]),
+        )
 
     def done(self, batch: AlbumBatch) -> bool:
         """Mark the batch accepted; True when more parts arrived meanwhile and wait their turn."""
@@ -358,12 +401,17 @@ class AlbumStore:
         now = utcnow()
         # Read first: this runs for every update, and a write transaction would queue behind the one writer.
         with Session(self.db) as session:
-            rows = session.execute(
-                select(KeyValue).where(col(KeyValue.key).startswith(prefix, autoescape=True))
-            ).scalars().all()
+            rows = (
+                session.execute(select(KeyValue).where(col(KeyValue.key).startswith(prefix, autoescape=True)))
+                .scalars()
+                .all()
+            )
         keys = [row.key for row in rows if row.value.get("parts")]
-        expired = [row.key for row in rows if not row.value.get("parts")
-                   and row.expires_at is not None and row.expires_at < now]
+        expired = [
+            row.key
+            for row in rows
+            if not row.value.get("parts") and row.expires_at is not None and row.expires_at < now
+        ]
         if expired:
             with session_scope(self.db) as session:
                 session.execute(delete(KeyValue).where(col(KeyValue.key).in_(expired)))
@@ -410,8 +458,10 @@ def split_html(text: str, limit: int = MAX_MESSAGE_CHARS) -> list[str]:
         if end < len(atoms):
             halfway = start + (end - start) // 2
             # The best kind of break in the second half of the piece; else the last break at all; else hard.
-            cut = next((breaks[p] for p in (3, 2, 1) if breaks.get(p, start) > halfway),
-                       max(breaks.values(), default=end))
+            cut = next(
+                (breaks[p] for p in (3, 2, 1) if breaks.get(p, start) > halfway),
+                max(breaks.values(), default=end),
+            )
         closing = open_tags
         for atom in atoms[start:cut]:
             closing = _apply_tag(closing, atom)
@@ -444,7 +494,7 @@ def _apply_tag(stack: list[tuple[str, str]], atom: str) -> list[tuple[str, str]]
         return [*stack, (name, atom)]
     for index in range(len(stack) - 1, -1, -1):
         if stack[index][0] == name:
-            return stack[:index] + stack[index + 1:]
+            return stack[:index] + stack[index + 1 :]
     return stack
 
 
@@ -465,7 +515,8 @@ def keyboard(buttons: Sequence[Button]) -> telegram.InlineKeyboardMarkup | None:
     if not buttons or any(len(b.value.encode("utf-8")) > MAX_CALLBACK_DATA_BYTES for b in buttons):
         return None
     return telegram.InlineKeyboardMarkup(
-        [[telegram.InlineKeyboardButton(text=b.label, callback_data=b.value)] for b in buttons])
+        [[telegram.InlineKeyboardButton(text=b.label, callback_data=b.value)] for b in buttons]
+    )
 
 
 def render(message: OutboundMessage) -> tuple[list[str], telegram.InlineKeyboardMarkup | None]:
@@ -495,7 +546,9 @@ def delivery_error(error: TelegramError) -> DeliveryError:
         return Unreachable(f"telegram: {description}")  # blocked by the user, or the account is gone
     # BadRequest subclasses NetworkError in python-telegram-bot: it must be sorted out first.
     if isinstance(error, BadRequest | InvalidToken | Conflict | ChatMigrated):
-        return PermanentFailure(f"telegram: {description}")  # 400, 401/404, 409: sending again changes nothing
+        return PermanentFailure(
+            f"telegram: {description}"
+        )  # 400, 401/404, 409: sending again changes nothing
     return RetryLater(f"telegram: {description}")  # timeouts, connection errors, 5xx
 
 
@@ -516,17 +569,24 @@ class TelegramSender:
         pieces, markup = render(message)
         if not pieces:
             return Delivered()
-        progress_key = (message.chat_id, hashlib.sha256(json.dumps(
-            [message.text, [asdict(b) for b in message.buttons]]).encode()).hexdigest())
+        progress_key = (
+            message.chat_id,
+            hashlib.sha256(
+                json.dumps([message.text, [asdict(b) for b in message.buttons]]).encode()
+            ).hexdigest(),
+        )
         done = self._sent.get(progress_key, 0)
         sent: telegram.Message | None = None
         for index in range(done, len(pieces)):
             last = index == len(pieces) - 1
             try:
                 sent = await self.client.send_message(
-                    chat_id=message.chat_id, text=pieces[index], parse_mode=telegram.constants.ParseMode.HTML,
+                    chat_id=message.chat_id,
+                    text=pieces[index],
+                    parse_mode=telegram.constants.ParseMode.HTML,
                     reply_markup=markup if last else None,
-                    link_preview_options=telegram.LinkPreviewOptions(is_disabled=True))
+                    link_preview_options=telegram.LinkPreviewOptions(is_disabled=True),
+                )
             except TelegramError as error:
                 raise delivery_error(error) from None
             if not last:
@@ -550,8 +610,17 @@ class TelegramChannel(SendingChannel):
 
     name = CHANNEL
 
-    def __init__(self, bot: Bot, client: telegram.Bot, *, mode: str, secret: str | None, public_url: str,
-                 poll_timeout: int = POLL_TIMEOUT_SECONDS, album_wait: float = ALBUM_WAIT_SECONDS) -> None:
+    def __init__(
+        self,
+        bot: Bot,
+        client: telegram.Bot,
+        *,
+        mode: str,
+        secret: str | None,
+        public_url: str,
+        poll_timeout: int = POLL_TIMEOUT_SECONDS,
+        album_wait: float = ALBUM_WAIT_SECONDS,
+    ) -> None:
         self.bot = bot
         self.client = client
         self.mode = mode
@@ -561,7 +630,9 @@ class TelegramChannel(SendingChannel):
         self.album_wait = album_wait
         self.albums = AlbumStore(bot.db)
         # Files come from the Bot API's own host only (https, public addresses, size and time limits).
-        self.fetcher = Fetcher(FetchPolicy.from_settings(bot.settings, hosts=[bot.settings.telegram_api_base_url]))
+        self.fetcher = Fetcher(
+            FetchPolicy.from_settings(bot.settings, hosts=[bot.settings.telegram_api_base_url])
+        )
         self.outbox = TelegramSender(client)
         self._task: asyncio.Task[None] | None = None
         self._timers: set[asyncio.Task[None]] = set()
@@ -578,7 +649,9 @@ class TelegramChannel(SendingChannel):
         for key in await asyncio.to_thread(self.albums.waiting):
             self._schedule(key, 0)  # albums a previous run left waiting
         with contextlib.suppress(TryAgain):
-            for chat_id in {key.removeprefix(PENDING_PREFIX).rsplit(":", 1)[0] for key in await self._pending_in()}:
+            for chat_id in {
+                key.removeprefix(PENDING_PREFIX).rsplit(":", 1)[0] for key in await self._pending_in()
+            }:
                 self._drain(chat_id)  # updates a previous run acknowledged before their files were fetched
 
     async def stop(self) -> None:
@@ -614,7 +687,9 @@ class TelegramChannel(SendingChannel):
             outcome, answer = await self.take(incoming, defer=True)
         except TryAgain as error:
             log.warning("telegram update %s not stored, Telegram will retry: %s", update.update_id, error)
-            return JSONResponse({"error": "not stored; try again"}, status_code=503, headers={"Retry-After": "5"})
+            return JSONResponse(
+                {"error": "not stored; try again"}, status_code=503, headers={"Retry-After": "5"}
+            )
         # Nothing goes to the Bot API before Telegram has its 2xx: a call that must follow this update (the
         # button's answer, the group's pointer to a private chat) rides in the response, which Telegram runs.
         return JSONResponse({**(answer or {}), "ok": True, "outcome": outcome})
@@ -626,8 +701,12 @@ class TelegramChannel(SendingChannel):
             log.info("telegram webhook mode without PUBLIC_URL: register the webhook by hand")
             return
         url = self.public_url + WEBHOOK_PATH
-        await _until_done("telegram setWebhook", lambda: self.client.set_webhook(
-            url=url, secret_token=self.secret, allowed_updates=list(ALLOWED_UPDATES)))
+        await _until_done(
+            "telegram setWebhook",
+            lambda: self.client.set_webhook(
+                url=url, secret_token=self.secret, allowed_updates=list(ALLOWED_UPDATES)
+            ),
+        )
         log.info("telegram webhook registered at %s", url)
 
     # --- polling ----------------------------------------------------------------------------------------
@@ -635,13 +714,16 @@ class TelegramChannel(SendingChannel):
     async def _poll(self) -> None:
         await _until_done("telegram getMe", self.client.initialize)
         # A webhook left from an earlier set-up would make getUpdates fail with 409 Conflict.
-        await _until_done("telegram deleteWebhook", lambda: self.client.delete_webhook(drop_pending_updates=False))
+        await _until_done(
+            "telegram deleteWebhook", lambda: self.client.delete_webhook(drop_pending_updates=False)
+        )
         offset: int | None = None
         fetch_failures = store_failures = 0
         while True:
             try:
-                updates = await self.client.get_updates(offset=offset, timeout=self.poll_timeout,
-                                                        allowed_updates=list(ALLOWED_UPDATES))
+                updates = await self.client.get_updates(
+                    offset=offset, timeout=self.poll_timeout, allowed_updates=list(ALLOWED_UPDATES)
+                )
             except TelegramError as error:
                 fetch_failures += 1
                 log.warning("telegram getUpdates failed: %s", mask(str(error)))
@@ -674,7 +756,9 @@ class TelegramChannel(SendingChannel):
             return "malformed", None
         return await self.take(incoming)
 
-    async def take(self, incoming: Incoming | None, *, defer: bool = False) -> tuple[str, dict[str, Any] | None]:
+    async def take(
+        self, incoming: Incoming | None, *, defer: bool = False
+    ) -> tuple[str, dict[str, Any] | None]:
         """Store a private chat's update (a group is pointed to a private chat, once); the outcome, and the Bot
         API call (a method and its parameters) to make once Telegram has its answer; raises TryAgain.
 
@@ -682,8 +766,13 @@ class TelegramChannel(SendingChannel):
         after Telegram has the 2xx; the chat's later updates wait behind it, so its order is kept."""
         if incoming is not None and incoming.chat_type != PRIVATE:
             outcome, answer = await self._group(incoming)
-        elif defer and incoming is not None and (incoming.files or incoming.chat_id in self._chats
-                                                 or await self._pending_in(incoming.chat_id)):
+        elif (
+            defer
+            and incoming is not None
+            and (
+                incoming.files or incoming.chat_id in self._chats or await self._pending_in(incoming.chat_id)
+            )
+        ):
             outcome, answer = await self._queue(incoming), None
         else:
             outcome, answer = await self.store(incoming), None
@@ -704,8 +793,12 @@ class TelegramChannel(SendingChannel):
 
         def keys() -> list[str]:
             with Session(self.bot.db) as session:
-                return sorted(session.execute(select(col(KeyValue.key)).where(
-                    col(KeyValue.key).startswith(prefix, autoescape=True))).scalars())
+                return sorted(
+                    session.execute(
+                        select(col(KeyValue.key)).where(col(KeyValue.key).startswith(prefix, autoescape=True))
+                    ).scalars()
+                )
+
         try:
             return await asyncio.to_thread(keys)
         except Exception as error:
@@ -745,12 +838,16 @@ class TelegramChannel(SendingChannel):
                     stored = await asyncio.to_thread(kv_get, self.bot.db, keys[0])
                     if stored is not None:
                         value = stored[0]
-                        await self.store(Incoming(**{**value, "files": tuple(FileRef(**f) for f in value["files"])}))
+                        await self.store(
+                            Incoming(**{**value, "files": tuple(FileRef(**f) for f in value["files"])})
+                        )
                     await asyncio.to_thread(kv_delete, self.bot.db, keys[0])
                     failures = 0
                 except Exception as error:  # TryAgain (the Bot API, the database): kept, tried again
                     failures += 1
-                    log.warning("telegram kept update not stored yet (%s); trying again", type(error).__name__)
+                    log.warning(
+                        "telegram kept update not stored yet (%s); trying again", type(error).__name__
+                    )
                     await asyncio.sleep(_backoff(failures))
         finally:
             self._chats.pop(chat_id, None)
@@ -790,8 +887,11 @@ class TelegramChannel(SendingChannel):
         except Exception as error:
             log.exception("telegram group %s could not be recorded", incoming.update_id)
             raise TryAgain(type(error).__name__) from None
-        answer: dict[str, Any] = {"method": "sendMessage", "chat_id": int(incoming.chat_id),
-                                  "text": GROUP_ANSWER.format(link=self._private_link())}
+        answer: dict[str, Any] = {
+            "method": "sendMessage",
+            "chat_id": int(incoming.chat_id),
+            "text": GROUP_ANSWER.format(link=self._private_link()),
+        }
         if incoming.thread_id is not None:
             answer["message_thread_id"] = incoming.thread_id  # in the topic it was asked in
         return "group", answer
@@ -817,10 +917,17 @@ class TelegramChannel(SendingChannel):
         # Telegram delivers one chat's updates one at a time: a new message means its albums are complete.
         await self._flush_chat(incoming.chat_id)
         message = InboundMessage(
-            channel=CHANNEL, external_id=str(incoming.update_id), sender_id=incoming.sender_id,
-            chat_id=incoming.chat_id, text=incoming.text, attachments=attachments, received_at=utcnow(),
-            locale_hint=incoming.locale, sender_name=incoming.sender_name,
-            raw={"update_id": incoming.update_id, **({"edited": True} if incoming.edited else {})})
+            channel=CHANNEL,
+            external_id=str(incoming.update_id),
+            sender_id=incoming.sender_id,
+            chat_id=incoming.chat_id,
+            text=incoming.text,
+            attachments=attachments,
+            received_at=utcnow(),
+            locale_hint=incoming.locale,
+            sender_name=incoming.sender_name,
+            raw={"update_id": incoming.update_id, **({"edited": True} if incoming.edited else {})},
+        )
         accepted = await asyncio.to_thread(self.bot.engine.accept, message)
         return "duplicate" if accepted.duplicate else "stored"
 
@@ -841,8 +948,16 @@ class TelegramChannel(SendingChannel):
             return store.rejected(ref.name, "too_large")
         try:
             # The file API's URL carries the bot's token in its path: only the Bot API's own host may be asked.
-            return await channels.download(self.fetcher, store, str(remote.file_path), name=ref.name,
-                                           mime=ref.mime, kind=ref.kind, channel=CHANNEL, server_type=False)
+            return await channels.download(
+                self.fetcher,
+                store,
+                str(remote.file_path),
+                name=ref.name,
+                mime=ref.mime,
+                kind=ref.kind,
+                channel=CHANNEL,
+                server_type=False,
+            )
         except FetchFailed as error:
             raise TryAgain(f"file download: {error}") from None  # kept, and tried again
 
@@ -852,11 +967,21 @@ class TelegramChannel(SendingChannel):
         assert incoming.media_group_id is not None
         key = AlbumStore.key(incoming.chat_id, incoming.media_group_id)
         await self._flush_chat(incoming.chat_id, keep=key)
-        part = {"sender_id": incoming.sender_id, "sender_name": incoming.sender_name, "locale": incoming.locale,
-                "caption": incoming.text, "attachments": [asdict(a) for a in attachments]}
-        fresh = await asyncio.to_thread(self.albums.add, key, chat_id=incoming.chat_id,
-                                        media_group_id=incoming.media_group_id,
-                                        update_id=incoming.update_id, part=part)
+        part = {
+            "sender_id": incoming.sender_id,
+            "sender_name": incoming.sender_name,
+            "locale": incoming.locale,
+            "caption": incoming.text,
+            "attachments": [asdict(a) for a in attachments],
+        }
+        fresh = await asyncio.to_thread(
+            self.albums.add,
+            key,
+            chat_id=incoming.chat_id,
+            media_group_id=incoming.media_group_id,
+            update_id=incoming.update_id,
+            part=part,
+        )
         if not fresh:
             return "duplicate"
         self._schedule(key, self.album_wait)
@@ -929,13 +1054,24 @@ def _backoff(failures: int) -> float:
 def client(token: str, api_base_url: str, timeout: float = 20.0) -> telegram.Bot:
     """A Bot API client for `api_base_url` (api.telegram.org, a self-hosted Bot API server, a test fake)."""
     base = api_base_url.rstrip("/")
-    requests = HTTPXRequest(connection_pool_size=16, connect_timeout=min(10, timeout), read_timeout=timeout,
-                            write_timeout=timeout, pool_timeout=5)
+    requests = HTTPXRequest(
+        connection_pool_size=16,
+        connect_timeout=min(10, timeout),
+        read_timeout=timeout,
+        write_timeout=timeout,
+        pool_timeout=5,
+    )
     # getUpdates adds its long-poll timeout to this read timeout.
-    updates = HTTPXRequest(connection_pool_size=1, connect_timeout=10, read_timeout=10, write_timeout=10,
-                           pool_timeout=5)
-    return telegram.Bot(token, base_url=f"{base}/bot", base_file_url=f"{base}/file/bot", request=requests,
-                        get_updates_request=updates)
+    updates = HTTPXRequest(
+        connection_pool_size=1, connect_timeout=10, read_timeout=10, write_timeout=10, pool_timeout=5
+    )
+    return telegram.Bot(
+        token,
+        base_url=f"{base}/bot",
+        base_file_url=f"{base}/file/bot",
+        request=requests,
+        get_updates_request=updates,
+    )
 
 
 def resolve_mode(mode: str, public_url: str) -> str:
@@ -945,8 +1081,9 @@ def resolve_mode(mode: str, public_url: str) -> str:
     return mode
 
 
-def from_settings(bot: Bot, *, poll_timeout: int = POLL_TIMEOUT_SECONDS,
-                  album_wait: float = ALBUM_WAIT_SECONDS) -> TelegramChannel | None:
+def from_settings(
+    bot: Bot, *, poll_timeout: int = POLL_TIMEOUT_SECONDS, album_wait: float = ALBUM_WAIT_SECONDS
+) -> TelegramChannel | None:
     """The channel when TELEGRAM_BOT_TOKEN is set; a webhook needs TELEGRAM_WEBHOOK_SECRET."""
     settings = bot.settings
     if settings.telegram_bot_token is None or not settings.telegram_bot_token.get_secret_value():
@@ -955,11 +1092,21 @@ def from_settings(bot: Bot, *, poll_timeout: int = POLL_TIMEOUT_SECONDS,
     secret = settings.telegram_webhook_secret.get_secret_value() if settings.telegram_webhook_secret else None
     if mode == "webhook":
         if not secret:
-            raise ValueError("Telegram in webhook mode needs TELEGRAM_WEBHOOK_SECRET "
-                             "(or set TELEGRAM_MODE=polling)")
+            raise ValueError(
+                "Telegram in webhook mode needs TELEGRAM_WEBHOOK_SECRET (or set TELEGRAM_MODE=polling)"
+            )
         if not _SECRET_SHAPE.fullmatch(secret):
             raise ValueError("TELEGRAM_WEBHOOK_SECRET must be 1-256 characters of A-Z, a-z, 0-9, _ and -")
-    return TelegramChannel(bot, client(settings.telegram_bot_token.get_secret_value(),
-                                       settings.telegram_api_base_url, settings.telegram_timeout_seconds),
-                           mode=mode, secret=secret, public_url=settings.public_url,
-                           poll_timeout=poll_timeout, album_wait=album_wait)
+    return TelegramChannel(
+        bot,
+        client(
+            settings.telegram_bot_token.get_secret_value(),
+            settings.telegram_api_base_url,
+            settings.telegram_timeout_seconds,
+        ),
+        mode=mode,
+        secret=secret,
+        public_url=settings.public_url,
+        poll_timeout=poll_timeout,
+        album_wait=album_wait,
+    )

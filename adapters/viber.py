@@ -177,14 +177,16 @@ def render(text: str, buttons: Sequence[Button], *, receiver: str, sender_name: 
             "Type": "keyboard",
             "DefaultHeight": False,
             "Buttons": [
-                {"ActionType": "reply", "ActionBody": b.value, "Text": channels.clip(b.label, BUTTON_TEXT_LIMIT)}
+                {
+                    "ActionType": "reply",
+                    "ActionBody": b.value,
+                    "Text": channels.clip(b.label, BUTTON_TEXT_LIMIT),
+                }
                 for b in buttons
             ],
         }
         bodies[-1] = {**bodies[-1], "keyboard": keyboard}
     return bodies
-
-
 
 
 class ViberError(Exception):
@@ -203,7 +205,8 @@ def delivery_error(error: ViberError) -> DeliveryError:
         str(error),
         status=error.http_status if error.api_status is None else 200,
         passing=error.api_status == STATUS_TOO_MANY_REQUESTS,
-        unreachable=error.api_status in (STATUS_NOT_SUBSCRIBED, STATUS_NOT_REGISTERED, STATUS_NO_SUITABLE_DEVICE),
+        unreachable=error.api_status
+        in (STATUS_NOT_SUBSCRIBED, STATUS_NOT_REGISTERED, STATUS_NO_SUITABLE_DEVICE),
     )
 
 
@@ -341,7 +344,12 @@ class ViberChannel(SendingChannel):
         if incoming.file_name and mime not in store.allowed_types:
             return store.rejected(name, "type")
         return await channels.download(
-            self._fetcher, store, incoming.media_url, name=name, mime=mime, kind=_MEDIA_KINDS[incoming.type],
+            self._fetcher,
+            store,
+            incoming.media_url,
+            name=name,
+            mime=mime,
+            kind=_MEDIA_KINDS[incoming.type],
             channel=CHANNEL,
         )
 

@@ -136,8 +136,6 @@ class WebChat(Channel):
     async def send(self, message: OutboundMessage) -> Delivered:
         return Delivered()
 
-
-
     async def page(self, request: Request) -> Response:
         return FileResponse(WEB / "chat.html", headers=PAGE_HEADERS)
 

@@ -78,7 +78,11 @@ def sha1_signature(*parts: str) -> str:
 
 def signature_valid(token: str, params: Mapping[str, str]) -> bool:
     """The query's `signature` over the token, `timestamp` and `nonce` (sent with every request)."""
-    given, timestamp, nonce = params.get("signature", ""), params.get("timestamp", ""), params.get("nonce", "")
+    given, timestamp, nonce = (
+        params.get("signature", ""),
+        params.get("timestamp", ""),
+        params.get("nonce", ""),
+    )
     if not token or not given or not timestamp or not nonce:
         return False
     return hmac.compare_digest(given.encode(), sha1_signature(token, timestamp, nonce).encode())
@@ -108,7 +112,9 @@ def timestamp_fresh(params: Mapping[str, str], now: datetime) -> bool:
 
 def nonce_first_use(db: Engine, params: Mapping[str, str], body: bytes, now: datetime) -> bool:
     """Record the query's (timestamp, nonce); False if it was seen with another body (a replay, not a retry)."""
-    seen = hashlib.sha256(f"{params.get('timestamp', '')}:{params.get('nonce', '')}".encode()).hexdigest()[:48]
+    seen = hashlib.sha256(f"{params.get('timestamp', '')}:{params.get('nonce', '')}".encode()).hexdigest()[
+        :48
+    ]
     key, digest = f"wechat:nonce:{seen}", hashlib.sha256(body).hexdigest()
     with session_scope(db) as session:
         row = session.get(KeyValue, key, with_for_update=True)
@@ -116,8 +122,11 @@ def nonce_first_use(db: Engine, params: Mapping[str, str], body: bytes, now: dat
             return bool(row.value.get("body") == digest)  # WeChat's own retry carries the same bytes
         _kv_put(session, key, {"body": digest}, now + 2 * REPLAY_WINDOW)
         # Old nonces go with the new ones: the table never holds more than a window's pushes.
-        session.execute(delete(KeyValue).where(col(KeyValue.key).startswith("wechat:nonce:"),
-                                               col(KeyValue.expires_at) < now))
+        session.execute(
+            delete(KeyValue).where(
+                col(KeyValue.key).startswith("wechat:nonce:"), col(KeyValue.expires_at) < now
+            )
+        )
     return True
 
 
@@ -154,7 +163,7 @@ class Crypto:
         if len(content) < 4:
             raise DecryptError("too short")
         length = int.from_bytes(content[:4], "big")
-        xml, app_id = content[4:4 + length], content[4 + length:]
+        xml, app_id = content[4 : 4 + length], content[4 + length :]
         if len(xml) != length or not hmac.compare_digest(app_id, self.app_id):
             raise DecryptError("not for this account")
         return xml
@@ -209,18 +218,31 @@ MAX_OPENID = 64
 
 
 def parse_push(fields: Mapping[str, str]) -> Push:
-    openid, msg_type, create_time = fields.get("FromUserName"), fields.get("MsgType"), fields.get("CreateTime")
+    openid, msg_type, create_time = (
+        fields.get("FromUserName"),
+        fields.get("MsgType"),
+        fields.get("CreateTime"),
+    )
     if not openid or not msg_type or not create_time or not create_time.isdigit():
         raise MalformedPayload("FromUserName, MsgType and CreateTime are required")
     if len(openid) > MAX_OPENID:
         raise MalformedPayload("FromUserName is too long for an OpenID")
     if msg_type != "event" and not fields.get("MsgId"):
         raise MalformedPayload("a message without MsgId")
-    return Push(openid=openid, account=fields.get("ToUserName", ""), msg_type=msg_type, create_time=create_time,
-                msg_id=fields.get("MsgId", ""), event=fields.get("Event", ""), content=fields.get("Content", ""),
-                media_id=fields.get("MediaId", ""), format=fields.get("Format", ""),
-                recognition=fields.get("Recognition", ""), event_key=fields.get("EventKey", ""),
-                label=fields.get("Label", ""))
+    return Push(
+        openid=openid,
+        account=fields.get("ToUserName", ""),
+        msg_type=msg_type,
+        create_time=create_time,
+        msg_id=fields.get("MsgId", ""),
+        event=fields.get("Event", ""),
+        content=fields.get("Content", ""),
+        media_id=fields.get("MediaId", ""),
+        format=fields.get("Format", ""),
+        recognition=fields.get("Recognition", ""),
+        event_key=fields.get("EventKey", ""),
+        label=fields.get("Label", ""),
+    )
 
 
 # --- send: rendering -----------------------------------------------------------------------------------------------
@@ -252,8 +274,11 @@ def _kv_put(session: Session, key: str, value: dict[str, Any], expires_at: datet
     dialect = session.get_bind().dialect.name
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
     statement = insert(KeyValue).values(key=key, value=value, expires_at=expires_at)
-    session.execute(statement.on_conflict_do_update(index_elements=["key"],
-                                                    set_={"value": value, "expires_at": expires_at}))
+    session.execute(
+        statement.on_conflict_do_update(
+            index_elements=["key"], set_={"value": value, "expires_at": expires_at}
+        )
+    )
 
 
 class AccessTokens:
@@ -284,9 +309,15 @@ class AccessTokens:
         return token
 
     async def _fetch(self, *, force: bool) -> str:
-        answer = await self.http.post("cgi-bin/stable_token", json={
-            "grant_type": "client_credential", "appid": self.app_id, "secret": self.app_secret,
-            "force_refresh": force})
+        answer = await self.http.post(
+            "cgi-bin/stable_token",
+            json={
+                "grant_type": "client_credential",
+                "appid": self.app_id,
+                "secret": self.app_secret,
+                "force_refresh": force,
+            },
+        )
         data = _json(answer)
         token, expires_in = data.get("access_token"), data.get("expires_in")
         if not isinstance(token, str) or not token or not isinstance(expires_in, int):
@@ -304,17 +335,30 @@ def _json(response: httpx.Response) -> dict[str, Any]:
         raise WeChatError(-2, f"HTTP {response.status_code}, not JSON", response.status_code)
     errcode = data.get("errcode", 0)
     if errcode not in (0, None) or response.status_code >= 400:
-        raise WeChatError(int(errcode) if isinstance(errcode, int) else -2, str(data.get("errmsg", "")),
-                          response.status_code)
+        raise WeChatError(
+            int(errcode) if isinstance(errcode, int) else -2,
+            str(data.get("errmsg", "")),
+            response.status_code,
+        )
     return data
 
 
 class WeChatClient:
     """A thin async client for the calls we make; the base URL is a setting (WECHAT_API_BASE_URL)."""
 
-    def __init__(self, db: Engine, base_url: str, app_id: str, app_secret: str, *, timeout: float = 10.0,
-                 transport: httpx.AsyncBaseTransport | None = None) -> None:
-        self.http = httpx.AsyncClient(base_url=base_url.rstrip("/") + "/", timeout=timeout, transport=transport)
+    def __init__(
+        self,
+        db: Engine,
+        base_url: str,
+        app_id: str,
+        app_secret: str,
+        *,
+        timeout: float = 10.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.http = httpx.AsyncClient(
+            base_url=base_url.rstrip("/") + "/", timeout=timeout, transport=transport
+        )
         self.tokens = AccessTokens(db, self.http, app_id, app_secret)
 
     async def send_text(self, openid: str, text: str) -> None:
@@ -324,8 +368,12 @@ class WeChatClient:
         rejected = None
         for _ in range(2):
             token = await self.tokens.get(rejected=rejected)
-            response = await self.http.post("cgi-bin/message/custom/send", params={"access_token": token},
-                                            content=content, headers={"content-type": "application/json"})
+            response = await self.http.post(
+                "cgi-bin/message/custom/send",
+                params={"access_token": token},
+                content=content,
+                headers={"content-type": "application/json"},
+            )
             try:
                 _json(response)
                 return
@@ -339,8 +387,9 @@ class WeChatClient:
         rejected = None
         for _ in range(2):
             token = await self.tokens.get(rejected=rejected)
-            async with self.http.stream("GET", "cgi-bin/media/get",
-                                        params={"access_token": token, "media_id": media_id}) as response:
+            async with self.http.stream(
+                "GET", "cgi-bin/media/get", params={"access_token": token, "media_id": media_id}
+            ) as response:
                 mime = response.headers.get("content-type", "application/octet-stream").split(";")[0].strip()
                 if response.status_code >= 400 or mime in ("application/json", "text/plain"):
                     await response.aread()
@@ -367,9 +416,12 @@ class WeChatClient:
 
 
 def delivery_error(error: WeChatError) -> DeliveryError:
-    return channels.delivery_error(str(error), status=error.status,
-                                   passing=error.errcode in RETRYABLE_ERRORS | TOKEN_ERRORS | {-2},
-                                   unreachable=error.errcode in UNREACHABLE_ERRORS)
+    return channels.delivery_error(
+        str(error),
+        status=error.status,
+        passing=error.errcode in RETRYABLE_ERRORS | TOKEN_ERRORS | {-2},
+        unreachable=error.errcode in UNREACHABLE_ERRORS,
+    )
 
 
 # --- send: quotas and held messages --------------------------------------------------------------------------------
@@ -405,14 +457,22 @@ def read_quota(db: Engine, openid: str, digest: str, now: datetime) -> Quota:
             left = max(0, limit - int(state.get("sent", 0)))
     partial = state.get("partial") or {}
     done = int(partial.get("done", 0)) if partial.get("digest") == digest else 0
-    return Quota(left=left, done=done, notice_sent=bool(state.get("notice_sent")), waiting=max(0, waiting - 1))
+    return Quota(
+        left=left, done=done, notice_sent=bool(state.get("notice_sent")), waiting=max(0, waiting - 1)
+    )
 
 
 KEEP = "keep"  # record_sent: leave the progress of a message cut in pieces as it is
 
 
-def record_sent(db: Engine, openid: str, *, progress: dict[str, Any] | str | None = KEEP, notice: bool = False,
-                exhausted: bool = False) -> None:
+def record_sent(
+    db: Engine,
+    openid: str,
+    *,
+    progress: dict[str, Any] | str | None = KEEP,
+    notice: bool = False,
+    exhausted: bool = False,
+) -> None:
     """Count one message sent (or, `exhausted`, note that WeChat says the quota or window is used up)."""
     with session_scope(db) as session:
         state = _window(session, openid, lock=True)
@@ -454,10 +514,10 @@ class WeChatSender:
         digest = hashlib.sha256("\x00".join(pieces).encode()).hexdigest()[:32]
         openid = message.chat_id
         quota = await asyncio.to_thread(read_quota, self.db, openid, digest, utcnow())
-        remaining = pieces[quota.done:]
+        remaining = pieces[quota.done :]
         # Keep the last message of a quota to tell the customer that more is waiting for them.
         fits = len(remaining) < quota.left or (len(remaining) == quota.left and quota.waiting == 0)
-        sendable = remaining if fits else remaining[:max(0, quota.left - 1)]
+        sendable = remaining if fits else remaining[: max(0, quota.left - 1)]
         done = quota.done
         for piece in sendable:
             await self._send(openid, piece)
@@ -471,7 +531,9 @@ class WeChatSender:
         if quota.left >= 1 and not quota.notice_sent:
             await self._send(openid, self._notice(message.language))
             await asyncio.to_thread(record_sent, self.db, openid, notice=True)
-        await self._hold(openid, "the customer-service quota is used up" if quota.left else "outside the window")
+        await self._hold(
+            openid, "the customer-service quota is used up" if quota.left else "outside the window"
+        )
 
     async def _send(self, openid: str, text: str) -> None:
         try:
@@ -482,7 +544,9 @@ class WeChatSender:
                 await self._hold(openid, f"WeChat says {error}")
             if error.errcode in CONFIG_ERRORS:
                 if self.problem is None:
-                    log.error("wechat refuses the account's set-up (%s); replies are held until it is fixed", error)
+                    log.error(
+                        "wechat refuses the account's set-up (%s); replies are held until it is fixed", error
+                    )
                 self.problem = f"WeChat refuses the account's set-up: {error}"
                 raise Hold(f"{CONFIG_HOLD}{error}") from error
             raise delivery_error(error) from error
@@ -519,16 +583,23 @@ class WeChatChannel(HoldingChannel):
     name = CHANNEL
     one_reply_per_turn = True
 
-    def __init__(self, bot: Bot, config: WeChatConfig, *, transport: httpx.AsyncBaseTransport | None = None) -> None:
+    def __init__(
+        self, bot: Bot, config: WeChatConfig, *, transport: httpx.AsyncBaseTransport | None = None
+    ) -> None:
         self.bot = bot
         self.config = config
         self.crypto = Crypto(config.encoding_aes_key, config.app_id) if config.encoding_aes_key else None
-        self.client = WeChatClient(bot.db, config.api_base_url, config.app_id, config.app_secret, transport=transport)
+        self.client = WeChatClient(
+            bot.db, config.api_base_url, config.app_id, config.app_secret, transport=transport
+        )
         self.outbox = WeChatSender(bot.db, self.client, bot.renderer)
         self.clients = (self.client,)
 
     def routes(self) -> Sequence[BaseRoute]:
-        return [Route(WEBHOOK_PATH, self.verify, methods=["GET"]), Route(WEBHOOK_PATH, self.webhook, methods=["POST"])]
+        return [
+            Route(WEBHOOK_PATH, self.verify, methods=["GET"]),
+            Route(WEBHOOK_PATH, self.webhook, methods=["POST"]),
+        ]
 
     async def verify(self, request: Request) -> Response:
         params = request.query_params
@@ -592,12 +663,22 @@ class WeChatChannel(HoldingChannel):
         if push.msg_type in ("image", "voice"):
             attachments = (await self._attachment(push),)
         elif push.msg_type in ("video", "shortvideo"):
-            attachments = (self.bot.attachments.rejected(f"video-{push.msg_id}.mp4", "type"),)  # not downloaded
-        await asyncio.to_thread(self.bot.engine.accept, InboundMessage(
-            channel=CHANNEL, external_id=push.external_id, sender_id=push.openid, chat_id=push.openid,
-            text=text, attachments=attachments, received_at=utcnow(),
-            raw={"msg_type": push.msg_type, "event": push.event, "create_time": push.create_time},
-        ))
+            attachments = (
+                self.bot.attachments.rejected(f"video-{push.msg_id}.mp4", "type"),
+            )  # not downloaded
+        await asyncio.to_thread(
+            self.bot.engine.accept,
+            InboundMessage(
+                channel=CHANNEL,
+                external_id=push.external_id,
+                sender_id=push.openid,
+                chat_id=push.openid,
+                text=text,
+                attachments=attachments,
+                received_at=utcnow(),
+                raw={"msg_type": push.msg_type, "event": push.event, "create_time": push.create_time},
+            ),
+        )
 
     async def _attachment(self, push: Push) -> Attachment:
         store = self.bot.attachments

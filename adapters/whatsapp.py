@@ -67,19 +67,74 @@ CONFIG_CODES = frozenset({10, 190, 200, 131031})
 RETRYABLE_CODES = frozenset({1, 2, 4, 17, 341, 613, 80007, 130429, 131000, 131016, 131048, 131056, 133004})
 UNREACHABLE_CODES = frozenset({131026})
 
-LIST_BUTTON = {"en": "Choose", "zh": "选择", "es": "Elegir", "ru": "Выбрать", "pt": "Escolher", "fr": "Choisir",
-               "ar": "اختر"}
+LIST_BUTTON = {
+    "en": "Choose",
+    "zh": "选择",
+    "es": "Elegir",
+    "ru": "Выбрать",
+    "pt": "Escolher",
+    "fr": "Choisir",
+    "ar": "اختر",
+}
 # Country calling code of the wa_id → a first guess at the customer's language (longest prefix wins).
 CALLING_CODES = {
-    "1": "en", "44": "en", "61": "en", "64": "en", "353": "en", "27": "en", "234": "en", "254": "en",
-    "86": "zh", "852": "zh", "853": "zh", "886": "zh", "65": "en",
-    "34": "es", "52": "es", "54": "es", "56": "es", "57": "es", "51": "es", "58": "es", "53": "es",
-    "502": "es", "503": "es", "504": "es", "505": "es", "506": "es", "507": "es", "591": "es", "593": "es",
-    "595": "es", "598": "es",
-    "7": "ru", "375": "ru", "55": "pt", "351": "pt", "244": "pt", "258": "pt",
-    "33": "fr", "221": "fr", "225": "fr", "237": "fr",
-    "20": "ar", "212": "ar", "213": "ar", "216": "ar", "218": "ar", "249": "ar", "961": "ar", "962": "ar",
-    "964": "ar", "965": "ar", "966": "ar", "967": "ar", "968": "ar", "971": "ar", "973": "ar", "974": "ar",
+    "1": "en",
+    "44": "en",
+    "61": "en",
+    "64": "en",
+    "353": "en",
+    "27": "en",
+    "234": "en",
+    "254": "en",
+    "86": "zh",
+    "852": "zh",
+    "853": "zh",
+    "886": "zh",
+    "65": "en",
+    "34": "es",
+    "52": "es",
+    "54": "es",
+    "56": "es",
+    "57": "es",
+    "51": "es",
+    "58": "es",
+    "53": "es",
+    "502": "es",
+    "503": "es",
+    "504": "es",
+    "505": "es",
+    "506": "es",
+    "507": "es",
+    "591": "es",
+    "593": "es",
+    "595": "es",
+    "598": "es",
+    "7": "ru",
+    "375": "ru",
+    "55": "pt",
+    "351": "pt",
+    "244": "pt",
+    "258": "pt",
+    "33": "fr",
+    "221": "fr",
+    "225": "fr",
+    "237": "fr",
+    "20": "ar",
+    "212": "ar",
+    "213": "ar",
+    "216": "ar",
+    "218": "ar",
+    "249": "ar",
+    "961": "ar",
+    "962": "ar",
+    "964": "ar",
+    "965": "ar",
+    "966": "ar",
+    "967": "ar",
+    "968": "ar",
+    "971": "ar",
+    "973": "ar",
+    "974": "ar",
 }
 
 # --- verify ---------------------------------------------------------------------------------------------------
@@ -232,8 +287,9 @@ def parse(body: bytes) -> Notification:
                     statuses.append(_status(_dict(raw, "status"), phone_number_id))
                 except MalformedPayload as error:
                     skipped.append(str(error))
-    return Notification(messages=tuple(messages), statuses=tuple(statuses), id_changes=tuple(changes_),
-                        skipped=tuple(skipped))
+    return Notification(
+        messages=tuple(messages), statuses=tuple(statuses), id_changes=tuple(changes_), skipped=tuple(skipped)
+    )
 
 
 def _change(change: Any) -> tuple[dict[str, Any] | None, str, dict[str, str]]:
@@ -266,7 +322,9 @@ def _items(value: dict[str, Any], key: str, skipped: list[str]) -> list[Any]:
     return []
 
 
-def _message(raw: dict[str, Any], phone_number_id: str, names: Mapping[str, str]) -> Incoming | IdChange | None:
+def _message(
+    raw: dict[str, Any], phone_number_id: str, names: Mapping[str, str]
+) -> Incoming | IdChange | None:
     wamid = _id(raw.get("id"), "message id")
     kind = raw.get("type")
     if not isinstance(kind, str):
@@ -315,9 +373,19 @@ def _message(raw: dict[str, Any], phone_number_id: str, names: Mapping[str, str]
         kind = "unreadable"
     context = raw.get("context")
     profile_name = names.get(wa_id or "") or names.get(user_id or "")
-    return Incoming(wamid=wamid, sender=sender, wa_id=wa_id, user_id=user_id, phone_number_id=phone_number_id,
-                    type=kind, text=text, media=media, name=profile_name, timestamp=str(raw.get("timestamp", "")),
-                    context_id=context.get("id") if isinstance(context, dict) else None)
+    return Incoming(
+        wamid=wamid,
+        sender=sender,
+        wa_id=wa_id,
+        user_id=user_id,
+        phone_number_id=phone_number_id,
+        type=kind,
+        text=text,
+        media=media,
+        name=profile_name,
+        timestamp=str(raw.get("timestamp", "")),
+        context_id=context.get("id") if isinstance(context, dict) else None,
+    )
 
 
 def _id_change(system: dict[str, Any], *, wa_id: str | None) -> IdChange | None:
@@ -344,12 +412,20 @@ def _status(raw: dict[str, Any], phone_number_id: str) -> StatusUpdate:
     if isinstance(errors, list) and errors and isinstance(errors[0], dict):
         first = errors[0]
         code = first.get("code") if isinstance(first.get("code"), int) else None
-        details = first.get("error_data", {}).get("details") if isinstance(first.get("error_data"), dict) else None
+        details = (
+            first.get("error_data", {}).get("details") if isinstance(first.get("error_data"), dict) else None
+        )
         error = f"{code} {first.get('title') or first.get('message') or ''}".strip()
         if details:
             error += f": {details}"
-    return StatusUpdate(wamid=wamid, status=status, phone_number_id=phone_number_id, error_code=code, error=error,
-                        timestamp=str(raw.get("timestamp", "")))
+    return StatusUpdate(
+        wamid=wamid,
+        status=status,
+        phone_number_id=phone_number_id,
+        error_code=code,
+        error=error,
+        timestamp=str(raw.get("timestamp", "")),
+    )
 
 
 def _optional_id(value: Any, what: str) -> str | None:
@@ -411,13 +487,21 @@ def render(text: str, buttons: Sequence[Button], *, language: str | None = None)
         return [{"type": "text", "text": {"body": part, "preview_url": False}} for part in parts]
     # The buttons travel with the last piece, whose body has a lower limit.
     parts = parts[:-1] + channels.split_text(parts[-1], INTERACTIVE_BODY_LIMIT)
-    bodies: list[dict[str, Any]] = [{"type": "text", "text": {"body": p, "preview_url": False}} for p in parts[:-1]]
+    bodies: list[dict[str, Any]] = [
+        {"type": "text", "text": {"body": p, "preview_url": False}} for p in parts[:-1]
+    ]
     body = {"text": parts[-1] or "…"}
     if len(buttons) <= MAX_REPLY_BUTTONS:
         titles = _titles(buttons, BUTTON_TITLE_LIMIT)
-        action: dict[str, Any] = {"buttons": [{"type": "reply", "reply": {"id": b.value, "title": t}}
-                                              for b, t in zip(buttons, titles, strict=True)]}
-        bodies.append({"type": "interactive", "interactive": {"type": "button", "body": body, "action": action}})
+        action: dict[str, Any] = {
+            "buttons": [
+                {"type": "reply", "reply": {"id": b.value, "title": t}}
+                for b, t in zip(buttons, titles, strict=True)
+            ]
+        }
+        bodies.append(
+            {"type": "interactive", "interactive": {"type": "button", "body": body, "action": action}}
+        )
         return bodies
     rows: list[dict[str, Any]] = []
     for button, title in zip(buttons, _titles(buttons, ROW_TITLE_LIMIT), strict=True):
@@ -451,16 +535,26 @@ class MediaTooLarge(Exception):
 class GraphClient:
     """A thin async client for the Cloud API calls we make; the base URL (version included) is a setting."""
 
-    def __init__(self, base_url: str, access_token: str, phone_number_id: str, *, timeout: float = 15.0,
-                 transport: httpx.AsyncBaseTransport | None = None, fetch_policy: FetchPolicy | None = None,
-                 ) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        access_token: str,
+        phone_number_id: str,
+        *,
+        timeout: float = 15.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+        fetch_policy: FetchPolicy | None = None,
+    ) -> None:
         self.phone_number_id = phone_number_id
         self._token = access_token
         hosts = frozenset({host_of(base_url), *MEDIA_HOSTS})
-        self._fetcher = Fetcher(fetch_policy or FetchPolicy(hosts=hosts, token_hosts=hosts, max_bytes=10 << 20))
+        self._fetcher = Fetcher(
+            fetch_policy or FetchPolicy(hosts=hosts, token_hosts=hosts, max_bytes=10 << 20)
+        )
         self._auth = {"Authorization": f"Bearer {access_token}"}
-        self._http = httpx.AsyncClient(base_url=base_url.rstrip("/") + "/", headers=self._auth, timeout=timeout,
-                                       transport=transport)
+        self._http = httpx.AsyncClient(
+            base_url=base_url.rstrip("/") + "/", headers=self._auth, timeout=timeout, transport=transport
+        )
 
     async def send_message(self, to: str, body: Mapping[str, Any]) -> str:
         """Send one message to a phone number or a business-scoped user id (`recipient`); returns its wamid."""
@@ -486,8 +580,9 @@ class GraphClient:
         https, public addresses, redirects within the same host, the token to those hosts alone.
         """
         try:
-            fetched = await self._fetcher.get(str(self._http.base_url.join(url)), bearer=self._token,
-                                              max_bytes=max_bytes)
+            fetched = await self._fetcher.get(
+                str(self._http.base_url.join(url)), bearer=self._token, max_bytes=max_bytes
+            )
         except FetchTooLarge as error:
             raise MediaTooLarge(url) from error
         except FetchRefused as error:
@@ -512,15 +607,24 @@ def _checked(response: httpx.Response) -> dict[str, Any]:
     code = error.get("code") if isinstance(error, dict) and isinstance(error.get("code"), int) else None
     message = "unexpected answer"
     if isinstance(error, dict):
-        details = error.get("error_data", {}).get("details") if isinstance(error.get("error_data"), dict) else None
+        details = (
+            error.get("error_data", {}).get("details") if isinstance(error.get("error_data"), dict) else None
+        )
         message = str(details or error.get("message") or message)
-    raise GraphError(response.status_code, code, message, channels.retry_after(response.headers.get("retry-after")))
+    raise GraphError(
+        response.status_code, code, message, channels.retry_after(response.headers.get("retry-after"))
+    )
 
 
 def delivery_error(error: GraphError) -> DeliveryError:
     """What the outbox should do about a refused send."""
-    return channels.delivery_error(str(error), status=error.status, passing=error.code in RETRYABLE_CODES,
-                                   unreachable=error.code in UNREACHABLE_CODES, after=error.retry_after)
+    return channels.delivery_error(
+        str(error),
+        status=error.status,
+        passing=error.code in RETRYABLE_CODES,
+        unreachable=error.code in UNREACHABLE_CODES,
+        after=error.retry_after,
+    )
 
 
 # --- send: the window and held messages ---------------------------------------------------------------------------
@@ -534,8 +638,9 @@ class Window:
 
 
 def _identity(session: Session, chat_id: str, *, lock: bool = False) -> ChannelIdentity | None:
-    query = select(ChannelIdentity).where(col(ChannelIdentity.channel) == CHANNEL,
-                                          col(ChannelIdentity.chat_id) == chat_id)
+    query = select(ChannelIdentity).where(
+        col(ChannelIdentity.channel) == CHANNEL, col(ChannelIdentity.chat_id) == chat_id
+    )
     return session.execute(query.with_for_update() if lock else query).scalar_one_or_none()
 
 
@@ -555,11 +660,16 @@ def read_window(db: Engine, chat_id: str, now: datetime) -> Window:
         last = _last_inbound(identity)
         closed_at = channels.parse_time(state.get("window_closed_at"))
         template_at = channels.parse_time(state.get("template_sent_at"))
-        is_open = (last is not None and now - last < WINDOW - WINDOW_MARGIN
-                   and not (closed_at is not None and closed_at >= last))
-        return Window(open=is_open,
-                      template_sent=template_at is not None and (last is None or template_at > last),
-                      partial=str(state.get("partial") or ""))
+        is_open = (
+            last is not None
+            and now - last < WINDOW - WINDOW_MARGIN
+            and not (closed_at is not None and closed_at >= last)
+        )
+        return Window(
+            open=is_open,
+            template_sent=template_at is not None and (last is None or template_at > last),
+            partial=str(state.get("partial") or ""),
+        )
 
 
 def _note(db: Engine, chat_id: str, **changes: str | None) -> None:
@@ -595,16 +705,22 @@ def apply_status(db: Engine, update_: StatusUpdate, now: datetime) -> bool:
         if update_.status == "failed" and update_.error_code == REENGAGEMENT:
             # Sent after the window closed: hold it for the template instead of losing it.
             resend = f"{update_.error}; resent after the customer answers a template"
-        reported = report_status(session, CHANNEL, update_.wamid, update_.status, error=update_.error,
-                                 resend=resend, now=now)
+        reported = report_status(
+            session, CHANNEL, update_.wamid, update_.status, error=update_.error, resend=resend, now=now
+        )
         if reported is None:
             return _template_status(session, update_)
         if resend is not None:
             identity = _identity(session, reported.chat_id, lock=True)
             # When it failed, not now: a message the customer wrote since then opened the window again.
-            failed_at = datetime.fromtimestamp(int(update_.timestamp), UTC) if update_.timestamp.isdigit() else now
+            failed_at = (
+                datetime.fromtimestamp(int(update_.timestamp), UTC) if update_.timestamp.isdigit() else now
+            )
             if identity is not None:
-                state = {**identity.data.get(CHANNEL, {}), "window_closed_at": min(failed_at, now).isoformat()}
+                state = {
+                    **identity.data.get(CHANNEL, {}),
+                    "window_closed_at": min(failed_at, now).isoformat(),
+                }
                 identity.data = {**identity.data, CHANNEL: state}
         return True
 
@@ -687,19 +803,28 @@ def _template_status(session: Session, update_: StatusUpdate) -> bool:
 class WhatsAppSender:
     """Delivers outbox rows: within the window as messages, outside it as a template while the row waits."""
 
-    def __init__(self, db: Engine, client: GraphClient, *, template_name: str, template_language: str) -> None:
+    def __init__(
+        self, db: Engine, client: GraphClient, *, template_name: str, template_language: str
+    ) -> None:
         self.db = db
         self.client = client
         self.template_name = template_name
         # "en,es,zh_CN": the languages the template is approved in; the first is used when none fits.
-        self.template_languages = [code.strip() for code in template_language.split(",") if code.strip()] or ["en"]
-        self.problem: str | None = None  # what holds every reply (a revoked token, a refused template), for /healthz
+        self.template_languages = [code.strip() for code in template_language.split(",") if code.strip()] or [
+            "en"
+        ]
+        self.problem: str | None = (
+            None  # what holds every reply (a revoked token, a refused template), for /healthz
+        )
 
     def template_language(self, language: str | None) -> str:
         """The approved template language for a customer's language ("zh" → "zh_CN"), else the first one."""
         if language:
             for code in self.template_languages:
-                if code.lower() == language.lower() or code.lower().split("_")[0] == language.lower().split("-")[0]:
+                if (
+                    code.lower() == language.lower()
+                    or code.lower().split("_")[0] == language.lower().split("-")[0]
+                ):
                     return code
         return self.template_languages[0]
 
@@ -730,7 +855,9 @@ class WhatsAppSender:
                     await asyncio.to_thread(_note, self.db, message.chat_id, partial=partial)
         except GraphError as error:
             if error.code == REENGAGEMENT:
-                await asyncio.to_thread(_note, self.db, message.chat_id, window_closed_at=utcnow().isoformat())
+                await asyncio.to_thread(
+                    _note, self.db, message.chat_id, window_closed_at=utcnow().isoformat()
+                )
                 await self._hold(message, window)
             if error.code in CONFIG_CODES:
                 self._config_problem(error)
@@ -745,8 +872,11 @@ class WhatsAppSender:
 
     def _template_problem(self, error: str) -> None:
         if self.problem is None:
-            log.error("whatsapp template %s refused (%s): customers outside the window are not told",
-                      self.template_name, error)
+            log.error(
+                "whatsapp template %s refused (%s): customers outside the window are not told",
+                self.template_name,
+                error,
+            )
         self.problem = f"template {self.template_name} refused: {error}"
 
     async def _hold(self, message: OutboundMessage, window: Window) -> NoReturn:
@@ -757,12 +887,18 @@ class WhatsAppSender:
             reason += " (no WHATSAPP_TEMPLATE_NAME: the customer is not told)"
         elif not window.template_sent:
             language = self.template_language(message.language)
-            template: dict[str, Any] = {"name": self.template_name, "language": {"code": language},
-                                        "components": [{"type": "body", "parameters": [
-                                            {"type": "text", "text": message.case_ref or "-"}]}]}
+            template: dict[str, Any] = {
+                "name": self.template_name,
+                "language": {"code": language},
+                "components": [
+                    {"type": "body", "parameters": [{"type": "text", "text": message.case_ref or "-"}]}
+                ],
+            }
             try:
                 to = await asyncio.to_thread(address_of, self.db, chat_id)
-                template_wamid = await self.client.send_message(to, {"type": "template", "template": template})
+                template_wamid = await self.client.send_message(
+                    to, {"type": "template", "template": template}
+                )
             except GraphError as error:
                 if error.code in CONFIG_CODES:
                     self._config_problem(error)
@@ -802,20 +938,35 @@ class WhatsAppChannel(HoldingChannel):
 
     name = CHANNEL
 
-    def __init__(self, bot: Bot, config: WhatsAppConfig, *, transport: httpx.AsyncBaseTransport | None = None) -> None:
+    def __init__(
+        self, bot: Bot, config: WhatsAppConfig, *, transport: httpx.AsyncBaseTransport | None = None
+    ) -> None:
         self.bot = bot
         self.config = config
         media = [config.graph_url, *MEDIA_HOSTS]  # the token goes to these hosts alone
-        policy = FetchPolicy.from_settings(bot.settings, hosts=media, token_hosts=media,
-                                           max_bytes=bot.attachments.max_bytes)
-        self.client = GraphClient(config.graph_url, config.access_token, config.phone_number_id, transport=transport,
-                                  fetch_policy=policy)
-        self.outbox = WhatsAppSender(bot.db, self.client, template_name=config.template_name,
-                                      template_language=config.template_language)
+        policy = FetchPolicy.from_settings(
+            bot.settings, hosts=media, token_hosts=media, max_bytes=bot.attachments.max_bytes
+        )
+        self.client = GraphClient(
+            config.graph_url,
+            config.access_token,
+            config.phone_number_id,
+            transport=transport,
+            fetch_policy=policy,
+        )
+        self.outbox = WhatsAppSender(
+            bot.db,
+            self.client,
+            template_name=config.template_name,
+            template_language=config.template_language,
+        )
         self.clients = (self.client,)
 
     def routes(self) -> Sequence[BaseRoute]:
-        return [Route(WEBHOOK_PATH, self.verify, methods=["GET"]), Route(WEBHOOK_PATH, self.webhook, methods=["POST"])]
+        return [
+            Route(WEBHOOK_PATH, self.verify, methods=["GET"]),
+            Route(WEBHOOK_PATH, self.webhook, methods=["POST"]),
+        ]
 
     async def verify(self, request: Request) -> Response:
         challenge = verify_subscription(request.query_params, self.config.verify_token)
@@ -860,11 +1011,21 @@ class WhatsAppChannel(HoldingChannel):
             self.bot.engine.outbox_signal.set()
         attachments = (await self._attachment(incoming.media),) if incoming.media else ()
         message = InboundMessage(
-            channel=CHANNEL, external_id=incoming.wamid, sender_id=incoming.sender, chat_id=chat_id,
-            text=incoming.text, attachments=attachments, received_at=utcnow(),
-            locale_hint=locale_hint(incoming.wa_id) if incoming.wa_id else None, sender_name=incoming.name,
-            raw={"type": incoming.type, "timestamp": incoming.timestamp, "context_id": incoming.context_id,
-                 "user_id": incoming.user_id},
+            channel=CHANNEL,
+            external_id=incoming.wamid,
+            sender_id=incoming.sender,
+            chat_id=chat_id,
+            text=incoming.text,
+            attachments=attachments,
+            received_at=utcnow(),
+            locale_hint=locale_hint(incoming.wa_id) if incoming.wa_id else None,
+            sender_name=incoming.name,
+            raw={
+                "type": incoming.type,
+                "timestamp": incoming.timestamp,
+                "context_id": incoming.context_id,
+                "user_id": incoming.user_id,
+            },
         )
         await asyncio.to_thread(self.bot.engine.accept, message)
 
@@ -889,8 +1050,9 @@ class WhatsAppChannel(HoldingChannel):
                 raise
             log.warning("whatsapp media %s could not be fetched: %s", media.kind, error)
             return store.rejected(media.name, "unavailable")  # expired or deleted: it will not come back
-        return await channels.save_or_reject(store, data, name=media.name, mime=str(info.get("mime_type") or mime),
-                                             kind=media.kind)
+        return await channels.save_or_reject(
+            store, data, name=media.name, mime=str(info.get("mime_type") or mime), kind=media.kind
+        )
 
 
 # --- settings ---------------------------------------------------------------------------------------------------

@@ -35,27 +35,50 @@ from pydantic import SecretStr
 from bench.common import REPO
 
 OUT = REPO / "docs" / "img"
-PHONE = {"viewport": {"width": 390, "height": 844}, "device_scale_factor": 1, "is_mobile": True, "has_touch": True}
+PHONE = {
+    "viewport": {"width": 390, "height": 844},
+    "device_scale_factor": 1,
+    "is_mobile": True,
+    "has_touch": True,
+}
 DESKTOP = {"viewport": {"width": 1280, "height": 800}}
 WAIT_MS = 20_000
-CHROMIUM_ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
-FAULTS = {"en": "the display shows E07 and it shuts down under load", "ar": "الشاشة تعرض E07 وينطفئ الجهاز تحت الحمل"}
+CHROMIUM_ARGS = [
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+FAULTS = {
+    "en": "the display shows E07 and it shuts down under load",
+    "ar": "الشاشة تعرض E07 وينطفئ الجهاز تحت الحمل",
+}
 
 
 def _label_photo() -> bytes:
     """A small PNG standing in for a photo of the serial label."""
     width, height = 480, 320
+
     def shade(x: int, y: int) -> int:  # a pale label with a barcode's bars across the middle
         return 40 if 110 < y < 210 and 60 < x < 420 and (x * 7 // 11) % 3 == 0 else 228
 
-    rows = b"".join(b"\x00" + bytes(shade(x, y) for x in range(width) for _ in range(3)) for y in range(height))
+    rows = b"".join(
+        b"\x00" + bytes(shade(x, y) for x in range(width) for _ in range(3)) for y in range(height)
+    )
 
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(rows))
+        + chunk(b"IEND", b"")
+    )
 
 
 @contextmanager
@@ -70,8 +93,13 @@ def _own_server(token: str) -> Iterator[str]:
 
     with tempfile.TemporaryDirectory(prefix="warranty-screens-") as folder:
         work = Path(folder)
-        settings = Settings(_env_file=None, database_url=f"sqlite:///{work}/warranty.db",  # type: ignore[call-arg]
-                            data_dir=work, attachments_dir=work / "attachments", desk_token=SecretStr(token))
+        settings = Settings(
+            _env_file=None,
+            database_url=f"sqlite:///{work}/warranty.db",  # type: ignore[call-arg]
+            data_dir=work,
+            attachments_dir=work / "attachments",
+            desk_token=SecretStr(token),
+        )
         bot = build(settings)
         registry = work / "demo.csv"
         registry.write_text(demo_csv(demo_orders(date.today())), encoding="utf-8")
@@ -93,7 +121,9 @@ def _claim(page: Any, base: str, language: str, serial: str, photo: bool) -> str
     expect(opened).to_have_count(1)
     found = re.search(r"WR-\d{4}-\d{6}", opened.inner_text())
     if photo:
-        page.set_input_files("#file", files=[{"name": "label.png", "mimeType": "image/png", "buffer": _label_photo()}])
+        page.set_input_files(
+            "#file", files=[{"name": "label.png", "mimeType": "image/png", "buffer": _label_photo()}]
+        )
         expect(page.locator("#log .msg-customer[data-id]", has_text="label.png")).to_have_count(1)
     expect(page.locator("#typing")).to_be_hidden()
     page.wait_for_timeout(500)  # the last preview decoded and scrolled into view
@@ -145,17 +175,25 @@ def shoot_desk(browser: Any, base: str, out: Path, token: str, ref: str) -> list
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.screens", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.screens",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--out", type=Path, default=OUT, help=f"folder for the pictures (default {OUT})")
     parser.add_argument("--url", help="a running server to shoot (default: start one with the demo registry)")
-    parser.add_argument("--desk-token", default=os.environ.get("DESK_TOKEN") or _dotenv_token(),
-                        help="the desk's DESK_TOKEN with --url (default: $DESK_TOKEN, then .env)")
+    parser.add_argument(
+        "--desk-token",
+        default=os.environ.get("DESK_TOKEN") or _dotenv_token(),
+        help="the desk's DESK_TOKEN with --url (default: $DESK_TOKEN, then .env)",
+    )
     parser.add_argument("--only", choices=("chat", "desk"), help="one page's pictures only")
     args = parser.parse_args(argv)
     chromium = Path("/usr/bin/chromium")
     if not chromium.exists():
-        print("python -m bench.screens: Chromium is not installed (apt-get install chromium)", file=sys.stderr)
+        print(
+            "python -m bench.screens: Chromium is not installed (apt-get install chromium)", file=sys.stderr
+        )
         return 2
     try:
         from playwright.sync_api import Error as PlaywrightError
@@ -172,8 +210,10 @@ def main(argv: list[str] | None = None) -> int:
     serial = next(o.first for o in demo_orders(date.today()) if o.key == "covered")
     token = args.desk_token if args.url else "screens-desk-token"
     args.out.mkdir(parents=True, exist_ok=True)
-    with sync_playwright() as playwright, (_external(args.url) if args.url else _own_server(token)) as base:
-        browser = playwright.chromium.launch(executable_path=str(chromium), args=CHROMIUM_ARGS, timeout=30_000)
+    with sync_playwright() as playwright, _external(args.url) if args.url else _own_server(token) as base:
+        browser = playwright.chromium.launch(
+            executable_path=str(chromium), args=CHROMIUM_ARGS, timeout=30_000
+        )
         try:
             written: list[Path]
             written, ref = ([], "") if args.only == "desk" else shoot_chat(browser, base, args.out, serial)

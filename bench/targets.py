@@ -26,7 +26,9 @@ def targets(tables: Sequence[Table], databases: Sequence[str]) -> Table:
         columns=("target", "database", "measured", "met?"),
     )
 
-    def check(name: str, database: str, key: str, show: Callable[[float], str], ok: Callable[[float], bool]) -> None:
+    def check(
+        name: str, database: str, key: str, show: Callable[[float], str], ok: Callable[[float], bool]
+    ) -> None:
         if key not in figures:
             return
         value = figures[key]
@@ -34,14 +36,26 @@ def targets(tables: Sequence[Table], databases: Sequence[str]) -> Table:
         table.rows.append((name, database, show(value), met))
 
     for db in databases:
-        check("replies delivered/s ≥ 1.0× the python-telegram-bot peer", db, f"replies vs peer {db}", _x,
-              lambda v: v >= 1.0)
+        check(
+            "replies delivered/s ≥ 1.0× the python-telegram-bot peer",
+            db,
+            f"replies vs peer {db}",
+            _x,
+            lambda v: v >= 1.0,
+        )
     for db in databases:
-        check("accepted/s ≥ 1.0× the floor (bare INSERT)", db, f"accepted vs floor {db}", _x, lambda v: v >= 1.0)
+        check(
+            "accepted/s ≥ 1.0× the floor (bare INSERT)", db, f"accepted vs floor {db}", _x, lambda v: v >= 1.0
+        )
     for db in databases:
         check("end-to-end p99 ≤ 2× the peer's", db, f"e2e p99 vs peer {db}", _x, lambda v: v <= 2.0)
-        check("end-to-end p50 vs the peer's (no target; for reading)", db, f"e2e p50 vs peer {db}", _x,
-              lambda v: True)
+        check(
+            "end-to-end p50 vs the peer's (no target; for reading)",
+            db,
+            f"e2e p50 vs peer {db}",
+            _x,
+            lambda v: True,
+        )
     for db in databases:
         key = f"first vs tenth ours {db}"
         if key in figures:
@@ -49,28 +63,50 @@ def targets(tables: Sequence[Table], databases: Sequence[str]) -> Table:
             # "As fast as the tenth": within 1.5× of it, or under 100 ms (a few ms of noise is not a cold start).
             met = "yes" if first <= 1.5 * tenth or first < 100 else "**no**"
             table.rows.append(
-                ("first message after start as fast as the tenth", db,
-                 f"{first:.0f} ms vs {tenth:.0f} ms ({_x(figures[key])})", met)
+                (
+                    "first message after start as fast as the tenth",
+                    db,
+                    f"{first:.0f} ms vs {tenth:.0f} ms ({_x(figures[key])})",
+                    met,
+                )
             )
     if "first vs tenth peer" in figures:
         table.rows.append(
-            ("(the peer, for reading: first vs tenth message)", "pickle file",
-             f"{figures['first ms peer']:.0f} ms vs {figures['tenth ms peer']:.0f} ms", "–")
+            (
+                "(the peer, for reading: first vs tenth message)",
+                "pickle file",
+                f"{figures['first ms peer']:.0f} ms vs {figures['tenth ms peer']:.0f} ms",
+                "–",
+            )
         )
     for db in databases:
         key = f"engine messages/s {db}"
         if key in figures:
             value, before = figures[key], ENGINE_BEFORE[db]
             table.rows.append(
-                ("engine alone ≥ 4× the messages/s before issue 15", db,
-                 f"{value:.0f}/s = {value / before:.2f}× {before}/s", "yes" if value >= 4 * before else "**no**")
+                (
+                    "engine alone ≥ 4× the messages/s before issue 15",
+                    db,
+                    f"{value:.0f}/s = {value / before:.2f}× {before}/s",
+                    "yes" if value >= 4 * before else "**no**",
+                )
             )
     for db in databases:
-        check(f"registry import ≥ {IMPORT_ROWS_PER_SECOND:,} rows/s", db, f"import rows/s {db}",
-              lambda v: f"{v:,.0f} rows/s", lambda v: v >= IMPORT_ROWS_PER_SECOND)
+        check(
+            f"registry import ≥ {IMPORT_ROWS_PER_SECOND:,} rows/s",
+            db,
+            f"import rows/s {db}",
+            lambda v: f"{v:,.0f} rows/s",
+            lambda v: v >= IMPORT_ROWS_PER_SECOND,
+        )
     for db in databases:
-        check(f"importer peak RSS < {IMPORT_RSS_MIB} MiB for a million rows", db, f"import RSS MiB {db}",
-              lambda v: f"{v:.0f} MiB", lambda v: v < IMPORT_RSS_MIB)
+        check(
+            f"importer peak RSS < {IMPORT_RSS_MIB} MiB for a million rows",
+            db,
+            f"import RSS MiB {db}",
+            lambda v: f"{v:.0f} MiB",
+            lambda v: v < IMPORT_RSS_MIB,
+        )
     table.notes.append(
         "Ratios are ours ÷ the other, from tables 1, 2, 2b and 5 below; the machine's load during each "
         "measurement is in those tables (other sessions share its cores)."

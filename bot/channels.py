@@ -70,7 +70,9 @@ def split_text(text: str, limit: int, *, unit: Literal["chars", "bytes"] = "char
 # --- files ----------------------------------------------------------------------------------------------------
 
 
-async def save_or_reject(store: AttachmentStore, data: bytes, *, name: str, mime: str, kind: str) -> Attachment:
+async def save_or_reject(
+    store: AttachmentStore, data: bytes, *, name: str, mime: str, kind: str
+) -> Attachment:
     """Store the file, or record it as rejected (a type the store refuses, too large) for the customer's reply."""
     try:
         return await asyncio.to_thread(store.save, data, name=name, mime=mime, kind=kind)
@@ -189,7 +191,9 @@ class TokenCache:
     def _fresh(self, expires_at: datetime | None) -> bool:
         return expires_at is not None and expires_at - self.margin > utcnow()
 
-    async def get(self, fetch: Callable[[], Awaitable[tuple[str, timedelta]]], *, rejected: str | None = None) -> str:
+    async def get(
+        self, fetch: Callable[[], Awaitable[tuple[str, timedelta]]], *, rejected: str | None = None
+    ) -> str:
         """The cached token, else the one `fetch()` returns (with its lifetime), which is then kept. `rejected`
         is a token the service just refused: it is not given out again."""
         token = await self.cached()

@@ -187,8 +187,13 @@ def _import_registry(engine: Engine, file: Path, name: str, current: Settings) -
     # The bar goes to a terminal's stderr only, so stdout is just the result and a pipe gets no blank lines.
     console = Console(stderr=True)
     with Progress(
-        TextColumn("importing"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), transient=True,
-        console=console, disable=not console.is_terminal,
+        TextColumn("importing"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        transient=True,
+        console=console,
+        disable=not console.is_terminal,
     ) as progress:
         task = progress.add_task("rows", total=None)
 
@@ -197,7 +202,11 @@ def _import_registry(engine: Engine, file: Path, name: str, current: Settings) -
 
         try:
             return import_registry(
-                engine, file, policy=policy, progress=report, max_unpacked_bytes=current.registry_max_unpacked_bytes
+                engine,
+                file,
+                policy=policy,
+                progress=report,
+                max_unpacked_bytes=current.registry_max_unpacked_bytes,
             )
         except RegistryImportError as error:
             progress.stop()
@@ -218,10 +227,7 @@ def _import_table(result: ImportReport) -> str:
         ("orders", result.orders, result.orders_inserted, result.orders_updated, orders_unchanged),
         ("units", result.units, result.inserted, result.updated, result.unchanged),
     ]
-    return "\n".join(
-        f"  {name:<8}" + "".join(f"{value:>11}" for value in values)
-        for name, *values in rows
-    )
+    return "\n".join(f"  {name:<8}" + "".join(f"{value:>11}" for value in values) for name, *values in rows)
 
 
 @app.command("demo")
@@ -250,10 +256,14 @@ def demo(
         # A registry of the demo's own orders only is loaded again (dated from today); a real one is left alone.
         with Session(engine) as session:
             others = session.execute(
-                select(func.count()).select_from(RegistryUnit).where(~col(RegistryUnit.order_id).startswith(DEMO_PREFIX))
+                select(func.count())
+                .select_from(RegistryUnit)
+                .where(~col(RegistryUnit.order_id).startswith(DEMO_PREFIX))
             ).scalar_one()
         if others:
-            typer.echo(f"The registry holds {others} units; the demo registry is not loaded (`warranty-bot demo` adds it).")
+            typer.echo(
+                f"The registry holds {others} units; the demo registry is not loaded (`warranty-bot demo` adds it)."
+            )
             return
     today = utcnow().date()
     orders = demo_orders(today)
@@ -262,19 +272,29 @@ def demo(
         path.write_text(demo_csv(orders), encoding="utf-8")
         result = _import_registry(engine, path, "the demo registry", current)
     policy = _policy(None)
-    typer.echo(f"Loaded the demo registry, dated from {today.isoformat()}: {result.orders} orders, {result.units} units.")
-    typer.echo(f"Try these in the web chat (http://{current.host}:{current.port}/), each with a fault such as "
-               "\"the display shows E07\":")
+    typer.echo(
+        f"Loaded the demo registry, dated from {today.isoformat()}: {result.orders} orders, {result.units} units."
+    )
+    typer.echo(
+        f"Try these in the web chat (http://{current.host}:{current.port}/), each with a fault such as "
+        '"the display shows E07":'
+    )
     width = max(len(o.typed) for o in orders)
     for o in orders:
         typer.echo(f"  {o.key:<12} {o.typed:<{width}}  {demo_outcome(o, today, policy)}")
+
 
 # --- outbox -----------------------------------------------------------------------------------------------
 
 
 @outbox_app.command("list")
 def outbox_list(
-    status: Annotated[str, typer.Option(help="dead (dead letters, also those a channel reported failed), pending, held or sent.")] = "dead",
+    status: Annotated[
+        str,
+        typer.Option(
+            help="dead (dead letters, also those a channel reported failed), pending, held or sent."
+        ),
+    ] = "dead",
 ) -> None:
     """List outbox rows by status (dead letters by default)."""
     from sqlalchemy import select
@@ -321,7 +341,9 @@ def outbox_retry(
 
 @inbox_app.command("list")
 def inbox_list(
-    status: Annotated[str, typer.Option(help="parked (also rows an earlier version marked failed), pending or done.")] = "parked",
+    status: Annotated[
+        str, typer.Option(help="parked (also rows an earlier version marked failed), pending or done.")
+    ] = "parked",
 ) -> None:
     """List inbound messages by status (parked ones by default): id, channel, status, failures, error."""
     from sqlalchemy import select
@@ -336,9 +358,13 @@ def inbox_list(
     engine = make_engine(settings().database_url)
     upgrade(engine)
     with Session(engine) as session:
-        rows = session.execute(
-            select(InboxItem).where(col(InboxItem.status).in_(wanted)).order_by(col(InboxItem.id))
-        ).scalars().all()
+        rows = (
+            session.execute(
+                select(InboxItem).where(col(InboxItem.status).in_(wanted)).order_by(col(InboxItem.id))
+            )
+            .scalars()
+            .all()
+        )
     for row in rows:
         typer.echo(
             f"{row.id}\t{row.channel}\t{row.status}\t{row.attempts} failures\t{row.received_at:%Y-%m-%d %H:%M}\t{row.error or ''}"
@@ -348,7 +374,9 @@ def inbox_list(
 
 @inbox_app.command("retry")
 def inbox_retry(
-    ids: Annotated[list[int] | None, typer.Argument(help="Row ids; none re-drives every parked message.")] = None,
+    ids: Annotated[
+        list[int] | None, typer.Argument(help="Row ids; none re-drives every parked message.")
+    ] = None,
 ) -> None:
     """Process parked messages again, each before the later messages of its chat; the running server does it."""
     from bot.engine import retry_parked
@@ -365,11 +393,17 @@ def inbox_retry(
 @app.command("report")
 def report(
     start: Annotated[
-        str | None, typer.Option("--from", help="First day, YYYY-MM-DD (UTC); default: the first of --to's month.")
+        str | None,
+        typer.Option("--from", help="First day, YYYY-MM-DD (UTC); default: the first of --to's month."),
     ] = None,
-    end: Annotated[str | None, typer.Option("--to", help="Last day, included, YYYY-MM-DD; default: today.")] = None,
+    end: Annotated[
+        str | None, typer.Option("--to", help="Last day, included, YYYY-MM-DD; default: today.")
+    ] = None,
     csv_file: Annotated[
-        str | None, typer.Option("--csv", metavar="FILE|-", help="Write the report as CSV to FILE ('-': standard output).")
+        str | None,
+        typer.Option(
+            "--csv", metavar="FILE|-", help="Write the report as CSV to FILE ('-': standard output)."
+        ),
     ] = None,
 ) -> None:
     """Claims and units by model, batch, fault cause, outcome and clause, channel and language; response
@@ -390,8 +424,9 @@ def report(
     engine = make_engine(settings().database_url)
     try:
         upgrade(engine)
-        with Progress(SpinnerColumn(), TextColumn("{task.description}"), transient=True,
-                      console=Console(stderr=True)) as progress:
+        with Progress(
+            SpinnerColumn(), TextColumn("{task.description}"), transient=True, console=Console(stderr=True)
+        ) as progress:
             progress.add_task(f"counting the cases opened {period}", total=None)
             result = build_report(engine, period, policy=policy, now=now)
     except Exception as error:  # the database cannot be read: one line, not a traceback
@@ -418,7 +453,9 @@ def _print_report(result: Any) -> None:
     from bot.report import TIME_NAMES, hours_text
 
     console = Console(highlight=False)
-    console.print(f"[bold]Warranty report[/bold] {result.period}: {result.claims} claims, {result.units} units")
+    console.print(
+        f"[bold]Warranty report[/bold] {result.period}: {result.claims} claims, {result.units} units"
+    )
 
     def groups(title: str, rows: Any, *names: str) -> None:
         if not rows:
@@ -436,13 +473,24 @@ def _print_report(result: Any) -> None:
     groups("By production month", result.by_month, "month")
     if result.by_batch:
         table = Table(title="By batch (model + production month)", title_justify="left")
-        for name, justify in (("model", "left"), ("month", "left"), ("claims", "right"), ("units", "right"),
-                              ("units sold", "right"), ("claimed/sold", "right")):
+        for name, justify in (
+            ("model", "left"),
+            ("month", "left"),
+            ("claims", "right"),
+            ("units", "right"),
+            ("units sold", "right"),
+            ("claimed/sold", "right"),
+        ):
             table.add_column(name, justify=justify)  # type: ignore[arg-type]
         for batch in result.by_batch:
-            table.add_row(batch.model, batch.month, str(batch.claims), str(batch.units),
-                          "–" if batch.units_sold is None else str(batch.units_sold),
-                          "–" if batch.rate is None else f"{batch.rate:.2%}")
+            table.add_row(
+                batch.model,
+                batch.month,
+                str(batch.claims),
+                str(batch.units),
+                "–" if batch.units_sold is None else str(batch.units_sold),
+                "–" if batch.rate is None else f"{batch.rate:.2%}",
+            )
         console.print(table)
     groups("By fault cause", result.by_cause, "cause")
     groups("By unit outcome", result.by_outcome, "outcome")
@@ -451,7 +499,12 @@ def _print_report(result: Any) -> None:
     groups("By channel", result.by_channel, "channel")
     groups("By language", result.by_language, "language")
     table = Table(title="Time from the case's opening", title_justify="left")
-    for name, justify in (("to", "left"), ("cases", "right"), ("median", "right"), ("90th percentile", "right")):
+    for name, justify in (
+        ("to", "left"),
+        ("cases", "right"),
+        ("median", "right"),
+        ("90th percentile", "right"),
+    ):
         table.add_column(name, justify=justify)  # type: ignore[arg-type]
     for d in result.times:
         table.add_row(TIME_NAMES[d.name], str(d.count), hours_text(d.median_hours), hours_text(d.p90_hours))
@@ -470,7 +523,9 @@ def _print_report(result: Any) -> None:
 
 @app.command("credits")
 def credits_list(
-    company: Annotated[str | None, typer.Option(help="Only this company's credits (part of the registry's customer name).")] = None,
+    company: Annotated[
+        str | None, typer.Option(help="Only this company's credits (part of the registry's customer name).")
+    ] = None,
     csv: Annotated[bool, typer.Option("--csv", help="CSV with a header instead of aligned columns.")] = False,
 ) -> None:
     """Discount compensation (M5) credited against orders, newest first: for the sales team's next order."""
@@ -535,7 +590,9 @@ def serve(
     if workers > 1 and not no_worker and current.database_url.startswith("sqlite"):
         fail("SQLite has one writer: run one worker (--workers 1), or use PostgreSQL for more")
     try:
-        run_server(current, host=host or current.host, port=port or current.port, workers=0 if no_worker else workers)
+        run_server(
+            current, host=host or current.host, port=port or current.port, workers=0 if no_worker else workers
+        )
     except ValueError as error:  # a channel refused its settings (e.g. a webhook without a secret)
         fail(f"cannot start: {error}")
 
@@ -543,7 +600,8 @@ def serve(
 @app.command("worker")
 def worker(
     attached: Annotated[
-        bool, typer.Option("--attached", hidden=True, help="Started by serve: wake-ups over stdin and stdout.")
+        bool,
+        typer.Option("--attached", hidden=True, help="Started by serve: wake-ups over stdin and stdout."),
     ] = False,
 ) -> None:
     """Process the inbox (no web front): one beside `serve --no-worker`, or more on PostgreSQL.

@@ -22,7 +22,9 @@ class ApiChannelSettings(BaseModel):
 class Settings(BaseSettings):
     """Every setting of the bot. `.env.example` documents each one; names are the upper-case field names."""
 
-    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore", env_ignore_empty=True)
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", env_ignore_empty=True
+    )
 
     # --- core ---------------------------------------------------------------------------------------
     database_url: str = "sqlite:///var/warranty.db"
@@ -80,7 +82,9 @@ class Settings(BaseSettings):
     packing_note: str = ""  # added to the packing instructions, as written
     ship_reminder_days: int = Field(default=7, gt=0)  # a customer who has not shipped is reminded after these
     # Hours an engineer's step may wait before the desks are alerted, e.g. "received=48,diagnosed=72".
-    fulfilment_sla_hours: str = "in_transit=336,received=48,diagnosed=72,repaired=48,parts_pending=48,guiding=72"
+    fulfilment_sla_hours: str = (
+        "in_transit=336,received=48,diagnosed=72,repaired=48,parts_pending=48,guiding=72"
+    )
     fulfilment_check_seconds: float = Field(default=300.0, gt=0)  # how often reminders are looked for
 
     # --- local desk -----------------------------------------------------------------------------------
@@ -180,7 +184,9 @@ class Settings(BaseSettings):
 
         for name in value:
             if not re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,31}", name):
-                raise ValueError(f"channel name {name!r}: 1-32 of a-z 0-9 _ -, starting with a letter or digit")
+                raise ValueError(
+                    f"channel name {name!r}: 1-32 of a-z 0-9 _ -, starting with a letter or digit"
+                )
         return value
 
     @field_validator("fulfilment_sla_hours")

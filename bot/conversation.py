@@ -288,7 +288,9 @@ def step(state: State, event: Event, facts: Facts) -> Transition:
         transition = _with(transition, effects=(LeaveCase(),))
     if event.rejected:
         files = [{"name": name, "reason": reason} for name, reason in event.rejected]
-        rejected = Reply(template="attachment_rejected", params={"files": files, "max_mb": facts.attachment_max_mb})
+        rejected = Reply(
+            template="attachment_rejected", params={"files": files, "max_mb": facts.attachment_max_mb}
+        )
         transition = Transition(
             state=transition.state, replies=(rejected, *transition.replies), effects=transition.effects
         )
@@ -347,7 +349,9 @@ def _command(turn: _Turn) -> Transition | None:
     """A command's button (`cmd:human`), in any state."""
     if not turn.text.startswith("cmd:"):
         return None
-    return _global(turn.text.removeprefix("cmd:"), turn.state, Reading(text=turn.text), turn.event, turn.facts)
+    return _global(
+        turn.text.removeprefix("cmd:"), turn.state, Reading(text=turn.text), turn.event, turn.facts
+    )
 
 
 def _language_switch(turn: _Turn) -> Transition | None:
@@ -576,7 +580,9 @@ def _with_engineer(state: State, reading: Reading, event: Event, facts: Facts) -
         reply = Reply(
             template="relayed", params={"case_ref": facts.case_ref, "case_status": facts.case_status}
         )
-        return Transition(state=replace(state, acknowledged=facts.case_ref), replies=(reply,), effects=(effect,))
+        return Transition(
+            state=replace(state, acknowledged=facts.case_ref), replies=(reply,), effects=(effect,)
+        )
     return Transition(state=state, effects=(effect,))
 
 

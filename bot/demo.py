@@ -53,8 +53,18 @@ def _serial(made: date, batch: int) -> str:
 def demo_orders(today: date) -> list[DemoOrder]:
     """The demo orders as of `today` (pure: the same day gives the same orders)."""
 
-    def order(key: str, customer: str, made_months_ago: int, arrived_months_ago: int, count: int,
-              *, cargo: bool = False, pieces: int | None = None, total: str, currency: str = "USD") -> DemoOrder:
+    def order(
+        key: str,
+        customer: str,
+        made_months_ago: int,
+        arrived_months_ago: int,
+        count: int,
+        *,
+        cargo: bool = False,
+        pieces: int | None = None,
+        total: str,
+        currency: str = "USD",
+    ) -> DemoOrder:
         made = add_months(today, -made_months_ago)
         return DemoOrder(
             key=key,
@@ -89,11 +99,20 @@ def demo_csv(orders: list[DemoOrder]) -> str:
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(COLUMNS)
     for o in orders:
-        writer.writerow([
-            o.order_id, o.customer, o.first, o.last, o.production_date.isoformat(),
-            o.port_arrival_date.isoformat(), "true" if o.cargo_compensation else "false", o.order_pieces,
-            f"{o.order_total:.2f}", o.currency,
-        ])
+        writer.writerow(
+            [
+                o.order_id,
+                o.customer,
+                o.first,
+                o.last,
+                o.production_date.isoformat(),
+                o.port_arrival_date.isoformat(),
+                "true" if o.cargo_compensation else "false",
+                o.order_pieces,
+                f"{o.order_total:.2f}",
+                o.currency,
+            ]
+        )
     return out.getvalue()
 
 
@@ -101,9 +120,18 @@ def demo_outcome(o: DemoOrder, today: date, policy: Policy) -> str:
     """What the policy says today about the order's units claimed together, in a few words for the CLI."""
     prefix = o.first[:-4]
     claims = [
-        Claim(serial=f"{prefix}{n:04d}", claim_date=today, port_arrival_date=o.port_arrival_date,
-              production_date=o.production_date, proof=Proof.registry, cargo_compensation=o.cargo_compensation,
-              order_id=o.order_id, order_pieces=o.order_pieces, order_total=o.order_total, currency=o.currency)
+        Claim(
+            serial=f"{prefix}{n:04d}",
+            claim_date=today,
+            port_arrival_date=o.port_arrival_date,
+            production_date=o.production_date,
+            proof=Proof.registry,
+            cargo_compensation=o.cargo_compensation,
+            order_id=o.order_id,
+            order_pieces=o.order_pieces,
+            order_total=o.order_total,
+            currency=o.currency,
+        )
         for n in range(1, (o.units if o.key == "distributor" else 1) + 1)
     ]
     decision = evaluate_units(claims, policy)[0]

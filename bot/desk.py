@@ -67,8 +67,10 @@ LAST_TEXT = 140  # characters of a case's last message shown in the list
 
 
 # Cases nobody has taken yet: open ones, and refusals to confirm (every unit refused) no one claimed.
-_UNCLAIMED = or_(col(Case.status) == CaseStatus.open,
-                 and_(col(Case.status) == CaseStatus.to_confirm, col(Case.claimed_by).is_(None)))
+_UNCLAIMED = or_(
+    col(Case.status) == CaseStatus.open,
+    and_(col(Case.status) == CaseStatus.to_confirm, col(Case.claimed_by).is_(None)),
+)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -320,11 +322,15 @@ class Desk:
             row = session.execute(
                 select(Fulfilment).where(col(Fulfilment.case_id) == case.id)
             ).scalar_one_or_none()
-            credits = session.execute(
-                select(Credit).where(
-                    (col(Credit.customer_id) == case.customer_id) | col(Credit.company).in_(companies)
-                ).order_by(col(Credit.id))
-            ).scalars().all()
+            credits = (
+                session.execute(
+                    select(Credit)
+                    .where((col(Credit.customer_id) == case.customer_id) | col(Credit.company).in_(companies))
+                    .order_by(col(Credit.id))
+                )
+                .scalars()
+                .all()
+            )
             refs = dict(
                 session.execute(
                     select(col(Case.id), col(Case.ref)).where(col(Case.id).in_({c.case_id for c in credits}))
@@ -335,7 +341,9 @@ class Desk:
                 # Discounts granted on this case, and those this customer has from earlier cases (M5): the
                 # sales team takes them off the next order.
                 "credits": [_credit(c, case.ref) for c in credits if c.case_id == case.id],
-                "credits_available": [_credit(c, refs.get(c.case_id, "")) for c in credits if c.case_id != case.id],
+                "credits_available": [
+                    _credit(c, refs.get(c.case_id, "")) for c in credits if c.case_id != case.id
+                ],
                 **_summary(case, unit_count),
                 "unit_count": unit_count,
                 "units_offset": units_offset,
@@ -626,7 +634,9 @@ class Desk:
             self.engine.close_case(session, case, engineer, origin=origin)
             return _summary(case)
 
-    def fulfil(self, ref: str, *, engineer: str, action: str, text: str = "", origin: str = "desk") -> dict[str, Any]:
+    def fulfil(
+        self, ref: str, *, engineer: str, action: str, text: str = "", origin: str = "desk"
+    ) -> dict[str, Any]:
         """The engineer's next step of the chosen method (bot/fulfilment.py TRANSITIONS): unit received,
         diagnosed, repaired, shipped back with tracking; parts, guidance, "fixed?"; visit slots, the report.
         The customer is told in their language; each step is an audit row; a final step closes the case."""
@@ -664,7 +674,9 @@ class Desk:
     def desk_ref(self, ref: str) -> dict[str, Any]:
         """Where an external desk shows the case ({} while it does not)."""
         with Session(self.engine.db) as session:
-            found = session.execute(select(col(Case.desk_ref)).where(col(Case.ref) == ref)).scalar_one_or_none()
+            found = session.execute(
+                select(col(Case.desk_ref)).where(col(Case.ref) == ref)
+            ).scalar_one_or_none()
         return dict(found or {})
 
     def case_at(self, key: str, value: str) -> str | None:
@@ -682,21 +694,37 @@ class Desk:
         cutoff = now - after
         due: list[Reminder] = []
         with session_scope(self.engine.db) as session:
-            cases = session.execute(
-                select(Case).where(_UNCLAIMED,
-                                   or_(and_(col(Case.reminded_at).is_(None), col(Case.created_at) <= cutoff),
-                                       col(Case.reminded_at) <= cutoff))
-                .order_by(col(Case.id)).limit(limit)
-            ).scalars().all()
+            cases = (
+                session.execute(
+                    select(Case)
+                    .where(
+                        _UNCLAIMED,
+                        or_(
+                            and_(col(Case.reminded_at).is_(None), col(Case.created_at) <= cutoff),
+                            col(Case.reminded_at) <= cutoff,
+                        ),
+                    )
+                    .order_by(col(Case.id))
+                    .limit(limit)
+                )
+                .scalars()
+                .all()
+            )
             for case in cases:
                 if not case.desk_ref:
                     continue  # not on the desk yet: the case message comes first
-                previous = (col(Case.reminded_at).is_(None) if case.reminded_at is None
-                            else col(Case.reminded_at) == case.reminded_at)
-                taken = session.execute(update(Case).where(col(Case.id) == case.id, _UNCLAIMED,
-                                                           previous).values(reminded_at=now))
+                previous = (
+                    col(Case.reminded_at).is_(None)
+                    if case.reminded_at is None
+                    else col(Case.reminded_at) == case.reminded_at
+                )
+                taken = session.execute(
+                    update(Case).where(col(Case.id) == case.id, _UNCLAIMED, previous).values(reminded_at=now)
+                )
                 if cast(CursorResult[Any], taken).rowcount == 1:
-                    due.append(Reminder(ref=case.ref, desk_ref=dict(case.desk_ref), opened_at=case.created_at))
+                    due.append(
+                        Reminder(ref=case.ref, desk_ref=dict(case.desk_ref), opened_at=case.created_at)
+                    )
         return due
 
     # --- helpers ------------------------------------------------------------------------------------------
@@ -743,18 +771,29 @@ class Desk:
         self.engine.outbox_signal.set()
 
     def _start_fulfilment(
-        self, session: Session, case: Case, units: Any, method: str, engineer: str, *, origin: str,
+        self,
+        session: Session,
+        case: Case,
+        units: Any,
+        method: str,
+        engineer: str,
+        *,
+        origin: str,
         goodwill: str | None,
     ) -> None:
         """The method's first step (an RMA and the return address for factory repair; the credits for the
         discount), replacing the steps of a method chosen before."""
-        credits = self._grant_credits(session, case, units, engineer, goodwill=goodwill) if (
-            method == "discount_compensation"
-        ) else []
+        credits = (
+            self._grant_credits(session, case, units, engineer, goodwill=goodwill)
+            if (method == "discount_compensation")
+            else []
+        )
         change = fulfilment.start(
             method, case_ref=case.ref, terms=self.engine.config.fulfilment, credits=credits, goodwill=goodwill
         )
-        row = session.execute(select(Fulfilment).where(col(Fulfilment.case_id) == case.id)).scalar_one_or_none()
+        row = session.execute(
+            select(Fulfilment).where(col(Fulfilment.case_id) == case.id)
+        ).scalar_one_or_none()
         if change is None:
             if row is not None:
                 session.delete(row)
@@ -789,10 +828,19 @@ class Desk:
         ]
 
     def _tell_cargo_once(
-        self, session: Session, case: Case, orders: list[dict[str, Any]], engineer: str, *, reason: str, origin: str
+        self,
+        session: Session,
+        case: Case,
+        orders: list[dict[str, Any]],
+        engineer: str,
+        *,
+        reason: str,
+        origin: str,
     ) -> None:
         """M1: the customer is told why no service applies, once (a refusal confirmed again says nothing new)."""
-        row = session.execute(select(Fulfilment).where(col(Fulfilment.case_id) == case.id)).scalar_one_or_none()
+        row = session.execute(
+            select(Fulfilment).where(col(Fulfilment.case_id) == case.id)
+        ).scalar_one_or_none()
         if row is not None and row.step == fulfilment.Step.no_service.value:
             return
         change = fulfilment.cargo_refusal(orders, reason=reason)
@@ -811,9 +859,11 @@ class Desk:
         if existing:
             return [_credit(c, case.ref) for c in existing]
         order_ids = {u.order_id for u in units if u.order_id and (u.outcome == "covered" or goodwill)}
-        orders = session.execute(
-            select(RegistryOrder).where(col(RegistryOrder.order_id).in_(sorted(order_ids)))
-        ).scalars().all()
+        orders = (
+            session.execute(select(RegistryOrder).where(col(RegistryOrder.order_id).in_(sorted(order_ids))))
+            .scalars()
+            .all()
+        )
         granted = []
         for order in sorted(orders, key=lambda o: o.order_id):
             if order.order_total is None:

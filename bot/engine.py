@@ -109,8 +109,12 @@ class EngineConfig:
     one_message_per_turn: frozenset[str] = frozenset()  # channels whose replies to one message go as one
     max_attempts: int = 5  # a message that fails the same way this many times is parked
     retry_backoff_max_seconds: float = 60.0
-    batch_alerts: AlertRule = field(default_factory=AlertRule)  # off unless a threshold is set (bot/report.py)
-    fulfilment: Terms = field(default_factory=Terms)  # return address, RMA prefix, reminders (bot/fulfilment.py)
+    batch_alerts: AlertRule = field(
+        default_factory=AlertRule
+    )  # off unless a threshold is set (bot/report.py)
+    fulfilment: Terms = field(
+        default_factory=Terms
+    )  # return address, RMA prefix, reminders (bot/fulfilment.py)
     batch_size: int = 32  # chats whose head message one transaction processes (group commit)
     batch_seconds: float = 0.1  # a batch that took longer (it holds the write lock): the next ones smaller
 
@@ -252,7 +256,9 @@ class Engine:
                 for row in sorted(claimed, key=lambda r: int(r.id)):
                     self._process_batch(1, int(row.id))
             else:
-                log.exception("inbox message %s of %s could not be processed", claimed[0].id, claimed[0].channel)
+                log.exception(
+                    "inbox message %s of %s could not be processed", claimed[0].id, claimed[0].channel
+                )
                 self._record_failure(int(claimed[0].id), error)  # a transient failure here: pause and retry
         if claimed:
             self.outbox_signal.set()
@@ -312,7 +318,9 @@ class Engine:
             if item.attempts >= self.config.max_attempts:
                 item.status = PARKED
                 item.processed_at = utcnow()
-                log.warning("inbox message %s of %s parked after %s failures", item_id, item.channel, item.attempts)
+                log.warning(
+                    "inbox message %s of %s parked after %s failures", item_id, item.channel, item.attempts
+                )
             else:
                 item.next_attempt_at = utcnow() + timedelta(seconds=self.retry_delay(item.attempts))
 
@@ -379,7 +387,9 @@ class Engine:
             # The customer's orders looked up: a discount credited on an earlier case waits for this order.
             waiting = self._credits_waiting(session, case)
             if waiting:
-                told = conv.Reply(template=fulfilment.TEMPLATE, params={"step": "credit_available", "credits": waiting})
+                told = conv.Reply(
+                    template=fulfilment.TEMPLATE, params={"step": "credit_available", "credits": waiting}
+                )
                 replies.append((told, {"case_ref": case.ref}))
 
         language = transition.state.language
@@ -414,7 +424,11 @@ class Engine:
         ids = tuple(a.id or 0 for a in stored)
         if case is None:
             effect = conv.OpenCase(
-                units=(), fault=text, claim_date=utcnow().date(), prefers_discount=False, attachment_ids=ids,
+                units=(),
+                fault=text,
+                claim_date=utcnow().date(),
+                prefers_discount=False,
+                attachment_ids=ids,
                 human_requested=True,
             )
             case = self._open_case(session, effect, conversation, customer, state.language)
@@ -436,7 +450,9 @@ class Engine:
         conversation: Conversation,
     ) -> conv.Facts:
         hot = session.info.get(_HOT)
-        mentioned = hot.mentioned[text] if hot is not None and text in hot.mentioned else self._serials_in(text)
+        mentioned = (
+            hot.mentioned[text] if hot is not None and text in hot.mentioned else self._serials_in(text)
+        )
         wanted = {normalize_serial(s) for s in (*state.serials, *mentioned)} - {""}
         if hot is not None and wanted <= hot.looked_up:  # the batch looked them up together
             registry = {s: hot.registry[s] for s in wanted if s in hot.registry}
@@ -503,7 +519,9 @@ class Engine:
             identity.unreachable = False  # they wrote to us: reachable again
             if known is not None:
                 return known, identity, customer
-            started = Conversation(customer_id=customer.id or 0, channel=message.channel, chat_id=message.chat_id)
+            started = Conversation(
+                customer_id=customer.id or 0, channel=message.channel, chat_id=message.chat_id
+            )
             session.add(started)
             session.flush()
             return started, identity, customer
@@ -836,7 +854,9 @@ class Engine:
 
     # --- fulfilment (bot/fulfilment.py): the steps after the chosen method --------------------------------
 
-    def _fulfil_from_customer(self, session: Session, case: Case, conversation: Conversation, text: str) -> None:
+    def _fulfil_from_customer(
+        self, session: Session, case: Case, conversation: Conversation, text: str
+    ) -> None:
         """A customer's message that moves the fulfilment on: a tracking number, a visit slot, "fixed"."""
         row = session.execute(
             select(Fulfilment).where(col(Fulfilment.case_id) == case.id)
@@ -869,7 +889,14 @@ class Engine:
         return [{"order_id": c.order_id, "amount": c.amount, "currency": c.currency} for c in credits]
 
     def apply_fulfilment(
-        self, session: Session, case: Case, row: Fulfilment, change: fulfilment.Change, *, actor: str, origin: str
+        self,
+        session: Session,
+        case: Case,
+        row: Fulfilment,
+        change: fulfilment.Change,
+        *,
+        actor: str,
+        origin: str,
     ) -> None:
         """Apply a fulfilment change in the caller's transaction: the record, the audit row, the customer's
         messages (in their language), the buttons they may answer with; a final step closes the case."""
@@ -910,7 +937,11 @@ class Engine:
                 self.ask_rating(session, case, conversation)
             if conversation.case_id == case.id:
                 state = conv.on_case_closed(conv.State.from_dict(conversation.data), ask_rating=True)
-                conversation.state, conversation.data, conversation.case_id = state.name, state.to_dict(), None
+                conversation.state, conversation.data, conversation.case_id = (
+                    state.name,
+                    state.to_dict(),
+                    None,
+                )
         audit(session, case, actor, "closed", origin=origin)
         self.notify_desks(session, case, "case_updated", action="closed", actor=actor, origin=origin)
         self.outbox_signal.set()
@@ -928,21 +959,26 @@ class Engine:
         terms = self.config.fulfilment
         final = [s.value for s in fulfilment.FINAL] + [fulfilment.Step.credited.value]
         with session_scope(self.db) as session:
-            rows = session.execute(
-                select(Fulfilment)
-                .join(Case, col(Case.id) == col(Fulfilment.case_id))
-                .where(col(Fulfilment.step).not_in(final), col(Case.status) != "closed")
-                .order_by(col(Fulfilment.id))
-                .limit(limit)
-                .with_for_update(skip_locked=True)
-            ).scalars().all()
+            rows = (
+                session.execute(
+                    select(Fulfilment)
+                    .join(Case, col(Case.id) == col(Fulfilment.case_id))
+                    .where(col(Fulfilment.step).not_in(final), col(Case.status) != "closed")
+                    .order_by(col(Fulfilment.id))
+                    .limit(limit)
+                    .with_for_update(skip_locked=True)
+                )
+                .scalars()
+                .all()
+            )
             for row in rows:
                 case = session.get(Case, row.case_id)
                 if case is None or case.status == CaseStatus.closed:
                     continue
                 record = fulfilment_record(row)
-                for reminder in fulfilment.due(record, since=row.step_since, now=now,
-                                               reminded=row.reminded, terms=terms):
+                for reminder in fulfilment.due(
+                    record, since=row.step_since, now=now, reminded=row.reminded, terms=terms
+                ):
                     row.reminded = [*row.reminded, reminder.key]
                     conversation = session.get(Conversation, case.conversation_id)
                     if reminder.reply is not None and conversation is not None:
@@ -952,10 +988,23 @@ class Engine:
                         self.say(session, conversation, rendered.text, rendered.buttons, case=case)
                         audit(session, case, "bot", "fulfilment_reminded", key=reminder.key, to="customer")
                     elif reminder.kind == "engineer":
-                        audit(session, case, "bot", "fulfilment_overdue", key=reminder.key, step=row.step,
-                              since=row.step_since)
-                        self.notify_desks(session, case, "case_updated", action="fulfilment_overdue", actor="bot",
-                                          origin="bot")
+                        audit(
+                            session,
+                            case,
+                            "bot",
+                            "fulfilment_overdue",
+                            key=reminder.key,
+                            step=row.step,
+                            since=row.step_since,
+                        )
+                        self.notify_desks(
+                            session,
+                            case,
+                            "case_updated",
+                            action="fulfilment_overdue",
+                            actor="bot",
+                            origin="bot",
+                        )
                     sent += 1
         if sent:
             self.outbox_signal.set()
@@ -1008,7 +1057,9 @@ class _Statements:
                 ),
             )
             .outerjoin(case, col(case.id) == col(conversation.case_id))
-            .where(tuple_(col(identity.channel), col(identity.chat_id)).in_(bindparam("keys", expanding=True)))
+            .where(
+                tuple_(col(identity.channel), col(identity.chat_id)).in_(bindparam("keys", expanding=True))
+            )
         )
         self.log = insert(_table(Message))
         self.queue = insert(_table(OutboxItem))
@@ -1135,7 +1186,9 @@ def retry_parked(db: DbEngine, ids: list[int] | None = None) -> int:
         query = update(InboxItem).where(col(InboxItem.status).in_(STOPPED))
         if ids:
             query = query.where(col(InboxItem.id).in_(ids))
-        result = session.execute(query.values(status=PENDING, attempts=0, next_attempt_at=None, processed_at=None))
+        result = session.execute(
+            query.values(status=PENDING, attempts=0, next_attempt_at=None, processed_at=None)
+        )
         return int(cast(CursorResult[Any], result).rowcount)
 
 

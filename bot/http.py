@@ -73,8 +73,6 @@ async def json_object(request: Request) -> dict[str, Any]:
     return data
 
 
-
-
 class Redeliver(Exception):
     """Nothing was stored, for a reason that passes (the database, or a download the message needs): answer
     503, which makes every channel send the request again."""
@@ -85,7 +83,9 @@ UNAVAILABLE: tuple[type[Exception], ...] = (SQLAlchemyError, StorageUnavailable,
 
 
 async def unavailable(request: Request, exc: Exception) -> Response:
-    log.warning("%s %s not stored, asking for redelivery: %s", request.method, route_of(request), type(exc).__name__)
+    log.warning(
+        "%s %s not stored, asking for redelivery: %s", request.method, route_of(request), type(exc).__name__
+    )
     return JSONResponse(
         {"error": "temporarily unavailable; nothing was stored, send it again"},
         status_code=503,

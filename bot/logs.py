@@ -25,8 +25,12 @@ _MASKS = (
     (re.compile(r"\b\d{6,12}+:[\w-]{30,}+"), "<token>"),
     (re.compile(r"\b(xox[abprs]|xapp)-[\w-]++"), "<token>"),
     # key=value, key: value, "key": "value" (JSON) and "Bearer value"
-    (re.compile(r"(?i)\b(bearer|token|secret|password|access_token|api_key)(\"?\s*[=:]\s*\"?|\s+)[^\s&\"',]++"),
-     r"\1\2<redacted>"),
+    (
+        re.compile(
+            r"(?i)\b(bearer|token|secret|password|access_token|api_key)(\"?\s*[=:]\s*\"?|\s+)[^\s&\"',]++"
+        ),
+        r"\1\2<redacted>",
+    ),
     # A web chat session id is a bearer credential; it appears in the paths of the web chat's API.
     (re.compile(r"(/sessions/)[\w-]{16,}+"), r"\1<session>"),
 )
@@ -43,16 +47,18 @@ def _phone(match: re.Match[str]) -> str:
     core = candidate.rstrip(" .-/(")
     if core.endswith(")") and core.count("(") < core.count(")"):
         core = core[:-1]
-    return _classify(core) + candidate[len(core):]
+    return _classify(core) + candidate[len(core) :]
 
 
 def _classify(core: str) -> str:
     """`<phone>` for what reads as a phone number; dates, IP addresses and decimals stay as they are."""
     date = _DATE.match(core)
     if date:  # 2024-03-10 12:00 (the time is cut at the colon); what follows the date is read on its own
-        rest = core[date.end():]
+        rest = core[date.end() :]
         stripped = rest.lstrip(" .-/(")
-        return core[:date.end()] + rest[:len(rest) - len(stripped)] + (_classify(stripped) if stripped else "")
+        return (
+            core[: date.end()] + rest[: len(rest) - len(stripped)] + (_classify(stripped) if stripped else "")
+        )
     digits = sum(c.isdigit() for c in core)
     if _IP.fullmatch(core) or _DECIMAL.fullmatch(core):
         return core

@@ -142,7 +142,9 @@ async def deliver(sender: AnySender, item: OutboxItem) -> Delivered:
     if "event" in item.payload:
         if not hasattr(sender, "send_event"):
             raise PermanentFailure(f"{item.channel} takes no desk events")
-        return await cast(DeskSender, sender).send_event(event_from_payload(item.channel, item.chat_id, item.payload))
+        return await cast(DeskSender, sender).send_event(
+            event_from_payload(item.channel, item.chat_id, item.payload)
+        )
     if not hasattr(sender, "send"):
         raise PermanentFailure(f"{item.channel} delivers no messages")
     return await cast(Sender, sender).send(from_payload(item.channel, item.chat_id, item.payload))

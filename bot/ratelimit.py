@@ -56,8 +56,14 @@ def rules_from_settings(settings: Settings) -> tuple[Rule, ...]:
         ),
         # The generic channel's gateway posts every customer's messages from one address, each signed: like
         # the other channels' webhooks, it is not limited per client.
-        Rule("writes", writes, "/api/", tuple(parse_many(settings.rate_limit_client)), overall,
-             exclude=("/api/channels/",)),
+        Rule(
+            "writes",
+            writes,
+            "/api/",
+            tuple(parse_many(settings.rate_limit_client)),
+            overall,
+            exclude=("/api/channels/",),
+        ),
         Rule("reads", reads, "/api/", tuple(parse_many(settings.rate_limit_reads))),
     )
 

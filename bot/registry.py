@@ -289,10 +289,17 @@ def _check_unpacked_size(path: Path, limit: int) -> None:
     with ZipFile(path) as archive:
         unpacked = sum(info.file_size for info in archive.infolist())
     if unpacked > limit:
-        raise RegistryImportError([(0, (
-            f"the XLSX file unpacks to {unpacked / 2**20:.0f} MB, more than the {limit / 2**20:.0f} MB allowed "
-            "(REGISTRY_MAX_UNPACKED_BYTES): split the registry, or save it as CSV"
-        ))])
+        raise RegistryImportError(
+            [
+                (
+                    0,
+                    (
+                        f"the XLSX file unpacks to {unpacked / 2**20:.0f} MB, more than the {limit / 2**20:.0f} MB allowed "
+                        "(REGISTRY_MAX_UNPACKED_BYTES): split the registry, or save it as CSV"
+                    ),
+                )
+            ]
+        )
 
 
 _CHUNK = 1 << 20
@@ -330,7 +337,12 @@ def _csv_rows(raw: BinaryIO) -> Generator[_Row, None, None]:
             yield start, cells
     except UnicodeDecodeError as error:
         raise RegistryImportError(
-            [(_undecodable_line(raw), "the file is not UTF-8 text: save it as CSV UTF-8 (comma or semicolon delimited)")]
+            [
+                (
+                    _undecodable_line(raw),
+                    "the file is not UTF-8 text: save it as CSV UTF-8 (comma or semicolon delimited)",
+                )
+            ]
         ) from error
     finally:
         text.detach()  # the caller closes the file
@@ -724,7 +736,8 @@ class _Stage:
                 write(row)
         else:
             self.connection.exec_driver_sql(
-                f"INSERT INTO {self.TABLE} VALUES (?, ?, ?, ?, ?, ?)", self.batch  # noqa: S608
+                f"INSERT INTO {self.TABLE} VALUES (?, ?, ?, ?, ?, ?)",  # noqa: S608
+                self.batch,
             )
         self.batch.clear()  # the same list: `_validate` appends to it
 
@@ -778,7 +791,8 @@ def _write(connection: Connection, orders: dict[str, _Order], total: int, meter:
     differs = "IS DISTINCT FROM" if connection.dialect.name == "postgresql" else "IS NOT"
     stage = _Stage.TABLE
     changed = " OR ".join(
-        f"{{old}}.{name} {differs} {{new}}.{name}" for name in ("order_id", "production_date", "port_arrival_date")
+        f"{{old}}.{name} {differs} {{new}}.{name}"
+        for name in ("order_id", "production_date", "port_arrival_date")
     )
     # Only constants are formatted into these statements (the stage's name, column names, an operator).
     count = text(

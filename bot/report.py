@@ -370,13 +370,17 @@ class _Query:
         """The M5 discounts credited (the credit ledger, bot/fulfilment.py), per currency, for the cases of the
         period."""
         rows = self.session.execute(
-            select(col(Credit.currency), func.sum(col(Credit.amount)), func.count(distinct(col(Credit.case_id))))
+            select(
+                col(Credit.currency), func.sum(col(Credit.amount)), func.count(distinct(col(Credit.case_id)))
+            )
             .join(Case, col(Case.id) == col(Credit.case_id))
             .where(self.in_period)
             .group_by(col(Credit.currency))
         ).all()
-        return sorted((Money(currency or UNKNOWN, Decimal(total or 0), claims) for currency, total, claims in rows),
-                      key=lambda m: m.currency)
+        return sorted(
+            (Money(currency or UNKNOWN, Decimal(total or 0), claims) for currency, total, claims in rows),
+            key=lambda m: m.currency,
+        )
 
     def alerts(self) -> list[Alert]:
         rows = self.session.execute(

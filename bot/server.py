@@ -157,7 +157,9 @@ def configure_core(bot: Bot, channels: Sequence[Channel]) -> None:
     config = bot.engine.config
     desks = [c.name for c in channels if c.takes_desk_events]
     config.external_desks = tuple(dict.fromkeys((*config.external_desks, *desks)))
-    config.one_message_per_turn = config.one_message_per_turn | {c.name for c in channels if c.one_reply_per_turn}
+    config.one_message_per_turn = config.one_message_per_turn | {
+        c.name for c in channels if c.one_reply_per_turn
+    }
 
 
 class BodyLimit:
@@ -169,7 +171,9 @@ class BodyLimit:
     seconds cannot hold a handler (and its connection) open.
     """
 
-    def __init__(self, app: ASGIApp, max_bytes: int, upload_max_bytes: int, timeout_seconds: float = 30.0) -> None:
+    def __init__(
+        self, app: ASGIApp, max_bytes: int, upload_max_bytes: int, timeout_seconds: float = 30.0
+    ) -> None:
         self.app = app
         self.max_bytes = max_bytes
         self.upload_max_bytes = upload_max_bytes
@@ -237,7 +241,9 @@ class JsonDepthLimit:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         content_type = dict(scope.get("headers", [])).get(b"content-type", b"").split(b";")[0].strip().lower()
-        if scope["type"] != "http" or not (content_type.endswith(b"/json") or content_type.endswith(b"+json")):
+        if scope["type"] != "http" or not (
+            content_type.endswith(b"/json") or content_type.endswith(b"+json")
+        ):
             await self.app(scope, receive, send)
             return
         scan = _DepthScan(self.max_depth)
@@ -389,7 +395,10 @@ def create_app(
         if problems:
             body["problems"] = problems
         if workers.children:  # started and warmed up (messages are accepted and stored meanwhile)
-            body["workers"] = {"ready": sum(c.ready.is_set() for c in workers.children), "started": len(workers.children)}
+            body["workers"] = {
+                "ready": sum(c.ready.is_set() for c in workers.children),
+                "started": len(workers.children),
+            }
         return JSONResponse(body)
 
     async def metrics(_: Request) -> Response:
@@ -415,7 +424,8 @@ def create_app(
             Middleware(
                 BodyLimit,
                 max_bytes=bot.settings.max_body_bytes,
-                upload_max_bytes=bot.settings.attachment_max_bytes + 64 * 1024,  # room for the multipart framing
+                upload_max_bytes=bot.settings.attachment_max_bytes
+                + 64 * 1024,  # room for the multipart framing
                 timeout_seconds=bot.settings.server_body_timeout_seconds,
             ),
             Middleware(JsonDepthLimit, max_depth=bot.settings.max_json_depth),
@@ -548,7 +558,11 @@ def run_server(settings: Settings, *, host: str, port: int, workers: int = 1) ->
         print(f"  local desk: {base}/desk  is off: set DESK_TOKEN in .env to turn it on")
     print(f"  channels:   {', '.join(app.state.channels)}")
     print(f"  health:     {base}/healthz   metrics: {base}/metrics")
-    print(f"  workers:    {workers} worker process(es)" if workers else "  workers:    none (run `warranty-bot worker`)")
+    print(
+        f"  workers:    {workers} worker process(es)"
+        if workers
+        else "  workers:    none (run `warranty-bot worker`)"
+    )
     uvicorn.run(app, host=host, port=port, **uvicorn_options(settings))
 
 

@@ -105,7 +105,9 @@ def run_worker(settings: Settings, *, attached: bool = False) -> None:
     from bot.server import load_channels
 
     bot = build_when_storage_allows(settings)
-    load_channels(bot)  # the channels' capabilities, as the server's: which take case events, one reply a turn
+    load_channels(
+        bot
+    )  # the channels' capabilities, as the server's: which take case events, one reply a turn
     engine = bot.engine
     engine.inbox_signal = wake
     # The language models and the lexicon before the first message; the templates compile meanwhile (a
@@ -126,8 +128,9 @@ def run_worker(settings: Settings, *, attached: bool = False) -> None:
         queued = tell
     processing.set()
     log.info("worker %s processing (batches of up to %s chats)", os.getpid(), engine.config.batch_size)
-    processing_loop(engine, stop, settings.outbox_poll_seconds, queued,
-                    remind_seconds=settings.fulfilment_check_seconds)
+    processing_loop(
+        engine, stop, settings.outbox_poll_seconds, queued, remind_seconds=settings.fulfilment_check_seconds
+    )
     bot.db.dispose()
 
 
@@ -186,8 +189,13 @@ class WorkerProcess:
                 return
             failures = 0 if time.monotonic() - started > 60 else failures + 1
             pause = min(30.0, 0.5 * 2 ** max(0, failures - 1))
-            log.warning("worker process %s (pid %s) exited with %s; starting another in %.1f s",
-                        self.number, process.pid, code, pause)
+            log.warning(
+                "worker process %s (pid %s) exited with %s; starting another in %.1f s",
+                self.number,
+                process.pid,
+                code,
+                pause,
+            )
             time.sleep(pause)
 
     def wake(self) -> None:

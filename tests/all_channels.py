@@ -62,8 +62,18 @@ DESK_AUTH = {"Authorization": f"Bearer {DESK_TOKEN}"}
 PUBLIC_URL = "https://warranty.example"
 INBOX_STATUSES = frozenset({"pending", "done", "failed"})
 OUTBOX_STATUSES = frozenset({PENDING, HELD, SENT, DEAD})
-CONVERSATION_STATES = frozenset({"new", "awaiting_serial", "awaiting_fault", "awaiting_proof", "screening",
-                                 "preference", "with_engineer", "closed"})
+CONVERSATION_STATES = frozenset(
+    {
+        "new",
+        "awaiting_serial",
+        "awaiting_fault",
+        "awaiting_proof",
+        "screening",
+        "preference",
+        "with_engineer",
+        "closed",
+    }
+)
 
 
 def payload(channel: str, name: str) -> bytes:
@@ -117,15 +127,20 @@ class Stack:
 
     def customer_texts(self) -> list[str]:
         with Session(self.db) as session:
-            return list(session.execute(select(col(Message.text)).where(col(Message.author) == "customer")).scalars())
+            return list(
+                session.execute(select(col(Message.text)).where(col(Message.author) == "customer")).scalars()
+            )
 
     def settle(self, timeout: float = 30.0) -> None:
         """Wait until no inbox row waits (Telegram albums included) and no outbox row is due now."""
+
         def quiet() -> bool:
             with Session(self.db) as session:
-                waiting = session.execute(select(func.count()).select_from(InboxItem)
-                                          .where(col(InboxItem.status) == "pending")).scalar_one()
+                waiting = session.execute(
+                    select(func.count()).select_from(InboxItem).where(col(InboxItem.status) == "pending")
+                ).scalar_one()
             return waiting == 0 and not self.bot.engine.inbox_signal.is_set()
+
         wait_until(quiet, timeout=timeout, what="the inbox to be worked off")
 
 
@@ -156,29 +171,62 @@ def consistency_problems(db: Engine) -> list[str]:
     return problems
 
 
-def channel_values(database_url: str, folder: Path, *, telegram: str, slack: str, graph: str, wechat: str,
-                   framework: str, line: str, viber: str, callback: str) -> dict[str, Any]:
+def channel_values(
+    database_url: str,
+    folder: Path,
+    *,
+    telegram: str,
+    slack: str,
+    graph: str,
+    wechat: str,
+    framework: str,
+    line: str,
+    viber: str,
+    callback: str,
+) -> dict[str, Any]:
     """Settings for every HTTP channel, pointed at the fakes' base URLs."""
     return {
-        "database_url": database_url, "data_dir": folder, "attachments_dir": folder / "attachments",
-        "outbox_poll_seconds": 0.1, "public_url": PUBLIC_URL, "desk_token": SecretStr(DESK_TOKEN),
-        "telegram_bot_token": SecretStr(TELEGRAM_TOKEN), "telegram_api_base_url": telegram,
-        "telegram_webhook_secret": SecretStr(TELEGRAM_SECRET), "telegram_mode": "webhook",
-        "slack_bot_token": SecretStr(SLACK_BOT_TOKEN), "slack_signing_secret": SecretStr(SLACK_SECRET),
-        "slack_api_url": f"{slack}/api/", "slack_escalation_channel": ESCALATION, "slack_mode": "http",
+        "database_url": database_url,
+        "data_dir": folder,
+        "attachments_dir": folder / "attachments",
+        "outbox_poll_seconds": 0.1,
+        "public_url": PUBLIC_URL,
+        "desk_token": SecretStr(DESK_TOKEN),
+        "telegram_bot_token": SecretStr(TELEGRAM_TOKEN),
+        "telegram_api_base_url": telegram,
+        "telegram_webhook_secret": SecretStr(TELEGRAM_SECRET),
+        "telegram_mode": "webhook",
+        "slack_bot_token": SecretStr(SLACK_BOT_TOKEN),
+        "slack_signing_secret": SecretStr(SLACK_SECRET),
+        "slack_api_url": f"{slack}/api/",
+        "slack_escalation_channel": ESCALATION,
+        "slack_mode": "http",
         "whatsapp_access_token": SecretStr(WHATSAPP_ACCESS_TOKEN),
-        "whatsapp_app_secret": SecretStr(WHATSAPP_APP_SECRET), "whatsapp_verify_token": SecretStr(VERIFY_TOKEN),
-        "whatsapp_phone_number_id": PHONE_NUMBER_ID, "whatsapp_graph_url": f"{graph}/v23.0",
-        "wechat_app_id": WECHAT_APP_ID, "wechat_app_secret": SecretStr(WECHAT_APP_SECRET),
-        "wechat_token": SecretStr(WECHAT_TOKEN), "wechat_api_base_url": wechat,
-        "teams_app_id": TEAMS_APP_ID, "teams_app_password": SecretStr(TEAMS_PASSWORD),
+        "whatsapp_app_secret": SecretStr(WHATSAPP_APP_SECRET),
+        "whatsapp_verify_token": SecretStr(VERIFY_TOKEN),
+        "whatsapp_phone_number_id": PHONE_NUMBER_ID,
+        "whatsapp_graph_url": f"{graph}/v23.0",
+        "wechat_app_id": WECHAT_APP_ID,
+        "wechat_app_secret": SecretStr(WECHAT_APP_SECRET),
+        "wechat_token": SecretStr(WECHAT_TOKEN),
+        "wechat_api_base_url": wechat,
+        "teams_app_id": TEAMS_APP_ID,
+        "teams_app_password": SecretStr(TEAMS_PASSWORD),
         "teams_openid_metadata_url": f"{framework}/v1/.well-known/openidconfiguration",
-        "teams_token_url": f"{framework}/{{tenant}}/oauth2/v2.0/token", "teams_tenant_id": TEAMS_TENANT,
-        "line_channel_secret": SecretStr(LINE_SECRET), "line_channel_access_token": SecretStr(LINE_TOKEN),
-        "line_api_base_url": line, "line_data_api_base_url": line,
-        "viber_auth_token": SecretStr(VIBER_TOKEN), "viber_api_base_url": viber, "viber_media_hosts": "127.0.0.1",
-        "api_channels": {API_CHANNEL: ApiChannelSettings(secret=SecretStr(API_SECRET), callback_url=f"{callback}/callback",
-                                                         media_hosts=["127.0.0.1"])},
+        "teams_token_url": f"{framework}/{{tenant}}/oauth2/v2.0/token",
+        "teams_tenant_id": TEAMS_TENANT,
+        "line_channel_secret": SecretStr(LINE_SECRET),
+        "line_channel_access_token": SecretStr(LINE_TOKEN),
+        "line_api_base_url": line,
+        "line_data_api_base_url": line,
+        "viber_auth_token": SecretStr(VIBER_TOKEN),
+        "viber_api_base_url": viber,
+        "viber_media_hosts": "127.0.0.1",
+        "api_channels": {
+            API_CHANNEL: ApiChannelSettings(
+                secret=SecretStr(API_SECRET), callback_url=f"{callback}/callback", media_hosts=["127.0.0.1"]
+            )
+        },
         "fetch_insecure_hosts": "127.0.0.1",  # the fakes are on loopback, over http
     }
 
@@ -187,8 +235,10 @@ def channel_env(database_url: str, folder: Path, **urls: str) -> dict[str, str]:
     """The same settings as environment variables, for a `warranty-bot serve` process."""
     values = channel_values(database_url, folder, **urls)
     values.pop("api_channels")  # a mapping, not one variable: the generic API channel is tested in process
-    return {name.upper(): value.get_secret_value() if isinstance(value, SecretStr) else str(value)
-            for name, value in values.items()}
+    return {
+        name.upper(): value.get_secret_value() if isinstance(value, SecretStr) else str(value)
+        for name, value in values.items()
+    }
 
 
 @contextmanager
@@ -213,21 +263,25 @@ def fakes() -> Iterator[tuple[FakeTelegram, FakeSlack, FakeGraph, FakeWeChat, Bo
     """The fake APIs on loopback (LINE's, Viber's and the API channel's callback too), and their base URLs by
     name."""
     telegram = FakeTelegram(token=TELEGRAM_TOKEN)
-    slack = FakeSlack(users={ENGINEER: "Li Wei", OUTSIDER: "Pat Outsider", MEMBER: "Ana Ruiz"},
-                      members=["U07WBOT9RZ2", ENGINEER, MEMBER])
+    slack = FakeSlack(
+        users={ENGINEER: "Li Wei", OUTSIDER: "Pat Outsider", MEMBER: "Ana Ruiz"},
+        members=["U07WBOT9RZ2", ENGINEER, MEMBER],
+    )
     graph = FakeGraph(access_token=WHATSAPP_ACCESS_TOKEN, phone_number_id=PHONE_NUMBER_ID)
     wechat = FakeWeChat(app_id=WECHAT_APP_ID, app_secret=WECHAT_APP_SECRET)
     framework = BotFramework(app_id=TEAMS_APP_ID, app_password=TEAMS_PASSWORD)
     with ExitStack() as stack:
         stack.enter_context(tracebacks_without_carets())
-        urls = {"telegram": stack.enter_context(serve(telegram.app())),
-                "slack": stack.enter_context(serve(fake_slack_app(slack))),
-                "graph": stack.enter_context(serve(graph.app())),
-                "wechat": stack.enter_context(serve(wechat.app())),
-                "framework": stack.enter_context(serve(framework.app())),
-                "line": stack.enter_context(serve(FakeLine(access_token=LINE_TOKEN).app())),
-                "viber": stack.enter_context(serve(FakeViber(auth_token=VIBER_TOKEN).app())),
-                "callback": stack.enter_context(serve(FakeCallback(secret=API_SECRET).app()))}
+        urls = {
+            "telegram": stack.enter_context(serve(telegram.app())),
+            "slack": stack.enter_context(serve(fake_slack_app(slack))),
+            "graph": stack.enter_context(serve(graph.app())),
+            "wechat": stack.enter_context(serve(wechat.app())),
+            "framework": stack.enter_context(serve(framework.app())),
+            "line": stack.enter_context(serve(FakeLine(access_token=LINE_TOKEN).app())),
+            "viber": stack.enter_context(serve(FakeViber(auth_token=VIBER_TOKEN).app())),
+            "callback": stack.enter_context(serve(FakeCallback(secret=API_SECRET).app())),
+        }
         yield telegram, slack, graph, wechat, framework, urls
 
 
@@ -241,11 +295,29 @@ def running(database_url: str, folder: Path, **extra: Any) -> Iterator[Stack]:
         bot = build(settings)
         import_registry(bot.db, REGISTRY, policy=bot.policy)
         app = create_app(bot)
-        assert sorted(app.state.channels) == ["api", "line", "localdesk", "slack", "teams", "telegram", "viber",
-                                              "webchat", "wechat", "whatsapp"]
+        assert sorted(app.state.channels) == [
+            "api",
+            "line",
+            "localdesk",
+            "slack",
+            "teams",
+            "telegram",
+            "viber",
+            "webchat",
+            "wechat",
+            "whatsapp",
+        ]
         try:
             with serve(app) as url:
-                yield Stack(bot=bot, url=url, telegram=telegram, slack=slack, graph=graph, wechat=wechat,
-                            framework=framework, framework_url=urls["framework"])
+                yield Stack(
+                    bot=bot,
+                    url=url,
+                    telegram=telegram,
+                    slack=slack,
+                    graph=graph,
+                    wechat=wechat,
+                    framework=framework,
+                    framework_url=urls["framework"],
+                )
         finally:
             bot.db.dispose()

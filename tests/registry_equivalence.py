@@ -22,6 +22,7 @@ from typing import Any
 
 import openpyxl
 from sqlalchemy import Engine, select
+from sqlmodel import SQLModel
 
 from bot.registry import RegistryImportError, import_registry
 from bot.store.models import RegistryOrder, RegistryUnit
@@ -46,7 +47,13 @@ LETTERS = "ABCDEFGHJK"
 
 
 def _customer(order: int) -> str:
-    names = ["Lima Fleet SAC", "Andes Tire & Parts, Ltda.", 'Gulf "Auto" Trading', "Nairobi Motor", "Café Ágil"]
+    names = [
+        "Lima Fleet SAC",
+        "Andes Tire & Parts, Ltda.",
+        'Gulf "Auto" Trading',
+        "Nairobi Motor",
+        "Café Ágil",
+    ]
     return f"{names[order % len(names)]} {order}"
 
 
@@ -95,12 +102,26 @@ def generated_rows(orders: int = 40, *, changed: bool = False) -> list[list[obje
             )
             number += size + (order % 4)
     if changed:
-        rows.append(["PO-26-9000", "New Customer", "CSP2604D0001", "CSP2604D0060", "2026-04-10", "2026-06-01",
-                     "false", "60", "18000.00", "USD"])
+        rows.append(
+            [
+                "PO-26-9000",
+                "New Customer",
+                "CSP2604D0001",
+                "CSP2604D0060",
+                "2026-04-10",
+                "2026-06-01",
+                "false",
+                "60",
+                "18000.00",
+                "USD",
+            ]
+        )
     return rows
 
 
-def csv_bytes(rows: list[list[object]], *, delimiter: str = ",", bom: bool = False, crlf: bool = False) -> bytes:
+def csv_bytes(
+    rows: list[list[object]], *, delimiter: str = ",", bom: bool = False, crlf: bool = False
+) -> bytes:
     import csv
     import io
 
@@ -156,11 +177,30 @@ def bad_rows() -> list[list[object]]:
     rows[3][6] = "maybe"
     rows[5][1] = f"{rows[5][1]} Ltd"  # conflicts with the order's first row
     rows[5][9] = "GBP"
-    rows.insert(7, ["PO-99", "Multi\nline, customer", "CSP2404D0150", "", "2024-02-10", "2024-03-10", "false", "1",
-                    "1.00", "USD"])  # repeats a serial of the first order; spans two lines
-    rows.insert(9, ["PO-98", "X", "CSP2404D0390", "CSP2404D0420", "2024-01-01", "2024-01-05", "no", "", "", ""])
-    rows.append(["PO-97", "Y", "CSP2402A0200..0210", "", "2024-02-10", "2023-02-10", "1", "ten", "1.001", "US"])
-    rows.append(["PO-96", "Z", "CSP2402A0300", "CSP2402A0200", "2024-02-10", "2024-03-01", "0", "3", "3", "EUR"])
+    rows.insert(
+        7,
+        [
+            "PO-99",
+            "Multi\nline, customer",
+            "CSP2404D0150",
+            "",
+            "2024-02-10",
+            "2024-03-10",
+            "false",
+            "1",
+            "1.00",
+            "USD",
+        ],
+    )  # repeats a serial of the first order; spans two lines
+    rows.insert(
+        9, ["PO-98", "X", "CSP2404D0390", "CSP2404D0420", "2024-01-01", "2024-01-05", "no", "", "", ""]
+    )
+    rows.append(
+        ["PO-97", "Y", "CSP2402A0200..0210", "", "2024-02-10", "2023-02-10", "1", "ten", "1.001", "US"]
+    )
+    rows.append(
+        ["PO-96", "Z", "CSP2402A0300", "CSP2402A0200", "2024-02-10", "2024-03-01", "0", "3", "3", "EUR"]
+    )
     return rows
 
 
@@ -186,9 +226,14 @@ def scenarios() -> dict[str, Scenario]:
             ("changed.csv", _file("changed.csv", csv_bytes(generated_rows(changed=True), crlf=True))),
         ],
         "semicolons-bom-crlf": [
-            ("semicolons.csv", _file("semicolons.csv", csv_bytes(semicolon_rows(), delimiter=";", bom=True, crlf=True))),
+            (
+                "semicolons.csv",
+                _file("semicolons.csv", csv_bytes(semicolon_rows(), delimiter=";", bom=True, crlf=True)),
+            ),
         ],
-        "xlsx": [("generated.xlsx", lambda workdir: xlsx_file(workdir / "generated.xlsx", generated_rows(25)))],
+        "xlsx": [
+            ("generated.xlsx", lambda workdir: xlsx_file(workdir / "generated.xlsx", generated_rows(25)))
+        ],
         "bad-rows": [
             ("registry-sample.csv", lambda _: SAMPLE),
             ("bad.csv", _file("bad.csv", csv_bytes(bad_rows()))),
@@ -199,16 +244,28 @@ def scenarios() -> dict[str, Scenario]:
 
 def dump(engine: Engine) -> dict[str, Any]:
     """The registry as plain values, sorted by key, and a digest of it."""
+    orders_table = SQLModel.metadata.tables[str(RegistryOrder.__tablename__)]
+    units_table = SQLModel.metadata.tables[str(RegistryUnit.__tablename__)]
     with engine.connect() as connection:
         orders = [
-            [r.order_id, r.customer, bool(r.cargo_compensation), r.order_pieces,
-             None if r.order_total is None else f"{Decimal(str(r.order_total)):.2f}", r.currency]
-            for r in connection.execute(select(RegistryOrder.__table__).order_by(RegistryOrder.__table__.c.order_id))  # type: ignore[attr-defined]
+            [
+                r.order_id,
+                r.customer,
+                bool(r.cargo_compensation),
+                r.order_pieces,
+                None if r.order_total is None else f"{Decimal(str(r.order_total)):.2f}",
+                r.currency,
+            ]
+            for r in connection.execute(select(orders_table).order_by(orders_table.c.order_id))
         ]
         units = [
-            [r.serial, r.order_id, None if r.production_date is None else r.production_date.isoformat(),
-             None if r.port_arrival_date is None else r.port_arrival_date.isoformat()]
-            for r in connection.execute(select(RegistryUnit.__table__).order_by(RegistryUnit.__table__.c.serial))  # type: ignore[attr-defined]
+            [
+                r.serial,
+                r.order_id,
+                None if r.production_date is None else r.production_date.isoformat(),
+                None if r.port_arrival_date is None else r.port_arrival_date.isoformat(),
+            ]
+            for r in connection.execute(select(units_table).order_by(units_table.c.serial))
         ]
     canonical = json.dumps([orders, units], separators=(",", ":")).encode()
     return {"orders": len(orders), "units": len(units), "sha256": hashlib.sha256(canonical).hexdigest()}

@@ -22,7 +22,11 @@ T = TypeVar("T")
 
 
 def wait_until(
-    probe: Callable[[], T | Literal[False] | None], *, timeout: float = 15.0, interval: float = 0.05, what: str = "condition"
+    probe: Callable[[], T | Literal[False] | None],
+    *,
+    timeout: float = 15.0,
+    interval: float = 0.05,
+    what: str = "condition",
 ) -> T:
     """Call `probe` until it returns something truthy (so never None or False: the type says so); fail the
     test after `timeout` seconds."""
@@ -47,8 +51,14 @@ class Server:
         self.workdir = workdir
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.env = {**os.environ, "DATABASE_URL": database_url, "DESK_TOKEN": TOKEN, "LOG_LEVEL": "WARNING",
-                    "ATTACHMENTS_DIR": str(workdir / "files"), "OUTBOX_POLL_SECONDS": "0.1"}
+        self.env = {
+            **os.environ,
+            "DATABASE_URL": database_url,
+            "DESK_TOKEN": TOKEN,
+            "LOG_LEVEL": "WARNING",
+            "ATTACHMENTS_DIR": str(workdir / "files"),
+            "OUTBOX_POLL_SECONDS": "0.1",
+        }
         self.process: subprocess.Popen[bytes] | None = None
         self.log = workdir / f"server-{self.port}.log"
 
@@ -57,7 +67,10 @@ class Server:
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "bot.cli", "serve", "--port", str(self.port)],
-                cwd=self.workdir, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                cwd=self.workdir,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
             )
         wait_until(self._healthy, timeout=30, what="the server to answer /healthz")
 
@@ -89,7 +102,11 @@ def send(server: Server, session: str, text: str, *, expect_reply: str | None = 
     assert response.status_code == 202, response.text
 
     def answered() -> list[dict[str, Any]] | None:
-        new = [m for m in messages(server, session, before[-1]["id"] if before else 0) if m["author"] != "customer"]
+        new = [
+            m
+            for m in messages(server, session, before[-1]["id"] if before else 0)
+            if m["author"] != "customer"
+        ]
         if expect_reply is None:
             return new or None
         return new if any(expect_reply in m["text"] for m in new) else None

@@ -1,7 +1,6 @@
 """The templates' contexts for rendering every customer text in every language (tests/test_i18n.py,
 tests/test_customer_texts.py): sample values of every variable, and the variables and macros a template uses."""
 
-
 from __future__ import annotations
 
 from datetime import date
@@ -22,7 +21,19 @@ SOURCE = RENDERER.env  # the renderer's own environment: same loader, syntax opt
 ENGLISH = sorted(path.stem for path in (TEMPLATES / "en").glob("*.j2") if path.stem != "labels")
 # Names the renderer puts in every template's context itself (bot/render.py Renderer._context).
 RENDERER_NAMES = frozenset(
-    {"lang", "policy", "reasons", "clause", "meanings", "date", "weekday", "money", "number", "months", "percent"}
+    {
+        "lang",
+        "policy",
+        "reasons",
+        "clause",
+        "meanings",
+        "date",
+        "weekday",
+        "money",
+        "number",
+        "months",
+        "percent",
+    }
 )
 
 
@@ -43,8 +54,12 @@ def sample_decision(serial: str, **claim: Any) -> Any:
 
 COVERED = sample_decision("CSP2402A0153", port_arrival_date=date(2024, 4, 10), proof=Proof.registry)
 REVIEW = sample_decision("CSP2402A0154", port_arrival_date=date(2023, 12, 1), proof=Proof.registry)
-PRELIMINARY = sample_decision("CSP2402A0155", port_arrival_date=date(2024, 4, 10), proof=Proof.registry,
-                        circumstances=Circumstances(human_damage=True))
+PRELIMINARY = sample_decision(
+    "CSP2402A0155",
+    port_arrival_date=date(2024, 4, 10),
+    proof=Proof.registry,
+    circumstances=Circumstances(human_damage=True),
+)
 EXPIRED = sample_decision("CSP2001A0001")
 
 
@@ -108,46 +123,104 @@ VALUES: dict[str, Any] = {
 
 # The branches of each template, as changes to the base context.
 VARIANTS: dict[str, list[dict[str, Any]]] = {
-    "ask_preference": [{"discounts": []},
-                       {"discounts": [*VALUES["discounts"], {"order_id": "PO-88200", "amount": Decimal("80.5"),
-                                                             "currency": "EUR"}]}],
-    "ask_proof": [{"count": 3, "unregistered": SERIALS[:3]},
-                  {"count": 3, "unregistered": SERIALS[:1], "serials": SERIALS[:3]}],
-    "attachment_rejected": [{"files": [{"name": "video.mp4", "reason": "too_large"},
-                                       {"name": "notes.docx", "reason": "wrong_type"}]}],
+    "ask_preference": [
+        {"discounts": []},
+        {
+            "discounts": [
+                *VALUES["discounts"],
+                {"order_id": "PO-88200", "amount": Decimal("80.5"), "currency": "EUR"},
+            ]
+        },
+    ],
+    "ask_proof": [
+        {"count": 3, "unregistered": SERIALS[:3]},
+        {"count": 3, "unregistered": SERIALS[:1], "serials": SERIALS[:3]},
+    ],
+    "attachment_rejected": [
+        {
+            "files": [
+                {"name": "video.mp4", "reason": "too_large"},
+                {"name": "notes.docx", "reason": "wrong_type"},
+            ]
+        }
+    ],
     "cause_reask": [{"offer_human": True}],
     "confirm_serials": [{"stated": None, "count": 3, "serials": SERIALS[:3]}],
     "next_steps": [{"refused": False}, {"documents_help": False}],
     "refusal_case_opened": [{"cargo": True}, {"documents_help": False}],
-    "decision": [{"units": 10, "groups": [decision_group(COVERED, *SERIALS[:7]), decision_group(REVIEW, "CSP2402A0154"),
-                                          decision_group(PRELIMINARY, "CSP2402A0155"), decision_group(EXPIRED, "CSP2001A0001")]},
-                 {"units": 1, "groups": [decision_group(EXPIRED, "CSP2001A0001")]}],
+    "decision": [
+        {
+            "units": 10,
+            "groups": [
+                decision_group(COVERED, *SERIALS[:7]),
+                decision_group(REVIEW, "CSP2402A0154"),
+                decision_group(PRELIMINARY, "CSP2402A0155"),
+                decision_group(EXPIRED, "CSP2001A0001"),
+            ],
+        },
+        {"units": 1, "groups": [decision_group(EXPIRED, "CSP2001A0001")]},
+    ],
     "fault_reask": [{"offer_human": True}],
     "help": [{"case_ref": None}],
-    "fulfilment": [{"step": step} for step in (
-        "shipment_noted", "received", "diagnosed", "repaired", "shipped_back", "parts_listed", "parts_shipped",
-        "guidance", "ask_fixed", "fixed", "not_fixed", "slots", "slot_reask", "visit_booked", "visit_reminder",
-        "visited", "ship_reminder", "credit_available", "cargo")] + [
-        {"address": "", "packing_note": ""}, {"goodwill": "chargeable"}, {"step": "ship_reminder", "address": ""},
+    "fulfilment": [
+        {"step": step}
+        for step in (
+            "shipment_noted",
+            "received",
+            "diagnosed",
+            "repaired",
+            "shipped_back",
+            "parts_listed",
+            "parts_shipped",
+            "guidance",
+            "ask_fixed",
+            "fixed",
+            "not_fixed",
+            "slots",
+            "slot_reask",
+            "visit_booked",
+            "visit_reminder",
+            "visited",
+            "ship_reminder",
+            "credit_available",
+            "cargo",
+        )
+    ]
+    + [
+        {"address": "", "packing_note": ""},
+        {"goodwill": "chargeable"},
+        {"step": "ship_reminder", "address": ""},
         {"step": "shipment_noted", "carrier": None},
-        {"step": "cargo", "orders": [{"order_id": "PO-9", "order_pieces": None, "cargo_pieces": None}]}],
+        {"step": "cargo", "orders": [{"order_id": "PO-9", "order_pieces": None, "cargo_pieces": None}]},
+    ],
     "method_discount_compensation": [{"amount": None}],
-    "method_goodwill": [{"method": "remote_guidance"}, {"method": "door_to_door"},
-                        {"method": "discount_compensation"}, {"method": "discount_compensation", "amount": None}],
+    "method_goodwill": [
+        {"method": "remote_guidance"},
+        {"method": "door_to_door"},
+        {"method": "discount_compensation"},
+        {"method": "discount_compensation", "amount": None},
+    ],
     "method_chargeable": [{"method": "remote_guidance"}, {"method": "door_to_door"}],
     "method_not_covered": [{"clauses": []}],
     "preference_reask": [{"offer_human": True}],
     "proof_reask": [{"offer_human": True}],
     "relayed": [{"case_status": "claimed"}],
     "serial_reask": [{"attempt": None}, {"offer_human": True}],
-    "status": [*({"case_status": status} for status in ("claimed", "waiting_customer", "in_service", "resolved",
-                                                        "closed", "archived")),
-               {"case_ref": None, "state": "new"}, {"case_ref": None, "serials": SERIALS[:3]},
-               {"case_ref": None, "serials": []}],
-    "units_received": [{"registered": ["CSP2402A0153"]},
-                       {"count": 12, "serials": SERIALS, "registered": SERIALS[:1]},
-                       {"count": 12, "serials": SERIALS, "registered": SERIALS[:3]},
-                       {"count": 2, "serials": SERIALS[:2], "registered": []}],
+    "status": [
+        *(
+            {"case_status": status}
+            for status in ("claimed", "waiting_customer", "in_service", "resolved", "closed", "archived")
+        ),
+        {"case_ref": None, "state": "new"},
+        {"case_ref": None, "serials": SERIALS[:3]},
+        {"case_ref": None, "serials": []},
+    ],
+    "units_received": [
+        {"registered": ["CSP2402A0153"]},
+        {"count": 12, "serials": SERIALS, "registered": SERIALS[:1]},
+        {"count": 12, "serials": SERIALS, "registered": SERIALS[:3]},
+        {"count": 2, "serials": SERIALS[:2], "registered": []},
+    ],
 }
 
 
@@ -162,7 +235,11 @@ def contexts(template: str) -> list[dict[str, Any]]:
     assert not missing, f"add realistic values for {missing} (templates/en/{template}.j2) to VALUES"
     # A name the renderer provides is a parameter only where the conversation passes it as one.
     shadowing = SHADOWING.get(template, set())
-    base = {name: VALUES[name] for name in names if name in VALUES and (name not in RENDERER_NAMES or name in shadowing)}
+    base = {
+        name: VALUES[name]
+        for name in names
+        if name in VALUES and (name not in RENDERER_NAMES or name in shadowing)
+    }
     return [base, *({**base, **change} for change in VARIANTS.get(template, []))]
 
 
@@ -172,5 +249,3 @@ def contexts(template: str) -> list[dict[str, Any]]:
 def macros(language: str) -> dict[str, Any]:
     module = SOURCE.get_template(f"{language}/labels.j2").module
     return {name: value for name, value in vars(module).items() if isinstance(value, jinja2.runtime.Macro)}
-
-

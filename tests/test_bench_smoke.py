@@ -32,8 +32,14 @@ def test_quick_run_of_every_benchmark_writes_the_tables(tmp_path: Path) -> None:
     # The targets table comes first, with a row for each target the smoke run measured on SQLite.
     assert report.index("### 0. Targets") < report.index("### 1. ")
     targets = report[report.index("### 0. Targets") : report.index("### 1. ")]
-    for target in ("the python-telegram-bot peer", "the floor", "first message after start", "engine alone",
-                   "registry import", "importer peak RSS"):
+    for target in (
+        "the python-telegram-bot peer",
+        "the floor",
+        "first message after start",
+        "engine alone",
+        "registry import",
+        "importer peak RSS",
+    ):
         assert target in targets
     assert "| 1st message after start ms | 10th message ms |" in report
     # Every table has at least one data row on SQLite, and the claims did what the script says.

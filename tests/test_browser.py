@@ -233,10 +233,20 @@ def test_desk_page_confirms_corrects_and_keeps_methods_to_the_decision(browser: 
     expect.set_options(timeout=WAIT_MS)
     bot = build(_settings(tmp_path, desk_token=DESK_TOKEN))
     # Made January 2020, in no registry, no proof: by its serial the warranty ended in 2022 (X1, X2).
-    for number, text in enumerate(("CSP2001A0001 display shows E07 and shuts down", "proof:none", "cause:normal",
-                                   "cmd:human")):
-        bot.engine.accept(InboundMessage(channel="test", external_id=f"m{number}", sender_id="c1", chat_id="c1",
-                                         text=text, received_at=utcnow(), sender_name="Ana"))
+    for number, text in enumerate(
+        ("CSP2001A0001 display shows E07 and shuts down", "proof:none", "cause:normal", "cmd:human")
+    ):
+        bot.engine.accept(
+            InboundMessage(
+                channel="test",
+                external_id=f"m{number}",
+                sender_id="c1",
+                chat_id="c1",
+                text=text,
+                received_at=utcnow(),
+                sender_name="Ana",
+            )
+        )
     bot.engine.process_pending()
     ref = bot.desk.list_cases()[0]["ref"]
     arrival = date.fromordinal(date.today().toordinal() - 100).isoformat()
@@ -500,7 +510,9 @@ def test_web_chat_waits_as_long_as_a_429_asks(browser: Any, tmp_path: Path) -> N
         expect(mine.locator(".state")).to_have_text("Sending…")  # waiting as asked: nothing is wrong
         expect(log.locator(".msg-customer[data-id]", has_text="CSP2001A0001")).to_have_count(1)
         expect(log.locator(".msg-bot", has_text="CSP2001A0001")).not_to_have_count(0)
-        posts = [status for what, status in statuses if what.startswith("POST") and what.endswith("/messages")]
+        posts = [
+            status for what, status in statuses if what.startswith("POST") and what.endswith("/messages")
+        ]
         assert posts == [202, 429, 202], posts  # one refusal, then one resend after Retry-After
         reads = [status for what, status in statuses if what.startswith("GET") and "/messages?after=" in what]
         assert 429 in reads  # the polls did meet the limit...

@@ -144,7 +144,9 @@ def test_amounts_in_reasons_and_templates_look_the_same() -> None:
 
 def test_english_dates_are_day_month_year() -> None:
     assert Formats("en").date(date(2028, 7, 31)) == "31 July 2028"
-    text = RENDERER.text("decision", language="en", units=1, groups=[decision_group(DECISIONS["in_warranty"], "X")])
+    text = RENDERER.text(
+        "decision", language="en", units=1, groups=[decision_group(DECISIONS["in_warranty"], "X")]
+    )
     assert "9 June 2026" in text and "June 9" not in text
 
 
@@ -174,7 +176,10 @@ def test_arabic_isolates_every_latin_run() -> None:
 
 def test_an_arabic_line_starting_with_a_serial_starts_inside_an_isolate() -> None:
     text = RENDERER.text(
-        "decision", language="ar", units=1, groups=[decision_group(DECISIONS["expired_serial"], "CSP2001A0001")]
+        "decision",
+        language="ar",
+        units=1,
+        groups=[decision_group(DECISIONS["expired_serial"], "CSP2001A0001")],
     )
     line = next(line for line in text.splitlines() if "CSP2001A0001" in line)
     assert line.startswith(FSI + "CSP2001A0001" + PDI)

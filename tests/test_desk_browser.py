@@ -99,10 +99,12 @@ class Customers:
 
 
 def _case_of(bot: Bot, channel: str) -> str:
-    return str(wait_until(
-        lambda: next((c["ref"] for c in bot.desk.list_cases(channel=channel)), None),
-        what=f"a case on {channel}",
-    ))
+    return str(
+        wait_until(
+            lambda: next((c["ref"] for c in bot.desk.list_cases(channel=channel)), None),
+            what=f"a case on {channel}",
+        )
+    )
 
 
 @pytest.fixture

@@ -48,33 +48,113 @@ def fuzzed(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
     with database(request.param, folder) as url, running(url, folder) as stack, stack.client() as http:
         session = http.post("/api/webchat/sessions", json={"language": "en"}).json()["session_id"]
         for text in ("hello", "CSP2402A0153", "Display shows E07 and shuts down under load", "human"):
-            assert http.post(f"/api/webchat/sessions/{session}/messages", json={"text": text}).status_code == 202
+            assert (
+                http.post(f"/api/webchat/sessions/{session}/messages", json={"text": text}).status_code == 202
+            )
         case_ref = wait_until(lambda: next(iter(stack.bot.desk.list_cases()), {}).get("ref"), what="a case")
         yield Fuzzed(stack=stack, examples=EXAMPLES[request.param], session=session, case_ref=str(case_ref))
 
 
 # --- strategies -----------------------------------------------------------------------------------------------
 
-NASTY = ("", " ", "\x00", "\ud800", "\u202e\u0644\u0627", "<script>alert(1)</script>", "{{ 7*191 }}",
-         "{% raw %}", "'; DROP TABLE inboxitem; --", "9" * 300, "é" * 600, "🔧" * 3, "\r\n\t", "+44 7700 900123",
-         "CSP2402A0153", "CSP2402A0153-CSP2402A0160", "WR-2026-000001", "cause:normal", "proof:none", "human",
-         "1", "/start", "note: x", "<!channel>", "../../etc/passwd", "%s%n%x", "null", "0" * 40)
+NASTY = (
+    "",
+    " ",
+    "\x00",
+    "\ud800",
+    "\u202e\u0644\u0627",
+    "<script>alert(1)</script>",
+    "{{ 7*191 }}",
+    "{% raw %}",
+    "'; DROP TABLE inboxitem; --",
+    "9" * 300,
+    "é" * 600,
+    "🔧" * 3,
+    "\r\n\t",
+    "+44 7700 900123",
+    "CSP2402A0153",
+    "CSP2402A0153-CSP2402A0160",
+    "WR-2026-000001",
+    "cause:normal",
+    "proof:none",
+    "human",
+    "1",
+    "/start",
+    "note: x",
+    "<!channel>",
+    "../../etc/passwd",
+    "%s%n%x",
+    "null",
+    "0" * 40,
+)
 TEXT = st.one_of(st.text(max_size=30), st.sampled_from(NASTY))
-SCALAR = st.one_of(st.none(), st.booleans(), st.integers(min_value=-(2**70), max_value=2**70), st.floats(), TEXT)
-KEY = st.one_of(st.text(max_size=8), st.sampled_from(
-    ("type", "text", "id", "user", "event", "message", "from", "chat", "value", "actions", "view", "payload",
-     "entities", "attachments", "name", "channel", "thread_ts", "callback_id", "private_metadata")))
-JSON = st.recursive(SCALAR, lambda children: st.lists(children, max_size=3) | st.dictionaries(KEY, children,
-                                                                                               max_size=4),
-                    max_leaves=10)
-HEADER_VALUE = st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=40).map(str.strip)
+SCALAR = st.one_of(
+    st.none(), st.booleans(), st.integers(min_value=-(2**70), max_value=2**70), st.floats(), TEXT
+)
+KEY = st.one_of(
+    st.text(max_size=8),
+    st.sampled_from(
+        (
+            "type",
+            "text",
+            "id",
+            "user",
+            "event",
+            "message",
+            "from",
+            "chat",
+            "value",
+            "actions",
+            "view",
+            "payload",
+            "entities",
+            "attachments",
+            "name",
+            "channel",
+            "thread_ts",
+            "callback_id",
+            "private_metadata",
+        )
+    ),
+)
+JSON = st.recursive(
+    SCALAR,
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(KEY, children, max_size=4),
+    max_leaves=10,
+)
+HEADER_VALUE = st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=40).map(
+    str.strip
+)
 # Headers a client may send anywhere; never ones that frame the request (Host, Content-Length, Transfer-Encoding).
 EXTRA_HEADERS = st.dictionaries(
-    st.sampled_from(("Accept", "Accept-Encoding", "Accept-Language", "Cookie", "X-Forwarded-For", "Origin",
-                     "X-Slack-Retry-Num", "X-Slack-Retry-Reason", "X-Engineer", "User-Agent")),
-    HEADER_VALUE, max_size=3)
-CONTENT_TYPES = st.sampled_from(("application/json", "application/x-www-form-urlencoded", "text/xml", "text/plain",
-                                 "multipart/form-data; boundary=x", "application/json; charset=latin-1", ""))
+    st.sampled_from(
+        (
+            "Accept",
+            "Accept-Encoding",
+            "Accept-Language",
+            "Cookie",
+            "X-Forwarded-For",
+            "Origin",
+            "X-Slack-Retry-Num",
+            "X-Slack-Retry-Reason",
+            "X-Engineer",
+            "User-Agent",
+        )
+    ),
+    HEADER_VALUE,
+    max_size=3,
+)
+CONTENT_TYPES = st.sampled_from(
+    (
+        "application/json",
+        "application/x-www-form-urlencoded",
+        "text/xml",
+        "text/plain",
+        "multipart/form-data; boundary=x",
+        "application/json; charset=latin-1",
+        "",
+    )
+)
 
 
 def sendable(text: str) -> str:
@@ -134,17 +214,26 @@ def bodies(channel: str, names: Sequence[str]) -> st.SearchStrategy[bytes]:
 # --- the runner ---------------------------------------------------------------------------------------------------
 
 
-def fuzz(fuzzed: Fuzzed, strategy: st.SearchStrategy[Any],
-         request: Callable[[httpx.Client, Any], tuple[httpx.Response, frozenset[int]]]) -> None:
+def fuzz(
+    fuzzed: Fuzzed,
+    strategy: st.SearchStrategy[Any],
+    request: Callable[[httpx.Client, Any], tuple[httpx.Response, frozenset[int]]],
+) -> None:
     """Send what `strategy` draws; every answer must be one of the statuses `request` allows, never a 5xx.
 
     Problems are collected rather than raised inside Hypothesis, so that one run reports every kind found.
     """
     problems: dict[tuple[int, str], str] = {}
     with fuzzed.stack.client() as http:
-        @settings(max_examples=fuzzed.examples, deadline=None, derandomize=True, database=None,
-                  phases=(Phase.explicit, Phase.generate),  # shrinking would replay hundreds of requests
-                  suppress_health_check=list(HealthCheck))
+
+        @settings(
+            max_examples=fuzzed.examples,
+            deadline=None,
+            derandomize=True,
+            database=None,
+            phases=(Phase.explicit, Phase.generate),  # shrinking would replay hundreds of requests
+            suppress_health_check=list(HealthCheck),
+        )
         @given(strategy)
         def run(drawn: Any) -> None:
             try:
@@ -166,54 +255,107 @@ def fuzz(fuzzed: Fuzzed, strategy: st.SearchStrategy[Any],
 
 
 def test_web_chat_sessions(fuzzed: Fuzzed) -> None:
-    def request(http: httpx.Client, drawn: tuple[bytes, str, dict[str, str]]) -> tuple[httpx.Response, frozenset[int]]:
+    def request(
+        http: httpx.Client, drawn: tuple[bytes, str, dict[str, str]]
+    ) -> tuple[httpx.Response, frozenset[int]]:
         body, content_type, headers = drawn
-        answer = http.post("/api/webchat/sessions", content=body, headers={"Content-Type": content_type, **headers})
+        answer = http.post(
+            "/api/webchat/sessions", content=body, headers={"Content-Type": content_type, **headers}
+        )
         return answer, frozenset({201, 400, 415, 422})  # 415: a body not declared JSON
 
     language = st.fixed_dictionaries({}, optional={"language": JSON})
-    fuzz(fuzzed, st.tuples(st.one_of(RAW, st.builds(encode, language, st.booleans())), CONTENT_TYPES, EXTRA_HEADERS),
-         request)
+    fuzz(
+        fuzzed,
+        st.tuples(st.one_of(RAW, st.builds(encode, language, st.booleans())), CONTENT_TYPES, EXTRA_HEADERS),
+        request,
+    )
 
 
 def test_web_chat_messages(fuzzed: Fuzzed) -> None:
-    sessions = st.one_of(st.just(fuzzed.session), st.just(fuzzed.session), TEXT,
-                         st.just(fuzzed.session[:-1] + "A"), st.just(fuzzed.session + "/../x"))
-    message = st.fixed_dictionaries({}, optional={"text": st.one_of(TEXT, JSON), "client_id": st.one_of(TEXT, JSON)})
-    body = st.one_of(st.builds(encode, message, st.booleans()), st.builds(encode, message, st.booleans()), RAW)
+    sessions = st.one_of(
+        st.just(fuzzed.session),
+        st.just(fuzzed.session),
+        TEXT,
+        st.just(fuzzed.session[:-1] + "A"),
+        st.just(fuzzed.session + "/../x"),
+    )
+    message = st.fixed_dictionaries(
+        {}, optional={"text": st.one_of(TEXT, JSON), "client_id": st.one_of(TEXT, JSON)}
+    )
+    body = st.one_of(
+        st.builds(encode, message, st.booleans()), st.builds(encode, message, st.booleans()), RAW
+    )
     after = st.one_of(st.integers(min_value=-5, max_value=10**20).map(str), TEXT)
 
-    def request(http: httpx.Client, drawn: tuple[str, bytes, str, bool, dict[str, str]]
-                ) -> tuple[httpx.Response, frozenset[int]]:
+    def request(
+        http: httpx.Client, drawn: tuple[str, bytes, str, bool, dict[str, str]]
+    ) -> tuple[httpx.Response, frozenset[int]]:
         session, content, after_value, read, headers = drawn
         path = f"/api/webchat/sessions/{quote(session.encode('utf-8', 'surrogatepass'), safe='')}/messages"
         if read:
-            return http.get(path, params={"after": sendable(after_value)}, headers=headers), frozenset({200, 400, 404, 422})
-        return (http.post(path, content=content, headers={"Content-Type": "application/json", **headers}),
-                frozenset({202, 400, 404, 405, 415, 422}))
+            return http.get(path, params={"after": sendable(after_value)}, headers=headers), frozenset(
+                {200, 400, 404, 422}
+            )
+        return (
+            http.post(path, content=content, headers={"Content-Type": "application/json", **headers}),
+            frozenset({202, 400, 404, 405, 415, 422}),
+        )
 
     fuzz(fuzzed, st.tuples(sessions, body, after, st.booleans(), EXTRA_HEADERS), request)
 
 
-MAGIC = st.sampled_from((b"", b"%PDF-1.4\n", b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff\xe0", b"MZ\x90\x00", b"GIF89a",
-                         b"RIFF\x00\x00\x00\x00WEBP", b"#!AMR\n", b"OggS"))
-MIME = st.one_of(st.sampled_from(("application/pdf", "image/png", "image/jpeg", "application/x-msdownload",
-                                  "image/svg+xml", "text/html", "audio/ogg", "image/webp")), HEADER_VALUE)
+MAGIC = st.sampled_from(
+    (
+        b"",
+        b"%PDF-1.4\n",
+        b"\x89PNG\r\n\x1a\n",
+        b"\xff\xd8\xff\xe0",
+        b"MZ\x90\x00",
+        b"GIF89a",
+        b"RIFF\x00\x00\x00\x00WEBP",
+        b"#!AMR\n",
+        b"OggS",
+    )
+)
+MIME = st.one_of(
+    st.sampled_from(
+        (
+            "application/pdf",
+            "image/png",
+            "image/jpeg",
+            "application/x-msdownload",
+            "image/svg+xml",
+            "text/html",
+            "audio/ogg",
+            "image/webp",
+        )
+    ),
+    HEADER_VALUE,
+)
 
 
 def test_web_chat_files(fuzzed: Fuzzed) -> None:
-    name = st.one_of(st.text(alphabet=st.characters(codec="utf-8", exclude_characters="\r\n\"\\"), max_size=40),
-                     st.sampled_from(("invoice.pdf", "../../../etc/passwd", "setup.exe.pdf", "a" * 300, ".", "")))
-    upload = st.tuples(name, st.builds(lambda magic, rest: magic + rest, MAGIC, st.binary(max_size=200)), MIME,
-                       st.one_of(st.none(), TEXT.filter(lambda t: "\ud800" not in t)))
+    name = st.one_of(
+        st.text(alphabet=st.characters(codec="utf-8", exclude_characters='\r\n"\\'), max_size=40),
+        st.sampled_from(("invoice.pdf", "../../../etc/passwd", "setup.exe.pdf", "a" * 300, ".", "")),
+    )
+    upload = st.tuples(
+        name,
+        st.builds(lambda magic, rest: magic + rest, MAGIC, st.binary(max_size=200)),
+        MIME,
+        st.one_of(st.none(), TEXT.filter(lambda t: "\ud800" not in t)),
+    )
 
-    def request(http: httpx.Client, drawn: tuple[tuple[str, bytes, str, str | None], bool, bytes]
-                ) -> tuple[httpx.Response, frozenset[int]]:
+    def request(
+        http: httpx.Client, drawn: tuple[tuple[str, bytes, str, str | None], bool, bytes]
+    ) -> tuple[httpx.Response, frozenset[int]]:
         (filename, data, mime, caption), multipart, raw = drawn
         path = f"/api/webchat/sessions/{fuzzed.session}/files"
         if not multipart:
-            return http.post(path, content=raw, headers={"Content-Type": "multipart/form-data; boundary=b"}), \
-                frozenset({400, 422})
+            return http.post(
+                path, content=raw, headers={"Content-Type": "multipart/form-data; boundary=b"}
+            ), frozenset({400, 422})
         form = {"text": caption} if caption is not None else None
         return http.post(path, files={"file": (filename, data, mime)}, data=form), frozenset({202, 400, 422})
 
@@ -224,27 +366,61 @@ def test_web_chat_files(fuzzed: Fuzzed) -> None:
 
 
 def test_desk_api(fuzzed: Fuzzed) -> None:
-    actions = st.sampled_from(("GET", "GET /", "POST /messages", "POST /claim", "POST /ask", "POST /method",
-                               "POST /close", "GET /attachments/1", "GET /attachments/999999999999"))
+    actions = st.sampled_from(
+        (
+            "GET",
+            "GET /",
+            "POST /messages",
+            "POST /claim",
+            "POST /ask",
+            "POST /method",
+            "POST /close",
+            "GET /attachments/1",
+            "GET /attachments/999999999999",
+        )
+    )
     refs = st.one_of(st.just(fuzzed.case_ref), st.just(fuzzed.case_ref.lower()), TEXT)
-    fields = st.fixed_dictionaries({}, optional={"text": JSON, "internal": JSON, "question": JSON, "method": st.one_of(
-        st.sampled_from(("factory_repair", "door_to_door", "not_covered", "replacement")), JSON),
-        "reason": JSON, "clauses": JSON, "engineer": JSON})
+    fields = st.fixed_dictionaries(
+        {},
+        optional={
+            "text": JSON,
+            "internal": JSON,
+            "question": JSON,
+            "method": st.one_of(
+                st.sampled_from(("factory_repair", "door_to_door", "not_covered", "replacement")), JSON
+            ),
+            "reason": JSON,
+            "clauses": JSON,
+            "engineer": JSON,
+        },
+    )
     body = st.one_of(st.builds(encode, fields, st.booleans()), RAW)
-    query = st.fixed_dictionaries({}, optional={"status": st.one_of(st.sampled_from(("open", "closed")), TEXT),
-                                                "q": TEXT})
-    auth: st.SearchStrategy[dict[str, str]] = st.one_of(st.just(DESK_AUTH), st.just(DESK_AUTH), st.just(DESK_AUTH),
-                     st.fixed_dictionaries({"Authorization": HEADER_VALUE}), st.just({}))
+    query = st.fixed_dictionaries(
+        {}, optional={"status": st.one_of(st.sampled_from(("open", "closed")), TEXT), "q": TEXT}
+    )
+    auth: st.SearchStrategy[dict[str, str]] = st.one_of(
+        st.just(DESK_AUTH),
+        st.just(DESK_AUTH),
+        st.just(DESK_AUTH),
+        st.fixed_dictionaries({"Authorization": HEADER_VALUE}),
+        st.just({}),
+    )
 
-    def request(http: httpx.Client, drawn: tuple[str, str, bytes, dict[str, Any], dict[str, str]]
-                ) -> tuple[httpx.Response, frozenset[int]]:
+    def request(
+        http: httpx.Client, drawn: tuple[str, str, bytes, dict[str, Any], dict[str, str]]
+    ) -> tuple[httpx.Response, frozenset[int]]:
         action, ref, content, params, headers = drawn
         method, _, suffix = action.partition(" ")
         ref = quote(ref.encode("utf-8", "surrogatepass"), safe="")
         path = "/api/desk/cases" if action == "GET" else f"/api/desk/cases/{ref}{suffix.rstrip('/')}"
         params = {k: sendable(v) for k, v in params.items()}
-        answer = http.request(method, path, content=content if method == "POST" else None, params=params,
-                              headers={"Content-Type": "application/json", **headers} if method == "POST" else headers)
+        answer = http.request(
+            method,
+            path,
+            content=content if method == "POST" else None,
+            params=params,
+            headers={"Content-Type": "application/json", **headers} if method == "POST" else headers,
+        )
         return answer, frozenset({200, 400, 401, 404, 405, 409, 415, 422})
 
     fuzz(fuzzed, st.tuples(actions, refs, body, query, auth), request)
@@ -255,12 +431,26 @@ def test_desk_api(fuzzed: Fuzzed) -> None:
 
 @st.composite
 def telegram_updates(draw: st.DrawFn) -> bytes:
-    sample = draw(st.sampled_from([json_sample("telegram", n) for n in (
-        "text_start.json", "text_serial.json", "photo.json", "document_invoice.json", "callback_query.json",
-        "edited_message.json")]))
+    sample = draw(
+        st.sampled_from(
+            [
+                json_sample("telegram", n)
+                for n in (
+                    "text_start.json",
+                    "text_serial.json",
+                    "photo.json",
+                    "document_invoice.json",
+                    "callback_query.json",
+                    "edited_message.json",
+                )
+            ]
+        )
+    )
     document = draw(mutated(sample))
     if isinstance(document, dict) and draw(st.booleans()):
-        document["update_id"] = draw(st.integers(min_value=0, max_value=2**40))  # mostly new updates, not redeliveries
+        document["update_id"] = draw(
+            st.integers(min_value=0, max_value=2**40)
+        )  # mostly new updates, not redeliveries
     return encode(document, draw(st.booleans()))
 
 
@@ -268,12 +458,16 @@ def test_telegram_webhook(fuzzed: Fuzzed) -> None:
     secret = fuzzed.stack.bot.settings.telegram_webhook_secret
     assert secret is not None
 
-    def request(http: httpx.Client, drawn: tuple[bytes, str | None, dict[str, str]]
-                ) -> tuple[httpx.Response, frozenset[int]]:
+    def request(
+        http: httpx.Client, drawn: tuple[bytes, str | None, dict[str, str]]
+    ) -> tuple[httpx.Response, frozenset[int]]:
         body, forged, headers = drawn
         given = secret.get_secret_value() if forged is None else forged
-        answer = http.post(telegram.WEBHOOK_PATH, content=body,
-                           headers={**headers, "Content-Type": "application/json", telegram.SECRET_HEADER: given})
+        answer = http.post(
+            telegram.WEBHOOK_PATH,
+            content=body,
+            headers={**headers, "Content-Type": "application/json", telegram.SECRET_HEADER: given},
+        )
         return answer, frozenset({200, 400}) if forged is None else frozenset({401, 403})
 
     forged = st.one_of(st.none(), st.none(), st.none(), HEADER_VALUE)
@@ -292,11 +486,21 @@ def slack_requests(draw: st.DrawFn) -> tuple[str, bytes, bool]:
     """(path, body, form) for the three Slack endpoints, real-shaped with garbage inside."""
     kind = draw(st.sampled_from(("events", "interactivity", "commands")))
     if kind == "events":
-        return "/slack/events", draw(bodies("slack", ("event_thread_reply.json", "event_bot_message.json",
-                                                       "url_verification.json"))), False
+        return (
+            "/slack/events",
+            draw(
+                bodies(
+                    "slack", ("event_thread_reply.json", "event_bot_message.json", "url_verification.json")
+                )
+            ),
+            False,
+        )
     if kind == "interactivity":
-        document = draw(st.sampled_from([json_sample("slack", "block_actions.json"),
-                                         json_sample("slack", "view_submission.json")]).flatmap(mutated))
+        document = draw(
+            st.sampled_from(
+                [json_sample("slack", "block_actions.json"), json_sample("slack", "view_submission.json")]
+            ).flatmap(mutated)
+        )
         text = json.dumps(document, ensure_ascii=draw(st.booleans()))
         # Lone surrogates drawn into the text must reach the server as bytes, not break the drawing.
         form = b"payload=" + quote_plus(text.encode("utf-8", "surrogatepass")).encode()
@@ -314,8 +518,9 @@ def slack_requests(draw: st.DrawFn) -> tuple[str, bytes, bool]:
 
 
 def test_slack_endpoints(fuzzed: Fuzzed) -> None:
-    def request(http: httpx.Client, drawn: tuple[tuple[str, bytes, bool], int, str | None, dict[str, str]]
-                ) -> tuple[httpx.Response, frozenset[int]]:
+    def request(
+        http: httpx.Client, drawn: tuple[tuple[str, bytes, bool], int, str | None, dict[str, str]]
+    ) -> tuple[httpx.Response, frozenset[int]]:
         (path, body, form), signing, content_type, extra = drawn
         if signing == 0:  # forged: another secret, or headers of any shape
             headers = {**signed(body, form=form, secret="not-the-signing-secret"), **extra}
@@ -331,8 +536,9 @@ def test_slack_endpoints(fuzzed: Fuzzed) -> None:
         return http.post(path, content=body, headers=headers), allowed
 
     signing = st.sampled_from((2, 2, 2, 2, 0, 1))
-    forged_headers = st.fixed_dictionaries({}, optional={"X-Slack-Signature": HEADER_VALUE,
-                                                         "X-Slack-Request-Timestamp": HEADER_VALUE})
+    forged_headers = st.fixed_dictionaries(
+        {}, optional={"X-Slack-Signature": HEADER_VALUE, "X-Slack-Request-Timestamp": HEADER_VALUE}
+    )
     content_type = st.one_of(st.none(), st.none(), CONTENT_TYPES)
     fuzz(fuzzed, st.tuples(slack_requests(), signing, content_type, forged_headers), request)
 
@@ -341,20 +547,29 @@ def test_slack_endpoints(fuzzed: Fuzzed) -> None:
 
 
 def test_whatsapp_webhook(fuzzed: Fuzzed) -> None:
-    notifications = bodies("whatsapp", ("text.json", "image.json", "button_reply.json", "status_delivered.json",
-                                        "status_failed.json"))
-    query = st.dictionaries(st.sampled_from(("hub.mode", "hub.verify_token", "hub.challenge", "x")),
-                            st.one_of(TEXT, st.sampled_from(("subscribe", "verify-me-please"))), max_size=4)
+    notifications = bodies(
+        "whatsapp",
+        ("text.json", "image.json", "button_reply.json", "status_delivered.json", "status_failed.json"),
+    )
+    query = st.dictionaries(
+        st.sampled_from(("hub.mode", "hub.verify_token", "hub.challenge", "x")),
+        st.one_of(TEXT, st.sampled_from(("subscribe", "verify-me-please"))),
+        max_size=4,
+    )
 
-    def request(http: httpx.Client, drawn: tuple[bytes, int, dict[str, str], str, dict[str, str]]
-                ) -> tuple[httpx.Response, frozenset[int]]:
+    def request(
+        http: httpx.Client, drawn: tuple[bytes, int, dict[str, str], str, dict[str, str]]
+    ) -> tuple[httpx.Response, frozenset[int]]:
         body, mode, params, forged, headers = drawn
         if mode == 0:
             params = {k: sendable(v) for k, v in params.items()}
             return http.get(whatsapp.WEBHOOK_PATH, params=params, headers=headers), frozenset({200, 403})
         signature = sign(body) if mode > 1 else forged
-        answer = http.post(whatsapp.WEBHOOK_PATH, content=body,
-                           headers={**headers, "Content-Type": "application/json", "X-Hub-Signature-256": signature})
+        answer = http.post(
+            whatsapp.WEBHOOK_PATH,
+            content=body,
+            headers={**headers, "Content-Type": "application/json", "X-Hub-Signature-256": signature},
+        )
         return answer, frozenset({200, 400}) if mode > 1 else frozenset({401})
 
     mode = st.sampled_from((2, 2, 2, 0, 1))
@@ -373,20 +588,35 @@ def _xml_fields(name: str) -> dict[str, str]:
 
 @st.composite
 def wechat_pushes(draw: st.DrawFn) -> bytes:
-    fields = dict(draw(st.sampled_from([_xml_fields(n) for n in ("text.xml", "image.xml", "voice.xml",
-                                                                 "event_subscribe.xml")])))
+    fields = dict(
+        draw(
+            st.sampled_from(
+                [_xml_fields(n) for n in ("text.xml", "image.xml", "voice.xml", "event_subscribe.xml")]
+            )
+        )
+    )
     for key in draw(st.lists(st.sampled_from(sorted(fields)), max_size=3)):
         if draw(st.booleans()):
             fields.pop(key, None)
         else:
             fields[key] = draw(XML_TEXT)
-    fields.update(draw(st.dictionaries(st.one_of(st.sampled_from(("MsgId", "Event", "MediaId", "Format")),
-                                                 st.text(max_size=6)), XML_TEXT, max_size=2)))
+    fields.update(
+        draw(
+            st.dictionaries(
+                st.one_of(st.sampled_from(("MsgId", "Event", "MediaId", "Format")), st.text(max_size=6)),
+                XML_TEXT,
+                max_size=2,
+            )
+        )
+    )
     if draw(st.booleans()):
-        fields["MsgId"] = str(draw(st.integers(min_value=0, max_value=2**63)))  # a new message, not a redelivery
+        fields["MsgId"] = str(
+            draw(st.integers(min_value=0, max_value=2**63))
+        )  # a new message, not a redelivery
     cdata = draw(st.booleans())
-    inner = "".join(f"<{k}><![CDATA[{v}]]></{k}>" if cdata else f"<{k}>{_xml_escape(v)}</{k}>"
-                    for k, v in fields.items())
+    inner = "".join(
+        f"<{k}><![CDATA[{v}]]></{k}>" if cdata else f"<{k}>{_xml_escape(v)}</{k}>" for k, v in fields.items()
+    )
     return f"<xml>{inner}</xml>".encode("utf-8", "surrogatepass")
 
 
@@ -395,24 +625,38 @@ def _xml_escape(value: str) -> str:
 
 
 def test_wechat_webhook(fuzzed: Fuzzed) -> None:
-    def request(http: httpx.Client, drawn: tuple[bytes, int, dict[str, str], dict[str, str]]
-                ) -> tuple[httpx.Response, frozenset[int]]:
+    def request(
+        http: httpx.Client, drawn: tuple[bytes, int, dict[str, str], dict[str, str]]
+    ) -> tuple[httpx.Response, frozenset[int]]:
         body, mode, query, headers = drawn
         query = {k: sendable(v) for k, v in query.items()}
         if mode == 0:
-            return http.get(wechat.WEBHOOK_PATH, params={**signed_query(), **query}, headers=headers), \
-                frozenset({200, 403})
+            return http.get(
+                wechat.WEBHOOK_PATH, params={**signed_query(), **query}, headers=headers
+            ), frozenset({200, 403})
         if mode == 1:
-            answer = http.post(wechat.WEBHOOK_PATH, params={**signed_query(), **query, "signature": "0" * 40},
-                               content=body, headers={**headers, "Content-Type": "text/xml"})
+            answer = http.post(
+                wechat.WEBHOOK_PATH,
+                params={**signed_query(), **query, "signature": "0" * 40},
+                content=body,
+                headers={**headers, "Content-Type": "text/xml"},
+            )
             return answer, frozenset({401})
-        answer = http.post(wechat.WEBHOOK_PATH, params={**query, **signed_query()}, content=body,
-                           headers={**headers, "Content-Type": "text/xml"})
+        answer = http.post(
+            wechat.WEBHOOK_PATH,
+            params={**query, **signed_query()},
+            content=body,
+            headers={**headers, "Content-Type": "text/xml"},
+        )
         return answer, frozenset({200, 400})
 
     mode = st.sampled_from((2, 2, 2, 0, 1))
     query = st.dictionaries(st.sampled_from(("echostr", "openid", "encrypt_type", "x")), TEXT, max_size=2)
-    fuzz(fuzzed, st.tuples(st.one_of(wechat_pushes(), wechat_pushes(), RAW), mode, query, EXTRA_HEADERS), request)
+    fuzz(
+        fuzzed,
+        st.tuples(st.one_of(wechat_pushes(), wechat_pushes(), RAW), mode, query, EXTRA_HEADERS),
+        request,
+    )
 
 
 # --- Teams ----------------------------------------------------------------------------------------------------------
@@ -433,8 +677,12 @@ def _loopback_only(node: Any, service_url: str) -> Any:
 def test_teams_messages(fuzzed: Fuzzed) -> None:
     stack = fuzzed.stack
     service_url = stack.teams_service_url
-    samples = [json.loads(payload("teams", n).replace(b"https://smba.trafficmanager.net/emea/", service_url.encode()))
-               for n in ("message_activity.json", "conversation_update.json")]
+    samples = [
+        json.loads(
+            payload("teams", n).replace(b"https://smba.trafficmanager.net/emea/", service_url.encode())
+        )
+        for n in ("message_activity.json", "conversation_update.json")
+    ]
 
     @st.composite
     def activities(draw: st.DrawFn) -> Any:
@@ -443,35 +691,66 @@ def test_teams_messages(fuzzed: Fuzzed) -> None:
             document["id"] = str(draw(st.integers(min_value=0, max_value=2**63)))
         return _loopback_only(document, service_url)
 
-    def request(http: httpx.Client, drawn: tuple[Any, bool, int, str]) -> tuple[httpx.Response, frozenset[int]]:
+    def request(
+        http: httpx.Client, drawn: tuple[Any, bool, int, str]
+    ) -> tuple[httpx.Response, frozenset[int]]:
         document, ascii_only, mode, forged = drawn
         body = encode(document, ascii_only) if mode else forged.encode()
         if mode == 1:  # a token of any shape
-            answer = http.post(teams.PATH, content=body, headers={"Authorization": f"Bearer {forged}".strip(),
-                                                                   "Content-Type": "application/json"})
+            answer = http.post(
+                teams.PATH,
+                content=body,
+                headers={"Authorization": f"Bearer {forged}".strip(), "Content-Type": "application/json"},
+            )
             return answer, frozenset({401})
         token = stack.framework.issue(service_url=service_url)
-        answer = http.post(teams.PATH, content=body if mode else forged.encode(),
-                           headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+        answer = http.post(
+            teams.PATH,
+            content=body if mode else forged.encode(),
+            headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+        )
         return answer, frozenset({200, 400, 401})  # 401: a channelId the signing key is not endorsed for
 
-    fuzz(fuzzed, st.tuples(activities(), st.booleans(), st.sampled_from((2, 2, 2, 2, 0, 1)), HEADER_VALUE), request)
+    fuzz(
+        fuzzed,
+        st.tuples(activities(), st.booleans(), st.sampled_from((2, 2, 2, 2, 0, 1)), HEADER_VALUE),
+        request,
+    )
 
 
 # --- everything else ------------------------------------------------------------------------------------------------
 
 
 def test_any_method_on_any_path(fuzzed: Fuzzed) -> None:
-    paths = st.one_of(st.sampled_from(("/healthz", "/metrics", "/", "/desk", "/static/chat.js", "/static/../bot/app.py",
-                                       "/telegram/webhook", "/slack/events", "/whatsapp/webhook", "/wechat/webhook",
-                                       "/teams/messages", "/api/webchat/sessions", "/api/desk/cases")),
-                      st.text(max_size=20).map(lambda t: "/" + quote(t.encode("utf-8", "surrogatepass"))))
+    paths = st.one_of(
+        st.sampled_from(
+            (
+                "/healthz",
+                "/metrics",
+                "/",
+                "/desk",
+                "/static/chat.js",
+                "/static/../bot/app.py",
+                "/telegram/webhook",
+                "/slack/events",
+                "/whatsapp/webhook",
+                "/wechat/webhook",
+                "/teams/messages",
+                "/api/webchat/sessions",
+                "/api/desk/cases",
+            )
+        ),
+        st.text(max_size=20).map(lambda t: "/" + quote(t.encode("utf-8", "surrogatepass"))),
+    )
     methods = st.sampled_from(("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"))
 
-    def request(http: httpx.Client, drawn: tuple[str, str, dict[str, str], bytes]
-                ) -> tuple[httpx.Response, frozenset[int]]:
+    def request(
+        http: httpx.Client, drawn: tuple[str, str, dict[str, str], bytes]
+    ) -> tuple[httpx.Response, frozenset[int]]:
         method, path, headers, body = drawn
-        answer = http.request(method, path, headers=headers, content=body if method in ("POST", "PUT", "PATCH") else None)
+        answer = http.request(
+            method, path, headers=headers, content=body if method in ("POST", "PUT", "PATCH") else None
+        )
         if path in ("/healthz", "/metrics") and method == "GET":
             return answer, frozenset({200})
         return answer, frozenset({200, 201, 202, 304}) | CLIENT_ERRORS
@@ -492,20 +771,37 @@ def _telegram_changed(name: str, change: Callable[[dict[str, Any]], None]) -> Ca
         change(document)
         secret = fuzzed.stack.bot.settings.telegram_webhook_secret
         assert secret is not None
-        return "POST", telegram.WEBHOOK_PATH, {"content": json.dumps(document).encode(),
-                                               "headers": {telegram.SECRET_HEADER: secret.get_secret_value()}}
+        return (
+            "POST",
+            telegram.WEBHOOK_PATH,
+            {
+                "content": json.dumps(document).encode(),
+                "headers": {telegram.SECRET_HEADER: secret.get_secret_value()},
+            },
+        )
+
     return build
 
 
 def _teams_changed(activity_id: str, **changes: Any) -> Callable[[Fuzzed], Call]:
     def build(fuzzed: Fuzzed) -> Call:
         service_url = fuzzed.stack.teams_service_url
-        activity = json.loads(payload("teams", "message_activity.json").replace(
-            b"https://smba.trafficmanager.net/emea/", service_url.encode()))
+        activity = json.loads(
+            payload("teams", "message_activity.json").replace(
+                b"https://smba.trafficmanager.net/emea/", service_url.encode()
+            )
+        )
         activity.update(id=activity_id, **changes)
         token = fuzzed.stack.framework.issue(service_url=service_url)
-        return "POST", teams.PATH, {"content": json.dumps(activity).encode(),
-                                    "headers": {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}}
+        return (
+            "POST",
+            teams.PATH,
+            {
+                "content": json.dumps(activity).encode(),
+                "headers": {"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+            },
+        )
+
     return build
 
 
@@ -520,7 +816,12 @@ def _whatsapp_from(sender: str) -> Callable[[Fuzzed], Call]:
         value["contacts"][0]["wa_id"] = value["messages"][0]["from"] = sender
         value["messages"][0]["id"] = "wamid.LONGSENDER"
         body = json.dumps(document).encode()
-        return "POST", whatsapp.WEBHOOK_PATH, {"content": body, "headers": {"X-Hub-Signature-256": sign(body)}}
+        return (
+            "POST",
+            whatsapp.WEBHOOK_PATH,
+            {"content": body, "headers": {"X-Hub-Signature-256": sign(body)}},
+        )
+
     return build
 
 
@@ -547,38 +848,62 @@ def _view_without_user_id() -> bytes:
 
 
 FOUND: dict[str, tuple[Callable[[Fuzzed], Call], frozenset[int]]] = {
-    "telegram first name that is a list": (_telegram_changed("text_serial.json", _first_name), frozenset({200, 400})),
-    "telegram photo width that is a list": (_telegram_changed("photo.json", _photo_width), frozenset({200, 400})),
+    "telegram first name that is a list": (
+        _telegram_changed("text_serial.json", _first_name),
+        frozenset({200, 400}),
+    ),
+    "telegram photo width that is a list": (
+        _telegram_changed("photo.json", _photo_width),
+        frozenset({200, 400}),
+    ),
     # A 503 asks Telegram to deliver the same broken update again, and again.
-    "telegram file name that is an object": (_telegram_changed("document_invoice.json", _file_name),
-                                             frozenset({200, 400})),
-    "telegram button press without sender or message": (_telegram_changed("callback_query.json", _no_sender),
-                                                        frozenset({200, 400})),
+    "telegram file name that is an object": (
+        _telegram_changed("document_invoice.json", _file_name),
+        frozenset({200, 400}),
+    ),
+    "telegram button press without sender or message": (
+        _telegram_changed("callback_query.json", _no_sender),
+        frozenset({200, 400}),
+    ),
     "web chat 'after' in superscript digits": (
         lambda f: ("GET", f"/api/webchat/sessions/{f.session}/messages", {"params": {"after": "²"}}),
-        frozenset({200, 422})),
+        frozenset({200, 422}),
+    ),
     "web chat 'after' beyond 32 bits": (
         lambda f: ("GET", f"/api/webchat/sessions/{f.session}/messages", {"params": {"after": "8372160574"}}),
-        frozenset({200, 422})),
+        frozenset({200, 422}),
+    ),
     "desk attachment id beyond 32 bits": (
         lambda f: ("GET", f"/api/desk/cases/{f.case_ref}/attachments/999999999999", {"headers": DESK_AUTH}),
-        frozenset({404})),
-    "teams sender name that is an object": (_teams_changed("found-1", **{"from": {"id": "29:x", "name": {"a": 1}}}),
-                                            frozenset({200, 400})),
+        frozenset({404}),
+    ),
+    "teams sender name that is an object": (
+        _teams_changed("found-1", **{"from": {"id": "29:x", "name": {"a": 1}}}),
+        frozenset({200, 400}),
+    ),
     "teams channelId that is an object": (_teams_changed("found-2", channelId={}), frozenset({400, 401})),
     "teams entities that are a number": (_teams_changed("found-3", entities=5), frozenset({200, 400})),
     "teams attachments that are a number": (_teams_changed("found-4", attachments=5), frozenset({200, 400})),
     "teams mention whose 'mentioned' is text": (
         _teams_changed("found-5", entities=[{"type": "mention", "text": "Bonjour", "mentioned": "bot"}]),
-        frozenset({200, 400})),
-    "teams conversation id of 300 characters": (_teams_changed("found-6", conversation={"id": "a:" + "x" * 300}),
-                                                frozenset({200, 400})),
+        frozenset({200, 400}),
+    ),
+    "teams conversation id of 300 characters": (
+        _teams_changed("found-6", conversation={"id": "a:" + "x" * 300}),
+        frozenset({200, 400}),
+    ),
     # A 503 makes WhatsApp redeliver a notification that can never be stored.
     "whatsapp sender id of 300 digits": (_whatsapp_from("4" * 300), frozenset({200, 400})),
-    "slack command sent as JSON": (_slack_signed("/slack/commands", payload("slack", "slash_command.txt"),
-                                                 **{"Content-Type": "application/json"}), frozenset({200, 400})),
-    "slack modal submission without a user id": (_slack_signed("/slack/interactivity", _view_without_user_id()),
-                                                 frozenset({200, 400})),
+    "slack command sent as JSON": (
+        _slack_signed(
+            "/slack/commands", payload("slack", "slash_command.txt"), **{"Content-Type": "application/json"}
+        ),
+        frozenset({200, 400}),
+    ),
+    "slack modal submission without a user id": (
+        _slack_signed("/slack/interactivity", _view_without_user_id()),
+        frozenset({200, 400}),
+    ),
 }
 
 
@@ -597,8 +922,11 @@ def test_text_with_a_lone_surrogate_is_answered_not_failed(fuzzed: Fuzzed) -> No
     stack = fuzzed.stack
     with stack.client() as http:
         session = http.post("/api/webchat/sessions", json={"language": "en"}).json()["session_id"]
-        answer = http.post(f"/api/webchat/sessions/{session}/messages", content=b'{"text": "hello \\ud800 there"}',
-                           headers={"Content-Type": "application/json"})
+        answer = http.post(
+            f"/api/webchat/sessions/{session}/messages",
+            content=b'{"text": "hello \\ud800 there"}',
+            headers={"Content-Type": "application/json"},
+        )
         assert answer.status_code == 202
         stack.settle()
     (item,) = [i for i in stack.inbox() if i.chat_id == session]
@@ -617,15 +945,19 @@ def test_after_the_fuzzing_everything_still_works_and_the_database_is_consistent
 
         # The inbox worker and the deliverer are alive: a new web chat customer is answered end to end.
         session = http.post("/api/webchat/sessions", json={"language": "en"}).json()["session_id"]
-        assert http.post(f"/api/webchat/sessions/{session}/messages", json={"text": "hello"}).status_code == 202
+        assert (
+            http.post(f"/api/webchat/sessions/{session}/messages", json={"text": "hello"}).status_code == 202
+        )
 
         def answered() -> list[dict[str, Any]]:
             messages = http.get(f"/api/webchat/sessions/{session}/messages").json()["messages"]
             return [m for m in messages if m["author"] == "bot"]
 
         assert wait_until(answered, what="the bot's answer after the fuzzing")[0]["text"]
-        wait_until(lambda: any(o.chat_id == session and o.status == "sent" for o in stack.outbox()),
-                   what="the answer delivered by the outbox")
+        wait_until(
+            lambda: any(o.chat_id == session and o.status == "sent" for o in stack.outbox()),
+            what="the answer delivered by the outbox",
+        )
 
     stack.settle()
     assert [i for i in stack.inbox() if i.status == "pending"] == []
@@ -635,10 +967,24 @@ def test_after_the_fuzzing_everything_still_works_and_the_database_is_consistent
 
 
 def test_the_consistency_check_can_fail(tmp_path: Path) -> None:
-    bot = build(Settings(_env_file=None, database_url=f"sqlite:///{tmp_path}/w.db", data_dir=tmp_path,  # type: ignore[call-arg]
-                         attachments_dir=tmp_path / "a"))
+    bot = build(
+        Settings(
+            _env_file=None,
+            database_url=f"sqlite:///{tmp_path}/w.db",
+            data_dir=tmp_path,  # type: ignore[call-arg]
+            attachments_dir=tmp_path / "a",
+        )
+    )
     with session_scope(bot.db) as session:
-        session.add(InboxItem(channel="webchat", external_id="x", chat_id="c", payload={}, status="lost",
-                              received_at=utcnow()))
+        session.add(
+            InboxItem(
+                channel="webchat",
+                external_id="x",
+                chat_id="c",
+                payload={},
+                status="lost",
+                received_at=utcnow(),
+            )
+        )
     assert consistency_problems(bot.db) == ["inbox 1 in status 'lost'"]
     bot.db.dispose()

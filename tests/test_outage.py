@@ -66,8 +66,11 @@ def test_replies_survive_an_outage_once_and_in_order(start: Callable[..., Runnin
         assert delivered(running, chat) == logged(running, chat)  # each once, in the order they were written
 
 
-def test_permanent_failures_are_dead_letters_listed_and_retried(start: Callable[..., Running],  # noqa: F811
-                                                                database_url: str, tmp_path: Any) -> None:
+def test_permanent_failures_are_dead_letters_listed_and_retried(
+    start: Callable[..., Running],  # noqa: F811
+    database_url: str,
+    tmp_path: Any,
+) -> None:
     running = start(outbox_max_attempts=5)
     blocked, refused = CHATS[:2]
     running.fake.block(blocked)
@@ -75,26 +78,45 @@ def test_permanent_failures_are_dead_letters_listed_and_retried(start: Callable[
     assert running.post(update(refused, 1, "hello")).status_code == 200
     wait_until(lambda: any(r.status == "dead" for r in rows(running)), timeout=30, what="the refused message")
     assert running.post(update(blocked, 1, "hello")).status_code == 200
-    wait_until(lambda: {r.chat_id for r in rows(running) if r.status == "dead"} == {blocked, refused},
-               timeout=30, what="two dead letters")
+    wait_until(
+        lambda: {r.chat_id for r in rows(running) if r.status == "dead"} == {blocked, refused},
+        timeout=30,
+        what="two dead letters",
+    )
     dead = [r for r in rows(running) if r.status == "dead"]
     errors = {r.chat_id: r.last_error or "" for r in dead if r.attempts}
     assert "message text is empty" in errors[refused].lower()
     assert "blocked" in errors[blocked].lower()
 
     env = {**os.environ, "DATABASE_URL": database_url}
-    listing = subprocess.run([sys.executable, "-m", "bot.cli", "outbox", "list"], capture_output=True, text=True,
-                             cwd=tmp_path, env=env, timeout=60, check=False)
+    listing = subprocess.run(
+        [sys.executable, "-m", "bot.cli", "outbox", "list"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=60,
+        check=False,
+    )
     assert listing.returncode == 0
     assert len(listing.stdout.strip().splitlines()) == len(dead)
     assert f"{len(dead)} dead message(s)" in listing.stderr
 
     running.fake.blocked.clear()  # the customer unblocked the bot
-    retried = subprocess.run([sys.executable, "-m", "bot.cli", "outbox", "retry"], capture_output=True, text=True,
-                             cwd=tmp_path, env=env, timeout=60, check=False)
+    retried = subprocess.run(
+        [sys.executable, "-m", "bot.cli", "outbox", "retry"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=60,
+        check=False,
+    )
     assert retried.returncode == 0 and f"{len(dead)} message(s) queued again" in retried.stdout
     running.bot.engine.outbox_signal.set()
-    wait_until(lambda: all(r.status == "sent" for r in rows(running)), timeout=30, what="the retried letters sent")
+    wait_until(
+        lambda: all(r.status == "sent" for r in rows(running)), timeout=30, what="the retried letters sent"
+    )
     # A blocked customer's whole queue waited and follows in order; a single refused message does not hold
     # back the ones after it, so once retried it arrives late, but exactly once.
     assert delivered(running, blocked) == logged(running, blocked)
@@ -109,8 +131,10 @@ def post_script(running: Running, chats: list[str] = CHATS, script: list[str] = 
         for chat in chats:
             assert running.post(update(chat, number, text)).status_code == 200
     total = len(script) * len(chats)
-    wait_until(lambda: len(items := running.inbox()) == total and all(i.status == "done" for i in items),
-               what="every message processed")
+    wait_until(
+        lambda: len(items := running.inbox()) == total and all(i.status == "done" for i in items),
+        what="every message processed",
+    )
 
 
 def test_a_5xx_outage_longer_than_the_attempt_budget_loses_nothing(start: Callable[..., Running]) -> None:  # noqa: F811
@@ -126,7 +150,9 @@ def test_a_5xx_outage_longer_than_the_attempt_budget_loses_nothing(start: Callab
         assert delivered(running, chat) == logged(running, chat)  # each once, in order
 
 
-def test_429_is_honoured_per_chat_and_for_the_bot_and_spends_no_attempts(start: Callable[..., Running]) -> None:  # noqa: F811
+def test_429_is_honoured_per_chat_and_for_the_bot_and_spends_no_attempts(
+    start: Callable[..., Running],  # noqa: F811
+) -> None:
     running = start(outbox_max_attempts=2, retry_backoff_max_seconds=0.2)
     running.fake.outage = "429"  # every send: "retry after 1", for the whole bot
     post_script(running)
@@ -140,7 +166,10 @@ def test_429_is_honoured_per_chat_and_for_the_bot_and_spends_no_attempts(start: 
 
 
 def test_a_reply_that_keeps_failing_holds_its_chat_and_a_retry_keeps_order(
-        start: Callable[..., Running], database_url: str, tmp_path: Any) -> None:  # noqa: F811
+    start: Callable[..., Running],  # noqa: F811
+    database_url: str,
+    tmp_path: Any,
+) -> None:
     running = start(outbox_retry_hours=1 / 3600, retry_backoff_max_seconds=0.2)  # give up after a second
     running.fake.outage = "5xx"
     post_script(running)
@@ -158,24 +187,47 @@ def test_a_reply_that_keeps_failing_holds_its_chat_and_a_retry_keeps_order(
     assert {r.status for r in rows(running) if not r.holds_chat} == {"pending"}
     assert not any(delivered(running, chat) for chat in CHATS)
     env = {**os.environ, "DATABASE_URL": database_url}
-    listing = subprocess.run([sys.executable, "-m", "bot.cli", "outbox", "list"], capture_output=True, text=True,
-                             cwd=tmp_path, env=env, timeout=60, check=False)
+    listing = subprocess.run(
+        [sys.executable, "-m", "bot.cli", "outbox", "list"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=60,
+        check=False,
+    )
     assert listing.returncode == 0 and f"{len(CHATS)} dead message(s)" in listing.stderr
-    retried = subprocess.run([sys.executable, "-m", "bot.cli", "outbox", "retry"], capture_output=True, text=True,
-                             cwd=tmp_path, env=env, timeout=60, check=False)
+    retried = subprocess.run(
+        [sys.executable, "-m", "bot.cli", "outbox", "retry"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=60,
+        check=False,
+    )
     assert retried.returncode == 0 and f"{len(CHATS)} message(s) queued again" in retried.stdout
     running.bot.engine.outbox_signal.set()
-    wait_until(lambda: all(r.status == "sent" for r in rows(running)), timeout=30, what="the chats' replies sent")
+    wait_until(
+        lambda: all(r.status == "sent" for r in rows(running)), timeout=30, what="the chats' replies sent"
+    )
     for chat in CHATS:
         assert delivered(running, chat) == logged(running, chat)  # the re-driven head first, then the rest
 
 
-@pytest.mark.parametrize("chats, script", [
-    ([str(80000000 + n) for n in range(20)], SCRIPT),  # 120 replies: the bot's limit
-    (CHATS[:2], SCRIPT * 2),  # 10 replies to each chat: the chat's limit
-], ids=["per-bot", "per-chat"])
-def test_a_backlog_is_sent_within_telegrams_published_limits(start: Callable[..., Running],  # noqa: F811
-                                                             chats: list[str], script: list[str]) -> None:
+@pytest.mark.parametrize(
+    "chats, script",
+    [
+        ([str(80000000 + n) for n in range(20)], SCRIPT),  # 120 replies: the bot's limit
+        (CHATS[:2], SCRIPT * 2),  # 10 replies to each chat: the chat's limit
+    ],
+    ids=["per-bot", "per-chat"],
+)
+def test_a_backlog_is_sent_within_telegrams_published_limits(
+    start: Callable[..., Running],  # noqa: F811
+    chats: list[str],
+    script: list[str],
+) -> None:
     running = start(retry_backoff_max_seconds=0.5)
     running.fake.rate_limits = True  # over about 30/s per bot or about 1/s per chat, the fake answers 429
     running.fake.outage = "5xx"  # a backlog builds up, as after an outage

@@ -72,15 +72,29 @@ def import_error(engine: Engine, path: Path) -> RegistryImportError:
 def test_sample_file_imports_and_looks_up(engine: Engine) -> None:
     report = run(engine, SAMPLE)
 
-    assert report == ImportReport(orders=5, units=1252, inserted=1252, updated=0, unchanged=0,
-                                  orders_inserted=5, orders_updated=0)
+    assert report == ImportReport(
+        orders=5, units=1252, inserted=1252, updated=0, unchanged=0, orders_inserted=5, orders_updated=0
+    )
     assert counts(engine) == (5, 1252)
-    facts = find(engine, "CSP2402A0153", "csp-2403-a0217", "CSP2311B0872", "CSP2405C1190", "CSP2402A0388",
-                 "CSP2402A0099", "")
+    facts = find(
+        engine,
+        "CSP2402A0153",
+        "csp-2403-a0217",
+        "CSP2311B0872",
+        "CSP2405C1190",
+        "CSP2402A0388",
+        "CSP2402A0099",
+        "",
+    )
     assert facts["CSP2402A0153"] == UnitFacts(
-        serial="CSP2402A0153", order_id="PO-24-0117", production_date=date(2024, 2, 13),
-        port_arrival_date=date(2024, 3, 10), cargo_compensation=False, order_pieces=1000,
-        order_total=Decimal("25000.00"), currency="USD",
+        serial="CSP2402A0153",
+        order_id="PO-24-0117",
+        production_date=date(2024, 2, 13),
+        port_arrival_date=date(2024, 3, 10),
+        cargo_compensation=False,
+        order_pieces=1000,
+        order_total=Decimal("25000.00"),
+        currency="USD",
     )
     total = facts["CSP2402A0153"].order_total
     assert isinstance(total, Decimal) and str(total) == "25000.00"
@@ -96,11 +110,14 @@ def test_sample_file_imports_and_looks_up(engine: Engine) -> None:
 
 
 def test_csv_single_units_and_ranges(engine: Engine, tmp_path: Path) -> None:
-    path = write(tmp_path, csv_text(
-        "PO-1,Acme,CSP2402A0100,CSP2402A0104,2024-02-10,2024-03-10,no,7,175.5,usd",
-        "PO-1,Acme,csp 2402 a0200,,2024-02-10,2024-03-10,no,7,175.50,USD",
-        "PO-2,Beta,CSP2402A0300,CSP2402A0300,2024-02-11,,YES,,,",
-    ))
+    path = write(
+        tmp_path,
+        csv_text(
+            "PO-1,Acme,CSP2402A0100,CSP2402A0104,2024-02-10,2024-03-10,no,7,175.5,usd",
+            "PO-1,Acme,csp 2402 a0200,,2024-02-10,2024-03-10,no,7,175.50,USD",
+            "PO-2,Beta,CSP2402A0300,CSP2402A0300,2024-02-11,,YES,,,",
+        ),
+    )
 
     report = run(engine, path)
 
@@ -110,23 +127,80 @@ def test_csv_single_units_and_ranges(engine: Engine, tmp_path: Path) -> None:
     assert facts["CSP2402A0104"].order_total == Decimal("175.50")
     assert facts["CSP2402A0200"].currency == "USD"
     beta = facts["CSP2402A0300"]
-    assert (beta.cargo_compensation, beta.port_arrival_date, beta.order_pieces, beta.order_total,
-            beta.currency) == (True, None, None, None, None)
+    assert (
+        beta.cargo_compensation,
+        beta.port_arrival_date,
+        beta.order_pieces,
+        beta.order_total,
+        beta.currency,
+    ) == (True, None, None, None, None)
 
 
 def test_xlsx_with_real_dates_and_any_column_order(engine: Engine, tmp_path: Path) -> None:
     workbook = openpyxl.Workbook()
     sheet = workbook.active
     assert sheet is not None
-    sheet.append(["Currency", " SERIAL ", "Serial To", "Order ID", "customer", "production_date",
-                  "port_arrival_date", "cargo_compensation", "order_pieces", "order_total", "notes"])
-    sheet.append(["USD", "CSP2402A0100", "CSP2402A0149", "PO-24-0117", "Lima Fleet", date(2024, 2, 6),
-                  datetime(2024, 3, 10, 0, 0), False, 1000, 25000, "first batch"])
+    sheet.append(
+        [
+            "Currency",
+            " SERIAL ",
+            "Serial To",
+            "Order ID",
+            "customer",
+            "production_date",
+            "port_arrival_date",
+            "cargo_compensation",
+            "order_pieces",
+            "order_total",
+            "notes",
+        ]
+    )
+    sheet.append(
+        [
+            "USD",
+            "CSP2402A0100",
+            "CSP2402A0149",
+            "PO-24-0117",
+            "Lima Fleet",
+            date(2024, 2, 6),
+            datetime(2024, 3, 10, 0, 0),
+            False,
+            1000,
+            25000,
+            "first batch",
+        ]
+    )
     sheet.append(["USD", "CSP2402A0153/X", None, None, None, 45000, None, None, None, None, None])  # bad
-    sheet.append(["USD", "CSP2402A0150", None, "PO-24-0117", "Lima Fleet", "2024-02-13", "2024-03-10",
-                  0, 1000.0, 25000.0, None])
-    sheet.append(["EUR", "CSP2311B0872", "", 10234, "Gulf", date(2023, 11, 14), date(2024, 1, 15), True,
-                  40, 1160.1, None])
+    sheet.append(
+        [
+            "USD",
+            "CSP2402A0150",
+            None,
+            "PO-24-0117",
+            "Lima Fleet",
+            "2024-02-13",
+            "2024-03-10",
+            0,
+            1000.0,
+            25000.0,
+            None,
+        ]
+    )
+    sheet.append(
+        [
+            "EUR",
+            "CSP2311B0872",
+            "",
+            10234,
+            "Gulf",
+            date(2023, 11, 14),
+            date(2024, 1, 15),
+            True,
+            40,
+            1160.1,
+            None,
+        ]
+    )
     path = tmp_path / "registry.xlsx"
     workbook.save(path)
 
@@ -150,10 +224,14 @@ def test_xlsx_with_real_dates_and_any_column_order(engine: Engine, tmp_path: Pat
 
 
 def test_bom_semicolons_and_decimal_commas(engine: Engine, tmp_path: Path) -> None:
-    text = csv_text(
-        "PO-7;Café Motors;CSP2403A0217;;2024-03-05;2024-04-20;1;12;1234,5;BRL",
-        "PO-7;Café Motors;CSP2403A0218;CSP2403A0219;2024-03-05;2024-04-20;true;12;1234.50;BRL",
-    ).replace(",", ";").replace("1234;5", "1234,5")
+    text = (
+        csv_text(
+            "PO-7;Café Motors;CSP2403A0217;;2024-03-05;2024-04-20;1;12;1234,5;BRL",
+            "PO-7;Café Motors;CSP2403A0218;CSP2403A0219;2024-03-05;2024-04-20;true;12;1234.50;BRL",
+        )
+        .replace(",", ";")
+        .replace("1234;5", "1234,5")
+    )
     path = write(tmp_path, "\ufeff" + text.replace("\n", "\r\n"))
 
     report = run(engine, path)
@@ -187,18 +265,32 @@ def test_reimport_is_idempotent_and_updates_changed_values(engine: Engine, tmp_p
 
 
 def test_reimport_updates_order_values_and_moves_units(engine: Engine, tmp_path: Path) -> None:
-    run(engine, write(tmp_path, csv_text(
-        "PO-1,Acme,CSP2402A0100,CSP2402A0101,2024-02-10,2024-03-10,false,2,50.00,USD",
-    )))
-    report = run(engine, write(tmp_path, csv_text(
-        "PO-1,Acme Ltd,CSP2402A0100,,2024-02-10,2024-03-10,true,2,55.00,USD",
-        "PO-2,Beta,CSP2402A0101,,2024-02-10,2024-03-10,false,1,25.00,USD",
-    )))
+    run(
+        engine,
+        write(
+            tmp_path,
+            csv_text(
+                "PO-1,Acme,CSP2402A0100,CSP2402A0101,2024-02-10,2024-03-10,false,2,50.00,USD",
+            ),
+        ),
+    )
+    report = run(
+        engine,
+        write(
+            tmp_path,
+            csv_text(
+                "PO-1,Acme Ltd,CSP2402A0100,,2024-02-10,2024-03-10,true,2,55.00,USD",
+                "PO-2,Beta,CSP2402A0101,,2024-02-10,2024-03-10,false,1,25.00,USD",
+            ),
+        ),
+    )
 
     assert (report.orders_inserted, report.orders_updated, report.updated, report.unchanged) == (1, 1, 1, 1)
     facts = find(engine, "CSP2402A0100", "CSP2402A0101")
     assert (facts["CSP2402A0100"].cargo_compensation, facts["CSP2402A0100"].order_total) == (
-        True, Decimal("55.00"))
+        True,
+        Decimal("55.00"),
+    )
     assert facts["CSP2402A0101"].order_id == "PO-2"
 
 
@@ -209,15 +301,15 @@ def test_bad_rows_are_all_reported_by_line_and_nothing_is_written(engine: Engine
     run(engine, SAMPLE)
     before = counts(engine)
     text = (
-        HEADER + "\n"                                                                                # 1
+        HEADER + "\n"  # 1
         "PO-24-0117,Lima Fleet Services SAC,CSP2402A0100,CSP2402A0149,2024-02-06,2024-03-11,false,"
-        "1000,25000.00,USD\n"                                                                        # 2 ok
-        "PO-9,Acme,CSP2402A5000,,2024-02-10,2024-13-01,false,10,250.00,USD\n"                         # 3
-        "\n"                                                                                         # 4
-        'PO-10,"Beta\nMotors",CSP2402A6000,,2024-02-10,2024-03-10,maybe,10,100.00,USD\n'               # 5-6
-        "PO-11,Gamma,CSP2402A7000,,10/02/2024,2024-03-10,false,ten,12.345,US\n"                      # 7
-        "PO-12,Delta,CSP2402A8000,CSP2402A7990,2024-02-10,2024-03-10,false,1,1.00,USD\n"              # 8
-        "PO-13,Echo,CSP2402A9000,,2024-03-10,2024-02-10,false,1,1.00,USD\n"                           # 9
+        "1000,25000.00,USD\n"  # 2 ok
+        "PO-9,Acme,CSP2402A5000,,2024-02-10,2024-13-01,false,10,250.00,USD\n"  # 3
+        "\n"  # 4
+        'PO-10,"Beta\nMotors",CSP2402A6000,,2024-02-10,2024-03-10,maybe,10,100.00,USD\n'  # 5-6
+        "PO-11,Gamma,CSP2402A7000,,10/02/2024,2024-03-10,false,ten,12.345,US\n"  # 7
+        "PO-12,Delta,CSP2402A8000,CSP2402A7990,2024-02-10,2024-03-10,false,1,1.00,USD\n"  # 8
+        "PO-13,Echo,CSP2402A9000,,2024-03-10,2024-02-10,false,1,1.00,USD\n"  # 9
     )
     error = import_error(engine, write(tmp_path, text))
 
@@ -254,35 +346,56 @@ def test_missing_columns_are_named(engine: Engine, tmp_path: Path) -> None:
 
 
 def test_bad_boolean(engine: Engine, tmp_path: Path) -> None:
-    error = import_error(engine, write(tmp_path, csv_text(
-        "PO-1,Acme,CSP2402A0100,,2024-02-10,2024-03-10,si,1,1.00,USD",
-    )))
+    error = import_error(
+        engine,
+        write(
+            tmp_path,
+            csv_text(
+                "PO-1,Acme,CSP2402A0100,,2024-02-10,2024-03-10,si,1,1.00,USD",
+            ),
+        ),
+    )
     assert error.errors == [
         (2, "cargo_compensation: not a yes/no value (expected true, false, yes, no, 1 or 0): 'si'")
     ]
 
 
 def test_reversed_and_foreign_ranges(engine: Engine, tmp_path: Path) -> None:
-    error = import_error(engine, write(tmp_path, csv_text(
-        "PO-1,Acme,CSP2402A0149,CSP2402A0100,2024-02-10,2024-03-10,false,1,1.00,USD",
-        "PO-1,Acme,CSP2402A0200,CSP2403A0210,2024-02-10,2024-03-10,false,1,1.00,USD",
-        "PO-1,Acme,CSP2402A0300..CSP2402A0310,,2024-02-10,2024-03-10,false,1,1.00,USD",
-    )))
+    error = import_error(
+        engine,
+        write(
+            tmp_path,
+            csv_text(
+                "PO-1,Acme,CSP2402A0149,CSP2402A0100,2024-02-10,2024-03-10,false,1,1.00,USD",
+                "PO-1,Acme,CSP2402A0200,CSP2403A0210,2024-02-10,2024-03-10,false,1,1.00,USD",
+                "PO-1,Acme,CSP2402A0300..CSP2402A0310,,2024-02-10,2024-03-10,false,1,1.00,USD",
+            ),
+        ),
+    )
     assert error.errors == [
         (2, "serial_to: CSP2402A0149 to CSP2402A0100: the range runs backwards"),
         (3, "serial_to: CSP2402A0200 to CSP2403A0210: not serials of one model, month and batch"),
-        (4, "serial: not a serial (letters and digits only; a range ends in serial_to): "
-            "'CSP2402A0300..CSP2402A0310'"),
+        (
+            4,
+            "serial: not a serial (letters and digits only; a range ends in serial_to): "
+            "'CSP2402A0300..CSP2402A0310'",
+        ),
     ]
     assert counts(engine) == (0, 0)
 
 
 def test_conflicting_order_values_and_repeated_serials(engine: Engine, tmp_path: Path) -> None:
-    error = import_error(engine, write(tmp_path, csv_text(
-        "PO-1,Acme,CSP2402A0100,CSP2402A0109,2024-02-10,2024-03-10,false,20,500.00,USD",
-        "PO-1,Acme,CSP2402A0110,,2024-02-10,2024-03-10,true,20,500,USD",
-        "PO-1,ACME,CSP2402A0105,CSP2402A0111,2024-02-10,2024-03-10,false,20,510.00,EUR",
-    )))
+    error = import_error(
+        engine,
+        write(
+            tmp_path,
+            csv_text(
+                "PO-1,Acme,CSP2402A0100,CSP2402A0109,2024-02-10,2024-03-10,false,20,500.00,USD",
+                "PO-1,Acme,CSP2402A0110,,2024-02-10,2024-03-10,true,20,500,USD",
+                "PO-1,ACME,CSP2402A0105,CSP2402A0111,2024-02-10,2024-03-10,false,20,510.00,EUR",
+            ),
+        ),
+    )
     assert error.errors == [
         (3, "cargo_compensation: true differs from line 2 for order PO-1 (false)"),
         (4, "customer: 'ACME' differs from line 2 for order PO-1 ('Acme')"),
@@ -313,14 +426,19 @@ def bomb(tmp_path: Path, unpacked_mb: int) -> Path:
     workbook.save(plain)
     path = tmp_path / "bomb.xlsx"
     row = b'<row><c t="inlineStr"><is><t>CSP2402A0100</t></is></c></row>' * 1000
-    with zipfile.ZipFile(plain) as source, zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED, compresslevel=9) as out:
+    with (
+        zipfile.ZipFile(plain) as source,
+        zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED, compresslevel=9) as out,
+    ):
         for info in source.infolist():
             if info.filename != "xl/worksheets/sheet1.xml":
                 out.writestr(info, source.read(info))
                 continue
             with out.open("xl/worksheets/sheet1.xml", "w", force_zip64=True) as part:
-                part.write(b'<worksheet xmlns="http://schemas.openxmlformats.org/spreadsheetml/2006/main">'
-                           b"<sheetData>")
+                part.write(
+                    b'<worksheet xmlns="http://schemas.openxmlformats.org/spreadsheetml/2006/main">'
+                    b"<sheetData>"
+                )
                 for _ in range(unpacked_mb * 2**20 // len(row) + 1):
                     part.write(row)
                 part.write(b"</sheetData></worksheet>")
@@ -384,7 +502,6 @@ def test_twenty_thousand_units_in_batches(engine: Engine, tmp_path: Path) -> Non
     assert (again.inserted, again.updated, again.unchanged) == (0, 0, 20_000)
 
 
-
 def test_progress_counts_rows_read_then_units_written(engine: Engine, tmp_path: Path) -> None:
     rows = [f"PO-1,Acme,CSP2402A{n:04d},,2024-02-10,2024-03-10,false,6000,1.00,USD" for n in range(6000)]
     calls: list[tuple[int, int]] = []
@@ -428,7 +545,9 @@ def test_units_are_staged_through_copy_on_postgresql_and_executemany_on_sqlite(
     monkeypatch.setattr(psycopg.Cursor, "copy", copy)
     staged: list[int] = []
 
-    def seen(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool) -> None:
+    def seen(
+        conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool
+    ) -> None:
         if statement.startswith("INSERT INTO registry_import_stage"):
             staged.append(len(parameters) if executemany else 1)
 
@@ -440,8 +559,10 @@ def test_units_are_staged_through_copy_on_postgresql_and_executemany_on_sqlite(
 
     assert report.inserted == 1252
     if engine.dialect.name == "postgresql":
-        assert copies == ["COPY registry_import_stage (n, serial, order_id, production_date, port_arrival_date, "
-                          "line) FROM STDIN"]
+        assert copies == [
+            "COPY registry_import_stage (n, serial, order_id, production_date, port_arrival_date, "
+            "line) FROM STDIN"
+        ]
         assert staged == []
     else:
         assert copies == []

@@ -33,15 +33,25 @@ from tests.fakes.telegram import TOKEN as TELEGRAM_TOKEN
 from tests.fakes.telegram import FakeTelegram, update
 from tests.support import Server, send, wait_until
 
-SCRIPT = ["hello", "CSP2604D0007", "The display shows E07 and it shuts down", "no invoice", "normal use",
-          "any news?", "restart"]
+SCRIPT = [
+    "hello",
+    "CSP2604D0007",
+    "The display shows E07 and it shuts down",
+    "no invoice",
+    "normal use",
+    "any news?",
+    "restart",
+]
 
 
 def post(server: Server, session: str, text: str, client_id: str) -> bool:
     """True when the server accepted the message (202); False when it could not answer (it was killed)."""
     try:
-        response = httpx.post(f"{server.url}/api/webchat/sessions/{session}/messages",
-                              json={"text": text, "client_id": client_id}, timeout=5)
+        response = httpx.post(
+            f"{server.url}/api/webchat/sessions/{session}/messages",
+            json={"text": text, "client_id": client_id},
+            timeout=5,
+        )
     except httpx.TransportError:
         return False
     assert response.status_code == 202, response.text
@@ -51,9 +61,14 @@ def post(server: Server, session: str, text: str, client_id: str) -> bool:
 def conversation_texts(database_url: str, chat_id: str) -> list[str]:
     engine = make_engine(database_url)
     with Session(engine) as session:
-        conversation = session.execute(select(Conversation).where(col(Conversation.chat_id) == chat_id)).scalar_one()
-        rows = session.execute(select(col(Message.text)).where(col(Message.conversation_id) == conversation.id,
-                                                          col(Message.author) == "customer").order_by(col(Message.id)))
+        conversation = session.execute(
+            select(Conversation).where(col(Conversation.chat_id) == chat_id)
+        ).scalar_one()
+        rows = session.execute(
+            select(col(Message.text))
+            .where(col(Message.conversation_id) == conversation.id, col(Message.author) == "customer")
+            .order_by(col(Message.id))
+        )
         texts = list(rows.scalars())
     engine.dispose()
     return texts
@@ -62,10 +77,12 @@ def conversation_texts(database_url: str, chat_id: str) -> list[str]:
 def settled(database_url: str) -> bool:
     engine = make_engine(database_url)
     with Session(engine) as session:
-        pending_in: int = session.execute(select(func.count()).select_from(InboxItem)
-                                     .where(col(InboxItem.status) == "pending")).scalar_one()
-        pending_out: int = session.execute(select(func.count()).select_from(OutboxItem)
-                                      .where(col(OutboxItem.status) == "pending")).scalar_one()
+        pending_in: int = session.execute(
+            select(func.count()).select_from(InboxItem).where(col(InboxItem.status) == "pending")
+        ).scalar_one()
+        pending_out: int = session.execute(
+            select(func.count()).select_from(OutboxItem).where(col(OutboxItem.status) == "pending")
+        ).scalar_one()
     engine.dispose()
     return pending_in == 0 and pending_out == 0
 
@@ -78,8 +95,9 @@ def servers() -> Iterator[list[Server]]:
         server.stop()
 
 
-def test_sigkill_mid_traffic_loses_nothing_and_repeats_nothing(servers: list[Server], tmp_path: Path,
-                                                               database_url: str) -> None:
+def test_sigkill_mid_traffic_loses_nothing_and_repeats_nothing(
+    servers: list[Server], tmp_path: Path, database_url: str
+) -> None:
     server = Server(tmp_path, database_url)
     servers.append(server)
     server.start()
@@ -97,7 +115,9 @@ def test_sigkill_mid_traffic_loses_nothing_and_repeats_nothing(servers: list[Ser
 
     with ThreadPoolExecutor(len(sessions)) as pool:
         futures = [pool.submit(client, s, None) for s in sessions]
-        wait_until(lambda: _accepted(database_url) >= 60, timeout=60, interval=0.5, what="traffic to be under way")
+        wait_until(
+            lambda: _accepted(database_url) >= 60, timeout=60, interval=0.5, what="traffic to be under way"
+        )
         assert server.process is not None
         os.kill(server.process.pid, signal.SIGKILL)
         server.process.wait(timeout=10)
@@ -108,8 +128,12 @@ def test_sigkill_mid_traffic_loses_nothing_and_repeats_nothing(servers: list[Ser
         # A client that got no answer sends the same message again: the client_id makes it count once.
         for client_id, text in remaining:
             assert post(server, session, text, client_id)
-    wait_until(lambda: settled(database_url), timeout=120, interval=0.5,
-               what="every message processed and every reply sent")
+    wait_until(
+        lambda: settled(database_url),
+        timeout=120,
+        interval=0.5,
+        what="every message processed and every reply sent",
+    )
 
     for session in sessions:
         assert conversation_texts(database_url, session) == [text for _, text in plan[session]]
@@ -133,7 +157,8 @@ def _accepted(database_url: str) -> int:
 
 
 def test_two_workers_on_one_postgresql_keep_order_and_open_no_duplicate_case(
-        servers: list[Server], tmp_path: Path, postgres_url: str) -> None:
+    servers: list[Server], tmp_path: Path, postgres_url: str
+) -> None:
     # Several workers share a database only on PostgreSQL; SQLite is one process, one writer.
     database_url = postgres_url
     first, second = Server(tmp_path, database_url), Server(tmp_path, database_url)
@@ -153,7 +178,9 @@ def test_two_workers_on_one_postgresql_keep_order_and_open_no_duplicate_case(
     wait_until(lambda: settled(database_url), timeout=120, interval=0.5, what="both workers to finish")
     engine = make_engine(database_url)
     with Session(engine) as db:
-        cases = db.execute(select(col(Case.conversation_id), func.count()).group_by(col(Case.conversation_id))).all()
+        cases = db.execute(
+            select(col(Case.conversation_id), func.count()).group_by(col(Case.conversation_id))
+        ).all()
     engine.dispose()
     assert len(cases) == 50 and {count for _, count in cases} == {1}
     for session in sessions:
@@ -162,8 +189,14 @@ def test_two_workers_on_one_postgresql_keep_order_and_open_no_duplicate_case(
 
 # --- issue 20: storage failures, kills during sends, two servers starting at once ---------------------------
 
-TG_SCRIPT = ["hello", "CSP2604D0007", "The display shows E07 and it shuts down", "proof:none", "cause:normal",
-             "any news?"]
+TG_SCRIPT = [
+    "hello",
+    "CSP2604D0007",
+    "The display shows E07 and it shuts down",
+    "proof:none",
+    "cause:normal",
+    "any news?",
+]
 
 
 class TelegramServer(Server):
@@ -171,14 +204,25 @@ class TelegramServer(Server):
 
     def __init__(self, workdir: Path, database_url: str, fake_url: str) -> None:
         super().__init__(workdir, database_url)
-        self.env.update({"TELEGRAM_BOT_TOKEN": TELEGRAM_TOKEN, "TELEGRAM_API_BASE_URL": fake_url,
-                         "TELEGRAM_WEBHOOK_SECRET": TELEGRAM_SECRET, "TELEGRAM_MODE": "webhook",
-                         "RETRY_BACKOFF_MAX_SECONDS": "0.5", "OUTBOX_POLL_SECONDS": "0.1"})
+        self.env.update(
+            {
+                "TELEGRAM_BOT_TOKEN": TELEGRAM_TOKEN,
+                "TELEGRAM_API_BASE_URL": fake_url,
+                "TELEGRAM_WEBHOOK_SECRET": TELEGRAM_SECRET,
+                "TELEGRAM_MODE": "webhook",
+                "RETRY_BACKOFF_MAX_SECONDS": "0.5",
+                "OUTBOX_POLL_SECONDS": "0.1",
+            }
+        )
 
     def post(self, body: bytes) -> int | None:
         try:
-            return httpx.post(f"{self.url}{tg.WEBHOOK_PATH}", content=body, timeout=10, headers={
-                "content-type": "application/json", tg.SECRET_HEADER: TELEGRAM_SECRET}).status_code
+            return httpx.post(
+                f"{self.url}{tg.WEBHOOK_PATH}",
+                content=body,
+                timeout=10,
+                headers={"content-type": "application/json", tg.SECRET_HEADER: TELEGRAM_SECRET},
+            ).status_code
         except httpx.TransportError:
             return None
 
@@ -219,18 +263,34 @@ def drive(server: TelegramServer, chats: list[str], figures: Figures, *, deadlin
         list(pool.map(chat, chats))
 
 
-def check(database_url: str, fake: FakeTelegram, chats: list[str], figures: Figures, since: float, *,
-          timeout: float = 60) -> None:
+def check(
+    database_url: str,
+    fake: FakeTelegram,
+    chats: list[str],
+    figures: Figures,
+    since: float,
+    *,
+    timeout: float = 60,
+) -> None:
     """Every update processed once and in order, one case per chat, every reply delivered once in order."""
-    wait_until(lambda: settled(database_url) and all(_done(database_url)), timeout=timeout, interval=0.2,
-               what="every message processed and every reply sent")
+    wait_until(
+        lambda: settled(database_url) and all(_done(database_url)),
+        timeout=timeout,
+        interval=0.2,
+        what="every message processed and every reply sent",
+    )
     figures.recovery_seconds = round(time.monotonic() - since, 1)
     engine = make_engine(database_url)
     with Session(engine) as db:
         for chat_id in chats:
-            conversation = db.execute(select(Conversation).where(col(Conversation.chat_id) == chat_id)).scalar_one()
-            logged = db.execute(select(col(Message.author), col(Message.text)).where(col(Message.conversation_id) == conversation.id)
-                                .order_by(col(Message.id))).all()
+            conversation = db.execute(
+                select(Conversation).where(col(Conversation.chat_id) == chat_id)
+            ).scalar_one()
+            logged = db.execute(
+                select(col(Message.author), col(Message.text))
+                .where(col(Message.conversation_id) == conversation.id)
+                .order_by(col(Message.id))
+            ).all()
             customer = [t for a, t in logged if a == "customer"]
             replies = [t for a, t in logged if a != "customer"]
             delivered = [html.unescape(c["text"]) for c in fake.sent(chat_id)]
@@ -241,11 +301,16 @@ def check(database_url: str, fake: FakeTelegram, chats: list[str], figures: Figu
             # Each update logged once, in order (a button's value is logged as the label the customer read).
             assert len(customer) == len(TG_SCRIPT), chat_id
             assert [c for c, t in zip(customer, TG_SCRIPT, strict=True) if ":" not in t] == [
-                t for t in TG_SCRIPT if ":" not in t], chat_id
+                t for t in TG_SCRIPT if ":" not in t
+            ], chat_id
             assert delivered == replies, chat_id
-            cases = db.execute(select(func.count()).select_from(Case).where(Case.conversation_id == conversation.id))
+            cases = db.execute(
+                select(func.count()).select_from(Case).where(Case.conversation_id == conversation.id)
+            )
             assert cases.scalar_one() == 1
-        assert db.execute(select(func.count()).select_from(InboxItem)).scalar_one() == len(chats) * len(TG_SCRIPT)
+        assert db.execute(select(func.count()).select_from(InboxItem)).scalar_one() == len(chats) * len(
+            TG_SCRIPT
+        )
     engine.dispose()
     print(f"\nfigures: {figures}")
 
@@ -268,8 +333,9 @@ def fake_api() -> Iterator[tuple[FakeTelegram, str]]:
 CHATS = [str(91000000 + n) for n in range(8)]
 
 
-def test_terminated_database_connections_lose_nothing(servers: list[Server], tmp_path: Path, postgres_url: str,
-                                                     fake_api: tuple[FakeTelegram, str]) -> None:
+def test_terminated_database_connections_lose_nothing(
+    servers: list[Server], tmp_path: Path, postgres_url: str, fake_api: tuple[FakeTelegram, str]
+) -> None:
     fake, fake_url = fake_api
     app = f"wb-{secrets.token_hex(4)}"  # only this test's server connects under this name
     server = TelegramServer(tmp_path, f"{postgres_url}&application_name={app}", fake_url)
@@ -285,9 +351,15 @@ def test_terminated_database_connections_lose_nothing(servers: list[Server], tmp
             for _ in range(16):  # every 0.25 s for 4 s
                 if stop.is_set():
                     return
-                terminated += len(connection.execute(sql(
-                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                    "WHERE application_name = :app AND pid <> pg_backend_pid()"), {"app": app}).all())
+                terminated += len(
+                    connection.execute(
+                        sql(
+                            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                            "WHERE application_name = :app AND pid <> pg_backend_pid()"
+                        ),
+                        {"app": app},
+                    ).all()
+                )
                 time.sleep(0.25)
 
     figures = Figures()
@@ -303,8 +375,9 @@ def test_terminated_database_connections_lose_nothing(servers: list[Server], tmp
     check(postgres_url, fake, CHATS, figures, time.monotonic())
 
 
-def test_a_write_failure_window_loses_nothing(servers: list[Server], tmp_path: Path,
-                                              fake_api: tuple[FakeTelegram, str]) -> None:
+def test_a_write_failure_window_loses_nothing(
+    servers: list[Server], tmp_path: Path, fake_api: tuple[FakeTelegram, str]
+) -> None:
     fake, fake_url = fake_api
     database_url = f"sqlite:///{tmp_path}/warranty.db"
     server = TelegramServer(tmp_path, database_url, fake_url)
@@ -317,7 +390,9 @@ def test_a_write_failure_window_loses_nothing(servers: list[Server], tmp_path: P
     traffic.start()
     wait_until(lambda: figures.accepted >= 10, timeout=30, what="traffic under way")
     soft, hard = resource.prlimit(pid, resource.RLIMIT_FSIZE)
-    resource.prlimit(pid, resource.RLIMIT_FSIZE, (1, hard))  # no file of the server may grow: every write fails
+    resource.prlimit(
+        pid, resource.RLIMIT_FSIZE, (1, hard)
+    )  # no file of the server may grow: every write fails
     time.sleep(3)  # the window
     resource.prlimit(pid, resource.RLIMIT_FSIZE, (soft, hard))
     ended = time.monotonic()
@@ -326,9 +401,9 @@ def test_a_write_failure_window_loses_nothing(servers: list[Server], tmp_path: P
     check(database_url, fake, CHATS, figures, ended)
 
 
-def test_a_kill_during_sends_then_a_restart_resumes_at_once(servers: list[Server], tmp_path: Path,
-                                                            database_url: str,
-                                                            fake_api: tuple[FakeTelegram, str]) -> None:
+def test_a_kill_during_sends_then_a_restart_resumes_at_once(
+    servers: list[Server], tmp_path: Path, database_url: str, fake_api: tuple[FakeTelegram, str]
+) -> None:
     fake, fake_url = fake_api
     server = TelegramServer(tmp_path, database_url, fake_url)
     servers.append(server)
@@ -340,8 +415,11 @@ def test_a_kill_during_sends_then_a_restart_resumes_at_once(servers: list[Server
     def in_flight() -> bool:
         engine = make_engine(database_url)
         with Session(engine) as db:
-            leased: int = db.execute(select(func.count()).select_from(OutboxItem).where(
-                col(OutboxItem.lease_owner).is_not(None), col(OutboxItem.attempts) == 0)).scalar_one()
+            leased: int = db.execute(
+                select(func.count())
+                .select_from(OutboxItem)
+                .where(col(OutboxItem.lease_owner).is_not(None), col(OutboxItem.attempts) == 0)
+            ).scalar_one()
         engine.dispose()
         return leased >= 4
 
@@ -385,7 +463,9 @@ class ReadOnly:
         self.folder = folder
         self.mounted = False
         if os.geteuid() == 0:
-            done = subprocess.run(["mount", "--bind", str(folder), str(folder)], capture_output=True, check=False)
+            done = subprocess.run(
+                ["mount", "--bind", str(folder), str(folder)], capture_output=True, check=False
+            )
             if done.returncode != 0:
                 pytest.skip(f"running as root without the right to mount: {done.stderr.decode().strip()}")
             self.mounted = True
@@ -418,10 +498,18 @@ def test_read_only_storage_at_start_is_waited_out_and_then_served(tmp_path: Path
     try:
         storage.set(True)
         with server.log.open("ab") as log:
-            server.process = subprocess.Popen([sys.executable, "-m", "bot.cli", "serve", "--port", str(server.port)],
-                                              cwd=tmp_path, env=server.env, stdout=log, stderr=subprocess.STDOUT)
-        wait_until(lambda: b"database not usable yet" in server.log.read_bytes(), timeout=30,
-                   what="the server to find its storage read-only")
+            server.process = subprocess.Popen(
+                [sys.executable, "-m", "bot.cli", "serve", "--port", str(server.port)],
+                cwd=tmp_path,
+                env=server.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        wait_until(
+            lambda: b"database not usable yet" in server.log.read_bytes(),
+            timeout=30,
+            what="the server to find its storage read-only",
+        )
         assert server.process.poll() is None  # waiting, not exited
         storage.set(False)
         wait_until(server._healthy, timeout=30, what="the server to start once the storage is writable")
@@ -432,15 +520,17 @@ def test_read_only_storage_at_start_is_waited_out_and_then_served(tmp_path: Path
         storage.close()
 
 
-def test_a_full_disk_window_loses_nothing(servers: list[Server], tmp_path: Path,
-                                          fake_api: tuple[FakeTelegram, str]) -> None:
+def test_a_full_disk_window_loses_nothing(
+    servers: list[Server], tmp_path: Path, fake_api: tuple[FakeTelegram, str]
+) -> None:
     """The SQLite folder on a small file system of its own, filled up for 3 s by a ballast file."""
     if os.geteuid() != 0:
         pytest.skip("a file system of the test's own needs root (mount -t tmpfs)")
     disk = tmp_path / "disk"
     disk.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(disk)], capture_output=True,
-                             check=False)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(disk)], capture_output=True, check=False
+    )
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
     try:

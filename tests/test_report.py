@@ -53,9 +53,18 @@ class Seeder:
     def say(self, chat: str, *texts: str, channel: str = "test", locale: str | None = None) -> None:
         for text in texts:
             self.count += 1
-            self.bot.engine.accept(InboundMessage(
-                channel=channel, external_id=f"m{self.count}", sender_id=chat, chat_id=chat, text=text,
-                received_at=utcnow(), sender_name=f"Customer {chat}", locale_hint=locale))
+            self.bot.engine.accept(
+                InboundMessage(
+                    channel=channel,
+                    external_id=f"m{self.count}",
+                    sender_id=chat,
+                    chat_id=chat,
+                    text=text,
+                    received_at=utcnow(),
+                    sender_name=f"Customer {chat}",
+                    locale_hint=locale,
+                )
+            )
             self.bot.engine.process_pending()
 
     def ref(self, chat: str) -> str:
@@ -99,17 +108,30 @@ def seed(bot: Bot) -> dict[str, str]:
     # B: two units of the same order, covered; a discount given as goodwill (M5 needs 10 covered units).
     seeder.say("b", "CSP2604D0012 CSP2604D0013", "Both displays flicker and then go black", "human")
     b = seeder.ref("b")
-    desk.choose_method(b, engineer="Ana", method="discount_compensation", goodwill="goodwill",
-                       reason="Two units of one order failed")
+    desk.choose_method(
+        b,
+        engineer="Ana",
+        method="discount_compensation",
+        goodwill="goodwill",
+        reason="Two units of one order failed",
+    )
     # C: made January 2020, no proof, normal use: refused by the policy; the refusal confirmed, closed, rated 2.
-    seeder.say("c", "CSP2001A0001 display shows E07 and shuts down", "proof:none", "cause:normal", "cmd:human")
+    seeder.say(
+        "c", "CSP2001A0001 display shows E07 and shuts down", "proof:none", "cause:normal", "cmd:human"
+    )
     c = seeder.ref("c")
     desk.choose_method(c, engineer="Ana", method="not_covered", reason="The warranty ended in 2022")
     desk.close(c, engineer="Ana")
     seeder.say("c", "rate:2")
     # D: in Spanish, on another channel; nobody acted on it yet.
-    seeder.say("d", "CSP2604D0020", "La pantalla muestra E07 y se apaga cuando hay carga", "humano",
-               channel="telegram", locale="es")
+    seeder.say(
+        "d",
+        "CSP2604D0020",
+        "La pantalla muestra E07 y se apaga cuando hay carga",
+        "humano",
+        channel="telegram",
+        locale="es",
+    )
     d = seeder.ref("d")
     # E: opened on 1 April at midnight: outside March. Not used as the manual says (X4): refused.
     seeder.say("e", "CSP2311B0872 display shows E07 and shuts down", "cause:misuse")
@@ -147,7 +169,11 @@ def test_report_figures_of_a_seeded_month(bot: Bot) -> None:
     assert clauses["covered/W2"] == (3, 4)  # the port arrival proven by the registry
     assert clauses["not_covered/X1"] == (1, 1)
     assert _pairs(report.by_method) == {
-        "factory_repair": (1, 1), "discount_compensation": (1, 2), "not_covered": (1, 1), "undecided": (1, 1)}
+        "factory_repair": (1, 1),
+        "discount_compensation": (1, 2),
+        "not_covered": (1, 1),
+        "undecided": (1, 1),
+    }
     assert _pairs(report.by_channel) == {"test": (3, 4), "telegram": (1, 1)}
     assert _pairs(report.by_language) == {"en": (3, 4), "es": (1, 1)}
 
@@ -183,7 +209,12 @@ def test_periods() -> None:
     assert parse_period(None, None, today=today) == Period(date(2026, 5, 1), today)
     assert parse_period("2026-01-01", None, today=today) == Period(date(2026, 1, 1), today)
     assert parse_period(None, "2026-02-10", today=today) == Period(date(2026, 2, 1), date(2026, 2, 10))
-    for start, end in (("2026-13-01", None), ("yesterday", None), (None, "2026-2-1"), ("2026-03-02", "2026-03-01")):
+    for start, end in (
+        ("2026-13-01", None),
+        ("yesterday", None),
+        (None, "2026-2-1"),
+        ("2026-03-02", "2026-03-01"),
+    ):
         with pytest.raises(ValueError):
             parse_period(start, end, today=today)
 
@@ -202,7 +233,9 @@ def test_batch_alert_by_rate_once_per_window(bot: Bot) -> None:
     seeder.say("y", "CSP2604D0033", "The display flickers and then goes black", "human")
     with Session(bot.db) as session, session.begin():
         alerts = check_batches(session, bot.policy, rule, [("CSP", produced)], case_ref="Y", now=now)
-        assert [(a.model, a.month, a.claims, a.units, a.units_sold) for a in alerts] == [("CSP", "2026-04", 2, 3, 60)]
+        assert [(a.model, a.month, a.claims, a.units, a.units_sold) for a in alerts] == [
+            ("CSP", "2026-04", 2, 3, 60)
+        ]
         assert "3 of 60 units sold (5.0%)" in alerts[0].text()
     with Session(bot.db) as session, session.begin():
         assert check_batches(session, bot.policy, rule, [("CSP", produced)], case_ref="Y", now=now) == []
@@ -211,21 +244,36 @@ def test_batch_alert_by_rate_once_per_window(bot: Bot) -> None:
         assert check_batches(session, bot.policy, rule, [("CSP", produced)], case_ref="Y", now=later) == []
         moved = update(Case).values(created_at=later - timedelta(days=1))
         session.execute(moved)
-        assert len(check_batches(session, bot.policy, rule, [("CSP", produced)], case_ref="Y", now=later)) == 1
+        assert (
+            len(check_batches(session, bot.policy, rule, [("CSP", produced)], case_ref="Y", now=later)) == 1
+        )
 
 
 # --- the command line ----------------------------------------------------------------------------------------
 
 
 def cli(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "bot.cli", *args], capture_output=True, text=True, cwd=cwd,
-                          env={**os.environ, **env, "COLUMNS": "120"}, timeout=120, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "bot.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env={**os.environ, **env, "COLUMNS": "120"},
+        timeout=120,
+        check=False,
+    )
 
 
 def test_report_command_table_csv_and_bad_dates(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path}/warranty.db"
-    bot = build(Settings(_env_file=None, database_url=url, data_dir=tmp_path,  # type: ignore[call-arg]
-                         attachments_dir=tmp_path / "attachments"))
+    bot = build(
+        Settings(
+            _env_file=None,
+            database_url=url,
+            data_dir=tmp_path,  # type: ignore[call-arg]
+            attachments_dir=tmp_path / "attachments",
+        )
+    )
     seed(bot)
     bot.db.dispose()
     env = {"DATABASE_URL": url}
@@ -237,7 +285,9 @@ def test_report_command_table_csv_and_bad_dates(tmp_path: Path) -> None:
     assert "CSAT: 3.50 of 5 from 2 rating(s)" in table.stdout
     assert "Discount credited: 180.00 USD on 1 claim(s)" in table.stdout
 
-    exported = cli("report", "--from", "2026-03-01", "--to", "2026-03-31", "--csv", "-", env=env, cwd=tmp_path)
+    exported = cli(
+        "report", "--from", "2026-03-01", "--to", "2026-03-31", "--csv", "-", env=env, cwd=tmp_path
+    )
     assert exported.returncode == 0, exported.stderr
     rows = list(csv.DictReader(io.StringIO(exported.stdout)))
     assert rows[0]["section"] == "period" and (rows[0]["claims"], rows[0]["units"]) == ("4", "5")
@@ -248,7 +298,9 @@ def test_report_command_table_csv_and_bad_dates(tmp_path: Path) -> None:
 
     path = tmp_path / "out" / "march.csv"
     path.parent.mkdir()
-    written = cli("report", "--from", "2026-03-01", "--to", "2026-03-31", "--csv", str(path), env=env, cwd=tmp_path)
+    written = cli(
+        "report", "--from", "2026-03-01", "--to", "2026-03-31", "--csv", str(path), env=env, cwd=tmp_path
+    )
     assert written.returncode == 0, written.stderr
     # The same CSV but for the time it was made (the period row's last cell).
     assert path.read_text(encoding="utf-8").splitlines()[2:] == exported.stdout.splitlines()[2:]
@@ -294,8 +346,13 @@ def test_desk_report_api_needs_the_token_and_checks_dates(tmp_path: Path) -> Non
 
 
 def _settings(tmp_path: Path, **update: Any) -> Settings:
-    return Settings(_env_file=None, database_url=f"sqlite:///{tmp_path}/warranty.db",  # type: ignore[call-arg]
-                    data_dir=tmp_path, attachments_dir=tmp_path / "attachments", **update)
+    return Settings(
+        _env_file=None,
+        database_url=f"sqlite:///{tmp_path}/warranty.db",  # type: ignore[call-arg]
+        data_dir=tmp_path,
+        attachments_dir=tmp_path / "attachments",
+        **update,
+    )
 
 
 # --- batch alerts through Slack ------------------------------------------------------------------------------
@@ -310,10 +367,18 @@ def test_batch_alert_reaches_slack_once_per_window(settings: Settings, db: Engin
     once, through the outbox like every desk event; the third claim of the batch raises no second alert."""
     fake = FakeSlack(users={ENGINEER: "Li Wei"}, members=["U07WBOT9RZ2", ENGINEER])
     with serve(fake_slack_app(fake)) as api_url:
-        settings = settings.model_copy(update={
-            "slack_bot_token": SecretStr(BOT_TOKEN), "slack_signing_secret": SecretStr(SECRET),
-            "slack_api_url": f"{api_url}/api/", "slack_escalation_channel": ESCALATION, "slack_mode": "http",
-            "public_url": "https://warranty.example", "batch_alert_claims": 2, "batch_alert_window_days": 30})
+        settings = settings.model_copy(
+            update={
+                "slack_bot_token": SecretStr(BOT_TOKEN),
+                "slack_signing_secret": SecretStr(SECRET),
+                "slack_api_url": f"{api_url}/api/",
+                "slack_escalation_channel": ESCALATION,
+                "slack_mode": "http",
+                "public_url": "https://warranty.example",
+                "batch_alert_claims": 2,
+                "batch_alert_window_days": 30,
+            }
+        )
         bot = build(settings, db=db, external_desks=("slack",))
         import_registry(db, REGISTRY, policy=bot.policy)
         desk = slack.from_settings(bot)
@@ -326,8 +391,13 @@ def test_batch_alert_reaches_slack_once_per_window(settings: Settings, db: Engin
             second = seeder.ref("q")
             seeder.say("r", "CSP2604D0043", "E07 on the display and it shuts down", "human")
             third = seeder.ref("r")
-            wait_until(lambda: all(any(ref in p["text"] for p in fake.posts(channel=ESCALATION))
-                                   for ref in (first, second, third)), what="the three case messages")
+            wait_until(
+                lambda: all(
+                    any(ref in p["text"] for p in fake.posts(channel=ESCALATION))
+                    for ref in (first, second, third)
+                ),
+                what="the three case messages",
+            )
 
             def alerts() -> list[dict[str, Any]]:
                 return [p for p in fake.posts(channel=ESCALATION) if "Batch alert" in p["text"]]
@@ -340,29 +410,47 @@ def test_batch_alert_reaches_slack_once_per_window(settings: Settings, db: Engin
     assert "CSP made 2026-04 has 2 claims in the last 30 days" in text and "2 of 60 units sold" in text
     assert second in text
     with Session(db) as session:
-        raised = session.execute(
-            select(col(Case.ref)).join(AuditEntry, col(AuditEntry.case_id) == col(Case.id))
-            .where(col(AuditEntry.action) == "batch_alert")
-        ).scalars().all()
+        raised = (
+            session.execute(
+                select(col(Case.ref))
+                .join(AuditEntry, col(AuditEntry.case_id) == col(Case.id))
+                .where(col(AuditEntry.action) == "batch_alert")
+            )
+            .scalars()
+            .all()
+        )
     assert raised == [second]  # in that case's history on the desk, too
     now = utcnow()
     report = build_report(db, Period(now.date(), now.date()), policy=bot.policy, now=now)
-    assert [(a.model, a.month, a.claims, a.case_ref) for a in report.alerts] == [("CSP", "2026-04", 2, second)]
+    assert [(a.model, a.month, a.claims, a.case_ref) for a in report.alerts] == [
+        ("CSP", "2026-04", 2, second)
+    ]
 
 
 def _pending_slack(db: Engine) -> list[int]:
     from bot.store import OutboxItem
 
     with Session(db) as session:
-        return list(session.execute(
-            select(col(OutboxItem.id)).where(col(OutboxItem.channel) == "slack", col(OutboxItem.status) == "pending")
-        ).scalars())
+        return list(
+            session.execute(
+                select(col(OutboxItem.id)).where(
+                    col(OutboxItem.channel) == "slack", col(OutboxItem.status) == "pending"
+                )
+            ).scalars()
+        )
 
 
 # --- the desk page in headless Chromium ----------------------------------------------------------------------------
 
-CHROMIUM_ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+CHROMIUM_ARGS = [
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 WAIT_MS = 15_000
 SCREENSHOTS = Path(os.environ.get("BROWSER_SCREENSHOTS", "/tmp"))
 
@@ -401,12 +489,20 @@ def test_report_page_draws_the_charts(browser: Any, tmp_path: Path) -> None:
     refs = seed(bot)
     problems: list[str] = []
     with serve(create_app(bot)) as base:
-        context = browser.new_context(locale="en-US", accept_downloads=True, viewport={"width": 1280, "height": 900})
+        context = browser.new_context(
+            locale="en-US", accept_downloads=True, viewport={"width": 1280, "height": 900}
+        )
         page = context.new_page()
         page.on("pageerror", lambda error: problems.append(f"page error: {error}"))
         # Chromium logs every 4xx ("Failed to load resource"); the desk's first probe is an expected 401.
-        page.on("console", lambda m: problems.append(f"console: {m.text}")
-                if m.type == "error" and not m.text.startswith("Failed to load resource") else None)
+        page.on(
+            "console",
+            lambda m: (
+                problems.append(f"console: {m.text}")
+                if m.type == "error" and not m.text.startswith("Failed to load resource")
+                else None
+            ),
+        )
 
         def dialog(d: Any) -> None:
             problems.append(f"dialog: {d.message}")
@@ -421,8 +517,12 @@ def test_report_page_draws_the_charts(browser: Any, tmp_path: Path) -> None:
         page.get_by_label("Your name").fill("Amira")
         page.get_by_role("button", name="Open the desk").click()
         page.get_by_role("link", name="Report and batch alerts").click()
-        expect(page).to_have_url(f"{base}/desk/report?" + "from=" + date.today().strftime("%Y-%m-01")
-                                 + f"&to={date.today().isoformat()}")
+        expect(page).to_have_url(
+            f"{base}/desk/report?"
+            + "from="
+            + date.today().strftime("%Y-%m-01")
+            + f"&to={date.today().isoformat()}"
+        )
         page.get_by_label("From").fill("2026-03-01")
         page.get_by_label("To (included)").fill("2026-03-31")
         page.get_by_role("button", name="Show").click()
@@ -436,7 +536,8 @@ def test_report_page_draws_the_charts(browser: Any, tmp_path: Path) -> None:
         expect(page.locator("#chart-batch svg rect")).to_have_count(2)
         expect(page.locator("#chart-channel svg rect")).to_have_count(2)
         widths = page.locator("#chart-channel svg rect").evaluate_all(
-            "(rects) => rects.map((r) => r.getBoundingClientRect().width)")
+            "(rects) => rects.map((r) => r.getBoundingClientRect().width)"
+        )
         assert widths[0] > 0 and widths[1] == pytest.approx(widths[0] / 3, rel=0.02)  # test 3, telegram 1
         fill = page.locator("#chart-model svg rect").first.evaluate("(r) => getComputedStyle(r).fill")
         assert fill not in ("", "none", "rgb(0, 0, 0)")  # coloured by report.css, under the CSP

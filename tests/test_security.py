@@ -49,8 +49,10 @@ CASE_REF = re.compile(r"WR-\d{4}-\d{6}")
 MAX_BODY = 64 * 1024
 MAX_FILE = 100_000
 # Customer text that would do something if any layer took it for markup, a template or SQL.
-INJECTION = ("<script>alert('x')</script> <b>bold</b> <a href=\"https://evil.example\">link</a> {{ 7*191 }} "
-             "{% if 1 %}jinja{% endif %} '; DROP TABLE \"case\"; -- <!channel> &amp; E07")
+INJECTION = (
+    "<script>alert('x')</script> <b>bold</b> <a href=\"https://evil.example\">link</a> {{ 7*191 }} "
+    '{% if 1 %}jinja{% endif %} \'; DROP TABLE "case"; -- <!channel> &amp; E07'
+)
 PHONE = "+44 7700 900123"
 EMAIL = "yusuf.demir@solarege.example"
 PDF = b"%PDF-1.4\n1 0 obj << /Type /Catalog >> endobj\ntrailer << /Root 1 0 R >>\n%%EOF\n"
@@ -60,8 +62,10 @@ EXE = b"MZ\x90\x00\x03\x00\x00\x00\x04\x00\x00\x00\xff\xff\x00\x00" + bytes(200)
 @pytest.fixture(scope="module", params=["sqlite", "postgres"])
 def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     folder = tmp_path_factory.mktemp(f"security-{request.param}")
-    with database(request.param, folder) as url, \
-            running(url, folder, max_body_bytes=MAX_BODY, attachment_max_bytes=MAX_FILE) as running_stack:
+    with (
+        database(request.param, folder) as url,
+        running(url, folder, max_body_bytes=MAX_BODY, attachment_max_bytes=MAX_FILE) as running_stack,
+    ):
         yield running_stack
 
 
@@ -101,14 +105,19 @@ def whatsapp_message(wamid: str, text: str, *, wa_id: str = "447700900142") -> b
 
 def wechat_text(msg_id: int, text: str) -> bytes:
     sample = payload("wechat", "text.xml")
-    body = re.sub(rb"<Content><!\[CDATA\[.*?\]\]></Content>", b"<Content><![CDATA[" + text.encode() + b"]]></Content>",
-                  sample, flags=re.S)
+    body = re.sub(
+        rb"<Content><!\[CDATA\[.*?\]\]></Content>",
+        b"<Content><![CDATA[" + text.encode() + b"]]></Content>",
+        sample,
+        flags=re.S,
+    )
     return body.replace(b"24593860172834561", str(msg_id).encode())
 
 
 def teams_message(stack: Stack, activity_id: str, text: str) -> bytes:
-    body = payload("teams", "message_activity.json").replace(b"https://smba.trafficmanager.net/emea/",
-                                                              stack.teams_service_url.encode())
+    body = payload("teams", "message_activity.json").replace(
+        b"https://smba.trafficmanager.net/emea/", stack.teams_service_url.encode()
+    )
     activity = json.loads(body)
     activity.update(id=activity_id, text=text, attachments=[])
     return json.dumps(activity, ensure_ascii=False).encode()
@@ -129,18 +138,21 @@ def _telegram(secret: str | None) -> Forgery:
         headers = {telegram.SECRET_HEADER: secret} if secret is not None else {}
         answer = http.post(telegram.WEBHOOK_PATH, content=telegram_update(900001, "forged"), headers=headers)
         return answer, 401 if secret is None else 403
+
     return send
 
 
 def _slack(path: str, body: bytes, *, form: bool, secret: str = "not-the-signing-secret") -> Forgery:
     def send(stack: Stack, http: httpx.Client) -> tuple[httpx.Response, int]:
         return http.post(path, content=body, headers=signed(body, form=form, secret=secret)), 401
+
     return send
 
 
 def _slack_unsigned(path: str, body: bytes) -> Forgery:
     def send(stack: Stack, http: httpx.Client) -> tuple[httpx.Response, int]:
         return http.post(path, content=body, headers={"Content-Type": "application/json"}), 401
+
     return send
 
 
@@ -149,24 +161,31 @@ def _whatsapp(signature: str | None) -> Forgery:
         body = whatsapp_message("wamid.FORGED1", "forged")
         headers = {"X-Hub-Signature-256": signature} if signature is not None else {}
         return http.post(whatsapp.WEBHOOK_PATH, content=body, headers=headers), 401
+
     return send
 
 
 def _whatsapp_resigned(stack: Stack, http: httpx.Client) -> tuple[httpx.Response, int]:
     original = whatsapp_message("wamid.FORGED2", "hello")
     tampered = original.replace(b"hello", b"HELLO")  # a captured body changed after signing
-    return http.post(whatsapp.WEBHOOK_PATH, content=tampered, headers={"X-Hub-Signature-256": sign(original)}), 401
+    return http.post(
+        whatsapp.WEBHOOK_PATH, content=tampered, headers={"X-Hub-Signature-256": sign(original)}
+    ), 401
 
 
 def _wechat(query: Callable[[], dict[str, str]]) -> Forgery:
     def send(stack: Stack, http: httpx.Client) -> tuple[httpx.Response, int]:
         return http.post(wechat.WEBHOOK_PATH, params=query(), content=wechat_text(900001, "forged")), 401
+
     return send
 
 
 def _teams(headers: Callable[[Stack], dict[str, str]]) -> Forgery:
     def send(stack: Stack, http: httpx.Client) -> tuple[httpx.Response, int]:
-        return http.post(teams.PATH, content=teams_message(stack, "forged-1", "forged"), headers=headers(stack)), 401
+        return http.post(
+            teams.PATH, content=teams_message(stack, "forged-1", "forged"), headers=headers(stack)
+        ), 401
+
     return send
 
 
@@ -182,12 +201,15 @@ FORGERIES: dict[str, Forgery] = {
     "slack command signed with another secret": _slack("/slack/commands", COMMAND, form=True),
     "slack event without a signature": _slack_unsigned("/slack/events", EVENT),
     # Odd-typed fields must not matter: an unsigned request is refused before anything reads it.
-    "slack event with a numeric user, forged": _slack("/slack/events", b'{"type": "event_callback", "user": 1}',
-                                                      form=False),
+    "slack event with a numeric user, forged": _slack(
+        "/slack/events", b'{"type": "event_callback", "user": 1}', form=False
+    ),
     "slack event with numeric authorizations, forged": _slack(
-        "/slack/events", b'{"type": "event_callback", "authorizations": 1}', form=False),
+        "/slack/events", b'{"type": "event_callback", "authorizations": 1}', form=False
+    ),
     "slack action with a numeric enterprise, forged": _slack(
-        "/slack/interactivity", as_form('{"type": "block_actions", "enterprise": 7}'), form=True),
+        "/slack/interactivity", as_form('{"type": "block_actions", "enterprise": 7}'), form=True
+    ),
     "whatsapp without a signature": _whatsapp(None),
     "whatsapp signed with another secret": _whatsapp("sha256=" + "0" * 64),
     "whatsapp body changed after signing": _whatsapp_resigned,
@@ -197,7 +219,9 @@ FORGERIES: dict[str, Forgery] = {
     "teams without a token": _teams(lambda s: {"Content-Type": "application/json"}),
     "teams token for another bot": _teams(lambda s: teams_headers(s, audience="another-bot")),
     "teams token expired": _teams(lambda s: teams_headers(s, expires_in=-3600)),
-    "teams token from another issuer": _teams(lambda s: teams_headers(s, issuer="https://sts.windows.net/evil/")),
+    "teams token from another issuer": _teams(
+        lambda s: teams_headers(s, issuer="https://sts.windows.net/evil/")
+    ),
 }
 
 
@@ -227,7 +251,9 @@ def test_a_slack_request_replayed_after_five_minutes_is_refused(stack: Stack, ht
     event = json.loads(EVENT)
     event["event_id"] = "Ev07REPLAY001"
     body = json.dumps(event).encode()
-    captured = signed(body, form=False, timestamp=int(time.time()) - 301)  # a valid signature, five minutes old
+    captured = signed(
+        body, form=False, timestamp=int(time.time()) - 301
+    )  # a valid signature, five minutes old
     assert http.post("/slack/events", content=body, headers=captured).status_code == 401
     command = signed(COMMAND, form=True, timestamp=int(time.time()) - 3600)
     assert http.post("/slack/commands", content=COMMAND, headers=command).status_code == 401
@@ -241,8 +267,10 @@ Captured = Callable[[Stack, str], tuple[str, dict[str, Any]]]  # a valid request
 
 
 def _telegram_request(stack: Stack, text: str) -> tuple[str, dict[str, Any]]:
-    return telegram.WEBHOOK_PATH, {"content": telegram_update(910001, text),
-                                   "headers": {telegram.SECRET_HEADER: TELEGRAM_SECRET}}
+    return telegram.WEBHOOK_PATH, {
+        "content": telegram_update(910001, text),
+        "headers": {telegram.SECRET_HEADER: TELEGRAM_SECRET},
+    }
 
 
 def _whatsapp_request(stack: Stack, text: str) -> tuple[str, dict[str, Any]]:
@@ -255,11 +283,18 @@ def _wechat_request(stack: Stack, text: str) -> tuple[str, dict[str, Any]]:
 
 
 def _teams_request(stack: Stack, text: str) -> tuple[str, dict[str, Any]]:
-    return teams.PATH, {"content": teams_message(stack, "replayed-0001", text), "headers": teams_headers(stack)}
+    return teams.PATH, {
+        "content": teams_message(stack, "replayed-0001", text),
+        "headers": teams_headers(stack),
+    }
 
 
-CAPTURED: dict[str, Captured] = {"telegram": _telegram_request, "whatsapp": _whatsapp_request,
-                                 "wechat": _wechat_request, "teams": _teams_request}
+CAPTURED: dict[str, Captured] = {
+    "telegram": _telegram_request,
+    "whatsapp": _whatsapp_request,
+    "wechat": _wechat_request,
+    "teams": _teams_request,
+}
 
 
 @pytest.mark.parametrize("channel", sorted(CAPTURED))
@@ -267,23 +302,39 @@ def test_a_replayed_request_is_processed_once(stack: Stack, http: httpx.Client, 
     text = f"Replayed on {channel}: CSP2402A0153 shows E07"
     path, arguments = CAPTURED[channel](stack, text)
     first = http.post(path, **arguments)
-    again = http.post(path, **arguments)  # the same bytes, headers and query: a redelivery, or an attacker's replay
+    again = http.post(
+        path, **arguments
+    )  # the same bytes, headers and query: a redelivery, or an attacker's replay
     assert (first.status_code, again.status_code) == (200, 200), (first.text, again.text)
     assert customer_said(stack, text) == 1
 
 
 # --- the local desk -------------------------------------------------------------------------------------------------
 
-DESK_ROUTES = [("GET", "/api/desk/cases"), ("GET", "/api/desk/cases/WR-2026-000001"),
-               ("POST", "/api/desk/cases/WR-2026-000001/messages"), ("POST", "/api/desk/cases/WR-2026-000001/claim"),
-               ("POST", "/api/desk/cases/WR-2026-000001/ask"), ("POST", "/api/desk/cases/WR-2026-000001/method"),
-               ("POST", "/api/desk/cases/WR-2026-000001/close"),
-               ("GET", "/api/desk/cases/WR-2026-000001/attachments/1"),
-               ("GET", "/api/desk/report"), ("GET", "/api/desk/report.csv"), ("GET", "/api/desk/report.html")]
-WRONG_AUTH = [{}, {"Authorization": "Bearer"}, {"Authorization": "Bearer wrong-token"},
-              {"Authorization": f"Basic {DESK_TOKEN}"}, {"Authorization": f"Bearer {DESK_TOKEN.upper()}"},
-              {"Authorization": f"Bearer {DESK_TOKEN[:-1]}"}, {"Authorization": f"Bearer {DESK_TOKEN}x"},
-              {"X-Desk-Token": DESK_TOKEN}, {"Cookie": f"desk_token={DESK_TOKEN}"}]
+DESK_ROUTES = [
+    ("GET", "/api/desk/cases"),
+    ("GET", "/api/desk/cases/WR-2026-000001"),
+    ("POST", "/api/desk/cases/WR-2026-000001/messages"),
+    ("POST", "/api/desk/cases/WR-2026-000001/claim"),
+    ("POST", "/api/desk/cases/WR-2026-000001/ask"),
+    ("POST", "/api/desk/cases/WR-2026-000001/method"),
+    ("POST", "/api/desk/cases/WR-2026-000001/close"),
+    ("GET", "/api/desk/cases/WR-2026-000001/attachments/1"),
+    ("GET", "/api/desk/report"),
+    ("GET", "/api/desk/report.csv"),
+    ("GET", "/api/desk/report.html"),
+]
+WRONG_AUTH = [
+    {},
+    {"Authorization": "Bearer"},
+    {"Authorization": "Bearer wrong-token"},
+    {"Authorization": f"Basic {DESK_TOKEN}"},
+    {"Authorization": f"Bearer {DESK_TOKEN.upper()}"},
+    {"Authorization": f"Bearer {DESK_TOKEN[:-1]}"},
+    {"Authorization": f"Bearer {DESK_TOKEN}x"},
+    {"X-Desk-Token": DESK_TOKEN},
+    {"Cookie": f"desk_token={DESK_TOKEN}"},
+]
 
 
 def test_the_desk_api_needs_the_token(stack: Stack, http: httpx.Client) -> None:
@@ -314,8 +365,18 @@ def test_one_web_chat_session_cannot_read_or_write_another(stack: Stack, http: h
     assert secret in texts(alice)
     assert not any("Alice" in t for t in texts(bob)) and not any("Alice" in t for t in texts(bob, "1"))
     assert len(alice) >= 32  # unguessable: 24 random bytes
-    guesses = [alice[:-1], alice[:-1] + ("A" if alice[-1] != "A" else "B"), alice.upper(), alice.lower(),
-               alice + "x", f"{alice[:20]}%00", "../" + alice, alice[::-1], "0" * len(alice), "webchat:" + alice]
+    guesses = [
+        alice[:-1],
+        alice[:-1] + ("A" if alice[-1] != "A" else "B"),
+        alice.upper(),
+        alice.lower(),
+        alice + "x",
+        f"{alice[:20]}%00",
+        "../" + alice,
+        alice[::-1],
+        "0" * len(alice),
+        "webchat:" + alice,
+    ]
     for guess in guesses:
         path = f"/api/webchat/sessions/{quote_plus(guess)}"
         read = http.get(f"{path}/messages")
@@ -349,8 +410,12 @@ def test_customer_markup_is_inert_everywhere_it_is_shown(stack: Stack, http: htt
     session = _new_customer(http)
     for text in ("hello", "CSP2402A0153", INJECTION, "human"):
         _say(http, session, text)
-    ref = wait_until(lambda: next((found.group() for m in _transcript(http, session)
-                                   if (found := CASE_REF.search(m["text"]))), None), what="the case")
+    ref = wait_until(
+        lambda: next(
+            (found.group() for m in _transcript(http, session) if (found := CASE_REF.search(m["text"]))), None
+        ),
+        what="the case",
+    )
     _say(http, session, INJECTION)  # after the hand-off: relayed into the Slack thread
     stack.settle()
 
@@ -364,23 +429,35 @@ def test_customer_markup_is_inert_everywhere_it_is_shown(stack: Stack, http: htt
 
     # Slack: the case message and the thread line carry it escaped; nothing in it is a tag or a mention.
     def slack_texts() -> str:
-        return "\n".join(block_text(c.args.get("blocks") or []) + "\n" + str(c.args.get("text", ""))
-                         for c in stack.slack.calls if c.method in ("chat.postMessage", "chat.update"))
+        return "\n".join(
+            block_text(c.args.get("blocks") or []) + "\n" + str(c.args.get("text", ""))
+            for c in stack.slack.calls
+            if c.method in ("chat.postMessage", "chat.update")
+        )
 
-    wait_until(lambda: slack_texts().count("&lt;script&gt;") >= 2, what="the case and the thread line in Slack")
+    wait_until(
+        lambda: slack_texts().count("&lt;script&gt;") >= 2, what="the case and the thread line in Slack"
+    )
     posted = slack_texts()
     assert "<script>" not in posted and "<b>" not in posted and "<!channel>" not in posted
     assert "&lt;script&gt;alert('x')&lt;/script&gt;" in posted and "&lt;!channel&gt;" in posted
     assert '<a href="https://evil.example">' not in posted
 
     # An engineer quoting the customer on the desk: the web chat shows it as text, Slack escaped.
-    reply = http.post(f"/api/desk/cases/{ref}/messages", headers=DESK_AUTH,
-                      json={"text": f"You wrote: {INJECTION}", "engineer": "Li <b>Wei</b>"})
+    reply = http.post(
+        f"/api/desk/cases/{ref}/messages",
+        headers=DESK_AUTH,
+        json={"text": f"You wrote: {INJECTION}", "engineer": "Li <b>Wei</b>"},
+    )
     assert reply.status_code == 200, reply.text
-    engineer = wait_until(lambda: [m for m in _transcript(http, session) if m["author"] == "engineer"],
-                          what="the engineer's reply")
+    engineer = wait_until(
+        lambda: [m for m in _transcript(http, session) if m["author"] == "engineer"],
+        what="the engineer's reply",
+    )
     assert f"You wrote: {INJECTION}" in engineer[0]["text"]
-    wait_until(lambda: "You wrote: &lt;script&gt;" in slack_texts(), what="the reply's line in the Slack thread")
+    wait_until(
+        lambda: "You wrote: &lt;script&gt;" in slack_texts(), what="the reply's line in the Slack thread"
+    )
     assert "<b>Wei</b>" not in slack_texts()
 
     # No template ever ran the customer's {{ 7*191 }}.
@@ -389,7 +466,9 @@ def test_customer_markup_is_inert_everywhere_it_is_shown(stack: Stack, http: htt
     assert all("{{ 7*191 }}" in t for t in (case["fault"], engineer[0]["text"]))
     # And the SQL in it was stored, not run: the table it names is still there, with this case in it.
     with Session(stack.db) as session_db:
-        assert session_db.execute(select(Case).where(col(Case.ref) == ref)).scalar_one().fault == case["fault"]
+        assert (
+            session_db.execute(select(Case).where(col(Case.ref) == ref)).scalar_one().fault == case["fault"]
+        )
 
 
 def test_customer_markup_in_telegram_html_is_escaped(stack: Stack, http: httpx.Client) -> None:
@@ -398,21 +477,32 @@ def test_customer_markup_in_telegram_html_is_escaped(stack: Stack, http: httpx.C
     document["update_id"] = 920001
     document["message"]["chat"]["id"] = document["message"]["from"]["id"] = 777000111
     document["message"]["document"].update(file_name=f"{INJECTION}.pdf", mime_type="application/x-msdownload")
-    answer = http.post(telegram.WEBHOOK_PATH, content=json.dumps(document).encode(),
-                       headers={telegram.SECRET_HEADER: TELEGRAM_SECRET})
+    answer = http.post(
+        telegram.WEBHOOK_PATH,
+        content=json.dumps(document).encode(),
+        headers={telegram.SECRET_HEADER: TELEGRAM_SECRET},
+    )
     assert answer.status_code == 200
-    sent = wait_until(lambda: [m for m in stack.telegram.sent("777000111") if "alert" in m["text"]],
-                      what="the refusal quoting the file name")
+    sent = wait_until(
+        lambda: [m for m in stack.telegram.sent("777000111") if "alert" in m["text"]],
+        what="the refusal quoting the file name",
+    )
     text = sent[0]["text"]
     assert sent[0]["parse_mode"] == "HTML"
     assert "<script>" not in text and "<b>" not in text and "<a href" not in text
     assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;" in text and "1337" not in text
-    assert not stack.telegram.calls_to("sendMessage", ok=False)  # Telegram's HTML parser found nothing to refuse
+    assert not stack.telegram.calls_to(
+        "sendMessage", ok=False
+    )  # Telegram's HTML parser found nothing to refuse
 
 
 def test_customer_markup_in_the_email_html_part_is_escaped() -> None:
-    message = OutboundMessage(channel="email", chat_id=EMAIL, text=f"You wrote:\n\n{INJECTION}",
-                              buttons=(Button(label="<img src=x onerror=alert(1)>", value="cause:normal"),))
+    message = OutboundMessage(
+        channel="email",
+        chat_id=EMAIL,
+        text=f"You wrote:\n\n{INJECTION}",
+        buttons=(Button(label="<img src=x onerror=alert(1)>", value="cause:normal"),),
+    )
     composed = mail.compose(message, thread=mail.Thread(subject="Re: <b>claim</b>"), config=MAIL_CONFIG)
     parsed = BytesParser(policy=email_policy.default).parsebytes(composed.as_bytes())
     assert isinstance(parsed, EmailMessage)
@@ -420,7 +510,9 @@ def test_customer_markup_in_the_email_html_part_is_escaped() -> None:
     plain_body = parsed.get_body(preferencelist=("plain",))
     assert html_body is not None and plain_body is not None
     markup = str(html_body.get_content())
-    assert "<script>" not in markup and "<b>" not in markup and "<img" not in markup and "<a href" not in markup
+    assert (
+        "<script>" not in markup and "<b>" not in markup and "<img" not in markup and "<a href" not in markup
+    )
     assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;" in markup and "&lt;img src=x" in markup
     assert "{{ 7*191 }}" in markup and "1337" not in markup
     assert INJECTION in str(plain_body.get_content()).replace("\r\n", "\n")
@@ -431,7 +523,7 @@ def test_customer_markup_in_the_email_html_part_is_escaped() -> None:
 
 def _chunks(data: bytes) -> Iterator[bytes]:
     for start in range(0, len(data), 16 * 1024):
-        yield data[start:start + 16 * 1024]
+        yield data[start : start + 16 * 1024]
 
 
 Endpoint = Callable[[Stack, httpx.Client, bytes], tuple[str, dict[str, str], dict[str, str]]]
@@ -444,13 +536,15 @@ def _plain(path: str) -> Endpoint:
 def _session_path(suffix: str) -> Endpoint:
     def build(stack: Stack, http: httpx.Client, body: bytes) -> tuple[str, dict[str, str], dict[str, str]]:
         return f"/api/webchat/sessions/{_new_customer(http)}/{suffix}", {}, {}
+
     return build
 
 
 def _upload(size: int) -> tuple[bytes, str]:
     """A well-formed multipart upload of one PDF of `size` bytes: read to its end unless refused for its size."""
-    request = httpx.Request("POST", "http://upload.invalid/", files={"file": ("big.pdf", PDF + bytes(size),
-                                                                             "application/pdf")})
+    request = httpx.Request(
+        "POST", "http://upload.invalid/", files={"file": ("big.pdf", PDF + bytes(size), "application/pdf")}
+    )
     return request.read(), request.headers["content-type"]
 
 
@@ -472,7 +566,9 @@ ENDPOINTS: dict[str, Endpoint] = {
 
 @pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
 @pytest.mark.parametrize("name", sorted(ENDPOINTS))
-def test_oversized_bodies_are_refused_with_413(stack: Stack, http: httpx.Client, name: str, chunked: bool) -> None:
+def test_oversized_bodies_are_refused_with_413(
+    stack: Stack, http: httpx.Client, name: str, chunked: bool
+) -> None:
     body = b"{" + b" " * MAX_BODY + b"}"
     path, params, headers = ENDPOINTS[name](stack, http, body)
     if name == "web chat files":  # uploads may carry one file of the largest size allowed, and its framing
@@ -488,8 +584,11 @@ def test_a_body_just_under_the_limit_is_read(stack: Stack, http: httpx.Client) -
     session = _new_customer(http)
     # The text itself is bounded (MAX_TEXT_CHARS); the JSON around it may still fill the body.
     body = b'{"text": "E07 E07"' + b" " * (MAX_BODY - 100) + b"}"
-    answer = http.post(f"/api/webchat/sessions/{session}/messages", content=_chunks(body),
-                       headers={"Content-Type": "application/json"})
+    answer = http.post(
+        f"/api/webchat/sessions/{session}/messages",
+        content=_chunks(body),
+        headers={"Content-Type": "application/json"},
+    )
     assert answer.status_code == 202, answer.text
 
 
@@ -497,7 +596,9 @@ def _nested(depth: int) -> bytes:
     return b'{"text": ' + b'{"a": ' * depth + b"1" + b"}" * (depth + 1)
 
 
-@pytest.mark.parametrize("name", sorted(set(ENDPOINTS) - {"web chat files", "wechat", "slack commands"}))  # no JSON there
+@pytest.mark.parametrize(
+    "name", sorted(set(ENDPOINTS) - {"web chat files", "wechat", "slack commands"})
+)  # no JSON there
 def test_deeply_nested_json_is_refused_with_400_on_every_json_endpoint(
     stack: Stack, http: httpx.Client, name: str, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -508,9 +609,17 @@ def test_deeply_nested_json_is_refused_with_400_on_every_json_endpoint(
     session = path.split("/")[4] if path.startswith("/api/webchat/sessions/") else _new_customer(http)
     before = inbox_count(stack)
     with caplog.at_level(logging.DEBUG):
-        answer = http.post(path, params=params, content=body,
-                           headers={"Content-Type": "application/x-www-form-urlencoded" if body.startswith(b"payload=")
-                                    else "application/json", **headers})
+        answer = http.post(
+            path,
+            params=params,
+            content=body,
+            headers={
+                "Content-Type": "application/x-www-form-urlencoded"
+                if body.startswith(b"payload=")
+                else "application/json",
+                **headers,
+            },
+        )
     assert answer.status_code == 400, answer.text
     assert inbox_count(stack) == before
     server = [r for r in caplog.records if not r.name.startswith(("httpx", "httpcore"))]  # not our client's
@@ -518,24 +627,37 @@ def test_deeply_nested_json_is_refused_with_400_on_every_json_endpoint(
     assert http.get("/healthz").status_code == 200
 
 
-def test_json_nested_within_the_limit_and_brackets_in_strings_are_read(stack: Stack, http: httpx.Client) -> None:
+def test_json_nested_within_the_limit_and_brackets_in_strings_are_read(
+    stack: Stack, http: httpx.Client
+) -> None:
     session = _new_customer(http)
     text = "[[[{{" * 200 + " E07 " + "}}]]]" * 200  # 1,000 brackets inside a string are text, not nesting
-    answer = http.post(f"/api/webchat/sessions/{session}/messages", json={"text": text, "client_id": "deep-ok"})
+    answer = http.post(
+        f"/api/webchat/sessions/{session}/messages", json={"text": text, "client_id": "deep-ok"}
+    )
     assert answer.status_code == 202, answer.text
-    escaped = '{"text": "a \\" [[[[ \\\\", "client_id": "escapes"}'  # an escaped quote does not end the string
-    answer = http.post(f"/api/webchat/sessions/{session}/messages", content=escaped.encode(),
-                       headers={"Content-Type": "application/json"})
+    escaped = (
+        '{"text": "a \\" [[[[ \\\\", "client_id": "escapes"}'  # an escaped quote does not end the string
+    )
+    answer = http.post(
+        f"/api/webchat/sessions/{session}/messages",
+        content=escaped.encode(),
+        headers={"Content-Type": "application/json"},
+    )
     assert answer.status_code == 202, answer.text
     deep_but_allowed = b'{"language": ' + b"[" * 60 + b"]" * 60 + b"}"
-    answer = http.post("/api/webchat/sessions", content=deep_but_allowed, headers={"Content-Type": "application/json"})
+    answer = http.post(
+        "/api/webchat/sessions", content=deep_but_allowed, headers={"Content-Type": "application/json"}
+    )
     assert answer.status_code == 422  # read, and refused for what it says, not for its depth
 
 
 # --- attachments ----------------------------------------------------------------------------------------------------
 
 
-def test_attachment_types_and_sizes_are_limited_and_the_customer_is_told(stack: Stack, http: httpx.Client) -> None:
+def test_attachment_types_and_sizes_are_limited_and_the_customer_is_told(
+    stack: Stack, http: httpx.Client
+) -> None:
     session = _new_customer(http)
     _say(http, session, "hello")
 
@@ -545,14 +667,20 @@ def test_attachment_types_and_sizes_are_limited_and_the_customer_is_told(stack: 
         result: dict[str, Any] = answer.json()
         return result
 
-    assert upload("setup.pdf", EXE, "application/pdf")["rejected"] is True  # an .exe renamed: wrong magic bytes
+    assert (
+        upload("setup.pdf", EXE, "application/pdf")["rejected"] is True
+    )  # an .exe renamed: wrong magic bytes
     assert upload("setup.exe", EXE, "application/x-msdownload")["rejected"] is True
     assert upload("drawing.svg", b"<svg onload=alert(1)>", "image/svg+xml")["rejected"] is True
     assert upload("huge.pdf", PDF + bytes(MAX_FILE), "application/pdf")["rejected"] is True  # over the limit
     assert upload("invoice.pdf", PDF, "application/pdf")["rejected"] is False  # control: a real PDF is kept
 
     def told() -> list[str]:
-        return [m["text"] for m in _transcript(http, session) if m["author"] == "bot" and "couldn't keep" in m["text"]]
+        return [
+            m["text"]
+            for m in _transcript(http, session)
+            if m["author"] == "bot" and "couldn't keep" in m["text"]
+        ]
 
     def all_told() -> list[str]:
         found = told()
@@ -566,7 +694,9 @@ def test_attachment_types_and_sizes_are_limited_and_the_customer_is_told(stack: 
     with Session(stack.db) as session_db:
         kept = session_db.execute(select(StoredAttachment)).scalars().all()
     assert all(stack.bot.attachments.path(a.path).read_bytes()[:2] != b"MZ" for a in kept)
-    assert any(a.name == "invoice.pdf" for a in kept) and not any(a.name in ("setup.pdf", "huge.pdf") for a in kept)
+    assert any(a.name == "invoice.pdf" for a in kept) and not any(
+        a.name in ("setup.pdf", "huge.pdf") for a in kept
+    )
     stored = [p for p in Path(stack.bot.settings.attachments_dir).rglob("*") if p.is_file()]
     assert all(p.read_bytes()[:2] != b"MZ" and p.stat().st_size <= MAX_FILE for p in stored)
 
@@ -574,33 +704,39 @@ def test_attachment_types_and_sizes_are_limited_and_the_customer_is_told(stack: 
 # --- logs -----------------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("text", "hidden"), [
-    (f"call me on {PHONE} please", [PHONE, "7700"]),
-    ("or +447700900123, or 07700 900123, or (020) 7946-0958", ["447700900123", "07700 900123", "7946"]),
-    (f"mail {EMAIL} or a.b+tag@sub.example.co.uk", [EMAIL, "a.b+tag@sub.example.co.uk", "solarege"]),
-    (f"POST https://api.telegram.org/bot{TELEGRAM_TOKEN}/sendMessage", [TELEGRAM_TOKEN.split(":")[1]]),
-    (f"token {TELEGRAM_TOKEN}", [TELEGRAM_TOKEN.split(":")[1]]),
-    (f"bot said {TELEGRAM_TOKEN}", [TELEGRAM_TOKEN.split(":")[1]]),
-    (f"slack {SLACK_BOT_TOKEN} and xapp-1-A07WRN-1234-abcdef", [SLACK_BOT_TOKEN, "A07WRN-1234-abcdef"]),
-    ("Authorization: Bearer eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiIxIn0.c2ln", ["eyJhbGciOiJSUzI1NiJ9"]),
-    ("GET /cgi-bin/media/get?access_token=ACCESS_TOKEN_1&media_id=5", ["ACCESS_TOKEN_1"]),
-    ("password: hunter2, secret=abc123", ["hunter2", "abc123"]),
-    # A token endpoint's answer (WeChat's stable_token, the Bot Framework's token) quoted in an error.
-    ('{"access_token": "EAAGtest0access0token", "expires_in": 7200}', ["EAAGtest0access0token"]),
-])
+@pytest.mark.parametrize(
+    ("text", "hidden"),
+    [
+        (f"call me on {PHONE} please", [PHONE, "7700"]),
+        ("or +447700900123, or 07700 900123, or (020) 7946-0958", ["447700900123", "07700 900123", "7946"]),
+        (f"mail {EMAIL} or a.b+tag@sub.example.co.uk", [EMAIL, "a.b+tag@sub.example.co.uk", "solarege"]),
+        (f"POST https://api.telegram.org/bot{TELEGRAM_TOKEN}/sendMessage", [TELEGRAM_TOKEN.split(":")[1]]),
+        (f"token {TELEGRAM_TOKEN}", [TELEGRAM_TOKEN.split(":")[1]]),
+        (f"bot said {TELEGRAM_TOKEN}", [TELEGRAM_TOKEN.split(":")[1]]),
+        (f"slack {SLACK_BOT_TOKEN} and xapp-1-A07WRN-1234-abcdef", [SLACK_BOT_TOKEN, "A07WRN-1234-abcdef"]),
+        ("Authorization: Bearer eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiIxIn0.c2ln", ["eyJhbGciOiJSUzI1NiJ9"]),
+        ("GET /cgi-bin/media/get?access_token=ACCESS_TOKEN_1&media_id=5", ["ACCESS_TOKEN_1"]),
+        ("password: hunter2, secret=abc123", ["hunter2", "abc123"]),
+        # A token endpoint's answer (WeChat's stable_token, the Bot Framework's token) quoted in an error.
+        ('{"access_token": "EAAGtest0access0token", "expires_in": 7200}', ["EAAGtest0access0token"]),
+    ],
+)
 def test_mask_hides_phone_numbers_emails_and_tokens(text: str, hidden: list[str]) -> None:
     masked = mask(text)
     assert [h for h in hidden if h in masked] == [], masked
     assert masked.split()[0] == text.split()[0]  # only the sensitive part goes
 
 
-@pytest.mark.parametrize("text", [
-    # What operators must still read in a log line: case references, serials, dates and times, short ids.
-    "reminder for WR-2026-000042 not posted",
-    "unit CSP2402A0153 arrived 2024-03-10",
-    "outbox row 42 dead after 8 attempts",
-    "mail UID 17 not taken: a mailing list",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        # What operators must still read in a log line: case references, serials, dates and times, short ids.
+        "reminder for WR-2026-000042 not posted",
+        "unit CSP2402A0153 arrived 2024-03-10",
+        "outbox row 42 dead after 8 attempts",
+        "mail UID 17 not taken: a mailing list",
+    ],
+)
 def test_mask_keeps_what_is_not_personal(text: str) -> None:
     assert mask(text) == text
 
@@ -625,32 +761,69 @@ def test_the_masking_formatter_masks_messages_and_tracebacks_but_not_the_time() 
     assert re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} ERROR tests.security.masking: ", logged), logged
 
 
-SECRETS_AND_PII = ("7700 900123", "7700900123", EMAIL, TELEGRAM_TOKEN, TELEGRAM_TOKEN.split(":")[1], SLACK_BOT_TOKEN,
-                   SLACK_SECRET, WHATSAPP_ACCESS_TOKEN, WHATSAPP_APP_SECRET, DESK_TOKEN, IMAP_PASSWORD,
-                   "app-password-for-tests", "test-wechat-app-secret", "ACCESS_TOKEN_1", "connector-token-1")
+SECRETS_AND_PII = (
+    "7700 900123",
+    "7700900123",
+    EMAIL,
+    TELEGRAM_TOKEN,
+    TELEGRAM_TOKEN.split(":")[1],
+    SLACK_BOT_TOKEN,
+    SLACK_SECRET,
+    WHATSAPP_ACCESS_TOKEN,
+    WHATSAPP_APP_SECRET,
+    DESK_TOKEN,
+    IMAP_PASSWORD,
+    "app-password-for-tests",
+    "test-wechat-app-secret",
+    "ACCESS_TOKEN_1",
+    "connector-token-1",
+)
 
 
 def test_no_phone_number_email_or_token_reaches_the_logs(tmp_path: Path) -> None:
     """A real `warranty-bot serve` at DEBUG, every channel configured; customers write their phone number and
     email address on several channels, and some calls fail and are logged; the log shows none of them."""
     mailbox = Mailbox(user=SUPPORT, password=IMAP_PASSWORD)
-    with fakes() as (fake_telegram, _slack, graph, fake_wechat, framework, urls), imap_server(mailbox) as imap, \
-            smtp_server() as smtp, database("sqlite", tmp_path) as url:
+    with (
+        fakes() as (fake_telegram, _slack, graph, fake_wechat, framework, urls),
+        imap_server(mailbox) as imap,
+        smtp_server() as smtp,
+        database("sqlite", tmp_path) as url,
+    ):
         port = free_port()
         # Telegram, with a failing setWebhook whose error is logged (the button answer rides in the webhook's
         # response, so no Bot API error follows a press any more).
-        fake_telegram.fail_next("setWebhook", 400,
-                                f"Bad Request: webhook of {PHONE} {EMAIL} token {TELEGRAM_TOKEN} is refused")
-        env = {**os.environ, **channel_env(url, tmp_path, **urls), "LOG_LEVEL": "DEBUG", "PORT": str(port),
-               "IMAP_HOST": imap[0], "IMAP_PORT": str(imap[1]), "IMAP_SECURITY": "none", "IMAP_USER": SUPPORT,
-               "IMAP_PASSWORD": IMAP_PASSWORD, "IMAP_POLL_SECONDS": "0.5", "SMTP_HOST": "127.0.0.1",
-               "SMTP_PORT": str(smtp.port), "SMTP_SECURITY": "none", "EMAIL_FROM": f"CSP Warranty <{SUPPORT}>"}
+        fake_telegram.fail_next(
+            "setWebhook", 400, f"Bad Request: webhook of {PHONE} {EMAIL} token {TELEGRAM_TOKEN} is refused"
+        )
+        env = {
+            **os.environ,
+            **channel_env(url, tmp_path, **urls),
+            "LOG_LEVEL": "DEBUG",
+            "PORT": str(port),
+            "IMAP_HOST": imap[0],
+            "IMAP_PORT": str(imap[1]),
+            "IMAP_SECURITY": "none",
+            "IMAP_USER": SUPPORT,
+            "IMAP_PASSWORD": IMAP_PASSWORD,
+            "IMAP_POLL_SECONDS": "0.5",
+            "SMTP_HOST": "127.0.0.1",
+            "SMTP_PORT": str(smtp.port),
+            "SMTP_SECURITY": "none",
+            "EMAIL_FROM": f"CSP Warranty <{SUPPORT}>",
+        }
         log_file = tmp_path / "server.log"
         with log_file.open("wb") as output:
-            server = subprocess.Popen([sys.executable, "-m", "bot.cli", "serve", "--port", str(port)], cwd=tmp_path,
-                                      env=env, stdout=output, stderr=subprocess.STDOUT)
+            server = subprocess.Popen(
+                [sys.executable, "-m", "bot.cli", "serve", "--port", str(port)],
+                cwd=tmp_path,
+                env=env,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+            )
         base = f"http://127.0.0.1:{port}"
         try:
+
             def healthy() -> bool:
                 if server.poll() is not None:
                     raise AssertionError(log_file.read_text()[-3000:])
@@ -665,43 +838,78 @@ def test_no_phone_number_email_or_token_reaches_the_logs(tmp_path: Path) -> None
                 # Web chat, with a message whose processing fails (a lone surrogate) and is logged.
                 session = http.post("/api/webchat/sessions", json={}).json()["session_id"]
                 for text in (said, f"\ud800 {PHONE} {EMAIL}"):
-                    http.post(f"/api/webchat/sessions/{session}/messages", content=json.dumps({"text": text}).encode(),
-                              headers={"Content-Type": "application/json"}).raise_for_status()
+                    http.post(
+                        f"/api/webchat/sessions/{session}/messages",
+                        content=json.dumps({"text": text}).encode(),
+                        headers={"Content-Type": "application/json"},
+                    ).raise_for_status()
                 # Telegram.
-                http.post(telegram.WEBHOOK_PATH, content=telegram_update(930001, said, chat=447700900123),
-                          headers={telegram.SECRET_HEADER: TELEGRAM_SECRET}).raise_for_status()
+                http.post(
+                    telegram.WEBHOOK_PATH,
+                    content=telegram_update(930001, said, chat=447700900123),
+                    headers={telegram.SECRET_HEADER: TELEGRAM_SECRET},
+                ).raise_for_status()
                 press = json.loads(payload("telegram", "callback_query.json"))
                 press["callback_query"]["data"] = PHONE
-                http.post(telegram.WEBHOOK_PATH, content=json.dumps(press).encode(),
-                          headers={telegram.SECRET_HEADER: TELEGRAM_SECRET}).raise_for_status()
+                http.post(
+                    telegram.WEBHOOK_PATH,
+                    content=json.dumps(press).encode(),
+                    headers={telegram.SECRET_HEADER: TELEGRAM_SECRET},
+                ).raise_for_status()
                 # WhatsApp: the customer's id is their phone number; an unknown message type and a missing media
                 # file are logged.
                 wa_id = "447700900123"
-                for body in (whatsapp_message("wamid.LOG0001", said, wa_id=wa_id),
-                             whatsapp_message("wamid.LOG0002", said, wa_id=wa_id).replace(b'"type": "text"',
-                                                                                          f'"type": "{PHONE}"'.encode()),
-                             payload("whatsapp", "image.json").replace(b"447700900142", wa_id.encode())):
-                    http.post(whatsapp.WEBHOOK_PATH, content=body,
-                              headers={"X-Hub-Signature-256": sign(body)}).raise_for_status()
+                for body in (
+                    whatsapp_message("wamid.LOG0001", said, wa_id=wa_id),
+                    whatsapp_message("wamid.LOG0002", said, wa_id=wa_id).replace(
+                        b'"type": "text"', f'"type": "{PHONE}"'.encode()
+                    ),
+                    payload("whatsapp", "image.json").replace(b"447700900142", wa_id.encode()),
+                ):
+                    http.post(
+                        whatsapp.WEBHOOK_PATH, content=body, headers={"X-Hub-Signature-256": sign(body)}
+                    ).raise_for_status()
                 # WeChat and Teams, Teams with a refused token too.
                 fake_wechat.interaction(OPENID)
-                http.post(wechat.WEBHOOK_PATH, params=signed_query(), content=wechat_text(930001, said)).raise_for_status()
+                http.post(
+                    wechat.WEBHOOK_PATH, params=signed_query(), content=wechat_text(930001, said)
+                ).raise_for_status()
                 service = f"{urls['framework']}/emea/"
-                activity = payload("teams", "message_activity.json").replace(
-                    b"https://smba.trafficmanager.net/emea/", service.encode()).replace(b"Camille Durand", EMAIL.encode())
+                activity = (
+                    payload("teams", "message_activity.json")
+                    .replace(b"https://smba.trafficmanager.net/emea/", service.encode())
+                    .replace(b"Camille Durand", EMAIL.encode())
+                )
                 token = framework.issue(service_url=service)
-                http.post(teams.PATH, content=activity, headers={"Authorization": f"Bearer {token}"}).raise_for_status()
-                refused = http.post(teams.PATH, content=activity,
-                                    headers={"Authorization": f"Bearer {framework.issue(service_url=service, audience=EMAIL)}"})
+                http.post(
+                    teams.PATH, content=activity, headers={"Authorization": f"Bearer {token}"}
+                ).raise_for_status()
+                refused = http.post(
+                    teams.PATH,
+                    content=activity,
+                    headers={
+                        "Authorization": f"Bearer {framework.issue(service_url=service, audience=EMAIL)}"
+                    },
+                )
                 assert refused.status_code == 401
                 # Email: a claim, and an out-of-office answer (not taken, and logged why).
                 mailbox.append(payload("email", "customer_claim.eml"))
-                mailbox.append(payload("email", "auto_reply.eml").replace(
-                    b"Auto-Submitted: auto-replied", f"Auto-Submitted: auto-replied {EMAIL} {PHONE}".encode()))
+                mailbox.append(
+                    payload("email", "auto_reply.eml").replace(
+                        b"Auto-Submitted: auto-replied",
+                        f"Auto-Submitted: auto-replied {EMAIL} {PHONE}".encode(),
+                    )
+                )
                 # Slack: an engineer's command (signed), answered from the database.
-                command = payload("slack", "slash_command.txt").replace(b"WR-2026-000042", quote_plus(PHONE).encode())
-                assert http.post("/slack/commands", content=command,
-                                 headers=signed(command, form=True)).status_code == 200
+                command = payload("slack", "slash_command.txt").replace(
+                    b"WR-2026-000042", quote_plus(PHONE).encode()
+                )
+                assert (
+                    http.post(
+                        "/slack/commands", content=command, headers=signed(command, form=True)
+                    ).status_code
+                    == 200
+                )
 
                 wait_until(lambda: smtp.received, what="an email answer")
                 wait_until(lambda: graph.sent_to(wa_id), what="a WhatsApp answer")
@@ -712,11 +920,17 @@ def test_no_phone_number_email_or_token_reaches_the_logs(tmp_path: Path) -> None
             server.wait(timeout=20)
     logged = log_file.read_text(errors="replace")
     # The flows above did reach the log (so their absence below means masking, not silence).
-    for expected in ("telegram setWebhook failed", "whatsapp message of type", "could not be fetched",
-                     "Teams activity refused", "not taken"):
+    for expected in (
+        "telegram setWebhook failed",
+        "whatsapp message of type",
+        "could not be fetched",
+        "Teams activity refused",
+        "not taken",
+    ):
         assert expected in logged, expected
     assert "<phone>" in logged and "<email>" in logged
     leaked = [s for s in SECRETS_AND_PII if s in logged]
     assert leaked == [], [line for line in logged.splitlines() if any(s in line for s in leaked)][:10]
-    assert not [line for line in logged.splitlines() if line.startswith("<phone>")]  # timestamps stay readable
-
+    assert not [
+        line for line in logged.splitlines() if line.startswith("<phone>")
+    ]  # timestamps stay readable

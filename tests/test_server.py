@@ -28,11 +28,18 @@ def test_a_claim_over_the_web_chat_reaches_the_desk_and_back(server: Server) -> 
     session = httpx.post(f"{server.url}/api/webchat/sessions").json()["session_id"]
     replies = send(server, session, f"{SERIAL} display shows E07 and shuts down under load")
     assert [b["value"] for b in replies[-1]["buttons"]] == ["proof:none"]
-    upload = httpx.post(f"{server.url}/api/webchat/sessions/{session}/files",
-                        files={"file": ("invoice.pdf", PDF, "application/pdf")})
+    upload = httpx.post(
+        f"{server.url}/api/webchat/sessions/{session}/files",
+        files={"file": ("invoice.pdf", PDF, "application/pdf")},
+    )
     assert upload.status_code == 202 and upload.json()["rejected"] is False
-    wait_until(lambda: any(m["author"] == "bot" and m["buttons"] and m["buttons"][0]["value"] == "cause:normal"
-                           for m in messages(server, session)), what="the cause question")
+    wait_until(
+        lambda: any(
+            m["author"] == "bot" and m["buttons"] and m["buttons"][0]["value"] == "cause:normal"
+            for m in messages(server, session)
+        ),
+        what="the cause question",
+    )
     replies = send(server, session, "cause:normal", expect_reply="WR-")
     decision = next(m["text"] for m in replies if "Clauses" in m["text"])
     assert "W1" in decision and "W3" in decision
@@ -43,33 +50,76 @@ def test_a_claim_over_the_web_chat_reaches_the_desk_and_back(server: Server) -> 
     case = httpx.get(f"{server.url}/api/desk/cases/{ref}", headers=AUTH).json()
     assert case["units"][0]["serial"] == SERIAL and case["units"][0]["outcome"] == "covered"
     assert [a["name"] for a in case["attachments"]] == ["invoice.pdf"]
-    attachment = httpx.get(f"{server.url}/api/desk/cases/{ref}/attachments/{case['attachments'][0]['id']}", headers=AUTH)
+    attachment = httpx.get(
+        f"{server.url}/api/desk/cases/{ref}/attachments/{case['attachments'][0]['id']}", headers=AUTH
+    )
     assert attachment.content == PDF
 
-    assert httpx.post(f"{server.url}/api/desk/cases/{ref}/claim", headers=AUTH, json={"engineer": "Li Wei"}).status_code == 200
-    httpx.post(f"{server.url}/api/desk/cases/{ref}/messages", headers=AUTH,
-               json={"text": "internal: suspect the fan", "internal": True, "engineer": "Li Wei"})
-    asked = httpx.post(f"{server.url}/api/desk/cases/{ref}/ask", headers=AUTH,
-                       json={"question": "Does it happen with no load?", "engineer": "Li Wei"})
+    assert (
+        httpx.post(
+            f"{server.url}/api/desk/cases/{ref}/claim", headers=AUTH, json={"engineer": "Li Wei"}
+        ).status_code
+        == 200
+    )
+    httpx.post(
+        f"{server.url}/api/desk/cases/{ref}/messages",
+        headers=AUTH,
+        json={"text": "internal: suspect the fan", "internal": True, "engineer": "Li Wei"},
+    )
+    asked = httpx.post(
+        f"{server.url}/api/desk/cases/{ref}/ask",
+        headers=AUTH,
+        json={"question": "Does it happen with no load?", "engineer": "Li Wei"},
+    )
     assert asked.status_code == 200 and asked.json()["status"] == "waiting_customer"
-    wait_until(lambda: any("Does it happen with no load?" in m["text"] and m["author"] == "engineer"
-                           for m in messages(server, session)), what="the engineer's reply in the web chat")
+    wait_until(
+        lambda: any(
+            "Does it happen with no load?" in m["text"] and m["author"] == "engineer"
+            for m in messages(server, session)
+        ),
+        what="the engineer's reply in the web chat",
+    )
     assert not any("suspect the fan" in m["text"] for m in messages(server, session))
-    assert httpx.post(f"{server.url}/api/webchat/sessions/{session}/messages", json={"text": "Yes, also without load"}).status_code == 202
-    wait_until(lambda: any(m["text"] == "Yes, also without load"
-                           for m in httpx.get(f"{server.url}/api/desk/cases/{ref}", headers=AUTH).json()["messages"]),
-               what="the customer's answer on the desk")
+    assert (
+        httpx.post(
+            f"{server.url}/api/webchat/sessions/{session}/messages", json={"text": "Yes, also without load"}
+        ).status_code
+        == 202
+    )
+    wait_until(
+        lambda: any(
+            m["text"] == "Yes, also without load"
+            for m in httpx.get(f"{server.url}/api/desk/cases/{ref}", headers=AUTH).json()["messages"]
+        ),
+        what="the customer's answer on the desk",
+    )
     assert httpx.get(f"{server.url}/api/desk/cases/{ref}", headers=AUTH).json()["status"] == "claimed"
-    httpx.post(f"{server.url}/api/desk/cases/{ref}/messages", headers=AUTH,
-               json={"text": "Thanks, we will repair it.", "engineer": "Li Wei"})
-    wait_until(lambda: any("Thanks, we will repair it." in m["text"] and "Li Wei" in m["text"]
-                           for m in messages(server, session)), what="the engineer's reply, signed")
-    method = httpx.post(f"{server.url}/api/desk/cases/{ref}/method", headers=AUTH,
-                        json={"method": "factory_repair", "engineer": "Li Wei"})
+    httpx.post(
+        f"{server.url}/api/desk/cases/{ref}/messages",
+        headers=AUTH,
+        json={"text": "Thanks, we will repair it.", "engineer": "Li Wei"},
+    )
+    wait_until(
+        lambda: any(
+            "Thanks, we will repair it." in m["text"] and "Li Wei" in m["text"]
+            for m in messages(server, session)
+        ),
+        what="the engineer's reply, signed",
+    )
+    method = httpx.post(
+        f"{server.url}/api/desk/cases/{ref}/method",
+        headers=AUTH,
+        json={"method": "factory_repair", "engineer": "Li Wei"},
+    )
     assert method.status_code == 200 and method.json()["status"] == "in_service"
-    wait_until(lambda: any("factory repair" in m["text"] and "F1" in m["text"] for m in messages(server, session)),
-               what="the method's instructions")
-    assert httpx.post(f"{server.url}/api/desk/cases/{ref}/close", headers=AUTH, json={}).json()["status"] == "closed"
+    wait_until(
+        lambda: any("factory repair" in m["text"] and "F1" in m["text"] for m in messages(server, session)),
+        what="the method's instructions",
+    )
+    assert (
+        httpx.post(f"{server.url}/api/desk/cases/{ref}/close", headers=AUTH, json={}).json()["status"]
+        == "closed"
+    )
     send(server, session, "5", expect_reply="Thank you for your rating")
     assert httpx.get(f"{server.url}/api/desk/cases/{ref}", headers=AUTH).json()["rating"] == 5
     metrics = httpx.get(f"{server.url}/metrics").text
@@ -132,8 +182,13 @@ def test_bad_requests_get_a_4xx_and_never_a_500(server: Server) -> None:
         content = body if isinstance(body, str) else None
         if content is not None:
             headers = {**headers, "Content-Type": "application/json"}  # declared JSON, but is not
-        response = httpx.request(method, server.url + path.replace("{s}", session), headers=headers,
-                                 json=None if content is not None or body is None else body, content=content)
+        response = httpx.request(
+            method,
+            server.url + path.replace("{s}", session),
+            headers=headers,
+            json=None if content is not None or body is None else body,
+            content=content,
+        )
         assert response.status_code == expected, (method, path, response.status_code, response.text[:200])
         assert response.headers["content-type"].startswith("application/json")
     wrong = httpx.get(f"{server.url}/api/desk/cases", headers={"Authorization": "Bearer wrong"})
@@ -159,12 +214,18 @@ def test_sessions_cannot_read_each_other(server: Server) -> None:
 
 def test_the_core_reads_what_the_configured_channels_can_do(settings: Settings) -> None:
     """Desk events and one reply per turn follow the channels' capabilities, not names written in the core."""
-    configured = settings.model_copy(update={
-        "slack_bot_token": SecretStr("xoxb-1-test"), "slack_signing_secret": SecretStr("slack-secret"),
-        "slack_api_url": "http://127.0.0.1:9/api/", "slack_escalation_channel": "C0ESCALATE", "slack_mode": "http",
-        "wechat_app_id": "wx0123456789abcdef", "wechat_app_secret": SecretStr("wechat-secret"),
-        "wechat_token": SecretStr("wechat-token"),
-    })
+    configured = settings.model_copy(
+        update={
+            "slack_bot_token": SecretStr("xoxb-1-test"),
+            "slack_signing_secret": SecretStr("slack-secret"),
+            "slack_api_url": "http://127.0.0.1:9/api/",
+            "slack_escalation_channel": "C0ESCALATE",
+            "slack_mode": "http",
+            "wechat_app_id": "wx0123456789abcdef",
+            "wechat_app_secret": SecretStr("wechat-secret"),
+            "wechat_token": SecretStr("wechat-token"),
+        }
+    )
     bot = build(configured)
     assert (bot.engine.config.external_desks, bot.engine.config.one_message_per_turn) == ((), frozenset())
     names = [channel.name for channel in load_channels(bot)]

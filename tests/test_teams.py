@@ -50,12 +50,17 @@ def framework() -> Iterator[tuple[BotFramework, str]]:
 
 
 def teams_settings(settings: Settings, fake_url: str) -> Settings:
-    return settings.model_copy(update={
-        "teams_app_id": APP_ID, "teams_app_password": SecretStr(PASSWORD),
-        "teams_openid_metadata_url": f"{fake_url}/v1/.well-known/openidconfiguration",
-        "teams_token_url": f"{fake_url}/{{tenant}}/oauth2/v2.0/token", "teams_tenant_id": TENANT,
-        "outbox_poll_seconds": 0.1, "fetch_insecure_hosts": "127.0.0.1",  # the fake is on loopback, over http
-    })
+    return settings.model_copy(
+        update={
+            "teams_app_id": APP_ID,
+            "teams_app_password": SecretStr(PASSWORD),
+            "teams_openid_metadata_url": f"{fake_url}/v1/.well-known/openidconfiguration",
+            "teams_token_url": f"{fake_url}/{{tenant}}/oauth2/v2.0/token",
+            "teams_tenant_id": TENANT,
+            "outbox_poll_seconds": 0.1,
+            "fetch_insecure_hosts": "127.0.0.1",  # the fake is on loopback, over http
+        }
+    )
 
 
 class Customer:
@@ -74,11 +79,17 @@ class Customer:
         activity.update(changes)
         return json.dumps(activity, ensure_ascii=False, indent=2).encode() + b"\n"
 
-    def post(self, body: bytes, token: str | None = None, headers: dict[str, str] | None = None) -> httpx.Response:
+    def post(
+        self, body: bytes, token: str | None = None, headers: dict[str, str] | None = None
+    ) -> httpx.Response:
         token = token if token is not None else self.fake.issue(service_url=self.service_url)
         auth = {"Authorization": f"Bearer {token}"} if token else {}
-        return httpx.post(f"{self.bot_url}{teams.PATH}", content=body, timeout=10,
-                          headers={"Content-Type": "application/json", **auth, **(headers or {})})
+        return httpx.post(
+            f"{self.bot_url}{teams.PATH}",
+            content=body,
+            timeout=10,
+            headers={"Content-Type": "application/json", **auth, **(headers or {})},
+        )
 
 
 def inbox(db: Engine) -> list[InboxItem]:
@@ -93,8 +104,9 @@ def buttons_of(activity: dict[str, Any]) -> list[dict[str, Any]]:
 # --- end to end ----------------------------------------------------------------------------------------
 
 
-def test_claim_on_teams_and_an_engineers_reply(settings: Settings, db: Engine,
-                                               framework: tuple[BotFramework, str]) -> None:
+def test_claim_on_teams_and_an_engineers_reply(
+    settings: Settings, db: Engine, framework: tuple[BotFramework, str]
+) -> None:
     fake, fake_url = framework
     bot = build(teams_settings(settings, fake_url), db=db)
     import_registry(db, REGISTRY, policy=bot.policy)
@@ -110,8 +122,10 @@ def test_claim_on_teams_and_an_engineers_reply(settings: Settings, db: Engine,
         assert fake.activities[0]["authorization"] == "Bearer connector-token-1"
 
         assert customer.post(customer.body("message_activity.json")).status_code == 200
-        question = wait_until(lambda: next((a for a in fake.posted() if buttons_of(a)), None),
-                              what="the cause question with buttons")
+        question = wait_until(
+            lambda: next((a for a in fake.posted() if buttons_of(a)), None),
+            what="the cause question with buttons",
+        )
         normal = next(b for b in buttons_of(question) if b.get("value") == {"value": "cause:normal"})
         assert normal["type"] == "messageBack" and normal["text"] == "cause:normal"
         assert normal["displayText"] == normal["title"]
@@ -121,8 +135,13 @@ def test_claim_on_teams_and_an_engineers_reply(settings: Settings, db: Engine,
         assert stored.payload["locale_hint"] == "fr-FR" and stored.payload["sender_name"] == "Camille Durand"
 
         # The button press, as Teams delivers a messageBack; then a person is asked for, so a case exists.
-        press = customer.derived("message_activity.json", id="1777886470001", text=normal["text"],
-                                 value=normal["value"], attachments=[])
+        press = customer.derived(
+            "message_activity.json",
+            id="1777886470001",
+            text=normal["text"],
+            value=normal["value"],
+            attachments=[],
+        )
         assert customer.post(press).status_code == 200
         human = customer.derived("message_activity.json", id="1777886490002", text="human", attachments=[])
         assert customer.post(human).status_code == 200
@@ -131,9 +150,18 @@ def test_claim_on_teams_and_an_engineers_reply(settings: Settings, db: Engine,
 
         # A picture pasted into the chat: fetched from the connector with our token, kept with the case.
         fake.files["0-weu-d1-photo"] = b"\x89PNG\r\n\x1a\n" + b"\x00" * 64
-        picture = customer.derived("message_activity.json", id="1777886510003", text="", attachments=[
-            {"contentType": "image/*", "contentUrl": f"{customer.service_url}v3/attachments/0-weu-d1-photo/views/original"},
-            {"contentType": "text/html", "content": "<div><img src=\"x\"></div>"}])
+        picture = customer.derived(
+            "message_activity.json",
+            id="1777886510003",
+            text="",
+            attachments=[
+                {
+                    "contentType": "image/*",
+                    "contentUrl": f"{customer.service_url}v3/attachments/0-weu-d1-photo/views/original",
+                },
+                {"contentType": "text/html", "content": '<div><img src="x"></div>'},
+            ],
+        )
         assert customer.post(picture).status_code == 200
         wait_until(lambda: bot.desk.get_case(case["ref"])["attachments"], what="the picture with the case")
         [kept] = bot.desk.get_case(case["ref"])["attachments"]
@@ -142,8 +170,10 @@ def test_claim_on_teams_and_an_engineers_reply(settings: Settings, db: Engine,
         # Days later an engineer answers: the message goes out proactively through the stored reference.
         before = len(fake.posted())
         bot.desk.reply(case["ref"], engineer="Li Wei", text="Bonjour <b>Camille</b>, **merci**")
-        reply = wait_until(lambda: next((a for a in fake.posted()[before:] if "Li Wei" in a["text"]), None),
-                           what="the engineer's reply")
+        reply = wait_until(
+            lambda: next((a for a in fake.posted()[before:] if "Li Wei" in a["text"]), None),
+            what="the engineer's reply",
+        )
         assert "Bonjour <b>Camille</b>, **merci**" in reply["text"] and reply["textFormat"] == "plain"
         assert reply["recipient"]["id"] == USER_ID and reply["conversation"]["id"] == CONVERSATION
     assert len(fake.token_requests) == 1  # one token, cached, for every reply
@@ -152,14 +182,17 @@ def test_claim_on_teams_and_an_engineers_reply(settings: Settings, db: Engine,
 
 
 def test_a_storage_failure_is_answered_503_so_the_connector_sends_the_activity_again(
-        settings: Settings, db: Engine, framework: tuple[BotFramework, str]) -> None:
+    settings: Settings, db: Engine, framework: tuple[BotFramework, str]
+) -> None:
     fake, fake_url = framework
     bot = build(teams_settings(settings, fake_url), db=db)
     channel = teams.from_settings(bot)
     assert channel is not None
     with serve(create_app(bot, channels=[channel])) as bot_url:
         customer = Customer(fake, fake_url, bot_url)
-        with db.begin() as connection:  # the inbox is gone, as a failed disk or a lost connection would make it
+        with (
+            db.begin() as connection
+        ):  # the inbox is gone, as a failed disk or a lost connection would make it
             connection.execute(text("ALTER TABLE inboxitem RENAME TO inboxitem_away"))
         try:
             refused = customer.post(customer.body("message_activity.json"))
@@ -173,8 +206,9 @@ def test_a_storage_failure_is_answered_503_so_the_connector_sends_the_activity_a
         assert [i.external_id for i in inbox(db)] == ["msteams:1777886452318"]
 
 
-def test_a_restart_reuses_the_stored_token_and_reference(settings: Settings, db: Engine,
-                                                         framework: tuple[BotFramework, str]) -> None:
+def test_a_restart_reuses_the_stored_token_and_reference(
+    settings: Settings, db: Engine, framework: tuple[BotFramework, str]
+) -> None:
     fake, fake_url = framework
     bot = build(teams_settings(settings, fake_url), db=db)
     channel = teams.from_settings(bot)
@@ -189,7 +223,9 @@ def test_a_restart_reuses_the_stored_token_and_reference(settings: Settings, db:
     assert restarted is not None
     with serve(create_app(restarted.bot, channels=[restarted])) as bot_url:
         customer = Customer(fake, fake_url, bot_url)
-        again = customer.derived("message_activity.json", channelId="skype", text="status", id="1777886999999")
+        again = customer.derived(
+            "message_activity.json", channelId="skype", text="status", id="1777886999999"
+        )
         assert customer.post(again).status_code == 200
         wait_until(lambda: len(fake.posted()) > answered, what="an answer after the restart")
     assert len(fake.token_requests) == 1
@@ -200,7 +236,9 @@ def test_a_restart_reuses_the_stored_token_and_reference(settings: Settings, db:
 
 
 @pytest.fixture
-def running(settings: Settings, db: Engine, framework: tuple[BotFramework, str]) -> Iterator[tuple[Customer, Bot]]:
+def running(
+    settings: Settings, db: Engine, framework: tuple[BotFramework, str]
+) -> Iterator[tuple[Customer, Bot]]:
     fake, fake_url = framework
     configured = build(teams_settings(settings, fake_url), db=db)
     channel = teams.from_settings(configured)
@@ -215,7 +253,8 @@ def other_key() -> Any:
 
 
 def test_forged_stale_or_malformed_activities_are_refused_and_nothing_is_stored(
-        running: tuple[Customer, Bot]) -> None:
+    running: tuple[Customer, Bot],
+) -> None:
     customer, configured = running
     fake, url = customer.fake, customer.service_url
     forgeries = {
@@ -235,8 +274,12 @@ def test_forged_stale_or_malformed_activities_are_refused_and_nothing_is_stored(
     assert refused == dict.fromkeys(forgeries, 401)
     # A channel the signing key is not endorsed for is a forgery too.
     assert customer.post(customer.derived("message_activity.json", channelId="webchat")).status_code == 401
-    for malformed in (b"{not json", b"[]", json.dumps({"type": "message"}).encode(),
-                      customer.derived("message_activity.json", serviceUrl="file:///etc/passwd")):
+    for malformed in (
+        b"{not json",
+        b"[]",
+        json.dumps({"type": "message"}).encode(),
+        customer.derived("message_activity.json", serviceUrl="file:///etc/passwd"),
+    ):
         assert customer.post(malformed).status_code == 400, malformed
     assert inbox(configured.db) == []
 
@@ -263,8 +306,11 @@ def test_a_message_activity_becomes_one_inbound_message() -> None:
     assert (message.chat_id, message.sender_id, message.locale_hint) == (CONVERSATION, USER_ID, "fr-FR")
     assert teams.file_refs(activity) == []
     reference = teams.reference_of(activity)
-    assert (reference.service_url, reference.bot_id, reference.user_id) == (SAMPLE_SERVICE_URL.decode(), BOT_ID,
-                                                                              USER_ID)
+    assert (reference.service_url, reference.bot_id, reference.user_id) == (
+        SAMPLE_SERVICE_URL.decode(),
+        BOT_ID,
+        USER_ID,
+    )
     assert reference.tenant_id == "8b7e4d21-05c3-4a9f-b6e2-9d1f0c3a7e58"
 
 
@@ -276,48 +322,84 @@ def test_the_bot_being_added_is_a_greeting() -> None:
 
 def test_a_mention_of_the_bot_is_not_part_of_the_text() -> None:
     activity = teams.read_activity(payload("message_activity.json"))
-    activity.update(text="<at>CSP Warranty</at> CSP2402A0388 E07", entities=[
-        {"type": "mention", "text": "<at>CSP Warranty</at>", "mentioned": {"id": BOT_ID, "name": "CSP Warranty"}}])
+    activity.update(
+        text="<at>CSP Warranty</at> CSP2402A0388 E07",
+        entities=[
+            {
+                "type": "mention",
+                "text": "<at>CSP Warranty</at>",
+                "mentioned": {"id": BOT_ID, "name": "CSP Warranty"},
+            }
+        ],
+    )
     assert teams.message_text(activity) == "CSP2402A0388 E07"
 
 
 def test_files_are_told_apart_from_the_html_copy_and_cards() -> None:
     activity = teams.read_activity(payload("message_activity.json"))
     activity["attachments"] += [
-        {"contentType": teams.FILE_DOWNLOAD, "name": "invoice.pdf",
-         "content": {"downloadUrl": "https://contoso.sharepoint.example/dl/1", "fileType": "pdf"}},
+        {
+            "contentType": teams.FILE_DOWNLOAD,
+            "name": "invoice.pdf",
+            "content": {"downloadUrl": "https://contoso.sharepoint.example/dl/1", "fileType": "pdf"},
+        },
         {"contentType": "image/*", "contentUrl": "https://smba.trafficmanager.net/emea/v3/attachments/x"},
         {"contentType": "application/vnd.microsoft.card.adaptive", "content": {}},
     ]
     refs = teams.file_refs(activity)
     assert [(r.name, r.mime, r.authenticated) for r in refs] == [
-        ("invoice.pdf", "application/pdf", False), ("picture", "image/*", True)]
+        ("invoice.pdf", "application/pdf", False),
+        ("picture", "image/*", True),
+    ]
 
 
 def test_buttons_become_hero_cards() -> None:
-    reference = teams.Reference(service_url="https://smba.example/", conversation_id=CONVERSATION,
-                                channel_id="msteams", bot_id=BOT_ID, user_id=USER_ID)
+    reference = teams.Reference(
+        service_url="https://smba.example/",
+        conversation_id=CONVERSATION,
+        channel_id="msteams",
+        bot_id=BOT_ID,
+        user_id=USER_ID,
+    )
     buttons = tuple(Button(label=f"Option <{n}>", value=f"lang:{n}") for n in range(7))
-    [activity] = teams.to_activities(OutboundMessage(channel="teams", chat_id=CONVERSATION, text="Pick",
-                                                     buttons=buttons), reference)
+    [activity] = teams.to_activities(
+        OutboundMessage(channel="teams", chat_id=CONVERSATION, text="Pick", buttons=buttons), reference
+    )
     assert [len(card["content"]["buttons"]) for card in activity["attachments"]] == [6, 1]
     assert activity["attachments"][0]["contentType"] == "application/vnd.microsoft.card.hero"
     assert activity["attachments"][0]["content"]["buttons"][0] == {
-        "type": "messageBack", "title": "Option <0>", "text": "lang:0", "displayText": "Option <0>",
-        "value": {"value": "lang:0"}}
-    [skype] = teams.to_activities(OutboundMessage(channel="teams", chat_id=CONVERSATION, text="Pick",
-                                                  buttons=buttons[:1]),
-                                  teams.Reference(**{**reference.__dict__, "channel_id": "skype"}))
-    assert skype["attachments"][0]["content"]["buttons"] == [{"type": "imBack", "title": "Option <0>", "value": "lang:0"}]
+        "type": "messageBack",
+        "title": "Option <0>",
+        "text": "lang:0",
+        "displayText": "Option <0>",
+        "value": {"value": "lang:0"},
+    }
+    [skype] = teams.to_activities(
+        OutboundMessage(channel="teams", chat_id=CONVERSATION, text="Pick", buttons=buttons[:1]),
+        teams.Reference(**{**reference.__dict__, "channel_id": "skype"}),
+    )
+    assert skype["attachments"][0]["content"]["buttons"] == [
+        {"type": "imBack", "title": "Option <0>", "value": "lang:0"}
+    ]
 
 
-async def test_connector_failures_map_to_outbox_outcomes(bot: Bot, framework: tuple[BotFramework, str]) -> None:
+async def test_connector_failures_map_to_outbox_outcomes(
+    bot: Bot, framework: tuple[BotFramework, str]
+) -> None:
     fake, fake_url = framework
     channel = teams.from_settings(build(teams_settings(bot.settings, fake_url), db=bot.db))
     assert channel is not None
-    kv_put(bot.db, teams._reference_key(CONVERSATION), {
-        "service_url": f"{fake_url}/emea/", "conversation_id": CONVERSATION, "channel_id": "msteams",
-        "bot_id": BOT_ID, "user_id": USER_ID})
+    kv_put(
+        bot.db,
+        teams._reference_key(CONVERSATION),
+        {
+            "service_url": f"{fake_url}/emea/",
+            "conversation_id": CONVERSATION,
+            "channel_id": "msteams",
+            "bot_id": BOT_ID,
+            "user_id": USER_ID,
+        },
+    )
     sender = channel.sender()
     message = OutboundMessage(channel="teams", chat_id=CONVERSATION, text="hello")
     try:
@@ -346,12 +428,16 @@ def test_settings_decide_whether_teams_runs(bot: Bot) -> None:
 # --- the tenant, the service URL, files after the 200, long replies, edits ---------------------------------
 
 
-def test_the_token_comes_from_the_apps_own_tenant(settings: Settings, framework: tuple[BotFramework, str]) -> None:
+def test_the_token_comes_from_the_apps_own_tenant(
+    settings: Settings, framework: tuple[BotFramework, str]
+) -> None:
     # The shipped default names the tenant: a single-tenant app is unknown to the botframework.com authority.
     assert teams.token_url(Settings().teams_token_url, TENANT) == (
-        f"https://login.microsoftonline.com/{TENANT}/oauth2/v2.0/token")
-    assert teams.token_url("https://login.microsoftonline.com/botframework.com/oauth2/v2.0/token", TENANT) == (
-        f"https://login.microsoftonline.com/{TENANT}/oauth2/v2.0/token")  # an old .env moves too
+        f"https://login.microsoftonline.com/{TENANT}/oauth2/v2.0/token"
+    )
+    assert teams.token_url(
+        "https://login.microsoftonline.com/botframework.com/oauth2/v2.0/token", TENANT
+    ) == (f"https://login.microsoftonline.com/{TENANT}/oauth2/v2.0/token")  # an old .env moves too
     fake, fake_url = framework
     configured = teams_settings(settings, fake_url)
 
@@ -374,10 +460,17 @@ def test_the_token_comes_from_the_apps_own_tenant(settings: Settings, framework:
 def test_the_service_url_claim_is_compared_as_a_url() -> None:
     activity = {"channelId": "msteams", "serviceUrl": "https://smba.trafficmanager.net/emea/"}
     for claim in ("https://smba.trafficmanager.net/emea", "HTTPS://SMBA.trafficmanager.net:443/emea/"):
-        assert teams.check_activity({"serviceurl": claim}, None, activity) == "https://smba.trafficmanager.net/emea"
-    for claims in ({}, {"serviceurl": ""}, {"serviceUrl": activity["serviceUrl"]},
-                   {"serviceurl": "https://smba.trafficmanager.net/amer/"},
-                   {"serviceurl": "https://smba.trafficmanager.net.attacker.example/emea/"}):
+        assert (
+            teams.check_activity({"serviceurl": claim}, None, activity)
+            == "https://smba.trafficmanager.net/emea"
+        )
+    for claims in (
+        {},
+        {"serviceurl": ""},
+        {"serviceUrl": activity["serviceUrl"]},
+        {"serviceurl": "https://smba.trafficmanager.net/amer/"},
+        {"serviceurl": "https://smba.trafficmanager.net.attacker.example/emea/"},
+    ):
         with pytest.raises(teams.Unauthorized):
             teams.check_activity(claims, None, activity)
 
@@ -401,7 +494,8 @@ def test_a_conversation_reference_never_moves_to_another_service_url(running: tu
 
 
 def test_files_are_fetched_after_the_200_and_a_restart_still_fetches_them(
-        settings: Settings, db: Engine, framework: tuple[BotFramework, str]) -> None:
+    settings: Settings, db: Engine, framework: tuple[BotFramework, str]
+) -> None:
     fake, fake_url = framework
     pdf = b"%PDF-1.4\n1 0 obj << >> endobj\n%%EOF\n"
     fake.files["invoice.pdf"] = pdf
@@ -431,8 +525,11 @@ def test_files_are_fetched_after_the_200_and_a_restart_still_fetches_them(
             assert item.external_id == "msteams:1777886521406"
             assert item.payload["text"] == "Voici la facture d'achat."
             [kept] = item.payload["attachments"]
-            assert (kept["name"], kept["mime"], kept["kind"]) == ("Facture_F2024-0318.pdf", "application/pdf",
-                                                                  "document")
+            assert (kept["name"], kept["mime"], kept["kind"]) == (
+                "Facture_F2024-0318.pdf",
+                "application/pdf",
+                "document",
+            )
             assert restarted.bot.attachments.path(kept["ref"]).read_bytes() == pdf
             # A pasted picture: from the connector, with our token, after the 200 too.
             assert customer.post(customer.body("image_activity.json")).status_code == 200
@@ -443,16 +540,30 @@ def test_files_are_fetched_after_the_200_and_a_restart_still_fetches_them(
         fake.downloads_open.set()
 
 
-async def test_a_long_reply_is_split_under_the_connector_limit(bot: Bot, framework: tuple[BotFramework, str]) -> None:
+async def test_a_long_reply_is_split_under_the_connector_limit(
+    bot: Bot, framework: tuple[BotFramework, str]
+) -> None:
     fake, fake_url = framework
     channel = teams.from_settings(build(teams_settings(bot.settings, fake_url), db=bot.db))
     assert channel is not None
-    kv_put(bot.db, teams._reference_key(CONVERSATION), {
-        "service_url": f"{fake_url}/emea/", "conversation_id": CONVERSATION, "channel_id": "msteams",
-        "bot_id": BOT_ID, "user_id": USER_ID})
+    kv_put(
+        bot.db,
+        teams._reference_key(CONVERSATION),
+        {
+            "service_url": f"{fake_url}/emea/",
+            "conversation_id": CONVERSATION,
+            "channel_id": "msteams",
+            "bot_id": BOT_ID,
+            "user_id": USER_ID,
+        },
+    )
     text = "\n\n".join(f"保修说明第{n}段：" + "逆变器显示错误代码E07，请检查负载。" * 120 for n in range(8))
-    message = OutboundMessage(channel="teams", chat_id=CONVERSATION, text=text,
-                              buttons=(Button(label="Talk to an engineer", value="cmd:human"),))
+    message = OutboundMessage(
+        channel="teams",
+        chat_id=CONVERSATION,
+        text=text,
+        buttons=(Button(label="Talk to an engineer", value="cmd:human"),),
+    )
     try:
         fake.fail_next = []
         await channel.sender().send(message)
@@ -485,10 +596,17 @@ def test_files_come_only_through_the_fetch_policy(running: tuple[Customer, Bot])
     activity = json.loads(customer.body("file_activity.json"))
     activity["attachments"] = [
         # A name the activity chooses, on a host that is neither the connector nor a Teams file host.
-        {"contentType": teams.FILE_DOWNLOAD, "name": "a.pdf", "content": {"downloadUrl": f"{loopback}/files/secret"}},
+        {
+            "contentType": teams.FILE_DOWNLOAD,
+            "name": "a.pdf",
+            "content": {"downloadUrl": f"{loopback}/files/secret"},
+        },
         # Internal addresses behind an allowed-looking name are refused as well.
-        {"contentType": teams.FILE_DOWNLOAD, "name": "b.pdf",
-         "content": {"downloadUrl": "https://127.0.0.1.sharepoint.com.attacker.example/files/secret"}},
+        {
+            "contentType": teams.FILE_DOWNLOAD,
+            "name": "b.pdf",
+            "content": {"downloadUrl": "https://127.0.0.1.sharepoint.com.attacker.example/files/secret"},
+        },
         # A picture on another host: our token is never sent there.
         {"contentType": "image/*", "contentUrl": f"{loopback}/emea/v3/attachments/secret/views/original"},
     ]
@@ -497,6 +615,11 @@ def test_files_come_only_through_the_fetch_policy(running: tuple[Customer, Bot])
     assert [(a["kind"], a["ref"]) for a in item.payload["attachments"]] == [("rejected", "unavailable")] * 3
     assert fake.downloads == []  # nothing was fetched
     policy = teams.TeamsChannel(configured, teams.teams_settings(configured)).fetch_policy(
-        "https://smba.trafficmanager.net/emea/")
-    assert policy.sends_token_to("smba.trafficmanager.net") and not policy.sends_token_to("contoso.sharepoint.com")
-    assert policy.allows_host("contoso-my.sharepoint.com") and not policy.allows_host("sharepoint.com.evil.example")
+        "https://smba.trafficmanager.net/emea/"
+    )
+    assert policy.sends_token_to("smba.trafficmanager.net") and not policy.sends_token_to(
+        "contoso.sharepoint.com"
+    )
+    assert policy.allows_host("contoso-my.sharepoint.com") and not policy.allows_host(
+        "sharepoint.com.evil.example"
+    )

@@ -105,8 +105,14 @@ def test_the_secret_header_is_required_and_compared_exactly() -> None:
 
 def test_parse_text_command_photo_document_and_callback() -> None:
     start = parsed(payload("text_start.json"))
-    assert start == tg.Incoming(update_id=281734501, chat_id=CHAT, sender_id=CHAT, sender_name="Mateo Rojas",
-                                locale="es", text="/start")
+    assert start == tg.Incoming(
+        update_id=281734501,
+        chat_id=CHAT,
+        sender_id=CHAT,
+        sender_name="Mateo Rojas",
+        locale="es",
+        text="/start",
+    )
 
     serial = parsed(payload("text_serial.json"))
     assert serial is not None and "CSP2403A0217" in serial.text and serial.files == ()
@@ -122,12 +128,19 @@ def test_parse_text_command_photo_document_and_callback() -> None:
     assert document is not None and document.text == "Factura de compra (SolarAndes, 16/04/2024)"
     (invoice,) = document.files
     assert (invoice.kind, invoice.name, invoice.mime, invoice.size) == (
-        "document", "Factura_F001-000229.pdf", "application/pdf", 96530)
+        "document",
+        "Factura_F001-000229.pdf",
+        "application/pdf",
+        96530,
+    )
 
     button = parsed(payload("callback_query.json"))
     assert button is not None
     assert (button.text, button.callback_id, button.chat_id) == (
-        "confirm_serial:CSP2403A0217", "2587365212904811532", CHAT)
+        "confirm_serial:CSP2403A0217",
+        "2587365212904811532",
+        CHAT,
+    )
     assert button.sender_name == "Mateo Rojas" and button.locale == "es"
 
 
@@ -135,17 +148,33 @@ def test_an_edit_is_a_correction_and_other_updates_are_ignored() -> None:
     edited = parsed(payload("edited_message.json"))
     assert edited is not None and edited.edited and edited.files == ()
     assert "CSP2403A0217" in edited.text and edited.chat_type == "private"
-    assert parsed(b'{"update_id": 9, "channel_post": {"message_id": 1, "date": 1, '
-                  b'"chat": {"id": -100123, "type": "channel"}, "text": "news"}}') is None
+    assert (
+        parsed(
+            b'{"update_id": 9, "channel_post": {"message_id": 1, "date": 1, '
+            b'"chat": {"id": -100123, "type": "channel"}, "text": "news"}}'
+        )
+        is None
+    )
     assert parsed(b'{"update_id": 10}') is None
 
 
-@pytest.mark.parametrize("body", [
-    b"", b"not json", b"\xff\xfe{}", b"[]", b'"text"', b"{}", b'{"update_id": "281734501"}',
-    b'{"update_id": true}', b'{"update_id": -1}', b'{"update_id": 5, "message": "hello"}',
-    b'{"update_id": 5, "message": {"message_id": 1, "chat": {"id": 1, "type": "private"}}}',
-    b'{"update_id": 6, "callback_query": {"id": "1"}}',
-])
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"",
+        b"not json",
+        b"\xff\xfe{}",
+        b"[]",
+        b'"text"',
+        b"{}",
+        b'{"update_id": "281734501"}',
+        b'{"update_id": true}',
+        b'{"update_id": -1}',
+        b'{"update_id": 5, "message": "hello"}',
+        b'{"update_id": 5, "message": {"message_id": 1, "chat": {"id": 1, "type": "private"}}}',
+        b'{"update_id": 6, "callback_query": {"id": "1"}}',
+    ],
+)
 def test_what_is_not_an_update_is_refused(body: bytes) -> None:
     with pytest.raises(tg.BadUpdate):
         tg.read_update(body, PARSER)
@@ -191,7 +220,7 @@ def test_the_limit_counts_visible_text_not_markup() -> None:
 
 
 def test_a_cut_inside_a_tag_closes_and_reopens_it() -> None:
-    text = "<b>" + "bold words here " * 10 + "</b> plain <a href=\"https://example.com/x\">link text</a>"
+    text = "<b>" + "bold words here " * 10 + '</b> plain <a href="https://example.com/x">link text</a>'
     pieces = tg.split_html(text, 60)
     assert len(pieces) > 2
     for piece in pieces:
@@ -211,8 +240,11 @@ def test_no_break_at_all_cuts_hard_and_limits_count_utf16_units() -> None:
 
 
 PLAIN = st.sampled_from(["E07", "&amp;", "&lt;b&gt;", "carga", "🔧", "\n", "\n\n", "x" * 30, "número"])
-MARKED = st.one_of(PLAIN, PLAIN.map(lambda w: f"<b>{w}</b>"),
-                   st.tuples(PLAIN, PLAIN).map(lambda ws: f'<b>{ws[0]} <a href="https://e.x/?a=1&amp;b=2">{ws[1]}</a></b>'))
+MARKED = st.one_of(
+    PLAIN,
+    PLAIN.map(lambda w: f"<b>{w}</b>"),
+    st.tuples(PLAIN, PLAIN).map(lambda ws: f'<b>{ws[0]} <a href="https://e.x/?a=1&amp;b=2">{ws[1]}</a></b>'),
+)
 
 
 @hypothesis_settings(max_examples=150, deadline=None)
@@ -233,8 +265,12 @@ def test_pieces_respect_the_limit_and_keep_every_word(words: list[str], limit: i
 
 
 def test_rendering_escapes_everything_and_buttons_become_a_keyboard() -> None:
-    message = OutboundMessage(channel="telegram", chat_id=CHAT, text='Fault: <b>E07</b> & "smoke"',
-                              buttons=(Button(label="It failed in normal use", value="cause:normal"),))
+    message = OutboundMessage(
+        channel="telegram",
+        chat_id=CHAT,
+        text='Fault: <b>E07</b> & "smoke"',
+        buttons=(Button(label="It failed in normal use", value="cause:normal"),),
+    )
     pieces, markup = tg.render(message)
     assert pieces == ["Fault: &lt;b&gt;E07&lt;/b&gt; &amp; &quot;smoke&quot;"]
     assert markup is not None
@@ -243,8 +279,12 @@ def test_rendering_escapes_everything_and_buttons_become_a_keyboard() -> None:
 
 def test_button_values_over_64_bytes_become_numbered_options() -> None:
     long_value = "unit:" + "CSP2403A0217," * 6
-    message = OutboundMessage(channel="telegram", chat_id=CHAT, text="Which one?",
-                              buttons=(Button(label="All", value=long_value), Button(label="None", value="none")))
+    message = OutboundMessage(
+        channel="telegram",
+        chat_id=CHAT,
+        text="Which one?",
+        buttons=(Button(label="All", value=long_value), Button(label="None", value="none")),
+    )
     pieces, markup = tg.render(message)
     assert markup is None
     assert pieces == ["Which one?\n\n1. All\n2. None"]
@@ -274,7 +314,9 @@ def test_from_settings_chooses_the_mode_and_refuses_an_unsafe_webhook(settings: 
     token = SecretStr(TOKEN)
     polling = channel(telegram_bot_token=token)
     assert polling is not None and polling.mode == "polling" and polling.routes() == []
-    webhook = channel(telegram_bot_token=token, public_url=PUBLIC_URL, telegram_webhook_secret=SecretStr(SECRET))
+    webhook = channel(
+        telegram_bot_token=token, public_url=PUBLIC_URL, telegram_webhook_secret=SecretStr(SECRET)
+    )
     assert webhook is not None and webhook.mode == "webhook"
     assert [r.path for r in webhook.routes()] == [tg.WEBHOOK_PATH]  # type: ignore[attr-defined]
     forced = channel(telegram_bot_token=token, public_url=PUBLIC_URL, telegram_mode="polling")
@@ -282,7 +324,9 @@ def test_from_settings_chooses_the_mode_and_refuses_an_unsafe_webhook(settings: 
     with pytest.raises(ValueError, match="TELEGRAM_WEBHOOK_SECRET"):
         channel(telegram_bot_token=token, public_url=PUBLIC_URL)
     with pytest.raises(ValueError, match="TELEGRAM_WEBHOOK_SECRET"):
-        channel(telegram_bot_token=token, telegram_mode="webhook", telegram_webhook_secret=SecretStr("has space"))
+        channel(
+            telegram_bot_token=token, telegram_mode="webhook", telegram_webhook_secret=SecretStr("has space")
+        )
     client = webhook.client
     assert client.base_url == f"https://api.telegram.org/bot{TOKEN}"
     assert client.base_file_url == f"https://api.telegram.org/file/bot{TOKEN}"
@@ -331,14 +375,21 @@ class Running:
     def drained(self) -> bool:
         """No webhook update is kept waiting for its files."""
         with Session(self.bot.db) as session:
-            return session.execute(select(KeyValue).where(
-                col(KeyValue.key).startswith(tg.PENDING_PREFIX))).first() is None
+            return (
+                session.execute(
+                    select(KeyValue).where(col(KeyValue.key).startswith(tg.PENDING_PREFIX))
+                ).first()
+                is None
+            )
 
     def settled(self, inbox: int) -> bool:
         """`inbox` messages stored and processed, and every reply out."""
         items = self.inbox()
-        return (len(items) == inbox and all(i.status == "done" for i in items)
-                and all(o.status != "pending" for o in self.outbox()))
+        return (
+            len(items) == inbox
+            and all(i.status == "done" for i in items)
+            and all(o.status != "pending" for o in self.outbox())
+        )
 
     def case_ref(self) -> str | None:
         with Session(self.bot.db) as session:
@@ -350,17 +401,29 @@ class Running:
 def start(settings: Settings, db: Engine) -> Iterator[Callable[..., Running]]:
     """Starts the fake Bot API and the bot's server with the Telegram channel (webhook unless told)."""
     with ExitStack() as stack:
-        def run(*, mode: str = "webhook", album_wait: float = 0.3, files: dict[str, tuple[bytes, str]] | None = None,
-                **changes: Any) -> Running:
+
+        def run(
+            *,
+            mode: str = "webhook",
+            album_wait: float = 0.3,
+            files: dict[str, tuple[bytes, str]] | None = None,
+            **changes: Any,
+        ) -> Running:
             fake = FakeTelegram(token=TOKEN)
             for file_id, (data, path) in (files or {}).items():
                 fake.add_file(file_id, data, path)  # there before the bot starts
             fake_url = stack.enter_context(serve(fake.app()))
-            configured = settings.model_copy(update={
-                "telegram_bot_token": SecretStr(TOKEN), "telegram_api_base_url": fake_url,
-                "telegram_webhook_secret": SecretStr(SECRET),
-                "public_url": PUBLIC_URL if mode == "webhook" else "", "outbox_poll_seconds": 0.1,
-                "fetch_insecure_hosts": "127.0.0.1", **changes})  # the fake file API is on loopback, over http
+            configured = settings.model_copy(
+                update={
+                    "telegram_bot_token": SecretStr(TOKEN),
+                    "telegram_api_base_url": fake_url,
+                    "telegram_webhook_secret": SecretStr(SECRET),
+                    "public_url": PUBLIC_URL if mode == "webhook" else "",
+                    "outbox_poll_seconds": 0.1,
+                    "fetch_insecure_hosts": "127.0.0.1",
+                    **changes,
+                }
+            )  # the fake file API is on loopback, over http
             bot = build(configured, db=db)
             channel = tg.from_settings(bot, poll_timeout=1, album_wait=album_wait)
             assert channel is not None and channel.mode == mode
@@ -414,8 +477,13 @@ def _claim(running: Running) -> str:
         # Answered in the webhook's response, so the 2xx never waits on the Bot API.
         assert in_responses == expected and fake.calls_to("answerCallbackQuery") == []
     else:
-        answered = wait_until(lambda: fake.calls_to("answerCallbackQuery")[len(expected) - 1:] and
-                              fake.calls_to("answerCallbackQuery"), what="the button answers")
+        answered = wait_until(
+            lambda: (
+                fake.calls_to("answerCallbackQuery")[len(expected) - 1 :]
+                and fake.calls_to("answerCallbackQuery")
+            ),
+            what="the button answers",
+        )
         assert [p["callback_query_id"] for p in answered] == expected
 
     ref = wait_until(running.case_ref, what="a case")
@@ -455,7 +523,8 @@ def test_a_full_claim_by_polling(start: Callable[..., Running]) -> None:
 
 
 def test_the_same_update_twice_is_stored_once_and_a_button_press_is_answered(
-        start: Callable[..., Running]) -> None:
+    start: Callable[..., Running],
+) -> None:
     running = start()
     assert running.post(payload("text_start.json")).json()["outcome"] == "stored"
     assert running.post(payload("text_start.json")).json()["outcome"] == "duplicate"
@@ -468,7 +537,8 @@ def test_the_same_update_twice_is_stored_once_and_a_button_press_is_answered(
     # Answered every time it arrives, so the customer's button never keeps spinning: in the response body,
     # which Telegram runs once it has the 2xx; nothing reached the Bot API before.
     assert [(p["method"], p["callback_query_id"]) for p in pressed] == [
-        ("answerCallbackQuery", "2587365212904811532")] * 2
+        ("answerCallbackQuery", "2587365212904811532")
+    ] * 2
     assert running.fake.calls_to("answerCallbackQuery") == []
 
 
@@ -506,7 +576,10 @@ def test_documents_are_downloaded_and_oversized_files_refused_unread(start: Call
     assert len(fake.calls_to("getFile", ok=False)) == 1
     (attachment,) = item.payload["attachments"]
     assert (attachment["kind"], attachment["name"], attachment["mime"]) == (
-        "document", "Factura_F001-000229.pdf", "application/pdf")
+        "document",
+        "Factura_F001-000229.pdf",
+        "application/pdf",
+    )
     assert running.bot.attachments.path(attachment["ref"]).read_bytes() == PDF
     assert fake.downloads == ["documents/file_3.pdf"]
     assert running.post(payload("document_invoice.json")).json()["outcome"] == "duplicate"
@@ -533,7 +606,10 @@ def test_kept_updates_keep_their_order_and_survive_a_restart(start: Callable[...
     restarted = start(files={invoice["file_id"]: (PDF, "documents/file_3.pdf")})
     wait_until(lambda: len(restarted.inbox()) == 2, what="both updates, after the restart")
     document, text = restarted.inbox()
-    assert document.external_id == "281734505" and document.payload["attachments"][0]["mime"] == "application/pdf"
+    assert (
+        document.external_id == "281734505"
+        and document.payload["attachments"][0]["mime"] == "application/pdf"
+    )
     assert text.payload["text"] == "¿Llegó la factura?"
     wait_until(restarted.drained, what="nothing kept")
 
@@ -575,7 +651,9 @@ def test_album_parts_redelivered_or_late_are_handled(start: Callable[..., Runnin
     assert len(running.inbox()[2].payload["attachments"]) == 1
 
 
-def test_an_album_left_waiting_by_a_stopped_server_is_stored_by_the_next(start: Callable[..., Running]) -> None:
+def test_an_album_left_waiting_by_a_stopped_server_is_stored_by_the_next(
+    start: Callable[..., Running],
+) -> None:
     first = start(album_wait=30)
     second = second_photo()
     first.fake.add_file(photo_file_id(payload("photo.json")), JPEG, "photos/file_10.jpg")
@@ -610,7 +688,9 @@ def test_a_blocked_bot_marks_the_customer_unreachable(start: Callable[..., Runni
     running = start()
     running.fake.block(CHAT)
     assert running.post(payload("text_start.json")).status_code == 200
-    wait_until(lambda: running.outbox() and all(o.status == "dead" for o in running.outbox()), what="dead letters")
+    wait_until(
+        lambda: running.outbox() and all(o.status == "dead" for o in running.outbox()), what="dead letters"
+    )
     assert "blocked by the user" in (running.outbox()[0].last_error or "")
     with Session(running.bot.db) as session:
         identity = session.execute(select(ChannelIdentity)).scalars().one()
@@ -621,8 +701,12 @@ def test_a_long_reply_is_split_and_a_retry_does_not_repeat_pieces(start: Callabl
     running = start()
     customer_text = "<b>E07</b> & <script>x</script> "
     text = "\n\n".join(f"Part {n}: " + (customer_text + "carga " * 60) * 4 for n in range(6))
-    message = OutboundMessage(channel="telegram", chat_id=CHAT, text=text,
-                              buttons=(Button(label="Talk to an engineer", value="cmd:human"),))
+    message = OutboundMessage(
+        channel="telegram",
+        chat_id=CHAT,
+        text=text,
+        buttons=(Button(label="Talk to an engineer", value="cmd:human"),),
+    )
     channel = tg.from_settings(running.bot)
     assert channel is not None
     running.fake.fail_next("sendMessage", 502, "Bad Gateway", after=1)  # the second piece fails once
@@ -670,7 +754,9 @@ def group_update(name: str, number: int = 0, text: str | None = None) -> bytes:
     return _dump(document)
 
 
-def test_a_group_is_pointed_to_a_private_chat_once_and_nothing_is_stored(start: Callable[..., Running]) -> None:
+def test_a_group_is_pointed_to_a_private_chat_once_and_nothing_is_stored(
+    start: Callable[..., Running],
+) -> None:
     running = start()
     group = json.loads(payload("group_message.json"))["message"]["chat"]["id"]
     first = running.post(payload("group_message.json")).json()
@@ -681,7 +767,10 @@ def test_a_group_is_pointed_to_a_private_chat_once_and_nothing_is_stored(start: 
 
     topic = json.loads(payload("forum_topic_message.json"))["message"]
     answer = running.post(payload("forum_topic_message.json")).json()
-    assert (answer["chat_id"], answer["message_thread_id"]) == (topic["chat"]["id"], topic["message_thread_id"])
+    assert (answer["chat_id"], answer["message_thread_id"]) == (
+        topic["chat"]["id"],
+        topic["message_thread_id"],
+    )
     assert running.inbox() == [] and running.fake.calls_to("sendMessage") == []
 
 
@@ -699,7 +788,9 @@ def test_by_polling_the_group_answer_goes_to_its_topic(start: Callable[..., Runn
     wait_until(lambda: len(fake.calls_to("sendMessage")) >= 3, what="the answers")
     to_groups = [p for p in fake.calls_to("sendMessage") if int(p["chat_id"]) < 0]
     assert [(int(p["chat_id"]), p.get("message_thread_id")) for p in to_groups] == [
-        (topic["chat"]["id"], str(topic["message_thread_id"])), (group, None)]
+        (topic["chat"]["id"], str(topic["message_thread_id"])),
+        (group, None),
+    ]
     assert "https://t.me/csp_warranty_bot" in to_groups[0]["text"]
     assert fake.calls_to("sendMessage", ok=False) == []
     assert [i.chat_id for i in running.inbox()] == [CHAT]
@@ -725,4 +816,8 @@ def test_files_come_only_through_the_fetch_policy(start: Callable[..., Running])
     assert [(a["kind"], a["ref"]) for a in item.payload["attachments"]] == [("rejected", "unavailable")]
     assert running.fake.downloads == [] and len(running.fake.calls_to("getFile")) == 1
     policy = running.channel.fetcher.policy
-    assert policy.allows_host("127.0.0.1") and not policy.allows_host("files.slack.com") and not policy.token_hosts
+    assert (
+        policy.allows_host("127.0.0.1")
+        and not policy.allows_host("files.slack.com")
+        and not policy.token_hosts
+    )

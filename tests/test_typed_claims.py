@@ -88,6 +88,7 @@ def test_every_language_typed_over_the_web_chat_reaches_a_case(tmp_path: Path, d
                     ).status_code
                     == 202
                 )
+
                 def bot_answered(s: str = session, n: int = answered) -> bool:
                     return len([m for m in _messages(server, s) if m["author"] == "bot"]) > n
 

@@ -74,8 +74,12 @@ def payload(name: str) -> bytes:
 def text_push(content: str, msg_id: int) -> bytes:
     """A later text message of the same customer, derived from the sample."""
     sample = payload("text.xml")
-    body = re.sub(rb"<Content><!\[CDATA\[.*?\]\]></Content>",
-                  b"<Content><![CDATA[" + content.encode() + b"]]></Content>", sample, flags=re.S)
+    body = re.sub(
+        rb"<Content><!\[CDATA\[.*?\]\]></Content>",
+        b"<Content><![CDATA[" + content.encode() + b"]]></Content>",
+        sample,
+        flags=re.S,
+    )
     return body.replace(b"24593860172834561", str(msg_id).encode())
 
 
@@ -86,8 +90,12 @@ def signature(*parts: str) -> str:
 
 def signed_query(*, token: str = TOKEN, encrypted: str | None = None, age: float = 0) -> dict[str, str]:
     timestamp, nonce = str(int(time.time() - age)), secrets.token_hex(5)
-    query = {"signature": signature(token, timestamp, nonce), "timestamp": timestamp, "nonce": nonce,
-             "openid": OPENID}
+    query = {
+        "signature": signature(token, timestamp, nonce),
+        "timestamp": timestamp,
+        "nonce": nonce,
+        "openid": OPENID,
+    }
     if encrypted is not None:
         query.update(encrypt_type="aes", msg_signature=signature(token, timestamp, nonce, encrypted))
     return query
@@ -128,11 +136,16 @@ def test_safe_mode_round_trip() -> None:
     assert not wechat.msg_signature_valid(TOKEN, query, encrypt(payload("text.xml")))  # other ciphertext
 
 
-@pytest.mark.parametrize("ciphertext", [
-    encrypt(payload("text.xml"), app_id="wxSomeOtherAccount"),
-    encrypt(payload("text.xml"), key=base64.b64encode(bytes(32)).decode().rstrip("=")),
-    "bm90IGJsb2Nrcw==", "not base64 at all!", "",
-])
+@pytest.mark.parametrize(
+    "ciphertext",
+    [
+        encrypt(payload("text.xml"), app_id="wxSomeOtherAccount"),
+        encrypt(payload("text.xml"), key=base64.b64encode(bytes(32)).decode().rstrip("=")),
+        "bm90IGJsb2Nrcw==",
+        "not base64 at all!",
+        "",
+    ],
+)
 def test_ciphertext_for_another_account_or_damaged_is_refused(ciphertext: str) -> None:
     with pytest.raises(DecryptError):
         Crypto(AES_KEY, APP_ID).decrypt(ciphertext)
@@ -155,10 +168,18 @@ def test_parse_the_samples() -> None:
     assert (event.event, event.external_id) == ("subscribe", f"event:{OPENID}:1777874410")
 
 
-@pytest.mark.parametrize("body", [
-    BILLION_LAUGHS, EXTERNAL_ENTITY, b"", b"<xml><unclosed></xml>", b"<html></html>", b"\xff\xfe<xml/>",
-    b"<xml><Content>" + b"x" * (wechat.MAX_BODY_BYTES + 1) + b"</Content></xml>",
-])
+@pytest.mark.parametrize(
+    "body",
+    [
+        BILLION_LAUGHS,
+        EXTERNAL_ENTITY,
+        b"",
+        b"<xml><unclosed></xml>",
+        b"<html></html>",
+        b"\xff\xfe<xml/>",
+        b"<xml><Content>" + b"x" * (wechat.MAX_BODY_BYTES + 1) + b"</Content></xml>",
+    ],
+)
 def test_unsafe_or_broken_xml_is_refused(body: bytes) -> None:
     with pytest.raises(MalformedPayload):
         parse_xml(body)
@@ -179,8 +200,10 @@ def test_long_text_is_cut_by_utf8_bytes() -> None:
 
 
 def test_buttons_become_numbered_options() -> None:
-    shown = render("How did the fault appear?", (Button(label="Normal use", value="cause:normal"),
-                                                 Button(label="Dropped", value="cause:damage")))
+    shown = render(
+        "How did the fault appear?",
+        (Button(label="Normal use", value="cause:normal"), Button(label="Dropped", value="cause:damage")),
+    )
     assert shown == "How did the fault appear?\n\n1. Normal use\n2. Dropped"
 
 
@@ -202,7 +225,9 @@ class Running:
     url: str
     safe_mode: bool = False
 
-    def push(self, body: bytes, *, query: dict[str, str] | None = None, interaction: str | None = "message") -> httpx.Response:
+    def push(
+        self, body: bytes, *, query: dict[str, str] | None = None, interaction: str | None = "message"
+    ) -> httpx.Response:
         """POST a push as WeChat would; the fake API grants the quota that the customer's action gives."""
         if interaction:
             self.api.interaction(OPENID, interaction)
@@ -212,8 +237,13 @@ class Running:
                 body, query = envelope(encrypted), signed_query(encrypted=encrypted)
             else:
                 query = signed_query()
-        return httpx.post(f"{self.url}{wechat.WEBHOOK_PATH}", params=query, content=body,
-                          headers={"content-type": "text/xml"}, timeout=10)
+        return httpx.post(
+            f"{self.url}{wechat.WEBHOOK_PATH}",
+            params=query,
+            content=body,
+            headers={"content-type": "text/xml"},
+            timeout=10,
+        )
 
     def inbox(self) -> list[InboxItem]:
         with Session(self.bot.db) as session:
@@ -230,10 +260,12 @@ class Running:
 
     def settled(self, count: int, what: str) -> list[str]:
         """The customer's messages once there are at least `count` and the outbox has nothing due."""
+
         def probe() -> list[str]:
             due = [i for i in self.outbox() if i.status == "pending"]
             texts = self.api.texts(OPENID)
             return texts if not due and len(texts) >= count else []
+
         try:
             return wait_until(probe, what=what)
         except AssertionError as error:
@@ -245,11 +277,16 @@ class Running:
 def _start(settings: Settings, db: Engine, *, safe_mode: bool) -> Iterator[Running]:
     api = FakeWeChat(app_id=APP_ID, app_secret=APP_SECRET)
     with serve(api.app()) as api_url:
-        configured = settings.model_copy(update={
-            "wechat_app_id": APP_ID, "wechat_app_secret": SecretStr(APP_SECRET), "wechat_token": SecretStr(TOKEN),
-            "wechat_encoding_aes_key": SecretStr(AES_KEY) if safe_mode else None,
-            "wechat_api_base_url": api_url, "outbox_poll_seconds": 0.1,
-        })
+        configured = settings.model_copy(
+            update={
+                "wechat_app_id": APP_ID,
+                "wechat_app_secret": SecretStr(APP_SECRET),
+                "wechat_token": SecretStr(TOKEN),
+                "wechat_encoding_aes_key": SecretStr(AES_KEY) if safe_mode else None,
+                "wechat_api_base_url": api_url,
+                "outbox_poll_seconds": 0.1,
+            }
+        )
         bot = build(configured, db=db)
         channel = wechat.from_settings(bot)
         assert channel is not None
@@ -329,8 +366,12 @@ def test_a_voice_message_is_kept_as_an_attachment(running: Running) -> None:
             return list(session.execute(select(StoredAttachment)).scalars())
 
     (stored,) = wait_until(stored_files, what="the voice note stored")
-    assert (stored.kind, stored.mime, stored.size, stored.name) == ("voice", "audio/amr", len(AMR),
-                                                                    "voice-24593861857930245.amr")
+    assert (stored.kind, stored.mime, stored.size, stored.name) == (
+        "voice",
+        "audio/amr",
+        len(AMR),
+        "voice-24593861857930245.amr",
+    )
 
 
 def _case(running: Running) -> str:
@@ -352,12 +393,13 @@ def test_five_messages_per_customer_message_and_the_rest_waits(running: Running)
         running.bot.desk.reply(ref, engineer="Li Wei", text=f"问题 {n}：请检查接线。")
 
     # What the quota allows goes out; its last message tells the customer that more is waiting.
-    sent = wait_until(lambda: len(api.texts(OPENID)) == len(before) + left and api.texts(OPENID),
-                      what="the quota's messages")
+    sent = wait_until(
+        lambda: len(api.texts(OPENID)) == len(before) + left and api.texts(OPENID),
+        what="the quota's messages",
+    )
     notice = running.bot.renderer.text("messages_waiting", language="zh")
     assert sent[-1] == notice  # the customer wrote in Chinese
-    held = wait_until(lambda: [i for i in running.outbox() if i.status == "held"],
-                      what="a held row")
+    held = wait_until(lambda: [i for i in running.outbox() if i.status == "held"], what="a held row")
     assert len(held) == 1 and api.refused == []
     waiting = [i for i in running.outbox() if i.status in ("held", "pending")]
     assert [_question(i.payload["text"]) for i in waiting] == list(range(left, 7))
@@ -384,7 +426,9 @@ def _age_window(db: Engine, hours: int) -> None:
         row.value = {**row.value, "since": since.isoformat()}
 
 
-def test_outside_48_hours_replies_wait_for_the_customer_and_a_stale_token_is_replaced(running: Running) -> None:
+def test_outside_48_hours_replies_wait_for_the_customer_and_a_stale_token_is_replaced(
+    running: Running,
+) -> None:
     api = running.api
     ref = _case(running)
     wait_until(lambda: all(i.status == "sent" for i in running.outbox()), what="everything sent")
@@ -417,7 +461,10 @@ def test_safe_mode_end_to_end(running_safe: Running) -> None:
     # In safe mode a plain body is refused, and so is a msg_signature that does not cover the ciphertext.
     assert running_safe.push(payload("image.xml"), query=signed_query()).status_code == 401
     encrypted = encrypt(payload("image.xml"))
-    assert running_safe.push(envelope(encrypted), query=signed_query(encrypted=encrypt(b"<xml/>"))).status_code == 401
+    assert (
+        running_safe.push(envelope(encrypted), query=signed_query(encrypted=encrypt(b"<xml/>"))).status_code
+        == 401
+    )
     # Decrypting to something unsafe or for another account is a bad request.
     for inner in (encrypt(BILLION_LAUGHS), encrypt(payload("image.xml"), app_id="wxOther")):
         assert running_safe.push(envelope(inner), query=signed_query(encrypted=inner)).status_code == 400
@@ -449,13 +496,19 @@ def test_plaintext_mode_refuses_an_old_signed_query_and_a_nonce_with_another_bod
     # verification URL) could POST any body as any openid, 30 days later.
     month_old = signed_query(age=30 * 24 * 3600)
     assert running.push(payload("text.xml"), query=month_old).status_code == 401
-    assert running.push(payload("text.xml"), query=signed_query(age=-3600)).status_code == 401  # from the future
+    assert (
+        running.push(payload("text.xml"), query=signed_query(age=-3600)).status_code == 401
+    )  # from the future
     verification = signed_query()
-    assert httpx.get(f"{running.url}{wechat.WEBHOOK_PATH}", params={**verification, "echostr": "5"}).text == "5"
+    assert (
+        httpx.get(f"{running.url}{wechat.WEBHOOK_PATH}", params={**verification, "echostr": "5"}).text == "5"
+    )
     query = signed_query()
     assert running.push(payload("text.xml"), query=query).text == "success"
     assert running.push(payload("text.xml"), query=query).text == "success"  # WeChat's retry: same bytes
-    forged = text_push("I am someone else", 24593860172834999).replace(OPENID.encode(), b"oVictim0000000000000000000000")
+    forged = text_push("I am someone else", 24593860172834999).replace(
+        OPENID.encode(), b"oVictim0000000000000000000000"
+    )
     assert running.push(forged, query=query).status_code == 401
     assert [i.external_id for i in running.inbox()] == ["24593860172834561"]
 
@@ -481,7 +534,10 @@ def test_known_answer_vectors_from_wechatpy() -> None:
 
     sealed = vectors["encrypt"]
     assert crypto.decrypt(sealed["encrypt"]).decode() == sealed["plaintext"]
-    assert wechat.sha1_signature(token, sealed["timestamp"], sealed["nonce"], sealed["encrypt"]) == sealed["msg_signature"]
+    assert (
+        wechat.sha1_signature(token, sealed["timestamp"], sealed["nonce"], sealed["encrypt"])
+        == sealed["msg_signature"]
+    )
     # Our tests' own encryption helper gives wechatpy's bytes for the same random prefix.
     raw_key = base64.b64decode(vectors["encoding_aes_key"] + "=")
     xml = sealed["plaintext"].encode()
@@ -500,7 +556,10 @@ def test_a_refused_token_the_endpoint_still_hands_out_is_forced_once(running: Ru
     count = len(running.api.texts(OPENID))
     assert running.push(text_push("还在吗", 24593880000000011)).text == "success"
     wait_until(lambda: len(running.api.texts(OPENID)) > count, what="a reply with a forced token")
-    assert [r["force_refresh"] for r in running.api.token_requests[-2:]] == [False, True] and running.api.forced == 1
+    assert [r["force_refresh"] for r in running.api.token_requests[-2:]] == [
+        False,
+        True,
+    ] and running.api.forced == 1
 
 
 def test_a_refused_set_up_holds_replies_reports_it_and_releases_them_when_fixed(running: Running) -> None:
@@ -519,10 +578,18 @@ def test_a_refused_set_up_holds_replies_reports_it_and_releases_them_when_fixed(
     assert httpx.get(f"{running.url}/healthz").json()["status"] == "ok"
 
 
-@pytest.mark.parametrize(("sample", "expected"), [("voice_recognition.xml", "E07"), ("event_click.xml", None),
-                                                  ("location.xml", "深圳"), ("video.xml", None)])
-def test_recognised_voice_menu_clicks_locations_and_videos_are_answered(running: Running, sample: str,
-                                                                        expected: str | None) -> None:
+@pytest.mark.parametrize(
+    ("sample", "expected"),
+    [
+        ("voice_recognition.xml", "E07"),
+        ("event_click.xml", None),
+        ("location.xml", "深圳"),
+        ("video.xml", None),
+    ],
+)
+def test_recognised_voice_menu_clicks_locations_and_videos_are_answered(
+    running: Running, sample: str, expected: str | None
+) -> None:
     interaction = "event" if "event" in sample else "message"
     assert running.push(payload(sample), interaction=interaction).text == "success"
     [item] = wait_until(running.inbox, what="the push stored")

@@ -59,7 +59,11 @@ def derived_message(number: int, **message: Any) -> bytes:
     """A later message of the same customer, derived from the sample text message."""
     document = json.loads(payload("text.json"))
     original = document["entry"][0]["changes"][0]["value"]["messages"][0]
-    replacement = {"from": original["from"], "id": f"wamid.TEST{number:04d}", "timestamp": original["timestamp"]}
+    replacement = {
+        "from": original["from"],
+        "id": f"wamid.TEST{number:04d}",
+        "timestamp": original["timestamp"],
+    }
     document["entry"][0]["changes"][0]["value"]["messages"] = [{**replacement, **message}]
     return json.dumps(document, ensure_ascii=False, indent=2).encode()
 
@@ -95,26 +99,51 @@ def test_signature_is_checked_over_the_raw_bytes() -> None:
 
 def test_parse_text_image_and_button_reply() -> None:
     text = parse(payload("text.json")).messages[0]
-    assert (text.wa_id, text.type, text.name, text.phone_number_id) == (WA_ID, "text", "Daniel Okafor", PHONE_NUMBER_ID)
+    assert (text.wa_id, text.type, text.name, text.phone_number_id) == (
+        WA_ID,
+        "text",
+        "Daniel Okafor",
+        PHONE_NUMBER_ID,
+    )
     assert text.wamid.startswith("wamid.") and "CSP2311B0872" in text.text and text.media is None
 
     image = parse(payload("image.json")).messages[0]
-    assert image.media == whatsapp.Media(id="1498763502281937", mime="image/jpeg",
-                                         name="image-1498763502281937.jpg", kind="photo")
+    assert image.media == whatsapp.Media(
+        id="1498763502281937", mime="image/jpeg", name="image-1498763502281937.jpg", kind="photo"
+    )
     assert image.text == "Display with E07 and the serial plate"
 
     button = parse(payload("button_reply.json")).messages[0]
     assert button.text == "confirm_serial:CSP2311B0872"  # the id we gave the button, not its title
     assert button.context_id is not None and button.context_id.startswith("wamid.")
 
-    listed = parse(derived_message(1, type="interactive", interactive={
-        "type": "list_reply", "list_reply": {"id": "cause:normal", "title": "It failed in normal use"}}))
+    listed = parse(
+        derived_message(
+            1,
+            type="interactive",
+            interactive={
+                "type": "list_reply",
+                "list_reply": {"id": "cause:normal", "title": "It failed in normal use"},
+            },
+        )
+    )
     assert listed.messages[0].text == "cause:normal"
 
-    document = parse(derived_message(2, type="document", document={
-        "filename": "EX-2024-0311.pdf", "mime_type": "application/pdf", "id": "778", "caption": "invoice"}))
-    assert document.messages[0].media == whatsapp.Media(id="778", mime="application/pdf", name="EX-2024-0311.pdf",
-                                                        kind="document")
+    document = parse(
+        derived_message(
+            2,
+            type="document",
+            document={
+                "filename": "EX-2024-0311.pdf",
+                "mime_type": "application/pdf",
+                "id": "778",
+                "caption": "invoice",
+            },
+        )
+    )
+    assert document.messages[0].media == whatsapp.Media(
+        id="778", mime="application/pdf", name="EX-2024-0311.pdf", kind="document"
+    )
 
 
 def test_parse_statuses() -> None:
@@ -125,20 +154,28 @@ def test_parse_statuses() -> None:
     assert failed.error is not None and "more than 24 hours" in failed.error
 
 
-@pytest.mark.parametrize("body", [b"", b"not json", b"[]", b'{"entry": {}}', b'\xff\xfe{"entry": []}',
-                                  b"[" * 100_000 + b"]" * 100_000])
+@pytest.mark.parametrize(
+    "body",
+    [b"", b"not json", b"[]", b'{"entry": {}}', b'\xff\xfe{"entry": []}', b"[" * 100_000 + b"]" * 100_000],
+)
 def test_bodies_that_are_no_notification_are_refused(body: bytes) -> None:
     with pytest.raises(MalformedPayload):
         parse(body)
 
 
-@pytest.mark.parametrize("broken", [
-    {"field": "messages", "value": []},
-    {"field": "messages", "value": {"messages": [{"type": "text"}]}},
-    {"field": "messages", "value": {"messages": [{"id": "wamid.X1", "from": "4477", "type": "image", "image": {}}]}},
-    {"field": "messages", "value": {"statuses": [{"status": "read"}]}},
-    {"field": "messages", "value": {"messages": "x"}},
-])
+@pytest.mark.parametrize(
+    "broken",
+    [
+        {"field": "messages", "value": []},
+        {"field": "messages", "value": {"messages": [{"type": "text"}]}},
+        {
+            "field": "messages",
+            "value": {"messages": [{"id": "wamid.X1", "from": "4477", "type": "image", "image": {}}]},
+        },
+        {"field": "messages", "value": {"statuses": [{"status": "read"}]}},
+        {"field": "messages", "value": {"messages": "x"}},
+    ],
+)
 def test_an_unreadable_part_is_skipped_and_the_rest_is_taken(broken: dict[str, Any]) -> None:
     document = json.loads(payload("text.json"))
     document["entry"][0]["changes"].insert(0, broken)
@@ -149,7 +186,10 @@ def test_an_unreadable_part_is_skipped_and_the_rest_is_taken(broken: dict[str, A
 def test_an_interactive_message_without_its_body_is_unreadable_and_its_neighbour_is_taken() -> None:
     # Before, the whole POST was a 400 and the good message beside it was lost (pywa's interactive_message_with_err).
     notification = parse(payload("batch_interactive_without_body.json"))
-    assert [(m.sender, m.type) for m in notification.messages] == [(WA_ID, "unreadable"), ("2348031234567", "text")]
+    assert [(m.sender, m.type) for m in notification.messages] == [
+        (WA_ID, "unreadable"),
+        ("2348031234567", "text"),
+    ]
     assert notification.skipped == ()
     unsupported = parse(payload("unsupported.json")).messages[0]
     sticker = parse(payload("sticker.json")).messages[0]
@@ -158,20 +198,26 @@ def test_an_interactive_message_without_its_body_is_unreadable_and_its_neighbour
 
 def test_a_customer_known_only_by_a_business_scoped_user_id() -> None:
     message = parse(payload("username_text.json")).messages[0]
-    assert (message.sender, message.wa_id, message.user_id) == ("MX.13491208655302741918", None,
-                                                                "MX.13491208655302741918")
+    assert (message.sender, message.wa_id, message.user_id) == (
+        "MX.13491208655302741918",
+        None,
+        "MX.13491208655302741918",
+    )
     assert message.name == "Sofia M." and "CSP2311B0872" in message.text
     both = parse(payload("text.json")).messages[0]
     assert (both.sender, both.user_id) == (WA_ID, None)  # the sample's message has only `from`
     change = parse(payload("user_changed_user_id.json"))
     assert change.messages == () and change.id_changes == (
-        whatsapp.IdChange(old="MX.13491208655302741918", new="MX.50917733620148812265", kind="user_id"),)
+        whatsapp.IdChange(old="MX.13491208655302741918", new="MX.50917733620148812265", kind="user_id"),
+    )
     forged = json.loads(payload("username_text.json"))
     forged["entry"][0]["changes"][0]["value"]["messages"][0]["from_user_id"] = "../../me"
     assert parse(json.dumps(forged).encode()).messages == ()
 
 
-@pytest.mark.parametrize("media_id", ["../../evil", "https://attacker.example/x", "1498763502281937/../me", "a?b"])
+@pytest.mark.parametrize(
+    "media_id", ["../../evil", "https://attacker.example/x", "1498763502281937/../me", "a?b"]
+)
 def test_a_media_id_that_could_leave_the_graph_url_is_not_one(media_id: str) -> None:
     body = derived_message(4, type="image", image={"id": media_id, "mime_type": "image/jpeg"})
     notification = parse(body)
@@ -179,7 +225,10 @@ def test_a_media_id_that_could_leave_the_graph_url_is_not_one(media_id: str) -> 
 
 
 def test_reactions_and_other_fields_are_ignored() -> None:
-    assert parse(derived_message(3, type="reaction", reaction={"message_id": "wamid.x", "emoji": "👍"})).messages == ()
+    assert (
+        parse(derived_message(3, type="reaction", reaction={"message_id": "wamid.x", "emoji": "👍"})).messages
+        == ()
+    )
     other = b'{"object": "whatsapp_business_account", "entry": [{"changes": [{"field": "account_update", "value": {}}]}]}'
     assert parse(other) == whatsapp.Notification()
 
@@ -206,7 +255,10 @@ def test_long_text_is_split_at_line_breaks_within_the_limit() -> None:
 
 
 def test_up_to_three_buttons_are_reply_buttons_with_short_titles() -> None:
-    buttons = (Button(label="It failed in normal use", value="cause:normal"), Button(label="Repair", value="pref:r"))
+    buttons = (
+        Button(label="It failed in normal use", value="cause:normal"),
+        Button(label="Repair", value="pref:r"),
+    )
     (body,) = render("How did the fault appear?", buttons)
     action = body["interactive"]["action"]
     assert body["interactive"]["type"] == "button"
@@ -276,9 +328,13 @@ class Running:
 
     def wait_sent(self, count: int, what: str) -> list[dict[str, Any]]:
         """What the customer received, once it is at least `count` messages and nothing waits in the outbox."""
+
         def settled() -> list[dict[str, Any]]:
-            done = all(i.status != "pending" for i in self.outbox()) and len(self.graph.sent_to(WA_ID)) >= count
+            done = (
+                all(i.status != "pending" for i in self.outbox()) and len(self.graph.sent_to(WA_ID)) >= count
+            )
             return self.graph.sent_to(WA_ID) if done else []
+
         return wait_until(settled, what=what)
 
 
@@ -286,13 +342,19 @@ class Running:
 def running(settings: Settings, db: Engine) -> Iterator[Running]:
     graph = FakeGraph(access_token=ACCESS_TOKEN, phone_number_id=PHONE_NUMBER_ID)
     with serve(graph.app()) as graph_url:
-        configured = settings.model_copy(update={
-            "whatsapp_access_token": SecretStr(ACCESS_TOKEN), "whatsapp_app_secret": SecretStr(APP_SECRET),
-            "whatsapp_verify_token": SecretStr(VERIFY_TOKEN), "whatsapp_phone_number_id": PHONE_NUMBER_ID,
-            "whatsapp_graph_url": f"{graph_url}/v23.0", "whatsapp_template_name": "case_update",
-            "whatsapp_template_language": "en,es,zh_CN", "outbox_poll_seconds": 0.1,
-            "fetch_insecure_hosts": "127.0.0.1",  # the fake Graph API: plain http on loopback
-        })
+        configured = settings.model_copy(
+            update={
+                "whatsapp_access_token": SecretStr(ACCESS_TOKEN),
+                "whatsapp_app_secret": SecretStr(APP_SECRET),
+                "whatsapp_verify_token": SecretStr(VERIFY_TOKEN),
+                "whatsapp_phone_number_id": PHONE_NUMBER_ID,
+                "whatsapp_graph_url": f"{graph_url}/v23.0",
+                "whatsapp_template_name": "case_update",
+                "whatsapp_template_language": "en,es,zh_CN",
+                "outbox_poll_seconds": 0.1,
+                "fetch_insecure_hosts": "127.0.0.1",  # the fake Graph API: plain http on loopback
+            }
+        )
         bot = build(configured, db=db)
         channel = whatsapp.from_settings(bot)
         assert channel is not None
@@ -312,7 +374,9 @@ def _press(running: Running, number: int) -> str:
         ids = [r["id"] for s in interactive["action"]["sections"] for r in s["rows"]]
     choice = next(v for v in ("cause:normal", "pref:repair", "cmd:human", *ids) if v in ids)
     kind = "button_reply" if interactive["type"] == "button" else "list_reply"
-    body = derived_message(number, type="interactive", interactive={"type": kind, kind: {"id": choice, "title": "x"}})
+    body = derived_message(
+        number, type="interactive", interactive={"type": kind, kind: {"id": choice, "title": "x"}}
+    )
     assert running.post(body).status_code == 200
     return choice
 
@@ -335,7 +399,10 @@ def test_a_full_claim_over_whatsapp(running: Running) -> None:
     before = len(graph.sent_to(WA_ID))
     assert running.post(payload("image.json")).status_code == 200
     running.wait_sent(before + 1, "the bot's answer to the photo")
-    assert ("GET", "/v23.0/1498763502281937") in graph.requests and ("GET", "/download/1498763502281937") in graph.requests
+    assert ("GET", "/v23.0/1498763502281937") in graph.requests and (
+        "GET",
+        "/download/1498763502281937",
+    ) in graph.requests
     with Session(running.bot.db) as session:
         stored = session.execute(select(StoredAttachment)).scalars().one()
     assert (stored.kind, stored.mime, stored.size) == ("photo", "image/jpeg", len(JPEG))
@@ -353,14 +420,18 @@ def test_a_full_claim_over_whatsapp(running: Running) -> None:
     shown = {m["interactive"]["type"] for m in graph.sent if m["type"] == "interactive"}
     assert shown == {"button", "list"}  # proof had one button, the cause six options: a list
     ref = wait_until(running.case_ref, what="a case")
-    wait_until(lambda: any(ref in t for t in graph.texts(WA_ID)), what="the case reference sent to the customer")
+    wait_until(
+        lambda: any(ref in t for t in graph.texts(WA_ID)), what="the case reference sent to the customer"
+    )
 
     # An engineer claims it; the customer hears so on WhatsApp.
     running.bot.desk.claim(ref, engineer="Ana Ruiz")
     wait_until(lambda: any("Ana Ruiz" in t and ref in t for t in graph.texts(WA_ID)), what="the claim notice")
 
     # Limits the real API enforces held for everything we sent (the fake refuses what breaks them).
-    wait_until(lambda: all(i.status == "sent" and i.last_error is None for i in running.outbox()), what="all sent")
+    wait_until(
+        lambda: all(i.status == "sent" and i.last_error is None for i in running.outbox()), what="all sent"
+    )
     assert all(m["to"] == WA_ID and m["messaging_product"] == "whatsapp" for m in graph.sent)
 
 
@@ -378,10 +449,21 @@ def test_delivery_statuses_update_the_outbox_row_and_create_nothing(running: Run
     assert running.post(payload("status_delivered.json")).status_code == 200  # not one of ours: ignored
     assert running.post(derived_status(last.external_id, status="read")).status_code == 200
     assert status_of(last.id) == ("read", None)
-    assert running.post(derived_status(last.external_id)).status_code == 200  # a late "delivered" after "read"
+    assert (
+        running.post(derived_status(last.external_id)).status_code == 200
+    )  # a late "delivered" after "read"
     assert status_of(last.id) == ("read", None)
-    failure = derived_status(last.external_id, sample="status_failed.json", errors=[
-        {"code": 131053, "title": "Media upload error", "error_data": {"details": "Unsupported file type"}}])
+    failure = derived_status(
+        last.external_id,
+        sample="status_failed.json",
+        errors=[
+            {
+                "code": 131053,
+                "title": "Media upload error",
+                "error_data": {"details": "Unsupported file type"},
+            }
+        ],
+    )
     assert running.post(failure).status_code == 200
     assert status_of(last.id) == ("failed", "131053 Media upload error: Unsupported file type")
     assert (len(running.outbox()), len(running.inbox())) == (outbox_before, inbox_before)
@@ -392,13 +474,19 @@ def test_a_long_reply_interrupted_halfway_does_not_repeat_its_first_piece(runnin
     assert running.post(payload("text.json")).status_code == 200
     assert running.post(derived_message(40, type="text", text={"body": "human"})).status_code == 200
     ref = wait_until(running.case_ref, what="a case")
-    wait_until(lambda: running.outbox() and all(i.status == "sent" for i in running.outbox()), what="all sent")
+    wait_until(
+        lambda: running.outbox() and all(i.status == "sent" for i in running.outbox()), what="all sent"
+    )
 
     graph.fail_next(503, 2, "Service temporarily unavailable", after=1)
-    steps = "\n".join(f"Step {n}: check the cable at terminal {n} and measure the voltage." for n in range(1, 80))
+    steps = "\n".join(
+        f"Step {n}: check the cable at terminal {n} and measure the voltage." for n in range(1, 80)
+    )
     running.bot.desk.reply(ref, engineer="Ana Ruiz", text=steps)
-    row = wait_until(lambda: [i for i in running.outbox() if "Step 1:" in i.payload["text"] and i.status == "sent"],
-                     what="the long reply sent after a retry")[0]
+    row = wait_until(
+        lambda: [i for i in running.outbox() if "Step 1:" in i.payload["text"] and i.status == "sent"],
+        what="the long reply sent after a retry",
+    )[0]
     assert row.attempts == 2 and row.last_error is None
     pieces = [t for t in graph.texts(WA_ID) if "Step " in t]
     assert len(pieces) == 2 and sum("Step 1: " in p for p in pieces) == 1  # the first piece went out once
@@ -413,8 +501,12 @@ def _age_window(db: Engine, hours: int) -> None:
         assert identity.last_inbound_at is not None
         identity.last_inbound_at = identity.last_inbound_at - shift
         state = identity.data.get("whatsapp", {})
-        identity.data = {**identity.data, "whatsapp": {
-            key: (datetime.fromisoformat(value) - shift).isoformat() for key, value in state.items()}}
+        identity.data = {
+            **identity.data,
+            "whatsapp": {
+                key: (datetime.fromisoformat(value) - shift).isoformat() for key, value in state.items()
+            },
+        }
 
 
 def _held(running: Running) -> list[OutboxItem]:
@@ -422,7 +514,8 @@ def _held(running: Running) -> list[OutboxItem]:
 
 
 def test_outside_the_window_a_template_goes_out_and_the_reply_follows_when_the_customer_answers(
-        running: Running) -> None:
+    running: Running,
+) -> None:
     graph = running.graph
     assert running.post(payload("text.json")).status_code == 200
     assert running.post(derived_message(20, type="text", text={"body": "human"})).status_code == 200
@@ -433,7 +526,9 @@ def test_outside_the_window_a_template_goes_out_and_the_reply_follows_when_the_c
 
     running.bot.desk.reply(ref, engineer="Ana Ruiz", text="Please send a photo of the rating plate.")
     running.bot.desk.reply(ref, engineer="Ana Ruiz", text="And the invoice, if you have it.")
-    template = wait_until(lambda: [m for m in graph.sent_to(WA_ID) if m["type"] == "template"], what="a template")
+    template = wait_until(
+        lambda: [m for m in graph.sent_to(WA_ID) if m["type"] == "template"], what="a template"
+    )
     assert template[0]["template"]["name"] == "case_update"
     assert template[0]["template"]["components"][0]["parameters"] == [{"type": "text", "text": ref}]
     held = wait_until(lambda: _held(running), what="the held reply")
@@ -441,8 +536,13 @@ def test_outside_the_window_a_template_goes_out_and_the_reply_follows_when_the_c
     assert not any("rating plate" in t for t in graph.texts(WA_ID))
 
     # The customer answers the template: both replies follow, in order, and no second template.
-    assert running.post(derived_message(21, type="button", button={"payload": "Continue", "text": "Continue"})
-                        ).status_code == 200
+    assert (
+        running.post(
+            derived_message(21, type="button", button={"payload": "Continue", "text": "Continue"})
+        ).status_code
+        == 200
+    )
+
     def held_texts() -> list[str]:
         return [t for t in graph.texts(WA_ID) if "rating plate" in t or "invoice, if you have it" in t]
 
@@ -459,7 +559,9 @@ def test_a_re_engagement_failure_holds_the_message_for_the_template(running: Run
     assert running.post(payload("text.json")).status_code == 200
     assert running.post(derived_message(30, type="text", text={"body": "human"})).status_code == 200
     ref = wait_until(running.case_ref, what="a case")
-    wait_until(lambda: running.outbox() and all(i.status == "sent" for i in running.outbox()), what="all sent")
+    wait_until(
+        lambda: running.outbox() and all(i.status == "sent" for i in running.outbox()), what="all sent"
+    )
 
     # Our clock said the window was open, WhatsApp says it is not (the sample failure, for our message).
     graph.fail_next(400, 131047, "Re-engagement message")
@@ -469,13 +571,19 @@ def test_a_re_engagement_failure_holds_the_message_for_the_template(running: Run
 
     # The asynchronous form: a sent message reported failed with 131047 later is held, not lost.
     assert running.post(derived_message(31, type="text", text={"body": "yes?"})).status_code == 200
-    sent = wait_until(lambda: [i for i in running.outbox() if i.status == "sent" and "still under load" in
-                               i.payload["text"]], what="the released reply")[0]
+    sent = wait_until(
+        lambda: [
+            i for i in running.outbox() if i.status == "sent" and "still under load" in i.payload["text"]
+        ],
+        what="the released reply",
+    )[0]
     wait_until(lambda: all(i.status == "sent" for i in running.outbox()), what="all sent")
     assert sent.external_id is not None
     _age_window(running.bot.db, hours=30)
     assert running.post(derived_status(sent.external_id, sample="status_failed.json")).status_code == 200
-    wait_until(lambda: len([m for m in graph.sent_to(WA_ID) if m["type"] == "template"]) == 2, what="a 2nd template")
+    wait_until(
+        lambda: len([m for m in graph.sent_to(WA_ID) if m["type"] == "template"]) == 2, what="a 2nd template"
+    )
     assert [i.id for i in wait_until(lambda: _held(running), what="held again")] == [sent.id]
 
 
@@ -503,10 +611,14 @@ def test_not_configured_without_credentials(bot: Bot) -> None:
 def test_one_unreadable_message_in_a_post_loses_neither_it_nor_its_neighbour(running: Running) -> None:
     answer = running.post(payload("batch_interactive_without_body.json"))
     assert answer.status_code == 200
-    assert sorted(i.chat_id for i in wait_until(lambda: len(running.inbox()) == 2 and running.inbox(),
-                                                what="both messages")) == ["2348031234567", WA_ID]
-    wait_until(lambda: running.graph.sent_to("2348031234567") and running.graph.sent_to(WA_ID),
-               what="an answer to each customer")
+    assert sorted(
+        i.chat_id
+        for i in wait_until(lambda: len(running.inbox()) == 2 and running.inbox(), what="both messages")
+    ) == ["2348031234567", WA_ID]
+    wait_until(
+        lambda: running.graph.sent_to("2348031234567") and running.graph.sent_to(WA_ID),
+        what="an answer to each customer",
+    )
 
 
 @pytest.mark.parametrize("sample", ["sticker.json", "unsupported.json"])
@@ -515,7 +627,9 @@ def test_a_sticker_or_an_unsupported_message_is_answered(running: Running, sampl
     wait_until(lambda: running.graph.sent_to(WA_ID), what="an answer")
 
 
-def test_a_username_customer_is_answered_by_user_id_and_followed_across_an_id_change(running: Running) -> None:
+def test_a_username_customer_is_answered_by_user_id_and_followed_across_an_id_change(
+    running: Running,
+) -> None:
     old, new = "MX.13491208655302741918", "MX.50917733620148812265"
     assert running.post(payload("username_text.json")).status_code == 200
     first = wait_until(lambda: running.graph.sent_to(old), what="an answer by business-scoped user id")
@@ -541,28 +655,42 @@ def _spanish_customer_with_a_case(running: Running) -> tuple[str, str]:
     value["messages"][0]["from"] = mx
     assert running.post(json.dumps(document).encode()).status_code == 200
     human = json.loads(json.dumps(document))
-    human["entry"][0]["changes"][0]["value"]["messages"][0].update(id="wamid.MXHUMAN0001", text={"body": "human"})
+    human["entry"][0]["changes"][0]["value"]["messages"][0].update(
+        id="wamid.MXHUMAN0001", text={"body": "human"}
+    )
     assert running.post(json.dumps(human).encode()).status_code == 200
     ref = wait_until(running.case_ref, what="a case")
-    wait_until(lambda: running.outbox() and all(i.status == "sent" for i in running.outbox()), what="all sent")
+    wait_until(
+        lambda: running.outbox() and all(i.status == "sent" for i in running.outbox()), what="all sent"
+    )
     return mx, ref
 
 
 def test_the_template_goes_out_in_the_customers_language_and_a_later_failure_is_not_silent(
-        running: Running, caplog: pytest.LogCaptureFixture) -> None:
+    running: Running, caplog: pytest.LogCaptureFixture
+) -> None:
     mx, ref = _spanish_customer_with_a_case(running)
     _age_window(running.bot.db, hours=25)
     running.bot.desk.reply(ref, engineer="Ana Ruiz", text="Por favor, envíe una foto de la placa.")
-    template = wait_until(lambda: [m for m in running.graph.sent_to(mx) if m["type"] == "template"],
-                          what="a template")[0]
+    template = wait_until(
+        lambda: [m for m in running.graph.sent_to(mx) if m["type"] == "template"], what="a template"
+    )[0]
     assert template["template"]["language"] == {"code": "es"}  # one of WHATSAPP_TEMPLATE_LANGUAGE's, not "en"
     assert "template sent (es)" in (wait_until(lambda: _held(running), what="held")[0].last_error or "")
 
     # Meta accepted it, then reports it failed (132001: no such template in this language): said, not ignored.
     wamid = running.graph.wamids[running.graph.sent.index(template)]
-    failed = derived_status(wamid, sample="status_failed.json",
-                            errors=[{"code": 132001, "title": "Template name does not exist in the translation",
-                                     "error_data": {"details": "template name (case_update) does not exist in es"}}])
+    failed = derived_status(
+        wamid,
+        sample="status_failed.json",
+        errors=[
+            {
+                "code": 132001,
+                "title": "Template name does not exist in the translation",
+                "error_data": {"details": "template name (case_update) does not exist in es"},
+            }
+        ],
+    )
     assert running.post(failed).status_code == 200
     wait_until(lambda: "132001" in (_held(running)[0].last_error or ""), what="the failure on the held row")
     assert any("template failed" in r.getMessage() for r in caplog.records)
@@ -582,7 +710,9 @@ def test_a_revoked_token_holds_replies_reports_it_and_they_go_out_once_it_works(
 
     # The token is replaced; the customer writes again and everything held goes out.
     assert running.post(derived_message(40, type="text", text={"body": "hello?"})).status_code == 200
-    wait_until(lambda: running.outbox() and all(i.status == "sent" for i in running.outbox()), what="all sent")
+    wait_until(
+        lambda: running.outbox() and all(i.status == "sent" for i in running.outbox()), what="all sent"
+    )
     assert httpx.get(f"{running.url}/healthz").json()["status"] == "ok"
 
 

@@ -33,7 +33,10 @@ class Serve(Server):
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "bot.cli", "serve", "--port", str(self.port), *self.options],
-                cwd=self.workdir, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                cwd=self.workdir,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
             )
         try:
             wait_until(self._healthy, timeout=60, what="the server to answer /healthz")
@@ -97,7 +100,8 @@ def test_serve_starts_its_worker_and_stops_it(servers: list[Server], tmp_path: P
 
 
 def test_a_worker_killed_mid_batch_loses_nothing_and_another_takes_over(
-        servers: list[Server], tmp_path: Path, database_url: str) -> None:
+    servers: list[Server], tmp_path: Path, database_url: str
+) -> None:
     server = Serve(tmp_path, database_url)
     servers.append(server)
     server.start()
@@ -117,8 +121,12 @@ def test_a_worker_killed_mid_batch_loses_nothing_and_another_takes_over(
         for future in futures:
             future.result()
     wait_until(lambda: server.workers() not in ([], [first]), timeout=60, what="another worker")
-    wait_until(lambda: settled(database_url), timeout=120, interval=0.5,
-               what="every message processed and every reply sent")
+    wait_until(
+        lambda: settled(database_url),
+        timeout=120,
+        interval=0.5,
+        what="every message processed and every reply sent",
+    )
     for session in sessions:
         assert conversation_texts(database_url, session) == [text for _, text in plan[session]]
     engine = make_engine(database_url)
@@ -132,7 +140,8 @@ def test_a_worker_killed_mid_batch_loses_nothing_and_another_takes_over(
 
 
 def test_two_workers_on_one_postgresql_keep_each_chats_order(
-        servers: list[Server], tmp_path: Path, postgres_url: str) -> None:
+    servers: list[Server], tmp_path: Path, postgres_url: str
+) -> None:
     server = Serve(tmp_path, postgres_url, "--workers", "2")
     servers.append(server)
     server.start()
@@ -150,7 +159,9 @@ def test_two_workers_on_one_postgresql_keep_each_chats_order(
     wait_until(lambda: settled(postgres_url), timeout=120, interval=0.5, what="both workers to finish")
     engine = make_engine(postgres_url)
     with Session(engine) as db:
-        cases = db.execute(select(col(Case.conversation_id), func.count()).group_by(col(Case.conversation_id))).all()
+        cases = db.execute(
+            select(col(Case.conversation_id), func.count()).group_by(col(Case.conversation_id))
+        ).all()
         processed_by = db.execute(select(func.count()).select_from(InboxItem)).scalar_one()
     engine.dispose()
     assert processed_by == 30 * len(script)
@@ -160,7 +171,8 @@ def test_two_workers_on_one_postgresql_keep_each_chats_order(
 
 
 def test_serve_without_a_worker_leaves_processing_to_warranty_bot_worker(
-        servers: list[Server], tmp_path: Path) -> None:
+    servers: list[Server], tmp_path: Path
+) -> None:
     database_url = f"sqlite:///{tmp_path}/warranty.db"
     server = Serve(tmp_path, database_url, "--no-worker")
     servers.append(server)
@@ -168,8 +180,13 @@ def test_serve_without_a_worker_leaves_processing_to_warranty_bot_worker(
     assert server.workers() == []
     session = httpx.post(f"{server.url}/api/webchat/sessions").json()["session_id"]
     assert post(server, session, "hello", "c-1")
-    worker = subprocess.Popen([sys.executable, "-m", "bot.cli", "worker"], cwd=tmp_path, env=server.env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "bot.cli", "worker"],
+        cwd=tmp_path,
+        env=server.env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         wait_until(lambda: settled(database_url), timeout=60, interval=0.5, what="the worker to process it")
         assert conversation_texts(database_url, session) == ["hello"]
@@ -180,7 +197,14 @@ def test_serve_without_a_worker_leaves_processing_to_warranty_bot_worker(
 
 def test_more_than_one_worker_on_sqlite_is_refused(tmp_path: Path) -> None:
     env = {**os.environ, "DATABASE_URL": f"sqlite:///{tmp_path}/warranty.db"}
-    done = subprocess.run([sys.executable, "-m", "bot.cli", "serve", "--workers", "2"], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=60, check=False)
+    done = subprocess.run(
+        [sys.executable, "-m", "bot.cli", "serve", "--workers", "2"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert done.returncode == 2
     assert len(done.stderr.strip().splitlines()) == 1 and "SQLite has one writer" in done.stderr

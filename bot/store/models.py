@@ -176,9 +176,13 @@ class OutboxItem(SQLModel, table=True):
     status: str = Field(default="pending", max_length=16)
     attempts: int = 0
     next_attempt_at: datetime = Field(default_factory=utcnow)
-    lease_owner: str | None = Field(default=None, max_length=128)  # the worker sending it (until the lease ends)
+    lease_owner: str | None = Field(
+        default=None, max_length=128
+    )  # the worker sending it (until the lease ends)
     failing_since: datetime | None = None  # first of the passing failures in a row (5xx, 429, timeouts)
-    holds_chat: bool = Field(default=False, sa_column_kwargs={"server_default": "0"})  # a dead head: the chat waits
+    holds_chat: bool = Field(
+        default=False, sa_column_kwargs={"server_default": "0"}
+    )  # a dead head: the chat waits
     last_error: str | None = Field(default=None, sa_column=Column(Text))
     external_id: str | None = Field(default=None, max_length=255, index=True)
     created_at: datetime = Field(default_factory=utcnow)
@@ -214,7 +218,9 @@ class Fulfilment(SQLModel, table=True):
     step: str = Field(max_length=32, index=True)
     rma: str | None = Field(default=None, max_length=48, index=True)
     data: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
-    reminded: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))  # reminders sent
+    reminded: list[str] = Field(
+        default_factory=list, sa_column=Column(JSON, nullable=False)
+    )  # reminders sent
     step_since: datetime = Field(default_factory=utcnow)
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)

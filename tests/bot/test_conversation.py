@@ -203,10 +203,14 @@ def test_after_hand_off_messages_go_to_the_case() -> None:
     assert templates == ["relayed"]
     assert effects == [conv.RelayToCase(text="Here is another photo", attachment_ids=(9,))]
     # Acknowledged once: the next messages to the open case are added to it quietly.
-    state, templates, effects, _ = run("It also smells burnt", ("photo 2", (10,)), state=state, case_status="open")
+    state, templates, effects, _ = run(
+        "It also smells burnt", ("photo 2", (10,)), state=state, case_status="open"
+    )
     assert templates == []
-    assert effects == [conv.RelayToCase(text="It also smells burnt"),
-                       conv.RelayToCase(text="photo 2", attachment_ids=(10,))]
+    assert effects == [
+        conv.RelayToCase(text="It also smells burnt"),
+        conv.RelayToCase(text="photo 2", attachment_ids=(10,)),
+    ]
     state, templates, effects, _ = run("any news?", state=state, case_status="claimed")
     assert templates == ["status"] and effects == [conv.RelayToCase(text="any news?")]
     state, templates, effects, _ = run("The fan is loud as well", state=state, case_status="claimed")
@@ -326,16 +330,22 @@ def test_a_pasted_table_keeps_each_units_fault() -> None:
 
 
 def test_l1_answer_keeps_the_serial_and_fault_of_the_same_message() -> None:
-    state, templates, _, _ = run("CSP2402A0153 shows E07 and shuts down, we want compensation for lost profits")
+    state, templates, _, _ = run(
+        "CSP2402A0153 shows E07 and shuts down, we want compensation for lost profits"
+    )
     assert templates[0] == "consequential_damages" and "ask_cause" in templates
     assert state.serials == ("CSP2402A0153",) and "E07" in state.fault
 
 
 def test_a_mistyped_serial_is_asked_about_and_corrected() -> None:
-    facts = conv.Facts(today=TODAY, policy=POLICY, registry=REGISTRY, suggestions={"CSP2402A0135": "CSP2402A0153"})
+    facts = conv.Facts(
+        today=TODAY, policy=POLICY, registry=REGISTRY, suggestions={"CSP2402A0135": "CSP2402A0153"}
+    )
     asked = conv.step(conv.State(), conv.Event(text="CSP2402A0135 E07 and it shuts down"), facts)
     assert [r.template for r in asked.replies][-1] == "serial_suggestion"
-    answered = conv.step(asked.state, conv.Event(text="yes"), conv.Facts(today=TODAY, policy=POLICY, registry=REGISTRY))
+    answered = conv.step(
+        asked.state, conv.Event(text="yes"), conv.Facts(today=TODAY, policy=POLICY, registry=REGISTRY)
+    )
     assert answered.state.serials == ("CSP2402A0153",)
     assert [r.template for r in answered.replies] == ["units_received", "ask_cause"]
 
@@ -348,7 +358,9 @@ def test_a_stated_count_that_disagrees_is_confirmed_before_deciding() -> None:
 
 
 def test_a_person_at_once_from_free_text_with_what_was_said() -> None:
-    state, templates, effects, _ = run("CSP2402A0153 E07 shuts down", "I want to talk to a real person please")
+    state, templates, effects, _ = run(
+        "CSP2402A0153 E07 shuts down", "I want to talk to a real person please"
+    )
     assert templates[-1] == "human_requested" and state.name == "with_engineer"
     case = opened(effects)
     assert case.human_requested and [u.serial for u in case.units] == ["CSP2402A0153"]
@@ -356,7 +368,9 @@ def test_a_person_at_once_from_free_text_with_what_was_said() -> None:
 
 def test_why_after_a_refusal_explains_and_reaches_the_case() -> None:
     state, _, _, _ = run("CSP2402A0154 does not start any more", "normal use")
-    state, templates, effects, _ = run("but it only worked 2 years, what can I do?", state=state, case_status="open")
+    state, templates, effects, _ = run(
+        "but it only worked 2 years, what can I do?", state=state, case_status="open"
+    )
     assert templates == ["decision", "next_steps"]
     assert effects == [conv.RelayToCase(text="but it only worked 2 years, what can I do?")]
 

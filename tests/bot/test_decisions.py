@@ -276,7 +276,11 @@ def test_a_chargeable_service_is_told_as_chargeable(desk_bot: Bot) -> None:
                                 reason="The warranty ended 10 months ago.")  # fmt: skip
     told, instruction = bot_texts(desk_bot)[-2:]  # the method, then where to ship the unit (issue 19)
     assert "chargeable" in told and "at your cost" in told and "free" not in told
-    assert "freight is at your cost" in instruction and "warranty" not in instruction and "free" not in instruction
+    assert (
+        "freight is at your cost" in instruction
+        and "warranty" not in instruction
+        and "free" not in instruction
+    )
     with pytest.raises(DeskError, match="cannot be chargeable"):
         desk_bot.desk.choose_method(ref, engineer="Li Wei", method="discount_compensation",
                                     goodwill="chargeable", reason="x")  # fmt: skip

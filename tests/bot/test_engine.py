@@ -178,13 +178,26 @@ def test_desk_actions_reach_the_customer_and_are_audited(bot: Bot) -> None:
     assert [m["author"] for m in case["messages"]].count("note") == 1
 
 
-@pytest.mark.parametrize(("language", "hint", "texts", "expected"), [
-    ("es", None, ["Hola, mi inversor CSP2604D0007 muestra E07 y se apaga", "proof:none", "cause:normal"],
-     "Abrí el caso WR-"),
-    ("zh", "zh_CN", ["你好", "CSP2604D0007", "显示屏显示E07，然后就关机了", "proof:none", "cause:normal"], "已为您创建工单 WR-"),
-])
-def test_a_whole_claim_in_the_customers_language(bot: Bot, language: str, hint: str | None, texts: list[str],
-                                                  expected: str) -> None:
+@pytest.mark.parametrize(
+    ("language", "hint", "texts", "expected"),
+    [
+        (
+            "es",
+            None,
+            ["Hola, mi inversor CSP2604D0007 muestra E07 y se apaga", "proof:none", "cause:normal"],
+            "Abrí el caso WR-",
+        ),
+        (
+            "zh",
+            "zh_CN",
+            ["你好", "CSP2604D0007", "显示屏显示E07，然后就关机了", "proof:none", "cause:normal"],
+            "已为您创建工单 WR-",
+        ),
+    ],
+)
+def test_a_whole_claim_in_the_customers_language(
+    bot: Bot, language: str, hint: str | None, texts: list[str], expected: str
+) -> None:
     for text in texts:
         bot.engine.accept(inbound(text, chat=language, locale_hint=hint))
     bot.engine.process_pending()
@@ -223,5 +236,7 @@ def test_a_portuguese_customer_of_portugal_is_answered_in_european_portuguese(bo
     assert not any("language_offer" in t for t in portugal)
     bot.engine.accept(inbound("O ecrã mostra E07 e desliga-se", chat="pt-pt", locale_hint="pt-PT"))
     bot.engine.process_pending()
-    later = [m for m in bot.engine.transcript("test", "pt-pt") if m["author"] == "bot"][len(portugal):]
-    assert later and all(not m["buttons"] or all(b["value"] != "lang:pt" for b in m["buttons"]) for m in later)
+    later = [m for m in bot.engine.transcript("test", "pt-pt") if m["author"] == "bot"][len(portugal) :]
+    assert later and all(
+        not m["buttons"] or all(b["value"] != "lang:pt" for b in m["buttons"]) for m in later
+    )

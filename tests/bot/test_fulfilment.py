@@ -52,7 +52,11 @@ def actions(bot: Bot, ref: str) -> list[str]:
 
 def test_factory_repair_from_the_decision_to_shipped_back_in_spanish(service_bot: Bot) -> None:
     bot = service_bot
-    ref = claim_to_the_end(bot, "Hola, el equipo CSP2402A0100 se apaga solo y muestra el error E07 desde hace una semana", "cause:normal")
+    ref = claim_to_the_end(
+        bot,
+        "Hola, el equipo CSP2402A0100 se apaga solo y muestra el error E07 desde hace una semana",
+        "cause:normal",
+    )
     assert bot.desk.get_case(ref)["language"] == "es"
     bot.desk.choose_method(ref, engineer="Li Wei", method="factory_repair")
     case = bot.desk.get_case(ref)
@@ -71,7 +75,9 @@ def test_factory_repair_from_the_decision_to_shipped_back_in_spanish(service_bot
     assert case["fulfilment"]["step"] == "in_transit"
     assert case["fulfilment"]["data"]["inbound"] == {"carrier": "DHL", "tracking": "1234567890"}
     assert "hemos registrado su envío por DHL, número de seguimiento 1234567890" in bot_texts(bot)[-1]
-    assert [m["text"] for m in case["messages"] if m["author"] == "customer"][-1].startswith("lo envié por DHL")
+    assert [m["text"] for m in case["messages"] if m["author"] == "customer"][-1].startswith(
+        "lo envié por DHL"
+    )
 
     with pytest.raises(InvalidAction, match="does not follow"):
         bot.desk.fulfil(ref, engineer="Li Wei", action="repaired")
@@ -92,25 +98,35 @@ def test_factory_repair_from_the_decision_to_shipped_back_in_spanish(service_bot
     texts = bot_texts(bot)
     assert any("9876543210" in t and "de camino" in t for t in texts)
     assert actions(bot, ref) == ["started", "shipped_in", "received", "diagnosed", "repaired", "shipped_back"]
-    shipped = [a for a in case["audit"] if a["action"] == "fulfilment" and a["detail"]["task"] == "shipped_in"]
+    shipped = [
+        a for a in case["audit"] if a["action"] == "fulfilment" and a["detail"]["task"] == "shipped_in"
+    ]
     assert shipped[0]["actor"] == "customer" and shipped[0]["detail"]["by"] == "customer"
     assert [a["action"] for a in case["audit"]][-1] == "closed"
 
 
 def test_a_door_to_door_visit_picked_in_chinese_and_reminded_the_day_before(service_bot: Bot) -> None:
     bot = service_bot
-    ref = claim_to_the_end(bot, "你好，设备 CSP2402A0101 坏了，开机后显示 E07 然后关机", "cause:normal", chat="zh-1")
+    ref = claim_to_the_end(
+        bot, "你好，设备 CSP2402A0101 坏了，开机后显示 E07 然后关机", "cause:normal", chat="zh-1"
+    )
     assert bot.desk.get_case(ref)["language"] == "zh"
     bot.desk.choose_method(ref, engineer="Li Wei", method="door_to_door")
     with pytest.raises(InvalidAction, match="YYYY-MM-DD HH:MM"):
         bot.desk.fulfil(ref, engineer="Li Wei", action="slots", text="next Tuesday")
-    bot.desk.fulfil(ref, engineer="Li Wei", action="slots", text="2030-01-08 09:00\n2030-01-09 14:00\n2030-01-10 09:30")
+    bot.desk.fulfil(
+        ref, engineer="Li Wei", action="slots", text="2030-01-08 09:00\n2030-01-09 14:00\n2030-01-10 09:30"
+    )
     offer = bot_texts(bot, "zh-1")[-1]
     assert "2030年1月9日" in offer and "星期三" in offer
     say(bot, "我不确定", chat="zh-1")  # no slot in it: asked again, politely
     assert "没看明白" in bot_texts(bot, "zh-1")[-1]
     asked = len(bot_texts(bot, "zh-1"))
-    say(bot, "技术人员来的时候需要我们准备梯子吗？另外我们工厂的门卫需要提前登记访客的身份证号码。", chat="zh-1")
+    say(
+        bot,
+        "技术人员来的时候需要我们准备梯子吗？另外我们工厂的门卫需要提前登记访客的身份证号码。",
+        chat="zh-1",
+    )
     assert len(bot_texts(bot, "zh-1")) == asked  # a question for the engineers, not a failed pick
     say(bot, "第二个", chat="zh-1")
     case = bot.desk.get_case(ref)
@@ -160,7 +176,9 @@ def test_the_carrier_and_tracking_number_are_read_in_every_language(text: str, f
     assert fulfilment.read_tracking(text) == found
 
 
-@pytest.mark.parametrize("text", ["CSP2402A0153 still shows E07", "my case WR-2026-000042 please", "DHL is slow"])
+@pytest.mark.parametrize(
+    "text", ["CSP2402A0153 still shows E07", "my case WR-2026-000042 please", "DHL is slow"]
+)
 def test_serials_references_and_words_alone_are_no_tracking_number(text: str) -> None:
     assert fulfilment.read_tracking(text) is None
 
@@ -186,7 +204,12 @@ def test_a_discount_credit_is_shown_on_the_customers_next_lookup(service_bot: Bo
     assert listed.returncode == 0, listed.stderr
     assert listed.stdout.splitlines()[0].startswith("created_at,company,order_id,amount,currency,case_ref")
     assert f"Acme Fleet Ltd.,PO-12,10.13,USD,{ref},False,Li Wei" in listed.stdout
-    assert cli("credits", "--company", " ", cwd=tmp_path, env={"DATABASE_URL": bot.settings.database_url}).returncode == 2
+    assert (
+        cli(
+            "credits", "--company", " ", cwd=tmp_path, env={"DATABASE_URL": bot.settings.database_url}
+        ).returncode
+        == 2
+    )
 
     # The same company's next claim, from another chat: the bot says the credit waits, the desk shows it.
     say(bot, f"CSP2402C0100 {FAULT}", "cause:normal", chat="chat-2")
@@ -202,7 +225,9 @@ def test_remote_guidance_asks_fixed_and_a_no_goes_back_to_the_engineer(service_b
     ref = claim_to_the_end(bot, f"CSP2402A0102 {FAULT}", "cause:normal", chat="rg")
     bot.desk.choose_method(ref, engineer="Li Wei", method="remote_guidance")
     bot.desk.fulfil(ref, engineer="Li Wei", action="parts", text="Control board CB-7\nDC fuse 20 A")
-    assert "Control board CB-7, DC fuse 20 A" in bot_texts(bot, "rg")[-1] and "(F1)" in bot_texts(bot, "rg")[-1]
+    assert (
+        "Control board CB-7, DC fuse 20 A" in bot_texts(bot, "rg")[-1] and "(F1)" in bot_texts(bot, "rg")[-1]
+    )
     bot.desk.fulfil(ref, engineer="Li Wei", action="parts_shipped", text="FedEx 771234567890")
     assert "771234567890" in bot_texts(bot, "rg")[-1]
     bot.desk.fulfil(ref, engineer="Li Wei", action="guide", text="Open the cover and replace the fuse F2.")
@@ -255,7 +280,9 @@ def test_a_state_with_offered_slots_survives_the_conversation(service_bot: Bot) 
     bot.desk.choose_method(ref, engineer="Li Wei", method="door_to_door")
     bot.desk.fulfil(ref, engineer="Li Wei", action="slots", text="2030-01-08 09:00\n2030-01-09 14:00")
     with Session(bot.db) as session:
-        conversation = session.execute(select(Conversation).where(col(Conversation.chat_id) == "of")).scalar_one()
+        conversation = session.execute(
+            select(Conversation).where(col(Conversation.chat_id) == "of")
+        ).scalar_one()
         assert conversation.data["offered"] == ["slot:1", "slot:2"]
         assert session.execute(select(Fulfilment)).scalar_one().step == "slots_proposed"
 
@@ -281,7 +308,9 @@ def test_the_desk_api_runs_the_steps_and_refuses_bad_requests_with_a_4xx(service
                 await http.post(f"{path}/fulfil", json={}),  # 422
                 await http.post(f"{path}/fulfil", json={"action": "received", "text": 5}),  # 422
                 await http.post(f"{path}/fulfil", json={"action": "teleport"}),  # 409
-                await http.post(f"{path}/fulfil", json={"action": "shipped_in", "text": "UPS 1Z999AA10123456784"}),
+                await http.post(
+                    f"{path}/fulfil", json={"action": "shipped_in", "text": "UPS 1Z999AA10123456784"}
+                ),
                 await http.get(path),
                 await http.get("/api/desk/credits"),
             ]

@@ -101,9 +101,13 @@ def test_a_bad_message_in_a_batch_holds_back_only_its_own_chat(bot: Bot, poison:
         assert customer_texts(bot, f"good-{n}") == ["hello", "status"]
     assert customer_texts(bot, "bad") == ["hello"]
     with Session(bot.db) as session:
-        rows = session.execute(
-            select(InboxItem).where(InboxItem.chat_id == "bad").order_by(InboxItem.id)  # type: ignore[arg-type]
-        ).scalars().all()
+        rows = (
+            session.execute(
+                select(InboxItem).where(InboxItem.chat_id == "bad").order_by(InboxItem.id)  # type: ignore[arg-type]
+            )
+            .scalars()
+            .all()
+        )
     assert [r.status for r in rows] == ["done", "pending", "pending"]
     # The poison failed (once, or again after its 0.1 s pause); the message behind it was never tried.
     assert rows[1].attempts >= 1 and rows[2].attempts == 0

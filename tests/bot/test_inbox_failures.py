@@ -193,8 +193,12 @@ def test_chats_held_by_parked_messages_never_crowd_out_the_others(bot: Bot) -> N
         bot.engine.accept(inbound("poison", chat=f"held-{n}"))
         bot.engine.accept(inbound("later", chat=f"held-{n}"))
     with bot.db.begin() as connection:  # as if each chat's first message had been parked
-        connection.execute(text("UPDATE inboxitem SET status = 'parked' WHERE id IN "
-                                "(SELECT min(id) FROM inboxitem GROUP BY chat_id)"))
+        connection.execute(
+            text(
+                "UPDATE inboxitem SET status = 'parked' WHERE id IN "
+                "(SELECT min(id) FROM inboxitem GROUP BY chat_id)"
+            )
+        )
     bot.engine.accept(inbound("hello", chat="free"))
     assert bot.engine.process_pending() == 1
     assert customer_texts(bot, "free") == ["hello"]
@@ -206,7 +210,9 @@ def test_sqlite_flushes_every_commit_unless_told_otherwise(tmp_path: Path) -> No
     from bot.store import make_engine
 
     for level, code in (("FULL", 2), ("NORMAL", 1)):
-        engine = make_engine(f"sqlite:///{tmp_path}/{level}.db", **({} if level == "FULL" else {"synchronous": level}))
+        engine = make_engine(
+            f"sqlite:///{tmp_path}/{level}.db", **({} if level == "FULL" else {"synchronous": level})
+        )
         with engine.connect() as connection:
             assert connection.execute(text("PRAGMA synchronous")).scalar_one() == code
         engine.dispose()

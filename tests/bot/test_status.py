@@ -35,7 +35,10 @@ def test_a_change_the_table_allows_is_made_and_staying_is_always_allowed() -> No
 
 def test_an_illegal_change_is_refused_with_what_the_case_can_become() -> None:
     case = _Case(status="closed")
-    with pytest.raises(IllegalTransition, match=r"WR-2026-000042 is closed: it cannot become in_service \(it can become: open\)"):
+    with pytest.raises(
+        IllegalTransition,
+        match=r"WR-2026-000042 is closed: it cannot become in_service \(it can become: open\)",
+    ):
         move(case, CaseStatus.in_service)
     assert case.status == "closed"
 

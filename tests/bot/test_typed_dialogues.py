@@ -22,15 +22,24 @@ ASKS = {"ask_serial": "serials", "ask_fault": "fault", "ask_proof": "proof", "as
 
 
 def _unit(serial: str, *, arrival: date, produced: date) -> UnitFacts:
-    return UnitFacts(serial=serial, order_id="PO-1", production_date=produced, port_arrival_date=arrival,
-                          order_pieces=1000, order_total=Decimal("25000.00"), currency="USD")
+    return UnitFacts(
+        serial=serial,
+        order_id="PO-1",
+        production_date=produced,
+        port_arrival_date=arrival,
+        order_pieces=1000,
+        order_total=Decimal("25000.00"),
+        currency="USD",
+    )
 
 
 REGISTRY = {
     "CSP2402A0153": _unit("CSP2402A0153", arrival=date(2024, 3, 10), produced=date(2024, 2, 20)),
     "CSP2402A0154": _unit("CSP2402A0154", arrival=date(2022, 2, 1), produced=date(2022, 1, 5)),
-    **{f"CSP2402A{n:04d}": _unit(f"CSP2402A{n:04d}", arrival=date(2024, 3, 10), produced=date(2024, 2, 20))
-       for n in range(100, 140)},
+    **{
+        f"CSP2402A{n:04d}": _unit(f"CSP2402A{n:04d}", arrival=date(2024, 3, 10), produced=date(2024, 2, 20))
+        for n in range(100, 140)
+    },
 }
 
 
@@ -57,11 +66,21 @@ def test_a_customer_who_only_types_gets_a_case(language: str, dialogue: dict[str
         asked = [ASKS[r.template] for r in transition.replies if r.template in ASKS]
         assert not said & set(asked), f"turn {turn} ({text!r}) asked again for {said & set(asked)}"
         state = conv.State.from_dict(transition.state.to_dict())
-        said |= {slot for slot, value in (("serials", state.serials), ("fault", state.fault),
-                                          ("proof", state.proof), ("cause", state.cause)) if value}
+        said |= {
+            slot
+            for slot, value in (
+                ("serials", state.serials),
+                ("fault", state.fault),
+                ("proof", state.proof),
+                ("cause", state.cause),
+            )
+            if value
+        }
         cases.extend(e for e in transition.effects if isinstance(e, conv.OpenCase))
         if cases:
-            assert turn == len(dialogue["turns"]), f"the case opened at turn {turn} of {len(dialogue['turns'])}"
+            assert turn == len(dialogue["turns"]), (
+                f"the case opened at turn {turn} of {len(dialogue['turns'])}"
+            )
     assert len(cases) == 1, f"no case after {dialogue['turns']}; state {state}"
     assert [u.serial for u in cases[0].units] == dialogue["serials"]
     assert cases[0].fault

@@ -193,7 +193,9 @@ class _Handler(socketserver.BaseRequestHandler):
             self._send(f"{tag} BAD select a mailbox first")
             return
         sub, _, rest = args.partition(b" ")
-        handler = {b"SEARCH": self._uid_search, b"FETCH": self._uid_fetch, b"STORE": self._uid_store}.get(sub.upper())
+        handler = {b"SEARCH": self._uid_search, b"FETCH": self._uid_fetch, b"STORE": self._uid_store}.get(
+            sub.upper()
+        )
         if handler is None:
             self._send(f"{tag} BAD unknown UID command")
             return
@@ -247,7 +249,7 @@ class _Handler(socketserver.BaseRequestHandler):
                 data = mail.raw
                 label = b"BODY[]"
                 if start is not None and length is not None:
-                    data = data[int(start): int(start) + int(length)]
+                    data = data[int(start) : int(start) + int(length)]
                     label = f"BODY[]<{int(start)}>".encode()
                 if not peek:
                     mail.flags.add("\\Seen")

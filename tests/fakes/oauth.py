@@ -38,11 +38,13 @@ class FakeTokenEndpoint:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def app(self) -> Starlette:
-        return Starlette(routes=[
-            Route("/{tenant}/v2.0/.well-known/openid-configuration", self._openid, methods=["GET"]),
-            Route("/{tenant}/oauth2/v2.0/token", self._microsoft_token, methods=["POST"]),
-            Route("/token", self._google_token, methods=["POST"]),
-        ])
+        return Starlette(
+            routes=[
+                Route("/{tenant}/v2.0/.well-known/openid-configuration", self._openid, methods=["GET"]),
+                Route("/{tenant}/oauth2/v2.0/token", self._microsoft_token, methods=["POST"]),
+                Route("/token", self._google_token, methods=["POST"]),
+            ]
+        )
 
     def valid(self, user: str, token: str) -> bool:
         with self.lock:
@@ -59,14 +61,20 @@ class FakeTokenEndpoint:
         if tenant != self.tenant:
             return _error(400, "invalid_tenant", f"AADSTS90002: Tenant '{tenant}' not found.")
         base = f"{self.base_url}/{tenant}"
-        return JSONResponse({
-            "token_endpoint": f"{base}/oauth2/v2.0/token",
-            "authorization_endpoint": f"{base}/oauth2/v2.0/authorize",
-            "device_authorization_endpoint": f"{base}/oauth2/v2.0/devicecode",
-            "issuer": f"{base}/v2.0",
-            "token_endpoint_auth_methods_supported": ["client_secret_post", "private_key_jwt", "client_secret_basic"],
-            "response_types_supported": ["code", "id_token", "code id_token", "id_token token"],
-        })
+        return JSONResponse(
+            {
+                "token_endpoint": f"{base}/oauth2/v2.0/token",
+                "authorization_endpoint": f"{base}/oauth2/v2.0/authorize",
+                "device_authorization_endpoint": f"{base}/oauth2/v2.0/devicecode",
+                "issuer": f"{base}/v2.0",
+                "token_endpoint_auth_methods_supported": [
+                    "client_secret_post",
+                    "private_key_jwt",
+                    "client_secret_basic",
+                ],
+                "response_types_supported": ["code", "id_token", "code id_token", "id_token token"],
+            }
+        )
 
     async def _microsoft_token(self, request: Request) -> Response:
         form = await request.form()
@@ -82,10 +90,15 @@ class FakeTokenEndpoint:
         if form.get("client_secret") != self.client_secret:
             return _error(401, "invalid_client", "AADSTS7000215: Invalid client secret provided.")
         scopes = str(form.get("scope", "")).split()
-        if MICROSOFT_SCOPE not in scopes or any(not s.endswith("/.default") for s in scopes
-                                                if s not in ("openid", "profile", "offline_access")):
-            return _error(400, "invalid_scope", "AADSTS1002012: The provided value for scope is not valid. "
-                                                "Client credential flows must have a scope value with /.default.")
+        if MICROSOFT_SCOPE not in scopes or any(
+            not s.endswith("/.default") for s in scopes if s not in ("openid", "profile", "offline_access")
+        ):
+            return _error(
+                400,
+                "invalid_scope",
+                "AADSTS1002012: The provided value for scope is not valid. "
+                "Client credential flows must have a scope value with /.default.",
+            )
         return self._issue(token_type="Bearer")
 
     async def _google_token(self, request: Request) -> Response:
@@ -102,11 +115,16 @@ class FakeTokenEndpoint:
         return self._issue(token_type="Bearer", scope=GOOGLE_SCOPE)
 
     def _issue(self, **extra: str) -> Response:
-        token = "ya29." + secrets.token_urlsafe(24) if "scope" in extra else "eyJ0eXAi." + secrets.token_urlsafe(24)
+        token = (
+            "ya29." + secrets.token_urlsafe(24)
+            if "scope" in extra
+            else "eyJ0eXAi." + secrets.token_urlsafe(24)
+        )
         with self.lock:
             self.issued.append(token)
-        return JSONResponse({"access_token": token, "expires_in": self.expires_in, "ext_expires_in": self.expires_in,
-                             **extra})
+        return JSONResponse(
+            {"access_token": token, "expires_in": self.expires_in, "ext_expires_in": self.expires_in, **extra}
+        )
 
 
 def _error(status: int, error: str, description: str) -> JSONResponse:

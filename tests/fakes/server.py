@@ -20,7 +20,9 @@ def free_port() -> int:
 
 
 @contextmanager
-def serve(app: ASGIApp, *, port: int | None = None, startup_timeout: float = 15.0, **options: Any) -> Iterator[str]:
+def serve(
+    app: ASGIApp, *, port: int | None = None, startup_timeout: float = 15.0, **options: Any
+) -> Iterator[str]:
     """Serve `app` on 127.0.0.1 in a thread; yields its base URL; stops it (lifespan included) afterwards.
 
     `options` are uvicorn's, e.g. `bot.server.uvicorn_options(settings)` to run it as `serve` does."""

@@ -55,10 +55,17 @@ class FakeSlack:
 
     # --- for tests ----------------------------------------------------------------------------------------
 
-    def fail_next(self, method: str, status: int = 200, error: str = "internal_error",
-                  headers: Mapping[str, str] | None = None) -> None:
+    def fail_next(
+        self,
+        method: str,
+        status: int = 200,
+        error: str = "internal_error",
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
         """Make the next call of `method` fail with this HTTP status and Slack error."""
-        self.failures.setdefault(method, []).append((status, {"ok": False, "error": error}, dict(headers or {})))
+        self.failures.setdefault(method, []).append(
+            (status, {"ok": False, "error": error}, dict(headers or {}))
+        )
 
     def hold(self, method: str) -> threading.Event:
         """Calls of `method` wait until the returned event is set."""
@@ -88,25 +95,70 @@ class FakeSlack:
                 return queued.pop(0)
             if self.revoked:
                 return 200, {"ok": False, "error": "token_revoked"}, {}
-            if method in ("chat.postMessage", "chat.update", "chat.postEphemeral", "views.open", "views.publish"):
+            if method in (
+                "chat.postMessage",
+                "chat.update",
+                "chat.postEphemeral",
+                "views.open",
+                "views.publish",
+            ):
                 problem = invalid_blocks(args)
                 if problem:
-                    return 200, {"ok": False, "error": "invalid_blocks",
-                                 "response_metadata": {"messages": [f"[ERROR] {problem}"]}}, {}
+                    return (
+                        200,
+                        {
+                            "ok": False,
+                            "error": "invalid_blocks",
+                            "response_metadata": {"messages": [f"[ERROR] {problem}"]},
+                        },
+                        {},
+                    )
             if method == "auth.test":
-                return 200, {"ok": True, "url": "https://csp-aftersales.slack.com/", "team": "CSP After-sales",
-                             "user": "csp_warranty", "team_id": TEAM_ID, "user_id": BOT_USER_ID,
-                             "bot_id": BOT_ID, "is_enterprise_install": False}, {}
+                return (
+                    200,
+                    {
+                        "ok": True,
+                        "url": "https://csp-aftersales.slack.com/",
+                        "team": "CSP After-sales",
+                        "user": "csp_warranty",
+                        "team_id": TEAM_ID,
+                        "user_id": BOT_USER_ID,
+                        "bot_id": BOT_ID,
+                        "is_enterprise_install": False,
+                    },
+                    {},
+                )
             if method == "chat.postMessage":
                 # The first message gets the samples' ts, so that unchanged sample payloads point at it.
                 ts = f"{FIRST_TS:.6f}" if self._posted == 0 else self._next_ts()
                 self._posted += 1
-                return 200, {"ok": True, "channel": args.get("channel"), "ts": ts,
-                             "message": {"type": "message", "user": BOT_USER_ID, "bot_id": BOT_ID, "ts": ts,
-                                         "text": args.get("text", "")}}, {}
+                return (
+                    200,
+                    {
+                        "ok": True,
+                        "channel": args.get("channel"),
+                        "ts": ts,
+                        "message": {
+                            "type": "message",
+                            "user": BOT_USER_ID,
+                            "bot_id": BOT_ID,
+                            "ts": ts,
+                            "text": args.get("text", ""),
+                        },
+                    },
+                    {},
+                )
             if method == "chat.update":
-                return 200, {"ok": True, "channel": args.get("channel"), "ts": args.get("ts"),
-                             "text": args.get("text", "")}, {}
+                return (
+                    200,
+                    {
+                        "ok": True,
+                        "channel": args.get("channel"),
+                        "ts": args.get("ts"),
+                        "text": args.get("text", ""),
+                    },
+                    {},
+                )
             if method == "chat.postEphemeral":
                 return 200, {"ok": True, "message_ts": self._next_ts()}, {}
             if method == "conversations.members":
@@ -116,9 +168,21 @@ class FakeSlack:
                 if user not in self.users:
                     return 200, {"ok": False, "error": "user_not_found"}, {}
                 name = self.users[user]
-                return 200, {"ok": True, "user": {"id": user, "team_id": TEAM_ID, "name": name.lower().replace(" ", "."),
-                                                  "real_name": name, "is_bot": False,
-                                                  "profile": {"display_name": name, "real_name": name}}}, {}
+                return (
+                    200,
+                    {
+                        "ok": True,
+                        "user": {
+                            "id": user,
+                            "team_id": TEAM_ID,
+                            "name": name.lower().replace(" ", "."),
+                            "real_name": name,
+                            "is_bot": False,
+                            "profile": {"display_name": name, "real_name": name},
+                        },
+                    },
+                    {},
+                )
             if method in ("views.open", "views.publish"):
                 view = args.get("view")
                 view = json.loads(view) if isinstance(view, str) else view
@@ -131,7 +195,7 @@ class FakeSlack:
         # Pages of `limit` members, like Slack, so that the client's pagination is exercised.
         limit = int(args.get("limit") or 100)
         start = int(args.get("cursor") or 0)
-        page = self.members[start:start + limit]
+        page = self.members[start : start + limit]
         cursor = str(start + limit) if start + limit < len(self.members) else ""
         return 200, {"ok": True, "members": page, "response_metadata": {"next_cursor": cursor}}, {}
 
@@ -140,15 +204,28 @@ class FakeSlack:
 
 _ENTITY = re.compile(r"&(?!amp;|lt;|gt;)")
 _LINK = re.compile(r"<[^<>]*>")
-LIMITS = {"message_blocks": 50, "view_blocks": 100, "text": 3000, "header": 150, "field": 2000, "fields": 10,
-          "context_elements": 10, "actions_elements": 25, "button_text": 75, "button_value": 2000,
-          "options": 100, "option_text": 75, "option_value": 150, "fallback": 40000}
+LIMITS = {
+    "message_blocks": 50,
+    "view_blocks": 100,
+    "text": 3000,
+    "header": 150,
+    "field": 2000,
+    "fields": 10,
+    "context_elements": 10,
+    "actions_elements": 25,
+    "button_text": 75,
+    "button_value": 2000,
+    "options": 100,
+    "option_text": 75,
+    "option_value": 150,
+    "fallback": 40000,
+}
 
 
 def mrkdwn_problem(text: str) -> str | None:
     """What makes `text` ill-formed mrkdwn: a bare `&` (or half an entity), a `<` never closed."""
     if _ENTITY.search(text):
-        return f"unescaped or cut entity near {text[_ENTITY.search(text).start():][:12]!r}"  # type: ignore[union-attr]
+        return f"unescaped or cut entity near {text[_ENTITY.search(text).start() :][:12]!r}"  # type: ignore[union-attr]
     if "<" in _LINK.sub("", text):
         return "a link or mention left open"
     return None
@@ -271,5 +348,9 @@ def create_app(fake: FakeSlack) -> Starlette:
         status, answer, headers = fake.answer(request.path_params["method"], args)
         return JSONResponse(answer, status_code=status, headers=headers)
 
-    return Starlette(routes=[Route("/api/{method}", api, methods=["GET", "POST"]),
-                             Route("/hooks/response/{hook}", response_url, methods=["POST"])])
+    return Starlette(
+        routes=[
+            Route("/api/{method}", api, methods=["GET", "POST"]),
+            Route("/hooks/response/{hook}", response_url, methods=["POST"]),
+        ]
+    )

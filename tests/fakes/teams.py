@@ -51,7 +51,9 @@ class BotFramework:
     key_requests: int = 0
     files: dict[str, bytes] = field(default_factory=dict)
     issued: list[str] = field(default_factory=list)
-    fail_next: list[int] = field(default_factory=list)  # statuses the connector answers before it accepts again
+    fail_next: list[int] = field(
+        default_factory=list
+    )  # statuses the connector answers before it accepts again
     tenant: str = TENANT
     refused: list[tuple[str, int]] = field(default_factory=list)  # (what, status) the fake refused
     # While cleared, file downloads wait (in a thread) until a test sets it: shows when the bot fetches them.
@@ -61,17 +63,31 @@ class BotFramework:
 
     # --- what the test uses -----------------------------------------------------------------------------
 
-    def issue(self, *, service_url: str | None, audience: str | None = None, issuer: str = ISSUER,
-              expires_in: int = 3600, key: rsa.RSAPrivateKey | None = None, kid: str = KEY_ID) -> str:
+    def issue(
+        self,
+        *,
+        service_url: str | None,
+        audience: str | None = None,
+        issuer: str = ISSUER,
+        expires_in: int = 3600,
+        key: rsa.RSAPrivateKey | None = None,
+        kid: str = KEY_ID,
+    ) -> str:
         """A Bot Connector token for one activity, signed with the published key unless told otherwise;
         `service_url=None` leaves the serviceurl claim out."""
         now = int(time.time())
-        claims: dict[str, Any] = {"iss": issuer, "aud": audience or self.app_id,
-                                  "nbf": now - 60, "iat": now - 60, "exp": now + expires_in}
+        claims: dict[str, Any] = {
+            "iss": issuer,
+            "aud": audience or self.app_id,
+            "nbf": now - 60,
+            "iat": now - 60,
+            "exp": now + expires_in,
+        }
         if service_url is not None:
             claims["serviceurl"] = service_url
-        pem = (key or self.key).private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                              serialization.NoEncryption())
+        pem = (key or self.key).private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
         return jwt.encode(claims, pem, algorithm="RS256", headers={"kid": kid})
 
     def posted(self) -> list[dict[str, Any]]:
@@ -82,17 +98,33 @@ class BotFramework:
 
     async def metadata(self, request: Request) -> Response:
         base = str(request.base_url).rstrip("/")
-        return JSONResponse({"issuer": ISSUER, "authorization_endpoint": "https://invalid.example/auth",
-                             "jwks_uri": f"{base}/v1/.well-known/keys",
-                             "id_token_signing_alg_values_supported": ["RS256"],
-                             "token_endpoint_auth_methods_supported": ["private_key_jwt"]})
+        return JSONResponse(
+            {
+                "issuer": ISSUER,
+                "authorization_endpoint": "https://invalid.example/auth",
+                "jwks_uri": f"{base}/v1/.well-known/keys",
+                "id_token_signing_alg_values_supported": ["RS256"],
+                "token_endpoint_auth_methods_supported": ["private_key_jwt"],
+            }
+        )
 
     async def keys(self, request: Request) -> Response:
         with self.lock:
             self.key_requests += 1
         public = jwt.algorithms.RSAAlgorithm.to_jwk(self.key.public_key(), as_dict=True)
-        return JSONResponse({"keys": [{**public, "kid": KEY_ID, "use": "sig", "x5t": KEY_ID,
-                                       "endorsements": ["msteams", "skype"]}]})
+        return JSONResponse(
+            {
+                "keys": [
+                    {
+                        **public,
+                        "kid": KEY_ID,
+                        "use": "sig",
+                        "x5t": KEY_ID,
+                        "endorsements": ["msteams", "skype"],
+                    }
+                ]
+            }
+        )
 
     async def token(self, request: Request) -> Response:
         form = {k: str(v) for k, v in (await request.form()).items()}
@@ -100,20 +132,30 @@ class BotFramework:
             self.token_requests.append(form)
             if request.path_params["tenant"] != self.tenant:
                 self.refused.append(("tenant", 400))
-                return JSONResponse({"error": "unauthorized_client", "error_codes": [700016],
-                                     "error_description": "AADSTS700016: Application with identifier "
-                                     f"'{form.get('client_id')}' was not found in the directory "
-                                     f"'{request.path_params['tenant']}'."}, status_code=400)
+                return JSONResponse(
+                    {
+                        "error": "unauthorized_client",
+                        "error_codes": [700016],
+                        "error_description": "AADSTS700016: Application with identifier "
+                        f"'{form.get('client_id')}' was not found in the directory "
+                        f"'{request.path_params['tenant']}'.",
+                    },
+                    status_code=400,
+                )
             if form.get("scope") != SCOPE:
                 self.refused.append(("scope", 400))
                 return JSONResponse({"error": "invalid_scope", "error_codes": [70011]}, status_code=400)
-            if form.get("client_id") != self.app_id or form.get("client_secret") != self.app_password or \
-                    form.get("grant_type") != "client_credentials":
+            if (
+                form.get("client_id") != self.app_id
+                or form.get("client_secret") != self.app_password
+                or form.get("grant_type") != "client_credentials"
+            ):
                 return JSONResponse({"error": "invalid_client"}, status_code=401)
             token = f"connector-token-{len(self.token_requests)}"
             self.issued.append(token)
-        return JSONResponse({"token_type": "Bearer", "expires_in": 3599, "ext_expires_in": 3599,
-                             "access_token": token})
+        return JSONResponse(
+            {"token_type": "Bearer", "expires_in": 3599, "ext_expires_in": 3599, "access_token": token}
+        )
 
     def _authorised(self, request: Request) -> bool:
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
@@ -127,19 +169,29 @@ class BotFramework:
         if len(body) > MAX_ACTIVITY_BYTES:
             with self.lock:
                 self.refused.append(("size", 413))
-            return JSONResponse({"error": {"code": "MessageSizeTooBig", "message": "Message size too big"}},
-                                status_code=413)
+            return JSONResponse(
+                {"error": {"code": "MessageSizeTooBig", "message": "Message size too big"}}, status_code=413
+            )
         activity = json.loads(body)
         if (activity.get("conversation") or {}).get("id") != request.path_params["conversation_id"]:
-            return JSONResponse({"error": {"code": "BadArgument", "message": "conversation mismatch"}},
-                                status_code=400)
+            return JSONResponse(
+                {"error": {"code": "BadArgument", "message": "conversation mismatch"}}, status_code=400
+            )
         with self.lock:
             if self.fail_next:
                 status = self.fail_next.pop(0)
-                return JSONResponse({"error": {"code": "Failed", "message": "fake failure"}}, status_code=status,
-                                    headers={"Retry-After": "7"} if status == 429 else None)
-            self.activities.append({"conversation_id": request.path_params["conversation_id"], "activity": activity,
-                                    "authorization": request.headers["authorization"]})
+                return JSONResponse(
+                    {"error": {"code": "Failed", "message": "fake failure"}},
+                    status_code=status,
+                    headers={"Retry-After": "7"} if status == 429 else None,
+                )
+            self.activities.append(
+                {
+                    "conversation_id": request.path_params["conversation_id"],
+                    "activity": activity,
+                    "authorization": request.headers["authorization"],
+                }
+            )
             number = len(self.activities)
         return JSONResponse({"id": f"1777886{number:06d}"}, status_code=201)
 
@@ -158,17 +210,27 @@ class BotFramework:
     async def download(self, request: Request) -> Response:
         await self._wait_for_downloads(request.url.path)
         data = self.files.get(request.path_params["name"])
-        return Response(data, media_type="application/octet-stream") if data is not None else Response(status_code=404)
+        return (
+            Response(data, media_type="application/octet-stream")
+            if data is not None
+            else Response(status_code=404)
+        )
 
     def app(self) -> Starlette:
-        return Starlette(routes=[
-            Route("/v1/.well-known/openidconfiguration", self.metadata),
-            Route("/v1/.well-known/keys", self.keys),
-            Route("/{tenant}/oauth2/v2.0/token", self.token, methods=["POST"]),
-            Route("/emea/v3/conversations/{conversation_id}/activities", self.post_activity, methods=["POST"]),
-            Route("/emea/v3/attachments/{attachment_id}/views/original", self.attachment),
-            Route("/files/{name}", self.download),
-        ])
+        return Starlette(
+            routes=[
+                Route("/v1/.well-known/openidconfiguration", self.metadata),
+                Route("/v1/.well-known/keys", self.keys),
+                Route("/{tenant}/oauth2/v2.0/token", self.token, methods=["POST"]),
+                Route(
+                    "/emea/v3/conversations/{conversation_id}/activities",
+                    self.post_activity,
+                    methods=["POST"],
+                ),
+                Route("/emea/v3/attachments/{attachment_id}/views/original", self.attachment),
+                Route("/files/{name}", self.download),
+            ]
+        )
 
 
 def _set(event: threading.Event) -> threading.Event:

@@ -38,13 +38,46 @@ def update(chat: str, number: int, text: str) -> bytes:
     return (json.dumps(document, ensure_ascii=False, indent=2) + "\n").encode()
 
 
-BOT_USER = {"id": 7391046285, "is_bot": True, "first_name": "CSP Warranty", "username": "csp_warranty_bot",
-            "can_join_groups": False, "can_read_all_group_messages": False, "supports_inline_queries": False}
+BOT_USER = {
+    "id": 7391046285,
+    "is_bot": True,
+    "first_name": "CSP Warranty",
+    "username": "csp_warranty_bot",
+    "can_join_groups": False,
+    "can_read_all_group_messages": False,
+    "supports_inline_queries": False,
+}
 # Parameters PTB sends JSON-encoded in its form bodies; the rest are plain strings.
-_JSON_PARAMS = {"reply_markup", "allowed_updates", "link_preview_options", "offset", "timeout", "limit",
-                "drop_pending_updates", "max_connections", "show_alert", "reply_parameters"}
-_TAGS = {"b", "strong", "i", "em", "u", "ins", "s", "strike", "del", "span", "tg-spoiler", "a", "code", "pre",
-         "blockquote", "tg-emoji"}
+_JSON_PARAMS = {
+    "reply_markup",
+    "allowed_updates",
+    "link_preview_options",
+    "offset",
+    "timeout",
+    "limit",
+    "drop_pending_updates",
+    "max_connections",
+    "show_alert",
+    "reply_parameters",
+}
+_TAGS = {
+    "b",
+    "strong",
+    "i",
+    "em",
+    "u",
+    "ins",
+    "s",
+    "strike",
+    "del",
+    "span",
+    "tg-spoiler",
+    "a",
+    "code",
+    "pre",
+    "blockquote",
+    "tg-emoji",
+}
 _HTML_TOKEN = re.compile(r"<(/?)([a-zA-Z-]*)[^<>]*>|&(#\d+|#[xX][0-9a-fA-F]+|lt|gt|amp|quot);|([<>&])")
 
 
@@ -65,7 +98,9 @@ class FakeTelegram:
     last_update_id: int = 0  # the highest update_id queued so far
     files: dict[str, tuple[str, bytes]] = field(default_factory=dict)  # file_id -> (file_path, bytes)
     downloads: list[str] = field(default_factory=list)  # file paths fetched
-    failures: list[tuple[str, int, int, dict[str, Any]]] = field(default_factory=list)  # method, after, status, body
+    failures: list[tuple[str, int, int, dict[str, Any]]] = field(
+        default_factory=list
+    )  # method, after, status, body
     blocked: set[str] = field(default_factory=set)  # chat ids that blocked the bot
     # Groups, supergroups and channels the bot is a member of: chat id -> (type, is_forum). A chat id below
     # zero that is not here is a group the bot is not in; above zero, a private chat.
@@ -91,10 +126,12 @@ class FakeTelegram:
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(5001))
 
     def app(self) -> Starlette:
-        return Starlette(routes=[
-            Route("/bot{token}/{method}", self._method, methods=["GET", "POST"]),
-            Route("/file/bot{token}/{path:path}", self._file, methods=["GET"]),
-        ])
+        return Starlette(
+            routes=[
+                Route("/bot{token}/{method}", self._method, methods=["GET", "POST"]),
+                Route("/file/bot{token}/{path:path}", self._file, methods=["GET"]),
+            ]
+        )
 
     # --- what tests set up ------------------------------------------------------------------------------
 
@@ -111,8 +148,16 @@ class FakeTelegram:
             self.last_update_id = update["update_id"]
             self.updates.append(update)
 
-    def fail_next(self, method: str, status: int, description: str, *, retry_after: int | None = None,
-                  after: int = 0, bot_wide: bool = False) -> None:
+    def fail_next(
+        self,
+        method: str,
+        status: int,
+        description: str,
+        *,
+        retry_after: int | None = None,
+        after: int = 0,
+        bot_wide: bool = False,
+    ) -> None:
         """A coming call of `method` (the next, or the one after `after` more) is refused like this; a 429
         with `retry_after` opens a flood-control window for its chat (for every chat when `bot_wide`)."""
         body: dict[str, Any] = {"ok": False, "error_code": status, "description": description}
@@ -164,7 +209,9 @@ class FakeTelegram:
         if held is not None:
             await asyncio.to_thread(held.wait, 30)
         if request.path_params["token"] != self.token:
-            return self._answer(method, params, 401, {"ok": False, "error_code": 401, "description": "Unauthorized"})
+            return self._answer(
+                method, params, 401, {"ok": False, "error_code": 401, "description": "Unauthorized"}
+            )
         if method == "sendMessage":
             flooded = self._flood_control(str(params.get("chat_id", "")))
             if flooded is not None:
@@ -182,12 +229,18 @@ class FakeTelegram:
             return self._answer(method, params, failure[2], failure[3])
         handler = getattr(self, f"_{method}", None)
         if handler is None:
-            return self._answer(method, params, 404, {"ok": False, "error_code": 404, "description": "Not Found"})
+            return self._answer(
+                method, params, 404, {"ok": False, "error_code": 404, "description": "Not Found"}
+            )
         try:
             result = await handler(params, request)
         except _ApiError as error:
-            return self._answer(method, params, error.status,
-                                {"ok": False, "error_code": error.status, "description": error.description})
+            return self._answer(
+                method,
+                params,
+                error.status,
+                {"ok": False, "error_code": error.status, "description": error.description},
+            )
         return self._answer(method, params, 200, {"ok": True, "result": result})
 
     def _flood_control(self, chat_id: str) -> dict[str, Any] | None:
@@ -213,12 +266,22 @@ class FakeTelegram:
 
     async def _outage(self, method: str, params: dict[str, Any]) -> Response:
         if self.outage == "429":
-            return self._answer(method, params, 429, {"ok": False, "error_code": 429,
-                                                      "description": "Too Many Requests: retry after 1",
-                                                      "parameters": {"retry_after": 1}})
+            return self._answer(
+                method,
+                params,
+                429,
+                {
+                    "ok": False,
+                    "error_code": 429,
+                    "description": "Too Many Requests: retry after 1",
+                    "parameters": {"retry_after": 1},
+                },
+            )
         if self.outage == "timeout":
             await asyncio.sleep(self.hang_seconds)
-        return self._answer(method, params, 502, {"ok": False, "error_code": 502, "description": "Bad Gateway"})
+        return self._answer(
+            method, params, 502, {"ok": False, "error_code": 502, "description": "Bad Gateway"}
+        )
 
     def _answer(self, method: str, params: dict[str, Any], status: int, body: dict[str, Any]) -> Response:
         with self.lock:
@@ -293,12 +356,19 @@ class FakeTelegram:
             for button in row:
                 if not 1 <= len(button.get("callback_data", "").encode()) <= 64:
                     raise _ApiError(400, "Bad Request: BUTTON_DATA_INVALID")
-        return {"message_id": next(self._ids), "from": BOT_USER, "date": int(time.time()),
-                "chat": {"id": int(chat_id), "type": kind}, "text": visible}
+        return {
+            "message_id": next(self._ids),
+            "from": BOT_USER,
+            "date": int(time.time()),
+            "chat": {"id": int(chat_id), "type": kind},
+            "text": visible,
+        }
 
     async def _answerCallbackQuery(self, params: dict[str, Any], request: Request) -> Any:
         if not params.get("callback_query_id"):
-            raise _ApiError(400, "Bad Request: query is too old and response timeout expired or query ID is invalid")
+            raise _ApiError(
+                400, "Bad Request: query is too old and response timeout expired or query ID is invalid"
+            )
         return True
 
     async def _getFile(self, params: dict[str, Any], request: Request) -> Any:
@@ -308,8 +378,12 @@ class FakeTelegram:
         if found is None:
             raise _ApiError(400, "Bad Request: invalid file_id")
         path, data = found
-        return {"file_id": file_id, "file_unique_id": f"u{abs(hash(file_id)) % 10**8}", "file_size": len(data),
-                "file_path": path}
+        return {
+            "file_id": file_id,
+            "file_unique_id": f"u{abs(hash(file_id)) % 10**8}",
+            "file_size": len(data),
+            "file_path": path,
+        }
 
 
 # Telegram allows short bursts over its published limits (about 30 a second per bot, about one a second
@@ -321,8 +395,12 @@ _BOT_LIMIT = 100
 
 
 def _too_many(seconds: int) -> dict[str, Any]:
-    return {"ok": False, "error_code": 429, "description": f"Too Many Requests: retry after {seconds}",
-            "parameters": {"retry_after": seconds}}
+    return {
+        "ok": False,
+        "error_code": 429,
+        "description": f"Too Many Requests: retry after {seconds}",
+        "parameters": {"retry_after": seconds},
+    }
 
 
 class _ApiError(Exception):
@@ -352,7 +430,7 @@ def _parse_html(text: str) -> str:
     visible: list[str] = []
     position = 0
     for match in _HTML_TOKEN.finditer(text):
-        visible.append(text[position:match.start()])
+        visible.append(text[position : match.start()])
         position = match.end()
         closing, tag, entity, bare = match.groups()
         if bare is not None:
@@ -368,6 +446,8 @@ def _parse_html(text: str) -> str:
         elif not stack or stack.pop() != tag:
             raise _ApiError(400, f"Bad Request: can't parse entities: unmatched end tag {tag!r}")
     if stack:
-        raise _ApiError(400, f"Bad Request: can't parse entities: can't find end tag corresponding to {stack[-1]!r}")
+        raise _ApiError(
+            400, f"Bad Request: can't parse entities: can't find end tag corresponding to {stack[-1]!r}"
+        )
     visible.append(text[position:])
     return "".join(visible)

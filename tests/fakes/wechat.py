@@ -40,11 +40,13 @@ class FakeWeChat:
     _serial: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
     def app(self) -> Starlette:
-        return Starlette(routes=[
-            Route("/cgi-bin/stable_token", self._stable_token, methods=["POST"]),
-            Route("/cgi-bin/message/custom/send", self._send, methods=["POST"]),
-            Route("/cgi-bin/media/get", self._media, methods=["GET"]),
-        ])
+        return Starlette(
+            routes=[
+                Route("/cgi-bin/stable_token", self._stable_token, methods=["POST"]),
+                Route("/cgi-bin/message/custom/send", self._send, methods=["POST"]),
+                Route("/cgi-bin/media/get", self._media, methods=["GET"]),
+            ]
+        )
 
     # --- what the test tells the fake about the customer's side ------------------------------------------------
 
@@ -136,8 +138,11 @@ class FakeWeChat:
         if found is None:
             return _error(40007, "invalid media_id")
         data, content_type = found
-        return Response(data, media_type=content_type,
-                        headers={"content-disposition": f'attachment; filename="{media_id}"'})
+        return Response(
+            data,
+            media_type=content_type,
+            headers={"content-disposition": f'attachment; filename="{media_id}"'},
+        )
 
 
 def _error(errcode: int, errmsg: str) -> JSONResponse:

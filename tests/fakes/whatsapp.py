@@ -28,19 +28,25 @@ class FakeGraph:
     wamids: list[str] = field(default_factory=list)  # the wamid each of them was given
     requests: list[tuple[str, str]] = field(default_factory=list)  # (method, path) of every request
     media: dict[str, tuple[bytes, str]] = field(default_factory=dict)  # media id -> (bytes, mime)
-    failures: list[list[Any]] = field(default_factory=list)  # [sends to let through first, status, code, title]
-    redirect_downloads: bool = False  # the download URL answers 302 to where the bytes are, as Meta's CDN does
+    failures: list[list[Any]] = field(
+        default_factory=list
+    )  # [sends to let through first, status, code, title]
+    redirect_downloads: bool = (
+        False  # the download URL answers 302 to where the bytes are, as Meta's CDN does
+    )
     media_urls: dict[str, str] = field(default_factory=dict)  # media id -> the URL its answer names instead
     lock: threading.Lock = field(default_factory=threading.Lock)
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
     def app(self) -> Starlette:
-        return Starlette(routes=[
-            Route("/download/{media_id}", self._download, methods=["GET"]),
-            Route("/cdn/{media_id}", self._download, methods=["GET"]),
-            Route("/{version}/{phone_number_id}/messages", self._messages, methods=["POST"]),
-            Route("/{version}/{media_id}", self._media_info, methods=["GET"]),
-        ])
+        return Starlette(
+            routes=[
+                Route("/download/{media_id}", self._download, methods=["GET"]),
+                Route("/cdn/{media_id}", self._download, methods=["GET"]),
+                Route("/{version}/{phone_number_id}/messages", self._messages, methods=["POST"]),
+                Route("/{version}/{media_id}", self._media_info, methods=["GET"]),
+            ]
+        )
 
     def fail_next(self, status: int, code: int, title: str, *, after: int = 0) -> None:
         """The next message send (or the one after `after` successful sends) is refused with this Graph error."""
@@ -88,9 +94,14 @@ class FakeGraph:
             self.sent.append(body)
             wamid = f"wamid.FAKE{next(self._ids):08d}"
             self.wamids.append(wamid)
-        contact = ({"input": body["to"], "wa_id": body["to"]} if "to" in body
-                   else {"input": body["recipient"], "user_id": body["recipient"]})
-        return JSONResponse({"messaging_product": "whatsapp", "contacts": [contact], "messages": [{"id": wamid}]})
+        contact = (
+            {"input": body["to"], "wa_id": body["to"]}
+            if "to" in body
+            else {"input": body["recipient"], "user_id": body["recipient"]}
+        )
+        return JSONResponse(
+            {"messaging_product": "whatsapp", "contacts": [contact], "messages": [{"id": wamid}]}
+        )
 
     async def _media_info(self, request: Request) -> Response:
         with self.lock:
@@ -103,10 +114,17 @@ class FakeGraph:
         if found is None:
             return _error(404, 100, "Unsupported get request")
         data, mime = found
-        return JSONResponse({"messaging_product": "whatsapp", "id": media_id, "mime_type": mime,
-                             "sha256": hashlib.sha256(data).hexdigest(), "file_size": len(data),
-                             "url": self.media_urls.get(media_id)
-                                    or f"{str(request.base_url).rstrip('/')}/download/{media_id}"})
+        return JSONResponse(
+            {
+                "messaging_product": "whatsapp",
+                "id": media_id,
+                "mime_type": mime,
+                "sha256": hashlib.sha256(data).hexdigest(),
+                "file_size": len(data),
+                "url": self.media_urls.get(media_id)
+                or f"{str(request.base_url).rstrip('/')}/download/{media_id}",
+            }
+        )
 
     async def _download(self, request: Request) -> Response:
         with self.lock:
@@ -122,9 +140,18 @@ class FakeGraph:
 
 
 def _error(status: int, code: int, title: str, details: str = "") -> JSONResponse:
-    return JSONResponse({"error": {"message": f"({code}) {title}", "type": "OAuthException", "code": code,
-                                   "error_data": {"messaging_product": "whatsapp", "details": details or title},
-                                   "fbtrace_id": "AbCdEfFAKE"}}, status_code=status)
+    return JSONResponse(
+        {
+            "error": {
+                "message": f"({code}) {title}",
+                "type": "OAuthException",
+                "code": code,
+                "error_data": {"messaging_product": "whatsapp", "details": details or title},
+                "fbtrace_id": "AbCdEfFAKE",
+            }
+        },
+        status_code=status,
+    )
 
 
 def _invalid(body: dict[str, Any]) -> str | None:
@@ -151,14 +178,21 @@ def _invalid(body: dict[str, Any]) -> str | None:
     if interactive.get("type") == "button":
         buttons = action.get("buttons", [])
         titles = [b["reply"]["title"] for b in buttons]
-        if not 1 <= len(buttons) <= 3 or any(not 0 < len(t) <= 20 for t in titles) or len(set(titles)) < len(titles):
+        if (
+            not 1 <= len(buttons) <= 3
+            or any(not 0 < len(t) <= 20 for t in titles)
+            or len(set(titles)) < len(titles)
+        ):
             return "1 to 3 buttons with unique titles of at most 20 characters"
         return None
     if interactive.get("type") == "list":
         rows = [r for s in action.get("sections", []) for r in s.get("rows", [])]
         if not 1 <= len(rows) <= 10 or any(not 0 < len(r["title"]) <= 24 for r in rows):
             return "1 to 10 rows with titles of at most 24 characters"
-        if any(len(r.get("description", "")) > 72 for r in rows) or not 0 < len(action.get("button", "")) <= 20:
+        if (
+            any(len(r.get("description", "")) > 72 for r in rows)
+            or not 0 < len(action.get("button", "")) <= 20
+        ):
             return "row descriptions of at most 72 characters, a button label of at most 20"
         return None
     return f"interactive type {interactive.get('type')!r} not supported by this fake"

@@ -381,6 +381,10 @@ def test_policy_term_comes_from_the_policy() -> None:
 def test_a_refusal_cites_the_exclusions_and_service_limits_of_the_refused_units_only() -> None:
     from policy import refusal_clauses
 
-    units = [("not_covered", ["W1", "X4", "M1"]), ("covered", ["W2", "X5", "M5"]), ("not_covered", ["M5", "X2"])]
+    units = [
+        ("not_covered", ["W1", "X4", "M1"]),
+        ("covered", ["W2", "X5", "M5"]),
+        ("not_covered", ["M5", "X2"]),
+    ]
     assert refusal_clauses(units) == ["M1", "X2", "X4"]
     assert refusal_clauses([]) == []
