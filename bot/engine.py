@@ -821,9 +821,22 @@ class Engine:
                 text=text,
                 buttons=[asdict(b) for b in buttons],
             )
+            # The batch loaded the customer and the open case: these reads are the session's, not the database's.
+            customer = session.get(Customer, conversation.customer_id)
+            if case is None and conversation.case_id is not None:
+                case = session.get(Case, conversation.case_id)
+            ref = case.ref if case else None
+            if ref is None and conversation.state == "closed":
+                ref = _case_ref(session, conversation)  # a closed case's last words still belong to it
             hot.queue(
                 OutboundMessage(
-                    channel=conversation.channel, chat_id=conversation.chat_id, text=text, buttons=buttons
+                    channel=conversation.channel,
+                    chat_id=conversation.chat_id,
+                    text=text,
+                    buttons=buttons,
+                    language=customer.language if customer else None,
+                    case_ref=ref,
+                    author=author,
                 ),
                 author=author,
             )
