@@ -409,11 +409,13 @@ def test_the_web_chat_shows_the_engineer_typing_until_the_reply_arrives(
     chat.screenshot(path=str(folder / "chat-engineer-typing-phone.png"))
     expect(typing).to_be_hidden(timeout=20_000)
 
-    # Writing again shows it again; the reply replaces it in the same poll.
+    # Writing again shows it again, in the language the customer picks; the reply replaces it in the same poll.
     reply.press_sequentially(" the log of your unit now.")
     expect(typing).to_be_visible()
+    chat.get_by_label("Language").select_option("ar")
+    expect(typing).to_have_text(re.compile(r"^\s*\u2068Amira\u2069 يكتب…\s*$"))
     desk.get_by_role("button", name="Send reply to customer").click()
-    answer = log.locator(".msg-engineer", has_text="Hello, we are checking the log of your unit now.")
+    answer = log.locator(".msg-engineer", has_text="Hello, we are checking the log of your unit now")
     expect(answer).to_have_count(1)
     expect(typing).to_be_hidden()
     assert not chat.evaluate("() => !document.getElementById('typing').hidden")

@@ -1,9 +1,11 @@
 """The engineer's typing indicator on real databases: the desk says an engineer is writing, the customer's web
 chat poll shows it (read by another process's bot: it lives in the database), until it expires or the reply
-arrives; the desk API refuses it for an unknown case (404), a closed one (409) and without the token (401)."""
+arrives; the desk API refuses it for an unknown case (404), a closed one (409) and without the token (401); and
+the chat page has its words in all seven languages."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import httpx
@@ -11,6 +13,8 @@ from pydantic import SecretStr
 
 from bot.app import build
 from bot.config import Settings
+from bot.conversation import LANGUAGES
+from bot.http import WEB
 from bot.server import create_app
 from tests.fakes.server import serve
 from tests.support import wait_until
@@ -88,3 +92,18 @@ def test_the_web_chat_shows_an_engineer_typing_until_it_expires_or_the_reply_com
         closed = desk.post(f"/api/desk/cases/{ref}/typing", json={"engineer": "Amira"}, headers=AUTH)
         assert closed.status_code == 409 and "closed" in closed.json()["error"]
         assert poll(last)["typing"] is None
+
+
+def test_the_chat_page_says_an_engineer_is_typing_in_every_language() -> None:
+    script = (WEB / "static" / "chat.js").read_text(encoding="utf-8")
+    table = script[script.index("const STRINGS = {") : script.index("const LANGUAGE_NAMES")]
+    blocks = dict(re.findall(r"\n    (\w+): \{(.*?)\n    \}", table, flags=re.S))
+    assert set(blocks) == set(LANGUAGES)
+    named = {code: re.search(r'engineerTyping: "([^"]+)"', block) for code, block in blocks.items()}
+    someone = {code: re.search(r'someoneTyping: "([^"]+)"', block) for code, block in blocks.items()}
+    for code in LANGUAGES:
+        found, anyone = named[code], someone[code]
+        assert found is not None and "{name}" in found.group(1), code
+        assert anyone is not None and anyone.group(1).strip(), code
+    # Each its own words, not English left in place.
+    assert len({m.group(1) for m in someone.values() if m}) == len(LANGUAGES)

@@ -172,6 +172,7 @@
     T = STRINGS[code];
     localStorage.setItem(LANGUAGE_KEY, code);
     translatePage();
+    renderTyping(); // an engineer's typing line is not one of the page's fixed words
   }
 
   // --- small helpers ------------------------------------------------------------------------------------
