@@ -25,6 +25,7 @@ from bot.status import CaseStatus
 from bot.store.clock import utcnow
 
 MAX_NAME = 80
+DEFAULT_ENGINEER = "Engineer"  # the name of an action that gives none
 # The desk holds the engineers' token in the page: another site must not frame it (clickjacking).
 _DESK_HEADERS = {
     **PAGE_HEADERS,
@@ -64,6 +65,7 @@ class LocalDesk(Channel):
             Route("/api/desk/cases/{ref}", self._guard(self._get), methods=["GET"]),
             Route("/api/desk/cases/{ref}/messages", self._guard(self._message), methods=["POST"]),
             Route("/api/desk/cases/{ref}/seen", self._guard(self._seen), methods=["POST"]),
+            Route("/api/desk/cases/{ref}/typing", self._guard(self._typing), methods=["POST"]),
             Route("/api/desk/cases/{ref}/replies", self._guard(self._replies), methods=["GET"]),
             Route("/api/desk/cases/{ref}/claim", self._guard(self._action(desk.claim)), methods=["POST"]),
             Route("/api/desk/cases/{ref}/ask", self._guard(self._ask), methods=["POST"]),
@@ -133,6 +135,15 @@ class LocalDesk(Channel):
         if not isinstance(message_id, int) or isinstance(message_id, bool) or not 0 <= message_id < 2**63:
             raise ApiError(422, "message_id must be the id of the last message shown (a whole number)")
         return JSONResponse(await asyncio.to_thread(self.bot.desk.mark_seen, _ref(request), message_id))
+
+    async def _typing(self, request: Request) -> Response:
+        """The engineer is writing a reply (the page says so every few seconds): the web chat shows it."""
+        data = await json_object(request)
+        name = _engineer(request, data)
+        result = await asyncio.to_thread(
+            self.bot.desk.typing, _ref(request), engineer=None if name == DEFAULT_ENGINEER else name
+        )
+        return JSONResponse(result)
 
     async def _replies(self, request: Request) -> Response:
         case = await asyncio.to_thread(self.bot.desk.get_case, _ref(request), units_limit=1)
@@ -301,7 +312,7 @@ def _count(request: Request, name: str, *, default: int, most: int) -> int:
 
 
 def _engineer(request: Request, data: dict[str, Any]) -> str:
-    name = data.get("engineer") or request.headers.get("x-engineer") or "Engineer"
+    name = data.get("engineer") or request.headers.get("x-engineer") or DEFAULT_ENGINEER
     if not isinstance(name, str) or not name.strip():
         raise ApiError(422, "engineer must be a name")
     return name.strip()[:MAX_NAME]

@@ -2,7 +2,8 @@
 
 API: POST /api/webchat/sessions -> 201 {"session_id"}; POST /api/webchat/sessions/{id}/messages
 {"text", "client_id"?} -> 202 {"id"}; POST /api/webchat/sessions/{id}/files (multipart "file") -> 202 {"id"};
-GET /api/webchat/sessions/{id}/messages?after=<id> -> 200 {"messages": [...]}.
+GET /api/webchat/sessions/{id}/messages?after=<id> -> 200 {"messages": [...], "typing": null or {"engineer": first
+name or null}} (an engineer is writing on the local desk).
 """
 
 from __future__ import annotations
@@ -210,10 +211,13 @@ class WebChat(Channel):
         raw_after = request.query_params.get("after", "0")
         if not _MESSAGE_ID.fullmatch(raw_after) or int(raw_after) > MAX_ID:
             raise ApiError(422, "after must be a message id (a non-negative integer)")
-        messages = await asyncio.to_thread(
-            self.bot.engine.transcript, CHANNEL, session_id, after=int(raw_after)
-        )
-        return JSONResponse({"messages": messages})
+        after = int(raw_after)
+
+        def read() -> dict[str, Any]:
+            messages = self.bot.engine.transcript(CHANNEL, session_id, after=after)
+            return {"messages": messages, "typing": self.bot.desk.typing_in(CHANNEL, session_id)}
+
+        return JSONResponse(await asyncio.to_thread(read))
 
 
 def from_settings(bot: Bot) -> WebChat:

@@ -27,12 +27,14 @@ from bot.store import (
     Credit,
     Customer,
     Fulfilment,
+    KeyValue,
     Message,
     RegistryOrder,
     StoredAttachment,
     session_scope,
 )
 from bot.store.clock import utcnow
+from bot.store.kv import kv_put
 from policy import (
     Claim,
     ClaimError,
@@ -64,6 +66,9 @@ UNITS_PAGE = 200  # units in one answer of get_case; a case of thousands is read
 LIST_LIMIT = 200  # cases in one answer of list_cases
 FACETS_LIMIT = 100  # assignees and channels offered as filters
 LAST_TEXT = 140  # characters of a case's last message shown in the list
+# An engineer's "typing" signal is shown to the customer this long after the last one (the desk sends one
+# every few seconds while the engineer writes); kept in KeyValue so every web process sees it.
+TYPING_FOR = timedelta(seconds=6)
 
 
 # Cases nobody has taken yet: open ones, and refusals to confirm (every unit refused) no one claimed.
@@ -665,6 +670,34 @@ class Desk:
             rows = session.execute(statement.order_by(col(Credit.id).desc())).all()
             return [_credit(credit, ref) for credit, ref in rows]
 
+    def typing(self, ref: str, *, engineer: str | None) -> dict[str, Any]:
+        """An engineer is writing a reply on the case: the customer's web chat shows it for TYPING_FOR.
+        `engineer` is the name the customer sees (its first word), None for "an engineer"."""
+        first = engineer.split()[0] if engineer and engineer.strip() else None
+        with Session(self.engine.db) as session:
+            case = _find(session, ref)
+            _require_open(case)
+        until = utcnow() + TYPING_FOR
+        kv_put(self.engine.db, _typing_key(case.conversation_id), {"engineer": first}, expires_at=until)
+        return {"ref": case.ref, "channel": case.channel, "until": until.isoformat()}
+
+    def typing_in(self, channel: str, chat_id: str) -> dict[str, Any] | None:
+        """Who is writing to this conversation now ({"engineer": first name or None}), or None."""
+        with Session(self.engine.db) as session:
+            conversation_id = session.execute(
+                select(col(Conversation.id)).where(
+                    col(Conversation.channel) == channel, col(Conversation.chat_id) == chat_id
+                )
+            ).scalar_one_or_none()
+            if conversation_id is None:
+                return None
+            value = session.execute(
+                select(col(KeyValue.value)).where(
+                    col(KeyValue.key) == _typing_key(conversation_id), col(KeyValue.expires_at) > utcnow()
+                )
+            ).scalar_one_or_none()
+            return {"engineer": value.get("engineer")} if value is not None else None
+
     def mark_desk_ref(self, ref: str, **desk_ref: Any) -> None:
         """Remember where an external desk shows the case (Slack channel and message ts)."""
         with session_scope(self.engine.db) as session:
@@ -896,6 +929,9 @@ class Desk:
         conversation = session.get(Conversation, case.conversation_id)
         if conversation is None:
             raise CaseNotFound(f"case {case.ref} has no conversation")
+        typing = session.get(KeyValue, _typing_key(conversation.id))
+        if typing is not None:  # the message the customer saw being written is here: the dots go with it
+            session.delete(typing)
         self.engine.say(
             session, conversation, text, buttons, case=case, author=author, author_name=author_name
         )
@@ -943,6 +979,10 @@ def _last_message(message: Message | None) -> dict[str, Any] | None:
         "text": text[:LAST_TEXT] + ("…" if len(text) > LAST_TEXT else ""),
         "created_at": message.created_at.isoformat(),
     }
+
+
+def _typing_key(conversation_id: int | None) -> str:
+    return f"typing:{conversation_id}"
 
 
 def _find(session: Session, ref: str) -> Case:

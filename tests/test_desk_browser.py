@@ -1,6 +1,7 @@
 """The engineers' desk page in headless Chromium, at desktop and phone size, against the real server on a SQLite
 file: the unread signal, the list's outcome, activity, search and filters, canned replies, actions a closed case
-cannot take, the address's #case, screen-reader structure, no sideways scrolling, and axe-core."""
+cannot take, the address's #case, screen-reader structure, no sideways scrolling, axe-core, and the engineer's
+typing shown in the customer's web chat."""
 
 from __future__ import annotations
 
@@ -369,4 +370,55 @@ def test_the_desk_finds_filters_offers_canned_replies_and_keeps_closed_cases_qui
     assert serious_violations(page, axe_source) == []
     page.screenshot(path=str(folder / f"desk-closed-{size}.png"), full_page=True)
     context.close()
+    assert problems.items == []
+
+
+def test_the_web_chat_shows_the_engineer_typing_until_the_reply_arrives(
+    browser: Any, desk_server: tuple[Bot, str]
+) -> None:
+    from playwright.sync_api import expect
+
+    expect.set_options(timeout=WAIT_MS)
+    bot, base = desk_server
+    folder = shots()
+    problems = PageProblems()
+    customer = browser.new_context(viewport=PHONE, locale="en-US", is_mobile=True, has_touch=True)
+    chat = problems.watch(customer.new_page())
+    chat.goto(f"{base}/")
+    log = chat.locator("#log")
+    chat.get_by_label("Your message").fill(
+        f"{recent_serial(date.today(), 8642)} display shows E07 and shuts down"
+    )
+    chat.get_by_label("Your message").press("Enter")
+    chat.locator(".choices button", has_text="I don't have them").click()
+    chat.locator(".choices button", has_text="It failed in normal use").click()
+    ref = _case_of(bot, "webchat")
+    expect(log.locator(".msg-bot", has_text=ref).first).to_be_visible()
+    typing = chat.locator("#typing")
+    expect(typing).to_be_hidden()
+
+    engineer = browser.new_context(viewport=DESKTOP, locale="en-US")
+    desk = _sign_in(engineer, base, problems, f"#{ref}")
+    expect(desk.locator("#case-title")).to_have_text(ref)
+    reply = desk.get_by_label("Message")
+
+    # The engineer writes: the customer sees who, by first name; with nothing more typed, it goes by itself.
+    reply.press_sequentially("Hello, we are checking")
+    expect(typing).to_be_visible()
+    expect(typing).to_have_text(re.compile(r"^\s*\u2068Amira\u2069 is typing…\s*$"))
+    chat.screenshot(path=str(folder / "chat-engineer-typing-phone.png"))
+    expect(typing).to_be_hidden(timeout=20_000)
+
+    # Writing again shows it again, in the language the customer picks; the reply replaces it in the same poll.
+    reply.press_sequentially(" the log of your unit now.")
+    expect(typing).to_be_visible()
+    chat.get_by_label("Language").select_option("ar")
+    expect(typing).to_have_text(re.compile(r"^\s*\u2068Amira\u2069 يكتب…\s*$"))
+    desk.get_by_role("button", name="Send reply to customer").click()
+    answer = log.locator(".msg-engineer", has_text="Hello, we are checking the log of your unit now")
+    expect(answer).to_have_count(1)
+    expect(typing).to_be_hidden()
+    assert not chat.evaluate("() => !document.getElementById('typing').hidden")
+    customer.close()
+    engineer.close()
     assert problems.items == []

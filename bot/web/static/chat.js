@@ -13,6 +13,9 @@
   const SEND_ATTEMPTS = 3; // quick tries before the bubble says "Not sent" (it stays queued)
   const RETRY_MS = 3000; // while the server is out of reach, a queued message is tried again this often
   const TYPING_MS = 20000; // the typing dots give up if no answer comes
+  // The server reports an engineer typing for 6 s after the desk's last signal; polls that stop coming
+  // (connection lost) must not leave the dots up much longer.
+  const ENGINEER_TYPING_MS = 7000;
   const MAX_RETRY_AFTER_S = 60; // a 429's Retry-After is honoured up to this long, then tried again
   const RATE_LIMIT_WAITS = 5; // 429s in a row one message waits through before "Not sent" (it stays queued)
   const COLLAPSE_CHARS = 1200; // longer messages show their start and "Show more"
@@ -24,7 +27,8 @@
   const STRINGS = {
     en: {
       language: "Language", choices: "Choose an answer", more: "Show more", less: "Show less",
-      typing: "The assistant is writing…", queued: "Waiting for the connection…",
+      typing: "The assistant is writing…",
+      engineerTyping: "{name} is typing…", someoneTyping: "An engineer is typing…", queued: "Waiting for the connection…",
       title: "Warranty support", subtitle: "After-sales service", new: "New conversation",
       intro: "Hello! Send the serial number of your unit (on the label on the back or bottom) and describe " +
         "the fault. You can attach photos or PDF documents.",
@@ -36,7 +40,8 @@
       lost: "This conversation has expired. Write again to start a new one.",
     },
     zh: {
-      language: "语言", choices: "请选择一个答案", more: "展开全文", less: "收起", typing: "助手正在输入…", queued: "正在等待连接…",
+      language: "语言", choices: "请选择一个答案", more: "展开全文", less: "收起", typing: "助手正在输入…",
+      engineerTyping: "{name} 正在输入…", someoneTyping: "工程师正在输入…", queued: "正在等待连接…",
       title: "保修服务", subtitle: "售后服务", new: "新对话",
       intro: "您好！请发送设备的序列号（在背面或底部的标签上）并描述故障。您可以附上照片或 PDF 文件。",
       log: "对话", attach: "附上照片或 PDF", message: "您的消息", placeholder: "输入消息…",
@@ -47,7 +52,8 @@
     },
     es: {
       language: "Idioma", choices: "Elija una respuesta", more: "Ver más", less: "Ver menos",
-      typing: "El asistente está escribiendo…", queued: "Esperando la conexión…",
+      typing: "El asistente está escribiendo…",
+      engineerTyping: "{name} está escribiendo…", someoneTyping: "Un técnico está escribiendo…", queued: "Esperando la conexión…",
       title: "Soporte de garantía", subtitle: "Servicio posventa", new: "Nueva conversación",
       intro: "¡Hola! Envíe el número de serie de su equipo (en la etiqueta de la parte trasera o inferior) y " +
         "describa la falla. Puede adjuntar fotos o documentos PDF.",
@@ -61,7 +67,8 @@
     },
     ru: {
       language: "Язык", choices: "Выберите ответ", more: "Показать полностью", less: "Свернуть",
-      typing: "Помощник печатает…", queued: "Ждём соединения…",
+      typing: "Помощник печатает…",
+      engineerTyping: "{name} печатает…", someoneTyping: "Инженер печатает…", queued: "Ждём соединения…",
       title: "Гарантийная поддержка", subtitle: "Сервисное обслуживание", new: "Новый диалог",
       intro: "Здравствуйте! Отправьте серийный номер устройства (на наклейке сзади или снизу) и опишите " +
         "неисправность. Можно приложить фото или PDF-документы.",
@@ -74,7 +81,8 @@
     },
     pt: {
       language: "Idioma", choices: "Escolha uma resposta", more: "Mostrar mais", less: "Mostrar menos",
-      typing: "O assistente está escrevendo…", queued: "Aguardando a conexão…",
+      typing: "O assistente está escrevendo…",
+      engineerTyping: "{name} está escrevendo…", someoneTyping: "Um técnico está escrevendo…", queued: "Aguardando a conexão…",
       title: "Suporte de garantia", subtitle: "Assistência pós-venda", new: "Nova conversa",
       intro: "Olá! Envie o número de série do seu equipamento (na etiqueta na parte de trás ou de baixo) e " +
         "descreva o defeito. Você pode anexar fotos ou documentos PDF.",
@@ -88,7 +96,8 @@
     },
     fr: {
       language: "Langue", choices: "Choisissez une réponse", more: "Afficher plus", less: "Afficher moins",
-      typing: "L’assistant écrit…", queued: "En attente de la connexion…",
+      typing: "L’assistant écrit…",
+      engineerTyping: "{name} écrit…", someoneTyping: "Un technicien écrit…", queued: "En attente de la connexion…",
       title: "Assistance garantie", subtitle: "Service après-vente", new: "Nouvelle conversation",
       intro: "Bonjour ! Envoyez le numéro de série de votre appareil (sur l’étiquette au dos ou dessous) et " +
         "décrivez la panne. Vous pouvez joindre des photos ou des documents PDF.",
@@ -102,7 +111,8 @@
     },
     ar: {
       language: "اللغة", choices: "اختر إجابة", more: "عرض المزيد", less: "عرض أقل",
-      typing: "المساعد يكتب…", queued: "بانتظار الاتصال…",
+      typing: "المساعد يكتب…",
+      engineerTyping: "{name} يكتب…", someoneTyping: "أحد المهندسين يكتب…", queued: "بانتظار الاتصال…",
       title: "دعم الضمان", subtitle: "خدمة ما بعد البيع", new: "محادثة جديدة",
       intro: "مرحبًا! أرسل الرقم التسلسلي لجهازك (على الملصق في الخلف أو الأسفل) وصِف العطل. " +
         "يمكنك إرفاق صور أو مستندات PDF.",
@@ -162,6 +172,7 @@
     T = STRINGS[code];
     localStorage.setItem(LANGUAGE_KEY, code);
     translatePage();
+    renderTyping(); // an engineer's typing line is not one of the page's fixed words
   }
 
   // --- small helpers ------------------------------------------------------------------------------------
@@ -273,6 +284,9 @@
   let quickPolls = 0;
   let pinned = true; // the view follows the newest message while the customer has not scrolled up
   let typingTimer = null;
+  let botTyping = false; // the bot's answer to the customer's message is on its way
+  let engineerTyping = null; // {name} while an engineer writes on the desk (name null: "An engineer")
+  let engineerTimer = null;
   let retryTimer = null;
   let flushing = false;
   const offered = new Map(); // button value -> label, from the bot's messages, latest wins
@@ -313,9 +327,34 @@
 
   function showTyping(on) {
     clearTimeout(typingTimer);
-    typing.hidden = !on;
+    botTyping = on;
     // An answer that never comes must not leave the dots forever.
-    if (on) typingTimer = setTimeout(() => { typing.hidden = true; }, TYPING_MS);
+    if (on) typingTimer = setTimeout(() => { botTyping = false; renderTyping(); }, TYPING_MS);
+    renderTyping();
+  }
+
+  function showEngineerTyping(who) {
+    clearTimeout(engineerTimer);
+    engineerTyping = who;
+    if (who) engineerTimer = setTimeout(() => { engineerTyping = null; renderTyping(); }, ENGINEER_TYPING_MS);
+    renderTyping();
+  }
+
+  // One line of dots: an engineer writing wins over the bot. The engineer's name is data (textContent),
+  // isolated so that a Latin name keeps its place in a right-to-left sentence.
+  function renderTyping() {
+    const label = typing.querySelector(".label");
+    let text = T.typing;
+    if (engineerTyping) {
+      delete label.dataset.i18n; // its words are not the page's fixed "typing" any more
+      text = engineerTyping.name
+        ? T.engineerTyping.replace("{name}", () => `\u2068${engineerTyping.name}\u2069`)
+        : T.someoneTyping;
+    } else {
+      label.dataset.i18n = "typing";
+    }
+    if (label.textContent !== text) label.textContent = text; // unchanged: nothing new to announce
+    typing.hidden = !(engineerTyping || botTyping);
   }
 
   async function ensureSession() {
@@ -347,6 +386,7 @@
     outbox.length = 0;
     log.replaceChildren();
     showTyping(false);
+    showEngineerTyping(null);
     clearTimeout(pollTimer);
     clearTimeout(retryTimer);
   }
@@ -509,6 +549,7 @@
       if (typeof message.id !== "number" || message.id <= lastId) continue;
       lastId = message.id;
       if (message.author !== "customer") showTyping(false);
+      if (message.author === "engineer") showEngineerTyping(null);
       answered = false;
       const index = matchPending(message);
       if (index >= 0) {
@@ -725,6 +766,9 @@
       if (mine !== generation || id !== sessionId) return;
       const messages = Array.isArray(data.messages) ? data.messages : [];
       applyMessages(messages);
+      const who = data.typing && typeof data.typing === "object" ? data.typing : null;
+      const name = who && typeof who.engineer === "string" ? who.engineer.slice(0, 40) : null;
+      if (who || engineerTyping) showEngineerTyping(who ? { name } : null);
       more = messages.length >= 200; // a page was full: fetch the rest at once
       if (notice.textContent === T.offline) showNotice("");
       if (outbox.length) flush(); // the server answers again: send what waited

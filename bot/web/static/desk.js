@@ -8,6 +8,7 @@
   const LIST_MS = 5000;
   const CASE_MS = 3000;
   const CLOSE_CONFIRM_MS = 5000;
+  const TYPING_EVERY_MS = 3000; // while the engineer writes a reply, the customer's chat is told this often
   const LIST_ERROR = "Could not load the cases:";
   // Shown in a tab of their own; anything else is downloaded, so no uploaded file runs as a page of ours.
   const VIEWABLE = /^(image\/(jpeg|png|gif|webp)|application\/pdf|audio\/(ogg|mpeg|amr))$/;
@@ -899,8 +900,23 @@
       return;
     }
     act(internal ? "Internal note added." : "Reply sent to the customer.", "/messages", { text, internal },
-      () => { ui.reply.value = ""; });
+      () => { ui.reply.value = ""; typingSentAt = 0; });
   }
+
+  // The customer's web chat shows "… is typing" while an engineer writes here; the server forgets it a few
+  // seconds after the last signal, and at once when the reply arrives. (A note is typed in the same box:
+  // the customer then sees someone typing, and no message.)
+  let typingRef = null;
+  let typingSentAt = 0;
+  ui.reply.addEventListener("input", () => {
+    const ref = selected;
+    if (!ref || !ui.reply.value.trim() || !current || current.ref !== ref || current.status === "closed") return;
+    const now = Date.now();
+    if (ref === typingRef && now - typingSentAt < TYPING_EVERY_MS) return;
+    typingRef = ref;
+    typingSentAt = now;
+    api("POST", casePath(ref, "/typing"), { engineer }).catch(() => {}); // only a hint: a failure shows nothing
+  });
 
   ui.replyForm.addEventListener("submit", (event) => {
     event.preventDefault();
