@@ -931,7 +931,16 @@ class Engine:
                 conversation.data = {**conversation.data, "offered": list(change.offered)}
         self.outbox_signal.set()
         if change.action:
-            self.notify_desks(session, case, "case_updated", action="fulfilment", actor=actor, origin=origin)
+            self.notify_desks(
+                session,
+                case,
+                "case_updated",
+                action="fulfilment",
+                actor=actor,
+                origin=origin,
+                task=change.action,
+                **change.detail,
+            )
         if change.closes:
             self.close_case(session, case, actor, origin=origin)
 
@@ -1017,6 +1026,8 @@ class Engine:
                             action="fulfilment_overdue",
                             actor="bot",
                             origin="bot",
+                            key=reminder.key,
+                            step=row.step,
                         )
                     sent += 1
         if sent:
