@@ -340,7 +340,7 @@ class Engine:
         case = session.get(Case, conversation.case_id) if conversation.case_id else None
 
         stored = [
-            self._store_attachment(session, conversation, case, a)
+            self.store_attachment(session, conversation, case, a)
             for a in message.attachments
             if a.kind != "rejected"
         ]
@@ -552,7 +552,7 @@ class Engine:
         session.flush()
         return conversation, identity, customer
 
-    def _store_attachment(
+    def store_attachment(
         self, session: Session, conversation: Conversation, case: Case | None, attachment: Attachment
     ) -> StoredAttachment:
         row = StoredAttachment(
@@ -775,7 +775,7 @@ class Engine:
             ids = [a for m in rows for a in m.attachment_ids]
             files = (
                 {
-                    f.id: {"name": f.name, "mime": f.mime}
+                    f.id: {"id": f.id, "name": f.name, "mime": f.mime}
                     for f in session.execute(
                         select(StoredAttachment).where(col(StoredAttachment.id).in_(ids))
                     ).scalars()
@@ -797,6 +797,19 @@ class Engine:
                 for m in rows
             ]
 
+    def conversation_file(self, channel: str, chat_id: str, attachment_id: int) -> StoredAttachment | None:
+        """A file of this conversation (the customer's or one an engineer sent them), for its own channel."""
+        with Session(self.db) as session:
+            return session.execute(
+                select(StoredAttachment)
+                .join(Conversation, col(Conversation.id) == col(StoredAttachment.conversation_id))
+                .where(
+                    col(StoredAttachment.id) == attachment_id,
+                    col(Conversation.channel) == channel,
+                    col(Conversation.chat_id) == chat_id,
+                )
+            ).scalar_one_or_none()
+
     # --- shared with the desk ------------------------------------------------------------------------------
 
     def say(
@@ -809,8 +822,14 @@ class Engine:
         case: Case | None = None,
         author: str = "bot",
         author_name: str | None = None,
+        attachments: Sequence[StoredAttachment] = (),
     ) -> None:
-        """Log a message to the customer and queue it for their channel, in the caller's transaction."""
+        """Log a message to the customer and queue it for their channel, in the caller's transaction;
+        `attachments` (stored files, on the case) go with it: as files where the channel sends them."""
+        files = tuple(
+            Attachment(kind=a.kind, name=a.name, mime=a.mime, size=a.size, ref=a.path) for a in attachments
+        )
+        file_ids = [a.id or 0 for a in attachments]
         hot = session.info.get(_HOT)
         if hot is not None:  # the engine's own batch: the rows go out together at its end
             hot.log(
@@ -820,10 +839,15 @@ class Engine:
                 author_name=author_name,
                 text=text,
                 buttons=[asdict(b) for b in buttons],
+                attachment_ids=file_ids,
             )
             hot.queue(
                 OutboundMessage(
-                    channel=conversation.channel, chat_id=conversation.chat_id, text=text, buttons=buttons
+                    channel=conversation.channel,
+                    chat_id=conversation.chat_id,
+                    text=text,
+                    buttons=buttons,
+                    attachments=files,
                 ),
                 author=author,
             )
@@ -836,6 +860,7 @@ class Engine:
                 author_name=author_name,
                 text=text,
                 buttons=[asdict(b) for b in buttons],
+                attachment_ids=file_ids,
             )
         )
         customer = session.get(Customer, conversation.customer_id)
@@ -846,6 +871,7 @@ class Engine:
                 chat_id=conversation.chat_id,
                 text=text,
                 buttons=buttons,
+                attachments=files,
                 language=customer.language if customer else None,
                 case_ref=case.ref if case else _case_ref(session, conversation),
                 author=author,  # an engineer's words are no auto-reply (email's Auto-Submitted)
@@ -897,9 +923,11 @@ class Engine:
         *,
         actor: str,
         origin: str,
+        files: Sequence[StoredAttachment] = (),
     ) -> None:
         """Apply a fulfilment change in the caller's transaction: the record, the audit row, the customer's
-        messages (in their language), the buttons they may answer with; a final step closes the case."""
+        messages (in their language), the buttons they may answer with; a final step closes the case.
+        `files` (stored on the case) go with the change's first message and are named in its audit row."""
         now = utcnow()
         if change.record.step.value != row.step:
             row.step_since = now
@@ -908,12 +936,24 @@ class Engine:
         row.updated_at = now
         case.updated_at = now
         if change.action:
-            audit(session, case, actor, "fulfilment", origin=origin, task=change.action, **change.detail)
+            listed = [{"id": f.id, "name": f.name, "mime": f.mime, "size": f.size} for f in files]
+            extra = {"files": listed} if listed else {}
+            audit(
+                session,
+                case,
+                actor,
+                "fulfilment",
+                origin=origin,
+                task=change.action,
+                **change.detail,
+                **extra,
+            )
         conversation = session.get(Conversation, case.conversation_id)
         if conversation is not None:
-            for reply in change.replies:
+            for number, reply in enumerate(change.replies):
                 rendered = self.renderer.render(reply, language=case.language, extra={"case_ref": case.ref})
-                self.say(session, conversation, rendered.text, rendered.buttons, case=case)
+                sent = files if number == 0 else ()
+                self.say(session, conversation, rendered.text, rendered.buttons, case=case, attachments=sent)
             if change.offered is not None and conversation.case_id == case.id:
                 conversation.data = {**conversation.data, "offered": list(change.offered)}
         self.outbox_signal.set()
