@@ -117,6 +117,7 @@ class WebChat(Channel):
     """The embedded web chat; replies need no delivery: the page reads the message log."""
 
     name = CHANNEL
+    sends_files = True  # listed with the message, downloaded from the chat (get_file)
 
     def __init__(self, bot: Bot) -> None:
         self.bot = bot

@@ -667,6 +667,11 @@ class Desk:
             conversation = session.get(Conversation, case.conversation_id)
             if files and conversation is None:
                 raise InvalidAction(f"case {case.ref} has no conversation to send files to")
+            if files and conversation and not self.engine.can_send_files(conversation.channel):
+                raise InvalidAction(
+                    f"the customer's channel ({conversation.channel}) cannot take files and PUBLIC_URL is not "
+                    "set for a link to them: set PUBLIC_URL, or send the guidance as text"
+                )
             stored = [
                 self.engine.store_attachment(session, conversation, case, f) for f in files if conversation
             ]

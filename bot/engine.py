@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import re
+import secrets
 import threading
 import time
 from collections.abc import Sequence
@@ -65,6 +66,7 @@ from bot.store import (
     Customer,
     Fulfilment,
     InboxItem,
+    KeyValue,
     Message,
     OutboxItem,
     RegistryOrder,
@@ -107,6 +109,8 @@ class EngineConfig:
     # What the channels can do (adapters.base.Channel; set by bot.server.configure_core):
     external_desks: tuple[str, ...] = ()  # outbox channels that take desk events, e.g. ("slack",)
     one_message_per_turn: frozenset[str] = frozenset()  # channels whose replies to one message go as one
+    sends_files: frozenset[str] = frozenset()  # channels that deliver files; the others get a link to each
+    public_url: str = ""  # where the server is reached from outside: the base of those links (PUBLIC_URL)
     max_attempts: int = 5  # a message that fails the same way this many times is parked
     retry_backoff_max_seconds: float = 60.0
     batch_alerts: AlertRule = field(
@@ -797,6 +801,27 @@ class Engine:
                 for m in rows
             ]
 
+    def can_send_files(self, channel: str) -> bool:
+        """Whether files reach a customer on `channel`: as files, or as links (which need PUBLIC_URL)."""
+        return channel in self.config.sends_files or bool(self.config.public_url)
+
+    def _file_links(self, session: Session, attachments: Sequence[StoredAttachment]) -> list[str]:
+        """A line "📎 name: link" per file, each link with its own unguessable token (kept in KeyValue)."""
+        lines = []
+        for a in attachments:
+            token = secrets.token_urlsafe(24)
+            session.add(KeyValue(key=FILE_LINK_PREFIX + token, value={"attachment_id": a.id}))
+            lines.append(f"📎 {a.name}: {self.config.public_url.rstrip('/')}/files/{token}")
+        return lines
+
+    def linked_file(self, token: str) -> StoredAttachment | None:
+        """The file a customer's link (see _file_links) points at."""
+        if not _TOKEN.fullmatch(token):
+            return None
+        with Session(self.db) as session:
+            row = session.get(KeyValue, FILE_LINK_PREFIX + token)
+            return session.get(StoredAttachment, row.value.get("attachment_id")) if row is not None else None
+
     def conversation_file(self, channel: str, chat_id: str, attachment_id: int) -> StoredAttachment | None:
         """A file of this conversation (the customer's or one an engineer sent them), for its own channel."""
         with Session(self.db) as session:
@@ -830,6 +855,8 @@ class Engine:
             Attachment(kind=a.kind, name=a.name, mime=a.mime, size=a.size, ref=a.path) for a in attachments
         )
         file_ids = [a.id or 0 for a in attachments]
+        if files and conversation.channel not in self.config.sends_files:
+            text = "\n".join([text, *self._file_links(session, attachments)])
         hot = session.info.get(_HOT)
         if hot is not None:  # the engine's own batch: the rows go out together at its end
             hot.log(
@@ -1077,6 +1104,9 @@ def last_inbound(db: DbEngine, channel: str, chat_id: str) -> dict[str, Any]:
     return dict(payload or {})
 
 
+# A customer's link to a file an engineer sent (channels that cannot send files): KeyValue key -> its id.
+FILE_LINK_PREFIX = "file-link:"
+_TOKEN = re.compile(r"[A-Za-z0-9_-]{32}")
 _HOT = "warranty_bot.engine.batch"  # the key of a batch's buffer in `Session.info`
 
 

@@ -478,3 +478,40 @@ def test_the_desk_refuses_a_guidance_file_of_a_wrong_type_or_too_large_with_a_cl
     case = bot.desk.get_case(ref)
     assert case["attachments"] == [] and "guide" not in actions(bot, ref)
     assert not any("See the file" in t for t in bot_texts(bot, "files"))
+
+
+def test_a_guidance_file_goes_as_a_link_to_a_channel_that_cannot_take_files(service_bot: Bot) -> None:
+    """The test channel carries no files: the guidance message gets a line "📎 name: link" per file, with
+    PUBLIC_URL as its base and an unguessable token; without PUBLIC_URL the desk refuses (nothing is lost)."""
+    import asyncio
+
+    import httpx
+
+    from bot.server import create_app
+
+    bot = service_bot
+    ref = claim_to_the_end(bot, f"CSP2402A0104 {FAULT}", "cause:normal", chat="links")
+    bot.desk.choose_method(ref, engineer="Li Wei", method="remote_guidance")
+    wiring = b"\x89PNG\r\n\x1a\n" + b"\x00" * 64
+    picture = bot.attachments.save(wiring, name="wiring.png", mime="image/png", kind="photo")
+    with pytest.raises(InvalidAction, match="PUBLIC_URL"):
+        bot.desk.fulfil(ref, engineer="Li Wei", action="guide", text="As in the picture.", files=[picture])
+    assert bot.desk.get_case(ref)["attachments"] == []
+
+    bot.engine.config.public_url = "https://support.example.com/"
+    bot.desk.fulfil(ref, engineer="Li Wei", action="guide", text="As in the picture.", files=[picture])
+    last = bot_texts(bot, "links")[-1]
+    assert "As in the picture." in last
+    link = last.splitlines()[-1]
+    assert link.startswith("📎 wiring.png: https://support.example.com/files/")
+    path = link.split("https://support.example.com", 1)[1]
+
+    async def fetch() -> tuple[httpx.Response, httpx.Response]:
+        transport = httpx.ASGITransport(app=create_app(bot))
+        async with httpx.AsyncClient(transport=transport, base_url="http://bot.test") as http:
+            return await http.get(path), await http.get(path[:-4] + "AAAA")
+
+    got, wrong = asyncio.run(fetch())
+    assert got.status_code == 200 and got.content == wiring
+    assert wrong.status_code == 404 and "error" in wrong.json()
+    assert [a["name"] for a in bot.desk.get_case(ref)["attachments"]] == ["wiring.png"]
