@@ -29,6 +29,8 @@ class Channel(Protocol):
     takes_desk_events: ClassVar[bool] = False
     # Each message costs the customer (a mail) or a quota (WeChat): the replies to one message go as one.
     one_reply_per_turn: ClassVar[bool] = False
+    # The adapter delivers an OutboundMessage's attachments as files; to other channels a file goes as a link.
+    sends_files: ClassVar[bool] = False
 
     def routes(self) -> Sequence[BaseRoute]:
         """Routes mounted into the one server (webhooks, pages, APIs)."""

@@ -10,6 +10,9 @@ import hmac
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
+from starlette.formparsers import MultiPartException
 from starlette.requests import Request
 from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Route
@@ -17,15 +20,17 @@ from starlette.routing import BaseRoute, Route
 from adapters.base import Channel
 from bot import canned
 from bot.app import Bot
-from bot.attachments import STORABLE_TYPES
+from bot.attachments import STORABLE_TYPES, AttachmentRejected
 from bot.desk import GOODWILL, UNITS_PAGE, DeskError
 from bot.http import PAGE_HEADERS, WEB, ApiError, json_object
+from bot.messages import Attachment
 from bot.report import PeriodError, build_report, parse_period, render_figures, to_csv
 from bot.status import CaseStatus
 from bot.store.clock import utcnow
 
 MAX_NAME = 80
 DEFAULT_ENGINEER = "Engineer"  # the name of an action that gives none
+MAX_STEP_FILES = 5  # files with one guidance step
 # The desk holds the engineers' token in the page: another site must not frame it (clickjacking).
 _DESK_HEADERS = {
     **PAGE_HEADERS,
@@ -75,6 +80,8 @@ class LocalDesk(Channel):
             ),
             Route("/api/desk/cases/{ref}/close", self._guard(self._action(desk.close)), methods=["POST"]),
             Route("/api/desk/cases/{ref}/fulfil", self._guard(self._fulfil), methods=["POST"]),
+            # A guidance step with files: multipart, under the server's upload size limit (paths ending /files).
+            Route("/api/desk/cases/{ref}/fulfil/files", self._guard(self._fulfil), methods=["POST"]),
             Route("/api/desk/credits", self._guard(self._credits), methods=["GET"]),
             Route("/api/desk/cases/{ref}/attachments/{attachment_id:int}", self._guard(self._attachment)),
         ]
@@ -229,16 +236,62 @@ class LocalDesk(Channel):
         return JSONResponse(result)
 
     async def _fulfil(self, request: Request) -> Response:
-        data = await json_object(request)
+        """/fulfil: JSON {"action", "text"}; /fulfil/files: multipart/form-data with the same fields and up to
+        MAX_STEP_FILES "file" parts for a guidance step, each kept by the attachment store (its types and size
+        limit) and sent to the customer with the step."""
+        uploads: list[UploadFile] = []
+        if request.url.path.endswith("/files"):
+            if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+                raise ApiError(
+                    422, "send the step as multipart/form-data: action, text and the files as 'file'"
+                )
+            try:
+                form = await request.form(max_files=MAX_STEP_FILES, max_fields=8)
+            except (MultiPartException, HTTPException):
+                raise ApiError(
+                    422, f"the multipart body could not be read (at most {MAX_STEP_FILES} files per step)"
+                ) from None
+            data: dict[str, Any] = {k: v for k, v in form.items() if isinstance(v, str)}
+            uploads = [v for v in form.getlist("file") if isinstance(v, UploadFile)]
+        else:
+            data = await json_object(request)
         action, text = data.get("action"), data.get("text", "")
         if not isinstance(action, str) or not action:
             raise ApiError(422, "action is required (the case's fulfilment.actions say which)")
         if not isinstance(text, str):
             raise ApiError(422, "text must be a string")
+        if uploads and action != "guide":
+            raise ApiError(422, "files can only be sent with a guidance step (action 'guide')")
+        files = [await self._keep(upload) for upload in uploads]
         result = await asyncio.to_thread(
-            self.bot.desk.fulfil, _ref(request), engineer=_engineer(request, data), action=action, text=text
+            self.bot.desk.fulfil,
+            _ref(request),
+            engineer=_engineer(request, data),
+            action=action,
+            text=text,
+            files=files,
         )
         return JSONResponse(result)
+
+    async def _keep(self, upload: UploadFile) -> Attachment:
+        """An engineer's file into the attachment store, or a 4xx that says what would be accepted."""
+        store = self.bot.attachments
+        data = await upload.read()
+        name = (upload.filename or "file")[:255]
+        mime = upload.content_type or "application/octet-stream"
+        kind = "photo" if mime.startswith("image/") else "document"
+        try:
+            return await asyncio.to_thread(store.save, data, name=name, mime=mime, kind=kind)
+        except AttachmentRejected as error:
+            if error.reason == "too_large":
+                limit = store.max_bytes / 1_000_000
+                raise ApiError(413, f"{name}: larger than the {limit:g} MB limit for a file") from None
+            accepted = ", ".join(sorted(store.allowed_types))
+            raise ApiError(
+                415,
+                f"{name}: this type of file is not accepted (or its content is not what its type says); "
+                f"accepted: {accepted}",
+            ) from None
 
     async def _credits(self, request: Request) -> Response:
         company = (request.query_params.get("company") or "")[:255] or None

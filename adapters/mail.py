@@ -1304,6 +1304,7 @@ class MailChannel(SendingChannel):
 
     name = CHANNEL
     one_reply_per_turn = True
+    sends_files = True
 
     def __init__(self, bot: Bot, config: MailSettings) -> None:
         self.bot = bot

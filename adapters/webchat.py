@@ -3,7 +3,8 @@
 API: POST /api/webchat/sessions -> 201 {"session_id"}; POST /api/webchat/sessions/{id}/messages
 {"text", "client_id"?} -> 202 {"id"}; POST /api/webchat/sessions/{id}/files (multipart "file") -> 202 {"id"};
 GET /api/webchat/sessions/{id}/messages?after=<id> -> 200 {"messages": [...], "typing": null or {"engineer": first
-name or null}} (an engineer is writing on the local desk).
+name or null}} (an engineer is writing on the local desk; each file listed with its "url");
+GET /api/webchat/sessions/{id}/files/{file id} -> the file (an engineer's guidance file, or the customer's own).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from starlette.staticfiles import StaticFiles
 
 from adapters.base import Channel
 from bot.app import Bot
-from bot.attachments import AttachmentRejected
+from bot.attachments import STORABLE_TYPES, AttachmentRejected
 from bot.http import PAGE_HEADERS, WEB, ApiError, json_object
 from bot.messages import Attachment, InboundMessage, OutboundMessage
 from bot.outbox import Delivered
@@ -117,6 +118,7 @@ class WebChat(Channel):
     """The embedded web chat; replies need no delivery: the page reads the message log."""
 
     name = CHANNEL
+    sends_files = True  # listed with the message, downloaded from the chat (get_file)
 
     def __init__(self, bot: Bot) -> None:
         self.bot = bot
@@ -128,6 +130,9 @@ class WebChat(Channel):
             Route("/api/webchat/sessions/{session_id}/messages", self.post_message, methods=["POST"]),
             Route("/api/webchat/sessions/{session_id}/messages", self.list_messages, methods=["GET"]),
             Route("/api/webchat/sessions/{session_id}/files", self.post_file, methods=["POST"]),
+            Route(
+                "/api/webchat/sessions/{session_id}/files/{attachment_id:int}", self.get_file, methods=["GET"]
+            ),
             Mount("/static", app=StaticFiles(directory=WEB / "static"), name="static"),
         ]
 
@@ -215,9 +220,33 @@ class WebChat(Channel):
 
         def read() -> dict[str, Any]:
             messages = self.bot.engine.transcript(CHANNEL, session_id, after=after)
+            for message in messages:
+                for file in message["attachments"]:
+                    file["url"] = f"/api/webchat/sessions/{session_id}/files/{file['id']}"
             return {"messages": messages, "typing": self.bot.desk.typing_in(CHANNEL, session_id)}
 
         return JSONResponse(await asyncio.to_thread(read))
+
+    async def get_file(self, request: Request) -> Response:
+        """A file of this chat (one an engineer sent with a guidance step, or the customer's own)."""
+        session_id = request.path_params["session_id"]
+        await asyncio.to_thread(_session, self.bot, session_id)
+        attachment_id = request.path_params["attachment_id"]
+        if attachment_id > MAX_ID:
+            raise ApiError(404, "no such file in this chat")
+        stored = await asyncio.to_thread(
+            self.bot.engine.conversation_file, CHANNEL, session_id, attachment_id
+        )
+        if stored is None:
+            raise ApiError(404, "no such file in this chat")
+        mime = stored.mime if stored.mime in STORABLE_TYPES else "application/octet-stream"
+        return FileResponse(
+            self.bot.attachments.path(stored.path),
+            media_type=mime,
+            filename=stored.name,
+            content_disposition_type="attachment",
+            headers={"Cache-Control": "private, no-store", "X-Content-Type-Options": "nosniff"},
+        )
 
 
 def from_settings(bot: Bot) -> WebChat:

@@ -55,6 +55,7 @@ def build(
         default_language=settings.default_language,
         max_text_chars=settings.max_text_chars,
         max_claim_units=settings.max_claim_units,
+        public_url=settings.public_url,
         attachment_max_mb=max(1, settings.attachment_max_bytes // (1024 * 1024)),
         external_desks=external_desks,
         max_attempts=settings.inbox_max_attempts,

@@ -5,6 +5,7 @@ Slack and the local desk page both call these functions; every action is one tra
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import date, datetime, timedelta
 from decimal import Decimal
@@ -15,7 +16,7 @@ from sqlmodel import Session, col
 
 from bot import fulfilment
 from bot.engine import Engine, audit, fulfilment_record
-from bot.messages import CASE_UPDATED, Button
+from bot.messages import CASE_UPDATED, Attachment, Button
 from bot.registry import lookup
 from bot.status import UNDECIDED, CaseStatus, IllegalTransition, move
 from bot.store import (
@@ -640,11 +641,21 @@ class Desk:
             return _summary(case)
 
     def fulfil(
-        self, ref: str, *, engineer: str, action: str, text: str = "", origin: str = "desk"
+        self,
+        ref: str,
+        *,
+        engineer: str,
+        action: str,
+        text: str = "",
+        origin: str = "desk",
+        files: Sequence[Attachment] = (),
     ) -> dict[str, Any]:
         """The engineer's next step of the chosen method (bot/fulfilment.py TRANSITIONS): unit received,
         diagnosed, repaired, shipped back with tracking; parts, guidance, "fixed?"; visit slots, the report.
-        The customer is told in their language; each step is an audit row; a final step closes the case."""
+        The customer is told in their language; each step is an audit row; a final step closes the case.
+        `files` (already in the attachment store) go with a guidance step: kept on the case, sent with it."""
+        if files and action != "guide":
+            raise InvalidAction("files can only be sent with a guidance step (action 'guide')")
         with session_scope(self.engine.db) as session:
             case = _find(session, ref)
             _require_open(case)
@@ -658,7 +669,20 @@ class Desk:
             except fulfilment.FulfilmentError as error:
                 raise InvalidAction(str(error)) from None
             case.claimed_by = case.claimed_by or engineer
-            self.engine.apply_fulfilment(session, case, row, change, actor=engineer, origin=origin)
+            conversation = session.get(Conversation, case.conversation_id)
+            if files and conversation is None:
+                raise InvalidAction(f"case {case.ref} has no conversation to send files to")
+            if files and conversation and not self.engine.can_send_files(conversation.channel):
+                raise InvalidAction(
+                    f"the customer's channel ({conversation.channel}) cannot take files and PUBLIC_URL is not "
+                    "set for a link to them: set PUBLIC_URL, or send the guidance as text"
+                )
+            stored = [
+                self.engine.store_attachment(session, conversation, case, f) for f in files if conversation
+            ]
+            self.engine.apply_fulfilment(
+                session, case, row, change, actor=engineer, origin=origin, files=stored
+            )
             return _summary(case)
 
     def credits(self, *, company: str | None = None) -> list[dict[str, Any]]:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import re
+import secrets
 import threading
 import time
 from collections.abc import Sequence
@@ -65,6 +66,7 @@ from bot.store import (
     Customer,
     Fulfilment,
     InboxItem,
+    KeyValue,
     Message,
     OutboxItem,
     RegistryOrder,
@@ -107,6 +109,8 @@ class EngineConfig:
     # What the channels can do (adapters.base.Channel; set by bot.server.configure_core):
     external_desks: tuple[str, ...] = ()  # outbox channels that take desk events, e.g. ("slack",)
     one_message_per_turn: frozenset[str] = frozenset()  # channels whose replies to one message go as one
+    sends_files: frozenset[str] = frozenset()  # channels that deliver files; the others get a link to each
+    public_url: str = ""  # where the server is reached from outside: the base of those links (PUBLIC_URL)
     max_attempts: int = 5  # a message that fails the same way this many times is parked
     retry_backoff_max_seconds: float = 60.0
     batch_alerts: AlertRule = field(
@@ -340,7 +344,7 @@ class Engine:
         case = session.get(Case, conversation.case_id) if conversation.case_id else None
 
         stored = [
-            self._store_attachment(session, conversation, case, a)
+            self.store_attachment(session, conversation, case, a)
             for a in message.attachments
             if a.kind != "rejected"
         ]
@@ -552,7 +556,7 @@ class Engine:
         session.flush()
         return conversation, identity, customer
 
-    def _store_attachment(
+    def store_attachment(
         self, session: Session, conversation: Conversation, case: Case | None, attachment: Attachment
     ) -> StoredAttachment:
         row = StoredAttachment(
@@ -775,7 +779,7 @@ class Engine:
             ids = [a for m in rows for a in m.attachment_ids]
             files = (
                 {
-                    f.id: {"name": f.name, "mime": f.mime}
+                    f.id: {"id": f.id, "name": f.name, "mime": f.mime}
                     for f in session.execute(
                         select(StoredAttachment).where(col(StoredAttachment.id).in_(ids))
                     ).scalars()
@@ -797,6 +801,40 @@ class Engine:
                 for m in rows
             ]
 
+    def can_send_files(self, channel: str) -> bool:
+        """Whether files reach a customer on `channel`: as files, or as links (which need PUBLIC_URL)."""
+        return channel in self.config.sends_files or bool(self.config.public_url)
+
+    def _file_links(self, session: Session, attachments: Sequence[StoredAttachment]) -> list[str]:
+        """A line "📎 name: link" per file, each link with its own unguessable token (kept in KeyValue)."""
+        lines = []
+        for a in attachments:
+            token = secrets.token_urlsafe(24)
+            session.add(KeyValue(key=FILE_LINK_PREFIX + token, value={"attachment_id": a.id}))
+            lines.append(f"📎 {a.name}: {self.config.public_url.rstrip('/')}/files/{token}")
+        return lines
+
+    def linked_file(self, token: str) -> StoredAttachment | None:
+        """The file a customer's link (see _file_links) points at."""
+        if not _TOKEN.fullmatch(token):
+            return None
+        with Session(self.db) as session:
+            row = session.get(KeyValue, FILE_LINK_PREFIX + token)
+            return session.get(StoredAttachment, row.value.get("attachment_id")) if row is not None else None
+
+    def conversation_file(self, channel: str, chat_id: str, attachment_id: int) -> StoredAttachment | None:
+        """A file of this conversation (the customer's or one an engineer sent them), for its own channel."""
+        with Session(self.db) as session:
+            return session.execute(
+                select(StoredAttachment)
+                .join(Conversation, col(Conversation.id) == col(StoredAttachment.conversation_id))
+                .where(
+                    col(StoredAttachment.id) == attachment_id,
+                    col(Conversation.channel) == channel,
+                    col(Conversation.chat_id) == chat_id,
+                )
+            ).scalar_one_or_none()
+
     # --- shared with the desk ------------------------------------------------------------------------------
 
     def say(
@@ -809,8 +847,16 @@ class Engine:
         case: Case | None = None,
         author: str = "bot",
         author_name: str | None = None,
+        attachments: Sequence[StoredAttachment] = (),
     ) -> None:
-        """Log a message to the customer and queue it for their channel, in the caller's transaction."""
+        """Log a message to the customer and queue it for their channel, in the caller's transaction;
+        `attachments` (stored files, on the case) go with it: as files where the channel sends them."""
+        files = tuple(
+            Attachment(kind=a.kind, name=a.name, mime=a.mime, size=a.size, ref=a.path) for a in attachments
+        )
+        file_ids = [a.id or 0 for a in attachments]
+        if files and conversation.channel not in self.config.sends_files:
+            text = "\n".join([text, *self._file_links(session, attachments)])
         hot = session.info.get(_HOT)
         if hot is not None:  # the engine's own batch: the rows go out together at its end
             hot.log(
@@ -820,6 +866,7 @@ class Engine:
                 author_name=author_name,
                 text=text,
                 buttons=[asdict(b) for b in buttons],
+                attachment_ids=file_ids,
             )
             # The batch loaded the customer and the open case: these reads are the session's, not the database's.
             customer = session.get(Customer, conversation.customer_id)
@@ -837,6 +884,7 @@ class Engine:
                     language=customer.language if customer else None,
                     case_ref=ref,
                     author=author,
+                    attachments=files,
                 ),
                 author=author,
             )
@@ -849,6 +897,7 @@ class Engine:
                 author_name=author_name,
                 text=text,
                 buttons=[asdict(b) for b in buttons],
+                attachment_ids=file_ids,
             )
         )
         customer = session.get(Customer, conversation.customer_id)
@@ -859,6 +908,7 @@ class Engine:
                 chat_id=conversation.chat_id,
                 text=text,
                 buttons=buttons,
+                attachments=files,
                 language=customer.language if customer else None,
                 case_ref=case.ref if case else _case_ref(session, conversation),
                 author=author,  # an engineer's words are no auto-reply (email's Auto-Submitted)
@@ -910,9 +960,11 @@ class Engine:
         *,
         actor: str,
         origin: str,
+        files: Sequence[StoredAttachment] = (),
     ) -> None:
         """Apply a fulfilment change in the caller's transaction: the record, the audit row, the customer's
-        messages (in their language), the buttons they may answer with; a final step closes the case."""
+        messages (in their language), the buttons they may answer with; a final step closes the case.
+        `files` (stored on the case) go with the change's first message and are named in its audit row."""
         now = utcnow()
         if change.record.step.value != row.step:
             row.step_since = now
@@ -921,12 +973,24 @@ class Engine:
         row.updated_at = now
         case.updated_at = now
         if change.action:
-            audit(session, case, actor, "fulfilment", origin=origin, task=change.action, **change.detail)
+            listed = [{"id": f.id, "name": f.name, "mime": f.mime, "size": f.size} for f in files]
+            extra = {"files": listed} if listed else {}
+            audit(
+                session,
+                case,
+                actor,
+                "fulfilment",
+                origin=origin,
+                task=change.action,
+                **change.detail,
+                **extra,
+            )
         conversation = session.get(Conversation, case.conversation_id)
         if conversation is not None:
-            for reply in change.replies:
+            for number, reply in enumerate(change.replies):
                 rendered = self.renderer.render(reply, language=case.language, extra={"case_ref": case.ref})
-                self.say(session, conversation, rendered.text, rendered.buttons, case=case)
+                sent = files if number == 0 else ()
+                self.say(session, conversation, rendered.text, rendered.buttons, case=case, attachments=sent)
             if change.offered is not None and conversation.case_id == case.id:
                 conversation.data = {**conversation.data, "offered": list(change.offered)}
         self.outbox_signal.set()
@@ -1061,6 +1125,9 @@ def last_inbound(db: DbEngine, channel: str, chat_id: str) -> dict[str, Any]:
     return dict(payload or {})
 
 
+# A customer's link to a file an engineer sent (channels that cannot send files): KeyValue key -> its id.
+FILE_LINK_PREFIX = "file-link:"
+_TOKEN = re.compile(r"[A-Za-z0-9_-]{32}")
 _HOT = "warranty_bot.engine.batch"  # the key of a batch's buffer in `Session.info`
 
 

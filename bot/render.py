@@ -223,6 +223,12 @@ class Renderer:
         """The decision's reasons in `language`, every date and amount formatted for its locale."""
         return render_reasons(decision, self.policy, language, formatter=self.formats(language).param)
 
+    def other_reasons(self, decision: Decision, language: str) -> list[str]:
+        """An M1 refusal's reasons beyond the cargo compensation the template states itself and the warranty
+        dates, which do not apply to an order without after-sales service (an "in warranty until" there misleads)."""
+        texts = self.reasons(decision, language)
+        return [text for text, r in zip(texts, decision.reasons, strict=True) if r.code not in _SAID_BY_CARGO]
+
     def clause(self, clause_id: str, language: str) -> str:
         """A clause as customers read it: its meaning, then the id engineers use ("factory repair (M3)")."""
         meaning = clause_meaning(self.policy, clause_id, language)
@@ -256,6 +262,7 @@ class Renderer:
             "lang": language,
             "policy": self.policy,
             "reasons": lambda decision: self.reasons(decision, language),
+            "other_reasons": lambda decision: self.other_reasons(decision, language),
             "clause": lambda clause_id: self.clause(clause_id, language),
             "meanings": meanings,
             "date": formats.date,
@@ -265,6 +272,14 @@ class Renderer:
             "months": formats.months,
             "percent": formats.percent,
         }
+
+
+# The reasons an M1 refusal does not list: the cargo compensation (decision.j2 says it once, in full) and the
+# warranty dates (moot when the order has no after-sales service).
+_SAID_BY_CARGO = frozenset(
+    {"cargo_compensation", "cargo_compensation_pieces", "in_warranty", "in_warranty_serial", "expired",
+     "expired_serial", "expired_serial_no_arrival"}
+)  # fmt: skip
 
 
 def _locale(language: str) -> str:

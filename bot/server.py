@@ -23,7 +23,7 @@ from sqlmodel import Session, col
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
@@ -31,6 +31,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from adapters import api, line, localdesk, mail, slack, teams, telegram, viber, webchat, wechat, whatsapp
 from adapters.base import Channel, ChannelFactory
 from bot.app import Bot, build_when_storage_allows
+from bot.attachments import STORABLE_TYPES
 from bot.config import Settings
 from bot.engine import PARKED, STOPPED
 from bot.http import exception_handlers, route_of
@@ -160,6 +161,7 @@ def configure_core(bot: Bot, channels: Sequence[Channel]) -> None:
     config.one_message_per_turn = config.one_message_per_turn | {
         c.name for c in channels if c.one_reply_per_turn
     }
+    config.sends_files = config.sends_files | {c.name for c in channels if c.sends_files}
 
 
 class BodyLimit:
@@ -413,7 +415,24 @@ def create_app(
         finally:
             await workers.stop()
 
-    routes: list[Any] = [Route("/healthz", healthz), Route("/metrics", metrics)]
+    async def linked_file(request: Request) -> Response:
+        """A file an engineer sent to a customer on a channel that cannot carry files (bot/engine.py links)."""
+        stored = await asyncio.to_thread(bot.engine.linked_file, request.path_params["token"])
+        if stored is None:
+            return JSONResponse({"error": "no such file (the link may be mistyped)"}, status_code=404)
+        return FileResponse(
+            bot.attachments.path(stored.path),
+            media_type=stored.mime if stored.mime in STORABLE_TYPES else "application/octet-stream",
+            filename=stored.name,
+            content_disposition_type="attachment",
+            headers={"Cache-Control": "private, no-store", "X-Content-Type-Options": "nosniff"},
+        )
+
+    routes: list[Any] = [
+        Route("/healthz", healthz),
+        Route("/metrics", metrics),
+        Route("/files/{token}", linked_file),
+    ]
     for channel in channels:
         routes.extend(channel.routes())
     app = Starlette(

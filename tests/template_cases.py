@@ -25,6 +25,7 @@ RENDERER_NAMES = frozenset(
         "lang",
         "policy",
         "reasons",
+        "other_reasons",
         "clause",
         "meanings",
         "date",
@@ -61,6 +62,12 @@ PRELIMINARY = sample_decision(
     circumstances=Circumstances(human_damage=True),
 )
 EXPIRED = sample_decision("CSP2001A0001")
+# M1 refusals: the order's extra pieces known, not known, and with an exclusion besides on an expired unit.
+CARGO = sample_decision("CSP2402A0156", port_arrival_date=date(2024, 4, 10), proof=Proof.registry,
+                        cargo_compensation=True, order_pieces=1000)  # fmt: skip
+CARGO_UNKNOWN_PIECES = sample_decision("CSP2402A0157", cargo_compensation=True)
+CARGO_MISUSE = sample_decision("CSP2001A0002", cargo_compensation=True, order_pieces=40,
+                               circumstances=Circumstances(misuse=True))  # fmt: skip
 
 
 def decision_group(decision: Any, *serials: str) -> dict[str, Any]:
@@ -159,6 +166,14 @@ VARIANTS: dict[str, list[dict[str, Any]]] = {
             ],
         },
         {"units": 1, "groups": [decision_group(EXPIRED, "CSP2001A0001")]},
+        {
+            "units": 3,
+            "groups": [
+                decision_group(CARGO, "CSP2402A0156"),
+                decision_group(CARGO_UNKNOWN_PIECES, "CSP2402A0157"),
+                decision_group(CARGO_MISUSE, "CSP2001A0002"),
+            ],
+        },
     ],
     "fault_reask": [{"offer_human": True}],
     "help": [{"case_ref": None}],

@@ -521,3 +521,58 @@ def test_web_chat_waits_as_long_as_a_429_asks(browser: Any, tmp_path: Path) -> N
         expect(log.locator(".msg-customer", has_text="CSP2001A0001")).to_have_count(1)  # stored once
         context.close()
     assert problems.items == []
+
+
+def test_a_guidance_file_from_the_desk_page_reaches_the_web_chat(browser: Any, tmp_path: Path) -> None:
+    """M2 (issue 19): the engineer attaches a PDF to a guidance step on the desk page; the customer's web chat
+    shows it under the instructions as a download link of their own chat, which returns the file."""
+    import httpx
+    from playwright.sync_api import expect
+
+    expect.set_options(timeout=WAIT_MS)
+    bot = build(_settings(tmp_path, desk_token=DESK_TOKEN))
+    serial = _recent_serial(date.today())
+    problems = PageProblems()
+    with serve(create_app(bot)) as base:
+        chat = problems.watch(browser.new_context(locale="en-US").new_page())
+        chat.goto(f"{base}/")
+        log = chat.locator("#log")
+        chat.get_by_label("Your message").fill(f"{serial} display shows E07 and shuts down")
+        chat.get_by_label("Your message").press("Enter")
+        chat.locator(".choices button", has_text="I don't have them").click()
+        chat.locator(".choices button", has_text="It failed in normal use").click()
+        opened = log.locator(".msg-bot", has_text=re.compile(r"WR-\d{4}-\d{6}"))
+        expect(opened).to_have_count(1)
+        found = re.search(r"WR-\d{4}-\d{6}", opened.inner_text())
+        assert found is not None
+        ref = found.group(0)
+        auth = {"Authorization": f"Bearer {DESK_TOKEN}", "X-Engineer": "Amira"}
+        chosen = httpx.post(
+            f"{base}/api/desk/cases/{ref}/method", json={"method": "remote_guidance"}, headers=auth
+        )
+        assert chosen.status_code == 200, chosen.text
+
+        desk = problems.watch(browser.new_context(locale="en-US").new_page())
+        desk.goto(f"{base}/desk#{ref}")
+        desk.get_by_label("Desk token").fill(DESK_TOKEN)
+        desk.get_by_label("Your name").fill("Amira")
+        desk.get_by_role("button", name="Open the desk").click()
+        desk.locator("#case-list button", has_text=ref).click()
+        expect(desk.locator("#case-title")).to_have_text(ref)
+        expect(desk.locator("#fulfil-files")).to_be_hidden()
+        desk.locator("#fulfil-action").select_option(label="Send repair guidance")
+        expect(desk.locator("#fulfil-files")).to_be_visible()
+        desk.locator("#fulfil-text").fill("Replace the fuse F2 as in the manual.")
+        desk.set_input_files(
+            "#fulfil-files", files=[{"name": "fuse-manual.pdf", "mimeType": "application/pdf", "buffer": PDF}]
+        )
+        desk.locator("#fulfil-submit").click()
+        expect(desk.locator("#action-result")).to_contain_text("with 1 file(s)")
+
+        link = log.locator(".msg-bot a.file-link", has_text="fuse-manual.pdf")
+        expect(link).to_have_count(1)
+        href = link.get_attribute("href")
+        assert href is not None and href.startswith("/api/webchat/sessions/")
+        got = httpx.get(f"{base}{href}")
+        assert got.status_code == 200 and got.content == PDF
+        assert not problems.items, problems.items

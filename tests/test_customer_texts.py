@@ -243,6 +243,37 @@ def test_cargo_compensation_refusal_suggests_no_port_arrival_date() -> None:
             assert port not in text.split("➡️")[-1].split("⬅️")[-1], (language, text)
 
 
+@pytest.mark.parametrize("language", VARIANTS)
+def test_a_cargo_compensation_refusal_says_why_once(language: str) -> None:
+    """M1 (issue 19): the decision says once that the order's extra pieces replace every service, lists no
+    warranty dates ("in warranty until" next to "not covered" misleads), and the closing message does not
+    repeat it; another exclusion found besides is still given."""
+    formats = RENDERER.formats(language)
+    m1, w1 = RENDERER.clause("M1", language), RENDERER.clause("W1", language)
+    closing = RENDERER.text("refusal_case_opened", language=language, case_ref="WR-2026-000043", refused=True,
+                            review=False, clauses=["M1", "W1", "W2"], documents_help=False, cargo=True)  # fmt: skip
+    cases = [
+        (DECISIONS["cargo_compensation_pieces"], "1000"),
+        (DECISIONS["cargo_compensation"], None),
+        (_claim("CSP2001A0002", cargo_compensation=True, order_pieces=750, circumstances=Circumstances(misuse=True)),
+         "750"),
+    ]  # fmt: skip
+    for decision, order_pieces in cases:
+        assert decision.warranty_end is not None
+        groups = [decision_group(decision, "CSP2402A0153")]
+        text = RENDERER.text("decision", language=language, units=1, groups=groups) + "\n" + closing
+        plain = text.replace(FSI, "").replace(PDI, "")
+        assert formats.date(decision.warranty_end) not in plain, text
+        assert w1.replace(FSI, "").replace(PDI, "") not in plain, text
+        assert plain.count(m1.replace(FSI, "").replace(PDI, "")) == 1, text
+        assert plain.count("❌") == 1, text
+        if order_pieces is not None:
+            assert plain.count(formats.number(int(order_pieces))) == 1, text
+    misuse_text = RENDERER.reasons(DECISIONS["misuse"], language)[0]
+    groups = [decision_group(cases[2][0], "CSP2001A0002")]
+    assert misuse_text in RENDERER.text("decision", language=language, units=1, groups=groups)
+
+
 def test_values_cover_the_renderer_names() -> None:
     # Guard for tests/test_i18n.py: a renderer function that a reply parameter may shadow.
     assert "clause" in VALUES and isinstance(Renderer(POLICY).clause("L1", "en"), str)

@@ -319,6 +319,7 @@ DESK_ROUTES = [
     ("POST", "/api/desk/cases/WR-2026-000001/ask"),
     ("POST", "/api/desk/cases/WR-2026-000001/method"),
     ("POST", "/api/desk/cases/WR-2026-000001/close"),
+    ("POST", "/api/desk/cases/WR-2026-000001/fulfil/files"),
     ("GET", "/api/desk/cases/WR-2026-000001/attachments/1"),
     ("GET", "/api/desk/report"),
     ("GET", "/api/desk/report.csv"),

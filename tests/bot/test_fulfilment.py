@@ -366,3 +366,152 @@ def test_the_migration_matches_the_tables_and_goes_down_and_up(db: Any) -> None:
     assert not {"fulfilment", "credit"} & set(inspect(db).get_table_names())
     upgrade(db)
     assert {"fulfilment", "credit"} <= set(inspect(db).get_table_names())
+
+
+def test_guidance_files_reach_the_web_chat_customer_and_stay_on_the_case(service_bot: Bot) -> None:
+    """M2's guided repair with files: the engineer attaches a PDF to a guidance step from the desk API; the web
+    chat customer receives it (listed with the message, downloadable from their chat only), and the case keeps
+    it (its attachments, the audit row of the step)."""
+    import asyncio
+
+    import httpx
+
+    from bot.server import create_app
+
+    bot = service_bot
+    manual = b"%PDF-1.7\n% fuse replacement, step by step\n" + b"0" * 2000
+    auth = {"Authorization": "Bearer desk-secret", "X-Engineer": "Li Wei"}
+
+    async def run() -> tuple[httpx.Response, list[dict[str, Any]], httpx.Response, httpx.Response, str]:
+        transport = httpx.ASGITransport(app=create_app(bot))
+        async with httpx.AsyncClient(transport=transport, base_url="http://bot.test") as http:
+            session = (await http.post("/api/webchat/sessions", json={"language": "en"})).json()["session_id"]
+            chat = f"/api/webchat/sessions/{session}"
+            for text in (f"CSP2402A0102 {FAULT}", "cause:normal"):
+                assert (await http.post(f"{chat}/messages", json={"text": text})).status_code == 202
+                await asyncio.to_thread(bot.engine.process_pending)
+            ref = str(bot.desk.list_cases()[0]["ref"])
+            assert (
+                await http.post(
+                    f"/api/desk/cases/{ref}/method", json={"method": "remote_guidance"}, headers=auth
+                )
+            ).status_code == 200
+            step = await http.post(
+                f"/api/desk/cases/{ref}/fulfil/files",
+                data={"action": "guide", "text": "Replace the fuse F2 as in the manual."},
+                files={"file": ("fuse-manual.pdf", manual, "application/pdf")},
+                headers=auth,
+            )
+            messages = (await http.get(f"{chat}/messages")).json()["messages"]
+            sent = [f for m in messages if m["author"] != "customer" for f in m["attachments"]]
+            got = await http.get(sent[0]["url"]) if sent else step
+            other = (await http.post("/api/webchat/sessions", json={})).json()["session_id"]
+            stranger = await http.get(sent[0]["url"].replace(session, other)) if sent else step
+            return step, messages, got, stranger, ref
+
+    step, messages, got, stranger, ref = asyncio.run(run())
+    assert step.status_code == 200, step.text
+    guidance = [m for m in messages if m["attachments"] and m["author"] != "customer"]
+    assert len(guidance) == 1 and "Replace the fuse F2" in guidance[0]["text"]
+    assert [(f["name"], f["mime"]) for f in guidance[0]["attachments"]] == [
+        ("fuse-manual.pdf", "application/pdf")
+    ]
+    assert got.status_code == 200 and got.content == manual
+    assert "attachment" in got.headers["content-disposition"]
+    assert stranger.status_code == 404  # another chat cannot fetch it
+    case = bot.desk.get_case(ref)
+    assert [a["name"] for a in case["attachments"]] == ["fuse-manual.pdf"]
+    step_rows = [
+        a for a in case["audit"] if a["action"] == "fulfilment" and a["detail"].get("task") == "guide"
+    ]
+    assert [f["name"] for f in step_rows[0]["detail"]["files"]] == ["fuse-manual.pdf"]
+
+
+def test_the_desk_refuses_a_guidance_file_of_a_wrong_type_or_too_large_with_a_clear_4xx(
+    service_bot: Bot,
+) -> None:
+    import asyncio
+
+    import httpx
+
+    from bot.server import create_app
+
+    bot = service_bot
+    ref = claim_to_the_end(bot, f"CSP2402A0103 {FAULT}", "cause:normal", chat="files")
+    bot.desk.choose_method(ref, engineer="Li Wei", method="remote_guidance")
+    auth = {"Authorization": "Bearer desk-secret", "X-Engineer": "Li Wei"}
+    path = f"/api/desk/cases/{ref}/fulfil/files"
+    big = b"%PDF-1.7\n" + b"0" * bot.settings.attachment_max_bytes  # over the store's limit, not the server's
+
+    async def requests() -> list[httpx.Response]:
+        transport = httpx.ASGITransport(app=create_app(bot))
+        async with httpx.AsyncClient(transport=transport, base_url="http://desk.test", headers=auth) as http:
+            guide = {"action": "guide", "text": "See the file."}
+            return [
+                await http.post(
+                    path,
+                    data=guide,
+                    files={"file": ("setup.exe", b"MZ\x90\x00" * 64, "application/x-msdownload")},
+                ),
+                await http.post(
+                    path, data=guide, files={"file": ("fake.pdf", b"MZ\x90\x00" * 64, "application/pdf")}
+                ),
+                await http.post(path, data=guide, files={"file": ("huge.pdf", big, "application/pdf")}),
+                await http.post(
+                    path,
+                    data={"action": "parts", "text": "Fuse"},
+                    files={"file": ("a.pdf", b"%PDF-1.7\n0", "application/pdf")},
+                ),
+                await http.post(path, json=guide),  # not multipart
+            ]
+
+    exe, fake, huge, not_guidance, not_multipart = asyncio.run(requests())
+    assert (
+        exe.status_code == 415
+        and "setup.exe" in exe.json()["error"]
+        and "application/pdf" in exe.json()["error"]
+    )
+    assert fake.status_code == 415 and "fake.pdf" in fake.json()["error"]
+    assert huge.status_code == 413 and "huge.pdf" in huge.json()["error"] and "MB" in huge.json()["error"]
+    assert not_guidance.status_code == 422 and "guidance" in not_guidance.json()["error"]
+    assert not_multipart.status_code == 422 and "multipart" in not_multipart.json()["error"]
+    case = bot.desk.get_case(ref)
+    assert case["attachments"] == [] and "guide" not in actions(bot, ref)
+    assert not any("See the file" in t for t in bot_texts(bot, "files"))
+
+
+def test_a_guidance_file_goes_as_a_link_to_a_channel_that_cannot_take_files(service_bot: Bot) -> None:
+    """The test channel carries no files: the guidance message gets a line "📎 name: link" per file, with
+    PUBLIC_URL as its base and an unguessable token; without PUBLIC_URL the desk refuses (nothing is lost)."""
+    import asyncio
+
+    import httpx
+
+    from bot.server import create_app
+
+    bot = service_bot
+    ref = claim_to_the_end(bot, f"CSP2402A0104 {FAULT}", "cause:normal", chat="links")
+    bot.desk.choose_method(ref, engineer="Li Wei", method="remote_guidance")
+    wiring = b"\x89PNG\r\n\x1a\n" + b"\x00" * 64
+    picture = bot.attachments.save(wiring, name="wiring.png", mime="image/png", kind="photo")
+    with pytest.raises(InvalidAction, match="PUBLIC_URL"):
+        bot.desk.fulfil(ref, engineer="Li Wei", action="guide", text="As in the picture.", files=[picture])
+    assert bot.desk.get_case(ref)["attachments"] == []
+
+    bot.engine.config.public_url = "https://support.example.com/"
+    bot.desk.fulfil(ref, engineer="Li Wei", action="guide", text="As in the picture.", files=[picture])
+    last = bot_texts(bot, "links")[-1]
+    assert "As in the picture." in last
+    link = last.splitlines()[-1]
+    assert link.startswith("📎 wiring.png: https://support.example.com/files/")
+    path = link.split("https://support.example.com", 1)[1]
+
+    async def fetch() -> tuple[httpx.Response, httpx.Response]:
+        transport = httpx.ASGITransport(app=create_app(bot))
+        async with httpx.AsyncClient(transport=transport, base_url="http://bot.test") as http:
+            return await http.get(path), await http.get(path[:-4] + "AAAA")
+
+    got, wrong = asyncio.run(fetch())
+    assert got.status_code == 200 and got.content == wiring
+    assert wrong.status_code == 404 and "error" in wrong.json()
+    assert [a["name"] for a in bot.desk.get_case(ref)["attachments"]] == ["wiring.png"]

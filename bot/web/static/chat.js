@@ -512,6 +512,17 @@
     const block = textBlock(shown, file);
     item.appendChild(block);
     collapsible(item, block, shown);
+    // Files an engineer sent (a guidance step's): links to download them; their names are text, never markup.
+    const files = message.author !== "customer" && Array.isArray(message.attachments) ? message.attachments : [];
+    for (const f of files) {
+      if (!f || typeof f.url !== "string" || !f.url.startsWith("/api/webchat/")) continue;
+      const link = document.createElement("a");
+      link.className = "file-link";
+      link.href = f.url;
+      link.download = typeof f.name === "string" ? f.name : "";
+      link.textContent = "📎 " + (typeof f.name === "string" && f.name ? f.name : T.file);
+      item.appendChild(link);
+    }
     const buttons = Array.isArray(message.buttons) ? message.buttons : [];
     if (buttons.length) item.appendChild(choiceGroup(buttons));
     item.appendChild(timeElement(message.created_at));

@@ -41,7 +41,7 @@
     correctSubmit: $("correct-submit"),
     service: $("service"), serviceMeta: $("service-meta"), fulfilForm: $("fulfil-form"),
     fulfilAction: $("fulfil-action"), fulfilText: $("fulfil-text"), fulfilTextLabel: $("fulfil-text-label"),
-    fulfilSubmit: $("fulfil-submit"),
+    fulfilSubmit: $("fulfil-submit"), fulfilFiles: $("fulfil-files"), fulfilFilesLabel: $("fulfil-files-label"),
     notify: $("notify"), announcer: $("announcer"), assignee: $("assignee-filter"), channel: $("channel-filter"),
     canned: $("canned"), closedHint: $("closed-hint"),
   };
@@ -157,7 +157,9 @@
   async function api(method, path, body) {
     const headers = { Accept: "application/json", Authorization: `Bearer ${token}` };
     const options = { method, headers, cache: "no-store" };
-    if (body !== undefined) {
+    if (body instanceof FormData) {
+      options.body = body; // multipart: the browser writes its Content-Type with the boundary
+    } else if (body !== undefined) {
       headers["Content-Type"] = "application/json";
       options.body = JSON.stringify(body);
     }
@@ -543,6 +545,8 @@
     const needs = option ? option.dataset.input : "";
     ui.fulfilText.hidden = ui.fulfilTextLabel.hidden = !needs;
     ui.fulfilTextLabel.textContent = needs ? needs[0].toUpperCase() + needs.slice(1) : "Details";
+    // A guidance step may carry files (a manual, a wiring photo): sent to the customer, kept on the case.
+    ui.fulfilFiles.hidden = ui.fulfilFilesLabel.hidden = !option || option.value !== "guide";
   }
 
   // The desk has shown the open case's messages: tell the server (kept on the case, for the whole desk), so
@@ -880,7 +884,8 @@
     if (!ref) return;
     showResult("");
     try {
-      await api("POST", casePath(ref, path), { ...body, engineer });
+      if (body instanceof FormData) body.append("engineer", engineer);
+      await api("POST", casePath(ref, path), body instanceof FormData ? body : { ...body, engineer });
       if (after) after();
       showResult(label);
       lastListJson = "";
@@ -977,8 +982,17 @@
       showResult(`Give ${option.dataset.input}.`, true);
       return;
     }
-    act(`${option.textContent}: recorded; the customer is told.`, "/fulfil",
-      { action: option.value, text: ui.fulfilText.value }, () => { ui.fulfilText.value = ""; });
+    const files = option.value === "guide" ? Array.from(ui.fulfilFiles.files || []) : [];
+    let body = { action: option.value, text: ui.fulfilText.value };
+    if (files.length) {
+      body = new FormData();
+      body.append("action", option.value);
+      body.append("text", ui.fulfilText.value);
+      for (const file of files) body.append("file", file, file.name);
+    }
+    act(`${option.textContent}: recorded; the customer is told${files.length ? `, with ${files.length} file(s)` : ""}.`,
+      files.length ? "/fulfil/files" : "/fulfil", body,
+      () => { ui.fulfilText.value = ""; ui.fulfilFiles.value = ""; });
   });
 
   ui.correctForm.addEventListener("submit", (event) => {
