@@ -7,14 +7,12 @@ from __future__ import annotations
 import csv
 import io
 import os
-import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import httpx
 import pytest
@@ -31,6 +29,7 @@ from bot.report import AlertRule, Period, build_report, check_batches, parse_per
 from bot.server import create_app
 from bot.store import AuditEntry, Case, Conversation
 from bot.store.clock import utcnow
+from tests.browser_support import SCREENSHOTS, WAIT_MS
 from tests.fakes.server import serve
 from tests.fakes.slack import BOT_TOKEN, FakeSlack
 from tests.fakes.slack import create_app as fake_slack_app
@@ -441,41 +440,6 @@ def _pending_slack(db: Engine) -> list[int]:
 
 
 # --- the desk page in headless Chromium ----------------------------------------------------------------------------
-
-CHROMIUM_ARGS = [
-    "--headless=new",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
-WAIT_MS = 15_000
-SCREENSHOTS = Path(os.environ.get("BROWSER_SCREENSHOTS", "/tmp"))
-
-
-def _unavailable(reason: str) -> NoReturn:
-    """Without a browser the test cannot run: fine on a developer's machine, a failure in CI."""
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"the browser test must run in CI: {reason}")
-    pytest.skip(reason)
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    chromium = "/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else shutil.which("chromium")
-    if chromium is None:
-        _unavailable("Chromium is not installed (apt-get install chromium)")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        _unavailable("Playwright for Python is not installed (pip install -e '.[dev]')")
-    with sync_playwright() as playwright:
-        # Debian's Chromium, never a browser downloaded by `playwright install`.
-        launched = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS, timeout=30_000)
-        yield launched
-        launched.close()
 
 
 @pytest.mark.browser
