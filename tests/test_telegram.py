@@ -345,7 +345,9 @@ def test_the_sending_pace_is_configured_and_over_30_a_second_is_a_paid_broadcast
     start: Callable[..., Running], per_second: float, per_chat: float, limits: Limits, paid: bool
 ) -> None:
     running = start(telegram_messages_per_second=per_second, telegram_chat_messages_per_second=per_chat)
-    assert running.channel.sender().limits == limits  # what the outbox paces this channel's sends by
+    sender = running.channel.outbox
+    assert isinstance(sender, tg.TelegramSender)
+    assert sender.limits == limits  # what the outbox paces this channel's sends by
     channel = tg.from_settings(running.bot)
     assert channel is not None
 
