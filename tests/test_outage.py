@@ -216,19 +216,22 @@ def test_a_reply_that_keeps_failing_holds_its_chat_and_a_retry_keeps_order(
 
 
 @pytest.mark.parametrize(
-    "chats, script",
+    "chats, script, per_second",
     [
-        ([str(80000000 + n) for n in range(20)], SCRIPT),  # 120 replies: the bot's limit
-        (CHATS[:2], SCRIPT * 2),  # 10 replies to each chat: the chat's limit
+        ([str(80000000 + n) for n in range(20)], SCRIPT, 30.0),  # 120 replies: the bot's limit
+        (CHATS[:2], SCRIPT * 2, 30.0),  # 10 replies to each chat: the chat's limit
+        # 240 replies at 100/s: over the free limit, allowed only as paid broadcasts (up to 1000/s)
+        ([str(81000000 + n) for n in range(40)], SCRIPT, 100.0),
     ],
-    ids=["per-bot", "per-chat"],
+    ids=["per-bot", "per-chat", "paid-broadcast"],
 )
 def test_a_backlog_is_sent_within_telegrams_published_limits(
     start: Callable[..., Running],  # noqa: F811
     chats: list[str],
     script: list[str],
+    per_second: float,
 ) -> None:
-    running = start(retry_backoff_max_seconds=0.5)
+    running = start(retry_backoff_max_seconds=0.5, telegram_messages_per_second=per_second)
     running.fake.rate_limits = True  # over about 30/s per bot or about 1/s per chat, the fake answers 429
     running.fake.outage = "5xx"  # a backlog builds up, as after an outage
     post_script(running, chats, script)
@@ -237,3 +240,8 @@ def test_a_backlog_is_sent_within_telegrams_published_limits(
     assert running.fake.limited == [] and running.fake.early == []
     for chat in chats:
         assert delivered(running, chat) == logged(running, chat)
+    # Every send over 30 a second asked for a paid broadcast; none at the free rate did (it costs Stars).
+    sent = running.fake.calls_to("sendMessage")
+    paid = [call.get("allow_paid_broadcast") for call in sent]
+    assert paid == ([True] * len(sent) if per_second > 30 else [None] * len(sent))
+    assert len(running.fake.paid) == (len(sent) if per_second > 30 else 0)

@@ -18,7 +18,7 @@ import telegram
 from hypothesis import given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
-from pydantic import SecretStr
+from pydantic import SecretStr, ValidationError
 from sqlalchemy import Engine, select
 from sqlmodel import Session, col
 from telegram.error import BadRequest, Conflict, Forbidden, InvalidToken, NetworkError, RetryAfter, TimedOut
@@ -27,7 +27,7 @@ from adapters import telegram as tg
 from bot.app import Bot, build
 from bot.config import Settings
 from bot.messages import Button, OutboundMessage
-from bot.outbox import PermanentFailure, RetryLater, Unreachable
+from bot.outbox import Limits, PermanentFailure, RetryLater, Unreachable
 from bot.server import create_app, load_channels
 from bot.store import Case, ChannelIdentity, InboxItem, KeyValue, OutboxItem, StoredAttachment
 from tests.fakes.server import serve
@@ -330,6 +330,54 @@ def test_from_settings_chooses_the_mode_and_refuses_an_unsafe_webhook(settings: 
     client = webhook.client
     assert client.base_url == f"https://api.telegram.org/bot{TOKEN}"
     assert client.base_file_url == f"https://api.telegram.org/file/bot{TOKEN}"
+
+
+@pytest.mark.parametrize(
+    "per_second, per_chat, limits, paid",
+    [
+        (30.0, 1.0, Limits(per_second=30, per_chat_per_second=1, chat_burst=3), False),  # the defaults
+        (31.0, 1.0, Limits(per_second=31, per_chat_per_second=1, chat_burst=3), True),
+        (1000.0, 2.0, Limits(per_second=1000, per_chat_per_second=2, chat_burst=3), True),
+        (0.0, 0.0, Limits(chat_burst=3), False),  # unpaced: a local Bot API server, a bench
+    ],
+)
+def test_the_sending_pace_is_configured_and_over_30_a_second_is_a_paid_broadcast(
+    start: Callable[..., Running], per_second: float, per_chat: float, limits: Limits, paid: bool
+) -> None:
+    running = start(telegram_messages_per_second=per_second, telegram_chat_messages_per_second=per_chat)
+    sender = running.channel.outbox
+    assert isinstance(sender, tg.TelegramSender)
+    assert sender.limits == limits  # what the outbox paces this channel's sends by
+    channel = tg.from_settings(running.bot)
+    assert channel is not None
+
+    async def deliver() -> None:
+        try:
+            await channel.sender().send(OutboundMessage(channel="telegram", chat_id=CHAT, text="Hello"))
+        finally:
+            await channel.client.shutdown()
+
+    asyncio.run(deliver())
+    [sent] = running.fake.sent(CHAT)
+    assert sent.get("allow_paid_broadcast") is (True if paid else None)  # at 30/s or less: not sent at all
+    assert running.fake.paid == ([CHAT] if paid else [])
+
+
+@pytest.mark.parametrize(
+    "name, value",
+    [
+        ("TELEGRAM_MESSAGES_PER_SECOND", "-1"),
+        ("TELEGRAM_MESSAGES_PER_SECOND", "1001"),  # paid broadcasts go up to 1000 a second
+        ("TELEGRAM_CHAT_MESSAGES_PER_SECOND", "-0.5"),
+        ("TELEGRAM_CHAT_MESSAGES_PER_SECOND", "fast"),
+    ],
+)
+def test_a_sending_pace_out_of_range_is_refused(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str
+) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ValidationError, match=name.lower()):
+        Settings(_env_file=None)  # type: ignore[call-arg]
 
 
 def test_the_server_loads_the_channel_when_configured(settings: Settings, db: Engine) -> None:

@@ -59,6 +59,7 @@ _JSON_PARAMS = {
     "max_connections",
     "show_alert",
     "reply_parameters",
+    "allow_paid_broadcast",
 }
 _TAGS = {
     "b",
@@ -114,13 +115,16 @@ class FakeTelegram:
     # refused again and recorded: in `early` when it is to the chat that was told to wait (a client that
     # honours retry_after never does it), in `early_bot` for another chat inside a bot-wide window. With
     # `rate_limits`, sending faster than the published limits (about 30 a second in all, about one a second
-    # to one chat, short bursts allowed) is answered 429 too (recorded in `limited`).
+    # to one chat, short bursts allowed) is answered 429 too (recorded in `limited`). A send with
+    # allow_paid_broadcast (Bot API 7.11) may go up to 1000 a second in all, as the real service allows for a
+    # fee (recorded in `paid`); the per-chat limit still holds.
     rate_limits: bool = False
     flood_until: dict[str, float] = field(default_factory=dict)  # chat id, or "*" for the whole bot
     told: dict[str, float] = field(default_factory=dict)  # chat id -> the end of the wait it was told
     early: list[str] = field(default_factory=list)
     early_bot: list[str] = field(default_factory=list)
     limited: list[str] = field(default_factory=list)
+    paid: list[str] = field(default_factory=list)  # chats sent to as paid broadcasts (0.1 Stars each)
     _recent: dict[str, list[float]] = field(default_factory=dict)  # sendMessage times, per chat and "*"
     lock: threading.Lock = field(default_factory=threading.Lock)
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(5001))
@@ -213,7 +217,8 @@ class FakeTelegram:
                 method, params, 401, {"ok": False, "error_code": 401, "description": "Unauthorized"}
             )
         if method == "sendMessage":
-            flooded = self._flood_control(str(params.get("chat_id", "")))
+            paid = params.get("allow_paid_broadcast") is True
+            flooded = self._flood_control(str(params.get("chat_id", "")), paid=paid)
             if flooded is not None:
                 return self._answer(method, params, 429, flooded)
         if method == "sendMessage" and self.outage is not None:
@@ -243,8 +248,9 @@ class FakeTelegram:
             )
         return self._answer(method, params, 200, {"ok": True, "result": result})
 
-    def _flood_control(self, chat_id: str) -> dict[str, Any] | None:
-        """The 429 body when this send comes inside a window or over the limits; None when it may go."""
+    def _flood_control(self, chat_id: str, *, paid: bool = False) -> dict[str, Any] | None:
+        """The 429 body when this send comes inside a window or over the limits; None when it may go. A paid
+        broadcast counts against the bot's paid limit (1000 a second) instead of its free one."""
         now = time.monotonic()
         with self.lock:
             until = max(self.flood_until.get(chat_id, 0.0), self.flood_until.get("*", 0.0))
@@ -253,7 +259,7 @@ class FakeTelegram:
                 return _too_many(max(1, int(until - now + 0.999)))
             if not self.rate_limits:
                 return None
-            for key, limit in ((chat_id, _CHAT_LIMIT), ("*", _BOT_LIMIT)):
+            for key, limit in ((chat_id, _CHAT_LIMIT), ("*", _PAID_BOT_LIMIT if paid else _BOT_LIMIT)):
                 times = [t for t in self._recent.get(key, []) if t > now - _WINDOW]
                 self._recent[key] = times
                 if len(times) >= limit:
@@ -356,6 +362,9 @@ class FakeTelegram:
             for button in row:
                 if not 1 <= len(button.get("callback_data", "").encode()) <= 64:
                     raise _ApiError(400, "Bad Request: BUTTON_DATA_INVALID")
+        if params.get("allow_paid_broadcast") is True:
+            with self.lock:
+                self.paid.append(chat_id)
         return {
             "message_id": next(self._ids),
             "from": BOT_USER,
@@ -392,6 +401,7 @@ class FakeTelegram:
 _WINDOW = 3.0
 _CHAT_LIMIT = 7
 _BOT_LIMIT = 100
+_PAID_BOT_LIMIT = 3000  # paid broadcasts: up to 1000 a second
 
 
 def _too_many(seconds: int) -> dict[str, Any]:
