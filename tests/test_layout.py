@@ -1,7 +1,13 @@
-"""The tests are arranged as the code is, and no test leans on another: no module under tests/ imports a test
-module (tests/**/test_*.py), by any spelling of the import. What tests share lives beside each fake in
-tests/fakes/ (a channel's credentials, signers and samples), in tests/support.py, or in a conftest.py; a test
-module that imported another would run the other's module code, fixtures included, and tie the two together."""
+"""The tests are arranged as the code is, and no test leans on another.
+
+tests/adapters/test_<module>.py tests adapters/<module>.py; tests/bot/ and tests/policy/ test bot/ and policy/
+(tests/bot/test_desk.py bot/desk.py, test_outbox.py bot/outbox.py, and so on); tests/understanding/ the
+reader and its corpus; the modules at the top of tests/ test the whole server (security, fuzz, limits,
+reliability, the browsers, the languages). No module under tests/ imports a test module (tests/**/test_*.py),
+by any spelling of the import: what tests share lives beside each fake in tests/fakes/ (a channel's
+credentials, signers and samples), in tests/support.py, or in a conftest.py. A test module that imported
+another would run the other's module code, fixtures included, and tie the two together.
+"""
 
 from __future__ import annotations
 
