@@ -1,6 +1,7 @@
 """A loopback fake of the Telegram Bot API: the methods the bot uses and file downloads, checked like the real
 one (token, HTML entities, message length counted on the visible text, callback data size, chat types: a
-group the bot is not in, a topic in a chat that has none), with every call recorded."""
+group the bot is not in, a topic in a chat that has none), with every call recorded. Below it, the bot's server
+with the Telegram channel against it, for the tests that drive both (`bot_servers`)."""
 
 from __future__ import annotations
 
@@ -11,16 +12,29 @@ import json
 import re
 import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
+from pydantic import SecretStr
+from sqlalchemy import Engine, select
+from sqlmodel import Session, col
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-# The bot's token and webhook secret in every test that talks to the fake (tests/test_telegram.py and others).
+from adapters import telegram as tg
+from bot.app import Bot, build
+from bot.config import Settings
+from bot.server import create_app
+from bot.store import Case, InboxItem, KeyValue, OutboxItem
+from tests.fakes.server import serve
+
+# The bot's token and webhook secret in every test that talks to the fake (tests/adapters/test_telegram.py and others).
 TOKEN = "7391046285:AAHfakeTokenForLoopbackTests_0123456789"
 SECRET = "tg-hook_secret-5f2a9c"
 PAYLOADS = Path(__file__).parent.parent / "payloads" / "telegram"
@@ -461,3 +475,102 @@ def _parse_html(text: str) -> str:
         )
     visible.append(text[position:])
     return "".join(visible)
+
+
+# --- the bot's server with the Telegram channel against this fake (tests/adapters/test_telegram.py, test_outbox) --
+
+PUBLIC_URL = "https://warranty.example.com"
+
+
+@dataclass
+class Running:
+    bot: Bot
+    fake: FakeTelegram
+    url: str
+    channel: tg.TelegramChannel
+    server: ExitStack  # closing it stops the bot's server (lifespan included)
+
+    def post(self, body: bytes, *, secret: str | None = SECRET) -> httpx.Response:
+        headers = {"content-type": "application/json"}
+        if secret is not None:
+            headers[tg.SECRET_HEADER] = secret
+        return httpx.post(f"{self.url}{tg.WEBHOOK_PATH}", content=body, headers=headers, timeout=10)
+
+    def deliver(self, body: bytes) -> dict[str, Any] | None:
+        """Hand an update to the bot the way this channel's mode receives it; the webhook's answer."""
+        if self.channel.mode == "webhook":
+            response = self.post(body)
+            assert response.status_code == 200, response.text
+            return dict(response.json())
+        self.fake.queue(json.loads(body))
+        return None
+
+    def inbox(self) -> list[InboxItem]:
+        with Session(self.bot.db) as session:
+            return list(session.execute(select(InboxItem).order_by(InboxItem.id)).scalars())  # type: ignore[arg-type]
+
+    def outbox(self) -> list[OutboxItem]:
+        with Session(self.bot.db) as session:
+            return list(session.execute(select(OutboxItem).order_by(OutboxItem.id)).scalars())  # type: ignore[arg-type]
+
+    def drained(self) -> bool:
+        """No webhook update is kept waiting for its files."""
+        with Session(self.bot.db) as session:
+            return (
+                session.execute(
+                    select(KeyValue).where(col(KeyValue.key).startswith(tg.PENDING_PREFIX))
+                ).first()
+                is None
+            )
+
+    def settled(self, inbox: int) -> bool:
+        """`inbox` messages stored and processed, and every reply out."""
+        items = self.inbox()
+        return (
+            len(items) == inbox
+            and all(i.status == "done" for i in items)
+            and all(o.status != "pending" for o in self.outbox())
+        )
+
+    def case_ref(self) -> str | None:
+        with Session(self.bot.db) as session:
+            case = session.execute(select(Case)).scalars().first()
+            return case.ref if case else None
+
+
+@contextmanager
+def bot_servers(settings: Settings, db: Engine) -> Iterator[Callable[..., Running]]:
+    """`start(**changes)` starts a fake Bot API and the bot's server with the Telegram channel against it
+    (webhook unless told), `changes` over `settings`; each is stopped on leaving."""
+    with ExitStack() as stack:
+
+        def run(
+            *,
+            mode: str = "webhook",
+            album_wait: float = 0.3,
+            files: dict[str, tuple[bytes, str]] | None = None,
+            **changes: Any,
+        ) -> Running:
+            fake = FakeTelegram(token=TOKEN)
+            for file_id, (data, path) in (files or {}).items():
+                fake.add_file(file_id, data, path)  # there before the bot starts
+            fake_url = stack.enter_context(serve(fake.app()))
+            configured = settings.model_copy(
+                update={
+                    "telegram_bot_token": SecretStr(TOKEN),
+                    "telegram_api_base_url": fake_url,
+                    "telegram_webhook_secret": SecretStr(SECRET),
+                    "public_url": PUBLIC_URL if mode == "webhook" else "",
+                    "outbox_poll_seconds": 0.1,
+                    "fetch_insecure_hosts": "127.0.0.1",
+                    **changes,
+                }
+            )  # the fake file API is on loopback, over http
+            bot = build(configured, db=db)
+            channel = tg.from_settings(bot, poll_timeout=1, album_wait=album_wait)
+            assert channel is not None and channel.mode == mode
+            server = stack.enter_context(ExitStack())
+            url = server.enter_context(serve(create_app(bot, channels=[channel])))
+            return Running(bot=bot, fake=fake, url=url, channel=channel, server=server)
+
+        yield run

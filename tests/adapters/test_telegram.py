@@ -8,11 +8,8 @@ import html
 import json
 import re
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack
-from dataclasses import dataclass
 from typing import Any
 
-import httpx
 import pytest
 import telegram
 from hypothesis import given
@@ -20,21 +17,19 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 from pydantic import SecretStr, ValidationError
 from sqlalchemy import Engine, select
-from sqlmodel import Session, col
+from sqlmodel import Session
 from telegram.error import BadRequest, Conflict, Forbidden, InvalidToken, NetworkError, RetryAfter, TimedOut
 
 from adapters import telegram as tg
-from bot.app import Bot, build
+from bot.app import build
 from bot.config import Settings
 from bot.messages import Button, OutboundMessage
 from bot.outbox import Limits, PermanentFailure, RetryLater, Unreachable
-from bot.server import create_app, load_channels
-from bot.store import Case, ChannelIdentity, InboxItem, KeyValue, OutboxItem, StoredAttachment
-from tests.fakes.server import serve
-from tests.fakes.telegram import PAYLOADS, SECRET, TOKEN, FakeTelegram
+from bot.server import load_channels
+from bot.store import ChannelIdentity, StoredAttachment
+from tests.fakes.telegram import PAYLOADS, PUBLIC_URL, SECRET, TOKEN, Running, bot_servers
 from tests.support import wait_until
 
-PUBLIC_URL = "https://warranty.example.com"
 CHAT = "6021457893"
 MEDIA_GROUP = "14029573316481206"
 JPEG = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00" + bytes(range(256)) * 4
@@ -389,96 +384,10 @@ def test_the_server_loads_the_channel_when_configured(settings: Settings, db: En
 # --- the bot's server against the fake Bot API --------------------------------------------------------------
 
 
-@dataclass
-class Running:
-    bot: Bot
-    fake: FakeTelegram
-    url: str
-    channel: tg.TelegramChannel
-    server: ExitStack  # closing it stops the bot's server (lifespan included)
-
-    def post(self, body: bytes, *, secret: str | None = SECRET) -> httpx.Response:
-        headers = {"content-type": "application/json"}
-        if secret is not None:
-            headers[tg.SECRET_HEADER] = secret
-        return httpx.post(f"{self.url}{tg.WEBHOOK_PATH}", content=body, headers=headers, timeout=10)
-
-    def deliver(self, body: bytes) -> dict[str, Any] | None:
-        """Hand an update to the bot the way this channel's mode receives it; the webhook's answer."""
-        if self.channel.mode == "webhook":
-            response = self.post(body)
-            assert response.status_code == 200, response.text
-            return dict(response.json())
-        self.fake.queue(json.loads(body))
-        return None
-
-    def inbox(self) -> list[InboxItem]:
-        with Session(self.bot.db) as session:
-            return list(session.execute(select(InboxItem).order_by(InboxItem.id)).scalars())  # type: ignore[arg-type]
-
-    def outbox(self) -> list[OutboxItem]:
-        with Session(self.bot.db) as session:
-            return list(session.execute(select(OutboxItem).order_by(OutboxItem.id)).scalars())  # type: ignore[arg-type]
-
-    def drained(self) -> bool:
-        """No webhook update is kept waiting for its files."""
-        with Session(self.bot.db) as session:
-            return (
-                session.execute(
-                    select(KeyValue).where(col(KeyValue.key).startswith(tg.PENDING_PREFIX))
-                ).first()
-                is None
-            )
-
-    def settled(self, inbox: int) -> bool:
-        """`inbox` messages stored and processed, and every reply out."""
-        items = self.inbox()
-        return (
-            len(items) == inbox
-            and all(i.status == "done" for i in items)
-            and all(o.status != "pending" for o in self.outbox())
-        )
-
-    def case_ref(self) -> str | None:
-        with Session(self.bot.db) as session:
-            case = session.execute(select(Case)).scalars().first()
-            return case.ref if case else None
-
-
 @pytest.fixture
 def start(settings: Settings, db: Engine) -> Iterator[Callable[..., Running]]:
     """Starts the fake Bot API and the bot's server with the Telegram channel (webhook unless told)."""
-    with ExitStack() as stack:
-
-        def run(
-            *,
-            mode: str = "webhook",
-            album_wait: float = 0.3,
-            files: dict[str, tuple[bytes, str]] | None = None,
-            **changes: Any,
-        ) -> Running:
-            fake = FakeTelegram(token=TOKEN)
-            for file_id, (data, path) in (files or {}).items():
-                fake.add_file(file_id, data, path)  # there before the bot starts
-            fake_url = stack.enter_context(serve(fake.app()))
-            configured = settings.model_copy(
-                update={
-                    "telegram_bot_token": SecretStr(TOKEN),
-                    "telegram_api_base_url": fake_url,
-                    "telegram_webhook_secret": SecretStr(SECRET),
-                    "public_url": PUBLIC_URL if mode == "webhook" else "",
-                    "outbox_poll_seconds": 0.1,
-                    "fetch_insecure_hosts": "127.0.0.1",
-                    **changes,
-                }
-            )  # the fake file API is on loopback, over http
-            bot = build(configured, db=db)
-            channel = tg.from_settings(bot, poll_timeout=1, album_wait=album_wait)
-            assert channel is not None and channel.mode == mode
-            server = stack.enter_context(ExitStack())
-            url = server.enter_context(serve(create_app(bot, channels=[channel])))
-            return Running(bot=bot, fake=fake, url=url, channel=channel, server=server)
-
+    with bot_servers(settings, db) as run:
         yield run
 
 
