@@ -752,6 +752,11 @@ class _Stage:
 
     def repeats(self) -> list[tuple[int, str]]:
         """A problem for each row that lists serials an earlier row listed, as the first of them names."""
+        if self.postgres:
+            # Grouping a million serials by sorting them takes 0.45 s of the server's CPU where the hash
+            # aggregate it would choose, spilling to disk within work_mem, takes 0.8 s (EXPLAIN ANALYZE).
+            # For this query only: SET LOCAL ends with the validating transaction.
+            self.connection.exec_driver_sql("SET LOCAL enable_hashagg = off")
         found = self.connection.exec_driver_sql(
             f"SELECT s.line, s.serial, f.first FROM {self.TABLE} s JOIN (SELECT serial, MIN(line) AS first "  # noqa: S608
             f"FROM {self.TABLE} GROUP BY serial HAVING COUNT(*) > 1) f ON f.serial = s.serial "
