@@ -785,10 +785,12 @@ def _write(connection: Connection, orders: dict[str, _Order], total: int, meter:
 
     The units are merged by two set statements over the whole stage: an UPDATE of the stored units whose
     values differ, then a plain INSERT of the units not stored yet, in serial order. Their row counts are the
-    report's changed and new units. This is about half the server's work of an `INSERT ... ON CONFLICT DO
-    UPDATE`, which confirms each speculative insertion with a WAL record of its own, or of merging in chunks
-    (whose plans probe the registry a unit at a time). What stays is each new unit's foreign-key check
-    against its order, one per unit inserted, run by PostgreSQL's own trigger.
+    report's changed and new units. For a million new units on PostgreSQL that is 5 s of the server's CPU,
+    where one `INSERT ... ON CONFLICT DO UPDATE` took 6.5 s (it confirms each speculative insertion with a WAL
+    record of its own) and the same in chunks of 5,000, each with a query counting its new units, 13 s (the
+    chunks' plans probe the registry a unit at a time). What stays is each new unit's foreign-key check
+    against its order, one per unit inserted, run by PostgreSQL's own trigger. PostgreSQL queues those checks
+    until the INSERT ends, in the server's memory: 12 MB for a million new units (its AfterTriggerEvents).
     """
     postgres = connection.dialect.name == "postgresql"
     if postgres:
