@@ -9,6 +9,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import Engine
+
 from bench.common import Table, database, load_average, rss_mib, say
 from bot.registry import import_registry
 from bot.store import make_engine, upgrade
@@ -34,21 +36,50 @@ def write_csv(path: Path, units: int) -> None:
             )
 
 
+def _backend(db: Engine) -> int | None:
+    """The pid of the PostgreSQL backend behind the pool's one idle connection, when that server runs on this
+    machine and its processes can be read (/proc); None otherwise (SQLite, a remote server)."""
+    if db.dialect.name != "postgresql":
+        return None
+    with db.connect() as connection:
+        pid = int(connection.exec_driver_sql("SELECT pg_backend_pid()").scalar_one())
+    try:
+        return pid if Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"postgres") else None
+    except OSError:
+        return None
+
+
+def _cpu_seconds(pid: int | None) -> float | None:
+    """A process's CPU time so far (user + system), from /proc/PID/stat."""
+    if pid is None:
+        return None
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _import(url: str, path: str, results: Any) -> None:
     db = make_engine(url)
-    read_until: list[float] = []
+    merge_from: list[tuple[float, float | None]] = []
 
     def progress(done: int, total: int) -> None:
-        # Steps count rows read, then units written: past the row count, reading and validation are over.
-        if not read_until and done > rows:
-            read_until.append(time.monotonic())
+        # Steps count rows read, then units written: the last call at the row count opens the merge.
+        if done <= rows:
+            merge_from[:] = [(time.monotonic(), _cpu_seconds(backend))]
 
     with Path(path).open(encoding="utf-8") as file:
         rows = sum(1 for _ in file) - 1
+    # The import checks out the pool's one connection, so its server process is this one (checked below).
+    backend = _backend(db)
+    server_cpu = _cpu_seconds(backend)
     started, cpu = time.monotonic(), time.process_time()
     report = import_registry(db, Path(path), policy=default_policy(), progress=progress)
     seconds, cpu = time.monotonic() - started, time.process_time() - cpu
-    validated = (read_until[0] if read_until else time.monotonic()) - started
+    server_end = _cpu_seconds(backend) if _backend(db) == backend else None
+    validated = (merge_from[0][0] if merge_from else time.monotonic()) - started
+    merge_cpu = merge_from[0][1] if merge_from else None
     # VmHWM, not getrusage's ru_maxrss: Linux keeps ru_maxrss across the fork and exec that spawn this
     # process, so it would report the parent's size when the parent is the larger (it was: 243 MiB after
     # the webhook benchmark, for an import that peaks at about 95).
@@ -62,6 +93,9 @@ def _import(url: str, path: str, results: Any) -> None:
             "units": report.units,
             "inserted": report.inserted,
             "peak_mib": peak_mib,
+            # The server process's CPU time over the whole import and over the merge (PostgreSQL on this machine).
+            "server_cpu": None if server_cpu is None or server_end is None else server_end - server_cpu,
+            "server_merge_cpu": None if merge_cpu is None or server_end is None else server_end - merge_cpu,
         }
     )
 
@@ -79,6 +113,7 @@ def run(databases: tuple[str, ...], workdir: Path, *, quick: bool) -> Table:
             "read + validate + stage s",
             "write s",
             "importer CPU s",
+            "server CPU s (merge)",
             "importer peak RSS MiB",
             "load avg",
         ),
@@ -110,6 +145,9 @@ def run(databases: tuple[str, ...], workdir: Path, *, quick: bool) -> Table:
                 f"{report['validated']:.1f}",
                 f"{report['seconds'] - report['validated']:.1f}",
                 f"{report['cpu']:.1f}",
+                "–"
+                if report["server_cpu"] is None
+                else f"{report['server_cpu']:.1f} ({report['server_merge_cpu']:.1f})",
                 f"{report['peak_mib']:.0f}",
                 load_average(),
             )
@@ -119,7 +157,8 @@ def run(databases: tuple[str, ...], workdir: Path, *, quick: bool) -> Table:
         "while staging its units in a temporary table (COPY on PostgreSQL, executemany on SQLite), then merge "
         "them into the registry in one transaction (write s). Importer CPU s is that process's own CPU time "
         "(on SQLite it includes the database's work, on PostgreSQL not the server's): on a loaded machine it "
-        "moves less than the wall time. Peak RSS is the importing process's own high-water mark (VmHWM). The "
+        "moves less than the wall time. Server CPU s is the PostgreSQL backend's CPU time for the import, and in "
+        "brackets for the merge (read from /proc: '–' when the server runs elsewhere). Peak RSS is the importing process's own high-water mark (VmHWM). The "
         "server's own memory, idle and under load, is in table 2."
     )
     return table
