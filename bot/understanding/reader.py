@@ -2,14 +2,19 @@
 preference, yes/no and the global intents. Pure: the same text and lexicon always give the same reading.
 
 The reading is context-free; the conversation decides what a "no" or a number answers from its own state.
+
+A message is read once: `understand` remembers the readings of the last `MEMO_SIZE` texts (by what it reads of
+them, with the lexicon and the policy), so the engine's look-up of a message's serials and the conversation's
+reading of the same message share one reading. Readings are frozen, so sharing one is as good as a new one.
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
 import re
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, cast
 
 from rapidfuzz import process
 from rapidfuzz.distance import OSA
@@ -113,7 +118,34 @@ class _Match:
 
 def understand(text: str, lexicon: Lexicon, policy: Policy) -> Reading:
     """Read one message (its first `MAX_READ` characters: the bot reads no more of one message)."""
-    base = _range_words(_join_split_serials(clean(text[:MAX_READ]).strip(), policy), lexicon, policy)
+    # The reading depends on nothing but the cleaned first characters: "hello" and "hello\n" share one.
+    return _read(clean(text[:MAX_READ]).strip(), _Same(lexicon), _Same(policy))
+
+
+# Readings remembered: a batch of 32 messages is read by the engine first, then by the conversation one by
+# one; the web chat's thread reads too. functools.lru_cache is thread-safe (at worst two threads read the
+# same new text both).
+MEMO_SIZE = 256
+
+
+@dataclass(frozen=True, eq=False)
+class _Same:
+    """An object as a cache key by identity (the key keeps it alive, so its id cannot be reused meanwhile):
+    lexicons and policies hold mappings, so they cannot be hashed by value."""
+
+    value: object
+
+    def __hash__(self) -> int:
+        return id(self.value)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Same) and other.value is self.value
+
+
+@functools.lru_cache(maxsize=MEMO_SIZE)
+def _read(cleaned: str, same_lexicon: _Same, same_policy: _Same) -> Reading:
+    lexicon, policy = cast(Lexicon, same_lexicon.value), cast(Policy, same_policy.value)
+    base = _range_words(_join_split_serials(cleaned, policy), lexicon, policy)
     range_error: SerialRangeError | None = None
     try:
         serials = tuple(find_serials(base, policy))
