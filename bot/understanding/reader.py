@@ -318,20 +318,18 @@ def _matches(folded: str, tokens: list[_Token], lexicon: Lexicon) -> list[_Match
     words = [t for t in tokens if t.text not in _CLAUSE_END]
     index = [i for i, t in enumerate(tokens) if t.text not in _CLAUSE_END]
     found: list[_Match] = []
+    same = _Same(lexicon)
     for position, token in enumerate(words):
         if token.serial:
             continue
-        candidates = [*lexicon.by_first_word.get(token.text, ()), *lexicon.wildcard_phrases]
-        if lexicon.clitics:
-            for clitic in lexicon.clitics:
-                if token.text.startswith(clitic):
-                    candidates.extend(lexicon.by_first_word.get(token.text[len(clitic) :], ()))
-        for phrase in candidates:
+        for phrase in _starting_with(token.text, same):
             n = len(phrase.words)
             window = words[position : position + n]
             if len(window) < n or any(t.serial for t in window):
                 continue
-            if not all(_word_matches(p, t.text, lexicon) for p, t in zip(phrase.words, window, strict=True)):
+            if n > 1 and not all(
+                _word_matches(p, t.text, lexicon) for p, t in zip(phrase.words[1:], window[1:], strict=True)
+            ):
                 continue
             # A phrase does not run over the end of a sentence.
             first, last = index[position], index[position + n - 1]
@@ -372,6 +370,19 @@ def _matches(folded: str, tokens: list[_Token], lexicon: Lexicon) -> list[_Match
         k for m in kept if m.phrase.category == "fault_word" and m.first >= 0 for k in range(m.first, m.last)
     }
     return [_negate(m, tokens, folded, lexicon, in_fault) for m in kept]
+
+
+@functools.lru_cache(maxsize=8192)
+def _starting_with(word: str, same_lexicon: _Same) -> tuple[Phrase, ...]:
+    """The word phrases whose first word matches `word` (as `_word_matches` matches it), in the order they are
+    tried: those listed under the word, every wildcard phrase, those under the word without a clitic. One
+    word's list is made once, not at each of its occurrences (the wildcards and clitics cost most)."""
+    lexicon = cast(Lexicon, same_lexicon.value)
+    candidates = [*lexicon.by_first_word.get(word, ()), *lexicon.wildcard_phrases]
+    for clitic in lexicon.clitics:
+        if word.startswith(clitic):
+            candidates.extend(lexicon.by_first_word.get(word[len(clitic) :], ()))
+    return tuple(p for p in candidates if _word_matches(p.words[0], word, lexicon))
 
 
 def _negate(match: _Match, tokens: list[_Token], folded: str, lexicon: Lexicon, in_fault: set[int]) -> _Match:
