@@ -134,6 +134,8 @@ class Engine:
     outbox_signal: threading.Event = field(default_factory=threading.Event)
     _statements: _Statements = field(default_factory=lambda: _Statements(), init=False, repr=False)
     _batch: int = field(default=0, init=False, repr=False)  # the current batch size (see _process_pending)
+    # An option value -> its label in every language, folded (see _typed_labels).
+    _label_forms: dict[str, tuple[str, ...]] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self._batch = self.config.batch_size
@@ -492,12 +494,26 @@ class Engine:
         """The offered buttons' labels in every language, folded, as a customer may type one back."""
         labels: dict[str, str] = {}
         for value in offered:
-            name = conv.label_name(value)
-            if name is None:
-                continue
-            for language in conv.LANGUAGES:
-                labels[fold(self.renderer.label(name, language=language)).strip(" .!¡¿?")] = value
+            for typed in self._typed_labels(value):
+                labels[typed] = value
         return labels
+
+    def _typed_labels(self, value: str) -> tuple[str, ...]:
+        """An option's label in every language, folded: made once per option (the labels are the templates')."""
+        typed = self._label_forms.get(value)
+        if typed is None:
+            name = conv.label_name(value)
+            typed = (
+                tuple(
+                    fold(self.renderer.label(name, language=language)).strip(" .!¡¿?")
+                    for language in conv.LANGUAGES
+                )
+                if name is not None
+                else ()
+            )
+            if name is not None:  # a value without a label (a visit slot) is not kept: there is no end to them
+                self._label_forms[value] = typed
+        return typed
 
     def _as_read(self, text: str, state: conv.State) -> str:
         """What a person reads of a customer's message: a button's label (or an option number with its label),
