@@ -949,22 +949,9 @@ class Engine:
 
     def _credits_waiting(self, session: Session, case: Case) -> list[dict[str, Any]]:
         """Discount credits (M5) of earlier cases for the companies of this case's orders, or this customer."""
-        order_ids = select(col(CaseUnit.order_id)).where(col(CaseUnit.case_id) == case.id)
-        companies = [
-            c
-            for c in session.execute(
-                select(col(RegistryOrder.customer)).where(col(RegistryOrder.order_id).in_(order_ids))
-            ).scalars()
-            if c
-        ]
         credits = session.execute(
-            select(Credit)
-            .where(
-                col(Credit.case_id) != case.id,
-                (col(Credit.customer_id) == case.customer_id) | col(Credit.company).in_(companies),
-            )
-            .order_by(col(Credit.id))
-        ).scalars()
+            self._statements.credits_waiting, {"case_id": case.id, "customer_id": case.customer_id}
+        )
         return [{"order_id": c.order_id, "amount": c.amount, "currency": c.currency} for c in credits]
 
     def apply_fulfilment(
@@ -1170,6 +1157,22 @@ class _Statements:
         )
         self.log = insert(_table(Message))
         self.queue = insert(_table(OutboxItem))
+        # A new case's waiting discount credits (M5): the customer's, or those of its orders' companies
+        # (a registry order without a company names none), in one query.
+        companies = select(col(RegistryOrder.customer)).where(
+            col(RegistryOrder.order_id).in_(
+                select(col(CaseUnit.order_id)).where(col(CaseUnit.case_id) == bindparam("case_id"))
+            ),
+            col(RegistryOrder.customer) != "",
+        )
+        self.credits_waiting = (
+            select(col(Credit.order_id), col(Credit.amount), col(Credit.currency))
+            .where(
+                col(Credit.case_id) != bindparam("case_id"),
+                or_(col(Credit.customer_id) == bindparam("customer_id"), col(Credit.company).in_(companies)),
+            )
+            .order_by(col(Credit.id))
+        )
 
     def claim(self, dialect: str, *, one: bool) -> ReturningUpdate[Any]:
         """Mark the heads of waiting chats done and return them, in the transaction that processes them
