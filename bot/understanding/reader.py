@@ -266,6 +266,13 @@ def _tokens(folded: str, origin: list[int], spans: list[tuple[int, int]], lexico
 
 def _repair(word: str, lexicon: Lexicon) -> tuple[str, bool]:
     """A misspelt word read as the lexicon word it is one edit from (two, for long words)."""
+    return _repaired(word, _Same(lexicon))
+
+
+@functools.lru_cache(maxsize=8192)
+def _repaired(word: str, same_lexicon: _Same) -> tuple[str, bool]:
+    """`_repair`, once per word (the wildcard patterns and the fuzzy search over the vocabulary cost most)."""
+    lexicon = cast(Lexicon, same_lexicon.value)
     if word in lexicon.by_first_word or _known(word, lexicon):
         return word, False
     cutoff = 1 if len(word) < 9 else 2
