@@ -281,6 +281,7 @@ class Engine:
     def _process_many(self, session: Session, claimed: Sequence[Row[Any]]) -> None:
         messages = [inbound_from_payload(row.payload) for row in sorted(claimed, key=lambda r: int(r.id))]
         contexts = self._contexts(session, messages)
+        self._start_chats(session, messages, contexts)
         hot = _Hot()
         # Every serial the batch's messages mention or their conversations hold, in one registry query.
         for message in messages:
@@ -297,7 +298,7 @@ class Engine:
         # Nothing is flushed behind the engine's back: the batch's rows go out together at its end.
         with session.no_autoflush:
             for message in messages:
-                self._process(session, message, contexts.get((message.channel, message.chat_id)))
+                self._process(session, message, contexts[message.channel, message.chat_id])
             hot.write(session, self._statements)
             session.flush()
         del session.info[_HOT]
@@ -310,6 +311,50 @@ class Engine:
             self._statements.contexts, {"keys": [(m.channel, m.chat_id) for m in messages]}
         ).all()
         return {(row[0].channel, row[0].chat_id): (row[0], row[1], row[2]) for row in rows}
+
+    def _start_chats(
+        self,
+        session: Session,
+        messages: list[InboundMessage],
+        contexts: dict[tuple[str, str], tuple[ChannelIdentity, Customer, Conversation | None]],
+    ) -> None:
+        """The batch's new chats: a customer each (in the language the channel hints, a written variant such
+        as pt-PT when it names one), their identities and conversations, added to `contexts`. Written
+        together, a few statements for the batch rather than four for each new chat."""
+        new = [m for m in messages if (m.channel, m.chat_id) not in contexts]
+        if not new:
+            return
+        customers = [
+            Customer(name=m.sender_name, language=hint_variant(m.locale_hint) or hint_language(m.locale_hint))
+            for m in new
+        ]
+        session.add_all(customers)
+        session.flush()
+        # A conversation may outlive its identity (rows removed by hand): it goes on.
+        keys = [(m.channel, m.chat_id) for m in new]
+        known = {
+            (c.channel, c.chat_id): c
+            for c in session.execute(
+                select(Conversation).where(
+                    tuple_(col(Conversation.channel), col(Conversation.chat_id)).in_(keys)
+                )
+            ).scalars()
+        }
+        for message, customer in zip(new, customers, strict=True):
+            key = (message.channel, message.chat_id)
+            identity = ChannelIdentity(
+                customer_id=customer.id or 0,
+                channel=message.channel,
+                chat_id=message.chat_id,
+                sender_id=message.sender_id,
+                display_name=message.sender_name,
+            )
+            conversation = known.get(key) or Conversation(
+                customer_id=customer.id or 0, channel=message.channel, chat_id=message.chat_id
+            )
+            session.add_all([identity, conversation])
+            contexts[key] = (identity, customer, conversation)
+        session.flush()
 
     def _record_failure(self, item_id: int, error: Exception) -> None:
         """Count a failure of the very row that failed; the same failure `max_attempts` times parks it."""
@@ -340,7 +385,7 @@ class Engine:
         self,
         session: Session,
         message: InboundMessage,
-        context: tuple[ChannelIdentity, Customer, Conversation | None] | None,
+        context: tuple[ChannelIdentity, Customer, Conversation | None],
     ) -> None:
         conversation, identity, customer = self._conversation(session, message, context)
         case = session.get(Case, conversation.case_id) if conversation.case_id else None
@@ -511,7 +556,9 @@ class Engine:
                 if name is not None
                 else ()
             )
-            if name is not None:  # a value without a label (a visit slot) is not kept: there is no end to them
+            if (
+                name is not None
+            ):  # a value without a label (a visit slot) is not kept: there is no end to them
                 self._label_forms[value] = typed
         return typed
 
@@ -532,45 +579,16 @@ class Engine:
         self,
         session: Session,
         message: InboundMessage,
-        context: tuple[ChannelIdentity, Customer, Conversation | None] | None,
+        context: tuple[ChannelIdentity, Customer, Conversation | None],
     ) -> tuple[Conversation, ChannelIdentity, Customer]:
-        if context is not None:
-            identity, customer, known = context
-            identity.unreachable = False  # they wrote to us: reachable again
-            if known is not None:
-                return known, identity, customer
-            started = Conversation(
-                customer_id=customer.id or 0, channel=message.channel, chat_id=message.chat_id
-            )
-            session.add(started)
-            session.flush()
-            return started, identity, customer
-        # A new chat: its customer and identity (a written variant such as pt-PT when the hint names one).
-        language = hint_variant(message.locale_hint) or hint_language(message.locale_hint)
-        customer = Customer(name=message.sender_name, language=language)
-        session.add(customer)
+        identity, customer, known = context
+        identity.unreachable = False  # they wrote to us: reachable again
+        if known is not None:
+            return known, identity, customer
+        started = Conversation(customer_id=customer.id or 0, channel=message.channel, chat_id=message.chat_id)
+        session.add(started)
         session.flush()
-        identity = ChannelIdentity(
-            customer_id=customer.id or 0,
-            channel=message.channel,
-            chat_id=message.chat_id,
-            sender_id=message.sender_id,
-            display_name=message.sender_name,
-        )
-        session.add(identity)
-        conversation: Conversation | None = session.execute(
-            select(Conversation).where(
-                col(Conversation.channel) == message.channel,
-                col(Conversation.chat_id) == message.chat_id,
-            )
-        ).scalar_one_or_none()
-        if conversation is None:
-            conversation = Conversation(
-                customer_id=customer.id or 0, channel=message.channel, chat_id=message.chat_id
-            )
-            session.add(conversation)
-        session.flush()
-        return conversation, identity, customer
+        return started, identity, customer
 
     def store_attachment(
         self, session: Session, conversation: Conversation, case: Case | None, attachment: Attachment
