@@ -296,18 +296,17 @@ def _known(word: str, lexicon: Lexicon) -> bool:
 # --- matching phrases ------------------------------------------------------------------------------------
 
 
-def _word_matches(pattern: str, word: str, lexicon: Lexicon) -> bool:
-    if _plain_match(pattern, word):
-        return True
-    # Arabic attaches conjunctions, prepositions and the article to the word: و + ال + فاتورة.
-    for clitic in lexicon.clitics:
-        if (
-            word.startswith(clitic)
-            and len(word) - len(clitic) >= 2
-            and _plain_match(pattern, word[len(clitic) :])
-        ):
-            return True
-    return False
+def _word_matches(pattern: str, word: str, same_lexicon: _Same) -> bool:
+    return any(_plain_match(pattern, form) for form in _forms(word, same_lexicon))
+
+
+@functools.lru_cache(maxsize=8192)
+def _forms(word: str, same_lexicon: _Same) -> tuple[str, ...]:
+    """The word, and the word without each clitic it starts with (two letters left at least): Arabic attaches
+    conjunctions, prepositions and the article to the word: و + ال + فاتورة."""
+    lexicon = cast(Lexicon, same_lexicon.value)
+    stripped = [word[len(c) :] for c in lexicon.clitics if word.startswith(c) and len(word) - len(c) >= 2]
+    return (word, *stripped)
 
 
 def _plain_match(pattern: str, word: str) -> bool:
@@ -335,7 +334,7 @@ def _matches(folded: str, tokens: list[_Token], lexicon: Lexicon) -> list[_Match
             if len(window) < n or any(t.serial for t in window):
                 continue
             if n > 1 and not all(
-                _word_matches(p, t.text, lexicon) for p, t in zip(phrase.words[1:], window[1:], strict=True)
+                _word_matches(p, t.text, same) for p, t in zip(phrase.words[1:], window[1:], strict=True)
             ):
                 continue
             # A phrase does not run over the end of a sentence.
@@ -389,7 +388,7 @@ def _starting_with(word: str, same_lexicon: _Same) -> tuple[Phrase, ...]:
     for clitic in lexicon.clitics:
         if word.startswith(clitic):
             candidates.extend(lexicon.by_first_word.get(word[len(clitic) :], ()))
-    return tuple(p for p in candidates if _word_matches(p.words[0], word, lexicon))
+    return tuple(p for p in candidates if _word_matches(p.words[0], word, same_lexicon))
 
 
 def _negate(match: _Match, tokens: list[_Token], folded: str, lexicon: Lexicon, in_fault: set[int]) -> _Match:
