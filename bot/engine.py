@@ -42,6 +42,7 @@ from sqlalchemy import (
 )
 from sqlalchemy import Engine as DbEngine
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm.attributes import set_committed_value
 from sqlalchemy.sql.dml import ReturningUpdate
 from sqlalchemy.sql.elements import ColumnElement
 from sqlmodel import Session, col
@@ -453,10 +454,14 @@ class Engine:
             for reply in rendered:
                 self.say(session, conversation, reply.text, reply.buttons, case=case)
 
-        conversation.state = transition.state.name
-        conversation.data = transition.state.to_dict()
-        conversation.updated_at = utcnow()
-        identity.last_inbound_at = message.received_at
+        session.info[_HOT].settle(
+            conversation,
+            identity,
+            state=transition.state.name,
+            data=transition.state.to_dict(),
+            updated_at=utcnow(),
+            last_inbound_at=message.received_at,
+        )
         relayed = [e.text for e in transition.effects if isinstance(e, conv.RelayToCase) and not e.reopen]
         if case is not None and relayed and relayed[0]:
             self._fulfil_from_customer(session, case, conversation, relayed[0])
@@ -1175,6 +1180,18 @@ class _Statements:
         )
         self.log = insert(_table(Message))
         self.queue = insert(_table(OutboxItem))
+        # Each message's conversation and identity as the batch leaves them (see _Hot.settle).
+        conversations, identities = _table(Conversation), _table(ChannelIdentity)
+        self.settle_conversations = (
+            update(conversations)
+            .where(conversations.c.id == bindparam("b_id"))
+            .values({key: bindparam(f"b_{key}") for key in _SETTLED_CONVERSATION})
+        )
+        self.settle_identities = (
+            update(identities)
+            .where(identities.c.id == bindparam("b_id"))
+            .values({key: bindparam(f"b_{key}") for key in _SETTLED_IDENTITY})
+        )
         # A new case's waiting discount credits (M5): the customer's, or those of its orders' companies
         # (a registry order without a company names none), in one query.
         companies = select(col(RegistryOrder.customer)).where(
@@ -1230,6 +1247,11 @@ class _Statements:
         return self._claims[key]
 
 
+# What a batch writes of each message's conversation and identity, with Core at its end (_Hot.settle).
+_SETTLED_CONVERSATION = ("state", "data", "case_id", "updated_at")
+_SETTLED_IDENTITY = ("last_inbound_at", "unreachable")
+
+
 def _table(model: type[Any]) -> Table:
     return cast(Table, model.__table__)
 
@@ -1244,6 +1266,7 @@ class _Hot:
     looked_up: set[str] = field(default_factory=set)  # serials (normalised) looked up for the batch
     mentioned: dict[str, tuple[str, ...]] = field(default_factory=dict)  # text -> the serials it mentions
     registry: dict[str, UnitFacts] = field(default_factory=dict)  # what the registry knows of them
+    settled: list[tuple[Conversation, ChannelIdentity]] = field(default_factory=list)
 
     def log(
         self,
@@ -1296,12 +1319,45 @@ class _Hot:
             if row["conversation_id"] == conversation_id and row["case_id"] is None:
                 row["case_id"] = case_id
 
+    def settle(
+        self,
+        conversation: Conversation,
+        identity: ChannelIdentity,
+        *,
+        state: str,
+        data: dict[str, Any],
+        updated_at: datetime,
+        last_inbound_at: datetime,
+    ) -> None:
+        """A message's conversation state and its identity's last message, set on the objects without making
+        them dirty: the ORM would write them at the next flush, and a case opened by a later message of the
+        batch flushes, one row at a time. `write` writes them for the whole batch instead, with whatever
+        the objects hold by then (a fulfilment step or a case after this may change them again)."""
+        set_committed_value(conversation, "state", state)
+        set_committed_value(conversation, "data", data)
+        set_committed_value(conversation, "updated_at", updated_at)
+        set_committed_value(identity, "last_inbound_at", last_inbound_at)
+        self.settled.append((conversation, identity))
+
     def write(self, session: Session, statements: _Statements) -> None:
         if self.messages:
             session.execute(statements.log, self.messages)
         if self.outbox:
             session.execute(statements.queue, self.outbox)
-        self.messages, self.outbox = [], []
+        if self.settled:
+            # Their present values (the ORM's own changes to these columns since are included, and then
+            # marked as written, so that the batch's last flush does not write them again).
+            for objects, statement, keys in (
+                ([c for c, _ in self.settled], statements.settle_conversations, _SETTLED_CONVERSATION),
+                ([i for _, i in self.settled], statements.settle_identities, _SETTLED_IDENTITY),
+            ):
+                session.execute(
+                    statement, [{"b_id": o.id, **{f"b_{k}": getattr(o, k) for k in keys}} for o in objects]
+                )
+                for o in objects:
+                    for key in keys:
+                        set_committed_value(o, key, getattr(o, key))
+        self.messages, self.outbox, self.settled = [], [], []
 
 
 def retry_parked(db: DbEngine, ids: list[int] | None = None) -> int:
