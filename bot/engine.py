@@ -42,6 +42,7 @@ from sqlalchemy import (
 )
 from sqlalchemy import Engine as DbEngine
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm.attributes import set_committed_value
 from sqlalchemy.sql.dml import ReturningUpdate
 from sqlalchemy.sql.elements import ColumnElement
 from sqlmodel import Session, col
@@ -134,6 +135,8 @@ class Engine:
     outbox_signal: threading.Event = field(default_factory=threading.Event)
     _statements: _Statements = field(default_factory=lambda: _Statements(), init=False, repr=False)
     _batch: int = field(default=0, init=False, repr=False)  # the current batch size (see _process_pending)
+    # An option value -> its label in every language, folded (see _typed_labels).
+    _label_forms: dict[str, tuple[str, ...]] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self._batch = self.config.batch_size
@@ -279,6 +282,7 @@ class Engine:
     def _process_many(self, session: Session, claimed: Sequence[Row[Any]]) -> None:
         messages = [inbound_from_payload(row.payload) for row in sorted(claimed, key=lambda r: int(r.id))]
         contexts = self._contexts(session, messages)
+        self._start_chats(session, messages, contexts)
         hot = _Hot()
         # Every serial the batch's messages mention or their conversations hold, in one registry query.
         for message in messages:
@@ -295,7 +299,7 @@ class Engine:
         # Nothing is flushed behind the engine's back: the batch's rows go out together at its end.
         with session.no_autoflush:
             for message in messages:
-                self._process(session, message, contexts.get((message.channel, message.chat_id)))
+                self._process(session, message, contexts[message.channel, message.chat_id])
             hot.write(session, self._statements)
             session.flush()
         del session.info[_HOT]
@@ -308,6 +312,50 @@ class Engine:
             self._statements.contexts, {"keys": [(m.channel, m.chat_id) for m in messages]}
         ).all()
         return {(row[0].channel, row[0].chat_id): (row[0], row[1], row[2]) for row in rows}
+
+    def _start_chats(
+        self,
+        session: Session,
+        messages: list[InboundMessage],
+        contexts: dict[tuple[str, str], tuple[ChannelIdentity, Customer, Conversation | None]],
+    ) -> None:
+        """The batch's new chats: a customer each (in the language the channel hints, a written variant such
+        as pt-PT when it names one), their identities and conversations, added to `contexts`. Written
+        together, a few statements for the batch rather than four for each new chat."""
+        new = [m for m in messages if (m.channel, m.chat_id) not in contexts]
+        if not new:
+            return
+        customers = [
+            Customer(name=m.sender_name, language=hint_variant(m.locale_hint) or hint_language(m.locale_hint))
+            for m in new
+        ]
+        session.add_all(customers)
+        session.flush()
+        # A conversation may outlive its identity (rows removed by hand): it goes on.
+        keys = [(m.channel, m.chat_id) for m in new]
+        known = {
+            (c.channel, c.chat_id): c
+            for c in session.execute(
+                select(Conversation).where(
+                    tuple_(col(Conversation.channel), col(Conversation.chat_id)).in_(keys)
+                )
+            ).scalars()
+        }
+        for message, customer in zip(new, customers, strict=True):
+            key = (message.channel, message.chat_id)
+            identity = ChannelIdentity(
+                customer_id=customer.id or 0,
+                channel=message.channel,
+                chat_id=message.chat_id,
+                sender_id=message.sender_id,
+                display_name=message.sender_name,
+            )
+            conversation = known.get(key) or Conversation(
+                customer_id=customer.id or 0, channel=message.channel, chat_id=message.chat_id
+            )
+            session.add_all([identity, conversation])
+            contexts[key] = (identity, customer, conversation)
+        session.flush()
 
     def _record_failure(self, item_id: int, error: Exception) -> None:
         """Count a failure of the very row that failed; the same failure `max_attempts` times parks it."""
@@ -338,7 +386,7 @@ class Engine:
         self,
         session: Session,
         message: InboundMessage,
-        context: tuple[ChannelIdentity, Customer, Conversation | None] | None,
+        context: tuple[ChannelIdentity, Customer, Conversation | None],
     ) -> None:
         conversation, identity, customer = self._conversation(session, message, context)
         case = session.get(Case, conversation.case_id) if conversation.case_id else None
@@ -406,10 +454,14 @@ class Engine:
             for reply in rendered:
                 self.say(session, conversation, reply.text, reply.buttons, case=case)
 
-        conversation.state = transition.state.name
-        conversation.data = transition.state.to_dict()
-        conversation.updated_at = utcnow()
-        identity.last_inbound_at = message.received_at
+        session.info[_HOT].settle(
+            conversation,
+            identity,
+            state=transition.state.name,
+            data=transition.state.to_dict(),
+            updated_at=utcnow(),
+            last_inbound_at=message.received_at,
+        )
         relayed = [e.text for e in transition.effects if isinstance(e, conv.RelayToCase) and not e.reopen]
         if case is not None and relayed and relayed[0]:
             self._fulfil_from_customer(session, case, conversation, relayed[0])
@@ -492,12 +544,28 @@ class Engine:
         """The offered buttons' labels in every language, folded, as a customer may type one back."""
         labels: dict[str, str] = {}
         for value in offered:
-            name = conv.label_name(value)
-            if name is None:
-                continue
-            for language in conv.LANGUAGES:
-                labels[fold(self.renderer.label(name, language=language)).strip(" .!¡¿?")] = value
+            for typed in self._typed_labels(value):
+                labels[typed] = value
         return labels
+
+    def _typed_labels(self, value: str) -> tuple[str, ...]:
+        """An option's label in every language, folded: made once per option (the labels are the templates')."""
+        typed = self._label_forms.get(value)
+        if typed is None:
+            name = conv.label_name(value)
+            typed = (
+                tuple(
+                    fold(self.renderer.label(name, language=language)).strip(" .!¡¿?")
+                    for language in conv.LANGUAGES
+                )
+                if name is not None
+                else ()
+            )
+            if (
+                name is not None
+            ):  # a value without a label (a visit slot) is not kept: there is no end to them
+                self._label_forms[value] = typed
+        return typed
 
     def _as_read(self, text: str, state: conv.State) -> str:
         """What a person reads of a customer's message: a button's label (or an option number with its label),
@@ -516,45 +584,16 @@ class Engine:
         self,
         session: Session,
         message: InboundMessage,
-        context: tuple[ChannelIdentity, Customer, Conversation | None] | None,
+        context: tuple[ChannelIdentity, Customer, Conversation | None],
     ) -> tuple[Conversation, ChannelIdentity, Customer]:
-        if context is not None:
-            identity, customer, known = context
-            identity.unreachable = False  # they wrote to us: reachable again
-            if known is not None:
-                return known, identity, customer
-            started = Conversation(
-                customer_id=customer.id or 0, channel=message.channel, chat_id=message.chat_id
-            )
-            session.add(started)
-            session.flush()
-            return started, identity, customer
-        # A new chat: its customer and identity (a written variant such as pt-PT when the hint names one).
-        language = hint_variant(message.locale_hint) or hint_language(message.locale_hint)
-        customer = Customer(name=message.sender_name, language=language)
-        session.add(customer)
+        identity, customer, known = context
+        identity.unreachable = False  # they wrote to us: reachable again
+        if known is not None:
+            return known, identity, customer
+        started = Conversation(customer_id=customer.id or 0, channel=message.channel, chat_id=message.chat_id)
+        session.add(started)
         session.flush()
-        identity = ChannelIdentity(
-            customer_id=customer.id or 0,
-            channel=message.channel,
-            chat_id=message.chat_id,
-            sender_id=message.sender_id,
-            display_name=message.sender_name,
-        )
-        session.add(identity)
-        conversation: Conversation | None = session.execute(
-            select(Conversation).where(
-                col(Conversation.channel) == message.channel,
-                col(Conversation.chat_id) == message.chat_id,
-            )
-        ).scalar_one_or_none()
-        if conversation is None:
-            conversation = Conversation(
-                customer_id=customer.id or 0, channel=message.channel, chat_id=message.chat_id
-            )
-            session.add(conversation)
-        session.flush()
-        return conversation, identity, customer
+        return started, identity, customer
 
     def store_attachment(
         self, session: Session, conversation: Conversation, case: Case | None, attachment: Attachment
@@ -933,22 +972,9 @@ class Engine:
 
     def _credits_waiting(self, session: Session, case: Case) -> list[dict[str, Any]]:
         """Discount credits (M5) of earlier cases for the companies of this case's orders, or this customer."""
-        order_ids = select(col(CaseUnit.order_id)).where(col(CaseUnit.case_id) == case.id)
-        companies = [
-            c
-            for c in session.execute(
-                select(col(RegistryOrder.customer)).where(col(RegistryOrder.order_id).in_(order_ids))
-            ).scalars()
-            if c
-        ]
         credits = session.execute(
-            select(Credit)
-            .where(
-                col(Credit.case_id) != case.id,
-                (col(Credit.customer_id) == case.customer_id) | col(Credit.company).in_(companies),
-            )
-            .order_by(col(Credit.id))
-        ).scalars()
+            self._statements.credits_waiting, {"case_id": case.id, "customer_id": case.customer_id}
+        )
         return [{"order_id": c.order_id, "amount": c.amount, "currency": c.currency} for c in credits]
 
     def apply_fulfilment(
@@ -1154,6 +1180,34 @@ class _Statements:
         )
         self.log = insert(_table(Message))
         self.queue = insert(_table(OutboxItem))
+        # Each message's conversation and identity as the batch leaves them (see _Hot.settle).
+        conversations, identities = _table(Conversation), _table(ChannelIdentity)
+        self.settle_conversations = (
+            update(conversations)
+            .where(conversations.c.id == bindparam("b_id"))
+            .values({key: bindparam(f"b_{key}") for key in _SETTLED_CONVERSATION})
+        )
+        self.settle_identities = (
+            update(identities)
+            .where(identities.c.id == bindparam("b_id"))
+            .values({key: bindparam(f"b_{key}") for key in _SETTLED_IDENTITY})
+        )
+        # A new case's waiting discount credits (M5): the customer's, or those of its orders' companies
+        # (a registry order without a company names none), in one query.
+        companies = select(col(RegistryOrder.customer)).where(
+            col(RegistryOrder.order_id).in_(
+                select(col(CaseUnit.order_id)).where(col(CaseUnit.case_id) == bindparam("case_id"))
+            ),
+            col(RegistryOrder.customer) != "",
+        )
+        self.credits_waiting = (
+            select(col(Credit.order_id), col(Credit.amount), col(Credit.currency))
+            .where(
+                col(Credit.case_id) != bindparam("case_id"),
+                or_(col(Credit.customer_id) == bindparam("customer_id"), col(Credit.company).in_(companies)),
+            )
+            .order_by(col(Credit.id))
+        )
 
     def claim(self, dialect: str, *, one: bool) -> ReturningUpdate[Any]:
         """Mark the heads of waiting chats done and return them, in the transaction that processes them
@@ -1193,6 +1247,11 @@ class _Statements:
         return self._claims[key]
 
 
+# What a batch writes of each message's conversation and identity, with Core at its end (_Hot.settle).
+_SETTLED_CONVERSATION = ("state", "data", "case_id", "updated_at")
+_SETTLED_IDENTITY = ("last_inbound_at", "unreachable")
+
+
 def _table(model: type[Any]) -> Table:
     return cast(Table, model.__table__)
 
@@ -1207,6 +1266,7 @@ class _Hot:
     looked_up: set[str] = field(default_factory=set)  # serials (normalised) looked up for the batch
     mentioned: dict[str, tuple[str, ...]] = field(default_factory=dict)  # text -> the serials it mentions
     registry: dict[str, UnitFacts] = field(default_factory=dict)  # what the registry knows of them
+    settled: list[tuple[Conversation, ChannelIdentity]] = field(default_factory=list)
 
     def log(
         self,
@@ -1259,12 +1319,45 @@ class _Hot:
             if row["conversation_id"] == conversation_id and row["case_id"] is None:
                 row["case_id"] = case_id
 
+    def settle(
+        self,
+        conversation: Conversation,
+        identity: ChannelIdentity,
+        *,
+        state: str,
+        data: dict[str, Any],
+        updated_at: datetime,
+        last_inbound_at: datetime,
+    ) -> None:
+        """A message's conversation state and its identity's last message, set on the objects without making
+        them dirty: the ORM would write them at the next flush, and a case opened by a later message of the
+        batch flushes, one row at a time. `write` writes them for the whole batch instead, with whatever
+        the objects hold by then (a fulfilment step or a case after this may change them again)."""
+        set_committed_value(conversation, "state", state)
+        set_committed_value(conversation, "data", data)
+        set_committed_value(conversation, "updated_at", updated_at)
+        set_committed_value(identity, "last_inbound_at", last_inbound_at)
+        self.settled.append((conversation, identity))
+
     def write(self, session: Session, statements: _Statements) -> None:
         if self.messages:
             session.execute(statements.log, self.messages)
         if self.outbox:
             session.execute(statements.queue, self.outbox)
-        self.messages, self.outbox = [], []
+        if self.settled:
+            # Their present values (the ORM's own changes to these columns since are included, and then
+            # marked as written, so that the batch's last flush does not write them again).
+            for objects, statement, keys in (
+                ([c for c, _ in self.settled], statements.settle_conversations, _SETTLED_CONVERSATION),
+                ([i for _, i in self.settled], statements.settle_identities, _SETTLED_IDENTITY),
+            ):
+                session.execute(
+                    statement, [{"b_id": o.id, **{f"b_{k}": getattr(o, k) for k in keys}} for o in objects]
+                )
+                for o in objects:
+                    for key in keys:
+                        set_committed_value(o, key, getattr(o, key))
+        self.messages, self.outbox, self.settled = [], [], []
 
 
 def retry_parked(db: DbEngine, ids: list[int] | None = None) -> int:

@@ -171,6 +171,14 @@ class Renderer:
             cache_size=1000,
         )
         self.root = root
+        # Templates do not change while the bot runs (auto_reload off), so what they give is kept: the
+        # template each name resolves to per language, each language's context, labels module and plain
+        # labels (a conversation folds every offered label in every language for each message: engine._labels).
+        # Plain dicts: a race between threads at worst computes one entry twice, with the same result.
+        self._sources: dict[tuple[str, str], str] = {}
+        self._contexts: dict[str, dict[str, Any]] = {}
+        self._label_modules: dict[tuple[str, str], Any] = {}
+        self._plain_labels: dict[tuple[str, str], str] = {}
 
     def languages(self) -> list[str]:
         """The template folders that are languages (a variant folder such as pt_PT is not one)."""
@@ -206,15 +214,29 @@ class Renderer:
 
     def label(self, name: str, *, language: str, **params: Any) -> str:
         language = normalize_language(language)
+        if not params and (name, language) in self._plain_labels:
+            return self._plain_labels[name, language]
         for candidate in self._chain(language):
+            module = self._labels_module(candidate, language)
+            macro = getattr(module, name, None) if module is not None else None
+            if macro is not None:
+                text = self._finish(str(macro(**params)).strip(), language)
+                if not params:
+                    self._plain_labels[name, language] = text
+                return text
+        raise KeyError(f"no label {name!r} in templates/{language}/labels.j2")
+
+    def _labels_module(self, candidate: str, language: str) -> Any:
+        """The labels template of `candidate` as a module made for `language` (None: the folder has none)."""
+        key = (candidate, language)
+        if key not in self._label_modules:
             try:
                 template = self.env.get_template(f"{candidate}/labels.j2")
             except TemplateNotFound:
-                continue
-            macro = getattr(template.make_module(self._context(language)), name, None)
-            if macro is not None:
-                return self._finish(str(macro(**params)).strip(), language)
-        raise KeyError(f"no label {name!r} in templates/{language}/labels.j2")
+                self._label_modules[key] = None
+            else:
+                self._label_modules[key] = template.make_module(self._context(language))
+        return self._label_modules[key]
 
     def formats(self, language: str) -> Formats:
         return Formats(language)
@@ -240,6 +262,11 @@ class Renderer:
         return list(language_chain(language))
 
     def _source(self, name: str, language: str) -> str:
+        if (name, language) not in self._sources:
+            self._sources[name, language] = self._find_source(name, language)
+        return self._sources[name, language]
+
+    def _find_source(self, name: str, language: str) -> str:
         for candidate in self._chain(language):
             try:
                 self.env.get_template(f"{candidate}/{name}")
@@ -253,6 +280,12 @@ class Renderer:
         return isolate_ltr(text) if language.split("_")[0] in RIGHT_TO_LEFT else text
 
     def _context(self, language: str) -> dict[str, Any]:
+        """What every template of `language` sees (the same dict each time: renders copy it, never change it)."""
+        if language not in self._contexts:
+            self._contexts[language] = self._make_context(language)
+        return self._contexts[language]
+
+    def _make_context(self, language: str) -> dict[str, Any]:
         formats = self.formats(language)
 
         def meanings(ids: Iterable[str]) -> list[str]:

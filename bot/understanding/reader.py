@@ -2,14 +2,19 @@
 preference, yes/no and the global intents. Pure: the same text and lexicon always give the same reading.
 
 The reading is context-free; the conversation decides what a "no" or a number answers from its own state.
+
+A message is read once: `understand` remembers the readings of the last `MEMO_SIZE` texts (by what it reads of
+them, with the lexicon and the policy), so the engine's look-up of a message's serials and the conversation's
+reading of the same message share one reading. Readings are frozen, so sharing one is as good as a new one.
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
 import re
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, cast
 
 from rapidfuzz import process
 from rapidfuzz.distance import OSA
@@ -113,7 +118,34 @@ class _Match:
 
 def understand(text: str, lexicon: Lexicon, policy: Policy) -> Reading:
     """Read one message (its first `MAX_READ` characters: the bot reads no more of one message)."""
-    base = _range_words(_join_split_serials(clean(text[:MAX_READ]).strip(), policy), lexicon, policy)
+    # The reading depends on nothing but the cleaned first characters: "hello" and "hello\n" share one.
+    return _read(clean(text[:MAX_READ]).strip(), _Same(lexicon), _Same(policy))
+
+
+# Readings remembered: a batch of 32 messages is read by the engine first, then by the conversation one by
+# one; the web chat's thread reads too. functools.lru_cache is thread-safe (at worst two threads read the
+# same new text both).
+MEMO_SIZE = 256
+
+
+@dataclass(frozen=True, eq=False)
+class _Same:
+    """An object as a cache key by identity (the key keeps it alive, so its id cannot be reused meanwhile):
+    lexicons and policies hold mappings, so they cannot be hashed by value."""
+
+    value: object
+
+    def __hash__(self) -> int:
+        return id(self.value)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Same) and other.value is self.value
+
+
+@functools.lru_cache(maxsize=MEMO_SIZE)
+def _read(cleaned: str, same_lexicon: _Same, same_policy: _Same) -> Reading:
+    lexicon, policy = cast(Lexicon, same_lexicon.value), cast(Policy, same_policy.value)
+    base = _range_words(_join_split_serials(cleaned, policy), lexicon, policy)
     range_error: SerialRangeError | None = None
     try:
         serials = tuple(find_serials(base, policy))
@@ -234,6 +266,13 @@ def _tokens(folded: str, origin: list[int], spans: list[tuple[int, int]], lexico
 
 def _repair(word: str, lexicon: Lexicon) -> tuple[str, bool]:
     """A misspelt word read as the lexicon word it is one edit from (two, for long words)."""
+    return _repaired(word, _Same(lexicon))
+
+
+@functools.lru_cache(maxsize=8192)
+def _repaired(word: str, same_lexicon: _Same) -> tuple[str, bool]:
+    """`_repair`, once per word (the wildcard patterns and the fuzzy search over the vocabulary cost most)."""
+    lexicon = cast(Lexicon, same_lexicon.value)
     if word in lexicon.by_first_word or _known(word, lexicon):
         return word, False
     cutoff = 1 if len(word) < 9 else 2
@@ -257,18 +296,17 @@ def _known(word: str, lexicon: Lexicon) -> bool:
 # --- matching phrases ------------------------------------------------------------------------------------
 
 
-def _word_matches(pattern: str, word: str, lexicon: Lexicon) -> bool:
-    if _plain_match(pattern, word):
-        return True
-    # Arabic attaches conjunctions, prepositions and the article to the word: و + ال + فاتورة.
-    for clitic in lexicon.clitics:
-        if (
-            word.startswith(clitic)
-            and len(word) - len(clitic) >= 2
-            and _plain_match(pattern, word[len(clitic) :])
-        ):
-            return True
-    return False
+def _word_matches(pattern: str, word: str, same_lexicon: _Same) -> bool:
+    return any(_plain_match(pattern, form) for form in _forms(word, same_lexicon))
+
+
+@functools.lru_cache(maxsize=8192)
+def _forms(word: str, same_lexicon: _Same) -> tuple[str, ...]:
+    """The word, and the word without each clitic it starts with (two letters left at least): Arabic attaches
+    conjunctions, prepositions and the article to the word: و + ال + فاتورة."""
+    lexicon = cast(Lexicon, same_lexicon.value)
+    stripped = [word[len(c) :] for c in lexicon.clitics if word.startswith(c) and len(word) - len(c) >= 2]
+    return (word, *stripped)
 
 
 def _plain_match(pattern: str, word: str) -> bool:
@@ -286,20 +324,18 @@ def _matches(folded: str, tokens: list[_Token], lexicon: Lexicon) -> list[_Match
     words = [t for t in tokens if t.text not in _CLAUSE_END]
     index = [i for i, t in enumerate(tokens) if t.text not in _CLAUSE_END]
     found: list[_Match] = []
+    same = _Same(lexicon)
     for position, token in enumerate(words):
         if token.serial:
             continue
-        candidates = [*lexicon.by_first_word.get(token.text, ()), *lexicon.wildcard_phrases]
-        if lexicon.clitics:
-            for clitic in lexicon.clitics:
-                if token.text.startswith(clitic):
-                    candidates.extend(lexicon.by_first_word.get(token.text[len(clitic) :], ()))
-        for phrase in candidates:
+        for phrase in _starting_with(token.text, same):
             n = len(phrase.words)
             window = words[position : position + n]
             if len(window) < n or any(t.serial for t in window):
                 continue
-            if not all(_word_matches(p, t.text, lexicon) for p, t in zip(phrase.words, window, strict=True)):
+            if n > 1 and not all(
+                _word_matches(p, t.text, same) for p, t in zip(phrase.words[1:], window[1:], strict=True)
+            ):
                 continue
             # A phrase does not run over the end of a sentence.
             first, last = index[position], index[position + n - 1]
@@ -340,6 +376,19 @@ def _matches(folded: str, tokens: list[_Token], lexicon: Lexicon) -> list[_Match
         k for m in kept if m.phrase.category == "fault_word" and m.first >= 0 for k in range(m.first, m.last)
     }
     return [_negate(m, tokens, folded, lexicon, in_fault) for m in kept]
+
+
+@functools.lru_cache(maxsize=8192)
+def _starting_with(word: str, same_lexicon: _Same) -> tuple[Phrase, ...]:
+    """The word phrases whose first word matches `word` (as `_word_matches` matches it), in the order they are
+    tried: those listed under the word, every wildcard phrase, those under the word without a clitic. One
+    word's list is made once, not at each of its occurrences (the wildcards and clitics cost most)."""
+    lexicon = cast(Lexicon, same_lexicon.value)
+    candidates = [*lexicon.by_first_word.get(word, ()), *lexicon.wildcard_phrases]
+    for clitic in lexicon.clitics:
+        if word.startswith(clitic):
+            candidates.extend(lexicon.by_first_word.get(word[len(clitic) :], ()))
+    return tuple(p for p in candidates if _word_matches(p.words[0], word, same_lexicon))
 
 
 def _negate(match: _Match, tokens: list[_Token], folded: str, lexicon: Lexicon, in_fault: set[int]) -> _Match:
