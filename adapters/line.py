@@ -29,8 +29,9 @@ from adapters.base import SendingChannel
 from bot import channels
 from bot.app import Bot
 from bot.fetch import Fetcher, FetchPolicy
-from bot.messages import Attachment, Button, InboundMessage, OutboundMessage
-from bot.outbox import Delivered, DeliveryError, RetryLater
+from bot.http import ApiError, signed_body
+from bot.messages import Attachment, Button, OutboundMessage
+from bot.outbox import Delivered, DeliveryError
 from bot.store import KeyValue, session_scope
 from bot.store.clock import utcnow
 
@@ -273,7 +274,7 @@ class LineSender:
         if len(messages) > MAX_MESSAGES:  # an extremely long text: the rest is cut, with a mark
             messages = messages[:MAX_MESSAGES]
             messages[-1] = {**messages[-1], "text": messages[-1]["text"][: TEXT_LIMIT - 1] + "…"}
-        try:
+        with channels.sending(LineError, delivery_error):
             token = await asyncio.to_thread(take_reply_token, self.db, message.chat_id)
             answer: dict[str, Any] | None = None
             if token:
@@ -285,13 +286,9 @@ class LineSender:
                     log.info("line reply token refused (%s); pushing instead", error.message)
             if answer is None:
                 answer = await self.client.push(message.chat_id, messages)
-        except LineError as error:
-            raise delivery_error(error) from error
-        except httpx.HTTPError as error:
-            raise RetryLater(f"{type(error).__name__}: {error}") from error
         sent = answer.get("sentMessages")
         first = sent[0].get("id") if isinstance(sent, list) and sent and isinstance(sent[0], dict) else None
-        return Delivered(external_id=str(first) if first else None)
+        return channels.delivered(first)
 
 
 # --- the channel ------------------------------------------------------------------------------------------------
@@ -323,13 +320,12 @@ class LineChannel(SendingChannel):
         return [Route(WEBHOOK_PATH, self.webhook, methods=["POST"])]
 
     async def webhook(self, request: Request) -> Response:
-        body = await request.body()
-        if not signature_valid(body, request.headers.get("x-line-signature"), self.config.channel_secret):
-            return JSONResponse({"error": "invalid signature"}, status_code=401)
+        secret = self.config.channel_secret
+        body = await signed_body(request, "x-line-signature", lambda b, h: signature_valid(b, h, secret))
         try:
             events = parse(body)
         except MalformedPayload as error:
-            return JSONResponse({"error": f"malformed webhook: {error}"}, status_code=400)
+            raise ApiError(400, f"malformed webhook: {error}") from None
         # Not stored (bot.http.UNAVAILABLE): the 503 makes LINE redeliver (when redelivery is on in the console).
         for incoming in events:
             await self._receive(incoming)
@@ -342,19 +338,15 @@ class LineChannel(SendingChannel):
         if incoming.reply_token:
             await asyncio.to_thread(note_reply_token, self.bot.db, incoming.user_id, incoming.reply_token)
         attachments = (await self._attachment(incoming),) if incoming.media_id else ()
-        await asyncio.to_thread(
-            self.bot.engine.accept,
-            InboundMessage(
-                channel=CHANNEL,
-                external_id=external_id,
-                sender_id=incoming.user_id,
-                chat_id=incoming.user_id,
-                text=incoming.text,
-                attachments=attachments,
-                received_at=utcnow(),
-                raw={"type": incoming.type},
-            ),
+        message = channels.inbound(
+            CHANNEL,
+            external_id,
+            incoming.user_id,
+            text=incoming.text,
+            attachments=attachments,
+            raw={"type": incoming.type},
         )
+        await asyncio.to_thread(self.bot.engine.accept, message)
 
     async def _attachment(self, incoming: Incoming) -> Attachment:
         store = self.bot.attachments

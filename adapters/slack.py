@@ -571,12 +571,14 @@ class SlackDesk(Channel):
         await asyncio.to_thread(self._mark_revoked, kind)
 
     async def on_claim(self, ack: Callable[..., Any], body: dict[str, Any], action: dict[str, Any]) -> None:
-        await ack()
-        user = _user_id(body)
-        if await self._refused(user):
-            return
+        await self._on_case_button(ack, body, action, self.bot.desk.claim)
+
+    async def _on_case_button(
+        self, ack: Callable[..., Any], body: dict[str, Any], action: dict[str, Any], act: Callable[..., Any]
+    ) -> None:
+        """A button whose value is the case's reference and whose press is one desk action (claim, close)."""
         ref = str(action.get("value", ""))
-        await self._act(user, None, lambda name: self.bot.desk.claim(ref, engineer=name, origin=ORIGIN))
+        await self._ack_and_act(ack, _user_id(body), lambda name: act(ref, engineer=name, origin=ORIGIN))
 
     async def on_choose_method(
         self, ack: Callable[..., Any], body: dict[str, Any], action: dict[str, Any]
@@ -649,23 +651,15 @@ class SlackDesk(Channel):
             return
         text = _view_value(view, ui.FULFIL_BLOCK, ui.FULFIL_INPUT)
         ref, _, step = str(view.get("private_metadata", "")).partition("|")
-        name = await self._display_name(user)
-        try:
-            await asyncio.to_thread(
-                self.bot.desk.fulfil, ref, engineer=name, action=step, text=text, origin=ORIGIN
-            )
-        except DeskError as error:
-            await ack(response_action="errors", errors={ui.FULFIL_BLOCK: _clip_error(error)})
-            return
-        await ack()
+        await self._submit(
+            ack,
+            user,
+            ui.FULFIL_BLOCK,
+            lambda name: self.bot.desk.fulfil(ref, engineer=name, action=step, text=text, origin=ORIGIN),
+        )
 
     async def on_close(self, ack: Callable[..., Any], body: dict[str, Any], action: dict[str, Any]) -> None:
-        await ack()
-        user = _user_id(body)
-        if await self._refused(user):
-            return
-        ref = str(action.get("value", ""))
-        await self._act(user, None, lambda name: self.bot.desk.close(ref, engineer=name, origin=ORIGIN))
+        await self._on_case_button(ack, body, action, self.bot.desk.close)
 
     async def on_open_modal(
         self, ack: Callable[..., Any], body: dict[str, Any], action: dict[str, Any]
@@ -710,13 +704,10 @@ class SlackDesk(Channel):
         if not question:
             await ack(response_action="errors", errors={ui.QUESTION_BLOCK: "Write the question."})
             return
-        await ack()
-        if await self._refused(user):
-            return
         ref = str(view.get("private_metadata", ""))
-        await self._act(
+        await self._ack_and_act(
+            ack,
             user,
-            None,
             lambda name: self.bot.desk.ask_customer(ref, engineer=name, question=question, origin=ORIGIN),
         )
 
@@ -739,13 +730,10 @@ class SlackDesk(Channel):
                 errors={ui.CLAUSES_BLOCK: f"Not in the policy: {', '.join(unknown)}"},
             )
             return
-        await ack()
-        if await self._refused(user):
-            return
         ref = str(view.get("private_metadata", ""))
-        await self._act(
+        await self._ack_and_act(
+            ack,
             user,
-            None,
             lambda name: self.bot.desk.choose_method(
                 ref,
                 engineer=name,
@@ -785,21 +773,14 @@ class SlackDesk(Channel):
             return
         note = _view_value(view, ui.NOTE_BLOCK, ui.NOTE_INPUT)
         ref = str(view.get("private_metadata", ""))
-        name = await self._display_name(user)
-        try:
-            await asyncio.to_thread(
-                self.bot.desk.correct_unit,
-                ref,
-                engineer=name,
-                serial=serial,
-                changes=changes,
-                note=note or None,
-                origin=ORIGIN,
-            )
-        except DeskError as error:
-            await ack(response_action="errors", errors={ui.SERIAL_BLOCK: _clip_error(error)})
-            return
-        await ack()
+        await self._submit(
+            ack,
+            user,
+            ui.SERIAL_BLOCK,
+            lambda name: self.bot.desk.correct_unit(
+                ref, engineer=name, serial=serial, changes=changes, note=note or None, origin=ORIGIN
+            ),
+        )
 
     async def on_goodwill_submitted(
         self, ack: Callable[..., Any], body: dict[str, Any], view: dict[str, Any]
@@ -817,21 +798,14 @@ class SlackDesk(Channel):
             await ack(response_action="errors", errors={ui.REASON_BLOCK: "Give the reason."})
             return
         ref, _, method = str(view.get("private_metadata", "")).partition("|")
-        name = await self._display_name(user)
-        try:
-            await asyncio.to_thread(
-                self.bot.desk.choose_method,
-                ref,
-                engineer=name,
-                method=method,
-                reason=reason,
-                goodwill=goodwill,
-                origin=ORIGIN,
-            )
-        except DeskError as error:
-            await ack(response_action="errors", errors={ui.GOODWILL_BLOCK: _clip_error(error)})
-            return
-        await ack()
+        await self._submit(
+            ack,
+            user,
+            ui.GOODWILL_BLOCK,
+            lambda name: self.bot.desk.choose_method(
+                ref, engineer=name, method=method, reason=reason, goodwill=goodwill, origin=ORIGIN
+            ),
+        )
 
     async def on_warranty_command(
         self, ack: Callable[..., Any], respond: Callable[..., Any], command: dict[str, Any]
@@ -1076,6 +1050,26 @@ class SlackDesk(Channel):
         await self._ephemeral(user, REFUSAL)
         return True
 
+    async def _ack_and_act(self, ack: Callable[..., Any], user: str, action: Callable[[str], Any]) -> None:
+        """Acknowledge at once, then run the desk action as the engineer (unless they are not one: told so)."""
+        await ack()
+        if await self._refused(user):
+            return
+        await self._act(user, None, action)
+
+    async def _submit(
+        self, ack: Callable[..., Any], user: str, block: str, action: Callable[[str], Any]
+    ) -> None:
+        """A modal's desk action, run as the engineer (by display name) before the modal is acknowledged: a
+        refusal by the desk is shown on the modal's field `block`, and the modal stays open."""
+        name = await self._display_name(user)
+        try:
+            await asyncio.to_thread(action, name)
+        except DeskError as error:
+            await ack(response_action="errors", errors={block: _clip_error(error)})
+            return
+        await ack()
+
     async def _act(self, user: str, thread_ts: str | None, action: Callable[[str], Any]) -> bool:
         """Run a desk action as the engineer (by display name); a refusal by the desk is told to them only."""
         name = await self._display_name(user)
@@ -1185,31 +1179,28 @@ def _user_id(body: Mapping[str, Any]) -> str:
     return user_id if isinstance(user_id, str) else ""
 
 
-def _view_value(view: Mapping[str, Any], block: str, action: str) -> str:
-    """The text typed into a modal's input; "" when a level of view.state.values is missing or not an object."""
+def _view_state(view: Mapping[str, Any], *path: str) -> str:
+    """The string at view.state.values.<path> of a modal; "" when a level is missing or not an object."""
     node: Any = view
-    for key in ("state", "values", block, action):
+    for key in ("state", "values", *path[:-1]):
         node = node.get(key) if isinstance(node, dict) else None
-    value = node.get("value") if isinstance(node, dict) else None
-    return value.strip() if isinstance(value, str) else ""
+    value = node.get(path[-1]) if isinstance(node, dict) else None
+    return value if isinstance(value, str) else ""
+
+
+def _view_value(view: Mapping[str, Any], block: str, action: str) -> str:
+    """The text typed into a modal's input."""
+    return _view_state(view, block, action, "value").strip()
 
 
 def _view_choice(view: Mapping[str, Any], block: str, action: str) -> str:
-    """The value of a select or radio choice in a modal; "" when none was made or the shape is not Slack's."""
-    node: Any = view
-    for key in ("state", "values", block, action, "selected_option"):
-        node = node.get(key) if isinstance(node, dict) else None
-    value = node.get("value") if isinstance(node, dict) else None
-    return value if isinstance(value, str) else ""
+    """The value of a select or radio choice in a modal; "" when none was made."""
+    return _view_state(view, block, action, "selected_option", "value")
 
 
 def _view_date(view: Mapping[str, Any], block: str, action: str) -> str:
     """A datepicker's YYYY-MM-DD in a modal, or ""; the desk checks it is a date."""
-    node: Any = view
-    for key in ("state", "values", block, action):
-        node = node.get(key) if isinstance(node, dict) else None
-    value = node.get("selected_date") if isinstance(node, dict) else None
-    return value if isinstance(value, str) else ""
+    return _view_state(view, block, action, "selected_date")
 
 
 def _clip_error(error: Exception) -> str:

@@ -25,9 +25,9 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, col
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
-from starlette.routing import BaseRoute, Route
+from starlette.routing import BaseRoute
 
-from adapters.base import HoldingChannel
+from adapters.base import HoldingChannel, verified_webhook
 from bot import channels
 from bot.app import Bot
 from bot.messages import Attachment, Button, InboundMessage, OutboundMessage
@@ -551,7 +551,7 @@ class WeChatSender:
                 raise Hold(f"{CONFIG_HOLD}{error}") from error
             raise delivery_error(error) from error
         except httpx.HTTPError as error:
-            raise RetryLater(f"{type(error).__name__}: {error}") from error
+            raise channels.no_answer(error) from error
 
     async def _recovered(self) -> None:
         """A send went through again: the set-up is fixed, so every reply it held goes out."""
@@ -596,10 +596,7 @@ class WeChatChannel(HoldingChannel):
         self.clients = (self.client,)
 
     def routes(self) -> Sequence[BaseRoute]:
-        return [
-            Route(WEBHOOK_PATH, self.verify, methods=["GET"]),
-            Route(WEBHOOK_PATH, self.webhook, methods=["POST"]),
-        ]
+        return verified_webhook(WEBHOOK_PATH, self.verify, self.webhook)
 
     async def verify(self, request: Request) -> Response:
         params = request.query_params

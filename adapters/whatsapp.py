@@ -19,9 +19,9 @@ from sqlalchemy import Engine, select
 from sqlmodel import Session, col
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
-from starlette.routing import BaseRoute, Route
+from starlette.routing import BaseRoute
 
-from adapters.base import HoldingChannel
+from adapters.base import HoldingChannel, verified_webhook
 from bot import channels
 from bot.app import Bot
 from bot.fetch import Fetcher, FetchFailed, FetchPolicy, FetchRefused, FetchTooLarge, host_of
@@ -863,7 +863,7 @@ class WhatsAppSender:
                 self._config_problem(error)
             raise delivery_error(error) from error
         except httpx.HTTPError as error:
-            raise RetryLater(f"{type(error).__name__}: {error}") from error
+            raise channels.no_answer(error) from error
         if self.problem is not None and self.problem.startswith("WhatsApp refuses the account"):
             self.problem = None
             released = await asyncio.to_thread(channels.release_config_holds_of, self.db, CHANNEL)
@@ -963,10 +963,7 @@ class WhatsAppChannel(HoldingChannel):
         self.clients = (self.client,)
 
     def routes(self) -> Sequence[BaseRoute]:
-        return [
-            Route(WEBHOOK_PATH, self.verify, methods=["GET"]),
-            Route(WEBHOOK_PATH, self.webhook, methods=["POST"]),
-        ]
+        return verified_webhook(WEBHOOK_PATH, self.verify, self.webhook)
 
     async def verify(self, request: Request) -> Response:
         challenge = verify_subscription(request.query_params, self.config.verify_token)

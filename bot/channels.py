@@ -8,21 +8,32 @@ from __future__ import annotations
 import asyncio
 import logging
 import mimetypes
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
+import httpx
 from sqlalchemy import Engine
 
 from bot.attachments import AttachmentRejected, AttachmentStore
 from bot.fetch import Fetcher, FetchFailed, FetchRefused, FetchTooLarge
-from bot.messages import Attachment, Button
-from bot.outbox import DeliveryError, PermanentFailure, RetryLater, Unreachable, release_config_holds
+from bot.messages import Attachment, Button, InboundMessage
+from bot.outbox import (
+    Delivered,
+    DeliveryError,
+    PermanentFailure,
+    RetryLater,
+    Unreachable,
+    release_config_holds,
+)
 from bot.store import session_scope
 from bot.store.clock import utcnow
 from bot.store.kv import kv_delete, kv_get, kv_put
 
 log = logging.getLogger(__name__)
+
+E = TypeVar("E", bound=Exception)
 
 # --- text -----------------------------------------------------------------------------------------------------
 
@@ -65,6 +76,36 @@ def split_text(text: str, limit: int, *, unit: Literal["chars", "bytes"] = "char
     if rest or not pieces:
         pieces.append(rest)
     return pieces
+
+
+# --- inbound ------------------------------------------------------------------------------------------------
+
+
+def inbound(
+    channel: str,
+    external_id: str,
+    customer: str,
+    *,
+    text: str = "",
+    attachments: tuple[Attachment, ...] = (),
+    locale_hint: str | None = None,
+    sender_name: str | None = None,
+    raw: dict[str, Any] | None = None,
+) -> InboundMessage:
+    """A customer's message in their one-to-one chat with us (the chat is known by the customer's id), received
+    now."""
+    return InboundMessage(
+        channel=channel,
+        external_id=external_id,
+        sender_id=customer,
+        chat_id=customer,
+        text=text,
+        attachments=attachments,
+        received_at=utcnow(),
+        locale_hint=locale_hint,
+        sender_name=sender_name,
+        raw=raw if raw is not None else {},
+    )
 
 
 # --- files ----------------------------------------------------------------------------------------------------
@@ -154,6 +195,28 @@ def delivery_error(
     if unreachable:
         return Unreachable(summary)
     return PermanentFailure(summary)
+
+
+def no_answer(error: httpx.HTTPError) -> RetryLater:
+    """A call to the channel that got no answer (a timeout, a refused connection): tried again later."""
+    return RetryLater(f"{type(error).__name__}: {error}")
+
+
+@contextmanager
+def sending(refused: type[E], classify: Callable[[E], DeliveryError]) -> Iterator[None]:
+    """Around a send: the channel's refusal (`refused`) becomes what `classify` says the outbox does with it,
+    and no answer from the channel is tried again later."""
+    try:
+        yield
+    except refused as error:
+        raise classify(error) from error
+    except httpx.HTTPError as error:
+        raise no_answer(error) from error
+
+
+def delivered(external_id: object) -> Delivered:
+    """Delivered, with the channel's id of the (first) message sent when it gave one."""
+    return Delivered(external_id=str(external_id) if external_id else None)
 
 
 def release_config_holds_of(db: Engine, channel: str) -> int:

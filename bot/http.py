@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +72,14 @@ async def json_object(request: Request) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ApiError(422, "the body must be a JSON object")
     return data
+
+
+async def signed_body(request: Request, header: str, valid: Callable[[bytes, str | None], bool]) -> bytes:
+    """The raw body of a channel's webhook when `valid(body, <the header's value>)`; ApiError 401 if not."""
+    body = await request.body()
+    if not valid(body, request.headers.get(header)):
+        raise ApiError(401, "invalid signature")
+    return body
 
 
 class Redeliver(Exception):
