@@ -25,6 +25,7 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from adapters.base import Channel
+from bot import channels
 from bot.app import Bot
 from bot.attachments import STORABLE_TYPES, AttachmentRejected
 from bot.http import PAGE_HEADERS, WEB, ApiError, json_object
@@ -97,14 +98,12 @@ def _inbound(
     language: str | None = None,
     client_id: str | None = None,
 ) -> InboundMessage:
-    return InboundMessage(
-        channel=CHANNEL,
-        external_id=external_id,
-        sender_id=session_id,
-        chat_id=session_id,
+    return channels.inbound(
+        CHANNEL,
+        external_id,
+        session_id,
         text=text,
         attachments=attachments,
-        received_at=utcnow(),
         locale_hint=language,
         sender_name="Web chat visitor",
         raw={"client_id": client_id} if client_id else {},

@@ -30,7 +30,7 @@ from starlette.routing import BaseRoute
 from adapters.base import HoldingChannel, verified_webhook
 from bot import channels
 from bot.app import Bot
-from bot.messages import Attachment, Button, InboundMessage, OutboundMessage
+from bot.messages import Attachment, Button, OutboundMessage
 from bot.outbox import (
     CONFIG_HOLD,
     Delivered,
@@ -663,19 +663,15 @@ class WeChatChannel(HoldingChannel):
             attachments = (
                 self.bot.attachments.rejected(f"video-{push.msg_id}.mp4", "type"),
             )  # not downloaded
-        await asyncio.to_thread(
-            self.bot.engine.accept,
-            InboundMessage(
-                channel=CHANNEL,
-                external_id=push.external_id,
-                sender_id=push.openid,
-                chat_id=push.openid,
-                text=text,
-                attachments=attachments,
-                received_at=utcnow(),
-                raw={"msg_type": push.msg_type, "event": push.event, "create_time": push.create_time},
-            ),
+        message = channels.inbound(
+            CHANNEL,
+            push.external_id,
+            push.openid,
+            text=text,
+            attachments=attachments,
+            raw={"msg_type": push.msg_type, "event": push.event, "create_time": push.create_time},
         )
+        await asyncio.to_thread(self.bot.engine.accept, message)
 
     async def _attachment(self, push: Push) -> Attachment:
         store = self.bot.attachments

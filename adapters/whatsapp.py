@@ -26,7 +26,7 @@ from bot import channels
 from bot.app import Bot
 from bot.fetch import Fetcher, FetchFailed, FetchPolicy, FetchRefused, FetchTooLarge, host_of
 from bot.http import Redeliver
-from bot.messages import Attachment, Button, InboundMessage, OutboundMessage
+from bot.messages import Attachment, Button, OutboundMessage
 from bot.outbox import (
     CONFIG_HOLD,
     Delivered,
@@ -1007,14 +1007,13 @@ class WhatsAppChannel(HoldingChannel):
         if await asyncio.to_thread(note_inbound, self.bot.db, chat_id, utcnow()):
             self.bot.engine.outbox_signal.set()
         attachments = (await self._attachment(incoming.media),) if incoming.media else ()
-        message = InboundMessage(
-            channel=CHANNEL,
-            external_id=incoming.wamid,
-            sender_id=incoming.sender,
+        message = channels.inbound(
+            CHANNEL,
+            incoming.wamid,
+            incoming.sender,
             chat_id=chat_id,
             text=incoming.text,
             attachments=attachments,
-            received_at=utcnow(),
             locale_hint=locale_hint(incoming.wa_id) if incoming.wa_id else None,
             sender_name=incoming.name,
             raw={

@@ -86,19 +86,20 @@ def inbound(
     external_id: str,
     customer: str,
     *,
+    chat_id: str | None = None,
     text: str = "",
     attachments: tuple[Attachment, ...] = (),
     locale_hint: str | None = None,
     sender_name: str | None = None,
     raw: dict[str, Any] | None = None,
 ) -> InboundMessage:
-    """A customer's message in their one-to-one chat with us (the chat is known by the customer's id), received
-    now."""
+    """A customer's message, received now, in their one-to-one chat with us: the chat is known by the
+    customer's id unless the channel gives it another (`chat_id`)."""
     return InboundMessage(
         channel=channel,
         external_id=external_id,
         sender_id=customer,
-        chat_id=customer,
+        chat_id=customer if chat_id is None else chat_id,
         text=text,
         attachments=attachments,
         received_at=utcnow(),
