@@ -24,7 +24,7 @@ import smtplib
 import ssl
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from email import policy as email_policy
@@ -34,7 +34,7 @@ from email.message import EmailMessage, Message
 from email.parser import BytesParser
 from email.utils import format_datetime, formataddr, getaddresses, make_msgid, parseaddr
 from html.parser import HTMLParser
-from typing import ClassVar
+from typing import Any, ClassVar, Generic, Protocol, TypeVar
 from urllib.parse import unquote_to_bytes
 
 import httpx
@@ -76,6 +76,8 @@ MAX_LOGGED_HEADER = 40  # characters of an untrusted header value that reach the
 REPLY_LANGUAGES = ("en", "es", "fr", "zh", "de", "it", "nl", "pl", "cs", "da", "sv", "ja", "ko")
 
 log = logging.getLogger(__name__)
+
+C = TypeVar("C", bound="_Upgradable")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -846,6 +848,51 @@ class _XOAuth2:
         return self(challenge).decode()
 
 
+class _Upgradable(Protocol):
+    def starttls(self, *args: Any, **kwargs: Any) -> object: ...
+
+
+@dataclass(frozen=True, kw_only=True)
+class _MailProtocol(Generic[C]):
+    """How to reach an IMAP or SMTP server, as its security setting says: TLS from the start ("tls"), upgraded
+    by STARTTLS ("starttls"; closed if the upgrade fails), or plain (a loopback test server)."""
+
+    plain: Callable[..., C]  # (host, port, timeout=)
+    secure: Callable[..., C]  # the same, with the TLS context as `context_arg`
+    context_arg: str  # what the library calls the TLS context, in `secure` and in `starttls`
+    close: Callable[[C], object]
+    timeout: float
+
+    def connect(self, security: str, host: str, port: int) -> C:
+        tls = {self.context_arg: ssl.create_default_context()}
+        if security == "tls":
+            return self.secure(host, port, timeout=self.timeout, **tls)
+        connection = self.plain(host, port, timeout=self.timeout)
+        if security == "starttls":
+            try:
+                connection.starttls(**tls)
+            except BaseException:
+                self.close(connection)
+                raise
+        return connection
+
+
+_IMAP = _MailProtocol[imaplib.IMAP4](
+    plain=imaplib.IMAP4,
+    secure=imaplib.IMAP4_SSL,
+    context_arg="ssl_context",
+    close=imaplib.IMAP4.shutdown,
+    timeout=IMAP_TIMEOUT_SECONDS,
+)
+_SMTP = _MailProtocol[smtplib.SMTP](
+    plain=smtplib.SMTP,
+    secure=smtplib.SMTP_SSL,
+    context_arg="context",
+    close=smtplib.SMTP.close,
+    timeout=SMTP_TIMEOUT_SECONDS,
+)
+
+
 def _imap_oauth_login(imap: imaplib.IMAP4, user: str, tokens: OAuthTokens) -> None:
     for fresh in (False, True):
         try:
@@ -903,16 +950,7 @@ class MailboxReader:
 
     def _connect(self) -> imaplib.IMAP4:
         c = self.config
-        context = ssl.create_default_context()
-        imap: imaplib.IMAP4
-        if c.imap_security == "tls":
-            imap = imaplib.IMAP4_SSL(
-                c.imap_host, c.imap_port, ssl_context=context, timeout=IMAP_TIMEOUT_SECONDS
-            )
-        else:
-            imap = imaplib.IMAP4(c.imap_host, c.imap_port, timeout=IMAP_TIMEOUT_SECONDS)
-            if c.imap_security == "starttls":
-                imap.starttls(ssl_context=context)
+        imap = _IMAP.connect(c.imap_security, c.imap_host, c.imap_port)
         try:
             if self.tokens is not None:
                 _imap_oauth_login(imap, c.imap_user, self.tokens)
@@ -1207,18 +1245,9 @@ class MailSender:
 
     def _submit(self, mail: EmailMessage, address: str) -> None:
         c = self.config
-        context = ssl.create_default_context()
         try:
-            smtp: smtplib.SMTP
-            if c.smtp_security == "tls":
-                smtp = smtplib.SMTP_SSL(
-                    c.smtp_host, c.smtp_port, timeout=SMTP_TIMEOUT_SECONDS, context=context
-                )
-            else:
-                smtp = smtplib.SMTP(c.smtp_host, c.smtp_port, timeout=SMTP_TIMEOUT_SECONDS)
+            smtp = _SMTP.connect(c.smtp_security, c.smtp_host, c.smtp_port)
             with smtp:
-                if c.smtp_security == "starttls":
-                    smtp.starttls(context=context)
                 if self.tokens is not None:
                     _smtp_oauth_login(smtp, c.smtp_user or c.address, self.tokens)
                 elif c.smtp_user:
