@@ -356,30 +356,16 @@ def _cut_quote(text: str) -> str:
 # Foxmail, Outlook) label GBK and GB18030 text "gb2312"; Hong Kong and Taiwan mail labelled "big5" holds
 # HKSCS characters; Outlook's "iso-2022-jp" holds NEC and IBM extensions (①, ㈱, Roman numerals), read through
 # cp932 (`_iso2022jp_outlook`); "shift_jis" is Windows' cp932; Korean "euc-kr" is cp949.
-CHARSETS: dict[str, tuple[str, ...]] = {
-    "gb2312": ("gb18030",),
-    "gbk": ("gb18030",),
-    "x-gbk": ("gb18030",),
-    "cp936": ("gb18030",),
-    "gb_2312-80": ("gb18030",),
-    "euc-cn": ("gb18030",),
-    "x-euc-cn": ("gb18030",),
-    "big5": ("big5hkscs", "cp950"),
-    "big-5": ("big5hkscs", "cp950"),
-    "cn-big5": ("big5hkscs", "cp950"),
-    "x-x-big5": ("big5hkscs", "cp950"),
-    "iso-2022-jp": ("iso2022_jp_2004", "iso2022_jp_ext", "iso2022_jp_2"),
-    "csiso2022jp": ("iso2022_jp_2004", "iso2022_jp_ext", "iso2022_jp_2"),
-    "shift_jis": ("cp932",),
-    "shift-jis": ("cp932",),
-    "sjis": ("cp932",),
-    "x-sjis": ("cp932",),
-    "ks_c_5601-1987": ("cp949",),
-    "euc-kr": ("cp949",),
-    "us-ascii": ("utf-8", "cp1252"),
-    "ascii": ("utf-8", "cp1252"),
-    "iso-8859-1": ("cp1252",),
+_READ_AS: dict[tuple[str, ...], tuple[str, ...]] = {  # labels -> the charsets to read them as, in order
+    ("gb2312", "gbk", "x-gbk", "cp936", "gb_2312-80", "euc-cn", "x-euc-cn"): ("gb18030",),
+    ("big5", "big-5", "cn-big5", "x-x-big5"): ("big5hkscs", "cp950"),
+    ("iso-2022-jp", "csiso2022jp"): ("iso2022_jp_2004", "iso2022_jp_ext", "iso2022_jp_2"),
+    ("shift_jis", "shift-jis", "sjis", "x-sjis"): ("cp932",),
+    ("ks_c_5601-1987", "euc-kr"): ("cp949",),
+    ("us-ascii", "ascii"): ("utf-8", "cp1252"),
+    ("iso-8859-1",): ("cp1252",),
 }
+CHARSETS: dict[str, tuple[str, ...]] = {label: read for labels, read in _READ_AS.items() for label in labels}
 
 
 _ISO2022JP = re.compile(rb"\x1b(\$[@B]|\([BJI])")
@@ -852,7 +838,7 @@ class _Upgradable(Protocol):
     def starttls(self, *args: Any, **kwargs: Any) -> object: ...
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True)
 class _MailProtocol(Generic[C]):
     """How to reach an IMAP or SMTP server, as its security setting says: TLS from the start ("tls"), upgraded
     by STARTTLS ("starttls"; closed if the upgrade fails), or plain (a loopback test server)."""
@@ -877,43 +863,40 @@ class _MailProtocol(Generic[C]):
         return connection
 
 
-_IMAP = _MailProtocol[imaplib.IMAP4](
-    plain=imaplib.IMAP4,
-    secure=imaplib.IMAP4_SSL,
-    context_arg="ssl_context",
-    close=imaplib.IMAP4.shutdown,
-    timeout=IMAP_TIMEOUT_SECONDS,
+# (plain, secure, context_arg, close, timeout)
+_IMAP = _MailProtocol(
+    imaplib.IMAP4, imaplib.IMAP4_SSL, "ssl_context", imaplib.IMAP4.shutdown, IMAP_TIMEOUT_SECONDS
 )
-_SMTP = _MailProtocol[smtplib.SMTP](
-    plain=smtplib.SMTP,
-    secure=smtplib.SMTP_SSL,
-    context_arg="context",
-    close=smtplib.SMTP.close,
-    timeout=SMTP_TIMEOUT_SECONDS,
-)
+_SMTP = _MailProtocol(smtplib.SMTP, smtplib.SMTP_SSL, "context", smtplib.SMTP.close, SMTP_TIMEOUT_SECONDS)
 
 
 def _imap_oauth_login(imap: imaplib.IMAP4, user: str, tokens: OAuthTokens) -> None:
-    for fresh in (False, True):
-        try:
-            imap.authenticate("XOAUTH2", _XOAuth2(user, tokens.token(fresh=fresh)))
-            return
-        except imaplib.IMAP4.error:
-            if fresh:
-                raise
-            log.info("IMAP refused the OAuth token; asking for a new one")
+    def login(token: str) -> None:
+        imap.authenticate("XOAUTH2", _XOAuth2(user, token))
+
+    _oauth_login("IMAP", tokens, login, imaplib.IMAP4.error)
 
 
 def _smtp_oauth_login(smtp: smtplib.SMTP, user: str, tokens: OAuthTokens) -> None:
+    def login(token: str) -> None:
+        smtp.auth("XOAUTH2", _XOAuth2(user, token).text, initial_response_ok=True)
+
     smtp.ehlo_or_helo_if_needed()
+    _oauth_login("SMTP", tokens, login, smtplib.SMTPAuthenticationError)
+
+
+def _oauth_login(
+    server: str, tokens: OAuthTokens, login: Callable[[str], None], refused: type[Exception]
+) -> None:
+    """Log in with the token we have; when the server refuses it, once more with a new one."""
     for fresh in (False, True):
         try:
-            smtp.auth("XOAUTH2", _XOAuth2(user, tokens.token(fresh=fresh)).text, initial_response_ok=True)
+            login(tokens.token(fresh=fresh))
             return
-        except smtplib.SMTPAuthenticationError:
+        except refused:
             if fresh:
                 raise
-            log.info("SMTP refused the OAuth token; asking for a new one")
+            log.info("%s refused the OAuth token; asking for a new one", server)
 
 
 # --- receive: the mailbox reader ------------------------------------------------------------------------
