@@ -19,8 +19,7 @@ from datetime import timedelta
 from typing import Any
 
 import httpx
-from sqlalchemy import Engine, select
-from sqlmodel import col
+from sqlalchemy import Engine
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
@@ -32,7 +31,6 @@ from bot.fetch import Fetcher, FetchPolicy
 from bot.http import ApiError, signed_body
 from bot.messages import Attachment, Button, OutboundMessage
 from bot.outbox import Delivered, DeliveryError
-from bot.store import KeyValue, session_scope
 from bot.store.clock import utcnow
 
 log = logging.getLogger(__name__)
@@ -241,27 +239,18 @@ def _token_key(user_id: str) -> str:
 
 
 def note_reply_token(db: Engine, user_id: str, token: str) -> None:
-    with session_scope(db) as session:
-        row = session.get(KeyValue, _token_key(user_id))
-        value = {"token": token, "at": utcnow().isoformat()}
-        if row is None:
-            session.add(KeyValue(key=_token_key(user_id), value=value, expires_at=utcnow() + REPLY_TOKEN_AGE))
-        else:
-            row.value, row.expires_at = value, utcnow() + REPLY_TOKEN_AGE
+    value = {"token": token, "at": utcnow().isoformat()}
+    channels.kv_put(db, _token_key(user_id), value, utcnow() + REPLY_TOKEN_AGE)
 
 
 def take_reply_token(db: Engine, user_id: str) -> str | None:
     """The user's reply token if still fresh; it is used up either way (a token works once)."""
-    with session_scope(db) as session:
-        row = session.execute(
-            select(KeyValue).where(col(KeyValue.key) == _token_key(user_id)).with_for_update()
-        ).scalar_one_or_none()
-        if row is None:
-            return None
-        fresh = row.expires_at is not None and row.expires_at > utcnow()
-        token = row.value.get("token") if fresh else None
-        session.delete(row)
-        return token if isinstance(token, str) else None
+    taken = channels.kv_take(db, _token_key(user_id))
+    if taken is None:
+        return None
+    value, expires_at = taken
+    token = value.get("token") if expires_at is not None and expires_at > utcnow() else None
+    return token if isinstance(token, str) else None
 
 
 class LineSender:

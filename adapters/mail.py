@@ -53,7 +53,6 @@ from bot.logs import excerpt
 from bot.messages import Attachment, InboundMessage, OutboundMessage
 from bot.outbox import Delivered, PermanentFailure, RetryLater, Unreachable, sent_any, sent_times
 from bot.store.clock import utcnow
-from bot.store.kv import kv_get, kv_put
 
 CHANNEL = "email"
 SECURITIES = ("tls", "starttls", "none")
@@ -970,7 +969,7 @@ class MailboxReader:
 
     def sync(self, imap: imaplib.IMAP4, uidvalidity: int, uidnext: int | None) -> None:
         """Take every mail after the last one taken; on a first start (or a rebuilt mailbox) the unread ones."""
-        stored = kv_get(self.bot.db, self.state_key)
+        stored = channels.kv_get(self.bot.db, self.state_key)
         state = stored[0] if stored else {}
         if state.get("uidvalidity") == uidvalidity:
             last = int(state.get("last_uid", 0))
@@ -985,7 +984,7 @@ class MailboxReader:
             # The unread mail is remembered as pending, so that a crash halfway through loses none of it.
             pending = uids = _search(imap, "UNSEEN")
             last = (uidnext - 1) if uidnext else max(_search(imap, "ALL"), default=0)
-            kv_put(
+            channels.kv_put(
                 self.bot.db,
                 self.state_key,
                 {"uidvalidity": uidvalidity, "last_uid": last, "pending": pending},
@@ -1003,17 +1002,17 @@ class MailboxReader:
                     "mail UID %s stopped the mailbox reader %s times; left unread for a person", uid, attempts
                 )
             else:
-                kv_put(self.bot.db, self.state_key, {**record, "taking": uid, "attempts": tries})
+                channels.kv_put(self.bot.db, self.state_key, {**record, "taking": uid, "attempts": tries})
                 try:
                     self._take(imap, uid)
                 except BaseException:
-                    kv_put(
+                    channels.kv_put(
                         self.bot.db, self.state_key, record
                     )  # it raised, the process did not die: not poison
                     raise
             last = max(last, uid)
             pending = [p for p in pending if p != uid]
-            kv_put(
+            channels.kv_put(
                 self.bot.db,
                 self.state_key,
                 {"uidvalidity": uidvalidity, "last_uid": last, "pending": pending},

@@ -26,9 +26,7 @@ from slack_bolt.adapter.starlette.async_handler import AsyncSlackRequestHandler
 from slack_bolt.async_app import AsyncApp
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
-from sqlalchemy import delete
-from sqlalchemy.dialects import postgresql, sqlite
-from sqlmodel import Session, col
+from sqlmodel import Session
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
@@ -43,9 +41,7 @@ from bot.messages import CASE_OPENED, CASE_UPDATED, CUSTOMER_MESSAGE, DeskEvent
 from bot.outbox import Delivered, PermanentFailure, RetryLater
 from bot.registry import lookup
 from bot.status import CaseStatus
-from bot.store import KeyValue, session_scope
 from bot.store.clock import utcnow
-from bot.store.kv import kv_get, kv_put
 from policy import decision_to_json, evaluate, normalize_serial, parse_serial, refusal_clauses, unit_claim
 
 log = logging.getLogger(__name__)
@@ -329,7 +325,7 @@ class SlackDesk(Channel):
         return None
 
     async def start(self) -> None:
-        stored = await asyncio.to_thread(kv_get, self.bot.db, self._revoked_key)
+        stored = await asyncio.to_thread(channels.kv_get, self.bot.db, self._revoked_key)
         self.revoked = (
             str(stored[0].get("reason")) if stored is not None else None
         )  # a new token starts clean
@@ -902,7 +898,7 @@ class SlackDesk(Channel):
         if self.revoked is None:
             log.error("Slack says %s: case events wait until the app is installed again", reason)
         self.revoked = reason
-        kv_put(self.bot.db, self._revoked_key, {"reason": reason, "at": utcnow().isoformat()})
+        channels.kv_put(self.bot.db, self._revoked_key, {"reason": reason, "at": utcnow().isoformat()})
 
     async def _post_case(self, case: Mapping[str, Any], *, update_existing: bool) -> str:
         """The case message's ts: posted when there is none yet, else updated (when asked) to the case's state."""
@@ -1108,23 +1104,10 @@ class SlackDesk(Channel):
 
     def _remember(self, key: str) -> bool:
         now = utcnow()
-        with session_scope(self.bot.db) as session:
-            insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
-            statement = insert(KeyValue).values(
-                key=key, value={"seen_at": now.isoformat()}, expires_at=now + SEEN_FOR
-            )
-            inserted = session.execute(
-                statement.on_conflict_do_nothing(index_elements=["key"]).returning(col(KeyValue.key))
-            ).scalar()
-        return inserted is not None
+        return channels.kv_add(self.bot.db, key, {"seen_at": now.isoformat()}, now + SEEN_FOR)
 
     def _forget_old_events(self) -> None:
-        with session_scope(self.bot.db) as session:
-            session.execute(
-                delete(KeyValue).where(
-                    col(KeyValue.key).startswith(SEEN_PREFIX), col(KeyValue.expires_at) < utcnow()
-                )
-            )
+        channels.kv_purge(self.bot.db, SEEN_PREFIX)
 
     def _home_view(self, engineer: str) -> dict[str, Any]:
         desk = self.bot.desk

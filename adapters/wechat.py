@@ -20,9 +20,9 @@ import httpx
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from defusedxml import DefusedXmlException
 from defusedxml.ElementTree import fromstring
-from sqlalchemy import Engine, delete
+from sqlalchemy import Engine
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlmodel import Session, col
+from sqlmodel import Session
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute
@@ -110,24 +110,21 @@ def timestamp_fresh(params: Mapping[str, str], now: datetime) -> bool:
     return abs(now - datetime.fromtimestamp(int(timestamp), UTC)) <= REPLAY_WINDOW
 
 
+NONCE_PREFIX = "wechat:nonce:"
+
+
 def nonce_first_use(db: Engine, params: Mapping[str, str], body: bytes, now: datetime) -> bool:
     """Record the query's (timestamp, nonce); False if it was seen with another body (a replay, not a retry)."""
     seen = hashlib.sha256(f"{params.get('timestamp', '')}:{params.get('nonce', '')}".encode()).hexdigest()[
         :48
     ]
-    key, digest = f"wechat:nonce:{seen}", hashlib.sha256(body).hexdigest()
-    with session_scope(db) as session:
-        row = session.get(KeyValue, key, with_for_update=True)
-        if row is not None and (row.expires_at or now) > now:
-            return bool(row.value.get("body") == digest)  # WeChat's own retry carries the same bytes
-        _kv_put(session, key, {"body": digest}, now + 2 * REPLAY_WINDOW)
-        # Old nonces go with the new ones: the table never holds more than a window's pushes.
-        session.execute(
-            delete(KeyValue).where(
-                col(KeyValue.key).startswith("wechat:nonce:"), col(KeyValue.expires_at) < now
-            )
-        )
-    return True
+    key, digest = f"{NONCE_PREFIX}{seen}", hashlib.sha256(body).hexdigest()
+    # Old nonces go before a new one is kept: the table never holds more than a window's pushes.
+    channels.kv_purge(db, NONCE_PREFIX)
+    if channels.kv_add(db, key, {"body": digest}, now + 2 * REPLAY_WINDOW):
+        return True
+    stored = channels.kv_get(db, key)
+    return stored is None or stored[0].get("body") == digest  # WeChat's own retry carries the same bytes
 
 
 class DecryptError(ValueError):

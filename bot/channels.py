@@ -14,7 +14,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, TypeVar
 
 import httpx
-from sqlalchemy import Engine
+from sqlalchemy import Engine, delete, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlmodel import Session, col
 
 from bot.attachments import AttachmentRejected, AttachmentStore
 from bot.fetch import Fetcher, FetchFailed, FetchRefused, FetchTooLarge
@@ -27,9 +29,11 @@ from bot.outbox import (
     Unreachable,
     release_config_holds,
 )
-from bot.store import session_scope
+from bot.store import KeyValue, session_scope
 from bot.store.clock import utcnow
-from bot.store.kv import kv_delete, kv_get, kv_put
+from bot.store.kv import kv_delete as kv_delete
+from bot.store.kv import kv_get as kv_get
+from bot.store.kv import kv_put as kv_put
 
 log = logging.getLogger(__name__)
 
@@ -284,3 +288,50 @@ class TokenCache:
     async def forget(self) -> None:
         self._token = None
         await asyncio.to_thread(kv_delete, self.db, self.key)
+
+
+# --- what a channel keeps in the database ---------------------------------------------------------------------
+# Small state of the channels (tokens, references, sessions, ids already handled) in the KeyValue table, so that
+# no adapter touches a table: kv_get, kv_put and kv_delete (bot.store.kv) and these.
+
+
+def kv_add(db: Engine, key: str, value: dict[str, Any], expires_at: datetime | None = None) -> bool:
+    """Store `value` under `key` unless the key is there already; whether it was stored (a first time)."""
+    with session_scope(db) as session:
+        insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+        statement = insert(KeyValue).values(key=key, value=value, expires_at=expires_at)
+        inserted = session.execute(
+            statement.on_conflict_do_nothing(index_elements=["key"]).returning(col(KeyValue.key))
+        ).scalar()
+    return inserted is not None
+
+
+def kv_take(db: Engine, key: str) -> tuple[dict[str, Any], datetime | None] | None:
+    """The value under `key` and when it expires, removed in the same transaction (two takers never both get
+    it); None when there is none."""
+    with session_scope(db) as session:
+        row = session.execute(
+            select(KeyValue).where(col(KeyValue.key) == key).with_for_update()
+        ).scalar_one_or_none()
+        if row is None:
+            return None
+        taken = (dict(row.value), row.expires_at)
+        session.delete(row)
+    return taken
+
+
+def kv_keys(db: Engine, prefix: str) -> list[str]:
+    """The keys that start with `prefix`."""
+    with Session(db) as session:
+        query = select(col(KeyValue.key)).where(col(KeyValue.key).startswith(prefix, autoescape=True))
+        return list(session.execute(query).scalars())
+
+
+def kv_purge(db: Engine, prefix: str) -> None:
+    """Remove the expired values whose keys start with `prefix`."""
+    with session_scope(db) as session:
+        session.execute(
+            delete(KeyValue).where(
+                col(KeyValue.key).startswith(prefix, autoescape=True), col(KeyValue.expires_at) < utcnow()
+            )
+        )
