@@ -21,8 +21,6 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from defusedxml import DefusedXmlException
 from defusedxml.ElementTree import fromstring
 from sqlalchemy import Engine
-from sqlalchemy.dialects import postgresql, sqlite
-from sqlmodel import Session
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute
@@ -37,11 +35,9 @@ from bot.outbox import (
     DeliveryError,
     Hold,
     RetryLater,
-    release_held,
     waiting_count,
 )
 from bot.render import Renderer
-from bot.store import KeyValue, session_scope
 from bot.store.clock import utcnow
 
 log = logging.getLogger(__name__)
@@ -267,17 +263,6 @@ class MediaTooLarge(Exception):
     pass
 
 
-def _kv_put(session: Session, key: str, value: dict[str, Any], expires_at: datetime | None) -> None:
-    dialect = session.get_bind().dialect.name
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    statement = insert(KeyValue).values(key=key, value=value, expires_at=expires_at)
-    session.execute(
-        statement.on_conflict_do_update(
-            index_elements=["key"], set_={"value": value, "expires_at": expires_at}
-        )
-    )
-
-
 class AccessTokens:
     """The access token, kept in the database so that every worker uses one, refreshed before it expires."""
 
@@ -436,14 +421,9 @@ class Quota:
     waiting: int  # other messages queued for this customer
 
 
-def _window(session: Session, openid: str, *, lock: bool = False) -> dict[str, Any]:
-    row = session.get(KeyValue, _window_key(openid), with_for_update=lock)
-    return dict(row.value) if row is not None else {}
-
-
 def read_quota(db: Engine, openid: str, digest: str, now: datetime) -> Quota:
-    with Session(db) as session:
-        state = _window(session, openid)
+    stored = channels.kv_get(db, _window_key(openid))
+    state = stored[0] if stored is not None else {}
     waiting = waiting_count(db, CHANNEL, openid)
     left = 0
     since = channels.parse_time(state.get("since"))
@@ -471,8 +451,8 @@ def record_sent(
     exhausted: bool = False,
 ) -> None:
     """Count one message sent (or, `exhausted`, note that WeChat says the quota or window is used up)."""
-    with session_scope(db) as session:
-        state = _window(session, openid, lock=True)
+    with channels.kv_change(db, _window_key(openid)) as window:
+        state = window.value
         if exhausted:
             state["sent"] = QUOTAS.get(state.get("kind", "message"), QUOTAS["message"])[1]
         else:
@@ -480,17 +460,14 @@ def record_sent(
         if progress != KEEP:
             state["partial"] = progress
         state["notice_sent"] = bool(state.get("notice_sent")) or notice
-        row = session.get(KeyValue, _window_key(openid))
-        _kv_put(session, _window_key(openid), state, row.expires_at if row is not None else None)
 
 
 def note_interaction(db: Engine, openid: str, kind: str, now: datetime) -> int:
     """The customer wrote (or followed): a new quota starts and their held messages go out. Returns how many."""
-    with session_scope(db) as session:
-        state = _window(session, openid, lock=True)
-        state.update(since=now.isoformat(), kind=kind, sent=0, notice_sent=False)
-        _kv_put(session, _window_key(openid), state, now + QUOTAS[kind][0] + HOLD)
-        return release_held(session, CHANNEL, openid)
+    with channels.kv_change(db, _window_key(openid)) as window:
+        window.value.update(since=now.isoformat(), kind=kind, sent=0, notice_sent=False)
+        window.expires_at = now + QUOTAS[kind][0] + HOLD
+        return window.release_held(CHANNEL, openid)
 
 
 class WeChatSender:

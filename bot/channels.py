@@ -28,6 +28,7 @@ from bot.outbox import (
     RetryLater,
     Unreachable,
     release_config_holds,
+    release_held,
 )
 from bot.store import KeyValue, session_scope
 from bot.store.clock import utcnow
@@ -304,6 +305,36 @@ def kv_add(db: Engine, key: str, value: dict[str, Any], expires_at: datetime | N
             statement.on_conflict_do_nothing(index_elements=["key"]).returning(col(KeyValue.key))
         ).scalar()
     return inserted is not None
+
+
+class Kept:
+    """A channel's value under one key while `kv_change` holds it: change `value` and `expires_at` in place."""
+
+    def __init__(self, session: Session, value: dict[str, Any], expires_at: datetime | None) -> None:
+        self._session = session
+        self.value = value
+        self.expires_at = expires_at
+
+    def release_held(self, channel: str, chat_id: str) -> int:
+        """The customer wrote: their held replies go out, in the same transaction. Returns how many."""
+        return release_held(self._session, channel, chat_id)
+
+
+@contextmanager
+def kv_change(db: Engine, key: str) -> Iterator[Kept]:
+    """The value under `key` ({} when there is none), locked until the block ends and then stored as the block
+    left it, in one transaction: two workers changing it take turns."""
+    with session_scope(db) as session:
+        row = session.get(KeyValue, key, with_for_update=True)
+        kept = Kept(session, dict(row.value) if row is not None else {}, row.expires_at if row else None)
+        yield kept
+        insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+        statement = insert(KeyValue).values(key=key, value=kept.value, expires_at=kept.expires_at)
+        session.execute(
+            statement.on_conflict_do_update(
+                index_elements=["key"], set_={"value": kept.value, "expires_at": kept.expires_at}
+            )
+        )
 
 
 def kv_take(db: Engine, key: str) -> tuple[dict[str, Any], datetime | None] | None:
