@@ -28,6 +28,7 @@ from starlette.routing import BaseRoute
 from adapters.base import HoldingChannel, verified_webhook
 from bot import channels
 from bot.app import Bot
+from bot.fetch import FetchTooLarge
 from bot.messages import Attachment, Button, OutboundMessage
 from bot.outbox import (
     CONFIG_HOLD,
@@ -259,10 +260,6 @@ class WeChatError(Exception):
         self.status = status
 
 
-class MediaTooLarge(Exception):
-    pass
-
-
 class AccessTokens:
     """The access token, kept in the database so that every worker uses one, refreshed before it expires."""
 
@@ -388,7 +385,7 @@ class WeChatClient:
                 async for chunk in response.aiter_bytes():
                     size += len(chunk)
                     if size > max_bytes:
-                        raise MediaTooLarge(media_id)
+                        raise FetchTooLarge(media_id, max_bytes)
                     chunks.append(chunk)
                 return b"".join(chunks), mime
         raise WeChatError(-2, "access token refused twice")
@@ -657,7 +654,7 @@ class WeChatChannel(HoldingChannel):
         try:
             async with asyncio.timeout(MEDIA_SECONDS):
                 data, mime = await self.client.media(push.media_id, max_bytes=store.max_bytes)
-        except MediaTooLarge:
+        except FetchTooLarge:
             return store.rejected(name, "too_large")
         except (TimeoutError, WeChatError, httpx.HTTPError) as error:
             # WeChat's 5 seconds leave no time for retries: the customer is told to send it again.

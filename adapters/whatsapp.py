@@ -528,10 +528,6 @@ class GraphError(Exception):
         self.retry_after = retry_after
 
 
-class MediaTooLarge(Exception):
-    pass
-
-
 class GraphClient:
     """A thin async client for the Cloud API calls we make; the base URL (version included) is a setting."""
 
@@ -574,7 +570,7 @@ class GraphClient:
         return _checked(await self._http.get(media_id))
 
     async def download(self, url: str, *, max_bytes: int) -> bytes:
-        """The media's bytes (the URL needs the same bearer token); MediaTooLarge past `max_bytes`.
+        """The media's bytes (the URL needs the same bearer token); FetchTooLarge past `max_bytes`.
 
         Through the bot's one download policy (bot/fetch.py): the Graph host and Meta's media host only,
         https, public addresses, redirects within the same host, the token to those hosts alone.
@@ -583,8 +579,6 @@ class GraphClient:
             fetched = await self._fetcher.get(
                 str(self._http.base_url.join(url)), bearer=self._token, max_bytes=max_bytes
             )
-        except FetchTooLarge as error:
-            raise MediaTooLarge(url) from error
         except FetchRefused as error:
             raise GraphError(400, None, f"media download {error}") from None  # the URL may hold a token
         except FetchFailed as error:
@@ -1039,7 +1033,7 @@ class WhatsAppChannel(HoldingChannel):
             if not isinstance(url, str) or not url:
                 raise GraphError(200, None, "media answer without url")
             data = await self.client.download(url, max_bytes=store.max_bytes)
-        except MediaTooLarge:
+        except FetchTooLarge:
             return store.rejected(media.name, "too_large")
         except GraphError as error:
             if error.status == 429 or error.status >= 500:
