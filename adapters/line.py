@@ -11,7 +11,6 @@ import asyncio
 import base64
 import hashlib
 import hmac
-import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,7 +27,7 @@ from adapters.base import SendingChannel
 from bot import channels
 from bot.app import Bot
 from bot.fetch import Fetcher, FetchPolicy
-from bot.http import ApiError, signed_body
+from bot.http import ApiError, NotAnObject, decode_object, signed_body
 from bot.messages import Attachment, Button, OutboundMessage
 from bot.outbox import Delivered, DeliveryError
 from bot.store.clock import utcnow
@@ -83,10 +82,10 @@ class Incoming:
 def parse(body: bytes) -> list[Incoming]:
     """The usable events of a webhook body (others are acknowledged and dropped); MalformedPayload if not one."""
     try:
-        document = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise MalformedPayload("body is not JSON") from error
-    if not isinstance(document, dict) or not isinstance(document.get("events"), list):
+        document = decode_object(body)
+    except NotAnObject as error:
+        raise MalformedPayload(str(error)) from None
+    if not isinstance(document.get("events"), list):
         raise MalformedPayload("no events list")
     found: list[Incoming] = []
     for event in document["events"]:
@@ -152,7 +151,7 @@ def _event(event: dict[str, Any]) -> Incoming | None:
 
 
 def _id(value: Any, what: str) -> str:
-    if isinstance(value, str) and value and len(value) <= MAX_ID and value.isprintable():
+    if channels.is_id(value, MAX_ID):
         return value
     raise MalformedPayload(f"{what} is missing or not an id")
 
@@ -204,12 +203,8 @@ class LineClient:
     def __init__(
         self, api_url: str, access_token: str, *, transport: httpx.AsyncBaseTransport | None = None
     ) -> None:
-        self._http = httpx.AsyncClient(
-            base_url=api_url.rstrip("/") + "/",
-            timeout=15.0,
-            transport=transport,
-            headers={"Authorization": f"Bearer {access_token}"},
-            trust_env=False,
+        self._http = channels.api_client(
+            api_url, {"Authorization": f"Bearer {access_token}"}, transport=transport
         )
 
     async def reply(self, token: str, messages: list[dict[str, Any]]) -> dict[str, Any]:
@@ -220,10 +215,7 @@ class LineClient:
 
     async def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         response = await self._http.post(path, json=body)
-        try:
-            data = response.json()
-        except ValueError:
-            data = None
+        data = channels.json_answer(response)
         if response.status_code < 300:
             return data if isinstance(data, dict) else {}
         message = str(data.get("message", "")) if isinstance(data, dict) else response.text[:200]

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
-import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -26,7 +25,7 @@ from adapters.base import SendingChannel
 from bot import channels
 from bot.app import Bot
 from bot.fetch import Fetcher, FetchPolicy
-from bot.http import ApiError, signed_body
+from bot.http import ApiError, NotAnObject, decode_object, signed_body
 from bot.messages import Attachment, Button, OutboundMessage
 from bot.outbox import Delivered, DeliveryError
 
@@ -89,10 +88,10 @@ class Incoming:
 def parse(body: bytes) -> Incoming:
     """The callback in `body`; MalformedPayload if it is not one."""
     try:
-        document = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise MalformedPayload("body is not JSON") from error
-    if not isinstance(document, dict) or not isinstance(document.get("event"), str):
+        document = decode_object(body)
+    except NotAnObject as error:
+        raise MalformedPayload(str(error)) from None
+    if not isinstance(document.get("event"), str):
         raise MalformedPayload("no event")
     event = document["event"]
     if event == "conversation_started":
@@ -134,7 +133,7 @@ def _dict(value: Any, what: str) -> dict[str, Any]:
 
 
 def _id(value: Any, what: str) -> str:
-    if isinstance(value, str) and value and len(value) <= MAX_ID and value.isprintable():
+    if channels.is_id(value, MAX_ID):
         return value
     raise MalformedPayload(f"{what} is missing or not an id")
 
@@ -216,20 +215,11 @@ class ViberClient:
     def __init__(
         self, api_url: str, auth_token: str, *, transport: httpx.AsyncBaseTransport | None = None
     ) -> None:
-        self._http = httpx.AsyncClient(
-            base_url=api_url.rstrip("/") + "/",
-            timeout=15.0,
-            transport=transport,
-            headers={"X-Viber-Auth-Token": auth_token},
-            trust_env=False,
-        )
+        self._http = channels.api_client(api_url, {"X-Viber-Auth-Token": auth_token}, transport=transport)
 
     async def send_message(self, body: dict[str, Any]) -> dict[str, Any]:
         response = await self._http.post("pa/send_message", json=body)
-        try:
-            data = response.json()
-        except ValueError:
-            data = None
+        data = channels.json_answer(response)
         if response.status_code >= 300:
             raise ViberError(http_status=response.status_code, message=response.text[:200])
         if not isinstance(data, dict) or not isinstance(data.get("status"), int):

@@ -306,10 +306,7 @@ class AccessTokens:
 
 
 def _json(response: httpx.Response) -> dict[str, Any]:
-    try:
-        data = response.json()
-    except ValueError:
-        data = None
+    data = channels.json_answer(response)
     if not isinstance(data, dict):
         raise WeChatError(-2, f"HTTP {response.status_code}, not JSON", response.status_code)
     errcode = data.get("errcode", 0)

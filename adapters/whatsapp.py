@@ -25,7 +25,7 @@ from adapters.base import HoldingChannel, verified_webhook
 from bot import channels
 from bot.app import Bot
 from bot.fetch import Fetcher, FetchFailed, FetchPolicy, FetchRefused, FetchTooLarge, host_of
-from bot.http import Redeliver
+from bot.http import NotAnObject, Redeliver, decode_object
 from bot.messages import Attachment, Button, OutboundMessage
 from bot.outbox import (
     CONFIG_HOLD,
@@ -249,10 +249,10 @@ def parse(body: bytes) -> Notification:
     skipped (with its reason in `skipped`) so the good ones beside it are still taken.
     """
     try:
-        document = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
-        raise MalformedPayload("body is not JSON") from error
-    if not isinstance(document, dict) or not isinstance(document.get("entry"), list):
+        document = decode_object(body)
+    except NotAnObject as error:
+        raise MalformedPayload(str(error)) from None
+    if not isinstance(document.get("entry"), list):
         raise MalformedPayload("no entry list")
     messages: list[Incoming] = []
     statuses: list[StatusUpdate] = []
@@ -434,7 +434,7 @@ def _optional_id(value: Any, what: str) -> str | None:
 
 def _id(value: Any, what: str, limit: int = MAX_MESSAGE_ID) -> str:
     """An id we store or look up: PostgreSQL cannot hold NUL or lone surrogates, nor more than the column."""
-    if isinstance(value, str) and value and len(value) <= limit and value.isprintable():
+    if channels.is_id(value, limit):
         return value
     raise MalformedPayload(f"{what} is missing or not an id")
 
@@ -591,10 +591,7 @@ class GraphClient:
 
 
 def _checked(response: httpx.Response) -> dict[str, Any]:
-    try:
-        data = response.json()
-    except ValueError:
-        data = None
+    data = channels.json_answer(response)
     if response.status_code < 400 and isinstance(data, dict):
         return data
     error = data.get("error") if isinstance(data, dict) else None

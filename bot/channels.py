@@ -11,7 +11,7 @@ import mimetypes
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeGuard, TypeVar
 
 import httpx
 from sqlalchemy import Engine, delete, select
@@ -81,6 +81,37 @@ def split_text(text: str, limit: int, *, unit: Literal["chars", "bytes"] = "char
     if rest or not pieces:
         pieces.append(rest)
     return pieces
+
+
+# --- the channels' APIs ----------------------------------------------------------------------------------------
+
+
+def api_client(
+    base_url: str, headers: dict[str, str], *, transport: httpx.AsyncBaseTransport | None = None
+) -> httpx.AsyncClient:
+    """A client of a channel's API at `base_url` (a setting: a loopback fake in tests), authenticated by
+    `headers`; no proxy from the environment."""
+    return httpx.AsyncClient(
+        base_url=base_url.rstrip("/") + "/",
+        timeout=15.0,
+        transport=transport,
+        headers=headers,
+        trust_env=False,
+    )
+
+
+def json_answer(response: httpx.Response) -> Any:
+    """The answer's JSON document, or None when it is not JSON."""
+    try:
+        return response.json()
+    except ValueError:
+        return None
+
+
+def is_id(value: Any, limit: int) -> TypeGuard[str]:
+    """Whether `value` is an id we may store and look up: a printable string of 1 to `limit` characters
+    (PostgreSQL cannot hold NUL or lone surrogates, nor more than the column)."""
+    return isinstance(value, str) and 0 < len(value) <= limit and value.isprintable()
 
 
 # --- inbound ------------------------------------------------------------------------------------------------

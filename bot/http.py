@@ -80,7 +80,7 @@ def decode_object(body: bytes) -> dict[str, Any]:
     another status than json_object's 422 (a signed webhook: 400), or that must read the raw body first."""
     try:
         data = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):  # RecursionError: nested too deep
         raise NotAnObject("the body must be JSON") from None
     if not isinstance(data, dict):
         raise NotAnObject("the body must be a JSON object")
