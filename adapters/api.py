@@ -36,7 +36,7 @@ from adapters.base import SendingChannel
 from bot import channels
 from bot.app import Bot
 from bot.fetch import Fetcher, FetchPolicy
-from bot.http import ApiError, NotAnObject, decode_object
+from bot.http import ApiError, decode_object
 from bot.messages import Attachment, OutboundMessage
 from bot.outbox import Delivered, DeliveryError, PermanentFailure, RetryLater
 
@@ -127,9 +127,7 @@ class BadRequest(ValueError):
 def parse(body: bytes) -> MessageIn:
     """The message in an inbound body; BadRequest saying why it is not one."""
     try:
-        message = MessageIn.model_validate(decode_object(body))
-    except NotAnObject as error:
-        raise BadRequest(f"body: {error}") from None
+        message = MessageIn.model_validate(decode_object(body, lambda why: BadRequest(f"body: {why}")))
     except ValidationError as error:
         first = error.errors()[0]
         where = ".".join(str(p) for p in first.get("loc", ())) or "body"

@@ -27,7 +27,7 @@ from adapters.base import SendingChannel
 from bot import channels
 from bot.app import Bot
 from bot.fetch import Fetcher, FetchPolicy
-from bot.http import ApiError, NotAnObject, decode_object, signed_body
+from bot.http import ApiError, decode_object, signed_body
 from bot.messages import Attachment, Button, OutboundMessage
 from bot.outbox import Delivered, DeliveryError
 from bot.store.clock import utcnow
@@ -81,10 +81,7 @@ class Incoming:
 
 def parse(body: bytes) -> list[Incoming]:
     """The usable events of a webhook body (others are acknowledged and dropped); MalformedPayload if not one."""
-    try:
-        document = decode_object(body)
-    except NotAnObject as error:
-        raise MalformedPayload(str(error)) from None
+    document = decode_object(body, MalformedPayload)
     if not isinstance(document.get("events"), list):
         raise MalformedPayload("no events list")
     found: list[Incoming] = []

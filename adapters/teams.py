@@ -36,7 +36,7 @@ from bot.app import Bot
 from bot.attachments import AttachmentRejected, sniff
 from bot.engine import inbound_from_payload, inbound_to_payload
 from bot.fetch import Fetcher, FetchFailed, FetchPolicy, FetchRefused, FetchTooLarge
-from bot.http import NotAnObject, decode_object
+from bot.http import decode_object
 from bot.messages import Attachment, Button, InboundMessage, OutboundMessage
 from bot.outbox import Delivered, PermanentFailure, RetryLater
 from bot.store.clock import utcnow
@@ -250,10 +250,7 @@ MAX_ID = 255  # conversation and user ids are kept in columns of 255 characters
 
 def read_activity(body: bytes) -> dict[str, Any]:
     """The activity in the body; Malformed unless the fields this channel reads have the documented types."""
-    try:
-        activity = decode_object(body)
-    except NotAnObject as error:
-        raise Malformed(str(error)) from None
+    activity = decode_object(body, Malformed)
     for path in _OPTIONAL_OBJECTS:
         if not isinstance(_at(activity, path), dict | None):
             raise Malformed(f"{'.'.join(path)} is not an object")

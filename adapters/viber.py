@@ -25,7 +25,7 @@ from adapters.base import SendingChannel
 from bot import channels
 from bot.app import Bot
 from bot.fetch import Fetcher, FetchPolicy
-from bot.http import ApiError, NotAnObject, decode_object, signed_body
+from bot.http import ApiError, decode_object, signed_body
 from bot.messages import Attachment, Button, OutboundMessage
 from bot.outbox import Delivered, DeliveryError
 
@@ -87,10 +87,7 @@ class Incoming:
 
 def parse(body: bytes) -> Incoming:
     """The callback in `body`; MalformedPayload if it is not one."""
-    try:
-        document = decode_object(body)
-    except NotAnObject as error:
-        raise MalformedPayload(str(error)) from None
+    document = decode_object(body, MalformedPayload)
     if not isinstance(document.get("event"), str):
         raise MalformedPayload("no event")
     event = document["event"]

@@ -25,12 +25,15 @@ from bot.outbox import (
     Delivered,
     DeliveryError,
     PermanentFailure,
+    Reported,
     RetryLater,
     Unreachable,
+    note_held,
     release_config_holds,
     release_held,
+    report_status,
 )
-from bot.store import KeyValue, session_scope
+from bot.store import ChannelIdentity, KeyValue, session_scope
 from bot.store.clock import utcnow
 from bot.store.kv import kv_delete as kv_delete
 from bot.store.kv import kv_get as kv_get
@@ -397,3 +400,80 @@ def kv_purge(db: Engine, prefix: str) -> None:
                 col(KeyValue.key).startswith(prefix, autoescape=True), col(KeyValue.expires_at) < utcnow()
             )
         )
+
+
+# --- a chat's channel state on the customer's identity -----------------------------------------------------------
+
+
+class ChatState:
+    """A channel's own part of a chat's identity data (`data`, changed in place inside `ChatWork`), and when the
+    engine last stored a message of the chat."""
+
+    def __init__(self, data: dict[str, Any], last_inbound_at: datetime | None) -> None:
+        self.data = data
+        self.last_inbound_at = last_inbound_at
+
+
+def chat_state(db: Engine, channel: str, chat_id: str) -> ChatState | None:
+    """The channel's state of the chat, to read; None when the chat has no identity yet."""
+    with Session(db) as session:
+        identity = _identity(session, channel, chat_id)
+        return ChatState(dict(identity.data.get(channel, {})), identity.last_inbound_at) if identity else None
+
+
+class ChatWork:
+    """One transaction on a channel's chats: their state (locked, and stored when the transaction ends) and
+    their outbox rows, changed together."""
+
+    def __init__(self, session: Session, channel: str) -> None:
+        self._session = session
+        self._channel = channel
+        self._changed: list[tuple[ChannelIdentity, ChatState]] = []
+
+    def state(self, chat_id: str) -> ChatState | None:
+        """The chat's state, locked until the transaction ends; None when the chat has no identity."""
+        identity = _identity(self._session, self._channel, chat_id, lock=True)
+        if identity is None:
+            return None
+        state = ChatState(dict(identity.data.get(self._channel, {})), identity.last_inbound_at)
+        self._changed.append((identity, state))
+        return state
+
+    def release_held(self, chat_id: str) -> int:
+        """The customer wrote: their held replies go out. Returns how many."""
+        return release_held(self._session, self._channel, chat_id)
+
+    def note_held(self, chat_id: str, reason: str) -> None:
+        note_held(self._session, self._channel, chat_id, reason)
+
+    def report_status(
+        self, external_id: str, status: str, *, error: str | None, resend: str | None, now: datetime
+    ) -> Reported | None:
+        """bot.outbox.report_status, in this transaction."""
+        return report_status(
+            self._session, self._channel, external_id, status, error=error, resend=resend, now=now
+        )
+
+    def kv_get(self, key: str) -> dict[str, Any] | None:
+        row = self._session.get(KeyValue, key)
+        return dict(row.value) if row is not None else None
+
+    def _store(self) -> None:
+        for identity, state in self._changed:
+            identity.data = {**identity.data, self._channel: state.data}
+
+
+@contextmanager
+def chat_work(db: Engine, channel: str) -> Iterator[ChatWork]:
+    """A transaction on the channel's chats (ChatWork), committed when the block ends normally."""
+    with session_scope(db) as session:
+        work = ChatWork(session, channel)
+        yield work
+        work._store()
+
+
+def _identity(session: Session, channel: str, chat_id: str, *, lock: bool = False) -> ChannelIdentity | None:
+    query = select(ChannelIdentity).where(
+        col(ChannelIdentity.channel) == channel, col(ChannelIdentity.chat_id) == chat_id
+    )
+    return session.execute(query.with_for_update() if lock else query).scalar_one_or_none()

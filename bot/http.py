@@ -75,15 +75,16 @@ class NotAnObject(ValueError):
     """A body that is not a JSON object."""
 
 
-def decode_object(body: bytes) -> dict[str, Any]:
-    """A body's JSON object; NotAnObject saying why not. For a route whose contract answers a bad body with
-    another status than json_object's 422 (a signed webhook: 400), or that must read the raw body first."""
+def decode_object(body: bytes, refused: Callable[[str], Exception] = NotAnObject) -> dict[str, Any]:
+    """A body's JSON object, else `refused(why)` is raised (a channel's own "malformed" error). For a route
+    whose contract answers a bad body otherwise than json_object's 422 (a webhook: 400), or that must read the
+    raw body first (a signature)."""
     try:
         data = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):  # RecursionError: nested too deep
-        raise NotAnObject("the body must be JSON") from None
+        raise refused("the body must be JSON") from None
     if not isinstance(data, dict):
-        raise NotAnObject("the body must be a JSON object")
+        raise refused("the body must be a JSON object")
     return data
 
 
