@@ -26,7 +26,6 @@ from slack_bolt.adapter.starlette.async_handler import AsyncSlackRequestHandler
 from slack_bolt.async_app import AsyncApp
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
-from sqlmodel import Session
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
@@ -39,7 +38,6 @@ from bot.config import Settings
 from bot.desk import CaseNotFound, DeskError
 from bot.messages import CASE_OPENED, CASE_UPDATED, CUSTOMER_MESSAGE, DeskEvent
 from bot.outbox import Delivered, PermanentFailure, RetryLater
-from bot.registry import lookup
 from bot.status import CaseStatus
 from bot.store.clock import utcnow
 from policy import decision_to_json, evaluate, normalize_serial, parse_serial, refusal_clauses, unit_claim
@@ -1137,8 +1135,7 @@ class SlackDesk(Channel):
             return ui.case_blocks(case, public_url=self.config.public_url, actions=False, all_units=True)
         serial = normalize_serial(query)
         policy = self.bot.policy
-        with Session(self.bot.db) as session:
-            facts = lookup(session, [serial]).get(serial)
+        facts = channels.registry_record(self.bot.db, serial)
         if facts is None and parse_serial(serial, policy) is None:
             text = f"No case and no unit `{ui.escape(query)}`."
             return text, [ui.section(text)]

@@ -1,6 +1,8 @@
-"""What channel adapters share: numbered options, text pieces, storing a customer's file, Retry-After, sorting a
-delivery error, a shared access token. One module per channel lives in adapters/; what two of them would
-write again lives here.
+"""What channel adapters share: numbered options, text pieces, an API client, building an inbound message,
+storing a customer's file, Retry-After, sorting a delivery error, a shared access token, and the state a
+channel keeps in the database (KeyValue entries, its part of a chat's identity), so that no adapter opens a
+session or names a table. One module per channel lives in adapters/; what two of them would write again
+lives here.
 """
 
 from __future__ import annotations
@@ -33,11 +35,13 @@ from bot.outbox import (
     release_held,
     report_status,
 )
+from bot.registry import lookup
 from bot.store import ChannelIdentity, KeyValue, session_scope
 from bot.store.clock import utcnow
 from bot.store.kv import kv_delete as kv_delete
 from bot.store.kv import kv_get as kv_get
 from bot.store.kv import kv_put as kv_put
+from policy import UnitFacts
 
 log = logging.getLogger(__name__)
 
@@ -400,6 +404,12 @@ def kv_purge(db: Engine, prefix: str) -> None:
                 col(KeyValue.key).startswith(prefix, autoescape=True), col(KeyValue.expires_at) < utcnow()
             )
         )
+
+
+def registry_record(db: Engine, serial: str) -> UnitFacts | None:
+    """The shipment registry's record of one (normalised) serial, or None (Slack's /warranty)."""
+    with Session(db) as session:
+        return lookup(session, [serial]).get(serial)
 
 
 # --- a chat's channel state on the customer's identity -----------------------------------------------------------
