@@ -639,9 +639,8 @@ class SlackDesk(Channel):
     async def on_fulfil_submitted(
         self, ack: Callable[..., Any], body: dict[str, Any], view: dict[str, Any]
     ) -> None:
-        user = _user_id(body)
-        if not await self._is_engineer(user):
-            await ack(response_action="errors", errors={ui.FULFIL_BLOCK: REFUSAL})
+        user = await self._engineer_submitting(ack, body, ui.FULFIL_BLOCK)
+        if user is None:
             return
         text = _view_value(view, ui.FULFIL_BLOCK, ui.FULFIL_INPUT)
         ref, _, step = str(view.get("private_metadata", "")).partition("|")
@@ -741,9 +740,8 @@ class SlackDesk(Channel):
     async def on_correct_submitted(
         self, ack: Callable[..., Any], body: dict[str, Any], view: dict[str, Any]
     ) -> None:
-        user = _user_id(body)
-        if not await self._is_engineer(user):
-            await ack(response_action="errors", errors={ui.SERIAL_BLOCK: REFUSAL})
+        user = await self._engineer_submitting(ack, body, ui.SERIAL_BLOCK)
+        if user is None:
             return
         serial = _view_choice(view, ui.SERIAL_BLOCK, ui.SERIAL_INPUT)
         changes: dict[str, Any] = {}
@@ -779,9 +777,8 @@ class SlackDesk(Channel):
     async def on_goodwill_submitted(
         self, ack: Callable[..., Any], body: dict[str, Any], view: dict[str, Any]
     ) -> None:
-        user = _user_id(body)
-        if not await self._is_engineer(user):
-            await ack(response_action="errors", errors={ui.GOODWILL_BLOCK: REFUSAL})
+        user = await self._engineer_submitting(ack, body, ui.GOODWILL_BLOCK)
+        if user is None:
             return
         goodwill = _view_choice(view, ui.GOODWILL_BLOCK, ui.GOODWILL_INPUT)
         reason = _view_value(view, ui.REASON_BLOCK, ui.REASON_INPUT)
@@ -1050,6 +1047,16 @@ class SlackDesk(Channel):
         if await self._refused(user):
             return
         await self._act(user, None, action)
+
+    async def _engineer_submitting(
+        self, ack: Callable[..., Any], body: dict[str, Any], block: str
+    ) -> str | None:
+        """Who submits a modal, if an engineer; else the refusal is shown on the modal's field `block`."""
+        user = _user_id(body)
+        if not await self._is_engineer(user):
+            await ack(response_action="errors", errors={block: REFUSAL})
+            return None
+        return user
 
     async def _submit(
         self, ack: Callable[..., Any], user: str, block: str, action: Callable[[str], Any]
