@@ -552,15 +552,26 @@ def delivery_error(error: TelegramError) -> DeliveryError:
     return RetryLater(f"telegram: {description}")  # timeouts, connection errors, 5xx
 
 
+# The Bot API FAQ: about 30 messages a second in all, about one a second to one chat (short bursts allowed).
+# Faster than 30 a second in all takes paid broadcasts (Bot API 7.11): up to 1000 a second, for Stars.
+FREE_MESSAGES_PER_SECOND = 30.0
+CHAT_BURST = 3
+
+
 class TelegramSender:
-    """Delivers outbox rows to Telegram chats."""
+    """Delivers outbox rows to Telegram chats, paced by the outbox within `limits` (0 = unpaced)."""
 
-    # The Bot API FAQ: about 30 messages a second in all, about one a second to one chat (short bursts
-    # allowed); the outbox paces its sends within these.
-    limits = Limits(per_second=30, per_chat_per_second=1, chat_burst=3)
-
-    def __init__(self, client: telegram.Bot) -> None:
+    def __init__(
+        self, client: telegram.Bot, *, per_second: float = 30.0, per_chat_per_second: float = 1.0
+    ) -> None:
         self.client = client
+        self.limits = Limits(
+            per_second=per_second or None,
+            per_chat_per_second=per_chat_per_second or None,
+            chat_burst=CHAT_BURST,
+        )
+        # Above the free limit Telegram answers 429 unless each send asks (and pays) for a paid broadcast.
+        self.paid_broadcast = per_second > FREE_MESSAGES_PER_SECOND
         # Pieces of a long message already sent, so that a retry after a failure halfway does not repeat
         # them (within this process; bounded).
         self._sent: OrderedDict[tuple[str, str], int] = OrderedDict()
@@ -586,6 +597,7 @@ class TelegramSender:
                     parse_mode=telegram.constants.ParseMode.HTML,
                     reply_markup=markup if last else None,
                     link_preview_options=telegram.LinkPreviewOptions(is_disabled=True),
+                    allow_paid_broadcast=True if self.paid_broadcast else None,  # None: not sent at all
                 )
             except TelegramError as error:
                 raise delivery_error(error) from None
@@ -633,7 +645,11 @@ class TelegramChannel(SendingChannel):
         self.fetcher = Fetcher(
             FetchPolicy.from_settings(bot.settings, hosts=[bot.settings.telegram_api_base_url])
         )
-        self.outbox = TelegramSender(client)
+        self.outbox = TelegramSender(
+            client,
+            per_second=bot.settings.telegram_messages_per_second,
+            per_chat_per_second=bot.settings.telegram_chat_messages_per_second,
+        )
         self._task: asyncio.Task[None] | None = None
         self._timers: set[asyncio.Task[None]] = set()
         self._chats: dict[str, asyncio.Task[None]] = {}  # chats whose kept updates are being taken

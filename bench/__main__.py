@@ -76,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         f"load average {info['load average (1, 5, 15 min) at start']}"
     )
 
+    to_stdout = out is not None and str(out) == "-"
     started = time.monotonic()
     tables: list[Table] = []
     with tempfile.TemporaryDirectory(prefix="warranty-bench-") as tmp:
@@ -87,14 +88,18 @@ def main(argv: list[str] | None = None) -> int:
             made = result if isinstance(result, list) else [result]
             tables.extend(made)
             say(f"bench: {name} done in {time.monotonic() - begun:.0f} s")
-            for table in made:
-                print(table.markdown() + "\n", flush=True)
+            if not to_stdout:  # each table as it is made; with --out -, the whole report once at the end
+                for table in made:
+                    print(table.markdown() + "\n", flush=True)
 
     summary = targets(tables, databases)
-    print(summary.markdown() + "\n", flush=True)
     tables.insert(0, summary)
     report = render(info, command, tables, notes, time.monotonic() - started, quick=args.quick)
-    if out is not None and str(out) != "-":
+    if to_stdout:
+        print(report, end="", flush=True)
+        return 0
+    print(summary.markdown() + "\n", flush=True)
+    if out is not None:
         write(out, report)
         say(f"bench: results written to {out}")
     return 0

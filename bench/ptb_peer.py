@@ -1,7 +1,11 @@
 """The peer for the webhook benchmark: what a Python developer would otherwise build, python-telegram-bot's
 own ConversationHandler with PicklePersistence, playing the same claim script (same replies, same buttons, the
 same policy evaluation), fed by webhook: a Starlette endpoint puts each update on `application.update_queue`
-as python-telegram-bot's own webhook server does (`python -m bench.ptb_peer --port N --api URL ...`)."""
+as python-telegram-bot's own webhook server does (`python -m bench.ptb_peer --port N --api URL ...`).
+
+Unpaced by default, as python-telegram-bot is out of the box; `--rate-limiter` paces it as its users deploy it
+against api.telegram.org: its own AIORateLimiter (the `[rate-limiter]` extra) with its defaults, 30 requests a
+second for the whole bot and 20 a minute to a group, nothing per private chat, no retry after a 429."""
 
 from __future__ import annotations
 
@@ -22,6 +26,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from telegram import InlineKeyboardButton, InlineKeyboardMarkup, Update
 from telegram.ext import (
+    AIORateLimiter,
     Application,
     CallbackQueryHandler,
     ContextTypes,
@@ -114,7 +119,7 @@ async def cause(update: Update, context: Context) -> int:
 
 
 def build_application(
-    api: str, token: str, persistence_path: Path
+    api: str, token: str, persistence_path: Path, *, rate_limiter: bool = False
 ) -> Application[Any, Any, Any, Any, Any, Any]:
     with warnings.catch_warnings():  # per_message=False with CallbackQueryHandler: intended, chat-keyed
         warnings.simplefilter("ignore", PTBUserWarning)
@@ -129,15 +134,15 @@ def build_application(
             name="claim",
             persistent=True,
         )
-    application = (
+    builder = (
         Application.builder()
         .token(token)
         .base_url(f"{api.rstrip('/')}/bot")
         .base_file_url(f"{api.rstrip('/')}/file/bot")
         .updater(None)
         .persistence(PicklePersistence(filepath=persistence_path))
-        .build()
     )
+    application = (builder.rate_limiter(AIORateLimiter()) if rate_limiter else builder).build()
     application.add_handler(conversation)
     return application
 
@@ -177,8 +182,11 @@ def main() -> None:
     parser.add_argument("--token", required=True)
     parser.add_argument("--secret", required=True)
     parser.add_argument("--persistence", type=Path, required=True)
+    parser.add_argument(
+        "--rate-limiter", action="store_true", help="pace sends with AIORateLimiter() (its defaults)"
+    )
     args = parser.parse_args()
-    application = build_application(args.api, args.token, args.persistence)
+    application = build_application(args.api, args.token, args.persistence, rate_limiter=args.rate_limiter)
     uvicorn.run(
         create_app(application, args.secret),
         host="127.0.0.1",

@@ -97,6 +97,10 @@ class Settings(BaseSettings):
     telegram_webhook_secret: SecretStr | None = None
     telegram_mode: str = "auto"  # auto | webhook | polling
     telegram_timeout_seconds: float = Field(default=20.0, gt=0)
+    # Sending pace (docs/channels/telegram.md, Sending limits); 0 = unpaced (a local Bot API server, a bench).
+    # Over 30 a second, sends go as paid broadcasts (allow_paid_broadcast: 0.1 Stars a message, up to 1000/s).
+    telegram_messages_per_second: float = Field(default=30.0, ge=0, le=1000)  # the whole bot
+    telegram_chat_messages_per_second: float = Field(default=1.0, ge=0, le=1000)  # one chat, bursts of 3
 
     # --- Slack ----------------------------------------------------------------------------------------
     slack_bot_token: SecretStr | None = None

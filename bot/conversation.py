@@ -6,8 +6,9 @@ what must happen in the world (open a case, relay a message, record a rating) go
 States: new -> awaiting_serial -> awaiting_fault -> awaiting_proof -> screening -> [preference]
         -> with_engineer -> closed. `STATES` (at the end) is the table of them: each state's handler beside
 the question it asks and asks again. Before the state's handler, `FALLBACKS` in order: a command, a language
-switch, a global request (a person, the status, restart, help). What the desk does to a conversation comes
-in as events too (`on_case_closed`, `on_rating_asked`); files the shell could not keep come with the Event.
+switch, the consequential-damages limit (an aside: said, then the turn goes on), a global request (a person,
+the status, restart, help). What the desk does to a conversation comes in as events too (`on_case_closed`,
+`on_rating_asked`); files the shell could not keep come with the Event.
 """
 
 from __future__ import annotations
@@ -371,8 +372,28 @@ def _global_request(turn: _Turn) -> Transition | None:
     return None
 
 
-# Tried in this order before the state's handler; the first that answers takes the turn.
-FALLBACKS: tuple[Callable[[_Turn], Transition | None], ...] = (_command, _language_switch, _global_request)
+@dataclass(frozen=True, kw_only=True)
+class Aside:
+    """A fallback's answer that does not take the turn: said first, then the turn goes on."""
+
+    reply: Reply
+
+
+def _consequential_damages(turn: _Turn) -> Aside | None:
+    """A request for lost profits or other consequential damages, in any state: the limit (clause L1)."""
+    if turn.reading.consequential:
+        return Aside(reply=Reply(template="consequential_damages", params={"clause": "L1"}))
+    return None
+
+
+# Tried in this order before the state's handler; the first that answers with a Transition takes the turn,
+# an Aside is said before whatever answers.
+FALLBACKS: tuple[Callable[[_Turn], Transition | Aside | None], ...] = (
+    _command,
+    _language_switch,
+    _consequential_damages,
+    _global_request,
+)
 
 
 def _step(state: State, event: Event, facts: Facts) -> Transition:
@@ -380,11 +401,24 @@ def _step(state: State, event: Event, facts: Facts) -> Transition:
     if event.attachment_ids:
         state = replace(state, attachment_ids=state.attachment_ids + event.attachment_ids)
     turn = _Turn(state=state, text=text, event=event, facts=facts)
+    asides: list[Reply] = []
+    answered: Transition | Aside | None = None
     for fallback in FALLBACKS:
         answered = fallback(turn)
-        if answered is not None:
-            return answered
-    return STATES[state.name].handle(state, turn.reading, event, facts)
+        if isinstance(answered, Aside):
+            asides.append(answered.reply)
+        elif answered is not None:
+            break
+    transition = (
+        answered
+        if isinstance(answered, Transition)
+        else STATES[state.name].handle(state, turn.reading, event, facts)
+    )
+    if not asides:
+        return transition
+    return Transition(
+        state=transition.state, replies=(*asides, *transition.replies), effects=transition.effects
+    )
 
 
 def _new(state: State, reading: Reading, event: Event, facts: Facts) -> Transition:
@@ -625,9 +659,6 @@ def _intake(state: State, reading: Reading, event: Event, facts: Facts) -> Trans
         if confirmed is not None:
             state, reply = confirmed
             said.extend(reply)
-    if reading.consequential:
-        said.append(Reply(template="consequential_damages", params={"clause": "L1"}))
-
     state, serial_replies = _take_serials(state, reading, facts)
     said.extend(serial_replies)
     state = _take_fault(state, reading, event, asked=before.name == "awaiting_fault" and state.serials != ())
@@ -642,7 +673,9 @@ def _intake(state: State, reading: Reading, event: Event, facts: Facts) -> Trans
     if before.name == "preference" and reading.answer is not None and reading.preference is None:
         state = replace(state, prefers_discount=None)
 
-    progressed = _progress(state) != _progress(before) or bool(said) or state.confirm != before.confirm
+    # A request for damages was answered (the L1 aside of FALLBACKS): not a failed try, the question is asked.
+    answered = bool(said) or reading.consequential
+    progressed = _progress(state) != _progress(before) or answered or state.confirm != before.confirm
     if not progressed and not event.attachment_ids:
         return _reask(before, reading, facts)
     if not progressed:

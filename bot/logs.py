@@ -9,7 +9,7 @@ from typing import Any
 # Every pattern runs in linear time: a pattern that can start inside a run it already scanned (the old
 # email pattern, `[\w.+-]+@` tried at each of 64 K digits) is quadratic, and a log line is written on the
 # event loop's thread, so one long header froze every channel. Each one starts only at the start of a run
-# (a lookbehind on its own class) or uses possessive quantifiers; tests/test_logs.py checks 1 MB inputs.
+# (a lookbehind on its own class) or uses possessive quantifiers; tests/bot/test_logs.py checks 1 MB inputs.
 _AT = r"(?:@|＠|%40|\s?[\[({]at[\])}]\s?)"
 _DOT = r"(?:\.|\s?[\[({]dot[\])}]\s?)"
 _EMAIL = re.compile(rf"(?i)(?<![\w.+%-])[\w.+-]++{_AT}[\w-]++(?:{_DOT}[\w-]++)+")

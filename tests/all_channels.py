@@ -1,5 +1,5 @@
 """Every HTTP channel on one in-process server, each third-party API a loopback fake, for the fuzz and
-security tests; signing helpers and samples come from the channels' own test modules."""
+security tests; credentials, signing helpers and samples come from the channels' fakes (tests/fakes/)."""
 
 from __future__ import annotations
 
@@ -23,40 +23,36 @@ from bot.server import create_app
 from bot.status import CaseStatus
 from bot.store import Case, Conversation, InboxItem, Message, OutboxItem
 from tests.conftest import postgres_schema
+from tests.fakes.api_callback import SECRET as API_SECRET
 from tests.fakes.api_callback import FakeCallback
+from tests.fakes.line import SECRET as LINE_SECRET
+from tests.fakes.line import TOKEN as LINE_TOKEN
 from tests.fakes.line import FakeLine
 from tests.fakes.server import serve
 from tests.fakes.slack import BOT_TOKEN as SLACK_BOT_TOKEN
-from tests.fakes.slack import FakeSlack
+from tests.fakes.slack import ENGINEER, ESCALATION, MEMBER, OUTSIDER, FakeSlack
+from tests.fakes.slack import SECRET as SLACK_SECRET
 from tests.fakes.slack import create_app as fake_slack_app
+from tests.fakes.teams import APP_ID as TEAMS_APP_ID
+from tests.fakes.teams import PASSWORD as TEAMS_PASSWORD
 from tests.fakes.teams import TENANT as TEAMS_TENANT
 from tests.fakes.teams import BotFramework
 from tests.fakes.telegram import SECRET as TELEGRAM_SECRET
 from tests.fakes.telegram import TOKEN as TELEGRAM_TOKEN
 from tests.fakes.telegram import FakeTelegram
+from tests.fakes.viber import TOKEN as VIBER_TOKEN
 from tests.fakes.viber import FakeViber
+from tests.fakes.wechat import APP_ID as WECHAT_APP_ID
+from tests.fakes.wechat import APP_SECRET as WECHAT_APP_SECRET
+from tests.fakes.wechat import TOKEN as WECHAT_TOKEN
 from tests.fakes.wechat import FakeWeChat
-from tests.fakes.whatsapp import FakeGraph
-from tests.support import wait_until
-from tests.test_api_channel import SECRET as API_SECRET
-from tests.test_line import SECRET as LINE_SECRET
-from tests.test_line import TOKEN as LINE_TOKEN
-from tests.test_slack import ENGINEER, ESCALATION, MEMBER, OUTSIDER
-from tests.test_slack import SECRET as SLACK_SECRET
-from tests.test_teams import APP_ID as TEAMS_APP_ID
-from tests.test_teams import PASSWORD as TEAMS_PASSWORD
-from tests.test_viber import TOKEN as VIBER_TOKEN
-from tests.test_wechat import APP_ID as WECHAT_APP_ID
-from tests.test_wechat import APP_SECRET as WECHAT_APP_SECRET
-from tests.test_wechat import TOKEN as WECHAT_TOKEN
-from tests.test_whatsapp import ACCESS_TOKEN as WHATSAPP_ACCESS_TOKEN
-from tests.test_whatsapp import APP_SECRET as WHATSAPP_APP_SECRET
-from tests.test_whatsapp import PHONE_NUMBER_ID, VERIFY_TOKEN
+from tests.fakes.whatsapp import ACCESS_TOKEN as WHATSAPP_ACCESS_TOKEN
+from tests.fakes.whatsapp import APP_SECRET as WHATSAPP_APP_SECRET
+from tests.fakes.whatsapp import PHONE_NUMBER_ID, VERIFY_TOKEN, FakeGraph
+from tests.support import REGISTRY, TESTS, wait_until
 
 API_CHANNEL = "portal"
-TESTS = Path(__file__).resolve().parent
 PAYLOADS = TESTS / "payloads"
-REGISTRY = TESTS / "data" / "registry-sample.csv"
 DESK_TOKEN = "desk-token-for-security-tests-7f3a"
 DESK_AUTH = {"Authorization": f"Bearer {DESK_TOKEN}"}
 PUBLIC_URL = "https://warranty.example"

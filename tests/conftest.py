@@ -16,6 +16,7 @@ from bot.app import Bot, build
 from bot.config import Settings
 from bot.store import make_engine, upgrade
 from tests.browser_support import axe_source, browser  # noqa: F401  (fixtures of the browser tests)
+from tests.fakes.mail import imap, mailbox, smtp  # noqa: F401  (fixtures of the e-mail tests)
 
 # Tests send hundreds of requests a minute from 127.0.0.1, more than any customer does; the rate limits' own
 # tests (tests/test_limits.py) set theirs explicitly. Servers started as processes inherit these.

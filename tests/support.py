@@ -1,5 +1,6 @@
-"""Helpers shared by test modules: bounded waiting, and a real `warranty-bot serve` process with the web chat
-and desk APIs (tests import these from here, never from another test module)."""
+"""Helpers shared by test modules: the repository's folders, bounded waiting, a real `warranty-bot serve` process
+with the web chat and desk APIs, the command line, and the engine in process on the `test` channel. Tests import
+these from here (or a channel's from tests/fakes/), never from another test module (tests/test_layout.py)."""
 
 from __future__ import annotations
 
@@ -8,17 +9,27 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import httpx
+from sqlalchemy import func, select
+from sqlmodel import Session, col
 
 from bot.app import Bot
 from bot.messages import InboundMessage
+from bot.store import Conversation, InboxItem, Message, OutboxItem, make_engine
 from bot.store.clock import utcnow
 from tests.fakes.server import free_port
 
 T = TypeVar("T")
+
+TESTS = Path(__file__).resolve().parent
+ROOT = (
+    TESTS.parent
+)  # the repository: the working folder of `warranty-bot` processes that read docs/ or templates/
+REGISTRY = TESTS / "data" / "registry-sample.csv"
 
 
 def wait_until(
@@ -114,6 +125,88 @@ def send(server: Server, session: str, text: str, *, expect_reply: str | None = 
     return wait_until(answered, timeout=15, what=f"a reply to {text!r}")
 
 
+# --- many web chat customers on a `serve` process, and what its database then holds (reliability, workers) ----
+
+SCRIPT = [
+    "hello",
+    "CSP2604D0007",
+    "The display shows E07 and it shuts down",
+    "no invoice",
+    "normal use",
+    "any news?",
+    "restart",
+]
+
+
+def post(server: Server, session: str, text: str, client_id: str) -> bool:
+    """True when the server accepted the message (202); False when it could not answer (it was killed)."""
+    try:
+        response = httpx.post(
+            f"{server.url}/api/webchat/sessions/{session}/messages",
+            json={"text": text, "client_id": client_id},
+            timeout=5,
+        )
+    except httpx.TransportError:
+        return False
+    assert response.status_code == 202, response.text
+    return True
+
+
+def conversation_texts(database_url: str, chat_id: str) -> list[str]:
+    engine = make_engine(database_url)
+    with Session(engine) as session:
+        conversation = session.execute(
+            select(Conversation).where(col(Conversation.chat_id) == chat_id)
+        ).scalar_one()
+        rows = session.execute(
+            select(col(Message.text))
+            .where(col(Message.conversation_id) == conversation.id, col(Message.author) == "customer")
+            .order_by(col(Message.id))
+        )
+        texts = list(rows.scalars())
+    engine.dispose()
+    return texts
+
+
+def settled(database_url: str) -> bool:
+    engine = make_engine(database_url)
+    with Session(engine) as session:
+        pending_in: int = session.execute(
+            select(func.count()).select_from(InboxItem).where(col(InboxItem.status) == "pending")
+        ).scalar_one()
+        pending_out: int = session.execute(
+            select(func.count()).select_from(OutboxItem).where(col(OutboxItem.status) == "pending")
+        ).scalar_one()
+    engine.dispose()
+    return pending_in == 0 and pending_out == 0
+
+
+def accepted(database_url: str) -> int:
+    engine = make_engine(database_url)
+    with Session(engine) as session:
+        count = int(session.execute(select(func.count()).select_from(InboxItem)).scalar_one())
+    engine.dispose()
+    return count
+
+
+# --- the command line ----------------------------------------------------------------------------------------
+
+
+def cli(
+    *args: str, stdin: str = "", cwd: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "bot.cli", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env={**os.environ, **(env or {})},
+        timeout=120,
+        check=False,
+    )
+
+
 # --- the engine in process, on the `test` channel (tests/bot/) ------------------------------------------
 
 # Made in April 2026: without proof the warranty runs from 2026-05-31 to 2028-07-30, whatever today is here.
@@ -150,3 +243,40 @@ def say(bot: Bot, *texts: str, chat: str = "chat-1") -> None:
 
 def bot_texts(bot: Bot, chat: str = "chat-1") -> list[str]:
     return [m["text"] for m in bot.engine.transcript("test", chat) if m["author"] != "customer"]
+
+
+def customer_texts(bot: Bot, chat: str) -> list[str]:
+    return [m["text"] for m in bot.engine.transcript("test", chat) if m["author"] == "customer"]
+
+
+# A registry dated from today (tests/bot/test_decisions.py, test_fulfilment.py): write "\n".join([HEADER, *ROWS]).
+TODAY = utcnow().date()
+HEADER = (
+    "order_id,customer,serial,serial_to,production_date,port_arrival_date,cargo_compensation,order_pieces,"
+)
+HEADER += "order_total,currency"
+
+
+def days_ago(days: int) -> str:
+    return (TODAY - timedelta(days=days)).isoformat()
+
+
+# Dates relative to today, so the decisions hold whatever day the tests run: 100 days after port arrival is
+# covered, 1100 days (about 36 months) is past the 26-month term.
+ROWS = [
+    f"PO-12,Acme Fleet Ltd.,CSP2402A0100,CSP2402A0111,{days_ago(200)},{days_ago(100)},false,1000,1012.50,USD",
+    f"PO-5,Acme Fleet Ltd.,CSP2402C0100,CSP2402C0104,{days_ago(200)},{days_ago(100)},false,1000,40000.00,USD",
+    f"PO-OLD,Old Motors SA,CSP2402B0100,CSP2402B0134,{days_ago(1200)},{days_ago(1100)},false,500,40000.00,USD",
+    f"PO-CARGO,Cargo Parts Co,CSP2403D0100,,{days_ago(200)},{days_ago(100)},true,1000,9000.00,USD",
+]
+FAULT = "all of them show E07 after a week"
+
+
+def claim_to_the_end(bot: Bot, *texts: str, chat: str = "chat-1") -> str:
+    """Say `texts`; a refusal that did not open a case yet is taken to a person. Returns the case's ref."""
+    say(bot, *texts, chat=chat)
+    if not bot.desk.list_cases():
+        say(bot, "cmd:human", chat=chat)
+    cases = bot.desk.list_cases()
+    assert len(cases) == 1, cases
+    return str(cases[0]["ref"])

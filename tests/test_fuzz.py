@@ -24,10 +24,10 @@ from bot.config import Settings
 from bot.store import InboxItem, session_scope
 from bot.store.clock import utcnow
 from tests.all_channels import DESK_AUTH, Stack, consistency_problems, database, payload, running
+from tests.fakes.slack import as_form, signed
+from tests.fakes.wechat import signed_query
+from tests.fakes.whatsapp import sign
 from tests.support import wait_until
-from tests.test_slack import as_form, signed
-from tests.test_wechat import signed_query
-from tests.test_whatsapp import sign
 
 EXAMPLES = {"sqlite": 80, "postgres": 20}  # per endpoint; PostgreSQL runs a smaller second pass
 # What a fuzzed request may be answered with; a 5xx never, whatever was sent.

@@ -31,60 +31,7 @@ from tests.fakes.server import serve
 from tests.fakes.telegram import SECRET as TELEGRAM_SECRET
 from tests.fakes.telegram import TOKEN as TELEGRAM_TOKEN
 from tests.fakes.telegram import FakeTelegram, update
-from tests.support import Server, send, wait_until
-
-SCRIPT = [
-    "hello",
-    "CSP2604D0007",
-    "The display shows E07 and it shuts down",
-    "no invoice",
-    "normal use",
-    "any news?",
-    "restart",
-]
-
-
-def post(server: Server, session: str, text: str, client_id: str) -> bool:
-    """True when the server accepted the message (202); False when it could not answer (it was killed)."""
-    try:
-        response = httpx.post(
-            f"{server.url}/api/webchat/sessions/{session}/messages",
-            json={"text": text, "client_id": client_id},
-            timeout=5,
-        )
-    except httpx.TransportError:
-        return False
-    assert response.status_code == 202, response.text
-    return True
-
-
-def conversation_texts(database_url: str, chat_id: str) -> list[str]:
-    engine = make_engine(database_url)
-    with Session(engine) as session:
-        conversation = session.execute(
-            select(Conversation).where(col(Conversation.chat_id) == chat_id)
-        ).scalar_one()
-        rows = session.execute(
-            select(col(Message.text))
-            .where(col(Message.conversation_id) == conversation.id, col(Message.author) == "customer")
-            .order_by(col(Message.id))
-        )
-        texts = list(rows.scalars())
-    engine.dispose()
-    return texts
-
-
-def settled(database_url: str) -> bool:
-    engine = make_engine(database_url)
-    with Session(engine) as session:
-        pending_in: int = session.execute(
-            select(func.count()).select_from(InboxItem).where(col(InboxItem.status) == "pending")
-        ).scalar_one()
-        pending_out: int = session.execute(
-            select(func.count()).select_from(OutboxItem).where(col(OutboxItem.status) == "pending")
-        ).scalar_one()
-    engine.dispose()
-    return pending_in == 0 and pending_out == 0
+from tests.support import SCRIPT, Server, accepted, conversation_texts, post, send, settled, wait_until
 
 
 @pytest.fixture
@@ -116,7 +63,7 @@ def test_sigkill_mid_traffic_loses_nothing_and_repeats_nothing(
     with ThreadPoolExecutor(len(sessions)) as pool:
         futures = [pool.submit(client, s, None) for s in sessions]
         wait_until(
-            lambda: _accepted(database_url) >= 60, timeout=60, interval=0.5, what="traffic to be under way"
+            lambda: accepted(database_url) >= 60, timeout=60, interval=0.5, what="traffic to be under way"
         )
         assert server.process is not None
         os.kill(server.process.pid, signal.SIGKILL)
@@ -146,14 +93,6 @@ def test_sigkill_mid_traffic_loses_nothing_and_repeats_nothing(
             assert State.from_dict(conversation.data).name == conversation.state
         assert db.execute(select(func.count()).select_from(Case)).scalar_one() == 6 * 5
     engine.dispose()
-
-
-def _accepted(database_url: str) -> int:
-    engine = make_engine(database_url)
-    with Session(engine) as session:
-        count = int(session.execute(select(func.count()).select_from(InboxItem)).scalar_one())
-    engine.dispose()
-    return count
 
 
 def test_two_workers_on_one_postgresql_keep_order_and_open_no_duplicate_case(

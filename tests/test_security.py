@@ -31,19 +31,19 @@ from bot.messages import Button, OutboundMessage
 from bot.store import Case, InboxItem, KeyValue, StoredAttachment
 from tests.all_channels import DESK_AUTH, DESK_TOKEN, Stack, channel_env, database, fakes, payload, running
 from tests.fakes.imap import Mailbox, imap_server
+from tests.fakes.mail import CONFIG as MAIL_CONFIG
+from tests.fakes.mail import IMAP_PASSWORD, SUPPORT, smtp_server
 from tests.fakes.server import free_port
 from tests.fakes.slack import BOT_TOKEN as SLACK_BOT_TOKEN
+from tests.fakes.slack import SECRET as SLACK_SECRET
+from tests.fakes.slack import as_form, block_text, signed
 from tests.fakes.telegram import SECRET as TELEGRAM_SECRET
 from tests.fakes.telegram import TOKEN as TELEGRAM_TOKEN
+from tests.fakes.wechat import OPENID, signed_query
+from tests.fakes.whatsapp import ACCESS_TOKEN as WHATSAPP_ACCESS_TOKEN
+from tests.fakes.whatsapp import APP_SECRET as WHATSAPP_APP_SECRET
+from tests.fakes.whatsapp import sign
 from tests.support import wait_until
-from tests.test_mail import CONFIG as MAIL_CONFIG
-from tests.test_mail import IMAP_PASSWORD, SUPPORT, smtp_server
-from tests.test_slack import SECRET as SLACK_SECRET
-from tests.test_slack import as_form, block_text, signed
-from tests.test_wechat import OPENID, signed_query
-from tests.test_whatsapp import ACCESS_TOKEN as WHATSAPP_ACCESS_TOKEN
-from tests.test_whatsapp import APP_SECRET as WHATSAPP_APP_SECRET
-from tests.test_whatsapp import sign
 
 CASE_REF = re.compile(r"WR-\d{4}-\d{6}")
 MAX_BODY = 64 * 1024

@@ -1,4 +1,3 @@
-# ruff: noqa: F811  (the e-mail fixtures are imported from tests/test_mail.py, then named as arguments)
 """Customers who only type, end to end: the web chat API of a real server process in every language, and
 e-mail, where options are numbered text (issue 13). The dialogues are tests/data/dialogues/<lang>.toml."""
 
@@ -24,18 +23,9 @@ from bot.registry import import_registry
 from bot.server import create_app
 from bot.store import OutboxItem
 from tests.fakes.imap import Mailbox
+from tests.fakes.mail import CUSTOMER, SmtpSink, customer_answer, email_settings, plain
 from tests.fakes.server import serve
 from tests.support import AUTH, Server, wait_until
-from tests.test_mail import (  # noqa: F401  (fixtures)
-    CUSTOMER,
-    SmtpSink,
-    customer_answer,
-    email_settings,
-    imap,
-    mailbox,
-    plain,
-    smtp,
-)
 
 DIALOGUES = Path(__file__).with_name("data") / "dialogues"
 LANGUAGES = ("en", "zh", "es", "ru", "pt", "fr", "ar")

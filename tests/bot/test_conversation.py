@@ -424,3 +424,28 @@ def test_a_rating_asked_after_the_close_is_picked_by_its_number() -> None:
     state, templates, effects, _ = run("4", state=closed)
     assert effects == [conv.RecordRating(rating=4)] and templates == ["rating_thanks"]
     assert not state.awaiting_rating
+
+
+def test_consequential_damages_are_answered_in_every_state_before_the_turn_goes_on() -> None:
+    """The L1 check is a fallback (an aside): with the engineers the message is still relayed, and beside a
+    request for a person the person is still asked for."""
+    facts = conv.Facts(today=TODAY, policy=POLICY, case_ref="WR-2026-000042", case_status="open")
+    with_engineer = conv.State(name="with_engineer", serials=("CSP2402A0153",), fault="E07")
+    text = "We lost a week of production, we want compensation for lost profits"
+    relayed = conv.step(with_engineer, conv.Event(text=text), facts)
+    assert [r.template for r in relayed.replies][:1] == ["consequential_damages"]
+    assert relayed.replies[0].params == {"clause": "L1"}
+    assert any(isinstance(e, conv.RelayToCase) and e.text == text for e in relayed.effects)
+    assert relayed.state.name == "with_engineer"
+
+    screening = conv.State(name="screening", serials=("CSP2402A0153",), fault="E07 and shuts down")
+    person = conv.step(
+        screening, conv.Event(text="compensation for lost profits, let me talk to a person"), facts
+    )
+    templates = [r.template for r in person.replies]
+    assert templates[0] == "consequential_damages" and "human_requested" in templates
+
+
+def test_a_plain_message_gets_no_l1_answer() -> None:
+    _state, templates, _, _ = run("CSP2402A0153 shows E07 and shuts down")
+    assert "consequential_damages" not in templates

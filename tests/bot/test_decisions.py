@@ -6,7 +6,7 @@ engineers' corrections re-decide and are audited, and a method outside the decis
 from __future__ import annotations
 
 import asyncio
-from datetime import date, timedelta
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -26,29 +26,8 @@ from bot.messages import Attachment
 from bot.registry import import_registry
 from bot.server import create_app
 from bot.store import CaseUnit
-from bot.store.clock import utcnow
-from tests.support import bot_texts, inbound, say
+from tests.support import FAULT, HEADER, ROWS, bot_texts, claim_to_the_end, days_ago, inbound, say
 
-TODAY = utcnow().date()
-HEADER = (
-    "order_id,customer,serial,serial_to,production_date,port_arrival_date,cargo_compensation,order_pieces,"
-)
-HEADER += "order_total,currency"
-
-
-def _day(days_ago: int) -> str:
-    return (TODAY - timedelta(days=days_ago)).isoformat()
-
-
-# Dates relative to today, so the decisions hold whatever day the tests run: 100 days after port arrival is
-# covered, 1100 days (about 36 months) is past the 26-month term.
-ROWS = [
-    f"PO-12,Acme Fleet Ltd.,CSP2402A0100,CSP2402A0111,{_day(200)},{_day(100)},false,1000,1012.50,USD",
-    f"PO-5,Acme Fleet Ltd.,CSP2402C0100,CSP2402C0104,{_day(200)},{_day(100)},false,1000,40000.00,USD",
-    f"PO-OLD,Old Motors SA,CSP2402B0100,CSP2402B0134,{_day(1200)},{_day(1100)},false,500,40000.00,USD",
-    f"PO-CARGO,Cargo Parts Co,CSP2403D0100,,{_day(200)},{_day(100)},true,1000,9000.00,USD",
-]
-FAULT = "all of them show E07 after a week"
 # Made January 2020 and not in the registry: by its serial the warranty ended in 2022.
 OLD_UNREGISTERED = "CSP2001A0001"
 
@@ -60,16 +39,6 @@ def desk_bot(settings: Settings, db: Any, tmp_path: Path) -> Bot:
     bot = build(settings.model_copy(update={"desk_token": SecretStr("desk-secret")}), db=db)
     import_registry(db, csv, policy=bot.policy)
     return bot
-
-
-def claim_to_the_end(bot: Bot, *texts: str, chat: str = "chat-1") -> str:
-    """Say `texts`; a refusal that did not open a case yet is taken to a person. Returns the case's ref."""
-    say(bot, *texts, chat=chat)
-    if not bot.desk.list_cases():
-        say(bot, "cmd:human", chat=chat)
-    cases = bot.desk.list_cases()
-    assert len(cases) == 1, cases
-    return str(cases[0]["ref"])
 
 
 def send_file(bot: Bot, name: str = "invoice.pdf", text: str = "", chat: str = "chat-1") -> None:
@@ -189,7 +158,7 @@ def test_an_engineer_corrects_a_unit_and_it_is_decided_again(desk_bot: Bot) -> N
     assert desk_bot.desk.get_case(ref)["status"] == "to_confirm"
     desk_bot.desk.claim(ref, engineer="Li Wei")
     # The bill of lading the customer sent shows the port arrival: the warranty runs from it (W2).
-    arrival = _day(100)
+    arrival = days_ago(100)
     case = desk_bot.desk.correct_unit(
         ref, engineer="Li Wei", serial=OLD_UNREGISTERED.lower(), changes={"port_arrival_date": arrival},
         note="Arrival read from the bill of lading.",
@@ -221,7 +190,7 @@ def test_a_correction_redecides_every_unit_of_the_claim(desk_bot: Bot) -> None:
                            "cause:normal")  # fmt: skip
     for n in range(5):
         case = desk_bot.desk.correct_unit(ref, engineer="Li Wei", serial=f"CSP2402B010{n}",
-                                          changes={"port_arrival_date": _day(300)})  # fmt: skip
+                                          changes={"port_arrival_date": days_ago(300)})  # fmt: skip
     assert all(u["outcome"] == "covered" for u in case["units"])
     assert "discount_compensation" in case["allowed_methods"]
     last = [a for a in case["audit"] if a["action"] == "unit_corrected"][-1]
@@ -309,7 +278,7 @@ def test_the_case_shows_the_registrys_order_company_and_cargo_choice(desk_bot: B
                                     "units": 1, "discount_amount": "10.13"}  # fmt: skip
     assert orders["PO-CARGO"]["cargo_compensation"] is True
     first, cargo = case["units"]
-    assert first["registry"] == {"order_id": "PO-12", "production_date": _day(200), "port_arrival_date": _day(100),
+    assert first["registry"] == {"order_id": "PO-12", "production_date": days_ago(200), "port_arrival_date": days_ago(100),
                                  "cargo_compensation": False}  # fmt: skip
     assert (cargo["order_id"], cargo["registry"]["cargo_compensation"]) == ("PO-CARGO", True)
     assert "M1" in cargo["clauses"]
@@ -337,7 +306,7 @@ def test_the_desk_api_corrects_units_and_refuses_bad_requests_with_a_4xx(desk_bo
         async with httpx.AsyncClient(transport=transport, base_url="http://desk.test", headers=auth) as http:
             answers = [await http.post(url, json=body) for url, body, _ in bad]
             answers.append(await http.post(f"{path}/units/CSP2402B0100/correct",
-                                           json={"port_arrival_date": _day(30)}))  # fmt: skip
+                                           json={"port_arrival_date": days_ago(30)}))  # fmt: skip
             answers.append(await http.post(f"{path}/method", json={"method": "factory_repair"}))
             answers.append(await http.get(path))
             return answers

@@ -21,9 +21,7 @@ from bot.desk import InvalidAction
 from bot.registry import import_registry
 from bot.store import Conversation, Fulfilment
 from bot.store.clock import utcnow
-from tests.bot.test_decisions import FAULT, HEADER, ROWS, claim_to_the_end
-from tests.support import bot_texts, say
-from tests.test_cli import cli
+from tests.support import FAULT, HEADER, ROWS, bot_texts, claim_to_the_end, cli, say
 
 ADDRESS = "Warranty returns, Building 3\\n88 Chuangye Road, Ningbo 315000, China"
 

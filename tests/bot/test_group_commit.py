@@ -16,8 +16,7 @@ from sqlmodel import Session
 
 from bot.app import Bot
 from bot.store import InboxItem
-from tests.bot.test_inbox_failures import customer_texts, poison  # noqa: F401 (a fixture)
-from tests.support import CLAIM, bot_texts, inbound
+from tests.support import CLAIM, bot_texts, customer_texts, inbound
 
 # The bound of the brief: a message of a conversation under way (claim, load, log, queue, state, identity).
 STATEMENTS_PER_MESSAGE = 6
@@ -87,7 +86,7 @@ def test_a_batch_is_bounded_and_keeps_each_chats_order(bot: Bot) -> None:
         assert customer_texts(bot, chat) == ["hello", "status"]
 
 
-def test_a_bad_message_in_a_batch_holds_back_only_its_own_chat(bot: Bot, poison: None) -> None:  # noqa: F811
+def test_a_bad_message_in_a_batch_holds_back_only_its_own_chat(bot: Bot, poison: None) -> None:
     bot.engine.accept(inbound("hello", chat="bad"))
     for n in range(5):
         bot.engine.accept(inbound("hello", chat=f"good-{n}"))

@@ -25,7 +25,7 @@ from sqlmodel import Session
 from bot.app import Bot
 from bot.engine import StorageUnavailable
 from bot.store import Case, InboxItem
-from tests.support import CLAIM, bot_texts, inbound, wait_until
+from tests.support import CLAIM, bot_texts, customer_texts, inbound, wait_until
 
 
 @contextmanager
@@ -77,10 +77,6 @@ def inbox(bot: Bot) -> list[InboxItem]:
         return list(session.execute(select(InboxItem).order_by(InboxItem.id)).scalars())  # type: ignore[arg-type]
 
 
-def customer_texts(bot: Bot, chat: str) -> list[str]:
-    return [m["text"] for m in bot.engine.transcript("test", chat) if m["author"] == "customer"]
-
-
 def test_a_storage_outage_leaves_messages_pending_and_they_are_processed_later_in_order(bot: Bot) -> None:
     for text_ in CLAIM:
         bot.engine.accept(inbound(text_, chat="a"))
@@ -101,31 +97,6 @@ def test_a_storage_outage_leaves_messages_pending_and_they_are_processed_later_i
     with Session(bot.db) as session:
         assert session.execute(select(func.count()).select_from(Case)).scalar_one() == 2  # "a" and "control"
     assert {i.status for i in inbox(bot)} == {"done"}
-
-
-@pytest.fixture
-def poison(bot: Bot) -> Iterator[None]:
-    """Customer messages saying 'poison' are refused by the database (a constraint-like, lasting error)."""
-    with bot.db.begin() as connection:
-        if bot.db.dialect.name == "sqlite":
-            connection.execute(
-                text(
-                    "CREATE TRIGGER poison BEFORE INSERT ON message WHEN NEW.text = 'poison' "
-                    "BEGIN SELECT RAISE(ABORT, 'refused by the poison trigger'); END"
-                )
-            )
-        else:
-            connection.execute(
-                text(
-                    "CREATE FUNCTION poison() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
-                    "IF NEW.text = 'poison' THEN RAISE EXCEPTION 'refused by the poison trigger'; END IF; "
-                    "RETURN NEW; END $$"
-                )
-            )
-            connection.execute(
-                text("CREATE TRIGGER poison BEFORE INSERT ON message FOR EACH ROW EXECUTE FUNCTION poison()")
-            )
-    yield
 
 
 def cure(bot: Bot) -> None:

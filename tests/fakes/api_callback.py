@@ -1,5 +1,6 @@
 """A loopback callback receiver for the generic API channel: it checks every request the way docs/channels/api.md
-tells a gateway to (signature, timestamp window, body schema from docs/channels/api.openapi.yaml) and records it."""
+tells a gateway to (signature, timestamp window, body schema from docs/channels/api.openapi.yaml) and records it;
+and the gateway's side of a request to the bot: the shared secret and `sign`, its signature headers."""
 
 from __future__ import annotations
 
@@ -92,3 +93,15 @@ class FakeCallback:
             self.received.append(document)
             message_id = f"cb-{next(self._ids)}"
         return JSONResponse({"message_id": message_id})
+
+
+# --- what a gateway sends the bot: requests signed with the channel's shared secret --------------------------
+
+SECRET = "portal-secret-0123456789abcdef"
+
+
+def sign(body: bytes, secret: str = SECRET, timestamp: int | None = None) -> dict[str, str]:
+    """Exactly as docs/channels/api.md shows it."""
+    ts = str(int(time.time()) if timestamp is None else timestamp)
+    mac = hmac.new(secret.encode(), ts.encode() + b"." + body, hashlib.sha256).hexdigest()
+    return {"X-Warranty-Timestamp": ts, "X-Warranty-Signature": f"v1={mac}"}

@@ -1,10 +1,15 @@
-"""A loopback fake of the LINE Messaging API (reply, push) and its data API (content), refusing what LINE refuses."""
+"""A loopback fake of the LINE Messaging API (reply, push) and its data API (content), refusing what LINE refuses;
+and LINE's side of a webhook: the channel's credentials and `sign`, the X-Line-Signature of a body."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import itertools
 import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from starlette.applications import Starlette
@@ -119,3 +124,15 @@ def _invalid(messages: Any) -> str | None:
             if len(action.get("displayText", "")) > 300:
                 return "displayText of at most 300 characters"
     return None
+
+
+# --- what LINE sends the bot: the channel's credentials and webhooks signed with its channel secret ---------
+
+PAYLOADS = Path(__file__).parent.parent / "payloads" / "line"
+SECRET = "8c570fa6dd201bb328f1c1eac23a96d8"
+TOKEN = "W1TeHCgfH2Liwaa/test/channel/access/token="
+
+
+def sign(body: bytes, secret: str = SECRET) -> str:
+    """X-Line-Signature: HMAC-SHA256 of the body with the channel secret, base64."""
+    return base64.b64encode(hmac.new(secret.encode(), body, hashlib.sha256).digest()).decode()

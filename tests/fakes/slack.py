@@ -4,19 +4,24 @@ Messages and views are checked as Slack checks them (`invalid_blocks`): Block Ki
 message and view, text lengths, buttons, options) and well-formed mrkdwn (`&` only as `&amp;`, `&lt;`,
 `&gt;`; every `<` closed by a `>`), so that a cut inside an entity or a link fails a test. `response_url`s
 (`/hooks/response/{id}`) record what a command's listener sends after its acknowledgement, and
-`hold(method)` keeps a method's answer back until released, to show what waits on Slack.
+`hold(method)` keeps a method's answer back until released, to show what waits on Slack. At the end, what
+Slack's side of a test needs to call the bot: requests signed with the app's signing secret (`signed`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import json
 import re
 import threading
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, quote_plus
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -28,6 +33,10 @@ BOT_USER_ID = "U07WBOT9RZ2"  # the bot user in the sample payloads' `authorizati
 BOT_ID = "B07WBOT5NQ1"
 TEAM_ID = "T04KX7Q2M9L"
 FIRST_TS = 1777886370.209339  # the case message ts in the sample payloads
+SECRET = "8f742231b10e8888abcd99yyyzzz85a5"  # the app's signing secret
+PAYLOADS = Path(__file__).parent.parent / "payloads" / "slack"
+ESCALATION = "C07ESC4L8QZ"  # the channel of the sample payloads
+ENGINEER, OUTSIDER, MEMBER = "U05LIWEI7KD", "U0OUTSIDE1", "U06ANA2RTX"
 
 
 @dataclass(frozen=True)
@@ -354,3 +363,26 @@ def create_app(fake: FakeSlack) -> Starlette:
             Route("/hooks/response/{hook}", response_url, methods=["POST"]),
         ]
     )
+
+
+# --- what Slack sends the bot ---------------------------------------------------------------------------------
+
+
+def signed(body: bytes, *, form: bool, secret: str = SECRET, timestamp: int | None = None) -> dict[str, str]:
+    """The headers of a request Slack signs (v0: HMAC-SHA256 of `v0:{timestamp}:{body}`)."""
+    stamp = str(int(time.time()) if timestamp is None else timestamp)
+    digest = hmac.new(secret.encode(), b"v0:" + stamp.encode() + b":" + body, hashlib.sha256).hexdigest()
+    return {
+        "X-Slack-Request-Timestamp": stamp,
+        "X-Slack-Signature": f"v0={digest}",
+        "Content-Type": "application/x-www-form-urlencoded" if form else "application/json",
+    }
+
+
+def as_form(payload_text: str) -> bytes:
+    """An interactivity payload as Slack posts it: a form with one `payload` field."""
+    return b"payload=" + quote_plus(payload_text).encode()
+
+
+def block_text(blocks: list[dict[str, Any]]) -> str:
+    return json.dumps(blocks, ensure_ascii=False)

@@ -18,6 +18,7 @@ import json
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import jwt
@@ -33,6 +34,9 @@ KEY_ID = "fake-bf-key-1"
 TENANT = "8b7e4d21-05c3-4a9f-b6e2-9d1f0c3a7e58"  # the app's (single) tenant: the samples' tenant id
 SCOPE = "https://api.botframework.com/.default"
 MAX_ACTIVITY_BYTES = 40_000  # the connector answers 413 (MessageSizeTooBig) above about this
+APP_ID = "3f2a9c1e-7b4d-4e8a-9f06-1c5d2b8e7a43"  # the bot's Microsoft app id: its "28:" id in the samples
+PASSWORD = "app-password-for-tests"  # the app's client secret
+PAYLOADS = Path(__file__).parent.parent / "payloads" / "teams"
 
 
 def new_key() -> rsa.RSAPrivateKey:

@@ -1,6 +1,7 @@
 """A loopback fake of the Telegram Bot API: the methods the bot uses and file downloads, checked like the real
 one (token, HTML entities, message length counted on the visible text, callback data size, chat types: a
-group the bot is not in, a topic in a chat that has none), with every call recorded."""
+group the bot is not in, a topic in a chat that has none), with every call recorded. Below it, the bot's server
+with the Telegram channel against it, for the tests that drive both (`bot_servers`)."""
 
 from __future__ import annotations
 
@@ -11,16 +12,29 @@ import json
 import re
 import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
+from pydantic import SecretStr
+from sqlalchemy import Engine, select
+from sqlmodel import Session, col
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-# The bot's token and webhook secret in every test that talks to the fake (tests/test_telegram.py and others).
+from adapters import telegram as tg
+from bot.app import Bot, build
+from bot.config import Settings
+from bot.server import create_app
+from bot.store import Case, InboxItem, KeyValue, OutboxItem
+from tests.fakes.server import serve
+
+# The bot's token and webhook secret in every test that talks to the fake (tests/adapters/test_telegram.py and others).
 TOKEN = "7391046285:AAHfakeTokenForLoopbackTests_0123456789"
 SECRET = "tg-hook_secret-5f2a9c"
 PAYLOADS = Path(__file__).parent.parent / "payloads" / "telegram"
@@ -59,6 +73,7 @@ _JSON_PARAMS = {
     "max_connections",
     "show_alert",
     "reply_parameters",
+    "allow_paid_broadcast",
 }
 _TAGS = {
     "b",
@@ -114,13 +129,16 @@ class FakeTelegram:
     # refused again and recorded: in `early` when it is to the chat that was told to wait (a client that
     # honours retry_after never does it), in `early_bot` for another chat inside a bot-wide window. With
     # `rate_limits`, sending faster than the published limits (about 30 a second in all, about one a second
-    # to one chat, short bursts allowed) is answered 429 too (recorded in `limited`).
+    # to one chat, short bursts allowed) is answered 429 too (recorded in `limited`). A send with
+    # allow_paid_broadcast (Bot API 7.11) may go up to 1000 a second in all, as the real service allows for a
+    # fee (recorded in `paid`); the per-chat limit still holds.
     rate_limits: bool = False
     flood_until: dict[str, float] = field(default_factory=dict)  # chat id, or "*" for the whole bot
     told: dict[str, float] = field(default_factory=dict)  # chat id -> the end of the wait it was told
     early: list[str] = field(default_factory=list)
     early_bot: list[str] = field(default_factory=list)
     limited: list[str] = field(default_factory=list)
+    paid: list[str] = field(default_factory=list)  # chats sent to as paid broadcasts (0.1 Stars each)
     _recent: dict[str, list[float]] = field(default_factory=dict)  # sendMessage times, per chat and "*"
     lock: threading.Lock = field(default_factory=threading.Lock)
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(5001))
@@ -213,7 +231,8 @@ class FakeTelegram:
                 method, params, 401, {"ok": False, "error_code": 401, "description": "Unauthorized"}
             )
         if method == "sendMessage":
-            flooded = self._flood_control(str(params.get("chat_id", "")))
+            paid = params.get("allow_paid_broadcast") is True
+            flooded = self._flood_control(str(params.get("chat_id", "")), paid=paid)
             if flooded is not None:
                 return self._answer(method, params, 429, flooded)
         if method == "sendMessage" and self.outage is not None:
@@ -243,8 +262,9 @@ class FakeTelegram:
             )
         return self._answer(method, params, 200, {"ok": True, "result": result})
 
-    def _flood_control(self, chat_id: str) -> dict[str, Any] | None:
-        """The 429 body when this send comes inside a window or over the limits; None when it may go."""
+    def _flood_control(self, chat_id: str, *, paid: bool = False) -> dict[str, Any] | None:
+        """The 429 body when this send comes inside a window or over the limits; None when it may go. A paid
+        broadcast counts against the bot's paid limit (1000 a second) instead of its free one."""
         now = time.monotonic()
         with self.lock:
             until = max(self.flood_until.get(chat_id, 0.0), self.flood_until.get("*", 0.0))
@@ -253,7 +273,7 @@ class FakeTelegram:
                 return _too_many(max(1, int(until - now + 0.999)))
             if not self.rate_limits:
                 return None
-            for key, limit in ((chat_id, _CHAT_LIMIT), ("*", _BOT_LIMIT)):
+            for key, limit in ((chat_id, _CHAT_LIMIT), ("*", _PAID_BOT_LIMIT if paid else _BOT_LIMIT)):
                 times = [t for t in self._recent.get(key, []) if t > now - _WINDOW]
                 self._recent[key] = times
                 if len(times) >= limit:
@@ -356,6 +376,9 @@ class FakeTelegram:
             for button in row:
                 if not 1 <= len(button.get("callback_data", "").encode()) <= 64:
                     raise _ApiError(400, "Bad Request: BUTTON_DATA_INVALID")
+        if params.get("allow_paid_broadcast") is True:
+            with self.lock:
+                self.paid.append(chat_id)
         return {
             "message_id": next(self._ids),
             "from": BOT_USER,
@@ -392,6 +415,7 @@ class FakeTelegram:
 _WINDOW = 3.0
 _CHAT_LIMIT = 7
 _BOT_LIMIT = 100
+_PAID_BOT_LIMIT = 3000  # paid broadcasts: up to 1000 a second
 
 
 def _too_many(seconds: int) -> dict[str, Any]:
@@ -451,3 +475,102 @@ def _parse_html(text: str) -> str:
         )
     visible.append(text[position:])
     return "".join(visible)
+
+
+# --- the bot's server with the Telegram channel against this fake (tests/adapters/test_telegram.py, test_outbox) --
+
+PUBLIC_URL = "https://warranty.example.com"
+
+
+@dataclass
+class Running:
+    bot: Bot
+    fake: FakeTelegram
+    url: str
+    channel: tg.TelegramChannel
+    server: ExitStack  # closing it stops the bot's server (lifespan included)
+
+    def post(self, body: bytes, *, secret: str | None = SECRET) -> httpx.Response:
+        headers = {"content-type": "application/json"}
+        if secret is not None:
+            headers[tg.SECRET_HEADER] = secret
+        return httpx.post(f"{self.url}{tg.WEBHOOK_PATH}", content=body, headers=headers, timeout=10)
+
+    def deliver(self, body: bytes) -> dict[str, Any] | None:
+        """Hand an update to the bot the way this channel's mode receives it; the webhook's answer."""
+        if self.channel.mode == "webhook":
+            response = self.post(body)
+            assert response.status_code == 200, response.text
+            return dict(response.json())
+        self.fake.queue(json.loads(body))
+        return None
+
+    def inbox(self) -> list[InboxItem]:
+        with Session(self.bot.db) as session:
+            return list(session.execute(select(InboxItem).order_by(InboxItem.id)).scalars())  # type: ignore[arg-type]
+
+    def outbox(self) -> list[OutboxItem]:
+        with Session(self.bot.db) as session:
+            return list(session.execute(select(OutboxItem).order_by(OutboxItem.id)).scalars())  # type: ignore[arg-type]
+
+    def drained(self) -> bool:
+        """No webhook update is kept waiting for its files."""
+        with Session(self.bot.db) as session:
+            return (
+                session.execute(
+                    select(KeyValue).where(col(KeyValue.key).startswith(tg.PENDING_PREFIX))
+                ).first()
+                is None
+            )
+
+    def settled(self, inbox: int) -> bool:
+        """`inbox` messages stored and processed, and every reply out."""
+        items = self.inbox()
+        return (
+            len(items) == inbox
+            and all(i.status == "done" for i in items)
+            and all(o.status != "pending" for o in self.outbox())
+        )
+
+    def case_ref(self) -> str | None:
+        with Session(self.bot.db) as session:
+            case = session.execute(select(Case)).scalars().first()
+            return case.ref if case else None
+
+
+@contextmanager
+def bot_servers(settings: Settings, db: Engine) -> Iterator[Callable[..., Running]]:
+    """`start(**changes)` starts a fake Bot API and the bot's server with the Telegram channel against it
+    (webhook unless told), `changes` over `settings`; each is stopped on leaving."""
+    with ExitStack() as stack:
+
+        def run(
+            *,
+            mode: str = "webhook",
+            album_wait: float = 0.3,
+            files: dict[str, tuple[bytes, str]] | None = None,
+            **changes: Any,
+        ) -> Running:
+            fake = FakeTelegram(token=TOKEN)
+            for file_id, (data, path) in (files or {}).items():
+                fake.add_file(file_id, data, path)  # there before the bot starts
+            fake_url = stack.enter_context(serve(fake.app()))
+            configured = settings.model_copy(
+                update={
+                    "telegram_bot_token": SecretStr(TOKEN),
+                    "telegram_api_base_url": fake_url,
+                    "telegram_webhook_secret": SecretStr(SECRET),
+                    "public_url": PUBLIC_URL if mode == "webhook" else "",
+                    "outbox_poll_seconds": 0.1,
+                    "fetch_insecure_hosts": "127.0.0.1",
+                    **changes,
+                }
+            )  # the fake file API is on loopback, over http
+            bot = build(configured, db=db)
+            channel = tg.from_settings(bot, poll_timeout=1, album_wait=album_wait)
+            assert channel is not None and channel.mode == mode
+            server = stack.enter_context(ExitStack())
+            url = server.enter_context(serve(create_app(bot, channels=[channel])))
+            return Running(bot=bot, fake=fake, url=url, channel=channel, server=server)
+
+        yield run

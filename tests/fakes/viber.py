@@ -1,14 +1,18 @@
 """A loopback fake of the Viber REST bot API (send_message) and of its media host, refusing what Viber refuses.
 
 Like Viber, it answers HTTP 200 with a JSON `status` (0 ok, 2 invalid auth token, 3 bad data, 6 receiver not
-subscribed, 12 too many requests), so the client must read the status, not only the HTTP code.
+subscribed, 12 too many requests), so the client must read the status, not only the HTTP code. At the end,
+Viber's side of a callback: the bot's auth token and `sign`, the X-Viber-Content-Signature of a body.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import itertools
 import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from starlette.applications import Starlette
@@ -122,3 +126,14 @@ def refusal(body: Any) -> str | None:
         if not isinstance(label, str) or not 1 <= len(label) <= 250:
             return "Text: 1 to 250 characters"
     return None
+
+
+# --- what Viber sends the bot: the bot's auth token and callbacks signed with it ----------------------------
+
+PAYLOADS = Path(__file__).parent.parent / "payloads" / "viber"
+TOKEN = "445da6az1s345z78-dazcczb2542zv51a-e0vc5fva17480im9"
+
+
+def sign(body: bytes, token: str = TOKEN) -> str:
+    """X-Viber-Content-Signature: HMAC-SHA256 of the body with the auth token, hex."""
+    return hmac.new(token.encode(), body, hashlib.sha256).hexdigest()

@@ -2,15 +2,20 @@
 
 Like the real API it refuses an invalid or replaced token (40001) and enforces the customer-service quotas
 (5 messages in 48 hours after a customer's message, 3 in a minute after a follow), so a test sees the bot
-respect them rather than trusting it to.
+respect them rather than trusting it to. At the end, WeChat's side of a push: the account's credentials
+and `signed_query`, the query WeChat signs with the account's token.
 """
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
+import secrets
 import threading
+import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from starlette.applications import Starlette
@@ -147,3 +152,31 @@ class FakeWeChat:
 
 def _error(errcode: int, errmsg: str) -> JSONResponse:
     return JSONResponse({"errcode": errcode, "errmsg": errmsg})
+
+
+# --- what WeChat sends the bot: the account's credentials and pushes signed with its token ------------------
+
+PAYLOADS = Path(__file__).parent.parent / "payloads" / "wechat"
+TOKEN = "wxCallbackToken2026"
+APP_ID = "wx5c1e8a9f3b27d401"
+APP_SECRET = "test-wechat-app-secret"
+OPENID = "oX3kT5wQ9pL2mN8vR6yB1cJ4dF7g"
+
+
+def signature(*parts: str) -> str:
+    # The README's recipe, written out here so that the adapter is checked against it, not against itself.
+    return hashlib.sha1("".join(sorted(parts)).encode()).hexdigest()  # noqa: S324 - WeChat's scheme
+
+
+def signed_query(*, token: str = TOKEN, encrypted: str | None = None, age: float = 0) -> dict[str, str]:
+    """The query WeChat signs a push with (`age` seconds old), with msg_signature over `encrypted` in safe mode."""
+    timestamp, nonce = str(int(time.time() - age)), secrets.token_hex(5)
+    query = {
+        "signature": signature(token, timestamp, nonce),
+        "timestamp": timestamp,
+        "nonce": nonce,
+        "openid": OPENID,
+    }
+    if encrypted is not None:
+        query.update(encrypt_type="aes", msg_signature=signature(token, timestamp, nonce, encrypted))
+    return query

@@ -1,12 +1,15 @@
-"""A loopback fake of the WhatsApp Cloud (Graph) API: messages and media, checked like the real one, recorded."""
+"""A loopback fake of the WhatsApp Cloud (Graph) API: messages and media, checked like the real one, recorded;
+and Meta's side of a webhook: the app's credentials and `sign`, the X-Hub-Signature-256 of a body."""
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import itertools
 import re
 import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from starlette.applications import Starlette
@@ -196,3 +199,17 @@ def _invalid(body: dict[str, Any]) -> str | None:
             return "row descriptions of at most 72 characters, a button label of at most 20"
         return None
     return f"interactive type {interactive.get('type')!r} not supported by this fake"
+
+
+# --- what Meta sends the bot: the app's credentials and webhooks signed with its app secret ------------------
+
+PAYLOADS = Path(__file__).parent.parent / "payloads" / "whatsapp"
+APP_SECRET = "test-app-secret-5f2a"
+ACCESS_TOKEN = "EAAGtest0access0token"
+VERIFY_TOKEN = "verify-me-please"
+PHONE_NUMBER_ID = "112049386624571"
+
+
+def sign(body: bytes, secret: str = APP_SECRET) -> str:
+    """X-Hub-Signature-256 of a webhook body: HMAC-SHA256 with the app secret, hex, after `sha256=`."""
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()

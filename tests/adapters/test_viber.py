@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -25,11 +22,9 @@ from bot.outbox import PermanentFailure, RetryLater, Unreachable
 from bot.server import create_app
 from bot.store import Case, InboxItem, OutboxItem, StoredAttachment
 from tests.fakes.server import serve
-from tests.fakes.viber import FakeViber, refusal
+from tests.fakes.viber import PAYLOADS, TOKEN, FakeViber, refusal, sign
 from tests.support import wait_until
 
-PAYLOADS = Path(__file__).with_name("payloads") / "viber"
-TOKEN = "445da6az1s345z78-dazcczb2542zv51a-e0vc5fva17480im9"
 USER = "01234567890A="
 JPEG = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00" + bytes(range(256)) * 4
 PDF = b"%PDF-1.4\n" + b"0" * 500
@@ -37,10 +32,6 @@ PDF = b"%PDF-1.4\n" + b"0" * 500
 
 def payload(name: str) -> bytes:
     return (PAYLOADS / name).read_bytes()
-
-
-def sign(body: bytes, token: str = TOKEN) -> str:
-    return hmac.new(token.encode(), body, hashlib.sha256).hexdigest()
 
 
 def derived(number: int, text: str) -> bytes:

@@ -6,7 +6,6 @@ import asyncio
 import functools
 import json
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -25,17 +24,13 @@ from bot.server import create_app
 from bot.store import InboxItem
 from bot.store.kv import kv_get, kv_put
 from tests.fakes.server import serve
-from tests.fakes.teams import MAX_ACTIVITY_BYTES, TENANT, BotFramework, new_key
-from tests.support import wait_until
+from tests.fakes.teams import APP_ID, MAX_ACTIVITY_BYTES, PASSWORD, PAYLOADS, TENANT, BotFramework, new_key
+from tests.support import REGISTRY, wait_until
 
-PAYLOADS = Path(__file__).with_name("payloads") / "teams"
-REGISTRY = Path(__file__).with_name("data") / "registry-sample.csv"
-APP_ID = "3f2a9c1e-7b4d-4e8a-9f06-1c5d2b8e7a43"  # the bot's "28:" id in the samples
 BOT_ID = f"28:{APP_ID}"
 SAMPLE_SERVICE_URL = b"https://smba.trafficmanager.net/emea/"
 CONVERSATION = "a:1Mp08Rl8mA-h_Ta_6KjLm-4KzyKsgTSPJzLX_qZ5CJYVd6lymrVAKwJuMhJls5WdvSuXvQR4-bL9emfZ8wiYVnb"
 USER_ID = "29:1-S9ROk8Z2tfUHBr2UUYj3sv1q_dIDKY0NJo_5zORIDfyJ927l4nIRruQH-7PyM1aneBaqgWRjFlBcsyrunNyJN"
-PASSWORD = "app-password-for-tests"
 
 
 def payload(name: str) -> bytes:

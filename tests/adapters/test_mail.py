@@ -2,27 +2,21 @@
 
 from __future__ import annotations
 
-import base64
 import datetime
 import imaplib
 import ipaddress
 import ssl
 import subprocess
 import sys
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from email import policy as email_policy
 from email.message import EmailMessage
-from email.parser import BytesParser
 from email.utils import make_msgid
 from pathlib import Path
 from typing import Any
 
 import pytest
-from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import AuthResult, Envelope, LoginPassword
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -43,190 +37,37 @@ from bot.store import InboxItem, OutboxItem, session_scope
 from bot.store.clock import utcnow
 from bot.store.kv import kv_get, kv_put
 from tests.fakes.imap import Mailbox, imap_server
+from tests.fakes.mail import (
+    CONFIG,
+    CUSTOMER,
+    IMAP_PASSWORD,
+    PAYLOADS,
+    SMTP_PASSWORD,
+    SMTP_USER,
+    SUPPORT,
+    SmtpSink,
+    config_values,
+    customer_answer,
+    email_settings,
+    header,
+    no_store,
+    parse,
+    plain,
+    smtp_server,
+)
 from tests.fakes.oauth import FakeTokenEndpoint
-from tests.fakes.server import free_port, serve
-from tests.support import wait_until
-
-PAYLOADS = Path(__file__).with_name("payloads") / "email"
-REGISTRY = Path(__file__).with_name("data") / "registry-sample.csv"
-SUPPORT = "support@warranty.example.com"
-CUSTOMER = "yusuf.demir@solarege.example"
-IMAP_PASSWORD = "imap-secret"
-SMTP_USER, SMTP_PASSWORD = "relay-user", "smtp-secret"
+from tests.fakes.server import serve
+from tests.support import REGISTRY, ROOT, wait_until
 
 
 def payload(name: str) -> bytes:
     return (PAYLOADS / name).read_bytes()
 
 
-def parse(raw: bytes) -> EmailMessage:
-    return BytesParser(policy=email_policy.default).parsebytes(raw)
-
-
-def plain(message: EmailMessage) -> str:
-    body = message.get_body(preferencelist=("plain",))
-    assert body is not None
-    return str(body.get_content()).replace("\r\n", "\n")
-
-
-def header(message: EmailMessage, name: str) -> str:
-    """A header as a mail client shows it (a folded header may start with the fold's space)."""
-    return " ".join(str(message.get(name, "")).split())
-
-
 def html_part(message: EmailMessage) -> str:
     body = message.get_body(preferencelist=("html",))
     assert body is not None
     return str(body.get_content())
-
-
-# --- a real SMTP server ------------------------------------------------------------------------------------
-
-
-@dataclass
-class SmtpSink:
-    """What the SMTP server received; RCPT answers can be set per address."""
-
-    port: int = 0
-    received: list[tuple[str, list[str], EmailMessage]] = field(default_factory=list)
-    refuse: dict[str, str] = field(default_factory=dict)
-    logins: list[str] = field(default_factory=list)
-    # (user, token) -> valid: when set, only XOAUTH2 logs in (basic auth off, as Microsoft 365 will have it)
-    oauth: Callable[[str, str], bool] | None = None
-    oauth_attempts: list[tuple[str, bool]] = field(default_factory=list)  # (user, accepted)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    async def handle_RCPT(
-        self, server: Any, session: Any, envelope: Envelope, address: str, options: list[str]
-    ) -> str:
-        if address in self.refuse:
-            return self.refuse[address]
-        envelope.rcpt_tos.append(address)
-        return "250 OK"
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Envelope) -> str:
-        content = envelope.content if isinstance(envelope.content, bytes) else str(envelope.content).encode()
-        with self.lock:
-            self.received.append((str(envelope.mail_from), list(envelope.rcpt_tos), parse(content)))
-        return "250 2.0.0 queued"
-
-    async def auth_XOAUTH2(self, server: Any, args: list[str]) -> AuthResult:
-        """SASL XOAUTH2 (RFC 7628 style, as Gmail and Exchange Online answer): a refused token gets a 334 with a
-        base64 JSON error, which the client must answer with an empty line before the 535."""
-        if self.oauth is None:
-            return AuthResult(
-                success=False, handled=False, message="504 5.5.4 Unrecognized authentication type"
-            )
-        blob = base64.b64decode(args[1]) if len(args) > 1 else await server.challenge_auth("")
-        if not isinstance(blob, bytes):
-            return AuthResult(success=False, handled=True)
-        fields = blob.decode(errors="replace").split("\x01")
-        user = fields[0].removeprefix("user=") if fields[0].startswith("user=") else ""
-        bearer = fields[1] if len(fields) == 4 and fields[2:] == ["", ""] else ""
-        token = bearer.removeprefix("auth=Bearer ") if bearer.startswith("auth=Bearer ") else ""
-        accepted = bool(user and token and self.oauth(user, token))
-        with self.lock:
-            self.oauth_attempts.append((user, accepted))
-        if accepted:
-            return AuthResult(success=True, auth_data=user)
-        await server.challenge_auth(b'{"status":"401","schemes":"bearer","scope":"https://mail.google.com/"}')
-        return AuthResult(
-            success=False, handled=False, message="535 5.7.8 Username and Password not accepted"
-        )
-
-    def authenticate(
-        self, server: Any, session: Any, envelope: Any, mechanism: str, auth_data: Any
-    ) -> AuthResult:
-        if self.oauth is not None:
-            return AuthResult(
-                success=False, handled=False, message="535 5.7.139 basic authentication is disabled"
-            )
-        if isinstance(auth_data, LoginPassword) and (auth_data.login, auth_data.password) == (
-            SMTP_USER.encode(),
-            SMTP_PASSWORD.encode(),
-        ):
-            self.logins.append(auth_data.login.decode())
-            return AuthResult(success=True)
-        return AuthResult(success=False, handled=False)
-
-    def mails(self) -> list[EmailMessage]:
-        with self.lock:
-            return [message for _, _, message in self.received]
-
-    def wait_for(self, predicate: Callable[[EmailMessage], bool], what: str) -> EmailMessage:
-        return wait_until(lambda: next((m for m in self.mails() if predicate(m)), None), what=what)
-
-
-@contextmanager
-def smtp_server(*, oauth: Callable[[str, str], bool] | None = None, **options: Any) -> Iterator[SmtpSink]:
-    sink = SmtpSink(port=free_port(), oauth=oauth)
-    controller = Controller(
-        sink,
-        hostname="127.0.0.1",
-        port=sink.port,
-        authenticator=sink.authenticate,
-        auth_require_tls=False,
-        **options,
-    )
-    controller.start()
-    try:
-        yield sink
-    finally:
-        controller.stop()
-
-
-@pytest.fixture
-def smtp() -> Iterator[SmtpSink]:
-    with smtp_server() as sink:
-        yield sink
-
-
-@pytest.fixture
-def mailbox() -> Mailbox:
-    return Mailbox(user=SUPPORT, password=IMAP_PASSWORD)
-
-
-@pytest.fixture
-def imap(mailbox: Mailbox) -> Iterator[tuple[str, int]]:
-    with imap_server(mailbox) as address:
-        yield address
-
-
-def email_settings(settings: Settings, imap: tuple[str, int], smtp: SmtpSink, **extra: Any) -> Settings:
-    return settings.model_copy(
-        update={
-            "imap_host": imap[0],
-            "imap_port": imap[1],
-            "imap_security": "none",
-            "imap_user": SUPPORT,
-            "imap_password": SecretStr(IMAP_PASSWORD),
-            "imap_mailbox": "INBOX",
-            "imap_poll_seconds": 30.0,
-            "smtp_host": "127.0.0.1",
-            "smtp_port": smtp.port,
-            "smtp_security": "none",
-            "smtp_user": SMTP_USER,
-            "smtp_password": SecretStr(SMTP_PASSWORD),
-            "email_from": f"CSP Warranty Support <{SUPPORT}>",
-            "outbox_poll_seconds": 0.1,
-            **extra,
-        }
-    )
-
-
-def customer_answer(to: EmailMessage, text: str) -> bytes:
-    """The customer answers one of our mails from their mail client: quoted below, threaded."""
-    answer = EmailMessage(policy=email_policy.SMTP)
-    answer["From"] = f"Yusuf Demir <{CUSTOMER}>"
-    answer["To"] = header(to, "From")
-    answer["Subject"] = f"Re: {header(to, 'Subject')}"
-    answer["Message-ID"] = make_msgid(domain="solarege.example")
-    answer["In-Reply-To"] = header(to, "Message-ID")
-    answer["References"] = f"{header(to, 'References')} {header(to, 'Message-ID')}".strip()
-    answer["Content-Language"] = "en-GB"
-    quoted = "\n".join(f"> {line}" for line in plain(to).splitlines())
-    answer.set_content(f"{text}\n\nOn Mon, 4 May 2026 at 13:02, {header(to, 'From')} wrote:\n{quoted}\n")
-    return answer.as_bytes()
 
 
 def inbox_ids(db: Engine) -> list[str]:
@@ -351,7 +192,7 @@ def test_a_restart_neither_loses_nor_repeats_mail(
 def test_unread_mail_is_taken_once_even_across_a_failure_and_a_rebuilt_mailbox(
     bot: Bot, imap: tuple[str, int], mailbox: Mailbox
 ) -> None:
-    config = mail.MailSettings(**{**_config_values(), "imap_host": imap[0], "imap_port": imap[1]})
+    config = mail.MailSettings(**{**config_values(), "imap_host": imap[0], "imap_port": imap[1]})
     reader = mail.MailboxReader(bot, config)
     mailbox.append(payload("customer_claim.eml"), seen=True)  # read by a person before the bot was set up
     mailbox.append(payload("customer_reply.eml"))
@@ -377,31 +218,6 @@ def test_unread_mail_is_taken_once_even_across_a_failure_and_a_rebuilt_mailbox(
 
 
 # --- receiving: loops, parsing ---------------------------------------------------------------------------
-
-
-def _config_values() -> dict[str, Any]:
-    return {
-        "imap_host": "127.0.0.1",
-        "imap_port": 143,
-        "imap_security": "none",
-        "imap_user": SUPPORT,
-        "imap_password": IMAP_PASSWORD,
-        "imap_mailbox": "INBOX",
-        "poll_seconds": 1.0,
-        "smtp_host": "127.0.0.1",
-        "smtp_port": 25,
-        "smtp_security": "none",
-        "smtp_user": "",
-        "smtp_password": "",
-        "from_header": f"CSP Warranty Support <{SUPPORT}>",
-        "address": SUPPORT,
-        "replies_per_hour": 3,
-        "case_ref_prefix": "WR",
-        "max_mail_bytes": 1_000_000,
-    }
-
-
-CONFIG = mail.MailSettings(**_config_values())
 
 
 def with_header(raw: bytes, line: str) -> bytes:
@@ -507,7 +323,7 @@ def test_attachments_over_the_limits_are_refused_not_lost(tmp_path: Path) -> Non
 
 def test_a_reply_loses_its_quote_and_finds_its_case() -> None:
     raw = payload("customer_reply.eml")
-    message = mail.to_inbound(mail.read_mail(raw), raw, config=CONFIG, store=_no_store())
+    message = mail.to_inbound(mail.read_mail(raw), raw, config=CONFIG, store=no_store())
     assert message.text.replace("\r\n", "\n") == (
         "Hello,\n\nwith about 1 kW connected the display shows 11.2 V on the battery, and\nE07 comes 2-3 seconds "
         "later. The battery is a 12 V 200 Ah LiFePO4, cable\n25 mm², 1.5 m each way. I will send a photo of the "
@@ -519,7 +335,7 @@ def test_a_reply_loses_its_quote_and_finds_its_case() -> None:
         b"In-Reply-To: <177788893312.2211.4478102937465530128.WR-2026-000077@warranty.example.com>",
     )
     assert (
-        mail.to_inbound(mail.read_mail(by_id), by_id, config=CONFIG, store=_no_store()).raw["case_ref"]
+        mail.to_inbound(mail.read_mail(by_id), by_id, config=CONFIG, store=no_store()).raw["case_ref"]
         == "WR-2026-000077"
     )
 
@@ -560,13 +376,9 @@ def test_an_html_only_mail_is_read_as_text() -> None:
     )
     raw = message.as_bytes()
     assert (
-        mail.to_inbound(mail.read_mail(raw), raw, config=CONFIG, store=_no_store()).text
+        mail.to_inbound(mail.read_mail(raw), raw, config=CONFIG, store=no_store()).text
         == "Display shows E07 & stops\nat 1.2 kW"
     )
-
-
-def _no_store() -> AttachmentStore:
-    return AttachmentStore(root=Path("/nonexistent"), max_bytes=1, allowed_types=frozenset())
 
 
 # --- sending ---------------------------------------------------------------------------------------------
@@ -604,7 +416,7 @@ def test_a_reply_is_threaded_escaped_and_marked_auto_replied() -> None:
 
 
 def _sender(bot: Bot, port: int, **extra: Any) -> mail.MailSender:
-    config = mail.MailSettings(**{**_config_values(), "smtp_port": port, **extra})
+    config = mail.MailSettings(**{**config_values(), "smtp_port": port, **extra})
     return mail.MailSender(bot, config)
 
 
@@ -798,7 +610,7 @@ def test_a_reconnect_after_the_token_was_revoked_asks_for_a_new_one(
         with imap_server(mailbox) as imap:
             config = mail.MailSettings(
                 **{
-                    **_config_values(),
+                    **config_values(),
                     "imap_host": imap[0],
                     "imap_port": imap[1],
                     "imap_password": "",
@@ -836,7 +648,7 @@ def test_microsoft_tokens_come_from_msal_at_the_configured_authority(
     with token_endpoint(tmp_path, monkeypatch) as endpoint:
         config = mail.MailSettings(
             **{
-                **_config_values(),
+                **config_values(),
                 "oauth": "microsoft",
                 "oauth_client_id": CLIENT_ID,
                 "oauth_client_secret": CLIENT_SECRET,
@@ -906,9 +718,9 @@ def test_the_reply_parser_reads_a_bounded_start_of_a_crafted_mail(tmp_path: Path
     raw = _mail("On " * 33_000 + "wrot")
     (tmp_path / "crafted.eml").write_bytes(raw)
     script = (
-        "import sys; from adapters import mail; from tests.test_mail import CONFIG, _no_store; "
+        "import sys; from adapters import mail; from tests.fakes.mail import CONFIG, no_store; "
         "raw = open(sys.argv[1], 'rb').read(); "
-        "print(len(mail.to_inbound(mail.read_mail(raw), raw, config=CONFIG, store=_no_store()).text))"
+        "print(len(mail.to_inbound(mail.read_mail(raw), raw, config=CONFIG, store=no_store()).text))"
     )
     try:
         done = subprocess.run(
@@ -917,7 +729,7 @@ def test_the_reply_parser_reads_a_bounded_start_of_a_crafted_mail(tmp_path: Path
             text=True,
             timeout=120,
             check=True,
-            cwd=Path(__file__).parent.parent,
+            cwd=ROOT,
         )
     except subprocess.TimeoutExpired:  # a watchdog, not a timing assertion: before, this took about an hour
         pytest.fail("the reply parser did not finish on a crafted mail")
@@ -927,7 +739,7 @@ def test_the_reply_parser_reads_a_bounded_start_of_a_crafted_mail(tmp_path: Path
 def test_a_mail_that_stopped_the_reader_twice_is_left_for_a_person(
     bot: Bot, imap: tuple[str, int], mailbox: Mailbox
 ) -> None:
-    config = mail.MailSettings(**{**_config_values(), "imap_host": imap[0], "imap_port": imap[1]})
+    config = mail.MailSettings(**{**config_values(), "imap_host": imap[0], "imap_port": imap[1]})
     reader = mail.MailboxReader(bot, config)
     poison, after = mailbox.append(_mail("first")), mailbox.append(_mail("second"))
     # What two starts that died while taking `poison` leave behind (killed by a stall, an out-of-memory kill).
@@ -957,7 +769,7 @@ def test_a_mail_that_stopped_the_reader_twice_is_left_for_a_person(
 def test_a_mail_that_stopped_the_reader_once_is_tried_again(
     bot: Bot, imap: tuple[str, int], mailbox: Mailbox
 ) -> None:
-    config = mail.MailSettings(**{**_config_values(), "imap_host": imap[0], "imap_port": imap[1]})
+    config = mail.MailSettings(**{**config_values(), "imap_host": imap[0], "imap_port": imap[1]})
     reader = mail.MailboxReader(bot, config)
     uid = mailbox.append(_mail("a deploy restarted the bot while this was read"))
     kv_put(
@@ -1030,7 +842,7 @@ async def test_a_message_id_that_decodes_to_cr_lf_does_not_poison_the_customers_
     forged = _mail().replace(
         b"Message-ID: <", b"Message-ID: =?utf-8?q?=3Cx=0D=0ABcc=3A_victim=40evil.example=3E?= <"
     )
-    inbound = mail.to_inbound(mail.read_mail(forged), forged, config=CONFIG, store=_no_store())
+    inbound = mail.to_inbound(mail.read_mail(forged), forged, config=CONFIG, store=no_store())
     assert all("\r" not in str(v) and "\n" not in str(v) for v in inbound.raw.values())
     bot.engine.accept(inbound)
     # A row stored before this fix, with the raw header value, must not poison the thread either.

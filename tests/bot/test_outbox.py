@@ -7,19 +7,27 @@ import html
 import os
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 
+from bot.config import Settings
 from bot.store import OutboxItem
-from tests.fakes.telegram import update
+from tests.fakes.telegram import Running, bot_servers, update
 from tests.support import wait_until
-from tests.test_telegram import Running, start  # noqa: F401  (start is a fixture)
 
 CHATS = ["70000001", "70000002", "70000003", "70000004"]
 SCRIPT = ["hello", "CSP2604D0007 the display shows E07 and it shuts down under load", "status"]
+
+
+@pytest.fixture
+def start(settings: Settings, db: Engine) -> Iterator[Callable[..., Running]]:
+    """Starts the fake Bot API and the bot's server with the Telegram channel (webhook unless told)."""
+    with bot_servers(settings, db) as run:
+        yield run
 
 
 def rows(running: Running) -> list[OutboxItem]:
@@ -45,7 +53,7 @@ def delivered(running: Running, chat: str) -> list[str]:
     return [html.unescape(call["text"]) for call in running.fake.sent(chat)]
 
 
-def test_replies_survive_an_outage_once_and_in_order(start: Callable[..., Running]) -> None:  # noqa: F811
+def test_replies_survive_an_outage_once_and_in_order(start: Callable[..., Running]) -> None:
     running = start(telegram_timeout_seconds=1.0, outbox_max_attempts=30)
     running.fake.outage = "5xx"
     running.fake.hang_seconds = 2.5
@@ -67,7 +75,7 @@ def test_replies_survive_an_outage_once_and_in_order(start: Callable[..., Runnin
 
 
 def test_permanent_failures_are_dead_letters_listed_and_retried(
-    start: Callable[..., Running],  # noqa: F811
+    start: Callable[..., Running],
     database_url: str,
     tmp_path: Any,
 ) -> None:
@@ -137,7 +145,7 @@ def post_script(running: Running, chats: list[str] = CHATS, script: list[str] = 
     )
 
 
-def test_a_5xx_outage_longer_than_the_attempt_budget_loses_nothing(start: Callable[..., Running]) -> None:  # noqa: F811
+def test_a_5xx_outage_longer_than_the_attempt_budget_loses_nothing(start: Callable[..., Running]) -> None:
     # An attempt budget of 2 would have dead-lettered every chat's first reply after the second 502.
     running = start(outbox_max_attempts=2, retry_backoff_max_seconds=0.2)
     running.fake.outage = "5xx"
@@ -151,7 +159,7 @@ def test_a_5xx_outage_longer_than_the_attempt_budget_loses_nothing(start: Callab
 
 
 def test_429_is_honoured_per_chat_and_for_the_bot_and_spends_no_attempts(
-    start: Callable[..., Running],  # noqa: F811
+    start: Callable[..., Running],
 ) -> None:
     running = start(outbox_max_attempts=2, retry_backoff_max_seconds=0.2)
     running.fake.outage = "429"  # every send: "retry after 1", for the whole bot
@@ -166,7 +174,7 @@ def test_429_is_honoured_per_chat_and_for_the_bot_and_spends_no_attempts(
 
 
 def test_a_reply_that_keeps_failing_holds_its_chat_and_a_retry_keeps_order(
-    start: Callable[..., Running],  # noqa: F811
+    start: Callable[..., Running],
     database_url: str,
     tmp_path: Any,
 ) -> None:
@@ -216,19 +224,22 @@ def test_a_reply_that_keeps_failing_holds_its_chat_and_a_retry_keeps_order(
 
 
 @pytest.mark.parametrize(
-    "chats, script",
+    "chats, script, per_second",
     [
-        ([str(80000000 + n) for n in range(20)], SCRIPT),  # 120 replies: the bot's limit
-        (CHATS[:2], SCRIPT * 2),  # 10 replies to each chat: the chat's limit
+        ([str(80000000 + n) for n in range(20)], SCRIPT, 30.0),  # 120 replies: the bot's limit
+        (CHATS[:2], SCRIPT * 2, 30.0),  # 10 replies to each chat: the chat's limit
+        # 240 replies at 100/s: over the free limit, allowed only as paid broadcasts (up to 1000/s)
+        ([str(81000000 + n) for n in range(40)], SCRIPT, 100.0),
     ],
-    ids=["per-bot", "per-chat"],
+    ids=["per-bot", "per-chat", "paid-broadcast"],
 )
 def test_a_backlog_is_sent_within_telegrams_published_limits(
-    start: Callable[..., Running],  # noqa: F811
+    start: Callable[..., Running],
     chats: list[str],
     script: list[str],
+    per_second: float,
 ) -> None:
-    running = start(retry_backoff_max_seconds=0.5)
+    running = start(retry_backoff_max_seconds=0.5, telegram_messages_per_second=per_second)
     running.fake.rate_limits = True  # over about 30/s per bot or about 1/s per chat, the fake answers 429
     running.fake.outage = "5xx"  # a backlog builds up, as after an outage
     post_script(running, chats, script)
@@ -237,3 +248,8 @@ def test_a_backlog_is_sent_within_telegrams_published_limits(
     assert running.fake.limited == [] and running.fake.early == []
     for chat in chats:
         assert delivered(running, chat) == logged(running, chat)
+    # Every send over 30 a second asked for a paid broadcast; none at the free rate did (it costs Stars).
+    sent = running.fake.calls_to("sendMessage")
+    paid = [call.get("allow_paid_broadcast") for call in sent]
+    assert paid == ([True] * len(sent) if per_second > 30 else [None] * len(sent))
+    assert len(running.fake.paid) == (len(sent) if per_second > 30 else 0)

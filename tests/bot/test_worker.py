@@ -18,8 +18,7 @@ from sqlalchemy import func, select
 from sqlmodel import Session, col
 
 from bot.store import Case, InboxItem, OutboxItem, make_engine
-from tests.support import Server, send, wait_until
-from tests.test_reliability import SCRIPT, _accepted, conversation_texts, post, settled
+from tests.support import SCRIPT, Server, accepted, conversation_texts, post, send, settled, wait_until
 
 
 class Serve(Server):
@@ -116,7 +115,7 @@ def test_a_worker_killed_mid_batch_loses_nothing_and_another_takes_over(
 
     with ThreadPoolExecutor(len(sessions)) as pool:
         futures = [pool.submit(client, s) for s in sessions]
-        wait_until(lambda: _accepted(database_url) >= 40, timeout=60, interval=0.2, what="traffic under way")
+        wait_until(lambda: accepted(database_url) >= 40, timeout=60, interval=0.2, what="traffic under way")
         os.kill(first, signal.SIGKILL)  # whatever batch it had under way is rolled back by the database
         for future in futures:
             future.result()

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -35,24 +32,23 @@ from bot.outbox import PermanentFailure, RetryLater, Unreachable
 from bot.server import create_app
 from bot.store import Case, ChannelIdentity, InboxItem, OutboxItem, StoredAttachment, session_scope
 from tests.fakes.server import serve
-from tests.fakes.whatsapp import FakeGraph
+from tests.fakes.whatsapp import (
+    ACCESS_TOKEN,
+    APP_SECRET,
+    PAYLOADS,
+    PHONE_NUMBER_ID,
+    VERIFY_TOKEN,
+    FakeGraph,
+    sign,
+)
 from tests.support import wait_until
 
-PAYLOADS = Path(__file__).with_name("payloads") / "whatsapp"
-APP_SECRET = "test-app-secret-5f2a"
-ACCESS_TOKEN = "EAAGtest0access0token"
-VERIFY_TOKEN = "verify-me-please"
-PHONE_NUMBER_ID = "112049386624571"
 WA_ID = "447700900142"
 JPEG = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00" + bytes(range(256)) * 4
 
 
 def payload(name: str) -> bytes:
     return (PAYLOADS / name).read_bytes()
-
-
-def sign(body: bytes, secret: str = APP_SECRET) -> str:
-    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
 
 
 def derived_message(number: int, **message: Any) -> bytes:

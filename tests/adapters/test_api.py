@@ -4,8 +4,6 @@ against docs/channels/api.openapi.yaml."""
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import re
 import shutil
@@ -36,21 +34,13 @@ from bot.messages import Button, OutboundMessage
 from bot.outbox import PermanentFailure, RetryLater, Unreachable
 from bot.server import create_app
 from bot.store import Case, InboxItem, OutboxItem, StoredAttachment
-from tests.fakes.api_callback import SPEC, FakeCallback
+from tests.fakes.api_callback import SECRET, SPEC, FakeCallback, sign
 from tests.fakes.server import serve
 from tests.support import wait_until
 
-SECRET = "portal-secret-0123456789abcdef"
 CHAT = "customer-7781"
 JPEG = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00" + bytes(range(256)) * 4
 OPENAPI = OpenAPI.from_dict(yaml.safe_load(SPEC.read_text(encoding="utf-8")))
-
-
-def sign(body: bytes, secret: str = SECRET, timestamp: int | None = None) -> dict[str, str]:
-    """Exactly as docs/channels/api.md shows it."""
-    ts = str(int(time.time()) if timestamp is None else timestamp)
-    mac = hmac.new(secret.encode(), ts.encode() + b"." + body, hashlib.sha256).hexdigest()
-    return {"X-Warranty-Timestamp": ts, "X-Warranty-Signature": f"v1={mac}"}
 
 
 def message(number: int, text: str = "", **extra: Any) -> bytes:

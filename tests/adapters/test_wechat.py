@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import os
 import re
-import secrets
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from pathlib import Path
 
 import httpx
 import pytest
@@ -40,15 +36,18 @@ from bot.outbox import PermanentFailure, RetryLater, Unreachable
 from bot.server import create_app
 from bot.store import Case, InboxItem, KeyValue, OutboxItem, StoredAttachment, session_scope
 from tests.fakes.server import serve
-from tests.fakes.wechat import FakeWeChat
+from tests.fakes.wechat import (
+    APP_ID,
+    APP_SECRET,
+    OPENID,
+    PAYLOADS,
+    TOKEN,
+    FakeWeChat,
+    signed_query,
+)
 from tests.support import wait_until
 
-PAYLOADS = Path(__file__).with_name("payloads") / "wechat"
-TOKEN = "wxCallbackToken2026"
-APP_ID = "wx5c1e8a9f3b27d401"
-APP_SECRET = "test-wechat-app-secret"
 AES_KEY = base64.b64encode(bytes(range(7, 39))).decode().rstrip("=")  # 43 characters, as WeChat shows it
-OPENID = "oX3kT5wQ9pL2mN8vR6yB1cJ4dF7g"
 JPEG = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00" + bytes(range(256)) * 3
 AMR = b"#!AMR\n" + bytes(200)
 BILLION_LAUGHS = b"""<?xml version="1.0"?>
@@ -81,24 +80,6 @@ def text_push(content: str, msg_id: int) -> bytes:
         flags=re.S,
     )
     return body.replace(b"24593860172834561", str(msg_id).encode())
-
-
-def signature(*parts: str) -> str:
-    # The README's recipe, written out here so that the adapter is checked against it, not against itself.
-    return hashlib.sha1("".join(sorted(parts)).encode()).hexdigest()  # noqa: S324 - WeChat's scheme
-
-
-def signed_query(*, token: str = TOKEN, encrypted: str | None = None, age: float = 0) -> dict[str, str]:
-    timestamp, nonce = str(int(time.time() - age)), secrets.token_hex(5)
-    query = {
-        "signature": signature(token, timestamp, nonce),
-        "timestamp": timestamp,
-        "nonce": nonce,
-        "openid": OPENID,
-    }
-    if encrypted is not None:
-        query.update(encrypt_type="aes", msg_signature=signature(token, timestamp, nonce, encrypted))
-    return query
 
 
 def encrypt(xml: bytes, *, app_id: str = APP_ID, key: str = AES_KEY) -> str:

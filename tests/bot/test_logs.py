@@ -7,14 +7,12 @@ import io
 import logging
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from adapters.mail import ignore_reason, read_mail
 from bot.logs import MAX_MESSAGE_CHARS, MaskingFormatter, excerpt, mask
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.support import ROOT
 
 PHONES = [
     "+44 7700 900123",

@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from bot.config import Settings
+from tests.support import ROOT, cli
 
-ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE_CLAIM = {
     "serial": "CSP2402A0153",
     "claim_date": "2026-05-01",
@@ -43,21 +40,6 @@ EXAMPLE_DECISION = {
     "discount_amount": None,
     "reasons": ["In warranty until 2026-05-09 (26 months from port arrival on 2024-03-10)."],
 }
-
-
-def cli(
-    *args: str, stdin: str = "", cwd: Path, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "bot.cli", *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        env={**os.environ, **(env or {})},
-        timeout=120,
-        check=False,
-    )
 
 
 def test_policy_check_reproduces_the_contract_example(tmp_path: Path) -> None:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 import json
 import re
 import time
@@ -32,15 +30,25 @@ from bot.server import create_app
 from bot.store import Case, KeyValue, Message, OutboxItem
 from bot.store.clock import utcnow
 from tests.fakes.server import serve
-from tests.fakes.slack import BOT_TOKEN, FIRST_TS, FakeSlack, invalid_blocks, mrkdwn_problem
+from tests.fakes.slack import (
+    BOT_TOKEN,
+    ENGINEER,
+    ESCALATION,
+    FIRST_TS,
+    MEMBER,
+    OUTSIDER,
+    PAYLOADS,
+    SECRET,
+    FakeSlack,
+    as_form,
+    block_text,
+    invalid_blocks,
+    mrkdwn_problem,
+    signed,
+)
 from tests.fakes.slack import create_app as fake_slack_app
-from tests.support import wait_until
+from tests.support import REGISTRY, wait_until
 
-PAYLOADS = Path(__file__).with_name("payloads") / "slack"
-REGISTRY = Path(__file__).with_name("data") / "registry-sample.csv"
-SECRET = "8f742231b10e8888abcd99yyyzzz85a5"
-ESCALATION = "C07ESC4L8QZ"  # the channel of the sample payloads
-ENGINEER, OUTSIDER, MEMBER = "U05LIWEI7KD", "U0OUTSIDE1", "U06ANA2RTX"
 SAMPLE_REF, SAMPLE_TS = "WR-2026-000042", "1777886370.209339"
 REF = re.compile(r"WR-\d{4}-\d{6}")
 
@@ -50,20 +58,6 @@ REF = re.compile(r"WR-\d{4}-\d{6}")
 
 def sample(name: str) -> str:
     return (PAYLOADS / name).read_text(encoding="utf-8")
-
-
-def signed(body: bytes, *, form: bool, secret: str = SECRET, timestamp: int | None = None) -> dict[str, str]:
-    stamp = str(int(time.time()) if timestamp is None else timestamp)
-    digest = hmac.new(secret.encode(), b"v0:" + stamp.encode() + b":" + body, hashlib.sha256).hexdigest()
-    return {
-        "X-Slack-Request-Timestamp": stamp,
-        "X-Slack-Signature": f"v0={digest}",
-        "Content-Type": "application/x-www-form-urlencoded" if form else "application/json",
-    }
-
-
-def as_form(payload_text: str) -> bytes:
-    return b"payload=" + quote_plus(payload_text).encode()
 
 
 def for_case(text: str, ref: str, ts: str) -> str:
@@ -204,10 +198,6 @@ def case_row(db: Engine, ref: str) -> Case:
         case: Case = session.execute(select(Case).where(col(Case.ref) == ref)).scalar_one()
         session.expunge(case)
         return case
-
-
-def block_text(blocks: list[dict[str, Any]]) -> str:
-    return json.dumps(blocks, ensure_ascii=False)
 
 
 # --- the whole lifecycle -----------------------------------------------------------------------------------------

@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -25,13 +21,10 @@ from bot.messages import Button
 from bot.outbox import PermanentFailure, RetryLater
 from bot.server import create_app
 from bot.store import Case, InboxItem, OutboxItem, StoredAttachment
-from tests.fakes.line import FakeLine
+from tests.fakes.line import PAYLOADS, SECRET, TOKEN, FakeLine, sign
 from tests.fakes.server import serve
 from tests.support import wait_until
 
-PAYLOADS = Path(__file__).with_name("payloads") / "line"
-SECRET = "8c570fa6dd201bb328f1c1eac23a96d8"
-TOKEN = "W1TeHCgfH2Liwaa/test/channel/access/token="
 USER = "U206d25c2ea6bd87c17655609a1c37cb8"
 JPEG = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00" + bytes(range(256)) * 4
 PDF = b"%PDF-1.4\n" + b"0" * 500
@@ -39,10 +32,6 @@ PDF = b"%PDF-1.4\n" + b"0" * 500
 
 def payload(name: str) -> bytes:
     return (PAYLOADS / name).read_bytes()
-
-
-def sign(body: bytes, secret: str = SECRET) -> str:
-    return base64.b64encode(hmac.new(secret.encode(), body, hashlib.sha256).digest()).decode()
 
 
 def derived(number: int, **event: Any) -> bytes:

@@ -33,10 +33,8 @@ from tests.browser_support import SCREENSHOTS, WAIT_MS
 from tests.fakes.server import serve
 from tests.fakes.slack import BOT_TOKEN, FakeSlack
 from tests.fakes.slack import create_app as fake_slack_app
-from tests.support import wait_until
+from tests.support import REGISTRY, wait_until
 
-ROOT = Path(__file__).resolve().parents[1]
-REGISTRY = Path(__file__).with_name("data") / "registry-sample.csv"
 MARCH = Period(date(2026, 3, 1), date(2026, 3, 31))
 XSS = "<script>alert(1)</script><img src=x onerror=alert(2)> {{ 7*7 }}"
 

@@ -8,33 +8,28 @@ import html
 import json
 import re
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack
-from dataclasses import dataclass
 from typing import Any
 
-import httpx
 import pytest
 import telegram
 from hypothesis import given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
-from pydantic import SecretStr
+from pydantic import SecretStr, ValidationError
 from sqlalchemy import Engine, select
-from sqlmodel import Session, col
+from sqlmodel import Session
 from telegram.error import BadRequest, Conflict, Forbidden, InvalidToken, NetworkError, RetryAfter, TimedOut
 
 from adapters import telegram as tg
-from bot.app import Bot, build
+from bot.app import build
 from bot.config import Settings
 from bot.messages import Button, OutboundMessage
-from bot.outbox import PermanentFailure, RetryLater, Unreachable
-from bot.server import create_app, load_channels
-from bot.store import Case, ChannelIdentity, InboxItem, KeyValue, OutboxItem, StoredAttachment
-from tests.fakes.server import serve
-from tests.fakes.telegram import PAYLOADS, SECRET, TOKEN, FakeTelegram
+from bot.outbox import Limits, PermanentFailure, RetryLater, Unreachable
+from bot.server import load_channels
+from bot.store import ChannelIdentity, StoredAttachment
+from tests.fakes.telegram import PAYLOADS, PUBLIC_URL, SECRET, TOKEN, Running, bot_servers
 from tests.support import wait_until
 
-PUBLIC_URL = "https://warranty.example.com"
 CHAT = "6021457893"
 MEDIA_GROUP = "14029573316481206"
 JPEG = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00" + bytes(range(256)) * 4
@@ -332,6 +327,54 @@ def test_from_settings_chooses_the_mode_and_refuses_an_unsafe_webhook(settings: 
     assert client.base_file_url == f"https://api.telegram.org/file/bot{TOKEN}"
 
 
+@pytest.mark.parametrize(
+    "per_second, per_chat, limits, paid",
+    [
+        (30.0, 1.0, Limits(per_second=30, per_chat_per_second=1, chat_burst=3), False),  # the defaults
+        (31.0, 1.0, Limits(per_second=31, per_chat_per_second=1, chat_burst=3), True),
+        (1000.0, 2.0, Limits(per_second=1000, per_chat_per_second=2, chat_burst=3), True),
+        (0.0, 0.0, Limits(chat_burst=3), False),  # unpaced: a local Bot API server, a bench
+    ],
+)
+def test_the_sending_pace_is_configured_and_over_30_a_second_is_a_paid_broadcast(
+    start: Callable[..., Running], per_second: float, per_chat: float, limits: Limits, paid: bool
+) -> None:
+    running = start(telegram_messages_per_second=per_second, telegram_chat_messages_per_second=per_chat)
+    sender = running.channel.outbox
+    assert isinstance(sender, tg.TelegramSender)
+    assert sender.limits == limits  # what the outbox paces this channel's sends by
+    channel = tg.from_settings(running.bot)
+    assert channel is not None
+
+    async def deliver() -> None:
+        try:
+            await channel.sender().send(OutboundMessage(channel="telegram", chat_id=CHAT, text="Hello"))
+        finally:
+            await channel.client.shutdown()
+
+    asyncio.run(deliver())
+    [sent] = running.fake.sent(CHAT)
+    assert sent.get("allow_paid_broadcast") is (True if paid else None)  # at 30/s or less: not sent at all
+    assert running.fake.paid == ([CHAT] if paid else [])
+
+
+@pytest.mark.parametrize(
+    "name, value",
+    [
+        ("TELEGRAM_MESSAGES_PER_SECOND", "-1"),
+        ("TELEGRAM_MESSAGES_PER_SECOND", "1001"),  # paid broadcasts go up to 1000 a second
+        ("TELEGRAM_CHAT_MESSAGES_PER_SECOND", "-0.5"),
+        ("TELEGRAM_CHAT_MESSAGES_PER_SECOND", "fast"),
+    ],
+)
+def test_a_sending_pace_out_of_range_is_refused(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str
+) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ValidationError, match=name.lower()):
+        Settings(_env_file=None)  # type: ignore[call-arg]
+
+
 def test_the_server_loads_the_channel_when_configured(settings: Settings, db: Engine) -> None:
     bot = build(settings.model_copy(update={"telegram_bot_token": SecretStr(TOKEN)}), db=db)
     assert "telegram" in [c.name for c in load_channels(bot)]
@@ -341,96 +384,10 @@ def test_the_server_loads_the_channel_when_configured(settings: Settings, db: En
 # --- the bot's server against the fake Bot API --------------------------------------------------------------
 
 
-@dataclass
-class Running:
-    bot: Bot
-    fake: FakeTelegram
-    url: str
-    channel: tg.TelegramChannel
-    server: ExitStack  # closing it stops the bot's server (lifespan included)
-
-    def post(self, body: bytes, *, secret: str | None = SECRET) -> httpx.Response:
-        headers = {"content-type": "application/json"}
-        if secret is not None:
-            headers[tg.SECRET_HEADER] = secret
-        return httpx.post(f"{self.url}{tg.WEBHOOK_PATH}", content=body, headers=headers, timeout=10)
-
-    def deliver(self, body: bytes) -> dict[str, Any] | None:
-        """Hand an update to the bot the way this channel's mode receives it; the webhook's answer."""
-        if self.channel.mode == "webhook":
-            response = self.post(body)
-            assert response.status_code == 200, response.text
-            return dict(response.json())
-        self.fake.queue(json.loads(body))
-        return None
-
-    def inbox(self) -> list[InboxItem]:
-        with Session(self.bot.db) as session:
-            return list(session.execute(select(InboxItem).order_by(InboxItem.id)).scalars())  # type: ignore[arg-type]
-
-    def outbox(self) -> list[OutboxItem]:
-        with Session(self.bot.db) as session:
-            return list(session.execute(select(OutboxItem).order_by(OutboxItem.id)).scalars())  # type: ignore[arg-type]
-
-    def drained(self) -> bool:
-        """No webhook update is kept waiting for its files."""
-        with Session(self.bot.db) as session:
-            return (
-                session.execute(
-                    select(KeyValue).where(col(KeyValue.key).startswith(tg.PENDING_PREFIX))
-                ).first()
-                is None
-            )
-
-    def settled(self, inbox: int) -> bool:
-        """`inbox` messages stored and processed, and every reply out."""
-        items = self.inbox()
-        return (
-            len(items) == inbox
-            and all(i.status == "done" for i in items)
-            and all(o.status != "pending" for o in self.outbox())
-        )
-
-    def case_ref(self) -> str | None:
-        with Session(self.bot.db) as session:
-            case = session.execute(select(Case)).scalars().first()
-            return case.ref if case else None
-
-
 @pytest.fixture
 def start(settings: Settings, db: Engine) -> Iterator[Callable[..., Running]]:
     """Starts the fake Bot API and the bot's server with the Telegram channel (webhook unless told)."""
-    with ExitStack() as stack:
-
-        def run(
-            *,
-            mode: str = "webhook",
-            album_wait: float = 0.3,
-            files: dict[str, tuple[bytes, str]] | None = None,
-            **changes: Any,
-        ) -> Running:
-            fake = FakeTelegram(token=TOKEN)
-            for file_id, (data, path) in (files or {}).items():
-                fake.add_file(file_id, data, path)  # there before the bot starts
-            fake_url = stack.enter_context(serve(fake.app()))
-            configured = settings.model_copy(
-                update={
-                    "telegram_bot_token": SecretStr(TOKEN),
-                    "telegram_api_base_url": fake_url,
-                    "telegram_webhook_secret": SecretStr(SECRET),
-                    "public_url": PUBLIC_URL if mode == "webhook" else "",
-                    "outbox_poll_seconds": 0.1,
-                    "fetch_insecure_hosts": "127.0.0.1",
-                    **changes,
-                }
-            )  # the fake file API is on loopback, over http
-            bot = build(configured, db=db)
-            channel = tg.from_settings(bot, poll_timeout=1, album_wait=album_wait)
-            assert channel is not None and channel.mode == mode
-            server = stack.enter_context(ExitStack())
-            url = server.enter_context(serve(create_app(bot, channels=[channel])))
-            return Running(bot=bot, fake=fake, url=url, channel=channel, server=server)
-
+    with bot_servers(settings, db) as run:
         yield run
 
 
