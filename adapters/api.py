@@ -36,9 +36,9 @@ from adapters.base import SendingChannel
 from bot import channels
 from bot.app import Bot
 from bot.fetch import Fetcher, FetchPolicy
-from bot.messages import Attachment, InboundMessage, OutboundMessage
+from bot.http import ApiError, decode_object
+from bot.messages import Attachment, OutboundMessage
 from bot.outbox import Delivered, DeliveryError, PermanentFailure, RetryLater
-from bot.store.clock import utcnow
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +127,7 @@ class BadRequest(ValueError):
 def parse(body: bytes) -> MessageIn:
     """The message in an inbound body; BadRequest saying why it is not one."""
     try:
-        message = MessageIn.model_validate_json(body)
+        message = MessageIn.model_validate(decode_object(body, lambda why: BadRequest(f"body: {why}")))
     except ValidationError as error:
         first = error.errors()[0]
         where = ".".join(str(p) for p in first.get("loc", ())) or "body"
@@ -245,37 +245,34 @@ class ApiChannel(SendingChannel):
         endpoint = self.endpoints.get(name)
         body = await request.body()
         if endpoint is None:
-            return _error(404, "no such channel")
+            raise ApiError(404, "no such channel")
         problem = verify(endpoint.secret, request.headers, body, tolerance=self.tolerance)
         if problem is not None:
-            return _error(401, problem)
+            raise ApiError(401, problem)
         try:
             message = parse(body)
         except BadRequest as error:
-            return _error(400, str(error))
+            raise ApiError(400, str(error)) from None
         for attachment in message.attachments:
             if not _allowed_url(endpoint.media, attachment.url):
-                return _error(400, "attachments.url: not an https URL on this channel's media hosts")
+                raise ApiError(400, "attachments.url: not an https URL on this channel's media hosts")
         external_id = f"{name}:{message.message_id}"
         # Not stored (bot.http.UNAVAILABLE): the 503 makes the gateway send it again later.
         if await asyncio.to_thread(self.bot.engine.seen, CHANNEL, external_id):
             return JSONResponse({"ok": True, "duplicate": True})
         attachments = tuple([await self._attachment(name, a) for a in message.attachments])
-        accepted = await asyncio.to_thread(
-            self.bot.engine.accept,
-            InboundMessage(
-                channel=CHANNEL,
-                external_id=external_id,
-                sender_id=message.sender.id,
-                chat_id=f"{name}:{message.chat_id}",
-                text=message.text,
-                attachments=attachments,
-                received_at=utcnow(),
-                locale_hint=message.locale,
-                sender_name=message.sender.name,
-                raw={"api_channel": name},
-            ),
+        inbound = channels.inbound(
+            CHANNEL,
+            external_id,
+            message.sender.id,
+            chat_id=f"{name}:{message.chat_id}",
+            text=message.text,
+            attachments=attachments,
+            locale_hint=message.locale,
+            sender_name=message.sender.name,
+            raw={"api_channel": name},
         )
+        accepted = await asyncio.to_thread(self.bot.engine.accept, inbound)
         return JSONResponse({"ok": True, "duplicate": accepted.duplicate})
 
     async def _attachment(self, name: str, attachment: AttachmentIn) -> Attachment:
@@ -307,10 +304,6 @@ def _allowed_url(policy: FetchPolicy, url: str) -> bool:
         return False
     secure = parsed.scheme == "https" or (parsed.scheme == "http" and policy.is_insecure(parsed.host))
     return bool(parsed.host) and secure and policy.allows_host(parsed.host)
-
-
-def _error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status)
 
 
 # --- settings -----------------------------------------------------------------------------------------------

@@ -10,10 +10,12 @@ the interface is an error, and it inherits the defaults below for what it does n
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import ClassVar, Protocol
 
-from starlette.routing import BaseRoute
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
 
 from bot.app import Bot
 from bot.channels import release_config_holds_of
@@ -49,7 +51,13 @@ class Channel(Protocol):
         return None
 
 
+Endpoint = Callable[[Request], Awaitable[Response]]
 ChannelFactory = Callable[[Bot], Channel | None]
+
+
+def verified_webhook(path: str, verify: Endpoint, webhook: Endpoint) -> list[BaseRoute]:
+    """A webhook the service verifies with a GET (a challenge we answer) before it POSTs to it."""
+    return [Route(path, verify, methods=["GET"]), Route(path, webhook, methods=["POST"])]
 
 
 class Closable(Protocol):

@@ -22,7 +22,6 @@ from bot.messages import (
     CUSTOMER_MESSAGE,
     Attachment,
     DeskEvent,
-    InboundMessage,
     OutboundMessage,
 )
 from bot.outbox import Delivered, Deliverer
@@ -106,16 +105,10 @@ def run_console(
             if attachment is None:
                 continue
             attachments, text = (attachment,), ""
+        external_id = f"{chat_id}-{utcnow().timestamp()}-{counter}"
         bot.engine.accept(
-            InboundMessage(
-                channel=CHANNEL,
-                external_id=f"{chat_id}-{utcnow().timestamp()}-{counter}",
-                sender_id=chat_id,
-                chat_id=chat_id,
-                text=text,
-                attachments=attachments,
-                received_at=utcnow(),
-                sender_name=name,
+            channels.inbound(
+                CHANNEL, external_id, chat_id, text=text, attachments=attachments, sender_name=name
             )
         )
         bot.engine.process_pending()

@@ -11,7 +11,6 @@ import asyncio
 import base64
 import hashlib
 import hmac
-import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,8 +18,7 @@ from datetime import timedelta
 from typing import Any
 
 import httpx
-from sqlalchemy import Engine, select
-from sqlmodel import col
+from sqlalchemy import Engine
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
@@ -29,9 +27,9 @@ from adapters.base import SendingChannel
 from bot import channels
 from bot.app import Bot
 from bot.fetch import Fetcher, FetchPolicy
-from bot.messages import Attachment, Button, InboundMessage, OutboundMessage
-from bot.outbox import Delivered, DeliveryError, RetryLater
-from bot.store import KeyValue, session_scope
+from bot.http import ApiError, decode_object, signed_body
+from bot.messages import Attachment, Button, OutboundMessage
+from bot.outbox import Delivered, DeliveryError
 from bot.store.clock import utcnow
 
 log = logging.getLogger(__name__)
@@ -83,11 +81,8 @@ class Incoming:
 
 def parse(body: bytes) -> list[Incoming]:
     """The usable events of a webhook body (others are acknowledged and dropped); MalformedPayload if not one."""
-    try:
-        document = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise MalformedPayload("body is not JSON") from error
-    if not isinstance(document, dict) or not isinstance(document.get("events"), list):
+    document = decode_object(body, MalformedPayload)
+    if not isinstance(document.get("events"), list):
         raise MalformedPayload("no events list")
     found: list[Incoming] = []
     for event in document["events"]:
@@ -153,7 +148,7 @@ def _event(event: dict[str, Any]) -> Incoming | None:
 
 
 def _id(value: Any, what: str) -> str:
-    if isinstance(value, str) and value and len(value) <= MAX_ID and value.isprintable():
+    if channels.is_id(value, MAX_ID):
         return value
     raise MalformedPayload(f"{what} is missing or not an id")
 
@@ -205,12 +200,8 @@ class LineClient:
     def __init__(
         self, api_url: str, access_token: str, *, transport: httpx.AsyncBaseTransport | None = None
     ) -> None:
-        self._http = httpx.AsyncClient(
-            base_url=api_url.rstrip("/") + "/",
-            timeout=15.0,
-            transport=transport,
-            headers={"Authorization": f"Bearer {access_token}"},
-            trust_env=False,
+        self._http = channels.api_client(
+            api_url, {"Authorization": f"Bearer {access_token}"}, transport=transport
         )
 
     async def reply(self, token: str, messages: list[dict[str, Any]]) -> dict[str, Any]:
@@ -221,10 +212,7 @@ class LineClient:
 
     async def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         response = await self._http.post(path, json=body)
-        try:
-            data = response.json()
-        except ValueError:
-            data = None
+        data = channels.json_answer(response)
         if response.status_code < 300:
             return data if isinstance(data, dict) else {}
         message = str(data.get("message", "")) if isinstance(data, dict) else response.text[:200]
@@ -240,27 +228,18 @@ def _token_key(user_id: str) -> str:
 
 
 def note_reply_token(db: Engine, user_id: str, token: str) -> None:
-    with session_scope(db) as session:
-        row = session.get(KeyValue, _token_key(user_id))
-        value = {"token": token, "at": utcnow().isoformat()}
-        if row is None:
-            session.add(KeyValue(key=_token_key(user_id), value=value, expires_at=utcnow() + REPLY_TOKEN_AGE))
-        else:
-            row.value, row.expires_at = value, utcnow() + REPLY_TOKEN_AGE
+    value = {"token": token, "at": utcnow().isoformat()}
+    channels.kv_put(db, _token_key(user_id), value, utcnow() + REPLY_TOKEN_AGE)
 
 
 def take_reply_token(db: Engine, user_id: str) -> str | None:
     """The user's reply token if still fresh; it is used up either way (a token works once)."""
-    with session_scope(db) as session:
-        row = session.execute(
-            select(KeyValue).where(col(KeyValue.key) == _token_key(user_id)).with_for_update()
-        ).scalar_one_or_none()
-        if row is None:
-            return None
-        fresh = row.expires_at is not None and row.expires_at > utcnow()
-        token = row.value.get("token") if fresh else None
-        session.delete(row)
-        return token if isinstance(token, str) else None
+    taken = channels.kv_take(db, _token_key(user_id))
+    if taken is None:
+        return None
+    value, expires_at = taken
+    token = value.get("token") if expires_at is not None and expires_at > utcnow() else None
+    return token if isinstance(token, str) else None
 
 
 class LineSender:
@@ -273,7 +252,7 @@ class LineSender:
         if len(messages) > MAX_MESSAGES:  # an extremely long text: the rest is cut, with a mark
             messages = messages[:MAX_MESSAGES]
             messages[-1] = {**messages[-1], "text": messages[-1]["text"][: TEXT_LIMIT - 1] + "…"}
-        try:
+        with channels.sending(LineError, delivery_error):
             token = await asyncio.to_thread(take_reply_token, self.db, message.chat_id)
             answer: dict[str, Any] | None = None
             if token:
@@ -285,13 +264,9 @@ class LineSender:
                     log.info("line reply token refused (%s); pushing instead", error.message)
             if answer is None:
                 answer = await self.client.push(message.chat_id, messages)
-        except LineError as error:
-            raise delivery_error(error) from error
-        except httpx.HTTPError as error:
-            raise RetryLater(f"{type(error).__name__}: {error}") from error
         sent = answer.get("sentMessages")
         first = sent[0].get("id") if isinstance(sent, list) and sent and isinstance(sent[0], dict) else None
-        return Delivered(external_id=str(first) if first else None)
+        return channels.delivered(first)
 
 
 # --- the channel ------------------------------------------------------------------------------------------------
@@ -323,13 +298,12 @@ class LineChannel(SendingChannel):
         return [Route(WEBHOOK_PATH, self.webhook, methods=["POST"])]
 
     async def webhook(self, request: Request) -> Response:
-        body = await request.body()
-        if not signature_valid(body, request.headers.get("x-line-signature"), self.config.channel_secret):
-            return JSONResponse({"error": "invalid signature"}, status_code=401)
+        secret = self.config.channel_secret
+        body = await signed_body(request, "x-line-signature", lambda b, h: signature_valid(b, h, secret))
         try:
             events = parse(body)
         except MalformedPayload as error:
-            return JSONResponse({"error": f"malformed webhook: {error}"}, status_code=400)
+            raise ApiError(400, f"malformed webhook: {error}") from None
         # Not stored (bot.http.UNAVAILABLE): the 503 makes LINE redeliver (when redelivery is on in the console).
         for incoming in events:
             await self._receive(incoming)
@@ -342,19 +316,15 @@ class LineChannel(SendingChannel):
         if incoming.reply_token:
             await asyncio.to_thread(note_reply_token, self.bot.db, incoming.user_id, incoming.reply_token)
         attachments = (await self._attachment(incoming),) if incoming.media_id else ()
-        await asyncio.to_thread(
-            self.bot.engine.accept,
-            InboundMessage(
-                channel=CHANNEL,
-                external_id=external_id,
-                sender_id=incoming.user_id,
-                chat_id=incoming.user_id,
-                text=incoming.text,
-                attachments=attachments,
-                received_at=utcnow(),
-                raw={"type": incoming.type},
-            ),
+        message = channels.inbound(
+            CHANNEL,
+            external_id,
+            incoming.user_id,
+            text=incoming.text,
+            attachments=attachments,
+            raw={"type": incoming.type},
         )
+        await asyncio.to_thread(self.bot.engine.accept, message)
 
     async def _attachment(self, incoming: Incoming) -> Attachment:
         store = self.bot.attachments

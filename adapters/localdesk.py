@@ -136,6 +136,14 @@ class LocalDesk(Channel):
 
         return JSONResponse(await asyncio.to_thread(read))
 
+    async def _act(
+        self, request: Request, data: dict[str, Any], desk_action: Callable[..., Any], /, **fields: Any
+    ) -> Response:
+        """A desk action on the request's case, as the engineer the request names; its result as the answer."""
+        return JSONResponse(
+            await asyncio.to_thread(desk_action, _ref(request), engineer=_engineer(request, data), **fields)
+        )
+
     async def _seen(self, request: Request) -> Response:
         data = await json_object(request)
         message_id = data.get("message_id")
@@ -176,19 +184,16 @@ class LocalDesk(Channel):
         if not isinstance(internal, bool):
             raise ApiError(422, "internal must be true or false")
         action = self.bot.desk.note if internal else self.bot.desk.reply
-        result = await asyncio.to_thread(action, _ref(request), engineer=_engineer(request, data), text=text)
+        answer = await self._act(request, data, action, text=text)
         self.bot.engine.outbox_signal.set()
-        return JSONResponse(result)
+        return answer
 
     async def _ask(self, request: Request) -> Response:
         data = await json_object(request)
         question = data.get("question")
         if not isinstance(question, str) or not question.strip():
             raise ApiError(422, "question is required and must be a non-empty string")
-        result = await asyncio.to_thread(
-            self.bot.desk.ask_customer, _ref(request), engineer=_engineer(request, data), question=question
-        )
-        return JSONResponse(result)
+        return await self._act(request, data, self.bot.desk.ask_customer, question=question)
 
     async def _method(self, request: Request) -> Response:
         data = await json_object(request)
@@ -205,16 +210,15 @@ class LocalDesk(Channel):
             isinstance(clauses, list) and all(isinstance(c, str) for c in clauses)
         ):
             raise ApiError(422, "clauses must be a list of clause ids")
-        result = await asyncio.to_thread(
+        return await self._act(
+            request,
+            data,
             self.bot.desk.choose_method,
-            _ref(request),
-            engineer=_engineer(request, data),
             method=method,
             reason=reason,
             clauses=clauses,
             goodwill=goodwill,
         )
-        return JSONResponse(result)
 
     async def _correct(self, request: Request) -> Response:
         data = await json_object(request)
@@ -225,15 +229,9 @@ class LocalDesk(Channel):
         if len(serial) > 64:
             raise DeskError("no such unit")
         changes = {key: value for key, value in data.items() if key not in ("note", "engineer")}
-        result = await asyncio.to_thread(
-            self.bot.desk.correct_unit,
-            _ref(request),
-            engineer=_engineer(request, data),
-            serial=serial,
-            changes=changes,
-            note=note,
+        return await self._act(
+            request, data, self.bot.desk.correct_unit, serial=serial, changes=changes, note=note
         )
-        return JSONResponse(result)
 
     async def _fulfil(self, request: Request) -> Response:
         """/fulfil: JSON {"action", "text"}; /fulfil/files: multipart/form-data with the same fields and up to
@@ -263,15 +261,7 @@ class LocalDesk(Channel):
         if uploads and action != "guide":
             raise ApiError(422, "files can only be sent with a guidance step (action 'guide')")
         files = [await self._keep(upload) for upload in uploads]
-        result = await asyncio.to_thread(
-            self.bot.desk.fulfil,
-            _ref(request),
-            engineer=_engineer(request, data),
-            action=action,
-            text=text,
-            files=files,
-        )
-        return JSONResponse(result)
+        return await self._act(request, data, self.bot.desk.fulfil, action=action, text=text, files=files)
 
     async def _keep(self, upload: UploadFile) -> Attachment:
         """An engineer's file into the attachment store, or a 4xx that says what would be accepted."""
@@ -299,10 +289,7 @@ class LocalDesk(Channel):
 
     def _action(self, action: Callable[..., dict[str, Any]]) -> Callable[[Request], Awaitable[Response]]:
         async def handler(request: Request) -> Response:
-            data = await json_object(request)
-            return JSONResponse(
-                await asyncio.to_thread(action, _ref(request), engineer=_engineer(request, data))
-            )
+            return await self._act(request, await json_object(request), action)
 
         return handler
 

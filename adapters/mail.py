@@ -24,7 +24,7 @@ import smtplib
 import ssl
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from email import policy as email_policy
@@ -34,7 +34,7 @@ from email.message import EmailMessage, Message
 from email.parser import BytesParser
 from email.utils import format_datetime, formataddr, getaddresses, make_msgid, parseaddr
 from html.parser import HTMLParser
-from typing import ClassVar
+from typing import Any, ClassVar, Generic, Protocol, TypeVar
 from urllib.parse import unquote_to_bytes
 
 import httpx
@@ -53,7 +53,6 @@ from bot.logs import excerpt
 from bot.messages import Attachment, InboundMessage, OutboundMessage
 from bot.outbox import Delivered, PermanentFailure, RetryLater, Unreachable, sent_any, sent_times
 from bot.store.clock import utcnow
-from bot.store.kv import kv_get, kv_put
 
 CHANNEL = "email"
 SECURITIES = ("tls", "starttls", "none")
@@ -76,6 +75,8 @@ MAX_LOGGED_HEADER = 40  # characters of an untrusted header value that reach the
 REPLY_LANGUAGES = ("en", "es", "fr", "zh", "de", "it", "nl", "pl", "cs", "da", "sv", "ja", "ko")
 
 log = logging.getLogger(__name__)
+
+C = TypeVar("C", bound="_Upgradable")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -354,30 +355,16 @@ def _cut_quote(text: str) -> str:
 # Foxmail, Outlook) label GBK and GB18030 text "gb2312"; Hong Kong and Taiwan mail labelled "big5" holds
 # HKSCS characters; Outlook's "iso-2022-jp" holds NEC and IBM extensions (①, ㈱, Roman numerals), read through
 # cp932 (`_iso2022jp_outlook`); "shift_jis" is Windows' cp932; Korean "euc-kr" is cp949.
-CHARSETS: dict[str, tuple[str, ...]] = {
-    "gb2312": ("gb18030",),
-    "gbk": ("gb18030",),
-    "x-gbk": ("gb18030",),
-    "cp936": ("gb18030",),
-    "gb_2312-80": ("gb18030",),
-    "euc-cn": ("gb18030",),
-    "x-euc-cn": ("gb18030",),
-    "big5": ("big5hkscs", "cp950"),
-    "big-5": ("big5hkscs", "cp950"),
-    "cn-big5": ("big5hkscs", "cp950"),
-    "x-x-big5": ("big5hkscs", "cp950"),
-    "iso-2022-jp": ("iso2022_jp_2004", "iso2022_jp_ext", "iso2022_jp_2"),
-    "csiso2022jp": ("iso2022_jp_2004", "iso2022_jp_ext", "iso2022_jp_2"),
-    "shift_jis": ("cp932",),
-    "shift-jis": ("cp932",),
-    "sjis": ("cp932",),
-    "x-sjis": ("cp932",),
-    "ks_c_5601-1987": ("cp949",),
-    "euc-kr": ("cp949",),
-    "us-ascii": ("utf-8", "cp1252"),
-    "ascii": ("utf-8", "cp1252"),
-    "iso-8859-1": ("cp1252",),
+_READ_AS: dict[tuple[str, ...], tuple[str, ...]] = {  # labels -> the charsets to read them as, in order
+    ("gb2312", "gbk", "x-gbk", "cp936", "gb_2312-80", "euc-cn", "x-euc-cn"): ("gb18030",),
+    ("big5", "big-5", "cn-big5", "x-x-big5"): ("big5hkscs", "cp950"),
+    ("iso-2022-jp", "csiso2022jp"): ("iso2022_jp_2004", "iso2022_jp_ext", "iso2022_jp_2"),
+    ("shift_jis", "shift-jis", "sjis", "x-sjis"): ("cp932",),
+    ("ks_c_5601-1987", "euc-kr"): ("cp949",),
+    ("us-ascii", "ascii"): ("utf-8", "cp1252"),
+    ("iso-8859-1",): ("cp1252",),
 }
+CHARSETS: dict[str, tuple[str, ...]] = {label: read for labels, read in _READ_AS.items() for label in labels}
 
 
 _ISO2022JP = re.compile(rb"\x1b(\$[@B]|\([BJI])")
@@ -846,27 +833,69 @@ class _XOAuth2:
         return self(challenge).decode()
 
 
-def _imap_oauth_login(imap: imaplib.IMAP4, user: str, tokens: OAuthTokens) -> None:
-    for fresh in (False, True):
-        try:
-            imap.authenticate("XOAUTH2", _XOAuth2(user, tokens.token(fresh=fresh)))
-            return
-        except imaplib.IMAP4.error:
-            if fresh:
+class _Upgradable(Protocol):
+    def starttls(self, *args: Any, **kwargs: Any) -> object: ...
+
+
+@dataclass(frozen=True)
+class _MailProtocol(Generic[C]):
+    """How to reach an IMAP or SMTP server, as its security setting says: TLS from the start ("tls"), upgraded
+    by STARTTLS ("starttls"; closed if the upgrade fails), or plain (a loopback test server)."""
+
+    plain: Callable[..., C]  # (host, port, timeout=)
+    secure: Callable[..., C]  # the same, with the TLS context as `context_arg`
+    context_arg: str  # what the library calls the TLS context, in `secure` and in `starttls`
+    close: Callable[[C], object]
+    timeout: float
+
+    def connect(self, security: str, host: str, port: int) -> C:
+        tls = {self.context_arg: ssl.create_default_context()}
+        if security == "tls":
+            return self.secure(host, port, timeout=self.timeout, **tls)
+        connection = self.plain(host, port, timeout=self.timeout)
+        if security == "starttls":
+            try:
+                connection.starttls(**tls)
+            except BaseException:
+                self.close(connection)
                 raise
-            log.info("IMAP refused the OAuth token; asking for a new one")
+        return connection
+
+
+# (plain, secure, context_arg, close, timeout)
+_IMAP = _MailProtocol(
+    imaplib.IMAP4, imaplib.IMAP4_SSL, "ssl_context", imaplib.IMAP4.shutdown, IMAP_TIMEOUT_SECONDS
+)
+_SMTP = _MailProtocol(smtplib.SMTP, smtplib.SMTP_SSL, "context", smtplib.SMTP.close, SMTP_TIMEOUT_SECONDS)
+
+
+def _imap_oauth_login(imap: imaplib.IMAP4, user: str, tokens: OAuthTokens) -> None:
+    def login(token: str) -> None:
+        imap.authenticate("XOAUTH2", _XOAuth2(user, token))
+
+    _oauth_login("IMAP", tokens, login, imaplib.IMAP4.error)
 
 
 def _smtp_oauth_login(smtp: smtplib.SMTP, user: str, tokens: OAuthTokens) -> None:
+    def login(token: str) -> None:
+        smtp.auth("XOAUTH2", _XOAuth2(user, token).text, initial_response_ok=True)
+
     smtp.ehlo_or_helo_if_needed()
+    _oauth_login("SMTP", tokens, login, smtplib.SMTPAuthenticationError)
+
+
+def _oauth_login(
+    server: str, tokens: OAuthTokens, login: Callable[[str], None], refused: type[Exception]
+) -> None:
+    """Log in with the token we have; when the server refuses it, once more with a new one."""
     for fresh in (False, True):
         try:
-            smtp.auth("XOAUTH2", _XOAuth2(user, tokens.token(fresh=fresh)).text, initial_response_ok=True)
+            login(tokens.token(fresh=fresh))
             return
-        except smtplib.SMTPAuthenticationError:
+        except refused:
             if fresh:
                 raise
-            log.info("SMTP refused the OAuth token; asking for a new one")
+            log.info("%s refused the OAuth token; asking for a new one", server)
 
 
 # --- receive: the mailbox reader ------------------------------------------------------------------------
@@ -903,16 +932,7 @@ class MailboxReader:
 
     def _connect(self) -> imaplib.IMAP4:
         c = self.config
-        context = ssl.create_default_context()
-        imap: imaplib.IMAP4
-        if c.imap_security == "tls":
-            imap = imaplib.IMAP4_SSL(
-                c.imap_host, c.imap_port, ssl_context=context, timeout=IMAP_TIMEOUT_SECONDS
-            )
-        else:
-            imap = imaplib.IMAP4(c.imap_host, c.imap_port, timeout=IMAP_TIMEOUT_SECONDS)
-            if c.imap_security == "starttls":
-                imap.starttls(ssl_context=context)
+        imap = _IMAP.connect(c.imap_security, c.imap_host, c.imap_port)
         try:
             if self.tokens is not None:
                 _imap_oauth_login(imap, c.imap_user, self.tokens)
@@ -949,7 +969,7 @@ class MailboxReader:
 
     def sync(self, imap: imaplib.IMAP4, uidvalidity: int, uidnext: int | None) -> None:
         """Take every mail after the last one taken; on a first start (or a rebuilt mailbox) the unread ones."""
-        stored = kv_get(self.bot.db, self.state_key)
+        stored = channels.kv_get(self.bot.db, self.state_key)
         state = stored[0] if stored else {}
         if state.get("uidvalidity") == uidvalidity:
             last = int(state.get("last_uid", 0))
@@ -964,7 +984,7 @@ class MailboxReader:
             # The unread mail is remembered as pending, so that a crash halfway through loses none of it.
             pending = uids = _search(imap, "UNSEEN")
             last = (uidnext - 1) if uidnext else max(_search(imap, "ALL"), default=0)
-            kv_put(
+            channels.kv_put(
                 self.bot.db,
                 self.state_key,
                 {"uidvalidity": uidvalidity, "last_uid": last, "pending": pending},
@@ -982,17 +1002,17 @@ class MailboxReader:
                     "mail UID %s stopped the mailbox reader %s times; left unread for a person", uid, attempts
                 )
             else:
-                kv_put(self.bot.db, self.state_key, {**record, "taking": uid, "attempts": tries})
+                channels.kv_put(self.bot.db, self.state_key, {**record, "taking": uid, "attempts": tries})
                 try:
                     self._take(imap, uid)
                 except BaseException:
-                    kv_put(
+                    channels.kv_put(
                         self.bot.db, self.state_key, record
                     )  # it raised, the process did not die: not poison
                     raise
             last = max(last, uid)
             pending = [p for p in pending if p != uid]
-            kv_put(
+            channels.kv_put(
                 self.bot.db,
                 self.state_key,
                 {"uidvalidity": uidvalidity, "last_uid": last, "pending": pending},
@@ -1207,18 +1227,9 @@ class MailSender:
 
     def _submit(self, mail: EmailMessage, address: str) -> None:
         c = self.config
-        context = ssl.create_default_context()
         try:
-            smtp: smtplib.SMTP
-            if c.smtp_security == "tls":
-                smtp = smtplib.SMTP_SSL(
-                    c.smtp_host, c.smtp_port, timeout=SMTP_TIMEOUT_SECONDS, context=context
-                )
-            else:
-                smtp = smtplib.SMTP(c.smtp_host, c.smtp_port, timeout=SMTP_TIMEOUT_SECONDS)
+            smtp = _SMTP.connect(c.smtp_security, c.smtp_host, c.smtp_port)
             with smtp:
-                if c.smtp_security == "starttls":
-                    smtp.starttls(context=context)
                 if self.tokens is not None:
                     _smtp_oauth_login(smtp, c.smtp_user or c.address, self.tokens)
                 elif c.smtp_user:

@@ -26,9 +26,6 @@ from slack_bolt.adapter.starlette.async_handler import AsyncSlackRequestHandler
 from slack_bolt.async_app import AsyncApp
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
-from sqlalchemy import delete
-from sqlalchemy.dialects import postgresql, sqlite
-from sqlmodel import Session, col
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
@@ -41,11 +38,8 @@ from bot.config import Settings
 from bot.desk import CaseNotFound, DeskError
 from bot.messages import CASE_OPENED, CASE_UPDATED, CUSTOMER_MESSAGE, DeskEvent
 from bot.outbox import Delivered, PermanentFailure, RetryLater
-from bot.registry import lookup
 from bot.status import CaseStatus
-from bot.store import KeyValue, session_scope
 from bot.store.clock import utcnow
-from bot.store.kv import kv_get, kv_put
 from policy import decision_to_json, evaluate, normalize_serial, parse_serial, refusal_clauses, unit_claim
 
 log = logging.getLogger(__name__)
@@ -329,7 +323,7 @@ class SlackDesk(Channel):
         return None
 
     async def start(self) -> None:
-        stored = await asyncio.to_thread(kv_get, self.bot.db, self._revoked_key)
+        stored = await asyncio.to_thread(channels.kv_get, self.bot.db, self._revoked_key)
         self.revoked = (
             str(stored[0].get("reason")) if stored is not None else None
         )  # a new token starts clean
@@ -571,12 +565,14 @@ class SlackDesk(Channel):
         await asyncio.to_thread(self._mark_revoked, kind)
 
     async def on_claim(self, ack: Callable[..., Any], body: dict[str, Any], action: dict[str, Any]) -> None:
-        await ack()
-        user = _user_id(body)
-        if await self._refused(user):
-            return
+        await self._on_case_button(ack, body, action, self.bot.desk.claim)
+
+    async def _on_case_button(
+        self, ack: Callable[..., Any], body: dict[str, Any], action: dict[str, Any], act: Callable[..., Any]
+    ) -> None:
+        """A button whose value is the case's reference and whose press is one desk action (claim, close)."""
         ref = str(action.get("value", ""))
-        await self._act(user, None, lambda name: self.bot.desk.claim(ref, engineer=name, origin=ORIGIN))
+        await self._ack_and_act(ack, _user_id(body), lambda name: act(ref, engineer=name, origin=ORIGIN))
 
     async def on_choose_method(
         self, ack: Callable[..., Any], body: dict[str, Any], action: dict[str, Any]
@@ -643,29 +639,20 @@ class SlackDesk(Channel):
     async def on_fulfil_submitted(
         self, ack: Callable[..., Any], body: dict[str, Any], view: dict[str, Any]
     ) -> None:
-        user = _user_id(body)
-        if not await self._is_engineer(user):
-            await ack(response_action="errors", errors={ui.FULFIL_BLOCK: REFUSAL})
+        user = await self._engineer_submitting(ack, body, ui.FULFIL_BLOCK)
+        if user is None:
             return
         text = _view_value(view, ui.FULFIL_BLOCK, ui.FULFIL_INPUT)
         ref, _, step = str(view.get("private_metadata", "")).partition("|")
-        name = await self._display_name(user)
-        try:
-            await asyncio.to_thread(
-                self.bot.desk.fulfil, ref, engineer=name, action=step, text=text, origin=ORIGIN
-            )
-        except DeskError as error:
-            await ack(response_action="errors", errors={ui.FULFIL_BLOCK: _clip_error(error)})
-            return
-        await ack()
+        await self._submit(
+            ack,
+            user,
+            ui.FULFIL_BLOCK,
+            lambda name: self.bot.desk.fulfil(ref, engineer=name, action=step, text=text, origin=ORIGIN),
+        )
 
     async def on_close(self, ack: Callable[..., Any], body: dict[str, Any], action: dict[str, Any]) -> None:
-        await ack()
-        user = _user_id(body)
-        if await self._refused(user):
-            return
-        ref = str(action.get("value", ""))
-        await self._act(user, None, lambda name: self.bot.desk.close(ref, engineer=name, origin=ORIGIN))
+        await self._on_case_button(ack, body, action, self.bot.desk.close)
 
     async def on_open_modal(
         self, ack: Callable[..., Any], body: dict[str, Any], action: dict[str, Any]
@@ -710,13 +697,10 @@ class SlackDesk(Channel):
         if not question:
             await ack(response_action="errors", errors={ui.QUESTION_BLOCK: "Write the question."})
             return
-        await ack()
-        if await self._refused(user):
-            return
         ref = str(view.get("private_metadata", ""))
-        await self._act(
+        await self._ack_and_act(
+            ack,
             user,
-            None,
             lambda name: self.bot.desk.ask_customer(ref, engineer=name, question=question, origin=ORIGIN),
         )
 
@@ -739,13 +723,10 @@ class SlackDesk(Channel):
                 errors={ui.CLAUSES_BLOCK: f"Not in the policy: {', '.join(unknown)}"},
             )
             return
-        await ack()
-        if await self._refused(user):
-            return
         ref = str(view.get("private_metadata", ""))
-        await self._act(
+        await self._ack_and_act(
+            ack,
             user,
-            None,
             lambda name: self.bot.desk.choose_method(
                 ref,
                 engineer=name,
@@ -759,9 +740,8 @@ class SlackDesk(Channel):
     async def on_correct_submitted(
         self, ack: Callable[..., Any], body: dict[str, Any], view: dict[str, Any]
     ) -> None:
-        user = _user_id(body)
-        if not await self._is_engineer(user):
-            await ack(response_action="errors", errors={ui.SERIAL_BLOCK: REFUSAL})
+        user = await self._engineer_submitting(ack, body, ui.SERIAL_BLOCK)
+        if user is None:
             return
         serial = _view_choice(view, ui.SERIAL_BLOCK, ui.SERIAL_INPUT)
         changes: dict[str, Any] = {}
@@ -785,28 +765,20 @@ class SlackDesk(Channel):
             return
         note = _view_value(view, ui.NOTE_BLOCK, ui.NOTE_INPUT)
         ref = str(view.get("private_metadata", ""))
-        name = await self._display_name(user)
-        try:
-            await asyncio.to_thread(
-                self.bot.desk.correct_unit,
-                ref,
-                engineer=name,
-                serial=serial,
-                changes=changes,
-                note=note or None,
-                origin=ORIGIN,
-            )
-        except DeskError as error:
-            await ack(response_action="errors", errors={ui.SERIAL_BLOCK: _clip_error(error)})
-            return
-        await ack()
+        await self._submit(
+            ack,
+            user,
+            ui.SERIAL_BLOCK,
+            lambda name: self.bot.desk.correct_unit(
+                ref, engineer=name, serial=serial, changes=changes, note=note or None, origin=ORIGIN
+            ),
+        )
 
     async def on_goodwill_submitted(
         self, ack: Callable[..., Any], body: dict[str, Any], view: dict[str, Any]
     ) -> None:
-        user = _user_id(body)
-        if not await self._is_engineer(user):
-            await ack(response_action="errors", errors={ui.GOODWILL_BLOCK: REFUSAL})
+        user = await self._engineer_submitting(ack, body, ui.GOODWILL_BLOCK)
+        if user is None:
             return
         goodwill = _view_choice(view, ui.GOODWILL_BLOCK, ui.GOODWILL_INPUT)
         reason = _view_value(view, ui.REASON_BLOCK, ui.REASON_INPUT)
@@ -817,21 +789,14 @@ class SlackDesk(Channel):
             await ack(response_action="errors", errors={ui.REASON_BLOCK: "Give the reason."})
             return
         ref, _, method = str(view.get("private_metadata", "")).partition("|")
-        name = await self._display_name(user)
-        try:
-            await asyncio.to_thread(
-                self.bot.desk.choose_method,
-                ref,
-                engineer=name,
-                method=method,
-                reason=reason,
-                goodwill=goodwill,
-                origin=ORIGIN,
-            )
-        except DeskError as error:
-            await ack(response_action="errors", errors={ui.GOODWILL_BLOCK: _clip_error(error)})
-            return
-        await ack()
+        await self._submit(
+            ack,
+            user,
+            ui.GOODWILL_BLOCK,
+            lambda name: self.bot.desk.choose_method(
+                ref, engineer=name, method=method, reason=reason, goodwill=goodwill, origin=ORIGIN
+            ),
+        )
 
     async def on_warranty_command(
         self, ack: Callable[..., Any], respond: Callable[..., Any], command: dict[str, Any]
@@ -928,7 +893,7 @@ class SlackDesk(Channel):
         if self.revoked is None:
             log.error("Slack says %s: case events wait until the app is installed again", reason)
         self.revoked = reason
-        kv_put(self.bot.db, self._revoked_key, {"reason": reason, "at": utcnow().isoformat()})
+        channels.kv_put(self.bot.db, self._revoked_key, {"reason": reason, "at": utcnow().isoformat()})
 
     async def _post_case(self, case: Mapping[str, Any], *, update_existing: bool) -> str:
         """The case message's ts: posted when there is none yet, else updated (when asked) to the case's state."""
@@ -1076,6 +1041,36 @@ class SlackDesk(Channel):
         await self._ephemeral(user, REFUSAL)
         return True
 
+    async def _ack_and_act(self, ack: Callable[..., Any], user: str, action: Callable[[str], Any]) -> None:
+        """Acknowledge at once, then run the desk action as the engineer (unless they are not one: told so)."""
+        await ack()
+        if await self._refused(user):
+            return
+        await self._act(user, None, action)
+
+    async def _engineer_submitting(
+        self, ack: Callable[..., Any], body: dict[str, Any], block: str
+    ) -> str | None:
+        """Who submits a modal, if an engineer; else the refusal is shown on the modal's field `block`."""
+        user = _user_id(body)
+        if not await self._is_engineer(user):
+            await ack(response_action="errors", errors={block: REFUSAL})
+            return None
+        return user
+
+    async def _submit(
+        self, ack: Callable[..., Any], user: str, block: str, action: Callable[[str], Any]
+    ) -> None:
+        """A modal's desk action, run as the engineer (by display name) before the modal is acknowledged: a
+        refusal by the desk is shown on the modal's field `block`, and the modal stays open."""
+        name = await self._display_name(user)
+        try:
+            await asyncio.to_thread(action, name)
+        except DeskError as error:
+            await ack(response_action="errors", errors={block: _clip_error(error)})
+            return
+        await ack()
+
     async def _act(self, user: str, thread_ts: str | None, action: Callable[[str], Any]) -> bool:
         """Run a desk action as the engineer (by display name); a refusal by the desk is told to them only."""
         name = await self._display_name(user)
@@ -1114,23 +1109,10 @@ class SlackDesk(Channel):
 
     def _remember(self, key: str) -> bool:
         now = utcnow()
-        with session_scope(self.bot.db) as session:
-            insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
-            statement = insert(KeyValue).values(
-                key=key, value={"seen_at": now.isoformat()}, expires_at=now + SEEN_FOR
-            )
-            inserted = session.execute(
-                statement.on_conflict_do_nothing(index_elements=["key"]).returning(col(KeyValue.key))
-            ).scalar()
-        return inserted is not None
+        return channels.kv_add(self.bot.db, key, {"seen_at": now.isoformat()}, now + SEEN_FOR)
 
     def _forget_old_events(self) -> None:
-        with session_scope(self.bot.db) as session:
-            session.execute(
-                delete(KeyValue).where(
-                    col(KeyValue.key).startswith(SEEN_PREFIX), col(KeyValue.expires_at) < utcnow()
-                )
-            )
+        channels.kv_purge(self.bot.db, SEEN_PREFIX)
 
     def _home_view(self, engineer: str) -> dict[str, Any]:
         desk = self.bot.desk
@@ -1160,8 +1142,7 @@ class SlackDesk(Channel):
             return ui.case_blocks(case, public_url=self.config.public_url, actions=False, all_units=True)
         serial = normalize_serial(query)
         policy = self.bot.policy
-        with Session(self.bot.db) as session:
-            facts = lookup(session, [serial]).get(serial)
+        facts = channels.registry_record(self.bot.db, serial)
         if facts is None and parse_serial(serial, policy) is None:
             text = f"No case and no unit `{ui.escape(query)}`."
             return text, [ui.section(text)]
@@ -1185,31 +1166,28 @@ def _user_id(body: Mapping[str, Any]) -> str:
     return user_id if isinstance(user_id, str) else ""
 
 
-def _view_value(view: Mapping[str, Any], block: str, action: str) -> str:
-    """The text typed into a modal's input; "" when a level of view.state.values is missing or not an object."""
+def _view_state(view: Mapping[str, Any], *path: str) -> str:
+    """The string at view.state.values.<path> of a modal; "" when a level is missing or not an object."""
     node: Any = view
-    for key in ("state", "values", block, action):
+    for key in ("state", "values", *path[:-1]):
         node = node.get(key) if isinstance(node, dict) else None
-    value = node.get("value") if isinstance(node, dict) else None
-    return value.strip() if isinstance(value, str) else ""
+    value = node.get(path[-1]) if isinstance(node, dict) else None
+    return value if isinstance(value, str) else ""
+
+
+def _view_value(view: Mapping[str, Any], block: str, action: str) -> str:
+    """The text typed into a modal's input."""
+    return _view_state(view, block, action, "value").strip()
 
 
 def _view_choice(view: Mapping[str, Any], block: str, action: str) -> str:
-    """The value of a select or radio choice in a modal; "" when none was made or the shape is not Slack's."""
-    node: Any = view
-    for key in ("state", "values", block, action, "selected_option"):
-        node = node.get(key) if isinstance(node, dict) else None
-    value = node.get("value") if isinstance(node, dict) else None
-    return value if isinstance(value, str) else ""
+    """The value of a select or radio choice in a modal; "" when none was made."""
+    return _view_state(view, block, action, "selected_option", "value")
 
 
 def _view_date(view: Mapping[str, Any], block: str, action: str) -> str:
     """A datepicker's YYYY-MM-DD in a modal, or ""; the desk checks it is a date."""
-    node: Any = view
-    for key in ("state", "values", block, action):
-        node = node.get(key) if isinstance(node, dict) else None
-    value = node.get("selected_date") if isinstance(node, dict) else None
-    return value if isinstance(value, str) else ""
+    return _view_state(view, block, action, "selected_date")
 
 
 def _clip_error(error: Exception) -> str:

@@ -570,6 +570,21 @@ def ask_modal(ref: str) -> dict[str, Any]:
     }
 
 
+def _reason_input() -> dict[str, Any]:
+    """The reason an engineer gives the customer (a refusal, goodwill or chargeable work)."""
+    return {
+        "type": "input",
+        "block_id": REASON_BLOCK,
+        "label": plain("Reason (the customer reads it)", 2000),
+        "element": {
+            "type": "plain_text_input",
+            "action_id": REASON_INPUT,
+            "multiline": True,
+            "max_length": 2000,
+        },
+    }
+
+
 def refuse_modal(ref: str, clauses: Sequence[str]) -> dict[str, Any]:
     element: dict[str, Any] = {
         "type": "plain_text_input",
@@ -590,17 +605,7 @@ def refuse_modal(ref: str, clauses: Sequence[str]) -> dict[str, Any]:
                 f"The customer of *{ref}* is told that the claim is not covered, with your reason and the "
                 "clauses, and is asked for a rating."
             ),
-            {
-                "type": "input",
-                "block_id": REASON_BLOCK,
-                "label": plain("Reason (the customer reads it)", 2000),
-                "element": {
-                    "type": "plain_text_input",
-                    "action_id": REASON_INPUT,
-                    "multiline": True,
-                    "max_length": 2000,
-                },
-            },
+            _reason_input(),
             {
                 "type": "input",
                 "block_id": CLAUSES_BLOCK,
@@ -705,17 +710,7 @@ def goodwill_modal(ref: str, method: str, allowed: Sequence[str]) -> dict[str, A
                     "options": _options(GOODWILL_CHOICES),
                 },
             },
-            {
-                "type": "input",
-                "block_id": REASON_BLOCK,
-                "label": plain("Reason (the customer reads it)", 2000),
-                "element": {
-                    "type": "plain_text_input",
-                    "action_id": REASON_INPUT,
-                    "multiline": True,
-                    "max_length": 2000,
-                },
-            },
+            _reason_input(),
         ],
     }
 

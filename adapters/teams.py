@@ -25,8 +25,7 @@ from urllib.parse import quote, urlsplit
 
 import httpx
 import jwt
-from sqlalchemy import Engine, select
-from sqlmodel import Session, col
+from sqlalchemy import Engine
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
@@ -37,11 +36,10 @@ from bot.app import Bot
 from bot.attachments import AttachmentRejected, sniff
 from bot.engine import inbound_from_payload, inbound_to_payload
 from bot.fetch import Fetcher, FetchFailed, FetchPolicy, FetchRefused, FetchTooLarge
+from bot.http import decode_object
 from bot.messages import Attachment, Button, InboundMessage, OutboundMessage
 from bot.outbox import Delivered, PermanentFailure, RetryLater
-from bot.store import KeyValue
 from bot.store.clock import utcnow
-from bot.store.kv import kv_delete, kv_get, kv_put
 
 CHANNEL = "teams"
 CHANNEL_IDS = frozenset({"msteams", "skype"})  # Skype was retired in May 2025; its users moved to Teams
@@ -252,12 +250,7 @@ MAX_ID = 255  # conversation and user ids are kept in columns of 255 characters
 
 def read_activity(body: bytes) -> dict[str, Any]:
     """The activity in the body; Malformed unless the fields this channel reads have the documented types."""
-    try:
-        activity = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise Malformed("the body is not JSON") from None
-    if not isinstance(activity, dict):
-        raise Malformed("the body is not a JSON object")
+    activity = decode_object(body, Malformed)
     for path in _OPTIONAL_OBJECTS:
         if not isinstance(_at(activity, path), dict | None):
             raise Malformed(f"{'.'.join(path)} is not an object")
@@ -508,7 +501,9 @@ class TeamsSender:
         self._sent: OrderedDict[tuple[str, str], int] = OrderedDict()
 
     async def send(self, message: OutboundMessage) -> Delivered:
-        stored = await asyncio.to_thread(kv_get, self.channel.bot.db, _reference_key(message.chat_id))
+        stored = await asyncio.to_thread(
+            channels.kv_get, self.channel.bot.db, _reference_key(message.chat_id)
+        )
         if stored is None:
             raise PermanentFailure("no conversation reference for this Teams chat")
         reference = Reference(**stored[0])
@@ -655,7 +650,7 @@ class TeamsChannel(SendingChannel):
     def _keep_reference(self, reference: Reference) -> None:
         """Store the conversation's reference; one bound to another service URL or tenant is never replaced."""
         key = _reference_key(reference.conversation_id)
-        stored = kv_get(self.bot.db, key)
+        stored = channels.kv_get(self.bot.db, key)
         if stored is not None:
             before = Reference(**stored[0])
             same_place = (before.bound_to or normal_service_url(before.service_url)) == reference.bound_to
@@ -667,7 +662,7 @@ class TeamsChannel(SendingChannel):
                 return
             if before == reference:
                 return
-        kv_put(self.bot.db, key, asdict(reference))
+        channels.kv_put(self.bot.db, key, asdict(reference))
 
     def _accept(self, reference: Reference, inbound: InboundMessage) -> None:
         # The reference first: the reply to this message needs it, and so does an engineer days later.
@@ -682,10 +677,10 @@ class TeamsChannel(SendingChannel):
         if self.bot.engine.seen(inbound.channel, inbound.external_id):
             return None
         key = PENDING_PREFIX + hashlib.sha256(inbound.external_id.encode()).hexdigest()[:48]
-        if kv_get(self.bot.db, key) is not None:
+        if channels.kv_get(self.bot.db, key) is not None:
             return None  # already waiting: the task that stored it fetches it
         message = inbound_to_payload(inbound)
-        kv_put(
+        channels.kv_put(
             self.bot.db,
             key,
             {
@@ -707,7 +702,7 @@ class TeamsChannel(SendingChannel):
         """Fetch a waiting message's files and accept it; a failure is tried again a few times, then the
         message goes in with the files it could get (the customer hears which were missing)."""
         while True:
-            stored = await asyncio.to_thread(kv_get, self.bot.db, key)
+            stored = await asyncio.to_thread(channels.kv_get, self.bot.db, key)
             if stored is None:
                 return
             value = stored[0]
@@ -719,25 +714,18 @@ class TeamsChannel(SendingChannel):
                 )
                 inbound = replace(inbound_from_payload(value["message"]), attachments=attachments)
                 await asyncio.to_thread(self.bot.engine.accept, inbound)
-                await asyncio.to_thread(kv_delete, self.bot.db, key)
+                await asyncio.to_thread(channels.kv_delete, self.bot.db, key)
                 return
             except _TryLater:
                 value = {**value, "tries": value["tries"] + 1}
-                await asyncio.to_thread(kv_put, self.bot.db, key, value, utcnow() + PENDING_KEEP)
+                await asyncio.to_thread(channels.kv_put, self.bot.db, key, value, utcnow() + PENDING_KEEP)
                 await asyncio.sleep(min(60.0, 2.0 ** value["tries"]))
             except Exception:
                 log.exception("a Teams message with files could not be stored yet")
                 await asyncio.sleep(5.0)
 
     def _waiting(self) -> list[str]:
-        with Session(self.bot.db) as session:
-            return list(
-                session.execute(
-                    select(col(KeyValue.key)).where(
-                        col(KeyValue.key).startswith(PENDING_PREFIX, autoescape=True)
-                    )
-                ).scalars()
-            )
+        return channels.kv_keys(self.bot.db, PENDING_PREFIX)
 
     def fetch_policy(self, service_url: str) -> FetchPolicy:
         """Where this conversation's files may come from: the connector (the only host our token goes to)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
-import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -26,9 +25,9 @@ from adapters.base import SendingChannel
 from bot import channels
 from bot.app import Bot
 from bot.fetch import Fetcher, FetchPolicy
-from bot.messages import Attachment, Button, InboundMessage, OutboundMessage
-from bot.outbox import Delivered, DeliveryError, RetryLater
-from bot.store.clock import utcnow
+from bot.http import ApiError, decode_object, signed_body
+from bot.messages import Attachment, Button, OutboundMessage
+from bot.outbox import Delivered, DeliveryError
 
 log = logging.getLogger(__name__)
 
@@ -88,11 +87,8 @@ class Incoming:
 
 def parse(body: bytes) -> Incoming:
     """The callback in `body`; MalformedPayload if it is not one."""
-    try:
-        document = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise MalformedPayload("body is not JSON") from error
-    if not isinstance(document, dict) or not isinstance(document.get("event"), str):
+    document = decode_object(body, MalformedPayload)
+    if not isinstance(document.get("event"), str):
         raise MalformedPayload("no event")
     event = document["event"]
     if event == "conversation_started":
@@ -134,7 +130,7 @@ def _dict(value: Any, what: str) -> dict[str, Any]:
 
 
 def _id(value: Any, what: str) -> str:
-    if isinstance(value, str) and value and len(value) <= MAX_ID and value.isprintable():
+    if channels.is_id(value, MAX_ID):
         return value
     raise MalformedPayload(f"{what} is missing or not an id")
 
@@ -216,20 +212,11 @@ class ViberClient:
     def __init__(
         self, api_url: str, auth_token: str, *, transport: httpx.AsyncBaseTransport | None = None
     ) -> None:
-        self._http = httpx.AsyncClient(
-            base_url=api_url.rstrip("/") + "/",
-            timeout=15.0,
-            transport=transport,
-            headers={"X-Viber-Auth-Token": auth_token},
-            trust_env=False,
-        )
+        self._http = channels.api_client(api_url, {"X-Viber-Auth-Token": auth_token}, transport=transport)
 
     async def send_message(self, body: dict[str, Any]) -> dict[str, Any]:
         response = await self._http.post("pa/send_message", json=body)
-        try:
-            data = response.json()
-        except ValueError:
-            data = None
+        data = channels.json_answer(response)
         if response.status_code >= 300:
             raise ViberError(http_status=response.status_code, message=response.text[:200])
         if not isinstance(data, dict) or not isinstance(data.get("status"), int):
@@ -250,15 +237,11 @@ class ViberSender:
     async def send(self, message: OutboundMessage) -> Delivered:
         bodies = render(message.text, message.buttons, receiver=message.chat_id, sender_name=self.sender_name)
         first: Any = None
-        try:
+        with channels.sending(ViberError, delivery_error):
             for body in bodies:
                 answer = await self.client.send_message(body)
                 first = first or answer.get("message_token")
-        except ViberError as error:
-            raise delivery_error(error) from error
-        except httpx.HTTPError as error:
-            raise RetryLater(f"{type(error).__name__}: {error}") from error
-        return Delivered(external_id=str(first) if first else None)
+        return channels.delivered(first)
 
 
 # --- the channel ------------------------------------------------------------------------------------------------
@@ -288,15 +271,14 @@ class ViberChannel(SendingChannel):
         return [Route(WEBHOOK_PATH, self.webhook, methods=["POST"])]
 
     async def webhook(self, request: Request) -> Response:
-        body = await request.body()
-        if not signature_valid(
-            body, request.headers.get("x-viber-content-signature"), self.config.auth_token
-        ):
-            return JSONResponse({"error": "invalid signature"}, status_code=401)
+        token = self.config.auth_token
+        body = await signed_body(
+            request, "x-viber-content-signature", lambda b, h: signature_valid(b, h, token)
+        )
         try:
             incoming = parse(body)
         except MalformedPayload as error:
-            return JSONResponse({"error": f"malformed callback: {error}"}, status_code=400)
+            raise ApiError(400, f"malformed callback: {error}") from None
         if incoming.event == "conversation_started":
             return JSONResponse(self.welcome(incoming))
         if incoming.event != "message":
@@ -322,19 +304,15 @@ class ViberChannel(SendingChannel):
         if await asyncio.to_thread(self.bot.engine.seen, CHANNEL, incoming.event_id):
             return
         attachments = (await self._attachment(incoming),) if incoming.media_url else ()
-        await asyncio.to_thread(
-            self.bot.engine.accept,
-            InboundMessage(
-                channel=CHANNEL,
-                external_id=incoming.event_id,
-                sender_id=incoming.user_id,
-                chat_id=incoming.user_id,
-                text=incoming.text,
-                attachments=attachments,
-                received_at=utcnow(),
-                raw={"type": incoming.type},
-            ),
+        message = channels.inbound(
+            CHANNEL,
+            incoming.event_id,
+            incoming.user_id,
+            text=incoming.text,
+            attachments=attachments,
+            raw={"type": incoming.type},
         )
+        await asyncio.to_thread(self.bot.engine.accept, message)
 
     async def _attachment(self, incoming: Incoming) -> Attachment:
         assert incoming.media_url is not None

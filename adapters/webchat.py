@@ -15,7 +15,6 @@ import secrets
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sqlmodel import Session
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
@@ -25,12 +24,12 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from adapters.base import Channel
+from bot import channels
 from bot.app import Bot
 from bot.attachments import STORABLE_TYPES, AttachmentRejected
 from bot.http import PAGE_HEADERS, WEB, ApiError, json_object
 from bot.messages import Attachment, InboundMessage, OutboundMessage
 from bot.outbox import Delivered
-from bot.store import KeyValue, session_scope
 from bot.store.clock import utcnow
 
 CHANNEL = "webchat"
@@ -45,24 +44,18 @@ _SESSION_PREFIX = "webchat:"
 
 def _create_session(bot: Bot, language: str | None) -> str:
     session_id = secrets.token_urlsafe(24)
-    with session_scope(bot.db) as session:
-        session.add(
-            KeyValue(
-                key=_SESSION_PREFIX + session_id,
-                value={"created_at": utcnow().isoformat(), "language": language},
-            )
-        )
+    value = {"created_at": utcnow().isoformat(), "language": language}
+    channels.kv_put(bot.db, _SESSION_PREFIX + session_id, value)
     return session_id
 
 
 def _session(bot: Bot, session_id: str) -> dict[str, Any]:
     if len(session_id) > 64:
         raise ApiError(404, "unknown session")
-    with Session(bot.db) as session:
-        row = session.get(KeyValue, _SESSION_PREFIX + session_id)
-    if row is None:
+    stored = channels.kv_get(bot.db, _SESSION_PREFIX + session_id)
+    if stored is None:
         raise ApiError(404, "unknown session")
-    return row.value
+    return stored[0]
 
 
 # --- parse ----------------------------------------------------------------------------------------------
@@ -97,14 +90,12 @@ def _inbound(
     language: str | None = None,
     client_id: str | None = None,
 ) -> InboundMessage:
-    return InboundMessage(
-        channel=CHANNEL,
-        external_id=external_id,
-        sender_id=session_id,
-        chat_id=session_id,
+    return channels.inbound(
+        CHANNEL,
+        external_id,
+        session_id,
         text=text,
         attachments=attachments,
-        received_at=utcnow(),
         locale_hint=language,
         sender_name="Web chat visitor",
         raw={"client_id": client_id} if client_id else {},

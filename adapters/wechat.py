@@ -20,28 +20,25 @@ import httpx
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from defusedxml import DefusedXmlException
 from defusedxml.ElementTree import fromstring
-from sqlalchemy import Engine, delete
-from sqlalchemy.dialects import postgresql, sqlite
-from sqlmodel import Session, col
+from sqlalchemy import Engine
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
-from starlette.routing import BaseRoute, Route
+from starlette.routing import BaseRoute
 
-from adapters.base import HoldingChannel
+from adapters.base import HoldingChannel, verified_webhook
 from bot import channels
 from bot.app import Bot
-from bot.messages import Attachment, Button, InboundMessage, OutboundMessage
+from bot.fetch import FetchTooLarge
+from bot.messages import Attachment, Button, OutboundMessage
 from bot.outbox import (
     CONFIG_HOLD,
     Delivered,
     DeliveryError,
     Hold,
     RetryLater,
-    release_held,
     waiting_count,
 )
 from bot.render import Renderer
-from bot.store import KeyValue, session_scope
 from bot.store.clock import utcnow
 
 log = logging.getLogger(__name__)
@@ -110,24 +107,21 @@ def timestamp_fresh(params: Mapping[str, str], now: datetime) -> bool:
     return abs(now - datetime.fromtimestamp(int(timestamp), UTC)) <= REPLAY_WINDOW
 
 
+NONCE_PREFIX = "wechat:nonce:"
+
+
 def nonce_first_use(db: Engine, params: Mapping[str, str], body: bytes, now: datetime) -> bool:
     """Record the query's (timestamp, nonce); False if it was seen with another body (a replay, not a retry)."""
     seen = hashlib.sha256(f"{params.get('timestamp', '')}:{params.get('nonce', '')}".encode()).hexdigest()[
         :48
     ]
-    key, digest = f"wechat:nonce:{seen}", hashlib.sha256(body).hexdigest()
-    with session_scope(db) as session:
-        row = session.get(KeyValue, key, with_for_update=True)
-        if row is not None and (row.expires_at or now) > now:
-            return bool(row.value.get("body") == digest)  # WeChat's own retry carries the same bytes
-        _kv_put(session, key, {"body": digest}, now + 2 * REPLAY_WINDOW)
-        # Old nonces go with the new ones: the table never holds more than a window's pushes.
-        session.execute(
-            delete(KeyValue).where(
-                col(KeyValue.key).startswith("wechat:nonce:"), col(KeyValue.expires_at) < now
-            )
-        )
-    return True
+    key, digest = f"{NONCE_PREFIX}{seen}", hashlib.sha256(body).hexdigest()
+    # Old nonces go before a new one is kept: the table never holds more than a window's pushes.
+    channels.kv_purge(db, NONCE_PREFIX)
+    if channels.kv_add(db, key, {"body": digest}, now + 2 * REPLAY_WINDOW):
+        return True
+    stored = channels.kv_get(db, key)
+    return stored is None or stored[0].get("body") == digest  # WeChat's own retry carries the same bytes
 
 
 class DecryptError(ValueError):
@@ -266,21 +260,6 @@ class WeChatError(Exception):
         self.status = status
 
 
-class MediaTooLarge(Exception):
-    pass
-
-
-def _kv_put(session: Session, key: str, value: dict[str, Any], expires_at: datetime | None) -> None:
-    dialect = session.get_bind().dialect.name
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    statement = insert(KeyValue).values(key=key, value=value, expires_at=expires_at)
-    session.execute(
-        statement.on_conflict_do_update(
-            index_elements=["key"], set_={"value": value, "expires_at": expires_at}
-        )
-    )
-
-
 class AccessTokens:
     """The access token, kept in the database so that every worker uses one, refreshed before it expires."""
 
@@ -327,10 +306,7 @@ class AccessTokens:
 
 
 def _json(response: httpx.Response) -> dict[str, Any]:
-    try:
-        data = response.json()
-    except ValueError:
-        data = None
+    data = channels.json_answer(response)
     if not isinstance(data, dict):
         raise WeChatError(-2, f"HTTP {response.status_code}, not JSON", response.status_code)
     errcode = data.get("errcode", 0)
@@ -406,7 +382,7 @@ class WeChatClient:
                 async for chunk in response.aiter_bytes():
                     size += len(chunk)
                     if size > max_bytes:
-                        raise MediaTooLarge(media_id)
+                        raise FetchTooLarge(media_id, max_bytes)
                     chunks.append(chunk)
                 return b"".join(chunks), mime
         raise WeChatError(-2, "access token refused twice")
@@ -439,14 +415,9 @@ class Quota:
     waiting: int  # other messages queued for this customer
 
 
-def _window(session: Session, openid: str, *, lock: bool = False) -> dict[str, Any]:
-    row = session.get(KeyValue, _window_key(openid), with_for_update=lock)
-    return dict(row.value) if row is not None else {}
-
-
 def read_quota(db: Engine, openid: str, digest: str, now: datetime) -> Quota:
-    with Session(db) as session:
-        state = _window(session, openid)
+    stored = channels.kv_get(db, _window_key(openid))
+    state = stored[0] if stored is not None else {}
     waiting = waiting_count(db, CHANNEL, openid)
     left = 0
     since = channels.parse_time(state.get("since"))
@@ -474,8 +445,8 @@ def record_sent(
     exhausted: bool = False,
 ) -> None:
     """Count one message sent (or, `exhausted`, note that WeChat says the quota or window is used up)."""
-    with session_scope(db) as session:
-        state = _window(session, openid, lock=True)
+    with channels.kv_change(db, _window_key(openid)) as window:
+        state = window.value
         if exhausted:
             state["sent"] = QUOTAS.get(state.get("kind", "message"), QUOTAS["message"])[1]
         else:
@@ -483,17 +454,14 @@ def record_sent(
         if progress != KEEP:
             state["partial"] = progress
         state["notice_sent"] = bool(state.get("notice_sent")) or notice
-        row = session.get(KeyValue, _window_key(openid))
-        _kv_put(session, _window_key(openid), state, row.expires_at if row is not None else None)
 
 
 def note_interaction(db: Engine, openid: str, kind: str, now: datetime) -> int:
     """The customer wrote (or followed): a new quota starts and their held messages go out. Returns how many."""
-    with session_scope(db) as session:
-        state = _window(session, openid, lock=True)
-        state.update(since=now.isoformat(), kind=kind, sent=0, notice_sent=False)
-        _kv_put(session, _window_key(openid), state, now + QUOTAS[kind][0] + HOLD)
-        return release_held(session, CHANNEL, openid)
+    with channels.kv_change(db, _window_key(openid)) as window:
+        window.value.update(since=now.isoformat(), kind=kind, sent=0, notice_sent=False)
+        window.expires_at = now + QUOTAS[kind][0] + HOLD
+        return window.release_held(CHANNEL, openid)
 
 
 class WeChatSender:
@@ -551,7 +519,7 @@ class WeChatSender:
                 raise Hold(f"{CONFIG_HOLD}{error}") from error
             raise delivery_error(error) from error
         except httpx.HTTPError as error:
-            raise RetryLater(f"{type(error).__name__}: {error}") from error
+            raise channels.no_answer(error) from error
 
     async def _recovered(self) -> None:
         """A send went through again: the set-up is fixed, so every reply it held goes out."""
@@ -596,10 +564,7 @@ class WeChatChannel(HoldingChannel):
         self.clients = (self.client,)
 
     def routes(self) -> Sequence[BaseRoute]:
-        return [
-            Route(WEBHOOK_PATH, self.verify, methods=["GET"]),
-            Route(WEBHOOK_PATH, self.webhook, methods=["POST"]),
-        ]
+        return verified_webhook(WEBHOOK_PATH, self.verify, self.webhook)
 
     async def verify(self, request: Request) -> Response:
         params = request.query_params
@@ -666,19 +631,15 @@ class WeChatChannel(HoldingChannel):
             attachments = (
                 self.bot.attachments.rejected(f"video-{push.msg_id}.mp4", "type"),
             )  # not downloaded
-        await asyncio.to_thread(
-            self.bot.engine.accept,
-            InboundMessage(
-                channel=CHANNEL,
-                external_id=push.external_id,
-                sender_id=push.openid,
-                chat_id=push.openid,
-                text=text,
-                attachments=attachments,
-                received_at=utcnow(),
-                raw={"msg_type": push.msg_type, "event": push.event, "create_time": push.create_time},
-            ),
+        message = channels.inbound(
+            CHANNEL,
+            push.external_id,
+            push.openid,
+            text=text,
+            attachments=attachments,
+            raw={"msg_type": push.msg_type, "event": push.event, "create_time": push.create_time},
         )
+        await asyncio.to_thread(self.bot.engine.accept, message)
 
     async def _attachment(self, push: Push) -> Attachment:
         store = self.bot.attachments
@@ -690,7 +651,7 @@ class WeChatChannel(HoldingChannel):
         try:
             async with asyncio.timeout(MEDIA_SECONDS):
                 data, mime = await self.client.media(push.media_id, max_bytes=store.max_bytes)
-        except MediaTooLarge:
+        except FetchTooLarge:
             return store.rejected(name, "too_large")
         except (TimeoutError, WeChatError, httpx.HTTPError) as error:
             # WeChat's 5 seconds leave no time for retries: the customer is told to send it again.

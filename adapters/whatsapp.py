@@ -15,31 +15,25 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, NoReturn
 
 import httpx
-from sqlalchemy import Engine, select
-from sqlmodel import Session, col
+from sqlalchemy import Engine
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
-from starlette.routing import BaseRoute, Route
+from starlette.routing import BaseRoute
 
-from adapters.base import HoldingChannel
+from adapters.base import HoldingChannel, verified_webhook
 from bot import channels
 from bot.app import Bot
 from bot.fetch import Fetcher, FetchFailed, FetchPolicy, FetchRefused, FetchTooLarge, host_of
-from bot.http import Redeliver
-from bot.messages import Attachment, Button, InboundMessage, OutboundMessage
+from bot.http import Redeliver, decode_object
+from bot.messages import Attachment, Button, OutboundMessage
 from bot.outbox import (
     CONFIG_HOLD,
     Delivered,
     DeliveryError,
     Hold,
     RetryLater,
-    note_held,
-    release_held,
-    report_status,
 )
-from bot.store import ChannelIdentity, KeyValue, session_scope
 from bot.store.clock import utcnow
-from bot.store.kv import kv_get, kv_put
 
 log = logging.getLogger(__name__)
 
@@ -248,11 +242,8 @@ def parse(body: bytes) -> Notification:
     MalformedPayload only if the body is not a notification at all; an unreadable message, status or change is
     skipped (with its reason in `skipped`) so the good ones beside it are still taken.
     """
-    try:
-        document = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
-        raise MalformedPayload("body is not JSON") from error
-    if not isinstance(document, dict) or not isinstance(document.get("entry"), list):
+    document = decode_object(body, MalformedPayload)
+    if not isinstance(document.get("entry"), list):
         raise MalformedPayload("no entry list")
     messages: list[Incoming] = []
     statuses: list[StatusUpdate] = []
@@ -434,7 +425,7 @@ def _optional_id(value: Any, what: str) -> str | None:
 
 def _id(value: Any, what: str, limit: int = MAX_MESSAGE_ID) -> str:
     """An id we store or look up: PostgreSQL cannot hold NUL or lone surrogates, nor more than the column."""
-    if isinstance(value, str) and value and len(value) <= limit and value.isprintable():
+    if channels.is_id(value, limit):
         return value
     raise MalformedPayload(f"{what} is missing or not an id")
 
@@ -528,10 +519,6 @@ class GraphError(Exception):
         self.retry_after = retry_after
 
 
-class MediaTooLarge(Exception):
-    pass
-
-
 class GraphClient:
     """A thin async client for the Cloud API calls we make; the base URL (version included) is a setting."""
 
@@ -574,7 +561,7 @@ class GraphClient:
         return _checked(await self._http.get(media_id))
 
     async def download(self, url: str, *, max_bytes: int) -> bytes:
-        """The media's bytes (the URL needs the same bearer token); MediaTooLarge past `max_bytes`.
+        """The media's bytes (the URL needs the same bearer token); FetchTooLarge past `max_bytes`.
 
         Through the bot's one download policy (bot/fetch.py): the Graph host and Meta's media host only,
         https, public addresses, redirects within the same host, the token to those hosts alone.
@@ -583,8 +570,6 @@ class GraphClient:
             fetched = await self._fetcher.get(
                 str(self._http.base_url.join(url)), bearer=self._token, max_bytes=max_bytes
             )
-        except FetchTooLarge as error:
-            raise MediaTooLarge(url) from error
         except FetchRefused as error:
             raise GraphError(400, None, f"media download {error}") from None  # the URL may hold a token
         except FetchFailed as error:
@@ -597,10 +582,7 @@ class GraphClient:
 
 
 def _checked(response: httpx.Response) -> dict[str, Any]:
-    try:
-        data = response.json()
-    except ValueError:
-        data = None
+    data = channels.json_answer(response)
     if response.status_code < 400 and isinstance(data, dict):
         return data
     error = data.get("error") if isinstance(data, dict) else None
@@ -637,91 +619,76 @@ class Window:
     partial: str = ""  # "digest:count" of a message cut in pieces whose first pieces went out
 
 
-def _identity(session: Session, chat_id: str, *, lock: bool = False) -> ChannelIdentity | None:
-    query = select(ChannelIdentity).where(
-        col(ChannelIdentity.channel) == CHANNEL, col(ChannelIdentity.chat_id) == chat_id
-    )
-    return session.execute(query.with_for_update() if lock else query).scalar_one_or_none()
-
-
-def _last_inbound(identity: ChannelIdentity) -> datetime | None:
-    noted = channels.parse_time(identity.data.get(CHANNEL, {}).get("last_inbound_at"))
-    engine = identity.last_inbound_at
+def _last_inbound(state: channels.ChatState) -> datetime | None:
+    noted = channels.parse_time(state.data.get("last_inbound_at"))
+    engine = state.last_inbound_at
     return max((t for t in (noted, engine) if t is not None), default=None)
 
 
 def read_window(db: Engine, chat_id: str, now: datetime) -> Window:
     """Whether the customer's 24-hour window is open, with what a template needs if it is not."""
-    with Session(db) as session:
-        identity = _identity(session, chat_id)
-        if identity is None:
-            return Window(open=False, template_sent=False)
-        state = identity.data.get(CHANNEL, {})
-        last = _last_inbound(identity)
-        closed_at = channels.parse_time(state.get("window_closed_at"))
-        template_at = channels.parse_time(state.get("template_sent_at"))
-        is_open = (
-            last is not None
-            and now - last < WINDOW - WINDOW_MARGIN
-            and not (closed_at is not None and closed_at >= last)
-        )
-        return Window(
-            open=is_open,
-            template_sent=template_at is not None and (last is None or template_at > last),
-            partial=str(state.get("partial") or ""),
-        )
+    chat = channels.chat_state(db, CHANNEL, chat_id)
+    if chat is None:
+        return Window(open=False, template_sent=False)
+    state = chat.data
+    last = _last_inbound(chat)
+    closed_at = channels.parse_time(state.get("window_closed_at"))
+    template_at = channels.parse_time(state.get("template_sent_at"))
+    is_open = (
+        last is not None
+        and now - last < WINDOW - WINDOW_MARGIN
+        and not (closed_at is not None and closed_at >= last)
+    )
+    return Window(
+        open=is_open,
+        template_sent=template_at is not None and (last is None or template_at > last),
+        partial=str(state.get("partial") or ""),
+    )
 
 
 def _note(db: Engine, chat_id: str, **changes: str | None) -> None:
     """Merge `changes` into this channel's part of the identity's data (None removes a key)."""
-    with session_scope(db) as session:
-        identity = _identity(session, chat_id, lock=True)
-        if identity is None:
+    with channels.chat_work(db, CHANNEL) as work:
+        chat = work.state(chat_id)
+        if chat is None:
             return
-        state = dict(identity.data.get(CHANNEL, {}))
         for key, value in changes.items():
             if value is None:
-                state.pop(key, None)
+                chat.data.pop(key, None)
             else:
-                state[key] = value
-        identity.data = {**identity.data, CHANNEL: state}
+                chat.data[key] = value
 
 
 def note_inbound(db: Engine, chat_id: str, now: datetime) -> int:
     """The customer wrote: the window is open again and their held messages go out. Returns how many."""
-    with session_scope(db) as session:
-        identity = _identity(session, chat_id, lock=True)
-        if identity is not None:
-            state = {**identity.data.get(CHANNEL, {}), "last_inbound_at": now.isoformat()}
-            state.pop("window_closed_at", None)
-            identity.data = {**identity.data, CHANNEL: state}
-        return release_held(session, CHANNEL, chat_id)
+    with channels.chat_work(db, CHANNEL) as work:
+        chat = work.state(chat_id)
+        if chat is not None:
+            chat.data["last_inbound_at"] = now.isoformat()
+            chat.data.pop("window_closed_at", None)
+        return work.release_held(chat_id)
 
 
 def apply_status(db: Engine, update_: StatusUpdate, now: datetime) -> bool:
     """Record a delivery status on the outbox row that sent `wamid`; False if no row has it."""
-    with session_scope(db) as session:
+    with channels.chat_work(db, CHANNEL) as work:
         resend = None
         if update_.status == "failed" and update_.error_code == REENGAGEMENT:
             # Sent after the window closed: hold it for the template instead of losing it.
             resend = f"{update_.error}; resent after the customer answers a template"
-        reported = report_status(
-            session, CHANNEL, update_.wamid, update_.status, error=update_.error, resend=resend, now=now
+        reported = work.report_status(
+            update_.wamid, update_.status, error=update_.error, resend=resend, now=now
         )
         if reported is None:
-            return _template_status(session, update_)
+            return _template_status(work, update_)
         if resend is not None:
-            identity = _identity(session, reported.chat_id, lock=True)
+            chat = work.state(reported.chat_id)
             # When it failed, not now: a message the customer wrote since then opened the window again.
             failed_at = (
                 datetime.fromtimestamp(int(update_.timestamp), UTC) if update_.timestamp.isdigit() else now
             )
-            if identity is not None:
-                state = {
-                    **identity.data.get(CHANNEL, {}),
-                    "window_closed_at": min(failed_at, now).isoformat(),
-                }
-                identity.data = {**identity.data, CHANNEL: state}
+            if chat is not None:
+                chat.data["window_closed_at"] = min(failed_at, now).isoformat()
         return True
 
 
@@ -741,35 +708,35 @@ def chat_of(db: Engine, incoming: Incoming) -> str:
     """
     chat_id = None
     for known in (incoming.wa_id, incoming.user_id):
-        stored = kv_get(db, _key("alias", known)) if known else None
+        stored = channels.kv_get(db, _key("alias", known)) if known else None
         if stored is not None and isinstance(stored[0].get("chat"), str):
             chat_id = stored[0]["chat"]
             break
     chat_id = chat_id or incoming.sender
     for known in (incoming.wa_id, incoming.user_id):
-        if known and known != chat_id and kv_get(db, _key("alias", known)) is None:
-            kv_put(db, _key("alias", known), {"chat": chat_id})
+        if known and known != chat_id and channels.kv_get(db, _key("alias", known)) is None:
+            channels.kv_put(db, _key("alias", known), {"chat": chat_id})
     # Replies go to the phone number while WhatsApp shares it, else to the business-scoped user id.
     address = incoming.wa_id or incoming.user_id or chat_id
-    stored = kv_get(db, _key("address", chat_id))
+    stored = channels.kv_get(db, _key("address", chat_id))
     if (stored[0].get("to") if stored else chat_id) != address:
-        kv_put(db, _key("address", chat_id), {"to": address})
+        channels.kv_put(db, _key("address", chat_id), {"to": address})
     return chat_id
 
 
 def address_of(db: Engine, chat_id: str) -> str:
     """Where a reply to `chat_id` goes: its latest phone number or business-scoped user id."""
-    stored = kv_get(db, _key("address", chat_id))
+    stored = channels.kv_get(db, _key("address", chat_id))
     to = stored[0].get("to") if stored else None
     return to if isinstance(to, str) and to else chat_id
 
 
 def note_id_change(db: Engine, change: IdChange) -> None:
     """`user_changed_number` / `user_changed_user_id`: the new id leads to the old one's chat and gets the replies."""
-    stored = kv_get(db, _key("alias", change.old))
+    stored = channels.kv_get(db, _key("alias", change.old))
     chat_id = stored[0]["chat"] if stored and isinstance(stored[0].get("chat"), str) else change.old
-    kv_put(db, _key("alias", change.new), {"chat": chat_id})
-    kv_put(db, _key("address", chat_id), {"to": change.new})
+    channels.kv_put(db, _key("alias", change.new), {"chat": chat_id})
+    channels.kv_put(db, _key("address", chat_id), {"to": change.new})
     log.info("whatsapp customer changed their %s; replies follow the new one", change.kind.replace("_", " "))
 
 
@@ -777,26 +744,24 @@ def _note_template(db: Engine, chat_id: str, wamid: str) -> None:
     """Remember which template went to whom, so that its later failure can reach the held rows."""
     _note(db, chat_id, template_sent_at=utcnow().isoformat())
     if wamid:
-        kv_put(db, _key("template", wamid), {"chat": chat_id}, utcnow() + timedelta(days=7))
+        channels.kv_put(db, _key("template", wamid), {"chat": chat_id}, utcnow() + timedelta(days=7))
 
 
-def _template_status(session: Session, update_: StatusUpdate) -> bool:
+def _template_status(work: channels.ChatWork, update_: StatusUpdate) -> bool:
     """A template's status: failed (132xxx: wrong parameters, paused, not in this language) is told to the rows
     it was meant to announce, and the next hold sends it again; True if it was one of ours."""
-    row = session.get(KeyValue, _key("template", update_.wamid))
-    chat_id = row.value.get("chat") if row is not None else None
+    stored = work.kv_get(_key("template", update_.wamid))
+    chat_id = stored.get("chat") if stored is not None else None
     if not isinstance(chat_id, str):
         return False
     if update_.status != "failed":
         return True
     reason = f"outside the 24-hour window; the template failed: {update_.error or 'failed'}"
     log.error("whatsapp template failed after it was accepted: %s", (update_.error or "")[:200])
-    note_held(session, CHANNEL, chat_id, reason)
-    identity = _identity(session, chat_id, lock=True)
-    if identity is not None:
-        state = {**identity.data.get(CHANNEL, {})}
-        state.pop("template_sent_at", None)
-        identity.data = {**identity.data, CHANNEL: state}
+    work.note_held(chat_id, reason)
+    chat = work.state(chat_id)
+    if chat is not None:
+        chat.data.pop("template_sent_at", None)
     return True
 
 
@@ -863,7 +828,7 @@ class WhatsAppSender:
                 self._config_problem(error)
             raise delivery_error(error) from error
         except httpx.HTTPError as error:
-            raise RetryLater(f"{type(error).__name__}: {error}") from error
+            raise channels.no_answer(error) from error
         if self.problem is not None and self.problem.startswith("WhatsApp refuses the account"):
             self.problem = None
             released = await asyncio.to_thread(channels.release_config_holds_of, self.db, CHANNEL)
@@ -963,10 +928,7 @@ class WhatsAppChannel(HoldingChannel):
         self.clients = (self.client,)
 
     def routes(self) -> Sequence[BaseRoute]:
-        return [
-            Route(WEBHOOK_PATH, self.verify, methods=["GET"]),
-            Route(WEBHOOK_PATH, self.webhook, methods=["POST"]),
-        ]
+        return verified_webhook(WEBHOOK_PATH, self.verify, self.webhook)
 
     async def verify(self, request: Request) -> Response:
         challenge = verify_subscription(request.query_params, self.config.verify_token)
@@ -1010,14 +972,13 @@ class WhatsAppChannel(HoldingChannel):
         if await asyncio.to_thread(note_inbound, self.bot.db, chat_id, utcnow()):
             self.bot.engine.outbox_signal.set()
         attachments = (await self._attachment(incoming.media),) if incoming.media else ()
-        message = InboundMessage(
-            channel=CHANNEL,
-            external_id=incoming.wamid,
-            sender_id=incoming.sender,
+        message = channels.inbound(
+            CHANNEL,
+            incoming.wamid,
+            incoming.sender,
             chat_id=chat_id,
             text=incoming.text,
             attachments=attachments,
-            received_at=utcnow(),
             locale_hint=locale_hint(incoming.wa_id) if incoming.wa_id else None,
             sender_name=incoming.name,
             raw={
@@ -1043,7 +1004,7 @@ class WhatsAppChannel(HoldingChannel):
             if not isinstance(url, str) or not url:
                 raise GraphError(200, None, "media answer without url")
             data = await self.client.download(url, max_bytes=store.max_bytes)
-        except MediaTooLarge:
+        except FetchTooLarge:
             return store.rejected(media.name, "too_large")
         except GraphError as error:
             if error.status == 429 or error.status >= 500:

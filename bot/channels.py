@@ -1,6 +1,8 @@
-"""What channel adapters share: numbered options, text pieces, storing a customer's file, Retry-After, sorting a
-delivery error, a shared access token. One module per channel lives in adapters/; what two of them would
-write again lives here.
+"""What channel adapters share: numbered options, text pieces, an API client, building an inbound message,
+storing a customer's file, Retry-After, sorting a delivery error, a shared access token, and the state a
+channel keeps in the database (KeyValue entries, its part of a chat's identity), so that no adapter opens a
+session or names a table. One module per channel lives in adapters/; what two of them would write again
+lives here.
 """
 
 from __future__ import annotations
@@ -8,21 +10,42 @@ from __future__ import annotations
 import asyncio
 import logging
 import mimetypes
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from typing import Any, Literal, TypeGuard, TypeVar
 
-from sqlalchemy import Engine
+import httpx
+from sqlalchemy import Engine, delete, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlmodel import Session, col
 
 from bot.attachments import AttachmentRejected, AttachmentStore
 from bot.fetch import Fetcher, FetchFailed, FetchRefused, FetchTooLarge
-from bot.messages import Attachment, Button
-from bot.outbox import DeliveryError, PermanentFailure, RetryLater, Unreachable, release_config_holds
-from bot.store import session_scope
+from bot.messages import Attachment, Button, InboundMessage
+from bot.outbox import (
+    Delivered,
+    DeliveryError,
+    PermanentFailure,
+    Reported,
+    RetryLater,
+    Unreachable,
+    note_held,
+    release_config_holds,
+    release_held,
+    report_status,
+)
+from bot.registry import lookup
+from bot.store import ChannelIdentity, KeyValue, session_scope
 from bot.store.clock import utcnow
-from bot.store.kv import kv_delete, kv_get, kv_put
+from bot.store.kv import kv_delete as kv_delete
+from bot.store.kv import kv_get as kv_get
+from bot.store.kv import kv_put as kv_put
+from policy import UnitFacts
 
 log = logging.getLogger(__name__)
+
+E = TypeVar("E", bound=Exception)
 
 # --- text -----------------------------------------------------------------------------------------------------
 
@@ -65,6 +88,68 @@ def split_text(text: str, limit: int, *, unit: Literal["chars", "bytes"] = "char
     if rest or not pieces:
         pieces.append(rest)
     return pieces
+
+
+# --- the channels' APIs ----------------------------------------------------------------------------------------
+
+
+def api_client(
+    base_url: str, headers: dict[str, str], *, transport: httpx.AsyncBaseTransport | None = None
+) -> httpx.AsyncClient:
+    """A client of a channel's API at `base_url` (a setting: a loopback fake in tests), authenticated by
+    `headers`; no proxy from the environment."""
+    return httpx.AsyncClient(
+        base_url=base_url.rstrip("/") + "/",
+        timeout=15.0,
+        transport=transport,
+        headers=headers,
+        trust_env=False,
+    )
+
+
+def json_answer(response: httpx.Response) -> Any:
+    """The answer's JSON document, or None when it is not JSON."""
+    try:
+        return response.json()
+    except ValueError:
+        return None
+
+
+def is_id(value: Any, limit: int) -> TypeGuard[str]:
+    """Whether `value` is an id we may store and look up: a printable string of 1 to `limit` characters
+    (PostgreSQL cannot hold NUL or lone surrogates, nor more than the column)."""
+    return isinstance(value, str) and 0 < len(value) <= limit and value.isprintable()
+
+
+# --- inbound ------------------------------------------------------------------------------------------------
+
+
+def inbound(
+    channel: str,
+    external_id: str,
+    customer: str,
+    *,
+    chat_id: str | None = None,
+    text: str = "",
+    attachments: tuple[Attachment, ...] = (),
+    locale_hint: str | None = None,
+    sender_name: str | None = None,
+    raw: dict[str, Any] | None = None,
+) -> InboundMessage:
+    """A customer's message, received now, in their one-to-one chat with us: the chat is known by the
+    customer's id unless the channel gives it another (`chat_id`)."""
+    return InboundMessage(
+        channel=channel,
+        external_id=external_id,
+        sender_id=customer,
+        chat_id=customer if chat_id is None else chat_id,
+        text=text,
+        attachments=attachments,
+        received_at=utcnow(),
+        locale_hint=locale_hint,
+        sender_name=sender_name,
+        raw=raw if raw is not None else {},
+    )
 
 
 # --- files ----------------------------------------------------------------------------------------------------
@@ -156,6 +241,28 @@ def delivery_error(
     return PermanentFailure(summary)
 
 
+def no_answer(error: httpx.HTTPError) -> RetryLater:
+    """A call to the channel that got no answer (a timeout, a refused connection): tried again later."""
+    return RetryLater(f"{type(error).__name__}: {error}")
+
+
+@contextmanager
+def sending(refused: type[E], classify: Callable[[E], DeliveryError]) -> Iterator[None]:
+    """Around a send: the channel's refusal (`refused`) becomes what `classify` says the outbox does with it,
+    and no answer from the channel is tried again later."""
+    try:
+        yield
+    except refused as error:
+        raise classify(error) from error
+    except httpx.HTTPError as error:
+        raise no_answer(error) from error
+
+
+def delivered(external_id: object) -> Delivered:
+    """Delivered, with the channel's id of the (first) message sent when it gave one."""
+    return Delivered(external_id=str(external_id) if external_id else None)
+
+
 def release_config_holds_of(db: Engine, channel: str) -> int:
     """The channel's set-up works again: the replies it held for that go out. Returns how many."""
     with session_scope(db) as session:
@@ -220,3 +327,163 @@ class TokenCache:
     async def forget(self) -> None:
         self._token = None
         await asyncio.to_thread(kv_delete, self.db, self.key)
+
+
+# --- what a channel keeps in the database ---------------------------------------------------------------------
+# Small state of the channels (tokens, references, sessions, ids already handled) in the KeyValue table, so that
+# no adapter touches a table: kv_get, kv_put and kv_delete (bot.store.kv) and these.
+
+
+def kv_add(db: Engine, key: str, value: dict[str, Any], expires_at: datetime | None = None) -> bool:
+    """Store `value` under `key` unless the key is there already; whether it was stored (a first time)."""
+    with session_scope(db) as session:
+        insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+        statement = insert(KeyValue).values(key=key, value=value, expires_at=expires_at)
+        inserted = session.execute(
+            statement.on_conflict_do_nothing(index_elements=["key"]).returning(col(KeyValue.key))
+        ).scalar()
+    return inserted is not None
+
+
+class Kept:
+    """A channel's value under one key while `kv_change` holds it: change `value` and `expires_at` in place."""
+
+    def __init__(self, session: Session, value: dict[str, Any], expires_at: datetime | None) -> None:
+        self._session = session
+        self.value = value
+        self.expires_at = expires_at
+
+    def release_held(self, channel: str, chat_id: str) -> int:
+        """The customer wrote: their held replies go out, in the same transaction. Returns how many."""
+        return release_held(self._session, channel, chat_id)
+
+
+@contextmanager
+def kv_change(db: Engine, key: str) -> Iterator[Kept]:
+    """The value under `key` ({} when there is none), locked until the block ends and then stored as the block
+    left it, in one transaction: two workers changing it take turns."""
+    with session_scope(db) as session:
+        row = session.get(KeyValue, key, with_for_update=True)
+        kept = Kept(session, dict(row.value) if row is not None else {}, row.expires_at if row else None)
+        yield kept
+        insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+        statement = insert(KeyValue).values(key=key, value=kept.value, expires_at=kept.expires_at)
+        session.execute(
+            statement.on_conflict_do_update(
+                index_elements=["key"], set_={"value": kept.value, "expires_at": kept.expires_at}
+            )
+        )
+
+
+def kv_take(db: Engine, key: str) -> tuple[dict[str, Any], datetime | None] | None:
+    """The value under `key` and when it expires, removed in the same transaction (two takers never both get
+    it); None when there is none."""
+    with session_scope(db) as session:
+        row = session.execute(
+            select(KeyValue).where(col(KeyValue.key) == key).with_for_update()
+        ).scalar_one_or_none()
+        if row is None:
+            return None
+        taken = (dict(row.value), row.expires_at)
+        session.delete(row)
+    return taken
+
+
+def kv_keys(db: Engine, prefix: str) -> list[str]:
+    """The keys that start with `prefix`."""
+    with Session(db) as session:
+        query = select(col(KeyValue.key)).where(col(KeyValue.key).startswith(prefix, autoescape=True))
+        return list(session.execute(query).scalars())
+
+
+def kv_purge(db: Engine, prefix: str) -> None:
+    """Remove the expired values whose keys start with `prefix`."""
+    with session_scope(db) as session:
+        session.execute(
+            delete(KeyValue).where(
+                col(KeyValue.key).startswith(prefix, autoescape=True), col(KeyValue.expires_at) < utcnow()
+            )
+        )
+
+
+def registry_record(db: Engine, serial: str) -> UnitFacts | None:
+    """The shipment registry's record of one (normalised) serial, or None (Slack's /warranty)."""
+    with Session(db) as session:
+        return lookup(session, [serial]).get(serial)
+
+
+# --- a chat's channel state on the customer's identity -----------------------------------------------------------
+
+
+class ChatState:
+    """A channel's own part of a chat's identity data (`data`, changed in place inside `ChatWork`), and when the
+    engine last stored a message of the chat."""
+
+    def __init__(self, data: dict[str, Any], last_inbound_at: datetime | None) -> None:
+        self.data = data
+        self.last_inbound_at = last_inbound_at
+
+
+def chat_state(db: Engine, channel: str, chat_id: str) -> ChatState | None:
+    """The channel's state of the chat, to read; None when the chat has no identity yet."""
+    with Session(db) as session:
+        identity = _identity(session, channel, chat_id)
+        return ChatState(dict(identity.data.get(channel, {})), identity.last_inbound_at) if identity else None
+
+
+class ChatWork:
+    """One transaction on a channel's chats: their state (locked, and stored when the transaction ends) and
+    their outbox rows, changed together."""
+
+    def __init__(self, session: Session, channel: str) -> None:
+        self._session = session
+        self._channel = channel
+        self._changed: list[tuple[ChannelIdentity, ChatState]] = []
+
+    def state(self, chat_id: str) -> ChatState | None:
+        """The chat's state, locked until the transaction ends; None when the chat has no identity."""
+        identity = _identity(self._session, self._channel, chat_id, lock=True)
+        if identity is None:
+            return None
+        state = ChatState(dict(identity.data.get(self._channel, {})), identity.last_inbound_at)
+        self._changed.append((identity, state))
+        return state
+
+    def release_held(self, chat_id: str) -> int:
+        """The customer wrote: their held replies go out. Returns how many."""
+        return release_held(self._session, self._channel, chat_id)
+
+    def note_held(self, chat_id: str, reason: str) -> None:
+        note_held(self._session, self._channel, chat_id, reason)
+
+    def report_status(
+        self, external_id: str, status: str, *, error: str | None, resend: str | None, now: datetime
+    ) -> Reported | None:
+        """bot.outbox.report_status, in this transaction."""
+        return report_status(
+            self._session, self._channel, external_id, status, error=error, resend=resend, now=now
+        )
+
+    def kv_get(self, key: str) -> dict[str, Any] | None:
+        row = self._session.get(KeyValue, key)
+        return dict(row.value) if row is not None else None
+
+    def _store(self) -> None:
+        for identity, state in self._changed:
+            identity.data = {**identity.data, self._channel: state.data}
+
+
+@contextmanager
+def chat_work(db: Engine, channel: str) -> Iterator[ChatWork]:
+    """A transaction on the channel's chats (ChatWork), committed when the block ends normally."""
+    with session_scope(db) as session:
+        work = ChatWork(session, channel)
+        yield work
+        work._store()
+
+
+def _identity(session: Session, channel: str, chat_id: str, *, lock: bool = False) -> ChannelIdentity | None:
+    query = select(ChannelIdentity).where(
+        col(ChannelIdentity.channel) == channel, col(ChannelIdentity.chat_id) == chat_id
+    )
+    return session.execute(query.with_for_update() if lock else query).scalar_one_or_none()

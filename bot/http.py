@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -65,12 +66,34 @@ async def json_object(request: Request) -> dict[str, Any]:
     if not _declares_json(request):
         raise ApiError(415, "send the body as JSON with Content-Type: application/json")
     try:
+        return decode_object(body)
+    except NotAnObject as error:
+        raise ApiError(422, str(error)) from None
+
+
+class NotAnObject(ValueError):
+    """A body that is not a JSON object."""
+
+
+def decode_object(body: bytes, refused: Callable[[str], Exception] = NotAnObject) -> dict[str, Any]:
+    """A body's JSON object, else `refused(why)` is raised (a channel's own "malformed" error). For a route
+    whose contract answers a bad body otherwise than json_object's 422 (a webhook: 400), or that must read the
+    raw body first (a signature)."""
+    try:
         data = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise ApiError(422, "the body must be JSON") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):  # RecursionError: nested too deep
+        raise refused("the body must be JSON") from None
     if not isinstance(data, dict):
-        raise ApiError(422, "the body must be a JSON object")
+        raise refused("the body must be a JSON object")
     return data
+
+
+async def signed_body(request: Request, header: str, valid: Callable[[bytes, str | None], bool]) -> bytes:
+    """The raw body of a channel's webhook when `valid(body, <the header's value>)`; ApiError 401 if not."""
+    body = await request.body()
+    if not valid(body, request.headers.get(header)):
+        raise ApiError(401, "invalid signature")
+    return body
 
 
 class Redeliver(Exception):
