@@ -122,7 +122,9 @@ def send(server: Server, session: str, text: str, *, expect_reply: str | None = 
             return new or None
         return new if any(expect_reply in m["text"] for m in new) else None
 
-    return wait_until(answered, timeout=15, what=f"a reply to {text!r}")
+    # A server process's first reply waits for its worker process to load the language models: on a loaded
+    # machine that alone took over 15 s once.
+    return wait_until(answered, timeout=45, what=f"a reply to {text!r}")
 
 
 # --- many web chat customers on a `serve` process, and what its database then holds (reliability, workers) ----
