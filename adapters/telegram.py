@@ -928,7 +928,7 @@ class TelegramChannel(SendingChannel):
             sender_name=incoming.sender_name,
             raw={"update_id": incoming.update_id, **({"edited": True} if incoming.edited else {})},
         )
-        accepted = await asyncio.to_thread(self.bot.engine.accept, message)
+        accepted = await self.bot.engine.accept_soon(message)  # stored with the webhooks waiting beside it
         return "duplicate" if accepted.duplicate else "stored"
 
     async def _download(self, ref: FileRef) -> Attachment:
