@@ -16,13 +16,11 @@ ORM stays where nothing is hot: opening a case, effects, the desk.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
 import secrets
 import threading
 import time
-import weakref
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from datetime import date, datetime, timedelta
@@ -50,6 +48,7 @@ from sqlmodel import Session, col
 
 from bot import conversation as conv
 from bot import fulfilment
+from bot.batching import Batcher
 from bot.fulfilment import Terms
 from bot.language import detect, hint_language, hint_variant, preload
 from bot.messages import Attachment, Button, DeskEvent, InboundMessage, OutboundMessage
@@ -101,60 +100,6 @@ class Accepted:
     duplicate: bool
 
 
-class AcceptBatcher:
-    """Group commit for the inbox, on one event loop: a message waits while the transaction under way
-    commits, and every message that waited goes into the next one, so that concurrent webhooks share one
-    commit (one fsync; on SQLite one turn of the one write lock) instead of queueing for one each. A
-    message that arrives when nothing is under way is stored at once: nothing waits for a timer.
-
-    Each caller gets its own message's outcome once that transaction committed (its 2xx may go out). A
-    batch that fails for its messages' sake (not the database's) is stored again one message at a time,
-    so that one bad message fails only its own request."""
-
-    max_batch = 200
-
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
-        self.waiting: list[tuple[InboundMessage, asyncio.Future[Accepted]]] = []
-        self.task: asyncio.Task[None] | None = None
-
-    async def accept(self, message: InboundMessage) -> Accepted:
-        future: asyncio.Future[Accepted] = asyncio.get_running_loop().create_future()
-        self.waiting.append((message, future))
-        if self.task is None:
-            self.task = asyncio.create_task(self._drain(), name="inbox-accept")
-        return await future
-
-    async def _drain(self) -> None:
-        try:
-            while self.waiting:
-                batch, self.waiting = self.waiting[: self.max_batch], self.waiting[self.max_batch :]
-                outcomes = await asyncio.to_thread(self._store, [message for message, _ in batch])
-                for (_, future), outcome in zip(batch, outcomes, strict=True):
-                    if future.done():
-                        continue  # its request went away; the message is stored all the same
-                    if isinstance(outcome, Accepted):
-                        future.set_result(outcome)
-                    else:
-                        future.set_exception(outcome)
-        finally:
-            self.task = None
-
-    def _store(self, messages: list[InboundMessage]) -> list[Accepted | Exception]:
-        try:
-            return list(self.engine.accept_many(messages))
-        except Exception as error:
-            if len(messages) == 1 or is_transient(error):
-                return [error] * len(messages)  # the database: every message of the batch fails alike
-        outcomes: list[Accepted | Exception] = []
-        for message in messages:
-            try:
-                outcomes.append(self.engine.accept(message))
-            except Exception as error:
-                outcomes.append(error)
-        return outcomes
-
-
 @dataclass(kw_only=True)
 class EngineConfig:
     case_ref_prefix: str = "WR"
@@ -176,7 +121,8 @@ class EngineConfig:
         default_factory=Terms
     )  # return address, RMA prefix, reminders (bot/fulfilment.py)
     batch_size: int = 32  # chats whose head message one transaction processes (group commit)
-    batch_seconds: float = 0.1  # a batch that took longer (it holds the write lock): the next ones smaller
+    # SQLite: the time a batch may hold the one write lock (the webhooks' inserts wait for it); its size follows.
+    batch_seconds: float = 0.025
 
 
 @dataclass
@@ -190,12 +136,11 @@ class Engine:
     outbox_signal: threading.Event = field(default_factory=threading.Event)
     _statements: _Statements = field(default_factory=lambda: _Statements(), init=False, repr=False)
     _batch: int = field(default=0, init=False, repr=False)  # the current batch size (see _process_pending)
-    _accepters: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AcceptBatcher] = field(
-        default_factory=weakref.WeakKeyDictionary, init=False, repr=False
-    )
+    _accepts: Batcher[InboundMessage, Accepted] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self._batch = self.config.batch_size
+        self._accepts = Batcher(self.accept_each, name="inbox-accept")
 
     def warm_up(self, *, templates: bool = True) -> None:
         """Load what the first customer message would otherwise wait for: the language detector's models and
@@ -249,13 +194,27 @@ class Engine:
         return accepted
 
     async def accept_soon(self, message: InboundMessage) -> Accepted:
-        """`accept` for the web front's event loop: the messages that arrive while a transaction is under way
-        are stored together in the next one (group commit; see `AcceptBatcher`). Raises what `accept` raises."""
-        loop = asyncio.get_running_loop()
-        batcher = self._accepters.get(loop)
-        if batcher is None:
-            batcher = self._accepters[loop] = AcceptBatcher(self)
-        return await batcher.accept(message)
+        """`accept` for the web front's event loop: the messages that arrive while an accept's transaction
+        is under way are stored together in the next one (group commit, bot/batching.py): concurrent
+        webhooks share one commit (one fsync, one turn of SQLite's write lock). Raises what `accept` raises,
+        once the message's own transaction failed."""
+        return await self._accepts.submit(message)
+
+    def accept_each(self, messages: list[InboundMessage]) -> list[Accepted | Exception]:
+        """`accept_many`, with each message's own outcome: a batch that fails for its messages' sake (not
+        the database's) is stored again one message at a time, so that one bad message fails only itself."""
+        try:
+            return list(self.accept_many(messages))
+        except Exception as error:
+            if len(messages) == 1 or is_transient(error):
+                return [error] * len(messages)  # the database: every message of the batch fails alike
+        outcomes: list[Accepted | Exception] = []
+        for message in messages:
+            try:
+                outcomes.append(self.accept(message))
+            except Exception as error:
+                outcomes.append(error)
+        return outcomes
 
     def seen(self, channel: str, external_id: str) -> bool:
         """Whether this message is in the inbox already (adapters skip downloading a redelivery's files)."""
@@ -284,16 +243,18 @@ class Engine:
 
     def _process_pending(self, limit: int) -> int:
         done = 0
+        sqlite = self.db.dialect.name == "sqlite"
         while done < limit:
-            # On SQLite a batch holds the one write lock while it runs (the webhooks' inserts wait for it): its
-            # size halves when a full batch took longer than `batch_seconds`, and grows back to the bound. On
-            # PostgreSQL a batch holds only its own chats' rows.
+            # On SQLite a batch holds the one write lock while it runs, and the webhooks' inbox inserts (their
+            # 2xx) wait for it: its size follows the time a message took, so that a batch takes about
+            # `batch_seconds`, up to the bound. On PostgreSQL a batch holds only its own chats' rows.
             size = min(self._batch, limit - done)
             started = time.monotonic()
             claimed, more = self._process_batch(size)
-            slow = time.monotonic() - started > self.config.batch_seconds and self.db.dialect.name == "sqlite"
-            if claimed == size and slow:
-                self._batch = max(1, self._batch // 2)
+            elapsed = time.monotonic() - started
+            if sqlite and claimed:
+                fits = int(claimed * self.config.batch_seconds / max(elapsed, 1e-6))
+                self._batch = max(1, min(self.config.batch_size, fits, 2 * self._batch))
             elif claimed == size:
                 self._batch = min(self.config.batch_size, self._batch * 2)
             done += claimed

@@ -56,6 +56,7 @@ def test_a_message_of_a_conversation_under_way_takes_at_most_six_statements(bot:
 
 
 def test_the_heads_of_many_chats_commit_together_in_few_statements(bot: Bot) -> None:
+    bot.engine.config.batch_seconds = 3600.0  # no batch made smaller for taking long (SQLite)
     chats = [f"chat-{n}" for n in range(20)]
     for chat in chats:  # each conversation under way, waiting for its serial number
         bot.engine.accept(inbound("hello", chat=chat, locale_hint="en"))
