@@ -19,7 +19,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import telegram
-from sqlalchemy import Engine, and_, delete, or_, select
+from sqlalchemy import Engine, delete, or_, select
 from sqlmodel import Session, col
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -806,14 +806,14 @@ class TelegramChannel(SendingChannel):
         """`_store_plain` for a batch, in a thread: the chats' waiting keys in one query, then the updates of
         the chats with none in one inbox transaction (`Engine.accept_each`)."""
         chats = sorted({u.chat_id for u in updates})
-        ranges = [
-            and_(col(KeyValue.key) >= f"{prefix}{chat}:", col(KeyValue.key) < f"{prefix}{chat};")
+        prefixes = [
+            col(KeyValue.key).startswith(f"{prefix}{chat}:", autoescape=True)
             for chat in chats
             for prefix in (PENDING_PREFIX, AlbumStore.PREFIX)
         ]
         with Session(self.bot.db) as session:
             rows = session.execute(
-                select(col(KeyValue.key), col(KeyValue.value), col(KeyValue.expires_at)).where(or_(*ranges))
+                select(col(KeyValue.key), col(KeyValue.value), col(KeyValue.expires_at)).where(or_(*prefixes))
             ).all()
         now = utcnow()
         waiting = {
