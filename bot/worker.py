@@ -37,6 +37,10 @@ log = logging.getLogger(__name__)
 WAKE = b"w"  # server -> worker: messages are waiting
 READY = b"r"  # worker -> server: warmed up, processing
 QUEUED = b"q"  # worker -> server: replies were queued
+# A worker started by `serve` runs at a lower CPU priority than its web front: when both want the CPU, the
+# webhook's inbox insert (the 2xx the channel waits for) goes first and processing takes the rest. Measured
+# (issue 15, SQLite, 2 cores): accepted/s under a blast 313 -> 508, the front's CPU per update unchanged.
+ATTACHED_NICENESS = 10
 
 
 def processing_loop(
@@ -91,6 +95,8 @@ def run_worker(settings: Settings, *, attached: bool = False) -> None:
     signal.signal(signal.SIGINT, stopping)
     if attached:
         _die_with_parent()
+        with contextlib.suppress(OSError):
+            os.nice(ATTACHED_NICENESS)
         out = os.fdopen(os.dup(sys.stdout.fileno()), "wb", buffering=0)
         os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # nothing else may write to the server's channel
 
