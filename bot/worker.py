@@ -95,8 +95,6 @@ def run_worker(settings: Settings, *, attached: bool = False) -> None:
     signal.signal(signal.SIGINT, stopping)
     if attached:
         _die_with_parent()
-        with contextlib.suppress(OSError):
-            os.nice(ATTACHED_NICENESS)
         out = os.fdopen(os.dup(sys.stdout.fileno()), "wb", buffering=0)
         os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # nothing else may write to the server's channel
 
@@ -120,6 +118,11 @@ def run_worker(settings: Settings, *, attached: bool = False) -> None:
     # message that needs one first waits only for that one).
     engine.warm_up(templates=False)
     threading.Thread(target=bot.renderer.preload, name="templates", daemon=True).start()
+    if attached:
+        # This thread only (Linux: a thread's own priority): the warm-up and the templates compiling beside it
+        # run at the server's, so that the first message after start does not wait for them on a busy host.
+        with contextlib.suppress(OSError):
+            os.nice(ATTACHED_NICENESS)
     queued: Callable[[], None] | None = None
     if out is not None:
         channel = out
