@@ -19,7 +19,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import telegram
-from sqlalchemy import Engine, delete, select
+from sqlalchemy import Engine, delete, or_, select
 from sqlmodel import Session, col
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -39,6 +39,7 @@ from telegram.warnings import PTBDeprecationWarning
 from adapters.base import SendingChannel
 from bot import channels
 from bot.app import Bot
+from bot.batching import Batcher
 from bot.fetch import Fetcher, FetchFailed, FetchPolicy
 from bot.logs import mask
 from bot.messages import Attachment, Button, InboundMessage, OutboundMessage
@@ -653,6 +654,7 @@ class TelegramChannel(SendingChannel):
         self._task: asyncio.Task[None] | None = None
         self._timers: set[asyncio.Task[None]] = set()
         self._chats: dict[str, asyncio.Task[None]] = {}  # chats whose kept updates are being taken
+        self._plain: Batcher[Incoming, str | None] = Batcher(self._store_plain_batch, name="telegram-accept")
 
     def routes(self) -> Sequence[BaseRoute]:
         if self.mode != "webhook":
@@ -782,6 +784,8 @@ class TelegramChannel(SendingChannel):
         after Telegram has the 2xx; the chat's later updates wait behind it, so its order is kept."""
         if incoming is not None and incoming.chat_type != PRIVATE:
             outcome, answer = await self._group(incoming)
+        elif (plain := await self._store_plain(incoming)) is not None:
+            outcome, answer = plain, None
         elif (
             defer
             and incoming is not None
@@ -796,6 +800,66 @@ class TelegramChannel(SendingChannel):
             # Answered every time it arrives, so the customer's button never keeps spinning.
             answer = {"method": "answerCallbackQuery", "callback_query_id": incoming.callback_id}
         return outcome, answer
+
+    # --- the common case: words or a button, from a chat with nothing waiting --------------------------
+
+    async def _store_plain(self, incoming: Incoming | None) -> str | None:
+        """Store words or a button press (no files) of a private chat that has nothing waiting before it (no
+        update kept for its files, no album still open), with the other webhooks' updates of the moment:
+        one read of what their chats hold and one transaction for all (bot/batching.py). The outcome, or
+        None when the chat has something waiting (`take` goes the long way, which keeps the order).
+        Raises TryAgain."""
+        if incoming is None or incoming.files or not incoming.text or incoming.chat_id in self._chats:
+            return None
+        try:
+            outcome = await self._plain.submit(incoming)
+        except Exception as error:  # the database, most likely: nothing was acknowledged, nothing is lost
+            log.warning("telegram update %s could not be stored: %s", incoming.update_id, _error(error))
+            raise TryAgain(type(error).__name__) from None
+        return outcome
+
+    def _store_plain_batch(self, updates: list[Incoming]) -> list[str | Exception | None]:
+        """`_store_plain` for a batch, in a thread: the chats' waiting keys in one query, then the updates of
+        the chats with none in one inbox transaction (`Engine.accept_each`)."""
+        chats = sorted({u.chat_id for u in updates})
+        prefixes = [
+            col(KeyValue.key).startswith(f"{prefix}{chat}:", autoescape=True)
+            for chat in chats
+            for prefix in (PENDING_PREFIX, AlbumStore.PREFIX)
+        ]
+        with Session(self.bot.db) as session:
+            rows = session.execute(
+                select(col(KeyValue.key), col(KeyValue.value), col(KeyValue.expires_at)).where(or_(*prefixes))
+            ).all()
+        now = utcnow()
+        waiting = {
+            key.split(":", 3)[2]  # telegram:pending:<chat>:<update> and telegram:album:<chat>:<group>
+            for key, value, _ in rows
+            if key.startswith(PENDING_PREFIX) or value.get("parts")
+        }
+        expired = [
+            key
+            for key, value, expires_at in rows
+            if key.startswith(AlbumStore.PREFIX)
+            and not value.get("parts")
+            and expires_at is not None
+            and expires_at < now
+        ]
+        clear = [u for u in updates if u.chat_id not in waiting]
+        accepted = iter(self.bot.engine.accept_each([_inbound(u, ()) for u in clear]))
+        if expired:  # an album's bookkeeping, kept a day to recognise its redelivered parts
+            with contextlib.suppress(Exception), session_scope(self.bot.db) as session:
+                session.execute(delete(KeyValue).where(col(KeyValue.key).in_(expired)))
+        outcomes: list[str | Exception | None] = []
+        for update in updates:
+            if update.chat_id in waiting:
+                outcomes.append(None)
+                continue
+            outcome = next(accepted)
+            outcomes.append(
+                outcome if isinstance(outcome, Exception) else "duplicate" if outcome.duplicate else "stored"
+            )
+        return outcomes
 
     # --- updates kept until their files are fetched (webhook mode) -------------------------------------
 
@@ -932,19 +996,7 @@ class TelegramChannel(SendingChannel):
     async def _accept(self, incoming: Incoming, attachments: tuple[Attachment, ...]) -> str:
         # Telegram delivers one chat's updates one at a time: a new message means its albums are complete.
         await self._flush_chat(incoming.chat_id)
-        message = InboundMessage(
-            channel=CHANNEL,
-            external_id=str(incoming.update_id),
-            sender_id=incoming.sender_id,
-            chat_id=incoming.chat_id,
-            text=incoming.text,
-            attachments=attachments,
-            received_at=utcnow(),
-            locale_hint=incoming.locale,
-            sender_name=incoming.sender_name,
-            raw={"update_id": incoming.update_id, **({"edited": True} if incoming.edited else {})},
-        )
-        accepted = await asyncio.to_thread(self.bot.engine.accept, message)
+        accepted = await self.bot.engine.accept_soon(_inbound(incoming, attachments))
         return "duplicate" if accepted.duplicate else "stored"
 
     async def _download(self, ref: FileRef) -> Attachment:
@@ -1045,6 +1097,26 @@ class TelegramChannel(SendingChannel):
         for key in await asyncio.to_thread(self.albums.waiting, chat_id):
             if key != keep:
                 await self._flush(key, force=True)
+
+
+def _inbound(incoming: Incoming, attachments: tuple[Attachment, ...]) -> InboundMessage:
+    return InboundMessage(
+        channel=CHANNEL,
+        external_id=str(incoming.update_id),
+        sender_id=incoming.sender_id,
+        chat_id=incoming.chat_id,
+        text=incoming.text,
+        attachments=attachments,
+        received_at=utcnow(),
+        locale_hint=incoming.locale,
+        sender_name=incoming.sender_name,
+        raw={"update_id": incoming.update_id, **({"edited": True} if incoming.edited else {})},
+    )
+
+
+def _error(error: BaseException) -> str:
+    lines = str(error).splitlines()
+    return mask(f"{type(error).__name__}: {lines[0] if lines else ''}")[:300]
 
 
 async def _until_done(what: str, call: Any) -> None:

@@ -49,6 +49,7 @@ from sqlmodel import Session, col
 
 from bot import conversation as conv
 from bot import fulfilment
+from bot.batching import Batcher
 from bot.fulfilment import Terms
 from bot.language import detect, hint_language, hint_variant, preload
 from bot.messages import Attachment, Button, DeskEvent, InboundMessage, OutboundMessage
@@ -121,7 +122,8 @@ class EngineConfig:
         default_factory=Terms
     )  # return address, RMA prefix, reminders (bot/fulfilment.py)
     batch_size: int = 32  # chats whose head message one transaction processes (group commit)
-    batch_seconds: float = 0.1  # a batch that took longer (it holds the write lock): the next ones smaller
+    # SQLite: the time a batch may hold the one write lock (the webhooks' inserts wait for it); its size follows.
+    batch_seconds: float = 0.025
 
 
 @dataclass
@@ -137,9 +139,11 @@ class Engine:
     _batch: int = field(default=0, init=False, repr=False)  # the current batch size (see _process_pending)
     # An option value -> its label in every language, folded (see _typed_labels).
     _label_forms: dict[str, tuple[str, ...]] = field(default_factory=dict, init=False, repr=False)
+    _accepts: Batcher[InboundMessage, Accepted] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self._batch = self.config.batch_size
+        self._accepts = Batcher(self.accept_each, name="inbox-accept")
 
     def warm_up(self, *, templates: bool = True) -> None:
         """Load what the first customer message would otherwise wait for: the language detector's models and
@@ -164,34 +168,56 @@ class Engine:
 
     def accept(self, message: InboundMessage) -> Accepted:
         """Store an inbound message durably; a redelivery (same channel and external id) is recognised."""
-        message = replace(
-            message,
-            text=clean_text(message.text),
-            sender_name=clean_text(message.sender_name or "") or None,
-            attachments=tuple(replace(a, name=clean_text(a.name)) for a in message.attachments),
-        )
-        values = {
-            "channel": message.channel,
-            "external_id": message.external_id[:255],
-            "chat_id": message.chat_id,
-            "payload": inbound_to_payload(message),
-            "status": "pending",
-            "received_at": message.received_at,
-        }
+        return self.accept_many([message])[0]
+
+    def accept_many(self, messages: Sequence[InboundMessage]) -> list[Accepted]:
+        """Store inbound messages durably in one transaction (one commit, one fsync, for all of them), in
+        order; each redelivery (same channel and external id, in the inbox or earlier in `messages`) is
+        recognised. All or nothing: a failure stores none of them."""
+        rows = [_inbox_row(message) for message in messages]
+        if not rows:
+            return []
         with session_scope(self.db) as session:
             dialect = session.get_bind().dialect.name
             insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
             statement = (
                 insert(InboxItem)
-                .values(**values)
+                .values(rows)
                 .on_conflict_do_nothing(index_elements=["channel", "external_id"])
-                .returning(col(InboxItem.id))
+                .returning(col(InboxItem.id), col(InboxItem.channel), col(InboxItem.external_id))
             )
-            inbox_id = session.execute(statement).scalar()
-        if inbox_id is None:
-            return Accepted(inbox_id=None, duplicate=True)
-        self.inbox_signal.set()
-        return Accepted(inbox_id=int(inbox_id), duplicate=False)
+            stored = {(row[1], row[2]): int(row[0]) for row in session.execute(statement)}
+        accepted = []
+        for row in rows:
+            # A message twice in one batch (a redelivery that came with the original): the first one is stored.
+            inbox_id = stored.pop((row["channel"], row["external_id"]), None)
+            accepted.append(Accepted(inbox_id=inbox_id, duplicate=inbox_id is None))
+        if any(not a.duplicate for a in accepted):
+            self.inbox_signal.set()
+        return accepted
+
+    async def accept_soon(self, message: InboundMessage) -> Accepted:
+        """`accept` for the web front's event loop: the messages that arrive while an accept's transaction
+        is under way are stored together in the next one (group commit, bot/batching.py): concurrent
+        webhooks share one commit (one fsync, one turn of SQLite's write lock). Raises what `accept` raises,
+        once the message's own transaction failed."""
+        return await self._accepts.submit(message)
+
+    def accept_each(self, messages: list[InboundMessage]) -> list[Accepted | Exception]:
+        """`accept_many`, with each message's own outcome: a batch that fails for its messages' sake (not
+        the database's) is stored again one message at a time, so that one bad message fails only itself."""
+        try:
+            return list(self.accept_many(messages))
+        except Exception as error:
+            if len(messages) == 1 or is_transient(error):
+                return [error] * len(messages)  # the database: every message of the batch fails alike
+        outcomes: list[Accepted | Exception] = []
+        for message in messages:
+            try:
+                outcomes.append(self.accept(message))
+            except Exception as error:
+                outcomes.append(error)
+        return outcomes
 
     def seen(self, channel: str, external_id: str) -> bool:
         """Whether this message is in the inbox already (adapters skip downloading a redelivery's files)."""
@@ -220,16 +246,18 @@ class Engine:
 
     def _process_pending(self, limit: int) -> int:
         done = 0
+        sqlite = self.db.dialect.name == "sqlite"
         while done < limit:
-            # On SQLite a batch holds the one write lock while it runs (the webhooks' inserts wait for it): its
-            # size halves when a full batch took longer than `batch_seconds`, and grows back to the bound. On
-            # PostgreSQL a batch holds only its own chats' rows.
+            # On SQLite a batch holds the one write lock while it runs, and the webhooks' inbox inserts (their
+            # 2xx) wait for it: its size follows the time a message took, so that a batch takes about
+            # `batch_seconds`, up to the bound. On PostgreSQL a batch holds only its own chats' rows.
             size = min(self._batch, limit - done)
             started = time.monotonic()
             claimed, more = self._process_batch(size)
-            slow = time.monotonic() - started > self.config.batch_seconds and self.db.dialect.name == "sqlite"
-            if claimed == size and slow:
-                self._batch = max(1, self._batch // 2)
+            elapsed = time.monotonic() - started
+            if sqlite and claimed:
+                fits = int(claimed * self.config.batch_seconds / max(elapsed, 1e-6))
+                self._batch = max(1, min(self.config.batch_size, fits, 2 * self._batch))
             elif claimed == size:
                 self._batch = min(self.config.batch_size, self._batch * 2)
             done += claimed
@@ -1404,6 +1432,24 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, date | datetime):
         return value.isoformat()
     return value
+
+
+def _inbox_row(message: InboundMessage) -> dict[str, Any]:
+    """The inbox row of an inbound message, its texts cleaned (`clean_text`)."""
+    message = replace(
+        message,
+        text=clean_text(message.text),
+        sender_name=clean_text(message.sender_name or "") or None,
+        attachments=tuple(replace(a, name=clean_text(a.name)) for a in message.attachments),
+    )
+    return {
+        "channel": message.channel,
+        "external_id": message.external_id[:255],
+        "chat_id": message.chat_id,
+        "payload": inbound_to_payload(message),
+        "status": "pending",
+        "received_at": message.received_at,
+    }
 
 
 def inbound_to_payload(message: InboundMessage) -> dict[str, Any]:

@@ -160,13 +160,22 @@ class _SqliteWriter:
     processes (`serve` and its worker) on an exclusive `flock` of a file beside the database, released by
     the kernel if the process dies. A waiter wakes the moment the lock is free, where SQLite's busy handler
     sleeps and retries (up to 100 ms a sleep). The file lock is an optimisation only: where it cannot be
-    taken (a read-only folder) SQLite's own locking still serialises the writers."""
+    taken (a read-only folder) SQLite's own locking still serialises the writers.
+
+    Turns alternate between processes: a kernel lock is not handed to the process that waited longest,
+    and a worker that releases it and takes it again for its next batch microseconds later would win
+    nearly every time, so that the web front's inbox insert (the webhook's 2xx) waited behind batch after
+    batch. A process about to wait for the lock holds a shared lock of a second file (`-want`) meanwhile;
+    one that released the lock and finds `-want` held lets the waiter go first (it waits until the waiter
+    has the lock, which is when the shared lock is let go)."""
 
     def __init__(self, database: str | None) -> None:
         self.lock = threading.RLock()
         self.depth = 0  # nested session_scope calls of the thread holding `lock`
         self.path = Path(database + "-writer") if database and database != ":memory:" else None
+        self.want_path = Path(database + "-want") if database and database != ":memory:" else None
         self.fd: int | None = None
+        self.want_fd: int | None = None
         self.held = False
 
     def __enter__(self) -> None:
@@ -175,7 +184,14 @@ class _SqliteWriter:
             try:
                 if self.fd is None:
                     self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-                fcntl.flock(self.fd, fcntl.LOCK_EX)
+                want = self._want()
+                if want is not None:
+                    fcntl.flock(want, fcntl.LOCK_SH)  # "a writer waits here": see _let_waiter_go
+                try:
+                    fcntl.flock(self.fd, fcntl.LOCK_EX)
+                finally:
+                    if want is not None:
+                        fcntl.flock(want, fcntl.LOCK_UN)
                 self.held = True
             except OSError:
                 self.held = False
@@ -187,7 +203,28 @@ class _SqliteWriter:
             with contextlib.suppress(OSError):
                 fcntl.flock(self.fd, fcntl.LOCK_UN)
             self.held = False
+            self._let_waiter_go()
         self.lock.release()
+
+    def _want(self) -> int | None:
+        if self.want_fd is None and self.want_path is not None:
+            with contextlib.suppress(OSError):
+                self.want_fd = os.open(self.want_path, os.O_RDWR | os.O_CREAT, 0o644)
+        return self.want_fd
+
+    def _let_waiter_go(self) -> None:
+        """When another process waits for the lock just released, wait until it has it (its next
+        transaction, and this thread's, then queue behind that one). Only other processes can be waiting
+        there: this process's other writers wait for `lock`, which this thread still holds."""
+        want = self._want()
+        if want is None:
+            return
+        with contextlib.suppress(OSError):
+            try:
+                fcntl.flock(want, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                fcntl.flock(want, fcntl.LOCK_EX)  # returns once every waiter holds the lock
+            fcntl.flock(want, fcntl.LOCK_UN)
 
 
 _sqlite_writers: weakref.WeakKeyDictionary[Engine, _SqliteWriter] = weakref.WeakKeyDictionary()

@@ -8,6 +8,7 @@ import html
 import json
 import re
 from collections.abc import Callable, Iterator
+from dataclasses import asdict
 from typing import Any
 
 import pytest
@@ -27,6 +28,7 @@ from bot.messages import Button, OutboundMessage
 from bot.outbox import Limits, PermanentFailure, RetryLater, Unreachable
 from bot.server import load_channels
 from bot.store import ChannelIdentity, StoredAttachment
+from bot.store.kv import kv_put
 from tests.fakes.telegram import PAYLOADS, PUBLIC_URL, SECRET, TOKEN, Running, bot_servers
 from tests.support import wait_until
 
@@ -569,6 +571,24 @@ def test_kept_updates_keep_their_order_and_survive_a_restart(start: Callable[...
     )
     assert text.payload["text"] == "¿Llegó la factura?"
     wait_until(restarted.drained, what="nothing kept")
+
+
+def test_an_update_kept_by_another_server_holds_the_chats_words_behind_it(
+    start: Callable[..., Running],
+) -> None:
+    running = start()
+    # Another server of the same bot acknowledged a text of this chat and keeps it (to fetch its files):
+    # this server's memory knows nothing of it, only the database does.
+    kept = parsed(text_update("Ahí va la factura", 1))
+    assert kept is not None
+    key = tg.TelegramChannel._pending_key(kept)
+    kv_put(running.bot.db, key, asdict(kept))
+    assert running.post(text_update("¿Llegó la factura?", 2)).json()["outcome"] == "queued"
+    wait_until(lambda: len(running.inbox()) == 2, what="both updates")
+    assert [i.payload["text"] for i in running.inbox()] == ["Ahí va la factura", "¿Llegó la factura?"]
+    # With nothing kept any more, the chat's words are stored at once again.
+    wait_until(lambda: running.drained() and not running.channel._chats, what="nothing kept")
+    assert running.post(text_update("¿Y?", 3)).json()["outcome"] == "stored"
 
 
 def test_album_parts_redelivered_or_late_are_handled(start: Callable[..., Running]) -> None:

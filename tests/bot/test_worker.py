@@ -18,6 +18,7 @@ from sqlalchemy import func, select
 from sqlmodel import Session, col
 
 from bot.store import Case, InboxItem, OutboxItem, make_engine
+from bot.worker import ATTACHED_NICENESS
 from tests.support import SCRIPT, Server, accepted, conversation_texts, post, send, settled, wait_until
 
 
@@ -69,6 +70,11 @@ def worker_pids(parent: int) -> list[int]:
     return sorted(pids)
 
 
+def process_priority(pid: int) -> int:
+    """A process's niceness, from /proc (field 19 of stat)."""
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[16])
+
+
 def alive(pid: int) -> bool:
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
@@ -91,6 +97,9 @@ def test_serve_starts_its_worker_and_stops_it(servers: list[Server], tmp_path: P
     server.start()
     wait_until(lambda: server.ready(1), timeout=60, what="the worker to be ready")
     (pid,) = server.workers()
+    assert server.process is not None
+    front = process_priority(server.process.pid)
+    assert process_priority(pid) == min(19, front + ATTACHED_NICENESS)  # the webhooks' inserts first
     session = httpx.post(f"{server.url}/api/webchat/sessions").json()["session_id"]
     send(server, session, "hello")  # processed by the worker process, delivered by the server
     server.stop()
