@@ -19,8 +19,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import telegram
-from sqlalchemy import Engine, delete, or_, select
-from sqlmodel import Session, col
+from sqlalchemy import Engine
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
@@ -40,13 +39,12 @@ from adapters.base import SendingChannel
 from bot import channels
 from bot.app import Bot
 from bot.batching import Batcher
+from bot.channels import kv_delete, kv_get, kv_put
 from bot.fetch import Fetcher, FetchFailed, FetchPolicy
 from bot.logs import mask
 from bot.messages import Attachment, Button, InboundMessage, OutboundMessage
 from bot.outbox import Delivered, DeliveryError, Limits, PermanentFailure, RetryLater, Unreachable
-from bot.store import KeyValue, lock_chat, session_scope
 from bot.store.clock import utcnow
-from bot.store.kv import kv_delete, kv_get, kv_put
 
 log = logging.getLogger(__name__)
 
@@ -338,39 +336,29 @@ class AlbumStore:
     ) -> bool:
         """Stage one part; False when it was seen before (a redelivery)."""
         now = utcnow()
-        with session_scope(self.db) as session:
-            lock_chat(session, "telegram-album", key)
-            row = session.get(KeyValue, key)
-            value: dict[str, Any] = (
-                dict(row.value)
-                if row is not None
-                else {
-                    "chat_id": chat_id,
-                    "media_group_id": media_group_id,
-                    "generation": 0,
-                    "parts": {},
-                    "done": [],
-                }
-            )
+        with channels.kv_change(self.db, key) as kept:
+            value: dict[str, Any] = kept.value or {
+                "chat_id": chat_id,
+                "media_group_id": media_group_id,
+                "generation": 0,
+                "parts": {},
+                "done": [],
+            }
             if update_id in value["done"] or str(update_id) in value["parts"]:
+                kept.leave()
                 return False
             value["parts"] = {**value["parts"], str(update_id): part}
             value["last_at"] = now.isoformat()
-            if row is None:
-                session.add(KeyValue(key=key, value=value, expires_at=now + self.keep))
-            else:
-                row.value = value
-                row.expires_at = now + self.keep
+            kept.value, kept.expires_at = value, now + self.keep
             return True
 
     def take(self, key: str, *, quiet: float, force: bool = False) -> AlbumBatch | float | None:
         """The waiting parts if the album has been quiet for `quiet` seconds (or `force`), else the seconds
         left to wait; None when nothing waits."""
-        with session_scope(self.db) as session:
-            row = session.get(KeyValue, key)
-            if row is None or not row.value.get("parts"):
-                return None
-            value = row.value
+        stored = kv_get(self.db, key)
+        if stored is None or not stored[0].get("parts"):
+            return None
+        value = stored[0]
         waited = (utcnow() - datetime.fromisoformat(value["last_at"])).total_seconds()
         if not force and waited < quiet:
             return quiet - waited
@@ -384,16 +372,14 @@ class AlbumStore:
 
     def done(self, batch: AlbumBatch) -> bool:
         """Mark the batch accepted; True when more parts arrived meanwhile and wait their turn."""
-        with session_scope(self.db) as session:
-            lock_chat(session, "telegram-album", batch.key)
-            row = session.get(KeyValue, batch.key)
-            if row is None or row.value.get("generation") != batch.generation:
+        with channels.kv_change(self.db, batch.key) as kept:
+            value = kept.value
+            if not value or value.get("generation") != batch.generation:
+                kept.leave()
                 return False  # another worker (or an earlier flush) already did
-            value = dict(row.value)
             value["parts"] = {k: p for k, p in value["parts"].items() if k not in batch.parts}
             value["done"] = [*value["done"], *(int(k) for k in batch.parts)]
             value["generation"] = batch.generation + 1
-            row.value = value
             return bool(value["parts"])
 
     def waiting(self, chat_id: str | None = None) -> list[str]:
@@ -401,22 +387,22 @@ class AlbumStore:
         prefix = self.PREFIX if chat_id is None else f"{self.PREFIX}{chat_id}:"
         now = utcnow()
         # Read first: this runs for every update, and a write transaction would queue behind the one writer.
-        with Session(self.db) as session:
-            rows = (
-                session.execute(select(KeyValue).where(col(KeyValue.key).startswith(prefix, autoescape=True)))
-                .scalars()
-                .all()
-            )
-        keys = [row.key for row in rows if row.value.get("parts")]
-        expired = [
-            row.key
-            for row in rows
-            if not row.value.get("parts") and row.expires_at is not None and row.expires_at < now
-        ]
-        if expired:
-            with session_scope(self.db) as session:
-                session.execute(delete(KeyValue).where(col(KeyValue.key).in_(expired)))
+        rows = channels.kv_items(self.db, [prefix])
+        keys = [key for key, value, _ in rows if value.get("parts")]
+        channels.kv_remove(self.db, _expired_albums(rows, now))
         return keys
+
+
+def _expired_albums(rows: list[tuple[str, dict[str, Any], datetime | None]], now: datetime) -> list[str]:
+    """Albums whose parts are all accepted and whose bookkeeping (kept to recognise redeliveries) ran out."""
+    return [
+        key
+        for key, value, expires_at in rows
+        if key.startswith(AlbumStore.PREFIX)
+        and not value.get("parts")
+        and expires_at is not None
+        and expires_at < now
+    ]
 
 
 # --- send -----------------------------------------------------------------------------------------------
@@ -822,34 +808,20 @@ class TelegramChannel(SendingChannel):
         """`_store_plain` for a batch, in a thread: the chats' waiting keys in one query, then the updates of
         the chats with none in one inbox transaction (`Engine.accept_each`)."""
         chats = sorted({u.chat_id for u in updates})
-        prefixes = [
-            col(KeyValue.key).startswith(f"{prefix}{chat}:", autoescape=True)
-            for chat in chats
-            for prefix in (PENDING_PREFIX, AlbumStore.PREFIX)
-        ]
-        with Session(self.bot.db) as session:
-            rows = session.execute(
-                select(col(KeyValue.key), col(KeyValue.value), col(KeyValue.expires_at)).where(or_(*prefixes))
-            ).all()
-        now = utcnow()
+        rows = channels.kv_items(
+            self.bot.db,
+            [f"{prefix}{chat}:" for chat in chats for prefix in (PENDING_PREFIX, AlbumStore.PREFIX)],
+        )
         waiting = {
             key.split(":", 3)[2]  # telegram:pending:<chat>:<update> and telegram:album:<chat>:<group>
             for key, value, _ in rows
             if key.startswith(PENDING_PREFIX) or value.get("parts")
         }
-        expired = [
-            key
-            for key, value, expires_at in rows
-            if key.startswith(AlbumStore.PREFIX)
-            and not value.get("parts")
-            and expires_at is not None
-            and expires_at < now
-        ]
+        expired = _expired_albums(rows, utcnow())
         clear = [u for u in updates if u.chat_id not in waiting]
         accepted = iter(self.bot.engine.accept_each([_inbound(u, ()) for u in clear]))
-        if expired:  # an album's bookkeeping, kept a day to recognise its redelivered parts
-            with contextlib.suppress(Exception), session_scope(self.bot.db) as session:
-                session.execute(delete(KeyValue).where(col(KeyValue.key).in_(expired)))
+        with contextlib.suppress(Exception):  # an album's bookkeeping, kept a day to recognise redeliveries
+            channels.kv_remove(self.bot.db, expired)
         outcomes: list[str | Exception | None] = []
         for update in updates:
             if update.chat_id in waiting:
@@ -871,16 +843,8 @@ class TelegramChannel(SendingChannel):
         """Keys of kept updates (of one chat, or of all), oldest first."""
         prefix = PENDING_PREFIX if chat_id is None else f"{PENDING_PREFIX}{chat_id}:"
 
-        def keys() -> list[str]:
-            with Session(self.bot.db) as session:
-                return sorted(
-                    session.execute(
-                        select(col(KeyValue.key)).where(col(KeyValue.key).startswith(prefix, autoescape=True))
-                    ).scalars()
-                )
-
         try:
-            return await asyncio.to_thread(keys)
+            return sorted(await asyncio.to_thread(channels.kv_keys, self.bot.db, prefix))
         except Exception as error:
             raise TryAgain(type(error).__name__) from None
 

@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, TypeGuard, TypeVar
 
 import httpx
-from sqlalchemy import Engine, delete, select
+from sqlalchemy import Engine, delete, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, col
 
@@ -36,7 +36,7 @@ from bot.outbox import (
     report_status,
 )
 from bot.registry import lookup
-from bot.store import ChannelIdentity, KeyValue, session_scope
+from bot.store import ChannelIdentity, KeyValue, lock_chat, session_scope
 from bot.store.clock import utcnow
 from bot.store.kv import kv_delete as kv_delete
 from bot.store.kv import kv_get as kv_get
@@ -352,6 +352,11 @@ class Kept:
         self._session = session
         self.value = value
         self.expires_at = expires_at
+        self.store = True
+
+    def leave(self) -> None:
+        """Nothing to store: the key stays as it was (and absent if it was)."""
+        self.store = False
 
     def release_held(self, channel: str, chat_id: str) -> int:
         """The customer wrote: their held replies go out, in the same transaction. Returns how many."""
@@ -363,9 +368,12 @@ def kv_change(db: Engine, key: str) -> Iterator[Kept]:
     """The value under `key` ({} when there is none), locked until the block ends and then stored as the block
     left it, in one transaction: two workers changing it take turns."""
     with session_scope(db) as session:
+        lock_chat(session, "keyvalue", key)  # as kv_put: a key not there yet is locked too (PostgreSQL)
         row = session.get(KeyValue, key, with_for_update=True)
         kept = Kept(session, dict(row.value) if row is not None else {}, row.expires_at if row else None)
         yield kept
+        if not kept.store:
+            return
         insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
         statement = insert(KeyValue).values(key=key, value=kept.value, expires_at=kept.expires_at)
         session.execute(
@@ -387,6 +395,25 @@ def kv_take(db: Engine, key: str) -> tuple[dict[str, Any], datetime | None] | No
         taken = (dict(row.value), row.expires_at)
         session.delete(row)
     return taken
+
+
+def kv_items(db: Engine, prefixes: Sequence[str]) -> list[tuple[str, dict[str, Any], datetime | None]]:
+    """Every key that starts with one of `prefixes`, with its value and when it expires, in one query."""
+    if not prefixes:
+        return []
+    matches = [col(KeyValue.key).startswith(prefix, autoescape=True) for prefix in prefixes]
+    with Session(db) as session:
+        rows = session.execute(
+            select(col(KeyValue.key), col(KeyValue.value), col(KeyValue.expires_at)).where(or_(*matches))
+        ).all()
+    return [(key, dict(value), expires_at) for key, value, expires_at in rows]
+
+
+def kv_remove(db: Engine, keys: Sequence[str]) -> None:
+    """Remove these keys (those that are there)."""
+    if keys:
+        with session_scope(db) as session:
+            session.execute(delete(KeyValue).where(col(KeyValue.key).in_(list(keys))))
 
 
 def kv_keys(db: Engine, prefix: str) -> list[str]:

@@ -10,6 +10,7 @@ import logging
 import re
 import socket
 import threading
+import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -61,6 +62,9 @@ CHANNELS: tuple[ChannelFactory, ...] = (
 )
 
 
+WORKER_READY_SECONDS = 20.0  # how long `serve` waits for its worker processes to warm up before it listens
+
+
 @dataclass
 class Workers:
     """The inbox processing and the outbox deliverer (an asyncio task).
@@ -88,6 +92,10 @@ class Workers:
                 for child in self.children:
                     child.wake()
 
+    def _wait_ready(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        return all(child.ready.wait(max(0.0, deadline - time.monotonic())) for child in self.children)
+
     async def start(self) -> None:
         engine = self.bot.engine
         if self.inbox and self.processes:
@@ -96,6 +104,14 @@ class Workers:
                 child.start()
             self.thread = threading.Thread(target=self._wake_children, name="wake-workers", daemon=True)
             self.thread.start()
+            # Listen (and register webhooks) once the workers have warmed up, so that the first message after
+            # start is answered as fast as the tenth; a worker that is not ready by then catches up later.
+            if not await asyncio.to_thread(self._wait_ready, WORKER_READY_SECONDS):
+                log.warning(
+                    "not every worker process was ready within %s s; serving anyway (messages are stored and "
+                    "processed once one is)",
+                    WORKER_READY_SECONDS,
+                )
         elif self.inbox:
             # In-process (tests, embedding): the process-wide models; templates compile on first use.
             await asyncio.to_thread(engine.warm_up, templates=False)
