@@ -41,6 +41,7 @@ import httpx
 import msal
 import tnefparse
 from mailparser_reply import EmailMessage as ReplyParser
+from pydantic import SecretStr
 from sqlalchemy import Engine
 from starlette.routing import BaseRoute
 
@@ -80,21 +81,24 @@ C = TypeVar("C", bound="_Upgradable")
 
 
 @dataclass(frozen=True, kw_only=True)
+class MailServer:
+    """A mail server the channel logs in to: the IMAP server it reads, or the SMTP server it sends through."""
+
+    host: str
+    port: int
+    security: str  # one of SECURITIES
+    user: str = ""  # empty: no login (an SMTP relay that takes mail from us unasked)
+    password: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
 class MailSettings:
     """What the email channel needs from the settings."""
 
-    imap_host: str
-    imap_port: int
-    imap_security: str
-    imap_user: str
-    imap_password: str
-    imap_mailbox: str
+    imap: MailServer
+    mailbox: str  # the IMAP mailbox read
     poll_seconds: float
-    smtp_host: str
-    smtp_port: int
-    smtp_security: str
-    smtp_user: str
-    smtp_password: str
+    smtp: MailServer
     from_header: str  # as configured: "CSP Warranty Support <support@example.com>" or a bare address
     address: str  # our own address, lower-cased
     replies_per_hour: int
@@ -114,8 +118,8 @@ class MailSettings:
     @property
     def own_addresses(self) -> frozenset[str]:
         own = {self.address}
-        if "@" in self.imap_user:
-            own.add(self.imap_user.lower())
+        if "@" in self.imap.user:
+            own.add(self.imap.user.lower())
         return frozenset(own)
 
     @property
@@ -848,12 +852,12 @@ class _MailProtocol(Generic[C]):
     close: Callable[[C], object]
     timeout: float
 
-    def connect(self, security: str, host: str, port: int) -> C:
+    def connect(self, server: MailServer) -> C:
         tls = {self.context_arg: ssl.create_default_context()}
-        if security == "tls":
-            return self.secure(host, port, timeout=self.timeout, **tls)
-        connection = self.plain(host, port, timeout=self.timeout)
-        if security == "starttls":
+        if server.security == "tls":
+            return self.secure(server.host, server.port, timeout=self.timeout, **tls)
+        connection = self.plain(server.host, server.port, timeout=self.timeout)
+        if server.security == "starttls":
             try:
                 connection.starttls(**tls)
             except BaseException:
@@ -910,7 +914,7 @@ class MailboxReader:
         self.tokens = tokens
         self.stop = threading.Event()
         self.state_key = _key(
-            "email:imap:", f"{config.imap_user}@{config.imap_host}:{config.imap_port}/{config.imap_mailbox}"
+            "email:imap:", f"{config.imap.user}@{config.imap.host}:{config.imap.port}/{config.mailbox}"
         )
 
     def run(self) -> None:
@@ -931,22 +935,22 @@ class MailboxReader:
             pause = min(pause * 2, max(self.config.poll_seconds, 1.0))
 
     def _connect(self) -> imaplib.IMAP4:
-        c = self.config
-        imap = _IMAP.connect(c.imap_security, c.imap_host, c.imap_port)
+        server = self.config.imap
+        imap = _IMAP.connect(server)
         try:
             if self.tokens is not None:
-                _imap_oauth_login(imap, c.imap_user, self.tokens)
+                _imap_oauth_login(imap, server.user, self.tokens)
             else:
-                imap.login(c.imap_user, c.imap_password)
+                imap.login(server.user, server.password)
         except Exception:
             imap.shutdown()
             raise
         return imap
 
     def _serve(self, imap: imaplib.IMAP4) -> None:
-        status, _ = imap.select(_quoted(self.config.imap_mailbox))
+        status, _ = imap.select(_quoted(self.config.mailbox))
         if status != "OK":
-            raise imaplib.IMAP4.error(f"cannot select mailbox {self.config.imap_mailbox!r}")
+            raise imaplib.IMAP4.error(f"cannot select mailbox {self.config.mailbox!r}")
         uidvalidity = _int_response(imap, "UIDVALIDITY")
         uidnext = _int_response(imap, "UIDNEXT")
         if uidvalidity is None:
@@ -1226,14 +1230,14 @@ class MailSender:
         return Delivered(external_id=str(mail["Message-ID"]))
 
     def _submit(self, mail: EmailMessage, address: str) -> None:
-        c = self.config
+        c, server = self.config, self.config.smtp
         try:
-            smtp = _SMTP.connect(c.smtp_security, c.smtp_host, c.smtp_port)
+            smtp = _SMTP.connect(server)
             with smtp:
                 if self.tokens is not None:
-                    _smtp_oauth_login(smtp, c.smtp_user or c.address, self.tokens)
-                elif c.smtp_user:
-                    smtp.login(c.smtp_user, c.smtp_password)
+                    _smtp_oauth_login(smtp, server.user or c.address, self.tokens)
+                elif server.user:
+                    smtp.login(server.user, server.password)
                 refused = smtp.send_message(mail, from_addr=c.address, to_addrs=[address])
         except smtplib.SMTPRecipientsRefused as error:
             code, reply = next(iter(error.recipients.values()), (0, b""))
@@ -1373,18 +1377,10 @@ def mail_settings(bot: Bot) -> MailSettings:
         raise ValueError(f"EMAIL_FROM must hold an email address, not {s.email_from!r}")
     Address(addr_spec=address)  # raises on an address SMTP would refuse
     return MailSettings(
-        imap_host=s.imap_host,
-        imap_port=s.imap_port,
-        imap_security=s.imap_security,
-        imap_user=s.imap_user,
-        imap_password=s.imap_password.get_secret_value() if s.imap_password else "",
-        imap_mailbox=s.imap_mailbox,
+        imap=_server(s.imap_host, s.imap_port, s.imap_security, s.imap_user, s.imap_password),
+        mailbox=s.imap_mailbox,
         poll_seconds=s.imap_poll_seconds,
-        smtp_host=s.smtp_host,
-        smtp_port=s.smtp_port,
-        smtp_security=s.smtp_security,
-        smtp_user=s.smtp_user,
-        smtp_password=s.smtp_password.get_secret_value() if s.smtp_password else "",
+        smtp=_server(s.smtp_host, s.smtp_port, s.smtp_security, s.smtp_user, s.smtp_password),
         from_header=s.email_from,
         address=address.lower(),
         replies_per_hour=s.email_replies_per_hour,
@@ -1397,6 +1393,11 @@ def mail_settings(bot: Bot) -> MailSettings:
         oauth_refresh_token=refresh,
         oauth_url=s.email_oauth_url,
     )
+
+
+def _server(host: str, port: int, security: str, user: str, password: SecretStr | None) -> MailServer:
+    secret = password.get_secret_value() if password else ""
+    return MailServer(host=host, port=port, security=security, user=user, password=secret)
 
 
 def from_settings(bot: Bot) -> MailChannel | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import imaplib
 import ipaddress
@@ -14,7 +15,6 @@ from email import policy as email_policy
 from email.message import EmailMessage
 from email.utils import make_msgid
 from pathlib import Path
-from typing import Any
 
 import pytest
 from cryptography import x509
@@ -192,7 +192,7 @@ def test_a_restart_neither_loses_nor_repeats_mail(
 def test_unread_mail_is_taken_once_even_across_a_failure_and_a_rebuilt_mailbox(
     bot: Bot, imap: tuple[str, int], mailbox: Mailbox
 ) -> None:
-    config = mail.MailSettings(**{**config_values(), "imap_host": imap[0], "imap_port": imap[1]})
+    config = dataclasses.replace(CONFIG, imap=dataclasses.replace(CONFIG.imap, host=imap[0], port=imap[1]))
     reader = mail.MailboxReader(bot, config)
     mailbox.append(payload("customer_claim.eml"), seen=True)  # read by a person before the bot was set up
     mailbox.append(payload("customer_reply.eml"))
@@ -415,9 +415,11 @@ def test_a_reply_is_threaded_escaped_and_marked_auto_replied() -> None:
     assert header(first, "Subject") == "Re: Warranty claim" and header(first, "In-Reply-To") == ""
 
 
-def _sender(bot: Bot, port: int, **extra: Any) -> mail.MailSender:
-    config = mail.MailSettings(**{**config_values(), "smtp_port": port, **extra})
-    return mail.MailSender(bot, config)
+def _sender(
+    bot: Bot, port: int, security: str = "none", user: str = "", password: str = ""
+) -> mail.MailSender:
+    smtp = mail.MailServer(host="127.0.0.1", port=port, security=security, user=user, password=password)
+    return mail.MailSender(bot, dataclasses.replace(CONFIG, smtp=smtp))
 
 
 async def test_smtp_refusals_map_to_outbox_outcomes(bot: Bot) -> None:
@@ -476,9 +478,7 @@ async def test_starttls_is_used_when_configured(
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(certificate, key)
     with smtp_server(tls_context=context, require_starttls=True) as sink:
-        sender = _sender(
-            bot, sink.port, smtp_security="starttls", smtp_user=SMTP_USER, smtp_password=SMTP_PASSWORD
-        )
+        sender = _sender(bot, sink.port, security="starttls", user=SMTP_USER, password=SMTP_PASSWORD)
         await sender.send(OutboundMessage(channel="email", chat_id="ok@example.org", text="over TLS"))
         assert plain(sink.mails()[0]) == "over TLS\n" and sink.logins == [SMTP_USER]
 
@@ -611,9 +611,7 @@ def test_a_reconnect_after_the_token_was_revoked_asks_for_a_new_one(
             config = mail.MailSettings(
                 **{
                     **config_values(),
-                    "imap_host": imap[0],
-                    "imap_port": imap[1],
-                    "imap_password": "",
+                    "imap": mail.MailServer(host=imap[0], port=imap[1], security="none", user=SUPPORT),
                     "oauth": "google",
                     "oauth_client_id": CLIENT_ID,
                     "oauth_client_secret": CLIENT_SECRET,
@@ -739,7 +737,7 @@ def test_the_reply_parser_reads_a_bounded_start_of_a_crafted_mail(tmp_path: Path
 def test_a_mail_that_stopped_the_reader_twice_is_left_for_a_person(
     bot: Bot, imap: tuple[str, int], mailbox: Mailbox
 ) -> None:
-    config = mail.MailSettings(**{**config_values(), "imap_host": imap[0], "imap_port": imap[1]})
+    config = dataclasses.replace(CONFIG, imap=dataclasses.replace(CONFIG.imap, host=imap[0], port=imap[1]))
     reader = mail.MailboxReader(bot, config)
     poison, after = mailbox.append(_mail("first")), mailbox.append(_mail("second"))
     # What two starts that died while taking `poison` leave behind (killed by a stall, an out-of-memory kill).
@@ -769,7 +767,7 @@ def test_a_mail_that_stopped_the_reader_twice_is_left_for_a_person(
 def test_a_mail_that_stopped_the_reader_once_is_tried_again(
     bot: Bot, imap: tuple[str, int], mailbox: Mailbox
 ) -> None:
-    config = mail.MailSettings(**{**config_values(), "imap_host": imap[0], "imap_port": imap[1]})
+    config = dataclasses.replace(CONFIG, imap=dataclasses.replace(CONFIG.imap, host=imap[0], port=imap[1]))
     reader = mail.MailboxReader(bot, config)
     uid = mailbox.append(_mail("a deploy restarted the bot while this was read"))
     kv_put(

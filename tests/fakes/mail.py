@@ -205,18 +205,12 @@ def customer_answer(to: EmailMessage, text: str) -> bytes:
 def config_values() -> dict[str, Any]:
     """The email channel's own settings (adapters.mail.MailSettings) for tests that parse and compose mail."""
     return {
-        "imap_host": "127.0.0.1",
-        "imap_port": 143,
-        "imap_security": "none",
-        "imap_user": SUPPORT,
-        "imap_password": IMAP_PASSWORD,
-        "imap_mailbox": "INBOX",
+        "imap": mail.MailServer(
+            host="127.0.0.1", port=143, security="none", user=SUPPORT, password=IMAP_PASSWORD
+        ),
+        "mailbox": "INBOX",
         "poll_seconds": 1.0,
-        "smtp_host": "127.0.0.1",
-        "smtp_port": 25,
-        "smtp_security": "none",
-        "smtp_user": "",
-        "smtp_password": "",
+        "smtp": mail.MailServer(host="127.0.0.1", port=25, security="none"),
         "from_header": f"CSP Warranty Support <{SUPPORT}>",
         "address": SUPPORT,
         "replies_per_hour": 3,
