@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
-from typing import ClassVar, Protocol
+from typing import Any, ClassVar, Protocol
 
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from bot.app import Bot
-from bot.channels import release_config_holds_of
+from bot.channels import inbound, release_config_holds_of
+from bot.fetch import Fetcher, FetchPolicy
+from bot.messages import Attachment
 from bot.outbox import AnySender, Sender
 
 
@@ -99,3 +101,34 @@ class HoldingChannel(SendingChannel):
     async def start(self) -> None:
         if await asyncio.to_thread(release_config_holds_of, self.bot.db, self.name):
             self.bot.engine.outbox_signal.set()
+
+
+class WebhookChannel(SendingChannel):
+    """A sending channel the service POSTs its events to at `path`, whose customers' files are fetched through
+    bot/fetch.py under `files` (from the service's hosts only); it closes its API client and the fetcher."""
+
+    def __init__(self, bot: Bot, path: str, client: Closable, outbox: Sender, files: FetchPolicy) -> None:
+        self.bot = bot
+        self.webhook_path = path
+        self.outbox = outbox
+        self.fetcher = Fetcher(files)
+        self.clients = (client, self.fetcher)
+
+    def routes(self) -> Sequence[BaseRoute]:
+        return [Route(self.webhook_path, self.webhook, methods=["POST"])]
+
+    async def webhook(self, request: Request) -> Response:
+        """What the service POSTs: each channel reads its own."""
+        raise NotImplementedError
+
+    async def accept(
+        self,
+        external_id: str,
+        customer: str,
+        text: str,
+        attachments: tuple[Attachment, ...],
+        raw: dict[str, Any],
+    ) -> None:
+        """Hand what a customer sent to the engine (seen already checked: the caller may note state first)."""
+        message = inbound(self.name, external_id, customer, text=text, attachments=attachments, raw=raw)
+        await asyncio.to_thread(self.bot.engine.accept, message)

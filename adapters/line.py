@@ -21,12 +21,11 @@ import httpx
 from sqlalchemy import Engine
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import BaseRoute, Route
 
-from adapters.base import SendingChannel
+from adapters.base import WebhookChannel
 from bot import channels
 from bot.app import Bot
-from bot.fetch import Fetcher, FetchPolicy
+from bot.fetch import FetchPolicy
 from bot.http import ApiError, decode_object, signed_body
 from bot.messages import Attachment, Button, OutboundMessage
 from bot.outbox import Delivered, DeliveryError
@@ -272,30 +271,15 @@ class LineSender:
 # --- the channel ------------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, kw_only=True)
-class LineConfig:
-    channel_secret: str
-    access_token: str
-    api_url: str
-    data_api_url: str
-
-
-class LineChannel(SendingChannel):
+class LineChannel(WebhookChannel):
     name = CHANNEL
 
     def __init__(self, bot: Bot, config: LineConfig) -> None:
-        self.bot = bot
+        client = LineClient(config.api_url, config.access_token)
+        data_host = [config.data_api_url]  # files come from the data API, with the token
+        files = FetchPolicy.from_settings(bot.settings, hosts=data_host, token_hosts=data_host)
+        super().__init__(bot, WEBHOOK_PATH, client, LineSender(bot.db, client), files)
         self.config = config
-        self.client = LineClient(config.api_url, config.access_token)
-        self.outbox = LineSender(bot.db, self.client)
-        data_host = config.data_api_url
-        self._fetcher = Fetcher(
-            FetchPolicy.from_settings(bot.settings, hosts=[data_host], token_hosts=[data_host])
-        )
-        self.clients = (self.client, self._fetcher)
-
-    def routes(self) -> Sequence[BaseRoute]:
-        return [Route(WEBHOOK_PATH, self.webhook, methods=["POST"])]
 
     async def webhook(self, request: Request) -> Response:
         secret = self.config.channel_secret
@@ -316,15 +300,7 @@ class LineChannel(SendingChannel):
         if incoming.reply_token:
             await asyncio.to_thread(note_reply_token, self.bot.db, incoming.user_id, incoming.reply_token)
         attachments = (await self._attachment(incoming),) if incoming.media_id else ()
-        message = channels.inbound(
-            CHANNEL,
-            external_id,
-            incoming.user_id,
-            text=incoming.text,
-            attachments=attachments,
-            raw={"type": incoming.type},
-        )
-        await asyncio.to_thread(self.bot.engine.accept, message)
+        await self.accept(external_id, incoming.user_id, incoming.text, attachments, {"type": incoming.type})
 
     async def _attachment(self, incoming: Incoming) -> Attachment:
         store = self.bot.attachments
@@ -339,7 +315,7 @@ class LineChannel(SendingChannel):
         url = f"{self.config.data_api_url.rstrip('/')}/v2/bot/message/{incoming.media_id}/content"
         # A 202 is a video still being prepared: LINE redelivers nothing, so it is lost.
         return await channels.download(
-            self._fetcher,
+            self.fetcher,
             store,
             url,
             name=name,
@@ -349,6 +325,17 @@ class LineChannel(SendingChannel):
             bearer=self.config.access_token,
             accept=lambda status: status != 202,
         )
+
+
+# --- settings ---------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class LineConfig:
+    channel_secret: str
+    access_token: str
+    api_url: str
+    data_api_url: str
 
 
 def from_settings(bot: Bot) -> LineChannel | None:

@@ -19,12 +19,11 @@ from typing import Any
 import httpx
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import BaseRoute, Route
 
-from adapters.base import SendingChannel
+from adapters.base import WebhookChannel
 from bot import channels
 from bot.app import Bot
-from bot.fetch import Fetcher, FetchPolicy
+from bot.fetch import FetchPolicy
 from bot.http import ApiError, decode_object, signed_body
 from bot.messages import Attachment, Button, OutboundMessage
 from bot.outbox import Delivered, DeliveryError
@@ -247,28 +246,15 @@ class ViberSender:
 # --- the channel ------------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, kw_only=True)
-class ViberConfig:
-    auth_token: str
-    bot_name: str
-    api_url: str
-    media_hosts: tuple[str, ...]
-
-
-class ViberChannel(SendingChannel):
+class ViberChannel(WebhookChannel):
     name = CHANNEL
 
     def __init__(self, bot: Bot, config: ViberConfig) -> None:
-        self.bot = bot
-        self.config = config
-        self.client = ViberClient(config.api_url, config.auth_token)
-        self.outbox = ViberSender(self.client, config.bot_name)
+        client = ViberClient(config.api_url, config.auth_token)
         # Media URLs are public, signed links on Viber's media hosts: no token is ever sent with them.
-        self._fetcher = Fetcher(FetchPolicy.from_settings(bot.settings, hosts=config.media_hosts))
-        self.clients = (self.client, self._fetcher)
-
-    def routes(self) -> Sequence[BaseRoute]:
-        return [Route(WEBHOOK_PATH, self.webhook, methods=["POST"])]
+        files = FetchPolicy.from_settings(bot.settings, hosts=config.media_hosts)
+        super().__init__(bot, WEBHOOK_PATH, client, ViberSender(client, config.bot_name), files)
+        self.config = config
 
     async def webhook(self, request: Request) -> Response:
         token = self.config.auth_token
@@ -304,15 +290,9 @@ class ViberChannel(SendingChannel):
         if await asyncio.to_thread(self.bot.engine.seen, CHANNEL, incoming.event_id):
             return
         attachments = (await self._attachment(incoming),) if incoming.media_url else ()
-        message = channels.inbound(
-            CHANNEL,
-            incoming.event_id,
-            incoming.user_id,
-            text=incoming.text,
-            attachments=attachments,
-            raw={"type": incoming.type},
+        await self.accept(
+            incoming.event_id, incoming.user_id, incoming.text, attachments, {"type": incoming.type}
         )
-        await asyncio.to_thread(self.bot.engine.accept, message)
 
     async def _attachment(self, incoming: Incoming) -> Attachment:
         assert incoming.media_url is not None
@@ -322,7 +302,7 @@ class ViberChannel(SendingChannel):
         if incoming.file_name and mime not in store.allowed_types:
             return store.rejected(name, "type")
         return await channels.download(
-            self._fetcher,
+            self.fetcher,
             store,
             incoming.media_url,
             name=name,
@@ -330,6 +310,17 @@ class ViberChannel(SendingChannel):
             kind=_MEDIA_KINDS[incoming.type],
             channel=CHANNEL,
         )
+
+
+# --- settings ---------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class ViberConfig:
+    auth_token: str
+    bot_name: str
+    api_url: str
+    media_hosts: tuple[str, ...]
 
 
 def from_settings(bot: Bot) -> ViberChannel | None:
