@@ -12,7 +12,7 @@ import logging
 import mimetypes
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any, NoReturn
 from xml.etree.ElementTree import ParseError
 
@@ -101,10 +101,8 @@ REPLAY_WINDOW = timedelta(minutes=5)
 
 def timestamp_fresh(params: Mapping[str, str], now: datetime) -> bool:
     """Whether the signed `timestamp` is within REPLAY_WINDOW of now (either way: clocks differ a little)."""
-    timestamp = params.get("timestamp", "")
-    if not (timestamp.isascii() and timestamp.isdigit() and len(timestamp) <= 12):
-        return False
-    return abs(now - datetime.fromtimestamp(int(timestamp), UTC)) <= REPLAY_WINDOW
+    signed_at = channels.unix_time(params.get("timestamp"))
+    return signed_at is not None and abs(now - signed_at) <= REPLAY_WINDOW
 
 
 NONCE_PREFIX = "wechat:nonce:"

@@ -11,7 +11,7 @@ import mimetypes
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any, NoReturn
 
 import httpx
@@ -176,7 +176,6 @@ class Incoming:
     """
 
     wamid: str
-    sender: str
     phone_number_id: str
     type: str
     wa_id: str | None = None
@@ -186,6 +185,14 @@ class Incoming:
     name: str | None = None
     timestamp: str = ""
     context_id: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.wa_id is None and self.user_id is None:
+            raise ValueError("a message without wa_id or user_id")
+
+    @property
+    def sender(self) -> str:
+        return self.wa_id or self.user_id or ""  # one of them is there (__post_init__)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -206,7 +213,7 @@ class StatusUpdate:
     phone_number_id: str
     error_code: int | None = None
     error: str | None = None
-    timestamp: str = ""
+    at: datetime | None = None  # when it happened, by WhatsApp's clock
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -326,8 +333,7 @@ def _message(
         raise MalformedPayload("from_user_id is not a business-scoped user id")
     if kind == "system":  # a user_changed_user_id notice names no sender, only the old and new ids
         return _id_change(_dict(raw.get("system"), "system"), wa_id=wa_id)
-    sender = wa_id or user_id
-    if sender is None:
+    if wa_id is None and user_id is None:
         raise MalformedPayload("message without from or from_user_id")
     if raw.get("errors") or (kind == "interactive" and not isinstance(raw.get("interactive"), dict)):
         # WhatsApp could not give us the message whole (an unknown type; an interactive reply without its body
@@ -366,7 +372,6 @@ def _message(
     profile_name = names.get(wa_id or "") or names.get(user_id or "")
     return Incoming(
         wamid=wamid,
-        sender=sender,
         wa_id=wa_id,
         user_id=user_id,
         phone_number_id=phone_number_id,
@@ -415,7 +420,7 @@ def _status(raw: dict[str, Any], phone_number_id: str) -> StatusUpdate:
         phone_number_id=phone_number_id,
         error_code=code,
         error=error,
-        timestamp=str(raw.get("timestamp", "")),
+        at=channels.unix_time(str(raw.get("timestamp", ""))),
     )
 
 
@@ -684,11 +689,8 @@ def apply_status(db: Engine, update_: StatusUpdate, now: datetime) -> bool:
         if resend is not None:
             chat = work.state(reported.chat_id)
             # When it failed, not now: a message the customer wrote since then opened the window again.
-            failed_at = (
-                datetime.fromtimestamp(int(update_.timestamp), UTC) if update_.timestamp.isdigit() else now
-            )
             if chat is not None:
-                chat.data["window_closed_at"] = min(failed_at, now).isoformat()
+                chat.data["window_closed_at"] = min(update_.at or now, now).isoformat()
         return True
 
 

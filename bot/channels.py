@@ -281,6 +281,17 @@ def parse_time(value: Any) -> datetime | None:
     return moment.replace(tzinfo=UTC) if moment is not None and moment.tzinfo is None else moment
 
 
+def unix_time(value: Any) -> datetime | None:
+    """Seconds since 1970 as a string of ASCII digits (a service's timestamp), as aware UTC; None when it is
+    missing or not one (or beyond what a datetime holds)."""
+    if not (isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 12):
+        return None
+    try:
+        return datetime.fromtimestamp(int(value), UTC)
+    except (OverflowError, OSError, ValueError):
+        return None
+
+
 # --- a shared access token ------------------------------------------------------------------------------------
 
 

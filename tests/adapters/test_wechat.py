@@ -8,7 +8,7 @@ import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
@@ -27,6 +27,7 @@ from adapters.wechat import (
     parse_xml,
     render,
     signature_valid,
+    timestamp_fresh,
 )
 from bot.app import Bot, build
 from bot.channels import split_text
@@ -106,6 +107,17 @@ def test_signature_over_token_timestamp_and_nonce() -> None:
     assert not signature_valid(TOKEN, {**query, "nonce": query["nonce"] + "x"})
     assert not signature_valid(TOKEN, {k: v for k, v in query.items() if k != "signature"})
     assert not signature_valid("", query)
+
+
+def test_only_a_timestamp_near_now_is_fresh() -> None:
+    now = datetime(2026, 5, 6, 8, 0, 2, tzinfo=UTC)
+    assert timestamp_fresh({"timestamp": "1778054402"}, now)
+    assert timestamp_fresh({"timestamp": "1778054402"}, now + timedelta(minutes=4))
+    assert not timestamp_fresh({"timestamp": "1778054402"}, now + timedelta(minutes=6))
+    # Missing, not digits, too long, or past the year 9999: not fresh (and no error).
+    for timestamp in ("", "17780544o2", "１７７８０５４４０２", "1778054402000", "999999999999"):
+        assert not timestamp_fresh({"timestamp": timestamp}, now)
+    assert not timestamp_fresh({}, now)
 
 
 def test_safe_mode_round_trip() -> None:

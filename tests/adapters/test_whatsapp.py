@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -148,6 +148,15 @@ def test_parse_statuses() -> None:
     failed = parse(payload("status_failed.json")).statuses[0]
     assert failed.status == "failed" and failed.error_code == 131047
     assert failed.error is not None and "more than 24 hours" in failed.error
+    assert failed.at == datetime(2026, 5, 6, 8, 0, 2, tzinfo=UTC)  # the sample's "timestamp": "1778054402"
+    unreadable = _with_status_timestamp(payload("status_failed.json"), "99999999999999999999")
+    assert parse(unreadable).statuses[0].at is None  # applied as of now, as one without a time
+
+
+def _with_status_timestamp(body: bytes, timestamp: str) -> bytes:
+    document = json.loads(body)
+    document["entry"][0]["changes"][0]["value"]["statuses"][0]["timestamp"] = timestamp
+    return json.dumps(document).encode()
 
 
 @pytest.mark.parametrize(
