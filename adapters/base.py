@@ -10,11 +10,11 @@ the interface is an error, and it inherits the defaults below for what it does n
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, ClassVar, Protocol
 
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from bot.app import Bot
@@ -57,8 +57,18 @@ Endpoint = Callable[[Request], Awaitable[Response]]
 ChannelFactory = Callable[[Bot], Channel | None]
 
 
-def verified_webhook(path: str, verify: Endpoint, webhook: Endpoint) -> list[BaseRoute]:
-    """A webhook the service verifies with a GET (a challenge we answer) before it POSTs to it."""
+def verified_webhook(
+    path: str, challenge: Callable[[Mapping[str, str]], str | None], webhook: Endpoint
+) -> list[BaseRoute]:
+    """A webhook the service verifies with a GET before it POSTs to it: the GET is answered with what
+    `challenge` makes of its query (the challenge to echo), or 403 when that is None."""
+
+    async def verify(request: Request) -> Response:
+        answer = challenge(request.query_params)
+        if answer is None:
+            return JSONResponse({"error": "verification failed"}, status_code=403)
+        return PlainTextResponse(answer)
+
     return [Route(path, verify, methods=["GET"]), Route(path, webhook, methods=["POST"])]
 
 
@@ -92,6 +102,11 @@ class HoldingChannel(SendingChannel):
 
     outbox: HoldingSender
     bot: Bot
+
+    def __init__(self, bot: Bot, client: Closable, outbox: HoldingSender) -> None:
+        self.bot = bot
+        self.outbox = outbox
+        self.clients = (client,)
 
     @property
     def problem(self) -> str | None:

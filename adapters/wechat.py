@@ -552,23 +552,19 @@ class WeChatChannel(HoldingChannel):
     def __init__(
         self, bot: Bot, config: WeChatConfig, *, transport: httpx.AsyncBaseTransport | None = None
     ) -> None:
-        self.bot = bot
-        self.config = config
-        self.crypto = Crypto(config.encoding_aes_key, config.app_id) if config.encoding_aes_key else None
         self.client = WeChatClient(
             bot.db, config.api_base_url, config.app_id, config.app_secret, transport=transport
         )
-        self.outbox = WeChatSender(bot.db, self.client, bot.renderer)
-        self.clients = (self.client,)
+        super().__init__(bot, self.client, WeChatSender(bot.db, self.client, bot.renderer))
+        self.config = config
+        self.crypto = Crypto(config.encoding_aes_key, config.app_id) if config.encoding_aes_key else None
 
     def routes(self) -> Sequence[BaseRoute]:
-        return verified_webhook(WEBHOOK_PATH, self.verify, self.webhook)
+        return verified_webhook(WEBHOOK_PATH, self.challenge, self.webhook)
 
-    async def verify(self, request: Request) -> Response:
-        params = request.query_params
-        if not signature_valid(self.config.token, params) or "echostr" not in params:
-            return JSONResponse({"error": "verification failed"}, status_code=403)
-        return PlainTextResponse(params["echostr"])
+    def challenge(self, params: Mapping[str, str]) -> str | None:
+        """The `echostr` of a verification signed with our token, to echo."""
+        return params.get("echostr") if signature_valid(self.config.token, params) else None
 
     async def webhook(self, request: Request) -> Response:
         params = request.query_params

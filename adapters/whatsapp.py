@@ -17,7 +17,7 @@ from typing import Any, NoReturn
 import httpx
 from sqlalchemy import Engine
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute
 
 from adapters.base import HoldingChannel, verified_webhook
@@ -908,8 +908,6 @@ class WhatsAppChannel(HoldingChannel):
     def __init__(
         self, bot: Bot, config: WhatsAppConfig, *, transport: httpx.AsyncBaseTransport | None = None
     ) -> None:
-        self.bot = bot
-        self.config = config
         media = [config.graph_url, *MEDIA_HOSTS]  # the token goes to these hosts alone
         policy = FetchPolicy.from_settings(
             bot.settings, hosts=media, token_hosts=media, max_bytes=bot.attachments.max_bytes
@@ -921,22 +919,20 @@ class WhatsAppChannel(HoldingChannel):
             transport=transport,
             fetch_policy=policy,
         )
-        self.outbox = WhatsAppSender(
+        sender = WhatsAppSender(
             bot.db,
             self.client,
             template_name=config.template_name,
             template_language=config.template_language,
         )
-        self.clients = (self.client,)
+        super().__init__(bot, self.client, sender)
+        self.config = config
 
     def routes(self) -> Sequence[BaseRoute]:
-        return verified_webhook(WEBHOOK_PATH, self.verify, self.webhook)
+        return verified_webhook(WEBHOOK_PATH, self.challenge, self.webhook)
 
-    async def verify(self, request: Request) -> Response:
-        challenge = verify_subscription(request.query_params, self.config.verify_token)
-        if challenge is None:
-            return JSONResponse({"error": "verification failed"}, status_code=403)
-        return PlainTextResponse(challenge)
+    def challenge(self, params: Mapping[str, str]) -> str | None:
+        return verify_subscription(params, self.config.verify_token)
 
     async def webhook(self, request: Request) -> Response:
         body = await request.body()
