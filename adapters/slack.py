@@ -265,6 +265,17 @@ def _shaped(node: Mapping[str, Any]) -> bool:
 # --- the desk ------------------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True, kw_only=True)
+class EngineerPost:
+    """An engineer's message in a case's thread, as the customer would read it."""
+
+    ref: str  # the case
+    user: str
+    thread_ts: str
+    text: str  # without a leading "note:", colleagues' mentions as their names
+    note: bool  # marked "note:": it stays internal
+
+
 class SlackDesk(Channel):
     """The Slack channel: HTTP routes (or Socket Mode), the outbox sender for case events, and reminders."""
 
@@ -441,42 +452,29 @@ class SlackDesk(Channel):
             return
         if event.get("subtype") not in (None, "file_share", "thread_broadcast"):
             return
-        thread = await self._engineer_thread(body, event, context)
-        if thread is None:
+        post = await self._engineer_post(body, event, context)
+        if post is None:
             return
-        ref, user, thread_ts, raw = thread
-        note = NOTE.match(raw)
-        text = await self._plain(raw[note.end() :] if note else raw)
-        if event.get("files") and not text:
+        if event.get("files") and not post.text:
             await self._ephemeral(
-                user,
+                post.user,
                 "Files attached in Slack are not sent to the customer; write the text you want them to read.",
-                thread_ts,
+                post.thread_ts,
             )
             return
-        if note:
-            done = await self._act(
-                user, thread_ts, lambda name: self.bot.desk.note(ref, engineer=name, text=text, origin=ORIGIN)
-            )
-        else:
-            done = await self._act(
-                user,
-                thread_ts,
-                lambda name: self.bot.desk.reply(ref, engineer=name, text=text, origin=ORIGIN),
-            )
-        if done:
+        if await self._relay(post, post.text, note=post.note):
             # A lock marks what stayed internal; the outbox tray what went to the customer.
-            await self._react(str(event.get("ts") or ""), "lock" if note else "outbox_tray")
+            await self._react(str(event.get("ts") or ""), "lock" if post.note else "outbox_tray")
             if event.get("files"):
                 await self._ephemeral(
-                    user, "Files attached in Slack are not sent to the customer.", thread_ts
+                    post.user, "Files attached in Slack are not sent to the customer.", post.thread_ts
                 )
 
-    async def _engineer_thread(
+    async def _engineer_post(
         self, body: Mapping[str, Any], message: Mapping[str, Any], context: Mapping[str, Any]
-    ) -> tuple[str, str, str, str] | None:
-        """(case ref, user, thread ts, text) when `message` is a person's message in a case thread, seen for
-        the first time, by an engineer (anyone else is told privately that nothing was sent); else None."""
+    ) -> EngineerPost | None:
+        """What an engineer wrote when `message` is a person's message in a case thread, seen for the first
+        time, by an engineer (anyone else is told privately that nothing was sent); else None."""
         user, thread_ts, raw = message.get("user"), message.get("thread_ts"), message.get("text") or ""
         if not isinstance(user, str) or not isinstance(thread_ts, str) or not isinstance(raw, str):
             return None  # not a message an engineer typed in a thread
@@ -496,7 +494,16 @@ class SlackDesk(Channel):
         if not await self._is_engineer(user):
             await self._ephemeral(user, REFUSAL + " Your message was not sent to the customer.", thread_ts)
             return None
-        return ref, user, thread_ts, raw
+        note = NOTE.match(raw)
+        text = await self._plain(raw[note.end() :] if note else raw)
+        return EngineerPost(ref=ref, user=user, thread_ts=thread_ts, text=text, note=note is not None)
+
+    async def _relay(self, post: EngineerPost, text: str, *, note: bool) -> bool:
+        """`text` to the post's case as the engineer: a note stays internal, a reply goes to the customer."""
+        act = self.bot.desk.note if note else self.bot.desk.reply
+        return await self._act(
+            post.user, post.thread_ts, lambda name: act(post.ref, engineer=name, text=text, origin=ORIGIN)
+        )
 
     async def _on_edited(
         self, body: Mapping[str, Any], event: Mapping[str, Any], context: Mapping[str, Any]
@@ -508,28 +515,12 @@ class SlackDesk(Channel):
             return
         if message.get("text") == previous.get("text"):
             return  # an unfurl or a reaction changed the message, not its words
-        thread = await self._engineer_thread(body, message, context)
-        if thread is None:
+        post = await self._engineer_post(body, message, context)
+        if post is None or not post.text:
             return
-        ref, user, thread_ts, raw = thread
-        note = NOTE.match(raw)
-        text = await self._plain(raw[note.end() :] if note else raw)
-        if not text:
-            return
-        if note or NOTE.match(str(previous.get("text") or "")):
-            done = await self._act(
-                user,
-                thread_ts,
-                lambda name: self.bot.desk.note(ref, engineer=name, text=CORRECTION + text, origin=ORIGIN),
-            )
-        else:
-            done = await self._act(
-                user,
-                thread_ts,
-                lambda name: self.bot.desk.reply(ref, engineer=name, text=CORRECTION + text, origin=ORIGIN),
-            )
-        if done:
-            await self._react(str(message.get("ts") or ""), "lock" if note else "outbox_tray")
+        note = post.note or NOTE.match(str(previous.get("text") or "")) is not None
+        if await self._relay(post, CORRECTION + post.text, note=note):
+            await self._react(str(message.get("ts") or ""), "lock" if post.note else "outbox_tray")
 
     async def _on_deleted(
         self, body: Mapping[str, Any], event: Mapping[str, Any], context: Mapping[str, Any]
