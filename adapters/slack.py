@@ -14,7 +14,7 @@ import json
 import logging
 import re
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -43,6 +43,8 @@ from bot.store.clock import utcnow
 from policy import decision_to_json, evaluate, normalize_serial, parse_serial, refusal_clauses, unit_claim
 
 log = logging.getLogger(__name__)
+
+Listener = Callable[..., Awaitable[None]]  # a Bolt listener: Bolt passes the arguments its parameters name
 
 CHANNEL = "slack"
 ORIGIN = "slack"
@@ -266,6 +268,17 @@ def _shaped(node: Mapping[str, Any]) -> bool:
 
 
 @dataclass(frozen=True, kw_only=True)
+class Submission:
+    """What a submitted modal asks of the desk (SlackDesk._submit)."""
+
+    block: str  # the field a refusal is shown on: not an engineer, or refused by the desk
+    action: Callable[[str], Any]  # the desk action, run as the engineer (by display name)
+    invalid: dict[str, str] | None = None  # the fields' errors instead, when what they hold will not do
+    # Opened before its user was known to be an engineer (on_open_modal): it closes first, and they are told.
+    closes_first: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
 class EngineerPost:
     """An engineer's message in a case's thread, as the customer would read it."""
 
@@ -419,25 +432,37 @@ class SlackDesk(Channel):
     # --- listeners -----------------------------------------------------------------------------------------
 
     def _register(self) -> None:
-        app = self.app
-        app.event("message")(self.on_message)
-        app.event("app_home_opened")(self.on_home_opened)
-        app.event("app_mention")(self.on_mention)
-        app.event("tokens_revoked")(self.on_revoked)
-        app.event("app_uninstalled")(self.on_revoked)
-        app.action(ui.CLAIM)(self.on_claim)
-        app.action(ui.CHOOSE_METHOD)(self.on_choose_method)
-        app.action(ui.ASK_CUSTOMER)(self.on_open_modal)
-        app.action(ui.NOT_COVERED)(self.on_open_modal)
-        app.action(ui.CORRECT_UNIT)(self.on_open_modal)
-        app.action(ui.CLOSE)(self.on_close)
-        app.action(ui.FULFIL)(self.on_fulfil)
-        app.view(ui.FULFIL_VIEW)(self.on_fulfil_submitted)
-        app.view(ui.ASK_VIEW)(self.on_ask_submitted)
-        app.view(ui.REFUSE_VIEW)(self.on_refuse_submitted)
-        app.view(ui.CORRECT_VIEW)(self.on_correct_submitted)
-        app.view(ui.GOODWILL_VIEW)(self.on_goodwill_submitted)
-        app.command("/warranty")(self.on_warranty_command)
+        """Which listener Bolt calls for each event, button, modal submission and command."""
+        events: dict[str, Listener] = {
+            "message": self.on_message,
+            "app_home_opened": self.on_home_opened,
+            "app_mention": self.on_mention,
+            "tokens_revoked": self.on_revoked,
+            "app_uninstalled": self.on_revoked,
+        }
+        actions: dict[str, Listener] = {
+            ui.CLAIM: self.on_claim,
+            ui.CHOOSE_METHOD: self.on_choose_method,
+            ui.ASK_CUSTOMER: self.on_open_modal,
+            ui.NOT_COVERED: self.on_open_modal,
+            ui.CORRECT_UNIT: self.on_open_modal,
+            ui.CLOSE: self.on_close,
+            ui.FULFIL: self.on_fulfil,
+        }
+        modals: dict[str, Callable[[dict[str, Any]], Submission]] = {
+            ui.FULFIL_VIEW: self._fulfil_submission,
+            ui.ASK_VIEW: self._ask_submission,
+            ui.REFUSE_VIEW: self._refuse_submission,
+            ui.CORRECT_VIEW: self._correct_submission,
+            ui.GOODWILL_VIEW: self._goodwill_submission,
+        }
+        for event, listener in events.items():
+            self.app.event(event)(listener)
+        for action_id, listener in actions.items():
+            self.app.action(action_id)(listener)
+        for callback_id, read in modals.items():
+            self.app.view(callback_id)(self._on_submitted(read))
+        self.app.command("/warranty")(self.on_warranty_command)
 
     async def on_message(self, body: dict[str, Any], event: dict[str, Any], context: dict[str, Any]) -> None:
         """A message in the escalation channel: an engineer's reply in a case thread goes to the customer."""
@@ -627,19 +652,14 @@ class SlackDesk(Channel):
             user, None, lambda name: self.bot.desk.fulfil(ref, engineer=name, action=step, origin=ORIGIN)
         )
 
-    async def on_fulfil_submitted(
-        self, ack: Callable[..., Any], body: dict[str, Any], view: dict[str, Any]
-    ) -> None:
-        user = await self._engineer_submitting(ack, body, ui.FULFIL_BLOCK)
-        if user is None:
-            return
+    def _fulfil_submission(self, view: dict[str, Any]) -> Submission:
         text = _view_value(view, ui.FULFIL_BLOCK, ui.FULFIL_INPUT)
         ref, _, step = str(view.get("private_metadata", "")).partition("|")
-        await self._submit(
-            ack,
-            user,
-            ui.FULFIL_BLOCK,
-            lambda name: self.bot.desk.fulfil(ref, engineer=name, action=step, text=text, origin=ORIGIN),
+        return Submission(
+            block=ui.FULFIL_BLOCK,
+            action=lambda name: self.bot.desk.fulfil(
+                ref, engineer=name, action=step, text=text, origin=ORIGIN
+            ),
         )
 
     async def on_close(self, ack: Callable[..., Any], body: dict[str, Any], action: dict[str, Any]) -> None:
@@ -677,48 +697,26 @@ class SlackDesk(Channel):
         except SlackApiError as error:
             log.warning("views.open failed: %s", error.response.get("error"))
 
-    async def on_ask_submitted(
-        self, ack: Callable[..., Any], body: dict[str, Any], view: dict[str, Any]
-    ) -> None:
-        user = _user_id(body)
+    def _ask_submission(self, view: dict[str, Any]) -> Submission:
         question = _view_value(view, ui.QUESTION_BLOCK, ui.QUESTION_INPUT)
-        if self._known_engineer(user) is False:
-            await ack(response_action="errors", errors={ui.QUESTION_BLOCK: REFUSAL})
-            return
-        if not question:
-            await ack(response_action="errors", errors={ui.QUESTION_BLOCK: "Write the question."})
-            return
         ref = str(view.get("private_metadata", ""))
-        await self._ack_and_act(
-            ack,
-            user,
-            lambda name: self.bot.desk.ask_customer(ref, engineer=name, question=question, origin=ORIGIN),
+        return Submission(
+            block=ui.QUESTION_BLOCK,
+            action=lambda name: self.bot.desk.ask_customer(
+                ref, engineer=name, question=question, origin=ORIGIN
+            ),
+            invalid=_first_error((not question, ui.QUESTION_BLOCK, "Write the question.")),
+            closes_first=True,
         )
 
-    async def on_refuse_submitted(
-        self, ack: Callable[..., Any], body: dict[str, Any], view: dict[str, Any]
-    ) -> None:
-        user = _user_id(body)
+    def _refuse_submission(self, view: dict[str, Any]) -> Submission:
         reason = _view_value(view, ui.REASON_BLOCK, ui.REASON_INPUT)
         clauses = ui.parse_clauses(_view_value(view, ui.CLAUSES_BLOCK, ui.CLAUSES_INPUT))
         unknown = [c for c in clauses if c not in self.bot.policy.clauses]
-        if self._known_engineer(user) is False:
-            await ack(response_action="errors", errors={ui.REASON_BLOCK: REFUSAL})
-            return
-        if not reason:
-            await ack(response_action="errors", errors={ui.REASON_BLOCK: "Give the reason."})
-            return
-        if unknown:
-            await ack(
-                response_action="errors",
-                errors={ui.CLAUSES_BLOCK: f"Not in the policy: {', '.join(unknown)}"},
-            )
-            return
         ref = str(view.get("private_metadata", ""))
-        await self._ack_and_act(
-            ack,
-            user,
-            lambda name: self.bot.desk.choose_method(
+        return Submission(
+            block=ui.REASON_BLOCK,
+            action=lambda name: self.bot.desk.choose_method(
                 ref,
                 engineer=name,
                 method="not_covered",
@@ -726,14 +724,14 @@ class SlackDesk(Channel):
                 clauses=clauses or None,
                 origin=ORIGIN,
             ),
+            invalid=_first_error(
+                (not reason, ui.REASON_BLOCK, "Give the reason."),
+                (bool(unknown), ui.CLAUSES_BLOCK, f"Not in the policy: {', '.join(unknown)}"),
+            ),
+            closes_first=True,
         )
 
-    async def on_correct_submitted(
-        self, ack: Callable[..., Any], body: dict[str, Any], view: dict[str, Any]
-    ) -> None:
-        user = await self._engineer_submitting(ack, body, ui.SERIAL_BLOCK)
-        if user is None:
-            return
+    def _correct_submission(self, view: dict[str, Any]) -> Submission:
         serial = _view_choice(view, ui.SERIAL_BLOCK, ui.SERIAL_INPUT)
         changes: dict[str, Any] = {}
         for field, block, element in (
@@ -746,46 +744,31 @@ class SlackDesk(Channel):
         proof = _view_choice(view, ui.PROOF_BLOCK, ui.PROOF_INPUT)
         if proof:
             changes["proof"] = proof
-        if not serial:
-            await ack(response_action="errors", errors={ui.SERIAL_BLOCK: "Choose the unit."})
-            return
-        if not changes:
-            await ack(
-                response_action="errors", errors={ui.ARRIVAL_BLOCK: "Give a date or the proof to correct."}
-            )
-            return
         note = _view_value(view, ui.NOTE_BLOCK, ui.NOTE_INPUT)
         ref = str(view.get("private_metadata", ""))
-        await self._submit(
-            ack,
-            user,
-            ui.SERIAL_BLOCK,
-            lambda name: self.bot.desk.correct_unit(
+        return Submission(
+            block=ui.SERIAL_BLOCK,
+            action=lambda name: self.bot.desk.correct_unit(
                 ref, engineer=name, serial=serial, changes=changes, note=note or None, origin=ORIGIN
+            ),
+            invalid=_first_error(
+                (not serial, ui.SERIAL_BLOCK, "Choose the unit."),
+                (not changes, ui.ARRIVAL_BLOCK, "Give a date or the proof to correct."),
             ),
         )
 
-    async def on_goodwill_submitted(
-        self, ack: Callable[..., Any], body: dict[str, Any], view: dict[str, Any]
-    ) -> None:
-        user = await self._engineer_submitting(ack, body, ui.GOODWILL_BLOCK)
-        if user is None:
-            return
+    def _goodwill_submission(self, view: dict[str, Any]) -> Submission:
         goodwill = _view_choice(view, ui.GOODWILL_BLOCK, ui.GOODWILL_INPUT)
         reason = _view_value(view, ui.REASON_BLOCK, ui.REASON_INPUT)
-        if goodwill not in ui.GOODWILL_CHOICES:
-            await ack(response_action="errors", errors={ui.GOODWILL_BLOCK: "Goodwill or chargeable?"})
-            return
-        if not reason:
-            await ack(response_action="errors", errors={ui.REASON_BLOCK: "Give the reason."})
-            return
         ref, _, method = str(view.get("private_metadata", "")).partition("|")
-        await self._submit(
-            ack,
-            user,
-            ui.GOODWILL_BLOCK,
-            lambda name: self.bot.desk.choose_method(
+        return Submission(
+            block=ui.GOODWILL_BLOCK,
+            action=lambda name: self.bot.desk.choose_method(
                 ref, engineer=name, method=method, reason=reason, goodwill=goodwill, origin=ORIGIN
+            ),
+            invalid=_first_error(
+                (goodwill not in ui.GOODWILL_CHOICES, ui.GOODWILL_BLOCK, "Goodwill or chargeable?"),
+                (not reason, ui.REASON_BLOCK, "Give the reason."),
             ),
         )
 
@@ -1039,21 +1022,31 @@ class SlackDesk(Channel):
             return
         await self._act(user, None, action)
 
-    async def _engineer_submitting(
-        self, ack: Callable[..., Any], body: dict[str, Any], block: str
-    ) -> str | None:
-        """Who submits a modal, if an engineer; else the refusal is shown on the modal's field `block`."""
-        user = _user_id(body)
-        if not await self._is_engineer(user):
-            await ack(response_action="errors", errors={block: REFUSAL})
-            return None
-        return user
+    def _on_submitted(self, read: Callable[[dict[str, Any]], Submission]) -> Listener:
+        """The listener for a modal whose fields `read` makes a Submission of."""
 
-    async def _submit(
-        self, ack: Callable[..., Any], user: str, block: str, action: Callable[[str], Any]
-    ) -> None:
-        """A modal's desk action, run as the engineer (by display name) before the modal is acknowledged: a
-        refusal by the desk is shown on the modal's field `block`, and the modal stays open."""
+        async def on_submitted(ack: Callable[..., Any], body: dict[str, Any], view: dict[str, Any]) -> None:
+            await self._submit(ack, _user_id(body), read(view))
+
+        return on_submitted
+
+    async def _submit(self, ack: Callable[..., Any], user: str, submission: Submission) -> None:
+        """A modal's desk action, run as the engineer (by display name) before the modal is acknowledged.
+        Someone who is not an engineer, or a refusal by the desk, is shown on the field `submission.block`, and
+        the `invalid` fields' errors on theirs; the modal then stays open. One that `closes_first` is refused
+        on the field only when its user is known not to be an engineer; otherwise it closes at once, and the
+        check and the desk's refusal are told to them privately (_ack_and_act)."""
+        block, action = submission.block, submission.action
+        if submission.closes_first:
+            refused = self._known_engineer(user) is False
+        else:
+            refused = not await self._is_engineer(user)
+        if refused or submission.invalid:
+            await ack(response_action="errors", errors={block: REFUSAL} if refused else submission.invalid)
+            return
+        if submission.closes_first:
+            await self._ack_and_act(ack, user, action)
+            return
         name = await self._display_name(user)
         try:
             await asyncio.to_thread(action, name)
@@ -1155,6 +1148,12 @@ def _user_id(body: Mapping[str, Any]) -> str:
     user = body.get("user")
     user_id = user.get("id") if isinstance(user, dict) else None
     return user_id if isinstance(user_id, str) else ""
+
+
+def _first_error(*checks: tuple[bool, str, str]) -> dict[str, str] | None:
+    """A modal's errors ({block: text}) for the first of the (failed, block, text) checks that failed; None when
+    none did."""
+    return next(({block: text} for failed, block, text in checks if failed), None)
 
 
 def _view_state(view: Mapping[str, Any], *path: str) -> str:

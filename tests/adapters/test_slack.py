@@ -445,6 +445,10 @@ def test_reminder_engineer_ids_and_not_covered(
             refused.json()["response_action"] == "errors"
             and "Z9" in refused.json()["errors"]["clauses_block"]
         )
+        # Submitted by the member who may not act: refused on the modal before its fields are looked at.
+        by_member = {**submission, "user": {**submission["user"], "id": MEMBER}}
+        refused = post(http, "/slack/interactivity", as_form(json.dumps(by_member)), form=True)
+        assert refused.json() == {"response_action": "errors", "errors": {"reason_block": slack.REFUSAL}}
         values["clauses_block"]["clauses_input"]["value"] = "X1"
         accepted = post(http, "/slack/interactivity", as_form(json.dumps(submission)), form=True)
         assert accepted.status_code == 200 and not accepted.content
