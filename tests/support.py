@@ -8,20 +8,25 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import httpx
-from sqlalchemy import func, select
+from sqlalchemy import Engine, func, select
 from sqlmodel import Session, col
 
-from bot.app import Bot
+from adapters.base import ChannelFactory
+from bot.app import Bot, build
+from bot.config import Settings
 from bot.messages import InboundMessage
-from bot.store import Conversation, InboxItem, Message, OutboxItem, make_engine
+from bot.server import create_app
+from bot.store import Case, Conversation, InboxItem, Message, OutboxItem, StoredAttachment, make_engine
 from bot.store.clock import utcnow
-from tests.fakes.server import free_port
+from tests.fakes.server import free_port, serve
 
 T = TypeVar("T")
 
@@ -49,6 +54,113 @@ def wait_until(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}; last value: {value!r}")
         time.sleep(interval)
+
+
+@dataclass
+class RunningChannel:
+    """A channel's adapter served in front of the bot, for a channel's tests: what the bot stored and what the
+    customer was sent (`sent`, from the channel's fake). Each channel's test module subclasses it."""
+
+    bot: Bot
+    url: str  # the bot's server
+
+    def sent(self) -> list[Any]:
+        """What the customer has received so far, as the channel's fake saw it."""
+        raise NotImplementedError
+
+    def post_signed(
+        self, path: str, body: bytes, header: str, signature: str | None, sign: Callable[[bytes], str]
+    ) -> httpx.Response:
+        """POST a JSON webhook body to `path`, its `header` signed by `sign` ("valid"), as given, or left out
+        (None)."""
+        headers = {"content-type": "application/json"}
+        if signature is not None:
+            headers[header] = sign(body) if signature == "valid" else signature
+        return httpx.post(f"{self.url}{path}", content=body, headers=headers, timeout=10)
+
+    def inbox(self) -> list[InboxItem]:
+        with Session(self.bot.db) as session:
+            return list(session.execute(select(InboxItem).order_by(col(InboxItem.id))).scalars())
+
+    def outbox(self) -> list[OutboxItem]:
+        with Session(self.bot.db) as session:
+            return list(session.execute(select(OutboxItem).order_by(col(OutboxItem.id))).scalars())
+
+    def case_ref(self) -> str | None:
+        with Session(self.bot.db) as session:
+            case = session.execute(select(Case)).scalars().first()
+            return case.ref if case else None
+
+    def texts(self) -> list[str]:
+        """The texts the customer has received so far."""
+        raise NotImplementedError
+
+    def stored_attachment(self) -> StoredAttachment:
+        """The one file of the customer's that the bot stored."""
+        with Session(self.bot.db) as session:
+            stored: StoredAttachment = session.execute(select(StoredAttachment)).scalars().one()
+            return stored
+
+    def press_until_a_case(self, press: Callable[[int], str], numbers: range = range(10, 16)) -> list[str]:
+        """Answer the bot's offered choices until a case is opened: `press(n)` sends the n-th answer (a
+        customer's choice, see `choose`) and names it. The choices pressed."""
+        pressed: list[str] = []
+        for number in numbers:
+            if self.case_ref():
+                break
+            sent = len(self.sent())
+            pressed.append(press(number))
+            self.settled(sent + 1, f"the bot's answer to {pressed[-1]}")
+        return pressed
+
+    def claimed(self) -> str:
+        """The case the conversation opened, once the customer was told its reference, an engineer claimed it
+        and the customer was told who, and everything went out without an error; its reference."""
+        ref = wait_until(self.case_ref, what="a case")
+        wait_until(
+            lambda: any(ref in t for t in self.texts()), what="the case reference sent to the customer"
+        )
+        self.bot.desk.claim(ref, engineer="Ana Ruiz")
+        wait_until(lambda: any("Ana Ruiz" in t and ref in t for t in self.texts()), what="the claim notice")
+        wait_until(
+            lambda: all(i.status == "sent" and i.last_error is None for i in self.outbox()), what="all sent"
+        )
+        return ref
+
+    def settled(self, count: int, what: str) -> list[Any]:
+        """What the customer received, once it is at least `count` messages and nothing waits in the outbox."""
+
+        def probe() -> list[Any]:
+            done = all(i.status != "pending" for i in self.outbox()) and len(self.sent()) >= count
+            return self.sent() if done else []
+
+        try:
+            return wait_until(probe, what=what)
+        except AssertionError as error:
+            raise AssertionError(f"{error}; {self.trouble()}") from None
+
+    def trouble(self) -> str:
+        """What a test that timed out waiting is told of the bot's state."""
+        rows = [(i.id, i.status, i.attempts, i.last_error, i.next_attempt_at) for i in self.outbox()]
+        return f"outbox {rows}; inbox {[(i.id, i.status, i.error) for i in self.inbox()]}"
+
+
+def choose(offered: Sequence[str]) -> str:
+    """Which of the bot's offered choices (their values) a customer who wants an engineer takes."""
+    return next(v for v in ("cause:normal", "pref:repair", "cmd:human", *offered) if v in offered)
+
+
+@contextmanager
+def channel_served(
+    settings: Settings, db: Engine, update: dict[str, Any], from_settings: ChannelFactory
+) -> Iterator[tuple[Bot, str]]:
+    """The bot on `db` with `settings` changed by `update`, and the server of the one channel `from_settings`
+    makes of it: the bot and the server's URL."""
+    bot = build(settings.model_copy(update=update), db=db)
+    channel = from_settings(bot)
+    assert channel is not None
+    with serve(create_app(bot, channels=[channel])) as url:
+        yield bot, url
 
 
 TOKEN = "desk-secret-token"

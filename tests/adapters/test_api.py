@@ -19,8 +19,7 @@ import yaml
 from openapi_core import OpenAPI
 from openapi_core.testing import MockRequest, MockResponse
 from pydantic import SecretStr
-from sqlalchemy import Engine, select
-from sqlmodel import Session
+from sqlalchemy import Engine
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
@@ -28,15 +27,13 @@ from starlette.routing import Route
 
 from adapters import api
 from adapters.api import BadRequest, delivery_error, parse, render, verify
-from bot.app import Bot, build
+from bot.app import Bot
 from bot.config import ApiChannelSettings, Settings
 from bot.messages import Button, OutboundMessage
 from bot.outbox import PermanentFailure, RetryLater, Unreachable
-from bot.server import create_app
-from bot.store import Case, InboxItem, OutboxItem, StoredAttachment
 from tests.fakes.api_callback import SECRET, SPEC, FakeCallback, sign
 from tests.fakes.server import serve
-from tests.support import wait_until
+from tests.support import RunningChannel, channel_served, choose, wait_until
 
 CHAT = "customer-7781"
 JPEG = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00" + bytes(range(256)) * 4
@@ -166,10 +163,8 @@ def test_not_configured_without_channels(bot: Bot) -> None:
 
 
 @dataclass
-class Running:
-    bot: Bot
+class Running(RunningChannel):
     callback: FakeCallback
-    url: str
     media_url: str
 
     def post(
@@ -181,25 +176,11 @@ class Running:
         _check_against_spec(self.url, path, body, sent, response)
         return response
 
-    def inbox(self) -> list[InboxItem]:
-        with Session(self.bot.db) as session:
-            return list(session.execute(select(InboxItem).order_by(InboxItem.id)).scalars())  # type: ignore[arg-type]
+    def sent(self) -> list[dict[str, Any]]:
+        return self.callback.to(CHAT)
 
-    def outbox(self) -> list[OutboxItem]:
-        with Session(self.bot.db) as session:
-            return list(session.execute(select(OutboxItem).order_by(OutboxItem.id)).scalars())  # type: ignore[arg-type]
-
-    def case_ref(self) -> str | None:
-        with Session(self.bot.db) as session:
-            case = session.execute(select(Case)).scalars().first()
-            return case.ref if case else None
-
-    def settled(self, count: int, what: str) -> list[dict[str, Any]]:
-        def probe() -> list[dict[str, Any]]:
-            done = all(i.status != "pending" for i in self.outbox()) and len(self.callback.to(CHAT)) >= count
-            return self.callback.to(CHAT) if done else []
-
-        return wait_until(probe, what=what)
+    def texts(self) -> list[str]:
+        return self.callback.texts(CHAT)
 
 
 def _check_against_spec(
@@ -238,24 +219,19 @@ def _media_app() -> Starlette:
 def running(settings: Settings, db: Engine) -> Iterator[Running]:
     callback = FakeCallback(secret=SECRET)
     with serve(callback.app()) as callback_url, serve(_media_app()) as media_url:
-        configured = settings.model_copy(
-            update={
-                "api_channels": {
-                    "portal": ApiChannelSettings(
-                        secret=SecretStr(SECRET),
-                        callback_url=f"{callback_url}/callback",
-                        media_hosts=["127.0.0.1"],
-                    )
-                },
-                "fetch_insecure_hosts": "127.0.0.1",
-                "outbox_poll_seconds": 0.1,
-                "retry_backoff_max_seconds": 0.2,
-            }
-        )
-        bot = build(configured, db=db)
-        channel = api.from_settings(bot)
-        assert channel is not None
-        with serve(create_app(bot, channels=[channel])) as url:
+        update = {
+            "api_channels": {
+                "portal": ApiChannelSettings(
+                    secret=SecretStr(SECRET),
+                    callback_url=f"{callback_url}/callback",
+                    media_hosts=["127.0.0.1"],
+                )
+            },
+            "fetch_insecure_hosts": "127.0.0.1",
+            "outbox_poll_seconds": 0.1,
+            "retry_backoff_max_seconds": 0.2,
+        }
+        with channel_served(settings, db, update, api.from_settings) as (bot, url):
             yield Running(bot=bot, callback=callback, url=url, media_url=media_url)
 
 
@@ -263,7 +239,7 @@ def _press(running: Running, number: int) -> str:
     last = running.callback.to(CHAT)[-1]
     values: list[str] = [o["value"] for o in last["options"]]
     assert values, last
-    choice = next(v for v in ("cause:normal", "pref:repair", "cmd:human", *values) if v in values)
+    choice = choose(values)
     assert running.post(message(number, choice)).status_code == 200
     return choice
 
@@ -294,30 +270,13 @@ def test_a_full_claim_over_the_api(running: Running) -> None:
     )
     assert running.post(photo).status_code == 200
     running.settled(before + 1, "the bot's answer to the photo")
-    with Session(running.bot.db) as session:
-        stored = session.execute(select(StoredAttachment)).scalars().one()
+    stored = running.stored_attachment()
     assert (stored.kind, stored.mime, stored.size) == ("photo", "image/jpeg", len(JPEG))
     assert running.bot.attachments.path(stored.path).read_bytes() == JPEG
 
     # Options until the case is opened; the customer answers with an option's value.
-    pressed = []
-    for number in range(10, 16):
-        if running.case_ref():
-            break
-        sent = len(callback.to(CHAT))
-        pressed.append(_press(running, number))
-        running.settled(sent + 1, f"the bot's answer to {pressed[-1]}")
-    assert "cause:normal" in pressed
-    ref = wait_until(running.case_ref, what="a case")
-    wait_until(
-        lambda: any(ref in t for t in callback.texts(CHAT)), what="the case reference sent to the customer"
-    )
-
-    running.bot.desk.claim(ref, engineer="Ana Ruiz")
-    wait_until(
-        lambda: any("Ana Ruiz" in t and ref in t for t in callback.texts(CHAT)), what="the claim notice"
-    )
-    wait_until(lambda: all(i.status == "sent" for i in running.outbox()), what="all sent")
+    assert "cause:normal" in running.press_until_a_case(lambda number: _press(running, number))
+    running.claimed()
     assert all(i.external_id and i.external_id.startswith("cb-") for i in running.outbox())
     assert callback.refused == []  # every callback was signed and matched the schema
     assert all(r["channel"] == "portal" and r["fallback_text"] for r in callback.received)

@@ -10,20 +10,17 @@ from typing import Any
 import httpx
 import pytest
 from pydantic import SecretStr
-from sqlalchemy import Engine, select
-from sqlmodel import Session
+from sqlalchemy import Engine
 
 from adapters import line
 from adapters.line import MalformedPayload, parse, render, signature_valid
-from bot.app import Bot, build
+from bot.app import Bot
 from bot.config import Settings
 from bot.messages import Button
 from bot.outbox import PermanentFailure, RetryLater
-from bot.server import create_app
-from bot.store import Case, InboxItem, OutboxItem, StoredAttachment
 from tests.fakes.line import PAYLOADS, SECRET, TOKEN, FakeLine, sign
 from tests.fakes.server import serve
-from tests.support import wait_until
+from tests.support import RunningChannel, channel_served, choose
 
 USER = "U206d25c2ea6bd87c17655609a1c37cb8"
 JPEG = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00" + bytes(range(256)) * 4
@@ -122,10 +119,8 @@ def test_not_configured_without_credentials(bot: Bot) -> None:
 
 
 @dataclass
-class Running:
-    bot: Bot
+class Running(RunningChannel):
     fake: FakeLine
-    url: str
 
     def post(self, body: bytes, *, signature: str | None = "valid") -> httpx.Response:
         # LINE issues the event's reply token; the fake honours it once.
@@ -135,50 +130,28 @@ class Running:
                     self.fake.reply_tokens[event["replyToken"]] = event.get("source", {}).get("userId", "")
         except (ValueError, AttributeError):
             pass
-        headers = {"content-type": "application/json"}
-        if signature is not None:
-            headers["x-line-signature"] = sign(body) if signature == "valid" else signature
-        return httpx.post(f"{self.url}{line.WEBHOOK_PATH}", content=body, headers=headers, timeout=10)
+        return self.post_signed(line.WEBHOOK_PATH, body, "x-line-signature", signature, sign)
 
-    def inbox(self) -> list[InboxItem]:
-        with Session(self.bot.db) as session:
-            return list(session.execute(select(InboxItem).order_by(InboxItem.id)).scalars())  # type: ignore[arg-type]
+    def sent(self) -> list[dict[str, Any]]:
+        return self.fake.to(USER)
 
-    def outbox(self) -> list[OutboxItem]:
-        with Session(self.bot.db) as session:
-            return list(session.execute(select(OutboxItem).order_by(OutboxItem.id)).scalars())  # type: ignore[arg-type]
-
-    def case_ref(self) -> str | None:
-        with Session(self.bot.db) as session:
-            case = session.execute(select(Case)).scalars().first()
-            return case.ref if case else None
-
-    def settled(self, count: int, what: str) -> list[dict[str, Any]]:
-        def probe() -> list[dict[str, Any]]:
-            done = all(i.status != "pending" for i in self.outbox()) and len(self.fake.to(USER)) >= count
-            return self.fake.to(USER) if done else []
-
-        return wait_until(probe, what=what)
+    def texts(self) -> list[str]:
+        return self.fake.texts(USER)
 
 
 @pytest.fixture
 def running(settings: Settings, db: Engine) -> Iterator[Running]:
     fake = FakeLine(access_token=TOKEN)
     with serve(fake.app()) as fake_url:
-        configured = settings.model_copy(
-            update={
-                "line_channel_secret": SecretStr(SECRET),
-                "line_channel_access_token": SecretStr(TOKEN),
-                "line_api_base_url": fake_url,
-                "line_data_api_base_url": fake_url,
-                "fetch_insecure_hosts": "127.0.0.1",
-                "outbox_poll_seconds": 0.1,
-            }
-        )
-        bot = build(configured, db=db)
-        channel = line.from_settings(bot)
-        assert channel is not None
-        with serve(create_app(bot, channels=[channel])) as url:
+        update = {
+            "line_channel_secret": SecretStr(SECRET),
+            "line_channel_access_token": SecretStr(TOKEN),
+            "line_api_base_url": fake_url,
+            "line_data_api_base_url": fake_url,
+            "fetch_insecure_hosts": "127.0.0.1",
+            "outbox_poll_seconds": 0.1,
+        }
+        with channel_served(settings, db, update, line.from_settings) as (bot, url):
             yield Running(bot=bot, fake=fake, url=url)
 
 
@@ -200,33 +173,18 @@ def test_a_full_claim_over_line(running: Running) -> None:
     before = len(fake.to(USER))
     assert running.post(payload("image.json")).status_code == 200
     running.settled(before + 1, "the answer to the photo")
-    with Session(running.bot.db) as session:
-        stored = session.execute(select(StoredAttachment)).scalars().one()
+    stored = running.stored_attachment()
     assert (stored.kind, stored.mime, stored.size) == ("photo", "image/jpeg", len(JPEG))
 
-    pressed = []
-    for number in range(10, 16):
-        if running.case_ref():
-            break
-        last = fake.to(USER)[-1]
-        values = [i["action"]["data"] for i in last["quickReply"]["items"]]
-        choice = next(v for v in ("cause:normal", "pref:repair", "cmd:human", *values) if v in values)
-        sent = len(fake.to(USER))
-        body = derived(number, type="postback", postback={"data": choice})
-        body_doc = json.loads(body)
+    def press(number: int) -> str:  # a quick reply: a postback carrying the button's value
+        choice = choose([i["action"]["data"] for i in fake.to(USER)[-1]["quickReply"]["items"]])
+        body_doc = json.loads(derived(number, type="postback", postback={"data": choice}))
         body_doc["events"][0].pop("message")
         assert running.post(json.dumps(body_doc).encode()).status_code == 200
-        pressed.append(choice)
-        running.settled(sent + 1, f"the answer to {choice}")
-    assert "cause:normal" in pressed
-    ref = wait_until(running.case_ref, what="a case")
-    wait_until(lambda: any(ref in t for t in fake.texts(USER)), what="the case reference")
+        return choice
 
-    running.bot.desk.claim(ref, engineer="Ana Ruiz")
-    wait_until(lambda: any("Ana Ruiz" in t and ref in t for t in fake.texts(USER)), what="the claim notice")
-    wait_until(
-        lambda: all(i.status == "sent" and i.last_error is None for i in running.outbox()), what="all sent"
-    )
+    assert "cause:normal" in running.press_until_a_case(press)
+    running.claimed()
 
 
 def test_a_used_up_reply_token_falls_back_to_push_and_failures_retry(running: Running) -> None:

@@ -10,20 +10,17 @@ from typing import Any
 import httpx
 import pytest
 from pydantic import SecretStr
-from sqlalchemy import Engine, select
-from sqlmodel import Session
+from sqlalchemy import Engine
 
 from adapters import viber
 from adapters.viber import MalformedPayload, parse, render, signature_valid
-from bot.app import Bot, build
+from bot.app import Bot
 from bot.config import Settings
 from bot.messages import Button
 from bot.outbox import PermanentFailure, RetryLater, Unreachable
-from bot.server import create_app
-from bot.store import Case, InboxItem, OutboxItem, StoredAttachment
 from tests.fakes.server import serve
 from tests.fakes.viber import PAYLOADS, TOKEN, FakeViber, refusal, sign
-from tests.support import wait_until
+from tests.support import RunningChannel, channel_served, choose, wait_until
 
 USER = "01234567890A="
 JPEG = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00" + bytes(range(256)) * 4
@@ -134,56 +131,32 @@ def test_not_configured_without_a_token(bot: Bot) -> None:
 
 
 @dataclass
-class Running:
-    bot: Bot
+class Running(RunningChannel):
     fake: FakeViber
-    url: str
     fake_url: str
 
     def post(self, body: bytes, *, signature: str | None = "valid") -> httpx.Response:
-        headers = {"content-type": "application/json"}
-        if signature is not None:
-            headers["x-viber-content-signature"] = sign(body) if signature == "valid" else signature
-        return httpx.post(f"{self.url}{viber.WEBHOOK_PATH}", content=body, headers=headers, timeout=10)
+        return self.post_signed(viber.WEBHOOK_PATH, body, "x-viber-content-signature", signature, sign)
 
-    def inbox(self) -> list[InboxItem]:
-        with Session(self.bot.db) as session:
-            return list(session.execute(select(InboxItem).order_by(InboxItem.id)).scalars())  # type: ignore[arg-type]
+    def sent(self) -> list[dict[str, Any]]:
+        return self.fake.to(USER)
 
-    def outbox(self) -> list[OutboxItem]:
-        with Session(self.bot.db) as session:
-            return list(session.execute(select(OutboxItem).order_by(OutboxItem.id)).scalars())  # type: ignore[arg-type]
-
-    def case_ref(self) -> str | None:
-        with Session(self.bot.db) as session:
-            case = session.execute(select(Case)).scalars().first()
-            return case.ref if case else None
-
-    def settled(self, count: int, what: str) -> list[dict[str, Any]]:
-        def probe() -> list[dict[str, Any]]:
-            done = all(i.status != "pending" for i in self.outbox()) and len(self.fake.to(USER)) >= count
-            return self.fake.to(USER) if done else []
-
-        return wait_until(probe, what=what)
+    def texts(self) -> list[str]:
+        return self.fake.texts(USER)
 
 
 @pytest.fixture
 def running(settings: Settings, db: Engine) -> Iterator[Running]:
     fake = FakeViber(auth_token=TOKEN, subscribed={USER})
     with serve(fake.app()) as fake_url:
-        configured = settings.model_copy(
-            update={
-                "viber_auth_token": SecretStr(TOKEN),
-                "viber_api_base_url": fake_url,
-                "viber_media_hosts": "127.0.0.1",
-                "fetch_insecure_hosts": "127.0.0.1",
-                "outbox_poll_seconds": 0.1,
-            }
-        )
-        bot = build(configured, db=db)
-        channel = viber.from_settings(bot)
-        assert channel is not None
-        with serve(create_app(bot, channels=[channel])) as url:
+        update = {
+            "viber_auth_token": SecretStr(TOKEN),
+            "viber_api_base_url": fake_url,
+            "viber_media_hosts": "127.0.0.1",
+            "fetch_insecure_hosts": "127.0.0.1",
+            "outbox_poll_seconds": 0.1,
+        }
+        with channel_served(settings, db, update, viber.from_settings) as (bot, url):
             yield Running(bot=bot, fake=fake, url=url, fake_url=fake_url)
 
 
@@ -203,30 +176,16 @@ def test_a_full_claim_over_viber(running: Running) -> None:
     before = len(fake.to(USER))
     assert running.post(with_media("picture.json", running.fake_url)).status_code == 200
     running.settled(before + 1, "the answer to the photo")
-    with Session(running.bot.db) as session:
-        stored = session.execute(select(StoredAttachment)).scalars().one()
+    stored = running.stored_attachment()
     assert (stored.kind, stored.mime, stored.size) == ("photo", "image/jpeg", len(JPEG))
 
-    pressed = []
-    for number in range(10, 16):
-        if running.case_ref():
-            break
-        last = fake.to(USER)[-1]
-        values = [b["ActionBody"] for b in last["keyboard"]["Buttons"]]
-        choice = next(v for v in ("cause:normal", "pref:repair", "cmd:human", *values) if v in values)
-        sent = len(fake.to(USER))
-        assert running.post(derived(number, choice)).status_code == 200  # a reply button sends its ActionBody
-        pressed.append(choice)
-        running.settled(sent + 1, f"the answer to {choice}")
-    assert "cause:normal" in pressed
-    ref = wait_until(running.case_ref, what="a case")
-    wait_until(lambda: any(ref in t for t in fake.texts(USER)), what="the case reference")
+    def press(number: int) -> str:  # a reply button sends its ActionBody
+        choice = choose([b["ActionBody"] for b in fake.to(USER)[-1]["keyboard"]["Buttons"]])
+        assert running.post(derived(number, choice)).status_code == 200
+        return choice
 
-    running.bot.desk.claim(ref, engineer="Ana Ruiz")
-    wait_until(lambda: any("Ana Ruiz" in t and ref in t for t in fake.texts(USER)), what="the claim notice")
-    wait_until(
-        lambda: all(i.status == "sent" and i.last_error is None for i in running.outbox()), what="all sent"
-    )
+    assert "cause:normal" in running.press_until_a_case(press)
+    running.claimed()
 
 
 def test_conversation_started_is_answered_with_a_welcome(running: Running) -> None:

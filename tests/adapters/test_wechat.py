@@ -29,13 +29,12 @@ from adapters.wechat import (
     signature_valid,
     timestamp_fresh,
 )
-from bot.app import Bot, build
+from bot.app import Bot
 from bot.channels import split_text
 from bot.config import Settings
 from bot.messages import Button
 from bot.outbox import PermanentFailure, RetryLater, Unreachable
-from bot.server import create_app
-from bot.store import Case, InboxItem, KeyValue, OutboxItem, StoredAttachment, session_scope
+from bot.store import KeyValue, StoredAttachment, session_scope
 from tests.fakes.server import serve
 from tests.fakes.wechat import (
     APP_ID,
@@ -46,7 +45,7 @@ from tests.fakes.wechat import (
     FakeWeChat,
     signed_query,
 )
-from tests.support import wait_until
+from tests.support import RunningChannel, channel_served, wait_until
 
 AES_KEY = base64.b64encode(bytes(range(7, 39))).decode().rstrip("=")  # 43 characters, as WeChat shows it
 JPEG = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00" + bytes(range(256)) * 3
@@ -212,10 +211,8 @@ def test_api_errors_map_to_outbox_outcomes() -> None:
 
 
 @dataclass
-class Running:
-    bot: Bot
+class Running(RunningChannel):
     api: FakeWeChat
-    url: str
     safe_mode: bool = False
 
     def push(
@@ -238,52 +235,28 @@ class Running:
             timeout=10,
         )
 
-    def inbox(self) -> list[InboxItem]:
-        with Session(self.bot.db) as session:
-            return list(session.execute(select(InboxItem).order_by(InboxItem.id)).scalars())  # type: ignore[arg-type]
+    def sent(self) -> list[str]:
+        return self.api.texts(OPENID)
 
-    def outbox(self) -> list[OutboxItem]:
-        with Session(self.bot.db) as session:
-            return list(session.execute(select(OutboxItem).order_by(OutboxItem.id)).scalars())  # type: ignore[arg-type]
+    def texts(self) -> list[str]:
+        return self.sent()
 
-    def case_ref(self) -> str | None:
-        with Session(self.bot.db) as session:
-            case = session.execute(select(Case)).scalars().first()
-            return case.ref if case else None
-
-    def settled(self, count: int, what: str) -> list[str]:
-        """The customer's messages once there are at least `count` and the outbox has nothing due."""
-
-        def probe() -> list[str]:
-            due = [i for i in self.outbox() if i.status == "pending"]
-            texts = self.api.texts(OPENID)
-            return texts if not due and len(texts) >= count else []
-
-        try:
-            return wait_until(probe, what=what)
-        except AssertionError as error:
-            rows = [(i.id, i.status, i.attempts, i.last_error, i.next_attempt_at) for i in self.outbox()]
-            inbox = [(i.id, i.status, i.error) for i in self.inbox()]
-            raise AssertionError(f"{error}; outbox {rows}; inbox {inbox}; fake {self.api.refused}") from None
+    def trouble(self) -> str:
+        return f"{super().trouble()}; fake {self.api.refused}"
 
 
 def _start(settings: Settings, db: Engine, *, safe_mode: bool) -> Iterator[Running]:
     api = FakeWeChat(app_id=APP_ID, app_secret=APP_SECRET)
     with serve(api.app()) as api_url:
-        configured = settings.model_copy(
-            update={
-                "wechat_app_id": APP_ID,
-                "wechat_app_secret": SecretStr(APP_SECRET),
-                "wechat_token": SecretStr(TOKEN),
-                "wechat_encoding_aes_key": SecretStr(AES_KEY) if safe_mode else None,
-                "wechat_api_base_url": api_url,
-                "outbox_poll_seconds": 0.1,
-            }
-        )
-        bot = build(configured, db=db)
-        channel = wechat.from_settings(bot)
-        assert channel is not None
-        with serve(create_app(bot, channels=[channel])) as url:
+        update = {
+            "wechat_app_id": APP_ID,
+            "wechat_app_secret": SecretStr(APP_SECRET),
+            "wechat_token": SecretStr(TOKEN),
+            "wechat_encoding_aes_key": SecretStr(AES_KEY) if safe_mode else None,
+            "wechat_api_base_url": api_url,
+            "outbox_poll_seconds": 0.1,
+        }
+        with channel_served(settings, db, update, wechat.from_settings) as (bot, url):
             yield Running(bot=bot, api=api, url=url, safe_mode=safe_mode)
 
 
@@ -327,16 +300,15 @@ def test_a_full_claim_over_wechat(running: Running) -> None:
     before = len(texts)
     assert running.push(payload("image.xml")).text == "success"
     texts = running.settled(before + 1, "the answer to the photo")
-    with Session(running.bot.db) as session:
-        stored = session.execute(select(StoredAttachment)).scalars().one()
+    stored = running.stored_attachment()
     assert (stored.kind, stored.mime, stored.size) == ("photo", "image/jpeg", len(JPEG))
 
-    for number in range(1, 6):
-        if running.case_ref():
-            break
-        before = len(texts)
-        assert running.push(text_push(_choose(texts), 24593870000000000 + number)).text == "success"
-        texts = running.settled(before + 1, f"the answer to choice {number}")
+    def press(number: int) -> str:  # the number of an option, written
+        choice = _choose(running.texts())
+        assert running.push(text_push(choice, 24593870000000000 + number)).text == "success"
+        return choice
+
+    running.press_until_a_case(press, range(1, 6))
     ref = wait_until(running.case_ref, what="a case")
     wait_until(lambda: any(ref in t for t in api.texts(OPENID)), what="the case reference")
 

@@ -24,13 +24,12 @@ from adapters.whatsapp import (
     signature_valid,
     verify_subscription,
 )
-from bot.app import Bot, build
+from bot.app import Bot
 from bot.channels import split_text
 from bot.config import Settings
 from bot.messages import Button
 from bot.outbox import PermanentFailure, RetryLater, Unreachable
-from bot.server import create_app
-from bot.store import Case, ChannelIdentity, InboxItem, OutboxItem, StoredAttachment, session_scope
+from bot.store import ChannelIdentity, OutboxItem, StoredAttachment, session_scope
 from tests.fakes.server import serve
 from tests.fakes.whatsapp import (
     ACCESS_TOKEN,
@@ -41,7 +40,7 @@ from tests.fakes.whatsapp import (
     FakeGraph,
     sign,
 )
-from tests.support import wait_until
+from tests.support import RunningChannel, channel_served, choose, wait_until
 
 WA_ID = "447700900142"
 JPEG = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00" + bytes(range(256)) * 4
@@ -307,63 +306,35 @@ def test_graph_errors_map_to_outbox_outcomes() -> None:
 
 
 @dataclass
-class Running:
-    bot: Bot
+class Running(RunningChannel):
     graph: FakeGraph
-    url: str
 
     def post(self, body: bytes, *, signature: str | None = "valid") -> httpx.Response:
-        headers = {"content-type": "application/json"}
-        if signature is not None:
-            headers["x-hub-signature-256"] = sign(body) if signature == "valid" else signature
-        return httpx.post(f"{self.url}{whatsapp.WEBHOOK_PATH}", content=body, headers=headers, timeout=10)
+        return self.post_signed(whatsapp.WEBHOOK_PATH, body, "x-hub-signature-256", signature, sign)
 
-    def inbox(self) -> list[InboxItem]:
-        with Session(self.bot.db) as session:
-            return list(session.execute(select(InboxItem).order_by(InboxItem.id)).scalars())  # type: ignore[arg-type]
+    def sent(self) -> list[dict[str, Any]]:
+        return self.graph.sent_to(WA_ID)
 
-    def outbox(self) -> list[OutboxItem]:
-        with Session(self.bot.db) as session:
-            return list(session.execute(select(OutboxItem).order_by(OutboxItem.id)).scalars())  # type: ignore[arg-type]
-
-    def case_ref(self) -> str | None:
-        with Session(self.bot.db) as session:
-            case = session.execute(select(Case)).scalars().first()
-            return case.ref if case else None
-
-    def wait_sent(self, count: int, what: str) -> list[dict[str, Any]]:
-        """What the customer received, once it is at least `count` messages and nothing waits in the outbox."""
-
-        def settled() -> list[dict[str, Any]]:
-            done = (
-                all(i.status != "pending" for i in self.outbox()) and len(self.graph.sent_to(WA_ID)) >= count
-            )
-            return self.graph.sent_to(WA_ID) if done else []
-
-        return wait_until(settled, what=what)
+    def texts(self) -> list[str]:
+        return self.graph.texts(WA_ID)
 
 
 @pytest.fixture
 def running(settings: Settings, db: Engine) -> Iterator[Running]:
     graph = FakeGraph(access_token=ACCESS_TOKEN, phone_number_id=PHONE_NUMBER_ID)
     with serve(graph.app()) as graph_url:
-        configured = settings.model_copy(
-            update={
-                "whatsapp_access_token": SecretStr(ACCESS_TOKEN),
-                "whatsapp_app_secret": SecretStr(APP_SECRET),
-                "whatsapp_verify_token": SecretStr(VERIFY_TOKEN),
-                "whatsapp_phone_number_id": PHONE_NUMBER_ID,
-                "whatsapp_graph_url": f"{graph_url}/v23.0",
-                "whatsapp_template_name": "case_update",
-                "whatsapp_template_language": "en,es,zh_CN",
-                "outbox_poll_seconds": 0.1,
-                "fetch_insecure_hosts": "127.0.0.1",  # the fake Graph API: plain http on loopback
-            }
-        )
-        bot = build(configured, db=db)
-        channel = whatsapp.from_settings(bot)
-        assert channel is not None
-        with serve(create_app(bot, channels=[channel])) as url:
+        update = {
+            "whatsapp_access_token": SecretStr(ACCESS_TOKEN),
+            "whatsapp_app_secret": SecretStr(APP_SECRET),
+            "whatsapp_verify_token": SecretStr(VERIFY_TOKEN),
+            "whatsapp_phone_number_id": PHONE_NUMBER_ID,
+            "whatsapp_graph_url": f"{graph_url}/v23.0",
+            "whatsapp_template_name": "case_update",
+            "whatsapp_template_language": "en,es,zh_CN",
+            "outbox_poll_seconds": 0.1,
+            "fetch_insecure_hosts": "127.0.0.1",  # the fake Graph API: plain http on loopback
+        }
+        with channel_served(settings, db, update, whatsapp.from_settings) as (bot, url):
             yield Running(bot=bot, graph=graph, url=url)
 
 
@@ -377,7 +348,7 @@ def _press(running: Running, number: int) -> str:
         ids = [b["reply"]["id"] for b in interactive["action"]["buttons"]]
     else:
         ids = [r["id"] for s in interactive["action"]["sections"] for r in s["rows"]]
-    choice = next(v for v in ("cause:normal", "pref:repair", "cmd:human", *ids) if v in ids)
+    choice = choose(ids)
     kind = "button_reply" if interactive["type"] == "button" else "list_reply"
     body = derived_message(
         number, type="interactive", interactive={"type": kind, kind: {"id": choice, "title": "x"}}
@@ -392,7 +363,7 @@ def test_a_full_claim_over_whatsapp(running: Running) -> None:
 
     # The customer's first message: the sample's bytes, unchanged.
     assert running.post(payload("text.json")).status_code == 200
-    first = running.wait_sent(2, "the bot's answer to the serial and fault")
+    first = running.settled(2, "the bot's answer to the serial and fault")
     assert any("CSP2311B0872" in t for t in graph.texts(WA_ID))
     assert first[-1]["type"] == "interactive"  # asks for proof, with a "no proof" button
 
@@ -403,46 +374,29 @@ def test_a_full_claim_over_whatsapp(running: Running) -> None:
     # The photo of the display, downloaded through the media endpoint with the bearer token.
     before = len(graph.sent_to(WA_ID))
     assert running.post(payload("image.json")).status_code == 200
-    running.wait_sent(before + 1, "the bot's answer to the photo")
+    running.settled(before + 1, "the bot's answer to the photo")
     assert ("GET", "/v23.0/1498763502281937") in graph.requests and (
         "GET",
         "/download/1498763502281937",
     ) in graph.requests
-    with Session(running.bot.db) as session:
-        stored = session.execute(select(StoredAttachment)).scalars().one()
+    stored = running.stored_attachment()
     assert (stored.kind, stored.mime, stored.size) == ("photo", "image/jpeg", len(JPEG))
     assert running.bot.attachments.path(stored.path).read_bytes() == JPEG
 
     # Buttons and lists until the case is opened (cause, maybe a preference, maybe "talk to an engineer").
-    pressed = []
-    for number in range(10, 16):
-        if running.case_ref():
-            break
-        sent = len(graph.sent_to(WA_ID))
-        pressed.append(_press(running, number))
-        running.wait_sent(sent + 1, f"the bot's answer to {pressed[-1]}")
-    assert "cause:normal" in pressed
+    assert "cause:normal" in running.press_until_a_case(lambda number: _press(running, number))
     shown = {m["interactive"]["type"] for m in graph.sent if m["type"] == "interactive"}
     assert shown == {"button", "list"}  # proof had one button, the cause six options: a list
-    ref = wait_until(running.case_ref, what="a case")
-    wait_until(
-        lambda: any(ref in t for t in graph.texts(WA_ID)), what="the case reference sent to the customer"
-    )
 
-    # An engineer claims it; the customer hears so on WhatsApp.
-    running.bot.desk.claim(ref, engineer="Ana Ruiz")
-    wait_until(lambda: any("Ana Ruiz" in t and ref in t for t in graph.texts(WA_ID)), what="the claim notice")
-
-    # Limits the real API enforces held for everything we sent (the fake refuses what breaks them).
-    wait_until(
-        lambda: all(i.status == "sent" and i.last_error is None for i in running.outbox()), what="all sent"
-    )
+    # An engineer claims it; the customer hears so on WhatsApp. Limits the real API enforces held for
+    # everything we sent (the fake refuses what breaks them): all went out.
+    running.claimed()
     assert all(m["to"] == WA_ID and m["messaging_product"] == "whatsapp" for m in graph.sent)
 
 
 def test_delivery_statuses_update_the_outbox_row_and_create_nothing(running: Running) -> None:
     assert running.post(payload("text.json")).status_code == 200
-    running.wait_sent(2, "the bot's answers")
+    running.settled(2, "the bot's answers")
     last = wait_until(lambda: [i for i in running.outbox() if i.status == "sent"][-1:], what="a sent row")[0]
     assert last.external_id is not None and last.external_id.startswith("wamid.FAKE")
     outbox_before, inbox_before = len(running.outbox()), len(running.inbox())
