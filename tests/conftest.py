@@ -17,6 +17,7 @@ from bot.config import Settings
 from bot.store import make_engine, upgrade
 from tests.browser_support import axe_source, browser  # noqa: F401  (fixtures of the browser tests)
 from tests.fakes.mail import imap, mailbox, smtp  # noqa: F401  (fixtures of the e-mail tests)
+from tests.support import Servers
 
 # Tests send hundreds of requests a minute from 127.0.0.1, more than any customer does; the rate limits' own
 # tests (tests/test_limits.py) set theirs explicitly. Servers started as processes inherit these.
@@ -99,3 +100,11 @@ def settings(database_url: str, tmp_path: Path) -> Settings:
 @pytest.fixture
 def bot(settings: Settings, db: Engine) -> Bot:
     return build(settings, db=db)
+
+
+@pytest.fixture
+def servers() -> Iterator[Servers]:
+    """`warranty-bot serve` processes a test starts (`servers.start(Server(...))`), stopped after it."""
+    started = Servers()
+    yield started
+    started.stop()

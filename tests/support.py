@@ -8,7 +8,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
@@ -22,6 +22,7 @@ from sqlmodel import Session, col
 from adapters.base import ChannelFactory
 from bot.app import Bot, build
 from bot.config import Settings
+from bot.conversation import State
 from bot.messages import InboundMessage
 from bot.server import create_app
 from bot.store import Case, Conversation, InboxItem, Message, OutboxItem, StoredAttachment, make_engine
@@ -211,6 +212,29 @@ class Server:
             self.process.terminate()
             self.process.wait(timeout=20)
 
+    def new_sessions(self, count: int) -> list[str]:
+        """The ids of `count` new web chat sessions."""
+        return [httpx.post(f"{self.url}/api/webchat/sessions").json()["session_id"] for _ in range(count)]
+
+
+S = TypeVar("S", bound=Server)
+
+
+class Servers:
+    """The `servers` fixture (tests/conftest.py): servers started for a test, all stopped after it."""
+
+    def __init__(self) -> None:
+        self.started: list[Server] = []
+
+    def start(self, server: S) -> S:
+        self.started.append(server)
+        server.start()
+        return server
+
+    def stop(self) -> None:
+        for server in self.started:
+            server.stop()
+
 
 def messages(server: Server, session: str, after: int = 0) -> list[dict[str, Any]]:
     response = httpx.get(f"{server.url}/api/webchat/sessions/{session}/messages", params={"after": after})
@@ -293,6 +317,45 @@ def settled(database_url: str) -> bool:
         ).scalar_one()
     engine.dispose()
     return pending_in == 0 and pending_out == 0
+
+
+def nothing_lost(database_url: str, plan: Mapping[str, Sequence[tuple[str, str]]], *, cases: int) -> None:
+    """Once every message is processed and every reply sent: each web chat session of `plan` (its messages as
+    (client id, text)) holds its texts once and in order, all done and sent, with `cases` cases in all."""
+    wait_until(
+        lambda: settled(database_url),
+        timeout=120,
+        interval=0.5,
+        what="every message processed and every reply sent",
+    )
+    for session, messages in plan.items():
+        assert conversation_texts(database_url, session) == [text for _, text in messages]
+    engine = make_engine(database_url)
+    with Session(engine) as db:
+        inbox = db.execute(select(func.count()).select_from(InboxItem)).scalar_one()
+        assert inbox == sum(len(messages) for messages in plan.values())
+        assert set(db.execute(select(col(InboxItem.status))).scalars()) == {"done"}
+        assert set(db.execute(select(col(OutboxItem.status))).scalars()) == {"sent"}
+        for conversation in db.execute(select(Conversation)).scalars():
+            assert State.from_dict(conversation.data).name == conversation.state
+        assert db.execute(select(func.count()).select_from(Case)).scalar_one() == cases
+    engine.dispose()
+
+
+def one_case_each(database_url: str, sessions: Sequence[str], script: Sequence[str]) -> None:
+    """Once the workers are done: each session's conversation holds `script` in order, and one case."""
+    wait_until(lambda: settled(database_url), timeout=120, interval=0.5, what="the workers to finish")
+    engine = make_engine(database_url)
+    with Session(engine) as db:
+        cases = db.execute(
+            select(col(Case.conversation_id), func.count()).group_by(col(Case.conversation_id))
+        ).all()
+        inbox = db.execute(select(func.count()).select_from(InboxItem)).scalar_one()
+    engine.dispose()
+    assert inbox == len(sessions) * len(script)
+    assert len(cases) == len(sessions) and {count for _, count in cases} == {1}
+    for session in sessions:
+        assert conversation_texts(database_url, session) == list(script)
 
 
 def accepted(database_url: str) -> int:

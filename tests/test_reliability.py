@@ -24,31 +24,31 @@ from sqlalchemy import text as sql
 from sqlmodel import Session, col
 
 from adapters import telegram as tg
-from bot.conversation import State
 from bot.store import Case, Conversation, InboxItem, Message, OutboxItem, make_engine, upgrade
 from tests.conftest import POSTGRES_URL, postgres_schema
 from tests.fakes.server import serve
 from tests.fakes.telegram import SECRET as TELEGRAM_SECRET
 from tests.fakes.telegram import TOKEN as TELEGRAM_TOKEN
 from tests.fakes.telegram import FakeTelegram, update
-from tests.support import SCRIPT, Server, accepted, conversation_texts, post, send, settled, wait_until
-
-
-@pytest.fixture
-def servers() -> Iterator[list[Server]]:
-    started: list[Server] = []
-    yield started
-    for server in started:
-        server.stop()
+from tests.support import (
+    SCRIPT,
+    Server,
+    Servers,
+    accepted,
+    nothing_lost,
+    one_case_each,
+    post,
+    send,
+    settled,
+    wait_until,
+)
 
 
 def test_sigkill_mid_traffic_loses_nothing_and_repeats_nothing(
-    servers: list[Server], tmp_path: Path, database_url: str
+    servers: Servers, tmp_path: Path, database_url: str
 ) -> None:
-    server = Server(tmp_path, database_url)
-    servers.append(server)
-    server.start()
-    sessions = [httpx.post(f"{server.url}/api/webchat/sessions").json()["session_id"] for _ in range(6)]
+    server = servers.start(Server(tmp_path, database_url))
+    sessions = server.new_sessions(6)
     plan = {s: [(f"{s}-{n}", text) for n, text in enumerate(SCRIPT * 5)] for s in sessions}  # 210 messages
 
     def client(session: str, killed_after: int | None) -> list[tuple[str, str]]:
@@ -75,36 +75,17 @@ def test_sigkill_mid_traffic_loses_nothing_and_repeats_nothing(
         # A client that got no answer sends the same message again: the client_id makes it count once.
         for client_id, text in remaining:
             assert post(server, session, text, client_id)
-    wait_until(
-        lambda: settled(database_url),
-        timeout=120,
-        interval=0.5,
-        what="every message processed and every reply sent",
-    )
-
-    for session in sessions:
-        assert conversation_texts(database_url, session) == [text for _, text in plan[session]]
-    engine = make_engine(database_url)
-    with Session(engine) as db:
-        assert db.execute(select(func.count()).select_from(InboxItem)).scalar_one() == 210
-        assert set(db.execute(select(col(InboxItem.status))).scalars()) == {"done"}
-        assert set(db.execute(select(col(OutboxItem.status))).scalars()) == {"sent"}
-        for conversation in db.execute(select(Conversation)).scalars():
-            assert State.from_dict(conversation.data).name == conversation.state
-        assert db.execute(select(func.count()).select_from(Case)).scalar_one() == 6 * 5
-    engine.dispose()
+    nothing_lost(database_url, plan, cases=6 * 5)  # 210 messages
 
 
 def test_two_workers_on_one_postgresql_keep_order_and_open_no_duplicate_case(
-    servers: list[Server], tmp_path: Path, postgres_url: str
+    servers: Servers, tmp_path: Path, postgres_url: str
 ) -> None:
     # Several workers share a database only on PostgreSQL; SQLite is one process, one writer.
     database_url = postgres_url
-    first, second = Server(tmp_path, database_url), Server(tmp_path, database_url)
-    servers.extend([first, second])
-    first.start()
-    second.start()
-    sessions = [httpx.post(f"{first.url}/api/webchat/sessions").json()["session_id"] for _ in range(50)]
+    first = servers.start(Server(tmp_path, database_url))
+    second = servers.start(Server(tmp_path, database_url))
+    sessions = first.new_sessions(50)
     script = [*SCRIPT[:5], "first follow-up", "second follow-up"]
 
     def client(index: int, session: str) -> None:
@@ -114,16 +95,7 @@ def test_two_workers_on_one_postgresql_keep_order_and_open_no_duplicate_case(
 
     with ThreadPoolExecutor(10) as pool:
         list(pool.map(client, range(len(sessions)), sessions))
-    wait_until(lambda: settled(database_url), timeout=120, interval=0.5, what="both workers to finish")
-    engine = make_engine(database_url)
-    with Session(engine) as db:
-        cases = db.execute(
-            select(col(Case.conversation_id), func.count()).group_by(col(Case.conversation_id))
-        ).all()
-    engine.dispose()
-    assert len(cases) == 50 and {count for _, count in cases} == {1}
-    for session in sessions:
-        assert conversation_texts(database_url, session) == script
+    one_case_each(database_url, sessions, script)
 
 
 # --- issue 20: storage failures, kills during sends, two servers starting at once ---------------------------
@@ -273,13 +245,11 @@ CHATS = [str(91000000 + n) for n in range(8)]
 
 
 def test_terminated_database_connections_lose_nothing(
-    servers: list[Server], tmp_path: Path, postgres_url: str, fake_api: tuple[FakeTelegram, str]
+    servers: Servers, tmp_path: Path, postgres_url: str, fake_api: tuple[FakeTelegram, str]
 ) -> None:
     fake, fake_url = fake_api
     app = f"wb-{secrets.token_hex(4)}"  # only this test's server connects under this name
-    server = TelegramServer(tmp_path, f"{postgres_url}&application_name={app}", fake_url)
-    servers.append(server)
-    server.start()
+    server = servers.start(TelegramServer(tmp_path, f"{postgres_url}&application_name={app}", fake_url))
     admin = create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
     stop = threading.Event()
     terminated = 0
@@ -315,13 +285,11 @@ def test_terminated_database_connections_lose_nothing(
 
 
 def test_a_write_failure_window_loses_nothing(
-    servers: list[Server], tmp_path: Path, fake_api: tuple[FakeTelegram, str]
+    servers: Servers, tmp_path: Path, fake_api: tuple[FakeTelegram, str]
 ) -> None:
     fake, fake_url = fake_api
     database_url = f"sqlite:///{tmp_path}/warranty.db"
-    server = TelegramServer(tmp_path, database_url, fake_url)
-    servers.append(server)
-    server.start()
+    server = servers.start(TelegramServer(tmp_path, database_url, fake_url))
     assert server.process is not None
     pid = server.process.pid
     figures = Figures()
@@ -341,12 +309,10 @@ def test_a_write_failure_window_loses_nothing(
 
 
 def test_a_kill_during_sends_then_a_restart_resumes_at_once(
-    servers: list[Server], tmp_path: Path, database_url: str, fake_api: tuple[FakeTelegram, str]
+    servers: Servers, tmp_path: Path, database_url: str, fake_api: tuple[FakeTelegram, str]
 ) -> None:
     fake, fake_url = fake_api
-    server = TelegramServer(tmp_path, database_url, fake_url)
-    servers.append(server)
-    server.start()
+    server = servers.start(TelegramServer(tmp_path, database_url, fake_url))
     fake.outage, fake.hang_seconds = "timeout", 10.0  # every send hangs: in flight when the server dies
     figures = Figures()
     drive(server, CHATS[:4], figures)
@@ -460,7 +426,7 @@ def test_read_only_storage_at_start_is_waited_out_and_then_served(tmp_path: Path
 
 
 def test_a_full_disk_window_loses_nothing(
-    servers: list[Server], tmp_path: Path, fake_api: tuple[FakeTelegram, str]
+    servers: Servers, tmp_path: Path, fake_api: tuple[FakeTelegram, str]
 ) -> None:
     """The SQLite folder on a small file system of its own, filled up for 3 s by a ballast file."""
     if os.geteuid() != 0:
@@ -475,9 +441,7 @@ def test_a_full_disk_window_loses_nothing(
     try:
         fake, fake_url = fake_api
         database_url = f"sqlite:///{disk}/warranty.db"
-        server = TelegramServer(tmp_path, database_url, fake_url)
-        servers.append(server)
-        server.start()
+        server = servers.start(TelegramServer(tmp_path, database_url, fake_url))
         figures = Figures()
         traffic = threading.Thread(target=drive, args=(server, CHATS, figures))
         traffic.start()

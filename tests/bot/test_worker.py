@@ -8,18 +8,25 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
-import pytest
-from sqlalchemy import func, select
-from sqlmodel import Session, col
 
-from bot.store import Case, InboxItem, OutboxItem, make_engine
 from bot.worker import ATTACHED_NICENESS
-from tests.support import SCRIPT, Server, accepted, conversation_texts, post, send, settled, wait_until
+from tests.support import (
+    SCRIPT,
+    Server,
+    Servers,
+    accepted,
+    conversation_texts,
+    nothing_lost,
+    one_case_each,
+    post,
+    send,
+    settled,
+    wait_until,
+)
 
 
 class Serve(Server):
@@ -83,18 +90,8 @@ def alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
-@pytest.fixture
-def servers() -> Iterator[list[Server]]:
-    started: list[Server] = []
-    yield started
-    for server in started:
-        server.stop()
-
-
-def test_serve_starts_its_worker_and_stops_it(servers: list[Server], tmp_path: Path) -> None:
-    server = Serve(tmp_path, f"sqlite:///{tmp_path}/warranty.db")
-    servers.append(server)
-    server.start()
+def test_serve_starts_its_worker_and_stops_it(servers: Servers, tmp_path: Path) -> None:
+    server = servers.start(Serve(tmp_path, f"sqlite:///{tmp_path}/warranty.db"))
     wait_until(lambda: server.ready(1), timeout=60, what="the worker to be ready")
     (pid,) = server.workers()
     assert server.process is not None
@@ -108,14 +105,12 @@ def test_serve_starts_its_worker_and_stops_it(servers: list[Server], tmp_path: P
 
 
 def test_a_worker_killed_mid_batch_loses_nothing_and_another_takes_over(
-    servers: list[Server], tmp_path: Path, database_url: str
+    servers: Servers, tmp_path: Path, database_url: str
 ) -> None:
-    server = Serve(tmp_path, database_url)
-    servers.append(server)
-    server.start()
+    server = servers.start(Serve(tmp_path, database_url))
     wait_until(lambda: server.ready(1), timeout=60, what="the worker to be ready")
     (first,) = server.workers()
-    sessions = [httpx.post(f"{server.url}/api/webchat/sessions").json()["session_id"] for _ in range(6)]
+    sessions = server.new_sessions(6)
     plan = {s: [(f"{s}-{n}", text) for n, text in enumerate(SCRIPT * 3)] for s in sessions}  # 126 messages
 
     def client(session: str) -> None:
@@ -129,33 +124,17 @@ def test_a_worker_killed_mid_batch_loses_nothing_and_another_takes_over(
         for future in futures:
             future.result()
     wait_until(lambda: server.workers() not in ([], [first]), timeout=60, what="another worker")
-    wait_until(
-        lambda: settled(database_url),
-        timeout=120,
-        interval=0.5,
-        what="every message processed and every reply sent",
-    )
-    for session in sessions:
-        assert conversation_texts(database_url, session) == [text for _, text in plan[session]]
-    engine = make_engine(database_url)
-    with Session(engine) as db:
-        assert db.execute(select(func.count()).select_from(InboxItem)).scalar_one() == 126
-        assert set(db.execute(select(col(InboxItem.status))).scalars()) == {"done"}
-        assert set(db.execute(select(col(OutboxItem.status))).scalars()) == {"sent"}
-        assert db.execute(select(func.count()).select_from(Case)).scalar_one() == 6 * 3
-    engine.dispose()
+    nothing_lost(database_url, plan, cases=6 * 3)  # 126 messages
     assert "exited with -9" in server.log.read_text()  # the supervisor saw the kill and started another
 
 
 def test_two_workers_on_one_postgresql_keep_each_chats_order(
-    servers: list[Server], tmp_path: Path, postgres_url: str
+    servers: Servers, tmp_path: Path, postgres_url: str
 ) -> None:
-    server = Serve(tmp_path, postgres_url, "--workers", "2")
-    servers.append(server)
-    server.start()
+    server = servers.start(Serve(tmp_path, postgres_url, "--workers", "2"))
     wait_until(lambda: server.ready(2), timeout=90, what="both workers to be ready")
     assert len(server.workers()) == 2
-    sessions = [httpx.post(f"{server.url}/api/webchat/sessions").json()["session_id"] for _ in range(30)]
+    sessions = server.new_sessions(30)
     script = [*SCRIPT[:5], "first follow-up", "second follow-up"]
 
     def client(session: str) -> None:
@@ -164,27 +143,14 @@ def test_two_workers_on_one_postgresql_keep_each_chats_order(
 
     with ThreadPoolExecutor(10) as pool:
         list(pool.map(client, sessions))
-    wait_until(lambda: settled(postgres_url), timeout=120, interval=0.5, what="both workers to finish")
-    engine = make_engine(postgres_url)
-    with Session(engine) as db:
-        cases = db.execute(
-            select(col(Case.conversation_id), func.count()).group_by(col(Case.conversation_id))
-        ).all()
-        processed_by = db.execute(select(func.count()).select_from(InboxItem)).scalar_one()
-    engine.dispose()
-    assert processed_by == 30 * len(script)
-    assert len(cases) == 30 and {count for _, count in cases} == {1}
-    for session in sessions:
-        assert conversation_texts(postgres_url, session) == script
+    one_case_each(postgres_url, sessions, script)
 
 
 def test_serve_without_a_worker_leaves_processing_to_warranty_bot_worker(
-    servers: list[Server], tmp_path: Path
+    servers: Servers, tmp_path: Path
 ) -> None:
     database_url = f"sqlite:///{tmp_path}/warranty.db"
-    server = Serve(tmp_path, database_url, "--no-worker")
-    servers.append(server)
-    server.start()
+    server = servers.start(Serve(tmp_path, database_url, "--no-worker"))
     assert server.workers() == []
     session = httpx.post(f"{server.url}/api/webchat/sessions").json()["session_id"]
     assert post(server, session, "hello", "c-1")
