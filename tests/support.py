@@ -146,6 +146,21 @@ class RunningChannel:
         return f"outbox {rows}; inbox {[(i.id, i.status, i.error) for i in self.inbox()]}"
 
 
+def check_body_signature(
+    valid: Callable[[bytes, str | None, str], bool],
+    sign: Callable[[bytes, str], str],
+    secret: str,
+    body: bytes,
+) -> None:
+    """A webhook's signature check (`valid(body, header, secret)`) takes `sign(body, secret)` and refuses a
+    changed body, another secret's signature, none, and any signature when no secret is configured."""
+    assert valid(body, sign(body, secret), secret)
+    assert not valid(body + b" ", sign(body, secret), secret)
+    assert not valid(body, sign(body, "another"), secret)
+    assert not valid(body, None, secret)
+    assert not valid(body, sign(body, secret), "")
+
+
 def choose(offered: Sequence[str]) -> str:
     """Which of the bot's offered choices (their values) a customer who wants an engineer takes."""
     return next(v for v in ("cause:normal", "pref:repair", "cmd:human", *offered) if v in offered)

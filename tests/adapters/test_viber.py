@@ -20,7 +20,7 @@ from bot.messages import Button
 from bot.outbox import PermanentFailure, RetryLater, Unreachable
 from tests.fakes.server import serve
 from tests.fakes.viber import PAYLOADS, TOKEN, FakeViber, refusal, sign
-from tests.support import RunningChannel, channel_served, choose, wait_until
+from tests.support import RunningChannel, channel_served, check_body_signature, choose, wait_until
 
 USER = "01234567890A="
 JPEG = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00" + bytes(range(256)) * 4
@@ -47,11 +47,7 @@ def with_media(name: str, base_url: str) -> bytes:
 
 
 def test_signature_is_hex_hmac_of_the_body() -> None:
-    body = payload("text.json")
-    assert signature_valid(body, sign(body), TOKEN)
-    assert not signature_valid(body + b" ", sign(body), TOKEN)
-    assert not signature_valid(body, sign(body, "another"), TOKEN)
-    assert not signature_valid(body, None, TOKEN) and not signature_valid(body, sign(body), "")
+    check_body_signature(signature_valid, sign, TOKEN, payload("text.json"))
 
 
 def test_samples_parse_to_what_the_conversation_can_use() -> None:

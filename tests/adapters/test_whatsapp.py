@@ -40,7 +40,7 @@ from tests.fakes.whatsapp import (
     FakeGraph,
     sign,
 )
-from tests.support import RunningChannel, channel_served, choose, wait_until
+from tests.support import RunningChannel, channel_served, check_body_signature, choose, wait_until
 
 WA_ID = "447700900142"
 JPEG = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00" + bytes(range(256)) * 4
@@ -83,10 +83,7 @@ def test_subscription_verification_echoes_the_challenge_only_for_the_right_token
 
 def test_signature_is_checked_over_the_raw_bytes() -> None:
     body = payload("text.json")
-    assert signature_valid(body, sign(body), APP_SECRET)
-    assert not signature_valid(body, sign(body, "other-secret"), APP_SECRET)
-    assert not signature_valid(body + b" ", sign(body), APP_SECRET)
-    assert not signature_valid(body, None, APP_SECRET)
+    check_body_signature(signature_valid, sign, APP_SECRET, body)
     assert not signature_valid(body, sign(body).removeprefix("sha256="), APP_SECRET)
     # Re-serialised JSON is other bytes: the signature is over what was sent, not over the meaning.
     assert not signature_valid(json.dumps(json.loads(body)).encode(), sign(body), APP_SECRET)
