@@ -29,7 +29,6 @@ from typing import Any, cast
 from sqlalchemy import (
     CursorResult,
     Row,
-    Table,
     and_,
     bindparam,
     func,
@@ -74,6 +73,7 @@ from bot.store import (
     RegistryOrder,
     StoredAttachment,
     session_scope,
+    table_of,
 )
 from bot.store.clock import utcnow
 from bot.store.db import is_transient
@@ -1206,10 +1206,10 @@ class _Statements:
                 tuple_(col(identity.channel), col(identity.chat_id)).in_(bindparam("keys", expanding=True))
             )
         )
-        self.log = insert(_table(Message))
-        self.queue = insert(_table(OutboxItem))
+        self.log = insert(table_of(Message))
+        self.queue = insert(table_of(OutboxItem))
         # Each message's conversation and identity as the batch leaves them (see _Hot.settle).
-        conversations, identities = _table(Conversation), _table(ChannelIdentity)
+        conversations, identities = table_of(Conversation), table_of(ChannelIdentity)
         self.settle_conversations = (
             update(conversations)
             .where(conversations.c.id == bindparam("b_id"))
@@ -1242,7 +1242,7 @@ class _Statements:
         (a failure rolls the mark back with the rest): one statement instead of a query and an update."""
         key = (dialect, one)
         if key not in self._claims:
-            inbox = _table(InboxItem)
+            inbox = table_of(InboxItem)
             grouped, chosen = inbox.alias("grouped"), inbox.alias("chosen")
             heads = (
                 select(func.min(grouped.c.id))
@@ -1278,10 +1278,6 @@ class _Statements:
 # What a batch writes of each message's conversation and identity, with Core at its end (_Hot.settle).
 _SETTLED_CONVERSATION = ("state", "data", "case_id", "updated_at")
 _SETTLED_IDENTITY = ("last_inbound_at", "unreachable")
-
-
-def _table(model: type[Any]) -> Table:
-    return cast(Table, model.__table__)
 
 
 @dataclass

@@ -20,11 +20,11 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from typing import Any, Protocol, cast
 
-from sqlalchemy import CursorResult, Engine, and_, func, or_, select, update
+from sqlalchemy import CursorResult, Engine, and_, bindparam, func, or_, select, update
 from sqlmodel import Session, col
 
 from bot.messages import Attachment, Button, DeskEvent, OutboundMessage
-from bot.store import ChannelIdentity, OutboxItem, session_scope
+from bot.store import ChannelIdentity, OutboxItem, session_scope, table_of
 from bot.store.clock import utcnow
 
 log = logging.getLogger(__name__)
@@ -137,7 +137,17 @@ def event_from_payload(channel: str, chat_id: str, payload: Mapping[str, Any]) -
     return DeskEvent(desk=channel, kind=str(payload.get("event")), case_ref=chat_id, detail=dict(detail))
 
 
-async def deliver(sender: AnySender, item: OutboxItem) -> Delivered:
+@dataclass(frozen=True, kw_only=True)
+class Due:
+    """A leased outbox row: what sending it needs."""
+
+    id: int
+    channel: str
+    chat_id: str
+    payload: dict[str, Any]
+
+
+async def deliver(sender: AnySender, item: Due) -> Delivered:
     """Hand one row to its channel: a desk event to a desk, a message to a customer's channel."""
     if "event" in item.payload:
         if not hasattr(sender, "send_event"):
@@ -255,6 +265,22 @@ class Outcome:
     after: float | None = None
     external_id: str | None = None
 
+
+# A sent row, recorded with the others of its round in one statement (an executemany).
+_OUTBOX = table_of(OutboxItem)
+_RECORD_SENT = (
+    update(_OUTBOX)
+    .where(_OUTBOX.c.id == bindparam("row"), _OUTBOX.c.status == PENDING)
+    .values(
+        status=SENT,
+        external_id=bindparam("external"),
+        sent_at=bindparam("now"),
+        failing_since=None,
+        last_error=None,
+        lease_owner=None,
+        attempts=_OUTBOX.c.attempts + 1,
+    )
+)
 
 TICK_SECONDS = 0.05  # how often the running deliverer looks at finished sends and the wake signal
 STOP_GRACE_SECONDS = 5.0  # sends under way when stopping are given this long to finish
@@ -414,7 +440,7 @@ class Deliverer:
             result = session.execute(query.values(next_attempt_at=now, lease_owner=None))
             return int(cast(CursorResult[Any], result).rowcount)
 
-    def _lease_due(self, limit: int) -> list[OutboxItem]:
+    def _lease_due(self, limit: int) -> list[Due]:
         """Lease the due head row of up to `limit` chats, in one transaction."""
         channels = [name for name, pacer in self.pacers.items() if pacer.paused_for() <= 0]
         if not channels or limit <= 0:
@@ -440,43 +466,35 @@ class Deliverer:
             )
             if self._leased:
                 due = due.where(col(OutboxItem.id).not_in(self._leased))
-            ids = [int(i) for i in session.execute(due.order_by(col(OutboxItem.id)).limit(limit)).scalars()]
-            if not ids:
-                return []
+            # One statement leases and reads them: the WHERE is checked again on each row, so a row another
+            # worker took meanwhile (PostgreSQL) is skipped.
             leased = (
-                session.execute(
-                    update(OutboxItem)
+                session.connection()
+                .execute(
+                    update(_OUTBOX)
                     .where(
-                        col(OutboxItem.id).in_(ids),
-                        col(OutboxItem.status) == PENDING,
-                        col(OutboxItem.next_attempt_at) <= now,  # another worker may have taken it meanwhile
+                        _OUTBOX.c.id.in_(due.order_by(col(OutboxItem.id)).limit(limit).scalar_subquery()),
+                        _OUTBOX.c.status == PENDING,
+                        _OUTBOX.c.next_attempt_at <= now,
                     )
                     .values(
                         next_attempt_at=now + timedelta(seconds=self.lease_seconds), lease_owner=self.owner
                     )
-                    .returning(col(OutboxItem.id))
+                    .returning(_OUTBOX.c.id, _OUTBOX.c.channel, _OUTBOX.c.chat_id, _OUTBOX.c.payload)
                 )
-                .scalars()
                 .all()
             )
-            rows = (
-                session.execute(
-                    select(OutboxItem)
-                    .where(col(OutboxItem.id).in_(list(leased)))
-                    .order_by(col(OutboxItem.id))
-                )
-                .scalars()
-                .all()
-            )
-            for row in rows:
-                session.expunge(row)
-        self._leased.update(row.id or 0 for row in rows)
-        return list(rows)
+        rows = sorted(
+            (Due(id=r.id, channel=r.channel, chat_id=r.chat_id, payload=r.payload) for r in leased),
+            key=lambda d: d.id,
+        )
+        self._leased.update(row.id for row in rows)
+        return rows
 
     # --- one send ---------------------------------------------------------------------------------------
 
-    async def _attempt(self, item: OutboxItem) -> Outcome:
-        item_id = item.id or 0
+    async def _attempt(self, item: Due) -> Outcome:
+        item_id = item.id
         task = asyncio.current_task()
         if task is not None:
             task.item_id = item_id  # type: ignore[attr-defined]
@@ -512,8 +530,15 @@ class Deliverer:
         if not outcomes:
             return
         now = utcnow()
+        sent = [o for o in outcomes if o.kind == "sent"]
         with session_scope(self.db) as session:
+            if sent:  # the usual outcome, for many rows in one statement
+                session.connection().execute(
+                    _RECORD_SENT, [{"row": o.item_id, "external": o.external_id, "now": now} for o in sent]
+                )
             for outcome in outcomes:
+                if outcome.kind == "sent":
+                    continue
                 item = session.get(OutboxItem, outcome.item_id)
                 if item is not None and item.status == PENDING:
                     self._apply(session, item, outcome, now)
