@@ -48,7 +48,7 @@ from sqlmodel import Session, col
 
 from bot import conversation as conv
 from bot import fulfilment
-from bot.batching import Batcher
+from bot.batching import Batcher, Signal
 from bot.fulfilment import Terms
 from bot.language import detect, hint_language, hint_variant, preload
 from bot.messages import Attachment, Button, DeskEvent, InboundMessage, OutboundMessage
@@ -133,8 +133,8 @@ class Engine:
     renderer: Renderer
     config: EngineConfig = field(default_factory=EngineConfig)
     # Set when new rows wait: the inbox worker and the deliverer wake on it instead of polling.
-    inbox_signal: threading.Event = field(default_factory=threading.Event)
-    outbox_signal: threading.Event = field(default_factory=threading.Event)
+    inbox_signal: threading.Event = field(default_factory=Signal)
+    outbox_signal: threading.Event = field(default_factory=Signal)
     _statements: _Statements = field(default_factory=lambda: _Statements(), init=False, repr=False)
     _batch: int = field(default=0, init=False, repr=False)  # the current batch size (see _process_pending)
     # An option value -> its label in every language, folded (see _typed_labels).

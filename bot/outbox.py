@@ -23,6 +23,7 @@ from typing import Any, Protocol, cast
 from sqlalchemy import CursorResult, Engine, and_, bindparam, func, or_, select, update
 from sqlmodel import Session, col
 
+from bot.batching import Signal
 from bot.messages import Attachment, Button, DeskEvent, OutboundMessage
 from bot.store import ChannelIdentity, OutboxItem, session_scope, table_of
 from bot.store.clock import utcnow
@@ -346,6 +347,9 @@ class Deliverer:
     ) -> None:
         """Deliver until `stop` is set; woken early by `wake` when new rows were written."""
         wake = wake or threading.Event()
+        poke = asyncio.Event()  # set with `wake` when it is a Signal: new rows end the wait at once
+        if isinstance(wake, Signal):
+            wake.subscribe(poke)
         try:
             recovered = await asyncio.to_thread(self.recover_leases)
             if recovered:
@@ -357,6 +361,7 @@ class Deliverer:
         look = True
         last_look = 0.0
         while not stop.is_set():
+            poke.clear()  # a set() after this ends the wait below at once; its wake flag is seen next round
             if look or wake.is_set() or time.monotonic() - last_look >= poll_seconds:
                 wake.clear()
                 look, last_look = False, time.monotonic()
@@ -367,13 +372,15 @@ class Deliverer:
                     log.warning("outbox: could not lease due rows: %s", _error_text(error))
                     leased = []
                 tasks.update(asyncio.create_task(self._attempt(item)) for item in leased)
-            if tasks:
-                done, _ = await asyncio.wait(tasks, timeout=TICK_SECONDS, return_when=asyncio.FIRST_COMPLETED)
-                for task in done:
-                    tasks.discard(task)
-                    unrecorded.append(task.result())
-            else:
-                await asyncio.sleep(TICK_SECONDS)
+            # Until a send finishes, new rows are signalled, or the tick (pacing, the poll) comes.
+            poked = asyncio.create_task(poke.wait())
+            done, _ = await asyncio.wait(
+                {*tasks, poked}, timeout=TICK_SECONDS, return_when=asyncio.FIRST_COMPLETED
+            )
+            poked.cancel()
+            for task in tasks & done:
+                tasks.discard(task)
+                unrecorded.append(task.result())
             if unrecorded:
                 try:
                     await asyncio.to_thread(self._record, unrecorded)
@@ -385,6 +392,8 @@ class Deliverer:
                 else:
                     unrecorded = []
                     look = True  # the chats just served may have their next row due
+        if isinstance(wake, Signal):
+            wake.unsubscribe(poke)
         await self._stop(tasks, unrecorded)
 
     async def _stop(self, tasks: set[asyncio.Task[Outcome]], unrecorded: list[Outcome]) -> None:
