@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from typing import Any, Protocol, cast
 
-from sqlalchemy import CursorResult, Engine, and_, bindparam, func, or_, select, update
+from sqlalchemy import Connection, CursorResult, Engine, and_, bindparam, func, or_, select, update
 from sqlmodel import Session, col
 
 from bot.batching import Signal
@@ -38,6 +38,7 @@ STATUSES = (PENDING, HELD, SENT, "delivered", "read", DEAD, FAILED)
 BACKOFF_BASE_SECONDS = 1.0
 BACKOFF_MAX_SECONDS = 300.0
 SEND_LEASE_SECONDS = 60.0
+RUN_ROWS = 8  # a chat's rows leased and sent together, one after the other (the replies to one message)
 
 
 class DeliveryError(Exception):
@@ -327,6 +328,7 @@ class Deliverer:
         owner: str | None = None,
         lease_seconds: float = SEND_LEASE_SECONDS,
         batch: int = 100,
+        run_rows: int = RUN_ROWS,
     ) -> None:
         self.db = db
         self.senders = dict(senders)
@@ -336,6 +338,7 @@ class Deliverer:
         self.owner = (owner or default_owner())[:128]
         self.lease_seconds = lease_seconds
         self.batch = batch
+        self.run_rows = run_rows
         self.pacers = {name: Pacer(getattr(sender, "limits", None)) for name, sender in self.senders.items()}
         self._leased: set[int] = set()  # rows leased by this deliverer whose outcome is not recorded yet
         self._sending: set[int] = set()  # rows whose send call is under way
@@ -356,7 +359,7 @@ class Deliverer:
                 log.info("outbox: took back %s unfinished send(s) of this worker", recovered)
         except Exception:
             log.exception("outbox: could not take back unfinished sends")
-        tasks: set[asyncio.Task[Outcome]] = set()
+        tasks: set[asyncio.Task[list[Outcome]]] = set()
         unrecorded: list[Outcome] = []
         look = True
         last_look = 0.0
@@ -371,7 +374,7 @@ class Deliverer:
                 except Exception as error:
                     log.warning("outbox: could not lease due rows: %s", _error_text(error))
                     leased = []
-                tasks.update(asyncio.create_task(self._attempt(item)) for item in leased)
+                tasks.update(asyncio.create_task(self._attempt_run(run)) for run in leased)
             # Until a send finishes, new rows are signalled, or the tick (pacing, the poll) comes.
             poked = asyncio.create_task(poke.wait())
             done, _ = await asyncio.wait(
@@ -380,7 +383,7 @@ class Deliverer:
             poked.cancel()
             for task in tasks & done:
                 tasks.discard(task)
-                unrecorded.append(task.result())
+                unrecorded.extend(task.result())
             if unrecorded:
                 try:
                     await asyncio.to_thread(self._record, unrecorded)
@@ -396,7 +399,7 @@ class Deliverer:
             wake.unsubscribe(poke)
         await self._stop(tasks, unrecorded)
 
-    async def _stop(self, tasks: set[asyncio.Task[Outcome]], unrecorded: list[Outcome]) -> None:
+    async def _stop(self, tasks: set[asyncio.Task[list[Outcome]]], unrecorded: list[Outcome]) -> None:
         """Sends under way may finish (a cancelled one might have gone out: it would be sent twice);
         sends still waiting their turn give their rows back at once."""
         if tasks:
@@ -410,14 +413,14 @@ class Deliverer:
                 task.cancel()
             for task in tasks:
                 with contextlib.suppress(asyncio.CancelledError):
-                    unrecorded.append(await task)
+                    unrecorded.extend(await task)
         released = [
             Outcome(item_id=i, kind="released") for i in self._leased - {o.item_id for o in unrecorded}
         ]
         with contextlib.suppress(Exception):  # what cannot be written now is taken back at the next start
             await asyncio.to_thread(self._record, unrecorded + released)
 
-    def _is_sending(self, task: asyncio.Task[Outcome]) -> bool:
+    def _is_sending(self, task: asyncio.Task[list[Outcome]]) -> bool:
         return getattr(task, "item_id", None) in self._sending
 
     async def deliver_due(self, limit: int = 100) -> int:
@@ -425,8 +428,8 @@ class Deliverer:
         leased = await asyncio.to_thread(self._lease_due, limit)
         if not leased:
             return 0
-        outcomes = await asyncio.gather(*(self._attempt(item) for item in leased))
-        await asyncio.to_thread(self._record, list(outcomes))
+        outcomes = [o for run in await asyncio.gather(*(self._attempt_run(r) for r in leased)) for o in run]
+        await asyncio.to_thread(self._record, outcomes)
         return sum(1 for o in outcomes if o.kind != "released")
 
     # --- leases -----------------------------------------------------------------------------------------
@@ -449,56 +452,130 @@ class Deliverer:
             result = session.execute(query.values(next_attempt_at=now, lease_owner=None))
             return int(cast(CursorResult[Any], result).rowcount)
 
-    def _lease_due(self, limit: int) -> list[Due]:
-        """Lease the due head row of up to `limit` chats, in one transaction."""
+    def _lease_due(self, limit: int) -> list[list[Due]]:
+        """Lease the due head row of up to `limit` chats, each with the due rows right behind it (up to
+        RUN_ROWS a chat: its run, sent in order by one task), in one transaction."""
         channels = [name for name, pacer in self.pacers.items() if pacer.paused_for() <= 0]
         if not channels or limit <= 0:
             return []
         now = utcnow()
+        # The oldest waiting row of each chat is its head; only heads may go, which keeps chat order.
+        # A held head, or a dead letter that gave up on a passing failure, holds its chat back.
+        waiting = or_(
+            col(OutboxItem.status).in_((PENDING, HELD)),
+            and_(col(OutboxItem.status) == DEAD, col(OutboxItem.holds_chat)),
+        )
+        heads = (
+            select(func.min(col(OutboxItem.id)).label("id"))
+            .where(waiting, col(OutboxItem.channel).in_(channels))
+            .group_by(col(OutboxItem.channel), col(OutboxItem.chat_id))
+            .subquery()
+        )
+        due = select(col(OutboxItem.id)).where(
+            col(OutboxItem.id).in_(select(heads.c.id)),
+            col(OutboxItem.status) == PENDING,
+            col(OutboxItem.next_attempt_at) <= now,
+        )
+        if self._leased:
+            due = due.where(col(OutboxItem.id).not_in(self._leased))
+        # Found by reads (on SQLite they do not wait for the one write lock, and a look that finds nothing,
+        # the usual case once a round's runs went out, writes nothing); leased by one write that checks the
+        # WHERE again on each row, so that a row another worker took meanwhile (PostgreSQL) is left to it.
+        with self.db.connect() as connection:
+            firsts = [
+                Due(id=r.id, channel=r.channel, chat_id=r.chat_id, payload=r.payload)
+                for r in connection.execute(
+                    select(_OUTBOX.c.id, _OUTBOX.c.channel, _OUTBOX.c.chat_id, _OUTBOX.c.payload)
+                    .where(_OUTBOX.c.id.in_(due.order_by(col(OutboxItem.id)).limit(limit).scalar_subquery()))
+                    .order_by(_OUTBOX.c.id)
+                )
+            ]
+            if not firsts:
+                return []
+            runs = self._runs(connection, firsts, now) if self.run_rows > 1 else [[h] for h in firsts]
         with session_scope(self.db) as session:
-            # The oldest waiting row of each chat is its head; only heads may go, which keeps chat order.
-            # A held head, or a dead letter that gave up on a passing failure, holds its chat back.
-            waiting = or_(
-                col(OutboxItem.status).in_((PENDING, HELD)),
-                and_(col(OutboxItem.status) == DEAD, col(OutboxItem.holds_chat)),
-            )
-            heads = (
-                select(func.min(col(OutboxItem.id)).label("id"))
-                .where(waiting, col(OutboxItem.channel).in_(channels))
-                .group_by(col(OutboxItem.channel), col(OutboxItem.chat_id))
-                .subquery()
-            )
-            due = select(col(OutboxItem.id)).where(
-                col(OutboxItem.id).in_(select(heads.c.id)),
-                col(OutboxItem.status) == PENDING,
-                col(OutboxItem.next_attempt_at) <= now,
-            )
-            if self._leased:
-                due = due.where(col(OutboxItem.id).not_in(self._leased))
-            # One statement leases and reads them: the WHERE is checked again on each row, so a row another
-            # worker took meanwhile (PostgreSQL) is skipped.
-            leased = (
+            leased = set(
                 session.connection()
                 .execute(
                     update(_OUTBOX)
                     .where(
-                        _OUTBOX.c.id.in_(due.order_by(col(OutboxItem.id)).limit(limit).scalar_subquery()),
+                        _OUTBOX.c.id.in_([d.id for run in runs for d in run]),
                         _OUTBOX.c.status == PENDING,
                         _OUTBOX.c.next_attempt_at <= now,
                     )
                     .values(
                         next_attempt_at=now + timedelta(seconds=self.lease_seconds), lease_owner=self.owner
                     )
-                    .returning(_OUTBOX.c.id, _OUTBOX.c.channel, _OUTBOX.c.chat_id, _OUTBOX.c.payload)
+                    .returning(_OUTBOX.c.id)
                 )
-                .all()
+                .scalars()
             )
-        rows = sorted(
-            (Due(id=r.id, channel=r.channel, chat_id=r.chat_id, payload=r.payload) for r in leased),
-            key=lambda d: d.id,
+            # A run ends before its first row that was not leased; rows leased after such a gap go back.
+            kept: list[list[Due]] = []
+            stray: list[int] = []
+            for run in runs:
+                cut = next((n for n, d in enumerate(run) if d.id not in leased), len(run))
+                if cut:
+                    kept.append(run[:cut])
+                stray.extend(d.id for d in run[cut:] if d.id in leased)
+            if stray:
+                session.connection().execute(
+                    update(_OUTBOX)
+                    .where(_OUTBOX.c.id.in_(stray))
+                    .values(next_attempt_at=now, lease_owner=None)
+                )
+        self._leased.update(row.id for run in kept for row in run)
+        return kept
+
+    def _runs(self, connection: Connection, heads: list[Due], now: datetime) -> list[list[Due]]:
+        """Each head's run: the rows right behind it in its chat that are due now, until the first that is
+        not (held, dead, waiting for a retry), at most `run_rows` in all. A run goes out in order, one row
+        after the other, without a lease and a record between them (the replies to one message)."""
+        chats = {(h.channel, h.chat_id): [h] for h in heads}
+        behind = connection.execute(
+            select(
+                _OUTBOX.c.id,
+                _OUTBOX.c.channel,
+                _OUTBOX.c.chat_id,
+                _OUTBOX.c.payload,
+                _OUTBOX.c.status,
+                _OUTBOX.c.next_attempt_at,
+                _OUTBOX.c.holds_chat,
+            )
+            .where(
+                _OUTBOX.c.channel.in_({h.channel for h in heads}),
+                _OUTBOX.c.chat_id.in_({h.chat_id for h in heads}),
+                _OUTBOX.c.id > min(h.id for h in heads),
+                _OUTBOX.c.status.in_((PENDING, HELD, DEAD)),
+            )
+            .order_by(_OUTBOX.c.id)
         )
-        self._leased.update(row.id for row in rows)
-        return rows
+        closed: set[tuple[str, str]] = set()  # chats whose run has ended
+        for row in behind:
+            key = (row.channel, row.chat_id)
+            run = chats.get(key)
+            if run is None or key in closed or row.id <= run[0].id:
+                continue
+            if row.status == DEAD and not row.holds_chat:
+                continue  # dead for a reason of its own: it holds nothing back
+            if row.status != PENDING or row.next_attempt_at > now or len(run) >= self.run_rows:
+                closed.add(key)
+                continue
+            run.append(Due(id=row.id, channel=row.channel, chat_id=row.chat_id, payload=row.payload))
+        return list(chats.values())
+
+    async def _attempt_run(self, run: list[Due]) -> list[Outcome]:
+        """Send a chat's run in order; after a row that did not go, the rest are given back untried."""
+        outcomes: list[Outcome] = []
+        with contextlib.suppress(
+            asyncio.CancelledError
+        ):  # stopping: what went is recorded, the rest given back
+            for item in run:
+                outcomes.append(await self._attempt(item))
+                if outcomes[-1].kind != "sent":
+                    break
+        tried = {o.item_id for o in outcomes}
+        return outcomes + [Outcome(item_id=d.id, kind="released") for d in run if d.id not in tried]
 
     # --- one send ---------------------------------------------------------------------------------------
 
