@@ -16,8 +16,9 @@ from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
+import aiohttp
 import telegram
 from sqlalchemy import Engine
 from starlette.requests import Request
@@ -29,10 +30,12 @@ from telegram.error import (
     Conflict,
     Forbidden,
     InvalidToken,
+    NetworkError,
     RetryAfter,
     TelegramError,
+    TimedOut,
 )
-from telegram.request import HTTPXRequest
+from telegram.request import BaseRequest, RequestData
 from telegram.warnings import PTBDeprecationWarning
 
 from adapters.base import SendingChannel
@@ -1103,10 +1106,98 @@ def _backoff(failures: int) -> float:
 # --- settings -------------------------------------------------------------------------------------------
 
 
+class AiohttpRequest(BaseRequest):
+    """python-telegram-bot's networking on aiohttp instead of its default httpx (`BaseRequest` is the library's
+    interface for that; the design follows ptbcontrib's `aiohttp_request`, which is not on PyPI).
+
+    Why: httpcore's connection pool checks every pooled connection for every queued request, so with the
+    outbox's concurrent sends most of the web front's CPU went to the pool (issue 15's profile: 28% of each
+    send in `_assign_requests_to_connections`). aiohttp's connector hands out connections in O(1).
+    Timeouts keep httpx's meaning: `pool_timeout` to get a connection, `connect_timeout` to open one,
+    `read_timeout` between bytes of the answer; aiohttp has no write timeout (the total bounds it).
+    """
+
+    __slots__ = ("_connect", "_limit", "_pool", "_read", "_session", "_write")
+
+    def __init__(
+        self,
+        *,
+        connection_pool_size: int,
+        connect_timeout: float,
+        read_timeout: float,
+        write_timeout: float,
+        pool_timeout: float,
+    ) -> None:
+        self._limit = connection_pool_size
+        self._pool, self._connect, self._read, self._write = (
+            pool_timeout,
+            connect_timeout,
+            read_timeout,
+            write_timeout,
+        )
+        self._session: aiohttp.ClientSession | None = None  # made in the event loop that first sends
+
+    @property
+    def read_timeout(self) -> float:
+        return self._read
+
+    async def initialize(self) -> None:
+        self._open()
+
+    async def shutdown(self) -> None:
+        if self._session is not None and not self._session.closed:
+            await self._session.close()
+        self._session = None
+
+    def _open(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=self._limit))
+        return self._session
+
+    async def do_request(
+        self,
+        url: str,
+        method: str,
+        request_data: RequestData | None = None,
+        read_timeout: object = BaseRequest.DEFAULT_NONE,
+        write_timeout: object = BaseRequest.DEFAULT_NONE,
+        connect_timeout: object = BaseRequest.DEFAULT_NONE,
+        pool_timeout: object = BaseRequest.DEFAULT_NONE,
+    ) -> tuple[int, bytes]:
+        def chosen(value: object, default: float) -> float | None:
+            # DEFAULT_NONE: the method call set none, this request's own; None: no limit
+            return default if value is BaseRequest.DEFAULT_NONE else cast(float | None, value)
+
+        read = chosen(read_timeout, self._read)
+        write = chosen(write_timeout, self._write)
+        connect = chosen(connect_timeout, self._connect)
+        pool = chosen(pool_timeout, self._pool)
+        parts = [t for t in (read, write, connect, pool) if t is not None]
+        timeout = aiohttp.ClientTimeout(
+            total=sum(parts) if len(parts) == 4 else None,
+            connect=pool,
+            sock_connect=connect,
+            sock_read=read,
+        )
+        data = aiohttp.FormData(request_data.json_parameters if request_data else {})
+        if request_data and request_data.multipart_data:
+            for name, (filename, content, *_) in request_data.multipart_data.items():
+                data.add_field(name, content, filename=filename)
+        try:
+            async with self._open().request(
+                method, url, data=data, timeout=timeout, headers={"User-Agent": self.USER_AGENT}
+            ) as answer:
+                return answer.status, await answer.read()
+        except TimeoutError as error:
+            raise TimedOut(f"aiohttp: {type(error).__name__}") from error
+        except aiohttp.ClientError as error:
+            raise NetworkError(f"aiohttp.{type(error).__name__}: {error}") from error
+
+
 def client(token: str, api_base_url: str, timeout: float = 20.0) -> telegram.Bot:
     """A Bot API client for `api_base_url` (api.telegram.org, a self-hosted Bot API server, a test fake)."""
     base = api_base_url.rstrip("/")
-    requests = HTTPXRequest(
+    requests = AiohttpRequest(
         connection_pool_size=16,
         connect_timeout=min(10, timeout),
         read_timeout=timeout,
@@ -1114,7 +1205,7 @@ def client(token: str, api_base_url: str, timeout: float = 20.0) -> telegram.Bot
         pool_timeout=5,
     )
     # getUpdates adds its long-poll timeout to this read timeout.
-    updates = HTTPXRequest(
+    updates = AiohttpRequest(
         connection_pool_size=1, connect_timeout=10, read_timeout=10, write_timeout=10, pool_timeout=5
     )
     return telegram.Bot(

@@ -1,4 +1,5 @@
-"""Group commit for the web front: requests that arrive while a transaction is under way share the next one.
+"""Group commit for the web front: requests that arrive while a transaction is under way share the next one;
+and `Signal`, the wake-up between threads, processes' relays and the deliverer's event loop.
 
 A `Batcher` runs a blocking function over a list of items in a thread of the event loop's executor, one
 batch at a time per event loop. An item that arrives when no batch is under way starts one at once (nothing
@@ -10,6 +11,8 @@ each caller still gets its own item's outcome only once that batch committed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import threading
 import weakref
 from collections.abc import Callable, Sequence
 from typing import Generic, TypeVar
@@ -66,3 +69,26 @@ class Batcher(Generic[T, R]):
                         future.set_result(outcome)
         finally:
             queue.task = None
+
+
+class Signal(threading.Event):
+    """A `threading.Event` that event loops can await too: `set()` from any thread also sets the asyncio events
+    subscribed to it (`subscribe`), at once, so that the deliverer wakes when replies were queued instead of at
+    its next tick."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._subscribers: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
+
+    def subscribe(self, event: asyncio.Event) -> None:
+        """Set `event` (in the running loop) whenever this signal is set."""
+        self._subscribers.append((asyncio.get_running_loop(), event))
+
+    def unsubscribe(self, event: asyncio.Event) -> None:
+        self._subscribers = [(loop, e) for loop, e in self._subscribers if e is not event]
+
+    def set(self) -> None:
+        super().set()
+        for loop, event in list(self._subscribers):
+            with contextlib.suppress(RuntimeError):  # that loop is closed: nothing waits there any more
+                loop.call_soon_threadsafe(event.set)

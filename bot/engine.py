@@ -29,7 +29,6 @@ from typing import Any, cast
 from sqlalchemy import (
     CursorResult,
     Row,
-    Table,
     and_,
     bindparam,
     func,
@@ -49,7 +48,7 @@ from sqlmodel import Session, col
 
 from bot import conversation as conv
 from bot import fulfilment
-from bot.batching import Batcher
+from bot.batching import Batcher, Signal
 from bot.fulfilment import Terms
 from bot.language import detect, hint_language, hint_variant, preload
 from bot.messages import Attachment, Button, DeskEvent, InboundMessage, OutboundMessage
@@ -74,6 +73,7 @@ from bot.store import (
     RegistryOrder,
     StoredAttachment,
     session_scope,
+    table_of,
 )
 from bot.store.clock import utcnow
 from bot.store.db import is_transient
@@ -133,8 +133,8 @@ class Engine:
     renderer: Renderer
     config: EngineConfig = field(default_factory=EngineConfig)
     # Set when new rows wait: the inbox worker and the deliverer wake on it instead of polling.
-    inbox_signal: threading.Event = field(default_factory=threading.Event)
-    outbox_signal: threading.Event = field(default_factory=threading.Event)
+    inbox_signal: threading.Event = field(default_factory=Signal)
+    outbox_signal: threading.Event = field(default_factory=Signal)
     _statements: _Statements = field(default_factory=lambda: _Statements(), init=False, repr=False)
     _batch: int = field(default=0, init=False, repr=False)  # the current batch size (see _process_pending)
     # An option value -> its label in every language, folded (see _typed_labels).
@@ -1206,10 +1206,10 @@ class _Statements:
                 tuple_(col(identity.channel), col(identity.chat_id)).in_(bindparam("keys", expanding=True))
             )
         )
-        self.log = insert(_table(Message))
-        self.queue = insert(_table(OutboxItem))
+        self.log = insert(table_of(Message))
+        self.queue = insert(table_of(OutboxItem))
         # Each message's conversation and identity as the batch leaves them (see _Hot.settle).
-        conversations, identities = _table(Conversation), _table(ChannelIdentity)
+        conversations, identities = table_of(Conversation), table_of(ChannelIdentity)
         self.settle_conversations = (
             update(conversations)
             .where(conversations.c.id == bindparam("b_id"))
@@ -1242,7 +1242,7 @@ class _Statements:
         (a failure rolls the mark back with the rest): one statement instead of a query and an update."""
         key = (dialect, one)
         if key not in self._claims:
-            inbox = _table(InboxItem)
+            inbox = table_of(InboxItem)
             grouped, chosen = inbox.alias("grouped"), inbox.alias("chosen")
             heads = (
                 select(func.min(grouped.c.id))
@@ -1278,10 +1278,6 @@ class _Statements:
 # What a batch writes of each message's conversation and identity, with Core at its end (_Hot.settle).
 _SETTLED_CONVERSATION = ("state", "data", "case_id", "updated_at")
 _SETTLED_IDENTITY = ("last_inbound_at", "unreachable")
-
-
-def _table(model: type[Any]) -> Table:
-    return cast(Table, model.__table__)
 
 
 @dataclass

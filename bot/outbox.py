@@ -20,11 +20,12 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from typing import Any, Protocol, cast
 
-from sqlalchemy import CursorResult, Engine, and_, func, or_, select, update
+from sqlalchemy import Connection, CursorResult, Engine, and_, bindparam, func, or_, select, update
 from sqlmodel import Session, col
 
+from bot.batching import Signal
 from bot.messages import Attachment, Button, DeskEvent, OutboundMessage
-from bot.store import ChannelIdentity, OutboxItem, session_scope
+from bot.store import ChannelIdentity, OutboxItem, session_scope, table_of
 from bot.store.clock import utcnow
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,7 @@ STATUSES = (PENDING, HELD, SENT, "delivered", "read", DEAD, FAILED)
 BACKOFF_BASE_SECONDS = 1.0
 BACKOFF_MAX_SECONDS = 300.0
 SEND_LEASE_SECONDS = 60.0
+RUN_ROWS = 8  # a chat's rows leased and sent together, one after the other (the replies to one message)
 
 
 class DeliveryError(Exception):
@@ -137,7 +139,17 @@ def event_from_payload(channel: str, chat_id: str, payload: Mapping[str, Any]) -
     return DeskEvent(desk=channel, kind=str(payload.get("event")), case_ref=chat_id, detail=dict(detail))
 
 
-async def deliver(sender: AnySender, item: OutboxItem) -> Delivered:
+@dataclass(frozen=True, kw_only=True)
+class Due:
+    """A leased outbox row: what sending it needs."""
+
+    id: int
+    channel: str
+    chat_id: str
+    payload: dict[str, Any]
+
+
+async def deliver(sender: AnySender, item: Due) -> Delivered:
     """Hand one row to its channel: a desk event to a desk, a message to a customer's channel."""
     if "event" in item.payload:
         if not hasattr(sender, "send_event"):
@@ -256,6 +268,22 @@ class Outcome:
     external_id: str | None = None
 
 
+# A sent row, recorded with the others of its round in one statement (an executemany).
+_OUTBOX = table_of(OutboxItem)
+_RECORD_SENT = (
+    update(_OUTBOX)
+    .where(_OUTBOX.c.id == bindparam("row"), _OUTBOX.c.status == PENDING)
+    .values(
+        status=SENT,
+        external_id=bindparam("external"),
+        sent_at=bindparam("now"),
+        failing_since=None,
+        last_error=None,
+        lease_owner=None,
+        attempts=_OUTBOX.c.attempts + 1,
+    )
+)
+
 TICK_SECONDS = 0.05  # how often the running deliverer looks at finished sends and the wake signal
 STOP_GRACE_SECONDS = 5.0  # sends under way when stopping are given this long to finish
 
@@ -300,6 +328,7 @@ class Deliverer:
         owner: str | None = None,
         lease_seconds: float = SEND_LEASE_SECONDS,
         batch: int = 100,
+        run_rows: int = RUN_ROWS,
     ) -> None:
         self.db = db
         self.senders = dict(senders)
@@ -309,6 +338,7 @@ class Deliverer:
         self.owner = (owner or default_owner())[:128]
         self.lease_seconds = lease_seconds
         self.batch = batch
+        self.run_rows = run_rows
         self.pacers = {name: Pacer(getattr(sender, "limits", None)) for name, sender in self.senders.items()}
         self._leased: set[int] = set()  # rows leased by this deliverer whose outcome is not recorded yet
         self._sending: set[int] = set()  # rows whose send call is under way
@@ -320,17 +350,21 @@ class Deliverer:
     ) -> None:
         """Deliver until `stop` is set; woken early by `wake` when new rows were written."""
         wake = wake or threading.Event()
+        poke = asyncio.Event()  # set with `wake` when it is a Signal: new rows end the wait at once
+        if isinstance(wake, Signal):
+            wake.subscribe(poke)
         try:
             recovered = await asyncio.to_thread(self.recover_leases)
             if recovered:
                 log.info("outbox: took back %s unfinished send(s) of this worker", recovered)
         except Exception:
             log.exception("outbox: could not take back unfinished sends")
-        tasks: set[asyncio.Task[Outcome]] = set()
+        tasks: set[asyncio.Task[list[Outcome]]] = set()
         unrecorded: list[Outcome] = []
         look = True
         last_look = 0.0
         while not stop.is_set():
+            poke.clear()  # a set() after this ends the wait below at once; its wake flag is seen next round
             if look or wake.is_set() or time.monotonic() - last_look >= poll_seconds:
                 wake.clear()
                 look, last_look = False, time.monotonic()
@@ -340,14 +374,16 @@ class Deliverer:
                 except Exception as error:
                     log.warning("outbox: could not lease due rows: %s", _error_text(error))
                     leased = []
-                tasks.update(asyncio.create_task(self._attempt(item)) for item in leased)
-            if tasks:
-                done, _ = await asyncio.wait(tasks, timeout=TICK_SECONDS, return_when=asyncio.FIRST_COMPLETED)
-                for task in done:
-                    tasks.discard(task)
-                    unrecorded.append(task.result())
-            else:
-                await asyncio.sleep(TICK_SECONDS)
+                tasks.update(asyncio.create_task(self._attempt_run(run)) for run in leased)
+            # Until a send finishes, new rows are signalled, or the tick (pacing, the poll) comes.
+            poked = asyncio.create_task(poke.wait())
+            done, _ = await asyncio.wait(
+                {*tasks, poked}, timeout=TICK_SECONDS, return_when=asyncio.FIRST_COMPLETED
+            )
+            poked.cancel()
+            for task in tasks & done:
+                tasks.discard(task)
+                unrecorded.extend(task.result())
             if unrecorded:
                 try:
                     await asyncio.to_thread(self._record, unrecorded)
@@ -359,9 +395,11 @@ class Deliverer:
                 else:
                     unrecorded = []
                     look = True  # the chats just served may have their next row due
+        if isinstance(wake, Signal):
+            wake.unsubscribe(poke)
         await self._stop(tasks, unrecorded)
 
-    async def _stop(self, tasks: set[asyncio.Task[Outcome]], unrecorded: list[Outcome]) -> None:
+    async def _stop(self, tasks: set[asyncio.Task[list[Outcome]]], unrecorded: list[Outcome]) -> None:
         """Sends under way may finish (a cancelled one might have gone out: it would be sent twice);
         sends still waiting their turn give their rows back at once."""
         if tasks:
@@ -375,14 +413,14 @@ class Deliverer:
                 task.cancel()
             for task in tasks:
                 with contextlib.suppress(asyncio.CancelledError):
-                    unrecorded.append(await task)
+                    unrecorded.extend(await task)
         released = [
             Outcome(item_id=i, kind="released") for i in self._leased - {o.item_id for o in unrecorded}
         ]
         with contextlib.suppress(Exception):  # what cannot be written now is taken back at the next start
             await asyncio.to_thread(self._record, unrecorded + released)
 
-    def _is_sending(self, task: asyncio.Task[Outcome]) -> bool:
+    def _is_sending(self, task: asyncio.Task[list[Outcome]]) -> bool:
         return getattr(task, "item_id", None) in self._sending
 
     async def deliver_due(self, limit: int = 100) -> int:
@@ -390,8 +428,8 @@ class Deliverer:
         leased = await asyncio.to_thread(self._lease_due, limit)
         if not leased:
             return 0
-        outcomes = await asyncio.gather(*(self._attempt(item) for item in leased))
-        await asyncio.to_thread(self._record, list(outcomes))
+        outcomes = [o for run in await asyncio.gather(*(self._attempt_run(r) for r in leased)) for o in run]
+        await asyncio.to_thread(self._record, outcomes)
         return sum(1 for o in outcomes if o.kind != "released")
 
     # --- leases -----------------------------------------------------------------------------------------
@@ -414,69 +452,135 @@ class Deliverer:
             result = session.execute(query.values(next_attempt_at=now, lease_owner=None))
             return int(cast(CursorResult[Any], result).rowcount)
 
-    def _lease_due(self, limit: int) -> list[OutboxItem]:
-        """Lease the due head row of up to `limit` chats, in one transaction."""
+    def _lease_due(self, limit: int) -> list[list[Due]]:
+        """Lease the due head row of up to `limit` chats, each with the due rows right behind it (up to
+        RUN_ROWS a chat: its run, sent in order by one task), in one transaction."""
         channels = [name for name, pacer in self.pacers.items() if pacer.paused_for() <= 0]
         if not channels or limit <= 0:
             return []
         now = utcnow()
-        with session_scope(self.db) as session:
-            # The oldest waiting row of each chat is its head; only heads may go, which keeps chat order.
-            # A held head, or a dead letter that gave up on a passing failure, holds its chat back.
-            waiting = or_(
-                col(OutboxItem.status).in_((PENDING, HELD)),
-                and_(col(OutboxItem.status) == DEAD, col(OutboxItem.holds_chat)),
-            )
-            heads = (
-                select(func.min(col(OutboxItem.id)).label("id"))
-                .where(waiting, col(OutboxItem.channel).in_(channels))
-                .group_by(col(OutboxItem.channel), col(OutboxItem.chat_id))
-                .subquery()
-            )
-            due = select(col(OutboxItem.id)).where(
-                col(OutboxItem.id).in_(select(heads.c.id)),
-                col(OutboxItem.status) == PENDING,
-                col(OutboxItem.next_attempt_at) <= now,
-            )
-            if self._leased:
-                due = due.where(col(OutboxItem.id).not_in(self._leased))
-            ids = [int(i) for i in session.execute(due.order_by(col(OutboxItem.id)).limit(limit)).scalars()]
-            if not ids:
+        # The oldest waiting row of each chat is its head; only heads may go, which keeps chat order.
+        # A held head, or a dead letter that gave up on a passing failure, holds its chat back.
+        waiting = or_(
+            col(OutboxItem.status).in_((PENDING, HELD)),
+            and_(col(OutboxItem.status) == DEAD, col(OutboxItem.holds_chat)),
+        )
+        heads = (
+            select(func.min(col(OutboxItem.id)).label("id"))
+            .where(waiting, col(OutboxItem.channel).in_(channels))
+            .group_by(col(OutboxItem.channel), col(OutboxItem.chat_id))
+            .subquery()
+        )
+        due = select(col(OutboxItem.id)).where(
+            col(OutboxItem.id).in_(select(heads.c.id)),
+            col(OutboxItem.status) == PENDING,
+            col(OutboxItem.next_attempt_at) <= now,
+        )
+        if self._leased:
+            due = due.where(col(OutboxItem.id).not_in(self._leased))
+        # Found by reads (on SQLite they do not wait for the one write lock, and a look that finds nothing,
+        # the usual case once a round's runs went out, writes nothing); leased by one write that checks the
+        # WHERE again on each row, so that a row another worker took meanwhile (PostgreSQL) is left to it.
+        with self.db.connect() as connection:
+            firsts = [
+                Due(id=r.id, channel=r.channel, chat_id=r.chat_id, payload=r.payload)
+                for r in connection.execute(
+                    select(_OUTBOX.c.id, _OUTBOX.c.channel, _OUTBOX.c.chat_id, _OUTBOX.c.payload)
+                    .where(_OUTBOX.c.id.in_(due.order_by(col(OutboxItem.id)).limit(limit).scalar_subquery()))
+                    .order_by(_OUTBOX.c.id)
+                )
+            ]
+            if not firsts:
                 return []
-            leased = (
-                session.execute(
-                    update(OutboxItem)
+            runs = self._runs(connection, firsts, now) if self.run_rows > 1 else [[h] for h in firsts]
+        with session_scope(self.db) as session:
+            leased = set(
+                session.connection()
+                .execute(
+                    update(_OUTBOX)
                     .where(
-                        col(OutboxItem.id).in_(ids),
-                        col(OutboxItem.status) == PENDING,
-                        col(OutboxItem.next_attempt_at) <= now,  # another worker may have taken it meanwhile
+                        _OUTBOX.c.id.in_([d.id for run in runs for d in run]),
+                        _OUTBOX.c.status == PENDING,
+                        _OUTBOX.c.next_attempt_at <= now,
                     )
                     .values(
                         next_attempt_at=now + timedelta(seconds=self.lease_seconds), lease_owner=self.owner
                     )
-                    .returning(col(OutboxItem.id))
+                    .returning(_OUTBOX.c.id)
                 )
                 .scalars()
-                .all()
             )
-            rows = (
-                session.execute(
-                    select(OutboxItem)
-                    .where(col(OutboxItem.id).in_(list(leased)))
-                    .order_by(col(OutboxItem.id))
+            # A run ends before its first row that was not leased; rows leased after such a gap go back.
+            kept: list[list[Due]] = []
+            stray: list[int] = []
+            for run in runs:
+                cut = next((n for n, d in enumerate(run) if d.id not in leased), len(run))
+                if cut:
+                    kept.append(run[:cut])
+                stray.extend(d.id for d in run[cut:] if d.id in leased)
+            if stray:
+                session.connection().execute(
+                    update(_OUTBOX)
+                    .where(_OUTBOX.c.id.in_(stray))
+                    .values(next_attempt_at=now, lease_owner=None)
                 )
-                .scalars()
-                .all()
+        self._leased.update(row.id for run in kept for row in run)
+        return kept
+
+    def _runs(self, connection: Connection, heads: list[Due], now: datetime) -> list[list[Due]]:
+        """Each head's run: the rows right behind it in its chat that are due now, until the first that is
+        not (held, dead, waiting for a retry), at most `run_rows` in all. A run goes out in order, one row
+        after the other, without a lease and a record between them (the replies to one message)."""
+        chats = {(h.channel, h.chat_id): [h] for h in heads}
+        behind = connection.execute(
+            select(
+                _OUTBOX.c.id,
+                _OUTBOX.c.channel,
+                _OUTBOX.c.chat_id,
+                _OUTBOX.c.payload,
+                _OUTBOX.c.status,
+                _OUTBOX.c.next_attempt_at,
+                _OUTBOX.c.holds_chat,
             )
-            for row in rows:
-                session.expunge(row)
-        self._leased.update(row.id or 0 for row in rows)
-        return list(rows)
+            .where(
+                _OUTBOX.c.channel.in_({h.channel for h in heads}),
+                _OUTBOX.c.chat_id.in_({h.chat_id for h in heads}),
+                _OUTBOX.c.id > min(h.id for h in heads),
+                _OUTBOX.c.status.in_((PENDING, HELD, DEAD)),
+            )
+            .order_by(_OUTBOX.c.id)
+        )
+        closed: set[tuple[str, str]] = set()  # chats whose run has ended
+        for row in behind:
+            key = (row.channel, row.chat_id)
+            run = chats.get(key)
+            if run is None or key in closed or row.id <= run[0].id:
+                continue
+            if row.status == DEAD and not row.holds_chat:
+                continue  # dead for a reason of its own: it holds nothing back
+            if row.status != PENDING or row.next_attempt_at > now or len(run) >= self.run_rows:
+                closed.add(key)
+                continue
+            run.append(Due(id=row.id, channel=row.channel, chat_id=row.chat_id, payload=row.payload))
+        return list(chats.values())
+
+    async def _attempt_run(self, run: list[Due]) -> list[Outcome]:
+        """Send a chat's run in order; after a row that did not go, the rest are given back untried."""
+        outcomes: list[Outcome] = []
+        with contextlib.suppress(
+            asyncio.CancelledError
+        ):  # stopping: what went is recorded, the rest given back
+            for item in run:
+                outcomes.append(await self._attempt(item))
+                if outcomes[-1].kind != "sent":
+                    break
+        tried = {o.item_id for o in outcomes}
+        return outcomes + [Outcome(item_id=d.id, kind="released") for d in run if d.id not in tried]
 
     # --- one send ---------------------------------------------------------------------------------------
 
-    async def _attempt(self, item: OutboxItem) -> Outcome:
-        item_id = item.id or 0
+    async def _attempt(self, item: Due) -> Outcome:
+        item_id = item.id
         task = asyncio.current_task()
         if task is not None:
             task.item_id = item_id  # type: ignore[attr-defined]
@@ -512,8 +616,15 @@ class Deliverer:
         if not outcomes:
             return
         now = utcnow()
+        sent = [o for o in outcomes if o.kind == "sent"]
         with session_scope(self.db) as session:
+            if sent:  # the usual outcome, for many rows in one statement
+                session.connection().execute(
+                    _RECORD_SENT, [{"row": o.item_id, "external": o.external_id, "now": now} for o in sent]
+                )
             for outcome in outcomes:
+                if outcome.kind == "sent":
+                    continue
                 item = session.get(OutboxItem, outcome.item_id)
                 if item is not None and item.status == PENDING:
                     self._apply(session, item, outcome, now)

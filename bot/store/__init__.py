@@ -17,6 +17,7 @@ from bot.store.models import (
     RegistryOrder,
     RegistryUnit,
     StoredAttachment,
+    table_of,
 )
 
 __all__ = [
@@ -38,5 +39,6 @@ __all__ = [
     "lock_chat",
     "make_engine",
     "session_scope",
+    "table_of",
     "upgrade",
 ]

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from datetime import date, datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import JSON, Column, Index, Numeric, Text, UniqueConstraint
+from sqlalchemy import JSON, Column, Index, Numeric, Table, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 from bot.store.clock import utcnow
@@ -239,3 +239,8 @@ class Credit(SQLModel, table=True):
     goodwill: bool = False
     granted_by: str = Field(default="", max_length=255)
     created_at: datetime = Field(default_factory=utcnow)
+
+
+def table_of(model: type[SQLModel]) -> Table:
+    """A model's table, for Core statements on the hot paths (the engine's batch writes, the outbox)."""
+    return cast(Table, model.__table__)  # type: ignore[attr-defined]

@@ -113,6 +113,49 @@ def test_passing_failures_are_retried_in_order_and_permanent_ones_dead_lettered(
     assert [d.last_error for d in dead] == ["400 Bad Request: chat not found"]
 
 
+def test_a_chats_replies_go_out_in_one_round_in_order(bot: Bot) -> None:
+    say(bot, *CLAIM)  # several replies queued for one chat
+    texts = bot_texts(bot)
+    assert len(texts) > 2
+    api = ChannelApi()
+    deliverer = Deliverer(bot.db, {"test": api})
+    assert asyncio.run(deliverer.deliver_due()) == len(texts)  # one lease, one record, for the whole run
+    assert [m.text for m in api.sent] == texts
+    one_at_a_time = ChannelApi()
+    say(bot, "status")
+    waiting = len(bot_texts(bot)) - len(texts)
+    rounds = 0
+    while asyncio.run(Deliverer(bot.db, {"test": one_at_a_time}, run_rows=1).deliver_due()):
+        rounds += 1
+    assert rounds == waiting and len(one_at_a_time.sent) == waiting
+
+
+def test_a_failure_inside_a_run_gives_the_rest_back_untried(bot: Bot) -> None:
+    say(bot, "hello")
+    texts = bot_texts(bot)
+    assert len(texts) == 2
+    api = ChannelApi([RetryLater("503", after=0)])
+    assert asyncio.run(Deliverer(bot.db, {"test": api}).deliver_due()) == 1  # the second was not tried
+    with Session(bot.db) as session:
+        rows = session.execute(select(OutboxItem).order_by(col(OutboxItem.id))).scalars().all()
+    assert [(r.status, r.attempts, r.lease_owner) for r in rows] == [
+        ("pending", 1, None),
+        ("pending", 0, None),
+    ]
+    deliver(bot, api)
+    assert [m.text for m in api.sent] == texts  # in order, once each
+
+
+def test_a_held_row_ends_its_chats_run(bot: Bot) -> None:
+    say(bot, *CLAIM)
+    with Session(bot.db) as session, session.begin():
+        ids = list(session.execute(select(col(OutboxItem.id)).order_by(col(OutboxItem.id))).scalars())
+        session.execute(update(OutboxItem).where(col(OutboxItem.id) == ids[2]).values(status="held"))
+    api = ChannelApi()
+    deliver(bot, api)
+    assert [m.text for m in api.sent] == bot_texts(bot)[:2]  # the held third keeps the rest behind it
+
+
 def test_a_blocked_bot_marks_the_customer_unreachable(bot: Bot) -> None:
     say(bot, "hello")
     deliver(bot, ChannelApi([Unreachable("403 Forbidden: bot was blocked by the user")]))
