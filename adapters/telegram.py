@@ -546,6 +546,9 @@ def delivery_error(error: TelegramError) -> DeliveryError:
 # Faster than 30 a second in all takes paid broadcasts (Bot API 7.11): up to 1000 a second, for Stars.
 FREE_MESSAGES_PER_SECOND = 30.0
 CHAT_BURST = 3
+# The whole bot's sends: a burst of 3, then the pace (at most 33 in any second at 30/s; Telegram allows short
+# bursts), which keeps the average at the limit when a send goes a little late.
+BOT_BURST = 3
 
 
 class TelegramSender:
@@ -559,6 +562,7 @@ class TelegramSender:
             per_second=per_second or None,
             per_chat_per_second=per_chat_per_second or None,
             chat_burst=CHAT_BURST,
+            burst=BOT_BURST,
         )
         # Above the free limit Telegram answers 429 unless each send asks (and pays) for a paid broadcast.
         self.paid_broadcast = per_second > FREE_MESSAGES_PER_SECOND
@@ -1117,7 +1121,7 @@ class AiohttpRequest(BaseRequest):
     `read_timeout` between bytes of the answer; aiohttp has no write timeout (the total bounds it).
     """
 
-    __slots__ = ("_connect", "_limit", "_pool", "_read", "_session", "_write")
+    __slots__ = ("_connect", "_limit", "_loop", "_pool", "_read", "_session", "_write")
 
     def __init__(
         self,
@@ -1136,6 +1140,7 @@ class AiohttpRequest(BaseRequest):
             write_timeout,
         )
         self._session: aiohttp.ClientSession | None = None  # made in the event loop that first sends
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     @property
     def read_timeout(self) -> float:
@@ -1150,8 +1155,11 @@ class AiohttpRequest(BaseRequest):
         self._session = None
 
     def _open(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
+        """The session of the running event loop (a session serves only the loop it was made in)."""
+        loop = asyncio.get_running_loop()
+        if self._session is None or self._session.closed or self._loop is not loop:
             self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=self._limit))
+            self._loop = loop
         return self._session
 
     async def do_request(

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import os
 import socket
 import threading
@@ -192,6 +191,7 @@ class Limits:
     per_second: float | None = None  # the whole bot (account) on this channel
     per_chat_per_second: float | None = None  # one chat
     chat_burst: int = 1  # sends to one chat allowed back to back before its pace applies
+    burst: int = 1  # the bot's sends allowed back to back; above 1 a send that ran late is made up for
 
 
 class Pacer:
@@ -205,7 +205,7 @@ class Pacer:
         self.limits = limits
         self.paused_until = 0.0  # time.monotonic(); a 429 meant for the whole bot sets it
         self._chats: dict[str, tuple[float, float]] = {}  # chat -> (tokens left, at)
-        self._last = -math.inf  # the bot's last send: sends are spaced evenly, 1/per_second apart
+        self._bot: tuple[float, float] | None = None  # the bot's bucket: (tokens left, at); None = full
 
     def pause(self, seconds: float) -> None:
         self.paused_until = max(self.paused_until, time.monotonic() + seconds)
@@ -241,8 +241,19 @@ class Pacer:
             if tokens < 1.0:
                 wait = (1.0 - tokens) / limits.per_chat_per_second
         if limits.per_second:
-            wait = max(wait, self._last + 1.0 / limits.per_second - now)
+            tokens = self._bot_tokens(now)
+            if tokens < 1.0:
+                wait = max(wait, (1.0 - tokens) / limits.per_second)
         return wait
+
+    def _bot_tokens(self, now: float) -> float:
+        """The bot's bucket: `burst` sends, refilled at `per_second`, so that the average pace is the limit
+        even when the event loop wakes a send a little late (spacing sends 1/per_second after the previous
+        one would lose that lateness every time: 28 a second instead of 30)."""
+        assert self.limits is not None and self.limits.per_second
+        burst = float(max(1, self.limits.burst))
+        tokens, at = self._bot if self._bot is not None else (burst, now)
+        return min(burst, tokens + max(0.0, now - at) * self.limits.per_second)
 
     def _take(self, chat_id: str, now: float) -> None:
         limits = self.limits
@@ -254,7 +265,7 @@ class Pacer:
                 burst = max(1, limits.chat_burst)
                 self._chats = {c: v for c, v in self._chats.items() if self._tokens(c, now) < burst}
         if limits.per_second:
-            self._last = now
+            self._bot = (self._bot_tokens(now) - 1.0, now)
 
 
 @dataclass(frozen=True, kw_only=True)
