@@ -180,13 +180,14 @@ class Engine:
         with session_scope(self.db) as session:
             dialect = session.get_bind().dialect.name
             insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+            inbox = table_of(InboxItem)  # Core: nothing of the ORM's unit of work is needed here
             statement = (
-                insert(InboxItem)
+                insert(inbox)
                 .values(rows)
                 .on_conflict_do_nothing(index_elements=["channel", "external_id"])
-                .returning(col(InboxItem.id), col(InboxItem.channel), col(InboxItem.external_id))
+                .returning(inbox.c.id, inbox.c.channel, inbox.c.external_id)
             )
-            stored = {(row[1], row[2]): int(row[0]) for row in session.execute(statement)}
+            stored = {(row[1], row[2]): int(row[0]) for row in session.connection().execute(statement)}
         accepted = []
         for row in rows:
             # A message twice in one batch (a redelivery that came with the original): the first one is stored.

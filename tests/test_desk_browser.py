@@ -212,6 +212,7 @@ def test_the_desk_says_a_customer_wrote_until_an_engineer_opens_the_case(
     page.locator(f'button[data-ref="{second}"]').click()
     expect(page.locator("#case-title")).to_have_text(second)
     thread = page.locator("#thread li")
+    expect(thread.first).to_be_visible()  # the thread is drawn after the title: count it once it is there
     shown = thread.count()
     page.evaluate("() => document.querySelectorAll('#thread li').forEach((li) => { li.__kept = true; })")
     page.evaluate("() => { window.__hidden = true; document.dispatchEvent(new Event('visibilitychange')); }")
