@@ -576,16 +576,18 @@
     const key = `${data.ref}/${data.language}`;
     if (cannedFor === key) return;
     cannedFor = key;
-    try {
-      const answer = await api("GET", casePath(data.ref, "/replies"));
-      if (cannedFor !== key) return;
-      const replies = Array.isArray(answer.replies) ? answer.replies : [];
+    const fill = (replies) =>
       sync(ui.canned, [{ id: "", title: "Choose a canned reply…", text: "" }, ...replies], (r) => r.id, () => el("option"),
         (option, reply) => {
           option.value = reply.id;
           setText(option, reply.id && reply.language !== data.language ? `${reply.title} (${languageLabel(reply.language)})` : reply.title);
           option.dataset.text = reply.text;
         });
+    fill([]); // the previous case's replies (another language, another reference) are not offered meanwhile
+    try {
+      const answer = await api("GET", casePath(data.ref, "/replies"));
+      if (cannedFor !== key) return;
+      fill(Array.isArray(answer.replies) ? answer.replies : []);
       ui.canned.value = "";
     } catch (error) {
       cannedFor = "";
