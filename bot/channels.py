@@ -41,6 +41,7 @@ from bot.store.clock import utcnow
 from bot.store.kv import kv_delete as kv_delete
 from bot.store.kv import kv_get as kv_get
 from bot.store.kv import kv_put as kv_put
+from bot.store.kv import kv_upsert
 from policy import UnitFacts
 
 log = logging.getLogger(__name__)
@@ -379,19 +380,12 @@ def kv_change(db: Engine, key: str) -> Iterator[Kept]:
     """The value under `key` ({} when there is none), locked until the block ends and then stored as the block
     left it, in one transaction: two workers changing it take turns."""
     with session_scope(db) as session:
-        lock_chat(session, "keyvalue", key)  # as kv_put: a key not there yet is locked too (PostgreSQL)
+        lock_chat(session, "keyvalue", key)  # a key not there yet is locked too (PostgreSQL)
         row = session.get(KeyValue, key, with_for_update=True)
         kept = Kept(session, dict(row.value) if row is not None else {}, row.expires_at if row else None)
         yield kept
-        if not kept.store:
-            return
-        insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
-        statement = insert(KeyValue).values(key=key, value=kept.value, expires_at=kept.expires_at)
-        session.execute(
-            statement.on_conflict_do_update(
-                index_elements=["key"], set_={"value": kept.value, "expires_at": kept.expires_at}
-            )
-        )
+        if kept.store:
+            kv_upsert(session, key, kept.value, kept.expires_at)
 
 
 def kv_take(db: Engine, key: str) -> tuple[dict[str, Any], datetime | None] | None:

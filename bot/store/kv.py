@@ -6,9 +6,10 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Engine
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session
 
-from bot.store.db import lock_chat, session_scope
+from bot.store.db import session_scope
 from bot.store.models import KeyValue
 
 
@@ -20,13 +21,21 @@ def kv_get(db: Engine, key: str) -> tuple[dict[str, Any], datetime | None] | Non
 
 
 def kv_put(db: Engine, key: str, value: dict[str, Any], expires_at: datetime | None = None) -> None:
+    """Store `value` under `key`, replacing what was there: one statement, so that a key taken or deleted
+    meanwhile by another process is simply stored again."""
     with session_scope(db) as session:
-        lock_chat(session, "keyvalue", key)  # two workers writing the same key take turns (PostgreSQL)
-        row = session.get(KeyValue, key)
-        if row is None:
-            session.add(KeyValue(key=key, value=value, expires_at=expires_at))
-        else:
-            row.value, row.expires_at = value, expires_at
+        kv_upsert(session, key, value, expires_at)
+
+
+def kv_upsert(session: Session, key: str, value: dict[str, Any], expires_at: datetime | None) -> None:
+    """`kv_put` inside the caller's transaction (INSERT … ON CONFLICT DO UPDATE)."""
+    insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+    statement = insert(KeyValue).values(key=key, value=value, expires_at=expires_at)
+    session.execute(
+        statement.on_conflict_do_update(
+            index_elements=["key"], set_={"value": value, "expires_at": expires_at}
+        )
+    )
 
 
 def kv_delete(db: Engine, key: str) -> None:
