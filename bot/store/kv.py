@@ -5,9 +5,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, delete
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlmodel import Session
+from sqlmodel import Session, col
 
 from bot.store.db import session_scope
 from bot.store.models import KeyValue
@@ -40,6 +40,4 @@ def kv_upsert(session: Session, key: str, value: dict[str, Any], expires_at: dat
 
 def kv_delete(db: Engine, key: str) -> None:
     with session_scope(db) as session:
-        row = session.get(KeyValue, key)
-        if row is not None:
-            session.delete(row)
+        session.execute(delete(KeyValue).where(col(KeyValue.key) == key))  # gone already: nothing to do

@@ -9,7 +9,7 @@ from sqlalchemy import Engine
 
 from bot.channels import kv_take
 from bot.store.clock import utcnow
-from bot.store.kv import kv_get, kv_put
+from bot.store.kv import kv_delete, kv_get, kv_put
 
 ROUNDS = 300
 
@@ -21,6 +21,10 @@ def test_a_put_replaces_and_a_take_removes(db: Engine) -> None:
     assert kv_get(db, "k") == ({"n": 2}, later)
     assert kv_take(db, "k") == ({"n": 2}, later)
     assert kv_get(db, "k") is None and kv_take(db, "k") is None
+    kv_put(db, "k", {"n": 3})
+    kv_delete(db, "k")
+    kv_delete(db, "k")  # gone already: nothing to do
+    assert kv_get(db, "k") is None
 
 
 def test_a_put_while_another_process_takes_the_key_is_stored(db: Engine) -> None:
