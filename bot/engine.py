@@ -198,10 +198,10 @@ class Engine:
         return accepted
 
     async def accept_soon(self, message: InboundMessage) -> Accepted:
-        """`accept` for the web front's event loop: the messages that arrive while an accept's transaction
-        is under way are stored together in the next one (group commit, bot/batching.py): concurrent
-        webhooks share one commit (one fsync, one turn of SQLite's write lock). Raises what `accept` raises,
-        once the message's own transaction failed."""
+        """`accept` for code on an event loop (every channel's webhook, the web chat, the API): the messages
+        that arrive while an accept's transaction is under way are stored together in the next one (group
+        commit, bot/batching.py): concurrent webhooks share one commit (one fsync, one turn of SQLite's write
+        lock). Raises what `accept` raises, once the message's own transaction failed."""
         return await self._accepts.submit(message)
 
     def accept_each(self, messages: list[InboundMessage]) -> list[Accepted | Exception]:
