@@ -765,7 +765,12 @@ def _take_fault(state: State, reading: Reading, event: Event, facts: Facts, *, a
     # What comes beside serials is added when it says more than the fault so far: "I have a problem with my
     # unit", then "serial X, the display shows E07 and it shuts down" (not "X has the same problem").
     says_more = not reading.serials or reading.fault_strength > _read(state.fault, facts).fault_strength
-    if fault not in state.fault and reading.fault_strength >= 2 and says_more and len(added) <= MAX_FAULT_CHARS:
+    if (
+        fault not in state.fault
+        and reading.fault_strength >= 2
+        and says_more
+        and len(added) <= MAX_FAULT_CHARS
+    ):
         return replace(state, fault=added)
     return state
 

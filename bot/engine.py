@@ -77,12 +77,14 @@ from bot.store import (
 )
 from bot.store.clock import utcnow
 from bot.store.db import is_transient
+from bot.store.models import INBOX_WAITING, literal_in
 from bot.understanding import default_lexicon, fold, understand
 from policy import Outcome, Policy, UnitFacts, claim_to_json, decision_to_json, normalize_serial
 
 log = logging.getLogger(__name__)
 
 PENDING, PARKED = "pending", "parked"
+assert INBOX_WAITING == (PENDING, PARKED)  # the partial index ix_inbox_waiting holds these rows
 STOPPED = (PARKED, "failed")  # waiting for an operator (`warranty-bot inbox list|retry`)
 
 
@@ -1247,7 +1249,7 @@ class _Statements:
             grouped, chosen = inbox.alias("grouped"), inbox.alias("chosen")
             heads = (
                 select(func.min(grouped.c.id))
-                .where(grouped.c.status.in_((PENDING, PARKED)))
+                .where(literal_in(grouped.c.status, INBOX_WAITING))  # in ix_inbox_waiting only
                 .group_by(grouped.c.channel, grouped.c.chat_id)
             )
             due = select(chosen.c.id).where(
