@@ -15,7 +15,6 @@ import logging
 import os
 import sqlite3
 import threading
-import time
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -80,7 +79,7 @@ def make_engine(url: str, *, synchronous: str = "FULL", background_checkpoints: 
 
     event.listen(engine, "handle_error", _drop_broken_connection)
     if background_checkpoints and parsed.database and parsed.database != ":memory:":
-        _Checkpointer(engine).start()
+        _Checkpointer(engine, Path(parsed.database)).start()
     return engine
 
 
@@ -89,22 +88,26 @@ CHECKPOINT_SECONDS = 1.0
 
 class _Checkpointer:
     """Copies an SQLite file's write-ahead log into the database now and then, in a daemon thread: PASSIVE,
-    so that it waits for no reader or writer (what readers still use is copied next time). It ends with
-    its engine."""
+    so that it waits for no reader or writer (what readers still use is copied next time). It ends when its
+    engine is disposed of or gone, and never opens (so creates) a database whose log is not there."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, path: Path) -> None:
         self._engine = weakref.ref(engine)
+        self._wal = path.with_name(path.name + "-wal")
+        self._stop = threading.Event()
+        event.listen(engine, "engine_disposed", lambda _: self._stop.set())
 
     def start(self) -> None:
         threading.Thread(target=self._run, name="sqlite-checkpoint", daemon=True).start()
 
     def _run(self) -> None:
         failed = False
-        while True:
-            time.sleep(CHECKPOINT_SECONDS)
+        while not self._stop.wait(CHECKPOINT_SECONDS):
             engine = self._engine()
             if engine is None:
                 return
+            if not self._wal.exists():
+                continue
             try:
                 with engine.connect() as connection:
                     # At the driver, which is in autocommit: a checkpoint cannot run inside a transaction.
