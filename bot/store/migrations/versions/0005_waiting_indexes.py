@@ -16,31 +16,22 @@ branch_labels = None
 depends_on = None
 
 # As bot/store/models.py says them (a migration keeps its own copy: the models may change later).
-INBOX_WAITING = sa.text("status IN ('pending', 'parked')")
-OUTBOX_WAITING = sa.text("status IN ('pending', 'held', 'dead')")
+INDEXES = (
+    ("inboxitem", "ix_inbox_waiting", "status IN ('pending', 'parked')"),
+    ("outboxitem", "ix_outbox_waiting", "status IN ('pending', 'held', 'dead')"),
+)
 
 
 def upgrade() -> None:
-    with op.batch_alter_table("inboxitem", schema=None) as batch_op:
-        batch_op.create_index(
-            "ix_inbox_waiting",
-            ["channel", "chat_id", "id"],
-            unique=False,
-            sqlite_where=INBOX_WAITING,
-            postgresql_where=INBOX_WAITING,
-        )
-    with op.batch_alter_table("outboxitem", schema=None) as batch_op:
-        batch_op.create_index(
-            "ix_outbox_waiting",
-            ["channel", "chat_id", "id"],
-            unique=False,
-            sqlite_where=OUTBOX_WAITING,
-            postgresql_where=OUTBOX_WAITING,
-        )
+    for table, name, where in INDEXES:
+        with op.batch_alter_table(table, schema=None) as batch_op:
+            condition = sa.text(where)
+            batch_op.create_index(
+                name, ["channel", "chat_id", "id"], sqlite_where=condition, postgresql_where=condition
+            )
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("outboxitem", schema=None) as batch_op:
-        batch_op.drop_index("ix_outbox_waiting")
-    with op.batch_alter_table("inboxitem", schema=None) as batch_op:
-        batch_op.drop_index("ix_inbox_waiting")
+    for table, name, _ in reversed(INDEXES):
+        with op.batch_alter_table(table, schema=None) as batch_op:
+            batch_op.drop_index(name)
