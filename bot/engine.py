@@ -42,7 +42,7 @@ from sqlalchemy import (
 from sqlalchemy import Engine as DbEngine
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm.attributes import set_committed_value
-from sqlalchemy.sql.dml import ReturningUpdate
+from sqlalchemy.sql.dml import ReturningInsert, ReturningUpdate
 from sqlalchemy.sql.elements import ColumnElement
 from sqlmodel import Session, col
 
@@ -76,7 +76,7 @@ from bot.store import (
     table_of,
 )
 from bot.store.clock import utcnow
-from bot.store.db import is_transient
+from bot.store.db import is_transient, write_transaction
 from bot.understanding import default_lexicon, fold, understand
 from policy import Outcome, Policy, UnitFacts, claim_to_json, decision_to_json, normalize_serial
 
@@ -177,17 +177,10 @@ class Engine:
         rows = [_inbox_row(message) for message in messages]
         if not rows:
             return []
-        with session_scope(self.db) as session:
-            dialect = session.get_bind().dialect.name
-            insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-            inbox = table_of(InboxItem)  # Core: nothing of the ORM's unit of work is needed here
-            statement = (
-                insert(inbox)
-                .values(rows)
-                .on_conflict_do_nothing(index_elements=["channel", "external_id"])
-                .returning(inbox.c.id, inbox.c.channel, inbox.c.external_id)
-            )
-            stored = {(row[1], row[2]): int(row[0]) for row in session.connection().execute(statement)}
+        # Core on a connection of its own: nothing of the ORM's unit of work is needed here.
+        with self.db.connect() as connection, write_transaction(connection):
+            statement = self._statements.accept(self.db.dialect.name)
+            stored = {(row[1], row[2]): int(row[0]) for row in connection.execute(statement, rows)}
         accepted = []
         for row in rows:
             # A message twice in one batch (a redelivery that came with the original): the first one is stored.
@@ -1191,6 +1184,7 @@ class _Statements:
 
     def __init__(self) -> None:
         self._claims: dict[tuple[str, bool], ReturningUpdate[Any]] = {}
+        self._accepts: dict[str, ReturningInsert[Any]] = {}
         identity, customer, conversation, case = ChannelIdentity, Customer, Conversation, Case
         self.contexts = (
             select(identity, customer, conversation, case)
@@ -1237,6 +1231,20 @@ class _Statements:
             )
             .order_by(col(Credit.id))
         )
+
+    def accept(self, dialect: str) -> ReturningInsert[Any]:
+        """Store inbox rows (one, or many as one executemany); a redelivery is skipped, and only the rows
+        stored are returned."""
+        statement = self._accepts.get(dialect)
+        if statement is None:
+            insert_of = postgresql.insert if dialect == "postgresql" else sqlite.insert
+            inbox = table_of(InboxItem)
+            statement = self._accepts[dialect] = (
+                insert_of(inbox)
+                .on_conflict_do_nothing(index_elements=["channel", "external_id"])
+                .returning(inbox.c.id, inbox.c.channel, inbox.c.external_id)
+            )
+        return statement
 
     def claim(self, dialect: str, *, one: bool) -> ReturningUpdate[Any]:
         """Mark the heads of waiting chats done and return them, in the transaction that processes them
