@@ -299,7 +299,7 @@ class Engine:
         params: dict[str, Any] = {"now": now, "batch": size}
         if item_id is not None:
             params["item_id"] = item_id
-        return session.execute(statement, params).all()
+        return session.connection().execute(statement, params).all()
 
     def _process_many(self, session: Session, claimed: Sequence[Row[Any]]) -> None:
         messages = [inbound_from_payload(row.payload) for row in sorted(claimed, key=lambda r: int(r.id))]
@@ -994,7 +994,7 @@ class Engine:
 
     def _credits_waiting(self, session: Session, case: Case) -> list[dict[str, Any]]:
         """Discount credits (M5) of earlier cases for the companies of this case's orders, or this customer."""
-        credits = session.execute(
+        credits = session.connection().execute(
             self._statements.credits_waiting, {"case_id": case.id, "customer_id": case.customer_id}
         )
         return [{"order_id": c.order_id, "amount": c.amount, "currency": c.currency} for c in credits]
@@ -1373,10 +1373,11 @@ class _Hot:
         self.settled.append((conversation, identity))
 
     def write(self, session: Session, statements: _Statements) -> None:
+        connection = session.connection()  # Core: the ORM's execute adds nothing to these
         if self.messages:
-            session.execute(statements.log, self.messages)
+            connection.execute(statements.log, self.messages)
         if self.outbox:
-            session.execute(statements.queue, self.outbox)
+            connection.execute(statements.queue, self.outbox)
         if self.settled:
             # Their present values (the ORM's own changes to these columns since are included, and then
             # marked as written, so that the batch's last flush does not write them again).
@@ -1384,7 +1385,7 @@ class _Hot:
                 ([c for c, _ in self.settled], statements.settle_conversations, _SETTLED_CONVERSATION),
                 ([i for _, i in self.settled], statements.settle_identities, _SETTLED_IDENTITY),
             ):
-                session.execute(
+                connection.execute(
                     statement, [{"b_id": o.id, **{f"b_{k}": getattr(o, k) for k in keys}} for o in objects]
                 )
                 for o in objects:
