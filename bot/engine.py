@@ -289,9 +289,11 @@ class Engine:
                     "inbox message %s of %s could not be processed", claimed[0].id, claimed[0].channel
                 )
                 self._record_failure(int(claimed[0].id), error)  # a transient failure here: pause and retry
-        if claimed:
-            self.outbox_signal.set()
-        return len(claimed), len(claimed) == size or any(row.more for row in claimed)
+        if not claimed:
+            return 0, False
+        self.outbox_signal.set()
+        last = max(claimed, key=lambda r: int(r.id))
+        return len(claimed), bool(last.after) or any(row.more for row in claimed)
 
     def _claim(self, session: Session, size: int, item_id: int | None) -> Sequence[Row[Any]]:
         statement = self._statements.claim(session.get_bind().dialect.name, one=item_id is not None)
@@ -1268,18 +1270,29 @@ class _Statements:
             due = due.order_by(chosen.c.id).limit(bindparam("batch"))
             if dialect == "postgresql":
                 due = due.with_for_update(skip_locked=True)  # heads another worker holds are its own
-            # Whether the chat has later messages waiting: then the worker goes round once more.
+            # Whether messages wait after this one: of its chat (`more`), or of any chat (`after`; of the
+            # batch's last row, these are messages the batch did not claim). Then the worker goes round once
+            # more; otherwise it need not ask again (a message that arrives meanwhile sets `inbox_signal`).
             # (Written out: SQLAlchemy renders RETURNING's columns unqualified, which would bind to `later`.)
-            more: ColumnElement[int] = literal_column(
-                "(SELECT count(*) FROM inboxitem AS later WHERE later.channel = inboxitem.channel"
-                " AND later.chat_id = inboxitem.chat_id AND later.status = 'pending'"
-                " AND later.id > inboxitem.id)"
+            later = (
+                "SELECT 1 FROM inboxitem AS later WHERE later.status = 'pending' AND later.id > inboxitem.id"
             )
+            more: ColumnElement[bool] = literal_column(
+                f"EXISTS ({later} AND later.channel = inboxitem.channel AND later.chat_id = inboxitem.chat_id)"
+            )
+            after: ColumnElement[bool] = literal_column(f"EXISTS ({later})")
             self._claims[key] = (
                 update(inbox)
                 .where(inbox.c.id.in_(due))
                 .values(status="done", processed_at=bindparam("now"), next_attempt_at=None)
-                .returning(inbox.c.id, inbox.c.channel, inbox.c.chat_id, inbox.c.payload, more.label("more"))
+                .returning(
+                    inbox.c.id,
+                    inbox.c.channel,
+                    inbox.c.chat_id,
+                    inbox.c.payload,
+                    more.label("more"),
+                    after.label("after"),
+                )
             )
         return self._claims[key]
 
