@@ -459,9 +459,10 @@ class Engine:
             for reply in transition.replies
         ]
 
-        if case is not None and any(isinstance(e, conv.OpenCase) for e in transition.effects):
+        opened = [e for e in transition.effects if isinstance(e, conv.OpenCase)]
+        if case is not None and opened:
             # The customer's orders looked up: a discount credited on an earlier case waits for this order.
-            waiting = self._credits_waiting(session, case)
+            waiting = self._credits_waiting(session, case, [u.order_id for u in opened[-1].units])
             if waiting:
                 told = conv.Reply(
                     template=fulfilment.TEMPLATE, params={"step": "credit_available", "credits": waiting}
@@ -699,7 +700,7 @@ class Engine:
         if effect.units and all(u.decision.outcome is Outcome.not_covered for u in effect.units):
             move(case, CaseStatus.to_confirm)
         session.add(case)
-        session.flush()
+        session.flush()  # its id, for its reference and its rows; these are written with the batch's last flush
         case.ref = f"{self.config.case_ref_prefix}-{case.created_at.year}-{case.id:06d}"
         for unit in effect.units:
             d = unit.decision
@@ -725,12 +726,10 @@ class Engine:
             stored = session.get(StoredAttachment, attachment_id)
             if stored is not None:
                 stored.case_id = case.id
-        session.flush()  # the batch does not autoflush: the queries below (batch alerts, credits) read the units
         # Everything said so far belongs to the case's history: what is logged, and what this batch logs.
-        session.execute(
-            update(Message)
-            .where(col(Message.conversation_id) == conversation.id, col(Message.case_id).is_(None))
-            .values(case_id=case.id)
+        # (Core: the engine's batch holds no Message objects for the ORM to keep in step.)
+        session.connection().execute(
+            self._statements.link_log, {"b_case": case.id, "b_conversation": conversation.id}
         )
         hot = session.info.get(_HOT)
         if hot is not None:
@@ -754,6 +753,7 @@ class Engine:
         batches = [(u.model, u.production_date) for u in effect.units if u.model and u.production_date]
         if not batches or not self.config.batch_alerts.enabled:
             return
+        session.flush()  # the batch does not autoflush: the alerts count the units, this case's too
         for alert in check_batches(
             session, self.policy, self.config.batch_alerts, batches, case_ref=case.ref, now=utcnow()
         ):
@@ -994,10 +994,18 @@ class Engine:
         if change is not None:
             self.apply_fulfilment(session, case, row, change, actor="customer", origin=case.channel)
 
-    def _credits_waiting(self, session: Session, case: Case) -> list[dict[str, Any]]:
-        """Discount credits (M5) of earlier cases for the companies of this case's orders, or this customer."""
+    def _credits_waiting(
+        self, session: Session, case: Case, order_ids: Sequence[str | None]
+    ) -> list[dict[str, Any]]:
+        """Discount credits (M5) of earlier cases for the companies of this case's orders (`order_ids`, its
+        units'), or this customer."""
         credits = session.connection().execute(
-            self._statements.credits_waiting, {"case_id": case.id, "customer_id": case.customer_id}
+            self._statements.credits_waiting,
+            {
+                "case_id": case.id,
+                "customer_id": case.customer_id,
+                "order_ids": sorted({o for o in order_ids if o}),
+            },
         )
         return [{"order_id": c.order_id, "amount": c.amount, "currency": c.currency} for c in credits]
 
@@ -1204,6 +1212,12 @@ class _Statements:
             )
         )
         self.log = insert(table_of(Message))
+        messages = table_of(Message)
+        self.link_log = (
+            update(messages)
+            .where(messages.c.conversation_id == bindparam("b_conversation"), messages.c.case_id.is_(None))
+            .values(case_id=bindparam("b_case"))
+        )
         self.queue = insert(table_of(OutboxItem))
         # Each message's conversation and identity as the batch leaves them (see _Hot.settle).
         conversations, identities = table_of(Conversation), table_of(ChannelIdentity)
@@ -1220,9 +1234,7 @@ class _Statements:
         # A new case's waiting discount credits (M5): the customer's, or those of its orders' companies
         # (a registry order without a company names none), in one query.
         companies = select(col(RegistryOrder.customer)).where(
-            col(RegistryOrder.order_id).in_(
-                select(col(CaseUnit.order_id)).where(col(CaseUnit.case_id) == bindparam("case_id"))
-            ),
+            col(RegistryOrder.order_id).in_(bindparam("order_ids", expanding=True)),
             col(RegistryOrder.customer) != "",
         )
         self.credits_waiting = (
