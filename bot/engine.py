@@ -41,7 +41,7 @@ from sqlalchemy import (
 )
 from sqlalchemy import Engine as DbEngine
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.orm.attributes import set_committed_value
+from sqlalchemy.orm.attributes import flag_modified, set_committed_value
 from sqlalchemy.sql.dml import ReturningInsert, ReturningUpdate
 from sqlalchemy.sql.elements import ColumnElement
 from sqlmodel import Session, col
@@ -437,6 +437,7 @@ class Engine:
             # A message to show the engineers without answering it (mail from a list, or asking for no
             # automatic answer): it goes to the case, or opens one, and the conversation waits for a person.
             self._take_quietly(session, message, text, stored, conversation, customer, case, state)
+            flag_modified(identity, "unreachable")  # not settled: the ORM's flush writes it
             return
         detected = None if customer.language_explicit else detect(text)
         if customer.language is None and detected is not None:
@@ -612,7 +613,8 @@ class Engine:
         context: tuple[ChannelIdentity, Customer, Conversation | None],
     ) -> tuple[Conversation, ChannelIdentity, Customer]:
         identity, customer, known = context
-        identity.unreachable = False  # they wrote to us: reachable again
+        # They wrote to us: reachable again (written with the batch's identities, see _Hot.settle).
+        set_committed_value(identity, "unreachable", False)
         if known is not None:
             return known, identity, customer
         started = Conversation(customer_id=customer.id or 0, channel=message.channel, chat_id=message.chat_id)

@@ -165,6 +165,17 @@ def test_a_blocked_bot_marks_the_customer_unreachable(bot: Bot) -> None:
     assert identity.unreachable and statuses == {"dead"}
 
 
+@pytest.mark.parametrize("quiet", [False, True], ids=["answered", "taken quietly"])
+def test_a_customer_who_writes_again_is_reachable_again(bot: Bot, quiet: bool) -> None:
+    say(bot, "hello")
+    deliver(bot, ChannelApi([Unreachable("403 Forbidden: bot was blocked by the user")]))
+    bot.engine.accept(inbound("I unblocked you", raw={"quiet": "auto-submitted"} if quiet else {}))
+    bot.engine.process_pending()
+    with Session(bot.db) as session:
+        identity = session.execute(select(ChannelIdentity)).scalar_one()
+    assert not identity.unreachable
+
+
 @pytest.mark.parametrize(
     "text",
     [
