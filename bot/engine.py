@@ -42,7 +42,7 @@ from sqlalchemy import (
 from sqlalchemy import Engine as DbEngine
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm.attributes import flag_modified, set_committed_value
-from sqlalchemy.sql.dml import ReturningInsert, ReturningUpdate
+from sqlalchemy.sql.dml import Insert, ReturningInsert, ReturningUpdate
 from sqlalchemy.sql.elements import ColumnElement
 from sqlmodel import Session, col
 
@@ -344,42 +344,59 @@ class Engine:
         contexts: dict[tuple[str, str], tuple[ChannelIdentity, Customer, Conversation | None]],
     ) -> None:
         """The batch's new chats: a customer each (in the language the channel hints, a written variant such
-        as pt-PT when it names one), their identities and conversations, added to `contexts`. Written
-        together, a few statements for the batch rather than four for each new chat."""
+        as pt-PT when it names one), their identities and conversations, added to `contexts`. Written with
+        Core, a statement a table for the batch, then read back with the batch's contexts query (the ORM's
+        objects, without its unit of work)."""
         new = [m for m in messages if (m.channel, m.chat_id) not in contexts]
         if not new:
             return
-        customers = [
-            Customer(name=m.sender_name, language=hint_variant(m.locale_hint) or hint_language(m.locale_hint))
-            for m in new
-        ]
-        session.add_all(customers)
-        session.flush()
-        # A conversation may outlive its identity (rows removed by hand): it goes on.
-        keys = [(m.channel, m.chat_id) for m in new]
-        known = {
-            (c.channel, c.chat_id): c
-            for c in session.execute(
-                select(Conversation).where(
-                    tuple_(col(Conversation.channel), col(Conversation.chat_id)).in_(keys)
-                )
-            ).scalars()
-        }
-        for message, customer in zip(new, customers, strict=True):
-            key = (message.channel, message.chat_id)
-            identity = ChannelIdentity(
-                customer_id=customer.id or 0,
-                channel=message.channel,
-                chat_id=message.chat_id,
-                sender_id=message.sender_id,
-                display_name=message.sender_name,
-            )
-            conversation = known.get(key) or Conversation(
-                customer_id=customer.id or 0, channel=message.channel, chat_id=message.chat_id
-            )
-            session.add_all([identity, conversation])
-            contexts[key] = (identity, customer, conversation)
-        session.flush()
+        connection, statements, now = session.connection(), self._statements, utcnow()
+        customers = connection.execute(
+            statements.new_customers,
+            [
+                {
+                    "name": m.sender_name,
+                    "language": hint_variant(m.locale_hint) or hint_language(m.locale_hint),
+                    "language_explicit": False,
+                    "created_at": now,
+                }
+                for m in new
+            ],
+        ).all()
+        customer_ids = [int(row.id) for row in customers]
+        connection.execute(
+            statements.new_identities,
+            [
+                {
+                    "customer_id": customer_id,
+                    "channel": m.channel,
+                    "chat_id": m.chat_id,
+                    "sender_id": m.sender_id,
+                    "display_name": m.sender_name,
+                    "unreachable": False,
+                    "last_inbound_at": None,
+                    "data": {},
+                }
+                for m, customer_id in zip(new, customer_ids, strict=True)
+            ],
+        )
+        # A conversation may outlive its identity (rows removed by hand): it goes on, as it is.
+        connection.execute(
+            statements.new_conversations(connection.dialect.name),
+            [
+                {
+                    "customer_id": customer_id,
+                    "channel": m.channel,
+                    "chat_id": m.chat_id,
+                    "state": "new",
+                    "data": {},
+                    "case_id": None,
+                    "updated_at": now,
+                }
+                for m, customer_id in zip(new, customer_ids, strict=True)
+            ],
+        )
+        contexts.update(self._contexts(session, new))
 
     def _record_failure(self, item_id: int, error: Exception) -> None:
         """Count a failure of the very row that failed; the same failure `max_attempts` times parks it."""
@@ -1214,6 +1231,11 @@ class _Statements:
             )
         )
         self.log = insert(table_of(Message))
+        # A batch's new chats (see Engine._start_chats); the customers' ids in the order of their rows.
+        customers = table_of(Customer)
+        self.new_customers = insert(customers).returning(customers.c.id, sort_by_parameter_order=True)
+        self.new_identities = insert(table_of(ChannelIdentity))
+        self._new_conversations: dict[str, Insert] = {}
         messages = table_of(Message)
         self.link_log = (
             update(messages)
@@ -1260,6 +1282,16 @@ class _Statements:
                 .on_conflict_do_nothing(index_elements=["channel", "external_id"])
                 .returning(inbox.c.id, inbox.c.channel, inbox.c.external_id)
             )
+        return statement
+
+    def new_conversations(self, dialect: str) -> Insert:
+        """New chats' conversations; a chat's conversation that is there already stays as it is."""
+        statement = self._new_conversations.get(dialect)
+        if statement is None:
+            insert_of = postgresql.insert if dialect == "postgresql" else sqlite.insert
+            statement = self._new_conversations[dialect] = insert_of(
+                table_of(Conversation)
+            ).on_conflict_do_nothing(index_elements=["channel", "chat_id"])
         return statement
 
     def claim(self, dialect: str, *, one: bool) -> ReturningUpdate[Any]:
