@@ -719,28 +719,34 @@ class Engine:
         if effect.units and all(u.decision.outcome is Outcome.not_covered for u in effect.units):
             move(case, CaseStatus.to_confirm)
         session.add(case)
-        session.flush()  # its id, for its reference and its rows; these are written with the batch's last flush
-        case.ref = f"{self.config.case_ref_prefix}-{case.created_at.year}-{case.id:06d}"
+        session.flush()  # its id, for its reference and its rows (Core: the ORM has nothing more to do)
+        connection = session.connection()
+        ref = f"{self.config.case_ref_prefix}-{case.created_at.year}-{case.id:06d}"
+        connection.execute(self._statements.case_ref, {"b_id": case.id, "b_ref": ref})
+        set_committed_value(case, "ref", ref)
+        units = []
         for unit in effect.units:
             d = unit.decision
             decision = decision_to_json(d, self.policy)
             if unit.claim is not None:
                 decision["claim"] = claim_to_json(unit.claim)  # the facts, for an engineer's correction
-            session.add(
-                CaseUnit(
-                    case_id=case.id or 0,
-                    serial=unit.serial,
-                    model=unit.model,
-                    order_id=unit.order_id,
-                    production_date=unit.production_date,
-                    port_arrival_date=unit.port_arrival_date,
-                    warranty_end=d.warranty_end,
-                    outcome=d.outcome.value,
-                    basis=d.basis.value if d.basis else None,
-                    clauses=list(d.clauses),
-                    decision=decision,
-                )
+            units.append(
+                {
+                    "case_id": case.id,
+                    "serial": unit.serial,
+                    "model": unit.model,
+                    "order_id": unit.order_id,
+                    "production_date": unit.production_date,
+                    "port_arrival_date": unit.port_arrival_date,
+                    "warranty_end": d.warranty_end,
+                    "outcome": d.outcome.value,
+                    "basis": d.basis.value if d.basis else None,
+                    "clauses": list(d.clauses),
+                    "decision": decision,
+                }
             )
+        if units:
+            connection.execute(self._statements.units, units)
         for attachment_id in effect.attachment_ids:
             stored = session.get(StoredAttachment, attachment_id)
             if stored is not None:
@@ -772,7 +778,6 @@ class Engine:
         batches = [(u.model, u.production_date) for u in effect.units if u.model and u.production_date]
         if not batches or not self.config.batch_alerts.enabled:
             return
-        session.flush()  # the batch does not autoflush: the alerts count the units, this case's too
         for alert in check_batches(
             session, self.policy, self.config.batch_alerts, batches, case_ref=case.ref, now=utcnow()
         ):
@@ -1243,6 +1248,10 @@ class _Statements:
             .values(case_id=bindparam("b_case"))
         )
         self.queue = insert(table_of(OutboxItem))
+        self.audit = insert(table_of(AuditEntry))
+        self.units = insert(table_of(CaseUnit))
+        cases = table_of(Case)
+        self.case_ref = update(cases).where(cases.c.id == bindparam("b_id")).values(ref=bindparam("b_ref"))
         # Each message's conversation and identity as the batch leaves them (see _Hot.settle).
         conversations, identities = table_of(Conversation), table_of(ChannelIdentity)
         self.settle_conversations = (
@@ -1359,6 +1368,7 @@ class _Hot:
     mentioned: dict[str, tuple[str, ...]] = field(default_factory=dict)  # text -> the serials it mentions
     registry: dict[str, UnitFacts] = field(default_factory=dict)  # what the registry knows of them
     settled: list[tuple[Conversation, ChannelIdentity]] = field(default_factory=list)
+    audits: list[dict[str, Any]] = field(default_factory=list)  # rows of AuditEntry (see `audit`)
 
     def log(
         self,
@@ -1437,6 +1447,8 @@ class _Hot:
             connection.execute(statements.log, self.messages)
         if self.outbox:
             connection.execute(statements.queue, self.outbox)
+        if self.audits:
+            connection.execute(statements.audit, self.audits)
         if self.settled:
             # Their present values (the ORM's own changes to these columns since are included, and then
             # marked as written, so that the batch's last flush does not write them again).
@@ -1450,7 +1462,7 @@ class _Hot:
                 for o in objects:
                     for key in keys:
                         set_committed_value(o, key, getattr(o, key))
-        self.messages, self.outbox, self.settled = [], [], []
+        self.messages, self.outbox, self.settled, self.audits = [], [], [], []
 
 
 def retry_parked(db: DbEngine, ids: list[int] | None = None) -> int:
@@ -1483,14 +1495,17 @@ def fulfilment_record(row: Fulfilment) -> fulfilment.Record:
 
 
 def audit(session: Session, case: Case | None, actor: str, action: str, **detail: Any) -> None:
-    session.add(
-        AuditEntry(
-            case_id=case.id if case else None,
-            actor=actor,
-            action=action,
-            detail={k: _jsonable(v) for k, v in detail.items()},
-        )
-    )
+    row: dict[str, Any] = {
+        "case_id": case.id if case else None,
+        "actor": actor,
+        "action": action,
+        "detail": {k: _jsonable(v) for k, v in detail.items()},
+    }
+    hot = session.info.get(_HOT)
+    if hot is not None:  # the engine's own batch: its audit rows go out together at its end
+        hot.audits.append({**row, "at": utcnow()})
+        return
+    session.add(AuditEntry(**row))
 
 
 def _jsonable(value: Any) -> Any:
