@@ -9,9 +9,10 @@ processes them in one transaction, so that one commit (one fsync) serves them al
 message in a batch, so its order holds; a batch that fails is rolled back and its messages are processed
 again one by one, each in its own transaction, so that one bad message holds back only its own chat.
 
-The hot path (claim, load, log, queue) runs on SQLAlchemy Core statements built once per engine, whose
-compiled forms SQLAlchemy caches; about six statements a message (tests/test_engine_statements.py). The
-ORM stays where nothing is hot: opening a case, effects, the desk.
+The hot path (accept, claim, load, log, queue, new chats, a new case's reference, units and audit rows)
+runs on SQLAlchemy Core statements built once per engine, whose compiled forms SQLAlchemy caches, on the
+session's connection; about six statements a message (tests/bot/test_group_commit.py). The ORM loads each
+chat's rows (one query for the batch) and stays where nothing is hot: the case row itself, effects, the desk.
 """
 
 from __future__ import annotations
