@@ -272,7 +272,7 @@ class ApiChannel(SendingChannel):
             sender_name=message.sender.name,
             raw={"api_channel": name},
         )
-        accepted = await asyncio.to_thread(self.bot.engine.accept, inbound)
+        accepted = await self.bot.engine.accept_soon(inbound)
         return JSONResponse({"ok": True, "duplicate": accepted.duplicate})
 
     async def _attachment(self, name: str, attachment: AttachmentIn) -> Attachment:

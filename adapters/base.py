@@ -146,4 +146,4 @@ class WebhookChannel(SendingChannel):
     ) -> None:
         """Hand what a customer sent to the engine (seen already checked: the caller may note state first)."""
         message = inbound(self.name, external_id, customer, text=text, attachments=attachments, raw=raw)
-        await asyncio.to_thread(self.bot.engine.accept, message)
+        await self.bot.engine.accept_soon(message)

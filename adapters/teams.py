@@ -713,7 +713,7 @@ class TeamsChannel(SendingChannel):
                     final=value["tries"] + 1 >= MAX_DOWNLOAD_TRIES,
                 )
                 inbound = replace(inbound_from_payload(value["message"]), attachments=attachments)
-                await asyncio.to_thread(self.bot.engine.accept, inbound)
+                await self.bot.engine.accept_soon(inbound)
                 await asyncio.to_thread(channels.kv_delete, self.bot.db, key)
                 return
             except _TryLater:

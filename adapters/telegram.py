@@ -1060,7 +1060,7 @@ class TelegramChannel(SendingChannel):
         taken = await asyncio.to_thread(self.albums.take, key, quiet=self.album_wait, force=force)
         if taken is None or isinstance(taken, float):
             return taken
-        await asyncio.to_thread(self.bot.engine.accept, taken.message())
+        await self.bot.engine.accept_soon(taken.message())
         more = await asyncio.to_thread(self.albums.done, taken)
         return self.album_wait if more else None
 

@@ -156,7 +156,7 @@ class WebChat(Channel):
             language=details.get("language"),
             client_id=client_id,
         )
-        accepted = await asyncio.to_thread(self.bot.engine.accept, message)
+        accepted = await self.bot.engine.accept_soon(message)
         return JSONResponse(
             {"id": accepted.inbox_id or external_id, "duplicate": accepted.duplicate}, status_code=202
         )
@@ -196,7 +196,7 @@ class WebChat(Channel):
             attachments=(attachment,),
             language=details.get("language"),
         )
-        accepted = await asyncio.to_thread(self.bot.engine.accept, message)
+        accepted = await self.bot.engine.accept_soon(message)
         return JSONResponse(
             {"id": accepted.inbox_id, "rejected": attachment.kind == "rejected"}, status_code=202
         )

@@ -633,7 +633,7 @@ class WeChatChannel(HoldingChannel):
             attachments=attachments,
             raw={"msg_type": push.msg_type, "event": push.event, "create_time": push.create_time},
         )
-        await asyncio.to_thread(self.bot.engine.accept, message)
+        await self.bot.engine.accept_soon(message)
 
     async def _attachment(self, push: Push) -> Attachment:
         store = self.bot.attachments

@@ -986,7 +986,7 @@ class WhatsAppChannel(HoldingChannel):
                 "user_id": incoming.user_id,
             },
         )
-        await asyncio.to_thread(self.bot.engine.accept, message)
+        await self.bot.engine.accept_soon(message)
 
     async def _attachment(self, media: Media) -> Attachment:
         store = self.bot.attachments

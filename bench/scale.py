@@ -160,7 +160,8 @@ def run(databases: tuple[str, ...], workdir: Path, *, quick: bool) -> Table:
                 upgrade(db)
                 seconds = fill(db, size)
                 db.dispose()
-                bot = build(settings_for(url, workdir), migrate=False)
+                # As the worker runs: the write-ahead log copied back by a thread, not by a commit.
+                bot = build(settings_for(url, workdir), migrate=False, background_checkpoints=True)
                 for number in range(warmup):
                     play(bot, f"scale-warmup-{number}")
                 say(f"scale: {kind}, {size:,}: {conversations} conversations")

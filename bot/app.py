@@ -43,10 +43,16 @@ def build(
     db: DbEngine | None = None,
     migrate: bool = True,
     external_desks: tuple[str, ...] = (),
+    background_checkpoints: bool = False,
 ) -> Bot:
-    """Wire the parts; `migrate` upgrades the schema first (SQLite always upgrades at start)."""
+    """Wire the parts; `migrate` upgrades the schema first (SQLite always upgrades at start);
+    `background_checkpoints`: see `make_engine` (the server and its workers)."""
     policy = load_policy_from(settings)
-    db = db or make_engine(settings.database_url, synchronous=settings.sqlite_synchronous)
+    db = db or make_engine(
+        settings.database_url,
+        synchronous=settings.sqlite_synchronous,
+        background_checkpoints=background_checkpoints,
+    )
     if migrate or db.dialect.name == "sqlite":
         upgrade(db)
     renderer = Renderer(policy)
@@ -91,13 +97,17 @@ def build(
     )
 
 
-def build_when_storage_allows(settings: Settings, *, external_desks: tuple[str, ...] = ()) -> Bot:
+def build_when_storage_allows(
+    settings: Settings, *, external_desks: tuple[str, ...] = (), background_checkpoints: bool = False
+) -> Bot:
     """Build the bot; while the database cannot be opened or upgraded for a passing reason (read-only or
     full storage, PostgreSQL not up yet), wait and try again rather than exit."""
     failures = 0
     while True:
         try:
-            return build(settings, external_desks=external_desks)
+            return build(
+                settings, external_desks=external_desks, background_checkpoints=background_checkpoints
+            )
         except Exception as error:
             if not is_transient(error):
                 raise

@@ -661,7 +661,9 @@ def _intake(state: State, reading: Reading, event: Event, facts: Facts) -> Trans
             said.extend(reply)
     state, serial_replies = _take_serials(state, reading, facts)
     said.extend(serial_replies)
-    state = _take_fault(state, reading, event, asked=before.name == "awaiting_fault" and state.serials != ())
+    state = _take_fault(
+        state, reading, event, facts, asked=before.name == "awaiting_fault" and state.serials != ()
+    )
     state, proof_replies = _take_proof(state, reading, event, facts, asked=before.name == "awaiting_proof")
     said.extend(proof_replies)
     # A cause said without being asked counts when it is said plainly: not "unsure", not a misspelt guess.
@@ -745,7 +747,7 @@ def _unit_faults(state: State, reading: Reading, facts: Facts) -> Mapping[str, s
     return faults
 
 
-def _take_fault(state: State, reading: Reading, event: Event, *, asked: bool) -> State:
+def _take_fault(state: State, reading: Reading, event: Event, facts: Facts, *, asked: bool) -> State:
     if state.unit_faults and not state.fault:
         return replace(state, fault="; ".join(f"{s}: {f}" for s, f in state.unit_faults.items()))
     fault = reading.fault
@@ -760,10 +762,13 @@ def _take_fault(state: State, reading: Reading, event: Event, *, asked: bool) ->
     if not state.fault:
         return replace(state, fault=fault[:MAX_FAULT_CHARS])
     added = f"{state.fault}\n{fault}"
+    # What comes beside serials is added when it says more than the fault so far: "I have a problem with my
+    # unit", then "serial X, the display shows E07 and it shuts down" (not "X has the same problem").
+    says_more = not reading.serials or reading.fault_strength > _read(state.fault, facts).fault_strength
     if (
         fault not in state.fault
         and reading.fault_strength >= 2
-        and not reading.serials
+        and says_more
         and len(added) <= MAX_FAULT_CHARS
     ):
         return replace(state, fault=added)

@@ -78,12 +78,14 @@ from bot.store import (
 )
 from bot.store.clock import utcnow
 from bot.store.db import is_transient, write_transaction
+from bot.store.models import INBOX_WAITING, literal_in
 from bot.understanding import default_lexicon, fold, understand
 from policy import Outcome, Policy, UnitFacts, claim_to_json, decision_to_json, normalize_serial
 
 log = logging.getLogger(__name__)
 
 PENDING, PARKED = "pending", "parked"
+assert INBOX_WAITING == (PENDING, PARKED)  # the partial index ix_inbox_waiting holds these rows
 STOPPED = (PARKED, "failed")  # waiting for an operator (`warranty-bot inbox list|retry`)
 
 
@@ -192,10 +194,10 @@ class Engine:
         return accepted
 
     async def accept_soon(self, message: InboundMessage) -> Accepted:
-        """`accept` for the web front's event loop: the messages that arrive while an accept's transaction
-        is under way are stored together in the next one (group commit, bot/batching.py): concurrent
-        webhooks share one commit (one fsync, one turn of SQLite's write lock). Raises what `accept` raises,
-        once the message's own transaction failed."""
+        """`accept` for code on an event loop (every channel's webhook, the web chat, the API): the messages
+        that arrive while an accept's transaction is under way are stored together in the next one (group
+        commit, bot/batching.py): concurrent webhooks share one commit (one fsync, one turn of SQLite's write
+        lock). Raises what `accept` raises, once the message's own transaction failed."""
         return await self._accepts.submit(message)
 
     def accept_each(self, messages: list[InboundMessage]) -> list[Accepted | Exception]:
@@ -1313,7 +1315,7 @@ class _Statements:
             grouped, chosen = inbox.alias("grouped"), inbox.alias("chosen")
             heads = (
                 select(func.min(grouped.c.id))
-                .where(grouped.c.status.in_((PENDING, PARKED)))
+                .where(literal_in(grouped.c.status, INBOX_WAITING))  # in ix_inbox_waiting only
                 .group_by(grouped.c.channel, grouped.c.chat_id)
             )
             due = select(chosen.c.id).where(

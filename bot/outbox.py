@@ -26,10 +26,12 @@ from bot.batching import Signal
 from bot.messages import Attachment, Button, DeskEvent, OutboundMessage
 from bot.store import ChannelIdentity, OutboxItem, session_scope, table_of
 from bot.store.clock import utcnow
+from bot.store.models import OUTBOX_WAITING, literal_in
 
 log = logging.getLogger(__name__)
 
 PENDING, HELD, SENT, DEAD = "pending", "held", "sent", "dead"
+assert OUTBOX_WAITING == (PENDING, HELD, DEAD)  # the partial index ix_outbox_waiting holds these rows
 # Reported by a channel after it took the message (a WhatsApp status "failed"): a dead letter too.
 FAILED = "failed"
 DEAD_LETTERS = (DEAD, FAILED)
@@ -472,9 +474,12 @@ class Deliverer:
         now = utcnow()
         # The oldest waiting row of each chat is its head; only heads may go, which keeps chat order.
         # A held head, or a dead letter that gave up on a passing failure, holds its chat back.
-        waiting = or_(
-            col(OutboxItem.status).in_((PENDING, HELD)),
-            and_(col(OutboxItem.status) == DEAD, col(OutboxItem.holds_chat)),
+        waiting = and_(
+            literal_in(col(OutboxItem.status), OUTBOX_WAITING),  # in ix_outbox_waiting only
+            or_(
+                col(OutboxItem.status).in_((PENDING, HELD)),
+                and_(col(OutboxItem.status) == DEAD, col(OutboxItem.holds_chat)),
+            ),
         )
         heads = (
             select(func.min(col(OutboxItem.id)).label("id"))

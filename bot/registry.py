@@ -230,12 +230,15 @@ def near_serials(session: Session, serials: Iterable[str]) -> dict[str, str]:
         if len(serial) <= _NEAR_PREFIX:
             continue
         prefix = serial[:_NEAR_PREFIX]
+        # A range of the serial's index, not LIKE 'prefix%': SQLite's LIKE (case-insensitive) and PostgreSQL's
+        # (outside the C collation) read every unit instead, 80 ms a lookup at a million units.
+        after_prefix = prefix[:-1] + chr(ord(prefix[-1]) + 1)
         rows = session.execute(
             select(_UNITS.c.serial)
-            .where(_UNITS.c.serial.like(f"{prefix}%"), _UNITS.c.serial != serial)
+            .where(_UNITS.c.serial >= prefix, _UNITS.c.serial < after_prefix, _UNITS.c.serial != serial)
             .limit(_NEAR_CANDIDATES)
         ).scalars()
-        close = [r for r in rows if OSA.distance(serial, r, score_cutoff=1) <= 1]
+        close = [r for r in rows if r.startswith(prefix) and OSA.distance(serial, r, score_cutoff=1) <= 1]
         if len(close) == 1:
             found[serial] = close[0]
     return found

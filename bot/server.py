@@ -578,7 +578,7 @@ def run_server(settings: Settings, *, host: str, port: int, workers: int = 1) ->
     setup_logging(settings.log_level)
     if not settings.worker_id:  # the same name after a restart: the new process takes back its own leases
         settings = settings.model_copy(update={"worker_id": f"{socket.gethostname()}:{port}"})
-    bot = build_when_storage_allows(settings)
+    bot = build_when_storage_allows(settings, background_checkpoints=True)
     if workers > 1 and bot.db.dialect.name == "sqlite":
         raise ValueError("SQLite has one writer: run one worker (--workers 1), or use PostgreSQL for more")
     in_memory = bot.db.dialect.name == "sqlite" and bot.db.url.database in (None, "", ":memory:")

@@ -108,7 +108,7 @@ def run_worker(settings: Settings, *, attached: bool = False) -> None:
 
     from bot.server import load_channels
 
-    bot = build_when_storage_allows(settings)
+    bot = build_when_storage_allows(settings, background_checkpoints=True)
     load_channels(
         bot
     )  # the channels' capabilities, as the server's: which take case events, one reply a turn

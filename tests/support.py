@@ -216,7 +216,7 @@ class Server:
     def _healthy(self) -> bool:
         assert self.process is not None
         if self.process.poll() is not None:
-            raise AssertionError(f"server exited: {self.log.read_text()[-3000:]}")
+            raise AssertionError(f"server exited: {self.log_tail()}")
         try:
             return httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200
         except httpx.TransportError:
@@ -225,7 +225,18 @@ class Server:
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
             self.process.terminate()
-            self.process.wait(timeout=20)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()  # not left behind for the next test
+                self.process.wait(timeout=10)
+                raise AssertionError(
+                    f"the server did not stop within 20 s; its log ends:\n{self.log_tail()}"
+                ) from None
+
+    def log_tail(self, chars: int = 3000) -> str:
+        """The end of what the server wrote (LOG_LEVEL=WARNING: its warnings and errors)."""
+        return self.log.read_text(errors="replace")[-chars:] if self.log.exists() else "(no log)"
 
     def new_sessions(self, count: int) -> list[str]:
         """The ids of `count` new web chat sessions."""
@@ -247,8 +258,17 @@ class Servers:
         return server
 
     def stop(self) -> None:
+        """Stop them all; each one's log goes to the test's captured output, which pytest shows when the
+        test failed (a timeout's cause is often in the server's warnings)."""
+        failures: list[AssertionError] = []
         for server in self.started:
-            server.stop()
+            print(f"--- {server.log.name} ---\n{server.log_tail()}")
+            try:
+                server.stop()
+            except AssertionError as failure:
+                failures.append(failure)
+        if failures:
+            raise failures[0]
 
 
 def messages(server: Server, session: str, after: int = 0) -> list[dict[str, Any]]:

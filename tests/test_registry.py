@@ -17,7 +17,7 @@ from sqlalchemy import Engine, func, select, text
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
-from bot.registry import ImportReport, RegistryImportError, import_registry, lookup
+from bot.registry import ImportReport, RegistryImportError, import_registry, lookup, near_serials
 from bot.store.db import session_scope
 from bot.store.models import RegistryOrder, RegistryUnit
 from policy import UnitFacts, default_policy
@@ -614,3 +614,35 @@ def test_units_are_staged_through_copy_on_postgresql_and_executemany_on_sqlite(
     else:
         assert copies == []
         assert staged == [1252]  # one executemany: the sample is smaller than a batch
+
+
+def test_a_serial_one_slip_from_a_registered_one_is_suggested(engine: Engine, tmp_path: Path) -> None:
+    run(
+        engine,
+        write(
+            tmp_path,
+            csv_text(
+                "PO-1,A,CSP2402A0100,CSP2402A0149,2024-02-06,2024-03-10,false,1000,25000.00,USD",
+                "PO-2,B,CSP2402B0500,,2024-02-06,2024-03-10,false,1000,25000.00,USD",
+                "PO-2,B,CSP2403A0777,,2024-03-06,2024-04-10,false,1000,25000.00,USD",
+            ),
+        ),
+    )
+    with session_scope(engine) as session:
+        near = near_serials(
+            session,
+            [
+                "CSP2402A0100",  # registered: nothing to suggest
+                "CSP2402B0050",  # one swap from CSP2402B0500
+                "csp2402b5000",  # one edit from it, typed in lower case
+                "CSP2402A0150",  # one edit from both CSP2402A0100 and CSP2402A0140 (and more): no one serial
+                "CSP2403A0778",  # one edit from CSP2403A0777
+                "CSP2404A0777",  # another month: not a slip of CSP2403A0777
+                "CSP240_A0777",  # a LIKE wildcard in the prefix matches nothing
+            ],
+        )
+    assert near == {
+        "CSP2402B0050": "CSP2402B0500",
+        "CSP2402B5000": "CSP2402B0500",
+        "CSP2403A0778": "CSP2403A0777",
+    }

@@ -334,7 +334,7 @@ def test_a_kill_during_sends_then_a_restart_resumes_at_once(
     server.process.wait(timeout=10)
     fake.outage = None
     server.start()  # the same port, so the same worker name: it takes back its leases (60 s each) at once
-    check(database_url, fake, CHATS[:4], figures, time.monotonic(), timeout=30)  # well inside one lease
+    check(database_url, fake, CHATS[:4], figures, time.monotonic(), timeout=45)  # inside one lease
     server.stop()  # with its worker, before the fixture drops the PostgreSQL schema under their connections
 
 

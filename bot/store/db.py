@@ -11,6 +11,7 @@ import contextlib
 import errno
 import fcntl
 import hashlib
+import logging
 import os
 import sqlite3
 import threading
@@ -28,14 +29,20 @@ from sqlalchemy.engine import ExceptionContext, make_url
 from sqlmodel import Session
 
 MIGRATIONS = Path(__file__).with_name("migrations")
+log = logging.getLogger(__name__)
 
 
 def is_sqlite(engine: Engine) -> bool:
     return engine.dialect.name == "sqlite"
 
 
-def make_engine(url: str, *, synchronous: str = "FULL") -> Engine:
-    """An engine for `url`; SQLite files get WAL, a busy timeout and write-ahead `BEGIN IMMEDIATE`."""
+def make_engine(url: str, *, synchronous: str = "FULL", background_checkpoints: bool = False) -> Engine:
+    """An engine for `url`; SQLite files get WAL, a busy timeout and write-ahead `BEGIN IMMEDIATE`.
+
+    `background_checkpoints` (what `serve` and its worker use): SQLite copies the write-ahead log back into
+    the database in a thread of this process every `CHECKPOINT_SECONDS`, not in the commit that filled the
+    log past 1,000 pages. That commit (a webhook's 2xx, a batch's replies) waited for the copy: 0.5 s at a
+    million cases (docs/performance.md, table 3)."""
     parsed = make_url(url)
     level = {"FULL": "FULL", "NORMAL": "NORMAL"}[synchronous.upper()]
     if parsed.get_backend_name() != "sqlite":
@@ -60,6 +67,8 @@ def make_engine(url: str, *, synchronous: str = "FULL") -> Engine:
         cursor.execute(f"PRAGMA synchronous={level}")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute("PRAGMA busy_timeout=30000")
+        if background_checkpoints:
+            cursor.execute("PRAGMA wal_autocheckpoint=0")
         cursor.close()
 
     @event.listens_for(engine, "begin")
@@ -69,7 +78,50 @@ def make_engine(url: str, *, synchronous: str = "FULL") -> Engine:
         connection.exec_driver_sql("BEGIN IMMEDIATE" if _writing.get() else "BEGIN")
 
     event.listen(engine, "handle_error", _drop_broken_connection)
+    if background_checkpoints and parsed.database and parsed.database != ":memory:":
+        _Checkpointer(engine, Path(parsed.database)).start()
     return engine
+
+
+CHECKPOINT_SECONDS = 1.0
+
+
+class _Checkpointer:
+    """Copies an SQLite file's write-ahead log into the database now and then, in a daemon thread: PASSIVE,
+    so that it waits for no reader or writer (what readers still use is copied next time). It ends when its
+    engine is disposed of or gone, and never opens (so creates) a database whose log is not there."""
+
+    def __init__(self, engine: Engine, path: Path) -> None:
+        self._engine = weakref.ref(engine)
+        self._wal = path.with_name(path.name + "-wal")
+        self._stop = threading.Event()
+        event.listen(engine, "engine_disposed", lambda _: self._stop.set())
+
+    def start(self) -> None:
+        threading.Thread(target=self._run, name="sqlite-checkpoint", daemon=True).start()
+
+    def _run(self) -> None:
+        failed = False
+        while not self._stop.wait(CHECKPOINT_SECONDS):
+            engine = self._engine()
+            if engine is None:
+                return
+            if not self._wal.exists():
+                continue
+            try:
+                with engine.connect() as connection:
+                    # At the driver, which is in autocommit: a checkpoint cannot run inside a transaction.
+                    driver = connection.connection.driver_connection
+                    assert driver is not None
+                    driver.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                failed = False
+            except Exception as error:  # the storage is away for a while: the log waits, and so do we
+                if not failed:
+                    log.warning(
+                        "SQLite checkpoint failed, trying again: %s", str(error).splitlines()[0][:200]
+                    )
+                failed = True
+            del engine
 
 
 # SQLite errors after which the connection itself is suspect: drop it, the next one is opened afresh.

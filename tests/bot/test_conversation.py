@@ -110,6 +110,36 @@ def test_serial_and_fault_in_one_message_skip_the_fault_question() -> None:
     assert state.fault == "display shows E07 and shuts down under load"
 
 
+@pytest.mark.parametrize(
+    ("vague", "with_serial", "said"),
+    [
+        (
+            "hello, I have a problem with my unit",
+            "my serial is CSP2402A0153, the display shows E07 and it shuts down",
+            "E07",
+        ),
+        (
+            "hola, tengo un problema con mi equipo",
+            "el numero de serie es CSP2402A0153, la pantalla muestra E07 y se apaga",
+            "E07",
+        ),
+        ("j'ai un problème avec mon appareil", "CSP2402A0153 : l'écran affiche E07 et il s'éteint", "E07"),
+    ],
+)
+def test_a_vague_first_line_does_not_hide_the_fault_that_comes_with_the_serial(
+    vague: str, with_serial: str, said: str
+) -> None:
+    _, templates, effects, _ = run(vague, with_serial, "cause:normal")
+    assert "ask_fault" not in templates
+    fault = opened(effects).fault
+    assert fault.startswith(vague.split(", ")[-1]) and said in fault  # both lines, in the order written
+
+
+def test_a_serial_with_the_same_problem_adds_nothing_to_the_fault() -> None:
+    state, _, _, _ = run("The display shows E07 and it shuts down", "CSP2402A0153 has the same problem")
+    assert state.fault == "The display shows E07 and it shuts down"
+
+
 def test_expired_unit_is_refused_as_a_case_for_a_person_to_confirm() -> None:
     state, templates, effects, replies = run("CSP2402A0154", "It does not start any more", "cause:normal")
     assert templates[-2:] == ["decision", "refusal_case_opened"]

@@ -9,6 +9,8 @@ past the busy timeout ("database is locked"); on PostgreSQL a trigger terminates
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
 import sqlite3
 import subprocess
@@ -181,9 +183,41 @@ def test_sqlite_flushes_every_commit_unless_told_otherwise(tmp_path: Path) -> No
     from bot.store import make_engine
 
     for level, code in (("FULL", 2), ("NORMAL", 1)):
-        engine = make_engine(
-            f"sqlite:///{tmp_path}/{level}.db", **({} if level == "FULL" else {"synchronous": level})
-        )
+        url = f"sqlite:///{tmp_path}/{level}.db"
+        engine = make_engine(url) if level == "FULL" else make_engine(url, synchronous=level)
         with engine.connect() as connection:
             assert connection.execute(text("PRAGMA synchronous")).scalar_one() == code
+        engine.dispose()
+
+
+def test_the_server_copies_sqlites_log_into_the_database_in_the_background(tmp_path: Path) -> None:
+    """`serve` and its worker: no commit waits for the write-ahead log to be copied back (a checkpoint); a
+    thread does it, and the database file itself holds what was committed soon after."""
+    from bot.store import make_engine
+    from bot.store.db import CHECKPOINT_SECONDS
+
+    def in_the_file(path: Path) -> int:
+        # immutable=1: the file as it is on disk, the write-ahead log not read
+        with contextlib.closing(sqlite3.connect(f"file:{path}?immutable=1", uri=True)) as reader:
+            return int(reader.execute("SELECT count(*) FROM t").fetchone()[0])
+
+    def copied(path: Path) -> bool:
+        return in_the_file(path) == 1
+
+    for background in (False, True):
+        path = tmp_path / f"{background}.db"
+        engine = make_engine(f"sqlite:///{path}", background_checkpoints=background)
+        with engine.begin() as connection:
+            connection.execute(text("CREATE TABLE t (n INTEGER)"))
+        with engine.connect() as connection:  # the table is in the file once the log was copied
+            connection.connection.driver_connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # type: ignore[union-attr]
+            assert connection.execute(text("PRAGMA wal_autocheckpoint")).scalar_one() == (
+                0 if background else 1000
+            )
+        with engine.begin() as connection:
+            connection.execute(text("INSERT INTO t VALUES (1)"))
+        if background:
+            wait_until(functools.partial(copied, path), timeout=20 * CHECKPOINT_SECONDS, what="a checkpoint")
+        else:  # SQLite's own checkpoint waits for 1,000 pages of log
+            assert in_the_file(path) == 0
         engine.dispose()
