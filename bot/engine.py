@@ -9,9 +9,10 @@ processes them in one transaction, so that one commit (one fsync) serves them al
 message in a batch, so its order holds; a batch that fails is rolled back and its messages are processed
 again one by one, each in its own transaction, so that one bad message holds back only its own chat.
 
-The hot path (claim, load, log, queue) runs on SQLAlchemy Core statements built once per engine, whose
-compiled forms SQLAlchemy caches; about six statements a message (tests/test_engine_statements.py). The
-ORM stays where nothing is hot: opening a case, effects, the desk.
+The hot path (accept, claim, load, log, queue, new chats, a new case's reference, units and audit rows)
+runs on SQLAlchemy Core statements built once per engine, whose compiled forms SQLAlchemy caches, on the
+session's connection; about six statements a message (tests/bot/test_group_commit.py). The ORM loads each
+chat's rows (one query for the batch) and stays where nothing is hot: the case row itself, effects, the desk.
 """
 
 from __future__ import annotations
@@ -41,8 +42,8 @@ from sqlalchemy import (
 )
 from sqlalchemy import Engine as DbEngine
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.orm.attributes import set_committed_value
-from sqlalchemy.sql.dml import ReturningUpdate
+from sqlalchemy.orm.attributes import flag_modified, set_committed_value
+from sqlalchemy.sql.dml import Insert, ReturningInsert, ReturningUpdate
 from sqlalchemy.sql.elements import ColumnElement
 from sqlmodel import Session, col
 
@@ -76,7 +77,7 @@ from bot.store import (
     table_of,
 )
 from bot.store.clock import utcnow
-from bot.store.db import is_transient
+from bot.store.db import is_transient, write_transaction
 from bot.store.models import INBOX_WAITING, literal_in
 from bot.understanding import default_lexicon, fold, understand
 from policy import Outcome, Policy, UnitFacts, claim_to_json, decision_to_json, normalize_serial
@@ -179,17 +180,10 @@ class Engine:
         rows = [_inbox_row(message) for message in messages]
         if not rows:
             return []
-        with session_scope(self.db) as session:
-            dialect = session.get_bind().dialect.name
-            insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-            inbox = table_of(InboxItem)  # Core: nothing of the ORM's unit of work is needed here
-            statement = (
-                insert(inbox)
-                .values(rows)
-                .on_conflict_do_nothing(index_elements=["channel", "external_id"])
-                .returning(inbox.c.id, inbox.c.channel, inbox.c.external_id)
-            )
-            stored = {(row[1], row[2]): int(row[0]) for row in session.connection().execute(statement)}
+        # Core on a connection of its own: nothing of the ORM's unit of work is needed here.
+        with self.db.connect() as connection, write_transaction(connection):
+            statement = self._statements.accept(self.db.dialect.name)
+            stored = {(row[1], row[2]): int(row[0]) for row in connection.execute(statement, rows)}
         accepted = []
         for row in rows:
             # A message twice in one batch (a redelivery that came with the original): the first one is stored.
@@ -298,9 +292,11 @@ class Engine:
                     "inbox message %s of %s could not be processed", claimed[0].id, claimed[0].channel
                 )
                 self._record_failure(int(claimed[0].id), error)  # a transient failure here: pause and retry
-        if claimed:
-            self.outbox_signal.set()
-        return len(claimed), len(claimed) == size or any(row.more for row in claimed)
+        if not claimed:
+            return 0, False
+        self.outbox_signal.set()
+        last = max(claimed, key=lambda r: int(r.id))
+        return len(claimed), bool(last.after) or any(row.more for row in claimed)
 
     def _claim(self, session: Session, size: int, item_id: int | None) -> Sequence[Row[Any]]:
         statement = self._statements.claim(session.get_bind().dialect.name, one=item_id is not None)
@@ -308,7 +304,7 @@ class Engine:
         params: dict[str, Any] = {"now": now, "batch": size}
         if item_id is not None:
             params["item_id"] = item_id
-        return session.execute(statement, params).all()
+        return session.connection().execute(statement, params).all()
 
     def _process_many(self, session: Session, claimed: Sequence[Row[Any]]) -> None:
         messages = [inbound_from_payload(row.payload) for row in sorted(claimed, key=lambda r: int(r.id))]
@@ -351,42 +347,59 @@ class Engine:
         contexts: dict[tuple[str, str], tuple[ChannelIdentity, Customer, Conversation | None]],
     ) -> None:
         """The batch's new chats: a customer each (in the language the channel hints, a written variant such
-        as pt-PT when it names one), their identities and conversations, added to `contexts`. Written
-        together, a few statements for the batch rather than four for each new chat."""
+        as pt-PT when it names one), their identities and conversations, added to `contexts`. Written with
+        Core, a statement a table for the batch, then read back with the batch's contexts query (the ORM's
+        objects, without its unit of work)."""
         new = [m for m in messages if (m.channel, m.chat_id) not in contexts]
         if not new:
             return
-        customers = [
-            Customer(name=m.sender_name, language=hint_variant(m.locale_hint) or hint_language(m.locale_hint))
-            for m in new
-        ]
-        session.add_all(customers)
-        session.flush()
-        # A conversation may outlive its identity (rows removed by hand): it goes on.
-        keys = [(m.channel, m.chat_id) for m in new]
-        known = {
-            (c.channel, c.chat_id): c
-            for c in session.execute(
-                select(Conversation).where(
-                    tuple_(col(Conversation.channel), col(Conversation.chat_id)).in_(keys)
-                )
-            ).scalars()
-        }
-        for message, customer in zip(new, customers, strict=True):
-            key = (message.channel, message.chat_id)
-            identity = ChannelIdentity(
-                customer_id=customer.id or 0,
-                channel=message.channel,
-                chat_id=message.chat_id,
-                sender_id=message.sender_id,
-                display_name=message.sender_name,
-            )
-            conversation = known.get(key) or Conversation(
-                customer_id=customer.id or 0, channel=message.channel, chat_id=message.chat_id
-            )
-            session.add_all([identity, conversation])
-            contexts[key] = (identity, customer, conversation)
-        session.flush()
+        connection, statements, now = session.connection(), self._statements, utcnow()
+        customers = connection.execute(
+            statements.new_customers,
+            [
+                {
+                    "name": m.sender_name,
+                    "language": hint_variant(m.locale_hint) or hint_language(m.locale_hint),
+                    "language_explicit": False,
+                    "created_at": now,
+                }
+                for m in new
+            ],
+        ).all()
+        customer_ids = [int(row.id) for row in customers]
+        connection.execute(
+            statements.new_identities,
+            [
+                {
+                    "customer_id": customer_id,
+                    "channel": m.channel,
+                    "chat_id": m.chat_id,
+                    "sender_id": m.sender_id,
+                    "display_name": m.sender_name,
+                    "unreachable": False,
+                    "last_inbound_at": None,
+                    "data": {},
+                }
+                for m, customer_id in zip(new, customer_ids, strict=True)
+            ],
+        )
+        # A conversation may outlive its identity (rows removed by hand): it goes on, as it is.
+        connection.execute(
+            statements.new_conversations(connection.dialect.name),
+            [
+                {
+                    "customer_id": customer_id,
+                    "channel": m.channel,
+                    "chat_id": m.chat_id,
+                    "state": "new",
+                    "data": {},
+                    "case_id": None,
+                    "updated_at": now,
+                }
+                for m, customer_id in zip(new, customer_ids, strict=True)
+            ],
+        )
+        contexts.update(self._contexts(session, new))
 
     def _record_failure(self, item_id: int, error: Exception) -> None:
         """Count a failure of the very row that failed; the same failure `max_attempts` times parks it."""
@@ -444,6 +457,7 @@ class Engine:
             # A message to show the engineers without answering it (mail from a list, or asking for no
             # automatic answer): it goes to the case, or opens one, and the conversation waits for a person.
             self._take_quietly(session, message, text, stored, conversation, customer, case, state)
+            flag_modified(identity, "unreachable")  # not settled: the ORM's flush writes it
             return
         detected = None if customer.language_explicit else detect(text)
         if customer.language is None and detected is not None:
@@ -466,9 +480,10 @@ class Engine:
             for reply in transition.replies
         ]
 
-        if case is not None and any(isinstance(e, conv.OpenCase) for e in transition.effects):
+        opened = [e for e in transition.effects if isinstance(e, conv.OpenCase)]
+        if case is not None and opened:
             # The customer's orders looked up: a discount credited on an earlier case waits for this order.
-            waiting = self._credits_waiting(session, case)
+            waiting = self._credits_waiting(session, case, [u.order_id for u in opened[-1].units])
             if waiting:
                 told = conv.Reply(
                     template=fulfilment.TEMPLATE, params={"step": "credit_available", "credits": waiting}
@@ -618,7 +633,8 @@ class Engine:
         context: tuple[ChannelIdentity, Customer, Conversation | None],
     ) -> tuple[Conversation, ChannelIdentity, Customer]:
         identity, customer, known = context
-        identity.unreachable = False  # they wrote to us: reachable again
+        # They wrote to us: reachable again (written with the batch's identities, see _Hot.settle).
+        set_committed_value(identity, "unreachable", False)
         if known is not None:
             return known, identity, customer
         started = Conversation(customer_id=customer.id or 0, channel=message.channel, chat_id=message.chat_id)
@@ -706,38 +722,42 @@ class Engine:
         if effect.units and all(u.decision.outcome is Outcome.not_covered for u in effect.units):
             move(case, CaseStatus.to_confirm)
         session.add(case)
-        session.flush()
-        case.ref = f"{self.config.case_ref_prefix}-{case.created_at.year}-{case.id:06d}"
+        session.flush()  # its id, for its reference and its rows (Core: the ORM has nothing more to do)
+        connection = session.connection()
+        ref = f"{self.config.case_ref_prefix}-{case.created_at.year}-{case.id:06d}"
+        connection.execute(self._statements.case_ref, {"b_id": case.id, "b_ref": ref})
+        set_committed_value(case, "ref", ref)
+        units = []
         for unit in effect.units:
             d = unit.decision
             decision = decision_to_json(d, self.policy)
             if unit.claim is not None:
                 decision["claim"] = claim_to_json(unit.claim)  # the facts, for an engineer's correction
-            session.add(
-                CaseUnit(
-                    case_id=case.id or 0,
-                    serial=unit.serial,
-                    model=unit.model,
-                    order_id=unit.order_id,
-                    production_date=unit.production_date,
-                    port_arrival_date=unit.port_arrival_date,
-                    warranty_end=d.warranty_end,
-                    outcome=d.outcome.value,
-                    basis=d.basis.value if d.basis else None,
-                    clauses=list(d.clauses),
-                    decision=decision,
-                )
+            units.append(
+                {
+                    "case_id": case.id,
+                    "serial": unit.serial,
+                    "model": unit.model,
+                    "order_id": unit.order_id,
+                    "production_date": unit.production_date,
+                    "port_arrival_date": unit.port_arrival_date,
+                    "warranty_end": d.warranty_end,
+                    "outcome": d.outcome.value,
+                    "basis": d.basis.value if d.basis else None,
+                    "clauses": list(d.clauses),
+                    "decision": decision,
+                }
             )
+        if units:
+            connection.execute(self._statements.units, units)
         for attachment_id in effect.attachment_ids:
             stored = session.get(StoredAttachment, attachment_id)
             if stored is not None:
                 stored.case_id = case.id
-        session.flush()  # the batch does not autoflush: the queries below (batch alerts, credits) read the units
         # Everything said so far belongs to the case's history: what is logged, and what this batch logs.
-        session.execute(
-            update(Message)
-            .where(col(Message.conversation_id) == conversation.id, col(Message.case_id).is_(None))
-            .values(case_id=case.id)
+        # (Core: the engine's batch holds no Message objects for the ORM to keep in step.)
+        session.connection().execute(
+            self._statements.link_log, {"b_case": case.id, "b_conversation": conversation.id}
         )
         hot = session.info.get(_HOT)
         if hot is not None:
@@ -1001,10 +1021,18 @@ class Engine:
         if change is not None:
             self.apply_fulfilment(session, case, row, change, actor="customer", origin=case.channel)
 
-    def _credits_waiting(self, session: Session, case: Case) -> list[dict[str, Any]]:
-        """Discount credits (M5) of earlier cases for the companies of this case's orders, or this customer."""
-        credits = session.execute(
-            self._statements.credits_waiting, {"case_id": case.id, "customer_id": case.customer_id}
+    def _credits_waiting(
+        self, session: Session, case: Case, order_ids: Sequence[str | None]
+    ) -> list[dict[str, Any]]:
+        """Discount credits (M5) of earlier cases for the companies of this case's orders (`order_ids`, its
+        units'), or this customer."""
+        credits = session.connection().execute(
+            self._statements.credits_waiting,
+            {
+                "case_id": case.id,
+                "customer_id": case.customer_id,
+                "order_ids": sorted({o for o in order_ids if o}),
+            },
         )
         return [{"order_id": c.order_id, "amount": c.amount, "currency": c.currency} for c in credits]
 
@@ -1193,6 +1221,7 @@ class _Statements:
 
     def __init__(self) -> None:
         self._claims: dict[tuple[str, bool], ReturningUpdate[Any]] = {}
+        self._accepts: dict[str, ReturningInsert[Any]] = {}
         identity, customer, conversation, case = ChannelIdentity, Customer, Conversation, Case
         self.contexts = (
             select(identity, customer, conversation, case)
@@ -1210,7 +1239,22 @@ class _Statements:
             )
         )
         self.log = insert(table_of(Message))
+        # A batch's new chats (see Engine._start_chats); the customers' ids in the order of their rows.
+        customers = table_of(Customer)
+        self.new_customers = insert(customers).returning(customers.c.id, sort_by_parameter_order=True)
+        self.new_identities = insert(table_of(ChannelIdentity))
+        self._new_conversations: dict[str, Insert] = {}
+        messages = table_of(Message)
+        self.link_log = (
+            update(messages)
+            .where(messages.c.conversation_id == bindparam("b_conversation"), messages.c.case_id.is_(None))
+            .values(case_id=bindparam("b_case"))
+        )
         self.queue = insert(table_of(OutboxItem))
+        self.audit = insert(table_of(AuditEntry))
+        self.units = insert(table_of(CaseUnit))
+        cases = table_of(Case)
+        self.case_ref = update(cases).where(cases.c.id == bindparam("b_id")).values(ref=bindparam("b_ref"))
         # Each message's conversation and identity as the batch leaves them (see _Hot.settle).
         conversations, identities = table_of(Conversation), table_of(ChannelIdentity)
         self.settle_conversations = (
@@ -1226,9 +1270,7 @@ class _Statements:
         # A new case's waiting discount credits (M5): the customer's, or those of its orders' companies
         # (a registry order without a company names none), in one query.
         companies = select(col(RegistryOrder.customer)).where(
-            col(RegistryOrder.order_id).in_(
-                select(col(CaseUnit.order_id)).where(col(CaseUnit.case_id) == bindparam("case_id"))
-            ),
+            col(RegistryOrder.order_id).in_(bindparam("order_ids", expanding=True)),
             col(RegistryOrder.customer) != "",
         )
         self.credits_waiting = (
@@ -1239,6 +1281,30 @@ class _Statements:
             )
             .order_by(col(Credit.id))
         )
+
+    def accept(self, dialect: str) -> ReturningInsert[Any]:
+        """Store inbox rows (one, or many as one executemany); a redelivery is skipped, and only the rows
+        stored are returned."""
+        statement = self._accepts.get(dialect)
+        if statement is None:
+            insert_of = postgresql.insert if dialect == "postgresql" else sqlite.insert
+            inbox = table_of(InboxItem)
+            statement = self._accepts[dialect] = (
+                insert_of(inbox)
+                .on_conflict_do_nothing(index_elements=["channel", "external_id"])
+                .returning(inbox.c.id, inbox.c.channel, inbox.c.external_id)
+            )
+        return statement
+
+    def new_conversations(self, dialect: str) -> Insert:
+        """New chats' conversations; a chat's conversation that is there already stays as it is."""
+        statement = self._new_conversations.get(dialect)
+        if statement is None:
+            insert_of = postgresql.insert if dialect == "postgresql" else sqlite.insert
+            statement = self._new_conversations[dialect] = insert_of(
+                table_of(Conversation)
+            ).on_conflict_do_nothing(index_elements=["channel", "chat_id"])
+        return statement
 
     def claim(self, dialect: str, *, one: bool) -> ReturningUpdate[Any]:
         """Mark the heads of waiting chats done and return them, in the transaction that processes them
@@ -1262,18 +1328,29 @@ class _Statements:
             due = due.order_by(chosen.c.id).limit(bindparam("batch"))
             if dialect == "postgresql":
                 due = due.with_for_update(skip_locked=True)  # heads another worker holds are its own
-            # Whether the chat has later messages waiting: then the worker goes round once more.
+            # Whether messages wait after this one: of its chat (`more`), or of any chat (`after`; of the
+            # batch's last row, these are messages the batch did not claim). Then the worker goes round once
+            # more; otherwise it need not ask again (a message that arrives meanwhile sets `inbox_signal`).
             # (Written out: SQLAlchemy renders RETURNING's columns unqualified, which would bind to `later`.)
-            more: ColumnElement[int] = literal_column(
-                "(SELECT count(*) FROM inboxitem AS later WHERE later.channel = inboxitem.channel"
-                " AND later.chat_id = inboxitem.chat_id AND later.status = 'pending'"
-                " AND later.id > inboxitem.id)"
+            later = (
+                "SELECT 1 FROM inboxitem AS later WHERE later.status = 'pending' AND later.id > inboxitem.id"
             )
+            more: ColumnElement[bool] = literal_column(
+                f"EXISTS ({later} AND later.channel = inboxitem.channel AND later.chat_id = inboxitem.chat_id)"
+            )
+            after: ColumnElement[bool] = literal_column(f"EXISTS ({later})")
             self._claims[key] = (
                 update(inbox)
                 .where(inbox.c.id.in_(due))
                 .values(status="done", processed_at=bindparam("now"), next_attempt_at=None)
-                .returning(inbox.c.id, inbox.c.channel, inbox.c.chat_id, inbox.c.payload, more.label("more"))
+                .returning(
+                    inbox.c.id,
+                    inbox.c.channel,
+                    inbox.c.chat_id,
+                    inbox.c.payload,
+                    more.label("more"),
+                    after.label("after"),
+                )
             )
         return self._claims[key]
 
@@ -1294,6 +1371,7 @@ class _Hot:
     mentioned: dict[str, tuple[str, ...]] = field(default_factory=dict)  # text -> the serials it mentions
     registry: dict[str, UnitFacts] = field(default_factory=dict)  # what the registry knows of them
     settled: list[tuple[Conversation, ChannelIdentity]] = field(default_factory=list)
+    audits: list[dict[str, Any]] = field(default_factory=list)  # rows of AuditEntry (see `audit`)
 
     def log(
         self,
@@ -1367,10 +1445,13 @@ class _Hot:
         self.settled.append((conversation, identity))
 
     def write(self, session: Session, statements: _Statements) -> None:
+        connection = session.connection()  # Core: the ORM's execute adds nothing to these
         if self.messages:
-            session.execute(statements.log, self.messages)
+            connection.execute(statements.log, self.messages)
         if self.outbox:
-            session.execute(statements.queue, self.outbox)
+            connection.execute(statements.queue, self.outbox)
+        if self.audits:
+            connection.execute(statements.audit, self.audits)
         if self.settled:
             # Their present values (the ORM's own changes to these columns since are included, and then
             # marked as written, so that the batch's last flush does not write them again).
@@ -1378,13 +1459,13 @@ class _Hot:
                 ([c for c, _ in self.settled], statements.settle_conversations, _SETTLED_CONVERSATION),
                 ([i for _, i in self.settled], statements.settle_identities, _SETTLED_IDENTITY),
             ):
-                session.execute(
+                connection.execute(
                     statement, [{"b_id": o.id, **{f"b_{k}": getattr(o, k) for k in keys}} for o in objects]
                 )
                 for o in objects:
                     for key in keys:
                         set_committed_value(o, key, getattr(o, key))
-        self.messages, self.outbox, self.settled = [], [], []
+        self.messages, self.outbox, self.settled, self.audits = [], [], [], []
 
 
 def retry_parked(db: DbEngine, ids: list[int] | None = None) -> int:
@@ -1417,14 +1498,17 @@ def fulfilment_record(row: Fulfilment) -> fulfilment.Record:
 
 
 def audit(session: Session, case: Case | None, actor: str, action: str, **detail: Any) -> None:
-    session.add(
-        AuditEntry(
-            case_id=case.id if case else None,
-            actor=actor,
-            action=action,
-            detail={k: _jsonable(v) for k, v in detail.items()},
-        )
-    )
+    row: dict[str, Any] = {
+        "case_id": case.id if case else None,
+        "actor": actor,
+        "action": action,
+        "detail": {k: _jsonable(v) for k, v in detail.items()},
+    }
+    hot = session.info.get(_HOT)
+    if hot is not None:  # the engine's own batch: its audit rows go out together at its end
+        hot.audits.append({**row, "at": utcnow()})
+        return
+    session.add(AuditEntry(**row))
 
 
 def _jsonable(value: Any) -> Any:

@@ -19,7 +19,7 @@ from zipfile import BadZipFile, ZipFile
 import openpyxl
 from openpyxl.utils.exceptions import InvalidFileException
 from rapidfuzz.distance import OSA
-from sqlalchemy import Connection, Engine, Table, select
+from sqlalchemy import Connection, Engine, Table, bindparam, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -180,27 +180,30 @@ def import_registry(
             _Stage.drop(connection)
 
 
+# What `lookup` reads, built once (SQLAlchemy caches its compiled form; the list of serials is one parameter).
+_LOOKUP = (
+    select(
+        _UNITS.c.serial,
+        _UNITS.c.order_id,
+        _UNITS.c.production_date,
+        _UNITS.c.port_arrival_date,
+        _ORDERS.c.cargo_compensation,
+        _ORDERS.c.order_pieces,
+        _ORDERS.c.order_total,
+        _ORDERS.c.currency,
+    )
+    .join_from(_UNITS, _ORDERS, _UNITS.c.order_id == _ORDERS.c.order_id)
+    .where(_UNITS.c.serial.in_(bindparam("serials", expanding=True)))
+)
+
+
 def lookup(session: Session, serials: Iterable[str]) -> dict[str, UnitFacts]:
     """What the registry knows about `serials`, keyed by normalised serial; unknown serials are left out."""
     wanted = sorted({normalize_serial(serial) for serial in serials} - {""})
     found: dict[str, UnitFacts] = {}
-    limit = _in_limit(session.get_bind().dialect.name)
-    for chunk in _chunks(wanted, limit):
-        query = (
-            select(
-                _UNITS.c.serial,
-                _UNITS.c.order_id,
-                _UNITS.c.production_date,
-                _UNITS.c.port_arrival_date,
-                _ORDERS.c.cargo_compensation,
-                _ORDERS.c.order_pieces,
-                _ORDERS.c.order_total,
-                _ORDERS.c.currency,
-            )
-            .join_from(_UNITS, _ORDERS, _UNITS.c.order_id == _ORDERS.c.order_id)
-            .where(_UNITS.c.serial.in_(chunk))
-        )
-        for row in session.execute(query):
+    connection = session.connection()  # Core: the ORM adds nothing to a read of plain rows
+    for chunk in _chunks(wanted, _in_limit(connection.dialect.name)):
+        for row in connection.execute(_LOOKUP, {"serials": list(chunk)}):
             found[row.serial] = UnitFacts(
                 serial=row.serial,
                 order_id=row.order_id,

@@ -6,7 +6,7 @@ import asyncio
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from sqlmodel import Session, col
 
 from adapters import mail, wechat
@@ -14,7 +14,7 @@ from bot.app import Bot, build
 from bot.config import Settings
 from bot.messages import InboundMessage, OutboundMessage
 from bot.outbox import Delivered, Deliverer, PermanentFailure, RetryLater, Unreachable
-from bot.store import Case, CaseUnit, ChannelIdentity, InboxItem, Message, OutboxItem
+from bot.store import Case, CaseUnit, ChannelIdentity, Conversation, InboxItem, Message, OutboxItem
 from bot.store.clock import utcnow
 from tests.support import CLAIM, CLAIM_AS_READ, SERIAL, bot_texts, inbound, say
 
@@ -163,6 +163,40 @@ def test_a_blocked_bot_marks_the_customer_unreachable(bot: Bot) -> None:
         identity = session.execute(select(ChannelIdentity)).scalar_one()
         statuses = {o.status for o in session.execute(select(OutboxItem)).scalars()}
     assert identity.unreachable and statuses == {"dead"}
+
+
+def test_a_conversation_whose_identity_was_removed_by_hand_goes_on(bot: Bot) -> None:
+    say(bot, "hello")
+    with Session(bot.db) as session, session.begin():
+        before = session.execute(select(Conversation)).scalar_one()
+        kept = (before.id, before.customer_id)
+        session.execute(delete(ChannelIdentity))
+    say(bot, "it shuts down under load")
+    with Session(bot.db) as session:
+        after = session.execute(select(Conversation)).scalar_one()  # the same one, not a second
+        identity = session.execute(select(ChannelIdentity)).scalar_one()  # a new identity
+        texts = list(
+            session.execute(
+                select(col(Message.text)).where(
+                    col(Message.conversation_id) == after.id, col(Message.author) == "customer"
+                )
+            ).scalars()
+        )
+    assert (after.id, after.customer_id) == kept
+    assert identity.chat_id == "chat-1" and after.state != "new"
+    assert texts == ["hello", "it shuts down under load"]
+    assert len(bot_texts(bot)) >= 3  # answered both
+
+
+@pytest.mark.parametrize("quiet", [False, True], ids=["answered", "taken quietly"])
+def test_a_customer_who_writes_again_is_reachable_again(bot: Bot, quiet: bool) -> None:
+    say(bot, "hello")
+    deliver(bot, ChannelApi([Unreachable("403 Forbidden: bot was blocked by the user")]))
+    bot.engine.accept(inbound("I unblocked you", raw={"quiet": "auto-submitted"} if quiet else {}))
+    bot.engine.process_pending()
+    with Session(bot.db) as session:
+        identity = session.execute(select(ChannelIdentity)).scalar_one()
+    assert not identity.unreachable
 
 
 @pytest.mark.parametrize(
