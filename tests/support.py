@@ -4,6 +4,7 @@ these from here (or a channel's from tests/fakes/), never from another test modu
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -23,7 +24,8 @@ from adapters.base import ChannelFactory
 from bot.app import Bot, build
 from bot.config import Settings
 from bot.conversation import State
-from bot.messages import InboundMessage
+from bot.messages import InboundMessage, OutboundMessage
+from bot.outbox import Delivered, Deliverer
 from bot.server import create_app
 from bot.store import Case, Conversation, InboxItem, Message, OutboxItem, StoredAttachment, make_engine
 from bot.store.clock import utcnow
@@ -492,3 +494,27 @@ def claim_to_the_end(bot: Bot, *texts: str, chat: str = "chat-1") -> str:
     cases = bot.desk.list_cases()
     assert len(cases) == 1, cases
     return str(cases[0]["ref"])
+
+
+# --- a channel's remote API in the engine's tests (the deliverer sends to it in-process) ---------------------
+
+
+class ChannelApi:
+    """A stand-in for a channel's remote API: records what it was sent; can fail on cue."""
+
+    def __init__(self, failures: list[Exception] | None = None) -> None:
+        self.sent: list[OutboundMessage] = []
+        self.failures = list(failures or [])
+
+    async def send(self, message: OutboundMessage) -> Delivered:
+        if self.failures:
+            raise self.failures.pop(0)
+        self.sent.append(message)
+        return Delivered(external_id=f"x{len(self.sent)}")
+
+
+def deliver(bot: Bot, api: ChannelApi, rounds: int = 20) -> None:
+    deliverer = Deliverer(bot.db, {"test": api}, max_attempts=3)
+    for _ in range(rounds):
+        if not asyncio.run(deliverer.deliver_due()):
+            break

@@ -12,32 +12,11 @@ from sqlmodel import Session, col
 from adapters import mail, wechat
 from bot.app import Bot, build
 from bot.config import Settings
-from bot.messages import InboundMessage, OutboundMessage
-from bot.outbox import Delivered, Deliverer, PermanentFailure, RetryLater, Unreachable
+from bot.messages import InboundMessage
+from bot.outbox import Deliverer, PermanentFailure, RetryLater, Unreachable
 from bot.store import Case, CaseUnit, ChannelIdentity, Conversation, InboxItem, Message, OutboxItem
 from bot.store.clock import utcnow
-from tests.support import CLAIM, CLAIM_AS_READ, SERIAL, bot_texts, inbound, say
-
-
-class ChannelApi:
-    """A stand-in for a channel's remote API: records what it was sent; can fail on cue."""
-
-    def __init__(self, failures: list[Exception] | None = None) -> None:
-        self.sent: list[OutboundMessage] = []
-        self.failures = list(failures or [])
-
-    async def send(self, message: OutboundMessage) -> Delivered:
-        if self.failures:
-            raise self.failures.pop(0)
-        self.sent.append(message)
-        return Delivered(external_id=f"x{len(self.sent)}")
-
-
-def deliver(bot: Bot, api: ChannelApi, rounds: int = 20) -> None:
-    deliverer = Deliverer(bot.db, {"test": api}, max_attempts=3)
-    for _ in range(rounds):
-        if not asyncio.run(deliverer.deliver_due()):
-            break
+from tests.support import CLAIM, CLAIM_AS_READ, SERIAL, ChannelApi, bot_texts, deliver, inbound, say
 
 
 def test_a_claim_opens_a_case_and_every_reply_is_in_the_outbox(bot: Bot) -> None:

@@ -10,8 +10,7 @@ from typing import Any
 from sqlalchemy import Engine, event
 
 from bot.app import Bot
-from tests.bot.test_engine import ChannelApi, deliver
-from tests.support import CLAIM, say
+from tests.support import CLAIM, ChannelApi, deliver, say
 
 
 @contextmanager
