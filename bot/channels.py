@@ -17,7 +17,6 @@ from typing import Any, Literal, TypeGuard, TypeVar
 
 import httpx
 from sqlalchemy import Engine, delete, or_, select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, col
 
 from bot.attachments import AttachmentRejected, AttachmentStore
@@ -38,6 +37,7 @@ from bot.outbox import (
 from bot.registry import lookup
 from bot.store import ChannelIdentity, KeyValue, lock_chat, session_scope
 from bot.store.clock import utcnow
+from bot.store.db import insert_for
 from bot.store.kv import kv_delete as kv_delete
 from bot.store.kv import kv_get as kv_get
 from bot.store.kv import kv_put as kv_put
@@ -349,8 +349,9 @@ class TokenCache:
 def kv_add(db: Engine, key: str, value: dict[str, Any], expires_at: datetime | None = None) -> bool:
     """Store `value` under `key` unless the key is there already; whether it was stored (a first time)."""
     with session_scope(db) as session:
-        insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
-        statement = insert(KeyValue).values(key=key, value=value, expires_at=expires_at)
+        statement = insert_for(session.get_bind().dialect.name)(KeyValue).values(
+            key=key, value=value, expires_at=expires_at
+        )
         inserted = session.execute(
             statement.on_conflict_do_nothing(index_elements=["key"]).returning(col(KeyValue.key))
         ).scalar()

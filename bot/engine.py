@@ -41,7 +41,6 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy import Engine as DbEngine
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm.attributes import flag_modified, set_committed_value
 from sqlalchemy.sql.dml import Insert, ReturningInsert, ReturningUpdate
 from sqlalchemy.sql.elements import ColumnElement
@@ -77,7 +76,7 @@ from bot.store import (
     table_of,
 )
 from bot.store.clock import utcnow
-from bot.store.db import is_transient, write_transaction
+from bot.store.db import insert_for, is_transient, write_transaction
 from bot.store.models import INBOX_WAITING, literal_in
 from bot.understanding import default_lexicon, fold, understand
 from policy import Outcome, Policy, UnitFacts, claim_to_json, decision_to_json, normalize_serial
@@ -1287,10 +1286,9 @@ class _Statements:
         stored are returned."""
         statement = self._accepts.get(dialect)
         if statement is None:
-            insert_of = postgresql.insert if dialect == "postgresql" else sqlite.insert
             inbox = table_of(InboxItem)
             statement = self._accepts[dialect] = (
-                insert_of(inbox)
+                insert_for(dialect)(inbox)
                 .on_conflict_do_nothing(index_elements=["channel", "external_id"])
                 .returning(inbox.c.id, inbox.c.channel, inbox.c.external_id)
             )
@@ -1300,8 +1298,7 @@ class _Statements:
         """New chats' conversations; a chat's conversation that is there already stays as it is."""
         statement = self._new_conversations.get(dialect)
         if statement is None:
-            insert_of = postgresql.insert if dialect == "postgresql" else sqlite.insert
-            statement = self._new_conversations[dialect] = insert_of(
+            statement = self._new_conversations[dialect] = insert_for(dialect)(
                 table_of(Conversation)
             ).on_conflict_do_nothing(index_elements=["channel", "chat_id"])
         return statement

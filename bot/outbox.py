@@ -476,10 +476,7 @@ class Deliverer:
         # A held head, or a dead letter that gave up on a passing failure, holds its chat back.
         waiting = and_(
             literal_in(col(OutboxItem.status), OUTBOX_WAITING),  # in ix_outbox_waiting only
-            or_(
-                col(OutboxItem.status).in_((PENDING, HELD)),
-                and_(col(OutboxItem.status) == DEAD, col(OutboxItem.holds_chat)),
-            ),
+            or_(col(OutboxItem.status) != DEAD, col(OutboxItem.holds_chat)),
         )
         heads = (
             select(func.min(col(OutboxItem.id)).label("id"))

@@ -25,6 +25,7 @@ from typing import Any
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Connection, Engine, create_engine, event, exc, text
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import ExceptionContext, make_url
 from sqlmodel import Session
 
@@ -34,6 +35,21 @@ log = logging.getLogger(__name__)
 
 def is_sqlite(engine: Engine) -> bool:
     return engine.dialect.name == "sqlite"
+
+
+def insert_for(dialect: str) -> Any:
+    """The dialect's own `insert` (PostgreSQL's or SQLite's), which has ON CONFLICT."""
+    return postgresql.insert if dialect == "postgresql" else sqlite.insert
+
+
+def wal_checkpoint(engine: Engine, mode: str = "PASSIVE") -> None:
+    """Copy an SQLite file's write-ahead log into the database (`PRAGMA wal_checkpoint`), at the driver,
+    which is in autocommit: a checkpoint cannot run inside a transaction."""
+    assert mode in ("PASSIVE", "FULL", "RESTART", "TRUNCATE")
+    with engine.connect() as connection:
+        driver = connection.connection.driver_connection
+        assert driver is not None
+        driver.execute(f"PRAGMA wal_checkpoint({mode})")
 
 
 def make_engine(url: str, *, synchronous: str = "FULL", background_checkpoints: bool = False) -> Engine:
@@ -109,11 +125,7 @@ class _Checkpointer:
             if not self._wal.exists():
                 continue
             try:
-                with engine.connect() as connection:
-                    # At the driver, which is in autocommit: a checkpoint cannot run inside a transaction.
-                    driver = connection.connection.driver_connection
-                    assert driver is not None
-                    driver.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                wal_checkpoint(engine)
                 failed = False
             except Exception as error:  # the storage is away for a while: the log waits, and so do we
                 if not failed:

@@ -6,10 +6,9 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Engine, delete
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, col
 
-from bot.store.db import session_scope
+from bot.store.db import insert_for, session_scope
 from bot.store.models import KeyValue
 
 
@@ -29,8 +28,9 @@ def kv_put(db: Engine, key: str, value: dict[str, Any], expires_at: datetime | N
 
 def kv_upsert(session: Session, key: str, value: dict[str, Any], expires_at: datetime | None) -> None:
     """`kv_put` inside the caller's transaction (INSERT … ON CONFLICT DO UPDATE)."""
-    insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
-    statement = insert(KeyValue).values(key=key, value=value, expires_at=expires_at)
+    statement = insert_for(session.get_bind().dialect.name)(KeyValue).values(
+        key=key, value=value, expires_at=expires_at
+    )
     session.execute(
         statement.on_conflict_do_update(
             index_elements=["key"], set_={"value": value, "expires_at": expires_at}

@@ -194,7 +194,7 @@ def test_the_server_copies_sqlites_log_into_the_database_in_the_background(tmp_p
     """`serve` and its worker: no commit waits for the write-ahead log to be copied back (a checkpoint); a
     thread does it, and the database file itself holds what was committed soon after."""
     from bot.store import make_engine
-    from bot.store.db import CHECKPOINT_SECONDS
+    from bot.store.db import CHECKPOINT_SECONDS, wal_checkpoint
 
     def in_the_file(path: Path) -> int:
         # immutable=1: the file as it is on disk, the write-ahead log not read
@@ -209,8 +209,8 @@ def test_the_server_copies_sqlites_log_into_the_database_in_the_background(tmp_p
         engine = make_engine(f"sqlite:///{path}", background_checkpoints=background)
         with engine.begin() as connection:
             connection.execute(text("CREATE TABLE t (n INTEGER)"))
-        with engine.connect() as connection:  # the table is in the file once the log was copied
-            connection.connection.driver_connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # type: ignore[union-attr]
+        wal_checkpoint(engine, "TRUNCATE")  # the table is in the file once the log was copied
+        with engine.connect() as connection:
             assert connection.execute(text("PRAGMA wal_autocheckpoint")).scalar_one() == (
                 0 if background else 1000
             )
