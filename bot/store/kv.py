@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import Engine, delete
 from sqlmodel import Session, col
 
-from bot.store.db import insert_for, session_scope
+from bot.store.db import insert_for, lock_chat, session_scope
 from bot.store.models import KeyValue
 
 
@@ -23,6 +23,7 @@ def kv_put(db: Engine, key: str, value: dict[str, Any], expires_at: datetime | N
     """Store `value` under `key`, replacing what was there: one statement, so that a key taken or deleted
     meanwhile by another process is simply stored again."""
     with session_scope(db) as session:
+        lock_chat(session, "keyvalue", key)  # takes turns with kv_change on the same key (PostgreSQL)
         kv_upsert(session, key, value, expires_at)
 
 
