@@ -122,7 +122,10 @@ class Incoming:
     edited: bool = False  # a correction of an earlier message
 
 
-def read_update(body: bytes, client: telegram.Bot) -> telegram.Update:
+Json = Mapping[str, Any]  # a Telegram object as the Bot API sends it: an Update, a Message, a User…
+
+
+def read_update(body: bytes) -> Json:
     """The Update in a webhook body; raises BadUpdate for anything else."""
     try:
         data = json.loads(body)
@@ -133,129 +136,154 @@ def read_update(body: bytes, client: telegram.Bot) -> telegram.Update:
     update_id = data.get("update_id")
     if not isinstance(update_id, int) or isinstance(update_id, bool) or update_id < 0:
         raise BadUpdate("update_id is missing or not a number")
-    try:
-        return telegram.Update.de_json(data, client)
-    except Exception:  # the library's own constructors reject malformed objects with assorted errors
-        raise BadUpdate("the update is malformed") from None
+    return data
 
 
-def parse_update(update: telegram.Update) -> Incoming | None:
-    """What the customer did, or None for updates we ignore (edits, channel posts, and everything else).
-
-    The library builds its objects without checking the types of their fields, so each field used is checked
-    here: a malformed update raises BadUpdate (400), instead of failing later (500) or when it is stored (503,
-    which Telegram answers by sending it again).
-    """
-    if update.message is not None:
-        return _from_message(update.update_id, update.message)
-    if update.edited_message is not None:
-        edited = _from_message(update.update_id, update.edited_message)
+def parse_update(update: Json) -> Incoming | None:
+    """What the customer did, or None for updates we ignore (edits without words, channel posts, and
+    everything else). Read from the update's JSON, not python-telegram-bot's objects (building those was
+    most of a webhook's CPU here): each field used is checked, so a malformed update raises BadUpdate
+    (400) instead of failing later (500) or when it is stored (503, which Telegram answers by sending it
+    again)."""
+    update_id = update["update_id"]
+    if (message := _object(update, "message")) is not None:
+        return _from_message(update_id, message)
+    if (edited_message := _object(update, "edited_message")) is not None:
+        edited = _from_message(update_id, edited_message)
         # The corrected words are what matters; files seen with the first version are not fetched again.
         return replace(edited, files=(), media_group_id=None, edited=True) if edited.text else None
-    if update.callback_query is not None:
-        return _from_callback(update.update_id, update.callback_query)
+    if (query := _object(update, "callback_query")) is not None:
+        return _from_callback(update_id, query)
     return None
 
 
-def _from_message(update_id: int, message: telegram.Message) -> Incoming:
-    user = message.from_user
-    chat_id = _id(getattr(message.chat, "id", None), "chat id")
+def _from_message(update_id: int, message: Json) -> Incoming:
+    _count(message.get("message_id"), "message_id")
+    _count(message.get("date"), "message date")
+    chat = _required(message, "chat")
+    chat_id = _id(chat.get("id"), "chat id")
+    user = _object(message, "from")
     files: list[FileRef] = []
-    if message.photo:
+    if photo := message.get("photo"):
+        if not isinstance(photo, list) or not all(isinstance(size, dict) for size in photo):
+            raise BadUpdate("photo is not a list of sizes")
         largest = max(
-            message.photo,
-            key=lambda size: _count(size.width, "photo width") * _count(size.height, "photo height"),
+            photo,
+            key=lambda size: (
+                _count(size.get("width"), "photo width") * _count(size.get("height"), "photo height")
+            ),
         )
-        unique_id = _text(largest.file_unique_id, "file_unique_id")
+        unique_id = _text(largest.get("file_unique_id"), "file_unique_id")
         files.append(
             FileRef(
-                file_id=_text(largest.file_id, "file_id"),
+                file_id=_text(largest.get("file_id"), "file_id"),
                 unique_id=unique_id,
                 kind="photo",
                 name=f"photo-{unique_id}.jpg",
                 mime="image/jpeg",
-                size=_size(largest.file_size),
+                size=_size(largest.get("file_size")),
             )
         )
-    for media, kind in (
-        (message.document, "document"),
-        (message.voice, "voice"),
-        (message.audio, "document"),
-        (message.video, "document"),
-        (message.video_note, "document"),
+    for field, kind in (
+        ("document", "document"),
+        ("voice", "voice"),
+        ("audio", "document"),
+        ("video", "document"),
+        ("video_note", "document"),
     ):
-        if media is not None:
+        if (media := _object(message, field)) is not None:
             files.append(_file_ref(media, kind))
-    media_group_id = _optional_text(message.media_group_id, "media_group_id")
+    media_group_id = _optional_text(message.get("media_group_id"), "media_group_id")
     if media_group_id is not None and not (
         len(media_group_id) <= MAX_MEDIA_GROUP_ID and media_group_id.isprintable()
     ):
         raise BadUpdate("media_group_id is not an id")  # it becomes part of a key and of the external id
-    thread_id = message.message_thread_id if message.is_topic_message else None
+    thread_id = message.get("message_thread_id") if message.get("is_topic_message") is True else None
     if thread_id is not None and not (isinstance(thread_id, int) and not isinstance(thread_id, bool)):
         raise BadUpdate("message_thread_id is not a number")
     return Incoming(
         update_id=update_id,
         chat_id=chat_id,
-        chat_type=_chat_type(message.chat),
+        chat_type=_chat_type(chat),
         thread_id=thread_id,
-        sender_id=_id(user.id, "sender id") if user else chat_id,
+        sender_id=_id(user.get("id"), "sender id") if user is not None else chat_id,
         sender_name=_name(user),
-        locale=_optional_text(user.language_code, "language_code") if user else None,
-        text=_optional_text(message.text, "text") or _optional_text(message.caption, "caption") or "",
+        locale=_optional_text(user.get("language_code"), "language_code") if user is not None else None,
+        text=_optional_text(message.get("text"), "text")
+        or _optional_text(message.get("caption"), "caption")
+        or "",
         files=tuple(files),
         media_group_id=media_group_id,
     )
 
 
-def _file_ref(media: Any, kind: str) -> FileRef:
-    unique_id = _text(media.file_unique_id, "file_unique_id")
-    name = _optional_text(getattr(media, "file_name", None), "file_name") or f"{kind}-{unique_id}"
+def _file_ref(media: Json, kind: str) -> FileRef:
+    unique_id = _text(media.get("file_unique_id"), "file_unique_id")
+    name = _optional_text(media.get("file_name"), "file_name") or f"{kind}-{unique_id}"
     mime = (
-        _optional_text(getattr(media, "mime_type", None), "mime_type")
+        _optional_text(media.get("mime_type"), "mime_type")
         or mimetypes.guess_type(name)[0]
         or "application/octet-stream"
     )
     return FileRef(
-        file_id=_text(media.file_id, "file_id"),
+        file_id=_text(media.get("file_id"), "file_id"),
         unique_id=unique_id,
         kind=kind,
         name=name,
         mime=mime,
-        size=_size(media.file_size),
+        size=_size(media.get("file_size")),
     )
 
 
-def _from_callback(update_id: int, query: telegram.CallbackQuery) -> Incoming:
-    if query.from_user is None:
+def _from_callback(update_id: int, query: Json) -> Incoming:
+    user = _object(query, "from")
+    if user is None:
         raise BadUpdate("a button press without a sender")
-    sender_id = _id(query.from_user.id, "sender id")
+    _text(query.get("chat_instance"), "chat_instance")
+    sender_id = _id(user.get("id"), "sender id")
     # The button's value comes back as its callback data; the chat is the one the keyboard was sent to.
-    message = query.message
-    chat_id = _id(getattr(message.chat, "id", None), "chat id") if message is not None else sender_id
+    message = _object(query, "message")
+    chat = _required(message, "chat") if message is not None else None
     return Incoming(
         update_id=update_id,
-        chat_id=chat_id,
-        chat_type=_chat_type(message.chat) if message is not None else PRIVATE,
+        chat_id=_id(chat.get("id"), "chat id") if chat is not None else sender_id,
+        chat_type=_chat_type(chat) if chat is not None else PRIVATE,
         sender_id=sender_id,
-        sender_name=_name(query.from_user),
-        locale=_optional_text(query.from_user.language_code, "language_code"),
-        text=_optional_text(query.data, "callback data") or "",
-        callback_id=_text(query.id, "callback query id"),
+        sender_name=_name(user),
+        locale=_optional_text(user.get("language_code"), "language_code"),
+        text=_optional_text(query.get("data"), "callback data") or "",
+        callback_id=_text(query.get("id"), "callback query id"),
     )
 
 
-def _chat_type(chat: Any) -> str:
-    kind = getattr(chat, "type", None)
+def _object(parent: Json, field: str) -> Json | None:
+    value = parent.get(field)
+    if value is None or isinstance(value, dict):
+        return value
+    raise BadUpdate(f"{field} is not an object")
+
+
+def _required(parent: Json, field: str) -> Json:
+    value = _object(parent, field)
+    if value is None:
+        raise BadUpdate(f"{field} is missing")
+    return value
+
+
+def _chat_type(chat: Json) -> str:
+    kind = chat.get("type")
     if not isinstance(kind, str) or not kind:
         raise BadUpdate("chat type is missing")
     return kind
 
 
-def _name(user: telegram.User | None) -> str | None:
+def _name(user: Json | None) -> str | None:
     if user is None:
         return None
-    parts = (_optional_text(user.first_name, "first_name"), _optional_text(user.last_name, "last_name"))
+    parts = (
+        _optional_text(user.get("first_name"), "first_name"),
+        _optional_text(user.get("last_name"), "last_name"),
+    )
     return " ".join(part for part in parts if part) or None
 
 
@@ -690,14 +718,14 @@ class TelegramChannel(SendingChannel):
         if status is not None:
             return JSONResponse({"error": "missing or wrong secret token"}, status_code=status)
         try:
-            update = read_update(await request.body(), self.client)
+            update = read_update(await request.body())
             incoming = parse_update(update)
         except BadUpdate as error:
             return JSONResponse({"error": str(error)}, status_code=400)
         try:
             outcome, answer = await self.take(incoming, defer=True)
         except TryAgain as error:
-            log.warning("telegram update %s not stored, Telegram will retry: %s", update.update_id, error)
+            log.warning("telegram update %s not stored, Telegram will retry: %s", update["update_id"], error)
             return JSONResponse(
                 {"error": "not stored; try again"}, status_code=503, headers={"Retry-After": "5"}
             )
@@ -761,7 +789,7 @@ class TelegramChannel(SendingChannel):
         """Store what a polled update says; the outcome and the Bot API call to make after it; raises TryAgain.
         A malformed update is skipped: fetching it again would not change it."""
         try:
-            incoming = parse_update(update)
+            incoming = parse_update(update.to_dict())  # the library's objects back to the Bot API's JSON
         except BadUpdate as error:
             log.warning("telegram update %s skipped: %s", update.update_id, error)
             return "malformed", None
