@@ -8,6 +8,7 @@ lives here.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import mimetypes
 from collections.abc import Awaitable, Callable, Iterator, Sequence
@@ -16,7 +17,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, TypeGuard, TypeVar
 
 import httpx
-from sqlalchemy import Engine, delete, or_, select
+from sqlalchemy import CompoundSelect, Engine, bindparam, delete, select, union_all
 from sqlmodel import Session, col
 
 from bot.attachments import AttachmentRejected, AttachmentStore
@@ -403,16 +404,39 @@ def kv_take(db: Engine, key: str) -> tuple[dict[str, Any], datetime | None] | No
     return taken
 
 
+PREFIXES_A_QUERY = 250
+
+
+@functools.lru_cache(maxsize=PREFIXES_A_QUERY)
+def _prefixed(count: int) -> CompoundSelect[tuple[str, Any, datetime | None]]:
+    """The query of the keys that start with one of `count` prefixes, each a range of the key's index (bound as
+    lo<i> and hi<i>), built once: building 80 comparisons cost more than running them. Not LIKE 'prefix%':
+    SQLite's is case-insensitive and PostgreSQL's outside the C locale cannot use the index, so both read
+    every key. The keys compare byte by byte (models.KeyValue), so a range is exactly a prefix. One SELECT a
+    range, not the ranges OR-ed in one: SQLite's planner scans the whole table for more than a few of those."""
+    key = col(KeyValue.key)
+    return union_all(
+        *(
+            select(key, col(KeyValue.value), col(KeyValue.expires_at)).where(
+                key >= bindparam(f"lo{i}"), key < bindparam(f"hi{i}")
+            )
+            for i in range(count)
+        )
+    )
+
+
 def kv_items(db: Engine, prefixes: Sequence[str]) -> list[tuple[str, dict[str, Any], datetime | None]]:
-    """Every key that starts with one of `prefixes`, with its value and when it expires, in one query."""
-    if not prefixes:
-        return []
-    matches = [col(KeyValue.key).startswith(prefix, autoescape=True) for prefix in prefixes]
-    with Session(db) as session:
-        rows = session.execute(
-            select(col(KeyValue.key), col(KeyValue.value), col(KeyValue.expires_at)).where(or_(*matches))
-        ).all()
-    return [(key, dict(value), expires_at) for key, value, expires_at in rows]
+    """Every key that starts with one of `prefixes`, with its value and when it expires: one query for up to
+    PREFIXES_A_QUERY prefixes (SQLite allows 500 SELECTs in a compound one)."""
+    rows: list[tuple[str, dict[str, Any], datetime | None]] = []
+    with db.connect() as connection:
+        for start in range(0, len(prefixes), PREFIXES_A_QUERY):
+            bounds: dict[str, str] = {}
+            for i, prefix in enumerate(prefixes[start : start + PREFIXES_A_QUERY]):
+                bounds[f"lo{i}"], bounds[f"hi{i}"] = prefix, prefix[:-1] + chr(ord(prefix[-1]) + 1)
+            found = connection.execute(_prefixed(len(bounds) // 2), bounds)
+            rows.extend((key, dict(value), expires_at) for key, value, expires_at in found)
+    return rows
 
 
 def kv_remove(db: Engine, keys: Sequence[str]) -> None:
@@ -424,9 +448,7 @@ def kv_remove(db: Engine, keys: Sequence[str]) -> None:
 
 def kv_keys(db: Engine, prefix: str) -> list[str]:
     """The keys that start with `prefix`."""
-    with Session(db) as session:
-        query = select(col(KeyValue.key)).where(col(KeyValue.key).startswith(prefix, autoescape=True))
-        return list(session.execute(query).scalars())
+    return [key for key, _, _ in kv_items(db, [prefix])]
 
 
 def kv_purge(db: Engine, prefix: str) -> None:

@@ -12,6 +12,7 @@ from sqlalchemy import (
     ColumnElement,
     Index,
     Numeric,
+    String,
     Table,
     Text,
     UniqueConstraint,
@@ -234,9 +235,15 @@ class AuditEntry(SQLModel, table=True):
 
 
 class KeyValue(SQLModel, table=True):
-    """Small shared state for adapters (access tokens, mailbox UIDs), visible to every worker."""
+    """Small shared state for adapters (access tokens, mailbox UIDs), visible to every worker.
 
-    key: str = Field(primary_key=True, max_length=128)
+    Keys are compared byte by byte (SQLite's BINARY; PostgreSQL's "C" collation, migration 0006), so that the
+    keys that start with a prefix are one range of the primary key's index on both (bot/channels.py
+    kv_items)."""
+
+    key: str = Field(
+        sa_column=Column(String(128).with_variant(String(128, collation="C"), "postgresql"), primary_key=True)
+    )
     value: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     expires_at: datetime | None = None
 

@@ -7,7 +7,7 @@ from datetime import timedelta
 
 from sqlalchemy import Engine
 
-from bot.channels import kv_take
+from bot.channels import PREFIXES_A_QUERY, kv_items, kv_keys, kv_take
 from bot.store.clock import utcnow
 from bot.store.kv import kv_delete, kv_get, kv_put
 
@@ -25,6 +25,25 @@ def test_a_put_replaces_and_a_take_removes(db: Engine) -> None:
     kv_delete(db, "k")
     kv_delete(db, "k")  # gone already: nothing to do
     assert kv_get(db, "k") is None
+
+
+def test_keys_are_found_by_their_prefixes_exactly(db: Engine) -> None:
+    keys = ["t:p:12:1", "t:p:12:2", "t:p:123:1", "t:p:13:1", "t:a:12:x", "t%p:12:1", "t_p:12:1", "T:p:12:1"]
+    for key in keys:
+        kv_put(db, key, {"key": key})
+    assert sorted(kv_keys(db, "t:p:12:")) == ["t:p:12:1", "t:p:12:2"]  # not 123, nor the upper-case T
+    found = kv_items(db, ["t:p:12:", "t:a:12:", "t%p:", "t_p:", "none:"])
+    assert sorted(key for key, _, _ in found) == ["t%p:12:1", "t:a:12:x", "t:p:12:1", "t:p:12:2", "t_p:12:1"]
+    assert all(value == {"key": key} for key, value, _ in found)
+    assert sorted(kv_keys(db, "t")) == sorted(k for k in keys if k.startswith("t"))
+
+
+def test_more_prefixes_than_one_query_takes_are_all_asked(db: Engine) -> None:
+    prefixes = [f"telegram:pending:{chat}:" for chat in range(2 * PREFIXES_A_QUERY + 10)]
+    for chat in (0, PREFIXES_A_QUERY, 2 * PREFIXES_A_QUERY + 9):
+        kv_put(db, f"telegram:pending:{chat}:1", {"chat": chat})
+    found = kv_items(db, prefixes)
+    assert sorted(value["chat"] for _, value, _ in found) == [0, PREFIXES_A_QUERY, 2 * PREFIXES_A_QUERY + 9]
 
 
 def test_a_put_while_another_process_takes_the_key_is_stored(db: Engine) -> None:

@@ -10,6 +10,7 @@ from typing import Any
 from sqlalchemy import Engine, event
 
 from bot.app import Bot
+from bot.channels import kv_items
 from tests.support import CLAIM, ChannelApi, deliver, say
 
 
@@ -57,3 +58,24 @@ def test_claiming_and_leasing_heads_read_only_the_waiting_rows(bot: Bot) -> None
     else:
         assert all("ix_inbox_waiting" in p for p in inbox), inbox
         assert all("ix_outbox_waiting" in p for p in outbox), outbox
+
+
+def test_the_keys_of_a_batch_of_chats_are_read_from_the_key_index(db: Engine) -> None:
+    # The Telegram webhook asks, for each batch of updates, which of its chats have something waiting: two
+    # prefixes a chat. SQLite's LIKE (case-insensitive) read every key for it, and so did the ranges OR-ed
+    # together; one SELECT a range reads the index.
+    prefixes = [f"telegram:{kind}:{chat}:" for chat in range(100, 140) for kind in ("pending", "album")]
+    with statements(db) as seen:
+        kv_items(db, prefixes)
+    ((statement, parameters),) = [(s, p) for s, p in seen if "FROM keyvalue" in s]
+    steps = plan(db, statement, parameters)
+    if db.dialect.name == "sqlite":
+        assert "SCAN" not in steps and "SEARCH keyvalue USING INDEX" in steps, steps
+    else:
+        assert "Seq Scan" not in steps and "keyvalue_pkey" in steps, steps
+        with db.connect() as connection:  # byte order, so that a range is exactly a prefix (migration 0006)
+            collation = connection.exec_driver_sql(
+                "SELECT collation_name FROM information_schema.columns WHERE table_schema = current_schema() "
+                "AND table_name = 'keyvalue' AND column_name = 'key'"
+            ).scalar_one()
+        assert collation == "C"
