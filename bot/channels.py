@@ -38,7 +38,7 @@ from bot.outbox import (
 from bot.registry import lookup
 from bot.store import ChannelIdentity, KeyValue, lock_chat, session_scope
 from bot.store.clock import utcnow
-from bot.store.db import insert_for
+from bot.store.db import after_prefix, insert_for
 from bot.store.kv import kv_delete as kv_delete
 from bot.store.kv import kv_get as kv_get
 from bot.store.kv import kv_put as kv_put
@@ -433,7 +433,7 @@ def kv_items(db: Engine, prefixes: Sequence[str]) -> list[tuple[str, dict[str, A
         for start in range(0, len(prefixes), PREFIXES_A_QUERY):
             bounds: dict[str, str] = {}
             for i, prefix in enumerate(prefixes[start : start + PREFIXES_A_QUERY]):
-                bounds[f"lo{i}"], bounds[f"hi{i}"] = prefix, prefix[:-1] + chr(ord(prefix[-1]) + 1)
+                bounds[f"lo{i}"], bounds[f"hi{i}"] = prefix, after_prefix(prefix)
             found = connection.execute(_prefixed(len(bounds) // 2), bounds)
             rows.extend((key, dict(value), expires_at) for key, value, expires_at in found)
     return rows
@@ -456,7 +456,9 @@ def kv_purge(db: Engine, prefix: str) -> None:
     with session_scope(db) as session:
         session.execute(
             delete(KeyValue).where(
-                col(KeyValue.key).startswith(prefix, autoescape=True), col(KeyValue.expires_at) < utcnow()
+                col(KeyValue.key) >= prefix,
+                col(KeyValue.key) < after_prefix(prefix),
+                col(KeyValue.expires_at) < utcnow(),
             )
         )
 

@@ -23,7 +23,7 @@ from sqlalchemy import Connection, Engine, Table, bindparam, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from bot.store.db import write_transaction
+from bot.store.db import after_prefix, write_transaction
 from bot.store.models import RegistryOrder, RegistryUnit
 from policy import Policy, SerialRangeError, UnitFacts, expand_range, normalize_serial
 
@@ -232,10 +232,11 @@ def near_serials(session: Session, serials: Iterable[str]) -> dict[str, str]:
         prefix = serial[:_NEAR_PREFIX]
         # A range of the serial's index, not LIKE 'prefix%': SQLite's LIKE (case-insensitive) and PostgreSQL's
         # (outside the C collation) read every unit instead, 80 ms a lookup at a million units.
-        after_prefix = prefix[:-1] + chr(ord(prefix[-1]) + 1)
         rows = session.execute(
             select(_UNITS.c.serial)
-            .where(_UNITS.c.serial >= prefix, _UNITS.c.serial < after_prefix, _UNITS.c.serial != serial)
+            .where(
+                _UNITS.c.serial >= prefix, _UNITS.c.serial < after_prefix(prefix), _UNITS.c.serial != serial
+            )
             .limit(_NEAR_CANDIDATES)
         ).scalars()
         close = [r for r in rows if r.startswith(prefix) and OSA.distance(serial, r, score_cutoff=1) <= 1]

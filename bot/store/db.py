@@ -328,6 +328,13 @@ def alembic_config(engine: Engine) -> Config:
     return config
 
 
+def after_prefix(prefix: str) -> str:
+    """The first text after every text that starts with `prefix` (not empty), in byte order: `prefix <= x <
+    after_prefix(prefix)` is a range of an index, where LIKE 'prefix%' reads every row on SQLite (its LIKE is
+    case-insensitive) and on PostgreSQL outside the C locale."""
+    return prefix[:-1] + chr(ord(prefix[-1]) + 1)
+
+
 def upgrade(engine: Engine) -> None:
     """Bring the schema to the newest migration.
 
