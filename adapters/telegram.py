@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import hashlib
 import hmac
@@ -678,6 +679,7 @@ class TelegramChannel(SendingChannel):
         self._task: asyncio.Task[None] | None = None
         self._timers: set[asyncio.Task[None]] = set()
         self._chats: dict[str, asyncio.Task[None]] = {}  # chats whose kept updates are being taken
+        self._arriving: collections.Counter[str] = collections.Counter()  # chats with an update being taken
         self._plain: Batcher[Incoming, str | None] = Batcher(self._store_plain_batch, name="telegram-accept")
 
     def routes(self) -> Sequence[BaseRoute]:
@@ -799,6 +801,22 @@ class TelegramChannel(SendingChannel):
         return await self.take(incoming)
 
     async def take(
+        self, incoming: Incoming | None, *, defer: bool = False
+    ) -> tuple[str, dict[str, Any] | None]:
+        """`_take`, with the chat marked as having an update on its way in meanwhile: an album of the chat
+        does not close while one of its parts may still be between its arrival and its staging (its file
+        being fetched, or the update being kept)."""
+        if incoming is None:
+            return await self._take(incoming, defer=defer)
+        self._arriving[incoming.chat_id] += 1
+        try:
+            return await self._take(incoming, defer=defer)
+        finally:
+            self._arriving[incoming.chat_id] -= 1
+            if not self._arriving[incoming.chat_id]:
+                del self._arriving[incoming.chat_id]
+
+    async def _take(
         self, incoming: Incoming | None, *, defer: bool = False
     ) -> tuple[str, dict[str, Any] | None]:
         """Store a private chat's update (a group is pointed to a private chat, once); the outcome, and the Bot
@@ -1086,7 +1104,7 @@ class TelegramChannel(SendingChannel):
         the chat's next message (taken after them, in order) completes it."""
         if not force:
             chat_id = key.removeprefix(AlbumStore.PREFIX).split(":", 1)[0]  # chat ids have no colon
-            if chat_id in self._chats or await self._pending_in(chat_id):
+            if chat_id in self._chats or chat_id in self._arriving or await self._pending_in(chat_id):
                 return self.album_wait
         taken = await asyncio.to_thread(self.albums.take, key, quiet=self.album_wait, force=force)
         if taken is None or isinstance(taken, float):

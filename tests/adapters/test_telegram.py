@@ -7,6 +7,7 @@ import asyncio
 import html
 import json
 import re
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from typing import Any
@@ -638,6 +639,27 @@ def test_album_parts_redelivered_or_late_are_handled(start: Callable[..., Runnin
     assert running.post(text_update("¿Y ahora?", 2)).json()["outcome"] == "stored"
     assert [i.external_id for i in running.inbox()][2:] == [f"album:{MEDIA_GROUP}:1", str(281734502 + 202)]
     assert len(running.inbox()[2].payload["attachments"]) == 1
+
+
+def test_an_album_waits_for_a_part_whose_file_is_still_being_fetched(start: Callable[..., Running]) -> None:
+    # By polling, a part is taken (its file fetched, then staged) while the album's quiet time runs: a slow
+    # fetch longer than that time split the album in two messages (seen under load in CI).
+    running = start(mode="polling", album_wait=0.2)
+    fake = running.fake
+    second = second_photo()
+    fake.add_file(photo_file_id(payload("photo.json")), JPEG, "photos/file_10.jpg")
+    fake.add_file(photo_file_id(second), JPEG_2, "photos/file_11.jpg")
+    running.deliver(payload("photo.json"))
+    wait_until(lambda: running.channel.albums.waiting(CHAT), what="the first part staged")
+    release = fake.hold("getFile")
+    running.deliver(second)
+    wait_until(lambda: fake.holding == ["getFile"], what="the second part's file asked for")
+    time.sleep(1.0)  # five times the album's quiet time, with its second part still on its way
+    assert running.inbox() == []
+    release.set()
+    wait_until(lambda: running.settled(1), what="the album, as one message")
+    (album,) = running.inbox()
+    assert album.external_id == f"album:{MEDIA_GROUP}" and len(album.payload["attachments"]) == 2
 
 
 def test_an_album_left_waiting_by_a_stopped_server_is_stored_by_the_next(

@@ -121,6 +121,7 @@ class FakeTelegram:
     # zero that is not here is a group the bot is not in; above zero, a private chat.
     groups: dict[str, tuple[str, bool]] = field(default_factory=dict)
     held: dict[str, threading.Event] = field(default_factory=dict)  # methods that wait until released
+    holding: list[str] = field(default_factory=list)  # the methods of the calls that waited (or wait) there
     # While set, every sendMessage fails this way: "5xx" (502), "429" (flood control) or "timeout" (no answer
     # within `hang_seconds`, then 502 — longer than the client waits).
     outage: str | None = None
@@ -225,6 +226,8 @@ class FakeTelegram:
         with self.lock:
             held = self.held.get(method)
         if held is not None:
+            with self.lock:
+                self.holding.append(method)
             await asyncio.to_thread(held.wait, 30)
         if request.path_params["token"] != self.token:
             return self._answer(
@@ -547,7 +550,7 @@ def bot_servers(settings: Settings, db: Engine) -> Iterator[Callable[..., Runnin
         def run(
             *,
             mode: str = "webhook",
-            album_wait: float = 0.3,
+            album_wait: float = 1.0,  # the quiet time after an album's last part (1.5 s by default)
             files: dict[str, tuple[bytes, str]] | None = None,
             **changes: Any,
         ) -> Running:
