@@ -21,6 +21,7 @@ from openpyxl.utils.exceptions import InvalidFileException
 from rapidfuzz.distance import OSA
 from sqlalchemy import Connection, Engine, Table, bindparam, select
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from bot.store.db import write_transaction
@@ -758,6 +759,17 @@ class _Stage:
 
     def repeats(self) -> list[tuple[int, str]]:
         """A problem for each row that lists serials an earlier row listed, as the first of them names."""
+        # A unique index of the stage's serials, built with one sort, tells whether any serial repeats, and the
+        # merge then reads the stage in serial order through it instead of sorting it again. Only when one
+        # repeats (the build fails, and its savepoint is rolled back) does the query below name them.
+        try:
+            with self.connection.begin_nested():
+                self.connection.exec_driver_sql(
+                    f"CREATE UNIQUE INDEX {self.TABLE}_serial ON {self.TABLE} (serial)"
+                )
+            return []
+        except IntegrityError:
+            pass
         if self.postgres:
             # Grouping a million serials by sorting them takes 0.45 s of the server's CPU where the hash
             # aggregate it would choose, spilling to disk within work_mem, takes 0.8 s (EXPLAIN ANALYZE).
