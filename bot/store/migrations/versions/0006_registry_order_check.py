@@ -22,7 +22,8 @@ declared foreign key: its check is a cheap look-up of the order's primary key.
 
 No query reads units by order (look-ups go by serial), so ix_registryunit_order_id only made each import
 insert a second index entry a unit (0.6 s of server time for a million on PostgreSQL, 0.3 s on SQLite);
-the check above for deleted orders reads the units once a statement instead.
+the check above for deleted orders reads the units once a statement instead (SQLite's, once a deleted order;
+the bot deletes none).
 """
 
 from __future__ import annotations
