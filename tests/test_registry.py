@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 import zipfile
 from collections.abc import Callable
 from datetime import date, datetime
@@ -14,7 +15,7 @@ from typing import Any
 import openpyxl
 import pytest
 from sqlalchemy import Engine, func, select, text
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import IntegrityError, NotSupportedError, OperationalError
 from sqlalchemy.orm import Session
 
 from bot.registry import ImportReport, RegistryImportError, import_registry, lookup, near_serials
@@ -339,6 +340,143 @@ def test_lookups_go_on_while_an_import_merges_and_other_writers_wait(engine: Eng
     assert seen == expected
     assert find(engine, "CSP2402A0100")["CSP2402A0100"].port_arrival_date == date(2024, 3, 18)
     assert counts(engine) == (1, 1)
+
+
+# The registry's integrity: every unit names a stored order ----------------------------------------------
+
+TWO_ORDERS = (
+    "PO-1,Acme,CSP2402A0100,,2024-02-10,2024-03-10,false,1,25.00,USD",
+    "PO-2,Acme,CSP2402A0200,,2024-02-10,2024-03-10,false,1,25.00,USD",
+)
+NEW_ORDER = "INSERT INTO registryorder (order_id, customer, cargo_compensation) VALUES ('{}', '', false)"
+
+
+def test_every_unit_names_a_stored_order_and_a_named_order_stays(engine: Engine, tmp_path: Path) -> None:
+    # SQLite's foreign key; on PostgreSQL the statement triggers of migration 0006 that keep the same rule.
+    run(engine, write(tmp_path, csv_text(*TWO_ORDERS)))
+    refused = [
+        # one of the statement's two units names no stored order
+        "INSERT INTO registryunit (serial, order_id) VALUES ('CSP2402A0101', 'PO-1'), ('CSP2402A0102', 'PO-9')",
+        "UPDATE registryunit SET order_id = 'PO-9' WHERE serial = 'CSP2402A0100'",
+        "DELETE FROM registryorder WHERE order_id = 'PO-1'",
+        "UPDATE registryorder SET order_id = 'PO-3' WHERE order_id = 'PO-2'",
+    ]
+    for statement in refused:
+        with pytest.raises(IntegrityError, match=r"(?i)foreign key"), engine.begin() as connection:
+            connection.execute(text(statement))
+    if engine.dialect.name == "postgresql":  # SQLite has no TRUNCATE
+        with pytest.raises(NotSupportedError, match="cannot truncate"), engine.begin() as connection:
+            connection.execute(text("TRUNCATE registryorder"))
+    assert counts(engine) == (2, 2)
+
+    with engine.begin() as connection:  # what the rule allows
+        connection.execute(text(NEW_ORDER.format("PO-3")))
+        connection.execute(text("UPDATE registryunit SET order_id = 'PO-3' WHERE order_id = 'PO-2'"))
+        connection.execute(text("DELETE FROM registryorder WHERE order_id = 'PO-2'"))  # no unit names it now
+        connection.execute(
+            text("INSERT INTO registryunit (serial, order_id) VALUES ('CSP2402A0101', 'PO-1')")
+        )
+    assert counts(engine) == (2, 3)
+    assert find(engine, "CSP2402A0200")["CSP2402A0200"].order_id == "PO-3"
+    if engine.dialect.name == "postgresql":
+        with engine.begin() as connection:
+            connection.execute(text("TRUNCATE registryorder, registryunit"))  # both at once leaves no unit
+        assert counts(engine) == (0, 0)
+
+
+def _waits_for_a_lock(engine: Engine, pid: int) -> bool:
+    """Whether the PostgreSQL backend `pid` comes to wait for a lock (polled for up to 30 s)."""
+    with engine.connect() as connection:
+        for _ in range(600):
+            state = connection.execute(
+                text("SELECT wait_event_type FROM pg_stat_activity WHERE pid = :pid"), {"pid": pid}
+            ).scalar_one_or_none()
+            connection.rollback()  # a fresh snapshot of pg_stat_activity for the next look
+            if state == "Lock":
+                return True
+            time.sleep(0.05)
+    return False
+
+
+def _in_thread(work: Callable[[], None]) -> tuple[threading.Thread, list[str]]:
+    """`work` started in a thread; the list receives 'done', or the name of the exception it raised."""
+    outcome: list[str] = []
+
+    def target() -> None:
+        try:
+            work()
+            outcome.append("done")
+        except Exception as error:  # the test reads which one
+            outcome.append(type(error).__name__)
+
+    thread = threading.Thread(target=target)
+    thread.start()
+    return thread, outcome
+
+
+def test_postgresql_keeps_the_rule_between_concurrent_transactions(engine: Engine, tmp_path: Path) -> None:
+    # Each side of a race waits for the other's transaction, as with PostgreSQL's own foreign key, and then
+    # sees what it committed: the rule holds whichever comes first.
+    if engine.dialect.name != "postgresql":
+        pytest.skip("SQLite has one writer at a time")
+    run(engine, write(tmp_path, csv_text(*TWO_ORDERS)))
+    with engine.begin() as connection:
+        connection.execute(text(NEW_ORDER.format("PO-3")))
+
+    def race(first: str, second: str) -> list[str]:
+        with engine.connect() as ahead, engine.connect() as behind:
+            pid = behind.execute(text("SELECT pg_backend_pid()")).scalar_one()
+            behind.commit()
+            ahead.execute(text(first))
+
+            def then() -> None:
+                with behind.begin():
+                    behind.execute(text(second))
+
+            thread, outcome = _in_thread(then)
+            waited = _waits_for_a_lock(engine, pid)
+            ahead.commit()
+            thread.join(timeout=60)
+        return [*outcome, "waited" if waited else "did not wait"]
+
+    # Units first: a delete of their order waits for their transaction, then finds them.
+    unit = "INSERT INTO registryunit (serial, order_id) VALUES ('{}', 'PO-3')"
+    assert race(unit.format("CSP2402A0300"), "DELETE FROM registryorder WHERE order_id = 'PO-3'") == [
+        "IntegrityError",
+        "waited",
+    ]
+    # The delete first: units of the order wait for it, then find it gone.
+    with engine.begin() as connection:
+        connection.execute(text(NEW_ORDER.format("PO-4")))
+    assert race(
+        "DELETE FROM registryorder WHERE order_id = 'PO-4'",
+        "INSERT INTO registryunit (serial, order_id) VALUES ('CSP2402A0400', 'PO-4')",
+    ) == ["IntegrityError", "waited"]
+    assert counts(engine) == (3, 3)
+
+    # Outside READ COMMITTED a delete could not see units committed after its transaction began: refused.
+    with (
+        engine.connect().execution_options(isolation_level="REPEATABLE READ") as connection,
+        pytest.raises(NotSupportedError, match="READ COMMITTED"),
+    ):
+        connection.execute(text("DELETE FROM registryorder WHERE order_id = 'PO-2'"))
+    assert counts(engine) == (3, 3)
+
+
+def test_the_registry_tables_match_their_models_but_for_postgresqls_foreign_key(engine: Engine) -> None:
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+    from sqlmodel import SQLModel
+
+    with engine.connect() as connection:
+        diffs = compare_metadata(MigrationContext.configure(connection), SQLModel.metadata)
+    ours = [d for d in diffs if "registry" in repr(d)]
+    if engine.dialect.name == "sqlite":
+        assert ours == []
+    else:  # kept by migration 0006's triggers instead (the tests above)
+        assert [(d[0], d[1].parent.name, d[1].column_keys) for d in ours] == [
+            ("add_fk", "registryunit", ["order_id"])
+        ]
 
 
 # Bad files ----------------------------------------------------------------------------------------------
