@@ -808,7 +808,7 @@ def _write(connection: Connection, orders: dict[str, _Order], total: int, meter:
     where one `INSERT ... ON CONFLICT DO UPDATE` took 6.5 s (it confirms each speculative insertion with a WAL
     record of its own) and the same in chunks of 5,000, each with a query counting its new units, 13 s (the
     chunks' plans probe the registry a unit at a time). Each statement's units are checked against their
-    orders once, set-based, by the statement triggers of migration 0006 (PostgreSQL's own foreign key ran a
+    orders once, set-based, by the statement triggers of migration 0007 (PostgreSQL's own foreign key ran a
     query a unit: 3 s of the server's 6 s for a million new units); their transition table is kept in
     work_mem and then in a temporary file of the server.
     """

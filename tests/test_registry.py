@@ -352,7 +352,7 @@ NEW_ORDER = "INSERT INTO registryorder (order_id, customer, cargo_compensation) 
 
 
 def test_every_unit_names_a_stored_order_and_a_named_order_stays(engine: Engine, tmp_path: Path) -> None:
-    # SQLite's foreign key; on PostgreSQL the statement triggers of migration 0006 that keep the same rule.
+    # SQLite's foreign key; on PostgreSQL the statement triggers of migration 0007 that keep the same rule.
     run(engine, write(tmp_path, csv_text(*TWO_ORDERS)))
     refused = [
         # one of the statement's two units names no stored order
@@ -473,7 +473,7 @@ def test_the_registry_tables_match_their_models_but_for_postgresqls_foreign_key(
     ours = [d for d in diffs if "registry" in repr(d)]
     if engine.dialect.name == "sqlite":
         assert ours == []
-    else:  # kept by migration 0006's triggers instead (the tests above)
+    else:  # kept by migration 0007's triggers instead (the tests above)
         assert [(d[0], d[1].parent.name, d[1].column_keys) for d in ours] == [
             ("add_fk", "registryunit", ["order_id"])
         ]

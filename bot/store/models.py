@@ -188,7 +188,7 @@ class RegistryOrder(SQLModel, table=True):
 
 class RegistryUnit(SQLModel, table=True):
     serial: str = Field(primary_key=True, max_length=64)
-    # A foreign key on SQLite; on PostgreSQL the statement triggers of migration 0006 keep the same rule
+    # A foreign key on SQLite; on PostgreSQL the statement triggers of migration 0007 keep the same rule
     # (its own check ran a query a unit, half of an import's server time). Nothing reads units by order.
     order_id: str = Field(foreign_key="registryorder.order_id")
     production_date: date | None = None

@@ -1,7 +1,7 @@
 """registry: on PostgreSQL each statement checks its units' orders once, set-based; no index of units by order
 
-Revision ID: 0006
-Revises: 0005
+Revision ID: 0007
+Revises: 0006
 Create Date: 2026-12-02
 
 PostgreSQL's own foreign key from registryunit.order_id to registryorder checks each new or changed unit
@@ -30,8 +30,8 @@ from __future__ import annotations
 
 from alembic import op
 
-revision = "0006"
-down_revision = "0005"
+revision = "0007"
+down_revision = "0006"
 branch_labels = None
 depends_on = None
 
