@@ -11,7 +11,8 @@ again one by one, each in its own transaction, so that one bad message holds bac
 
 The hot path (accept, claim, load, log, queue, new chats, a new case's reference, units and audit rows)
 runs on SQLAlchemy Core statements built once per engine, whose compiled forms SQLAlchemy caches, on the
-session's connection; about six statements a message (tests/bot/test_group_commit.py). The ORM loads each
+session's connection; about six statements a message on SQLite, and on PostgreSQL, where each is a round
+trip, two: the claim with the load, and the closing writes (tests/bot/test_group_commit.py). The ORM loads each
 chat's rows (one query for the batch) and stays where nothing is hot: the case row itself, effects, the desk.
 """
 
@@ -31,6 +32,7 @@ from typing import Any, cast
 from sqlalchemy import (
     CursorResult,
     Row,
+    Select,
     and_,
     bindparam,
     func,
@@ -164,8 +166,7 @@ class Engine:
         """Compile the claim and the batch's load into SQLAlchemy's cache (they change nothing: a batch of
         none, chats that do not exist; rolled back all the same)."""
         with Session(self.db) as session:
-            dialect = session.get_bind().dialect.name
-            session.execute(self._statements.claim(dialect, one=False), {"now": utcnow(), "batch": 0})
+            self._claim(session, 0, None)
             session.execute(self._statements.contexts, {"keys": [("", "")]})
             session.rollback()
 
@@ -275,9 +276,9 @@ class Engine:
         claimed: Sequence[Row[Any]] = ()
         try:
             with session_scope(self.db) as session:
-                claimed = self._claim(session, size, item_id)
+                claimed, contexts = self._claim(session, size, item_id)
                 if claimed:
-                    self._process_many(session, claimed)
+                    self._process_many(session, claimed, contexts)
         except Exception as error:
             if is_transient(error):
                 # The database (or its disk) failed, not these messages: they stay pending, in their place.
@@ -300,17 +301,28 @@ class Engine:
         last = max(claimed, key=lambda r: int(r.id))
         return len(claimed), bool(last.after) or any(row.more for row in claimed)
 
-    def _claim(self, session: Session, size: int, item_id: int | None) -> Sequence[Row[Any]]:
-        statement = self._statements.claim(session.get_bind().dialect.name, one=item_id is not None)
-        now = utcnow()
-        params: dict[str, Any] = {"now": now, "batch": size}
+    def _claim(
+        self, session: Session, size: int, item_id: int | None
+    ) -> tuple[Sequence[Row[Any]], _Contexts | None]:
+        """The claimed heads, and on PostgreSQL their chats' contexts (see `_contexts`) with them, in one
+        statement (the claim as a data-modifying CTE, a round trip fewer); on SQLite those are read after."""
+        dialect = session.get_bind().dialect.name
+        params: dict[str, Any] = {"now": utcnow(), "batch": size}
         if item_id is not None:
             params["item_id"] = item_id
-        return session.connection().execute(statement, params).all()
+        if dialect != "postgresql":
+            claim = self._statements.claim(dialect, one=item_id is not None)
+            return session.connection().execute(claim, params).all(), None
+        rows = session.execute(self._statements.claim_contexts(one=item_id is not None), params).all()
+        contexts = {(r.channel, r.chat_id): (r[6], r[7], r[8]) for r in rows if r[6] is not None}
+        return rows, contexts
 
-    def _process_many(self, session: Session, claimed: Sequence[Row[Any]]) -> None:
+    def _process_many(
+        self, session: Session, claimed: Sequence[Row[Any]], contexts: _Contexts | None
+    ) -> None:
         messages = [inbound_from_payload(row.payload) for row in sorted(claimed, key=lambda r: int(r.id))]
-        contexts = self._contexts(session, messages)
+        if contexts is None:
+            contexts = self._contexts(session, messages)
         self._start_chats(session, messages, contexts)
         hot = _Hot()
         # Every serial the batch's messages mention or their conversations hold, in one registry query.
@@ -333,9 +345,7 @@ class Engine:
             session.flush()
         del session.info[_HOT]
 
-    def _contexts(
-        self, session: Session, messages: list[InboundMessage]
-    ) -> dict[tuple[str, str], tuple[ChannelIdentity, Customer, Conversation | None]]:
+    def _contexts(self, session: Session, messages: list[InboundMessage]) -> _Contexts:
         """Each chat's identity, customer, conversation and open case, in one query for the whole batch."""
         rows = session.execute(
             self._statements.contexts, {"keys": [(m.channel, m.chat_id) for m in messages]}
@@ -346,7 +356,7 @@ class Engine:
         self,
         session: Session,
         messages: list[InboundMessage],
-        contexts: dict[tuple[str, str], tuple[ChannelIdentity, Customer, Conversation | None]],
+        contexts: _Contexts,
     ) -> None:
         """The batch's new chats: a customer each (in the language the channel hints, a written variant such
         as pt-PT when it names one), their identities and conversations, added to `contexts`. Written with
@@ -1216,6 +1226,8 @@ def last_inbound(db: DbEngine, channel: str, chat_id: str) -> dict[str, Any]:
 FILE_LINK_PREFIX = "file-link:"
 _TOKEN = re.compile(r"[A-Za-z0-9_-]{32}")
 _HOT = "warranty_bot.engine.batch"  # the key of a batch's buffer in `Session.info`
+# A chat (channel, chat id) -> its identity, customer and conversation (Engine._contexts).
+_Contexts = dict[tuple[str, str], tuple[ChannelIdentity, Customer, Conversation | None]]
 
 
 class _Statements:
@@ -1225,21 +1237,10 @@ class _Statements:
         self._claims: dict[tuple[str, bool], ReturningUpdate[Any]] = {}
         self._accepts: dict[str, ReturningInsert[Any]] = {}
         self._closing: TextClause | None = None
-        identity, customer, conversation, case = ChannelIdentity, Customer, Conversation, Case
-        self.contexts = (
-            select(identity, customer, conversation, case)
-            .join(customer, col(customer.id) == col(identity.customer_id))
-            .outerjoin(
-                conversation,
-                and_(
-                    col(conversation.channel) == col(identity.channel),
-                    col(conversation.chat_id) == col(identity.chat_id),
-                ),
-            )
-            .outerjoin(case, col(case.id) == col(conversation.case_id))
-            .where(
-                tuple_(col(identity.channel), col(identity.chat_id)).in_(bindparam("keys", expanding=True))
-            )
+        self._claim_contexts: dict[bool, Select[Any]] = {}
+        identity = ChannelIdentity
+        self.contexts = _with_contexts(select(identity, Customer, Conversation, Case), outer=False).where(
+            tuple_(col(identity.channel), col(identity.chat_id)).in_(bindparam("keys", expanding=True))
         )
         self.log = insert(table_of(Message))
         # A batch's new chats (see Engine._start_chats); the customers' ids in the order of their rows.
@@ -1313,6 +1314,22 @@ class _Statements:
         self._closing = text(f"WITH {', '.join(ctes)} SELECT 1")
         return self._closing
 
+    def claim_contexts(self, *, one: bool) -> Select[Any]:
+        """PostgreSQL: the claim (a data-modifying CTE) and the claimed chats' contexts in one statement: the
+        claim's columns, then each chat's identity, customer, conversation and open case (None for a chat
+        without an identity yet). SQLite has no data-modifying CTEs."""
+        statement = self._claim_contexts.get(one)
+        if statement is None:
+            claimed = self.claim("postgresql", one=one).cte("claimed")
+            identity = ChannelIdentity
+            chosen = select(claimed, identity, Customer, Conversation, Case).select_from(claimed)
+            chosen = chosen.outerjoin(
+                identity,
+                and_(col(identity.channel) == claimed.c.channel, col(identity.chat_id) == claimed.c.chat_id),
+            )
+            statement = self._claim_contexts[one] = _with_contexts(chosen, outer=True)
+        return statement
+
     def accept(self, dialect: str) -> ReturningInsert[Any]:
         """Store inbox rows (one, or many as one executemany); a redelivery is skipped, and only the rows
         stored are returned."""
@@ -1382,6 +1399,21 @@ class _Statements:
                 )
             )
         return self._claims[key]
+
+
+def _with_contexts(query: Any, *, outer: bool) -> Any:
+    """`query` (of a chat's identity) joined to the identity's customer (an outer join if `outer`: a chat
+    without an identity yet), its chat's conversation and the conversation's open case."""
+    identity, customer, conversation, case = ChannelIdentity, Customer, Conversation, Case
+    owner = col(customer.id) == col(identity.customer_id)
+    query = query.outerjoin(customer, owner) if outer else query.join(customer, owner)
+    return query.outerjoin(
+        conversation,
+        and_(
+            col(conversation.channel) == col(identity.channel),
+            col(conversation.chat_id) == col(identity.chat_id),
+        ),
+    ).outerjoin(case, col(case.id) == col(conversation.case_id))
 
 
 # What a batch writes of each message's conversation and identity, with Core at its end (_Hot.settle).

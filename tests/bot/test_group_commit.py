@@ -27,6 +27,8 @@ from tests.support import CLAIM, bot_texts, customer_texts, inbound, wait_until
 
 # The bound of the brief: a message of a conversation under way (claim, load, log, queue, state, identity).
 STATEMENTS_PER_MESSAGE = 6
+# On PostgreSQL, where each is a round trip: the claim with the load, and the closing writes together.
+STATEMENTS_PER_MESSAGE_POSTGRESQL = 2
 
 
 @contextmanager
@@ -59,7 +61,10 @@ def test_a_message_of_a_conversation_under_way_takes_at_most_six_statements(bot:
     bot.engine.accept(inbound("it shuts down under load", chat="c", locale_hint="en"))
     with counting(bot) as seen:
         assert bot.engine.process_pending() == 1
-    assert len(seen["statements"]) <= STATEMENTS_PER_MESSAGE, "\n".join(seen["statements"])
+    bound = (
+        STATEMENTS_PER_MESSAGE_POSTGRESQL if bot.db.dialect.name == "postgresql" else STATEMENTS_PER_MESSAGE
+    )
+    assert len(seen["statements"]) <= bound, "\n".join(seen["statements"])
     assert seen["commits"] == 1
     assert len(bot_texts(bot, "c")) >= 2  # it did answer
 
