@@ -81,7 +81,7 @@ from bot.store import (
     table_of,
 )
 from bot.store.clock import utcnow
-from bot.store.db import insert_for, is_transient, write_transaction
+from bot.store.db import insert_for, is_transient, write_statement, write_transaction
 from bot.store.models import INBOX_WAITING, literal_in
 from bot.understanding import default_lexicon, fold, understand
 from policy import Outcome, Policy, UnitFacts, claim_to_json, decision_to_json, normalize_serial
@@ -183,10 +183,15 @@ class Engine:
         rows = [_inbox_row(message) for message in messages]
         if not rows:
             return []
-        # Core on a connection of its own: nothing of the ORM's unit of work is needed here.
-        with self.db.connect() as connection, write_transaction(connection):
+        # Core on a connection of its own: nothing of the ORM's unit of work is needed here. One statement
+        # (one page of insertmanyvalues) needs no transaction around it on PostgreSQL (write_statement).
+        one = len(rows) <= self.db.dialect.insertmanyvalues_page_size
+        with (
+            self.db.connect() as connection,
+            (write_statement if one else write_transaction)(connection) as writer,
+        ):
             statement = self._statements.accept(self.db.dialect.name)
-            stored = {(row[1], row[2]): int(row[0]) for row in connection.execute(statement, rows)}
+            stored = {(row[1], row[2]): int(row[0]) for row in writer.execute(statement, rows)}
         accepted = []
         for row in rows:
             # A message twice in one batch (a redelivery that came with the original): the first one is stored.
