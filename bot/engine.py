@@ -319,7 +319,11 @@ class Engine:
             claim = self._statements.claim(dialect, one=item_id is not None)
             return session.connection().execute(claim, params).all(), None
         rows = session.execute(self._statements.claim_contexts(one=item_id is not None), params).all()
-        contexts = {(r.channel, r.chat_id): (r[6], r[7], r[8]) for r in rows if r[6] is not None}
+        contexts: _Contexts = {}
+        for row in rows:
+            *_, identity, customer, conversation, _case = row  # the case: loaded into the session only
+            if identity is not None:
+                contexts[row.channel, row.chat_id] = (identity, customer, conversation)
         return rows, contexts
 
     def _process_many(
