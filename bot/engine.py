@@ -1559,14 +1559,14 @@ class _Hot:
         # and then marked as written, so that the batch's last flush does not write them again).
         conversations = [c for c, _ in self.settled]
         identities = [i for _, i in self.settled]
-        settled = {
-            "conversations": [
-                {"id": o.id, **{k: getattr(o, k) for k in _SETTLED_CONVERSATION}} for o in conversations
-            ],
-            "identities": [{"id": o.id, **{k: getattr(o, k) for k in _SETTLED_IDENTITY}} for o in identities],
-        }
         if connection.dialect.name == "postgresql":
-            rows = {"logged": self.messages, "queued": self.outbox, "audited": self.audits, **settled}
+            rows = {
+                "logged": self.messages,
+                "queued": self.outbox,
+                "audited": self.audits,
+                "conversations": _settled_values(conversations, _SETTLED_CONVERSATION, ""),
+                "identities": _settled_values(identities, _SETTLED_IDENTITY, ""),
+            }
             connection.execute(
                 statements.closing(connection.dialect),
                 {key: json.dumps(value, default=_json_time) for key, value in rows.items()},
@@ -1579,17 +1579,22 @@ class _Hot:
             ):
                 if new:
                     connection.execute(insert_rows, new)
-            for changed, update_rows in (
-                (settled["conversations"], statements.settle_conversations),
-                (settled["identities"], statements.settle_identities),
-            ):
-                if changed:
-                    connection.execute(update_rows, [{f"b_{k}": v for k, v in r.items()} for r in changed])
+            if self.settled:
+                conversation_rows = _settled_values(conversations, _SETTLED_CONVERSATION, "b_")
+                connection.execute(statements.settle_conversations, conversation_rows)
+                connection.execute(
+                    statements.settle_identities, _settled_values(identities, _SETTLED_IDENTITY, "b_")
+                )
         for objects, keys in ((conversations, _SETTLED_CONVERSATION), (identities, _SETTLED_IDENTITY)):
             for o in objects:
                 for key in keys:
                     set_committed_value(o, key, getattr(o, key))
         self.messages, self.outbox, self.settled, self.audits = [], [], [], []
+
+
+def _settled_values(objects: Sequence[Any], keys: tuple[str, ...], prefix: str) -> list[dict[str, Any]]:
+    """The rows of settled objects (_Hot.write): their id and `keys`, named with `prefix`."""
+    return [{f"{prefix}id": o.id, **{f"{prefix}{k}": getattr(o, k) for k in keys}} for o in objects]
 
 
 def retry_parked(db: DbEngine, ids: list[int] | None = None) -> int:

@@ -398,16 +398,18 @@ def write_transaction(connection: Connection) -> Iterator[Connection]:
         _writing.reset(token)
 
 
-@contextmanager
-def write_statement(connection: Connection) -> Iterator[Connection]:
+def write_statement(connection: Connection) -> contextlib.AbstractContextManager[Connection]:
     """`write_transaction` for one statement (an executemany with RETURNING is one while its rows fit in a
     page of SQLAlchemy's insertmanyvalues): on PostgreSQL it runs in autocommit, where a statement is a
     transaction of its own, committed and durable when it returns, all or nothing, with no BEGIN and COMMIT
     round trips around it. Elsewhere `write_transaction`."""
     if connection.dialect.name != "postgresql":
-        with write_transaction(connection):
-            yield connection
-        return
+        return write_transaction(connection)
+    return _autocommit(connection)
+
+
+@contextmanager
+def _autocommit(connection: Connection) -> Iterator[Connection]:
     # The driver's autocommit, set on this checkout only: the pool gives the connection back as it was.
     yield connection.execution_options(isolation_level="AUTOCOMMIT")
     connection.commit()  # nothing to send (autocommit): it ends SQLAlchemy's own transaction, as a commit
