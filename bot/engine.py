@@ -11,12 +11,14 @@ again one by one, each in its own transaction, so that one bad message holds bac
 
 The hot path (accept, claim, load, log, queue, new chats, a new case's reference, units and audit rows)
 runs on SQLAlchemy Core statements built once per engine, whose compiled forms SQLAlchemy caches, on the
-session's connection; about six statements a message (tests/bot/test_group_commit.py). The ORM loads each
+session's connection; about six statements a message on SQLite, and on PostgreSQL, where each is a round
+trip, two: the claim with the load, and the closing writes (tests/bot/test_group_commit.py). The ORM loads each
 chat's rows (one query for the batch) and stays where nothing is hot: the case row itself, effects, the desk.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import secrets
@@ -30,6 +32,7 @@ from typing import Any, cast
 from sqlalchemy import (
     CursorResult,
     Row,
+    Select,
     and_,
     bindparam,
     func,
@@ -37,13 +40,15 @@ from sqlalchemy import (
     literal_column,
     or_,
     select,
+    text,
     tuple_,
     update,
 )
 from sqlalchemy import Engine as DbEngine
+from sqlalchemy.engine import Dialect
 from sqlalchemy.orm.attributes import flag_modified, set_committed_value
 from sqlalchemy.sql.dml import Insert, ReturningInsert, ReturningUpdate
-from sqlalchemy.sql.elements import ColumnElement
+from sqlalchemy.sql.elements import ColumnElement, TextClause
 from sqlmodel import Session, col
 
 from bot import conversation as conv
@@ -76,7 +81,7 @@ from bot.store import (
     table_of,
 )
 from bot.store.clock import utcnow
-from bot.store.db import insert_for, is_transient, write_transaction
+from bot.store.db import insert_for, is_transient, write_statement, write_transaction
 from bot.store.models import INBOX_WAITING, literal_in
 from bot.understanding import default_lexicon, fold, understand
 from policy import Outcome, Policy, UnitFacts, claim_to_json, decision_to_json, normalize_serial
@@ -161,8 +166,7 @@ class Engine:
         """Compile the claim and the batch's load into SQLAlchemy's cache (they change nothing: a batch of
         none, chats that do not exist; rolled back all the same)."""
         with Session(self.db) as session:
-            dialect = session.get_bind().dialect.name
-            session.execute(self._statements.claim(dialect, one=False), {"now": utcnow(), "batch": 0})
+            self._claim(session, 0, None)
             session.execute(self._statements.contexts, {"keys": [("", "")]})
             session.rollback()
 
@@ -179,10 +183,15 @@ class Engine:
         rows = [_inbox_row(message) for message in messages]
         if not rows:
             return []
-        # Core on a connection of its own: nothing of the ORM's unit of work is needed here.
-        with self.db.connect() as connection, write_transaction(connection):
+        # Core on a connection of its own: nothing of the ORM's unit of work is needed here. One statement
+        # (one page of insertmanyvalues) needs no transaction around it on PostgreSQL (write_statement).
+        one = len(rows) <= self.db.dialect.insertmanyvalues_page_size
+        with (
+            self.db.connect() as connection,
+            (write_statement if one else write_transaction)(connection) as writer,
+        ):
             statement = self._statements.accept(self.db.dialect.name)
-            stored = {(row[1], row[2]): int(row[0]) for row in connection.execute(statement, rows)}
+            stored = {(row[1], row[2]): int(row[0]) for row in writer.execute(statement, rows)}
         accepted = []
         for row in rows:
             # A message twice in one batch (a redelivery that came with the original): the first one is stored.
@@ -272,9 +281,9 @@ class Engine:
         claimed: Sequence[Row[Any]] = ()
         try:
             with session_scope(self.db) as session:
-                claimed = self._claim(session, size, item_id)
+                claimed, contexts = self._claim(session, size, item_id)
                 if claimed:
-                    self._process_many(session, claimed)
+                    self._process_many(session, claimed, contexts)
         except Exception as error:
             if is_transient(error):
                 # The database (or its disk) failed, not these messages: they stay pending, in their place.
@@ -297,17 +306,32 @@ class Engine:
         last = max(claimed, key=lambda r: int(r.id))
         return len(claimed), bool(last.after) or any(row.more for row in claimed)
 
-    def _claim(self, session: Session, size: int, item_id: int | None) -> Sequence[Row[Any]]:
-        statement = self._statements.claim(session.get_bind().dialect.name, one=item_id is not None)
-        now = utcnow()
-        params: dict[str, Any] = {"now": now, "batch": size}
+    def _claim(
+        self, session: Session, size: int, item_id: int | None
+    ) -> tuple[Sequence[Row[Any]], _Contexts | None]:
+        """The claimed heads, and on PostgreSQL their chats' contexts (see `_contexts`) with them, in one
+        statement (the claim as a data-modifying CTE, a round trip fewer); on SQLite those are read after."""
+        dialect = session.get_bind().dialect.name
+        params: dict[str, Any] = {"now": utcnow(), "batch": size}
         if item_id is not None:
             params["item_id"] = item_id
-        return session.connection().execute(statement, params).all()
+        if dialect != "postgresql":
+            claim = self._statements.claim(dialect, one=item_id is not None)
+            return session.connection().execute(claim, params).all(), None
+        rows = session.execute(self._statements.claim_contexts(one=item_id is not None), params).all()
+        contexts: _Contexts = {}
+        for row in rows:
+            *_, identity, customer, conversation, _case = row  # the case: loaded into the session only
+            if identity is not None:
+                contexts[row.channel, row.chat_id] = (identity, customer, conversation)
+        return rows, contexts
 
-    def _process_many(self, session: Session, claimed: Sequence[Row[Any]]) -> None:
+    def _process_many(
+        self, session: Session, claimed: Sequence[Row[Any]], contexts: _Contexts | None
+    ) -> None:
         messages = [inbound_from_payload(row.payload) for row in sorted(claimed, key=lambda r: int(r.id))]
-        contexts = self._contexts(session, messages)
+        if contexts is None:
+            contexts = self._contexts(session, messages)
         self._start_chats(session, messages, contexts)
         hot = _Hot()
         # Every serial the batch's messages mention or their conversations hold, in one registry query.
@@ -330,9 +354,7 @@ class Engine:
             session.flush()
         del session.info[_HOT]
 
-    def _contexts(
-        self, session: Session, messages: list[InboundMessage]
-    ) -> dict[tuple[str, str], tuple[ChannelIdentity, Customer, Conversation | None]]:
+    def _contexts(self, session: Session, messages: list[InboundMessage]) -> _Contexts:
         """Each chat's identity, customer, conversation and open case, in one query for the whole batch."""
         rows = session.execute(
             self._statements.contexts, {"keys": [(m.channel, m.chat_id) for m in messages]}
@@ -343,7 +365,7 @@ class Engine:
         self,
         session: Session,
         messages: list[InboundMessage],
-        contexts: dict[tuple[str, str], tuple[ChannelIdentity, Customer, Conversation | None]],
+        contexts: _Contexts,
     ) -> None:
         """The batch's new chats: a customer each (in the language the channel hints, a written variant such
         as pt-PT when it names one), their identities and conversations, added to `contexts`. Written with
@@ -1213,6 +1235,8 @@ def last_inbound(db: DbEngine, channel: str, chat_id: str) -> dict[str, Any]:
 FILE_LINK_PREFIX = "file-link:"
 _TOKEN = re.compile(r"[A-Za-z0-9_-]{32}")
 _HOT = "warranty_bot.engine.batch"  # the key of a batch's buffer in `Session.info`
+# A chat (channel, chat id) -> its identity, customer and conversation (Engine._contexts).
+_Contexts = dict[tuple[str, str], tuple[ChannelIdentity, Customer, Conversation | None]]
 
 
 class _Statements:
@@ -1221,21 +1245,11 @@ class _Statements:
     def __init__(self) -> None:
         self._claims: dict[tuple[str, bool], ReturningUpdate[Any]] = {}
         self._accepts: dict[str, ReturningInsert[Any]] = {}
-        identity, customer, conversation, case = ChannelIdentity, Customer, Conversation, Case
-        self.contexts = (
-            select(identity, customer, conversation, case)
-            .join(customer, col(customer.id) == col(identity.customer_id))
-            .outerjoin(
-                conversation,
-                and_(
-                    col(conversation.channel) == col(identity.channel),
-                    col(conversation.chat_id) == col(identity.chat_id),
-                ),
-            )
-            .outerjoin(case, col(case.id) == col(conversation.case_id))
-            .where(
-                tuple_(col(identity.channel), col(identity.chat_id)).in_(bindparam("keys", expanding=True))
-            )
+        self._closing: TextClause | None = None
+        self._claim_contexts: dict[bool, Select[Any]] = {}
+        identity = ChannelIdentity
+        self.contexts = _with_contexts(select(identity, Customer, Conversation, Case), outer=False).where(
+            tuple_(col(identity.channel), col(identity.chat_id)).in_(bindparam("keys", expanding=True))
         )
         self.log = insert(table_of(Message))
         # A batch's new chats (see Engine._start_chats); the customers' ids in the order of their rows.
@@ -1280,6 +1294,50 @@ class _Statements:
             )
             .order_by(col(Credit.id))
         )
+
+    def closing(self, dialect: Dialect) -> TextClause:
+        """PostgreSQL: a batch's closing writes (_Hot.write) as one statement, one round trip instead of one
+        a table: the log, the queue and the audit rows inserted, the conversations and identities settled.
+        Each table's rows are one JSON parameter, read as the table's row type (`json_populate_recordset`),
+        so that the statement is the same for any number of rows (compiled and prepared once), and the
+        client's work is one `json.dumps` a table (arrays of each column cost more in psycopg's dumping than
+        the round trips they save). Ids follow the order of the rows (ORDER BY their ordinality, as
+        SQLAlchemy's own insertmanyvalues relies on). Each chat is once in a batch, so no row is updated
+        twice. SQLite has no data-modifying CTEs, and no round trips to save: an executemany a table."""
+        if self._closing is not None:
+            return self._closing
+        quote = dialect.identifier_preparer.quote
+        ctes = []
+        # Names of our own tables and columns only (the rows are bound): no input reaches the SQL text.
+        for name, model, columns in _CLOSING_INSERTS:
+            table, listed = quote(table_of(model).name), ", ".join(quote(c) for c in columns)
+            rows = f"json_populate_recordset(NULL::{table}, CAST(:{name} AS json)) WITH ORDINALITY AS r"
+            ctes.append(
+                f"{name} AS (INSERT INTO {table} ({listed}) SELECT {listed} FROM {rows} ORDER BY r.ordinality)"  # noqa: S608
+            )
+        for name, model, columns in _CLOSING_UPDATES:
+            table = quote(table_of(model).name)
+            assigned = ", ".join(f"{quote(c)} = r.{quote(c)}" for c in columns)
+            rows = f"json_populate_recordset(NULL::{table}, CAST(:{name} AS json)) AS r"
+            ctes.append(f"{name} AS (UPDATE {table} SET {assigned} FROM {rows} WHERE {table}.id = r.id)")  # noqa: S608
+        self._closing = text(f"WITH {', '.join(ctes)} SELECT 1")
+        return self._closing
+
+    def claim_contexts(self, *, one: bool) -> Select[Any]:
+        """PostgreSQL: the claim (a data-modifying CTE) and the claimed chats' contexts in one statement: the
+        claim's columns, then each chat's identity, customer, conversation and open case (None for a chat
+        without an identity yet). SQLite has no data-modifying CTEs."""
+        statement = self._claim_contexts.get(one)
+        if statement is None:
+            claimed = self.claim("postgresql", one=one).cte("claimed")
+            identity = ChannelIdentity
+            chosen = select(claimed, identity, Customer, Conversation, Case).select_from(claimed)
+            chosen = chosen.outerjoin(
+                identity,
+                and_(col(identity.channel) == claimed.c.channel, col(identity.chat_id) == claimed.c.chat_id),
+            )
+            statement = self._claim_contexts[one] = _with_contexts(chosen, outer=True)
+        return statement
 
     def accept(self, dialect: str) -> ReturningInsert[Any]:
         """Store inbox rows (one, or many as one executemany); a redelivery is skipped, and only the rows
@@ -1352,15 +1410,69 @@ class _Statements:
         return self._claims[key]
 
 
+def _with_contexts(query: Any, *, outer: bool) -> Any:
+    """`query` (of a chat's identity) joined to the identity's customer (an outer join if `outer`: a chat
+    without an identity yet), its chat's conversation and the conversation's open case."""
+    identity, customer, conversation, case = ChannelIdentity, Customer, Conversation, Case
+    owner = col(customer.id) == col(identity.customer_id)
+    query = query.outerjoin(customer, owner) if outer else query.join(customer, owner)
+    return query.outerjoin(
+        conversation,
+        and_(
+            col(conversation.channel) == col(identity.channel),
+            col(conversation.chat_id) == col(identity.chat_id),
+        ),
+    ).outerjoin(case, col(case.id) == col(conversation.case_id))
+
+
 # What a batch writes of each message's conversation and identity, with Core at its end (_Hot.settle).
 _SETTLED_CONVERSATION = ("state", "data", "case_id", "updated_at")
 _SETTLED_IDENTITY = ("last_inbound_at", "unreachable")
+# The columns of the rows a batch logs, queues and audits (_Hot.log, _Hot.queue, audit).
+_LOGGED = (
+    "conversation_id",
+    "case_id",
+    "author",
+    "author_name",
+    "text",
+    "buttons",
+    "attachment_ids",
+    "client_id",
+    "created_at",
+)
+_QUEUED = (
+    "channel",
+    "chat_id",
+    "payload",
+    "status",
+    "attempts",
+    "next_attempt_at",
+    "lease_owner",
+    "failing_since",
+    "holds_chat",
+    "last_error",
+    "external_id",
+    "created_at",
+    "sent_at",
+)
+_AUDITED = ("case_id", "actor", "action", "detail", "at")
+# _Statements.closing: (the CTE's name and its rows' parameter, table, columns); _Hot.write binds the rows.
+_CLOSING_INSERTS: tuple[tuple[str, type[Any], tuple[str, ...]], ...] = (
+    ("logged", Message, _LOGGED),
+    ("queued", OutboxItem, _QUEUED),
+    ("audited", AuditEntry, _AUDITED),
+)
+_CLOSING_UPDATES: tuple[tuple[str, type[Any], tuple[str, ...]], ...] = (
+    ("conversations", Conversation, _SETTLED_CONVERSATION),
+    ("identities", ChannelIdentity, _SETTLED_IDENTITY),
+)
 
 
 @dataclass
 class _Hot:
-    """What a batch logs and queues, written with one statement per table at the end of the batch (ids
-    follow the order of the rows, so a conversation's log and a chat's queue keep their order)."""
+    """What a batch logs and queues, written at the end of the batch with its conversations' states and
+    identities: one statement on PostgreSQL (`_Statements.closing`), one a table on SQLite (ids follow the
+    order of the rows, so a conversation's log and a chat's queue keep their order)."""
 
     messages: list[dict[str, Any]] = field(default_factory=list)
     outbox: list[dict[str, Any]] = field(default_factory=list)
@@ -1443,26 +1555,46 @@ class _Hot:
 
     def write(self, session: Session, statements: _Statements) -> None:
         connection = session.connection()  # Core: the ORM's execute adds nothing to these
-        if self.messages:
-            connection.execute(statements.log, self.messages)
-        if self.outbox:
-            connection.execute(statements.queue, self.outbox)
-        if self.audits:
-            connection.execute(statements.audit, self.audits)
-        if self.settled:
-            # Their present values (the ORM's own changes to these columns since are included, and then
-            # marked as written, so that the batch's last flush does not write them again).
-            for objects, statement, keys in (
-                ([c for c, _ in self.settled], statements.settle_conversations, _SETTLED_CONVERSATION),
-                ([i for _, i in self.settled], statements.settle_identities, _SETTLED_IDENTITY),
+        # The settled objects' present values (the ORM's own changes to these columns since are included,
+        # and then marked as written, so that the batch's last flush does not write them again).
+        conversations = [c for c, _ in self.settled]
+        identities = [i for _, i in self.settled]
+        if connection.dialect.name == "postgresql":
+            rows = {
+                "logged": self.messages,
+                "queued": self.outbox,
+                "audited": self.audits,
+                "conversations": _settled_values(conversations, _SETTLED_CONVERSATION, ""),
+                "identities": _settled_values(identities, _SETTLED_IDENTITY, ""),
+            }
+            connection.execute(
+                statements.closing(connection.dialect),
+                {key: json.dumps(value, default=_json_time) for key, value in rows.items()},
+            )
+        else:  # an executemany a table
+            for new, insert_rows in (
+                (self.messages, statements.log),
+                (self.outbox, statements.queue),
+                (self.audits, statements.audit),
             ):
+                if new:
+                    connection.execute(insert_rows, new)
+            if self.settled:
+                conversation_rows = _settled_values(conversations, _SETTLED_CONVERSATION, "b_")
+                connection.execute(statements.settle_conversations, conversation_rows)
                 connection.execute(
-                    statement, [{"b_id": o.id, **{f"b_{k}": getattr(o, k) for k in keys}} for o in objects]
+                    statements.settle_identities, _settled_values(identities, _SETTLED_IDENTITY, "b_")
                 )
-                for o in objects:
-                    for key in keys:
-                        set_committed_value(o, key, getattr(o, key))
+        for objects, keys in ((conversations, _SETTLED_CONVERSATION), (identities, _SETTLED_IDENTITY)):
+            for o in objects:
+                for key in keys:
+                    set_committed_value(o, key, getattr(o, key))
         self.messages, self.outbox, self.settled, self.audits = [], [], [], []
+
+
+def _settled_values(objects: Sequence[Any], keys: tuple[str, ...], prefix: str) -> list[dict[str, Any]]:
+    """The rows of settled objects (_Hot.write): their id and `keys`, named with `prefix`."""
+    return [{f"{prefix}id": o.id, **{f"{prefix}{k}": getattr(o, k) for k in keys}} for o in objects]
 
 
 def retry_parked(db: DbEngine, ids: list[int] | None = None) -> int:
@@ -1506,6 +1638,14 @@ def audit(session: Session, case: Case | None, actor: str, action: str, **detail
         hot.audits.append({**row, "at": utcnow()})
         return
     session.add(AuditEntry(**row))
+
+
+def _json_time(value: Any) -> str:
+    """`json.dumps`'s `default` for the rows of a batch's closing statement: their times, as ISO 8601 (what
+    PostgreSQL reads back as `timestamptz`)."""
+    if isinstance(value, date | datetime):
+        return value.isoformat()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
 def _jsonable(value: Any) -> Any:

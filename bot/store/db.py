@@ -15,6 +15,7 @@ import logging
 import os
 import sqlite3
 import threading
+import time
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -62,7 +63,8 @@ def make_engine(url: str, *, synchronous: str = "FULL", background_checkpoints: 
     parsed = make_url(url)
     level = {"FULL": "FULL", "NORMAL": "NORMAL"}[synchronous.upper()]
     if parsed.get_backend_name() != "sqlite":
-        engine = create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10)
+        engine = create_engine(url, pool_size=10, max_overflow=10)
+        _ping_after_idle(engine)
         event.listen(engine, "handle_error", _drop_broken_connection)
         return engine
     if parsed.database and parsed.database != ":memory:":
@@ -97,6 +99,35 @@ def make_engine(url: str, *, synchronous: str = "FULL", background_checkpoints: 
     if background_checkpoints and parsed.database and parsed.database != ":memory:":
         _Checkpointer(engine, Path(parsed.database)).start()
     return engine
+
+
+# A pooled PostgreSQL connection idle for longer is pinged before it is used again (see _ping_after_idle).
+PING_AFTER_IDLE_SECONDS = 1.0
+
+
+def _ping_after_idle(engine: Engine) -> None:
+    """Ping a pooled connection before its next use when it sat in the pool `PING_AFTER_IDLE_SECONDS` or
+    more, and replace it (and the pool's older ones) if the server does not answer: a server restarted, or
+    a connection a firewall dropped while idle, costs no failed transaction. SQLAlchemy's `pool_pre_ping`
+    pings before every use, which was a round trip of every transaction: two of a message's sixteen (an
+    accept and its processing) on the worker's busy path. A connection used within the last second that
+    went away fails its transaction as transient (the worker pauses and retries, a webhook answers 503),
+    and SQLAlchemy then replaces the pool's older connections."""
+
+    @event.listens_for(engine, "checkin")
+    def _idle_since(_dbapi_connection: Any, record: Any) -> None:
+        record.info["idle_since"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _ping(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        idle_since = record.info.pop("idle_since", None)
+        if idle_since is None or time.monotonic() - idle_since < PING_AFTER_IDLE_SECONDS:
+            return
+        try:
+            engine.dialect.do_ping(dbapi_connection)
+        except Exception as error:
+            # The pool opens a new connection instead, and replaces those older than this one.
+            raise exc.InvalidatePoolError(f"ping after idle failed: {error}") from error
 
 
 CHECKPOINT_SECONDS = 1.0
@@ -372,3 +403,20 @@ def write_transaction(connection: Connection) -> Iterator[Connection]:
             yield connection
     finally:
         _writing.reset(token)
+
+
+def write_statement(connection: Connection) -> contextlib.AbstractContextManager[Connection]:
+    """`write_transaction` for one statement (an executemany with RETURNING is one while its rows fit in a
+    page of SQLAlchemy's insertmanyvalues): on PostgreSQL it runs in autocommit, where a statement is a
+    transaction of its own, committed and durable when it returns, all or nothing, with no BEGIN and COMMIT
+    round trips around it. Elsewhere `write_transaction`."""
+    if connection.dialect.name != "postgresql":
+        return write_transaction(connection)
+    return _autocommit(connection)
+
+
+@contextmanager
+def _autocommit(connection: Connection) -> Iterator[Connection]:
+    # The driver's autocommit, set on this checkout only: the pool gives the connection back as it was.
+    yield connection.execution_options(isolation_level="AUTOCOMMIT")
+    connection.commit()  # nothing to send (autocommit): it ends SQLAlchemy's own transaction, as a commit

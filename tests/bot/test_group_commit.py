@@ -27,6 +27,8 @@ from tests.support import CLAIM, bot_texts, customer_texts, inbound, wait_until
 
 # The bound of the brief: a message of a conversation under way (claim, load, log, queue, state, identity).
 STATEMENTS_PER_MESSAGE = 6
+# On PostgreSQL, where each is a round trip: the claim with the load, and the closing writes together.
+STATEMENTS_PER_MESSAGE_POSTGRESQL = 2
 
 
 @contextmanager
@@ -59,7 +61,10 @@ def test_a_message_of_a_conversation_under_way_takes_at_most_six_statements(bot:
     bot.engine.accept(inbound("it shuts down under load", chat="c", locale_hint="en"))
     with counting(bot) as seen:
         assert bot.engine.process_pending() == 1
-    assert len(seen["statements"]) <= STATEMENTS_PER_MESSAGE, "\n".join(seen["statements"])
+    bound = (
+        STATEMENTS_PER_MESSAGE_POSTGRESQL if bot.db.dialect.name == "postgresql" else STATEMENTS_PER_MESSAGE
+    )
+    assert len(seen["statements"]) <= bound, "\n".join(seen["statements"])
     assert seen["commits"] == 1
     assert len(bot_texts(bot, "c")) >= 2  # it did answer
 
@@ -142,7 +147,8 @@ def test_accept_many_stores_in_order_in_one_commit_and_knows_each_redelivery(bot
     ]
     with counting(bot) as seen:
         accepted = bot.engine.accept_many(messages)
-    assert seen["commits"] == 1
+    # One statement in one transaction (on PostgreSQL the statement's own, in autocommit: no BEGIN, COMMIT).
+    assert seen["commits"] == 1 and len(seen["statements"]) == 1, seen["statements"]
     assert [a.duplicate for a in accepted] == [True, False, True, False]
     rows = inbox(bot)
     assert [(r.external_id, r.chat_id) for r in rows] == [("1", "a"), ("2", "b"), ("3", "c")]

@@ -21,12 +21,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, event, func, select, text
+from sqlalchemy import Engine, create_engine, event, func, select, text
 from sqlmodel import Session
 
-from bot.app import Bot
+from bot.app import Bot, build
+from bot.config import Settings
 from bot.engine import StorageUnavailable
-from bot.store import Case, InboxItem
+from bot.store import Case, InboxItem, make_engine, upgrade
+from bot.store import db as db_module
+from tests.conftest import POSTGRES_URL
 from tests.support import CLAIM, bot_texts, customer_texts, inbound, wait_until
 
 
@@ -220,4 +223,28 @@ def test_the_server_copies_sqlites_log_into_the_database_in_the_background(tmp_p
             wait_until(functools.partial(copied, path), timeout=20 * CHECKPOINT_SECONDS, what="a checkpoint")
         else:  # SQLite's own checkpoint waits for 1,000 pages of log
             assert in_the_file(path) == 0
+        engine.dispose()
+
+
+def test_a_postgresql_connection_dropped_while_idle_is_replaced_before_its_next_use(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A connection idle in the pool past the threshold is pinged before use (bot.store.db._ping_after_idle);
+    # the server ended it meanwhile (a restart does that to every connection): the pool opens a new one,
+    # and the message is stored without a failure.
+    monkeypatch.setattr(db_module, "PING_AFTER_IDLE_SECONDS", 0.0)
+    engine = make_engine(postgres_url)
+    upgrade(engine)
+    bot = build(Settings(_env_file=None, database_url=postgres_url), db=engine)  # type: ignore[call-arg]
+    with engine.connect() as connection:
+        backend = connection.execute(text("SELECT pg_backend_pid()")).scalar_one()
+    admin = create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        assert connection.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": backend}).scalar_one()
+    admin.dispose()
+    try:
+        assert not bot.engine.accept(inbound("hello", chat="idle")).duplicate
+        assert bot.engine.process_pending() == 1
+        assert customer_texts(bot, "idle") == ["hello"]
+    finally:
         engine.dispose()
