@@ -378,31 +378,7 @@ class Deliverer:
         last_look = 0.0
         while not stop.is_set():
             poke.clear()  # a set() after this ends the wait below at once; its wake flag is seen next round
-            if unrecorded:
-                # The sends that finished are recorded with the next lease, in one transaction; the chats just
-                # served may have their next row due.
-                wake.clear()
-                last_look = time.monotonic()
-                try:
-                    leased = await asyncio.to_thread(
-                        self._record_and_lease, unrecorded, self.batch - len(tasks)
-                    )
-                except Exception as error:
-                    leased = []
-                    try:  # the outcomes alone, should the lease have been what failed
-                        await asyncio.to_thread(self._record, unrecorded)
-                    except Exception:  # the database is away: keep the outcomes, record them later
-                        log.warning(
-                            "outbox: could not record %s outcome(s): %s", len(unrecorded), _error_text(error)
-                        )
-                        await asyncio.sleep(min(1.0, poll_seconds))
-                    else:
-                        unrecorded = []
-                        log.warning("outbox: could not lease due rows: %s", _error_text(error))
-                else:
-                    unrecorded = []
-                tasks.update(asyncio.create_task(self._attempt_run(run)) for run in leased)
-            elif look or wake.is_set() or time.monotonic() - last_look >= poll_seconds:
+            if look or wake.is_set() or time.monotonic() - last_look >= poll_seconds:
                 wake.clear()
                 look, last_look = False, time.monotonic()
                 room = self.batch - len(tasks)
@@ -421,6 +397,17 @@ class Deliverer:
             for task in tasks & done:
                 tasks.discard(task)
                 unrecorded.extend(task.result())
+            if unrecorded:
+                try:
+                    await asyncio.to_thread(self._record, unrecorded)
+                except Exception as error:  # the database is away: keep the outcomes, record them later
+                    log.warning(
+                        "outbox: could not record %s outcome(s): %s", len(unrecorded), _error_text(error)
+                    )
+                    await asyncio.sleep(min(1.0, poll_seconds))
+                else:
+                    unrecorded = []
+                    look = True  # the chats just served may have their next row due
         if isinstance(wake, Signal):
             wake.unsubscribe(poke)
         await self._stop(tasks, unrecorded)
@@ -481,40 +468,10 @@ class Deliverer:
     def _lease_due(self, limit: int) -> list[list[Due]]:
         """Lease the due head row of up to `limit` chats, each with the due rows right behind it (up to
         RUN_ROWS a chat: its run, sent in order by one task), in one transaction."""
-        now = utcnow()
-        # Found by reads (on SQLite they do not wait for the one write lock, and a look that finds nothing,
-        # the usual case once a round's runs went out, writes nothing); leased by one write that checks the
-        # WHERE again on each row, so that a row another worker took meanwhile (PostgreSQL) is left to it.
-        with self.db.connect() as connection:
-            runs = self._due(connection, limit, now, self._leased)
-        if not runs:
-            return []
-        with session_scope(self.db) as session:
-            kept = self._take(session.connection(), runs, now)
-        self._leased.update(row.id for run in kept for row in run)
-        return kept
-
-    def _record_and_lease(self, outcomes: list[Outcome], limit: int) -> list[list[Due]]:
-        """`_record` the outcomes of the sends that finished, then `_lease_due`, in one transaction: one commit
-        (one fsync, one turn of SQLite's write lock) for both, where the round before had two, and the
-        replies the worker queued meanwhile wait for one. The lease sees the outcomes: a chat whose row was
-        just sent has its next row as its head."""
-        now = utcnow()
-        recorded = {o.item_id for o in outcomes}
-        with session_scope(self.db) as session:
-            self._write_outcomes(session, outcomes, now)
-            connection = session.connection()
-            runs = self._due(connection, limit, now, self._leased - recorded)
-            kept = self._take(connection, runs, now) if runs else []
-        self._leased.difference_update(recorded)
-        self._leased.update(row.id for run in kept for row in run)
-        return kept
-
-    def _due(self, connection: Connection, limit: int, now: datetime, leased: set[int]) -> list[list[Due]]:
-        """The due head rows of up to `limit` chats, each with its run (`_runs`); none of `leased`."""
         channels = [name for name, pacer in self.pacers.items() if pacer.paused_for() <= 0]
         if not channels or limit <= 0:
             return []
+        now = utcnow()
         # The oldest waiting row of each chat is its head; only heads may go, which keeps chat order.
         # A held head, or a dead letter that gave up on a passing failure, holds its chat back.
         waiting = and_(
@@ -532,46 +489,55 @@ class Deliverer:
             col(OutboxItem.status) == PENDING,
             col(OutboxItem.next_attempt_at) <= now,
         )
-        if leased:
-            due = due.where(col(OutboxItem.id).not_in(leased))
-        firsts = [
-            Due(id=r.id, channel=r.channel, chat_id=r.chat_id, payload=r.payload)
-            for r in connection.execute(
-                select(_OUTBOX.c.id, _OUTBOX.c.channel, _OUTBOX.c.chat_id, _OUTBOX.c.payload)
-                .where(_OUTBOX.c.id.in_(due.order_by(col(OutboxItem.id)).limit(limit).scalar_subquery()))
-                .order_by(_OUTBOX.c.id)
-            )
-        ]
-        if not firsts:
-            return []
-        return self._runs(connection, firsts, now) if self.run_rows > 1 else [[h] for h in firsts]
-
-    def _take(self, connection: Connection, runs: list[list[Due]], now: datetime) -> list[list[Due]]:
-        """Lease the runs' rows (in the caller's writing transaction); each run is cut before its first row
-        that was not leased (another worker's meanwhile), and rows leased after such a gap go back."""
-        leased = set(
-            connection.execute(
-                update(_OUTBOX)
-                .where(
-                    _OUTBOX.c.id.in_([d.id for run in runs for d in run]),
-                    _OUTBOX.c.status == PENDING,
-                    _OUTBOX.c.next_attempt_at <= now,
+        if self._leased:
+            due = due.where(col(OutboxItem.id).not_in(self._leased))
+        # Found by reads (on SQLite they do not wait for the one write lock, and a look that finds nothing,
+        # the usual case once a round's runs went out, writes nothing); leased by one write that checks the
+        # WHERE again on each row, so that a row another worker took meanwhile (PostgreSQL) is left to it.
+        with self.db.connect() as connection:
+            firsts = [
+                Due(id=r.id, channel=r.channel, chat_id=r.chat_id, payload=r.payload)
+                for r in connection.execute(
+                    select(_OUTBOX.c.id, _OUTBOX.c.channel, _OUTBOX.c.chat_id, _OUTBOX.c.payload)
+                    .where(_OUTBOX.c.id.in_(due.order_by(col(OutboxItem.id)).limit(limit).scalar_subquery()))
+                    .order_by(_OUTBOX.c.id)
                 )
-                .values(next_attempt_at=now + timedelta(seconds=self.lease_seconds), lease_owner=self.owner)
-                .returning(_OUTBOX.c.id)
-            ).scalars()
-        )
-        kept: list[list[Due]] = []
-        stray: list[int] = []
-        for run in runs:
-            cut = next((n for n, d in enumerate(run) if d.id not in leased), len(run))
-            if cut:
-                kept.append(run[:cut])
-            stray.extend(d.id for d in run[cut:] if d.id in leased)
-        if stray:
-            connection.execute(
-                update(_OUTBOX).where(_OUTBOX.c.id.in_(stray)).values(next_attempt_at=now, lease_owner=None)
+            ]
+            if not firsts:
+                return []
+            runs = self._runs(connection, firsts, now) if self.run_rows > 1 else [[h] for h in firsts]
+        with session_scope(self.db) as session:
+            leased = set(
+                session.connection()
+                .execute(
+                    update(_OUTBOX)
+                    .where(
+                        _OUTBOX.c.id.in_([d.id for run in runs for d in run]),
+                        _OUTBOX.c.status == PENDING,
+                        _OUTBOX.c.next_attempt_at <= now,
+                    )
+                    .values(
+                        next_attempt_at=now + timedelta(seconds=self.lease_seconds), lease_owner=self.owner
+                    )
+                    .returning(_OUTBOX.c.id)
+                )
+                .scalars()
             )
+            # A run ends before its first row that was not leased; rows leased after such a gap go back.
+            kept: list[list[Due]] = []
+            stray: list[int] = []
+            for run in runs:
+                cut = next((n for n, d in enumerate(run) if d.id not in leased), len(run))
+                if cut:
+                    kept.append(run[:cut])
+                stray.extend(d.id for d in run[cut:] if d.id in leased)
+            if stray:
+                session.connection().execute(
+                    update(_OUTBOX)
+                    .where(_OUTBOX.c.id.in_(stray))
+                    .values(next_attempt_at=now, lease_owner=None)
+                )
+        self._leased.update(row.id for run in kept for row in run)
         return kept
 
     def _runs(self, connection: Connection, heads: list[Due], now: datetime) -> list[list[Due]]:
@@ -662,23 +628,20 @@ class Deliverer:
     def _record(self, outcomes: list[Outcome]) -> None:
         if not outcomes:
             return
-        with session_scope(self.db) as session:
-            self._write_outcomes(session, outcomes, utcnow())
-        self._leased.difference_update(o.item_id for o in outcomes)
-
-    def _write_outcomes(self, session: Session, outcomes: list[Outcome], now: datetime) -> None:
+        now = utcnow()
         sent = [o for o in outcomes if o.kind == "sent"]
-        if sent:  # the usual outcome, for many rows in one statement
-            session.connection().execute(
-                _RECORD_SENT, [{"row": o.item_id, "external": o.external_id, "now": now} for o in sent]
-            )
-        for outcome in outcomes:
-            if outcome.kind == "sent":
-                continue
-            item = session.get(OutboxItem, outcome.item_id)
-            if item is not None and item.status == PENDING:
-                self._apply(session, item, outcome, now)
-        session.flush()  # a lease in the same transaction reads what became of them
+        with session_scope(self.db) as session:
+            if sent:  # the usual outcome, for many rows in one statement
+                session.connection().execute(
+                    _RECORD_SENT, [{"row": o.item_id, "external": o.external_id, "now": now} for o in sent]
+                )
+            for outcome in outcomes:
+                if outcome.kind == "sent":
+                    continue
+                item = session.get(OutboxItem, outcome.item_id)
+                if item is not None and item.status == PENDING:
+                    self._apply(session, item, outcome, now)
+        self._leased.difference_update(o.item_id for o in outcomes)
 
     def _apply(self, session: Session, item: OutboxItem, outcome: Outcome, now: datetime) -> None:
         item.lease_owner = None

@@ -6,14 +6,14 @@ import asyncio
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import delete, event, select, update
+from sqlalchemy import delete, select, update
 from sqlmodel import Session, col
 
 from adapters import mail, wechat
 from bot.app import Bot, build
 from bot.config import Settings
-from bot.messages import InboundMessage, OutboundMessage
-from bot.outbox import Delivered, Deliverer, PermanentFailure, RetryLater, Unreachable
+from bot.messages import InboundMessage
+from bot.outbox import Deliverer, PermanentFailure, RetryLater, Unreachable
 from bot.store import Case, CaseUnit, ChannelIdentity, Conversation, InboxItem, Message, OutboxItem
 from bot.store.clock import utcnow
 from tests.support import CLAIM, CLAIM_AS_READ, SERIAL, ChannelApi, bot_texts, deliver, inbound, say
@@ -107,36 +107,6 @@ def test_a_chats_replies_go_out_in_one_round_in_order(bot: Bot) -> None:
     while asyncio.run(Deliverer(bot.db, {"test": one_at_a_time}, run_rows=1).deliver_due()):
         rounds += 1
     assert rounds == waiting and len(one_at_a_time.sent) == waiting
-
-
-def test_the_deliverer_records_its_sends_in_the_transaction_that_leases_the_next(bot: Bot) -> None:
-    """The running deliverer writes what became of the sends that finished and leases the rows queued
-    meanwhile in one transaction: one commit (one fsync, one turn of SQLite's write lock), not two."""
-    commits: list[object] = []
-    event.listen(bot.db, "commit", commits.append)
-    say(bot, "hello", chat="chat-1")
-    stop = asyncio.Event()
-    between: list[int] = []  # commits from the moment chat-2's reply was queued to its send
-
-    class Api(ChannelApi):
-        async def send(self, message: OutboundMessage) -> Delivered:
-            if message.chat_id == "chat-1" and not between and len(self.sent) == 0:
-                say(bot, "hello", chat="chat-2")  # queued while chat-1's run is out
-                between.append(len(commits))
-            elif message.chat_id == "chat-2" and len(between) == 1:
-                between.append(len(commits))
-                stop.set()
-            return await super().send(message)
-
-    api = Api()
-    deliverer = Deliverer(bot.db, {"test": api})
-    asyncio.run(asyncio.wait_for(deliverer.run(stop, poll_seconds=60), timeout=60))
-    assert len(between) == 2
-    assert between[1] - between[0] == 1  # chat-1's outcomes and chat-2's lease: one commit
-    assert {m.chat_id for m in api.sent} == {"chat-1", "chat-2"}
-    with Session(bot.db) as session:
-        statuses = session.execute(select(OutboxItem.status)).scalars().all()  # type: ignore[call-overload]
-    assert set(statuses) == {"sent"}
 
 
 def test_a_failure_inside_a_run_gives_the_rest_back_untried(bot: Bot) -> None:
