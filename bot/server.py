@@ -31,7 +31,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from adapters import api, line, localdesk, mail, slack, teams, telegram, viber, webchat, wechat, whatsapp
 from adapters.base import Channel, ChannelFactory
-from bot.app import Bot, build_when_storage_allows
+from bot.app import Bot, build_when_storage_allows, freeze_loaded
 from bot.attachments import STORABLE_TYPES
 from bot.config import Settings
 from bot.engine import PARKED, STOPPED
@@ -143,6 +143,7 @@ class Workers:
         )
         for channel in self.channels:
             await channel.start()
+        freeze_loaded()  # the front's modules, channels and clients: out of every full collection from now on
 
     async def stop(self) -> None:
         # The deliverer first: a send after its channel's client closed would waste an attempt.

@@ -8,7 +8,7 @@ and its messages stay pending for the next worker. On PostgreSQL any number of w
 
 `serve` talks to the workers it started over their standard input and output (`--attached`): a byte on a
 worker's stdin wakes it (a message was accepted), a byte on its stdout wakes the server's deliverer (replies
-were queued; the first byte also says the worker is ready). End of input means the server is gone: the
+were queued: told by each batch once it committed; the first byte also says the worker is ready). End of input means the server is gone: the
 worker finishes its transaction and exits, so a server killed with SIGKILL leaves no worker behind.
 """
 
@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import IO
 
-from bot.app import build_when_storage_allows
+from bot.app import Bot, build_when_storage_allows, freeze_loaded
 from bot.config import Settings
 from bot.engine import Engine, StorageUnavailable
 from bot.logs import setup_logging
@@ -47,7 +47,6 @@ def processing_loop(
     engine: Engine,
     stop: threading.Event,
     poll_seconds: float,
-    queued: Callable[[], None] | None = None,
     *,
     remind_seconds: float = 0.0,
 ) -> None:
@@ -70,10 +69,36 @@ def processing_loop(
             continue
         except Exception:
             log.exception("inbox round failed")
-        if queued is not None and engine.outbox_signal.is_set():
-            engine.outbox_signal.clear()
-            queued()
         engine.inbox_signal.wait(timeout=poll_seconds)
+
+
+class Told(threading.Event):
+    """An attached worker's outbox signal: each `set()` (a batch committed replies) tells the server at once,
+    whose deliverer then wakes. Told once a round instead, after its last batch, the first batch's replies
+    waited for every later one: on SQLite under load a round can be several batches of one message each."""
+
+    def __init__(self, tell: Callable[[], None]) -> None:
+        super().__init__()
+        self.tell = tell
+
+    def set(self) -> None:
+        self.tell()
+
+
+def warm_up(bot: Bot) -> threading.Thread:
+    """A worker's start: the language models and the lexicon before the first message; the templates compile
+    in the thread returned (a message that needs one first waits only for that one). What each loaded is then
+    left out of the garbage collector's full collections (`freeze_loaded`)."""
+    bot.engine.warm_up(templates=False)
+    freeze_loaded()
+
+    def templates() -> None:
+        bot.renderer.preload()
+        freeze_loaded()
+
+    thread = threading.Thread(target=templates, name="templates", daemon=True)
+    thread.start()
+    return thread
 
 
 def run_worker(settings: Settings, *, attached: bool = False) -> None:
@@ -114,16 +139,12 @@ def run_worker(settings: Settings, *, attached: bool = False) -> None:
     )  # the channels' capabilities, as the server's: which take case events, one reply a turn
     engine = bot.engine
     engine.inbox_signal = wake
-    # The language models and the lexicon before the first message; the templates compile meanwhile (a
-    # message that needs one first waits only for that one).
-    engine.warm_up(templates=False)
-    threading.Thread(target=bot.renderer.preload, name="templates", daemon=True).start()
+    warm_up(bot)
     if attached:
         # This thread only (Linux: a thread's own priority): the warm-up and the templates compiling beside it
         # run at the server's, so that the first message after start does not wait for them on a busy host.
         with contextlib.suppress(OSError):
             os.nice(ATTACHED_NICENESS)
-    queued: Callable[[], None] | None = None
     if out is not None:
         channel = out
 
@@ -134,11 +155,11 @@ def run_worker(settings: Settings, *, attached: bool = False) -> None:
                 stopping()
 
         channel.write(READY)
-        queued = tell
+        engine.outbox_signal = Told(tell)
     processing.set()
     log.info("worker %s processing (batches of up to %s chats)", os.getpid(), engine.config.batch_size)
     processing_loop(
-        engine, stop, settings.outbox_poll_seconds, queued, remind_seconds=settings.fulfilment_check_seconds
+        engine, stop, settings.outbox_poll_seconds, remind_seconds=settings.fulfilment_check_seconds
     )
     bot.db.dispose()
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import gc
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -12,7 +14,7 @@ from pydantic import SecretStr
 
 from bot.app import build
 from bot.config import Settings
-from bot.server import load_channels
+from bot.server import Workers, load_channels
 from tests.support import AUTH, PDF, SERIAL, Server, messages, send, wait_until
 
 
@@ -237,3 +239,23 @@ def test_the_core_reads_what_the_configured_channels_can_do(settings: Settings) 
     load_channels(plain)
     assert (plain.engine.config.external_desks, plain.engine.config.one_message_per_turn) == ((), frozenset())
     plain.db.dispose()
+
+
+def test_the_front_leaves_what_it_loaded_at_start_out_of_full_collections(settings: Settings) -> None:
+    """Once started, the web front's modules, channels and clients are in the collector's permanent generation
+    (`gc.freeze`): a full collection would otherwise stop every thread of the front, webhooks included."""
+    bot = build(settings)
+    workers = Workers(bot, [], inbox=False)  # the front alone: no processing here
+
+    async def start_and_stop() -> None:
+        await workers.start()
+        await workers.stop()
+
+    gc.unfreeze()
+    assert gc.get_freeze_count() == 0
+    try:
+        asyncio.run(start_and_stop())
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
+        bot.db.dispose()

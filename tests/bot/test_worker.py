@@ -4,22 +4,30 @@ chat's order, and a standalone worker processes what `serve --no-worker` accepts
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import subprocess
 import sys
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+from sqlalchemy import func, select
+from sqlmodel import Session, col
 
-from bot.worker import ATTACHED_NICENESS
+from bot.app import build
+from bot.config import Settings
+from bot.store import InboxItem
+from bot.worker import ATTACHED_NICENESS, Told, processing_loop, warm_up
 from tests.support import (
     SCRIPT,
     Server,
     Servers,
     accepted,
     conversation_texts,
+    inbound,
     nothing_lost,
     one_case_each,
     post,
@@ -182,3 +190,46 @@ def test_more_than_one_worker_on_sqlite_is_refused(tmp_path: Path) -> None:
     )
     assert done.returncode == 2
     assert len(done.stderr.strip().splitlines()) == 1 and "SQLite has one writer" in done.stderr
+
+
+def test_each_batch_tells_the_server_of_its_replies_before_the_next_batch(settings: Settings) -> None:
+    """An attached worker tells `serve` (whose deliverer then sends) as each batch commits its replies, not
+    once the round's last batch is done: the first chats' replies do not wait for the later chats."""
+    bot = build(settings.model_copy(update={"inbox_batch_size": 1}))  # a batch a chat: three batches
+    for chat in ("chat-1", "chat-2", "chat-3"):
+        bot.engine.accept(inbound("hello", chat=chat))
+    stop = threading.Event()
+    waiting: list[int] = []  # the messages still pending each time the server was told
+
+    def tell() -> None:
+        with Session(bot.db) as session:
+            pending = session.execute(
+                select(func.count()).select_from(InboxItem).where(col(InboxItem.status) == "pending")
+            ).scalar_one()
+        waiting.append(pending)
+        if not pending:
+            stop.set()
+            bot.engine.inbox_signal.set()
+
+    bot.engine.outbox_signal = Told(tell)
+    loop = threading.Thread(target=processing_loop, args=(bot.engine, stop, 0.05), daemon=True)
+    loop.start()
+    loop.join(timeout=60)
+    stop.set()
+    bot.db.dispose()
+    assert not loop.is_alive()
+    assert waiting == [2, 1, 0]
+
+
+def test_a_worker_leaves_what_it_loaded_at_start_out_of_full_collections(settings: Settings) -> None:
+    """The language models, the lexicon and the templates go to the collector's permanent generation
+    (`gc.freeze`), so that no full collection stops the worker to go through them again."""
+    bot = build(settings)
+    gc.unfreeze()
+    assert gc.get_freeze_count() == 0
+    try:
+        warm_up(bot).join(timeout=120)
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
+        bot.db.dispose()
