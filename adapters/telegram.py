@@ -1100,8 +1100,8 @@ class TelegramChannel(SendingChannel):
     async def _flush(self, key: str, *, force: bool = False) -> float | None:
         """Accept the album's waiting parts as one message once it is quiet; the seconds to wait otherwise.
 
-        While the chat has updates kept for their files, more parts may be among them: the album waits, and
-        the chat's next message (taken after them, in order) completes it."""
+        While the chat has an update on its way in (being taken, or kept for its files), more parts may be
+        among them: the album waits, and the chat's next message (taken after them, in order) completes it."""
         if not force:
             chat_id = key.removeprefix(AlbumStore.PREFIX).split(":", 1)[0]  # chat ids have no colon
             if chat_id in self._chats or chat_id in self._arriving or await self._pending_in(chat_id):

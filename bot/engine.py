@@ -1309,8 +1309,9 @@ class _Statements:
         quote = dialect.identifier_preparer.quote
         ctes = []
         # Names of our own tables and columns only (the rows are bound): no input reaches the SQL text.
-        for name, model, columns in _CLOSING_INSERTS:
-            table, listed = quote(table_of(model).name), ", ".join(quote(c) for c in columns)
+        for name, model in _CLOSING_INSERTS:
+            listed = ", ".join(quote(c.name) for c in table_of(model).columns if c.name != "id")
+            table = quote(table_of(model).name)
             rows = f"json_populate_recordset(NULL::{table}, CAST(:{name} AS json)) WITH ORDINALITY AS r"
             ctes.append(
                 f"{name} AS (INSERT INTO {table} ({listed}) SELECT {listed} FROM {rows} ORDER BY r.ordinality)"  # noqa: S608
@@ -1428,39 +1429,12 @@ def _with_contexts(query: Any, *, outer: bool) -> Any:
 # What a batch writes of each message's conversation and identity, with Core at its end (_Hot.settle).
 _SETTLED_CONVERSATION = ("state", "data", "case_id", "updated_at")
 _SETTLED_IDENTITY = ("last_inbound_at", "unreachable")
-# The columns of the rows a batch logs, queues and audits (_Hot.log, _Hot.queue, audit).
-_LOGGED = (
-    "conversation_id",
-    "case_id",
-    "author",
-    "author_name",
-    "text",
-    "buttons",
-    "attachment_ids",
-    "client_id",
-    "created_at",
-)
-_QUEUED = (
-    "channel",
-    "chat_id",
-    "payload",
-    "status",
-    "attempts",
-    "next_attempt_at",
-    "lease_owner",
-    "failing_since",
-    "holds_chat",
-    "last_error",
-    "external_id",
-    "created_at",
-    "sent_at",
-)
-_AUDITED = ("case_id", "actor", "action", "detail", "at")
-# _Statements.closing: (the CTE's name and its rows' parameter, table, columns); _Hot.write binds the rows.
-_CLOSING_INSERTS: tuple[tuple[str, type[Any], tuple[str, ...]], ...] = (
-    ("logged", Message, _LOGGED),
-    ("queued", OutboxItem, _QUEUED),
-    ("audited", AuditEntry, _AUDITED),
+# _Statements.closing: (the CTE's name and its rows' parameter, table); _Hot.write binds the rows. The rows a
+# batch logs, queues and audits (_Hot.log, _Hot.queue, audit) give every column but the id.
+_CLOSING_INSERTS: tuple[tuple[str, type[Any]], ...] = (
+    ("logged", Message),
+    ("queued", OutboxItem),
+    ("audited", AuditEntry),
 )
 _CLOSING_UPDATES: tuple[tuple[str, type[Any], tuple[str, ...]], ...] = (
     ("conversations", Conversation, _SETTLED_CONVERSATION),

@@ -8,8 +8,9 @@ and its messages stay pending for the next worker. On PostgreSQL any number of w
 
 `serve` talks to the workers it started over their standard input and output (`--attached`): a byte on a
 worker's stdin wakes it (a message was accepted), a byte on its stdout wakes the server's deliverer (replies
-were queued: told by each batch once it committed; the first byte also says the worker is ready). End of input means the server is gone: the
-worker finishes its transaction and exits, so a server killed with SIGKILL leaves no worker behind.
+were queued, told by each batch once it committed; the first byte also says the worker is ready). End of
+input means the server is gone: the worker finishes its transaction and exits, so a server killed with
+SIGKILL leaves no worker behind.
 """
 
 from __future__ import annotations

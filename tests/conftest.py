@@ -79,12 +79,23 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return str(request.getfixturevalue("postgres_url"))
 
 
-@pytest.fixture
-def db(database_url: str) -> Iterator[Engine]:
-    engine = make_engine(database_url)
+def _migrated(url: str) -> Iterator[Engine]:
+    engine = make_engine(url)
     upgrade(engine)
     yield engine
     engine.dispose()
+
+
+@pytest.fixture
+def db(database_url: str) -> Iterator[Engine]:
+    yield from _migrated(database_url)
+
+
+@pytest.fixture
+def postgres_db(postgres_url: str) -> Iterator[Engine]:
+    """A migrated schema of the test PostgreSQL, for what only PostgreSQL has (concurrent writers, a server
+    that ends connections)."""
+    yield from _migrated(postgres_url)
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ import json
 import threading
 import time
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import date, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -19,7 +19,7 @@ from sqlalchemy.exc import IntegrityError, NotSupportedError, OperationalError
 from sqlalchemy.orm import Session
 
 from bot.registry import ImportReport, RegistryImportError, import_registry, lookup, near_serials
-from bot.store.db import make_engine, session_scope, upgrade
+from bot.store.db import session_scope
 from bot.store.models import RegistryOrder, RegistryUnit
 from policy import UnitFacts, default_policy
 from tests import registry_equivalence
@@ -414,19 +414,12 @@ def _in_thread(work: Callable[[], None]) -> tuple[threading.Thread, list[str]]:
     return thread, outcome
 
 
-@pytest.fixture
-def postgres(postgres_url: str) -> Iterator[Engine]:
-    """A migrated schema of the test PostgreSQL alone (SQLite has one writer at a time: no race to test)."""
-    engine = make_engine(postgres_url)
-    upgrade(engine)
-    yield engine
-    engine.dispose()
-
-
-def test_postgresql_keeps_the_rule_between_concurrent_transactions(postgres: Engine, tmp_path: Path) -> None:
+def test_postgresql_keeps_the_rule_between_concurrent_transactions(
+    postgres_db: Engine, tmp_path: Path
+) -> None:
     # Each side of a race waits for the other's transaction, as with PostgreSQL's own foreign key, and then
-    # sees what it committed: the rule holds whichever comes first.
-    engine = postgres
+    # sees what it committed: the rule holds whichever comes first. (SQLite has one writer: no race.)
+    engine = postgres_db
     run(engine, write(tmp_path, csv_text(*TWO_ORDERS)))
     with engine.begin() as connection:
         connection.execute(text(NEW_ORDER.format("PO-3")))

@@ -27,7 +27,7 @@ from sqlmodel import Session
 from bot.app import Bot, build
 from bot.config import Settings
 from bot.engine import StorageUnavailable
-from bot.store import Case, InboxItem, make_engine, upgrade
+from bot.store import Case, InboxItem, make_engine
 from bot.store import db as db_module
 from tests.conftest import POSTGRES_URL
 from tests.support import CLAIM, bot_texts, customer_texts, inbound, wait_until
@@ -183,7 +183,6 @@ def test_chats_held_by_parked_messages_never_crowd_out_the_others(bot: Bot) -> N
 
 def test_sqlite_flushes_every_commit_unless_told_otherwise(tmp_path: Path) -> None:
     """Power loss: an acknowledged message is on disk (synchronous=FULL), unless SQLITE_SYNCHRONOUS=NORMAL."""
-    from bot.store import make_engine
 
     for level, code in (("FULL", 2), ("NORMAL", 1)):
         url = f"sqlite:///{tmp_path}/{level}.db"
@@ -196,7 +195,6 @@ def test_sqlite_flushes_every_commit_unless_told_otherwise(tmp_path: Path) -> No
 def test_the_server_copies_sqlites_log_into_the_database_in_the_background(tmp_path: Path) -> None:
     """`serve` and its worker: no commit waits for the write-ahead log to be copied back (a checkpoint); a
     thread does it, and the database file itself holds what was committed soon after."""
-    from bot.store import make_engine
     from bot.store.db import CHECKPOINT_SECONDS, wal_checkpoint
 
     def in_the_file(path: Path) -> int:
@@ -227,24 +225,19 @@ def test_the_server_copies_sqlites_log_into_the_database_in_the_background(tmp_p
 
 
 def test_a_postgresql_connection_dropped_while_idle_is_replaced_before_its_next_use(
-    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+    postgres_db: Engine, postgres_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # A connection idle in the pool past the threshold is pinged before use (bot.store.db._ping_after_idle);
     # the server ended it meanwhile (a restart does that to every connection): the pool opens a new one,
     # and the message is stored without a failure.
     monkeypatch.setattr(db_module, "PING_AFTER_IDLE_SECONDS", 0.0)
-    engine = make_engine(postgres_url)
-    upgrade(engine)
-    bot = build(Settings(_env_file=None, database_url=postgres_url), db=engine)  # type: ignore[call-arg]
-    with engine.connect() as connection:
+    bot = build(Settings(_env_file=None, database_url=postgres_url), db=postgres_db)  # type: ignore[call-arg]
+    with postgres_db.connect() as connection:
         backend = connection.execute(text("SELECT pg_backend_pid()")).scalar_one()
     admin = create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
     with admin.connect() as connection:
         assert connection.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": backend}).scalar_one()
     admin.dispose()
-    try:
-        assert not bot.engine.accept(inbound("hello", chat="idle")).duplicate
-        assert bot.engine.process_pending() == 1
-        assert customer_texts(bot, "idle") == ["hello"]
-    finally:
-        engine.dispose()
+    assert not bot.engine.accept(inbound("hello", chat="idle")).duplicate
+    assert bot.engine.process_pending() == 1
+    assert customer_texts(bot, "idle") == ["hello"]
