@@ -48,6 +48,11 @@ class Channel(Protocol):
         """Start background work (polling, webhook registration); must return promptly."""
         return None
 
+    async def start_sending(self) -> None:
+        """Ready the sender in a process that only delivers (a worker): nothing of `start`'s background work,
+        only what sending needs to know (what the channel keeps in the database)."""
+        return None
+
     async def stop(self) -> None:
         """Stop background work and close the channel's clients."""
         return None

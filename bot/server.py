@@ -67,11 +67,13 @@ WORKER_READY_SECONDS = 20.0  # how long `serve` waits for its worker processes t
 
 @dataclass
 class Workers:
-    """The inbox processing and the outbox deliverer (an asyncio task).
+    """The inbox processing and the outbox deliverer, which run together.
 
-    Processing runs in `processes` worker processes (`bot.worker`; what `serve` does), or, with none, in a
-    thread of this process (`create_app` for tests and embedding), or not at all (`inbox=False`: `serve
-    --no-worker`, with `warranty-bot worker` elsewhere).
+    They run in `processes` worker processes (`bot.worker`; what `serve` does), each processing and delivering,
+    or, with none, in this process: processing in a thread and the deliverer as an asyncio task (`create_app`
+    for tests and embedding), or not at all here (`inbox=False`: `serve --no-worker`, with `warranty-bot
+    worker` elsewhere). The web front then only accepts: what it queues itself (an engineer's reply from the
+    desk, replies released by a start) wakes its workers' deliverers.
     """
 
     bot: Bot
@@ -84,13 +86,17 @@ class Workers:
     async_stop: asyncio.Event | None = None
     children: list[WorkerProcess] = field(default_factory=list)
 
-    def _wake_children(self) -> None:
+    def _wake_children(self, wakeup: threading.Event) -> None:
+        """Tells the worker processes what the front's engine signalled: messages accepted, replies queued."""
         engine = self.bot.engine
         while not self.stop_event.is_set():
-            if engine.inbox_signal.wait(timeout=self.bot.settings.outbox_poll_seconds):
-                engine.inbox_signal.clear()
-                for child in self.children:
-                    child.wake()
+            if not wakeup.wait(timeout=self.bot.settings.outbox_poll_seconds):
+                continue
+            wakeup.clear()
+            # Cleared only when seen set: a set() between the two is told by the byte written after the clear.
+            wake, send = _took(engine.inbox_signal), _took(engine.outbox_signal)
+            for child in self.children:
+                child.wake(messages=wake, replies=send)
 
     def _wait_ready(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
@@ -99,10 +105,17 @@ class Workers:
     async def start(self) -> None:
         engine = self.bot.engine
         if self.inbox and self.processes:
-            self.children = [WorkerProcess(n, engine.outbox_signal.set) for n in range(self.processes)]
+            wakeup = threading.Event()
+            engine.inbox_signal, engine.outbox_signal = Relayed(wakeup), Relayed(wakeup)
+            owner = self.bot.settings.worker_id
+            self.children = [
+                WorkerProcess(n, worker_id=f"{owner}/{n}" if owner else "") for n in range(self.processes)
+            ]
             for child in self.children:
                 child.start()
-            self.thread = threading.Thread(target=self._wake_children, name="wake-workers", daemon=True)
+            self.thread = threading.Thread(
+                target=self._wake_children, args=(wakeup,), name="wake-workers", daemon=True
+            )
             self.thread.start()
             # Listen (and register webhooks) once the workers have warmed up, so that the first message after
             # start is answered as fast as the tenth; a worker that is not ready by then catches up later.
@@ -123,24 +136,14 @@ class Workers:
                 daemon=True,
             )
             self.thread.start()
-        senders = {c.name: s for c in self.channels if (s := c.sender()) is not None}
-        settings = self.bot.settings
-        deliverer = Deliverer(
-            self.bot.db,
-            senders,
-            max_attempts=settings.outbox_max_attempts,
-            retry_for=timedelta(hours=settings.outbox_retry_hours),
-            backoff_max=settings.retry_backoff_max_seconds,
-            owner=settings.worker_id or None,
-        )
-        self.async_stop = asyncio.Event()
-        self.task = asyncio.create_task(
-            deliverer.run(
-                self.async_stop,
-                poll_seconds=self.bot.settings.outbox_poll_seconds,
-                wake=self.bot.engine.outbox_signal,
+            self.async_stop = asyncio.Event()
+            self.task = asyncio.create_task(
+                make_deliverer(self.bot, self.channels).run(
+                    self.async_stop,
+                    poll_seconds=self.bot.settings.outbox_poll_seconds,
+                    wake=engine.outbox_signal,
+                )
             )
-        )
         for channel in self.channels:
             await channel.start()
         freeze_loaded()  # the front's modules, channels and clients: out of every full collection from now on
@@ -161,6 +164,39 @@ class Workers:
         await asyncio.gather(*(asyncio.to_thread(child.stop, 10) for child in self.children))
         if self.thread is not None:
             await asyncio.to_thread(self.thread.join, 5)
+
+
+class Relayed(threading.Event):
+    """One of the front's engine signals while worker processes do the work: each `set()` also wakes the thread
+    that passes it on to them (`Workers._wake_children`)."""
+
+    def __init__(self, wakeup: threading.Event) -> None:
+        super().__init__()
+        self.wakeup = wakeup
+
+    def set(self) -> None:
+        super().set()
+        self.wakeup.set()
+
+
+def _took(signal: threading.Event) -> bool:
+    if signal.is_set():
+        signal.clear()
+        return True
+    return False
+
+
+def make_deliverer(bot: Bot, channels: Sequence[Channel]) -> Deliverer:
+    """The outbox deliverer of these channels' senders, with the settings' retry rules and lease owner."""
+    settings = bot.settings
+    return Deliverer(
+        bot.db,
+        {c.name: s for c in channels if (s := c.sender()) is not None},
+        max_attempts=settings.outbox_max_attempts,
+        retry_for=timedelta(hours=settings.outbox_retry_hours),
+        backoff_max=settings.retry_backoff_max_seconds,
+        owner=settings.worker_id or None,
+    )
 
 
 def load_channels(bot: Bot) -> list[Channel]:

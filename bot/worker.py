@@ -1,20 +1,27 @@
-"""Processing in a process of its own: `warranty-bot worker`, and the workers `serve` starts beside its web front.
+"""Processing and delivery in a process of their own: `warranty-bot worker`, and the workers `serve` starts
+beside its web front.
 
 A worker takes the waiting inbox messages (`Engine.process_pending`: the heads of many chats in one
-transaction) until none is left, then waits for a wake-up or the poll interval. Nothing lives in its memory
-between transactions, so it can be killed at any moment: an uncommitted batch is rolled back by the database
-and its messages stay pending for the next worker. On PostgreSQL any number of workers share one database
-(heads are claimed with `FOR UPDATE SKIP LOCKED`, one per chat, so each chat keeps its order); on SQLite one.
+transaction) until none is left, then waits for a wake-up or the poll interval. Beside it, in a thread with
+its own event loop, the worker's outbox deliverer sends the replies (bot/outbox.py), woken as each batch
+commits. Nothing lives in its memory between transactions, so it can be killed at any moment: an uncommitted
+batch is rolled back by the database and its messages stay pending for the next worker, and a send it leased
+is taken back by the next worker of its name (or when the lease runs out). On PostgreSQL any number of
+workers share one database (heads are claimed with `FOR UPDATE SKIP LOCKED`, one per chat, so each chat keeps
+its order); on SQLite one. The web front that started them only accepts and answers: it has no deliverer.
 
 `serve` talks to the workers it started over their standard input and output (`--attached`): a byte on a
-worker's stdin wakes it (a message was accepted), a byte on its stdout wakes the server's deliverer (replies
-were queued, told by each batch once it committed; the first byte also says the worker is ready). End of
-input means the server is gone: the worker finishes its transaction and exits, so a server killed with
-SIGKILL leaves no worker behind.
+worker's stdin wakes it (`w`: a message was accepted; `s`: the front queued replies itself, such as an
+engineer's from the desk) or stops it (`q`: it finishes its transaction and its sends under way, and exits);
+a byte on its stdout tells the server it is ready. End of input without `q`, or SIGTERM, means the server is
+gone (killed): the worker finishes its transaction and exits at once, leaving its sends under way as a kill
+would, to the worker the next server starts under the same name. So a server killed with SIGKILL leaves no
+worker behind.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
@@ -23,21 +30,27 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 from bot.app import Bot, build_when_storage_allows, freeze_loaded
+from bot.batching import Signal
 from bot.config import Settings
 from bot.engine import Engine, StorageUnavailable
 from bot.logs import setup_logging
+from bot.outbox import STOP_GRACE_SECONDS
 from bot.store.clock import utcnow
+
+if TYPE_CHECKING:
+    from adapters.base import Channel
 
 log = logging.getLogger(__name__)
 
 WAKE = b"w"  # server -> worker: messages are waiting
+SEND = b"s"  # server -> worker: the server queued replies
+QUIT = b"q"  # server -> worker: finish what is under way and exit (then the end of input)
 READY = b"r"  # worker -> server: warmed up, processing
-QUEUED = b"q"  # worker -> server: replies were queued
 # A worker started by `serve` runs at a lower CPU priority than its web front: when both want the CPU, the
 # webhook's inbox insert (the 2xx the channel waits for) goes first and processing takes the rest. Measured
 # (issue 15, SQLite, 2 cores): accepted/s under a blast 313 -> 508, the front's CPU per update unchanged.
@@ -73,19 +86,6 @@ def processing_loop(
         engine.inbox_signal.wait(timeout=poll_seconds)
 
 
-class Told(threading.Event):
-    """An attached worker's outbox signal: each `set()` (a batch committed replies) tells the server at once,
-    whose deliverer then wakes. Told once a round instead, after its last batch, the first batch's replies
-    waited for every later one: on SQLite under load a round can be several batches of one message each."""
-
-    def __init__(self, tell: Callable[[], None]) -> None:
-        super().__init__()
-        self.tell = tell
-
-    def set(self) -> None:
-        self.tell()
-
-
 def warm_up(bot: Bot) -> threading.Thread:
     """A worker's start: the language models and the lexicon before the first message; the templates compile
     in the thread returned (a message that needs one first waits only for that one). What each loaded is then
@@ -103,12 +103,16 @@ def warm_up(bot: Bot) -> threading.Thread:
 
 
 def run_worker(settings: Settings, *, attached: bool = False) -> None:
-    """The `warranty-bot worker` command: process until SIGTERM or SIGINT (or, attached, until the server's
-    end of input); the transaction under way is finished first."""
+    """The `warranty-bot worker` command: process and deliver until SIGTERM or SIGINT (attached: until the
+    server says so); the transaction under way is finished first, and the sends under way."""
     setup_logging(settings.log_level)
     stop = threading.Event()
     wake = threading.Event()  # the engine's inbox signal, set by the server's wake-ups
+    replies = Signal()  # the engine's outbox signal: set by each batch that queued replies, and by the server
     processing = threading.Event()  # before it is set, nothing is in flight: stopping is exiting
+    # Attached: the server is gone (killed). Sends under way are left as a kill leaves them, to the worker of
+    # the same name that the next server starts (it takes their leases back at once).
+    gone = threading.Event()
     out: IO[bytes] | None = None
 
     def stopping(*_: object) -> None:
@@ -117,52 +121,106 @@ def run_worker(settings: Settings, *, attached: bool = False) -> None:
         stop.set()
         wake.set()
 
-    signal.signal(signal.SIGTERM, stopping)
-    signal.signal(signal.SIGINT, stopping)
+    def server_gone(*_: object) -> None:
+        gone.set()
+        stopping()
+
     if attached:
+        # Ctrl-C reaches the whole process group: the server stops its workers itself (QUIT, then end of input).
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, server_gone)  # also what the kernel sends when the server dies
         _die_with_parent()
         out = os.fdopen(os.dup(sys.stdout.fileno()), "wb", buffering=0)
         os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # nothing else may write to the server's channel
 
         def listen() -> None:
+            told_to_quit = False
             with os.fdopen(os.dup(sys.stdin.fileno()), "rb", buffering=0) as wakes:
-                while wakes.read(1):
-                    wake.set()
-            stopping()  # end of input: the server is gone
+                while byte := wakes.read(1):
+                    if byte == QUIT:
+                        told_to_quit = True
+                        stopping()
+                    else:
+                        (replies if byte == SEND else wake).set()
+            if not told_to_quit:
+                server_gone()  # end of input unannounced: the server is gone
 
         threading.Thread(target=listen, name="wake", daemon=True).start()
+    else:
+        signal.signal(signal.SIGTERM, stopping)
+        signal.signal(signal.SIGINT, stopping)
 
     from bot.server import load_channels
 
     bot = build_when_storage_allows(settings, background_checkpoints=True)
-    load_channels(
-        bot
-    )  # the channels' capabilities, as the server's: which take case events, one reply a turn
+    # The channels' capabilities, as the server's (which take case events, one reply a turn), and their senders.
+    channels = load_channels(bot)
     engine = bot.engine
-    engine.inbox_signal = wake
+    engine.inbox_signal, engine.outbox_signal = wake, replies
     warm_up(bot)
+    delivering = Delivering(bot, channels, replies)
+    delivering.start()  # before the niceness below: a reply leaves at the server's priority
     if attached:
         # This thread only (Linux: a thread's own priority): the warm-up and the templates compiling beside it
         # run at the server's, so that the first message after start does not wait for them on a busy host.
         with contextlib.suppress(OSError):
             os.nice(ATTACHED_NICENESS)
     if out is not None:
-        channel = out
-
-        def tell() -> None:
-            try:
-                channel.write(QUEUED)
-            except OSError:
-                stopping()
-
-        channel.write(READY)
-        engine.outbox_signal = Told(tell)
+        out.write(READY)
     processing.set()
     log.info("worker %s processing (batches of up to %s chats)", os.getpid(), engine.config.batch_size)
     processing_loop(
         engine, stop, settings.outbox_poll_seconds, remind_seconds=settings.fulfilment_check_seconds
     )
+    delivering.stop(gone)
+    if gone.is_set():
+        os._exit(0)
     bot.db.dispose()
+
+
+class Delivering:
+    """A worker's outbox deliverer, in a thread with its own event loop: it sends what the worker's batches
+    queue (woken by `wake`) and what others queued (each poll), through the channels' senders."""
+
+    def __init__(self, bot: Bot, channels: Sequence[Channel], wake: Signal) -> None:
+        self.bot = bot
+        self.channels = channels
+        self.wake = wake
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.done: asyncio.Event | None = None
+        self.started = threading.Event()
+        self.thread = threading.Thread(target=lambda: asyncio.run(self._run()), name="deliver", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+        self.started.wait(30)
+
+    def stop(self, abandon: threading.Event) -> None:
+        """Sends under way may finish (STOP_GRACE_SECONDS), unless `abandon` is set meanwhile."""
+        if self.loop is not None and self.done is not None:
+            with contextlib.suppress(RuntimeError):  # its loop already ended
+                self.loop.call_soon_threadsafe(self.done.set)
+        deadline = time.monotonic() + STOP_GRACE_SECONDS + 5
+        while self.thread.is_alive() and not abandon.is_set() and time.monotonic() < deadline:
+            self.thread.join(0.1)
+
+    async def _run(self) -> None:
+        from bot.server import make_deliverer
+
+        self.loop, self.done = asyncio.get_running_loop(), asyncio.Event()
+        try:
+            for channel in self.channels:
+                await channel.start_sending()
+        finally:
+            self.started.set()
+        try:
+            await make_deliverer(self.bot, self.channels).run(
+                self.done, poll_seconds=self.bot.settings.outbox_poll_seconds, wake=self.wake
+            )
+        finally:
+            for channel in self.channels:
+                with contextlib.suppress(Exception):
+                    await channel.stop()
 
 
 def _die_with_parent() -> None:
@@ -179,7 +237,7 @@ class WorkerProcess:
     """One `warranty-bot worker --attached` started by `serve`, started again if it dies."""
 
     number: int
-    on_queued: Callable[[], None]
+    worker_id: str = ""  # its lease owner (WORKER_ID): the same for the one started again in its place
     process: subprocess.Popen[bytes] | None = None
     ready: threading.Event = field(default_factory=threading.Event)
     stopping: bool = False
@@ -194,10 +252,12 @@ class WorkerProcess:
         with self.lock:
             if self.stopping:
                 return None
+            env = {**os.environ, "WORKER_ID": self.worker_id} if self.worker_id else None
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "bot.cli", "worker", "--attached"],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
+                env=env,
             )
             return self.process
 
@@ -213,8 +273,6 @@ class WorkerProcess:
                 if READY in data:
                     self.ready.set()
                     log.info("worker process %s (pid %s) ready", self.number, process.pid)
-                if QUEUED in data:
-                    self.on_queued()
             code = process.wait()
             if self.stopping:
                 return
@@ -229,13 +287,14 @@ class WorkerProcess:
             )
             time.sleep(pause)
 
-    def wake(self) -> None:
+    def wake(self, *, messages: bool = True, replies: bool = False) -> None:
+        """Tell the worker that messages wait, or that replies do (queued by the server), or both."""
         with self.lock:
             process = self.process
-        if process is None or process.stdin is None:
+        if process is None or process.stdin is None or not (messages or replies):
             return
         try:
-            process.stdin.write(WAKE)
+            process.stdin.write(WAKE * messages + SEND * replies)
             process.stdin.flush()
         except (OSError, ValueError):
             pass  # it is gone: the supervisor starts another
@@ -245,7 +304,11 @@ class WorkerProcess:
             self.stopping = True
             process = self.process
         if process is not None:
-            _close(process.stdin)  # end of input: it finishes its transaction and exits
+            with contextlib.suppress(OSError, ValueError):
+                if process.stdin is not None:
+                    process.stdin.write(QUIT)
+                    process.stdin.flush()
+            _close(process.stdin)  # it finishes its transaction and its sends under way, and exits
             try:
                 process.wait(timeout=timeout)
             except subprocess.TimeoutExpired:

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from sqlmodel import Session, col
 from bot.app import build
 from bot.config import Settings
 from bot.store import InboxItem
-from bot.worker import ATTACHED_NICENESS, Told, processing_loop, warm_up
+from bot.worker import ATTACHED_NICENESS, processing_loop, warm_up
 from tests.support import (
     SCRIPT,
     Server,
@@ -106,7 +107,7 @@ def test_serve_starts_its_worker_and_stops_it(servers: Servers, tmp_path: Path) 
     front = process_priority(server.process.pid)
     assert process_priority(pid) == min(19, front + ATTACHED_NICENESS)  # the webhooks' inserts first
     session = httpx.post(f"{server.url}/api/webchat/sessions").json()["session_id"]
-    send(server, session, "hello")  # processed by the worker process, delivered by the server
+    send(server, session, "hello")  # processed by the worker process
     server.stop()
     assert server.process is not None and server.process.returncode is not None
     wait_until(lambda: not alive(pid), timeout=15, what="the worker to stop with its server")
@@ -192,9 +193,20 @@ def test_more_than_one_worker_on_sqlite_is_refused(tmp_path: Path) -> None:
     assert len(done.stderr.strip().splitlines()) == 1 and "SQLite has one writer" in done.stderr
 
 
-def test_each_batch_tells_the_server_of_its_replies_before_the_next_batch(settings: Settings) -> None:
-    """An attached worker tells `serve` (whose deliverer then sends) as each batch commits its replies, not
-    once the round's last batch is done: the first chats' replies do not wait for the later chats."""
+class Told(threading.Event):
+    """An outbox signal that calls `tell` on each set(), as the worker's deliverer is woken."""
+
+    def __init__(self, tell: Callable[[], None]) -> None:
+        super().__init__()
+        self.tell = tell
+
+    def set(self) -> None:
+        self.tell()
+
+
+def test_each_batch_wakes_the_deliverer_of_its_replies_before_the_next_batch(settings: Settings) -> None:
+    """A worker wakes its deliverer as each batch commits its replies, not once the round's last batch is done:
+    the first chats' replies do not wait for the later chats."""
     bot = build(settings.model_copy(update={"inbox_batch_size": 1}))  # a batch a chat: three batches
     for chat in ("chat-1", "chat-2", "chat-3"):
         bot.engine.accept(inbound("hello", chat=chat))
