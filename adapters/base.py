@@ -81,12 +81,6 @@ class Closable(Protocol):
     async def aclose(self) -> None: ...
 
 
-class HoldingSender(Sender, Protocol):
-    """A sender that holds every reply while the channel refuses the account's set-up (a revoked token)."""
-
-    problem: str | None  # what holds them, for /healthz; None when sending works
-
-
 class SendingChannel(Channel):
     """A channel that delivers through `outbox` and closes its `clients` when it stops."""
 
@@ -102,21 +96,16 @@ class SendingChannel(Channel):
 
 
 class HoldingChannel(SendingChannel):
-    """A sending channel whose replies wait while its set-up is refused (bot.outbox.CONFIG_HOLD); a restart may
-    be the fix, so they are tried again at start."""
+    """A sending channel whose replies wait while its set-up is refused (bot.outbox.CONFIG_HOLD), its sender
+    saying why for /healthz (bot.channels.note_problem); a restart may be the fix, so they are tried again at
+    start and the problem is no longer shown (bot.channels.release_config_holds_of)."""
 
-    outbox: HoldingSender
     bot: Bot
 
-    def __init__(self, bot: Bot, client: Closable, outbox: HoldingSender) -> None:
+    def __init__(self, bot: Bot, client: Closable, outbox: Sender) -> None:
         self.bot = bot
         self.outbox = outbox
         self.clients = (client,)
-
-    @property
-    def problem(self) -> str | None:
-        """Why replies cannot go out now (shown on /healthz), or None."""
-        return self.outbox.problem
 
     async def start(self) -> None:
         if await asyncio.to_thread(release_config_holds_of, self.bot.db, self.name):

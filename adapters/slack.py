@@ -84,6 +84,11 @@ TRANSIENT_ERRORS = frozenset(
 )
 
 
+def revoked_problem(reason: str) -> str:
+    """What /healthz says while Slack has taken the token away (`reason`: the event or the error)."""
+    return f"Slack {reason}: nothing is posted until the app is installed again with a new token"
+
+
 class SlackSettingsError(ValueError):
     """Slack is switched on (SLACK_BOT_TOKEN) but a setting it needs is missing or wrong."""
 
@@ -338,19 +343,8 @@ class SlackDesk(Channel):
     def sender(self) -> SlackDesk:
         return self
 
-    def problem(self) -> str | None:
-        """What keeps this desk from working, for /healthz; None when nothing does."""
-        if self.revoked:
-            return (
-                f"Slack {self.revoked}: nothing is posted until the app is installed again with a new token"
-            )
-        return None
-
     async def start(self) -> None:
-        stored = await asyncio.to_thread(channels.kv_get, self.bot.db, self._revoked_key)
-        self.revoked = (
-            str(stored[0].get("reason")) if stored is not None else None
-        )  # a new token starts clean
+        self.revoked = await asyncio.to_thread(self._load_revoked)
         self._stop = asyncio.Event()
         self._tasks.append(asyncio.create_task(self._remind_loop(), name="slack-reminders"))
         if self.config.mode == "socket":
@@ -868,6 +862,15 @@ class SlackDesk(Channel):
             log.error("Slack says %s: case events wait until the app is installed again", reason)
         self.revoked = reason
         channels.kv_put(self.bot.db, self._revoked_key, {"reason": reason, "at": utcnow().isoformat()})
+        channels.note_problem(self.bot.db, CHANNEL, revoked_problem(reason))
+
+    def _load_revoked(self) -> str | None:
+        """Why Slack took this token away, as stored (None for a token it did not: a new token starts clean),
+        and /healthz shows it, or no longer does."""
+        stored = channels.kv_get(self.bot.db, self._revoked_key)
+        reason = str(stored[0].get("reason")) if stored is not None else None
+        channels.note_problem(self.bot.db, CHANNEL, revoked_problem(reason) if reason else None)
+        return reason
 
     async def _post_case(self, case: Mapping[str, Any], *, update_existing: bool) -> str:
         """The case message's ts: posted when there is none yet, else updated (when asked) to the case's state."""

@@ -469,7 +469,8 @@ class WeChatSender:
         self.db = db
         self.client = client
         self.renderer = renderer
-        self.problem: str | None = None  # a configuration error that holds every reply, for /healthz
+        # A configuration error that holds every reply; also in the database, for /healthz (note_problem).
+        self.problem: str | None = None
 
     def _notice(self, language: str | None) -> str:
         """'More messages are waiting: reply to receive them', in the customer's language."""
@@ -514,13 +515,15 @@ class WeChatSender:
                         "wechat refuses the account's set-up (%s); replies are held until it is fixed", error
                     )
                 self.problem = f"WeChat refuses the account's set-up: {error}"
+                await asyncio.to_thread(channels.note_problem, self.db, CHANNEL, self.problem)
                 raise Hold(f"{CONFIG_HOLD}{error}") from error
             raise delivery_error(error) from error
         except httpx.HTTPError as error:
             raise channels.no_answer(error) from error
 
     async def _recovered(self) -> None:
-        """A send went through again: the set-up is fixed, so every reply it held goes out."""
+        """A send went through again: the set-up is fixed, so every reply it held goes out (and /healthz no
+        longer shows the problem: release_config_holds_of)."""
         self.problem = None
         released = await asyncio.to_thread(channels.release_config_holds_of, self.db, CHANNEL)
         log.info("wechat set-up works again; %s held replies released", released)

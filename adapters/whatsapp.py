@@ -780,9 +780,8 @@ class WhatsAppSender:
         self.template_languages = [code.strip() for code in template_language.split(",") if code.strip()] or [
             "en"
         ]
-        self.problem: str | None = (
-            None  # what holds every reply (a revoked token, a refused template), for /healthz
-        )
+        # What holds every reply (a revoked token, a refused template), kept for /healthz (_note_problem).
+        self.problem: str | None = None
 
     def template_language(self, language: str | None) -> str:
         """The approved template language for a customer's language ("zh" → "zh_CN"), else the first one."""
@@ -795,10 +794,15 @@ class WhatsAppSender:
                     return code
         return self.template_languages[0]
 
-    def _config_problem(self, error: GraphError) -> NoReturn:
+    async def _note_problem(self, problem: str | None) -> None:
+        """The problem, here and in the database, where /healthz reads it whichever process serves it."""
+        self.problem = problem
+        await asyncio.to_thread(channels.note_problem, self.db, CHANNEL, problem)
+
+    async def _config_problem(self, error: GraphError) -> NoReturn:
         if self.problem is None:
             log.error("whatsapp refuses the account's set-up (%s); replies are held until it is fixed", error)
-        self.problem = f"WhatsApp refuses the account's set-up: {error}"
+        await self._note_problem(f"WhatsApp refuses the account's set-up: {error}")
         raise Hold(f"{CONFIG_HOLD}{error}") from error
 
     async def send(self, message: OutboundMessage) -> Delivered:
@@ -827,24 +831,24 @@ class WhatsAppSender:
                 )
                 await self._hold(message, window)
             if error.code in CONFIG_CODES:
-                self._config_problem(error)
+                await self._config_problem(error)
             raise delivery_error(error) from error
         except httpx.HTTPError as error:
             raise channels.no_answer(error) from error
         if self.problem is not None and self.problem.startswith("WhatsApp refuses the account"):
-            self.problem = None
+            self.problem = None  # and no longer in the database either (release_config_holds_of)
             released = await asyncio.to_thread(channels.release_config_holds_of, self.db, CHANNEL)
             log.info("whatsapp set-up works again; %s held replies released", released)
         return Delivered(external_id=wamid)
 
-    def _template_problem(self, error: str) -> None:
+    async def _template_problem(self, error: str) -> None:
         if self.problem is None:
             log.error(
                 "whatsapp template %s refused (%s): customers outside the window are not told",
                 self.template_name,
                 error,
             )
-        self.problem = f"template {self.template_name} refused: {error}"
+        await self._note_problem(f"template {self.template_name} refused: {error}")
 
     async def _hold(self, message: OutboundMessage, window: Window) -> NoReturn:
         """Keep the row for when the customer writes, asking them to once with the approved template."""
@@ -868,19 +872,19 @@ class WhatsAppSender:
                 )
             except GraphError as error:
                 if error.code in CONFIG_CODES:
-                    self._config_problem(error)
+                    await self._config_problem(error)
                 failure = delivery_error(error)
                 if isinstance(failure, RetryLater):
                     raise failure from error
                 reason += f"; the template was refused: {error}"
-                self._template_problem(f"{error}")
+                await self._template_problem(f"{error}")
             except httpx.HTTPError as error:
                 raise RetryLater(f"template: {type(error).__name__}: {error}") from error
             else:
                 await asyncio.to_thread(_note_template, self.db, chat_id, template_wamid)
                 reason += f"; template sent ({language})"
                 if self.problem is not None and self.problem.startswith("template"):
-                    self.problem = None
+                    await self._note_problem(None)
         if (await asyncio.to_thread(read_window, self.db, chat_id, utcnow())).open:
             raise RetryLater("the customer wrote while we held the message", after=0)
         raise Hold(reason)

@@ -266,9 +266,38 @@ def delivered(external_id: object) -> Delivered:
 
 
 def release_config_holds_of(db: Engine, channel: str) -> int:
-    """The channel's set-up works again: the replies it held for that go out. Returns how many."""
+    """The channel's set-up works again (or a restart may have fixed it): its problem is no longer shown
+    (`note_problem`) and the replies it held for that go out. Returns how many."""
+    note_problem(db, channel, None)
     with session_scope(db) as session:
         return release_config_holds(session, channel)
+
+
+# --- what keeps a channel from working, for /healthz ----------------------------------------------------------
+# Kept in the database, not in the channel's object: the process whose sender found the problem need not be the
+# one that answers /healthz.
+
+PROBLEM_PREFIX = "problem:"
+
+
+def note_problem(db: Engine, channel: str, problem: str | None) -> None:
+    """What keeps `channel` from working now (a refused set-up, a revoked token), or None when nothing does;
+    written only when it changes, so that each send that finds the same problem only reads."""
+    key = PROBLEM_PREFIX + channel
+    stored = kv_get(db, key)
+    if problem is None:
+        if stored is not None:
+            kv_delete(db, key)
+    elif stored is None or stored[0].get("text") != problem:
+        kv_put(db, key, {"text": problem})
+
+
+def channel_problems(db: Engine) -> dict[str, str]:
+    """Each channel's problem that `note_problem` keeps, by channel name."""
+    return {
+        key.removeprefix(PROBLEM_PREFIX): str(value.get("text"))
+        for key, value, _ in kv_items(db, [PROBLEM_PREFIX])
+    }
 
 
 # --- times ----------------------------------------------------------------------------------------------------

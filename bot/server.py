@@ -33,6 +33,7 @@ from adapters import api, line, localdesk, mail, slack, teams, telegram, viber, 
 from adapters.base import Channel, ChannelFactory
 from bot.app import Bot, build_when_storage_allows, freeze_loaded
 from bot.attachments import STORABLE_TYPES
+from bot.channels import channel_problems
 from bot.config import Settings
 from bot.engine import PARKED, STOPPED
 from bot.http import exception_handlers, route_of
@@ -414,14 +415,6 @@ class HeaderTimeoutH11(H11Protocol):
             self.transport.close()
 
 
-def _problem(channel: object) -> str | None:
-    """What keeps a channel from working, when it says so: a `problem` method or attribute (None when fine)."""
-    problem = getattr(channel, "problem", None)
-    if callable(problem):
-        problem = problem()
-    return problem if isinstance(problem, str) and problem else None
-
-
 def create_app(
     bot: Bot, channels: Sequence[Channel] | None = None, *, processes: int = 0, inbox: bool = True
 ) -> Starlette:
@@ -435,13 +428,14 @@ def create_app(
 
     async def healthz(_: Request) -> Response:
         try:
-            queues = await asyncio.to_thread(_queues, bot)
+            queues, stored = await asyncio.to_thread(_health, bot)
         except Exception as error:  # the database cannot even be read: this server is of no use now
             log.warning("healthz: database unavailable: %s", type(error).__name__)
             return JSONResponse({"status": "unavailable", "error": "database unavailable"}, status_code=503)
         held = queues["inbox"]["parked"] + queues["outbox"]["chats_held"]
-        # A channel may say what keeps it from working (a revoked token): the server still answers 200.
-        problems = {c.name: p for c in channels if (p := _problem(c))}
+        # What keeps a channel from working (a revoked token), as whichever process found it stored it
+        # (bot.channels.note_problem): the server still answers 200. A channel no longer configured has none.
+        problems = {c.name: stored[c.name] for c in channels if c.name in stored}
         body: dict[str, Any] = {
             "status": "degraded" if held or problems else "ok",
             "channels": [c.name for c in channels],
@@ -549,6 +543,11 @@ def _metrics(registry: CollectorRegistry) -> dict[str, Gauge]:
             registry=registry,
         ),
     }
+
+
+def _health(bot: Bot) -> tuple[dict[str, dict[str, int]], dict[str, str]]:
+    """What /healthz reads, in one thread: the queues and the channels' stored problems."""
+    return _queues(bot), channel_problems(bot.db)
 
 
 def _queues(bot: Bot) -> dict[str, dict[str, int]]:

@@ -181,6 +181,22 @@ def channel_served(
         yield bot, url
 
 
+def health_elsewhere(settings: Settings, from_settings: ChannelFactory) -> dict[str, Any]:
+    """/healthz as another process on the same database answers it (a front whose senders run in worker
+    processes): its own engine, bot and channel (`from_settings`), never started and never sending, so that
+    all it can tell comes from the database."""
+    db = make_engine(settings.database_url)
+    try:
+        bot = build(settings, db=db, migrate=False)
+        channel = from_settings(bot)
+        assert channel is not None
+        with serve(create_app(bot, channels=[channel]), lifespan="off") as url:
+            health: dict[str, Any] = httpx.get(f"{url}/healthz", timeout=10).json()
+        return health
+    finally:
+        db.dispose()
+
+
 TOKEN = "desk-secret-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 SERIAL = "CSP2604D0007"  # made April 2026: in warranty without proof until 2028-07-30

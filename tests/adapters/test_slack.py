@@ -47,7 +47,7 @@ from tests.fakes.slack import (
     signed,
 )
 from tests.fakes.slack import create_app as fake_slack_app
-from tests.support import REGISTRY, wait_until
+from tests.support import REGISTRY, health_elsewhere, wait_until
 
 SAMPLE_REF, SAMPLE_TS = "WR-2026-000042", "1777886370.209339"
 REF = re.compile(r"WR-\d{4}-\d{6}")
@@ -564,6 +564,47 @@ def test_sender_maps_slack_errors(sqlite_settings: Settings, fake: FakeSlack, fa
         asyncio.run(desk.send_event(DeskEvent(desk="slack", kind="case_opened", case_ref="WR-1999-000001")))
     with pytest.raises(CaseNotFound):
         bot.desk.get_case("WR-1999-000001")
+
+
+def test_a_revoked_token_a_send_met_is_on_healthz_of_every_front_until_a_new_token(
+    settings: Settings, db: Engine, fake: FakeSlack, fake_url: str
+) -> None:
+    bot = build(slack_settings(settings, fake_url), db=db, external_desks=("slack",))
+    desk = slack.from_settings(bot)
+    assert desk is not None
+    for number, text in enumerate(("hi", "CSP2402A0153", "E07 under load", "human")):
+        bot.engine.accept(
+            InboundMessage(
+                channel="console",
+                external_id=f"m{number}",
+                sender_id="c1",
+                chat_id="c1",
+                text=text,
+                received_at=utcnow(),
+            )
+        )
+    bot.engine.process_pending()
+    opened = DeskEvent(desk="slack", kind="case_opened", case_ref=bot.desk.list_cases()[0]["ref"])
+    fake.fail_next("chat.postMessage", 200, "token_revoked")
+    with pytest.raises(RetryLater):
+        asyncio.run(desk.send_event(opened))
+
+    # A front whose desk never sent (the sender ran in another process) reads it from the database.
+    health = health_elsewhere(bot.settings, slack.from_settings)
+    assert health["status"] == "degraded" and "token_revoked" in health["problems"]["slack"]
+
+    async def started(desk: slack.SlackDesk) -> None:
+        await desk.start()
+        await desk.stop()
+
+    # A restart with the same token keeps it; the app installed again (a new token) starts clean.
+    asyncio.run(started(desk))
+    assert "token_revoked" in health_elsewhere(bot.settings, slack.from_settings)["problems"]["slack"]
+    reinstalled = build(slack_settings(settings, fake_url, slack_bot_token=SecretStr("xoxb-new")), db=db)
+    new_desk = slack.from_settings(reinstalled)
+    assert new_desk is not None
+    asyncio.run(started(new_desk))
+    assert "problems" not in health_elsewhere(reinstalled.settings, slack.from_settings)
 
 
 def test_settings() -> None:

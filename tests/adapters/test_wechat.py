@@ -9,6 +9,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import httpx
 import pytest
@@ -17,7 +18,7 @@ from pydantic import SecretStr
 from sqlalchemy import Engine, select
 from sqlmodel import Session
 
-from adapters import wechat
+from adapters import webchat, wechat
 from adapters.wechat import (
     Crypto,
     DecryptError,
@@ -45,7 +46,7 @@ from tests.fakes.wechat import (
     FakeWeChat,
     signed_query,
 )
-from tests.support import RunningChannel, channel_served, wait_until
+from tests.support import RunningChannel, channel_served, health_elsewhere, wait_until
 
 AES_KEY = base64.b64encode(bytes(range(7, 39))).decode().rstrip("=")  # 43 characters, as WeChat shows it
 JPEG = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00" + bytes(range(256)) * 3
@@ -245,17 +246,22 @@ class Running(RunningChannel):
         return f"{super().trouble()}; fake {self.api.refused}"
 
 
+def _wechat_settings(api_url: str, *, safe_mode: bool) -> dict[str, Any]:
+    """The settings of the bot's WeChat account on the fake API at `api_url`."""
+    return {
+        "wechat_app_id": APP_ID,
+        "wechat_app_secret": SecretStr(APP_SECRET),
+        "wechat_token": SecretStr(TOKEN),
+        "wechat_encoding_aes_key": SecretStr(AES_KEY) if safe_mode else None,
+        "wechat_api_base_url": api_url,
+        "outbox_poll_seconds": 0.1,
+    }
+
+
 def _start(settings: Settings, db: Engine, *, safe_mode: bool) -> Iterator[Running]:
     api = FakeWeChat(app_id=APP_ID, app_secret=APP_SECRET)
     with serve(api.app()) as api_url:
-        update = {
-            "wechat_app_id": APP_ID,
-            "wechat_app_secret": SecretStr(APP_SECRET),
-            "wechat_token": SecretStr(TOKEN),
-            "wechat_encoding_aes_key": SecretStr(AES_KEY) if safe_mode else None,
-            "wechat_api_base_url": api_url,
-            "outbox_poll_seconds": 0.1,
-        }
+        update = _wechat_settings(api_url, safe_mode=safe_mode)
         with channel_served(settings, db, update, wechat.from_settings) as (bot, url):
             yield Running(bot=bot, api=api, url=url, safe_mode=safe_mode)
 
@@ -536,11 +542,40 @@ def test_a_refused_set_up_holds_replies_reports_it_and_releases_them_when_fixed(
     assert not [i for i in running.outbox() if i.status == "dead"]
     health = httpx.get(f"{running.url}/healthz").json()
     assert health["status"] == "degraded" and "40164" in health["problems"]["wechat"]
+    # A front whose channel never sent (the sender ran in another process) reads the same from the database;
+    # one that does not serve WeChat has no WeChat problem.
+    elsewhere = health_elsewhere(running.bot.settings, wechat.from_settings)
+    assert elsewhere["status"] == "degraded" and elsewhere["problems"] == health["problems"]
+    assert "problems" not in health_elsewhere(running.bot.settings, webchat.from_settings)
 
     api.whitelisted = True  # an administrator added the IP; the customer writes again
     assert running.push(text_push("CSP2405C1190", 24593880000000012)).text == "success"
     wait_until(lambda: all(i.status == "sent" for i in running.outbox()), what="every held reply sent")
     assert httpx.get(f"{running.url}/healthz").json()["status"] == "ok"
+    assert "problems" not in health_elsewhere(running.bot.settings, wechat.from_settings)
+
+
+def test_a_restart_releases_the_replies_a_refused_set_up_held_and_clears_its_problem(
+    settings: Settings, db: Engine
+) -> None:
+    api = FakeWeChat(app_id=APP_ID, app_secret=APP_SECRET, whitelisted=False)
+    with serve(api.app()) as api_url:
+        update = _wechat_settings(api_url, safe_mode=False)
+        with channel_served(settings, db, update, wechat.from_settings) as (bot, url):
+            running = Running(bot=bot, api=api, url=url)
+            assert running.push(payload("text.xml")).text == "success"
+            wait_until(lambda: [i for i in running.outbox() if i.status == "held"], what="held replies")
+            assert "40164" in httpx.get(f"{url}/healthz").json()["problems"]["wechat"]
+
+        # The IP is whitelisted while the server is down. The restarted server shows the problem no more (its
+        # sender, which never met it, would not clear it), and the held replies go out.
+        api.whitelisted = True
+        with channel_served(settings, db, update, wechat.from_settings) as (bot, url):
+            assert "problems" not in httpx.get(f"{url}/healthz").json()
+            restarted = Running(bot=bot, api=api, url=url)
+            wait_until(
+                lambda: all(i.status == "sent" for i in restarted.outbox()), what="every held reply sent"
+            )
 
 
 @pytest.mark.parametrize(

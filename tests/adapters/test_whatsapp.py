@@ -12,7 +12,7 @@ import httpx
 import pytest
 from pydantic import SecretStr
 from sqlalchemy import Engine, select
-from sqlmodel import Session
+from sqlmodel import Session, col
 
 from adapters import whatsapp
 from adapters.whatsapp import (
@@ -29,7 +29,7 @@ from bot.channels import split_text
 from bot.config import Settings
 from bot.messages import Button
 from bot.outbox import PermanentFailure, RetryLater, Unreachable
-from bot.store import ChannelIdentity, OutboxItem, StoredAttachment, session_scope
+from bot.store import Case, ChannelIdentity, OutboxItem, StoredAttachment, session_scope
 from tests.fakes.server import serve
 from tests.fakes.whatsapp import (
     ACCESS_TOKEN,
@@ -40,7 +40,14 @@ from tests.fakes.whatsapp import (
     FakeGraph,
     sign,
 )
-from tests.support import RunningChannel, channel_served, check_body_signature, choose, wait_until
+from tests.support import (
+    RunningChannel,
+    channel_served,
+    check_body_signature,
+    choose,
+    health_elsewhere,
+    wait_until,
+)
 
 WA_ID = "447700900142"
 JPEG = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00" + bytes(range(256)) * 4
@@ -450,19 +457,19 @@ def test_a_long_reply_interrupted_halfway_does_not_repeat_its_first_piece(runnin
 
 
 def _age_window(db: Engine, hours: int) -> None:
-    """Move the customer's times `hours` back, as if everything had happened that much earlier."""
+    """Move the customers' times `hours` back, as if everything had happened that much earlier."""
     shift = timedelta(hours=hours)
     with session_scope(db) as session:
-        identity = session.execute(select(ChannelIdentity)).scalars().one()
-        assert identity.last_inbound_at is not None
-        identity.last_inbound_at = identity.last_inbound_at - shift
-        state = identity.data.get("whatsapp", {})
-        identity.data = {
-            **identity.data,
-            "whatsapp": {
-                key: (datetime.fromisoformat(value) - shift).isoformat() for key, value in state.items()
-            },
-        }
+        for identity in session.execute(select(ChannelIdentity)).scalars():
+            assert identity.last_inbound_at is not None
+            identity.last_inbound_at = identity.last_inbound_at - shift
+            state = identity.data.get("whatsapp", {})
+            identity.data = {
+                **identity.data,
+                "whatsapp": {
+                    key: (datetime.fromisoformat(value) - shift).isoformat() for key, value in state.items()
+                },
+            }
 
 
 def _held(running: Running) -> list[OutboxItem]:
@@ -655,6 +662,43 @@ def test_the_template_goes_out_in_the_customers_language_and_a_later_failure_is_
         assert "template_sent_at" not in identity.data["whatsapp"]  # the next reply tries the template again
 
 
+def test_a_template_refused_at_once_is_on_healthz_until_one_is_accepted(running: Running) -> None:
+    mx, spanish = _spanish_customer_with_a_case(running)
+    assert running.post(payload("text.json")).status_code == 200
+    assert running.post(derived_message(40, type="text", text={"body": "human"})).status_code == 200
+    english = wait_until(lambda: [r for r in _case_refs(running) if r != spanish], what="a second case")[0]
+    wait_until(  # the second customer was told their case: nothing is left to send inside the window
+        lambda: (
+            (rows := running.outbox())
+            and any(english in (i.payload.get("text") or "") for i in rows)
+            and all(i.status == "sent" for i in rows)
+        ),
+        what="the second case told",
+    )
+    _age_window(running.bot.db, hours=25)
+    running.graph.fail_next(400, 132001, "Template name does not exist in the translation")
+    running.bot.desk.reply(english, engineer="Ana Ruiz", text="Please send a photo of the rating plate.")
+    held = wait_until(lambda: _held(running), what="a held reply")
+    assert "the template was refused" in (held[0].last_error or "")
+    problems = health_elsewhere(running.bot.settings, whatsapp.from_settings)["problems"]
+    assert "template case_update refused" in problems["whatsapp"] and "132001" in problems["whatsapp"]
+
+    # The next reply held (the other customer's) sends the template again; Meta accepts it, and /healthz no
+    # longer shows the problem.
+    running.bot.desk.reply(spanish, engineer="Ana Ruiz", text="Por favor, envíe una foto de la placa.")
+    wait_until(
+        lambda: any("template sent (es)" in (i.last_error or "") for i in _held(running)),
+        what="a template sent",
+    )
+    assert [m for m in running.graph.sent_to(mx) if m["type"] == "template"]
+    assert "problems" not in health_elsewhere(running.bot.settings, whatsapp.from_settings)
+
+
+def _case_refs(running: Running) -> list[str]:
+    with Session(running.bot.db) as session:
+        return list(session.execute(select(col(Case.ref)).order_by(col(Case.id))).scalars())
+
+
 def test_a_revoked_token_holds_replies_reports_it_and_they_go_out_once_it_works(running: Running) -> None:
     graph = running.graph
     graph.fail_next(401, 190, "Error validating access token: The session has been invalidated")
@@ -663,6 +707,9 @@ def test_a_revoked_token_holds_replies_reports_it_and_they_go_out_once_it_works(
     assert "190" in (held[0].last_error or "") and not [i for i in running.outbox() if i.status == "dead"]
     health = httpx.get(f"{running.url}/healthz").json()
     assert health["status"] == "degraded" and "190" in health["problems"]["whatsapp"]
+    # A front whose channel never sent (the sender ran in another process) reads the same from the database.
+    elsewhere = health_elsewhere(running.bot.settings, whatsapp.from_settings)
+    assert elsewhere["status"] == "degraded" and elsewhere["problems"] == health["problems"]
 
     # The token is replaced; the customer writes again and everything held goes out.
     assert running.post(derived_message(40, type="text", text={"body": "hello?"})).status_code == 200
@@ -670,6 +717,7 @@ def test_a_revoked_token_holds_replies_reports_it_and_they_go_out_once_it_works(
         lambda: running.outbox() and all(i.status == "sent" for i in running.outbox()), what="all sent"
     )
     assert httpx.get(f"{running.url}/healthz").json()["status"] == "ok"
+    assert "problems" not in health_elsewhere(running.bot.settings, whatsapp.from_settings)
 
 
 def test_a_media_download_follows_metas_redirect(running: Running) -> None:

@@ -25,10 +25,11 @@ def serve(
 ) -> Iterator[str]:
     """Serve `app` on 127.0.0.1 in a thread; yields its base URL; stops it (lifespan included) afterwards.
 
-    `options` are uvicorn's, e.g. `bot.server.uvicorn_options(settings)` to run it as `serve` does."""
+    `options` are uvicorn's, e.g. `bot.server.uvicorn_options(settings)` to run it as `serve` does, or
+    `lifespan="off"` for an app whose start-up must not run."""
     port = port or free_port()
-    config = {"log_level": "warning", "access_log": False, **options}
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="on", **config))
+    config = {"log_level": "warning", "access_log": False, "lifespan": "on", **options}
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, **config))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + startup_timeout
