@@ -352,6 +352,10 @@ class SlackDesk(Channel):
             # connect_async opens the websocket; a task keeps start() prompt even when Slack is slow.
             self._tasks.append(asyncio.create_task(self._connect_socket(), name="slack-socket"))
 
+    async def start_sending(self) -> None:
+        """A worker's sender knows a token Slack took away (posting waits, as in the front)."""
+        self.revoked = await asyncio.to_thread(self._load_revoked)
+
     async def stop(self) -> None:
         self._stop.set()
         for task in self._tasks:

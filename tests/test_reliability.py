@@ -31,6 +31,7 @@ from tests.fakes.telegram import SECRET as TELEGRAM_SECRET
 from tests.fakes.telegram import TOKEN as TELEGRAM_TOKEN
 from tests.fakes.telegram import FakeTelegram, update
 from tests.support import (
+    AUTH,
     SCRIPT,
     Server,
     Servers,
@@ -459,3 +460,36 @@ def test_a_full_disk_window_loses_nothing(
         server.stop()
     finally:
         subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def test_the_workers_deliver_what_the_front_queues_without_waiting_for_their_poll(
+    servers: Servers, tmp_path: Path, database_url: str, fake_api: tuple[FakeTelegram, str]
+) -> None:
+    """`serve`'s worker delivers: the replies its own batches queue (woken as each commits) and an engineer's
+    reply queued by the web front's desk (woken by the front's `s`). The poll is a minute, so every reply
+    that arrives within the wait below was sent on a wake-up, not found by a poll."""
+    fake, fake_url = fake_api
+    server = TelegramServer(tmp_path, database_url, fake_url)
+    server.env["OUTBOX_POLL_SECONDS"] = "60"
+    servers.start(server)
+    figures = Figures()
+    chat = CHATS[0]
+    drive(server, [chat], figures)
+    check(database_url, fake, [chat], figures, time.monotonic(), timeout=20)
+    engine = make_engine(database_url)
+    with Session(engine) as db:
+        ref = db.execute(select(col(Case.ref))).scalar_one()
+    engine.dispose()
+    answer = httpx.post(
+        f"{server.url}/api/desk/cases/{ref}/messages",
+        json={"text": "An engineer here: we are sending a replacement."},
+        headers=AUTH,
+        timeout=10,
+    )
+    assert answer.status_code == 200, answer.text
+    wait_until(
+        lambda: any("we are sending a replacement" in c["text"] for c in fake.sent(chat)),
+        timeout=20,
+        what="the engineer's reply at the fake Bot API",
+    )
+    server.stop()  # with its worker, before the fixture drops the PostgreSQL schema under their connections

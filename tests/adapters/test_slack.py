@@ -597,6 +597,15 @@ def test_a_revoked_token_a_send_met_is_on_healthz_of_every_front_until_a_new_tok
         await desk.start()
         await desk.stop()
 
+    # A worker's desk, which only sends (start_sending, not start), knows it too: it posts nothing.
+    worker_desk = slack.from_settings(
+        build(slack_settings(settings, fake_url), db=db, external_desks=("slack",))
+    )
+    assert worker_desk is not None
+    asyncio.run(worker_desk.start_sending())
+    with pytest.raises(RetryLater, match="token_revoked"):
+        asyncio.run(worker_desk.send_event(opened))
+
     # A restart with the same token keeps it; the app installed again (a new token) starts clean.
     asyncio.run(started(desk))
     assert "token_revoked" in health_elsewhere(bot.settings, slack.from_settings)["problems"]["slack"]
