@@ -603,14 +603,24 @@ def worker(
         bool,
         typer.Option("--attached", hidden=True, help="Started by serve: wake-ups over stdin and stdout."),
     ] = False,
+    share: Annotated[
+        int,
+        typer.Option(
+            "--share",
+            min=1,
+            help="Workers sending for one bot together: each paces its sends to this part of a bot-wide limit.",
+        ),
+    ] = 1,
 ) -> None:
-    """Process the inbox (no web front): one beside `serve --no-worker`, or more on PostgreSQL.
+    """Process the inbox and deliver the outbox (no web front): one beside `serve --no-worker`, or more on
+    PostgreSQL.
 
-    Stops after the transaction under way on SIGTERM or Ctrl-C; killed at any moment, it loses nothing.
+    Stops after the transaction and the sends under way on SIGTERM or Ctrl-C; killed at any moment, it loses
+    nothing.
     """
     from bot.worker import run_worker
 
-    run_worker(settings(), attached=attached)
+    run_worker(settings(), attached=attached, share=share)
 
 
 def main() -> None:

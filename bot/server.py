@@ -110,7 +110,8 @@ class Workers:
             engine.inbox_signal, engine.outbox_signal = Relayed(wakeup), Relayed(wakeup)
             owner = self.bot.settings.worker_id
             self.children = [
-                WorkerProcess(n, worker_id=f"{owner}/{n}" if owner else "") for n in range(self.processes)
+                WorkerProcess(n, worker_id=f"{owner}/{n}" if owner else "", share=self.processes)
+                for n in range(self.processes)
             ]
             for child in self.children:
                 child.start()
@@ -187,8 +188,9 @@ def _took(signal: threading.Event) -> bool:
     return False
 
 
-def make_deliverer(bot: Bot, channels: Sequence[Channel]) -> Deliverer:
-    """The outbox deliverer of these channels' senders, with the settings' retry rules and lease owner."""
+def make_deliverer(bot: Bot, channels: Sequence[Channel], *, share: int = 1) -> Deliverer:
+    """The outbox deliverer of these channels' senders, with the settings' retry rules and lease owner; one of
+    `share` that send for one server (its workers), each keeping to its part of a bot-wide limit."""
     settings = bot.settings
     return Deliverer(
         bot.db,
@@ -197,6 +199,7 @@ def make_deliverer(bot: Bot, channels: Sequence[Channel]) -> Deliverer:
         retry_for=timedelta(hours=settings.outbox_retry_hours),
         backoff_max=settings.retry_backoff_max_seconds,
         owner=settings.worker_id or None,
+        share=share,
     )
 
 

@@ -102,7 +102,7 @@ def warm_up(bot: Bot) -> threading.Thread:
     return thread
 
 
-def run_worker(settings: Settings, *, attached: bool = False) -> None:
+def run_worker(settings: Settings, *, attached: bool = False, share: int = 1) -> None:
     """The `warranty-bot worker` command: process and deliver until SIGTERM or SIGINT (attached: until the
     server says so); the transaction under way is finished first, and the sends under way."""
     setup_logging(settings.log_level)
@@ -158,7 +158,7 @@ def run_worker(settings: Settings, *, attached: bool = False) -> None:
     engine = bot.engine
     engine.inbox_signal, engine.outbox_signal = wake, replies
     warm_up(bot)
-    delivering = Delivering(bot, channels, replies)
+    delivering = Delivering(bot, channels, replies, share=share)
     delivering.start()  # before the niceness below: a reply leaves at the server's priority
     if attached:
         # This thread only (Linux: a thread's own priority): the warm-up and the templates compiling beside it
@@ -182,8 +182,9 @@ class Delivering:
     """A worker's outbox deliverer, in a thread with its own event loop: it sends what the worker's batches
     queue (woken by `wake`) and what others queued (each poll), through the channels' senders."""
 
-    def __init__(self, bot: Bot, channels: Sequence[Channel], wake: Signal) -> None:
+    def __init__(self, bot: Bot, channels: Sequence[Channel], wake: Signal, *, share: int = 1) -> None:
         self.bot = bot
+        self.share = share
         self.channels = channels
         self.wake = wake
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -214,7 +215,7 @@ class Delivering:
         finally:
             self.started.set()
         try:
-            await make_deliverer(self.bot, self.channels).run(
+            await make_deliverer(self.bot, self.channels, share=self.share).run(
                 self.done, poll_seconds=self.bot.settings.outbox_poll_seconds, wake=self.wake
             )
         finally:
@@ -238,6 +239,7 @@ class WorkerProcess:
 
     number: int
     worker_id: str = ""  # its lease owner (WORKER_ID): the same for the one started again in its place
+    share: int = 1  # the server's workers: each sends within its part of a bot-wide limit
     process: subprocess.Popen[bytes] | None = None
     ready: threading.Event = field(default_factory=threading.Event)
     stopping: bool = False
@@ -253,8 +255,8 @@ class WorkerProcess:
             if self.stopping:
                 return None
             env = {**os.environ, "WORKER_ID": self.worker_id} if self.worker_id else None
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "bot.cli", "worker", "--attached"],
+            self.process = subprocess.Popen(  # noqa: S603 (our own command, a number)
+                [sys.executable, "-m", "bot.cli", "worker", "--attached", "--share", str(self.share)],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 env=env,
