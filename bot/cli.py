@@ -603,14 +603,10 @@ def worker(
         bool,
         typer.Option("--attached", hidden=True, help="Started by serve: wake-ups over stdin and stdout."),
     ] = False,
-    share: Annotated[
-        int,
-        typer.Option(
-            "--share",
-            min=1,
-            help="Workers sending for one bot together: each paces its sends to this part of a bot-wide limit.",
-        ),
-    ] = 1,
+    role: Annotated[
+        str,
+        typer.Option("--role", hidden=True, help="Started by serve: process, deliver, or both."),
+    ] = "both",
 ) -> None:
     """Process the inbox and deliver the outbox (no web front): one beside `serve --no-worker`, or more on
     PostgreSQL.
@@ -618,9 +614,11 @@ def worker(
     Stops after the transaction and the sends under way on SIGTERM or Ctrl-C; killed at any moment, it loses
     nothing.
     """
-    from bot.worker import run_worker
+    from bot.worker import ROLES, run_worker
 
-    run_worker(settings(), attached=attached, share=share)
+    if role not in ROLES:
+        raise typer.BadParameter(f"one of {', '.join(ROLES)}", param_hint="--role")
+    run_worker(settings(), attached=attached, role=role)
 
 
 def main() -> None:

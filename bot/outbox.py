@@ -15,7 +15,7 @@ import socket
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from typing import Any, Protocol, cast
 
@@ -196,13 +196,6 @@ class Limits:
     burst: int = 1  # the bot's sends allowed back to back; above 1 a send that ran late is made up for
 
 
-def _part(limits: Limits | None, share: int) -> Limits | None:
-    """One of `share` deliverers' part of a bot's limits: its bot-wide pace divided (a chat is paced as is)."""
-    if limits is None or share <= 1 or not limits.per_second:
-        return limits
-    return replace(limits, per_second=limits.per_second / share)
-
-
 class Pacer:
     """When the next send of a channel may go: its limits per chat and per bot, and pauses it asked for.
 
@@ -349,7 +342,6 @@ class Deliverer:
         lease_seconds: float = SEND_LEASE_SECONDS,
         batch: int = 100,
         run_rows: int = RUN_ROWS,
-        share: int = 1,
     ) -> None:
         self.db = db
         self.senders = dict(senders)
@@ -360,11 +352,7 @@ class Deliverer:
         self.lease_seconds = lease_seconds
         self.batch = batch
         self.run_rows = run_rows
-        # `share` deliverers send for one bot (a server's workers): each keeps to its part of the bot's limit.
-        self.pacers = {
-            name: Pacer(_part(getattr(sender, "limits", None), share))
-            for name, sender in self.senders.items()
-        }
+        self.pacers = {name: Pacer(getattr(sender, "limits", None)) for name, sender in self.senders.items()}
         self._leased: set[int] = set()  # rows leased by this deliverer whose outcome is not recorded yet
         self._sending: set[int] = set()  # rows whose send call is under way
 

@@ -11,7 +11,7 @@ import re
 import socket
 import threading
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -42,7 +42,7 @@ from bot.outbox import DEAD, DEAD_LETTERS, HELD, PENDING, Deliverer
 from bot.ratelimit import RateLimit, rules_from_settings
 from bot.store import Case, InboxItem, OutboxItem
 from bot.store import Message as LoggedMessage
-from bot.worker import WorkerProcess, processing_loop
+from bot.worker import DELIVER, WorkerProcess, processing_loop
 
 log = logging.getLogger(__name__)
 
@@ -68,13 +68,14 @@ WORKER_READY_SECONDS = 20.0  # how long `serve` waits for its worker processes t
 
 @dataclass
 class Workers:
-    """The inbox processing and the outbox deliverer, which run together.
+    """The inbox processing and the outbox deliverer.
 
-    They run in `processes` worker processes (`bot.worker`; what `serve` does), each processing and delivering,
-    or, with none, in this process: processing in a thread and the deliverer as an asyncio task (`create_app`
-    for tests and embedding), or not at all here (`inbox=False`: `serve --no-worker`, with `warranty-bot
-    worker` elsewhere). The web front then only accepts: what it queues itself (an engineer's reply from the
-    desk, replies released by a start) wakes its workers' deliverers.
+    `serve` runs them in processes of their own (`bot.worker`): `processes` processing workers, niced, and one
+    deliverer. With none, both run in this process: processing in a thread and the deliverer as an asyncio
+    task (`create_app` for tests and embedding); with `inbox=False` neither runs here (`serve --no-worker`,
+    with `warranty-bot worker`, which does both, elsewhere). The web front then only accepts and answers:
+    its workers' batches wake the deliverer through it, and so does what it queues itself (an engineer's
+    reply from the desk, replies released by a start).
     """
 
     bot: Bot
@@ -109,10 +110,14 @@ class Workers:
             wakeup = threading.Event()
             engine.inbox_signal, engine.outbox_signal = Relayed(wakeup), Relayed(wakeup)
             owner = self.bot.settings.worker_id
+            deliverer = WorkerProcess(
+                self.processes, worker_id=f"{owner}/deliver" if owner else "", role=DELIVER
+            )
             self.children = [
-                WorkerProcess(n, worker_id=f"{owner}/{n}" if owner else "", share=self.processes)
+                WorkerProcess(n, worker_id=f"{owner}/{n}" if owner else "", on_queued=_tell(deliverer))
                 for n in range(self.processes)
             ]
+            self.children.append(deliverer)
             for child in self.children:
                 child.start()
             self.thread = threading.Thread(
@@ -181,6 +186,12 @@ class Relayed(threading.Event):
         self.wakeup.set()
 
 
+def _tell(deliverer: WorkerProcess) -> Callable[[], None]:
+    """What a processing worker's `QUEUED` does: the deliverer process is woken (straight from the thread that
+    read it)."""
+    return lambda: deliverer.wake(messages=False, replies=True)
+
+
 def _took(signal: threading.Event) -> bool:
     if signal.is_set():
         signal.clear()
@@ -188,9 +199,8 @@ def _took(signal: threading.Event) -> bool:
     return False
 
 
-def make_deliverer(bot: Bot, channels: Sequence[Channel], *, share: int = 1) -> Deliverer:
-    """The outbox deliverer of these channels' senders, with the settings' retry rules and lease owner; one of
-    `share` that send for one server (its workers), each keeping to its part of a bot-wide limit."""
+def make_deliverer(bot: Bot, channels: Sequence[Channel]) -> Deliverer:
+    """The outbox deliverer of these channels' senders, with the settings' retry rules and lease owner."""
     settings = bot.settings
     return Deliverer(
         bot.db,
@@ -199,7 +209,6 @@ def make_deliverer(bot: Bot, channels: Sequence[Channel], *, share: int = 1) -> 
         retry_for=timedelta(hours=settings.outbox_retry_hours),
         backoff_max=settings.retry_backoff_max_seconds,
         owner=settings.worker_id or None,
-        share=share,
     )
 
 
@@ -447,9 +456,11 @@ def create_app(
         if problems:
             body["problems"] = problems
         if workers.children:  # started and warmed up (messages are accepted and stored meanwhile)
+            processing = [c for c in workers.children if c.role != DELIVER]
             body["workers"] = {
-                "ready": sum(c.ready.is_set() for c in workers.children),
-                "started": len(workers.children),
+                "ready": sum(c.ready.is_set() for c in processing),
+                "started": len(processing),
+                "deliverer_ready": all(c.ready.is_set() for c in workers.children if c.role == DELIVER),
             }
         return JSONResponse(body)
 

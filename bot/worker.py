@@ -30,7 +30,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING
 
@@ -49,8 +49,14 @@ log = logging.getLogger(__name__)
 
 WAKE = b"w"  # server -> worker: messages are waiting
 SEND = b"s"  # server -> worker: the server queued replies
-QUIT = b"q"  # server -> worker: finish what is under way and exit (then the end of input)
-READY = b"r"  # worker -> server: warmed up, processing
+QUIT = b"x"  # server -> worker: finish what is under way and exit (then the end of input)
+# What an attached worker does: `serve` starts its processing workers and one deliverer, each in its own
+# process (processing runs niced, and a thread of a niced process would hold the GIL its deliverer waits for);
+# a standalone `warranty-bot worker` does both.
+PROCESS, DELIVER, BOTH = "process", "deliver", "both"
+ROLES = (PROCESS, DELIVER, BOTH)
+READY = b"r"  # worker -> server: warmed up, processing (or delivering)
+QUEUED = b"q"  # processing worker -> server: replies were queued (for the server's deliverer process)
 # A worker started by `serve` runs at a lower CPU priority than its web front: when both want the CPU, the
 # webhook's inbox insert (the 2xx the channel waits for) goes first and processing takes the rest. Measured
 # (issue 15, SQLite, 2 cores): accepted/s under a blast 313 -> 508, the front's CPU per update unchanged.
@@ -102,9 +108,13 @@ def warm_up(bot: Bot) -> threading.Thread:
     return thread
 
 
-def run_worker(settings: Settings, *, attached: bool = False, share: int = 1) -> None:
-    """The `warranty-bot worker` command: process and deliver until SIGTERM or SIGINT (attached: until the
-    server says so); the transaction under way is finished first, and the sends under way."""
+def run_worker(settings: Settings, *, attached: bool = False, role: str = BOTH) -> None:
+    """The `warranty-bot worker` command: process and deliver (or, attached, one of the two: `role`) until
+    SIGTERM or SIGINT (attached: until the server says so); the transaction under way is finished first, and
+    the sends under way."""
+    if role not in ROLES:
+        raise ValueError(f"a worker's role is one of {', '.join(ROLES)}, not {role!r}")
+    processes, delivers = role in (PROCESS, BOTH), role in (DELIVER, BOTH)
     setup_logging(settings.log_level)
     stop = threading.Event()
     wake = threading.Event()  # the engine's inbox signal, set by the server's wake-ups
@@ -157,34 +167,63 @@ def run_worker(settings: Settings, *, attached: bool = False, share: int = 1) ->
     channels = load_channels(bot)
     engine = bot.engine
     engine.inbox_signal, engine.outbox_signal = wake, replies
-    warm_up(bot)
-    delivering = Delivering(bot, channels, replies, share=share)
-    delivering.start()  # before the niceness below: a reply leaves at the server's priority
-    if attached:
+    delivering = Delivering(bot, channels, replies) if delivers else None
+    if processes:
+        warm_up(bot)
+    if delivering is not None:
+        delivering.start()
+    if attached and processes:
         # This thread only (Linux: a thread's own priority): the warm-up and the templates compiling beside it
         # run at the server's, so that the first message after start does not wait for them on a busy host.
         with contextlib.suppress(OSError):
             os.nice(ATTACHED_NICENESS)
     if out is not None:
-        out.write(READY)
+        channel = out
+
+        def tell() -> None:
+            try:
+                channel.write(QUEUED)
+            except OSError:
+                server_gone()
+
+        if delivering is None:
+            engine.outbox_signal = Told(tell)  # the server wakes its deliverer process
+        channel.write(READY)
     processing.set()
-    log.info("worker %s processing (batches of up to %s chats)", os.getpid(), engine.config.batch_size)
-    processing_loop(
-        engine, stop, settings.outbox_poll_seconds, remind_seconds=settings.fulfilment_check_seconds
-    )
-    delivering.stop(gone)
+    if processes:
+        log.info("worker %s processing (batches of up to %s chats)", os.getpid(), engine.config.batch_size)
+        processing_loop(
+            engine, stop, settings.outbox_poll_seconds, remind_seconds=settings.fulfilment_check_seconds
+        )
+    else:
+        log.info("worker %s delivering", os.getpid())
+        stop.wait()
+    if delivering is not None:
+        delivering.stop(gone)
     if gone.is_set():
         os._exit(0)
     bot.db.dispose()
+
+
+class Told(threading.Event):
+    """An attached processing worker's outbox signal: each `set()` (a batch committed replies) tells the server
+    at once, which wakes its deliverer process. Told once a round instead, after its last batch, the first
+    batch's replies waited for every later one: on SQLite under load a round can be several batches."""
+
+    def __init__(self, tell: Callable[[], None]) -> None:
+        super().__init__()
+        self.tell = tell
+
+    def set(self) -> None:
+        self.tell()
 
 
 class Delivering:
     """A worker's outbox deliverer, in a thread with its own event loop: it sends what the worker's batches
     queue (woken by `wake`) and what others queued (each poll), through the channels' senders."""
 
-    def __init__(self, bot: Bot, channels: Sequence[Channel], wake: Signal, *, share: int = 1) -> None:
+    def __init__(self, bot: Bot, channels: Sequence[Channel], wake: Signal) -> None:
         self.bot = bot
-        self.share = share
         self.channels = channels
         self.wake = wake
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -215,7 +254,7 @@ class Delivering:
         finally:
             self.started.set()
         try:
-            await make_deliverer(self.bot, self.channels, share=self.share).run(
+            await make_deliverer(self.bot, self.channels).run(
                 self.done, poll_seconds=self.bot.settings.outbox_poll_seconds, wake=self.wake
             )
         finally:
@@ -239,7 +278,8 @@ class WorkerProcess:
 
     number: int
     worker_id: str = ""  # its lease owner (WORKER_ID): the same for the one started again in its place
-    share: int = 1  # the server's workers: each sends within its part of a bot-wide limit
+    role: str = PROCESS
+    on_queued: Callable[[], None] = lambda: None  # a processing worker queued replies
     process: subprocess.Popen[bytes] | None = None
     ready: threading.Event = field(default_factory=threading.Event)
     stopping: bool = False
@@ -255,8 +295,8 @@ class WorkerProcess:
             if self.stopping:
                 return None
             env = {**os.environ, "WORKER_ID": self.worker_id} if self.worker_id else None
-            self.process = subprocess.Popen(  # noqa: S603 (our own command, a number)
-                [sys.executable, "-m", "bot.cli", "worker", "--attached", "--share", str(self.share)],
+            self.process = subprocess.Popen(  # noqa: S603 (our own command and a role name)
+                [sys.executable, "-m", "bot.cli", "worker", "--attached", "--role", self.role],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 env=env,
@@ -274,7 +314,9 @@ class WorkerProcess:
             while data := process.stdout.read1(64):  # type: ignore[attr-defined]
                 if READY in data:
                     self.ready.set()
-                    log.info("worker process %s (pid %s) ready", self.number, process.pid)
+                    log.info("worker process %s (%s, pid %s) ready", self.number, self.role, process.pid)
+                if QUEUED in data:
+                    self.on_queued()
             code = process.wait()
             if self.stopping:
                 return
@@ -290,13 +332,14 @@ class WorkerProcess:
             time.sleep(pause)
 
     def wake(self, *, messages: bool = True, replies: bool = False) -> None:
-        """Tell the worker that messages wait, or that replies do (queued by the server), or both."""
+        """Tell the worker that messages wait, or that replies do, or both: what its role does."""
+        data = WAKE * (messages and self.role != DELIVER) + SEND * (replies and self.role != PROCESS)
         with self.lock:
             process = self.process
-        if process is None or process.stdin is None or not (messages or replies):
+        if process is None or process.stdin is None or not data:
             return
         try:
-            process.stdin.write(WAKE * messages + SEND * replies)
+            process.stdin.write(data)
             process.stdin.flush()
         except (OSError, ValueError):
             pass  # it is gone: the supervisor starts another

@@ -23,7 +23,6 @@ from sqlmodel import Session
 from telegram.error import BadRequest, Conflict, Forbidden, InvalidToken, NetworkError, RetryAfter, TimedOut
 
 from adapters import telegram as tg
-from bot import server
 from bot.app import build
 from bot.config import Settings
 from bot.messages import Button, OutboundMessage
@@ -372,18 +371,6 @@ def test_the_sending_pace_is_configured_and_over_30_a_second_is_a_paid_broadcast
     [sent] = running.fake.sent(CHAT)
     assert sent.get("allow_paid_broadcast") is (True if paid else None)  # at 30/s or less: not sent at all
     assert running.fake.paid == ([CHAT] if paid else [])
-
-
-def test_a_servers_workers_share_the_bots_pace_and_each_paces_a_chat_as_is(
-    start: Callable[..., Running],
-) -> None:
-    """`serve --workers 2` starts two deliverers for one bot: each keeps to half of its 30 a second."""
-    running = start()
-    channel = running.channel
-    alone = server.make_deliverer(running.bot, [channel]).pacers["telegram"].limits
-    halves = server.make_deliverer(running.bot, [channel], share=2).pacers["telegram"].limits
-    assert alone == Limits(per_second=30, per_chat_per_second=1, chat_burst=3, burst=3)
-    assert halves == Limits(per_second=15, per_chat_per_second=1, chat_burst=3, burst=3)
 
 
 @pytest.mark.parametrize(

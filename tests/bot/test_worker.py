@@ -10,7 +10,6 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from sqlmodel import Session, col
 from bot.app import build
 from bot.config import Settings
 from bot.store import InboxItem
-from bot.worker import ATTACHED_NICENESS, processing_loop, warm_up
+from bot.worker import ATTACHED_NICENESS, Told, processing_loop, warm_up
 from tests.support import (
     SCRIPT,
     Server,
@@ -70,7 +69,8 @@ class Serve(Server):
         return bool(body.get("workers", {}).get("ready", 0) >= count)
 
 
-def worker_pids(parent: int) -> list[int]:
+def worker_pids(parent: int, *, deliverer: bool = False) -> list[int]:
+    """The pids of a server's processing workers, or of its deliverer process."""
     pids = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -81,7 +81,7 @@ def worker_pids(parent: int) -> list[int]:
         except OSError:
             continue
         ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        if ppid == parent and b"worker" in cmdline:
+        if ppid == parent and b"worker" in cmdline and (b"deliver" in cmdline) == deliverer:
             pids.append(int(entry.name))
     return sorted(pids)
 
@@ -106,11 +106,19 @@ def test_serve_starts_its_worker_and_stops_it(servers: Servers, tmp_path: Path) 
     assert server.process is not None
     front = process_priority(server.process.pid)
     assert process_priority(pid) == min(19, front + ATTACHED_NICENESS)  # the webhooks' inserts first
+    (deliverer,) = worker_pids(server.process.pid, deliverer=True)
+    assert process_priority(deliverer) == front  # replies leave at the front's priority
+    assert httpx.get(f"{server.url}/healthz").json()["workers"] == {
+        "ready": 1,
+        "started": 1,
+        "deliverer_ready": True,
+    }
     session = httpx.post(f"{server.url}/api/webchat/sessions").json()["session_id"]
     send(server, session, "hello")  # processed by the worker process
     server.stop()
     assert server.process is not None and server.process.returncode is not None
     wait_until(lambda: not alive(pid), timeout=15, what="the worker to stop with its server")
+    wait_until(lambda: not alive(deliverer), timeout=15, what="the deliverer to stop with its server")
 
 
 def test_a_worker_killed_mid_batch_loses_nothing_and_another_takes_over(
@@ -193,20 +201,10 @@ def test_more_than_one_worker_on_sqlite_is_refused(tmp_path: Path) -> None:
     assert len(done.stderr.strip().splitlines()) == 1 and "SQLite has one writer" in done.stderr
 
 
-class Told(threading.Event):
-    """An outbox signal that calls `tell` on each set(), as the worker's deliverer is woken."""
-
-    def __init__(self, tell: Callable[[], None]) -> None:
-        super().__init__()
-        self.tell = tell
-
-    def set(self) -> None:
-        self.tell()
-
-
-def test_each_batch_wakes_the_deliverer_of_its_replies_before_the_next_batch(settings: Settings) -> None:
-    """A worker wakes its deliverer as each batch commits its replies, not once the round's last batch is done:
-    the first chats' replies do not wait for the later chats."""
+def test_each_batch_tells_the_server_of_its_replies_before_the_next_batch(settings: Settings) -> None:
+    """An attached processing worker tells `serve` (which wakes its deliverer process) as each batch commits
+    its replies, not once the round's last batch is done: the first chats' replies do not wait for the later
+    chats. (A worker that delivers too wakes its own deliverer thread through the same signal.)"""
     bot = build(settings.model_copy(update={"inbox_batch_size": 1}))  # a batch a chat: three batches
     for chat in ("chat-1", "chat-2", "chat-3"):
         bot.engine.accept(inbound("hello", chat=chat))
