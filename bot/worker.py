@@ -1,22 +1,23 @@
-"""Processing and delivery in a process of their own: `warranty-bot worker`, and the workers `serve` starts
+"""Processing and delivery in processes of their own: `warranty-bot worker`, and the workers `serve` starts
 beside its web front.
 
 A worker takes the waiting inbox messages (`Engine.process_pending`: the heads of many chats in one
-transaction) until none is left, then waits for a wake-up or the poll interval. Beside it, in a thread with
-its own event loop, the worker's outbox deliverer sends the replies (bot/outbox.py), woken as each batch
-commits. Nothing lives in its memory between transactions, so it can be killed at any moment: an uncommitted
-batch is rolled back by the database and its messages stay pending for the next worker, and a send it leased
-is taken back by the next worker of its name (or when the lease runs out). On PostgreSQL any number of
-workers share one database (heads are claimed with `FOR UPDATE SKIP LOCKED`, one per chat, so each chat keeps
-its order); on SQLite one. The web front that started them only accepts and answers: it has no deliverer.
+transaction) until none is left, then waits for a wake-up or the poll interval; its outbox deliverer
+(bot/outbox.py) sends the replies. `serve` starts N processing workers (`--role process`, niced) and one
+deliverer (`--role deliver`), each a process; a standalone `warranty-bot worker` does both, the deliverer in a
+thread with its own event loop. Nothing lives in a worker's memory between transactions, so it can be killed
+at any moment: an uncommitted batch is rolled back by the database and its messages stay pending for the next
+worker, and a send it leased is taken back by the next deliverer of its name (or when the lease runs out). On
+PostgreSQL any number of workers share one database (heads are claimed with `FOR UPDATE SKIP LOCKED`, one per
+chat, so each chat keeps its order); on SQLite one.
 
-`serve` talks to the workers it started over their standard input and output (`--attached`): a byte on a
-worker's stdin wakes it (`w`: a message was accepted; `s`: the front queued replies itself, such as an
-engineer's from the desk) or stops it (`q`: it finishes its transaction and its sends under way, and exits);
-a byte on its stdout tells the server it is ready. End of input without `q`, or SIGTERM, means the server is
-gone (killed): the worker finishes its transaction and exits at once, leaving its sends under way as a kill
-would, to the worker the next server starts under the same name. So a server killed with SIGKILL leaves no
-worker behind.
+`serve` talks to the workers it started over their standard input and output (`--attached`). On a worker's
+stdin: `w` wakes a processing worker (a message was accepted), `s` wakes a deliverer (replies were queued),
+`x` stops it (it finishes its transaction and its sends under way, and exits). On its stdout: `r` (ready) and,
+from a processing worker, `q` as each batch commits replies. End of input without `x`, or SIGTERM, means the
+server is gone (killed): the worker finishes its transaction and exits at once, leaving its sends under way as
+a kill would, to the deliverer the next server starts under the same name. So a server killed with SIGKILL
+leaves no worker behind.
 """
 
 from __future__ import annotations
