@@ -523,10 +523,8 @@ def test_forged_stale_and_malformed_requests_are_refused(
 # --- the sender: Slack's answers become retry or dead letter -----------------------------------------------------
 
 
-def test_sender_maps_slack_errors(sqlite_settings: Settings, fake: FakeSlack, fake_url: str) -> None:
-    bot = build(slack_settings(sqlite_settings, fake_url), external_desks=("slack",))
-    desk = slack.from_settings(bot)
-    assert desk is not None
+def escalated_case(bot: Bot) -> str:
+    """A console customer's claim that asked for a human: the reference of the case it opened."""
     for number, text in enumerate(("hi", "CSP2402A0153", "E07 under load", "human")):
         bot.engine.accept(
             InboundMessage(
@@ -539,7 +537,14 @@ def test_sender_maps_slack_errors(sqlite_settings: Settings, fake: FakeSlack, fa
             )
         )
     bot.engine.process_pending()
-    ref = bot.desk.list_cases()[0]["ref"]
+    return str(bot.desk.list_cases()[0]["ref"])
+
+
+def test_sender_maps_slack_errors(sqlite_settings: Settings, fake: FakeSlack, fake_url: str) -> None:
+    bot = build(slack_settings(sqlite_settings, fake_url), external_desks=("slack",))
+    desk = slack.from_settings(bot)
+    assert desk is not None
+    ref = escalated_case(bot)
     opened = DeskEvent(desk="slack", kind="case_opened", case_ref=ref)
 
     fake.fail_next("chat.postMessage", 429, "ratelimited", {"Retry-After": "30"})
@@ -572,19 +577,7 @@ def test_a_revoked_token_a_send_met_is_on_healthz_of_every_front_until_a_new_tok
     bot = build(slack_settings(settings, fake_url), db=db, external_desks=("slack",))
     desk = slack.from_settings(bot)
     assert desk is not None
-    for number, text in enumerate(("hi", "CSP2402A0153", "E07 under load", "human")):
-        bot.engine.accept(
-            InboundMessage(
-                channel="console",
-                external_id=f"m{number}",
-                sender_id="c1",
-                chat_id="c1",
-                text=text,
-                received_at=utcnow(),
-            )
-        )
-    bot.engine.process_pending()
-    opened = DeskEvent(desk="slack", kind="case_opened", case_ref=bot.desk.list_cases()[0]["ref"])
+    opened = DeskEvent(desk="slack", kind="case_opened", case_ref=escalated_case(bot))
     fake.fail_next("chat.postMessage", 200, "token_revoked")
     with pytest.raises(RetryLater):
         asyncio.run(desk.send_event(opened))
@@ -1151,19 +1144,7 @@ def test_a_desk_event_carries_what_the_desk_knew(
     bot = build(slack_settings(sqlite_settings, fake_url), external_desks=("slack",))
     desk = slack.from_settings(bot)
     assert desk is not None
-    for number, text in enumerate(("hi", "CSP2402A0153", "E07 under load", "human")):
-        bot.engine.accept(
-            InboundMessage(
-                channel="console",
-                external_id=f"m{number}",
-                sender_id="c1",
-                chat_id="c1",
-                text=text,
-                received_at=utcnow(),
-            )
-        )
-    bot.engine.process_pending()
-    ref = bot.desk.list_cases()[0]["ref"]
+    ref = escalated_case(bot)
     bot.desk.ask_customer(ref, engineer="Ana Ruiz", question="Which model is on the label?", origin="desk")
     with Session(bot.db) as session:
         rows = (
