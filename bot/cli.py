@@ -11,7 +11,7 @@ import typer
 from pydantic import ValidationError
 from typer.exceptions import TyperException
 
-from bot.config import Settings, get_settings
+from bot.config import Role, Settings, get_settings
 from policy import (
     ClaimError,
     Policy,
@@ -604,9 +604,9 @@ def worker(
         typer.Option("--attached", hidden=True, help="Started by serve: wake-ups over stdin and stdout."),
     ] = False,
     role: Annotated[
-        str,
+        Role,
         typer.Option("--role", hidden=True, help="Started by serve: process, deliver, or both."),
-    ] = "both",
+    ] = Role.both,
 ) -> None:
     """Process the inbox and deliver the outbox (no web front): one beside `serve --no-worker`, or more on
     PostgreSQL.
@@ -614,10 +614,8 @@ def worker(
     Stops after the transaction and the sends under way on SIGTERM or Ctrl-C; killed at any moment, it loses
     nothing.
     """
-    from bot.worker import ROLES, run_worker
+    from bot.worker import run_worker
 
-    if role not in ROLES:
-        raise typer.BadParameter(f"one of {', '.join(ROLES)}", param_hint="--role")
     run_worker(settings(), attached=attached, role=role)
 
 

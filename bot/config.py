@@ -3,12 +3,23 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Role(StrEnum):
+    """What a worker does. `serve` starts its processing workers and one deliverer, each a process of its own
+    (processing runs niced, and a thread of a niced process would hold the GIL its deliverer waits for); a
+    standalone `warranty-bot worker` does both."""
+
+    process = "process"
+    deliver = "deliver"
+    both = "both"
 
 
 class ApiChannelSettings(BaseModel):

@@ -34,7 +34,7 @@ from adapters.base import Channel, ChannelFactory
 from bot.app import Bot, build_when_storage_allows, freeze_loaded
 from bot.attachments import STORABLE_TYPES
 from bot.channels import channel_problems
-from bot.config import Settings
+from bot.config import Role, Settings
 from bot.engine import PARKED, STOPPED
 from bot.http import exception_handlers, route_of
 from bot.logs import setup_logging
@@ -42,7 +42,7 @@ from bot.outbox import DEAD, DEAD_LETTERS, HELD, PENDING, Deliverer
 from bot.ratelimit import RateLimit, rules_from_settings
 from bot.store import Case, InboxItem, OutboxItem
 from bot.store import Message as LoggedMessage
-from bot.worker import DELIVER, WorkerProcess, processing_loop
+from bot.worker import WorkerProcess, processing_loop
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +111,7 @@ class Workers:
             engine.inbox_signal, engine.outbox_signal = Relayed(wakeup), Relayed(wakeup)
             owner = self.bot.settings.worker_id
             deliverer = WorkerProcess(
-                self.processes, worker_id=f"{owner}/deliver" if owner else "", role=DELIVER
+                self.processes, worker_id=f"{owner}/deliver" if owner else "", role=Role.deliver
             )
             self.children = [
                 WorkerProcess(n, worker_id=f"{owner}/{n}" if owner else "", on_queued=_tell(deliverer))
@@ -456,11 +456,11 @@ def create_app(
         if problems:
             body["problems"] = problems
         if workers.children:  # started and warmed up (messages are accepted and stored meanwhile)
-            processing = [c for c in workers.children if c.role != DELIVER]
+            processing = [c for c in workers.children if c.role is not Role.deliver]
             body["workers"] = {
                 "ready": sum(c.ready.is_set() for c in processing),
                 "started": len(processing),
-                "deliverer_ready": all(c.ready.is_set() for c in workers.children if c.role == DELIVER),
+                "deliverer_ready": all(c.ready.is_set() for c in workers.children if c.role is Role.deliver),
             }
         return JSONResponse(body)
 

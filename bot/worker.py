@@ -37,7 +37,7 @@ from typing import IO, TYPE_CHECKING
 
 from bot.app import Bot, build_when_storage_allows, freeze_loaded
 from bot.batching import Signal
-from bot.config import Settings
+from bot.config import Role, Settings
 from bot.engine import Engine, StorageUnavailable
 from bot.logs import setup_logging
 from bot.outbox import STOP_GRACE_SECONDS
@@ -51,11 +51,6 @@ log = logging.getLogger(__name__)
 WAKE = b"w"  # server -> worker: messages are waiting
 SEND = b"s"  # server -> worker: the server queued replies
 QUIT = b"x"  # server -> worker: finish what is under way and exit (then the end of input)
-# What an attached worker does: `serve` starts its processing workers and one deliverer, each in its own
-# process (processing runs niced, and a thread of a niced process would hold the GIL its deliverer waits for);
-# a standalone `warranty-bot worker` does both.
-PROCESS, DELIVER, BOTH = "process", "deliver", "both"
-ROLES = (PROCESS, DELIVER, BOTH)
 READY = b"r"  # worker -> server: warmed up, processing (or delivering)
 QUEUED = b"q"  # processing worker -> server: replies were queued (for the server's deliverer process)
 # A worker started by `serve` runs at a lower CPU priority than its web front: when both want the CPU, the
@@ -109,13 +104,11 @@ def warm_up(bot: Bot) -> threading.Thread:
     return thread
 
 
-def run_worker(settings: Settings, *, attached: bool = False, role: str = BOTH) -> None:
+def run_worker(settings: Settings, *, attached: bool = False, role: Role = Role.both) -> None:
     """The `warranty-bot worker` command: process and deliver (or, attached, one of the two: `role`) until
     SIGTERM or SIGINT (attached: until the server says so); the transaction under way is finished first, and
     the sends under way."""
-    if role not in ROLES:
-        raise ValueError(f"a worker's role is one of {', '.join(ROLES)}, not {role!r}")
-    processes, delivers = role in (PROCESS, BOTH), role in (DELIVER, BOTH)
+    processes, delivers = role is not Role.deliver, role is not Role.process
     setup_logging(settings.log_level)
     stop = threading.Event()
     wake = threading.Event()  # the engine's inbox signal, set by the server's wake-ups
@@ -173,6 +166,7 @@ def run_worker(settings: Settings, *, attached: bool = False, role: str = BOTH) 
         warm_up(bot)
     if delivering is not None:
         delivering.start()
+        freeze_loaded()  # its channels and clients too (a deliverer alone has no warm-up to do it)
     if attached and processes:
         # This thread only (Linux: a thread's own priority): the warm-up and the templates compiling beside it
         # run at the server's, so that the first message after start does not wait for them on a busy host.
@@ -249,11 +243,12 @@ class Delivering:
         from bot.server import make_deliverer
 
         self.loop, self.done = asyncio.get_running_loop(), asyncio.Event()
-        try:
-            for channel in self.channels:
+        for channel in self.channels:
+            try:
                 await channel.start_sending()
-        finally:
-            self.started.set()
+            except Exception:  # the sender still sends; what it would have read it learns from its sends
+                log.exception("%s: could not ready its sender", channel.name)
+        self.started.set()
         try:
             await make_deliverer(self.bot, self.channels).run(
                 self.done, poll_seconds=self.bot.settings.outbox_poll_seconds, wake=self.wake
@@ -279,7 +274,7 @@ class WorkerProcess:
 
     number: int
     worker_id: str = ""  # its lease owner (WORKER_ID): the same for the one started again in its place
-    role: str = PROCESS
+    role: Role = Role.process
     on_queued: Callable[[], None] = lambda: None  # a processing worker queued replies
     process: subprocess.Popen[bytes] | None = None
     ready: threading.Event = field(default_factory=threading.Event)
@@ -334,7 +329,9 @@ class WorkerProcess:
 
     def wake(self, *, messages: bool = True, replies: bool = False) -> None:
         """Tell the worker that messages wait, or that replies do, or both: what its role does."""
-        data = WAKE * (messages and self.role != DELIVER) + SEND * (replies and self.role != PROCESS)
+        data = WAKE * (messages and self.role is not Role.deliver) + SEND * (
+            replies and self.role is not Role.process
+        )
         with self.lock:
             process = self.process
         if process is None or process.stdin is None or not data:
