@@ -664,6 +664,9 @@ def _intake(state: State, reading: Reading, event: Event, facts: Facts) -> Trans
     state = _take_fault(
         state, reading, event, facts, asked=before.name == "awaiting_fault" and state.serials != ()
     )
+    # The fault (or more of it) told while another question waits: say it was kept before asking that again.
+    if state.fault != before.fault and before.name != "awaiting_fault" and not said:
+        said.append(Reply(template="fault_added", params={"added": bool(before.fault)}))
     state, proof_replies = _take_proof(state, reading, event, facts, asked=before.name == "awaiting_proof")
     said.extend(proof_replies)
     # A cause said without being asked counts when it is said plainly: not "unsure", not a misspelt guess.

@@ -89,6 +89,7 @@ VALUES: dict[str, Any] = {
     "files": [{"name": "invoice.docx", "reason": "wrong_type"}],
     "max_mb": 10,
     "offer_human": False,
+    "added": True,
     "clause": "L1",
     "units": 1,
     "groups": [decision_group(COVERED, "CSP2402A0153")],
@@ -175,6 +176,7 @@ VARIANTS: dict[str, list[dict[str, Any]]] = {
             ],
         },
     ],
+    "fault_added": [{"added": False}],
     "fault_reask": [{"offer_human": True}],
     "help": [{"case_ref": None}],
     "fulfilment": [

@@ -161,6 +161,31 @@ def test_serial_fallback_without_proof() -> None:
     assert decision.clauses == ("F1", "M2", "M3", "M4", "W1", "W3")
 
 
+def test_more_of_the_fault_while_the_invoice_is_asked_is_acknowledged_then_the_question_again() -> None:
+    state, templates, _, replies = run(
+        "mi número de serie es CSP2402A0999",
+        "no funciona",
+        "la pantalla muestra el error E07 y se apaga a los cinco minutos",
+    )
+    assert templates[-2:] == ["fault_added", "ask_proof"]
+    assert replies[-2].params == {"added": True}
+    assert state.name == "awaiting_proof" and "E07" in state.fault
+
+
+def test_a_fault_told_before_the_serial_is_acknowledged_before_the_serial_is_asked() -> None:
+    state, templates, _, replies = run("the screen shows error E07 and it shuts down")
+    assert templates == ["fault_added", "ask_serial"] and replies[0].params == {"added": False}
+    _, templates, _, _ = run("CSP2402A0999", state=state)
+    assert templates == ["units_received", "ask_proof"]  # the fault is not asked for again
+
+
+def test_the_asked_fault_and_a_repeated_one_are_not_acknowledged_apart() -> None:
+    _, templates, _, _ = run("CSP2402A0999", "Display E07 shuts down")
+    assert "fault_added" not in templates
+    _, templates, _, _ = run("CSP2402A0999", "Display E07 shuts down", "Display E07 shuts down")
+    assert templates[-1] == "proof_reask" and "fault_added" not in templates
+
+
 def test_documents_sent_as_proof_are_kept() -> None:
     _state, templates, effects, _ = run(
         "CSP2402A0999", "Fan noise and then it stops", ("", (7,)), "cause:normal", today=date(2026, 5, 28)
