@@ -661,9 +661,14 @@ def _intake(state: State, reading: Reading, event: Event, facts: Facts) -> Trans
             said.extend(reply)
     state, serial_replies = _take_serials(state, reading, facts)
     said.extend(serial_replies)
-    state = _take_fault(
-        state, reading, event, facts, asked=before.name == "awaiting_fault" and state.serials != ()
+    # The answer to the cause or preference question is that answer, not more of the fault.
+    answered_choice = (before.name == "screening" and reading.cause is not None) or (
+        before.name == "preference" and reading.preference is not None
     )
+    if not answered_choice:
+        state = _take_fault(
+            state, reading, event, facts, asked=before.name == "awaiting_fault" and state.serials != ()
+        )
     # The fault (or more of it) told while another question waits: say it was kept before asking that again.
     if state.fault != before.fault and before.name != "awaiting_fault" and not said:
         said.append(Reply(template="fault_added", params={"added": bool(before.fault)}))

@@ -186,6 +186,17 @@ def test_the_asked_fault_and_a_repeated_one_are_not_acknowledged_apart() -> None
     assert templates[-1] == "proof_reask" and "fault_added" not in templates
 
 
+def test_the_typed_answer_to_the_cause_question_is_the_cause_not_more_of_the_fault() -> None:
+    state, templates, effects, _ = run(
+        "CSP2402A0999",
+        "Display E07 shuts down",
+        "proof:none",
+        "it was dropped from the roof during installation",
+    )
+    assert "fault_added" not in templates and templates[-1] == "refusal_case_opened"
+    assert state.cause == "damage" and opened(effects).fault == "Display E07 shuts down"
+
+
 def test_documents_sent_as_proof_are_kept() -> None:
     _state, templates, effects, _ = run(
         "CSP2402A0999", "Fan noise and then it stops", ("", (7,)), "cause:normal", today=date(2026, 5, 28)
