@@ -439,6 +439,8 @@ class Desk:
                     text=text,
                 )
             )
+            # A note is written in the reply's box: the customer saw someone typing, and no message is coming.
+            _stop_typing(session, case.conversation_id)
             self._touch(session, case, engineer, "noted", origin=origin, text=text)
             return _summary(case)
 
@@ -953,9 +955,7 @@ class Desk:
         conversation = session.get(Conversation, case.conversation_id)
         if conversation is None:
             raise CaseNotFound(f"case {case.ref} has no conversation")
-        typing = session.get(KeyValue, _typing_key(conversation.id))
-        if typing is not None:  # the message the customer saw being written is here: the dots go with it
-            session.delete(typing)
+        _stop_typing(session, conversation.id)  # the message the customer saw being written is here
         self.engine.say(
             session, conversation, text, buttons, case=case, author=author, author_name=author_name
         )
@@ -1003,6 +1003,12 @@ def _last_message(message: Message | None) -> dict[str, Any] | None:
         "text": text[:LAST_TEXT] + ("…" if len(text) > LAST_TEXT else ""),
         "created_at": message.created_at.isoformat(),
     }
+
+
+def _stop_typing(session: Session, conversation_id: int | None) -> None:
+    typing = session.get(KeyValue, _typing_key(conversation_id))
+    if typing is not None:
+        session.delete(typing)
 
 
 def _typing_key(conversation_id: int | None) -> str:

@@ -1,6 +1,6 @@
 """The engineer's typing indicator on real databases: the desk says an engineer is writing, the customer's web
-chat poll shows it (read by another process's bot: it lives in the database), until it expires or the reply
-arrives; the desk API refuses it for an unknown case (404), a closed one (409) and without the token (401); and
+chat poll shows it (read by another process's bot: it lives in the database), until it expires, the reply
+arrives or a note is sent; the desk API refuses it for an unknown case (404), a closed one (409) and without the token (401); and
 the chat page has its words in all seven languages."""
 
 from __future__ import annotations
@@ -80,6 +80,23 @@ def test_the_web_chat_shows_an_engineer_typing_until_it_expires_or_the_reply_com
         assert any(
             m["author"] == "engineer" and "Checking the log now" in m["text"] for m in after_reply["messages"]
         )
+
+        # A note is typed in the same box: sending it ends the dots at once, and the customer sees no message.
+        assert (
+            desk.post(f"/api/desk/cases/{ref}/typing", json={"engineer": "Amira"}, headers=AUTH).status_code
+            == 200
+        )
+        before_note = poll(last)
+        assert before_note["typing"] == {"engineer": "Amira"}
+        noted = desk.post(
+            f"/api/desk/cases/{ref}/messages",
+            json={"text": "Customer's log shows E07 twice", "engineer": "Amira", "internal": True},
+            headers=AUTH,
+        )
+        assert noted.status_code == 200
+        after_note = poll(last)
+        assert after_note["typing"] is None
+        assert not any("E07 twice" in m["text"] for m in after_note["messages"])
 
         # Refused: no token, an unknown case, a closed case; none of them shows anything to the customer.
         assert desk.post(f"/api/desk/cases/{ref}/typing", json={}).status_code == 401

@@ -912,7 +912,7 @@
 
   // The customer's web chat shows "… is typing" while an engineer writes here; the server forgets it a few
   // seconds after the last signal, and at once when the reply arrives. (A note is typed in the same box:
-  // the customer then sees someone typing, and no message.)
+  // the customer sees someone typing until it is sent, and no message.)
   let typingRef = null;
   let typingSentAt = 0;
   ui.reply.addEventListener("input", () => {
