@@ -574,9 +574,6 @@ def delivery_error(error: TelegramError) -> DeliveryError:
 # Faster than 30 a second in all takes paid broadcasts (Bot API 7.11): up to 1000 a second, for Stars.
 FREE_MESSAGES_PER_SECOND = 30.0
 CHAT_BURST = 3
-# The whole bot's sends: a burst of 3, then the pace (at most 33 in any second at 30/s; Telegram allows short
-# bursts), which keeps the average at the limit when a send goes a little late.
-BOT_BURST = 3
 
 
 class TelegramSender:
@@ -590,7 +587,6 @@ class TelegramSender:
             per_second=per_second or None,
             per_chat_per_second=per_chat_per_second or None,
             chat_burst=CHAT_BURST,
-            burst=BOT_BURST,
         )
         # Above the free limit Telegram answers 429 unless each send asks (and pays) for a paid broadcast.
         self.paid_broadcast = per_second > FREE_MESSAGES_PER_SECOND

@@ -14,6 +14,7 @@ import os
 import socket
 import threading
 import time
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
@@ -193,7 +194,6 @@ class Limits:
     per_second: float | None = None  # the whole bot (account) on this channel
     per_chat_per_second: float | None = None  # one chat
     chat_burst: int = 1  # sends to one chat allowed back to back before its pace applies
-    burst: int = 1  # the bot's sends allowed back to back; above 1 a send that ran late is made up for
 
 
 class Pacer:
@@ -207,7 +207,7 @@ class Pacer:
         self.limits = limits
         self.paused_until = 0.0  # time.monotonic(); a 429 meant for the whole bot sets it
         self._chats: dict[str, tuple[float, float]] = {}  # chat -> (tokens left, at)
-        self._bot: tuple[float, float] | None = None  # the bot's bucket: (tokens left, at); None = full
+        self._bot: deque[float] = deque()  # the bot's recent sends (time.monotonic()), at most a window's
 
     def pause(self, seconds: float) -> None:
         self.paused_until = max(self.paused_until, time.monotonic() + seconds)
@@ -243,19 +243,23 @@ class Pacer:
             if tokens < 1.0:
                 wait = (1.0 - tokens) / limits.per_chat_per_second
         if limits.per_second:
-            tokens = self._bot_tokens(now)
-            if tokens < 1.0:
-                wait = max(wait, (1.0 - tokens) / limits.per_second)
+            wait = max(wait, self._bot_wait(now))
         return wait
 
-    def _bot_tokens(self, now: float) -> float:
-        """The bot's bucket: `burst` sends, refilled at `per_second`, so that the average pace is the limit
-        even when the event loop wakes a send a little late (spacing sends 1/per_second after the previous
-        one would lose that lateness every time: 28 a second instead of 30)."""
+    def _bot_window(self) -> tuple[int, float]:
+        """The bot's limit as a sliding window: at most `count` sends in any `seconds` (30 in any second
+        at 30/s). A window, not a spacing of 1/per_second: a send the event loop wakes late does not push
+        back the ones after it, so the average stays at the limit; and a backlog's first `count` sends go at
+        once, as the limit allows, instead of waiting their turns."""
         assert self.limits is not None and self.limits.per_second
-        burst = float(max(1, self.limits.burst))
-        tokens, at = self._bot if self._bot is not None else (burst, now)
-        return min(burst, tokens + max(0.0, now - at) * self.limits.per_second)
+        count = max(1, int(self.limits.per_second))
+        return count, count / self.limits.per_second
+
+    def _bot_wait(self, now: float) -> float:
+        count, seconds = self._bot_window()
+        while self._bot and self._bot[0] <= now - seconds:
+            self._bot.popleft()
+        return 0.0 if len(self._bot) < count else self._bot[0] + seconds - now
 
     def _take(self, chat_id: str, now: float) -> None:
         limits = self.limits
@@ -267,7 +271,7 @@ class Pacer:
                 burst = max(1, limits.chat_burst)
                 self._chats = {c: v for c, v in self._chats.items() if self._tokens(c, now) < burst}
         if limits.per_second:
-            self._bot = (self._bot_tokens(now) - 1.0, now)
+            self._bot.append(now)
 
 
 @dataclass(frozen=True, kw_only=True)

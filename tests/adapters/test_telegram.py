@@ -343,12 +343,12 @@ def test_from_settings_chooses_the_mode_and_refuses_an_unsafe_webhook(settings: 
         (
             30.0,
             1.0,
-            Limits(per_second=30, per_chat_per_second=1, chat_burst=3, burst=3),
+            Limits(per_second=30, per_chat_per_second=1, chat_burst=3),
             False,
         ),  # the defaults
-        (31.0, 1.0, Limits(per_second=31, per_chat_per_second=1, chat_burst=3, burst=3), True),
-        (1000.0, 2.0, Limits(per_second=1000, per_chat_per_second=2, chat_burst=3, burst=3), True),
-        (0.0, 0.0, Limits(chat_burst=3, burst=3), False),  # unpaced: a local Bot API server, a bench
+        (31.0, 1.0, Limits(per_second=31, per_chat_per_second=1, chat_burst=3), True),
+        (1000.0, 2.0, Limits(per_second=1000, per_chat_per_second=2, chat_burst=3), True),
+        (0.0, 0.0, Limits(chat_burst=3), False),  # unpaced: a local Bot API server, a bench
     ],
 )
 def test_the_sending_pace_is_configured_and_over_30_a_second_is_a_paid_broadcast(

@@ -3,10 +3,12 @@ delivered once, in order per conversation; permanent failures are dead letters t
 
 from __future__ import annotations
 
+import asyncio
 import html
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -15,6 +17,7 @@ from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 
 from bot.config import Settings
+from bot.outbox import Limits, Pacer
 from bot.store import OutboxItem
 from tests.fakes.telegram import Running, bot_servers, update
 from tests.support import wait_until
@@ -253,3 +256,21 @@ def test_a_backlog_is_sent_within_telegrams_published_limits(
     paid = [call.get("allow_paid_broadcast") for call in sent]
     assert paid == ([True] * len(sent) if per_second > 30 else [None] * len(sent))
     assert len(running.fake.paid) == (len(sent) if per_second > 30 else 0)
+
+
+def test_the_bots_pace_is_a_sliding_window_of_a_second() -> None:
+    """30 a second is 30 in any second: a backlog's first 30 sends go back to back, and every later one
+    waits until the 30th before it is a second old (so the average holds at the limit, and no second
+    ever holds a 31st send)."""
+
+    async def backlog(pacer: Pacer, count: int) -> tuple[list[float], list[float]]:
+        waits, times = [], []
+        for n in range(count):
+            waits.append(pacer._wait(f"chat-{n}", time.monotonic()))  # a chat each: only the bot's limit
+            assert await pacer.turn(f"chat-{n}")
+            times.append(time.monotonic())
+        return waits, times
+
+    waits, times = asyncio.run(backlog(Pacer(Limits(per_second=30)), 75))
+    assert waits[:30] == [0.0] * 30 and all(0 < wait <= 1.0 for wait in waits[30:31])
+    assert all(later - earlier >= 0.99 for earlier, later in zip(times, times[30:], strict=False))
