@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from typing import Any, Protocol, cast
 
-from sqlalchemy import Connection, CursorResult, Engine, and_, bindparam, func, or_, select, update
+from sqlalchemy import Connection, CursorResult, Engine, Integer, and_, bindparam, func, or_, select, update
 from sqlmodel import Session, col
 
 from bot.batching import Signal
@@ -301,6 +301,69 @@ _RECORD_SENT = (
     )
 )
 
+
+def _lease_statements() -> tuple[Any, Any, Any, Any, Any]:
+    """The lease's statements, built once with bound parameters (building them on every look, as their
+    expressions and subqueries are, was half of a lease's CPU): the due heads (without and with the rows this
+    deliverer holds left out), the rows behind them, the lease and the giving back of strays."""
+    o = _OUTBOX.c
+    # The oldest waiting row of each chat is its head; only heads may go, which keeps chat order.
+    # A held head, or a dead letter that gave up on a passing failure, holds its chat back.
+    waiting = and_(
+        literal_in(o.status, OUTBOX_WAITING),  # in ix_outbox_waiting only
+        or_(o.status != DEAD, o.holds_chat),
+    )
+    heads = (
+        select(func.min(o.id).label("id"))
+        .where(waiting, o.channel.in_(bindparam("channels", expanding=True)))
+        .group_by(o.channel, o.chat_id)
+        .subquery()
+    )
+    due = select(o.id).where(
+        o.id.in_(select(heads.c.id)), o.status == PENDING, o.next_attempt_at <= bindparam("now")
+    )
+    columns = (o.id, o.channel, o.chat_id, o.payload)
+
+    def firsts(query: Any) -> Any:
+        limited = query.order_by(o.id).limit(bindparam("limit", type_=Integer)).scalar_subquery()
+        return select(*columns).where(o.id.in_(limited)).order_by(o.id)
+
+    behind = (
+        select(*columns, o.status, o.next_attempt_at, o.holds_chat)
+        .where(
+            o.channel.in_(bindparam("channels", expanding=True)),
+            o.chat_id.in_(bindparam("chats", expanding=True)),
+            o.id > bindparam("after"),
+            o.status.in_((PENDING, HELD, DEAD)),
+        )
+        .order_by(o.id)
+    )
+    # Checks the WHERE again on each row, so that a row another worker took meanwhile (PostgreSQL) is left.
+    lease = (
+        update(_OUTBOX)
+        .where(
+            o.id.in_(bindparam("ids", expanding=True)),
+            o.status == PENDING,
+            o.next_attempt_at <= bindparam("now"),
+        )
+        .values(
+            next_attempt_at=bindparam("until", type_=o.next_attempt_at.type),
+            lease_owner=bindparam("owner", type_=o.lease_owner.type),
+        )
+        .returning(o.id)
+    )
+    give_back = (
+        update(_OUTBOX)
+        .where(o.id.in_(bindparam("ids", expanding=True)))
+        .values(next_attempt_at=bindparam("now", type_=o.next_attempt_at.type), lease_owner=None)
+    )
+    held_out = due.where(o.id.not_in(bindparam("leased", expanding=True)))
+    return firsts(due), firsts(held_out), behind, lease, give_back
+
+
+_DUE, _DUE_HELD_OUT, _BEHIND, _LEASE, _GIVE_BACK = _lease_statements()
+
+
 TICK_SECONDS = 0.05  # how often the running deliverer looks at finished sends and the wake signal
 STOP_GRACE_SECONDS = 5.0  # sends under way when stopping are given this long to finish
 
@@ -476,55 +539,27 @@ class Deliverer:
         if not channels or limit <= 0:
             return []
         now = utcnow()
-        # The oldest waiting row of each chat is its head; only heads may go, which keeps chat order.
-        # A held head, or a dead letter that gave up on a passing failure, holds its chat back.
-        waiting = and_(
-            literal_in(col(OutboxItem.status), OUTBOX_WAITING),  # in ix_outbox_waiting only
-            or_(col(OutboxItem.status) != DEAD, col(OutboxItem.holds_chat)),
-        )
-        heads = (
-            select(func.min(col(OutboxItem.id)).label("id"))
-            .where(waiting, col(OutboxItem.channel).in_(channels))
-            .group_by(col(OutboxItem.channel), col(OutboxItem.chat_id))
-            .subquery()
-        )
-        due = select(col(OutboxItem.id)).where(
-            col(OutboxItem.id).in_(select(heads.c.id)),
-            col(OutboxItem.status) == PENDING,
-            col(OutboxItem.next_attempt_at) <= now,
-        )
-        if self._leased:
-            due = due.where(col(OutboxItem.id).not_in(self._leased))
         # Found by reads (on SQLite they do not wait for the one write lock, and a look that finds nothing,
         # the usual case once a round's runs went out, writes nothing); leased by one write that checks the
         # WHERE again on each row, so that a row another worker took meanwhile (PostgreSQL) is left to it.
+        found = {"channels": channels, "now": now, "limit": limit}
         with self.db.connect() as connection:
             firsts = [
                 Due(id=r.id, channel=r.channel, chat_id=r.chat_id, payload=r.payload)
                 for r in connection.execute(
-                    select(_OUTBOX.c.id, _OUTBOX.c.channel, _OUTBOX.c.chat_id, _OUTBOX.c.payload)
-                    .where(_OUTBOX.c.id.in_(due.order_by(col(OutboxItem.id)).limit(limit).scalar_subquery()))
-                    .order_by(_OUTBOX.c.id)
+                    _DUE_HELD_OUT if self._leased else _DUE,
+                    {**found, "leased": list(self._leased)} if self._leased else found,
                 )
             ]
             if not firsts:
                 return []
             runs = self._runs(connection, firsts, now) if self.run_rows > 1 else [[h] for h in firsts]
         with session_scope(self.db) as session:
+            until = now + timedelta(seconds=self.lease_seconds)
+            ids = [d.id for run in runs for d in run]
             leased = set(
                 session.connection()
-                .execute(
-                    update(_OUTBOX)
-                    .where(
-                        _OUTBOX.c.id.in_([d.id for run in runs for d in run]),
-                        _OUTBOX.c.status == PENDING,
-                        _OUTBOX.c.next_attempt_at <= now,
-                    )
-                    .values(
-                        next_attempt_at=now + timedelta(seconds=self.lease_seconds), lease_owner=self.owner
-                    )
-                    .returning(_OUTBOX.c.id)
-                )
+                .execute(_LEASE, {"ids": ids, "now": now, "until": until, "owner": self.owner})
                 .scalars()
             )
             # A run ends before its first row that was not leased; rows leased after such a gap go back.
@@ -536,11 +571,7 @@ class Deliverer:
                     kept.append(run[:cut])
                 stray.extend(d.id for d in run[cut:] if d.id in leased)
             if stray:
-                session.connection().execute(
-                    update(_OUTBOX)
-                    .where(_OUTBOX.c.id.in_(stray))
-                    .values(next_attempt_at=now, lease_owner=None)
-                )
+                session.connection().execute(_GIVE_BACK, {"ids": stray, "now": now})
         self._leased.update(row.id for run in kept for row in run)
         return kept
 
@@ -550,22 +581,12 @@ class Deliverer:
         after the other, without a lease and a record between them (the replies to one message)."""
         chats = {(h.channel, h.chat_id): [h] for h in heads}
         behind = connection.execute(
-            select(
-                _OUTBOX.c.id,
-                _OUTBOX.c.channel,
-                _OUTBOX.c.chat_id,
-                _OUTBOX.c.payload,
-                _OUTBOX.c.status,
-                _OUTBOX.c.next_attempt_at,
-                _OUTBOX.c.holds_chat,
-            )
-            .where(
-                _OUTBOX.c.channel.in_({h.channel for h in heads}),
-                _OUTBOX.c.chat_id.in_({h.chat_id for h in heads}),
-                _OUTBOX.c.id > min(h.id for h in heads),
-                _OUTBOX.c.status.in_((PENDING, HELD, DEAD)),
-            )
-            .order_by(_OUTBOX.c.id)
+            _BEHIND,
+            {
+                "channels": sorted({h.channel for h in heads}),
+                "chats": sorted({h.chat_id for h in heads}),
+                "after": min(h.id for h in heads),
+            },
         )
         closed: set[tuple[str, str]] = set()  # chats whose run has ended
         for row in behind:
