@@ -268,9 +268,9 @@ def test_the_bots_pace_is_a_sliding_window_of_a_second() -> None:
         for n in range(count):
             waits.append(pacer._wait(f"chat-{n}", time.monotonic()))  # a chat each: only the bot's limit
             assert await pacer.turn(f"chat-{n}")
-            times.append(time.monotonic())
+            times.append(pacer._bot[-1])  # when the pacer counted the send (a busy test may note it late)
         return waits, times
 
     waits, times = asyncio.run(backlog(Pacer(Limits(per_second=30)), 75))
     assert waits[:30] == [0.0] * 30 and all(0 < wait <= 1.0 for wait in waits[30:31])
-    assert all(later - earlier >= 0.99 for earlier, later in zip(times, times[30:], strict=False))
+    assert all(later - earlier >= 1.0 - 1e-9 for earlier, later in zip(times, times[30:], strict=False))
