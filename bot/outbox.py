@@ -357,6 +357,7 @@ def _lease_statements() -> tuple[Any, Any, Any, Any, Any]:
         .where(o.id.in_(bindparam("ids", expanding=True)))
         .values(next_attempt_at=bindparam("now", type_=o.next_attempt_at.type), lease_owner=None)
     )
+    # Two forms, not one NOT IN that may be empty: SQLite plans an empty expanding IN as a subquery of its own.
     held_out = due.where(o.id.not_in(bindparam("leased", expanding=True)))
     return firsts(due), firsts(held_out), behind, lease, give_back
 
